@@ -1,0 +1,60 @@
+"""Prompt templates: plain-text files with $var placeholders, one file per prompt.
+
+The bundled templates live in the repository's prompts/ folder (copied into the wheel
+as pipeline/_prompts). A user can point `prompts_dir` at a copy and edit them; each
+file must use exactly the variables its stage supplies, which `render` checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from string import Template
+
+from .errors import InputError
+
+# The variables each stage supplies; a template must use all of them and no others.
+PROMPT_VARS: dict[str, set[str]] = {
+    "bootstrap.txt": {"tasks", "next_number", "max_number"},
+    "bootstrap_clf.txt": {"tasks", "next_number", "max_number"},
+    "alpaca.txt": {"tasks", "next_number", "num_tasks"},
+    "classify.txt": {"instruction"},
+    "instances_gen.txt": {"instruction"},
+    "instances_clf.txt": {"instruction"},
+}
+
+
+def bundled_prompts_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_prompts", here.parent / "prompts"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("bundled prompts/ folder not found; reinstall seed2lora")
+
+
+class Prompts:
+    def __init__(self, directory: str | Path | None = None):
+        self.dir = Path(directory) if directory else bundled_prompts_dir()
+
+    def path(self, name: str) -> Path:
+        p = self.dir / name
+        if not p.is_file():
+            bundled = bundled_prompts_dir() / name
+            raise InputError(p, None, "prompt template is missing",
+                             f"copy {bundled} there, or leave prompts_dir empty to use the bundled prompts")
+        return p
+
+    def render(self, name: str, **variables: object) -> str:
+        p = self.path(name)
+        text = p.read_text(encoding="utf-8")
+        used = {m.group("named") or m.group("braced") for m in Template.pattern.finditer(text)} - {None}
+        expected = PROMPT_VARS.get(name, set(variables))
+        if used != expected:
+            missing, extra = sorted(expected - used), sorted(used - expected)
+            raise InputError(p, None, f"template variables do not match (missing {missing}, unknown {extra})",
+                             f"use exactly {', '.join('$' + v for v in sorted(expected))}")
+        return Template(text).substitute({k: str(v) for k, v in variables.items()})
+
+    def hashes(self) -> dict[str, str]:
+        """sha256 of every template, for the manifest."""
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(self.dir.glob("*.txt"))}

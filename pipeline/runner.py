@@ -1,0 +1,158 @@
+"""Run stages in a run directory and keep its manifest: the glue between CLI and stages.
+
+Each stage reads the previous stage's file (or an --input file) and writes its own.
+The manifest records the resolved config, package versions, the teacher, prompt
+hashes, counts per stage and token usage. Secrets never enter it: the config holds
+only the *name* of the API key's variable.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import __version__
+from .config import RunConfig
+from .errors import Seed2LoraError
+from .prompts import Prompts
+from .records import Task
+from .seeds import load_seeds
+from .stages.bootstrap import run_bootstrap
+from .stages.classify import run_classify
+from .stages.filter import filter_tasks
+from .stages.instances import run_instances
+from .store import RunDir, read_tasks, write_jsonl_atomic
+from .teachers import Teacher, make_teacher
+
+STAGE_INPUT = {"classify": "bootstrap", "instances": "classify", "filter": "instances"}
+PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "openai", "httpx", "rouge-score", "datasets",
+            "numba", "rapidfuzz")
+
+# A progress reporter: (description, total or None) -> context manager yielding advance(n).
+Progress = Callable[[str, int | None], Any]
+
+
+@contextmanager
+def _no_progress(desc: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    yield lambda n: None
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "seed2lora": __version__}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class Session:
+    """One run directory with its config, seeds, prompts and (lazily loaded) teacher."""
+
+    def __init__(self, cfg: RunConfig, teacher: Teacher | None = None, progress: Progress | None = None):
+        self.cfg = cfg
+        self.run = RunDir(cfg.run_dir)
+        self.prompts = Prompts(cfg.prompts_dir or None)
+        self.seeds = load_seeds(cfg.seed_tasks or None)
+        self._teacher = teacher
+        self.progress = progress or _no_progress
+        self._usage_base: dict[str, dict[str, int]] | None = None
+
+    @property
+    def teacher(self) -> Teacher:
+        if self._teacher is None:
+            self._teacher = make_teacher(self.cfg.teacher, seed=self.cfg.seed)
+        return self._teacher
+
+    def record(self, **fields: Any) -> dict[str, Any]:
+        """Update the manifest: config, versions, teacher, prompts, usage (earlier runs' usage included)."""
+        self.run.ensure()
+        if self._usage_base is None:
+            self._usage_base = self.run.manifest().get("usage", {})
+        usage = {k: dict(v) for k, v in self._usage_base.items()}
+        if self._teacher is not None:
+            for kind, u in self._teacher.usage.to_dict().items():
+                base = usage.setdefault(kind, {})
+                for key, value in u.items():
+                    base[key] = base.get(key, 0) + value
+            fields.setdefault("teacher", self._teacher.describe())
+        return self.run.update_manifest(
+            seed2lora_version=__version__, command=" ".join(["seed2lora", *sys.argv[1:]]),
+            config=self.cfg.to_dict(), packages=package_versions(), prompts=self.prompts.hashes(),
+            seed_file=str(self.cfg.seed_tasks or "bundled seeds/seed_tasks.jsonl"), num_seeds=len(self.seeds),
+            usage=usage, **fields)
+
+    def input_tasks(self, stage: str, input_path: str | Path | None) -> list[Task]:
+        if input_path:
+            return read_tasks(input_path) if _is_run_file(input_path) else load_seeds(input_path)
+        source = self.run.stage_file(STAGE_INPUT[stage])
+        if not source.exists():
+            raise Seed2LoraError(f"{source} does not exist. Fix: run `seed2lora {STAGE_INPUT[stage]}` for this run "
+                                 f"first, or pass --input FILE")
+        return read_tasks(source)
+
+    def bootstrap(self) -> str:
+        self.run.ensure()
+        self.record(status="running: bootstrap")
+        with self.progress("bootstrap: instructions kept", self.cfg.bootstrap.num_instructions) as advance:
+            advance(len(self.run.read_stage("bootstrap")))
+            result = run_bootstrap(self.teacher, self.seeds, self.cfg, self.run, self.prompts, on_kept=advance,
+                                   on_batch=lambda n: self.record())
+        self.record(status="done: bootstrap")
+        return (f"bootstrap: {result.new} new instructions kept ({result.kept} in the pool), "
+                f"{result.rejected} rejected, {result.requests} prompts sent so far")
+
+    def classify(self, input_path: str | Path | None = None) -> str:
+        tasks = self.input_tasks("classify", input_path)
+        self.record(status="running: classify")
+        with self.progress("classify", len(tasks)) as advance:
+            n = run_classify(self.teacher, tasks, self.cfg, self.run, self.prompts, progress=advance)
+        self.record(status="done: classify")
+        return f"classify: {n} tasks labelled"
+
+    def instances(self, input_path: str | Path | None = None) -> str:
+        tasks = self.input_tasks("instances", input_path)
+        self.record(status="running: instances")
+        with self.progress("instances", len(tasks)) as advance:
+            n = run_instances(self.teacher, tasks, self.cfg, self.run, self.prompts, progress=advance)
+        self.record(status="done: instances")
+        return f"instances: {n} tasks with generated instances"
+
+    def filter(self, input_path: str | Path | None = None) -> str:
+        tasks = self.input_tasks("filter", input_path)
+        kept, rejected = filter_tasks(tasks, self.seeds, self.cfg.filter)
+        # The filter is re-run whole, so its file and its rejections are replaced, never appended.
+        write_jsonl_atomic(self.run.stage_file("filter"), kept)
+        self.run.replace_rejected("filter", rejected)
+        self.record(status="done: filter")
+        if tasks and not kept:
+            raise Seed2LoraError(f"the filter rejected all {len(tasks)} tasks; see {self.run.rejected_file} "
+                                 "for the reasons (or loosen [filter] settings)")
+        return f"filter: {len(kept)} kept, {len(rejected)} rejected"
+
+    def run_all(self) -> list[str]:
+        steps = {"bootstrap": self.bootstrap, "classify": self.classify,
+                 "instances": self.instances, "filter": self.filter}
+        unknown = [s for s in self.cfg.stages if s not in steps]
+        if unknown:
+            raise Seed2LoraError(f"unknown stage(s) {unknown} in 'stages'. Fix: use {list(steps)}")
+        messages = [steps[s]() for s in steps if s in self.cfg.stages]
+        self.record(status="done")
+        return messages
+
+
+def _is_run_file(path: str | Path) -> bool:
+    """A stage file of ours (has 'stage' fields) rather than a user's seed-like file."""
+    from .store import read_jsonl
+
+    if Path(path).suffix.lower() != ".jsonl":
+        return False
+    for _, obj in read_jsonl(path, strict=False):
+        return "stage" in obj and "origin" in obj
+    return False

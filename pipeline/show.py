@@ -1,0 +1,110 @@
+"""`seed2lora show`: what a run directory holds, at a glance."""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import sys
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import Seed2LoraError
+from .records import Task
+from .store import STAGES, RunDir, reason_kind
+
+
+def last_stage(run: RunDir) -> str | None:
+    written = [s for s in STAGES if run.stage_file(s).exists()]
+    return written[-1] if written else None
+
+
+def summary(run: RunDir, stage: str | None = None) -> dict:
+    """The figures `show` prints, as data (also used by tests and --compare later)."""
+    stage = stage or last_stage(run)
+    tasks = run.read_stage(stage) if stage else []
+    rejected = run.read_rejected()
+    lengths = {
+        "instruction_words": [len(t.instruction.split()) for t in tasks],
+        "input_words": [len(i.input.split()) for t in tasks for i in t.instances],
+        "output_words": [len(i.output.split()) for t in tasks for i in t.instances],
+    }
+    manifest = run.manifest()
+    return {
+        "stage": stage,
+        "counts": {s: len(run.read_stage(s)) for s in STAGES if run.stage_file(s).exists()},
+        "rejected": len(rejected),
+        "rejected_by_reason": dict(Counter(f"{r.stage}: {reason_kind(r.reject_reason)}" for r in rejected).most_common()),
+        "types": dict(Counter({True: "classification", False: "non-classification", None: "unlabelled"}[t.is_classification]
+                              for t in tasks)),
+        "instances": sum(len(t.instances) for t in tasks),
+        "lengths": {k: _stats(v) for k, v in lengths.items()},
+        "teacher": (manifest.get("teacher") or {}).get("name"),
+        "usage": manifest.get("usage", {}),
+    }
+
+
+def _stats(values: list[int]) -> dict:
+    if not values:
+        return {"n": 0}
+    return {"n": len(values), "mean": round(statistics.fmean(values), 1), "median": statistics.median(values),
+            "min": min(values), "max": max(values)}
+
+
+def show_run(path: Path, *, stage: str | None, n_samples: int, as_jsonl: bool, seed: int,
+             out: Console, err: Console) -> None:
+    run = RunDir(path)
+    if stage is not None and stage not in (*STAGES, "rejected"):
+        raise Seed2LoraError(f"unknown stage {stage!r}. Fix: use one of {', '.join((*STAGES, 'rejected'))}")
+    if stage is None and last_stage(run) is None and not run.rejected_file.exists():
+        raise Seed2LoraError(f"{path} holds no stage files. Fix: give a run directory made by seed2lora run")
+    records = run.read_rejected() if stage == "rejected" else run.read_stage(stage or last_stage(run) or "")
+    if as_jsonl:
+        picked = _pick(records, n_samples, seed) if n_samples else records
+        for t in picked:
+            sys.stdout.write(json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
+        return
+    s = summary(run, None if stage == "rejected" else stage)
+    out.print(f"[bold]{path}[/]  teacher: {s['teacher'] or '?'}")
+    table = Table("stage", "records", title="Counts")
+    for name, n in s["counts"].items():
+        table.add_row(name, str(n))
+    table.add_row("rejected", str(s["rejected"]))
+    out.print(table)
+    if s["rejected_by_reason"]:
+        table = Table("stage: rule", "rejected", title="Rejections")
+        for reason, n in s["rejected_by_reason"].items():
+            table.add_row(reason, str(n))
+        out.print(table)
+    out.print(f"[bold]{s['stage']}[/]: {s['instances']} instances; types: "
+              + ", ".join(f"{k} {v}" for k, v in s["types"].items()))
+    table = Table("words", "n", "mean", "median", "min", "max", title="Lengths")
+    for name, st in s["lengths"].items():
+        table.add_row(name, *(str(st.get(k, "-")) for k in ("n", "mean", "median", "min", "max")))
+    out.print(table)
+    if s["usage"]:
+        table = Table("calls of", "calls", "errors", "prompt tokens", "completion tokens", title="Teacher usage")
+        for kind, u in s["usage"].items():
+            table.add_row(kind, *(str(u.get(k, 0)) for k in ("calls", "errors", "prompt_tokens", "completion_tokens")))
+        out.print(table)
+    for t in _pick(records, n_samples, seed):
+        _print_task(out, t)
+
+
+def _pick(records: list[Task], n: int, seed: int) -> list[Task]:
+    return random.Random(seed).sample(records, min(n, len(records)))
+
+
+def _print_task(out: Console, t: Task) -> None:
+    kind = {True: "classification", False: "generation", None: "unlabelled"}[t.is_classification]
+    out.rule(f"{t.id} ({t.origin}, {kind})")
+    out.print(f"[bold]Instruction:[/] {t.instruction}", highlight=False)
+    if t.reject_reason:
+        out.print(f"[red]Rejected:[/] {t.reject_reason}", highlight=False)
+    for inst in t.instances[:3]:
+        if inst.input:
+            out.print(f"  [cyan]Input:[/] {inst.input[:300]}", highlight=False)
+        out.print(f"  [green]Output:[/] {inst.output[:300]}", highlight=False)

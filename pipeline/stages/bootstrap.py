@@ -1,0 +1,150 @@
+"""Stage 1: bootstrap new instructions from the seed pool (Self-Instruct, or Alpaca mode).
+
+Self-Instruct mode: each prompt lists 8 tasks (6 human, 2 machine; fewer machine ones
+while the pool has fewer) and asks the teacher to continue the numbered list up to 16.
+New instructions pass the filter online, against seeds and every kept instruction, so
+the pool grows to its target with novel tasks only.
+
+Alpaca mode: 3 seed tasks with input and output per prompt, a list of 20 asked for, the
+instruction, input and output of each parsed from the one reply.
+
+Randomness comes from random.Random(f"{seed}:bootstrap:{request}"), so a resumed run
+builds the same prompts as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..config import RunConfig
+from ..errors import Seed2LoraError
+from ..prompts import Prompts
+from ..records import Task, task_id
+from ..store import JsonlWriter, RunDir
+from ..teachers import GenParams, Teacher
+from .filter import InstructionFilter
+from .parse import NOINPUT, parse_alpaca, parse_numbered_list
+
+
+@dataclass
+class BootstrapResult:
+    kept: int  # machine instructions in the pool now (this run and earlier ones)
+    new: int  # kept by this call
+    rejected: int  # rejected by this call
+    requests: int  # prompts sent so far in this run directory
+
+
+def sample_prompt_tasks(rng: random.Random, seeds: list[str], machine: list[str], n: int, n_machine: int) -> list[str]:
+    """n in-context instructions: up to n_machine machine ones, the rest human, shuffled."""
+    chosen = rng.sample(machine, min(n_machine, len(machine)))
+    chosen += rng.sample(seeds, min(n - len(chosen), len(seeds)))
+    rng.shuffle(chosen)
+    return chosen
+
+
+def one_line(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def build_prompt(prompts: Prompts, cfg: RunConfig, rng: random.Random, seeds: list[Task],
+                 machine: list[str]) -> tuple[str, str, int]:
+    """(template name, rendered prompt, number of the first new item)."""
+    b = cfg.bootstrap
+    if b.mode == "alpaca":
+        examples = rng.sample(seeds, min(b.alpaca_num_prompt_instructions, len(seeds)))
+        blocks = []
+        for i, t in enumerate(examples, 1):
+            inst = rng.choice(t.instances) if t.instances else None
+            inp = (inst.input.strip() if inst else "") or NOINPUT
+            blocks.append(f"###\n{i}. Instruction: {one_line(t.instruction)}\n{i}. Input:\n{inp}\n"
+                          f"{i}. Output:\n{inst.output.strip() if inst else ''}")
+        nxt = len(examples) + 1
+        text = prompts.render("alpaca.txt", tasks="\n".join(blocks), next_number=nxt, num_tasks=b.alpaca_num_tasks)
+        return "alpaca.txt", text, nxt
+    listed = sample_prompt_tasks(rng, [t.instruction for t in seeds], machine,
+                                 b.num_prompt_instructions, b.num_machine_instructions)
+    tasks = "\n".join(f"{i}. {one_line(t).rstrip(':')}" for i, t in enumerate(listed, 1))
+    name = "bootstrap_clf.txt" if b.use_clf_seed_tasks_only else "bootstrap.txt"
+    nxt = len(listed) + 1
+    return name, prompts.render(name, tasks=tasks, next_number=nxt, max_number=b.max_list_number), nxt
+
+
+def gen_params(cfg: RunConfig) -> GenParams:
+    b = cfg.bootstrap
+    if b.mode == "alpaca":
+        n = b.alpaca_num_tasks
+        return GenParams(max_tokens=b.alpaca_max_tokens, temperature=b.alpaca_temperature, top_p=b.alpaca_top_p,
+                         stop=(f"\n{n}.", f"\n{n} .", f"{n}. Instruction"))
+    n = b.max_list_number
+    return GenParams(max_tokens=b.max_tokens, temperature=b.temperature, top_p=b.top_p,
+                     presence_penalty=b.presence_penalty, frequency_penalty=b.frequency_penalty,
+                     stop=("\n\n", f"\n{n}.", f"\n{n} .", f"Task {n}:"))
+
+
+def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunDir, prompts: Prompts,
+                  *, on_kept: Callable[[int], None] | None = None,
+                  on_batch: Callable[[int], None] | None = None) -> BootstrapResult:
+    b = cfg.bootstrap
+    if b.mode not in ("self-instruct", "alpaca"):
+        raise Seed2LoraError(f"bootstrap.mode must be 'self-instruct' or 'alpaca', not {b.mode!r}")
+    pool_seeds = [s for s in seeds if s.is_classification] if b.use_clf_seed_tasks_only else seeds
+    if not pool_seeds:
+        raise Seed2LoraError("no seed tasks to sample from (use_clf_seed_tasks_only needs seeds with "
+                             "is_classification true)")
+    existing = run.read_stage("bootstrap")
+    machine = [t.instruction for t in existing]
+    filt = InstructionFilter(cfg.filter, pool=machine, seeds=[s.instruction for s in seeds])
+    requests = int(run.manifest().get("state", {}).get("bootstrap_requests", 0))
+    max_requests = b.max_requests or 20 * b.num_instructions
+    params = gen_params(cfg)
+    prefix_continues = getattr(teacher, "api", "chat") == "completions"
+    new = rejected_n = 0
+    with JsonlWriter(run.stage_file("bootstrap")) as kept_out, JsonlWriter(run.rejected_file) as rejected_out:
+        while len(machine) < b.num_instructions and requests < max_requests:
+            batch = []
+            for _ in range(min(b.requests_per_batch, max_requests - requests)):
+                rng = random.Random(f"{cfg.seed}:bootstrap:{requests}")
+                batch.append((requests, *build_prompt(prompts, cfg, rng, pool_seeds, machine)))
+                requests += 1
+            replies = teacher.generate([p for _, _, p, _ in batch], params, kind="bootstrap")
+            for (req, template, _, nxt), reply in zip(batch, replies):
+                if not reply.ok:
+                    continue
+                truncated = reply.finish_reason == "length"
+                for task in _tasks_from_reply(reply.text, template, nxt, truncated, prefix_continues, req, teacher.name):
+                    if len(machine) >= b.num_instructions:
+                        break
+                    reason = filt.check(task)
+                    if reason:
+                        rejected_out.write(task.rejected(reason, "bootstrap"))
+                        rejected_n += 1
+                        continue
+                    filt.add(task.instruction)
+                    machine.append(task.instruction)
+                    kept_out.write(task)
+                    new += 1
+                    if on_kept:
+                        on_kept(1)
+            run.update_manifest(state={"bootstrap_requests": requests})
+            if on_batch:
+                on_batch(requests)
+    if not machine:
+        raise Seed2LoraError(f"the teacher gave no usable instruction in {requests} prompts "
+                             f"({rejected_n} rejected; see {run.rejected_file}). Try another teacher, "
+                             "or loosen [filter] settings")
+    return BootstrapResult(kept=len(machine), new=new, rejected=rejected_n, requests=requests)
+
+
+def _tasks_from_reply(text: str, template: str, nxt: int, truncated: bool, prefix_continues: bool,
+                      request: int, teacher_name: str) -> list[Task]:
+    common = dict(origin="machine", round=request, stage="bootstrap", teacher=teacher_name, prompt=template)
+    if template == "alpaca.txt":
+        prefix = f"{nxt}. Instruction:" if prefix_continues else ""
+        return [Task(id=task_id("machine", instr), instruction=instr, instances=[inst], **common)
+                for instr, inst in parse_alpaca(text, prefix, truncated) if instr]
+    prefix = f"{nxt}." if prefix_continues else ""
+    return [Task(id=task_id("machine", instr), instruction=instr, **common)
+            for instr in parse_numbered_list(text, prefix, truncated)]

@@ -1,0 +1,116 @@
+"""Pure parsers of teacher text. No I/O, no randomness: every one is tested on real replies.
+
+Teachers answer in two styles. A completion model continues the prompt ("Provide a
+story...\\n10. Make a..."), so the stage passes the text the prompt ended with as
+`prefix`. A chat model starts fresh, often with a preamble ("Sure! Here are 8 tasks:")
+and markdown, and sometimes a closing remark. Both must give the same items.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..records import Instance
+
+NOINPUT = "<noinput>"
+_ITEM = re.compile(r"^\s*(?:[-*]\s*)?(?:\*\*)?(?:#+\s*)?(?:task|instruction)?\s*#?(\d{1,3})\s*(?:[.:)\]]|\s-)\s*(?:\*\*)?\s*(.*)$",
+                   re.IGNORECASE)
+_LABEL = re.compile(r"^(?:task|instruction)\s*(?:\d+)?\s*:\s*", re.IGNORECASE)
+_MARKDOWN = re.compile(r"\*\*|__|`")
+
+
+def clean_instruction(text: str) -> str:
+    """One line, no markdown emphasis or leading label, first letter upper-case."""
+    text = _MARKDOWN.sub("", text)
+    text = re.sub(r"\s+", " ", text).strip()
+    text = _LABEL.sub("", text).strip().strip('"').strip()
+    return text[:1].upper() + text[1:] if text else text
+
+
+def parse_numbered_list(reply: str, prefix: str = "", truncated: bool = False) -> list[str]:
+    """Items of a numbered task list ("9. ...", "Task 9: ...", "**9.** ...", "9) ...").
+
+    Lines that do not start an item continue the item above them, until a blank line;
+    text before the first item (a chat preamble) and after the list (a sign-off) is
+    dropped. When the reply was cut by the length limit the last item is dropped, since
+    it is probably incomplete (as Self-Instruct did).
+    """
+    items: list[list[str]] = []
+    open_item = False
+    for line in (prefix + reply).split("\n"):
+        m = _ITEM.match(line)
+        if m and m.group(2).strip():
+            items.append([m.group(2)])
+            open_item = True
+        elif not line.strip():
+            open_item = False
+        elif open_item:
+            items[-1].append(line)
+    if truncated and items:
+        items.pop()
+    out = []
+    for parts in items:
+        text = clean_instruction(" ".join(parts))
+        if text and text not in out:
+            out.append(text)
+    return out
+
+
+def parse_yes_no(reply: str) -> bool | None:
+    """The first yes/no word of a classification judgement; None when there is none."""
+    m = re.search(r"\b(yes|no)\b", reply, re.IGNORECASE)
+    return None if m is None else m.group(1).lower() == "yes"
+
+
+def _field(text: str) -> str:
+    text = text.strip()
+    return "" if text.lower() in (NOINPUT, "<no input>", "none", "(none)", "n/a") else text
+
+
+def parse_input_first(reply: str, prefix: str = "", truncated: bool = False) -> list[Instance]:
+    """Instances from "Example N / Input: ... / Output: ..." blocks (non-classification tasks)."""
+    text = prefix + reply
+    blocks = [b for b in re.split(r"(?im)^\s*\**example\s*\d+\s*\**\s*:?\s*$", text) if b.strip()]
+    out = []
+    for block in blocks:
+        m = re.search(r"(?is)^(?:.*?input\s*:)?(.*?)\boutput\s*:(.*)$", block)
+        if not m:
+            continue
+        out.append(Instance(input=_field(m.group(1)), output=_field(m.group(2))))
+    if truncated and out:
+        out.pop()
+    return out
+
+
+def parse_output_first(reply: str, prefix: str = "", truncated: bool = False) -> list[Instance]:
+    """Instances from "Class label: X / Input: ..." pairs (classification tasks, output first)."""
+    text = prefix + reply
+    out = []
+    for chunk in re.split(r"(?i)\bclass\s*label\s*:", text)[1:]:
+        m = re.match(r"(?is)\s*(.*?)\s*\n\s*input\s*:(.*)$", chunk)
+        if not m:
+            continue
+        label = m.group(1).strip().strip(".").strip()
+        if label and "\n" not in label:
+            out.append(Instance(input=_field(m.group(2)), output=label))
+    if truncated and out:
+        out.pop()
+    return out
+
+
+def parse_alpaca(reply: str, prefix: str = "", truncated: bool = False) -> list[tuple[str, Instance]]:
+    """(instruction, instance) triples from Alpaca-style "N. Instruction: / N. Input: / N. Output:" blocks."""
+    text = prefix + reply
+    out = []
+    blocks = re.split(r"\n?\s*###\s*\n?", text)
+    for block in blocks:
+        parts = re.split(r"(?im)^\s*\d+\s*\.\s*(instruction|input|output)\s*:", "\n" + block)
+        fields: dict[str, str] = {}
+        for name, value in zip(parts[1::2], parts[2::2]):
+            fields.setdefault(name.lower(), value.strip())
+        if "instruction" in fields and "output" in fields:
+            out.append((clean_instruction(fields["instruction"]),
+                        Instance(input=_field(fields.get("input", "")), output=fields["output"].strip())))
+    if truncated and out:
+        out.pop()
+    return out

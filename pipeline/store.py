@@ -1,0 +1,210 @@
+"""JSONL files and the run directory.
+
+One reader and one writer for every JSONL file. Stage outputs are appended one line at a
+time with a flush, so a crash loses at most the line being written; a torn last line is
+cut off when the file is opened again for appending.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+from .records import Task
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+STAGES = ("bootstrap", "classify", "instances", "filter")
+REJECTED = "rejected.jsonl"
+MANIFEST = "manifest.json"
+
+
+def read_jsonl(path: str | Path, *, strict: bool = True) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line.
+
+    strict=True (user input): a bad line raises InputError naming file and line.
+    strict=False (our own outputs): a torn last line, left by a crash, is skipped.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise InputError(path, line, f"is not UTF-8 ({e.reason})", "save the file as UTF-8") from None
+    lines = text.split("\n")
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            torn_tail = lineno == len(lines) and not text.endswith("\n")
+            if not strict and torn_tail:
+                return
+            raise InputError(path, lineno, f"is not valid JSON ({e.msg} at column {e.colno})",
+                             "write one JSON object per line") from None
+        if not isinstance(obj, dict):
+            raise InputError(path, lineno, f"holds a JSON {type(obj).__name__}, not an object",
+                             "write one JSON object per line")
+        yield lineno, obj
+
+
+def read_tasks(path: str | Path) -> list[Task]:
+    """Read a stage file written by seed2lora (missing file = empty)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [Task.from_dict(obj) for _, obj in read_jsonl(path, strict=False)]
+
+
+class JsonlWriter:
+    """Append records to a JSONL file, one flushed line each; repairs a torn tail first."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _repair_tail(self.path)
+        self._fh = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: Task | dict[str, Any]) -> None:
+        obj = record.to_dict() if isinstance(record, Task) else record
+        self._fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> "JsonlWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _repair_tail(path: Path) -> None:
+    """Cut a last line that has no newline: it was torn by a crash mid-write."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    cut = data.rfind(b"\n") + 1
+    with open(path, "r+b") as fh:
+        fh.truncate(cut)
+
+
+def write_jsonl_atomic(path: str | Path, records: Iterable[Task | dict[str, Any]]) -> int:
+    """Replace a file in one step, so readers never see half of it."""
+    n = 0
+    lines = []
+    for r in records:
+        lines.append(json.dumps(r.to_dict() if isinstance(r, Task) else r, ensure_ascii=False))
+        n += 1
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
+    return n
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; stage files are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sha256_file(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class RunDir:
+    """outputs/<run-name>/: one JSONL per stage, rejected.jsonl and manifest.json."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def stage_file(self, stage: str) -> Path:
+        return self.path / f"{stage}.jsonl"
+
+    @property
+    def rejected_file(self) -> Path:
+        return self.path / REJECTED
+
+    @property
+    def manifest_file(self) -> Path:
+        return self.path / MANIFEST
+
+    def ensure(self) -> "RunDir":
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def read_stage(self, stage: str) -> list[Task]:
+        return read_tasks(self.stage_file(stage))
+
+    def read_rejected(self) -> list[Task]:
+        return read_tasks(self.rejected_file)
+
+    def replace_rejected(self, stage: str, records: Iterable[Task]) -> None:
+        """Rewrite the rejections of one stage (a stage that is re-run whole), keeping the others."""
+        kept = [r for r in self.read_rejected() if r.stage != stage]
+        write_jsonl_atomic(self.rejected_file, [*kept, *records])
+
+    def manifest(self) -> dict[str, Any]:
+        if not self.manifest_file.exists():
+            return {}
+        try:
+            return json.loads(self.manifest_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise InputError(self.manifest_file, e.lineno, "is not valid JSON",
+                             "delete it; the next run writes a new one") from None
+
+    def update_manifest(self, **fields: Any) -> dict[str, Any]:
+        """Merge fields into manifest.json (dicts are merged one level deep) and recount stages."""
+        m = self.manifest()
+        for key, value in fields.items():
+            if isinstance(value, dict) and isinstance(m.get(key), dict):
+                m[key] = {**m[key], **value}
+            else:
+                m[key] = value
+        m.setdefault("created", _now())
+        m["updated"] = _now()
+        m["counts"] = self.counts()
+        write_text_atomic(self.manifest_file, json.dumps(m, indent=2, ensure_ascii=False) + "\n")
+        return m
+
+    def counts(self) -> dict[str, Any]:
+        counts: dict[str, Any] = {}
+        for stage in STAGES:
+            f = self.stage_file(stage)
+            if f.exists():
+                counts[stage] = sum(1 for _ in read_jsonl(f, strict=False))
+        rejected = self.read_rejected()
+        counts["rejected"] = len(rejected)
+        by_reason = Counter(f"{r.stage}: {reason_kind(r.reject_reason)}" for r in rejected)
+        counts["rejected_by_reason"] = dict(by_reason.most_common())
+        return counts
+
+
+def reason_kind(reason: str | None) -> str:
+    """The rule part of a reject reason ('rouge_l: 0.81 vs ...' -> 'rouge_l')."""
+    return (reason or "unknown").split(":", 1)[0].strip()
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -1,0 +1,50 @@
+"""Teachers and the one function that builds one from a spec string.
+
+Specs: "embedded" (default), "openai:MODEL" (OpenAI or any compatible server with
+base_url), "hf:PATH_OR_ID" (in-process transformers; a .gguf path works too).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import TeacherConfig
+from ..errors import TeacherError
+from .base import BaseTeacher, Completion, GenParams, Teacher, Usage, apply_stop
+
+__all__ = ["BaseTeacher", "Completion", "GenParams", "Teacher", "Usage", "apply_stop", "make_teacher"]
+
+
+def make_teacher(cfg: TeacherConfig, seed: int = 0) -> Teacher:
+    spec = cfg.spec.strip()
+    kind, _, ref = spec.partition(":")
+    if kind == "openai":
+        if not ref:
+            raise TeacherError("--teacher openai needs a model name. Fix: --teacher openai:gpt-4o-mini")
+        from .openai_compat import OpenAITeacher
+
+        return OpenAITeacher(ref, base_url=cfg.base_url, api="chat" if cfg.api == "auto" else cfg.api,
+                             api_key_env=cfg.api_key_env, concurrency=cfg.concurrency, timeout_s=cfg.timeout_s,
+                             max_retries=cfg.max_retries, system_prompt=cfg.system_prompt, spec=spec)
+    if kind in ("hf", "embedded"):
+        from .hf import HFTeacher
+
+        gguf_file = None
+        if kind == "embedded":
+            from .embedded import embedded_model_dir
+
+            model = str(embedded_model_dir())
+        else:
+            if not ref:
+                raise TeacherError("--teacher hf needs a model. Fix: --teacher hf:/path/to/model or hf:org/name")
+            model = ref
+            if ref.endswith(".gguf"):
+                p = Path(ref)
+                if not p.is_file():
+                    raise TeacherError(f"{ref}: no such GGUF file. Fix: give the path of an existing .gguf file")
+                model, gguf_file = str(p.parent), p.name
+        return HFTeacher(model, gguf_file=gguf_file, api="completions" if cfg.api == "auto" else cfg.api,
+                         batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype,
+                         repetition_penalty=cfg.repetition_penalty, system_prompt=cfg.system_prompt,
+                         trust_remote_code=cfg.trust_remote_code, spec=spec, seed=seed)
+    raise TeacherError(f"unknown teacher {spec!r}. Fix: use embedded, openai:MODEL or hf:PATH_OR_ID")

@@ -1,0 +1,122 @@
+"""A fake OpenAI-compatible server on 127.0.0.1 (stdlib only) for tests.
+
+`FakeOpenAI.enqueue(...)` scripts replies in order; with nothing queued, `default_reply`
+answers like a well-behaved teacher of the Self-Instruct prompts. Every request is kept
+in `history` (path, JSON body, headers) so tests can check what was sent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+TOPICS = ["volcanoes", "tax forms", "chess openings", "bread baking", "job interviews", "tide pools", "bicycle repair",
+          "sleep hygiene", "roman history", "spreadsheet formulas", "bird migration", "public speaking",
+          "houseplants", "budget travel", "poetry meter", "solar panels", "knitting", "first aid", "jazz chords",
+          "beekeeping", "board games", "rainwater tanks", "sourdough", "origami", "marathon training"]
+VERBS = ["Explain", "Summarize", "List", "Compare", "Describe", "Suggest", "Outline", "Critique", "Plan", "Evaluate"]
+
+
+def _novel_instructions():
+    """Endless distinct instructions (distinct enough to pass ROUGE-L 0.7 against each other)."""
+    for n in itertools.count():
+        verb = VERBS[n % len(VERBS)]
+        topic = TOPICS[(n // len(VERBS)) % len(TOPICS)]
+        yield f"{verb} the key ideas about {topic} for a reader aged {10 + n} in plain words"
+
+
+class FakeOpenAI:
+    def __init__(self) -> None:
+        self.queue: deque[tuple[int, Any, dict[str, str], float]] = deque()
+        self.history: list[dict[str, Any]] = []
+        self._novel = _novel_instructions()
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with outer._lock:
+                    outer.history.append({"path": self.path, "body": body, "headers": dict(self.headers)})
+                    status, payload, headers, delay = outer.queue.popleft() if outer.queue else \
+                        (200, outer.default_reply(self.path, body), {}, 0.0)
+                if delay:
+                    time.sleep(delay)
+                if callable(payload):
+                    payload = payload(self.path, body)
+                if isinstance(payload, str) and status == 200:
+                    payload = outer.wrap(self.path, payload)
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def enqueue(self, reply: Any, *, status: int = 200, finish_reason: str = "stop",
+                headers: dict[str, str] | None = None, delay: float = 0.0) -> None:
+        """Queue one reply: text (wrapped as a completion), a dict/bytes body, or a callable(path, body)."""
+        if isinstance(reply, str) and status == 200:
+            text = reply
+            reply = lambda path, body: self.wrap(path, text, finish_reason)  # noqa: E731
+        self.queue.append((status, reply, headers or {}, delay))
+
+    @staticmethod
+    def prompt_of(body: dict[str, Any]) -> str:
+        if "messages" in body:
+            return body["messages"][-1]["content"]
+        return body.get("prompt", "")
+
+    def wrap(self, path: str, text: str, finish_reason: str = "stop") -> dict[str, Any]:
+        usage = {"prompt_tokens": 11, "completion_tokens": len(text.split()), "total_tokens": 11 + len(text.split())}
+        if path.endswith("/chat/completions"):
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
+            return {"id": "c", "object": "chat.completion", "created": 0, "model": "fake", "choices": [choice],
+                    "usage": usage}
+        choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
+        return {"id": "c", "object": "text_completion", "created": 0, "model": "fake", "choices": [choice],
+                "usage": usage}
+
+    def default_reply(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A competent teacher for each of seed2lora's prompts, in chat style."""
+        prompt = self.prompt_of(body)
+        if "numbered list of" in prompt:  # bootstrap
+            items = [next(self._novel) for _ in range(3)]  # called under the server's lock
+            text = "Sure! Here are some new tasks:\n\n" + "\n".join(f"{i + 9}. {t}" for i, t in enumerate(items))
+        elif "Is it classification?" in prompt:
+            task = prompt.rsplit("Task:", 1)[-1]
+            text = "Yes" if "Compare" in task else "No"
+        elif prompt.rstrip().endswith("Class label:"):
+            text = "Class label: First\nInput: the first option\n\nClass label: Second\nInput: the other option"
+        elif prompt.rstrip().endswith("Input:"):
+            task = prompt.rsplit("Task:", 1)[-1].split("\n")[0].strip()
+            text = (f"Example 1\nInput: a question about {task[:20]}\nOutput: a careful answer about {task[-20:]}\n\n"
+                    f"Example 2\nInput: <noinput>\nOutput: a general answer for: {task}")
+        else:
+            text = "I am not sure what you want."
+        return self.wrap(path, text)
+

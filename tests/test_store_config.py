@@ -1,0 +1,85 @@
+import json
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.errors import InputError
+from pipeline.records import Instance, Task
+from pipeline.store import JsonlWriter, RunDir, read_jsonl, read_tasks
+
+
+def test_task_round_trips_through_json():
+    t = Task(id="t1", instruction="Do it.", instances=[Instance("a", "b")], is_classification=True,
+             most_similar_instructions={"x": 0.5}, avg_similarity_score=0.1, meta={"name": "n"})
+    back = Task.from_dict(json.loads(json.dumps(t.to_dict())))
+    assert back == t
+    assert "reject_reason" not in t.to_dict()
+    assert t.rejected("why", "filter").to_dict()["reject_reason"] == "why"
+
+
+def test_writer_repairs_a_torn_last_line(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"id": "a", "instruction": "x"}\n{"id": "b", "instr')
+    assert [t.id for t in read_tasks(path)] == ["a"]  # torn tail skipped when reading our own file
+    with JsonlWriter(path) as w:
+        w.write(Task(id="c", instruction="y"))
+    assert [t.id for t in read_tasks(path)] == ["a", "c"]
+    assert path.read_text().endswith("\n")
+
+
+def test_strict_reader_names_file_and_line(tmp_path):
+    path = tmp_path / "seeds.jsonl"
+    path.write_text('{"instruction": "ok"}\n\n{"instruction": oops}\n')
+    with pytest.raises(InputError) as e:
+        list(read_jsonl(path))
+    assert f"{path}:3" in str(e.value) and "Fix:" in str(e.value)
+
+
+def test_non_utf8_file_is_reported_with_line(tmp_path):
+    path = tmp_path / "seeds.jsonl"
+    path.write_bytes(b'{"instruction": "ok"}\n{"instruction": "caf\xe9"}\n')
+    with pytest.raises(InputError, match=r"seeds.jsonl:2: is not UTF-8"):
+        list(read_jsonl(path))
+
+
+def test_manifest_counts_and_rejected_replacement(tmp_path):
+    run = RunDir(tmp_path / "r").ensure()
+    with JsonlWriter(run.stage_file("bootstrap")) as w:
+        w.write(Task(id="a", instruction="x"))
+    with JsonlWriter(run.rejected_file) as w:
+        w.write(Task(id="b", instruction="y").rejected("blacklist: image", "bootstrap"))
+        w.write(Task(id="c", instruction="z").rejected("too_short: 1 words", "filter"))
+    run.replace_rejected("filter", [Task(id="d", instruction="w").rejected("rouge_l: 0.9", "filter")])
+    m = run.update_manifest(note="hi")
+    assert m["counts"]["bootstrap"] == 1
+    assert m["counts"]["rejected_by_reason"] == {"bootstrap: blacklist": 1, "filter: rouge_l": 1}
+
+
+def test_config_defaults_are_the_papers():
+    cfg = load_config(None)
+    assert cfg.bootstrap.num_prompt_instructions == 8 and cfg.bootstrap.num_machine_instructions == 2
+    assert cfg.bootstrap.max_list_number == 16
+    assert cfg.filter.rouge_threshold == 0.7 and cfg.instances.max_instances == 5
+    assert {"image", "graph", "picture", "file", "map", "draw", "plot", "go to", "video", "diagram"} <= set(cfg.filter.blacklist)
+
+
+def test_config_unknown_key_names_line_and_valid_keys(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('run_name = "x"\n\n[bootstrap]\nnum_instructions = 5\nnum_instrucions = 7\n')
+    with pytest.raises(InputError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert f"{path}:5" in msg and "num_instrucions" in msg and "num_instructions" in msg
+
+
+def test_config_wrong_type_and_overrides(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[filter]\nrouge_threshold = "high"\n')
+    with pytest.raises(InputError, match=r"run.toml:2: \[filter\] 'rouge_threshold' is 'high'"):
+        load_config(path)
+    path.write_text('seed = 3\n[filter]\nrouge_threshold = 1\n')
+    cfg = load_config(path, {"teacher.spec": "openai:m", "bootstrap.num_instructions": 9})
+    assert cfg.seed == 3 and cfg.filter.rouge_threshold == 1.0 and isinstance(cfg.filter.rouge_threshold, float)
+    assert cfg.teacher.spec == "openai:m" and cfg.bootstrap.num_instructions == 9
+    with pytest.raises(InputError, match="unknown setting 'bootstrap.nope'"):
+        load_config(None, {"bootstrap.nope": 1})
