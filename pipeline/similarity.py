@@ -1,0 +1,608 @@
+"""Exact, fast ROUGE-L for the Self-Instruct diversity filter.
+
+Scores are bit-for-bit those of ``rouge_score`` (RougeScorer(["rougeL"])):
+the same tokenizer (lowercase, runs of [a-z0-9] are tokens, optional Porter
+stemming of tokens longer than 3 chars) and the same float formula
+(p = lcs/len(pred), r = lcs/len(target), f = 2*p*r/(p+r)).
+
+Algorithm
+---------
+* Tokens are interned to ints, so an entry is a slice of one int32 array.
+* LCS length is computed bit-parallel (Allison-Dix / Hyyro 2004): with the
+  query's token positions as bit masks M[t], one pass over the other text
+  doing ``u = V & M[t]; V = (V + u) | (V - u)`` leaves LCS = number of zero
+  bits of V.  Queries longer than 64 tokens use multi-word V with carries.
+* Batches (``filter_batch``) score up to 64 short queries at once: each pool
+  token is read once and updates 64 independent bit vectors, a loop LLVM
+  vectorises.  Pool tokens absent from every query leave V unchanged and are
+  skipped.  Work is split over all cores by threads running nogil kernels.
+* Candidates of a batch are then decided in order against the pool maxima and
+  the scores among themselves, which gives the same decisions as calling
+  ``add_if_novel`` one by one.
+* A single query (``max_score``, ``scores``, ``add_if_novel``) uses one bit
+  vector; ``max_score`` skips entries whose F bound cannot beat the best so
+  far: the length bound LCS <= min(m, n), and for queries over 64 tokens
+  also the bag-of-words bound (entry tokens that occur in the query), which
+  is cheaper than a multi-word LCS (for one word it costs as much as the
+  LCS itself, so it is not used there).  The bound is the exact float F of
+  the bound LCS, so pruning never changes a result, including the many
+  "exactly 0.7" pairs that evaluate to 0.7000000000000001.
+* ``filter_batch_detailed`` also returns Self-Instruct's most-similar top-k
+  and mean score for every candidate, from the score rows the batch computes
+  anyway; it is much faster than calling ``scores``/``top_k`` per candidate.
+
+Backends: "numba" (default when importable), "rapidfuzz" (LCSseq over tokens
+mapped to characters) and "python" (Python-int bit vectors, the test oracle).
+An index is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+import numpy as np
+
+try:
+    import numba
+    from numba.extending import intrinsic
+except ImportError:  # pragma: no cover - exercised only without numba
+    numba = None
+try:
+    from rapidfuzz import process as _rf_process
+    from rapidfuzz.distance import LCSseq as _rf_lcs
+except ImportError:  # pragma: no cover
+    _rf_process = None
+
+_TOKEN_RE = re.compile(r"[a-z0-9]+")
+_LANES = 64  # queries scored together per pass over the pool in filter_batch
+_MIN_PARALLEL_WORK = 1 << 20  # token x lane steps (~0.5 ms) below which one thread runs
+# worker threads: NUMBA_NUM_THREADS if set, else every CPU this process may run on
+_THREADS = int(os.environ.get("NUMBA_NUM_THREADS") or (
+    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+class _Tokenizer:
+    """rouge_score.tokenize.tokenize, with an optional cached Porter stemmer."""
+
+    def __init__(self, use_stemmer: bool = False):
+        self._stem = None
+        if use_stemmer:
+            from nltk.stem import porter
+
+            self._stem = porter.PorterStemmer().stem
+            self._cache: dict[str, str] = {}
+
+    def __call__(self, text) -> list[str]:
+        if isinstance(text, bytes):  # six.ensure_str: lower() first, then utf-8 decode
+            text = text.lower().decode("utf-8")
+        else:
+            text = text.lower()
+        # findall == rouge-score's sub(non-alnum, " ") + split + VALID_TOKEN filter
+        tokens = _TOKEN_RE.findall(text)
+        if self._stem is not None:
+            tokens = [self._stemmed(t) if len(t) > 3 else t for t in tokens]
+            tokens = [t for t in tokens if _TOKEN_RE.fullmatch(t)]
+        return tokens
+
+    def _stemmed(self, token: str) -> str:
+        s = self._cache.get(token)
+        if s is None:
+            s = self._cache[token] = self._stem(token)
+        return s
+
+
+def _fmeasure(lcs: int, n_target: int, n_pred: int) -> float:
+    """rouge_score._score_lcs + scoring.fmeasure, same float operations."""
+    if not n_target or not n_pred:
+        return 0.0
+    precision = lcs / n_pred
+    recall = lcs / n_target
+    if precision + recall > 0:
+        return 2 * precision * recall / (precision + recall)
+    return 0.0
+
+
+def _match_masks(tokens) -> dict:
+    """token -> bitmask of its positions in `tokens`."""
+    masks: dict = {}
+    for i, t in enumerate(tokens):
+        masks[t] = masks.get(t, 0) | (1 << i)
+    return masks
+
+
+def _lcs_bits(masks: dict, m: int, other) -> int:
+    """LCS length by Hyyro's bit-parallel recurrence on Python ints."""
+    full = (1 << m) - 1
+    v = full
+    for t in other:
+        u = v & masks.get(t, 0)
+        v = ((v + u) | (v - u)) & full
+    return m - v.bit_count()
+
+
+_default_tokenizer = _Tokenizer()
+
+
+def rouge_l(a: str, b: str) -> float:
+    """ROUGE-L F-measure of RougeScorer(["rougeL"]).score(a, b)."""
+    ta, tb = _default_tokenizer(a), _default_tokenizer(b)
+    if not ta or not tb:
+        return 0.0
+    return _fmeasure(_lcs_bits(_match_masks(ta), len(ta), tb), len(ta), len(tb))
+
+
+def _top_k_numpy(scores: np.ndarray, k: int) -> np.ndarray:
+    order = np.argsort(-scores, kind="stable")  # stable: ties keep lower position first
+    return order[:k]
+
+
+# --------------------------------------------------------------------------- numba
+if numba is not None:
+
+    @intrinsic
+    def _popcount(typingctx, x):
+        def codegen(context, builder, sig, args):
+            return builder.ctpop(args[0])
+
+        return numba.types.uint64(numba.types.uint64), codegen
+
+    _ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+    @numba.njit(cache=True, inline="always")
+    def _f(lcs, m, n):
+        # Same operations and order as rouge_score; lcs == 0 covers empty texts.
+        if lcs == 0:
+            return 0.0
+        p = lcs / n
+        r = lcs / m
+        return 2 * p * r / (p + r)
+
+    @numba.njit(cache=True, inline="always")
+    def _low_mask(bits):
+        return _ONES >> np.uint64(64 - bits) if bits > 0 else np.uint64(0)
+
+    @numba.njit(cache=True)
+    def _pack(qflat, qstart, n_vocab, n_words):
+        """Match masks of several queries, indexed through a slot table.
+
+        slot[token] is 0 for tokens in no query, else a row of `table`; row s
+        holds, for query q and word w, the bits of the token's positions at
+        column q * n_words + w.
+        """
+        slot = np.zeros(n_vocab, np.int32)
+        n_slots = 1
+        for t in qflat:
+            if slot[t] == 0:
+                slot[t] = n_slots
+                n_slots += 1
+        table = np.zeros((n_slots, (qstart.shape[0] - 1) * n_words), np.uint64)
+        for q in range(qstart.shape[0] - 1):
+            for p in range(qstart[q + 1] - qstart[q]):
+                t = qflat[qstart[q] + p]
+                table[slot[t], q * n_words + p // 64] |= np.uint64(1) << np.uint64(p % 64)
+        return slot, table
+
+    @numba.njit(cache=True, nogil=True)
+    def _block_scores(lo, hi, flat, start, slot, table, qlen, out, out_rows):
+        """F of up to 64-token queries (lanes) against entries lo..hi-1.
+
+        Returns the lane maxima, and writes out[out_rows[lane], entry] when
+        `out` has columns.
+        """
+        lanes = qlen.shape[0]
+        full = np.empty(lanes, np.uint64)
+        for k in range(lanes):
+            full[k] = _low_mask(qlen[k])
+        best = np.zeros(lanes)
+        v = np.empty(lanes, np.uint64)
+        for i in range(lo, hi):
+            v[:] = full
+            for j in range(start[i], start[i + 1]):
+                s = slot[flat[j]]
+                if s:  # tokens in no query leave every V unchanged
+                    row = table[s]
+                    for k in range(lanes):
+                        u = v[k] & row[k]
+                        v[k] = (v[k] + u) | (v[k] - u)
+            n_i = start[i + 1] - start[i]
+            for k in range(lanes):
+                f = _f(qlen[k] - np.int64(_popcount(v[k] & full[k])), qlen[k], n_i)
+                best[k] = max(best[k], f)
+                if out.shape[1]:
+                    out[out_rows[k], i] = f
+        return best
+
+    @numba.njit(cache=True, inline="always")
+    def _lcs_words(flat, lo, hi, slot, table, v, top, m):
+        """LCS of one multi-word query and flat[lo:hi]."""
+        words = v.shape[0]
+        v[:] = _ONES
+        v[words - 1] = top
+        for j in range(lo, hi):
+            s = slot[flat[j]]
+            if s:
+                row = table[s]
+                carry = np.uint64(0)
+                for w in range(words):  # V + u with the carry running across words
+                    x = v[w]
+                    u = x & row[w]
+                    y = x + u
+                    z = y + carry
+                    carry = np.uint64(1) if (y < x or z < y) else np.uint64(0)
+                    v[w] = z | (x - u)
+        zeros = np.int64(_popcount(v[words - 1] & top))
+        for w in range(words - 1):
+            zeros += np.int64(_popcount(v[w]))
+        return m - zeros
+
+    @numba.njit(cache=True, nogil=True)
+    def _query_scores(lo, hi, flat, start, pm, slot, table, m, out, prune):
+        """Max F of one query of any length against entries lo..hi-1.
+
+        Up to 64 tokens, pm[token] is the match mask (a dense array: one load
+        and no branch per token is fastest); longer queries use slot/table.
+        Writes out[entry] when `out` is not empty.  With `prune`, entries
+        whose exact-float F bound cannot beat the best so far are skipped.
+        """
+        words = table.shape[1]
+        top = _low_mask(m - 64 * (words - 1))
+        v = np.empty(words, np.uint64)
+        best = 0.0
+        for i in range(lo, hi):
+            a, b = start[i], start[i + 1]
+            if prune:
+                bound = min(m, b - a)
+                if _f(bound, m, b - a) <= best:
+                    continue
+                if words > 1:  # bag-of-words bound, cheaper than a multi-word LCS
+                    hits = 0  # entry tokens found in the query >= LCS
+                    for j in range(a, b):
+                        hits += slot[flat[j]] != 0
+                    if _f(min(bound, hits), m, b - a) <= best:
+                        continue
+            if words == 1:
+                x = top
+                for j in range(a, b):
+                    u = x & pm[flat[j]]
+                    x = (x + u) | (x - u)
+                lcs = m - np.int64(_popcount(x & top))
+            else:
+                lcs = _lcs_words(flat, a, b, slot, table, v, top, m)
+            f = _f(lcs, m, b - a)
+            best = max(best, f)
+            if out.shape[0]:
+                out[i] = f
+        return best
+
+    @numba.njit(cache=True)
+    def _top_k_numba(scores, k):
+        """Indices of the k best scores, best first, ties by lower index."""
+        k = max(0, min(k, scores.shape[0]))
+        idx = np.empty(k, np.int64)
+        val = np.empty(k, np.float64)
+        size = 0
+        for i in range(scores.shape[0] if k else 0):
+            s = scores[i]
+            if size == k and s <= val[k - 1]:  # equal scores never displace earlier ones
+                continue
+            j = min(size, k - 1)
+            while j > 0 and val[j - 1] < s:
+                val[j] = val[j - 1]
+                idx[j] = idx[j - 1]
+                j -= 1
+            val[j] = s
+            idx[j] = i
+            size = min(size + 1, k)
+        return idx
+
+
+class _Flat:
+    """Growable (flat token ids, start offsets) pair."""
+
+    def __init__(self):
+        self.flat = np.empty(1024, np.int32)
+        self.start = np.zeros(1024, np.int64)
+        self.n = 0
+
+    def append(self, ids: np.ndarray) -> None:
+        end = self.start[self.n] + len(ids)
+        if end > len(self.flat):
+            self.flat = np.resize(self.flat, max(2 * len(self.flat), end))
+        if self.n + 2 > len(self.start):
+            self.start = np.resize(self.start, 2 * len(self.start))
+        self.flat[self.start[self.n]:end] = ids
+        self.n += 1
+        self.start[self.n] = end
+
+    def arrays(self):
+        return self.flat, self.start[: self.n + 1]
+
+    @classmethod
+    def of(cls, seqs) -> tuple[np.ndarray, np.ndarray]:
+        start = np.zeros(len(seqs) + 1, np.int64)
+        np.cumsum([len(s) for s in seqs], out=start[1:])
+        flat = np.concatenate(seqs) if seqs else np.empty(0, np.int32)
+        return flat.astype(np.int32, copy=False), start
+
+
+_executor = None
+
+
+def _split(kernel, n, work, *args):
+    """kernel(lo, hi, *args) over entries 0..n-1, split across threads.
+
+    Plain threads running nogil kernels rather than numba's OpenMP prange:
+    idle OpenMP workers spin, and on a busy 2-core machine that made the
+    filter 2-2.5x slower; these workers sleep.  Small work runs inline.
+    """
+    global _executor
+    parts = _THREADS if work >= _MIN_PARALLEL_WORK else 1
+    bounds = [n * p // parts for p in range(parts + 1)]
+    if parts == 1:
+        return [kernel(0, n, *args)]
+    if _executor is None:
+        _executor = ThreadPoolExecutor(_THREADS - 1, thread_name_prefix="rouge-l")
+    futures = [_executor.submit(kernel, bounds[p], bounds[p + 1], *args) for p in range(1, parts)]
+    return [kernel(0, bounds[1], *args)] + [f.result() for f in futures]
+
+
+def _forget_executor():
+    global _executor
+    _executor = None  # a forked child has the executor but not its threads
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_executor)
+
+
+class _NumbaEngine:
+    def __init__(self):
+        self.pool = _Flat()
+
+    def add(self, ids: np.ndarray) -> None:
+        self.pool.append(ids)
+
+    @staticmethod
+    def _query(q, target, n_vocab, out, prune):
+        """Max F of one query (any length) against target; its row into `out` unless empty."""
+        flat, start = target
+        slot, table = _pack(q, np.array([0, len(q)]), n_vocab, (len(q) + 63) // 64)
+        pm = table[slot, 0] if table.shape[1] == 1 else np.zeros(0, np.uint64)
+        return max(_split(_query_scores, len(start) - 1, start[-1] * table.shape[1],
+                          flat, start, pm, slot, table, len(q), out, prune))
+
+    def _run(self, queries, target, n_vocab, out=None):
+        """Max F of each query against (flat, start); rows into out[q, :n] if given."""
+        flat, start = target
+        maxima = np.zeros(len(queries))
+        no_rows = np.zeros((0, 0))
+        short = [i for i, q in enumerate(queries) if 0 < len(q) <= 64]
+        for b in range(0, len(short), _LANES):
+            lanes = np.array(short[b:b + _LANES])
+            qflat, qstart = _Flat.of([queries[i] for i in lanes])
+            slot, table = _pack(qflat, qstart, n_vocab, 1)
+            best = _split(_block_scores, len(start) - 1, start[-1] * len(lanes), flat, start, slot,
+                          table, np.diff(qstart), no_rows if out is None else out, lanes)
+            maxima[lanes] = np.max(best, axis=0)
+        for i, q in enumerate(queries):
+            if len(q) > 64:
+                row = np.zeros(0) if out is None else out[i]
+                maxima[i] = self._query(q, target, n_vocab, row, prune=out is None)
+        return maxima
+
+    def pool_scores(self, queries, n_vocab, out=None):
+        return self._run(queries, self.pool.arrays(), n_vocab, out)
+
+    def cross_scores(self, queries, n_vocab):
+        out = np.zeros((len(queries), len(queries)))
+        self._run(queries, _Flat.of(queries), n_vocab, out)
+        return out
+
+    def max_score(self, q, n_vocab):
+        # One query: a single bit vector with pruning beats a 1-lane block.
+        if len(q) == 0 or self.pool.n == 0:
+            return 0.0
+        return float(self._query(q, self.pool.arrays(), n_vocab, np.zeros(0), True))
+
+    def scores(self, q, n_vocab):
+        out = np.zeros(self.pool.n)
+        if len(q):
+            self._query(q, self.pool.arrays(), n_vocab, out, False)
+        return out
+
+    top_k = staticmethod(_top_k_numba if numba is not None else None)
+
+
+class _RapidfuzzEngine:
+    """Token ids as characters, LCS lengths from rapidfuzz's C++ bit-parallel cdist."""
+
+    def __init__(self):
+        self.pool: list[str] = []
+        self.lens: list[int] = []
+
+    @staticmethod
+    def _str(ids) -> str:
+        return "".join(map(chr, ids))  # up to 0x110000 distinct tokens
+
+    def add(self, ids) -> None:
+        self.pool.append(self._str(ids))
+        self.lens.append(len(ids))
+
+    @staticmethod
+    def _f(lcs, m, n):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p = lcs / n
+            r = lcs / m
+            return np.where(lcs > 0, 2 * p * r / (p + r), 0.0)
+
+    def _matrix(self, queries, strs, lens):
+        if not strs or not queries:
+            return np.zeros((len(queries), len(strs)))
+        # rapidfuzz starts its threads per call: worth it only for large matrices
+        workers = -1 if len(queries) * len(strs) > 1 << 16 else 1
+        lcs = _rf_process.cdist([self._str(q) for q in queries], strs,
+                                scorer=_rf_lcs.similarity, dtype=np.int32, workers=workers)
+        m = np.array([len(q) for q in queries])[:, None]
+        return self._f(lcs, m, np.asarray(lens)[None, :])
+
+    def pool_scores(self, queries, n_vocab, out=None):
+        f = self._matrix(queries, self.pool, self.lens)
+        if out is not None:
+            out[:, :f.shape[1]] = f
+        return f.max(axis=1) if f.shape[1] else np.zeros(len(queries))
+
+    def cross_scores(self, queries, n_vocab):
+        return self._matrix(queries, [self._str(q) for q in queries], [len(q) for q in queries])
+
+    def max_score(self, q, n_vocab):
+        return float(self.pool_scores([q], n_vocab)[0])
+
+    def scores(self, q, n_vocab):
+        return self._matrix([q], self.pool, self.lens)[0]
+
+    top_k = staticmethod(_top_k_numpy)
+
+
+class Decision(NamedTuple):
+    """Outcome of one candidate of filter_batch_detailed.
+
+    top_k and mean_score are over the entries present when the candidate was
+    considered (like Self-Instruct's most_similar_instructions and
+    avg_similarity_score); mean_score is 0.0 for an empty index.
+    """
+
+    added: bool
+    max_score: float
+    top_k: list[tuple[int, float]]
+    mean_score: float
+
+
+def _available_backend() -> str:
+    if numba is not None:
+        return "numba"
+    if _rf_process is not None:
+        return "rapidfuzz"
+    return "python"
+
+
+class RougeLIndex:
+    """A growing pool of texts answering ROUGE-L queries against all of them.
+
+    A query is the target and entries the predictions, as in Stanford Alpaca's
+    ``_score_lcs(new_tokens, pool_tokens)``; F is symmetric anyway.
+    """
+
+    def __init__(self, use_stemmer: bool = False, backend: str = "auto"):
+        if backend == "auto":
+            backend = _available_backend()
+        engines = {"numba": numba and _NumbaEngine, "rapidfuzz": _rf_process and _RapidfuzzEngine}
+        if backend != "python" and not engines.get(backend):
+            raise ValueError(f"backend {backend!r} is unknown or not installed")
+        self.backend = backend
+        self._engine = engines[backend]() if backend != "python" else None
+        self._tokenize = _Tokenizer(use_stemmer)
+        self._vocab: dict[str, int] = {}
+        self._texts: list[str] = []
+        self._tokens: list[list[str]] = []  # python backend only
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def text(self, i: int) -> str:
+        return self._texts[i]
+
+    def _ids(self, text: str) -> np.ndarray:
+        vocab = self._vocab
+        return np.array([vocab.setdefault(t, len(vocab)) for t in self._tokenize(text)], np.int32)
+
+    def _add_ids(self, text: str, ids: np.ndarray) -> int:
+        self._texts.append(text)
+        self._engine.add(ids)
+        return len(self._texts) - 1
+
+    def add(self, text: str) -> int:
+        if self._engine is None:
+            self._tokens.append(self._tokenize(text))
+            self._texts.append(text)
+            return len(self._texts) - 1
+        return self._add_ids(text, self._ids(text))
+
+    def scores(self, text: str) -> np.ndarray:
+        """F-measure of `text` (as target) against every entry (as prediction)."""
+        if self._engine is not None:
+            return self._engine.scores(self._ids(text), len(self._vocab))
+        q = self._tokenize(text)
+        out = np.zeros(len(self._tokens))
+        if q:
+            masks, m = _match_masks(q), len(q)
+            for i, e in enumerate(self._tokens):
+                out[i] = _fmeasure(_lcs_bits(masks, m, e), m, len(e))
+        return out
+
+    def max_score(self, text: str) -> float:
+        if self._engine is not None:
+            return self._engine.max_score(self._ids(text), len(self._vocab))
+        return float(self.scores(text).max()) if self._texts else 0.0
+
+    def top_k(self, text: str, k: int = 10) -> list[tuple[int, float]]:
+        s = self.scores(text)
+        top = self._engine.top_k(s, k) if self._engine is not None else _top_k_numpy(s, k)
+        return [(int(i), float(s[i])) for i in top]
+
+    def add_if_novel(self, text: str, threshold: float = 0.7) -> tuple[bool, float]:
+        best = self.max_score(text)
+        if best <= threshold:
+            self.add(text)
+            return True, best
+        return False, best
+
+    def filter_batch(self, texts, threshold: float = 0.7) -> list[tuple[bool, float]]:
+        """add_if_novel over `texts` in order (each also sees earlier accepted ones)."""
+        if self._engine is None:
+            return [self.add_if_novel(t, threshold) for t in texts]
+        return [(d.added, d.max_score) for d in self._filter(texts, threshold, None)]
+
+    def filter_batch_detailed(self, texts, threshold: float = 0.7, k: int = 10) -> list[Decision]:
+        """filter_batch plus, for every candidate, its top-k entries and mean score."""
+        if self._engine is None:
+            out = []
+            for t in texts:
+                s = self.scores(t)
+                top = [(int(i), float(s[i])) for i in _top_k_numpy(s, k)]
+                added, best = self.add_if_novel(t, threshold)
+                out.append(Decision(added, best, top, float(np.mean(s)) if s.size else 0.0))
+            return out
+        return self._filter(texts, threshold, k)
+
+    def _filter(self, texts, threshold, k):
+        texts = list(texts)
+        out: list[Decision] = []
+        for b in range(0, len(texts), _LANES):
+            block = texts[b:b + _LANES]
+            ids = [self._ids(t) for t in block]
+            n0, n_vocab = len(self), len(self._vocab)
+            # Row i: scores against the pool, then against the earlier accepted
+            # candidates of the block, i.e. in index order, so top-k positions
+            # and np.mean's summation order are those of the grown index.
+            rows = np.zeros((len(block), n0 + len(block))) if k is not None else None
+            pool_max = self._engine.pool_scores(ids, n_vocab, rows)
+            cross = self._engine.cross_scores(ids, n_vocab)
+            accepted: list[int] = []
+            for i, text in enumerate(block):
+                earlier = cross[i, accepted]
+                best = float(max(pool_max[i], earlier.max(initial=0.0)))
+                top, mean = [], 0.0
+                if k is not None:
+                    row = rows[i, :n0 + len(accepted)]
+                    row[n0:] = earlier
+                    top = [(int(j), float(row[j])) for j in self._engine.top_k(row, k)]
+                    mean = float(np.mean(row)) if row.size else 0.0
+                added = best <= threshold
+                if added:
+                    self._add_ids(text, ids[i])
+                    accepted.append(i)
+                out.append(Decision(added, best, top, mean))
+        return out
