@@ -1,0 +1,156 @@
+"""CLI commands of the train half: export, train, merge, generate, eval.
+
+Thin: parse flags into a config, call one function, print where the files went. They
+are added to the main `seed2lora` group by pipeline/cli.py (add_commands).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import EvalConfig, ExportConfig, TrainConfig, load_section
+
+
+def _sets(sets: tuple[str, ...]) -> dict[str, Any]:
+    from ..cli import _parse_set
+
+    return _parse_set(sets)
+
+
+def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> None:
+    config_opt = click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                              help="TOML file; its [export] / [train] / [eval] table is read.")
+    set_opt = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                           help="Any setting of this command, e.g. --set lora_r=16 (repeatable).")
+
+    @cli.command()
+    @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+    @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Export folder (default RUN_DIR/export).")
+    @click.option("--formats", help="Comma list of alpaca, messages, hf, parquet (default: all).")
+    @click.option("--rows", type=click.Choice(["instance", "task"]), help="One row per instance (default) or per task.")
+    @click.option("--eval-fraction", type=float, help="Share of tasks held out for eval (default 0.1).")
+    @click.option("--seed", type=int, help="Seed of the train/eval split (default 42).")
+    @config_opt
+    @set_opt
+    @friendly_errors
+    def export(run_dir, out_dir, formats, rows, eval_fraction, seed, config_path, sets):
+        """Write a run's kept tasks as Alpaca JSON, chat JSONL, an HF dataset and parquet, with a dataset card."""
+        from ..stages.export import export_run
+
+        cfg = load_section(ExportConfig, config_path, "export",
+                           {**_sets(sets), "formats": formats, "rows": rows, "eval_fraction": eval_fraction, "seed": seed})
+        out = Path(out_dir) if out_dir else Path(run_dir) / "export"
+        info = export_run(run_dir, out, cfg)
+        c = info["counts"]
+        console.print(f"[green]exported:[/] {out}  ({c['train_rows']} train / {c['eval_rows']} eval rows "
+                      f"from {c['tasks']} tasks; card: {out / 'README.md'})")
+
+    @cli.command()
+    @click.argument("data", type=click.Path(exists=True))
+    @click.option("--model", help="Local HF model folder (default: the embedded SmolLM2-135M-Instruct).")
+    @click.option("--out", "output_dir", type=click.Path(file_okay=False), help="Adapter folder (default <run>/adapter).")
+    @click.option("--quant/--no-quant", default=None, help="QLoRA on a 4-bit base (default) or plain LoRA.")
+    @click.option("--packing/--no-packing", default=None, help="Pack examples into full rows (default off).")
+    @click.option("--epochs", type=float, help="Epochs (default 3).")
+    @click.option("--max-steps", type=int, help="Stop after this many updates (overrides epochs).")
+    @click.option("--batch-size", type=int, help="Rows per device per micro-step (default 4).")
+    @click.option("--grad-accum", type=int, help="Micro-steps per update (default 4).")
+    @click.option("--lr", "learning_rate", type=float, help="Learning rate (default 2e-4).")
+    @click.option("--max-seq-len", type=int, help="Tokens per example or packed row (default 1024).")
+    @click.option("--optim", help="paged_adamw_32bit (default), paged_adamw_8bit, adamw_torch, ...")
+    @click.option("--resume/--no-resume", default=None, help="Continue from the newest checkpoint (default on).")
+    @config_opt
+    @set_opt
+    @friendly_errors
+    def train(data, config_path, sets, **flags):
+        """Fine-tune a (Q)LoRA adapter on an export, a run directory, or an Alpaca/chat/parquet/HF dataset."""
+        from .trainer import train as run_training
+
+        cfg = load_section(TrainConfig, config_path, "train", {**_sets(sets), **flags})
+        main_process = os.environ.get("RANK", "0") == "0"  # under torchrun / accelerate launch, rank 0 speaks
+        summary = run_training(data, cfg, log=lambda m: console.print(m, highlight=False) if main_process else None)
+        if not main_process:
+            return
+        console.print(f"[green]done:[/] {summary['output_dir']}  ({summary['steps']} steps, "
+                      f"{summary['steps_per_s']:.3f} steps/s, {summary['tokens_per_s']:.0f} tokens/s)")
+
+    @cli.command()
+    @click.argument("adapter", type=click.Path(exists=True, file_okay=False))
+    @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Merged model folder (default ADAPTER/merged).")
+    @click.option("--model", default="", help="Base model folder (default: the one the adapter was trained on).")
+    @click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
+                  help="Precision of the merged weights; auto = the base's own.")
+    @friendly_errors
+    def merge(adapter, out_dir, model, dtype):
+        """Merge an adapter into its base, re-loaded unquantized, and save a plain model."""
+        from .model import merge_adapter
+
+        out = merge_adapter(adapter, out_dir or Path(adapter) / "merged", model=model, dtype=dtype)
+        console.print(f"[green]merged:[/] {out}")
+
+    @cli.command()
+    @click.argument("adapter", type=click.Path(exists=True, file_okay=False))
+    @click.argument("prompts", nargs=-1)
+    @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False),
+                  help="JSONL of {instruction, input} or {messages} rows to answer.")
+    @click.option("--model", default="", help="Base model folder (default: the adapter's).")
+    @click.option("--max-new-tokens", type=int, default=256, show_default=True)
+    @click.option("--quant", type=click.Choice(["auto", "4bit", "none"]), default="auto", show_default=True,
+                  help="Load the base as trained (auto), in 4-bit, or unquantized.")
+    @click.option("--base", "base_only", is_flag=True, help="Answer with the base model alone (adapter disabled).")
+    @friendly_errors
+    def generate(adapter, prompts, input_path, model, max_new_tokens, quant, base_only):
+        """Answer prompts with base + adapter; prints one JSON line per answer."""
+        from contextlib import nullcontext
+
+        from ..errors import Seed2LoraError
+        from ..store import read_jsonl
+        from .eval import generate as gen
+        from .eval import user_prompt
+        from .model import load_with_adapter
+
+        messages = [user_prompt(p) for p in prompts]
+        if input_path:
+            for _, row in read_jsonl(input_path):
+                if "messages" in row:  # answer the conversation; a final assistant turn is the one to redo
+                    msgs = row["messages"]
+                    messages.append(msgs[:-1] if msgs and msgs[-1]["role"] == "assistant" else msgs)
+                else:
+                    messages.append(user_prompt(str(row.get("instruction", "")), str(row.get("input") or "")))
+        if not messages:
+            raise Seed2LoraError("nothing to answer. Fix: give prompts as arguments or --input FILE.jsonl")
+        peft_model, tokenizer = load_with_adapter(adapter, model=model, quant=quant)
+        with peft_model.disable_adapter() if base_only else nullcontext():
+            answers = gen(peft_model, tokenizer, messages, max_new_tokens=max_new_tokens)
+        for msgs, answer in zip(messages, answers, strict=True):
+            click.echo(json.dumps({"prompt": msgs[-1]["content"], "answer": answer}, ensure_ascii=False))
+
+    @cli.command(name="eval")
+    @click.argument("adapter", type=click.Path(exists=True, file_okay=False))
+    @click.option("--data", help="JSONL of held-out tasks (default: ../shared/data/user_oriented_instructions.jsonl "
+                                 "if present, else the adapter's eval split).")
+    @click.option("--limit", type=int, help="Evaluate this many tasks (seeded sample).")
+    @click.option("--max-new-tokens", type=int, help="Answer length cap (default 256).")
+    @click.option("--judge", help="Teacher spec for a pairwise judge, e.g. openai:gpt-4o-mini or embedded.")
+    @click.option("--model", default="", help="Base model folder (default: the adapter's).")
+    @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Report folder (default ADAPTER/eval).")
+    @config_opt
+    @set_opt
+    @friendly_errors
+    def evaluate(adapter, data, limit, max_new_tokens, judge, model, out_dir, config_path, sets):
+        """Base versus adapter on held-out tasks: ROUGE-L against references, optional pairwise judge."""
+        from .eval import evaluate as run_eval
+
+        cfg = load_section(EvalConfig, config_path, "eval", {**_sets(sets), "data": data, "limit": limit,
+                                                            "max_new_tokens": max_new_tokens, "judge": judge})
+        report = run_eval(adapter, cfg, model=model, out_dir=out_dir, log=lambda m: console.print(m, highlight=False))
+        r = report["rouge_l"]
+        console.print(f"ROUGE-L base {r['base']:.4f}  adapter {r['adapter']:.4f}  ({r['delta']:+.4f})"
+                      + (f"; judge win rate {report['judge']['win_rate']}" if report["judge"] else ""))
+        console.print(f"[green]report:[/] {report['report_dir']}/eval_report.json (+ .md)")

@@ -1,0 +1,196 @@
+"""Models: the quantization and LoRA configs (pure helpers), and loading for training, inference and merging.
+
+QLoRA = a frozen base stored in 4-bit NF4, de-quantized block by block to the compute
+dtype inside each matmul, plus trainable LoRA matrices kept in fp32. A merge never
+touches the 4-bit weights: the base is loaded again unquantized and the adapter is
+added to those weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import Seed2LoraError
+from .config import TrainConfig
+
+SUMMARY = "training_summary.json"
+
+
+def resolve_model(model: str) -> str:
+    """A model folder: the given one, or the embedded SmolLM2-135M-Instruct."""
+    if not model:
+        from ..teachers.embedded import embedded_model_dir
+
+        return str(embedded_model_dir())
+    if not (Path(model) / "config.json").is_file():
+        raise Seed2LoraError(f"{model!r} is not a model folder (no config.json). Fix: give a local Hugging Face "
+                             "model folder; hub downloads need network")
+    return model
+
+
+def device() -> str:
+    """cuda:<local rank> under torchrun / accelerate launch, cuda:0 alone, else cpu."""
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return "cpu"
+
+
+def compute_dtype(name: str = "auto", on: str | None = None) -> torch.dtype:
+    """bf16 on GPUs that support it, else fp32 (CPU bf16 matmuls are slower without AMX; fp16 overflows)."""
+    if name != "auto":
+        return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+                "fp32": torch.float32, "float32": torch.float32}[name]
+    on = on or device()
+    if on.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def get_quantization_config(cfg: TrainConfig, dtype: torch.dtype) -> Any:
+    """BitsAndBytesConfig for QLoRA, or None for plain LoRA (cfg.quant False)."""
+    if not cfg.quant:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg.quant_type,
+                              bnb_4bit_use_double_quant=cfg.double_quant, bnb_4bit_compute_dtype=dtype,
+                              bnb_4bit_quant_storage=torch.uint8)
+
+
+def get_peft_config(cfg: TrainConfig) -> Any:
+    from peft import LoraConfig
+
+    targets: str | list[str] = cfg.lora_targets
+    if targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
+
+
+def load_tokenizer(model_path: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:  # padding only fills space; labels are built separately, so EOS is never masked
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_base(model_path: str, *, quant_config: Any, dtype: torch.dtype, attn_implementation: str = "sdpa",
+              trust_remote_code: bool = False) -> Any:
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    transformers.logging.set_verbosity_error()  # load reports drown our own messages
+    transformers.logging.disable_progress_bar()
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code,
+                              "attn_implementation": attn_implementation, "device_map": {"": device()}}
+    if quant_config is not None:
+        kwargs["quantization_config"] = quant_config
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise Seed2LoraError(f"cannot load model {model_path!r}: {str(e).splitlines()[0]}") from None
+    if quant_config is not None:
+        keep_one_4bit_layout(model)
+    return model
+
+
+def keep_one_4bit_layout(model: Any) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
+
+    On CPUs with AVX512-BF16, the first no-grad forward in eval mode (generate(), an eval
+    loss) rewrites each Linear4bit in place into another layout with bf16-rounded scales.
+    Training after that runs on a different base (the "generate() before training leaves
+    LoRA-B at zero" trap) and logits stop matching a fresh load. One layout everywhere.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def load_for_training(model_path: str, cfg: TrainConfig) -> Any:
+    """The base (4-bit unless cfg.quant is False), frozen, checkpointed, with fresh LoRA adapters."""
+    from peft import get_peft_model
+
+    dtype = compute_dtype(cfg.compute_dtype)
+    model = load_base(model_path, quant_config=get_quantization_config(cfg, dtype), dtype=dtype,
+                      attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code)
+    # peft's prepare_model_for_kbit_training would also upcast every non-4-bit weight to fp32
+    # (0.9 GB for a 152k x 1536 embedding); norms already compute in fp32 inside, and only the
+    # LoRA weights train (peft keeps those in fp32), so freezing is all that is needed.
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input gradients, so frozen embeddings are fine.
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False  # a KV cache is useless in training and conflicts with checkpointing
+    return get_peft_model(model, get_peft_config(cfg))
+
+
+def adapter_info(adapter_dir: str | Path) -> dict[str, Any]:
+    """What an adapter folder says about its base: adapter_config.json plus our training summary."""
+    d = Path(adapter_dir)
+    if not (d / "adapter_config.json").is_file():
+        raise Seed2LoraError(f"{d} is not an adapter folder (no adapter_config.json). Fix: give the output folder "
+                             "of `seed2lora train`")
+    info = json.loads((d / "adapter_config.json").read_text(encoding="utf-8"))
+    summary = json.loads((d / SUMMARY).read_text(encoding="utf-8")) if (d / SUMMARY).is_file() else {}
+    return {"base": summary.get("model") or info.get("base_model_name_or_path"),
+            "quant": bool(summary.get("quantized", False)), "config": summary.get("config", {})}
+
+
+def load_with_adapter(adapter_dir: str | Path, *, model: str = "", quant: str = "auto",
+                      dtype: str = "auto") -> tuple[Any, Any]:
+    """(PeftModel in eval mode, tokenizer). quant: auto (the base loaded as it was trained) | 4bit | none."""
+    from peft import PeftModel
+
+    info = adapter_info(adapter_dir)
+    base_path = resolve_model(model or info["base"] or "")
+    if quant not in ("auto", "4bit", "none"):
+        raise Seed2LoraError(f"quant must be auto, 4bit or none, not {quant!r}")
+    use_quant = info["quant"] if quant == "auto" else quant == "4bit"
+    cfg = TrainConfig(**{k: v for k, v in info["config"].items() if k in TrainConfig.__dataclass_fields__})
+    cfg.quant = use_quant
+    torch_dtype = compute_dtype(dtype if dtype != "auto" else cfg.compute_dtype)
+    base = load_base(base_path, quant_config=get_quantization_config(cfg, torch_dtype), dtype=torch_dtype,
+                     attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = load_tokenizer(str(adapter_dir) if (Path(adapter_dir) / "tokenizer_config.json").is_file()
+                               else base_path, cfg.trust_remote_code)
+    return PeftModel.from_pretrained(base, str(adapter_dir)).eval(), tokenizer
+
+
+def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, *, model: str = "", dtype: str = "auto") -> Path:
+    """Base re-loaded unquantized (bf16/fp16/fp32) + adapter, merged and saved as a plain model."""
+    from peft import PeftModel
+    from transformers import AutoConfig
+
+    info = adapter_info(adapter_dir)
+    base_path = resolve_model(model or info["base"] or "")
+    config = AutoConfig.from_pretrained(base_path)
+    if getattr(config, "quantization_config", None):
+        raise Seed2LoraError(f"{base_path} is a quantized checkpoint; merging into 4-bit weights loses the adapter's "
+                             "precision. Fix: give the original 16-bit base with --model")
+    # auto = the precision the base was published in (its config.json), so the merged model is a drop-in.
+    torch_dtype = compute_dtype(dtype) if dtype != "auto" else (getattr(config, "dtype", None) or torch.float32)
+    if isinstance(torch_dtype, str):
+        torch_dtype = getattr(torch, torch_dtype)
+    base = load_base(base_path, quant_config=None, dtype=torch_dtype,
+                     trust_remote_code=bool(info["config"].get("trust_remote_code", False)))
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    out = Path(out_dir)
+    merged.save_pretrained(out)
+    load_tokenizer(str(adapter_dir) if (Path(adapter_dir) / "tokenizer_config.json").is_file()
+                   else base_path).save_pretrained(out)
+    return out

@@ -1,0 +1,270 @@
+"""The trainer: transformers.Trainer with our batches, our loss and our outputs.
+
+Trainer brings gradient accumulation, paged optimisers, checkpoints and resume, and
+multi-GPU data parallelism under `accelerate launch` / `torchrun`. We add:
+- the loss on response tokens only, computed in chunks from the last hidden state (loss.py);
+- packing or length-grouped batches (data.py);
+- outputs: the adapter (safetensors), the tokenizer, training_summary.json, loss_curve.png.
+
+Gradient accumulation and several GPUs are normalised by label tokens: each micro-batch's
+loss sum is divided by the label count of the whole accumulated batch on all devices,
+so every token weighs the same however the batch is split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..errors import Seed2LoraError
+from ..store import write_text_atomic
+from .config import TrainConfig
+from .data import Collator, Rows, load_rows, pack, tokenize_rows, train_eval_rows
+from .loss import causal_lm_loss_sum, full_logits_loss_sum
+from .model import SUMMARY, compute_dtype, device, load_for_training, load_tokenizer, resolve_model
+
+Log = Callable[[str], None]
+
+# Two known, harmless warnings per run would bury our own lines: peft calls a transformers
+# method that 5.x renamed, and on CPU bitsandbytes runs the paged optimiser unpaged.
+warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*is deprecated", category=FutureWarning)
+warnings.filterwarnings("ignore", message=r"Paged optimizers are not supported on CPU", category=UserWarning)
+
+
+class LoraTrainer(Trainer):
+    """Trainer whose loss is the chunked response-only cross-entropy (or the full-logits one)."""
+
+    def __init__(self, *args: Any, chunked_loss: bool = True, loss_chunk_tokens: int = 1024, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = True  # makes Trainer count label tokens over the accumulated batch
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        self.decoder, self.lm_head = base.get_decoder(), base.get_output_embeddings()
+        self.softcap = getattr(base.config, "final_logit_softcapping", None)
+        self.chunked_loss, self.loss_chunk_tokens = chunked_loss, loss_chunk_tokens
+        self.keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
+        self.tokens_seen = 0
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        num_tokens = inputs.pop("num_tokens", None)
+        labels = inputs.pop("labels")
+        if model.training and num_tokens is not None:
+            self.tokens_seen += int(num_tokens)
+        if self.chunked_loss:
+            captured: dict[str, torch.Tensor] = {}
+
+            def keep_hidden(module: Any, args: Any, output: Any) -> None:
+                captured["h"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+            # The call goes through the (possibly DDP-wrapped) top model, so gradient sync still
+            # works; the hook takes the last hidden state and logits are made for 1 position only.
+            hook = self.decoder.register_forward_hook(keep_hidden)
+            try:
+                outputs = model(**inputs, use_cache=False, **({"logits_to_keep": 1} if self.keeps_logits else {}))
+            finally:
+                hook.remove()
+            loss_sum, n = causal_lm_loss_sum(captured["h"], labels, self.lm_head,
+                                             chunk_tokens=self.loss_chunk_tokens, softcap=self.softcap)
+        else:
+            outputs = model(**inputs, use_cache=False)
+            loss_sum, n = full_logits_loss_sum(outputs.logits, labels)
+        if num_items_in_batch is not None:
+            loss = loss_sum / num_items_in_batch
+            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+                loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        else:
+            loss = loss_sum / max(n, 1)
+        return (loss, outputs) if return_outputs else loss
+
+
+class ConsoleLog(TrainerCallback):
+    """One line per logged step instead of Trainer's raw dicts."""
+
+    def __init__(self, log: Log):
+        self.log = log
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        parts = [f"step {state.global_step}/{state.max_steps}"]
+        for key, fmt in (("loss", "loss {:.4f}"), ("eval_loss", "eval_loss {:.4f}"),
+                         ("learning_rate", "lr {:.2e}"), ("grad_norm", "grad_norm {:.3f}")):
+            if key in logs:
+                parts.append(fmt.format(logs[key]))
+        if len(parts) > 1:
+            self.log("  ".join(parts))
+
+
+def training_arguments(cfg: TrainConfig, output_dir: Path, *, bf16: bool, use_cpu: bool,
+                       has_eval: bool) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # below 1 Trainer reads it as a fraction of all steps
+        max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay, optim=cfg.optim,
+        bf16=bf16, use_cpu=use_cpu,
+        # Packed rows are all about max_seq_len long; plain rows are grouped by length to cut padding (qlora.py).
+        train_sampling_strategy="random" if cfg.packing else "group_by_length",
+        eval_strategy="steps" if has_eval else "no", eval_steps=cfg.eval_steps,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        logging_steps=cfg.logging_steps, logging_first_step=True, report_to=[], disable_tqdm=True,
+        seed=cfg.seed, data_seed=cfg.seed, remove_unused_columns=False, prediction_loss_only=True,
+        ddp_find_unused_parameters=False, dataloader_pin_memory=not use_cpu,
+    )
+
+
+def default_output_dir(cfg: TrainConfig, rows: Rows) -> Path:
+    if cfg.output_dir:
+        return Path(cfg.output_dir)
+    return (rows.run_dir / "adapter") if rows.run_dir else Path("adapter")
+
+
+@dataclass
+class Prepared:
+    """Everything a training run needs, built but not yet run (tests reach in for the model)."""
+
+    trainer: LoraTrainer
+    tokenizer: Any
+    cfg: TrainConfig
+    data: str
+    rows: Rows
+    model_path: str
+    out: Path
+    stats: dict[str, Any]
+
+
+def prepare(data: str | Path, cfg: TrainConfig, log: Log = print) -> Prepared:
+    """Load and tokenize the data, load the model with fresh adapters, build the trainer."""
+    from transformers import set_seed
+
+    set_seed(cfg.seed)
+    model_path = resolve_model(cfg.model)
+    tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
+    tokenizer.padding_side = "right"
+    rows = load_rows(data)
+    train_rows, eval_rows = train_eval_rows(rows, cfg.eval_fraction, cfg.seed)
+    if cfg.max_examples:
+        train_rows = train_rows[:cfg.max_examples]
+    train_tok = tokenize_rows(tokenizer, train_rows, cfg.max_seq_len)
+    eval_tok = tokenize_rows(tokenizer, eval_rows, cfg.max_seq_len)
+    if not train_tok.examples:
+        raise Seed2LoraError(f"no training example left from {data} (every response was cut at max_seq_len "
+                             f"{cfg.max_seq_len}, or the data is empty)")
+    train_set = pack(train_tok.examples, cfg.max_seq_len) if cfg.packing else train_tok.examples
+    eval_set = pack(eval_tok.examples, cfg.max_seq_len) if cfg.packing else eval_tok.examples
+    out = default_output_dir(cfg, rows)
+    dtype = compute_dtype(cfg.compute_dtype)
+    on = device()
+    log(f"training on {len(train_tok.examples)} examples ({len(train_set)} rows{', packed' if cfg.packing else ''}), "
+        f"{len(eval_tok.examples)} eval; model {model_path}; {'4-bit NF4' if cfg.quant else 'unquantized'}, "
+        f"compute {str(dtype).removeprefix('torch.')} on {on}")
+    model = load_for_training(model_path, cfg)
+    args = training_arguments(cfg, out / "checkpoints", bf16=dtype == torch.bfloat16, use_cpu=on == "cpu",
+                              has_eval=bool(eval_set))
+    trainer = LoraTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
+                          data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
+                          callbacks=[ConsoleLog(log)], chunked_loss=cfg.chunked_loss,
+                          loss_chunk_tokens=cfg.loss_chunk_tokens)
+    for cb in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(cb)
+    stats = {"train_data": train_tok.stats, "eval_data": eval_tok.stats,
+             "rows": {"train": len(train_set), "eval": len(eval_set), "packed": cfg.packing},
+             "compute_dtype": str(dtype).removeprefix("torch."), "device": on}
+    return Prepared(trainer, tokenizer, cfg, str(data), rows, model_path, out, stats)
+
+
+def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
+    """Run (or resume) training, evaluate, and write the adapter, tokenizer, summary and loss curve."""
+    trainer, cfg, out = p.trainer, p.cfg, p.out
+    ckpts = out / "checkpoints"
+    resume = get_last_checkpoint(str(ckpts)) if cfg.resume and ckpts.is_dir() else None
+    if resume:
+        log(f"resuming from {resume}")
+    on_gpu = p.stats["device"].startswith("cuda")
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    train_seconds = time.perf_counter() - start
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    if trainer.eval_dataset and not (evals and evals[-1]["step"] == trainer.state.global_step):
+        evals.append(trainer.evaluate())  # Trainer evaluates at the last step only when it falls on eval_steps
+    history = trainer.state.log_history
+    summary = {
+        "model": p.model_path, "data": p.data, "source": p.rows.source, "output_dir": str(out),
+        "quantized": cfg.quant, **p.stats, "world_size": trainer.args.world_size, "config": dataclasses.asdict(cfg),
+        "trainable_params": sum(x.numel() for x in trainer.model.parameters() if x.requires_grad),
+        "steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0.0, 3), "resumed_from": resume,
+        "train_loss": _losses(history, "loss"),
+        "eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "eval_losses": _losses(history, "eval_loss"),
+        "runtime_s": round(train_seconds, 2),
+        "steps_per_s": round(result.metrics.get("train_steps_per_second", 0.0), 4),
+        "tokens_per_s": round(trainer.tokens_seen * trainer.args.world_size / max(train_seconds, 1e-9), 1),
+        "peak_memory_gb": round(_peak_memory_bytes(on_gpu) / 2**30, 3),
+        "log_history": history,
+    }
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(out))  # adapter_model.safetensors + adapter_config.json + tokenizer
+        write_text_atomic(out / SUMMARY, json.dumps(summary, indent=2, default=str) + "\n")
+        write_loss_curve(history, out / "loss_curve.png")
+        log(f"adapter written to {out} (loss {summary['train_loss']['first']} -> {summary['train_loss']['last']}"
+            + (f", eval loss {summary['eval_loss']:.4f}" if summary["eval_loss"] is not None else "") + ")")
+    return summary
+
+
+def train(data: str | Path, cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
+    """Train a (Q)LoRA adapter on `data`; write it with its tokenizer, summary and loss curve. Returns the summary."""
+    return fit(prepare(data, cfg, log), log)
+
+
+def _losses(history: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    points = [(h["step"], h[key]) for h in history if key in h]
+    if not points:
+        return {"first": None, "last": None, "points": []}
+    return {"first": round(points[0][1], 4), "last": round(points[-1][1], 4), "points": points}
+
+
+def _peak_memory_bytes(on_gpu: bool) -> int:
+    if on_gpu:
+        return torch.cuda.max_memory_allocated()
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB: the process's peak RSS
+
+
+def write_loss_curve(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, style in (("loss", "-"), ("eval_loss", "o-")):
+        pts = [(h["step"], h[key]) for h in history if key in h]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), style, label=key.replace("_", " "))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (response tokens)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if any(h.get("loss") for h in history) and math.isfinite(max(h.get("loss", 0) for h in history)):
+        ax.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

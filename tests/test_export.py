@@ -1,0 +1,109 @@
+"""seed2lora export: rows, seeded split by task, every format, the dataset card, and reading it back."""
+
+import json
+import random
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+from pipeline.errors import Seed2LoraError
+from pipeline.records import Instance, Task
+from pipeline.stages.export import export_run, row_messages, split_by_task, task_rows
+from pipeline.store import RunDir, write_jsonl_atomic
+from pipeline.train.config import ExportConfig
+from pipeline.train.data import load_rows, train_eval_rows
+
+
+def make_tasks(n=10):
+    return [Task(id=f"t{i}", instruction=f"Write a short note number {i} about cats.", origin="machine",
+                 instances=[Instance(input=f"in {i}.{k}" if k else "", output=f"out {i}.{k}") for k in range(2)])
+            for i in range(n)]
+
+
+def make_run(tmp_path, tasks=None):
+    run = RunDir(tmp_path / "run").ensure()
+    write_jsonl_atomic(run.stage_file("filter"), tasks or make_tasks())
+    write_jsonl_atomic(run.rejected_file, [make_tasks(1)[0].rejected("rouge_l: 0.81 vs x", "filter")])
+    run.update_manifest(teacher={"name": "embedded", "model": "SmolLM2-135M-Instruct"},
+                        config={"seed": 42, "filter": {"rouge_threshold": 0.7, "min_words": 4, "max_words": 150,
+                                                       "blacklist": ["image"], "banned_prefixes": ["Write a program"],
+                                                       "max_instances": 5}, "bootstrap": {"mode": "self-instruct"}})
+    return run.path
+
+
+def test_rows_per_instance_or_task_and_alpaca_messages():
+    tasks = make_tasks(2)
+    rows = task_rows(tasks)
+    assert [r["id"] for r in rows] == ["t0-0", "t0-1", "t1-0", "t1-1"]
+    assert rows[1] == {"id": "t0-1", "task_id": "t0", "instruction": "Write a short note number 0 about cats.",
+                       "input": "in 0.1", "output": "out 0.1", "origin": "machine"}
+    assert len(task_rows(tasks, rows="task")) == 2
+    assert row_messages(rows[1]) == [{"role": "user", "content": "Write a short note number 0 about cats.\n\nin 0.1"},
+                                      {"role": "assistant", "content": "out 0.1"}]
+    assert row_messages(rows[0])[0]["content"] == "Write a short note number 0 about cats."  # no input, no blank line
+    with pytest.raises(Seed2LoraError, match="must end with an assistant"):
+        row_messages({"messages": [{"role": "user", "content": "hi"}]})
+
+
+def test_split_is_seeded_and_by_task():
+    rows = task_rows(make_tasks(20))
+    train, held = split_by_task(rows, 0.1, random.Random(7))
+    assert (train, held) == split_by_task(rows, 0.1, random.Random(7))
+    assert len({r["task_id"] for r in held}) == 2 and len(held) == 4
+    assert not {r["task_id"] for r in held} & {r["task_id"] for r in train}
+    assert split_by_task(rows[:2], 0.1, random.Random(0))[1] == []  # one task: nothing to hold out
+
+
+def test_export_writes_every_format_and_a_card(tmp_path):
+    run = make_run(tmp_path)
+    out = tmp_path / "export"
+    info = export_run(run, out, ExportConfig(seed=1))
+    assert info["counts"] | {"by_origin": None} == {"tasks": 10, "rows": 20, "train_rows": 18, "eval_rows": 2,
+                                                     "train_tasks": 9, "eval_tasks": 1, "by_origin": None}
+    alpaca = json.loads((out / "alpaca" / "train.json").read_text())
+    assert len(alpaca) == 18 and set(alpaca[0]) == {"instruction", "input", "output"}
+    messages = [json.loads(line) for line in (out / "messages" / "eval.jsonl").read_text().splitlines()]
+    assert len(messages) == 2 and messages[0]["messages"][-1]["role"] == "assistant"
+    import pandas as pd
+    from datasets import load_from_disk
+
+    assert len(pd.read_parquet(out / "parquet" / "train.parquet")) == 18
+    ds = load_from_disk(str(out / "hf"))
+    assert ds["eval"].num_rows == 2 and ds["train"][0]["messages"][0]["role"] == "user"
+    card = (out / "README.md").read_text()
+    for fact in ("| train | 9 | 18 |", "| eval | 1 | 2 |", "Teacher: `embedded` (SmolLM2-135M-Instruct)",
+                 "rejected above 0.7", "Blacklisted words: image", "Banned prefixes: Write a program",
+                 "| filter: rouge_l | 1 |", "seed 1"):
+        assert fact in card, fact
+    assert json.loads((out / "export.json").read_text())["export"]["seed"] == 1
+
+
+def test_each_export_format_reads_back_with_the_same_split(tmp_path):
+    out = tmp_path / "export"
+    export_run(make_run(tmp_path), out, ExportConfig())
+    ref = load_rows(out)
+    ids = sorted(r["id"] for r in ref.train), sorted(r["id"] for r in ref.eval)
+    assert ref.run_dir == tmp_path / "run"
+    hf = load_rows(out / "hf")
+    assert (sorted(r["id"] for r in hf.train), sorted(r["id"] for r in hf.eval)) == ids
+    assert sorted(r["id"] for r in load_rows(out / "parquet" / "train.parquet").train) == ids[0]
+    expected = [row_messages(r) for r in ref.train]
+    for path in (out / "alpaca" / "train.json", out / "parquet" / "train.parquet"):
+        assert [row_messages(r) for r in load_rows(path).train] == expected, path
+    # A run directory given straight to `train` splits the same way as its export.
+    direct = train_eval_rows(load_rows(tmp_path / "run"), 0.1, 42)
+    assert sorted(r["id"] for r in direct[1]) == ids[1]
+
+
+def test_export_cli_and_friendly_errors(tmp_path):
+    run = make_run(tmp_path)
+    result = CliRunner().invoke(cli, ["export", str(run), "--formats", "alpaca,messages", "--rows", "task"])
+    assert result.exit_code == 0, result.output
+    assert "exported:" in result.output and (run / "export" / "alpaca" / "eval.json").is_file()
+    assert not (run / "export" / "hf").exists()
+    empty = RunDir(tmp_path / "empty").ensure().path
+    result = CliRunner().invoke(cli, ["export", str(empty)])
+    assert result.exit_code == 2 and "does not exist" in result.output and "seed2lora filter" in result.output
+    result = CliRunner().invoke(cli, ["export", str(run), "--formats", "csv"])
+    assert result.exit_code == 2 and "unknown export format" in result.output

