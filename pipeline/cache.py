@@ -1,0 +1,76 @@
+"""The run's SQLite file: every teacher reply (the response cache) and bootstrap's request log.
+
+Replies are keyed by a hash of teacher, model, endpoint style, the full prompt, the
+sampling parameters and the caller's RNG state (`Request.salt`), and written the moment
+they arrive, before any record is built from them. So a re-run or a resumed run pays for
+no call twice, and a kill -9 loses at most the calls in flight. Failed calls are not
+cached: a resumed run tries them again.
+
+SQLite in WAL mode with one commit per write survives kill -9 without a torn database;
+a lock makes it safe to share between the teacher's request threads.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from .teachers.base import Completion
+
+CACHE_FILE = "cache.sqlite"
+
+
+class ResponseCache:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+        self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, text TEXT, finish_reason TEXT,"
+                         " prompt_tokens INTEGER, completion_tokens INTEGER)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS requests (stage TEXT, n INTEGER, body TEXT, done INTEGER,"
+                         " PRIMARY KEY (stage, n))")
+
+    def get(self, key: str) -> Completion | None:
+        with self._lock:
+            row = self._db.execute("SELECT text, finish_reason, prompt_tokens, completion_tokens FROM responses "
+                                   "WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        return Completion(text=row[0], finish_reason=row[1], prompt_tokens=row[2], completion_tokens=row[3],
+                          cached=True)
+
+    def put(self, key: str, c: Completion) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
+                             (key, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+    # -- a write-ahead log of numbered requests (bootstrap's prompts depend on the pool) --
+    def log_request(self, stage: str, n: int, body: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO requests VALUES (?, ?, ?, 0)", (stage, n, json.dumps(body)))
+
+    def mark_done(self, stage: str, n: int) -> None:
+        with self._lock:
+            self._db.execute("UPDATE requests SET done = 1 WHERE stage = ? AND n = ?", (stage, n))
+
+    def requests(self, stage: str) -> tuple[int, list[tuple[int, dict[str, Any]]]]:
+        """(number of requests logged, the logged-but-unfinished ones with their bodies)."""
+        with self._lock:
+            total = self._db.execute("SELECT COUNT(*) FROM requests WHERE stage = ?", (stage,)).fetchone()[0]
+            open_rows = self._db.execute("SELECT n, body FROM requests WHERE stage = ? AND done = 0 ORDER BY n",
+                                         (stage,)).fetchall()
+        return total, [(n, json.loads(body)) for n, body in open_rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
