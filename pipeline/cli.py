@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import functools
-import json
 import sys
-import tomllib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
+import tomllib
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -56,6 +56,8 @@ def run_options(f):
         click.option("--seeds", "seed_tasks", help="Seed file (.jsonl, .json, .csv)."),
         click.option("--seed", type=int, help="Random seed."),
         click.option("--num-instructions", type=int, help="Target number of new instructions."),
+        click.option("--max-tokens-total", type=int, help="Stop cleanly after this many tokens (whole run)."),
+        click.option("--max-cost", type=float, help="Stop cleanly after this many dollars (priced models)."),
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                      help="Any config value, e.g. --set bootstrap.mode=alpaca (repeatable)."),
     ]
@@ -67,7 +69,8 @@ def run_options(f):
 def build_config(config_path: str | None, sets: tuple[str, ...] = (), **flags: Any) -> RunConfig:
     names = {"run_name": "run_name", "output_dir": "output_dir", "teacher": "teacher.spec",
              "base_url": "teacher.base_url", "api": "teacher.api", "seed_tasks": "seed_tasks", "seed": "seed",
-             "num_instructions": "bootstrap.num_instructions"}
+             "num_instructions": "bootstrap.num_instructions", "max_tokens_total": "budget.max_tokens_total",
+             "max_cost": "budget.max_cost"}
     overrides = {names[k]: v for k, v in flags.items() if v is not None and k in names}
     overrides.update(_parse_set(sets))
     return load_config(config_path, overrides)
@@ -85,8 +88,10 @@ def friendly_errors(f):
         try:
             return f(*args, **kwargs)
         except Seed2LoraError as e:
-            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
-            sys.exit(2)
+            code = getattr(e, "exit_code", 2)
+            label = "[bold red]error:[/]" if code == 2 else "[bold yellow]stopped:[/]"
+            console.print(f"{label} {escape(str(e))}", highlight=False, soft_wrap=True)
+            sys.exit(code)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: everything written so far is kept; run the same command to resume[/]")
             sys.exit(130)
@@ -102,12 +107,36 @@ def cli() -> None:
 @cli.command()
 @run_options
 @friendly_errors
-def run(config_path, sets, **flags):
+@click.option("--dry-run", is_flag=True, help="Estimate calls, tokens and cost; send nothing.")
+def run(config_path, sets, dry_run, **flags):
     """Run every enabled stage until the target count; run again to resume."""
     s = _session(config_path, sets, **flags)
+    if dry_run:
+        _print_estimate(s)
+        return
     for message in s.run_all():
         console.print(message)
     console.print(f"[green]done:[/] {s.run.path}  (inspect with: seed2lora show {s.run.path})")
+
+
+def _print_estimate(s) -> None:
+    from rich.table import Table
+
+    from .budget import estimate_run
+
+    est = estimate_run(s.cfg, s.prompts, s.seeds, s.run, s.cache if s.run.path.exists() else None)
+    table = Table("stage", "calls", "prompt tokens", "completion tokens (at most)",
+                  title=f"Dry run: what {s.run.path} would still send to {s.cfg.teacher.spec}")
+    for name, row in est["stages"].items():
+        table.add_row(name, *(f"{row[k]:,}" for k in ("calls", "prompt_tokens", "max_completion_tokens")))
+    t = est["total"]
+    table.add_row("total", *(f"{t[k]:,}" for k in ("calls", "prompt_tokens", "max_completion_tokens")))
+    Console().print(table)
+    source = "observed in this run" if est["yield_observed"] else "assumed; no history yet"
+    click.echo(f"bootstrap keeps about {est['bootstrap_yield_per_call']} instructions per prompt ({source}); "
+               "tokens are estimated from the prompts' length (4 characters a token).")
+    if est["max_cost_usd"] is not None:
+        click.echo(f"cost at most ${est['max_cost_usd']:.4f} at the configured price for {est['model']}")
 
 
 @cli.command()
@@ -138,16 +167,85 @@ _stage_command("filter", "Stage 4: filter instructions and clean instances; writ
 
 
 @cli.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@run_options
+@click.option("--input", "input_path", type=click.Path(exists=True),
+              help="Pool to evolve: JSONL, Alpaca JSON, CSV, parquet or a datasets folder (default: evolve.source, "
+                   "this run's filter.jsonl).")
+@click.option("--rounds", type=int, help="Rounds of evolution (default 4); more rounds continue a finished run.")
+@click.option("--weights", metavar="OP=W,...",
+              help="Operation weights, e.g. constraints=1,deepen=1,concretize=1,reasoning=1,complicate_input=1,breadth=1.")
+@friendly_errors
+def evolve(config_path, sets, input_path, rounds, weights, **flags):
+    """Evol-Instruct: make instructions harder (in depth) and rarer (in breadth) over rounds; write evolve.jsonl."""
+    extra = [f"evolve.rounds={rounds}"] if rounds is not None else []
+    for item in (weights or "").split(","):
+        if item.strip():
+            op, eq, w = item.partition("=")
+            if not eq:
+                raise InputError(None, None, f"--weights item {item!r} is not OP=WEIGHT", "write e.g. --weights breadth=2")
+            extra.append(f"evolve.weights.{op.strip()}={w.strip()}")
+    s = _session(config_path, (*sets, *extra), **flags)
+    console.print(s.evolve(input_path))
+
+
+@cli.command()
+@click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False))
 @click.option("--stage", help="Which stage file to sample or print (default: the last one written).")
 @click.option("--sample", "n_samples", type=int, default=3, show_default=True, help="How many records to show.")
 @click.option("--jsonl", "as_jsonl", is_flag=True, help="Print records as JSONL on stdout, for piping.")
 @click.option("--seed", type=int, default=0, help="Seed for picking samples.")
+@click.option("--compare", nargs=2, metavar="RUN_A RUN_B", type=click.Path(exists=True, file_okay=False),
+              help="Instead of one run, print the report's figures of two runs side by side.")
 @friendly_errors
-def show(run_dir, stage, n_samples, as_jsonl, seed):
-    """Summarise a run: counts per stage, rejections, task types, lengths, samples."""
+def show(run_dir, stage, n_samples, as_jsonl, seed, compare):
+    """Summarise a run: counts per stage, rejections, task types, lengths, samples.
+
+    With --compare RUN_A RUN_B (and no RUN_DIR): the figures of `seed2lora report` for two runs, side by side.
+    """
+    if compare:
+        if run_dir:
+            raise click.UsageError("give either RUN_DIR or --compare RUN_A RUN_B, not both")
+        from .report.compare import show_compare
+
+        show_compare(compare[0], compare[1], out=Console())
+        return
+    if not run_dir:
+        raise click.UsageError("give a RUN_DIR (or --compare RUN_A RUN_B)")
     show_run(Path(run_dir), stage=stage, n_samples=n_samples, as_jsonl=as_jsonl, seed=seed,
              out=Console(), err=console)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--seeds", "seeds_path", type=click.Path(exists=True, dir_okay=False),
+              help="The run's seed file, if manifest.json's seed_tasks path does not resolve from here.")
+@click.option("--output", "out_dir", type=click.Path(file_okay=False), help="Where to write it (default RUN_DIR/report).")
+@friendly_errors
+def report(run_dir, seeds_path, out_dir):
+    """Plots and one HTML page judging a run's quality and diversity.
+
+    Writes report/ in RUN_DIR: a PNG per figure (stage funnel, ROUGE-L to the nearest seed and pool entry,
+    lengths, classification mix, verb-noun structure, Evol-Instruct operations, token spend), report.html
+    (self-contained, opens from disk) and report.json (the figures as data).
+    """
+    from .report import write_report  # matplotlib and spaCy load only for this command
+
+    page = write_report(run_dir, out_dir=out_dir, seeds_path=seeds_path)
+    console.print(f"[green]report:[/] {page}  (open it in a browser; the figures as data: {page.parent / 'report.json'})")
+
+
+# export, train, merge, generate, eval: the train half lives in pipeline/train/commands.py.
+from .train.commands import add_commands  # noqa: E402
+
+add_commands(cli, friendly_errors, console)
+
+
+@cli.command(name="config")
+def config_command():
+    """Print the default config as commented TOML (a starting point for run.toml)."""
+    from .config import default_toml
+
+    click.echo(default_toml(), nl=False)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from .errors import InputError
 
@@ -29,7 +30,8 @@ class TeacherConfig:
     spec: str = "embedded"  # embedded | openai:MODEL | hf:PATH_OR_ID; embedded needs no key and no network
     base_url: str = ""  # OpenAI-compatible server (vLLM, Ollama, llama.cpp, TGI); empty = $OPENAI_BASE_URL or OpenAI
     api: str = "auto"  # chat | completions; auto = chat for openai, completions for local models (see README)
-    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable, never stored in the config or manifest
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable, never stored in the manifest
+    api_key: str = ""  # a key given here is used, but prefer api_key_env; the manifest shows only "***"
     concurrency: int = 8  # requests kept in flight to a server; vLLM batches them on its side
     batch_size: int = 8  # prompts per forward pass for in-process models; 8 keeps a 2-core CPU busy
     timeout_s: float = 120.0  # per request; long completions from a loaded server can take a minute
@@ -48,7 +50,6 @@ class BootstrapConfig:
     num_prompt_instructions: int = 8  # in-context tasks per prompt, as in the paper
     num_machine_instructions: int = 2  # of those, machine-made ones (fewer while the pool is small)
     max_list_number: int = 16  # the prompt's numbered list stops at this number (stop sequence "16.")
-    requests_per_batch: int = 5  # prompts sent per round, then the pool is refreshed (Self-Instruct's request_batch_size)
     max_requests: int = 0  # give up after this many prompts; 0 = 20 x num_instructions, so an all-rejecting teacher cannot hang
     use_clf_seed_tasks_only: bool = False  # Self-Instruct's option to bootstrap classification tasks only
     max_tokens: int = 1024  # Self-Instruct: room for 8 new tasks
@@ -93,26 +94,85 @@ class FilterConfig:
     require_instances: bool = True  # a task whose instances were all cleaned away is rejected
 
 
+# Words that show an evolution copied its evolving prompt: WizardLM's fourth elimination rule
+# names "given prompt", "rewritten prompt", "#Rewritten Prompt#", "#Created Prompt#" (matched as
+# case-insensitive substrings, so "#...#" forms are covered), plus the labels of our own prompts.
+DEFAULT_PROMPT_MARKERS = [
+    "given prompt", "rewritten prompt", "created prompt",
+    "rewritten instruction", "original instruction", "new instruction:", "the instruction below",
+]
+
+
+@dataclass
+class EvolveWeights:
+    """Relative chance of each evolution operation, drawn per instruction and round."""
+
+    constraints: float = 1.0  # all equal: WizardLM's script draws its evolving prompt uniformly (random.choice)
+    deepen: float = 1.0
+    concretize: float = 1.0
+    reasoning: float = 1.0
+    complicate_input: float = 1.0  # the paper's fifth in-depth method (its released script has only four)
+    breadth: float = 1.0
+
+
+@dataclass
+class EvolveConfig:
+    source: str = "filter"  # pool to evolve: a stage of this run (filter, instances, ...), "seeds", or a file/folder
+    instruction_field: str = "instruction"  # column names in a user's data; Alpaca's by default
+    input_field: str = "input"
+    output_field: str = "output"
+    rounds: int = 4  # WizardLM evolved Alpaca's 52K instructions over 4 rounds (epochs)
+    weights: EvolveWeights = field(default_factory=EvolveWeights)
+    min_added_words: int = 10  # WizardLM: an in-depth rewrite adds 10 to 20 words, harder but not verbose
+    max_added_words: int = 20
+    max_words: int = 300  # overrides filter.max_words (150) for evolved instructions: they grow each round, tables included
+    max_tokens: int = 1024  # an evolved instruction, table or code included, needs far less than WizardLM's 2048
+    temperature: float = 1.0  # WizardLM's sampling for every call
+    top_p: float = 0.95
+    answer_max_tokens: int = 2048  # WizardLM's budget for a response
+    answer_temperature: float = 1.0  # WizardLM answered with the same sampling as it evolved
+    answer_top_p: float = 0.95
+    judge_max_tokens: int = 8  # the verdict is "Equal" or "Not equal"
+    sorry_max_words: int = 80  # rule 2 (WizardLM): an answer with "sorry" and under 80 words is a refusal
+    prompt_markers: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPT_MARKERS))  # rule 4, case-insensitive
+
+
+@dataclass
+class BudgetConfig:
+    max_tokens_total: int = 0  # stop sending after this many prompt+completion tokens in the run; 0 = no limit
+    max_cost: float = 0.0  # stop sending after this many dollars (needs a price for the model); 0 = no limit
+    # $ per 1M (input, output) tokens by model name or prefix; list prices when written, check yours
+    prices: dict[str, list[float]] = field(default_factory=lambda: {
+        "gpt-4o-mini": [0.15, 0.60], "gpt-4o": [2.50, 10.00], "gpt-4.1-mini": [0.40, 1.60],
+        "gpt-4.1": [2.00, 8.00], "gpt-3.5-turbo": [0.50, 1.50]})
+
+
 @dataclass
 class RunConfig:
-    run_name: str = "run"
+    run_name: str = "run"  # the run directory is output_dir/run_name; re-running the same name resumes it
     output_dir: str = "outputs"  # run directories go under here
     seed: int = 42  # every random choice derives from this; same seed + same replies = same dataset
     seed_tasks: str = ""  # seed file (JSONL, JSON or CSV); empty = the bundled seeds/seed_tasks.jsonl
     prompts_dir: str = ""  # folder of prompt templates; empty = the bundled prompts/
-    stages: list[str] = field(default_factory=lambda: ["bootstrap", "classify", "instances", "filter"])
+    stages: list[str] = field(default_factory=lambda: ["bootstrap", "classify", "instances", "filter"])  # what `run` runs, in order
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     instances: InstancesConfig = field(default_factory=InstancesConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    evolve: EvolveConfig = field(default_factory=EvolveConfig)
 
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.run_name
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The resolved config for the manifest, secrets masked."""
+        d = dataclasses.asdict(self)
+        if d["teacher"].get("api_key"):
+            d["teacher"]["api_key"] = "***"
+        return d
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -177,9 +237,12 @@ def _coerce(value: Any, hint: Any, path: Path | None, line: int | None, name: st
         float: isinstance(value, float),
         str: isinstance(value, str),
         list: isinstance(value, list) and all(isinstance(v, str) for v in value),
+        dict: isinstance(value, dict) and all(
+            isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v) for v in value.values()),
     }.get(origin, True)
     if not ok:
-        want = {list: "a list of strings"}.get(origin, getattr(origin, "__name__", str(origin)))
+        want = {list: "a list of strings", dict: "a table of [input, output] prices"}.get(
+            origin, getattr(origin, "__name__", str(origin)))
         raise InputError(path, line, f"{name} is {value!r}, which is not {want}", f"give {name} {want}")
     return value
 
@@ -203,3 +266,52 @@ def _line_of(text: str, key: str, section: str | None) -> int | None:
 def _line_from_message(msg: str) -> int | None:
     m = re.search(r"line (\d+)", msg)
     return int(m.group(1)) if m else None
+
+
+def default_toml() -> str:
+    """The default config as commented TOML (`seed2lora config`); the README's reference is this text."""
+    import inspect
+    import json
+
+    def comments(cls: type) -> dict[str, str]:
+        found = {}
+        pending = None  # a comment on its own line describes the field below it
+        for line in inspect.getsource(cls).splitlines():
+            m = re.match(r"^\s+(\w+):[^#]*#\s*(.*)$", line)
+            if m:
+                found[m.group(1)] = m.group(2)
+            elif re.match(r"^\s+#\s*(.*)$", line):
+                pending = line.strip()[1:].strip()
+            elif pending and (m := re.match(r"^\s+(\w+):", line)):
+                found[m.group(1)], pending = pending, None
+        return found
+
+    def value(v: Any) -> str:
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + " }"
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, list) and all(isinstance(x, (int, float)) for x in v):
+            return "[" + ", ".join(repr(x) for x in v) + "]"
+        return json.dumps(v, ensure_ascii=False)
+
+    def table(obj: Any) -> list[str]:
+        notes = comments(type(obj))
+        lines = []
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if dataclasses.is_dataclass(v):
+                continue
+            note = f"  # {notes[f.name]}" if f.name in notes else ""
+            lines.append(f"{f.name} = {value(v)}{note}")
+        return lines
+
+    cfg = RunConfig()
+    out = table(cfg)
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(section):
+            out += ["", f"[{f.name}]", *table(section)]
+    return "\n".join(out) + "\n"

@@ -21,6 +21,15 @@ PROMPT_VARS: dict[str, set[str]] = {
     "classify.txt": {"instruction"},
     "instances_gen.txt": {"instruction"},
     "instances_clf.txt": {"instruction"},
+    "judge_pairwise.txt": {"request", "reference", "answer_a", "answer_b"},  # seed2lora eval --judge
+    "evol_constraints.txt": {"instruction", "min_added_words", "max_added_words"},
+    "evol_deepen.txt": {"instruction", "min_added_words", "max_added_words"},
+    "evol_concretize.txt": {"instruction", "min_added_words", "max_added_words"},
+    "evol_reasoning.txt": {"instruction", "min_added_words", "max_added_words"},
+    "evol_complicate_input.txt": {"instruction", "min_added_words", "max_added_words"},
+    "evol_breadth.txt": {"instruction"},
+    "evol_equal.txt": {"first", "second"},
+    "evol_answer.txt": {"instruction"},
 }
 
 
@@ -53,7 +62,9 @@ class Prompts:
             missing, extra = sorted(expected - used), sorted(used - expected)
             raise InputError(p, None, f"template variables do not match (missing {missing}, unknown {extra})",
                              f"use exactly {', '.join('$' + v for v in sorted(expected))}")
-        return Template(text).substitute({k: str(v) for k, v in variables.items()})
+        # Files end with a newline by convention; a completion prompt must end right after
+        # "9." or "Input:" so that the model continues that line.
+        return Template(text).substitute({k: str(v) for k, v in variables.items()}).rstrip("\n")
 
     def hashes(self) -> dict[str, str]:
         """sha256 of every template, for the manifest."""

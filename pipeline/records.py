@@ -24,7 +24,7 @@ class Instance:
     output: str = ""
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Instance":
+    def from_dict(cls, d: dict[str, Any]) -> Instance:
         return cls(input=str(d.get("input") or ""), output=str(d.get("output") or ""))
 
 
@@ -52,7 +52,7 @@ class Task:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Task":
+    def from_dict(cls, d: dict[str, Any]) -> Task:
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in known}
         extra = {k: v for k, v in d.items() if k not in known}
@@ -61,7 +61,7 @@ class Task:
         kwargs["meta"] = {**extra, **(kwargs["meta"] or {})}
         return cls(**kwargs)
 
-    def rejected(self, reason: str, stage: str) -> "Task":
+    def rejected(self, reason: str, stage: str) -> Task:
         """A copy of this record marked as rejected by `stage` for `reason`."""
         return dataclasses.replace(self, reject_reason=reason, stage=stage)
 

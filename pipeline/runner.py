@@ -11,22 +11,26 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from . import __version__
+from .budget import Budget, BudgetReached
+from .cache import CACHE_FILE, ResponseCache
 from .config import RunConfig
+from .datasets_io import Fields, load_pool
 from .errors import Seed2LoraError
 from .prompts import Prompts
 from .records import Task
 from .seeds import load_seeds
 from .stages.bootstrap import run_bootstrap
 from .stages.classify import run_classify
+from .stages.evolve import run_evolve
 from .stages.filter import filter_tasks
 from .stages.instances import run_instances
-from .store import RunDir, read_tasks, write_jsonl_atomic
+from .store import STAGES, RunDir, read_tasks, write_jsonl_atomic
 from .teachers import Teacher, make_teacher
 
 STAGE_INPUT = {"classify": "bootstrap", "instances": "classify", "filter": "instances"}
@@ -63,12 +67,37 @@ class Session:
         self._teacher = teacher
         self.progress = progress or _no_progress
         self._usage_base: dict[str, dict[str, int]] | None = None
+        self._cache: ResponseCache | None = None
+        self._attached = False
 
     @property
     def teacher(self) -> Teacher:
+        """The teacher, with this run's response cache and budget attached."""
         if self._teacher is None:
             self._teacher = make_teacher(self.cfg.teacher, seed=self.cfg.seed)
+        if not self._attached:  # a teacher passed in may have served another run before
+            self._attached = True
+            self._teacher.cache = self.cache
+            model = self._teacher.describe().get("model", self._teacher.name)
+            self._teacher.budget = Budget(self.cfg.budget, str(model), self.run.manifest().get("usage", {}))
         return self._teacher
+
+    @property
+    def cache(self) -> ResponseCache:
+        if self._cache is None:
+            self.run.ensure()
+            self._cache = ResponseCache(self.run.path / CACHE_FILE)
+        return self._cache
+
+    def check_budget(self) -> None:
+        budget = getattr(self._teacher, "budget", None)
+        if budget is not None and budget.reached:
+            spend = budget.spend(self._teacher.usage)
+            self.record(status="stopped: budget reached")
+            raise BudgetReached(f"budget reached ({spend['total_tokens']} tokens"
+                                + (f", ${spend['cost_usd']:.4f}" if spend["cost_usd"] is not None else "")
+                                + f"); {self.run.path} is consistent. Raise --max-tokens-total / --max-cost "
+                                "and run the same command to go on")
 
     def record(self, **fields: Any) -> dict[str, Any]:
         """Update the manifest: config, versions, teacher, prompts, usage (earlier runs' usage included)."""
@@ -82,11 +111,17 @@ class Session:
                 for key, value in u.items():
                     base[key] = base.get(key, 0) + value
             fields.setdefault("teacher", self._teacher.describe())
+            if getattr(self._teacher, "budget", None) is not None:
+                fields.setdefault("spend", self._teacher.budget.spend(self._teacher.usage))
         return self.run.update_manifest(
             seed2lora_version=__version__, command=" ".join(["seed2lora", *sys.argv[1:]]),
             config=self.cfg.to_dict(), packages=package_versions(), prompts=self.prompts.hashes(),
             seed_file=str(self.cfg.seed_tasks or "bundled seeds/seed_tasks.jsonl"), num_seeds=len(self.seeds),
             usage=usage, **fields)
+
+    def _every(self, n: int) -> Callable[[int], None]:
+        """A progress callback that refreshes the manifest (usage, spend) every n replies."""
+        return lambda done: self.record() if done % n == 0 else None
 
     def input_tasks(self, stage: str, input_path: str | Path | None) -> list[Task]:
         if input_path:
@@ -102,8 +137,9 @@ class Session:
         self.record(status="running: bootstrap")
         with self.progress("bootstrap: instructions kept", self.cfg.bootstrap.num_instructions) as advance:
             advance(len(self.run.read_stage("bootstrap")))
-            result = run_bootstrap(self.teacher, self.seeds, self.cfg, self.run, self.prompts, on_kept=advance,
-                                   on_batch=lambda n: self.record())
+            result = run_bootstrap(self.teacher, self.seeds, self.cfg, self.run, self.prompts, self.cache,
+                                   on_kept=advance, on_progress=self._every(16))
+        self.check_budget()
         self.record(status="done: bootstrap")
         return (f"bootstrap: {result.new} new instructions kept ({result.kept} in the pool), "
                 f"{result.rejected} rejected, {result.requests} prompts sent so far")
@@ -113,6 +149,7 @@ class Session:
         self.record(status="running: classify")
         with self.progress("classify", len(tasks)) as advance:
             n = run_classify(self.teacher, tasks, self.cfg, self.run, self.prompts, progress=advance)
+        self.check_budget()
         self.record(status="done: classify")
         return f"classify: {n} tasks labelled"
 
@@ -121,6 +158,7 @@ class Session:
         self.record(status="running: instances")
         with self.progress("instances", len(tasks)) as advance:
             n = run_instances(self.teacher, tasks, self.cfg, self.run, self.prompts, progress=advance)
+        self.check_budget()
         self.record(status="done: instances")
         return f"instances: {n} tasks with generated instances"
 
@@ -136,9 +174,37 @@ class Session:
                                  "for the reasons (or loosen [filter] settings)")
         return f"filter: {len(kept)} kept, {len(rejected)} rejected"
 
+    def evolve_pool(self, input_path: str | Path | None = None) -> tuple[list[Task], str]:
+        """The pool to evolve and a name for it: --input, else evolve.source (a stage of this run, seeds, a path)."""
+        e = self.cfg.evolve
+        source = str(input_path) if input_path else e.source
+        if source == "seeds":
+            return self.seeds, f"seeds:{self.cfg.seed_tasks or 'bundled'}"
+        if source in STAGES and source != "evolve":
+            f = self.run.stage_file(source)
+            if not f.exists():
+                raise Seed2LoraError(f"{f} does not exist. Fix: run `seed2lora {source}` for this run first, "
+                                     "pass --input FILE, or set evolve.source = \"seeds\"")
+            return read_tasks(f), source
+        fields = Fields(e.instruction_field, e.input_field, e.output_field)
+        return load_pool(source, fields), str(Path(source).resolve())
+
+    def evolve(self, input_path: str | Path | None = None) -> str:
+        pool, source = self.evolve_pool(input_path)
+        self.run.ensure()
+        self.record(status="running: evolve")
+        result = run_evolve(self.teacher, pool, self.cfg, self.run, self.prompts, source=source,
+                            seeds=[s.instruction for s in self.seeds], progress=self.progress,
+                            on_round=lambda r: self.record())
+        self.record(status="done: evolve")
+        rejected = ", ".join(f"{k} {n}" for k, n in result.rejected.most_common()) or "none"
+        return (f"evolve: {result.rounds_done} of {self.cfg.evolve.rounds} rounds done over {len(pool)} instructions; "
+                f"{result.kept} evolutions kept ({result.total} in evolve.jsonl), {sum(result.rejected.values())} "
+                f"rejected ({rejected}), {result.errors} teacher errors")
+
     def run_all(self) -> list[str]:
         steps = {"bootstrap": self.bootstrap, "classify": self.classify,
-                 "instances": self.instances, "filter": self.filter}
+                 "instances": self.instances, "filter": self.filter, "evolve": self.evolve}
         unknown = [s for s in self.cfg.stages if s not in steps]
         if unknown:
             raise Seed2LoraError(f"unknown stage(s) {unknown} in 'stages'. Fix: use {list(steps)}")

@@ -44,6 +44,28 @@ def summary(run: RunDir, stage: str | None = None) -> dict:
         "lengths": {k: _stats(v) for k, v in lengths.items()},
         "teacher": (manifest.get("teacher") or {}).get("name"),
         "usage": manifest.get("usage", {}),
+        "spend": manifest.get("spend", {}),
+        "evolve": evolve_summary(run, rejected),
+    }
+
+
+def evolve_summary(run: RunDir, rejected: list[Task]) -> dict | None:
+    """Evolutions kept per operation and round, eliminations per rule; None before the evolve stage."""
+    if not run.stage_file("evolve").exists():
+        return None
+    evolved = run.read_stage("evolve")
+    eliminated = [r for r in rejected if r.stage == "evolve"]
+    by_op_round: dict[str, Counter] = {}
+    for t in evolved:
+        by_op_round.setdefault(str(t.meta.get("operation")), Counter())[t.round] += 1
+    return {
+        "kept": len(evolved),
+        "eliminated": len(eliminated),
+        "rounds_done": int((run.manifest().get("state") or {}).get("evolve_rounds_done", 0)),
+        "by_operation": dict(Counter(str(t.meta.get("operation")) for t in evolved).most_common()),
+        "by_round": dict(sorted(Counter(t.round for t in evolved).items())),
+        "by_operation_round": {op: dict(sorted(c.items())) for op, c in sorted(by_op_round.items())},
+        "eliminated_by_rule": dict(Counter(reason_kind(r.reject_reason) for r in eliminated).most_common()),
     }
 
 
@@ -85,11 +107,30 @@ def show_run(path: Path, *, stage: str | None, n_samples: int, as_jsonl: bool, s
     for name, st in s["lengths"].items():
         table.add_row(name, *(str(st.get(k, "-")) for k in ("n", "mean", "median", "min", "max")))
     out.print(table)
-    if s["usage"]:
-        table = Table("calls of", "calls", "errors", "prompt tokens", "completion tokens", title="Teacher usage")
-        for kind, u in s["usage"].items():
-            table.add_row(kind, *(str(u.get(k, 0)) for k in ("calls", "errors", "prompt_tokens", "completion_tokens")))
+    if s["evolve"]:
+        ev = s["evolve"]
+        rounds = sorted({r for c in ev["by_operation_round"].values() for r in c})
+        table = Table("operation", *(f"round {r}" for r in rounds), "total",
+                      title=f"Evolved ({ev['kept']} kept, {ev['rounds_done']} rounds done)")
+        for op, c in ev["by_operation_round"].items():
+            table.add_row(op, *(str(c.get(r, 0)) for r in rounds), str(sum(c.values())))
         out.print(table)
+        if ev["eliminated_by_rule"]:
+            table = Table("rule", "evolutions rejected", title=f"Evolve eliminations ({ev['eliminated']})")
+            for rule, n in ev["eliminated_by_rule"].items():
+                table.add_row(rule, str(n))
+            out.print(table)
+    if s["usage"]:
+        table = Table("calls of", "calls", "errors", "cached", "prompt tokens", "completion tokens", title="Teacher usage")
+        for kind, u in s["usage"].items():
+            table.add_row(kind, *(str(u.get(k, 0)) for k in ("calls", "errors", "cached", "prompt_tokens",
+                                                             "completion_tokens")))
+        out.print(table)
+    spend = s["spend"]
+    if spend:
+        cost = f"${spend['cost_usd']:.4f}" if spend.get("cost_usd") is not None else "no price for this model"
+        limits = ", ".join(f"{k} {spend[k]}" for k in ("max_tokens_total", "max_cost") if spend.get(k))
+        out.print(f"[bold]Spend:[/] {spend['total_tokens']:,} tokens, {cost}" + (f" (limits: {limits})" if limits else ""))
     for t in _pick(records, n_samples, seed):
         _print_task(out, t)
 

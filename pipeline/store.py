@@ -23,7 +23,7 @@ from .records import Task
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
-STAGES = ("bootstrap", "classify", "instances", "filter")
+STAGES = ("bootstrap", "classify", "instances", "filter", "evolve")
 REJECTED = "rejected.jsonl"
 MANIFEST = "manifest.json"
 
@@ -83,7 +83,7 @@ class JsonlWriter:
     def close(self) -> None:
         self._fh.close()
 
-    def __enter__(self) -> "JsonlWriter":
+    def __enter__(self) -> JsonlWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -150,7 +150,7 @@ class RunDir:
     def manifest_file(self) -> Path:
         return self.path / MANIFEST
 
-    def ensure(self) -> "RunDir":
+    def ensure(self) -> RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         return self
 

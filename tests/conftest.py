@@ -4,7 +4,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-
 from fakeserver import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,24 +15,32 @@ from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-TOPICS = ["volcanoes", "tax forms", "chess openings", "bread baking", "job interviews", "tide pools", "bicycle repair",
-          "sleep hygiene", "roman history", "spreadsheet formulas", "bird migration", "public speaking",
-          "houseplants", "budget travel", "poetry meter", "solar panels", "knitting", "first aid", "jazz chords",
-          "beekeeping", "board games", "rainwater tanks", "sourdough", "origami", "marathon training"]
-VERBS = ["Explain", "Summarize", "List", "Compare", "Describe", "Suggest", "Outline", "Critique", "Plan", "Evaluate"]
+# Long, distinct topic phrases so that every generated instruction is novel (ROUGE-L < 0.7)
+# against the others and the seeds, at least for the first len(TOPICS) of them.
+TOPICS = ["why volcanoes erupt under pressure", "filling in an annual tax return form", "classic chess openings",
+          "baking bread with a sourdough starter", "answering tricky job interview questions",
+          "creatures living in rocky tide pools", "fixing a flat bicycle tyre", "habits that improve deep sleep",
+          "the fall of the western roman empire", "nested spreadsheet lookup formulas",
+          "how migrating birds navigate", "calming nerves before public speaking", "keeping houseplants alive",
+          "travelling cheaply across europe by train", "iambic meter in english poetry",
+          "installing rooftop solar panels", "knitting a first scarf", "treating a minor burn at home",
+          "seventh chords in jazz harmony", "keeping bees in a city garden", "cooperative board games for families",
+          "collecting rainwater in tanks", "folding an origami crane", "training for a first marathon",
+          "choosing a laptop for programming"]
+VERBS = ["Explain", "Summarize", "List facts about", "Compare approaches to", "Describe", "Give advice on",
+         "Outline", "Critique common myths about", "Plan a lesson on", "Evaluate sources on"]
 
 
 def _novel_instructions():
-    """Endless distinct instructions (distinct enough to pass ROUGE-L 0.7 against each other)."""
+    """Endless instructions; the first len(TOPICS) are mutually novel."""
     for n in itertools.count():
-        verb = VERBS[n % len(VERBS)]
-        topic = TOPICS[(n // len(VERBS)) % len(TOPICS)]
-        yield f"{verb} the key ideas about {topic} for a reader aged {10 + n} in plain words"
+        yield f"{VERBS[n % len(VERBS)]} {TOPICS[n % len(TOPICS)]}."
 
 
 class FakeOpenAI:
     def __init__(self) -> None:
         self.queue: deque[tuple[int, Any, dict[str, str], float]] = deque()
+        self.default_delay = 0.0  # seconds before each default (unqueued) reply
         self.history: list[dict[str, Any]] = []
         self._novel = _novel_instructions()
         self._lock = threading.Lock()
@@ -48,7 +56,7 @@ class FakeOpenAI:
                 with outer._lock:
                     outer.history.append({"path": self.path, "body": body, "headers": dict(self.headers)})
                     status, payload, headers, delay = outer.queue.popleft() if outer.queue else \
-                        (200, outer.default_reply(self.path, body), {}, 0.0)
+                        (200, outer.default_reply(self.path, body), {}, outer.default_delay)
                 if delay:
                     time.sleep(delay)
                 if callable(payload):
@@ -70,7 +78,7 @@ class FakeOpenAI:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 
     def close(self) -> None:

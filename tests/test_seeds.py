@@ -2,11 +2,11 @@ import json
 
 import pytest
 
+from pipeline.config import FilterConfig
 from pipeline.errors import InputError
 from pipeline.seeds import load_seeds
-from pipeline.stages.filter import instruction_reject_reason
-from pipeline.config import FilterConfig
 from pipeline.similarity import RougeLIndex
+from pipeline.stages.filter import instruction_reject_reason
 
 
 def test_bundled_seeds_have_the_breadth_of_the_original():

@@ -8,8 +8,9 @@ the pool grows to its target with novel tasks only.
 Alpaca mode: 3 seed tasks with input and output per prompt, a list of 20 asked for, the
 instruction, input and output of each parsed from the one reply.
 
-Randomness comes from random.Random(f"{seed}:bootstrap:{request}"), so a resumed run
-builds the same prompts as an uninterrupted one.
+Randomness comes from random.Random(f"{seed}:bootstrap:{request}"); prompts are logged
+before they are sent and replies cached as they arrive, so a resumed run pays for no
+reply twice.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..cache import ResponseCache
 from ..config import RunConfig
 from ..errors import Seed2LoraError
 from ..prompts import Prompts
 from ..records import Task, task_id
 from ..store import JsonlWriter, RunDir
 from ..teachers import GenParams, Teacher
+from ..teachers.base import Request
 from .filter import InstructionFilter
 from .parse import NOINPUT, parse_alpaca, parse_numbered_list
 
@@ -72,7 +75,10 @@ def build_prompt(prompts: Prompts, cfg: RunConfig, rng: random.Random, seeds: li
     return name, prompts.render(name, tasks=tasks, next_number=nxt, max_number=b.max_list_number), nxt
 
 
-def gen_params(cfg: RunConfig) -> GenParams:
+def gen_params(cfg: RunConfig, continues: bool = True) -> GenParams:
+    """Sampling for one bootstrap prompt. `continues`: the teacher continues the prompt text
+    (completions API), so a blank line ends the list; a chat reply often has blank lines
+    after its preamble, so then only the number after the last allowed one stops it."""
     b = cfg.bootstrap
     if b.mode == "alpaca":
         n = b.alpaca_num_tasks
@@ -81,12 +87,20 @@ def gen_params(cfg: RunConfig) -> GenParams:
     n = b.max_list_number
     return GenParams(max_tokens=b.max_tokens, temperature=b.temperature, top_p=b.top_p,
                      presence_penalty=b.presence_penalty, frequency_penalty=b.frequency_penalty,
-                     stop=("\n\n", f"\n{n}.", f"\n{n} .", f"Task {n}:"))
+                     stop=(("\n\n",) if continues else ()) + (f"\n{n}.", f"\n{n} .", f"Task {n}:"))
 
 
 def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunDir, prompts: Prompts,
-                  *, on_kept: Callable[[int], None] | None = None,
-                  on_batch: Callable[[int], None] | None = None) -> BootstrapResult:
+                  log: ResponseCache, *, on_kept: Callable[[int], None] | None = None,
+                  on_progress: Callable[[int], None] | None = None) -> BootstrapResult:
+    """Grow the machine pool to `num_instructions`, streaming prompts through the teacher.
+
+    Each prompt is built when the teacher has room for it, from the pool as it is then,
+    and logged (`log`) before it is sent. A resumed run first re-sends the logged prompts
+    that never finished, word for word, so their replies come from the cache, then goes
+    on with new request numbers. Records already written are recognised by id and not
+    written twice.
+    """
     b = cfg.bootstrap
     if b.mode not in ("self-instruct", "alpaca"):
         raise Seed2LoraError(f"bootstrap.mode must be 'self-instruct' or 'alpaca', not {b.mode!r}")
@@ -96,27 +110,41 @@ def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunD
                              "is_classification true)")
     existing = run.read_stage("bootstrap")
     machine = [t.instruction for t in existing]
+    written = {t.id for t in existing} | {t.id for t in run.read_rejected() if t.stage == "bootstrap"}
     filt = InstructionFilter(cfg.filter, pool=machine, seeds=[s.instruction for s in seeds])
-    requests = int(run.manifest().get("state", {}).get("bootstrap_requests", 0))
+    sent, unfinished = log.requests("bootstrap")
     max_requests = b.max_requests or 20 * b.num_instructions
-    params = gen_params(cfg)
     prefix_continues = getattr(teacher, "api", "chat") == "completions"
+    params = gen_params(cfg, prefix_continues)
+    plans: dict[int, dict] = {}
+    counter = {"next": sent, "done": 0}
+
+    def requests():
+        for n, body in unfinished:
+            plans[n] = body
+            yield Request(n, body["prompt"], salt=body["salt"])
+        while len(machine) < b.num_instructions and counter["next"] < max_requests:
+            n = counter["next"]
+            counter["next"] += 1
+            salt = f"{cfg.seed}:bootstrap:{n}"
+            template, text, nxt = build_prompt(prompts, cfg, random.Random(salt), pool_seeds, machine)
+            plans[n] = {"prompt": text, "template": template, "next_number": nxt, "salt": salt}
+            log.log_request("bootstrap", n, plans[n])
+            yield Request(n, text, salt=salt)
+
     new = rejected_n = 0
     with JsonlWriter(run.stage_file("bootstrap")) as kept_out, JsonlWriter(run.rejected_file) as rejected_out:
-        while len(machine) < b.num_instructions and requests < max_requests:
-            batch = []
-            for _ in range(min(b.requests_per_batch, max_requests - requests)):
-                rng = random.Random(f"{cfg.seed}:bootstrap:{requests}")
-                batch.append((requests, *build_prompt(prompts, cfg, rng, pool_seeds, machine)))
-                requests += 1
-            replies = teacher.generate([p for _, _, p, _ in batch], params, kind="bootstrap")
-            for (req, template, _, nxt), reply in zip(batch, replies):
-                if not reply.ok:
-                    continue
+        for req, reply in teacher.stream(requests(), params, kind="bootstrap"):
+            plan = plans.pop(req.key)
+            if reply.ok:
                 truncated = reply.finish_reason == "length"
-                for task in _tasks_from_reply(reply.text, template, nxt, truncated, prefix_continues, req, teacher.name):
+                for task in _tasks_from_reply(reply.text, plan["template"], plan["next_number"], truncated,
+                                              prefix_continues, req.key, teacher.name):
                     if len(machine) >= b.num_instructions:
                         break
+                    if task.id in written:  # written before an interruption
+                        continue
+                    written.add(task.id)
                     reason = filt.check(task)
                     if reason:
                         rejected_out.write(task.rejected(reason, "bootstrap"))
@@ -128,14 +156,16 @@ def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunD
                     new += 1
                     if on_kept:
                         on_kept(1)
-            run.update_manifest(state={"bootstrap_requests": requests})
-            if on_batch:
-                on_batch(requests)
+                log.mark_done("bootstrap", req.key)  # a failed call stays open and is re-sent on resume
+            counter["done"] += 1
+            if on_progress:
+                on_progress(counter["done"])
+    requests_sent = log.requests("bootstrap")[0]
     if not machine:
-        raise Seed2LoraError(f"the teacher gave no usable instruction in {requests} prompts "
+        raise Seed2LoraError(f"the teacher gave no usable instruction in {requests_sent} prompts "
                              f"({rejected_n} rejected; see {run.rejected_file}). Try another teacher, "
                              "or loosen [filter] settings")
-    return BootstrapResult(kept=len(machine), new=new, rejected=rejected_n, requests=requests)
+    return BootstrapResult(kept=len(machine), new=new, rejected=rejected_n, requests=requests_sent)
 
 
 def _tasks_from_reply(text: str, template: str, nxt: int, truncated: bool, prefix_continues: bool,

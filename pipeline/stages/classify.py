@@ -13,7 +13,7 @@ from ..config import RunConfig
 from ..prompts import Prompts
 from ..records import Task
 from ..store import RunDir
-from ..teachers import GenParams, Teacher
+from ..teachers import Completion, GenParams, Teacher
 from .common import ProgressFn, map_pending
 from .parse import parse_yes_no
 
@@ -23,22 +23,19 @@ def run_classify(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: R
     c = cfg.classify
     params = GenParams(max_tokens=c.max_tokens, temperature=c.temperature, top_p=c.top_p, stop=("\n", "Task:"))
 
-    def call(chunk: list[Task]) -> list[Task | None]:
-        todo = [t for t in chunk if t.is_classification is None]
-        replies = dict(zip((t.id for t in todo), teacher.generate(
-            [prompts.render("classify.txt", instruction=t.instruction) for t in todo], params, kind="classify")))
-        out: list[Task | None] = []
-        for t in chunk:
-            reply = replies.get(t.id)
-            if reply is None:  # already labelled (seed file, Alpaca mode with labels)
-                out.append(dataclasses.replace(t, stage="classify"))
-            elif not reply.ok:
-                out.append(None)
-            else:
-                answer = parse_yes_no(reply.text)
-                meta = t.meta if answer is not None else {**t.meta, "classify_reply": reply.text}
-                # An unparseable answer counts as No: input-first generation suits most tasks.
-                out.append(dataclasses.replace(t, stage="classify", is_classification=bool(answer), meta=meta))
-        return out
+    def prompt_for(t: Task) -> str | None:
+        # Already labelled (seed file, a user's file with labels): no call.
+        return None if t.is_classification is not None else prompts.render("classify.txt", instruction=t.instruction)
 
-    return map_pending(tasks, run, "classify", teacher, call, progress)
+    def finish(t: Task, reply: Completion | None) -> Task | None:
+        if reply is None:
+            return dataclasses.replace(t, stage="classify")
+        if not reply.ok:
+            return None
+        answer = parse_yes_no(reply.text)
+        meta = t.meta if answer is not None else {**t.meta, "classify_reply": reply.text}
+        # An unparseable answer counts as No: input-first generation suits most tasks.
+        return dataclasses.replace(t, stage="classify", is_classification=bool(answer), meta=meta)
+
+    return map_pending(tasks, run, "classify", teacher, params, prompt_for=prompt_for, finish=finish,
+                       progress=progress)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import string
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import numpy as np
 
@@ -57,8 +57,12 @@ class InstructionFilter:
         for text in pool:
             self.index.add(text)
 
-    def check(self, task: Task) -> str | None:
-        """Reject reason for a task, or None; on keep, fills most_similar and avg_similarity_score."""
+    def check(self, task: Task, *, ignore: Collection[str] = ()) -> str | None:
+        """Reject reason for a task, or None; on keep, fills most_similar and avg_similarity_score.
+
+        `ignore`: pool texts that may be as close as they like (an evolved instruction's own
+        ancestors: an in-depth rewrite contains its parent by design).
+        """
         reason = instruction_reject_reason(task.instruction, self.cfg)
         if reason:
             return reason
@@ -69,9 +73,18 @@ class InstructionFilter:
         best = index.max_score(task.instruction)
         if best > self.cfg.rouge_threshold:
             (pos, score), = index.top_k(task.instruction, k=1)
-            return f"rouge_l: {score:.3f} > {self.cfg.rouge_threshold} vs {index.text(pos)!r}"
+            if ignore and index.text(pos) in ignore:
+                scores = index.scores(task.instruction)
+                over = [(int(i), float(scores[i])) for i in np.flatnonzero(scores > self.cfg.rouge_threshold)
+                        if index.text(int(i)) not in ignore]
+                pos, score = max(over, key=lambda x: x[1], default=(None, 0.0))
+            if pos is not None:
+                return f"rouge_l: {score:.3f} > {self.cfg.rouge_threshold} vs {index.text(pos)!r}"
         scores = index.scores(task.instruction)
-        top = np.argsort(-scores, kind="stable")[: self.cfg.most_similar_k]
+        k = min(self.cfg.most_similar_k, len(scores))
+        # argpartition then a stable sort of k: O(n) per candidate, not a full O(n log n) argsort.
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.lexsort((top, -scores[top]))]
         task.most_similar_instructions = {index.text(int(i)): float(scores[i]) for i in top}
         task.avg_similarity_score = float(np.mean(scores))
         return None
@@ -122,12 +135,18 @@ def clean_instances(instances: list[Instance], max_instances: int) -> tuple[list
 
 
 def filter_tasks(tasks: list[Task], seeds: list[Task], cfg: FilterConfig) -> tuple[list[Task], list[Task]]:
-    """The filter stage over a whole file: (kept, rejected), in input order, pool grown in order."""
+    """The filter stage over a whole file: (kept, rejected), in input order, pool grown in order.
+
+    Rules and instance cleaning do not depend on the pool, so they run first; the
+    candidates left go through the index's batch filter, which scores 64 of them per pass
+    over the pool and decides them in order, exactly as one-by-one checks would.
+    """
     filt = InstructionFilter(cfg, seeds=[s.instruction for s in seeds])
-    kept, rejected = [], []
-    for task in tasks:
-        task = dataclasses.replace(task, stage="filter")
-        reason = filt.check(task)
+    verdicts: dict[int, str] = {}
+    candidates: list[int] = []
+    tasks = [dataclasses.replace(t, stage="filter") for t in tasks]
+    for i, task in enumerate(tasks):
+        reason = instruction_reject_reason(task.instruction, cfg)
         if reason is None:
             instances, dropped = clean_instances(task.instances, cfg.max_instances)
             task.instances = instances
@@ -136,8 +155,24 @@ def filter_tasks(tasks: list[Task], seeds: list[Task], cfg: FilterConfig) -> tup
             if cfg.require_instances and not instances:
                 reason = "no_valid_instances"
         if reason:
-            rejected.append(task.rejected(reason, "filter"))
+            verdicts[i] = reason
         else:
-            filt.add(task.instruction)
-            kept.append(task)
+            candidates.append(i)
+    if cfg.rouge_against_seeds_only:
+        for i in candidates:
+            if reason := filt.check(tasks[i]):
+                verdicts[i] = reason
+    else:
+        index = filt.index
+        decisions = index.filter_batch_detailed([tasks[i].instruction for i in candidates],
+                                                cfg.rouge_threshold, k=cfg.most_similar_k)
+        for i, d in zip(candidates, decisions, strict=True):
+            if d.added:
+                tasks[i].most_similar_instructions = {index.text(pos): score for pos, score in d.top_k}
+                tasks[i].avg_similarity_score = d.mean_score
+            else:
+                pos, score = d.top_k[0]
+                verdicts[i] = f"rouge_l: {score:.3f} > {cfg.rouge_threshold} vs {index.text(pos)!r}"
+    kept = [t for i, t in enumerate(tasks) if i not in verdicts]
+    rejected = [t.rejected(verdicts[i], "filter") for i, t in enumerate(tasks) if i in verdicts]
     return kept, rejected

@@ -39,25 +39,24 @@ def run_instances(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: 
                        presence_penalty=c.presence_penalty, frequency_penalty=c.frequency_penalty,
                        stop=(f"Example {c.max_instances + 1}", "Task:"))
     continues = getattr(teacher, "api", "chat") == "completions"
+    rendered: dict[str, tuple[str, str]] = {}
 
-    def call(chunk: list[Task]) -> list[Task | None]:
-        todo = [t for t in chunk if not t.instances]
-        rendered = {t.id: instance_prompt(t, prompts) for t in todo}
-        replies = dict(zip((t.id for t in todo), teacher.generate(
-            [rendered[t.id][1] for t in todo], params, kind="instances")))
-        out: list[Task | None] = []
-        for t in chunk:
-            reply = replies.get(t.id)
-            if reply is None:  # already has instances (seed, Alpaca mode)
-                out.append(dataclasses.replace(t, stage="instances"))
-            elif not reply.ok:
-                out.append(None)
-            else:
-                name, text = rendered[t.id]
-                instances = parse_instance_reply(t, text, reply, continues)[: c.max_instances]
-                meta = t.meta if instances else {**t.meta, "instances_reply": reply.text}
-                out.append(dataclasses.replace(t, stage="instances", instances=instances, meta=meta,
-                                               prompt=f"{t.prompt},{name}" if t.prompt else name))
-        return out
+    def prompt_for(t: Task) -> str | None:
+        if t.instances:  # already has instances (seed, Alpaca mode): no call
+            return None
+        rendered[t.id] = instance_prompt(t, prompts)
+        return rendered[t.id][1]
 
-    return map_pending(tasks, run, "instances", teacher, call, progress)
+    def finish(t: Task, reply: Completion | None) -> Task | None:
+        if reply is None:
+            return dataclasses.replace(t, stage="instances")
+        name, text = rendered.pop(t.id)
+        if not reply.ok:
+            return None
+        instances = parse_instance_reply(t, text, reply, continues)[: c.max_instances]
+        meta = t.meta if instances else {**t.meta, "instances_reply": reply.text}
+        return dataclasses.replace(t, stage="instances", instances=instances, meta=meta,
+                                   prompt=f"{t.prompt},{name}" if t.prompt else name)
+
+    return map_pending(tasks, run, "instances", teacher, params, prompt_for=prompt_for, finish=finish,
+                       progress=progress)

@@ -23,7 +23,9 @@ def clean_instruction(text: str) -> str:
     """One line, no markdown emphasis or leading label, first letter upper-case."""
     text = _MARKDOWN.sub("", text)
     text = re.sub(r"\s+", " ", text).strip()
-    text = _LABEL.sub("", text).strip().strip('"').strip()
+    text = _LABEL.sub("", text).strip()
+    if len(text) > 1 and text[0] == text[-1] == '"':  # a whole quoted instruction; inner quotes stay
+        text = text[1:-1].strip()
     return text[:1].upper() + text[1:] if text else text
 
 
@@ -106,7 +108,7 @@ def parse_alpaca(reply: str, prefix: str = "", truncated: bool = False) -> list[
     for block in blocks:
         parts = re.split(r"(?im)^\s*\d+\s*\.\s*(instruction|input|output)\s*:", "\n" + block)
         fields: dict[str, str] = {}
-        for name, value in zip(parts[1::2], parts[2::2]):
+        for name, value in zip(parts[1::2], parts[2::2], strict=False):
             fields.setdefault(name.lower(), value.strip())
         if "instruction" in fields and "output" in fields:
             out.append((clean_instruction(fields["instruction"]),
@@ -114,3 +116,40 @@ def parse_alpaca(reply: str, prefix: str = "", truncated: bool = False) -> list[
     if truncated and out:
         out.pop()
     return out
+
+
+# Evol-Instruct replies. A chat model may open with "Sure! Here is ...:" and may echo the
+# label our prompt ends with ("Rewritten instruction:"); both are dropped. Prompt words
+# anywhere else ("#Rewritten Prompt#", "given prompt") stay: the evolve stage eliminates
+# such copies (WizardLM's fourth rule), so the parser must not hide them.
+_PREAMBLE = re.compile(r"^\s*(?:sure|certainly|of course|okay|ok|here)\b[^\n]*:[ \t]*\n", re.IGNORECASE)
+_EVOL_LABEL = re.compile(r"^\s*(?:\*\*|#+\s*)?(?:rewritten\s+|new\s+)?instruction\s*(?:\*\*)?\s*:\s*(?:\*\*)?",
+                         re.IGNORECASE)
+_RESPONSE_LABEL = re.compile(r"^\s*(?:\*\*|#+\s*)?response\s*(?:\*\*)?\s*:\s*(?:\*\*)?", re.IGNORECASE)
+_JUDGEMENT = re.compile(r"\b(not\s+equal|unequal|different|equal|same|identical)\b", re.IGNORECASE)
+
+
+def _unquote(text: str) -> str:
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "\"'`":
+        return text[1:-1].strip()
+    return text
+
+
+def parse_evolved_instruction(reply: str) -> str:
+    """The instruction a rewriter replied with, its lines kept (it may carry a table or code)."""
+    text = _PREAMBLE.sub("", reply, count=1)
+    text = _EVOL_LABEL.sub("", text, count=1)
+    return _unquote(text.strip())
+
+
+def parse_answer(reply: str) -> str:
+    """A reply to an evolved instruction, without an echoed "Response:" label."""
+    return _RESPONSE_LABEL.sub("", reply, count=1).strip()
+
+
+def parse_equal(reply: str) -> bool | None:
+    """The judge's verdict: True for equal, False for not equal, None when it gave neither."""
+    m = _JUDGEMENT.search(reply)
+    if m is None:
+        return None
+    return m.group(1).lower() in ("equal", "same", "identical")

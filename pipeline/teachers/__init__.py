@@ -25,7 +25,8 @@ def make_teacher(cfg: TeacherConfig, seed: int = 0) -> Teacher:
 
         return OpenAITeacher(ref, base_url=cfg.base_url, api="chat" if cfg.api == "auto" else cfg.api,
                              api_key_env=cfg.api_key_env, concurrency=cfg.concurrency, timeout_s=cfg.timeout_s,
-                             max_retries=cfg.max_retries, system_prompt=cfg.system_prompt, spec=spec)
+                             max_retries=cfg.max_retries, system_prompt=cfg.system_prompt, spec=spec,
+                             api_key=cfg.api_key)
     if kind in ("hf", "embedded"):
         from .hf import HFTeacher
 

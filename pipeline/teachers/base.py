@@ -1,15 +1,26 @@
-"""The Teacher protocol: a batch of prompts in, one Completion per prompt out.
+"""The Teacher protocol: prompts in, one Completion per prompt out.
 
 Stages never know which teacher they talk to. Each prompt is plain text; the teacher's
 `api` setting decides whether it is sent as a raw completion prompt or as the user turn
 of a chat. Stop sequences are applied here on the client side too, because servers cap
 their number (OpenAI takes 4) and in-process generation stops a little late.
+
+Two ways to call a teacher:
+- `generate(prompts)`: a list in, a list out, in order.
+- `stream(requests)`: an iterator in, (request, completion) pairs out as they finish. The
+  teacher pulls the next request only when it has room, so a caller can build each prompt
+  from the latest state (bootstrap samples its in-context tasks from the current pool).
+
+Both check the response cache first (when one is attached) and stop pulling new requests
+once the budget is spent; requests already in flight still finish and are kept.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 
@@ -30,20 +41,32 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None  # why a prompt got no usable reply (after retries)
+    cached: bool = False  # served from the response cache: no call was made, nothing was spent
 
     @property
     def ok(self) -> bool:
         return self.finish_reason != "error"
 
 
+@dataclass(frozen=True)
+class Request:
+    key: Any  # the caller's handle: a task id, a request number
+    prompt: str
+    salt: str = ""  # tells apart two samples of the same prompt in the cache (the caller's RNG state)
+
+
 @dataclass
 class Usage:
-    """Calls and tokens per call kind (bootstrap, classify, instances, ...)."""
+    """Calls and tokens per call kind (bootstrap, classify, instances, ...). Cache hits cost nothing."""
 
     by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def add(self, kind: str, c: Completion) -> None:
-        u = self.by_kind.setdefault(kind, {"calls": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0})
+        u = self.by_kind.setdefault(kind, {"calls": 0, "errors": 0, "cached": 0,
+                                           "prompt_tokens": 0, "completion_tokens": 0})
+        if c.cached:
+            u["cached"] += 1
+            return
         u["calls"] += 1
         u["errors"] += 0 if c.ok else 1
         u["prompt_tokens"] += c.prompt_tokens
@@ -58,10 +81,14 @@ ProgressFn = Callable[[int], None]
 
 class Teacher(Protocol):
     name: str  # spec as the user wrote it, e.g. "openai:gpt-4o-mini"; recorded in every record
+    api: str  # "chat" or "completions": whether replies continue the prompt text
     usage: Usage
 
     def generate(self, prompts: Sequence[str], params: GenParams, *, kind: str,
-                 progress: ProgressFn | None = None) -> list[Completion]: ...
+                 progress: ProgressFn | None = None, salts: Sequence[str] | None = None) -> list[Completion]: ...
+
+    def stream(self, requests: Iterable[Request], params: GenParams, *,
+               kind: str) -> Iterator[tuple[Request, Completion]]: ...
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records about this teacher. Never a secret."""
@@ -69,30 +96,76 @@ class Teacher(Protocol):
 
 
 class BaseTeacher:
-    """Shared bookkeeping: usage per kind, client-side stop sequences, progress."""
+    """Shared machinery: cache, budget, usage per kind, client-side stop sequences."""
 
     name = "teacher"
+    api = "chat"
+    sort_by_length = False  # in-process batching wastes less on padding when lengths are close
 
     def __init__(self) -> None:
         self.usage = Usage()
+        self.cache: Any = None  # a pipeline.cache.ResponseCache, attached by the run
+        self.budget: Any = None  # a pipeline.budget.Budget, attached by the run
 
-    def generate(self, prompts: Sequence[str], params: GenParams, *, kind: str,
-                 progress: ProgressFn | None = None) -> list[Completion]:
-        if not prompts:
-            return []
-        out = self._generate(list(prompts), params, progress or (lambda n: None))
-        for c in out:
-            c.text, hit = apply_stop(c.text, params.stop)
-            if hit and c.finish_reason == "length":
-                c.finish_reason = "stop"
-            self.usage.add(kind, c)
-        return out
-
-    def _generate(self, prompts: list[str], params: GenParams, progress: ProgressFn) -> list[Completion]:
+    # -- subclasses implement one of these ---------------------------------------------
+    def _stream(self, requests: Iterator[Request], params: GenParams) -> Iterator[tuple[Request, Completion]]:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name}
+
+    def cache_identity(self) -> dict[str, Any]:
+        """What, besides prompt and sampling, decides a reply (model, endpoint style...)."""
+        return {k: v for k, v in self.describe().items() if k not in ("concurrency", "batch_size", "base_url")}
+
+    # -- the public calls --------------------------------------------------------------
+    def stream(self, requests: Iterable[Request], params: GenParams, *,
+               kind: str) -> Iterator[tuple[Request, Completion]]:
+        for req, c in self._stream(iter(requests), params):
+            yield req, self._finish(req, c, params, kind)
+
+    def generate(self, prompts: Sequence[str], params: GenParams, *, kind: str,
+                 progress: ProgressFn | None = None, salts: Sequence[str] | None = None) -> list[Completion]:
+        if not prompts:
+            return []
+        salts = list(salts) if salts is not None else [""] * len(prompts)
+        requests = [Request(i, p, s) for i, (p, s) in enumerate(zip(prompts, salts, strict=True))]
+        if self.sort_by_length:
+            requests.sort(key=lambda r: len(r.prompt))
+        out: list[Completion | None] = [None] * len(prompts)
+        for req, c in self.stream(requests, params, kind=kind):
+            out[req.key] = c
+            if progress:
+                progress(1)
+        # Prompts never sent (budget spent) come back as errors, so callers skip them.
+        return [c or Completion("", "error", error="not sent: budget reached") for c in out]
+
+    # -- for subclasses ----------------------------------------------------------------
+    def _pull(self, requests: Iterator[Request]) -> Request | None:
+        """The next request to send, or None when there is none or the budget is spent."""
+        if self.budget is not None and self.budget.exhausted(self.usage):
+            return None
+        return next(requests, None)
+
+    def _lookup(self, req: Request, params: GenParams) -> Completion | None:
+        if self.cache is None:
+            return None
+        return self.cache.get(self.cache_key(req, params))
+
+    def cache_key(self, req: Request, params: GenParams) -> str:
+        blob = json.dumps({"teacher": self.cache_identity(), "prompt": req.prompt, "params": asdict(params),
+                           "salt": req.salt}, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def _finish(self, req: Request, c: Completion, params: GenParams, kind: str) -> Completion:
+        if not c.cached:
+            c.text, hit = apply_stop(c.text, params.stop)
+            if hit and c.finish_reason == "length":
+                c.finish_reason = "stop"
+            if self.cache is not None and c.ok:
+                self.cache.put(self.cache_key(req, params), c)
+        self.usage.add(kind, c)
+        return c
 
 
 def apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:

@@ -8,13 +8,15 @@ prompts themselves, so the same prompts give the same replies on a re-run.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from typing import Any
 
 from ..errors import TeacherError
-from .base import BaseTeacher, Completion, GenParams, ProgressFn
+from .base import BaseTeacher, Completion, GenParams, Request
 
 
 class HFTeacher(BaseTeacher):
+    sort_by_length = True
     def __init__(self, model: str, *, gguf_file: str | None = None, api: str = "completions",
                  batch_size: int = 8, device: str = "auto", dtype: str = "auto",
                  repetition_penalty: float = 1.15, system_prompt: str = "", trust_remote_code: bool = False,
@@ -62,17 +64,20 @@ class HFTeacher(BaseTeacher):
             messages.insert(0, {"role": "system", "content": self.system_prompt})
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def _generate(self, prompts: list[str], params: GenParams, progress: ProgressFn) -> list[Completion]:
-        rendered = [self.render(p) for p in prompts]
-        lengths = [len(self.tokenizer(r, add_special_tokens=False).input_ids) for r in rendered]
-        order = sorted(range(len(rendered)), key=lambda i: lengths[i])  # length bucketing
-        results: list[Completion | None] = [None] * len(rendered)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            for i, c in zip(idx, self._generate_batch([rendered[i] for i in idx], params)):
-                results[i] = c
-            progress(len(idx))
-        return [r for r in results if r is not None]
+    def _stream(self, requests: Iterator[Request], params: GenParams) -> Iterator[tuple[Request, Completion]]:
+        """Batches of `batch_size` with left padding; `generate()` sorts prompts by length first
+        (length bucketing), so a batch wastes little compute on padding."""
+        while True:
+            batch: list[Request] = []
+            while len(batch) < self.batch_size and (req := self._pull(requests)) is not None:
+                cached = self._lookup(req, params)
+                if cached is not None:
+                    yield req, cached
+                else:
+                    batch.append(req)
+            if not batch:
+                return
+            yield from zip(batch, self._generate_batch([self.render(r.prompt) for r in batch], params), strict=True)
 
     def _generate_batch(self, texts: list[str], params: GenParams) -> list[Completion]:
         import torch
@@ -90,7 +95,7 @@ class HFTeacher(BaseTeacher):
             gen_kwargs.update(temperature=None, top_p=None, top_k=None)
         stops = [s for s in params.stop if s.strip()]
         if stops:
-            gen_kwargs.update(stop_strings=stops, tokenizer=self.tokenizer)
+            gen_kwargs["stopping_criteria"] = [StopOnText(self.tokenizer, stops, enc["input_ids"].shape[1])]
         digest = hashlib.sha256(("\x00".join(texts) + f"|{self.seed}").encode()).digest()
         torch.manual_seed(int.from_bytes(digest[:8], "little"))
         with torch.inference_mode():
@@ -98,7 +103,7 @@ class HFTeacher(BaseTeacher):
         new = out[:, enc["input_ids"].shape[1]:]
         eos = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id} - {None}
         completions = []
-        for row, prompt_len in zip(new, enc["attention_mask"].sum(dim=1).tolist()):
+        for row, prompt_len in zip(new, enc["attention_mask"].sum(dim=1).tolist(), strict=True):
             ids = row.tolist()
             n = next((k for k, t in enumerate(ids) if t in eos), None)
             finished = n is not None
@@ -108,3 +113,24 @@ class HFTeacher(BaseTeacher):
             completions.append(Completion(text=text, finish_reason="length" if hit_limit else "stop",
                                           prompt_tokens=int(prompt_len), completion_tokens=len(ids)))
         return completions
+
+
+class StopOnText:
+    """Stop each sequence once its new text contains a stop string.
+
+    transformers' own `stop_strings` pre-processes the whole vocabulary on every call,
+    which here cost more than the generation itself. This decodes only the last few new
+    tokens of each row per step: a token is at least one character, so a window as long
+    as the longest stop string (in tokens) always sees a complete match.
+    """
+
+    def __init__(self, tokenizer: Any, stops: list[str], prompt_len: int):
+        self.tokenizer, self.stops, self.start = tokenizer, stops, prompt_len
+        self.window = max(len(s) for s in stops) + 1
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        tails = input_ids[:, max(self.start, input_ids.shape[1] - self.window):]
+        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)

@@ -11,16 +11,18 @@ error Completion, counted, and skipped by the stage.
 from __future__ import annotations
 
 import os
+import queue
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import openai
 import tenacity
 
 from ..errors import TeacherError
-from .base import BaseTeacher, Completion, GenParams, ProgressFn
+from .base import BaseTeacher, Completion, GenParams, Request
 
 MAX_SERVER_STOPS = 4  # OpenAI rejects more than 4 stop sequences; the rest are applied client-side
 FATAL = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
@@ -33,7 +35,7 @@ class ContextTooLong(Exception):
 class OpenAITeacher(BaseTeacher):
     def __init__(self, model: str, *, base_url: str = "", api: str = "chat", api_key_env: str = "OPENAI_API_KEY",
                  concurrency: int = 8, timeout_s: float = 120.0, max_retries: int = 6, system_prompt: str = "",
-                 spec: str | None = None, max_wait_s: float = 60.0):
+                 spec: str | None = None, max_wait_s: float = 60.0, api_key: str = ""):
         super().__init__()
         if api not in ("chat", "completions"):
             raise TeacherError(f"teacher api must be 'chat' or 'completions', not {api!r}")
@@ -41,17 +43,21 @@ class OpenAITeacher(BaseTeacher):
         self.name = spec or f"openai:{model}"
         self.api = api
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL", "") or "https://api.openai.com/v1"
+        # Several servers ("url1,url2"): each request goes to the one with the fewest in flight.
+        self.base_urls = [u.strip() for u in self.base_url.split(",") if u.strip()]
         self.concurrency = max(1, concurrency)
         self.max_retries = max_retries
         self.system_prompt = system_prompt
         self.max_wait_s = max_wait_s
-        key = os.environ.get(api_key_env, "")
-        if not key and "api.openai.com" in self.base_url:
+        key = api_key or os.environ.get(api_key_env, "")
+        self._secret = key  # only for masking error text
+        if not key and any("api.openai.com" in u for u in self.base_urls):
             raise TeacherError(f"${api_key_env} is not set. Fix: export {api_key_env}=sk-... "
                                "or pass --base-url for a local OpenAI-compatible server")
         # max_retries=0: the SDK's own retries would hide failures from our one policy.
-        self._client = openai.OpenAI(api_key=key or "not-needed", base_url=self.base_url,
-                                     timeout=timeout_s, max_retries=0)
+        self._clients = [openai.OpenAI(api_key=key or "not-needed", base_url=u, timeout=timeout_s, max_retries=0)
+                         for u in self.base_urls]
+        self._in_flight = [0] * len(self._clients)
         self._fatal: BaseException | None = None
         self._lock = threading.Lock()
 
@@ -59,22 +65,47 @@ class OpenAITeacher(BaseTeacher):
         return {"name": self.name, "kind": "openai", "model": self.model, "api": self.api,
                 "base_url": self.base_url, "concurrency": self.concurrency}
 
-    def _generate(self, prompts: list[str], params: GenParams, progress: ProgressFn) -> list[Completion]:
+    def _stream(self, requests: Iterator[Request], params: GenParams) -> Iterator[tuple[Request, Completion]]:
+        """Keep up to `concurrency` requests in flight; refill as each one finishes (no batch barrier)."""
         self._fatal = None
-        results: list[Completion | None] = [None] * len(prompts)
-
-        def work(i: int) -> None:
-            if self._fatal is None:
-                results[i] = self._call_with_retries(prompts[i], params)
-            progress(1)
-
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
-            list(pool.map(work, range(len(prompts))))
+        finished: queue.SimpleQueue[tuple[Request, Future]] = queue.SimpleQueue()
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            in_flight = 0
+            exhausted = False
+            while True:
+                while not exhausted and self._fatal is None and in_flight < self.concurrency:
+                    req = self._pull(requests)
+                    if req is None:
+                        exhausted = True
+                        break
+                    fut = pool.submit(self._answer, req, params)
+                    # A done-callback queue costs O(1) per reply; wait() on all futures would cost O(in flight).
+                    fut.add_done_callback(lambda f, r=req: finished.put((r, f)))
+                    in_flight += 1
+                if in_flight == 0:
+                    break
+                req, fut = finished.get()
+                in_flight -= 1
+                yield req, fut.result()
         if self._fatal is not None:
-            raise TeacherError(f"{self.name} at {self.base_url}: {_describe_error(self._fatal)}") from self._fatal
-        return [r or Completion("", "error", error="not sent") for r in results]
+            raise TeacherError(f"{self.name} at {self.base_url}: {_describe_error(self._fatal, self._secret)}") from None
 
-    def _call_with_retries(self, prompt: str, params: GenParams) -> Completion:
+    def _answer(self, req: Request, params: GenParams) -> Completion:
+        cached = self._lookup(req, params)
+        if cached is not None:
+            return cached
+        if self._fatal is not None:
+            return Completion("", "error", error="not sent: the server refused an earlier request")
+        with self._lock:
+            i = min(range(len(self._clients)), key=self._in_flight.__getitem__)
+            self._in_flight[i] += 1
+        try:
+            return self._call_with_retries(self._clients[i], req.prompt, params)
+        finally:
+            with self._lock:
+                self._in_flight[i] -= 1
+
+    def _call_with_retries(self, client: openai.OpenAI, prompt: str, params: GenParams) -> Completion:
         max_tokens = params.max_tokens
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.max_retries + 1),
@@ -84,7 +115,7 @@ class OpenAITeacher(BaseTeacher):
         )
         for _ in range(4):  # context-length shrinking: at most 4 halvings
             try:
-                return retrying(self._call_once, prompt, params, max_tokens)
+                return retrying(self._call_once, client, prompt, params, max_tokens)
             except ContextTooLong:
                 max_tokens //= 2
                 if max_tokens < 16:
@@ -92,12 +123,12 @@ class OpenAITeacher(BaseTeacher):
             except FATAL as e:
                 with self._lock:
                     self._fatal = e
-                return Completion("", "error", error=_describe_error(e))
+                return Completion("", "error", error=_describe_error(e, self._secret))
             except (openai.APIError, ValueError) as e:  # exhausted retries, 400, malformed reply
-                return Completion("", "error", error=_describe_error(e))
+                return Completion("", "error", error=_describe_error(e, self._secret))
         return Completion("", "error", error="prompt longer than the model's context")
 
-    def _call_once(self, prompt: str, params: GenParams, max_tokens: int) -> Completion:
+    def _call_once(self, client: openai.OpenAI, prompt: str, params: GenParams, max_tokens: int) -> Completion:
         common: dict[str, Any] = dict(
             model=self.model, max_tokens=max_tokens, temperature=params.temperature,
             # top_p=0 is Self-Instruct's way to say greedy; vLLM rejects it, and at temperature 0 it means nothing.
@@ -111,10 +142,10 @@ class OpenAITeacher(BaseTeacher):
                 messages = [{"role": "user", "content": prompt}]
                 if self.system_prompt:
                     messages.insert(0, {"role": "system", "content": self.system_prompt})
-                resp = self._client.chat.completions.create(messages=messages, **common)
+                resp = client.chat.completions.create(messages=messages, **common)
                 texts = [(c.message.content if c.message else None, c.finish_reason) for c in resp.choices or []]
             else:
-                resp = self._client.completions.create(prompt=prompt, **common)
+                resp = client.completions.create(prompt=prompt, **common)
                 texts = [(c.text, c.finish_reason) for c in resp.choices or []]
         except openai.BadRequestError as e:
             if _is_context_error(e):
@@ -138,7 +169,7 @@ def _is_transient(e: BaseException) -> bool:
 
 
 def _wait_for(max_wait_s: float):
-    backoff = tenacity.wait_exponential_jitter(initial=1, max=max_wait_s)
+    backoff = tenacity.wait_random_exponential(multiplier=min(1.0, max_wait_s), max=max_wait_s)
 
     def wait(state: tenacity.RetryCallState) -> float:
         e = state.outcome.exception() if state.outcome else None
@@ -164,7 +195,7 @@ def _is_context_error(e: openai.BadRequestError) -> bool:
     return "context length" in text or "context_length" in text or "maximum context" in text
 
 
-def _describe_error(e: BaseException) -> str:
+def _describe_error(e: BaseException, secret: str = "") -> str:
     status = getattr(e, "status_code", None)
     hint = {
         401: "the API key was refused; check the key's variable (teacher.api_key_env)",
@@ -173,7 +204,8 @@ def _describe_error(e: BaseException) -> str:
     }.get(status or 0, "")
     detail = str(getattr(e, "message", "") or e).strip().splitlines()[0][:300] if str(e).strip() else ""
     msg = (f"HTTP {status} " if status else "") + type(e).__name__ + (f": {detail}" if detail else "")
-    return mask_secrets(f"{msg} ({hint})" if hint else msg)
+    text = f"{msg} ({hint})" if hint else msg
+    return mask_secrets(text.replace(secret, "***") if secret else text)
 
 
 def mask_secrets(text: str) -> str:

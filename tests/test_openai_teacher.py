@@ -1,0 +1,100 @@
+"""The openai teacher against the fake server: both endpoints, retries, fatal errors, malformed replies."""
+
+import time
+
+import pytest
+
+from pipeline.errors import TeacherError
+from pipeline.teachers import GenParams
+from pipeline.teachers.openai_compat import OpenAITeacher
+
+PARAMS = GenParams(max_tokens=50, temperature=0.0, top_p=0.0, stop=("\n\n", "X1", "X2", "X3", "END"))
+
+
+def teacher(server, **kw):
+    kw.setdefault("max_retries", 3)
+    kw.setdefault("max_wait_s", 0.05)
+    return OpenAITeacher("fake-model", base_url=server.url, **kw)
+
+
+@pytest.mark.parametrize("api, path", [("chat", "/v1/chat/completions"), ("completions", "/v1/completions")])
+def test_both_endpoints_send_sampling_and_apply_all_stops(fake_openai, api, path):
+    fake_openai.enqueue("first part END second part")
+    (c,) = teacher(fake_openai, api=api).generate(["hello"], PARAMS, kind="k")
+    assert c.text == "first part " and c.finish_reason == "stop" and c.completion_tokens == 5
+    sent = fake_openai.history[0]
+    assert sent["path"] == path
+    body = sent["body"]
+    assert body["model"] == "fake-model" and body["max_tokens"] == 50 and body["top_p"] == 1.0
+    assert body["stop"] == ["\n\n", "X1", "X2", "X3"]  # servers take 4; END is applied client-side
+    assert (body["messages"][-1]["content"] if api == "chat" else body["prompt"]) == "hello"
+
+
+def test_results_keep_prompt_order_under_concurrency(fake_openai):
+    for i in range(6):
+        fake_openai.enqueue(lambda path, body: fake_openai.wrap(path, "reply to " + fake_openai.prompt_of(body)),
+                            delay=0.05 * (6 - i))
+    t = teacher(fake_openai, concurrency=6)
+    out = t.generate([f"p{i}" for i in range(6)], PARAMS, kind="k")
+    assert [c.text for c in out] == [f"reply to p{i}" for i in range(6)]
+    assert t.usage.to_dict()["k"]["calls"] == 6
+
+
+def test_transient_errors_are_retried_and_429_honours_retry_after(fake_openai):
+    fake_openai.enqueue({"error": {"message": "busy"}}, status=500)
+    fake_openai.enqueue({"error": {"message": "slow down"}}, status=429, headers={"retry-after": "0.3"})
+    fake_openai.enqueue("ok")
+    start = time.monotonic()
+    (c,) = teacher(fake_openai, max_wait_s=0.5).generate(["x"], PARAMS, kind="k")
+    assert c.text == "ok" and len(fake_openai.history) == 3
+    assert time.monotonic() - start >= 0.3
+
+
+def test_exhausted_retries_give_an_error_completion_not_an_exception(fake_openai):
+    for _ in range(3):
+        fake_openai.enqueue({"error": {"message": "down"}}, status=503)
+    t = teacher(fake_openai, max_retries=2)
+    (c,) = t.generate(["x"], PARAMS, kind="k")
+    assert not c.ok and "503" in c.error and len(fake_openai.history) == 3
+    assert t.usage.to_dict()["k"]["errors"] == 1
+
+
+@pytest.mark.parametrize("status, hint", [(401, "API key was refused"), (404, "unknown model")])
+def test_fatal_errors_stop_at_once_with_a_clear_message(fake_openai, status, hint):
+    fake_openai.enqueue({"error": {"message": "nope"}}, status=status)
+    with pytest.raises(TeacherError, match=hint):
+        teacher(fake_openai).generate(["x"], PARAMS, kind="k")
+    assert len(fake_openai.history) == 1
+
+
+def test_context_length_error_halves_max_tokens(fake_openai):
+    fake_openai.enqueue({"error": {"message": "This model's maximum context length is 4097 tokens"}}, status=400)
+    fake_openai.enqueue("fits now")
+    (c,) = teacher(fake_openai).generate(["x"], PARAMS, kind="k")
+    assert c.text == "fits now"
+    assert [h["body"]["max_tokens"] for h in fake_openai.history] == [50, 25]
+
+
+def test_empty_choices_and_malformed_json_are_counted_and_skipped(fake_openai):
+    fake_openai.enqueue({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []})
+    fake_openai.enqueue(b"{not json")
+    t = teacher(fake_openai, concurrency=1)
+    out = t.generate(["a", "b"], PARAMS, kind="k")
+    assert [c.ok for c in out] == [False, False]
+    assert t.usage.to_dict()["k"]["errors"] == 2
+
+
+def test_missing_key_for_openai_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(TeacherError, match=r"\$OPENAI_API_KEY is not set"):
+        OpenAITeacher("gpt-4o-mini")
+
+
+def test_base_url_from_environment(fake_openai, monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.url)
+    fake_openai.enqueue("from env")
+    (c,) = OpenAITeacher("m").generate(["x"], PARAMS, kind="k")
+    assert c.text == "from env"
+    headers = {k.lower(): v for k, v in fake_openai.history[0]["headers"].items()}
+    assert headers["authorization"] == "Bearer sk-test-PLANTED-SECRET-0123456789"
