@@ -144,7 +144,9 @@ def _write_hf(out: Path, splits: dict[str, list[dict[str, Any]]]) -> None:
     import shutil
 
     from datasets import Dataset, DatasetDict
+    from datasets.utils.logging import disable_progress_bar
 
+    disable_progress_bar()  # a bar per split for a few hundred rows is noise
     target = out / "hf"
     if target.exists():  # save_to_disk refuses to overwrite a folder it may be reading from
         shutil.rmtree(target)

@@ -18,7 +18,6 @@ import inspect
 import json
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +36,6 @@ from .loss import causal_lm_loss_sum, full_logits_loss_sum
 from .model import SUMMARY, compute_dtype, device, load_for_training, load_tokenizer, resolve_model
 
 Log = Callable[[str], None]
-
-# Two known, harmless warnings per run would bury our own lines: peft calls a transformers
-# method that 5.x renamed, and on CPU bitsandbytes runs the paged optimiser unpaged.
-warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*is deprecated", category=FutureWarning)
-warnings.filterwarnings("ignore", message=r"Paged optimizers are not supported on CPU", category=UserWarning)
 
 
 class LoraTrainer(Trainer):
