@@ -63,8 +63,9 @@ def test_classify_an_arbitrary_user_file(fake_openai, tmp_path):
     user.write_text('{"instruction": "Compare two sorting algorithms for small lists."}\n'
                     '{"instruction": "Suggest a name for a bakery."}\n')
     invoke("classify", *teacher_flags(fake_openai, tmp_path, "u"), "--input", user)
-    labels = [t["is_classification"] for t in read(tmp_path / "u" / "classify.jsonl")]
-    assert labels == [True, False]
+    labels = {t["instruction"]: t["is_classification"] for t in read(tmp_path / "u" / "classify.jsonl")}
+    # Replies are written as they arrive, so the file's order is the order of completion.
+    assert labels == {"Compare two sorting algorithms for small lists.": True, "Suggest a name for a bakery.": False}
 
 
 def test_alpaca_mode(fake_openai, tmp_path):
