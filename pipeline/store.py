@@ -7,7 +7,6 @@ cut off when the file is opened again for appending.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -127,10 +126,6 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def sha256_file(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 class RunDir:
