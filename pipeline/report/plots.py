@@ -52,6 +52,15 @@ def _hbars(ax, labels: list[str], values: list[int], color: str) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def _rejection_bars(ax, counts: dict[str, int], empty_text: str) -> None:
+    """Rejected records per reason (funnel and evolve share this panel)."""
+    if counts:
+        _hbars(ax, list(counts), list(counts.values()), "#C44E52")
+        ax.set_xlabel("records")
+    else:
+        _empty(ax, empty_text)
+
+
 def plot_funnel(f: dict[str, Any], path: Path) -> Path:
     funnel = f["funnel"]
     reasons = funnel["rejected_by_reason"]
@@ -60,11 +69,7 @@ def plot_funnel(f: dict[str, Any], path: Path) -> Path:
     _hbars(left, [s["name"] for s in funnel["steps"]], [s["count"] for s in funnel["steps"]], "#4C72B0")
     left.set_title("Instructions through the stages")
     left.set_xlabel("records")
-    if reasons:
-        _hbars(right, list(reasons), list(reasons.values()), "#C44E52")
-        right.set_xlabel("records")
-    else:
-        _empty(right, "no rejections")
+    _rejection_bars(right, reasons, "no rejections")
     right.set_title(f"Rejected ({funnel['rejected']}) by stage: rule")
     fig.suptitle(f"Funnel: {f['kept']} kept", fontweight="bold")
     return _save(fig, path)
@@ -161,11 +166,7 @@ def plot_evolve(f: dict[str, Any], path: Path) -> Path:
         _empty(left, "no evolved instruction kept")
     left.set_title(f"Evolved per operation and round ({ev['kept']} kept)")
     rules = ev["eliminated_by_rule"]
-    if rules:
-        _hbars(right, list(rules), list(rules.values()), "#C44E52")
-        right.set_xlabel("records")
-    else:
-        _empty(right, "no eliminations")
+    _rejection_bars(right, rules, "no eliminations")
     right.set_title(f"Eliminations per rule ({ev['eliminated']})")
     fig.suptitle("Evol-Instruct", fontweight="bold")
     return _save(fig, path)
