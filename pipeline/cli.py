@@ -20,7 +20,7 @@ from .config import RunConfig, load_config
 from .errors import InputError, Seed2LoraError
 from .show import show_run
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # log lines stay whole in log files and CI output
 
 
 @contextmanager

@@ -303,6 +303,35 @@ def test_training_resumes_from_the_last_checkpoint(trained, tiny_model):
     assert [s for s, _ in summary["train_loss"]["points"]][-2:] == [9, 10]
 
 
+def test_torchrun_trains_one_adapter_over_two_processes(tiny_model, tmp_path):
+    """The README's multi-GPU command, run on CPU: 2 processes (gloo), the data split between them."""
+    import math
+    import os
+    import subprocess
+    import sys
+
+    rows = [{"instruction": f"What colour is item number {i}?", "input": "", "output": f"Item {i} is {c}."}
+            for i, c in enumerate(["red", "blue", "green", "black"] * 6)]
+    data, out = tmp_path / "alpaca.json", tmp_path / "adapter"
+    data.write_text(json.dumps(rows))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "pipeline", "train", str(data), "--model", tiny_model, "--out", str(out), "--epochs", "1",
+         "--batch-size", "2", "--grad-accum", "1", "--lr", "2e-3", "--max-seq-len", "128",
+         "--set", "warmup_ratio=0", "--set", "eval_steps=1000", "--set", "save_steps=1000"],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("training on ") == 1  # only rank 0 speaks
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["world_size"] == 2
+    # Each update takes 2 rows on each process: one epoch of the training rows is half the single-process steps.
+    assert summary["steps"] == math.ceil(summary["rows"]["train"] / (2 * 2))
+    losses = [v for _, v in summary["train_loss"]["points"]]
+    assert losses[-1] < losses[0] - 0.5, losses
+    assert (out / "adapter_model.safetensors").is_file() and summary["eval_loss"] is not None
+
+
 # ---------------------------------------------------------------- eval and the CLI
 
 

@@ -9,7 +9,6 @@ added to those weights.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import warnings
 from pathlib import Path
@@ -23,11 +22,9 @@ from .config import TrainConfig
 SUMMARY = "training_summary.json"
 
 # Known, harmless notices would bury our own lines on every run: peft calls a transformers
-# method that 5.x renamed; on CPU bitsandbytes runs the paged optimiser unpaged, and it looks
-# for an optional kernel of the CPU inference layout that keep_one_4bit_layout turns off.
+# method that 5.x renamed; on CPU bitsandbytes runs the paged optimiser unpaged.
 warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*is deprecated", category=FutureWarning)
 warnings.filterwarnings("ignore", message=r"Paged optimizers are not supported on CPU", category=UserWarning)
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def resolve_model(model: str) -> str:
