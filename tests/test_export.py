@@ -22,11 +22,16 @@ def make_tasks(n=10):
 
 
 def make_run(tmp_path, tasks=None):
+    """A run of 10 kept machine tasks (2 instances each) made from 3 human seed tasks (one with 2 instances)."""
     run = RunDir(tmp_path / "run").ensure()
     write_jsonl_atomic(run.stage_file("filter"), tasks or make_tasks())
     write_jsonl_atomic(run.rejected_file, [make_tasks(1)[0].rejected("rouge_l: 0.81 vs x", "filter")])
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"id": f"s{i}", "instruction": f"Name a fruit that is colour {i}.",
+                                         "instances": [{"input": "", "output": f"fruit {i}.{k}"}
+                                                       for k in range(1 + (i == 0))]}) + "\n" for i in range(3)))
     run.update_manifest(teacher={"name": "embedded", "model": "SmolLM2-135M-Instruct"},
-                        config={"seed": 42, "filter": {"rouge_threshold": 0.7, "min_words": 4, "max_words": 150,
+                        config={"seed": 42, "seed_tasks": str(seeds), "filter": {"rouge_threshold": 0.7, "min_words": 4, "max_words": 150,
                                                        "blacklist": ["image"], "banned_prefixes": ["Write a program"],
                                                        "max_instances": 5}, "bootstrap": {"mode": "self-instruct"}})
     return run.path
@@ -59,24 +64,44 @@ def test_export_writes_every_format_and_a_card(tmp_path):
     run = make_run(tmp_path)
     out = tmp_path / "export"
     info = export_run(run, out, ExportConfig(seed=1))
-    assert info["counts"] | {"by_origin": None} == {"tasks": 10, "rows": 20, "train_rows": 18, "eval_rows": 2,
-                                                     "train_tasks": 9, "eval_tasks": 1, "by_origin": None}
+    assert info["counts"] == {"tasks": 10, "seed_tasks": 3, "rows": 24, "train_rows": 22, "eval_rows": 2,
+                              "train_tasks": 12, "eval_tasks": 1, "by_origin": {"machine": 20, "seed": 4}}
     alpaca = json.loads((out / "alpaca" / "train.json").read_text())
-    assert len(alpaca) == 18 and set(alpaca[0]) == {"instruction", "input", "output"}
+    assert len(alpaca) == 22 and set(alpaca[0]) == {"instruction", "input", "output"}
+    assert sum(r["instruction"].startswith("Name a fruit") for r in alpaca) == 4  # every seed instance trains
     messages = [json.loads(line) for line in (out / "messages" / "eval.jsonl").read_text().splitlines()]
     assert len(messages) == 2 and messages[0]["messages"][-1]["role"] == "assistant"
     import pandas as pd
     from datasets import load_from_disk
 
-    assert len(pd.read_parquet(out / "parquet" / "train.parquet")) == 18
+    train = pd.read_parquet(out / "parquet" / "train.parquet")
+    assert len(train) == 22 and (train["origin"] == "seed").sum() == 4 and "seed:s0" in set(train["task_id"])
     ds = load_from_disk(str(out / "hf"))
     assert ds["eval"].num_rows == 2 and ds["train"][0]["messages"][0]["role"] == "user"
     card = (out / "README.md").read_text()
-    for fact in ("| train | 9 | 18 |", "| eval | 1 | 2 |", "Teacher: `embedded` (SmolLM2-135M-Instruct)",
+    for fact in ("| train | 12 | 22 |", "| eval | 1 | 2 |", "| total | 13 | 24 |", "3 of the train tasks are", "Teacher: `embedded` (SmolLM2-135M-Instruct)",
                  "rejected above 0.7", "Blacklisted words: image", "Banned prefixes: Write a program",
                  "| filter: rouge_l | 1 |", "seed 1"):
         assert fact in card, fact
     assert json.loads((out / "export.json").read_text())["export"]["seed"] == 1
+
+
+def test_seed_rows_always_train_and_can_be_left_out(tmp_path):
+    run = make_run(tmp_path)
+    rows = load_rows(run).train
+    assert sum(r["origin"] == "seed" for r in rows) == 4
+    for seed in range(20):  # whatever the split, no seed row is held out
+        train, held = split_by_task(rows, 0.5, random.Random(seed))
+        assert len(held) == 10 and all(r["origin"] == "machine" for r in held)
+        assert sum(r["origin"] == "seed" for r in train) == 4
+    info = export_run(run, tmp_path / "no-seeds", ExportConfig(include_seeds=False))
+    assert info["counts"]["rows"] == 20 and info["counts"]["seed_tasks"] == 0
+    assert "are not included" in (tmp_path / "no-seeds" / "README.md").read_text()
+    (tmp_path / "seeds.jsonl").unlink()  # a run whose seed file moved: say so, and how to go on
+    with pytest.raises(Seed2LoraError, match="--no-seeds"):
+        export_run(run, tmp_path / "x", ExportConfig())
+    result = CliRunner().invoke(cli, ["export", str(run), "--no-seeds", "--formats", "alpaca"])
+    assert result.exit_code == 0 and "10 machine + 0 seed tasks" in result.output
 
 
 def test_each_export_format_reads_back_with_the_same_split(tmp_path):

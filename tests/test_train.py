@@ -348,6 +348,23 @@ class MockJudge:
         return [Completion(text=self.replies.pop(0), finish_reason="stop") for _ in prompts]
 
 
+def test_score_summary_gives_a_paired_interval_and_a_sign_test():
+    from pipeline.train.eval import score_summary, sign_test
+
+    assert sign_test(9, 1) == pytest.approx(2 * (1 + 10) / 1024) and sign_test(5, 5) == 1.0 and sign_test(0, 0) == 1.0
+    rng = random.Random(0)
+    better = [{"rouge_l_base": b, "rouge_l_adapter": b + 0.05 + rng.uniform(-0.01, 0.01)}
+              for b in (rng.uniform(0, 0.5) for _ in range(40))]
+    s = score_summary(better)
+    assert 0.04 < s["delta_ci95"][0] <= s["delta"] <= s["delta_ci95"][1] < 0.06
+    assert s["adapter_higher"] == 40 and s["sign_test_p"] < 1e-9
+    noise = [{"rouge_l_base": 0.3, "rouge_l_adapter": 0.3 + d} for d in (0.1, -0.1) * 20] + \
+            [{"rouge_l_base": 0.2, "rouge_l_adapter": 0.2}]
+    s = score_summary(noise)
+    assert s["delta_ci95"][0] < 0 < s["delta_ci95"][1] and s["sign_test_p"] == 1.0 and s["equal"] == 1
+    assert score_summary(noise, seed=3) == score_summary(noise, seed=3)
+
+
 def test_pairwise_judge_undoes_the_ab_swap_and_counts_ties_as_half():
     from pipeline.train.eval import judge_pairwise, parse_verdict
 

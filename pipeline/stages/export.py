@@ -10,7 +10,9 @@ Input: the run's filter.jsonl (one Task per line). Output folder:
     parquet/{train,eval}.parquet
 
 A row is {id, task_id, instruction, input, output, origin}. The split is by task, so
-the instances of one task never sit on both sides.
+the instances of one task never sit on both sides. The run's human seed tasks are added
+to the train split (origin "seed"), as the Self-Instruct authors' release script does
+with --include_seed_tasks; the eval split holds machine tasks only.
 """
 
 from __future__ import annotations
@@ -67,31 +69,57 @@ def row_messages(row: dict[str, Any]) -> list[dict[str, str]]:
 
 def split_by_task(rows: list[dict[str, Any]], eval_fraction: float,
                   rng: random.Random) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Seeded train/eval split over task ids; at least one eval task when there are two or more."""
-    task_ids = sorted({r.get("task_id", r.get("id", i)) for i, r in enumerate(rows)}, key=str)
+    """Seeded train/eval split over task ids; at least one eval task when there are two or more.
+
+    Seed rows (origin "seed") always train: the eval split measures the generated tasks.
+    """
+    def task_of(i: int, r: dict[str, Any]) -> Any:
+        return r.get("task_id", r.get("id", i))
+
+    task_ids = sorted({task_of(i, r) for i, r in enumerate(rows) if r.get("origin") != "seed"}, key=str)
     n_eval = math.ceil(len(task_ids) * eval_fraction) if eval_fraction > 0 else 0
     n_eval = min(n_eval, len(task_ids) - 1) if len(task_ids) > 1 else 0
     eval_ids = set(rng.sample(task_ids, n_eval))
     train, held = [], []
     for i, r in enumerate(rows):
-        (held if r.get("task_id", r.get("id", i)) in eval_ids else train).append(r)
+        (held if r.get("origin") != "seed" and task_of(i, r) in eval_ids else train).append(r)
     return train, held
+
+
+def seed_rows(run: RunDir, rows: str = "instance") -> list[dict[str, Any]]:
+    """The run's human seed tasks as rows (origin "seed"): the seed file its manifest names."""
+    from ..seeds import load_seeds
+
+    manifest = run.manifest()
+    path = (manifest.get("config") or {}).get("seed_tasks") or None
+    if path and not Path(path).is_file():
+        raise Seed2LoraError(f"the seed file of {run.path}, {path}, is not there (paths are relative to where the run "
+                             "was started). Fix: run this command from that folder, or leave the seeds out with "
+                             "--no-seeds (export) / --set include_seeds=false")
+    return [{**r, "task_id": f"seed:{r['task_id']}", "id": f"seed:{r['id']}"} for r in task_rows(load_seeds(path), rows)]
+
+
+def run_rows(run: RunDir, cfg: ExportConfig) -> tuple[list[Task], list[dict[str, Any]]]:
+    """(kept tasks, rows): the rows of the run's filter.jsonl, then its seed rows if cfg.include_seeds."""
+    src = run.stage_file("filter")
+    if not src.exists():
+        raise Seed2LoraError(f"{src} does not exist. Fix: run `seed2lora filter` (or `seed2lora run`) for this run first")
+    tasks = run.read_stage("filter")
+    rows = task_rows(tasks, cfg.rows)
+    if not rows:
+        raise Seed2LoraError(f"{src} holds no task with instances; nothing to export")
+    return tasks, rows + (seed_rows(run, cfg.rows) if cfg.include_seeds else [])
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig) -> dict[str, Any]:
     """Write the kept tasks of `run_dir` in every requested format; return what export.json records."""
     run = RunDir(run_dir)
-    src = run.stage_file("filter")
-    if not src.exists():
-        raise Seed2LoraError(f"{src} does not exist. Fix: run `seed2lora filter` (or `seed2lora run`) for this run first")
     formats = [f.strip() for f in cfg.formats.split(",") if f.strip()]
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise Seed2LoraError(f"unknown export format(s) {unknown}. Fix: choose from {', '.join(FORMATS)}")
-    tasks = run.read_stage("filter")
-    rows = task_rows(tasks, cfg.rows)
-    if not rows:
-        raise Seed2LoraError(f"{src} holds no task with instances; nothing to export")
+    tasks, rows = run_rows(run, cfg)
+    src = run.stage_file("filter")
     splits = dict(zip(SPLITS, split_by_task(rows, cfg.eval_fraction, random.Random(cfg.seed)), strict=True))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,7 +128,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig) -> d
     manifest = run.manifest()
     info = {
         "run_dir": str(run.path), "export_dir": str(out), "source": str(src), "formats": formats, "export": vars(cfg).copy(),
-        "counts": {"tasks": len(tasks), "rows": len(rows),
+        "counts": {"tasks": len(tasks), "seed_tasks": len({r["task_id"] for r in rows if r["origin"] == "seed"}),
+                   "rows": len(rows),
                    **{f"{s}_rows": len(v) for s, v in splits.items()},
                    **{f"{s}_tasks": len({r["task_id"] for r in v}) for s, v in splits.items()},
                    "by_origin": _count(r["origin"] for r in rows)},
@@ -197,7 +226,11 @@ def dataset_card(info: dict[str, Any]) -> str:
         "|---|---:|---:|",
         f"| train | {c['train_tasks']} | {c['train_rows']} |",
         f"| eval | {c['eval_tasks']} | {c['eval_rows']} |",
-        f"| total | {c['tasks']} | {c['rows']} |",
+        f"| total | {c['train_tasks'] + c['eval_tasks']} | {c['rows']} |",
+        "",
+        (f"{c['seed_tasks']} of the train tasks are the run's human seed tasks (origin `seed`), added as the "
+         "Self-Instruct authors' release script does; the eval split holds machine tasks only."
+         if c.get("seed_tasks") else "The run's human seed tasks are not included (`include_seeds = false`)."),
         "",
         f"Rows: one per {'instance' if exp['rows'] == 'instance' else 'task (its first instance)'}. "
         f"Split: {exp['eval_fraction']:.0%} of tasks held out for eval, drawn with seed {exp['seed']}; "

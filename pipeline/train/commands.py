@@ -36,20 +36,23 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
     @click.option("--rows", type=click.Choice(["instance", "task"]), help="One row per instance (default) or per task.")
     @click.option("--eval-fraction", type=float, help="Share of tasks held out for eval (default 0.1).")
     @click.option("--seed", type=int, help="Seed of the train/eval split (default 42).")
+    @click.option("--seeds/--no-seeds", "include_seeds", default=None,
+                  help="Add the run's human seed tasks to the train split (default on, as Self-Instruct's release).")
     @config_opt
     @set_opt
     @friendly_errors
-    def export(run_dir, out_dir, formats, rows, eval_fraction, seed, config_path, sets):
+    def export(run_dir, out_dir, formats, rows, eval_fraction, seed, include_seeds, config_path, sets):
         """Write a run's kept tasks as Alpaca JSON, chat JSONL, an HF dataset and parquet, with a dataset card."""
         from ..stages.export import export_run
 
         cfg = load_section(ExportConfig, config_path, "export",
-                           {**_sets(sets), "formats": formats, "rows": rows, "eval_fraction": eval_fraction, "seed": seed})
+                           {**_sets(sets), "formats": formats, "rows": rows, "eval_fraction": eval_fraction, "seed": seed,
+                            "include_seeds": include_seeds})
         out = Path(out_dir) if out_dir else Path(run_dir) / "export"
         info = export_run(run_dir, out, cfg)
         c = info["counts"]
         console.print(f"[green]exported:[/] {out}  ({c['train_rows']} train / {c['eval_rows']} eval rows "
-                      f"from {c['tasks']} tasks; card: {out / 'README.md'})")
+                      f"from {c['tasks']} machine + {c['seed_tasks']} seed tasks; card: {out / 'README.md'})")
 
     @cli.command()
     @click.argument("data", type=click.Path(exists=True))
@@ -151,6 +154,8 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
                                                             "max_new_tokens": max_new_tokens, "judge": judge})
         report = run_eval(adapter, cfg, model=model, out_dir=out_dir, log=lambda m: console.print(m, highlight=False))
         r = report["rouge_l"]
-        console.print(f"ROUGE-L base {r['base']:.4f}  adapter {r['adapter']:.4f}  ({r['delta']:+.4f})"
+        console.print(f"ROUGE-L base {r['base']:.4f}  adapter {r['adapter']:.4f}  ({r['delta']:+.4f}, 95% interval "
+                      f"{r['delta_ci95'][0]:+.4f} to {r['delta_ci95'][1]:+.4f}; adapter higher on {r['adapter_higher']}, "
+                      f"base on {r['base_higher']} prompts)"
                       + (f"; judge win rate {report['judge']['win_rate']}" if report["judge"] else ""))
         console.print(f"[green]report:[/] {report['report_dir']}/eval_report.json (+ .md)")

@@ -21,7 +21,8 @@ from ..errors import InputError
 class ExportConfig:
     formats: str = "alpaca,messages,hf,parquet"  # every format; each is small next to the run itself
     rows: str = "instance"  # instance = one row per instance (Self-Instruct's fine-tuning data); task = first instance only (Alpaca)
-    eval_fraction: float = 0.1  # of tasks, not rows, so no task's instances sit on both sides; runs are small, 10% still gives tens
+    include_seeds: bool = True  # the Self-Instruct authors' release script adds the human seed instances (--include_seed_tasks); train split only
+    eval_fraction: float = 0.1  # of machine tasks, not rows, so no task's instances sit on both sides; runs are small, 10% still gives tens
     seed: int = 42  # the split is drawn from random.Random(seed): same run + same seed = same split
 
 

@@ -29,8 +29,9 @@ from typing import Any
 
 from ..errors import InputError, Seed2LoraError
 from ..records import Task
-from ..stages.export import row_messages, split_by_task, task_rows
+from ..stages.export import row_messages, run_rows, split_by_task, task_rows
 from ..store import RunDir, read_jsonl
+from .config import ExportConfig
 
 IGNORE_INDEX = -100  # torch's cross_entropy skips this label
 ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
@@ -56,8 +57,8 @@ def load_rows(path: str | Path) -> Rows:
     if p.is_dir():
         if (p / "export.json").is_file():
             return _load_export(p)
-        if (p / "filter.jsonl").is_file():
-            return Rows(task_rows(RunDir(p).read_stage("filter")), None, p, str(p / "filter.jsonl"))
+        if (p / "filter.jsonl").is_file():  # the rows `seed2lora export` would write, seeds included, unsplit
+            return Rows(run_rows(RunDir(p), ExportConfig())[1], None, p, str(p / "filter.jsonl"))
         if (p / "dataset_dict.json").is_file() or (p / "dataset_info.json").is_file():
             return _load_hf(p)
         raise InputError(p, None, "is a folder with no export.json, filter.jsonl or saved dataset",

@@ -15,6 +15,7 @@ Output: eval_report.json (scores, settings, every answer) and eval_report.md (a 
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import statistics
@@ -134,7 +135,7 @@ def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_d
         "adapter": str(adapter_dir), "base_model": model or info["base"], "data": data, "limit": cfg.limit,
         "settings": {k: v for k, v in vars(cfg).items() if k != "data"},
         "n_prompts": len(items),
-        "rouge_l": score_summary(items),
+        "rouge_l": score_summary(items, seed=cfg.seed),
         "judge": None,
     }
     if cfg.judge or teacher is not None:
@@ -150,14 +151,34 @@ def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_d
     return report
 
 
-def score_summary(items: list[dict[str, Any]]) -> dict[str, Any]:
+def score_summary(items: list[dict[str, Any]], seed: int = 0, resamples: int = 2000) -> dict[str, Any]:
+    """Mean ROUGE-L of each side, the paired difference with a bootstrap 95% interval, and a sign test.
+
+    A few dozen prompts give a noisy mean: the interval (percentiles of the mean paired
+    difference over `resamples` resamplings of the prompts) says whether the difference
+    could be noise; the sign test asks the same of the per-prompt wins, ignoring margins.
+    """
+    import numpy as np
+
     base = [it["rouge_l_base"] for it in items]
     adapter = [it["rouge_l_adapter"] for it in items]
+    diff = np.asarray(adapter) - np.asarray(base)
+    picks = np.random.default_rng(seed).integers(0, len(diff), size=(resamples, len(diff)))
+    low, high = np.percentile(diff[picks].mean(axis=1), [2.5, 97.5])
+    up, down = int((diff > 0).sum()), int((diff < 0).sum())
     return {"base": round(statistics.fmean(base), 4), "adapter": round(statistics.fmean(adapter), 4),
-            "delta": round(statistics.fmean(adapter) - statistics.fmean(base), 4),
-            "adapter_higher": sum(a > b for a, b in zip(adapter, base, strict=True)),
-            "base_higher": sum(b > a for a, b in zip(adapter, base, strict=True)),
-            "equal": sum(a == b for a, b in zip(adapter, base, strict=True))}
+            "delta": round(float(diff.mean()), 4), "delta_ci95": [round(float(low), 4), round(float(high), 4)],
+            "adapter_higher": up, "base_higher": down, "equal": len(diff) - up - down,
+            "sign_test_p": round(sign_test(up, down), 4)}
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test: the chance of a split at least this uneven if each side wins half the time."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    k = min(wins, losses)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
 
 
 def _make_judge(spec: str) -> Any:
@@ -211,7 +232,10 @@ def report_markdown(report: dict[str, Any]) -> str:
              "| model | ROUGE-L | prompts where higher |", "|---|---:|---:|",
              f"| base | {r['base']:.4f} | {r['base_higher']} |",
              f"| base + adapter | {r['adapter']:.4f} | {r['adapter_higher']} |", "",
-             f"Difference (adapter - base): {r['delta']:+.4f}; equal on {r['equal']} prompts.", ""]
+             f"Difference (adapter - base): {r['delta']:+.4f}, 95% bootstrap interval "
+             f"[{r['delta_ci95'][0]:+.4f}, {r['delta_ci95'][1]:+.4f}]"
+             + (" (excludes 0)" if r["delta_ci95"][0] > 0 or r["delta_ci95"][1] < 0 else " (includes 0: could be noise)")
+             + f"; equal on {r['equal']} prompts; sign test p = {r['sign_test_p']:.3g}.", ""]
     j = report.get("judge")
     if j:
         lines += [f"Pairwise judge `{j['teacher']}`: adapter wins {j['adapter_wins']}, base wins {j['base_wins']}, "
