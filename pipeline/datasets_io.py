@@ -11,6 +11,8 @@ repeats (same id) are loaded once.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -29,6 +31,33 @@ class Fields:
     output: str = "output"
 
 
+Records = list[tuple[int, dict[str, Any]]]  # (line, item or row number as `unit` says, record)
+
+
+def read_records(path: str | Path) -> tuple[Records, str]:
+    """The records of one data file, numbered for error messages, and the unit of that number.
+
+    .jsonl (and any other suffix): one JSON object per line ("line"); .json: a list, or
+    {"data"|"tasks": [...]}, or one object per line ("item", or "line"); .csv with a header
+    ("line", multi-line cells counted); .parquet ("row"). Text must be UTF-8 (a BOM is fine).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, None, "does not exist", "give an existing data file")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pandas as pd
+
+        return _numbered(pd.read_parquet(path).to_dict("records")), "row"
+    if suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(_read_text(path)))
+        rows = [(reader.line_num, {k: v for k, v in row.items() if k}) for row in reader]
+        return rows, "line"
+    if suffix == ".json":
+        return _read_json(path)
+    return list(read_jsonl(path, strict=True)), "line"
+
+
 def load_pool(path: str | Path, fields: Fields = Fields()) -> list[Task]:
     """Every record of a file or dataset folder as a Task (see the module docstring for formats)."""
     path = Path(path)
@@ -36,29 +65,16 @@ def load_pool(path: str | Path, fields: Fields = Fields()) -> list[Task]:
         raise InputError(path, None, "does not exist", "give an existing file or dataset folder")
     if path.is_dir():
         rows, unit = _read_hf_folder(path), "row"
+    elif path.suffix.lower() == ".jsonl" and _is_stage_file(path):
+        return _unique(read_tasks(path))
     else:
-        suffix = path.suffix.lower()
-        if suffix == ".jsonl" and _is_stage_file(path):
-            return _unique(read_tasks(path))
-        if suffix == ".parquet":
-            import pandas as pd
-
-            rows, unit = _numbered(pd.read_parquet(path).to_dict("records")), "row"
-        elif suffix == ".csv":
-            import pandas as pd
-
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-            rows, unit = [(i + 2, r) for i, r in enumerate(frame.to_dict("records"))], "line"  # line 1 is the header
-        elif suffix == ".json":
-            rows, unit = _read_json(path), "item"
-        else:
-            rows, unit = list(read_jsonl(path, strict=True)), "line"
+        rows, unit = read_records(path)
     if not rows:
         raise InputError(path, None, "holds no records", "give a file with at least one instruction")
     return _unique([_to_task(row, path, n, unit, fields) for n, row in rows])
 
 
-def _numbered(records: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+def _numbered(records: list[dict[str, Any]]) -> Records:
     return [(i + 1, r) for i, r in enumerate(records)]
 
 
@@ -68,7 +84,7 @@ def _is_stage_file(path: Path) -> bool:
     return False
 
 
-def _read_hf_folder(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def _read_hf_folder(path: Path) -> Records:
     import datasets
 
     try:
@@ -85,23 +101,33 @@ def _read_hf_folder(path: Path) -> list[tuple[int, dict[str, Any]]]:
     return _numbered(ds.to_list())
 
 
-def _read_json(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except UnicodeDecodeError:
-        raise InputError(path, None, "is not UTF-8", "save the file as UTF-8") from None
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(path, data[: e.start].count(b"\n") + 1, "is not UTF-8", "save the file as UTF-8") from None
+
+
+def _read_json(path: Path) -> tuple[Records, str]:
+    try:
+        data = json.loads(_read_text(path))
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # one object per line in a .json file
-            return list(read_jsonl(path, strict=True))
+            return list(read_jsonl(path, strict=True)), "line"
         raise InputError(path, e.lineno, f"is not valid JSON ({e.msg})", "fix the JSON syntax") from None
     if isinstance(data, dict):
         data = data.get("data") or data.get("tasks") or [data]
-    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+    if not isinstance(data, list):
         raise InputError(path, None, "is not a JSON list of objects", 'write [{"instruction": ...}, ...]')
-    return _numbered(data)
+    for i, obj in enumerate(data):
+        if not isinstance(obj, dict):
+            raise InputError(path, None, f"item {i + 1} is a {type(obj).__name__}, not an object",
+                             'make every list item an object: [{"instruction": ...}, ...]')
+    return _numbered(data), "item"
 
 
-def _error(path: Path, n: int, unit: str, problem: str, fix: str) -> InputError:
+def where_error(path: Path, n: int, unit: str, problem: str, fix: str) -> InputError:
     """Lines are numbered like the file's; rows and list items are named in the message."""
     if unit == "line":
         return InputError(path, n, problem, fix)
@@ -113,7 +139,7 @@ def _text(value: Any, name: str, where: tuple[Path, int, str]) -> str:
         return ""
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
-    raise _error(*where, f"field '{name}' is a {type(value).__name__}, not text",
+    raise where_error(*where, f"field '{name}' is a {type(value).__name__}, not text",
                  f"set evolve.{name}_field to a text field")
 
 
@@ -121,7 +147,7 @@ def _to_task(row: dict[str, Any], path: Path, n: int, unit: str, fields: Fields)
     where = (path, n, unit)
     instruction = _text(row.get(fields.instruction), "instruction", where).strip()
     if not instruction:
-        raise _error(*where, f"has no '{fields.instruction}' text (fields: {', '.join(sorted(row))})",
+        raise where_error(*where, f"has no '{fields.instruction}' text (fields: {', '.join(sorted(row))})",
                      "give every record an instruction, or set evolve.instruction_field to the field that holds it")
     if isinstance(row.get("instances"), list):
         instances = [Instance.from_dict(i) for i in row["instances"] if isinstance(i, dict)]

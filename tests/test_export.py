@@ -132,3 +132,21 @@ def test_export_cli_and_friendly_errors(tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.output and "seed2lora filter" in result.output
     result = CliRunner().invoke(cli, ["export", str(run), "--formats", "csv"])
     assert result.exit_code == 2 and "unknown export format" in result.output
+
+
+def test_train_data_files_share_the_pool_readers(tmp_path):
+    """train reads CSV too, and a bad file is named with the place and the fix (datasets_io.read_records)."""
+    from pipeline.errors import InputError
+
+    csv_path = tmp_path / "rows.csv"
+    csv_path.write_text('instruction,input,output\n"Say hi,\npolitely.",,Hello!\nCount to 2.,,1 2\n', encoding="utf-8")
+    rows = load_rows(csv_path).train
+    assert [r["output"] for r in rows] == ["Hello!", "1 2"] and rows[0]["instruction"] == "Say hi,\npolitely."
+    bad = tmp_path / "rows.json"
+    bad.write_text(json.dumps([{"instruction": "a", "output": "b"}, "oops"]))
+    with pytest.raises(InputError, match="item 2 is a str"):
+        load_rows(bad)
+    bad_jsonl = tmp_path / "rows.jsonl"
+    bad_jsonl.write_text('{"instruction": "a", "output": "b"}\n{"instruction": \n')
+    with pytest.raises(InputError, match=r"rows\.jsonl:2"):
+        load_rows(bad_jsonl)

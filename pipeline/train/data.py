@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..datasets_io import read_records
 from ..errors import InputError, Seed2LoraError
 from ..records import Task
 from ..stages.export import row_messages, run_rows, split_by_task, task_rows
-from ..store import RunDir, read_jsonl
+from ..store import RunDir
 from .config import ExportConfig
 
 IGNORE_INDEX = -100  # torch's cross_entropy skips this label
@@ -93,23 +94,8 @@ def _load_hf(p: Path) -> Rows:
 
 
 def read_rows_file(p: Path) -> list[dict[str, Any]]:
-    """Rows of one .json (Alpaca list), .jsonl or .parquet file; task records are expanded per instance."""
-    suffix = p.suffix.lower()
-    if suffix == ".parquet":
-        import pandas as pd
-
-        rows = pd.read_parquet(p).to_dict("records")
-    elif suffix == ".json":
-        try:
-            rows = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise InputError(p, e.lineno, f"is not valid JSON ({e.msg})", "give a JSON list of Alpaca rows") from None
-        if not isinstance(rows, list):
-            raise InputError(p, None, "is not a JSON list", "give a list of {instruction, input, output} rows")
-    elif suffix == ".jsonl":
-        rows = [obj for _, obj in read_jsonl(p)]
-    else:
-        raise InputError(p, None, f"has an unknown extension {suffix!r}", "use .json, .jsonl or .parquet")
+    """Rows of one data file (datasets_io.read_records: .json, .jsonl, .csv, .parquet); tasks expand per instance."""
+    rows = [obj for _, obj in read_records(p)[0]]
     if rows and "instances" in rows[0] and "output" not in rows[0]:
         rows = task_rows(_tasks(rows))
     return rows

@@ -24,12 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..datasets_io import read_records
 from ..errors import Seed2LoraError
 from ..similarity import rouge_l
 from ..stages.export import row_messages, user_text
-from ..store import read_jsonl, write_text_atomic
+from ..store import write_text_atomic
 from .config import EvalConfig
-from .data import load_rows, prompt_text, read_rows_file, train_eval_rows
+from .data import load_rows, prompt_text, train_eval_rows
 from .model import SUMMARY, adapter_info, load_with_adapter
 
 Log = Callable[[str], None]
@@ -58,7 +59,7 @@ def load_eval_items(data: str, limit: int = 0, seed: int = 0, train_seed: int = 
         groups = _group(rows, key=lambda r: r.get("task_id", r.get("id")))
     else:
         path = Path(data)
-        raw = [obj for _, obj in read_jsonl(path)] if path.suffix.lower() == ".jsonl" else read_rows_file(path)
+        raw = [obj for _, obj in read_records(path)[0]]
         if raw and "instances" in raw[0]:
             groups = [[{"id": f"{r.get('id', i)}-{k}", "instruction": r["instruction"], "input": inst.get("input", ""),
                         "output": inst.get("output", ""), "category": r.get("motivation_app", "")}
