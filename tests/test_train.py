@@ -256,6 +256,9 @@ def test_outputs_adapter_tokenizer_summary_and_curve(trained):
         assert (out / name).is_file(), name
     saved = json.loads((out / "training_summary.json").read_text())
     assert saved["quantized"] and saved["eval_loss"] is not None and saved["train_data"]["examples"] == 9
+    evals = saved["eval_losses"]["points"]
+    assert evals[0][0] == 0 and evals[-1][0] == 8  # the base's eval loss first, then the adapter's
+    assert evals[-1][1] < evals[0][1]  # it learned something that carries over to held-out rows
     assert saved["steps_per_s"] > 0 and saved["tokens_per_s"] > 0
     assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
 

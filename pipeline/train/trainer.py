@@ -115,6 +115,7 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, *, bf16: bool, use_cp
         # Packed rows are all about max_seq_len long; plain rows are grouped by length to cut padding (qlora.py).
         train_sampling_strategy="random" if cfg.packing else "group_by_length",
         eval_strategy="steps" if has_eval else "no", eval_steps=cfg.eval_steps,
+        eval_on_start=has_eval,  # the base's eval loss: the number every later one is compared with
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         logging_steps=cfg.logging_steps, logging_first_step=True, report_to=[], disable_tqdm=True,
         seed=cfg.seed, data_seed=cfg.seed, remove_unused_columns=False, prediction_loss_only=True,
@@ -218,7 +219,8 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
         write_text_atomic(out / SUMMARY, json.dumps(summary, indent=2, default=str) + "\n")
         write_loss_curve(history, out / "loss_curve.png")
         log(f"adapter written to {out} (loss {summary['train_loss']['first']} -> {summary['train_loss']['last']}"
-            + (f", eval loss {summary['eval_loss']:.4f}" if summary["eval_loss"] is not None else "") + ")")
+            + (f", eval loss {summary['eval_losses']['first']} -> {summary['eval_losses']['last']}"
+               if summary["eval_loss"] is not None else "") + ")")
     return summary
 
 
