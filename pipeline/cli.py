@@ -79,7 +79,8 @@ def build_config(config_path: str | None, sets: tuple[str, ...] = (), **flags: A
 def _session(config_path, sets, **flags):
     from .runner import Session
 
-    return Session(build_config(config_path, sets, **flags), progress=rich_progress)
+    return Session(build_config(config_path, sets, **flags), progress=rich_progress,
+                   log=lambda message: console.print(message, highlight=False))
 
 
 def friendly_errors(f):
@@ -114,8 +115,7 @@ def run(config_path, sets, dry_run, **flags):
     if dry_run:
         _print_estimate(s)
         return
-    for message in s.run_all():
-        console.print(message)
+    s.run_all()  # prints each stage's line as it finishes
     console.print(f"[green]done:[/] {s.run.path}  (inspect with: seed2lora show {s.run.path})")
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import tomllib
 
 from .errors import InputError
+from .train.config import EvalConfig, ExportConfig, TrainConfig
 
 # Self-Instruct's blacklist (tasks a language model cannot do) plus Alpaca's additions.
 DEFAULT_BLACKLIST = [
@@ -154,7 +155,8 @@ class RunConfig:
     seed: int = 42  # every random choice derives from this; same seed + same replies = same dataset
     seed_tasks: str = ""  # seed file (JSONL, JSON or CSV); empty = the bundled seeds/seed_tasks.jsonl
     prompts_dir: str = ""  # folder of prompt templates; empty = the bundled prompts/
-    stages: list[str] = field(default_factory=lambda: ["bootstrap", "classify", "instances", "filter"])  # what `run` runs, in order
+    # What `run` runs, in this order: bootstrap, classify, instances, filter, evolve, export, train, eval.
+    stages: list[str] = field(default_factory=lambda: ["bootstrap", "classify", "instances", "filter"])
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
@@ -162,6 +164,9 @@ class RunConfig:
     filter: FilterConfig = field(default_factory=FilterConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     evolve: EvolveConfig = field(default_factory=EvolveConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)  # the same tables `seed2lora export/train/eval --config` read
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
     def run_dir(self) -> Path:

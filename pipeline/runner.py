@@ -59,8 +59,10 @@ def package_versions() -> dict[str, str]:
 class Session:
     """One run directory with its config, seeds, prompts and (lazily loaded) teacher."""
 
-    def __init__(self, cfg: RunConfig, teacher: Teacher | None = None, progress: Progress | None = None):
+    def __init__(self, cfg: RunConfig, teacher: Teacher | None = None, progress: Progress | None = None,
+                 log: Callable[[str], None] | None = None):
         self.cfg = cfg
+        self.log = log or (lambda message: None)  # live lines of the long steps (train, eval)
         self.run = RunDir(cfg.run_dir)
         self.prompts = Prompts(cfg.prompts_dir or None)
         self.seeds = load_seeds(cfg.seed_tasks or None)
@@ -202,13 +204,82 @@ class Session:
                 f"{result.kept} evolutions kept ({result.total} in evolve.jsonl), {sum(result.rejected.values())} "
                 f"rejected ({rejected}), {result.errors} teacher errors")
 
+    # ------------------------------------------------------------ the fine-tuning half
+
+    @property
+    def export_dir(self) -> Path:
+        return self.run.path / "export"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return Path(self.cfg.train.output_dir) if self.cfg.train.output_dir else self.run.path / "adapter"
+
+    def export(self) -> str:
+        from .stages.export import export_run
+
+        self.record(status="running: export")
+        info = export_run(self.run.path, self.export_dir, self.cfg.export)
+        self.record(status="done: export")
+        c = info["counts"]
+        return (f"export: {c['train_rows']} train / {c['eval_rows']} eval rows from {c['tasks']} machine + "
+                f"{c['seed_tasks']} seed tasks -> {self.export_dir}")
+
+    def train(self) -> str:
+        """Train on the export (or the run's rows); a finished adapter with the same settings is kept."""
+        import dataclasses
+        import json
+
+        from .train.model import SUMMARY
+        from .train.trainer import train as run_training
+
+        cfg = dataclasses.replace(self.cfg.train, output_dir=str(self.adapter_dir))
+        summary_file = self.adapter_dir / SUMMARY
+        if summary_file.is_file():
+            done = json.loads(summary_file.read_text(encoding="utf-8"))
+            if done.get("config") == dataclasses.asdict(cfg):
+                return (f"train: {self.adapter_dir} is already trained with these settings (delete it to train "
+                        "again)")
+        data = self.export_dir if (self.export_dir / "export.json").is_file() else self.run.path
+        self.record(status="running: train")
+        summary = run_training(data, cfg, log=self.log)
+        self.record(status="done: train", adapter=str(self.adapter_dir))
+        return (f"train: {summary['steps']} steps, eval loss {summary['eval_losses']['first']} -> "
+                f"{summary['eval_losses']['last']} -> {self.adapter_dir}")
+
+    def eval(self) -> str:
+        """Base versus adapter; a report newer than the adapter, with the same settings, is kept."""
+        import json
+
+        from .train.eval import evaluate
+
+        report_file = self.adapter_dir / "eval" / "eval_report.json"
+        weights = self.adapter_dir / "adapter_model.safetensors"
+        if report_file.is_file() and weights.is_file() and report_file.stat().st_mtime > weights.stat().st_mtime:
+            old = json.loads(report_file.read_text(encoding="utf-8"))
+            settings = {k: v for k, v in vars(self.cfg.eval).items() if k != "data"}
+            if old.get("settings") == settings and (not self.cfg.eval.data or old.get("data") == self.cfg.eval.data):
+                return f"eval: {report_file} is up to date (delete it to evaluate again)"
+        self.record(status="running: eval")
+        report = evaluate(self.adapter_dir, self.cfg.eval, log=self.log)
+        self.record(status="done: eval")
+        r = report["rouge_l"]
+        return (f"eval: ROUGE-L base {r['base']:.4f}, adapter {r['adapter']:.4f} ({r['delta']:+.4f}, 95% interval "
+                f"{r['delta_ci95'][0]:+.4f} to {r['delta_ci95'][1]:+.4f}) on {report['n_prompts']} prompts -> "
+                f"{report['report_dir']}")
+
     def run_all(self) -> list[str]:
-        steps = {"bootstrap": self.bootstrap, "classify": self.classify,
-                 "instances": self.instances, "filter": self.filter, "evolve": self.evolve}
+        """Every stage named in cfg.stages, in pipeline order; each message is also logged as it comes."""
+        steps = {"bootstrap": self.bootstrap, "classify": self.classify, "instances": self.instances,
+                 "filter": self.filter, "evolve": self.evolve, "export": self.export, "train": self.train,
+                 "eval": self.eval}
         unknown = [s for s in self.cfg.stages if s not in steps]
         if unknown:
             raise Seed2LoraError(f"unknown stage(s) {unknown} in 'stages'. Fix: use {list(steps)}")
-        messages = [steps[s]() for s in steps if s in self.cfg.stages]
+        messages = []
+        for name, step in steps.items():
+            if name in self.cfg.stages:
+                messages.append(step())
+                self.log(messages[-1])
         self.record(status="done")
         return messages
 

@@ -421,6 +421,59 @@ def test_cli_export_train_eval_generate_merge(tiny_model, tmp_path):
     assert result.exit_code == 2
 
 
+def test_run_goes_on_from_the_data_to_an_evaluated_adapter_and_resumes(tiny_model, tmp_path):
+    """stages = [..., "export", "train", "eval"] in one config file: the whole pipeline, re-runs skip finished work."""
+    from pipeline.cli import cli
+    from pipeline.records import Instance, Task
+    from pipeline.store import RunDir, write_jsonl_atomic
+
+    run = RunDir(tmp_path / "out" / "r").ensure()
+    write_jsonl_atomic(run.stage_file("filter"), [
+        Task(id=f"t{i}", instruction=r["instruction"], instances=[Instance(output=r["output"])])
+        for i, r in enumerate(ROWS)])
+    held_out = tmp_path / "heldout.jsonl"
+    held_out.write_text("".join(json.dumps({"instruction": r["instruction"], "instances": [{"input": "",
+                                            "output": r["output"]}]}) + "\n" for r in ROWS[:2]))
+    config = tmp_path / "pipeline.toml"
+    config.write_text(f"""run_name = "r"
+output_dir = "{tmp_path / 'out'}"
+stages = ["export", "train", "eval"]
+[export]
+formats = "messages"
+[train]
+model = "{tiny_model}"
+quant = false
+max_steps = 2
+batch_size = 4
+grad_accum = 1
+lora_r = 8
+eval_steps = 100
+[eval]
+data = "{held_out}"
+max_new_tokens = 4
+""")
+    result = CliRunner().invoke(cli, ["run", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    adapter = run.path / "adapter"
+    summary = json.loads((adapter / "training_summary.json").read_text())
+    assert summary["steps"] == 2 and summary["config"]["lora_r"] == 8 and not summary["quantized"]
+    assert summary["data"] == str(run.path / "export")  # trained on the export the run just wrote
+    counts = json.loads((run.path / "export" / "export.json").read_text())["counts"]
+    assert counts["seed_tasks"] == 175 and counts["eval_rows"] == 2  # the bundled seeds train; 2 machine rows held out
+    assert summary["rows"] == {"train": counts["train_rows"], "eval": 2, "packed": False}
+    report = json.loads((adapter / "eval" / "eval_report.json").read_text())
+    assert report["n_prompts"] == 2 and report["data"] == str(held_out)
+    assert "eval: ROUGE-L base" in result.output and "train: 2 steps" in result.output
+    assert json.loads((run.path / "manifest.json").read_text())["status"] == "done"
+    stamps = {f: f.stat().st_mtime_ns for f in (adapter / "adapter_model.safetensors", adapter / "eval" / "eval_report.json")}
+    result = CliRunner().invoke(cli, ["run", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "already trained with these settings" in result.output and "is up to date" in result.output
+    assert stamps == {f: f.stat().st_mtime_ns for f in stamps}
+    result = CliRunner().invoke(cli, ["run", "--config", str(config), "--set", "eval.limit=1"])
+    assert result.exit_code == 0 and "already trained" in result.output and "on 1 prompts" in result.output
+
+
 def test_eval_config_defaults():
     cfg = EvalConfig()
     assert cfg.limit == 0 and cfg.quant == "auto" and cfg.judge == "" and cfg.repetition_penalty == 1.0

@@ -13,7 +13,6 @@ from typing import Any
 
 import tomllib
 
-from ..config import _build
 from ..errors import InputError
 
 
@@ -83,6 +82,8 @@ class EvalConfig:
 
 def load_section(cls: type, path: str | Path | None, section: str, overrides: dict[str, Any]) -> Any:
     """A dataclass from the [section] table of a TOML file (optional), then KEY=VALUE overrides."""
+    from ..config import _build  # here: pipeline.config holds these sections, so it imports this module
+
     data: dict[str, Any] = {}
     text = ""
     if path:
