@@ -83,3 +83,17 @@ def test_config_wrong_type_and_overrides(tmp_path):
     assert cfg.teacher.spec == "openai:m" and cfg.bootstrap.num_instructions == 9
     with pytest.raises(InputError, match="unknown setting 'bootstrap.nope'"):
         load_config(None, {"bootstrap.nope": 1})
+
+
+def test_every_bundled_config_loads():
+    from pathlib import Path
+
+    from pipeline.config import load_config
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
+    assert configs
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.teacher.spec == "embedded", path
+    full = load_config(Path(__file__).resolve().parents[1] / "configs" / "seed_to_adapter.toml")
+    assert full.stages[-3:] == ["export", "train", "eval"] and full.train.packing and full.eval.limit == 50
