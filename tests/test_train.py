@@ -306,6 +306,25 @@ def test_training_resumes_from_the_last_checkpoint(trained, tiny_model):
     assert [s for s, _ in summary["train_loss"]["points"]][-2:] == [9, 10]
 
 
+def test_resuming_with_other_settings_is_refused_and_no_resume_starts_over(trained, tmp_path):
+    import shutil
+
+    from pipeline.errors import Seed2LoraError
+    from pipeline.train.trainer import train
+
+    prepared, _, _, data = trained
+    out = tmp_path / "adapter"
+    shutil.copytree(prepared.out, out)  # the module's other tests keep the original
+    changed = dataclasses.replace(prepared.cfg, output_dir=str(out), lora_r=8, max_steps=9)
+    with pytest.raises(Seed2LoraError, match=r"lora_r 64 -> 8.*--no-resume"):
+        train(data, changed, log=lambda m: None)
+    lines = []
+    summary = train(data, dataclasses.replace(changed, resume=False, max_steps=2, save_steps=100), log=lines.append)
+    assert summary["resumed_from"] is None and summary["steps"] == 2 and summary["config"]["lora_r"] == 8
+    assert any("removed 2 old checkpoint" in m for m in lines)  # save_total_limit kept checkpoint-4 and -8
+    assert [c.name for c in (out / "checkpoints").glob("checkpoint-*")] == ["checkpoint-2"]  # only the new run's
+
+
 def test_torchrun_trains_one_adapter_over_two_processes(tiny_model, tmp_path):
     """The README's multi-GPU command, run on CPU: 2 processes (gloo), the data split between them."""
     import math

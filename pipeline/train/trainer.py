@@ -17,6 +17,7 @@ import dataclasses
 import inspect
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -188,8 +189,18 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
     trainer, cfg, out = p.trainer, p.cfg, p.out
     ckpts = out / "checkpoints"
     resume = get_last_checkpoint(str(ckpts)) if cfg.resume and ckpts.is_dir() else None
+    settings = checkpoint_settings(p)
     if resume:
+        check_resumable(ckpts, settings)
         log(f"resuming from {resume}")
+    elif trainer.is_world_process_zero():
+        stale = sorted(ckpts.glob("checkpoint-*")) if ckpts.is_dir() else []
+        for old in stale:  # a fresh start must never be resumed from an older run's later checkpoint
+            shutil.rmtree(old)
+        if stale:
+            log(f"starting over: removed {len(stale)} old checkpoint(s) in {ckpts}")
+    if trainer.is_world_process_zero():
+        write_text_atomic(ckpts / CHECKPOINT_SETTINGS, json.dumps(settings, indent=2, default=str) + "\n")
     on_gpu = p.stats["device"].startswith("cuda")
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
@@ -222,6 +233,32 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
             + (f", eval loss {summary['eval_losses']['first']} -> {summary['eval_losses']['last']}"
                if summary["eval_loss"] is not None else "") + ")")
     return summary
+
+
+# Settings a resumed run may change (how long, how often, where); any other change makes the
+# checkpoints another model's or another dataset's, and resuming from them would mix the two.
+RESUMABLE = {"output_dir", "resume", "epochs", "max_steps", "eval_steps", "save_steps", "save_total_limit",
+             "logging_steps"}
+CHECKPOINT_SETTINGS = "seed2lora_settings.json"
+
+
+def checkpoint_settings(p: Prepared) -> dict[str, Any]:
+    """What the checkpoints of this run depend on: the settings, the base model and the data."""
+    fixed = {k: v for k, v in dataclasses.asdict(p.cfg).items() if k not in RESUMABLE}
+    return {**fixed, "model": p.model_path, "data": p.data, "train_rows": p.stats["rows"]["train"],
+            "train_tokens": p.stats["train_data"]["tokens"]}
+
+
+def check_resumable(ckpts: Path, settings: dict[str, Any]) -> None:
+    saved_file = ckpts / CHECKPOINT_SETTINGS
+    if not saved_file.is_file():
+        return  # checkpoints written before settings were recorded: trust them
+    saved = json.loads(saved_file.read_text(encoding="utf-8"))
+    changed = [f"{k} {saved.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(saved) | set(settings))
+               if saved.get(k) != settings.get(k)]
+    if changed:
+        raise Seed2LoraError(f"the checkpoints in {ckpts} were made with other settings or data ({'; '.join(changed)}). "
+                             "Fix: --no-resume to start over (the old checkpoints are removed), or another --out")
 
 
 def train(data: str | Path, cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
