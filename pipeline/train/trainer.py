@@ -258,7 +258,8 @@ def check_resumable(ckpts: Path, settings: dict[str, Any]) -> None:
                if saved.get(k) != settings.get(k)]
     if changed:
         raise Seed2LoraError(f"the checkpoints in {ckpts} were made with other settings or data ({'; '.join(changed)}). "
-                             "Fix: --no-resume to start over (the old checkpoints are removed), or another --out")
+                             "Fix: --no-resume (in a config: [train] resume = false) to start over; the old checkpoints are "
+                             "removed. Or train into another --out")
 
 
 def train(data: str | Path, cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
