@@ -250,7 +250,7 @@ class Session:
         """Base versus adapter; a report newer than the adapter, with the same settings, is kept."""
         import json
 
-        from .train.eval import evaluate
+        from .train.eval import evaluate, summary_line
 
         report_file = self.adapter_dir / "eval" / "eval_report.json"
         weights = self.adapter_dir / "adapter_model.safetensors"
@@ -262,10 +262,7 @@ class Session:
         self.record(status="running: eval")
         report = evaluate(self.adapter_dir, self.cfg.eval, log=self.log)
         self.record(status="done: eval")
-        r = report["rouge_l"]
-        return (f"eval: ROUGE-L base {r['base']:.4f}, adapter {r['adapter']:.4f} ({r['delta']:+.4f}, 95% interval "
-                f"{r['delta_ci95'][0]:+.4f} to {r['delta_ci95'][1]:+.4f}) on {report['n_prompts']} prompts -> "
-                f"{report['report_dir']}")
+        return f"eval: {summary_line(report)} -> {report['report_dir']}"
 
     def run_all(self) -> list[str]:
         """Every stage named in cfg.stages, in pipeline order; each message is also logged as it comes."""

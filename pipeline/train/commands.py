@@ -149,13 +149,10 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
     def evaluate(adapter, data, limit, max_new_tokens, judge, model, out_dir, config_path, sets):
         """Base versus adapter on held-out tasks: ROUGE-L against references, optional pairwise judge."""
         from .eval import evaluate as run_eval
+        from .eval import summary_line
 
         cfg = load_section(EvalConfig, config_path, "eval", {**_sets(sets), "data": data, "limit": limit,
                                                             "max_new_tokens": max_new_tokens, "judge": judge})
         report = run_eval(adapter, cfg, model=model, out_dir=out_dir, log=lambda m: console.print(m, highlight=False))
-        r = report["rouge_l"]
-        console.print(f"ROUGE-L base {r['base']:.4f}  adapter {r['adapter']:.4f}  ({r['delta']:+.4f}, 95% interval "
-                      f"{r['delta_ci95'][0]:+.4f} to {r['delta_ci95'][1]:+.4f}; adapter higher on {r['adapter_higher']}, "
-                      f"base on {r['base_higher']} prompts)"
-                      + (f"; judge win rate {report['judge']['win_rate']}" if report["judge"] else ""))
+        console.print(summary_line(report), highlight=False)
         console.print(f"[green]report:[/] {report['report_dir']}/eval_report.json (+ .md)")

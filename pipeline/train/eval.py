@@ -173,6 +173,15 @@ def score_summary(items: list[dict[str, Any]], seed: int = 0, resamples: int = 2
             "sign_test_p": round(sign_test(up, down), 4)}
 
 
+def summary_line(report: dict[str, Any]) -> str:
+    """The report in one line: both means, the difference with its interval, per-prompt counts, the judge."""
+    r = report["rouge_l"]
+    return (f"ROUGE-L base {r['base']:.4f}, adapter {r['adapter']:.4f} ({r['delta']:+.4f}, 95% interval "
+            f"{r['delta_ci95'][0]:+.4f} to {r['delta_ci95'][1]:+.4f}; adapter higher on {r['adapter_higher']}, "
+            f"base on {r['base_higher']}) on {report['n_prompts']} prompts"
+            + (f"; judge win rate {report['judge']['win_rate']}" if report.get("judge") else ""))
+
+
 def sign_test(wins: int, losses: int) -> float:
     """Two-sided exact sign test: the chance of a split at least this uneven if each side wins half the time."""
     n = wins + losses
