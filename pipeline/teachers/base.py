@@ -53,6 +53,14 @@ class Request:
     key: Any  # the caller's handle: a task id, a request number
     prompt: str
     salt: str = ""  # tells apart two samples of the same prompt in the cache (the caller's RNG state)
+    params: GenParams | None = None  # this request's sampling, when one stream mixes kinds (evolve); else the stream's
+    kind: str | None = None  # this request's call kind for usage counts; else the stream's
+
+
+# A request source may yield WAIT instead of a Request: "nothing to send until a reply
+# arrives" (its next prompts depend on replies still in flight). The teacher then stops
+# pulling until it has handed back a reply; with nothing in flight, WAIT ends the stream.
+WAIT = None
 
 
 @dataclass
@@ -119,10 +127,10 @@ class BaseTeacher:
         return {k: v for k, v in self.describe().items() if k not in ("concurrency", "batch_size", "base_url")}
 
     # -- the public calls --------------------------------------------------------------
-    def stream(self, requests: Iterable[Request], params: GenParams, *,
+    def stream(self, requests: Iterable[Request | None], params: GenParams, *,
                kind: str) -> Iterator[tuple[Request, Completion]]:
         for req, c in self._stream(iter(requests), params):
-            yield req, self._finish(req, c, params, kind)
+            yield req, self._finish(req, c, req.params or params, req.kind or kind)
 
     def generate(self, prompts: Sequence[str], params: GenParams, *, kind: str,
                  progress: ProgressFn | None = None, salts: Sequence[str] | None = None) -> list[Completion]:
@@ -141,11 +149,12 @@ class BaseTeacher:
         return [c or Completion("", "error", error="not sent: budget reached") for c in out]
 
     # -- for subclasses ----------------------------------------------------------------
-    def _pull(self, requests: Iterator[Request]) -> Request | None:
-        """The next request to send, or None when there is none or the budget is spent."""
+    def _pull(self, requests: Iterator[Request | None]) -> Request | None | bool:
+        """The next request to send; WAIT (None) when the source has nothing until a reply
+        arrives; False when there is none left or the budget is spent."""
         if self.budget is not None and self.budget.exhausted(self.usage):
-            return None
-        return next(requests, None)
+            return False
+        return next(requests, False)
 
     def _lookup(self, req: Request, params: GenParams) -> Completion | None:
         if self.cache is None:

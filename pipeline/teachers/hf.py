@@ -64,20 +64,36 @@ class HFTeacher(BaseTeacher):
             messages.insert(0, {"role": "system", "content": self.system_prompt})
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def _stream(self, requests: Iterator[Request], params: GenParams) -> Iterator[tuple[Request, Completion]]:
-        """Batches of `batch_size` with left padding; `generate()` sorts prompts by length first
-        (length bucketing), so a batch wastes little compute on padding."""
-        while True:
-            batch: list[Request] = []
-            while len(batch) < self.batch_size and (req := self._pull(requests)) is not None:
-                cached = self._lookup(req, params)
-                if cached is not None:
-                    yield req, cached
+    def _stream(self, requests: Iterator[Request | None], params: GenParams) -> Iterator[tuple[Request, Completion]]:
+        """Batches of `batch_size` with left padding, one batch per sampling setting (a stream
+        may mix kinds). A batch runs when it is full, when the source says WAIT (its next
+        prompts need these replies), or when the source ends."""
+        buckets: dict[GenParams, list[Request]] = {}
+        ended = False
+        while not ended or buckets:
+            full = None
+            while not ended and full is None:
+                req = self._pull(requests)
+                if req is False:
+                    ended = True
+                elif req is None:  # WAIT: run what is queued so its replies can feed the source
+                    break
                 else:
-                    batch.append(req)
-            if not batch:
-                return
-            yield from zip(batch, self._generate_batch([self.render(r.prompt) for r in batch], params), strict=True)
+                    p = req.params or params
+                    cached = self._lookup(req, p)
+                    if cached is not None:
+                        yield req, cached
+                        continue
+                    buckets.setdefault(p, []).append(req)
+                    if len(buckets[p]) >= self.batch_size:
+                        full = p
+            if not buckets:
+                if req is None and not ended:
+                    return  # WAIT with nothing queued or in flight: the source has nothing more
+                continue
+            p = full or max(buckets, key=lambda k: len(buckets[k]))
+            batch = buckets.pop(p)
+            yield from zip(batch, self._generate_batch([self.render(r.prompt) for r in batch], p), strict=True)
 
     def _generate_batch(self, texts: list[str], params: GenParams) -> list[Completion]:
         import torch

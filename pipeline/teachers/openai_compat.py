@@ -75,10 +75,12 @@ class OpenAITeacher(BaseTeacher):
             while True:
                 while not exhausted and self._fatal is None and in_flight < self.concurrency:
                     req = self._pull(requests)
-                    if req is None:
+                    if req is False or (req is None and in_flight == 0):  # the end, or WAIT with nothing to wait for
                         exhausted = True
                         break
-                    fut = pool.submit(self._answer, req, params)
+                    if req is None:  # WAIT: the source needs a reply first
+                        break
+                    fut = pool.submit(self._answer, req, req.params or params)
                     # A done-callback queue costs O(1) per reply; wait() on all futures would cost O(in flight).
                     fut.add_done_callback(lambda f, r=req: finished.put((r, f)))
                     in_flight += 1
