@@ -36,7 +36,7 @@ def worker(variant: str, steps: int, batch_size: int) -> dict:
     import torch
     from transformers import TrainerCallback
 
-    from pipeline.train.config import TrainConfig
+    from pipeline.config import TrainConfig
     from pipeline.train.trainer import fit, prepare
 
     marks: list[tuple[float, int]] = []

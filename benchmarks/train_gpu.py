@@ -165,7 +165,7 @@ def ours_trainer(model_dir: str, examples: list[dict], args: argparse.Namespace,
     """seed2lora's trainer with its defaults, packing on."""
     import importlib.util
 
-    from pipeline.train.config import TrainConfig
+    from pipeline.config import TrainConfig
     from pipeline.train.data import Collator, pack
     from pipeline.train.model import compute_dtype, device, load_for_training
     from pipeline.train.trainer import LoraTrainer, training_arguments

@@ -7,11 +7,11 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
+from pipeline.config import ExportConfig
 from pipeline.errors import Seed2LoraError
 from pipeline.records import Instance, Task
 from pipeline.stages.export import export_run, row_messages, split_by_task, task_rows
 from pipeline.store import RunDir, write_jsonl_atomic
-from pipeline.train.config import ExportConfig
 from pipeline.train.data import load_rows, train_eval_rows
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.train.config import EvalConfig, TrainConfig
+from pipeline.config import EvalConfig, TrainConfig
 from pipeline.train.data import (
     IGNORE_INDEX,
     Collator,

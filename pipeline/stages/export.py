@@ -24,10 +24,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..config import ExportConfig
 from ..errors import Seed2LoraError
 from ..records import Task
 from ..store import RunDir, write_jsonl_atomic, write_text_atomic
-from ..train.config import ExportConfig
 
 FORMATS = ("alpaca", "messages", "hf", "parquet")
 SPLITS = ("train", "eval")

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from .config import EvalConfig, ExportConfig, TrainConfig, load_section
+from ..config import EvalConfig, ExportConfig, TrainConfig, load_section
 
 
 def _sets(sets: tuple[str, ...]) -> dict[str, Any]:

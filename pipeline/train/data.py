@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import ExportConfig
 from ..datasets_io import read_records
 from ..errors import InputError, Seed2LoraError
 from ..records import Task
 from ..stages.export import row_messages, run_rows, split_by_task, task_rows
 from ..store import RunDir
-from .config import ExportConfig
 
 IGNORE_INDEX = -100  # torch's cross_entropy skips this label
 ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "

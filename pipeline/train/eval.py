@@ -24,12 +24,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..config import EvalConfig
 from ..datasets_io import read_records
 from ..errors import Seed2LoraError
 from ..similarity import rouge_l
 from ..stages.export import row_messages, user_text
 from ..store import write_text_atomic
-from .config import EvalConfig
 from .data import load_rows, prompt_text, train_eval_rows
 from .model import SUMMARY, adapter_info, load_with_adapter
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from ..config import TrainConfig
 from ..errors import Seed2LoraError
-from .config import TrainConfig
 
 SUMMARY = "training_summary.json"
 

@@ -29,9 +29,9 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..config import TrainConfig
 from ..errors import Seed2LoraError
 from ..store import write_text_atomic
-from .config import TrainConfig
 from .data import Collator, Rows, load_rows, pack, tokenize_rows, train_eval_rows
 from .loss import causal_lm_loss_sum, full_logits_loss_sum
 from .model import SUMMARY, compute_dtype, device, load_for_training, load_tokenizer, resolve_model
