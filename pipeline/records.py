@@ -6,16 +6,25 @@ rejected record (then `reject_reason` is set). Field names for the Self-Instruct
 (`instruction`, `instances`, `is_classification`, `most_similar_instructions`,
 `avg_similarity_score`) match the files the Self-Instruct code wrote, so its tools can
 read ours.
+
+The fine-tuning view of a task is a row, {id, task_id, instruction, input, output, origin,
+family}: one per instance. `task_rows` makes them, `row_messages` turns a row of any
+supported shape into chat messages, and `split_by_task` holds whole lineage families out
+for eval. `export` writes rows and `train` reads them, so they live here, below both.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
+import random
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 ORIGINS = ("seed", "machine", "evolved")
+ROW_UNITS = ("instance", "task")  # one row per instance (Self-Instruct's fine-tuning data) or per task (Alpaca)
 
 
 @dataclass
@@ -69,3 +78,98 @@ class Task:
 def task_id(prefix: str, text: str) -> str:
     """A stable id from content, so a resumed run names the same task the same way."""
     return f"{prefix}_{hashlib.sha1(text.encode('utf-8')).hexdigest()[:12]}"
+
+
+# ---------------------------------------------------------------- rows: the fine-tuning view of a task
+
+
+class RowError(ValueError):
+    """A row that cannot become a conversation; `problem` and `fix` let a reader name the file it came from."""
+
+    def __init__(self, problem: str, fix: str):
+        self.problem, self.fix = problem, fix
+        super().__init__(f"{problem}. Fix: {fix}")
+
+
+def family_id(task: Task, by_id: Mapping[str, Task] | None = None) -> str:
+    """The first ancestor of `task`, itself when it has none: the id its Evol-Instruct lineage starts from.
+
+    meta["lineage"] lists the ancestors root first (the evolve stage writes it); a record
+    without one is followed up its parent_id through `by_id`, as far as the ids reach.
+    """
+    by_id = by_id or {}
+    seen: set[str] = set()
+    while task.id not in seen:
+        seen.add(task.id)
+        lineage = task.meta.get("lineage") or []
+        if lineage and isinstance(lineage[0], dict) and lineage[0].get("id") is not None:
+            return str(lineage[0]["id"])
+        if not task.parent_id:
+            return task.id
+        if task.parent_id not in by_id:
+            return task.parent_id
+        task = by_id[task.parent_id]
+    return task.id  # a parent cycle: any member names the family
+
+
+def task_rows(tasks: Iterable[Task], rows: str = "instance") -> list[dict[str, Any]]:
+    """One row per instance (or per task: its first instance); tasks without instances give none."""
+    if rows not in ROW_UNITS:
+        raise ValueError(f"rows must be one of {ROW_UNITS}, not {rows!r}")
+    tasks = list(tasks)
+    by_id = {t.id: t for t in tasks}
+    out = []
+    for t in tasks:
+        family = family_id(t, by_id)
+        instances = t.instances if rows == "instance" else t.instances[:1]
+        for i, inst in enumerate(instances):
+            out.append({"id": f"{t.id}-{i}", "task_id": t.id, "instruction": t.instruction.strip(),
+                        "input": inst.input.strip(), "output": inst.output.strip(), "origin": t.origin,
+                        "family": family})
+    return out
+
+
+def user_text(instruction: str, input: str = "") -> str:
+    """The user turn of an Alpaca row: the instruction, then its input after a blank line."""
+    return f"{instruction}\n\n{input}" if input else instruction
+
+
+def row_messages(row: dict[str, Any]) -> list[dict[str, str]]:
+    """A row of any supported shape as chat messages: `messages`, or Alpaca instruction/input/output."""
+    if row.get("messages") is not None:
+        msgs = [{"role": str(m["role"]), "content": str(m["content"])} for m in row["messages"]]
+    elif "instruction" in row and "output" in row:
+        msgs = [{"role": "user", "content": user_text(str(row["instruction"]), str(row.get("input") or ""))},
+                {"role": "assistant", "content": str(row["output"])}]
+    else:
+        raise RowError(f"a row has neither 'messages' nor 'instruction'/'output' (keys: {sorted(row)})",
+                       "give Alpaca rows or chat rows with a messages list")
+    if not msgs or msgs[-1]["role"] != "assistant":
+        raise RowError("a chat row must end with an assistant message (the response to learn)",
+                       "end each messages list with {'role': 'assistant', ...}")
+    return msgs
+
+
+def split_by_task(rows: list[dict[str, Any]], eval_fraction: float,
+                  rng: random.Random) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Seeded train/eval split over task families; at least one eval family when there are two or more.
+
+    The unit is a row's family (see family_id), else its task: an evolution rewrites its
+    parent, so a child held out while its parent or sibling trains would be scored on text
+    the adapter learned, and the eval split would leak. A task that was never evolved is a
+    family of one, so a run without evolutions splits by task exactly as before.
+    Seed rows (origin "seed") always train, the eval split measures the generated tasks,
+    and so does any family that holds a seed (evolutions of the seed tasks), for the same leak.
+    """
+    def family_of(i: int, r: dict[str, Any]) -> Any:
+        return r.get("family") or r.get("task_id", r.get("id", i))
+
+    seeded = {family_of(i, r) for i, r in enumerate(rows) if r.get("origin") == "seed"}
+    families = sorted({family_of(i, r) for i, r in enumerate(rows)} - seeded, key=str)
+    n_eval = math.ceil(len(families) * eval_fraction) if eval_fraction > 0 else 0
+    n_eval = min(n_eval, len(families) - 1) if len(families) > 1 else 0
+    eval_ids = set(rng.sample(families, n_eval))
+    train, held = [], []
+    for i, r in enumerate(rows):
+        (held if family_of(i, r) in eval_ids else train).append(r)
+    return train, held

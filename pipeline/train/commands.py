@@ -33,26 +33,30 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
     @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
     @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Export folder (default RUN_DIR/export).")
     @click.option("--formats", help="Comma list of alpaca, messages, hf, parquet (default: all).")
+    @click.option("--include", metavar="SOURCES",
+                  help="Comma list of the kept records to export: self-instruct (filter.jsonl), evolve (evolve.jsonl); "
+                       "default both, whichever the run has.")
     @click.option("--rows", type=click.Choice(["instance", "task"]), help="One row per instance (default) or per task.")
-    @click.option("--eval-fraction", type=float, help="Share of tasks held out for eval (default 0.1).")
+    @click.option("--eval-fraction", type=float, help="Share of task families held out for eval (default 0.1).")
     @click.option("--seed", type=int, help="Seed of the train/eval split (default 42).")
     @click.option("--seeds/--no-seeds", "include_seeds", default=None,
                   help="Add the run's human seed tasks to the train split (default on, as Self-Instruct's release).")
     @config_opt
     @set_opt
     @friendly_errors
-    def export(run_dir, out_dir, formats, rows, eval_fraction, seed, include_seeds, config_path, sets):
+    def export(run_dir, out_dir, formats, include, rows, eval_fraction, seed, include_seeds, config_path, sets):
         """Write a run's kept tasks as Alpaca JSON, chat JSONL, an HF dataset and parquet, with a dataset card."""
-        from ..stages.export import export_run
+        from ..stages.export import export_run  # a CLI command, the top floor: the one import of stages/ under train/
 
         cfg = load_section(ExportConfig, config_path, "export",
                            {**_sets(sets), "formats": formats, "rows": rows, "eval_fraction": eval_fraction, "seed": seed,
-                            "include_seeds": include_seeds})
+                            "include_seeds": include_seeds, "include": include})
         out = Path(out_dir) if out_dir else Path(run_dir) / "export"
         info = export_run(run_dir, out, cfg)
         c = info["counts"]
-        console.print(f"[green]exported:[/] {out}  ({c['train_rows']} train / {c['eval_rows']} eval rows "
-                      f"from {c['tasks']} machine + {c['seed_tasks']} seed tasks; card: {out / 'README.md'})")
+        origins = ", ".join(f"{n} {o}" for o, n in c["by_origin"].items())
+        console.print(f"[green]exported:[/] {out}  ({c['train_rows']} train / {c['eval_rows']} eval rows: {origins}; "
+                      f"from {c['tasks']} generated + {c['seed_tasks']} seed tasks; card: {out / 'README.md'})")
 
     @cli.command()
     @click.argument("data", type=click.Path(exists=True))

@@ -1,0 +1,90 @@
+"""A run's kept records as fine-tuning rows: what `seed2lora export` writes and `train RUN_DIR` reads.
+
+Sources, chosen by ExportConfig.include:
+  self-instruct  filter.jsonl: the kept Self-Instruct tasks (origin "machine"), a row per instance
+  evolve         evolve.jsonl: the kept Evol-Instruct evolutions (origin "evolved"), one instance each:
+                 input "" and the teacher's answer as output
+then the run's human seed tasks (origin "seed") when include_seeds. Naming both sources
+takes whichever the run has (an evolve-only run has no filter.jsonl, a Self-Instruct run
+no evolve.jsonl); naming one requires its file.
+
+Here, not in stages/export.py, because train/ reads run directories too and never imports stages/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import ExportConfig
+from .errors import Seed2LoraError
+from .records import ROW_UNITS, Task, task_rows
+from .store import RunDir
+
+SOURCES = {"self-instruct": "filter", "evolve": "evolve"}  # include name -> the stage file of kept records
+
+
+@dataclass
+class RunRows:
+    tasks: list[Task]  # the kept generated tasks: Self-Instruct ones, then evolutions
+    rows: list[dict[str, Any]]  # their rows, then the seed rows
+    sources: list[Path]  # the stage files read
+
+
+def include_list(include: list[str] | str) -> list[str]:
+    """ExportConfig.include as a list; a string is a comma list (`--include evolve`, `--set include=evolve`)."""
+    names = [s.strip() for s in include.split(",")] if isinstance(include, str) else [str(s).strip() for s in include]
+    names = [n for n in names if n]
+    unknown = [n for n in names if n not in SOURCES]
+    if unknown or not names:
+        raise Seed2LoraError(f"export include {include!r} names {'unknown source(s) ' + str(unknown) if unknown else 'nothing'}. "
+                             f"Fix: give a comma list of {', '.join(SOURCES)} (e.g. --include self-instruct,evolve)")
+    return list(dict.fromkeys(names))
+
+
+def kept_files(run: RunDir, include: list[str] | str) -> list[Path]:
+    """The stage files of the sources asked for that exist; a missing file asked for alone is an error."""
+    names = include_list(include)
+    files = {n: run.stage_file(SOURCES[n]) for n in names}
+    found = [f for f in files.values() if f.exists()]
+    if len(names) == 1 and not found:
+        (name,), (f,) = names, files.values()
+        other = next(n for n in SOURCES if n != name)
+        raise Seed2LoraError(f"{f} does not exist, and export include = [{name!r}] asks for it. Fix: run "
+                             f"`seed2lora {SOURCES[name]}` for this run first, or export --include {other}")
+    if not found:
+        raise Seed2LoraError(f"{run.path} has neither {' nor '.join(f.name for f in files.values())}: no kept "
+                             "records to export. Fix: run `seed2lora filter` (Self-Instruct) or `seed2lora evolve` "
+                             "(Evol-Instruct) for this run first, or `seed2lora run` with those stages")
+    return found
+
+
+def seed_rows(run: RunDir, rows: str = "instance") -> list[dict[str, Any]]:
+    """The run's human seed tasks as rows (origin "seed"): the seed file its manifest names.
+
+    ids get a "seed:" prefix so they never meet a generated task's; the family keeps the raw
+    id, which is the one evolutions of a seed name as their root.
+    """
+    from .seeds import load_seeds
+
+    manifest = run.manifest()
+    path = (manifest.get("config") or {}).get("seed_tasks") or None
+    if path and not Path(path).is_file():
+        raise Seed2LoraError(f"the seed file of {run.path}, {path}, is not there (paths are relative to where the run "
+                             "was started). Fix: run this command from that folder, or leave the seeds out with "
+                             "--no-seeds (export) / --set include_seeds=false")
+    return [{**r, "task_id": f"seed:{r['task_id']}", "id": f"seed:{r['id']}"} for r in task_rows(load_seeds(path), rows)]
+
+
+def run_rows(run: RunDir, cfg: ExportConfig) -> RunRows:
+    """The rows of the run's kept records (cfg.include), then its seed rows if cfg.include_seeds."""
+    if cfg.rows not in ROW_UNITS:
+        raise Seed2LoraError(f"export rows must be one of {', '.join(ROW_UNITS)}, not {cfg.rows!r}. "
+                             "Fix: --rows instance (a row per instance) or --rows task")
+    sources = kept_files(run, cfg.include)
+    tasks = [t for f in sources for t in run.read_stage(f.stem)]
+    rows = task_rows(tasks, cfg.rows)  # one call, so an evolution finds its parent's family across both files
+    if not rows:
+        raise Seed2LoraError(f"{' and '.join(map(str, sources))} hold no task with instances; nothing to export")
+    return RunRows(tasks, rows + (seed_rows(run, cfg.rows) if cfg.include_seeds else []), sources)
