@@ -1,10 +1,16 @@
-"""The run's SQLite file: every teacher reply (the response cache) and bootstrap's request log.
+"""The run's SQLite file: every teacher reply (the response cache), bootstrap's request log
+and the usage log.
 
 Replies are keyed by a hash of teacher, model, endpoint style, the full prompt, the
 sampling parameters and the caller's RNG state (`Request.salt`), and written the moment
 they arrive, before any record is built from them. So a re-run or a resumed run pays for
 no call twice, and a kill -9 loses at most the calls in flight. Failed calls are not
 cached: a resumed run tries them again.
+
+The usage log holds one row per answered call (tokens, errors, retries), written as the
+reply arrives, so spend survives kill -9 and Ctrl-C: a resumed run's budget and the
+manifest add up every paid call of every session from here, not from a manifest that an
+interrupted session never got to update.
 
 SQLite in WAL mode with one commit per write survives kill -9 without a torn database;
 a lock makes it safe to share between the teacher's request threads.
@@ -21,6 +27,7 @@ from typing import Any
 from .teachers.base import Completion
 
 CACHE_FILE = "cache.sqlite"
+USAGE_COLUMNS = ("calls", "errors", "cached", "prompt_tokens", "completion_tokens", "retries", "timeouts")
 
 
 class ResponseCache:
@@ -35,6 +42,8 @@ class ResponseCache:
                          " prompt_tokens INTEGER, completion_tokens INTEGER)")
         self._db.execute("CREATE TABLE IF NOT EXISTS requests (stage TEXT, n INTEGER, body TEXT, done INTEGER,"
                          " PRIMARY KEY (stage, n))")
+        self._db.execute("CREATE TABLE IF NOT EXISTS usage (session TEXT, kind TEXT, "
+                         + ", ".join(f"{c} INTEGER" for c in USAGE_COLUMNS) + ")")
 
     def get(self, key: str) -> Completion | None:
         with self._lock:
@@ -70,6 +79,20 @@ class ResponseCache:
             open_rows = self._db.execute("SELECT n, body FROM requests WHERE stage = ? AND done = 0 ORDER BY n",
                                          (stage,)).fetchall()
         return total, [(n, json.loads(body)) for n, body in open_rows]
+
+    # -- the usage log: one row per answered call ----------------------------------------
+    def log_usage(self, session: str, kind: str, counts: dict[str, int]) -> None:
+        with self._lock:
+            self._db.execute(f"INSERT INTO usage VALUES (?, ?, {', '.join('?' * len(USAGE_COLUMNS))})",
+                             (session, kind, *(int(counts.get(c, 0)) for c in USAGE_COLUMNS)))
+
+    def usage(self, *, exclude_session: str | None = None) -> dict[str, dict[str, int]]:
+        """Totals per call kind over every session of this run (but `exclude_session`)."""
+        sums = ", ".join(f"SUM({c})" for c in USAGE_COLUMNS)
+        with self._lock:
+            rows = self._db.execute(f"SELECT kind, {sums} FROM usage WHERE session IS NOT ? GROUP BY kind ORDER BY "
+                                    "MIN(rowid)", (exclude_session,)).fetchall()
+        return {kind: dict(zip(USAGE_COLUMNS, (int(v or 0) for v in values), strict=True)) for kind, *values in rows}
 
     def close(self) -> None:
         with self._lock:

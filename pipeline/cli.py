@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import __version__
 from .config import RunConfig, load_config
-from .errors import InputError, Seed2LoraError
+from .errors import InputError, Interrupted, Seed2LoraError, mask_secrets
 from .show import show_run
 
 console = Console(stderr=True, soft_wrap=True)  # log lines stay whole in log files and CI output
@@ -90,13 +91,20 @@ def friendly_errors(f):
             return f(*args, **kwargs)
         except Seed2LoraError as e:
             code = getattr(e, "exit_code", 2)
-            label = "[bold red]error:[/]" if code == 2 else "[bold yellow]stopped:[/]"
-            console.print(f"{label} {escape(str(e))}", highlight=False, soft_wrap=True)
+            label = {2: "[bold red]error:[/]", 4: "[bold red]teacher unavailable:[/]",
+                     5: "[bold yellow]incomplete:[/]"}.get(code, "[bold yellow]stopped:[/]")
+            console.print(f"{label} {escape(mask_secrets(str(e)))}", highlight=False, soft_wrap=True)
             sys.exit(code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
+            code = getattr(e, "exit_code", 130)
             console.print("[yellow]interrupted: everything written so far is kept; run the same command to resume[/]")
-            sys.exit(130)
+            sys.exit(code)
     return wrapper
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM (a job scheduler, `timeout`) stops like Ctrl-C: status "interrupted", nothing half-written."""
+    raise Interrupted()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -249,6 +257,7 @@ def config_command():
 
 
 def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
     cli.main(args=argv, prog_name="seed2lora")
 
 

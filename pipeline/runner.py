@@ -1,18 +1,32 @@
-"""Run stages in a run directory and keep its manifest: the glue between CLI and stages.
+"""The runner: a run is a list of steps, and one loop runs them.
 
-Each stage reads the previous stage's file (or an --input file) and writes its own.
-The manifest records the resolved config, package versions, the teacher, prompt
-hashes, counts per stage and token usage. Secrets never enter it: the config holds
-only the *name* of the API key's variable.
+Each step is a stage (bootstrap, classify, instances, filter, evolve, export, train,
+eval) that reads the previous stage's file (or an --input file) and writes its own. The
+loop owns everything around the steps:
+- validation before any write: config, seeds, inputs, the teacher and its endpoints, so a
+  command that fails leaves a finished run byte-identical and makes no folder;
+- the manifest: status (running, done, interrupted, failed, budget, incomplete), the stage,
+  the reason, pending work, usage and spend, the resolved config, versions, prompt hashes;
+- usage and spend from the run's durable usage log, so they survive kill -9 and Ctrl-C;
+- the budget check after each step (exit 3), and pending work (exit 5): a step is done
+  only when all its output is written; a re-run retries exactly what is pending;
+- live lines: teacher retries and timeouts, rate-limited, and the accept rate.
+
+A new stage is one file in stages/ plus one Step in `Session.steps`; the loop is unchanged.
+Secrets never enter the manifest: the config holds only the *name* of the API key's variable.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import sys
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +35,7 @@ from .budget import Budget, BudgetReached
 from .cache import CACHE_FILE, ResponseCache
 from .config import RunConfig
 from .datasets_io import Fields, load_pool
-from .errors import Seed2LoraError
+from .errors import Incomplete, Seed2LoraError, mask_secrets
 from .prompts import Prompts
 from .records import Task
 from .seeds import load_seeds
@@ -36,6 +50,7 @@ from .teachers import Teacher, make_teacher
 STAGE_INPUT = {"classify": "bootstrap", "instances": "classify", "filter": "instances"}
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "openai", "httpx", "rouge-score", "datasets",
             "numba", "rapidfuzz")
+EVENT_EVERY_S = 10.0  # at most one line per kind of teacher event in this many seconds: seen, not a flood
 
 # A progress reporter: (description, total or None) -> context manager yielding advance(n).
 Progress = Callable[[str, int | None], Any]
@@ -56,6 +71,40 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+@dataclass
+class StepResult:
+    """What a step did: its line for the console, and the work it could not finish."""
+
+    message: str
+    pending: int = 0  # tasks, prompts or slots left undone (teacher failures): a re-run retries them
+    counts: dict[str, int] = field(default_factory=dict)  # generated, kept, rejected, pending: for the manifest
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    run: Callable[[str | Path | None], StepResult]
+    uses_teacher: bool = False
+    takes_input: bool = False
+
+
+class RateLimitedLog:
+    """Teacher events to the console, at most one per kind every EVENT_EVERY_S, with a count of the rest."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log, self.last, self.skipped = log, {}, {}
+
+    def __call__(self, message: str) -> None:
+        kind = message.split(" after ", 1)[0].split(":", 1)[0]
+        now = time.monotonic()
+        if now - self.last.get(kind, -EVENT_EVERY_S) < EVENT_EVERY_S:
+            self.skipped[kind] = self.skipped.get(kind, 0) + 1
+            return
+        more = self.skipped.pop(kind, 0)
+        self.last[kind] = now
+        self.log(f"teacher: {message}" + (f" (and {more} more like it)" if more else ""))
+
+
 class Session:
     """One run directory with its config, seeds, prompts and (lazily loaded) teacher."""
 
@@ -68,21 +117,96 @@ class Session:
         self.seeds = load_seeds(cfg.seed_tasks or None)
         self._teacher = teacher
         self.progress = progress or _no_progress
-        self._usage_base: dict[str, dict[str, int]] | None = None
         self._cache: ResponseCache | None = None
         self._attached = False
+        self.session_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"  # this process's rows in the usage log
+        self.steps = [
+            Step("bootstrap", self._bootstrap, uses_teacher=True),
+            Step("classify", self._classify, uses_teacher=True, takes_input=True),
+            Step("instances", self._instances, uses_teacher=True, takes_input=True),
+            Step("filter", self._filter, takes_input=True),
+            Step("evolve", self._evolve, uses_teacher=True, takes_input=True),
+            Step("export", self._export),
+            Step("train", self._train),
+            Step("eval", self._eval),
+        ]
+
+    # ------------------------------------------------------------ the one loop
+
+    def run_steps(self, names: list[str], input_path: str | Path | None = None) -> list[str]:
+        """Run the named steps in pipeline order; each message is also logged as it comes."""
+        known = [s.name for s in self.steps]
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise Seed2LoraError(f"unknown stage(s) {unknown} in 'stages'. Fix: use {known}")
+        steps = [s for s in self.steps if s.name in names]
+        self.validate(steps, input_path)  # raises before anything is written
+        messages: list[str] = []
+        step = steps[0] if steps else None
+        try:
+            for step in steps:
+                self.record(status="running", stage=step.name, reason=None)
+                result = step.run(input_path if step.takes_input else None)
+                self.check_budget(step.name)
+                self.record(stages={step.name: {**result.counts, "pending": result.pending}})
+                if result.pending:
+                    raise Incomplete(f"{result.message}. {result.pending} pending in {step.name}: the teacher "
+                                     f"failed on them (see the errors above and the usage in manifest.json); "
+                                     "run the same command again to retry exactly those")
+                messages.append(result.message)
+                self.log(result.message)
+            self.record(status="done", reason=None)
+        except KeyboardInterrupt:
+            self.record(status="interrupted", stage=step.name if step else None,
+                        reason="interrupted (Ctrl-C or SIGTERM); run the same command to resume")
+            raise
+        except BudgetReached as e:
+            self.record(status="budget", reason=str(e))
+            raise
+        except Incomplete as e:
+            self.record(status="incomplete", reason=str(e))
+            raise
+        except Exception as e:
+            self.record(status="failed", reason=mask_secrets(f"{type(e).__name__}: {e}"))
+            raise
+        return messages
+
+    def validate(self, steps: list[Step], input_path: str | Path | None) -> None:
+        """Everything that can fail on bad input, before the run folder or manifest is touched."""
+        for step in steps:
+            if step.takes_input and input_path is None and step.name in STAGE_INPUT and steps[0] is step:
+                source = self.run.stage_file(STAGE_INPUT[step.name])
+                if not source.exists():
+                    raise Seed2LoraError(f"{source} does not exist. Fix: run `seed2lora {STAGE_INPUT[step.name]}` "
+                                         "for this run first, or pass --input FILE")
+            if step.name == "evolve":
+                self.evolve_pool(input_path, check_only=True)
+        if any(s.uses_teacher for s in steps):
+            teacher = self.bare_teacher
+            preflight = getattr(teacher, "preflight", None)
+            if preflight is not None and not getattr(teacher, "preflighted", False):
+                preflight()  # a wrong port or a dead server fails here, in seconds, naming the URL
+                teacher.preflighted = True
+
+    @property
+    def bare_teacher(self) -> Teacher:
+        if self._teacher is None:
+            self._teacher = make_teacher(self.cfg.teacher, seed=self.cfg.seed)
+        return self._teacher
 
     @property
     def teacher(self) -> Teacher:
-        """The teacher, with this run's response cache and budget attached."""
-        if self._teacher is None:
-            self._teacher = make_teacher(self.cfg.teacher, seed=self.cfg.seed)
+        """The teacher, with this run's response cache, usage log and budget attached."""
+        teacher = self.bare_teacher
         if not self._attached:  # a teacher passed in may have served another run before
             self._attached = True
-            self._teacher.cache = self.cache
-            model = self._teacher.describe().get("model", self._teacher.name)
-            self._teacher.budget = Budget(self.cfg.budget, str(model), self.run.manifest().get("usage", {}))
-        return self._teacher
+            teacher.cache = self.cache
+            teacher.session = self.session_id
+            model = teacher.describe().get("model", teacher.name)
+            teacher.budget = Budget(self.cfg.budget, str(model), self.cache.usage(exclude_session=self.session_id))
+            if hasattr(teacher, "on_event"):
+                teacher.on_event = RateLimitedLog(self.log)
+        return teacher
 
     @property
     def cache(self) -> ResponseCache:
@@ -91,39 +215,64 @@ class Session:
             self._cache = ResponseCache(self.run.path / CACHE_FILE)
         return self._cache
 
-    def check_budget(self) -> None:
+    def check_budget(self, stage: str) -> None:
         budget = getattr(self._teacher, "budget", None)
         if budget is not None and budget.reached:
             spend = budget.spend(self._teacher.usage)
-            self.record(status="stopped: budget reached")
-            raise BudgetReached(f"budget reached ({spend['total_tokens']} tokens"
+            raise BudgetReached(f"budget reached in {stage} ({spend['total_tokens']} tokens"
                                 + (f", ${spend['cost_usd']:.4f}" if spend["cost_usd"] is not None else "")
                                 + f"); {self.run.path} is consistent. Raise --max-tokens-total / --max-cost "
                                 "and run the same command to go on")
 
     def record(self, **fields: Any) -> dict[str, Any]:
-        """Update the manifest: config, versions, teacher, prompts, usage (earlier runs' usage included)."""
+        """Update the manifest: config, versions, teacher, prompts, and usage from the durable usage log."""
         self.run.ensure()
-        if self._usage_base is None:
-            self._usage_base = self.run.manifest().get("usage", {})
-        usage = {k: dict(v) for k, v in self._usage_base.items()}
-        if self._teacher is not None:
-            for kind, u in self._teacher.usage.to_dict().items():
-                base = usage.setdefault(kind, {})
-                for key, value in u.items():
-                    base[key] = base.get(key, 0) + value
+        if self._teacher is not None and self._attached:
+            fields["usage"] = self.cache.usage()
             fields.setdefault("teacher", self._teacher.describe())
             if getattr(self._teacher, "budget", None) is not None:
                 fields.setdefault("spend", self._teacher.budget.spend(self._teacher.usage))
         return self.run.update_manifest(
-            seed2lora_version=__version__, command=" ".join(["seed2lora", *sys.argv[1:]]),
+            seed2lora_version=__version__, command=mask_secrets(" ".join(["seed2lora", *sys.argv[1:]])),
             config=self.cfg.to_dict(), packages=package_versions(), prompts=self.prompts.hashes(),
             seed_file=str(self.cfg.seed_tasks or "bundled seeds/seed_tasks.jsonl"), num_seeds=len(self.seeds),
-            usage=usage, **fields)
+            **fields)
 
     def _every(self, n: int) -> Callable[[int], None]:
         """A progress callback that refreshes the manifest (usage, spend) every n replies."""
         return lambda done: self.record() if done % n == 0 else None
+
+    # ------------------------------------------------------------ one method per command
+
+    def run_all(self) -> list[str]:
+        """Every stage named in cfg.stages, in pipeline order."""
+        return self.run_steps(list(self.cfg.stages))
+
+    def bootstrap(self) -> str:
+        return self.run_steps(["bootstrap"])[0]
+
+    def classify(self, input_path: str | Path | None = None) -> str:
+        return self.run_steps(["classify"], input_path)[0]
+
+    def instances(self, input_path: str | Path | None = None) -> str:
+        return self.run_steps(["instances"], input_path)[0]
+
+    def filter(self, input_path: str | Path | None = None) -> str:
+        return self.run_steps(["filter"], input_path)[0]
+
+    def evolve(self, input_path: str | Path | None = None) -> str:
+        return self.run_steps(["evolve"], input_path)[0]
+
+    def export(self) -> str:
+        return self.run_steps(["export"])[0]
+
+    def train(self) -> str:
+        return self.run_steps(["train"])[0]
+
+    def eval(self) -> str:
+        return self.run_steps(["eval"])[0]
+
+    # ------------------------------------------------------------ the steps
 
     def input_tasks(self, stage: str, input_path: str | Path | None) -> list[Task]:
         if input_path:
@@ -134,56 +283,59 @@ class Session:
                                  f"first, or pass --input FILE")
         return read_tasks(source)
 
-    def bootstrap(self) -> str:
-        self.run.ensure()
-        self.record(status="running: bootstrap")
+    def _bootstrap(self, _input: None = None) -> StepResult:
         with self.progress("bootstrap: instructions kept", self.cfg.bootstrap.num_instructions) as advance:
             advance(len(self.run.read_stage("bootstrap")))
-            result = run_bootstrap(self.teacher, self.seeds, self.cfg, self.run, self.prompts, self.cache,
-                                   on_kept=advance, on_progress=self._every(16))
-        self.check_budget()
-        self.record(status="done: bootstrap")
-        return (f"bootstrap: {result.new} new instructions kept ({result.kept} in the pool), "
-                f"{result.rejected} rejected, {result.requests} prompts sent so far")
+            r = run_bootstrap(self.teacher, self.seeds, self.cfg, self.run, self.prompts, self.cache,
+                              on_kept=advance, on_progress=self._every(16), say=self.log)
+        message = (f"bootstrap: {r.new} new instructions kept ({r.kept} in the pool), {r.rejected} rejected, "
+                   f"{r.requests} prompts sent so far")
+        if r.pending:
+            message += f"; stopped at bootstrap.max_requests with {r.pending} instructions short of the target"
+        return StepResult(message, r.pending, {"replies": r.replies, "kept": r.new, "rejected": r.rejected})
 
-    def classify(self, input_path: str | Path | None = None) -> str:
-        tasks = self.input_tasks("classify", input_path)
-        self.record(status="running: classify")
-        with self.progress("classify", len(tasks)) as advance:
-            n = run_classify(self.teacher, tasks, self.cfg, self.run, self.prompts, progress=advance)
-        self.check_budget()
-        self.record(status="done: classify")
-        return f"classify: {n} tasks labelled"
+    def _map_stage(self, stage: str, runner: Callable[..., Any], input_path: str | Path | None) -> StepResult:
+        tasks = self.input_tasks(stage, input_path)
+        with self.progress(stage, len(tasks)) as advance:
+            r = runner(self.teacher, tasks, self.cfg, self.run, self.prompts, progress=advance)
+        done = len(self.run.read_stage(stage))
+        message = (f"{stage}: {r.written} tasks written ({done} in {stage}.jsonl), {r.rejected} rejected after "
+                   f"{self.cfg.teacher.max_retries} retries of unusable replies, {r.retried} retried")
+        return StepResult(message, r.pending, r.counts(len(tasks)))
 
-    def instances(self, input_path: str | Path | None = None) -> str:
-        tasks = self.input_tasks("instances", input_path)
-        self.record(status="running: instances")
-        with self.progress("instances", len(tasks)) as advance:
-            n = run_instances(self.teacher, tasks, self.cfg, self.run, self.prompts, progress=advance)
-        self.check_budget()
-        self.record(status="done: instances")
-        return f"instances: {n} tasks with generated instances"
+    def _classify(self, input_path: str | Path | None = None) -> StepResult:
+        return self._map_stage("classify", run_classify, input_path)
 
-    def filter(self, input_path: str | Path | None = None) -> str:
+    def _instances(self, input_path: str | Path | None = None) -> StepResult:
+        return self._map_stage("instances", run_instances, input_path)
+
+    def _filter(self, input_path: str | Path | None = None) -> StepResult:
         tasks = self.input_tasks("filter", input_path)
         kept, rejected = filter_tasks(tasks, self.seeds, self.cfg.filter)
         # The filter is re-run whole, so its file and its rejections are replaced, never appended.
         write_jsonl_atomic(self.run.stage_file("filter"), kept)
         self.run.replace_rejected("filter", rejected)
-        self.record(status="done: filter")
         if tasks and not kept:
             raise Seed2LoraError(f"the filter rejected all {len(tasks)} tasks; see {self.run.rejected_file} "
                                  "for the reasons (or loosen [filter] settings)")
-        return f"filter: {len(kept)} kept, {len(rejected)} rejected"
+        dropped = sum(1 for r in rejected if r.meta.get("instance_of"))
+        return StepResult(f"filter: {len(kept)} kept, {len(rejected) - dropped} rejected, {dropped} instances dropped",
+                          0, {"generated": len(tasks), "kept": len(kept), "rejected": len(rejected) - dropped,
+                              "instances_dropped": dropped})
 
-    def evolve_pool(self, input_path: str | Path | None = None) -> tuple[list[Task], str]:
-        """The pool to evolve and a name for it: --input, else evolve.source (a stage of this run, seeds, a path)."""
+    def evolve_pool(self, input_path: str | Path | None = None, check_only: bool = False) -> tuple[list[Task], str]:
+        """The pool to evolve and a name for it: --input, else evolve.source (a stage of this run, seeds, a path).
+
+        check_only: validate the source without reading it (a stage of this run may be written by an earlier step).
+        """
         e = self.cfg.evolve
         source = str(input_path) if input_path else e.source
         if source == "seeds":
             return self.seeds, f"seeds:{self.cfg.seed_tasks or 'bundled'}"
         if source in STAGES and source != "evolve":
             f = self.run.stage_file(source)
+            if check_only and source in self.cfg.stages:
+                return [], source
             if not f.exists():
                 raise Seed2LoraError(f"{f} does not exist. Fix: run `seed2lora {source}` for this run first, "
                                      "pass --input FILE, or set evolve.source = \"seeds\"")
@@ -191,18 +343,18 @@ class Session:
         fields = Fields(e.instruction_field, e.input_field, e.output_field)
         return load_pool(source, fields), str(Path(source).resolve())
 
-    def evolve(self, input_path: str | Path | None = None) -> str:
+    def _evolve(self, input_path: str | Path | None = None) -> StepResult:
         pool, source = self.evolve_pool(input_path)
-        self.run.ensure()
-        self.record(status="running: evolve")
+        self.record(state={"evolve_input": source})
         result = run_evolve(self.teacher, pool, self.cfg, self.run, self.prompts, source=source,
-                            seeds=[s.instruction for s in self.seeds], progress=self.progress,
-                            on_round=lambda r: self.record())
-        self.record(status="done: evolve")
+                            seeds=[s.instruction for s in self.seeds], progress=self.progress)
         rejected = ", ".join(f"{k} {n}" for k, n in result.rejected.most_common()) or "none"
-        return (f"evolve: {result.rounds_done} of {self.cfg.evolve.rounds} rounds done over {len(pool)} instructions; "
-                f"{result.kept} evolutions kept ({result.total} in evolve.jsonl), {sum(result.rejected.values())} "
-                f"rejected ({rejected}), {result.errors} teacher errors")
+        message = (f"evolve: {result.rounds_done} of {self.cfg.evolve.rounds} rounds done over {len(pool)} "
+                   f"instructions; {result.kept} evolutions kept ({result.total} in evolve.jsonl), "
+                   f"{sum(result.rejected.values())} rejected ({rejected}), {result.errors} teacher errors")
+        pending = getattr(result, "pending", 0)
+        return StepResult(message, pending, {"kept": result.kept, "rejected": sum(result.rejected.values()),
+                                             "rounds_done": result.rounds_done})
 
     # ------------------------------------------------------------ the fine-tuning half
 
@@ -214,17 +366,16 @@ class Session:
     def adapter_dir(self) -> Path:
         return Path(self.cfg.train.output_dir) if self.cfg.train.output_dir else self.run.path / "adapter"
 
-    def export(self) -> str:
+    def _export(self, _input: None = None) -> StepResult:
         from .stages.export import export_run
 
-        self.record(status="running: export")
         info = export_run(self.run.path, self.export_dir, self.cfg.export)
-        self.record(status="done: export")
         c = info["counts"]
-        return (f"export: {c['train_rows']} train / {c['eval_rows']} eval rows from {c['tasks']} machine + "
-                f"{c['seed_tasks']} seed tasks -> {self.export_dir}")
+        return StepResult(f"export: {c['train_rows']} train / {c['eval_rows']} eval rows from {c['tasks']} machine + "
+                          f"{c['seed_tasks']} seed tasks -> {self.export_dir}", 0,
+                          {"train_rows": c["train_rows"], "eval_rows": c["eval_rows"]})
 
-    def train(self) -> str:
+    def _train(self, _input: None = None) -> StepResult:
         """Train on the export (or the run's rows); a finished adapter with the same settings is kept."""
         import dataclasses
         import json
@@ -237,16 +388,15 @@ class Session:
         if summary_file.is_file():
             done = json.loads(summary_file.read_text(encoding="utf-8"))
             if done.get("config") == dataclasses.asdict(cfg):
-                return (f"train: {self.adapter_dir} is already trained with these settings (delete it to train "
-                        "again)")
+                return StepResult(f"train: {self.adapter_dir} is already trained with these settings (delete it to "
+                                  "train again)")
         data = self.export_dir if (self.export_dir / "export.json").is_file() else self.run.path
-        self.record(status="running: train")
         summary = run_training(data, cfg, log=self.log)
-        self.record(status="done: train", adapter=str(self.adapter_dir))
-        return (f"train: {summary['steps']} steps, eval loss {summary['eval_losses']['first']} -> "
-                f"{summary['eval_losses']['last']} -> {self.adapter_dir}")
+        self.record(adapter=str(self.adapter_dir))
+        return StepResult(f"train: {summary['steps']} steps, eval loss {summary['eval_losses']['first']} -> "
+                          f"{summary['eval_losses']['last']} -> {self.adapter_dir}")
 
-    def eval(self) -> str:
+    def _eval(self, _input: None = None) -> StepResult:
         """Base versus adapter; a report newer than the adapter, with the same settings, is kept."""
         import json
 
@@ -258,27 +408,9 @@ class Session:
             old = json.loads(report_file.read_text(encoding="utf-8"))
             settings = {k: v for k, v in vars(self.cfg.eval).items() if k != "data"}
             if old.get("settings") == settings and (not self.cfg.eval.data or old.get("data") == self.cfg.eval.data):
-                return f"eval: {report_file} is up to date (delete it to evaluate again)"
-        self.record(status="running: eval")
+                return StepResult(f"eval: {report_file} is up to date (delete it to evaluate again)")
         report = evaluate(self.adapter_dir, self.cfg.eval, log=self.log)
-        self.record(status="done: eval")
-        return f"eval: {summary_line(report)} -> {report['report_dir']}"
-
-    def run_all(self) -> list[str]:
-        """Every stage named in cfg.stages, in pipeline order; each message is also logged as it comes."""
-        steps = {"bootstrap": self.bootstrap, "classify": self.classify, "instances": self.instances,
-                 "filter": self.filter, "evolve": self.evolve, "export": self.export, "train": self.train,
-                 "eval": self.eval}
-        unknown = [s for s in self.cfg.stages if s not in steps]
-        if unknown:
-            raise Seed2LoraError(f"unknown stage(s) {unknown} in 'stages'. Fix: use {list(steps)}")
-        messages = []
-        for name, step in steps.items():
-            if name in self.cfg.stages:
-                messages.append(step())
-                self.log(messages[-1])
-        self.record(status="done")
-        return messages
+        return StepResult(f"eval: {summary_line(report)} -> {report['report_dir']}")
 
 
 def _is_run_file(path: str | Path) -> bool:

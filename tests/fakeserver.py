@@ -41,7 +41,9 @@ class FakeOpenAI:
     def __init__(self) -> None:
         self.queue: deque[tuple[int, Any, dict[str, str], float]] = deque()
         self.default_delay = 0.0  # seconds before each default (unqueued) reply
-        self.history: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []  # the pipeline's requests
+        self.probes: list[dict[str, Any]] = []  # preflight: GET /models and api auto's one-token probe
+        self.completions_endpoint = False  # api auto's probe of /completions gets a 404 unless this is set
         self._novel = _novel_instructions()
         self._lock = threading.Lock()
         outer = self
@@ -50,9 +52,30 @@ class FakeOpenAI:
             def log_message(self, *args: Any) -> None:
                 pass
 
+            def do_GET(self) -> None:
+                outer.probes.append({"path": self.path, "body": None})
+                self._send(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]}, {})
+
+            def _send(self, status: int, payload: Any, headers: dict[str, str]) -> None:
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
+                if body.get("max_tokens") == 1 and outer.prompt_of(body) == "Say OK.":  # api auto's probe
+                    outer.probes.append({"path": self.path, "body": body})
+                    if self.path.endswith("/chat/completions") or outer.completions_endpoint:
+                        self._send(200, outer.wrap(self.path, "OK"), {})
+                    else:
+                        self._send(404, {"error": {"message": "no completions endpoint for this model"}}, {})
+                    return
                 with outer._lock:
                     outer.history.append({"path": self.path, "body": body, "headers": dict(self.headers)})
                     status, payload, headers, delay = outer.queue.popleft() if outer.queue else \
@@ -63,15 +86,8 @@ class FakeOpenAI:
                     payload = payload(self.path, body)
                 if isinstance(payload, str) and status == 200:
                     payload = outer.wrap(self.path, payload)
-                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 try:
-                    self.send_response(status)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(data)))
-                    for k, v in headers.items():
-                        self.send_header(k, v)
-                    self.end_headers()
-                    self.wfile.write(data)
+                    self._send(status, payload, headers)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 

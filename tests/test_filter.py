@@ -73,7 +73,9 @@ def test_filter_stage_rejects_with_reasons_and_caps_instances():
     ]
     kept, rejected = filter_tasks(tasks, seeds, CFG)
     assert [t.id for t in kept] == ["a"] and len(kept[0].instances) == 5
-    assert kept[0].meta["dropped_instances"][0]["reason"] == "over_max_instances"
     reasons = {t.id: t.reject_reason.split(":")[0] for t in rejected}
-    assert reasons == {"b": "rouge_l", "c": "blacklist", "d": "no_valid_instances"}
+    assert reasons == {"b": "rouge_l", "c": "blacklist", "d": "no_valid_instances", "a#0": "instance_over_max_instances",
+                       "a#1": "instance_over_max_instances", "d#0": "instance_input_equals_output"}
+    drop = next(t for t in rejected if t.id == "a#0")  # each dropped instance is its own record, with its instance
+    assert drop.meta["instance_of"] == "a" and drop.instances == [Instance("5", "out 5")]
     assert all(t.stage == "filter" for t in rejected)

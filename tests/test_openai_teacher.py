@@ -75,13 +75,18 @@ def test_context_length_error_halves_max_tokens(fake_openai):
     assert [h["body"]["max_tokens"] for h in fake_openai.history] == [50, 25]
 
 
-def test_empty_choices_and_malformed_json_are_counted_and_skipped(fake_openai):
+def test_empty_choices_and_malformed_json_are_retried_then_counted(fake_openai):
     fake_openai.enqueue({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []})
     fake_openai.enqueue(b"{not json")
+    fake_openai.enqueue("third time lucky")
     t = teacher(fake_openai, concurrency=1)
-    out = t.generate(["a", "b"], PARAMS, kind="k")
-    assert [c.ok for c in out] == [False, False]
-    assert t.usage.to_dict()["k"]["errors"] == 2
+    (c,) = t.generate(["a"], PARAMS, kind="k")
+    assert (c.ok, c.text, c.retries) == (True, "third time lucky", 2)
+    assert t.usage.to_dict()["k"]["retries"] == 2
+    for _ in range(3):
+        fake_openai.enqueue(b"{not json")
+    (c,) = teacher(fake_openai, concurrency=1, max_retries=2).generate(["b"], PARAMS, kind="k")
+    assert not c.ok and "malformed" in c.error
 
 
 def test_missing_key_for_openai_is_a_clear_error(monkeypatch):

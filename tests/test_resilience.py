@@ -41,7 +41,7 @@ def test_budget_stops_cleanly_and_a_higher_budget_goes_on(fake_openai, tmp_path)
     assert result.exit_code == 3 and "budget reached" in result.output
     run = tmp_path / "r"
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["status"] == "stopped: budget reached"
+    assert manifest["status"] == "budget" and "budget reached in bootstrap" in manifest["reason"]
     assert 200 <= manifest["spend"]["total_tokens"] < 200 + 60  # one call past the line at most
     kept = read(run / "bootstrap.jsonl")
     assert 0 < len(kept) < 20 and len({t["id"] for t in kept}) == len(kept)

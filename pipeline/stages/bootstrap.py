@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..cache import ResponseCache
 from ..config import RunConfig
-from ..errors import Seed2LoraError
+from ..errors import LowYield, Seed2LoraError
 from ..prompts import Prompts
 from ..records import Task, task_id
-from ..store import JsonlWriter, RunDir
+from ..store import JsonlWriter, RunDir, reason_kind
 from ..teachers import GenParams, Teacher
 from ..teachers.base import Request
+from .common import reply_meta
 from .filter import InstructionFilter
 from .parse import NOINPUT, parse_alpaca, parse_numbered_list
 
@@ -38,6 +40,8 @@ class BootstrapResult:
     new: int  # kept by this call
     rejected: int  # rejected by this call
     requests: int  # prompts sent so far in this run directory
+    pending: int = 0  # instructions short of the target when the prompts ran out (max_requests)
+    replies: int = 0  # replies handled by this call
 
 
 def sample_prompt_tasks(rng: random.Random, seeds: list[str], machine: list[str], n: int, n_machine: int) -> list[str]:
@@ -92,14 +96,18 @@ def gen_params(cfg: RunConfig, continues: bool = True) -> GenParams:
 
 def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunDir, prompts: Prompts,
                   log: ResponseCache, *, on_kept: Callable[[int], None] | None = None,
-                  on_progress: Callable[[int], None] | None = None) -> BootstrapResult:
+                  on_progress: Callable[[int], None] | None = None,
+                  say: Callable[[str], None] | None = None) -> BootstrapResult:
     """Grow the machine pool to `num_instructions`, streaming prompts through the teacher.
 
     Each prompt is built when the teacher has room for it, from the pool as it is then,
     and logged (`log`) before it is sent. A resumed run first re-sends the logged prompts
     that never finished, word for word, so their replies come from the cache, then goes
-    on with new request numbers. Records already written are recognised by id and not
-    written twice.
+    on with new request numbers; either way no prompt is sent once the pool is full.
+    Every parsed instruction ends kept or in rejected.jsonl (duplicates and replies that
+    parse to nothing included); a resumed run recognises what it wrote by (id, request).
+    The accept rate over the last `yield_window` prompts is watched: below yield_warn a
+    warning, below yield_stop the run stops (exit 6) naming the main reject reasons.
     """
     b = cfg.bootstrap
     if b.mode not in ("self-instruct", "alpaca"):
@@ -108,12 +116,15 @@ def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunD
     if not pool_seeds:
         raise Seed2LoraError("no seed tasks to sample from (use_clf_seed_tasks_only needs seeds with "
                              "is_classification true)")
+    say = say or (lambda message: None)
     existing = run.read_stage("bootstrap")
     machine = [t.instruction for t in existing]
-    written = {t.id for t in existing} | {t.id for t in run.read_rejected() if t.stage == "bootstrap"}
+    kept_ids = {t.id: t.instruction for t in existing}
+    # How many records each (id, request) already has: a replayed reply skips exactly those.
+    written = Counter((t.id, t.round) for t in [*existing, *(r for r in run.read_rejected() if r.stage == "bootstrap")])
     filt = InstructionFilter(cfg.filter, pool=machine, seeds=[s.instruction for s in seeds])
     sent, unfinished = log.requests("bootstrap")
-    max_requests = b.max_requests or 20 * b.num_instructions
+    max_requests = sent + (b.max_requests or 20 * b.num_instructions)
     prefix_continues = getattr(teacher, "api", "chat") == "completions"
     params = gen_params(cfg, prefix_continues)
     plans: dict[int, dict] = {}
@@ -121,6 +132,8 @@ def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunD
 
     def requests():
         for n, body in unfinished:
+            if len(machine) >= b.num_instructions:  # the pool is full: an old prompt would be money for nothing
+                return
             plans[n] = body
             yield Request(n, body["prompt"], salt=body["salt"])
         while len(machine) < b.num_instructions and counter["next"] < max_requests:
@@ -133,39 +146,78 @@ def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunD
             yield Request(n, text, salt=salt)
 
     new = rejected_n = 0
+    reasons: Counter[str] = Counter()
+    recent: deque[int] = deque(maxlen=max(1, b.yield_window))
+    warned = False
     with JsonlWriter(run.stage_file("bootstrap")) as kept_out, JsonlWriter(run.rejected_file) as rejected_out:
+
+        def reject(task: Task, reason: str) -> None:
+            nonlocal rejected_n
+            rejected_out.write(task.rejected(reason, "bootstrap"))
+            rejected_n += 1
+            reasons[reason_kind(reason)] += 1
+
         for req, reply in teacher.stream(requests(), params, kind="bootstrap"):
             plan = plans.pop(req.key)
-            if reply.ok:
-                truncated = reply.finish_reason == "length"
-                for task in _tasks_from_reply(reply.text, plan["template"], plan["next_number"], truncated,
-                                              prefix_continues, req.key, teacher.name):
-                    if len(machine) >= b.num_instructions:
-                        break
-                    if task.id in written:  # written before an interruption
-                        continue
-                    written.add(task.id)
-                    reason = filt.check(task)
-                    if reason:
-                        rejected_out.write(task.rejected(reason, "bootstrap"))
-                        rejected_n += 1
-                        continue
+            counter["done"] += 1
+            if not reply.ok:  # a failed call stays open in the log and is re-sent on resume
+                if on_progress:
+                    on_progress(counter["done"])
+                continue
+            truncated = reply.finish_reason == "length"
+            tasks = _tasks_from_reply(reply.text, plan["template"], plan["next_number"], truncated,
+                                      prefix_continues, req.key, teacher.name)
+            seen: Counter[str] = Counter()
+            kept_here = 0
+            if not tasks:
+                tasks = [Task(id=task_id("reply", plan["salt"]), instruction="", origin="machine", round=req.key,
+                              stage="bootstrap", teacher=teacher.name, prompt=plan["template"],
+                              meta={"bootstrap_reply": reply_meta(reply)})]
+            for task in tasks:
+                if len(machine) >= b.num_instructions:
+                    break
+                seen[task.id] += 1
+                if seen[task.id] <= written[(task.id, req.key)]:  # written before an interruption
+                    continue
+                if not task.instruction:
+                    reject(task, "unparseable_reply: no numbered task in the reply")
+                elif task.id in kept_ids:
+                    reject(task, f"duplicate: the same instruction as {task.id}, already kept")
+                elif reason := filt.check(task):
+                    reject(task, reason)
+                else:
                     filt.add(task.instruction)
                     machine.append(task.instruction)
+                    kept_ids[task.id] = task.instruction
                     kept_out.write(task)
                     new += 1
+                    kept_here += 1
                     if on_kept:
                         on_kept(1)
-                log.mark_done("bootstrap", req.key)  # a failed call stays open and is re-sent on resume
-            counter["done"] += 1
+            log.mark_done("bootstrap", req.key)
             if on_progress:
                 on_progress(counter["done"])
+            recent.append(kept_here)
+            if len(recent) == recent.maxlen and len(machine) < b.num_instructions:
+                rate = sum(recent) / len(recent)
+                top = ", ".join(f"{k} {n}" for k, n in reasons.most_common(3)) or "none"
+                if rate < b.yield_stop:
+                    raise LowYield(f"bootstrap kept {rate:.2f} instructions per prompt over the last {len(recent)} "
+                                   f"prompts (bootstrap.yield_stop is {b.yield_stop}); main reject reasons: {top}. "
+                                   f"{len(machine)} kept so far are saved. Fix: a stronger teacher, --api "
+                                   "completions for a small local model, or looser [filter] settings; see "
+                                   f"{run.rejected_file}")
+                if rate < b.yield_warn and not warned:
+                    warned = True
+                    say(f"bootstrap: warning: only {rate:.2f} instructions kept per prompt over the last "
+                        f"{len(recent)} prompts; main reject reasons: {top}")
     requests_sent = log.requests("bootstrap")[0]
     if not machine:
         raise Seed2LoraError(f"the teacher gave no usable instruction in {requests_sent} prompts "
                              f"({rejected_n} rejected; see {run.rejected_file}). Try another teacher, "
                              "or loosen [filter] settings")
-    return BootstrapResult(kept=len(machine), new=new, rejected=rejected_n, requests=requests_sent)
+    return BootstrapResult(kept=len(machine), new=new, rejected=rejected_n, requests=requests_sent,
+                           pending=max(0, b.num_instructions - len(machine)), replies=counter["done"])
 
 
 def _tasks_from_reply(text: str, template: str, nxt: int, truncated: bool, prefix_continues: bool,

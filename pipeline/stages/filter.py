@@ -137,6 +137,9 @@ def clean_instances(instances: list[Instance], max_instances: int) -> tuple[list
 def filter_tasks(tasks: list[Task], seeds: list[Task], cfg: FilterConfig) -> tuple[list[Task], list[Task]]:
     """The filter stage over a whole file: (kept, rejected), in input order, pool grown in order.
 
+    `rejected` holds the rejected tasks, then one record per instance that cleaning dropped
+    (id "<task id>#k", meta "instance_of", reason "instance_<rule>: ...").
+
     Rules and instance cleaning do not depend on the pool, so they run first; the
     candidates left go through the index's batch filter, which scores 64 of them per pass
     over the pool and decides them in order, exactly as one-by-one checks would.
@@ -144,14 +147,17 @@ def filter_tasks(tasks: list[Task], seeds: list[Task], cfg: FilterConfig) -> tup
     filt = InstructionFilter(cfg, seeds=[s.instruction for s in seeds])
     verdicts: dict[int, str] = {}
     candidates: list[int] = []
+    drops: list[Task] = []  # instances cleaned away, each in rejected.jsonl with its reason and its task's id
     tasks = [dataclasses.replace(t, stage="filter") for t in tasks]
     for i, task in enumerate(tasks):
         reason = instruction_reject_reason(task.instruction, cfg)
         if reason is None:
             instances, dropped = clean_instances(task.instances, cfg.max_instances)
             task.instances = instances
-            if dropped:
-                task.meta = {**task.meta, "dropped_instances": dropped}
+            drops += [dataclasses.replace(task, id=f"{task.id}#{k}", instances=[Instance(d["input"], d["output"])],
+                                          meta={**task.meta, "instance_of": task.id}).rejected(
+                          f"instance_{d['reason']}: dropped from {task.id}", "filter")
+                      for k, d in enumerate(dropped)]
             if cfg.require_instances and not instances:
                 reason = "no_valid_instances"
         if reason:
@@ -175,4 +181,4 @@ def filter_tasks(tasks: list[Task], seeds: list[Task], cfg: FilterConfig) -> tup
                 verdicts[i] = f"rouge_l: {score:.3f} > {cfg.rouge_threshold} vs {index.text(pos)!r}"
     kept = [t for i, t in enumerate(tasks) if i not in verdicts]
     rejected = [t.rejected(verdicts[i], "filter") for i, t in enumerate(tasks) if i in verdicts]
-    return kept, rejected
+    return kept, rejected + drops

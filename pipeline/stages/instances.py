@@ -15,7 +15,7 @@ from ..prompts import Prompts
 from ..records import Task
 from ..store import RunDir
 from ..teachers import Completion, GenParams, Teacher
-from .common import ProgressFn, map_pending
+from .common import MapResult, ProgressFn, map_pending
 from .parse import parse_input_first, parse_output_first
 
 
@@ -33,7 +33,7 @@ def parse_instance_reply(task: Task, prompt_text: str, reply: Completion, contin
 
 
 def run_instances(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: RunDir, prompts: Prompts,
-                  progress: ProgressFn | None = None) -> int:
+                  progress: ProgressFn | None = None) -> MapResult:
     c = cfg.instances
     params = GenParams(max_tokens=c.max_tokens, temperature=c.temperature, top_p=c.top_p,
                        presence_penalty=c.presence_penalty, frequency_penalty=c.frequency_penalty,
@@ -47,16 +47,15 @@ def run_instances(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: 
         rendered[t.id] = instance_prompt(t, prompts)
         return rendered[t.id][1]
 
-    def finish(t: Task, reply: Completion | None) -> Task | None:
+    def finish(t: Task, reply: Completion | None, last_try: bool) -> Task | str:
         if reply is None:
             return dataclasses.replace(t, stage="instances")
-        name, text = rendered.pop(t.id)
-        if not reply.ok:
-            return None
+        name, text = rendered[t.id]
         instances = parse_instance_reply(t, text, reply, continues)[: c.max_instances]
-        meta = t.meta if instances else {**t.meta, "instances_reply": reply.text}
-        return dataclasses.replace(t, stage="instances", instances=instances, meta=meta,
+        if not instances:
+            return f"unparseable_reply: no instance in {reply.text[:60]!r}"
+        return dataclasses.replace(t, stage="instances", instances=instances,
                                    prompt=f"{t.prompt},{name}" if t.prompt else name)
 
     return map_pending(tasks, run, "instances", teacher, params, prompt_for=prompt_for, finish=finish,
-                       progress=progress)
+                       max_retries=cfg.teacher.max_retries, progress=progress)

@@ -42,6 +42,8 @@ class Completion:
     completion_tokens: int = 0
     error: str | None = None  # why a prompt got no usable reply (after retries)
     cached: bool = False  # served from the response cache: no call was made, nothing was spent
+    retries: int = 0  # transient failures retried before this reply (429, 5xx, timeouts, refused connections)
+    timeouts: int = 0  # of those, timeouts
 
     @property
     def ok(self) -> bool:
@@ -69,19 +71,24 @@ class Usage:
 
     by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def add(self, kind: str, c: Completion) -> None:
-        u = self.by_kind.setdefault(kind, {"calls": 0, "errors": 0, "cached": 0,
-                                           "prompt_tokens": 0, "completion_tokens": 0})
-        if c.cached:
-            u["cached"] += 1
-            return
-        u["calls"] += 1
-        u["errors"] += 0 if c.ok else 1
-        u["prompt_tokens"] += c.prompt_tokens
-        u["completion_tokens"] += c.completion_tokens
+    def add(self, kind: str, c: Completion) -> dict[str, int]:
+        """Count one reply; returns its own counts (what the usage log stores for it)."""
+        one = usage_of(c)
+        u = self.by_kind.setdefault(kind, dict.fromkeys(one, 0))
+        for key, value in one.items():
+            u[key] = u.get(key, 0) + value
+        return one
 
     def to_dict(self) -> dict[str, dict[str, int]]:
         return {k: dict(v) for k, v in self.by_kind.items()}
+
+
+def usage_of(c: Completion) -> dict[str, int]:
+    if c.cached:
+        return {"calls": 0, "errors": 0, "cached": 1, "prompt_tokens": 0, "completion_tokens": 0, "retries": 0,
+                "timeouts": 0}
+    return {"calls": 1, "errors": 0 if c.ok else 1, "cached": 0, "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens, "retries": c.retries, "timeouts": c.timeouts}
 
 
 ProgressFn = Callable[[int], None]
@@ -113,6 +120,7 @@ class BaseTeacher:
     def __init__(self) -> None:
         self.usage = Usage()
         self.cache: Any = None  # a pipeline.cache.ResponseCache, attached by the run
+        self.session = ""  # this process's id in the run's usage log, set with the cache
         self.budget: Any = None  # a pipeline.budget.Budget, attached by the run
 
     # -- subclasses implement one of these ---------------------------------------------
@@ -173,7 +181,9 @@ class BaseTeacher:
                 c.finish_reason = "stop"
             if self.cache is not None and c.ok:
                 self.cache.put(self.cache_key(req, params), c)
-        self.usage.add(kind, c)
+        counts = self.usage.add(kind, c)
+        if self.cache is not None:
+            self.cache.log_usage(self.session, kind, counts)  # durable before any record is built from it
         return c
 
 

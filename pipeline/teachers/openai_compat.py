@@ -2,53 +2,84 @@
 
 Requests run on a thread pool: up to `concurrency` in flight, a new one starting as soon
 as any finishes, so one slow reply never idles the rest. One retry policy (tenacity) for
-every call: 429 waits for Retry-After, 5xx/timeouts/connection errors back off
-exponentially with jitter, 400/401/403/404 fail at once, and a context-length error
-halves max_tokens (as Self-Instruct did). A prompt that still fails is returned as an
-error Completion, counted, and skipped by the stage.
+every call: 429 waits for Retry-After, 5xx/timeouts/connection errors/malformed replies
+back off exponentially with jitter, 400/401/403/404 fail at once, and a context-length
+error halves max_tokens (as Self-Instruct did). A prompt that still fails is returned as
+an error Completion, counted, and left pending by the stage.
+
+Nothing hangs silently:
+- `preflight()` asks every endpoint for one token before the first prompt, so a wrong
+  port or a dead server fails in seconds, naming the URL (exit 4); with api "auto" it also
+  picks the completions endpoint where the server has one (small local models follow the
+  Self-Instruct prompts far better as continuations than as chat turns).
+- Connection errors are retried only within `connect_window_s`; then the run stops.
+- A circuit breaker stops the run after `max_consecutive_failures` failed attempts in a
+  row, with the last error's text, instead of walking through every prompt.
+- In-flight requests adapt to the server: a timeout, or a reply slower than half the
+  timeout, halves the number kept in flight (a server that answers one at a time queues
+  the rest until they time out); each full window of fast replies adds one back.
+- Ctrl-C or SIGTERM wakes every retry sleep and closes the connections, so the process
+  exits at once instead of waiting out requests in flight.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
-import re
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import openai
 import tenacity
 
-from ..errors import TeacherError
+from ..errors import TeacherError, TeacherUnavailable, mask_secrets
 from .base import BaseTeacher, Completion, GenParams, Request
 
 MAX_SERVER_STOPS = 4  # OpenAI rejects more than 4 stop sequences; the rest are applied client-side
 FATAL = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
+PROBE_PROMPT = "Say OK."  # api auto's one-token probe of the completions endpoint
+PREFLIGHT_TIMEOUT_S = 60.0  # one token from a cold local server (model load, first batch) can take this long
 
 
 class ContextTooLong(Exception):
     pass
 
 
+class Malformed(Exception):
+    """A 200 reply with no usable text (no choices, no content, a broken body): worth another try."""
+
+
 class OpenAITeacher(BaseTeacher):
     def __init__(self, model: str, *, base_url: str = "", api: str = "chat", api_key_env: str = "OPENAI_API_KEY",
                  concurrency: int = 8, timeout_s: float = 120.0, max_retries: int = 6, system_prompt: str = "",
-                 spec: str | None = None, max_wait_s: float = 60.0, api_key: str = ""):
+                 spec: str | None = None, max_wait_s: float = 60.0, api_key: str = "", connect_window_s: float = 30.0,
+                 max_consecutive_failures: int = 20, seed: int | None = None):
         super().__init__()
-        if api not in ("chat", "completions"):
-            raise TeacherError(f"teacher api must be 'chat' or 'completions', not {api!r}")
+        if api not in ("chat", "completions", "auto"):
+            raise TeacherError(f"teacher api must be 'auto', 'chat' or 'completions', not {api!r}")
         self.model = model
         self.name = spec or f"openai:{model}"
-        self.api = api
+        self.api = "chat" if api == "auto" else api
+        self.api_choice = api if api != "auto" else "auto: chat (no preflight yet)"
+        self._auto = api == "auto"
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL", "") or "https://api.openai.com/v1"
         # Several servers ("url1,url2"): each request goes to the one with the fewest in flight.
         self.base_urls = [u.strip() for u in self.base_url.split(",") if u.strip()]
         self.concurrency = max(1, concurrency)
+        self.limit = self.concurrency  # in flight now: cut on timeouts and slow replies, regrown on fast ones
+        self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.system_prompt = system_prompt
         self.max_wait_s = max_wait_s
+        self.connect_window_s = connect_window_s
+        self.max_consecutive_failures = max(1, max_consecutive_failures)
+        self.seed = seed  # the run seed: each request's `seed` derives from it and the request's salt
+        self.on_event: Callable[[str], None] | None = None  # retries, timeouts, concurrency changes (the runner logs them)
         key = api_key or os.environ.get(api_key_env, "")
         self._secret = key  # only for masking error text
         if not key and any("api.openai.com" in u for u in self.base_urls):
@@ -59,21 +90,82 @@ class OpenAITeacher(BaseTeacher):
                          for u in self.base_urls]
         self._in_flight = [0] * len(self._clients)
         self._fatal: BaseException | None = None
+        self._stop = threading.Event()  # set on interrupt or fatal error: wakes every retry sleep
         self._lock = threading.Lock()
+        self._failures_in_row = 0
+        self._last_error = ""
+        self._down_since: float | None = None  # first connection error of the current outage
+        self._fast_in_row = 0
+        self._send_seed = True  # dropped if a server rejects the field
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": "openai", "model": self.model, "api": self.api,
-                "base_url": self.base_url, "concurrency": self.concurrency}
+                "api_choice": self.api_choice, "base_url": self.base_url, "concurrency": self.concurrency}
 
-    def _stream(self, requests: Iterator[Request], params: GenParams) -> Iterator[tuple[Request, Completion]]:
-        """Keep up to `concurrency` requests in flight; refill as each one finishes (no batch barrier)."""
+    def cache_identity(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": "openai", "model": self.model, "api": self.api}
+
+    # -- before the first prompt -------------------------------------------------------
+    def preflight(self) -> None:
+        """Reach every endpoint before the first prompt (connection errors retried within
+        connect_window_s); drop dead ones, fail when none answers. With api auto, ask for one
+        token from the completions endpoint and use it if the server has one."""
+        alive, last = [], ""
+        for i, url in enumerate(self.base_urls):
+            error = self._reach(i)
+            if error is None:
+                alive.append(i)
+            else:
+                last = f"{url}: {error}"
+                self._event(f"{url} does not answer ({error}); requests go to the other endpoints")
+        if not alive:
+            raise TeacherUnavailable(f"no endpoint answers: {last}. Fix: start the server, or check --base-url "
+                                     "(host and port)")
+        self._clients = [self._clients[i] for i in alive]
+        self.base_urls = [self.base_urls[i] for i in alive]
+        self._in_flight = [0] * len(self._clients)
+        if self._auto:
+            self._auto = False
+            client = self._clients[0].with_options(timeout=min(self.timeout_s, PREFLIGHT_TIMEOUT_S))
+            try:
+                self._request(client, "completions", PROBE_PROMPT, GenParams(max_tokens=1), None)
+                self.api, self.api_choice = "completions", "auto: completions (the server offers the endpoint)"
+            except FATAL as e:
+                if not isinstance(e, openai.NotFoundError):
+                    raise TeacherError(f"{self.base_urls[0]}: {_describe_error(e, self._secret)}") from None
+                self.api_choice = f"auto: chat (completions: {_describe_error(e, self._secret)})"
+            except (openai.APIError, httpx.TransportError, Malformed, ContextTooLong, ValueError) as e:
+                self.api_choice = f"auto: chat (completions: {_describe_error(e, self._secret)})"
+
+    def _reach(self, i: int) -> str | None:
+        """None when the endpoint answers HTTP at all (GET /models); else the last connection error."""
+        client = self._clients[i].with_options(timeout=min(self.timeout_s, 10.0))
+        deadline = time.monotonic() + self.connect_window_s
+        while True:
+            try:
+                client.models.list()
+                return None
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+                raise TeacherError(f"{self.base_urls[i]}: {_describe_error(e, self._secret)}") from None
+            except (openai.APIConnectionError, httpx.TransportError) as e:  # refused, DNS, TLS, reset, timeout
+                if time.monotonic() >= deadline or self._stop.wait(1.0):
+                    return _describe_error(e, self._secret)
+            except (openai.APIStatusError, ValueError):
+                return None  # an HTTP answer (a server without /models, say): it is there
+
+    # -- the stream --------------------------------------------------------------------
+    def _stream(self, requests: Iterator[Request | None], params: GenParams) -> Iterator[tuple[Request, Completion]]:
+        """Keep up to `limit` requests in flight; refill as each one finishes (no batch barrier)."""
         self._fatal = None
+        self._stop.clear()
         finished: queue.SimpleQueue[tuple[Request, Future]] = queue.SimpleQueue()
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+        pool = ThreadPoolExecutor(max_workers=self.concurrency)
+        clean = False
+        try:
             in_flight = 0
             exhausted = False
             while True:
-                while not exhausted and self._fatal is None and in_flight < self.concurrency:
+                while not exhausted and self._fatal is None and in_flight < self.limit:
                     req = self._pull(requests)
                     if req is False or (req is None and in_flight == 0):  # the end, or WAIT with nothing to wait for
                         exhausted = True
@@ -86,61 +178,159 @@ class OpenAITeacher(BaseTeacher):
                     in_flight += 1
                 if in_flight == 0:
                     break
-                req, fut = finished.get()
+                while True:  # a timed get: Ctrl-C reaches this thread within a fraction of a second
+                    try:
+                        req, fut = finished.get(timeout=0.2)
+                        break
+                    except queue.Empty:
+                        continue
                 in_flight -= 1
                 yield req, fut.result()
+            clean = True
+        finally:
+            if not clean:  # interrupted, or the consumer stopped early: abandon what is in flight, now
+                self._stop.set()
+                for client in self._clients:
+                    client.close()
+                self._clients = [c.with_options() for c in self._clients]  # fresh connections for a later stream
+            pool.shutdown(wait=clean, cancel_futures=True)
         if self._fatal is not None:
-            raise TeacherError(f"{self.name} at {self.base_url}: {_describe_error(self._fatal, self._secret)}") from None
+            fatal = self._fatal
+            if isinstance(fatal, TeacherError):
+                raise fatal
+            raise TeacherError(f"{self.name} at {self.base_url}: {_describe_error(fatal, self._secret)}") from None
 
     def _answer(self, req: Request, params: GenParams) -> Completion:
         cached = self._lookup(req, params)
         if cached is not None:
             return cached
-        if self._fatal is not None:
-            return Completion("", "error", error="not sent: the server refused an earlier request")
+        if self._fatal is not None or self._stop.is_set():
+            return Completion("", "error", error="not sent: the run is stopping")
         with self._lock:
             i = min(range(len(self._clients)), key=self._in_flight.__getitem__)
             self._in_flight[i] += 1
         try:
-            return self._call_with_retries(self._clients[i], req.prompt, params)
+            return self._call_with_retries(i, req, params)
         finally:
             with self._lock:
                 self._in_flight[i] -= 1
 
-    def _call_with_retries(self, client: openai.OpenAI, prompt: str, params: GenParams) -> Completion:
+    def _call_with_retries(self, i: int, req: Request, params: GenParams) -> Completion:
         max_tokens = params.max_tokens
+        faults = {"retries": 0, "timeouts": 0}
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            e = state.outcome.exception() if state.outcome else None
+            faults["retries"] += 1
+            faults["timeouts"] += isinstance(e, openai.APITimeoutError)
+            self._event(f"retrying after {_describe_error(e, self._secret)}")
+
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.max_retries + 1),
+            stop=tenacity.stop_after_attempt(self.max_retries + 1) | (lambda _: self._stop.is_set()),
             wait=_wait_for(self.max_wait_s),
+            sleep=self._sleep,
             retry=tenacity.retry_if_exception(_is_transient),
+            before_sleep=before_sleep,
             reraise=True,
         )
+        error = "prompt longer than the model's context"
         for _ in range(4):  # context-length shrinking: at most 4 halvings
             try:
-                return retrying(self._call_once, client, prompt, params, max_tokens)
+                c = retrying(self._attempt, i, req, params, max_tokens)
+                c.retries, c.timeouts = faults["retries"], faults["timeouts"]
+                return c
             except ContextTooLong:
                 max_tokens //= 2
                 if max_tokens < 16:
-                    return Completion("", "error", error="prompt longer than the model's context")
+                    break
             except FATAL as e:
                 with self._lock:
                     self._fatal = e
-                return Completion("", "error", error=_describe_error(e, self._secret))
-            except (openai.APIError, ValueError) as e:  # exhausted retries, 400, malformed reply
-                return Completion("", "error", error=_describe_error(e, self._secret))
-        return Completion("", "error", error="prompt longer than the model's context")
+                self._stop.set()
+                error = _describe_error(e, self._secret)
+                break
+            except (openai.APIError, httpx.TransportError, Malformed, ValueError) as e:  # retries spent, 400
+                error = _describe_error(e, self._secret)
+                break
+        return Completion("", "error", error=error, retries=faults["retries"], timeouts=faults["timeouts"])
 
-    def _call_once(self, client: openai.OpenAI, prompt: str, params: GenParams, max_tokens: int) -> Completion:
+    def _sleep(self, seconds: float) -> None:
+        self._stop.wait(seconds)  # an interrupt or a fatal error ends every backoff at once
+
+    def _attempt(self, i: int, req: Request, params: GenParams, max_tokens: int) -> Completion:
+        """One HTTP call, with the bookkeeping that decides when to give up on the server."""
+        if self._stop.is_set():
+            raise openai.APIConnectionError(message="not sent: the run is stopping", request=_NO_REQUEST)
+        started = time.monotonic()
+        try:
+            c = self._request(self._clients[i], self.api, req.prompt, params, req.salt, max_tokens)
+        except (ContextTooLong, *FATAL):
+            raise
+        except Exception as e:
+            self._failed(e)
+            raise
+        self._succeeded(time.monotonic() - started)
+        return c
+
+    def _failed(self, e: BaseException) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._failures_in_row += 1
+            self._last_error = _describe_error(e, self._secret)
+            if isinstance(e, openai.APITimeoutError):
+                self._shrink(f"a request timed out after {self.timeout_s:.0f} s")
+            connection = isinstance(e, openai.APIConnectionError) and not isinstance(e, openai.APITimeoutError)
+            if connection and self._down_since is None:
+                self._down_since = now
+            if connection and now - self._down_since > self.connect_window_s:
+                self._fatal = TeacherUnavailable(
+                    f"{self.base_url} has not answered for {now - self._down_since:.0f} s (last error: "
+                    f"{self._last_error}). Fix: start the server or check --base-url; a re-run resumes")
+            elif self._failures_in_row >= self.max_consecutive_failures:
+                self._fatal = TeacherUnavailable(
+                    f"{self._failures_in_row} requests in a row failed at {self.base_url} (last error: "
+                    f"{self._last_error}). Fix: check the server's log; teacher.max_consecutive_failures sets this "
+                    "limit; a re-run resumes")
+        if self._fatal is not None:
+            self._stop.set()
+
+    def _succeeded(self, seconds: float) -> None:
+        with self._lock:
+            self._failures_in_row, self._down_since = 0, None
+            if seconds > self.timeout_s / 2:
+                self._shrink(f"a reply took {seconds:.0f} s, over half the {self.timeout_s:.0f} s timeout")
+                return
+            self._fast_in_row += 1
+            if self.limit < self.concurrency and self._fast_in_row >= self.limit:
+                self.limit, self._fast_in_row = self.limit + 1, 0
+
+    def _shrink(self, why: str) -> None:
+        """Halve the requests kept in flight (called under the lock)."""
+        self._fast_in_row = 0
+        if self.limit > 1:
+            self.limit = max(1, self.limit // 2)
+            self._event(f"{why}: keeping {self.limit} requests in flight (of teacher.concurrency "
+                        f"{self.concurrency}); the server serves fewer at a time")
+
+    def _event(self, message: str) -> None:
+        if self.on_event is not None:
+            self.on_event(message)
+
+    def _request(self, client: openai.OpenAI, api: str, prompt: str, params: GenParams, salt: str | None,
+                 max_tokens: int | None = None) -> Completion:
         common: dict[str, Any] = dict(
-            model=self.model, max_tokens=max_tokens, temperature=params.temperature,
+            model=self.model, max_tokens=max_tokens or params.max_tokens, temperature=params.temperature,
             # top_p=0 is Self-Instruct's way to say greedy; vLLM rejects it, and at temperature 0 it means nothing.
             top_p=params.top_p if params.top_p > 0 else 1.0,
             presence_penalty=params.presence_penalty, frequency_penalty=params.frequency_penalty,
         )
         if params.stop:
             common["stop"] = list(params.stop[:MAX_SERVER_STOPS])
+        if salt is not None and self.seed is not None and self._send_seed:
+            # Reproducible sampling where the server honours it: the run seed and this request's RNG state.
+            common["seed"] = int.from_bytes(hashlib.sha256(f"{self.seed}|{salt}".encode()).digest()[:4], "little")
         try:
-            if self.api == "chat":
+            if api == "chat":
                 messages = [{"role": "user", "content": prompt}]
                 if self.system_prompt:
                     messages.insert(0, {"role": "system", "content": self.system_prompt})
@@ -152,9 +342,16 @@ class OpenAITeacher(BaseTeacher):
         except openai.BadRequestError as e:
             if _is_context_error(e):
                 raise ContextTooLong() from e
+            if "seed" in common and "seed" in str(e).lower():
+                self._send_seed = False
+                return self._request(client, api, prompt, params, salt, max_tokens)
             raise
+        except openai.APIResponseValidationError as e:
+            raise Malformed(f"malformed reply: {e}") from e
+        except ValueError as e:  # a body that is not JSON
+            raise Malformed(f"malformed reply: {e}") from e
         if not texts or texts[0][0] is None:
-            return Completion("", "error", error="empty reply (no choices)")
+            raise Malformed("empty reply (no choices)")
         usage = getattr(resp, "usage", None)
         return Completion(
             text=texts[0][0], finish_reason=texts[0][1] or "stop",
@@ -163,7 +360,12 @@ class OpenAITeacher(BaseTeacher):
         )
 
 
+_NO_REQUEST = httpx.Request("POST", "http://stopped.invalid/")
+
+
 def _is_transient(e: BaseException) -> bool:
+    if isinstance(e, (Malformed, httpx.TransportError)):
+        return True
     if isinstance(e, (openai.RateLimitError, openai.APITimeoutError, openai.APIConnectionError,
                       openai.InternalServerError)):
         return True
@@ -208,11 +410,3 @@ def _describe_error(e: BaseException, secret: str = "") -> str:
     msg = (f"HTTP {status} " if status else "") + type(e).__name__ + (f": {detail}" if detail else "")
     text = f"{msg} ({hint})" if hint else msg
     return mask_secrets(text.replace(secret, "***") if secret else text)
-
-
-def mask_secrets(text: str) -> str:
-    """Remove anything that looks like an API key or equals one in the environment."""
-    for name, value in os.environ.items():
-        if value and len(value) >= 8 and ("KEY" in name or "TOKEN" in name) and value in text:
-            text = text.replace(value, "***")
-    return re.sub(r"\b(sk-[A-Za-z0-9_\-]{4})[A-Za-z0-9_\-]{8,}", r"\1***", text)
