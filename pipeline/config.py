@@ -9,8 +9,10 @@ unless its comment says otherwise.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,58 +251,117 @@ class RunConfig:
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read a TOML file (or none: all defaults) and apply dotted overrides like {"teacher.spec": "embedded"}."""
-    data: dict[str, Any] = {}
-    text = ""
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise InputError(path, None, "does not exist", "pass an existing TOML file to --config")
-        text = path.read_text(encoding="utf-8")
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            line = getattr(e, "lineno", None) or _line_from_message(str(e))
-            raise InputError(path, line, f"is not valid TOML ({e})", "fix the TOML syntax") from None
-    cfg = _build(RunConfig, data, path, text, section=None)
+    data, text = _read_toml(path)
+    cfg = _build(RunConfig, data, Path(path) if path else None, text, section=None)
     for dotted, value in (overrides or {}).items():
         set_value(cfg, dotted, value)
     return cfg
 
 
 def load_section(cls: type, path: str | Path | None, section: str, overrides: dict[str, Any]) -> Any:
-    """A dataclass from the [section] table of a TOML file (optional), then KEY=VALUE overrides."""
-    data: dict[str, Any] = {}
-    text = ""
-    if path:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(path, None, "does not exist", "pass an existing TOML file to --config")
-        text = path.read_text(encoding="utf-8")
-        try:
-            data = tomllib.loads(text).get(section, {})
-        except tomllib.TOMLDecodeError as e:
-            raise InputError(path, None, f"is not valid TOML ({e})", "fix the TOML syntax") from None
-    cfg = _build(cls, data, Path(path) if path else None, text, section=section)
+    """A dataclass from the [section] table of a TOML file (optional), then overrides; None values are skipped.
+
+    Override keys may name the section or not: train.lora_r works like lora_r.
+    """
+    data, text = _read_toml(path)
+    table = data.get(section, {})
+    if not isinstance(table, dict):
+        raise InputError(path, _line_of(text, section, None), f"'{section}' must be a [{section}] table",
+                         f"write it as a [{section}] section")
+    cfg = _build(cls, table, Path(path) if path else None, text, section=section)
     for key, value in overrides.items():
-        if value is None:
-            continue
-        key = key.removeprefix(f"{section}.")  # --set train.lora_r=16 works like --set lora_r=16
-        if not hasattr(cfg, key):
-            raise InputError(None, None, f"unknown {section} setting '{key}'",
-                             f"use one of: {', '.join(sorted(cfg.__dataclass_fields__))}")
-        setattr(cfg, key, value)
+        if value is not None:
+            set_value(cfg, key.removeprefix(f"{section}."), value, section=section)
     return cfg
 
 
-def set_value(cfg: RunConfig, dotted: str, value: Any) -> None:
-    """Set 'section.key' or 'key' on a config, checking the key exists."""
-    target: Any = cfg
+def parse_overrides(items: Iterable[str], cls: type = RunConfig, section: str | None = None) -> dict[str, Any]:
+    """`--set KEY=VALUE` items as {key: value}, checked against `cls` exactly as a TOML file's values are.
+
+    A value is read as TOML (42, 0.5, true, ["a", "b"], {k = [1, 2]}); a bare word is a string only
+    for a string setting, so `--set bootstrap.num_instructions=eight` is an error, not a string.
+    With `section` (the export, train and eval commands), a key may leave the section out: lora_r or train.lora_r.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        key, where = key.strip(), f"--set {item}"
+        if not eq or not key:
+            example = "lora_r=16" if section else "filter.rouge_threshold=0.6"
+            raise InputError(where, None, "is not KEY=VALUE", f"write e.g. --set {example}")
+        key = key.removeprefix(f"{section}.") if section else key
+        hint, default = _setting(cls, key, where, section)
+        out[key] = _coerce(_parse_value(raw, hint), hint, where, None, "", f"--set {key}={_example(default)}")
+    return out
+
+
+def default_of(dotted: str, cls: type = RunConfig) -> Any:
+    """The default of a setting, e.g. default_of("bootstrap.num_instructions") == 100 (for help texts)."""
+    return _setting(cls, dotted, dotted, None)[1]
+
+
+def set_value(cfg: Any, dotted: str, value: Any, section: str | None = None) -> None:
+    """Set 'section.key' or 'key' on a config, checked like a TOML value (a flag's value, already parsed)."""
+    hint, default = _setting(type(cfg), dotted, dotted, section)
+    value = _coerce(value, hint, dotted, None, "", f"{dotted} = {_example(default)}")
     *sections, key = dotted.split(".")
+    target = cfg
     for s in sections:
         target = getattr(target, s)
-    if not hasattr(target, key):
-        raise InputError(None, None, f"unknown setting '{dotted}'", "see the config reference in README.md")
     setattr(target, key, value)
+
+
+def _read_toml(path: str | Path | None) -> tuple[dict[str, Any], str]:
+    if path is None or path == "":
+        return {}, ""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, None, "does not exist", "pass an existing TOML file to --config")
+    text = path.read_text(encoding="utf-8")
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as e:
+        line = getattr(e, "lineno", None) or _line_from_message(str(e))
+        raise InputError(path, line, f"is not valid TOML ({e})", "fix the TOML syntax") from None
+
+
+def _setting(cls: type, dotted: str, where: str, section: str | None) -> tuple[Any, Any]:
+    """The type and default of a dotted setting of `cls`; an unknown key names the valid ones."""
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        table = ".".join(filter(None, [section, *parts[:i]]))  # the TOML table we are in, e.g. evolve.weights
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in fields:
+            inside = f" in [{table}]" if table else ""
+            raise InputError(where, None, f"unknown key '{part}'{inside}", f"use one of: {', '.join(sorted(fields))}")
+        hint = typing.get_type_hints(cls)[part]
+        here = ".".join(filter(None, [table, part]))
+        if dataclasses.is_dataclass(hint) and i == len(parts) - 1:
+            keys = ", ".join(f.name for f in dataclasses.fields(hint))
+            raise InputError(where, None, f"[{here}] is a section, not a value",
+                             f"set one of its keys, e.g. --set {'.'.join(parts)}.{dataclasses.fields(hint)[0].name}=VALUE; "
+                             f"its keys: {keys}")
+        if not dataclasses.is_dataclass(hint) and i < len(parts) - 1:
+            raise InputError(where, None, f"'{here}' is a value, not a section",
+                             f"set it as --set {'.'.join(parts[:i + 1])}=VALUE")
+        if dataclasses.is_dataclass(hint):
+            cls = hint
+            continue
+        f = fields[part]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        return hint, default
+    raise AssertionError("unreachable")
+
+
+def _parse_value(raw: str, hint: Any) -> Any:
+    """A --set value: TOML if it parses, else the bare text, which only a string setting accepts."""
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw.strip()
+    if hint is str and not isinstance(value, str):
+        return raw.strip()  # --set run_name=2024 names the run "2024"
+    return value
 
 
 def _build(cls: type, data: dict[str, Any], path: Path | None, text: str, section: str | None) -> Any:
@@ -308,23 +369,34 @@ def _build(cls: type, data: dict[str, Any], path: Path | None, text: str, sectio
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
-        where = f"[{section}] " if section else ""
+        line = _line_of(text, key, section)
         if key not in fields:
-            valid = ", ".join(sorted(fields))
-            raise InputError(path, _line_of(text, key, section), f"unknown key {where}'{key}'",
-                             f"use one of: {valid}")
+            inside = f" in [{section}]" if section else ""
+            raise InputError(path, line, f"unknown key '{key}'{inside}", f"use one of: {', '.join(sorted(fields))}")
         hint = hints[key]
+        table = f"{section}.{key}" if section else key
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
-                raise InputError(path, _line_of(text, key, None), f"'{key}' must be a [{key}] table",
-                                 f"write it as a [{key}] section")
-            kwargs[key] = _build(hint, value, path, text, section=key)
+                raise InputError(path, line, f"'{table}' must be a [{table}] table", f"write it as a [{table}] section")
+            kwargs[key] = _build(hint, value, path, text, section=table)
             continue
-        kwargs[key] = _coerce(value, hint, path, _line_of(text, key, section), f"{where}'{key}'")
+        f = fields[key]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        name = f"[{section}] {key}" if section else key
+        kwargs[key] = _coerce(value, hint, path, line, f"{name} = {_toml_value(value)}", f"{key} = {_example(default)}")
     return cls(**kwargs)
 
 
-def _coerce(value: Any, hint: Any, path: Path | None, line: int | None, name: str) -> Any:
+# What each type of setting takes, in the words of the error messages.
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             list: "a list of strings", dict: "a table of [input, output] prices"}
+
+
+def _coerce(value: Any, hint: Any, where: str | Path | None, line: int | None, name: str, example: str) -> Any:
+    """`value` checked against a setting's type: the one check for TOML files, --set and flags.
+
+    An int is taken where a float is wanted (rouge_threshold = 1); nothing else is converted.
+    """
     origin = typing.get_origin(hint) or hint
     if origin is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -338,10 +410,32 @@ def _coerce(value: Any, hint: Any, path: Path | None, line: int | None, name: st
             isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v) for v in value.values()),
     }.get(origin, True)
     if not ok:
-        want = {list: "a list of strings", dict: "a table of [input, output] prices"}.get(
-            origin, getattr(origin, "__name__", str(origin)))
-        raise InputError(path, line, f"{name} is {value!r}, which is not {want}", f"give {name} {want}")
+        want = _EXPECTED.get(origin, getattr(origin, "__name__", str(origin)))
+        raise InputError(where, line, f"{name}: expected {want}" if name else f"expected {want}",
+                         f"give {want}, e.g. {example}")
     return value
+
+
+def _example(default: Any) -> str:
+    """A setting's default as the example of an error's fix; long lists and tables cut to two items."""
+    if isinstance(default, list):
+        default = default[:2]
+    elif isinstance(default, dict):
+        default = dict(list(default.items())[:1])
+    return _toml_value(default)
+
+
+def _toml_value(v: Any) -> str:
+    """A value as it is written in TOML (and after --set KEY=)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return json.dumps(v, ensure_ascii=False)
 
 
 def _line_of(text: str, key: str, section: str | None) -> int | None:
@@ -368,7 +462,6 @@ def _line_from_message(msg: str) -> int | None:
 def default_toml() -> str:
     """The default config as commented TOML (`seed2lora config`); the README's reference is this text."""
     import inspect
-    import json
 
     def comments(cls: type) -> dict[str, str]:
         found = {}
@@ -383,17 +476,6 @@ def default_toml() -> str:
                 found[m.group(1)], pending = pending, None
         return found
 
-    def value(v: Any) -> str:
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + " }"
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, list) and all(isinstance(x, (int, float)) for x in v):
-            return "[" + ", ".join(repr(x) for x in v) + "]"
-        return json.dumps(v, ensure_ascii=False)
-
     def table(obj: Any) -> list[str]:
         notes = comments(type(obj))
         lines = []
@@ -402,7 +484,7 @@ def default_toml() -> str:
             if dataclasses.is_dataclass(v):
                 continue
             note = f"  # {notes[f.name]}" if f.name in notes else ""
-            lines.append(f"{f.name} = {value(v)}{note}")
+            lines.append(f"{f.name} = {_toml_value(v)}{note}")
         return lines
 
     cfg = RunConfig()

@@ -75,13 +75,13 @@ def test_config_unknown_key_names_line_and_valid_keys(tmp_path):
 def test_config_wrong_type_and_overrides(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('[filter]\nrouge_threshold = "high"\n')
-    with pytest.raises(InputError, match=r"run.toml:2: \[filter\] 'rouge_threshold' is 'high'"):
+    with pytest.raises(InputError, match=r'run.toml:2: \[filter\] rouge_threshold = "high": expected a number\. Fix: give a number, e.g\. rouge_threshold = 0\.7'):
         load_config(path)
     path.write_text('seed = 3\n[filter]\nrouge_threshold = 1\n')
     cfg = load_config(path, {"teacher.spec": "openai:m", "bootstrap.num_instructions": 9})
     assert cfg.seed == 3 and cfg.filter.rouge_threshold == 1.0 and isinstance(cfg.filter.rouge_threshold, float)
     assert cfg.teacher.spec == "openai:m" and cfg.bootstrap.num_instructions == 9
-    with pytest.raises(InputError, match="unknown setting 'bootstrap.nope'"):
+    with pytest.raises(InputError, match=r"unknown key 'nope' in \[bootstrap\]\. Fix: use one of: .*num_instructions"):
         load_config(None, {"bootstrap.nope": 1})
 
 
@@ -97,3 +97,67 @@ def test_every_bundled_config_loads():
         assert cfg.teacher.spec == "embedded", path
     full = load_config(Path(__file__).resolve().parents[1] / "configs" / "seed_to_adapter.toml")
     assert full.stages[-3:] == ["export", "train", "eval"] and full.train.packing and full.eval.limit == 50
+
+
+@pytest.mark.parametrize("item, message", [
+    ("bootstrap.num_instructions=eight",
+     "--set bootstrap.num_instructions=eight: expected an integer. Fix: give an integer, "
+     "e.g. --set bootstrap.num_instructions=100."),
+    ("filter.rouge_threshold=high", "--set filter.rouge_threshold=high: expected a number."),
+    ("bootstrap.use_clf_seed_tasks_only=yes", "expected true or false"),
+    ("filter.blacklist=[1, 2]", "expected a list of strings"),
+    ("teacher=x", "--set teacher=x: [teacher] is a section, not a value. Fix: set one of its keys, "
+                  "e.g. --set teacher.spec=VALUE"),
+    ("evolve.weights=2", "[evolve.weights] is a section"),
+    ("seed.x=1", "'seed' is a value, not a section"),
+    ("bootstrap.nope=1", "--set bootstrap.nope=1: unknown key 'nope' in [bootstrap]. Fix: use one of: "
+                         "alpaca_max_tokens, "),
+    ("nope=1", "unknown key 'nope'. Fix: use one of: bootstrap, budget, classify, eval,"),
+    ("no_equals_sign", "--set no_equals_sign: is not KEY=VALUE"),
+])
+def test_set_values_are_checked_like_the_toml_file(item, message):
+    from pipeline.config import parse_overrides
+
+    with pytest.raises(InputError) as e:
+        parse_overrides([item])
+    assert message in str(e.value)
+
+
+def test_set_values_parse_as_toml_and_bare_words_only_for_strings():
+    from pipeline.config import TrainConfig, parse_overrides
+
+    got = parse_overrides(["filter.rouge_threshold=1", "run_name=2024", "teacher.system_prompt=Be brief.",
+                           "filter.blacklist=['chart', 'photo']", "budget.prices={m = [1, 2]}",
+                           "evolve.weights.breadth=2", 'seed_tasks="my seeds.jsonl"', "filter.require_instances=false"])
+    assert got == {"filter.rouge_threshold": 1.0, "run_name": "2024", "teacher.system_prompt": "Be brief.",
+                   "filter.blacklist": ["chart", "photo"], "budget.prices": {"m": [1, 2]},
+                   "evolve.weights.breadth": 2.0, "seed_tasks": "my seeds.jsonl", "filter.require_instances": False}
+    assert isinstance(got["filter.rouge_threshold"], float)  # a float setting takes an int
+    assert parse_overrides(["train.lora_r=16", "epochs=1"], TrainConfig, "train") == {"lora_r": 16, "epochs": 1.0}
+    with pytest.raises(InputError, match=r"unknown key 'lora' in \[train\]\. Fix: use one of: .*lora_r"):
+        parse_overrides(["lora=16"], TrainConfig, "train")
+    cfg = load_config(None, got)
+    assert cfg.evolve.weights.breadth == 2.0 and cfg.filter.blacklist == ["chart", "photo"]
+
+
+def test_flag_overrides_and_sections_are_checked_too(tmp_path):
+    from pipeline.config import TrainConfig, load_section
+
+    with pytest.raises(InputError, match=r"bootstrap\.num_instructions: expected an integer"):
+        load_config(None, {"bootstrap.num_instructions": "8"})
+    with pytest.raises(InputError, match=r"\[teacher\] is a section"):
+        load_config(None, {"teacher": "x"})
+    path = tmp_path / "run.toml"
+    path.write_text('[train]\nlora_r = "big"\n')
+    with pytest.raises(InputError, match=r'run.toml:2: \[train\] lora_r = "big": expected an integer'):
+        load_section(TrainConfig, path, "train", {})
+    path.write_text('train = 3\n')
+    with pytest.raises(InputError, match=r"run.toml:1: 'train' must be a \[train\] table"):
+        load_section(TrainConfig, path, "train", {})
+    path.write_text('[evolve]\nweights = 3\n')
+    with pytest.raises(InputError, match=r"run.toml:2: 'evolve.weights' must be a \[evolve.weights\] table"):
+        load_config(path)
+    path.write_text('[evolve.weights]\nbreadth = "x"\n')
+    with pytest.raises(InputError, match=r'run.toml:2: \[evolve.weights\] breadth = "x": expected a number'):
+        load_config(path)
+    assert load_section(TrainConfig, None, "train", {"train.lora_r": 8, "epochs": None}).lora_r == 8
