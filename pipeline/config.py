@@ -19,7 +19,7 @@ from typing import Any
 
 import tomllib
 
-from .errors import InputError
+from .errors import InputError, mask_dict
 
 # Self-Instruct's blacklist (tasks a language model cannot do) plus Alpaca's additions.
 DEFAULT_BLACKLIST = [
@@ -243,10 +243,7 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config for the manifest, secrets masked."""
-        d = dataclasses.asdict(self)
-        if d["teacher"].get("api_key"):
-            d["teacher"]["api_key"] = "***"
-        return d
+        return mask_dict(dataclasses.asdict(self))
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 
 class Seed2LoraError(Exception):
@@ -55,9 +56,61 @@ class Interrupted(KeyboardInterrupt):
     exit_code = 143
 
 
+MASK = "***"
+# A name whose last word is one of these holds a secret: api_key, --api-key, HF_TOKEN, client_secret, password.
+# The last word only, so api_key_env (a variable's name) and max_tokens (a count) stay readable.
+SECRET_WORDS = ("key", "apikey", "token", "secret", "password", "passwd")
+_NAME = r"(?:[\w.-]*[_.-])?(?:api)?(?:key|token|secret|password|passwd)"  # the same names, inside text
+_SECRET_TEXT = [  # (pattern, replacement): values that are secrets whatever they are called
+    (re.compile(r"\b(sk-[A-Za-z0-9_\-]{4})[A-Za-z0-9_\-]{8,}"), rf"\1{MASK}"),  # OpenAI-style keys keep 4 characters
+    (re.compile(r"\b(hf_|gh[pousr]_|xox[bp]-)[A-Za-z0-9_\-]{12,}"), rf"\1{MASK}"),  # Hugging Face, GitHub, Slack tokens
+    (re.compile(r"(?i)(\bBearer\s+)[A-Za-z0-9._~+/=\-]{6,}"), rf"\1{MASK}"),  # an Authorization header
+    (re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), rf"\1{MASK}@"),  # a password inside a URL
+    (re.compile(rf'(?i)("{_NAME}"\s*:\s*")[^"]+(")'), rf"\1{MASK}\2"),  # "api_key": "..." in JSON
+    (re.compile(rf"(?i)(?<![\w.-])({_NAME}\s*[=:]\s*[\"']?)(?![\s*\"']|(?:sk-)?\.\.\.)[^\s,;&'\"]+"),
+     rf"\1{MASK}"),  # api_key=VALUE (a --set, TOML, a log line); not the placeholder sk-... of a Fix: hint
+    (re.compile(rf"(?i)(?<![\w-])(--{_NAME}\s+)(?!-)\S+"), rf"\1{MASK}"),  # --api-key VALUE
+]
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a setting, flag or variable of this name holds a secret (see SECRET_WORDS)."""
+    words = [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
+    return bool(words) and words[-1] in SECRET_WORDS
+
+
 def mask_secrets(text: str) -> str:
-    """Remove anything that looks like an API key or equals one in the environment."""
+    """`text` with every secret replaced by ***: values of key/token/secret/password names, values that
+    look like API keys (sk-..., hf_..., Bearer ...), and the values of such environment variables."""
     for name, value in os.environ.items():
-        if value and len(value) >= 8 and ("KEY" in name or "TOKEN" in name) and value in text:
-            text = text.replace(value, "***")
-    return re.sub(r"\b(sk-[A-Za-z0-9_\-]{4})[A-Za-z0-9_\-]{8,}", r"\1***", text)
+        if len(value) >= 8 and is_secret_name(name) and value in text:
+            text = text.replace(value, MASK)
+    for pattern, replacement in _SECRET_TEXT:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def masked_argv(argv: list[str]) -> list[str]:
+    """A command line with its secrets masked, one argument at a time: `--api-key VALUE`, `--api-key=VALUE`,
+    `--set teacher.api_key=VALUE`, and anything mask_secrets catches."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        before = argv[i - 1] if i else ""
+        setting = arg.removeprefix("--set=")
+        name, eq, _ = setting.partition("=")
+        if before.startswith("-") and "=" not in before and is_secret_name(before):  # --api-key VALUE
+            out.append(MASK)
+        elif eq and is_secret_name(name):  # --api-key=VALUE, --set teacher.api_key=VALUE, --set=teacher.api_key=VALUE
+            out.append(f"{arg[:len(arg) - len(setting)]}{name}={MASK}")
+        else:
+            out.append(mask_secrets(arg))
+    return out
+
+
+def mask_dict(data: Any) -> Any:
+    """A copy of a config (dicts, lists, strings) with secret-named values set to *** and the rest masked as text."""
+    if isinstance(data, dict):
+        return {k: MASK if is_secret_name(str(k)) and data[k] not in ("", None) else mask_dict(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [mask_dict(v) for v in data]
+    return mask_secrets(data) if isinstance(data, str) else data

@@ -35,7 +35,7 @@ from .budget import Budget, BudgetReached
 from .cache import CACHE_FILE, ResponseCache
 from .config import RunConfig
 from .datasets_io import Fields, load_pool
-from .errors import Incomplete, Seed2LoraError, mask_secrets
+from .errors import Incomplete, Seed2LoraError, mask_secrets, masked_argv
 from .prompts import Prompts
 from .records import Task
 from .seeds import load_seeds
@@ -233,7 +233,7 @@ class Session:
             if getattr(self._teacher, "budget", None) is not None:
                 fields.setdefault("spend", self._teacher.budget.spend(self._teacher.usage))
         return self.run.update_manifest(
-            seed2lora_version=__version__, command=mask_secrets(" ".join(["seed2lora", *sys.argv[1:]])),
+            seed2lora_version=__version__, command=" ".join(masked_argv(["seed2lora", *sys.argv[1:]])),
             config=self.cfg.to_dict(), packages=package_versions(), prompts=self.prompts.hashes(),
             seed_file=str(self.cfg.seed_tasks or "bundled seeds/seed_tasks.jsonl"), num_seeds=len(self.seeds),
             **fields)
