@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import click
-import tomllib
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import __version__
-from .config import RunConfig, load_config
+from .config import RunConfig, default_of, load_config, parse_overrides
 from .errors import InputError, Interrupted, Seed2LoraError, mask_secrets
 from .show import show_run
 
@@ -32,49 +31,80 @@ def rich_progress(desc: str, total: int | None) -> Iterator[Any]:
         yield lambda n: bar.advance(task, n)
 
 
-def _parse_set(values: tuple[str, ...]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in values:
-        key, eq, raw = item.partition("=")
-        if not eq or not key.strip():
-            raise InputError(None, None, f"--set {item!r} is not KEY=VALUE", "write e.g. --set filter.rouge_threshold=0.6")
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = raw  # a bare word is a string
-    return out
+# The flags that set one config key each, as (flag, key, metavar, help); "{default}" is filled in from the config's
+# dataclass defaults, so the help cannot drift from them.
+RUN_FLAGS = {
+    "run_name": ("--run-name", "run_name", "NAME",
+                 "Run directory name under the output dir; the same name resumes (default {default})."),
+    "output_dir": ("--output-dir", "output_dir", "DIR", "Where run directories go (default {default})."),
+    "teacher": ("--teacher", "teacher.spec", "SPEC", "embedded | openai:MODEL | hf:PATH_OR_ID (default {default})."),
+    "base_url": ("--base-url", "teacher.base_url", "URL",
+                 "OpenAI-compatible server URL: vLLM, Ollama, llama.cpp, TGI (default: $OPENAI_BASE_URL, else OpenAI)."),
+    "api": ("--api", "teacher.api", None,
+            "How prompts are sent; auto = completions where the server has them (default {default})."),
+    "seed_tasks": ("--seeds", "seed_tasks", "FILE",
+                   "Seed file, .jsonl, .json or .csv (default: the bundled seeds/seed_tasks.jsonl)."),
+    "seed": ("--seed", "seed", None, "Random seed of every choice and of the teacher's sampling (default {default})."),
+    "num_instructions": ("--num-instructions", "bootstrap.num_instructions", None,
+                         "Target number of new instructions (default {default})."),
+    "max_tokens_total": ("--max-tokens-total", "budget.max_tokens_total", None,
+                         "Stop cleanly after this many tokens, whole run (default {default}: no limit)."),
+    "max_cost": ("--max-cost", "budget.max_cost", None,
+                 "Stop cleanly after this many dollars, priced models only (default {default}: no limit)."),
+}
+TEACHER_FLAGS = ("teacher", "base_url", "api", "seed", "max_tokens_total", "max_cost")
+# Each command lists only the flags it reads: filter sends no prompt, only bootstrap has a target count.
+COMMAND_FLAGS = {
+    "run": (*TEACHER_FLAGS, "seed_tasks", "num_instructions"),
+    "bootstrap": (*TEACHER_FLAGS, "seed_tasks", "num_instructions"),
+    "classify": TEACHER_FLAGS,
+    "instances": TEACHER_FLAGS,
+    "filter": ("seed_tasks",),
+    "evolve": (*TEACHER_FLAGS, "seed_tasks"),
+}
 
 
-def run_options(f):
-    """Options every generation command shares; each overrides the config file."""
+def run_options(command: str):
+    """The options of a generation command; each overrides the config file, and --set overrides both."""
+    def flag(name: str):
+        opt, key, metavar, text = RUN_FLAGS[name]
+        default = default_of(key)
+        kind = click.Choice(["auto", "chat", "completions"]) if name == "api" else type(default)
+        return click.option(opt, name, type=kind, metavar=metavar, help=text.format(default=default))
+
     options = [
-        click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML run config."),
-        click.option("--run-name", help="Run directory name under the output dir."),
-        click.option("--output-dir", help="Where run directories go (default outputs/)."),
-        click.option("--teacher", help="embedded | openai:MODEL | hf:PATH_OR_ID"),
-        click.option("--base-url", help="OpenAI-compatible server URL (vLLM, Ollama, llama.cpp, TGI)."),
-        click.option("--api", type=click.Choice(["auto", "chat", "completions"]), help="How prompts are sent."),
-        click.option("--seeds", "seed_tasks", help="Seed file (.jsonl, .json, .csv)."),
-        click.option("--seed", type=int, help="Random seed."),
-        click.option("--num-instructions", type=int, help="Target number of new instructions."),
-        click.option("--max-tokens-total", type=int, help="Stop cleanly after this many tokens (whole run)."),
-        click.option("--max-cost", type=float, help="Stop cleanly after this many dollars (priced models)."),
+        click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                     help="TOML run config (default: none, every setting at its default; `seed2lora config` "
+                          "prints them)."),
+        flag("run_name"),
+        flag("output_dir"),
+        *(flag(name) for name in RUN_FLAGS if name in COMMAND_FLAGS[command]),
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                     help="Any config value, e.g. --set bootstrap.mode=alpaca (repeatable)."),
+                     help="Any config value, e.g. --set bootstrap.mode=alpaca; checked like the TOML file "
+                          "(repeatable)."),
     ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return decorate
 
 
 def build_config(config_path: str | None, sets: tuple[str, ...] = (), **flags: Any) -> RunConfig:
-    names = {"run_name": "run_name", "output_dir": "output_dir", "teacher": "teacher.spec",
-             "base_url": "teacher.base_url", "api": "teacher.api", "seed_tasks": "seed_tasks", "seed": "seed",
-             "num_instructions": "bootstrap.num_instructions", "max_tokens_total": "budget.max_tokens_total",
-             "max_cost": "budget.max_cost"}
-    overrides = {names[k]: v for k, v in flags.items() if v is not None and k in names}
-    overrides.update(_parse_set(sets))
+    """The config file, then the flags, then --set; every value checked like the file's."""
+    overrides = {RUN_FLAGS[k][1]: v for k, v in flags.items() if v is not None and k in RUN_FLAGS}
+    overrides.update(parse_overrides(sets))
     return load_config(config_path, overrides)
+
+
+RUN_EXAMPLES = """\b
+Examples:
+  seed2lora run --config configs/quickstart.toml
+  seed2lora run --teacher openai:gpt-4o-mini --num-instructions 500 --run-name gpt4o-mini
+  seed2lora run --teacher openai:Qwen/Qwen2.5-7B-Instruct --base-url http://localhost:8000/v1 \\
+      --set filter.rouge_threshold=0.6 --max-tokens-total 2000000
+"""
 
 
 def _session(config_path, sets, **flags):
@@ -113,8 +143,8 @@ def cli() -> None:
     """Turn a handful of seed tasks into an instruction dataset (Self-Instruct)."""
 
 
-@cli.command()
-@run_options
+@cli.command(epilog=RUN_EXAMPLES)
+@run_options("run")
 @friendly_errors
 @click.option("--dry-run", is_flag=True, help="Estimate calls, tokens and cost; send nothing.")
 def run(config_path, sets, dry_run, **flags):
@@ -148,7 +178,7 @@ def _print_estimate(s) -> None:
 
 
 @cli.command()
-@run_options
+@run_options("bootstrap")
 @friendly_errors
 def bootstrap(config_path, sets, **flags):
     """Stage 1: generate new instructions from the seed tasks."""
@@ -158,7 +188,7 @@ def bootstrap(config_path, sets, **flags):
 
 def _stage_command(name: str, doc: str):
     @cli.command(name=name, help=doc)
-    @run_options
+    @run_options(name)
     @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False),
                   help="Read tasks from this file instead of the previous stage's output.")
     @friendly_errors
@@ -175,7 +205,7 @@ _stage_command("filter", "Stage 4: filter instructions and clean instances; writ
 
 
 @cli.command()
-@run_options
+@run_options("evolve")
 @click.option("--input", "input_path", type=click.Path(exists=True),
               help="Pool to evolve: JSONL, Alpaca JSON, CSV, parquet or a datasets folder (default: evolve.source, "
                    "this run's filter.jsonl).")

@@ -1,8 +1,10 @@
 """End to end through the CLI against the fake OpenAI-compatible server."""
 
+import gc
 import json
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 from helpers import invoke, read, teacher_flags
@@ -48,7 +50,7 @@ def test_stage_by_stage_and_show(fake_openai, tmp_path):
     invoke("bootstrap", *flags, "--num-instructions", 4)
     invoke("classify", *flags)
     invoke("instances", *flags)
-    out = invoke("filter", *flags).output
+    out = invoke("filter", "--output-dir", tmp_path, "--run-name", "s").output  # filter sends no prompt: no teacher flags
     assert "kept" in out
     shown = invoke("show", tmp_path / "s").output
     assert "Counts" in shown and "bootstrap" in shown and "Instruction:" in shown
@@ -89,7 +91,7 @@ def test_alpaca_mode(fake_openai, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--config", "missing.toml"], "missing.toml: does not exist"),
-    (["--set", "bootstrap.nope=1"], "unknown setting 'bootstrap.nope'"),
+    (["--set", "bootstrap.nope=1"], "--set bootstrap.nope=1: unknown key 'nope' in [bootstrap]"),
     (["--teacher", "gpt4"], "unknown teacher 'gpt4'"),
     (["--teacher", "hf:/no/such/model.gguf"], "no such GGUF file"),
 ])
@@ -113,3 +115,115 @@ def test_a_teacher_whose_output_is_all_rejected_stops_with_a_message(fake_openai
                                       "--num-instructions", "3", "--set", "bootstrap.max_requests=10"])
     assert result.exit_code == 2 and "gave no usable instruction in 10 prompts" in result.output.replace("\n", " ")
     assert {json.loads(x)["reject_reason"].split(":")[0] for x in open(tmp_path / "r" / "rejected.jsonl")} == {"blacklist"}
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_bad_values_exit_2_name_flag_and_key_and_change_no_file(fake_openai, tmp_path):
+    flags = [str(f) for f in teacher_flags(fake_openai, tmp_path)]
+    invoke("run", *flags, "--num-instructions", 3)  # a finished run whose bytes must not change
+    run = str(tmp_path / "r")
+    gc.collect()  # the in-process run's SQLite cache closes (folding in its WAL) now, not in the middle of the checks
+    before = _snapshot(tmp_path)
+    cases = [
+        (["run", *flags, "--set", "bootstrap.num_instructions=eight"],
+         "--set bootstrap.num_instructions=eight: expected an integer. Fix: give an integer, "
+         "e.g. --set bootstrap.num_instructions=100."),
+        (["bootstrap", *flags, "--set", "filter.rouge_threshold=high"], "--set filter.rouge_threshold=high: expected a number"),
+        (["evolve", *flags, "--set", "evolve.rounds=[1]"], "--set evolve.rounds=[1]: expected an integer"),
+        (["filter", "--output-dir", str(tmp_path), "--run-name", "r", "--set", "filter.require_instances=maybe"],
+         "--set filter.require_instances=maybe: expected true or false"),
+        (["run", *flags, "--set", "teacher=openai:gpt-4o"], "--set teacher=openai:gpt-4o: [teacher] is a section, not a value"),
+        (["run", *flags, "--set", "bootstrap.num_instrucions=8"],
+         "--set bootstrap.num_instrucions=8: unknown key 'num_instrucions' in [bootstrap]. Fix: use one of:"),
+        (["run", *flags, "--num-instructions", "eight"], "'--num-instructions': 'eight' is not a valid integer"),
+        (["export", run, "--set", "eval_fraction=lots"], "--set eval_fraction=lots: expected a number"),
+        (["train", run, "--set", "lora_r=big"], "--set lora_r=big: expected an integer"),
+        (["train", run, "--set", "train.nope=1"], "--set train.nope=1: unknown key 'nope' in [train]"),
+        (["eval", run, "--set", "limit=all"], "--set limit=all: expected an integer"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(cli, args)
+        output = _one_line(result.output)
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (args, result.output)
+        assert message in output and "Traceback" not in output, (args, result.output)
+        assert _snapshot(tmp_path) == before, args
+
+
+def test_a_key_given_on_the_command_line_stays_out_of_the_manifest(fake_openai, tmp_path):
+    import subprocess
+    import sys
+
+    planted = "my-PLANTED-key-0123456789"  # not sk-...: masked for its setting's name, not its look
+    args = [*map(str, teacher_flags(fake_openai, tmp_path)), "--num-instructions", "2",
+            "--set", f"teacher.api_key={planted}"]
+    done = subprocess.run([sys.executable, "-m", "pipeline", "bootstrap", *args], cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    sent = {k.lower(): v for k, v in fake_openai.history[0]["headers"].items()}
+    assert sent["authorization"] == f"Bearer {planted}"  # the key was used ...
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert "--set teacher.api_key=*** " in manifest["command"] + " "  # ... and is recorded nowhere
+    assert manifest["config"]["teacher"]["api_key"] == "***"
+    assert manifest["config"]["teacher"]["api_key_env"] == "OPENAI_API_KEY"  # a variable's name is no secret
+    for f in tmp_path.rglob("*"):
+        if f.is_file():
+            assert planted not in f.read_text(errors="replace"), f
+    assert planted not in done.stdout + done.stderr
+
+
+def _help(command: str) -> str:
+    result = CliRunner().invoke(cli, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    return _one_line(result.output)
+
+
+def test_help_shows_every_default_from_the_config_and_examples():
+    from pipeline.config import RunConfig, TrainConfig
+
+    d, t = RunConfig(), TrainConfig()
+    teacher = [f"--teacher SPEC embedded | openai:MODEL | hf:PATH_OR_ID (default {d.teacher.spec})",
+               f"(default {d.seed})", "--api [auto|chat|completions]", "(default: $OPENAI_BASE_URL, else OpenAI)"]
+    expected = {
+        "run": [*teacher, f"(default {d.bootstrap.num_instructions})", "default: the bundled seeds/seed_tasks.jsonl",
+                f"(default {d.run_name})", f"(default {d.output_dir})", "Examples: seed2lora run"],
+        "bootstrap": [*teacher, f"(default {d.bootstrap.num_instructions})", "bundled seeds/seed_tasks.jsonl"],
+        "evolve": [*teacher, "bundled seeds/seed_tasks.jsonl"],
+        "export": ["--seed-tasks / --no-seed-tasks", "(default RUN_DIR/export)", "Examples: seed2lora export"],
+        "train": [f"Epochs (default {t.epochs:g})", f"(default {t.max_seq_len})", f"(default {t.optim})",
+                  "--output-dir DIRECTORY Adapter folder (default:", "Examples: seed2lora train", "--set lora_r=16"],
+    }
+    for command, wanted in expected.items():
+        text = _help(command)
+        for want in wanted:
+            assert want in text, (command, want)
+        for option in cli.commands[command].params:  # every option with a value says what it is without one
+            if isinstance(option, click.Option) and not option.is_flag and option.name not in ("sets", "weights"):
+                assert "default" in (option.help or "") or option.show_default, (command, option.name)
+    assert "--no-seeds" not in _help("export") and "--out " not in _help("train")  # old spellings: hidden ...
+    for command in ("bootstrap", "evolve", "classify", "instances", "filter"):
+        assert "Examples:" not in _help(command) or command == "run"
+
+
+def test_commands_list_only_the_options_they_use():
+    filter_help = _help("filter")
+    for unused in ("--max-cost", "--num-instructions", "--teacher", "--base-url", "--max-tokens-total", "--seed "):
+        assert unused not in filter_help
+    assert "--num-instructions" not in _help("classify") and "--num-instructions" not in _help("evolve")
+    for command in ("run", "bootstrap", "classify", "instances", "filter", "evolve"):
+        assert "--output-dir DIR" in _help(command)
+
+
+def test_renamed_options_keep_their_old_spelling(tmp_path):
+    export = cli.commands["export"].make_context("export", [str(tmp_path), "--no-seeds", "--out", "x"])
+    assert export.params["include_seeds"] is False and export.params["out_dir"] == "x"
+    assert cli.commands["export"].make_context("export", [str(tmp_path), "--no-seed-tasks"]).params["include_seeds"] is False
+    for command, name in (("train", "output_dir"), ("merge", "out_dir"), ("eval", "out_dir")):
+        for spelling in ("--output-dir", "--out"):
+            assert cli.commands[command].make_context(command, [str(tmp_path), spelling, "x"]).params[name] == "x"

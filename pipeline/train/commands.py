@@ -14,22 +14,55 @@ from typing import Any
 
 import click
 
-from ..config import EvalConfig, ExportConfig, TrainConfig, load_section
+from ..config import EvalConfig, ExportConfig, TrainConfig, default_of, load_section, parse_overrides
 
 
-def _sets(sets: tuple[str, ...]) -> dict[str, Any]:
-    from ..cli import _parse_set
+class Renamed(click.Option):
+    """An option whose old spelling (its later names) still works but is left out of --help."""
 
-    return _parse_set(sets)
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        names, self.opts, self.secondary_opts = (self.opts, self.secondary_opts), self.opts[:1], self.secondary_opts[:1]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts, self.secondary_opts = names
+
+
+def _on_off(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+EXPORT_EXAMPLES = """\b
+Examples:
+  seed2lora export outputs/quickstart
+  seed2lora export outputs/quickstart --formats alpaca,messages --rows task --no-seed-tasks
+"""
+
+TRAIN_EXAMPLES = """\b
+Examples:
+  seed2lora train outputs/quickstart/export --packing --max-seq-len 512 --epochs 2 --grad-accum 2
+  seed2lora train outputs/quickstart/export --no-quant --max-steps 50 --set lora_r=16
+  seed2lora train my_data.jsonl --model /models/Qwen2.5-0.5B-Instruct --output-dir adapters/qwen
+"""
 
 
 def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> None:
     config_opt = click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                              help="TOML file; its [export] / [train] / [eval] table is read.")
-    set_opt = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                           help="Any setting of this command, e.g. --set lora_r=16 (repeatable).")
+                              help="TOML file; its [export] / [train] / [eval] table is read (default: none, "
+                                   "every setting at its default).")
 
-    @cli.command()
+    def set_opt(example: str):
+        return click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                            help=f"Any setting of this command, e.g. --set {example}; checked like the TOML file "
+                                 "(repeatable).")
+
+    def t(key: str) -> Any:  # the help shows TrainConfig's defaults, never a copy of them
+        return default_of(key, TrainConfig)
+
+    def e(key: str) -> Any:
+        return default_of(key, EvalConfig)
+
+    @cli.command(epilog=EXPORT_EXAMPLES)
     @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
     @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Export folder (default RUN_DIR/export).")
     @click.option("--formats", help="Comma list of alpaca, messages, hf, parquet (default: all).")
@@ -39,17 +72,17 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
     @click.option("--rows", type=click.Choice(["instance", "task"]), help="One row per instance (default) or per task.")
     @click.option("--eval-fraction", type=float, help="Share of task families held out for eval (default 0.1).")
     @click.option("--seed", type=int, help="Seed of the train/eval split (default 42).")
-    @click.option("--seeds/--no-seeds", "include_seeds", default=None,
+    @click.option("--seed-tasks/--no-seed-tasks", "--seeds/--no-seeds", "include_seeds", cls=Renamed, default=None,
                   help="Add the run's human seed tasks to the train split (default on, as Self-Instruct's release).")
     @config_opt
-    @set_opt
+    @set_opt("rows=task")
     @friendly_errors
     def export(run_dir, out_dir, formats, include, rows, eval_fraction, seed, include_seeds, config_path, sets):
         """Write a run's kept tasks as Alpaca JSON, chat JSONL, an HF dataset and parquet, with a dataset card."""
         from ..stages.export import export_run  # a CLI command, the top floor: the one import of stages/ under train/
 
         cfg = load_section(ExportConfig, config_path, "export",
-                           {**_sets(sets), "formats": formats, "rows": rows, "eval_fraction": eval_fraction, "seed": seed,
+                           {**parse_overrides(sets, ExportConfig, "export"), "formats": formats, "rows": rows, "eval_fraction": eval_fraction, "seed": seed,
                             "include_seeds": include_seeds, "include": include})
         out = Path(out_dir) if out_dir else Path(run_dir) / "export"
         info = export_run(run_dir, out, cfg)
@@ -58,28 +91,33 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
         console.print(f"[green]exported:[/] {out}  ({c['train_rows']} train / {c['eval_rows']} eval rows: {origins}; "
                       f"from {c['tasks']} generated + {c['seed_tasks']} seed tasks; card: {out / 'README.md'})")
 
-    @cli.command()
+    @cli.command(epilog=TRAIN_EXAMPLES)
     @click.argument("data", type=click.Path(exists=True))
-    @click.option("--model", help="Local HF model folder (default: the embedded SmolLM2-135M-Instruct).")
-    @click.option("--out", "output_dir", type=click.Path(file_okay=False), help="Adapter folder (default <run>/adapter).")
-    @click.option("--quant/--no-quant", default=None, help="QLoRA on a 4-bit base (default) or plain LoRA.")
-    @click.option("--packing/--no-packing", default=None, help="Pack examples into full rows (default off).")
-    @click.option("--epochs", type=float, help="Epochs (default 3).")
-    @click.option("--max-steps", type=int, help="Stop after this many updates (overrides epochs).")
-    @click.option("--batch-size", type=int, help="Rows per device per micro-step (default 4).")
-    @click.option("--grad-accum", type=int, help="Micro-steps per update (default 4).")
-    @click.option("--lr", "learning_rate", type=float, help="Learning rate (default 2e-4).")
-    @click.option("--max-seq-len", type=int, help="Tokens per example or packed row (default 1024).")
-    @click.option("--optim", help="paged_adamw_32bit (default), paged_adamw_8bit, adamw_torch, ...")
-    @click.option("--resume/--no-resume", default=None, help="Continue from the newest checkpoint (default on).")
+    @click.option("--model", metavar="DIR", help="Local HF model folder (default: the embedded SmolLM2-135M-Instruct).")
+    @click.option("--output-dir", "--out", "output_dir", cls=Renamed, type=click.Path(file_okay=False),
+                  help="Adapter folder (default: <run>/adapter for a run or its export, else ./adapter).")
+    @click.option("--quant/--no-quant", default=None,
+                  help=f"QLoRA on a 4-bit base, or plain LoRA (default {_on_off(t('quant'))}).")
+    @click.option("--packing/--no-packing", default=None,
+                  help=f"Pack examples into full rows (default {_on_off(t('packing'))}).")
+    @click.option("--epochs", type=float, help=f"Epochs (default {t('epochs'):g}).")
+    @click.option("--max-steps", type=int,
+                  help=f"Stop after this many updates, overriding epochs (default {t('max_steps')}: the epochs).")
+    @click.option("--batch-size", type=int, help=f"Rows per device per micro-step (default {t('batch_size')}).")
+    @click.option("--grad-accum", type=int, help=f"Micro-steps per update (default {t('grad_accum')}).")
+    @click.option("--lr", "learning_rate", type=float, help=f"Learning rate (default {t('learning_rate'):g}).")
+    @click.option("--max-seq-len", type=int, help=f"Tokens per example or packed row (default {t('max_seq_len')}).")
+    @click.option("--optim", help=f"Optimizer: paged_adamw_8bit, adamw_torch, ... (default {t('optim')}).")
+    @click.option("--resume/--no-resume", default=None,
+                  help=f"Continue from the newest checkpoint (default {_on_off(t('resume'))}).")
     @config_opt
-    @set_opt
+    @set_opt("lora_r=16")
     @friendly_errors
     def train(data, config_path, sets, **flags):
         """Fine-tune a (Q)LoRA adapter on an export, a run directory, or an Alpaca/chat/parquet/HF dataset."""
         from .trainer import train as run_training
 
-        cfg = load_section(TrainConfig, config_path, "train", {**_sets(sets), **flags})
+        cfg = load_section(TrainConfig, config_path, "train", {**parse_overrides(sets, TrainConfig, "train"), **flags})
         main_process = os.environ.get("RANK", "0") == "0"  # under torchrun / accelerate launch, rank 0 speaks
         summary = run_training(data, cfg, log=lambda m: console.print(m, highlight=False) if main_process else None)
         if not main_process:
@@ -89,7 +127,8 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
 
     @cli.command()
     @click.argument("adapter", type=click.Path(exists=True, file_okay=False))
-    @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Merged model folder (default ADAPTER/merged).")
+    @click.option("--output-dir", "--out", "out_dir", cls=Renamed, type=click.Path(file_okay=False),
+                  help="Merged model folder (default ADAPTER/merged).")
     @click.option("--model", default="", help="Base model folder (default: the one the adapter was trained on).")
     @click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
                   help="Precision of the merged weights; auto = the base's own.")
@@ -107,7 +146,7 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
     @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False),
                   help="JSONL of {instruction, input} or {messages} rows to answer.")
     @click.option("--model", default="", help="Base model folder (default: the adapter's).")
-    @click.option("--max-new-tokens", type=int, default=256, show_default=True)
+    @click.option("--max-new-tokens", type=int, default=e("max_new_tokens"), show_default=True, help="Answer length cap.")
     @click.option("--quant", type=click.Choice(["auto", "4bit", "none"]), default="auto", show_default=True,
                   help="Load the base as trained (auto), in 4-bit, or unquantized.")
     @click.option("--base", "base_only", is_flag=True, help="Answer with the base model alone (adapter disabled).")
@@ -142,20 +181,22 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
     @click.argument("adapter", type=click.Path(exists=True, file_okay=False))
     @click.option("--data", help="JSONL of held-out tasks (default: ../shared/data/user_oriented_instructions.jsonl "
                                  "if present, else the adapter's eval split).")
-    @click.option("--limit", type=int, help="Evaluate this many tasks (seeded sample).")
-    @click.option("--max-new-tokens", type=int, help="Answer length cap (default 256).")
-    @click.option("--judge", help="Teacher spec for a pairwise judge, e.g. openai:gpt-4o-mini or embedded.")
+    @click.option("--limit", type=int, help=f"Evaluate this many tasks, a seeded sample (default {e('limit')}: all).")
+    @click.option("--max-new-tokens", type=int, help=f"Answer length cap (default {e('max_new_tokens')}).")
+    @click.option("--judge", help="Teacher spec for a pairwise judge, e.g. openai:gpt-4o-mini or embedded "
+                                  "(default: none, ROUGE-L only).")
     @click.option("--model", default="", help="Base model folder (default: the adapter's).")
-    @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Report folder (default ADAPTER/eval).")
+    @click.option("--output-dir", "--out", "out_dir", cls=Renamed, type=click.Path(file_okay=False),
+                  help="Report folder (default ADAPTER/eval).")
     @config_opt
-    @set_opt
+    @set_opt("limit=50")
     @friendly_errors
     def evaluate(adapter, data, limit, max_new_tokens, judge, model, out_dir, config_path, sets):
         """Base versus adapter on held-out tasks: ROUGE-L against references, optional pairwise judge."""
         from .eval import evaluate as run_eval
         from .eval import summary_line
 
-        cfg = load_section(EvalConfig, config_path, "eval", {**_sets(sets), "data": data, "limit": limit,
+        cfg = load_section(EvalConfig, config_path, "eval", {**parse_overrides(sets, EvalConfig, "eval"), "data": data, "limit": limit,
                                                             "max_new_tokens": max_new_tokens, "judge": judge})
         report = run_eval(adapter, cfg, model=model, out_dir=out_dir, log=lambda m: console.print(m, highlight=False))
         console.print(summary_line(report), highlight=False)
