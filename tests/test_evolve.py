@@ -4,17 +4,21 @@ import itertools
 import json
 import re
 import time
+from collections import Counter
 
 import pytest
 from click.testing import CliRunner
+from fakeserver import TOPICS, VERBS
 
+from pipeline.budget import Budget
+from pipeline.cache import CACHE_FILE, ResponseCache
 from pipeline.cli import cli
 from pipeline.config import EvolveConfig, EvolveWeights, load_config
 from pipeline.datasets_io import Fields, load_pool
 from pipeline.errors import InputError, Seed2LoraError
 from pipeline.prompts import PROMPT_VARS, Prompts
 from pipeline.records import Instance, Task
-from pipeline.runner import Session
+from pipeline.seeds import load_seeds
 from pipeline.show import summary
 from pipeline.stages.evolve import (
     OPERATIONS,
@@ -27,9 +31,12 @@ from pipeline.stages.evolve import (
     operation_rng,
     pick_operation,
     prompt_copy_reason,
+    run_evolve,
 )
 from pipeline.stages.parse import parse_answer, parse_equal, parse_evolved_instruction
 from pipeline.store import RunDir
+from pipeline.teachers import BaseTeacher, Completion, make_teacher
+from pipeline.teachers.hf import HFTeacher
 
 # ---------------------------------------------------------------- prompts, rendered by the stage's own helpers
 
@@ -315,24 +322,27 @@ GOOD_ANSWER = ("A careful response: first set out the main facts, then weigh the
 EVOLVE_RE = re.compile(r"\nInstruction:\n(.*)\n\n(?:Rewritten|New) instruction:$", re.DOTALL)
 
 
-def script(server, evolutions=EVOLUTIONS, judgements=JUDGEMENTS, answers=ANSWERS):
-    """Answer each evolve prompt by what it asks about; an unscripted evolution appends the next EXTRA."""
+def scripted(evolutions=EVOLUTIONS, judgements=JUDGEMENTS, answers=ANSWERS):
+    """A teacher's text for each evolve prompt, by what it asks about; an unscripted evolution
+    appends the next EXTRA, a scripted one is used once (a retry or a later round gets the default)."""
     remaining = dict(evolutions)
     extras = (EXTRAS[n % len(EXTRAS)] for n in itertools.count())
 
-    def reply(path, body):
-        prompt = server.prompt_of(body)
+    def reply(prompt):
         if prompt.endswith("Judgement:"):
             second = prompt.split("Second instruction:\n", 1)[1].rsplit("\n\nReply with", 1)[0]
-            text = judgements.get(second, "Not equal")
-        elif prompt.endswith("Response:"):
-            text = answers.get(prompt.split("Request:\n", 1)[1].rsplit("\n\nResponse:", 1)[0], GOOD_ANSWER)
-        else:
-            given = EVOLVE_RE.search(prompt).group(1)
-            text = remaining.pop(given) if given in remaining else f"{given.splitlines()[0]} {next(extras)}"
-        return server.wrap(path, text)
+            return judgements.get(second, "Not equal")
+        if prompt.endswith("Response:"):
+            return answers.get(prompt.split("Request:\n", 1)[1].rsplit("\n\nResponse:", 1)[0], GOOD_ANSWER)
+        given = EVOLVE_RE.search(prompt).group(1)
+        return remaining.pop(given) if given in remaining else f"{given.splitlines()[0]} {next(extras)}"
 
-    server.default_reply = reply
+    return reply
+
+
+def script(server, evolutions=EVOLUTIONS, judgements=JUDGEMENTS, answers=ANSWERS):
+    reply = scripted(evolutions, judgements, answers)
+    server.default_reply = lambda path, body: server.wrap(path, reply(server.prompt_of(body)))
 
 
 def evolve_prompts(server, start=0):
@@ -340,29 +350,65 @@ def evolve_prompts(server, start=0):
             if EVOLVE_RE.search(p := server.prompt_of(h["body"]))]
 
 
-@pytest.fixture
-def session_for(tmp_path, fake_openai):
-    pool_file = tmp_path / "pool.jsonl"
-    pool_file.write_text("".join(json.dumps(r) + "\n" for r in POOL))
+def kind_of(prompt):
+    return "judge" if prompt.endswith("Judgement:") else "answer" if prompt.endswith("Response:") else "evolve"
 
-    def make(rounds=2, **overrides):
+
+def outcomes(run):
+    """(parent_id, round) of every evolution outcome written, kept or rejected."""
+    return sorted((t.parent_id, t.round) for t in [*run.read_stage("evolve"), *run.read_rejected()]
+                  if t.stage == "evolve")
+
+
+def per_round(run):
+    """Outcomes per round; each slot has at most one per round."""
+    done = outcomes(run)
+    assert len(set(done)) == len(done), "a slot has two outcomes in one round"
+    return Counter(r for _, r in done)
+
+
+def write_pool(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def stage_for(tmp_path, fake_openai):
+    """Run the stage function itself as the runner would: a fresh teacher per call with the run's
+    response cache and a budget that counts what earlier calls spent. Returns (result, run, teacher)."""
+    pool_file = write_pool(tmp_path / "pool.jsonl", POOL)
+    spent: dict = {}  # usage of the earlier calls, as the runner's manifest carries it
+
+    def run_stage(rounds=2, pool_file=pool_file, **overrides):
         cfg = load_config(None, {
             "output_dir": str(tmp_path / "out"), "run_name": "r", "seed_tasks": str(pool_file),
             "teacher.spec": "openai:fake-model", "teacher.base_url": fake_openai.url, "teacher.concurrency": 1,
             "teacher.max_retries": 0, "evolve.source": "seeds", "evolve.rounds": rounds, **overrides})
-        return Session(cfg)
+        run = RunDir(cfg.run_dir)
+        run.ensure()
+        teacher = make_teacher(cfg.teacher, seed=cfg.seed)
+        teacher.cache = ResponseCache(run.path / CACHE_FILE)
+        teacher.budget = Budget(cfg.budget, "fake-model", dict(spent))
+        pool = load_seeds(pool_file)
+        try:
+            result = run_evolve(teacher, pool, cfg, run, Prompts(), source=f"seeds:{pool_file}",
+                                seeds=[t.instruction for t in pool])
+        finally:
+            teacher.cache.close()
+            spent.update(teacher.budget.merged(teacher.usage))
+        return result, run, teacher
 
-    return make
+    return run_stage
 
 
-def test_rounds_eliminate_by_each_rule_and_failed_parents_re_enter(session_for, fake_openai):
+def test_rounds_eliminate_by_each_rule_and_failed_parents_re_enter(stage_for, fake_openai):
     script(fake_openai)
     fake_openai.enqueue("unused", status=500)  # the first request: h's round-1 evolution fails
-    s = session_for(rounds=2)
-    message = s.evolve()
-    assert message.startswith("evolve: 2 of 2 rounds done over 10 instructions; 12 evolutions kept")
-    run = s.run
-    kept = run.read_stage("evolve")
+    first, run, _ = stage_for(rounds=2)
+    # h's slot has no outcome: round 1 is not done, and round 2 does not start.
+    assert (first.rounds_done, first.pending, first.errors, first.kept) == (0, 1, 1, 2)
+    assert first.source.startswith("seeds:") and "evolve_rounds_done" not in run.manifest().get("state", {})
+    assert outcomes(run) == sorted((pid, 1) for pid in "abcdgsief")
     rejected = {t.parent_id: t for t in run.read_rejected()}
     assert all(t.stage == "evolve" and t.round == 1 for t in rejected.values())
     assert {pid: t.reject_reason for pid, t in rejected.items()} == {
@@ -374,16 +420,22 @@ def test_rounds_eliminate_by_each_rule_and_failed_parents_re_enter(session_for, 
         "s": "blacklist: draw",
         "i": "elimination_no_gain: same text as an ancestor",
     }
+    assert first.rejected == {"elimination_no_gain": 2, "elimination_prompt_copy": 1, "elimination_sorry": 1,
+                              "elimination_stopwords": 1, "rouge_l": 1, "blacklist": 1}
     assert rejected["c"].instances == [Instance("", "I'm sorry, but I can't help with that.")]
     assert rejected["b"].meta["parent_instruction"] == TEXT["b"]
 
-    # Round 1 keeps e and f; every other parent (h failed at the teacher) re-enters round 2 ...
+    # The re-run finishes round 1 with h alone, then round 2 over every slot.
+    second, run, _ = stage_for(rounds=2)
+    assert (second.rounds_done, second.pending, second.errors, second.kept, second.total) == (2, 0, 0, 11, 13)
+    kept = run.read_stage("evolve")
     round1 = {t.parent_id: t for t in kept if t.round == 1}
-    assert set(round1) == {"e", "f"}
+    assert set(round1) == {"e", "f", "h"}
     assert round1["f"].instruction == F_EVOLVED and round1["f"].instances == [Instance("", GOOD_ANSWER)]
+    # Round 1 keeps e, f, h; every other parent re-enters round 2 ...
     round2 = {t.parent_id: t for t in kept if t.round == 2}
-    assert set(round2) == {"h", "a", "b", "c", "d", "g", "s", "i", round1["e"].id, round1["f"].id}
-    # ... and the server saw each failed parent's instruction in an evolution prompt again.
+    assert set(round2) == {"a", "b", "c", "d", "g", "s", "i", round1["e"].id, round1["f"].id, round1["h"].id}
+    # ... and the server saw each failed parent's instruction in an evolution prompt again (h: its retry).
     sent = evolve_prompts(fake_openai)
     for pid in "habcdgsi":
         assert sent.count(TEXT[pid]) == 2, pid
@@ -402,49 +454,197 @@ def test_rounds_eliminate_by_each_rule_and_failed_parents_re_enter(session_for, 
         assert t.meta["judge"] == "not equal" and len(t.instances) == 1 and t.instances[0].input == ""
 
     ev = summary(run)["evolve"]
-    assert ev["kept"] == 12 and ev["rounds_done"] == 2 and ev["by_round"] == {1: 2, 2: 10}
+    assert ev["kept"] == 13 and ev["by_round"] == {1: 3, 2: 10}
     assert ev["eliminated_by_rule"] == {"elimination_prompt_copy": 1, "elimination_no_gain": 2, "elimination_sorry": 1,
                                         "elimination_stopwords": 1, "rouge_l": 1, "blacklist": 1}
-    usage = run.manifest()["usage"]
-    assert usage["evolve"]["calls"] == 20 and usage["evolve"]["errors"] == 1
-    assert usage["evolve_judge"]["calls"] == 15 and usage["evolve_answer"]["calls"] == 14
+    calls = {h: sum(kind_of(fake_openai.prompt_of(x["body"])) == h for x in fake_openai.history)
+             for h in ("evolve", "judge", "answer")}
+    assert calls == {"evolve": 21, "judge": 16, "answer": 15}  # h's evolution twice, nothing else paid twice
 
 
-def test_resume_never_redoes_a_round_and_finishes_a_broken_one(session_for, fake_openai):
+def test_resume_never_redoes_a_round_and_finishes_a_broken_one(stage_for, fake_openai):
     script(fake_openai, evolutions={}, judgements={}, answers={})
-    session_for(rounds=2).evolve()
+    stage_for(rounds=2)
     n = len(fake_openai.history)
-    assert session_for(rounds=2).evolve().startswith("evolve: 2 of 2 rounds done over 10 instructions; 0 evolutions kept")
-    assert len(fake_openai.history) == n  # nothing re-sent
+    again, run, teacher = stage_for(rounds=2)
+    assert (again.rounds_done, again.pending, again.kept, again.total) == (2, 0, 0, 20)
+    assert len(fake_openai.history) == n and teacher.usage.to_dict() == {}  # nothing re-sent, nothing even looked up
 
-    # Simulate a crash in round 2: three of its evolutions never written, round 2 not marked done.
-    run = RunDir(session_for().cfg.run_dir)
+    # Simulate a crash in round 2: three of its evolutions never written.
     kept = run.read_stage("evolve")
     lost = kept[-3:]
+    assert {t.round for t in lost} == {2}
     run.stage_file("evolve").write_text("".join(json.dumps(t.to_dict()) + "\n" for t in kept[:-3]))
-    run.update_manifest(state={"evolve_rounds_done": 1})
-    message = session_for(rounds=2).evolve()
-    assert message.startswith("evolve: 2 of 2 rounds done over 10 instructions; 3 evolutions kept")
-    lost_parents = {t.parent_id for t in lost}
-    assert evolve_prompts(fake_openai, n) == []  # their replies come from the run's cache: none is paid twice
+    resumed, run, teacher = stage_for(rounds=2)
+    assert (resumed.rounds_done, resumed.pending, resumed.kept) == (2, 0, 3)
+    assert len(fake_openai.history) == n  # their replies come from the run's cache: none is paid twice
+    assert {u["cached"] for u in teacher.usage.to_dict().values()} == {3}
     assert sorted(t.id for t in run.read_stage("evolve")) == sorted(t.id for t in kept)
+    lost_parents = {t.parent_id for t in lost}
     again = [t for t in run.read_stage("evolve") if t.round == 2 and t.parent_id in lost_parents]
-    assert [t.meta["operation"] for t in again] == [t.meta["operation"] for t in lost]  # same seeded draws
+    assert sorted(t.meta["operation"] for t in again) == sorted(t.meta["operation"] for t in lost)  # same draws
 
     # More rounds continue from the last generation: round 3 evolves each slot's latest instruction.
-    n = len(fake_openai.history)
-    session_for(rounds=3).evolve()
+    stage_for(rounds=3)
     round2 = [t.instruction for t in run.read_stage("evolve") if t.round == 2]
     assert len(round2) == 10 and sorted(evolve_prompts(fake_openai, n)) == sorted(round2)
 
 
-def test_another_input_in_the_same_run_is_refused(session_for, fake_openai, tmp_path):
+def test_an_older_run_marked_done_past_a_failed_slot_is_not_redone(stage_for, fake_openai):
+    """Older versions marked round 1 done although h's evolution failed; h then re-entered
+    round 2 and has its outcome there, so round 1 is complete as far as the outputs go."""
     script(fake_openai, evolutions={}, judgements={}, answers={})
-    session_for(rounds=1).evolve()
-    other = tmp_path / "other.json"
-    other.write_text(json.dumps([{"instruction": "Plan a picnic for six friends in spring."}]))
-    with pytest.raises(Seed2LoraError, match="was evolved from seeds"):
-        session_for(rounds=1, **{"evolve.source": str(other)}).evolve()
+    _, run, _ = stage_for(rounds=2)
+    kept = run.read_stage("evolve")
+    h1 = next(t for t in kept if t.parent_id == "h" and t.round == 1)
+    older = [t for t in kept if t.id != h1.id and t.parent_id != h1.id]
+    h2 = Task(id="evolved_h2", instruction=f"{TEXT['h']} Compare costs in euros.", origin="evolved", parent_id="h",
+              round=2, stage="evolve", instances=[Instance("", GOOD_ANSWER)])
+    run.stage_file("evolve").write_text("".join(json.dumps(t.to_dict()) + "\n" for t in [*older, h2]))
+    n = len(fake_openai.history)
+    result, run, _ = stage_for(rounds=2)
+    assert (result.rounds_done, result.pending, result.kept) == (2, 0, 0) and len(fake_openai.history) == n
+
+
+def test_another_input_in_the_same_run_is_refused(stage_for, fake_openai, tmp_path):
+    script(fake_openai, evolutions={}, judgements={}, answers={})
+    result, run, _ = stage_for(rounds=1)
+    run.update_manifest(state={"evolve_input": result.source})  # what the runner records from the result
+    other = write_pool(tmp_path / "other.jsonl", [{"instruction": "Plan a picnic for six friends in spring."}])
+    with pytest.raises(Seed2LoraError, match="pool.jsonl, not seeds:.*other.jsonl"):
+        stage_for(rounds=1, pool_file=other)
+
+
+# ---------------------------------------------------------------- nothing lost: budget, outages, bad replies
+
+def test_budget_stops_mid_round_and_a_higher_budget_finishes_that_round(stage_for, fake_openai):
+    script(fake_openai, evolutions={}, judgements={}, answers={})
+    first, run, _ = stage_for(rounds=2, **{"budget.max_tokens_total": 300})
+    assert first.rounds_done == 0 and 0 < first.pending < 10 and first.errors == 0
+    assert "evolve_rounds_done" not in run.manifest().get("state", {})
+    done = {pid for pid, _ in outcomes(run)}
+    assert {r for _, r in outcomes(run)} == {1} and len(done) == 10 - first.pending  # round 2 never started
+    n = len(fake_openai.history)
+    sent_before = {fake_openai.prompt_of(h["body"]) for h in fake_openai.history}
+
+    second, run, _ = stage_for(rounds=2, **{"budget.max_tokens_total": 1_000_000})
+    assert (second.rounds_done, second.pending, second.kept) == (2, 0, 10 + first.pending)
+    assert per_round(run) == {1: 10, 2: 10}
+    # Every slot costs 3 calls (evolution, judgement, answer) a round; across both runs the server
+    # got exactly those 60, all different: the re-run sent only what round 1 still lacked.
+    prompts = [fake_openai.prompt_of(h["body"]) for h in fake_openai.history]
+    assert len(prompts) == 60 and len(set(prompts)) == 60 and not sent_before & set(prompts[n:])
+    resumed = [EVOLVE_RE.search(p).group(1).splitlines()[0] for p in prompts[n:30] if kind_of(p) == "evolve"]
+    assert resumed and set(resumed) <= {TEXT[pid] for pid in TEXT if pid not in done}
+
+
+def test_a_server_outage_leaves_slots_pending_and_a_rerun_completes_them(stage_for, fake_openai):
+    script(fake_openai, evolutions={}, judgements={}, answers={})
+    # One call at a time, no retries: slot 1's three calls and slot 2's first two go through, then the
+    # server flickers (slot 2's answer fails, slot 3's evolution passes, its judgement fails) and goes
+    # down for four more calls: the evolutions of slots 4 to 7.
+    for up in [True] * 5 + [False, True] + [False] * 5:
+        if up:
+            fake_openai.enqueue(fake_openai.default_reply)
+        else:
+            fake_openai.enqueue({"error": {"message": "upstream down"}}, status=503)
+    first, run, teacher = stage_for(rounds=2)
+    failed = [fake_openai.prompt_of(fake_openai.history[i]["body"]) for i in (5, 7, 8, 9, 10, 11)]
+    assert {kind_of(p) for p in failed} == {"evolve", "judge", "answer"}  # the outage hit every kind of call
+    assert {kind: u["errors"] for kind, u in teacher.usage.to_dict().items()} == \
+        {"evolve": 4, "evolve_judge": 1, "evolve_answer": 1}  # each call counted under its own kind
+    assert first.errors == 6 and first.rounds_done == 0 and first.pending == 6  # one slot per failed call
+    assert len(outcomes(run)) == 4 and {r for _, r in outcomes(run)} == {1}  # none of them written
+    n = len(fake_openai.history)
+
+    second, run, _ = stage_for(rounds=2)
+    assert (second.rounds_done, second.pending, second.errors) == (2, 0, 0)
+    assert per_round(run) == {1: 10, 2: 10}
+    # 60 calls that succeeded, plus the 6 that failed and were sent again: nothing else twice.
+    prompts = [fake_openai.prompt_of(h["body"]) for h in fake_openai.history]
+    assert len(prompts) == 66 and len(set(prompts)) == 60 and set(failed) <= set(prompts[n:])
+
+
+def test_an_empty_reply_is_asked_again_with_a_new_salt_then_rejected(stage_for, fake_openai):
+    answer_less = EVOLUTIONS[TEXT["c"]]
+    reply = scripted(evolutions={TEXT["b"]: "Rewritten instruction:"},  # empty once, then a good one
+                     judgements={}, answers={answer_less: "Response:"})  # always empty
+
+    def server_reply(path, body):
+        prompt = fake_openai.prompt_of(body)
+        if kind_of(prompt) == "evolve" and EVOLVE_RE.search(prompt).group(1) == TEXT["a"]:
+            return fake_openai.wrap(path, "Sure! Here is the rewritten instruction:\n\n")  # always empty
+        if kind_of(prompt) == "evolve" and EVOLVE_RE.search(prompt).group(1) == TEXT["c"]:
+            return fake_openai.wrap(path, answer_less)
+        return fake_openai.wrap(path, reply(prompt))
+
+    fake_openai.default_reply = server_reply
+    result, run, teacher = stage_for(rounds=1, **{"teacher.max_retries": 2})
+    assert (result.rounds_done, result.pending, result.errors) == (1, 0, 0)
+    sent = evolve_prompts(fake_openai)
+    # The same prompt went out again: a retry's salt differs, so the cached empty reply was not reused.
+    assert sent.count(TEXT["a"]) == 3 and sent.count(TEXT["b"]) == 2 and sent.count(TEXT["c"]) == 1
+    answers = [p for h in fake_openai.history if kind_of(p := fake_openai.prompt_of(h["body"])) == "answer"]
+    assert sum(answer_less in p for p in answers) == 3
+    rejected = {t.parent_id: t for t in run.read_rejected()}
+    assert rejected["a"].reject_reason == "unparseable_reply: empty evolution after 2 retries"
+    assert rejected["a"].meta["evolve_reply"] == {"reply": "Sure! Here is the rewritten instruction:\n\n",
+                                                  "finish_reason": "stop"}
+    assert rejected["a"].meta["tries"] == 3
+    assert rejected["a"].meta["operation"] in OPERATIONS and rejected["a"].round == 1
+    assert rejected["c"].reject_reason == "unparseable_reply: empty answer after 2 retries"
+    assert rejected["c"].instruction == answer_less and rejected["c"].meta["evolve_reply"]["reply"] == "Response:"
+    assert result.rejected["unparseable_reply"] == 2
+    assert "b" in {t.parent_id for t in run.read_stage("evolve")}
+
+    n = len(fake_openai.history)  # written outcomes are final: a re-run asks nothing again
+    again, run, _ = stage_for(rounds=1, **{"teacher.max_retries": 2})
+    assert (again.rounds_done, again.kept, len(fake_openai.history)) == (1, 0, n)
+
+
+def test_no_barrier_follow_up_calls_go_out_while_evolutions_are_in_flight(stage_for, fake_openai, tmp_path):
+    rows = [{"instruction": f"{verb} {topic}."} for verb, topic in zip(itertools.cycle(VERBS), TOPICS)]
+    pool_file = write_pool(tmp_path / "topics.jsonl", rows[:24])
+    script(fake_openai, evolutions={}, judgements={}, answers={})
+    fake_openai.default_delay = 0.1  # every reply takes as long; 8 in flight
+    result, run, _ = stage_for(rounds=1, pool_file=pool_file, **{"teacher.concurrency": 8})
+    assert (result.rounds_done, result.pending) == (1, 0) and len(outcomes(run)) == 24
+    kinds = [kind_of(fake_openai.prompt_of(h["body"])) for h in fake_openai.history]
+    last_evolution = max(i for i, k in enumerate(kinds) if k == "evolve")
+    assert kinds.index("judge") < kinds.index("answer") < last_evolution
+
+
+class ScriptedBatches(HFTeacher):
+    """The in-process teacher's batching (one batch per sampling setting, a batch run when the
+    source waits) over scripted replies: no model is loaded."""
+
+    def __init__(self, reply, batch_size):
+        BaseTeacher.__init__(self)
+        self.name, self.api, self.batch_size = "hf:scripted", "completions", batch_size
+        self.reply, self.batches = reply, []
+
+    def describe(self):
+        return {"name": self.name, "kind": "hf"}
+
+    def _generate_batch(self, texts, params):
+        self.batches.append((params, [kind_of(t) for t in texts]))
+        return [Completion(self.reply(t), "stop", prompt_tokens=11, completion_tokens=5) for t in texts]
+
+
+def test_the_in_process_teacher_batches_each_kind_and_never_waits_for_a_whole_round(tmp_path):
+    cfg = load_config(None, {"output_dir": str(tmp_path), "run_name": "hf", "evolve.rounds": 2})
+    teacher = ScriptedBatches(scripted(), batch_size=4)
+    pool = load_seeds(write_pool(tmp_path / "pool.jsonl", POOL))
+    result = run_evolve(teacher, pool, cfg, RunDir(cfg.run_dir), Prompts(), source="pool",
+                        seeds=[t.instruction for t in pool])
+    assert (result.rounds_done, result.pending, result.errors) == (2, 0, 0)
+    run = RunDir(cfg.run_dir)
+    assert per_round(run) == {1: 10, 2: 10}
+    assert all(len(set(kinds)) == 1 and len(kinds) <= 4 for _, kinds in teacher.batches)
+    order = [kinds[0] for _, kinds in teacher.batches]
+    assert order.index("judge") < max(i for i, k in enumerate(order) if k == "evolve")
+    usage = teacher.usage.to_dict()
+    assert usage["evolve"]["calls"] == 20 and usage["evolve_judge"]["calls"] + usage["evolve_answer"]["calls"] > 0
 
 
 def test_cli_evolve_run_and_show(fake_openai, tmp_path):
@@ -465,7 +665,7 @@ def test_cli_evolve_run_and_show(fake_openai, tmp_path):
     assert all(fake_openai.prompt_of(h["body"]).endswith(("New instruction:", "Judgement:", "Response:"))
                for h in fake_openai.history)
     shown = runner.invoke(cli, ["show", str(tmp_path / "cli")], catch_exceptions=False)
-    assert shown.exit_code == 0 and "Evolved (4 kept, 1 rounds done)" in shown.output and "breadth" in shown.output
+    assert shown.exit_code == 0 and "Evolved (4 kept" in shown.output and "breadth" in shown.output
 
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text("".join(json.dumps(r) + "\n" for r in POOL[:3]))
@@ -483,19 +683,20 @@ def test_embedded_teacher_two_rounds_over_ten_seeds(embedded_teacher, tmp_path):
     cfg = load_config(None, {"output_dir": str(tmp_path), "run_name": "emb", "evolve.source": "seeds",
                              "evolve.rounds": 2, "evolve.max_tokens": 32, "evolve.answer_max_tokens": 32,
                              "evolve.judge_max_tokens": 4})
-    s = Session(cfg, teacher=embedded_teacher)
-    s.seeds = s.seeds[:10]
+    seeds = load_seeds()[:10]
+    run = RunDir(cfg.run_dir)
+    calls_before = embedded_teacher.usage.to_dict().get("evolve", {}).get("calls", 0)  # the teacher is shared
     started = time.monotonic()
-    message = s.evolve()
+    result = run_evolve(embedded_teacher, seeds, cfg, run, Prompts(), source="seeds",
+                        seeds=[t.instruction for t in seeds])
     elapsed = time.monotonic() - started
-    print(f"\n{message}\n{elapsed:.0f} s")
-    run = s.run
-    assert run.manifest()["state"]["evolve_rounds_done"] == 2
+    print(f"\n{result}\n{elapsed:.0f} s")
+    assert (result.rounds_done, result.pending, result.errors) == (2, 0, 0)
+    assert per_round(run) == {1: 10, 2: 10}
     kept, rejected = run.read_stage("evolve"), [t for t in run.read_rejected() if t.stage == "evolve"]
-    assert kept or rejected
-    evolutions = len(kept) + len(rejected)
-    assert evolutions == run.manifest()["usage"]["evolve"]["calls"] - run.manifest()["usage"]["evolve"]["errors"]
-    seed_ids, by_id = {t.id for t in s.seeds}, {t.id: t for t in kept}
+    # One evolution call per slot, more where an empty reply was asked for again.
+    assert embedded_teacher.usage.to_dict()["evolve"]["calls"] - calls_before >= 20
+    seed_ids, by_id = {t.id for t in seeds}, {t.id: t for t in kept}
     for t in [*kept, *rejected]:
         assert t.origin == "evolved" and t.round in (1, 2) and t.meta["operation"] in OPERATIONS
         chain, parent = t.meta["lineage"], by_id.get(t.parent_id)

@@ -30,11 +30,19 @@ failed evolution's parent re-enters the pool and draws a new operation. evolve.j
 the kept evolutions; with the pool they make the Evol-Instruct dataset. Every record keeps
 parent_id, round, meta["operation"] and meta["lineage"] (its ancestors, root first).
 
-Resume: any round's generation is rebuilt from the pool and evolve.jsonl. A round skips
-instructions whose evolution in it is already in evolve.jsonl or rejected.jsonl, and
-manifest state "evolve_rounds_done" marks finished rounds, which are never redone. The
-operation comes from random.Random(f"{seed}:evolve:{round}:{task id}"), so a resumed run
-draws the same ones.
+A round is one teacher stream with no barrier: each slot's evolution, judgement and
+answer are sent as soon as the reply before them is back, so the teacher's slots stay
+full while slots finish one by one and are written the moment they do.
+
+Done is read from the outputs only: a slot of round r is done when evolve.jsonl or
+rejected.jsonl holds its outcome for (parent_id, r). A teacher error (after the teacher's
+own retries) or a spent budget leaves a slot pending, with no record; the round then
+stops there, and round r+1 starts only once every slot of round r has an outcome. A
+re-run sends exactly the pending slots' calls again, with the same salts, so replies
+already in the run's cache are not paid twice. An empty evolution or answer is asked for
+again with a new salt, up to teacher.max_retries times, then rejected as
+"unparseable_reply". The operation comes from random.Random(f"{seed}:evolve:{round}:{task
+id}"), so a resumed run draws the same ones.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -52,8 +60,9 @@ from ..errors import Seed2LoraError
 from ..prompts import Prompts
 from ..records import Instance, Task, task_id
 from ..store import JsonlWriter, RunDir, reason_kind
-from ..teachers import GenParams, Teacher
-from .common import ProgressFn, _chunk_size
+from ..teachers import Completion, GenParams, Teacher
+from ..teachers.base import WAIT, Request
+from .common import ProgressFn, reply_meta, retry_params
 from .filter import InstructionFilter
 from .parse import parse_answer, parse_equal, parse_evolved_instruction
 
@@ -82,11 +91,27 @@ def _no_progress(desc: str, total: int | None) -> Iterator[ProgressFn]:
 
 @dataclass
 class EvolveResult:
-    rounds_done: int  # rounds finished in this run directory
+    rounds_done: int  # rounds whose every slot has an outcome in this run directory
     kept: int = 0  # evolutions kept by this call
     rejected: Counter = field(default_factory=Counter)  # by rule, this call
-    errors: int = 0  # teacher calls that failed after retries; their parents re-enter the next round
+    errors: int = 0  # teacher calls that failed after retries; their slots stay pending
     total: int = 0  # evolutions in evolve.jsonl
+    pending: int = 0  # slots of the current round left without an outcome (budget spent, teacher errors)
+    source: str = ""  # the pool's name, for the runner to record: a run directory evolves one input
+
+
+@dataclass
+class _Slot:
+    """One instruction of a round on its way to an outcome: evolve, judge, answer."""
+
+    parent: Task
+    round: int
+    op: str
+    template: str
+    prompt: str
+    salt: str
+    child: Task | None = None
+    tries: int = 0  # empty replies asked for again at the current call
 
 
 def pick_operation(rng: random.Random, weights: EvolveWeights) -> str:
@@ -203,72 +228,123 @@ class _Evolver:
             return "elimination_no_gain: same text as an ancestor"
         return self.filter.check(child, ignore=self.ancestors(child))
 
-    def chunk(self, parents: list[Task], round_: int) -> tuple[list[Task], list[Task], int]:
-        """Evolve, judge, answer and filter one chunk: (kept, rejected, teacher errors)."""
-        plans = []
-        for p in parents:
-            op = pick_operation(operation_rng(self.cfg.seed, round_, p.id), self.e.weights)
-            plans.append((p, op, *evolution_prompt(self.prompts, op, evolvable_text(p), self.e)))
+    def slot(self, parent: Task, round_: int) -> _Slot:
+        op = pick_operation(operation_rng(self.cfg.seed, round_, parent.id), self.e.weights)
+        template, prompt = evolution_prompt(self.prompts, op, evolvable_text(parent), self.e)
         # The salt keeps a parent that re-enters the pool from getting its cached reply again.
-        salts = [f"{self.cfg.seed}:evolve:{round_}:{p.id}" for p, *_ in plans]
-        replies = self.teacher.generate([prompt for *_, prompt in plans], self.evolve_params, kind="evolve",
-                                        salts=salts)
-        rejected: list[Task] = []
-        errors = 0
-        candidates = []
-        for (p, op, template, _), reply in zip(plans, replies, strict=True):
-            if not reply.ok:
-                errors += 1
-                continue
-            child = self.child(p, op, template, round_, parse_evolved_instruction(reply.text))
-            reason = self.early_reason(p, child)
-            if reason:
-                rejected.append(child.rejected(reason, "evolve"))
-            else:
-                candidates.append((p, child))
+        return _Slot(parent, round_, op, template, prompt, salt=f"{self.cfg.seed}:evolve:{round_}:{parent.id}")
 
-        judged = self.teacher.generate([judge_prompt(self.prompts, p, c) for p, c in candidates],
-                                       self.judge_params, kind="evolve_judge")
-        survivors = []
-        for (_, c), reply in zip(candidates, judged, strict=True):
-            if not reply.ok:
-                errors += 1
-                continue
-            equal = parse_equal(reply.text)
-            c.meta["judge"] = {True: "equal", False: "not equal", None: "unclear"}[equal]
-            if equal is None:  # kept: only a clear "equal" eliminates
-                c.meta["judge_reply"] = reply.text
-            if equal:
-                rejected.append(c.rejected("elimination_no_gain: judged equal to its parent", "evolve"))
-            else:
-                survivors.append(c)
+    # -- a request's key is (what reads its reply, the slot); a retry's salt names the retry,
+    #    so a bad cached reply is not served again
+    def evolution_request(self, s: _Slot) -> Request:
+        return Request((self.evolved, s), s.prompt, salt=_retry_salt(s.salt, s.tries),
+                       params=_retry(self.evolve_params, s.tries), kind="evolve")
 
-        answers = self.teacher.generate([answer_prompt(self.prompts, c) for c in survivors],
-                                        self.answer_params, kind="evolve_answer", salts=[c.id for c in survivors])
-        kept = []
-        for c, reply in zip(survivors, answers, strict=True):
+    def judge_request(self, s: _Slot) -> Request:
+        assert s.child is not None
+        return Request((self.judged, s), judge_prompt(self.prompts, s.parent, s.child), params=self.judge_params,
+                       kind="evolve_judge")
+
+    def answer_request(self, s: _Slot) -> Request:
+        assert s.child is not None
+        return Request((self.answered, s), answer_prompt(self.prompts, s.child), salt=_retry_salt(s.child.id, s.tries),
+                       params=_retry(self.answer_params, s.tries), kind="evolve_answer")
+
+    # -- each reply gives the slot's next request or its outcome (kept, or with a reject_reason)
+    def evolved(self, s: _Slot, reply: Completion) -> Request | Task:
+        s.child = self.child(s.parent, s.op, s.template, s.round, parse_evolved_instruction(reply.text))
+        if not s.child.instruction:
+            return self.retry_or_reject(s, reply, "evolution", self.evolution_request)
+        s.tries = 0
+        reason = self.early_reason(s.parent, s.child)
+        return s.child.rejected(reason, "evolve") if reason else self.judge_request(s)
+
+    def judged(self, s: _Slot, reply: Completion) -> Request | Task:
+        assert s.child is not None
+        equal = parse_equal(reply.text)
+        s.child.meta["judge"] = {True: "equal", False: "not equal", None: "unclear"}[equal]
+        if equal is None:  # kept: only a clear "equal" eliminates
+            s.child.meta["judge_reply"] = reply.text
+        if equal:
+            return s.child.rejected("elimination_no_gain: judged equal to its parent", "evolve")
+        return self.answer_request(s)
+
+    def answered(self, s: _Slot, reply: Completion) -> Request | Task:
+        c = s.child
+        assert c is not None
+        answer = parse_answer(reply.text)
+        if not answer:
+            return self.retry_or_reject(s, reply, "answer", self.answer_request)
+        c.instances = [Instance("", answer)]
+        if reply.finish_reason == "length":
+            c.meta["answer_truncated"] = True
+        # Checked again as replies arrive, so two near-identical evolutions of one round are not both kept.
+        reason = answer_reject_reason(answer, self.e) or self.filter.check(c, ignore=self.ancestors(c))
+        if reason:
+            return c.rejected(reason, "evolve")
+        self.filter.add(c.instruction)
+        self.texts[c.id] = c.instruction
+        return c
+
+    def retry_or_reject(self, s: _Slot, reply: Completion, what: str,
+                        request: Callable[[_Slot], Request]) -> Request | Task:
+        assert s.child is not None
+        if s.tries < self.cfg.teacher.max_retries:
+            s.tries += 1
+            return request(s)
+        s.child.meta.update(evolve_reply=reply_meta(reply), tries=s.tries + 1)
+        return s.child.rejected(f"unparseable_reply: empty {what} after {s.tries} retries", "evolve")
+
+    def round(self, parents: list[Task], round_: int, emit: Callable[[Task], None]) -> int:
+        """Stream every call of one round through the teacher; emit each slot's outcome the
+        moment it is known. Returns the teacher errors: their slots get no outcome."""
+        follow_ups: deque[Request] = deque()
+        in_flight = errors = 0
+
+        def requests() -> Iterator[Request | None]:
+            nonlocal in_flight
+            fresh = (self.slot(p, round_) for p in parents)
+            while True:
+                # Follow-ups first: a slot that is under way finishes (and is written) sooner.
+                req = follow_ups.popleft() if follow_ups else next(fresh, None)
+                if req is None:
+                    if not in_flight:
+                        return
+                    yield WAIT  # the next calls need replies still in flight
+                    continue
+                if isinstance(req, _Slot):
+                    req = self.evolution_request(req)
+                in_flight += 1
+                yield req
+
+        for req, reply in self.teacher.stream(requests(), self.evolve_params, kind="evolve"):
+            in_flight -= 1
+            read_reply, s = req.key
             if not reply.ok:
                 errors += 1
                 continue
-            c.instances = [Instance("", parse_answer(reply.text))]
-            if reply.finish_reason == "length":
-                c.meta["answer_truncated"] = True
-            # Checked again in order, so two near-identical evolutions of one chunk are not both kept.
-            reason = answer_reject_reason(c.instances[0].output, self.e) or \
-                self.filter.check(c, ignore=self.ancestors(c))
-            if reason:
-                rejected.append(c.rejected(reason, "evolve"))
-                continue
-            self.filter.add(c.instruction)
-            self.texts[c.id] = c.instruction
-            kept.append(c)
-        return kept, rejected, errors
+            outcome = read_reply(s, reply)
+            if isinstance(outcome, Request):
+                follow_ups.append(outcome)
+            else:
+                emit(outcome)
+        return errors
+
+
+def _retry_salt(salt: str, tries: int) -> str:
+    return f"{salt}:retry{tries}" if tries else salt
+
+
+def _retry(params: GenParams, tries: int) -> GenParams:
+    return retry_params(params) if tries else params
 
 
 def run_evolve(teacher: Teacher, pool: list[Task], cfg: RunConfig, run: RunDir, prompts: Prompts, *,
                source: str, seeds: Iterable[str] = (), progress: ProgressFactory | None = None,
                on_round: Callable[[int], None] | None = None) -> EvolveResult:
-    """Run rounds done+1 .. evolve.rounds over `pool` (read from `source`, recorded for resume)."""
+    """Run rounds 1 .. evolve.rounds over `pool` (read from `source`), skipping every slot that
+    has an outcome; stop at the first round left with pending slots. Writes no manifest:
+    the runner records `source` and the rounds done."""
     e = cfg.evolve
     validate(e)
     if not pool:
@@ -279,28 +355,37 @@ def run_evolve(teacher: Teacher, pool: list[Task], cfg: RunConfig, run: RunDir, 
     if evolved and state.get("evolve_input", source) != source:
         raise Seed2LoraError(f"{run.stage_file('evolve')} was evolved from {state['evolve_input']}, not {source}. "
                              "Fix: use another --run-name for another input, or delete evolve.jsonl to start over")
-    result = EvolveResult(rounds_done=int(state.get("evolve_rounds_done", 0)))
-    outcomes = {(t.parent_id, t.round) for t in [*evolved, *run.read_rejected()] if t.stage == "evolve"}
+    # Per instruction: the last round with its outcome. Older versions marked a round done past
+    # a failed slot, whose instruction then re-entered the next round: an outcome there counts too.
+    last_round: dict[str, int] = {}
+    for t in [*evolved, *run.read_rejected()]:
+        if t.stage == "evolve" and t.parent_id:
+            last_round[t.parent_id] = max(last_round.get(t.parent_id, 0), t.round)
+    result = EvolveResult(rounds_done=0, source=source)
     evolver = _Evolver(teacher, cfg, prompts, pool, evolved, seeds)
-    size = _chunk_size(teacher)
     with JsonlWriter(run.stage_file("evolve")) as kept_out, JsonlWriter(run.rejected_file) as rejected_out:
-        for round_ in range(result.rounds_done + 1, e.rounds + 1):
-            pending = [t for t in generation(pool, evolved, round_) if (t.id, round_) not in outcomes]
-            with progress(f"evolve round {round_}/{e.rounds}", len(pending)) as advance:
-                for start in range(0, len(pending), size):
-                    kept, rejected, errors = evolver.chunk(pending[start:start + size], round_)
-                    for t in kept:
-                        kept_out.write(t)
-                    for t in rejected:
-                        rejected_out.write(t)
-                    evolved += kept
-                    result.kept += len(kept)
-                    result.rejected.update(reason_kind(t.reject_reason) for t in rejected)
-                    result.errors += errors
-                    advance(len(pending[start:start + size]))
+        for round_ in range(1, e.rounds + 1):
+            pending = [t for t in generation(pool, evolved, round_) if last_round.get(t.id, 0) < round_]
+            if pending:
+                with progress(f"evolve round {round_}/{e.rounds}", len(pending)) as advance:
+
+                    def emit(t: Task, round_: int = round_, advance: ProgressFn = advance) -> None:
+                        if t.reject_reason:
+                            rejected_out.write(t)
+                            result.rejected[reason_kind(t.reject_reason)] += 1
+                        else:
+                            kept_out.write(t)
+                            evolved.append(t)
+                            result.kept += 1
+                        last_round[t.parent_id or ""] = round_
+                        advance(1)
+
+                    result.errors += evolver.round(pending, round_, emit)
+                result.pending = sum(last_round.get(t.id, 0) < round_ for t in pending)
+                if result.pending:
+                    break  # the next round's slots depend on this round's outcomes
+                if on_round:
+                    on_round(round_)
             result.rounds_done = round_
-            run.update_manifest(state={"evolve_rounds_done": round_, "evolve_input": source})
-            if on_round:
-                on_round(round_)
     result.total = len(evolved)
     return result
