@@ -155,8 +155,9 @@ class BudgetConfig:
 class ExportConfig:
     formats: str = "alpaca,messages,hf,parquet"  # every format; each is small next to the run itself
     rows: str = "instance"  # instance = one row per instance (Self-Instruct's fine-tuning data); task = first instance only (Alpaca)
+    include: list[str] = field(default_factory=lambda: ["self-instruct", "evolve"])  # every kept record a run made; with both named, one the run lacks is skipped
     include_seeds: bool = True  # the Self-Instruct authors' release script adds the human seed instances (--include_seed_tasks); train split only
-    eval_fraction: float = 0.1  # of machine tasks, not rows, so no task's instances sit on both sides; runs are small, 10% still gives tens
+    eval_fraction: float = 0.1  # of task families (a task and its evolutions), not rows, so no near-duplicates sit on both sides; 10% still gives tens
     seed: int = 42  # the split is drawn from random.Random(seed): same run + same seed = same split
 
 
