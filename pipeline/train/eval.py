@@ -27,10 +27,10 @@ from typing import Any
 from ..config import EvalConfig
 from ..datasets_io import read_records
 from ..errors import Seed2LoraError
+from ..records import row_messages, user_text
 from ..similarity import rouge_l
-from ..stages.export import row_messages, user_text
 from ..store import write_text_atomic
-from .data import load_rows, prompt_text, train_eval_rows
+from .data import check_rows, load_rows, prompt_text, train_eval_rows
 from .model import SUMMARY, adapter_info, load_with_adapter
 
 Log = Callable[[str], None]
@@ -65,6 +65,7 @@ def load_eval_items(data: str, limit: int = 0, seed: int = 0, train_seed: int = 
                         "output": inst.get("output", ""), "category": r.get("motivation_app", "")}
                        for k, inst in enumerate(r.get("instances") or [])] for i, r in enumerate(raw)]
         else:
+            check_rows(raw, str(path))
             groups = [[{**r, "id": r.get("id", i)}] for i, r in enumerate(raw)]
     groups = [g for g in groups if g]
     if limit and limit < len(groups):
