@@ -80,3 +80,39 @@ def test_each_train_module_imported_alone_loads_no_stage():
     if stages_loaded(*modules):
         bad = {m: loaded for m in modules if (loaded := stages_loaded(m))}
         raise AssertionError(f"these train modules load stages/ when imported alone: {bad}")
+
+
+def test_each_module_imports_alone_and_none_reaches_up_to_the_cli():
+    """Every module outside train/ (checked above) imports in a fresh interpreter; none but the CLI loads
+    pipeline.cli, and the one config module loads nothing of ours but the errors it raises."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    modules = [module_name(p) for p in sorted((ROOT / "pipeline").rglob("*.py"))
+               if p.name != "__main__.py" and TRAIN not in p.parents]
+    check = ("import importlib, sys; importlib.import_module(sys.argv[1]); "
+             "print(' '.join(sorted(m for m in sys.modules if m.startswith('pipeline'))))")
+
+    def load(module: str) -> tuple[str, subprocess.CompletedProcess]:
+        return module, subprocess.run([sys.executable, "-c", check, module], cwd=ROOT, capture_output=True,
+                                      text=True, timeout=300)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        done = dict(pool.map(load, modules))
+    failed = {m: p.stderr[-1500:] for m, p in done.items() if p.returncode}
+    assert not failed, failed
+    loaded = {m: set(p.stdout.split()) for m, p in done.items()}
+    assert loaded["pipeline.config"] <= {"pipeline", "pipeline.config", "pipeline.errors"}, loaded["pipeline.config"]
+    assert not [m for m, found in loaded.items() if "pipeline.cli" in found and m != "pipeline.cli"]
+
+
+def test_nothing_but_the_entry_point_imports_the_cli_and_config_reads_only_the_ground():
+    bad = []
+    for path in sorted((ROOT / "pipeline").rglob("*.py")):
+        module = module_name(path)
+        for where, target in imports(path.read_text(encoding="utf-8"), module, path.name == "__init__.py"):
+            if target == "pipeline.cli" and module not in ("pipeline.cli", "pipeline.__main__"):
+                bad.append(f"{module}: {where} imports pipeline.cli")
+            if module == "pipeline.config" and target.startswith("pipeline.") and \
+                    not (target == "pipeline.errors" or target.startswith("pipeline.errors.")):
+                bad.append(f"pipeline.config: {where} imports {target}")
+    assert not bad, "\n".join(bad)
