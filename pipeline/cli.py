@@ -209,9 +209,11 @@ _stage_command("filter", "Stage 4: filter instructions and clean instances; writ
 @click.option("--input", "input_path", type=click.Path(exists=True),
               help="Pool to evolve: JSONL, Alpaca JSON, CSV, parquet or a datasets folder (default: evolve.source, "
                    "this run's filter.jsonl).")
-@click.option("--rounds", type=int, help="Rounds of evolution (default 4); more rounds continue a finished run.")
+@click.option("--rounds", type=int,
+              help=f"Rounds of evolution (default {default_of('evolve.rounds')}); more rounds continue a finished run.")
 @click.option("--weights", metavar="OP=W,...",
-              help="Operation weights, e.g. constraints=1,deepen=1,concretize=1,reasoning=1,complicate_input=1,breadth=1.")
+              help="Relative chance of each operation, e.g. breadth=2,reasoning=0 (default " +
+                   ",".join(f"{op}={w:g}" for op, w in vars(RunConfig().evolve.weights).items()) + ").")
 @friendly_errors
 def evolve(config_path, sets, input_path, rounds, weights, **flags):
     """Evol-Instruct: make instructions harder (in depth) and rarer (in breadth) over rounds; write evolve.jsonl."""

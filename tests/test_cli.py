@@ -204,7 +204,7 @@ def test_help_shows_every_default_from_the_config_and_examples():
         for want in wanted:
             assert want in text, (command, want)
         for option in cli.commands[command].params:  # every option with a value says what it is without one
-            if isinstance(option, click.Option) and not option.is_flag and option.name not in ("sets", "weights"):
+            if isinstance(option, click.Option) and not option.is_flag and option.name != "sets":
                 assert "default" in (option.help or "") or option.show_default, (command, option.name)
     assert "--no-seeds" not in _help("export") and "--out " not in _help("train")  # old spellings: hidden ...
     for command in ("bootstrap", "evolve", "classify", "instances", "filter"):
