@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -290,7 +291,14 @@ def config_command():
 
 def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
-    cli.main(args=argv, prog_name="seed2lora")
+    try:
+        cli.main(args=argv, prog_name="seed2lora")
+    except SystemExit as e:
+        if e.code in (130, 143):  # interrupted: the manifest says so and every record is written
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(e.code)  # requests still in flight would otherwise hold the exit until they time out
+        raise
 
 
 if __name__ == "__main__":

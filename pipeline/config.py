@@ -33,13 +33,16 @@ DEFAULT_BLACKLIST = [
 class TeacherConfig:
     spec: str = "embedded"  # embedded | openai:MODEL | hf:PATH_OR_ID; embedded needs no key and no network
     base_url: str = ""  # OpenAI-compatible server (vLLM, Ollama, llama.cpp, TGI); empty = $OPENAI_BASE_URL or OpenAI
-    api: str = "auto"  # chat | completions; auto = chat for openai, completions for local models (see README)
+    api: str = "auto"  # chat | completions; auto = completions where a server offers it (small models follow it far better), else chat; local models: completions
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable, never stored in the manifest
     api_key: str = ""  # a key given here is used, but prefer api_key_env; the manifest shows only "***"
     concurrency: int = 8  # requests kept in flight to a server; vLLM batches them on its side
     batch_size: int = 8  # prompts per forward pass for in-process models; 8 keeps a 2-core CPU busy
     timeout_s: float = 120.0  # per request; long completions from a loaded server can take a minute
-    max_retries: int = 6  # transient failures (429, 5xx, timeouts) retried with backoff, then the prompt is skipped
+    max_retries: int = 6  # transient failures (429, 5xx, timeouts, malformed replies) retried with backoff; also retries of unparseable replies
+    max_wait_s: float = 60.0  # longest backoff between two tries of one request (a Retry-After is honoured up to this)
+    connect_window_s: float = 20.0  # refused or reset connections are retried this long, then the run stops naming the URL (a restart fits; a wrong port fails fast)
+    max_consecutive_failures: int = 20  # circuit breaker: this many failed tries in a row (5xx, timeouts, malformed replies) stop the run with the last error
     device: str = "auto"  # in-process models: auto = cuda if available, else cpu
     dtype: str = "auto"  # in-process models: auto = bfloat16 on GPU, float32 on CPU
     repetition_penalty: float = 1.15  # in-process only: small models loop without it; servers use presence_penalty
@@ -55,6 +58,9 @@ class BootstrapConfig:
     num_machine_instructions: int = 2  # of those, machine-made ones (fewer while the pool is small)
     max_list_number: int = 16  # the prompt's numbered list stops at this number (stop sequence "16.")
     max_requests: int = 0  # give up after this many prompts; 0 = 20 x num_instructions, so an all-rejecting teacher cannot hang
+    yield_window: int = 50  # the accept rate is judged over this many recent prompts
+    yield_warn: float = 0.2  # warn when fewer instructions than this are kept per prompt (a healthy run keeps about 1-3)
+    yield_stop: float = 0.05  # stop (exit 6) below this: 1 kept in 20 prompts means the teacher mostly repeats itself
     use_clf_seed_tasks_only: bool = False  # Self-Instruct's option to bootstrap classification tasks only
     max_tokens: int = 1024  # Self-Instruct: room for 8 new tasks
     temperature: float = 0.7  # Self-Instruct's sampling, for diverse but on-topic tasks

@@ -150,9 +150,8 @@ class Session:
                 self.check_budget(step.name)
                 self.record(stages={step.name: {**result.counts, "pending": result.pending}})
                 if result.pending:
-                    raise Incomplete(f"{result.message}. {result.pending} pending in {step.name}: the teacher "
-                                     f"failed on them (see the errors above and the usage in manifest.json); "
-                                     "run the same command again to retry exactly those")
+                    raise Incomplete(f"{result.message}. {result.pending} pending in {step.name}; run the same "
+                                     "command again to retry exactly those")
                 messages.append(result.message)
                 self.log(result.message)
             self.record(status="done", reason=None)
@@ -169,7 +168,17 @@ class Session:
         except Exception as e:
             self.record(status="failed", reason=mask_secrets(f"{type(e).__name__}: {e}"))
             raise
+        finally:
+            self.close()
         return messages
+
+    def close(self) -> None:
+        """Close the run's database (its WAL is folded in now, not whenever this object is collected)."""
+        if self._cache is not None:
+            self._cache.close()
+            self._cache, self._attached = None, False
+            if self._teacher is not None:
+                self._teacher.cache = None
 
     def validate(self, steps: list[Step], input_path: str | Path | None) -> None:
         """Everything that can fail on bad input, before the run folder or manifest is touched."""
@@ -192,6 +201,8 @@ class Session:
     def bare_teacher(self) -> Teacher:
         if self._teacher is None:
             self._teacher = make_teacher(self.cfg.teacher, seed=self.cfg.seed)
+        if getattr(self._teacher, "on_event", False) is None:
+            self._teacher.on_event = RateLimitedLog(self.log)
         return self._teacher
 
     @property
@@ -204,8 +215,6 @@ class Session:
             teacher.session = self.session_id
             model = teacher.describe().get("model", teacher.name)
             teacher.budget = Budget(self.cfg.budget, str(model), self.cache.usage(exclude_session=self.session_id))
-            if hasattr(teacher, "on_event"):
-                teacher.on_event = RateLimitedLog(self.log)
         return teacher
 
     @property
@@ -301,6 +310,8 @@ class Session:
         done = len(self.run.read_stage(stage))
         message = (f"{stage}: {r.written} tasks written ({done} in {stage}.jsonl), {r.rejected} rejected after "
                    f"{self.cfg.teacher.max_retries} retries of unusable replies, {r.retried} retried")
+        if r.pending:
+            message += f"; the teacher failed on {r.pending} (see the errors above and the usage in manifest.json)"
         return StepResult(message, r.pending, r.counts(len(tasks)))
 
     def _classify(self, input_path: str | Path | None = None) -> StepResult:

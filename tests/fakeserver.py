@@ -101,6 +101,18 @@ class FakeOpenAI:
         self.server.shutdown()
         self.server.server_close()
 
+    def go_down(self) -> None:
+        """Stop listening: connections are refused, as with a killed server."""
+        self.close()
+
+    def come_back(self) -> None:
+        """Listen again on the same port, as a restarted server."""
+        handler, port = self.server.RequestHandlerClass, self.server.server_address[1]
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+
     def enqueue(self, reply: Any, *, status: int = 200, finish_reason: str = "stop",
                 headers: dict[str, str] | None = None, delay: float = 0.0) -> None:
         """Queue one reply: text (wrapped as a completion), a dict/bytes body, or a callable(path, body)."""
@@ -131,6 +143,8 @@ class FakeOpenAI:
         if "numbered list of" in prompt:  # bootstrap
             items = [next(self._novel) for _ in range(3)]  # called under the server's lock
             text = "Sure! Here are some new tasks:\n\n" + "\n".join(f"{i + 9}. {t}" for i, t in enumerate(items))
+            if not path.endswith("/chat/completions"):  # a completion model continues the prompt's "9."
+                text = f" {items[0]}\n" + "\n".join(f"{i + 10}. {t}" for i, t in enumerate(items[1:]))
         elif "Is it classification?" in prompt:
             task = prompt.rsplit("Task:", 1)[-1]
             text = "Yes" if "Compare" in task else "No"

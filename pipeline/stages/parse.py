@@ -53,7 +53,7 @@ def parse_numbered_list(reply: str, prefix: str = "", truncated: bool = False) -
     out = []
     for parts in items:
         text = clean_instruction(" ".join(parts))
-        if text and text not in out:
+        if text:  # repeats are kept: the stage rejects them as duplicates, with a record
             out.append(text)
     return out
 

@@ -117,7 +117,8 @@ class OpenAITeacher(BaseTeacher):
                 alive.append(i)
             else:
                 last = f"{url}: {error}"
-                self._event(f"{url} does not answer ({error}); requests go to the other endpoints")
+                if len(self.base_urls) > 1:
+                    self._event(f"{url} does not answer ({error}); requests go to the other endpoints")
         if not alive:
             raise TeacherUnavailable(f"no endpoint answers: {last}. Fix: start the server, or check --base-url "
                                      "(host and port)")
@@ -141,6 +142,7 @@ class OpenAITeacher(BaseTeacher):
         """None when the endpoint answers HTTP at all (GET /models); else the last connection error."""
         client = self._clients[i].with_options(timeout=min(self.timeout_s, 10.0))
         deadline = time.monotonic() + self.connect_window_s
+        announced = False
         while True:
             try:
                 client.models.list()
@@ -150,6 +152,10 @@ class OpenAITeacher(BaseTeacher):
             except (openai.APIConnectionError, httpx.TransportError) as e:  # refused, DNS, TLS, reset, timeout
                 if time.monotonic() >= deadline or self._stop.wait(1.0):
                     return _describe_error(e, self._secret)
+                if not announced:
+                    announced = True
+                    self._event(f"cannot reach {self.base_urls[i]} ({_describe_error(e, self._secret)}); trying "
+                                f"for {self.connect_window_s:.0f} s (teacher.connect_window_s)")
             except (openai.APIStatusError, ValueError):
                 return None  # an HTTP answer (a server without /models, say): it is there
 
@@ -226,7 +232,7 @@ class OpenAITeacher(BaseTeacher):
             self._event(f"retrying after {_describe_error(e, self._secret)}")
 
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.max_retries + 1) | (lambda _: self._stop.is_set()),
+            stop=self._give_up,
             wait=_wait_for(self.max_wait_s),
             sleep=self._sleep,
             retry=tenacity.retry_if_exception(_is_transient),
@@ -254,6 +260,16 @@ class OpenAITeacher(BaseTeacher):
                 break
         return Completion("", "error", error=error, retries=faults["retries"], timeouts=faults["timeouts"])
 
+    def _give_up(self, state: tenacity.RetryCallState) -> bool:
+        """Stop retrying: when the run is stopping, or after max_retries; a refused connection is instead
+        retried until connect_window_s runs out (a restarting server is back in seconds)."""
+        if self._stop.is_set():
+            return True
+        e = state.outcome.exception() if state.outcome else None
+        if isinstance(e, openai.APIConnectionError) and not isinstance(e, openai.APITimeoutError):
+            return False  # _failed() sets the stop once the window is over
+        return state.attempt_number > self.max_retries
+
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)  # an interrupt or a fatal error ends every backoff at once
 
@@ -275,14 +291,17 @@ class OpenAITeacher(BaseTeacher):
     def _failed(self, e: BaseException) -> None:
         now = time.monotonic()
         with self._lock:
-            self._failures_in_row += 1
             self._last_error = _describe_error(e, self._secret)
             if isinstance(e, openai.APITimeoutError):
                 self._shrink(f"a request timed out after {self.timeout_s:.0f} s")
             connection = isinstance(e, openai.APIConnectionError) and not isinstance(e, openai.APITimeoutError)
+            # An outage is judged by its length (connect_window_s); the breaker counts answers that went wrong.
+            self._failures_in_row += 0 if connection else 1
             if connection and self._down_since is None:
                 self._down_since = now
-            if connection and now - self._down_since > self.connect_window_s:
+            if self._fatal is not None:
+                pass  # the first reason to stop is the one reported
+            elif connection and now - self._down_since > self.connect_window_s:
                 self._fatal = TeacherUnavailable(
                     f"{self.base_url} has not answered for {now - self._down_since:.0f} s (last error: "
                     f"{self._last_error}). Fix: start the server or check --base-url; a re-run resumes")
@@ -406,7 +425,10 @@ def _describe_error(e: BaseException, secret: str = "") -> str:
         403: "the key may not use this model",
         404: "unknown model or wrong base URL; check --teacher openai:MODEL and --base-url",
     }.get(status or 0, "")
-    detail = str(getattr(e, "message", "") or e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    detail = str(getattr(e, "message", "") or e).strip().splitlines()[0][:300].rstrip(".") if str(e).strip() else ""
+    cause = e.__cause__ or e.__context__
+    if isinstance(e, openai.APIConnectionError) and cause is not None and str(cause).strip():
+        detail += f": {str(cause).strip().splitlines()[0][:200]}"  # "Connection refused", a DNS or TLS error
     msg = (f"HTTP {status} " if status else "") + type(e).__name__ + (f": {detail}" if detail else "")
     text = f"{msg} ({hint})" if hint else msg
     return mask_secrets(text.replace(secret, "***") if secret else text)

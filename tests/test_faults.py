@@ -1,0 +1,319 @@
+"""Faults between stages: each one stops, retries or is recorded; nothing is silent (issue #11).
+
+Every test here failed before the runner loop: a dead URL hung for minutes, a re-run
+after an outage re-sent every unfinished prompt, a task the teacher failed on was
+reported done, duplicates and unparseable replies vanished, Ctrl-C lost usage, a failed
+command rewrote a finished run, and a repetitive teacher was paid 20x the target.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+from fakeserver import FakeOpenAI
+from helpers import invoke, read, teacher_flags
+
+from pipeline.cache import ResponseCache
+from pipeline.cli import cli
+from pipeline.teachers import GenParams
+from pipeline.teachers.openai_compat import OpenAITeacher
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli_run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def manifest(run: Path) -> dict:
+    return json.loads((run / "manifest.json").read_text())
+
+
+def prompts_of(server, marker):
+    return [h for h in server.history if marker(server.prompt_of(h["body"]))]
+
+
+def is_bootstrap(prompt):
+    return "numbered list of" in prompt
+
+
+def is_instances(prompt):
+    return prompt.rstrip().endswith(("Input:", "Class label:"))
+
+
+# 1. A dead server or a wrong port fails fast, naming the URL, and writes nothing.
+def test_an_unreachable_url_fails_within_seconds_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    started = time.monotonic()
+    result = cli_run("run", "--teacher", "openai:m", "--base-url", url, "--output-dir", tmp_path, "--run-name", "x",
+                     "--set", "teacher.connect_window_s=2")
+    assert time.monotonic() - started < 60
+    assert result.exit_code == 4, result.output
+    text = " ".join(result.output.split())
+    assert url in text and "Connection refused" in text and "--base-url" in text
+    assert not (tmp_path / "x").exists()  # validation comes before any write
+
+
+# 1. A server killed mid-run and back within the connect window: the run completes.
+def test_a_server_that_goes_down_mid_run_and_comes_back_completes_the_run(fake_openai, tmp_path):
+    fake_openai.default_delay = 0.02
+
+    def outage():
+        while len(prompts_of(fake_openai, is_instances)) < 3:
+            time.sleep(0.01)
+        fake_openai.go_down()
+        time.sleep(2.0)
+        fake_openai.come_back()
+
+    threading.Thread(target=outage, daemon=True).start()
+    result = cli_run("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 8,
+                     "--set", "teacher.connect_window_s=15", "--set", "teacher.max_wait_s=0.5",
+                     "--set", "teacher.concurrency=1")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "r"
+    assert len(read(run / "instances.jsonl")) == 8 and manifest(run)["status"] == "done"
+    assert manifest(run)["usage"]["instances"]["retries"] > 0  # the outage was retried, and counted
+
+
+# 1 and 3. A server gone for good: exit 4 within the window, status failed with the URL; a re-run finishes.
+def test_a_server_that_stays_down_stops_the_run_and_a_rerun_finishes_it(fake_openai, tmp_path):
+    fake_openai.default_delay = 0.02
+
+    def outage():
+        while len(prompts_of(fake_openai, is_instances)) < 3:
+            time.sleep(0.01)
+        fake_openai.go_down()
+
+    threading.Thread(target=outage, daemon=True).start()
+    started = time.monotonic()
+    result = cli_run("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 8,
+                     "--set", "teacher.connect_window_s=2", "--set", "teacher.max_wait_s=0.5",
+                     "--set", "teacher.concurrency=1")
+    assert result.exit_code == 4 and time.monotonic() - started < 30, result.output
+    run = tmp_path / "r"
+    m = manifest(run)
+    assert m["status"] == "failed" and fake_openai.url in m["reason"]
+    done = len(read(run / "instances.jsonl"))
+    assert done < 8
+    fake_openai.come_back()
+    invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 8)
+    assert len(read(run / "instances.jsonl")) == 8 and manifest(run)["status"] == "done"
+
+
+# 2. A re-run after an outage sends no more bootstrap prompts than the target needs.
+def test_a_rerun_after_an_outage_sends_only_the_prompts_the_target_needs(fake_openai, tmp_path):
+    for _ in range(40):
+        fake_openai.enqueue({"error": {"message": "overloaded"}}, status=503)
+    result = cli_run("bootstrap", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 12,
+                     "--set", "teacher.max_retries=0", "--set", "teacher.max_consecutive_failures=16")
+    assert result.exit_code == 4 and "16 requests in a row failed" in " ".join(result.output.split())
+    run = tmp_path / "r"
+    cache = ResponseCache(run / "cache.sqlite")
+    sent, unfinished = cache.requests("bootstrap")
+    assert len(unfinished) >= 8  # the outage left many logged prompts open
+    fake_openai.queue.clear()
+    before = len(prompts_of(fake_openai, is_bootstrap))
+    invoke("bootstrap", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 12,
+           "--set", "teacher.concurrency=1")
+    rerun = len(prompts_of(fake_openai, is_bootstrap)) - before
+    assert len(read(run / "bootstrap.jsonl")) == 12
+    assert rerun == 4, rerun  # the fake teacher gives 3 novel tasks a reply: 12 / 3, not every open prompt
+
+
+# 3 and 7. A task the teacher failed on is pending: exit 5, status incomplete; a re-run retries exactly it.
+def test_a_task_the_teacher_failed_on_is_pending_not_done(fake_openai, tmp_path):
+    invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 4, "--set",
+           'stages=["bootstrap", "classify"]')
+    fake_openai.enqueue({"error": {"message": "boom"}}, status=500)
+    result = cli_run("instances", *teacher_flags(fake_openai, tmp_path), "--set", "teacher.max_retries=0",
+                     "--set", "teacher.concurrency=1")
+    assert result.exit_code == 5, result.output
+    text = " ".join(result.output.split())
+    assert "1 pending in instances" in text and "run the same command again" in text
+    run = tmp_path / "r"
+    assert manifest(run)["status"] == "incomplete" and len(read(run / "instances.jsonl")) == 3
+    before = len(fake_openai.history)
+    invoke("instances", *teacher_flags(fake_openai, tmp_path))
+    assert len(fake_openai.history) - before == 1 and len(read(run / "instances.jsonl")) == 4
+    assert manifest(run)["status"] == "done"
+
+
+# 6 and 7. Every record ends kept, rejected or pending: duplicates and unparseable replies get a reason.
+def test_duplicates_and_unparseable_replies_land_in_rejected_with_a_reason(fake_openai, tmp_path):
+    fake_openai.enqueue("9. Describe how tide pools form along rocky coasts.\n"
+                        "10. Describe how tide pools form along rocky coasts.")
+    fake_openai.enqueue("I cannot help with that request, sorry about it.")
+    fake_openai.enqueue("9. Describe how tide pools form along rocky coasts.")
+    invoke("bootstrap", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 4,
+           "--set", "teacher.concurrency=1")
+    rejected = read(tmp_path / "r" / "rejected.jsonl")
+    reasons = [r["reject_reason"].split(":")[0] for r in rejected]
+    assert reasons.count("duplicate") == 2 and reasons.count("unparseable_reply") == 1
+    unparseable = next(r for r in rejected if r["reject_reason"].startswith("unparseable_reply"))
+    assert "cannot help" in unparseable["meta"]["bootstrap_reply"]["reply"]
+    # Instances: a reply with no instance is asked again (another salt, sampled), then rejected with it.
+    invoke("classify", *teacher_flags(fake_openai, tmp_path))
+    hard = read(tmp_path / "r" / "classify.jsonl")[0]["instruction"]
+    competent = fake_openai.default_reply
+    fake_openai.default_reply = lambda path, body: (fake_openai.wrap(path, "Nothing useful here.")
+                                                    if hard in fake_openai.prompt_of(body) else competent(path, body))
+    invoke("instances", *teacher_flags(fake_openai, tmp_path), "--set", "teacher.max_retries=2",
+           "--set", "teacher.concurrency=1")
+    tries = [h["body"] for h in prompts_of(fake_openai, lambda p: is_instances(p) and hard in p)]
+    assert [b["temperature"] for b in tries] == [0.0, 0.7, 0.7] and len({b["seed"] for b in tries}) == 3
+    run = tmp_path / "r"
+    dropped = [r for r in read(run / "rejected.jsonl") if r["stage"] == "instances"]
+    assert len(dropped) == 1 and dropped[0]["reject_reason"].startswith("unparseable_reply")
+    assert dropped[0]["meta"]["tries"] == 3
+    generated = len(read(run / "classify.jsonl"))
+    assert len(read(run / "instances.jsonl")) + len(dropped) == generated  # kept + rejected + pending (0)
+    assert manifest(run)["stages"]["instances"] == {"generated": 4, "kept": 3, "rejected": 1, "pending": 0,
+                                                    "retried": 2}
+
+
+# 8. Usage survives kill -9: the next session's budget counts the killed session's calls.
+def test_usage_survives_kill_9_and_the_budget_holds_across_sessions(tmp_path, monkeypatch):
+    server = FakeOpenAI()
+    server.default_delay = 0.05
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    cmd = [sys.executable, "-m", "pipeline", "run", "--teacher", "openai:fake-model", "--base-url", server.url,
+           "--output-dir", str(tmp_path), "--run-name", "k", "--num-instructions", "40", "--api", "chat",
+           "--set", "teacher.concurrency=2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while len(server.history) < 12 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        answered = len(server.history)
+        usage = ResponseCache(tmp_path / "k" / "cache.sqlite").usage()
+        calls = usage["bootstrap"]["calls"]
+        assert answered - 2 <= calls <= answered  # all but those in flight at the kill
+        spent = usage["bootstrap"]["prompt_tokens"] + usage["bootstrap"]["completion_tokens"]
+        before = len(server.history)
+        result = subprocess.run([*cmd, "--max-tokens-total", str(spent)], cwd=ROOT, env=env, capture_output=True,
+                                text=True)
+        assert result.returncode == 3, result.stderr
+        assert len(server.history) == before  # nothing sent: the killed session's spend already fills the budget
+    finally:
+        server.close()
+
+
+# 9. A command that fails validation leaves a finished run byte-identical and makes no folder.
+def test_a_failed_command_leaves_a_finished_run_byte_identical(fake_openai, tmp_path, monkeypatch):
+    invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 3)
+    run = tmp_path / "r"
+
+    def snapshot():
+        return {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    flags = ["--output-dir", tmp_path, "--run-name", "r"]
+    dead = f"http://127.0.0.1:{closed_port()}/v1"
+    for args in (["--teacher", "nope:x"], ["--teacher", "openai:m", "--base-url", dead,
+                                            "--set", "teacher.connect_window_s=1"],
+                 ["--teacher", "openai:m", "--set", "bootstrap.num_instructions=eight"]):
+        result = cli_run("run", *flags, *args)
+        assert result.exit_code in (2, 4), result.output
+        assert snapshot() == before, args
+    monkeypatch.delenv("OPENAI_API_KEY")
+    result = cli_run("run", *flags, "--teacher", "openai:gpt-4o-mini")
+    assert result.exit_code == 2 and "OPENAI_API_KEY is not set" in result.output
+    assert snapshot() == before
+    result = cli_run("run", "--output-dir", tmp_path, "--run-name", "new", "--teacher", "nope:x")
+    assert result.exit_code == 2 and not (tmp_path / "new").exists()
+
+
+# 11. Server runs are reproducible: each request sends a seed from the run seed and its RNG state.
+def test_requests_send_a_seed_that_a_rerun_repeats(fake_openai, tmp_path):
+    invoke("bootstrap", *teacher_flags(fake_openai, tmp_path, "a"), "--num-instructions", 3,
+           "--set", "teacher.concurrency=1")
+    invoke("bootstrap", *teacher_flags(fake_openai, tmp_path, "b"), "--num-instructions", 3,
+           "--set", "teacher.concurrency=1")
+    seeds = [h["body"]["seed"] for h in fake_openai.history]
+    half = len(seeds) // 2
+    assert seeds[:half] == seeds[half:] and len(set(seeds[:half])) == half
+
+
+# 12. api auto: the completions endpoint where the server offers it; the choice is recorded.
+def test_api_auto_takes_the_completions_endpoint_when_the_server_has_one(fake_openai, tmp_path):
+    fake_openai.completions_endpoint = True
+    invoke("bootstrap", "--teacher", "openai:fake-model", "--base-url", fake_openai.url, "--output-dir", tmp_path,
+           "--run-name", "r", "--num-instructions", 2)
+    teacher = manifest(tmp_path / "r")["teacher"]
+    assert teacher["api"] == "completions" and teacher["api_choice"].startswith("auto: completions")
+    assert all(h["path"].endswith("/v1/completions") for h in fake_openai.history)
+
+
+def test_api_auto_falls_back_to_chat(fake_openai, tmp_path):
+    invoke("bootstrap", "--teacher", "openai:fake-model", "--base-url", fake_openai.url, "--output-dir", tmp_path,
+           "--run-name", "r", "--num-instructions", 2)
+    teacher = manifest(tmp_path / "r")["teacher"]
+    assert teacher["api"] == "chat" and "auto: chat" in teacher["api_choice"]
+
+
+# 12. Requests in flight adapt to a server that serves fewer at a time, and the user is told.
+def test_slow_replies_shrink_the_requests_in_flight(fake_openai):
+    fake_openai.default_delay = 0.6  # over half the 1 s timeout
+    events = []
+    t = OpenAITeacher("m", base_url=fake_openai.url, concurrency=4, timeout_s=1.0, max_wait_s=0.05)
+    t.on_event = events.append
+    out = t.generate([f"p{i}" for i in range(6)], GenParams(max_tokens=5), kind="k")
+    assert all(c.ok for c in out) and t.limit < 4
+    assert any("keeping" in e and "in flight" in e for e in events)
+
+
+# 13. A teacher that only repeats itself stops at the yield floor, long before 20x the target.
+def test_a_teacher_that_repeats_itself_stops_at_the_yield_floor(fake_openai, tmp_path):
+    same = "9. Describe how tide pools form along rocky coasts.\n10. Explain the rules of cricket to a child."
+    fake_openai.default_reply = lambda path, body: fake_openai.wrap(path, same)
+    result = cli_run("bootstrap", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 100,
+                     "--set", "bootstrap.yield_window=10", "--set", "teacher.concurrency=1")
+    assert result.exit_code == 6, result.output
+    text = " ".join(result.output.split())
+    assert "duplicate" in text and "yield_stop" in text
+    assert len(fake_openai.history) <= 12  # 10 prompts judged, not 2,000
+    assert manifest(tmp_path / "r")["status"] == "failed"
+
+
+# 14. SIGTERM (and Ctrl-C) stop within 2 s with status interrupted.
+def test_sigterm_and_ctrl_c_stop_within_2_s_with_status_interrupted(tmp_path, monkeypatch):
+    server = FakeOpenAI()
+    server.default_delay = 5.0  # every request is still in flight at the signal
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+            name = f"s{code}"
+            cmd = [sys.executable, "-m", "pipeline", "run", "--teacher", "openai:fake-model", "--base-url", server.url,
+                   "--output-dir", str(tmp_path), "--run-name", name, "--api", "chat", "--num-instructions", "20"]
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            before = len(server.history)
+            deadline = time.monotonic() + 60
+            while len(server.history) < before + 4 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            sent = time.monotonic()
+            proc.send_signal(sig)
+            proc.wait(timeout=30)
+            assert time.monotonic() - sent < 2.0
+            assert proc.returncode == code, proc.stderr.read().decode()[-2000:]
+            m = manifest(tmp_path / name)
+            assert m["status"] == "interrupted" and m["stage"] == "bootstrap"
+    finally:
+        server.close()
