@@ -382,8 +382,9 @@ class Session:
 
         info = export_run(self.run.path, self.export_dir, self.cfg.export)
         c = info["counts"]
-        return StepResult(f"export: {c['train_rows']} train / {c['eval_rows']} eval rows from {c['tasks']} machine + "
-                          f"{c['seed_tasks']} seed tasks -> {self.export_dir}", 0,
+        origins = ", ".join(f"{n} {o}" for o, n in (info.get("tasks_by_origin") or {}).items())
+        return StepResult(f"export: {c['train_rows']} train / {c['eval_rows']} eval rows from {c['tasks']} generated "
+                          f"tasks ({origins}) + {c['seed_tasks']} seed tasks -> {self.export_dir}", 0,
                           {"train_rows": c["train_rows"], "eval_rows": c["eval_rows"]})
 
     def _train(self, _input: None = None) -> StepResult:

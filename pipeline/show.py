@@ -43,6 +43,9 @@ def summary(run: RunDir, stage: str | None = None) -> dict:
         "instances": sum(len(t.instances) for t in tasks),
         "lengths": {k: _stats(v) for k, v in lengths.items()},
         "teacher": (manifest.get("teacher") or {}).get("name"),
+        "status": manifest.get("status"),
+        "reason": manifest.get("reason"),
+        "stages": manifest.get("stages") or {},
         "usage": manifest.get("usage", {}),
         "spend": manifest.get("spend", {}),
         "evolve": evolve_summary(run, rejected),
@@ -90,10 +93,14 @@ def show_run(path: Path, *, stage: str | None, n_samples: int, as_jsonl: bool, s
             sys.stdout.write(json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
         return
     s = summary(run, None if stage == "rejected" else stage)
-    out.print(f"[bold]{path}[/]  teacher: {s['teacher'] or '?'}")
-    table = Table("stage", "records", title="Counts")
+    out.print(f"[bold]{path}[/]  teacher: {s['teacher'] or '?'}  status: {s['status'] or '?'}")
+    if s["reason"] and s["status"] != "done":
+        out.print(f"  {s['reason']}", highlight=False)
+    table = Table("stage", "records", "last session: generated", "kept", "rejected", "pending", title="Counts")
     for name, n in s["counts"].items():
-        table.add_row(name, str(n))
+        c = s["stages"].get(name) or {}
+        table.add_row(name, str(n), *(str(c[k]) if k in c else "-" for k in ("generated", "kept", "rejected",
+                                                                                "pending")))
     table.add_row("rejected", str(s["rejected"]))
     out.print(table)
     if s["rejected_by_reason"]:
@@ -121,10 +128,11 @@ def show_run(path: Path, *, stage: str | None, n_samples: int, as_jsonl: bool, s
                 table.add_row(rule, str(n))
             out.print(table)
     if s["usage"]:
-        table = Table("calls of", "calls", "errors", "cached", "prompt tokens", "completion tokens", title="Teacher usage")
+        table = Table("calls of", "calls", "errors", "retries", "timeouts", "cached", "prompt tokens",
+                      "completion tokens", title="Teacher usage (every session, from the usage log)")
         for kind, u in s["usage"].items():
-            table.add_row(kind, *(str(u.get(k, 0)) for k in ("calls", "errors", "cached", "prompt_tokens",
-                                                             "completion_tokens")))
+            table.add_row(kind, *(str(u.get(k, 0)) for k in ("calls", "errors", "retries", "timeouts", "cached",
+                                                             "prompt_tokens", "completion_tokens")))
         out.print(table)
     spend = s["spend"]
     if spend:

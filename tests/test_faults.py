@@ -146,6 +146,9 @@ def test_a_task_the_teacher_failed_on_is_pending_not_done(fake_openai, tmp_path)
     assert "1 pending in instances" in text and "run the same command again" in text
     run = tmp_path / "r"
     assert manifest(run)["status"] == "incomplete" and len(read(run / "instances.jsonl")) == 3
+    shown = " ".join(invoke("show", run).output.split())
+    assert "status: incomplete" in shown and "1 pending in instances" in shown and "retries" in shown
+    assert manifest(run)["stages"]["instances"]["pending"] == 1
     before = len(fake_openai.history)
     invoke("instances", *teacher_flags(fake_openai, tmp_path))
     assert len(fake_openai.history) - before == 1 and len(read(run / "instances.jsonl")) == 4

@@ -79,7 +79,11 @@ def funnel(run: RunDir, rejected: list[Task]) -> dict[str, Any]:
     if run.stage_file(EVOLVE).exists():
         steps.append({"name": "evolved (kept)", "count": len(run.read_stage(EVOLVE))})
     reasons = Counter(f"{t.stage}: {reason_kind(t.reject_reason)}" for t in rejected)
-    return {"steps": steps, "rejected": len(rejected), "rejected_by_reason": dict(reasons.most_common())}
+    pending = {stage: int(c.get("pending", 0)) for stage, c in (run.manifest().get("stages") or {}).items()
+               if isinstance(c, dict) and c.get("pending")}
+    return {"steps": steps, "rejected": len(rejected), "rejected_by_reason": dict(reasons.most_common()),
+            # dropped instances are records of their own in rejected.jsonl, but not instructions
+            "instances_dropped": sum(1 for t in rejected if t.meta.get("instance_of")), "pending": pending}
 
 
 def rouge(tasks: list[Task], seeds: list[Task]) -> dict[str, Any]:

@@ -201,6 +201,12 @@ def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunD
             if len(recent) == recent.maxlen and len(machine) < b.num_instructions:
                 rate = sum(recent) / len(recent)
                 top = ", ".join(f"{k} {n}" for k, n in reasons.most_common(3)) or "none"
+                if counter["done"] % recent.maxlen == 0:  # the accept rate as the run goes, one line a window
+                    u = teacher.usage.by_kind.get("bootstrap", {})
+                    tokens = u.get("prompt_tokens", 0) + u.get("completion_tokens", 0)
+                    per_1k = f", {1000 * new / tokens:.2f} per 1K tokens" if tokens else ""
+                    say(f"bootstrap: {len(machine)} of {b.num_instructions} kept; {rate:.2f} kept per prompt over the "
+                        f"last {len(recent)} prompts{per_1k}; main reject reasons: {top}")
                 if rate < b.yield_stop:
                     raise LowYield(f"bootstrap kept {rate:.2f} instructions per prompt over the last {len(recent)} "
                                    f"prompts (bootstrap.yield_stop is {b.yield_stop}); main reject reasons: {top}. "
