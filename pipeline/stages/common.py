@@ -23,12 +23,6 @@ RAW_REPLY_CHARS = 2000  # a rejected reply is kept in meta for diagnosis, cut to
 RETRY_TEMPERATURE = 0.7  # a retry of a greedy call samples: at temperature 0 the server would repeat the bad reply
 
 
-def _chunk_size(teacher: Teacher) -> int:
-    """Tasks per chunk for stages that work in rounds (evolve): enough to keep a server's
-    concurrency or a local batch full, few enough that an interruption costs little."""
-    return max(32, 4 * getattr(teacher, "concurrency", 0), 4 * getattr(teacher, "batch_size", 0))
-
-
 def retry_params(params: GenParams) -> GenParams:
     """Sampling for the retry of an unusable reply: never greedy, so it can come out differently."""
     return dataclasses.replace(params, temperature=max(params.temperature, RETRY_TEMPERATURE),
