@@ -32,7 +32,9 @@ parent_id, round, meta["operation"] and meta["lineage"] (its ancestors, root fir
 
 A round is one teacher stream with no barrier: each slot's evolution, judgement and
 answer are sent as soon as the reply before them is back, so the teacher's slots stay
-full while slots finish one by one and are written the moment they do.
+full while slots finish one by one and are written the moment they do. A call that
+continues a slot goes before a new slot's evolution, except at the end of the round, when
+the slots not started fit in the calls in flight: then their evolutions go first.
 
 Done is read from the outputs only: a slot of round r is done when evolve.jsonl or
 rejected.jsonl holds its outcome for (parent_id, r). A teacher error (after the teacher's
@@ -303,17 +305,20 @@ class _Evolver:
 
         def requests() -> Iterator[Request | None]:
             nonlocal in_flight
-            fresh = (self.slot(p, round_) for p in parents)
+            fresh = deque(parents)
             while True:
-                # Follow-ups first: a slot that is under way finishes (and is written) sooner.
-                req = follow_ups.popleft() if follow_ups else next(fresh, None)
-                if req is None:
-                    if not in_flight:
-                        return
+                # Follow-ups first, so a slot under way finishes (and is written) soon; but once the
+                # slots not started fit in the calls in flight, start them first: theirs are the
+                # longest chains left (3 calls), and the round ends up to a latency sooner.
+                if fresh and (not follow_ups or len(fresh) <= in_flight):
+                    req = self.evolution_request(self.slot(fresh.popleft(), round_))
+                elif follow_ups:
+                    req = follow_ups.popleft()
+                elif in_flight:
                     yield WAIT  # the next calls need replies still in flight
                     continue
-                if isinstance(req, _Slot):
-                    req = self.evolution_request(req)
+                else:
+                    return
                 in_flight += 1
                 yield req
 
