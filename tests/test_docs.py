@@ -1,0 +1,82 @@
+"""docs/ and README.md keep working: every command's --help runs, every relative link resolves, every flag
+written after `seed2lora COMMAND` in them is one that command takes."""
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+
+
+def command_paths(group: click.Group = cli, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command of the CLI as its argv path, subcommands of groups included."""
+    paths = []
+    for name, command in sorted(group.commands.items()):
+        paths.append((*prefix, name))
+        if isinstance(command, click.Group):
+            paths += command_paths(command, (*prefix, name))
+    return paths
+
+
+def command_lines(text: str) -> list[str]:
+    """Each `seed2lora ...` invocation in a page: code-block lines (continuations joined) and inline code."""
+    text = text.replace("\\\n", " ")
+    spans = re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S)
+    spans += re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    lines = []
+    for span in spans:
+        for line in span.splitlines():
+            line = re.split(r"\s#\s", line)[0]  # a trailing shell comment
+            for part in re.split(r"&&|\|\||[|;]", line):
+                words = part.replace("[", " ").replace("]", " ").split()
+                if len(words) > 1 and words[0] == "seed2lora":
+                    lines.append(" ".join(words))
+    return lines
+
+
+def option_names(command: click.Command) -> set[str]:
+    return {o for p in command.params for o in (*p.opts, *p.secondary_opts)} | {"--help", "-h"}
+
+
+def test_the_cli_has_commands():
+    assert len(command_paths()) >= 13
+
+
+@pytest.mark.parametrize("path", command_paths(), ids=" ".join)
+def test_every_command_has_working_help(path):
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_relative_link_points_to_a_file(page):
+    targets = [t for t in LINK.findall(page.read_text(encoding="utf-8")) if not re.match(r"^[a-z]+:|^#", t)]
+    missing = [t for t in targets if not (page.parent / t.split("#")[0]).exists()]
+    assert missing == [], f"{page.relative_to(ROOT)} links to missing files"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_documented_flag_exists(page):
+    wrong = []
+    for line in command_lines(page.read_text(encoding="utf-8")):
+        command = cli.commands.get(line.split()[1])
+        if command is None:  # test_readme checks the command names themselves
+            continue
+        flags = {w.split("=")[0] for w in line.split()[2:] if w.startswith("-") and not w.startswith("---")}
+        wrong += [f"{line}: {f}" for f in sorted(flags - option_names(command)) if re.match(r"^--?[a-z]", f)]
+    assert wrong == []
+
+
+def test_the_flag_check_sees_what_it_should():
+    text = "```bash\nseed2lora run --config a.toml --set x=1 \\\n  --bogus 2 && seed2lora show out  # see --x\n```\n" \
+           "Inline `seed2lora export DIR --no-seed-tasks`."
+    assert command_lines(text) == ["seed2lora run --config a.toml --set x=1 --bogus 2", "seed2lora show out",
+                                   "seed2lora export DIR --no-seed-tasks"]
