@@ -3,6 +3,8 @@
 asyncio, stdlib only, run as its own process so that its CPU does not mix with the
 client's. A request waits for one of C slots (like a GPU server's batch slots), then
 for its latency, then gets a short completion. It prints its port on the first line.
+With --replies evolve it answers seed2lora's Evol-Instruct prompts so that every evolution
+goes on to its judgement and answer: a rewrite that adds a few words, "Not equal", an answer.
 
     python benchmarks/_latency_server.py --capacity 256 --latency 0.5 --dist lognormal --sigma 0.8
 """
@@ -11,16 +13,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import random
 
 REPLY = "1. An instruction\n2. Another one"
+ANSWER = ("A careful response: first set out the main facts, then weigh the practical trade-offs, "
+          "and finally give a clear recommendation with one worked example.")
 
 
-def make_handler(capacity: int, latency: float, dist: str, sigma: float, seed: int):
+def evolve_reply(prompt: str, n: int) -> str:
+    """The n-th reply to an evolve prompt; each rewrite is new text, so none is filtered as a copy."""
+    if prompt.endswith("Judgement:"):
+        return "Not equal"
+    if prompt.endswith("Response:"):
+        return ANSWER
+    instruction = prompt.rsplit("\nInstruction:\n", 1)[-1].rsplit("\n\n", 1)[0]
+    return f"{instruction.splitlines()[0]} Cover case {n} in detail."
+
+
+def make_handler(capacity: int, latency: float, dist: str, sigma: float, seed: int, replies: str = "fixed"):
     slots = asyncio.Semaphore(capacity)
     rng = random.Random(seed)
+    counter = itertools.count()
     # lognormal with the given mean: mu = ln(mean) - sigma^2 / 2
     mu = math.log(latency) - sigma * sigma / 2 if latency > 0 else 0.0
 
@@ -44,7 +60,10 @@ def make_handler(capacity: int, latency: float, dist: str, sigma: float, seed: i
                 n = len(prompts) if isinstance(prompts, list) else 1
                 usage = {"prompt_tokens": 50 * n, "completion_tokens": 8 * n, "total_tokens": 58 * n}
                 if path.endswith("/chat/completions"):
-                    choices = [{"index": 0, "message": {"role": "assistant", "content": REPLY},
+                    text = REPLY
+                    if replies == "evolve":
+                        text = evolve_reply(body["messages"][-1]["content"], next(counter))
+                    choices = [{"index": 0, "message": {"role": "assistant", "content": text},
                                 "finish_reason": "stop"}]
                 else:
                     choices = [{"index": i, "text": REPLY, "finish_reason": "stop", "logprobs": None} for i in range(n)]
@@ -68,9 +87,11 @@ async def main() -> None:
     ap.add_argument("--dist", choices=["fixed", "lognormal"], default="fixed")
     ap.add_argument("--sigma", type=float, default=0.8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--replies", choices=["fixed", "evolve"], default="fixed",
+                    help="fixed: one short list for every prompt; evolve: replies to the Evol-Instruct prompts")
     args = ap.parse_args()
-    server = await asyncio.start_server(make_handler(args.capacity, args.latency, args.dist, args.sigma, args.seed),
-                                        "127.0.0.1", 0, backlog=4096)
+    handler = make_handler(args.capacity, args.latency, args.dist, args.sigma, args.seed, args.replies)
+    server = await asyncio.start_server(handler, "127.0.0.1", 0, backlog=4096)
     print(server.sockets[0].getsockname()[1], flush=True)
     async with server:
         await server.serve_forever()
