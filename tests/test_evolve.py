@@ -5,6 +5,7 @@ import json
 import re
 import time
 from collections import Counter
+from contextlib import contextmanager
 
 import pytest
 from click.testing import CliRunner
@@ -379,6 +380,16 @@ def stage_for(tmp_path, fake_openai):
     pool_file = write_pool(tmp_path / "pool.jsonl", POOL)
     spent: dict = {}  # usage of the earlier calls, as the runner's manifest carries it
 
+    @contextmanager
+    def progress(desc, total):
+        bar = [desc, total, 0]
+        run_stage.bars.append(bar)
+
+        def advance(n):
+            bar[2] += n
+
+        yield advance
+
     def run_stage(rounds=2, pool_file=pool_file, **overrides):
         cfg = load_config(None, {
             "output_dir": str(tmp_path / "out"), "run_name": "r", "seed_tasks": str(pool_file),
@@ -392,12 +403,13 @@ def stage_for(tmp_path, fake_openai):
         pool = load_seeds(pool_file)
         try:
             result = run_evolve(teacher, pool, cfg, run, Prompts(), source=f"seeds:{pool_file}",
-                                seeds=[t.instruction for t in pool])
+                                seeds=[t.instruction for t in pool], progress=progress)
         finally:
             teacher.cache.close()
             spent.update(teacher.budget.merged(teacher.usage))
         return result, run, teacher
 
+    run_stage.bars = []  # [description, total, advanced] of each progress bar, in order
     return run_stage
 
 
@@ -555,11 +567,13 @@ def test_a_server_outage_leaves_slots_pending_and_a_rerun_completes_them(stage_f
         {"evolve": 4, "evolve_judge": 1, "evolve_answer": 1}  # each call counted under its own kind
     assert first.errors == 6 and first.rounds_done == 0 and first.pending == 6  # one slot per failed call
     assert len(outcomes(run)) == 4 and {r for _, r in outcomes(run)} == {1}  # none of them written
+    assert stage_for.bars == [["evolve round 1/2", 10, 4]]  # the bar advances once per slot with an outcome
     n = len(fake_openai.history)
 
     second, run, _ = stage_for(rounds=2)
     assert (second.rounds_done, second.pending, second.errors) == (2, 0, 0)
     assert per_round(run) == {1: 10, 2: 10}
+    assert stage_for.bars[1:] == [["evolve round 1/2", 6, 6], ["evolve round 2/2", 10, 10]]
     # 60 calls that succeeded, plus the 6 that failed and were sent again: nothing else twice.
     prompts = [fake_openai.prompt_of(h["body"]) for h in fake_openai.history]
     assert len(prompts) == 66 and len(set(prompts)) == 60 and set(failed) <= set(prompts[n:])
