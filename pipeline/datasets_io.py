@@ -1,12 +1,15 @@
-"""Load any instruction pool into Task records: our stage files, or a user's own data.
+"""Read any instruction data into records, and any instruction pool into Task records.
 
-Accepted: a stage file of ours (.jsonl with stage/origin fields, read as written); JSONL,
-Alpaca-style JSON (a list, or {"data": [...]}), CSV, parquet, and a folder saved by
-Hugging Face `datasets` (save_to_disk; a DatasetDict gives its "train" split). Field names
-are configurable (evolve.instruction_field, input_field, output_field); a record in the
-Self-Instruct shape (with an "instances" list) keeps its instances. A record without an
-"id" gets one from its content, so the same data gets the same ids on every load; exact
-repeats (same id) are loaded once.
+`read_records` is the one reader of a user's data, for seeds, evolve inputs, train and
+eval alike: JSONL, JSON (a list, {"data": [...]}, or one object per line), CSV, parquet,
+and a folder saved by Hugging Face `datasets` (save_to_disk; a DatasetDict gives its
+"train" split). `load_pool` turns those records, or a stage file of ours (.jsonl with
+stage/origin fields, read as written), into Tasks to evolve. Field names are configurable
+(evolve.instruction_field, input_field, output_field); a record in the Self-Instruct shape
+(with an "instances" list) keeps its instances; a chat row ({"messages": [...]}, the shape
+`train` reads) gives its first user turn as the instruction and the assistant turn that
+answers it as the output. A record without an "id" gets one from its content, so the
+same data gets the same ids on every load; exact repeats (same id) are loaded once.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .records import ORIGINS, Instance, Task, task_id
+from .records import ORIGINS, Instance, RowError, Task, task_id
 from .store import read_jsonl, read_tasks
 
 
@@ -35,20 +38,22 @@ Records = list[tuple[int, dict[str, Any]]]  # (line, item or row number as `unit
 
 
 def read_records(path: str | Path) -> tuple[Records, str]:
-    """The records of one data file, numbered for error messages, and the unit of that number.
+    """The records of one data file or dataset folder, numbered for error messages, and the unit of that number.
 
     .jsonl (and any other suffix): one JSON object per line ("line"); .json: a list, or
     {"data"|"tasks": [...]}, or one object per line ("item", or "line"); .csv with a header
-    ("line", multi-line cells counted); .parquet ("row"). Text must be UTF-8 (a BOM is fine).
+    ("line", multi-line cells counted); .parquet ("row"); a folder saved by `datasets`
+    ("row"). Text must be UTF-8 (a BOM is fine).
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, None, "does not exist", "give an existing data file")
+    if not path.exists():
+        raise InputError(path, None, "does not exist",
+                         "give an existing data file (.jsonl, .json, .csv, .parquet) or a saved dataset folder")
+    if path.is_dir():
+        return _read_hf_folder(path), "row"
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        import pandas as pd
-
-        return _numbered(pd.read_parquet(path).to_dict("records")), "row"
+        return _read_parquet(path), "row"
     if suffix == ".csv":
         reader = csv.DictReader(io.StringIO(_read_text(path)))
         rows = [(reader.line_num, {k: v for k, v in row.items() if k}) for row in reader]
@@ -58,17 +63,35 @@ def read_records(path: str | Path) -> tuple[Records, str]:
     return list(read_jsonl(path, strict=True)), "line"
 
 
+def messages_fields(messages: Any) -> tuple[str, str]:
+    """(instruction, output) of a chat row: its first user turn, and the assistant turn that answers it ("" if none).
+
+    A system turn is left out: a task is its request and its answer. Raises RowError
+    (problem, fix) for a `messages` value that is not a conversation.
+    """
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise RowError("'messages' is not a list of {role, content} objects",
+                       'write "messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]')
+    roles = [m.get("role") for m in messages]
+    if "user" not in roles:
+        raise RowError(f"'messages' has no user turn (roles: {roles})",
+                       'give each conversation a {"role": "user", "content": "..."} turn holding the instruction')
+    first = roles.index("user")
+    answer = next((m for m in messages[first + 1:] if m.get("role") == "assistant"), {"content": ""})
+    instruction, output = messages[first].get("content"), answer.get("content")
+    for role, text in (("user", instruction), ("assistant", output)):
+        if not isinstance(text, str):
+            raise RowError(f"the first {role} turn's content is {type(text).__name__}, not text",
+                           "make every turn's content a string")
+    return instruction, output
+
+
 def load_pool(path: str | Path, fields: Fields = Fields()) -> list[Task]:
     """Every record of a file or dataset folder as a Task (see the module docstring for formats)."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(path, None, "does not exist", "give an existing file or dataset folder")
-    if path.is_dir():
-        rows, unit = _read_hf_folder(path), "row"
-    elif path.suffix.lower() == ".jsonl" and _is_stage_file(path):
+    if path.is_file() and path.suffix.lower() == ".jsonl" and _is_stage_file(path):
         return _unique(read_tasks(path))
-    else:
-        rows, unit = read_records(path)
+    rows, unit = read_records(path)
     if not rows:
         raise InputError(path, None, "holds no records", "give a file with at least one instruction")
     return _unique([_to_task(row, path, n, unit, fields) for n, row in rows])
@@ -84,21 +107,43 @@ def _is_stage_file(path: Path) -> bool:
     return False
 
 
+# The files `save_to_disk` writes: a Dataset's state.json and dataset_info.json, a DatasetDict's dataset_dict.json.
+HF_FOLDER_FILES = ("dataset_dict.json", "state.json", "dataset_info.json")
+NOT_A_DATASET_FIX = "give a data file (.jsonl, .json, .csv, .parquet) or a folder written by Dataset.save_to_disk"
+
+
 def _read_hf_folder(path: Path) -> Records:
+    if not any((path / name).is_file() for name in HF_FOLDER_FILES):
+        names = sorted(p.name for p in path.iterdir())
+        held = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "") if names else "nothing"
+        raise InputError(path, None, f"is a folder but not a saved Hugging Face dataset (it holds {held})",
+                         NOT_A_DATASET_FIX)
     import datasets
 
     try:
         ds = datasets.load_from_disk(str(path))
-    except FileNotFoundError as e:
-        raise InputError(path, None, f"is not a saved Hugging Face dataset ({e})",
-                         "give a folder written by Dataset.save_to_disk, or a data file") from None
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise InputError(path, None, f"is not a readable saved Hugging Face dataset ({e})", NOT_A_DATASET_FIX) from None
     if isinstance(ds, datasets.DatasetDict):
         splits = list(ds)
         if "train" not in ds and len(splits) != 1:
             raise InputError(path, None, f"holds several splits {splits} and none is 'train'",
-                             "save the split to evolve on its own, or name it train")
+                             "save the split to use on its own, or name it train")
         ds = ds["train"] if "train" in ds else ds[splits[0]]
     return _numbered(ds.to_list())
+
+
+def _read_parquet(path: Path) -> Records:
+    """Rows as plain Python (lists stay lists, empty cells are None), without pandas' index columns."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(path, None, f"is not a readable parquet file ({e})", "write it with pandas' to_parquet") from None
+    index = [c for c in table.column_names if c.startswith("__index_level_")]
+    return _numbered(table.drop_columns(index).to_pylist() if index else table.to_pylist())
 
 
 def _read_text(path: Path) -> str:
@@ -140,21 +185,30 @@ def _text(value: Any, name: str, where: tuple[Path, int, str]) -> str:
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
     raise where_error(*where, f"field '{name}' is a {type(value).__name__}, not text",
-                 f"set evolve.{name}_field to a text field")
+                      f"set evolve.{name}_field to a text field")
 
 
 def _to_task(row: dict[str, Any], path: Path, n: int, unit: str, fields: Fields) -> Task:
     where = (path, n, unit)
-    instruction = _text(row.get(fields.instruction), "instruction", where).strip()
+    if row.get(fields.instruction) is None and row.get("messages") is not None:
+        try:
+            instruction, output = messages_fields(row["messages"])
+        except RowError as e:
+            raise where_error(*where, e.problem, e.fix) from None
+        instruction, output = instruction.strip(), output.strip()
+        instances = [Instance("", output)] if output else []
+    else:
+        instruction = _text(row.get(fields.instruction), "instruction", where).strip()
+        if isinstance(row.get("instances"), list):
+            instances = [Instance.from_dict(i) for i in row["instances"] if isinstance(i, dict)]
+        else:
+            inp = _text(row.get(fields.input), "input", where).strip()
+            out = _text(row.get(fields.output), "output", where).strip()
+            instances = [Instance(inp, out)] if inp or out else []
     if not instruction:
         raise where_error(*where, f"has no '{fields.instruction}' text (fields: {', '.join(sorted(row))})",
-                     "give every record an instruction, or set evolve.instruction_field to the field that holds it")
-    if isinstance(row.get("instances"), list):
-        instances = [Instance.from_dict(i) for i in row["instances"] if isinstance(i, dict)]
-    else:
-        inp = _text(row.get(fields.input), "input", where).strip()
-        out = _text(row.get(fields.output), "output", where).strip()
-        instances = [Instance(inp, out)] if inp or out else []
+                          "give every record an instruction (or chat messages), or set evolve.instruction_field to "
+                          "the field that holds it")
     tid = row.get("id")
     tid = str(tid).strip() if isinstance(tid, (str, int)) and not isinstance(tid, bool) else ""
     if not tid:

@@ -1,11 +1,14 @@
-"""Load human seed tasks from JSONL, JSON or CSV into Task records.
+"""Load human seed tasks into Task records, from any data `train` reads.
 
-Accepted shapes, per record:
+Files and folders: JSONL, JSON, CSV, parquet, or a folder saved by Hugging Face `datasets`
+(save_to_disk), all read by datasets_io.read_records. Accepted shapes, per record:
 - Self-Instruct: {id, name, instruction, instances: [{input, output}], is_classification}
   (the original seed file loads as-is);
 - Alpaca: {instruction, input, output};
+- chat: {messages: [{role, content}, ...]}: the first user turn is the instruction, the
+  assistant turn that answers it the output;
 - CSV with columns instruction, input, output and optionally is_classification, id.
-Every problem is reported with file, line and the fix.
+Every problem is reported with file, line (or row) and the fix.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .datasets_io import read_records, where_error
+from .datasets_io import messages_fields, read_records, where_error
 from .errors import InputError
-from .records import Instance, Task
+from .records import Instance, RowError, Task
 
 
 def bundled_seeds() -> Path:
@@ -28,8 +31,9 @@ def bundled_seeds() -> Path:
 
 def load_seeds(path: str | Path | None = None) -> list[Task]:
     path = Path(path) if path else bundled_seeds()
-    if not path.is_file():
-        raise InputError(path, None, "does not exist", "give the path of a seed file (.jsonl, .json or .csv)")
+    if not path.exists():
+        raise InputError(path, None, "does not exist", "give the path of a seed file (.jsonl, .json, .csv, .parquet) "
+                         "or a saved Hugging Face dataset folder")
     rows, unit = read_records(path)
     if not rows:
         raise InputError(path, None, "holds no seed tasks", "add at least one task, one JSON object per line")
@@ -49,9 +53,17 @@ def load_seeds(path: str | Path | None = None) -> list[Task]:
 
 
 def _to_task(obj: dict[str, Any], where: tuple[Path, int, str], index: int) -> Task:
+    obj = {k: v for k, v in obj.items() if v is not None}  # a parquet or dataset column this record leaves empty
     instruction = obj.get("instruction")
+    if instruction is None and "messages" in obj:
+        try:
+            instruction, output = messages_fields(obj["messages"])
+        except RowError as e:
+            raise where_error(*where, e.problem, e.fix) from None
+        obj = {**obj, "instruction": instruction, "output": output}
     if not isinstance(instruction, str) or not instruction.strip():
-        raise where_error(*where, "has no 'instruction' string", 'add "instruction": "..." to this record')
+        raise where_error(*where, "has no 'instruction' string (nor chat 'messages')",
+                          'add "instruction": "..." to this record')
     if "instances" in obj:
         raw = obj["instances"]
         if not isinstance(raw, list) or not all(isinstance(i, dict) for i in raw):
@@ -59,7 +71,7 @@ def _to_task(obj: dict[str, Any], where: tuple[Path, int, str], index: int) -> T
                               'write "instances": [{"input": "...", "output": "..."}]')
         for i in raw:
             for key in ("input", "output"):
-                if not isinstance(i.get(key, ""), str):
+                if not isinstance(i.get(key) or "", str):
                     raise where_error(*where, f"an instance's '{key}' is {type(i[key]).__name__}, not a string",
                                       f"make every instance's {key} a string")
         instances = [Instance.from_dict(i) for i in raw]

@@ -3,7 +3,9 @@ import json
 import pytest
 
 from pipeline.config import FilterConfig
+from pipeline.datasets_io import load_pool
 from pipeline.errors import InputError
+from pipeline.records import Instance
 from pipeline.seeds import load_seeds
 from pipeline.similarity import RougeLIndex
 from pipeline.stages.filter import instruction_reject_reason
@@ -77,3 +79,110 @@ def test_empty_and_missing_seed_files(tmp_path):
         load_seeds(empty)
     with pytest.raises(InputError, match="does not exist"):
         load_seeds(tmp_path / "nope.jsonl")
+
+
+# ---------------------------------------------------------------- every format train reads
+
+SEED_ROWS = [{"instruction": "Name a color of the sky.", "input": "", "output": "Blue"},
+             {"instruction": "Add the two numbers.", "input": "2 and 3", "output": "5"}]
+CHAT_ROWS = [{"messages": [{"role": "system", "content": "Be brief."},
+                           {"role": "user", "content": "Name a color of the sky."},
+                           {"role": "assistant", "content": "Blue"}]},
+             {"messages": [{"role": "user", "content": "Add the two numbers.\n\n2 and 3"},
+                           {"role": "assistant", "content": "5"},
+                           {"role": "user", "content": "And times?"}, {"role": "assistant", "content": "6"}]}]
+
+
+def write_every_format(folder, rows):
+    """The same records as JSONL, JSON, parquet and two saved datasets (a Dataset and a DatasetDict)."""
+    import datasets
+    import pandas as pd
+
+    (folder / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "s.json").write_text(json.dumps(rows))
+    pd.DataFrame(rows).to_parquet(folder / "s.parquet")
+    datasets.Dataset.from_list(rows).save_to_disk(str(folder / "hf"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(folder / "hf_dict"))
+    return ["s.jsonl", "s.json", "s.parquet", "hf", "hf_dict"]
+
+
+def test_seeds_load_from_every_format_train_reads(tmp_path):
+    names = write_every_format(tmp_path, SEED_ROWS)
+    (tmp_path / "s.csv").write_text("instruction,input,output\nName a color of the sky.,,Blue\n"
+                                    "Add the two numbers.,2 and 3,5\n")
+    for name in [*names, "s.csv"]:
+        seeds = load_seeds(tmp_path / name)
+        assert [(s.id, s.instruction, s.instances) for s in seeds] == [
+            ("seed_task_0", "Name a color of the sky.", [Instance("", "Blue")]),
+            ("seed_task_1", "Add the two numbers.", [Instance("2 and 3", "5")])], name
+
+
+def test_chat_rows_are_seeds_and_evolve_input(tmp_path):
+    """The first user turn is the instruction, the assistant turn answering it the output; a system turn is dropped."""
+    for name in write_every_format(tmp_path, CHAT_ROWS):
+        seeds = load_seeds(tmp_path / name)
+        assert [(s.instruction, s.instances) for s in seeds] == [
+            ("Name a color of the sky.", [Instance("", "Blue")]),
+            ("Add the two numbers.\n\n2 and 3", [Instance("", "5")])], name
+        pool = load_pool(tmp_path / name)
+        assert [(t.instruction, t.instances) for t in pool] == [(s.instruction, s.instances) for s in seeds], name
+    (tmp_path / "q.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "Just a question."}]}) + "\n")
+    assert load_seeds(tmp_path / "q.jsonl")[0].instances == [] and load_pool(tmp_path / "q.jsonl")[0].instances == []
+
+
+def test_a_mixed_dataset_of_alpaca_and_chat_rows(tmp_path):
+    """A saved dataset holding both shapes has every column on every row, empty (None) where a row has none."""
+    import datasets
+
+    alpaca, chat = SEED_ROWS[0], CHAT_ROWS[1]
+    rows = [{**alpaca, "messages": None}, {**dict.fromkeys(alpaca), **chat}]  # from_list takes the first row's keys
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "mixed"))
+    seeds = load_seeds(tmp_path / "mixed")
+    assert [(s.instruction, s.instances[0].output) for s in seeds] == [
+        ("Name a color of the sky.", "Blue"), ("Add the two numbers.\n\n2 and 3", "5")]
+    assert [t.instances for t in load_pool(tmp_path / "mixed")] == [s.instances for s in seeds]
+
+
+@pytest.mark.parametrize("messages, problem", [
+    ("hello", "'messages' is not a list of {role, content} objects"),
+    ([{"role": "assistant", "content": "Hi"}], "'messages' has no user turn (roles: ['assistant'])"),
+    ([{"role": "user", "content": ["a", "list"]}], "the first user turn's content is list, not text"),
+])
+def test_bad_chat_rows_name_the_line_and_the_fix(tmp_path, messages, problem):
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"messages": CHAT_ROWS[0]["messages"]}) + "\n" + json.dumps({"messages": messages}) + "\n")
+    for load in (load_seeds, load_pool):
+        with pytest.raises(InputError) as e:
+            load(path)
+        assert f"{path}:2: {problem}" in str(e.value) and "Fix:" in str(e.value), load
+
+
+def test_a_folder_that_is_not_a_dataset_is_named_with_the_fix(tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "todo.txt").write_text("nothing here")
+    for load in (load_seeds, load_pool):
+        with pytest.raises(InputError) as e:
+            load(folder)
+        message = str(e.value)
+        assert f"{folder}: is a folder but not a saved Hugging Face dataset (it holds todo.txt)" in message
+        assert "Fix: give a data file (.jsonl, .json, .csv, .parquet) or a folder written by Dataset.save_to_disk" in message
+    with pytest.raises(InputError, match="does not exist"):
+        load_seeds(tmp_path / "missing")
+
+
+def test_run_takes_a_dataset_folder_as_seeds(tmp_path):
+    """`--seeds DIR` (a save_to_disk folder) goes as far as any seed file: the filter reads it as the run's seeds."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    write_every_format(tmp_path, CHAT_ROWS)
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps({"id": "t1", "instruction": "Name a color of the sky.", "origin": "machine",
+                                 "stage": "instances", "instances": [{"input": "", "output": "Blue"}]}) + "\n")
+    result = CliRunner().invoke(cli, ["filter", "--seeds", str(tmp_path / "hf"), "--input", str(tasks),
+                                      "--output-dir", str(tmp_path / "out"), "--run-name", "r"])
+    assert result.exit_code == 2 and "the filter rejected all 1 tasks" in result.output  # a copy of a seed
+    rejected = [json.loads(line) for line in (tmp_path / "out" / "r" / "rejected.jsonl").read_text().splitlines()]
+    assert rejected[0]["reject_reason"].startswith("rouge")
