@@ -320,3 +320,22 @@ def test_sigterm_and_ctrl_c_stop_within_2_s_with_status_interrupted(tmp_path, mo
             assert m["status"] == "interrupted" and m["stage"] == "bootstrap"
     finally:
         server.close()
+
+
+# 4. Evolve stops at the budget through the runner (exit 3) and a higher budget finishes the same round.
+def test_evolve_stops_at_the_budget_and_a_higher_budget_finishes_the_round(fake_openai, tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"instruction": f"Describe the {w} in three sentences for a child."}) + "\n"
+                            for w in ("ocean", "desert", "forest", "glacier", "volcano", "savanna")))
+    flags = [*teacher_flags(fake_openai, tmp_path), "--seeds", pool, "--rounds", 1,
+             "--set", "evolve.source=seeds", "--set", "teacher.concurrency=1"]
+    result = cli_run("evolve", *flags, "--max-tokens-total", 80)
+    assert result.exit_code == 3, result.output
+    run = tmp_path / "r"
+    assert manifest(run)["status"] == "budget" and "evolve" in manifest(run)["reason"]
+    outcomes = [t for t in [*read(run / "evolve.jsonl"), *read(run / "rejected.jsonl")] if t["stage"] == "evolve"]
+    assert len(outcomes) < 6
+    invoke("evolve", *flags, "--max-tokens-total", 100000)
+    outcomes = [t for t in [*read(run / "evolve.jsonl"), *read(run / "rejected.jsonl")] if t["stage"] == "evolve"]
+    assert sorted(t["parent_id"] for t in outcomes) == sorted({t["parent_id"] for t in outcomes})  # one each
+    assert len(outcomes) == 6 and manifest(run)["status"] == "done"
