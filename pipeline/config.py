@@ -79,6 +79,10 @@ class ClassifyConfig:
     max_tokens: int = 3  # the answer is "Yes" or "No"
     temperature: float = 0.0  # a judgement, not creative text: greedy
     top_p: float = 0.0
+    method: str = "auto"  # logprobs | text | auto; auto = logprobs for in-process teachers (greedy text said No to every task with the embedded model), text for servers (not all return logprobs)
+    calibrate: bool = True  # logprobs: pick the Yes-minus-No threshold that best separates the labelled seed tasks (balanced accuracy), once per run
+    threshold: float = 0.0  # logprobs: Yes when log P(Yes) - log P(No) is above this; used when calibration is off or the seeds hold too few labels
+    top_logprobs: int = 20  # alternatives asked for the answer token; 20 is OpenAI's chat maximum, and Yes and No are nearly always among them
 
 
 @dataclass
@@ -167,6 +171,48 @@ class ExportConfig:
     seed: int = 42  # the split is drawn from random.Random(seed): same run + same seed = same split
 
 
+# Words instructions use interchangeably, one group a line; the first word stands for the group. Kept to
+# near-certain synonyms: a wrong group would merge distinct tasks (near-duplicate checks never see meaning).
+DEFAULT_SYNONYMS = [
+    "give provide list name suggest offer", "write compose draft", "create generate produce make",
+    "explain describe", "tip advice suggestion recommendation", "summary summarize", "short brief",
+    "story tale", "rewrite rephrase paraphrase reword", "find identify determine", "choose pick select",
+    "classify categorize", "big large", "small little", "quick fast rapid", "start begin", "fix correct",
+]
+
+
+@dataclass
+class ScoreConfig:
+    """`seed2lora score`: a judge rates each kept instance 1-5 (AlpaGasus-style data selection)."""
+
+    teacher: TeacherConfig = field(default_factory=lambda: TeacherConfig(spec=""))  # [score.teacher]: the judge; spec "" = the run's own [teacher]
+    max_tokens: int = 96  # a rating and one line of reason; JSON with a sentence fits in under 100 tokens
+    temperature: float = 0.0  # a judgement: greedy, so a re-run rates the same
+    json_mode: bool = True  # ask chat servers for a JSON object (OpenAI response_format); the tolerant parser reads any other reply
+
+
+@dataclass
+class IfdConfig:
+    """Instruction-following difficulty (Cherry LLM, Li et al. 2024) with the student: the [train] model."""
+
+    batch_size: int = 8  # rows per forward pass; 8 keeps a 2-core CPU busy without padding waste
+    max_len: int = 512  # tokens of instruction + response; Cherry LLM scored at 512, longer rows are cut
+
+
+@dataclass
+class SelectConfig:
+    """`seed2lora select`: near-duplicates out, then a top slice by judge score, IFD or at random."""
+
+    by: str = "judge"  # judge | ifd | random | all (near-duplicates removed, nothing else)
+    top: int = 0  # keep this many rows; 0 = use frac
+    frac: float = 0.5  # share of rows to keep when top is 0; AlpaGasus kept 9K of 52K, half is a gentler first cut
+    ifd_max: float = 1.0  # IFD >= 1: the instruction does not help the student predict the answer; Cherry LLM drops these as misaligned
+    near_dup_threshold: float = 0.7  # Jaccard of content-word sets (instruction + input) at which a row duplicates a kept one; 0 = off. 0.5 still flags no pair of the 175 seeds
+    near_dup_synonyms: list[str] = field(default_factory=lambda: list(DEFAULT_SYNONYMS))  # each a group of words counted as its first
+    num_perm: int = 128  # MinHash permutations: Jaccard estimated to about +-0.09 (1/sqrt(128)); candidates are then checked exactly
+    seed: int = 42  # random selection and MinHash permutations
+
+
 # Training defaults are the QLoRA paper's recipe (Dettmers et al. 2023, artidoro/qlora's qlora.py)
 # unless a comment says otherwise.
 @dataclass
@@ -231,7 +277,7 @@ class RunConfig:
     seed: int = 42  # every random choice derives from this; same seed + same replies = same dataset
     seed_tasks: str = ""  # seed file (JSONL, JSON or CSV); empty = the bundled seeds/seed_tasks.jsonl
     prompts_dir: str = ""  # folder of prompt templates; empty = the bundled prompts/
-    # What `run` runs, in this order: bootstrap, classify, instances, filter, evolve, export, train, eval.
+    # What `run` runs, in this order: bootstrap, classify, instances, filter, evolve, score, ifd, select, export, train, eval.
     stages: list[str] = field(default_factory=lambda: ["bootstrap", "classify", "instances", "filter"])
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
@@ -243,6 +289,9 @@ class RunConfig:
     export: ExportConfig = field(default_factory=ExportConfig)  # the same tables `seed2lora export/train/eval --config` read
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    ifd: IfdConfig = field(default_factory=IfdConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -32,6 +32,33 @@ class GenParams:
     stop: tuple[str, ...] = ()
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    json_mode: bool = False  # ask a chat server for a JSON object (OpenAI response_format); others ignore it
+    logprobs: int = 0  # > 0: the reply's text is a JSON object of the first token's top log-probabilities (logprob_reply)
+
+
+# Fields added after runs were cached: left out of the cache key while at their default, so old replies still match.
+_NEW_PARAMS = {"json_mode": False, "logprobs": 0}
+
+
+def params_key(params: GenParams) -> dict[str, Any]:
+    """The sampling parameters as the cache key sees them."""
+    return {k: v for k, v in asdict(params).items() if _NEW_PARAMS.get(k, object()) != v}
+
+
+def logprob_reply(top: dict[str, float], greedy: str | None = None) -> str:
+    """The text of a logprobs reply: {"top_logprobs": {token: logprob}} (and, in-process, the token greedy
+    decoding would pick first); read back with read_logprobs."""
+    return json.dumps({"top_logprobs": top, **({"greedy": greedy} if greedy is not None else {})}, ensure_ascii=False)
+
+
+def read_logprobs(text: str) -> dict[str, float] | None:
+    """The first token's top log-probabilities from a logprobs reply; None for plain text (no logprobs served)."""
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return None
+    top = obj.get("top_logprobs") if isinstance(obj, dict) else None
+    return {str(k): float(v) for k, v in top.items()} if isinstance(top, dict) else None
 
 
 @dataclass
@@ -170,7 +197,7 @@ class BaseTeacher:
         return self.cache.get(self.cache_key(req, params))
 
     def cache_key(self, req: Request, params: GenParams) -> str:
-        blob = json.dumps({"teacher": self.cache_identity(), "prompt": req.prompt, "params": asdict(params),
+        blob = json.dumps({"teacher": self.cache_identity(), "prompt": req.prompt, "params": params_key(params),
                            "salt": req.salt}, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 

@@ -8,11 +8,12 @@ prompts themselves, so the same prompts give the same replies on a re-run.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
 from ..errors import TeacherError
-from .base import BaseTeacher, Completion, GenParams, Request
+from .base import BaseTeacher, Completion, GenParams, Request, logprob_reply
 
 
 class HFTeacher(BaseTeacher):
@@ -98,6 +99,8 @@ class HFTeacher(BaseTeacher):
     def _generate_batch(self, texts: list[str], params: GenParams) -> list[Completion]:
         import torch
 
+        if params.logprobs:
+            return self._logprob_batch(texts, params.logprobs)
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         sample = params.temperature > 0
         gen_kwargs: dict[str, Any] = dict(
@@ -129,6 +132,53 @@ class HFTeacher(BaseTeacher):
             completions.append(Completion(text=text, finish_reason="length" if hit_limit else "stop",
                                           prompt_tokens=int(prompt_len), completion_tokens=len(ids)))
         return completions
+
+
+    def _logprob_batch(self, texts: list[str], k: int) -> list[Completion]:
+        """The top-k next-token log-probabilities after each text, one forward pass for the batch.
+
+        Few-shot prompts (classify.txt) share all but their last lines, so the longest common
+        token prefix is run once and its KV cache repeated over the batch: the rows then cost
+        only their own tails (about 20 tokens of 400 for classify).
+        """
+        import torch
+        from transformers import RepetitionPenaltyLogitsProcessor
+
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        common = 0  # every row keeps at least one token of its own, whose logits are the answer's
+        while common < min(map(len, ids)) - 1 and all(row[common] == ids[0][common] for row in ids):
+            common += 1
+        tails = [row[common:] for row in ids]
+        width = max(map(len, tails))
+        batch = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), common + width), dtype=torch.long)
+        mask[:, :common] = 1
+        for r, tail in enumerate(tails):  # right padding: a row's real tokens sit right after the shared prefix
+            batch[r, :len(tail)] = torch.tensor(tail)
+            mask[r, common:common + len(tail)] = 1
+        with torch.inference_mode():
+            cached: dict[str, Any] = {}
+            if common:
+                past = self.model(torch.tensor([ids[0][:common]], device=self.device), use_cache=True).past_key_values
+                past.batch_repeat_interleave(len(ids))
+                # transformers renamed the argument (past_key_values -> cache); take whichever this version has
+                name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+                cached = {name: past, "use_cache": True}
+            logits = self.model(input_ids=batch.to(self.device), attention_mask=mask.to(self.device),
+                                logits_to_keep=width, **cached).logits
+            raw = logits[torch.arange(len(ids)), torch.tensor([len(t) - 1 for t in tails])].float()
+            values, indices = raw.log_softmax(-1).topk(k, dim=-1)
+            # The first token greedy generation would pick (same repetition penalty), to compare with the margin.
+            penalty = RepetitionPenaltyLogitsProcessor(self.repetition_penalty)
+            greedy = [int(penalty(torch.tensor([r]), raw[j:j + 1].cpu()).argmax()) for j, r in enumerate(ids)]
+        out = []
+        for row, vals, idx, g in zip(ids, values.tolist(), indices.tolist(), greedy, strict=True):
+            top: dict[str, float] = {}
+            for v, i in zip(vals, idx, strict=True):
+                top.setdefault(self.tokenizer.decode([i]), v)  # two ids may decode alike: keep the likelier
+            out.append(Completion(logprob_reply(top, greedy=self.tokenizer.decode([g])), "stop",
+                                  prompt_tokens=len(row), completion_tokens=1))
+        return out
 
 
 class StopOnText:

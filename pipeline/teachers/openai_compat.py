@@ -38,7 +38,7 @@ import openai
 import tenacity
 
 from ..errors import TeacherError, TeacherUnavailable, mask_secrets
-from .base import BaseTeacher, Completion, GenParams, Request
+from .base import BaseTeacher, Completion, GenParams, Request, logprob_reply
 
 MAX_SERVER_STOPS = 4  # OpenAI rejects more than 4 stop sequences; the rest are applied client-side
 FATAL = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
@@ -97,6 +97,8 @@ class OpenAITeacher(BaseTeacher):
         self._down_since: float | None = None  # first connection error of the current outage
         self._fast_in_row = 0
         self._send_seed = True  # dropped if a server rejects the field
+        self._send_json = True  # response_format, likewise
+        self._send_logprobs = True  # likewise: the reply's text is then the generated text
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": "openai", "model": self.model, "api": self.api,
@@ -348,6 +350,11 @@ class OpenAITeacher(BaseTeacher):
         if salt is not None and self.seed is not None and self._send_seed:
             # Reproducible sampling where the server honours it: the run seed and this request's RNG state.
             common["seed"] = int.from_bytes(hashlib.sha256(f"{self.seed}|{salt}".encode()).digest()[:4], "little")
+        if params.json_mode and api == "chat" and self._send_json:
+            common["response_format"] = {"type": "json_object"}
+        if params.logprobs and self._send_logprobs:
+            common.update({"logprobs": True, "top_logprobs": params.logprobs} if api == "chat"
+                          else {"logprobs": params.logprobs})
         try:
             if api == "chat":
                 messages = [{"role": "user", "content": prompt}]
@@ -361,9 +368,10 @@ class OpenAITeacher(BaseTeacher):
         except openai.BadRequestError as e:
             if _is_context_error(e):
                 raise ContextTooLong() from e
-            if "seed" in common and "seed" in str(e).lower():
-                self._send_seed = False
-                return self._request(client, api, prompt, params, salt, max_tokens)
+            for field, flag in (("seed", "_send_seed"), ("response_format", "_send_json"), ("logprobs", "_send_logprobs")):
+                if field in common and field in str(e).lower():
+                    setattr(self, flag, False)
+                    return self._request(client, api, prompt, params, salt, max_tokens)
             raise
         except openai.APIResponseValidationError as e:
             raise Malformed(f"malformed reply: {e}") from e
@@ -372,14 +380,29 @@ class OpenAITeacher(BaseTeacher):
         if not texts or texts[0][0] is None:
             raise Malformed("empty reply (no choices)")
         usage = getattr(resp, "usage", None)
+        top = _top_logprobs(resp.choices[0]) if "logprobs" in common else None
         return Completion(
-            text=texts[0][0], finish_reason=texts[0][1] or "stop",
+            text=texts[0][0] if top is None else logprob_reply(top), finish_reason=texts[0][1] or "stop",
             prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
             completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
         )
 
 
 _NO_REQUEST = httpx.Request("POST", "http://stopped.invalid/")
+
+
+def _top_logprobs(choice: Any) -> dict[str, float] | None:
+    """The first generated token's alternatives {token: logprob}, from a chat or a completions choice; None if absent."""
+    lp = getattr(choice, "logprobs", None)
+    if lp is None:
+        return None
+    content = getattr(lp, "content", None)  # chat: content[0].top_logprobs = [{token, logprob}]
+    if content:
+        return {t.token: float(t.logprob) for t in (content[0].top_logprobs or [])} or None
+    tops = getattr(lp, "top_logprobs", None)  # completions: top_logprobs[0] = {token: logprob}
+    if tops and isinstance(tops[0], dict):
+        return {str(k): float(v) for k, v in tops[0].items()} or None
+    return None
 
 
 def _is_transient(e: BaseException) -> bool:
