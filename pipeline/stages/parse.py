@@ -153,3 +153,74 @@ def parse_equal(reply: str) -> bool | None:
     if m is None:
         return None
     return m.group(1).lower() in ("equal", "same", "identical")
+
+
+# Judge replies (seed2lora score). A server with structured output returns a JSON object;
+# others write prose: "Rating: 4/5 - correct but terse", "I would give this a 3.", "**4**".
+_RATING_LABELED = re.compile(r"\b(?:rating|score|grade)\b\s*(?:is|of|=|:)?\s*\**\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+_RATING_OUT_OF = re.compile(r"(?<![\d.])([1-5](?:\.\d+)?)\s*(?:/|out of)\s*5\b", re.IGNORECASE)
+_RATING_ALONE = re.compile(r"(?<![\d.])([1-5])(?![\d.]\d)\b")
+_JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
+_REASON_LABEL = re.compile(r"\b(?:reason|because|explanation)\b\s*[:=-]?\s*(.+)", re.IGNORECASE)
+
+
+def parse_rating(reply: str, low: int = 1, high: int = 5) -> tuple[int | None, str]:
+    """(rating, one-line reason) from a judge's reply; (None, why) when it holds no usable rating.
+
+    Tried in order: a JSON object with "rating" (or "score") and "reason" (code fences and a
+    preamble around it are fine); a labelled number ("Rating: 4", "score of 3/5"); "N/5" or
+    "N out of 5"; a reply that is a bare number; else the first lone digit in range when it
+    is the only one (prose with two candidate numbers is ambiguous and rejected).
+    A fractional rating is rounded; one outside low..high is rejected, not clipped.
+    """
+    import json
+
+    text = reply.strip()
+    if not text:
+        return None, "empty reply"
+    m = _JSON_OBJECT.search(text)
+    if m:
+        try:
+            obj = json.loads(m.group(0))
+        except json.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict):
+            value = next((obj[k] for k in ("rating", "score", "grade") if k in obj), None)
+            reason = str(obj.get("reason") or obj.get("explanation") or "").strip()
+            if isinstance(value, str) and re.fullmatch(r"\s*\d+(?:\.\d+)?\s*(?:/\s*5)?\s*", value):
+                value = float(value.split("/")[0])
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return _in_range(value, low, high, _one_line(reason))
+            return None, f"JSON without a numeric rating: {m.group(0)[:60]!r}"
+    reason = _reason_of(text)
+    for pattern in (_RATING_LABELED, _RATING_OUT_OF):
+        if found := pattern.search(text):
+            return _in_range(float(found.group(1)), low, high, reason)
+    if re.fullmatch(r"\**\s*\d+(?:\.\d+)?\s*\**\.?", text):
+        return _in_range(float(text.strip("*. ")), low, high, "")
+    lone = {d for d in _RATING_ALONE.findall(text)}
+    if len(lone) == 1:
+        return _in_range(float(lone.pop()), low, high, reason)
+    if len(lone) > 1:
+        return None, f"several candidate ratings {sorted(lone)} in {text[:60]!r}"
+    return None, f"no rating in {text[:60]!r}"
+
+
+def _in_range(value: float, low: int, high: int, reason: str) -> tuple[int | None, str]:
+    rating = int(value + 0.5)  # round half up: 3.5 -> 4, never Python's banker's rounding
+    if not low <= rating <= high:
+        return None, f"rating {value:g} outside {low}-{high}"
+    return rating, reason
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()[:200]
+
+
+def _reason_of(text: str) -> str:
+    """The reason a prose reply gives: after a "Reason:"/"because" label, else the first line without the rating."""
+    if m := _REASON_LABEL.search(text):
+        return _one_line(m.group(1))
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    rest = [ln for ln in lines if not _RATING_LABELED.search(ln)] or lines
+    return _one_line(_MARKDOWN.sub("", rest[0]))
