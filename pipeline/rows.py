@@ -4,6 +4,8 @@ Sources, chosen by ExportConfig.include:
   self-instruct  filter.jsonl: the kept Self-Instruct tasks (origin "machine"), a row per instance
   evolve         evolve.jsonl: the kept Evol-Instruct evolutions (origin "evolved"), one instance each:
                  input "" and the teacher's answer as output
+  selected       select.jsonl: the rows `seed2lora select` kept of the two above (by judge score, IFD or at
+                 random); named alone, since it already holds rows of both
 then the run's human seed tasks (origin "seed") when include_seeds. Naming both sources
 takes whichever the run has (an evolve-only run has no filter.jsonl, a Self-Instruct run
 no evolve.jsonl); naming one requires its file.
@@ -22,7 +24,8 @@ from .errors import Seed2LoraError
 from .records import ROW_UNITS, Task, task_rows
 from .store import RunDir
 
-SOURCES = {"self-instruct": "filter", "evolve": "evolve"}  # include name -> the stage file of kept records
+SOURCES = {"self-instruct": "filter", "evolve": "evolve", "selected": "select"}  # include name -> the stage file of kept records
+GENERATED = ("self-instruct", "evolve")  # the sources a run generates; "selected" is a subset of their rows
 
 
 @dataclass
@@ -40,7 +43,16 @@ def include_list(include: list[str] | str) -> list[str]:
     if unknown or not names:
         raise Seed2LoraError(f"export include {include!r} names {'unknown source(s) ' + str(unknown) if unknown else 'nothing'}. "
                              f"Fix: give a comma list of {', '.join(SOURCES)} (e.g. --include self-instruct,evolve)")
+    if "selected" in names and len(set(names)) > 1:
+        raise Seed2LoraError(f"export include {include!r} names 'selected' with other sources, but the selection "
+                             "already holds rows of them. Fix: --include selected alone")
     return list(dict.fromkeys(names))
+
+
+def generated_include(include: list[str] | str) -> list[str]:
+    """The generated sources behind an include: itself, or both when it is the selection (what score and IFD rate)."""
+    names = include_list(include)
+    return list(GENERATED) if names == ["selected"] else names
 
 
 def kept_files(run: RunDir, include: list[str] | str) -> list[Path]:
