@@ -14,14 +14,34 @@ from ..prompts import Prompts
 from ..records import Task
 from ..store import RunDir
 from ..teachers import Completion, GenParams, Teacher
+from ..teachers.base import read_logprobs
+from .calibrate import seed_threshold, yes_no_margin
 from .common import MapResult, ProgressFn, map_pending, reply_meta
 from .parse import parse_yes_no
+
+
+def uses_logprobs(teacher: Teacher, method: str) -> bool:
+    """classify.method: logprobs | text | auto (logprobs for in-process teachers, which always have them)."""
+    if method not in ("auto", "logprobs", "text"):
+        raise ValueError(f"classify.method must be auto, logprobs or text, not {method!r}")
+    return method == "logprobs" or (method == "auto" and teacher.describe().get("kind") == "hf")
 
 
 def run_classify(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: RunDir, prompts: Prompts,
                  progress: ProgressFn | None = None) -> MapResult:
     c = cfg.classify
     params = GenParams(max_tokens=c.max_tokens, temperature=c.temperature, top_p=c.top_p, stop=("\n", "Task:"))
+    threshold = None
+    if uses_logprobs(teacher, c.method):  # Yes/No by log-probability margin (stages/calibrate.py)
+        from ..seeds import load_seeds
+
+        params = GenParams(max_tokens=1, logprobs=c.top_logprobs)
+        threshold = c.threshold
+        if c.calibrate:
+            calibration = seed_threshold(teacher, load_seeds(cfg.seed_tasks or None), params, run, prompts)
+            if calibration is None:
+                return MapResult(pending=len(tasks))
+            threshold = c.threshold if calibration["threshold"] is None else calibration["threshold"]
 
     def prompt_for(t: Task) -> str | None:
         # Already labelled (seed file, a user's file with labels): no call.
@@ -30,7 +50,12 @@ def run_classify(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: R
     def finish(t: Task, reply: Completion | None, last_try: bool) -> Task | str:
         if reply is None:
             return dataclasses.replace(t, stage="classify")
-        answer = parse_yes_no(reply.text)
+        top = read_logprobs(reply.text) if threshold is not None else None
+        margin = yes_no_margin(top) if top else None
+        if margin is not None:
+            return dataclasses.replace(t, stage="classify", is_classification=margin > threshold,
+                                       meta={**t.meta, "classify_margin": round(margin, 4), "classify_threshold": threshold})
+        answer = parse_yes_no(reply.text)  # a server that sent no logprobs answered in text
         if answer is None and not last_try:
             return f"unparseable_reply: {reply.text[:60]!r}"
         # Still no Yes or No after the retries: No, since input-first generation suits most tasks.
