@@ -1,0 +1,123 @@
+"""Instruction-following difficulty (IFD) with the student (Cherry LLM, Li et al. 2024).
+
+For a row (instruction, input, output): IFD = L(output | instruction) / L(output), the
+student's mean token cross-entropy on the output when it is given the prompt, divided by
+the same on the output alone. Near 0: the prompt makes the answer easy to predict; near
+1: the prompt barely helps, the row teaches the most; >= 1: the prompt does not help at
+all (Cherry LLM drops these as misaligned). Cherry selects rows with HIGH IFD.
+
+Both losses are over exactly the same tokens: the response tokens (EOS included) of the
+row as training sees it (train.data.tokenize_example: chat template or Alpaca prompt).
+Alone, they follow a single start token (the tokenizer's BOS, else EOS) so the first one
+is scored too. The student is the [train] model (default: the embedded SmolLM2), loaded
+unquantized in the compute dtype, so the scores do not depend on a quantization layout.
+
+Input: the run's kept records (export.include), one row per instance, seeds left out.
+Output: ifd.jsonl, one Task record per row (id "<task id>-<k>", its one instance,
+meta["row_of"], meta["ifd"] = {"ifd", "loss_cond", "loss_alone", "tokens"}), appended a
+batch at a time; a re-run scores only the rows not in it yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ExportConfig, IfdConfig, TrainConfig
+from ..records import Instance, Task, row_messages
+from ..rows import generated_include, run_rows
+from ..store import JsonlWriter, RunDir
+from .data import IGNORE_INDEX, tokenize_example
+from .model import compute_dtype, load_base, load_tokenizer, resolve_model
+
+STAGE = "ifd"
+LOSS_CHUNK_TOKENS = 1024  # positions projected to the vocabulary at once: 1024 x 49k fp32 = 0.2 GB
+
+
+def ifd_pairs(tokenizer: Any, row: dict[str, Any], max_len: int) -> tuple[list[int], list[int], list[int], list[int]]:
+    """(conditioned ids, their labels, alone ids, their labels): the same response tokens carry the labels in both."""
+    ex = tokenize_example(tokenizer, row_messages(row))
+    ids, labels = ex["input_ids"][:max_len], ex["labels"][:max_len]
+    response = [t for t in labels[1:] if t != IGNORE_INDEX]
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return ids, labels, [start, *response], [IGNORE_INDEX, *response]
+
+
+def mean_losses(model: Any, batch: list[tuple[list[int], list[int]]], pad_id: int) -> list[tuple[float, int]]:
+    """(mean cross-entropy over label tokens, label tokens) per sequence; one forward pass, right padding."""
+    dev = next(model.parameters()).device
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for r, (i, lab) in enumerate(batch):
+        ids[r, :len(i)], labels[r, :len(lab)], mask[r, :len(i)] = torch.tensor(i), torch.tensor(lab), 1
+    with torch.inference_mode():
+        hidden = model.get_decoder()(input_ids=ids.to(dev), attention_mask=mask.to(dev)).last_hidden_state
+        targets = labels[:, 1:].to(dev)
+        keep = targets != IGNORE_INDEX
+        h, y = hidden[:, :-1][keep], targets[keep]
+        owner = torch.arange(len(batch), device=dev).unsqueeze(1).expand_as(targets)[keep]
+        sums = torch.zeros(len(batch), dtype=torch.float64, device=dev)
+        head = model.get_output_embeddings()
+        softcap = getattr(model.config, "final_logit_softcapping", None)
+        for s in range(0, y.numel(), LOSS_CHUNK_TOKENS):
+            logits = head(h[s:s + LOSS_CHUNK_TOKENS]).float()
+            if softcap:
+                logits = torch.tanh(logits / softcap) * softcap
+            loss = F.cross_entropy(logits, y[s:s + LOSS_CHUNK_TOKENS], reduction="none")
+            sums.index_add_(0, owner[s:s + LOSS_CHUNK_TOKENS], loss.double())
+        counts = torch.bincount(owner, minlength=len(batch))
+    return [(float(sums[r] / counts[r]) if counts[r] else float("nan"), int(counts[r])) for r in range(len(batch))]
+
+
+def ifd_scores(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, batch_size: int = 8,
+               max_len: int = 512, progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """{ifd, loss_cond, loss_alone, tokens} per row, in order; rows sorted by length into batches."""
+    pairs = [ifd_pairs(tokenizer, r, max_len) for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: len(pairs[i][0]))
+    out: list[dict[str, Any]] = [{}] * len(rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        cond = mean_losses(model, [(pairs[i][0], pairs[i][1]) for i in idx], pad)
+        alone = mean_losses(model, [(pairs[i][2], pairs[i][3]) for i in idx], pad)
+        for i, (lc, n), (la, _) in zip(idx, cond, alone, strict=True):
+            value = lc / la if n and la > 0 else None
+            out[i] = {"ifd": None if value is None else round(value, 6), "loss_cond": round(lc, 6),
+                      "loss_alone": round(la, 6), "tokens": n}
+        if progress:
+            progress(len(idx))
+    return out
+
+
+def load_student(cfg: TrainConfig) -> tuple[Any, Any]:
+    """The [train] base model, unquantized, in eval mode, and its tokenizer."""
+    path = resolve_model(cfg.model)
+    model = load_base(path, quant_config=None, dtype=compute_dtype(cfg.compute_dtype),
+                      attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code)
+    return model.eval(), load_tokenizer(path, cfg.trust_remote_code)
+
+
+def ifd_run(run_dir: str | Path, include: list[str] | str, train_cfg: TrainConfig, cfg: IfdConfig, *,
+            log: Callable[[str], None] = print, student: tuple[Any, Any] | None = None) -> dict[str, int]:
+    """Score every kept row of a run not yet in ifd.jsonl; returns {rows, scored, done}."""
+    run = RunDir(run_dir)
+    data = run_rows(run, ExportConfig(include=generated_include(include), include_seeds=False))
+    done = {t.id for t in run.read_stage(STAGE)}
+    todo = [r for r in data.rows if r["id"] not in done]
+    if todo:
+        model, tokenizer = student or load_student(train_cfg)
+        log(f"ifd: {len(todo)} rows to score with {train_cfg.model or 'the embedded SmolLM2-135M-Instruct'}")
+        with JsonlWriter(run.stage_file(STAGE)) as out:
+            for s in range(0, len(todo), cfg.batch_size * 8):  # written every few batches: an interruption loses little
+                chunk = todo[s:s + cfg.batch_size * 8]
+                for r, score in zip(chunk, ifd_scores(model, tokenizer, chunk, batch_size=cfg.batch_size,
+                                                      max_len=cfg.max_len), strict=True):
+                    out.write(Task(id=r["id"], instruction=r["instruction"], instances=[Instance(r["input"], r["output"])],
+                                   origin=r["origin"], stage=STAGE, meta={"row_of": r["task_id"], "ifd": score}))
+    return {"rows": len(data.rows), "scored": len(todo), "done": len(done) + len(todo)}
