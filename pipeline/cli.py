@@ -275,6 +275,105 @@ def report(run_dir, seeds_path, out_dir):
     console.print(f"[green]report:[/] {page}  (open it in a browser; the figures as data: {page.parent / 'report.json'})")
 
 
+def _run_config(run_dir: str, config_path: str | None, sets: tuple[str, ...], flags: dict[str, Any]) -> RunConfig:
+    """The config of an existing run: --config, else the one its manifest recorded; then flags, then --set."""
+    import dataclasses
+
+    from .store import RunDir
+
+    run = Path(run_dir)
+    recorded = {} if config_path else (RunDir(run).manifest().get("config") or {})
+
+    def flatten(obj: Any, data: dict[str, Any], prefix: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            if f.name not in data or data[f.name] == "***":  # a masked secret is no value
+                continue
+            value, here = getattr(obj, f.name), f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value):
+                out.update(flatten(value, data[f.name] or {}, here + "."))
+            else:
+                out[here] = data[f.name]
+        return out
+
+    overrides = {**flatten(RunConfig(), recorded, ""), **{k: v for k, v in flags.items() if v is not None},
+                 "output_dir": str(run.parent), "run_name": run.name}
+    overrides.update(parse_overrides(sets))
+    return load_config(config_path, overrides)
+
+
+def _run_command_session(run_dir, config_path, sets, flags):
+    from .runner import Session
+
+    return Session(_run_config(run_dir, config_path, sets, flags), progress=rich_progress,
+                   log=lambda message: console.print(message, highlight=False))
+
+
+_config_of_run = click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                              help="TOML run config (default: the config RUN_DIR's manifest recorded).")
+_set_any = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                        help="Any config value, e.g. --set select.near_dup_threshold=0.6; checked like the TOML "
+                             "file (repeatable).")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--judge", metavar="SPEC", help="The judge: embedded | openai:MODEL | hf:PATH (default: [score.teacher], "
+                                              "else the run's teacher).")
+@click.option("--judge-base-url", metavar="URL", help="The judge's OpenAI-compatible server (default: "
+                                                      "[score.teacher] base_url).")
+@click.option("--max-tokens-total", type=int, help="Stop cleanly after this many tokens, whole run (default: the "
+                                                   "run's budget).")
+@_config_of_run
+@_set_any
+@friendly_errors
+def score(run_dir, judge, judge_base_url, max_tokens_total, config_path, sets):
+    """Rate each kept instance 1-5 with a judge (follows the instruction, correct, helpful); write score.jsonl.
+
+    Cached and resumable: run it again to finish what is pending. See docs/quality.md.
+    """
+    flags = {"score.teacher.spec": judge, "score.teacher.base_url": judge_base_url,
+             "budget.max_tokens_total": max_tokens_total}
+    console.print(_run_command_session(run_dir, config_path, sets, flags).score())
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--model", metavar="DIR", help="The student: a local HF model folder (default: [train] model, the "
+                                             "embedded SmolLM2-135M-Instruct).")
+@click.option("--batch-size", type=int, help=f"Rows per forward pass (default {default_of('ifd.batch_size')}).")
+@_config_of_run
+@_set_any
+@friendly_errors
+def ifd(run_dir, model, batch_size, config_path, sets):
+    """Instruction-following difficulty of each kept row with the student (Cherry LLM); write ifd.jsonl."""
+    flags = {"train.model": model, "ifd.batch_size": batch_size}
+    console.print(_run_command_session(run_dir, config_path, sets, flags).ifd())
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--by", type=click.Choice(["judge", "ifd", "random", "all"]),
+              help=f"Rank rows by judge score, IFD (high first), at random, or keep all (default "
+                   f"{default_of('select.by')}).")
+@click.option("--top", type=int, help="Keep this many rows.")
+@click.option("--frac", type=float, help=f"Keep this share of the rows (default {default_of('select.frac')}).")
+@_config_of_run
+@_set_any
+@friendly_errors
+def select(run_dir, by, top, frac, config_path, sets):
+    """Drop near-duplicates, keep the best rows; write select.jsonl (export --include selected).
+
+    --by judge needs `seed2lora score RUN_DIR` first, --by ifd needs `seed2lora ifd RUN_DIR`.
+    """
+    if top is not None and frac is not None:
+        raise click.UsageError("give --top N or --frac F, not both")
+    flags = {"select.by": by, "select.top": top, "select.frac": frac}
+    if frac is not None:
+        flags["select.top"] = 0
+    console.print(_run_command_session(run_dir, config_path, sets, flags).select())
+
+
 # export, train, merge, generate, eval: the train half lives in pipeline/train/commands.py.
 from .train.commands import add_commands  # noqa: E402
 

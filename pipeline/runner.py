@@ -44,12 +44,13 @@ from .stages.classify import run_classify
 from .stages.evolve import run_evolve
 from .stages.filter import filter_tasks
 from .stages.instances import run_instances
+from .stages.score import judge_config, run_score
 from .store import STAGES, RunDir, read_tasks, write_jsonl_atomic
 from .teachers import Teacher, make_teacher
 
 STAGE_INPUT = {"classify": "bootstrap", "instances": "classify", "filter": "instances"}
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "openai", "httpx", "rouge-score", "datasets",
-            "numba", "rapidfuzz")
+            "numba", "rapidfuzz", "datasketch")
 EVENT_EVERY_S = 10.0  # at most one line per kind of teacher event in this many seconds: seen, not a flood
 
 # A progress reporter: (description, total or None) -> context manager yielding advance(n).
@@ -118,6 +119,7 @@ class Session:
         self._teacher = teacher
         self.progress = progress or _no_progress
         self._cache: ResponseCache | None = None
+        self._judge: Teacher | None = None  # score's teacher when [score.teacher] names its own
         self._attached = False
         self.session_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"  # this process's rows in the usage log
         self.steps = [
@@ -126,6 +128,9 @@ class Session:
             Step("instances", self._instances, uses_teacher=True, takes_input=True),
             Step("filter", self._filter, takes_input=True),
             Step("evolve", self._evolve, uses_teacher=True, takes_input=True),
+            Step("score", self._score, uses_teacher=True),
+            Step("ifd", self._ifd),
+            Step("select", self._select),
             Step("export", self._export),
             Step("train", self._train),
             Step("eval", self._eval),
@@ -179,6 +184,8 @@ class Session:
             self._cache, self._attached = None, False
             if self._teacher is not None:
                 self._teacher.cache = None
+            if self._judge is not None:
+                self._judge.cache = None
 
     def validate(self, steps: list[Step], input_path: str | Path | None) -> None:
         """Everything that can fail on bad input, before the run folder or manifest is touched."""
@@ -190,8 +197,10 @@ class Session:
                                          "for this run first, or pass --input FILE")
             if step.name == "evolve":
                 self.evolve_pool(input_path, check_only=True)
-        if any(s.uses_teacher for s in steps):
-            teacher = self.bare_teacher
+        teachers = [self.bare_teacher] if any(s.uses_teacher and s.name != "score" for s in steps) else []
+        if any(s.name == "score" for s in steps):
+            teachers.append(self.bare_judge)
+        for teacher in dict.fromkeys(teachers):
             preflight = getattr(teacher, "preflight", None)
             if preflight is not None and not getattr(teacher, "preflighted", False):
                 preflight()  # a wrong port or a dead server fails here, in seconds, naming the URL
@@ -216,6 +225,29 @@ class Session:
             model = teacher.describe().get("model", teacher.name)
             teacher.budget = Budget(self.cfg.budget, str(model), self.cache.usage(exclude_session=self.session_id))
         return teacher
+
+    @property
+    def bare_judge(self) -> Teacher:
+        """The score step's judge: the run's teacher unless [score.teacher] names another."""
+        if not self.cfg.score.teacher.spec:
+            return self.bare_teacher
+        if self._judge is None:
+            self._judge = make_teacher(judge_config(self.cfg), seed=self.cfg.seed)
+            if getattr(self._judge, "on_event", False) is None:
+                self._judge.on_event = RateLimitedLog(self.log)
+        return self._judge
+
+    @property
+    def judge(self) -> Teacher:
+        """The judge with this run's cache, usage log and budget attached (replies are keyed by its model)."""
+        judge = self.bare_judge
+        if judge is self._teacher:
+            return self.teacher
+        if judge.cache is None:
+            judge.cache, judge.session = self.cache, self.session_id
+            model = judge.describe().get("model", judge.name)
+            judge.budget = Budget(self.cfg.budget, str(model), self.cache.usage(exclude_session=self.session_id))
+        return judge
 
     @property
     def cache(self) -> ResponseCache:
@@ -271,6 +303,15 @@ class Session:
 
     def evolve(self, input_path: str | Path | None = None) -> str:
         return self.run_steps(["evolve"], input_path)[0]
+
+    def score(self) -> str:
+        return self.run_steps(["score"])[0]
+
+    def ifd(self) -> str:
+        return self.run_steps(["ifd"])[0]
+
+    def select(self) -> str:
+        return self.run_steps(["select"])[0]
 
     def export(self) -> str:
         return self.run_steps(["export"])[0]
@@ -366,6 +407,48 @@ class Session:
         pending = getattr(result, "pending", 0)
         return StepResult(message, pending, {"kept": result.kept, "rejected": sum(result.rejected.values()),
                                              "rounds_done": result.rounds_done})
+
+    # ------------------------------------------------------------ data selection (docs/quality.md)
+
+    def _score(self, _input: None = None) -> StepResult:
+        from .rows import generated_include, kept_files
+
+        tasks = [t for f in kept_files(self.run, generated_include(self.cfg.export.include))
+                 for t in self.run.read_stage(f.stem)]
+        judge = self.judge
+        self.record(judge=judge.describe())
+        n = sum(len(t.instances) for t in tasks)
+        with self.progress("score: instances rated", n) as advance:
+            r = run_score(judge, tasks, self.cfg, self.run, self.prompts, progress=advance)
+        budget = getattr(judge, "budget", None)
+        if judge is not self._teacher and budget is not None and budget.reached:
+            raise BudgetReached(f"budget reached in score (the judge {judge.name}); {self.run.path} is consistent. "
+                                "Raise --max-tokens-total / --max-cost and run the same command to go on")
+        ratings = [t.meta["score"]["rating"] for t in self.run.read_stage("score")]
+        spread = ", ".join(f"{k}: {ratings.count(k)}" for k in range(1, 6))
+        message = (f"score: {r.written} instances rated by {judge.name} ({len(ratings)} in score.jsonl; {spread}), "
+                   f"{r.rejected} rejected as unparseable after {judge_config(self.cfg).max_retries} retries, "
+                   f"{r.retried} retried")
+        if r.pending:
+            message += f"; the judge failed on {r.pending} (see the errors above)"
+        return StepResult(message, r.pending, r.counts(n))
+
+    def _ifd(self, _input: None = None) -> StepResult:
+        from .train.ifd import ifd_run
+
+        info = ifd_run(self.run.path, self.cfg.export.include, self.cfg.train, self.cfg.ifd, log=self.log)
+        return StepResult(f"ifd: {info['scored']} rows scored with the student ({info['done']} of {info['rows']} "
+                          "in ifd.jsonl)", 0, {"generated": info["rows"], "kept": info["done"]})
+
+    def _select(self, _input: None = None) -> StepResult:
+        from .stages.select import select_run
+
+        sel = select_run(self.run, self.cfg.select, self.cfg.export.include, seeds=self.seeds)
+        s = sel.summary
+        return StepResult(f"select: {s['kept_rows']} of {s['rows']} rows kept by {s['by']} ({s['kept_tasks']} tasks), "
+                          f"{s['near_duplicates']} near-duplicates rejected -> {self.run.stage_file('select')} "
+                          "(export --include selected)", 0,
+                          {"generated": s["rows"], "kept": s["kept_rows"], "rejected": s["near_duplicates"]})
 
     # ------------------------------------------------------------ the fine-tuning half
 
