@@ -315,3 +315,27 @@ Input: 2 and 3
 Response: 5
 
 Reply with a JSON object and nothing else: {"rating": <1-5>, "reason": "<one line>"}"""
+
+
+def test_the_report_shows_scores_ifd_and_what_the_selection_kept_and_dropped(tmp_path):
+    from pipeline.report.html import _details
+    from pipeline.report.quality import plot_quality, quality
+    from pipeline.stages.select import select_run
+
+    run = RunDir(tmp_path / "r").ensure()
+    assert quality(run) is None  # nothing scored: no section
+    tasks = rows_of(4)
+    write_jsonl_atomic(run.stage_file("filter"), tasks)
+    write_jsonl_atomic(run.stage_file("score"), [Task(id=f"t{i}-0", instruction=t.instruction, meta={
+        "score": {"rating": r, "reason": "ok"}, "score_teacher": "judge"}) for i, (t, r) in enumerate(zip(tasks, [5, 2, 4, 1]))])
+    write_jsonl_atomic(run.stage_file("ifd"), [Task(id=f"t{i}-0", instruction=t.instruction, meta={"ifd": {"ifd": v}})
+                                               for i, (t, v) in enumerate(zip(tasks, [0.4, 0.9, 1.2, 0.7]))])
+    select_run(run, SelectConfig(by="judge", top=2), ["self-instruct"])
+    q = quality(run)
+    assert q["score"]["counts"] == {"1": 1, "2": 1, "3": 0, "4": 1, "5": 1} and q["ifd"]["at_least_1"] == 1
+    assert q["select"]["kept_rows"] == 2 and q["select"]["dropped_by_why"] == {"below the cut": 2}
+    assert [e["id"] for e in q["select"]["kept_examples"]] == ["t0-0", "t2-0"]
+    assert q["select"]["kept_values"]["min"] == 4.0 and q["select"]["dropped_values"]["max"] == 2.0
+    assert plot_quality({"quality": q}, tmp_path / "q.png").stat().st_size > 1000
+    page = _details("quality.png", {"quality": q})
+    assert "by judge: kept 2 of 4 rows" in page and "dropped: below the cut" in page

@@ -167,6 +167,12 @@ def verbs(tasks: list[Task], parser: VerbParser) -> dict[str, Any]:
     }
 
 
+def _quality(run: RunDir) -> dict[str, Any] | None:
+    from .quality import quality  # here, not at the top: quality reads this module's stats and histogram
+
+    return quality(run)
+
+
 def compute(run_path: str | Path, *, seeds_path: str | Path | None = None, parser: VerbParser | None = None) -> dict:
     """Every figure of the report for one run directory."""
     run = RunDir(run_path)
@@ -192,5 +198,6 @@ def compute(run_path: str | Path, *, seeds_path: str | Path | None = None, parse
         "types": types(tasks),
         "evolve": evolved,
         "usage": usage(manifest),
+        "quality": _quality(run),  # judge scores, IFD, what select kept and dropped (None when none ran)
         "verbs": verbs(tasks, parser or load_parser()),
     }

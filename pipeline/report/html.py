@@ -57,6 +57,10 @@ def _details(name: str, f: dict[str, Any]) -> str:
                       + [(f"operation: {k}", v) for k, v in e["by_operation"].items()]
                       + [(f"round {k}", v) for k, v in e["by_round"].items()]
                       + [(f"eliminated: {k}", v) for k, v in e["eliminated_by_rule"].items()])
+    if name == "quality.png":
+        from .quality import quality_details
+
+        return quality_details(f)
     if name == "usage.png":
         return _table([(k, f"{u['calls']} calls, {u['errors']} errors, {u['prompt_tokens']:,} prompt + "
                            f"{u['completion_tokens']:,} completion tokens")

@@ -264,14 +264,21 @@ PLOTS = {  # file name -> (section title, plotter); evolve is skipped when a run
     "verbs.png": ("Verb-noun structure of instructions", plot_verbs),
     "evolve.png": ("Evol-Instruct: operations, rounds, eliminations", plot_evolve),
     "usage.png": ("Token spend", plot_usage),
+    "quality.png": ("Data selection: judge scores, IFD, what select kept", lambda f, path: _plot_quality(f, path)),
 }
+
+
+def _plot_quality(f: dict[str, Any], path: Path) -> Path:
+    from .quality import plot_quality  # it draws with this module's helpers
+
+    return plot_quality(f, path)
 
 
 def draw_all(f: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, (_, plot) in PLOTS.items():
-        if name == "evolve.png" and not f.get("evolve"):
+        if (name == "evolve.png" and not f.get("evolve")) or (name == "quality.png" and not f.get("quality")):
             (out_dir / name).unlink(missing_ok=True)  # a stale plot from an earlier report would mislead
             continue
         written[name] = plot(f, out_dir / name)
