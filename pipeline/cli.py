@@ -291,7 +291,8 @@ def _run_config(run_dir: str, config_path: str | None, sets: tuple[str, ...], fl
                 continue
             value, here = getattr(obj, f.name), f"{prefix}{f.name}"
             if dataclasses.is_dataclass(value):
-                out.update(flatten(value, data[f.name] or {}, here + "."))
+                if isinstance(data[f.name], dict):  # a table recorded in an older form (a string) keeps its default
+                    out.update(flatten(value, data[f.name], here + "."))
             else:
                 out[here] = data[f.name]
         return out
