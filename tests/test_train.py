@@ -371,47 +371,53 @@ class MockJudge:
         return [Completion(text=self.replies.pop(0), finish_reason="stop") for _ in prompts]
 
 
+def scored(base, adapter):
+    from pipeline.train.eval import EvalItem
+
+    return EvalItem(id="i", category="", messages=[], reference="", rouge_l_base=base, rouge_l_adapter=adapter)
+
+
 def test_score_summary_gives_a_paired_interval_and_a_sign_test():
     from pipeline.train.eval import score_summary, sign_test
 
     assert sign_test(9, 1) == pytest.approx(2 * (1 + 10) / 1024) and sign_test(5, 5) == 1.0 and sign_test(0, 0) == 1.0
     rng = random.Random(0)
-    better = [{"rouge_l_base": b, "rouge_l_adapter": b + 0.05 + rng.uniform(-0.01, 0.01)}
-              for b in (rng.uniform(0, 0.5) for _ in range(40))]
+    better = [scored(b, b + 0.05 + rng.uniform(-0.01, 0.01)) for b in (rng.uniform(0, 0.5) for _ in range(40))]
     s = score_summary(better)
     assert 0.04 < s["delta_ci95"][0] <= s["delta"] <= s["delta_ci95"][1] < 0.06
     assert s["adapter_higher"] == 40 and s["sign_test_p"] < 1e-9
-    noise = [{"rouge_l_base": 0.3, "rouge_l_adapter": 0.3 + d} for d in (0.1, -0.1) * 20] + \
-            [{"rouge_l_base": 0.2, "rouge_l_adapter": 0.2}]
+    noise = [scored(0.3, 0.3 + d) for d in (0.1, -0.1) * 20] + [scored(0.2, 0.2)]
     s = score_summary(noise)
     assert s["delta_ci95"][0] < 0 < s["delta_ci95"][1] and s["sign_test_p"] == 1.0 and s["equal"] == 1
     assert score_summary(noise, seed=3) == score_summary(noise, seed=3)
 
 
 def test_pairwise_judge_undoes_the_ab_swap_and_counts_ties_as_half():
-    from pipeline.train.eval import judge_pairwise, parse_verdict
+    from pipeline.train.eval import EvalItem, judge_pairwise, parse_verdict
 
     assert [parse_verdict(t) for t in (" A", "B.", "Tie", "Answer B is better", "neither")] == \
         ["A", "B", "tie", "B", None]
-    items = [{"messages": [{"role": "user", "content": f"q{i}"}], "reference": "r", "base": f"base {i}",
-              "adapter": f"tuned {i}"} for i in range(4)]
+    items = [EvalItem(id=str(i), category="", messages=[{"role": "user", "content": f"q{i}"}], reference="r",
+                      base=f"base {i}", adapter=f"tuned {i}") for i in range(4)]
     judge = MockJudge(["A", "B", "tie", "nonsense"])
     result = judge_pairwise(judge, items, random.Random(3))
     assert [kind for kind, _ in judge.history] == ["judge"] * 4
     adapter_first = [f"tuned {i}" in prompt.split("Answer B:")[0] for i, (_, prompt) in enumerate(judge.history)]
     expected = ["adapter" if adapter_first[0] else "base", "base" if adapter_first[1] else "adapter", "tie", None]
-    assert [it["judge"] for it in items] == expected
+    assert [it.judge for it in items] == expected
     wins = expected.count("adapter")
-    assert (result["adapter_wins"], result["ties"], result["unparsed"]) == (wins, 1, 1)
+    assert (result["adapter_wins"], result["ties"], result["unparsed"], result["not_sent"]) == (wins, 1, 1, 0)
     assert result["win_rate"] == round((wins + 0.5) / 3, 4)
 
 
-def test_cli_export_train_eval_generate_merge(tiny_model, tmp_path):
+def test_cli_export_train_eval_generate_merge(tiny_model, tmp_path, fake_openai):
+    from pipeline.cache import CACHE_FILE, ResponseCache
     from pipeline.cli import cli
     from pipeline.records import Instance, Task
     from pipeline.store import RunDir, write_jsonl_atomic
 
     run = RunDir(tmp_path / "run").ensure()
+    run.update_manifest(config={"budget": {"max_tokens_total": 0}})  # a run directory: the judge uses its cache
     write_jsonl_atomic(run.stage_file("filter"), [
         Task(id=f"t{i}", instruction=r["instruction"], instances=[Instance(output=r["output"])])
         for i, r in enumerate(ROWS)])
@@ -429,11 +435,19 @@ def test_cli_export_train_eval_generate_merge(tiny_model, tmp_path):
     assert "done:" in result.output and (adapter / "adapter_model.safetensors").is_file()
     summary = json.loads((adapter / "training_summary.json").read_text())
     assert summary["rows"]["packed"] and not summary["quantized"] and summary["config"]["lora_r"] == 8
+    fake_openai.enqueue("A")
+    fake_openai.enqueue("Tie")
     result = runner.invoke(cli, ["eval", str(adapter), "--data", str(held_out), "--limit", "2",
-                                 "--max-new-tokens", "4"])
+                                 "--max-new-tokens", "4", "--judge", "openai:fake-model",
+                                 "--set", f"judge.base_url={fake_openai.url}"])
     assert result.exit_code == 0, result.output
     report = json.loads((adapter / "eval" / "eval_report.json").read_text())
     assert report["n_prompts"] == 2 and set(report["rouge_l"]) >= {"base", "adapter", "delta"}
+    assert report["judge"]["judged"] == 2 and report["judge"]["ties"] == 1 and "judge win rate" in result.output
+    assert report["settings"]["judge"]["base_url"] == fake_openai.url and len(fake_openai.history) == 2
+    cache = ResponseCache(run.path / CACHE_FILE)
+    assert cache.usage()["judge"]["calls"] == 2  # the verdicts went to the run's cache and usage log
+    cache.close()
     assert "| base + adapter |" in (adapter / "eval" / "eval_report.md").read_text()
     result = runner.invoke(cli, ["generate", str(adapter), "Name a colour.", "--max-new-tokens", "3"])
     assert result.exit_code == 0 and json.loads(result.stdout.splitlines()[-1])["prompt"] == "Name a colour."
@@ -496,4 +510,4 @@ max_new_tokens = 4
 
 def test_eval_config_defaults():
     cfg = EvalConfig()
-    assert cfg.limit == 0 and cfg.quant == "auto" and cfg.judge == "" and cfg.repetition_penalty == 1.0
+    assert cfg.limit == 0 and cfg.quant == "auto" and cfg.judge.spec == "" and cfg.repetition_penalty == 1.0

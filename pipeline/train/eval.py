@@ -3,9 +3,12 @@
 Both answer every prompt greedily with the same settings, rendered with the same
 template the adapter was trained on. Each answer is scored by ROUGE-L F against the
 reference output, as the Self-Instruct paper scored SuperNI (pipeline.similarity.rouge_l:
-rouge-score's tokenizer, no stemming). Optionally a judge (any teacher) compares the
-two answers pairwise; A/B order is drawn per item from random.Random(seed) so position
-bias cancels out, and the win rate counts a tie as half a win.
+rouge-score's tokenizer, no stemming). Optionally a judge compares the two answers
+pairwise; A/B order is drawn per item from random.Random(seed) so position bias cancels
+out, and the win rate counts a tie as half a win. The judge is a teacher like any other
+([eval.judge] takes [teacher]'s keys, built by teachers.make_teacher); when the adapter
+belongs to a run directory, the judge uses that run's response cache, usage log and
+budget, as the run's own teacher does, so a repeated eval pays for no verdict twice.
 
 Input: JSONL of tasks {instruction, instances: [{input, output}], ...} (the Self-Instruct
 user-oriented set, or any run's tasks), or Alpaca / chat rows.
@@ -14,27 +17,55 @@ Output: eval_report.json (scores, settings, every answer) and eval_report.md (a 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 import random
 import re
 import statistics
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import EvalConfig
+from ..config import BudgetConfig, EvalConfig, TeacherConfig
 from ..datasets_io import read_records
-from ..errors import Seed2LoraError
+from ..errors import Seed2LoraError, mask_dict
 from ..records import row_messages, user_text
 from ..similarity import rouge_l
-from ..store import write_text_atomic
+from ..store import MANIFEST, RunDir, write_text_atomic
 from .data import check_rows, load_rows, prompt_text, train_eval_rows
 from .model import SUMMARY, adapter_info, load_with_adapter
 
 Log = Callable[[str], None]
 USER_ORIENTED = "user_oriented_instructions.jsonl"
+
+
+@dataclass
+class EvalItem:
+    """One held-out prompt: what is asked, the reference answer, and what each side answered and scored."""
+
+    id: str
+    category: str  # the user-oriented set's motivation_app (Grammarly, Gmail, ...); "" for other data
+    messages: list[dict[str, str]]  # the conversation up to the answer to write: the prompt both sides get
+    reference: str  # the held-out answer both sides are scored against
+    base: str = ""
+    adapter: str = ""
+    rouge_l_base: float = 0.0
+    rouge_l_adapter: float = 0.0
+    judge: str | None = None  # adapter | base | tie; None = not judged, or the judge gave no verdict
+
+    @property
+    def prompt(self) -> str:
+        return self.messages[-1]["content"]
+
+    def to_report(self) -> dict[str, Any]:
+        """The item as eval_report.json lists it: the last user turn as `prompt`, not the whole conversation."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "messages"} | {"prompt": self.prompt}
 
 
 def default_eval_data(adapter_dir: str | Path) -> str:
@@ -52,8 +83,8 @@ def default_eval_data(adapter_dir: str | Path) -> str:
 
 
 def load_eval_items(data: str, limit: int = 0, seed: int = 0, train_seed: int = 42,
-                    eval_fraction: float = 0.1) -> list[dict[str, Any]]:
-    """Items {id, category, messages (prompt), reference}; `limit` tasks drawn with random.Random(seed)."""
+                    eval_fraction: float = 0.1) -> list[EvalItem]:
+    """The eval items of `data` (a file, or "heldout:" + training data); `limit` tasks drawn with random.Random(seed)."""
     if data.startswith("heldout:"):  # the eval split the adapter was trained without
         rows = train_eval_rows(load_rows(data.removeprefix("heldout:")), eval_fraction, train_seed)[1]
         groups = _group(rows, key=lambda r: r.get("task_id", r.get("id")))
@@ -75,8 +106,8 @@ def load_eval_items(data: str, limit: int = 0, seed: int = 0, train_seed: int = 
     for group in groups:
         for r in group:
             msgs = row_messages(r)
-            items.append({"id": str(r.get("id")), "category": r.get("category", ""), "messages": msgs[:-1],
-                          "reference": msgs[-1]["content"]})
+            items.append(EvalItem(id=str(r.get("id")), category=str(r.get("category") or ""), messages=msgs[:-1],
+                                  reference=msgs[-1]["content"]))
     if not items:
         raise Seed2LoraError(f"no eval items in {data}")
     return items
@@ -114,8 +145,12 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], *,
 
 
 def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_dir: str | Path | None = None,
-             teacher: Any = None, log: Log = print) -> dict[str, Any]:
-    """Score base and adapter answers; write eval_report.json and .md into out_dir (default <adapter>/eval)."""
+             teacher: Any = None, run_dir: str | Path | None = None, log: Log = print) -> dict[str, Any]:
+    """Score base and adapter answers; write eval_report.json and .md into out_dir (default <adapter>/eval).
+
+    teacher: a judge to use as it is (tests); else cfg.judge builds one, attached to the
+    response cache and budget of `run_dir` (default: the run the adapter belongs to, if any).
+    """
     start = time.perf_counter()
     info = adapter_info(adapter_dir)
     train_cfg = info["config"]
@@ -123,28 +158,33 @@ def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_d
     items = load_eval_items(data, cfg.limit, cfg.seed, train_seed=train_cfg.get("seed", 42),
                             eval_fraction=train_cfg.get("eval_fraction", 0.1))
     log(f"eval: {len(items)} prompts from {data}")
-    peft_model, tokenizer = load_with_adapter(adapter_dir, model=model, quant=cfg.quant)
-    prompts = [it["messages"] for it in items]
-    kw = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, repetition_penalty=cfg.repetition_penalty)
-    with peft_model.disable_adapter():
-        base_answers = generate(peft_model, tokenizer, prompts, **kw)
-    log("eval: base answers done")
-    adapter_answers = generate(peft_model, tokenizer, prompts, **kw)
-    log("eval: adapter answers done")
-    for it, b, a in zip(items, base_answers, adapter_answers, strict=True):
-        it.update(base=b, adapter=a, rouge_l_base=rouge_l(b, it["reference"]), rouge_l_adapter=rouge_l(a, it["reference"]))
-    report = {
-        "adapter": str(adapter_dir), "base_model": model or info["base"], "data": data, "limit": cfg.limit,
-        "settings": {k: v for k, v in vars(cfg).items() if k != "data"},
-        "n_prompts": len(items),
-        "rouge_l": score_summary(items, seed=cfg.seed),
-        "judge": None,
-    }
-    if cfg.judge or teacher is not None:
-        report["judge"] = judge_pairwise(teacher or _make_judge(cfg.judge), items, random.Random(cfg.seed))
+    run = Path(run_dir) if run_dir else find_run_dir(adapter_dir)
+    # The judge is built (and its server asked for one token) first: a wrong URL fails before minutes of generating.
+    with nullcontext(teacher) if teacher is not None else judge_teacher(cfg.judge, run, seed=cfg.seed, log=log) as judge:
+        peft_model, tokenizer = load_with_adapter(adapter_dir, model=model, quant=cfg.quant)
+        prompts = [it.messages for it in items]
+        kw = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                  repetition_penalty=cfg.repetition_penalty)
+        with peft_model.disable_adapter():
+            base_answers = generate(peft_model, tokenizer, prompts, **kw)
+        log("eval: base answers done")
+        adapter_answers = generate(peft_model, tokenizer, prompts, **kw)
+        log("eval: adapter answers done")
+        for it, b, a in zip(items, base_answers, adapter_answers, strict=True):
+            it.base, it.adapter = b, a
+            it.rouge_l_base, it.rouge_l_adapter = rouge_l(b, it.reference), rouge_l(a, it.reference)
+        report = {
+            "adapter": str(adapter_dir), "base_model": model or info["base"], "data": data, "limit": cfg.limit,
+            "settings": report_settings(cfg),
+            "n_prompts": len(items),
+            "rouge_l": score_summary(items, seed=cfg.seed),
+            "judge": None,
+        }
+        if judge is not None:
+            report["judge"] = judge_pairwise(judge, items, random.Random(cfg.seed))
+            check_judge_budget(judge, report["judge"], run)
     report["runtime_s"] = round(time.perf_counter() - start, 1)
-    report["items"] = [{k: v for k, v in it.items() if k != "messages"} | {"prompt": it["messages"][-1]["content"]}
-                       for it in items]
+    report["items"] = [it.to_report() for it in items]
     out = Path(out_dir) if out_dir else Path(adapter_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "eval_report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
@@ -153,7 +193,16 @@ def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_d
     return report
 
 
-def score_summary(items: list[dict[str, Any]], seed: int = 0, resamples: int = 2000) -> dict[str, Any]:
+def report_settings(cfg: EvalConfig) -> dict[str, Any]:
+    """The settings eval_report.json records (all but the data, which it names apart), secrets masked.
+
+    A report whose settings equal these was made with the same settings (a run's eval step
+    compares them to skip an evaluation that is up to date).
+    """
+    return {k: v for k, v in mask_dict(dataclasses.asdict(cfg)).items() if k != "data"}
+
+
+def score_summary(items: list[EvalItem], seed: int = 0, resamples: int = 2000) -> dict[str, Any]:
     """Mean ROUGE-L of each side, the paired difference with a bootstrap 95% interval, and a sign test.
 
     A few dozen prompts give a noisy mean: the interval (percentiles of the mean paired
@@ -162,8 +211,8 @@ def score_summary(items: list[dict[str, Any]], seed: int = 0, resamples: int = 2
     """
     import numpy as np
 
-    base = [it["rouge_l_base"] for it in items]
-    adapter = [it["rouge_l_adapter"] for it in items]
+    base = [it.rouge_l_base for it in items]
+    adapter = [it.rouge_l_adapter for it in items]
     diff = np.asarray(adapter) - np.asarray(base)
     picks = np.random.default_rng(seed).integers(0, len(diff), size=(resamples, len(diff)))
     low, high = np.percentile(diff[picks].mean(axis=1), [2.5, 97.5])
@@ -192,11 +241,76 @@ def sign_test(wins: int, losses: int) -> float:
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
 
 
-def _make_judge(spec: str) -> Any:
-    from ..config import TeacherConfig
+# ---------------------------------------------------------------- the judge
+
+
+def find_run_dir(adapter_dir: str | Path) -> Path | None:
+    """The run directory an adapter belongs to: the folder holding it (RUN/adapter), else the run its training
+    data came from (RUN or RUN/export); a run directory is one with a manifest.json. None when there is none."""
+    adapter = Path(adapter_dir)
+    candidates = [adapter.parent]
+    summary = adapter / SUMMARY
+    if summary.is_file():
+        data = json.loads(summary.read_text(encoding="utf-8")).get("data")
+        if data:
+            candidates += [Path(data), Path(data).parent]
+    return next((c for c in candidates if (c / MANIFEST).is_file()), None)
+
+
+def run_budget(run_dir: str | Path) -> BudgetConfig:
+    """The run's [budget] as its manifest records it (the config of its latest command); defaults where it has none."""
+    recorded = (RunDir(run_dir).manifest().get("config") or {}).get("budget") or {}
+    return BudgetConfig(**{f.name: recorded[f.name] for f in dataclasses.fields(BudgetConfig) if f.name in recorded})
+
+
+@contextmanager
+def judge_teacher(cfg: TeacherConfig, run_dir: str | Path | None, *, seed: int = 0,
+                  log: Log = print) -> Iterator[Any]:
+    """The judge cfg describes, built like the run's teacher (teachers.make_teacher); None when cfg.spec is "".
+
+    Inside a run directory it gets what pipeline.runner's Session.teacher gives the run's
+    teacher: the run's response cache (RUN/cache.sqlite), a session id of its own in the
+    usage log, and the run's budget counting every earlier session's spend. The cache is
+    closed on the way out.
+    """
+    if not cfg.spec.strip():
+        yield None
+        return
+    from ..budget import Budget
+    from ..cache import CACHE_FILE, ResponseCache
     from ..teachers import make_teacher
 
-    return make_teacher(TeacherConfig(spec=spec))
+    teacher = make_teacher(cfg, seed=seed)
+    if getattr(teacher, "on_event", False) is None:
+        teacher.on_event = lambda message: log(f"eval judge: {message}")
+    preflight = getattr(teacher, "preflight", None)
+    if preflight is not None:
+        preflight()  # a wrong port or a dead server fails here, in seconds, naming the URL
+    cache = None
+    try:
+        if run_dir is not None:
+            cache = ResponseCache(Path(run_dir) / CACHE_FILE)
+            teacher.cache, teacher.session = cache, f"{os.getpid()}-eval-{uuid.uuid4().hex[:8]}"
+            model = teacher.describe().get("model", teacher.name)
+            teacher.budget = Budget(run_budget(run_dir), str(model), cache.usage(exclude_session=teacher.session))
+        yield teacher
+    finally:
+        if cache is not None:
+            teacher.cache = None
+            cache.close()
+
+
+def check_judge_budget(teacher: Any, result: dict[str, Any], run_dir: Path | None) -> None:
+    """Stop (exit 3) when the run's budget left verdicts unasked: a report judged in part would look complete."""
+    if result.get("not_sent"):
+        from ..budget import BudgetReached
+
+        spend = teacher.budget.spend(teacher.usage) if getattr(teacher, "budget", None) is not None else {}
+        asked = result["judged"] + result["unparsed"] + result["not_sent"]
+        raise BudgetReached(f"budget reached while judging: {result['not_sent']} of {asked} verdicts not asked "
+                            f"({spend.get('total_tokens', '?')} tokens spent in {run_dir}). Fix: "
+                            "raise the run's [budget] max_tokens_total / max_cost and evaluate again; the verdicts "
+                            "so far are cached and cost nothing twice")
 
 
 def parse_verdict(text: str) -> str | None:
@@ -208,8 +322,8 @@ def parse_verdict(text: str) -> str | None:
     return "tie" if word.lower() == "tie" else word.upper()
 
 
-def judge_pairwise(teacher: Any, items: list[dict[str, Any]], rng: random.Random) -> dict[str, Any]:
-    """Ask the judge which answer is better; adapter's win rate with ties as half a win."""
+def judge_pairwise(teacher: Any, items: list[EvalItem], rng: random.Random) -> dict[str, Any]:
+    """Ask the judge which answer is better (each item's `judge` is set); adapter's win rate with ties as half a win."""
     from ..prompts import Prompts
     from ..teachers import GenParams
 
@@ -217,22 +331,26 @@ def judge_pairwise(teacher: Any, items: list[dict[str, Any]], rng: random.Random
     swaps = [rng.random() < 0.5 for _ in items]  # True: the adapter's answer is shown as A
     prompts = []
     for it, swap in zip(items, swaps, strict=True):
-        a, b = (it["adapter"], it["base"]) if swap else (it["base"], it["adapter"])
-        prompts.append(prompts_lib.render("judge_pairwise.txt", request=it["messages"][-1]["content"],
-                                          reference=it["reference"], answer_a=a or "(empty)", answer_b=b or "(empty)"))
+        a, b = (it.adapter, it.base) if swap else (it.base, it.adapter)
+        prompts.append(prompts_lib.render("judge_pairwise.txt", request=it.prompt, reference=it.reference,
+                                          answer_a=a or "(empty)", answer_b=b or "(empty)"))
     replies = teacher.generate(prompts, GenParams(max_tokens=8, temperature=0.0), kind="judge")
-    wins = losses = ties = invalid = 0
+    wins = losses = ties = invalid = not_sent = cached = 0
     for it, swap, reply in zip(items, swaps, replies, strict=True):
         verdict = parse_verdict(reply.text) if reply.ok else None
         winner = {None: None, "tie": "tie", "A": "adapter" if swap else "base", "B": "base" if swap else "adapter"}[verdict]
-        it["judge"] = winner
+        it.judge = winner
         wins += winner == "adapter"
         losses += winner == "base"
         ties += winner == "tie"
-        invalid += winner is None
+        unsent = not reply.ok and (reply.error or "").startswith("not sent")  # the budget was spent before it
+        not_sent += unsent
+        invalid += winner is None and not unsent
+        cached += bool(getattr(reply, "cached", False))
     judged = wins + losses + ties
     return {"teacher": getattr(teacher, "name", "judge"), "adapter_wins": wins, "base_wins": losses, "ties": ties,
-            "unparsed": invalid, "win_rate": round((wins + 0.5 * ties) / judged, 4) if judged else None}
+            "unparsed": invalid, "not_sent": not_sent, "judged": judged, "cached": cached,
+            "win_rate": round((wins + 0.5 * ties) / judged, 4) if judged else None}
 
 
 def report_markdown(report: dict[str, Any]) -> str:
