@@ -1,7 +1,8 @@
-"""CLI commands of the train half: export, train, merge, generate, eval.
+"""CLI commands of the train half: train, merge, generate, eval.
 
 Thin: parse flags into a config, call one function, print where the files went. They
-are added to the main `seed2lora` group by pipeline/cli.py (add_commands).
+are added to the main `seed2lora` group by pipeline/cli.py (add_commands). `export` is a
+stage, so it is a command of pipeline/cli.py: nothing under train/ imports stages/.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import click
 
-from ..config import EvalConfig, ExportConfig, TrainConfig, default_of, load_section, parse_overrides
+from ..config import EvalConfig, TrainConfig, default_of, load_section, parse_overrides
 
 
 class Renamed(click.Option):
@@ -32,12 +33,6 @@ def _on_off(flag: bool) -> str:
     return "on" if flag else "off"
 
 
-EXPORT_EXAMPLES = """\b
-Examples:
-  seed2lora export outputs/quickstart
-  seed2lora export outputs/quickstart --formats alpaca,messages --rows task --no-seed-tasks
-"""
-
 TRAIN_EXAMPLES = """\b
 Examples:
   seed2lora train outputs/quickstart/export --packing --max-seq-len 512 --epochs 2 --grad-accum 2
@@ -48,7 +43,7 @@ Examples:
 
 def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> None:
     config_opt = click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                              help="TOML file; its [export] / [train] / [eval] table is read (default: none, "
+                              help="TOML file; its [train] / [eval] table is read (default: none, "
                                    "every setting at its default).")
 
     def set_opt(example: str):
@@ -61,36 +56,6 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
 
     def e(key: str) -> Any:
         return default_of(key, EvalConfig)
-
-    @cli.command(epilog=EXPORT_EXAMPLES)
-    @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-    @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Export folder (default RUN_DIR/export).")
-    @click.option("--formats", help="Comma list of alpaca, messages, hf, parquet (default: all).")
-    @click.option("--include", metavar="SOURCES",
-                  help="Comma list of the kept records to export: self-instruct (filter.jsonl), evolve (evolve.jsonl); "
-                       "default both, whichever the run has.")
-    @click.option("--rows", type=click.Choice(["instance", "task"]), help="One row per instance (default) or per task.")
-    @click.option("--eval-fraction", type=float, help="Share of task families held out for eval (default 0.1).")
-    @click.option("--seed", type=int, help="Seed of the train/eval split (default 42).")
-    @click.option("--seed-tasks/--no-seed-tasks", "--seeds/--no-seeds", "include_seeds", cls=Renamed, default=None,
-                  help="Add the run's human seed tasks to the train split (default on, as Self-Instruct's release).")
-    @config_opt
-    @set_opt("rows=task")
-    @friendly_errors
-    def export(run_dir, out_dir, formats, include, rows, eval_fraction, seed, include_seeds, config_path, sets):
-        """Write a run's kept tasks as Alpaca JSON, chat JSONL, an HF dataset and parquet, with a dataset card."""
-        from ..rows import include_list
-        from ..stages.export import export_run  # a CLI command, the top floor: the one import of stages/ under train/
-
-        cfg = load_section(ExportConfig, config_path, "export",
-                           {**parse_overrides(sets, ExportConfig, "export"), "formats": formats, "rows": rows, "eval_fraction": eval_fraction, "seed": seed,
-                            "include_seeds": include_seeds, "include": include_list(include) if include else None})
-        out = Path(out_dir) if out_dir else Path(run_dir) / "export"
-        info = export_run(run_dir, out, cfg)
-        c = info["counts"]
-        origins = ", ".join(f"{n} {o}" for o, n in c["by_origin"].items())
-        console.print(f"[green]exported:[/] {out}  ({c['train_rows']} train / {c['eval_rows']} eval rows: {origins}; "
-                      f"from {c['tasks']} generated + {c['seed_tasks']} seed tasks; card: {out / 'README.md'})")
 
     @cli.command(epilog=TRAIN_EXAMPLES)
     @click.argument("data", type=click.Path(exists=True))
@@ -184,8 +149,10 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
                                  "if present, else the adapter's eval split).")
     @click.option("--limit", type=int, help=f"Evaluate this many tasks, a seeded sample (default {e('limit')}: all).")
     @click.option("--max-new-tokens", type=int, help=f"Answer length cap (default {e('max_new_tokens')}).")
-    @click.option("--judge", help="Teacher spec for a pairwise judge, e.g. openai:gpt-4o-mini or embedded "
-                                  "(default: none, ROUGE-L only).")
+    @click.option("--judge", metavar="SPEC",
+                  help="Teacher spec of a pairwise judge, e.g. openai:gpt-4o-mini or embedded (default: none, ROUGE-L "
+                       "only); its other [teacher] keys: --set judge.base_url=URL or an [eval.judge] table. In a run "
+                       "directory it uses the run's cache and budget.")
     @click.option("--model", default="", help="Base model folder (default: the adapter's).")
     @click.option("--output-dir", "--out", "out_dir", cls=Renamed, type=click.Path(file_okay=False),
                   help="Report folder (default ADAPTER/eval).")
@@ -198,7 +165,7 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
         from .eval import summary_line
 
         cfg = load_section(EvalConfig, config_path, "eval", {**parse_overrides(sets, EvalConfig, "eval"), "data": data, "limit": limit,
-                                                            "max_new_tokens": max_new_tokens, "judge": judge})
+                                                            "max_new_tokens": max_new_tokens, "judge.spec": judge})
         report = run_eval(adapter, cfg, model=model, out_dir=out_dir, log=lambda m: console.print(m, highlight=False))
         console.print(summary_line(report), highlight=False)
         console.print(f"[green]report:[/] {report['report_dir']}/eval_report.json (+ .md)")
