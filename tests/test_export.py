@@ -126,7 +126,7 @@ def test_seed_rows_always_train_and_can_be_left_out(tmp_path):
     assert info["counts"]["rows"] == 20 and info["counts"]["seed_tasks"] == 0
     assert "are not included" in (tmp_path / "no-seeds" / "README.md").read_text()
     (tmp_path / "seeds.jsonl").unlink()  # a run whose seed file moved: say so, and how to go on
-    with pytest.raises(Seed2LoraError, match="--no-seeds"):
+    with pytest.raises(Seed2LoraError, match="--no-seed-tasks"):
         export_run(run, tmp_path / "x", ExportConfig())
     result = CliRunner().invoke(cli, ["export", str(run), "--no-seeds", "--formats", "alpaca"])
     assert result.exit_code == 0 and "10 generated + 0 seed tasks" in result.output
