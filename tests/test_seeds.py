@@ -186,3 +186,19 @@ def test_run_takes_a_dataset_folder_as_seeds(tmp_path):
     assert result.exit_code == 2 and "the filter rejected all 1 tasks" in result.output  # a copy of a seed
     rejected = [json.loads(line) for line in (tmp_path / "out" / "r" / "rejected.jsonl").read_text().splitlines()]
     assert rejected[0]["reject_reason"].startswith("rouge")
+
+
+def test_a_run_whose_seeds_are_a_dataset_folder_exports_them(tmp_path):
+    from pipeline.config import ExportConfig
+    from pipeline.records import Task
+    from pipeline.rows import run_rows
+    from pipeline.store import RunDir, write_jsonl_atomic
+
+    write_every_format(tmp_path, CHAT_ROWS)
+    run = RunDir(tmp_path / "run").ensure()
+    run.update_manifest(config={"seed_tasks": str(tmp_path / "hf")})
+    write_jsonl_atomic(run.stage_file("filter"), [Task(id="t", instruction="Say hi.", instances=[Instance("", "Hi")])])
+    rows = run_rows(run, ExportConfig()).rows
+    assert [(r["origin"], r["instruction"], r["output"]) for r in rows] == [
+        ("machine", "Say hi.", "Hi"), ("seed", "Name a color of the sky.", "Blue"),
+        ("seed", "Add the two numbers.\n\n2 and 3", "5")]
