@@ -80,7 +80,7 @@ class ClassifyConfig:
     temperature: float = 0.0  # a judgement, not creative text: greedy
     top_p: float = 0.0
     method: str = "auto"  # logprobs | text | auto; auto = logprobs for in-process teachers (greedy text said No to every task with the embedded model), text for servers (not all return logprobs)
-    calibrate: bool = True  # logprobs: pick the Yes-minus-No threshold that best separates the labelled seed tasks (balanced accuracy), once per run
+    calibrate: bool = True  # logprobs: pick the Yes-minus-No threshold that labels the most labelled seed tasks right, once per run
     threshold: float = 0.0  # logprobs: Yes when log P(Yes) - log P(No) is above this; used when calibration is off or the seeds hold too few labels
     top_logprobs: int = 20  # alternatives asked for the answer token; 20 is OpenAI's chat maximum, and Yes and No are nearly always among them
 

@@ -233,11 +233,12 @@ def test_margin_counts_every_spelling_and_bounds_a_missing_label():
     assert yes_no_margin({" The": -0.1}) is None
 
 
-def test_threshold_fit_maximises_balanced_accuracy_not_accuracy():
+def test_threshold_fit_maximises_accuracy_then_balanced_accuracy():
     margins = [-3.0, -2.5, -2.0, -1.8, -1.6, -1.0, -0.9, -0.5]
     truth = [False, False, False, False, False, True, False, True]
-    threshold, bal = fit_threshold(margins, truth)
-    assert -1.6 < threshold < -1.0 and bal == pytest.approx((1 + 5 / 6) / 2)
+    threshold, accuracy = fit_threshold(margins, truth)
+    assert -1.6 < threshold < -1.0 and accuracy == 7 / 8  # one miss either way: the cut with the better mean recall
+    assert balanced_accuracy([m > threshold for m in margins], truth) == pytest.approx((1 + 5 / 6) / 2)
     assert balanced_accuracy([False] * 8, truth) == 0.5  # always No: what greedy did
     assert auc(margins, truth) == pytest.approx(11 / 12)
 
@@ -274,7 +275,7 @@ def test_logprob_classify_calibrates_on_seeds_where_greedy_says_no(fake_openai, 
     assert out["a"]["is_classification"] is True and out["b"]["is_classification"] is False
     assert out["a"]["meta"]["classify_margin"] == pytest.approx(0.5 - 1.0)  # below 0: greedy would say No
     calibration = json.loads((tmp_path / "r" / "classify_calibration.json").read_text())
-    assert calibration["n"] == 5 and calibration["balanced_accuracy"] == 1.0 and calibration["balanced_accuracy_at_0"] == 0.5
+    assert calibration["n"] == 5 and calibration["accuracy"] == 1.0 and calibration["balanced_accuracy_at_0"] == 0.5
     bodies = [h["body"] for h in fake_openai.history]
     assert len(bodies) == 7 and all(b["logprobs"] is True and b["top_logprobs"] == 20 and b["max_tokens"] == 1
                                     for b in bodies)
@@ -327,9 +328,9 @@ def test_the_report_shows_scores_ifd_and_what_the_selection_kept_and_dropped(tmp
     tasks = rows_of(4)
     write_jsonl_atomic(run.stage_file("filter"), tasks)
     write_jsonl_atomic(run.stage_file("score"), [Task(id=f"t{i}-0", instruction=t.instruction, meta={
-        "score": {"rating": r, "reason": "ok"}, "score_teacher": "judge"}) for i, (t, r) in enumerate(zip(tasks, [5, 2, 4, 1]))])
+        "score": {"rating": r, "reason": "ok"}, "score_teacher": "judge"}) for i, (t, r) in enumerate(zip(tasks, [5, 2, 4, 1], strict=True))])
     write_jsonl_atomic(run.stage_file("ifd"), [Task(id=f"t{i}-0", instruction=t.instruction, meta={"ifd": {"ifd": v}})
-                                               for i, (t, v) in enumerate(zip(tasks, [0.4, 0.9, 1.2, 0.7]))])
+                                               for i, (t, v) in enumerate(zip(tasks, [0.4, 0.9, 1.2, 0.7], strict=True))])
     select_run(run, SelectConfig(by="judge", top=2), ["self-instruct"])
     q = quality(run)
     assert q["score"]["counts"] == {"1": 1, "2": 1, "3": 0, "4": 1, "5": 1} and q["ifd"]["at_least_1"] == 1

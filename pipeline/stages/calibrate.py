@@ -71,18 +71,28 @@ def auc(scores: Sequence[float], truth: Sequence[bool]) -> float:
 
 
 def fit_threshold(margins: Sequence[float], truth: Sequence[bool]) -> tuple[float, float]:
-    """(threshold, balanced accuracy on these items): the cut between sorted margins that separates the classes best.
+    """(threshold, accuracy on these items): the cut between sorted margins that labels the most items right.
 
-    Balanced accuracy, not accuracy: 15% of the seeds are classification tasks, so plain
-    accuracy would be maximised by answering No to everything, the failure being fixed.
-    Among equally good cuts the middle one is taken.
+    Accuracy first, because the two errors are not alike: a free-text task called
+    classification gets its instances written label-first, which breaks them, while a
+    classification task called free text still gets usable ones. Ties go to the higher
+    balanced accuracy (the mean recall of the two classes), then to the middle cut.
+    On the 175 bundled seeds with the embedded model, fitted on one half and scored on the
+    other, this gave accuracy 0.891 and balanced accuracy 0.746; maximising balanced
+    accuracy instead gave 0.771 and 0.771, with 34 free-text tasks called classification.
     """
     values = sorted(set(margins))
     cuts = [values[0] - 1.0] + [(a + b) / 2 for a, b in zip(values, values[1:], strict=False)] + [values[-1] + 1.0]
-    scored = [(balanced_accuracy([m > c for m in margins], truth), c) for c in cuts]
+
+    def score(cut: float) -> tuple[float, float]:
+        predicted = [m > cut for m in margins]
+        accuracy = sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth)
+        return accuracy, balanced_accuracy(predicted, truth)
+
+    scored = [(score(c), c) for c in cuts]
     best = max(s for s, _ in scored)
     ties = [c for s, c in scored if s == best]
-    return ties[len(ties) // 2], best
+    return ties[len(ties) // 2], best[0]
 
 
 def seed_threshold(teacher: Teacher, seeds: Sequence[Task], params: GenParams, run: RunDir,
@@ -112,10 +122,12 @@ def seed_threshold(teacher: Teacher, seeds: Sequence[Task], params: GenParams, r
         return {"key": key, "threshold": None, "n": len(truth), "positives": sum(truth),
                 "why": "the teacher returned no Yes/No log-probabilities"}
     ms, ts = [m for m, _ in pairs], [t for _, t in pairs]
-    threshold, bal = fit_threshold(ms, ts)
-    greedy = balanced_accuracy([m > 0 for m in ms], ts)
+    threshold, accuracy = fit_threshold(ms, ts)
+    at_0 = [m > 0 for m in ms]
     out = {"key": key, "threshold": round(threshold, 4), "n": len(ms), "positives": sum(ts),
-           "balanced_accuracy": round(bal, 4), "balanced_accuracy_at_0": round(greedy, 4), "auc": round(auc(ms, ts), 4)}
+           "accuracy": round(accuracy, 4), "balanced_accuracy": round(balanced_accuracy([m > threshold for m in ms], ts), 4),
+           "accuracy_at_0": round(sum(p == t for p, t in zip(at_0, ts, strict=True)) / len(ts), 4),
+           "balanced_accuracy_at_0": round(balanced_accuracy(at_0, ts), 4), "auc": round(auc(ms, ts), 4)}
     run.ensure()
     write_text_atomic(path, json.dumps(out, indent=2) + "\n")
     return out
