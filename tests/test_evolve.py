@@ -25,6 +25,7 @@ from pipeline.stages.evolve import (
     OPERATIONS,
     answer_prompt,
     answer_reject_reason,
+    check_source,
     evolution_prompt,
     evolvable_text,
     generation,
@@ -525,6 +526,12 @@ def test_another_input_in_the_same_run_is_refused(stage_for, fake_openai, tmp_pa
     other = write_pool(tmp_path / "other.jsonl", [{"instruction": "Plan a picnic for six friends in spring."}])
     with pytest.raises(Seed2LoraError, match="pool.jsonl, not seeds:.*other.jsonl"):
         stage_for(rounds=1, pool_file=other)
+    # The same check, for the runner to make before it records a new input in the manifest.
+    check_source(run, result.source)
+    with pytest.raises(Seed2LoraError, match="delete evolve.jsonl to start over"):
+        check_source(run, f"seeds:{other}")
+    run.stage_file("evolve").write_text("")  # started over: any input may come next
+    check_source(run, f"seeds:{other}")
 
 
 # ---------------------------------------------------------------- nothing lost: budget, outages, bad replies

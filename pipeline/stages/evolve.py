@@ -344,6 +344,15 @@ def _retry(params: GenParams, tries: int) -> GenParams:
     return retry_params(params) if tries else params
 
 
+def check_source(run: RunDir, source: str) -> None:
+    """A run directory evolves one input: refuse another while evolve.jsonl has evolutions of
+    the one the manifest names (state "evolve_input", recorded by the runner)."""
+    previous = run.manifest().get("state", {}).get("evolve_input", source)
+    if previous != source and run.read_stage("evolve"):
+        raise Seed2LoraError(f"{run.stage_file('evolve')} was evolved from {previous}, not {source}. "
+                             "Fix: use another --run-name for another input, or delete evolve.jsonl to start over")
+
+
 def run_evolve(teacher: Teacher, pool: list[Task], cfg: RunConfig, run: RunDir, prompts: Prompts, *,
                source: str, seeds: Iterable[str] = (), progress: ProgressFactory | None = None,
                on_round: Callable[[int], None] | None = None) -> EvolveResult:
@@ -355,11 +364,8 @@ def run_evolve(teacher: Teacher, pool: list[Task], cfg: RunConfig, run: RunDir, 
     if not pool:
         raise Seed2LoraError(f"no instructions to evolve in {source}")
     progress = progress or _no_progress
-    state = run.manifest().get("state", {})
+    check_source(run, source)
     evolved = run.read_stage("evolve")
-    if evolved and state.get("evolve_input", source) != source:
-        raise Seed2LoraError(f"{run.stage_file('evolve')} was evolved from {state['evolve_input']}, not {source}. "
-                             "Fix: use another --run-name for another input, or delete evolve.jsonl to start over")
     # Per instruction: the last round with its outcome. Older versions marked a round done past
     # a failed slot, whose instruction then re-entered the next round: an outcome there counts too.
     last_round: dict[str, int] = {}
