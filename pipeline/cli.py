@@ -17,9 +17,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import __version__
-from .config import RunConfig, default_of, load_config, parse_overrides
+from .config import ExportConfig, RunConfig, default_of, load_config, load_section, parse_overrides
 from .errors import InputError, Interrupted, Seed2LoraError, mask_secrets
 from .show import show_run
+from .train.commands import Renamed, add_commands
 
 console = Console(stderr=True, soft_wrap=True)  # log lines stay whole in log files and CI output
 
@@ -260,7 +261,8 @@ def show(run_dir, stage, n_samples, as_jsonl, seed, compare):
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--seeds", "seeds_path", type=click.Path(exists=True, dir_okay=False),
               help="The run's seed file, if manifest.json's seed_tasks path does not resolve from here.")
-@click.option("--output", "out_dir", type=click.Path(file_okay=False), help="Where to write it (default RUN_DIR/report).")
+@click.option("--output-dir", "--output", "out_dir", cls=Renamed, type=click.Path(file_okay=False),
+              help="Where to write it (default RUN_DIR/report).")
 @friendly_errors
 def report(run_dir, seeds_path, out_dir):
     """Plots and one HTML page judging a run's quality and diversity.
@@ -375,9 +377,56 @@ def select(run_dir, by, top, frac, config_path, sets):
     console.print(_run_command_session(run_dir, config_path, sets, flags).select())
 
 
-# export, train, merge, generate, eval: the train half lives in pipeline/train/commands.py.
-from .train.commands import add_commands  # noqa: E402
+EXPORT_EXAMPLES = """\b
+Examples:
+  seed2lora export outputs/quickstart
+  seed2lora export outputs/quickstart --formats alpaca,messages --rows task --no-seed-tasks
+"""
 
+
+def _export_default(key: str) -> Any:  # the help shows ExportConfig's defaults, never a copy of them
+    return default_of(key, ExportConfig)
+
+
+@cli.command(epilog=EXPORT_EXAMPLES)
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--output-dir", "--out", "out_dir", cls=Renamed, type=click.Path(file_okay=False),
+              help="Export folder (default RUN_DIR/export).")
+@click.option("--formats", help=f"Comma list of alpaca, messages, hf, parquet (default {_export_default('formats')}).")
+@click.option("--include", metavar="SOURCES",
+              help="Comma list of the kept records to export: self-instruct (filter.jsonl), evolve (evolve.jsonl); "
+                   "default both, whichever the run has.")
+@click.option("--rows", type=click.Choice(["instance", "task"]),
+              help=f"One row per instance or per task (default {_export_default('rows')}).")
+@click.option("--eval-fraction", type=float,
+              help=f"Share of task families held out for eval (default {_export_default('eval_fraction')}).")
+@click.option("--seed", type=int, help=f"Seed of the train/eval split (default {_export_default('seed')}).")
+@click.option("--seed-tasks/--no-seed-tasks", "--seeds/--no-seeds", "include_seeds", cls=Renamed, default=None,
+              help="Add the run's human seed tasks to the train split (default "
+                   f"{'on' if _export_default('include_seeds') else 'off'}, as Self-Instruct's release).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML file; its [export] table is read (default: none, every setting at its default).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Any setting of this command, e.g. --set rows=task; checked like the TOML file (repeatable).")
+@friendly_errors
+def export(run_dir, out_dir, formats, include, rows, eval_fraction, seed, include_seeds, config_path, sets):
+    """Write a run's kept tasks as Alpaca JSON, chat JSONL, an HF dataset and parquet, with a dataset card."""
+    from .rows import include_list
+    from .stages.export import export_run
+
+    cfg = load_section(ExportConfig, config_path, "export",
+                       {**parse_overrides(sets, ExportConfig, "export"), "formats": formats, "rows": rows,
+                        "eval_fraction": eval_fraction, "seed": seed, "include_seeds": include_seeds,
+                        "include": include_list(include) if include else None})
+    out = Path(out_dir) if out_dir else Path(run_dir) / "export"
+    info = export_run(run_dir, out, cfg)
+    c = info["counts"]
+    origins = ", ".join(f"{n} {o}" for o, n in c["by_origin"].items())
+    console.print(f"[green]exported:[/] {out}  ({c['train_rows']} train / {c['eval_rows']} eval rows: {origins}; "
+                  f"from {c['tasks']} generated + {c['seed_tasks']} seed tasks; card: {out / 'README.md'})")
+
+
+# train, merge, generate, eval: the train half lives in pipeline/train/commands.py.
 add_commands(cli, friendly_errors, console)
 
 

@@ -266,8 +266,15 @@ class EvalConfig:
     batch_size: int = 8  # prompts per generate() call; sorted by length so padding stays small
     repetition_penalty: float = 1.0  # score the model as trained; both sides get the same decoding anyway
     quant: str = "auto"  # auto | 4bit | none; auto = the base as it was trained (4-bit for QLoRA), so logits match training
-    judge: str = ""  # teacher spec for a pairwise judge (e.g. openai:gpt-4o-mini); empty = ROUGE-L only
+    # [eval.judge]: the pairwise judge is a teacher like any other, so it takes [teacher]'s keys (base_url, api,
+    # api_key_env, concurrency, ...); spec "" = no judge, ROUGE-L only. `judge = "openai:gpt-4o-mini"` (a string)
+    # still means the spec alone: configs written before the judge was a table keep working.
+    judge: TeacherConfig = field(default_factory=lambda: TeacherConfig(spec=""), metadata={"shorthand": "spec"})
     seed: int = 0  # task sample and A/B order for the judge
+
+    def __post_init__(self) -> None:
+        if isinstance(self.judge, str):  # EvalConfig(judge="embedded"), as in code written for the string form
+            self.judge = TeacherConfig(spec=self.judge)
 
 
 @dataclass
@@ -342,7 +349,7 @@ def parse_overrides(items: Iterable[str], cls: type = RunConfig, section: str | 
         if not eq or not key:
             example = "lora_r=16" if section else "filter.rouge_threshold=0.6"
             raise InputError(where, None, "is not KEY=VALUE", f"write e.g. --set {example}")
-        key = key.removeprefix(f"{section}.") if section else key
+        key = shorthand_key(cls, key.removeprefix(f"{section}.") if section else key)
         hint, default = _setting(cls, key, where, section)
         out[key] = _coerce(_parse_value(raw, hint), hint, where, None, "", f"--set {key}={_example(default)}")
     return out
@@ -355,6 +362,7 @@ def default_of(dotted: str, cls: type = RunConfig) -> Any:
 
 def set_value(cfg: Any, dotted: str, value: Any, section: str | None = None) -> None:
     """Set 'section.key' or 'key' on a config, checked like a TOML value (a flag's value, already parsed)."""
+    dotted = shorthand_key(type(cfg), dotted)
     hint, default = _setting(type(cfg), dotted, dotted, section)
     value = _coerce(value, hint, dotted, None, "", f"{dotted} = {_example(default)}")
     *sections, key = dotted.split(".")
@@ -362,6 +370,20 @@ def set_value(cfg: Any, dotted: str, value: Any, section: str | None = None) -> 
     for s in sections:
         target = getattr(target, s)
     setattr(target, key, value)
+
+
+def shorthand_key(cls: type, dotted: str) -> str:
+    """The key a table's one-string form sets: eval.judge -> eval.judge.spec (a field's metadata "shorthand").
+
+    Any other key comes back as it is; an unknown one is left for _setting to name.
+    """
+    f = None
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(cls) or part not in (fields := {f.name: f for f in dataclasses.fields(cls)}):
+            return dotted
+        f, cls = fields[part], typing.get_type_hints(cls)[part]
+    short = f.metadata.get("shorthand") if f is not None and dataclasses.is_dataclass(cls) else None
+    return f"{dotted}.{short}" if short else dotted
 
 
 def _read_toml(path: str | Path | None) -> tuple[dict[str, Any], str]:
@@ -429,6 +451,8 @@ def _build(cls: type, data: dict[str, Any], path: Path | None, text: str, sectio
         hint = hints[key]
         table = f"{section}.{key}" if section else key
         if dataclasses.is_dataclass(hint):
+            if isinstance(value, str) and fields[key].metadata.get("shorthand"):
+                value = {fields[key].metadata["shorthand"]: value}  # judge = "openai:x" is [eval.judge] spec = "openai:x"
             if not isinstance(value, dict):
                 raise InputError(path, line, f"'{table}' must be a [{table}] table", f"write it as a [{table}] section")
             kwargs[key] = _build(hint, value, path, text, section=table)

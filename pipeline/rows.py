@@ -82,10 +82,10 @@ def seed_rows(run: RunDir, rows: str = "instance") -> list[dict[str, Any]]:
 
     manifest = run.manifest()
     path = (manifest.get("config") or {}).get("seed_tasks") or None
-    if path and not Path(path).is_file():
+    if path and not Path(path).exists():  # a file, or a saved dataset folder
         raise Seed2LoraError(f"the seed file of {run.path}, {path}, is not there (paths are relative to where the run "
                              "was started). Fix: run this command from that folder, or leave the seeds out with "
-                             "--no-seeds (export) / --set include_seeds=false")
+                             "--no-seed-tasks (export) / --set include_seeds=false")
     return [{**r, "task_id": f"seed:{r['task_id']}", "id": f"seed:{r['id']}"} for r in task_rows(load_seeds(path), rows)]
 
 
