@@ -309,7 +309,7 @@ class _Evolver:
             while True:
                 # Follow-ups first, so a slot under way finishes (and is written) soon; but once the
                 # slots not started fit in the calls in flight, start them first: theirs are the
-                # longest chains left (3 calls), and the round ends up to a latency sooner.
+                # longest chains left (3 calls), so the round drains for one latency, not up to three.
                 if fresh and (not follow_ups or len(fresh) <= in_flight):
                     req = self.evolution_request(self.slot(fresh.popleft(), round_))
                 elif follow_ups:
