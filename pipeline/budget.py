@@ -76,6 +76,15 @@ class Budget:
                 "max_tokens_total": self.cfg.max_tokens_total or None, "max_cost": self.cfg.max_cost or None}
 
 
+def attach_run(teacher: Any, cache: Any, session: str, cfg: BudgetConfig) -> Any:
+    """Give a teacher a run's response cache, its own session in the run's usage log, and a
+    budget that counts every earlier session's spend (the one place that does this)."""
+    teacher.cache, teacher.session = cache, session
+    model = teacher.describe().get("model", teacher.name)
+    teacher.budget = Budget(cfg, str(model), cache.usage(exclude_session=session))
+    return teacher
+
+
 CHARS_PER_TOKEN = 4  # the usual rule of thumb for English with BPE vocabularies; a dry run is an estimate
 ASSUMED_YIELD = 2.0  # kept instructions per bootstrap prompt when the run has no history yet
 

@@ -191,7 +191,7 @@ def bootstrap(config_path, sets, **flags):
 def _stage_command(name: str, doc: str):
     @cli.command(name=name, help=doc)
     @run_options(name)
-    @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False),
+    @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=True),
                   help="Read tasks from this file instead of the previous stage's output.")
     @friendly_errors
     def command(config_path, sets, input_path, **flags):
@@ -259,7 +259,7 @@ def show(run_dir, stage, n_samples, as_jsonl, seed, compare):
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--seeds", "seeds_path", type=click.Path(exists=True, dir_okay=False),
+@click.option("--seeds", "seeds_path", type=click.Path(exists=True, dir_okay=True),
               help="The run's seed file, if manifest.json's seed_tasks path does not resolve from here.")
 @click.option("--output-dir", "--output", "out_dir", cls=Renamed, type=click.Path(file_okay=False),
               help="Where to write it (default RUN_DIR/report).")

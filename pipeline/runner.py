@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .budget import Budget, BudgetReached
+from .budget import BudgetReached, attach_run
 from .cache import CACHE_FILE, ResponseCache
-from .config import RunConfig
+from .config import RunConfig, TeacherConfig
 from .datasets_io import Fields, load_pool
 from .errors import Incomplete, Seed2LoraError, mask_secrets, masked_argv
 from .prompts import Prompts
@@ -206,12 +206,16 @@ class Session:
                 preflight()  # a wrong port or a dead server fails here, in seconds, naming the URL
                 teacher.preflighted = True
 
+    def _new_teacher(self, cfg: TeacherConfig) -> Teacher:
+        teacher = make_teacher(cfg, seed=self.cfg.seed)
+        if getattr(teacher, "on_event", False) is None:
+            teacher.on_event = RateLimitedLog(self.log)
+        return teacher
+
     @property
     def bare_teacher(self) -> Teacher:
         if self._teacher is None:
-            self._teacher = make_teacher(self.cfg.teacher, seed=self.cfg.seed)
-        if getattr(self._teacher, "on_event", False) is None:
-            self._teacher.on_event = RateLimitedLog(self.log)
+            self._teacher = self._new_teacher(self.cfg.teacher)
         return self._teacher
 
     @property
@@ -220,10 +224,7 @@ class Session:
         teacher = self.bare_teacher
         if not self._attached:  # a teacher passed in may have served another run before
             self._attached = True
-            teacher.cache = self.cache
-            teacher.session = self.session_id
-            model = teacher.describe().get("model", teacher.name)
-            teacher.budget = Budget(self.cfg.budget, str(model), self.cache.usage(exclude_session=self.session_id))
+            attach_run(teacher, self.cache, self.session_id, self.cfg.budget)
         return teacher
 
     @property
@@ -232,9 +233,7 @@ class Session:
         if not self.cfg.score.teacher.spec:
             return self.bare_teacher
         if self._judge is None:
-            self._judge = make_teacher(judge_config(self.cfg), seed=self.cfg.seed)
-            if getattr(self._judge, "on_event", False) is None:
-                self._judge.on_event = RateLimitedLog(self.log)
+            self._judge = self._new_teacher(judge_config(self.cfg))
         return self._judge
 
     @property
@@ -244,9 +243,7 @@ class Session:
         if judge is self._teacher:
             return self.teacher
         if judge.cache is None:
-            judge.cache, judge.session = self.cache, self.session_id
-            model = judge.describe().get("model", judge.name)
-            judge.budget = Budget(self.cfg.budget, str(model), self.cache.usage(exclude_session=self.session_id))
+            attach_run(judge, self.cache, self.session_id, self.cfg.budget)
         return judge
 
     @property
@@ -495,16 +492,15 @@ class Session:
         """Base versus adapter; a report newer than the adapter, with the same settings, is kept."""
         import json
 
-        from .train.eval import evaluate, summary_line
+        from .train.eval import evaluate, report_settings, summary_line
 
         report_file = self.adapter_dir / "eval" / "eval_report.json"
         weights = self.adapter_dir / "adapter_model.safetensors"
         if report_file.is_file() and weights.is_file() and report_file.stat().st_mtime > weights.stat().st_mtime:
             old = json.loads(report_file.read_text(encoding="utf-8"))
-            settings = {k: v for k, v in vars(self.cfg.eval).items() if k != "data"}
-            if old.get("settings") == settings and (not self.cfg.eval.data or old.get("data") == self.cfg.eval.data):
+            if old.get("settings") == report_settings(self.cfg.eval) and (not self.cfg.eval.data or old.get("data") == self.cfg.eval.data):
                 return StepResult(f"eval: {report_file} is up to date (delete it to evaluate again)")
-        report = evaluate(self.adapter_dir, self.cfg.eval, log=self.log)
+        report = evaluate(self.adapter_dir, self.cfg.eval, run_dir=self.run.path, log=self.log)
         return StepResult(f"eval: {summary_line(report)} -> {report['report_dir']}")
 
 

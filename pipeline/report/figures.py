@@ -43,9 +43,9 @@ def kept_tasks(run: RunDir) -> tuple[str | None, list[Task]]:
 def seed_tasks(run: RunDir, seeds_path: str | Path | None = None) -> tuple[str, list[Task]]:
     """The seeds a run started from: an explicit path, else manifest config.seed_tasks, else the bundled ones."""
     path = seeds_path or (run.manifest().get("config") or {}).get("seed_tasks") or None
-    if path and not Path(path).is_file() and (run.path / path).is_file():
+    if path and not Path(path).exists() and (run.path / path).exists():
         path = run.path / path  # a path written relative to the run directory
-    if path and not Path(path).is_file():
+    if path and not Path(path).exists():
         raise InputError(Path(path), None, "(the run's seed file) does not exist here",
                          "pass the seed file with --seeds PATH")
     return str(path or "bundled seeds/seed_tasks.jsonl"), load_seeds(path or None)

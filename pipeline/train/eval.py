@@ -276,7 +276,7 @@ def judge_teacher(cfg: TeacherConfig, run_dir: str | Path | None, *, seed: int =
     if not cfg.spec.strip():
         yield None
         return
-    from ..budget import Budget
+    from ..budget import attach_run
     from ..cache import CACHE_FILE, ResponseCache
     from ..teachers import make_teacher
 
@@ -290,9 +290,7 @@ def judge_teacher(cfg: TeacherConfig, run_dir: str | Path | None, *, seed: int =
     try:
         if run_dir is not None:
             cache = ResponseCache(Path(run_dir) / CACHE_FILE)
-            teacher.cache, teacher.session = cache, f"{os.getpid()}-eval-{uuid.uuid4().hex[:8]}"
-            model = teacher.describe().get("model", teacher.name)
-            teacher.budget = Budget(run_budget(run_dir), str(model), cache.usage(exclude_session=teacher.session))
+            attach_run(teacher, cache, f"{os.getpid()}-eval-{uuid.uuid4().hex[:8]}", run_budget(run_dir))
         yield teacher
     finally:
         if cache is not None:
