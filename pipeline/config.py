@@ -564,10 +564,14 @@ def default_toml() -> str:
             lines.append(f"{f.name} = {_toml_value(v)}{note}")
         return lines
 
+    def sections(obj: Any, prefix: str) -> list[str]:
+        """Each table below obj, nested ones ([evolve.weights], [eval.judge]) after their parent's keys."""
+        lines: list[str] = []
+        for f in dataclasses.fields(obj):
+            section = getattr(obj, f.name)
+            if dataclasses.is_dataclass(section):
+                lines += ["", f"[{prefix}{f.name}]", *table(section), *sections(section, f"{prefix}{f.name}.")]
+        return lines
+
     cfg = RunConfig()
-    out = table(cfg)
-    for f in dataclasses.fields(cfg):
-        section = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(section):
-            out += ["", f"[{f.name}]", *table(section)]
-    return "\n".join(out) + "\n"
+    return "\n".join([*table(cfg), *sections(cfg, "")]) + "\n"

@@ -161,3 +161,13 @@ def test_flag_overrides_and_sections_are_checked_too(tmp_path):
     with pytest.raises(InputError, match=r'run.toml:2: \[evolve.weights\] breadth = "x": expected a number'):
         load_config(path)
     assert load_section(TrainConfig, None, "train", {"train.lora_r": 8, "epochs": None}).lora_r == 8
+
+
+def test_the_printed_default_config_loads_back_to_the_defaults_nested_tables_included(tmp_path):
+    from pipeline.config import RunConfig, default_toml
+
+    text = default_toml()
+    assert "[evolve.weights]" in text and "[eval.judge]" in text
+    path = tmp_path / "default.toml"
+    path.write_text(text)
+    assert load_config(path) == RunConfig()
