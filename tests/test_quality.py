@@ -214,6 +214,8 @@ def test_select_by_ifd_takes_high_ifd_below_the_cap_and_random_is_seeded():
 def test_select_names_the_missing_step():
     with pytest.raises(Seed2LoraError, match="seed2lora score"):
         select_rows(rows_of(2), SelectConfig(by="judge"), scores={"t0-0": 3}, ifd={})
+    with pytest.raises(Seed2LoraError, match="rated none of the 2 rows"):
+        select_rows(rows_of(2), SelectConfig(by="judge"), scores={}, ifd={}, unrated={"t0-0", "t1-0"})
     with pytest.raises(Seed2LoraError, match="seed2lora ifd"):
         select_rows(rows_of(2), SelectConfig(by="ifd"), scores={}, ifd={})
 
