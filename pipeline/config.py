@@ -278,6 +278,21 @@ class EvalConfig:
 
 
 @dataclass
+class CostConfig:
+    """`seed2lora cost`: what a dataset cost and when training pays for itself against a longer prompt."""
+
+    serve_usd_per_1k_tokens: float = 0.002  # price of the model the adapter serves on; $0.002 is the classic break-even example's
+    finetuned_usd_per_1k_tokens: float = 0.0  # price with the adapter; 0 = the same (one base serves both, as `seed2lora serve` does)
+    call_tokens: int = 0  # tokens of one call without extra context; 0 = measured: a mean training row (request + answer)
+    context_tokens: int = 0  # tokens a call carries instead of the adapter; 0 = measured: context_examples training rows
+    context_examples: int = 8  # examples shown in the prompt instead of training; Self-Instruct's own prompts show 8
+    train_usd: float = 0.0  # what training cost; 0 = measured: the adapter's training time at the hourly price below
+    gpu_usd_per_hour: float = 2.0  # one rented data-centre GPU on demand, order of magnitude; set yours
+    cpu_usd_per_hour: float = 0.1  # a small cloud VM, for adapters trained on CPU
+    adapter: str = ""  # adapter folder whose training_summary.json gives the time; empty = <run>/adapter
+
+
+@dataclass
 class RunConfig:
     run_name: str = "run"  # the run directory is output_dir/run_name; re-running the same name resumes it
     output_dir: str = "outputs"  # run directories go under here
@@ -296,6 +311,7 @@ class RunConfig:
     export: ExportConfig = field(default_factory=ExportConfig)  # the same tables `seed2lora export/train/eval --config` read
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     ifd: IfdConfig = field(default_factory=IfdConfig)
     select: SelectConfig = field(default_factory=SelectConfig)

@@ -1,0 +1,243 @@
+"""What a dataset costs: tokens and dollars per stage and teacher, per 1,000 kept instructions and
+training rows, and the calls after which training pays for itself against putting text in the context.
+
+The break-even model: a call to the adapted model sends `call_tokens`; without the adapter the
+same call also carries `context_tokens` of examples or instructions. At a price p per token,
+each call with the adapter saves context_tokens * p, so the investment (the dataset's teacher
+spend plus the training) is back after investment / (context_tokens * p) calls. The classic
+example: 1,000 context tokens at $0.002 per 1K tokens save $0.002 a call, and $100 of
+training is back after 50,000 calls. A dearer fine-tuned model (finetuned_usd_per_1k_tokens)
+takes call_tokens * (its price - p) off each saving.
+
+Tokens come from the run itself: the usage log in cache.sqlite (every session, cached
+calls free), and the run's rows measured in the teacher's own tokens, at the characters
+per token of the replies it sent (the cache holds each reply and its completion tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import statistics
+from pathlib import Path
+from typing import Any
+
+from .budget import CHARS_PER_TOKEN, price_for
+from .cache import CACHE_FILE, ResponseCache
+from .config import BudgetConfig, CostConfig, ExportConfig
+from .errors import Seed2LoraError
+from .records import row_messages
+from .rows import run_rows
+from .store import RunDir
+
+TRAINING_SUMMARY = "training_summary.json"  # written by `seed2lora train` into the adapter folder
+
+
+def model_of(spec: str) -> str:
+    """The model a teacher spec names: openai:gpt-4o-mini -> gpt-4o-mini; embedded -> embedded."""
+    return spec.partition(":")[2] or spec
+
+
+def run_usage(run: RunDir) -> tuple[dict[str, dict[str, int]], str]:
+    """(usage per call kind, where it came from): the durable usage log, else the manifest's copy."""
+    db = run.path / CACHE_FILE
+    if db.is_file():
+        cache = ResponseCache(db)
+        try:
+            usage = cache.usage()
+        finally:
+            cache.close()
+        if usage:
+            return usage, f"{CACHE_FILE} usage log"
+    return dict(run.manifest().get("usage") or {}), "manifest.json"
+
+
+def chars_per_token(run: RunDir) -> tuple[float, str]:
+    """Characters per completion token of the run's own replies; the usual 4 when none were counted."""
+    db = run.path / CACHE_FILE
+    if db.is_file():
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:  # read only: never touch a run's database
+            chars, tokens = con.execute("SELECT SUM(LENGTH(text)), SUM(completion_tokens) FROM responses "
+                                        "WHERE completion_tokens > 0").fetchone()
+        con.close()
+        if tokens:
+            return chars / tokens, "measured on the teacher's replies"
+    return float(CHARS_PER_TOKEN), "assumed (no counted replies)"
+
+
+def run_budget(manifest: dict[str, Any], configured: dict[str, list[float]] | None = None) -> BudgetConfig:
+    """Prices for a run: the defaults, then the run's own [budget.prices] (its manifest), then prices given now."""
+    recorded = ((manifest.get("config") or {}).get("budget") or {}).get("prices") or {}
+    prices = {**BudgetConfig().prices, **recorded, **(configured or {})}
+    return BudgetConfig(prices=prices)
+
+
+def teacher_of_kind(manifest: dict[str, Any]) -> tuple[str, str | None]:
+    """(the run's teacher spec, the score judge's spec or None): the judge's calls are priced at its model."""
+    config = manifest.get("config") or {}
+    described = manifest.get("teacher") or {}
+    teacher = described.get("name") or (config.get("teacher") or {}).get("spec") or "?"
+    judge = ((config.get("score") or {}).get("teacher") or {}).get("spec") or None
+    return str(teacher), judge
+
+
+def stage_costs(usage: dict[str, dict[str, int]], manifest: dict[str, Any], budget: BudgetConfig) -> list[dict[str, Any]]:
+    """One line per call kind: teacher, calls, cached calls, tokens, dollars (None without a price)."""
+    teacher, judge = teacher_of_kind(manifest)
+    lines = []
+    for kind, u in usage.items():
+        spec = judge if judge and kind.startswith("score") else teacher
+        price = price_for(budget, model_of(spec))
+        prompt, completion = int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0))
+        usd = None if price is None else (prompt * price[0] + completion * price[1]) / 1e6
+        lines.append({"stage": kind, "teacher": spec, "calls": int(u.get("calls", 0)), "cached": int(u.get("cached", 0)),
+                      "prompt_tokens": prompt, "completion_tokens": completion, "usd": usd,
+                      "price_per_1m": list(price) if price else None})
+    return lines
+
+
+def training_cost(adapter: Path | None, cost: CostConfig) -> dict[str, Any]:
+    """The configured training cost, else the adapter's training time at the configured hourly price."""
+    if cost.train_usd:
+        return {"usd": cost.train_usd, "source": "configured ([cost] train_usd)"}
+    if adapter is None or not (adapter / TRAINING_SUMMARY).is_file():
+        return {"usd": None, "source": "unknown: no adapter with a training summary; set [cost] train_usd"}
+    summary = json.loads((adapter / TRAINING_SUMMARY).read_text(encoding="utf-8"))
+    seconds = float(summary.get("runtime_s") or 0.0)
+    on_gpu = str(summary.get("device", "")).startswith("cuda")
+    hourly = cost.gpu_usd_per_hour if on_gpu else cost.cpu_usd_per_hour
+    devices = int(summary.get("world_size") or 1)
+    usd = seconds / 3600 * hourly * devices
+    return {"usd": usd, "seconds": seconds, "device": summary.get("device"), "devices": devices,
+            "usd_per_hour": hourly, "source": f"measured: {seconds:.0f} s on {devices} x {summary.get('device')} "
+                                              f"at ${hourly:g}/h ({adapter})"}
+
+
+def row_tokens(rows: list[dict[str, Any]], chars_per_tok: float) -> dict[str, float]:
+    """Mean tokens of a training row's request (user turns) and answer (assistant turns)."""
+    if not rows:
+        return {"request": 0.0, "answer": 0.0}
+    request, answer = [], []
+    for r in rows:
+        msgs = row_messages(r)
+        request.append(sum(len(m["content"]) for m in msgs if m["role"] != "assistant") / chars_per_tok)
+        answer.append(sum(len(m["content"]) for m in msgs if m["role"] == "assistant") / chars_per_tok)
+    return {"request": statistics.fmean(request), "answer": statistics.fmean(answer)}
+
+
+def break_even(investment: float | None, call_tokens: float, context_tokens: float, cost: CostConfig) -> dict[str, Any]:
+    """Calls after which the adapter's saving per call has paid back the investment (None: never or unknown)."""
+    price = cost.serve_usd_per_1k_tokens / 1000
+    finetuned = (cost.finetuned_usd_per_1k_tokens or cost.serve_usd_per_1k_tokens) / 1000
+    saved = (call_tokens + context_tokens) * price - call_tokens * finetuned
+    calls = investment / saved if investment is not None and saved > 0 else None
+    return {"call_tokens": call_tokens, "context_tokens": context_tokens, "usd_per_1k_tokens": cost.serve_usd_per_1k_tokens,
+            "finetuned_usd_per_1k_tokens": finetuned * 1000, "saved_per_call_usd": saved, "investment_usd": investment,
+            "calls": calls}
+
+
+def kept_and_rows(run: RunDir) -> tuple[int, int, str]:
+    """(kept instructions, training rows, where the rows were counted): the export's train split when the run has
+    one, else every row `seed2lora train RUN` would read (seed rows included, before the eval split)."""
+    try:
+        data = run_rows(run, ExportConfig())
+    except Seed2LoraError:
+        return 0, 0, "no kept records"
+    export = run.path / "export" / "export.json"
+    if export.is_file():
+        counts = json.loads(export.read_text(encoding="utf-8")).get("counts") or {}
+        if "train_rows" in counts:
+            return len(data.tasks), int(counts["train_rows"]), "export train split"
+    return len(data.tasks), len(data.rows), "all rows of the run (no export yet)"
+
+
+def run_cost(run_path: str | Path, budget: BudgetConfig | None = None, cost: CostConfig | None = None,
+             adapter: str | Path | None = None) -> dict[str, Any]:
+    """Every figure of `seed2lora cost` for one run directory; prices and [cost] default to the run's own."""
+    run = RunDir(run_path)
+    if not run.manifest_file.is_file():
+        raise Seed2LoraError(f"{run.path} has no manifest.json. Fix: give a run directory made by seed2lora run")
+    manifest = run.manifest()
+    budget = budget or run_budget(manifest)
+    if cost is None:
+        recorded = (manifest.get("config") or {}).get("cost") or {}
+        cost = CostConfig(**{k: v for k, v in recorded.items() if k in CostConfig.__dataclass_fields__})
+    usage, usage_source = run_usage(run)
+    stages = stage_costs(usage, manifest, budget)
+    priced = [s["usd"] for s in stages if s["usd"] is not None]
+    unpriced = sorted({s["teacher"] for s in stages if s["usd"] is None and s["prompt_tokens"] + s["completion_tokens"]})
+    dataset_usd = sum(priced) if priced or not unpriced else None
+    teachers: dict[str, dict[str, Any]] = {}
+    for s in stages:
+        t = teachers.setdefault(s["teacher"], {"prompt_tokens": 0, "completion_tokens": 0, "usd": 0.0})
+        t["prompt_tokens"] += s["prompt_tokens"]
+        t["completion_tokens"] += s["completion_tokens"]
+        t["usd"] = None if t["usd"] is None or s["usd"] is None else t["usd"] + s["usd"]
+    kept, n_rows, rows_source = kept_and_rows(run)
+    adapter_dir = Path(adapter or cost.adapter or run.path / "adapter")
+    training = training_cost(adapter_dir if adapter_dir.is_dir() else None, cost)
+    cpt, cpt_source = chars_per_token(run)
+    try:
+        rows = run_rows(run, ExportConfig()).rows
+    except Seed2LoraError:
+        rows = []
+    measured = row_tokens(rows, cpt)
+    call_tokens = cost.call_tokens or (measured["request"] + measured["answer"])
+    context_tokens = cost.context_tokens or cost.context_examples * (measured["request"] + measured["answer"])
+    parts = {k: v for k, v in (("dataset", dataset_usd), ("training", training["usd"])) if v is not None}
+    investment = sum(parts.values()) if parts else None
+
+    def per_1k(n: int) -> float | None:
+        return dataset_usd / n * 1000 if dataset_usd is not None and n else None
+
+    return {
+        "run": str(run.path), "usage_source": usage_source, "stages": stages, "teachers": teachers,
+        "unpriced": unpriced, "dataset_usd": dataset_usd, "kept": kept, "train_rows": n_rows, "rows_source": rows_source,
+        "usd_per_1k_kept": per_1k(kept), "usd_per_1k_rows": per_1k(n_rows), "training": training,
+        "chars_per_token": cpt, "chars_per_token_source": cpt_source, "row_tokens": measured,
+        "break_even": {**break_even(investment, call_tokens, context_tokens, cost),
+                       "call_tokens_source": "configured" if cost.call_tokens else "measured: mean training row",
+                       "context_tokens_source": "configured" if cost.context_tokens else
+                       f"measured: {cost.context_examples} training rows in the prompt",
+                       "investment_parts": list(parts)},
+    }
+
+
+def money(usd: float | None, digits: int = 4) -> str:
+    return "-" if usd is None else f"${usd:,.{digits}f}"
+
+
+def summary_lines(c: dict[str, Any]) -> list[str]:
+    """The figures after the per-stage table, as plain sentences (`cost`, `show` and the report use them)."""
+    be = c["break_even"]
+    lines = [f"dataset: {money(c['dataset_usd'])} of teacher calls"
+             + (f" (no price for {', '.join(c['unpriced'])}: add it to [budget.prices])" if c["unpriced"] else ""),
+             f"per 1,000 kept instructions: {money(c['usd_per_1k_kept'])} ({c['kept']} kept); per 1,000 training rows: "
+             f"{money(c['usd_per_1k_rows'])} ({c['train_rows']} rows, {c['rows_source']})",
+             f"training: {money(c['training']['usd'])} ({c['training']['source']})"]
+    if be["calls"] is None:
+        why = "the adapter saves nothing per call at these prices" if be["saved_per_call_usd"] <= 0 else \
+            "neither the dataset's nor the training's cost is known"
+        lines.append(f"break-even: none ({why})")
+    else:
+        lines.append(f"break-even: {be['calls']:,.0f} calls: {money(be['investment_usd'])} invested"
+                     + f" ({' + '.join(be['investment_parts'])}{'' if len(be['investment_parts']) == 2 else ' only'})"
+                     + f" / {money(be['saved_per_call_usd'], 6)} saved per call ({be['context_tokens']:,.0f} context "
+                     f"tokens not sent with each {be['call_tokens']:,.0f}-token call at ${be['usd_per_1k_tokens']:g} per 1K)")
+    return lines
+
+
+def print_cost(out: Any, c: dict[str, Any]) -> None:
+    """The cost table and sentences of one run on a rich Console (`seed2lora cost` and `show`)."""
+    from rich.table import Table
+
+    table = Table("stage", "teacher", "calls", "cached (free)", "prompt tokens", "completion tokens", "$",
+                  title=f"Cost of {c['run']} (usage from {c['usage_source']})")
+    for s in c["stages"]:
+        table.add_row(s["stage"], s["teacher"], f"{s['calls']:,}", f"{s['cached']:,}", f"{s['prompt_tokens']:,}",
+                      f"{s['completion_tokens']:,}", money(s["usd"]))
+    for name, t in c["teachers"].items():
+        table.add_row("total", name, "", "", f"{t['prompt_tokens']:,}", f"{t['completion_tokens']:,}", money(t["usd"]))
+    out.print(table)
+    for line in summary_lines(c):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)  # whole lines in logs and pipes
