@@ -429,6 +429,11 @@ def export(run_dir, out_dir, formats, include, rows, eval_fraction, seed, includ
 # train, merge, generate, eval: the train half lives in pipeline/train/commands.py.
 add_commands(cli, friendly_errors, console)
 
+# export-adapter, serve, cost: using what seed2lora makes, in pipeline/adapter_cli.py.
+from .adapter_cli import add_commands as add_adapter_commands  # noqa: E402
+
+add_adapter_commands(cli, friendly_errors, console)
+
 
 @cli.command(name="config")
 def config_command():

@@ -139,6 +139,10 @@ def show_run(path: Path, *, stage: str | None, n_samples: int, as_jsonl: bool, s
         cost = f"${spend['cost_usd']:.4f}" if spend.get("cost_usd") is not None else "no price for this model"
         limits = ", ".join(f"{k} {spend[k]}" for k in ("max_tokens_total", "max_cost") if spend.get(k))
         out.print(f"[bold]Spend:[/] {spend['total_tokens']:,} tokens, {cost}" + (f" (limits: {limits})" if limits else ""))
+    if s["usage"]:  # dollars per stage, per 1,000 kept and rows, break-even: the figures of `seed2lora cost`
+        from .cost import print_cost, run_cost
+
+        print_cost(out, run_cost(path))
     for t in _pick(records, n_samples, seed):
         _print_task(out, t)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cost import run_cost
 from ..errors import InputError
 from ..records import Task
 from ..seeds import load_seeds
@@ -199,5 +200,6 @@ def compute(run_path: str | Path, *, seeds_path: str | Path | None = None, parse
         "evolve": evolved,
         "usage": usage(manifest),
         "quality": _quality(run),  # judge scores, IFD, what select kept and dropped (None when none ran)
+        "cost": run_cost(run.path) if run.manifest_file.is_file() else None,  # the figures of `seed2lora cost`
         "verbs": verbs(tasks, parser or load_parser()),
     }

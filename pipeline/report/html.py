@@ -79,6 +79,13 @@ def render(f: dict[str, Any], pngs: dict[str, Path]) -> str:
                         f"{_details(name, f)}</section>")
     if "evolve.png" not in pngs:
         sections.append('<p class="muted">No Evol-Instruct data in this run (no evolve.jsonl).</p>')
+    if f.get("cost"):  # the figures of `seed2lora cost`: dollars per stage, per 1,000 kept and rows, break-even
+        from ..cost import money, summary_lines
+
+        rows = [(f"{s['stage']} ({s['teacher']})", f"{s['calls']:,} calls, {s['cached']:,} cached, {s['prompt_tokens']:,} + "
+                 f"{s['completion_tokens']:,} tokens, {money(s['usd'])}") for s in f["cost"]["stages"]]
+        sections.append('<section id="cost"><h2>Cost</h2>' + _table(rows)
+                        + "".join(f"<p>{html.escape(line)}</p>" for line in summary_lines(f["cost"])) + "</section>")
     title = f"seed2lora report: {Path(f['run']).name}"
     head = _table([("run", f["run"]), ("teacher", f["teacher"] or "?"), ("dataset", f"{f['dataset']}: {f['kept']} kept")])
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

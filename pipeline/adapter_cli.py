@@ -1,0 +1,159 @@
+"""CLI commands for using what seed2lora makes: export-adapter (GGUF for llama.cpp and Ollama), serve, cost.
+
+Thin, like the other commands: parse flags, call one function, print where the files went.
+pipeline/cli.py adds them to the `seed2lora` group (add_commands).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+EXPORT_ADAPTER_EXAMPLES = """\b
+Examples:
+  seed2lora export-adapter outputs/quickstart/adapter --format gguf
+  seed2lora export-adapter outputs/quickstart/adapter --format gguf --outtype f16 --merged q8_0
+  seed2lora export-adapter adapters/qwen --format gguf --base-gguf qwen2.5-0.5b-instruct-f16.gguf
+"""
+
+SERVE_EXAMPLES = """\b
+Examples:
+  seed2lora serve outputs/legal/adapter outputs/medical/adapter
+  seed2lora serve legal=outputs/a/adapter medical=outputs/b/adapter --engine vllm --port 8001
+  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+      -d '{"model": "legal", "messages": [{"role": "user", "content": "Hi"}]}'
+"""
+
+COST_EXAMPLES = """\b
+Examples:
+  seed2lora cost outputs/quickstart
+  seed2lora cost outputs/a outputs/b --set train_usd=100 --set context_tokens=1000 --set call_tokens=200
+"""
+
+
+def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> None:
+    @cli.command(name="export-adapter", epilog=EXPORT_ADAPTER_EXAMPLES)
+    @click.argument("adapter", type=click.Path(exists=True, file_okay=False))
+    @click.option("--format", "fmt", type=click.Choice(["gguf"]), default="gguf", show_default=True,
+                  help="Output format: a GGUF LoRA adapter for llama.cpp (--lora) and Ollama (ADAPTER).")
+    @click.option("--outtype", type=click.Choice(["f32", "f16", "bf16"]), default="f32", show_default=True,
+                  help="Precision of the LoRA tensors; f32 as trained (a LoRA is small), f16/bf16 halve the file.")
+    @click.option("--out", "out", type=click.Path(dir_okay=False), help="Adapter file (default ADAPTER/adapter.gguf).")
+    @click.option("--base-gguf", type=click.Path(exists=True, dir_okay=False),
+                  help="GGUF of the base the adapter must apply to (default: the embedded model's own file, when "
+                       "the adapter was trained on it). Every tensor is checked against it.")
+    @click.option("--model", default="", help="Base model folder (default: the one the adapter was trained on).")
+    @click.option("--merged", type=click.Choice(["f16", "q8_0"]),
+                  help="Also write base + adapter merged into one GGUF model in this precision (llama-family bases).")
+    @friendly_errors
+    def export_adapter(adapter, fmt, outtype, out, base_gguf, model, merged):
+        """Write an adapter as a GGUF LoRA for llama.cpp and Ollama, with an Ollama Modelfile."""
+        from .train.gguf_export import (
+            MODELFILE,
+            chat_format,
+            modelfile,
+            ollama_name,
+            run_commands,
+            write_adapter_gguf,
+            write_merged_gguf,
+        )
+        from .train.model import load_tokenizer
+
+        done = write_adapter_gguf(adapter, out, outtype=outtype, base_gguf=base_gguf, model=model)
+        path, base, prov = done["path"], done["base"], done["provenance"]
+        console.print(f"[green]GGUF adapter:[/] {path}  ({path.stat().st_size / 2**20:.1f} MiB, "
+                      f"{len(done['pairs'])} LoRA pairs, r={done['rank']}, alpha={done['alpha']:g}, {outtype}, "
+                      f"{base.config.get('architectures', ['?'])[0]} base {base.name})", highlight=False)
+        tokenizer = load_tokenizer(adapter if (Path(adapter) / "tokenizer_config.json").is_file() else str(base.hf_dir))
+        fmt_ = chat_format(tokenizer)
+        name = ollama_name(Path(prov["run"]).stem if prov["run"] else Path(adapter).name)
+        if base.gguf is None:
+            console.print("[yellow]no base GGUF known:[/] give --base-gguf to have the adapter checked against it "
+                          "and an Ollama Modelfile written")
+        else:
+            mf = path.parent / MODELFILE
+            mf.write_text(modelfile(base.gguf, path, fmt_, prov), encoding="utf-8")
+            console.print(f"[green]Ollama Modelfile:[/] {mf}", highlight=False)
+            for line in run_commands(name, base.gguf, path, mf):
+                click.echo(line)
+        if merged:
+            m = write_merged_gguf(adapter, None, outtype=merged, base_gguf=base_gguf, model=model)
+            mf = m["path"].parent / f"{MODELFILE}.merged"
+            mf.write_text(modelfile(m["path"], None, fmt_, prov), encoding="utf-8")
+            console.print(f"[green]merged GGUF:[/] {m['path']}  ({m['path'].stat().st_size / 2**20:.1f} MiB; "
+                          f"Modelfile {mf})", highlight=False)
+            click.echo(f"llama-cli -m {m['path'].resolve()} -cnv")
+
+    @cli.command(epilog=SERVE_EXAMPLES)
+    @click.argument("adapters", nargs=-1, required=True)
+    @click.option("--engine", type=click.Choice(["auto", "vllm", "llama-cpp"]), default="auto", show_default=True,
+                  help="auto = vLLM when it is installed and a GPU is there, else llama-cpp-python's server.")
+    @click.option("--host", default="127.0.0.1", show_default=True, help="Listen address.")
+    @click.option("--port", type=int, default=8000, show_default=True, help="Listen port.")
+    @click.option("--base-gguf", type=click.Path(exists=True, dir_okay=False),
+                  help="llama-cpp: the base GGUF (default: the embedded model's own file).")
+    @click.option("--n-ctx", type=int, default=2048, show_default=True, help="llama-cpp: context length per model.")
+    @click.option("--dry-run", is_flag=True, help="Print the command (and write the config file), start nothing.")
+    @friendly_errors
+    def serve(adapters, engine, host, port, base_gguf, n_ctx, dry_run):
+        """Serve many adapters on one base behind an OpenAI-compatible URL; a request names its adapter as `model`.
+
+        ADAPTERS are adapter folders, each NAME=DIR or DIR (named after its run folder).
+        """
+        import shlex
+
+        from .train.serve import plan, start, wait_ready
+
+        p = plan(list(adapters), engine=engine, host=host, port=port, base_gguf=base_gguf, n_ctx=n_ctx,
+                 log=lambda m: console.print(m, highlight=False))
+        if p.config_file:
+            console.print(f"config file: {p.config_file}", highlight=False)
+        click.echo(" ".join(shlex.quote(a) for a in p.argv))
+        if dry_run:
+            return
+        proc = start(p)
+        try:
+            wait_ready(p, proc, timeout_s=600)
+            console.print(f"[green]serving:[/] {p.url}  models: {', '.join(p.names)}  (Ctrl-C stops it)", highlight=False)
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
+
+    @cli.command(epilog=COST_EXAMPLES)
+    @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                  help="TOML file; its [cost] table and [budget] prices are read (default: the run's own).")
+    @click.option("--adapter", type=click.Path(exists=True, file_okay=False),
+                  help="Adapter whose training time is priced (default RUN/adapter).")
+    @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                  help="Any [cost] setting, e.g. --set train_usd=100 (repeatable).")
+    @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON on stdout.")
+    @friendly_errors
+    def cost(runs, config_path, adapter, sets, as_json):
+        """Tokens and dollars per stage and teacher, per 1,000 kept instructions and rows, and the break-even calls."""
+        import tomllib
+        from rich.console import Console
+
+        from .config import CostConfig, load_section, parse_overrides
+        from .cost import print_cost, run_budget, run_cost
+        from .store import RunDir
+
+        cfg = load_section(CostConfig, config_path, "cost", parse_overrides(sets, CostConfig, "cost"))
+        prices = None
+        if config_path:
+            with open(config_path, "rb") as f:
+                prices = (tomllib.load(f).get("budget") or {}).get("prices")
+        figures = [run_cost(r, run_budget(RunDir(r).manifest(), prices), cfg, adapter) for r in runs]
+        if as_json:
+            click.echo(json.dumps(figures, indent=1))
+            return
+        out = Console()
+        for c in figures:
+            print_cost(out, c)
+
