@@ -342,3 +342,14 @@ def test_the_report_shows_scores_ifd_and_what_the_selection_kept_and_dropped(tmp
     assert plot_quality({"quality": q}, tmp_path / "q.png").stat().st_size > 1000
     page = _details("quality.png", {"quality": q})
     assert "by judge: kept 2 of 4 rows" in page and "dropped: below the cut" in page
+
+
+def test_score_and_select_are_steps_a_run_config_names(fake_openai, tmp_path):
+    fake_openai.default_reply = lambda path, body: fake_openai.wrap(path, judge(path, body))
+    _, cfg = make_run(tmp_path, fake_openai, stages=["score", "select", "export"], **{
+        "select.top": 3, "export.include": ["selected"], "export.include_seeds": False, "export.formats": "alpaca"})
+    messages = Session(cfg).run_all()
+    assert [m.split(":")[0] for m in messages] == ["score", "select", "export"]
+    assert "3 of 5 rows kept by judge" in messages[1]
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["stages"]["select"]["kept"] == 3
