@@ -5,6 +5,7 @@ The judge talks to the fake OpenAI server; IFD and the embedded model have their
 """
 
 import json
+import math
 
 import pytest
 from helpers import invoke, read
@@ -353,3 +354,22 @@ def test_score_and_select_are_steps_a_run_config_names(fake_openai, tmp_path):
     assert "3 of 5 rows kept by judge" in messages[1]
     manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert manifest["status"] == "done" and manifest["stages"]["select"]["kept"] == 3
+
+
+def test_completions_logprobs_are_read_too(fake_openai, tmp_path):
+    def reply(path, body):
+        assert path.endswith("/completions") and body["logprobs"] == 20 and body["max_tokens"] == 1
+        choice = {"index": 0, "text": " No", "finish_reason": "length",
+                  "logprobs": {"tokens": [" No"], "token_logprobs": [-0.3], "text_offset": [0],
+                               "top_logprobs": [{" No": -0.3, " Yes": -1.5, " no": -4.0}]}}
+        return {"id": "c", "object": "text_completion", "created": 0, "model": "fake", "choices": [choice],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
+    fake_openai.default_reply = reply
+    write_jsonl_atomic(RunDir(tmp_path / "r").ensure().stage_file("bootstrap"), [Task(id="a", instruction="Write a poem.")])
+    cfg = load_config(None, {"output_dir": str(tmp_path), "run_name": "r", "teacher.spec": "openai:fake-model",
+                             "teacher.base_url": fake_openai.url, "teacher.api": "completions",
+                             "classify.method": "logprobs", "classify.calibrate": False, "classify.threshold": -2.0})
+    Session(cfg).classify()
+    (out,) = read(tmp_path / "r" / "classify.jsonl")
+    no = math.log(math.exp(-0.3) + math.exp(-4.0))  # " No" and " no" both count as No
+    assert out["is_classification"] is True and out["meta"]["classify_margin"] == pytest.approx(-1.5 - no, abs=1e-4)
