@@ -207,6 +207,9 @@ def test_select_by_ifd_takes_high_ifd_below_the_cap_and_random_is_seeded():
     sel = select_rows(tasks, SelectConfig(by="ifd", frac=0.5), scores={}, ifd=ifd)
     assert [k["id"] for k in sel.summary["kept"]] == ["t1-0", "t4-0"]  # 4 below 1.0, half of them, highest first
     assert {"id": "t2-0", "value": 1.3, "why": "ifd >= 1.0"} in sel.summary["dropped"]
+    cut = select_rows(tasks, SelectConfig(by="ifd", top=9), scores={}, ifd={k: v for k, v in ifd.items() if k != "t1-0"},
+                      no_ifd={"t1-0"})
+    assert {"id": "t1-0", "value": None, "why": "no ifd"} in cut.summary["dropped"] and cut.summary["kept_rows"] == 3
     a = select_rows(tasks, SelectConfig(by="random", top=2, seed=1), scores={}, ifd={})
     b = select_rows(tasks, SelectConfig(by="random", top=2, seed=1), scores={}, ifd={})
     assert a.summary["kept"] == b.summary["kept"] and len(a.kept) == 2

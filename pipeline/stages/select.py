@@ -59,8 +59,13 @@ def row_values(run: RunDir, stage: str, key: str, field_name: str) -> dict[str, 
 
 
 def select_rows(tasks: Sequence[Task], cfg: SelectConfig, *, scores: dict[str, float], ifd: dict[str, float],
-                seeds: Sequence[Task] = (), unrated: set[str] | frozenset[str] = frozenset()) -> Selection:
-    """The pure selection over tasks' rows; `unrated`: row ids the judge could not rate (ranked last)."""
+                seeds: Sequence[Task] = (), unrated: set[str] | frozenset[str] = frozenset(),
+                no_ifd: set[str] | frozenset[str] = frozenset()) -> Selection:
+    """The pure selection over tasks' rows.
+
+    unrated: row ids the judge could not rate (ranked last); no_ifd: row ids IFD could not
+    score (their response was cut away by ifd.max_len; dropped by an IFD selection).
+    """
     if cfg.by not in BY:
         raise Seed2LoraError(f"select.by must be one of {', '.join(BY)}, not {cfg.by!r}")
     rows = task_rows(tasks)
@@ -79,10 +84,12 @@ def select_rows(tasks: Sequence[Task], cfg: SelectConfig, *, scores: dict[str, f
         rows.sort(key=lambda r: (-scores.get(r["id"], 0.0), tie[r["id"]]))
         value = {r["id"]: scores.get(r["id"]) for r in rows}
     elif cfg.by == "ifd":
-        missing = [r["id"] for r in rows if r["id"] not in ifd]
+        missing = [r["id"] for r in rows if r["id"] not in ifd and r["id"] not in no_ifd]
         if missing:
             raise Seed2LoraError(f"{len(missing)} of {len(rows)} rows have no IFD (first: {missing[0]}). "
                                  "Fix: run `seed2lora ifd RUN` first")
+        dropped += [{"id": r["id"], "value": None, "why": "no ifd"} for r in rows if r["id"] not in ifd]
+        rows = [r for r in rows if r["id"] in ifd]
         over = [r for r in rows if ifd[r["id"]] >= cfg.ifd_max]
         dropped += [{"id": r["id"], "value": round(ifd[r["id"]], 4), "why": f"ifd >= {cfg.ifd_max}"} for r in over]
         rows = sorted((r for r in rows if ifd[r["id"]] < cfg.ifd_max), key=lambda r: -ifd[r["id"]])
@@ -153,8 +160,10 @@ def select_run(run: RunDir, cfg: SelectConfig, include: list[str] | str, seeds: 
     sources = kept_files(run, generated_include(include))
     tasks = [t for f in sources for t in run.read_stage(f.stem)]
     unrated = {t.id for t in run.read_rejected() if t.stage == "score"}
-    selection = select_rows(tasks, cfg, scores=row_values(run, "score", "score", "rating"),
-                            ifd=row_values(run, "ifd", "ifd", "ifd"), seeds=seeds, unrated=unrated)
+    ifd = row_values(run, "ifd", "ifd", "ifd")
+    no_ifd = {t.id for t in run.read_stage("ifd")} - set(ifd)
+    selection = select_rows(tasks, cfg, scores=row_values(run, "score", "score", "rating"), ifd=ifd, seeds=seeds,
+                            unrated=unrated, no_ifd=no_ifd)
     selection.summary["sources"] = [f.name for f in sources]
     write_jsonl_atomic(run.stage_file(STAGE), selection.kept)
     run.replace_rejected(STAGE, selection.rejected)
