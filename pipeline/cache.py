@@ -59,6 +59,20 @@ class ResponseCache:
             self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
                              (key, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens))
 
+    def record(self, key: str | None, c: Completion, session: str, kind: str, counts: dict[str, int]) -> None:
+        """One reply as it arrives: the response (when `key` is given) and its usage row, in one commit."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                if key is not None:
+                    self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
+                                     (key, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens))
+                self._insert_usage(session, kind, counts)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
     def __len__(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
@@ -83,8 +97,11 @@ class ResponseCache:
     # -- the usage log: one row per answered call ----------------------------------------
     def log_usage(self, session: str, kind: str, counts: dict[str, int]) -> None:
         with self._lock:
-            self._db.execute(f"INSERT INTO usage VALUES (?, ?, {', '.join('?' * len(USAGE_COLUMNS))})",
-                             (session, kind, *(int(counts.get(c, 0)) for c in USAGE_COLUMNS)))
+            self._insert_usage(session, kind, counts)
+
+    def _insert_usage(self, session: str, kind: str, counts: dict[str, int]) -> None:
+        self._db.execute(f"INSERT INTO usage VALUES (?, ?, {', '.join('?' * len(USAGE_COLUMNS))})",
+                         (session, kind, *(int(counts.get(c, 0)) for c in USAGE_COLUMNS)))
 
     def usage(self, *, exclude_session: str | None = None) -> dict[str, dict[str, int]]:
         """Totals per call kind over every session of this run (but `exclude_session`)."""

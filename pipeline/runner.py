@@ -41,7 +41,7 @@ from .records import Task
 from .seeds import load_seeds
 from .stages.bootstrap import run_bootstrap
 from .stages.classify import run_classify
-from .stages.evolve import run_evolve
+from .stages.evolve import check_source, run_evolve
 from .stages.filter import filter_tasks
 from .stages.instances import run_instances
 from .stages.score import judge_config, run_score
@@ -394,6 +394,7 @@ class Session:
 
     def _evolve(self, input_path: str | Path | None = None) -> StepResult:
         pool, source = self.evolve_pool(input_path)
+        check_source(self.run, source)  # one input per run: checked before this input is recorded
         self.record(state={"evolve_input": source})
         result = run_evolve(self.teacher, pool, self.cfg, self.run, self.prompts, source=source,
                             seeds=[s.instruction for s in self.seeds], progress=self.progress)

@@ -64,7 +64,7 @@ def evolve_summary(run: RunDir, rejected: list[Task]) -> dict | None:
     return {
         "kept": len(evolved),
         "eliminated": len(eliminated),
-        "rounds_done": int((run.manifest().get("state") or {}).get("evolve_rounds_done", 0)),
+        "rounds_done": int(((run.manifest().get("stages") or {}).get("evolve") or {}).get("rounds_done", 0)),
         "by_operation": dict(Counter(str(t.meta.get("operation")) for t in evolved).most_common()),
         "by_round": dict(sorted(Counter(t.round for t in evolved).items())),
         "by_operation_round": {op: dict(sorted(c.items())) for op, c in sorted(by_op_round.items())},

@@ -647,7 +647,7 @@ class ScriptedBatches(HFTeacher):
     def describe(self):
         return {"name": self.name, "kind": "hf"}
 
-    def _generate_batch(self, texts, params):
+    def _generate_batch(self, texts, params, salts=()):
         self.batches.append((params, [kind_of(t) for t in texts]))
         return [Completion(self.reply(t), "stop", prompt_tokens=11, completion_tokens=5) for t in texts]
 
@@ -686,7 +686,7 @@ def test_cli_evolve_run_and_show(fake_openai, tmp_path):
     assert all(fake_openai.prompt_of(h["body"]).endswith(("New instruction:", "Judgement:", "Response:"))
                for h in fake_openai.history)
     shown = runner.invoke(cli, ["show", str(tmp_path / "cli")], catch_exceptions=False)
-    assert shown.exit_code == 0 and "Evolved (4 kept" in shown.output and "breadth" in shown.output
+    assert shown.exit_code == 0 and "Evolved (4 kept, 1 rounds done" in shown.output and "breadth" in shown.output
 
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text("".join(json.dumps(r) + "\n" for r in POOL[:3]))

@@ -339,3 +339,12 @@ def test_evolve_stops_at_the_budget_and_a_higher_budget_finishes_the_round(fake_
     outcomes = [t for t in [*read(run / "evolve.jsonl"), *read(run / "rejected.jsonl")] if t["stage"] == "evolve"]
     assert sorted(t["parent_id"] for t in outcomes) == sorted({t["parent_id"] for t in outcomes})  # one each
     assert len(outcomes) == 6 and manifest(run)["status"] == "done"
+
+
+def test_evolve_refuses_a_second_input_in_the_same_run_before_recording_it(fake_openai, tmp_path):
+    for name, word in (("a", "ocean"), ("b", "desert")):
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps({"instruction": f"Describe the {word} for a child."}) + "\n")
+    invoke("evolve", *teacher_flags(fake_openai, tmp_path), "--input", tmp_path / "a.jsonl", "--rounds", 1)
+    result = cli_run("evolve", *teacher_flags(fake_openai, tmp_path), "--input", tmp_path / "b.jsonl", "--rounds", 1)
+    assert result.exit_code == 2 and "a.jsonl" in " ".join(result.output.split())
+    assert manifest(tmp_path / "r")["state"]["evolve_input"].endswith("a.jsonl")

@@ -206,11 +206,10 @@ class BaseTeacher:
             c.text, hit = apply_stop(c.text, params.stop)
             if hit and c.finish_reason == "length":
                 c.finish_reason = "stop"
-            if self.cache is not None and c.ok:
-                self.cache.put(self.cache_key(req, params), c)
         counts = self.usage.add(kind, c)
-        if self.cache is not None:
-            self.cache.log_usage(self.session, kind, counts)  # durable before any record is built from it
+        if self.cache is not None:  # reply and usage durable in one commit, before any record is built from them
+            key = self.cache_key(req, params) if c.ok and not c.cached else None
+            self.cache.record(key, c, self.session, kind, counts)
         return c
 
 

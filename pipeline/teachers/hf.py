@@ -94,9 +94,10 @@ class HFTeacher(BaseTeacher):
                 continue
             p = full or max(buckets, key=lambda k: len(buckets[k]))
             batch = buckets.pop(p)
-            yield from zip(batch, self._generate_batch([self.render(r.prompt) for r in batch], p), strict=True)
+            yield from zip(batch, self._generate_batch([self.render(r.prompt) for r in batch], p,
+                                                       [r.salt for r in batch]), strict=True)
 
-    def _generate_batch(self, texts: list[str], params: GenParams) -> list[Completion]:
+    def _generate_batch(self, texts: list[str], params: GenParams, salts: list[str] | tuple = ()) -> list[Completion]:
         import torch
 
         if params.logprobs:
@@ -115,7 +116,8 @@ class HFTeacher(BaseTeacher):
         stops = [s for s in params.stop if s.strip()]
         if stops:
             gen_kwargs["stopping_criteria"] = [StopOnText(self.tokenizer, stops, enc["input_ids"].shape[1])]
-        digest = hashlib.sha256(("\x00".join(texts) + f"|{self.seed}").encode()).digest()
+        # The salts are in the seed: a retry (a new salt) of the same prompt must be free to come out differently.
+        digest = hashlib.sha256(("\x00".join(texts) + "\x01" + "\x00".join(salts) + f"|{self.seed}").encode()).digest()
         torch.manual_seed(int.from_bytes(digest[:8], "little"))
         with torch.inference_mode():
             out = self.model.generate(**enc, **gen_kwargs)
