@@ -10,6 +10,7 @@ from pipeline.config import default_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+README_LIMIT = 12_000  # characters: the README says what and how; depth lives in docs/
 DOCS = {p.name: p.read_text(encoding="utf-8") for p in sorted((ROOT / "docs").glob("*.md"))}
 
 
@@ -30,3 +31,7 @@ def test_readme_main_and_test_commands_are_those_ci_runs():
     assert "seed2lora run --config configs/quickstart.toml" in README
     assert CliRunner().invoke(cli, ["run", "--help"]).exit_code == 0
 
+
+
+def test_readme_is_short():
+    assert len(README) <= README_LIMIT, f"README.md has {len(README)} characters; move depth into docs/"
