@@ -55,3 +55,42 @@ def test_config_to_dict_masks_every_secret_field():
     assert "PLANTED" not in repr(d) and d["bootstrap"]["max_tokens"] == 1024
     assert RunConfig().to_dict()["teacher"]["api_key"] == ""  # nothing to hide: left as it is
     assert mask_dict({"a": [{"token": "x"}], "n": 3}) == {"a": [{"token": "***"}], "n": 3}
+
+
+def test_a_key_planted_every_way_is_in_no_file_no_cache_dump_no_log_and_not_in_home_cache(fake_openai, tmp_path):
+    """Environment, config file, --set, and a 401 reply that echoes the key: the key is never written."""
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    home = tmp_path / "home"
+    keys = {"env": "sk-env-PLANTED-0123456789abcdef", "config": "sk-cfg-PLANTED-0123456789abcdef",
+            "set": "sk-set-PLANTED-0123456789abcdef"}
+    config = tmp_path / "run.toml"
+    config.write_text(f'[teacher]\napi_key = "{keys["config"]}"\n')
+    env = {**os.environ, "PYTHONPATH": str(root), "HOME": str(home), "OPENAI_API_KEY": keys["env"]}
+    env.pop("SEED2LORA_CACHE", None)
+    base = [sys.executable, "-m", "pipeline", "run", "--teacher", "openai:fake-model", "--base-url", fake_openai.url,
+            "--num-instructions", "2", "--output-dir", str(tmp_path / "out")]
+    fake_openai.enqueue({"error": {"message": f"Incorrect API key provided: {keys['env']}"}}, status=401)
+    logs = [subprocess.run([*base, "--run-name", "env"], env=env, capture_output=True, text=True, cwd=root)]
+    assert logs[0].returncode == 2 and "API key was refused" in " ".join(logs[0].stderr.split())
+    logs.append(subprocess.run([*base, "--run-name", "cfg", "--config", str(config)], env=env, capture_output=True,
+                               text=True, cwd=root))
+    logs.append(subprocess.run([*base, "--run-name", "set", "--set", f"teacher.api_key={keys['set']}"], env=env,
+                               capture_output=True, text=True, cwd=root))
+    assert [r.returncode for r in logs] == [2, 0, 0], logs[-1].stderr
+    sent = {h["headers"].get("Authorization") or h["headers"].get("authorization") for h in fake_openai.history}
+    assert {f"Bearer {keys['config']}", f"Bearer {keys['set']}"} <= sent  # the keys were used ...
+    texts = [r.stdout + r.stderr for r in logs]
+    for f in [*(tmp_path / "out").rglob("*"), *home.rglob("*")]:
+        if f.is_file():
+            texts.append(f.read_bytes().decode("utf-8", "replace"))
+            if f.name == "cache.sqlite":
+                with sqlite3.connect(f) as db:
+                    texts.append("\n".join(db.iterdump()))
+    for key in keys.values():  # ... and written nowhere
+        assert not any(key in t for t in texts), key
