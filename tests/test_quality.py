@@ -341,7 +341,8 @@ def test_the_report_shows_scores_ifd_and_what_the_selection_kept_and_dropped(tmp
     q = quality(run)
     assert q["score"]["counts"] == {"1": 1, "2": 1, "3": 0, "4": 1, "5": 1} and q["ifd"]["at_least_1"] == 1
     assert q["select"]["kept_rows"] == 2 and q["select"]["dropped_by_why"] == {"below the cut": 2}
-    assert [e["id"] for e in q["select"]["kept_examples"]] == ["t0-0", "t2-0"]
+    assert [(e["id"], e["instruction"]) for e in q["select"]["kept_examples"]] == [("t0-0", tasks[0].instruction),
+                                                                                   ("t2-0", tasks[2].instruction)]
     assert q["select"]["kept_values"]["min"] == 4.0 and q["select"]["dropped_values"]["max"] == 2.0
     assert plot_quality({"quality": q}, tmp_path / "q.png").stat().st_size > 1000
     page = _details("quality.png", {"quality": q})

@@ -38,7 +38,8 @@ def quality(run: RunDir) -> dict[str, Any] | None:
     }
     if select_file.is_file():
         s = json.loads(select_file.read_text(encoding="utf-8"))
-        text = {t.id: t.instruction for t in [*scored, *ifd]}
+        text = {f"{t.id}-{k}": t.instruction for stage in ("filter", "evolve") for t in run.read_stage(stage)
+                for k in range(len(t.instances))}  # row ids, as records.task_rows names them
         kept_values = [k["value"] for k in s["kept"] if k["value"] is not None]
         cut_values = [d["value"] for d in s["dropped"] if d["value"] is not None and d["why"] == "below the cut"]
         out["select"] = {
