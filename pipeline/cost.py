@@ -165,7 +165,7 @@ def run_cost(run_path: str | Path, budget: BudgetConfig | None = None, cost: Cos
     usage, usage_source = run_usage(run)
     stages = stage_costs(usage, manifest, budget)
     priced = [s["usd"] for s in stages if s["usd"] is not None]
-    unpriced = sorted({s["teacher"] for s in stages if s["usd"] is None and s["prompt_tokens"] + s["completion_tokens"]})
+    unpriced = sorted({model_of(s["teacher"]) for s in stages if s["usd"] is None and s["prompt_tokens"] + s["completion_tokens"]})
     dataset_usd = sum(priced) if priced or not unpriced else None
     teachers: dict[str, dict[str, Any]] = {}
     for s in stages:
@@ -211,7 +211,8 @@ def summary_lines(c: dict[str, Any]) -> list[str]:
     """The figures after the per-stage table, as plain sentences (`cost`, `show` and the report use them)."""
     be = c["break_even"]
     lines = [f"dataset: {money(c['dataset_usd'])} of teacher calls"
-             + (f" (no price for {', '.join(c['unpriced'])}: add it to [budget.prices])" if c["unpriced"] else ""),
+             + (f" (no price for model {', '.join(c['unpriced'])}: add [budget.prices] "
+                f"\"{c['unpriced'][0]}\" = [input, output] $ per 1M tokens)" if c["unpriced"] else ""),
              f"per 1,000 kept instructions: {money(c['usd_per_1k_kept'])} ({c['kept']} kept); per 1,000 training rows: "
              f"{money(c['usd_per_1k_rows'])} ({c['train_rows']} rows, {c['rows_source']})",
              f"training: {money(c['training']['usd'])} ({c['training']['source']})"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 COLOURS = ["red", "blue", "green", "black", "white", "yellow"]
 DATA = {
     "colours": [{"instruction": f"What colour is item number {i}?", "input": "", "output": f"Item {i} is {c}."}
@@ -31,6 +33,7 @@ def trained_adapter(root: Path, name: str, steps: int = 12) -> Path:
     out = root / name
     if (out / "adapter_model.safetensors").is_file():
         return out
+    root.mkdir(parents=True, exist_ok=True)
     data = root / f"{name}.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in DATA[name]))
     cfg = TrainConfig(output_dir=str(out), quant=False, lora_r=8, lora_alpha=16, max_steps=steps, batch_size=6,
@@ -38,3 +41,67 @@ def trained_adapter(root: Path, name: str, steps: int = 12) -> Path:
                       eval_steps=10_000, save_steps=10_000, gradient_checkpointing=False, seed=0)
     train(str(data), cfg, log=lambda m: None)
     return out
+
+
+# ---------------------------------------------------------------- PEFT against llama.cpp
+# (tests/test_gguf.py and benchmarks/gguf_agreement.py)
+
+PROMPTS = [f"What colour is item number {i}?" for i in (2, 5, 9, 13, 17)] + \
+    ["Name a fruit.", "What is the capital of France?", "Write one word about rain.", "Say hello.",
+     "How many legs does a cat have?"]
+NEW_TOKENS = 16
+
+
+def peft_greedy(adapter: Path, prompts: list[str]) -> dict:
+    """PEFT on the unquantized base: prompt ids, greedy ids and their logits with the adapter, greedy ids without."""
+    import torch
+
+    from pipeline.train.data import prompt_text
+    from pipeline.train.model import load_with_adapter
+
+    model, tok = load_with_adapter(adapter, quant="none")
+    out: dict = {"ids": [], "tuned": [], "logits": [], "base": [], "base_logits": [], "eos": tok.eos_token_id}
+    kw = dict(max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+              return_dict_in_generate=True, output_logits=True)  # the answer a user sees: up to <|im_end|>
+    for p in prompts:
+        x = tok(prompt_text(tok, [{"role": "user", "content": p}]), return_tensors="pt", add_special_tokens=False)
+        n = x["input_ids"].shape[1]
+        with torch.inference_mode():
+            tuned = model.generate(**x, **kw)
+            with model.disable_adapter():
+                plain = model.generate(**x, **kw)
+        out["ids"].append(x["input_ids"][0].tolist())
+        out["tuned"].append(tuned.sequences[0, n:].tolist())
+        out["logits"].append(torch.stack(tuned.logits)[:, 0].float().numpy())
+        out["base"].append(plain.sequences[0, n:].tolist())
+        out["base_logits"].append(torch.stack(plain.logits)[:, 0].float().numpy())
+    return out
+
+
+def llama_cpp_compare(model_path: Path, lora: Path | None, peft: dict, side: str = "tuned") -> dict:
+    """llama.cpp's own greedy answers (how many equal PEFT's `side`: "tuned" or "base"), and, teacher-forced on
+    PEFT's answers, top-1 agreement and the largest logit difference."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(model_path), lora_path=str(lora) if lora else None, n_ctx=256, n_threads=2,
+                logits_all=True, verbose=False, seed=0)
+    same, agree, total, diffs, runs = 0, 0, 0, [], []
+    logits_key = "logits" if side == "tuned" else "base_logits"
+    for ids, target, want_logits in zip(peft["ids"], peft[side], peft[logits_key], strict=True):
+        llm.reset()
+        got: list[int] = []
+        llm.eval(ids)
+        while len(got) < NEW_TOKENS and (not got or got[-1] != peft["eos"]):  # free-running greedy, to <|im_end|>
+            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            got.append(tok)
+            llm.eval([tok])
+        same += got == target
+        runs.append(got)
+        llm.reset()
+        llm.eval(ids + target[:-1])  # teacher-forced on PEFT's continuation: top-1 per position
+        logits = np.array(llm.scores[len(ids) - 1:len(ids) - 1 + len(target)])
+        agree += int((logits.argmax(-1) == np.array(target)).sum())
+        total += len(target)
+        diffs.append(np.abs(logits - want_logits).max())
+    llm.close()
+    return {"same": same, "top1": agree / total, "max_logit_diff": float(max(diffs)), "runs": runs}

