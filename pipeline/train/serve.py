@@ -28,7 +28,7 @@ from .gguf_export import ADAPTER_FILE, find_base, write_adapter_gguf
 from .model import adapter_info
 
 ENGINES = ("auto", "vllm", "llama-cpp")
-VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the --max-lora-rank values vLLM accepts
+VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the --max-lora-rank values vLLM accepts (its MaxLoRARanks)
 BASE_ALIAS = "base"  # the model name that answers without any adapter
 
 
