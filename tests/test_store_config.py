@@ -112,7 +112,7 @@ def test_every_bundled_config_loads():
     ("seed.x=1", "'seed' is a value, not a section"),
     ("bootstrap.nope=1", "--set bootstrap.nope=1: unknown key 'nope' in [bootstrap]. Fix: use one of: "
                          "alpaca_max_tokens, "),
-    ("nope=1", "unknown key 'nope'. Fix: use one of: bootstrap, budget, classify, eval,"),
+    ("nope=1", "unknown key 'nope'. Fix: use one of: bootstrap, budget, classify, cost, eval,"),
     ("no_equals_sign", "--set no_equals_sign: is not KEY=VALUE"),
 ])
 def test_set_values_are_checked_like_the_toml_file(item, message):
