@@ -112,6 +112,17 @@ def rotary_order(rows: int, n_head: int) -> np.ndarray:
     return np.arange(rows).reshape(n_head, 2, half).transpose(0, 2, 1).reshape(-1)
 
 
+def rotary_heads(arch: Arch, kind: Any, config: dict[str, Any]) -> int | None:
+    """The heads whose rows llama.cpp reorders in this tensor (q: attention heads, k: KV heads), else None."""
+    import gguf
+
+    if not arch.rotary_rows or kind not in (gguf.MODEL_TENSOR.ATTN_Q, gguf.MODEL_TENSOR.ATTN_K):
+        return None
+    if kind == gguf.MODEL_TENSOR.ATTN_Q:
+        return int(config["num_attention_heads"])
+    return int(config.get("num_key_value_heads") or config["num_attention_heads"])
+
+
 def split_peft_key(key: str) -> tuple[str, str]:
     """('model.layers.0.self_attn.q_proj', 'A' or 'B') from a PEFT state-dict key; other keys are refused."""
     stem = key.removeprefix("base_model.model.")
@@ -161,12 +172,10 @@ def lora_pairs(state: dict[str, np.ndarray], config: dict[str, Any], lora_config
         (key_a, a), (key_b, b) = parts["A"], parts["B"]
         if a.shape[0] != b.shape[1]:
             raise Seed2LoraError(f"{key_a} {a.shape} and {key_b} {b.shape} disagree on the rank")
-        reordered = False
-        if arch.rotary_rows and kind in (gguf.MODEL_TENSOR.ATTN_Q, gguf.MODEL_TENSOR.ATTN_K):
-            heads = config["num_attention_heads"] if kind == gguf.MODEL_TENSOR.ATTN_Q \
-                else config.get("num_key_value_heads") or config["num_attention_heads"]
-            b, reordered = b[rotary_order(b.shape[0], heads)], True
-        pairs.append(LoraPair(name, a, b, key_a, key_b, reordered))
+        heads = rotary_heads(arch, kind, config)
+        if heads:
+            b = b[rotary_order(b.shape[0], heads)]
+        pairs.append(LoraPair(name, a, b, key_a, key_b, reordered=bool(heads)))
     if not pairs:
         raise Seed2LoraError("the adapter holds no LoRA tensors")
     return sorted(pairs, key=lambda p: _name_order(p.name))
@@ -448,13 +457,9 @@ def hf_weights(hf_dir: Path, config: dict[str, Any]) -> dict[str, tuple[Path, st
             if hit is None:
                 continue
             kind, name = hit
-            order = None
-            if arch.rotary_rows and kind in (gguf.MODEL_TENSOR.ATTN_Q, gguf.MODEL_TENSOR.ATTN_K):
-                heads = config["num_attention_heads"] if kind == gguf.MODEL_TENSOR.ATTN_Q \
-                    else config.get("num_key_value_heads") or config["num_attention_heads"]
-                rows = config.get("head_dim", config["hidden_size"] // config["num_attention_heads"]) * heads
-                order = rotary_order(rows, heads)
-            found[name] = (file, key, order)
+            heads = rotary_heads(arch, kind, config)
+            rows = config.get("head_dim", config["hidden_size"] // config["num_attention_heads"]) * (heads or 0)
+            found[name] = (file, key, rotary_order(rows, heads) if heads else None)
     return found
 
 
