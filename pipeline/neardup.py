@@ -16,7 +16,7 @@ The ground floor: imports nothing of ours.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 # Function words carry no task; "give", "write" stay (synonym groups map them).
@@ -84,13 +84,18 @@ class NearDupIndex:
         m.update_batch([w.encode("utf-8") for w in sorted(words)])
         return m
 
-    def check(self, text: str) -> tuple[int, float] | None:
-        """(position of the most similar kept text, exact Jaccard) when it is >= threshold; else None."""
+    def check(self, text: str, skip: Callable[[int], bool] | None = None) -> tuple[int, float] | None:
+        """(position of the most similar kept text, exact Jaccard) when it is >= threshold; else None.
+
+        skip(position): kept texts that may be as close as they like (a row's sibling instances).
+        """
         words = self.words(text)
         if not words:
             return None
         best = None
         for key in self.lsh.query(self._minhash(words)):
+            if skip is not None and skip(key):
+                continue
             score = jaccard(words, self.sets[key])
             if score >= self.threshold and (best is None or score > best[1] or (score == best[1] and key < best[0])):
                 best = (key, score)

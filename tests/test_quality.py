@@ -377,3 +377,12 @@ def test_completions_logprobs_are_read_too(fake_openai, tmp_path):
     (out,) = read(tmp_path / "r" / "classify.jsonl")
     no = math.log(math.exp(-0.3) + math.exp(-4.0))  # " No" and " no" both count as No
     assert out["is_classification"] is True and out["meta"]["classify_margin"] == pytest.approx(-1.5 - no, abs=1e-4)
+
+
+def test_instances_of_one_task_are_not_near_duplicates_of_each_other():
+    task = Task(id="t", instruction="What is the most expensive thing you could buy with money today?",
+                instances=[Instance("", "A house!"), Instance("", "A car!")])
+    copy = Task(id="u", instruction="Today, what is the most expensive thing money could buy?", instances=[Instance("", "A boat.")])
+    sel = select_rows([task, copy], SelectConfig(by="all"), scores={}, ifd={})
+    assert sel.summary["kept_rows"] == 2 and [r.id for r in sel.rejected] == ["u-0"]
+    assert sel.rejected[0].meta["near_duplicate_of"] == "t-0"

@@ -9,8 +9,8 @@ student's IFD from ifd.jsonl (`seed2lora score`, `seed2lora ifd`).
    rows with IFD >= select.ifd_max are dropped first, since there the instruction does not
    help at all), at random (seeded), or in file order (by = "all").
 2. Near-duplicates: walking that order, a row whose instruction + input shares at least
-   select.near_dup_threshold of its content words (pipeline.neardup) with a kept row or a
-   seed task goes to rejected.jsonl (stage "select", reason "near_duplicate: jaccard J vs
+   select.near_dup_threshold of its content words (pipeline.neardup) with a kept row of
+   another task or a seed task goes to rejected.jsonl (stage "select", reason "near_duplicate: jaccard J vs
    <kept row id> ...") with meta["near_duplicate_of"]. The better row of a pair survives.
 3. Keep the first select.top rows (or select.frac of those left); by = "all" keeps them all.
 
@@ -107,14 +107,18 @@ def select_rows(tasks: Sequence[Task], cfg: SelectConfig, *, scores: dict[str, f
         index = NearDupIndex(cfg.near_dup_threshold, num_perm=cfg.num_perm, seed=cfg.seed,
                              synonyms=cfg.near_dup_synonyms)
         owners = [f"seed:{s.id}" for s in seeds]
+        owner_task: list[str | None] = [None] * len(seeds)
         for s in seeds:
             index.add(_text(s.instruction, s.instances[0].input if s.instances else ""))
         candidates = []
         for r in rows:
-            hit = index.check(_text(r["instruction"], r["input"]))
+            # Instances of one task share its instruction, which outweighs short inputs ("A house!" / "A car!"):
+            # they are not compared with each other (the filter already dropped exact repeats within a task).
+            hit = index.check(_text(r["instruction"], r["input"]), skip=lambda key, t=r["task_id"]: owner_task[key] == t)
             if hit is None:
                 index.add(_text(r["instruction"], r["input"]))
                 owners.append(r["id"])
+                owner_task.append(r["task_id"])
                 candidates.append(r)
                 continue
             other, score = owners[hit[0]], hit[1]
