@@ -553,7 +553,7 @@ def _line_from_message(msg: str) -> int | None:
 
 
 def default_toml() -> str:
-    """The default config as commented TOML (`seed2lora config`); the README's reference is this text."""
+    """The default config as commented TOML (`seed2lora config`); docs/config.md's reference is this text."""
     import inspect
 
     def comments(cls: type) -> dict[str, str]:

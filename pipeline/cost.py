@@ -56,10 +56,14 @@ def chars_per_token(run: RunDir) -> tuple[float, str]:
     """Characters per completion token of the run's own replies; the usual 4 when none were counted."""
     db = run.path / CACHE_FILE
     if db.is_file():
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:  # read only: never touch a run's database
+        # A plain connection, closed at once: the last one to close folds the WAL in and removes -wal and -shm,
+        # which a read-only connection cannot do (it left them behind after `show`).
+        con = sqlite3.connect(db)
+        try:
             chars, tokens = con.execute("SELECT SUM(LENGTH(text)), SUM(completion_tokens) FROM responses "
                                         "WHERE completion_tokens > 0").fetchone()
-        con.close()
+        finally:
+            con.close()
         if tokens:
             return chars / tokens, "measured on the teacher's replies"
     return float(CHARS_PER_TOKEN), "assumed (no counted replies)"
