@@ -54,6 +54,20 @@ def is_instances(prompt):
     return prompt.rstrip().endswith(("Input:", "Class label:"))
 
 
+def outage_during_instances(server, back_after: float | None) -> None:
+    """Take the server down once 3 instances prompts have come in; back after `back_after` s (None: never)."""
+
+    def outage():
+        while len(prompts_of(server, is_instances)) < 3:
+            time.sleep(0.01)
+        server.go_down()
+        if back_after is not None:
+            time.sleep(back_after)
+            server.come_back()
+
+    threading.Thread(target=outage, daemon=True).start()
+
+
 # 1. A dead server or a wrong port fails fast, naming the URL, and writes nothing.
 def test_an_unreachable_url_fails_within_seconds_naming_it(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
@@ -71,15 +85,7 @@ def test_an_unreachable_url_fails_within_seconds_naming_it(tmp_path, monkeypatch
 # 1. A server killed mid-run and back within the connect window: the run completes.
 def test_a_server_that_goes_down_mid_run_and_comes_back_completes_the_run(fake_openai, tmp_path):
     fake_openai.default_delay = 0.02
-
-    def outage():
-        while len(prompts_of(fake_openai, is_instances)) < 3:
-            time.sleep(0.01)
-        fake_openai.go_down()
-        time.sleep(2.0)
-        fake_openai.come_back()
-
-    threading.Thread(target=outage, daemon=True).start()
+    outage_during_instances(fake_openai, back_after=2.0)
     result = cli_run("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 8,
                      "--set", "teacher.connect_window_s=15", "--set", "teacher.max_wait_s=0.5",
                      "--set", "teacher.concurrency=1")
@@ -92,13 +98,7 @@ def test_a_server_that_goes_down_mid_run_and_comes_back_completes_the_run(fake_o
 # 1 and 3. A server gone for good: exit 4 within the window, status failed with the URL; a re-run finishes.
 def test_a_server_that_stays_down_stops_the_run_and_a_rerun_finishes_it(fake_openai, tmp_path):
     fake_openai.default_delay = 0.02
-
-    def outage():
-        while len(prompts_of(fake_openai, is_instances)) < 3:
-            time.sleep(0.01)
-        fake_openai.go_down()
-
-    threading.Thread(target=outage, daemon=True).start()
+    outage_during_instances(fake_openai, back_after=None)
     started = time.monotonic()
     result = cli_run("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 8,
                      "--set", "teacher.connect_window_s=2", "--set", "teacher.max_wait_s=0.5",
