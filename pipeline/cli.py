@@ -394,8 +394,9 @@ def _export_default(key: str) -> Any:  # the help shows ExportConfig's defaults,
               help="Export folder (default RUN_DIR/export).")
 @click.option("--formats", help=f"Comma list of alpaca, messages, hf, parquet (default {_export_default('formats')}).")
 @click.option("--include", metavar="SOURCES",
-              help="Comma list of the kept records to export: self-instruct (filter.jsonl), evolve (evolve.jsonl); "
-                   "default both, whichever the run has.")
+              help="Comma list of the kept records to export: self-instruct (filter.jsonl), evolve (evolve.jsonl), "
+                   "selected (select.jsonl, from seed2lora select); default self-instruct and evolve, whichever the "
+                   "run has.")
 @click.option("--rows", type=click.Choice(["instance", "task"]),
               help=f"One row per instance or per task (default {_export_default('rows')}).")
 @click.option("--eval-fraction", type=float,
