@@ -6,6 +6,7 @@ import pytest
 
 from pipeline.errors import TeacherError
 from pipeline.teachers import GenParams
+from pipeline.teachers.base import Request
 from pipeline.teachers.openai_compat import OpenAITeacher
 
 PARAMS = GenParams(max_tokens=50, temperature=0.0, top_p=0.0, stop=("\n\n", "X1", "X2", "X3", "END"))
@@ -38,6 +39,19 @@ def test_results_keep_prompt_order_under_concurrency(fake_openai):
     out = t.generate([f"p{i}" for i in range(6)], PARAMS, kind="k")
     assert [c.text for c in out] == [f"reply to p{i}" for i in range(6)]
     assert t.usage.to_dict()["k"]["calls"] == 6
+
+
+def test_requests_spread_over_connection_pools_and_a_stream_after_an_abandoned_one_works(fake_openai):
+    t = teacher(fake_openai, concurrency=20)
+    assert len(t._shards) == 3 and len({id(c._client) for _, c in t._shards}) == 3  # 8 requests in flight per pool
+    assert len(teacher(fake_openai)._shards) == 1
+    fake_openai.default_delay = 0.05
+    stream = t.stream((Request(i, f"p{i}") for i in range(40)), PARAMS, kind="k")
+    next(stream)
+    stream.close()  # the consumer stops early (an interrupt, a yield floor): the connections are closed
+    fake_openai.default_delay = 0.0
+    out = t.generate([f"q{i}" for i in range(30)], PARAMS, kind="k")  # fresh pools, not the closed ones
+    assert all(c.ok for c in out), [c.error for c in out if not c.ok][:2]
 
 
 def test_transient_errors_are_retried_and_429_honours_retry_after(fake_openai):
