@@ -45,6 +45,9 @@ def bundled_prompts_dir() -> Path:
 class Prompts:
     def __init__(self, directory: str | Path | None = None):
         self.dir = Path(directory) if directory else bundled_prompts_dir()
+        # Each template is read and checked once: a stage renders thousands of prompts, and the manifest's
+        # hashes describe the files as the run started.
+        self._templates: dict[str, Template] = {}
 
     def path(self, name: str) -> Path:
         p = self.dir / name
@@ -55,17 +58,20 @@ class Prompts:
         return p
 
     def render(self, name: str, **variables: object) -> str:
-        p = self.path(name)
-        text = p.read_text(encoding="utf-8")
-        used = {m.group("named") or m.group("braced") for m in Template.pattern.finditer(text)} - {None}
-        expected = PROMPT_VARS.get(name, set(variables))
-        if used != expected:
-            missing, extra = sorted(expected - used), sorted(used - expected)
-            raise InputError(p, None, f"template variables do not match (missing {missing}, unknown {extra})",
-                             f"use exactly {', '.join('$' + v for v in sorted(expected))}")
+        template = self._templates.get(name)
+        if template is None:
+            p = self.path(name)
+            text = p.read_text(encoding="utf-8")
+            used = {m.group("named") or m.group("braced") for m in Template.pattern.finditer(text)} - {None}
+            expected = PROMPT_VARS.get(name, set(variables))
+            if used != expected:
+                missing, extra = sorted(expected - used), sorted(used - expected)
+                raise InputError(p, None, f"template variables do not match (missing {missing}, unknown {extra})",
+                                 f"use exactly {', '.join('$' + v for v in sorted(expected))}")
+            template = self._templates[name] = Template(text)
         # Files end with a newline by convention; a completion prompt must end right after
         # "9." or "Input:" so that the model continues that line.
-        return Template(text).substitute({k: str(v) for k, v in variables.items()}).rstrip("\n")
+        return template.substitute({k: str(v) for k, v in variables.items()}).rstrip("\n")
 
     def hashes(self) -> dict[str, str]:
         """sha256 of every template, for the manifest."""
