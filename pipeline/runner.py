@@ -403,6 +403,8 @@ class Session:
                    f"instructions; {result.kept} evolutions kept ({result.total} in evolve.jsonl), "
                    f"{sum(result.rejected.values())} rejected ({rejected}), {result.errors} teacher errors")
         pending = getattr(result, "pending", 0)
+        if pending:
+            message += f"; {pending} of {len(pool)} slots have rounds to go"
         return StepResult(message, pending, {"kept": result.kept, "rejected": sum(result.rejected.values()),
                                              "rounds_done": result.rounds_done})
 

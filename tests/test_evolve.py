@@ -28,7 +28,7 @@ from pipeline.stages.evolve import (
     check_source,
     evolution_prompt,
     evolvable_text,
-    generation,
+    lineages_left,
     judge_prompt,
     operation_rng,
     pick_operation,
@@ -245,13 +245,16 @@ def test_operation_draw_is_seeded_and_weighted():
     assert {pick_operation(operation_rng(1, 1, f"t{i}"), only) for i in range(50)} == {"breadth"}
 
 
-def test_generation_keeps_kept_children_and_re_enters_failed_parents():
-    pool = [Task(id="a", instruction="A"), Task(id="b", instruction="B")]
+def test_a_slot_keeps_its_kept_children_and_a_failed_parent_re_enters():
+    pool = [Task(id="a", instruction="A"), Task(id="b", instruction="B"), Task(id="c", instruction="C")]
     a1 = Task(id="a1", instruction="A1", parent_id="a", round=1, origin="evolved")
     b2 = Task(id="b2", instruction="B2", parent_id="b", round=2, origin="evolved")
-    assert [t.id for t in generation(pool, [a1, b2], 1)] == ["a", "b"]
-    assert [t.id for t in generation(pool, [a1, b2], 2)] == ["a1", "b"]  # b failed in round 1: b again
-    assert [t.id for t in generation(pool, [a1, b2], 3)] == ["a1", "b2"]  # a1 failed in round 2
+    # Outcomes: a kept in round 1, a1 rejected in round 2; b rejected in round 1, kept in round 2; c none.
+    done = {"a": 1, "a1": 2, "b": 2}
+    where = [(x.current.id, x.round) for x in lineages_left(pool, [a1, b2], done, 3)]
+    assert where == [("a1", 3), ("b2", 3), ("c", 1)]  # a1 failed in round 2: a1 again; b failed in 1: b again
+    assert [(x.current.id, x.round) for x in lineages_left(pool, [a1, b2], done, 2)] == [("a1", 3), ("b2", 3), ("c", 1)]
+    assert [(x.current.id, x.round) for x in lineages_left(pool, [a1, b2], {}, 2)] == [("a", 1), ("b", 1), ("c", 1)]
 
 
 # ---------------------------------------------------------------- user data
@@ -418,10 +421,11 @@ def test_rounds_eliminate_by_each_rule_and_failed_parents_re_enter(stage_for, fa
     script(fake_openai)
     fake_openai.enqueue("unused", status=500)  # the first request: h's round-1 evolution fails
     first, run, _ = stage_for(rounds=2)
-    # h's slot has no outcome: round 1 is not done, and round 2 does not start.
-    assert (first.rounds_done, first.pending, first.errors, first.kept) == (0, 1, 1, 2)
+    # h's slot has no outcome: round 1 is not done, but the other slots go on to round 2 (a slot's
+    # round needs only its own last outcome).
+    assert (first.rounds_done, first.pending, first.errors, first.kept) == (0, 1, 1, 11)
     assert first.source.startswith("seeds:") and "evolve_rounds_done" not in run.manifest().get("state", {})
-    assert outcomes(run) == sorted((pid, 1) for pid in "abcdgsief")
+    assert per_round(run) == {1: 9, 2: 9} and ("h", 1) not in outcomes(run)
     rejected = {t.parent_id: t for t in run.read_rejected()}
     assert all(t.stage == "evolve" and t.round == 1 for t in rejected.values())
     assert {pid: t.reject_reason for pid, t in rejected.items()} == {
@@ -438,9 +442,9 @@ def test_rounds_eliminate_by_each_rule_and_failed_parents_re_enter(stage_for, fa
     assert rejected["c"].instances == [Instance("", "I'm sorry, but I can't help with that.")]
     assert rejected["b"].meta["parent_instruction"] == TEXT["b"]
 
-    # The re-run finishes round 1 with h alone, then round 2 over every slot.
+    # The re-run finishes h's slot alone: its round 1, then its round 2.
     second, run, _ = stage_for(rounds=2)
-    assert (second.rounds_done, second.pending, second.errors, second.kept, second.total) == (2, 0, 0, 11, 13)
+    assert (second.rounds_done, second.pending, second.errors, second.kept, second.total) == (2, 0, 0, 2, 13)
     kept = run.read_stage("evolve")
     round1 = {t.parent_id: t for t in kept if t.round == 1}
     assert set(round1) == {"e", "f", "h"}
@@ -538,49 +542,56 @@ def test_another_input_in_the_same_run_is_refused(stage_for, fake_openai, tmp_pa
 
 def test_budget_stops_mid_round_and_a_higher_budget_finishes_that_round(stage_for, fake_openai):
     script(fake_openai, evolutions={}, judgements={}, answers={})
-    first, run, _ = stage_for(rounds=2, **{"budget.max_tokens_total": 300})
-    assert first.rounds_done == 0 and 0 < first.pending < 10 and first.errors == 0
+    # One call at a time, the slot with the most calls left first: every round-1 evolution, then every
+    # judgement, then the answers; the budget runs out among the answers.
+    first, run, _ = stage_for(rounds=2, **{"budget.max_tokens_total": 660})
+    assert first.rounds_done == 0 and 0 < first.kept < 10 and first.errors == 0
+    assert first.pending == 10  # every slot has a round to go: round 2, or the rest of round 1
     assert "evolve_rounds_done" not in run.manifest().get("state", {})
     done = {pid for pid, _ in outcomes(run)}
-    assert {r for _, r in outcomes(run)} == {1} and len(done) == 10 - first.pending  # round 2 never started
+    assert {r for _, r in outcomes(run)} == {1} and len(done) == first.kept  # round 2 never started
     n = len(fake_openai.history)
     sent_before = {fake_openai.prompt_of(h["body"]) for h in fake_openai.history}
 
     second, run, _ = stage_for(rounds=2, **{"budget.max_tokens_total": 1_000_000})
-    assert (second.rounds_done, second.pending, second.kept) == (2, 0, 10 + first.pending)
+    assert (second.rounds_done, second.pending, second.kept) == (2, 0, 20 - first.kept)
     assert per_round(run) == {1: 10, 2: 10}
     # Every slot costs 3 calls (evolution, judgement, answer) a round; across both runs the server
     # got exactly those 60, all different: the re-run sent only what round 1 still lacked.
     prompts = [fake_openai.prompt_of(h["body"]) for h in fake_openai.history]
     assert len(prompts) == 60 and len(set(prompts)) == 60 and not sent_before & set(prompts[n:])
-    resumed = [EVOLVE_RE.search(p).group(1).splitlines()[0] for p in prompts[n:30] if kind_of(p) == "evolve"]
-    assert resumed and set(resumed) <= {TEXT[pid] for pid in TEXT if pid not in done}
+    # The re-run first finished round 1: the answers it lacked (evolutions and judgements came from the cache).
+    assert [kind_of(p) for p in prompts[n:n + 10 - first.kept]] == ["answer"] * (10 - first.kept)
 
 
 def test_a_server_outage_leaves_slots_pending_and_a_rerun_completes_them(stage_for, fake_openai):
     script(fake_openai, evolutions={}, judgements={}, answers={})
-    # One call at a time, no retries: slot 1's three calls and slot 2's first two go through, then the
-    # server flickers (slot 2's answer fails, slot 3's evolution passes, its judgement fails) and goes
-    # down for four more calls: the evolutions of slots 4 to 7.
-    for up in [True] * 5 + [False, True] + [False] * 5:
+    # One call at a time, no retries, the slot with the most calls left first: the ten round-1
+    # evolutions (calls 0-9), then the judgements (10-15) of the six slots whose evolution came back,
+    # then answers. The server fails slot 6's evolution, the evolutions of slots 8 to 10 (an outage),
+    # slot 1's judgement and slot 2's answer.
+    for up in [True] * 5 + [False, True] + [False] * 3 + [False] + [True] * 5 + [False]:
         if up:
             fake_openai.enqueue(fake_openai.default_reply)
         else:
             fake_openai.enqueue({"error": {"message": "upstream down"}}, status=503)
     first, run, teacher = stage_for(rounds=2)
-    failed = [fake_openai.prompt_of(fake_openai.history[i]["body"]) for i in (5, 7, 8, 9, 10, 11)]
-    assert {kind_of(p) for p in failed} == {"evolve", "judge", "answer"}  # the outage hit every kind of call
+    failed = [fake_openai.prompt_of(fake_openai.history[i]["body"]) for i in (5, 7, 8, 9, 10, 16)]
+    assert [kind_of(p) for p in failed] == ["evolve"] * 4 + ["judge", "answer"]  # the outage hit every kind of call
     assert {kind: u["errors"] for kind, u in teacher.usage.to_dict().items()} == \
         {"evolve": 4, "evolve_judge": 1, "evolve_answer": 1}  # each call counted under its own kind
-    assert first.errors == 6 and first.rounds_done == 0 and first.pending == 6  # one slot per failed call
-    assert len(outcomes(run)) == 4 and {r for _, r in outcomes(run)} == {1}  # none of them written
-    assert stage_for.bars == [["evolve round 1/2", 10, 4]]  # the bar advances once per slot with an outcome
+    # One slot stopped per failed call; the four others went on through round 2.
+    assert first.errors == 6 and first.rounds_done == 0 and first.pending == 6
+    assert per_round(run) == {1: 4, 2: 4}  # nothing written for the failed slots
+    # The bar counts calls, 3 per slot-round: 24 for the 8 slot-rounds with an outcome, and the 3 calls
+    # of the failed slots that came back (slot 1's evolution, slot 2's evolution and judgement).
+    assert stage_for.bars == [["evolve rounds 1-2, calls", 60, 27]]
     n = len(fake_openai.history)
 
     second, run, _ = stage_for(rounds=2)
     assert (second.rounds_done, second.pending, second.errors) == (2, 0, 0)
     assert per_round(run) == {1: 10, 2: 10}
-    assert stage_for.bars[1:] == [["evolve round 1/2", 6, 6], ["evolve round 2/2", 10, 10]]
+    assert stage_for.bars[1:] == [["evolve rounds 1-2, calls", 36, 36]]
     # 60 calls that succeeded, plus the 6 that failed and were sent again: nothing else twice.
     prompts = [fake_openai.prompt_of(h["body"]) for h in fake_openai.history]
     assert len(prompts) == 66 and len(set(prompts)) == 60 and set(failed) <= set(prompts[n:])
@@ -623,16 +634,27 @@ def test_an_empty_reply_is_asked_again_with_a_new_salt_then_rejected(stage_for, 
     assert (again.rounds_done, again.kept, len(fake_openai.history)) == (1, 0, n)
 
 
-def test_no_barrier_follow_up_calls_go_out_while_evolutions_are_in_flight(stage_for, fake_openai, tmp_path):
+def test_no_barrier_a_slots_next_round_starts_while_other_slots_are_in_this_one(stage_for, fake_openai, tmp_path):
     rows = [{"instruction": f"{verb} {topic}."} for verb, topic in zip(itertools.cycle(VERBS), TOPICS)]
-    pool_file = write_pool(tmp_path / "topics.jsonl", rows[:24])
-    script(fake_openai, evolutions={}, judgements={}, answers={})
-    fake_openai.default_delay = 0.1  # every reply takes as long; 8 in flight
-    result, run, _ = stage_for(rounds=1, pool_file=pool_file, **{"teacher.concurrency": 8})
-    assert (result.rounds_done, result.pending) == (1, 0) and len(outcomes(run)) == 24
-    kinds = [kind_of(fake_openai.prompt_of(h["body"])) for h in fake_openai.history]
-    last_evolution = max(i for i, k in enumerate(kinds) if k == "evolve")
-    assert kinds.index("judge") < kinds.index("answer") < last_evolution
+    pool_file = write_pool(tmp_path / "topics.jsonl", rows[:20])
+    reply, arrivals = scripted(evolutions={}, judgements={}, answers={}), []
+
+    def timed_reply(path, body):
+        prompt = fake_openai.prompt_of(body)
+        arrivals.append((time.monotonic(), prompt))
+        return fake_openai.wrap(path, reply(prompt))
+
+    fake_openai.default_reply, fake_openai.default_delay = timed_reply, 0.1  # every reply takes 0.1 s; 8 in flight
+    result, run, _ = stage_for(rounds=2, pool_file=pool_file, **{"teacher.concurrency": 8})
+    assert (result.rounds_done, result.pending) == (2, 0) and per_round(run) == {1: 20, 2: 20}
+
+    def round_of(prompt):  # each evolution appends one EXTRA: count them in what the call is about
+        extras = sum(x in prompt for x in EXTRAS)
+        return {"evolve": extras + 1, "judge": (extras + 1) // 2, "answer": extras}[kind_of(prompt)]
+
+    last_round1 = max(t for t, p in arrivals if round_of(p) == 1)
+    first_round2 = min(t for t, p in arrivals if round_of(p) == 2)
+    assert first_round2 < last_round1 + 0.05  # sent while round-1 calls were still being answered
 
 
 class ScriptedBatches(HFTeacher):

@@ -30,16 +30,18 @@ failed evolution's parent re-enters the pool and draws a new operation. evolve.j
 the kept evolutions; with the pool they make the Evol-Instruct dataset. Every record keeps
 parent_id, round, meta["operation"] and meta["lineage"] (its ancestors, root first).
 
-A round is one teacher stream with no barrier: each slot's evolution, judgement and
-answer are sent as soon as the reply before them is back, so the teacher's slots stay
-full while slots finish one by one and are written the moment they do. A call that
-continues a slot goes before a new slot's evolution, except at the end of the round, when
-the slots not started fit in the calls in flight: then their evolutions go first.
+Every round of every slot goes through one teacher stream, with no barrier: a slot's
+evolution, judgement and answer are sent as soon as the reply before them is back, and its
+next round starts the moment this one has an outcome (a slot's round depends only on its
+own last outcome, not on the other slots). So the teacher's slots stay full from the first
+call to the last, and outcomes are written the moment they are known. The next call is the
+one whose slot has the most calls left, its own included: slots advance together, and the
+stage ends with no long chain running alone while the teacher's other slots sit idle.
 
 Done is read from the outputs only: a slot of round r is done when evolve.jsonl or
 rejected.jsonl holds its outcome for (parent_id, r). A teacher error (after the teacher's
-own retries) or a spent budget leaves a slot pending, with no record; the round then
-stops there, and round r+1 starts only once every slot of round r has an outcome. A
+own retries) or a spent budget leaves the slot pending at that round, with no record, and
+it goes no further; round r counts as done once every slot has its outcome for r. A
 re-run sends exactly the pending slots' calls again, with the same salts, so replies
 already in the run's cache are not paid twice. An empty evolution or answer is asked for
 again with a new salt, up to teacher.max_retries times, then rejected as
@@ -50,9 +52,11 @@ id}"), so a resumed run draws the same ones.
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import itertools
 import random
 import re
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -98,14 +102,23 @@ class EvolveResult:
     rejected: Counter = field(default_factory=Counter)  # by rule, this call
     errors: int = 0  # teacher calls that failed after retries; their slots stay pending
     total: int = 0  # evolutions in evolve.jsonl
-    pending: int = 0  # slots of the current round left without an outcome (budget spent, teacher errors)
+    pending: int = 0  # slots left with rounds to go (budget spent, teacher errors)
     source: str = ""  # the pool's name, for the runner to record: a run directory evolves one input
 
 
 @dataclass
-class _Slot:
-    """One instruction of a round on its way to an outcome: evolve, judge, answer."""
+class _Lineage:
+    """A slot of the pool: one input instruction and the line of its kept evolutions."""
 
+    current: Task  # what its next round evolves: the last kept evolution, else the input instruction
+    round: int  # its next round; rounds + 1 once every round has an outcome
+
+
+@dataclass
+class _Slot:
+    """One lineage's round on its way to an outcome: evolve, judge, answer."""
+
+    lineage: _Lineage
     parent: Task
     round: int
     op: str
@@ -170,15 +183,6 @@ def _same_text(a: str, b: str) -> bool:
     return " ".join(a.lower().split()) == " ".join(b.lower().split())
 
 
-def generation(pool: list[Task], evolved: list[Task], round_: int) -> list[Task]:
-    """The instructions round `round_` evolves: per slot, the last kept evolution or the input instruction."""
-    current = list(pool)
-    by_parent = {(t.parent_id, t.round): t for t in evolved}
-    for r in range(1, round_):
-        current = [by_parent.get((t.id, r), t) for t in current]
-    return current
-
-
 def validate(e: EvolveConfig) -> None:
     weights = [getattr(e.weights, op) for op in OPERATIONS]
     if any(w < 0 for w in weights) or sum(weights) <= 0:
@@ -230,11 +234,12 @@ class _Evolver:
             return "elimination_no_gain: same text as an ancestor"
         return self.filter.check(child, ignore=self.ancestors(child))
 
-    def slot(self, parent: Task, round_: int) -> _Slot:
+    def slot(self, lineage: _Lineage) -> _Slot:
+        parent, round_ = lineage.current, lineage.round
         op = pick_operation(operation_rng(self.cfg.seed, round_, parent.id), self.e.weights)
         template, prompt = evolution_prompt(self.prompts, op, evolvable_text(parent), self.e)
         # The salt keeps a parent that re-enters the pool from getting its cached reply again.
-        return _Slot(parent, round_, op, template, prompt, salt=f"{self.cfg.seed}:evolve:{round_}:{parent.id}")
+        return _Slot(lineage, parent, round_, op, template, prompt, salt=f"{self.cfg.seed}:evolve:{round_}:{parent.id}")
 
     # -- a request's key is (what reads its reply, the slot); a retry's salt names the retry,
     #    so a bad cached reply is not served again
@@ -297,23 +302,30 @@ class _Evolver:
         s.child.meta.update(evolve_reply=reply_meta(reply), tries=s.tries + 1)
         return s.child.rejected(f"unparseable_reply: empty {what} after {s.tries} retries", "evolve")
 
-    def round(self, parents: list[Task], round_: int, emit: Callable[[Task], None]) -> int:
-        """Stream every call of one round through the teacher; emit each slot's outcome the
-        moment it is known. Returns the teacher errors: their slots get no outcome."""
-        follow_ups: deque[Request] = deque()
+    def run(self, lineages: list[_Lineage], emit: Callable[[_Slot, Task], None], advance: ProgressFn) -> int:
+        """Stream every call of the lineages' remaining rounds through the teacher; emit each slot's
+        outcome the moment it is known, then start that lineage's next round. `advance` counts
+        calls: 3 per slot-round, those an early outcome makes unnecessary included. Returns the
+        teacher errors: each leaves its lineage pending where it was."""
+        rounds = self.e.rounds
+        ready: list[tuple[int, int, Request]] = []  # a heap of (-calls its lineage has left, order, request)
+        order = itertools.count()
         in_flight = errors = 0
+
+        def push(req: Request, s: _Slot) -> None:
+            left = 3 * (rounds - s.round) + CALLS_LEFT[req.kind or "evolve"]
+            heapq.heappush(ready, (-left, next(order), req))
+
+        def start(lineage: _Lineage) -> None:
+            if lineage.round <= rounds:
+                s = self.slot(lineage)
+                push(self.evolution_request(s), s)
 
         def requests() -> Iterator[Request | None]:
             nonlocal in_flight
-            fresh = deque(parents)
             while True:
-                # Follow-ups first, so a slot under way finishes (and is written) soon; but once the
-                # slots not started fit in the calls in flight, start them first: theirs are the
-                # longest chains left (3 calls), so the round drains for one latency, not up to three.
-                if fresh and (not follow_ups or len(fresh) <= in_flight):
-                    req = self.evolution_request(self.slot(fresh.popleft(), round_))
-                elif follow_ups:
-                    req = follow_ups.popleft()
+                if ready:
+                    req = heapq.heappop(ready)[2]
                 elif in_flight:
                     yield WAIT  # the next calls need replies still in flight
                     continue
@@ -322,6 +334,8 @@ class _Evolver:
                 in_flight += 1
                 yield req
 
+        for lineage in lineages:
+            start(lineage)
         for req, reply in self.teacher.stream(requests(), self.evolve_params, kind="evolve"):
             in_flight -= 1
             read_reply, s = req.key
@@ -330,10 +344,22 @@ class _Evolver:
                 continue
             outcome = read_reply(s, reply)
             if isinstance(outcome, Request):
-                follow_ups.append(outcome)
-            else:
-                emit(outcome)
+                if outcome.kind != req.kind:  # a retry asks for the same call again
+                    advance(1)
+                push(outcome, s)
+                continue
+            advance(CALLS_LEFT[req.kind or "evolve"])  # this call, and those the outcome spares
+            emit(s, outcome)
+            lineage = s.lineage
+            if not outcome.reject_reason:
+                lineage.current = outcome
+            lineage.round += 1  # a failed evolution's parent re-enters the next round
+            start(lineage)
         return errors
+
+
+# Calls a slot still needs in its round, the one about to be sent included.
+CALLS_LEFT = {"evolve": 3, "evolve_judge": 2, "evolve_answer": 1}
 
 
 def _retry_salt(salt: str, tries: int) -> str:
@@ -353,12 +379,27 @@ def check_source(run: RunDir, source: str) -> None:
                              "Fix: use another --run-name for another input, or delete evolve.jsonl to start over")
 
 
+def lineages_left(pool: list[Task], evolved: list[Task], done: dict[str, int], rounds: int) -> list[_Lineage]:
+    """Each pool slot where the outputs leave it: its current instruction and next round.
+
+    `done` is the last round with an outcome per parent id. Older versions marked a round done
+    past a failed slot, whose instruction then re-entered the next round: an outcome there
+    covers the earlier round too."""
+    kept = {(t.parent_id, t.round): t for t in evolved}
+    out = []
+    for task in pool:
+        lineage = _Lineage(task, 1)
+        while lineage.round <= rounds and done.get(lineage.current.id, 0) >= lineage.round:
+            lineage.current = kept.get((lineage.current.id, lineage.round), lineage.current)
+            lineage.round += 1
+        out.append(lineage)
+    return out
+
+
 def run_evolve(teacher: Teacher, pool: list[Task], cfg: RunConfig, run: RunDir, prompts: Prompts, *,
-               source: str, seeds: Iterable[str] = (), progress: ProgressFactory | None = None,
-               on_round: Callable[[int], None] | None = None) -> EvolveResult:
-    """Run rounds 1 .. evolve.rounds over `pool` (read from `source`), skipping every slot that
-    has an outcome; stop at the first round left with pending slots. Writes no manifest:
-    the runner records `source` and the rounds done."""
+               source: str, seeds: Iterable[str] = (), progress: ProgressFactory | None = None) -> EvolveResult:
+    """Run rounds 1 .. evolve.rounds over `pool` (read from `source`), skipping every slot-round
+    that has an outcome. Writes no manifest: the runner records `source` and the rounds done."""
     e = cfg.evolve
     validate(e)
     if not pool:
@@ -366,37 +407,31 @@ def run_evolve(teacher: Teacher, pool: list[Task], cfg: RunConfig, run: RunDir, 
     progress = progress or _no_progress
     check_source(run, source)
     evolved = run.read_stage("evolve")
-    # Per instruction: the last round with its outcome. Older versions marked a round done past
-    # a failed slot, whose instruction then re-entered the next round: an outcome there counts too.
-    last_round: dict[str, int] = {}
+    done: dict[str, int] = {}
     for t in [*evolved, *run.read_rejected()]:
         if t.stage == "evolve" and t.parent_id:
-            last_round[t.parent_id] = max(last_round.get(t.parent_id, 0), t.round)
+            done[t.parent_id] = max(done.get(t.parent_id, 0), t.round)
+    lineages = lineages_left(pool, evolved, done, e.rounds)
     result = EvolveResult(rounds_done=0, source=source)
-    evolver = _Evolver(teacher, cfg, prompts, pool, evolved, seeds)
-    with JsonlWriter(run.stage_file("evolve")) as kept_out, JsonlWriter(run.rejected_file) as rejected_out:
-        for round_ in range(1, e.rounds + 1):
-            pending = [t for t in generation(pool, evolved, round_) if last_round.get(t.id, 0) < round_]
-            if pending:
-                with progress(f"evolve round {round_}/{e.rounds}", len(pending)) as advance:
+    todo = sum(e.rounds + 1 - x.round for x in lineages)  # slot-rounds without an outcome
+    if todo:
+        first = min(x.round for x in lineages)
+        desc = f"evolve round {first}/{e.rounds}" if first == e.rounds else f"evolve rounds {first}-{e.rounds}"
+        evolver = _Evolver(teacher, cfg, prompts, pool, evolved, seeds)
+        with JsonlWriter(run.stage_file("evolve")) as kept_out, JsonlWriter(run.rejected_file) as rejected_out, \
+                progress(f"{desc}, calls", 3 * todo) as advance:
 
-                    def emit(t: Task, round_: int = round_, advance: ProgressFn = advance) -> None:
-                        if t.reject_reason:
-                            rejected_out.write(t)
-                            result.rejected[reason_kind(t.reject_reason)] += 1
-                        else:
-                            kept_out.write(t)
-                            evolved.append(t)
-                            result.kept += 1
-                        last_round[t.parent_id or ""] = round_
-                        advance(1)
+            def emit(s: _Slot, t: Task) -> None:
+                if t.reject_reason:
+                    rejected_out.write(t)
+                    result.rejected[reason_kind(t.reject_reason)] += 1
+                else:
+                    kept_out.write(t)
+                    evolved.append(t)
+                    result.kept += 1
 
-                    result.errors += evolver.round(pending, round_, emit)
-                result.pending = sum(last_round.get(t.id, 0) < round_ for t in pending)
-                if result.pending:
-                    break  # the next round's slots depend on this round's outcomes
-                if on_round:
-                    on_round(round_)
-            result.rounds_done = round_
+            result.errors = evolver.run(lineages, emit, advance)
+    result.pending = sum(x.round <= e.rounds for x in lineages)
+    result.rounds_done = min((x.round - 1 for x in lineages), default=e.rounds)
     result.total = len(evolved)
     return result
