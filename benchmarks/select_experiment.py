@@ -67,7 +67,9 @@ def settings(args: argparse.Namespace) -> dict:
          "stages": ["bootstrap", "classify", "instances", "filter"],
          "bootstrap.num_instructions": math.ceil(args.tasks * 1.25),  # the filter drops some; topped up below
          "select.frac": 0.5, "export.include": ["selected"], "export.include_seeds": True,
-         "train.epochs": args.epochs, "train.max_seq_len": 512, "train.save_steps": 10 ** 6}
+         "train.epochs": args.epochs, "train.max_seq_len": 512, "train.save_steps": 10 ** 6,
+         # a 135M student fits in memory many times over; recomputing activations only costs CPU time
+         "train.gradient_checkpointing": False}
     # The judge is its own teacher so that its retries can differ: a judge that cannot rate (the embedded 135M
     # model returned no usable rating for any of 10 instances in 7 tries each) should not cost 7 calls a row.
     s.update({"score.teacher.spec": args.judge or "embedded", "score.teacher.max_retries": args.judge_retries})
