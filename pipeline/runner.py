@@ -475,17 +475,24 @@ class Session:
         import dataclasses
         import json
 
+        from .train.data import load_rows, rows_fingerprint
         from .train.model import SUMMARY
         from .train.trainer import train as run_training
 
         cfg = dataclasses.replace(self.cfg.train, output_dir=str(self.adapter_dir))
+        data = self.export_dir if (self.export_dir / "export.json").is_file() else self.run.path
         summary_file = self.adapter_dir / SUMMARY
         if summary_file.is_file():
             done = json.loads(summary_file.read_text(encoding="utf-8"))
-            if done.get("config") == dataclasses.asdict(cfg):
-                return StepResult(f"train: {self.adapter_dir} is already trained with these settings (delete it to "
-                                  "train again)")
-        data = self.export_dir if (self.export_dir / "export.json").is_file() else self.run.path
+            # Adapters from before the data was fingerprinted carry no data_sha256: judged by the settings alone.
+            same_data = done.get("data_sha256") in (None, rows_fingerprint(load_rows(data)))
+            if done.get("config") == dataclasses.asdict(cfg) and same_data:
+                return StepResult(f"train: {self.adapter_dir} is already trained with these settings and data "
+                                  "(delete it to train again)")
+            self.log(f"train: {self.adapter_dir} was trained with other "
+                     f"{'settings' if same_data else 'data'}; training again")
+            if not same_data:  # its checkpoints hold the old data's training: start over
+                cfg = dataclasses.replace(cfg, resume=False)
         summary = run_training(data, cfg, log=self.log)
         self.record(adapter=str(self.adapter_dir))
         return StepResult(f"train: {summary['steps']} steps, eval loss {summary['eval_losses']['first']} -> "

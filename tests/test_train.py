@@ -506,6 +506,13 @@ max_new_tokens = 4
     assert stamps == {f: f.stat().st_mtime_ns for f in stamps}
     result = CliRunner().invoke(cli, ["run", "--config", str(config), "--set", "eval.limit=1"])
     assert result.exit_code == 0 and "already trained" in result.output and "on 1 prompts" in result.output
+    # New data under the same settings (a filter that kept one task more): trained again, from scratch.
+    write_jsonl_atomic(run.stage_file("filter"), [
+        *run.read_stage("filter"), Task(id="t_new", instruction="Name a colour.", instances=[Instance(output="Blue.")])])
+    result = CliRunner().invoke(cli, ["run", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "was trained with other data; training again" in result.output and "train: 2 steps" in result.output
+    assert json.loads((adapter / "training_summary.json").read_text())["data_sha256"] != summary["data_sha256"]
 
 
 def test_eval_config_defaults():

@@ -23,6 +23,7 @@ position_ids only without a KV cache, so training runs with use_cache=False.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import random
 from dataclasses import dataclass, field
@@ -75,6 +76,12 @@ def _load(p: Path) -> Rows:
         raise InputError(p, None, "is a folder with no export.json, filter.jsonl, evolve.jsonl or saved dataset",
                          "give an export folder (seed2lora export), a run directory or a data file")
     return Rows(read_rows_file(p), None, None, str(p))
+
+
+def rows_fingerprint(rows: Rows) -> str:
+    """sha256 of the rows themselves (both splits): a finished adapter or a checkpoint is reused only for the same data."""
+    blob = json.dumps([rows.train, rows.eval], sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 def check_rows(rows: list[dict[str, Any]], source: str) -> None:

@@ -32,7 +32,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..config import TrainConfig
 from ..errors import Seed2LoraError
 from ..store import write_text_atomic
-from .data import Collator, Rows, load_rows, pack, tokenize_rows, train_eval_rows
+from .data import Collator, Rows, load_rows, pack, rows_fingerprint, tokenize_rows, train_eval_rows
 from .loss import causal_lm_loss_sum, full_logits_loss_sum
 from .model import SUMMARY, compute_dtype, device, load_for_training, load_tokenizer, resolve_model
 
@@ -180,7 +180,7 @@ def prepare(data: str | Path, cfg: TrainConfig, log: Log = print) -> Prepared:
         trainer.remove_callback(cb)
     stats = {"train_data": train_tok.stats, "eval_data": eval_tok.stats,
              "rows": {"train": len(train_set), "eval": len(eval_set), "packed": cfg.packing},
-             "compute_dtype": str(dtype).removeprefix("torch."), "device": on}
+             "compute_dtype": str(dtype).removeprefix("torch."), "device": on, "data_sha256": rows_fingerprint(rows)}
     return Prepared(trainer, tokenizer, cfg, str(data), rows, model_path, out, stats)
 
 
@@ -246,7 +246,10 @@ def checkpoint_settings(p: Prepared) -> dict[str, Any]:
     """What the checkpoints of this run depend on: the settings, the base model and the data."""
     fixed = {k: v for k, v in dataclasses.asdict(p.cfg).items() if k not in RESUMABLE}
     return {**fixed, "model": p.model_path, "data": p.data, "train_rows": p.stats["rows"]["train"],
-            "train_tokens": p.stats["train_data"]["tokens"]}
+            "train_tokens": p.stats["train_data"]["tokens"], "data_sha256": p.stats["data_sha256"]}
+
+
+ADDED_SETTINGS = {"data_sha256"}  # recorded since; checkpoints saved without them are judged by the rest
 
 
 def check_resumable(ckpts: Path, settings: dict[str, Any]) -> None:
@@ -255,7 +258,7 @@ def check_resumable(ckpts: Path, settings: dict[str, Any]) -> None:
         return  # checkpoints written before settings were recorded: trust them
     saved = json.loads(saved_file.read_text(encoding="utf-8"))
     changed = [f"{k} {saved.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(saved) | set(settings))
-               if saved.get(k) != settings.get(k)]
+               if saved.get(k) != settings.get(k) and (k in saved or k not in ADDED_SETTINGS)]
     if changed:
         raise Seed2LoraError(f"the checkpoints in {ckpts} were made with other settings or data ({'; '.join(changed)}). "
                              "Fix: --no-resume (in a config: [train] resume = false) to start over; the old checkpoints are "
