@@ -15,7 +15,7 @@ import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tomllib
 
@@ -33,7 +33,7 @@ DEFAULT_BLACKLIST = [
 class TeacherConfig:
     spec: str = "embedded"  # embedded | openai:MODEL | hf:PATH_OR_ID; embedded needs no key and no network
     base_url: str = ""  # OpenAI-compatible server (vLLM, Ollama, llama.cpp, TGI); empty = $OPENAI_BASE_URL or OpenAI
-    api: str = "auto"  # chat | completions; auto = completions where a server offers it (small models follow it far better), else chat; local models: completions
+    api: Literal["auto", "chat", "completions"] = "auto"  # chat | completions; auto = completions where a server offers it (small models follow it far better), else chat; local models: completions
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable, never stored in the manifest
     api_key: str = ""  # a key given here is used, but prefer api_key_env; the manifest shows only "***"
     concurrency: int = 8  # requests kept in flight to a server; vLLM batches them on its side
@@ -52,7 +52,7 @@ class TeacherConfig:
 
 @dataclass
 class BootstrapConfig:
-    mode: str = "self-instruct"  # self-instruct | alpaca (instruction+input+output in one call)
+    mode: Literal["self-instruct", "alpaca"] = "self-instruct"  # self-instruct | alpaca (instruction+input+output in one call)
     num_instructions: int = 100  # target number of new machine instructions (the script's default; the paper made 52K)
     num_prompt_instructions: int = 8  # in-context tasks per prompt, as in the paper
     num_machine_instructions: int = 2  # of those, machine-made ones (fewer while the pool is small)
@@ -79,7 +79,7 @@ class ClassifyConfig:
     max_tokens: int = 3  # the answer is "Yes" or "No"
     temperature: float = 0.0  # a judgement, not creative text: greedy
     top_p: float = 0.0
-    method: str = "auto"  # logprobs | text | auto; auto = logprobs for in-process teachers (greedy text said No to every task with the embedded model), text for servers (not all return logprobs)
+    method: Literal["auto", "logprobs", "text"] = "auto"  # logprobs | text | auto; auto = logprobs for in-process teachers (greedy text said No to every task with the embedded model), text for servers (not all return logprobs)
     calibrate: bool = True  # logprobs: pick the Yes-minus-No threshold that labels the most labelled seed tasks right, once per run
     threshold: float = 0.0  # logprobs: Yes when log P(Yes) - log P(No) is above this; used when calibration is off or the seeds hold too few labels
     top_logprobs: int = 20  # alternatives asked for the answer token; 20 is OpenAI's chat maximum, and Yes and No are nearly always among them
@@ -164,7 +164,7 @@ class BudgetConfig:
 @dataclass
 class ExportConfig:
     formats: str = "alpaca,messages,hf,parquet"  # every format; each is small next to the run itself
-    rows: str = "instance"  # instance = one row per instance (Self-Instruct's fine-tuning data); task = first instance only (Alpaca)
+    rows: Literal["instance", "task"] = "instance"  # instance = one row per instance (Self-Instruct's fine-tuning data); task = first instance only (Alpaca)
     include: list[str] = field(default_factory=lambda: ["self-instruct", "evolve"])  # every kept record a run made; with both named, one the run lacks is skipped
     include_seeds: bool = True  # the Self-Instruct authors' release script adds the human seed instances (--include_seed_tasks); train split only
     eval_fraction: float = 0.1  # of task families (a task and its evolutions), not rows, so no near-duplicates sit on both sides; 10% still gives tens
@@ -189,6 +189,11 @@ class ScoreConfig:
     max_tokens: int = 96  # a rating and one line of reason; JSON with a sentence fits in under 100 tokens
     temperature: float = 0.0  # a judgement: greedy, so a re-run rates the same
     json_mode: bool = True  # ask chat servers for a JSON object (OpenAI response_format); the tolerant parser reads any other reply
+    # logprobs: the rating is 1 + 4 P(Yes) from the log-probabilities of "Good example? Yes/No" (prompts/score_yesno.txt),
+    # for judges too small to write a rating (the embedded model rated none of 10 instances in 7 tries each);
+    # auto = logprobs for in-process judges, the written 1-5 rubric for servers
+    method: Literal["auto", "logprobs", "text"] = "auto"
+    top_logprobs: int = 20  # logprobs: alternatives asked for the answer token, as [classify]
 
 
 @dataclass
@@ -203,7 +208,7 @@ class IfdConfig:
 class SelectConfig:
     """`seed2lora select`: near-duplicates out, then a top slice by judge score, IFD or at random."""
 
-    by: str = "judge"  # judge | ifd | random | all (near-duplicates removed, nothing else)
+    by: Literal["judge", "ifd", "random", "all"] = "judge"  # judge | ifd | random | all (near-duplicates removed, nothing else)
     top: int = 0  # keep this many rows; 0 = use frac
     frac: float = 0.5  # share of rows to keep when top is 0; AlpaGasus kept 9K of 52K, half is a gentler first cut
     ifd_max: float = 1.0  # IFD >= 1: the instruction does not help the student predict the answer; Cherry LLM drops these as misaligned
@@ -491,6 +496,13 @@ def _coerce(value: Any, hint: Any, where: str | Path | None, line: int | None, n
     An int is taken where a float is wanted (rouge_threshold = 1); nothing else is converted.
     """
     origin = typing.get_origin(hint) or hint
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise InputError(where, line, f"{name}: expected one of {', '.join(map(str, choices))}" if name
+                             else f"expected one of {', '.join(map(str, choices))}",
+                             f"give one of them, e.g. {example}")
+        return value
     if origin is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     ok = {

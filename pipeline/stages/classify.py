@@ -21,9 +21,7 @@ from .parse import parse_yes_no
 
 
 def uses_logprobs(teacher: Teacher, method: str) -> bool:
-    """classify.method: logprobs | text | auto (logprobs for in-process teachers, which always have them)."""
-    if method not in ("auto", "logprobs", "text"):
-        raise ValueError(f"classify.method must be auto, logprobs or text, not {method!r}")
+    """classify.method, score.method: logprobs | text | auto (logprobs for in-process teachers, which always have them)."""
     return method == "logprobs" or (method == "auto" and teacher.describe().get("kind") == "hf")
 
 
