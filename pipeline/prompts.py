@@ -23,6 +23,7 @@ PROMPT_VARS: dict[str, set[str]] = {
     "instances_clf.txt": {"instruction"},
     "judge_pairwise.txt": {"request", "reference", "answer_a", "answer_b"},  # seed2lora eval --judge
     "score.txt": {"instruction", "input", "output"},  # seed2lora score: the judge's rubric
+    "score_yesno.txt": {"instruction", "input", "output"},  # seed2lora score with score.method logprobs
     "evol_constraints.txt": {"instruction", "min_added_words", "max_added_words"},
     "evol_deepen.txt": {"instruction", "min_added_words", "max_added_words"},
     "evol_concretize.txt": {"instruction", "min_added_words", "max_added_words"},

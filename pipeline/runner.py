@@ -424,7 +424,7 @@ class Session:
         if judge is not self._teacher and budget is not None and budget.reached:
             raise BudgetReached(f"budget reached in score (the judge {judge.name}); {self.run.path} is consistent. "
                                 "Raise --max-tokens-total / --max-cost and run the same command to go on")
-        ratings = [t.meta["score"]["rating"] for t in self.run.read_stage("score")]
+        ratings = [int(round(t.meta["score"]["rating"])) for t in self.run.read_stage("score")]
         spread = ", ".join(f"{k}: {ratings.count(k)}" for k in range(1, 6))
         message = (f"score: {r.written} instances rated by {judge.name} ({len(ratings)} in score.jsonl; {spread}), "
                    f"{r.rejected} rejected as unparseable after {judge_config(self.cfg).max_retries} retries, "

@@ -49,3 +49,20 @@ def test_logit_classifier_beats_greedy_on_the_labelled_seeds(embedded_teacher):
     print(json.dumps(figures))
     assert figures["logit"]["balanced_accuracy"] > figures["greedy"]["balanced_accuracy"], figures
     assert figures["logit"]["accuracy"] >= figures["greedy"]["accuracy"], figures
+
+
+def test_the_embedded_judge_rates_every_row_by_the_log_probability_of_yes(embedded_teacher, tmp_path):
+    """score.method auto: an in-process judge is asked Yes or No (it cannot write a 1-5 rating, docs/quality.md)."""
+    from pipeline.config import load_config
+    from pipeline.records import Instance, Task
+    from pipeline.stages.score import run_score
+    from pipeline.store import RunDir
+
+    tasks = [Task(id="a", instruction="Translate the word into Spanish.", instances=[Instance("house", "casa")]),
+             Task(id="b", instruction="Name three fruits.", instances=[Instance("", "The moon orbits the Earth.")])]
+    cfg = load_config(None, {"output_dir": str(tmp_path), "run_name": "r"})
+    run = RunDir(cfg.run_dir).ensure()
+    result = run_score(embedded_teacher, tasks, cfg, run, Prompts())
+    scored = {t.id: t.meta["score"] for t in run.read_stage("score")}
+    assert result.pending == 0 and set(scored) == {"a-0", "b-0"}
+    assert all(1 <= s["rating"] <= 5 and s["method"] == "logprobs" and 0 < s["p_yes"] < 1 for s in scored.values())

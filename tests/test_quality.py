@@ -125,6 +125,36 @@ def test_a_judge_of_its_own_is_used_and_the_run_teacher_is_not_touched(fake_open
     assert len(fake_openai.history) == 5  # garbage rejected at once with max_retries 0
 
 
+def test_a_judge_too_small_to_write_a_rating_ranks_rows_by_the_log_probability_of_yes(fake_openai, tmp_path):
+    yes = {"sky": -0.2, "numbers": -0.7, "French": -1.6, "synonym": -3.0}  # log P(Yes); log P(No) is -1.0 throughout
+
+    def reply(path, body):
+        assert body["max_tokens"] == 1 and body["logprobs"] is True
+        example = body["messages"][-1]["content"].rsplit("Instruction: ", 1)[-1]  # the last example: ours
+        lp = next(v for k, v in yes.items() if k in example.split("Input:")[0])
+        top = [{"token": " Yes", "logprob": lp, "bytes": None}, {"token": " No", "logprob": -1.0, "bytes": None}]
+        choice = {"index": 0, "message": {"role": "assistant", "content": "Yes"}, "finish_reason": "length",
+                  "logprobs": {"content": [{"token": " Yes", "logprob": lp, "bytes": None, "top_logprobs": top}]}}
+        return {"id": "c", "object": "chat.completion", "created": 0, "model": "fake", "choices": [choice],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
+
+    fake_openai.default_reply = reply
+    tasks, cfg = make_run(tmp_path, fake_openai, **{"score.method": "logprobs", "select.by": "judge", "select.top": 2})
+    Session(cfg).score()
+    scored = {r["id"]: r["meta"]["score"] for r in read(tmp_path / "r" / "score.jsonl")}
+    assert set(scored) == {r["id"] for r in task_rows(tasks)}  # every row rated, none rejected
+    p = 1 / (1 + math.exp(-(-0.2 + 1.0)))
+    assert scored["t0-0"]["rating"] == pytest.approx(1 + 4 * p, abs=1e-4) and scored["t0-0"]["p_yes"] == pytest.approx(p, abs=1e-4)
+    assert scored["t0-0"]["method"] == "logprobs" and scored["t3-0"]["rating"] < scored["t2-0"]["rating"] < 3
+    assert fake_openai.history[0]["body"]["messages"][-1]["content"].endswith("Input: (none)\nResponse: Blue.\nGood example?")
+    Session(cfg).run_steps(["select"])  # the top 2 rows by P(Yes): the sky, then one of the two sums
+    kept = [r["id"] for r in read(tmp_path / "r" / "select.jsonl")]
+    assert kept == ["t0", "t1"]
+    # A reply without Yes or No among its alternatives has no rating.
+    from pipeline.stages.score import logprob_score
+    assert logprob_score(logprob_reply({" Maybe": -0.1})) is None and logprob_score("4") is None
+
+
 def test_score_select_export_from_the_command_line(fake_openai, tmp_path):
     fake_openai.default_reply = lambda path, body: fake_openai.wrap(path, judge(path, body))
     make_run(tmp_path, fake_openai)

@@ -27,7 +27,8 @@ def quality(run: RunDir) -> dict[str, Any] | None:
     if not scored and not ifd and not select_file.is_file():
         return None
     unrated = sum(1 for t in run.read_rejected() if t.stage == "score")
-    ratings = Counter(int(t.meta["score"]["rating"]) for t in scored if t.meta.get("score"))
+    # Log-probability ratings are real numbers: counted at the nearest whole rating.
+    ratings = Counter(int(round(t.meta["score"]["rating"])) for t in scored if t.meta.get("score"))
     ifd_values = [t.meta["ifd"]["ifd"] for t in ifd if (t.meta.get("ifd") or {}).get("ifd") is not None]
     out: dict[str, Any] = {
         "score": {"rated": len(scored), "unrated": unrated, "counts": {str(k): ratings.get(k, 0) for k in range(1, 6)},

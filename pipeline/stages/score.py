@@ -17,11 +17,18 @@ step ranks it below every rated row.
 Replies: a JSON object where the server supports structured output (score.json_mode sends
 OpenAI's response_format to chat servers), else whatever the judge writes, read by
 parse.parse_rating (a bare number, "Rating: 4/5", prose with one number).
+
+score.method logprobs (auto: for in-process judges) asks instead whether the example is good
+(prompts/score_yesno.txt) and reads one token's log-probabilities: with p = P(Yes) / (P(Yes) +
+P(No)), the rating is 1 + 4p on the same 1-5 scale, a real number, so rows rank finely;
+meta["score"] also holds p_yes and the margin log P(Yes) - log P(No). This is how a judge too
+small to write a rating still ranks rows, as G-Eval weights ratings by their probabilities.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 from ..config import RunConfig, TeacherConfig
@@ -29,6 +36,9 @@ from ..prompts import Prompts
 from ..records import Task
 from ..store import RunDir
 from ..teachers import Completion, GenParams, Teacher
+from ..teachers.base import read_logprobs
+from .calibrate import yes_no_margin
+from .classify import uses_logprobs
 from .common import MapResult, ProgressFn, map_pending
 from .parse import parse_rating
 
@@ -51,19 +61,36 @@ def run_score(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: RunD
               progress: ProgressFn | None = None) -> MapResult:
     """Rate every instance of `tasks` not yet in score.jsonl (nor rejected by this stage)."""
     c = cfg.score
-    params = GenParams(max_tokens=c.max_tokens, temperature=c.temperature, json_mode=c.json_mode)
+    by_logprobs = uses_logprobs(teacher, c.method)
+    params = (GenParams(max_tokens=1, logprobs=c.top_logprobs) if by_logprobs else
+              GenParams(max_tokens=c.max_tokens, temperature=c.temperature, json_mode=c.json_mode))
+    template = "score_yesno.txt" if by_logprobs else "score.txt"
 
     def prompt_for(t: Task) -> str:
         inst = t.instances[0]
-        return prompts.render("score.txt", instruction=t.instruction.strip(), input=inst.input.strip() or "(none)",
+        return prompts.render(template, instruction=t.instruction.strip(), input=inst.input.strip() or "(none)",
                               output=inst.output.strip() or "(empty)")
 
     def finish(t: Task, reply: Completion | None, last_try: bool) -> Task | str:
-        rating, reason = parse_rating(reply.text if reply is not None else "")
-        if rating is None:
-            return f"unparseable_rating: {reason}"
-        return dataclasses.replace(t, meta={**t.meta, "score": {"rating": rating, "reason": reason},
-                                            "score_teacher": teacher.name})
+        text = reply.text if reply is not None else ""
+        score = logprob_score(text) if by_logprobs else None
+        if score is None:
+            rating, reason = parse_rating(text)  # a server that sent no log-probabilities may still have written one
+            if rating is None:
+                return f"unparseable_rating: {'no Yes/No log-probabilities; ' if by_logprobs else ''}{reason}"
+            score = {"rating": rating, "reason": reason}
+        return dataclasses.replace(t, meta={**t.meta, "score": score, "score_teacher": teacher.name})
 
     return map_pending(instance_records(tasks, STAGE), run, STAGE, teacher, params, prompt_for=prompt_for,
                        finish=finish, max_retries=judge_config(cfg).max_retries, progress=progress)
+
+
+def logprob_score(text: str) -> dict[str, object] | None:
+    """The rating 1 + 4 P(Yes) from a logprobs reply's Yes/No alternatives; None when it has neither."""
+    top = read_logprobs(text)
+    margin = yes_no_margin(top) if top else None
+    if margin is None:
+        return None
+    p = 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, margin))))
+    return {"rating": round(1 + 4 * p, 4), "reason": f"P(Yes) = {p:.3f} by log-probability", "p_yes": round(p, 4),
+            "margin": round(margin, 4), "method": "logprobs"}
