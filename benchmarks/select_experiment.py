@@ -4,7 +4,9 @@ Issue 14's experiment, on the embedded SmolLM2-135M-Instruct as teacher, judge a
 
 1. generate: Self-Instruct with the embedded teacher (bootstrap, classify, instances,
    filter) until at least --tasks machine tasks survive the filter;
-2. score (the judge: --judge, default the same embedded model) and ifd (the student);
+2. score (the judge: --judge, default the same embedded model, which rates by the log-probability
+   of Yes to "Good example?": score.method auto; a server judge writes a 1-5 rating) and ifd
+   (the student);
 3. one arm per selection, each in its own copy of the run: select (near-duplicates out in
    every arm, then by = all | judge | ifd | random with frac 0.5; IFD keeps HIGH IFD below
    1.0, as Cherry LLM does), export --include selected with the human seed tasks added to
@@ -70,8 +72,9 @@ def settings(args: argparse.Namespace) -> dict:
          "train.epochs": args.epochs, "train.max_seq_len": 512, "train.save_steps": 10 ** 6,
          # a 135M student fits in memory many times over; recomputing activations only costs CPU time
          "train.gradient_checkpointing": False}
-    # The judge is its own teacher so that its retries can differ: a judge that cannot rate (the embedded 135M
-    # model returned no usable rating for any of 10 instances in 7 tries each) should not cost 7 calls a row.
+    # The judge is its own teacher so that its retries can differ: a server judge that cannot write a rating
+    # should not cost 7 calls a row (the embedded 135M model, asked for a written rating, returned no usable
+    # one for any of 10 instances in 7 tries each; it is now asked Yes or No instead, score.method auto).
     s.update({"score.teacher.spec": args.judge or "embedded", "score.teacher.max_retries": args.judge_retries})
     if args.judge_base_url:
         s["score.teacher.base_url"] = args.judge_base_url
