@@ -148,6 +148,9 @@ def test_bad_values_exit_2_name_flag_and_key_and_change_no_file(fake_openai, tmp
         (["train", run, "--set", "lora_r=big"], "--set lora_r=big: expected an integer"),
         (["train", run, "--set", "train.nope=1"], "--set train.nope=1: unknown key 'nope' in [train]"),
         (["eval", run, "--set", "limit=all"], "--set limit=all: expected an integer"),
+        (["classify", "--output-dir", str(tmp_path), "--run-name", "r", "--set", "classify.method=logits"],
+         "--set classify.method=logits: expected one of auto, logprobs, text"),
+        (["run", *flags, "--set", "select.by=best"], "--set select.by=best: expected one of judge, ifd, random, all"),
     ]
     for args, message in cases:
         result = CliRunner().invoke(cli, args)
