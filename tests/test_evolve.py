@@ -657,6 +657,21 @@ def test_no_barrier_a_slots_next_round_starts_while_other_slots_are_in_this_one(
     assert first_round2 < last_round1 + 0.05  # sent while round-1 calls were still being answered
 
 
+def test_a_large_pool_writes_its_first_outcomes_early_and_a_budget_stop_keeps_them(stage_for, fake_openai, tmp_path):
+    rows = [{"instruction": f"{verb} {topic}."} for verb, topic in zip(itertools.cycle(VERBS), TOPICS)]
+    pool_file = write_pool(tmp_path / "topics.jsonl", rows[:20])
+    script(fake_openai, evolutions={}, judgements={}, answers={})
+    one_at_a_time = {"teacher.concurrency": 1, "teacher.batch_size": 1}  # 4 slots under way at once
+    first, run, _ = stage_for(rounds=2, pool_file=pool_file, **one_at_a_time, **{"budget.max_tokens_total": 700})
+    kinds = [kind_of(fake_openai.prompt_of(h["body"])) for h in fake_openai.history]
+    # Slots 1-4 go first, most calls left first: their evolutions, judgements, answers (calls 0-11); the
+    # first outcome comes after 12 calls, not after all 20 evolutions.
+    assert kinds[:12] == ["evolve"] * 4 + ["judge"] * 4 + ["answer"] * 4
+    assert first.kept > 0 and len(run.read_stage("evolve")) == first.kept and 0 < first.pending < 20  # some finished
+    second, run, _ = stage_for(rounds=2, pool_file=pool_file, **one_at_a_time)
+    assert (second.rounds_done, second.pending) == (2, 0) and per_round(run) == {1: 20, 2: 20}
+
+
 class ScriptedBatches(HFTeacher):
     """The in-process teacher's batching (one batch per sampling setting, a batch run when the
     source waits) over scripted replies: no model is loaded."""
