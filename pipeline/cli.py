@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import __version__
-from .config import ExportConfig, RunConfig, default_of, load_config, load_section, parse_overrides
+from .config import ExportConfig, RunConfig, default_of, flag_overrides, load_config, load_section, parse_overrides
 from .errors import InputError, Interrupted, Seed2LoraError, mask_secrets
 from .show import show_run
 from .train.commands import Renamed, add_commands
@@ -327,17 +327,19 @@ _set_any = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                                                       "[score.teacher] base_url).")
 @click.option("--max-tokens-total", type=int, help="Stop cleanly after this many tokens, whole run (default: the "
                                                    "run's budget).")
+@click.option("--rescore", is_flag=True, help="Remove the earlier ratings and score rejections and rate every row "
+                                              "again (another judge, another score.method).")
 @_config_of_run
 @_set_any
 @friendly_errors
-def score(run_dir, judge, judge_base_url, max_tokens_total, config_path, sets):
+def score(run_dir, judge, judge_base_url, max_tokens_total, rescore, config_path, sets):
     """Rate each kept instance 1-5 with a judge (follows the instruction, correct, helpful); write score.jsonl.
 
     Cached and resumable: run it again to finish what is pending. See docs/quality.md.
     """
     flags = {"score.teacher.spec": judge, "score.teacher.base_url": judge_base_url,
              "budget.max_tokens_total": max_tokens_total}
-    console.print(_run_command_session(run_dir, config_path, sets, flags).score())
+    console.print(_run_command_session(run_dir, config_path, sets, flags).score(rescore=rescore))
 
 
 @cli.command()
@@ -415,10 +417,9 @@ def export(run_dir, out_dir, formats, include, rows, eval_fraction, seed, includ
     from .rows import include_list
     from .stages.export import export_run
 
-    cfg = load_section(ExportConfig, config_path, "export",
-                       {**parse_overrides(sets, ExportConfig, "export"), "formats": formats, "rows": rows,
-                        "eval_fraction": eval_fraction, "seed": seed, "include_seeds": include_seeds,
-                        "include": include_list(include) if include else None})
+    flags = {"formats": formats, "rows": rows, "eval_fraction": eval_fraction, "seed": seed,
+             "include_seeds": include_seeds, "include": include_list(include) if include else None}
+    cfg = load_section(ExportConfig, config_path, "export", flag_overrides(flags, sets, ExportConfig, "export"))
     out = Path(out_dir) if out_dir else Path(run_dir) / "export"
     info = export_run(run_dir, out, cfg)
     c = info["counts"]

@@ -376,6 +376,12 @@ def parse_overrides(items: Iterable[str], cls: type = RunConfig, section: str | 
     return out
 
 
+def flag_overrides(flags: dict[str, Any], sets: Iterable[str], cls: type = RunConfig,
+                   section: str | None = None) -> dict[str, Any]:
+    """A command's overrides: the flags given (None = not given), then --set, which wins as it does for `run`."""
+    return {**{k: v for k, v in flags.items() if v is not None}, **parse_overrides(sets, cls, section)}
+
+
 def default_of(dotted: str, cls: type = RunConfig) -> Any:
     """The default of a setting, e.g. default_of("bootstrap.num_instructions") == 100 (for help texts)."""
     return _setting(cls, dotted, dotted, None)[1]

@@ -120,6 +120,7 @@ class Session:
         self.progress = progress or _no_progress
         self._cache: ResponseCache | None = None
         self._judge: Teacher | None = None  # score's teacher when [score.teacher] names its own
+        self._rescore = False  # `seed2lora score --rescore`: the score step starts from nothing
         self._attached = False
         self.session_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"  # this process's rows in the usage log
         self.steps = [
@@ -301,7 +302,9 @@ class Session:
     def evolve(self, input_path: str | Path | None = None) -> str:
         return self.run_steps(["evolve"], input_path)[0]
 
-    def score(self) -> str:
+    def score(self, rescore: bool = False) -> str:
+        """rescore: remove the ratings and score rejections first (after validation), to rate every row again."""
+        self._rescore = rescore
         return self.run_steps(["score"])[0]
 
     def ifd(self) -> str:
@@ -417,6 +420,14 @@ class Session:
                  for t in self.run.read_stage(f.stem)]
         judge = self.judge
         self.record(judge=judge.describe())
+        if self._rescore:  # the earlier outcomes are set aside, not deleted: a failed rescore loses nothing
+            old = [*self.run.read_stage("score"), *(t for t in self.run.read_rejected() if t.stage == "score")]
+            aside = self.run.path / "score_replaced.jsonl"
+            if old:  # a rescore that failed before rating anything leaves the earlier set-aside file as it is
+                write_jsonl_atomic(aside, old)
+            self.run.stage_file("score").unlink(missing_ok=True)
+            self.run.replace_rejected("score", [])
+            self.log(f"score: --rescore: {len(old)} earlier ratings and score rejections moved to {aside}")
         n = sum(len(t.instances) for t in tasks)
         with self.progress("score: instances rated", n) as advance:
             r = run_score(judge, tasks, self.cfg, self.run, self.prompts, progress=advance)
@@ -427,8 +438,10 @@ class Session:
         ratings = [int(round(t.meta["score"]["rating"])) for t in self.run.read_stage("score")]
         spread = ", ".join(f"{k}: {ratings.count(k)}" for k in range(1, 6))
         message = (f"score: {r.written} instances rated by {judge.name} ({len(ratings)} in score.jsonl; {spread}), "
-                   f"{r.rejected} rejected as unparseable after {judge_config(self.cfg).max_retries} retries, "
-                   f"{r.retried} retried")
+                   f"{r.rejected} rejected as unparseable, {r.retried} retried")
+        if not r.written and not r.rejected and not r.pending and n:
+            message += (f"; every row already had its outcome (see score.jsonl and rejected.jsonl): "
+                        f"`seed2lora score {self.run.path} --rescore` rates them all again")
         if r.pending:
             message += f"; the judge failed on {r.pending} (see the errors above)"
         return StepResult(message, r.pending, r.counts(n))
@@ -491,8 +504,11 @@ class Session:
                                   "(delete it to train again)")
             self.log(f"train: {self.adapter_dir} was trained with other "
                      f"{'settings' if same_data else 'data'}; training again")
-            if not same_data:  # its checkpoints hold the old data's training: start over
+            if not same_data:
+                # Its checkpoints hold the old data's training: start over. The old summary goes now, so
+                # that a re-run after an interruption resumes the new training instead of starting again.
                 cfg = dataclasses.replace(cfg, resume=False)
+                summary_file.unlink()
         summary = run_training(data, cfg, log=self.log)
         self.record(adapter=str(self.adapter_dir))
         return StepResult(f"train: {summary['steps']} steps, eval loss {summary['eval_losses']['first']} -> "

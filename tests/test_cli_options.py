@@ -34,3 +34,15 @@ def test_eval_judge_flag_sets_the_judge_spec(tmp_path):
     """--judge SPEC is [eval.judge] spec; the rest of the judge's table comes from --set judge.KEY or the config."""
     text = _help("eval")
     assert "--judge SPEC" in text and "--set judge.base_url=URL" in text
+
+
+def test_set_values_survive_flags_that_were_not_given():
+    """`train DATA --set max_steps=1`: the command's flags default to None, which must not undo --set."""
+    from pipeline.config import TrainConfig, flag_overrides, load_section
+
+    flags = {"max_steps": None, "epochs": None, "resume": None, "lora_r": 8}
+    cfg = load_section(TrainConfig, None, "train",
+                       flag_overrides(flags, ["max_steps=1", "train.epochs=0.5", "resume=false"], TrainConfig, "train"))
+    assert (cfg.max_steps, cfg.epochs, cfg.resume, cfg.lora_r) == (1, 0.5, False, 8)
+    # Both given: --set wins, as it does for `seed2lora run` (the file, then the flags, then --set).
+    assert flag_overrides({"lora_r": 8}, ["lora_r=16"], TrainConfig, "train") == {"lora_r": 16}

@@ -155,6 +155,13 @@ def test_export_cli_and_friendly_errors(tmp_path):
     assert result.exit_code == 0, result.output
     assert "exported:" in result.output and (run / "export" / "alpaca" / "eval.json").is_file()
     assert not (run / "export" / "hf").exists()
+    # --set works for keys that also have a flag, when the flag is not given (it used to be dropped for them).
+    counts = {}
+    for args in (["--set", "rows=instance"], ["--set", "rows=task"], ["--set", "export.rows=task"], ["--rows", "task"]):
+        result = CliRunner().invoke(cli, ["export", str(run), "--formats", "alpaca", "--no-seeds", *args])
+        assert result.exit_code == 0, result.output
+        counts[" ".join(args)] = json.loads((run / "export" / "export.json").read_text())["counts"]["train_rows"]
+    assert counts["--set rows=task"] == counts["--set export.rows=task"] == counts["--rows task"] < counts["--set rows=instance"]
     empty = RunDir(tmp_path / "empty").ensure().path
     result = CliRunner().invoke(cli, ["export", str(empty)])
     assert result.exit_code == 2, result.output

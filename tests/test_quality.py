@@ -125,7 +125,8 @@ def test_a_judge_of_its_own_is_used_and_the_run_teacher_is_not_touched(fake_open
     assert len(fake_openai.history) == 5  # garbage rejected at once with max_retries 0
 
 
-def test_a_judge_too_small_to_write_a_rating_ranks_rows_by_the_log_probability_of_yes(fake_openai, tmp_path):
+def logprob_judge(fake_openai):
+    """Chat replies with log-probabilities for "Good example?": log P(No) -1.0 throughout, log P(Yes) by task."""
     yes = {"sky": -0.2, "numbers": -0.7, "French": -1.6, "synonym": -3.0}  # log P(Yes); log P(No) is -1.0 throughout
 
     def reply(path, body):
@@ -139,6 +140,10 @@ def test_a_judge_too_small_to_write_a_rating_ranks_rows_by_the_log_probability_o
                 "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
 
     fake_openai.default_reply = reply
+
+
+def test_a_judge_too_small_to_write_a_rating_ranks_rows_by_the_log_probability_of_yes(fake_openai, tmp_path):
+    logprob_judge(fake_openai)
     tasks, cfg = make_run(tmp_path, fake_openai, **{"score.method": "logprobs", "select.by": "judge", "select.top": 2})
     Session(cfg).score()
     scored = {r["id"]: r["meta"]["score"] for r in read(tmp_path / "r" / "score.jsonl")}
@@ -153,6 +158,30 @@ def test_a_judge_too_small_to_write_a_rating_ranks_rows_by_the_log_probability_o
     # A reply without Yes or No among its alternatives has no rating.
     from pipeline.stages.score import logprob_score
     assert logprob_score(logprob_reply({" Maybe": -0.1})) is None and logprob_score("4") is None
+
+
+def test_another_judge_must_rescore_and_a_server_without_logprobs_is_named(fake_openai, tmp_path):
+    fake_openai.default_reply = lambda path, body: fake_openai.wrap(path, judge(path, body))
+    tasks, cfg = make_run(tmp_path, fake_openai)
+    Session(cfg).score()
+    run = RunDir(tmp_path / "r")
+    rated = read(run.stage_file("score"))
+    assert rated and all(r["meta"]["score_judge"] == "openai:fake-model (text)" for r in rated)
+    message = Session(cfg).score()  # nothing left to rate: said, with the way to rate again
+    assert "0 instances rated" in message and "--rescore" in message
+    flags = ["--set", "score.method=logprobs", "--set", "teacher.api=chat"]
+    result = invoke("score", str(run.path), *flags, expect=2)  # two judges' ratings would not rank together
+    assert "holds ratings by openai:fake-model (text)" in result.output and "--rescore" in result.output
+    assert read(run.stage_file("score")) == rated  # nothing touched
+    result = invoke("score", str(run.path), "--rescore", *flags, expect=2)  # this server sends no logprobs
+    assert "returned no log-probabilities" in result.output and "score.method=text" in result.output
+    assert len(read(run.path / "score_replaced.jsonl")) == 5  # the earlier 4 ratings and 1 rejection, set aside
+    logprob_judge(fake_openai)
+    invoke("score", str(run.path), "--rescore", *flags)
+    rescored = read(run.stage_file("score"))
+    assert {r["id"] for r in rescored} == {r["id"] for r in task_rows(tasks)}  # every row, t3-0 included
+    assert all(r["meta"]["score"]["method"] == "logprobs" for r in rescored)
+    assert not [r for r in read(run.rejected_file) if r["stage"] == "score"]
 
 
 def test_score_select_export_from_the_command_line(fake_openai, tmp_path):

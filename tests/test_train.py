@@ -518,3 +518,36 @@ max_new_tokens = 4
 def test_eval_config_defaults():
     cfg = EvalConfig()
     assert cfg.limit == 0 and cfg.quant == "auto" and cfg.judge.spec == "" and cfg.repetition_penalty == 1.0
+
+
+def test_a_retrain_on_new_data_starts_over_once_and_then_resumes(tmp_path, monkeypatch):
+    """The run's train step: new data trains from scratch; interrupted, the next run resumes that training."""
+    import dataclasses
+
+    import pipeline.train.trainer as trainer
+    from pipeline.config import load_config
+    from pipeline.records import Instance, Task
+    from pipeline.runner import Session
+    from pipeline.store import RunDir, write_jsonl_atomic
+    from pipeline.train.data import load_rows, rows_fingerprint
+
+    cfg = load_config(None, {"output_dir": str(tmp_path), "run_name": "r"})
+    run = RunDir(cfg.run_dir).ensure()
+    write_jsonl_atomic(run.stage_file("filter"), [Task(id="t", instruction="Name a colour.", instances=[Instance(output="Blue.")])])
+    session = Session(cfg)
+    adapter = session.adapter_dir
+    adapter.mkdir(parents=True)
+    done = {"config": dataclasses.asdict(dataclasses.replace(cfg.train, output_dir=str(adapter))), "data_sha256": "old rows"}
+    (adapter / "training_summary.json").write_text(json.dumps(done))
+    resumes = []
+
+    def interrupted(data, train_cfg, log):
+        resumes.append(train_cfg.resume)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    for _ in range(2):
+        with pytest.raises(KeyboardInterrupt):
+            Session(cfg)._train()
+    assert resumes == [False, True]  # from scratch once (the old data's checkpoints), then resumed
+    assert rows_fingerprint(load_rows(run.path)) != "old rows"

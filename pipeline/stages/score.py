@@ -32,6 +32,7 @@ import math
 from collections.abc import Sequence
 
 from ..config import RunConfig, TeacherConfig
+from ..errors import Seed2LoraError
 from ..prompts import Prompts
 from ..records import Task
 from ..store import RunDir
@@ -57,11 +58,31 @@ def judge_config(cfg: RunConfig) -> TeacherConfig:
     return cfg.score.teacher if cfg.score.teacher.spec else cfg.teacher
 
 
+def judge_of(t: Task) -> str | None:
+    """Who rated (or failed to rate) a score record: "<judge> (<method>)"; None for records from before this was kept."""
+    if "score_judge" in t.meta:
+        return t.meta["score_judge"]
+    score = t.meta.get("score")
+    return f"{t.meta['score_teacher']} ({score.get('method', 'text')})" if score and "score_teacher" in t.meta else None
+
+
+def check_same_judge(run: RunDir, judge: str) -> None:
+    """Ratings of two judges (or of one judge two ways) do not rank together: refuse to add to another's."""
+    others = {j for t in [*run.read_stage(STAGE), *(r for r in run.read_rejected() if r.stage == STAGE)]
+              if (j := judge_of(t)) not in (None, judge)}
+    if others:
+        raise Seed2LoraError(f"{run.stage_file(STAGE)} holds ratings by {', '.join(sorted(others))}; this judge is "
+                             f"{judge}, and the two do not rank together. Fix: `seed2lora score {run.path} --rescore` "
+                             "to rate every row again with this judge, or score with the earlier judge's settings")
+
+
 def run_score(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: RunDir, prompts: Prompts,
               progress: ProgressFn | None = None) -> MapResult:
     """Rate every instance of `tasks` not yet in score.jsonl (nor rejected by this stage)."""
     c = cfg.score
     by_logprobs = uses_logprobs(teacher, c.method)
+    judge = f"{teacher.name} ({'logprobs' if by_logprobs else 'text'})"
+    check_same_judge(run, judge)
     params = (GenParams(max_tokens=1, logprobs=c.top_logprobs) if by_logprobs else
               GenParams(max_tokens=c.max_tokens, temperature=c.temperature, json_mode=c.json_mode))
     template = "score_yesno.txt" if by_logprobs else "score.txt"
@@ -73,16 +94,25 @@ def run_score(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: RunD
 
     def finish(t: Task, reply: Completion | None, last_try: bool) -> Task | str:
         text = reply.text if reply is not None else ""
-        score = logprob_score(text) if by_logprobs else None
-        if score is None:
-            rating, reason = parse_rating(text)  # a server that sent no log-probabilities may still have written one
+        if by_logprobs:
+            if read_logprobs(text) is None:  # plain text: the server ignored the request for log-probabilities
+                raise Seed2LoraError(f"the judge {teacher.name} returned no log-probabilities (score.method = "
+                                     f"{c.method}); its reply: {text[:60]!r}. Fix: --set score.method=text, or a "
+                                     "server that returns logprobs")
+            score = logprob_score(text)
+            if score is None:
+                return "unparseable_rating: neither Yes nor No among the likeliest next tokens"
+        else:
+            rating, reason = parse_rating(text)
             if rating is None:
-                return f"unparseable_rating: {'no Yes/No log-probabilities; ' if by_logprobs else ''}{reason}"
+                return f"unparseable_rating: {reason}"
             score = {"rating": rating, "reason": reason}
         return dataclasses.replace(t, meta={**t.meta, "score": score, "score_teacher": teacher.name})
 
-    return map_pending(instance_records(tasks, STAGE), run, STAGE, teacher, params, prompt_for=prompt_for,
-                       finish=finish, max_retries=judge_config(cfg).max_retries, progress=progress)
+    records = [dataclasses.replace(t, meta={**t.meta, "score_judge": judge}) for t in instance_records(tasks, STAGE)]
+    # Log-probabilities are read in one forward pass, the same every time: asking again would not change them.
+    return map_pending(records, run, STAGE, teacher, params, prompt_for=prompt_for, finish=finish,
+                       max_retries=0 if by_logprobs else judge_config(cfg).max_retries, progress=progress)
 
 
 def logprob_score(text: str) -> dict[str, object] | None:

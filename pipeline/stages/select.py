@@ -79,7 +79,7 @@ def select_rows(tasks: Sequence[Task], cfg: SelectConfig, *, scores: dict[str, f
         if rows and not any(r["id"] in scores for r in rows):
             raise Seed2LoraError(f"the judge rated none of the {len(rows)} rows (every reply unparseable, see "
                                  "rejected.jsonl), so a judge selection would be a random one. Fix: score with a "
-                                 "stronger judge ([score.teacher], seed2lora score --judge SPEC)")
+                                 "stronger judge ([score.teacher], seed2lora score RUN --rescore --judge SPEC)")
         tie = {r["id"]: rng.random() for r in rows}
         rows.sort(key=lambda r: (-scores.get(r["id"], 0.0), tie[r["id"]]))
         value = {r["id"]: scores.get(r["id"]) for r in rows}

@@ -71,6 +71,7 @@ class Completion:
     cached: bool = False  # served from the response cache: no call was made, nothing was spent
     retries: int = 0  # transient failures retried before this reply (429, 5xx, timeouts, refused connections)
     timeouts: int = 0  # of those, timeouts
+    cacheable: bool = True  # False: paid and counted, but not kept in the response cache
 
     @property
     def ok(self) -> bool:
@@ -208,7 +209,7 @@ class BaseTeacher:
                 c.finish_reason = "stop"
         counts = self.usage.add(kind, c)
         if self.cache is not None:  # reply and usage durable in one commit, before any record is built from them
-            key = self.cache_key(req, params) if c.ok and not c.cached else None
+            key = self.cache_key(req, params) if c.ok and not c.cached and c.cacheable else None
             self.cache.record(key, c, self.session, kind, counts)
         return c
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from ..config import EvalConfig, TrainConfig, default_of, load_section, parse_overrides
+from ..config import EvalConfig, TrainConfig, default_of, flag_overrides, load_section
 
 
 class Renamed(click.Option):
@@ -83,7 +83,7 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
         """Fine-tune a (Q)LoRA adapter on an export, a run directory, or an Alpaca/chat/parquet/HF dataset."""
         from .trainer import train as run_training
 
-        cfg = load_section(TrainConfig, config_path, "train", {**parse_overrides(sets, TrainConfig, "train"), **flags})
+        cfg = load_section(TrainConfig, config_path, "train", flag_overrides(flags, sets, TrainConfig, "train"))
         main_process = os.environ.get("RANK", "0") == "0"  # under torchrun / accelerate launch, rank 0 speaks
         summary = run_training(data, cfg, log=lambda m: console.print(m, highlight=False) if main_process else None)
         if not main_process:
@@ -164,8 +164,8 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
         from .eval import evaluate as run_eval
         from .eval import summary_line
 
-        cfg = load_section(EvalConfig, config_path, "eval", {**parse_overrides(sets, EvalConfig, "eval"), "data": data, "limit": limit,
-                                                            "max_new_tokens": max_new_tokens, "judge.spec": judge})
+        flags = {"data": data, "limit": limit, "max_new_tokens": max_new_tokens, "judge.spec": judge}
+        cfg = load_section(EvalConfig, config_path, "eval", flag_overrides(flags, sets, EvalConfig, "eval"))
         report = run_eval(adapter, cfg, model=model, out_dir=out_dir, log=lambda m: console.print(m, highlight=False))
         console.print(summary_line(report), highlight=False)
         console.print(f"[green]report:[/] {report['report_dir']}/eval_report.json (+ .md)")
