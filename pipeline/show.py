@@ -64,7 +64,10 @@ def evolve_summary(run: RunDir, rejected: list[Task]) -> dict | None:
     return {
         "kept": len(evolved),
         "eliminated": len(eliminated),
+        # Rounds every slot has finished, as of the last evolve step that ended (an interrupted one records nothing);
+        # slots run ahead of each other, so outcomes may reach later rounds.
         "rounds_done": int(((run.manifest().get("stages") or {}).get("evolve") or {}).get("rounds_done", 0)),
+        "last_round": max((t.round for t in [*evolved, *eliminated]), default=0),
         "by_operation": dict(Counter(str(t.meta.get("operation")) for t in evolved).most_common()),
         "by_round": dict(sorted(Counter(t.round for t in evolved).items())),
         "by_operation_round": {op: dict(sorted(c.items())) for op, c in sorted(by_op_round.items())},
@@ -117,8 +120,9 @@ def show_run(path: Path, *, stage: str | None, n_samples: int, as_jsonl: bool, s
     if s["evolve"]:
         ev = s["evolve"]
         rounds = sorted({r for c in ev["by_operation_round"].values() for r in c})
+        ahead = f"; outcomes reach round {ev['last_round']}" if ev.get("last_round", 0) > ev["rounds_done"] else ""
         table = Table("operation", *(f"round {r}" for r in rounds), "total",
-                      title=f"Evolved ({ev['kept']} kept, {ev['rounds_done']} rounds done)")
+                      title=f"Evolved ({ev['kept']} kept, {ev['rounds_done']} rounds done by every slot{ahead})")
         for op, c in ev["by_operation_round"].items():
             table.add_row(op, *(str(c.get(r, 0)) for r in rounds), str(sum(c.values())))
         out.print(table)

@@ -583,6 +583,8 @@ def test_a_server_outage_leaves_slots_pending_and_a_rerun_completes_them(stage_f
     # One slot stopped per failed call; the four others went on through round 2.
     assert first.errors == 6 and first.rounds_done == 0 and first.pending == 6
     assert per_round(run) == {1: 4, 2: 4}  # nothing written for the failed slots
+    ev = summary(run)["evolve"]
+    assert (ev["last_round"], ev["kept"]) == (2, 8)  # `show`: "... rounds done by every slot; outcomes reach round 2"
     # The bar counts calls, 3 per slot-round: 24 for the 8 slot-rounds with an outcome, and the 3 calls
     # of the failed slots that came back (slot 1's evolution, slot 2's evolution and judgement).
     assert stage_for.bars == [["evolve rounds 1-2, calls", 60, 27]]
