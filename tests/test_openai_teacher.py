@@ -52,6 +52,8 @@ def test_requests_spread_over_connection_pools_and_a_stream_after_an_abandoned_o
     fake_openai.default_delay = 0.0
     out = t.generate([f"q{i}" for i in range(30)], PARAMS, kind="k")  # fresh pools, not the closed ones
     assert all(c.ok for c in out), [c.error for c in out if not c.ok][:2]
+    time.sleep(0.3)  # the abandoned stream's calls have ended by now
+    assert t._in_flight == [0, 0, 0] and t._failures_in_row == 0  # they touched neither the new counts nor the breaker
 
 
 def test_transient_errors_are_retried_and_429_honours_retry_after(fake_openai):

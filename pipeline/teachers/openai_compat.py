@@ -183,7 +183,8 @@ class OpenAITeacher(BaseTeacher):
     def _stream(self, requests: Iterator[Request | None], params: GenParams) -> Iterator[tuple[Request, Completion]]:
         """Keep up to `limit` requests in flight; refill as each one finishes (no batch barrier)."""
         self._fatal = None
-        self._stop.clear()
+        # A new event per stream, not clear(): calls of an abandoned stream keep theirs, set, and stop.
+        self._stop = threading.Event()
         finished: queue.SimpleQueue[tuple[Request, Future]] = queue.SimpleQueue()
         if self._pool is None:  # kept across streams: starting 256 threads delays a stream's first requests
             self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="teacher")
@@ -233,18 +234,22 @@ class OpenAITeacher(BaseTeacher):
         cached = self._lookup(req, params)
         if cached is not None:
             return cached
-        if self._fatal is not None or self._stop.is_set():
+        stop = self._stop  # this stream's
+        if self._fatal is not None or stop.is_set():
             return Completion("", "error", error="not sent: the run is stopping")
-        with self._lock:
-            i = min(range(len(self._shards)), key=self._in_flight.__getitem__)
-            self._in_flight[i] += 1
+        with self._lock:  # the counts and clients of this stream: a later stream has its own
+            counts = self._in_flight
+            i = min(range(len(counts)), key=counts.__getitem__)
+            counts[i] += 1
+            client = self._shards[i][1]
         try:
-            return self._call_with_retries(i, req, params)
+            return self._call_with_retries(client, req, params, stop)
         finally:
             with self._lock:
-                self._in_flight[i] -= 1
+                counts[i] -= 1
 
-    def _call_with_retries(self, i: int, req: Request, params: GenParams) -> Completion:
+    def _call_with_retries(self, client: openai.OpenAI, req: Request, params: GenParams,
+                           stop: threading.Event) -> Completion:
         max_tokens = params.max_tokens
         faults = {"retries": 0, "timeouts": 0}
 
@@ -255,9 +260,9 @@ class OpenAITeacher(BaseTeacher):
             self._event(f"retrying after {_describe_error(e, self._secret)}")
 
         retrying = tenacity.Retrying(
-            stop=self._give_up,
+            stop=lambda state: self._give_up(state, stop),
             wait=_wait_for(self.max_wait_s),
-            sleep=self._sleep,
+            sleep=stop.wait,  # an interrupt or a fatal error ends every backoff at once
             retry=tenacity.retry_if_exception(_is_transient),
             before_sleep=before_sleep,
             reraise=True,
@@ -265,7 +270,7 @@ class OpenAITeacher(BaseTeacher):
         error = "prompt longer than the model's context"
         for _ in range(4):  # context-length shrinking: at most 4 halvings
             try:
-                c = retrying(self._attempt, i, req, params, max_tokens)
+                c = retrying(self._attempt, client, req, params, max_tokens, stop)
                 c.retries, c.timeouts = faults["retries"], faults["timeouts"]
                 return c
             except ContextTooLong:
@@ -275,7 +280,7 @@ class OpenAITeacher(BaseTeacher):
             except FATAL as e:
                 with self._lock:
                     self._fatal = e
-                self._stop.set()
+                stop.set()
                 error = _describe_error(e, self._secret)
                 break
             except (openai.APIError, httpx.TransportError, Malformed, ValueError) as e:  # retries spent, 400
@@ -283,32 +288,32 @@ class OpenAITeacher(BaseTeacher):
                 break
         return Completion("", "error", error=error, retries=faults["retries"], timeouts=faults["timeouts"])
 
-    def _give_up(self, state: tenacity.RetryCallState) -> bool:
+    def _give_up(self, state: tenacity.RetryCallState, stop: threading.Event) -> bool:
         """Stop retrying: when the run is stopping, or after max_retries; a refused connection is instead
         retried until connect_window_s runs out (a restarting server is back in seconds)."""
-        if self._stop.is_set():
+        if stop.is_set():
             return True
         e = state.outcome.exception() if state.outcome else None
         if isinstance(e, openai.APIConnectionError) and not isinstance(e, openai.APITimeoutError):
             return False  # _failed() sets the stop once the window is over
         return state.attempt_number > self.max_retries
 
-    def _sleep(self, seconds: float) -> None:
-        self._stop.wait(seconds)  # an interrupt or a fatal error ends every backoff at once
-
-    def _attempt(self, i: int, req: Request, params: GenParams, max_tokens: int) -> Completion:
+    def _attempt(self, client: openai.OpenAI, req: Request, params: GenParams, max_tokens: int,
+                 stop: threading.Event) -> Completion:
         """One HTTP call, with the bookkeeping that decides when to give up on the server."""
-        if self._stop.is_set():
+        if stop.is_set():
             raise openai.APIConnectionError(message="not sent: the run is stopping", request=_NO_REQUEST)
         started = time.monotonic()
         try:
-            c = self._request(self._shards[i][1], self.api, req.prompt, params, req.salt, max_tokens)
+            c = self._request(client, self.api, req.prompt, params, req.salt, max_tokens)
         except (ContextTooLong, *FATAL):
             raise
         except Exception as e:
-            self._failed(e)
+            if not stop.is_set():  # a call of an abandoned stream says nothing about the server now
+                self._failed(e)
             raise
-        self._succeeded(time.monotonic() - started)
+        if not stop.is_set():
+            self._succeeded(time.monotonic() - started)
         return c
 
     def _failed(self, e: BaseException) -> None:
