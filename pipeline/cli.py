@@ -185,7 +185,7 @@ def _print_estimate(s) -> None:
 def bootstrap(config_path, sets, **flags):
     """Stage 1: generate new instructions from the seed tasks."""
     s = _session(config_path, sets, **flags)
-    console.print(s.bootstrap())
+    s.bootstrap()  # its line is logged as the step ends (the session's log)
 
 
 def _stage_command(name: str, doc: str):
@@ -227,7 +227,7 @@ def evolve(config_path, sets, input_path, rounds, weights, **flags):
                 raise InputError(None, None, f"--weights item {item!r} is not OP=WEIGHT", "write e.g. --weights breadth=2")
             extra.append(f"evolve.weights.{op.strip()}={w.strip()}")
     s = _session(config_path, (*sets, *extra), **flags)
-    console.print(s.evolve(input_path))
+    s.evolve(input_path)  # logged as the step ends
 
 
 @cli.command()
@@ -339,7 +339,7 @@ def score(run_dir, judge, judge_base_url, max_tokens_total, rescore, config_path
     """
     flags = {"score.teacher.spec": judge, "score.teacher.base_url": judge_base_url,
              "budget.max_tokens_total": max_tokens_total}
-    console.print(_run_command_session(run_dir, config_path, sets, flags).score(rescore=rescore))
+    _run_command_session(run_dir, config_path, sets, flags).score(rescore=rescore)  # logged as the step ends
 
 
 @cli.command()
@@ -353,7 +353,7 @@ def score(run_dir, judge, judge_base_url, max_tokens_total, rescore, config_path
 def ifd(run_dir, model, batch_size, config_path, sets):
     """Instruction-following difficulty of each kept row with the student (Cherry LLM); write ifd.jsonl."""
     flags = {"train.model": model, "ifd.batch_size": batch_size}
-    console.print(_run_command_session(run_dir, config_path, sets, flags).ifd())
+    _run_command_session(run_dir, config_path, sets, flags).ifd()  # logged as the step ends
 
 
 @cli.command()
@@ -376,7 +376,7 @@ def select(run_dir, by, top, frac, config_path, sets):
     flags = {"select.by": by, "select.top": top, "select.frac": frac}
     if frac is not None:
         flags["select.top"] = 0
-    console.print(_run_command_session(run_dir, config_path, sets, flags).select())
+    _run_command_session(run_dir, config_path, sets, flags).select()  # logged as the step ends
 
 
 EXPORT_EXAMPLES = """\b

@@ -151,7 +151,8 @@ def test_a_judge_too_small_to_write_a_rating_ranks_rows_by_the_log_probability_o
     p = 1 / (1 + math.exp(-(-0.2 + 1.0)))
     assert scored["t0-0"]["rating"] == pytest.approx(1 + 4 * p, abs=1e-4) and scored["t0-0"]["p_yes"] == pytest.approx(p, abs=1e-4)
     assert scored["t0-0"]["method"] == "logprobs" and scored["t3-0"]["rating"] < scored["t2-0"]["rating"] < 3
-    assert fake_openai.history[0]["body"]["messages"][-1]["content"].endswith("Input: (none)\nResponse: Blue.\nGood example?")
+    assert any(h["body"]["messages"][-1]["content"].endswith("Input: (none)\nResponse: Blue.\nGood example?")
+               for h in fake_openai.history)  # requests go out 8 at a time: in any order
     Session(cfg).run_steps(["select"])  # the top 2 rows by P(Yes): the sky, then one of the two sums
     kept = [r["id"] for r in read(tmp_path / "r" / "select.jsonl")]
     assert kept == ["t0", "t1"]
