@@ -169,8 +169,11 @@ def evaluate(args, clock, adapters: dict[str, Path]) -> dict:
         return score_summary([Pair(rouge_l_base=x, rouge_l_adapter=y) for x, y in zip(scores[a], scores[b], strict=True)],
                              seed=0)
 
+    halves = [n for n in ("judge", "ifd", "random") if n in adapters]
     return {"data": str(data), "n_prompts": len(items), "n_tasks": args.eval_n, "max_new_tokens": cfg.max_new_tokens,
-            "vs_base": {n: paired("base", n) for n in adapters}, "vs_all": {n: paired("all", n) for n in adapters if n != "all" and "all" in adapters}}
+            "vs_base": {n: paired("base", n) for n in adapters}, "vs_all": {n: paired("all", n) for n in adapters if n != "all" and "all" in adapters},
+            # the halves against each other: does a selection beat a random half of the same size?
+            "between_halves": {f"{b} vs {a}": paired(a, b) for i, a in enumerate(halves) for b in halves[i + 1:]}}
 
 
 def table(results: dict) -> str:
@@ -183,6 +186,8 @@ def table(results: dict) -> str:
         lines.append(f"| {name} | {arms[name]['train_rows']} | {b['adapter']:.4f} | {cell(b)} | {cell(a) if a else '-'} |")
     base = next(iter(ev["vs_base"].values()))["base"]
     lines.append(f"\nBase ROUGE-L {base:.4f} on {ev['n_prompts']} prompts from {ev['n_tasks']} user-oriented tasks.")
+    for pair, x in ev.get("between_halves", {}).items():
+        lines.append(f"{pair}: {x['delta']:+.4f} [{x['delta_ci95'][0]:+.4f}, {x['delta_ci95'][1]:+.4f}]")
     return "\n".join(lines)
 
 
