@@ -306,7 +306,7 @@ class _Evolver:
         s.child.meta.update(evolve_reply=reply_meta(reply), tries=s.tries + 1)
         return s.child.rejected(f"unparseable_reply: empty {what} after {s.tries} retries", "evolve")
 
-    def run(self, lineages: list[_Lineage], emit: Callable[[_Slot, Task], None], advance: ProgressFn,
+    def run(self, lineages: list[_Lineage], emit: Callable[[Task], None], advance: ProgressFn,
             window: int) -> int:
         """Stream every call of the lineages' remaining rounds through the teacher, at most `window`
         lineages under way at once; emit each slot's outcome the moment it is known, then start
@@ -363,7 +363,7 @@ class _Evolver:
                 push(outcome, s)
                 continue
             advance(CALLS_LEFT[req.kind or "evolve"])  # this call, and those the outcome spares
-            emit(s, outcome)
+            emit(outcome)
             lineage = s.lineage
             if not outcome.reject_reason:
                 lineage.current = outcome
@@ -444,7 +444,7 @@ def run_evolve(teacher: Teacher, pool: list[Task], cfg: RunConfig, run: RunDir, 
         with JsonlWriter(run.stage_file("evolve")) as kept_out, JsonlWriter(run.rejected_file) as rejected_out, \
                 progress(f"{desc}, calls", 3 * todo) as advance:
 
-            def emit(s: _Slot, t: Task) -> None:
+            def emit(t: Task) -> None:
                 if t.reject_reason:
                     rejected_out.write(t)
                     result.rejected[reason_kind(t.reject_reason)] += 1

@@ -87,11 +87,10 @@ class OpenAITeacher(BaseTeacher):
         self.seed = seed  # the run seed: each request's `seed` derives from it and the request's salt
         self.on_event: Callable[[str], None] | None = None  # retries, timeouts, concurrency changes (the runner logs them)
         key = api_key or os.environ.get(api_key_env, "")
-        self._secret = key  # only for masking error text
+        self._secret = key  # the clients' key, and masked in error text
         if not key and any("api.openai.com" in u for u in self.base_urls):
             raise TeacherError(f"${api_key_env} is not set. Fix: export {api_key_env}=sk-... "
                                "or pass --base-url for a local OpenAI-compatible server")
-        self._key = key or "not-needed"
         self._clients = [self._new_client(u) for u in self.base_urls]  # one per endpoint: preflight's
         self._shard_clients()
         self._fatal: BaseException | None = None
@@ -108,14 +107,13 @@ class OpenAITeacher(BaseTeacher):
 
     def _new_client(self, url: str) -> openai.OpenAI:
         # max_retries=0: the SDK's own retries would hide failures from our one policy.
-        return openai.OpenAI(api_key=self._key, base_url=url, timeout=self.timeout_s, max_retries=0)
+        return openai.OpenAI(api_key=self._secret or "not-needed", base_url=url, timeout=self.timeout_s, max_retries=0)
 
     def _shard_clients(self) -> None:
         """The clients requests go through: each endpoint's share of `concurrency`, REQUESTS_PER_POOL per
         client (each client has its own connection pool). Fresh ones, so also after an interrupt closed them."""
         per_url = -(-self.concurrency // len(self.base_urls))
-        self._shards = [(e, self._new_client(url)) for e, url in enumerate(self.base_urls)
-                        for _ in range(-(-per_url // REQUESTS_PER_POOL))]
+        self._shards = [self._new_client(url) for url in self.base_urls for _ in range(-(-per_url // REQUESTS_PER_POOL))]
         self._in_flight = [0] * len(self._shards)
 
     def describe(self) -> dict[str, Any]:
@@ -219,7 +217,7 @@ class OpenAITeacher(BaseTeacher):
         finally:
             if not clean:  # interrupted, or the consumer stopped early: abandon what is in flight, now
                 self._stop.set()
-                for _, client in self._shards:
+                for client in self._shards:
                     client.close()
                 self._shard_clients()  # fresh connections for a later stream (with_options would reuse the closed pool)
                 pool.shutdown(wait=False, cancel_futures=True)
@@ -241,7 +239,7 @@ class OpenAITeacher(BaseTeacher):
             counts = self._in_flight
             i = min(range(len(counts)), key=counts.__getitem__)
             counts[i] += 1
-            client = self._shards[i][1]
+            client = self._shards[i]
         try:
             return self._call_with_retries(client, req, params, stop)
         finally:
