@@ -28,7 +28,7 @@ from ..prompts import Prompts
 from ..records import Task, task_id
 from ..store import JsonlWriter, RunDir, reason_kind
 from ..teachers import GenParams, Teacher
-from ..teachers.base import Request
+from ..teachers.base import WAIT, Request
 from .common import reply_meta
 from .filter import InstructionFilter
 from .parse import NOINPUT, parse_alpaca, parse_numbered_list
@@ -128,15 +128,30 @@ def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunD
     prefix_continues = getattr(teacher, "api", "chat") == "completions"
     params = gen_params(cfg, prefix_continues)
     plans: dict[int, dict] = {}
-    counter = {"next": sent, "done": 0}
+    # answered: replies with text; novel: their lines that passed the filter (kept, or over the target)
+    counter = {"next": sent, "done": 0, "answered": 0, "novel": 0}
+
+    def gap_covered() -> bool:
+        """The prompts in flight should fill the pool at the yield seen so far: wait for them, not send more
+        (16 prompts in flight for the last 2 places were money for nothing)."""
+        in_flight = len(plans)
+        if not in_flight:
+            return False
+        per_prompt = counter["novel"] / counter["answered"] if counter["answered"] else b.expected_yield
+        return len(machine) + in_flight * per_prompt >= b.num_instructions
 
     def requests():
         for n, body in unfinished:
-            if len(machine) >= b.num_instructions:  # the pool is full: an old prompt would be money for nothing
-                return
             plans[n] = body
-            yield Request(n, body["prompt"], salt=body["salt"])
+            paid = teacher.cached(Request(n, body["prompt"], salt=body["salt"]), params)
+            if len(machine) >= b.num_instructions and not paid:  # the pool is full: an unpaid prompt is not sent
+                plans.pop(n)
+                continue
+            yield Request(n, body["prompt"], salt=body["salt"])  # a paid reply is read from the cache, lines recorded
         while len(machine) < b.num_instructions and counter["next"] < max_requests:
+            if gap_covered():
+                yield WAIT
+                continue
             n = counter["next"]
             counter["next"] += 1
             salt = f"{cfg.seed}:bootstrap:{n}"
@@ -164,6 +179,7 @@ def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunD
                 if on_progress:
                     on_progress(counter["done"])
                 continue
+            counter["answered"] += 1
             truncated = reply.finish_reason == "length"
             tasks = _tasks_from_reply(reply.text, plan["template"], plan["next_number"], truncated,
                                       prefix_continues, req.key, teacher.name)
@@ -173,9 +189,7 @@ def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunD
                 tasks = [Task(id=task_id("reply", plan["salt"]), instruction="", origin="machine", round=req.key,
                               stage="bootstrap", teacher=teacher.name, prompt=plan["template"],
                               meta={"bootstrap_reply": reply_meta(reply)})]
-            for task in tasks:
-                if len(machine) >= b.num_instructions:
-                    break
+            for task in tasks:  # every line ends kept or rejected: it was paid for
                 seen[task.id] += 1
                 if seen[task.id] <= written[(task.id, req.key)]:  # written before an interruption
                     continue
@@ -185,7 +199,12 @@ def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunD
                     reject(task, f"duplicate: the same instruction as {task.id}, already kept")
                 elif reason := filt.check(task):
                     reject(task, reason)
+                elif len(machine) >= b.num_instructions:
+                    counter["novel"] += 1
+                    reject(task, f"over_target: passed the filter, but the pool already held the "
+                                 f"{b.num_instructions} instructions asked for (bootstrap.num_instructions)")
                 else:
+                    counter["novel"] += 1
                     filt.add(task.instruction)
                     machine.append(task.instruction)
                     kept_ids[task.id] = task.instruction

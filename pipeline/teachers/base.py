@@ -137,6 +137,10 @@ class Teacher(Protocol):
         """What the manifest records about this teacher. Never a secret."""
         ...
 
+    def cached(self, req: Request, params: GenParams) -> bool:
+        """Whether the reply to this request is already paid for (in the run's cache)."""
+        ...
+
 
 class BaseTeacher:
     """Shared machinery: cache, budget, usage per kind, client-side stop sequences."""
@@ -191,6 +195,10 @@ class BaseTeacher:
         if self.budget is not None and self.budget.exhausted(self.usage):
             return False
         return next(requests, False)
+
+    def cached(self, req: Request, params: GenParams) -> bool:
+        """Whether this request's reply is in the run's cache: paid for already, free to read again."""
+        return self._lookup(req, params) is not None
 
     def _lookup(self, req: Request, params: GenParams) -> Completion | None:
         if self.cache is None:
