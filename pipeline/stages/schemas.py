@@ -1,0 +1,90 @@
+"""Structured replies (`teacher.structured`): the JSON schemas sent with each prompt, and their reader.
+
+A server that honours a JSON schema (OpenAI's `response_format` json_schema, vLLM, llama.cpp's
+server, Ollama) can only answer with an object of this shape, so there is no preamble, sign-off
+or markdown to strip. The prompts stay the paper's; the schema only fixes the form of the reply.
+
+Pure: no I/O. `json_items` also reads a reply that the length limit cut: the complete items
+before the cut are kept and the cut one is dropped, which is Self-Instruct's rule for a
+truncated list.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+_STRING = {"type": "string"}
+
+
+def _object(key: str, items: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": {key: {"type": "array", "items": items}},
+            "required": [key], "additionalProperties": False}
+
+
+def _pairs(*fields: str) -> dict[str, Any]:
+    return {"type": "object", "properties": {f: _STRING for f in fields}, "required": list(fields),
+            "additionalProperties": False}
+
+
+# name -> (schema, the key of its list). Field order is generation order: output-first puts the label first.
+SCHEMAS: dict[str, tuple[dict[str, Any], str]] = {
+    "tasks": (_object("tasks", _STRING), "tasks"),
+    "examples": (_object("examples", _pairs("input", "output")), "examples"),
+    "labelled_examples": (_object("examples", _pairs("label", "input")), "examples"),
+    "yes_no": ({"type": "object", "properties": {"answer": {"type": "string", "enum": ["Yes", "No"]}},
+                "required": ["answer"], "additionalProperties": False}, "answer"),
+}
+
+_FENCE = re.compile(r"^\s*```(?:json)?\s*\n?(.*?)\n?\s*(?:```\s*)?$", re.DOTALL)
+_DECODER = json.JSONDecoder()
+
+
+def _unfenced(text: str) -> str:
+    m = _FENCE.match(text)
+    return (m.group(1) if m else text).strip()
+
+
+def json_items(text: str, name: str) -> list[Any] | None:
+    """The list a structured reply holds under its schema's key; None when the reply is not that JSON.
+
+    A whole object is read with json; a cut one (finish_reason length) item by item, up to the cut.
+    """
+    key = SCHEMAS[name][1]
+    body = _unfenced(text)
+    if not body.startswith("{"):
+        return None
+    try:
+        obj = json.loads(body)
+    except json.JSONDecodeError:
+        return _items_before_cut(body, key)
+    value = obj.get(key) if isinstance(obj, dict) else None
+    return value if isinstance(value, list) else None
+
+
+def json_answer(text: str) -> str | None:
+    """The "answer" of a yes_no reply; None when the reply is not that JSON."""
+    try:
+        obj = json.loads(_unfenced(text))
+    except json.JSONDecodeError:
+        return None
+    answer = obj.get("answer") if isinstance(obj, dict) else None
+    return answer if isinstance(answer, str) else None
+
+
+def _items_before_cut(body: str, key: str) -> list[Any] | None:
+    m = re.match(r'\{\s*"' + re.escape(key) + r'"\s*:\s*\[', body)
+    if m is None:
+        return None
+    items, i = [], m.end()
+    while True:
+        while i < len(body) and body[i] in " \t\r\n,":
+            i += 1
+        if i >= len(body) or body[i] == "]":
+            return items
+        try:
+            item, i = _DECODER.raw_decode(body, i)
+        except json.JSONDecodeError:  # the item the limit cut: dropped
+            return items
+        items.append(item)
