@@ -42,7 +42,7 @@ from .seeds import load_seeds
 from .stages.bootstrap import run_bootstrap
 from .stages.classify import run_classify
 from .stages.evolve import check_source, run_evolve
-from .stages.filter import filter_tasks
+from .stages.filter import filter_tasks, instance_demonstrations
 from .stages.instances import run_instances
 from .stages.score import judge_config, run_score
 from .store import STAGES, RunDir, read_tasks, write_jsonl_atomic
@@ -372,7 +372,7 @@ class Session:
 
     def _filter(self, input_path: str | Path | None = None) -> StepResult:
         tasks = self.input_tasks("filter", input_path)
-        kept, rejected = filter_tasks(tasks, self.seeds, self.cfg.filter)
+        kept, rejected = filter_tasks(tasks, self.seeds, self.cfg.filter, instance_demonstrations(self.prompts))
         # The filter is re-run whole, so its file and its rejections are replaced, never appended.
         write_jsonl_atomic(self.run.stage_file("filter"), kept)
         self.run.replace_rejected("filter", rejected)
