@@ -1,5 +1,8 @@
 """Spend: tokens and dollars across a run (earlier sessions included), and the limits on them.
 
+Every call is priced at its own model: the usage log names the model of each call, so a run
+whose cheap teacher wrote the data and whose dear judge scores it counts each at its price.
+
 The teacher asks `exhausted()` before it sends each new request, so a run stops cleanly:
 requests already in flight finish and are written, nothing half-done is left, and the
 same command with a higher limit goes on from there.
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .cache import model_of
 from .config import BudgetConfig
 from .errors import Seed2LoraError
 from .teachers.base import Usage
@@ -18,6 +22,10 @@ class BudgetReached(Seed2LoraError):
     """The run stopped at its token or cost limit; everything written so far is consistent."""
 
     exit_code = 3
+
+
+# Spend per model, then per call kind: {"gpt-4o-mini": {"bootstrap": {"calls": 4, "prompt_tokens": ...}}}
+ByModel = dict[str, dict[str, dict[str, int]]]
 
 
 def usage_totals(usage: dict[str, dict[str, int]]) -> tuple[int, int]:
@@ -35,6 +43,7 @@ def price_for(cfg: BudgetConfig, model: str) -> tuple[float, float] | None:
 
 
 def cost_usd(cfg: BudgetConfig, model: str, usage: dict[str, dict[str, int]]) -> float | None:
+    """Dollars of one model's usage at its own price; None without a price."""
     price = price_for(cfg, model)
     if price is None:
         return None
@@ -42,94 +51,110 @@ def cost_usd(cfg: BudgetConfig, model: str, usage: dict[str, dict[str, int]]) ->
     return (prompt * price[0] + completion * price[1]) / 1e6
 
 
+def unlogged_models(manifest: dict[str, Any]) -> tuple[str, str]:
+    """(teacher model, score judge model) that usage rows logged before the usage log named models are priced at.
+
+    The run's teacher as its manifest recorded it (the last teacher that made calls), else its config;
+    score's calls at the judge the manifest recorded, else [score.teacher], else the teacher. This is how
+    `seed2lora cost` priced every row before models were logged, so an old run's figures do not move.
+    An old eval judge's rows (kind "judge") cannot be told apart and go to the teacher.
+    """
+    config = manifest.get("config") or {}
+    teacher = (manifest.get("teacher") or {}).get("name") or (config.get("teacher") or {}).get("spec") or "unknown"
+    judge = (manifest.get("judge") or {}).get("name") or ((config.get("score") or {}).get("teacher") or {}).get("spec")
+    return model_of(str(teacher)), model_of(str(judge or teacher))
+
+
+def attribute_unlogged(usage: dict[str | None, dict[str, dict[str, int]]], manifest: dict[str, Any]) -> ByModel:
+    """The usage log's totals per model with its rows of no model (None) given to their model (unlogged_models)."""
+    teacher, judge = unlogged_models(manifest)
+    out: ByModel = {}
+    for model, kinds in usage.items():
+        for kind, u in kinds.items():
+            name = model if model is not None else judge if kind.startswith("score") else teacher
+            _add(out.setdefault(name, {}).setdefault(kind, {}), u)
+    return out
+
+
+def _add(into: dict[str, int], counts: dict[str, int]) -> None:
+    for key, value in counts.items():
+        into[key] = into.get(key, 0) + value
+
+
 class Budget:
-    def __init__(self, cfg: BudgetConfig, model: str, spent_before: dict[str, dict[str, int]]):
-        self.cfg, self.model, self.before = cfg, model, spent_before
-        if cfg.max_cost and price_for(cfg, model) is None:
+    """The run's limits over every call of the run, each call priced at its own model.
+
+    One per session, shared by the teachers it attaches (the run's teacher, score's judge):
+    what earlier sessions spent (the usage log, per model) plus what each attached teacher
+    has spent since. With max_cost set, every model that spent tokens needs a price.
+    """
+
+    def __init__(self, cfg: BudgetConfig, spent_before: ByModel):
+        self.cfg, self.before = cfg, spent_before
+        self.live: list[tuple[str, Usage]] = []  # (model, that teacher's usage) of each teacher attached
+        self.reached = False
+        for model, kinds in spent_before.items():
+            if sum(usage_totals(kinds)):
+                self._check_price(model)
+
+    def _check_price(self, model: str) -> None:
+        if self.cfg.max_cost and price_for(self.cfg, model) is None:
             raise Seed2LoraError(f"max_cost is set but there is no price for model {model!r}. Fix: add "
                                  f'[budget] prices = {{ "{model}" = [input_usd_per_1M, output_usd_per_1M] }}')
-        self.reached = False
 
-    def merged(self, usage: Usage) -> dict[str, dict[str, int]]:
-        total = {k: dict(v) for k, v in self.before.items()}
-        for kind, u in usage.to_dict().items():
-            base = total.setdefault(kind, {})
-            for key, value in u.items():
-                base[key] = base.get(key, 0) + value
+    def track(self, model: str, usage: Usage) -> None:
+        """Count a teacher's calls from now on, at `model`'s price."""
+        self._check_price(model)
+        self.live.append((model, usage))
+
+    def by_model(self) -> ByModel:
+        """Every call of the run so far: the earlier sessions' and this session's, per model and call kind."""
+        total: ByModel = {m: {k: dict(u) for k, u in kinds.items()} for m, kinds in self.before.items()}
+        for model, usage in self.live:
+            for kind, u in usage.to_dict().items():
+                _add(total.setdefault(model, {}).setdefault(kind, {}), u)
         return total
 
-    def exhausted(self, usage: Usage) -> bool:
-        merged = self.merged(usage)
-        tokens = sum(usage_totals(merged))
-        over = bool(self.cfg.max_tokens_total and tokens >= self.cfg.max_tokens_total)
-        cost = cost_usd(self.cfg, self.model, merged)
-        over = over or bool(self.cfg.max_cost and cost is not None and cost >= self.cfg.max_cost)
+    def spend(self) -> dict[str, Any]:
+        """Tokens and dollars of the whole run, and per model; `unpriced` names the models with tokens and no price
+        (with max_cost set there are none: they are refused)."""
+        models = {}
+        for model, kinds in self.by_model().items():
+            prompt, completion = usage_totals(kinds)
+            cost = cost_usd(self.cfg, model, kinds)
+            models[model] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                             "cost_usd": None if cost is None else round(cost, 6)}
+        prompt = sum(m["prompt_tokens"] for m in models.values())
+        completion = sum(m["completion_tokens"] for m in models.values())
+        priced = [v["cost_usd"] for v in models.values() if v["cost_usd"] is not None]
+        unpriced = [m for m, v in models.items() if v["cost_usd"] is None and v["prompt_tokens"] + v["completion_tokens"]]
+        cost = round(sum(priced), 6) if priced or not unpriced else None  # the priced models', as `seed2lora cost`
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                "cost_usd": cost, "by_model": models, "unpriced": unpriced,
+                "max_tokens_total": self.cfg.max_tokens_total or None, "max_cost": self.cfg.max_cost or None}
+
+    def exhausted(self) -> bool:
+        spend = self.spend()
+        over = bool(self.cfg.max_tokens_total and spend["total_tokens"] >= self.cfg.max_tokens_total)
+        over = over or bool(self.cfg.max_cost and spend["cost_usd"] is not None and spend["cost_usd"] >= self.cfg.max_cost)
         self.reached = self.reached or over
         return over
 
-    def spend(self, usage: Usage) -> dict[str, Any]:
-        merged = self.merged(usage)
-        prompt, completion = usage_totals(merged)
-        cost = cost_usd(self.cfg, self.model, merged)
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-                "cost_usd": None if cost is None else round(cost, 6),
-                "max_tokens_total": self.cfg.max_tokens_total or None, "max_cost": self.cfg.max_cost or None}
+
+def session_budget(cfg: BudgetConfig, cache: Any, session: str, manifest: dict[str, Any]) -> Budget:
+    """A session's budget: every earlier session's spend from the run's usage log, each at its own model."""
+    return Budget(cfg, attribute_unlogged(cache.usage_by_model(exclude_session=session), manifest))
 
 
-def attach_run(teacher: Any, cache: Any, session: str, cfg: BudgetConfig) -> Any:
-    """Give a teacher a run's response cache, its own session in the run's usage log, and a
-    budget that counts every earlier session's spend (the one place that does this)."""
+def attach_run(teacher: Any, cache: Any, session: str, budget: Budget) -> Any:
+    """Give a teacher a run's response cache, its own rows in the run's usage log (this session's, under its
+    model), and the session's budget, which from now on counts its calls at its model's price (the one place
+    that does this)."""
     teacher.cache, teacher.session = cache, session
-    model = teacher.describe().get("model", teacher.name)
-    teacher.budget = Budget(cfg, str(model), cache.usage(exclude_session=session))
+    teacher.usage_model = model_of(teacher.name)
+    budget.track(teacher.usage_model, teacher.usage)
+    teacher.budget = budget
     return teacher
 
 
 CHARS_PER_TOKEN = 4  # the usual rule of thumb for English with BPE vocabularies; a dry run is an estimate
-ASSUMED_YIELD = 2.0  # kept instructions per bootstrap prompt when the run has no history yet
-
-
-def estimate_run(cfg: Any, prompts: Any, seeds: list, run: Any, log: Any) -> dict[str, Any]:
-    """Calls and tokens the enabled stages would still spend; no teacher is loaded, nothing is sent.
-
-    Prompt tokens come from rendering real prompts (characters / 4); completion tokens are
-    the max_tokens upper bound. Bootstrap calls assume the yield seen so far in this run.
-    """
-    import math
-    import random
-
-    from .records import Task
-    from .stages.bootstrap import build_prompt
-    from .stages.instances import instance_prompt
-
-    def tokens(text: str) -> int:
-        return math.ceil(len(text) / CHARS_PER_TOKEN)
-
-    kept = len(run.read_stage("bootstrap"))
-    sent = log.requests("bootstrap")[0] if log is not None else 0
-    yield_per_call = kept / sent if sent and kept else ASSUMED_YIELD
-    remaining = max(0, cfg.bootstrap.num_instructions - kept)
-    example = Task(id="x", instruction=seeds[0].instruction if seeds else "An example task.")
-    rows: dict[str, dict[str, Any]] = {}
-    if "bootstrap" in cfg.stages:
-        _, text, _ = build_prompt(prompts, cfg, random.Random(cfg.seed), seeds, [])
-        max_out = cfg.bootstrap.alpaca_max_tokens if cfg.bootstrap.mode == "alpaca" else cfg.bootstrap.max_tokens
-        calls = math.ceil(remaining / yield_per_call)
-        rows["bootstrap"] = {"calls": calls, "prompt_tokens": calls * tokens(text), "max_completion_tokens": calls * max_out}
-    n_tasks = cfg.bootstrap.num_instructions
-    if "classify" in cfg.stages:
-        calls = max(0, n_tasks - len(run.read_stage("classify")))
-        text = prompts.render("classify.txt", instruction=example.instruction)
-        rows["classify"] = {"calls": calls, "prompt_tokens": calls * tokens(text),
-                            "max_completion_tokens": calls * cfg.classify.max_tokens}
-    if "instances" in cfg.stages:
-        calls = max(0, n_tasks - len(run.read_stage("instances")))
-        _, text = instance_prompt(example, prompts)
-        rows["instances"] = {"calls": calls, "prompt_tokens": calls * tokens(text),
-                             "max_completion_tokens": calls * cfg.instances.max_tokens}
-    model = cfg.teacher.spec.partition(":")[2] or cfg.teacher.spec
-    total = {k: sum(r[k] for r in rows.values()) for k in ("calls", "prompt_tokens", "max_completion_tokens")}
-    price = price_for(cfg.budget, model)
-    cost = None if price is None else (total["prompt_tokens"] * price[0] + total["max_completion_tokens"] * price[1]) / 1e6
-    return {"stages": rows, "total": total, "max_cost_usd": cost, "bootstrap_yield_per_call": round(yield_per_call, 2),
-            "yield_observed": bool(sent and kept), "model": model}

@@ -7,10 +7,13 @@ they arrive, before any record is built from them. So a re-run or a resumed run 
 no call twice, and a kill -9 loses at most the calls in flight. Failed calls are not
 cached: a resumed run tries them again.
 
-The usage log holds one row per answered call (tokens, errors, retries), written as the
-reply arrives, so spend survives kill -9 and Ctrl-C: a resumed run's budget and the
-manifest add up every paid call of every session from here, not from a manifest that an
-interrupted session never got to update.
+The usage log holds one row per answered call (tokens, errors, retries, and the model that
+answered it), written as the reply arrives, so spend survives kill -9 and Ctrl-C: a resumed
+run's budget and the manifest add up every paid call of every session from here, not from a
+manifest that an interrupted session never got to update. Each call is priced at its own
+model. Databases from before the model was logged gain the column on opening; their rows
+keep model NULL, which `usage_by_model` returns as None for the caller to attribute
+(pipeline.budget.attribute_unlogged: to the run's recorded teacher, score rows to its judge).
 
 SQLite in WAL mode with one commit per write survives kill -9 without a torn database;
 a lock makes it safe to share between the teacher's request threads.
@@ -30,6 +33,12 @@ CACHE_FILE = "cache.sqlite"
 USAGE_COLUMNS = ("calls", "errors", "cached", "prompt_tokens", "completion_tokens", "retries", "timeouts")
 
 
+def model_of(spec: str) -> str:
+    """The model a teacher spec names, as the usage log records and prices it: openai:gpt-4o-mini -> gpt-4o-mini,
+    hf:/models/x -> /models/x, embedded -> embedded."""
+    return spec.partition(":")[2] or spec
+
+
 class ResponseCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -43,7 +52,18 @@ class ResponseCache:
         self._db.execute("CREATE TABLE IF NOT EXISTS requests (stage TEXT, n INTEGER, body TEXT, done INTEGER,"
                          " PRIMARY KEY (stage, n))")
         self._db.execute("CREATE TABLE IF NOT EXISTS usage (session TEXT, kind TEXT, "
-                         + ", ".join(f"{c} INTEGER" for c in USAGE_COLUMNS) + ")")
+                         + ", ".join(f"{c} INTEGER" for c in USAGE_COLUMNS) + ", model TEXT)")
+        self._add_model_column()
+
+    def _add_model_column(self) -> None:
+        """Migrate a usage log from before each call's model was logged: its old rows keep model NULL."""
+        if "model" in [row[1] for row in self._db.execute("PRAGMA table_info(usage)")]:
+            return
+        try:
+            self._db.execute("ALTER TABLE usage ADD COLUMN model TEXT")
+        except sqlite3.OperationalError as e:  # another process opened the same run a moment before
+            if "duplicate column" not in str(e):
+                raise
 
     def get(self, key: str) -> Completion | None:
         with self._lock:
@@ -59,7 +79,8 @@ class ResponseCache:
             self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
                              (key, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens))
 
-    def record(self, key: str | None, c: Completion, session: str, kind: str, counts: dict[str, int]) -> None:
+    def record(self, key: str | None, c: Completion, session: str, kind: str, counts: dict[str, int],
+               model: str | None) -> None:
         """One reply as it arrives: the response (when `key` is given) and its usage row, in one commit."""
         with self._lock:
             self._db.execute("BEGIN")
@@ -67,7 +88,7 @@ class ResponseCache:
                 if key is not None:
                     self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
                                      (key, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens))
-                self._insert_usage(session, kind, counts)
+                self._insert_usage(session, kind, counts, model)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -95,13 +116,15 @@ class ResponseCache:
         return total, [(n, json.loads(body)) for n, body in open_rows]
 
     # -- the usage log: one row per answered call ----------------------------------------
-    def log_usage(self, session: str, kind: str, counts: dict[str, int]) -> None:
+    def log_usage(self, session: str, kind: str, counts: dict[str, int], model: str | None = None) -> None:
+        """One usage row; model None writes a row as the log held them before it recorded models."""
         with self._lock:
-            self._insert_usage(session, kind, counts)
+            self._insert_usage(session, kind, counts, model)
 
-    def _insert_usage(self, session: str, kind: str, counts: dict[str, int]) -> None:
-        self._db.execute(f"INSERT INTO usage VALUES (?, ?, {', '.join('?' * len(USAGE_COLUMNS))})",
-                         (session, kind, *(int(counts.get(c, 0)) for c in USAGE_COLUMNS)))
+    def _insert_usage(self, session: str, kind: str, counts: dict[str, int], model: str | None) -> None:
+        self._db.execute(f"INSERT INTO usage (session, kind, model, {', '.join(USAGE_COLUMNS)}) "
+                         f"VALUES (?, ?, ?, {', '.join('?' * len(USAGE_COLUMNS))})",
+                         (session, kind, model, *(int(counts.get(c, 0)) for c in USAGE_COLUMNS)))
 
     def usage(self, *, exclude_session: str | None = None) -> dict[str, dict[str, int]]:
         """Totals per call kind over every session of this run (but `exclude_session`)."""
@@ -110,6 +133,17 @@ class ResponseCache:
             rows = self._db.execute(f"SELECT kind, {sums} FROM usage WHERE session IS NOT ? GROUP BY kind ORDER BY "
                                     "MIN(rowid)", (exclude_session,)).fetchall()
         return {kind: dict(zip(USAGE_COLUMNS, (int(v or 0) for v in values), strict=True)) for kind, *values in rows}
+
+    def usage_by_model(self, *, exclude_session: str | None = None) -> dict[str | None, dict[str, dict[str, int]]]:
+        """Totals per model, then per call kind; rows logged before models were (model NULL) under None."""
+        sums = ", ".join(f"SUM({c})" for c in USAGE_COLUMNS)
+        with self._lock:
+            rows = self._db.execute(f"SELECT model, kind, {sums} FROM usage WHERE session IS NOT ? GROUP BY model, "
+                                    "kind ORDER BY MIN(rowid)", (exclude_session,)).fetchall()
+        out: dict[str | None, dict[str, dict[str, int]]] = {}
+        for model, kind, *values in rows:
+            out.setdefault(model, {})[kind] = dict(zip(USAGE_COLUMNS, (int(v or 0) for v in values), strict=True))
+        return out
 
     def close(self) -> None:
         with self._lock:

@@ -160,23 +160,29 @@ def run(config_path, sets, dry_run, **flags):
 
 
 def _print_estimate(s) -> None:
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    from .budget import estimate_run
+    from .cost import money
+    from .estimate import estimate_run
 
     est = estimate_run(s.cfg, s.prompts, s.seeds, s.run, s.cache if s.run.path.exists() else None)
-    table = Table("stage", "calls", "prompt tokens", "completion tokens (at most)",
-                  title=f"Dry run: what {s.run.path} would still send to {s.cfg.teacher.spec}")
+    table = Table(Column("stage", no_wrap=True), Column("model", no_wrap=True), "calls", "prompt tokens",
+                  "completion tokens (at most)", "$ (at most)", title=f"Dry run: what {s.run.path} would still send")
     for name, row in est["stages"].items():
-        table.add_row(name, *(f"{row[k]:,}" for k in ("calls", "prompt_tokens", "max_completion_tokens")))
+        table.add_row(name, row["model"], *(f"{row[k]:,}" for k in ("calls", "prompt_tokens", "max_completion_tokens")),
+                      money(row["max_cost_usd"]))
     t = est["total"]
-    table.add_row("total", *(f"{t[k]:,}" for k in ("calls", "prompt_tokens", "max_completion_tokens")))
+    table.add_row("total", "", *(f"{t[k]:,}" for k in ("calls", "prompt_tokens", "max_completion_tokens")),
+                  money(est["max_cost_usd"]))
     Console().print(table)
     source = "observed in this run" if est["yield_observed"] else "assumed; no history yet"
     click.echo(f"bootstrap keeps about {est['bootstrap_yield_per_call']} instructions per prompt ({source}); "
                "tokens are estimated from the prompts' length (4 characters a token).")
     if est["max_cost_usd"] is not None:
-        click.echo(f"cost at most ${est['max_cost_usd']:.4f} at the configured price for {est['model']}")
+        click.echo(f"cost at most ${est['max_cost_usd']:.4f}, each stage at the configured price of its model")
+    elif est["unpriced"]:
+        click.echo(f"no price for model {', '.join(est['unpriced'])}: add [budget.prices] "
+                   f"\"{est['unpriced'][0]}\" = [input, output] $ per 1M tokens")
 
 
 @cli.command()

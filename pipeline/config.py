@@ -107,6 +107,8 @@ class FilterConfig:
     banned_prefixes: list[str] = field(default_factory=lambda: ["Write a program"])  # Self-Instruct: programs cannot be checked
     max_instances: int = 5  # keep at most this many cleaned instances per task
     require_instances: bool = True  # a task whose instances were all cleaned away is rejected
+    drop_copied_demos: bool = True  # drop an instance repeating a worked example of its own instances prompt: Gemma-3-270M copied them into 3 of its 20 kept instances
+    copied_demo_min_words: int = 4  # only examples this long count: a label or short input ("Positive", "47", "25 degrees Celsius") is shared by tasks of its kind
 
 
 # Words that show an evolution copied its evolving prompt: WizardLM's fourth elimination rule

@@ -10,7 +10,7 @@ training is back after 50,000 calls. A dearer fine-tuned model (finetuned_usd_pe
 takes call_tokens * (its price - p) off each saving.
 
 Tokens come from the run itself: the usage log in cache.sqlite (every session, cached
-calls free), and the run's rows measured in the teacher's own tokens, at the characters
+calls free, each call priced at the model that answered it), and the run's rows measured in the teacher's own tokens, at the characters
 per token of the replies it sent (the cache holds each reply and its completion tokens).
 """
 
@@ -22,7 +22,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .budget import CHARS_PER_TOKEN, price_for
+from .budget import CHARS_PER_TOKEN, ByModel, attribute_unlogged, price_for
 from .cache import CACHE_FILE, ResponseCache
 from .config import BudgetConfig, CostConfig, ExportConfig
 from .errors import Seed2LoraError
@@ -33,23 +33,21 @@ from .store import RunDir
 TRAINING_SUMMARY = "training_summary.json"  # written by `seed2lora train` into the adapter folder
 
 
-def model_of(spec: str) -> str:
-    """The model a teacher spec names: openai:gpt-4o-mini -> gpt-4o-mini; embedded -> embedded."""
-    return spec.partition(":")[2] or spec
-
-
-def run_usage(run: RunDir) -> tuple[dict[str, dict[str, int]], str]:
-    """(usage per call kind, where it came from): the durable usage log, else the manifest's copy."""
+def run_usage(run: RunDir) -> tuple[ByModel, str]:
+    """(usage per model and call kind, where it came from): the durable usage log, else the manifest's copy.
+    Rows that name no model (logged before models were, or the manifest's) go to the run's recorded teacher,
+    score's to its judge (budget.attribute_unlogged)."""
+    manifest = run.manifest()
     db = run.path / CACHE_FILE
     if db.is_file():
         cache = ResponseCache(db)
         try:
-            usage = cache.usage()
+            usage = cache.usage_by_model()
         finally:
             cache.close()
         if usage:
-            return usage, f"{CACHE_FILE} usage log"
-    return dict(run.manifest().get("usage") or {}), "manifest.json"
+            return attribute_unlogged(usage, manifest), f"{CACHE_FILE} usage log"
+    return attribute_unlogged({None: dict(manifest.get("usage") or {})}, manifest), "manifest.json"
 
 
 def chars_per_token(run: RunDir) -> tuple[float, str]:
@@ -76,27 +74,17 @@ def run_budget(manifest: dict[str, Any], configured: dict[str, list[float]] | No
     return BudgetConfig(prices=prices)
 
 
-def teacher_of_kind(manifest: dict[str, Any]) -> tuple[str, str | None]:
-    """(the run's teacher spec, the score judge's spec or None): the judge's calls are priced at its model."""
-    config = manifest.get("config") or {}
-    described = manifest.get("teacher") or {}
-    teacher = described.get("name") or (config.get("teacher") or {}).get("spec") or "?"
-    judge = ((config.get("score") or {}).get("teacher") or {}).get("spec") or None
-    return str(teacher), judge
-
-
-def stage_costs(usage: dict[str, dict[str, int]], manifest: dict[str, Any], budget: BudgetConfig) -> list[dict[str, Any]]:
-    """One line per call kind: teacher, calls, cached calls, tokens, dollars (None without a price)."""
-    teacher, judge = teacher_of_kind(manifest)
+def stage_costs(usage: ByModel, budget: BudgetConfig) -> list[dict[str, Any]]:
+    """One line per call kind and model: calls, cached calls, tokens, dollars at that model's price (None without)."""
     lines = []
-    for kind, u in usage.items():
-        spec = judge if judge and kind.startswith("score") else teacher
-        price = price_for(budget, model_of(spec))
-        prompt, completion = int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0))
-        usd = None if price is None else (prompt * price[0] + completion * price[1]) / 1e6
-        lines.append({"stage": kind, "teacher": spec, "calls": int(u.get("calls", 0)), "cached": int(u.get("cached", 0)),
-                      "prompt_tokens": prompt, "completion_tokens": completion, "usd": usd,
-                      "price_per_1m": list(price) if price else None})
+    for model, kinds in usage.items():
+        price = price_for(budget, model)
+        for kind, u in kinds.items():
+            prompt, completion = int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0))
+            usd = None if price is None else (prompt * price[0] + completion * price[1]) / 1e6
+            lines.append({"stage": kind, "model": model, "calls": int(u.get("calls", 0)),
+                          "cached": int(u.get("cached", 0)), "prompt_tokens": prompt, "completion_tokens": completion,
+                          "usd": usd, "price_per_1m": list(price) if price else None})
     return lines
 
 
@@ -167,13 +155,13 @@ def run_cost(run_path: str | Path, budget: BudgetConfig | None = None, cost: Cos
         recorded = (manifest.get("config") or {}).get("cost") or {}
         cost = CostConfig(**{k: v for k, v in recorded.items() if k in CostConfig.__dataclass_fields__})
     usage, usage_source = run_usage(run)
-    stages = stage_costs(usage, manifest, budget)
+    stages = stage_costs(usage, budget)
     priced = [s["usd"] for s in stages if s["usd"] is not None]
-    unpriced = sorted({model_of(s["teacher"]) for s in stages if s["usd"] is None and s["prompt_tokens"] + s["completion_tokens"]})
+    unpriced = sorted({s["model"] for s in stages if s["usd"] is None and s["prompt_tokens"] + s["completion_tokens"]})
     dataset_usd = sum(priced) if priced or not unpriced else None
-    teachers: dict[str, dict[str, Any]] = {}
+    models: dict[str, dict[str, Any]] = {}  # spend per model: each at its own price
     for s in stages:
-        t = teachers.setdefault(s["teacher"], {"prompt_tokens": 0, "completion_tokens": 0, "usd": 0.0})
+        t = models.setdefault(s["model"], {"prompt_tokens": 0, "completion_tokens": 0, "usd": 0.0})
         t["prompt_tokens"] += s["prompt_tokens"]
         t["completion_tokens"] += s["completion_tokens"]
         t["usd"] = None if t["usd"] is None or s["usd"] is None else t["usd"] + s["usd"]
@@ -195,7 +183,7 @@ def run_cost(run_path: str | Path, budget: BudgetConfig | None = None, cost: Cos
         return dataset_usd / n * 1000 if dataset_usd is not None and n else None
 
     return {
-        "run": str(run.path), "usage_source": usage_source, "stages": stages, "teachers": teachers,
+        "run": str(run.path), "usage_source": usage_source, "stages": stages, "models": models,
         "unpriced": unpriced, "dataset_usd": dataset_usd, "kept": kept, "train_rows": n_rows, "rows_source": rows_source,
         "usd_per_1k_kept": per_1k(kept), "usd_per_1k_rows": per_1k(n_rows), "training": training,
         "chars_per_token": cpt, "chars_per_token_source": cpt_source, "row_tokens": measured,
@@ -214,7 +202,9 @@ def money(usd: float | None, digits: int = 4) -> str:
 def summary_lines(c: dict[str, Any]) -> list[str]:
     """The figures after the per-stage table, as plain sentences (`cost`, `show` and the report use them)."""
     be = c["break_even"]
-    lines = [f"dataset: {money(c['dataset_usd'])} of teacher calls"
+    per_model = ", ".join(f"{m} {money(t['usd'])}" for m, t in c["models"].items())
+    lines = [f"dataset: {money(c['dataset_usd'])} of teacher calls" + (f", each model at its price: {per_model}"
+                                                                       if per_model else "")
              + (f" (no price for model {', '.join(c['unpriced'])}: add [budget.prices] "
                 f"\"{c['unpriced'][0]}\" = [input, output] $ per 1M tokens)" if c["unpriced"] else ""),
              f"per 1,000 kept instructions: {money(c['usd_per_1k_kept'])} ({c['kept']} kept); per 1,000 training rows: "
@@ -234,14 +224,14 @@ def summary_lines(c: dict[str, Any]) -> list[str]:
 
 def print_cost(out: Any, c: dict[str, Any]) -> None:
     """The cost table and sentences of one run on a rich Console (`seed2lora cost` and `show`)."""
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    table = Table("stage", "teacher", "calls", "cached (free)", "prompt tokens", "completion tokens", "$",
+    table = Table(Column("stage", no_wrap=True), Column("model", no_wrap=True), "calls", "cached (free)", "prompt tokens", "completion tokens", "$",
                   title=f"Cost of {c['run']} (usage from {c['usage_source']})")
     for s in c["stages"]:
-        table.add_row(s["stage"], s["teacher"], f"{s['calls']:,}", f"{s['cached']:,}", f"{s['prompt_tokens']:,}",
+        table.add_row(s["stage"], s["model"], f"{s['calls']:,}", f"{s['cached']:,}", f"{s['prompt_tokens']:,}",
                       f"{s['completion_tokens']:,}", money(s["usd"]))
-    for name, t in c["teachers"].items():
+    for name, t in c["models"].items():
         table.add_row("total", name, "", "", f"{t['prompt_tokens']:,}", f"{t['completion_tokens']:,}", money(t["usd"]))
     out.print(table)
     for line in summary_lines(c):

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .budget import BudgetReached, attach_run
+from .budget import Budget, BudgetReached, attach_run, session_budget
 from .cache import CACHE_FILE, ResponseCache
 from .config import RunConfig, TeacherConfig
 from .datasets_io import Fields, load_pool
@@ -42,7 +42,7 @@ from .seeds import load_seeds
 from .stages.bootstrap import run_bootstrap
 from .stages.classify import run_classify
 from .stages.evolve import check_source, run_evolve
-from .stages.filter import filter_tasks
+from .stages.filter import filter_tasks, instance_demonstrations
 from .stages.instances import run_instances
 from .stages.score import judge_config, run_score
 from .store import STAGES, RunDir, read_tasks, write_jsonl_atomic
@@ -120,6 +120,7 @@ class Session:
         self.progress = progress or _no_progress
         self._cache: ResponseCache | None = None
         self._judge: Teacher | None = None  # score's teacher when [score.teacher] names its own
+        self._budget: Budget | None = None  # the session's one budget, shared by the teacher and the judge
         self._rescore = False  # `seed2lora score --rescore`: the score step starts from nothing
         self._attached = False
         self.session_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"  # this process's rows in the usage log
@@ -182,7 +183,7 @@ class Session:
         """Close the run's database (its WAL is folded in now, not whenever this object is collected)."""
         if self._cache is not None:
             self._cache.close()
-            self._cache, self._attached = None, False
+            self._cache, self._attached, self._budget = None, False, None
             if self._teacher is not None:
                 self._teacher.cache = None
             if self._judge is not None:
@@ -225,7 +226,7 @@ class Session:
         teacher = self.bare_teacher
         if not self._attached:  # a teacher passed in may have served another run before
             self._attached = True
-            attach_run(teacher, self.cache, self.session_id, self.cfg.budget)
+            attach_run(teacher, self.cache, self.session_id, self.budget)
         return teacher
 
     @property
@@ -244,8 +245,16 @@ class Session:
         if judge is self._teacher:
             return self.teacher
         if judge.cache is None:
-            attach_run(judge, self.cache, self.session_id, self.cfg.budget)
+            attach_run(judge, self.cache, self.session_id, self.budget)
         return judge
+
+    @property
+    def budget(self) -> Budget:
+        """The limits over the whole run, every call at its own model: earlier sessions' spend from the usage log
+        (rows from before it named models go to the teacher the manifest recorded), then this session's."""
+        if self._budget is None:
+            self._budget = session_budget(self.cfg.budget, self.cache, self.session_id, self.run.manifest())
+        return self._budget
 
     @property
     def cache(self) -> ResponseCache:
@@ -255,9 +264,9 @@ class Session:
         return self._cache
 
     def check_budget(self, stage: str) -> None:
-        budget = getattr(self._teacher, "budget", None)
+        budget = self._budget
         if budget is not None and budget.reached:
-            spend = budget.spend(self._teacher.usage)
+            spend = budget.spend()
             raise BudgetReached(f"budget reached in {stage} ({spend['total_tokens']} tokens"
                                 + (f", ${spend['cost_usd']:.4f}" if spend["cost_usd"] is not None else "")
                                 + f"); {self.run.path} is consistent. Raise --max-tokens-total / --max-cost "
@@ -266,11 +275,11 @@ class Session:
     def record(self, **fields: Any) -> dict[str, Any]:
         """Update the manifest: config, versions, teacher, prompts, and usage from the durable usage log."""
         self.run.ensure()
-        if self._teacher is not None and self._attached:
+        if self._budget is not None:  # a teacher or judge is attached: usage and spend of every model
             fields["usage"] = self.cache.usage()
+            fields.setdefault("spend", self._budget.spend())
+        if self._teacher is not None and self._attached:
             fields.setdefault("teacher", self._teacher.describe())
-            if getattr(self._teacher, "budget", None) is not None:
-                fields.setdefault("spend", self._teacher.budget.spend(self._teacher.usage))
         return self.run.update_manifest(
             seed2lora_version=__version__, command=" ".join(masked_argv(["seed2lora", *sys.argv[1:]])),
             config=self.cfg.to_dict(), packages=package_versions(), prompts=self.prompts.hashes(),
@@ -363,7 +372,7 @@ class Session:
 
     def _filter(self, input_path: str | Path | None = None) -> StepResult:
         tasks = self.input_tasks("filter", input_path)
-        kept, rejected = filter_tasks(tasks, self.seeds, self.cfg.filter)
+        kept, rejected = filter_tasks(tasks, self.seeds, self.cfg.filter, instance_demonstrations(self.prompts))
         # The filter is re-run whole, so its file and its rejections are replaced, never appended.
         write_jsonl_atomic(self.run.stage_file("filter"), kept)
         self.run.replace_rejected("filter", rejected)
@@ -431,10 +440,6 @@ class Session:
         n = sum(len(t.instances) for t in tasks)
         with self.progress("score: instances rated", n) as advance:
             r = run_score(judge, tasks, self.cfg, self.run, self.prompts, progress=advance)
-        budget = getattr(judge, "budget", None)
-        if judge is not self._teacher and budget is not None and budget.reached:
-            raise BudgetReached(f"budget reached in score (the judge {judge.name}); {self.run.path} is consistent. "
-                                "Raise --max-tokens-total / --max-cost and run the same command to go on")
         ratings = [int(round(t.meta["score"]["rating"])) for t in self.run.read_stage("score")]
         spread = ", ".join(f"{k}: {ratings.count(k)}" for k in range(1, 6))
         message = (f"score: {r.written} instances rated by {judge.name} ({len(ratings)} in score.jsonl; {spread}), "

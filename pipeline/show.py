@@ -138,15 +138,19 @@ def show_run(path: Path, *, stage: str | None, n_samples: int, as_jsonl: bool, s
             table.add_row(kind, *(str(u.get(k, 0)) for k in ("calls", "errors", "retries", "timeouts", "cached",
                                                              "prompt_tokens", "completion_tokens")))
         out.print(table)
-    spend = s["spend"]
-    if spend:
-        cost = f"${spend['cost_usd']:.4f}" if spend.get("cost_usd") is not None else "no price for this model"
-        limits = ", ".join(f"{k} {spend[k]}" for k in ("max_tokens_total", "max_cost") if spend.get(k))
-        out.print(f"[bold]Spend:[/] {spend['total_tokens']:,} tokens, {cost}" + (f" (limits: {limits})" if limits else ""))
     if s["usage"]:  # dollars per stage, per 1,000 kept and rows, break-even: the figures of `seed2lora cost`
-        from .cost import print_cost, run_cost
+        from .cost import money, print_cost, run_cost
 
-        print_cost(out, run_cost(path))
+        c = run_cost(path)
+        # Spend from the usage log, each model at its own price (a manifest's copy may predate the last kill -9).
+        tokens = sum(t["prompt_tokens"] + t["completion_tokens"] for t in c["models"].values())
+        cost = money(c["dataset_usd"]) if c["dataset_usd"] is not None else f"no price for {', '.join(c['unpriced'])}"
+        per_model = ", ".join(f"{m} {money(t['usd'])}" for m, t in c["models"].items())
+        spend = s["spend"] or {}
+        limits = ", ".join(f"{k} {spend[k]}" for k in ("max_tokens_total", "max_cost") if spend.get(k))
+        out.print(f"[bold]Spend:[/] {tokens:,} tokens, {cost} ({per_model})" + (f" (limits: {limits})" if limits else ""),
+                  highlight=False)
+        print_cost(out, c)
     for t in _pick(records, n_samples, seed):
         _print_task(out, t)
 

@@ -82,7 +82,7 @@ def test_cost_of_a_fixture_run_matches_a_count_by_hand(run):
     assert stages["instances"]["usd"] == pytest.approx(want["instances"])
     assert (stages["bootstrap"]["calls"], stages["bootstrap"]["cached"]) == (4, 2)  # cached calls counted, not paid
     assert c["usage_source"] == "cache.sqlite usage log"
-    assert c["teachers"]["openai:gpt-4o-mini"]["usd"] == pytest.approx(want["dataset"])
+    assert c["models"]["gpt-4o-mini"]["usd"] == pytest.approx(want["dataset"])
     assert (c["kept"], c["train_rows"]) == (2, 4)
     assert c["usd_per_1k_kept"] == pytest.approx(want["per_1k_kept"])
     assert c["usd_per_1k_rows"] == pytest.approx(want["per_1k_rows"])

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from fakeserver import TOPICS, VERBS
 
-from pipeline.budget import Budget
+from pipeline.budget import Budget, attach_run
 from pipeline.cache import CACHE_FILE, ResponseCache
 from pipeline.cli import cli
 from pipeline.config import EvolveConfig, EvolveWeights, load_config
@@ -403,14 +403,14 @@ def stage_for(tmp_path, fake_openai):
         run.ensure()
         teacher = make_teacher(cfg.teacher, seed=cfg.seed)
         teacher.cache = ResponseCache(run.path / CACHE_FILE)
-        teacher.budget = Budget(cfg.budget, "fake-model", dict(spent))
+        attach_run(teacher, teacher.cache, "s", Budget(cfg.budget, {"fake-model": dict(spent)}))
         pool = load_seeds(pool_file)
         try:
             result = run_evolve(teacher, pool, cfg, run, Prompts(), source=f"seeds:{pool_file}",
                                 seeds=[t.instruction for t in pool], progress=progress)
         finally:
             teacher.cache.close()
-            spent.update(teacher.budget.merged(teacher.usage))
+            spent.update(teacher.budget.by_model()["fake-model"])
         return result, run, teacher
 
     run_stage.bars = []  # [description, total, advanced] of each progress bar, in order

@@ -1,8 +1,18 @@
+import dataclasses
+
 import pytest
 
 from pipeline.config import FilterConfig
+from pipeline.prompts import Prompts
 from pipeline.records import Instance, Task
-from pipeline.stages.filter import InstructionFilter, clean_instances, filter_tasks, instruction_reject_reason
+from pipeline.stages.filter import (
+    InstructionFilter,
+    clean_instances,
+    copied_demo_reason,
+    filter_tasks,
+    instance_demonstrations,
+    instruction_reject_reason,
+)
 
 CFG = FilterConfig()
 
@@ -79,3 +89,126 @@ def test_filter_stage_rejects_with_reasons_and_caps_instances():
     drop = next(t for t in rejected if t.id == "a#0")  # each dropped instance is its own record, with its instance
     assert drop.meta["instance_of"] == "a" and drop.instances == [Instance("5", "out 5")]
     assert all(t.stage == "filter" for t in rejected)
+
+
+# ---------------------------------------------------------------- copied_demo: an instance repeating its prompt's example
+
+DEMOS = instance_demonstrations(Prompts())  # read from the bundled templates, as the filter stage reads them
+
+
+def made_with(template, instruction, *instances, origin="machine", task_id="t"):
+    return Task(id=task_id, instruction=instruction, origin=origin, prompt=f"bootstrap.txt,{template}",
+                is_classification=template == "instances_clf.txt", instances=[Instance(a, b) for a, b in instances])
+
+
+def test_the_demonstrations_are_read_from_the_rendered_templates():
+    gen, clf = DEMOS["instances_gen.txt"], DEMOS["instances_clf.txt"]
+    assert "Libraries will open until nine." in gen and "-10 degrees Celsius" in gen
+    assert "The museum opens at ten on Sundays." in clf and "Positive" in clf and "47" in clf
+    assert not any("SEED2LORA" in d or d.startswith("Task") for d in gen + clf)  # the task's own slot is no example
+    assert "<noinput>" not in gen and "" not in gen  # "no input" is read as empty, as in a reply
+
+
+def test_the_filter_stage_drops_an_instance_copied_from_its_own_prompt():
+    """Gemma-3-270M as a base teacher through completions: 3 of 20 kept instances were prompt examples."""
+    tasks = [
+        made_with("instances_gen.txt", "Suggest a name for a new bakery in a small town.",
+                  ("<noinput>", "Libraries will open until nine."), ("", "The Rolling Pin")),
+        made_with("instances_gen.txt", "Describe the weather you would expect in a rainforest.",
+                  ("", "after three weeks of heavy rain, the farmers in the valley finally saw the sun and began "
+                       "harvesting their wheat")),  # case and punctuation aside, the example's input
+        made_with("instances_clf.txt", "Is the animal in the sentence a mammal or a bird?",
+                  ("Close the window before you leave.", "Mammal"), ("The sparrow sang on the fence.", "Bird"),
+                  task_id="c"),
+        made_with("instances_gen.txt", "Write a headline for the news item.",
+                  ("Council extends hours.", "Breaking: Libraries will open until nine. More at ten."),
+                  task_id="h"),  # the example held whole, word for word
+    ]
+    tasks[1].id = "w"
+    kept, rejected = filter_tasks(tasks, [], CFG, DEMOS)
+    reasons = {t.id: t.reject_reason for t in rejected}
+    assert reasons["t#0"] == ("instance_copied_demo: the output repeats the prompt's example 'Libraries will open "
+                              "until nine.'; dropped from t")
+    assert reasons["w#0"].startswith("instance_copied_demo: the output repeats") and reasons["w"] == "no_valid_instances"
+    assert reasons["c#0"].startswith("instance_copied_demo: the input repeats the prompt's example 'Close the window")
+    assert reasons["h#0"].startswith("instance_copied_demo: the output")
+    assert {t.id: [i.output for i in t.instances] for t in kept} == {"t": ["The Rolling Pin"], "c": ["Bird"]}
+    drop = next(t for t in rejected if t.id == "t#0")
+    assert drop.meta["instance_of"] == "t" and drop.instances == [Instance("<noinput>", "Libraries will open until nine.")]
+
+
+def test_labels_short_inputs_and_other_prompts_examples_are_kept():
+    tasks = [  # a label, a number and an empty input are what tasks of their kind share with the examples
+        made_with("instances_clf.txt", "Classify the movie review as positive or negative.",
+                  ("A moving film with a clumsy ending.", "Positive"), ("Two hours I will never get back.", "Negative")),
+        made_with("instances_clf.txt", "Is the number a prime number? Answer Prime or Composite.",
+                  ("47", "Prime"), ("318", "Composite"), task_id="p"),
+        made_with("instances_gen.txt", "Convert the temperature from Fahrenheit to Kelvin.",
+                  ("25 degrees Celsius", "298.15 Kelvin"), ("<noinput>", "Give me a temperature first."), task_id="k"),
+        # the example of the other template: this task was never shown it
+        made_with("instances_gen.txt", "Rewrite the sentence as a question.",
+                  ("The museum opens at ten on Sundays.", "Does the museum open at ten on Sundays?"), task_id="q"),
+        made_with("instances_gen.txt", "Summarize the news in one line.",  # a sentence that only shares words
+                  ("The library will stay open late.", "Libraries will stay open until nine"), task_id="s"),
+    ]
+    kept, rejected = filter_tasks(tasks, [], CFG, DEMOS)
+    assert not rejected and len(kept) == 5
+
+
+def test_seeds_and_a_disabled_rule_are_never_filtered_by_it():
+    seed = made_with("instances_gen.txt", "Summarize the sentence in five words or fewer.",
+                     ("The city council voted on Tuesday to extend the opening hours of all public libraries until "
+                      "nine in the evening.", "Libraries will open until nine."), origin="seed")
+    seed.prompt = ""  # seeds have no prompt: a person wrote them (and the examples are theirs)
+    also_seed = dataclasses.replace(seed, id="s2", prompt="instances_gen.txt",  # a seed is never filtered by it
+                                    instruction="Shorten the news item to one plain sentence.")
+    copied = made_with("instances_gen.txt", "Suggest a name for a new bakery.", ("", "Libraries will open until nine."))
+    kept, rejected = filter_tasks([seed, also_seed], [], CFG, DEMOS)
+    assert len(kept) == 2 and not rejected
+    off = dataclasses.replace(CFG, drop_copied_demos=False)
+    kept, rejected = filter_tasks([copied], [], off, DEMOS)
+    assert len(kept) == 1 and not rejected
+
+
+@pytest.mark.parametrize("inst, reason", [
+    (Instance("", "LIBRARIES   will open until nine"), "copied_demo: the output repeats the prompt's example "
+                                                          "'Libraries will open until nine.'"),
+    (Instance("", "Libraries will open until ninety."), None),  # whole words only
+    (Instance("", "Libraries will open until nine tonight"), "copied_demo: the output repeats the prompt's example "
+                                                             "'Libraries will open until nine.'"),  # held whole
+    (Instance("", "Positive"), None),  # under copied_demo_min_words: a label
+    (Instance("-10 degrees Celsius", "14 degrees Fahrenheit"), None),  # 3 words: a short input any such task may use
+])
+def test_copied_demo_rule(inst, reason):
+    assert copied_demo_reason(inst, DEMOS["instances_gen.txt"] + DEMOS["instances_clf.txt"],
+                              CFG.copied_demo_min_words) == reason
+
+
+def test_a_template_of_ones_own_is_checked_against_its_own_examples(tmp_path):
+    for name in ("instances_gen.txt", "instances_clf.txt"):
+        text = (Prompts().path(name)).read_text(encoding="utf-8")
+        if name == "instances_gen.txt":
+            text = text.replace("Libraries will open until nine.", "Libraries open late on weekdays now.")
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    demos = instance_demonstrations(Prompts(tmp_path))
+    assert "Libraries open late on weekdays now." in demos["instances_gen.txt"]
+    assert "Libraries will open until nine." not in demos["instances_gen.txt"]
+
+
+def test_the_filter_step_writes_copied_demos_to_rejected_and_counts_them(tmp_path):
+    import json
+
+    from pipeline.config import load_config
+    from pipeline.runner import Session
+    from pipeline.store import RunDir, write_jsonl_atomic
+
+    cfg = load_config(None, {"output_dir": str(tmp_path), "run_name": "r", "teacher.spec": "openai:unused"})
+    copied = made_with("instances_gen.txt", "Suggest a name for a new bakery in a small town.",
+                       ("<noinput>", "Libraries will open until nine."), ("", "The Rolling Pin"))
+    write_jsonl_atomic(RunDir(cfg.run_dir).ensure().stage_file("instances"), [copied])
+    assert "1 kept, 0 rejected, 1 instances dropped" in Session(cfg).filter()
+    run = RunDir(cfg.run_dir)
+    (drop,) = run.read_rejected()
+    assert drop.stage == "filter" and drop.reject_reason.startswith("instance_copied_demo: ")
+    counts = json.loads(run.manifest_file.read_text())["counts"]
+    assert counts["rejected_by_reason"] == {"filter: instance_copied_demo": 1}

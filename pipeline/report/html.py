@@ -82,7 +82,7 @@ def render(f: dict[str, Any], pngs: dict[str, Path]) -> str:
     if f.get("cost"):  # the figures of `seed2lora cost`: dollars per stage, per 1,000 kept and rows, break-even
         from ..cost import money, summary_lines
 
-        rows = [(f"{s['stage']} ({s['teacher']})", f"{s['calls']:,} calls, {s['cached']:,} cached, {s['prompt_tokens']:,} + "
+        rows = [(f"{s['stage']} ({s['model']})", f"{s['calls']:,} calls, {s['cached']:,} cached, {s['prompt_tokens']:,} + "
                  f"{s['completion_tokens']:,} tokens, {money(s['usd'])}") for s in f["cost"]["stages"]]
         sections.append('<section id="cost"><h2>Cost</h2>' + _table(rows)
                         + "".join(f"<p>{html.escape(line)}</p>" for line in summary_lines(f["cost"])) + "</section>")

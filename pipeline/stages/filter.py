@@ -5,6 +5,12 @@ pool grows to its target with novel instructions, as Self-Instruct did), the fil
 stage re-applies it to a whole file, and evolution uses it on evolved instructions.
 Each rule returns None (keep) or a reason string "rule: detail" that goes with the
 record into rejected.jsonl.
+
+Instance cleaning adds one rule to Self-Instruct's: `copied_demo`, an instance whose input or
+output repeats a worked example of the very prompt it was made with (small base teachers
+copy them: Gemma-3-270M answered an unrelated task with "Libraries will open until nine.").
+The examples are read from the rendered templates, never written down here, so an edited
+prompt is checked against its own examples.
 """
 
 from __future__ import annotations
@@ -12,13 +18,18 @@ from __future__ import annotations
 import dataclasses
 import re
 import string
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ..config import FilterConfig
+from ..prompts import Prompts
 from ..records import Instance, Task
 from ..similarity import RougeLIndex
+from .instances import instance_prompt
+from .parse import parse_input_first, parse_output_first
+
+TASK_SLOT = "SEED2LORA-TASK-SLOT"  # rendered in the place of the task, so its block is told from the examples
 
 
 def instruction_reject_reason(instruction: str, cfg: FilterConfig) -> str | None:
@@ -93,8 +104,60 @@ class InstructionFilter:
         self.index.add(instruction)
 
 
-def clean_instances(instances: list[Instance], max_instances: int) -> tuple[list[Instance], list[dict[str, str]]]:
-    """Self-Instruct's instance cleaning. Returns (kept, dropped with a reason each)."""
+def prompt_demonstrations(text: str) -> list[str]:
+    """The inputs and outputs of the worked examples in a rendered instances prompt, in order.
+
+    Each "Task:" block is read by the parsers that read the teacher's replies (input-first and
+    output-first), so an example counts as the text a reply copying it would give; the block
+    holding TASK_SLOT (the task to answer) is not an example.
+    """
+    out: list[str] = []
+    for block in re.split(r"(?m)^(?=Task:)", text):
+        if block.startswith("Task:") and TASK_SLOT not in block:
+            for inst in [*parse_input_first(block), *parse_output_first(block)]:
+                out += [t for t in (inst.input, inst.output) if t and t not in out]
+    return out
+
+
+def instance_demonstrations(prompts: Prompts) -> dict[str, list[str]]:
+    """The examples of each instances template, by its name as a task's `prompt` field records it."""
+    out = {}
+    for is_classification in (False, True):
+        name, text = instance_prompt(Task(id="demo", instruction=TASK_SLOT, is_classification=is_classification),
+                                     prompts)
+        out[name] = prompt_demonstrations(text)
+    return out
+
+
+def own_demonstrations(task: Task, demos: Mapping[str, Sequence[str]]) -> list[str]:
+    """The examples of the prompts a task was made with (its `prompt` field, e.g. "bootstrap.txt,instances_gen.txt");
+    none for a seed, whose instances a person wrote."""
+    if task.origin == "seed" or not task.prompt:
+        return []
+    return [d for name in task.prompt.split(",") for d in demos.get(name.strip(), ())]
+
+
+def words_of(text: str) -> str:
+    """Lower-case words and numbers, one space apart: what `copied_demo` compares, case, spacing and punctuation aside."""
+    return " ".join(re.findall(r"\w+", text.casefold()))
+
+
+def copied_demo_reason(inst: Instance, demos: Iterable[str], min_words: int) -> str | None:
+    """`copied_demo` when the input or output is, or holds whole, an example of the prompt, word for word (words_of);
+    examples under min_words words never count (a label such as "Positive" is every sentiment task's answer)."""
+    for field_name, text in (("input", inst.input), ("output", inst.output)):
+        padded = f" {words_of(text)} "
+        for demo in demos:
+            words = words_of(demo)
+            if len(words.split()) >= min_words and f" {words} " in padded:
+                return f"copied_demo: the {field_name} repeats the prompt's example {demo!r}"
+    return None
+
+
+def clean_instances(instances: list[Instance], max_instances: int, demos: Sequence[str] = (),
+                    demo_min_words: int = FilterConfig.copied_demo_min_words) -> tuple[list[Instance], list[dict[str, str]]]:
+    """Self-Instruct's instance cleaning, and `copied_demo` against `demos` (the examples of the instance's own
+    prompt). Returns (kept, dropped with a reason each)."""
     dropped: list[dict[str, str]] = []
     valid: list[Instance] = []
     for inst in instances:
@@ -106,6 +169,8 @@ def clean_instances(instances: list[Instance], max_instances: int) -> tuple[list
             reason = "input_equals_output"
         elif inp.endswith(":") or out.endswith(":"):
             reason = "ends_with_colon"  # a cut-off field, e.g. "Output:" with nothing after it
+        else:
+            reason = copied_demo_reason(inst, demos, demo_min_words)
         if reason:
             dropped.append({"input": inst.input, "output": inst.output, "reason": reason})
         else:
@@ -134,11 +199,13 @@ def clean_instances(instances: list[Instance], max_instances: int) -> tuple[list
     return kept, dropped
 
 
-def filter_tasks(tasks: list[Task], seeds: list[Task], cfg: FilterConfig) -> tuple[list[Task], list[Task]]:
+def filter_tasks(tasks: list[Task], seeds: list[Task], cfg: FilterConfig,
+                 demos: Mapping[str, Sequence[str]] | None = None) -> tuple[list[Task], list[Task]]:
     """The filter stage over a whole file: (kept, rejected), in input order, pool grown in order.
 
     `rejected` holds the rejected tasks, then one record per instance that cleaning dropped
     (id "<task id>#k", meta "instance_of", reason "instance_<rule>: ...").
+    `demos`: each instances template's examples (instance_demonstrations), for `copied_demo`.
 
     Rules and instance cleaning do not depend on the pool, so they run first; the
     candidates left go through the index's batch filter, which scores 64 of them per pass
@@ -152,11 +219,12 @@ def filter_tasks(tasks: list[Task], seeds: list[Task], cfg: FilterConfig) -> tup
     for i, task in enumerate(tasks):
         reason = instruction_reject_reason(task.instruction, cfg)
         if reason is None:
-            instances, dropped = clean_instances(task.instances, cfg.max_instances)
+            own = own_demonstrations(task, demos or {}) if cfg.drop_copied_demos else []
+            instances, dropped = clean_instances(task.instances, cfg.max_instances, own, cfg.copied_demo_min_words)
             task.instances = instances
             drops += [dataclasses.replace(task, id=f"{task.id}#{k}", instances=[Instance(d["input"], d["output"])],
                                           meta={**task.meta, "instance_of": task.id}).rejected(
-                          f"instance_{d['reason']}: dropped from {task.id}", "filter")
+                          f"instance_{drop_reason(d['reason'], task.id)}", "filter")
                       for k, d in enumerate(dropped)]
             if cfg.require_instances and not instances:
                 reason = "no_valid_instances"
@@ -182,3 +250,9 @@ def filter_tasks(tasks: list[Task], seeds: list[Task], cfg: FilterConfig) -> tup
     kept = [t for i, t in enumerate(tasks) if i not in verdicts]
     rejected = [t.rejected(verdicts[i], "filter") for i, t in enumerate(tasks) if i in verdicts]
     return kept, rejected + drops
+
+
+def drop_reason(reason: str, task_id: str) -> str:
+    """A cleaning rule's reason with the task it was dropped from: "rule: detail; dropped from <id>"."""
+    rule, _, detail = reason.partition(": ")
+    return f"{rule}: {detail + '; ' if detail else ''}dropped from {task_id}"

@@ -153,6 +153,7 @@ class BaseTeacher:
         self.usage = Usage()
         self.cache: Any = None  # a pipeline.cache.ResponseCache, attached by the run
         self.session = ""  # this process's id in the run's usage log, set with the cache
+        self.usage_model = ""  # the model its usage-log rows name, each call priced at it; set with the cache
         self.budget: Any = None  # a pipeline.budget.Budget, attached by the run
 
     # -- subclasses implement one of these ---------------------------------------------
@@ -192,7 +193,7 @@ class BaseTeacher:
     def _pull(self, requests: Iterator[Request | None]) -> Request | None | bool:
         """The next request to send; WAIT (None) when the source has nothing until a reply
         arrives; False when there is none left or the budget is spent."""
-        if self.budget is not None and self.budget.exhausted(self.usage):
+        if self.budget is not None and self.budget.exhausted():
             return False
         return next(requests, False)
 
@@ -218,7 +219,7 @@ class BaseTeacher:
         counts = self.usage.add(kind, c)
         if self.cache is not None:  # reply and usage durable in one commit, before any record is built from them
             key = self.cache_key(req, params) if c.ok and not c.cached and c.cacheable else None
-            self.cache.record(key, c, self.session, kind, counts)
+            self.cache.record(key, c, self.session, kind, counts, self.usage_model or None)
         return c
 
 

@@ -276,7 +276,7 @@ def judge_teacher(cfg: TeacherConfig, run_dir: str | Path | None, *, seed: int =
     if not cfg.spec.strip():
         yield None
         return
-    from ..budget import attach_run
+    from ..budget import attach_run, session_budget
     from ..cache import CACHE_FILE, ResponseCache
     from ..teachers import make_teacher
 
@@ -290,7 +290,9 @@ def judge_teacher(cfg: TeacherConfig, run_dir: str | Path | None, *, seed: int =
     try:
         if run_dir is not None:
             cache = ResponseCache(Path(run_dir) / CACHE_FILE)
-            attach_run(teacher, cache, f"{os.getpid()}-eval-{uuid.uuid4().hex[:8]}", run_budget(run_dir))
+            session = f"{os.getpid()}-eval-{uuid.uuid4().hex[:8]}"
+            budget = session_budget(run_budget(run_dir), cache, session, RunDir(run_dir).manifest())
+            attach_run(teacher, cache, session, budget)
         yield teacher
     finally:
         if cache is not None:
@@ -303,7 +305,7 @@ def check_judge_budget(teacher: Any, result: dict[str, Any], run_dir: Path | Non
     if result.get("not_sent"):
         from ..budget import BudgetReached
 
-        spend = teacher.budget.spend(teacher.usage) if getattr(teacher, "budget", None) is not None else {}
+        spend = teacher.budget.spend() if getattr(teacher, "budget", None) is not None else {}
         asked = result["judged"] + result["unparsed"] + result["not_sent"]
         raise BudgetReached(f"budget reached while judging: {result['not_sent']} of {asked} verdicts not asked "
                             f"({spend.get('total_tokens', '?')} tokens spent in {run_dir}). Fix: "

@@ -1,0 +1,130 @@
+"""`seed2lora run --dry-run`: the calls, tokens and dollars that every stage in `stages` would still spend.
+
+No teacher is loaded and nothing is sent. Prompt tokens come from rendering real prompts
+(characters / CHARS_PER_TOKEN); completion tokens are the max_tokens upper bound. Each stage is
+priced at the model that will run it: score at its judge ([score.teacher]) when it names one,
+every other stage at the run's teacher. Work already in the run's files is not counted again.
+
+Counts a stage cannot know before the stages ahead of it have run are upper bounds of the plan:
+bootstrap assumes the yield seen so far in this run (else ASSUMED_YIELD); classify and instances
+one call per instruction asked for; evolve every instruction of its pool, each round three calls
+(the evolution, the equality judgement, the answer); score one call per row, a task keeping at
+most filter.max_instances rows and an evolution one.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+from .budget import CHARS_PER_TOKEN, price_for
+from .cache import model_of
+from .config import RunConfig
+from .datasets_io import Fields, load_pool
+from .prompts import Prompts
+from .records import Instance, Task
+from .rows import SOURCES, generated_include, include_list
+from .stages.bootstrap import build_prompt
+from .stages.evolve import OPERATIONS, answer_prompt, evolution_prompt, judge_prompt, lineages_left
+from .stages.instances import instance_prompt
+from .stages.score import judge_config
+from .store import STAGES, RunDir
+
+ASSUMED_YIELD = 2.0  # kept instructions per bootstrap prompt when the run has no history yet
+IN_PROCESS = ("embedded", "hf")  # teacher kinds that score by log-probability under score.method = auto
+
+
+def tokens(text: str) -> int:
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def row(model: str, calls: int, prompt_text: str, max_tokens: int) -> dict[str, Any]:
+    return {"model": model, "calls": calls, "prompt_tokens": calls * tokens(prompt_text),
+            "max_completion_tokens": calls * max_tokens}
+
+
+def evolve_todo(cfg: RunConfig, seeds: list[Task], run: RunDir) -> int:
+    """Slot-rounds of evolve without an outcome: its pool's (as far as it exists yet), plus every round of the
+    instructions a stage ahead of it in this run may still add to the pool."""
+    e, source = cfg.evolve, cfg.evolve.source
+    if source == "seeds":
+        pool = seeds
+    elif source in STAGES:
+        pool = run.read_stage(source)
+    else:
+        pool = load_pool(source, Fields(e.instruction_field, e.input_field, e.output_field))
+    done: dict[str, int] = {}
+    for t in [*run.read_stage("evolve"), *run.read_rejected()]:
+        if t.stage == "evolve" and t.parent_id:
+            done[t.parent_id] = max(done.get(t.parent_id, 0), t.round)
+    todo = sum(e.rounds + 1 - x.round for x in lineages_left(pool, run.read_stage("evolve"), done, e.rounds))
+    planned = cfg.bootstrap.num_instructions if source in STAGES and source in cfg.stages else 0
+    return todo + max(0, planned - len(pool)) * e.rounds
+
+
+def score_rows_left(cfg: RunConfig, seeds: list[Task], run: RunDir) -> int:
+    """Rows score would still rate: those of the kept files (or, for a stage of this run, its plan if larger),
+    less those already rated or rejected by score."""
+    rows = 0
+    for name in generated_include(cfg.export.include):
+        stage = SOURCES[name]
+        have = sum(len(t.instances) for t in run.read_stage(stage))
+        if stage == "filter" and stage in cfg.stages:
+            have = max(have, cfg.bootstrap.num_instructions * cfg.filter.max_instances)
+        elif stage == "evolve" and stage in cfg.stages:
+            have = max(have, len(run.read_stage("evolve")) + evolve_todo(cfg, seeds, run))
+        rows += have
+    done = len(run.read_stage("score")) + sum(1 for t in run.read_rejected() if t.stage == "score")
+    return max(0, rows - done)
+
+
+def estimate_run(cfg: RunConfig, prompts: Prompts, seeds: list[Task], run: RunDir, log: Any) -> dict[str, Any]:
+    """Per stage in cfg.stages that calls a teacher: model, calls, prompt tokens, completion tokens at most and
+    dollars at most; and their total (its dollars None when a model with tokens to spend has no price)."""
+    teacher = model_of(cfg.teacher.spec)
+    kept = len(run.read_stage("bootstrap"))
+    sent = log.requests("bootstrap")[0] if log is not None else 0
+    yield_per_call = kept / sent if sent and kept else ASSUMED_YIELD
+    example = Task(id="x", instruction=seeds[0].instruction if seeds else "An example task.",
+                   instances=[Instance("", "An example answer.")])
+    n_tasks = cfg.bootstrap.num_instructions
+    rows: dict[str, dict[str, Any]] = {}
+    if "bootstrap" in cfg.stages:
+        _, text, _ = build_prompt(prompts, cfg, random.Random(cfg.seed), seeds, [])
+        max_out = cfg.bootstrap.alpaca_max_tokens if cfg.bootstrap.mode == "alpaca" else cfg.bootstrap.max_tokens
+        rows["bootstrap"] = row(teacher, math.ceil(max(0, n_tasks - kept) / yield_per_call), text, max_out)
+    if "classify" in cfg.stages:
+        rows["classify"] = row(teacher, max(0, n_tasks - len(run.read_stage("classify"))),
+                               prompts.render("classify.txt", instruction=example.instruction), cfg.classify.max_tokens)
+    if "instances" in cfg.stages:
+        rows["instances"] = row(teacher, max(0, n_tasks - len(run.read_stage("instances"))),
+                                instance_prompt(example, prompts)[1], cfg.instances.max_tokens)
+    if "evolve" in cfg.stages:
+        e, todo = cfg.evolve, evolve_todo(cfg, seeds, run)
+        evolutions = [evolution_prompt(prompts, op, example.instruction, e)[1] for op in OPERATIONS]
+        longest = max(evolutions, key=len)  # an operation drawn at random: the longest prompt bounds them
+        child = Task(id="y", instruction=example.instruction)
+        rows["evolve"] = row(teacher, todo, longest, e.max_tokens)
+        rows["evolve_judge"] = row(teacher, todo, judge_prompt(prompts, example, child), e.judge_max_tokens)
+        rows["evolve_answer"] = row(teacher, todo, answer_prompt(prompts, child), e.answer_max_tokens)
+    if "score" in cfg.stages:
+        include_list(cfg.export.include)  # a bad include fails here as it would in the run
+        judge = judge_config(cfg)
+        by_logprobs = cfg.score.method == "logprobs" or (cfg.score.method == "auto"
+                                                         and judge.spec.partition(":")[0] in IN_PROCESS)
+        template = "score_yesno.txt" if by_logprobs else "score.txt"
+        text = prompts.render(template, instruction=example.instruction, input="(none)",
+                              output=example.instances[0].output)
+        rows["score"] = row(model_of(judge.spec), score_rows_left(cfg, seeds, run), text,
+                            1 if by_logprobs else cfg.score.max_tokens)
+    for r in rows.values():
+        price = price_for(cfg.budget, r["model"])
+        r["max_cost_usd"] = None if price is None else \
+            (r["prompt_tokens"] * price[0] + r["max_completion_tokens"] * price[1]) / 1e6
+    total = {k: sum(r[k] for r in rows.values()) for k in ("calls", "prompt_tokens", "max_completion_tokens")}
+    unpriced = sorted({r["model"] for r in rows.values() if r["max_cost_usd"] is None and r["calls"]})
+    cost = None if unpriced else sum(r["max_cost_usd"] or 0.0 for r in rows.values())
+    return {"stages": rows, "total": total, "max_cost_usd": cost, "unpriced": unpriced,
+            "bootstrap_yield_per_call": round(yield_per_call, 2), "yield_observed": bool(sent and kept),
+            "models": sorted({r["model"] for r in rows.values()})}

@@ -1,0 +1,185 @@
+"""Every call priced at its own model: the live budget, `seed2lora cost`, `show`, old usage logs, the dry run."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+from click.testing import CliRunner
+from helpers import read
+
+from pipeline.budget import Budget, attribute_unlogged
+from pipeline.cache import CACHE_FILE, ResponseCache
+from pipeline.cli import cli
+from pipeline.config import BudgetConfig, load_config
+from pipeline.cost import run_cost
+from pipeline.errors import Seed2LoraError
+from pipeline.estimate import estimate_run
+from pipeline.prompts import Prompts
+from pipeline.records import Instance, Task
+from pipeline.runner import Session
+from pipeline.store import RunDir, write_jsonl_atomic
+from pipeline.teachers.base import Completion, Usage
+
+MINI, FOUR_O = (0.15, 0.60), (2.50, 10.00)  # the default [budget.prices] of gpt-4o-mini and gpt-4o, $ per 1M tokens
+BOOTSTRAP = {"calls": 50, "prompt_tokens": 1_000_000, "completion_tokens": 100_000}  # $0.21 at mini, $3.50 at 4o
+
+
+def usage_of(prompt: int, completion: int = 0) -> Usage:
+    u = Usage()
+    u.add("score", Completion("x", "stop", prompt_tokens=prompt, completion_tokens=completion))
+    return u
+
+
+def test_each_model_is_priced_at_its_own_price_and_the_whole_run_counts():
+    budget = Budget(BudgetConfig(max_cost=1.0), {"gpt-4o-mini": {"bootstrap": dict(BOOTSTRAP)}})
+    judge = usage_of(0)
+    budget.track("gpt-4o", judge)
+    assert not budget.exhausted()  # $0.21 of mini tokens: priced at gpt-4o they would be $3.50, over the limit
+    spend = budget.spend()
+    assert spend["cost_usd"] == pytest.approx(0.21) and spend["by_model"]["gpt-4o"]["cost_usd"] == 0
+    judge.add("score", Completion("x", "stop", prompt_tokens=316_000))  # + $0.79 at gpt-4o: $1.00 in all
+    assert budget.exhausted() and budget.reached
+    assert budget.spend()["by_model"]["gpt-4o"]["cost_usd"] == pytest.approx(0.79)
+
+
+def test_max_cost_with_an_unpriced_model_names_it_earlier_sessions_included():
+    with pytest.raises(Seed2LoraError, match="no price for model 'local-llama'.*prices"):
+        Budget(BudgetConfig(max_cost=1.0), {"local-llama": {"bootstrap": dict(BOOTSTRAP)}})
+    budget = Budget(BudgetConfig(max_cost=1.0), {"local-llama": {"bootstrap": {"calls": 0, "cached": 3}}})
+    with pytest.raises(Seed2LoraError, match="'qwen2.5:1.5b'"):  # tokens-free cache hits need no price; a teacher does
+        budget.track("qwen2.5:1.5b", Usage())
+    assert Budget(BudgetConfig(), {"local-llama": {"bootstrap": dict(BOOTSTRAP)}}).spend()["unpriced"] == ["local-llama"]
+
+
+def scored_run(tmp_path, fake_openai, **overrides):
+    """A run whose gpt-4o-mini teacher spent $0.21 in an earlier session; score is to use a gpt-4o judge."""
+    tasks = [Task(id=f"t{i}", instruction=f"Name a fruit that is {c}.", origin="machine", stage="filter",
+                  instances=[Instance("", f"A {c} fruit.")]) for i, c in enumerate(("red", "green", "yellow"))]
+    run = RunDir(tmp_path / "r").ensure()
+    write_jsonl_atomic(run.stage_file("filter"), tasks)
+    run.update_manifest(teacher={"name": "openai:gpt-4o-mini", "model": "gpt-4o-mini"})
+    cache = ResponseCache(run.path / CACHE_FILE)
+    cache.log_usage("earlier", "bootstrap", BOOTSTRAP, model="gpt-4o-mini")
+    cache.close()
+    fake_openai.default_reply = lambda path, body: fake_openai.wrap(path, '{"rating": 4, "reason": "fine"}')
+    return load_config(None, {"output_dir": str(tmp_path), "run_name": "r", "teacher.spec": "openai:gpt-4o-mini",
+                              "teacher.base_url": "http://127.0.0.1:9/v1", "budget.max_cost": 1.0,
+                              "score.teacher.spec": "openai:gpt-4o", "score.teacher.base_url": fake_openai.url,
+                              **overrides})
+
+
+def test_a_cheap_teachers_spend_does_not_stop_a_dear_judge_at_once(fake_openai, tmp_path):
+    cfg = scored_run(tmp_path, fake_openai)
+    message = Session(cfg).score()  # before: BudgetReached (exit 3) with 0 calls, the mini tokens at gpt-4o prices
+    assert "3 instances rated" in message and len(fake_openai.history) == 3
+    assert {h["body"]["model"] for h in fake_openai.history} == {"gpt-4o"}
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    spend = manifest["spend"]
+    assert set(spend["by_model"]) == {"gpt-4o-mini", "gpt-4o"}
+    assert spend["by_model"]["gpt-4o-mini"]["cost_usd"] == pytest.approx(0.21)
+    judge_tokens = spend["by_model"]["gpt-4o"]["prompt_tokens"], spend["by_model"]["gpt-4o"]["completion_tokens"]
+    assert spend["cost_usd"] == pytest.approx(0.21 + (judge_tokens[0] * 2.5 + judge_tokens[1] * 10) / 1e6, abs=1e-6)
+    cache = ResponseCache(tmp_path / "r" / CACHE_FILE)
+    assert cache.usage_by_model()["gpt-4o"]["score"]["calls"] == 3  # the usage log names the judge's model
+    cache.close()
+    shown = CliRunner().invoke(cli, ["show", str(tmp_path / "r")], catch_exceptions=False).output
+    assert "Spend:" in shown and "gpt-4o-mini $0.2100" in shown and "gpt-4o $0.0" in shown
+
+
+def test_the_whole_runs_spend_still_stops_the_judge(fake_openai, tmp_path):
+    cfg = scored_run(tmp_path, fake_openai, **{"budget.max_cost": 0.2})  # the teacher alone spent $0.21
+    result = CliRunner().invoke(cli, ["score", str(tmp_path / "r"), "--set", "budget.max_cost=0.2",
+                                      "--set", "score.teacher.spec=openai:gpt-4o",
+                                      "--set", f"score.teacher.base_url={fake_openai.url}"])
+    assert cfg.budget.max_cost == 0.2 and result.exit_code == 3, result.output
+    assert "budget reached in score" in result.output and not fake_openai.history
+
+
+def test_cost_shows_spend_per_model(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"teacher": {"name": "openai:gpt-4o-mini"},
+                                                   "config": {"score": {"teacher": {"spec": "openai:gpt-4o"}}}}))
+    cache = ResponseCache(run / CACHE_FILE)
+    cache.log_usage("s1", "bootstrap", BOOTSTRAP, model="gpt-4o-mini")
+    cache.log_usage("s2", "score", {"calls": 10, "prompt_tokens": 40_000, "completion_tokens": 1_000}, model="gpt-4o")
+    cache.log_usage("s3", "judge", {"calls": 2, "prompt_tokens": 1_000, "completion_tokens": 10}, model="gpt-4.1")
+    cache.close()
+    c = run_cost(run)
+    assert c["models"]["gpt-4o-mini"]["usd"] == pytest.approx(0.21)
+    assert c["models"]["gpt-4o"]["usd"] == pytest.approx((40_000 * 2.5 + 1_000 * 10) / 1e6)  # $0.11
+    assert c["models"]["gpt-4.1"]["usd"] == pytest.approx((1_000 * 2.0 + 10 * 8.0) / 1e6)  # eval's pairwise judge
+    assert c["dataset_usd"] == pytest.approx(0.21 + 0.11 + 0.00208)
+    out = CliRunner().invoke(cli, ["cost", str(run)], catch_exceptions=False).output
+    for line in ("score", "gpt-4o-mini", "gpt-4.1", "$0.2100", "$0.1100"):
+        assert line in out
+
+
+def test_an_old_usage_log_without_models_loads_and_is_priced_at_the_recorded_teacher_and_judge(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    db = sqlite3.connect(run / CACHE_FILE)  # the schema before models were logged
+    db.execute("CREATE TABLE usage (session TEXT, kind TEXT, calls INTEGER, errors INTEGER, cached INTEGER, "
+               "prompt_tokens INTEGER, completion_tokens INTEGER, retries INTEGER, timeouts INTEGER)")
+    db.execute("INSERT INTO usage VALUES ('old', 'bootstrap', 50, 0, 0, 1000000, 100000, 0, 0)")
+    db.execute("INSERT INTO usage VALUES ('old', 'score', 10, 0, 0, 40000, 1000, 0, 0)")
+    db.commit()
+    db.close()
+    manifest = {"teacher": {"name": "openai:gpt-4o-mini", "model": "gpt-4o-mini"},
+                "config": {"teacher": {"spec": "openai:gpt-4o-mini"}, "score": {"teacher": {"spec": "openai:gpt-4o"}}}}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    c = run_cost(run)  # opens (and migrates) the old database
+    assert {(s["stage"], s["model"]) for s in c["stages"]} == {("bootstrap", "gpt-4o-mini"), ("score", "gpt-4o")}
+    assert c["dataset_usd"] == pytest.approx(0.21 + 0.11)
+    cache = ResponseCache(run / CACHE_FILE)
+    cache.record(None, Completion("x", "stop", prompt_tokens=5), "new", "score",
+                 {"calls": 1, "prompt_tokens": 5}, "gpt-4.1")  # a new session's row names its model
+    by_model = cache.usage_by_model()
+    assert by_model[None]["bootstrap"]["calls"] == 50 and by_model["gpt-4.1"]["score"]["calls"] == 1
+    assert cache.usage()["score"]["calls"] == 11  # per kind, over every model
+    cache.close()
+    attributed = attribute_unlogged(by_model, manifest)
+    assert attributed["gpt-4o"]["score"]["calls"] == 10 and attributed["gpt-4o-mini"]["bootstrap"]["calls"] == 50
+    assert attribute_unlogged({None: {"bootstrap": {"calls": 1}}}, {})["unknown"]["bootstrap"]["calls"] == 1
+
+
+def test_the_dry_run_prices_every_listed_stage_at_its_own_model(tmp_path):
+    cfg = load_config(None, {"output_dir": str(tmp_path), "run_name": "r", "teacher.spec": "openai:gpt-4o-mini",
+                             "score.teacher.spec": "openai:gpt-4o", "bootstrap.num_instructions": 10,
+                             "evolve.rounds": 2, "stages": ["bootstrap", "classify", "instances", "filter", "evolve",
+                                                            "score"]})
+    s = Session(cfg)
+    est = estimate_run(cfg, s.prompts, s.seeds, s.run, None)
+    rows = est["stages"]
+    assert list(rows) == ["bootstrap", "classify", "instances", "evolve", "evolve_judge", "evolve_answer", "score"]
+    assert {n: r["model"] for n, r in rows.items()} == {**{n: "gpt-4o-mini" for n in rows}, "score": "gpt-4o"}
+    assert rows["evolve"]["calls"] == rows["evolve_answer"]["calls"] == 10 * 2  # the filter's 10 tasks, 2 rounds
+    assert rows["evolve_answer"]["max_completion_tokens"] == 20 * cfg.evolve.answer_max_tokens
+    assert rows["score"]["calls"] == 10 * cfg.filter.max_instances + 20  # every row of filter and evolve at most
+    score = rows["score"]
+    assert score["max_cost_usd"] == pytest.approx((score["prompt_tokens"] * 2.5 + score["max_completion_tokens"] * 10) / 1e6)
+    assert est["max_cost_usd"] == pytest.approx(sum(r["max_cost_usd"] for r in rows.values()))
+    out = CliRunner().invoke(cli, ["run", "--dry-run", "--output-dir", str(tmp_path), "--run-name", "r",
+                                   "--teacher", "openai:gpt-4o-mini", "--set", "score.teacher.spec=openai:gpt-4o",
+                                   "--set", 'stages=["bootstrap","classify","instances","filter","evolve","score"]'],
+                             catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    for word in ("evolve_judge", "evolve_answer", "score", "gpt-4o-mini", "gpt-4o"):
+        assert word in out.output
+    assert not (tmp_path / "r").exists()  # nothing written
+
+
+def test_the_dry_run_counts_only_what_is_left(tmp_path):
+    cfg = load_config(None, {"output_dir": str(tmp_path), "run_name": "r", "teacher.spec": "openai:local",
+                             "stages": ["score"], "export.include": ["self-instruct"]})
+    run = RunDir(cfg.run_dir).ensure()
+    tasks = [Task(id=f"t{i}", instruction="Name a fruit.", stage="filter", instances=[Instance("", "Apple.")] * 2)
+             for i in range(3)]
+    write_jsonl_atomic(run.stage_file("filter"), tasks)
+    write_jsonl_atomic(run.stage_file("score"), [Task(id="t0-0", instruction="Name a fruit.", stage="score")])
+    est = estimate_run(cfg, Prompts(), [], run, None)
+    assert list(est["stages"]) == ["score"] and est["stages"]["score"]["calls"] == 5  # 6 rows, 1 rated
+    assert est["max_cost_usd"] is None and est["unpriced"] == ["local"]
+    assert read(run.stage_file("score"))  # untouched
