@@ -6,7 +6,7 @@ priced at the model that will run it: score at its judge ([score.teacher]) when 
 every other stage at the run's teacher. Work already in the run's files is not counted again.
 
 Counts a stage cannot know before the stages ahead of it have run are upper bounds of the plan:
-bootstrap assumes the yield seen so far in this run (else ASSUMED_YIELD); classify and instances
+bootstrap assumes the yield seen so far in this run (else bootstrap.expected_yield); classify and instances
 one call per instruction asked for; evolve every instruction of its pool, each round three calls
 (the evolution, the equality judgement, the answer); score one call per row, a task keeping at
 most filter.max_instances rows and an evolution one.
@@ -31,7 +31,6 @@ from .stages.instances import instance_prompt
 from .stages.score import judge_config
 from .store import STAGES, RunDir
 
-ASSUMED_YIELD = 2.0  # kept instructions per bootstrap prompt when the run has no history yet
 IN_PROCESS = ("embedded", "hf")  # teacher kinds that score by log-probability under score.method = auto
 
 
@@ -85,7 +84,7 @@ def estimate_run(cfg: RunConfig, prompts: Prompts, seeds: list[Task], run: RunDi
     teacher = model_of(cfg.teacher.spec)
     kept = len(run.read_stage("bootstrap"))
     sent = log.requests("bootstrap")[0] if log is not None else 0
-    yield_per_call = kept / sent if sent and kept else ASSUMED_YIELD
+    yield_per_call = kept / sent if sent and kept else cfg.bootstrap.expected_yield
     example = Task(id="x", instruction=seeds[0].instruction if seeds else "An example task.",
                    instances=[Instance("", "An example answer.")])
     n_tasks = cfg.bootstrap.num_instructions
