@@ -104,7 +104,7 @@ def pairs_for(rng: random.Random, topic: str, labels: list[str]) -> list[tuple[s
         ("def total(xs):\n    return sum(xs)", "The function returns the sum of the list."),
         ("", f"- Keep notes on {topic}.\n- Ask someone who has done it before."),
     ]
-    return [shapes[k] for k in sorted(rng.sample(range(len(shapes)), rng.randint(2, 4)))]
+    return [shapes[k] for k in sorted(rng.sample(range(len(shapes)), rng.randint(2, 6)))]
 
 
 # ---------------------------------------------------------------- how a chat model writes it
@@ -112,7 +112,7 @@ def pairs_for(rng: random.Random, topic: str, labels: list[str]) -> list[tuple[s
 PREAMBLES = ["Sure! Here are {n} more tasks:", "Here are some additional tasks for the list:",
              "Certainly! Continuing the list:", "Of course. Here's the continuation of the list:", ""]
 EX_PREAMBLES = ["Sure! Here are some examples for this task:", "Here are {n} examples:",
-                "Certainly! Below are examples for the task.", "", ""]
+                "Certainly! Below are examples for the task.", "**Task:** {task}", "Task: {task}", "", ""]
 SIGN_OFFS = ["Let me know if you need more examples!", "I hope this helps!",
              "Feel free to ask if you'd like more tasks or a different format.",
              "These tasks cover a range of topics and formats. Let me know if you want more!", "", ""]
@@ -171,7 +171,7 @@ def field_value(rng: random.Random, text: str, code: bool) -> tuple[str, bool]:
     return text, "\n" in text
 
 
-def input_first(rng: random.Random, pairs: list[tuple[str, str]]) -> str:
+def input_first(rng: random.Random, pairs: list[tuple[str, str]], task: str) -> str:
     form = rng.randrange(7)
     label = [("Input:", "Output:"), ("**Input:**", "**Output:**"), ("**Input**:", "**Output**:")][form % 3]
     blocks = []
@@ -188,12 +188,12 @@ def input_first(rng: random.Random, pairs: list[tuple[str, str]]) -> str:
         else:
             blocks.append((head + "\n" if head else "") + fields)
     sep = "\n\n---\n\n" if rng.random() < 0.3 else "\n\n"
-    pre = rng.choice(EX_PREAMBLES).format(n=len(pairs))
+    pre = rng.choice(EX_PREAMBLES).format(n=len(pairs), task=task)
     sign = rng.choice(SIGN_OFFS)
     return ((pre + "\n\n") if pre else "") + sep.join(blocks) + (("\n\n" + sign) if sign else "")
 
 
-def output_first(rng: random.Random, pairs: list[tuple[str, str]]) -> str:
+def output_first(rng: random.Random, pairs: list[tuple[str, str]], task: str) -> str:
     form = rng.randrange(6)
     blocks = []
     for k, (inp, label) in enumerate(pairs, 1):
@@ -209,14 +209,14 @@ def output_first(rng: random.Random, pairs: list[tuple[str, str]]) -> str:
             blocks.append(f"Example {k}:\nClass Label: {label}\nInput: {inp}")
         else:
             blocks.append(f"**Label:** {label}\n**Input:** {inp}")
-    pre = rng.choice(EX_PREAMBLES).format(n=len(pairs))
+    pre = rng.choice(EX_PREAMBLES).format(n=len(pairs), task=task)
     sign = rng.choice(SIGN_OFFS)
     return ((pre + "\n\n") if pre else "") + "\n\n".join(blocks) + (("\n\n" + sign) if sign else "")
 
 
 def yes_no(rng: random.Random, yes: bool) -> str:
     word = "Yes" if yes else "No"
-    return rng.choice([word, f"**{word}**", f"{word}.", f"Answer: {word}", f"\n{word}",
+    return rng.choice([word, f"**{word}**", f"{word}.", f"Answer: {word}", f"\n{word}", f"\n\n{word}",
                        f"{word}. This is {'' if yes else 'not '}a classification task because of its labels.",
                        f"{word}, it {'is' if yes else 'is not'} a classification task."])
 
@@ -259,12 +259,11 @@ class ChatFormsServer(FakeOpenAI):
                 instruction, *meant = next(self.new)
                 self.meant[instruction] = tuple(meant)
                 items.append(instruction)
-            self.task_lines += items
             text = task_list(self.rng, items, first)
         elif "Is it classification?" in prompt:
             yes = self.meant.get(task, (False,))[0]
             self.answers[task] = yes
-            text = yes_no(self.rng, yes)
+            text = yes_no(random.Random(f"{task}:classify"), yes)  # a retry gets the same form, as from a real model
         elif prompt.rstrip().endswith(("Class label:", "Input:")):
             clf = prompt.rstrip().endswith("Class label:")
             _, labels, topic = self.meant.get(task, (False, [], "the task"))
@@ -272,10 +271,13 @@ class ChatFormsServer(FakeOpenAI):
             key = (task, clf)
             if key not in self.pairs:  # a retried prompt gets the same examples
                 self.pairs[key] = pairs_for(random.Random(f"{task}:{clf}"), topic, labels)
-            text = (output_first if clf else input_first)(self.rng, self.pairs[key])
+            write = output_first if clf else input_first
+            text = write(random.Random(f"{task}:{clf}:form"), self.pairs[key], task)  # a retry: the same form
         else:
             text = "I'm ready to assist. What would you like me to do?"
         text, finish = as_served(text, body)
+        if "numbered list of" in prompt:  # a task the stop sequence cut off was never sent
+            self.task_lines += [t for t in items if t in text]
         self.cut += finish == "length" and "Is it classification?" not in prompt
         return self.wrap(path, text, finish)
 
@@ -287,6 +289,9 @@ CHROME = re.compile(
     r"|let me know if|i hope (?:this|these)|feel free to"
     r"|\*\*|^#{1,6}\s|^\s*(?:-{3,}|\*{3,})\s*$|^\W*(?:input|output|class label|label|example \d+)\s*:"
     r"|\A\s*```|```\s*\Z")
+
+
+MAX_INSTANCES = 5  # instances.max_instances
 
 
 def chrome(text: str) -> bool:
@@ -331,6 +336,7 @@ def measure(replies: int = 40, seed: int = 0, workdir: str | Path | None = None)
         missed: list[Any] = []
         for (instruction, clf), pairs in server.pairs.items():
             got = {(i.input, i.output) for i in records[instruction].instances} if instruction in records else set()
+            pairs = pairs[:MAX_INSTANCES]  # the stage keeps the first max_instances, as asked
             sent += len(pairs)
             hit = [p for p in pairs if p in got]
             found += len(hit)
