@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import sys
@@ -99,7 +100,7 @@ def pairs_for(rng: random.Random, topic: str, labels: list[str]) -> list[tuple[s
     shapes = [
         (f"A reader who asks about {topic}.", f"Start with the basics of {topic}, then practise a little every day."),
         ("", f"Most people underestimate {topic}. Take it one step at a time."),
-        (f"Notes on {topic}", f"1. Read one short guide.\n2. Try it once.\n3. Write down what went wrong."),
+        (f"Notes on {topic}", "1. Read one short guide.\n2. Try it once.\n3. Write down what went wrong."),
         (f"A short question on {topic}", f"First point about {topic}.\n\nSecond point, in its own paragraph."),
         ("def total(xs):\n    return sum(xs)", "The function returns the sum of the list."),
         ("", f"- Keep notes on {topic}.\n- Ask someone who has done it before."),
@@ -164,7 +165,7 @@ def no_input(rng: random.Random) -> str:
     return rng.choice(NO_INPUT)
 
 
-def field_value(rng: random.Random, text: str, code: bool) -> tuple[str, bool]:
+def field_value(text: str, code: bool) -> tuple[str, bool]:
     """(text as written, starts on its own line): code goes in a fence, multi-line text below its label."""
     if code:
         return f"```python\n{text}\n```", True
@@ -177,8 +178,8 @@ def input_first(rng: random.Random, pairs: list[tuple[str, str]], task: str) -> 
     blocks = []
     for k, (inp, out) in enumerate(pairs, 1):
         shown_in = inp or no_input(rng)
-        in_text, in_below = field_value(rng, shown_in, inp.startswith("def "))
-        out_text, out_below = field_value(rng, out, False)
+        in_text, in_below = field_value(shown_in, inp.startswith("def "))
+        out_text, out_below = field_value(out, False)
         fields = (f"{label[0]}{chr(10) if in_below else ' '}{in_text}\n"
                   f"{label[1]}{chr(10) if out_below else ' '}{out_text}")
         head = ["Example {k}", "### Example {k}", "**Example {k}:**", "Example {k}:", "", "**Example {k}**",
@@ -309,8 +310,6 @@ def measure(replies: int = 40, seed: int = 0, workdir: str | Path | None = None)
             "teacher.base_url": server.url, "teacher.api": "auto", "teacher.max_retries": 1,
             "bootstrap.num_instructions": 10**6, "bootstrap.max_requests": replies, "bootstrap.yield_stop": 0.0,
             "bootstrap.yield_warn": 0.0, "seed": seed})
-        import os
-
         os.environ.setdefault("OPENAI_API_KEY", "sk-fake-for-the-benchmark")
         t0 = time.perf_counter()
         try:
@@ -334,7 +333,7 @@ def measure(replies: int = 40, seed: int = 0, workdir: str | Path | None = None)
         records = {t.instruction: t for t in read_tasks(run / "instances.jsonl")}
         sent = found = 0
         missed: list[Any] = []
-        for (instruction, clf), pairs in server.pairs.items():
+        for (instruction, _), pairs in server.pairs.items():
             got = {(i.input, i.output) for i in records[instruction].instances} if instruction in records else set()
             pairs = pairs[:MAX_INSTANCES]  # the stage keeps the first max_instances, as asked
             sent += len(pairs)

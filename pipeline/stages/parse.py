@@ -75,6 +75,9 @@ def parse_numbered_list(reply: str, prefix: str = "", truncated: bool = False) -
     style = base = None
     open_item = None
     for line in (prefix + reply).split("\n"):
+        if _RULE.match(line):  # before bullets: "* * *" is a rule, not an item
+            open_item = None
+            continue
         m = _ITEM.match(line)
         if m and not (m.group("sep") or m.group("task") or (m.group("heading") or m.group("bold")) and
                       not m.group("text").strip()):
@@ -83,7 +86,7 @@ def parse_numbered_list(reply: str, prefix: str = "", truncated: bool = False) -
         starts = None
         if m is not None and (style in (None, "numbered") or _indent(line) <= base):
             starts = ("numbered", m.group("text"), bool(m.group("heading")) or _whole_bold(line))
-        elif bullet is not None and style in (None, "bullet") and not line.lstrip().startswith("**"):
+        elif bullet is not None and style in (None, "bullet"):
             starts = ("bullet", bullet.group("text"), False)
         if starts is not None and base is not None and _indent(line) >= base + 2 and open_item is not None:
             starts = None  # a nested list inside the item above
@@ -95,7 +98,7 @@ def parse_numbered_list(reply: str, prefix: str = "", truncated: bool = False) -
         elif not line.strip():
             if open_item is not None and (open_item["head"] or open_item["body"]):
                 open_item = None
-        elif _RULE.match(line) or _FIELD.match(line) or line.strip()[:1].isupper() and _is_sign_off([line]):
+        elif _FIELD.match(line) or line.strip()[:1].isupper() and _is_sign_off([line]):
             open_item = None
         elif open_item is not None:
             open_item["body"].append(line.strip())
@@ -138,10 +141,14 @@ _TASK_LINE = re.compile(r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*)?[ \t]*task[ \t]*(?:\*
 
 
 def _events(text: str, names: dict[str, str]) -> list[tuple[str, str]]:
-    """The reply as ("example"|"field:NAME"|"line"|"task", text) events; fenced code is only ever "line"."""
+    """The reply as ("example"|"field:NAME"|"line"|"task", text) events; fenced code is only ever "line".
+    A "Task:" line counts only as a paragraph's first line (an echo of the task, or the model going on
+    to another); inside an output ("Task: buy milk") it is text."""
     events: list[tuple[str, str]] = []
     in_fence = False
+    after_blank = True
     for line in text.split("\n"):
+        follows_blank, after_blank = after_blank, not line.strip()
         if in_fence:
             events.append(("line", line))
             in_fence = not _FENCE.match(line)
@@ -159,7 +166,7 @@ def _events(text: str, names: dict[str, str]) -> list[tuple[str, str]]:
                 continue
         if (m := _FIELD.match(line)) and (name := names.get(re.sub(r"\s+", " ", m.group("name").lower()))):
             events.append((f"field:{name}", m.group("rest")))
-        elif _TASK_LINE.match(line):
+        elif follows_blank and _TASK_LINE.match(line):  # a new paragraph: not a to-do line of an output
             events.append(("task", line))
         else:
             events.append(("line", line))
