@@ -64,3 +64,30 @@ def test_alpaca_blocks_completion_and_truncation():
 
 def test_clean_instruction():
     assert clean_instruction('  **Task 3:** "write a  haiku\nabout rain."  ') == "Write a haiku about rain."
+
+
+# Chat-model reply forms (tests/fixtures/chat_replies.json): written to match what hosted chat
+# models (gpt-4o-mini-like, vLLM and Ollama chat endpoints) reply to our prompts, each with its exact parse.
+CHAT = json.loads((FIXTURES / "chat_replies.json").read_text())
+
+
+@pytest.mark.parametrize("case", CHAT["bootstrap"], ids=lambda c: c["name"])
+def test_chat_task_lists(case):
+    assert parse_numbered_list(case["reply"], truncated=case["finish_reason"] == "length") == case["expected"]
+
+
+@pytest.mark.parametrize("case", CHAT["input_first"], ids=lambda c: c["name"])
+def test_chat_input_first(case):
+    got = parse_input_first(case["reply"], truncated=case["finish_reason"] == "length")
+    assert [[i.input, i.output] for i in got] == case["expected"]
+
+
+@pytest.mark.parametrize("case", CHAT["output_first"], ids=lambda c: c["name"])
+def test_chat_output_first(case):
+    got = parse_output_first(case["reply"], truncated=case["finish_reason"] == "length")
+    assert [[i.input, i.output] for i in got] == case["expected"]
+
+
+@pytest.mark.parametrize("case", CHAT["yes_no"], ids=lambda c: c["reply"][:30])
+def test_chat_yes_no(case):
+    assert parse_yes_no(case["reply"]) is case["expected"]

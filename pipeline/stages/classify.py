@@ -28,7 +28,11 @@ def uses_logprobs(teacher: Teacher, method: str) -> bool:
 def run_classify(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: RunDir, prompts: Prompts,
                  progress: ProgressFn | None = None) -> MapResult:
     c = cfg.classify
-    params = GenParams(max_tokens=c.max_tokens, temperature=c.temperature, top_p=c.top_p, stop=("\n", "Task:"))
+    # A completion runs on into the next "Task:", so it stops at the end of its line; a chat reply
+    # may open with a blank line ("\n\nYes"), which "\n" would cut to nothing, and ends by itself.
+    continues = getattr(teacher, "api", "chat") == "completions"
+    params = GenParams(max_tokens=c.max_tokens, temperature=c.temperature, top_p=c.top_p,
+                       stop=("\n", "Task:") if continues else ())
     threshold = None
     if uses_logprobs(teacher, c.method):  # Yes/No by log-probability margin (stages/calibrate.py)
         from ..seeds import load_seeds

@@ -24,6 +24,14 @@ def instance_prompt(task: Task, prompts: Prompts) -> tuple[str, str]:
     return name, prompts.render(name, instruction=task.instruction.strip())
 
 
+def instance_stops(max_instances: int, continues: bool) -> tuple[str, ...]:
+    """The paper's stops for a completion, which runs on into the next example and task.
+    A chat reply ends by itself; there "Task:" would cut a reply that opens by echoing the
+    task, and "Example 6" would leave half of a "**Example 6:**" heading in the fifth
+    output, so none is sent (the parser keeps the first max_instances)."""
+    return (f"Example {max_instances + 1}", "Task:") if continues else ()
+
+
 def parse_instance_reply(task: Task, prompt_text: str, reply: Completion, continues: bool):
     # A completion model continues the prompt's last line ("Input:" or "Class label:").
     prefix = prompt_text.rsplit("\n", 1)[-1] if continues else ""
@@ -35,10 +43,10 @@ def parse_instance_reply(task: Task, prompt_text: str, reply: Completion, contin
 def run_instances(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: RunDir, prompts: Prompts,
                   progress: ProgressFn | None = None) -> MapResult:
     c = cfg.instances
+    continues = getattr(teacher, "api", "chat") == "completions"
     params = GenParams(max_tokens=c.max_tokens, temperature=c.temperature, top_p=c.top_p,
                        presence_penalty=c.presence_penalty, frequency_penalty=c.frequency_penalty,
-                       stop=(f"Example {c.max_instances + 1}", "Task:"))
-    continues = getattr(teacher, "api", "chat") == "completions"
+                       stop=instance_stops(c.max_instances, continues))
     rendered: dict[str, tuple[str, str]] = {}
 
     def prompt_for(t: Task) -> str | None:

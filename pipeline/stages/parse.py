@@ -13,14 +13,39 @@ import re
 from ..records import Instance
 
 NOINPUT = "<noinput>"
-_ITEM = re.compile(r"^\s*(?:[-*]\s*)?(?:\*\*)?(?:#+\s*)?(?:task|instruction)?\s*#?(\d{1,3})\s*(?:[.:)\]]|\s-)\s*(?:\*\*)?\s*(.*)$",
-                   re.IGNORECASE)
+_ITEM = re.compile(r"^(?P<indent>[ \t]*)(?:[-*•+][ \t]+)?(?P<heading>#{1,6}[ \t]*)?(?P<bold>\*\*|__)?[ \t]*"
+                   r"(?P<task>(?:task|instruction)[ \t]*#?[ \t]*)?(?P<num>\d{1,3})[ \t]*(?:\*\*|__)?[ \t]*"
+                   r"(?P<sep>[.:)\]](?!\d)|[-–—][ \t])?[ \t]*(?(bold)(?:\*\*|__)?)[ \t]*(?P<text>.*)$", re.IGNORECASE)
+_BULLET = re.compile(r"^(?P<indent>[ \t]*)[-*•+][ \t]+(?P<text>\S.*)$")
+# "9. **Recipe ideas**: Suggest three ..." -- a bold title is a label, not part of the instruction.
+_TITLE = re.compile(r"^(?:\*\*|__)[^*_\n]{1,80}?(?:(?:\*\*|__)[ \t]*[:\-–—]|:[ \t]*(?:\*\*|__))[ \t]*(?=\S)")
 _LABEL = re.compile(r"^(?:task|instruction)\s*(?:\d+)?\s*:\s*", re.IGNORECASE)
 _MARKDOWN = re.compile(r"\*\*|__|`")
+_RULE = re.compile(r"^[ \t]*(?:-[ \t]*){3,}$|^[ \t]*(?:\*[ \t]*){3,}$|^[ \t]*(?:_[ \t]*){3,}$")
+_FENCE = re.compile(r"^[ \t]*(?:```|~~~)")
+# Closing remarks of chat models ("Let me know if you need more examples!"): a line that opens
+# like one and speaks of the reply itself (its examples, more, help), or is a bare "Enjoy!".
+# Only text after the last item or example is ever cut: for examples, a paragraph set off by a
+# blank line (an output may end "...\nLet me know if anything is missing."); for task lists,
+# whose tasks are one line each, also a capitalised line right below the last task.
+_SIGN_OFF = re.compile(
+    r"^\W*(?:let me know|i hope|hope (?:this|these|that|it|you)|feel free|if you(?:'d| would)? (?:like|need|want|have)"
+    r"|would you like|do you (?:want|need)|shall i|happy to|i can (?:also )?(?:provide|generate|create|write|make|give|add)"
+    r"|(?:these|the above|all of these|the) (?:examples?|tasks|instructions|pairs)\b|each (?:example|task|of these)"
+    r"|this (?:list|set)\b|enjoy\b|good luck\b|you can (?:adjust|modify|use these))", re.IGNORECASE)
+_ABOUT_REPLY = re.compile(r"\b(?:examples?|tasks?|instructions?|list|pairs?|more|other|further|help\w*|assist\w*|need"
+                          r"|questions?|use|useful|adjust\w*|modif\w*|format|topics?|different)\b", re.IGNORECASE)
+# A chat preamble line before the first example ("Sure! Here are 5 examples:", "Task: <the task>").
+_INTRO = re.compile(r"^\W*(?:sure|certainly|of course|okay|ok|absolutely|great|here(?:'s| is| are)|below are|task\s*:)"
+                    r"|:\s*$", re.IGNORECASE)
+# "Input: No input needed." and its kin: the task takes no input.
+_NO_INPUT = re.compile(r"^\W*(?:<\s*no\s*input\s*>|none|nothing|n/?a|empty|not applicable|-+"
+                       r"|\(?(?:no|none|not) (?:input|needed|required|applicable)[^)]*\)?)\W*$", re.IGNORECASE)
 
 
 def clean_instruction(text: str) -> str:
-    """One line, no markdown emphasis or leading label, first letter upper-case."""
+    """One line, no markdown emphasis, title or leading label, first letter upper-case."""
+    text = _TITLE.sub("", text.strip())
     text = _MARKDOWN.sub("", text)
     text = re.sub(r"\s+", " ", text).strip()
     text = _LABEL.sub("", text).strip()
@@ -29,72 +54,252 @@ def clean_instruction(text: str) -> str:
     return text[:1].upper() + text[1:] if text else text
 
 
-def parse_numbered_list(reply: str, prefix: str = "", truncated: bool = False) -> list[str]:
-    """Items of a numbered task list ("9. ...", "Task 9: ...", "**9.** ...", "9) ...").
+def _indent(line: str) -> int:
+    return len(line.expandtabs(4)) - len(line.expandtabs(4).lstrip())
 
-    Lines that do not start an item continue the item above them, until a blank line;
-    text before the first item (a chat preamble) and after the list (a sign-off) is
-    dropped. When the reply was cut by the length limit the last item is dropped, since
-    it is probably incomplete (as Self-Instruct did).
+
+def parse_numbered_list(reply: str, prefix: str = "", truncated: bool = False) -> list[str]:
+    """Items of a task list: "9. ...", "Task 9: ...", "**9.** ...", "9) ...", "- ...", "### Task 9".
+
+    The first item line sets the list's style (numbered or bulleted) and indentation;
+    bullets under a numbered item, and items indented deeper, belong to the item above.
+    Numbers are not checked, so a list that restarts at 1 is read the same. A line that
+    does not start an item continues the one above until a blank line; a heading or bold
+    line with no task ("### Task 9", "**Task 9:**") takes the lines below it, and a
+    heading with a title ("### 9. Recipe ideas") is replaced by them. Text before the
+    first item (a preamble), a closing remark, a "---" rule, and an "Input:"/"Output:"
+    line end the item and are dropped. When the reply was cut by the length limit the
+    last item is dropped, since it is probably incomplete (as Self-Instruct did).
     """
-    items: list[list[str]] = []
-    open_item = False
+    items: list[dict] = []
+    style = base = None
+    open_item = None
     for line in (prefix + reply).split("\n"):
+        if _RULE.match(line):  # before bullets: "* * *" is a rule, not an item
+            open_item = None
+            continue
         m = _ITEM.match(line)
-        if m and m.group(2).strip():
-            items.append([m.group(2)])
-            open_item = True
+        if m and not (m.group("sep") or m.group("task") or (m.group("heading") or m.group("bold")) and
+                      not m.group("text").strip()):
+            m = None
+        bullet = _BULLET.match(line) if m is None else None
+        starts = None
+        if m is not None and (style in (None, "numbered") or _indent(line) <= base):
+            starts = ("numbered", m.group("text"), bool(m.group("heading")) or _whole_bold(line))
+        elif bullet is not None and style in (None, "bullet"):
+            starts = ("bullet", bullet.group("text"), False)
+        if starts is not None and base is not None and _indent(line) >= base + 2 and open_item is not None:
+            starts = None  # a nested list inside the item above
+        if starts is not None:
+            style = style or starts[0]
+            base = _indent(line) if base is None else base
+            open_item = {"head": starts[1].strip(), "body": [], "titled": starts[2]}
+            items.append(open_item)
         elif not line.strip():
-            open_item = False
-        elif open_item:
-            items[-1].append(line)
+            if open_item is not None and (open_item["head"] or open_item["body"]):
+                open_item = None
+        elif _FIELD.match(line) or line.strip()[:1].isupper() and _is_sign_off([line]):
+            open_item = None
+        elif open_item is not None:
+            open_item["body"].append(line.strip())
     if truncated and items:
         items.pop()
     out = []
-    for parts in items:
-        text = clean_instruction(" ".join(parts))
+    for item in items:
+        if item["titled"] and item["head"] and item["body"]:  # "### 9. Recipe ideas" over its task
+            parts = item["body"]
+        else:
+            parts = [item["head"], *item["body"]]
+        text = clean_instruction(" ".join(p for p in parts if p))
         if text:  # repeats are kept: the stage rejects them as duplicates, with a record
             out.append(text)
     return out
 
 
+def _whole_bold(line: str) -> bool:
+    s = line.strip()
+    return len(s) > 4 and s[:2] in ("**", "__") and s.rstrip(":")[-2:] in ("**", "__")
+
+
 def parse_yes_no(reply: str) -> bool | None:
-    """The first yes/no word of a classification judgement; None when there is none."""
-    m = re.search(r"\b(yes|no)\b", reply, re.IGNORECASE)
+    """The first yes/no word of a classification judgement; None when there is none.
+
+    "Yes/No" and "yes or no" name the choice, not the answer, so they are skipped.
+    """
+    text = re.sub(r"\byes\s*(?:/|or)\s*no\b", " ", reply, flags=re.IGNORECASE)
+    m = re.search(r"\b(yes|no)\b", text, re.IGNORECASE)
     return None if m is None else m.group(1).lower() == "yes"
 
 
+# A field label at the start of a line: "Input:", "**Input:**", "**Input**:", "- Input:", "#### Input".
+_FIELD = re.compile(r"^[ \t]*(?:[-*•][ \t]+)?(?:(?P<h>#{1,6})[ \t]*)?(?:\*\*|__|\*)?[ \t]*"
+                    r"(?P<name>input|output|class[ \t]*label|label|class|explanation|reason(?:ing)?)"
+                    r"[ \t]*(?:\*\*|__|\*)?[ \t]*(?(h):?|:)[ \t]*(?:\*\*|__|\*)?[ \t]*(?P<rest>.*)$", re.IGNORECASE)
+_EXAMPLE = re.compile(r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*|__)?[ \t]*example[ \t]*#?[ \t]*\d+[ \t]*(?:\*\*|__)?"
+                      r"[ \t]*[:.)\-–—]?[ \t]*(?:\*\*|__)?[ \t]*(?P<rest>.*)$", re.IGNORECASE)
+_TASK_LINE = re.compile(r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*)?[ \t]*task[ \t]*(?:\*\*)?[ \t]*:", re.IGNORECASE)
+
+
+def _events(text: str, names: dict[str, str]) -> list[tuple[str, str]]:
+    """The reply as ("example"|"field:NAME"|"line"|"task", text) events; fenced code is only ever "line".
+    A "Task:" line counts only as a paragraph's first line (an echo of the task, or the model going on
+    to another); inside an output ("Task: buy milk") it is text."""
+    events: list[tuple[str, str]] = []
+    in_fence = False
+    after_blank = True
+    for line in text.split("\n"):
+        follows_blank, after_blank = after_blank, not line.strip()
+        if in_fence:
+            events.append(("line", line))
+            in_fence = not _FENCE.match(line)
+            continue
+        if _FENCE.match(line):
+            in_fence = True
+            events.append(("line", line))
+            continue
+        if m := _EXAMPLE.match(line):
+            events.append(("example", ""))
+            line = m.group("rest")
+            if not line.strip():
+                continue
+            if not _FIELD.match(line):  # "### Example 1: Celsius to Fahrenheit": a title
+                continue
+        if (m := _FIELD.match(line)) and (name := names.get(re.sub(r"\s+", " ", m.group("name").lower()))):
+            events.append((f"field:{name}", m.group("rest")))
+        elif follows_blank and _TASK_LINE.match(line):  # a new paragraph: not a to-do line of an output
+            events.append(("task", line))
+        else:
+            events.append(("line", line))
+    return events
+
+
+def _field_text(lines: list[str], last: bool = False) -> str:
+    """A field's text: trailing rules and, for the reply's last field, closing remarks dropped;
+    a code fence around the whole field, and bold around a one-line field, removed."""
+    paragraphs: list[list[str]] = [[]]
+    for line in lines:
+        if line.strip():
+            paragraphs[-1].append(line)
+        elif paragraphs[-1]:
+            paragraphs.append([])
+    while paragraphs and (not paragraphs[-1] or all(_RULE.match(ln) for ln in paragraphs[-1])
+                          or (last and len(paragraphs) > 1 and _is_sign_off(paragraphs[-1]))):
+        paragraphs.pop()
+    text = "\n\n".join("\n".join(p) for p in paragraphs).strip()
+    while text.endswith(("\n---", "\n***", "\n___")):
+        text = text[:-4].rstrip()
+    fence = re.fullmatch(r"(```|~~~)[\w+.-]*[ \t]*\n(.*?)\n[ \t]*\1", text, re.DOTALL)
+    if fence and "```" not in fence.group(2) and "~~~" not in fence.group(2):  # the fence wraps the whole field
+        return fence.group(2).strip("\n")
+    bold = re.fullmatch(r"(\*\*|__)([^*_\n]+)\1", text)
+    return bold.group(2).strip() if bold else text
+
+
+def _is_sign_off(paragraph: list[str]) -> bool:
+    """A short paragraph that reads as a closing remark (see _SIGN_OFF)."""
+    text = " ".join(ln.strip() for ln in paragraph)
+    words = len(text.split())
+    return (len(paragraph) <= 3 and words <= 60 and bool(_SIGN_OFF.match(text))
+            and (words <= 3 or bool(_ABOUT_REPLY.search(text))))
+
+
 def _field(text: str) -> str:
+    """An input as written, "" for a placeholder that means no input ("<noinput>", "None", "No input needed.")."""
     text = text.strip()
-    return "" if text.lower() in (NOINPUT, "<no input>", "none", "(none)", "n/a") else text
+    return "" if _NO_INPUT.match(text) else text
+
+
+def _examples(reply: str, names: dict[str, str], leader: str | None) -> list[dict[str, list[str]]]:
+    """Blocks of fields: a new block at an "Example N" heading, at the `leader` field (the one
+    each example starts with; None: whichever comes first in the reply), or when a field the
+    block already has comes again.
+
+    Lines before the first field are kept under "pre" (a completion continues the prompt's
+    "Input:" without repeating it); a "Task:" line after the first field ends the reply
+    (the model went on to another task).
+    """
+    blocks: list[dict[str, list[str]]] = [{}]
+    current = "pre"
+    for kind, text in _events(reply, names):
+        has_fields = any(k not in ("pre", "skip") for k in blocks[-1])
+        if kind == "example":
+            if has_fields:
+                blocks.append({})
+            current = "pre"
+        elif kind.startswith("field:"):
+            name = kind[6:]
+            if leader is None and name != "skip":
+                leader = name
+            if has_fields and (name == leader or name in blocks[-1]):
+                blocks.append({})
+            current = name
+            blocks[-1].setdefault(name, []).append(text)
+        elif kind == "task":
+            if any(k not in ("pre", "skip") for b in blocks for k in b):
+                break
+        else:
+            blocks[-1].setdefault(current, []).append(text)
+    return [b for b in blocks if any(k not in ("pre", "skip") for k in b)]
+
+
+def _pre_input(lines: list[str]) -> str:
+    """The input a continuation wrote before its first label, without a chat preamble."""
+    kept = [ln for ln in lines if not _INTRO.search(ln.strip()) and not _TASK_LINE.match(ln)]
+    return "\n".join(kept).strip()
+
+
+_INPUT_FIRST = {"input": "input", "output": "output"}
 
 
 def parse_input_first(reply: str, prefix: str = "", truncated: bool = False) -> list[Instance]:
-    """Instances from "Example N / Input: ... / Output: ..." blocks (non-classification tasks)."""
-    text = prefix + reply
-    blocks = [b for b in re.split(r"(?im)^\s*\**example\s*\d+\s*\**\s*:?\s*$", text) if b.strip()]
+    """Instances from "Example N / Input: ... / Output: ..." blocks (non-classification tasks).
+
+    Chat forms read the same: "### Example 1", "**Example 1:**", "Example 1: Input: ...",
+    "**Input:**" labels, placeholders for no input, "---" between examples, a preamble and
+    a closing remark. Lists and paragraphs inside an output stay in it; a code fence around
+    a whole field is removed, one inside a field is kept.
+    """
+    blocks = _examples(prefix + reply, _INPUT_FIRST, "input")
     out = []
-    for block in blocks:
-        m = re.search(r"(?is)^(?:.*?input\s*:)?(.*?)\boutput\s*:(.*)$", block)
-        if not m:
-            continue
-        out.append(Instance(input=_field(m.group(1)), output=_field(m.group(2))))
+    for k, block in enumerate(blocks):
+        if "output" not in block:
+            continue  # an example without its output: never half-read
+        if "input" in block:
+            inp = _field_text(block["input"])
+        elif k == 0:
+            inp = _pre_input(block.get("pre", []))
+        else:
+            inp = ""
+        last = k == len(blocks) - 1
+        output = _field_text(block["output"], last=last)
+        out.append(Instance(input=_field(inp), output=output))
     if truncated and out:
         out.pop()
     return out
 
 
+# Output-first pairs: "Output:" is read as the label too (some chat models write it), and a
+# reason the model adds after the input is dropped.
+_OUTPUT_FIRST = {"class label": "label", "label": "label", "class": "label", "output": "label", "input": "input",
+                 "explanation": "skip", "reason": "skip", "reasoning": "skip"}
+
+
 def parse_output_first(reply: str, prefix: str = "", truncated: bool = False) -> list[Instance]:
-    """Instances from "Class label: X / Input: ..." pairs (classification tasks, output first)."""
-    text = prefix + reply
+    """Instances from "Class label: X / Input: ..." pairs (classification tasks, output first).
+
+    Also "**Class label:** X", "Label: X", "Class label: **X**", under "Example N" headings,
+    and pairs written input first. A label must be one line.
+    """
+    blocks = _examples(prefix + reply, _OUTPUT_FIRST, None)
     out = []
-    for chunk in re.split(r"(?i)\bclass\s*label\s*:", text)[1:]:
-        m = re.match(r"(?is)\s*(.*?)\s*\n\s*input\s*:(.*)$", chunk)
-        if not m:
-            continue
-        label = m.group(1).strip().strip(".").strip()
+    for k, block in enumerate(blocks):
+        if "label" not in block or "input" not in block:
+            continue  # a label without its input, or the reverse: never half-read
+        last = k == len(blocks) - 1
+        label = _MARKDOWN.sub("", _field_text(block["label"], last)).strip().strip("\"'").strip(".").strip()
+        inp = _field_text(block["input"], last)
         if label and "\n" not in label:
-            out.append(Instance(input=_field(m.group(2)), output=label))
+            out.append(Instance(input=_field(inp), output=label))
     if truncated and out:
         out.pop()
     return out
