@@ -78,6 +78,7 @@ class BootstrapConfig:
 @dataclass
 class ClassifyConfig:
     max_tokens: int = 3  # the answer is "Yes" or "No"
+    chat_max_tokens: int = 24  # a chat model writes "**Answer:** Yes." or {"answer": "Yes"}, which 3 tokens would cut; the first Yes or No is read
     temperature: float = 0.0  # a judgement, not creative text: greedy
     top_p: float = 0.0
     method: Literal["auto", "logprobs", "text"] = "auto"  # logprobs | text | auto; auto = logprobs for in-process teachers (greedy text said No to every task with the embedded model), text for servers (not all return logprobs)

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from pipeline.stages.schemas import SCHEMAS, json_answer, json_items
+from pipeline.stages.parse import parse_yes_no
+from pipeline.stages.schemas import SCHEMAS, json_items
 
 
 def test_a_whole_reply_gives_its_list():
@@ -26,9 +27,8 @@ def test_a_reply_that_is_not_the_schemas_json_gives_none(text):
     assert json_items(text, "tasks") is None
 
 
-def test_yes_no_answers():
-    assert json_answer('{"answer": "Yes"}') == "Yes"
-    assert json_answer("Yes") is None
+def test_yes_no_answers_in_json_read_as_text_answers():
+    assert parse_yes_no('{"answer": "Yes"}') is True and parse_yes_no('{"answer": "No"}') is False
 
 
 def test_every_schema_is_strict_json_schema():

@@ -31,7 +31,8 @@ from ..teachers import GenParams, Teacher
 from ..teachers.base import WAIT, Request
 from .common import reply_meta
 from .filter import InstructionFilter
-from .parse import NOINPUT, parse_alpaca, parse_numbered_list
+from .parse import NOINPUT, parse_alpaca, parse_numbered_list, parse_structured_tasks
+from .schemas import schema_params
 
 
 @dataclass
@@ -79,11 +80,16 @@ def build_prompt(prompts: Prompts, cfg: RunConfig, rng: random.Random, seeds: li
     return name, prompts.render(name, tasks=tasks, next_number=nxt, max_number=b.max_list_number), nxt
 
 
-def gen_params(cfg: RunConfig, continues: bool = True) -> GenParams:
+def gen_params(cfg: RunConfig, continues: bool = True, structured: bool = False) -> GenParams:
     """Sampling for one bootstrap prompt. `continues`: the teacher continues the prompt text
     (completions API), so a blank line ends the list; a chat reply often has blank lines
-    after its preamble, so then only the number after the last allowed one stops it."""
+    after its preamble, so then only the number after the last allowed one stops it.
+    `structured`: the reply is JSON bound to the tasks schema, which no stop may cut."""
     b = cfg.bootstrap
+    if structured and b.mode == "self-instruct":
+        return GenParams(max_tokens=b.max_tokens, temperature=b.temperature, top_p=b.top_p,
+                         presence_penalty=b.presence_penalty, frequency_penalty=b.frequency_penalty,
+                         **schema_params("tasks"))
     if b.mode == "alpaca":
         n = b.alpaca_num_tasks
         return GenParams(max_tokens=b.alpaca_max_tokens, temperature=b.alpaca_temperature, top_p=b.alpaca_top_p,
@@ -126,7 +132,7 @@ def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunD
     sent, unfinished = log.requests("bootstrap")
     max_requests = sent + (b.max_requests or 20 * b.num_instructions)
     prefix_continues = getattr(teacher, "api", "chat") == "completions"
-    params = gen_params(cfg, prefix_continues)
+    params = gen_params(cfg, prefix_continues, getattr(teacher, "structured", False))
     plans: dict[int, dict] = {}
     # answered: replies with text; novel: their lines that passed the filter (kept, or over the target)
     counter = {"next": sent, "done": 0, "answered": 0, "novel": 0}
@@ -252,6 +258,7 @@ def _tasks_from_reply(text: str, template: str, nxt: int, truncated: bool, prefi
         prefix = f"{nxt}. Instruction:" if prefix_continues else ""
         return [Task(id=task_id("machine", instr), instruction=instr, instances=[inst], **common)
                 for instr, inst in parse_alpaca(text, prefix, truncated) if instr]
+    structured = parse_structured_tasks(text)  # a JSON reply (teacher.structured); a cut one keeps its whole items
     prefix = f"{nxt}." if prefix_continues else ""
-    return [Task(id=task_id("machine", instr), instruction=instr, **common)
-            for instr in parse_numbered_list(text, prefix, truncated)]
+    instructions = structured if structured is not None else parse_numbered_list(text, prefix, truncated)
+    return [Task(id=task_id("machine", instr), instruction=instr, **common) for instr in instructions]

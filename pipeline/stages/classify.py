@@ -18,6 +18,7 @@ from ..teachers.base import read_logprobs
 from .calibrate import seed_threshold, yes_no_margin
 from .common import MapResult, ProgressFn, map_pending, reply_meta
 from .parse import parse_yes_no
+from .schemas import schema_params
 
 
 def uses_logprobs(teacher: Teacher, method: str) -> bool:
@@ -31,8 +32,10 @@ def run_classify(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: R
     # A completion runs on into the next "Task:", so it stops at the end of its line; a chat reply
     # may open with a blank line ("\n\nYes"), which "\n" would cut to nothing, and ends by itself.
     continues = getattr(teacher, "api", "chat") == "completions"
-    params = GenParams(max_tokens=c.max_tokens, temperature=c.temperature, top_p=c.top_p,
-                       stop=("\n", "Task:") if continues else ())
+    params = GenParams(max_tokens=c.max_tokens if continues else c.chat_max_tokens, temperature=c.temperature,
+                       top_p=c.top_p, stop=("\n", "Task:") if continues else ())
+    if getattr(teacher, "structured", False):  # {"answer": "Yes"}: bound to the schema, no stop may cut it
+        params = dataclasses.replace(params, stop=(), **schema_params("yes_no"))
     threshold = None
     if uses_logprobs(teacher, c.method):  # Yes/No by log-probability margin (stages/calibrate.py)
         from ..seeds import load_seeds
@@ -57,7 +60,7 @@ def run_classify(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: R
         if margin is not None:
             return dataclasses.replace(t, stage="classify", is_classification=margin > threshold,
                                        meta={**t.meta, "classify_margin": round(margin, 4), "classify_threshold": threshold})
-        answer = parse_yes_no(reply.text)  # a server that sent no logprobs answered in text
+        answer = parse_yes_no(reply.text)  # text, or {"answer": "Yes"} (teacher.structured): its first Yes or No
         if answer is None and not last_try:
             return f"unparseable_reply: {reply.text[:60]!r}"
         # Still no Yes or No after the retries: No, since input-first generation suits most tasks.

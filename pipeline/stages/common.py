@@ -48,14 +48,16 @@ class MapResult:
 def map_pending(tasks: Sequence[Task], run: RunDir, stage: str, teacher: Teacher, params: GenParams, *,
                 prompt_for: Callable[[Task], str | None],
                 finish: Callable[[Task, Completion | None, bool], Task | str],
-                max_retries: int, progress: ProgressFn | None = None) -> MapResult:
+                max_retries: int, progress: ProgressFn | None = None,
+                params_for: Callable[[Task], GenParams | None] | None = None) -> MapResult:
     """One teacher call per task not yet in the stage file (nor rejected by this stage).
 
     prompt_for(task) is sent (None = no call needed). finish(task, reply or None, last_try)
     gives the record to append, or a reason "rule: detail" when the reply is unusable: then
     the task is asked again with a new request (the retry number is in the cache key, so the
     bad reply is not served again) up to max_retries times, and after that it goes to
-    rejected.jsonl with the reason and the reply. A reply that is an error (the teacher
+    rejected.jsonl with the reason and the reply. params_for(task), when given, is that task's
+    sampling where it differs from `params` (a schema per kind of task). A reply that is an error (the teacher
     failed after its own retries) leaves the task pending: no record, a re-run retries it.
     """
     done = {t.id for t in run.read_stage(stage)} | {t.id for t in run.read_rejected() if t.stage == stage}
@@ -64,6 +66,7 @@ def map_pending(tasks: Sequence[Task], run: RunDir, stage: str, teacher: Teacher
     retry: deque[Request] = deque()
     tries: dict[str, int] = {}
     prompts: dict[str, str] = {}
+    own_params: dict[str, GenParams] = {}
     in_flight = 0
     with JsonlWriter(run.stage_file(stage)) as out, JsonlWriter(run.rejected_file) as rejected_out:
 
@@ -87,8 +90,10 @@ def map_pending(tasks: Sequence[Task], run: RunDir, stage: str, teacher: Teacher
                     settle(task, verdict if isinstance(verdict, Task) else None, None, None)
                     continue
                 prompts[task.id] = prompt
+                if params_for is not None and (p := params_for(task)) is not None:
+                    own_params[task.id] = p
                 in_flight += 1
-                yield Request(task.id, prompt, salt=task.id)
+                yield Request(task.id, prompt, salt=task.id, params=own_params.get(task.id))
             while retry or in_flight:
                 if retry:
                     in_flight += 1
@@ -110,7 +115,7 @@ def map_pending(tasks: Sequence[Task], run: RunDir, stage: str, teacher: Teacher
                 tries[task.id] = n + 1
                 result.retried += 1
                 retry.append(Request(task.id, prompts[task.id], salt=f"{task.id}:retry{n + 1}",
-                                     params=retry_params(params)))
+                                     params=retry_params(own_params.get(task.id, params))))
             else:
                 settle(task, None, verdict, reply)
     # Failed, never sent (budget, a stop) or waiting for a retry that was never sent: all pending.

@@ -16,7 +16,8 @@ from ..records import Task
 from ..store import RunDir
 from ..teachers import Completion, GenParams, Teacher
 from .common import MapResult, ProgressFn, map_pending
-from .parse import parse_input_first, parse_output_first
+from .parse import parse_input_first, parse_output_first, parse_structured_instances
+from .schemas import schema_params
 
 
 def instance_prompt(task: Task, prompts: Prompts) -> tuple[str, str]:
@@ -36,6 +37,9 @@ def parse_instance_reply(task: Task, prompt_text: str, reply: Completion, contin
     # A completion model continues the prompt's last line ("Input:" or "Class label:").
     prefix = prompt_text.rsplit("\n", 1)[-1] if continues else ""
     truncated = reply.finish_reason == "length"
+    structured = parse_structured_instances(reply.text, bool(task.is_classification))
+    if structured is not None:  # a JSON reply (teacher.structured); a cut one keeps its whole examples
+        return structured
     parser = parse_output_first if task.is_classification else parse_input_first
     return parser(reply.text, prefix, truncated)
 
@@ -48,6 +52,9 @@ def run_instances(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: 
                        presence_penalty=c.presence_penalty, frequency_penalty=c.frequency_penalty,
                        stop=instance_stops(c.max_instances, continues))
     rendered: dict[str, tuple[str, str]] = {}
+    # teacher.structured: each reply bound to its kind's schema, which no stop may cut
+    by_kind = {clf: dataclasses.replace(params, stop=(), **schema_params("labelled_examples" if clf else "examples"))
+               for clf in (False, True)} if getattr(teacher, "structured", False) else None
 
     def prompt_for(t: Task) -> str | None:
         if t.instances:  # already has instances (seed, Alpaca mode): no call
@@ -66,4 +73,5 @@ def run_instances(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: 
                                    prompt=f"{t.prompt},{name}" if t.prompt else name)
 
     return map_pending(tasks, run, "instances", teacher, params, prompt_for=prompt_for, finish=finish,
-                       max_retries=cfg.teacher.max_retries, progress=progress)
+                       max_retries=cfg.teacher.max_retries, progress=progress,
+                       params_for=(lambda t: by_kind[bool(t.is_classification)]) if by_kind else None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from ..records import Instance
+from .schemas import json_items
 
 NOINPUT = "<noinput>"
 _ITEM = re.compile(r"^(?P<indent>[ \t]*)(?:[-*•+][ \t]+)?(?P<heading>#{1,6}[ \t]*)?(?P<bold>\*\*|__)?[ \t]*"
@@ -302,6 +303,37 @@ def parse_output_first(reply: str, prefix: str = "", truncated: bool = False) ->
             out.append(Instance(input=_field(inp), output=label))
     if truncated and out:
         out.pop()
+    return out
+
+
+# Structured replies (teacher.structured): JSON bound to a schema of stages/schemas.py. None when a reply
+# is not that JSON (a server that ignored the schema): the stage then reads it with the text parsers.
+_LEADING_NUMBER = re.compile(r"^\s*(?:task\s*)?#?\d{1,3}\s*[.:)]\s+", re.IGNORECASE)
+
+
+def parse_structured_tasks(reply: str) -> list[str] | None:
+    """Instructions of a {"tasks": [...]} reply; a number a model put before a task ("9. ...") is dropped."""
+    items = json_items(reply, "tasks")
+    if items is None:
+        return None
+    return [text for x in items if isinstance(x, str) and (text := clean_instruction(_LEADING_NUMBER.sub("", x)))]
+
+
+def parse_structured_instances(reply: str, labelled: bool) -> list[Instance] | None:
+    """Instances of an {"examples": [{input, output}]} (or, labelled, [{label, input}]) reply; an example
+    with an empty output or label is skipped, never half-read."""
+    items = json_items(reply, "labelled_examples" if labelled else "examples")
+    if items is None:
+        return None
+    out = []
+    for x in items:
+        if not isinstance(x, dict):
+            continue
+        output = str(x.get("label" if labelled else "output") or "").strip()
+        if labelled:
+            output = output.strip(".").strip()
+        if output:
+            out.append(Instance(input=_field(str(x.get("input") or "")), output=output))
     return out
 
 

@@ -46,6 +46,11 @@ def _unfenced(text: str) -> str:
     return (m.group(1) if m else text).strip()
 
 
+def schema_params(name: str) -> dict[str, str]:
+    """The GenParams fields that send a schema (dataclasses.replace(params, **schema_params("tasks")))."""
+    return {"schema_name": name, "schema": json.dumps(SCHEMAS[name][0], sort_keys=True)}
+
+
 def json_items(text: str, name: str) -> list[Any] | None:
     """The list a structured reply holds under its schema's key; None when the reply is not that JSON.
 
@@ -61,16 +66,6 @@ def json_items(text: str, name: str) -> list[Any] | None:
         return _items_before_cut(body, key)
     value = obj.get(key) if isinstance(obj, dict) else None
     return value if isinstance(value, list) else None
-
-
-def json_answer(text: str) -> str | None:
-    """The "answer" of a yes_no reply; None when the reply is not that JSON."""
-    try:
-        obj = json.loads(_unfenced(text))
-    except json.JSONDecodeError:
-        return None
-    answer = obj.get("answer") if isinstance(obj, dict) else None
-    return answer if isinstance(answer, str) else None
 
 
 def _items_before_cut(body: str, key: str) -> list[Any] | None:

@@ -34,10 +34,14 @@ class GenParams:
     frequency_penalty: float = 0.0
     json_mode: bool = False  # ask a chat server for a JSON object (OpenAI response_format); others ignore it
     logprobs: int = 0  # > 0: the reply's text is a JSON object of the first token's top log-probabilities (logprob_reply)
+    # A JSON schema the reply must follow, where the teacher sends one (teacher.structured); JSON text, so that
+    # the params stay hashable and go into the cache key as they are. Else "".
+    schema_name: str = ""
+    schema: str = ""
 
 
 # Fields added after runs were cached: left out of the cache key while at their default, so old replies still match.
-_NEW_PARAMS = {"json_mode": False, "logprobs": 0}
+_NEW_PARAMS = {"json_mode": False, "logprobs": 0, "schema_name": "", "schema": ""}
 
 
 def params_key(params: GenParams) -> dict[str, Any]:
@@ -125,6 +129,7 @@ ProgressFn = Callable[[int], None]
 class Teacher(Protocol):
     name: str  # spec as the user wrote it, e.g. "openai:gpt-4o-mini"; recorded in every record
     api: str  # "chat" or "completions": whether replies continue the prompt text
+    structured: bool  # replies follow the JSON schema a request carries (GenParams.schema)
     usage: Usage
 
     def generate(self, prompts: Sequence[str], params: GenParams, *, kind: str,
@@ -147,6 +152,7 @@ class BaseTeacher:
 
     name = "teacher"
     api = "chat"
+    structured = False  # replies follow the JSON schema a request carries (GenParams.schema); servers only
     sort_by_length = False  # in-process batching wastes less on padding when lengths are close
 
     def __init__(self) -> None:
