@@ -162,3 +162,22 @@ def test_a_single_server_down_past_outage_wait_stops_the_run_naming_url_and_wait
     assert "outage: " in text and "s more for one to answer (teacher.outage_wait_s)" in text  # the waiting line
     m = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert m["status"] == "failed" and fake_openai.url in m["reason"]
+
+
+
+def test_stopping_a_stream_wakes_requests_waiting_out_an_outage(fake_openai):
+    t = OpenAITeacher("m", base_url=fake_openai.url, concurrency=4, max_wait_s=60.0)  # backoffs of up to a minute
+    t.preflight()
+    fake_openai.kill()
+    out = []
+    prompts = [f"p{i}" for i in range(8)]
+    worker = threading.Thread(target=lambda: out.extend(t.generate(prompts, GenParams(max_tokens=5), kind="k")),
+                              daemon=True)
+    worker.start()
+    time.sleep(1.5)
+    assert worker.is_alive()  # its requests wait out the outage (teacher.outage_wait_s), sleeping between tries
+    started = time.monotonic()
+    t._halt(t._stop)  # what an interrupt does to the stream
+    worker.join(timeout=5)
+    assert not worker.is_alive() and time.monotonic() - started < 1
+    assert len(out) == 8 and not any(c.ok for c in out)
