@@ -446,20 +446,22 @@ class OpenAITeacher(BaseTeacher):
             for ep, endpoint in enumerate(self._endpoints):
                 if endpoint.down_since is not None and self._answers(ep):
                     self._revive(ep)
-            now = time.monotonic()
-            with self._lock:
+            now, line = time.monotonic(), ""
+            with self._lock:  # a request's reply may put an endpoint back meanwhile
                 self._check_outage(now)
-                fatal, down = self._fatal is not None, [e for e in self._endpoints if e.down_since is not None]
-            if fatal:
-                self._halt(stop)
-            elif len(down) < len(self._endpoints):
-                said = now
-            elif now - said >= OUTAGE_LINE_EVERY_S:
-                said = now
-                left = max(self._wait_of(e)[0] - (now - e.down_since) for e in down)
-                setting = "outage_wait_s" if any(e.answered for e in down) else "connect_window_s"
-                self._event("outage: " + ", ".join(f"{e.url} down for {now - e.down_since:.0f} s" for e in down)
+                down = [(e, now - e.down_since) for e in self._endpoints if e.down_since is not None]
+                if len(down) < len(self._endpoints):
+                    said = now
+                elif now - said >= OUTAGE_LINE_EVERY_S:
+                    said = now
+                    left = max(self._wait_of(e)[0] - seconds for e, seconds in down)
+                    setting = "outage_wait_s" if any(e.answered for e, _ in down) else "connect_window_s"
+                    line = ("outage: " + ", ".join(f"{e.url} down for {seconds:.0f} s" for e, seconds in down)
                             + f"; waiting {left:.0f} s more for one to answer (teacher.{setting}), then the run stops")
+            if self._fatal is not None:
+                self._halt(stop)
+            elif line:
+                self._event(line)
 
     def _nap(self, seconds: float, stop: threading.Event) -> None:
         """tenacity's sleep: over early when the run stops or an endpoint rejoins."""
