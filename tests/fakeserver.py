@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 import threading
 import time
 from collections import deque
@@ -46,11 +47,25 @@ class FakeOpenAI:
         self.completions_endpoint = False  # api auto's probe of /completions gets a 404 unless this is set
         self._novel = _novel_instructions()
         self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()  # connections being served: kill() drops them
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                with outer._lock:
+                    outer._open.add(self.connection)
+
+            def finish(self) -> None:
+                with outer._lock:
+                    outer._open.discard(self.connection)
+                try:
+                    super().finish()
+                except OSError:
+                    pass  # killed under us
 
             def do_GET(self) -> None:
                 outer.probes.append({"path": self.path, "body": None})
@@ -104,6 +119,17 @@ class FakeOpenAI:
     def go_down(self) -> None:
         """Stop listening: connections are refused, as with a killed server."""
         self.close()
+
+    def kill(self) -> None:
+        """Die as a killed process does: stop listening, and drop every connection mid-request."""
+        self.close()
+        with self._lock:
+            dropped, self._open = list(self._open), set()
+        for conn in dropped:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)  # the client reads end-of-stream, no reply; the fd stays its handler's
+            except OSError:
+                pass
 
     def come_back(self) -> None:
         """Listen again on the same port, as a restarted server."""

@@ -95,13 +95,13 @@ def test_a_server_that_goes_down_mid_run_and_comes_back_completes_the_run(fake_o
     assert manifest(run)["usage"]["instances"]["retries"] > 0  # the outage was retried, and counted
 
 
-# 1 and 3. A server gone for good: exit 4 within the window, status failed with the URL; a re-run finishes.
+# 1 and 3. A server gone for good: exit 4 after its wait, status failed with the URL; a re-run finishes.
 def test_a_server_that_stays_down_stops_the_run_and_a_rerun_finishes_it(fake_openai, tmp_path):
     fake_openai.default_delay = 0.02
     outage_during_instances(fake_openai, back_after=None)
     started = time.monotonic()
     result = cli_run("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 8,
-                     "--set", "teacher.connect_window_s=2", "--set", "teacher.max_wait_s=0.5",
+                     "--set", "teacher.outage_wait_s=2", "--set", "teacher.max_wait_s=0.5",
                      "--set", "teacher.concurrency=1")
     assert result.exit_code == 4 and time.monotonic() - started < 30, result.output
     run = tmp_path / "r"

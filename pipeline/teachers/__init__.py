@@ -26,7 +26,8 @@ def make_teacher(cfg: TeacherConfig, seed: int = 0) -> Teacher:
         return OpenAITeacher(ref, base_url=cfg.base_url, api=cfg.api, api_key_env=cfg.api_key_env,
                              concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
                              system_prompt=cfg.system_prompt, spec=spec, api_key=cfg.api_key,
-                             connect_window_s=cfg.connect_window_s, max_wait_s=cfg.max_wait_s,
+                             connect_window_s=cfg.connect_window_s, outage_wait_s=cfg.outage_wait_s,
+                             max_wait_s=cfg.max_wait_s,
                              max_consecutive_failures=cfg.max_consecutive_failures, seed=seed)
     if kind in ("hf", "embedded"):
         from .hf import HFTeacher

@@ -12,7 +12,12 @@ Nothing hangs silently:
   port or a dead server fails in seconds, naming the URL (exit 4); with api "auto" it also
   picks the completions endpoint where the server has one (small local models follow the
   Self-Instruct prompts far better as continuations than as chat turns).
-- Connection errors are retried only within `connect_window_s`; then the run stops.
+- Several endpoints fail over: one that refuses or drops connections, or times out or answers 5xx
+  STRIKES_TO_DOWN times in a row, leaves the rotation, and its requests are retried at once on the
+  others. While a stream runs, a prober asks each endpoint out of rotation for GET /models every
+  PROBE_EVERY_S; it rejoins when it answers. The run stops only when every endpoint has been down
+  past its wait: `outage_wait_s` for one that has answered in this process (a restart, a redeploy),
+  `connect_window_s` for one never reached (a wrong port fails fast).
 - A circuit breaker stops the run after `max_consecutive_failures` failed attempts in a
   row, with the last error's text, instead of walking through every prompt.
 - In-flight requests adapt to the server: a timeout, or a reply slower than half the
@@ -31,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -50,6 +56,11 @@ PREFLIGHT_TIMEOUT_S = 60.0  # one token from a cold local server (model load, fi
 # the fraction of the ideal rate from 0.89 to 0.92-0.94 (measured with benchmarks/generation.py's server).
 # With the default concurrency of 8 there is one pool per endpoint.
 REQUESTS_PER_POOL = 8
+# Failover. One timeout or 5xx is noise; three in a row is a sick endpoint, and its requests do better elsewhere.
+STRIKES_TO_DOWN = 3
+PROBE_EVERY_S = 2.0  # a down endpoint's GET /models this often: a restarted server rejoins within seconds, cheaply
+PROBE_TIMEOUT_S = 5.0  # a probe's own timeout: /models is cheap, so a slow answer means the server is not back yet
+OUTAGE_LINE_EVERY_S = 30.0  # while no endpoint answers, a line this often: how long, and how much longer we wait
 
 
 class ContextTooLong(Exception):
@@ -60,11 +71,21 @@ class Malformed(Exception):
     """A 200 reply with no usable text (no choices, no content, a broken body): worth another try."""
 
 
+@dataclass
+class _Endpoint:
+    """One server of --base-url, as the requests see it."""
+
+    url: str
+    answered: bool = False  # has answered in this process: an outage then gets outage_wait_s, not connect_window_s
+    down_since: float | None = None  # out of rotation since (time.monotonic()); None: in rotation
+    strikes: int = 0  # timeouts and 5xx in a row
+
+
 class OpenAITeacher(BaseTeacher):
     def __init__(self, model: str, *, base_url: str = "", api: str = "chat", api_key_env: str = "OPENAI_API_KEY",
                  concurrency: int = 8, timeout_s: float = 120.0, max_retries: int = 6, system_prompt: str = "",
                  spec: str | None = None, max_wait_s: float = 60.0, api_key: str = "", connect_window_s: float = 30.0,
-                 max_consecutive_failures: int = 20, seed: int | None = None):
+                 max_consecutive_failures: int = 20, seed: int | None = None, outage_wait_s: float = 600.0):
         super().__init__()
         if api not in ("chat", "completions", "auto"):
             raise TeacherError(f"teacher api must be 'auto', 'chat' or 'completions', not {api!r}")
@@ -83,6 +104,7 @@ class OpenAITeacher(BaseTeacher):
         self.system_prompt = system_prompt
         self.max_wait_s = max_wait_s
         self.connect_window_s = connect_window_s
+        self.outage_wait_s = outage_wait_s
         self.max_consecutive_failures = max(1, max_consecutive_failures)
         self.seed = seed  # the run seed: each request's `seed` derives from it and the request's salt
         self.on_event: Callable[[str], None] | None = None  # retries, timeouts, concurrency changes (the runner logs them)
@@ -91,15 +113,19 @@ class OpenAITeacher(BaseTeacher):
         if not key and any("api.openai.com" in u for u in self.base_urls):
             raise TeacherError(f"${api_key_env} is not set. Fix: export {api_key_env}=sk-... "
                                "or pass --base-url for a local OpenAI-compatible server")
-        self._clients = [self._new_client(u) for u in self.base_urls]  # one per endpoint: preflight's
+        self._clients = [self._new_client(u) for u in self.base_urls]  # one per endpoint: preflight's and the prober's
+        self._endpoints = [_Endpoint(u) for u in self.base_urls]
+        self._lock = threading.Lock()
+        # Notified when an endpoint rejoins or the run stops: wakes retry sleeps, so a request waiting out an
+        # outage goes as soon as a server answers again.
+        self._changed = threading.Condition(self._lock)
+        self._rejoins = 0
         self._shard_clients()
         self._fatal: BaseException | None = None
         self._stop = threading.Event()  # set on interrupt or fatal error: wakes every retry sleep
-        self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._failures_in_row = 0
         self._last_error = ""
-        self._down_since: float | None = None  # first connection error of the current outage
         self._fast_in_row = 0
         self._send_seed = True  # dropped if a server rejects the field
         self._send_json = True  # response_format, likewise
@@ -113,8 +139,10 @@ class OpenAITeacher(BaseTeacher):
         """The clients requests go through: each endpoint's share of `concurrency`, REQUESTS_PER_POOL per
         client (each client has its own connection pool). Fresh ones, so also after an interrupt closed them."""
         per_url = -(-self.concurrency // len(self.base_urls))
-        self._shards = [self._new_client(url) for url in self.base_urls for _ in range(-(-per_url // REQUESTS_PER_POOL))]
-        self._in_flight = [0] * len(self._shards)
+        owner = [i for i in range(len(self.base_urls)) for _ in range(-(-per_url // REQUESTS_PER_POOL))]
+        shards = [self._new_client(self.base_urls[i]) for i in owner]
+        with self._lock:
+            self._shards, self._in_flight, self._owner = shards, [0] * len(shards), owner
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": "openai", "model": self.model, "api": self.api,
@@ -126,32 +154,32 @@ class OpenAITeacher(BaseTeacher):
     # -- before the first prompt -------------------------------------------------------
     def preflight(self) -> None:
         """Reach every endpoint before the first prompt (connection errors retried within
-        connect_window_s); drop dead ones, fail when none answers. With api auto, ask for one
-        token from the completions endpoint and use it if the server has one."""
+        connect_window_s); a dead one starts out of rotation (the prober lets it in when it
+        answers); fail when none answers. With api auto, ask for one token from the completions
+        endpoint and use it if the server has one."""
         alive, last = [], ""
-        for i, url in enumerate(self.base_urls):
-            error = self._reach(i)
+        for i, endpoint in enumerate(self._endpoints):
+            url, error = endpoint.url, self._reach(i)
             if error is None:
                 alive.append(i)
+                endpoint.answered, endpoint.down_since = True, None
             else:
                 last = f"{url}: {error}"
+                endpoint.down_since = time.monotonic()
                 if len(self.base_urls) > 1:
-                    self._event(f"{url} does not answer ({error}); requests go to the other endpoints")
+                    self._event(f"{url} does not answer ({error}); requests go to the other endpoints until it does")
         if not alive:
             raise TeacherUnavailable(f"no endpoint answers: {last}. Fix: start the server, or check --base-url "
                                      "(host and port)")
-        self._clients = [self._clients[i] for i in alive]
-        self.base_urls = [self.base_urls[i] for i in alive]
-        self._shard_clients()
         if self._auto:
             self._auto = False
-            client = self._clients[0].with_options(timeout=min(self.timeout_s, PREFLIGHT_TIMEOUT_S))
+            client = self._clients[alive[0]].with_options(timeout=min(self.timeout_s, PREFLIGHT_TIMEOUT_S))
             try:
                 self._request(client, "completions", PROBE_PROMPT, GenParams(max_tokens=1), None)
                 self.api, self.api_choice = "completions", "auto: completions (the server offers the endpoint)"
             except FATAL as e:
                 if not isinstance(e, openai.NotFoundError):
-                    raise TeacherError(f"{self.base_urls[0]}: {_describe_error(e, self._secret)}") from None
+                    raise TeacherError(f"{self.base_urls[alive[0]]}: {_describe_error(e, self._secret)}") from None
                 self.api_choice = f"auto: chat (completions: {_describe_error(e, self._secret)})"
             except (openai.APIError, httpx.TransportError, Malformed, ContextTooLong, ValueError) as e:
                 self.api_choice = f"auto: chat (completions: {_describe_error(e, self._secret)})"
@@ -187,6 +215,8 @@ class OpenAITeacher(BaseTeacher):
         if self._pool is None:  # kept across streams: starting 256 threads delays a stream's first requests
             self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="teacher")
         pool = self._pool
+        done = threading.Event()  # the stream is over: the prober stops
+        threading.Thread(target=self._watch, args=(done, self._stop), daemon=True, name="teacher-prober").start()
         clean = False
         try:
             in_flight = 0
@@ -215,8 +245,9 @@ class OpenAITeacher(BaseTeacher):
                 yield req, fut.result()
             clean = True
         finally:
+            done.set()
             if not clean:  # interrupted, or the consumer stopped early: abandon what is in flight, now
-                self._stop.set()
+                self._halt(self._stop)
                 for client in self._shards:
                     client.close()
                 self._shard_clients()  # fresh connections for a later stream (with_options would reuse the closed pool)
@@ -235,21 +266,20 @@ class OpenAITeacher(BaseTeacher):
         stop = self._stop  # this stream's
         if self._fatal is not None or stop.is_set():
             return Completion("", "error", error="not sent: the run is stopping")
-        with self._lock:  # the counts and clients of this stream: a later stream has its own
-            counts = self._in_flight
-            i = min(range(len(counts)), key=counts.__getitem__)
-            counts[i] += 1
-            client = self._shards[i]
-        try:
-            return self._call_with_retries(client, req, params, stop)
-        finally:
-            with self._lock:
-                counts[i] -= 1
+        with self._lock:  # the clients and counts of this stream: a later stream has its own
+            pools = (self._shards, self._in_flight, self._owner)
+        return self._call_with_retries(pools, req, params, stop)
 
-    def _call_with_retries(self, client: openai.OpenAI, req: Request, params: GenParams,
-                           stop: threading.Event) -> Completion:
+    def _call_with_retries(self, pools: tuple[list[openai.OpenAI], list[int], list[int]], req: Request,
+                           params: GenParams, stop: threading.Event) -> Completion:
         max_tokens = params.max_tokens
         faults = {"retries": 0, "timeouts": 0}
+        backoff = _wait_for(self.max_wait_s)
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            e = state.outcome.exception() if state.outcome else None
+            # Its endpoint just left the rotation: the next try goes to another one, and need not wait.
+            return 0.0 if _refused(e) and self._any_live() else backoff(state)
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             e = state.outcome.exception() if state.outcome else None
@@ -259,8 +289,8 @@ class OpenAITeacher(BaseTeacher):
 
         retrying = tenacity.Retrying(
             stop=lambda state: self._give_up(state, stop),
-            wait=_wait_for(self.max_wait_s),
-            sleep=stop.wait,  # an interrupt or a fatal error ends every backoff at once
+            wait=wait,
+            sleep=lambda seconds: self._nap(seconds, stop),  # an interrupt, a fatal error or a rejoin ends it
             retry=tenacity.retry_if_exception(_is_transient),
             before_sleep=before_sleep,
             reraise=True,
@@ -268,7 +298,7 @@ class OpenAITeacher(BaseTeacher):
         error = "prompt longer than the model's context"
         for _ in range(4):  # context-length shrinking: at most 4 halvings
             try:
-                c = retrying(self._attempt, client, req, params, max_tokens, stop)
+                c = retrying(self._attempt, pools, req, params, max_tokens, stop)
                 c.retries, c.timeouts = faults["retries"], faults["timeouts"]
                 return c
             except ContextTooLong:
@@ -278,7 +308,7 @@ class OpenAITeacher(BaseTeacher):
             except FATAL as e:
                 with self._lock:
                     self._fatal = e
-                stop.set()
+                self._halt(stop)
                 error = _describe_error(e, self._secret)
                 break
             except (openai.APIError, httpx.TransportError, Malformed, ValueError) as e:  # retries spent, 400
@@ -288,66 +318,162 @@ class OpenAITeacher(BaseTeacher):
 
     def _give_up(self, state: tenacity.RetryCallState, stop: threading.Event) -> bool:
         """Stop retrying: when the run is stopping, or after max_retries; a refused connection is instead
-        retried until connect_window_s runs out (a restarting server is back in seconds)."""
+        retried until every endpoint has been down past its wait (a restarting server is back in seconds)."""
         if stop.is_set():
             return True
-        e = state.outcome.exception() if state.outcome else None
-        if isinstance(e, openai.APIConnectionError) and not isinstance(e, openai.APITimeoutError):
-            return False  # _failed() sets the stop once the window is over
+        if _refused(state.outcome.exception() if state.outcome else None):
+            return False  # _check_outage() sets the stop once the wait is over
         return state.attempt_number > self.max_retries
 
-    def _attempt(self, client: openai.OpenAI, req: Request, params: GenParams, max_tokens: int,
-                 stop: threading.Event) -> Completion:
-        """One HTTP call, with the bookkeeping that decides when to give up on the server."""
+    def _attempt(self, pools: tuple[list[openai.OpenAI], list[int], list[int]], req: Request, params: GenParams,
+                 max_tokens: int, stop: threading.Event) -> Completion:
+        """One HTTP call to the endpoint in rotation with the fewest in flight (each try picks anew, so a
+        retry leaves a dead endpoint), with the bookkeeping that decides when to give up on a server."""
         if stop.is_set():
             raise openai.APIConnectionError(message="not sent: the run is stopping", request=_NO_REQUEST)
+        shards, counts, owner = pools
+        with self._lock:
+            live = [i for i in range(len(shards)) if self._endpoints[owner[i]].down_since is None]
+            i = min(live or range(len(shards)), key=counts.__getitem__)  # none in rotation: try any, it may be back
+            counts[i] += 1
         started = time.monotonic()
         try:
-            c = self._request(client, self.api, req.prompt, params, req.salt, max_tokens)
+            c = self._request(shards[i], self.api, req.prompt, params, req.salt, max_tokens)
         except (ContextTooLong, *FATAL):
             raise
         except Exception as e:
             if not stop.is_set():  # a call of an abandoned stream says nothing about the server now
-                self._failed(e)
+                self._failed(e, owner[i])
             raise
+        finally:
+            with self._lock:
+                counts[i] -= 1
         if not stop.is_set():
-            self._succeeded(time.monotonic() - started)
+            self._succeeded(time.monotonic() - started, owner[i])
         return c
 
-    def _failed(self, e: BaseException) -> None:
+    def _failed(self, e: BaseException, ep: int) -> None:
         now = time.monotonic()
+        endpoint = self._endpoints[ep]
         with self._lock:
             self._last_error = _describe_error(e, self._secret)
             if isinstance(e, openai.APITimeoutError):
                 self._shrink(f"a request timed out after {self.timeout_s:.0f} s")
-            connection = isinstance(e, openai.APIConnectionError) and not isinstance(e, openai.APITimeoutError)
-            # An outage is judged by its length (connect_window_s); the breaker counts answers that went wrong.
-            self._failures_in_row += 0 if connection else 1
-            if connection and self._down_since is None:
-                self._down_since = now
-            if self._fatal is not None:
-                pass  # the first reason to stop is the one reported
-            elif connection and now - self._down_since > self.connect_window_s:
-                self._fatal = TeacherUnavailable(
-                    f"{self.base_url} has not answered for {now - self._down_since:.0f} s (last error: "
-                    f"{self._last_error}). Fix: start the server or check --base-url; a re-run resumes")
-            elif self._failures_in_row >= self.max_consecutive_failures:
+            # An outage is judged by its length (_check_outage); the breaker counts answers that went wrong.
+            self._failures_in_row += 0 if _refused(e) else 1
+            endpoint.strikes += isinstance(e, openai.APITimeoutError) or (getattr(e, "status_code", None) or 0) >= 500
+            went_down = endpoint.down_since is None and (_refused(e) or endpoint.strikes >= STRIKES_TO_DOWN)
+            if went_down:
+                endpoint.down_since = now
+            others = sum(x.down_since is None for x in self._endpoints)
+            if self._fatal is None and self._failures_in_row >= self.max_consecutive_failures:
                 self._fatal = TeacherUnavailable(
                     f"{self._failures_in_row} requests in a row failed at {self.base_url} (last error: "
                     f"{self._last_error}). Fix: check the server's log; teacher.max_consecutive_failures sets this "
                     "limit; a re-run resumes")
+            self._check_outage(now)
+        if went_down:
+            wait, setting = self._wait_of(endpoint)
+            self._event(f"endpoint down: {endpoint.url} ({self._last_error}); " + (
+                f"its requests go to the {others} other endpoint(s)" if others else
+                f"waiting up to {wait:.0f} s for an endpoint to answer again (teacher.{setting})"))
         if self._fatal is not None:
-            self._stop.set()
+            self._halt(self._stop)
 
-    def _succeeded(self, seconds: float) -> None:
+    def _succeeded(self, seconds: float, ep: int) -> None:
+        if self._endpoints[ep].down_since is not None:  # a retry that went to it anyway, with none in rotation
+            self._revive(ep)
         with self._lock:
-            self._failures_in_row, self._down_since = 0, None
+            self._failures_in_row = 0
+            self._endpoints[ep].answered, self._endpoints[ep].strikes = True, 0
             if seconds > self.timeout_s / 2:
                 self._shrink(f"a reply took {seconds:.0f} s, over half the {self.timeout_s:.0f} s timeout")
                 return
             self._fast_in_row += 1
             if self.limit < self.concurrency and self._fast_in_row >= self.limit:
                 self.limit, self._fast_in_row = self.limit + 1, 0
+
+    # -- failover --------------------------------------------------------------------
+    def _wait_of(self, endpoint: _Endpoint) -> tuple[float, str]:
+        """How long an endpoint out of rotation is waited for, and the setting that says so."""
+        if endpoint.answered:
+            return self.outage_wait_s, "outage_wait_s"
+        return self.connect_window_s, "connect_window_s"
+
+    def _any_live(self) -> bool:
+        return any(e.down_since is None for e in self._endpoints)
+
+    def _check_outage(self, now: float) -> None:
+        """Under the lock: stop the run once every endpoint has been out of rotation past its wait."""
+        if self._fatal is not None or any(e.down_since is None or now - e.down_since <= self._wait_of(e)[0]
+                                          for e in self._endpoints):
+            return
+        waited = "; ".join(f"{e.url} has not answered for {now - e.down_since:.0f} s (teacher.{self._wait_of(e)[1]}: "
+                           f"{self._wait_of(e)[0]:.0f} s)" for e in self._endpoints)
+        self._fatal = TeacherUnavailable(f"{waited}. Last error: {self._last_error}. Fix: start the server or check "
+                                         "--base-url; a re-run resumes")
+
+    def _revive(self, ep: int) -> None:
+        """The endpoint answered: back in rotation, and every retry sleep wakes to use it."""
+        endpoint = self._endpoints[ep]
+        with self._lock:
+            endpoint.answered = True
+            if endpoint.down_since is None:
+                return
+            down, endpoint.down_since, endpoint.strikes = time.monotonic() - endpoint.down_since, None, 0
+            self._rejoins += 1
+            self._changed.notify_all()
+        self._event(f"endpoint back: {endpoint.url} answers again after {down:.0f} s; it takes requests again")
+
+    def _answers(self, ep: int) -> bool:
+        """The prober's question: does the endpoint answer HTTP (GET /models) with anything but a 5xx?"""
+        try:
+            self._clients[ep].with_options(timeout=min(self.timeout_s, PROBE_TIMEOUT_S)).models.list()
+            return True
+        except openai.APIStatusError as e:
+            return e.status_code < 500  # a server without /models, say: it is there
+        except ValueError:
+            return True  # an HTTP answer that is not JSON: it is there
+        except (openai.APIError, httpx.TransportError):
+            return False
+
+    def _watch(self, done: threading.Event, stop: threading.Event) -> None:
+        """The stream's prober: every PROBE_EVERY_S, ask each endpoint out of rotation whether it answers
+        (it rejoins if so); while none is in rotation, a line every OUTAGE_LINE_EVERY_S, and the stop once
+        every endpoint is past its wait (no request need be trying for the run to end)."""
+        said = time.monotonic()
+        while not done.wait(PROBE_EVERY_S) and not stop.is_set():
+            for ep, endpoint in enumerate(self._endpoints):
+                if endpoint.down_since is not None and self._answers(ep):
+                    self._revive(ep)
+            now, line = time.monotonic(), ""
+            with self._lock:  # a request's reply may put an endpoint back meanwhile
+                self._check_outage(now)
+                down = [(e, now - e.down_since) for e in self._endpoints if e.down_since is not None]
+                if len(down) < len(self._endpoints):
+                    said = now
+                elif now - said >= OUTAGE_LINE_EVERY_S:
+                    said = now
+                    left = max(self._wait_of(e)[0] - seconds for e, seconds in down)
+                    setting = "outage_wait_s" if any(e.answered for e, _ in down) else "connect_window_s"
+                    line = ("outage: " + ", ".join(f"{e.url} down for {seconds:.0f} s" for e, seconds in down)
+                            + f"; waiting {left:.0f} s more for one to answer (teacher.{setting}), then the run stops")
+            if self._fatal is not None:
+                self._halt(stop)
+            elif line:
+                self._event(line)
+
+    def _nap(self, seconds: float, stop: threading.Event) -> None:
+        """tenacity's sleep: over early when the run stops or an endpoint rejoins."""
+        with self._changed:
+            rejoins = self._rejoins
+            self._changed.wait_for(lambda: stop.is_set() or self._rejoins != rejoins, timeout=seconds)
+
+    def _halt(self, stop: threading.Event) -> None:
+        """Stop the stream: every retry sleep wakes, and no new try starts."""
+        stop.set()
+        with self._changed:
+            self._changed.notify_all()
 
     def _shrink(self, why: str) -> None:
         """Halve the requests kept in flight (called under the lock)."""
@@ -430,6 +556,11 @@ def _top_logprobs(choice: Any) -> dict[str, float] | None:
     if tops and isinstance(tops[0], dict):
         return {str(k): float(v) for k, v in tops[0].items()} or None
     return None
+
+
+def _refused(e: BaseException | None) -> bool:
+    """A connection that failed or dropped (refused, reset, DNS, TLS), not a timeout: the endpoint is gone for now."""
+    return isinstance(e, openai.APIConnectionError) and not isinstance(e, openai.APITimeoutError)
 
 
 def _is_transient(e: BaseException) -> bool:

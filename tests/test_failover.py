@@ -1,0 +1,183 @@
+"""Endpoint failover and outage waiting (issue #18): one dead endpoint is not the end of a run.
+
+The fakes die as real servers do: `kill()` stops listening and drops every connection mid-request.
+"""
+
+import json
+import re
+import threading
+import time
+
+import pytest
+from click.testing import CliRunner
+from fakeserver import FakeOpenAI
+from helpers import read, teacher_flags
+
+from pipeline.cli import cli
+from pipeline.teachers import GenParams, openai_compat
+from pipeline.teachers.base import Request
+from pipeline.teachers.openai_compat import OpenAITeacher
+
+
+@pytest.fixture(autouse=True)
+def quick_prober(monkeypatch):
+    monkeypatch.setattr(openai_compat, "PROBE_EVERY_S", 0.2)
+    monkeypatch.setattr(openai_compat, "OUTAGE_LINE_EVERY_S", 0.5)
+
+
+def cli_run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def sent(server):
+    """What a server was asked: (prompt, request seed) pairs, the same on a retry."""
+    return [(server.prompt_of(h["body"]), h["body"].get("seed")) for h in server.history]
+
+
+def when(condition, then) -> None:
+    """Run `then` in the background once `condition()` holds."""
+
+    def wait():
+        deadline = time.monotonic() + 60
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        then()
+
+    threading.Thread(target=wait, daemon=True).start()
+
+
+def is_instances(prompt):
+    return prompt.rstrip().endswith(("Input:", "Class label:"))
+
+
+def test_a_run_goes_on_when_one_of_two_endpoints_dies_and_its_requests_go_to_the_other(fake_openai, tmp_path):
+    dying = FakeOpenAI()
+    try:
+        for _ in range(3):
+            dying.enqueue(lambda path, body: dying.default_reply(path, body), delay=0.02)  # it serves a while
+        dying.default_delay = 30.0  # then hangs: every later request is in flight when it dies
+        fake_openai.default_delay = 0.02
+        in_flight = []
+        when(lambda: len(dying.history) >= 4, lambda: (in_flight.extend(sent(dying)[3:]), dying.kill()))
+        flags = teacher_flags(fake_openai, tmp_path)
+        flags[flags.index(fake_openai.url)] = f"{fake_openai.url},{dying.url}"
+        started = time.monotonic()
+        result = cli_run("run", *flags, "--num-instructions", 8, "--set", "teacher.concurrency=4")
+        assert result.exit_code == 0, result.output
+        assert time.monotonic() - started < 20  # not the dead endpoint's 30 s, nor an outage wait
+        run = tmp_path / "r"
+        assert len(read(run / "instances.jsonl")) == 8
+        assert json.loads((run / "manifest.json").read_text())["status"] == "done"
+        assert in_flight and all(r in sent(fake_openai) for r in in_flight)  # answered by the other endpoint
+        text = " ".join(result.output.split())
+        assert f"endpoint down: {dying.url}" in text and "go to the 1 other endpoint" in text
+    finally:
+        dying.close()
+
+
+def test_a_dead_endpoint_that_comes_back_rejoins(fake_openai):
+    other = FakeOpenAI()
+    try:
+        events = []
+        t = OpenAITeacher("m", base_url=f"{fake_openai.url},{other.url}", concurrency=2, max_wait_s=0.05)
+        t.on_event = events.append
+        t.preflight()
+        other.kill()
+        fake_openai.default_delay = other.default_delay = 0.05
+        served_before = []
+
+        def requests():
+            for i in range(60):
+                if i == 10:
+                    served_before.append(len(other.history))
+                    other.come_back()
+                yield Request(i, f"p{i}")
+
+        out = [c for _, c in t.stream(requests(), GenParams(max_tokens=5), kind="k")]
+        assert len(out) == 60 and all(c.ok for c in out)
+        assert served_before == [0] and len(other.history) > 5  # the prober let it back in, and it took requests
+        assert any(e.startswith(f"endpoint down: {other.url}") for e in events)
+        assert any(e.startswith(f"endpoint back: {other.url}") for e in events)
+    finally:
+        other.close()
+
+
+def test_an_endpoint_that_keeps_answering_5xx_leaves_the_rotation(fake_openai, monkeypatch):
+    monkeypatch.setattr(openai_compat, "PROBE_EVERY_S", 60.0)  # its GET /models works: the prober would let it back
+    sick = FakeOpenAI()
+    try:
+        for _ in range(100):
+            sick.enqueue({"error": {"message": "overloaded"}}, status=503)
+        t = OpenAITeacher("m", base_url=f"{sick.url},{fake_openai.url}", concurrency=2, max_wait_s=0.01,
+                          max_retries=6)
+        events = []
+        t.on_event = events.append
+        out = t.generate([f"p{i}" for i in range(20)], GenParams(max_tokens=5), kind="k")
+        assert all(c.ok for c in out)
+        assert len(sick.history) <= 6  # three strikes (or so, with two in flight), not one try in two
+        assert any(e.startswith(f"endpoint down: {sick.url}") for e in events)
+    finally:
+        sick.close()
+
+
+def _outage_during_instances(server, back_after):
+    def back():
+        time.sleep(back_after)
+        server.come_back()
+
+    when(lambda: sum(is_instances(server.prompt_of(h["body"])) for h in server.history) >= 3,
+         lambda: (server.kill(), back_after is not None and threading.Thread(target=back, daemon=True).start()))
+
+
+def test_a_single_server_that_had_answered_is_waited_for_and_the_run_finishes(fake_openai, tmp_path):
+    fake_openai.default_delay = 0.02
+    _outage_during_instances(fake_openai, back_after=3.0)
+    started = time.monotonic()
+    # connect_window_s=1 no longer ends the run: the server has answered, so it gets outage_wait_s.
+    # max_wait_s stays at 60 s: the retries wake when the prober sees the server back.
+    result = cli_run("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 8,
+                     "--set", "teacher.connect_window_s=1", "--set", "teacher.outage_wait_s=10",
+                     "--set", "teacher.concurrency=2")
+    assert result.exit_code == 0, result.output
+    assert time.monotonic() - started < 12
+    run = tmp_path / "r"
+    assert len(read(run / "instances.jsonl")) == 8
+    assert json.loads((run / "manifest.json").read_text())["status"] == "done"
+    text = " ".join(result.output.split())
+    assert "waiting up to 10 s for an endpoint to answer again (teacher.outage_wait_s)" in text
+    assert re.search(rf"endpoint back: {re.escape(fake_openai.url)} answers again after [34] s", text)
+
+
+def test_a_single_server_down_past_outage_wait_stops_the_run_naming_url_and_wait(fake_openai, tmp_path):
+    fake_openai.default_delay = 0.02
+    _outage_during_instances(fake_openai, back_after=None)
+    started = time.monotonic()
+    result = cli_run("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 8,
+                     "--set", "teacher.connect_window_s=1", "--set", "teacher.outage_wait_s=2",
+                     "--set", "teacher.concurrency=2")
+    assert result.exit_code == 4, result.output
+    assert time.monotonic() - started < 15
+    text = " ".join(result.output.split())
+    assert re.search(rf"{re.escape(fake_openai.url)} has not answered for \d s \(teacher.outage_wait_s: 2 s\)", text)
+    assert "outage: " in text and "s more for one to answer (teacher.outage_wait_s)" in text  # the waiting line
+    m = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert m["status"] == "failed" and fake_openai.url in m["reason"]
+
+
+
+def test_stopping_a_stream_wakes_requests_waiting_out_an_outage(fake_openai):
+    t = OpenAITeacher("m", base_url=fake_openai.url, concurrency=4, max_wait_s=60.0)  # backoffs of up to a minute
+    t.preflight()
+    fake_openai.kill()
+    out = []
+    prompts = [f"p{i}" for i in range(8)]
+    worker = threading.Thread(target=lambda: out.extend(t.generate(prompts, GenParams(max_tokens=5), kind="k")),
+                              daemon=True)
+    worker.start()
+    time.sleep(1.5)
+    assert worker.is_alive()  # its requests wait out the outage (teacher.outage_wait_s), sleeping between tries
+    started = time.monotonic()
+    t._halt(t._stop)  # what an interrupt does to the stream
+    worker.join(timeout=5)
+    assert not worker.is_alive() and time.monotonic() - started < 1
+    assert len(out) == 8 and not any(c.ok for c in out)
