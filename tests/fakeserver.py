@@ -45,6 +45,11 @@ class FakeOpenAI:
         self.history: list[dict[str, Any]] = []  # the pipeline's requests
         self.probes: list[dict[str, Any]] = []  # preflight: GET /models and api auto's one-token probe
         self.completions_endpoint = False  # api auto's probe of /completions gets a 404 unless this is set
+        # response_format forms whose JSON schema binds the reply (as OpenAI: {"json_schema"}; llama-cpp-python's
+        # server: {"json_object"}). Others are ignored (the reply is text), or refused with a 422 when
+        # refuse_other_forms is set, as llama-cpp-python refuses type json_schema.
+        self.schema_forms: set[str] = set()
+        self.refuse_other_forms = False
         self._novel = _novel_instructions()
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()  # connections being served: kill() drops them
@@ -84,6 +89,15 @@ class FakeOpenAI:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
+                if outer.refuse_other_forms and outer.form_of(body) not in (None, *outer.schema_forms):
+                    self._send(422, {"detail": [{"type": "literal_error", "loc": ["body", "response_format", "type"],
+                                                 "msg": "Input should be 'text' or 'json_object'"}]}, {})
+                    return
+                if outer.prompt_of(body).startswith("Is water wet?"):  # teacher.structured's probe
+                    outer.probes.append({"path": self.path, "body": body})
+                    bound = outer.form_of(body) in outer.schema_forms
+                    self._send(200, outer.wrap(self.path, '{"answer": "Yes"}' if bound else "Yes, water is wet."), {})
+                    return
                 if body.get("max_tokens") == 1 and outer.prompt_of(body) == "Say OK.":  # api auto's probe
                     outer.probes.append({"path": self.path, "body": body})
                     if self.path.endswith("/chat/completions") or outer.completions_endpoint:
@@ -148,6 +162,21 @@ class FakeOpenAI:
         self.queue.append((status, reply, headers or {}, delay))
 
     @staticmethod
+    def form_of(body: dict[str, Any]) -> str | None:
+        """The response_format form of a request that carries a JSON schema; None for none."""
+        rf = body.get("response_format") or {}
+        if rf.get("type") == "json_schema" or (rf.get("type") == "json_object" and "schema" in rf):
+            return rf["type"]
+        return None
+
+    def schema_of(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The schema that binds this request's reply, if the server honours its form."""
+        if self.form_of(body) not in self.schema_forms:
+            return None
+        rf = body["response_format"]
+        return rf["json_schema"]["schema"] if rf["type"] == "json_schema" else rf["schema"]
+
+    @staticmethod
     def prompt_of(body: dict[str, Any]) -> str:
         if "messages" in body:
             return body["messages"][-1]["content"]
@@ -163,9 +192,26 @@ class FakeOpenAI:
         return {"id": "c", "object": "text_completion", "created": 0, "model": "fake", "choices": [choice],
                 "usage": usage}
 
+    def structured_reply(self, prompt: str, schema: dict[str, Any]) -> dict[str, Any]:
+        """What a competent teacher bound to the schema answers (the schemas of pipeline/stages/schemas.py)."""
+        props = schema["properties"]
+        if "tasks" in props:
+            return {"tasks": [next(self._novel) for _ in range(3)]}
+        if "answer" in props:
+            return {"answer": "Yes" if "Compare" in prompt.rsplit("Task:", 1)[-1] else "No"}
+        task = prompt.rsplit("Task:", 1)[-1].split("\n")[0].strip()
+        if "label" in props["examples"]["items"]["properties"]:
+            return {"examples": [{"label": "First", "input": "the first option"},
+                                 {"label": "Second", "input": "the other option"}]}
+        return {"examples": [{"input": f"a question about {task[:20]}", "output": f"a careful answer about {task[-20:]}"},
+                             {"input": "", "output": f"a general answer for: {task}"}]}
+
     def default_reply(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """A competent teacher for each of seed2lora's prompts, in chat style."""
         prompt = self.prompt_of(body)
+        schema = self.schema_of(body)
+        if schema is not None:
+            return self.wrap(path, json.dumps(self.structured_reply(prompt, schema)))
         if "numbered list of" in prompt:  # bootstrap
             items = [next(self._novel) for _ in range(3)]  # called under the server's lock
             text = "Sure! Here are some new tasks:\n\n" + "\n".join(f"{i + 9}. {t}" for i, t in enumerate(items))

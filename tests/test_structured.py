@@ -46,3 +46,74 @@ def test_every_schema_is_strict_json_schema():
         check(schema)
         assert key in schema["properties"]
         json.dumps(schema)
+
+
+# -- end to end, against fake servers that bind replies to a schema in the forms real servers take -------------
+from click.testing import CliRunner  # noqa: E402
+from helpers import invoke, read, teacher_flags  # noqa: E402
+
+from pipeline.cli import cli  # noqa: E402
+
+
+def manifest(run):
+    return json.loads((run / "manifest.json").read_text())
+
+
+def schema_requests(server):
+    return [h["body"] for h in server.history if h["body"].get("response_format")]
+
+
+def test_a_server_that_binds_json_schema_gets_structured_requests_and_its_replies_become_records(fake_openai, tmp_path):
+    fake_openai.schema_forms = {"json_schema"}  # as OpenAI, vLLM, Ollama
+    # One at a time: the fifth task (a "Compare ..." one, classification to the fake) is always kept.
+    invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 5, "--set", "teacher.concurrency=1")
+    run = tmp_path / "r"
+    teacher = manifest(run)["teacher"]
+    assert teacher["structured"] is True and "json_schema" in teacher["structured_choice"]
+    bodies = schema_requests(fake_openai)
+    assert len(bodies) == len(fake_openai.history)  # every stage's request carried its schema
+    names = {b["response_format"]["json_schema"]["name"] for b in bodies}
+    assert names == {"tasks", "yes_no", "examples", "labelled_examples"}
+    assert not any(b.get("stop") for b in bodies)  # no stop may cut JSON
+    assert len(read(run / "bootstrap.jsonl")) == 5
+    rows = read(run / "instances.jsonl")
+    assert all(t["instances"] for t in rows) and any(t["is_classification"] for t in rows)
+    assert not any(i["input"].startswith("{") or i["output"].startswith("{") for t in rows for i in t["instances"])
+    assert len(read(run / "filter.jsonl")) > 0
+
+
+def test_llama_cpp_pythons_form_is_found_after_the_openai_form_is_refused(fake_openai, tmp_path):
+    fake_openai.schema_forms, fake_openai.refuse_other_forms = {"json_object"}, True  # llama-cpp-python 0.3's server
+    invoke("bootstrap", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 3)
+    teacher = manifest(tmp_path / "r")["teacher"]
+    assert teacher["structured"] is True and "json_object" in teacher["structured_choice"]
+    assert all(b["response_format"]["type"] == "json_object" for b in schema_requests(fake_openai))
+    assert len(read(tmp_path / "r" / "bootstrap.jsonl")) == 3
+
+
+def test_auto_falls_back_to_text_when_the_server_ignores_the_schema(fake_openai, tmp_path):
+    invoke("bootstrap", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 3)
+    teacher = manifest(tmp_path / "r")["teacher"]
+    assert teacher["structured"] is False and teacher["structured_choice"].startswith("auto: off")
+    assert not schema_requests(fake_openai) and len(read(tmp_path / "r" / "bootstrap.jsonl")) == 3
+
+
+@pytest.mark.parametrize("flags, says", [
+    ([], "does not bind replies to a JSON schema"),
+    (["--api", "completions"], "needs chat requests"),
+])
+def test_structured_on_refuses_what_cannot_be_structured(fake_openai, tmp_path, flags, says):
+    fake_openai.completions_endpoint = True
+    result = CliRunner().invoke(cli, ["bootstrap", *map(str, teacher_flags(fake_openai, tmp_path)),
+                                      "--num-instructions", "3", "--set", "teacher.structured=on", *flags])
+    assert result.exit_code == 2 and says in result.output.replace("\n", " "), result.output
+    assert not fake_openai.history  # nothing paid
+
+
+def test_a_structured_reply_cut_by_the_length_limit_keeps_its_whole_items(fake_openai, tmp_path):
+    fake_openai.schema_forms = {"json_schema"}
+    fake_openai.enqueue('{"tasks": ["Name three rivers that cross Europe.", "Sort the numbers in the list from '
+                        'smallest to largest.", "Write a haiku about the', finish_reason="length")
+    invoke("bootstrap", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 2, "--set", "teacher.concurrency=1")
+    kept = [t["instruction"] for t in read(tmp_path / "r" / "bootstrap.jsonl")]
+    assert kept == ["Name three rivers that cross Europe.", "Sort the numbers in the list from smallest to largest."]

@@ -28,7 +28,8 @@ def make_teacher(cfg: TeacherConfig, seed: int = 0) -> Teacher:
                              system_prompt=cfg.system_prompt, spec=spec, api_key=cfg.api_key,
                              connect_window_s=cfg.connect_window_s, outage_wait_s=cfg.outage_wait_s,
                              max_wait_s=cfg.max_wait_s,
-                             max_consecutive_failures=cfg.max_consecutive_failures, seed=seed)
+                             max_consecutive_failures=cfg.max_consecutive_failures, seed=seed,
+                             structured=cfg.structured)
     if kind in ("hf", "embedded"):
         from .hf import HFTeacher
 

@@ -30,6 +30,7 @@ Nothing hangs silently:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import queue
 import threading
@@ -49,6 +50,12 @@ from .base import BaseTeacher, Completion, GenParams, Request, logprob_reply
 MAX_SERVER_STOPS = 4  # OpenAI rejects more than 4 stop sequences; the rest are applied client-side
 FATAL = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
 PROBE_PROMPT = "Say OK."  # api auto's one-token probe of the completions endpoint
+# teacher.structured auto|on: one small question whose reply must be {"answer": "Yes"} or {"answer": "No"}
+STRUCTURED_PROBE_PROMPT = 'Is water wet? Reply with a JSON object such as {"answer": "Yes"}.'
+STRUCTURED_PROBE = GenParams(max_tokens=24, schema_name="answer", schema=json.dumps({
+    "type": "object", "properties": {"answer": {"type": "string", "enum": ["Yes", "No"]}}, "required": ["answer"],
+    "additionalProperties": False}))
+SCHEMA_FORMS = ("json_schema", "json_object")  # tried in this order: OpenAI's form first
 PREFLIGHT_TIMEOUT_S = 60.0  # one token from a cold local server (model load, first batch) can take this long
 # Requests in flight per HTTP connection pool. httpx's pool takes one lock per request and does work
 # proportional to its connections under it, so 256 requests through one pool queue on that lock; pools of
@@ -85,10 +92,16 @@ class OpenAITeacher(BaseTeacher):
     def __init__(self, model: str, *, base_url: str = "", api: str = "chat", api_key_env: str = "OPENAI_API_KEY",
                  concurrency: int = 8, timeout_s: float = 120.0, max_retries: int = 6, system_prompt: str = "",
                  spec: str | None = None, max_wait_s: float = 60.0, api_key: str = "", connect_window_s: float = 30.0,
-                 max_consecutive_failures: int = 20, seed: int | None = None, outage_wait_s: float = 600.0):
+                 max_consecutive_failures: int = 20, seed: int | None = None, outage_wait_s: float = 600.0,
+                 structured: str = "auto"):
         super().__init__()
         if api not in ("chat", "completions", "auto"):
             raise TeacherError(f"teacher api must be 'auto', 'chat' or 'completions', not {api!r}")
+        if structured not in ("auto", "on", "off"):
+            raise TeacherError(f"teacher structured must be 'auto', 'on' or 'off', not {structured!r}")
+        self._structured_setting = structured
+        self.structured_choice = structured if structured == "off" else f"{structured}: not probed yet"
+        self._schema_form = ""  # the response_format form this server honours: "json_schema" or "json_object"
         self.model = model
         self.name = spec or f"openai:{model}"
         self.api = "chat" if api == "auto" else api
@@ -146,7 +159,9 @@ class OpenAITeacher(BaseTeacher):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": "openai", "model": self.model, "api": self.api,
-                "api_choice": self.api_choice, "base_url": self.base_url, "concurrency": self.concurrency}
+                "api_choice": self.api_choice, "structured": self.structured,
+                "structured_choice": self.structured_choice, "base_url": self.base_url,
+                "concurrency": self.concurrency}
 
     def cache_identity(self) -> dict[str, Any]:
         return {"name": self.name, "kind": "openai", "model": self.model, "api": self.api}
@@ -171,6 +186,8 @@ class OpenAITeacher(BaseTeacher):
         if not alive:
             raise TeacherUnavailable(f"no endpoint answers: {last}. Fix: start the server, or check --base-url "
                                      "(host and port)")
+        if self._structured_setting != "off":
+            self._choose_structured(alive[0])
         if self._auto:
             self._auto = False
             client = self._clients[alive[0]].with_options(timeout=min(self.timeout_s, PREFLIGHT_TIMEOUT_S))
@@ -183,6 +200,41 @@ class OpenAITeacher(BaseTeacher):
                 self.api_choice = f"auto: chat (completions: {_describe_error(e, self._secret)})"
             except (openai.APIError, httpx.TransportError, Malformed, ContextTooLong, ValueError) as e:
                 self.api_choice = f"auto: chat (completions: {_describe_error(e, self._secret)})"
+
+    def _choose_structured(self, i: int) -> None:
+        """teacher.structured auto|on: does the server bind a chat reply to a JSON schema? Ask it one small
+        question in each form servers take (OpenAI's json_schema; json_object with a schema, as
+        llama-cpp-python's server takes it) and use the first whose reply is the schema's JSON. Structured
+        replies are chat replies, so api auto then means chat."""
+        setting = self._structured_setting
+        if self.api == "completions" and not self._auto:
+            if setting == "on":
+                raise TeacherError("teacher.structured=on needs chat requests, and --api completions was given. "
+                                   "Fix: --api chat (or auto), or --set teacher.structured=off")
+            self.structured_choice = "auto: off (--api completions)"
+            return
+        client = self._clients[i].with_options(timeout=min(self.timeout_s, PREFLIGHT_TIMEOUT_S))
+        tried = []
+        for form in SCHEMA_FORMS:
+            try:
+                reply = self._request(client, "chat", STRUCTURED_PROBE_PROMPT, STRUCTURED_PROBE, None, schema_form=form)
+                answer = json.loads(reply.text).get("answer")
+                if answer in ("Yes", "No"):
+                    self.structured, self._schema_form = True, form
+                    self.structured_choice = f"{setting}: on (the server honours response_format {form})"
+                    if self._auto:  # structured replies come from the chat endpoint
+                        self._auto = False
+                        self.api, self.api_choice = "chat", "auto: chat (structured replies)"
+                    return
+                tried.append(f"{form}: reply not the schema's JSON ({reply.text[:40]!r})")
+            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
+                raise TeacherError(f"{self.base_urls[i]}: {_describe_error(e, self._secret)}") from None
+            except (openai.APIError, httpx.TransportError, Malformed, ContextTooLong, ValueError, AttributeError) as e:
+                tried.append(f"{form}: {_describe_error(e, self._secret)}")
+        if setting == "on":
+            raise TeacherError(f"{self.base_urls[i]} does not bind replies to a JSON schema ({'; '.join(tried)}). "
+                               "Fix: --set teacher.structured=auto (falls back to text) or off")
+        self.structured_choice = f"auto: off ({'; '.join(tried)})"
 
     def _reach(self, i: int) -> str | None:
         """None when the endpoint answers HTTP at all (GET /models); else the last connection error."""
@@ -488,7 +540,7 @@ class OpenAITeacher(BaseTeacher):
             self.on_event(message)
 
     def _request(self, client: openai.OpenAI, api: str, prompt: str, params: GenParams, salt: str | None,
-                 max_tokens: int | None = None) -> Completion:
+                 max_tokens: int | None = None, schema_form: str = "") -> Completion:
         common: dict[str, Any] = dict(
             model=self.model, max_tokens=max_tokens or params.max_tokens, temperature=params.temperature,
             # top_p=0 is Self-Instruct's way to say greedy; vLLM rejects it, and at temperature 0 it means nothing.
@@ -502,6 +554,9 @@ class OpenAITeacher(BaseTeacher):
             common["seed"] = int.from_bytes(hashlib.sha256(f"{self.seed}|{salt}".encode()).digest()[:4], "little")
         if params.json_mode and api == "chat" and self._send_json:
             common["response_format"] = {"type": "json_object"}
+        form = schema_form or (self._schema_form if self.structured else "")
+        if params.schema and api == "chat" and form and self._send_json:
+            common["response_format"] = _response_format(form, params.schema_name, json.loads(params.schema))
         if params.logprobs and self._send_logprobs:
             common.update({"logprobs": True, "top_logprobs": params.logprobs} if api == "chat"
                           else {"logprobs": params.logprobs})
@@ -519,8 +574,11 @@ class OpenAITeacher(BaseTeacher):
             if _is_context_error(e):
                 raise ContextTooLong() from e
             for field, flag in (("seed", "_send_seed"), ("response_format", "_send_json"), ("logprobs", "_send_logprobs")):
-                if field in common and field in str(e).lower():
+                if field in common and field in str(e).lower() and not schema_form:
                     setattr(self, flag, False)
+                    if field == "response_format" and self.structured:
+                        self._event(f"the server refused response_format ({_describe_error(e, self._secret)}); "
+                                    "replies are read as text from now on")
                     return self._request(client, api, prompt, params, salt, max_tokens)
             raise
         except openai.APIResponseValidationError as e:
@@ -542,6 +600,14 @@ class OpenAITeacher(BaseTeacher):
 
 
 _NO_REQUEST = httpx.Request("POST", "http://stopped.invalid/")
+
+
+def _response_format(form: str, name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema in the form a server takes: OpenAI's (vLLM, Ollama, llama.cpp's llama-server take it
+    too), or json_object with the schema beside it (llama-cpp-python's server, which refuses the first)."""
+    if form == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+    return {"type": "json_object", "schema": schema}
 
 
 def _top_logprobs(choice: Any) -> dict[str, float] | None:
