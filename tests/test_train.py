@@ -551,7 +551,8 @@ max_new_tokens = 4
     assert summary["rows"] == {"train": counts["train_rows"], "eval": 2, "packed": False}
     report = json.loads((adapter / "eval" / "eval_report.json").read_text())
     assert report["n_prompts"] == 2 and report["data"] == str(held_out)
-    assert "eval: ROUGE-L base" in result.output and "train: 2 steps" in result.output
+    assert "eval: reference loss base" in result.output and "ROUGE-L base" in result.output
+    assert "train: 2 steps" in result.output
     assert json.loads((run.path / "manifest.json").read_text())["status"] == "done"
     stamps = {f: f.stat().st_mtime_ns for f in (adapter / "adapter_model.safetensors", adapter / "eval" / "eval_report.json")}
     result = CliRunner().invoke(cli, ["run", "--config", str(config)])
