@@ -277,6 +277,7 @@ class EvalConfig:
     batch_size: int = 8  # prompts per generate() call; sorted by length so padding stays small
     repetition_penalty: float = 1.0  # score the model as trained; both sides get the same decoding anyway
     quant: str = "auto"  # auto | 4bit | none; auto = the base as it was trained (4-bit for QLoRA), so logits match training
+    reference_max_tokens: int = 2048  # prompt + reference tokens the reference loss reads; longer items are cut (the 252 user-oriented ones are all shorter)
     # [eval.judge]: the pairwise judge is a teacher like any other, so it takes [teacher]'s keys (base_url, api,
     # api_key_env, concurrency, ...); spec "" = no judge, ROUGE-L only. `judge = "openai:gpt-4o-mini"` (a string)
     # still means the spec alone: configs written before the judge was a table keep working.

@@ -8,7 +8,9 @@ import pipeline.train  # noqa: F401, I001 -- first: sets OMP_WAIT_POLICY before 
 import dataclasses
 import importlib.util
 import json
+import math
 import random
+import statistics
 
 import pytest
 import torch
@@ -392,6 +394,51 @@ def test_score_summary_gives_a_paired_interval_and_a_sign_test():
     assert score_summary(noise, seed=3) == score_summary(noise, seed=3)
 
 
+def test_reference_loss_reads_the_reference_and_eos_only(tiny_model, tokenizer):
+    """The loss is over the reference tokens and the EOS after them, as training reads a row; never the prompt."""
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.train.eval import EvalItem, reference_example, reference_losses
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    prompt = [{"role": "user", "content": "Name the colour of a clear daytime sky in one word."}]
+    reference = "Blue, mostly."
+    ids, labels = reference_example(tokenizer, prompt, reference, max_len=2048)
+    learned = [t for t in labels if t != IGNORE_INDEX]
+    n_prompt = len(ids) - len(learned)
+    assert tokenizer.decode(ids[:n_prompt]) == prompt_text(tokenizer, prompt)  # the prompt as generation sees it
+    assert labels[:n_prompt] == [IGNORE_INDEX] * n_prompt  # ... masked whole, and everything after it learned
+    assert tokenizer.decode(learned).startswith(reference) and tokenizer.eos_token_id in learned
+    items = [EvalItem(id="a", category="", messages=prompt, reference=reference),
+             EvalItem(id="b", category="", messages=[{"role": "user", "content": "Say yes."}], reference="Yes.")]
+    (got, other) = reference_losses(model, tokenizer, items, batch_size=2)  # one padded batch of two lengths
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, :-1]
+    targets = torch.tensor(ids[1:])
+    response = torch.tensor(labels[1:]) != IGNORE_INDEX
+    by_token = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+    assert got == pytest.approx(by_token[response].mean().item(), rel=1e-4) and math.isfinite(other)
+    assert abs(got - by_token.mean().item()) > 1e-3  # counting prompt tokens too would give another number
+    assert math.isnan(reference_losses(model, tokenizer, items[:1], max_len=n_prompt)[0])  # all cut
+
+
+def test_loss_summary_pairs_adapter_and_base_on_the_same_prompts():
+    from pipeline.train.eval import EvalItem, loss_summary
+
+    rng = random.Random(1)
+    items = []
+    for i in range(60):
+        base = rng.uniform(1.5, 3.5)  # prompts differ far more than the adapter's gain: only pairing shows the gain
+        items.append(EvalItem(id=str(i), category="", messages=[], reference="", loss_base=base,
+                              loss_adapter=base - 0.1 + rng.uniform(-0.02, 0.02)))
+    items.append(EvalItem(id="unscored", category="", messages=[], reference="", loss_base=math.nan, loss_adapter=2.0))
+    s = loss_summary(items)
+    assert s["n"] == 60 and s["base_higher"] == 60  # the adapter lower on every scored prompt; the nan left out
+    assert -0.11 < s["delta_ci95"][0] <= s["delta"] <= s["delta_ci95"][1] < -0.09
+    assert s["delta"] == pytest.approx(statistics.fmean(it.loss_adapter - it.loss_base for it in items[:60]), abs=1e-4)
+    assert loss_summary(items[60:]) is None
+
+
 def test_pairwise_judge_undoes_the_ab_swap_and_counts_ties_as_half():
     from pipeline.train.eval import EvalItem, judge_pairwise, parse_verdict
 
@@ -408,6 +455,7 @@ def test_pairwise_judge_undoes_the_ab_swap_and_counts_ties_as_half():
     wins = expected.count("adapter")
     assert (result["adapter_wins"], result["ties"], result["unparsed"], result["not_sent"]) == (wins, 1, 1, 0)
     assert result["win_rate"] == round((wins + 0.5) / 3, 4)
+    assert result["win_rate_ci95"][0] <= result["win_rate"] <= result["win_rate_ci95"][1]
 
 
 def test_cli_export_train_eval_generate_merge(tiny_model, tmp_path, fake_openai):
@@ -443,6 +491,12 @@ def test_cli_export_train_eval_generate_merge(tiny_model, tmp_path, fake_openai)
     assert result.exit_code == 0, result.output
     report = json.loads((adapter / "eval" / "eval_report.json").read_text())
     assert report["n_prompts"] == 2 and set(report["rouge_l"]) >= {"base", "adapter", "delta"}
+    loss = report["reference_loss"]  # base and adapter on the same 2 prompts, no generation needed
+    assert loss["n"] == 2 and all(math.isfinite(it["loss_base"]) and math.isfinite(it["loss_adapter"])
+                                  for it in report["items"])
+    assert loss["delta"] == pytest.approx(statistics.fmean(it["loss_adapter"] - it["loss_base"] for it in report["items"]),
+                                          abs=1e-4) and loss["delta_ci95"][0] <= loss["delta"] <= loss["delta_ci95"][1]
+    assert set(report["answer_words"]) == {"base", "adapter", "reference"} and "reference loss" in result.output
     assert report["judge"]["judged"] == 2 and report["judge"]["ties"] == 1 and "judge win rate" in result.output
     assert report["settings"]["judge"]["base_url"] == fake_openai.url and len(fake_openai.history) == 2
     cache = ResponseCache(run.path / CACHE_FILE)
@@ -497,7 +551,8 @@ max_new_tokens = 4
     assert summary["rows"] == {"train": counts["train_rows"], "eval": 2, "packed": False}
     report = json.loads((adapter / "eval" / "eval_report.json").read_text())
     assert report["n_prompts"] == 2 and report["data"] == str(held_out)
-    assert "eval: ROUGE-L base" in result.output and "train: 2 steps" in result.output
+    assert "eval: reference loss base" in result.output and "ROUGE-L base" in result.output
+    assert "train: 2 steps" in result.output
     assert json.loads((run.path / "manifest.json").read_text())["status"] == "done"
     stamps = {f: f.stat().st_mtime_ns for f in (adapter / "adapter_model.safetensors", adapter / "eval" / "eval_report.json")}
     result = CliRunner().invoke(cli, ["run", "--config", str(config)])

@@ -1,11 +1,16 @@
 """Evaluation: base model versus base + adapter on held-out tasks.
 
-Both answer every prompt greedily with the same settings, rendered with the same
-template the adapter was trained on. Each answer is scored by ROUGE-L F against the
-reference output, as the Self-Instruct paper scored SuperNI (pipeline.similarity.rouge_l:
-rouge-score's tokenizer, no stemming). Optionally a judge compares the two answers
+First, without generating: the reference loss, each side's mean per-token negative
+log-likelihood of the task's reference output given its prompt, read exactly as training
+reads a row (train.data.tokenize_example: the same template, the response tokens only, EOS
+included). It needs no judge and does not reward short answers, as ROUGE-L does when the
+references are short; lower is better. Then both answer every prompt greedily with the same
+settings, rendered with the same template the adapter was trained on. Each answer is scored
+by ROUGE-L F against the reference output, as the Self-Instruct paper scored SuperNI
+(pipeline.similarity.rouge_l: rouge-score's tokenizer, no stemming), and its length in words
+is reported beside it. Every difference gets a paired bootstrap 95% interval over the prompts. Optionally a judge compares the two answers
 pairwise; A/B order is drawn per item from random.Random(seed) so position bias cancels
-out, and the win rate counts a tie as half a win. The judge is a teacher like any other
+out, and the win rate counts a tie as half a win (a bootstrap interval over the judged prompts). The judge is a teacher like any other
 ([eval.judge] takes [teacher]'s keys, built by teachers.make_teacher); when the adapter
 belongs to a run directory, the judge uses that run's response cache, usage log and
 budget, as the run's own teacher does, so a repeated eval pays for no verdict twice.
@@ -38,7 +43,8 @@ from ..errors import Seed2LoraError, mask_dict
 from ..records import row_messages, user_text
 from ..similarity import rouge_l
 from ..store import MANIFEST, RunDir, write_text_atomic
-from .data import check_rows, load_rows, prompt_text, train_eval_rows
+from .data import check_rows, load_rows, prompt_text, tokenize_example, train_eval_rows
+from .loss import mean_losses
 from .model import SUMMARY, adapter_info, load_with_adapter
 
 Log = Callable[[str], None]
@@ -57,6 +63,8 @@ class EvalItem:
     adapter: str = ""
     rouge_l_base: float = 0.0
     rouge_l_adapter: float = 0.0
+    loss_base: float | None = None  # mean negative log-likelihood per reference token given the prompt
+    loss_adapter: float | None = None
     judge: str | None = None  # adapter | base | tie; None = not judged, or the judge gave no verdict
 
     @property
@@ -144,6 +152,28 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], *,
     return answers
 
 
+def reference_example(tokenizer: Any, messages: list[dict[str, str]], reference: str,
+                      max_len: int) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of the prompt followed by the reference answer, as training tokenizes a row:
+    labels on the reference tokens and the EOS after them, -100 on the prompt."""
+    ex = tokenize_example(tokenizer, [*messages, {"role": "assistant", "content": reference}])
+    return ex["input_ids"][:max_len], ex["labels"][:max_len]
+
+
+def reference_losses(model: Any, tokenizer: Any, items: list[EvalItem], *, batch_size: int = 8,
+                     max_len: int = 2048) -> list[float]:
+    """Each item's mean negative log-likelihood per reference token given its prompt (nan: nothing left to score)."""
+    pairs = [reference_example(tokenizer, it.messages, it.reference, max_len) for it in items]
+    order = sorted(range(len(items)), key=lambda i: len(pairs[i][0]))  # similar lengths together: little padding
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = [math.nan] * len(items)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        for i, (loss, _) in zip(idx, mean_losses(model, [pairs[i] for i in idx], pad), strict=True):
+            out[i] = loss
+    return out
+
+
 def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_dir: str | Path | None = None,
              teacher: Any = None, run_dir: str | Path | None = None, log: Log = print) -> dict[str, Any]:
     """Score base and adapter answers; write eval_report.json and .md into out_dir (default <adapter>/eval).
@@ -162,6 +192,12 @@ def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_d
     # The judge is built (and its server asked for one token) first: a wrong URL fails before minutes of generating.
     with nullcontext(teacher) if teacher is not None else judge_teacher(cfg.judge, run, seed=cfg.seed, log=log) as judge:
         peft_model, tokenizer = load_with_adapter(adapter_dir, model=model, quant=cfg.quant)
+        loss_kw = dict(batch_size=cfg.batch_size, max_len=cfg.reference_max_tokens)
+        with peft_model.disable_adapter():
+            base_losses = reference_losses(peft_model, tokenizer, items, **loss_kw)
+        for it, b, a in zip(items, base_losses, reference_losses(peft_model, tokenizer, items, **loss_kw), strict=True):
+            it.loss_base, it.loss_adapter = b, a
+        log("eval: reference losses done")
         prompts = [it.messages for it in items]
         kw = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                   repetition_penalty=cfg.repetition_penalty)
@@ -177,11 +213,13 @@ def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_d
             "adapter": str(adapter_dir), "base_model": model or info["base"], "data": data, "limit": cfg.limit,
             "settings": report_settings(cfg),
             "n_prompts": len(items),
+            "reference_loss": loss_summary(items, seed=cfg.seed),
             "rouge_l": score_summary(items, seed=cfg.seed),
+            "answer_words": answer_words(items),
             "judge": None,
         }
         if judge is not None:
-            report["judge"] = judge_pairwise(judge, items, random.Random(cfg.seed))
+            report["judge"] = judge_pairwise(judge, items, random.Random(cfg.seed), ci_seed=cfg.seed)
             check_judge_budget(judge, report["judge"], run)
     report["runtime_s"] = round(time.perf_counter() - start, 1)
     report["items"] = [it.to_report() for it in items]
@@ -202,8 +240,19 @@ def report_settings(cfg: EvalConfig) -> dict[str, Any]:
     return {k: v for k, v in mask_dict(dataclasses.asdict(cfg)).items() if k != "data"}
 
 
-def score_summary(items: list[EvalItem], seed: int = 0, resamples: int = 2000) -> dict[str, Any]:
-    """Mean ROUGE-L of each side, the paired difference with a bootstrap 95% interval, and a sign test.
+def bootstrap_ci95(values: Any, seed: int = 0, resamples: int = 2000) -> tuple[float, float]:
+    """95% percentile interval of the mean of `values` over `resamples` resamplings (with replacement)."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    picks = np.random.default_rng(seed).integers(0, len(values), size=(resamples, len(values)))
+    low, high = np.percentile(values[picks].mean(axis=1), [2.5, 97.5])
+    return float(low), float(high)
+
+
+def paired_summary(base: list[float], adapter: list[float], seed: int = 0, resamples: int = 2000,
+                   digits: int = 4) -> dict[str, Any]:
+    """Mean of each side on the same prompts, the paired difference with a bootstrap 95% interval, and a sign test.
 
     A few dozen prompts give a noisy mean: the interval (percentiles of the mean paired
     difference over `resamples` resamplings of the prompts) says whether the difference
@@ -211,24 +260,50 @@ def score_summary(items: list[EvalItem], seed: int = 0, resamples: int = 2000) -
     """
     import numpy as np
 
-    base = [it.rouge_l_base for it in items]
-    adapter = [it.rouge_l_adapter for it in items]
-    diff = np.asarray(adapter) - np.asarray(base)
-    picks = np.random.default_rng(seed).integers(0, len(diff), size=(resamples, len(diff)))
-    low, high = np.percentile(diff[picks].mean(axis=1), [2.5, 97.5])
+    diff = np.asarray(adapter, dtype=float) - np.asarray(base, dtype=float)
+    low, high = bootstrap_ci95(diff, seed, resamples)
     up, down = int((diff > 0).sum()), int((diff < 0).sum())
-    return {"base": round(statistics.fmean(base), 4), "adapter": round(statistics.fmean(adapter), 4),
-            "delta": round(float(diff.mean()), 4), "delta_ci95": [round(float(low), 4), round(float(high), 4)],
+    return {"base": round(statistics.fmean(base), digits), "adapter": round(statistics.fmean(adapter), digits),
+            "delta": round(float(diff.mean()), digits), "delta_ci95": [round(low, digits), round(high, digits)],
             "adapter_higher": up, "base_higher": down, "equal": len(diff) - up - down,
             "sign_test_p": round(sign_test(up, down), 4)}
 
 
+def score_summary(items: list[EvalItem], seed: int = 0, resamples: int = 2000) -> dict[str, Any]:
+    """ROUGE-L of both sides: paired_summary (higher is better)."""
+    return paired_summary([it.rouge_l_base for it in items], [it.rouge_l_adapter for it in items], seed, resamples)
+
+
+def loss_summary(items: list[EvalItem], seed: int = 0, resamples: int = 2000) -> dict[str, Any] | None:
+    """Reference loss of both sides: paired_summary over the items both scored (lower is better); None if none."""
+    both = [(it.loss_base, it.loss_adapter) for it in items if it.loss_base is not None and it.loss_adapter is not None
+            and math.isfinite(it.loss_base) and math.isfinite(it.loss_adapter)]
+    if not both:
+        return None
+    out = paired_summary([b for b, _ in both], [a for _, a in both], seed, resamples)
+    return {**out, "n": len(both)}
+
+
+def answer_words(items: list[EvalItem]) -> dict[str, float]:
+    """Mean length in words of each side's answers and of the references: ROUGE-L F favours lengths near the reference's."""
+    def mean(texts: list[str]) -> float:
+        return round(statistics.fmean(len(t.split()) for t in texts), 1) if texts else 0.0
+
+    return {"base": mean([it.base for it in items]), "adapter": mean([it.adapter for it in items]),
+            "reference": mean([it.reference for it in items])}
+
+
 def summary_line(report: dict[str, Any]) -> str:
     """The report in one line: both means, the difference with its interval, per-prompt counts, the judge."""
-    r = report["rouge_l"]
-    return (f"ROUGE-L base {r['base']:.4f}, adapter {r['adapter']:.4f} ({r['delta']:+.4f}, 95% interval "
+    r, loss = report["rouge_l"], report.get("reference_loss")
+    return ((f"reference loss base {loss['base']:.4f}, adapter {loss['adapter']:.4f} ({loss['delta']:+.4f}, 95% "
+             f"interval {loss['delta_ci95'][0]:+.4f} to {loss['delta_ci95'][1]:+.4f}; adapter lower on "
+             f"{loss['base_higher']}); " if loss else "")
+            + f"ROUGE-L base {r['base']:.4f}, adapter {r['adapter']:.4f} ({r['delta']:+.4f}, 95% interval "
             f"{r['delta_ci95'][0]:+.4f} to {r['delta_ci95'][1]:+.4f}; adapter higher on {r['adapter_higher']}, "
             f"base on {r['base_higher']}) on {report['n_prompts']} prompts"
+            + (f"; answers {report['answer_words']['base']:.0f} / {report['answer_words']['adapter']:.0f} words "
+               f"(reference {report['answer_words']['reference']:.0f})" if report.get("answer_words") else "")
             + (f"; judge win rate {report['judge']['win_rate']}" if report.get("judge") else ""))
 
 
@@ -322,8 +397,9 @@ def parse_verdict(text: str) -> str | None:
     return "tie" if word.lower() == "tie" else word.upper()
 
 
-def judge_pairwise(teacher: Any, items: list[EvalItem], rng: random.Random) -> dict[str, Any]:
-    """Ask the judge which answer is better (each item's `judge` is set); adapter's win rate with ties as half a win."""
+def judge_pairwise(teacher: Any, items: list[EvalItem], rng: random.Random, ci_seed: int = 0) -> dict[str, Any]:
+    """Ask the judge which answer is better (each item's `judge` is set); adapter's win rate with ties as half a win,
+    with a bootstrap 95% interval over the judged prompts (0.5 inside it: no side preferred beyond noise)."""
     from ..prompts import Prompts
     from ..teachers import GenParams
 
@@ -348,28 +424,44 @@ def judge_pairwise(teacher: Any, items: list[EvalItem], rng: random.Random) -> d
         invalid += winner is None and not unsent
         cached += bool(getattr(reply, "cached", False))
     judged = wins + losses + ties
+    points = [{"adapter": 1.0, "tie": 0.5, "base": 0.0}[it.judge] for it in items if it.judge is not None]
+    ci = [round(x, 4) for x in bootstrap_ci95(points, ci_seed)] if points else None
     return {"teacher": getattr(teacher, "name", "judge"), "adapter_wins": wins, "base_wins": losses, "ties": ties,
             "unparsed": invalid, "not_sent": not_sent, "judged": judged, "cached": cached,
-            "win_rate": round((wins + 0.5 * ties) / judged, 4) if judged else None}
+            "win_rate": round((wins + 0.5 * ties) / judged, 4) if judged else None, "win_rate_ci95": ci}
 
 
 def report_markdown(report: dict[str, Any]) -> str:
-    r = report["rouge_l"]
+    r, loss, words = report["rouge_l"], report.get("reference_loss"), report.get("answer_words")
+
+    def difference(s: dict[str, Any]) -> str:
+        return (f"{s['delta']:+.4f}, 95% bootstrap interval [{s['delta_ci95'][0]:+.4f}, {s['delta_ci95'][1]:+.4f}]"
+                + (" (excludes 0)" if s["delta_ci95"][0] > 0 or s["delta_ci95"][1] < 0 else " (includes 0: could be noise)"))
+
+    def row(name: str, side: str, higher: str) -> str:
+        return (f"| {name} | {f'{loss[side]:.4f}' if loss else '-'} | {r[side]:.4f} | {r[higher]} | "
+                f"{words[side] if words else '-'} |")
+
     lines = [f"# Eval: {Path(report['adapter']).name} vs its base", "",
              f"{report['n_prompts']} prompts from `{report['data']}`; greedy decoding, "
              f"max {report['settings']['max_new_tokens']} new tokens.", "",
-             "| model | ROUGE-L | prompts where higher |", "|---|---:|---:|",
-             f"| base | {r['base']:.4f} | {r['base_higher']} |",
-             f"| base + adapter | {r['adapter']:.4f} | {r['adapter_higher']} |", "",
-             f"Difference (adapter - base): {r['delta']:+.4f}, 95% bootstrap interval "
-             f"[{r['delta_ci95'][0]:+.4f}, {r['delta_ci95'][1]:+.4f}]"
-             + (" (excludes 0)" if r["delta_ci95"][0] > 0 or r["delta_ci95"][1] < 0 else " (includes 0: could be noise)")
-             + f"; equal on {r['equal']} prompts; sign test p = {r['sign_test_p']:.3g}.", ""]
+             "| model | reference loss (lower is better) | ROUGE-L | prompts where ROUGE-L higher | answer words |",
+             "|---|---:|---:|---:|---:|", row("base", "base", "base_higher"),
+             row("base + adapter", "adapter", "adapter_higher"), ""]
+    if words:
+        lines += [f"The references average {words['reference']} words; ROUGE-L F rewards answers near that length.", ""]
+    if loss:
+        lines += [f"Reference loss (adapter - base), the mean negative log-likelihood per reference token given the "
+                  f"prompt: {difference(loss)}; adapter lower on {loss['base_higher']} of {loss['n']} prompts.", ""]
+    lines += [f"ROUGE-L difference (adapter - base): {difference(r)}; equal on {r['equal']} prompts; "
+              f"sign test p = {r['sign_test_p']:.3g}.", ""]
     j = report.get("judge")
     if j:
         lines += [f"Pairwise judge `{j['teacher']}`: adapter wins {j['adapter_wins']}, base wins {j['base_wins']}, "
                   f"ties {j['ties']}, unparsed {j['unparsed']}; adapter win rate "
-                  + (f"{j['win_rate']:.1%}" if j["win_rate"] is not None else "n/a") + ".", ""]
+                  + (f"{j['win_rate']:.1%}" if j["win_rate"] is not None else "n/a")
+                  + (f" (95% bootstrap interval {j['win_rate_ci95'][0]:.1%} to {j['win_rate_ci95'][1]:.1%})"
+                     if j.get("win_rate_ci95") else "") + ".", ""]
     return "\n".join(lines)
 
 

@@ -24,18 +24,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-
 from ..config import ExportConfig, IfdConfig, TrainConfig
 from ..records import Instance, Task, row_messages
 from ..rows import generated_include, run_rows
 from ..store import JsonlWriter, RunDir
 from .data import IGNORE_INDEX, tokenize_example
+from .loss import mean_losses
 from .model import compute_dtype, load_base, load_tokenizer, resolve_model
 
 STAGE = "ifd"
-LOSS_CHUNK_TOKENS = 1024  # positions projected to the vocabulary at once: 1024 x 49k fp32 = 0.2 GB
 
 
 def ifd_pairs(tokenizer: Any, row: dict[str, Any], max_len: int) -> tuple[list[int], list[int], list[int], list[int]]:
@@ -45,34 +42,6 @@ def ifd_pairs(tokenizer: Any, row: dict[str, Any], max_len: int) -> tuple[list[i
     response = [t for t in labels[1:] if t != IGNORE_INDEX]
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     return ids, labels, [start, *response], [IGNORE_INDEX, *response]
-
-
-def mean_losses(model: Any, batch: list[tuple[list[int], list[int]]], pad_id: int) -> list[tuple[float, int]]:
-    """(mean cross-entropy over label tokens, label tokens) per sequence; one forward pass, right padding."""
-    dev = next(model.parameters()).device
-    width = max(len(ids) for ids, _ in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for r, (i, lab) in enumerate(batch):
-        ids[r, :len(i)], labels[r, :len(lab)], mask[r, :len(i)] = torch.tensor(i), torch.tensor(lab), 1
-    with torch.inference_mode():
-        hidden = model.get_decoder()(input_ids=ids.to(dev), attention_mask=mask.to(dev)).last_hidden_state
-        targets = labels[:, 1:].to(dev)
-        keep = targets != IGNORE_INDEX
-        h, y = hidden[:, :-1][keep], targets[keep]
-        owner = torch.arange(len(batch), device=dev).unsqueeze(1).expand_as(targets)[keep]
-        sums = torch.zeros(len(batch), dtype=torch.float64, device=dev)
-        head = model.get_output_embeddings()
-        softcap = getattr(model.config, "final_logit_softcapping", None)
-        for s in range(0, y.numel(), LOSS_CHUNK_TOKENS):
-            logits = head(h[s:s + LOSS_CHUNK_TOKENS]).float()
-            if softcap:
-                logits = torch.tanh(logits / softcap) * softcap
-            loss = F.cross_entropy(logits, y[s:s + LOSS_CHUNK_TOKENS], reduction="none")
-            sums.index_add_(0, owner[s:s + LOSS_CHUNK_TOKENS], loss.double())
-        counts = torch.bincount(owner, minlength=len(batch))
-    return [(float(sums[r] / counts[r]) if counts[r] else float("nan"), int(counts[r])) for r in range(len(batch))]
 
 
 def ifd_scores(model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, batch_size: int = 8,
