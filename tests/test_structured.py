@@ -117,3 +117,16 @@ def test_a_structured_reply_cut_by_the_length_limit_keeps_its_whole_items(fake_o
     invoke("bootstrap", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 2, "--set", "teacher.concurrency=1")
     kept = [t["instruction"] for t in read(tmp_path / "r" / "bootstrap.jsonl")]
     assert kept == ["Name three rivers that cross Europe.", "Sort the numbers in the list from smallest to largest."]
+
+
+def test_auto_leaves_a_run_on_the_completions_endpoint(fake_openai, tmp_path):
+    """A local server with a completions endpoint keeps the paper's list continuations (what small models follow)."""
+    fake_openai.completions_endpoint, fake_openai.schema_forms = True, {"json_schema"}
+    invoke("bootstrap", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 3)
+    teacher = manifest(tmp_path / "r")["teacher"]
+    assert teacher["api"] == "completions" and teacher["structured"] is False
+    assert "completions endpoint" in teacher["structured_choice"] and not schema_requests(fake_openai)
+    invoke("bootstrap", *teacher_flags(fake_openai, tmp_path, "on"), "--num-instructions", 3,
+           "--set", "teacher.structured=on")
+    teacher = manifest(tmp_path / "on")["teacher"]
+    assert teacher["api"] == "chat" and teacher["structured"] is True

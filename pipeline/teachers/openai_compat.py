@@ -186,8 +186,9 @@ class OpenAITeacher(BaseTeacher):
         if not alive:
             raise TeacherUnavailable(f"no endpoint answers: {last}. Fix: start the server, or check --base-url "
                                      "(host and port)")
-        if self._structured_setting != "off":
-            self._choose_structured(alive[0])
+        if self._structured_setting == "on" and self._auto:  # structured replies are chat replies
+            self._auto = False
+            self.api, self.api_choice = "chat", "auto: chat (teacher.structured=on)"
         if self._auto:
             self._auto = False
             client = self._clients[alive[0]].with_options(timeout=min(self.timeout_s, PREFLIGHT_TIMEOUT_S))
@@ -200,18 +201,21 @@ class OpenAITeacher(BaseTeacher):
                 self.api_choice = f"auto: chat (completions: {_describe_error(e, self._secret)})"
             except (openai.APIError, httpx.TransportError, Malformed, ContextTooLong, ValueError) as e:
                 self.api_choice = f"auto: chat (completions: {_describe_error(e, self._secret)})"
+        if self._structured_setting != "off":
+            self._choose_structured(alive[0])
 
     def _choose_structured(self, i: int) -> None:
-        """teacher.structured auto|on: does the server bind a chat reply to a JSON schema? Ask it one small
-        question in each form servers take (OpenAI's json_schema; json_object with a schema, as
-        llama-cpp-python's server takes it) and use the first whose reply is the schema's JSON. Structured
-        replies are chat replies, so api auto then means chat."""
+        """teacher.structured auto|on, for a run that talks chat: does the server bind a chat reply to a JSON
+        schema? Ask it one small question in each form servers take (OpenAI's json_schema; json_object with a
+        schema, as llama-cpp-python's server takes it) and use the first whose reply is the schema's JSON.
+        Auto leaves a run on the completions endpoint as it is: list continuations are what small local
+        models follow best (benchmarks/RESULTS.md, structured replies on llama.cpp)."""
         setting = self._structured_setting
-        if self.api == "completions" and not self._auto:
+        if self.api == "completions":
             if setting == "on":
                 raise TeacherError("teacher.structured=on needs chat requests, and --api completions was given. "
                                    "Fix: --api chat (or auto), or --set teacher.structured=off")
-            self.structured_choice = "auto: off (--api completions)"
+            self.structured_choice = "auto: off (the run uses the completions endpoint)"
             return
         client = self._clients[i].with_options(timeout=min(self.timeout_s, PREFLIGHT_TIMEOUT_S))
         tried = []
@@ -222,9 +226,6 @@ class OpenAITeacher(BaseTeacher):
                 if answer in ("Yes", "No"):
                     self.structured, self._schema_form = True, form
                     self.structured_choice = f"{setting}: on (the server honours response_format {form})"
-                    if self._auto:  # structured replies come from the chat endpoint
-                        self._auto = False
-                        self.api, self.api_choice = "chat", "auto: chat (structured replies)"
                     return
                 tried.append(f"{form}: reply not the schema's JSON ({reply.text[:40]!r})")
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
