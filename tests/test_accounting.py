@@ -92,3 +92,26 @@ def test_a_resumed_run_reads_paid_replies_even_when_the_pool_is_full(fake_openai
 def test_the_parser_count_matches_the_fake_server():
     reply = "Sure! Here are some new tasks:\n\n9. A b c d.\n10. E f g h.\n11. I j k l."
     assert len(parse_numbered_list(reply)) == 3
+
+
+def test_instances_past_the_maximum_are_recorded_not_cut(fake_openai, tmp_path):
+    """A chat model asked for examples may write seven; the five kept and the two past the maximum both show."""
+    seven = "\n\n".join(f"Example {i}\nInput: question number {i} about the weather\nOutput: answer number {i}"
+                        for i in range(1, 8))
+
+    def reply(path, body):
+        prompt = fake_openai.prompt_of(body)
+        if prompt.rstrip().endswith(("Input:", "Class label:")) or "Write examples" in prompt:
+            return fake_openai.wrap(path, seven)
+        return fake_openai.default_reply(path, body)
+
+    for _ in range(50):
+        fake_openai.enqueue(reply)
+    invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 2, "--set", "teacher.concurrency=1",
+           "--set", "classify.method=text")
+    run = tmp_path / "r"
+    assert all(len(t["instances"]) == 7 for t in read(run / "instances.jsonl"))
+    assert all(len(t["instances"]) == 5 for t in read(run / "filter.jsonl"))
+    over = [r for r in read(run / "rejected.jsonl") if r["reject_reason"].startswith("instance_over_max_instances")]
+    assert len(over) == 2 * 2 and sorted(r["instances"][0]["output"] for r in over[:2]) == ["answer number 6",
+                                                                                          "answer number 7"]

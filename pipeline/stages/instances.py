@@ -29,7 +29,7 @@ def instance_stops(max_instances: int, continues: bool) -> tuple[str, ...]:
     """The paper's stops for a completion, which runs on into the next example and task.
     A chat reply ends by itself; there "Task:" would cut a reply that opens by echoing the
     task, and "Example 6" would leave half of a "**Example 6:**" heading in the fifth
-    output, so none is sent (the parser keeps the first max_instances)."""
+    output, so none is sent (the filter keeps the first max_instances and records the rest)."""
     return (f"Example {max_instances + 1}", "Task:") if continues else ()
 
 
@@ -66,7 +66,7 @@ def run_instances(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: 
         if reply is None:
             return dataclasses.replace(t, stage="instances")
         name, text = rendered[t.id]
-        instances = parse_instance_reply(t, text, reply, continues)[: c.max_instances]
+        instances = parse_instance_reply(t, text, reply, continues)  # all: extras go to rejected.jsonl at the filter
         if not instances:
             return f"unparseable_reply: no instance in {reply.text[:60]!r}"
         return dataclasses.replace(t, stage="instances", instances=instances,
