@@ -91,3 +91,61 @@ def test_chat_output_first(case):
 @pytest.mark.parametrize("case", CHAT["yes_no"], ids=lambda c: c["reply"][:30])
 def test_chat_yes_no(case):
     assert parse_yes_no(case["reply"]) is case["expected"]
+
+
+# The general rules behind the held-out corpus fixes (tests/fixtures/chat_replies_heldout.json), each
+# tested in both directions: the form it reads, and the look-alike it must leave alone.
+
+def _pairs(instances):
+    return [[i.input, i.output] for i in instances]
+
+
+def test_chat_reply_continuing_the_class_label_reads_label_first():
+    reply = "Spam\nInput: Win a cruise now.\nClass label: Not spam\nInput: Lunch at noon?"
+    assert _pairs(parse_output_first(reply)) == [["Win a cruise now.", "Spam"], ["Lunch at noon?", "Not spam"]]
+    # The same reply written input first, after a preamble, still reads input first.
+    reply = "Sure! Here are some examples:\nInput: Win a cruise now.\nClass label: Spam\nInput: Lunch?\nClass label: Ham"
+    assert _pairs(parse_output_first(reply)) == [["Win a cruise now.", "Spam"], ["Lunch?", "Ham"]]
+
+
+def test_a_bare_line_before_input_first_pairs_is_ambiguous_and_dropped():
+    # "Spam" may be the first label (every label below shifts by one) or a title: never guess.
+    reply = "Spam\nInput: Win a cruise now.\nClass label: Spam\nInput: Lunch at noon?\nClass label: Not spam"
+    assert parse_output_first(reply) == []
+    assert parse_output_first("Spam\nInput: Win a cruise.\nClass label: Spam\nInput: Lun", truncated=True) == []
+
+
+def test_numbered_and_one_line_labelled_pairs():
+    reply = "1. Class label: Prime\n   Input: 29\n2. Class label: Composite\n   Input: 42"
+    assert _pairs(parse_output_first(reply)) == [["29", "Prime"], ["42", "Composite"]]
+    reply = '**Label:** Positive — *Input:* "Loved it."\n**Label:** Negative | Input: Dull - a waste: of time'
+    assert _pairs(parse_output_first(reply)) == [["Loved it.", "Positive"], ["Dull - a waste: of time", "Negative"]]
+    # A dash inside an input that is not followed by a field label stays in it.
+    assert _pairs(parse_input_first("Input: 3 - 1\nOutput: 2 — an input: of sorts")) == [
+        ["3 - 1", "2 — an input: of sorts"]]
+
+
+def test_quotes_around_a_whole_field_are_removed_but_not_partial_ones():
+    reply = 'Input: "Hey, send me that file."\nOutput: "Hi," she said. "Bye."'
+    assert _pairs(parse_input_first(reply)) == [["Hey, send me that file.", '"Hi," she said. "Bye."']]
+    assert _pairs(parse_input_first('Input: “Thanks!”\nOutput: She said "thanks"')) == [
+        ["Thanks!", 'She said "thanks"']]
+
+
+def test_a_note_about_the_examples_is_cut_but_a_note_in_an_output_stays():
+    reply = "Class label: No\nInput: Warm jacket.\n\nNote: I included one example for each label."
+    assert _pairs(parse_output_first(reply)) == [["Warm jacket.", "No"]]
+    reply = "Input: pancakes\nOutput: Mix flour, milk and eggs.\n\nNote: use a hot pan for the first one."
+    assert _pairs(parse_input_first(reply)) == [
+        ["pancakes", "Mix flour, milk and eggs.\n\nNote: use a hot pan for the first one."]]
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ("This is not a classification task. It asks for an essay.", False),
+    ("It isn't really a classification problem.", False),
+    ("Yes, it is not open-ended.", True),  # the yes/no word wins
+    ("It is not open-ended.", None),  # negates the other side: no answer, not a No
+    ("I am not sure this is classification.", None),
+])
+def test_yes_no_reads_a_negated_classification_as_no(reply, expected):
+    assert parse_yes_no(reply) is expected

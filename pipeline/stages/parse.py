@@ -34,6 +34,9 @@ _SIGN_OFF = re.compile(
     r"|would you like|do you (?:want|need)|shall i|happy to|i can (?:also )?(?:provide|generate|create|write|make|give|add)"
     r"|(?:these|the above|all of these|the) (?:examples?|tasks|instructions|pairs)\b|each (?:example|task|of these)"
     r"|this (?:list|set)\b|enjoy\b|good luck\b|you can (?:adjust|modify|use these))", re.IGNORECASE)
+# "Note: I included one example for each label.": a note closes the reply only when it speaks of
+# the examples; "Note: use a clean pan." may end a recipe the output is.
+_NOTE = re.compile(r"^\W*note\b.*\b(?:examples?|pairs)\b", re.IGNORECASE)
 _ABOUT_REPLY = re.compile(r"\b(?:examples?|tasks?|instructions?|list|pairs?|more|other|further|help\w*|assist\w*|need"
                           r"|questions?|use|useful|adjust\w*|modif\w*|format|topics?|different)\b", re.IGNORECASE)
 # A chat preamble line before the first example ("Sure! Here are 5 examples:", "Task: <the task>").
@@ -122,20 +125,33 @@ def _whole_bold(line: str) -> bool:
     return len(s) > 4 and s[:2] in ("**", "__") and s.rstrip(":")[-2:] in ("**", "__")
 
 
+# "This is not a classification task": the question (is it classification?) answered by negating it.
+# Only a negation of classification itself counts: "It is not open-ended" negates the other side.
+_NOT_CLASSIFICATION = re.compile(r"(?:(?:^\W*|\b(?:is|are|does)\s+)not|\b(?:isn|aren|doesn)['’]t)\s+"
+                                 r"(?:[\w-]+\s+){0,3}?classif", re.IGNORECASE)
+
+
 def parse_yes_no(reply: str) -> bool | None:
     """The first yes/no word of a classification judgement; None when there is none.
 
-    "Yes/No" and "yes or no" name the choice, not the answer, so they are skipped.
+    "Yes/No" and "yes or no" name the choice, not the answer, so they are skipped. A reply
+    with no yes/no word that negates ("This is not a classification task") is a No; the
+    first yes/no word still wins over a negation ("Yes, it is not open-ended").
     """
     text = re.sub(r"\byes\s*(?:/|or)\s*no\b", " ", reply, flags=re.IGNORECASE)
     m = re.search(r"\b(yes|no)\b", text, re.IGNORECASE)
-    return None if m is None else m.group(1).lower() == "yes"
+    if m is None:
+        return False if _NOT_CLASSIFICATION.search(text) else None
+    return m.group(1).lower() == "yes"
 
 
 # A field label at the start of a line: "Input:", "**Input:**", "**Input**:", "- Input:", "#### Input".
-_FIELD = re.compile(r"^[ \t]*(?:[-*•][ \t]+)?(?:(?P<h>#{1,6})[ \t]*)?(?:\*\*|__|\*)?[ \t]*"
+_FIELD = re.compile(r"^[ \t]*(?:[-*•][ \t]+|\d{1,3}[.)][ \t]+)?(?:(?P<h>#{1,6})[ \t]*)?(?:\*\*|__|\*)?[ \t]*"
                     r"(?P<name>input|output|class[ \t]*label|label|class|explanation|reason(?:ing)?)"
                     r"[ \t]*(?:\*\*|__|\*)?[ \t]*(?(h):?|:)[ \t]*(?:\*\*|__|\*)?[ \t]*(?P<rest>.*)$", re.IGNORECASE)
+# "**Label:** Positive — *Input:* "...": another field on the same line, after a dash, bar or semicolon.
+_NEXT_FIELD = re.compile(r"[ \t]+(?:[-–—|;]|--)[ \t]+(?=(?:\*\*|__|\*)?[ \t]*(?:input|output|class[ \t]*label|label)"
+                         r"[ \t]*(?:\*\*|__|\*)?[ \t]*:)", re.IGNORECASE)
 _EXAMPLE = re.compile(r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*|__)?[ \t]*example[ \t]*#?[ \t]*\d+[ \t]*(?:\*\*|__)?"
                       r"[ \t]*[:.)\-–—]?[ \t]*(?:\*\*|__)?[ \t]*(?P<rest>.*)$", re.IGNORECASE)
 _TASK_LINE = re.compile(r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*)?[ \t]*task[ \t]*(?:\*\*)?[ \t]*:", re.IGNORECASE)
@@ -166,7 +182,12 @@ def _events(text: str, names: dict[str, str]) -> list[tuple[str, str]]:
             if not _FIELD.match(line):  # "### Example 1: Celsius to Fahrenheit": a title
                 continue
         if (m := _FIELD.match(line)) and (name := names.get(re.sub(r"\s+", " ", m.group("name").lower()))):
-            events.append((f"field:{name}", m.group("rest")))
+            rest = m.group("rest")
+            while (nxt := _NEXT_FIELD.search(rest)) and (f := _FIELD.match(rest[nxt.end():])) and (
+                    other := names.get(re.sub(r"\s+", " ", f.group("name").lower()))):
+                events.append((f"field:{name}", rest[:nxt.start()]))
+                name, rest = other, f.group("rest")
+            events.append((f"field:{name}", rest))
         elif follows_blank and _TASK_LINE.match(line):  # a new paragraph: not a to-do line of an output
             events.append(("task", line))
         else:
@@ -193,15 +214,19 @@ def _field_text(lines: list[str], last: bool = False) -> str:
     if fence and "```" not in fence.group(2) and "~~~" not in fence.group(2):  # the fence wraps the whole field
         return fence.group(2).strip("\n")
     bold = re.fullmatch(r"(\*\*|__)([^*_\n]+)\1", text)
-    return bold.group(2).strip() if bold else text
+    text = bold.group(2).strip() if bold else text
+    # "Input: "Hey, send me that file."": quotes around the whole field are not part of it; a field
+    # that holds a quote elsewhere ("Hi," she said. "Bye.") keeps all of its quotes.
+    quoted = re.fullmatch(r'"([^"]*)"|“([^“”]*)”', text)
+    return next(g for g in quoted.groups() if g is not None).strip() if quoted else text
 
 
 def _is_sign_off(paragraph: list[str]) -> bool:
     """A short paragraph that reads as a closing remark (see _SIGN_OFF)."""
     text = " ".join(ln.strip() for ln in paragraph)
     words = len(text.split())
-    return (len(paragraph) <= 3 and words <= 60 and bool(_SIGN_OFF.match(text))
-            and (words <= 3 or bool(_ABOUT_REPLY.search(text))))
+    return len(paragraph) <= 3 and words <= 60 and (bool(_NOTE.match(text)) or bool(_SIGN_OFF.match(text))
+                                                    and (words <= 3 or bool(_ABOUT_REPLY.search(text))))
 
 
 def _field(text: str) -> str:
@@ -289,8 +314,16 @@ def parse_output_first(reply: str, prefix: str = "", truncated: bool = False) ->
     """Instances from "Class label: X / Input: ..." pairs (classification tasks, output first).
 
     Also "**Class label:** X", "Label: X", "Class label: **X**", under "Example N" headings,
-    and pairs written input first. A label must be one line.
+    "1. Class label: X", "**Label:** X — *Input:* Y" on one line, and pairs written input
+    first. A label must be one line. A chat reply that continues the prompt's "Class label:"
+    with a bare label reads as if the stage had passed that prefix (see _continues_label).
     """
+    if not prefix:
+        reading = _continues_label(reply, truncated)
+        if reading is None:
+            return []  # label first or input first: either reading may shift every label by one
+        if reading:
+            prefix = "Class label: "
     blocks = _examples(prefix + reply, _OUTPUT_FIRST, None)
     out = []
     for k, block in enumerate(blocks):
@@ -304,6 +337,31 @@ def parse_output_first(reply: str, prefix: str = "", truncated: bool = False) ->
     if truncated and out:
         out.pop()
     return out
+
+
+def _continues_label(reply: str, truncated: bool) -> bool | None:
+    """Whether a chat reply continues the prompt's trailing "Class label:" ("Spam\nInput: ...\nClass
+    label: Not spam\nInput: ..."): True, False, or None when it cannot be told.
+
+    Such a reply has one bare line (the first label) before its first field, which is an input, and
+    then alternates input, label, ..., input: one input more than labels. Read input first, the same
+    fields would pair each input with the label below it, every label shifted by one. A reply that has
+    the bare line but ends on a label (or was cut short) fits both readings, so it is None: dropped,
+    never mislabelled. A preamble ("Sure! Here are some examples:") is not a bare label.
+    """
+    pre: list[str] = []
+    fields: list[str] = []
+    for kind, text in _events(reply, _OUTPUT_FIRST):
+        if kind.startswith("field:") and kind != "field:skip":
+            fields.append(kind[6:])
+        elif kind in ("example", "task") and not fields:
+            return False
+        elif kind == "line" and not fields and text.strip():
+            pre.append(text)
+    if len(_pre_input(pre).splitlines()) != 1 or not fields or fields[0] != "input":
+        return False
+    alternating = all(name == ("input", "label")[k % 2] for k, name in enumerate(fields))
+    return True if alternating and len(fields) % 2 == 1 and not truncated else None
 
 
 # Structured replies (teacher.structured): JSON bound to a schema of stages/schemas.py. None when a reply
