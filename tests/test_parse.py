@@ -149,3 +149,35 @@ def test_a_note_about_the_examples_is_cut_but_a_note_in_an_output_stays():
 ])
 def test_yes_no_reads_a_negated_classification_as_no(reply, expected):
     assert parse_yes_no(reply) is expected
+
+
+def test_a_bold_title_alone_on_its_line_gives_way_to_the_task_below():
+    reply = "9. **Cooking**\n   Suggest a substitute for eggs.\n\n10. **Poetry**\n   Write a poem about rain."
+    assert parse_numbered_list(reply) == ["Suggest a substitute for eggs.", "Write a poem about rain."]
+    # A bold task with nothing below it is the task.
+    assert parse_numbered_list("9. **Write a poem about rain.**\n10. List two fish.") == [
+        "Write a poem about rain.", "List two fish."]
+
+
+def test_category_labels_are_dropped_only_when_most_items_carry_one():
+    reply = "9. Travel Planning: Plan a road trip.\n10. Poetry: Write a sonnet.\n11. Describe photosynthesis."
+    assert parse_numbered_list(reply) == ["Plan a road trip.", "Write a sonnet.", "Describe photosynthesis."]
+    reply = ("9. Turn this list into a paragraph: eggs, flour.\n10. Summary: Give the gist of a text.\n"
+             "11. Write a haiku.\n12. Rewrite as a question: The sky is blue.")
+    assert parse_numbered_list(reply) == ["Turn this list into a paragraph: eggs, flour.",
+                                          "Summary: Give the gist of a text.", "Write a haiku.",
+                                          "Rewrite as a question: The sky is blue."]
+
+
+@pytest.mark.parametrize("first, kept", [
+    ("Write a short horoscope for Leo.", True),
+    ("What is the capital of Peru?", True),
+    ("Here you go!", False), ("Here are eight more tasks.", False), ("I came up with these.", False),
+    ("Sure.", False), ("Continuing the list:", False),
+])
+def test_an_unnumbered_first_task_before_item_10_is_kept_but_never_a_preamble(first, kept):
+    got = parse_numbered_list(first + "\n10. Explain rain.\n11. List two fish.")
+    assert got == ([first] if kept else []) + ["Explain rain.", "List two fish."]
+    # Set off by a blank line, or above a list that starts at 1, the line is not read as a task.
+    assert parse_numbered_list(first + "\n\n10. Explain rain.") == ["Explain rain."]
+    assert parse_numbered_list(first + "\n1. Explain rain.") == ["Explain rain."]

@@ -20,6 +20,11 @@ _ITEM = re.compile(r"^(?P<indent>[ \t]*)(?:[-*•+][ \t]+)?(?P<heading>#{1,6}[ \
 _BULLET = re.compile(r"^(?P<indent>[ \t]*)[-*•+][ \t]+(?P<text>\S.*)$")
 # "9. **Recipe ideas**: Suggest three ..." -- a bold title is a label, not part of the instruction.
 _TITLE = re.compile(r"^(?:\*\*|__)[^*_\n]{1,80}?(?:(?:\*\*|__)[ \t]*[:\-–—]|:[ \t]*(?:\*\*|__))[ \t]*(?=\S)")
+# "Travel Planning: Plan a five-day road trip": a category before the task, one to four capitalised
+# words and a colon. "Turn this list into a paragraph: eggs" is a task, so a category is only
+# dropped when most items of the reply open with one (a model labelling every task), and
+# only when a capitalised sentence follows it.
+_CATEGORY = re.compile(r"^(?:[A-Z][\w'’-]*|&)(?:[ \t]+(?:[A-Z][\w'’-]*|&)){0,3}[ \t]*:[ \t]+(?=[A-Z\"“])")
 _LABEL = re.compile(r"^(?:task|instruction)\s*(?:\d+)?\s*:\s*", re.IGNORECASE)
 _MARKDOWN = re.compile(r"\*\*|__|`")
 _RULE = re.compile(r"^[ \t]*(?:-[ \t]*){3,}$|^[ \t]*(?:\*[ \t]*){3,}$|^[ \t]*(?:_[ \t]*){3,}$")
@@ -70,14 +75,18 @@ def parse_numbered_list(reply: str, prefix: str = "", truncated: bool = False) -
     Numbers are not checked, so a list that restarts at 1 is read the same. A line that
     does not start an item continues the one above until a blank line; a heading or bold
     line with no task ("### Task 9", "**Task 9:**") takes the lines below it, and a
-    heading with a title ("### 9. Recipe ideas") is replaced by them. Text before the
-    first item (a preamble), a closing remark, a "---" rule, and an "Input:"/"Output:"
-    line end the item and are dropped. When the reply was cut by the length limit the
-    last item is dropped, since it is probably incomplete (as Self-Instruct did).
+    heading or bold title ("### 9. Recipe ideas", "9. **Recipe ideas**") is replaced by them.
+    When most items open with a short category ("9. Travel Planning: Plan a trip..."), it is
+    dropped (see _CATEGORY). Text before the first item (a preamble), a closing remark, a
+    "---" rule, and an "Input:"/"Output:" line end the item and are dropped; but a task
+    sentence right above a list that starts past 1 is its unnumbered first task (see
+    _continues_number). When the reply was cut by the length limit the last item is
+    dropped, since it is probably incomplete (as Self-Instruct did).
     """
     items: list[dict] = []
     style = base = None
     open_item = None
+    before: list[str] = []  # the lines above the first item
     for line in (prefix + reply).split("\n"):
         if _RULE.match(line):  # before bullets: "* * *" is a rule, not an item
             open_item = None
@@ -89,16 +98,21 @@ def parse_numbered_list(reply: str, prefix: str = "", truncated: bool = False) -
         bullet = _BULLET.match(line) if m is None else None
         starts = None
         if m is not None and (style in (None, "numbered") or _indent(line) <= base):
-            starts = ("numbered", m.group("text"), bool(m.group("heading")) or _whole_bold(line))
+            starts = ("numbered", m.group("text"), bool(m.group("heading")) or _whole_bold(line)
+                      or _whole_bold(m.group("text")))
         elif bullet is not None and style in (None, "bullet"):
             starts = ("bullet", bullet.group("text"), False)
         if starts is not None and base is not None and _indent(line) >= base + 2 and open_item is not None:
             starts = None  # a nested list inside the item above
+        if starts is not None and style is None and m is not None and _continues_number(before, m.group("num")):
+            items.append({"head": before[-1].strip(), "body": [], "titled": False})
         if starts is not None:
             style = style or starts[0]
             base = _indent(line) if base is None else base
             open_item = {"head": starts[1].strip(), "body": [], "titled": starts[2]}
             items.append(open_item)
+        elif style is None:
+            before.append(line)
         elif not line.strip():
             if open_item is not None and (open_item["head"] or open_item["body"]):
                 open_item = None
@@ -117,7 +131,25 @@ def parse_numbered_list(reply: str, prefix: str = "", truncated: bool = False) -
         text = clean_instruction(" ".join(p for p in parts if p))
         if text:  # repeats are kept: the stage rejects them as duplicates, with a record
             out.append(text)
+    if sum(bool(_CATEGORY.match(text)) for text in out) * 2 > len(out):
+        out = [_CATEGORY.sub("", text) for text in out]
     return out
+
+
+# A preamble opens like one ("Here you go.", "I came up with these."), ends with a colon, or speaks
+# of the tasks it introduces; a task opens with a verb or a question word.
+_LIST_PREAMBLE = re.compile(r"^\W*(?:here|below|these|this is|the following|i|i'm|i've|i'll|we|happy|glad|no problem"
+                            r"|got it|alright|continuing)\b|\b(?:tasks|instructions)\b|:\s*$", re.IGNORECASE)
+
+
+def _continues_number(before: list[str], num: str) -> bool:
+    """Whether the one line above a list that starts past 1 is its first task, unnumbered: a chat
+    model continuing the prompt's "9." writes "Write a horoscope for Leo.\n10. Explain ...".
+    The line must sit right above the first item and read as a task sentence, not a preamble."""
+    lines = [ln.strip() for ln in before if ln.strip()]
+    return (int(num) > 1 and len(lines) == 1 and bool(before[-1].strip()) and lines[0][:1].isupper()
+            and re.search(r"[.?][\"”')]*$", lines[0]) is not None  # a sentence; "Here you go!" is not a task
+            and not _INTRO.search(lines[0]) and not _LIST_PREAMBLE.search(lines[0]) and not _FIELD.match(lines[0]))
 
 
 def _whole_bold(line: str) -> bool:
