@@ -91,3 +91,93 @@ def test_chat_output_first(case):
 @pytest.mark.parametrize("case", CHAT["yes_no"], ids=lambda c: c["reply"][:30])
 def test_chat_yes_no(case):
     assert parse_yes_no(case["reply"]) is case["expected"]
+
+
+# The general rules behind the held-out corpus fixes (tests/fixtures/chat_replies_heldout.json), each
+# tested in both directions: the form it reads, and the look-alike it must leave alone.
+
+def _pairs(instances):
+    return [[i.input, i.output] for i in instances]
+
+
+def test_chat_reply_continuing_the_class_label_reads_label_first():
+    reply = "Spam\nInput: Win a cruise now.\nClass label: Not spam\nInput: Lunch at noon?"
+    assert _pairs(parse_output_first(reply)) == [["Win a cruise now.", "Spam"], ["Lunch at noon?", "Not spam"]]
+    # The same reply written input first, after a preamble, still reads input first.
+    reply = "Sure! Here are some examples:\nInput: Win a cruise now.\nClass label: Spam\nInput: Lunch?\nClass label: Ham"
+    assert _pairs(parse_output_first(reply)) == [["Win a cruise now.", "Spam"], ["Lunch?", "Ham"]]
+
+
+def test_a_bare_line_before_input_first_pairs_is_ambiguous_and_dropped():
+    # "Spam" may be the first label (every label below shifts by one) or a title: never guess.
+    reply = "Spam\nInput: Win a cruise now.\nClass label: Spam\nInput: Lunch at noon?\nClass label: Not spam"
+    assert parse_output_first(reply) == []
+    assert parse_output_first("Spam\nInput: Win a cruise.\nClass label: Spam\nInput: Lun", truncated=True) == []
+
+
+def test_numbered_and_one_line_labelled_pairs():
+    reply = "1. Class label: Prime\n   Input: 29\n2. Class label: Composite\n   Input: 42"
+    assert _pairs(parse_output_first(reply)) == [["29", "Prime"], ["42", "Composite"]]
+    reply = '**Label:** Positive — *Input:* "Loved it."\n**Label:** Negative | Input: Dull - a waste: of time'
+    assert _pairs(parse_output_first(reply)) == [["Loved it.", "Positive"], ["Dull - a waste: of time", "Negative"]]
+    # A dash inside an input that is not followed by a field label stays in it.
+    assert _pairs(parse_input_first("Input: 3 - 1\nOutput: 2 — an input: of sorts")) == [
+        ["3 - 1", "2 — an input: of sorts"]]
+
+
+def test_quotes_around_a_whole_field_are_removed_but_not_partial_ones():
+    reply = 'Input: "Hey, send me that file."\nOutput: "Hi," she said. "Bye."'
+    assert _pairs(parse_input_first(reply)) == [["Hey, send me that file.", '"Hi," she said. "Bye."']]
+    assert _pairs(parse_input_first('Input: “Thanks!”\nOutput: She said "thanks"')) == [
+        ["Thanks!", 'She said "thanks"']]
+
+
+def test_a_note_about_the_examples_is_cut_but_a_note_in_an_output_stays():
+    reply = "Class label: No\nInput: Warm jacket.\n\nNote: I included one example for each label."
+    assert _pairs(parse_output_first(reply)) == [["Warm jacket.", "No"]]
+    reply = "Input: pancakes\nOutput: Mix flour, milk and eggs.\n\nNote: use a hot pan for the first one."
+    assert _pairs(parse_input_first(reply)) == [
+        ["pancakes", "Mix flour, milk and eggs.\n\nNote: use a hot pan for the first one."]]
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ("This is not a classification task. It asks for an essay.", False),
+    ("It isn't really a classification problem.", False),
+    ("Yes, it is not open-ended.", True),  # the yes/no word wins
+    ("It is not open-ended.", None),  # negates the other side: no answer, not a No
+    ("I am not sure this is classification.", None),
+])
+def test_yes_no_reads_a_negated_classification_as_no(reply, expected):
+    assert parse_yes_no(reply) is expected
+
+
+def test_a_bold_title_alone_on_its_line_gives_way_to_the_task_below():
+    reply = "9. **Cooking**\n   Suggest a substitute for eggs.\n\n10. **Poetry**\n   Write a poem about rain."
+    assert parse_numbered_list(reply) == ["Suggest a substitute for eggs.", "Write a poem about rain."]
+    # A bold task with nothing below it is the task.
+    assert parse_numbered_list("9. **Write a poem about rain.**\n10. List two fish.") == [
+        "Write a poem about rain.", "List two fish."]
+
+
+def test_category_labels_are_dropped_only_when_most_items_carry_one():
+    reply = "9. Travel Planning: Plan a road trip.\n10. Poetry: Write a sonnet.\n11. Describe photosynthesis."
+    assert parse_numbered_list(reply) == ["Plan a road trip.", "Write a sonnet.", "Describe photosynthesis."]
+    reply = ("9. Turn this list into a paragraph: eggs, flour.\n10. Summary: Give the gist of a text.\n"
+             "11. Write a haiku.\n12. Rewrite as a question: The sky is blue.")
+    assert parse_numbered_list(reply) == ["Turn this list into a paragraph: eggs, flour.",
+                                          "Summary: Give the gist of a text.", "Write a haiku.",
+                                          "Rewrite as a question: The sky is blue."]
+
+
+@pytest.mark.parametrize("first, kept", [
+    ("Write a short horoscope for Leo.", True),
+    ("What is the capital of Peru?", True),
+    ("Here you go!", False), ("Here are eight more tasks.", False), ("I came up with these.", False),
+    ("Sure.", False), ("Continuing the list:", False),
+])
+def test_an_unnumbered_first_task_before_item_10_is_kept_but_never_a_preamble(first, kept):
+    got = parse_numbered_list(first + "\n10. Explain rain.\n11. List two fish.")
+    assert got == ([first] if kept else []) + ["Explain rain.", "List two fish."]
+    # Set off by a blank line, or above a list that starts at 1, the line is not read as a task.
+    assert parse_numbered_list(first + "\n\n10. Explain rain.") == ["Explain rain."]
+    assert parse_numbered_list(first + "\n1. Explain rain.") == ["Explain rain."]

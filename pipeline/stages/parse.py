@@ -20,6 +20,11 @@ _ITEM = re.compile(r"^(?P<indent>[ \t]*)(?:[-*•+][ \t]+)?(?P<heading>#{1,6}[ \
 _BULLET = re.compile(r"^(?P<indent>[ \t]*)[-*•+][ \t]+(?P<text>\S.*)$")
 # "9. **Recipe ideas**: Suggest three ..." -- a bold title is a label, not part of the instruction.
 _TITLE = re.compile(r"^(?:\*\*|__)[^*_\n]{1,80}?(?:(?:\*\*|__)[ \t]*[:\-–—]|:[ \t]*(?:\*\*|__))[ \t]*(?=\S)")
+# "Travel Planning: Plan a five-day road trip": a category before the task, one to four capitalised
+# words and a colon. "Turn this list into a paragraph: eggs" is a task, so a category is only
+# dropped when most items of the reply open with one (a model labelling every task), and
+# only when a capitalised sentence follows it.
+_CATEGORY = re.compile(r"^(?:[A-Z][\w'’-]*|&)(?:[ \t]+(?:[A-Z][\w'’-]*|&)){0,3}[ \t]*:[ \t]+(?=[A-Z\"“])")
 _LABEL = re.compile(r"^(?:task|instruction)\s*(?:\d+)?\s*:\s*", re.IGNORECASE)
 _MARKDOWN = re.compile(r"\*\*|__|`")
 _RULE = re.compile(r"^[ \t]*(?:-[ \t]*){3,}$|^[ \t]*(?:\*[ \t]*){3,}$|^[ \t]*(?:_[ \t]*){3,}$")
@@ -34,6 +39,9 @@ _SIGN_OFF = re.compile(
     r"|would you like|do you (?:want|need)|shall i|happy to|i can (?:also )?(?:provide|generate|create|write|make|give|add)"
     r"|(?:these|the above|all of these|the) (?:examples?|tasks|instructions|pairs)\b|each (?:example|task|of these)"
     r"|this (?:list|set)\b|enjoy\b|good luck\b|you can (?:adjust|modify|use these))", re.IGNORECASE)
+# "Note: I included one example for each label.": a note closes the reply only when it speaks of
+# the examples; "Note: use a clean pan." may end a recipe the output is.
+_NOTE = re.compile(r"^\W*note\b.*\b(?:examples?|pairs)\b", re.IGNORECASE)
 _ABOUT_REPLY = re.compile(r"\b(?:examples?|tasks?|instructions?|list|pairs?|more|other|further|help\w*|assist\w*|need"
                           r"|questions?|use|useful|adjust\w*|modif\w*|format|topics?|different)\b", re.IGNORECASE)
 # A chat preamble line before the first example ("Sure! Here are 5 examples:", "Task: <the task>").
@@ -67,14 +75,18 @@ def parse_numbered_list(reply: str, prefix: str = "", truncated: bool = False) -
     Numbers are not checked, so a list that restarts at 1 is read the same. A line that
     does not start an item continues the one above until a blank line; a heading or bold
     line with no task ("### Task 9", "**Task 9:**") takes the lines below it, and a
-    heading with a title ("### 9. Recipe ideas") is replaced by them. Text before the
-    first item (a preamble), a closing remark, a "---" rule, and an "Input:"/"Output:"
-    line end the item and are dropped. When the reply was cut by the length limit the
-    last item is dropped, since it is probably incomplete (as Self-Instruct did).
+    heading or bold title ("### 9. Recipe ideas", "9. **Recipe ideas**") is replaced by them.
+    When most items open with a short category ("9. Travel Planning: Plan a trip..."), it is
+    dropped (see _CATEGORY). Text before the first item (a preamble), a closing remark, a
+    "---" rule, and an "Input:"/"Output:" line end the item and are dropped; but a task
+    sentence right above a list that starts past 1 is its unnumbered first task (see
+    _continues_number). When the reply was cut by the length limit the last item is
+    dropped, since it is probably incomplete (as Self-Instruct did).
     """
     items: list[dict] = []
     style = base = None
     open_item = None
+    before: list[str] = []  # the lines above the first item
     for line in (prefix + reply).split("\n"):
         if _RULE.match(line):  # before bullets: "* * *" is a rule, not an item
             open_item = None
@@ -86,16 +98,21 @@ def parse_numbered_list(reply: str, prefix: str = "", truncated: bool = False) -
         bullet = _BULLET.match(line) if m is None else None
         starts = None
         if m is not None and (style in (None, "numbered") or _indent(line) <= base):
-            starts = ("numbered", m.group("text"), bool(m.group("heading")) or _whole_bold(line))
+            starts = ("numbered", m.group("text"), bool(m.group("heading")) or _whole_bold(line)
+                      or _whole_bold(m.group("text")))
         elif bullet is not None and style in (None, "bullet"):
             starts = ("bullet", bullet.group("text"), False)
         if starts is not None and base is not None and _indent(line) >= base + 2 and open_item is not None:
             starts = None  # a nested list inside the item above
+        if starts is not None and style is None and m is not None and _continues_number(before, m.group("num")):
+            items.append({"head": before[-1].strip(), "body": [], "titled": False})
         if starts is not None:
             style = style or starts[0]
             base = _indent(line) if base is None else base
             open_item = {"head": starts[1].strip(), "body": [], "titled": starts[2]}
             items.append(open_item)
+        elif style is None:
+            before.append(line)
         elif not line.strip():
             if open_item is not None and (open_item["head"] or open_item["body"]):
                 open_item = None
@@ -114,7 +131,25 @@ def parse_numbered_list(reply: str, prefix: str = "", truncated: bool = False) -
         text = clean_instruction(" ".join(p for p in parts if p))
         if text:  # repeats are kept: the stage rejects them as duplicates, with a record
             out.append(text)
+    if sum(bool(_CATEGORY.match(text)) for text in out) * 2 > len(out):
+        out = [_CATEGORY.sub("", text) for text in out]
     return out
+
+
+# A preamble opens like one ("Here you go.", "I came up with these."), ends with a colon, or speaks
+# of the tasks it introduces; a task opens with a verb or a question word.
+_LIST_PREAMBLE = re.compile(r"^\W*(?:here|below|these|this is|the following|i|i'm|i've|i'll|we|happy|glad|no problem"
+                            r"|got it|alright|continuing)\b|\b(?:tasks|instructions)\b|:\s*$", re.IGNORECASE)
+
+
+def _continues_number(before: list[str], num: str) -> bool:
+    """Whether the one line above a list that starts past 1 is its first task, unnumbered: a chat
+    model continuing the prompt's "9." writes "Write a horoscope for Leo.\n10. Explain ...".
+    The line must sit right above the first item and read as a task sentence, not a preamble."""
+    lines = [ln.strip() for ln in before if ln.strip()]
+    return (int(num) > 1 and len(lines) == 1 and bool(before[-1].strip()) and lines[0][:1].isupper()
+            and re.search(r"[.?][\"”')]*$", lines[0]) is not None  # a sentence; "Here you go!" is not a task
+            and not _INTRO.search(lines[0]) and not _LIST_PREAMBLE.search(lines[0]) and not _FIELD.match(lines[0]))
 
 
 def _whole_bold(line: str) -> bool:
@@ -122,20 +157,33 @@ def _whole_bold(line: str) -> bool:
     return len(s) > 4 and s[:2] in ("**", "__") and s.rstrip(":")[-2:] in ("**", "__")
 
 
+# "This is not a classification task": the question (is it classification?) answered by negating it.
+# Only a negation of classification itself counts: "It is not open-ended" negates the other side.
+_NOT_CLASSIFICATION = re.compile(r"(?:(?:^\W*|\b(?:is|are|does)\s+)not|\b(?:isn|aren|doesn)['’]t)\s+"
+                                 r"(?:[\w-]+\s+){0,3}?classif", re.IGNORECASE)
+
+
 def parse_yes_no(reply: str) -> bool | None:
     """The first yes/no word of a classification judgement; None when there is none.
 
-    "Yes/No" and "yes or no" name the choice, not the answer, so they are skipped.
+    "Yes/No" and "yes or no" name the choice, not the answer, so they are skipped. A reply
+    with no yes/no word that negates ("This is not a classification task") is a No; the
+    first yes/no word still wins over a negation ("Yes, it is not open-ended").
     """
     text = re.sub(r"\byes\s*(?:/|or)\s*no\b", " ", reply, flags=re.IGNORECASE)
     m = re.search(r"\b(yes|no)\b", text, re.IGNORECASE)
-    return None if m is None else m.group(1).lower() == "yes"
+    if m is None:
+        return False if _NOT_CLASSIFICATION.search(text) else None
+    return m.group(1).lower() == "yes"
 
 
 # A field label at the start of a line: "Input:", "**Input:**", "**Input**:", "- Input:", "#### Input".
-_FIELD = re.compile(r"^[ \t]*(?:[-*•][ \t]+)?(?:(?P<h>#{1,6})[ \t]*)?(?:\*\*|__|\*)?[ \t]*"
+_FIELD = re.compile(r"^[ \t]*(?:[-*•][ \t]+|\d{1,3}[.)][ \t]+)?(?:(?P<h>#{1,6})[ \t]*)?(?:\*\*|__|\*)?[ \t]*"
                     r"(?P<name>input|output|class[ \t]*label|label|class|explanation|reason(?:ing)?)"
                     r"[ \t]*(?:\*\*|__|\*)?[ \t]*(?(h):?|:)[ \t]*(?:\*\*|__|\*)?[ \t]*(?P<rest>.*)$", re.IGNORECASE)
+# "**Label:** Positive — *Input:* "...": another field on the same line, after a dash, bar or semicolon.
+_NEXT_FIELD = re.compile(r"[ \t]+(?:[-–—|;]|--)[ \t]+(?=(?:\*\*|__|\*)?[ \t]*(?:input|output|class[ \t]*label|label)"
+                         r"[ \t]*(?:\*\*|__|\*)?[ \t]*:)", re.IGNORECASE)
 _EXAMPLE = re.compile(r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*|__)?[ \t]*example[ \t]*#?[ \t]*\d+[ \t]*(?:\*\*|__)?"
                       r"[ \t]*[:.)\-–—]?[ \t]*(?:\*\*|__)?[ \t]*(?P<rest>.*)$", re.IGNORECASE)
 _TASK_LINE = re.compile(r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*)?[ \t]*task[ \t]*(?:\*\*)?[ \t]*:", re.IGNORECASE)
@@ -166,7 +214,12 @@ def _events(text: str, names: dict[str, str]) -> list[tuple[str, str]]:
             if not _FIELD.match(line):  # "### Example 1: Celsius to Fahrenheit": a title
                 continue
         if (m := _FIELD.match(line)) and (name := names.get(re.sub(r"\s+", " ", m.group("name").lower()))):
-            events.append((f"field:{name}", m.group("rest")))
+            rest = m.group("rest")
+            while (nxt := _NEXT_FIELD.search(rest)) and (f := _FIELD.match(rest[nxt.end():])) and (
+                    other := names.get(re.sub(r"\s+", " ", f.group("name").lower()))):
+                events.append((f"field:{name}", rest[:nxt.start()]))
+                name, rest = other, f.group("rest")
+            events.append((f"field:{name}", rest))
         elif follows_blank and _TASK_LINE.match(line):  # a new paragraph: not a to-do line of an output
             events.append(("task", line))
         else:
@@ -193,15 +246,19 @@ def _field_text(lines: list[str], last: bool = False) -> str:
     if fence and "```" not in fence.group(2) and "~~~" not in fence.group(2):  # the fence wraps the whole field
         return fence.group(2).strip("\n")
     bold = re.fullmatch(r"(\*\*|__)([^*_\n]+)\1", text)
-    return bold.group(2).strip() if bold else text
+    text = bold.group(2).strip() if bold else text
+    # "Input: "Hey, send me that file."": quotes around the whole field are not part of it; a field
+    # that holds a quote elsewhere ("Hi," she said. "Bye.") keeps all of its quotes.
+    quoted = re.fullmatch(r'"([^"]*)"|“([^“”]*)”', text)
+    return next(g for g in quoted.groups() if g is not None).strip() if quoted else text
 
 
 def _is_sign_off(paragraph: list[str]) -> bool:
     """A short paragraph that reads as a closing remark (see _SIGN_OFF)."""
     text = " ".join(ln.strip() for ln in paragraph)
     words = len(text.split())
-    return (len(paragraph) <= 3 and words <= 60 and bool(_SIGN_OFF.match(text))
-            and (words <= 3 or bool(_ABOUT_REPLY.search(text))))
+    return len(paragraph) <= 3 and words <= 60 and (bool(_NOTE.match(text)) or bool(_SIGN_OFF.match(text))
+                                                    and (words <= 3 or bool(_ABOUT_REPLY.search(text))))
 
 
 def _field(text: str) -> str:
@@ -289,8 +346,16 @@ def parse_output_first(reply: str, prefix: str = "", truncated: bool = False) ->
     """Instances from "Class label: X / Input: ..." pairs (classification tasks, output first).
 
     Also "**Class label:** X", "Label: X", "Class label: **X**", under "Example N" headings,
-    and pairs written input first. A label must be one line.
+    "1. Class label: X", "**Label:** X — *Input:* Y" on one line, and pairs written input
+    first. A label must be one line. A chat reply that continues the prompt's "Class label:"
+    with a bare label reads as if the stage had passed that prefix (see _continues_label).
     """
+    if not prefix:
+        reading = _continues_label(reply, truncated)
+        if reading is None:
+            return []  # label first or input first: either reading may shift every label by one
+        if reading:
+            prefix = "Class label: "
     blocks = _examples(prefix + reply, _OUTPUT_FIRST, None)
     out = []
     for k, block in enumerate(blocks):
@@ -304,6 +369,31 @@ def parse_output_first(reply: str, prefix: str = "", truncated: bool = False) ->
     if truncated and out:
         out.pop()
     return out
+
+
+def _continues_label(reply: str, truncated: bool) -> bool | None:
+    """Whether a chat reply continues the prompt's trailing "Class label:" ("Spam\nInput: ...\nClass
+    label: Not spam\nInput: ..."): True, False, or None when it cannot be told.
+
+    Such a reply has one bare line (the first label) before its first field, which is an input, and
+    then alternates input, label, ..., input: one input more than labels. Read input first, the same
+    fields would pair each input with the label below it, every label shifted by one. A reply that has
+    the bare line but ends on a label (or was cut short) fits both readings, so it is None: dropped,
+    never mislabelled. A preamble ("Sure! Here are some examples:") is not a bare label.
+    """
+    pre: list[str] = []
+    fields: list[str] = []
+    for kind, text in _events(reply, _OUTPUT_FIRST):
+        if kind.startswith("field:") and kind != "field:skip":
+            fields.append(kind[6:])
+        elif kind in ("example", "task") and not fields:
+            return False
+        elif kind == "line" and not fields and text.strip():
+            pre.append(text)
+    if len(_pre_input(pre).splitlines()) != 1 or not fields or fields[0] != "input":
+        return False
+    alternating = all(name == ("input", "label")[k % 2] for k, name in enumerate(fields))
+    return True if alternating and len(fields) % 2 == 1 and not truncated else None
 
 
 # Structured replies (teacher.structured): JSON bound to a schema of stages/schemas.py. None when a reply
