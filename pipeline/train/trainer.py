@@ -146,7 +146,8 @@ class TrainProgress(TrainerCallback):
             return
         self.losses.update({k: logs[k] for k in ("loss", "eval_loss") if k in logs})
         if self.losses:
-            note(", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in self.losses.items()))
+            note(", ".join(f"{k.replace('_', ' ')} {self.losses[k]:.4f}" for k in ("loss", "eval_loss")
+                           if k in self.losses))
 
     def on_prediction_step(self, args: Any, state: Any, control: Any, eval_dataloader: Any = None,
                            **kw: Any) -> None:
