@@ -1,4 +1,4 @@
-"""Progress: a bar with an ETA on a terminal, plain lines at least every interval off one (a fake clock, no sleeping)."""
+"""Progress: a bar with an ETA on a terminal, plain lines at least every interval off one (a fake clock)."""
 
 import io
 import re
@@ -8,8 +8,16 @@ import pytest
 from rich.console import Console
 
 from pipeline.errors import InputError
-from pipeline.progress import (PLAIN_EVERY_ENV, EtaColumn, PlainProgress, format_duration, format_rate, no_progress,
-                               plain_interval, progress)
+from pipeline.progress import (
+    PLAIN_EVERY_ENV,
+    EtaColumn,
+    PlainProgress,
+    format_duration,
+    format_rate,
+    no_progress,
+    plain_interval,
+    progress,
+)
 
 
 class FakeClock:
@@ -137,3 +145,20 @@ def test_no_progress_is_silent():
     with no_progress("x", 3) as advance:
         advance(1)
         advance.note("y")
+
+
+def test_a_stage_with_its_output_captured_writes_plain_progress_lines(fake_openai, tmp_path, monkeypatch):
+    """The measured bug: off a terminal, evolve printed nothing for 23 minutes. Now every stage writes lines."""
+    from helpers import invoke, teacher_flags
+
+    monkeypatch.setenv(PLAIN_EVERY_ENV, "0.01")
+    fake_openai.default_delay = 0.05  # slow replies: lines are due between them
+    user = tmp_path / "mine.jsonl"
+    user.write_text("".join(f'{{"instruction": "Suggest a name for bakery number {i}."}}\n' for i in range(4)))
+    output = invoke("classify", *teacher_flags(fake_openai, tmp_path, "u"), "--input", user,
+                    "--set", "teacher.concurrency=1").output
+    progress_lines = [x for x in output.splitlines() if x.startswith("classify: ") and "/4 (" in x]
+    assert progress_lines[0] == "classify: 0/4 (0%), started"
+    assert any(re.fullmatch(r"classify: \d/4 \(\d+%\), [-\d.]+/(s|min), ETA [\dms?]+, \d+s elapsed", x)
+               for x in progress_lines[1:-1]), output
+    assert re.fullmatch(r"classify: 4/4 \(100%\), done in \d+s \([\d.]+/(s|min)\)", progress_lines[-1]), output
