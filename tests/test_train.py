@@ -500,7 +500,8 @@ def test_cli_export_train_eval_generate_merge(tiny_model, tmp_path, fake_openai)
     assert loss["delta"] == pytest.approx(statistics.fmean(it["loss_adapter"] - it["loss_base"] for it in report["items"]),
                                           abs=1e-4) and loss["delta_ci95"][0] <= loss["delta"] <= loss["delta_ci95"][1]
     assert set(report["answer_words"]) == {"base", "adapter", "reference"} and "reference loss" in result.output
-    for step in ("reference loss, base", "reference loss, adapter", "base answers", "adapter answers", "judge verdicts"):
+    for step in ("reference loss, base", "reference loss, adapter", "base answers", "adapter answers",
+                 "judge verdicts"):
         assert f"eval: {step}: 2/2 (100%), done in" in result.output, result.output
     assert report["judge"]["judged"] == 2 and report["judge"]["ties"] == 1 and "judge win rate" in result.output
     assert report["settings"]["judge"]["base_url"] == fake_openai.url and len(fake_openai.history) == 2
