@@ -6,31 +6,23 @@ import functools
 import os
 import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import __version__
 from .config import ExportConfig, RunConfig, default_of, flag_overrides, load_config, load_section, parse_overrides
 from .errors import InputError, Interrupted, Seed2LoraError, mask_secrets
+from .progress import progress
 from .show import show_run
 from .train.commands import Renamed, add_commands
 
 console = Console(stderr=True, soft_wrap=True)  # log lines stay whole in log files and CI output
-
-
-@contextmanager
-def rich_progress(desc: str, total: int | None) -> Iterator[Any]:
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False, disable=not console.is_terminal) as bar:
-        task = bar.add_task(desc, total=total)
-        yield lambda n: bar.advance(task, n)
+# A bar with an ETA on a terminal, plain lines at least every 30 s off one (pipeline/progress.py).
+rich_progress = functools.partial(progress, console=console)
 
 
 # The flags that set one config key each, as (flag, key, metavar, help); "{default}" is filled in from the config's

@@ -454,7 +454,8 @@ class Session:
     def _ifd(self, _input: None = None) -> StepResult:
         from .train.ifd import ifd_run
 
-        info = ifd_run(self.run.path, self.cfg.export.include, self.cfg.train, self.cfg.ifd, log=self.log)
+        info = ifd_run(self.run.path, self.cfg.export.include, self.cfg.train, self.cfg.ifd, log=self.log,
+                       progress=self.progress)
         return StepResult(f"ifd: {info['scored']} rows scored with the student ({info['done']} of {info['rows']} "
                           "in ifd.jsonl)", 0, {"generated": info["rows"], "kept": info["done"]})
 
@@ -514,7 +515,7 @@ class Session:
                 # that a re-run after an interruption resumes the new training instead of starting again.
                 cfg = dataclasses.replace(cfg, resume=False)
                 summary_file.unlink()
-        summary = run_training(data, cfg, log=self.log)
+        summary = run_training(data, cfg, log=self.log, progress=self.progress)
         self.record(adapter=str(self.adapter_dir))
         return StepResult(f"train: {summary['steps']} steps, eval loss {summary['eval_losses']['first']} -> "
                           f"{summary['eval_losses']['last']} -> {self.adapter_dir}")
@@ -531,7 +532,7 @@ class Session:
             old = json.loads(report_file.read_text(encoding="utf-8"))
             if old.get("settings") == report_settings(self.cfg.eval) and (not self.cfg.eval.data or old.get("data") == self.cfg.eval.data):
                 return StepResult(f"eval: {report_file} is up to date (delete it to evaluate again)")
-        report = evaluate(self.adapter_dir, self.cfg.eval, run_dir=self.run.path, log=self.log)
+        report = evaluate(self.adapter_dir, self.cfg.eval, run_dir=self.run.path, log=self.log, progress=self.progress)
         return StepResult(f"eval: {summary_line(report)} -> {report['report_dir']}")
 
 

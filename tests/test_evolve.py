@@ -720,6 +720,8 @@ def test_cli_evolve_run_and_show(fake_openai, tmp_path):
                                  *flags], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "evolve: 1 of 1 rounds done over 4 instructions; 4 evolutions kept" in result.output
+    assert "evolve round 1/1, calls: 0/12 (0%), started" in result.output  # captured output: plain progress lines
+    assert "evolve round 1/1, calls: 12/12 (100%), done in" in result.output
     evolved = RunDir(tmp_path / "cli").read_stage("evolve")
     assert {t.meta["operation"] for t in evolved} == {"breadth"}
     assert all(fake_openai.prompt_of(h["body"]).endswith(("New instruction:", "Judgement:", "Response:"))

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import random
+import re
 import statistics
 
 import pytest
@@ -481,6 +482,8 @@ def test_cli_export_train_eval_generate_merge(tiny_model, tmp_path, fake_openai)
     assert result.exit_code == 0, result.output
     adapter = run.path / "adapter"
     assert "done:" in result.output and (adapter / "adapter_model.safetensors").is_file()
+    assert "train, steps: 0/2 (0%), started" in result.output  # the output is no terminal: plain progress lines
+    assert re.search(r"^train, steps: 2/2 \(100%\), done in \d+s \([\d.]+/(s|min)\), loss \d", result.output, re.M)
     summary = json.loads((adapter / "training_summary.json").read_text())
     assert summary["rows"]["packed"] and not summary["quantized"] and summary["config"]["lora_r"] == 8
     fake_openai.enqueue("A")
@@ -497,6 +500,9 @@ def test_cli_export_train_eval_generate_merge(tiny_model, tmp_path, fake_openai)
     assert loss["delta"] == pytest.approx(statistics.fmean(it["loss_adapter"] - it["loss_base"] for it in report["items"]),
                                           abs=1e-4) and loss["delta_ci95"][0] <= loss["delta"] <= loss["delta_ci95"][1]
     assert set(report["answer_words"]) == {"base", "adapter", "reference"} and "reference loss" in result.output
+    for step in ("reference loss, base", "reference loss, adapter", "base answers", "adapter answers",
+                 "judge verdicts"):
+        assert f"eval: {step}: 2/2 (100%), done in" in result.output, result.output
     assert report["judge"]["judged"] == 2 and report["judge"]["ties"] == 1 and "judge win rate" in result.output
     assert report["settings"]["judge"]["base_url"] == fake_openai.url and len(fake_openai.history) == 2
     cache = ResponseCache(run.path / CACHE_FILE)
@@ -606,3 +612,53 @@ def test_a_retrain_on_new_data_starts_over_once_and_then_resumes(tmp_path, monke
             Session(cfg)._train()
     assert resumes == [False, True]  # from scratch once (the old data's checkpoints), then resumed
     assert rows_fingerprint(load_rows(run.path)) != "old rows"
+
+
+def test_train_progress_counts_steps_with_the_loss_and_gives_eval_its_own_count():
+    """The callback on a fake trainer state: steps (a resumed run counts those it has left), the last losses as
+    a note, evaluation's batches apart, and everything closed when train() raises."""
+    from types import SimpleNamespace
+
+    from pipeline.train.trainer import TrainProgress
+
+    events = []
+
+    class Recorder:
+        def __init__(self, desc, total):
+            self.desc, self.total = desc, total
+
+        def __enter__(self):
+            events.append(("open", self.desc, self.total))
+            advance = lambda n: events.append(("advance", self.desc, n))  # noqa: E731
+            advance.note = lambda text: events.append(("note", self.desc, text))
+            return advance
+
+        def __exit__(self, *exc):
+            events.append(("close", self.desc, exc[0].__name__ if exc[0] else None))
+
+    state = SimpleNamespace(is_world_process_zero=True, global_step=40, max_steps=100)
+    cb = TrainProgress(Recorder)
+    cb.on_train_begin(None, state, None)
+    state.global_step = 42
+    cb.on_step_end(None, state, None)
+    cb.on_log(None, state, None, logs={"loss": 1.23456, "learning_rate": 1e-4})
+    for _ in range(2):
+        cb.on_prediction_step(None, state, None, eval_dataloader=[0, 1, 2])
+    cb.on_evaluate(None, state, None)
+    cb.on_log(None, state, None, logs={"eval_loss": 2.5})
+    state.global_step = 43
+    cb.on_step_end(None, state, None)
+    cb.on_prediction_step(None, state, None, eval_dataloader=[0, 1, 2])
+    cb.close((KeyboardInterrupt, KeyboardInterrupt(), None))
+    train, ev = "train (resumed at step 40), steps", "train: eval loss, batches"
+    assert events == [("open", train, 60), ("advance", train, 2), ("note", train, "loss 1.2346"),
+                      ("open", ev, 3), ("advance", ev, 1), ("advance", ev, 1), ("close", ev, None),
+                      ("note", train, "loss 1.2346, eval loss 2.5000"), ("advance", train, 1),
+                      ("open", ev, 3), ("advance", ev, 1), ("close", ev, "KeyboardInterrupt"),
+                      ("close", train, "KeyboardInterrupt")]
+    cb.on_train_end(None, state, None)  # already closed: nothing more
+    assert len(events) == 13
+
+    quiet = TrainProgress(Recorder)  # another rank: no lines
+    quiet.on_train_begin(None, SimpleNamespace(is_world_process_zero=False, global_step=0, max_steps=5), None)
+    assert len(events) == 13

@@ -7,6 +7,7 @@ stage, so it is a command of pipeline/cli.py: nothing under train/ imports stage
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 import click
 
 from ..config import EvalConfig, TrainConfig, default_of, flag_overrides, load_section
+from ..progress import progress
 
 
 class Renamed(click.Option):
@@ -85,7 +87,8 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
 
         cfg = load_section(TrainConfig, config_path, "train", flag_overrides(flags, sets, TrainConfig, "train"))
         main_process = os.environ.get("RANK", "0") == "0"  # under torchrun / accelerate launch, rank 0 speaks
-        summary = run_training(data, cfg, log=lambda m: console.print(m, highlight=False) if main_process else None)
+        summary = run_training(data, cfg, log=lambda m: console.print(m, highlight=False) if main_process else None,
+                               progress=functools.partial(progress, console=console) if main_process else None)
         if not main_process:
             return
         console.print(f"[green]done:[/] {summary['output_dir']}  ({summary['steps']} steps, "
@@ -166,6 +169,7 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
 
         flags = {"data": data, "limit": limit, "max_new_tokens": max_new_tokens, "judge.spec": judge}
         cfg = load_section(EvalConfig, config_path, "eval", flag_overrides(flags, sets, EvalConfig, "eval"))
-        report = run_eval(adapter, cfg, model=model, out_dir=out_dir, log=lambda m: console.print(m, highlight=False))
+        report = run_eval(adapter, cfg, model=model, out_dir=out_dir, log=lambda m: console.print(m, highlight=False),
+                          progress=functools.partial(progress, console=console))
         console.print(summary_line(report), highlight=False)
         console.print(f"[green]report:[/] {report['report_dir']}/eval_report.json (+ .md)")

@@ -40,6 +40,7 @@ from typing import Any
 from ..config import BudgetConfig, EvalConfig, TeacherConfig
 from ..datasets_io import read_records
 from ..errors import Seed2LoraError, mask_dict
+from ..progress import no_progress
 from ..records import row_messages, user_text
 from ..similarity import rouge_l
 from ..store import MANIFEST, RunDir, write_text_atomic
@@ -48,6 +49,8 @@ from .loss import mean_losses
 from .model import SUMMARY, adapter_info, load_with_adapter
 
 Log = Callable[[str], None]
+Advance = Callable[[int], None]
+Progress = Callable[[str, int | None], Any]  # (description, total or None) -> context manager yielding advance(n)
 USER_ORIENTED = "user_oriented_instructions.jsonl"
 
 
@@ -129,8 +132,9 @@ def _group(rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) -> 
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], *, max_new_tokens: int,
-             batch_size: int = 8, repetition_penalty: float = 1.0) -> list[str]:
-    """Greedy answers, batched by length with left padding (new tokens must follow each prompt)."""
+             batch_size: int = 8, repetition_penalty: float = 1.0, advance: Advance | None = None) -> list[str]:
+    """Greedy answers, batched by length with left padding (new tokens must follow each prompt);
+    `advance(n)` counts the prompts answered."""
     import torch
 
     texts = [prompt_text(tokenizer, m) for m in prompts]
@@ -148,6 +152,8 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], *,
                                  pad_token_id=tokenizer.pad_token_id)
         for i, row in zip(idx, out[:, enc["input_ids"].shape[1]:], strict=True):
             answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+        if advance:
+            advance(len(idx))
     tokenizer.padding_side = "right"
     return answers
 
@@ -161,8 +167,9 @@ def reference_example(tokenizer: Any, messages: list[dict[str, str]], reference:
 
 
 def reference_losses(model: Any, tokenizer: Any, items: list[EvalItem], *, batch_size: int = 8,
-                     max_len: int = 2048) -> list[float]:
-    """Each item's mean negative log-likelihood per reference token given its prompt (nan: nothing left to score)."""
+                     max_len: int = 2048, advance: Advance | None = None) -> list[float]:
+    """Each item's mean negative log-likelihood per reference token given its prompt (nan: nothing left to score);
+    `advance(n)` counts the items scored."""
     pairs = [reference_example(tokenizer, it.messages, it.reference, max_len) for it in items]
     order = sorted(range(len(items)), key=lambda i: len(pairs[i][0]))  # similar lengths together: little padding
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -171,16 +178,21 @@ def reference_losses(model: Any, tokenizer: Any, items: list[EvalItem], *, batch
         idx = order[s:s + batch_size]
         for i, (loss, _) in zip(idx, mean_losses(model, [pairs[i] for i in idx], pad), strict=True):
             out[i] = loss
+        if advance:
+            advance(len(idx))
     return out
 
 
 def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_dir: str | Path | None = None,
-             teacher: Any = None, run_dir: str | Path | None = None, log: Log = print) -> dict[str, Any]:
+             teacher: Any = None, run_dir: str | Path | None = None, log: Log = print,
+             progress: Progress | None = None) -> dict[str, Any]:
     """Score base and adapter answers; write eval_report.json and .md into out_dir (default <adapter>/eval).
 
     teacher: a judge to use as it is (tests); else cfg.judge builds one, attached to the
     response cache and budget of `run_dir` (default: the run the adapter belongs to, if any).
+    progress: pipeline/progress.py's (a bar or plain lines with an ETA), or any of its protocol; None: silent.
     """
+    progress = progress or no_progress
     start = time.perf_counter()
     info = adapter_info(adapter_dir)
     train_cfg = info["config"]
@@ -193,18 +205,21 @@ def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_d
     with nullcontext(teacher) if teacher is not None else judge_teacher(cfg.judge, run, seed=cfg.seed, log=log) as judge:
         peft_model, tokenizer = load_with_adapter(adapter_dir, model=model, quant=cfg.quant)
         loss_kw = dict(batch_size=cfg.batch_size, max_len=cfg.reference_max_tokens)
-        with peft_model.disable_adapter():
-            base_losses = reference_losses(peft_model, tokenizer, items, **loss_kw)
-        for it, b, a in zip(items, base_losses, reference_losses(peft_model, tokenizer, items, **loss_kw), strict=True):
+        with peft_model.disable_adapter(), progress("eval: reference loss, base", len(items)) as advance:
+            base_losses = reference_losses(peft_model, tokenizer, items, **loss_kw, advance=advance)
+        with progress("eval: reference loss, adapter", len(items)) as advance:
+            adapter_losses = reference_losses(peft_model, tokenizer, items, **loss_kw, advance=advance)
+        for it, b, a in zip(items, base_losses, adapter_losses, strict=True):
             it.loss_base, it.loss_adapter = b, a
         log("eval: reference losses done")
         prompts = [it.messages for it in items]
         kw = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                   repetition_penalty=cfg.repetition_penalty)
-        with peft_model.disable_adapter():
-            base_answers = generate(peft_model, tokenizer, prompts, **kw)
+        with peft_model.disable_adapter(), progress("eval: base answers", len(items)) as advance:
+            base_answers = generate(peft_model, tokenizer, prompts, **kw, advance=advance)
         log("eval: base answers done")
-        adapter_answers = generate(peft_model, tokenizer, prompts, **kw)
+        with progress("eval: adapter answers", len(items)) as advance:
+            adapter_answers = generate(peft_model, tokenizer, prompts, **kw, advance=advance)
         log("eval: adapter answers done")
         for it, b, a in zip(items, base_answers, adapter_answers, strict=True):
             it.base, it.adapter = b, a
@@ -219,7 +234,9 @@ def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_d
             "judge": None,
         }
         if judge is not None:
-            report["judge"] = judge_pairwise(judge, items, random.Random(cfg.seed), ci_seed=cfg.seed)
+            with progress("eval: judge verdicts", len(items)) as advance:
+                report["judge"] = judge_pairwise(judge, items, random.Random(cfg.seed), ci_seed=cfg.seed,
+                                                 advance=advance)
             check_judge_budget(judge, report["judge"], run)
     report["runtime_s"] = round(time.perf_counter() - start, 1)
     report["items"] = [it.to_report() for it in items]
@@ -397,7 +414,8 @@ def parse_verdict(text: str) -> str | None:
     return "tie" if word.lower() == "tie" else word.upper()
 
 
-def judge_pairwise(teacher: Any, items: list[EvalItem], rng: random.Random, ci_seed: int = 0) -> dict[str, Any]:
+def judge_pairwise(teacher: Any, items: list[EvalItem], rng: random.Random, ci_seed: int = 0,
+                   advance: Advance | None = None) -> dict[str, Any]:
     """Ask the judge which answer is better (each item's `judge` is set); adapter's win rate with ties as half a win,
     with a bootstrap 95% interval over the judged prompts (0.5 inside it: no side preferred beyond noise)."""
     from ..prompts import Prompts
@@ -410,7 +428,7 @@ def judge_pairwise(teacher: Any, items: list[EvalItem], rng: random.Random, ci_s
         a, b = (it.adapter, it.base) if swap else (it.base, it.adapter)
         prompts.append(prompts_lib.render("judge_pairwise.txt", request=it.prompt, reference=it.reference,
                                           answer_a=a or "(empty)", answer_b=b or "(empty)"))
-    replies = teacher.generate(prompts, GenParams(max_tokens=8, temperature=0.0), kind="judge")
+    replies = teacher.generate(prompts, GenParams(max_tokens=8, temperature=0.0), kind="judge", progress=advance)
     wins = losses = ties = invalid = not_sent = cached = 0
     for it, swap, reply in zip(items, swaps, replies, strict=True):
         verdict = parse_verdict(reply.text) if reply.ok else None

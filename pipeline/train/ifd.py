@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ExportConfig, IfdConfig, TrainConfig
+from ..progress import no_progress
 from ..records import Instance, Task, row_messages
 from ..rows import generated_include, run_rows
 from ..store import JsonlWriter, RunDir
@@ -73,8 +74,10 @@ def load_student(cfg: TrainConfig) -> tuple[Any, Any]:
 
 
 def ifd_run(run_dir: str | Path, include: list[str] | str, train_cfg: TrainConfig, cfg: IfdConfig, *,
-            log: Callable[[str], None] = print, student: tuple[Any, Any] | None = None) -> dict[str, int]:
-    """Score every kept row of a run not yet in ifd.jsonl; returns {rows, scored, done}."""
+            log: Callable[[str], None] = print, student: tuple[Any, Any] | None = None,
+            progress: Callable[[str, int | None], Any] | None = None) -> dict[str, int]:
+    """Score every kept row of a run not yet in ifd.jsonl; returns {rows, scored, done}.
+    progress: pipeline/progress.py's (a bar or plain lines with an ETA), or any of its protocol; None: silent."""
     run = RunDir(run_dir)
     data = run_rows(run, ExportConfig(include=generated_include(include), include_seeds=False))
     done = {t.id for t in run.read_stage(STAGE)}
@@ -82,11 +85,12 @@ def ifd_run(run_dir: str | Path, include: list[str] | str, train_cfg: TrainConfi
     if todo:
         model, tokenizer = student or load_student(train_cfg)
         log(f"ifd: {len(todo)} rows to score with {train_cfg.model or 'the embedded SmolLM2-135M-Instruct'}")
-        with JsonlWriter(run.stage_file(STAGE)) as out:
+        progress = progress or no_progress
+        with JsonlWriter(run.stage_file(STAGE)) as out, progress("ifd: rows scored", len(todo)) as advance:
             for s in range(0, len(todo), cfg.batch_size * 8):  # written every few batches: an interruption loses little
                 chunk = todo[s:s + cfg.batch_size * 8]
                 for r, score in zip(chunk, ifd_scores(model, tokenizer, chunk, batch_size=cfg.batch_size,
-                                                      max_len=cfg.max_len), strict=True):
+                                                      max_len=cfg.max_len, progress=advance), strict=True):
                     out.write(Task(id=r["id"], instruction=r["instruction"], instances=[Instance(r["input"], r["output"])],
                                    origin=r["origin"], stage=STAGE, meta={"row_of": r["task_id"], "ifd": score}))
     return {"rows": len(data.rows), "scored": len(todo), "done": len(done) + len(todo)}

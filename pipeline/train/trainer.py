@@ -18,6 +18,7 @@ import inspect
 import json
 import math
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import get_last_checkpoint, has_length
 
 from ..config import TrainConfig
 from ..errors import Seed2LoraError
@@ -37,6 +38,7 @@ from .loss import causal_lm_loss_sum, full_logits_loss_sum
 from .model import SUMMARY, compute_dtype, device, load_for_training, load_tokenizer, resolve_model
 
 Log = Callable[[str], None]
+Progress = Callable[[str, int | None], Any]  # (description, total or None) -> context manager yielding advance(n)
 
 
 class LoraTrainer(Trainer):
@@ -103,6 +105,66 @@ class ConsoleLog(TrainerCallback):
             self.log("  ".join(parts))
 
 
+class TrainProgress(TrainerCallback):
+    """Optimizer steps with rate, ETA and the last losses: a bar on a terminal, plain lines elsewhere
+    (pipeline/progress.py). Evaluation's batches get one of their own while they run."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.open: dict[str, tuple[Any, Any]] = {}  # "train" / "eval" -> (context manager, advance)
+        self.step = 0  # the last global step counted
+        self.losses: dict[str, float] = {}
+
+    def _open(self, name: str, desc: str, total: int | None) -> None:
+        manager = self.progress(desc, total)
+        self.open[name] = (manager, manager.__enter__())
+
+    def _close(self, name: str, exc_info: tuple[Any, Any, Any] = (None, None, None)) -> None:
+        if name in self.open:
+            self.open.pop(name)[0].__exit__(*exc_info)
+
+    def close(self, exc_info: tuple[Any, Any, Any] = (None, None, None)) -> None:
+        """End what is open: fit() calls it when train() raises, so no bar is left drawn."""
+        for name in ("eval", "train"):
+            self._close(name, exc_info)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        self.step = state.global_step  # a resumed run counts (and times) the steps it has left
+        resumed = f" (resumed at step {self.step})" if self.step else ""
+        self._open("train", f"train{resumed}, steps", max(state.max_steps - self.step, 0))
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if "train" in self.open and state.global_step > self.step:
+            self.open["train"][1](state.global_step - self.step)
+            self.step = state.global_step
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+        note = getattr(self.open.get("train", (None, None))[1], "note", None)
+        if note is None or not logs:
+            return
+        self.losses.update({k: logs[k] for k in ("loss", "eval_loss") if k in logs})
+        if self.losses:
+            note(", ".join(f"{k.replace('_', ' ')} {self.losses[k]:.4f}" for k in ("loss", "eval_loss")
+                           if k in self.losses))
+
+    def on_prediction_step(self, args: Any, state: Any, control: Any, eval_dataloader: Any = None,
+                           **kw: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        if "eval" not in self.open:
+            total = len(eval_dataloader) if has_length(eval_dataloader) else None
+            self._open("eval", "train: eval loss, batches", total)
+        self.open["eval"][1](1)
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self._close("eval")
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self._close("train")
+
+
 def training_arguments(cfg: TrainConfig, output_dir: Path, *, bf16: bool, use_cpu: bool,
                        has_eval: bool) -> TrainingArguments:
     return TrainingArguments(
@@ -144,8 +206,9 @@ class Prepared:
     stats: dict[str, Any]
 
 
-def prepare(data: str | Path, cfg: TrainConfig, log: Log = print) -> Prepared:
-    """Load and tokenize the data, load the model with fresh adapters, build the trainer."""
+def prepare(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Progress | None = None) -> Prepared:
+    """Load and tokenize the data, load the model with fresh adapters, build the trainer.
+    `progress` (pipeline/progress.py's, or any of that protocol) shows steps with an ETA; None: log lines only."""
     from transformers import set_seed
 
     set_seed(cfg.seed)
@@ -174,7 +237,8 @@ def prepare(data: str | Path, cfg: TrainConfig, log: Log = print) -> Prepared:
                               has_eval=bool(eval_set))
     trainer = LoraTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
                           data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
-                          callbacks=[ConsoleLog(log)], chunked_loss=cfg.chunked_loss,
+                          callbacks=[ConsoleLog(log), *([TrainProgress(progress)] if progress else [])],
+                          chunked_loss=cfg.chunked_loss,
                           loss_chunk_tokens=cfg.loss_chunk_tokens)
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
@@ -205,7 +269,13 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    except BaseException:
+        for cb in trainer.callback_handler.callbacks:
+            if isinstance(cb, TrainProgress):
+                cb.close(sys.exc_info())
+        raise
     train_seconds = time.perf_counter() - start
     evals = [h for h in trainer.state.log_history if "eval_loss" in h]
     if trainer.eval_dataset and not (evals and evals[-1]["step"] == trainer.state.global_step):
@@ -265,9 +335,9 @@ def check_resumable(ckpts: Path, settings: dict[str, Any]) -> None:
                              "removed. Or train into another --out")
 
 
-def train(data: str | Path, cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
+def train(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Progress | None = None) -> dict[str, Any]:
     """Train a (Q)LoRA adapter on `data`; write it with its tokenizer, summary and loss curve. Returns the summary."""
-    return fit(prepare(data, cfg, log), log)
+    return fit(prepare(data, cfg, log, progress), log)
 
 
 def _losses(history: list[dict[str, Any]], key: str) -> dict[str, Any]:

@@ -1,0 +1,164 @@
+"""Progress: a bar with an ETA on a terminal, plain lines at least every interval off one (a fake clock)."""
+
+import io
+import re
+import threading
+
+import pytest
+from rich.console import Console
+
+from pipeline.errors import InputError
+from pipeline.progress import (
+    PLAIN_EVERY_ENV,
+    EtaColumn,
+    PlainProgress,
+    format_duration,
+    format_rate,
+    no_progress,
+    plain_interval,
+    progress,
+)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def plain_console() -> Console:
+    return Console(file=io.StringIO(), width=200)  # a StringIO is no terminal: what a log file or CI gets
+
+
+def lines(console: Console) -> list[str]:
+    return console.file.getvalue().splitlines()
+
+
+def test_off_a_terminal_a_line_appears_once_the_interval_has_passed_with_counts_rate_and_eta():
+    clock, out = FakeClock(), plain_console()
+    with progress("evolve round 1/1, calls", 300, console=out, every_s=30, clock=clock, heartbeat=False) as advance:
+        assert lines(out) == ["evolve round 1/1, calls: 0/300 (0%), started"]
+        clock.now += 29
+        advance(29)
+        assert len(lines(out)) == 1  # not due yet
+        clock.now += 1
+        advance(1)
+        assert lines(out)[-1] == "evolve round 1/1, calls: 30/300 (10%), 1.0/s, ETA 4m30s, 30s elapsed"
+        clock.now += 10
+        advance(3)
+        assert len(lines(out)) == 2  # 10 s after the last line: none
+    assert lines(out)[-1] == "evolve round 1/1, calls: 33/300 (11%), done in 40s (49.5/min)"
+
+
+def test_a_line_is_due_even_when_nothing_advances():
+    """The heartbeat calls tick(): a step stuck in one long call still writes its line."""
+    clock, out = FakeClock(), plain_console()
+    with progress("train, steps", 10, console=out, every_s=30, clock=clock, heartbeat=False) as advance:
+        clock.now += 31
+        assert advance.tick()
+        assert lines(out)[-1] == "train, steps: 0/10 (0%), -/s, ETA ?, 31s elapsed"
+        assert not advance.tick()
+
+
+def test_the_heartbeat_thread_writes_lines_while_nothing_advances():
+    out, seen = plain_console(), threading.Event()
+    original = out.print
+
+    def spy(*args, **kwargs):
+        original(*args, **kwargs)
+        if len(lines(out)) >= 3:
+            seen.set()
+
+    out.print = spy
+    with progress("slow call", 4, console=out, every_s=0.01):
+        assert seen.wait(5), lines(out)
+    assert lines(out)[-1].startswith("slow call: 0/4 (0%), done in")
+
+
+def test_an_unknown_total_still_prints_counts_and_rate():
+    clock, out = FakeClock(), plain_console()
+    with progress("bootstrap: prompts sent", None, console=out, every_s=30, clock=clock, heartbeat=False) as advance:
+        clock.now += 60
+        advance(120)
+    assert lines(out) == ["bootstrap: prompts sent: 0, started", "bootstrap: prompts sent: 120, 2.0/s, 1m00s elapsed",
+                          "bootstrap: prompts sent: 120, done in 1m00s (2.0/s)"]
+
+
+def test_a_note_and_a_resumed_count():
+    clock, out = FakeClock(), plain_console()
+    p = PlainProgress("train, steps", 100, lambda line: out.print(line), every_s=30, clock=clock, done=40)
+    p.note("loss 1.2345")
+    clock.now += 30
+    p.advance(6)  # 6 steps in this run's 30 s: the 40 resumed ones are not part of the rate
+    assert lines(out)[-1] == "train, steps: 46/100 (46%), 12.0/min, ETA 4m30s, 30s elapsed, loss 1.2345"
+
+
+def test_an_interrupted_step_says_stopped():
+    clock, out = FakeClock(), plain_console()
+    with pytest.raises(KeyboardInterrupt), progress("x", 5, console=out, clock=clock, heartbeat=False) as advance:
+        advance(2)
+        raise KeyboardInterrupt
+    assert lines(out)[-1] == "x: 2/5 (40%), stopped in 0s"
+
+
+def test_on_a_terminal_the_bar_has_an_eta_column():
+    clock = FakeClock()
+    out = Console(file=io.StringIO(), width=200, force_terminal=True, color_system=None)
+    with progress("classify: tasks labelled", 100, console=out, clock=clock) as advance:
+        assert any(isinstance(c, EtaColumn) for c in advance.bar.columns)
+        for _ in range(5):
+            clock.now += 2
+            advance(5)
+        advance.note("loss 0.5")
+        advance.bar.refresh()
+        frame = out.file.getvalue().rsplit("\r", 1)[-1]
+    assert re.search(r"classify: tasks labelled .*25/100 2\.5/s ETA 30s 10s loss 0\.5", frame), frame
+    assert "started" not in out.file.getvalue()  # no plain lines on a terminal
+
+
+def test_steps_opened_inside_one_another_share_one_bar():
+    out = Console(file=io.StringIO(), width=200, force_terminal=True, color_system=None)
+    with progress("train, steps", 10, console=out) as outer:
+        with progress("train: eval loss, batches", 3, console=out) as inner:  # rich refuses a second live display
+            assert inner.bar is outer.bar and len(outer.bar.tasks) == 2
+        assert len(outer.bar.tasks) == 1
+
+
+def test_the_interval_setting():
+    assert plain_interval() == 30.0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(PLAIN_EVERY_ENV, "0.5")
+        assert plain_interval() == 0.5
+        mp.setenv(PLAIN_EVERY_ENV, "soon")
+        with pytest.raises(InputError, match="SEED2LORA_PROGRESS_EVERY_S: 'soon' is not a positive number"):
+            plain_interval()
+
+
+def test_formats():
+    assert [format_duration(s) for s in (0, 59.4, 61, 3599, 7620)] == ["0s", "59s", "1m01s", "59m59s", "2h07m"]
+    assert [format_rate(r) for r in (None, 250, 2, 0.5, 1 / 600)] == ["-/s", "250/s", "2.0/s", "30.0/min", "6.0/h"]
+
+
+def test_no_progress_is_silent():
+    with no_progress("x", 3) as advance:
+        advance(1)
+        advance.note("y")
+
+
+def test_a_stage_with_its_output_captured_writes_plain_progress_lines(fake_openai, tmp_path, monkeypatch):
+    """The measured bug: off a terminal, evolve printed nothing for 23 minutes. Now every stage writes lines."""
+    from helpers import invoke, teacher_flags
+
+    monkeypatch.setenv(PLAIN_EVERY_ENV, "0.01")
+    fake_openai.default_delay = 0.05  # slow replies: lines are due between them
+    user = tmp_path / "mine.jsonl"
+    user.write_text("".join(f'{{"instruction": "Suggest a name for bakery number {i}."}}\n' for i in range(4)))
+    output = invoke("classify", *teacher_flags(fake_openai, tmp_path, "u"), "--input", user,
+                    "--set", "teacher.concurrency=1").output
+    progress_lines = [x for x in output.splitlines() if x.startswith("classify: ") and "/4 (" in x]
+    assert progress_lines[0] == "classify: 0/4 (0%), started"
+    assert any(re.fullmatch(r"classify: \d/4 \(\d+%\), [-\d.]+/(s|min), ETA [\dms?]+, \d+s elapsed", x)
+               for x in progress_lines[1:-1]), output
+    assert re.fullmatch(r"classify: 4/4 \(100%\), done in \d+s \([\d.]+/(s|min)\)", progress_lines[-1]), output
