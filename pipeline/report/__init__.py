@@ -5,6 +5,10 @@ opens from disk in any browser) and report.json (the figures as data). The figur
 follow the Self-Instruct paper's look at its data: the verb-noun structure of
 instructions, ROUGE-L overlap with the nearest seed, and length distributions; plus the
 stage funnel, task-type mix, Evol-Instruct operations and the teacher's token spend.
+
+Each module reads only those above it: stats.py and verbs.py (numbers, the verb parser);
+quality.py and figures.py (the figures as data, report.json); plots.py (matplotlib, one PNG
+per figure); html.py (the page) and compare.py (`show --compare`); this file writes them out.
 """
 
 from __future__ import annotations

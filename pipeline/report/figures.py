@@ -7,7 +7,6 @@ evolve.jsonl and manifest.json, plus the seed file the manifest names. Plots and
 
 from __future__ import annotations
 
-import statistics
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,8 @@ from ..seeds import load_seeds
 from ..show import evolve_summary
 from ..similarity import RougeLIndex
 from ..store import STAGES, RunDir, reason_kind
+from .quality import quality
+from .stats import histogram, stats
 from .verbs import VerbParser, load_parser, top_verb_objects
 
 EVOLVE = "evolve"
@@ -50,23 +51,6 @@ def seed_tasks(run: RunDir, seeds_path: str | Path | None = None) -> tuple[str, 
         raise InputError(Path(path), None, "(the run's seed file) does not exist here",
                          "pass the seed file with --seeds PATH")
     return str(path or "bundled seeds/seed_tasks.jsonl"), load_seeds(path or None)
-
-
-def stats(values: list[float] | np.ndarray) -> dict[str, Any]:
-    values = [float(v) for v in values]
-    if not values:
-        return {"n": 0}
-    q1, median, q3 = np.percentile(values, [25, 50, 75])
-    return {"n": len(values), "mean": round(statistics.fmean(values), 3), "median": round(float(median), 3),
-            "p25": round(float(q1), 3), "p75": round(float(q3), 3),
-            "min": round(min(values), 3), "max": round(max(values), 3)}
-
-
-def histogram(values, bins, range_=None) -> dict[str, list]:
-    if len(values) == 0:
-        return {"edges": [], "counts": []}
-    counts, edges = np.histogram(np.asarray(values, float), bins=bins, range=range_)
-    return {"edges": [round(float(e), 4) for e in edges], "counts": [int(c) for c in counts]}
 
 
 def funnel(run: RunDir, rejected: list[Task]) -> dict[str, Any]:
@@ -168,12 +152,6 @@ def verbs(tasks: list[Task], parser: VerbParser) -> dict[str, Any]:
     }
 
 
-def _quality(run: RunDir) -> dict[str, Any] | None:
-    from .quality import quality  # here, not at the top: quality reads this module's stats and histogram
-
-    return quality(run)
-
-
 def compute(run_path: str | Path, *, seeds_path: str | Path | None = None, parser: VerbParser | None = None) -> dict:
     """Every figure of the report for one run directory."""
     run = RunDir(run_path)
@@ -199,7 +177,7 @@ def compute(run_path: str | Path, *, seeds_path: str | Path | None = None, parse
         "types": types(tasks),
         "evolve": evolved,
         "usage": usage(manifest),
-        "quality": _quality(run),  # judge scores, IFD, what select kept and dropped (None when none ran)
+        "quality": quality(run),  # judge scores, IFD, what select kept and dropped (None when none ran)
         "cost": run_cost(run.path) if run.manifest_file.is_file() else None,  # the figures of `seed2lora cost`
         "verbs": verbs(tasks, parser or load_parser()),
     }

@@ -33,6 +33,28 @@ def _stat(s: dict[str, Any]) -> str:
     return f"mean {s['mean']:g}, median {s['median']:g}, p25-p75 {s['p25']:g}-{s['p75']:g}, max {s['max']:g} (n={s['n']})"
 
 
+def _quality_rows(f: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The data-selection section's table: ratings, IFD, and what each selection kept and dropped, with examples."""
+    q, rows = f["quality"], []
+    if q.get("score"):
+        rows.append(("judge ratings", ", ".join(f"{k}: {v}" for k, v in q["score"]["counts"].items())
+                     + f" ({q['score']['unrated']} unparseable; judge {q['score']['teacher']})"))
+    if q.get("ifd"):
+        i = q["ifd"]
+        rows.append(("IFD", f"mean {i['mean']:g}, median {i['median']:g}, p25-p75 {i['p25']:g}-{i['p75']:g} (n={i['n']})"))
+    s = q.get("select")
+    if s:
+        rows.append(("selection", f"by {s['by']}: kept {s['kept_rows']} of {s['rows']} rows ({s['kept_tasks']} tasks); "
+                                  f"{s['near_duplicates']} near-duplicates rejected"))
+        rows += [(f"dropped: {why}", n) for why, n in s["dropped_by_why"].items()]
+        for side in ("kept", "dropped"):
+            v = s[f"{side}_values"]
+            if v.get("n"):
+                rows.append((f"{side} {s['by']} values", f"mean {v['mean']:g}, min {v['min']:g}, max {v['max']:g}"))
+            rows += [(f"{side} e.g.", f"{e['id']} ({e['value']}): {e['instruction'][:120]}") for e in s[f"{side}_examples"]]
+    return rows
+
+
 def _details(name: str, f: dict[str, Any]) -> str:
     if name == "funnel.png":
         return _table([(s["name"], s["count"]) for s in f["funnel"]["steps"]]
@@ -58,9 +80,7 @@ def _details(name: str, f: dict[str, Any]) -> str:
                       + [(f"round {k}", v) for k, v in e["by_round"].items()]
                       + [(f"eliminated: {k}", v) for k, v in e["eliminated_by_rule"].items()])
     if name == "quality.png":
-        from .quality import quality_details
-
-        return quality_details(f)
+        return _table(_quality_rows(f))
     if name == "usage.png":
         return _table([(k, f"{u['calls']} calls, {u['errors']} errors, {u['prompt_tokens']:,} prompt + "
                            f"{u['completion_tokens']:,} completion tokens")

@@ -256,6 +256,40 @@ def _ring_labels(ax, wedges, labels, radius: float, size: int, bold: bool = Fals
                 fontsize=size, fontweight="bold" if bold else "normal")
 
 
+def plot_quality(f: dict[str, Any], path: Path) -> Path:
+    """Three panels: judge ratings, the IFD histogram, and what the selection kept and dropped (and why)."""
+    q = f["quality"]
+    fig = _figure(12, 3.6)
+    ax_score, ax_ifd, ax_sel = fig.subplots(1, 3)
+    if q.get("score"):
+        counts = q["score"]["counts"]
+        ax_score.bar(list(counts), list(counts.values()), color="#4C72B0")
+        ax_score.set_xlabel("judge rating")
+        ax_score.set_ylabel("rows")
+        ax_score.set_title(f"Judge: {q['score']['rated']} rated, {q['score']['unrated']} unparseable", fontsize=10)
+    else:
+        _empty(ax_score, "not scored (seed2lora score)")
+    if q.get("ifd"):
+        edges, counts = q["ifd"]["hist"]["edges"], q["ifd"]["hist"]["counts"]
+        ax_ifd.bar(edges[:-1], counts, width=edges[1] - edges[0], align="edge", color="#55A868")
+        ax_ifd.axvline(1.0, color="#C44E52", linestyle="--", linewidth=1)
+        ax_ifd.set_xlabel("IFD (loss given prompt / loss alone)")
+        ax_ifd.set_title(f"IFD: median {q['ifd']['median']:g}, {q['ifd']['at_least_1']} rows >= 1", fontsize=10)
+    else:
+        _empty(ax_ifd, "no IFD (seed2lora ifd)")
+    s = q.get("select")
+    if s:
+        labels = ["kept", *s["dropped_by_why"]]
+        values = [s["kept_rows"], *s["dropped_by_why"].values()]
+        ax_sel.barh(labels, values, color=["#55A868"] + ["#C44E52"] * (len(labels) - 1))
+        ax_sel.invert_yaxis()
+        ax_sel.set_xlabel("rows")
+        ax_sel.set_title(f"select --by {s['by']}: {s['kept_rows']} of {s['rows']} rows kept", fontsize=10)
+    else:
+        _empty(ax_sel, "no selection (seed2lora select)")
+    return _save(fig, path)
+
+
 PLOTS = {  # file name -> (section title, plotter); evolve is skipped when a run has no evolve data
     "funnel.png": ("Counts through the stages", plot_funnel),
     "rouge.png": ("Novelty: ROUGE-L to the nearest seed and pool entry", plot_rouge),
@@ -264,14 +298,8 @@ PLOTS = {  # file name -> (section title, plotter); evolve is skipped when a run
     "verbs.png": ("Verb-noun structure of instructions", plot_verbs),
     "evolve.png": ("Evol-Instruct: operations, rounds, eliminations", plot_evolve),
     "usage.png": ("Token spend", plot_usage),
-    "quality.png": ("Data selection: judge scores, IFD, what select kept", lambda f, path: _plot_quality(f, path)),
+    "quality.png": ("Data selection: judge scores, IFD, what select kept", plot_quality),
 }
-
-
-def _plot_quality(f: dict[str, Any], path: Path) -> Path:
-    from .quality import plot_quality  # it draws with this module's helpers
-
-    return plot_quality(f, path)
 
 
 def draw_all(f: dict[str, Any], out_dir: Path) -> dict[str, Path]:

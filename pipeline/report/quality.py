@@ -1,4 +1,4 @@
-"""The report's data-selection figures: judge scores, IFD, and what `seed2lora select` kept and dropped.
+"""The report's data-selection figures, as data: judge scores, IFD, and what `seed2lora select` kept and dropped.
 
 Read from score.jsonl, ifd.jsonl, select.json and select.jsonl of the run; None when the
 run has none of them (a run that never scored or selected shows no section).
@@ -6,13 +6,12 @@ run has none of them (a run that never scored or selected shows no section).
 
 from __future__ import annotations
 
-import html
 import json
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from ..store import RunDir
+from .stats import histogram, stats
 
 IFD_BINS = 20  # 0.1-wide bins over 0..2: IFD clusters below 1, and >= 1 is the band Cherry LLM drops
 EXAMPLES = 3  # kept and dropped rows shown by name in the page
@@ -20,8 +19,6 @@ EXAMPLES = 3  # kept and dropped rows shown by name in the page
 
 def quality(run: RunDir) -> dict[str, Any] | None:
     """Rating counts, IFD distribution, and the selection's kept/dropped split; None when nothing was scored."""
-    from .figures import histogram, stats
-
     scored, ifd = run.read_stage("score"), run.read_stage("ifd")
     select_file = run.path / "select.json"
     if not scored and not ifd and not select_file.is_file():
@@ -52,61 +49,3 @@ def quality(run: RunDir) -> dict[str, Any] | None:
             "dropped_examples": [{**d, "instruction": text.get(d["id"], "")} for d in s["dropped"][:EXAMPLES]],
         }
     return out
-
-
-def plot_quality(f: dict[str, Any], path: Path) -> Path:
-    from .plots import _empty, _figure, _save
-
-    q = f["quality"]
-    fig = _figure(12, 3.6)
-    ax_score, ax_ifd, ax_sel = fig.subplots(1, 3)
-    if q.get("score"):
-        counts = q["score"]["counts"]
-        ax_score.bar(list(counts), list(counts.values()), color="#4C72B0")
-        ax_score.set_xlabel("judge rating")
-        ax_score.set_ylabel("rows")
-        ax_score.set_title(f"Judge: {q['score']['rated']} rated, {q['score']['unrated']} unparseable", fontsize=10)
-    else:
-        _empty(ax_score, "not scored (seed2lora score)")
-    if q.get("ifd"):
-        edges, counts = q["ifd"]["hist"]["edges"], q["ifd"]["hist"]["counts"]
-        ax_ifd.bar(edges[:-1], counts, width=edges[1] - edges[0], align="edge", color="#55A868")
-        ax_ifd.axvline(1.0, color="#C44E52", linestyle="--", linewidth=1)
-        ax_ifd.set_xlabel("IFD (loss given prompt / loss alone)")
-        ax_ifd.set_title(f"IFD: median {q['ifd']['median']:g}, {q['ifd']['at_least_1']} rows >= 1", fontsize=10)
-    else:
-        _empty(ax_ifd, "no IFD (seed2lora ifd)")
-    s = q.get("select")
-    if s:
-        labels = ["kept", *s["dropped_by_why"]]
-        values = [s["kept_rows"], *s["dropped_by_why"].values()]
-        ax_sel.barh(labels, values, color=["#55A868"] + ["#C44E52"] * (len(labels) - 1))
-        ax_sel.invert_yaxis()
-        ax_sel.set_xlabel("rows")
-        ax_sel.set_title(f"select --by {s['by']}: {s['kept_rows']} of {s['rows']} rows kept", fontsize=10)
-    else:
-        _empty(ax_sel, "no selection (seed2lora select)")
-    return _save(fig, path)
-
-
-def quality_details(f: dict[str, Any]) -> str:
-    """The section's table: what each selection kept and dropped, with examples."""
-    q, rows = f["quality"], []
-    if q.get("score"):
-        rows.append(("judge ratings", ", ".join(f"{k}: {v}" for k, v in q["score"]["counts"].items())
-                     + f" ({q['score']['unrated']} unparseable; judge {q['score']['teacher']})"))
-    if q.get("ifd"):
-        i = q["ifd"]
-        rows.append(("IFD", f"mean {i['mean']:g}, median {i['median']:g}, p25-p75 {i['p25']:g}-{i['p75']:g} (n={i['n']})"))
-    s = q.get("select")
-    if s:
-        rows.append(("selection", f"by {s['by']}: kept {s['kept_rows']} of {s['rows']} rows ({s['kept_tasks']} tasks); "
-                                  f"{s['near_duplicates']} near-duplicates rejected"))
-        rows += [(f"dropped: {why}", n) for why, n in s["dropped_by_why"].items()]
-        for side in ("kept", "dropped"):
-            v = s[f"{side}_values"]
-            if v.get("n"):
-                rows.append((f"{side} {s['by']} values", f"mean {v['mean']:g}, min {v['min']:g}, max {v['max']:g}"))
-            rows += [(f"{side} e.g.", f"{e['id']} ({e['value']}): {e['instruction'][:120]}") for e in s[f"{side}_examples"]]
-    body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
-    return f"<table>{body}</table>"

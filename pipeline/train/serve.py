@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Seed2LoraError
-from .gguf_export import ADAPTER_FILE, find_base, write_adapter_gguf
+from .gguf_adapter import ADAPTER_FILE, find_base, write_adapter_gguf
 from .model import adapter_info
 
 ENGINES = ("auto", "vllm", "llama-cpp")
