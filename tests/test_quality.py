@@ -363,7 +363,8 @@ def test_servers_keep_the_text_path_by_default(fake_openai, tmp_path):
     cfg = load_config(None, {"output_dir": str(tmp_path), "run_name": "r", "teacher.spec": "openai:fake-model",
                              "teacher.base_url": fake_openai.url, "teacher.api": "chat"})
     Session(cfg).classify()
-    assert [("logprobs" in h["body"], h["body"]["max_tokens"]) for h in fake_openai.history] == [(False, 3)]
+    # chat: room for "**Answer:** Yes." (classify.chat_max_tokens), where a completion's 3 tokens suffice
+    assert [("logprobs" in h["body"], h["body"]["max_tokens"]) for h in fake_openai.history] == [(False, 24)]
 
 
 def test_the_score_prompt_renders_the_rubric_with_one_instance():
