@@ -518,7 +518,8 @@ def parse_overrides(items: Iterable[str], cls: type = RunConfig, section: str | 
             key = key.removeprefix(f"{section}.")
         key = shorthand_key(cls, key)
         hint, default, limits = _setting(cls, key, where, section)
-        out[key] = _coerce(_parse_value(raw, hint), hint, where, None, "", f"--set {key}={_example(default)}", limits)
+        full = ".".join(filter(None, [section, key]))
+        out[key] = _coerce(_parse_value(raw, hint), hint, where, None, "", f"--set {full}={_example(default)}", limits)
     return out
 
 
@@ -535,9 +536,10 @@ def full_key(key: str, scope: Sequence[str] | None, where: str) -> str:
     first = key.split(".")[0]
     if first in tables:
         if scope is not None and not any(key == r or key.startswith(f"{r}.") for r in readable):
+            example = f"{readable[0]}.{dataclasses.fields(_hints(RunConfig)[readable[0]])[0].name}"
             raise InputError(where, None, f"this command does not read {key}",
-                             f"set a key of {', '.join(readable)}, e.g. --set {readable[0]}.KEY=VALUE"
-                             if "." not in readable[0] else f"set one of {', '.join(readable)}")
+                             f"set a key of {' or '.join(f'[{r}]' if '.' not in r else r for r in readable)}, "
+                             f"e.g. --set {example}=VALUE")
         return key
     if scope is None and first in _hints(RunConfig):  # a top-level key: seed, run_name, output_dir, ...
         return key
@@ -581,8 +583,9 @@ def default_of(dotted: str, cls: type = RunConfig) -> Any:
 def set_value(cfg: Any, dotted: str, value: Any, section: str | None = None) -> None:
     """Set 'section.key' or 'key' on a config, checked like a TOML value (a flag's value, already parsed)."""
     dotted = shorthand_key(type(cfg), dotted)
-    hint, default, limits = _setting(type(cfg), dotted, dotted, section)
-    value = _coerce(value, hint, dotted, None, "", f"{dotted} = {_example(default)}", limits)
+    where = ".".join(filter(None, [section, dotted]))  # the key as --set names it: export.eval_fraction
+    hint, default, limits = _setting(type(cfg), dotted, where, section)
+    value = _coerce(value, hint, where, None, "", f"{where} = {_example(default)}", limits)
     *sections, key = dotted.split(".")
     target = cfg
     for s in sections:
