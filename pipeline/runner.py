@@ -443,7 +443,7 @@ class Session:
         ratings = [int(round(t.meta["score"]["rating"])) for t in self.run.read_stage("score")]
         spread = ", ".join(f"{k}: {ratings.count(k)}" for k in range(1, 6))
         message = (f"score: {r.written} instances rated by {judge.name} ({len(ratings)} in score.jsonl; {spread}); "
-                   f"{r.replies_note(judge_config(self.cfg).max_retries, 'instances')}")
+                   f"{r.replies_note(judge_config(self.cfg).max_retries, 'instance')}")
         if not r.written and not r.rejected and not r.pending and n:
             message += (f"; every row already had its outcome (see score.jsonl and rejected.jsonl): "
                         f"`seed2lora score {self.run.path} --rescore` rates them all again")

@@ -153,7 +153,9 @@ def test_the_retry_note_says_whether_any_retry_happened(fake_openai, tmp_path):
     assert MapResult().replies_note(2) == "every reply usable at the first try"
     assert MapResult(retried=3).replies_note(2) == "3 unusable replies asked again, none rejected"
     assert MapResult(retried=1, rejected=1).replies_note(2) == \
-        "1 unusable reply asked again, 1 tasks rejected (still unusable after 2 retries)"
+        "1 unusable reply asked again, 1 task rejected (still unusable after 2 retries)"
+    assert MapResult(retried=2, rejected=2).replies_note(1, "instance") == \
+        "2 unusable replies asked again, 2 instances rejected (still unusable after 1 retry)"
     assert MapResult(rejected=2).replies_note(0) == "2 tasks rejected for an unusable reply, none asked again"
     user = tmp_path / "mine.jsonl"
     user.write_text('{"instruction": "Suggest a name for a bakery."}\n')
