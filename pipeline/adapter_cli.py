@@ -31,11 +31,12 @@ Examples:
 COST_EXAMPLES = """\b
 Examples:
   seed2lora cost outputs/quickstart
-  seed2lora cost outputs/a outputs/b --set train_usd=100 --set context_tokens=1000 --set call_tokens=200
+  seed2lora cost outputs/a outputs/b --set cost.train_usd=100 --set cost.context_tokens=1000
+  seed2lora cost outputs/a --set 'budget.prices={"my-model" = [0.2, 0.8]}'
 """
 
 
-def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> None:
+def add_commands(cli: click.Group, friendly_errors: Callable, console: Any, run_dir_only: Callable) -> None:
     @cli.command(name="export-adapter", epilog=EXPORT_ADAPTER_EXAMPLES)
     @click.argument("adapter", type=click.Path(exists=True, file_okay=False))
     @click.option("--format", "fmt", type=click.Choice(["gguf"]), default="gguf", show_default=True,
@@ -131,29 +132,35 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
                   help="TOML file; its [cost] table and [budget] prices are read (default: the run's own).")
     @click.option("--adapter", type=click.Path(exists=True, file_okay=False),
                   help="Adapter whose training time is priced (default RUN/adapter).")
-    @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                  help="Any [cost] setting, e.g. --set train_usd=100 (repeatable).")
+    @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+                  help="Any [cost] setting, e.g. --set cost.train_usd=100 (train_usd alone works too), or "
+                       "budget.prices; checked like the TOML file (repeatable).")
     @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON on stdout.")
+    @run_dir_only
     @friendly_errors
     def cost(runs, config_path, adapter, sets, as_json):
         """Tokens and dollars per stage and teacher, per 1,000 kept instructions and rows, and the break-even calls."""
         import tomllib
-        from rich.console import Console
 
         from .config import CostConfig, load_section, parse_overrides
         from .cost import print_cost, run_budget, run_cost
+        from .show import stdout_console
         from .store import RunDir
 
-        cfg = load_section(CostConfig, config_path, "cost", parse_overrides(sets, CostConfig, "cost"))
+        # cost reads [cost] and [budget] prices, from --config and from --set cost.KEY / budget.prices
+        overrides = parse_overrides(sets, scope=("cost", "budget.prices"))
+        cfg = load_section(CostConfig, config_path, "cost", {k: v for k, v in overrides.items() if k.startswith("cost.")})
         prices = None
         if config_path:
             with open(config_path, "rb") as f:
                 prices = (tomllib.load(f).get("budget") or {}).get("prices")
+        if "budget.prices" in overrides:
+            prices = {**(prices or {}), **overrides["budget.prices"]}
         figures = [run_cost(r, run_budget(RunDir(r).manifest(), prices), cfg, adapter) for r in runs]
         if as_json:
             click.echo(json.dumps(figures, indent=1))
             return
-        out = Console()
+        out = stdout_console()
         for c in figures:
             print_cost(out, c)
 

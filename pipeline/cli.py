@@ -17,8 +17,8 @@ from . import __version__
 from .config import ExportConfig, RunConfig, default_of, flag_overrides, load_config, load_section, parse_overrides
 from .errors import InputError, Interrupted, Seed2LoraError, mask_secrets
 from .progress import progress
-from .show import show_run
-from .train.commands import Renamed, add_commands
+from .show import label, show_run, stdout_console
+from .train.commands import OUTPUT_DIR_MOVED, Renamed, add_commands, moved
 
 console = Console(stderr=True, soft_wrap=True)  # log lines stay whole in log files and CI output
 # A bar with an ETA on a terminal, plain lines at least every 30 s off one (pipeline/progress.py).
@@ -29,8 +29,9 @@ rich_progress = functools.partial(progress, console=console)
 # dataclass defaults, so the help cannot drift from them.
 RUN_FLAGS = {
     "run_name": ("--run-name", "run_name", "NAME",
-                 "Run directory name under the output dir; the same name resumes (default {default})."),
-    "output_dir": ("--output-dir", "output_dir", "DIR", "Where run directories go (default {default})."),
+                 "Run directory name under --output-dir, instead of RUN_DIR; the same name resumes (default {default})."),
+    "output_dir": ("--output-dir", "output_dir", "DIR",
+                   "The folder run directories go under, instead of RUN_DIR (default {default})."),
     "teacher": ("--teacher", "teacher.spec", "SPEC", "embedded | openai:MODEL | hf:PATH_OR_ID (default {default})."),
     "base_url": ("--base-url", "teacher.base_url", "URL",
                  "OpenAI-compatible server URL: vLLM, Ollama, llama.cpp, TGI (default: $OPENAI_BASE_URL, else OpenAI)."),
@@ -46,6 +47,15 @@ RUN_FLAGS = {
     "max_cost": ("--max-cost", "budget.max_cost", None,
                  "Stop cleanly after this many dollars, priced models only (default {default}: no limit)."),
 }
+# Commands on a run that exists take it as RUN_DIR; --run-name and --output-dir name runs for the generation commands.
+RUN_NAME_MOVED = "is for the generation commands (run, bootstrap, ...); here give the run as RUN_DIR, e.g. outputs/{value}"
+RUN_DIR_MOVED = "is for the generation commands (run, bootstrap, ...); here give the run as RUN_DIR, e.g. {value}/NAME"
+
+
+def run_dir_only(f):
+    return moved("--run-name", RUN_NAME_MOVED)(moved("--output-dir", RUN_DIR_MOVED)(f))
+
+
 TEACHER_FLAGS = ("teacher", "base_url", "api", "seed", "max_tokens_total", "max_cost")
 # Each command lists only the flags it reads: filter sends no prompt, only bootstrap has a target count.
 COMMAND_FLAGS = {
@@ -67,15 +77,16 @@ def run_options(command: str):
         return click.option(opt, name, type=kind, metavar=metavar, help=text.format(default=default))
 
     options = [
+        # The run: RUN_DIR, as every command that works on a run takes it, or --output-dir/--run-name (and the
+        # config's output_dir and run_name), which name runs not made yet.
+        click.argument("run_dir", required=False, type=click.Path(file_okay=False)),
         click.option("--config", "config_path", type=click.Path(dir_okay=False),
                      help="TOML run config (default: none, every setting at its default; `seed2lora config` "
                           "prints them)."),
         flag("run_name"),
         flag("output_dir"),
         *(flag(name) for name in RUN_FLAGS if name in COMMAND_FLAGS[command]),
-        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                     help="Any config value, e.g. --set bootstrap.mode=alpaca; checked like the TOML file "
-                          "(repeatable)."),
+        _set_option("bootstrap.mode=alpaca"),
     ]
 
     def decorate(f):
@@ -85,8 +96,23 @@ def run_options(command: str):
     return decorate
 
 
-def build_config(config_path: str | None, sets: tuple[str, ...] = (), **flags: Any) -> RunConfig:
-    """The config file, then the flags, then --set; every value checked like the file's."""
+def _set_option(example: str):
+    return click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+                        help=f"Any config value, e.g. --set {example}; a bare KEY works where one section has it; "
+                             "checked like the TOML file (repeatable).")
+
+
+def build_config(config_path: str | None, sets: tuple[str, ...] = (), run_dir: str | None = None,
+                 **flags: Any) -> RunConfig:
+    """The config file, then the flags (RUN_DIR is output_dir and run_name), then --set; each checked like the file's."""
+    if run_dir is not None:
+        if flags.get("run_name") is not None or flags.get("output_dir") is not None:
+            raise click.UsageError(f"give the run as RUN_DIR ({run_dir}) or as --output-dir/--run-name, not both")
+        if Path(run_dir).suffix in (".toml", ".jsonl", ".json", ".csv", ".parquet"):
+            raise click.UsageError(f"RUN_DIR {run_dir} looks like a file, not a run's folder: a config is --config "
+                                   "FILE, seed tasks --seeds FILE, a stage's input --input FILE")
+        path = Path(run_dir) if Path(run_dir).name not in ("", ".", "..") else Path(run_dir).resolve()
+        flags = {**flags, "run_name": path.name, "output_dir": str(path.parent)}
     overrides = {RUN_FLAGS[k][1]: v for k, v in flags.items() if v is not None and k in RUN_FLAGS}
     overrides.update(parse_overrides(sets))
     return load_config(config_path, overrides)
@@ -95,7 +121,7 @@ def build_config(config_path: str | None, sets: tuple[str, ...] = (), **flags: A
 RUN_EXAMPLES = """\b
 Examples:
   seed2lora run --config configs/quickstart.toml
-  seed2lora run --teacher openai:gpt-4o-mini --num-instructions 500 --run-name gpt4o-mini
+  seed2lora run outputs/gpt4o-mini --teacher openai:gpt-4o-mini --num-instructions 500
   seed2lora run --teacher openai:Qwen/Qwen2.5-7B-Instruct --base-url http://localhost:8000/v1 \\
       --set filter.rouge_threshold=0.6 --max-tokens-total 2000000
 """
@@ -142,7 +168,10 @@ def cli() -> None:
 @friendly_errors
 @click.option("--dry-run", is_flag=True, help="Estimate calls, tokens and cost; send nothing.")
 def run(config_path, sets, dry_run, **flags):
-    """Run every enabled stage until the target count; run again to resume."""
+    """Run every enabled stage until the target count; run again to resume.
+
+    RUN_DIR is the run's folder (default OUTPUT_DIR/RUN_NAME, outputs/run); it is made if it does not exist.
+    """
     s = _session(config_path, sets, **flags)
     if dry_run:
         _print_estimate(s)
@@ -152,13 +181,13 @@ def run(config_path, sets, dry_run, **flags):
 
 
 def _print_estimate(s) -> None:
-    from rich.table import Column, Table
+    from rich.table import Table
 
     from .cost import money
     from .estimate import estimate_run
 
     est = estimate_run(s.cfg, s.prompts, s.seeds, s.run, s.cache if s.run.path.exists() else None)
-    table = Table(Column("stage", no_wrap=True), Column("model", no_wrap=True), "calls", "prompt tokens",
+    table = Table(label("stage"), label("model"), "calls", "prompt tokens",
                   "completion tokens (at most)", "$ (at most)", title=f"Dry run: what {s.run.path} would still send")
     for name, row in est["stages"].items():
         table.add_row(name, row["model"], *(f"{row[k]:,}" for k in ("calls", "prompt_tokens", "max_completion_tokens")),
@@ -166,7 +195,7 @@ def _print_estimate(s) -> None:
     t = est["total"]
     table.add_row("total", "", *(f"{t[k]:,}" for k in ("calls", "prompt_tokens", "max_completion_tokens")),
                   money(est["max_cost_usd"]))
-    Console().print(table)
+    stdout_console().print(table)
     source = "observed in this run" if est["yield_observed"] else "assumed; no history yet"
     click.echo(f"bootstrap keeps about {est['bootstrap_yield_per_call']} instructions per prompt ({source}); "
                "tokens are estimated from the prompts' length (4 characters a token).")
@@ -236,6 +265,7 @@ def evolve(config_path, sets, input_path, rounds, weights, **flags):
 @click.option("--seed", type=int, default=0, help="Seed for picking samples.")
 @click.option("--compare", nargs=2, metavar="RUN_A RUN_B", type=click.Path(exists=True, file_okay=False),
               help="Instead of one run, print the report's figures of two runs side by side.")
+@run_dir_only
 @friendly_errors
 def show(run_dir, stage, n_samples, as_jsonl, seed, compare):
     """Summarise a run: counts per stage, rejections, task types, lengths, samples.
@@ -247,20 +277,22 @@ def show(run_dir, stage, n_samples, as_jsonl, seed, compare):
             raise click.UsageError("give either RUN_DIR or --compare RUN_A RUN_B, not both")
         from .report.compare import show_compare
 
-        show_compare(compare[0], compare[1], out=Console())
+        show_compare(compare[0], compare[1], out=stdout_console())
         return
     if not run_dir:
         raise click.UsageError("give a RUN_DIR (or --compare RUN_A RUN_B)")
     show_run(Path(run_dir), stage=stage, n_samples=n_samples, as_jsonl=as_jsonl, seed=seed,
-             out=Console(), err=console)
+             out=stdout_console(), err=console)
 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--seeds", "seeds_path", type=click.Path(exists=True, dir_okay=True),
               help="The run's seed file, if manifest.json's seed_tasks path does not resolve from here.")
-@click.option("--output-dir", "--output", "out_dir", cls=Renamed, type=click.Path(file_okay=False),
+@click.option("--out", "--output", "out_dir", cls=Renamed, type=click.Path(file_okay=False), metavar="DIR",
               help="Where to write it (default RUN_DIR/report).")
+@moved("--output-dir", OUTPUT_DIR_MOVED)
+@moved("--run-name", RUN_NAME_MOVED)
 @friendly_errors
 def report(run_dir, seeds_path, out_dir):
     """Plots and one HTML page judging a run's quality and diversity.
@@ -312,9 +344,7 @@ def _run_command_session(run_dir, config_path, sets, flags):
 
 _config_of_run = click.option("--config", "config_path", type=click.Path(dir_okay=False),
                               help="TOML run config (default: the config RUN_DIR's manifest recorded).")
-_set_any = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                        help="Any config value, e.g. --set select.near_dup_threshold=0.6; checked like the TOML "
-                             "file (repeatable).")
+_set_any = _set_option("select.near_dup_threshold=0.6")
 
 
 @cli.command()
@@ -329,6 +359,7 @@ _set_any = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                                               "again (another judge, another score.method).")
 @_config_of_run
 @_set_any
+@run_dir_only
 @friendly_errors
 def score(run_dir, judge, judge_base_url, max_tokens_total, rescore, config_path, sets):
     """Rate each kept instance 1-5 with a judge (follows the instruction, correct, helpful); write score.jsonl.
@@ -347,6 +378,7 @@ def score(run_dir, judge, judge_base_url, max_tokens_total, rescore, config_path
 @click.option("--batch-size", type=int, help=f"Rows per forward pass (default {default_of('ifd.batch_size')}).")
 @_config_of_run
 @_set_any
+@run_dir_only
 @friendly_errors
 def ifd(run_dir, model, batch_size, config_path, sets):
     """Instruction-following difficulty of each kept row with the student (Cherry LLM); write ifd.jsonl."""
@@ -363,6 +395,7 @@ def ifd(run_dir, model, batch_size, config_path, sets):
 @click.option("--frac", type=float, help=f"Keep this share of the rows (default {default_of('select.frac')}).")
 @_config_of_run
 @_set_any
+@run_dir_only
 @friendly_errors
 def select(run_dir, by, top, frac, config_path, sets):
     """Drop near-duplicates, keep the best rows; write select.jsonl (export --include selected).
@@ -390,8 +423,10 @@ def _export_default(key: str) -> Any:  # the help shows ExportConfig's defaults,
 
 @cli.command(epilog=EXPORT_EXAMPLES)
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--output-dir", "--out", "out_dir", cls=Renamed, type=click.Path(file_okay=False),
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Export folder (default RUN_DIR/export).")
+@moved("--output-dir", OUTPUT_DIR_MOVED)
+@moved("--run-name", RUN_NAME_MOVED)
 @click.option("--formats", help=f"Comma list of alpaca, messages, hf, parquet (default {_export_default('formats')}).")
 @click.option("--include", metavar="SOURCES",
               help="Comma list of the kept records to export: self-instruct (filter.jsonl), evolve (evolve.jsonl), "
@@ -407,8 +442,9 @@ def _export_default(key: str) -> Any:  # the help shows ExportConfig's defaults,
                    f"{'on' if _export_default('include_seeds') else 'off'}, as Self-Instruct's release).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML file; its [export] table is read (default: none, every setting at its default).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Any setting of this command, e.g. --set rows=task; checked like the TOML file (repeatable).")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Any [export] setting, e.g. --set export.rows=task (rows alone works too); checked like the TOML "
+                   "file (repeatable).")
 @friendly_errors
 def export(run_dir, out_dir, formats, include, rows, eval_fraction, seed, include_seeds, config_path, sets):
     """Write a run's kept tasks as Alpaca JSON, chat JSONL, an HF dataset and parquet, with a dataset card."""
@@ -432,7 +468,7 @@ add_commands(cli, friendly_errors, console)
 # export-adapter, serve, cost: using what seed2lora makes, in pipeline/adapter_cli.py.
 from .adapter_cli import add_commands as add_adapter_commands  # noqa: E402
 
-add_adapter_commands(cli, friendly_errors, console)
+add_adapter_commands(cli, friendly_errors, console, run_dir_only)
 
 
 @cli.command(name="config")

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import re
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -336,6 +336,139 @@ class RunConfig:
         """The resolved config for the manifest, secrets masked."""
         return mask_dict(dataclasses.asdict(self))
 
+@dataclass(frozen=True)
+class Range:
+    """The values a number setting allows; None = no bound on that side."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def holds(self, v: float) -> bool:
+        return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
+                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+
+    def __str__(self) -> str:
+        if self.ge is not None and self.le is not None:
+            return f"{self.ge:g} to {self.le:g}"
+        low = f"{self.ge:g} or more" if self.ge is not None else f"more than {self.gt:g}" if self.gt is not None else ""
+        high = f"at most {self.le:g}" if self.le is not None else f"less than {self.lt:g}" if self.lt is not None else ""
+        return ", ".join(filter(None, [low, high]))
+
+
+COUNT, NON_NEGATIVE, POSITIVE = Range(ge=1), Range(ge=0), Range(gt=0)
+SHARE, PENALTY = Range(ge=0, le=1), Range(ge=-2, le=2)  # a probability or fraction; OpenAI's and vLLM's penalties
+# The range of each number setting, as "Class.field": checked with the types (_coerce), so a value out of range
+# stops the command with exit 2 and the allowed range, before anything runs. Settings not named take any value
+# (seeds, classify.threshold). The same TeacherConfig serves [teacher], [score.teacher] and [eval.judge].
+RANGES: dict[str, Range] = {
+    "TeacherConfig.concurrency": COUNT,  # 0 in flight never sends a request: the stage would wait forever
+    "TeacherConfig.batch_size": COUNT,  # an empty batch answers nothing
+    "TeacherConfig.timeout_s": POSITIVE,  # 0 s fails every request before it is sent
+    "TeacherConfig.max_retries": NON_NEGATIVE,  # 0 = no retry; a negative count means nothing
+    "TeacherConfig.max_wait_s": NON_NEGATIVE,  # a wait; 0 = retry at once
+    "TeacherConfig.connect_window_s": NON_NEGATIVE,
+    "TeacherConfig.outage_wait_s": NON_NEGATIVE,
+    "TeacherConfig.max_consecutive_failures": COUNT,  # 0 would trip the breaker before the first try
+    "TeacherConfig.repetition_penalty": POSITIVE,  # transformers divides logits by it: 0 or less inverts or breaks them
+    "BootstrapConfig.num_instructions": COUNT,  # a target of none: nothing to generate
+    "BootstrapConfig.num_prompt_instructions": COUNT,  # a prompt shows at least one example task
+    "BootstrapConfig.num_machine_instructions": NON_NEGATIVE,
+    "BootstrapConfig.max_list_number": Range(ge=2),  # the list starts at 1; the stop number must come after it
+    "BootstrapConfig.max_requests": NON_NEGATIVE,  # 0 = 20 x num_instructions
+    "BootstrapConfig.expected_yield": POSITIVE,  # prompts needed = missing / yield: 0 divides by zero
+    "BootstrapConfig.yield_window": COUNT,
+    "BootstrapConfig.yield_warn": NON_NEGATIVE,  # kept per prompt: 0 = never warn
+    "BootstrapConfig.yield_stop": NON_NEGATIVE,  # 0 = never stop
+    "BootstrapConfig.max_tokens": COUNT,
+    "BootstrapConfig.temperature": NON_NEGATIVE,  # sampling temperatures: 0 = greedy, below 0 is no distribution
+    "BootstrapConfig.top_p": SHARE,  # a probability mass, as every top_p
+    "BootstrapConfig.presence_penalty": PENALTY,
+    "BootstrapConfig.frequency_penalty": PENALTY,
+    "BootstrapConfig.alpaca_num_prompt_instructions": COUNT,
+    "BootstrapConfig.alpaca_num_tasks": COUNT,
+    "BootstrapConfig.alpaca_max_tokens": COUNT,
+    "BootstrapConfig.alpaca_temperature": NON_NEGATIVE,
+    "BootstrapConfig.alpaca_top_p": SHARE,
+    "ClassifyConfig.max_tokens": COUNT,
+    "ClassifyConfig.chat_max_tokens": COUNT,
+    "ClassifyConfig.temperature": NON_NEGATIVE,
+    "ClassifyConfig.top_p": SHARE,
+    "ClassifyConfig.top_logprobs": COUNT,  # Yes and No must be among at least one alternative
+    "InstancesConfig.max_instances": COUNT,
+    "InstancesConfig.max_tokens": COUNT,
+    "InstancesConfig.temperature": NON_NEGATIVE,
+    "InstancesConfig.top_p": SHARE,
+    "InstancesConfig.presence_penalty": PENALTY,
+    "InstancesConfig.frequency_penalty": PENALTY,
+    "FilterConfig.rouge_threshold": SHARE,  # ROUGE-L F is 0 to 1
+    "FilterConfig.most_similar_k": NON_NEGATIVE,
+    "FilterConfig.min_words": NON_NEGATIVE,
+    "FilterConfig.max_words": COUNT,  # 0 would reject every instruction
+    "FilterConfig.max_instances": COUNT,  # 0 would keep no instance, and require_instances rejects the task
+    "FilterConfig.copied_demo_min_words": NON_NEGATIVE,
+    **{f"EvolveWeights.{op}": NON_NEGATIVE for op in ("constraints", "deepen", "concretize", "reasoning",
+                                                       "complicate_input", "breadth")},  # relative chances; 0 = never
+    "EvolveConfig.rounds": NON_NEGATIVE,
+    "EvolveConfig.min_added_words": NON_NEGATIVE,
+    "EvolveConfig.max_added_words": NON_NEGATIVE,
+    "EvolveConfig.max_words": COUNT,
+    "EvolveConfig.max_tokens": COUNT,
+    "EvolveConfig.temperature": NON_NEGATIVE,
+    "EvolveConfig.top_p": SHARE,
+    "EvolveConfig.answer_max_tokens": COUNT,
+    "EvolveConfig.answer_temperature": NON_NEGATIVE,
+    "EvolveConfig.answer_top_p": SHARE,
+    "EvolveConfig.judge_max_tokens": COUNT,
+    "EvolveConfig.sorry_max_words": NON_NEGATIVE,
+    "BudgetConfig.max_tokens_total": NON_NEGATIVE,  # 0 = no limit
+    "BudgetConfig.max_cost": NON_NEGATIVE,  # 0 = no limit
+    "ExportConfig.eval_fraction": Range(ge=0, lt=1),  # a share of task families; 1 would leave no training data
+    "ScoreConfig.max_tokens": COUNT,
+    "ScoreConfig.temperature": NON_NEGATIVE,
+    "ScoreConfig.top_logprobs": COUNT,
+    "IfdConfig.batch_size": COUNT,
+    "IfdConfig.max_len": Range(ge=2),  # IFD compares the loss of a response with and without its instruction
+    "SelectConfig.top": NON_NEGATIVE,  # 0 = use frac
+    "SelectConfig.frac": Range(gt=0, le=1),  # a share of rows; 0 would keep nothing
+    "SelectConfig.ifd_max": POSITIVE,
+    "SelectConfig.near_dup_threshold": SHARE,  # a Jaccard similarity; 0 = off
+    "SelectConfig.num_perm": COUNT,
+    "TrainConfig.lora_r": COUNT,  # the rank of the update: 0 trains nothing
+    "TrainConfig.lora_alpha": POSITIVE,
+    "TrainConfig.lora_dropout": Range(ge=0, lt=1),  # a probability; 1 drops every activation
+    "TrainConfig.learning_rate": POSITIVE,
+    "TrainConfig.warmup_ratio": SHARE,  # of the training steps
+    "TrainConfig.max_grad_norm": NON_NEGATIVE,  # 0 = no clipping
+    "TrainConfig.weight_decay": NON_NEGATIVE,
+    "TrainConfig.batch_size": COUNT,
+    "TrainConfig.grad_accum": COUNT,
+    "TrainConfig.epochs": POSITIVE,
+    "TrainConfig.max_steps": Range(ge=-1),  # -1 = run the epochs
+    "TrainConfig.max_seq_len": Range(ge=2),  # a row needs a prompt token and a response token
+    "TrainConfig.loss_chunk_tokens": COUNT,
+    "TrainConfig.eval_fraction": Range(ge=0, lt=1),  # 1 would leave no training data
+    "TrainConfig.eval_steps": COUNT,
+    "TrainConfig.save_steps": COUNT,
+    "TrainConfig.save_total_limit": COUNT,  # 0 would delete the checkpoint --resume needs
+    "TrainConfig.logging_steps": COUNT,
+    "TrainConfig.max_examples": NON_NEGATIVE,  # 0 = all
+    "EvalConfig.limit": NON_NEGATIVE,  # 0 = all
+    "EvalConfig.max_new_tokens": COUNT,
+    "EvalConfig.batch_size": COUNT,
+    "EvalConfig.repetition_penalty": POSITIVE,
+    "EvalConfig.reference_max_tokens": Range(ge=2),
+    "CostConfig.serve_usd_per_1k_tokens": NON_NEGATIVE,  # prices, token counts and hours: none is negative
+    "CostConfig.finetuned_usd_per_1k_tokens": NON_NEGATIVE,
+    "CostConfig.call_tokens": NON_NEGATIVE,
+    "CostConfig.context_tokens": NON_NEGATIVE,
+    "CostConfig.context_examples": NON_NEGATIVE,
+    "CostConfig.train_usd": NON_NEGATIVE,
+    "CostConfig.gpu_usd_per_hour": NON_NEGATIVE,
+    "CostConfig.cpu_usd_per_hour": NON_NEGATIVE,
+}
+
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read a TOML file (or none: all defaults) and apply dotted overrides like {"teacher.spec": "embedded"}."""
@@ -363,24 +496,77 @@ def load_section(cls: type, path: str | Path | None, section: str, overrides: di
     return cfg
 
 
-def parse_overrides(items: Iterable[str], cls: type = RunConfig, section: str | None = None) -> dict[str, Any]:
+def parse_overrides(items: Iterable[str], cls: type = RunConfig, section: str | None = None,
+                    scope: Sequence[str] | None = None) -> dict[str, Any]:
     """`--set KEY=VALUE` items as {key: value}, checked against `cls` exactly as a TOML file's values are.
 
     A value is read as TOML (42, 0.5, true, ["a", "b"], {k = [1, 2]}); a bare word is a string only
     for a string setting, so `--set bootstrap.num_instructions=eight` is an error, not a string.
-    With `section` (the export, train and eval commands), a key may leave the section out: lora_r or train.lora_r.
+    Every command takes `section.key` (full_key); a bare key of one of the command's sections works where only one
+    has it. With `section` (export, train, eval), keys come back without it: train.lora_r and lora_r give lora_r.
+    `scope`: the sections a RunConfig-wide command reads (cost: cost and budget.prices); None = all of them.
     """
     out: dict[str, Any] = {}
     for item in items:
         key, eq, raw = item.partition("=")
         key, where = key.strip(), f"--set {item}"
         if not eq or not key:
-            example = "lora_r=16" if section else "filter.rouge_threshold=0.6"
+            example = f"{section}.{dataclasses.fields(cls)[0].name}=VALUE" if section else "filter.rouge_threshold=0.6"
             raise InputError(where, None, "is not KEY=VALUE", f"write e.g. --set {example}")
-        key = shorthand_key(cls, key.removeprefix(f"{section}.") if section else key)
-        hint, default = _setting(cls, key, where, section)
-        out[key] = _coerce(_parse_value(raw, hint), hint, where, None, "", f"--set {key}={_example(default)}")
+        key = full_key(key, (section,) if section else scope, where)
+        if section:
+            key = key.removeprefix(f"{section}.")
+        key = shorthand_key(cls, key)
+        hint, default, limits = _setting(cls, key, where, section)
+        full = ".".join(filter(None, [section, key]))
+        out[key] = _coerce(_parse_value(raw, hint), hint, where, None, "", f"--set {full}={_example(default)}", limits)
     return out
+
+
+def full_key(key: str, scope: Sequence[str] | None, where: str) -> str:
+    """A --set key as its `section.key` form, for a command that reads the sections in `scope` (None = all, with
+    the top-level keys: `run` and the stage commands).
+
+    `section.key` is taken as it is; a bare key (`rouge_threshold`, `judge.base_url`) is looked up among the keys of
+    the command's sections and must belong to exactly one: `--set max_tokens=64` on `run` names five sections, so
+    it is refused with their full keys. An unknown key is left for _setting to name the valid ones.
+    """
+    tables = [f.name for f in dataclasses.fields(RunConfig) if dataclasses.is_dataclass(_hints(RunConfig)[f.name])]
+    readable = list(scope) if scope is not None else tables  # a section, or one key of it ("budget.prices")
+    first = key.split(".")[0]
+    if first in tables:
+        if scope is not None and not any(key == r or key.startswith(f"{r}.") for r in readable):
+            example = f"{readable[0]}.{dataclasses.fields(_hints(RunConfig)[readable[0]])[0].name}"
+            raise InputError(where, None, f"this command does not read {key}",
+                             f"set a key of {' or '.join(f'[{r}]' if '.' not in r else r for r in readable)}, "
+                             f"e.g. --set {example}=VALUE")
+        return key
+    if scope is None and first in _hints(RunConfig):  # a top-level key: seed, run_name, output_dir, ...
+        return key
+    found = []
+    for r in readable:
+        table, _, only = r.partition(".")
+        if (not only and _has(RunConfig, f"{r}.{key}")) or (only and (key == only or key.startswith(f"{only}."))):
+            found.append(f"{table}.{key}")
+    if len(found) > 1:
+        raise InputError(where, None, f"'{key}' is ambiguous: it is {', '.join(found)}",
+                         f"name the section, e.g. --set {found[0]}=VALUE")
+    if found:
+        return found[0]
+    return f"{readable[0].split('.')[0]}.{key}" if scope is not None else key
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _has(cls: type, dotted: str) -> bool:
+    """Whether `dotted` names a setting or table of `cls`."""
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(cls) or part not in {f.name for f in dataclasses.fields(cls)}:
+            return False
+        cls = _hints(cls)[part]
+    return True
 
 
 def flag_overrides(flags: dict[str, Any], sets: Iterable[str], cls: type = RunConfig,
@@ -397,8 +583,9 @@ def default_of(dotted: str, cls: type = RunConfig) -> Any:
 def set_value(cfg: Any, dotted: str, value: Any, section: str | None = None) -> None:
     """Set 'section.key' or 'key' on a config, checked like a TOML value (a flag's value, already parsed)."""
     dotted = shorthand_key(type(cfg), dotted)
-    hint, default = _setting(type(cfg), dotted, dotted, section)
-    value = _coerce(value, hint, dotted, None, "", f"{dotted} = {_example(default)}")
+    where = ".".join(filter(None, [section, dotted]))  # the key as --set names it: export.eval_fraction
+    hint, default, limits = _setting(type(cfg), dotted, where, section)
+    value = _coerce(value, hint, where, None, "", f"{where} = {_example(default)}", limits)
     *sections, key = dotted.split(".")
     target = cfg
     for s in sections:
@@ -434,8 +621,8 @@ def _read_toml(path: str | Path | None) -> tuple[dict[str, Any], str]:
         raise InputError(path, line, f"is not valid TOML ({e})", "fix the TOML syntax") from None
 
 
-def _setting(cls: type, dotted: str, where: str, section: str | None) -> tuple[Any, Any]:
-    """The type and default of a dotted setting of `cls`; an unknown key names the valid ones."""
+def _setting(cls: type, dotted: str, where: str, section: str | None) -> tuple[Any, Any, Range | None]:
+    """The type, default and range of a dotted setting of `cls`; an unknown key names the valid ones."""
     parts = dotted.split(".")
     for i, part in enumerate(parts):
         table = ".".join(filter(None, [section, *parts[:i]]))  # the TOML table we are in, e.g. evolve.weights
@@ -458,7 +645,7 @@ def _setting(cls: type, dotted: str, where: str, section: str | None) -> tuple[A
             continue
         f = fields[part]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        return hint, default
+        return hint, default, RANGES.get(f"{cls.__name__}.{part}")
     raise AssertionError("unreachable")
 
 
@@ -494,7 +681,8 @@ def _build(cls: type, data: dict[str, Any], path: Path | None, text: str, sectio
         f = fields[key]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         name = f"[{section}] {key}" if section else key
-        kwargs[key] = _coerce(value, hint, path, line, f"{name} = {_toml_value(value)}", f"{key} = {_example(default)}")
+        kwargs[key] = _coerce(value, hint, path, line, f"{name} = {_toml_value(value)}", f"{key} = {_example(default)}",
+                              RANGES.get(f"{cls.__name__}.{key}"))
     return cls(**kwargs)
 
 
@@ -503,8 +691,9 @@ _EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "
              list: "a list of strings", dict: "a table of [input, output] prices"}
 
 
-def _coerce(value: Any, hint: Any, where: str | Path | None, line: int | None, name: str, example: str) -> Any:
-    """`value` checked against a setting's type: the one check for TOML files, --set and flags.
+def _coerce(value: Any, hint: Any, where: str | Path | None, line: int | None, name: str, example: str,
+            limits: Range | None = None) -> Any:
+    """`value` checked against a setting's type and range (RANGES): the one check for TOML files, --set and flags.
 
     An int is taken where a float is wanted (rouge_threshold = 1); nothing else is converted.
     """
@@ -517,7 +706,7 @@ def _coerce(value: Any, hint: Any, where: str | Path | None, line: int | None, n
                              f"give one of them, e.g. {example}")
         return value
     if origin is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
@@ -531,6 +720,9 @@ def _coerce(value: Any, hint: Any, where: str | Path | None, line: int | None, n
         want = _EXPECTED.get(origin, getattr(origin, "__name__", str(origin)))
         raise InputError(where, line, f"{name}: expected {want}" if name else f"expected {want}",
                          f"give {want}, e.g. {example}")
+    if limits is not None and origin in (int, float) and not limits.holds(value):
+        raise InputError(where, line, f"{name or _toml_value(value)} is out of range (allowed: {limits})",
+                         f"give a value in range, e.g. {example}")
     return value
 
 
@@ -601,7 +793,9 @@ def default_toml() -> str:
             v = getattr(obj, f.name)
             if dataclasses.is_dataclass(v):
                 continue
-            note = f"  # {notes[f.name]}" if f.name in notes else ""
+            limits = RANGES.get(f"{type(obj).__name__}.{f.name}")
+            note = " ".join(filter(None, [notes.get(f.name), f"(allowed: {limits})" if limits else None]))
+            note = f"  # {note}" if note else ""
             lines.append(f"{f.name} = {_toml_value(v)}{note}")
         return lines
 

@@ -226,8 +226,10 @@ def print_cost(out: Any, c: dict[str, Any]) -> None:
     """The cost table and sentences of one run on a rich Console (`seed2lora cost` and `show`)."""
     from rich.table import Column, Table
 
-    table = Table(Column("stage", no_wrap=True), Column("model", no_wrap=True), "calls", "cached (free)", "prompt tokens", "completion tokens", "$",
-                  title=f"Cost of {c['run']} (usage from {c['usage_source']})")
+    # Labels fold on a narrow terminal rather than end in "…" (two cut labels could not be told apart); off a
+    # terminal the console is wide enough for the whole table (show.stdout_console).
+    table = Table(Column("stage", overflow="fold"), Column("model", overflow="fold"), "calls", "cached (free)",
+                  "prompt tokens", "completion tokens", "$", title=f"Cost of {c['run']} (usage from {c['usage_source']})")
     for s in c["stages"]:
         table.add_row(s["stage"], s["model"], f"{s['calls']:,}", f"{s['cached']:,}", f"{s['prompt_tokens']:,}",
                       f"{s['completion_tokens']:,}", money(s["usd"]))

@@ -358,8 +358,8 @@ class Session:
         with self.progress(stage, len(tasks)) as advance:
             r = runner(self.teacher, tasks, self.cfg, self.run, self.prompts, progress=advance)
         done = len(self.run.read_stage(stage))
-        message = (f"{stage}: {r.written} tasks written ({done} in {stage}.jsonl), {r.rejected} rejected after "
-                   f"{self.cfg.teacher.max_retries} retries of unusable replies, {r.retried} retried")
+        message = (f"{stage}: {r.written} tasks written ({done} in {stage}.jsonl); "
+                   f"{r.replies_note(self.cfg.teacher.max_retries)}")
         if r.pending:
             message += f"; the teacher failed on {r.pending} (see the errors above and the usage in manifest.json)"
         return StepResult(message, r.pending, r.counts(len(tasks)))
@@ -442,8 +442,8 @@ class Session:
             r = run_score(judge, tasks, self.cfg, self.run, self.prompts, progress=advance)
         ratings = [int(round(t.meta["score"]["rating"])) for t in self.run.read_stage("score")]
         spread = ", ".join(f"{k}: {ratings.count(k)}" for k in range(1, 6))
-        message = (f"score: {r.written} instances rated by {judge.name} ({len(ratings)} in score.jsonl; {spread}), "
-                   f"{r.rejected} rejected as unparseable, {r.retried} retried")
+        message = (f"score: {r.written} instances rated by {judge.name} ({len(ratings)} in score.jsonl; {spread}); "
+                   f"{r.replies_note(judge_config(self.cfg).max_retries, 'instance')}")
         if not r.written and not r.rejected and not r.pending and n:
             message += (f"; every row already had its outcome (see score.jsonl and rejected.jsonl): "
                         f"`seed2lora score {self.run.path} --rescore` rates them all again")

@@ -10,11 +10,27 @@ from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
+from rich.rule import Rule
+from rich.table import Column, Table
 
 from .errors import Seed2LoraError
 from .records import Task
 from .store import STAGES, RunDir, reason_kind
+
+WIDE = 10_000  # columns off a terminal: a table is as wide as its content (rich tables do not expand to the width)
+
+
+def stdout_console() -> Console:
+    """Where `show`, `cost` and the dry run print their tables: a terminal's own width, else (a pipe, a file, a test)
+    wide enough that no table is cut at rich's 80-column default (`classify_c…`)."""
+    console = Console()
+    return console if console.is_terminal else Console(width=WIDE)
+
+
+def label(header: str) -> Column:
+    """A table's row-label column: folded onto a second line on a narrow terminal, never cut to an ellipsis, so two
+    labels with a common start (evolve_judge, evolve_answer) stay apart."""
+    return Column(header, overflow="fold")
 
 
 def last_stage(run: RunDir) -> str | None:
@@ -99,7 +115,7 @@ def show_run(path: Path, *, stage: str | None, n_samples: int, as_jsonl: bool, s
     out.print(f"[bold]{path}[/]  teacher: {s['teacher'] or '?'}  status: {s['status'] or '?'}")
     if s["reason"] and s["status"] != "done":
         out.print(f"  {s['reason']}", highlight=False)
-    table = Table("stage", "records", "last session: generated", "kept", "rejected", "pending", title="Counts")
+    table = Table(label("stage"), "records", "last session: generated", "kept", "rejected", "pending", title="Counts")
     for name, n in s["counts"].items():
         c = s["stages"].get(name) or {}
         table.add_row(name, str(n), *(str(c[k]) if k in c else "-" for k in ("generated", "kept", "rejected",
@@ -107,13 +123,13 @@ def show_run(path: Path, *, stage: str | None, n_samples: int, as_jsonl: bool, s
     table.add_row("rejected", str(s["rejected"]))
     out.print(table)
     if s["rejected_by_reason"]:
-        table = Table("stage: rule", "rejected", title="Rejections")
+        table = Table(label("stage: rule"), "rejected", title="Rejections")
         for reason, n in s["rejected_by_reason"].items():
             table.add_row(reason, str(n))
         out.print(table)
     out.print(f"[bold]{s['stage']}[/]: {s['instances']} instances; types: "
               + ", ".join(f"{k} {v}" for k, v in s["types"].items()))
-    table = Table("words", "n", "mean", "median", "min", "max", title="Lengths")
+    table = Table(label("words"), "n", "mean", "median", "min", "max", title="Lengths")
     for name, st in s["lengths"].items():
         table.add_row(name, *(str(st.get(k, "-")) for k in ("n", "mean", "median", "min", "max")))
     out.print(table)
@@ -121,18 +137,18 @@ def show_run(path: Path, *, stage: str | None, n_samples: int, as_jsonl: bool, s
         ev = s["evolve"]
         rounds = sorted({r for c in ev["by_operation_round"].values() for r in c})
         ahead = f"; outcomes reach round {ev['last_round']}" if ev.get("last_round", 0) > ev["rounds_done"] else ""
-        table = Table("operation", *(f"round {r}" for r in rounds), "total",
+        table = Table(label("operation"), *(f"round {r}" for r in rounds), "total",
                       title=f"Evolved ({ev['kept']} kept, {ev['rounds_done']} rounds done by every slot{ahead})")
         for op, c in ev["by_operation_round"].items():
             table.add_row(op, *(str(c.get(r, 0)) for r in rounds), str(sum(c.values())))
         out.print(table)
         if ev["eliminated_by_rule"]:
-            table = Table("rule", "evolutions rejected", title=f"Evolve eliminations ({ev['eliminated']})")
+            table = Table(label("rule"), "evolutions rejected", title=f"Evolve eliminations ({ev['eliminated']})")
             for rule, n in ev["eliminated_by_rule"].items():
                 table.add_row(rule, str(n))
             out.print(table)
     if s["usage"]:
-        table = Table("calls of", "calls", "errors", "retries", "timeouts", "cached", "prompt tokens",
+        table = Table(label("calls of"), "calls", "errors", "retries", "timeouts", "cached", "prompt tokens",
                       "completion tokens", title="Teacher usage (every session, from the usage log)")
         for kind, u in s["usage"].items():
             table.add_row(kind, *(str(u.get(k, 0)) for k in ("calls", "errors", "retries", "timeouts", "cached",
@@ -161,7 +177,7 @@ def _pick(records: list[Task], n: int, seed: int) -> list[Task]:
 
 def _print_task(out: Console, t: Task) -> None:
     kind = {True: "classification", False: "generation", None: "unlabelled"}[t.is_classification]
-    out.rule(f"{t.id} ({t.origin}, {kind})")
+    out.print(Rule(f"{t.id} ({t.origin}, {kind})"), width=out.width if out.is_terminal else 100)
     out.print(f"[bold]Instruction:[/] {t.instruction}", highlight=False)
     if t.reject_reason:
         out.print(f"[red]Rejected:[/] {t.reject_reason}", highlight=False)

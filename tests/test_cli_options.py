@@ -1,5 +1,5 @@
-"""Option spellings and help of export and report: --output-dir everywhere (old spellings hidden), defaults read
-from the config."""
+"""Option spellings and help of export and report: --out for what a command writes (old spellings hidden; --output-dir
+is the folder of runs), defaults read from the config."""
 
 from click.testing import CliRunner
 
@@ -13,13 +13,13 @@ def _help(command):
     return " ".join(result.output.split())
 
 
-def test_export_and_report_write_to_output_dir_and_keep_the_old_spellings_hidden(tmp_path):
-    for command, old in (("export", "--out"), ("report", "--output")):
-        for spelling in ("--output-dir", old):
+def test_export_and_report_write_to_out_and_keep_the_old_spellings_hidden(tmp_path):
+    for command, spellings in (("export", ("--out",)), ("report", ("--out", "--output"))):
+        for spelling in spellings:
             ctx = cli.commands[command].make_context(command, [str(tmp_path), spelling, "x"])
             assert ctx.params["out_dir"] == "x", (command, spelling)
         text = _help(command)
-        assert "--output-dir DIRECTORY" in text and f"{old} " not in text, command
+        assert "--out DIR" in text and "--output " not in text and "--output-dir" not in text, command
 
 
 def test_export_help_reads_its_defaults_from_export_config():
@@ -31,9 +31,9 @@ def test_export_help_reads_its_defaults_from_export_config():
 
 
 def test_eval_judge_flag_sets_the_judge_spec(tmp_path):
-    """--judge SPEC is [eval.judge] spec; the rest of the judge's table comes from --set judge.KEY or the config."""
+    """--judge SPEC is [eval.judge] spec; the rest of the judge's table comes from --set eval.judge.KEY or the config."""
     text = _help("eval")
-    assert "--judge SPEC" in text and "--set judge.base_url=URL" in text
+    assert "--judge SPEC" in text and "--set eval.judge.base_url=URL" in text
 
 
 def test_set_values_survive_flags_that_were_not_given():

@@ -106,7 +106,7 @@ def test_score_rates_each_instance_rejects_garbage_after_retries_and_resumes(fak
     assert len(bodies) == 6 and all(b["response_format"] == {"type": "json_object"} for b in bodies)
     assert "Instruction: Add the two numbers.\nInput: 10 and 20\nResponse: 30" in "".join(b["messages"][-1]["content"]
                                                                                       for b in bodies)
-    assert "4 instances rated" in message and "1 rejected" in message
+    assert "4 instances rated" in message and "1 unusable reply asked again, 1 instance rejected" in message
     manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert manifest["usage"]["score"]["calls"] == 6 and manifest["stages"]["score"]["rejected"] == 1
     Session(cfg).score()  # everything done: no call

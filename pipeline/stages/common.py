@@ -44,6 +44,21 @@ class MapResult:
         return {"generated": generated, "kept": self.written, "rejected": self.rejected, "pending": self.pending,
                 "retried": self.retried}
 
+    def replies_note(self, max_retries: int, what: str = "task") -> str:
+        """What happened to unusable replies, in words that say whether any retry happened at all."""
+        def n(count: int, one: str, many: str) -> str:
+            return f"{count} {one if count == 1 else many}"
+
+        if not self.retried and not self.rejected:
+            return "every reply usable at the first try"
+        rejected = n(self.rejected, what, f"{what}s")
+        if not self.retried:  # max_retries = 0, or score's log-probabilities, which a retry would not change
+            return f"{rejected} rejected for an unusable reply, none asked again"
+        asked = f"{n(self.retried, 'unusable reply', 'unusable replies')} asked again"
+        if not self.rejected:
+            return f"{asked}, none rejected"
+        return f"{asked}, {rejected} rejected (still unusable after {n(max_retries, 'retry', 'retries')})"
+
 
 def map_pending(tasks: Sequence[Task], run: RunDir, stage: str, teacher: Teacher, params: GenParams, *,
                 prompt_for: Callable[[Task], str | None],

@@ -31,6 +31,24 @@ class Renamed(click.Option):
             self.opts, self.secondary_opts = names
 
 
+def moved(flag: str, fix: str):
+    """A flag this command no longer takes, since it means one thing in every command (STYLE: one CLI dialect).
+
+    Hidden; given, it stops with exit 2 and `fix`, which names the form to use ({value}: the value given).
+    """
+    def refuse(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        if value is not None:
+            raise click.UsageError(f"{flag} {fix.format(value=value)}", ctx)
+
+    # Its own parameter name: click would otherwise hand it the value of the option it makes way for (--out's output_dir).
+    return click.option(flag, "moved_" + flag.strip("-").replace("-", "_"), hidden=True, expose_value=False,
+                        callback=refuse)
+
+
+# --output-dir is the folder run directories go under (`seed2lora run`); a command's own output is --out.
+OUTPUT_DIR_MOVED = "names the folder run directories go under (seed2lora run); this command writes to --out {value}"
+
+
 def _on_off(flag: bool) -> str:
     return "on" if flag else "off"
 
@@ -38,8 +56,8 @@ def _on_off(flag: bool) -> str:
 TRAIN_EXAMPLES = """\b
 Examples:
   seed2lora train outputs/quickstart/export --packing --max-seq-len 512 --epochs 2 --grad-accum 2
-  seed2lora train outputs/quickstart/export --no-quant --max-steps 50 --set lora_r=16
-  seed2lora train my_data.jsonl --model /models/Qwen2.5-0.5B-Instruct --output-dir adapters/qwen
+  seed2lora train outputs/quickstart/export --no-quant --max-steps 50 --set train.lora_r=16
+  seed2lora train my_data.jsonl --model /models/Qwen2.5-0.5B-Instruct --out adapters/qwen
 """
 
 
@@ -49,9 +67,10 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
                                    "every setting at its default).")
 
     def set_opt(example: str):
-        return click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                            help=f"Any setting of this command, e.g. --set {example}; checked like the TOML file "
-                                 "(repeatable).")
+        section, _, key = example.partition(".")
+        return click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+                            help=f"Any [{section}] setting, e.g. --set {example} ({key} alone works too); checked "
+                                 "like the TOML file (repeatable).")
 
     def t(key: str) -> Any:  # the help shows TrainConfig's defaults, never a copy of them
         return default_of(key, TrainConfig)
@@ -62,8 +81,9 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
     @cli.command(epilog=TRAIN_EXAMPLES)
     @click.argument("data", type=click.Path(exists=True))
     @click.option("--model", metavar="DIR", help="Local HF model folder (default: the embedded SmolLM2-135M-Instruct).")
-    @click.option("--output-dir", "--out", "output_dir", cls=Renamed, type=click.Path(file_okay=False),
+    @click.option("--out", "output_dir", type=click.Path(file_okay=False), metavar="DIR",
                   help="Adapter folder (default: <run>/adapter for a run or its export, else ./adapter).")
+    @moved("--output-dir", OUTPUT_DIR_MOVED)
     @click.option("--quant/--no-quant", default=None,
                   help=f"QLoRA on a 4-bit base, or plain LoRA (default {_on_off(t('quant'))}).")
     @click.option("--packing/--no-packing", default=None,
@@ -79,7 +99,7 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
     @click.option("--resume/--no-resume", default=None,
                   help=f"Continue from the newest checkpoint (default {_on_off(t('resume'))}).")
     @config_opt
-    @set_opt("lora_r=16")
+    @set_opt("train.lora_r=16")
     @friendly_errors
     def train(data, config_path, sets, **flags):
         """Fine-tune a (Q)LoRA adapter on an export, a run directory, or an Alpaca/chat/parquet/HF dataset."""
@@ -96,8 +116,9 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
 
     @cli.command()
     @click.argument("adapter", type=click.Path(exists=True, file_okay=False))
-    @click.option("--output-dir", "--out", "out_dir", cls=Renamed, type=click.Path(file_okay=False),
+    @click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR",
                   help="Merged model folder (default ADAPTER/merged).")
+    @moved("--output-dir", OUTPUT_DIR_MOVED)
     @click.option("--model", default="", help="Base model folder (default: the one the adapter was trained on).")
     @click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
                   help="Precision of the merged weights; auto = the base's own.")
@@ -154,13 +175,14 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
     @click.option("--max-new-tokens", type=int, help=f"Answer length cap (default {e('max_new_tokens')}).")
     @click.option("--judge", metavar="SPEC",
                   help="Teacher spec of a pairwise judge, e.g. openai:gpt-4o-mini or embedded (default: none, ROUGE-L "
-                       "only); its other [teacher] keys: --set judge.base_url=URL or an [eval.judge] table. In a run "
+                       "only); its other [teacher] keys: --set eval.judge.base_url=URL or an [eval.judge] table. In a run "
                        "directory it uses the run's cache and budget.")
     @click.option("--model", default="", help="Base model folder (default: the adapter's).")
-    @click.option("--output-dir", "--out", "out_dir", cls=Renamed, type=click.Path(file_okay=False),
+    @click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR",
                   help="Report folder (default ADAPTER/eval).")
+    @moved("--output-dir", OUTPUT_DIR_MOVED)
     @config_opt
-    @set_opt("limit=50")
+    @set_opt("eval.limit=50")
     @friendly_errors
     def evaluate(adapter, data, limit, max_new_tokens, judge, model, out_dir, config_path, sets):
         """Base versus adapter on held-out tasks: ROUGE-L against references, optional pairwise judge."""
