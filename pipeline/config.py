@@ -55,6 +55,7 @@ class TeacherConfig:
     batch_wave_max: int = 50000  # requests per batch at most: OpenAI's limit per input file; a stage's larger wave is split
     batch_poll_s: float = 30.0  # seconds between two looks at a running batch (and its progress line); batches take minutes to hours
     batch_window: str = "24h"  # the completion_window asked for; "24h" is the only one OpenAI offers
+    batch_dir: str = ""  # with batch: write each wave's JSONL here and stop, to run it elsewhere (vLLM's run_batch on a GPU box); its <id>.out.jsonl beside it is read on the next run. Empty: the server's Batch API
 
 
 @dataclass

@@ -213,3 +213,48 @@ def test_batch_mode_needs_a_server_with_the_batch_api(fake_batch, tmp_path):
         batch_teacher(fake_batch, tmp_path)
     with pytest.raises(TeacherError, match="--batch needs a server"):
         make_teacher(TeacherConfig(spec="embedded", batch=True))
+
+
+def vllm_run_batch(server, wave: Path) -> None:
+    """What `python -m vllm.entrypoints.openai.run_batch -i wave.jsonl -o wave.out.jsonl` writes: one output line
+    per input line, the reply's body under response, answered here by the fake teacher."""
+    out = []
+    for n, text in enumerate(wave.read_text().splitlines()):
+        line = json.loads(text)
+        body = server.default_reply(line["url"], line["body"])
+        out.append({"id": f"vllm-{n:08x}", "custom_id": line["custom_id"], "error": None,
+                    "response": {"status_code": 200, "request_id": f"vllm-batch-{n:08x}", "body": body}})
+    wave.with_name(wave.stem + ".out.jsonl").write_text("".join(json.dumps(x) + "\n" for x in out))
+
+
+def test_a_folder_batch_runs_elsewhere_and_its_output_comes_back(tmp_path, monkeypatch):
+    """teacher.batch_dir: each wave is written and the run stops (exit 5) naming the vLLM command; with the
+    output beside it, the same command goes on. No server is asked anything, and no key is needed."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    teacher = FakeOpenAI()  # stands in for the model on the GPU box; never reached over HTTP
+    folder = tmp_path / "waves"
+    cmd = ["run", "--teacher", "openai:fake-model", "--output-dir", tmp_path, "--run-name", "f",
+           "--num-instructions", 8, "--batch", "--set", f"teacher.batch_dir={folder}"]
+    trips = 0
+    try:
+        for _ in range(12):
+            result = CliRunner().invoke(cli, [str(a) for a in cmd])
+            if result.exit_code == 0:
+                break
+            trips += 1
+            assert result.exit_code == 5 and "vllm.entrypoints.openai.run_batch -i wave-" in result.output, \
+                result.output
+            for wave in folder.glob("wave-*.jsonl"):
+                if not wave.name.endswith(".out.jsonl") and not wave.with_name(wave.stem + ".out.jsonl").exists():
+                    vllm_run_batch(teacher, wave)
+        else:
+            raise AssertionError("the run never finished")
+    finally:
+        teacher.close()
+    assert teacher.history == [] and teacher.probes == []
+    assert trips >= 3  # bootstrap, classify and instances each waited for their wave at least once
+    for stage in STAGES:
+        assert len(read(tmp_path / "f" / f"{stage}.jsonl")) == 8, stage
+    sent = Counter(json.loads(x)["custom_id"] for w in folder.glob("wave-*.jsonl") if ".out." not in w.name
+                   for x in w.read_text().splitlines())
+    assert max(sent.values()) == 1

@@ -31,7 +31,7 @@ def make_teacher(cfg: TeacherConfig, seed: int = 0) -> Teacher:
             from .batch import BatchTeacher
 
             cls, batch = BatchTeacher, {"wave_max": cfg.batch_wave_max, "poll_s": cfg.batch_poll_s,
-                                        "window": cfg.batch_window}
+                                        "window": cfg.batch_window, "folder": cfg.batch_dir}
         return cls(ref, **batch, base_url=cfg.base_url, api=cfg.api, api_key_env=cfg.api_key_env,
                              concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
                              system_prompt=cfg.system_prompt, spec=spec, api_key=cfg.api_key,

@@ -20,11 +20,14 @@ teacher.max_retries times; a line refused with a 4xx is an error at once, as a d
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -32,7 +35,7 @@ import openai
 from openai.types import Completion as OpenAICompletion
 from openai.types.chat import ChatCompletion
 
-from ..errors import TeacherError, TeacherUnavailable
+from ..errors import Incomplete, TeacherError, TeacherUnavailable
 from .base import Completion, GenParams, Request, apply_stop
 from .openai_compat import FATAL, Malformed, OpenAITeacher, describe_error
 
@@ -69,12 +72,79 @@ class _Offline:
         self.chat = self  # client.chat.completions.create
 
 
+class WaveWritten(Incomplete):
+    """A wave of a folder batch (teacher.batch_dir) waits for its output file: the run stops until it is there."""
+
+
+class _FolderFiles:
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def create(self, *, file: tuple[str, bytes], purpose: str) -> Any:
+        data = file[1]
+        file_id = f"wave-{hashlib.sha256(data).hexdigest()[:12]}"
+        path = self.folder / f"{file_id}.jsonl"
+        path.with_suffix(".tmp").write_bytes(data)
+        path.with_suffix(".tmp").replace(path)  # whole or absent: a kill never leaves half a wave to run
+        return SimpleNamespace(id=file_id)
+
+    def content(self, file_id: str) -> Any:
+        return SimpleNamespace(text=(self.folder / f"{file_id}.jsonl").read_text(encoding="utf-8"))
+
+
+class _FolderBatches:
+    def __init__(self, folder: Path, model: str):
+        self.folder, self.model = folder, model
+
+    def _batch(self, file_id: str, status: str, **more: Any) -> Any:
+        batch = {"id": file_id, "input_file_id": file_id, "status": status, "output_file_id": None,
+                 "error_file_id": None, "errors": None, **more}
+        return SimpleNamespace(request_counts=SimpleNamespace(total=0, completed=0, failed=0), **batch)
+
+    def create(self, *, input_file_id: str, **_: Any) -> Any:
+        return self._batch(input_file_id, "validating")
+
+    def list(self, **_: Any) -> Any:
+        return SimpleNamespace(data=[])  # a wave's batch is its file: created again, it is the same
+
+    def retrieve(self, batch_id: str) -> Any:
+        if (self.folder / f"{batch_id}.out.jsonl").is_file():
+            return self._batch(batch_id, "completed", output_file_id=f"{batch_id}.out")
+        wave = self.folder / f"{batch_id}.jsonl"
+        raise WaveWritten(
+            f"a wave of requests waits in {wave}. Run it where the model is, e.g. on a GPU box with vLLM: "
+            f"python -m vllm.entrypoints.openai.run_batch -i {wave.name} -o {batch_id}.out.jsonl --model {self.model} "
+            f"; put {batch_id}.out.jsonl beside it in {self.folder} and run the same command again (docs/batch.md)")
+
+
+class FolderClient:
+    """The files and batches calls of an openai client over a folder (teacher.batch_dir), for a model that no
+    server here offers: each wave is written as <id>.jsonl and the run stops; its results are read from
+    <id>.out.jsonl (the output of vLLM's run_batch, or of any tool that writes the Batch API's output lines)."""
+
+    def __init__(self, folder: str | Path, model: str):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.files, self.batches = _FolderFiles(self.folder), _FolderBatches(self.folder, model)
+
+
 class BatchTeacher(OpenAITeacher):
     batch = True  # budget.attach_run prices its calls at the batch price
 
-    def __init__(self, model: str, *, wave_max: int = 50000, poll_s: float = 30.0, window: str = "24h", **kwargs: Any):
+    def __init__(self, model: str, *, wave_max: int = 50000, poll_s: float = 30.0, window: str = "24h",
+                 folder: str = "", **kwargs: Any):
+        if folder:  # no server is asked anything: no key is needed
+            kwargs["api_key"] = kwargs.get("api_key") or "not-needed"
+            kwargs["api"] = "chat" if kwargs.get("api", "auto") == "auto" else kwargs["api"]
+            kwargs["structured"] = "off" if kwargs.get("structured", "auto") == "auto" else kwargs["structured"]
         super().__init__(model, **kwargs)
         self.wave_max, self.poll_s, self.window = max(1, wave_max), poll_s, window
+        self.folder = folder
+        if folder:
+            self.structured = kwargs.get("structured") == "on"  # vLLM binds OpenAI's json_schema form
+            self._schema_form = "json_schema" if self.structured else ""
+            self.api_choice = f"{self.api} (teacher.batch_dir: no server to probe)"
+            self.structured_choice = f"{kwargs.get('structured')} (teacher.batch_dir)"
         self._kind = "teacher"
         self._recorded: set[int] = set()  # ids of replies already in the cache and usage log (recorded on import)
         self._waves: dict[str, dict[str, Any]] = {}  # file_id -> open wave (cache.open_waves)
@@ -82,9 +152,12 @@ class BatchTeacher(OpenAITeacher):
         self._seen: dict[str, tuple[float, int]] = {}  # file_id -> (when, completed) first seen running: the ETA
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "batch": True, "batch_wave_max": self.wave_max, "batch_poll_s": self.poll_s}
+        return {**super().describe(), "batch": True, "batch_wave_max": self.wave_max, "batch_poll_s": self.poll_s,
+                **({"batch_dir": self.folder} if self.folder else {})}
 
     def preflight(self) -> None:
+        if self.folder:
+            return  # waves go to a folder: there is no server to reach
         super().preflight()
         try:
             self._clients[0].with_options(timeout=min(self.timeout_s, 30.0)).batches.list(limit=1)
@@ -116,7 +189,7 @@ class BatchTeacher(OpenAITeacher):
         if self.cache is None:
             raise TeacherError("batch mode records its batches in the run's cache.sqlite, and none is attached. "
                                "Fix: run it through seed2lora run or a stage command")
-        client = self._clients[0]
+        client: Any = FolderClient(self.folder, self.model) if self.folder else self._clients[0]
         self._stop = threading.Event()  # this stream's: set, it wakes the poll's sleep
         self._waves = {w["file_id"]: w for w in self.cache.open_waves()}
         self._open = self.cache.open_lines()
@@ -212,8 +285,9 @@ class BatchTeacher(OpenAITeacher):
         self._waves[f.id] = wave_row
         self._open.update({key: f.id for key, _, _ in lines})
         self._create(client, wave_row)
+        where = f"written to {self.folder}" if self.folder else f"polled every {self.poll_s:g} s (teacher.batch_poll_s)"
         self._event(f"{self._kind} batch submitted: {len(lines)} {self._kind} requests as batch {wave_row['batch_id']} "
-                    f"(file {f.id}); polled every {self.poll_s:g} s (teacher.batch_poll_s)")
+                    f"(file {f.id}); {where}")
         return {key for key, _, _ in lines}
 
     def _create(self, client: openai.OpenAI, wave: dict[str, Any], resumed: bool = False) -> None:
