@@ -34,10 +34,19 @@ def usage_totals(usage: dict[str, dict[str, int]]) -> tuple[int, int]:
             sum(u.get("completion_tokens", 0) for u in usage.values()))
 
 
+# The usage log names a Batch API call's model with this suffix ("gpt-4o-mini@batch"), so that every figure made
+# from the log (budget, cost, show) prices it at the batch price without a second column.
+BATCH_SUFFIX = "@batch"
+
+
 def price_for(cfg: BudgetConfig, model: str) -> tuple[float, float] | None:
-    """$ per 1M (input, output) tokens: an exact model name, else the longest matching prefix."""
+    """$ per 1M (input, output) tokens: an exact model name, else the longest matching prefix. A batch call's model
+    (BATCH_SUFFIX) has its own price where one is given, else its model's times budget.batch_price_factor."""
     if model in cfg.prices:
         return tuple(cfg.prices[model])  # type: ignore[return-value]
+    if model.endswith(BATCH_SUFFIX):
+        base = price_for(cfg, model[:-len(BATCH_SUFFIX)])
+        return None if base is None else (base[0] * cfg.batch_price_factor, base[1] * cfg.batch_price_factor)
     matches = [k for k in cfg.prices if model.startswith(k)]
     return tuple(cfg.prices[max(matches, key=len)]) if matches else None  # type: ignore[return-value]
 
@@ -99,8 +108,9 @@ class Budget:
 
     def _check_price(self, model: str) -> None:
         if self.cfg.max_cost and price_for(self.cfg, model) is None:
-            raise Seed2LoraError(f"max_cost is set but there is no price for model {model!r}. Fix: add "
-                                 f'[budget] prices = {{ "{model}" = [input_usd_per_1M, output_usd_per_1M] }}')
+            listed = model.removesuffix(BATCH_SUFFIX)  # a batch call is priced at its model's price times the factor
+            raise Seed2LoraError(f"max_cost is set but there is no price for model {listed!r}. Fix: add "
+                                 f'[budget] prices = {{ "{listed}" = [input_usd_per_1M, output_usd_per_1M] }}')
 
     def track(self, model: str, usage: Usage) -> None:
         """Count a teacher's calls from now on, at `model`'s price."""
@@ -133,6 +143,19 @@ class Budget:
                 "cost_usd": cost, "by_model": models, "unpriced": unpriced,
                 "max_tokens_total": self.cfg.max_tokens_total or None, "max_cost": self.cfg.max_cost or None}
 
+    def room(self) -> tuple[float | None, int | None]:
+        """(dollars, tokens) still to spend before a limit; None for no limit. The Batch API teacher sizes a wave
+        by it, since a submitted wave is paid whatever happens to the run."""
+        spend = self.spend()
+        usd = self.cfg.max_cost - (spend["cost_usd"] or 0.0) if self.cfg.max_cost else None
+        return usd, (self.cfg.max_tokens_total - spend["total_tokens"] if self.cfg.max_tokens_total else None)
+
+    def estimate(self, model: str, prompt_chars: int, max_tokens: int) -> tuple[float, int]:
+        """(dollars, tokens) that one request costs at most: its prompt at CHARS_PER_TOKEN, a reply of max_tokens."""
+        tokens = -(-prompt_chars // CHARS_PER_TOKEN)
+        price = price_for(self.cfg, model) or (0.0, 0.0)
+        return (tokens * price[0] + max_tokens * price[1]) / 1e6, tokens + max_tokens
+
     def exhausted(self) -> bool:
         spend = self.spend()
         over = bool(self.cfg.max_tokens_total and spend["total_tokens"] >= self.cfg.max_tokens_total)
@@ -151,7 +174,7 @@ def attach_run(teacher: Any, cache: Any, session: str, budget: Budget) -> Any:
     model), and the session's budget, which from now on counts its calls at its model's price (the one place
     that does this)."""
     teacher.cache, teacher.session = cache, session
-    teacher.usage_model = model_of(teacher.name)
+    teacher.usage_model = model_of(teacher.name) + (BATCH_SUFFIX if getattr(teacher, "batch", False) else "")
     budget.track(teacher.usage_model, teacher.usage)
     teacher.budget = budget
     return teacher

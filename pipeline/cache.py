@@ -15,6 +15,11 @@ model. Databases from before the model was logged gain the column on opening; th
 keep model NULL, which `usage_by_model` returns as None for the caller to attribute
 (pipeline.budget.attribute_unlogged: to the run's recorded teacher, score rows to its judge).
 
+Batch API waves (pipeline.teachers.batch) are recorded here too: each wave's input file and batch id the
+moment the server gives them, and each of its lines (custom_id = the request's cache key) until its reply is
+in the responses table, in the same commit as the reply. A re-run awaits a line still open instead of
+sending it again.
+
 SQLite in WAL mode with one commit per write survives kill -9 without a torn database;
 a lock makes it safe to share between the teacher's request threads.
 """
@@ -53,6 +58,14 @@ class ResponseCache:
                          " PRIMARY KEY (stage, n))")
         self._db.execute("CREATE TABLE IF NOT EXISTS usage (session TEXT, kind TEXT, "
                          + ", ".join(f"{c} INTEGER" for c in USAGE_COLUMNS) + ", model TEXT)")
+        # A wave: its input file (the key: known before the batch is created), its batch once created, and the
+        # estimated dollars and tokens at most, which count against the budget until its replies are in.
+        self._db.execute("CREATE TABLE IF NOT EXISTS batch_waves (file_id TEXT PRIMARY KEY, batch_id TEXT, "
+                         "endpoint TEXT, est_usd REAL, est_tokens INTEGER, status TEXT, done INTEGER)")
+        # reading: how its reply is read (JSON: stop sequences, logprobs asked); state: sent | done (its reply
+        # recorded) | failed (a failed or expired line; tried again in a later wave)
+        self._db.execute("CREATE TABLE IF NOT EXISTS batch_lines (file_id TEXT, custom_id TEXT, kind TEXT, "
+                         "reading TEXT, state TEXT, PRIMARY KEY (file_id, custom_id))")
         self._add_model_column()
 
     def _add_model_column(self) -> None:
@@ -80,8 +93,9 @@ class ResponseCache:
                              (key, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens))
 
     def record(self, key: str | None, c: Completion, session: str, kind: str, counts: dict[str, int],
-               model: str | None) -> None:
-        """One reply as it arrives: the response (when `key` is given) and its usage row, in one commit."""
+               model: str | None, batch_line: tuple[str, str] | None = None) -> None:
+        """One reply as it arrives: the response (when `key` is given) and its usage row, in one commit; with
+        batch_line (file_id, custom_id), that wave line is marked done in the same commit."""
         with self._lock:
             self._db.execute("BEGIN")
             try:
@@ -89,6 +103,9 @@ class ResponseCache:
                     self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
                                      (key, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens))
                 self._insert_usage(session, kind, counts, model)
+                if batch_line is not None:
+                    self._db.execute("UPDATE batch_lines SET state = 'done' WHERE file_id = ? AND custom_id = ?",
+                                     batch_line)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -114,6 +131,59 @@ class ResponseCache:
             open_rows = self._db.execute("SELECT n, body FROM requests WHERE stage = ? AND done = 0 ORDER BY n",
                                          (stage,)).fetchall()
         return total, [(n, json.loads(body)) for n, body in open_rows]
+
+    # -- Batch API waves ------------------------------------------------------------------
+    def log_wave(self, file_id: str, endpoint: str, lines: list[tuple[str, str, str]], est_usd: float,
+                 est_tokens: int) -> None:
+        """A wave whose input file the server holds: its lines (custom_id, kind, reading as JSON), in one commit."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.execute("INSERT INTO batch_waves VALUES (?, NULL, ?, ?, ?, 'uploaded', 0)",
+                                 (file_id, endpoint, est_usd, est_tokens))
+                self._db.executemany("INSERT INTO batch_lines VALUES (?, ?, ?, ?, 'sent')",
+                                     [(file_id, *line) for line in lines])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def update_wave(self, file_id: str, *, batch_id: str | None = None, status: str | None = None,
+                    done: bool = False) -> None:
+        with self._lock:
+            self._db.execute("UPDATE batch_waves SET batch_id = COALESCE(?, batch_id), status = COALESCE(?, status), "
+                             "done = ? WHERE file_id = ?", (batch_id, status, int(done), file_id))
+
+    def open_waves(self) -> list[dict[str, Any]]:
+        """Waves whose replies are not all in: {file_id, batch_id (None: not created yet), endpoint, est_usd,
+        est_tokens, status}."""
+        with self._lock:
+            rows = self._db.execute("SELECT file_id, batch_id, endpoint, est_usd, est_tokens, status FROM batch_waves "
+                                    "WHERE done = 0 ORDER BY rowid").fetchall()
+        return [dict(zip(("file_id", "batch_id", "endpoint", "est_usd", "est_tokens", "status"), r, strict=True))
+                for r in rows]
+
+    def wave_lines(self, file_id: str) -> list[tuple[str, str, dict[str, Any], str]]:
+        """A wave's lines: (custom_id, kind, reading, state)."""
+        with self._lock:
+            rows = self._db.execute("SELECT custom_id, kind, reading, state FROM batch_lines WHERE file_id = ?",
+                                    (file_id,)).fetchall()
+        return [(cid, kind, json.loads(reading), state) for cid, kind, reading, state in rows]
+
+    def open_lines(self) -> dict[str, str]:
+        """custom_id -> file_id of every line sent in a wave and not yet answered: paid for, to be awaited."""
+        with self._lock:
+            rows = self._db.execute("SELECT l.custom_id, l.file_id FROM batch_lines l JOIN batch_waves w "
+                                    "ON l.file_id = w.file_id WHERE w.done = 0 AND l.state = 'sent'").fetchall()
+        return dict(rows)
+
+    def fail_line(self, file_id: str, custom_id: str) -> int:
+        """Mark a wave line failed; returns how many times that request has failed in any wave."""
+        with self._lock:
+            self._db.execute("UPDATE batch_lines SET state = 'failed' WHERE file_id = ? AND custom_id = ?",
+                             (file_id, custom_id))
+            return self._db.execute("SELECT COUNT(*) FROM batch_lines WHERE custom_id = ? AND state = 'failed'",
+                                    (custom_id,)).fetchone()[0]
 
     # -- the usage log: one row per answered call ----------------------------------------
     def log_usage(self, session: str, kind: str, counts: dict[str, int], model: str | None = None) -> None:

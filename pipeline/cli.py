@@ -46,6 +46,8 @@ RUN_FLAGS = {
                          "Stop cleanly after this many tokens, whole run (default {default}: no limit)."),
     "max_cost": ("--max-cost", "budget.max_cost", None,
                  "Stop cleanly after this many dollars, priced models only (default {default}: no limit)."),
+    "batch": ("--batch", "teacher.batch", None, "Send the requests in waves through the server's Batch API, at the "
+              "batch price (docs/batch.md)."),
 }
 # Commands on a run that exists take it as RUN_DIR; --run-name and --output-dir name runs for the generation commands.
 RUN_NAME_MOVED = "is for the generation commands (run, bootstrap, ...); here give the run as RUN_DIR, e.g. outputs/{value}"
@@ -56,7 +58,7 @@ def run_dir_only(f):
     return moved("--run-name", RUN_NAME_MOVED)(moved("--output-dir", RUN_DIR_MOVED)(f))
 
 
-TEACHER_FLAGS = ("teacher", "base_url", "api", "seed", "max_tokens_total", "max_cost")
+TEACHER_FLAGS = ("teacher", "base_url", "api", "seed", "max_tokens_total", "max_cost", "batch")
 # Each command lists only the flags it reads: filter sends no prompt, only bootstrap has a target count.
 COMMAND_FLAGS = {
     "run": (*TEACHER_FLAGS, "seed_tasks", "num_instructions"),
@@ -74,6 +76,8 @@ def run_options(command: str):
         opt, key, metavar, text = RUN_FLAGS[name]
         default = default_of(key)
         kind = click.Choice(["auto", "chat", "completions"]) if name == "api" else type(default)
+        if kind is bool:  # a switch: given, it sets the key; absent (None), the config decides
+            return click.option(opt, name, is_flag=True, default=None, help=text.format(default=default))
         return click.option(opt, name, type=kind, metavar=metavar, help=text.format(default=default))
 
     options = [
@@ -201,6 +205,8 @@ def _print_estimate(s) -> None:
                "tokens are estimated from the prompts' length (4 characters a token).")
     if est["max_cost_usd"] is not None:
         click.echo(f"cost at most ${est['max_cost_usd']:.4f}, each stage at the configured price of its model")
+    if est.get("batch_price_factor") is not None:
+        click.echo(f"@batch: sent through the Batch API, at {est['batch_price_factor']:g} x the model's price")
     elif est["unpriced"]:
         click.echo(f"no price for model {', '.join(est['unpriced'])}: add [budget.prices] "
                    f"\"{est['unpriced'][0]}\" = [input, output] $ per 1M tokens")

@@ -50,6 +50,12 @@ class TeacherConfig:
     repetition_penalty: float = 1.15  # in-process only: small models loop without it; servers use presence_penalty
     system_prompt: str = ""  # optional system message in chat mode
     trust_remote_code: bool = False  # never run a model repository's code unless asked
+    # Batch API (docs/batch.md): requests go in waves through the files and batches endpoints, at the batch price.
+    batch: bool = False  # off: hosted batches answer within 24 h, not seconds; on for large runs where half the price matters more
+    batch_wave_max: int = 50000  # requests per batch at most: OpenAI's limit per input file; a stage's larger wave is split
+    batch_poll_s: float = 30.0  # seconds between two looks at a running batch (and its progress line); batches take minutes to hours
+    batch_window: str = "24h"  # the completion_window asked for; "24h" is the only one OpenAI offers
+    batch_dir: str = ""  # with batch: write each wave's JSONL here and stop, to run it elsewhere (vLLM's run_batch on a GPU box); its <id>.out.jsonl beside it is read on the next run. Empty: the server's Batch API
 
 
 @dataclass
@@ -165,6 +171,7 @@ class BudgetConfig:
     prices: dict[str, list[float]] = field(default_factory=lambda: {
         "gpt-4o-mini": [0.15, 0.60], "gpt-4o": [2.50, 10.00], "gpt-4.1-mini": [0.40, 1.60],
         "gpt-4.1": [2.00, 8.00], "gpt-3.5-turbo": [0.50, 1.50]})
+    batch_price_factor: float = 0.5  # Batch API calls (teacher.batch) cost this share of the prices above: OpenAI bills them at half
 
 
 @dataclass

@@ -22,7 +22,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .budget import CHARS_PER_TOKEN, ByModel, attribute_unlogged, price_for
+from .budget import BATCH_SUFFIX, CHARS_PER_TOKEN, ByModel, attribute_unlogged, price_for
 from .cache import CACHE_FILE, ResponseCache
 from .config import BudgetConfig, CostConfig, ExportConfig
 from .errors import Seed2LoraError
@@ -69,9 +69,10 @@ def chars_per_token(run: RunDir) -> tuple[float, str]:
 
 def run_budget(manifest: dict[str, Any], configured: dict[str, list[float]] | None = None) -> BudgetConfig:
     """Prices for a run: the defaults, then the run's own [budget.prices] (its manifest), then prices given now."""
-    recorded = ((manifest.get("config") or {}).get("budget") or {}).get("prices") or {}
-    prices = {**BudgetConfig().prices, **recorded, **(configured or {})}
-    return BudgetConfig(prices=prices)
+    budget = (manifest.get("config") or {}).get("budget") or {}
+    prices = {**BudgetConfig().prices, **(budget.get("prices") or {}), **(configured or {})}
+    return BudgetConfig(prices=prices, batch_price_factor=budget.get("batch_price_factor",
+                                                                     BudgetConfig().batch_price_factor))
 
 
 def stage_costs(usage: ByModel, budget: BudgetConfig) -> list[dict[str, Any]]:
@@ -184,6 +185,7 @@ def run_cost(run_path: str | Path, budget: BudgetConfig | None = None, cost: Cos
 
     return {
         "run": str(run.path), "usage_source": usage_source, "stages": stages, "models": models,
+        "batch_price_factor": budget.batch_price_factor if any(m.endswith(BATCH_SUFFIX) for m in models) else None,
         "unpriced": unpriced, "dataset_usd": dataset_usd, "kept": kept, "train_rows": n_rows, "rows_source": rows_source,
         "usd_per_1k_kept": per_1k(kept), "usd_per_1k_rows": per_1k(n_rows), "training": training,
         "chars_per_token": cpt, "chars_per_token_source": cpt_source, "row_tokens": measured,
@@ -206,10 +208,14 @@ def summary_lines(c: dict[str, Any]) -> list[str]:
     lines = [f"dataset: {money(c['dataset_usd'])} of teacher calls" + (f", each model at its price: {per_model}"
                                                                        if per_model else "")
              + (f" (no price for model {', '.join(c['unpriced'])}: add [budget.prices] "
-                f"\"{c['unpriced'][0]}\" = [input, output] $ per 1M tokens)" if c["unpriced"] else ""),
+                f"\"{c['unpriced'][0].removesuffix(BATCH_SUFFIX)}\" = [input, output] $ per 1M tokens)"
+                if c["unpriced"] else ""),
              f"per 1,000 kept instructions: {money(c['usd_per_1k_kept'])} ({c['kept']} kept); per 1,000 training rows: "
              f"{money(c['usd_per_1k_rows'])} ({c['train_rows']} rows, {c['rows_source']})",
              f"training: {money(c['training']['usd'])} ({c['training']['source']})"]
+    if c.get("batch_price_factor") is not None:
+        lines.insert(1, f"batch discount: calls of a model marked {BATCH_SUFFIX} went through the Batch API, priced at "
+                        f"{c['batch_price_factor']:g} x the model's price (budget.batch_price_factor)")
     if be["calls"] is None:
         why = "the adapter saves nothing per call at these prices" if be["saved_per_call_usd"] <= 0 else \
             "neither the dataset's nor the training's cost is known"

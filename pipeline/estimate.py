@@ -3,7 +3,8 @@
 No teacher is loaded and nothing is sent. Prompt tokens come from rendering real prompts
 (characters / CHARS_PER_TOKEN); completion tokens are the max_tokens upper bound. Each stage is
 priced at the model that will run it: score at its judge ([score.teacher]) when it names one,
-every other stage at the run's teacher. Work already in the run's files is not counted again.
+every other stage at the run's teacher; through the Batch API (teacher.batch) at the batch price
+(model@batch: budget.batch_price_factor of the model's). Work already in the run's files is not counted again.
 
 Counts a stage cannot know before the stages ahead of it have run are upper bounds of the plan:
 bootstrap assumes the yield seen so far in this run (else bootstrap.expected_yield); classify and instances
@@ -18,9 +19,9 @@ import math
 import random
 from typing import Any
 
-from .budget import CHARS_PER_TOKEN, price_for
+from .budget import BATCH_SUFFIX, CHARS_PER_TOKEN, price_for
 from .cache import model_of
-from .config import RunConfig
+from .config import RunConfig, TeacherConfig
 from .datasets_io import Fields, load_pool
 from .prompts import Prompts
 from .records import Instance, Task
@@ -32,6 +33,11 @@ from .stages.score import judge_config
 from .store import STAGES, RunDir
 
 IN_PROCESS = ("embedded", "hf")  # teacher kinds that score by log-probability under score.method = auto
+
+
+def priced_model(teacher: TeacherConfig) -> str:
+    """The model a teacher's calls are priced at: marked BATCH_SUFFIX when they go through the Batch API."""
+    return model_of(teacher.spec) + (BATCH_SUFFIX if teacher.batch else "")
 
 
 def tokens(text: str) -> int:
@@ -81,7 +87,7 @@ def score_rows_left(cfg: RunConfig, seeds: list[Task], run: RunDir) -> int:
 def estimate_run(cfg: RunConfig, prompts: Prompts, seeds: list[Task], run: RunDir, log: Any) -> dict[str, Any]:
     """Per stage in cfg.stages that calls a teacher: model, calls, prompt tokens, completion tokens at most and
     dollars at most; and their total (its dollars None when a model with tokens to spend has no price)."""
-    teacher = model_of(cfg.teacher.spec)
+    teacher = priced_model(cfg.teacher)
     kept = len(run.read_stage("bootstrap"))
     sent = log.requests("bootstrap")[0] if log is not None else 0
     yield_per_call = kept / sent if sent and kept else cfg.bootstrap.expected_yield
@@ -115,7 +121,7 @@ def estimate_run(cfg: RunConfig, prompts: Prompts, seeds: list[Task], run: RunDi
         template = "score_yesno.txt" if by_logprobs else "score.txt"
         text = prompts.render(template, instruction=example.instruction, input="(none)",
                               output=example.instances[0].output)
-        rows["score"] = row(model_of(judge.spec), score_rows_left(cfg, seeds, run), text,
+        rows["score"] = row(priced_model(judge), score_rows_left(cfg, seeds, run), text,
                             1 if by_logprobs else cfg.score.max_tokens)
     for r in rows.values():
         price = price_for(cfg.budget, r["model"])
@@ -126,4 +132,6 @@ def estimate_run(cfg: RunConfig, prompts: Prompts, seeds: list[Task], run: RunDi
     cost = None if unpriced else sum(r["max_cost_usd"] or 0.0 for r in rows.values())
     return {"stages": rows, "total": total, "max_cost_usd": cost, "unpriced": unpriced,
             "bootstrap_yield_per_call": round(yield_per_call, 2), "yield_observed": bool(sent and kept),
-            "models": sorted({r["model"] for r in rows.values()})}
+            "models": sorted({r["model"] for r in rows.values()}),
+            "batch_price_factor": cfg.budget.batch_price_factor if any(m.endswith(BATCH_SUFFIX) for m in
+                                                                       (r["model"] for r in rows.values())) else None}

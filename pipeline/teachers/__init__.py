@@ -18,12 +18,21 @@ __all__ = ["BaseTeacher", "Completion", "GenParams", "Teacher", "Usage", "apply_
 def make_teacher(cfg: TeacherConfig, seed: int = 0) -> Teacher:
     spec = cfg.spec.strip()
     kind, _, ref = spec.partition(":")
+    if cfg.batch and kind != "openai":
+        raise TeacherError(f"--batch needs a server with the Batch API, and {spec!r} is in-process. Fix: --teacher "
+                           "openai:MODEL (with --base-url for a compatible server), or drop --batch")
     if kind == "openai":
         if not ref:
             raise TeacherError("--teacher openai needs a model name. Fix: --teacher openai:gpt-4o-mini")
         from .openai_compat import OpenAITeacher
 
-        return OpenAITeacher(ref, base_url=cfg.base_url, api=cfg.api, api_key_env=cfg.api_key_env,
+        cls, batch = OpenAITeacher, {}
+        if cfg.batch:  # the files and batches endpoints, in waves (docs/batch.md)
+            from .batch import BatchTeacher
+
+            cls, batch = BatchTeacher, {"wave_max": cfg.batch_wave_max, "poll_s": cfg.batch_poll_s,
+                                        "window": cfg.batch_window, "folder": cfg.batch_dir}
+        return cls(ref, **batch, base_url=cfg.base_url, api=cfg.api, api_key_env=cfg.api_key_env,
                              concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
                              system_prompt=cfg.system_prompt, spec=spec, api_key=cfg.api_key,
                              connect_window_s=cfg.connect_window_s, outage_wait_s=cfg.outage_wait_s,

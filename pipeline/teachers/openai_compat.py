@@ -680,3 +680,6 @@ def _describe_error(e: BaseException, secret: str = "") -> str:
     msg = (f"HTTP {status} " if status else "") + type(e).__name__ + (f": {detail}" if detail else "")
     text = f"{msg} ({hint})" if hint else msg
     return mask_secrets(text.replace(secret, "***") if secret else text)
+
+
+describe_error = _describe_error  # public: the Batch API teacher (batch.py) words its errors the same way

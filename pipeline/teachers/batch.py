@@ -1,0 +1,450 @@
+"""Teacher over the Batch API: OpenAITeacher's requests, sent in waves through the files and batches endpoints
+of any OpenAI-compatible server that has them, at the batch price (budget.batch_price_factor).
+
+A wave is what the request source yields before it says WAIT or runs out, at most teacher.batch_wave_max
+requests: bootstrap and evolve size theirs to the remaining gap at the observed yield, the per-task stages
+send all their tasks at once. The wave is written as JSONL (one line per request: custom_id = the request's
+cache key, body = what the direct call would send), uploaded and submitted as one batch. Every open batch is
+polled each teacher.batch_poll_s, with a progress line from its request_counts and an ETA.
+
+Nothing is sent twice. The wave's file id and lines go into cache.sqlite right after the upload, its batch id
+right after the create, before anything else happens. A re-run (after kill -9 or Ctrl-C) awaits every request
+whose line is still open, polling that same batch; a wave uploaded but never created (killed between the two
+calls) is found among the server's batches by its input file, else created from that same file.
+
+Replies go through the direct teacher's own parsing (`_request`, over the line's body) into the response cache
+and the usage log, the wave line marked done in the same commit, whoever asked for them: a line of another
+stage's wave is kept for that stage. A failed or expired line goes into the next wave, up to
+teacher.max_retries times; a line refused with a 4xx is an error at once, as a direct 400 is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import openai
+from openai.types import Completion as OpenAICompletion
+from openai.types.chat import ChatCompletion
+
+from ..errors import Incomplete, TeacherError, TeacherUnavailable
+from .base import Completion, GenParams, Request, apply_stop
+from .openai_compat import FATAL, Malformed, OpenAITeacher, describe_error
+
+ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+ENDED = ("completed", "expired", "cancelled", "failed")  # a batch in any other status is still running
+BACKOFF_MAX_S = 30.0  # longest wait between two tries of a files or batches call while the server does not answer
+
+
+class _Captured(Exception):
+    """What OpenAITeacher._request would send, caught instead of sent."""
+
+    def __init__(self, body: dict[str, Any]):
+        super().__init__("captured")
+        self.body = body
+
+
+class _Create:
+    def __init__(self, reply: Any):
+        self.reply = reply
+
+    def create(self, **body: Any) -> Any:
+        if self.reply is None:
+            raise _Captured(body)
+        return self.reply
+
+
+class _Offline:
+    """Stands in for an openai client in OpenAITeacher._request: with no reply it captures the body the direct
+    call would send; with one (a batch output line), it hands it back to be read as a direct reply is. So a
+    batch line and a direct call are one request, and one parser reads both."""
+
+    def __init__(self, reply: Any = None):
+        self.completions = _Create(reply)
+        self.chat = self  # client.chat.completions.create
+
+
+class WaveWritten(Incomplete):
+    """A wave of a folder batch (teacher.batch_dir) waits for its output file: the run stops until it is there."""
+
+
+class _FolderFiles:
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def create(self, *, file: tuple[str, bytes], purpose: str) -> Any:
+        data = file[1]
+        file_id = f"wave-{hashlib.sha256(data).hexdigest()[:12]}"
+        path = self.folder / f"{file_id}.jsonl"
+        path.with_suffix(".tmp").write_bytes(data)
+        path.with_suffix(".tmp").replace(path)  # whole or absent: a kill never leaves half a wave to run
+        return SimpleNamespace(id=file_id)
+
+    def content(self, file_id: str) -> Any:
+        return SimpleNamespace(text=(self.folder / f"{file_id}.jsonl").read_text(encoding="utf-8"))
+
+
+class _FolderBatches:
+    def __init__(self, folder: Path, model: str):
+        self.folder, self.model = folder, model
+
+    def _batch(self, file_id: str, status: str, **more: Any) -> Any:
+        batch = {"id": file_id, "input_file_id": file_id, "status": status, "output_file_id": None,
+                 "error_file_id": None, "errors": None, **more}
+        return SimpleNamespace(request_counts=SimpleNamespace(total=0, completed=0, failed=0), **batch)
+
+    def create(self, *, input_file_id: str, **_: Any) -> Any:
+        return self._batch(input_file_id, "validating")
+
+    def list(self, **_: Any) -> Any:
+        return SimpleNamespace(data=[])  # a wave's batch is its file: created again, it is the same
+
+    def retrieve(self, batch_id: str) -> Any:
+        if (self.folder / f"{batch_id}.out.jsonl").is_file():
+            return self._batch(batch_id, "completed", output_file_id=f"{batch_id}.out")
+        wave = self.folder / f"{batch_id}.jsonl"
+        raise WaveWritten(
+            f"a wave of requests waits in {wave}. Run it where the model is, e.g. on a GPU box with vLLM: "
+            f"python -m vllm.entrypoints.openai.run_batch -i {wave.name} -o {batch_id}.out.jsonl --model {self.model} "
+            f"; put {batch_id}.out.jsonl beside it in {self.folder} and run the same command again (docs/batch.md)")
+
+
+class FolderClient:
+    """The files and batches calls of an openai client over a folder (teacher.batch_dir), for a model that no
+    server here offers: each wave is written as <id>.jsonl and the run stops; its results are read from
+    <id>.out.jsonl (the output of vLLM's run_batch, or of any tool that writes the Batch API's output lines)."""
+
+    def __init__(self, folder: str | Path, model: str):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.files, self.batches = _FolderFiles(self.folder), _FolderBatches(self.folder, model)
+
+
+class BatchTeacher(OpenAITeacher):
+    batch = True  # budget.attach_run prices its calls at the batch price
+
+    def __init__(self, model: str, *, wave_max: int = 50000, poll_s: float = 30.0, window: str = "24h",
+                 folder: str = "", **kwargs: Any):
+        if folder:  # no server is asked anything: no key is needed
+            kwargs["api_key"] = kwargs.get("api_key") or "not-needed"
+            kwargs["api"] = "chat" if kwargs.get("api", "auto") == "auto" else kwargs["api"]
+            kwargs["structured"] = "off" if kwargs.get("structured", "auto") == "auto" else kwargs["structured"]
+        super().__init__(model, **kwargs)
+        self.wave_max, self.poll_s, self.window = max(1, wave_max), poll_s, window
+        self.folder = folder
+        if folder:
+            self.structured = kwargs.get("structured") == "on"  # vLLM binds OpenAI's json_schema form
+            self._schema_form = "json_schema" if self.structured else ""
+            self.api_choice = f"{self.api} (teacher.batch_dir: no server to probe)"
+            self.structured_choice = f"{kwargs.get('structured')} (teacher.batch_dir)"
+        self._kind = "teacher"
+        self._recorded: set[int] = set()  # ids of replies already in the cache and usage log (recorded on import)
+        self._waves: dict[str, dict[str, Any]] = {}  # file_id -> open wave (cache.open_waves)
+        self._open: dict[str, str] = {}  # custom_id -> file_id of every line sent and not answered
+        self._seen: dict[str, tuple[float, int]] = {}  # file_id -> (when, completed) first seen running: the ETA
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "batch": True, "batch_wave_max": self.wave_max, "batch_poll_s": self.poll_s,
+                **({"batch_dir": self.folder} if self.folder else {})}
+
+    def preflight(self) -> None:
+        if self.folder:
+            return  # waves go to a folder: there is no server to reach
+        super().preflight()
+        try:
+            self._clients[0].with_options(timeout=min(self.timeout_s, 30.0)).batches.list(limit=1)
+        except (openai.NotFoundError, openai.APIStatusError) as e:
+            if getattr(e, "status_code", 0) in (404, 405, 501):
+                raise TeacherError(f"{self.base_urls[0]} has no Batch API ({describe_error(e, self._secret)}). "
+                                   "Fix: drop --batch (teacher.batch), or use a server with the files and batches "
+                                   "endpoints") from None
+            if isinstance(e, FATAL):
+                raise TeacherError(f"{self.base_urls[0]}: {describe_error(e, self._secret)}") from None
+
+    def cached(self, req: Request, params: GenParams) -> bool:
+        """Paid for: in the cache, or sent in a wave whose reply is still to come."""
+        if super().cached(req, params):
+            return True
+        return self.cache is not None and self.cache_key(req, params) in self.cache.open_lines()
+
+    def stream(self, requests: Any, params: GenParams, *, kind: str) -> Iterator[tuple[Request, Completion]]:
+        self._kind = kind
+        for req, c in self._stream(iter(requests), params):
+            if id(c) in self._recorded:  # in the cache and the usage log already, with its wave line
+                self._recorded.discard(id(c))
+                yield req, c
+            else:
+                yield req, self._finish(req, c, req.params or params, req.kind or kind)
+
+    # -- the stream ------------------------------------------------------------------------
+    def _stream(self, requests: Iterator[Request | None], params: GenParams) -> Iterator[tuple[Request, Completion]]:
+        if self.cache is None:
+            raise TeacherError("batch mode records its batches in the run's cache.sqlite, and none is attached. "
+                               "Fix: run it through seed2lora run or a stage command")
+        client: Any = FolderClient(self.folder, self.model) if self.folder else self._clients[0]
+        self._stop = threading.Event()  # this stream's: set, it wakes the poll's sleep
+        self._waves = {w["file_id"]: w for w in self.cache.open_waves()}
+        self._open = self.cache.open_lines()
+        for wave in self._waves.values():
+            if wave["batch_id"] is None:  # uploaded, and killed before or during the create
+                self._create(client, wave, resumed=True)
+        waiting: dict[str, list[tuple[Request, GenParams]]] = {}  # custom_id -> the requests awaiting its reply
+        ready: deque[tuple[Request, Completion]] = deque()
+        retry: dict[str, tuple[Request, GenParams]] = {}  # failed lines for the next wave
+        exhausted = False
+        while True:
+            wave: dict[str, tuple[Request, GenParams]] = dict(list(retry.items())[:self.wave_max])
+            for key in wave:
+                del retry[key]
+            full = False
+            while not exhausted:
+                if len(wave) >= self.wave_max:
+                    full = True
+                    break
+                req = self._pull(requests)
+                if req is False or (req is None and not (waiting or wave or ready or retry)):
+                    exhausted = True  # the end, or WAIT with nothing to wait for
+                    break
+                if req is None:  # WAIT: the source needs replies first; this wave is complete
+                    break
+                p = req.params or params
+                hit = self._lookup(req, p)
+                if hit is not None:
+                    ready.append((req, hit))
+                    continue
+                key = self.cache_key(req, p)
+                waiting.setdefault(key, []).append((req, p))
+                if len(waiting[key]) == 1 and key not in self._open:  # else already sent: awaited, never resent
+                    wave[key] = (req, p)
+            if wave:
+                sent = self._submit(client, wave)
+                for key in [k for k in wave if k not in sent]:  # over the budget: never sent
+                    del waiting[key]
+                if len(sent) < len(wave):
+                    exhausted = True
+                    if self.budget is not None:
+                        self.budget.reached = True
+                if full and not exhausted:
+                    continue  # the source has more: the next wave now
+            if ready:
+                while ready:
+                    yield ready.popleft()
+                continue  # the source may have more now
+            if not waiting:
+                break
+            self._await(client, waiting, ready, retry)
+
+    def _body(self, req: Request, params: GenParams) -> dict[str, Any]:
+        """The body the direct call would send for this request (OpenAITeacher._request's)."""
+        try:
+            self._request(_Offline(), self.api, req.prompt, params, req.salt)  # type: ignore[arg-type]
+        except _Captured as c:
+            return c.body
+        raise AssertionError("OpenAITeacher._request sent nothing")
+
+    def _submit(self, client: openai.OpenAI, wave: dict[str, tuple[Request, GenParams]]) -> set[str]:
+        """Upload the wave and create its batch; returns the custom_ids sent: all, or those the budget still
+        covers (a wave is paid whatever happens next, so it is counted at its most: max_tokens per reply)."""
+        endpoint = ENDPOINTS[self.api]
+        usd_room, token_room = self.budget.room() if self.budget is not None else (None, None)
+        if usd_room is not None:
+            usd_room -= sum(w["est_usd"] for w in self._waves.values())
+        if token_room is not None:
+            token_room -= sum(w["est_tokens"] for w in self._waves.values())
+        text, lines, usd, tokens = [], [], 0.0, 0
+        for key, (req, p) in wave.items():
+            body = self._body(req, p)
+            one_usd, one_tokens = (self.budget.estimate(self.usage_model, len(self.system_prompt) + len(req.prompt),
+                                                        p.max_tokens) if self.budget is not None else (0.0, 0))
+            if (usd_room is not None and usd + one_usd > usd_room) or \
+                    (token_room is not None and tokens + one_tokens > token_room):
+                self._event(f"batch budget: {len(lines)} of a wave's {len(wave)} requests fit the budget at their "
+                            "most (max_tokens each); the rest are not sent")
+                break
+            usd, tokens = usd + one_usd, tokens + one_tokens
+            text.append(json.dumps({"custom_id": key, "method": "POST", "url": endpoint, "body": body},
+                                   ensure_ascii=False))
+            reading = {"stop": list(p.stop), "logprobs": p.logprobs if "logprobs" in body else 0}
+            lines.append((key, req.kind or self._kind, json.dumps(reading)))
+        if not lines:
+            return set()
+        data = ("\n".join(text) + "\n").encode("utf-8")
+        f = self._call(lambda: client.files.create(file=(f"seed2lora-{self._kind}.jsonl", data), purpose="batch"),
+                       "upload a wave")
+        self.cache.log_wave(f.id, endpoint, lines, usd, tokens)  # durable first: the file and every line
+        wave_row = {"file_id": f.id, "batch_id": None, "endpoint": endpoint, "est_usd": usd, "est_tokens": tokens,
+                    "status": "uploaded"}
+        self._waves[f.id] = wave_row
+        self._open.update({key: f.id for key, _, _ in lines})
+        self._create(client, wave_row)
+        where = f"written to {self.folder}" if self.folder else f"polled every {self.poll_s:g} s (teacher.batch_poll_s)"
+        self._event(f"{self._kind} batch submitted: {len(lines)} {self._kind} requests as batch {wave_row['batch_id']} "
+                    f"(file {f.id}); {where}")
+        return {key for key, _, _ in lines}
+
+    def _create(self, client: openai.OpenAI, wave: dict[str, Any], resumed: bool = False) -> None:
+        """Create the batch of an uploaded wave, and record its id at once. Resumed, one already created from the
+        same file (a kill between the create and the record) is found by its input file instead."""
+        found = None
+        if resumed:
+            for b in self._call(lambda: client.batches.list(limit=100), "list batches").data:
+                if b.input_file_id == wave["file_id"]:
+                    found = b
+                    break
+        b = found or self._call(lambda: client.batches.create(
+            input_file_id=wave["file_id"], endpoint=wave["endpoint"], completion_window=self.window,  # type: ignore[arg-type]
+            metadata={"seed2lora": self._kind}), "create a batch")
+        self.cache.update_wave(wave["file_id"], batch_id=b.id, status=b.status)
+        wave["batch_id"], wave["status"] = b.id, b.status
+
+    # -- waiting for replies -------------------------------------------------------------
+    def _await(self, client: openai.OpenAI, waiting: dict[str, list[tuple[Request, GenParams]]],
+               ready: deque[tuple[Request, Completion]], retry: dict[str, tuple[Request, GenParams]]) -> None:
+        """Poll every open batch until one that holds an awaited request has ended, and read it."""
+        while any(key in self._open for key in waiting):
+            for wave in list(self._waves.values()):
+                b = self._call(lambda w=wave: client.batches.retrieve(w["batch_id"]), "poll a batch")
+                if b.status != wave["status"]:
+                    self.cache.update_wave(wave["file_id"], status=b.status)
+                    wave["status"] = b.status
+                if b.status in ENDED:
+                    self._read(client, wave, b, waiting, ready, retry)
+                else:
+                    self._event(self._progress(wave, b))
+            if ready or retry:
+                return
+            self._stop.wait(self.poll_s)
+
+    def _progress(self, wave: dict[str, Any], b: Any) -> str:
+        counts = b.request_counts
+        done, failed, total = (counts.completed, counts.failed, counts.total) if counts else (0, 0, 0)
+        now = time.monotonic()
+        since, done0 = self._seen.setdefault(wave["file_id"], (now, done))
+        rate = (done + failed - done0) / (now - since) if now > since else 0.0
+        eta = f", about {_duration((total - done - failed) / rate)} left" if rate > 0 and total else ", ETA not known yet"
+        return (f"{self._kind} batch progress: {b.id} {b.status}, {done:,}/{total:,} done" + (f", {failed:,} failed" if failed else "")
+                + eta)
+
+    def _read(self, client: openai.OpenAI, wave: dict[str, Any], b: Any,
+              waiting: dict[str, list[tuple[Request, GenParams]]], ready: deque[tuple[Request, Completion]],
+              retry: dict[str, tuple[Request, GenParams]]) -> None:
+        """An ended batch: each open line's reply into the cache and usage log (the line marked done in the same
+        commit), to the requests awaiting it; each failed or missing line into the next wave, or an error."""
+        out: dict[str, dict[str, Any]] = {}
+        for file_id in (b.error_file_id, b.output_file_id):  # an output line wins over an error line
+            if file_id:
+                text = self._call(lambda f=file_id: client.files.content(f).text, "download a batch's results")
+                for line in text.splitlines():
+                    if line.strip():
+                        obj = json.loads(line)
+                        out[obj.get("custom_id", "")] = obj
+        if b.status == "failed" and not out:
+            errors = "; ".join(getattr(e, "message", "") or str(e) for e in (getattr(b.errors, "data", None) or []))
+            for key, _, _, state in self.cache.wave_lines(wave["file_id"]):
+                if state == "sent":
+                    self.cache.fail_line(wave["file_id"], key)
+                    self._open.pop(key, None)
+            self._close(wave, b.status)
+            raise TeacherError(f"batch {b.id} failed: {errors or 'no reason given'}. Fix: check the model and the "
+                               "server's Batch API; a re-run sends its requests again")
+        api = "chat" if wave["endpoint"].endswith("/chat/completions") else "completions"
+        answered = failed = 0
+        for key, kind, reading, state in self.cache.wave_lines(wave["file_id"]):
+            if state != "sent":
+                continue
+            self._open.pop(key, None)
+            c, why = self._completion(api, out.get(key), reading, b.status)
+            awaiting = waiting.get(key, [])
+            if c is not None:
+                counts = self.usage.add(kind, c)
+                self.cache.record(key if c.cacheable else None, c, self.session, kind, counts, self.usage_model or None,
+                                  batch_line=(wave["file_id"], key))
+                answered += 1
+                if awaiting:
+                    del waiting[key]
+                    self._recorded.add(id(c))
+                    ready.append((awaiting[0][0], c))
+                    ready.extend((req, Completion(c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens,
+                                                  cached=True)) for req, _ in awaiting[1:])
+                continue
+            failed += 1
+            tries = self.cache.fail_line(wave["file_id"], key)
+            if not awaiting:
+                continue  # a later stream that asks for it sends it again
+            if why.startswith("HTTP 4") or tries > self.max_retries:
+                del waiting[key]
+                ready.extend((req, Completion("", "error", error=why, retries=tries - 1)) for req, _ in awaiting)
+            else:
+                retry[key] = awaiting[0]
+        self._close(wave, b.status)
+        self._event(f"{self._kind} batch ended: {b.id} {b.status}, {answered:,} replies read" +
+                    (f", {failed:,} lines failed (tried again in the next wave, up to teacher.max_retries times)"
+                     if failed else ""))
+
+    def _completion(self, api: str, line: dict[str, Any] | None, reading: dict[str, Any],
+                    status: str) -> tuple[Completion | None, str]:
+        """(the reply of one output line, read as a direct reply is, its stop sequences applied; or None and why)."""
+        if line is None:
+            return None, f"no reply in the batch's results (batch {status})"
+        response = line.get("response") or {}
+        code = response.get("status_code")
+        if line.get("error") or code != 200:
+            error = line.get("error") or (response.get("body") or {}).get("error") or {}
+            message = error.get("message", "") if isinstance(error, dict) else str(error)
+            return None, (f"HTTP {code} " if code else "") + (message or "a failed line")[:300]
+        reply = (ChatCompletion if api == "chat" else OpenAICompletion).construct(**(response.get("body") or {}))
+        asked = GenParams(max_tokens=1, logprobs=int(reading.get("logprobs") or 0))
+        try:
+            c = self._request(_Offline(reply), api, "", asked, None)  # type: ignore[arg-type]
+        except (Malformed, ValueError, AttributeError, TypeError) as e:
+            return None, f"malformed reply: {e}"
+        c.text, hit = apply_stop(c.text, reading.get("stop") or ())
+        if hit and c.finish_reason == "length":
+            c.finish_reason = "stop"
+        return c, ""
+
+    def _close(self, wave: dict[str, Any], status: str) -> None:
+        self.cache.update_wave(wave["file_id"], status=status, done=True)
+        self._waves.pop(wave["file_id"], None)
+        self._seen.pop(wave["file_id"], None)
+
+    def _call(self, fn: Callable[[], Any], what: str) -> Any:
+        """One files or batches call; a server that does not answer (refused, timeout, 5xx, 429) is tried again
+        with backoff for teacher.outage_wait_s (a batch keeps running on a restarted server)."""
+        deadline, wait, said = time.monotonic() + self.outage_wait_s, 1.0, False
+        while True:
+            try:
+                return fn()
+            except FATAL as e:
+                raise TeacherError(f"{self.base_urls[0]}: {describe_error(e, self._secret)}") from None
+            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError,
+                    httpx.TransportError) as e:
+                if time.monotonic() + wait > deadline:
+                    raise TeacherUnavailable(f"{self.base_urls[0]} did not answer for {self.outage_wait_s:.0f} s "
+                                             f"(teacher.outage_wait_s) trying to {what}: "
+                                             f"{describe_error(e, self._secret)}. Fix: start the server; a re-run "
+                                             "polls the same batches and sends nothing twice") from None
+                if not said:
+                    said = True
+                    self._event(f"batch outage: cannot {what} ({describe_error(e, self._secret)}); trying for "
+                                f"{self.outage_wait_s:.0f} s (teacher.outage_wait_s)")
+                self._stop.wait(wait)
+                wait = min(wait * 2, BACKOFF_MAX_S)
+            except openai.APIStatusError as e:
+                raise TeacherError(f"{self.base_urls[0]}: cannot {what}: {describe_error(e, self._secret)}") from None
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

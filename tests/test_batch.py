@@ -1,0 +1,260 @@
+"""Batch mode (teacher.batch, --batch) against a fake Batch API that is rude like real ones: batches that take
+several polls, lines that fail, a batch that expires, a server killed mid-batch, a client killed mid-batch."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from fakebatch import FakeBatchOpenAI
+from fakeserver import FakeOpenAI
+from helpers import invoke, read, teacher_flags
+
+from pipeline.budget import Budget, attach_run
+from pipeline.cache import ResponseCache
+from pipeline.cli import cli
+from pipeline.config import BudgetConfig, TeacherConfig
+from pipeline.errors import TeacherError
+from pipeline.teachers import GenParams, make_teacher
+from pipeline.teachers.base import Request
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--batch", "--set", "teacher.batch_poll_s=0.02"]
+STAGES = ("bootstrap", "classify", "instances", "filter")
+
+
+@pytest.fixture
+def fake_batch(monkeypatch):
+    server = FakeBatchOpenAI()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    yield server
+    server.close()
+
+
+def batch_teacher(server, tmp_path, **teacher):
+    """A batch teacher on its own run cache, its events in a list."""
+    cfg = TeacherConfig(spec="openai:fake-model", base_url=server.url, api="chat", batch=True, batch_poll_s=0.01,
+                        structured="off", **teacher)
+    t = make_teacher(cfg, seed=1)
+    t.preflight()
+    events = []
+    t.on_event = events.append
+    attach_run(t, ResponseCache(tmp_path / "cache.sqlite"), "s1", Budget(BudgetConfig(), {}))
+    return t, events
+
+
+def shape(records):
+    """What kinds of records a stage file holds: the sorted field names of each, counted."""
+    return Counter(tuple(sorted(r)) for r in records)
+
+
+def test_a_self_instruct_run_in_batch_mode_makes_the_records_of_a_direct_run(fake_batch, tmp_path):
+    fake_batch.fail_every, fake_batch.expire_next = 7, 1  # a failed line in 7, and the first batch expires half done
+    invoke("run", *teacher_flags(fake_batch, tmp_path, "b"), "--num-instructions", 12, *FAST)
+    direct = FakeOpenAI()
+    try:
+        invoke("run", *teacher_flags(direct, tmp_path, "d"), "--num-instructions", 12)
+    finally:
+        direct.close()
+    for stage in STAGES:
+        b, d = read(tmp_path / "b" / f"{stage}.jsonl"), read(tmp_path / "d" / f"{stage}.jsonl")
+        assert len(b) == len(d) == 12 and shape(b) == shape(d), stage
+    assert fake_batch.history == []  # no prompt went the direct way
+    assert fake_batch.creations >= 4  # bootstrap's waves, classify, instances, and the waves of failed lines
+    sent = Counter(line["custom_id"] for line in fake_batch.lines)
+    failed = sum(n - 1 for n in sent.values())
+    assert 0 < failed <= len(sent) // 2  # only failed and expired lines went again
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["usage"]["instances"]["calls"] == 12 and manifest["usage"]["instances"]["errors"] == 0
+    db = ResponseCache(tmp_path / "b" / "cache.sqlite")
+    assert set(db.usage_by_model()) == {"fake-model@batch"} and db.open_waves() == [] and db.open_lines() == {}
+    db.close()
+
+
+def test_a_batch_line_is_the_request_a_direct_call_sends(fake_batch, tmp_path):
+    params = GenParams(max_tokens=20, temperature=0.7, stop=("\n\n", "16."), presence_penalty=2.0)
+    direct = make_teacher(TeacherConfig(spec="openai:fake-model", base_url=fake_batch.url, api="chat",
+                                        structured="off"), seed=1)
+    direct.generate(["Name a colour."], params, kind="classify", salts=["s"])
+    t, _ = batch_teacher(fake_batch, tmp_path)
+    (reply,) = t.generate(["Name a colour."], params, kind="classify", salts=["s"])
+    (line,) = fake_batch.lines
+    assert line["body"] == fake_batch.history[0]["body"] and line["url"] == "/v1/chat/completions"
+    assert line["custom_id"] == t.cache_key(Request(0, "Name a colour.", "s"), params)  # the cache key
+    assert reply.ok and not reply.cached and t.cache.get(line["custom_id"]).text == reply.text
+    assert t.usage.by_kind["classify"]["calls"] == 1
+
+
+def test_progress_lines_come_from_request_counts_with_an_eta(fake_batch, tmp_path):
+    fake_batch.polls_to_finish = 5
+    t, events = batch_teacher(fake_batch, tmp_path)
+    replies = t.generate([f"Question {i}?" for i in range(8)], GenParams(max_tokens=5), kind="classify")
+    assert all(r.ok for r in replies) and fake_batch.creations == 1
+    progress = [e for e in events if "batch progress" in e]
+    assert 3 <= len(progress) <= 6  # one a poll, no flood
+    assert any("/8 done" in e for e in progress) and any(" left" in e for e in progress)
+    assert any("classify batch submitted: 8 classify requests" in e for e in events)
+
+
+def test_failed_lines_go_into_the_next_wave_up_to_max_retries(fake_batch, tmp_path):
+    fake_batch.fail_every = 1  # every line fails
+    t, events = batch_teacher(fake_batch, tmp_path, max_retries=2)
+    (reply,) = t.generate(["Hello?"], GenParams(max_tokens=5), kind="classify")
+    assert not reply.ok and "HTTP 500" in reply.error and reply.retries == 2
+    assert fake_batch.creations == 3  # the first try and 2 retries, one line each
+    assert t.usage.by_kind["classify"]["errors"] == 1
+
+
+def test_a_re_run_adopts_a_batch_created_before_its_id_was_recorded(fake_batch, tmp_path):
+    """Killed between the create and recording its id: the batch is found by its input file, not created again."""
+    t, _ = batch_teacher(fake_batch, tmp_path)
+    req, params = Request(0, "Why is the sky blue?"), GenParams(max_tokens=5)
+    body = t._body(req, params)
+    key = t.cache_key(req, params)
+    line = json.dumps({"custom_id": key, "method": "POST", "url": "/v1/chat/completions", "body": body})
+    client = t._clients[0]
+    f = client.files.create(file=("w.jsonl", line.encode()), purpose="batch")
+    t.cache.log_wave(f.id, "/v1/chat/completions", [(key, "classify", '{"stop": [], "logprobs": 0}')], 0.0, 0)
+    client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert t.cached(req, params)  # sent: paid for, to be awaited
+    (reply,) = t.generate([req.prompt], params, kind="classify")
+    assert reply.ok and fake_batch.uploads == 1 and fake_batch.creations == 1
+    assert t.cache.open_waves() == []
+
+
+def _run_and_kill(server, tmp_path, kill_when):
+    cmd = [sys.executable, "-m", "pipeline", "run", "--teacher", "openai:fake-model", "--base-url", server.url,
+           "--output-dir", str(tmp_path), "--run-name", "k", "--num-instructions", "12", *FAST]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not kill_when() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, f"finished before the kill point: {proc.stderr.read().decode()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return cmd, env
+
+
+@pytest.mark.parametrize("point", ["bootstrap", "classify"])
+def test_kill_9_during_a_batch_then_a_re_run_resubmits_nothing(fake_batch, tmp_path, point):
+    fake_batch.polls_to_finish = 40  # about a second of polls: the kill lands while the batch runs
+
+    def kill_when():
+        kinds = [(b["metadata"] or {}).get("seed2lora") for b in list(fake_batch.batches.values())]
+        return point in kinds and all(b["_polls"] >= 2 for b in list(fake_batch.batches.values())
+                                      if (b["metadata"] or {}).get("seed2lora") == point)
+
+    cmd, env = _run_and_kill(fake_batch, tmp_path, kill_when)
+    before = fake_batch.creations
+    fake_batch.polls_to_finish = 3
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sent = Counter(line["custom_id"] for line in fake_batch.lines)
+    assert max(sent.values()) == 1  # no request submitted twice
+    assert fake_batch.uploads == fake_batch.creations > before  # the re-run went on with new waves only
+    for stage in STAGES:
+        records = read(tmp_path / "k" / f"{stage}.jsonl")
+        assert len({r["id"] for r in records}) == len(records) == 12, stage
+
+
+def test_a_server_killed_mid_batch_is_waited_for(fake_batch, tmp_path):
+    fake_batch.polls_to_finish = 6
+
+    def outage():
+        while not fake_batch.creations:
+            time.sleep(0.01)
+        fake_batch.kill()
+        time.sleep(1.0)
+        fake_batch.come_back()
+
+    threading.Thread(target=outage, daemon=True).start()
+    result = invoke("run", *teacher_flags(fake_batch, tmp_path), "--num-instructions", 6, *FAST)
+    assert "batch outage" in result.output
+    assert max(Counter(line["custom_id"] for line in fake_batch.lines).values()) == 1
+    assert len(read(tmp_path / "r" / "filter.jsonl")) > 0
+
+
+def test_the_budget_stops_before_a_wave_over_max_cost_and_prices_at_the_batch_discount(fake_batch, tmp_path):
+    prices = ["--set", 'budget.prices={"fake-model" = [100.0, 100.0]}']
+    # At the batch price ($50 per 1M tokens), a bootstrap request at most (about 1,250 tokens) is about $0.06.
+    result = CliRunner().invoke(cli, ["run", *map(str, teacher_flags(fake_batch, tmp_path)), "--num-instructions",
+                                      "12", *FAST, *prices, "--max-cost", "0.2"])
+    assert result.exit_code == 3 and "budget reached" in result.output, result.output
+    assert fake_batch.creations == 1 and 0 < len(fake_batch.lines) < 6  # the part of the first wave that fits
+    assert "the rest are not sent" in result.output
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert manifest["spend"]["cost_usd"] <= 0.2
+    c = json.loads(invoke("cost", tmp_path / "r", "--json").output)[0]
+    usage = c["models"]["fake-model@batch"]
+    assert c["dataset_usd"] == pytest.approx((usage["prompt_tokens"] + usage["completion_tokens"]) * 50 / 1e6)
+    assert "batch discount" in invoke("cost", tmp_path / "r").output
+    shown = invoke("show", tmp_path / "r").output
+    assert "fake-model@batch" in shown
+    dry = invoke("run", *teacher_flags(fake_batch, tmp_path), "--num-instructions", 12, *FAST, *prices, "--dry-run")
+    assert "fake-model@batch" in dry.output and "0.5 x the model's price" in dry.output
+    lines_before = len(fake_batch.lines)
+    invoke("run", *teacher_flags(fake_batch, tmp_path), "--num-instructions", 12, *FAST, *prices, "--max-cost", 100)
+    sent = Counter(line["custom_id"] for line in fake_batch.lines)
+    assert max(sent.values()) == 1 and len(fake_batch.lines) > lines_before
+    assert len(read(tmp_path / "r" / "instances.jsonl")) == 12
+
+
+def test_batch_mode_needs_a_server_with_the_batch_api(fake_batch, tmp_path):
+    fake_batch.batch_api = False
+    with pytest.raises(TeacherError, match="has no Batch API"):
+        batch_teacher(fake_batch, tmp_path)
+    with pytest.raises(TeacherError, match="--batch needs a server"):
+        make_teacher(TeacherConfig(spec="embedded", batch=True))
+
+
+def vllm_run_batch(server, wave: Path) -> None:
+    """What `python -m vllm.entrypoints.openai.run_batch -i wave.jsonl -o wave.out.jsonl` writes: one output line
+    per input line, the reply's body under response, answered here by the fake teacher."""
+    out = []
+    for n, text in enumerate(wave.read_text().splitlines()):
+        line = json.loads(text)
+        body = server.default_reply(line["url"], line["body"])
+        out.append({"id": f"vllm-{n:08x}", "custom_id": line["custom_id"], "error": None,
+                    "response": {"status_code": 200, "request_id": f"vllm-batch-{n:08x}", "body": body}})
+    wave.with_name(wave.stem + ".out.jsonl").write_text("".join(json.dumps(x) + "\n" for x in out))
+
+
+def test_a_folder_batch_runs_elsewhere_and_its_output_comes_back(tmp_path, monkeypatch):
+    """teacher.batch_dir: each wave is written and the run stops (exit 5) naming the vLLM command; with the
+    output beside it, the same command goes on. No server is asked anything, and no key is needed."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    teacher = FakeOpenAI()  # stands in for the model on the GPU box; never reached over HTTP
+    folder = tmp_path / "waves"
+    cmd = ["run", "--teacher", "openai:fake-model", "--output-dir", tmp_path, "--run-name", "f",
+           "--num-instructions", 8, "--batch", "--set", f"teacher.batch_dir={folder}"]
+    trips = 0
+    try:
+        for _ in range(12):
+            result = CliRunner().invoke(cli, [str(a) for a in cmd])
+            if result.exit_code == 0:
+                break
+            trips += 1
+            assert result.exit_code == 5 and "vllm.entrypoints.openai.run_batch -i wave-" in result.output, \
+                result.output
+            for wave in folder.glob("wave-*.jsonl"):
+                if not wave.name.endswith(".out.jsonl") and not wave.with_name(wave.stem + ".out.jsonl").exists():
+                    vllm_run_batch(teacher, wave)
+        else:
+            raise AssertionError("the run never finished")
+    finally:
+        teacher.close()
+    assert teacher.history == [] and teacher.probes == []
+    assert trips >= 3  # bootstrap, classify and instances each waited for their wave at least once
+    for stage in STAGES:
+        assert len(read(tmp_path / "f" / f"{stage}.jsonl")) == 8, stage
+    sent = Counter(json.loads(x)["custom_id"] for w in folder.glob("wave-*.jsonl") if ".out." not in w.name
+                   for x in w.read_text().splitlines())
+    assert max(sent.values()) == 1
