@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from ..cache import ResponseCache
 from ..config import RunConfig
+from ..context import Records, RunContext, StepResult
 from ..errors import LowYield, Seed2LoraError
 from ..prompts import Prompts
 from ..records import Task, task_id
@@ -262,3 +263,19 @@ def _tasks_from_reply(text: str, template: str, nxt: int, truncated: bool, prefi
     prefix = f"{nxt}." if prefix_continues else ""
     instructions = structured if structured is not None else parse_numbered_list(text, prefix, truncated)
     return [Task(id=task_id("machine", instr), instruction=instr, **common) for instr in instructions]
+
+
+def progress(ctx: RunContext, records: Records | None) -> tuple[str, int, int]:
+    """The bar counts instructions kept, toward the target; a resumed run starts at those it has."""
+    return "bootstrap: instructions kept", ctx.cfg.bootstrap.num_instructions, len(ctx.run.read_stage("bootstrap"))
+
+
+def step(ctx: RunContext, records: Records | None) -> StepResult:
+    """Grow the run's machine pool from its seeds to bootstrap.num_instructions; write bootstrap.jsonl."""
+    r = run_bootstrap(ctx.teacher, ctx.seeds, ctx.cfg, ctx.run, ctx.prompts, ctx.cache,
+                      on_kept=ctx.advance, on_progress=ctx.every(), say=ctx.log)
+    message = (f"bootstrap: {r.new} new instructions kept ({r.kept} in the pool), {r.rejected} rejected, "
+               f"{r.requests} prompts sent so far")
+    if r.pending:
+        message += f"; stopped at bootstrap.max_requests with {r.pending} instructions short of the target"
+    return StepResult(message, r.pending, {"replies": r.replies, "kept": r.new, "rejected": r.rejected})
