@@ -168,7 +168,7 @@ class RunContext:
         self._judge: Teacher | None = None  # score's judge when [score.teacher] names its own
         self._cache: ResponseCache | None = None
         self._budget: Budget | None = None  # the session's one budget, shared by the teacher and the judge
-        self._attached: set[int] = set()  # ids of the teachers attached to this run's cache
+        self._attached: dict[int, Teacher] = {}  # the teachers attached to this run's cache, by id
 
     @classmethod
     def of_run(cls, run_dir: str | Path, log: Log | None = None, session_tag: str = "") -> RunContext:
@@ -214,7 +214,7 @@ class RunContext:
     def attach(self, teacher: Teacher) -> Teacher:
         """Give a teacher this run's cache, usage log and budget (once; one passed in may have served another run)."""
         if id(teacher) not in self._attached:
-            self._attached.add(id(teacher))
+            self._attached[id(teacher)] = teacher
             attach_run(teacher, self.cache, self.session_id, self.budget)
         return teacher
 
@@ -248,10 +248,9 @@ class RunContext:
         if self._cache is not None:
             self._cache.close()
             self._cache, self._budget = None, None
+            for teacher in self._attached.values():
+                teacher.cache = None
             self._attached.clear()
-            for teacher in (self._teacher, self._judge):
-                if teacher is not None:
-                    teacher.cache = None
 
     # ------------------------------------------------------------ the manifest
 

@@ -155,7 +155,8 @@ class Session:
     cache = property(lambda self: self.ctx.cache)
     adapter_dir = property(lambda self: self.ctx.run.adapter_dir(self.ctx.cfg.train.output_dir))
 
-    def steps(self, names: list[str], input_path: str | Path | None = None, **options: Any) -> list[str]:
+    def run_steps(self, names: list[str], input_path: str | Path | None = None, **options: Any) -> list[str]:
+        """The named steps through the one loop; options set on the context (rescore=True)."""
         self.ctx.input_path = input_path
         for key, value in options.items():
             setattr(self.ctx, key, value)
@@ -163,11 +164,11 @@ class Session:
 
     def run_all(self) -> list[str]:
         """Every stage named in cfg.stages, in pipeline order."""
-        return self.steps(list(self.cfg.stages))
+        return self.run_steps(list(self.cfg.stages))
 
     def stage(self, name: str, input_path: str | Path | None = None) -> str:
         """One stage, as its command runs it; input_path replaces its input where it reads one."""
-        return self.steps([name], input_path)[0]
+        return self.run_steps([name], input_path)[0]
 
     def bootstrap(self) -> str:
         return self.stage("bootstrap")
@@ -186,7 +187,7 @@ class Session:
 
     def score(self, rescore: bool = False) -> str:
         """rescore: set the ratings and score rejections aside first (after validation), to rate every row again."""
-        return self.steps(["score"], rescore=rescore)[0]
+        return self.run_steps(["score"], rescore=rescore)[0]
 
     def ifd(self) -> str:
         return self.stage("ifd")

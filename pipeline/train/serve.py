@@ -63,8 +63,7 @@ def parse_adapters(specs: list[str]) -> list[Adapter]:
         if not name:
             name = d.resolve().parent.name if d.resolve().name in ("adapter", "adapters") else d.resolve().name
         info = adapter_info(d)  # refuses a folder that is not an adapter
-        rank = int(json.loads((d / "adapter_config.json").read_text(encoding="utf-8")).get("r", 0))
-        out.append(Adapter(name, d, rank, str(info["base"] or "")))
+        out.append(Adapter(name, d, info["rank"], str(info["base"] or "")))
     names = [a.name for a in out]
     clash = sorted({n for n in names if names.count(n) > 1} | ({BASE_ALIAS} & set(names)))
     if clash:
