@@ -69,10 +69,12 @@ def test_run_and_export_say_the_origins_of_the_exported_tasks(fake_openai, tmp_p
                  "--set", 'stages=["bootstrap","classify","instances","filter","export"]').output
     info = json.loads((tmp_path / "r" / "export" / "export.json").read_text())
     machine = info["counts"]["tasks_by_origin"]["machine"]
-    assert machine > 0 and f"from {info['counts']['tasks']} generated tasks ({machine} machine) + " in out, out
+    assert machine > 0 and f"export: {tmp_path / 'r' / 'export'}" in out, out
+    assert f"from {info['counts']['tasks']} generated + {info['counts']['seed_tasks']} seed tasks; generated tasks by origin: {machine} machine;" \
+        in out.replace("\n", ""), out
     assert "()" not in out
     again = invoke("export", tmp_path / "r", "--formats", "alpaca").output
-    assert "exported:" in again and f"({machine} machine)" in again, again
+    assert "exported:" in again and f"generated tasks by origin: {machine} machine;" in again.replace("\n", ""), again
 
 
 def test_classify_an_arbitrary_user_file(fake_openai, tmp_path):

@@ -80,11 +80,12 @@ def export(run: RunDir, cfg: ExportConfig, out_dir: str | Path | None = None) ->
 
 
 def export_line(info: dict[str, Any]) -> str:
-    """What an export wrote, in one line: rows per split, the generated tasks by origin, the seed tasks."""
+    """What an export wrote, in one line: its folder, rows per split and by origin, the tasks they came from."""
     c, out = info["counts"], Path(info["export_dir"])
-    origins = ", ".join(f"{n} {o}" for o, n in c["tasks_by_origin"].items()) or "none"
-    return (f"{c['train_rows']} train / {c['eval_rows']} eval rows from {c['tasks']} generated tasks ({origins}) + "
-            f"{c['seed_tasks']} seed tasks -> {out}  (card: {out / 'README.md'})")
+    rows = ", ".join(f"{n} {o}" for o, n in c["by_origin"].items()) or "none"
+    tasks = ", ".join(f"{n} {o}" for o, n in c["tasks_by_origin"].items()) or "none"
+    return (f"{out}  ({c['train_rows']} train / {c['eval_rows']} eval rows: {rows}; from {c['tasks']} generated + "
+            f"{c['seed_tasks']} seed tasks; generated tasks by origin: {tasks}; card: {out / 'README.md'})")
 
 
 def step(ctx: RunContext, records: Records | None) -> StepResult:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Seed2LoraError
+from ..store import ADAPTER_DIR
 from .gguf_export import ADAPTER_FILE, find_base, write_adapter_gguf
 from .model import adapter_info
 
@@ -61,7 +62,7 @@ def parse_adapters(specs: list[str]) -> list[Adapter]:
             name, path = "", spec
         d = Path(path)
         if not name:
-            name = d.resolve().parent.name if d.resolve().name in ("adapter", "adapters") else d.resolve().name
+            name = d.resolve().parent.name if d.resolve().name in (ADAPTER_DIR, "adapters") else d.resolve().name
         info = adapter_info(d)  # refuses a folder that is not an adapter
         out.append(Adapter(name, d, info["rank"], str(info["base"] or "")))
     names = [a.name for a in out]
