@@ -153,7 +153,13 @@ class Session:
     prompts = property(lambda self: self.ctx.prompts)
     seeds = property(lambda self: self.ctx.seeds)
     cache = property(lambda self: self.ctx.cache)
+    teacher = property(lambda self: self.ctx.teacher)
+    judge = property(lambda self: self.ctx.judge)
+    export_dir = property(lambda self: self.ctx.run.export_dir)
     adapter_dir = property(lambda self: self.ctx.run.adapter_dir(self.ctx.cfg.train.output_dir))
+
+    def close(self) -> None:
+        self.ctx.close()
 
     def run_steps(self, names: list[str], input_path: str | Path | None = None, **options: Any) -> list[str]:
         """The named steps through the one loop; options set on the context (rescore=True)."""
