@@ -14,7 +14,16 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
-from .config import ExportConfig, RunConfig, default_of, flag_overrides, load_config, load_section, parse_overrides
+from .config import (
+    ExportConfig,
+    RunConfig,
+    default_of,
+    flag_overrides,
+    load_config,
+    load_section,
+    parse_overrides,
+    recorded_config,
+)
 from .errors import InputError, Interrupted, Seed2LoraError, mask_secrets
 from .progress import progress
 from .show import label, show_run, stdout_console
@@ -315,30 +324,11 @@ def report(run_dir, seeds_path, out_dir):
 
 def _run_config(run_dir: str, config_path: str | None, sets: tuple[str, ...], flags: dict[str, Any]) -> RunConfig:
     """The config of an existing run: --config, else the one its manifest recorded; then flags, then --set."""
-    import dataclasses
-
     from .store import RunDir
 
-    run = Path(run_dir)
-    recorded = {} if config_path else (RunDir(run).manifest().get("config") or {})
-
-    def flatten(obj: Any, data: dict[str, Any], prefix: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(obj):
-            if f.name not in data or data[f.name] == "***":  # a masked secret is no value
-                continue
-            value, here = getattr(obj, f.name), f"{prefix}{f.name}"
-            if dataclasses.is_dataclass(value):
-                if isinstance(data[f.name], dict):  # a table recorded in an older form (a string) keeps its default
-                    out.update(flatten(value, data[f.name], here + "."))
-            else:
-                out[here] = data[f.name]
-        return out
-
-    overrides = {**flatten(RunConfig(), recorded, ""), **{k: v for k, v in flags.items() if v is not None},
-                 "output_dir": str(run.parent), "run_name": run.name}
-    overrides.update(parse_overrides(sets))
-    return load_config(config_path, overrides)
+    recorded = {} if config_path else (RunDir(run_dir).manifest().get("config") or {})
+    overrides = {**{k: v for k, v in flags.items() if v is not None}, **parse_overrides(sets)}
+    return recorded_config(recorded, run_dir, config_path, overrides)
 
 
 def _run_command_session(run_dir, config_path, sets, flags):
@@ -455,17 +445,14 @@ def _export_default(key: str) -> Any:  # the help shows ExportConfig's defaults,
 def export(run_dir, out_dir, formats, include, rows, eval_fraction, seed, include_seeds, config_path, sets):
     """Write a run's kept tasks as Alpaca JSON, chat JSONL, an HF dataset and parquet, with a dataset card."""
     from .rows import include_list
-    from .stages.export import export_run
+    from .stages.export import export as export_door
+    from .store import RunDir
 
     flags = {"formats": formats, "rows": rows, "eval_fraction": eval_fraction, "seed": seed,
              "include_seeds": include_seeds, "include": include_list(include) if include else None}
     cfg = load_section(ExportConfig, config_path, "export", flag_overrides(flags, sets, ExportConfig, "export"))
-    out = Path(out_dir) if out_dir else Path(run_dir) / "export"
-    info = export_run(run_dir, out, cfg)
-    c = info["counts"]
-    origins = ", ".join(f"{n} {o}" for o, n in c["by_origin"].items())
-    console.print(f"[green]exported:[/] {out}  ({c['train_rows']} train / {c['eval_rows']} eval rows: {origins}; "
-                  f"from {c['tasks']} generated + {c['seed_tasks']} seed tasks; card: {out / 'README.md'})")
+    _, line = export_door(RunDir(run_dir), cfg, out_dir)
+    console.print(f"[green]exported:[/] {line}")
 
 
 # train, merge, generate, eval: the train half lives in pipeline/train/commands.py.

@@ -817,3 +817,40 @@ def default_toml() -> str:
 
     cfg = RunConfig()
     return "\n".join([*table(cfg), *sections(cfg, "")]) + "\n"
+
+
+def _recorded_overrides(cls: type, data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The dotted settings of a recorded config (a manifest's, a training summary's) that `cls` still has.
+
+    Keys it no longer has are dropped, a masked secret ("***") is no value, and a table recorded in an older
+    form (a string) keeps its default; every value left is then checked like a TOML value by set_value."""
+    out: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in data or data[f.name] == "***":
+            continue
+        here = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            if isinstance(data[f.name], dict):
+                out.update(_recorded_overrides(hints[f.name], data[f.name], here + "."))
+        else:
+            out[here] = data[f.name]
+    return out
+
+
+def config_from_dict(cls: type, data: dict[str, Any] | None) -> Any:
+    """A config dataclass (RunConfig or one table) from a recorded dict, every value type-checked; the one
+    place a config is rebuilt from data outside a TOML file."""
+    cfg = cls()
+    for dotted, value in _recorded_overrides(cls, data or {}).items():
+        set_value(cfg, dotted, value)
+    return cfg
+
+
+def recorded_config(recorded: dict[str, Any], run_dir: str | Path, path: str | Path | None = None,
+                    overrides: dict[str, Any] | None = None) -> RunConfig:
+    """The config of an existing run: the TOML file at `path` if given, else the one its manifest recorded;
+    output_dir and run_name name `run_dir`; then `overrides` (flags, --set)."""
+    run = Path(run_dir)
+    base = {} if path else _recorded_overrides(RunConfig, recorded)
+    return load_config(path, {**base, "output_dir": str(run.parent), "run_name": run.name, **(overrides or {})})

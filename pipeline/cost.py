@@ -24,11 +24,11 @@ from typing import Any
 
 from .budget import BATCH_SUFFIX, CHARS_PER_TOKEN, ByModel, attribute_unlogged, price_for
 from .cache import CACHE_FILE, ResponseCache
-from .config import BudgetConfig, CostConfig, ExportConfig
+from .config import BudgetConfig, CostConfig, ExportConfig, config_from_dict
 from .errors import Seed2LoraError
 from .records import row_messages
 from .rows import run_rows
-from .store import RunDir
+from .store import RunDir, read_export_info
 
 TRAINING_SUMMARY = "training_summary.json"  # written by `seed2lora train` into the adapter folder
 
@@ -136,11 +136,9 @@ def kept_and_rows(run: RunDir) -> tuple[int, int, str]:
         data = run_rows(run, ExportConfig())
     except Seed2LoraError:
         return 0, 0, "no kept records"
-    export = run.path / "export" / "export.json"
-    if export.is_file():
-        counts = json.loads(export.read_text(encoding="utf-8")).get("counts") or {}
-        if "train_rows" in counts:
-            return len(data.tasks), int(counts["train_rows"]), "export train split"
+    counts = read_export_info(run.export_dir).get("counts") or {}
+    if "train_rows" in counts:
+        return len(data.tasks), int(counts["train_rows"]), "export train split"
     return len(data.tasks), len(data.rows), "all rows of the run (no export yet)"
 
 
@@ -154,7 +152,7 @@ def run_cost(run_path: str | Path, budget: BudgetConfig | None = None, cost: Cos
     budget = budget or run_budget(manifest)
     if cost is None:
         recorded = (manifest.get("config") or {}).get("cost") or {}
-        cost = CostConfig(**{k: v for k, v in recorded.items() if k in CostConfig.__dataclass_fields__})
+        cost = config_from_dict(CostConfig, recorded)
     usage, usage_source = run_usage(run)
     stages = stage_costs(usage, budget)
     priced = [s["usd"] for s in stages if s["usd"] is not None]
@@ -167,7 +165,7 @@ def run_cost(run_path: str | Path, budget: BudgetConfig | None = None, cost: Cos
         t["completion_tokens"] += s["completion_tokens"]
         t["usd"] = None if t["usd"] is None or s["usd"] is None else t["usd"] + s["usd"]
     kept, n_rows, rows_source = kept_and_rows(run)
-    adapter_dir = Path(adapter or cost.adapter or run.path / "adapter")
+    adapter_dir = run.adapter_dir(adapter or cost.adapter)
     training = training_cost(adapter_dir if adapter_dir.is_dir() else None, cost)
     cpt, cpt_source = chars_per_token(run)
     try:

@@ -22,6 +22,7 @@ from typing import Any
 from .budget import BATCH_SUFFIX, CHARS_PER_TOKEN, price_for
 from .cache import model_of
 from .config import RunConfig, TeacherConfig
+from .context import judge_config
 from .datasets_io import Fields, load_pool
 from .prompts import Prompts
 from .records import Instance, Task
@@ -29,7 +30,6 @@ from .rows import SOURCES, generated_include, include_list
 from .stages.bootstrap import build_prompt
 from .stages.evolve import OPERATIONS, answer_prompt, evolution_prompt, judge_prompt, lineages_left
 from .stages.instances import instance_prompt
-from .stages.score import judge_config
 from .store import STAGES, RunDir
 
 IN_PROCESS = ("embedded", "hf")  # teacher kinds that score by log-probability under score.method = auto

@@ -25,6 +25,10 @@ os.umask(_UMASK)
 STAGES = ("bootstrap", "classify", "instances", "filter", "evolve")
 REJECTED = "rejected.jsonl"
 MANIFEST = "manifest.json"
+# The run's folders: RunDir names them, nothing else spells them.
+EXPORT_DIR, ADAPTER_DIR, EVAL_DIR, REPORT_DIR = "export", "adapter", "eval", "report"
+EXPORT_INFO = "export.json"  # an export folder's facts (its run, counts, config)
+ADAPTER_CONFIG = "adapter_config.json"  # PEFT's file: what makes a folder an adapter
 
 
 def read_jsonl(path: str | Path, *, strict: bool = True) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -129,10 +133,41 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 class RunDir:
-    """outputs/<run-name>/: one JSONL per stage, rejected.jsonl and manifest.json."""
+    """outputs/<run-name>/: one JSONL per stage, rejected.jsonl, manifest.json, and the folders export/,
+    adapter/ (its eval/ inside) and report/. Code asks a RunDir for these paths; none spells them."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+
+    @property
+    def export_dir(self) -> Path:
+        return self.path / EXPORT_DIR
+
+    def adapter_dir(self, output_dir: str | Path = "") -> Path:
+        """The run's adapter: train.output_dir when set, else RUN/adapter."""
+        return Path(output_dir) if output_dir else self.path / ADAPTER_DIR
+
+    def eval_dir(self, output_dir: str | Path = "") -> Path:
+        return eval_dir_of(self.adapter_dir(output_dir))
+
+    @property
+    def report_dir(self) -> Path:
+        return self.path / REPORT_DIR
+
+    @classmethod
+    def of_adapter(cls, adapter_dir: str | Path, data: str | Path | None = None) -> RunDir | None:
+        """The run an adapter belongs to: the folder holding it (RUN/adapter), else the run its training data
+        came from (`data`: RUN or RUN/export); a run is a folder with a manifest.json. None when there is none."""
+        candidates = [Path(adapter_dir).parent]
+        if data:
+            candidates += [Path(data), Path(data).parent]
+        return next((cls(c) for c in candidates if (c / MANIFEST).is_file()), None)
+
+    @classmethod
+    def of_export(cls, export_dir: str | Path) -> RunDir:
+        """The run an export folder was written from (its export.json names it; else the folder above)."""
+        info = read_export_info(export_dir)
+        return cls(info.get("run_dir") or Path(export_dir).parent)
 
     def stage_file(self, stage: str) -> Path:
         return self.path / f"{stage}.jsonl"
@@ -194,6 +229,24 @@ class RunDir:
         by_reason = Counter(f"{r.stage}: {reason_kind(r.reject_reason)}" for r in rejected)
         counts["rejected_by_reason"] = dict(by_reason.most_common())
         return counts
+
+
+def eval_dir_of(adapter_dir: str | Path) -> Path:
+    """Where an adapter's eval report goes by default: ADAPTER/eval."""
+    return Path(adapter_dir) / EVAL_DIR
+
+
+def read_export_info(export_dir: str | Path) -> dict[str, Any]:
+    """An export folder's export.json ({} when the folder has none)."""
+    f = Path(export_dir) / EXPORT_INFO
+    return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
+
+
+def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any] | None:
+    """An adapter folder's adapter_config.json (PEFT's: base model, rank, alpha, targets); None when it has none.
+    The one reader of that file."""
+    f = Path(adapter_dir) / ADAPTER_CONFIG
+    return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else None
 
 
 def reason_kind(reason: str | None) -> str:

@@ -61,6 +61,22 @@ def test_stage_by_stage_and_show(fake_openai, tmp_path):
     assert all("reject_reason" in json.loads(x) for x in rejected.splitlines())
 
 
+def test_run_and_export_say_the_origins_of_the_exported_tasks(fake_openai, tmp_path):
+    """`run` with export and the `export` command go through one door and print the same line, origins included
+    (run used to read them where export does not keep them, and printed "()")."""
+    flags = teacher_flags(fake_openai, tmp_path)
+    out = invoke("run", *flags, "--num-instructions", 4, "--set", "teacher.concurrency=1",
+                 "--set", 'stages=["bootstrap","classify","instances","filter","export"]').output
+    info = json.loads((tmp_path / "r" / "export" / "export.json").read_text())
+    machine = info["counts"]["tasks_by_origin"]["machine"]
+    assert machine > 0 and f"export: {tmp_path / 'r' / 'export'}" in out, out
+    assert f"from {info['counts']['tasks']} generated + {info['counts']['seed_tasks']} seed tasks; generated tasks by origin: {machine} machine;" \
+        in out.replace("\n", ""), out
+    assert "()" not in out
+    again = invoke("export", tmp_path / "r", "--formats", "alpaca").output
+    assert "exported:" in again and f"generated tasks by origin: {machine} machine;" in again.replace("\n", ""), again
+
+
 def test_classify_an_arbitrary_user_file(fake_openai, tmp_path):
     user = tmp_path / "mine.jsonl"
     user.write_text('{"instruction": "Compare two sorting algorithms for small lists."}\n'

@@ -572,6 +572,7 @@ def test_a_retrain_on_new_data_starts_over_once_and_then_resumes(tmp_path, monke
     from pipeline.runner import Session
     from pipeline.store import RunDir, write_jsonl_atomic
     from pipeline.train.data import load_rows, rows_fingerprint
+    from pipeline.train.steps import train_step
 
     cfg = load_config(None, {"output_dir": str(tmp_path), "run_name": "r"})
     run = RunDir(cfg.run_dir).ensure()
@@ -590,7 +591,7 @@ def test_a_retrain_on_new_data_starts_over_once_and_then_resumes(tmp_path, monke
     monkeypatch.setattr(trainer, "train", interrupted)
     for _ in range(2):
         with pytest.raises(KeyboardInterrupt):
-            Session(cfg)._train()
+            train_step(Session(cfg).ctx, None)
     assert resumes == [False, True]  # from scratch once (the old data's checkpoints), then resumed
     assert rows_fingerprint(load_rows(run.path)) != "old rows"
 

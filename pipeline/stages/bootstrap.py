@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from ..cache import ResponseCache
 from ..config import RunConfig
+from ..context import Records, RunContext, StepResult
 from ..errors import LowYield, Seed2LoraError
 from ..prompts import Prompts
 from ..records import Task, task_id
@@ -100,6 +101,99 @@ def gen_params(cfg: RunConfig, continues: bool = True, structured: bool = False)
                      stop=(("\n\n",) if continues else ()) + (f"\n{n}.", f"\n{n} .", f"Task {n}:"))
 
 
+class _Pool:
+    """The machine pool as bootstrap grows it: every parsed line ends kept or rejected (it was paid for), and a
+    resumed run recognises what it wrote before by (id, request)."""
+
+    def __init__(self, run: RunDir, cfg: RunConfig, seeds: list[Task]):
+        existing = run.read_stage("bootstrap")
+        self.target = cfg.bootstrap.num_instructions
+        self.machine = [t.instruction for t in existing]
+        self.kept_ids = {t.id: t.instruction for t in existing}
+        # How many records each (id, request) already has: a replayed reply skips exactly those.
+        self.written = Counter((t.id, t.round)
+                               for t in [*existing, *(r for r in run.read_rejected() if r.stage == "bootstrap")])
+        self.filter = InstructionFilter(cfg.filter, pool=self.machine, seeds=[s.instruction for s in seeds])
+        self.new = self.rejected = 0
+        self.answered = self.novel = 0  # replies with text; their lines that passed the filter (kept or over target)
+        self.reasons: Counter[str] = Counter()
+
+    @property
+    def full(self) -> bool:
+        return len(self.machine) >= self.target
+
+    def reject(self, out: JsonlWriter, task: Task, reason: str) -> None:
+        out.write(task.rejected(reason, "bootstrap"))
+        self.rejected += 1
+        self.reasons[reason_kind(reason)] += 1
+
+    def take(self, tasks: list[Task], request: int, kept_out: JsonlWriter, rejected_out: JsonlWriter,
+             on_kept: Callable[[int], None] | None) -> int:
+        """Keep or reject each parsed line of one reply; the number kept."""
+        self.answered += 1
+        seen: Counter[str] = Counter()
+        kept_here = 0
+        for task in tasks:
+            seen[task.id] += 1
+            if seen[task.id] <= self.written[(task.id, request)]:  # written before an interruption
+                continue
+            if not task.instruction:
+                self.reject(rejected_out, task, "unparseable_reply: no numbered task in the reply")
+            elif task.id in self.kept_ids:
+                self.reject(rejected_out, task, f"duplicate: the same instruction as {task.id}, already kept")
+            elif reason := self.filter.check(task):
+                self.reject(rejected_out, task, reason)
+            elif self.full:
+                self.novel += 1
+                self.reject(rejected_out, task, f"over_target: passed the filter, but the pool already held the "
+                                                f"{self.target} instructions asked for (bootstrap.num_instructions)")
+            else:
+                self.novel += 1
+                self.filter.add(task.instruction)
+                self.machine.append(task.instruction)
+                self.kept_ids[task.id] = task.instruction
+                kept_out.write(task)
+                self.new += 1
+                kept_here += 1
+                if on_kept:
+                    on_kept(1)
+        return kept_here
+
+
+class _YieldWatch:
+    """The accept rate over the last `yield_window` prompts: a line per window, a warning below yield_warn, and
+    a stop (exit 6) below yield_stop naming the main reject reasons."""
+
+    def __init__(self, cfg: RunConfig, teacher: Teacher, run: RunDir, say: Callable[[str], None]):
+        self.b, self.teacher, self.run, self.say = cfg.bootstrap, teacher, run, say
+        self.recent: deque[int] = deque(maxlen=max(1, self.b.yield_window))
+        self.warned = False
+
+    def after(self, kept_here: int, done: int, pool: _Pool) -> None:
+        b, recent = self.b, self.recent
+        recent.append(kept_here)
+        if len(recent) < recent.maxlen or pool.full:
+            return
+        rate = sum(recent) / len(recent)
+        top = ", ".join(f"{k} {n}" for k, n in pool.reasons.most_common(3)) or "none"
+        if done % recent.maxlen == 0:  # the accept rate as the run goes, one line a window
+            u = self.teacher.usage.by_kind.get("bootstrap", {})
+            tokens = u.get("prompt_tokens", 0) + u.get("completion_tokens", 0)
+            per_1k = f", {1000 * pool.new / tokens:.2f} per 1K tokens" if tokens else ""
+            self.say(f"bootstrap: {len(pool.machine)} of {b.num_instructions} kept; {rate:.2f} kept per prompt over "
+                     f"the last {len(recent)} prompts{per_1k}; main reject reasons: {top}")
+        if rate < b.yield_stop:
+            raise LowYield(f"bootstrap kept {rate:.2f} instructions per prompt over the last {len(recent)} "
+                           f"prompts (bootstrap.yield_stop is {b.yield_stop}); main reject reasons: {top}. "
+                           f"{len(pool.machine)} kept so far are saved. Fix: a stronger teacher, --api "
+                           "completions for a small local model, or looser [filter] settings; see "
+                           f"{self.run.rejected_file}")
+        if rate < b.yield_warn and not self.warned:
+            self.warned = True
+            self.say(f"bootstrap: warning: only {rate:.2f} instructions kept per prompt over the last "
+                     f"{len(recent)} prompts; main reject reasons: {top}")
+
+
 def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunDir, prompts: Prompts,
                   log: ResponseCache, *, on_kept: Callable[[int], None] | None = None,
                   on_progress: Callable[[int], None] | None = None,
@@ -122,62 +216,44 @@ def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunD
     if not pool_seeds:
         raise Seed2LoraError("no seed tasks to sample from (use_clf_seed_tasks_only needs seeds with "
                              "is_classification true)")
-    say = say or (lambda message: None)
-    existing = run.read_stage("bootstrap")
-    machine = [t.instruction for t in existing]
-    kept_ids = {t.id: t.instruction for t in existing}
-    # How many records each (id, request) already has: a replayed reply skips exactly those.
-    written = Counter((t.id, t.round) for t in [*existing, *(r for r in run.read_rejected() if r.stage == "bootstrap")])
-    filt = InstructionFilter(cfg.filter, pool=machine, seeds=[s.instruction for s in seeds])
+    pool = _Pool(run, cfg, seeds)
+    watch = _YieldWatch(cfg, teacher, run, say or (lambda message: None))
     sent, unfinished = log.requests("bootstrap")
     max_requests = sent + (b.max_requests or 20 * b.num_instructions)
     prefix_continues = getattr(teacher, "api", "chat") == "completions"
     params = gen_params(cfg, prefix_continues, getattr(teacher, "structured", False))
     plans: dict[int, dict] = {}
-    # answered: replies with text; novel: their lines that passed the filter (kept, or over the target)
-    counter = {"next": sent, "done": 0, "answered": 0, "novel": 0}
+    counter = {"next": sent, "done": 0}
 
     def gap_covered() -> bool:
         """The prompts in flight should fill the pool at the yield seen so far: wait for them, not send more
         (16 prompts in flight for the last 2 places were money for nothing)."""
-        in_flight = len(plans)
-        if not in_flight:
+        if not plans:
             return False
-        per_prompt = counter["novel"] / counter["answered"] if counter["answered"] else b.expected_yield
-        return len(machine) + in_flight * per_prompt >= b.num_instructions
+        per_prompt = pool.novel / pool.answered if pool.answered else b.expected_yield
+        return len(pool.machine) + len(plans) * per_prompt >= b.num_instructions
 
     def requests():
         for n, body in unfinished:
             plans[n] = body
             paid = teacher.cached(Request(n, body["prompt"], salt=body["salt"]), params)
-            if len(machine) >= b.num_instructions and not paid:  # the pool is full: an unpaid prompt is not sent
+            if pool.full and not paid:  # the pool is full: an unpaid prompt is not sent
                 plans.pop(n)
                 continue
             yield Request(n, body["prompt"], salt=body["salt"])  # a paid reply is read from the cache, lines recorded
-        while len(machine) < b.num_instructions and counter["next"] < max_requests:
+        while not pool.full and counter["next"] < max_requests:
             if gap_covered():
                 yield WAIT
                 continue
             n = counter["next"]
             counter["next"] += 1
             salt = f"{cfg.seed}:bootstrap:{n}"
-            template, text, nxt = build_prompt(prompts, cfg, random.Random(salt), pool_seeds, machine)
+            template, text, nxt = build_prompt(prompts, cfg, random.Random(salt), pool_seeds, pool.machine)
             plans[n] = {"prompt": text, "template": template, "next_number": nxt, "salt": salt}
             log.log_request("bootstrap", n, plans[n])
             yield Request(n, text, salt=salt)
 
-    new = rejected_n = 0
-    reasons: Counter[str] = Counter()
-    recent: deque[int] = deque(maxlen=max(1, b.yield_window))
-    warned = False
     with JsonlWriter(run.stage_file("bootstrap")) as kept_out, JsonlWriter(run.rejected_file) as rejected_out:
-
-        def reject(task: Task, reason: str) -> None:
-            nonlocal rejected_n
-            rejected_out.write(task.rejected(reason, "bootstrap"))
-            rejected_n += 1
-            reasons[reason_kind(reason)] += 1
-
         for req, reply in teacher.stream(requests(), params, kind="bootstrap"):
             plan = plans.pop(req.key)
             counter["done"] += 1
@@ -185,70 +261,24 @@ def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunD
                 if on_progress:
                     on_progress(counter["done"])
                 continue
-            counter["answered"] += 1
-            truncated = reply.finish_reason == "length"
-            tasks = _tasks_from_reply(reply.text, plan["template"], plan["next_number"], truncated,
-                                      prefix_continues, req.key, teacher.name)
-            seen: Counter[str] = Counter()
-            kept_here = 0
+            tasks = _tasks_from_reply(reply.text, plan["template"], plan["next_number"],
+                                      reply.finish_reason == "length", prefix_continues, req.key, teacher.name)
             if not tasks:
                 tasks = [Task(id=task_id("reply", plan["salt"]), instruction="", origin="machine", round=req.key,
                               stage="bootstrap", teacher=teacher.name, prompt=plan["template"],
                               meta={"bootstrap_reply": reply_meta(reply)})]
-            for task in tasks:  # every line ends kept or rejected: it was paid for
-                seen[task.id] += 1
-                if seen[task.id] <= written[(task.id, req.key)]:  # written before an interruption
-                    continue
-                if not task.instruction:
-                    reject(task, "unparseable_reply: no numbered task in the reply")
-                elif task.id in kept_ids:
-                    reject(task, f"duplicate: the same instruction as {task.id}, already kept")
-                elif reason := filt.check(task):
-                    reject(task, reason)
-                elif len(machine) >= b.num_instructions:
-                    counter["novel"] += 1
-                    reject(task, f"over_target: passed the filter, but the pool already held the "
-                                 f"{b.num_instructions} instructions asked for (bootstrap.num_instructions)")
-                else:
-                    counter["novel"] += 1
-                    filt.add(task.instruction)
-                    machine.append(task.instruction)
-                    kept_ids[task.id] = task.instruction
-                    kept_out.write(task)
-                    new += 1
-                    kept_here += 1
-                    if on_kept:
-                        on_kept(1)
+            kept_here = pool.take(tasks, req.key, kept_out, rejected_out, on_kept)
             log.mark_done("bootstrap", req.key)
             if on_progress:
                 on_progress(counter["done"])
-            recent.append(kept_here)
-            if len(recent) == recent.maxlen and len(machine) < b.num_instructions:
-                rate = sum(recent) / len(recent)
-                top = ", ".join(f"{k} {n}" for k, n in reasons.most_common(3)) or "none"
-                if counter["done"] % recent.maxlen == 0:  # the accept rate as the run goes, one line a window
-                    u = teacher.usage.by_kind.get("bootstrap", {})
-                    tokens = u.get("prompt_tokens", 0) + u.get("completion_tokens", 0)
-                    per_1k = f", {1000 * new / tokens:.2f} per 1K tokens" if tokens else ""
-                    say(f"bootstrap: {len(machine)} of {b.num_instructions} kept; {rate:.2f} kept per prompt over the "
-                        f"last {len(recent)} prompts{per_1k}; main reject reasons: {top}")
-                if rate < b.yield_stop:
-                    raise LowYield(f"bootstrap kept {rate:.2f} instructions per prompt over the last {len(recent)} "
-                                   f"prompts (bootstrap.yield_stop is {b.yield_stop}); main reject reasons: {top}. "
-                                   f"{len(machine)} kept so far are saved. Fix: a stronger teacher, --api "
-                                   "completions for a small local model, or looser [filter] settings; see "
-                                   f"{run.rejected_file}")
-                if rate < b.yield_warn and not warned:
-                    warned = True
-                    say(f"bootstrap: warning: only {rate:.2f} instructions kept per prompt over the last "
-                        f"{len(recent)} prompts; main reject reasons: {top}")
+            watch.after(kept_here, counter["done"], pool)
     requests_sent = log.requests("bootstrap")[0]
-    if not machine:
+    if not pool.machine:
         raise Seed2LoraError(f"the teacher gave no usable instruction in {requests_sent} prompts "
-                             f"({rejected_n} rejected; see {run.rejected_file}). Try another teacher, "
+                             f"({pool.rejected} rejected; see {run.rejected_file}). Try another teacher, "
                              "or loosen [filter] settings")
-    return BootstrapResult(kept=len(machine), new=new, rejected=rejected_n, requests=requests_sent,
-                           pending=max(0, b.num_instructions - len(machine)), replies=counter["done"])
+    return BootstrapResult(kept=len(pool.machine), new=pool.new, rejected=pool.rejected, requests=requests_sent,
+                           pending=max(0, b.num_instructions - len(pool.machine)), replies=counter["done"])
 
 
 def _tasks_from_reply(text: str, template: str, nxt: int, truncated: bool, prefix_continues: bool,
@@ -262,3 +292,19 @@ def _tasks_from_reply(text: str, template: str, nxt: int, truncated: bool, prefi
     prefix = f"{nxt}." if prefix_continues else ""
     instructions = structured if structured is not None else parse_numbered_list(text, prefix, truncated)
     return [Task(id=task_id("machine", instr), instruction=instr, **common) for instr in instructions]
+
+
+def progress(ctx: RunContext, records: Records | None) -> tuple[str, int, int]:
+    """The bar counts instructions kept, toward the target; a resumed run starts at those it has."""
+    return "bootstrap: instructions kept", ctx.cfg.bootstrap.num_instructions, len(ctx.run.read_stage("bootstrap"))
+
+
+def step(ctx: RunContext, records: Records | None) -> StepResult:
+    """Grow the run's machine pool from its seeds to bootstrap.num_instructions; write bootstrap.jsonl."""
+    r = run_bootstrap(ctx.teacher, ctx.seeds, ctx.cfg, ctx.run, ctx.prompts, ctx.cache,
+                      on_kept=ctx.advance, on_progress=ctx.every(), say=ctx.log)
+    message = (f"bootstrap: {r.new} new instructions kept ({r.kept} in the pool), {r.rejected} rejected, "
+               f"{r.requests} prompts sent so far")
+    if r.pending:
+        message += f"; stopped at bootstrap.max_requests with {r.pending} instructions short of the target"
+    return StepResult(message, r.pending, {"replies": r.replies, "kept": r.new, "rejected": r.rejected})

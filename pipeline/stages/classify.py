@@ -10,13 +10,14 @@ import dataclasses
 from collections.abc import Sequence
 
 from ..config import RunConfig
+from ..context import Records, RunContext, StepResult
 from ..prompts import Prompts
 from ..records import Task
 from ..store import RunDir
 from ..teachers import Completion, GenParams, Teacher
 from ..teachers.base import read_logprobs
 from .calibrate import seed_threshold, yes_no_margin
-from .common import MapResult, ProgressFn, map_pending, reply_meta
+from .common import MapResult, ProgressFn, map_pending, map_result, reply_meta
 from .parse import parse_yes_no
 from .schemas import schema_params
 
@@ -69,3 +70,14 @@ def run_classify(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: R
 
     return map_pending(tasks, run, "classify", teacher, params, prompt_for=prompt_for, finish=finish,
                        max_retries=cfg.teacher.max_retries, progress=progress)
+
+
+def progress(ctx: RunContext, records: Records | None) -> tuple[str, int, int]:
+    return "classify", len(records or ()), 0  # one tick per task
+
+
+def step(ctx: RunContext, records: Records | None) -> StepResult:
+    """Label each task of `records` (bootstrap.jsonl or --input) classification or not; write classify.jsonl."""
+    tasks = records or Records()
+    return map_result(ctx, "classify", run_classify(ctx.teacher, tasks, ctx.cfg, ctx.run, ctx.prompts,
+                                                    progress=ctx.advance), len(tasks))

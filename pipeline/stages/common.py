@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from ..context import RunContext, StepResult
 from ..records import Task
 from ..store import JsonlWriter, RunDir
 from ..teachers import Completion, GenParams, Teacher
@@ -136,3 +137,12 @@ def map_pending(tasks: Sequence[Task], run: RunDir, stage: str, teacher: Teacher
     # Failed, never sent (budget, a stop) or waiting for a retry that was never sent: all pending.
     result.pending = len(by_id) - result.written - result.rejected
     return result
+
+
+def map_result(ctx: RunContext, stage: str, r: MapResult, n: int) -> StepResult:
+    """A per-task stage's line and counts: written, rejected after the retries, retried, pending."""
+    done = len(ctx.run.read_stage(stage))
+    message = f"{stage}: {r.written} tasks written ({done} in {stage}.jsonl); {r.replies_note(ctx.cfg.teacher.max_retries)}"
+    if r.pending:
+        message += f"; the teacher failed on {r.pending} (see the errors above and the usage in manifest.json)"
+    return StepResult(message, r.pending, r.counts(n))

@@ -62,14 +62,17 @@ import random
 import re
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..config import EvolveConfig, EvolveWeights, RunConfig
+from ..context import Records, RunContext, StepResult
+from ..datasets_io import Fields, load_pool
 from ..errors import Seed2LoraError
 from ..prompts import Prompts
 from ..records import Instance, Task, task_id
-from ..store import JsonlWriter, RunDir, reason_kind
+from ..store import STAGES, JsonlWriter, RunDir, read_tasks, reason_kind
 from ..teachers import Completion, GenParams, Teacher
 from ..teachers.base import WAIT, Request
 from .common import ProgressFn, reply_meta, retry_params
@@ -419,6 +422,25 @@ def lineages_left(pool: list[Task], evolved: list[Task], done: dict[str, int], r
     return out
 
 
+def plan(run: RunDir, pool: list[Task], rounds: int) -> tuple[list[Task], list[_Lineage]]:
+    """(evolutions kept so far, each pool slot's lineage where the outputs leave it)."""
+    evolved = run.read_stage("evolve")
+    done: dict[str, int] = {}
+    for t in [*evolved, *run.read_rejected()]:
+        if t.stage == "evolve" and t.parent_id:
+            done[t.parent_id] = max(done.get(t.parent_id, 0), t.round)
+    return evolved, lineages_left(pool, evolved, done, rounds)
+
+
+def bar_of(lineages: list[_Lineage], rounds: int) -> tuple[str, int]:
+    """The progress bar's description and the slot-rounds without an outcome (three calls each at most)."""
+    todo = sum(rounds + 1 - x.round for x in lineages)
+    if not todo:
+        return "evolve", 0
+    first = min(x.round for x in lineages)
+    return (f"evolve round {first}/{rounds}" if first == rounds else f"evolve rounds {first}-{rounds}") + ", calls", todo
+
+
 def run_evolve(teacher: Teacher, pool: list[Task], cfg: RunConfig, run: RunDir, prompts: Prompts, *,
                source: str, seeds: Iterable[str] = (), progress: ProgressFactory | None = None) -> EvolveResult:
     """Run rounds 1 .. evolve.rounds over `pool` (read from `source`), skipping every slot-round
@@ -429,20 +451,13 @@ def run_evolve(teacher: Teacher, pool: list[Task], cfg: RunConfig, run: RunDir, 
         raise Seed2LoraError(f"no instructions to evolve in {source}")
     progress = progress or _no_progress
     check_source(run, source)
-    evolved = run.read_stage("evolve")
-    done: dict[str, int] = {}
-    for t in [*evolved, *run.read_rejected()]:
-        if t.stage == "evolve" and t.parent_id:
-            done[t.parent_id] = max(done.get(t.parent_id, 0), t.round)
-    lineages = lineages_left(pool, evolved, done, e.rounds)
+    evolved, lineages = plan(run, pool, e.rounds)
     result = EvolveResult(rounds_done=0, source=source)
-    todo = sum(e.rounds + 1 - x.round for x in lineages)  # slot-rounds without an outcome
+    desc, todo = bar_of(lineages, e.rounds)
     if todo:
-        first = min(x.round for x in lineages)
-        desc = f"evolve round {first}/{e.rounds}" if first == e.rounds else f"evolve rounds {first}-{e.rounds}"
         evolver = _Evolver(teacher, cfg, prompts, pool, evolved, seeds)
         with JsonlWriter(run.stage_file("evolve")) as kept_out, JsonlWriter(run.rejected_file) as rejected_out, \
-                progress(f"{desc}, calls", 3 * todo) as advance:
+                progress(desc, 3 * todo) as advance:
 
             def emit(t: Task) -> None:
                 if t.reject_reason:
@@ -460,3 +475,52 @@ def run_evolve(teacher: Teacher, pool: list[Task], cfg: RunConfig, run: RunDir, 
     result.rounds_done = min((x.round - 1 for x in lineages), default=e.rounds)
     result.total = len(evolved)
     return result
+
+
+def read(ctx: RunContext, check_only: bool = False) -> Records:
+    """The pool to evolve, named by its source: --input, else evolve.source (a stage of this run, seeds, a path).
+
+    check_only: validate the source without reading it (a stage of this run may be written by an earlier step).
+    """
+    e = ctx.cfg.evolve
+    source = str(ctx.input_path) if ctx.input_path else e.source
+    if source == "seeds":
+        return Records(ctx.seeds, f"seeds:{ctx.cfg.seed_tasks or 'bundled'}")
+    if source in STAGES and source != "evolve":
+        f = ctx.run.stage_file(source)
+        if check_only and source in ctx.cfg.stages:
+            return Records((), source)
+        if not f.exists():
+            raise Seed2LoraError(f"{f} does not exist. Fix: run `seed2lora {source}` for this run first, "
+                                 "pass --input FILE, or set evolve.source = \"seeds\"")
+        return Records(read_tasks(f), source)
+    fields = Fields(e.instruction_field, e.input_field, e.output_field)
+    return Records(load_pool(source, fields), str(Path(source).resolve()))
+
+
+def check(ctx: RunContext) -> None:
+    read(ctx, check_only=True)
+
+
+def progress(ctx: RunContext, records: Records | None) -> tuple[str, int, int] | None:
+    desc, todo = bar_of(plan(ctx.run, list(records or ()), ctx.cfg.evolve.rounds)[1], ctx.cfg.evolve.rounds)
+    return (desc, 3 * todo, 0) if todo else None
+
+
+def step(ctx: RunContext, records: Records | None) -> StepResult:
+    """Evolve the pool `records` round after round; write evolve.jsonl."""
+    pool = records if records is not None else read(ctx)
+    source = pool.source
+    check_source(ctx.run, source)  # one input per run: checked before this input is recorded
+    ctx.record(state={"evolve_input": source})
+    result = run_evolve(ctx.teacher, list(pool), ctx.cfg, ctx.run, ctx.prompts, source=source,
+                        seeds=[s.instruction for s in ctx.seeds], progress=lambda desc, total: nullcontext(ctx.advance))
+    rejected = ", ".join(f"{k} {n}" for k, n in result.rejected.most_common()) or "none"
+    e = ctx.cfg.evolve
+    message = (f"evolve: {result.rounds_done} of {e.rounds} rounds done over {len(pool)} instructions; "
+               f"{result.kept} evolutions kept ({result.total} in evolve.jsonl), {sum(result.rejected.values())} "
+               f"rejected ({rejected}), {result.errors} teacher errors")
+    if result.pending:
+        message += f"; {result.pending} of {len(pool)} slots have rounds to go"
+    return StepResult(message, result.pending, {"kept": result.kept, "rejected": sum(result.rejected.values()),
+                                                "rounds_done": result.rounds_done})

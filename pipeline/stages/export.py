@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ExportConfig
+from ..context import Records, RunContext, StepResult
 from ..errors import Seed2LoraError
 from ..records import row_messages, split_by_task
 from ..rows import include_list, run_rows
-from ..store import RunDir, write_jsonl_atomic, write_text_atomic
+from ..store import EXPORT_INFO, RunDir, write_jsonl_atomic, write_text_atomic
 
 FORMATS = ("alpaca", "messages", "hf", "parquet")
 SPLITS = ("train", "eval")
@@ -65,9 +66,33 @@ def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig) -> d
         "teacher": manifest.get("teacher"),
         "config": manifest.get("config", {}),
     }
-    write_text_atomic(out / "export.json", json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(out / EXPORT_INFO, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     write_text_atomic(out / "README.md", dataset_card(info))
     return info
+
+
+def export(run: RunDir, cfg: ExportConfig, out_dir: str | Path | None = None) -> tuple[dict[str, Any], str]:
+    """The one door of export, for `run` and the `export` command: write the run's export (default RUN/export)
+    and return what export.json records with the line that says what was written."""
+    out = Path(out_dir) if out_dir else run.export_dir
+    info = export_run(run.path, out, cfg)
+    return info, export_line(info)
+
+
+def export_line(info: dict[str, Any]) -> str:
+    """What an export wrote, in one line: its folder, rows per split and by origin, the tasks they came from."""
+    c, out = info["counts"], Path(info["export_dir"])
+    rows = ", ".join(f"{n} {o}" for o, n in c["by_origin"].items()) or "none"
+    tasks = ", ".join(f"{n} {o}" for o, n in c["tasks_by_origin"].items()) or "none"
+    return (f"{out}  ({c['train_rows']} train / {c['eval_rows']} eval rows: {rows}; from {c['tasks']} generated + "
+            f"{c['seed_tasks']} seed tasks; generated tasks by origin: {tasks}; card: {out / 'README.md'})")
+
+
+def step(ctx: RunContext, records: Records | None) -> StepResult:
+    """Write the run's kept records as a fine-tuning dataset, by [export], into RUN/export."""
+    info, line = export(ctx.run, ctx.cfg.export)
+    c = info["counts"]
+    return StepResult(f"export: {line}", 0, {"train_rows": c["train_rows"], "eval_rows": c["eval_rows"]})
 
 
 ORIGIN_ORDER = ("machine", "evolved", "seed")  # the order a run makes them in: Self-Instruct, Evol-Instruct, human

@@ -23,9 +23,12 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..config import FilterConfig
+from ..context import Records, RunContext, StepResult
+from ..errors import Seed2LoraError
 from ..prompts import Prompts
 from ..records import Instance, Task
 from ..similarity import RougeLIndex
+from ..store import write_jsonl_atomic
 from .instances import instance_prompt
 from .parse import parse_input_first, parse_output_first
 
@@ -256,3 +259,18 @@ def drop_reason(reason: str, task_id: str) -> str:
     """A cleaning rule's reason with the task it was dropped from: "rule: detail; dropped from <id>"."""
     rule, _, detail = reason.partition(": ")
     return f"{rule}: {detail + '; ' if detail else ''}dropped from {task_id}"
+
+
+def step(ctx: RunContext, records: Records | None) -> StepResult:
+    """Filter `records` (instances.jsonl or --input) whole: filter.jsonl and this stage's rejections are replaced."""
+    tasks = list(records or ())
+    kept, rejected = filter_tasks(tasks, ctx.seeds, ctx.cfg.filter, instance_demonstrations(ctx.prompts))
+    write_jsonl_atomic(ctx.run.stage_file("filter"), kept)
+    ctx.run.replace_rejected("filter", rejected)
+    if tasks and not kept:
+        raise Seed2LoraError(f"the filter rejected all {len(tasks)} tasks; see {ctx.run.rejected_file} "
+                             "for the reasons (or loosen [filter] settings)")
+    dropped = sum(1 for r in rejected if r.meta.get("instance_of"))
+    return StepResult(f"filter: {len(kept)} kept, {len(rejected) - dropped} rejected, {dropped} instances dropped",
+                      0, {"generated": len(tasks), "kept": len(kept), "rejected": len(rejected) - dropped,
+                          "instances_dropped": dropped})

@@ -11,11 +11,12 @@ import dataclasses
 from collections.abc import Sequence
 
 from ..config import RunConfig
+from ..context import Records, RunContext, StepResult
 from ..prompts import Prompts
 from ..records import Task
 from ..store import RunDir
 from ..teachers import Completion, GenParams, Teacher
-from .common import MapResult, ProgressFn, map_pending
+from .common import MapResult, ProgressFn, map_pending, map_result
 from .parse import parse_input_first, parse_output_first, parse_structured_instances
 from .schemas import schema_params
 
@@ -75,3 +76,14 @@ def run_instances(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: 
     return map_pending(tasks, run, "instances", teacher, params, prompt_for=prompt_for, finish=finish,
                        max_retries=cfg.teacher.max_retries, progress=progress,
                        params_for=(lambda t: by_kind[bool(t.is_classification)]) if by_kind else None)
+
+
+def progress(ctx: RunContext, records: Records | None) -> tuple[str, int, int]:
+    return "instances", len(records or ()), 0  # one tick per task
+
+
+def step(ctx: RunContext, records: Records | None) -> StepResult:
+    """Write instances for each task of `records` (classify.jsonl or --input) into instances.jsonl."""
+    tasks = records or Records()
+    return map_result(ctx, "instances", run_instances(ctx.teacher, tasks, ctx.cfg, ctx.run, ctx.prompts,
+                                                      progress=ctx.advance), len(tasks))

@@ -31,11 +31,12 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-from ..config import RunConfig, TeacherConfig
+from ..config import RunConfig
+from ..context import Records, RunContext, StepResult, judge_config
 from ..errors import Seed2LoraError
 from ..prompts import Prompts
 from ..records import Task
-from ..store import RunDir
+from ..store import RunDir, write_jsonl_atomic
 from ..teachers import Completion, GenParams, Teacher
 from ..teachers.base import read_logprobs
 from .calibrate import yes_no_margin
@@ -51,11 +52,6 @@ def instance_records(tasks: Sequence[Task], stage: str) -> list[Task]:
     return [dataclasses.replace(t, id=f"{t.id}-{k}", instances=[inst], stage=stage,
                                 meta={**t.meta, "row_of": t.id})
             for t in tasks for k, inst in enumerate(t.instances)]
-
-
-def judge_config(cfg: RunConfig) -> TeacherConfig:
-    """The judge's teacher settings: [score.teacher] when it names a spec, else the run's [teacher]."""
-    return cfg.score.teacher if cfg.score.teacher.spec else cfg.teacher
 
 
 def judge_of(t: Task) -> str | None:
@@ -124,3 +120,49 @@ def logprob_score(text: str) -> dict[str, object] | None:
     p = 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, margin))))
     return {"rating": round(1 + 4 * p, 4), "reason": f"P(Yes) = {p:.3f} by log-probability", "p_yes": round(p, 4),
             "margin": round(margin, 4), "method": "logprobs"}
+
+
+def read(ctx: RunContext) -> Records:
+    """The kept records export would take (export.include), as score rates them."""
+    from ..rows import generated_include, kept_files
+
+    files = kept_files(ctx.run, generated_include(ctx.cfg.export.include))
+    return Records([t for f in files for t in ctx.run.read_stage(f.stem)], ",".join(f.stem for f in files))
+
+
+def progress(ctx: RunContext, records: Records | None) -> tuple[str, int, int]:
+    return "score: instances rated", sum(len(t.instances) for t in records or ()), 0
+
+
+def set_aside(ctx: RunContext) -> None:
+    """--rescore: the earlier ratings and score rejections go to score_replaced.jsonl (not deleted: a failed
+    rescore loses nothing), and the score step starts from nothing."""
+    run = ctx.run
+    old = [*run.read_stage(STAGE), *(t for t in run.read_rejected() if t.stage == STAGE)]
+    aside = run.path / "score_replaced.jsonl"
+    if old:  # a rescore that failed before rating anything leaves the earlier set-aside file as it is
+        write_jsonl_atomic(aside, old)
+    run.stage_file(STAGE).unlink(missing_ok=True)
+    run.replace_rejected(STAGE, [])
+    ctx.log(f"score: --rescore: {len(old)} earlier ratings and score rejections moved to {aside}")
+
+
+def step(ctx: RunContext, records: Records | None) -> StepResult:
+    """Rate every instance of `records` with the judge; write score.jsonl."""
+    tasks = list(records or ())
+    judge = ctx.judge
+    ctx.record(judge=judge.describe())
+    if ctx.rescore:
+        set_aside(ctx)
+    n = sum(len(t.instances) for t in tasks)
+    r = run_score(judge, tasks, ctx.cfg, ctx.run, ctx.prompts, progress=ctx.advance)
+    ratings = [int(round(t.meta["score"]["rating"])) for t in ctx.run.read_stage(STAGE)]
+    spread = ", ".join(f"{k}: {ratings.count(k)}" for k in range(1, 6))
+    message = (f"score: {r.written} instances rated by {judge.name} ({len(ratings)} in score.jsonl; {spread}); "
+               f"{r.replies_note(judge_config(ctx.cfg).max_retries, 'instance')}")
+    if not r.written and not r.rejected and not r.pending and n:
+        message += (f"; every row already had its outcome (see score.jsonl and rejected.jsonl): "
+                    f"`seed2lora score {ctx.run.path} --rescore` rates them all again")
+    if r.pending:
+        message += f"; the judge failed on {r.pending} (see the errors above)"
+    return StepResult(message, r.pending, r.counts(n))

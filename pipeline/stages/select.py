@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import SelectConfig
+from ..context import Records, RunContext, StepResult
 from ..errors import Seed2LoraError
 from ..neardup import NearDupIndex
 from ..records import Task, task_rows
@@ -173,3 +174,12 @@ def select_run(run: RunDir, cfg: SelectConfig, include: list[str] | str, seeds: 
     run.replace_rejected(STAGE, selection.rejected)
     write_text_atomic(run.path / SUMMARY_FILE, json.dumps(selection.summary, indent=1, ensure_ascii=False) + "\n")
     return selection
+
+
+def step(ctx: RunContext, records: Records | None) -> StepResult:
+    """Drop near-duplicates and keep the best rows by [select]; write select.jsonl."""
+    s = select_run(ctx.run, ctx.cfg.select, ctx.cfg.export.include, seeds=ctx.seeds).summary
+    return StepResult(f"select: {s['kept_rows']} of {s['rows']} rows kept by {s['by']} ({s['kept_tasks']} tasks), "
+                      f"{s['near_duplicates']} near-duplicates rejected -> {ctx.run.stage_file('select')} "
+                      "(export --include selected)", 0,
+                      {"generated": s["rows"], "kept": s["kept_rows"], "rejected": s["near_duplicates"]})

@@ -16,6 +16,7 @@ __all__ = ["BaseTeacher", "Completion", "GenParams", "Teacher", "Usage", "apply_
 
 
 def make_teacher(cfg: TeacherConfig, seed: int = 0) -> Teacher:
+    """The teacher `cfg.spec` names, built from `cfg` itself: each teacher reads its settings there."""
     spec = cfg.spec.strip()
     kind, _, ref = spec.partition(":")
     if cfg.batch and kind != "openai":
@@ -26,19 +27,11 @@ def make_teacher(cfg: TeacherConfig, seed: int = 0) -> Teacher:
             raise TeacherError("--teacher openai needs a model name. Fix: --teacher openai:gpt-4o-mini")
         from .openai_compat import OpenAITeacher
 
-        cls, batch = OpenAITeacher, {}
         if cfg.batch:  # the files and batches endpoints, in waves (docs/batch.md)
             from .batch import BatchTeacher
 
-            cls, batch = BatchTeacher, {"wave_max": cfg.batch_wave_max, "poll_s": cfg.batch_poll_s,
-                                        "window": cfg.batch_window, "folder": cfg.batch_dir}
-        return cls(ref, **batch, base_url=cfg.base_url, api=cfg.api, api_key_env=cfg.api_key_env,
-                             concurrency=cfg.concurrency, timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
-                             system_prompt=cfg.system_prompt, spec=spec, api_key=cfg.api_key,
-                             connect_window_s=cfg.connect_window_s, outage_wait_s=cfg.outage_wait_s,
-                             max_wait_s=cfg.max_wait_s,
-                             max_consecutive_failures=cfg.max_consecutive_failures, seed=seed,
-                             structured=cfg.structured)
+            return BatchTeacher(ref, cfg, spec=spec, seed=seed)
+        return OpenAITeacher(ref, cfg, spec=spec, seed=seed)
     if kind in ("hf", "embedded"):
         from .hf import HFTeacher
 
@@ -56,8 +49,5 @@ def make_teacher(cfg: TeacherConfig, seed: int = 0) -> Teacher:
                 if not p.is_file():
                     raise TeacherError(f"{ref}: no such GGUF file. Fix: give the path of an existing .gguf file")
                 model, gguf_file = str(p.parent), p.name
-        return HFTeacher(model, gguf_file=gguf_file, api="completions" if cfg.api == "auto" else cfg.api,
-                         batch_size=cfg.batch_size, device=cfg.device, dtype=cfg.dtype,
-                         repetition_penalty=cfg.repetition_penalty, system_prompt=cfg.system_prompt,
-                         trust_remote_code=cfg.trust_remote_code, spec=spec, seed=seed)
+        return HFTeacher(model, cfg, gguf_file=gguf_file, spec=spec, seed=seed)
     raise TeacherError(f"unknown teacher {spec!r}. Fix: use embedded, openai:MODEL or hf:PATH_OR_ID")

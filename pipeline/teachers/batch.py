@@ -20,6 +20,7 @@ teacher.max_retries times; a line refused with a 4xx is an error at once, as a d
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
@@ -35,6 +36,7 @@ import openai
 from openai.types import Completion as OpenAICompletion
 from openai.types.chat import ChatCompletion
 
+from ..config import TeacherConfig
 from ..errors import Incomplete, TeacherError, TeacherUnavailable
 from .base import Completion, GenParams, Request, apply_stop
 from .openai_compat import FATAL, Malformed, OpenAITeacher, describe_error
@@ -131,20 +133,24 @@ class FolderClient:
 class BatchTeacher(OpenAITeacher):
     batch = True  # budget.attach_run prices its calls at the batch price
 
-    def __init__(self, model: str, *, wave_max: int = 50000, poll_s: float = 30.0, window: str = "24h",
-                 folder: str = "", **kwargs: Any):
-        if folder:  # no server is asked anything: no key is needed
-            kwargs["api_key"] = kwargs.get("api_key") or "not-needed"
-            kwargs["api"] = "chat" if kwargs.get("api", "auto") == "auto" else kwargs["api"]
-            kwargs["structured"] = "off" if kwargs.get("structured", "auto") == "auto" else kwargs["structured"]
-        super().__init__(model, **kwargs)
-        self.wave_max, self.poll_s, self.window = max(1, wave_max), poll_s, window
+    def __init__(self, model: str, cfg: TeacherConfig | None = None, *, spec: str | None = None,
+                 seed: int | None = None, **settings: Any):
+        """The batch settings come from `cfg` (teacher.batch_wave_max, batch_poll_s, batch_window, batch_dir),
+        with any field given as a keyword over it, as for OpenAITeacher."""
+        cfg = dataclasses.replace(cfg or TeacherConfig(), **settings)
+        folder = cfg.batch_dir
+        if folder:  # no server is asked anything: no key is needed, nothing to probe
+            cfg = dataclasses.replace(cfg, api_key=cfg.api_key or "not-needed",
+                                      api="chat" if cfg.api == "auto" else cfg.api,
+                                      structured="off" if cfg.structured == "auto" else cfg.structured)
+        super().__init__(model, cfg, spec=spec, seed=seed)
+        self.wave_max, self.poll_s, self.window = max(1, cfg.batch_wave_max), cfg.batch_poll_s, cfg.batch_window
         self.folder = folder
         if folder:
-            self.structured = kwargs.get("structured") == "on"  # vLLM binds OpenAI's json_schema form
+            self.structured = cfg.structured == "on"  # vLLM binds OpenAI's json_schema form
             self._schema_form = "json_schema" if self.structured else ""
             self.api_choice = f"{self.api} (teacher.batch_dir: no server to probe)"
-            self.structured_choice = f"{kwargs.get('structured')} (teacher.batch_dir)"
+            self.structured_choice = f"{cfg.structured} (teacher.batch_dir)"
         self._kind = "teacher"
         self._recorded: set[int] = set()  # ids of replies already in the cache and usage log (recorded on import)
         self._waves: dict[str, dict[str, Any]] = {}  # file_id -> open wave (cache.open_waves)

@@ -7,11 +7,13 @@ prompts themselves, so the same prompts give the same replies on a re-run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 from collections.abc import Iterator
 from typing import Any
 
+from ..config import TeacherConfig
 from ..errors import TeacherError
 from .base import BaseTeacher, Completion, GenParams, Request, logprob_reply
 
@@ -23,10 +25,15 @@ LOGPROB_BATCH_FACTOR = 4
 
 class HFTeacher(BaseTeacher):
     sort_by_length = True
-    def __init__(self, model: str, *, gguf_file: str | None = None, api: str = "completions",
-                 batch_size: int = 8, device: str = "auto", dtype: str = "auto",
-                 repetition_penalty: float = 1.15, system_prompt: str = "", trust_remote_code: bool = False,
-                 spec: str | None = None, seed: int = 0):
+    def __init__(self, model: str, cfg: TeacherConfig | None = None, *, gguf_file: str | None = None,
+                 spec: str | None = None, seed: int = 0, **settings: Any):
+        """A teacher is its config: `cfg` (TeacherConfig, the one place of its defaults), any of its fields as
+        keywords over it. api "auto" means completions in process: small models follow a prompt's text best."""
+        cfg = dataclasses.replace(cfg or TeacherConfig(), **settings)
+        api = "completions" if cfg.api == "auto" else cfg.api
+        batch_size, device, dtype = cfg.batch_size, cfg.device, cfg.dtype
+        repetition_penalty, system_prompt, trust_remote_code = (cfg.repetition_penalty, cfg.system_prompt,
+                                                                cfg.trust_remote_code)
         super().__init__()
         import torch
         import transformers

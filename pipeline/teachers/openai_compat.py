@@ -29,6 +29,7 @@ Nothing hangs silently:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -44,6 +45,7 @@ import httpx
 import openai
 import tenacity
 
+from ..config import TeacherConfig
 from ..errors import TeacherError, TeacherUnavailable, mask_secrets
 from .base import BaseTeacher, Completion, GenParams, Request, logprob_reply
 
@@ -89,11 +91,12 @@ class _Endpoint:
 
 
 class OpenAITeacher(BaseTeacher):
-    def __init__(self, model: str, *, base_url: str = "", api: str = "chat", api_key_env: str = "OPENAI_API_KEY",
-                 concurrency: int = 8, timeout_s: float = 120.0, max_retries: int = 6, system_prompt: str = "",
-                 spec: str | None = None, max_wait_s: float = 60.0, api_key: str = "", connect_window_s: float = 30.0,
-                 max_consecutive_failures: int = 20, seed: int | None = None, outage_wait_s: float = 600.0,
-                 structured: str = "auto"):
+    def __init__(self, model: str, cfg: TeacherConfig | None = None, *, spec: str | None = None,
+                 seed: int | None = None, **settings: Any):
+        """A teacher is its config: `cfg` (TeacherConfig, whose defaults are the only ones), and any of its
+        fields given as keywords over it (tests and scripts: OpenAITeacher("m", base_url=URL, concurrency=4))."""
+        cfg = dataclasses.replace(cfg or TeacherConfig(), **settings)
+        api, structured = cfg.api, cfg.structured
         super().__init__()
         if api not in ("chat", "completions", "auto"):
             raise TeacherError(f"teacher api must be 'auto', 'chat' or 'completions', not {api!r}")
@@ -107,21 +110,22 @@ class OpenAITeacher(BaseTeacher):
         self.api = "chat" if api == "auto" else api
         self.api_choice = api if api != "auto" else "auto: chat (no preflight yet)"
         self._auto = api == "auto"
-        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL", "") or "https://api.openai.com/v1"
+        self.base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL", "") or "https://api.openai.com/v1"
         # Several servers ("url1,url2"): each request goes to the one with the fewest in flight.
         self.base_urls = [u.strip() for u in self.base_url.split(",") if u.strip()]
-        self.concurrency = max(1, concurrency)
+        self.concurrency = max(1, cfg.concurrency)
         self.limit = self.concurrency  # in flight now: cut on timeouts and slow replies, regrown on fast ones
-        self.timeout_s = timeout_s
-        self.max_retries = max_retries
-        self.system_prompt = system_prompt
-        self.max_wait_s = max_wait_s
-        self.connect_window_s = connect_window_s
-        self.outage_wait_s = outage_wait_s
-        self.max_consecutive_failures = max(1, max_consecutive_failures)
+        self.timeout_s = cfg.timeout_s
+        self.max_retries = cfg.max_retries
+        self.system_prompt = cfg.system_prompt
+        self.max_wait_s = cfg.max_wait_s
+        self.connect_window_s = cfg.connect_window_s
+        self.outage_wait_s = cfg.outage_wait_s
+        self.max_consecutive_failures = max(1, cfg.max_consecutive_failures)
         self.seed = seed  # the run seed: each request's `seed` derives from it and the request's salt
         self.on_event: Callable[[str], None] | None = None  # retries, timeouts, concurrency changes (the runner logs them)
-        key = api_key or os.environ.get(api_key_env, "")
+        api_key_env = cfg.api_key_env
+        key = cfg.api_key or os.environ.get(api_key_env, "")
         self._secret = key  # the clients' key, and masked in error text
         if not key and any("api.openai.com" in u for u in self.base_urls):
             raise TeacherError(f"${api_key_env} is not set. Fix: export {api_key_env}=sk-... "

@@ -35,7 +35,7 @@ from ..datasets_io import read_records
 from ..errors import InputError, Seed2LoraError
 from ..records import RowError, Task, row_messages, split_by_task, task_rows
 from ..rows import SOURCES, run_rows
-from ..store import RunDir
+from ..store import EXPORT_INFO, RunDir
 
 IGNORE_INDEX = -100  # torch's cross_entropy skips this label
 ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
@@ -65,7 +65,7 @@ def _load(p: Path) -> Rows:
     if not p.exists():
         raise InputError(p, None, "does not exist", "give an export folder, a run directory or a data file")
     if p.is_dir():
-        if (p / "export.json").is_file():
+        if (p / EXPORT_INFO).is_file():
             return _load_export(p)
         if any(RunDir(p).stage_file(stage).is_file() for stage in SOURCES.values()):
             # The rows `seed2lora export` would write, seeds included, unsplit: the same split comes later.
@@ -94,8 +94,7 @@ def check_rows(rows: list[dict[str, Any]], source: str) -> None:
 
 
 def _load_export(p: Path) -> Rows:
-    info = json.loads((p / "export.json").read_text(encoding="utf-8"))
-    run_dir = Path(info["run_dir"]) if info.get("run_dir") else p.parent
+    run_dir = RunDir.of_export(p).path
     for train, held in (("messages/train.jsonl", "messages/eval.jsonl"), ("parquet/train.parquet", "parquet/eval.parquet"),
                         ("alpaca/train.json", "alpaca/eval.json")):
         if (p / train).is_file():

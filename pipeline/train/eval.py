@@ -25,25 +25,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
 import re
 import statistics
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import BudgetConfig, EvalConfig, TeacherConfig
+from ..config import BudgetConfig, EvalConfig, TeacherConfig, config_from_dict
+from ..context import RunContext, build_teacher, preflight
 from ..datasets_io import read_records
 from ..errors import Seed2LoraError, mask_dict
 from ..progress import no_progress
+from ..prompts import Prompts
 from ..records import row_messages, user_text
 from ..similarity import rouge_l
-from ..store import MANIFEST, RunDir, write_text_atomic
+from ..store import RunDir, eval_dir_of, write_text_atomic
 from .data import check_rows, load_rows, prompt_text, tokenize_example, train_eval_rows
 from .loss import mean_losses
 from .model import SUMMARY, adapter_info, load_with_adapter
@@ -202,7 +202,8 @@ def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_d
     log(f"eval: {len(items)} prompts from {data}")
     run = Path(run_dir) if run_dir else find_run_dir(adapter_dir)
     # The judge is built (and its server asked for one token) first: a wrong URL fails before minutes of generating.
-    with nullcontext(teacher) if teacher is not None else judge_teacher(cfg.judge, run, seed=cfg.seed, log=log) as judge:
+    given = nullcontext((teacher, RunContext.of_run(run).prompts if run else Prompts()))
+    with given if teacher is not None else judge_context(cfg.judge, run, seed=cfg.seed, log=log) as (judge, prompts_lib):
         peft_model, tokenizer = load_with_adapter(adapter_dir, model=model, quant=cfg.quant)
         loss_kw = dict(batch_size=cfg.batch_size, max_len=cfg.reference_max_tokens)
         with peft_model.disable_adapter(), progress("eval: reference loss, base", len(items)) as advance:
@@ -236,11 +237,11 @@ def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_d
         if judge is not None:
             with progress("eval: judge verdicts", len(items)) as advance:
                 report["judge"] = judge_pairwise(judge, items, random.Random(cfg.seed), ci_seed=cfg.seed,
-                                                 advance=advance)
+                                                 advance=advance, prompts=prompts_lib)
             check_judge_budget(judge, report["judge"], run)
     report["runtime_s"] = round(time.perf_counter() - start, 1)
     report["items"] = [it.to_report() for it in items]
-    out = Path(out_dir) if out_dir else Path(adapter_dir) / "eval"
+    out = Path(out_dir) if out_dir else eval_dir_of(adapter_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "eval_report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     write_text_atomic(out / "eval_report.md", report_markdown(report))
@@ -337,59 +338,53 @@ def sign_test(wins: int, losses: int) -> float:
 
 
 def find_run_dir(adapter_dir: str | Path) -> Path | None:
-    """The run directory an adapter belongs to: the folder holding it (RUN/adapter), else the run its training
-    data came from (RUN or RUN/export); a run directory is one with a manifest.json. None when there is none."""
-    adapter = Path(adapter_dir)
-    candidates = [adapter.parent]
-    summary = adapter / SUMMARY
-    if summary.is_file():
-        data = json.loads(summary.read_text(encoding="utf-8")).get("data")
-        if data:
-            candidates += [Path(data), Path(data).parent]
-    return next((c for c in candidates if (c / MANIFEST).is_file()), None)
+    """The run directory an adapter belongs to (store.RunDir.of_adapter): the folder holding it (RUN/adapter),
+    else the run its training data came from (RUN or RUN/export). None when there is none."""
+    summary = Path(adapter_dir) / SUMMARY
+    data = json.loads(summary.read_text(encoding="utf-8")).get("data") if summary.is_file() else None
+    run = RunDir.of_adapter(adapter_dir, data)
+    return run.path if run is not None else None
 
 
 def run_budget(run_dir: str | Path) -> BudgetConfig:
     """The run's [budget] as its manifest records it (the config of its latest command); defaults where it has none."""
-    recorded = (RunDir(run_dir).manifest().get("config") or {}).get("budget") or {}
-    return BudgetConfig(**{f.name: recorded[f.name] for f in dataclasses.fields(BudgetConfig) if f.name in recorded})
+    return config_from_dict(BudgetConfig, (RunDir(run_dir).manifest().get("config") or {}).get("budget"))
 
 
 @contextmanager
-def judge_teacher(cfg: TeacherConfig, run_dir: str | Path | None, *, seed: int = 0,
-                  log: Log = print) -> Iterator[Any]:
-    """The judge cfg describes, built like the run's teacher (teachers.make_teacher); None when cfg.spec is "".
+def judge_context(cfg: TeacherConfig, run_dir: str | Path | None, *, seed: int = 0,
+                  log: Log = print) -> Iterator[tuple[Any, Prompts]]:
+    """(the judge cfg describes or None when cfg.spec is "", the prompts it is asked with).
 
-    Inside a run directory it gets what pipeline.runner's Session.teacher gives the run's
-    teacher: the run's response cache (RUN/cache.sqlite), a session id of its own in the
-    usage log, and the run's budget counting every earlier session's spend. The cache is
-    closed on the way out.
+    The judge is built as the run's teacher is (pipeline.context): from its config, asked for
+    one token first. Inside a run directory it gets the run's context: the run's response cache,
+    a usage-log session of its own, the run's budget counting every earlier session's spend, and
+    the run's prompts_dir. The cache is closed on the way out.
     """
-    if not cfg.spec.strip():
-        yield None
+    if run_dir is None:
+        judge = None
+        if cfg.spec.strip():
+            judge = build_teacher(cfg, seed, log, prefix="eval judge: ")
+            preflight(judge)  # a wrong port or a dead server fails here, in seconds, naming the URL
+        yield judge, Prompts()
         return
-    from ..budget import attach_run, session_budget
-    from ..cache import CACHE_FILE, ResponseCache
-    from ..teachers import make_teacher
-
-    teacher = make_teacher(cfg, seed=seed)
-    if getattr(teacher, "on_event", False) is None:
-        teacher.on_event = lambda message: log(f"eval judge: {message}")
-    preflight = getattr(teacher, "preflight", None)
-    if preflight is not None:
-        preflight()  # a wrong port or a dead server fails here, in seconds, naming the URL
-    cache = None
+    ctx = RunContext.of_run(run_dir, log=log, session_tag="eval-")
+    if not cfg.spec.strip():
+        yield None, ctx.prompts
+        return
+    judge = build_teacher(cfg, seed, log, prefix="eval judge: ")
+    preflight(judge)
     try:
-        if run_dir is not None:
-            cache = ResponseCache(Path(run_dir) / CACHE_FILE)
-            session = f"{os.getpid()}-eval-{uuid.uuid4().hex[:8]}"
-            budget = session_budget(run_budget(run_dir), cache, session, RunDir(run_dir).manifest())
-            attach_run(teacher, cache, session, budget)
-        yield teacher
+        yield ctx.attach(judge), ctx.prompts
     finally:
-        if cache is not None:
-            teacher.cache = None
-            cache.close()
+        ctx.close()
+
+
+@contextmanager
+def judge_teacher(cfg: TeacherConfig, run_dir: str | Path | None, *, seed: int = 0, log: Log = print) -> Iterator[Any]:
+    """The judge of judge_context alone."""
+    with judge_context(cfg, run_dir, seed=seed, log=log) as (judge, _):
+        yield judge
 
 
 def check_judge_budget(teacher: Any, result: dict[str, Any], run_dir: Path | None) -> None:
@@ -415,13 +410,12 @@ def parse_verdict(text: str) -> str | None:
 
 
 def judge_pairwise(teacher: Any, items: list[EvalItem], rng: random.Random, ci_seed: int = 0,
-                   advance: Advance | None = None) -> dict[str, Any]:
+                   advance: Advance | None = None, prompts: Prompts | None = None) -> dict[str, Any]:
     """Ask the judge which answer is better (each item's `judge` is set); adapter's win rate with ties as half a win,
     with a bootstrap 95% interval over the judged prompts (0.5 inside it: no side preferred beyond noise)."""
-    from ..prompts import Prompts
     from ..teachers import GenParams
 
-    prompts_lib = Prompts()
+    prompts_lib = prompts or Prompts()  # the run's prompts_dir when the eval is a run's
     swaps = [rng.random() < 0.5 for _ in items]  # True: the adapter's answer is shown as A
     prompts = []
     for it, swap in zip(items, swaps, strict=True):

@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from ..config import TrainConfig
+from ..config import TrainConfig, config_from_dict
 from ..errors import Seed2LoraError
+from ..store import read_adapter_config
 
 SUMMARY = "training_summary.json"
 
@@ -148,13 +149,14 @@ def load_for_training(model_path: str, cfg: TrainConfig) -> Any:
 def adapter_info(adapter_dir: str | Path) -> dict[str, Any]:
     """What an adapter folder says about its base: adapter_config.json plus our training summary."""
     d = Path(adapter_dir)
-    if not (d / "adapter_config.json").is_file():
+    info = read_adapter_config(d)
+    if info is None:
         raise Seed2LoraError(f"{d} is not an adapter folder (no adapter_config.json). Fix: give the output folder "
                              "of `seed2lora train`")
-    info = json.loads((d / "adapter_config.json").read_text(encoding="utf-8"))
     summary = json.loads((d / SUMMARY).read_text(encoding="utf-8")) if (d / SUMMARY).is_file() else {}
     return {"base": summary.get("model") or info.get("base_model_name_or_path"),
-            "quant": bool(summary.get("quantized", False)), "config": summary.get("config", {})}
+            "quant": bool(summary.get("quantized", False)), "config": summary.get("config", {}),
+            "rank": int(info.get("r", 0))}
 
 
 def load_with_adapter(adapter_dir: str | Path, *, model: str = "", quant: str = "auto",
@@ -167,7 +169,7 @@ def load_with_adapter(adapter_dir: str | Path, *, model: str = "", quant: str = 
     if quant not in ("auto", "4bit", "none"):
         raise Seed2LoraError(f"quant must be auto, 4bit or none, not {quant!r}")
     use_quant = info["quant"] if quant == "auto" else quant == "4bit"
-    cfg = TrainConfig(**{k: v for k, v in info["config"].items() if k in TrainConfig.__dataclass_fields__})
+    cfg = config_from_dict(TrainConfig, info["config"])
     cfg.quant = use_quant
     torch_dtype = compute_dtype(dtype if dtype != "auto" else cfg.compute_dtype)
     base = load_base(base_path, quant_config=get_quantization_config(cfg, torch_dtype), dtype=torch_dtype,

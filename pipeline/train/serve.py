@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Seed2LoraError
+from ..store import ADAPTER_DIR
 from .gguf_adapter import ADAPTER_FILE, find_base, write_adapter_gguf
 from .model import adapter_info
 
@@ -61,10 +62,9 @@ def parse_adapters(specs: list[str]) -> list[Adapter]:
             name, path = "", spec
         d = Path(path)
         if not name:
-            name = d.resolve().parent.name if d.resolve().name in ("adapter", "adapters") else d.resolve().name
+            name = d.resolve().parent.name if d.resolve().name in (ADAPTER_DIR, "adapters") else d.resolve().name
         info = adapter_info(d)  # refuses a folder that is not an adapter
-        rank = int(json.loads((d / "adapter_config.json").read_text(encoding="utf-8")).get("r", 0))
-        out.append(Adapter(name, d, rank, str(info["base"] or "")))
+        out.append(Adapter(name, d, info["rank"], str(info["base"] or "")))
     names = [a.name for a in out]
     clash = sorted({n for n in names if names.count(n) > 1} | ({BASE_ALIAS} & set(names)))
     if clash:

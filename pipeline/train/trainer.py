@@ -32,7 +32,7 @@ from transformers.trainer_utils import get_last_checkpoint, has_length
 
 from ..config import TrainConfig
 from ..errors import Seed2LoraError
-from ..store import write_text_atomic
+from ..store import ADAPTER_DIR, RunDir, write_text_atomic
 from .data import Collator, Rows, load_rows, pack, rows_fingerprint, tokenize_rows, train_eval_rows
 from .loss import causal_lm_loss_sum, full_logits_loss_sum
 from .model import SUMMARY, compute_dtype, device, load_for_training, load_tokenizer, resolve_model
@@ -189,7 +189,7 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, *, bf16: bool, use_cp
 def default_output_dir(cfg: TrainConfig, rows: Rows) -> Path:
     if cfg.output_dir:
         return Path(cfg.output_dir)
-    return (rows.run_dir / "adapter") if rows.run_dir else Path("adapter")
+    return RunDir(rows.run_dir).adapter_dir() if rows.run_dir else Path(ADAPTER_DIR)
 
 
 @dataclass

@@ -1,0 +1,295 @@
+"""The run context: what every step of a run needs, built once.
+
+A `RunContext` holds the config, the run directory, prompts, seeds, a seeded RNG, progress
+and the log, and (built on first use) the teacher, the judge and the run's response cache,
+with usage recording and the budget. `run`, `score` and `eval` build their teachers here,
+the same way: from the config dataclass (`teachers.make_teacher`), with the run's cache, a
+usage-log session of their own and the run's budget attached (`budget.attach_run`).
+
+A step is one function, `step(ctx, records) -> StepResult`, in its stage's file; `Step`
+names it for the runner's list. A step reads and writes through the context and never opens
+a progress bar (the loop opens it and hands the step `ctx.advance`), never checks the budget
+and never records itself done: the loop in pipeline/runner.py does all three.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import random
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .budget import Budget, BudgetReached, attach_run, session_budget
+from .cache import CACHE_FILE, ResponseCache
+from .config import RunConfig, TeacherConfig
+from .errors import Seed2LoraError, masked_argv
+from .prompts import Prompts
+from .records import Task
+from .seeds import load_seeds
+from .store import RunDir, read_jsonl, read_tasks
+from .teachers import Teacher, make_teacher
+
+PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "openai", "httpx", "rouge-score", "datasets",
+            "numba", "rapidfuzz", "datasketch")
+EVENT_EVERY_S = 10.0  # at most one line per kind of teacher event in this many seconds: seen, not a flood
+USAGE_EVERY = 16  # replies between two refreshes of the manifest's usage and spend while a step runs
+
+# A progress reporter: (description, total or None) -> context manager yielding advance(n).
+Progress = Callable[[str, int | None], Any]
+Log = Callable[[str], None]
+
+
+@contextmanager
+def no_progress(desc: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    yield lambda n: None
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "seed2lora": __version__}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class Records(list):
+    """A step's input: tasks, and the name of where they came from (a stage of the run, seeds, a path)."""
+
+    def __init__(self, tasks: Iterable[Task] = (), source: str = ""):
+        super().__init__(tasks)
+        self.source = source
+
+
+@dataclass
+class StepResult:
+    """What a step did: its line for the console, the work it could not finish, and its counts."""
+
+    message: str
+    pending: int = 0  # tasks, prompts or slots left undone (teacher failures): a re-run retries them
+    counts: dict[str, int] = field(default_factory=dict)  # generated, kept, rejected, ...: for the manifest
+
+    @property
+    def kept(self) -> int:
+        return self.counts.get("kept", 0)
+
+    @property
+    def rejected(self) -> int:
+        return self.counts.get("rejected", 0)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One entry of the runner's list: a name, the step function and what the loop does around it.
+
+    reads: the step's records (None: it reads the run itself); the runner's default reads the
+    stage named by `after`, or --input. progress: (description, total, already done) of the
+    step's bar, or None for no bar. check: validation before anything is written.
+    """
+
+    name: str
+    run: Callable[[RunContext, Records | None], StepResult]
+    after: str | None = None  # the stage whose file it reads by default; set: --input replaces it
+    reads: Callable[[RunContext], Records] | None = None
+    progress: Callable[[RunContext, Records | None], tuple[str, int | None, int] | None] | None = None
+    check: Callable[[RunContext], None] | None = None
+    teacher: str | None = None  # "teacher" or "judge": preflighted before the first step runs
+
+    @property
+    def takes_input(self) -> bool:
+        return self.after is not None or self.reads is not None
+
+
+class RateLimitedLog:
+    """Teacher events to the console, at most one per kind every EVENT_EVERY_S, with a count of the rest."""
+
+    def __init__(self, log: Log, prefix: str = "teacher: "):
+        self.log, self.prefix, self.last, self.skipped = log, prefix, {}, {}
+
+    def __call__(self, message: str) -> None:
+        kind = message.split(" after ", 1)[0].split(":", 1)[0]
+        now = time.monotonic()
+        if now - self.last.get(kind, -EVENT_EVERY_S) < EVENT_EVERY_S:
+            self.skipped[kind] = self.skipped.get(kind, 0) + 1
+            return
+        more = self.skipped.pop(kind, 0)
+        self.last[kind] = now
+        self.log(f"{self.prefix}{message}" + (f" (and {more} more like it)" if more else ""))
+
+
+def judge_config(cfg: RunConfig) -> TeacherConfig:
+    """The score judge's teacher settings: [score.teacher] when it names a spec, else the run's [teacher]."""
+    return cfg.score.teacher if cfg.score.teacher.spec else cfg.teacher
+
+
+def build_teacher(cfg: TeacherConfig, seed: int, log: Log, prefix: str = "teacher: ") -> Teacher:
+    """A teacher from its config, its events (retries, timeouts) to `log` at a readable rate."""
+    teacher = make_teacher(cfg, seed=seed)
+    if getattr(teacher, "on_event", False) is None:
+        teacher.on_event = RateLimitedLog(log, prefix)
+    return teacher
+
+
+def preflight(teacher: Teacher) -> None:
+    """Ask a server teacher for one token (once): a wrong port or a dead server fails here, naming the URL."""
+    check = getattr(teacher, "preflight", None)
+    if check is not None and not getattr(teacher, "preflighted", False):
+        check()
+        teacher.preflighted = True
+
+
+class RunContext:
+    """One run directory with its config, seeds, prompts and (lazily built) teacher, judge, cache and budget."""
+
+    def __init__(self, cfg: RunConfig, teacher: Teacher | None = None, progress: Progress | None = None,
+                 log: Log | None = None, *, input_path: str | Path | None = None, session_tag: str = ""):
+        self.cfg = cfg
+        self.log: Log = log or (lambda message: None)  # live lines of the long steps (train, eval)
+        self.run = RunDir(cfg.run_dir)
+        self.prompts = Prompts(cfg.prompts_dir or None)
+        self.progress: Progress = progress or no_progress
+        self.advance: Callable[[int], None] = lambda n: None  # the open bar's advance (the loop sets it)
+        self.rng = random.Random(cfg.seed)  # for steps that draw without a salt of their own
+        self.input_path = input_path  # --input of a stage command
+        self.rescore = False  # `seed2lora score --rescore`: the score step starts from nothing
+        self.session_id = f"{os.getpid()}-{session_tag}{uuid.uuid4().hex[:8]}"  # this process's usage-log rows
+        self._teacher = teacher
+        self._judge: Teacher | None = None  # score's judge when [score.teacher] names its own
+        self._cache: ResponseCache | None = None
+        self._budget: Budget | None = None  # the session's one budget, shared by the teacher and the judge
+        self._attached: dict[int, Teacher] = {}  # the teachers attached to this run's cache, by id
+
+    @classmethod
+    def of_run(cls, run_dir: str | Path, log: Log | None = None, session_tag: str = "") -> RunContext:
+        """The context of an existing run, with the config its manifest recorded (prompts_dir and budget included)."""
+        from .config import recorded_config
+
+        run = Path(run_dir)
+        cfg = recorded_config(RunDir(run).manifest().get("config") or {}, run)
+        return cls(cfg, log=log, session_tag=session_tag)
+
+    @cached_property
+    def seeds(self) -> list[Task]:
+        return load_seeds(self.cfg.seed_tasks or None)
+
+    # ------------------------------------------------------------ teacher, judge, cache, budget
+
+    @property
+    def bare_teacher(self) -> Teacher:
+        """The run's teacher before it is attached to the run's cache (validation preflights this one)."""
+        if self._teacher is None:
+            self._teacher = build_teacher(self.cfg.teacher, self.cfg.seed, self.log)
+        return self._teacher
+
+    @property
+    def teacher(self) -> Teacher:
+        """The teacher, with this run's response cache, usage log and budget attached."""
+        return self.attach(self.bare_teacher)
+
+    @property
+    def bare_judge(self) -> Teacher:
+        """The score step's judge: the run's teacher unless [score.teacher] names another."""
+        if not self.cfg.score.teacher.spec:
+            return self.bare_teacher
+        if self._judge is None:
+            self._judge = build_teacher(judge_config(self.cfg), self.cfg.seed, self.log)
+        return self._judge
+
+    @property
+    def judge(self) -> Teacher:
+        """The judge with this run's cache, usage log and budget attached (replies are keyed by its model)."""
+        return self.attach(self.bare_judge)
+
+    def attach(self, teacher: Teacher) -> Teacher:
+        """Give a teacher this run's cache, usage log and budget (once; one passed in may have served another run)."""
+        if id(teacher) not in self._attached:
+            self._attached[id(teacher)] = teacher
+            attach_run(teacher, self.cache, self.session_id, self.budget)
+        return teacher
+
+    @property
+    def cache(self) -> ResponseCache:
+        if self._cache is None:
+            self.run.ensure()
+            self._cache = ResponseCache(self.run.path / CACHE_FILE)
+        return self._cache
+
+    @property
+    def budget(self) -> Budget:
+        """The limits over the whole run, every call at its own model: earlier sessions' spend from the usage log
+        (rows from before it named models go to the teacher the manifest recorded), then this session's."""
+        if self._budget is None:
+            self._budget = session_budget(self.cfg.budget, self.cache, self.session_id, self.run.manifest())
+        return self._budget
+
+    def check_budget(self, stage: str) -> None:
+        """Stop (exit 3) when the run's token or dollar limit is reached; everything written stays consistent."""
+        budget = self._budget
+        if budget is not None and budget.reached:
+            spend = budget.spend()
+            raise BudgetReached(f"budget reached in {stage} ({spend['total_tokens']} tokens"
+                                + (f", ${spend['cost_usd']:.4f}" if spend["cost_usd"] is not None else "")
+                                + f"); {self.run.path} is consistent. Raise --max-tokens-total / --max-cost "
+                                "and run the same command to go on")
+
+    def close(self) -> None:
+        """Close the run's database (its WAL is folded in now, not whenever this object is collected)."""
+        if self._cache is not None:
+            self._cache.close()
+            self._cache, self._budget = None, None
+            for teacher in self._attached.values():
+                teacher.cache = None
+            self._attached.clear()
+
+    # ------------------------------------------------------------ the manifest
+
+    def record(self, **fields: Any) -> dict[str, Any]:
+        """Update the manifest: config, versions, teacher, prompts, and usage from the durable usage log."""
+        self.run.ensure()
+        if self._budget is not None:  # a teacher or judge is attached: usage and spend of every model
+            fields["usage"] = self.cache.usage()
+            fields.setdefault("spend", self._budget.spend())
+        if self._teacher is not None and id(self._teacher) in self._attached:
+            fields.setdefault("teacher", self._teacher.describe())
+        return self.run.update_manifest(
+            seed2lora_version=__version__, command=" ".join(masked_argv(["seed2lora", *sys.argv[1:]])),
+            config=self.cfg.to_dict(), packages=package_versions(), prompts=self.prompts.hashes(),
+            seed_file=str(self.cfg.seed_tasks or "bundled seeds/seed_tasks.jsonl"), num_seeds=len(self.seeds),
+            **fields)
+
+    def every(self, n: int = USAGE_EVERY) -> Callable[[int], None]:
+        """A callback for replies handled so far: refreshes the manifest (usage, spend) every n of them."""
+        return lambda done: self.record() if done % n == 0 else None
+
+    # ------------------------------------------------------------ reading a step's records
+
+    def input_tasks(self, stage: str) -> Records:
+        """--input (a stage file of ours or a seed-like file), else the run's file of `stage`."""
+        if self.input_path:
+            path = self.input_path
+            return Records(read_tasks(path) if is_run_file(path) else load_seeds(path), str(path))
+        source = self.run.stage_file(stage)
+        if not source.exists():
+            raise Seed2LoraError(f"{source} does not exist. Fix: run `seed2lora {stage}` for this run first, or "
+                                 "pass --input FILE")
+        return Records(read_tasks(source), stage)
+
+
+def is_run_file(path: str | Path) -> bool:
+    """A stage file of ours (has 'stage' fields) rather than a user's seed-like file."""
+    if Path(path).suffix.lower() != ".jsonl":
+        return False
+    for _, obj in read_jsonl(path, strict=False):
+        return "stage" in obj and "origin" in obj
+    return False

@@ -1,0 +1,67 @@
+"""The run's fine-tuning steps: ifd, train and eval, each `step(ctx, records) -> StepResult` (pipeline/context.py).
+
+They read the run through the context: the export, adapter and eval folders are the run
+directory's (store.RunDir), and the eval judge is built as the run's teacher is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from ..context import Records, RunContext, StepResult
+
+
+def ifd_step(ctx: RunContext, records: Records | None) -> StepResult:
+    """Instruction-following difficulty of each kept row with the student; write ifd.jsonl."""
+    from .ifd import ifd_run
+
+    info = ifd_run(ctx.run.path, ctx.cfg.export.include, ctx.cfg.train, ctx.cfg.ifd, log=ctx.log,
+                   progress=ctx.progress)
+    return StepResult(f"ifd: {info['scored']} rows scored with the student ({info['done']} of {info['rows']} "
+                      "in ifd.jsonl)", 0, {"generated": info["rows"], "kept": info["done"]})
+
+
+def train_step(ctx: RunContext, records: Records | None) -> StepResult:
+    """Train on the export (or the run's rows); a finished adapter with the same settings and data is kept."""
+    from .data import load_rows, rows_fingerprint
+    from .model import SUMMARY
+    from .trainer import train as run_training
+
+    adapter = ctx.run.adapter_dir(ctx.cfg.train.output_dir)
+    cfg = dataclasses.replace(ctx.cfg.train, output_dir=str(adapter))
+    data = ctx.run.export_dir if (ctx.run.export_dir / "export.json").is_file() else ctx.run.path
+    summary_file = adapter / SUMMARY
+    if summary_file.is_file():
+        done = json.loads(summary_file.read_text(encoding="utf-8"))
+        # Adapters from before the data was fingerprinted carry no data_sha256: judged by the settings alone.
+        same_data = done.get("data_sha256") in (None, rows_fingerprint(load_rows(data)))
+        if done.get("config") == dataclasses.asdict(cfg) and same_data:
+            return StepResult(f"train: {adapter} is already trained with these settings and data "
+                              "(delete it to train again)")
+        ctx.log(f"train: {adapter} was trained with other {'settings' if same_data else 'data'}; training again")
+        if not same_data:
+            # Its checkpoints hold the old data's training: start over. The old summary goes now, so
+            # that a re-run after an interruption resumes the new training instead of starting again.
+            cfg = dataclasses.replace(cfg, resume=False)
+            summary_file.unlink()
+    summary = run_training(data, cfg, log=ctx.log, progress=ctx.progress)
+    ctx.record(adapter=str(adapter))
+    return StepResult(f"train: {summary['steps']} steps, eval loss {summary['eval_losses']['first']} -> "
+                      f"{summary['eval_losses']['last']} -> {adapter}")
+
+
+def eval_step(ctx: RunContext, records: Records | None) -> StepResult:
+    """Base versus adapter; a report newer than the adapter, with the same settings, is kept."""
+    from .eval import evaluate, report_settings, summary_line
+
+    adapter = ctx.run.adapter_dir(ctx.cfg.train.output_dir)
+    report_file = ctx.run.eval_dir(ctx.cfg.train.output_dir) / "eval_report.json"
+    weights = adapter / "adapter_model.safetensors"
+    if report_file.is_file() and weights.is_file() and report_file.stat().st_mtime > weights.stat().st_mtime:
+        old = json.loads(report_file.read_text(encoding="utf-8"))
+        if old.get("settings") == report_settings(ctx.cfg.eval) and (not ctx.cfg.eval.data
+                                                                     or old.get("data") == ctx.cfg.eval.data):
+            return StepResult(f"eval: {report_file} is up to date (delete it to evaluate again)")
+    report = evaluate(adapter, ctx.cfg.eval, run_dir=ctx.run.path, log=ctx.log, progress=ctx.progress)
+    return StepResult(f"eval: {summary_line(report)} -> {report['report_dir']}")
