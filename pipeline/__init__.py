@@ -1,4 +1,14 @@
-"""seed2lora: from a handful of human seed tasks to an instruction dataset and a LoRA adapter."""
+"""seed2lora: from a handful of human seed tasks to an instruction dataset and a LoRA adapter.
+
+The Python API (docs/python.md):
+
+    from pipeline import Run
+    run = Run(settings={"teacher.spec": "openai:gpt-4o-mini", "bootstrap.num_instructions": 50}, name="mine")
+    run.run()                        # the config's stages, resuming what is done
+    tasks = run.records("filter")    # the dataset, as Task records
+
+Names load on first use, so `import pipeline` stays light (no torch).
+"""
 
 import os
 
@@ -10,3 +20,15 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
+
+__all__ = ["Run", "RunConfig", "Task", "Instance", "load_config", "Seed2LoraError", "__version__"]
+_HOMES = {"Run": "api", "RunConfig": "config", "load_config": "config", "Task": "records", "Instance": "records",
+          "Seed2LoraError": "errors"}
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

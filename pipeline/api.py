@@ -1,0 +1,123 @@
+"""The Python API: one run of seed2lora from a notebook or a script (docs/python.md).
+
+`Run` is the same run the CLI makes: the same config, run directory, one loop, resume and
+records. Faults raise the CLI's exceptions instead of exiting: `BudgetReached` (the CLI's
+exit 3), `TeacherUnavailable` (4), `Incomplete` (5), `LowYield` (6), `InputError` (2); all are
+`Seed2LoraError`s whose message names the cause and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig, load_config
+from .records import Task
+from .runner import Session
+
+
+class Run:
+    """One run directory and its stages.
+
+    config: a TOML file (as `--config`), a RunConfig, or None for the defaults.
+    settings: `{"section.key": value}` on top of it, as `--set` (checked the same way).
+    name, output_dir, teacher, base_url: the run's folder is output_dir/name; the teacher spec
+    ("embedded", "openai:MODEL", "hf:PATH") and its server, as the CLI flags of the same names.
+    progress: a bar with an ETA in a notebook or terminal, plain lines elsewhere; False for none.
+    """
+
+    def __init__(self, config: str | Path | RunConfig | None = None, settings: dict[str, Any] | None = None, *,
+                 name: str | None = None, output_dir: str | Path | None = None, teacher: str | None = None,
+                 base_url: str | None = None, progress: bool = True):
+        flags = {"run_name": name, "output_dir": str(output_dir) if output_dir else None,
+                 "teacher.spec": teacher, "teacher.base_url": base_url}
+        overrides = {**{k: v for k, v in flags.items() if v is not None}, **(settings or {})}
+        if isinstance(config, RunConfig):
+            from .config import set_value
+
+            cfg = config
+            for key, value in overrides.items():
+                set_value(cfg, key, value)
+        else:
+            cfg = load_config(config, overrides)
+        self._session = Session(cfg, progress=_progress(progress))
+
+    @classmethod
+    def open(cls, run_dir: str | Path, settings: dict[str, Any] | None = None, *, progress: bool = True) -> Run:
+        """An existing run with the config its manifest recorded (then `settings` on top), to go on or read it."""
+        from .config import recorded_config
+        from .store import RunDir
+
+        path = Path(run_dir)
+        if not (path / "manifest.json").is_file():
+            from .errors import Seed2LoraError
+
+            raise Seed2LoraError(f"{path} is not a seed2lora run (no manifest.json). Fix: give a run folder, "
+                             "e.g. outputs/NAME")
+        return cls(recorded_config(RunDir(path).manifest().get("config") or {}, path, overrides=settings),
+                   progress=progress)
+
+    @property
+    def path(self) -> Path:
+        """The run directory."""
+        return self._session.run.path
+
+    @property
+    def config(self) -> RunConfig:
+        """The run's resolved config."""
+        return self._session.cfg
+
+    def run(self, stages: list[str] | None = None) -> list[str]:
+        """Run `stages` (default: the config's `stages`) in pipeline order, resuming what is done; one
+        summary line per stage."""
+        return self._session.run_steps(list(stages or self.config.stages))
+
+    def records(self, stage: str = "filter") -> list[Task]:
+        """The records a stage kept (bootstrap, classify, instances, filter, evolve, score, select)."""
+        return self._session.run.read_stage(stage)
+
+    def rejected(self, stage: str | None = None) -> list[Task]:
+        """Dropped records with their `reject_reason`, of one stage or all."""
+        return [t for t in self._session.run.read_rejected() if stage is None or t.stage == stage]
+
+    def manifest(self) -> dict[str, Any]:
+        """Status, counts per stage and rule, usage and spend, the resolved config (as manifest.json)."""
+        return self._session.run.manifest()
+
+    def export(self) -> Path:
+        """Export the kept data (Alpaca JSON, chat JSONL, HF dataset, parquet, a split); its folder."""
+        self._session.export()
+        return self._session.export_dir
+
+    def train(self) -> Path:
+        """Train the adapter on the export ([train] settings); its folder."""
+        self._session.train()
+        return self._session.adapter_dir
+
+    def eval(self) -> dict[str, Any]:
+        """Evaluate the adapter against its base ([eval] settings); the report as a dict."""
+        import json
+
+        from .store import eval_dir_of
+
+        self._session.eval()
+        return json.loads((eval_dir_of(self._session.adapter_dir) / "eval_report.json").read_text(encoding="utf-8"))
+
+    def close(self) -> None:
+        """Close the teacher's connections and the run's cache."""
+        self._session.close()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, teacher={self.config.teacher.spec!r})"
+
+
+def _progress(on: bool) -> Any:
+    from .progress import no_progress, progress
+
+    return progress if on else no_progress

@@ -1,0 +1,46 @@
+"""The Python API: docs/python.md's example runs as written, against a fake teacher server (issue 19)."""
+
+import json
+import re
+
+import pytest
+
+from pipeline import Run, Seed2LoraError
+
+
+def doc_example() -> str:
+    from conftest import ROOT
+
+    text = (ROOT / "docs" / "python.md").read_text(encoding="utf-8")
+    return re.search(r"```python\n(.*?)```", text, re.DOTALL).group(1)
+
+
+def test_the_docs_example_runs_against_a_fake_server(fake_openai, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.url)
+    exec(compile(doc_example(), "docs/python.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "filter:" in out and "tasks;" in out and "done" in out
+    run = tmp_path / "outputs" / "notebook"
+    assert json.loads((run / "manifest.json").read_text())["status"] == "done"
+    assert (run / "export").is_dir()
+
+
+def test_open_goes_on_with_the_recorded_config(fake_openai, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.url)
+    with Run(settings={"bootstrap.num_instructions": 3}, teacher="openai:fake-model", name="r",
+             output_dir=tmp_path, progress=False) as run:
+        run.run(["bootstrap"])
+    calls = len(fake_openai.history)
+    again = Run.open(tmp_path / "r", progress=False)
+    assert again.config.bootstrap.num_instructions == 3 and len(again.records("bootstrap")) == 3
+    again.run(["bootstrap"])
+    assert len(fake_openai.history) == calls  # resumed: nothing sent again
+    again.close()
+
+
+def test_bad_settings_and_folders_raise_with_the_fix():
+    with pytest.raises(Seed2LoraError, match="concurrency"):
+        Run(settings={"teacher.concurrency": 0}, progress=False)
+    with pytest.raises(Seed2LoraError, match="not a seed2lora run"):
+        Run.open("/nonexistent/run")
