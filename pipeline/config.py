@@ -66,7 +66,7 @@ class BootstrapConfig:
     num_machine_instructions: int = 2  # of those, machine-made ones (fewer while the pool is small)
     max_list_number: int = 16  # the prompt's numbered list stops at this number (stop sequence "16.")
     max_requests: int = 0  # give up after this many prompts; 0 = 20 x num_instructions, so an all-rejecting teacher cannot hang
-    expected_yield: float = 2.0  # kept instructions per prompt assumed until replies show the real rate; near the target only the prompts this yield says are needed are in flight (a healthy run keeps 1-3)
+    expected_yield: float = 2.0  # the dry run's kept instructions per prompt before a run has replies (a healthy run keeps 1-3; a strong teacher up to 8)
     yield_window: int = 50  # the accept rate is judged over this many recent prompts
     yield_warn: float = 0.2  # warn when fewer instructions than this are kept per prompt (a healthy run keeps about 1-3)
     yield_stop: float = 0.05  # stop (exit 6) below this: 1 kept in 20 prompts means the teacher mostly repeats itself

@@ -115,3 +115,34 @@ def test_instances_past_the_maximum_are_recorded_not_cut(fake_openai, tmp_path):
     over = [r for r in read(run / "rejected.jsonl") if r["reject_reason"].startswith("instance_over_max_instances")]
     assert len(over) == 2 * 2 and sorted(r["instances"][0]["output"] for r in over[:2]) == ["answer number 6",
                                                                                           "answer number 7"]
+
+
+def test_a_strong_teacher_is_not_paid_for_a_first_burst_past_the_target(fake_openai, tmp_path):
+    """A teacher that fills every list (9 to 15 kept: the stop sequence cuts "16."): 2 prompts for 14 places,
+    where 8 in flight at once would have paid for 42 lines past the target."""
+    import itertools
+
+    words = itertools.count()
+
+    def full_list(path, body):
+        items = [f"Describe the history of invented topic number {next(words)} in four sentences." for _ in range(8)]
+        return fake_openai.wrap(path, "\n".join(f"{i}. {t}" for i, t in enumerate(items, 9)))
+
+    for _ in range(20):
+        fake_openai.enqueue(full_list, delay=0.2)
+    invoke("bootstrap", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 14,
+           "--set", "teacher.concurrency=8", "--set", "filter.rouge_threshold=1.0")
+    kept, rejected = bootstrap_records(tmp_path / "r")
+    assert len(kept) == 14 and len(bootstrap_prompts(fake_openai)) == 2
+    assert not [r for r in rejected if r["reject_reason"].startswith("over_target")]
+
+
+def test_lines_past_the_target_are_checked_against_each_other(fake_openai, tmp_path):
+    reply = "9. Plan a week of vegetarian dinners for two.\n10. Name the planets of the solar system in order.\n" \
+            "11. Write a limerick about a forgetful cat.\n12. Write a limerick about a forgetful cat."
+    fake_openai.enqueue(reply)
+    invoke("bootstrap", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 1,
+           "--set", "teacher.concurrency=1")
+    kept, rejected = bootstrap_records(tmp_path / "r")
+    reasons = [r["reject_reason"].split(":")[0] for r in rejected]
+    assert len(kept) == 1 and reasons == ["over_target", "over_target", "duplicate"]

@@ -75,6 +75,12 @@ def test_a_server_that_binds_json_schema_gets_structured_requests_and_its_replie
     names = {b["response_format"]["json_schema"]["name"] for b in bodies}
     assert names == {"tasks", "yes_no", "examples", "labelled_examples"}
     assert not any(b.get("stop") for b in bodies)  # no stop may cut JSON
+    for b in bodies:  # servers generate properties in the order sent: output-first means the label first
+        items = b["response_format"]["json_schema"]["schema"]["properties"].get("examples", {}).get("items", {})
+        if "label" in items.get("properties", {}):
+            assert list(items["properties"]) == ["label", "input"]
+        elif items:
+            assert list(items["properties"]) == ["input", "output"]
     assert len(read(run / "bootstrap.jsonl")) == 5
     rows = read(run / "instances.jsonl")
     assert all(t["instances"] for t in rows) and any(t["is_classification"] for t in rows)

@@ -81,6 +81,15 @@ def build_prompt(prompts: Prompts, cfg: RunConfig, rng: random.Random, seeds: li
     return name, prompts.render(name, tasks=tasks, next_number=nxt, max_number=b.max_list_number), nxt
 
 
+def free_places(cfg: RunConfig) -> int:
+    """The most new tasks one prompt can give: the places its list has left after the tasks it shows, up to the
+    number its stop sequence cuts at (Self-Instruct: 8 shown, stop at "16.", so 9 to 15)."""
+    b = cfg.bootstrap
+    if b.mode == "alpaca":
+        return max(1, b.alpaca_num_tasks - b.alpaca_num_prompt_instructions - 1)
+    return max(1, b.max_list_number - b.num_prompt_instructions - 1)
+
+
 def gen_params(cfg: RunConfig, continues: bool = True, structured: bool = False) -> GenParams:
     """Sampling for one bootstrap prompt. `continues`: the teacher continues the prompt text
     (completions API), so a blank line ends the list; a chat reply often has blank lines
@@ -110,6 +119,7 @@ class _Pool:
         self.target = cfg.bootstrap.num_instructions
         self.machine = [t.instruction for t in existing]
         self.kept_ids = {t.id: t.instruction for t in existing}
+        self.over: dict[str, str] = {}  # lines past the target this session: later ones are checked against them
         # How many records each (id, request) already has: a replayed reply skips exactly those.
         self.written = Counter((t.id, t.round)
                                for t in [*existing, *(r for r in run.read_rejected() if r.stage == "bootstrap")])
@@ -141,10 +151,14 @@ class _Pool:
                 self.reject(rejected_out, task, "unparseable_reply: no numbered task in the reply")
             elif task.id in self.kept_ids:
                 self.reject(rejected_out, task, f"duplicate: the same instruction as {task.id}, already kept")
+            elif task.id in self.over:
+                self.reject(rejected_out, task, f"duplicate: the same instruction as {task.id}, over the target")
             elif reason := self.filter.check(task):
                 self.reject(rejected_out, task, reason)
             elif self.full:
                 self.novel += 1
+                self.over[task.id] = task.instruction
+                self.filter.add(task.instruction)  # the lines past the target are checked against each other too
                 self.reject(rejected_out, task, f"over_target: passed the filter, but the pool already held the "
                                                 f"{self.target} instructions asked for (bootstrap.num_instructions)")
             else:
@@ -227,10 +241,12 @@ def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunD
 
     def gap_covered() -> bool:
         """The prompts in flight should fill the pool at the yield seen so far: wait for them, not send more
-        (16 prompts in flight for the last 2 places were money for nothing)."""
+        (16 prompts in flight for the last 2 places were money for nothing). Before the first reply, each
+        prompt is counted as filling its list: a strong teacher does, and one round trip more costs less than
+        paying for lines past the target."""
         if not plans:
             return False
-        per_prompt = pool.novel / pool.answered if pool.answered else b.expected_yield
+        per_prompt = pool.novel / pool.answered if pool.answered else free_places(cfg)
         return len(pool.machine) + len(plans) * per_prompt >= b.num_instructions
 
     def requests():

@@ -48,7 +48,8 @@ def _unfenced(text: str) -> str:
 
 def schema_params(name: str) -> dict[str, str]:
     """The GenParams fields that send a schema (dataclasses.replace(params, **schema_params("tasks")))."""
-    return {"schema_name": name, "schema": json.dumps(SCHEMAS[name][0], sort_keys=True)}
+    # Not sorted: servers generate the properties in the schema's order, and output-first needs the label first.
+    return {"schema_name": name, "schema": json.dumps(SCHEMAS[name][0])}
 
 
 def json_items(text: str, name: str) -> list[Any] | None:
