@@ -141,12 +141,16 @@ def build_teacher(cfg: TeacherConfig, seed: int, log: Log, prefix: str = "teache
     return teacher
 
 
-def preflight(teacher: Teacher) -> None:
-    """Ask a server teacher for one token (once): a wrong port or a dead server fails here, naming the URL."""
+def preflight(teacher: Teacher, log: Log | None = None) -> None:
+    """Ask a server teacher for one token (once): a wrong port or a dead server fails here, naming the URL.
+    Then say how it will be driven (api auto's choice, structured replies), which the manifest records too."""
     check = getattr(teacher, "preflight", None)
     if check is not None and not getattr(teacher, "preflighted", False):
         check()
         teacher.preflighted = True
+        d = teacher.describe()
+        if log is not None and d.get("api_choice"):
+            log(f"{teacher.name}: api {d['api_choice']}; structured replies {d.get('structured_choice', 'off')}")
 
 
 class RunContext:

@@ -71,7 +71,7 @@ def validate(ctx: RunContext, steps: list[Step]) -> None:
     if any(s.teacher == "judge" for s in steps):
         teachers.append(ctx.bare_judge)
     for teacher in dict.fromkeys(teachers):
-        preflight(teacher)
+        preflight(teacher, ctx.log)
 
 
 def read_records(ctx: RunContext, step: Step) -> Records | None:

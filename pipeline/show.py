@@ -59,6 +59,7 @@ def summary(run: RunDir, stage: str | None = None) -> dict:
         "instances": sum(len(t.instances) for t in tasks),
         "lengths": {k: _stats(v) for k, v in lengths.items()},
         "teacher": (manifest.get("teacher") or {}).get("name"),
+        "teacher_choice": teacher_choice(manifest.get("teacher") or {}),
         "status": manifest.get("status"),
         "reason": manifest.get("reason"),
         "stages": manifest.get("stages") or {},
@@ -91,6 +92,13 @@ def evolve_summary(run: RunDir, rejected: list[Task]) -> dict | None:
     }
 
 
+def teacher_choice(teacher: dict) -> str:
+    """How a server teacher was driven and why: the endpoint (api auto's choice) and structured replies."""
+    parts = [f"api {teacher['api_choice']}" if teacher.get("api_choice") else "",
+             f"structured replies {teacher['structured_choice']}" if teacher.get("structured_choice") else ""]
+    return "; ".join(p for p in parts if p)
+
+
 def _stats(values: list[int]) -> dict:
     if not values:
         return {"n": 0}
@@ -115,6 +123,11 @@ def show_run(path: Path, *, stage: str | None, n_samples: int, as_jsonl: bool, s
     out.print(f"[bold]{path}[/]  teacher: {s['teacher'] or '?'}  status: {s['status'] or '?'}")
     if s["reason"] and s["status"] != "done":
         out.print(f"  {s['reason']}", highlight=False)
+    if s["teacher_choice"]:
+        out.print(f"  {s['teacher_choice']}", highlight=False)
+    if over := sum(n for k, n in s["rejected_by_reason"].items() if k == "bootstrap: over_target"):
+        out.print(f"  {over} bootstrap lines passed the filter after the pool was full (over_target in "
+                  "rejected.jsonl: `seed2lora show RUN --stage rejected`)", highlight=False)
     table = Table(label("stage"), "records", "last session: generated", "kept", "rejected", "pending", title="Counts")
     for name, n in s["counts"].items():
         c = s["stages"].get(name) or {}

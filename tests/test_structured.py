@@ -86,6 +86,8 @@ def test_a_server_that_binds_json_schema_gets_structured_requests_and_its_replie
     assert all(t["instances"] for t in rows) and any(t["is_classification"] for t in rows)
     assert not any(i["input"].startswith("{") or i["output"].startswith("{") for t in rows for i in t["instances"])
     assert len(read(run / "filter.jsonl")) > 0
+    shown = invoke("show", run).output.replace("\n", " ")
+    assert "structured replies auto: on" in shown and "api auto: chat" in shown
 
 
 def test_llama_cpp_pythons_form_is_found_after_the_openai_form_is_refused(fake_openai, tmp_path):

@@ -229,7 +229,8 @@ class OpenAITeacher(BaseTeacher):
                 answer = json.loads(reply.text).get("answer")
                 if answer in ("Yes", "No"):
                     self.structured, self._schema_form = True, form
-                    self.structured_choice = f"{setting}: on (the server honours response_format {form})"
+                    self.structured_choice = f"{'auto: ' if setting == 'auto' else ''}on (the server binds replies " \
+                                             f"to a schema given as response_format {form})"
                     return
                 tried.append(f"{form}: reply not the schema's JSON ({reply.text[:40]!r})")
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
