@@ -43,7 +43,8 @@ RUN_FLAGS = {
                    "The folder run directories go under, instead of RUN_DIR (default {default})."),
     "teacher": ("--teacher", "teacher.spec", "SPEC", "embedded | openai:MODEL | hf:PATH_OR_ID (default {default})."),
     "base_url": ("--base-url", "teacher.base_url", "URL",
-                 "OpenAI-compatible server URL: vLLM, Ollama, llama.cpp, TGI (default: $OPENAI_BASE_URL, else OpenAI)."),
+                 "OpenAI-compatible server URL: vLLM, Ollama, llama.cpp, TGI; several, comma-separated, share the "
+                 "load and fail over (default: $OPENAI_BASE_URL, else OpenAI)."),
     "api": ("--api", "teacher.api", None,
             "How prompts are sent; auto = completions where the server has them (default {default})."),
     "seed_tasks": ("--seeds", "seed_tasks", "FILE",

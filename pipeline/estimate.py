@@ -101,7 +101,9 @@ def estimate_run(cfg: RunConfig, prompts: Prompts, seeds: list[Task], run: RunDi
         rows["bootstrap"] = row(teacher, math.ceil(max(0, n_tasks - kept) / yield_per_call), text, max_out)
     if "classify" in cfg.stages:
         rows["classify"] = row(teacher, max(0, n_tasks - len(run.read_stage("classify"))),
-                               prompts.render("classify.txt", instruction=example.instruction), cfg.classify.max_tokens)
+                               prompts.render("classify.txt", instruction=example.instruction),
+                               # a chat reply has room for a sentence (classify.chat_max_tokens); a completion, 3 tokens
+                               cfg.classify.max_tokens if cfg.teacher.api == "completions" else cfg.classify.chat_max_tokens)
     if "instances" in cfg.stages:
         rows["instances"] = row(teacher, max(0, n_tasks - len(run.read_stage("instances"))),
                                 instance_prompt(example, prompts)[1], cfg.instances.max_tokens)
