@@ -41,8 +41,9 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any, run_
     @click.argument("adapter", type=click.Path(exists=True, file_okay=False))
     @click.option("--format", "fmt", type=click.Choice(["gguf"]), default="gguf", show_default=True,
                   help="Output format: a GGUF LoRA adapter for llama.cpp (--lora) and Ollama (ADAPTER).")
-    @click.option("--outtype", type=click.Choice(["f32", "f16", "bf16"]), default="f32", show_default=True,
-                  help="Precision of the LoRA tensors; f32 as trained (a LoRA is small), f16/bf16 halve the file.")
+    @click.option("--outtype", type=click.Choice(["f32", "f16", "bf16"]), default="f16", show_default=True,
+                  help="Precision of the LoRA tensors: f16, as llama.cpp's own converter writes them (half of f32's "
+                       "size); f32 keeps them as trained.")
     @click.option("--out", "out", type=click.Path(dir_okay=False), help="Adapter file (default ADAPTER/adapter.gguf).")
     @click.option("--base-gguf", type=click.Path(exists=True, dir_okay=False),
                   help="GGUF of the base the adapter must apply to (default: the embedded model's own file, when "
@@ -98,9 +99,11 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any, run_
     @click.option("--base-gguf", type=click.Path(exists=True, dir_okay=False),
                   help="llama-cpp: the base GGUF (default: the embedded model's own file).")
     @click.option("--n-ctx", type=int, default=2048, show_default=True, help="llama-cpp: context length per model.")
+    @click.option("--n-threads", type=click.IntRange(min=1), default=None,
+                  help="llama-cpp: CPU threads (default: every core; llama-cpp-python's own default is half).")
     @click.option("--dry-run", is_flag=True, help="Print the command (and write the config file), start nothing.")
     @friendly_errors
-    def serve(adapters, engine, host, port, base_gguf, n_ctx, dry_run):
+    def serve(adapters, engine, host, port, base_gguf, n_ctx, n_threads, dry_run):
         """Serve many adapters on one base behind an OpenAI-compatible URL; a request names its adapter as `model`.
 
         ADAPTERS are adapter folders, each NAME=DIR or DIR (named after its run folder).
@@ -110,7 +113,7 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any, run_
         from .train.serve import plan, start, wait_ready
 
         p = plan(list(adapters), engine=engine, host=host, port=port, base_gguf=base_gguf, n_ctx=n_ctx,
-                 log=lambda m: console.print(m, highlight=False))
+                 n_threads=n_threads, log=lambda m: console.print(m, highlight=False))
         if p.config_file:
             console.print(f"config file: {p.config_file}", highlight=False)
         click.echo(" ".join(shlex.quote(a) for a in p.argv))
@@ -121,6 +124,9 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any, run_
             wait_ready(p, proc, timeout_s=600)
             console.print(f"[green]serving:[/] {p.url}  models: {', '.join(p.names)}  (Ctrl-C stops it)", highlight=False)
             proc.wait()
+        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: a server stops; there is no run to resume
+            console.print(f"serve: stopped; {p.url} no longer answers", highlight=False)
+            raise SystemExit(getattr(stop, "exit_code", 130)) from None
         finally:
             if proc.poll() is None:
                 proc.terminate()

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import urllib.request
 from pathlib import Path
 
@@ -112,3 +113,19 @@ def test_serve_on_cpu_routes_requests_by_adapter_name(tmp_path_factory):
     answers = dict(calls[:3])
     assert answers["colours"].startswith("Item 5 is") and "Arr" in answers["pirate"]
     assert len(set(answers.values())) == 3 and calls[3][1] == answers["colours"]  # back to an adapter: same answer
+
+
+def test_the_llama_cpp_server_gets_threads_and_sleeping_openmp_threads(monkeypatch):
+    """llama-cpp-python's default is cpu_count // 2 threads (one on 2 cores); spinning OpenMP threads slowed a check 17x."""
+    import subprocess as sp
+
+    from pipeline.train import serve
+
+    config = serve.llama_cpp_config(Path("/b.gguf"), [("a", Path("/a.gguf"))], "127.0.0.1", 8000, n_threads=3)
+    assert {m["n_threads"] for m in config["models"]} == {3}
+    assert {m["n_threads"] for m in serve.llama_cpp_config(Path("/b.gguf"), [], "h", 1)["models"]} == {os.cpu_count()}
+    seen = {}
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(sp, "Popen", lambda argv, **kw: seen.update(kw) or object())
+    serve.start(serve.Plan("llama-cpp", ["x"], "u", []), quiet=True)
+    assert seen["env"]["OMP_WAIT_POLICY"] == "PASSIVE"

@@ -93,13 +93,14 @@ def vllm_command(base_model: str, adapters: list[Adapter], host: str, port: int)
 
 
 def llama_cpp_config(base_gguf: Path, adapters: list[tuple[str, Path]], host: str, port: int,
-                     n_ctx: int = 2048) -> dict[str, Any]:
+                     n_ctx: int = 2048, n_threads: int | None = None) -> dict[str, Any]:
     """llama-cpp-python's server config file (llama_cpp/server/settings.py ConfigFileSettings).
 
     The first model is the default, so a request naming no known model gets the base alone.
     """
     base = str(base_gguf.resolve())
-    common = {"model": base, "n_ctx": n_ctx, "verbose": False}
+    # n_threads: llama-cpp-python's own default is cpu_count // 2, one thread on a 2-core machine
+    common = {"model": base, "n_ctx": n_ctx, "verbose": False, "n_threads": n_threads or os.cpu_count() or 1}
     return {"host": host, "port": port,
             "models": [{**common, "model_alias": BASE_ALIAS},
                        *({**common, "model_alias": name, "lora_path": str(path.resolve())} for name, path in adapters)]}
@@ -137,7 +138,7 @@ def free_port(host: str) -> int:
 
 def plan(specs: list[str], *, engine: str = "auto", host: str = "127.0.0.1", port: int = 8000,
          base_gguf: str | None = None, config_dir: str | Path | None = None, n_ctx: int = 2048,
-         log: Any = print) -> Plan:
+         n_threads: int | None = None, log: Any = print) -> Plan:
     """Check the adapters, write what the engine needs (GGUF adapters, a config file), build its command."""
     adapters = parse_adapters(specs)
     engine = pick_engine(engine)
@@ -156,7 +157,7 @@ def plan(specs: list[str], *, engine: str = "auto", host: str = "127.0.0.1", por
             log(f"writing {target}")
             write_adapter_gguf(a.path, target, base_gguf=base_gguf)
         ggufs.append((a.name, target))
-    config = llama_cpp_config(base.gguf, ggufs, host, port, n_ctx)
+    config = llama_cpp_config(base.gguf, ggufs, host, port, n_ctx, n_threads)
     folder = Path(config_dir) if config_dir else Path(os.environ.get("TMPDIR", "/tmp"))
     folder.mkdir(parents=True, exist_ok=True)
     config_file = folder / f"seed2lora-serve-{port}.json"
@@ -167,7 +168,9 @@ def plan(specs: list[str], *, engine: str = "auto", host: str = "127.0.0.1", por
 
 def start(p: Plan, *, quiet: bool = False) -> subprocess.Popen:
     out = subprocess.DEVNULL if quiet else None
-    return subprocess.Popen(p.argv, stdout=out, stderr=out)
+    # Idle OpenMP threads sleep, not spin: spinning threads made a llama.cpp check 17x slower on a busy CPU.
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    return subprocess.Popen(p.argv, stdout=out, stderr=out, env=env)
 
 
 def wait_ready(p: Plan, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
