@@ -87,6 +87,23 @@ def measure(run: Path, wall: float, rc: int) -> dict:
     }
 
 
+def classify_agreement(port: int, work: Path, mode: str) -> dict:
+    """Classify the bundled seed tasks (their labels removed) in one mode; agreement with the human labels."""
+    seeds = [json.loads(x) for x in (ROOT / "seeds" / "seed_tasks.jsonl").read_text().splitlines() if x.strip()]
+    unlabelled = work / "seeds_unlabelled.jsonl"
+    unlabelled.write_text("".join(json.dumps({**t, "is_classification": None}) + "\n" for t in seeds))
+    name = f"classify-{mode}"
+    cmd = [sys.executable, "-m", "pipeline", "classify", str(work / name), "--teacher", "openai:smollm2",
+           "--base-url", f"http://127.0.0.1:{port}/v1", "--input", str(unlabelled), *MODES[mode],
+           "--set", "teacher.concurrency=1", "--set", "teacher.timeout_s=600"]
+    rc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OPENAI_API_KEY": ""}).returncode
+    truth = {t["id"]: bool(t["is_classification"]) for t in seeds}
+    got = {t["id"]: bool(t["is_classification"]) for t in read(work / name / "classify.jsonl")}
+    both = [i for i in got if i in truth]
+    return {"exit": rc, "tasks": len(both), "agree": round(sum(got[i] == truth[i] for i in both) / len(both), 3),
+            "said_yes": sum(got[i] for i in both), "labelled_yes": sum(truth[i] for i in both)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--num-instructions", type=int, default=10)
@@ -94,6 +111,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work-dir", type=Path, default=Path("/tmp/s2l-structured"))
     ap.add_argument("--gguf", type=Path, default=None, help="default: the embedded SmolLM2-135M-Instruct Q4_1 file")
+    ap.add_argument("--classify-seeds", action="store_true",
+                    help="also classify the 175 seed tasks in each chat mode: agreement with their human labels")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from pipeline.teachers.embedded import gguf_path
@@ -115,6 +134,9 @@ def main() -> None:
             rc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OPENAI_API_KEY": ""}).returncode
             results[mode] = measure(args.work_dir / mode, time.monotonic() - started, rc)
             print(json.dumps({mode: results[mode]}), flush=True)
+        if args.classify_seeds:
+            for mode in ("chat", "structured"):
+                print(json.dumps({f"classify seeds, {mode}": classify_agreement(port, args.work_dir, mode)}), flush=True)
     finally:
         server.terminate()
         server.wait(timeout=30)
