@@ -34,7 +34,7 @@ class TeacherConfig:
     spec: str = "embedded"  # embedded | openai:MODEL | hf:PATH_OR_ID; embedded needs no key and no network
     base_url: str = ""  # OpenAI-compatible server (vLLM, Ollama, llama.cpp, TGI); several comma-separated share the load and fail over; empty = $OPENAI_BASE_URL or OpenAI
     api: Literal["auto", "chat", "completions"] = "auto"  # chat | completions; auto = completions where a server offers it (small models follow it far better), else chat; local models: completions
-    structured: Literal["auto", "on", "off"] = "auto"  # JSON-schema replies for bootstrap, classify and instances where the server binds them (no preamble or markdown to read past); auto probes once, else text
+    structured: Literal["auto", "on", "off"] = "auto"  # on chat, bootstrap and instances replies bound to a JSON schema where the server binds one (no preamble or markdown to read past; auto probes once, else text); on: classify too (bound to Yes|No, a small model said Yes to nearly every task)
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable, never stored in the manifest
     api_key: str = ""  # a key given here is used, but prefer api_key_env; the manifest shows only "***"
     concurrency: int = 8  # requests kept in flight to a server; vLLM batches them on its side

@@ -71,9 +71,11 @@ def test_a_server_that_binds_json_schema_gets_structured_requests_and_its_replie
     teacher = manifest(run)["teacher"]
     assert teacher["structured"] is True and "json_schema" in teacher["structured_choice"]
     bodies = schema_requests(fake_openai)
-    assert len(bodies) == len(fake_openai.history)  # every stage's request carried its schema
+    classify = [h for h in fake_openai.history if "Is it classification?" in fake_openai.prompt_of(h["body"])]
+    assert len(bodies) == len(fake_openai.history) - len(classify)  # bootstrap's and instances' requests
+    assert not any(h["body"].get("response_format") for h in classify)  # classify stays text unless structured=on
     names = {b["response_format"]["json_schema"]["name"] for b in bodies}
-    assert names == {"tasks", "yes_no", "examples", "labelled_examples"}
+    assert names == {"tasks", "examples", "labelled_examples"}
     assert not any(b.get("stop") for b in bodies)  # no stop may cut JSON
     for b in bodies:  # servers generate properties in the order sent: output-first means the label first
         items = b["response_format"]["json_schema"]["schema"]["properties"].get("examples", {}).get("items", {})
@@ -138,3 +140,12 @@ def test_auto_leaves_a_run_on_the_completions_endpoint(fake_openai, tmp_path):
            "--set", "teacher.structured=on")
     teacher = manifest(tmp_path / "on")["teacher"]
     assert teacher["api"] == "chat" and teacher["structured"] is True
+
+
+def test_structured_on_binds_the_classify_answer_too(fake_openai, tmp_path):
+    fake_openai.schema_forms = {"json_schema"}
+    invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 2, "--set", "teacher.concurrency=1",
+           "--set", "teacher.structured=on")
+    names = {b["response_format"]["json_schema"]["name"] for b in schema_requests(fake_openai)}
+    assert "yes_no" in names
+

@@ -584,7 +584,7 @@ def test_a_retrain_on_new_data_starts_over_once_and_then_resumes(tmp_path, monke
     (adapter / "training_summary.json").write_text(json.dumps(done))
     resumes = []
 
-    def interrupted(data, train_cfg, log):
+    def interrupted(data, train_cfg, log, progress=None):
         resumes.append(train_cfg.resume)
         raise KeyboardInterrupt
 

@@ -102,7 +102,7 @@ class OpenAITeacher(BaseTeacher):
             raise TeacherError(f"teacher api must be 'auto', 'chat' or 'completions', not {api!r}")
         if structured not in ("auto", "on", "off"):
             raise TeacherError(f"teacher structured must be 'auto', 'on' or 'off', not {structured!r}")
-        self._structured_setting = structured
+        self.structured_setting = structured
         self.structured_choice = structured if structured == "off" else f"{structured}: not probed yet"
         self._schema_form = ""  # the response_format form this server honours: "json_schema" or "json_object"
         self.model = model
@@ -190,7 +190,7 @@ class OpenAITeacher(BaseTeacher):
         if not alive:
             raise TeacherUnavailable(f"no endpoint answers: {last}. Fix: start the server, or check --base-url "
                                      "(host and port)")
-        if self._structured_setting == "on" and self._auto:  # structured replies are chat replies
+        if self.structured_setting == "on" and self._auto:  # structured replies are chat replies
             self._auto = False
             self.api, self.api_choice = "chat", "auto: chat (teacher.structured=on)"
         if self._auto:
@@ -205,7 +205,7 @@ class OpenAITeacher(BaseTeacher):
                 self.api_choice = f"auto: chat (completions: {_describe_error(e, self._secret)})"
             except (openai.APIError, httpx.TransportError, Malformed, ContextTooLong, ValueError) as e:
                 self.api_choice = f"auto: chat (completions: {_describe_error(e, self._secret)})"
-        if self._structured_setting != "off":
+        if self.structured_setting != "off":
             self._choose_structured(alive[0])
 
     def _choose_structured(self, i: int) -> None:
@@ -214,7 +214,7 @@ class OpenAITeacher(BaseTeacher):
         schema, as llama-cpp-python's server takes it) and use the first whose reply is the schema's JSON.
         Auto leaves a run on the completions endpoint as it is: list continuations are what small local
         models follow best (benchmarks/RESULTS.md, structured replies on llama.cpp)."""
-        setting = self._structured_setting
+        setting = self.structured_setting
         if self.api == "completions":
             if setting == "on":
                 raise TeacherError("teacher.structured=on needs chat requests, and --api completions was given. "
