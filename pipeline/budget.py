@@ -10,10 +10,11 @@ same command with a higher limit goes on from there.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from .cache import model_of
-from .config import BudgetConfig
+from .config import BudgetConfig, RunConfig, TeacherConfig
 from .errors import Seed2LoraError
 from .teachers.base import Usage
 
@@ -49,6 +50,52 @@ def price_for(cfg: BudgetConfig, model: str) -> tuple[float, float] | None:
         return None if base is None else (base[0] * cfg.batch_price_factor, base[1] * cfg.batch_price_factor)
     matches = [k for k in cfg.prices if model.startswith(k)]
     return tuple(cfg.prices[max(matches, key=len)]) if matches else None  # type: ignore[return-value]
+
+
+def priced_model(teacher: TeacherConfig) -> str:
+    """The model a teacher's calls are priced at, as attach_run logs them: BATCH_SUFFIX through the Batch API."""
+    return model_of(teacher.spec) + (BATCH_SUFFIX if teacher.batch else "")
+
+
+def judge_config(cfg: RunConfig) -> TeacherConfig:
+    """The score judge's teacher settings: [score.teacher] when it names a spec, else the run's [teacher]."""
+    return cfg.score.teacher if cfg.score.teacher.spec else cfg.teacher
+
+
+GENERATION_STAGES = ("bootstrap", "classify", "instances", "evolve")  # the stages that call the run's [teacher]
+
+
+def stage_models(cfg: RunConfig, stages: Iterable[str]) -> dict[str, str]:
+    """The priced model (priced_model) of each stage in `stages` that calls a teacher, in pipeline order: the run's
+    [teacher] for the generation stages, score's judge, and eval's [eval.judge] when it names one."""
+    models = {name: priced_model(cfg.teacher) for name in GENERATION_STAGES if name in stages}
+    if "score" in stages:
+        models["score"] = priced_model(judge_config(cfg))
+    if "eval" in stages and cfg.eval.judge.spec.strip():
+        models["eval"] = priced_model(cfg.eval.judge)
+    return models
+
+
+def no_price(model: str, stages: Iterable[str] = ()) -> Seed2LoraError:
+    """max_cost is set and `model` has no price: the error naming it, the stages that call it, and the fix."""
+    listed = model.removesuffix(BATCH_SUFFIX)  # a batch call is priced at its model's price times the factor
+    calls = f" (called by {', '.join(stages)}); nothing was sent" if stages else ""
+    return Seed2LoraError(f"max_cost is set but there is no price for model {listed!r}{calls}. Fix: add "
+                          f'[budget] prices = {{ "{listed}" = [input_usd_per_1M, output_usd_per_1M] }}, '
+                          "or run without --max-cost")
+
+
+def check_prices(cfg: RunConfig, stages: Iterable[str]) -> None:
+    """With max_cost set, every model that a stage in `stages` calls needs a price: checked before the first call
+    and before anything is written, so a run cannot pay for its generation and then stop at an unpriced judge."""
+    if not cfg.budget.max_cost:
+        return
+    by_model: dict[str, list[str]] = {}
+    for stage, model in stage_models(cfg, stages).items():
+        by_model.setdefault(model, []).append(stage)
+    for model, callers in by_model.items():
+        if price_for(cfg.budget, model) is None:
+            raise no_price(model, callers)
 
 
 def cost_usd(cfg: BudgetConfig, model: str, usage: dict[str, dict[str, int]]) -> float | None:
@@ -108,9 +155,7 @@ class Budget:
 
     def _check_price(self, model: str) -> None:
         if self.cfg.max_cost and price_for(self.cfg, model) is None:
-            listed = model.removesuffix(BATCH_SUFFIX)  # a batch call is priced at its model's price times the factor
-            raise Seed2LoraError(f"max_cost is set but there is no price for model {listed!r}. Fix: add "
-                                 f'[budget] prices = {{ "{listed}" = [input_usd_per_1M, output_usd_per_1M] }}')
+            raise no_price(model)
 
     def track(self, model: str, usage: Usage) -> None:
         """Count a teacher's calls from now on, at `model`'s price."""

@@ -197,6 +197,7 @@ def run(config_path, sets, dry_run, **flags):
 def _print_estimate(s) -> None:
     from rich.table import Table
 
+    from .budget import check_prices
     from .cost import money
     from .estimate import estimate_run
 
@@ -217,9 +218,13 @@ def _print_estimate(s) -> None:
         click.echo(f"cost at most ${est['max_cost_usd']:.4f}, each stage at the configured price of its model")
     if est.get("batch_price_factor") is not None:
         click.echo(f"@batch: sent through the Batch API, at {est['batch_price_factor']:g} x the model's price")
-    elif est["unpriced"]:
+    if est["unpriced"] and not s.cfg.budget.max_cost:
         click.echo(f"no price for model {', '.join(est['unpriced'])}: add [budget.prices] "
                    f"\"{est['unpriced'][0]}\" = [input, output] $ per 1M tokens")
+    try:  # the run's own check, so the dry run exits 2 where the run would (as for any other config error)
+        check_prices(s.cfg, s.cfg.stages)
+    except Seed2LoraError as e:
+        raise Seed2LoraError(f"the run would stop before its first call (exit 2): {e}") from None
 
 
 @cli.command()

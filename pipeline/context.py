@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .budget import Budget, BudgetReached, attach_run, session_budget
+from .budget import Budget, BudgetReached, attach_run, judge_config, session_budget
 from .cache import CACHE_FILE, ResponseCache
 from .config import RunConfig, TeacherConfig
 from .errors import Seed2LoraError, masked_argv
@@ -126,11 +126,6 @@ class RateLimitedLog:
         more = self.skipped.pop(kind, 0)
         self.last[kind] = now
         self.log(f"{self.prefix}{message}" + (f" (and {more} more like it)" if more else ""))
-
-
-def judge_config(cfg: RunConfig) -> TeacherConfig:
-    """The score judge's teacher settings: [score.teacher] when it names a spec, else the run's [teacher]."""
-    return cfg.score.teacher if cfg.score.teacher.spec else cfg.teacher
 
 
 def build_teacher(cfg: TeacherConfig, seed: int, log: Log, prefix: str = "teacher: ") -> Teacher:

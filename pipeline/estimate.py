@@ -19,10 +19,8 @@ import math
 import random
 from typing import Any
 
-from .budget import BATCH_SUFFIX, CHARS_PER_TOKEN, price_for
-from .cache import model_of
-from .config import RunConfig, TeacherConfig
-from .context import judge_config
+from .budget import BATCH_SUFFIX, CHARS_PER_TOKEN, judge_config, price_for, stage_models
+from .config import RunConfig
 from .datasets_io import Fields, load_pool
 from .prompts import Prompts
 from .records import Instance, Task
@@ -33,11 +31,6 @@ from .stages.instances import instance_prompt
 from .store import STAGES, RunDir
 
 IN_PROCESS = ("embedded", "hf")  # teacher kinds that score by log-probability under score.method = auto
-
-
-def priced_model(teacher: TeacherConfig) -> str:
-    """The model a teacher's calls are priced at: marked BATCH_SUFFIX when they go through the Batch API."""
-    return model_of(teacher.spec) + (BATCH_SUFFIX if teacher.batch else "")
 
 
 def tokens(text: str) -> int:
@@ -87,7 +80,7 @@ def score_rows_left(cfg: RunConfig, seeds: list[Task], run: RunDir) -> int:
 def estimate_run(cfg: RunConfig, prompts: Prompts, seeds: list[Task], run: RunDir, log: Any) -> dict[str, Any]:
     """Per stage in cfg.stages that calls a teacher: model, calls, prompt tokens, completion tokens at most and
     dollars at most; and their total (its dollars None when a model with tokens to spend has no price)."""
-    teacher = priced_model(cfg.teacher)
+    models = stage_models(cfg, cfg.stages)  # each stage at the model the run prices it at (and checks a price of)
     kept = len(run.read_stage("bootstrap"))
     sent = log.requests("bootstrap")[0] if log is not None else 0
     yield_per_call = kept / sent if sent and kept else cfg.bootstrap.expected_yield
@@ -98,23 +91,23 @@ def estimate_run(cfg: RunConfig, prompts: Prompts, seeds: list[Task], run: RunDi
     if "bootstrap" in cfg.stages:
         _, text, _ = build_prompt(prompts, cfg, random.Random(cfg.seed), seeds, [])
         max_out = cfg.bootstrap.alpaca_max_tokens if cfg.bootstrap.mode == "alpaca" else cfg.bootstrap.max_tokens
-        rows["bootstrap"] = row(teacher, math.ceil(max(0, n_tasks - kept) / yield_per_call), text, max_out)
+        rows["bootstrap"] = row(models["bootstrap"], math.ceil(max(0, n_tasks - kept) / yield_per_call), text, max_out)
     if "classify" in cfg.stages:
-        rows["classify"] = row(teacher, max(0, n_tasks - len(run.read_stage("classify"))),
+        rows["classify"] = row(models["classify"], max(0, n_tasks - len(run.read_stage("classify"))),
                                prompts.render("classify.txt", instruction=example.instruction),
                                # a chat reply has room for a sentence (classify.chat_max_tokens); a completion, 3 tokens
                                cfg.classify.max_tokens if cfg.teacher.api == "completions" else cfg.classify.chat_max_tokens)
     if "instances" in cfg.stages:
-        rows["instances"] = row(teacher, max(0, n_tasks - len(run.read_stage("instances"))),
+        rows["instances"] = row(models["instances"], max(0, n_tasks - len(run.read_stage("instances"))),
                                 instance_prompt(example, prompts)[1], cfg.instances.max_tokens)
     if "evolve" in cfg.stages:
         e, todo = cfg.evolve, evolve_todo(cfg, seeds, run)
         evolutions = [evolution_prompt(prompts, op, example.instruction, e)[1] for op in OPERATIONS]
         longest = max(evolutions, key=len)  # an operation drawn at random: the longest prompt bounds them
         child = Task(id="y", instruction=example.instruction)
-        rows["evolve"] = row(teacher, todo, longest, e.max_tokens)
-        rows["evolve_judge"] = row(teacher, todo, judge_prompt(prompts, example, child), e.judge_max_tokens)
-        rows["evolve_answer"] = row(teacher, todo, answer_prompt(prompts, child), e.answer_max_tokens)
+        rows["evolve"] = row(models["evolve"], todo, longest, e.max_tokens)
+        rows["evolve_judge"] = row(models["evolve"], todo, judge_prompt(prompts, example, child), e.judge_max_tokens)
+        rows["evolve_answer"] = row(models["evolve"], todo, answer_prompt(prompts, child), e.answer_max_tokens)
     if "score" in cfg.stages:
         include_list(cfg.export.include)  # a bad include fails here as it would in the run
         judge = judge_config(cfg)
@@ -123,7 +116,7 @@ def estimate_run(cfg: RunConfig, prompts: Prompts, seeds: list[Task], run: RunDi
         template = "score_yesno.txt" if by_logprobs else "score.txt"
         text = prompts.render(template, instruction=example.instruction, input="(none)",
                               output=example.instances[0].output)
-        rows["score"] = row(priced_model(judge), score_rows_left(cfg, seeds, run), text,
+        rows["score"] = row(models["score"], score_rows_left(cfg, seeds, run), text,
                             1 if by_logprobs else cfg.score.max_tokens)
     for r in rows.values():
         price = price_for(cfg.budget, r["model"])

@@ -4,8 +4,9 @@ Each step is a stage (bootstrap, classify, instances, filter, evolve, score, ifd
 export, train, eval): one function `step(ctx, records) -> StepResult` in its stage's file,
 which reads the previous stage's file (or an --input file) and writes its own. The loop owns
 everything around the steps:
-- validation before any write: config, seeds, inputs, the teacher and its endpoints, so a
-  command that fails leaves a finished run byte-identical and makes no folder;
+- validation before any write: config, seeds, inputs, a price for every model of the steps
+  under max_cost, the teacher and its endpoints, so a command that fails leaves a finished
+  run byte-identical and makes no folder;
 - the progress bar of each step (the step gets `ctx.advance`);
 - the manifest: status (running, done, interrupted, failed, budget, incomplete), the stage,
   the reason, pending work, usage and spend, the resolved config, versions, prompt hashes;
@@ -24,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .budget import BudgetReached
+from .budget import BudgetReached, check_prices
 from .config import RunConfig
 from .context import Log, Progress, Records, RunContext, Step, StepResult, preflight
 from .errors import Incomplete, Seed2LoraError, mask_secrets
@@ -67,6 +68,7 @@ def validate(ctx: RunContext, steps: list[Step]) -> None:
     for step in steps:
         if step.check is not None:
             step.check(ctx)
+    check_prices(ctx.cfg, [s.name for s in steps])  # an unpriced judge under max_cost: before generation is paid
     teachers = [ctx.bare_teacher] if any(s.teacher == "teacher" for s in steps) else []
     if any(s.teacher == "judge" for s in steps):
         teachers.append(ctx.bare_judge)

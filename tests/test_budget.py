@@ -7,9 +7,9 @@ import sqlite3
 
 import pytest
 from click.testing import CliRunner
-from helpers import read
+from helpers import read, teacher_flags
 
-from pipeline.budget import Budget, attribute_unlogged
+from pipeline.budget import GENERATION_STAGES, Budget, attribute_unlogged, stage_models
 from pipeline.cache import CACHE_FILE, ResponseCache
 from pipeline.cli import cli
 from pipeline.config import BudgetConfig, load_config
@@ -18,7 +18,7 @@ from pipeline.errors import Seed2LoraError
 from pipeline.estimate import estimate_run
 from pipeline.prompts import Prompts
 from pipeline.records import Instance, Task
-from pipeline.runner import Session
+from pipeline.runner import STEPS, Session
 from pipeline.store import RunDir, write_jsonl_atomic
 from pipeline.teachers.base import Completion, Usage
 
@@ -183,3 +183,61 @@ def test_the_dry_run_counts_only_what_is_left(tmp_path):
     assert list(est["stages"]) == ["score"] and est["stages"]["score"]["calls"] == 5  # 6 rows, 1 rated
     assert est["max_cost_usd"] is None and est["unpriced"] == ["local"]
     assert read(run.stage_file("score"))  # untouched
+
+
+GENERATION = ["--set", 'stages=["bootstrap","classify","instances","filter","score"]']
+PRICED = ["--set", 'budget.prices={"fake-model" = [0.15, 0.60]}']
+
+
+def test_every_stage_is_priced_at_the_model_the_run_calls():
+    cfg = load_config(None, {"teacher.spec": "openai:gpt-4o-mini", "teacher.batch": True,
+                             "score.teacher.spec": "openai:gpt-4o", "eval.judge.spec": "openai:gpt-4.1"})
+    every = [s.name for s in STEPS]
+    assert stage_models(cfg, every) == {"bootstrap": "gpt-4o-mini@batch", "classify": "gpt-4o-mini@batch",
+                                        "instances": "gpt-4o-mini@batch", "evolve": "gpt-4o-mini@batch",
+                                        "score": "gpt-4o", "eval": "gpt-4.1"}
+    assert stage_models(load_config(None, {"teacher.spec": "openai:x"}), ["filter", "score", "eval"]) == {"score": "x"}
+    # the runner's steps that call the teacher or the judge are the ones priced here
+    assert {s.name for s in STEPS if s.teacher} == {*GENERATION_STAGES, "score"}
+
+
+def test_an_unpriced_judge_stops_the_run_before_generation_is_paid(fake_openai, tmp_path):
+    flags = [*map(str, teacher_flags(fake_openai, tmp_path)), *GENERATION, *PRICED, "--num-instructions", "3"]
+    result = CliRunner().invoke(cli, ["run", *flags, "--set", "score.teacher.spec=openai:mystery-judge",
+                                      "--set", f"score.teacher.base_url={fake_openai.url}", "--max-cost", "5"])
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    assert "no price for model 'mystery-judge' (called by score); nothing was sent" in output
+    assert "Fix: add [budget] prices" in output
+    assert not fake_openai.history and not fake_openai.probes  # before: bootstrap to filter ran and were paid
+    assert not (tmp_path / "r").exists()  # and no folder, manifest or cache.sqlite
+
+
+def test_an_unpriced_teacher_leaves_a_finished_run_byte_identical_and_makes_no_folder(fake_openai, tmp_path):
+    CliRunner().invoke(cli, ["run", *map(str, teacher_flags(fake_openai, tmp_path)), *PRICED, "--num-instructions",
+                             "3"], catch_exceptions=False)
+    run = tmp_path / "r"
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    sent, outputs = len(fake_openai.history), []
+    for name in ("r", "new"):  # before: a manifest with status failed, and a new run's folder with cache.sqlite
+        flags = ["--teacher", "openai:smollm2", "--base-url", fake_openai.url, "--output-dir", str(tmp_path),
+                 "--run-name", name, *PRICED, "--max-cost", "1"]
+        outputs.append(CliRunner().invoke(cli, ["run", *flags]))
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+    assert not (tmp_path / "new").exists() and len(fake_openai.history) == sent
+    for result in outputs:
+        assert result.exit_code == 2 and "no price for model 'smollm2' (called by bootstrap, classify, " \
+            "instances)" in " ".join(result.output.split()), result.output
+
+
+def test_the_dry_run_says_the_run_would_stop_at_an_unpriced_model(tmp_path):
+    flags = ["run", "--dry-run", "--teacher", "openai:smollm2", "--output-dir", str(tmp_path), "--run-name", "r"]
+    result = CliRunner().invoke(cli, [*flags, "--max-cost", "1"])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output  # as the run would: a config error, found without sending anything
+    assert "bootstrap" in output and "smollm2" in output  # the estimate is still printed
+    assert "the run would stop before its first call (exit 2): max_cost is set but there is no price for model " \
+        "'smollm2'" in output
+    result = CliRunner().invoke(cli, flags)  # no --max-cost: the price is only missing from the estimate
+    assert result.exit_code == 0 and "no price for model smollm2" in result.output and "would stop" not in result.output
+    assert not (tmp_path / "r").exists()
