@@ -463,7 +463,8 @@ class OpenAITeacher(BaseTeacher):
                 endpoint.down_since, again = now, endpoint.on_trial
                 endpoint.probe_wait_s = min(2 * max(endpoint.probe_wait_s, PROBE_EVERY_S), PROBE_BACKOFF_MAX_S) \
                     if again else PROBE_EVERY_S
-                endpoint.probe_at, endpoint.on_trial = now + endpoint.probe_wait_s, False
+                # A first fall is probed at the prober's next round, as a restarted server should be.
+                endpoint.probe_at, endpoint.on_trial = now + (endpoint.probe_wait_s if again else 0.0), False
             others = sum(x.down_since is None for x in self._endpoints)
             if self._fatal is None and self._failures_in_row >= self.max_consecutive_failures:
                 self._fatal = TeacherUnavailable(
