@@ -42,7 +42,11 @@ class FakeOpenAI:
     def __init__(self) -> None:
         self.queue: deque[tuple[int, Any, dict[str, str], float]] = deque()
         self.default_delay = 0.0  # seconds before each default (unqueued) reply
+        # While set, every POST (probes too) gets no reply: a wedged engine, or a proxy whose backend hangs, that
+        # still answers GET /models. Cleared, the requests waiting reply at once.
+        self.hang = False
         self.history: list[dict[str, Any]] = []  # the pipeline's requests
+        self.posts = 0  # POSTs received, those still waiting included
         self.probes: list[dict[str, Any]] = []  # preflight: GET /models and api auto's one-token probe
         self.completions_endpoint = False  # api auto's probe of /completions gets a 404 unless this is set
         # response_format forms whose JSON schema binds the reply (as OpenAI: {"json_schema"}; llama-cpp-python's
@@ -89,6 +93,16 @@ class FakeOpenAI:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
+                with outer._lock:
+                    outer.posts += 1
+                while outer.hang:
+                    time.sleep(0.02)
+                try:
+                    self._post(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting
+
+            def _post(self, body: dict[str, Any]) -> None:
                 if outer.refuse_other_forms and outer.form_of(body) not in (None, *outer.schema_forms):
                     self._send(422, {"detail": [{"type": "literal_error", "loc": ["body", "response_format", "type"],
                                                  "msg": "Input should be 'text' or 'json_object'"}]}, {})
@@ -98,7 +112,7 @@ class FakeOpenAI:
                     bound = outer.form_of(body) in outer.schema_forms
                     self._send(200, outer.wrap(self.path, '{"answer": "Yes"}' if bound else "Yes, water is wet."), {})
                     return
-                if body.get("max_tokens") == 1 and outer.prompt_of(body) == "Say OK.":  # api auto's probe
+                if body.get("max_tokens") == 1 and outer.prompt_of(body) == "Say OK.":  # api auto's probe, and the prober's
                     outer.probes.append({"path": self.path, "body": body})
                     if self.path.endswith("/chat/completions") or outer.completions_endpoint:
                         self._send(200, outer.wrap(self.path, "OK"), {})
@@ -115,10 +129,7 @@ class FakeOpenAI:
                     payload = payload(self.path, body)
                 if isinstance(payload, str) and status == 200:
                     payload = outer.wrap(self.path, payload)
-                try:
-                    self._send(status, payload, headers)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
+                self._send(status, payload, headers)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

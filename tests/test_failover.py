@@ -8,6 +8,8 @@ import re
 import threading
 import time
 
+import httpx
+import openai
 import pytest
 from click.testing import CliRunner
 from fakeserver import FakeOpenAI
@@ -103,7 +105,7 @@ def test_a_dead_endpoint_that_comes_back_rejoins(fake_openai):
 
 
 def test_an_endpoint_that_keeps_answering_5xx_leaves_the_rotation(fake_openai, monkeypatch):
-    monkeypatch.setattr(openai_compat, "PROBE_EVERY_S", 60.0)  # its GET /models works: the prober would let it back
+    monkeypatch.setattr(openai_compat, "PROBE_EVERY_S", 60.0)  # its one-token probe works: the prober would let it back
     sick = FakeOpenAI()
     try:
         for _ in range(100):
@@ -181,3 +183,76 @@ def test_stopping_a_stream_wakes_requests_waiting_out_an_outage(fake_openai):
     worker.join(timeout=5)
     assert not worker.is_alive() and time.monotonic() - started < 1
     assert len(out) == 8 and not any(c.ok for c in out)
+
+
+def test_an_endpoint_that_answers_get_models_but_never_a_prompt_stays_out_and_the_other_keeps_its_pace(fake_openai):
+    hung = FakeOpenAI()  # a wedged engine, or a proxy whose backend hangs
+    try:
+        hung.hang = True
+        fake_openai.default_delay = 0.05
+        t = OpenAITeacher("m", base_url=f"{fake_openai.url},{hung.url}", concurrency=4, timeout_s=1.0, max_wait_s=0.05)
+        events = []
+        t.on_event = events.append
+        t.preflight()  # both answer GET /models: both start in rotation
+        started = time.monotonic()
+        out = t.generate([f"p{i}" for i in range(320)], GenParams(max_tokens=5), kind="k")
+        took = time.monotonic() - started
+        assert all(c.ok for c in out)
+        assert any(e.startswith(f"endpoint down: {hung.url}") for e in events)
+        assert not any(e.startswith(f"endpoint back: {hung.url}") for e in events), events  # however often probed
+        assert t._endpoints[0].limit == 4 and not any(f"{fake_openai.url}: keeping" in e for e in events)
+        assert t._endpoints[1].limit < 4 and any(f"{hung.url}: keeping at most" in e for e in events)
+        assert took < 320 * 0.05 / 4 + 3  # the healthy pace (4 s), the hung tries' timeouts, slack
+        hung.hang = False  # the probes waiting there arrive: they were one-token POSTs, not GET /models
+        time.sleep(0.3)
+        assert sum(p["body"] is not None and p["body"]["max_tokens"] == 1 for p in hung.probes) >= 2
+    finally:
+        hung.hang = False
+        hung.close()
+
+
+def test_an_endpoint_that_hangs_then_mends_rejoins(fake_openai):
+    mending = FakeOpenAI()
+    try:
+        mending.hang = True
+        t = OpenAITeacher("m", base_url=f"{fake_openai.url},{mending.url}", concurrency=2, timeout_s=1.0,
+                          max_wait_s=0.05)
+        events = []
+        t.on_event = events.append
+        t.preflight()
+        fake_openai.default_delay = mending.default_delay = 0.05
+        when(lambda: any(e.startswith(f"endpoint down: {mending.url}") for e in events),
+             lambda: setattr(mending, "hang", False))
+        out = t.generate([f"p{i}" for i in range(100)], GenParams(max_tokens=5), kind="k")
+        assert all(c.ok for c in out)
+        assert any(e.startswith(f"endpoint back: {mending.url}") for e in events)
+        assert len(mending.history) > 10  # it took requests again
+    finally:
+        mending.hang = False
+        mending.close()
+
+
+def test_an_endpoint_that_keeps_falling_after_it_rejoins_waits_twice_as_long_each_time(monkeypatch):
+    monkeypatch.setattr(openai_compat, "PROBE_BACKOFF_MAX_S", 1.0)
+    t = OpenAITeacher("m", base_url="http://127.0.0.1:9/v1,http://127.0.0.1:10/v1", concurrency=8)
+    events = []
+    t.on_event = events.append
+    timeout = openai.APITimeoutError(request=httpx.Request("POST", "http://127.0.0.1:10/v1/chat/completions"))
+    sick = t._endpoints[1]
+
+    def fall():
+        for _ in range(openai_compat.STRIKES_TO_DOWN):
+            t._failed(timeout, 1)
+        return round(sick.probe_wait_s, 3)
+
+    waits = [fall()]
+    for _ in range(4):
+        t._revive(1)
+        waits.append(fall())
+    assert waits == [0.2, 0.4, 0.8, 1.0, 1.0]  # doubled at each fall soon after a rejoin, up to the cap
+    assert sum("it fell again soon after it rejoined" in e for e in events) == 4
+    t._revive(1)
+    for _ in range(openai_compat.PROVEN_AFTER):
+        t._succeeded(0.01, 1)
+    assert fall() == 0.2  # it served a while: well again, so its next fall starts the backoff over
+    assert t._endpoints[0].limit == 8 and sick.limit == 1 and t.limit == 8  # only the sick one's limit was cut

@@ -14,15 +14,18 @@ Nothing hangs silently:
   Self-Instruct prompts far better as continuations than as chat turns).
 - Several endpoints fail over: one that refuses or drops connections, or times out or answers 5xx
   STRIKES_TO_DOWN times in a row, leaves the rotation, and its requests are retried at once on the
-  others. While a stream runs, a prober asks each endpoint out of rotation for GET /models every
-  PROBE_EVERY_S; it rejoins when it answers. The run stops only when every endpoint has been down
+  others. While a stream runs, a prober asks each endpoint out of rotation for one token on the run's API
+  every PROBE_EVERY_S; it rejoins when it answers (GET /models is not enough: a wedged engine or a proxy with
+  no backend answers it and never a prompt). One that falls again soon after it rejoined waits twice as long
+  before each next try, up to PROBE_BACKOFF_MAX_S. The run stops only when every endpoint has been down
   past its wait: `outage_wait_s` for one that has answered in this process (a restart, a redeploy),
   `connect_window_s` for one never reached (a wrong port fails fast).
 - A circuit breaker stops the run after `max_consecutive_failures` failed attempts in a
   row, with the last error's text, instead of walking through every prompt.
-- In-flight requests adapt to the server: a timeout, or a reply slower than half the
-  timeout, halves the number kept in flight (a server that answers one at a time queues
-  the rest until they time out); each full window of fast replies adds one back.
+- In-flight requests adapt to each server: a timeout, or a reply slower than half the
+  timeout, halves the number kept in flight at that endpoint (a server that answers one at
+  a time queues the rest until they time out); each full window of fast replies adds one
+  back. A sick endpoint's cut leaves the healthy ones theirs.
 - Ctrl-C or SIGTERM wakes every retry sleep and closes the connections, so the process
   exits at once instead of waiting out requests in flight.
 """
@@ -67,8 +70,15 @@ PREFLIGHT_TIMEOUT_S = 60.0  # one token from a cold local server (model load, fi
 REQUESTS_PER_POOL = 8
 # Failover. One timeout or 5xx is noise; three in a row is a sick endpoint, and its requests do better elsewhere.
 STRIKES_TO_DOWN = 3
-PROBE_EVERY_S = 2.0  # a down endpoint's GET /models this often: a restarted server rejoins within seconds, cheaply
-PROBE_TIMEOUT_S = 5.0  # a probe's own timeout: /models is cheap, so a slow answer means the server is not back yet
+PROBE_EVERY_S = 2.0  # a down endpoint is asked for one token this often: a restarted server rejoins within seconds
+# A readmission probe's own timeout (or timeout_s, if shorter): one token from a server with nothing else to do (it
+# is out of rotation) takes far less; a server that takes longer would only time out the requests it was given.
+PROBE_TIMEOUT_S = 10.0
+# An endpoint that falls again before it has served PROVEN_AFTER replies since it rejoined (a wedged engine, a proxy
+# whose backend hangs) waits twice as long before its next readmission, up to this: each fall costs the requests it
+# was given a timeout, and a minute bounds how long a mended server sits idle.
+PROBE_BACKOFF_MAX_S = 60.0
+PROVEN_AFTER = 10  # replies a rejoined endpoint serves before it counts as well: its next fall starts the backoff over
 OUTAGE_LINE_EVERY_S = 30.0  # while no endpoint answers, a line this often: how long, and how much longer we wait
 
 
@@ -88,6 +98,13 @@ class _Endpoint:
     answered: bool = False  # has answered in this process: an outage then gets outage_wait_s, not connect_window_s
     down_since: float | None = None  # out of rotation since (time.monotonic()); None: in rotation
     strikes: int = 0  # timeouts and 5xx in a row
+    limit: int = 1  # its requests in flight at most: halved by its timeouts and slow replies, regrown by fast ones
+    fast_in_row: int = 0  # fast replies since its limit last changed
+    probe_wait_s: float = 0.0  # from a fall to the next readmission probe: doubles while it keeps falling again
+    probe_at: float = 0.0  # time.monotonic() of that probe
+    probing: bool = False  # a probe is in flight
+    on_trial: bool = False  # rejoined, and has not served PROVEN_AFTER replies since
+    served: int = 0  # replies since it last rejoined
 
 
 class OpenAITeacher(BaseTeacher):
@@ -114,7 +131,6 @@ class OpenAITeacher(BaseTeacher):
         # Several servers ("url1,url2"): each request goes to the one with the fewest in flight.
         self.base_urls = [u.strip() for u in self.base_url.split(",") if u.strip()]
         self.concurrency = max(1, cfg.concurrency)
-        self.limit = self.concurrency  # in flight now: cut on timeouts and slow replies, regrown on fast ones
         self.timeout_s = cfg.timeout_s
         self.max_retries = cfg.max_retries
         self.system_prompt = cfg.system_prompt
@@ -131,7 +147,9 @@ class OpenAITeacher(BaseTeacher):
             raise TeacherError(f"${api_key_env} is not set. Fix: export {api_key_env}=sk-... "
                                "or pass --base-url for a local OpenAI-compatible server")
         self._clients = [self._new_client(u) for u in self.base_urls]  # one per endpoint: preflight's and the prober's
-        self._endpoints = [_Endpoint(u) for u in self.base_urls]
+        # Each endpoint may take all of `concurrency` (when the others are down, it carries the run); its own
+        # timeouts and slow replies cut only its share.
+        self._endpoints = [_Endpoint(u, limit=self.concurrency) for u in self.base_urls]
         self._lock = threading.Lock()
         # Notified when an endpoint rejoins or the run stops: wakes retry sleeps, so a request waiting out an
         # outage goes as soon as a server answers again.
@@ -143,10 +161,16 @@ class OpenAITeacher(BaseTeacher):
         self._pool: ThreadPoolExecutor | None = None
         self._failures_in_row = 0
         self._last_error = ""
-        self._fast_in_row = 0
         self._send_seed = True  # dropped if a server rejects the field
         self._send_json = True  # response_format, likewise
         self._send_logprobs = True  # likewise: the reply's text is then the generated text
+
+    @property
+    def limit(self) -> int:
+        """Requests the stream keeps in flight: the limits of the endpoints in rotation (of all, while none is),
+        at most `concurrency`."""
+        live = [e.limit for e in self._endpoints if e.down_since is None] or [e.limit for e in self._endpoints]
+        return min(self.concurrency, sum(live))
 
     def _new_client(self, url: str) -> openai.OpenAI:
         # max_retries=0: the SDK's own retries would hide failures from our one policy.
@@ -184,7 +208,7 @@ class OpenAITeacher(BaseTeacher):
                 endpoint.answered, endpoint.down_since = True, None
             else:
                 last = f"{url}: {error}"
-                endpoint.down_since = time.monotonic()
+                endpoint.down_since, endpoint.probe_wait_s = time.monotonic(), PROBE_EVERY_S
                 if len(self.base_urls) > 1:
                     self._event(f"{url} does not answer ({error}); requests go to the other endpoints until it does")
         if not alive:
@@ -391,8 +415,7 @@ class OpenAITeacher(BaseTeacher):
             raise openai.APIConnectionError(message="not sent: the run is stopping", request=_NO_REQUEST)
         shards, counts, owner = pools
         with self._lock:
-            live = [i for i in range(len(shards)) if self._endpoints[owner[i]].down_since is None]
-            i = min(live or range(len(shards)), key=counts.__getitem__)  # none in rotation: try any, it may be back
+            i = self._pick(counts, owner)
             counts[i] += 1
         started = time.monotonic()
         try:
@@ -410,19 +433,39 @@ class OpenAITeacher(BaseTeacher):
             self._succeeded(time.monotonic() - started, owner[i])
         return c
 
+    def _pick(self, counts: list[int], owner: list[int]) -> int:
+        """Under the lock: the client for the next try. The endpoint in rotation with the fewest in flight among
+        those under their own limit (else the one least over it), and its client with the fewest; with none
+        in rotation, any client with the fewest (its endpoint may be back)."""
+        live = [ep for ep, e in enumerate(self._endpoints) if e.down_since is None]
+        if not live:
+            return min(range(len(counts)), key=counts.__getitem__)
+        load = [0] * len(self._endpoints)
+        for i, ep in enumerate(owner):
+            load[ep] += counts[i]
+        under = [ep for ep in live if load[ep] < self._endpoints[ep].limit]
+        ep = min(under, key=load.__getitem__) if under else \
+            min(live, key=lambda x: load[x] - self._endpoints[x].limit)
+        return min((i for i in range(len(counts)) if owner[i] == ep), key=counts.__getitem__)
+
     def _failed(self, e: BaseException, ep: int) -> None:
         now = time.monotonic()
         endpoint = self._endpoints[ep]
         with self._lock:
             self._last_error = _describe_error(e, self._secret)
             if isinstance(e, openai.APITimeoutError):
-                self._shrink(f"a request timed out after {self.timeout_s:.0f} s")
+                self._shrink(ep, f"a request timed out after {self.timeout_s:.0f} s")
             # An outage is judged by its length (_check_outage); the breaker counts answers that went wrong.
             self._failures_in_row += 0 if _refused(e) else 1
             endpoint.strikes += isinstance(e, openai.APITimeoutError) or (getattr(e, "status_code", None) or 0) >= 500
             went_down = endpoint.down_since is None and (_refused(e) or endpoint.strikes >= STRIKES_TO_DOWN)
             if went_down:
-                endpoint.down_since = now
+                # One that falls again before it has proved itself waits twice as long for its next readmission.
+                endpoint.down_since, again = now, endpoint.on_trial
+                endpoint.probe_wait_s = min(2 * max(endpoint.probe_wait_s, PROBE_EVERY_S), PROBE_BACKOFF_MAX_S) \
+                    if again else PROBE_EVERY_S
+                # A first fall is probed at the prober's next round, as a restarted server should be.
+                endpoint.probe_at, endpoint.on_trial = now + (endpoint.probe_wait_s if again else 0.0), False
             others = sum(x.down_since is None for x in self._endpoints)
             if self._fatal is None and self._failures_in_row >= self.max_consecutive_failures:
                 self._fatal = TeacherUnavailable(
@@ -434,22 +477,27 @@ class OpenAITeacher(BaseTeacher):
             wait, setting = self._wait_of(endpoint)
             self._event(f"endpoint down: {endpoint.url} ({self._last_error}); " + (
                 f"its requests go to the {others} other endpoint(s)" if others else
-                f"waiting up to {wait:.0f} s for an endpoint to answer again (teacher.{setting})"))
+                f"waiting up to {wait:.0f} s for an endpoint to answer again (teacher.{setting})") + (
+                f"; it fell again soon after it rejoined, so it is tried again in {endpoint.probe_wait_s:.0f} s"
+                if again else ""))
         if self._fatal is not None:
             self._halt(self._stop)
 
     def _succeeded(self, seconds: float, ep: int) -> None:
         if self._endpoints[ep].down_since is not None:  # a retry that went to it anyway, with none in rotation
             self._revive(ep)
+        endpoint = self._endpoints[ep]
         with self._lock:
             self._failures_in_row = 0
-            self._endpoints[ep].answered, self._endpoints[ep].strikes = True, 0
+            endpoint.answered, endpoint.strikes, endpoint.served = True, 0, endpoint.served + 1
+            if endpoint.on_trial and endpoint.served >= PROVEN_AFTER:  # well again: a next fall starts the backoff over
+                endpoint.on_trial, endpoint.probe_wait_s = False, 0.0
             if seconds > self.timeout_s / 2:
-                self._shrink(f"a reply took {seconds:.0f} s, over half the {self.timeout_s:.0f} s timeout")
+                self._shrink(ep, f"a reply took {seconds:.0f} s, over half the {self.timeout_s:.0f} s timeout")
                 return
-            self._fast_in_row += 1
-            if self.limit < self.concurrency and self._fast_in_row >= self.limit:
-                self.limit, self._fast_in_row = self.limit + 1, 0
+            endpoint.fast_in_row += 1
+            if endpoint.limit < self.concurrency and endpoint.fast_in_row >= endpoint.limit:
+                endpoint.limit, endpoint.fast_in_row = endpoint.limit + 1, 0
 
     # -- failover --------------------------------------------------------------------
     def _wait_of(self, endpoint: _Endpoint) -> tuple[float, str]:
@@ -479,32 +527,43 @@ class OpenAITeacher(BaseTeacher):
             if endpoint.down_since is None:
                 return
             down, endpoint.down_since, endpoint.strikes = time.monotonic() - endpoint.down_since, None, 0
+            endpoint.on_trial, endpoint.served = True, 0
             self._rejoins += 1
             self._changed.notify_all()
         self._event(f"endpoint back: {endpoint.url} answers again after {down:.0f} s; it takes requests again")
 
-    def _answers(self, ep: int) -> bool:
-        """The prober's question: does the endpoint answer HTTP (GET /models) with anything but a 5xx?"""
+    def _serves(self, ep: int) -> bool:
+        """The prober's question: does the endpoint answer one token on the run's API? GET /models is not
+        enough: a wedged engine, or a proxy whose backend hangs, answers it and never a prompt."""
+        client = self._clients[ep].with_options(timeout=min(self.timeout_s, PROBE_TIMEOUT_S))
         try:
-            self._clients[ep].with_options(timeout=min(self.timeout_s, PROBE_TIMEOUT_S)).models.list()
+            self._request(client, self.api, PROBE_PROMPT, GenParams(max_tokens=1), None)
             return True
-        except openai.APIStatusError as e:
-            return e.status_code < 500  # a server without /models, say: it is there
-        except ValueError:
-            return True  # an HTTP answer that is not JSON: it is there
-        except (openai.APIError, httpx.TransportError):
+        except (openai.APIError, httpx.TransportError, Malformed, ContextTooLong, ValueError):
             return False
 
+    def _probe(self, ep: int) -> None:
+        """One readmission probe, on its own thread: one that hangs delays neither the others nor the outage checks."""
+        answered = self._serves(ep)
+        with self._lock:
+            self._endpoints[ep].probing = False
+        if answered:
+            self._revive(ep)
+
     def _watch(self, done: threading.Event, stop: threading.Event) -> None:
-        """The stream's prober: every PROBE_EVERY_S, ask each endpoint out of rotation whether it answers
-        (it rejoins if so); while none is in rotation, a line every OUTAGE_LINE_EVERY_S, and the stop once
+        """The stream's prober: every PROBE_EVERY_S, ask each endpoint out of rotation whose wait is over for
+        one token (it rejoins if it answers); while none is in rotation, a line every OUTAGE_LINE_EVERY_S, and the stop once
         every endpoint is past its wait (no request need be trying for the run to end)."""
         said = time.monotonic()
         while not done.wait(PROBE_EVERY_S) and not stop.is_set():
-            for ep, endpoint in enumerate(self._endpoints):
-                if endpoint.down_since is not None and self._answers(ep):
-                    self._revive(ep)
             now, line = time.monotonic(), ""
+            with self._lock:
+                due = [ep for ep, e in enumerate(self._endpoints)
+                       if e.down_since is not None and not e.probing and now >= e.probe_at]
+                for ep in due:
+                    self._endpoints[ep].probing = True
+            for ep in due:
+                threading.Thread(target=self._probe, args=(ep,), daemon=True, name="teacher-probe").start()
             with self._lock:  # a request's reply may put an endpoint back meanwhile
                 self._check_outage(now)
                 down = [(e, now - e.down_since) for e in self._endpoints if e.down_since is not None]
@@ -533,13 +592,18 @@ class OpenAITeacher(BaseTeacher):
         with self._changed:
             self._changed.notify_all()
 
-    def _shrink(self, why: str) -> None:
-        """Halve the requests kept in flight (called under the lock)."""
-        self._fast_in_row = 0
-        if self.limit > 1:
-            self.limit = max(1, self.limit // 2)
-            self._event(f"{why}: keeping {self.limit} requests in flight (of teacher.concurrency "
-                        f"{self.concurrency}); the server serves fewer at a time")
+    def _shrink(self, ep: int, why: str) -> None:
+        """Halve the requests kept in flight at one endpoint (called under the lock); the others keep theirs."""
+        endpoint = self._endpoints[ep]
+        endpoint.fast_in_row = 0
+        if endpoint.limit > 1:
+            endpoint.limit = max(1, endpoint.limit // 2)
+            if len(self._endpoints) == 1:
+                self._event(f"{why}: keeping {endpoint.limit} requests in flight (of teacher.concurrency "
+                            f"{self.concurrency}); the server serves fewer at a time")
+            else:
+                self._event(f"{why} at {endpoint.url}: keeping at most {endpoint.limit} requests in flight there "
+                            f"(of teacher.concurrency {self.concurrency}); that server serves fewer at a time")
 
     def _event(self, message: str) -> None:
         if self.on_event is not None:
