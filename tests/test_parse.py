@@ -181,3 +181,23 @@ def test_an_unnumbered_first_task_before_item_10_is_kept_but_never_a_preamble(fi
     # Set off by a blank line, or above a list that starts at 1, the line is not read as a task.
     assert parse_numbered_list(first + "\n\n10. Explain rain.") == ["Explain rain."]
     assert parse_numbered_list(first + "\n1. Explain rain.") == ["Explain rain."]
+
+
+def test_bracketed_category_labels_are_dropped_only_when_most_items_carry_one():
+    reply = "9. [Creative Writing] Write a poem.\n10. [Math]: Solve 2x = 4.\n11. Explain rain."
+    assert parse_numbered_list(reply) == ["Write a poem.", "Solve 2x = 4.", "Explain rain."]
+    # One bracket among plain tasks, or a placeholder going on in lower case, is the task's own text.
+    reply = "9. [Name] is new here; write a welcome note.\n10. [Math] Solve 2x = 4.\n11. Explain rain."
+    assert parse_numbered_list(reply) == ["[Name] is new here; write a welcome note.", "[Math] Solve 2x = 4.",
+                                          "Explain rain."]
+
+
+def test_an_answer_line_under_a_task_ends_it_but_a_wrapped_line_goes_on():
+    reply = ("9. What is the capital of Australia?\nAnswer: Canberra\n10. Name three primary colors.\n"
+             "   **Solution:** Red, blue\n   and yellow.\n11. Classify a review.\nExample: \"Great!\" -> Positive")
+    assert parse_numbered_list(reply) == ["What is the capital of Australia?", "Name three primary colors.",
+                                          "Classify a review."]
+    # The item's own line may open with the word; a line that wraps mid-sentence in lower case goes on.
+    reply = "9. Answer the riddle in one word.\n10. Write a quiz question and give its\nanswer: keep it short."
+    assert parse_numbered_list(reply) == ["Answer the riddle in one word.",
+                                          "Write a quiz question and give its answer: keep it short."]

@@ -20,12 +20,20 @@ _ITEM = re.compile(r"^(?P<indent>[ \t]*)(?:[-*•+][ \t]+)?(?P<heading>#{1,6}[ \
 _BULLET = re.compile(r"^(?P<indent>[ \t]*)[-*•+][ \t]+(?P<text>\S.*)$")
 # "9. **Recipe ideas**: Suggest three ..." -- a bold title is a label, not part of the instruction.
 _TITLE = re.compile(r"^(?:\*\*|__)[^*_\n]{1,80}?(?:(?:\*\*|__)[ \t]*[:\-–—]|:[ \t]*(?:\*\*|__))[ \t]*(?=\S)")
-# "Travel Planning: Plan a five-day road trip": a category before the task, one to four capitalised
-# words and a colon. "Turn this list into a paragraph: eggs" is a task, so a category is only
-# dropped when most items of the reply open with one (a model labelling every task), and
-# only when a capitalised sentence follows it.
-_CATEGORY = re.compile(r"^(?:[A-Z][\w'’-]*|&)(?:[ \t]+(?:[A-Z][\w'’-]*|&)){0,3}[ \t]*:[ \t]+(?=[A-Z\"“])")
+# "Travel Planning: Plan a five-day road trip" or "[Travel Planning] Plan ...": a category before the
+# task, one to four capitalised words and a colon, or one to four words in brackets. "Turn this list
+# into a paragraph: eggs" is a task, so a category is only dropped when most items of the reply open
+# with one (a model labelling every task), and only when a capitalised sentence follows it.
+_CATEGORY = re.compile(r"^(?:(?:[A-Z][\w'’-]*|&)(?:[ \t]+(?:[A-Z][\w'’-]*|&)){0,3}[ \t]*:"
+                       r"|\[[ \t]*[\w'’&/-]+(?:[ \t]+[\w'’&/-]+){0,3}[ \t]*\][ \t]*[:\-–—]?)[ \t]+(?=[A-Z\"“])")
 _LABEL = re.compile(r"^(?:task|instruction)\s*(?:\d+)?\s*:\s*", re.IGNORECASE)
+# "9. What is the capital of Australia?\nAnswer: Canberra": a model that answered (or illustrated) its
+# own task. A capitalised answer label opening a line under an item ends the instruction, as "Input:"
+# and "Output:" do; "9. Answer the riddle." (the item's own line) and a wrapped line that goes on
+# in lower case ("...and give its\nanswer: ...") stay the task's.
+_ANSWER = re.compile(r"^[ \t]*(?:[-*•][ \t]+)?(?:\*\*|__|\*)?[ \t]*(?:Answer|Solution|Response|Example"
+                     r"|(?:Sample|Example|Expected)[ \t]+(?:[Aa]nswer|[Oo]utput|[Ss]olution|[Rr]esponse))"
+                     r"[ \t]*(?:\*\*|__|\*)?[ \t]*:")
 _MARKDOWN = re.compile(r"\*\*|__|`")
 _RULE = re.compile(r"^[ \t]*(?:-[ \t]*){3,}$|^[ \t]*(?:\*[ \t]*){3,}$|^[ \t]*(?:_[ \t]*){3,}$")
 _FENCE = re.compile(r"^[ \t]*(?:```|~~~)")
@@ -80,7 +88,8 @@ def parse_numbered_list(reply: str, prefix: str = "", truncated: bool = False) -
     dropped (see _CATEGORY). Text before the first item (a preamble), a closing remark, a
     "---" rule, and an "Input:"/"Output:" line end the item and are dropped; but a task
     sentence right above a list that starts past 1 is its unnumbered first task (see
-    _continues_number). When the reply was cut by the length limit the last item is
+    _continues_number). A labelled answer below an item ("Answer: Canberra") ends it too (see
+    _ANSWER). When the reply was cut by the length limit the last item is
     dropped, since it is probably incomplete (as Self-Instruct did).
     """
     items: list[dict] = []
@@ -116,7 +125,7 @@ def parse_numbered_list(reply: str, prefix: str = "", truncated: bool = False) -
         elif not line.strip():
             if open_item is not None and (open_item["head"] or open_item["body"]):
                 open_item = None
-        elif _FIELD.match(line) or line.strip()[:1].isupper() and _is_sign_off([line]):
+        elif _FIELD.match(line) or _ANSWER.match(line) or line.strip()[:1].isupper() and _is_sign_off([line]):
             open_item = None
         elif open_item is not None:
             open_item["body"].append(line.strip())
