@@ -23,9 +23,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.stages.parse import (parse_input_first, parse_numbered_list,  # noqa: E402
-                                   parse_output_first, parse_structured_instances, parse_structured_tasks,
-                                   parse_yes_no)
+from pipeline.stages.parse import (  # noqa: E402
+    parse_input_first,
+    parse_numbered_list,
+    parse_output_first,
+    parse_structured_instances,
+    parse_structured_tasks,
+    parse_yes_no,
+)
 
 FIXTURE = ROOT / "tests" / "fixtures" / "chat_replies_blind2.json"
 

@@ -19,8 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pipeline.stages.parse import (parse_input_first, parse_numbered_list,  # noqa: E402
-                                   parse_output_first, parse_yes_no)
+from pipeline.stages.parse import parse_input_first, parse_numbered_list, parse_output_first, parse_yes_no  # noqa: E402
 
 CORPUS = ROOT / "tests" / "fixtures" / "chat_replies_heldout.json"
 
