@@ -201,3 +201,17 @@ def test_an_answer_line_under_a_task_ends_it_but_a_wrapped_line_goes_on():
     reply = "9. Answer the riddle in one word.\n10. Write a quiz question and give its\nanswer: keep it short."
     assert parse_numbered_list(reply) == ["Answer the riddle in one word.",
                                           "Write a quiz question and give its answer: keep it short."]
+
+
+def test_bulleted_field_words_inside_an_output_stay_its_text_but_bulleted_examples_still_split():
+    reply = ("Example 1\nInput: I/O\nOutput: It is how a computer talks to the world:\n- Input: data coming in.\n"
+             "- Output: data going out.\n\nExample 2\nInput: RAM\nOutput: Short-term memory.")
+    assert [(i.input, i.output) for i in parse_input_first(reply)] == [
+        ("I/O", "It is how a computer talks to the world:\n- Input: data coming in.\n- Output: data going out."),
+        ("RAM", "Short-term memory.")]
+    # Examples whose own labels are bullets; plain examples then bulleted ones, after a blank line or
+    # under an output that does not open a list: each is its own example, as before.
+    for reply in ("- **Input:** 12 and 18\n- **Output:** 6\n- **Input:** 7 and 13\n- **Output:** 1",
+                  "Input: 12 and 18\nOutput: 6\n\n- Input: 7 and 13\n- Output: 1",
+                  "Input: 12 and 18\nOutput: 6\n- Input: 7 and 13\n- Output: 1"):
+        assert [(i.input, i.output) for i in parse_input_first(reply)] == [("12 and 18", "6"), ("7 and 13", "1")]

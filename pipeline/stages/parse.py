@@ -187,7 +187,7 @@ def parse_yes_no(reply: str) -> bool | None:
 
 
 # A field label at the start of a line: "Input:", "**Input:**", "**Input**:", "- Input:", "#### Input".
-_FIELD = re.compile(r"^[ \t]*(?:[-*•][ \t]+|\d{1,3}[.)][ \t]+)?(?:(?P<h>#{1,6})[ \t]*)?(?:\*\*|__|\*)?[ \t]*"
+_FIELD = re.compile(r"^[ \t]*(?P<list>[-*•][ \t]+|\d{1,3}[.)][ \t]+)?(?:(?P<h>#{1,6})[ \t]*)?(?:\*\*|__|\*)?[ \t]*"
                     r"(?P<name>input|output|class[ \t]*label|label|class|explanation|reason(?:ing)?)"
                     r"[ \t]*(?:\*\*|__|\*)?[ \t]*(?(h):?|:)[ \t]*(?:\*\*|__|\*)?[ \t]*(?P<rest>.*)$", re.IGNORECASE)
 # "**Label:** Positive — *Input:* "...": another field on the same line, after a dash, bar or semicolon.
@@ -198,25 +198,26 @@ _EXAMPLE = re.compile(r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*|__)?[ \t]*example[ \t]*#
 _TASK_LINE = re.compile(r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*)?[ \t]*task[ \t]*(?:\*\*)?[ \t]*:", re.IGNORECASE)
 
 
-def _events(text: str, names: dict[str, str]) -> list[tuple[str, str]]:
-    """The reply as ("example"|"field:NAME"|"line"|"task", text) events; fenced code is only ever "line".
-    A "Task:" line counts only as a paragraph's first line (an echo of the task, or the model going on
-    to another); inside an output ("Task: buy milk") it is text."""
-    events: list[tuple[str, str]] = []
+def _events(text: str, names: dict[str, str]) -> list[tuple[str, str, str]]:
+    """The reply as ("example"|"field:NAME"|"line"|"task", text, its line) events; fenced code is only
+    ever "line". A "Task:" line counts only as a paragraph's first line (an echo of the task, or the
+    model going on to another); inside an output ("Task: buy milk") it is text."""
+    events: list[tuple[str, str, str]] = []
     in_fence = False
     after_blank = True
-    for line in text.split("\n"):
+    for raw in text.split("\n"):
+        line = raw
         follows_blank, after_blank = after_blank, not line.strip()
         if in_fence:
-            events.append(("line", line))
+            events.append(("line", line, raw))
             in_fence = not _FENCE.match(line)
             continue
         if _FENCE.match(line):
             in_fence = True
-            events.append(("line", line))
+            events.append(("line", line, raw))
             continue
         if m := _EXAMPLE.match(line):
-            events.append(("example", ""))
+            events.append(("example", "", raw))
             line = m.group("rest")
             if not line.strip():
                 continue
@@ -226,14 +227,29 @@ def _events(text: str, names: dict[str, str]) -> list[tuple[str, str]]:
             rest = m.group("rest")
             while (nxt := _NEXT_FIELD.search(rest)) and (f := _FIELD.match(rest[nxt.end():])) and (
                     other := names.get(re.sub(r"\s+", " ", f.group("name").lower()))):
-                events.append((f"field:{name}", rest[:nxt.start()]))
+                events.append((f"field:{name}", rest[:nxt.start()], raw))
                 name, rest = other, f.group("rest")
-            events.append((f"field:{name}", rest))
+            events.append((f"field:{name}", rest, raw))
         elif follows_blank and _TASK_LINE.match(line):  # a new paragraph: not a to-do line of an output
-            events.append(("task", line))
+            events.append(("task", line, raw))
         else:
-            events.append(("line", line))
+            events.append(("line", line, raw))
     return events
+
+
+def _listed(line: str) -> bool:
+    """Whether a line is a list item ("- ...", "* ...", "2. ...")."""
+    return re.match(r"^[ \t]*(?:[-*•+]|\d{1,3}[.)])[ \t]+\S", line) is not None
+
+
+def _field_in_text(block: dict[str, list[str]], name: str, line: str, above: str, listed_fields: bool) -> bool:
+    """Whether a field line is text of the field above: "Output: It talks to the world:\n- Input: data in\n
+    - Output: data out" is one output with two bullets, not a second example. Only a list item that
+    repeats a field the example already has, in an example of two fields or more whose own labels are
+    not list items, right under a line that opens a list (ends with ":") or is an item of it."""
+    fields = [k for k in block if k not in ("pre", "skip")]
+    return (len(fields) >= 2 and name in block and not listed_fields and _listed(line)
+            and bool(above.strip()) and (above.rstrip().endswith(":") or _listed(above)))
 
 
 def _field_text(lines: list[str], last: bool = False) -> str:
@@ -283,22 +299,29 @@ def _examples(reply: str, names: dict[str, str], leader: str | None) -> list[dic
 
     Lines before the first field are kept under "pre" (a completion continues the prompt's
     "Input:" without repeating it); a "Task:" line after the first field ends the reply
-    (the model went on to another task).
+    (the model went on to another task). A bulleted "- Input:" inside an output may be the
+    output's own text (see _field_in_text).
     """
     blocks: list[dict[str, list[str]]] = [{}]
     current = "pre"
-    for kind, text in _events(reply, names):
+    above = ""  # the line above, as written
+    listed_fields = False  # whether the example's first field label is a list item ("- **Input:**")
+    for kind, text, line in _events(reply, names):
         has_fields = any(k not in ("pre", "skip") for k in blocks[-1])
+        name = kind[6:] if kind.startswith("field:") else ""
+        if name and current != "pre" and _field_in_text(blocks[-1], name, line, above, listed_fields):
+            kind, text = "line", line
         if kind == "example":
             if has_fields:
                 blocks.append({})
             current = "pre"
         elif kind.startswith("field:"):
-            name = kind[6:]
             if leader is None and name != "skip":
                 leader = name
             if has_fields and (name == leader or name in blocks[-1]):
                 blocks.append({})
+            if not any(k not in ("pre", "skip") for k in blocks[-1]):
+                listed_fields = _listed(line)
             current = name
             blocks[-1].setdefault(name, []).append(text)
         elif kind == "task":
@@ -306,6 +329,7 @@ def _examples(reply: str, names: dict[str, str], leader: str | None) -> list[dic
                 break
         else:
             blocks[-1].setdefault(current, []).append(text)
+        above = line
     return [b for b in blocks if any(k not in ("pre", "skip") for k in b)]
 
 
@@ -392,7 +416,7 @@ def _continues_label(reply: str, truncated: bool) -> bool | None:
     """
     pre: list[str] = []
     fields: list[str] = []
-    for kind, text in _events(reply, _OUTPUT_FIRST):
+    for kind, text, _ in _events(reply, _OUTPUT_FIRST):
         if kind.startswith("field:") and kind != "field:skip":
             fields.append(kind[6:])
         elif kind in ("example", "task") and not fields:
