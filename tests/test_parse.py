@@ -215,3 +215,14 @@ def test_bulleted_field_words_inside_an_output_stay_its_text_but_bulleted_exampl
                   "Input: 12 and 18\nOutput: 6\n\n- Input: 7 and 13\n- Output: 1",
                   "Input: 12 and 18\nOutput: 6\n- Input: 7 and 13\n- Output: 1"):
         assert [(i.input, i.output) for i in parse_input_first(reply)] == [("12 and 18", "6"), ("7 and 13", "1")]
+
+
+def test_q_and_a_labels_read_as_input_and_output_only_where_no_input_label_is():
+    reply = "Q: What is the largest planet?\nA: Jupiter\n\n**Question:** Who wrote Emma?\n**Answer:** Jane Austen"
+    assert [(i.input, i.output) for i in parse_input_first(reply)] == [
+        ("What is the largest planet?", "Jupiter"), ("Who wrote Emma?", "Jane Austen")]
+    # Options of a multiple-choice input stay in it; an answer with no question above it is not read.
+    reply = "Input: Which is the capital of France?\nA: Paris\nB: Rome\nOutput: A"
+    assert [(i.input, i.output) for i in parse_input_first(reply)] == [
+        ("Which is the capital of France?\nA: Paris\nB: Rome", "A")]
+    assert parse_input_first("Sure!\nA: Jupiter") == []

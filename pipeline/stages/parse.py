@@ -125,7 +125,7 @@ def parse_numbered_list(reply: str, prefix: str = "", truncated: bool = False) -
         elif not line.strip():
             if open_item is not None and (open_item["head"] or open_item["body"]):
                 open_item = None
-        elif _FIELD.match(line) or _ANSWER.match(line) or line.strip()[:1].isupper() and _is_sign_off([line]):
+        elif _is_field(line) or _ANSWER.match(line) or line.strip()[:1].isupper() and _is_sign_off([line]):
             open_item = None
         elif open_item is not None:
             open_item["body"].append(line.strip())
@@ -158,7 +158,7 @@ def _continues_number(before: list[str], num: str) -> bool:
     lines = [ln.strip() for ln in before if ln.strip()]
     return (int(num) > 1 and len(lines) == 1 and bool(before[-1].strip()) and lines[0][:1].isupper()
             and re.search(r"[.?][\"”')]*$", lines[0]) is not None  # a sentence; "Here you go!" is not a task
-            and not _INTRO.search(lines[0]) and not _LIST_PREAMBLE.search(lines[0]) and not _FIELD.match(lines[0]))
+            and not _INTRO.search(lines[0]) and not _LIST_PREAMBLE.search(lines[0]) and not _is_field(lines[0]))
 
 
 def _whole_bold(line: str) -> bool:
@@ -187,14 +187,17 @@ def parse_yes_no(reply: str) -> bool | None:
 
 
 # A field label at the start of a line: "Input:", "**Input:**", "**Input**:", "- Input:", "#### Input".
+# "Q:"/"A:" (capitals only) and "Question:"/"Answer:" are read only where a parser names them (_QA).
 _FIELD = re.compile(r"^[ \t]*(?P<list>[-*•][ \t]+|\d{1,3}[.)][ \t]+)?(?:(?P<h>#{1,6})[ \t]*)?(?:\*\*|__|\*)?[ \t]*"
-                    r"(?P<name>input|output|class[ \t]*label|label|class|explanation|reason(?:ing)?)"
+                    r"(?P<name>input|output|class[ \t]*label|label|class|explanation|reason(?:ing)?"
+                    r"|question|answer|(?-i:Q|A))"
                     r"[ \t]*(?:\*\*|__|\*)?[ \t]*(?(h):?|:)[ \t]*(?:\*\*|__|\*)?[ \t]*(?P<rest>.*)$", re.IGNORECASE)
 # "**Label:** Positive — *Input:* "...": another field on the same line, after a dash, bar or semicolon.
 _NEXT_FIELD = re.compile(r"[ \t]+(?:[-–—|;]|--)[ \t]+(?=(?:\*\*|__|\*)?[ \t]*(?:input|output|class[ \t]*label|label)"
                          r"[ \t]*(?:\*\*|__|\*)?[ \t]*:)", re.IGNORECASE)
 _EXAMPLE = re.compile(r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*|__)?[ \t]*example[ \t]*#?[ \t]*\d+[ \t]*(?:\*\*|__)?"
                       r"[ \t]*[:.)\-–—]?[ \t]*(?:\*\*|__)?[ \t]*(?P<rest>.*)$", re.IGNORECASE)
+_QA_NAMES = ("q", "a", "question", "answer")
 _TASK_LINE = re.compile(r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*)?[ \t]*task[ \t]*(?:\*\*)?[ \t]*:", re.IGNORECASE)
 
 
@@ -221,10 +224,10 @@ def _events(text: str, names: dict[str, str]) -> list[tuple[str, str, str]]:
             line = m.group("rest")
             if not line.strip():
                 continue
-            if not _FIELD.match(line):  # "### Example 1: Celsius to Fahrenheit": a title
+            if not (_is_field(line) or _field_name(line, names)):  # "### Example 1: Celsius to Fahrenheit": a title
                 continue
-        if (m := _FIELD.match(line)) and (name := names.get(re.sub(r"\s+", " ", m.group("name").lower()))):
-            rest = m.group("rest")
+        if name := _field_name(line, names):
+            rest = _FIELD.match(line).group("rest")
             while (nxt := _NEXT_FIELD.search(rest)) and (f := _FIELD.match(rest[nxt.end():])) and (
                     other := names.get(re.sub(r"\s+", " ", f.group("name").lower()))):
                 events.append((f"field:{name}", rest[:nxt.start()], raw))
@@ -235,6 +238,18 @@ def _events(text: str, names: dict[str, str]) -> list[tuple[str, str, str]]:
         else:
             events.append(("line", line, raw))
     return events
+
+
+def _field_name(line: str, names: dict[str, str]) -> str | None:
+    """The field a line opens, as `names` calls it; None when it opens none of them."""
+    m = _FIELD.match(line)
+    return names.get(re.sub(r"\s+", " ", m.group("name").lower())) if m else None
+
+
+def _is_field(line: str) -> bool:
+    """Whether a line opens a field of an example (not a Q:/A: one), which ends a task of a list."""
+    m = _FIELD.match(line)
+    return m is not None and m.group("name").lower() not in _QA_NAMES
 
 
 def _listed(line: str) -> bool:
@@ -340,6 +355,9 @@ def _pre_input(lines: list[str]) -> str:
 
 
 _INPUT_FIRST = {"input": "input", "output": "output"}
+# "Q: What is the largest planet?\nA: Jupiter": questions and answers for inputs and outputs, read only in a
+# reply with no "Input:"/"Output:" label (where "A: Paris" may be an option of a multiple-choice input).
+_QA = {"q": "input", "question": "input", "a": "output", "answer": "output"}
 
 
 def parse_input_first(reply: str, prefix: str = "", truncated: bool = False) -> list[Instance]:
@@ -348,13 +366,16 @@ def parse_input_first(reply: str, prefix: str = "", truncated: bool = False) -> 
     Chat forms read the same: "### Example 1", "**Example 1:**", "Example 1: Input: ...",
     "**Input:**" labels, placeholders for no input, "---" between examples, a preamble and
     a closing remark. Lists and paragraphs inside an output stay in it; a code fence around
-    a whole field is removed, one inside a field is kept.
+    a whole field is removed, one inside a field is kept. A reply with no "Input:"/"Output:"
+    label is read by "Q:"/"A:" or "Question:"/"Answer:" (see _QA).
     """
-    blocks = _examples(prefix + reply, _INPUT_FIRST, "input")
+    text = prefix + reply
+    qa = not any(kind.startswith("field:") for kind, _, _ in _events(text, _INPUT_FIRST))
+    blocks = _examples(text, _QA if qa else _INPUT_FIRST, "input")
     out = []
     for k, block in enumerate(blocks):
-        if "output" not in block:
-            continue  # an example without its output: never half-read
+        if "output" not in block or qa and "input" not in block:
+            continue  # an example without its output (or an answer without its question): never half-read
         if "input" in block:
             inp = _field_text(block["input"])
         elif k == 0:
