@@ -226,3 +226,24 @@ def test_q_and_a_labels_read_as_input_and_output_only_where_no_input_label_is():
     assert [(i.input, i.output) for i in parse_input_first(reply)] == [
         ("Which is the capital of France?\nA: Paris\nB: Rome", "A")]
     assert parse_input_first("Sure!\nA: Jupiter") == []
+
+
+def test_a_markdown_table_is_read_by_its_header():
+    reply = ("Here you go:\n\n| # | Category | Task |\n|---|:---|---|\n| 9 | Writing | Write a bio. |\n"
+             "| 10 | Math | Compute 2 \\| 3 in binary. |\n| 11 | Travel | Plan a tr")
+    assert parse_numbered_list(reply) == ["Write a bio.", "Compute 2 | 3 in binary.", "Plan a tr"]
+    assert parse_numbered_list(reply, truncated=True) == ["Write a bio.", "Compute 2 | 3 in binary."]
+    # No column headed as tasks, or a table under a task (its content): left as text.
+    assert parse_numbered_list("| Fruit | Colour |\n|---|---|\n| Apple | Red |") == []
+    assert len(parse_numbered_list("9. Fill in the table:\n| Task |\n|---|\n| Fly |")) == 1
+    reply = "| Example | Input | Output |\n|---|---|---|\n| 1 | 50 USD | 46 EUR |\n| 2 | None | 0 EUR |"
+    assert [(i.input, i.output) for i in parse_input_first(reply)] == [("50 USD", "46 EUR"), ("", "0 EUR")]
+    reply = "| **Class label** | **Input** |\n|---|---|\n| Mammal | Dolphin |\n| Bird | Penguin |"
+    assert [(i.input, i.output) for i in parse_output_first(reply)] == [("Dolphin", "Mammal"), ("Penguin", "Bird")]
+
+
+def test_a_table_inside_an_output_or_with_a_column_nobody_reads_is_not_examples():
+    reply = "Input: the AND gate\nOutput:\n| Input | Output |\n|---|---|\n| 1 1 | 1 |\n| 1 0 | 0 |"
+    assert [(i.input, i.output) for i in parse_input_first(reply)] == [
+        ("the AND gate", "| Input | Output |\n|---|---|\n| 1 1 | 1 |\n| 1 0 | 0 |")]
+    assert parse_input_first("| Input | Output | Notes |\n|---|---|---|\n| 2 | 4 | doubled |") == []

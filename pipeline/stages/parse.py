@@ -96,7 +96,7 @@ def parse_numbered_list(reply: str, prefix: str = "", truncated: bool = False) -
     style = base = None
     open_item = None
     before: list[str] = []  # the lines above the first item
-    for line in (prefix + reply).split("\n"):
+    for line in _rewrite_tables(prefix + reply, _task_row, _opens_item).split("\n"):
         if _RULE.match(line):  # before bullets: "* * *" is a rule, not an item
             open_item = None
             continue
@@ -164,6 +164,87 @@ def _continues_number(before: list[str], num: str) -> bool:
 def _whole_bold(line: str) -> bool:
     s = line.strip()
     return len(s) > 4 and s[:2] in ("**", "__") and s.rstrip(":")[-2:] in ("**", "__")
+
+
+# Markdown tables: "| # | Task |" over "|---|---|" over "| 9 | Write a bio. |". A table is read by its header:
+# a column of numbers is numbering, a column headed "Task"/"Instruction" holds tasks, columns headed with
+# field names ("Input", "Output", "Class label") hold examples; any other table is left as text.
+_TABLE_RULE = re.compile(r"^[ \t]*\|?[ \t]*:?-{3,}:?[ \t]*(?:\|[ \t]*:?-{3,}:?[ \t]*)*\|?[ \t]*$")
+_TASK_COLUMN = re.compile(r"(?:new |the )?(?:task|instruction|prompt)s?(?: (?:description|text))?")
+
+
+def _cells(line: str) -> list[str]:
+    """A table row's cells, markdown emphasis kept; "\\|" is a pipe inside a cell."""
+    body = line.strip()
+    body = body[1:] if body.startswith("|") else body
+    body = body[:-1] if body.endswith("|") and not body.endswith("\\|") else body
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", body)]
+
+
+def _rewrite_tables(text: str, row_lines, opens) -> str:
+    """`text` with each markdown table outside a code fence that `row_lines` can read rewritten: the header and
+    rule as blank lines, each row as the lines `row_lines(header, numbers, row, k)` gives (None leaves the
+    table as text). Only tables above the first line that `opens` an item or field are read: one below
+    it is part of a task or an output ("Output:\n| Input | Output |" may be a truth table)."""
+    lines = text.split("\n")
+    out: list[str] = []
+    i, in_fence, opened = 0, False, False
+    while i < len(lines):
+        line = lines[i]
+        if _FENCE.match(line):
+            in_fence = not in_fence
+        opened = opened or (not in_fence and opens(line))
+        is_table = (not in_fence and not opened and line.strip().startswith("|") and i + 1 < len(lines)
+                    and "|" in lines[i + 1] and _TABLE_RULE.match(lines[i + 1]))
+        if not is_table:
+            out.append(line)
+            i += 1
+            continue
+        header = [_MARKDOWN.sub("", c).strip() for c in _cells(line)]
+        end = i + 2
+        while end < len(lines) and lines[end].strip().startswith("|"):
+            end += 1
+        rows = [_cells(ln) for ln in lines[i + 2:end]]
+        numbers = [all(re.fullmatch(r"#?\d{1,3}\.?", r[c] if c < len(r) else "") for r in rows)
+                   for c in range(len(header))]
+        read = [row_lines(header, numbers, row, k) for k, row in enumerate(rows)]
+        if not rows or any(r is None for r in read):
+            out.extend(lines[i:end])
+        else:
+            out.extend(["", ""] + [ln for r in read for ln in r])
+        i = end
+    return "\n".join(out)
+
+
+def _opens_item(line: str) -> bool:
+    """Whether a line opens an item of a task list ("9. ...", "- ...", "Task 9: ...")."""
+    m = _ITEM.match(line)
+    return bool(m and (m.group("sep") or m.group("task"))) or bool(_BULLET.match(line))
+
+
+def _task_row(header: list[str], numbers: list[bool], row: list[str], k: int) -> list[str] | None:
+    """A task table's row as a numbered item ("9. Write a bio."); None unless one column is headed as tasks."""
+    columns = [c for c, name in enumerate(header) if _TASK_COLUMN.fullmatch(name.lower())]
+    if len(columns) != 1:
+        return None
+    number = next((row[c].strip("#.") for c, n in enumerate(numbers) if n and c < len(row)), str(k + 1))
+    return [f"{number}. {row[columns[0]]}" if columns[0] < len(row) else f"{number}."]
+
+
+def _example_rows(names: dict[str, str]):
+    """Rows of an examples table as "Example N" and one "Name: cell" line a field; a table is read only when
+    two or more of its columns are headed by distinct fields of `names`, the others being numbering."""
+    def row_lines(header: list[str], numbers: list[bool], row: list[str], k: int) -> list[str] | None:
+        fields = {c: _field_name(f"{name}:", names) for c, name in enumerate(header)}
+        named = [f for f in fields.values() if f and f != "skip"]
+        if len(named) < 2 or len(set(named)) != len(named):
+            return None
+        if any(not f and not numbers[c] and header[c].lower() not in ("", "#", "example", "no.", "no")
+               for c, f in fields.items()):
+            return None  # a column nobody can read ("Notes"): the table may not be examples at all
+        return [f"Example {k + 1}"] + [f"{header[c]}: {row[c] if c < len(row) else ''}" for c, f in fields.items()
+                                       if f and f != "skip"]
+    return row_lines
 
 
 # "This is not a classification task": the question (is it classification?) answered by negating it.
@@ -369,7 +450,8 @@ def parse_input_first(reply: str, prefix: str = "", truncated: bool = False) -> 
     a whole field is removed, one inside a field is kept. A reply with no "Input:"/"Output:"
     label is read by "Q:"/"A:" or "Question:"/"Answer:" (see _QA).
     """
-    text = prefix + reply
+    names = {**_QA, **_INPUT_FIRST}
+    text = _rewrite_tables(prefix + reply, _example_rows(names), lambda line: bool(_field_name(line, names)))
     qa = not any(kind.startswith("field:") for kind, _, _ in _events(text, _INPUT_FIRST))
     blocks = _examples(text, _QA if qa else _INPUT_FIRST, "input")
     out = []
@@ -404,6 +486,7 @@ def parse_output_first(reply: str, prefix: str = "", truncated: bool = False) ->
     first. A label must be one line. A chat reply that continues the prompt's "Class label:"
     with a bare label reads as if the stage had passed that prefix (see _continues_label).
     """
+    reply = _rewrite_tables(reply, _example_rows(_OUTPUT_FIRST), lambda line: bool(_field_name(line, _OUTPUT_FIRST)))
     if not prefix:
         reading = _continues_label(reply, truncated)
         if reading is None:
