@@ -181,3 +181,69 @@ def test_an_unnumbered_first_task_before_item_10_is_kept_but_never_a_preamble(fi
     # Set off by a blank line, or above a list that starts at 1, the line is not read as a task.
     assert parse_numbered_list(first + "\n\n10. Explain rain.") == ["Explain rain."]
     assert parse_numbered_list(first + "\n1. Explain rain.") == ["Explain rain."]
+
+
+def test_bracketed_category_labels_are_dropped_only_when_most_items_carry_one():
+    reply = "9. [Creative Writing] Write a poem.\n10. [Math]: Solve 2x = 4.\n11. Explain rain."
+    assert parse_numbered_list(reply) == ["Write a poem.", "Solve 2x = 4.", "Explain rain."]
+    # One bracket among plain tasks, or a placeholder going on in lower case, is the task's own text.
+    reply = "9. [Name] is new here; write a welcome note.\n10. [Math] Solve 2x = 4.\n11. Explain rain."
+    assert parse_numbered_list(reply) == ["[Name] is new here; write a welcome note.", "[Math] Solve 2x = 4.",
+                                          "Explain rain."]
+
+
+def test_an_answer_line_under_a_task_ends_it_but_a_wrapped_line_goes_on():
+    reply = ("9. What is the capital of Australia?\nAnswer: Canberra\n10. Name three primary colors.\n"
+             "   **Solution:** Red, blue\n   and yellow.\n11. Classify a review.\nExample: \"Great!\" -> Positive")
+    assert parse_numbered_list(reply) == ["What is the capital of Australia?", "Name three primary colors.",
+                                          "Classify a review."]
+    # The item's own line may open with the word; a line that wraps mid-sentence in lower case goes on.
+    reply = "9. Answer the riddle in one word.\n10. Write a quiz question and give its\nanswer: keep it short."
+    assert parse_numbered_list(reply) == ["Answer the riddle in one word.",
+                                          "Write a quiz question and give its answer: keep it short."]
+
+
+def test_bulleted_field_words_inside_an_output_stay_its_text_but_bulleted_examples_still_split():
+    reply = ("Example 1\nInput: I/O\nOutput: It is how a computer talks to the world:\n- Input: data coming in.\n"
+             "- Output: data going out.\n\nExample 2\nInput: RAM\nOutput: Short-term memory.")
+    assert [(i.input, i.output) for i in parse_input_first(reply)] == [
+        ("I/O", "It is how a computer talks to the world:\n- Input: data coming in.\n- Output: data going out."),
+        ("RAM", "Short-term memory.")]
+    # Examples whose own labels are bullets; plain examples then bulleted ones, after a blank line or
+    # under an output that does not open a list: each is its own example, as before.
+    for reply in ("- **Input:** 12 and 18\n- **Output:** 6\n- **Input:** 7 and 13\n- **Output:** 1",
+                  "Input: 12 and 18\nOutput: 6\n\n- Input: 7 and 13\n- Output: 1",
+                  "Input: 12 and 18\nOutput: 6\n- Input: 7 and 13\n- Output: 1"):
+        assert [(i.input, i.output) for i in parse_input_first(reply)] == [("12 and 18", "6"), ("7 and 13", "1")]
+
+
+def test_q_and_a_labels_read_as_input_and_output_only_where_no_input_label_is():
+    reply = "Q: What is the largest planet?\nA: Jupiter\n\n**Question:** Who wrote Emma?\n**Answer:** Jane Austen"
+    assert [(i.input, i.output) for i in parse_input_first(reply)] == [
+        ("What is the largest planet?", "Jupiter"), ("Who wrote Emma?", "Jane Austen")]
+    # Options of a multiple-choice input stay in it; an answer with no question above it is not read.
+    reply = "Input: Which is the capital of France?\nA: Paris\nB: Rome\nOutput: A"
+    assert [(i.input, i.output) for i in parse_input_first(reply)] == [
+        ("Which is the capital of France?\nA: Paris\nB: Rome", "A")]
+    assert parse_input_first("Sure!\nA: Jupiter") == []
+
+
+def test_a_markdown_table_is_read_by_its_header():
+    reply = ("Here you go:\n\n| # | Category | Task |\n|---|:---|---|\n| 9 | Writing | Write a bio. |\n"
+             "| 10 | Math | Compute 2 \\| 3 in binary. |\n| 11 | Travel | Plan a tr")
+    assert parse_numbered_list(reply) == ["Write a bio.", "Compute 2 | 3 in binary.", "Plan a tr"]
+    assert parse_numbered_list(reply, truncated=True) == ["Write a bio.", "Compute 2 | 3 in binary."]
+    # No column headed as tasks, or a table under a task (its content): left as text.
+    assert parse_numbered_list("| Fruit | Colour |\n|---|---|\n| Apple | Red |") == []
+    assert len(parse_numbered_list("9. Fill in the table:\n| Task |\n|---|\n| Fly |")) == 1
+    reply = "| Example | Input | Output |\n|---|---|---|\n| 1 | 50 USD | 46 EUR |\n| 2 | None | 0 EUR |"
+    assert [(i.input, i.output) for i in parse_input_first(reply)] == [("50 USD", "46 EUR"), ("", "0 EUR")]
+    reply = "| **Class label** | **Input** |\n|---|---|\n| Mammal | Dolphin |\n| Bird | Penguin |"
+    assert [(i.input, i.output) for i in parse_output_first(reply)] == [("Dolphin", "Mammal"), ("Penguin", "Bird")]
+
+
+def test_a_table_inside_an_output_or_with_a_column_nobody_reads_is_not_examples():
+    reply = "Input: the AND gate\nOutput:\n| Input | Output |\n|---|---|\n| 1 1 | 1 |\n| 1 0 | 0 |"
+    assert [(i.input, i.output) for i in parse_input_first(reply)] == [
+        ("the AND gate", "| Input | Output |\n|---|---|\n| 1 1 | 1 |\n| 1 0 | 0 |")]
+    assert parse_input_first("| Input | Output | Notes |\n|---|---|---|\n| 2 | 4 | doubled |") == []

@@ -149,3 +149,18 @@ def test_structured_on_binds_the_classify_answer_too(fake_openai, tmp_path):
     names = {b["response_format"]["json_schema"]["name"] for b in schema_requests(fake_openai)}
     assert "yes_no" in names
 
+
+def test_a_bare_list_of_the_schemas_items_is_read_whole_or_cut():
+    assert json_items('["Name three rivers.", "Sort the list."]', "tasks") == ["Name three rivers.", "Sort the list."]
+    assert json_items('```json\n["Name three rivers.", "Sort the li', "tasks") == ["Name three rivers."]
+    pairs = '```json\n[{"input": "a", "output": "b"}, {"input": "c", "outp'
+    assert json_items(pairs, "examples") == [{"input": "a", "output": "b"}]
+    assert json_items('[{"label": "Yes", "input": "x"}]', "labelled_examples") == [{"label": "Yes", "input": "x"}]
+
+
+@pytest.mark.parametrize("text", ['[{"input": "a"}]', '["a", 2]', '["Note"] Write a poem.', "[Coding] Write a poem.",
+                                  '["Write a po'])
+def test_text_that_opens_with_a_bracket_is_not_a_bare_list_of_tasks(text):
+    """Items of another type, a closed list with text after it, no JSON, a cut before any whole item."""
+    assert json_items(text, "tasks") is None
+    assert json_items(text, "yes_no") is None

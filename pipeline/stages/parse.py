@@ -20,12 +20,20 @@ _ITEM = re.compile(r"^(?P<indent>[ \t]*)(?:[-*•+][ \t]+)?(?P<heading>#{1,6}[ \
 _BULLET = re.compile(r"^(?P<indent>[ \t]*)[-*•+][ \t]+(?P<text>\S.*)$")
 # "9. **Recipe ideas**: Suggest three ..." -- a bold title is a label, not part of the instruction.
 _TITLE = re.compile(r"^(?:\*\*|__)[^*_\n]{1,80}?(?:(?:\*\*|__)[ \t]*[:\-–—]|:[ \t]*(?:\*\*|__))[ \t]*(?=\S)")
-# "Travel Planning: Plan a five-day road trip": a category before the task, one to four capitalised
-# words and a colon. "Turn this list into a paragraph: eggs" is a task, so a category is only
-# dropped when most items of the reply open with one (a model labelling every task), and
-# only when a capitalised sentence follows it.
-_CATEGORY = re.compile(r"^(?:[A-Z][\w'’-]*|&)(?:[ \t]+(?:[A-Z][\w'’-]*|&)){0,3}[ \t]*:[ \t]+(?=[A-Z\"“])")
+# "Travel Planning: Plan a five-day road trip" or "[Travel Planning] Plan ...": a category before the
+# task, one to four capitalised words and a colon, or one to four words in brackets. "Turn this list
+# into a paragraph: eggs" is a task, so a category is only dropped when most items of the reply open
+# with one (a model labelling every task), and only when a capitalised sentence follows it.
+_CATEGORY = re.compile(r"^(?:(?:[A-Z][\w'’-]*|&)(?:[ \t]+(?:[A-Z][\w'’-]*|&)){0,3}[ \t]*:"
+                       r"|\[[ \t]*[\w'’&/-]+(?:[ \t]+[\w'’&/-]+){0,3}[ \t]*\][ \t]*[:\-–—]?)[ \t]+(?=[A-Z\"“])")
 _LABEL = re.compile(r"^(?:task|instruction)\s*(?:\d+)?\s*:\s*", re.IGNORECASE)
+# "9. What is the capital of Australia?\nAnswer: Canberra": a model that answered (or illustrated) its
+# own task. A capitalised answer label opening a line under an item ends the instruction, as "Input:"
+# and "Output:" do; "9. Answer the riddle." (the item's own line) and a wrapped line that goes on
+# in lower case ("...and give its\nanswer: ...") stay the task's.
+_ANSWER = re.compile(r"^[ \t]*(?:[-*•][ \t]+)?(?:\*\*|__|\*)?[ \t]*(?:Answer|Solution|Response|Example"
+                     r"|(?:Sample|Example|Expected)[ \t]+(?:[Aa]nswer|[Oo]utput|[Ss]olution|[Rr]esponse))"
+                     r"[ \t]*(?:\*\*|__|\*)?[ \t]*:")
 _MARKDOWN = re.compile(r"\*\*|__|`")
 _RULE = re.compile(r"^[ \t]*(?:-[ \t]*){3,}$|^[ \t]*(?:\*[ \t]*){3,}$|^[ \t]*(?:_[ \t]*){3,}$")
 _FENCE = re.compile(r"^[ \t]*(?:```|~~~)")
@@ -80,14 +88,15 @@ def parse_numbered_list(reply: str, prefix: str = "", truncated: bool = False) -
     dropped (see _CATEGORY). Text before the first item (a preamble), a closing remark, a
     "---" rule, and an "Input:"/"Output:" line end the item and are dropped; but a task
     sentence right above a list that starts past 1 is its unnumbered first task (see
-    _continues_number). When the reply was cut by the length limit the last item is
+    _continues_number). A labelled answer below an item ("Answer: Canberra") ends it too (see
+    _ANSWER). When the reply was cut by the length limit the last item is
     dropped, since it is probably incomplete (as Self-Instruct did).
     """
     items: list[dict] = []
     style = base = None
     open_item = None
     before: list[str] = []  # the lines above the first item
-    for line in (prefix + reply).split("\n"):
+    for line in _rewrite_tables(prefix + reply, _task_row, _opens_item).split("\n"):
         if _RULE.match(line):  # before bullets: "* * *" is a rule, not an item
             open_item = None
             continue
@@ -116,7 +125,7 @@ def parse_numbered_list(reply: str, prefix: str = "", truncated: bool = False) -
         elif not line.strip():
             if open_item is not None and (open_item["head"] or open_item["body"]):
                 open_item = None
-        elif _FIELD.match(line) or line.strip()[:1].isupper() and _is_sign_off([line]):
+        elif _is_field(line) or _ANSWER.match(line) or line.strip()[:1].isupper() and _is_sign_off([line]):
             open_item = None
         elif open_item is not None:
             open_item["body"].append(line.strip())
@@ -149,12 +158,93 @@ def _continues_number(before: list[str], num: str) -> bool:
     lines = [ln.strip() for ln in before if ln.strip()]
     return (int(num) > 1 and len(lines) == 1 and bool(before[-1].strip()) and lines[0][:1].isupper()
             and re.search(r"[.?][\"”')]*$", lines[0]) is not None  # a sentence; "Here you go!" is not a task
-            and not _INTRO.search(lines[0]) and not _LIST_PREAMBLE.search(lines[0]) and not _FIELD.match(lines[0]))
+            and not _INTRO.search(lines[0]) and not _LIST_PREAMBLE.search(lines[0]) and not _is_field(lines[0]))
 
 
 def _whole_bold(line: str) -> bool:
     s = line.strip()
     return len(s) > 4 and s[:2] in ("**", "__") and s.rstrip(":")[-2:] in ("**", "__")
+
+
+# Markdown tables: "| # | Task |" over "|---|---|" over "| 9 | Write a bio. |". A table is read by its header:
+# a column of numbers is numbering, a column headed "Task"/"Instruction" holds tasks, columns headed with
+# field names ("Input", "Output", "Class label") hold examples; any other table is left as text.
+_TABLE_RULE = re.compile(r"^[ \t]*\|?[ \t]*:?-{3,}:?[ \t]*(?:\|[ \t]*:?-{3,}:?[ \t]*)*\|?[ \t]*$")
+_TASK_COLUMN = re.compile(r"(?:new |the )?(?:task|instruction|prompt)s?(?: (?:description|text))?")
+
+
+def _cells(line: str) -> list[str]:
+    """A table row's cells, markdown emphasis kept; "\\|" is a pipe inside a cell."""
+    body = line.strip()
+    body = body[1:] if body.startswith("|") else body
+    body = body[:-1] if body.endswith("|") and not body.endswith("\\|") else body
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", body)]
+
+
+def _rewrite_tables(text: str, row_lines, opens) -> str:
+    """`text` with each markdown table outside a code fence that `row_lines` can read rewritten: the header and
+    rule as blank lines, each row as the lines `row_lines(header, numbers, row, k)` gives (None leaves the
+    table as text). Only tables above the first line that `opens` an item or field are read: one below
+    it is part of a task or an output ("Output:\n| Input | Output |" may be a truth table)."""
+    lines = text.split("\n")
+    out: list[str] = []
+    i, in_fence, opened = 0, False, False
+    while i < len(lines):
+        line = lines[i]
+        if _FENCE.match(line):
+            in_fence = not in_fence
+        opened = opened or (not in_fence and opens(line))
+        is_table = (not in_fence and not opened and line.strip().startswith("|") and i + 1 < len(lines)
+                    and "|" in lines[i + 1] and _TABLE_RULE.match(lines[i + 1]))
+        if not is_table:
+            out.append(line)
+            i += 1
+            continue
+        header = [_MARKDOWN.sub("", c).strip() for c in _cells(line)]
+        end = i + 2
+        while end < len(lines) and lines[end].strip().startswith("|"):
+            end += 1
+        rows = [_cells(ln) for ln in lines[i + 2:end]]
+        numbers = [all(re.fullmatch(r"#?\d{1,3}\.?", r[c] if c < len(r) else "") for r in rows)
+                   for c in range(len(header))]
+        read = [row_lines(header, numbers, row, k) for k, row in enumerate(rows)]
+        if not rows or any(r is None for r in read):
+            out.extend(lines[i:end])
+        else:
+            out.extend(["", ""] + [ln for r in read for ln in r])
+        i = end
+    return "\n".join(out)
+
+
+def _opens_item(line: str) -> bool:
+    """Whether a line opens an item of a task list ("9. ...", "- ...", "Task 9: ...")."""
+    m = _ITEM.match(line)
+    return bool(m and (m.group("sep") or m.group("task"))) or bool(_BULLET.match(line))
+
+
+def _task_row(header: list[str], numbers: list[bool], row: list[str], k: int) -> list[str] | None:
+    """A task table's row as a numbered item ("9. Write a bio."); None unless one column is headed as tasks."""
+    columns = [c for c, name in enumerate(header) if _TASK_COLUMN.fullmatch(name.lower())]
+    if len(columns) != 1:
+        return None
+    number = next((row[c].strip("#.") for c, n in enumerate(numbers) if n and c < len(row)), str(k + 1))
+    return [f"{number}. {row[columns[0]]}" if columns[0] < len(row) else f"{number}."]
+
+
+def _example_rows(names: dict[str, str]):
+    """Rows of an examples table as "Example N" and one "Name: cell" line a field; a table is read only when
+    two or more of its columns are headed by distinct fields of `names`, the others being numbering."""
+    def row_lines(header: list[str], numbers: list[bool], row: list[str], k: int) -> list[str] | None:
+        fields = {c: _field_name(f"{name}:", names) for c, name in enumerate(header)}
+        named = [f for f in fields.values() if f and f != "skip"]
+        if len(named) < 2 or len(set(named)) != len(named):
+            return None
+        if any(not f and not numbers[c] and header[c].lower() not in ("", "#", "example", "no.", "no")
+               for c, f in fields.items()):
+            return None  # a column nobody can read ("Notes"): the table may not be examples at all
+        return [f"Example {k + 1}"] + [f"{header[c]}: {row[c] if c < len(row) else ''}" for c, f in fields.items()
+                                       if f and f != "skip"]
+    return row_lines
 
 
 # "This is not a classification task": the question (is it classification?) answered by negating it.
@@ -178,53 +268,84 @@ def parse_yes_no(reply: str) -> bool | None:
 
 
 # A field label at the start of a line: "Input:", "**Input:**", "**Input**:", "- Input:", "#### Input".
-_FIELD = re.compile(r"^[ \t]*(?:[-*•][ \t]+|\d{1,3}[.)][ \t]+)?(?:(?P<h>#{1,6})[ \t]*)?(?:\*\*|__|\*)?[ \t]*"
-                    r"(?P<name>input|output|class[ \t]*label|label|class|explanation|reason(?:ing)?)"
+# "Q:"/"A:" (capitals only) and "Question:"/"Answer:" are read only where a parser names them (_QA).
+_FIELD = re.compile(r"^[ \t]*(?P<list>[-*•][ \t]+|\d{1,3}[.)][ \t]+)?(?:(?P<h>#{1,6})[ \t]*)?(?:\*\*|__|\*)?[ \t]*"
+                    r"(?P<name>input|output|class[ \t]*label|label|class|explanation|reason(?:ing)?"
+                    r"|question|answer|(?-i:Q|A))"
                     r"[ \t]*(?:\*\*|__|\*)?[ \t]*(?(h):?|:)[ \t]*(?:\*\*|__|\*)?[ \t]*(?P<rest>.*)$", re.IGNORECASE)
 # "**Label:** Positive — *Input:* "...": another field on the same line, after a dash, bar or semicolon.
 _NEXT_FIELD = re.compile(r"[ \t]+(?:[-–—|;]|--)[ \t]+(?=(?:\*\*|__|\*)?[ \t]*(?:input|output|class[ \t]*label|label)"
                          r"[ \t]*(?:\*\*|__|\*)?[ \t]*:)", re.IGNORECASE)
 _EXAMPLE = re.compile(r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*|__)?[ \t]*example[ \t]*#?[ \t]*\d+[ \t]*(?:\*\*|__)?"
                       r"[ \t]*[:.)\-–—]?[ \t]*(?:\*\*|__)?[ \t]*(?P<rest>.*)$", re.IGNORECASE)
+_QA_NAMES = ("q", "a", "question", "answer")
 _TASK_LINE = re.compile(r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*)?[ \t]*task[ \t]*(?:\*\*)?[ \t]*:", re.IGNORECASE)
 
 
-def _events(text: str, names: dict[str, str]) -> list[tuple[str, str]]:
-    """The reply as ("example"|"field:NAME"|"line"|"task", text) events; fenced code is only ever "line".
-    A "Task:" line counts only as a paragraph's first line (an echo of the task, or the model going on
-    to another); inside an output ("Task: buy milk") it is text."""
-    events: list[tuple[str, str]] = []
+def _events(text: str, names: dict[str, str]) -> list[tuple[str, str, str]]:
+    """The reply as ("example"|"field:NAME"|"line"|"task", text, its line) events; fenced code is only
+    ever "line". A "Task:" line counts only as a paragraph's first line (an echo of the task, or the
+    model going on to another); inside an output ("Task: buy milk") it is text."""
+    events: list[tuple[str, str, str]] = []
     in_fence = False
     after_blank = True
-    for line in text.split("\n"):
+    for raw in text.split("\n"):
+        line = raw
         follows_blank, after_blank = after_blank, not line.strip()
         if in_fence:
-            events.append(("line", line))
+            events.append(("line", line, raw))
             in_fence = not _FENCE.match(line)
             continue
         if _FENCE.match(line):
             in_fence = True
-            events.append(("line", line))
+            events.append(("line", line, raw))
             continue
         if m := _EXAMPLE.match(line):
-            events.append(("example", ""))
+            events.append(("example", "", raw))
             line = m.group("rest")
             if not line.strip():
                 continue
-            if not _FIELD.match(line):  # "### Example 1: Celsius to Fahrenheit": a title
+            if not (_is_field(line) or _field_name(line, names)):  # "### Example 1: Celsius to Fahrenheit": a title
                 continue
-        if (m := _FIELD.match(line)) and (name := names.get(re.sub(r"\s+", " ", m.group("name").lower()))):
-            rest = m.group("rest")
+        if name := _field_name(line, names):
+            rest = _FIELD.match(line).group("rest")
             while (nxt := _NEXT_FIELD.search(rest)) and (f := _FIELD.match(rest[nxt.end():])) and (
                     other := names.get(re.sub(r"\s+", " ", f.group("name").lower()))):
-                events.append((f"field:{name}", rest[:nxt.start()]))
+                events.append((f"field:{name}", rest[:nxt.start()], raw))
                 name, rest = other, f.group("rest")
-            events.append((f"field:{name}", rest))
+            events.append((f"field:{name}", rest, raw))
         elif follows_blank and _TASK_LINE.match(line):  # a new paragraph: not a to-do line of an output
-            events.append(("task", line))
+            events.append(("task", line, raw))
         else:
-            events.append(("line", line))
+            events.append(("line", line, raw))
     return events
+
+
+def _field_name(line: str, names: dict[str, str]) -> str | None:
+    """The field a line opens, as `names` calls it; None when it opens none of them."""
+    m = _FIELD.match(line)
+    return names.get(re.sub(r"\s+", " ", m.group("name").lower())) if m else None
+
+
+def _is_field(line: str) -> bool:
+    """Whether a line opens a field of an example (not a Q:/A: one), which ends a task of a list."""
+    m = _FIELD.match(line)
+    return m is not None and m.group("name").lower() not in _QA_NAMES
+
+
+def _listed(line: str) -> bool:
+    """Whether a line is a list item ("- ...", "* ...", "2. ...")."""
+    return re.match(r"^[ \t]*(?:[-*•+]|\d{1,3}[.)])[ \t]+\S", line) is not None
+
+
+def _field_in_text(block: dict[str, list[str]], name: str, line: str, above: str, listed_fields: bool) -> bool:
+    """Whether a field line is text of the field above: "Output: It talks to the world:\n- Input: data in\n
+    - Output: data out" is one output with two bullets, not a second example. Only a list item that
+    repeats a field the example already has, in an example of two fields or more whose own labels are
+    not list items, right under a line that opens a list (ends with ":") or is an item of it."""
+    fields = [k for k in block if k not in ("pre", "skip")]
+    return (len(fields) >= 2 and name in block and not listed_fields and _listed(line)
+            and bool(above.strip()) and (above.rstrip().endswith(":") or _listed(above)))
 
 
 def _field_text(lines: list[str], last: bool = False) -> str:
@@ -274,22 +395,29 @@ def _examples(reply: str, names: dict[str, str], leader: str | None) -> list[dic
 
     Lines before the first field are kept under "pre" (a completion continues the prompt's
     "Input:" without repeating it); a "Task:" line after the first field ends the reply
-    (the model went on to another task).
+    (the model went on to another task). A bulleted "- Input:" inside an output may be the
+    output's own text (see _field_in_text).
     """
     blocks: list[dict[str, list[str]]] = [{}]
     current = "pre"
-    for kind, text in _events(reply, names):
+    above = ""  # the line above, as written
+    listed_fields = False  # whether the example's first field label is a list item ("- **Input:**")
+    for kind, text, line in _events(reply, names):
         has_fields = any(k not in ("pre", "skip") for k in blocks[-1])
+        name = kind[6:] if kind.startswith("field:") else ""
+        if name and current != "pre" and _field_in_text(blocks[-1], name, line, above, listed_fields):
+            kind, text = "line", line
         if kind == "example":
             if has_fields:
                 blocks.append({})
             current = "pre"
         elif kind.startswith("field:"):
-            name = kind[6:]
             if leader is None and name != "skip":
                 leader = name
             if has_fields and (name == leader or name in blocks[-1]):
                 blocks.append({})
+            if not any(k not in ("pre", "skip") for k in blocks[-1]):
+                listed_fields = _listed(line)
             current = name
             blocks[-1].setdefault(name, []).append(text)
         elif kind == "task":
@@ -297,6 +425,7 @@ def _examples(reply: str, names: dict[str, str], leader: str | None) -> list[dic
                 break
         else:
             blocks[-1].setdefault(current, []).append(text)
+        above = line
     return [b for b in blocks if any(k not in ("pre", "skip") for k in b)]
 
 
@@ -307,6 +436,9 @@ def _pre_input(lines: list[str]) -> str:
 
 
 _INPUT_FIRST = {"input": "input", "output": "output"}
+# "Q: What is the largest planet?\nA: Jupiter": questions and answers for inputs and outputs, read only in a
+# reply with no "Input:"/"Output:" label (where "A: Paris" may be an option of a multiple-choice input).
+_QA = {"q": "input", "question": "input", "a": "output", "answer": "output"}
 
 
 def parse_input_first(reply: str, prefix: str = "", truncated: bool = False) -> list[Instance]:
@@ -315,13 +447,17 @@ def parse_input_first(reply: str, prefix: str = "", truncated: bool = False) -> 
     Chat forms read the same: "### Example 1", "**Example 1:**", "Example 1: Input: ...",
     "**Input:**" labels, placeholders for no input, "---" between examples, a preamble and
     a closing remark. Lists and paragraphs inside an output stay in it; a code fence around
-    a whole field is removed, one inside a field is kept.
+    a whole field is removed, one inside a field is kept. A reply with no "Input:"/"Output:"
+    label is read by "Q:"/"A:" or "Question:"/"Answer:" (see _QA).
     """
-    blocks = _examples(prefix + reply, _INPUT_FIRST, "input")
+    names = {**_QA, **_INPUT_FIRST}
+    text = _rewrite_tables(prefix + reply, _example_rows(names), lambda line: bool(_field_name(line, names)))
+    qa = not any(kind.startswith("field:") for kind, _, _ in _events(text, _INPUT_FIRST))
+    blocks = _examples(text, _QA if qa else _INPUT_FIRST, "input")
     out = []
     for k, block in enumerate(blocks):
-        if "output" not in block:
-            continue  # an example without its output: never half-read
+        if "output" not in block or qa and "input" not in block:
+            continue  # an example without its output (or an answer without its question): never half-read
         if "input" in block:
             inp = _field_text(block["input"])
         elif k == 0:
@@ -350,6 +486,7 @@ def parse_output_first(reply: str, prefix: str = "", truncated: bool = False) ->
     first. A label must be one line. A chat reply that continues the prompt's "Class label:"
     with a bare label reads as if the stage had passed that prefix (see _continues_label).
     """
+    reply = _rewrite_tables(reply, _example_rows(_OUTPUT_FIRST), lambda line: bool(_field_name(line, _OUTPUT_FIRST)))
     if not prefix:
         reading = _continues_label(reply, truncated)
         if reading is None:
@@ -383,7 +520,7 @@ def _continues_label(reply: str, truncated: bool) -> bool | None:
     """
     pre: list[str] = []
     fields: list[str] = []
-    for kind, text in _events(reply, _OUTPUT_FIRST):
+    for kind, text, _ in _events(reply, _OUTPUT_FIRST):
         if kind.startswith("field:") and kind != "field:skip":
             fields.append(kind[6:])
         elif kind in ("example", "task") and not fields:

@@ -6,7 +6,9 @@ or markdown to strip. The prompts stay the paper's; the schema only fixes the fo
 
 Pure: no I/O. `json_items` also reads a reply that the length limit cut: the complete items
 before the cut are kept and the cut one is dropped, which is Self-Instruct's rule for a
-truncated list.
+truncated list. A server that ignored the schema but still wrote JSON may send the bare list
+(`["Name three rivers.", ...]`, `[{"input": ..., "output": ...}]`); it is read when every item
+has the schema's item type, so that text opening with "[" ("[Coding] Write ...") stays text.
 """
 
 from __future__ import annotations
@@ -57,30 +59,52 @@ def json_items(text: str, name: str) -> list[Any] | None:
 
     A whole object is read with json; a cut one (finish_reason length) item by item, up to the cut.
     """
-    key = SCHEMAS[name][1]
+    schema, key = SCHEMAS[name]
     body = _unfenced(text)
+    if body.startswith("["):
+        return _bare_list(body, schema["properties"][key])
     if not body.startswith("{"):
         return None
     try:
         obj = json.loads(body)
     except json.JSONDecodeError:
-        return _items_before_cut(body, key)
+        m = re.match(r'\{\s*"' + re.escape(key) + r'"\s*:\s*\[', body)
+        return None if m is None else _items_before_cut(body, m.end())[0]
     value = obj.get(key) if isinstance(obj, dict) else None
     return value if isinstance(value, list) else None
 
 
-def _items_before_cut(body: str, key: str) -> list[Any] | None:
-    m = re.match(r'\{\s*"' + re.escape(key) + r'"\s*:\s*\[', body)
-    if m is None:
+_JSON_TYPES = {"string": str, "object": dict}
+
+
+def _bare_list(body: str, field: dict[str, Any]) -> list[Any] | None:
+    """A bare JSON list where the schema wants an object holding it, whole or cut; None unless the
+    schema's value is a list and every item read has its item type (at least one, or a whole "[]")."""
+    kind = _JSON_TYPES.get(field.get("items", {}).get("type", "")) if field.get("type") == "array" else None
+    if kind is None:
         return None
-    items, i = [], m.end()
+    try:
+        items = json.loads(body)
+    except json.JSONDecodeError:  # cut: "[ ... ] and more text" is not, it is text that opens with "["
+        items, closed = _items_before_cut(body, 1)
+        if closed or not items:
+            return None
+    if not isinstance(items, list) or not all(isinstance(x, kind) for x in items):
+        return None
+    return items
+
+
+def _items_before_cut(body: str, start: int) -> tuple[list[Any], bool]:
+    """The whole items of a JSON list cut by the length limit, from `start` (just past its "["), and
+    whether the reading met the list's "]" instead of a cut (the end, or an item that is not JSON)."""
+    items, i = [], start
     while True:
         while i < len(body) and body[i] in " \t\r\n,":
             i += 1
         if i >= len(body) or body[i] == "]":
-            return items
+            return items, i < len(body)
         try:
             item, i = _DECODER.raw_decode(body, i)
         except json.JSONDecodeError:  # the item the limit cut: dropped
-            return items
+            return items, False
         items.append(item)
