@@ -2,10 +2,7 @@
 several polls, lines that fail, a batch that expires, a server killed mid-batch, a client killed mid-batch."""
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -15,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from fakebatch import FakeBatchOpenAI
 from fakeserver import FakeOpenAI
-from helpers import invoke, read, teacher_flags
+from helpers import invoke, read, run_and_kill, teacher_flags
 
 from pipeline.budget import Budget, attach_run
 from pipeline.cache import ResponseCache
@@ -130,20 +127,6 @@ def test_a_re_run_adopts_a_batch_created_before_its_id_was_recorded(fake_batch, 
     assert t.cache.open_waves() == []
 
 
-def _run_and_kill(server, tmp_path, kill_when):
-    cmd = [sys.executable, "-m", "pipeline", "run", "--teacher", "openai:fake-model", "--base-url", server.url,
-           "--output-dir", str(tmp_path), "--run-name", "k", "--num-instructions", "12", *FAST]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not kill_when() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, f"finished before the kill point: {proc.stderr.read().decode()[-2000:]}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return cmd, env
-
-
 @pytest.mark.parametrize("point", ["bootstrap", "classify"])
 def test_kill_9_during_a_batch_then_a_re_run_resubmits_nothing(fake_batch, tmp_path, point):
     fake_batch.polls_to_finish = 40  # about a second of polls: the kill lands while the batch runs
@@ -153,7 +136,7 @@ def test_kill_9_during_a_batch_then_a_re_run_resubmits_nothing(fake_batch, tmp_p
         return point in kinds and all(b["_polls"] >= 2 for b in list(fake_batch.batches.values())
                                       if (b["metadata"] or {}).get("seed2lora") == point)
 
-    cmd, env = _run_and_kill(fake_batch, tmp_path, kill_when)
+    cmd, env = run_and_kill(fake_batch, tmp_path, kill_when, "--num-instructions", "12", *FAST)
     before = fake_batch.creations
     fake_batch.polls_to_finish = 3
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -1,18 +1,14 @@
 """Generation at scale without loss: cache, budget, several servers, faults, kill -9 and resume."""
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from fakeserver import FakeOpenAI
-from helpers import invoke, read, teacher_flags
+from helpers import invoke, read, run_and_kill, teacher_flags
 
 from pipeline.cli import cli
 from pipeline.teachers import GenParams
@@ -95,21 +91,6 @@ def test_faults_hang_length_and_counts(fake_openai, tmp_path):
     assert usage["calls"] == 1 and usage["errors"] == 0 and len(fake_openai.history) == 2
 
 
-def _run_and_kill(server, tmp_path, kill_when):
-    cmd = [sys.executable, "-m", "pipeline", "run", "--teacher", "openai:fake-model", "--base-url", server.url,
-           "--output-dir", str(tmp_path), "--run-name", "k", "--num-instructions", "24",
-           "--set", "teacher.concurrency=4"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not kill_when() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, f"finished before the kill point: {proc.stderr.read().decode()[-2000:]}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return cmd, env
-
-
 @pytest.mark.parametrize("point", ["bootstrap", "instances"])
 def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, monkeypatch, point):
     server = FakeOpenAI()
@@ -122,7 +103,7 @@ def test_kill_9_then_resume_loses_nothing_and_repeats_nothing(tmp_path, monkeypa
                 return sum("numbered list" in p for p in paths) >= 5
             return sum(p.rstrip().endswith(("Input:", "Class label:")) for p in paths) >= 6
 
-        cmd, env = _run_and_kill(server, tmp_path, kill_when)
+        cmd, env = run_and_kill(server, tmp_path, kill_when, "--num-instructions", "24", "--set", "teacher.concurrency=4")
         sent_before = len(server.history)
         subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     finally:
