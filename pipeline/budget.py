@@ -35,21 +35,43 @@ def usage_totals(usage: dict[str, dict[str, int]]) -> tuple[int, int]:
             sum(u.get("completion_tokens", 0) for u in usage.values()))
 
 
+def cached_total(usage: dict[str, dict[str, int]]) -> int:
+    """Prompt tokens over all call kinds that the server's prefix cache served (a part of the prompt tokens)."""
+    return sum(u.get("cached_tokens", 0) for u in usage.values())
+
+
 # The usage log names a Batch API call's model with this suffix ("gpt-4o-mini@batch"), so that every figure made
 # from the log (budget, cost, show) prices it at the batch price without a second column.
 BATCH_SUFFIX = "@batch"
 
 
-def price_for(cfg: BudgetConfig, model: str) -> tuple[float, float] | None:
-    """$ per 1M (input, output) tokens: an exact model name, else the longest matching prefix. A batch call's model
-    (BATCH_SUFFIX) has its own price where one is given, else its model's times budget.batch_price_factor."""
+Price = tuple[float, float, float]  # $ per 1M tokens: (input, output, cached input)
+
+
+def price_for(cfg: BudgetConfig, model: str) -> Price | None:
+    """$ per 1M (input, output, cached input) tokens: an exact model name, else the longest matching prefix; a price
+    of two gives cached input tokens the input price. A batch call's model (BATCH_SUFFIX) has its own price where
+    one is given, else its model's times budget.batch_price_factor, every rate of it: OpenAI's Batch API halves
+    cached input tokens too (docs/batch.md)."""
     if model in cfg.prices:
-        return tuple(cfg.prices[model])  # type: ignore[return-value]
+        return _three(cfg.prices[model])
     if model.endswith(BATCH_SUFFIX):
         base = price_for(cfg, model[:-len(BATCH_SUFFIX)])
-        return None if base is None else (base[0] * cfg.batch_price_factor, base[1] * cfg.batch_price_factor)
+        return None if base is None else (base[0] * cfg.batch_price_factor, base[1] * cfg.batch_price_factor,
+                                          base[2] * cfg.batch_price_factor)
     matches = [k for k in cfg.prices if model.startswith(k)]
-    return tuple(cfg.prices[max(matches, key=len)]) if matches else None  # type: ignore[return-value]
+    return _three(cfg.prices[max(matches, key=len)]) if matches else None
+
+
+def _three(price: list[float]) -> Price:
+    return float(price[0]), float(price[1]), float(price[2] if len(price) > 2 else price[0])
+
+
+def usd_of(price: Price, prompt: int, completion: int, cached: int = 0) -> float:
+    """Dollars of tokens at a price: the prompt tokens the server's prefix cache served (`cached`, a part of
+    `prompt`) at the cached-input rate, the rest at the input rate."""
+    cached = min(cached, prompt)
+    return ((prompt - cached) * price[0] + cached * price[2] + completion * price[1]) / 1e6
 
 
 def priced_model(teacher: TeacherConfig) -> str:
@@ -103,8 +125,7 @@ def cost_usd(cfg: BudgetConfig, model: str, usage: dict[str, dict[str, int]]) ->
     price = price_for(cfg, model)
     if price is None:
         return None
-    prompt, completion = usage_totals(usage)
-    return (prompt * price[0] + completion * price[1]) / 1e6
+    return usd_of(price, *usage_totals(usage), cached_total(usage))
 
 
 def unlogged_models(manifest: dict[str, Any]) -> tuple[str, str]:
@@ -178,7 +199,7 @@ class Budget:
             prompt, completion = usage_totals(kinds)
             cost = cost_usd(self.cfg, model, kinds)
             models[model] = {"prompt_tokens": prompt, "completion_tokens": completion,
-                             "cost_usd": None if cost is None else round(cost, 6)}
+                             "cached_tokens": cached_total(kinds), "cost_usd": None if cost is None else round(cost, 6)}
         prompt = sum(m["prompt_tokens"] for m in models.values())
         completion = sum(m["completion_tokens"] for m in models.values())
         priced = [v["cost_usd"] for v in models.values() if v["cost_usd"] is not None]
@@ -198,8 +219,8 @@ class Budget:
     def estimate(self, model: str, prompt_chars: int, max_tokens: int) -> tuple[float, int]:
         """(dollars, tokens) that one request costs at most: its prompt at CHARS_PER_TOKEN, a reply of max_tokens."""
         tokens = -(-prompt_chars // CHARS_PER_TOKEN)
-        price = price_for(self.cfg, model) or (0.0, 0.0)
-        return (tokens * price[0] + max_tokens * price[1]) / 1e6, tokens + max_tokens
+        price = price_for(self.cfg, model) or (0.0, 0.0, 0.0)
+        return usd_of(price, tokens, max_tokens), tokens + max_tokens  # at most: no prefix-cache hit assumed
 
     def exhausted(self) -> bool:
         spend = self.spend()

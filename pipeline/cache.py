@@ -11,8 +11,9 @@ The usage log holds one row per answered call (tokens, errors, retries, and the 
 answered it), written as the reply arrives, so spend survives kill -9 and Ctrl-C: a resumed
 run's budget and the manifest add up every paid call of every session from here, not from a
 manifest that an interrupted session never got to update. Each call is priced at its own
-model. Databases from before the model was logged gain the column on opening; their rows
-keep model NULL, which `usage_by_model` returns as None for the caller to attribute
+model, its prompt tokens that the server's prefix cache served (cached_tokens) at the model's cached-input price.
+Databases from before the model or cached_tokens was logged gain the column on opening: old rows have
+cached_tokens 0 and model NULL, which `usage_by_model` returns as None for the caller to attribute
 (pipeline.budget.attribute_unlogged: to the run's recorded teacher, score rows to its judge).
 
 Batch API waves (pipeline.teachers.batch) are recorded here too: each wave's input file and batch id the
@@ -35,7 +36,10 @@ from typing import Any
 from .teachers.base import Completion
 
 CACHE_FILE = "cache.sqlite"
-USAGE_COLUMNS = ("calls", "errors", "cached", "prompt_tokens", "completion_tokens", "retries", "timeouts")
+# "cached" counts replies the response cache served (free); "cached_tokens" the prompt tokens of paid calls that the
+# server's prefix cache served (billed at the cached-input price)
+USAGE_COLUMNS = ("calls", "errors", "cached", "prompt_tokens", "completion_tokens", "retries", "timeouts",
+                 "cached_tokens")
 
 
 def model_of(spec: str) -> str:
@@ -66,14 +70,16 @@ class ResponseCache:
         # recorded) | failed (a failed or expired line; tried again in a later wave)
         self._db.execute("CREATE TABLE IF NOT EXISTS batch_lines (file_id TEXT, custom_id TEXT, kind TEXT, "
                          "reading TEXT, state TEXT, PRIMARY KEY (file_id, custom_id))")
-        self._add_model_column()
+        self._add_column("model", "TEXT")
+        self._add_column("cached_tokens", "INTEGER DEFAULT 0")
 
-    def _add_model_column(self) -> None:
-        """Migrate a usage log from before each call's model was logged: its old rows keep model NULL."""
-        if "model" in [row[1] for row in self._db.execute("PRAGMA table_info(usage)")]:
+    def _add_column(self, name: str, sql_type: str) -> None:
+        """Migrate a usage log from before a column was logged: from before each call's model (its old rows keep
+        model NULL) or its prefix-cached prompt tokens (old rows 0: none were read then)."""
+        if name in [row[1] for row in self._db.execute("PRAGMA table_info(usage)")]:
             return
         try:
-            self._db.execute("ALTER TABLE usage ADD COLUMN model TEXT")
+            self._db.execute(f"ALTER TABLE usage ADD COLUMN {name} {sql_type}")
         except sqlite3.OperationalError as e:  # another process opened the same run a moment before
             if "duplicate column" not in str(e):
                 raise

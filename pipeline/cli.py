@@ -202,20 +202,22 @@ def _print_estimate(s) -> None:
     from .estimate import estimate_run
 
     est = estimate_run(s.cfg, s.prompts, s.seeds, s.run, s.cache if s.run.path.exists() else None)
-    table = Table(label("stage"), label("model"), "calls", "prompt tokens",
+    keys = ("calls", "prompt_tokens", "prefix_cached_tokens", "max_completion_tokens")
+    table = Table(label("stage"), label("model"), "calls", "prompt tokens", "prefix-cacheable",
                   "completion tokens (at most)", "$ (at most)", title=f"Dry run: what {s.run.path} would still send")
     for name, row in est["stages"].items():
-        table.add_row(name, row["model"], *(f"{row[k]:,}" for k in ("calls", "prompt_tokens", "max_completion_tokens")),
-                      money(row["max_cost_usd"]))
+        table.add_row(name, row["model"], *(f"{row[k]:,}" for k in keys), money(row["max_cost_usd"]))
     t = est["total"]
-    table.add_row("total", "", *(f"{t[k]:,}" for k in ("calls", "prompt_tokens", "max_completion_tokens")),
-                  money(est["max_cost_usd"]))
+    table.add_row("total", "", *(f"{t[k]:,}" for k in keys), money(est["max_cost_usd"]))
     stdout_console().print(table)
     source = "observed in this run" if est["yield_observed"] else "assumed; no history yet"
     click.echo(f"bootstrap keeps about {est['bootstrap_yield_per_call']} instructions per prompt ({source}); "
                "tokens are estimated from the prompts' length (4 characters a token).")
     if est["max_cost_usd"] is not None:
         click.echo(f"cost at most ${est['max_cost_usd']:.4f}, each stage at the configured price of its model")
+        if t["prefix_cached_tokens"]:
+            click.echo(f"with the prefix cache serving every prefix-cacheable token (a constant start of 1,024+ tokens) "
+                       f"at the cached-input rate: ${est['cost_with_prefix_cache_usd']:.4f}")
     if est.get("batch_price_factor") is not None:
         click.echo(f"@batch: sent through the Batch API, at {est['batch_price_factor']:g} x the model's price")
     if est["unpriced"] and not s.cfg.budget.max_cost:

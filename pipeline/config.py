@@ -167,10 +167,12 @@ class EvolveConfig:
 class BudgetConfig:
     max_tokens_total: int = 0  # stop sending after this many prompt+completion tokens in the run; 0 = no limit
     max_cost: float = 0.0  # stop sending after this many dollars (needs a price for the model); 0 = no limit
-    # $ per 1M (input, output) tokens by model name or prefix; list prices when written, check yours
+    # $ per 1M (input, output[, cached input]) tokens by model name or prefix; list prices when written, check yours.
+    # The third is what OpenAI bills a prompt token its prefix cache served (usage.prompt_tokens_details.cached_tokens);
+    # a model without one bills those tokens as plain input
     prices: dict[str, list[float]] = field(default_factory=lambda: {
-        "gpt-4o-mini": [0.15, 0.60], "gpt-4o": [2.50, 10.00], "gpt-4.1-mini": [0.40, 1.60],
-        "gpt-4.1": [2.00, 8.00], "gpt-3.5-turbo": [0.50, 1.50]})
+        "gpt-4o-mini": [0.15, 0.60, 0.075], "gpt-4o": [2.50, 10.00, 1.25], "gpt-4.1-mini": [0.40, 1.60, 0.10],
+        "gpt-4.1": [2.00, 8.00, 0.50], "gpt-3.5-turbo": [0.50, 1.50]})
     batch_price_factor: float = 0.5  # Batch API calls (teacher.batch) cost this share of the prices above: OpenAI bills them at half
 
 
@@ -695,7 +697,7 @@ def _build(cls: type, data: dict[str, Any], path: Path | None, text: str, sectio
 
 # What each type of setting takes, in the words of the error messages.
 _EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-             list: "a list of strings", dict: "a table of [input, output] prices"}
+             list: "a list of strings", dict: "a table of [input, output] or [input, output, cached input] prices"}
 
 
 def _coerce(value: Any, hint: Any, where: str | Path | None, line: int | None, name: str, example: str,
@@ -721,7 +723,7 @@ def _coerce(value: Any, hint: Any, where: str | Path | None, line: int | None, n
         str: isinstance(value, str),
         list: isinstance(value, list) and all(isinstance(v, str) for v in value),
         dict: isinstance(value, dict) and all(
-            isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v) for v in value.values()),
+            isinstance(v, list) and len(v) in (2, 3) and all(isinstance(x, (int, float)) for x in v) for v in value.values()),
     }.get(origin, True)
     if not ok:
         want = _EXPECTED.get(origin, getattr(origin, "__name__", str(origin)))

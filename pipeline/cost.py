@@ -22,7 +22,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .budget import BATCH_SUFFIX, CHARS_PER_TOKEN, ByModel, attribute_unlogged, price_for
+from .budget import BATCH_SUFFIX, CHARS_PER_TOKEN, ByModel, attribute_unlogged, price_for, usd_of
 from .cache import CACHE_FILE, ResponseCache
 from .config import BudgetConfig, CostConfig, ExportConfig, config_from_dict
 from .errors import Seed2LoraError
@@ -76,16 +76,18 @@ def run_budget(manifest: dict[str, Any], configured: dict[str, list[float]] | No
 
 
 def stage_costs(usage: ByModel, budget: BudgetConfig) -> list[dict[str, Any]]:
-    """One line per call kind and model: calls, cached calls, tokens, dollars at that model's price (None without)."""
+    """One line per call kind and model: calls, cached calls, tokens (and of the prompt tokens, those the server's
+    prefix cache served), dollars at that model's price (None without)."""
     lines = []
     for model, kinds in usage.items():
         price = price_for(budget, model)
         for kind, u in kinds.items():
             prompt, completion = int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0))
-            usd = None if price is None else (prompt * price[0] + completion * price[1]) / 1e6
+            prefix = int(u.get("cached_tokens", 0))
             lines.append({"stage": kind, "model": model, "calls": int(u.get("calls", 0)),
                           "cached": int(u.get("cached", 0)), "prompt_tokens": prompt, "completion_tokens": completion,
-                          "usd": usd, "price_per_1m": list(price) if price else None})
+                          "cached_tokens": prefix, "usd": None if price is None else usd_of(price, prompt, completion, prefix),
+                          "price_per_1m": list(price) if price else None})
     return lines
 
 
@@ -160,8 +162,9 @@ def run_cost(run_path: str | Path, budget: BudgetConfig | None = None, cost: Cos
     dataset_usd = sum(priced) if priced or not unpriced else None
     models: dict[str, dict[str, Any]] = {}  # spend per model: each at its own price
     for s in stages:
-        t = models.setdefault(s["model"], {"prompt_tokens": 0, "completion_tokens": 0, "usd": 0.0})
+        t = models.setdefault(s["model"], {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "usd": 0.0})
         t["prompt_tokens"] += s["prompt_tokens"]
+        t["cached_tokens"] += s["cached_tokens"]
         t["completion_tokens"] += s["completion_tokens"]
         t["usd"] = None if t["usd"] is None or s["usd"] is None else t["usd"] + s["usd"]
     kept, n_rows, rows_source = kept_and_rows(run)
@@ -211,6 +214,11 @@ def summary_lines(c: dict[str, Any]) -> list[str]:
              f"per 1,000 kept instructions: {money(c['usd_per_1k_kept'])} ({c['kept']} kept); per 1,000 training rows: "
              f"{money(c['usd_per_1k_rows'])} ({c['train_rows']} rows, {c['rows_source']})",
              f"training: {money(c['training']['usd'])} ({c['training']['source']})"]
+    prefix = sum(t.get("cached_tokens", 0) for t in c["models"].values())
+    if prefix:
+        prompt = sum(t["prompt_tokens"] for t in c["models"].values())
+        lines.insert(1, f"prefix cache: {prefix:,} of {prompt:,} prompt tokens were served from the server's prefix "
+                        "cache, priced at the model's cached-input rate (the third of its [budget.prices], else input)")
     if c.get("batch_price_factor") is not None:
         lines.insert(1, f"batch discount: calls of a model marked {BATCH_SUFFIX} went through the Batch API, priced at "
                         f"{c['batch_price_factor']:g} x the model's price (budget.batch_price_factor)")
@@ -233,12 +241,14 @@ def print_cost(out: Any, c: dict[str, Any]) -> None:
     # Labels fold on a narrow terminal rather than end in "…" (two cut labels could not be told apart); off a
     # terminal the console is wide enough for the whole table (show.stdout_console).
     table = Table(Column("stage", overflow="fold"), Column("model", overflow="fold"), "calls", "cached (free)",
-                  "prompt tokens", "completion tokens", "$", title=f"Cost of {c['run']} (usage from {c['usage_source']})")
+                  "prompt tokens", "of them prefix-cached", "completion tokens", "$",
+                  title=f"Cost of {c['run']} (usage from {c['usage_source']})")
     for s in c["stages"]:
         table.add_row(s["stage"], s["model"], f"{s['calls']:,}", f"{s['cached']:,}", f"{s['prompt_tokens']:,}",
-                      f"{s['completion_tokens']:,}", money(s["usd"]))
+                      f"{s.get('cached_tokens', 0):,}", f"{s['completion_tokens']:,}", money(s["usd"]))
     for name, t in c["models"].items():
-        table.add_row("total", name, "", "", f"{t['prompt_tokens']:,}", f"{t['completion_tokens']:,}", money(t["usd"]))
+        table.add_row("total", name, "", "", f"{t['prompt_tokens']:,}", f"{t.get('cached_tokens', 0):,}",
+                      f"{t['completion_tokens']:,}", money(t["usd"]))
     out.print(table)
     for line in summary_lines(c):
         out.print(line, highlight=False, markup=False, soft_wrap=True)  # whole lines in logs and pipes

@@ -6,6 +6,11 @@ priced at the model that will run it: score at its judge ([score.teacher]) when 
 every other stage at the run's teacher; through the Batch API (teacher.batch) at the batch price
 (model@batch: budget.batch_price_factor of the model's). Work already in the run's files is not counted again.
 
+Prompt tokens that a hosted prefix cache can serve are counted too (`prefix_cached_tokens`): each stage's
+prompt is rendered for two different tasks, and the part the two share from the start, when it is at least
+PREFIX_CACHE_MIN tokens (rounded down to PREFIX_CACHE_STEP), is what every call after the first may get at the
+model's cached-input rate (`cost_with_prefix_cache_usd`, else the same replies; `max_cost_usd` assumes no hit).
+
 Counts a stage cannot know before the stages ahead of it have run are upper bounds of the plan:
 bootstrap assumes the yield seen so far in this run (else bootstrap.expected_yield); classify and instances
 one call per instruction asked for; evolve every instruction of its pool, each round three calls
@@ -19,7 +24,7 @@ import math
 import random
 from typing import Any
 
-from .budget import BATCH_SUFFIX, CHARS_PER_TOKEN, judge_config, price_for, stage_models
+from .budget import BATCH_SUFFIX, CHARS_PER_TOKEN, judge_config, price_for, stage_models, usd_of
 from .config import RunConfig
 from .datasets_io import Fields, load_pool
 from .prompts import Prompts
@@ -31,15 +36,30 @@ from .stages.instances import instance_prompt
 from .store import STAGES, RunDir
 
 IN_PROCESS = ("embedded", "hf")  # teacher kinds that score by log-probability under score.method = auto
+# OpenAI caches a prompt prefix from 1,024 tokens on, hits growing in steps of 128 (its prompt caching guide)
+PREFIX_CACHE_MIN, PREFIX_CACHE_STEP = 1024, 128
 
 
 def tokens(text: str) -> int:
     return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
-def row(model: str, calls: int, prompt_text: str, max_tokens: int) -> dict[str, Any]:
+def cacheable(shared_tokens: int) -> int:
+    """Of a prefix that requests share, the tokens OpenAI's prefix cache serves: none under PREFIX_CACHE_MIN, else
+    the prefix rounded down to PREFIX_CACHE_STEP."""
+    return 0 if shared_tokens < PREFIX_CACHE_MIN else shared_tokens // PREFIX_CACHE_STEP * PREFIX_CACHE_STEP
+
+
+def shared_prefix(a: str, b: str) -> str:
+    n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return a[:n]
+
+
+def row(model: str, calls: int, prompt_text: str, max_tokens: int, twin: str = "") -> dict[str, Any]:
+    """A stage's figures; `twin` is its prompt for another task, whose shared start a prefix cache may serve."""
+    per_call = cacheable(len(shared_prefix(prompt_text, twin)) // CHARS_PER_TOKEN) if twin else 0
     return {"model": model, "calls": calls, "prompt_tokens": calls * tokens(prompt_text),
-            "max_completion_tokens": calls * max_tokens}
+            "max_completion_tokens": calls * max_tokens, "prefix_cached_tokens": max(0, calls - 1) * per_call}
 
 
 def evolve_todo(cfg: RunConfig, seeds: list[Task], run: RunDir) -> int:
@@ -86,46 +106,59 @@ def estimate_run(cfg: RunConfig, prompts: Prompts, seeds: list[Task], run: RunDi
     yield_per_call = kept / sent if sent and kept else cfg.bootstrap.expected_yield
     example = Task(id="x", instruction=seeds[0].instruction if seeds else "An example task.",
                    instances=[Instance("", "An example answer.")])
+    other = Task(id="z", instruction=seeds[-1].instruction if len(seeds) > 1 else "Another task, not the first.",
+                 instances=[Instance("", "Another answer.")])
     n_tasks = cfg.bootstrap.num_instructions
     rows: dict[str, dict[str, Any]] = {}
     if "bootstrap" in cfg.stages:
-        _, text, _ = build_prompt(prompts, cfg, random.Random(cfg.seed), seeds, [])
+        rng = random.Random(cfg.seed)
+        _, text, _ = build_prompt(prompts, cfg, rng, seeds, [])
         max_out = cfg.bootstrap.alpaca_max_tokens if cfg.bootstrap.mode == "alpaca" else cfg.bootstrap.max_tokens
-        rows["bootstrap"] = row(models["bootstrap"], math.ceil(max(0, n_tasks - kept) / yield_per_call), text, max_out)
+        rows["bootstrap"] = row(models["bootstrap"], math.ceil(max(0, n_tasks - kept) / yield_per_call), text, max_out,
+                                build_prompt(prompts, cfg, rng, seeds, [])[1])
     if "classify" in cfg.stages:
         rows["classify"] = row(models["classify"], max(0, n_tasks - len(run.read_stage("classify"))),
                                prompts.render("classify.txt", instruction=example.instruction),
                                # a chat reply has room for a sentence (classify.chat_max_tokens); a completion, 3 tokens
-                               cfg.classify.max_tokens if cfg.teacher.api == "completions" else cfg.classify.chat_max_tokens)
+                               cfg.classify.max_tokens if cfg.teacher.api == "completions" else cfg.classify.chat_max_tokens,
+                               prompts.render("classify.txt", instruction=other.instruction))
     if "instances" in cfg.stages:
         rows["instances"] = row(models["instances"], max(0, n_tasks - len(run.read_stage("instances"))),
-                                instance_prompt(example, prompts)[1], cfg.instances.max_tokens)
+                                instance_prompt(example, prompts)[1], cfg.instances.max_tokens,
+                                instance_prompt(other, prompts)[1])
     if "evolve" in cfg.stages:
         e, todo = cfg.evolve, evolve_todo(cfg, seeds, run)
         evolutions = [evolution_prompt(prompts, op, example.instruction, e)[1] for op in OPERATIONS]
         longest = max(evolutions, key=len)  # an operation drawn at random: the longest prompt bounds them
+        op = OPERATIONS[evolutions.index(longest)]
         child = Task(id="y", instruction=example.instruction)
-        rows["evolve"] = row(models["evolve"], todo, longest, e.max_tokens)
-        rows["evolve_judge"] = row(models["evolve"], todo, judge_prompt(prompts, example, child), e.judge_max_tokens)
-        rows["evolve_answer"] = row(models["evolve"], todo, answer_prompt(prompts, child), e.answer_max_tokens)
+        rows["evolve"] = row(models["evolve"], todo, longest, e.max_tokens,
+                             evolution_prompt(prompts, op, other.instruction, e)[1])
+        rows["evolve_judge"] = row(models["evolve"], todo, judge_prompt(prompts, example, child), e.judge_max_tokens,
+                                   judge_prompt(prompts, other, other))
+        rows["evolve_answer"] = row(models["evolve"], todo, answer_prompt(prompts, child), e.answer_max_tokens,
+                                    answer_prompt(prompts, other))
     if "score" in cfg.stages:
         include_list(cfg.export.include)  # a bad include fails here as it would in the run
         judge = judge_config(cfg)
         by_logprobs = cfg.score.method == "logprobs" or (cfg.score.method == "auto"
                                                          and judge.spec.partition(":")[0] in IN_PROCESS)
         template = "score_yesno.txt" if by_logprobs else "score.txt"
-        text = prompts.render(template, instruction=example.instruction, input="(none)",
-                              output=example.instances[0].output)
+        text, twin = (prompts.render(template, instruction=t.instruction, input="(none)", output=t.instances[0].output)
+                      for t in (example, other))
         rows["score"] = row(models["score"], score_rows_left(cfg, seeds, run), text,
-                            1 if by_logprobs else cfg.score.max_tokens)
+                            1 if by_logprobs else cfg.score.max_tokens, twin)
     for r in rows.values():
         price = price_for(cfg.budget, r["model"])
-        r["max_cost_usd"] = None if price is None else \
-            (r["prompt_tokens"] * price[0] + r["max_completion_tokens"] * price[1]) / 1e6
-    total = {k: sum(r[k] for r in rows.values()) for k in ("calls", "prompt_tokens", "max_completion_tokens")}
+        r["max_cost_usd"] = None if price is None else usd_of(price, r["prompt_tokens"], r["max_completion_tokens"])
+        r["cost_with_prefix_cache_usd"] = None if price is None else \
+            usd_of(price, r["prompt_tokens"], r["max_completion_tokens"], r["prefix_cached_tokens"])
+    total = {k: sum(r[k] for r in rows.values())
+             for k in ("calls", "prompt_tokens", "max_completion_tokens", "prefix_cached_tokens")}
     unpriced = sorted({r["model"] for r in rows.values() if r["max_cost_usd"] is None and r["calls"]})
     cost = None if unpriced else sum(r["max_cost_usd"] or 0.0 for r in rows.values())
-    return {"stages": rows, "total": total, "max_cost_usd": cost, "unpriced": unpriced,
+    best = None if unpriced else sum(r["cost_with_prefix_cache_usd"] or 0.0 for r in rows.values())
+    return {"stages": rows, "total": total, "max_cost_usd": cost, "cost_with_prefix_cache_usd": best, "unpriced": unpriced,
             "bootstrap_yield_per_call": round(yield_per_call, 2), "yield_observed": bool(sent and kept),
             "models": sorted({r["model"] for r in rows.values()}),
             "batch_price_factor": cfg.budget.batch_price_factor if any(m.endswith(BATCH_SUFFIX) for m in

@@ -54,6 +54,10 @@ class FakeOpenAI:
         # refuse_other_forms is set, as llama-cpp-python refuses type json_schema.
         self.schema_forms: set[str] = set()
         self.refuse_other_forms = False
+        self.prompt_tokens = 11  # what every reply's usage counts as its prompt
+        # Of them, what usage.prompt_tokens_details.cached_tokens reports as served by a prefix cache (as OpenAI);
+        # None: no prompt_tokens_details at all (as most local servers)
+        self.cached_tokens: int | None = None
         self._novel = _novel_instructions()
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()  # connections being served: kill() drops them
@@ -194,7 +198,10 @@ class FakeOpenAI:
         return body.get("prompt", "")
 
     def wrap(self, path: str, text: str, finish_reason: str = "stop") -> dict[str, Any]:
-        usage = {"prompt_tokens": 11, "completion_tokens": len(text.split()), "total_tokens": 11 + len(text.split())}
+        usage: dict[str, Any] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": len(text.split()),
+                                 "total_tokens": self.prompt_tokens + len(text.split())}
+        if self.cached_tokens is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
         if path.endswith("/chat/completions"):
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
             return {"id": "c", "object": "chat.completion", "created": 0, "model": "fake", "choices": [choice],

@@ -76,6 +76,9 @@ class Completion:
     retries: int = 0  # transient failures retried before this reply (429, 5xx, timeouts, refused connections)
     timeouts: int = 0  # of those, timeouts
     cacheable: bool = True  # False: paid and counted, but not kept in the response cache
+    # Of prompt_tokens, those the server's prefix cache served (usage.prompt_tokens_details.cached_tokens), billed
+    # at the model's cached-input price; 0 where the server reports none
+    cached_tokens: int = 0
 
     @property
     def ok(self) -> bool:
@@ -118,9 +121,10 @@ class Usage:
 def usage_of(c: Completion) -> dict[str, int]:
     if c.cached:
         return {"calls": 0, "errors": 0, "cached": 1, "prompt_tokens": 0, "completion_tokens": 0, "retries": 0,
-                "timeouts": 0}
+                "timeouts": 0, "cached_tokens": 0}
     return {"calls": 1, "errors": 0 if c.ok else 1, "cached": 0, "prompt_tokens": c.prompt_tokens,
-            "completion_tokens": c.completion_tokens, "retries": c.retries, "timeouts": c.timeouts}
+            "completion_tokens": c.completion_tokens, "retries": c.retries, "timeouts": c.timeouts,
+            "cached_tokens": min(c.cached_tokens, c.prompt_tokens)}
 
 
 ProgressFn = Callable[[int], None]

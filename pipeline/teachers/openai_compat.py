@@ -663,6 +663,7 @@ class OpenAITeacher(BaseTeacher):
             text=texts[0][0] if top is None else logprob_reply(top), finish_reason=texts[0][1] or "stop",
             prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
             completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+            cached_tokens=getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", 0) or 0,
             # Asked for log-probabilities and sent none: the server may be reconfigured or replaced, so
             # this reply is not kept in the cache to be served for the same request again.
             cacheable=top is not None or "logprobs" not in common,
