@@ -21,6 +21,7 @@ most filter.max_instances rows and an evolution one.
 from __future__ import annotations
 
 import math
+import os.path
 import random
 from typing import Any
 
@@ -51,8 +52,8 @@ def cacheable(shared_tokens: int) -> int:
 
 
 def shared_prefix(a: str, b: str) -> str:
-    n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    return a[:n]
+    """The start two texts have in common."""
+    return os.path.commonprefix([a, b])
 
 
 def row(model: str, calls: int, prompt_text: str, max_tokens: int, twin: str = "") -> dict[str, Any]:
