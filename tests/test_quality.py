@@ -377,12 +377,11 @@ Rate the response from 1 to 5 on this rubric:
 - Correct: its facts, reasoning, code or label are right.
 - Helpful: it is complete and clear, with nothing off-topic.
 5 = meets all three fully; 4 = small flaws; 3 = usable but clearly lacking in one; 2 = mostly fails one or more; 1 = wrong, off-topic, empty or harmful.
+Reply with a JSON object and nothing else: {"rating": <1-5>, "reason": "<one line>"}
 
 Instruction: Add the two numbers.
 Input: 2 and 3
-Response: 5
-
-Reply with a JSON object and nothing else: {"rating": <1-5>, "reason": "<one line>"}"""
+Response: 5"""
 
 
 def test_the_report_shows_scores_ifd_and_what_the_selection_kept_and_dropped(tmp_path):
