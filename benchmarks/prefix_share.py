@@ -77,7 +77,7 @@ def seeds() -> list[Task]:
     out = load_seeds(bundled_seeds())
     if SHARED_SEEDS.is_file():
         out += load_seeds(SHARED_SEEDS)
-    return out
+    return list({t.instruction: t for t in out}.values())  # a task in both files counts once
 
 
 def stage_prompts(prompts: Prompts, tasks: list[Task], n: int) -> Iterator[tuple[str, list[str]]]:
@@ -139,8 +139,9 @@ def main() -> None:
     ap.add_argument("--before", default="", help="git revision of the prompts before (default: the parent of the "
                                                  "last commit that changed prompts/)")
     args = ap.parse_args()
-    before = args.before or subprocess.run(["git", "-C", str(REPO), "log", "-n1", "--format=%H^", "--", "prompts/"],
-                                           check=True, capture_output=True, text=True).stdout.strip()
+    last = subprocess.run(["git", "-C", str(REPO), "log", "-n1", "--format=%h", "--", "prompts/"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    before = args.before or f"{last}^"
     name, encode = tokenizer()
     tasks = seeds()
     start = time.perf_counter()

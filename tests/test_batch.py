@@ -242,3 +242,83 @@ def test_a_folder_batch_runs_elsewhere_and_its_output_comes_back(tmp_path, monke
     sent = Counter(json.loads(x)["custom_id"] for w in folder.glob("wave-*.jsonl") if ".out." not in w.name
                    for x in w.read_text().splitlines())
     assert max(sent.values()) == 1
+
+
+# -- evolve and score through the Batch API --------------------------------------------------------------------------
+EVOLVE_SCORE = ["--set", 'stages=["evolve", "score"]', "--set", "evolve.source=seeds", "--set", "evolve.rounds=2"]
+
+
+def evolve_and_score_teacher(server):
+    """Replies for evolve's three prompts and score's rubric; the server's own for the rest."""
+    own = server.default_reply
+
+    def reply(path, body):
+        prompt = server.prompt_of(body)
+        if "You are grading one example" in prompt:
+            text = json.dumps({"rating": 4 if "seed_task_1" not in prompt else 2, "reason": "follows the instruction"})
+        elif prompt.endswith("Judgement:"):
+            text = "Not equal"
+        elif prompt.endswith("Response:"):
+            text = "A careful answer: first the facts, then the reasoning, then a short worked example."
+        elif prompt.endswith(("Rewritten instruction:", "New instruction:")):
+            given = prompt.rsplit("Instruction:\n", 1)[1].rsplit("\n\n", 1)[0].splitlines()[0]
+            text = f"{given} Answer in three short steps and add one worked example."
+        else:
+            return own(path, body)
+        return server.wrap(path, text)
+
+    server.default_reply = reply
+
+
+def seeds_file(tmp_path, n=4):
+    path = tmp_path / "seeds.jsonl"
+    path.write_text("".join((ROOT / "seeds" / "seed_tasks.jsonl").read_text().splitlines(keepends=True)[:n]))
+    return path
+
+
+def test_evolve_and_score_in_batch_mode_make_the_records_of_a_direct_run(fake_batch, tmp_path):
+    evolve_and_score_teacher(fake_batch)
+    fake_batch.fail_every = 5  # a failed line in 5 goes into the next wave
+    seeds = seeds_file(tmp_path)
+    invoke("run", *teacher_flags(fake_batch, tmp_path, "b"), "--seeds", seeds, *EVOLVE_SCORE, *FAST)
+    direct = FakeOpenAI()
+    evolve_and_score_teacher(direct)
+    try:
+        invoke("run", *teacher_flags(direct, tmp_path, "d"), "--seeds", seeds, *EVOLVE_SCORE)
+    finally:
+        direct.close()
+    for stage in ("evolve", "score"):
+        b, d = read(tmp_path / "b" / f"{stage}.jsonl"), read(tmp_path / "d" / f"{stage}.jsonl")
+        assert b and len(b) == len(d) and shape(b) == shape(d), stage
+    assert len(read(tmp_path / "b" / "evolve.jsonl")) == 8  # 4 seeds, 2 rounds, every evolution kept
+    ratings = [{r["id"]: r["meta"]["score"]["rating"] for r in read(tmp_path / run / "score.jsonl")} for run in "bd"]
+    assert ratings[0] == ratings[1] and set(ratings[0].values()) == {2, 4}  # the same rows, read the same way
+    assert fake_batch.history == []  # no prompt went the direct way
+    kinds = {(b["metadata"] or {}).get("seed2lora") for b in fake_batch.batches.values()}
+    assert {"evolve", "score"} <= kinds, kinds
+    assert max(Counter(line["custom_id"] for line in fake_batch.lines).values()) >= 2  # failed lines went again
+    db = ResponseCache(tmp_path / "b" / "cache.sqlite")
+    assert db.open_waves() == [] and db.open_lines() == {}
+    db.close()
+
+
+@pytest.mark.parametrize("point", ["evolve", "score"])
+def test_kill_9_during_an_evolve_or_score_batch_then_a_re_run_resubmits_nothing(fake_batch, tmp_path, point):
+    evolve_and_score_teacher(fake_batch)
+    fake_batch.polls_to_finish = 40  # about a second of polls: the kill lands while the batch runs
+
+    def kill_when():
+        ours = [b for b in list(fake_batch.batches.values()) if (b["metadata"] or {}).get("seed2lora") == point]
+        return bool(ours) and all(b["_polls"] >= 2 for b in ours)
+
+    cmd, env = run_and_kill(fake_batch, tmp_path, kill_when, "--seeds", seeds_file(tmp_path), *EVOLVE_SCORE, *FAST)
+    before = fake_batch.creations
+    fake_batch.polls_to_finish = 3
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sent = Counter(line["custom_id"] for line in fake_batch.lines)
+    assert max(sent.values()) == 1  # no request submitted twice
+    assert fake_batch.uploads == fake_batch.creations >= before
+    evolved = read(tmp_path / "k" / "evolve.jsonl")
+    assert len({r["id"] for r in evolved}) == len(evolved) == 8
+    scored = read(tmp_path / "k" / "score.jsonl")
+    assert len({r["id"] for r in scored}) == len(scored) > 0
