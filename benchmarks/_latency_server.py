@@ -5,6 +5,10 @@ client's. A request waits for one of C slots (like a GPU server's batch slots), 
 for its latency, then gets a short completion. It prints its port on the first line.
 With --replies evolve it answers seed2lora's Evol-Instruct prompts so that every evolution
 goes on to its judgement and answer: a rewrite that adds a few words, "Not equal", an answer.
+With --replies selfinstruct it answers a Self-Instruct run's prompts: bootstrap gets every free place of its
+list filled with new synthetic instructions (benchmarks/_synthetic.py: Zipf vocabulary, ~15% near-duplicates of
+earlier ones, so that the ROUGE-L filter keeps most but not all), classify a Yes for one task in five and No for
+the rest, instances two well-formed examples (class labels for a classification task).
 
     python benchmarks/_latency_server.py --capacity 256 --latency 0.5 --dist lognormal --sigma 0.8
 """
@@ -17,6 +21,12 @@ import itertools
 import json
 import math
 import random
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _synthetic import SentenceGenerator  # noqa: E402
 
 REPLY = "1. An instruction\n2. Another one"
 ANSWER = ("A careful response: first set out the main facts, then weigh the practical trade-offs, "
@@ -33,10 +43,34 @@ def evolve_reply(prompt: str, n: int) -> str:
     return f"{instruction.splitlines()[0]} Cover case {n} in detail."
 
 
+class SelfInstructReplies:
+    """A Self-Instruct teacher's replies, in chat form: each bootstrap reply continues the prompt's list with new
+    synthetic instructions up to the number before its stop ("16." by default)."""
+
+    def __init__(self, seed: int):
+        self.sentences = SentenceGenerator(seed)
+        self.n = itertools.count()
+
+    def __call__(self, prompt: str) -> str:
+        if "numbered list of" in prompt:  # bootstrap: "... up to task 16." then the list and "9."
+            last = int(re.search(r"up to task (\d+)", prompt).group(1)) - 1
+            first = int(prompt.rstrip().rsplit("\n", 1)[-1].rstrip("."))
+            return "\n".join(f"{i}. {self.sentences.sentence()}" for i in range(first, last + 1))
+        n = next(self.n)
+        if prompt.rstrip().endswith("Is it classification?"):
+            return "Yes" if n % 5 == 0 else "No"
+        task = prompt.rsplit("Task:", 1)[-1].split("\n")[0].strip()
+        if prompt.rstrip().endswith("Class label:"):
+            return "Class label: First\nInput: the first of two options\n\nClass label: Second\nInput: the other option"
+        return (f"Example 1\nInput: a question about {task[:30]}, case {n}\nOutput: a careful answer about "
+                f"{task[-30:]}, case {n}\n\nExample 2\nInput: <noinput>\nOutput: a general answer for: {task}")
+
+
 def make_handler(capacity: int, latency: float, dist: str, sigma: float, seed: int, replies: str = "fixed"):
     slots = asyncio.Semaphore(capacity)
     rng = random.Random(seed)
     counter = itertools.count()
+    selfinstruct = SelfInstructReplies(seed)
     # lognormal with the given mean: mu = ln(mean) - sigma^2 / 2
     mu = math.log(latency) - sigma * sigma / 2 if latency > 0 else 0.0
 
@@ -63,6 +97,8 @@ def make_handler(capacity: int, latency: float, dist: str, sigma: float, seed: i
                     text = REPLY
                     if replies == "evolve":
                         text = evolve_reply(body["messages"][-1]["content"], next(counter))
+                    elif replies == "selfinstruct":
+                        text = selfinstruct(body["messages"][-1]["content"])
                     choices = [{"index": 0, "message": {"role": "assistant", "content": text},
                                 "finish_reason": "stop"}]
                 else:
@@ -87,8 +123,9 @@ async def main() -> None:
     ap.add_argument("--dist", choices=["fixed", "lognormal"], default="fixed")
     ap.add_argument("--sigma", type=float, default=0.8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--replies", choices=["fixed", "evolve"], default="fixed",
-                    help="fixed: one short list for every prompt; evolve: replies to the Evol-Instruct prompts")
+    ap.add_argument("--replies", choices=["fixed", "evolve", "selfinstruct"], default="fixed",
+                    help="fixed: one short list for every prompt; evolve: replies to the Evol-Instruct prompts; "
+                         "selfinstruct: replies to a Self-Instruct run's prompts (bootstrap, classify, instances)")
     args = ap.parse_args()
     handler = make_handler(args.capacity, args.latency, args.dist, args.sigma, args.seed, args.replies)
     server = await asyncio.start_server(handler, "127.0.0.1", 0, backlog=4096)

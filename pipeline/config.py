@@ -167,9 +167,8 @@ class EvolveConfig:
 class BudgetConfig:
     max_tokens_total: int = 0  # stop sending after this many prompt+completion tokens in the run; 0 = no limit
     max_cost: float = 0.0  # stop sending after this many dollars (needs a price for the model); 0 = no limit
-    # $ per 1M (input, output[, cached input]) tokens by model name or prefix; list prices when written, check yours.
-    # The third is what OpenAI bills a prompt token its prefix cache served (usage.prompt_tokens_details.cached_tokens);
-    # a model without one bills those tokens as plain input
+    # The third price is what OpenAI bills a prompt token that its prefix cache served (docs/batch.md)
+    # $ per 1M (input, output[, cached input]) tokens by model name or prefix (no third: cached = input); list prices when written, check yours
     prices: dict[str, list[float]] = field(default_factory=lambda: {
         "gpt-4o-mini": [0.15, 0.60, 0.075], "gpt-4o": [2.50, 10.00, 1.25], "gpt-4.1-mini": [0.40, 1.60, 0.10],
         "gpt-4.1": [2.00, 8.00, 0.50], "gpt-3.5-turbo": [0.50, 1.50]})

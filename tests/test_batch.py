@@ -255,7 +255,7 @@ def evolve_and_score_teacher(server):
     def reply(path, body):
         prompt = server.prompt_of(body)
         if "You are grading one example" in prompt:
-            text = json.dumps({"rating": 4 if "seed_task_1" not in prompt else 2, "reason": "follows the instruction"})
+            text = json.dumps({"rating": 2 if "jacket" in prompt else 4, "reason": "follows the instruction"})
         elif prompt.endswith("Judgement:"):
             text = "Not equal"
         elif prompt.endswith("Response:"):

@@ -1,0 +1,193 @@
+"""An Alpaca-scale Self-Instruct run, end to end, against a fast fake teacher.
+
+`seed2lora run` (the real CLI and runner, in its own process) grows --target instructions through bootstrap,
+classify, instances and filter against benchmarks/_latency_server.py --replies selfinstruct (its own process:
+--latency seconds a request, --concurrency slots; bootstrap replies are new synthetic instructions, about 15%
+near-duplicates of earlier ones, so the ROUGE-L filter works as on real data). One process, no resume.
+
+Measured: wall time; the client's CPU time (user + system, from wait4) per kept instruction and per request;
+the client's peak RSS (wait4's ru_maxrss); the run directory's size; and whether time per instruction stays flat
+as the pool grows: bootstrap.jsonl and filter.jsonl are sampled as they grow, and the rate (instructions a
+second) of their last quarter is divided by that of their first quarter (1.0 = flat; under 1 = slower late).
+
+    PYTHONPATH=. python3 benchmarks/alpaca_scale.py --target 3000      # a check, minutes
+    PYTHONPATH=. python3 benchmarks/alpaca_scale.py                    # 52,000: Alpaca's size
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.cache import CACHE_FILE, ResponseCache  # noqa: E402
+
+STAGES = ("bootstrap", "classify", "instances", "filter")
+
+
+def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("_latency_server.py")), "--capacity",
+                             str(args.concurrency), "--latency", str(args.latency), "--replies", "selfinstruct"],
+                            stdout=subprocess.PIPE, text=True)
+    port = proc.stdout.readline().strip()
+    if not port:
+        raise SystemExit(f"the fake teacher did not start (exit {proc.wait()})")
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
+class Growth(threading.Thread):
+    """Samples (seconds since start, lines) of each stage file every `every` seconds, reading only new bytes."""
+
+    def __init__(self, run: Path, every: float):
+        super().__init__(daemon=True)
+        self.run_dir, self.every, self.start_t = run, every, time.perf_counter()
+        self.samples: dict[str, list[tuple[float, int]]] = {s: [] for s in ("bootstrap", "filter")}
+        self._seen = {s: (0, 0) for s in self.samples}  # bytes read, lines counted
+        self.stop = threading.Event()
+
+    def sample(self) -> None:
+        now = time.perf_counter() - self.start_t
+        for stage, (offset, lines) in self._seen.items():
+            path = self.run_dir / f"{stage}.jsonl"
+            if path.is_file():
+                with path.open("rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+                chunk = chunk[:chunk.rfind(b"\n") + 1]  # a line still being written counts next time
+                offset, lines = offset + len(chunk), lines + chunk.count(b"\n")
+                self._seen[stage] = (offset, lines)
+            self.samples[stage].append((now, lines))
+
+    def run(self) -> None:  # noqa: D102 (threading.Thread's)
+        while not self.stop.wait(self.every):
+            self.sample()
+
+
+def quarter_ratio(samples: list[tuple[float, int]]) -> float | None:
+    """Rate of the last quarter of the lines over the rate of the first quarter, from (time, lines) samples."""
+    if not samples or samples[-1][1] < 8:
+        return None
+    n = samples[-1][1]
+
+    def when(k: float) -> float:  # the time the file reached k lines, interpolated between samples
+        for (t0, n0), (t1, n1) in zip(samples, samples[1:], strict=False):
+            if n0 < k <= n1:
+                return t0 + (t1 - t0) * (k - n0) / (n1 - n0)
+        return samples[0][0]
+
+    first = when(n / 4) - when(1)
+    last = when(n) - when(3 * n / 4)
+    return (first / last) if first > 0 and last > 0 else None
+
+
+def size_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--target", type=int, default=52_000, help="instructions to grow (default 52,000, Alpaca's size)")
+    ap.add_argument("--latency", type=float, default=0.05, help="the fake teacher's seconds per request (0.05)")
+    ap.add_argument("--concurrency", type=int, default=64, help="requests in flight, and the teacher's slots (64)")
+    ap.add_argument("--sample-s", type=float, default=0.5, help="seconds between two looks at the stage files")
+    ap.add_argument("--keep", default="", help="keep the run directory here (default: a temporary one, removed)")
+    ap.add_argument("--json", default="", help="also write the figures to this file")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="alpaca_scale_"))
+    out_dir = Path(args.keep) if args.keep else tmp
+    run = out_dir / "alpaca_scale"
+    if run.exists():
+        raise SystemExit(f"{run} exists: this benchmark runs once, from nothing. Fix: remove it or give another --keep")
+    server, url = start_server(args)
+    load_before = os.getloadavg()
+    cmd = [sys.executable, "-m", "pipeline", "run", "--teacher", "openai:bench", "--base-url", url,
+           "--num-instructions", str(args.target), "--output-dir", str(out_dir), "--run-name", "alpaca_scale",
+           "--set", f"stages={json.dumps(list(STAGES))}", "--set", f"teacher.concurrency={args.concurrency}",
+           "--set", "teacher.api=chat", "--set", "teacher.structured=off", "--set", "teacher.max_retries=2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OPENAI_API_KEY": "sk-bench", "OMP_WAIT_POLICY": "PASSIVE"}
+    env.pop("OPENAI_BASE_URL", None)
+    log = tmp / "client.log"
+    growth = Growth(run, args.sample_s)
+    try:
+        with log.open("wb") as sink:
+            start = time.perf_counter()
+            client = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
+            growth.start()
+            _, status, usage = os.wait4(client.pid, 0)
+            client.returncode = os.waitstatus_to_exitcode(status)
+            wall = time.perf_counter() - start
+        growth.stop.set()
+        growth.join()
+        growth.sample()
+        if client.returncode != 0:
+            raise SystemExit(f"seed2lora run failed (exit {client.returncode}):\n"
+                             + log.read_text(errors="replace")[-3000:])
+        figures = measure(args, run, wall, usage, growth, load_before)
+    finally:
+        server.terminate()
+        server.wait()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print_table(figures)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def measure(args: argparse.Namespace, run: Path, wall: float, usage: Any, growth: Growth,
+            load_before: tuple[float, float, float]) -> dict[str, Any]:
+    counts = {s: sum(1 for line in (run / f"{s}.jsonl").open("rb") if line.strip()) for s in STAGES}
+    db = ResponseCache(run / CACHE_FILE)
+    calls = {kind: u["calls"] for kind, u in db.usage().items()}
+    db.close()
+    kept, requests = counts["filter"], sum(calls.values())
+    cpu = usage.ru_utime + usage.ru_stime
+    return {"target": args.target, "latency_s": args.latency, "concurrency": args.concurrency, "kept": kept,
+            "records": counts, "requests": calls, "wall_s": round(wall, 1), "client_cpu_s": round(cpu, 1),
+            "cpu_ms_per_kept": round(1000 * cpu / max(1, kept), 2),
+            "cpu_ms_per_request": round(1000 * cpu / max(1, requests), 2),
+            "ideal_s": round(requests * args.latency / args.concurrency, 1),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux reports kilobytes
+            "run_dir_mb": round(size_mb(run), 1),
+            "last_over_first_quarter": {s: quarter_ratio(v) for s, v in growth.samples.items()},
+            "load_average": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
+            "cpus": os.cpu_count()}
+
+
+def print_table(f: dict[str, Any]) -> None:
+    ratio = {s: ("-" if r is None else f"{r:.2f}") for s, r in f["last_over_first_quarter"].items()}
+    rows = [
+        ("target instructions", f"{f['target']:,}"),
+        ("kept (filter.jsonl)", f"{f['kept']:,}  (bootstrap {f['records']['bootstrap']:,}, "
+                                f"instances {f['records']['instances']:,})"),
+        ("teacher requests", f"{sum(f['requests'].values()):,}  ("
+                             + ", ".join(f"{k} {v:,}" for k, v in f["requests"].items()) + ")"),
+        ("fake teacher", f"{f['latency_s'] * 1000:.0f} ms a request, {f['concurrency']} in flight"),
+        ("wall time", f"{f['wall_s']:,.1f} s  (concurrency-bound ideal {f['ideal_s']:,.1f} s)"),
+        ("client CPU", f"{f['client_cpu_s']:,.1f} s: {f['cpu_ms_per_kept']:.2f} ms per kept instruction, "
+                       f"{f['cpu_ms_per_request']:.2f} ms per request"),
+        ("client peak RSS", f"{f['peak_rss_mb']:,.0f} MB"),
+        ("run directory", f"{f['run_dir_mb']:,.1f} MB"),
+        ("last/first quarter rate", f"bootstrap {ratio['bootstrap']}, filter {ratio['filter']}  (1.00 = flat)"),
+        ("load average", f"{f['load_average']['before']} before, {f['load_average']['after']} after "
+                         f"({f['cpus']} CPUs)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print(f"Alpaca-scale Self-Instruct run through `seed2lora run` ({', '.join(STAGES)})")
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+
+
+if __name__ == "__main__":
+    main()
