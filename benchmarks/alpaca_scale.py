@@ -7,8 +7,9 @@ near-duplicates of earlier ones, so the ROUGE-L filter works as on real data). O
 
 Measured: wall time; the client's CPU time (user + system, from wait4) per kept instruction and per request;
 the client's peak RSS (wait4's ru_maxrss); the run directory's size; and whether time per instruction stays flat
-as the pool grows: bootstrap.jsonl and filter.jsonl are sampled as they grow, and the rate (instructions a
-second) of their last quarter is divided by that of their first quarter (1.0 = flat; under 1 = slower late).
+as the pool grows: each stage file is sampled as it grows, and the rate (records a second) of its last quarter is
+divided by that of its first quarter (1.0 = flat; under 1 = slower late). Bootstrap's is the pool's; a file
+written whole at its stage's end (filter.jsonl) has none.
 
     PYTHONPATH=. python3 benchmarks/alpaca_scale.py --target 3000      # a check, minutes
     PYTHONPATH=. python3 benchmarks/alpaca_scale.py                    # 52,000: Alpaca's size
@@ -52,7 +53,7 @@ class Growth(threading.Thread):
     def __init__(self, run: Path, every: float):
         super().__init__(daemon=True)
         self.run_dir, self.every, self.start_t = run, every, time.perf_counter()
-        self.samples: dict[str, list[tuple[float, int]]] = {s: [] for s in ("bootstrap", "filter")}
+        self.samples: dict[str, list[tuple[float, int]]] = {s: [] for s in STAGES}
         self._seen = {s: (0, 0) for s in self.samples}  # bytes read, lines counted
         self.stop = threading.Event()
 
@@ -74,9 +75,14 @@ class Growth(threading.Thread):
             self.sample()
 
 
+GROWTH_STEPS = 8  # a file seen growing in fewer looks than this was written whole (filter's is): no rate to compare
+
+
 def quarter_ratio(samples: list[tuple[float, int]]) -> float | None:
-    """Rate of the last quarter of the lines over the rate of the first quarter, from (time, lines) samples."""
-    if not samples or samples[-1][1] < 8:
+    """Rate of the last quarter of the lines over the rate of the first quarter, from (time, lines) samples;
+    None for a file written whole or nearly so."""
+    steps = sum(1 for (_, a), (_, b) in zip(samples, samples[1:], strict=False) if b > a)
+    if not samples or samples[-1][1] < GROWTH_STEPS or steps < GROWTH_STEPS:
         return None
     n = samples[-1][1]
 
@@ -166,7 +172,7 @@ def measure(args: argparse.Namespace, run: Path, wall: float, usage: Any, growth
 
 
 def print_table(f: dict[str, Any]) -> None:
-    ratio = {s: ("-" if r is None else f"{r:.2f}") for s, r in f["last_over_first_quarter"].items()}
+    ratio = {s: ("written whole" if r is None else f"{r:.2f}") for s, r in f["last_over_first_quarter"].items()}
     rows = [
         ("target instructions", f"{f['target']:,}"),
         ("kept (filter.jsonl)", f"{f['kept']:,}  (bootstrap {f['records']['bootstrap']:,}, "
@@ -179,7 +185,7 @@ def print_table(f: dict[str, Any]) -> None:
                        f"{f['cpu_ms_per_request']:.2f} ms per request"),
         ("client peak RSS", f"{f['peak_rss_mb']:,.0f} MB"),
         ("run directory", f"{f['run_dir_mb']:,.1f} MB"),
-        ("last/first quarter rate", f"bootstrap {ratio['bootstrap']}, filter {ratio['filter']}  (1.00 = flat)"),
+        ("last/first quarter rate", ", ".join(f"{k} {v}" for k, v in ratio.items()) + "  (1.00 = flat)"),
         ("load average", f"{f['load_average']['before']} before, {f['load_average']['after']} after "
                          f"({f['cpus']} CPUs)"),
     ]
