@@ -92,7 +92,7 @@ def quarter_ratio(samples: list[tuple[float, int]]) -> float | None:
                 return t0 + (t1 - t0) * (k - n0) / (n1 - n0)
         return samples[0][0]
 
-    first = when(n / 4) - when(1)
+    first = when(1 + n / 4) - when(1)  # from the first line on: the run's start-up is not the pool's
     last = when(n) - when(3 * n / 4)
     return (first / last) if first > 0 and last > 0 else None
 

@@ -1,0 +1,52 @@
+"""The helpers of benchmarks/alpaca_scale.py and benchmarks/prefix_share.py: the fake Self-Instruct teacher's
+replies read as the stages read them, the quarter-rate ratio, and the prefix-share trie."""
+
+import random
+import sys
+
+import pytest
+from conftest import ROOT
+
+from pipeline.config import FilterConfig, RunConfig
+from pipeline.prompts import Prompts
+from pipeline.records import Task
+from pipeline.stages.bootstrap import build_prompt, free_places
+from pipeline.stages.filter import instruction_reject_reason
+from pipeline.stages.instances import instance_prompt
+from pipeline.stages.parse import parse_input_first, parse_numbered_list, parse_output_first, parse_yes_no
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _latency_server import SelfInstructReplies  # noqa: E402
+from alpaca_scale import quarter_ratio  # noqa: E402
+from prefix_share import shares  # noqa: E402
+
+
+def test_the_fake_teacher_fills_every_free_place_with_instructions_the_stages_can_read():
+    cfg, prompts = RunConfig(), Prompts()
+    seeds = [Task(id=f"s{i}", instruction=f"Seed task number {i} about a topic.") for i in range(20)]
+    _, prompt, _ = build_prompt(prompts, cfg, random.Random(0), seeds, [])
+    replies = SelfInstructReplies(seed=0)
+    new = parse_numbered_list(replies(prompt))  # a chat reply, as the benchmark's run asks for
+    assert len(new) == free_places(cfg)  # 9. to 15.
+    assert sum(instruction_reject_reason(t, FilterConfig()) is None for t in new) >= len(new) - 1
+    task = Task(id="t", instruction="Summarize the paragraph in one sentence.")
+    assert parse_yes_no(replies(prompts.render("classify.txt", instruction=task.instruction))) is not None
+    name, text = instance_prompt(task, prompts)
+    read = (parse_input_first if name == "instances_gen.txt" else parse_output_first)(replies(text))
+    assert len(read) == 2 and all(i.output for i in read)
+
+
+def test_quarter_ratio_is_one_when_flat_under_one_when_slower_late_and_none_for_a_file_written_whole():
+    flat = [(t, 10 * t) for t in range(41)]
+    assert quarter_ratio(flat) == pytest.approx(1.0)
+    slowing = [(t, 20 * t) for t in range(11)] + [(10 + t, 200 + 5 * t) for t in range(1, 41)]  # 20/s, then 5/s
+    assert quarter_ratio(slowing) == pytest.approx(5 / 20)
+    assert quarter_ratio([(0, 0), (1, 0), (2, 3000), (3, 3000)]) is None
+
+
+def test_prefix_shares_count_only_what_a_prompt_shares_with_earlier_ones():
+    constant = list(range(1100))
+    got = shares([constant + [5000, 1], constant + [5001, 2], [7, 8, 9]])
+    total = 1102 + 1102 + 3
+    assert got["shared"] == pytest.approx(1100 / total)  # the first prompt shares nothing, the third nothing
+    assert got["block16"] == pytest.approx(1088 / total) and got["openai"] == pytest.approx(1024 / total)
