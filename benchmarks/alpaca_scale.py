@@ -8,8 +8,9 @@ near-duplicates of earlier ones, so the ROUGE-L filter works as on real data). O
 Measured: wall time; the client's CPU time (user + system, from wait4) per kept instruction and per request;
 the client's peak RSS (wait4's ru_maxrss); the run directory's size; and whether time per instruction stays flat
 as the pool grows: each stage file is sampled as it grows, and the rate (records a second) of its last quarter is
-divided by that of its first quarter (1.0 = flat; under 1 = slower late). Bootstrap's is the pool's; a file
-written whole at its stage's end (filter.jsonl) has none.
+divided by that of its first quarter (1.0 = flat; under 1 = slower late), once by the wall clock and once by the
+client's CPU clock (/proc/PID/stat): records per CPU second do not move with the machine's load as the wall rate
+does. Bootstrap's is the pool's; a file written whole at its stage's end (filter.jsonl) has none.
 
     PYTHONPATH=. python3 benchmarks/alpaca_scale.py --target 3000      # a check, minutes
     PYTHONPATH=. python3 benchmarks/alpaca_scale.py                    # 52,000: Alpaca's size
@@ -53,12 +54,23 @@ class Growth(threading.Thread):
     def __init__(self, run: Path, every: float):
         super().__init__(daemon=True)
         self.run_dir, self.every, self.start_t = run, every, time.perf_counter()
-        self.samples: dict[str, list[tuple[float, int]]] = {s: [] for s in STAGES}
+        self.samples: dict[str, list[tuple[float, int]]] = {s: [] for s in STAGES}  # (seconds, lines)
+        self.cpu_samples: dict[str, list[tuple[float, int]]] = {s: [] for s in STAGES}  # (client CPU seconds, lines)
+        self.pid = 0  # the client, whose CPU time /proc gives while it runs
+        self.cpu = 0.0  # its CPU seconds at the last look (set from wait4 once it has ended)
         self._seen = {s: (0, 0) for s in self.samples}  # bytes read, lines counted
         self.stop = threading.Event()
 
+    def client_cpu(self) -> float:
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            self.cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        except (OSError, IndexError, ValueError):
+            pass  # ended: the last reading (or wait4's) stands
+        return self.cpu
+
     def sample(self) -> None:
-        now = time.perf_counter() - self.start_t
+        now, cpu = time.perf_counter() - self.start_t, self.client_cpu()
         for stage, (offset, lines) in self._seen.items():
             path = self.run_dir / f"{stage}.jsonl"
             if path.is_file():
@@ -69,6 +81,7 @@ class Growth(threading.Thread):
                 offset, lines = offset + len(chunk), lines + chunk.count(b"\n")
                 self._seen[stage] = (offset, lines)
             self.samples[stage].append((now, lines))
+            self.cpu_samples[stage].append((cpu, lines))
 
     def run(self) -> None:  # noqa: D102 (threading.Thread's)
         while not self.stop.wait(self.every):
@@ -79,8 +92,8 @@ GROWTH_STEPS = 8  # a file seen growing in fewer looks than this was written who
 
 
 def quarter_ratio(samples: list[tuple[float, int]]) -> float | None:
-    """Rate of the last quarter of the lines over the rate of the first quarter, from (time, lines) samples;
-    None for a file written whole or nearly so."""
+    """Rate of the last quarter of the lines over the rate of the first quarter, from (clock, lines) samples (the
+    clock: wall seconds, or the client's CPU seconds); None for a file written whole or nearly so."""
     steps = sum(1 for (_, a), (_, b) in zip(samples, samples[1:], strict=False) if b > a)
     if not samples or samples[-1][1] < GROWTH_STEPS or steps < GROWTH_STEPS:
         return None
@@ -130,12 +143,14 @@ def main() -> None:
         with log.open("wb") as sink:
             start = time.perf_counter()
             client = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
+            growth.pid = client.pid
             growth.start()
             _, status, usage = os.wait4(client.pid, 0)
             client.returncode = os.waitstatus_to_exitcode(status)
             wall = time.perf_counter() - start
         growth.stop.set()
         growth.join()
+        growth.pid, growth.cpu = 0, usage.ru_utime + usage.ru_stime
         growth.sample()
         if client.returncode != 0:
             raise SystemExit(f"seed2lora run failed (exit {client.returncode}):\n"
@@ -167,12 +182,15 @@ def measure(args: argparse.Namespace, run: Path, wall: float, usage: Any, growth
             "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux reports kilobytes
             "run_dir_mb": round(size_mb(run), 1),
             "last_over_first_quarter": {s: quarter_ratio(v) for s, v in growth.samples.items()},
+            "last_over_first_quarter_cpu": {s: quarter_ratio(v) for s, v in growth.cpu_samples.items()},
             "load_average": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
             "cpus": os.cpu_count()}
 
 
 def print_table(f: dict[str, Any]) -> None:
     ratio = {s: ("written whole" if r is None else f"{r:.2f}") for s, r in f["last_over_first_quarter"].items()}
+    cpu_ratio = {s: ("written whole" if r is None else f"{r:.2f}")
+                 for s, r in f["last_over_first_quarter_cpu"].items()}
     rows = [
         ("target instructions", f"{f['target']:,}"),
         ("kept (filter.jsonl)", f"{f['kept']:,}  (bootstrap {f['records']['bootstrap']:,}, "
@@ -185,7 +203,9 @@ def print_table(f: dict[str, Any]) -> None:
                        f"{f['cpu_ms_per_request']:.2f} ms per request"),
         ("client peak RSS", f"{f['peak_rss_mb']:,.0f} MB"),
         ("run directory", f"{f['run_dir_mb']:,.1f} MB"),
-        ("last/first quarter rate", ", ".join(f"{k} {v}" for k, v in ratio.items()) + "  (1.00 = flat)"),
+        ("last/first quarter rate", ", ".join(f"{k} {v}" for k, v in ratio.items()) + "  (wall clock; 1.00 = flat)"),
+        ("  the same in client CPU", ", ".join(f"{k} {v}" for k, v in cpu_ratio.items())
+         + "  (records per CPU second: load-independent)"),
         ("load average", f"{f['load_average']['before']} before, {f['load_average']['after']} after "
                          f"({f['cpus']} CPUs)"),
     ]
