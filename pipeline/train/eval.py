@@ -240,7 +240,7 @@ def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_d
             it.base, it.adapter = b, a
             it.rouge_l_base, it.rouge_l_adapter = rouge_l(b, it.reference), rouge_l(a, it.reference)
         report = {
-            "adapter": str(adapter_dir), "base_model": model or info["base"], "data": data, "data_why": why,
+            "adapter": str(adapter_dir), "base_model": model or info["base"], "data": data, "data_asked": cfg.data, "data_why": why,
             "n_tasks": n_tasks, "limit": cfg.limit,
             "settings": report_settings(cfg),
             "n_prompts": len(items),
