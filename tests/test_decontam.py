@@ -114,7 +114,7 @@ def test_select_run_and_export_record_rejections_counts_and_the_card(tmp_path):
         ("select", "t0-0"), ("select", "t0-1"), ("export", "t0-0"), ("export", "t0-1")}
     card = (tmp_path / "out" / "README.md").read_text()
     assert "- Decontamination: decontaminated (ngram) against 2 eval items of eval.jsonl" in card
-    assert "a shared 13-gram" in card and ": 2 rows" in card
+    assert "a shared 13-gram" in card and "(rows dropped: 2, each in the run's rejected.jsonl" in card
     # re-run: the stage's rejections are replaced, not appended
     export_run(run, tmp_path / "out", ExportConfig(seed=1, decontaminate=DecontamConfig(against=against)))
     assert sum(1 for t in RunDir(run).read_rejected() if t.stage == "export") == 2

@@ -96,7 +96,7 @@ def export_line(info: dict[str, Any]) -> str:
     d = info.get("decontaminate") or {}
     return (f"{out}  ({c['train_rows']} train / {c['eval_rows']} eval rows: {rows}; from {c['tasks']} generated + "
             f"{c['seed_tasks']} seed tasks; generated tasks by origin: {tasks}; "
-            + (f"{c.get('contaminated', 0)} contaminated rows dropped, {d['note']}; " if d else "")
+            + (f"contaminated rows dropped: {c.get('contaminated', 0)}, {d['note']}; " if d else "")
             + f"card: {out / 'README.md'})")
 
 
@@ -269,7 +269,7 @@ def card_decontamination(info: dict[str, Any]) -> list[str]:
            f"ROUGE-L above {d['rouge_threshold']}" if d["method"] == "rouge" else
            f"a shared {d['ngram']}-gram or ROUGE-L above {d['rouge_threshold']}")
     return [f"- Decontamination: {d['note']}; a row whose instruction + input overlaps an eval item by {how} is "
-            f"dropped: {d['dropped']} rows (each in the run's rejected.jsonl with the eval item it matched)"]
+            f"dropped (rows dropped: {d['dropped']}, each in the run's rejected.jsonl with the eval item it matched)"]
 
 
 def card_files(info: dict[str, Any]) -> list[str]:
