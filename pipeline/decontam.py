@@ -139,7 +139,11 @@ def contamination(cfg: DecontamConfig) -> tuple[Contamination | None, str]:
             return None, (f"not decontaminated: no eval set given and the user-oriented set is absent ({where_to_get()}; "
                           "or set decontaminate.against = FILE)")
         path = found
-    c = Contamination(cfg, str(path), load_eval_texts(path))
+    items = load_eval_texts(path)
+    if not items:
+        raise InputError(path, None, "(decontaminate.against) holds no eval tasks",
+                         "give a JSONL of tasks {instruction, instances} or rows {instruction, input, output}")
+    c = Contamination(cfg, str(path), items)
     return c, f"decontaminated ({cfg.method}) against {len(c.items)} eval items of {path.name}"
 
 

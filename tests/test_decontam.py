@@ -133,6 +133,9 @@ def test_an_absent_default_eval_set_is_said_not_silent(tmp_path, monkeypatch):
     assert "- Decontamination: off" in off
     with pytest.raises(Seed2LoraError, match="decontaminate.against"):
         contamination(DecontamConfig(against=str(tmp_path / "missing.jsonl")))
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(Seed2LoraError, match="holds no eval tasks"):
+        contamination(DecontamConfig(against=str(tmp_path / "empty.jsonl")))
 
 
 def test_config_takes_the_method_alone_or_the_table():

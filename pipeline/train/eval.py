@@ -86,12 +86,12 @@ def default_eval_data(adapter_dir: str | Path, data: str = "") -> tuple[str, str
     machine, else the adapter's held-out split ("heldout:" + its training data), with the reason."""
     if data == USER_ORIENTED_NAME:
         path = user_oriented(download=True)
-        return str(path), f"the Self-Instruct user-oriented set ({path}, {LICENSE})"
+        return str(path), f"the Self-Instruct user-oriented set ({LICENSE})"
     if data:
         return data, ""
     found = find_user_oriented()
     if found is not None:
-        return str(found), f"the Self-Instruct user-oriented set ({found})"
+        return str(found), f"the Self-Instruct user-oriented set ({LICENSE})"
     summary = Path(adapter_dir) / SUMMARY
     if summary.is_file():
         return ("heldout:" + json.loads(summary.read_text(encoding="utf-8"))["data"],
