@@ -246,7 +246,7 @@ def _stage_command(name: str, doc: str):
     @friendly_errors
     def command(config_path, sets, input_path, **flags):
         s = _session(config_path, sets, **flags)
-        console.print(getattr(s, name)(input_path))
+        getattr(s, name)(input_path)  # its line is logged as the step ends, once (as bootstrap's and evolve's)
 
     return command
 

@@ -176,6 +176,18 @@ class BudgetConfig:
 
 
 @dataclass
+class DecontamConfig:
+    """Rows whose instruction + input overlap an evaluation set are dropped (select and export), so a score on
+    that set measures what was learned, not what was copied. `decontaminate = "rouge"` sets the method alone."""
+
+    method: Literal["ngram", "rouge", "both", "off"] = "ngram"  # ngram = a shared 13-gram (GPT-3's test; exact and fast); rouge = ROUGE-L above rouge_threshold (also paraphrases); both = either
+    against: str = ""  # JSONL of eval tasks (seed or user-oriented format, or Alpaca rows); empty = the 252 user-oriented tasks when on this machine (../shared/data or the eval cache)
+    ngram: int = 13  # GPT-3 (Brown et al. 2020) counted a shared 13-gram as contamination (Llama 2: spans of 10+ tokens): long enough that stock phrases never match
+    min_ngram: int = 8  # an eval text shorter than ngram words is matched whole if it has at least this many (GPT-3's floor); shorter ones ("Tell me a joke.") never
+    rouge_threshold: float = 0.7  # ROUGE-L F of instruction + input to an eval item's above this = contaminated: Self-Instruct's own bar for "the same task"
+
+
+@dataclass
 class ExportConfig:
     formats: str = "alpaca,messages,hf,parquet"  # every format; each is small next to the run itself
     rows: Literal["instance", "task"] = "instance"  # instance = one row per instance (Self-Instruct's fine-tuning data); task = first instance only (Alpaca)
@@ -183,6 +195,7 @@ class ExportConfig:
     include_seeds: bool = True  # the Self-Instruct authors' release script adds the human seed instances (--include_seed_tasks); train split only
     eval_fraction: float = 0.1  # of task families (a task and its evolutions), not rows, so no near-duplicates sit on both sides; 10% still gives tens
     seed: int = 42  # the split is drawn from random.Random(seed): same run + same seed = same split
+    decontaminate: DecontamConfig = field(default_factory=DecontamConfig, metadata={"shorthand": "method"})  # [export.decontaminate]: the last door before training
 
 
 # Words instructions use interchangeably, one group a line; the first word stands for the group. Kept to
@@ -230,6 +243,7 @@ class SelectConfig:
     near_dup_synonyms: list[str] = field(default_factory=lambda: list(DEFAULT_SYNONYMS))  # each a group of words counted as its first
     num_perm: int = 128  # MinHash permutations: Jaccard estimated to about +-0.09 (1/sqrt(128)); candidates are then checked exactly
     seed: int = 42  # random selection and MinHash permutations
+    decontaminate: DecontamConfig = field(default_factory=DecontamConfig, metadata={"shorthand": "method"})  # [select.decontaminate]: contaminated rows go before ranking
 
 
 # Training defaults are the QLoRA paper's recipe (Dettmers et al. 2023, artidoro/qlora's qlora.py)
@@ -279,7 +293,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    data: str = ""  # JSONL of tasks; empty = ../shared/data/user_oriented_instructions.jsonl if present, else the held-out split
+    data: str = ""  # JSONL of tasks; "user-oriented" = Self-Instruct's 252 tasks, downloaded once into the user cache; empty = those if on this machine (../shared/data or the cache), else the held-out split
     limit: int = 0  # evaluate this many tasks (seeded sample); 0 = all
     max_new_tokens: int = 256  # user-oriented reference outputs average ~50 words; 256 tokens leaves room
     batch_size: int = 8  # prompts per generate() call; sorted by length so padding stays small
@@ -432,6 +446,9 @@ RANGES: dict[str, Range] = {
     "EvolveConfig.sorry_max_words": NON_NEGATIVE,
     "BudgetConfig.max_tokens_total": NON_NEGATIVE,  # 0 = no limit
     "BudgetConfig.max_cost": NON_NEGATIVE,  # 0 = no limit
+    "DecontamConfig.ngram": COUNT,  # a 0-gram would match every row
+    "DecontamConfig.min_ngram": COUNT,
+    "DecontamConfig.rouge_threshold": SHARE,  # ROUGE-L F lies in [0, 1]
     "ExportConfig.eval_fraction": Range(ge=0, lt=1),  # a share of task families; 1 would leave no training data
     "ScoreConfig.max_tokens": COUNT,
     "ScoreConfig.temperature": NON_NEGATIVE,

@@ -14,6 +14,7 @@ and never records itself done: the loop in pipeline/runner.py does all three.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import os
 import platform
@@ -277,7 +278,12 @@ class RunContext:
         """--input (a stage file of ours or a seed-like file), else the run's file of `stage`."""
         if self.input_path:
             path = self.input_path
-            return Records(read_tasks(path) if is_run_file(path) else load_seeds(path), str(path))
+            if is_run_file(path):
+                return Records(read_tasks(path), str(path))
+            # A user's rows given to a stage are records to process, not the run's human seeds: as origin "seed",
+            # the 4,000 Alpaca rows through `filter --input` were counted as seed tasks and all kept out of
+            # export's eval split.
+            return Records([dataclasses.replace(t, origin="machine") for t in load_seeds(path)], str(path))
         source = self.run.stage_file(stage)
         if not source.exists():
             raise Seed2LoraError(f"{source} does not exist. Fix: run `seed2lora {stage}` for this run first, or "

@@ -93,7 +93,7 @@ def test_export_writes_every_format_and_a_card(tmp_path):
     assert info["counts"] == {"tasks": 10, "seed_tasks": 3, "rows": 24, "train_rows": 22, "eval_rows": 2,
                               "train_tasks": 12, "eval_tasks": 1, "tasks_by_origin": {"machine": 10},
                               "by_origin": {"machine": 20, "seed": 4}, "train_by_origin": {"machine": 18, "seed": 4},
-                              "eval_by_origin": {"machine": 2}}
+                              "eval_by_origin": {"machine": 2}, "contaminated": 0}
     alpaca = json.loads((out / "alpaca" / "train.json").read_text())
     assert len(alpaca) == 22 and set(alpaca[0]) == {"instruction", "input", "output"}
     assert sum(r["instruction"].startswith("Name a fruit") for r in alpaca) == 4  # every seed instance trains

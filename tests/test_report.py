@@ -101,6 +101,16 @@ def evolved_run(tmp_path, seed_file) -> Path:
 # --------------------------------------------------------------------------- figures
 
 
+def test_the_teacher_is_the_one_called_else_the_one_the_records_name():
+    from pipeline.report.figures import teacher_name
+
+    rows = [Task(id="a", instruction="x", teacher="text-davinci-003"), Task(id="b", instruction="y")]
+    assert teacher_name({"teacher": {"name": "called"}, "config": {"teacher": {"spec": "embedded"}}}, rows) == "called"
+    # rows brought in and only filtered: no teacher ran, the configured one wrote nothing
+    assert teacher_name({"config": {"teacher": {"spec": "embedded"}}}, rows) == "text-davinci-003"
+    assert teacher_name({"config": {"teacher": {"spec": "embedded"}}}, rows[1:]) == "embedded"
+
+
 def test_funnel_types_lengths_usage(run, parser):
     f = compute(run, parser=parser)
     assert f["stage"] == "filter" and f["kept"] == 5 and f["teacher"] == "fake-teacher"

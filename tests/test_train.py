@@ -464,7 +464,7 @@ def test_cli_export_train_eval_generate_merge(tiny_model, tmp_path, fake_openai)
     adapter = run.path / "adapter"
     assert "done:" in result.output and (adapter / "adapter_model.safetensors").is_file()
     assert "train, steps: 0/2 (0%), started" in result.output  # the output is no terminal: plain progress lines
-    assert re.search(r"^train, steps: 2/2 \(100%\), done in \d+s \([\d.]+/(s|min)\), loss \d", result.output, re.M)
+    assert re.search(r"^train, steps: 2/2 \(100%\), done in (\d+m)?\d+s \([\d.]+/(s|min|h)\), loss \d", result.output, re.M)
     summary = json.loads((adapter / "training_summary.json").read_text())
     assert summary["rows"]["packed"] and not summary["quantized"] and summary["config"]["lora_r"] == 8
     fake_openai.enqueue("A")

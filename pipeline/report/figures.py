@@ -53,6 +53,16 @@ def seed_tasks(run: RunDir, seeds_path: str | Path | None = None) -> tuple[str, 
     return str(path or "bundled seeds/seed_tasks.jsonl"), load_seeds(path or None)
 
 
+def teacher_name(manifest: dict[str, Any], tasks: list[Task]) -> str | None:
+    """The teacher that wrote the data: the one the run called, else the one its records name (rows brought in and
+    only filtered, such as Alpaca's davinci rows), else the configured spec."""
+    named = (manifest.get("teacher") or {}).get("name")
+    if named:
+        return named
+    own = Counter(t.teacher for t in tasks if t.teacher).most_common(1)
+    return own[0][0] if own else ((manifest.get("config") or {}).get("teacher") or {}).get("spec")
+
+
 def funnel(run: RunDir, rejected: list[Task]) -> dict[str, Any]:
     """How many instructions each stage held, from generated to kept, and why the rest went."""
     by_stage = Counter(t.stage for t in rejected)
@@ -165,7 +175,7 @@ def compute(run_path: str | Path, *, seeds_path: str | Path | None = None, parse
     evolved = evolve(run, rejected)
     return {
         "run": str(run.path),
-        "teacher": (manifest.get("teacher") or {}).get("name") or (config.get("teacher") or {}).get("spec"),
+        "teacher": teacher_name(manifest, tasks),
         "stage": stage,
         "dataset": " + ".join(filter(None, [stage, EVOLVE if evolved else None])),  # the files the kept records are from
         "kept": len(tasks),

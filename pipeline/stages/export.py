@@ -20,6 +20,7 @@ it, never sit on both sides. The run's human seed tasks are added to the train s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Iterable
@@ -28,6 +29,7 @@ from typing import Any
 
 from ..config import ExportConfig
 from ..context import Records, RunContext, StepResult
+from ..decontam import contamination, drop_contaminated
 from ..errors import Seed2LoraError
 from ..records import row_messages, split_by_task
 from ..rows import include_list, run_rows
@@ -35,6 +37,8 @@ from ..store import EXPORT_INFO, RunDir, write_jsonl_atomic, write_text_atomic
 
 FORMATS = ("alpaca", "messages", "hf", "parquet")
 SPLITS = ("train", "eval")
+STAGE = "export"
+
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig) -> dict[str, Any]:
@@ -45,7 +49,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig) -> d
     if unknown:
         raise Seed2LoraError(f"unknown export format(s) {unknown}. Fix: choose from {', '.join(FORMATS)}")
     data = run_rows(run, cfg)
-    rows = data.rows
+    contam, note = contamination(cfg.decontaminate)
+    rows, contaminated = drop_contaminated(data.rows, contam, STAGE)
+    run.replace_rejected(STAGE, contaminated)
     splits = dict(zip(SPLITS, split_by_task(rows, cfg.eval_fraction, random.Random(cfg.seed)), strict=True))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,14 +60,17 @@ def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig) -> d
     manifest = run.manifest()
     info = {
         "run_dir": str(run.path), "export_dir": str(out), "sources": [str(f) for f in data.sources],
-        "formats": formats, "export": {**vars(cfg), "include": include_list(cfg.include)},
+        "formats": formats, "export": {**dataclasses.asdict(cfg), "include": include_list(cfg.include)},
         "counts": {"tasks": len(data.tasks), "seed_tasks": len({r["task_id"] for r in rows if r["origin"] == "seed"}),
                    "rows": len(rows),
                    **{f"{s}_rows": len(v) for s, v in splits.items()},
                    **{f"{s}_tasks": len({r["task_id"] for r in v}) for s, v in splits.items()},
+                   "contaminated": len(contaminated),
                    "tasks_by_origin": _count(t.origin for t in data.tasks),
                    "by_origin": _count(r["origin"] for r in rows),
                    **{f"{s}_by_origin": _count(r["origin"] for r in v) for s, v in splits.items()}},
+        "decontaminate": {**dataclasses.asdict(cfg.decontaminate), "note": note, "dropped": len(contaminated),
+                          "examples": [{"id": t.id, "reason": t.reject_reason} for t in contaminated[:5]]},
         "run_counts": manifest.get("counts", {}),
         "teacher": manifest.get("teacher"),
         "config": manifest.get("config", {}),
@@ -84,15 +93,19 @@ def export_line(info: dict[str, Any]) -> str:
     c, out = info["counts"], Path(info["export_dir"])
     rows = ", ".join(f"{n} {o}" for o, n in c["by_origin"].items()) or "none"
     tasks = ", ".join(f"{n} {o}" for o, n in c["tasks_by_origin"].items()) or "none"
+    d = info.get("decontaminate") or {}
     return (f"{out}  ({c['train_rows']} train / {c['eval_rows']} eval rows: {rows}; from {c['tasks']} generated + "
-            f"{c['seed_tasks']} seed tasks; generated tasks by origin: {tasks}; card: {out / 'README.md'})")
+            f"{c['seed_tasks']} seed tasks; generated tasks by origin: {tasks}; "
+            + (f"contaminated rows dropped: {c.get('contaminated', 0)}, {d['note']}; " if d else "")
+            + f"card: {out / 'README.md'})")
 
 
 def step(ctx: RunContext, records: Records | None) -> StepResult:
     """Write the run's kept records as a fine-tuning dataset, by [export], into RUN/export."""
     info, line = export(ctx.run, ctx.cfg.export)
     c = info["counts"]
-    return StepResult(f"export: {line}", 0, {"train_rows": c["train_rows"], "eval_rows": c["eval_rows"]})
+    return StepResult(f"export: {line}", 0, {"train_rows": c["train_rows"], "eval_rows": c["eval_rows"],
+                                             "contaminated": c["contaminated"]})
 
 
 ORIGIN_ORDER = ("machine", "evolved", "seed")  # the order a run makes them in: Self-Instruct, Evol-Instruct, human
@@ -152,51 +165,41 @@ _WRITERS = {"alpaca": _write_alpaca, "messages": _write_messages, "hf": _write_h
 
 
 def dataset_card(info: dict[str, Any]) -> str:
-    """README.md of an export: a Hugging Face dataset card (YAML header + prose)."""
-    c, cfg = info["counts"], info.get("config") or {}
-    f, boot, evo = cfg.get("filter") or {}, cfg.get("bootstrap") or {}, cfg.get("evolve") or {}
-    teacher = info.get("teacher") or {}
-    rejected = (info.get("run_counts") or {}).get("rejected_by_reason") or {}
-    exp = info["export"]
-    origins = c["by_origin"]
+    """README.md of an export: a Hugging Face dataset card (YAML header + prose), one function per section."""
+    return "\n".join([*card_header(info), *card_counts(info), *card_making(info), *card_filters(info),
+                      *card_files(info)])
+
+
+def card_header(info: dict[str, Any]) -> list[str]:
+    """The YAML header (configs, task category, tags), the title and what made the data."""
+    origins = info["counts"]["by_origin"]
     methods = [m for o, m in (("machine", "the Self-Instruct method (Wang et al. 2023), filtered for novelty and "
                                           "quality"),
                                ("evolved", "Evol-Instruct (WizardLM, Xu et al. 2023): instructions rewritten round "
                                            "after round into harder ones, each answered by the teacher"))
                if origins.get(o)]
     tags = ["self-instruct"] * bool(origins.get("machine")) + ["evol-instruct"] * bool(origins.get("evolved"))
-    lines = [
-        "---",
-        "configs:",
-        "- config_name: default",
-        "  data_files:",
-        "  - split: train",
-        "    path: parquet/train.parquet",
-        "  - split: eval",
-        "    path: parquet/eval.parquet",
-        "task_categories:",
-        "- text-generation",
-        "tags:",
-        *[f"- {t}" for t in tags],
-        "- seed2lora",
-        "---",
-        "",
-        f"# {Path(info['run_dir']).name}: instruction-tuning data made by seed2lora",
-        "",
-        f"Machine-generated instructions with input/output instances, made with {' and with '.join(methods)}.",
-        "",
-        "## Counts",
-        "",
-        "| | tasks | rows |",
-        "|---|---:|---:|",
+    return [
+        "---", "configs:", "- config_name: default", "  data_files:",
+        "  - split: train", "    path: parquet/train.parquet", "  - split: eval", "    path: parquet/eval.parquet",
+        "task_categories:", "- text-generation", "tags:", *[f"- {t}" for t in tags], "- seed2lora", "---", "",
+        f"# {Path(info['run_dir']).name}: instruction-tuning data made by seed2lora", "",
+        f"Machine-generated instructions with input/output instances, made with {' and with '.join(methods)}.", "",
+    ]
+
+
+def card_counts(info: dict[str, Any]) -> list[str]:
+    """Tasks and rows per split, rows by origin, where the seed rows went, the sources and the split rule."""
+    c, exp = info["counts"], info["export"]
+    origins = c["by_origin"]
+    return [
+        "## Counts", "",
+        "| | tasks | rows |", "|---|---:|---:|",
         f"| train | {c['train_tasks']} | {c['train_rows']} |",
         f"| eval | {c['eval_tasks']} | {c['eval_rows']} |",
-        f"| total | {c['train_tasks'] + c['eval_tasks']} | {c['rows']} |",
-        "",
-        "Rows by origin:",
-        "",
-        "| origin | train | eval | total |",
-        "|---|---:|---:|---:|",
+        f"| total | {c['train_tasks'] + c['eval_tasks']} | {c['rows']} |", "",
+        "Rows by origin:", "",
+        "| origin | train | eval | total |", "|---|---:|---:|---:|",
         *[f"| {o} ({ORIGIN_NAMES.get(o, o)}) | {c['train_by_origin'].get(o, 0)} | {c['eval_by_origin'].get(o, 0)} | {n} |"
           for o, n in origins.items()],
         "",
@@ -211,8 +214,15 @@ def dataset_card(info: dict[str, Any]) -> str:
         f"Split: {exp['eval_fraction']:.0%} of task families held out for eval, drawn with seed {exp['seed']}; "
         "a task's instances, and a task with every evolution of it (one lineage family), never cross the split.",
         "",
-        "## How it was made",
-        "",
+    ]
+
+
+def card_making(info: dict[str, Any]) -> list[str]:
+    """How it was made: the teacher, the seeds, and the settings of bootstrap and evolve where they ran."""
+    cfg, origins = info.get("config") or {}, info["counts"]["by_origin"]
+    boot, evo, teacher = cfg.get("bootstrap") or {}, cfg.get("evolve") or {}, info.get("teacher") or {}
+    lines = [
+        "## How it was made", "",
         f"- Teacher: `{teacher.get('name', 'unknown')}`"
         + (f" ({teacher.get('model')})" if teacher.get("model") else ""),
         f"- Seed tasks: {cfg.get('seed_tasks') or 'bundled seeds/seed_tasks.jsonl'}; random seed {cfg.get('seed', '?')}",
@@ -224,34 +234,54 @@ def dataset_card(info: dict[str, Any]) -> str:
     if origins.get("evolved"):
         lines.append(f"- Evolve: {evo.get('rounds', '?')} rounds over {evo.get('source', '?')}; evolutions that "
                      "gained nothing, refused, or copied the prompt eliminated (WizardLM's rules)")
-    lines += [
-        "",
-        "## Filters applied",
-        "",
+    return [*lines, ""]
+
+
+def card_filters(info: dict[str, Any]) -> list[str]:
+    """The filter's rules, decontamination against the eval set, and the run's rejections by rule."""
+    f = (info.get("config") or {}).get("filter") or {}
+    rejected = (info.get("run_counts") or {}).get("rejected_by_reason") or {}
+    lines = [
+        "## Filters applied", "",
         f"- ROUGE-L against {'the seeds' if f.get('rouge_against_seeds_only') else 'every earlier instruction'}: "
         f"rejected above {f.get('rouge_threshold', '?')}",
         f"- Instruction length: {f.get('min_words', '?')} to {f.get('max_words', '?')} words",
         f"- Blacklisted words: {', '.join(f.get('blacklist') or []) or 'none'}",
         f"- Banned prefixes: {', '.join(f.get('banned_prefixes') or []) or 'none'}",
         f"- Instances: at most {f.get('max_instances', '?')} per task, cleaned; tasks left without one rejected",
+        *card_decontamination(info),
         "",
     ]
     if rejected:
         lines += ["Rejections in the run, by stage and rule:", "", "| rule | count |", "|---|---:|"]
         lines += [f"| {k} | {v} |" for k, v in rejected.items()] + [""]
-    lines += [
-        "## Files",
-        "",
-        "| format | files |",
-        "|---|---|",
+    return lines
+
+
+def card_decontamination(info: dict[str, Any]) -> list[str]:
+    """One bullet: what the rows were checked against and how many were dropped (rejected.jsonl, stage export)."""
+    d = info.get("decontaminate")
+    if not d:
+        return []
+    if d.get("method") == "off":
+        return ["- Decontamination: off (rows were not checked against an evaluation set)"]
+    how = (f"a shared {d['ngram']}-gram" if d["method"] == "ngram" else
+           f"ROUGE-L above {d['rouge_threshold']}" if d["method"] == "rouge" else
+           f"a shared {d['ngram']}-gram or ROUGE-L above {d['rouge_threshold']}")
+    return [f"- Decontamination: {d['note']}; a row whose instruction + input overlaps an eval item by {how} is "
+            f"dropped (rows dropped: {d['dropped']}, each in the run's rejected.jsonl with the eval item it matched)"]
+
+
+def card_files(info: dict[str, Any]) -> list[str]:
+    """The files of each format written, and how to train on them."""
+    return [
+        "## Files", "",
+        "| format | files |", "|---|---|",
         *[f"| {fmt} | {_FILES[fmt]} |" for fmt in info["formats"]],
         "",
-        f"Train a LoRA adapter on it: `seed2lora train {info['export_dir']}`.",
-        "",
-        "Full settings of the run are in export.json (`config`) and the run's manifest.json.",
-        "",
+        f"Train a LoRA adapter on it: `seed2lora train {info['export_dir']}`.", "",
+        "Full settings of the run are in export.json (`config`) and the run's manifest.json.", "",
     ]
-    return "\n".join(lines)
 
 
 _FILES = {"alpaca": "alpaca/train.json, alpaca/eval.json (instruction, input, output)",

@@ -31,6 +31,7 @@ from typing import Any
 
 from ..config import SelectConfig
 from ..context import Records, RunContext, StepResult
+from ..decontam import Contamination, contamination, drop_contaminated
 from ..errors import Seed2LoraError
 from ..neardup import NearDupIndex
 from ..records import Task, task_rows
@@ -61,15 +62,16 @@ def row_values(run: RunDir, stage: str, key: str, field_name: str) -> dict[str, 
 
 def select_rows(tasks: Sequence[Task], cfg: SelectConfig, *, scores: dict[str, float], ifd: dict[str, float],
                 seeds: Sequence[Task] = (), unrated: set[str] | frozenset[str] = frozenset(),
-                no_ifd: set[str] | frozenset[str] = frozenset()) -> Selection:
+                no_ifd: set[str] | frozenset[str] = frozenset(), contam: Contamination | None = None) -> Selection:
     """The pure selection over tasks' rows.
 
     unrated: row ids the judge could not rate (ranked last); no_ifd: row ids IFD could not
-    score (their response was cut away by ifd.max_len; dropped by an IFD selection).
+    score (their response was cut away by ifd.max_len; dropped by an IFD selection);
+    contam: the eval set whose overlapping rows go first (decontam.contamination).
     """
     if cfg.by not in BY:
         raise Seed2LoraError(f"select.by must be one of {', '.join(BY)}, not {cfg.by!r}")
-    rows = task_rows(tasks)
+    rows, contaminated = drop_contaminated(task_rows(tasks), contam, STAGE)
     rng = random.Random(cfg.seed)
     dropped: list[dict[str, Any]] = []
     if cfg.by == "judge":
@@ -132,6 +134,7 @@ def select_rows(tasks: Sequence[Task], cfg: SelectConfig, *, scores: dict[str, f
     chosen, rest = candidates[:n], candidates[n:]
     dropped += [{"id": r["id"], "value": _round(value.get(r["id"])), "why": "below the cut"} for r in rest]
     dropped += [{"id": t.id, "value": _round(value.get(t.id)), "why": t.reject_reason} for t in rejected]
+    dropped += [{"id": t.id, "value": None, "why": t.reject_reason} for t in contaminated]
 
     keep: dict[str, list[int]] = {}
     for r in chosen:
@@ -147,9 +150,10 @@ def select_rows(tasks: Sequence[Task], cfg: SelectConfig, *, scores: dict[str, f
                                                                                   for k in ks]}}))
     summary = {"by": cfg.by, "top": cfg.top, "frac": cfg.frac, "ifd_max": cfg.ifd_max,
                "near_dup_threshold": cfg.near_dup_threshold, "seed": cfg.seed, "rows": len(task_rows(tasks)),
-               "near_duplicates": len(rejected), "kept_rows": len(chosen), "kept_tasks": len(kept),
+               "near_duplicates": len(rejected), "contaminated": len(contaminated),
+               "kept_rows": len(chosen), "kept_tasks": len(kept),
                "kept": [{"id": r["id"], "value": _round(value.get(r["id"]))} for r in chosen], "dropped": dropped}
-    return Selection(kept, rejected, summary)
+    return Selection(kept, contaminated + rejected, summary)
 
 
 def _text(instruction: str, input: str) -> str:
@@ -167,9 +171,11 @@ def select_run(run: RunDir, cfg: SelectConfig, include: list[str] | str, seeds: 
     unrated = {t.id for t in run.read_rejected() if t.stage == "score"}
     ifd = row_values(run, "ifd", "ifd", "ifd")
     no_ifd = {t.id for t in run.read_stage("ifd")} - set(ifd)
+    contam, note = contamination(cfg.decontaminate)
     selection = select_rows(tasks, cfg, scores=row_values(run, "score", "score", "rating"), ifd=ifd, seeds=seeds,
-                            unrated=unrated, no_ifd=no_ifd)
+                            unrated=unrated, no_ifd=no_ifd, contam=contam)
     selection.summary["sources"] = [f.name for f in sources]
+    selection.summary["decontaminate"] = {**dataclasses.asdict(cfg.decontaminate), "note": note}
     write_jsonl_atomic(run.stage_file(STAGE), selection.kept)
     run.replace_rejected(STAGE, selection.rejected)
     write_text_atomic(run.path / SUMMARY_FILE, json.dumps(selection.summary, indent=1, ensure_ascii=False) + "\n")
@@ -180,6 +186,7 @@ def step(ctx: RunContext, records: Records | None) -> StepResult:
     """Drop near-duplicates and keep the best rows by [select]; write select.jsonl."""
     s = select_run(ctx.run, ctx.cfg.select, ctx.cfg.export.include, seeds=ctx.seeds).summary
     return StepResult(f"select: {s['kept_rows']} of {s['rows']} rows kept by {s['by']} ({s['kept_tasks']} tasks), "
-                      f"{s['near_duplicates']} near-duplicates rejected -> {ctx.run.stage_file('select')} "
-                      "(export --include selected)", 0,
-                      {"generated": s["rows"], "kept": s["kept_rows"], "rejected": s["near_duplicates"]})
+                      f"{s['near_duplicates']} near-duplicates and {s['contaminated']} contaminated rows rejected "
+                      f"({s['decontaminate']['note']}) -> {ctx.run.stage_file('select')} (export --include selected)", 0,
+                      {"generated": s["rows"], "kept": s["kept_rows"], "rejected": s["near_duplicates"] + s["contaminated"],
+                       "contaminated": s["contaminated"]})

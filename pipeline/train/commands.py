@@ -169,8 +169,10 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
 
     @cli.command(name="eval")
     @click.argument("adapter", type=click.Path(exists=True, file_okay=False))
-    @click.option("--data", help="JSONL of held-out tasks (default: ../shared/data/user_oriented_instructions.jsonl "
-                                 "if present, else the adapter's eval split).")
+    @click.option("--data", help="JSONL of held-out tasks, or user-oriented: the Self-Instruct paper's 252 tasks, "
+                                 "downloaded once into the user cache (docs/quality.md). Default: those if on this "
+                                 "machine (../shared/data or the cache), else the adapter's eval split, and the "
+                                 "message says so.")
     @click.option("--limit", type=int, help=f"Evaluate this many tasks, a seeded sample (default {e('limit')}: all).")
     @click.option("--max-new-tokens", type=int, help=f"Answer length cap (default {e('max_new_tokens')}).")
     @click.option("--judge", metavar="SPEC",

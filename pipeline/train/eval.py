@@ -39,6 +39,7 @@ from ..config import BudgetConfig, EvalConfig, TeacherConfig, config_from_dict
 from ..context import RunContext, build_teacher, preflight
 from ..datasets_io import read_records
 from ..errors import Seed2LoraError, mask_dict
+from ..evalsets import LICENSE, USER_ORIENTED_NAME, find_user_oriented, user_oriented, where_to_get
 from ..progress import no_progress
 from ..prompts import Prompts
 from ..records import row_messages, user_text
@@ -51,7 +52,6 @@ from .model import SUMMARY, adapter_info, load_with_adapter
 Log = Callable[[str], None]
 Advance = Callable[[int], None]
 Progress = Callable[[str, int | None], Any]  # (description, total or None) -> context manager yielding advance(n)
-USER_ORIENTED = "user_oriented_instructions.jsonl"
 
 
 @dataclass
@@ -69,6 +69,7 @@ class EvalItem:
     loss_base: float | None = None  # mean negative log-likelihood per reference token given the prompt
     loss_adapter: float | None = None
     judge: str | None = None  # adapter | base | tie; None = not judged, or the judge gave no verdict
+    group: int = 0  # the task it came from (its instances are one group; --limit samples groups)
 
     @property
     def prompt(self) -> str:
@@ -76,21 +77,33 @@ class EvalItem:
 
     def to_report(self) -> dict[str, Any]:
         """The item as eval_report.json lists it: the last user turn as `prompt`, not the whole conversation."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "messages"} | {"prompt": self.prompt}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("messages", "group")} | {"prompt": self.prompt}
 
 
-def default_eval_data(adapter_dir: str | Path) -> str:
-    """The Self-Instruct user-oriented set if it sits in ../shared/data, else the adapter's held-out split."""
-    here = Path(__file__).resolve().parents[2]
-    for base in (Path.cwd(), here):
-        candidate = base.parent / "shared" / "data" / USER_ORIENTED
-        if candidate.is_file():
-            return str(candidate)
+def default_eval_data(adapter_dir: str | Path, data: str = "") -> tuple[str, str]:
+    """(what to evaluate on, why it is that) for eval.data: a file as it is; "user-oriented" = the Self-Instruct
+    user-oriented set, downloaded into the cache on first use (pipeline.evalsets); "" = that set if it is on this
+    machine, else the adapter's held-out split ("heldout:" + its training data), with the reason."""
+    if data == USER_ORIENTED_NAME:
+        path = user_oriented(download=True)
+        return str(path), f"the Self-Instruct user-oriented set ({LICENSE})"
+    if data:
+        return data, ""
+    found = find_user_oriented()
+    if found is not None:
+        return str(found), f"the Self-Instruct user-oriented set ({LICENSE})"
     summary = Path(adapter_dir) / SUMMARY
     if summary.is_file():
-        return "heldout:" + json.loads(summary.read_text(encoding="utf-8"))["data"]
-    raise Seed2LoraError("no eval data: ../shared/data/user_oriented_instructions.jsonl is absent and the adapter "
-                         "has no training summary. Fix: pass --data FILE.jsonl")
+        return ("heldout:" + json.loads(summary.read_text(encoding="utf-8"))["data"],
+                f"the adapter's held-out split, because the user-oriented set is not on this machine: {where_to_get()}")
+    raise Seed2LoraError("no eval data: the user-oriented set is not on this machine and the adapter has no training "
+                         f"summary. Fix: pass --data FILE.jsonl, or {where_to_get()}")
+
+
+def eval_message(data: str, why: str, n_items: int, n_tasks: int, limit: int) -> str:
+    """The line that says what was evaluated: how many prompts of how many tasks, from where, and why there."""
+    short = f"; --limit {limit} asked for more tasks than the {n_tasks} there are" if limit > n_tasks else ""
+    return f"eval: {n_items} prompts ({n_tasks} tasks) from {data}" + (f": {why}" if why else "") + short
 
 
 def load_eval_items(data: str, limit: int = 0, seed: int = 0, train_seed: int = 42,
@@ -114,11 +127,11 @@ def load_eval_items(data: str, limit: int = 0, seed: int = 0, train_seed: int = 
         keep = sorted(random.Random(seed).sample(range(len(groups)), limit))
         groups = [groups[i] for i in keep]
     items = []
-    for group in groups:
+    for g, group in enumerate(groups):
         for r in group:
             msgs = row_messages(r)
             items.append(EvalItem(id=str(r.get("id")), category=str(r.get("category") or ""), messages=msgs[:-1],
-                                  reference=msgs[-1]["content"]))
+                                  reference=msgs[-1]["content"], group=g))
     if not items:
         raise Seed2LoraError(f"no eval items in {data}")
     return items
@@ -196,10 +209,11 @@ def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_d
     start = time.perf_counter()
     info = adapter_info(adapter_dir)
     train_cfg = info["config"]
-    data = cfg.data or default_eval_data(adapter_dir)
+    data, why = default_eval_data(adapter_dir, cfg.data)
     items = load_eval_items(data, cfg.limit, cfg.seed, train_seed=train_cfg.get("seed", 42),
                             eval_fraction=train_cfg.get("eval_fraction", 0.1))
-    log(f"eval: {len(items)} prompts from {data}")
+    n_tasks = len({it.group for it in items})
+    log(eval_message(data, why, len(items), n_tasks, cfg.limit))
     run = Path(run_dir) if run_dir else find_run_dir(adapter_dir)
     # The judge is built (and its server asked for one token) first: a wrong URL fails before minutes of generating.
     given = nullcontext((teacher, RunContext.of_run(run).prompts if run else Prompts()))
@@ -226,7 +240,8 @@ def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_d
             it.base, it.adapter = b, a
             it.rouge_l_base, it.rouge_l_adapter = rouge_l(b, it.reference), rouge_l(a, it.reference)
         report = {
-            "adapter": str(adapter_dir), "base_model": model or info["base"], "data": data, "limit": cfg.limit,
+            "adapter": str(adapter_dir), "base_model": model or info["base"], "data": data, "data_asked": cfg.data, "data_why": why,
+            "n_tasks": n_tasks, "limit": cfg.limit,
             "settings": report_settings(cfg),
             "n_prompts": len(items),
             "reference_loss": loss_summary(items, seed=cfg.seed),

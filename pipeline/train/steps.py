@@ -60,8 +60,9 @@ def eval_step(ctx: RunContext, records: Records | None) -> StepResult:
     weights = adapter / "adapter_model.safetensors"
     if report_file.is_file() and weights.is_file() and report_file.stat().st_mtime > weights.stat().st_mtime:
         old = json.loads(report_file.read_text(encoding="utf-8"))
+        asked = old.get("data_asked", old.get("data"))  # "user-oriented" names the file the report has as data
         if old.get("settings") == report_settings(ctx.cfg.eval) and (not ctx.cfg.eval.data
-                                                                     or old.get("data") == ctx.cfg.eval.data):
+                                                                     or asked == ctx.cfg.eval.data):
             return StepResult(f"eval: {report_file} is up to date (delete it to evaluate again)")
     report = evaluate(adapter, ctx.cfg.eval, run_dir=ctx.run.path, log=ctx.log, progress=ctx.progress)
     return StepResult(f"eval: {summary_line(report)} -> {report['report_dir']}")
