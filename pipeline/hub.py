@@ -38,7 +38,7 @@ def check_repo_id(repo: str) -> str:
 
 
 def push_files(repo: str, repo_type: str, folder: Path, files: dict[str, Path], card: str, message: str,
-               token: str, private: bool = False) -> str:
+               token: str) -> str:
     """Create `repo` if needed and commit `files` ({path in the repository: local file}) plus README.md = `card`.
 
     Returns the repository's URL. Any failure (refused token, network, the Hub's error) raises Seed2LoraError
@@ -55,7 +55,7 @@ def push_files(repo: str, repo_type: str, folder: Path, files: dict[str, Path], 
     ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
     where = f"{endpoint or 'https://huggingface.co'}"
     try:
-        url = api.create_repo(repo, repo_type=repo_type, private=private, exist_ok=True)
+        url = api.create_repo(repo, repo_type=repo_type, exist_ok=True)  # the Hub's default visibility: public
         api.create_commit(repo, ops, commit_message=message, repo_type=repo_type)
     except Exception as e:  # noqa: BLE001 -- every failure of the push is reported the same way, with its cause
         raise Seed2LoraError(f"pushing {folder} to the Hub {repo_type} repository {repo} at {where} failed: "

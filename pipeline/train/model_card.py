@@ -63,7 +63,8 @@ def model_card(adapter_dir: Path, prov: dict[str, str], done: dict[str, Any], fi
     if summary:
         loss = summary.get("train_loss") or {}
         lines += ["## Training", "",
-                  f"{summary.get('steps')} steps ({summary.get('epochs')} epochs) on {summary.get('rows', '?')} rows, "
+                  f"{summary.get('steps')} steps ({summary.get('epochs')} epochs) on "
+                  f"{(summary.get('rows') or {}).get('train', '?')} training rows, "
                   f"{'QLoRA on a 4-bit base' if summary.get('quantized') else 'LoRA on an unquantized base'}; "
                   f"loss {loss.get('first')} -> {loss.get('last')}.", ""]
     report = d / "eval" / "eval_report.json"
