@@ -51,9 +51,13 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any, run_
     @click.option("--model", default="", help="Base model folder (default: the one the adapter was trained on).")
     @click.option("--merged", type=click.Choice(["f16", "q8_0"]),
                   help="Also write base + adapter merged into one GGUF model in this precision (llama-family bases).")
+    @click.option("--push-to-hub", "push_to_hub", metavar="REPO",
+                  help="Then upload the adapter (PEFT files, the GGUF written now, a model card with the provenance) "
+                       "to this Hugging Face model repository (USER/NAME); the token is read from HF_TOKEN.")
     @friendly_errors
-    def export_adapter(adapter, fmt, outtype, out, base_gguf, model, merged):
+    def export_adapter(adapter, fmt, outtype, out, base_gguf, model, merged, push_to_hub):
         """Write an adapter as a GGUF LoRA for llama.cpp and Ollama, with an Ollama Modelfile."""
+        from .hub import check_repo_id, hub_token
         from .train.gguf_export import (
             MODELFILE,
             chat_format,
@@ -65,6 +69,8 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any, run_
         )
         from .train.model import load_tokenizer
 
+        if push_to_hub:  # a bad name or a missing token stops before anything is written
+            repo, token = check_repo_id(push_to_hub), hub_token()
         done = write_adapter_gguf(adapter, out, outtype=outtype, base_gguf=base_gguf, model=model)
         path, base, prov = done["path"], done["base"], done["provenance"]
         console.print(f"[green]GGUF adapter:[/] {path}  ({path.stat().st_size / 2**20:.1f} MiB, "
@@ -89,6 +95,11 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any, run_
             console.print(f"[green]merged GGUF:[/] {m['path']}  ({m['path'].stat().st_size / 2**20:.1f} MiB; "
                           f"Modelfile {mf})", highlight=False)
             click.echo(f"llama-cli -m {m['path'].resolve()} -cnv")
+        if push_to_hub:
+            from .train.model_card import push_adapter
+
+            url = push_adapter(Path(adapter), done, [path, *([m["path"]] if merged else [])], repo, token)
+            console.print(f"[green]pushed:[/] {url}", highlight=False)
 
     @cli.command(epilog=SERVE_EXAMPLES)
     @click.argument("adapters", nargs=-1, required=True)

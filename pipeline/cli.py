@@ -449,9 +449,14 @@ def _export_default(key: str) -> Any:  # the help shows ExportConfig's defaults,
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Any [export] setting, e.g. --set export.rows=task (rows alone works too); checked like the TOML "
                    "file (repeatable).")
+@click.option("--push-to-hub", "push_to_hub", metavar="REPO",
+              help="Then upload the export, with its dataset card, to this Hugging Face dataset repository "
+                   "(USER/NAME); the token is read from HF_TOKEN.")
 @friendly_errors
-def export(run_dir, out_dir, formats, include, rows, eval_fraction, seed, include_seeds, config_path, sets):
+def export(run_dir, out_dir, formats, include, rows, eval_fraction, seed, include_seeds, config_path, sets,
+           push_to_hub):
     """Write a run's kept tasks as Alpaca JSON, chat JSONL, an HF dataset and parquet, with a dataset card."""
+    from .hub import check_repo_id, hub_token, push_export
     from .rows import include_list
     from .stages.export import export as export_door
     from .store import RunDir
@@ -459,8 +464,13 @@ def export(run_dir, out_dir, formats, include, rows, eval_fraction, seed, includ
     flags = {"formats": formats, "rows": rows, "eval_fraction": eval_fraction, "seed": seed,
              "include_seeds": include_seeds, "include": include_list(include) if include else None}
     cfg = load_section(ExportConfig, config_path, "export", flag_overrides(flags, sets, ExportConfig, "export"))
-    _, line = export_door(RunDir(run_dir), cfg, out_dir)
+    if push_to_hub:  # a bad name or a missing token stops before the export, not after it
+        repo, token = check_repo_id(push_to_hub), hub_token()
+    info, line = export_door(RunDir(run_dir), cfg, out_dir)
     console.print(f"[green]exported:[/] {line}")
+    if push_to_hub:
+        url = push_export(Path(info["export_dir"]), repo, token)
+        console.print(f"[green]pushed:[/] {url}", highlight=False)
 
 
 # train, merge, generate, eval: the train half lives in pipeline/train/commands.py.

@@ -94,3 +94,52 @@ def test_a_key_planted_every_way_is_in_no_file_no_cache_dump_no_log_and_not_in_h
                     texts.append("\n".join(db.iterdump()))
     for key in keys.values():  # ... and written nowhere
         assert not any(key in t for t in texts), key
+
+
+def test_the_hub_token_is_sent_to_the_hub_and_written_nowhere(tmp_path):
+    """export and export-adapter --push-to-hub in a child process, HF_TOKEN planted, against the Hub stand-in: the
+    token reaches the Hub's Authorization header and no file, log, manifest or card; a 401 that quotes the token
+    back is masked in the message."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("huggingface_hub")
+    from fakehub import FakeHub
+    from gguf_bases import base_gguf, random_adapter, tiny_model
+    from test_export import make_run
+
+    root = Path(__file__).resolve().parents[1]
+    good, wrong = "hf_PLANTEDgoodToken0123456789abcdef", "hf_PLANTEDwrongToken0123456789abcdef"
+    hub = FakeHub(good)
+    run = make_run(tmp_path)
+    hf = tiny_model("gemma3", tmp_path / "hf")
+    adapter = random_adapter(hf, tmp_path / "adapter")
+    base = base_gguf(hf, tmp_path / "base.gguf")
+    env = {**os.environ, "PYTHONPATH": str(root), "HOME": str(tmp_path / "home"), "HF_ENDPOINT": hub.url,
+           "HF_TOKEN": good}
+    env.pop("HF_HUB_OFFLINE", None)
+    py = [sys.executable, "-m", "pipeline"]
+    try:
+        logs = [subprocess.run([*py, "export", str(run), "--formats", "alpaca", "--push-to-hub", "me/data"],
+                               env=env, capture_output=True, text=True, cwd=root, timeout=300),
+                subprocess.run([*py, "export-adapter", str(adapter), "--base-gguf", str(base), "--push-to-hub",
+                                "me/lora"], env=env, capture_output=True, text=True, cwd=root, timeout=300)]
+        hub.echo_credentials = True
+        logs.append(subprocess.run([*py, "export", str(run), "--formats", "alpaca", "--push-to-hub", "me/data"],
+                                   env={**env, "HF_TOKEN": wrong}, capture_output=True, text=True, cwd=root,
+                                   timeout=300))
+    finally:
+        hub.close()
+    assert [r.returncode for r in logs] == [0, 0, 2], logs[-1].stderr + logs[-1].stdout
+    assert "Bearer ***" in " ".join(logs[-1].stderr.split())  # the 401 quoted the token; the message masks it
+    sent = {h["headers"].get("authorization") for h in hub.history if h["path"] != "/api/agent-harnesses"}
+    assert sent == {f"Bearer {good}", f"Bearer {wrong}"}
+    texts = [r.stdout + r.stderr for r in logs] + [c.decode("utf-8", "replace") for files in hub.repos.values()
+                                                   for c in files.values()]
+    for f in [*tmp_path.rglob("*")]:
+        if f.is_file():
+            texts.append(f.read_bytes().decode("utf-8", "replace"))
+    for token in (good, wrong):
+        assert not any(token in t for t in texts), token

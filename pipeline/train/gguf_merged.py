@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -31,13 +31,22 @@ def copy_fields(fields: dict[str, tuple[Any, Any, Any]], writer: Any, skip: set[
             writer.add_key_value(key, value, kind, sub)
 
 
-def hf_weights(hf_dir: Path, config: dict[str, Any]) -> dict[str, tuple[Path, str, np.ndarray | None]]:
-    """llama.cpp name -> (safetensors file, HF key, row order or None) for every weight of an HF folder."""
+class Source(NamedTuple):
+    """Where a llama.cpp tensor comes from in an HF folder, and what llama.cpp's converter does to it on the way."""
+
+    file: Path
+    key: str
+    order: np.ndarray | None  # rows in llama.cpp's rotary order (q/k of llama-family bases), else None
+    shift: float  # added to the values (Gemma's norms are stored as w + 1), else 0
+
+
+def hf_weights(hf_dir: Path, config: dict[str, Any]) -> dict[str, Source]:
+    """llama.cpp name -> its Source, for every weight of an HF folder."""
     from safetensors import safe_open
 
     arch = arch_of(config)
     names = tensor_names(arch, config)
-    found: dict[str, tuple[Path, str, np.ndarray | None]] = {}
+    found: dict[str, Source] = {}
     for file in sorted(hf_dir.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as f:
             keys = list(f.keys())
@@ -48,8 +57,19 @@ def hf_weights(hf_dir: Path, config: dict[str, Any]) -> dict[str, tuple[Path, st
             kind, name = hit
             heads = rotary_heads(arch, kind, config)
             rows = config.get("head_dim", config["hidden_size"] // config["num_attention_heads"]) * (heads or 0)
-            found[name] = (file, key, rotary_order(rows, heads) if heads else None)
+            shift = arch.norm_shift if key.endswith("norm.weight") else 0.0  # as the converter tests it
+            found[name] = Source(file, key, rotary_order(rows, heads) if heads else None, shift)
     return found
+
+
+def converted(source: Source) -> np.ndarray:
+    """The HF weight as llama.cpp's converter writes it (float32): rows reordered, norms shifted."""
+    from safetensors import safe_open
+
+    with safe_open(str(source.file), framework="pt") as f:
+        w = f.get_tensor(source.key).float().numpy()
+    w = w[source.order] if source.order is not None else w
+    return w + np.float32(source.shift) if source.shift else w
 
 
 def write_merged_gguf(adapter_dir: str | Path, out: str | Path | None = None, *, outtype: str = "f16",
@@ -61,7 +81,6 @@ def write_merged_gguf(adapter_dir: str | Path, out: str | Path | None = None, *,
     tensor list and shapes the merged file keeps.
     """
     import gguf
-    from safetensors import safe_open
 
     if outtype not in MERGED_OUTTYPES:
         raise Seed2LoraError(f"merged outtype must be one of {', '.join(MERGED_OUTTYPES)}, not {outtype!r}")
@@ -85,10 +104,7 @@ def write_merged_gguf(adapter_dir: str | Path, out: str | Path | None = None, *,
     ftype = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype]
 
     def weight(name: str) -> np.ndarray:
-        file, key, order = sources[name]
-        with safe_open(str(file), framework="pt") as f:
-            w = f.get_tensor(key).float().numpy()
-        w = w[order] if order is not None else w
+        w = converted(sources[name])
         if w.shape != shapes[name]:
             raise Seed2LoraError(f"{name} is {shapes[name]} in {base.gguf} but {w.shape} in {base.hf_dir}")
         if name in pairs:

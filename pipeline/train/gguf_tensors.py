@@ -40,15 +40,26 @@ from .gguf_header import read_header, text_field
 class Arch:
     gguf_name: str  # general.architecture in GGUF
     rotary_rows: bool  # llama.cpp's converter reorders the rows of q_proj and k_proj for this architecture
+    norm_shift: float = 0.0  # added to every *norm.weight by llama.cpp's converter (Gemma's RMSNorm is x * (1 + w))
+    projections: str = "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"  # the HF linear layers
+    fused_away: tuple[str, ...] = ()  # gguf.MODEL_TENSOR names of the architecture that this HF class never has
 
 
-# HF architectures whose tensors and q/k layout are known here; llama.cpp's converter maps
-# Llama and Mistral to its "llama" architecture and reorders q/k rows for it, never for Qwen.
+# HF architectures whose tensors, norms and rotary layout in llama.cpp are known here (each is tested through
+# llama.cpp in tests/test_gguf_bases.py). llama.cpp's converter maps Llama and Mistral to its "llama" architecture
+# and reorders their q/k rows (llama.cpp's rotary pairs sit side by side); Qwen, Gemma and Phi-3 use NeoX rotary,
+# whose pairs are HF's own layout, so nothing moves. Gemma keeps its RMSNorm weights as w + 1. Phi-3 fuses q, k and
+# v in one qkv_proj and gate and up in one gate_up_proj; llama.cpp keeps the same fused tensors (attn_qkv, ffn_up)
+# and splits them at run time, so a LoRA pair on a fused layer maps to the fused tensor as it is.
 ARCHITECTURES = {
     "LlamaForCausalLM": Arch("llama", True),
     "MistralForCausalLM": Arch("llama", True),
     "Qwen2ForCausalLM": Arch("qwen2", False),
     "Qwen3ForCausalLM": Arch("qwen3", False),
+    "Gemma2ForCausalLM": Arch("gemma2", False, 1.0),
+    "Gemma3ForCausalLM": Arch("gemma3", False, 1.0),
+    "Phi3ForCausalLM": Arch("phi3", False, projections="qkv_proj, o_proj, gate_up_proj, down_proj",
+                            fused_away=("ATTN_Q", "ATTN_K", "ATTN_V", "FFN_GATE")),
 }
 
 
@@ -68,8 +79,9 @@ def arch_of(config: dict[str, Any]) -> Arch:
     names = config.get("architectures") or [config.get("model_type", "?")]
     arch = ARCHITECTURES.get(names[0])
     if arch is None:
-        raise Seed2LoraError(f"cannot write a GGUF adapter for a {names[0]} base: its tensor names and layout in "
-                             f"llama.cpp are not mapped here. Fix: use a base of {', '.join(ARCHITECTURES)}, or "
+        raise Seed2LoraError(f"cannot write a GGUF adapter or merged GGUF for a {names[0]} base: its tensor names, "
+                             "norms and rotary layout in llama.cpp are not mapped here. Supported bases: "
+                             f"{', '.join(ARCHITECTURES)}. Fix: use one of them, or "
                              "merge the adapter (seed2lora merge) and convert the merged folder with llama.cpp's "
                              "convert_hf_to_gguf.py")
     return arch
@@ -138,7 +150,7 @@ def lora_pairs(state: dict[str, np.ndarray], config: dict[str, Any], lora_config
         raise Seed2LoraError("the adapter has per-module ranks or alphas (rank_pattern / alpha_pattern); a GGUF "
                              "adapter has one alpha. Fix: train with one lora_r and lora_alpha")
     names = tensor_names(arch, config)
-    allowed = set(gguf.MODEL_TENSORS[gguf_arch(arch)])
+    allowed = set(gguf.MODEL_TENSORS[gguf_arch(arch)]) - {gguf.MODEL_TENSOR[n] for n in arch.fused_away}
     halves: dict[str, dict[str, tuple[str, np.ndarray]]] = {}
     for key, value in state.items():
         module, part = split_peft_key(key)
@@ -151,7 +163,7 @@ def lora_pairs(state: dict[str, np.ndarray], config: dict[str, Any], lora_config
         if found is None or found[0] not in allowed:
             raise Seed2LoraError(f"target module {module} has no tensor in llama.cpp's {arch.gguf_name} "
                                  "architecture. Fix: train with lora_targets naming the attention and MLP "
-                                 "projections (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)")
+                                 f"projections of this base ({arch.projections}), or all-linear")
         kind, name = found
         if name == "output.weight" and config.get("tie_word_embeddings"):
             raise Seed2LoraError(f"the adapter targets {module}, which this base shares with its input embeddings; "
