@@ -76,6 +76,7 @@ class Completion:
     retries: int = 0  # transient failures retried before this reply (429, 5xx, timeouts, refused connections)
     timeouts: int = 0  # of those, timeouts
     cacheable: bool = True  # False: paid and counted, but not kept in the response cache
+    cached_tokens: int = 0  # of prompt_tokens, those the server read from its prefix cache (usage.prompt_tokens_details)
 
     @property
     def ok(self) -> bool:
@@ -118,9 +119,10 @@ class Usage:
 def usage_of(c: Completion) -> dict[str, int]:
     if c.cached:
         return {"calls": 0, "errors": 0, "cached": 1, "prompt_tokens": 0, "completion_tokens": 0, "retries": 0,
-                "timeouts": 0}
+                "timeouts": 0, "cached_tokens": 0}
     return {"calls": 1, "errors": 0 if c.ok else 1, "cached": 0, "prompt_tokens": c.prompt_tokens,
-            "completion_tokens": c.completion_tokens, "retries": c.retries, "timeouts": c.timeouts}
+            "completion_tokens": c.completion_tokens, "retries": c.retries, "timeouts": c.timeouts,
+            "cached_tokens": c.cached_tokens}
 
 
 ProgressFn = Callable[[int], None]
