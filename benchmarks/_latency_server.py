@@ -4,7 +4,8 @@ asyncio, stdlib only, run as its own process so that its CPU does not mix with t
 client's. A request waits for one of C slots (like a GPU server's batch slots), then
 for its latency, then gets a short completion. It prints its port on the first line.
 With --replies evolve it answers seed2lora's Evol-Instruct prompts so that every evolution
-goes on to its judgement and answer: a rewrite that adds a few words, "Not equal", an answer.
+goes on to its judgement and answer: a rewrite that adds a few words, "Not equal", an answer;
+with --replies pipeline, every stage's prompts (chat).
 
     python benchmarks/_latency_server.py --capacity 256 --latency 0.5 --dist lognormal --sigma 0.8
 """
@@ -33,10 +34,33 @@ def evolve_reply(prompt: str, n: int) -> str:
     return f"{instruction.splitlines()[0]} Cover case {n} in detail."
 
 
+def pipeline_reply(prompt: str, n: int, sentences) -> str:
+    """What a competent teacher answers to each of seed2lora's prompts (the test suite's fake teacher, in brief):
+    bootstrap gets 7 new instructions (benchmarks/_synthetic.py, a few of them near-duplicates), classify a Yes or
+    No, instances two examples, score a rating, and evolve's prompts what evolve_reply gives."""
+    if "numbered list of" in prompt:  # bootstrap
+        return "\n".join(f"{i}. {sentences.sentence()}" for i in range(9, 16))
+    if "Is it classification?" in prompt:
+        return "Yes" if n % 5 == 0 else "No"
+    if prompt.rstrip().endswith("Class label:"):
+        return "Class label: First\nInput: the first option\n\nClass label: Second\nInput: the other option"
+    if prompt.rstrip().endswith("Input:"):
+        return (f"Example 1\nInput: a question numbered {n}\nOutput: a careful answer numbered {n}\n\n"
+                f"Example 2\nInput: <noinput>\nOutput: a general answer, case {n}")
+    if '"rating"' in prompt:  # score
+        return json.dumps({"rating": 3 + n % 3, "reason": "clear and correct"})
+    return evolve_reply(prompt, n)
+
+
 def make_handler(capacity: int, latency: float, dist: str, sigma: float, seed: int, replies: str = "fixed"):
     slots = asyncio.Semaphore(capacity)
     rng = random.Random(seed)
     counter = itertools.count()
+    sentences = None
+    if replies == "pipeline":
+        from _synthetic import SentenceGenerator  # beside this file
+
+        sentences = SentenceGenerator(seed + 1)
     # lognormal with the given mean: mu = ln(mean) - sigma^2 / 2
     mu = math.log(latency) - sigma * sigma / 2 if latency > 0 else 0.0
 
@@ -63,6 +87,8 @@ def make_handler(capacity: int, latency: float, dist: str, sigma: float, seed: i
                     text = REPLY
                     if replies == "evolve":
                         text = evolve_reply(body["messages"][-1]["content"], next(counter))
+                    elif replies == "pipeline":
+                        text = pipeline_reply(body["messages"][-1]["content"], next(counter), sentences)
                     choices = [{"index": 0, "message": {"role": "assistant", "content": text},
                                 "finish_reason": "stop"}]
                 else:
@@ -87,8 +113,9 @@ async def main() -> None:
     ap.add_argument("--dist", choices=["fixed", "lognormal"], default="fixed")
     ap.add_argument("--sigma", type=float, default=0.8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--replies", choices=["fixed", "evolve"], default="fixed",
-                    help="fixed: one short list for every prompt; evolve: replies to the Evol-Instruct prompts")
+    ap.add_argument("--replies", choices=["fixed", "evolve", "pipeline"], default="fixed",
+                    help="fixed: one short list for every prompt; evolve: replies to the Evol-Instruct prompts; "
+                         "pipeline: replies to every stage's prompts (chat)")
     args = ap.parse_args()
     handler = make_handler(args.capacity, args.latency, args.dist, args.sigma, args.seed, args.replies)
     server = await asyncio.start_server(handler, "127.0.0.1", 0, backlog=4096)

@@ -19,14 +19,21 @@ Algorithm
 * Candidates of a batch are then decided in order against the pool maxima and
   the scores among themselves, which gives the same decisions as calling
   ``add_if_novel`` one by one.
-* A single query (``max_score``, ``scores``, ``add_if_novel``) uses one bit
-  vector; ``max_score`` skips entries whose F bound cannot beat the best so
-  far: the length bound LCS <= min(m, n), and for queries over 64 tokens
-  also the bag-of-words bound (entry tokens that occur in the query), which
-  is cheaper than a multi-word LCS (for one word it costs as much as the
-  LCS itself, so it is not used there).  The bound is the exact float F of
-  the bound LCS, so pruning never changes a result, including the many
-  "exactly 0.7" pairs that evaluate to 0.7000000000000001.
+* A single query of up to 64 tokens (``max_score``, ``scores``, ``top_k``,
+  ``add_if_novel``) reads the pool through postings (token -> its entries and
+  positions): an entry sharing no token with the query has F 0 and costs
+  nothing, one sharing a single occurrence has LCS 1, and the others run the
+  bit-parallel LCS over just their occurrences, sorted by position (tokens in
+  no query leave V unchanged).  A query of common words, whose occurrences
+  would cost more than a sequential scan, is scanned instead.  Either way the
+  row is exact, and the last row is kept while the pool is unchanged (the
+  filter asks a candidate's max, then its top-k and mean).
+* A query over 64 tokens uses a multi-word bit vector; ``max_score`` then
+  skips entries whose F bound cannot beat the best so far: the length bound
+  LCS <= min(m, n) and the bag-of-words bound (entry tokens that occur in
+  the query).  The bound is the exact float F of the bound LCS, so pruning
+  never changes a result, including the many "exactly 0.7" pairs that
+  evaluate to 0.7000000000000001.
 * ``filter_batch_detailed`` also returns Self-Instruct's most-similar top-k
   and mean score for every candidate, from the score rows the batch computes
   anyway; it is much faster than calling ``scores``/``top_k`` per candidate.
@@ -278,6 +285,59 @@ if numba is not None:
         return best
 
     @numba.njit(cache=True)
+    def _posting_scores(cand, pos, mask, start, top, m, hits, cursor, out):
+        """F of one query of at most 64 tokens against every entry holding one of its tokens, from the
+        postings: cand[c] is the entry of the c-th occurrence of a query token, pos[c] its position there and
+        mask[c] that token's match mask in the query. An entry absent from cand shares no token (F 0); one
+        with a single occurrence has LCS 1; for the others, the LCS runs over their occurrences sorted by
+        position (a token in no query leaves the bit vector unchanged, so only these count). `hits` and
+        `cursor` are all zeros on entry and on return."""
+        many = np.empty(cand.shape[0], np.int64)
+        n_many = 0
+        longest = 0
+        for e in cand:
+            hits[e] += 1
+            if hits[e] == 2:
+                many[n_many] = e
+                n_many += 1
+            longest = max(longest, start[e + 1] - start[e])
+        one = np.zeros(longest + 1)  # F at LCS 1 by entry length: one division per length, not per entry
+        for n in range(1, longest + 1):
+            one[n] = _f(1, m, n)
+        base = np.empty(n_many + 1, np.int64)
+        base[0] = 0
+        for i in range(n_many):
+            e = many[i]
+            cursor[e] = base[i]
+            base[i + 1] = base[i] + hits[e]
+        at = np.empty(base[n_many], np.int64)
+        bits = np.empty(base[n_many], np.uint64)
+        for c in range(cand.shape[0]):
+            e = cand[c]
+            if hits[e] == 1:
+                out[e] = one[start[e + 1] - start[e]]
+                hits[e] = 0
+            elif hits[e] > 1:
+                k = cursor[e]
+                at[k], bits[k] = pos[c], mask[c]
+                cursor[e] = k + 1
+        for i in range(n_many):
+            e, lo, hi = many[i], base[i], base[i + 1]
+            for k in range(lo + 1, hi):  # insertion sort by position: a few occurrences each
+                p, b = at[k], bits[k]
+                j = k - 1
+                while j >= lo and at[j] > p:
+                    at[j + 1], bits[j + 1] = at[j], bits[j]
+                    j -= 1
+                at[j + 1], bits[j + 1] = p, b
+            x = top
+            for k in range(lo, hi):
+                u = x & bits[k]
+                x = (x + u) | (x - u)
+            out[e] = _f(m - np.int64(_popcount(x & top)), m, start[e + 1] - start[e])
+            hits[e], cursor[e] = 0, 0
+
+    @numba.njit(cache=True)
     def _top_k_numba(scores, k):
         """Indices of the k best scores, best first, ties by lower index."""
         k = max(0, min(k, scores.shape[0]))
@@ -328,6 +388,45 @@ class _Flat:
         return flat.astype(np.int32, copy=False), start
 
 
+class _Postings:
+    """token id -> where it occurs: (entry, position) pairs in growable arrays."""
+
+    def __init__(self):
+        self.entries: list[np.ndarray] = []
+        self.positions: list[np.ndarray] = []
+        self.n: list[int] = []
+
+    def add(self, index: int, ids: np.ndarray) -> None:
+        for p, t in enumerate(ids.tolist()):
+            while t >= len(self.n):
+                self.entries.append(np.empty(4, np.int32))
+                self.positions.append(np.empty(4, np.int32))
+                self.n.append(0)
+            k = self.n[t]
+            if k == len(self.entries[t]):
+                self.entries[t] = np.concatenate([self.entries[t], np.empty_like(self.entries[t])])
+                self.positions[t] = np.concatenate([self.positions[t], np.empty_like(self.positions[t])])
+            self.entries[t][k], self.positions[t][k] = index, p
+            self.n[t] = k + 1
+
+    def count(self, token: int) -> int:
+        return self.n[token] if token < len(self.n) else 0
+
+    def of(self, tokens, masks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The occurrences of these (distinct) tokens: entries, positions, and each one's token's mask."""
+        known = [(t, mask) for t, mask in zip(tokens, masks, strict=True) if t < len(self.n) and self.n[t]]
+        if not known:
+            return np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.uint64)
+        entries = np.concatenate([self.entries[t][:self.n[t]] for t, _ in known])
+        positions = np.concatenate([self.positions[t][:self.n[t]] for t, _ in known])
+        mask = np.repeat(np.array([mk for _, mk in known], np.uint64), [self.n[t] for t, _ in known])
+        return entries, positions, mask
+
+
+# An occurrence read through the postings (random access, a sort) costs about this many pool tokens of a
+# sequential scan (benchmarks/client_cpu.py): a query with more occurrences than the pool's tokens / this is
+# scored by the scan.
+_POSTING_COST = 8
 _executor = None
 
 
@@ -361,9 +460,45 @@ if hasattr(os, "register_at_fork"):  # POSIX
 class _NumbaEngine:
     def __init__(self):
         self.pool = _Flat()
+        # For one query against the whole pool: the entries of each token, so that an entry sharing no token
+        # with the query costs nothing and one sharing a single occurrence no LCS (most of a pool, as real
+        # instructions share a few stop words at most).
+        self.postings = _Postings()
+        self.hits = np.zeros(1024, np.int64)  # per entry, for _posting_scores: zero between queries
+        self.cursor = np.zeros(1024, np.int64)  # likewise
+        self.last: tuple[tuple[bytes, int], np.ndarray] | None = None  # (query, pool size) -> its row
 
     def add(self, ids: np.ndarray) -> None:
+        self.postings.add(self.pool.n, ids)
         self.pool.append(ids)
+
+    def _row(self, q, n_vocab) -> np.ndarray:
+        """F of a query of 1 to 64 tokens against every entry, read-only. The last row is kept while the pool
+        is unchanged: the filter asks a candidate's max, then its top-k and mean."""
+        key = (q.tobytes(), self.pool.n)
+        if self.last is not None and self.last[0] == key:
+            return self.last[1]
+        out = self._new_row(q, n_vocab)
+        out.flags.writeable = False
+        self.last = (key, out)
+        return out
+
+    def _new_row(self, q, n_vocab) -> np.ndarray:
+        n = self.pool.n
+        out = np.zeros(n)
+        if len(self.hits) < n:
+            self.hits, self.cursor = np.zeros(2 * n, np.int64), np.zeros(2 * n, np.int64)
+        masks: dict[int, int] = {}
+        for p, t in enumerate(q.tolist()):
+            masks[t] = masks.get(t, 0) | (1 << p)
+        flat, start = self.pool.arrays()
+        if sum(self.postings.count(t) for t in masks) * _POSTING_COST > start[-1]:  # common words: a scan is cheaper
+            self._query(q, (flat, start), n_vocab, out, False)
+            return out
+        cand, pos, mask = self.postings.of(list(masks), list(masks.values()))
+        top = np.uint64((1 << len(q)) - 1)
+        _posting_scores(cand, pos, mask, start, top, len(q), self.hits, self.cursor, out)
+        return out
 
     @staticmethod
     def _query(q, target, n_vocab, out, prune):
@@ -402,12 +537,16 @@ class _NumbaEngine:
         return out
 
     def max_score(self, q, n_vocab):
-        # One query: a single bit vector with pruning beats a 1-lane block.
         if len(q) == 0 or self.pool.n == 0:
             return 0.0
+        if len(q) <= 64:
+            return float(self._row(q, n_vocab).max())
+        # A long query: a multi-word bit vector with pruning.
         return float(self._query(q, self.pool.arrays(), n_vocab, np.zeros(0), True))
 
     def scores(self, q, n_vocab):
+        if 0 < len(q) <= 64:
+            return self._row(q, n_vocab)
         out = np.zeros(self.pool.n)
         if len(q):
             self._query(q, self.pool.arrays(), n_vocab, out, False)
