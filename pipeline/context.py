@@ -14,6 +14,7 @@ and never records itself done: the loop in pipeline/runner.py does all three.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import platform
@@ -55,6 +56,11 @@ def no_progress(desc: str, total: int | None) -> Iterator[Callable[[int], None]]
 
 
 def package_versions() -> dict[str, str]:
+    return dict(_package_versions())
+
+
+@functools.cache  # the manifest is refreshed every USAGE_EVERY replies: asking importlib each time cost 50 ms
+def _package_versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "seed2lora": __version__}
     for name in PACKAGES:
         try:

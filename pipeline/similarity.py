@@ -389,38 +389,63 @@ class _Flat:
 
 
 class _Postings:
-    """token id -> where it occurs: (entry, position) pairs in growable arrays."""
+    """token id -> where it occurs: (entry, position) pairs. Entries added since the last freeze are in Python
+    lists (an add is a few appends); a freeze sorts the whole pool's tokens into arrays (CSR by token id) once
+    the lists hold more than an eighth of the pool, so an add costs O(1) amortized and a query reads arrays."""
 
     def __init__(self):
-        self.entries: list[np.ndarray] = []
-        self.positions: list[np.ndarray] = []
-        self.n: list[int] = []
+        self.offsets = np.zeros(1, np.int64)  # frozen: token t's occurrences are [offsets[t], offsets[t + 1])
+        self.entries = np.empty(0, np.int32)
+        self.positions = np.empty(0, np.int32)
+        self.frozen = 0  # entries frozen
+        self.recent: dict[int, tuple[list[int], list[int]]] = {}  # token -> (entries, positions) since
+        self.n_recent = 0
 
     def add(self, index: int, ids: np.ndarray) -> None:
+        recent = self.recent
         for p, t in enumerate(ids.tolist()):
-            while t >= len(self.n):
-                self.entries.append(np.empty(4, np.int32))
-                self.positions.append(np.empty(4, np.int32))
-                self.n.append(0)
-            k = self.n[t]
-            if k == len(self.entries[t]):
-                self.entries[t] = np.concatenate([self.entries[t], np.empty_like(self.entries[t])])
-                self.positions[t] = np.concatenate([self.positions[t], np.empty_like(self.positions[t])])
-            self.entries[t][k], self.positions[t][k] = index, p
-            self.n[t] = k + 1
+            lists = recent.get(t)
+            if lists is None:
+                lists = recent[t] = ([], [])
+            lists[0].append(index)
+            lists[1].append(p)
+        self.n_recent += 1
+
+    def freeze(self, flat: np.ndarray, start: np.ndarray) -> None:
+        """When the recent lists have grown past an eighth of the pool: every entry into the arrays."""
+        n = len(start) - 1
+        if self.n_recent <= max(256, n // 8):
+            return
+        lengths = np.diff(start)
+        tokens = flat[:start[-1]]
+        order = np.argsort(tokens, kind="stable")  # by token, then by entry
+        self.entries = np.repeat(np.arange(n, dtype=np.int32), lengths)[order]
+        self.positions = (np.arange(start[-1]) - np.repeat(start[:-1], lengths)).astype(np.int32)[order]
+        self.offsets = np.concatenate([[0], np.cumsum(np.bincount(tokens, minlength=1))])
+        self.frozen, self.recent, self.n_recent = n, {}, 0
 
     def count(self, token: int) -> int:
-        return self.n[token] if token < len(self.n) else 0
+        frozen = self.offsets[token + 1] - self.offsets[token] if token + 1 < len(self.offsets) else 0
+        lists = self.recent.get(token)
+        return int(frozen) + (len(lists[0]) if lists else 0)
 
     def of(self, tokens, masks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The occurrences of these (distinct) tokens: entries, positions, and each one's token's mask."""
-        known = [(t, mask) for t, mask in zip(tokens, masks, strict=True) if t < len(self.n) and self.n[t]]
-        if not known:
+        entries, positions, counts = [], [], []
+        for t in tokens:
+            if t + 1 < len(self.offsets):
+                lo, hi = self.offsets[t], self.offsets[t + 1]
+                entries.append(self.entries[lo:hi])
+                positions.append(self.positions[lo:hi])
+            lists = self.recent.get(t)
+            if lists:
+                entries.append(np.array(lists[0], np.int32))
+                positions.append(np.array(lists[1], np.int32))
+            counts.append(self.count(t))
+        if not entries:
             return np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.uint64)
-        entries = np.concatenate([self.entries[t][:self.n[t]] for t, _ in known])
-        positions = np.concatenate([self.positions[t][:self.n[t]] for t, _ in known])
-        mask = np.repeat(np.array([mk for _, mk in known], np.uint64), [self.n[t] for t, _ in known])
-        return entries, positions, mask
+        return (np.concatenate(entries), np.concatenate(positions),
+                np.repeat(np.array(masks, np.uint64), counts))
 
 
 # An occurrence read through the postings (random access, a sort) costs about this many pool tokens of a
@@ -492,6 +517,7 @@ class _NumbaEngine:
         for p, t in enumerate(q.tolist()):
             masks[t] = masks.get(t, 0) | (1 << p)
         flat, start = self.pool.arrays()
+        self.postings.freeze(flat, start)
         if sum(self.postings.count(t) for t in masks) * _POSTING_COST > start[-1]:  # common words: a scan is cheaper
             self._query(q, (flat, start), n_vocab, out, False)
             return out
