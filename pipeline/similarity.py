@@ -285,22 +285,26 @@ if numba is not None:
         return best
 
     @numba.njit(cache=True)
-    def _posting_scores(cand, pos, mask, start, top, m, hits, cursor, out):
+    def _posting_scores(fe, fp, re, rp, seg_src, seg_lo, seg_hi, seg_mask, start, longest, top, m, hits, cursor, out):
         """F of one query of at most 64 tokens against every entry holding one of its tokens, from the
-        postings: cand[c] is the entry of the c-th occurrence of a query token, pos[c] its position there and
-        mask[c] that token's match mask in the query. An entry absent from cand shares no token (F 0); one
-        with a single occurrence has LCS 1; for the others, the LCS runs over their occurrences sorted by
-        position (a token in no query leaves the bit vector unchanged, so only these count). `hits` and
-        `cursor` are all zeros on entry and on return."""
-        many = np.empty(cand.shape[0], np.int64)
+        postings: segment g lists the occurrences [seg_lo[g], seg_hi[g]) of one query token, whose match mask is
+        seg_mask[g], in the frozen arrays (fe entries, fp positions; seg_src 0) or the recent ones (re, rp; 1).
+        An entry absent shares no token (F 0); one with a single occurrence has LCS 1; for the others, the LCS
+        runs over their occurrences sorted by position (a token in no query leaves the bit vector unchanged, so
+        only these count). `hits` and `cursor` are all zeros on entry and on return."""
+        total = 0
+        for g in range(seg_lo.shape[0]):
+            total += seg_hi[g] - seg_lo[g]
+        many = np.empty(total, np.int64)
         n_many = 0
-        longest = 0
-        for e in cand:
-            hits[e] += 1
-            if hits[e] == 2:
-                many[n_many] = e
-                n_many += 1
-            longest = max(longest, start[e + 1] - start[e])
+        for g in range(seg_lo.shape[0]):
+            ent = fe if seg_src[g] == 0 else re
+            for c in range(seg_lo[g], seg_hi[g]):
+                e = ent[c]
+                hits[e] += 1
+                if hits[e] == 2:
+                    many[n_many] = e
+                    n_many += 1
         one = np.zeros(longest + 1)  # F at LCS 1 by entry length: one division per length, not per entry
         for n in range(1, longest + 1):
             one[n] = _f(1, m, n)
@@ -312,15 +316,17 @@ if numba is not None:
             base[i + 1] = base[i] + hits[e]
         at = np.empty(base[n_many], np.int64)
         bits = np.empty(base[n_many], np.uint64)
-        for c in range(cand.shape[0]):
-            e = cand[c]
-            if hits[e] == 1:
-                out[e] = one[start[e + 1] - start[e]]
-                hits[e] = 0
-            elif hits[e] > 1:
-                k = cursor[e]
-                at[k], bits[k] = pos[c], mask[c]
-                cursor[e] = k + 1
+        for g in range(seg_lo.shape[0]):
+            ent, pos, mask = (fe, fp, seg_mask[g]) if seg_src[g] == 0 else (re, rp, seg_mask[g])
+            for c in range(seg_lo[g], seg_hi[g]):
+                e = ent[c]
+                if hits[e] == 1:
+                    out[e] = one[start[e + 1] - start[e]]
+                    hits[e] = 0
+                elif hits[e] > 1:
+                    k = cursor[e]
+                    at[k], bits[k] = pos[c], mask
+                    cursor[e] = k + 1
         for i in range(n_many):
             e, lo, hi = many[i], base[i], base[i + 1]
             for k in range(lo + 1, hi):  # insertion sort by position: a few occurrences each
@@ -391,7 +397,8 @@ class _Flat:
 class _Postings:
     """token id -> where it occurs: (entry, position) pairs. Entries added since the last freeze are in Python
     lists (an add is a few appends); a freeze sorts the whole pool's tokens into arrays (CSR by token id) once
-    the lists hold more than an eighth of the pool, so an add costs O(1) amortized and a query reads arrays."""
+    the lists hold more than an eighth of the pool or 1,024 entries, so an add costs O(1) amortized (a freeze of 20,000
+    instructions takes about 30 ms) and a query reads arrays."""
 
     def __init__(self):
         self.offsets = np.zeros(1, np.int64)  # frozen: token t's occurrences are [offsets[t], offsets[t + 1])
@@ -414,7 +421,7 @@ class _Postings:
     def freeze(self, flat: np.ndarray, start: np.ndarray) -> None:
         """When the recent lists have grown past an eighth of the pool: every entry into the arrays."""
         n = len(start) - 1
-        if self.n_recent <= max(256, n // 8):
+        if self.n_recent <= max(256, min(n // 8, 1024)):
             return
         lengths = np.diff(start)
         tokens = flat[:start[-1]]
@@ -429,23 +436,23 @@ class _Postings:
         lists = self.recent.get(token)
         return int(frozen) + (len(lists[0]) if lists else 0)
 
-    def of(self, tokens, masks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The occurrences of these (distinct) tokens: entries, positions, and each one's token's mask."""
-        entries, positions, counts = [], [], []
-        for t in tokens:
-            if t + 1 < len(self.offsets):
-                lo, hi = self.offsets[t], self.offsets[t + 1]
-                entries.append(self.entries[lo:hi])
-                positions.append(self.positions[lo:hi])
+    def of(self, tokens, masks) -> tuple:
+        """The occurrences of these (distinct) tokens, as _posting_scores reads them: the frozen arrays, the
+        recent occurrences of these tokens as arrays, and one segment (source, lo, hi, mask) per token and
+        source."""
+        src, lo, hi, seg_mask, recent_entries, recent_positions = [], [], [], [], [], []
+        for t, mask in zip(tokens, masks, strict=True):
+            if t + 1 < len(self.offsets) and self.offsets[t + 1] > self.offsets[t]:
+                src.append(0), lo.append(self.offsets[t]), hi.append(self.offsets[t + 1]), seg_mask.append(mask)
             lists = self.recent.get(t)
             if lists:
-                entries.append(np.array(lists[0], np.int32))
-                positions.append(np.array(lists[1], np.int32))
-            counts.append(self.count(t))
-        if not entries:
-            return np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.uint64)
-        return (np.concatenate(entries), np.concatenate(positions),
-                np.repeat(np.array(masks, np.uint64), counts))
+                src.append(1), lo.append(len(recent_entries)), seg_mask.append(mask)
+                recent_entries += lists[0]
+                recent_positions += lists[1]
+                hi.append(len(recent_entries))
+        return (self.entries, self.positions, np.array(recent_entries, np.int32),
+                np.array(recent_positions, np.int32), np.array(src, np.int8), np.array(lo, np.int64),
+                np.array(hi, np.int64), np.array(seg_mask, np.uint64))
 
 
 # An occurrence read through the postings (random access, a sort) costs about this many pool tokens of a
@@ -489,6 +496,7 @@ class _NumbaEngine:
         # with the query costs nothing and one sharing a single occurrence no LCS (most of a pool, as real
         # instructions share a few stop words at most).
         self.postings = _Postings()
+        self.longest = 0  # tokens of the longest entry
         self.hits = np.zeros(1024, np.int64)  # per entry, for _posting_scores: zero between queries
         self.cursor = np.zeros(1024, np.int64)  # likewise
         self.last: tuple[tuple[bytes, int], np.ndarray] | None = None  # (query, pool size) -> its row
@@ -496,6 +504,7 @@ class _NumbaEngine:
     def add(self, ids: np.ndarray) -> None:
         self.postings.add(self.pool.n, ids)
         self.pool.append(ids)
+        self.longest = max(self.longest, len(ids))
 
     def _row(self, q, n_vocab) -> np.ndarray:
         """F of a query of 1 to 64 tokens against every entry, read-only. The last row is kept while the pool
@@ -521,9 +530,9 @@ class _NumbaEngine:
         if sum(self.postings.count(t) for t in masks) * _POSTING_COST > start[-1]:  # common words: a scan is cheaper
             self._query(q, (flat, start), n_vocab, out, False)
             return out
-        cand, pos, mask = self.postings.of(list(masks), list(masks.values()))
         top = np.uint64((1 << len(q)) - 1)
-        _posting_scores(cand, pos, mask, start, top, len(q), self.hits, self.cursor, out)
+        _posting_scores(*self.postings.of(list(masks), list(masks.values())), start, self.longest, top, len(q),
+                        self.hits, self.cursor, out)
         return out
 
     @staticmethod
