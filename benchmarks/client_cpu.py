@@ -136,6 +136,17 @@ def instrument() -> list:
     return spans
 
 
+def warm_up() -> None:
+    """numba's kernels compiled (or loaded from its cache) before the clock starts, in either tree."""
+    from pipeline.similarity import RougeLIndex
+
+    index = RougeLIndex()
+    for text in pool_texts(600):
+        index.add(text)
+    index.top_k("Write a poem about the sea", 10)
+    index.filter_batch(["Write a poem about the sea", "Write a song"], 0.7)
+
+
 def steady(spans: list, since: int = 0) -> dict:
     part = spans[since:]
     return {"requests": sum(s[0] for s in part), "cpu_s": sum(s[1] for s in part), "wall_s": sum(s[2] for s in part)}
@@ -144,14 +155,9 @@ def steady(spans: list, since: int = 0) -> dict:
 def bootstrap(args: argparse.Namespace) -> dict:
     """Bootstrap from a pool of args.pool instructions already kept, to args.requests // 2 more."""
     from pipeline.records import Task, task_id
-    from pipeline.similarity import RougeLIndex
     from pipeline.store import JsonlWriter
 
-    index = RougeLIndex()  # numba's kernels compiled (or loaded) before the clock starts, in either tree
-    for text in pool_texts(600):
-        index.add(text)
-    index.top_k("Write a poem about the sea", 10)
-    index.filter_batch(["Write a poem about the sea", "Write a song"], 0.7)
+    warm_up()
     spans = instrument()
     run = new_run(args, {"bootstrap.num_instructions": args.pool + args.requests // 2}, "bootstrap")
     path = Path(run.path) / "bootstrap.jsonl"
@@ -165,6 +171,7 @@ def bootstrap(args: argparse.Namespace) -> dict:
 
 def stages(args: argparse.Namespace) -> dict:
     """One run, stage by stage: each stage's wall time and requests, and its steady state (instrument)."""
+    warm_up()
     spans = instrument()
     n = max(64, args.requests // 2)
     run = new_run(args, {"bootstrap.num_instructions": n, "evolve.rounds": 1}, "stages")
