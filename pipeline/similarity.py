@@ -438,21 +438,25 @@ class _Postings:
 
     def of(self, tokens, masks) -> tuple:
         """The occurrences of these (distinct) tokens, as _posting_scores reads them: the frozen arrays, the
-        recent occurrences of these tokens as arrays, and one segment (source, lo, hi, mask) per token and
+        recent occurrences of these tokens as arrays, and one segment (source, lo, hi) and mask per token and
         source."""
-        src, lo, hi, seg_mask, recent_entries, recent_positions = [], [], [], [], [], []
+        segments, seg_mask, recent_entries, recent_positions = [], [], [], []
+        offsets, known = self.offsets, len(self.offsets) - 1
         for t, mask in zip(tokens, masks, strict=True):
-            if t + 1 < len(self.offsets) and self.offsets[t + 1] > self.offsets[t]:
-                src.append(0), lo.append(self.offsets[t]), hi.append(self.offsets[t + 1]), seg_mask.append(mask)
+            if t < known:
+                lo, hi = int(offsets[t]), int(offsets[t + 1])
+                if hi > lo:
+                    segments.append((0, lo, hi))
+                    seg_mask.append(mask)
             lists = self.recent.get(t)
             if lists:
-                src.append(1), lo.append(len(recent_entries)), seg_mask.append(mask)
+                segments.append((1, len(recent_entries), len(recent_entries) + len(lists[0])))
+                seg_mask.append(mask)
                 recent_entries += lists[0]
                 recent_positions += lists[1]
-                hi.append(len(recent_entries))
+        seg = np.array(segments, np.int64).reshape(-1, 3).T.copy()  # rows: source, lo, hi
         return (self.entries, self.positions, np.array(recent_entries, np.int32),
-                np.array(recent_positions, np.int32), np.array(src, np.int8), np.array(lo, np.int64),
-                np.array(hi, np.int64), np.array(seg_mask, np.uint64))
+                np.array(recent_positions, np.int32), seg[0], seg[1], seg[2], np.array(seg_mask, np.uint64))
 
 
 # An occurrence read through the postings (random access, a sort) costs about this many pool tokens of a
@@ -679,6 +683,7 @@ class RougeLIndex:
         self._engine = engines[backend]() if backend != "python" else None
         self._tokenize = _Tokenizer(use_stemmer)
         self._vocab: dict[str, int] = {}
+        self._last_ids: tuple[str | None, np.ndarray] = (None, np.empty(0, np.int32))
         self._texts: list[str] = []
         self._tokens: list[list[str]] = []  # python backend only
 
@@ -689,8 +694,15 @@ class RougeLIndex:
         return self._texts[i]
 
     def _ids(self, text: str) -> np.ndarray:
+        # The filter asks about one candidate several times (max, top-k, mean): its ids are kept (a token's id
+        # never changes, so they stay right as the vocabulary grows).
+        if self._last_ids[0] == text:
+            return self._last_ids[1]
         vocab = self._vocab
-        return np.array([vocab.setdefault(t, len(vocab)) for t in self._tokenize(text)], np.int32)
+        ids = np.array([vocab.setdefault(t, len(vocab)) for t in self._tokenize(text)], np.int32)
+        ids.flags.writeable = False
+        self._last_ids = (text, ids)
+        return ids
 
     def _add_ids(self, text: str, ids: np.ndarray) -> int:
         self._texts.append(text)
