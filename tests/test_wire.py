@@ -81,3 +81,13 @@ def test_a_refused_connection_and_a_timeout_raise_the_sdks_exceptions(fake_opena
     fake_openai.enqueue(b"{not json")
     with pytest.raises(Malformed, match="malformed reply"):
         Client(fake_openai.url, "k", 5.0).post("/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+
+
+def test_the_organization_and_project_of_the_environment_are_sent_as_the_sdk_sends_them(fake_openai, monkeypatch):
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-test")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj_test")
+    sdk = openai.OpenAI(api_key="k", base_url=fake_openai.url)
+    client = Client(fake_openai.url, "k", 5.0, sdk)
+    assert {k: client.headers[k] for k in ("OpenAI-Organization", "OpenAI-Project")} == {
+        k: sdk.default_headers[k] for k in ("OpenAI-Organization", "OpenAI-Project")}
+    assert "OpenAI-Project" not in Client(fake_openai.url, "k", 5.0).headers

@@ -123,7 +123,8 @@ class OpenAITeacher(BaseTeacher):
         # The SDK's clients, one per endpoint: GET /models, and the Batch API's files and batches.
         self._clients = [openai.OpenAI(api_key=key or "not-needed", base_url=u, timeout=self.timeout_s,
                                        max_retries=0) for u in self.base_urls]  # retries: ours only
-        self._probes = [Client(u, key or "not-needed", self.timeout_s) for u in self.base_urls]  # one-token probes
+        self._probes = [Client(u, key or "not-needed", self.timeout_s, c)  # one-token probes
+                        for u, c in zip(self.base_urls, self._clients, strict=True)]
         self.failover = Failover(self.base_url, self.base_urls, Patience(
             self.concurrency, self.timeout_s, cfg.outage_wait_s, cfg.connect_window_s,
             max(1, cfg.max_consecutive_failures)), Timing(
@@ -144,7 +145,8 @@ class OpenAITeacher(BaseTeacher):
         client (each client has its own connection pool). Fresh ones, so also after an interrupt closed them."""
         per_url = -(-self.concurrency // len(self.base_urls))
         owner = [i for i in range(len(self.base_urls)) for _ in range(-(-per_url // REQUESTS_PER_POOL))]
-        shards = [Client(self.base_urls[i], self._secret or "not-needed", self.timeout_s) for i in owner]
+        shards = [Client(self.base_urls[i], self._secret or "not-needed", self.timeout_s, self._clients[i])
+                  for i in owner]
         with self.failover.lock:
             self._shards, self._in_flight, self._owner = shards, [0] * len(shards), owner
 

@@ -144,11 +144,17 @@ def top_logprobs(choice: dict[str, Any]) -> dict[str, float] | None:
 class Client:
     """POST JSON to one server through one connection pool; the SDK's exceptions for what goes wrong."""
 
-    def __init__(self, base_url: str, api_key: str, timeout_s: float):
+    def __init__(self, base_url: str, api_key: str, timeout_s: float, sdk: openai.OpenAI | None = None):
+        """`sdk`: an SDK client of the same server, whose organization and project headers (OPENAI_ORG_ID,
+        OPENAI_PROJECT_ID) are sent too, as it would send them."""
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json",
                         "Content-Type": "application/json"}
+        for header, value in (("OpenAI-Organization", getattr(sdk, "organization", None)),
+                              ("OpenAI-Project", getattr(sdk, "project", None))):
+            if value:
+                self.headers[header] = value
         self._client = httpx.Client(timeout=timeout_s, limits=LIMITS)
 
     def post(self, path: str, body: dict[str, Any], timeout_s: float | None = None) -> Any:
