@@ -9,6 +9,7 @@ With --replies selfinstruct it answers a Self-Instruct run's prompts: bootstrap 
 list filled with new synthetic instructions (benchmarks/_synthetic.py: Zipf vocabulary, ~15% near-duplicates of
 earlier ones, so that the ROUGE-L filter keeps most but not all), classify a Yes for one task in five and No for
 the rest, instances two well-formed examples (class labels for a classification task).
+With --replies pipeline, every stage's prompts (chat), score included.
 
     python benchmarks/_latency_server.py --capacity 256 --latency 0.5 --dist lognormal --sigma 0.8
 """
@@ -64,6 +65,22 @@ class SelfInstructReplies:
             return "Class label: First\nInput: the first of two options\n\nClass label: Second\nInput: the other option"
         return (f"Example 1\nInput: a question about {task[:30]}, case {n}\nOutput: a careful answer about "
                 f"{task[-30:]}, case {n}\n\nExample 2\nInput: <noinput>\nOutput: a general answer for: {task}")
+def pipeline_reply(prompt: str, n: int, sentences) -> str:
+    """What a competent teacher answers to each of seed2lora's prompts (the test suite's fake teacher, in brief):
+    bootstrap gets 7 new instructions (benchmarks/_synthetic.py, a few of them near-duplicates), classify a Yes or
+    No, instances two examples, score a rating, and evolve's prompts what evolve_reply gives."""
+    if "numbered list of" in prompt:  # bootstrap
+        return "\n".join(f"{i}. {sentences.sentence()}" for i in range(9, 16))
+    if "Is it classification?" in prompt:
+        return "Yes" if n % 5 == 0 else "No"
+    if prompt.rstrip().endswith("Class label:"):
+        return "Class label: First\nInput: the first option\n\nClass label: Second\nInput: the other option"
+    if prompt.rstrip().endswith("Input:"):
+        return (f"Example 1\nInput: a question numbered {n}\nOutput: a careful answer numbered {n}\n\n"
+                f"Example 2\nInput: <noinput>\nOutput: a general answer, case {n}")
+    if '"rating"' in prompt:  # score
+        return json.dumps({"rating": 3 + n % 3, "reason": "clear and correct"})
+    return evolve_reply(prompt, n)
 
 
 def make_handler(capacity: int, latency: float, dist: str, sigma: float, seed: int, replies: str = "fixed"):
@@ -71,6 +88,9 @@ def make_handler(capacity: int, latency: float, dist: str, sigma: float, seed: i
     rng = random.Random(seed)
     counter = itertools.count()
     selfinstruct = SelfInstructReplies(seed)
+    sentences = None
+    if replies == "pipeline":
+        sentences = SentenceGenerator(seed + 1)
     # lognormal with the given mean: mu = ln(mean) - sigma^2 / 2
     mu = math.log(latency) - sigma * sigma / 2 if latency > 0 else 0.0
 
@@ -99,6 +119,8 @@ def make_handler(capacity: int, latency: float, dist: str, sigma: float, seed: i
                         text = evolve_reply(body["messages"][-1]["content"], next(counter))
                     elif replies == "selfinstruct":
                         text = selfinstruct(body["messages"][-1]["content"])
+                    elif replies == "pipeline":
+                        text = pipeline_reply(body["messages"][-1]["content"], next(counter), sentences)
                     choices = [{"index": 0, "message": {"role": "assistant", "content": text},
                                 "finish_reason": "stop"}]
                 else:
@@ -123,9 +145,10 @@ async def main() -> None:
     ap.add_argument("--dist", choices=["fixed", "lognormal"], default="fixed")
     ap.add_argument("--sigma", type=float, default=0.8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--replies", choices=["fixed", "evolve", "selfinstruct"], default="fixed",
+    ap.add_argument("--replies", choices=["fixed", "evolve", "selfinstruct", "pipeline"], default="fixed",
                     help="fixed: one short list for every prompt; evolve: replies to the Evol-Instruct prompts; "
-                         "selfinstruct: replies to a Self-Instruct run's prompts (bootstrap, classify, instances)")
+                         "selfinstruct: replies to a Self-Instruct run's prompts (bootstrap, classify, instances); "
+                         "pipeline: replies to every stage's prompts (chat)")
     args = ap.parse_args()
     handler = make_handler(args.capacity, args.latency, args.dist, args.sigma, args.seed, args.replies)
     server = await asyncio.start_server(handler, "127.0.0.1", 0, backlog=4096)

@@ -15,6 +15,7 @@ and never records itself done: the loop in pipeline/runner.py does all three.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.metadata
 import os
 import platform
@@ -44,6 +45,9 @@ PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "openai", "httpx", 
             "numba", "rapidfuzz", "datasketch")
 EVENT_EVERY_S = 10.0  # at most one line per kind of teacher event in this many seconds: seen, not a flood
 USAGE_EVERY = 16  # replies between two refreshes of the manifest's usage and spend while a step runs
+# ...and at most one refresh in this many seconds: a refresh reads the usage log and rewrites the manifest (ms
+# each), which at a fast local server's 1,000 replies a second cost more than the replies (benchmarks/client_cpu.py)
+USAGE_EVERY_S = 2.0
 
 # A progress reporter: (description, total or None) -> context manager yielding advance(n).
 Progress = Callable[[str, int | None], Any]
@@ -56,6 +60,11 @@ def no_progress(desc: str, total: int | None) -> Iterator[Callable[[int], None]]
 
 
 def package_versions() -> dict[str, str]:
+    return dict(_package_versions())
+
+
+@functools.cache  # the manifest is refreshed every USAGE_EVERY replies: asking importlib each time cost 50 ms
+def _package_versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "seed2lora": __version__}
     for name in PACKAGES:
         try:
@@ -269,8 +278,16 @@ class RunContext:
             **fields)
 
     def every(self, n: int = USAGE_EVERY) -> Callable[[int], None]:
-        """A callback for replies handled so far: refreshes the manifest (usage, spend) every n of them."""
-        return lambda done: self.record() if done % n == 0 else None
+        """A callback for replies handled so far: refreshes the manifest (usage, spend) every n of them, at most
+        once in USAGE_EVERY_S seconds."""
+        last = [time.monotonic()]
+
+        def refresh(done: int) -> None:
+            if done % n == 0 and time.monotonic() - last[0] >= USAGE_EVERY_S:
+                last[0] = time.monotonic()
+                self.record()
+
+        return refresh
 
     # ------------------------------------------------------------ reading a step's records
 

@@ -7,6 +7,7 @@ a re-run retries it), 6 yield too low, 130 interrupted (Ctrl-C), 143 terminated 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -73,6 +74,7 @@ _SECRET_TEXT = [  # (pattern, replacement): values that are secrets whatever the
 ]
 
 
+@functools.lru_cache(maxsize=4096)  # asked for every config key and environment variable at each manifest refresh
 def is_secret_name(name: str) -> bool:
     """Whether a setting, flag or variable of this name holds a secret (see SECRET_WORDS)."""
     words = [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]

@@ -19,14 +19,21 @@ Algorithm
 * Candidates of a batch are then decided in order against the pool maxima and
   the scores among themselves, which gives the same decisions as calling
   ``add_if_novel`` one by one.
-* A single query (``max_score``, ``scores``, ``add_if_novel``) uses one bit
-  vector; ``max_score`` skips entries whose F bound cannot beat the best so
-  far: the length bound LCS <= min(m, n), and for queries over 64 tokens
-  also the bag-of-words bound (entry tokens that occur in the query), which
-  is cheaper than a multi-word LCS (for one word it costs as much as the
-  LCS itself, so it is not used there).  The bound is the exact float F of
-  the bound LCS, so pruning never changes a result, including the many
-  "exactly 0.7" pairs that evaluate to 0.7000000000000001.
+* A single query of up to 64 tokens (``max_score``, ``scores``, ``top_k``,
+  ``add_if_novel``) reads the pool through postings (token -> its entries and
+  positions): an entry sharing no token with the query has F 0 and costs
+  nothing, one sharing a single occurrence has LCS 1, and the others run the
+  bit-parallel LCS over just their occurrences, sorted by position (tokens in
+  no query leave V unchanged).  A query of common words, whose occurrences
+  would cost more than a sequential scan, is scanned instead.  Either way the
+  row is exact, and the last row is kept while the pool is unchanged (the
+  filter asks a candidate's max, then its top-k and mean).
+* A query over 64 tokens uses a multi-word bit vector; ``max_score`` then
+  skips entries whose F bound cannot beat the best so far: the length bound
+  LCS <= min(m, n) and the bag-of-words bound (entry tokens that occur in
+  the query).  The bound is the exact float F of the bound LCS, so pruning
+  never changes a result, including the many "exactly 0.7" pairs that
+  evaluate to 0.7000000000000001.
 * ``filter_batch_detailed`` also returns Self-Instruct's most-similar top-k
   and mean score for every candidate, from the score rows the batch computes
   anyway; it is much faster than calling ``scores``/``top_k`` per candidate.
@@ -278,6 +285,65 @@ if numba is not None:
         return best
 
     @numba.njit(cache=True)
+    def _posting_scores(fe, fp, re, rp, seg_src, seg_lo, seg_hi, seg_mask, start, longest, top, m, hits, cursor, out):
+        """F of one query of at most 64 tokens against every entry holding one of its tokens, from the
+        postings: segment g lists the occurrences [seg_lo[g], seg_hi[g]) of one query token, whose match mask is
+        seg_mask[g], in the frozen arrays (fe entries, fp positions; seg_src 0) or the recent ones (re, rp; 1).
+        An entry absent shares no token (F 0); one with a single occurrence has LCS 1; for the others, the LCS
+        runs over their occurrences sorted by position (a token in no query leaves the bit vector unchanged, so
+        only these count). `hits` and `cursor` are all zeros on entry and on return."""
+        total = 0
+        for g in range(seg_lo.shape[0]):
+            total += seg_hi[g] - seg_lo[g]
+        many = np.empty(total, np.int64)
+        n_many = 0
+        for g in range(seg_lo.shape[0]):
+            ent = fe if seg_src[g] == 0 else re
+            for c in range(seg_lo[g], seg_hi[g]):
+                e = ent[c]
+                hits[e] += 1
+                if hits[e] == 2:
+                    many[n_many] = e
+                    n_many += 1
+        one = np.zeros(longest + 1)  # F at LCS 1 by entry length: one division per length, not per entry
+        for n in range(1, longest + 1):
+            one[n] = _f(1, m, n)
+        base = np.empty(n_many + 1, np.int64)
+        base[0] = 0
+        for i in range(n_many):
+            e = many[i]
+            cursor[e] = base[i]
+            base[i + 1] = base[i] + hits[e]
+        at = np.empty(base[n_many], np.int64)
+        bits = np.empty(base[n_many], np.uint64)
+        for g in range(seg_lo.shape[0]):
+            ent, pos, mask = (fe, fp, seg_mask[g]) if seg_src[g] == 0 else (re, rp, seg_mask[g])
+            for c in range(seg_lo[g], seg_hi[g]):
+                e = ent[c]
+                if hits[e] == 1:
+                    out[e] = one[start[e + 1] - start[e]]
+                    hits[e] = 0
+                elif hits[e] > 1:
+                    k = cursor[e]
+                    at[k], bits[k] = pos[c], mask
+                    cursor[e] = k + 1
+        for i in range(n_many):
+            e, lo, hi = many[i], base[i], base[i + 1]
+            for k in range(lo + 1, hi):  # insertion sort by position: a few occurrences each
+                p, b = at[k], bits[k]
+                j = k - 1
+                while j >= lo and at[j] > p:
+                    at[j + 1], bits[j + 1] = at[j], bits[j]
+                    j -= 1
+                at[j + 1], bits[j + 1] = p, b
+            x = top
+            for k in range(lo, hi):
+                u = x & bits[k]
+                x = (x + u) | (x - u)
+            out[e] = _f(m - np.int64(_popcount(x & top)), m, start[e + 1] - start[e])
+            hits[e], cursor[e] = 0, 0
+
+    @numba.njit(cache=True)
     def _top_k_numba(scores, k):
         """Indices of the k best scores, best first, ties by lower index."""
         k = max(0, min(k, scores.shape[0]))
@@ -328,6 +394,75 @@ class _Flat:
         return flat.astype(np.int32, copy=False), start
 
 
+class _Postings:
+    """token id -> where it occurs: (entry, position) pairs. Entries added since the last freeze are in Python
+    lists (an add is a few appends); a freeze sorts the whole pool's tokens into arrays (CSR by token id) once
+    the lists hold more than an eighth of the pool or 1,024 entries, so an add costs O(1) amortized (a freeze of 20,000
+    instructions takes about 30 ms) and a query reads arrays."""
+
+    def __init__(self):
+        self.offsets = np.zeros(1, np.int64)  # frozen: token t's occurrences are [offsets[t], offsets[t + 1])
+        self.entries = np.empty(0, np.int32)
+        self.positions = np.empty(0, np.int32)
+        self.frozen = 0  # entries frozen
+        self.recent: dict[int, tuple[list[int], list[int]]] = {}  # token -> (entries, positions) since
+        self.n_recent = 0
+
+    def add(self, index: int, ids: np.ndarray) -> None:
+        recent = self.recent
+        for p, t in enumerate(ids.tolist()):
+            lists = recent.get(t)
+            if lists is None:
+                lists = recent[t] = ([], [])
+            lists[0].append(index)
+            lists[1].append(p)
+        self.n_recent += 1
+
+    def freeze(self, flat: np.ndarray, start: np.ndarray) -> None:
+        """When the recent lists have grown past an eighth of the pool: every entry into the arrays."""
+        n = len(start) - 1
+        if self.n_recent <= max(256, min(n // 8, 1024)):
+            return
+        lengths = np.diff(start)
+        tokens = flat[:start[-1]]
+        order = np.argsort(tokens, kind="stable")  # by token, then by entry
+        self.entries = np.repeat(np.arange(n, dtype=np.int32), lengths)[order]
+        self.positions = (np.arange(start[-1]) - np.repeat(start[:-1], lengths)).astype(np.int32)[order]
+        self.offsets = np.concatenate([[0], np.cumsum(np.bincount(tokens, minlength=1))])
+        self.frozen, self.recent, self.n_recent = n, {}, 0
+
+    def count(self, token: int) -> int:
+        frozen = self.offsets[token + 1] - self.offsets[token] if token + 1 < len(self.offsets) else 0
+        lists = self.recent.get(token)
+        return int(frozen) + (len(lists[0]) if lists else 0)
+
+    def of(self, tokens, masks) -> tuple:
+        """The occurrences of these (distinct) tokens, as _posting_scores reads them: the frozen arrays, the
+        recent occurrences of these tokens as arrays, and one segment (source, lo, hi) and mask per token and
+        source."""
+        segments, seg_mask, recent_entries, recent_positions = [], [], [], []
+        offsets, known = self.offsets, len(self.offsets) - 1
+        for t, mask in zip(tokens, masks, strict=True):
+            if t < known:
+                lo, hi = int(offsets[t]), int(offsets[t + 1])
+                if hi > lo:
+                    segments.append((0, lo, hi))
+                    seg_mask.append(mask)
+            lists = self.recent.get(t)
+            if lists:
+                segments.append((1, len(recent_entries), len(recent_entries) + len(lists[0])))
+                seg_mask.append(mask)
+                recent_entries += lists[0]
+                recent_positions += lists[1]
+        seg = np.array(segments, np.int64).reshape(-1, 3).T.copy()  # rows: source, lo, hi
+        return (self.entries, self.positions, np.array(recent_entries, np.int32),
+                np.array(recent_positions, np.int32), seg[0], seg[1], seg[2], np.array(seg_mask, np.uint64))
+
+
+# An occurrence read through the postings (random access, a sort) costs about this many pool tokens of a
+# sequential scan (benchmarks/client_cpu.py): a query with more occurrences than the pool's tokens / this is
+# scored by the scan.
+_POSTING_COST = 8
 _executor = None
 
 
@@ -361,9 +496,48 @@ if hasattr(os, "register_at_fork"):  # POSIX
 class _NumbaEngine:
     def __init__(self):
         self.pool = _Flat()
+        # For one query against the whole pool: the entries of each token, so that an entry sharing no token
+        # with the query costs nothing and one sharing a single occurrence no LCS (most of a pool, as real
+        # instructions share a few stop words at most).
+        self.postings = _Postings()
+        self.longest = 0  # tokens of the longest entry
+        self.hits = np.zeros(1024, np.int64)  # per entry, for _posting_scores: zero between queries
+        self.cursor = np.zeros(1024, np.int64)  # likewise
+        self.last: tuple[tuple[bytes, int], np.ndarray] | None = None  # (query, pool size) -> its row
 
     def add(self, ids: np.ndarray) -> None:
+        self.postings.add(self.pool.n, ids)
         self.pool.append(ids)
+        self.longest = max(self.longest, len(ids))
+
+    def _row(self, q, n_vocab) -> np.ndarray:
+        """F of a query of 1 to 64 tokens against every entry, read-only. The last row is kept while the pool
+        is unchanged: the filter asks a candidate's max, then its top-k and mean."""
+        key = (q.tobytes(), self.pool.n)
+        if self.last is not None and self.last[0] == key:
+            return self.last[1]
+        out = self._new_row(q, n_vocab)
+        out.flags.writeable = False
+        self.last = (key, out)
+        return out
+
+    def _new_row(self, q, n_vocab) -> np.ndarray:
+        n = self.pool.n
+        out = np.zeros(n)
+        if len(self.hits) < n:
+            self.hits, self.cursor = np.zeros(2 * n, np.int64), np.zeros(2 * n, np.int64)
+        masks: dict[int, int] = {}
+        for p, t in enumerate(q.tolist()):
+            masks[t] = masks.get(t, 0) | (1 << p)
+        flat, start = self.pool.arrays()
+        self.postings.freeze(flat, start)
+        if sum(self.postings.count(t) for t in masks) * _POSTING_COST > start[-1]:  # common words: a scan is cheaper
+            self._query(q, (flat, start), n_vocab, out, False)
+            return out
+        top = np.uint64((1 << len(q)) - 1)
+        _posting_scores(*self.postings.of(list(masks), list(masks.values())), start, self.longest, top, len(q),
+                        self.hits, self.cursor, out)
+        return out
 
     @staticmethod
     def _query(q, target, n_vocab, out, prune):
@@ -402,12 +576,16 @@ class _NumbaEngine:
         return out
 
     def max_score(self, q, n_vocab):
-        # One query: a single bit vector with pruning beats a 1-lane block.
         if len(q) == 0 or self.pool.n == 0:
             return 0.0
+        if len(q) <= 64:
+            return float(self._row(q, n_vocab).max())
+        # A long query: a multi-word bit vector with pruning.
         return float(self._query(q, self.pool.arrays(), n_vocab, np.zeros(0), True))
 
     def scores(self, q, n_vocab):
+        if 0 < len(q) <= 64:
+            return self._row(q, n_vocab)
         out = np.zeros(self.pool.n)
         if len(q):
             self._query(q, self.pool.arrays(), n_vocab, out, False)
@@ -505,6 +683,7 @@ class RougeLIndex:
         self._engine = engines[backend]() if backend != "python" else None
         self._tokenize = _Tokenizer(use_stemmer)
         self._vocab: dict[str, int] = {}
+        self._last_ids: tuple[str | None, np.ndarray] = (None, np.empty(0, np.int32))
         self._texts: list[str] = []
         self._tokens: list[list[str]] = []  # python backend only
 
@@ -515,8 +694,15 @@ class RougeLIndex:
         return self._texts[i]
 
     def _ids(self, text: str) -> np.ndarray:
+        # The filter asks about one candidate several times (max, top-k, mean): its ids are kept (a token's id
+        # never changes, so they stay right as the vocabulary grows).
+        if self._last_ids[0] == text:
+            return self._last_ids[1]
         vocab = self._vocab
-        return np.array([vocab.setdefault(t, len(vocab)) for t in self._tokenize(text)], np.int32)
+        ids = np.array([vocab.setdefault(t, len(vocab)) for t in self._tokenize(text)], np.int32)
+        ids.flags.writeable = False
+        self._last_ids = (text, ids)
+        return ids
 
     def _add_ids(self, text: str, ids: np.ndarray) -> int:
         self._texts.append(text)

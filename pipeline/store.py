@@ -138,6 +138,7 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._tallies: dict[Path, Tally] = {}  # counts(): what each file held when last read
 
     @property
     def export_dir(self) -> Path:
@@ -219,16 +220,30 @@ class RunDir:
         return m
 
     def counts(self) -> dict[str, Any]:
+        """Records per stage file, rejections by stage and reason. The manifest is refreshed every few replies
+        while a stage runs: each file is read on from where the last count left it (a file rewritten is read
+        again whole), so a refresh costs the lines written since, not the run's size."""
         counts: dict[str, Any] = {}
         for stage in STAGES:
             f = self.stage_file(stage)
             if f.exists():
-                counts[stage] = sum(1 for _ in read_jsonl(f, strict=False))
-        rejected = self.read_rejected()
-        counts["rejected"] = len(rejected)
-        by_reason = Counter(f"{r.stage}: {reason_kind(r.reject_reason)}" for r in rejected)
-        counts["rejected_by_reason"] = dict(by_reason.most_common())
+                counts[stage] = self._tally(f).lines
+        rejected = self._tally(self.rejected_file, by_reason=True)
+        counts["rejected"] = rejected.lines
+        counts["rejected_by_reason"] = dict(rejected.reasons.most_common())
         return counts
+
+    def _tally(self, path: Path, by_reason: bool = False) -> Tally:
+        tally = self._tallies.get(path)
+        try:
+            if tally is None or not tally.read_on(path):
+                tally = self._tallies[path] = Tally(by_reason)
+                tally.read_on(path)
+        except ValueError:  # a line that is not JSON, or not UTF-8: read_jsonl says which, with the fix
+            self._tallies.pop(path, None)
+            list(read_jsonl(path, strict=False))
+            raise
+        return tally
 
 
 def eval_dir_of(adapter_dir: str | Path) -> Path:
@@ -256,3 +271,39 @@ def reason_kind(reason: str | None) -> str:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class Tally:
+    """The object lines of an append-only JSONL file (and, by_reason, its rejections by stage and reason), read on
+    from the end of the last complete line counted. A torn last line is counted once it is whole, as
+    read_jsonl(strict=False) skips it until then."""
+
+    def __init__(self, by_reason: bool = False):
+        self.by_reason, self.lines, self.reasons = by_reason, 0, Counter()
+        self.inode, self.offset = -1, 0
+
+    def read_on(self, path: Path) -> bool:
+        """Count what was appended since; False when the file is not the one counted so far (rewritten, cut)."""
+        if not path.exists():
+            return self.offset == 0
+        stat = path.stat()
+        if (self.inode != -1 and stat.st_ino != self.inode) or stat.st_size < self.offset:
+            return False
+        self.inode = stat.st_ino
+        with path.open("rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        if not end:
+            return True
+        for line in data[:end].decode("utf-8").split("\n"):
+            if line.strip():
+                obj = json.loads(line)
+                if not isinstance(obj, dict):
+                    raise ValueError(f"{path}: a JSON {type(obj).__name__}, not an object")
+                self.lines += 1
+                if self.by_reason:
+                    r = Task.from_dict(obj)
+                    self.reasons[f"{r.stage}: {reason_kind(r.reject_reason)}"] += 1
+        self.offset += end
+        return True

@@ -225,3 +225,26 @@ def test_seed_tasks_against_rouge_score(backend, shared_data):  # skips without 
     ref = build("python", texts[:100])
     assert build(backend, texts[:100]).filter_batch(texts[100:], 0.5) == \
         ref.filter_batch(texts[100:], 0.5)
+
+
+@pytest.mark.skipif(similarity.numba is None, reason="the numba backend")
+@pytest.mark.parametrize("cost", [0, 4, 10**9])  # always the postings, the default choice, always the scan
+def test_one_query_row_is_exact_through_the_postings_and_the_scan(monkeypatch, cost):
+    """A query's row against a pool of real and synthetic instructions (near-duplicates, stop words shared
+    by most pairs, entries over 64 tokens, repeated tokens) equals the brute-force reference bit for bit, and
+    so do the max, the top-k and the add_if_novel decisions, whichever way a row is computed."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from _synthetic import instructions  # real seed tasks first where present, then synthetic ones
+
+    monkeypatch.setattr(similarity, "_POSTING_COST", cost)
+    texts = instructions(1500, seed=3)
+    rnd = random.Random(cost)
+    texts += [" ".join(rnd.choice(WORDS) for _ in range(rnd.randint(1, 90))) for _ in range(100)]  # 1-90 tokens
+    pool, queries = texts[:1200], texts[1200:] + rnd.sample(texts[:1200], 20)  # 20 already in the pool: F 1
+    fast, ref = build("numba", pool), build("python", pool)
+    for q in queries:
+        row = fast.scores(q)
+        assert np.array_equal(row, ref.scores(q))
+        assert same(fast.max_score(q), ref.max_score(q)) and fast.top_k(q, 10) == ref.top_k(q, 10)
+    assert [fast.add_if_novel(q, 0.7) for q in queries] == [ref.add_if_novel(q, 0.7) for q in queries]
+    assert len(fast) == len(ref)

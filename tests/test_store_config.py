@@ -171,3 +171,34 @@ def test_the_printed_default_config_loads_back_to_the_defaults_nested_tables_inc
     path = tmp_path / "default.toml"
     path.write_text(text)
     assert load_config(path) == RunConfig()
+
+
+def test_counts_read_on_from_the_last_count_and_match_a_full_read(tmp_path):
+    """The manifest's counts are refreshed while a stage runs: appended lines, a torn last line (counted once
+    whole), a file rewritten (replace_rejected) and one cut back all give what reading every file gives."""
+    run = RunDir(tmp_path)
+
+    def full():
+        rejected = [Task.from_dict(o) for _, o in read_jsonl(run.rejected_file, strict=False)]
+        return (sum(1 for _ in read_jsonl(run.stage_file("bootstrap"), strict=False)), len(rejected),
+                sorted(f"{r.stage}: {r.reject_reason.split(':')[0]}" for r in rejected))
+
+    def counted():
+        c = run.counts()
+        return c["bootstrap"], c["rejected"], sorted(k for k, n in c["rejected_by_reason"].items() for _ in range(n))
+
+    with JsonlWriter(run.stage_file("bootstrap")) as out:
+        out.write(Task(id="a", instruction="A"))
+    with JsonlWriter(run.rejected_file) as out:
+        out.write(Task(id="r", instruction="R").rejected("rouge_l: 0.9 > 0.7", "filter"))
+    assert counted() == full() == (1, 1, ["filter: rouge_l"])
+    with run.stage_file("bootstrap").open("a", encoding="utf-8") as f:
+        f.write('{"id": "b", "instruction": "B"}\n{"id": "c", "instr')  # a torn tail: not counted yet
+    assert counted() == full() and counted()[0] == 2
+    with run.stage_file("bootstrap").open("a", encoding="utf-8") as f:
+        f.write('uction": "C"}\n')
+    assert counted() == full() and counted()[0] == 3
+    run.replace_rejected("filter", [Task(id="s", instruction="S").rejected("blacklist: image", "filter")] * 2)
+    assert counted() == full() == (3, 2, ["filter: blacklist", "filter: blacklist"])
+    run.stage_file("bootstrap").write_text('{"id": "a", "instruction": "A"}\n', encoding="utf-8")  # cut back
+    assert counted() == full() and counted()[0] == 1

@@ -94,13 +94,10 @@ class InstructionFilter:
                 pos, score = max(over, key=lambda x: x[1], default=(None, 0.0))
             if pos is not None:
                 return f"rouge_l: {score:.3f} > {self.cfg.rouge_threshold} vs {index.text(pos)!r}"
-        scores = index.scores(task.instruction)
-        k = min(self.cfg.most_similar_k, len(scores))
-        # argpartition then a stable sort of k: O(n) per candidate, not a full O(n log n) argsort.
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.lexsort((top, -scores[top]))]
-        task.most_similar_instructions = {index.text(int(i)): float(scores[i]) for i in top}
-        task.avg_similarity_score = float(np.mean(scores))
+        # One row of scores per candidate (the index keeps it): its max above, its top-k and mean here.
+        top = index.top_k(task.instruction, k=self.cfg.most_similar_k)  # best first, ties by pool order
+        task.most_similar_instructions = {index.text(i): score for i, score in top}
+        task.avg_similarity_score = float(np.mean(index.scores(task.instruction)))
         return None
 
     def add(self, instruction: str) -> None:

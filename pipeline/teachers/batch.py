@@ -12,7 +12,7 @@ right after the create, before anything else happens. A re-run (after kill -9 or
 whose line is still open, polling that same batch; a wave uploaded but never created (killed between the two
 calls) is found among the server's batches by its input file, else created from that same file.
 
-Replies go through the direct teacher's own parsing (`_request`, over the line's body) into the response cache
+Replies go through the direct teacher's own parsing (wire.read_reply, over the line's body) into the response cache
 and the usage log, the wave line marked done in the same commit, whoever asked for them: a line of another
 stage's wave is kept for that stage. A failed or expired line goes into the next wave, up to
 teacher.max_retries times; a line refused with a 4xx is an error at once, as a direct 400 is.
@@ -21,113 +21,21 @@ teacher.max_retries times; a line refused with a 4xx is an error at once, as a d
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import threading
-import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from types import SimpleNamespace
+from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import openai
-from openai.types import Completion as OpenAICompletion
-from openai.types.chat import ChatCompletion
 
 from ..config import TeacherConfig
-from ..errors import Incomplete, TeacherError, TeacherUnavailable
-from .base import Completion, GenParams, Request, apply_stop
-from .openai_compat import FATAL, Malformed, OpenAITeacher, describe_error
+from ..errors import TeacherError
+from .base import Completion, GenParams, Request
+from .batch_api import ENDED, Calls, FolderClient, check_batch_api, progress_line, read_line
+from .openai_compat import OpenAITeacher
 
 ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
-ENDED = ("completed", "expired", "cancelled", "failed")  # a batch in any other status is still running
-BACKOFF_MAX_S = 30.0  # longest wait between two tries of a files or batches call while the server does not answer
-
-
-class _Captured(Exception):
-    """What OpenAITeacher._request would send, caught instead of sent."""
-
-    def __init__(self, body: dict[str, Any]):
-        super().__init__("captured")
-        self.body = body
-
-
-class _Create:
-    def __init__(self, reply: Any):
-        self.reply = reply
-
-    def create(self, **body: Any) -> Any:
-        if self.reply is None:
-            raise _Captured(body)
-        return self.reply
-
-
-class _Offline:
-    """Stands in for an openai client in OpenAITeacher._request: with no reply it captures the body the direct
-    call would send; with one (a batch output line), it hands it back to be read as a direct reply is. So a
-    batch line and a direct call are one request, and one parser reads both."""
-
-    def __init__(self, reply: Any = None):
-        self.completions = _Create(reply)
-        self.chat = self  # client.chat.completions.create
-
-
-class WaveWritten(Incomplete):
-    """A wave of a folder batch (teacher.batch_dir) waits for its output file: the run stops until it is there."""
-
-
-class _FolderFiles:
-    def __init__(self, folder: Path):
-        self.folder = folder
-
-    def create(self, *, file: tuple[str, bytes], purpose: str) -> Any:
-        data = file[1]
-        file_id = f"wave-{hashlib.sha256(data).hexdigest()[:12]}"
-        path = self.folder / f"{file_id}.jsonl"
-        path.with_suffix(".tmp").write_bytes(data)
-        path.with_suffix(".tmp").replace(path)  # whole or absent: a kill never leaves half a wave to run
-        return SimpleNamespace(id=file_id)
-
-    def content(self, file_id: str) -> Any:
-        return SimpleNamespace(text=(self.folder / f"{file_id}.jsonl").read_text(encoding="utf-8"))
-
-
-class _FolderBatches:
-    def __init__(self, folder: Path, model: str):
-        self.folder, self.model = folder, model
-
-    def _batch(self, file_id: str, status: str, **more: Any) -> Any:
-        batch = {"id": file_id, "input_file_id": file_id, "status": status, "output_file_id": None,
-                 "error_file_id": None, "errors": None, **more}
-        return SimpleNamespace(request_counts=SimpleNamespace(total=0, completed=0, failed=0), **batch)
-
-    def create(self, *, input_file_id: str, **_: Any) -> Any:
-        return self._batch(input_file_id, "validating")
-
-    def list(self, **_: Any) -> Any:
-        return SimpleNamespace(data=[])  # a wave's batch is its file: created again, it is the same
-
-    def retrieve(self, batch_id: str) -> Any:
-        if (self.folder / f"{batch_id}.out.jsonl").is_file():
-            return self._batch(batch_id, "completed", output_file_id=f"{batch_id}.out")
-        wave = self.folder / f"{batch_id}.jsonl"
-        raise WaveWritten(
-            f"a wave of requests waits in {wave}. Run it where the model is, e.g. on a GPU box with vLLM: "
-            f"python -m vllm.entrypoints.openai.run_batch -i {wave.name} -o {batch_id}.out.jsonl --model {self.model} "
-            f"; put {batch_id}.out.jsonl beside it in {self.folder} and run the same command again (docs/batch.md)")
-
-
-class FolderClient:
-    """The files and batches calls of an openai client over a folder (teacher.batch_dir), for a model that no
-    server here offers: each wave is written as <id>.jsonl and the run stops; its results are read from
-    <id>.out.jsonl (the output of vLLM's run_batch, or of any tool that writes the Batch API's output lines)."""
-
-    def __init__(self, folder: str | Path, model: str):
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.files, self.batches = _FolderFiles(self.folder), _FolderBatches(self.folder, model)
 
 
 class BatchTeacher(OpenAITeacher):
@@ -148,7 +56,7 @@ class BatchTeacher(OpenAITeacher):
         self.folder = folder
         if folder:
             self.structured = cfg.structured == "on"  # vLLM binds OpenAI's json_schema form
-            self._schema_form = "json_schema" if self.structured else ""
+            self.sending.schema_form = "json_schema" if self.structured else ""
             self.api_choice = f"{self.api} (teacher.batch_dir: no server to probe)"
             self.structured_choice = f"{cfg.structured} (teacher.batch_dir)"
         self._kind = "teacher"
@@ -156,6 +64,7 @@ class BatchTeacher(OpenAITeacher):
         self._waves: dict[str, dict[str, Any]] = {}  # file_id -> open wave (cache.open_waves)
         self._open: dict[str, str] = {}  # custom_id -> file_id of every line sent and not answered
         self._seen: dict[str, tuple[float, int]] = {}  # file_id -> (when, completed) first seen running: the ETA
+        self._call = Calls(self.base_urls[0], self.outage_wait_s, self._event, lambda: self.failover.stop, self._secret)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "batch": True, "batch_wave_max": self.wave_max, "batch_poll_s": self.poll_s,
@@ -165,15 +74,8 @@ class BatchTeacher(OpenAITeacher):
         if self.folder:
             return  # waves go to a folder: there is no server to reach
         super().preflight()
-        try:
-            self._clients[0].with_options(timeout=min(self.timeout_s, 30.0)).batches.list(limit=1)
-        except (openai.NotFoundError, openai.APIStatusError) as e:
-            if getattr(e, "status_code", 0) in (404, 405, 501):
-                raise TeacherError(f"{self.base_urls[0]} has no Batch API ({describe_error(e, self._secret)}). "
-                                   "Fix: drop --batch (teacher.batch), or use a server with the files and batches "
-                                   "endpoints") from None
-            if isinstance(e, FATAL):
-                raise TeacherError(f"{self.base_urls[0]}: {describe_error(e, self._secret)}") from None
+        check_batch_api(self._clients[0].with_options(timeout=min(self.timeout_s, 30.0)), self.base_urls[0],
+                        self._secret)
 
     def cached(self, req: Request, params: GenParams) -> bool:
         """Paid for: in the cache, or sent in a wave whose reply is still to come."""
@@ -196,7 +98,7 @@ class BatchTeacher(OpenAITeacher):
             raise TeacherError("batch mode records its batches in the run's cache.sqlite, and none is attached. "
                                "Fix: run it through seed2lora run or a stage command")
         client: Any = FolderClient(self.folder, self.model) if self.folder else self._clients[0]
-        self._stop = threading.Event()  # this stream's: set, it wakes the poll's sleep
+        self.failover.stop = threading.Event()  # this stream's: set, it wakes the poll's sleep
         self._waves = {w["file_id"]: w for w in self.cache.open_waves()}
         self._open = self.cache.open_lines()
         for wave in self._waves.values():
@@ -249,12 +151,8 @@ class BatchTeacher(OpenAITeacher):
             self._await(client, waiting, ready, retry)
 
     def _body(self, req: Request, params: GenParams) -> dict[str, Any]:
-        """The body the direct call would send for this request (OpenAITeacher._request's)."""
-        try:
-            self._request(_Offline(), self.api, req.prompt, params, req.salt)  # type: ignore[arg-type]
-        except _Captured as c:
-            return c.body
-        raise AssertionError("OpenAITeacher._request sent nothing")
+        """The body the direct call would send for this request."""
+        return self.body_of(self.api, req.prompt, params, req.salt)
 
     def _submit(self, client: openai.OpenAI, wave: dict[str, tuple[Request, GenParams]]) -> set[str]:
         """Upload the wave and create its batch; returns the custom_ids sent: all, or those the budget still
@@ -324,20 +222,10 @@ class BatchTeacher(OpenAITeacher):
                 if b.status in ENDED:
                     self._read(client, wave, b, waiting, ready, retry)
                 else:
-                    self._event(self._progress(wave, b))
+                    self._event(progress_line(self._kind, wave, b, self._seen))
             if ready or retry:
                 return
-            self._stop.wait(self.poll_s)
-
-    def _progress(self, wave: dict[str, Any], b: Any) -> str:
-        counts = b.request_counts
-        done, failed, total = (counts.completed, counts.failed, counts.total) if counts else (0, 0, 0)
-        now = time.monotonic()
-        since, done0 = self._seen.setdefault(wave["file_id"], (now, done))
-        rate = (done + failed - done0) / (now - since) if now > since else 0.0
-        eta = f", about {_duration((total - done - failed) / rate)} left" if rate > 0 and total else ", ETA not known yet"
-        return (f"{self._kind} batch progress: {b.id} {b.status}, {done:,}/{total:,} done" + (f", {failed:,} failed" if failed else "")
-                + eta)
+            self.failover.stop.wait(self.poll_s)
 
     def _read(self, client: openai.OpenAI, wave: dict[str, Any], b: Any,
               waiting: dict[str, list[tuple[Request, GenParams]]], ready: deque[tuple[Request, Completion]],
@@ -367,7 +255,7 @@ class BatchTeacher(OpenAITeacher):
             if state != "sent":
                 continue
             self._open.pop(key, None)
-            c, why = self._completion(api, out.get(key), reading, b.status)
+            c, why = read_line(api, out.get(key), reading, b.status)
             awaiting = waiting.get(key, [])
             if c is not None:
                 counts = self.usage.add(kind, c)
@@ -395,62 +283,7 @@ class BatchTeacher(OpenAITeacher):
                     (f", {failed:,} lines failed (tried again in the next wave, up to teacher.max_retries times)"
                      if failed else ""))
 
-    def _completion(self, api: str, line: dict[str, Any] | None, reading: dict[str, Any],
-                    status: str) -> tuple[Completion | None, str]:
-        """(the reply of one output line, read as a direct reply is, its stop sequences applied; or None and why)."""
-        if line is None:
-            return None, f"no reply in the batch's results (batch {status})"
-        response = line.get("response") or {}
-        code = response.get("status_code")
-        if line.get("error") or code != 200:
-            error = line.get("error") or (response.get("body") or {}).get("error") or {}
-            message = error.get("message", "") if isinstance(error, dict) else str(error)
-            return None, (f"HTTP {code} " if code else "") + (message or "a failed line")[:300]
-        reply = (ChatCompletion if api == "chat" else OpenAICompletion).construct(**(response.get("body") or {}))
-        asked = GenParams(max_tokens=1, logprobs=int(reading.get("logprobs") or 0))
-        try:
-            c = self._request(_Offline(reply), api, "", asked, None)  # type: ignore[arg-type]
-        except (Malformed, ValueError, AttributeError, TypeError) as e:
-            return None, f"malformed reply: {e}"
-        c.text, hit = apply_stop(c.text, reading.get("stop") or ())
-        if hit and c.finish_reason == "length":
-            c.finish_reason = "stop"
-        return c, ""
-
     def _close(self, wave: dict[str, Any], status: str) -> None:
         self.cache.update_wave(wave["file_id"], status=status, done=True)
         self._waves.pop(wave["file_id"], None)
         self._seen.pop(wave["file_id"], None)
-
-    def _call(self, fn: Callable[[], Any], what: str) -> Any:
-        """One files or batches call; a server that does not answer (refused, timeout, 5xx, 429) is tried again
-        with backoff for teacher.outage_wait_s (a batch keeps running on a restarted server)."""
-        deadline, wait, said = time.monotonic() + self.outage_wait_s, 1.0, False
-        while True:
-            try:
-                return fn()
-            except FATAL as e:
-                raise TeacherError(f"{self.base_urls[0]}: {describe_error(e, self._secret)}") from None
-            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError,
-                    httpx.TransportError) as e:
-                if time.monotonic() + wait > deadline:
-                    raise TeacherUnavailable(f"{self.base_urls[0]} did not answer for {self.outage_wait_s:.0f} s "
-                                             f"(teacher.outage_wait_s) trying to {what}: "
-                                             f"{describe_error(e, self._secret)}. Fix: start the server; a re-run "
-                                             "polls the same batches and sends nothing twice") from None
-                if not said:
-                    said = True
-                    self._event(f"batch outage: cannot {what} ({describe_error(e, self._secret)}); trying for "
-                                f"{self.outage_wait_s:.0f} s (teacher.outage_wait_s)")
-                self._stop.wait(wait)
-                wait = min(wait * 2, BACKOFF_MAX_S)
-            except openai.APIStatusError as e:
-                raise TeacherError(f"{self.base_urls[0]}: cannot {what}: {describe_error(e, self._secret)}") from None
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,166 @@
+"""The Batch API's files and batches as BatchTeacher (batch.py) calls them: each call tried again with backoff
+while the server does not answer (`Calls`), a progress line with an ETA for a running batch, and the same calls
+over a folder (`FolderClient`, teacher.batch_dir) for a model that no server here offers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import openai
+
+from ..errors import Incomplete, TeacherError, TeacherUnavailable
+from .base import Completion, apply_stop
+from .wire import FATAL, Malformed, describe_error, read_reply
+
+ENDED = ("completed", "expired", "cancelled", "failed")  # a batch in any other status is still running
+BACKOFF_MAX_S = 30.0  # longest wait between two tries of a files or batches call while the server does not answer
+
+
+class WaveWritten(Incomplete):
+    """A wave of a folder batch (teacher.batch_dir) waits for its output file: the run stops until it is there."""
+
+
+class _FolderFiles:
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def create(self, *, file: tuple[str, bytes], purpose: str) -> Any:
+        data = file[1]
+        file_id = f"wave-{hashlib.sha256(data).hexdigest()[:12]}"
+        path = self.folder / f"{file_id}.jsonl"
+        path.with_suffix(".tmp").write_bytes(data)
+        path.with_suffix(".tmp").replace(path)  # whole or absent: a kill never leaves half a wave to run
+        return SimpleNamespace(id=file_id)
+
+    def content(self, file_id: str) -> Any:
+        return SimpleNamespace(text=(self.folder / f"{file_id}.jsonl").read_text(encoding="utf-8"))
+
+
+class _FolderBatches:
+    def __init__(self, folder: Path, model: str):
+        self.folder, self.model = folder, model
+
+    def _batch(self, file_id: str, status: str, **more: Any) -> Any:
+        batch = {"id": file_id, "input_file_id": file_id, "status": status, "output_file_id": None,
+                 "error_file_id": None, "errors": None, **more}
+        return SimpleNamespace(request_counts=SimpleNamespace(total=0, completed=0, failed=0), **batch)
+
+    def create(self, *, input_file_id: str, **_: Any) -> Any:
+        return self._batch(input_file_id, "validating")
+
+    def list(self, **_: Any) -> Any:
+        return SimpleNamespace(data=[])  # a wave's batch is its file: created again, it is the same
+
+    def retrieve(self, batch_id: str) -> Any:
+        if (self.folder / f"{batch_id}.out.jsonl").is_file():
+            return self._batch(batch_id, "completed", output_file_id=f"{batch_id}.out")
+        wave = self.folder / f"{batch_id}.jsonl"
+        raise WaveWritten(
+            f"a wave of requests waits in {wave}. Run it where the model is, e.g. on a GPU box with vLLM: "
+            f"python -m vllm.entrypoints.openai.run_batch -i {wave.name} -o {batch_id}.out.jsonl --model {self.model} "
+            f"; put {batch_id}.out.jsonl beside it in {self.folder} and run the same command again (docs/batch.md)")
+
+
+class FolderClient:
+    """The files and batches calls of an openai client over a folder (teacher.batch_dir), for a model that no
+    server here offers: each wave is written as <id>.jsonl and the run stops; its results are read from
+    <id>.out.jsonl (the output of vLLM's run_batch, or of any tool that writes the Batch API's output lines)."""
+
+    def __init__(self, folder: str | Path, model: str):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.files, self.batches = _FolderFiles(self.folder), _FolderBatches(self.folder, model)
+
+
+class Calls:
+    """One files or batches call at a time; a server that does not answer (refused, timeout, 5xx, 429) is tried
+    again with backoff for teacher.outage_wait_s (a batch keeps running on a restarted server)."""
+
+    def __init__(self, url: str, outage_wait_s: float, event: Callable[[str], None],
+                 stop: Callable[[], threading.Event], secret: str = ""):
+        self.url, self.outage_wait_s, self.event, self.stop, self.secret = url, outage_wait_s, event, stop, secret
+
+    def __call__(self, fn: Callable[[], Any], what: str) -> Any:
+        deadline, wait, said = time.monotonic() + self.outage_wait_s, 1.0, False
+        while True:
+            try:
+                return fn()
+            except FATAL as e:
+                raise TeacherError(f"{self.url}: {describe_error(e, self.secret)}") from None
+            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError,
+                    httpx.TransportError) as e:
+                if time.monotonic() + wait > deadline:
+                    raise TeacherUnavailable(f"{self.url} did not answer for {self.outage_wait_s:.0f} s "
+                                             f"(teacher.outage_wait_s) trying to {what}: "
+                                             f"{describe_error(e, self.secret)}. Fix: start the server; a re-run "
+                                             "polls the same batches and sends nothing twice") from None
+                if not said:
+                    said = True
+                    self.event(f"batch outage: cannot {what} ({describe_error(e, self.secret)}); trying for "
+                               f"{self.outage_wait_s:.0f} s (teacher.outage_wait_s)")
+                self.stop().wait(wait)
+                wait = min(wait * 2, BACKOFF_MAX_S)
+            except openai.APIStatusError as e:
+                raise TeacherError(f"{self.url}: cannot {what}: {describe_error(e, self.secret)}") from None
+
+
+def progress_line(kind: str, wave: dict[str, Any], b: Any, seen: dict[str, tuple[float, int]]) -> str:
+    """A running batch's line: done of total from its request_counts, and an ETA from the rate since `seen`
+    (file_id -> (when, completed) first seen running)."""
+    counts = b.request_counts
+    done, failed, total = (counts.completed, counts.failed, counts.total) if counts else (0, 0, 0)
+    now = time.monotonic()
+    since, done0 = seen.setdefault(wave["file_id"], (now, done))
+    rate = (done + failed - done0) / (now - since) if now > since else 0.0
+    eta = f", about {duration((total - done - failed) / rate)} left" if rate > 0 and total else ", ETA not known yet"
+    return (f"{kind} batch progress: {b.id} {b.status}, {done:,}/{total:,} done" + (f", {failed:,} failed" if failed else "")
+            + eta)
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def read_line(api: str, line: dict[str, Any] | None, reading: dict[str, Any],
+              status: str) -> tuple[Completion | None, str]:
+    """(the reply of one output line, read as a direct reply is, its stop sequences applied; or None and why)."""
+    if line is None:
+        return None, f"no reply in the batch's results (batch {status})"
+    response = line.get("response") or {}
+    code = response.get("status_code")
+    if line.get("error") or code != 200:
+        error = line.get("error") or (response.get("body") or {}).get("error") or {}
+        message = error.get("message", "") if isinstance(error, dict) else str(error)
+        return None, (f"HTTP {code} " if code else "") + (message or "a failed line")[:300]
+    try:
+        c = read_reply(api, response.get("body"), bool(reading.get("logprobs")))
+    except (Malformed, ValueError, AttributeError, TypeError, KeyError) as e:
+        return None, f"malformed reply: {e}"
+    c.text, hit = apply_stop(c.text, reading.get("stop") or ())
+    if hit and c.finish_reason == "length":
+        c.finish_reason = "stop"
+    return c, ""
+
+
+def check_batch_api(client: openai.OpenAI, url: str, secret: str = "") -> None:
+    """Before the first wave: does the server have the batches endpoint?"""
+    try:
+        client.batches.list(limit=1)
+    except (openai.NotFoundError, openai.APIStatusError) as e:
+        if getattr(e, "status_code", 0) in (404, 405, 501):
+            raise TeacherError(f"{url} has no Batch API ({describe_error(e, secret)}). Fix: drop --batch "
+                               "(teacher.batch), or use a server with the files and batches endpoints") from None
+        if isinstance(e, FATAL):
+            raise TeacherError(f"{url}: {describe_error(e, secret)}") from None

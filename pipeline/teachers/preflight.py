@@ -1,0 +1,122 @@
+"""Before the first prompt: is each endpoint there, which API does the server offer (teacher.api auto), and does
+it bind chat replies to a JSON schema (teacher.structured auto|on)? A wrong port or a dead server fails in
+seconds, naming the URL."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import openai
+
+from ..errors import TeacherError, TeacherUnavailable
+from .base import Completion, GenParams
+from .failover import Failover
+from .wire import Client, ContextTooLong, Malformed, describe_error
+
+PROBE_PROMPT = "Say OK."  # api auto's one-token probe of the completions endpoint
+# teacher.structured auto|on: one small question whose reply must be {"answer": "Yes"} or {"answer": "No"}
+STRUCTURED_PROBE_PROMPT = 'Is water wet? Reply with a JSON object such as {"answer": "Yes"}.'
+STRUCTURED_PROBE = GenParams(max_tokens=24, schema_name="answer", schema=json.dumps({
+    "type": "object", "properties": {"answer": {"type": "string", "enum": ["Yes", "No"]}}, "required": ["answer"],
+    "additionalProperties": False}))
+SCHEMA_FORMS = ("json_schema", "json_object")  # tried in this order: OpenAI's form first
+PREFLIGHT_TIMEOUT_S = 60.0  # one token from a cold local server (model load, first batch) can take this long
+# One call as the teacher makes it: (client, api, prompt, params, schema_form, timeout_s) -> its reply.
+Ask = Callable[[Client, str, str, GenParams, str, float], Completion]
+
+
+class Preflight:
+    def __init__(self, failover: Failover, sdk_clients: list[openai.OpenAI], probes: list[Client], ask: Ask,
+                 event: Callable[[str], None], secret: str = ""):
+        self.failover, self.sdk_clients, self.probes, self.ask = failover, sdk_clients, probes, ask
+        self.event, self.secret = event, secret
+        self.timeout_s = min(failover.patience.timeout_s, PREFLIGHT_TIMEOUT_S)
+
+    def reach_all(self, probe_every_s: float) -> list[int]:
+        """The endpoints that answer; one that does not starts out of rotation (the prober lets it in when it
+        answers); TeacherUnavailable when none does."""
+        alive, last = [], ""
+        endpoints = self.failover.endpoints
+        for i, endpoint in enumerate(endpoints):
+            url, error = endpoint.url, self.reach(i)
+            if error is None:
+                alive.append(i)
+                endpoint.answered, endpoint.down_since = True, None
+            else:
+                last = f"{url}: {error}"
+                endpoint.down_since, endpoint.probe_wait_s = time.monotonic(), probe_every_s
+                if len(endpoints) > 1:
+                    self.event(f"{url} does not answer ({error}); requests go to the other endpoints until it does")
+        if not alive:
+            raise TeacherUnavailable(f"no endpoint answers: {last}. Fix: start the server, or check --base-url "
+                                     "(host and port)")
+        return alive
+
+    def reach(self, i: int) -> str | None:
+        """None when the endpoint answers HTTP at all (GET /models); else the last connection error."""
+        url, window = self.failover.endpoints[i].url, self.failover.patience.connect_window_s
+        client = self.sdk_clients[i].with_options(timeout=min(self.failover.patience.timeout_s, 10.0))
+        deadline = time.monotonic() + window
+        announced = False
+        while True:
+            try:
+                client.models.list()
+                return None
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+                raise TeacherError(f"{url}: {describe_error(e, self.secret)}") from None
+            except (openai.APIConnectionError, httpx.TransportError) as e:  # refused, DNS, TLS, reset, timeout
+                if time.monotonic() >= deadline or self.failover.stop.wait(1.0):
+                    return describe_error(e, self.secret)
+                if not announced:
+                    announced = True
+                    self.event(f"cannot reach {url} ({describe_error(e, self.secret)}); trying "
+                               f"for {window:.0f} s (teacher.connect_window_s)")
+            except (openai.APIStatusError, ValueError):
+                return None  # an HTTP answer (a server without /models, say): it is there
+
+    def choose_api(self, i: int) -> tuple[str, str]:
+        """api auto: (api, why). Ask for one token from the completions endpoint and use it if the server has one."""
+        try:
+            self.ask(self.probes[i], "completions", PROBE_PROMPT, GenParams(max_tokens=1), "", self.timeout_s)
+            return "completions", "auto: completions (the server offers the endpoint)"
+        except openai.NotFoundError as e:
+            return "chat", f"auto: chat (completions: {describe_error(e, self.secret)})"
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+            raise TeacherError(f"{self.failover.endpoints[i].url}: {describe_error(e, self.secret)}") from None
+        except (openai.APIError, httpx.TransportError, Malformed, ContextTooLong, ValueError) as e:
+            return "chat", f"auto: chat (completions: {describe_error(e, self.secret)})"
+
+    def choose_structured(self, i: int, api: str, setting: str) -> tuple[str, str]:
+        """teacher.structured auto|on: (the response_format form the server honours or "", why). Does the server
+        bind a chat reply to a JSON schema? Ask it one small question in each form servers take (OpenAI's
+        json_schema; json_object with a schema, as llama-cpp-python's server takes it) and use the first whose
+        reply is the schema's JSON. Auto leaves a run on the completions endpoint as it is: list continuations
+        are what small local models follow best (benchmarks/RESULTS.md, structured replies on llama.cpp)."""
+        url = self.failover.endpoints[i].url
+        if api == "completions":
+            if setting == "on":
+                raise TeacherError("teacher.structured=on needs chat requests, and --api completions was given. "
+                                   "Fix: --api chat (or auto), or --set teacher.structured=off")
+            return "", "auto: off (the run uses the completions endpoint)"
+        tried = []
+        for form in SCHEMA_FORMS:
+            try:
+                reply = self.ask(self.probes[i], "chat", STRUCTURED_PROBE_PROMPT, STRUCTURED_PROBE, form,
+                                 self.timeout_s)
+                answer: Any = json.loads(reply.text).get("answer")
+                if answer in ("Yes", "No"):
+                    return form, (f"{'auto: ' if setting == 'auto' else ''}on (the server binds replies "
+                                  f"to a schema given as response_format {form})")
+                tried.append(f"{form}: reply not the schema's JSON ({reply.text[:40]!r})")
+            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
+                raise TeacherError(f"{url}: {describe_error(e, self.secret)}") from None
+            except (openai.APIError, httpx.TransportError, Malformed, ContextTooLong, ValueError, AttributeError) as e:
+                tried.append(f"{form}: {describe_error(e, self.secret)}")
+        if setting == "on":
+            raise TeacherError(f"{url} does not bind replies to a JSON schema ({'; '.join(tried)}). "
+                               "Fix: --set teacher.structured=auto (falls back to text) or off")
+        return "", f"auto: off ({'; '.join(tried)})"

@@ -1,0 +1,127 @@
+"""The one retry policy of an OpenAI-compatible teacher (tenacity), for every request of a stream: 429 waits
+for Retry-After, 5xx/timeouts/connection errors/malformed replies back off exponentially with jitter,
+400/401/403/404 fail at once, a context-length error halves max_tokens (as Self-Instruct did), and a refused
+connection is tried again at once on another endpoint. Each try goes to the endpoint the failover picks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import openai
+import tenacity
+
+from .base import Completion, GenParams, Request
+from .failover import Failover
+from .wire import FATAL, ContextTooLong, Malformed, describe_error, is_transient, refused, retry_after
+
+_NO_REQUEST = httpx.Request("POST", "http://stopped.invalid/")
+# The clients of one stream, their requests in flight and the endpoint each belongs to.
+Pools = tuple[list[Any], list[int], list[int]]
+# One HTTP call: (client, request, its sampling, max_tokens) -> its reply.
+Send = Callable[[Any, Request, GenParams, int], Completion]
+
+
+def wait_for(max_wait_s: float):
+    backoff = tenacity.wait_random_exponential(multiplier=min(1.0, max_wait_s), max=max_wait_s)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        e = state.outcome.exception() if state.outcome else None
+        after = retry_after(e)
+        return min(after, max_wait_s) if after is not None else backoff(state)
+
+    return wait
+
+
+class Retries:
+    def __init__(self, failover: Failover, send: Send, *, max_retries: int, max_wait_s: float,
+                 event: Callable[[str], None], secret: str = ""):
+        self.failover, self.send, self.event, self.secret = failover, send, event, secret
+        self.max_retries, self.max_wait_s = max_retries, max_wait_s
+
+    def call(self, pools: Pools, req: Request, params: GenParams, stop: threading.Event) -> Completion:
+        """The request's reply, or an error Completion once its retries are spent (or at a fatal error, which
+        stops the stream)."""
+        max_tokens = params.max_tokens
+        faults = {"retries": 0, "timeouts": 0}
+        backoff = wait_for(self.max_wait_s)
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            e = state.outcome.exception() if state.outcome else None
+            # Its endpoint just left the rotation: the next try goes to another one, and need not wait.
+            return 0.0 if refused(e) and self.failover.any_live() else backoff(state)
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            e = state.outcome.exception() if state.outcome else None
+            faults["retries"] += 1
+            faults["timeouts"] += isinstance(e, openai.APITimeoutError)
+            self.event(f"retrying after {describe_error(e, self.secret)}")
+
+        retrying = tenacity.Retrying(
+            stop=lambda state: self.give_up(state, stop),
+            wait=wait,
+            sleep=lambda seconds: self.failover.nap(seconds, stop),  # an interrupt, a fatal error or a rejoin ends it
+            retry=tenacity.retry_if_exception(is_transient),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        error = "prompt longer than the model's context"
+        for _ in range(4):  # context-length shrinking: at most 4 halvings
+            try:
+                c = retrying(self.attempt, pools, req, params, max_tokens, stop)
+                c.retries, c.timeouts = faults["retries"], faults["timeouts"]
+                return c
+            except ContextTooLong:
+                max_tokens //= 2
+                if max_tokens < 16:
+                    break
+            except FATAL as e:
+                with self.failover.lock:
+                    self.failover.fatal = e
+                self.failover.halt(stop)
+                error = describe_error(e, self.secret)
+                break
+            except (openai.APIError, httpx.TransportError, Malformed, ValueError) as e:  # retries spent, 400
+                error = describe_error(e, self.secret)
+                break
+        return Completion("", "error", error=error, retries=faults["retries"], timeouts=faults["timeouts"])
+
+    def give_up(self, state: tenacity.RetryCallState, stop: threading.Event) -> bool:
+        """Stop retrying: when the run is stopping, or after max_retries; a refused connection is instead
+        retried until every endpoint has been down past its wait (a restarting server is back in seconds)."""
+        if stop.is_set():
+            return True
+        if refused(state.outcome.exception() if state.outcome else None):
+            return False  # Failover.check_outage() sets the stop once the wait is over
+        return state.attempt_number > self.max_retries
+
+    def attempt(self, pools: Pools, req: Request, params: GenParams, max_tokens: int,
+                stop: threading.Event) -> Completion:
+        """One HTTP call to the endpoint in rotation with the fewest in flight (each try picks anew, so a
+        retry leaves a dead endpoint), with the bookkeeping that decides when to give up on a server."""
+        if stop.is_set():
+            raise openai.APIConnectionError(message="not sent: the run is stopping", request=_NO_REQUEST)
+        clients, counts, owner = pools
+        failover = self.failover
+        with failover.lock:
+            i = failover.pick(counts, owner)
+            counts[i] += 1
+        started = time.monotonic()
+        try:
+            c = self.send(clients[i], req, params, max_tokens)
+        except (ContextTooLong, *FATAL):
+            raise
+        except Exception as e:
+            if not stop.is_set():  # a call of an abandoned stream says nothing about the server now
+                failover.failed(e, owner[i])
+            raise
+        finally:
+            with failover.lock:
+                counts[i] -= 1
+        if not stop.is_set():
+            failover.succeeded(time.monotonic() - started, owner[i])
+        return c

@@ -1,0 +1,93 @@
+"""wire.py: request bodies, replies read without the SDK's models, and the SDK's exceptions for each status."""
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from pipeline.teachers.base import GenParams
+from pipeline.teachers.wire import Client, Malformed, Sending, read_reply, request_body, status_error
+
+BODIES = [
+    b'{"error": {"message": "This model\'s maximum context length is 4096 tokens", "type": "invalid_request_error"}}',
+    b'{"error": "plain string error"}', b'{"detail": "Not Found"}', b"upstream connect error", b"", b"[1, 2]",
+]
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422, 429, 500, 502, 503, 418])
+@pytest.mark.parametrize("content", BODIES)
+def test_a_status_raises_what_the_sdk_raises_with_its_message_and_body(status, content):
+    request = httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
+    response = httpx.Response(status, content=content, headers={"retry-after": "3"}, request=request)
+    sdk = openai.OpenAI(api_key="x", base_url="http://127.0.0.1:9/v1")._make_status_error_from_response(response)
+    ours = status_error(response)
+    assert type(ours) is type(sdk)
+    assert (str(ours), ours.status_code, ours.body, ours.message) == (str(sdk), sdk.status_code, sdk.body, sdk.message)
+    assert ours.response.headers["retry-after"] == "3"
+
+
+def test_a_chat_reply_is_read_with_its_usage_and_cached_tokens():
+    reply = {"choices": [{"message": {"role": "assistant", "content": "Hi"}, "finish_reason": "length"}],
+             "usage": {"prompt_tokens": 120, "completion_tokens": 5,
+                       "prompt_tokens_details": {"cached_tokens": 64}}}
+    c = read_reply("chat", reply, logprobs_asked=False)
+    assert (c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens, c.cached_tokens) == ("Hi", "length", 120, 5, 64)
+    no_details = read_reply("completions", {"choices": [{"text": "x", "finish_reason": None}],
+                                            "usage": {"prompt_tokens": 3, "prompt_tokens_details": None}}, False)
+    assert (no_details.text, no_details.finish_reason, no_details.cached_tokens) == ("x", "stop", 0)
+
+
+@pytest.mark.parametrize("reply, why", [
+    ({"choices": []}, "no choices"), ({}, "no choices"), ([], "not an object"),
+    ({"choices": [{"message": {"role": "assistant", "content": None}}]}, "no choices"),
+    ({"choices": [{"message": {"content": None, "refusal": "I can't help with that."}}]}, "refused: I can't"),
+])
+def test_a_reply_with_no_text_is_malformed(reply, why):
+    with pytest.raises(Malformed, match=why):
+        read_reply("chat", reply, logprobs_asked=False)
+
+
+def test_logprobs_are_read_from_chat_and_completions_replies():
+    chat = {"choices": [{"message": {"content": "Yes"}, "logprobs": {"content": [
+        {"token": "Yes", "logprob": -0.1, "top_logprobs": [{"token": "Yes", "logprob": -0.1},
+                                                            {"token": "No", "logprob": -2.5}]}]}}]}
+    assert json.loads(read_reply("chat", chat, True).text) == {"top_logprobs": {"Yes": -0.1, "No": -2.5}}
+    completions = {"choices": [{"text": "Yes", "logprobs": {"top_logprobs": [{"Yes": -0.2, "No": -1.9}]}}]}
+    assert json.loads(read_reply("completions", completions, True).text) == {"top_logprobs": {"Yes": -0.2, "No": -1.9}}
+    missing = read_reply("chat", {"choices": [{"message": {"content": "Yes"}}]}, True)
+    assert missing.text == "Yes" and not missing.cacheable  # asked for and not sent: not kept in the cache
+
+
+def test_the_body_carries_the_settings_the_server_takes():
+    s = Sending("m", system_prompt="Be brief.", seed=7)
+    params = GenParams(max_tokens=9, top_p=0.0, stop=("a", "b", "c", "d", "e"), logprobs=3)
+    body = request_body(s, "chat", "hi", params, "salt")
+    assert body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert body["top_p"] == 1.0 and body["stop"] == ["a", "b", "c", "d"] and body["top_logprobs"] == 3
+    assert body["seed"] == request_body(s, "chat", "other", params, "salt")["seed"]  # the salt decides it
+    s.send_seed = s.send_logprobs = False
+    body = request_body(s, "completions", "hi", params, "salt")
+    assert body["prompt"] == "hi" and "seed" not in body and "logprobs" not in body
+
+
+def test_a_refused_connection_and_a_timeout_raise_the_sdks_exceptions(fake_openai):
+    with pytest.raises(openai.APIConnectionError) as refused:
+        Client("http://127.0.0.1:9/v1", "k", 5.0).post("/chat/completions", {"model": "m"})
+    assert not isinstance(refused.value, openai.APITimeoutError)
+    fake_openai.enqueue(fake_openai.wrap("/chat/completions", "late"), delay=2.0)
+    with pytest.raises(openai.APITimeoutError):
+        Client(fake_openai.url, "k", 0.3).post("/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    fake_openai.enqueue(b"{not json")
+    with pytest.raises(Malformed, match="malformed reply"):
+        Client(fake_openai.url, "k", 5.0).post("/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+
+
+def test_the_organization_and_project_of_the_environment_are_sent_as_the_sdk_sends_them(fake_openai, monkeypatch):
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-test")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj_test")
+    sdk = openai.OpenAI(api_key="k", base_url=fake_openai.url)
+    client = Client(fake_openai.url, "k", 5.0, sdk)
+    assert {k: client.headers[k] for k in ("OpenAI-Organization", "OpenAI-Project")} == {
+        k: sdk.default_headers[k] for k in ("OpenAI-Organization", "OpenAI-Project")}
+    assert "OpenAI-Project" not in Client(fake_openai.url, "k", 5.0).headers
