@@ -18,7 +18,6 @@ MAX_RUNNER_LINES = 300
 ALLOWED = {
     "pipeline/train/commands.py:add_commands",  # 134 lines: the click commands of train, merge, generate and eval
     "pipeline/adapter_cli.py:add_commands",  # 133 lines: the click commands of export-adapter, serve and cost
-    "pipeline/stages/export.py:dataset_card",  # 101 lines: the dataset card's text
 }
 
 
