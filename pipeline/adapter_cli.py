@@ -37,6 +37,13 @@ Examples:
 
 
 def add_commands(cli: click.Group, friendly_errors: Callable, console: Any, run_dir_only: Callable) -> None:
+    """The commands by group: export (export-adapter), serve, cost."""
+    add_export_command(cli, friendly_errors, console)
+    add_serve_command(cli, friendly_errors, console)
+    add_cost_command(cli, friendly_errors, run_dir_only)
+
+
+def add_export_command(cli: click.Group, friendly_errors: Callable, console: Any) -> None:
     @cli.command(name="export-adapter", epilog=EXPORT_ADAPTER_EXAMPLES)
     @click.argument("adapter", type=click.Path(exists=True, file_okay=False))
     @click.option("--format", "fmt", type=click.Choice(["gguf"]), default="gguf", show_default=True,
@@ -49,8 +56,9 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any, run_
                   help="GGUF of the base the adapter must apply to (default: the embedded model's own file, when "
                        "the adapter was trained on it). Every tensor is checked against it.")
     @click.option("--model", default="", help="Base model folder (default: the one the adapter was trained on).")
-    @click.option("--merged", type=click.Choice(["f16", "q8_0"]),
-                  help="Also write base + adapter merged into one GGUF model in this precision (llama-family bases).")
+    @click.option("--merged", type=click.Choice(["f16", "q8_0", "q4_k_m", "q5_k_m"]),
+                  help="Also write base + adapter merged into one GGUF model in this precision (supported bases); "
+                       "q4_k_m / q5_k_m: the merged f16 quantized by llama.cpp's own quantizer (llama-cpp-python).")
     @click.option("--push-to-hub", "push_to_hub", metavar="REPO",
                   help="Then upload the adapter (PEFT files, the GGUF written now, a model card with the provenance) "
                        "to this Hugging Face model repository (USER/NAME); the token is read from HF_TOKEN.")
@@ -65,9 +73,9 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any, run_
             ollama_name,
             run_commands,
             write_adapter_gguf,
-            write_merged_gguf,
         )
-        from .train.model import load_tokenizer
+        from .train.gguf_quantize import write_merged
+        from .train.model import adapter_info, load_tokenizer
 
         if push_to_hub:  # a bad name or a missing token stops before anything is written
             repo, token = check_repo_id(push_to_hub), hub_token()
@@ -79,19 +87,21 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any, run_
         tokenizer = load_tokenizer(adapter if (Path(adapter) / "tokenizer_config.json").is_file() else str(base.hf_dir))
         fmt_ = chat_format(tokenizer)
         name = ollama_name(Path(prov["run"]).stem if prov["run"] else Path(adapter).name)
+        info = adapter_info(adapter)
+        sampling = info["sampling"] if info["sampling_recorded"] else None  # eval's settings, once it has run
         if base.gguf is None:
             console.print("[yellow]no base GGUF known:[/] give --base-gguf to have the adapter checked against it "
                           "and an Ollama Modelfile written")
         else:
             mf = path.parent / MODELFILE
-            mf.write_text(modelfile(base.gguf, path, fmt_, prov), encoding="utf-8")
+            mf.write_text(modelfile(base.gguf, path, fmt_, prov, sampling), encoding="utf-8")
             console.print(f"[green]Ollama Modelfile:[/] {mf}", highlight=False)
             for line in run_commands(name, base.gguf, path, mf):
                 click.echo(line)
         if merged:
-            m = write_merged_gguf(adapter, None, outtype=merged, base_gguf=base_gguf, model=model)
+            m = write_merged(adapter, None, outtype=merged, base_gguf=base_gguf, model=model)
             mf = m["path"].parent / f"{MODELFILE}.merged"
-            mf.write_text(modelfile(m["path"], None, fmt_, prov), encoding="utf-8")
+            mf.write_text(modelfile(m["path"], None, fmt_, prov, sampling), encoding="utf-8")
             console.print(f"[green]merged GGUF:[/] {m['path']}  ({m['path'].stat().st_size / 2**20:.1f} MiB; "
                           f"Modelfile {mf})", highlight=False)
             click.echo(f"llama-cli -m {m['path'].resolve()} -cnv")
@@ -101,6 +111,8 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any, run_
             url = push_adapter(Path(adapter), done, [path, *([m["path"]] if merged else [])], repo, token)
             console.print(f"[green]pushed:[/] {url}", highlight=False)
 
+
+def add_serve_command(cli: click.Group, friendly_errors: Callable, console: Any) -> None:
     @cli.command(epilog=SERVE_EXAMPLES)
     @click.argument("adapters", nargs=-1, required=True)
     @click.option("--engine", type=click.Choice(["auto", "vllm", "llama-cpp"]), default="auto", show_default=True,
@@ -112,7 +124,8 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any, run_
     @click.option("--n-ctx", type=int, default=2048, show_default=True, help="llama-cpp: context length per model.")
     @click.option("--n-threads", type=click.IntRange(min=1), default=None,
                   help="llama-cpp: CPU threads (default: every core; llama-cpp-python's own default is half).")
-    @click.option("--dry-run", is_flag=True, help="Print the command (and write the config file), start nothing.")
+    @click.option("--dry-run", is_flag=True,
+                  help="Print the config file and the command it would run; write nothing, start nothing.")
     @friendly_errors
     def serve(adapters, engine, host, port, base_gguf, n_ctx, n_threads, dry_run):
         """Serve many adapters on one base behind an OpenAI-compatible URL; a request names its adapter as `model`.
@@ -124,9 +137,12 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any, run_
         from .train.serve import plan, start, wait_ready
 
         p = plan(list(adapters), engine=engine, host=host, port=port, base_gguf=base_gguf, n_ctx=n_ctx,
-                 n_threads=n_threads, log=lambda m: console.print(m, highlight=False))
+                 n_threads=n_threads, dry_run=dry_run, log=lambda m: console.print(m, highlight=False))
         if p.config_file:
-            console.print(f"config file: {p.config_file}", highlight=False)
+            console.print(f"config file{' (dry run: not written)' if dry_run else ''}: {p.config_file}",
+                          highlight=False)
+            if dry_run:
+                click.echo(json.dumps(p.config, indent=2))
         click.echo(" ".join(shlex.quote(a) for a in p.argv))
         if dry_run:
             return
@@ -143,6 +159,8 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any, run_
                 proc.terminate()
                 proc.wait(timeout=30)
 
+
+def add_cost_command(cli: click.Group, friendly_errors: Callable, run_dir_only: Callable) -> None:
     @cli.command(epilog=COST_EXAMPLES)
     @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
     @click.option("--config", "config_path", type=click.Path(dir_okay=False),

@@ -52,7 +52,31 @@ PROMPTS = [f"What colour is item number {i}?" for i in (2, 5, 9, 13, 17)] + \
 NEW_TOKENS = 16
 
 
-def peft_greedy(adapter: Path, prompts: list[str]) -> dict:
+HELDOUT = [  # no training row of DATA, nor a near-copy of one: what a new user asks first
+    "What colour is a ripe banana?", "Name three animals that live in the sea.", "Describe rain in one sentence.",
+    "What is the opposite of cold?", "Give me a word that rhymes with cat.", "Which colour do you get from blue and "
+    "yellow?", "Write a short greeting for a birthday card.", "How many days are in a week?",
+    "What do bees make?", "Suggest a name for a black cat.", "Why is the sky blue?", "List two uses of a spoon."]
+
+
+def f16_base_gguf(adapter: Path, out: Path) -> Path:
+    """An f16 GGUF of the adapter's base, no adapter in it: the merged writer given the adapter with every B zeroed
+    (W + alpha/r * 0 * A = W), so no converter beyond seed2lora's own is needed."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from pipeline.train.gguf_merged import write_merged_gguf
+
+    zero = out.parent / f"{out.stem}-zero-adapter"
+    if not zero.is_dir():
+        shutil.copytree(adapter, zero, ignore=shutil.ignore_patterns("checkpoints", "*.gguf", "eval"))
+        state = load_file(str(zero / "adapter_model.safetensors"))
+        save_file({k: v * 0 if "lora_B" in k else v for k, v in state.items()}, str(zero / "adapter_model.safetensors"))
+    return write_merged_gguf(zero, out, outtype="f16")["path"]
+
+
+def peft_greedy(adapter: Path, prompts: list[str], new_tokens: int = 0) -> dict:
     """PEFT on the unquantized base: prompt ids, greedy ids and their logits with the adapter, greedy ids without."""
     import torch
 
@@ -60,8 +84,9 @@ def peft_greedy(adapter: Path, prompts: list[str]) -> dict:
     from pipeline.train.model import load_with_adapter
 
     model, tok = load_with_adapter(adapter, quant="none")
-    out: dict = {"ids": [], "tuned": [], "logits": [], "base": [], "base_logits": [], "eos": tok.eos_token_id}
-    kw = dict(max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    out: dict = {"ids": [], "tuned": [], "logits": [], "base": [], "base_logits": [], "eos": tok.eos_token_id,
+                 "new_tokens": new_tokens or NEW_TOKENS}
+    kw = dict(max_new_tokens=new_tokens or NEW_TOKENS, do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
               return_dict_in_generate=True, output_logits=True)  # the answer a user sees: up to <|im_end|>
     for p in prompts:
         x = tok(prompt_text(tok, [{"role": "user", "content": p}]), return_tensors="pt", add_special_tokens=False)
@@ -83,7 +108,7 @@ def llama_cpp_compare(model_path: Path, lora: Path | None, peft: dict, side: str
     PEFT's answers, top-1 agreement and the largest logit difference."""
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(model_path), lora_path=str(lora) if lora else None, n_ctx=256, n_threads=2,
+    llm = Llama(model_path=str(model_path), lora_path=str(lora) if lora else None, n_ctx=512, n_threads=2,
                 logits_all=True, verbose=False, seed=0)
     same, agree, total, diffs, runs = 0, 0, 0, [], []
     logits_key = "logits" if side == "tuned" else "base_logits"
@@ -91,7 +116,7 @@ def llama_cpp_compare(model_path: Path, lora: Path | None, peft: dict, side: str
         llm.reset()
         got: list[int] = []
         llm.eval(ids)
-        while len(got) < NEW_TOKENS and (not got or got[-1] != peft["eos"]):  # free-running greedy, to <|im_end|>
+        while len(got) < peft["new_tokens"] and (not got or got[-1] != peft["eos"]):  # free-running greedy, to <|im_end|>
             tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
             got.append(tok)
             llm.eval([tok])
@@ -104,4 +129,4 @@ def llama_cpp_compare(model_path: Path, lora: Path | None, peft: dict, side: str
         total += len(target)
         diffs.append(np.abs(logits - want_logits).max())
     llm.close()
-    return {"same": same, "top1": agree / total, "max_logit_diff": float(max(diffs)), "runs": runs}
+    return {"same": same, "n": len(runs), "top1": agree / total, "max_logit_diff": float(max(diffs)), "runs": runs}

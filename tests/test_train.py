@@ -464,7 +464,9 @@ def test_cli_export_train_eval_generate_merge(tiny_model, tmp_path, fake_openai)
     adapter = run.path / "adapter"
     assert "done:" in result.output and (adapter / "adapter_model.safetensors").is_file()
     assert "train, steps: 0/2 (0%), started" in result.output  # the output is no terminal: plain progress lines
-    assert re.search(r"^train, steps: 2/2 \(100%\), done in (\d+m)?\d+s \([\d.]+/(s|min|h)\), loss \d", result.output, re.M)
+    # "done in 5s" or, on a loaded machine, "done in 1m58s" (progress.format_duration)
+    assert re.search(r"^train, steps: 2/2 \(100%\), done in (\d+m)?\d+s \([\d.]+/(s|min|h)\), loss \d", result.output,
+                     re.M)
     summary = json.loads((adapter / "training_summary.json").read_text())
     assert summary["rows"]["packed"] and not summary["quantized"] and summary["config"]["lora_r"] == 8
     fake_openai.enqueue("A")
@@ -490,8 +492,14 @@ def test_cli_export_train_eval_generate_merge(tiny_model, tmp_path, fake_openai)
     assert cache.usage()["judge"]["calls"] == 2  # the verdicts went to the run's cache and usage log
     cache.close()
     assert "| base + adapter |" in (adapter / "eval" / "eval_report.md").read_text()
+    # issue 22: the settings eval used travel with the adapter, and generate answers with them
+    assert json.loads((adapter / "sampling.json").read_text()) == report["sampling"] == {
+        "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 4, "repeat_penalty": 1.0, "stop": report["sampling"]["stop"]}
+    assert report["sampling"]["stop"]  # the EOS token's text
     result = runner.invoke(cli, ["generate", str(adapter), "Name a colour.", "--max-new-tokens", "3"])
     assert result.exit_code == 0 and json.loads(result.stdout.splitlines()[-1])["prompt"] == "Name a colour."
+    result = runner.invoke(cli, ["generate", str(adapter), "Name a colour."])  # sampling.json's 4 tokens at most
+    assert result.exit_code == 0 and len(json.loads(result.stdout.splitlines()[-1])["answer"].split()) <= 4
     result = runner.invoke(cli, ["train", str(tmp_path / "nothing.json"), "--model", tiny_model])
     assert result.exit_code == 2
 

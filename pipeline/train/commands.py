@@ -53,6 +53,13 @@ def _on_off(flag: bool) -> str:
     return "on" if flag else "off"
 
 
+def sampling_kwargs(sampling: dict[str, Any], max_new_tokens: int | None = None) -> dict[str, Any]:
+    """eval.generate's keywords from an adapter's sampling settings (model.adapter_info's "sampling");
+    a --max-new-tokens given wins."""
+    return {"max_new_tokens": max_new_tokens or sampling["max_new_tokens"], "temperature": sampling["temperature"],
+            "top_p": sampling["top_p"], "repetition_penalty": sampling["repeat_penalty"], "stop": sampling["stop"]}
+
+
 TRAIN_EXAMPLES = """\b
 Examples:
   seed2lora train outputs/quickstart/export --packing --max-seq-len 512 --epochs 2 --grad-accum 2
@@ -61,23 +68,34 @@ Examples:
 """
 
 
+def config_opt(f: Callable) -> Callable:
+    return click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                        help="TOML file; its [train] / [eval] table is read (default: none, "
+                             "every setting at its default).")(f)
+
+
+def set_opt(example: str) -> Callable:
+    section, _, key = example.partition(".")
+    return click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+                        help=f"Any [{section}] setting, e.g. --set {example} ({key} alone works too); checked "
+                             "like the TOML file (repeatable).")
+
+
+def t(key: str) -> Any:  # the help shows TrainConfig's defaults, never a copy of them
+    return default_of(key, TrainConfig)
+
+
+def e(key: str) -> Any:
+    return default_of(key, EvalConfig)
+
+
 def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> None:
-    config_opt = click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                              help="TOML file; its [train] / [eval] table is read (default: none, "
-                                   "every setting at its default).")
+    """The train half's commands: making an adapter (train, merge), then asking it (generate, eval)."""
+    add_training_commands(cli, friendly_errors, console)
+    add_answering_commands(cli, friendly_errors, console)
 
-    def set_opt(example: str):
-        section, _, key = example.partition(".")
-        return click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
-                            help=f"Any [{section}] setting, e.g. --set {example} ({key} alone works too); checked "
-                                 "like the TOML file (repeatable).")
 
-    def t(key: str) -> Any:  # the help shows TrainConfig's defaults, never a copy of them
-        return default_of(key, TrainConfig)
-
-    def e(key: str) -> Any:
-        return default_of(key, EvalConfig)
-
+def add_training_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> None:
     @cli.command(epilog=TRAIN_EXAMPLES)
     @click.argument("data", type=click.Path(exists=True))
     @click.option("--model", metavar="DIR", help="Local HF model folder (default: the embedded SmolLM2-135M-Instruct).")
@@ -130,26 +148,34 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
         out = merge_adapter(adapter, out_dir or Path(adapter) / "merged", model=model, dtype=dtype)
         console.print(f"[green]merged:[/] {out}")
 
+
+def add_answering_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> None:
     @cli.command()
     @click.argument("adapter", type=click.Path(exists=True, file_okay=False))
     @click.argument("prompts", nargs=-1)
     @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False),
                   help="JSONL of {instruction, input} or {messages} rows to answer.")
     @click.option("--model", default="", help="Base model folder (default: the adapter's).")
-    @click.option("--max-new-tokens", type=int, default=e("max_new_tokens"), show_default=True, help="Answer length cap.")
+    @click.option("--max-new-tokens", type=int,
+                  help=f"Answer length cap (default: the adapter's sampling.json, as eval used it; else "
+                       f"{e('max_new_tokens')}).")
     @click.option("--quant", type=click.Choice(["auto", "4bit", "none"]), default="auto", show_default=True,
                   help="Load the base as trained (auto), in 4-bit, or unquantized.")
     @click.option("--base", "base_only", is_flag=True, help="Answer with the base model alone (adapter disabled).")
     @friendly_errors
     def generate(adapter, prompts, input_path, model, max_new_tokens, quant, base_only):
-        """Answer prompts with base + adapter; prints one JSON line per answer."""
+        """Answer prompts with base + adapter; prints one JSON line per answer.
+
+        Decoding is the adapter's sampling.json, the settings `eval` scored it with (greedy, no repetition
+        penalty, unless set there).
+        """
         from contextlib import nullcontext
 
         from ..errors import Seed2LoraError
         from ..store import read_jsonl
         from .eval import generate as gen
         from .eval import user_prompt
-        from .model import load_with_adapter
+        from .model import adapter_info, load_with_adapter
 
         messages = [user_prompt(p) for p in prompts]
         if input_path:
@@ -163,7 +189,8 @@ def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> N
             raise Seed2LoraError("nothing to answer. Fix: give prompts as arguments or --input FILE.jsonl")
         peft_model, tokenizer = load_with_adapter(adapter, model=model, quant=quant)
         with peft_model.disable_adapter() if base_only else nullcontext():
-            answers = gen(peft_model, tokenizer, messages, max_new_tokens=max_new_tokens)
+            answers = gen(peft_model, tokenizer, messages, **sampling_kwargs(adapter_info(adapter)["sampling"],
+                                                                            max_new_tokens))
         for msgs, answer in zip(messages, answers, strict=True):
             click.echo(json.dumps({"prompt": msgs[-1]["content"], "answer": answer}, ensure_ascii=False))
 

@@ -47,7 +47,7 @@ from ..similarity import rouge_l
 from ..store import RunDir, eval_dir_of, write_text_atomic
 from .data import check_rows, load_rows, prompt_text, tokenize_example, train_eval_rows
 from .loss import mean_losses
-from .model import SUMMARY, adapter_info, load_with_adapter
+from .model import SAMPLING, SUMMARY, adapter_info, eval_sampling, load_with_adapter
 
 Log = Callable[[str], None]
 Advance = Callable[[int], None]
@@ -144,10 +144,18 @@ def _group(rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) -> 
     return list(groups.values())
 
 
+def stop_tokens(tokenizer: Any) -> list[str]:
+    """The tokens an answer ends at (EOS and padding), as sampling.json records them for llama.cpp and Ollama."""
+    ids = sorted({tokenizer.eos_token_id, tokenizer.pad_token_id} - {None})
+    return list(dict.fromkeys(tokenizer.convert_ids_to_tokens(ids)))
+
+
 def generate(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], *, max_new_tokens: int,
-             batch_size: int = 8, repetition_penalty: float = 1.0, advance: Advance | None = None) -> list[str]:
-    """Greedy answers, batched by length with left padding (new tokens must follow each prompt);
-    `advance(n)` counts the prompts answered."""
+             batch_size: int = 8, repetition_penalty: float = 1.0, temperature: float = 0.0, top_p: float = 1.0,
+             stop: list[str] | None = None, seed: int = 0, advance: Advance | None = None) -> list[str]:
+    """Answers, batched by length with left padding (new tokens must follow each prompt): greedy at
+    temperature 0 (eval's), else sampled with torch seeded by `seed`. An answer ends at EOS, padding or a
+    `stop` token (a stop string that is no single token ends it too). `advance(n)` counts the prompts answered."""
     import torch
 
     texts = [prompt_text(tokenizer, m) for m in prompts]
@@ -155,14 +163,22 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], *,
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     answers = [""] * len(texts)
     dev = next(model.parameters()).device
-    stop_ids = list({tokenizer.eos_token_id, tokenizer.pad_token_id} - {None})
+    vocab = tokenizer.get_vocab()
+    stop_ids = sorted({tokenizer.eos_token_id, tokenizer.pad_token_id, *(vocab[s] for s in stop or [] if s in vocab)}
+                      - {None})
+    stop_strings = [s for s in stop or [] if s not in vocab]
+    sampled = temperature > 0
+    if sampled:
+        torch.manual_seed(seed)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
         with torch.inference_mode():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=sampled,
+                                 temperature=temperature if sampled else None, top_p=top_p if sampled else None,
                                  top_k=None, repetition_penalty=repetition_penalty, eos_token_id=stop_ids,
-                                 pad_token_id=tokenizer.pad_token_id)
+                                 pad_token_id=tokenizer.pad_token_id,
+                                 **({"stop_strings": stop_strings, "tokenizer": tokenizer} if stop_strings else {}))
         for i, row in zip(idx, out[:, enc["input_ids"].shape[1]:], strict=True):
             answers[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
         if advance:
@@ -239,10 +255,11 @@ def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_d
         for it, b, a in zip(items, base_answers, adapter_answers, strict=True):
             it.base, it.adapter = b, a
             it.rouge_l_base, it.rouge_l_adapter = rouge_l(b, it.reference), rouge_l(a, it.reference)
+        sampling = eval_sampling(cfg, stop_tokens(tokenizer))
         report = {
             "adapter": str(adapter_dir), "base_model": model or info["base"], "data": data, "data_asked": cfg.data, "data_why": why,
             "n_tasks": n_tasks, "limit": cfg.limit,
-            "settings": report_settings(cfg),
+            "settings": report_settings(cfg), "sampling": sampling,
             "n_prompts": len(items),
             "reference_loss": loss_summary(items, seed=cfg.seed),
             "rouge_l": score_summary(items, seed=cfg.seed),
@@ -260,6 +277,8 @@ def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_d
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "eval_report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     write_text_atomic(out / "eval_report.md", report_markdown(report))
+    # The settings travel with the adapter: serve, the Ollama Modelfile and generate answer as this eval scored.
+    write_text_atomic(Path(adapter_dir) / SAMPLING, json.dumps(sampling, indent=2) + "\n")
     report["report_dir"] = str(out)
     return report
 

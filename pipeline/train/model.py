@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 
-from ..config import TrainConfig, config_from_dict
+from ..config import EvalConfig, TrainConfig, config_from_dict
 from ..errors import Seed2LoraError
 from ..store import read_adapter_config
 
 SUMMARY = "training_summary.json"
+SAMPLING = "sampling.json"  # the generation settings `eval` scored the adapter with; serve, Modelfile, generate use them
 
 # Known, harmless notices would bury our own lines on every run: peft calls a transformers
 # method that 5.x renamed; on CPU bitsandbytes runs the paged optimiser unpaged.
@@ -146,17 +147,27 @@ def load_for_training(model_path: str, cfg: TrainConfig) -> Any:
     return get_peft_model(model, get_peft_config(cfg))
 
 
+def eval_sampling(cfg: EvalConfig, stop: list[str]) -> dict[str, Any]:
+    """The generation settings of an eval with `cfg`, as sampling.json records them: greedy (temperature 0,
+    top_p 1), cfg's answer length and repetition penalty, and the stop tokens."""
+    return {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": cfg.max_new_tokens,
+            "repeat_penalty": cfg.repetition_penalty, "stop": stop}
+
+
 def adapter_info(adapter_dir: str | Path) -> dict[str, Any]:
-    """What an adapter folder says about its base: adapter_config.json plus our training summary."""
+    """What an adapter folder says about itself: adapter_config.json, our training summary, and the sampling
+    settings `eval` recorded (sampling.json; eval's defaults, sampling_recorded False, before any eval)."""
     d = Path(adapter_dir)
     info = read_adapter_config(d)
     if info is None:
         raise Seed2LoraError(f"{d} is not an adapter folder (no adapter_config.json). Fix: give the output folder "
                              "of `seed2lora train`")
     summary = json.loads((d / SUMMARY).read_text(encoding="utf-8")) if (d / SUMMARY).is_file() else {}
+    recorded = json.loads((d / SAMPLING).read_text(encoding="utf-8")) if (d / SAMPLING).is_file() else None
     return {"base": summary.get("model") or info.get("base_model_name_or_path"),
             "quant": bool(summary.get("quantized", False)), "config": summary.get("config", {}),
-            "rank": int(info.get("r", 0))}
+            "rank": int(info.get("r", 0)), "sampling": {**eval_sampling(EvalConfig(), []), **(recorded or {})},
+            "sampling_recorded": recorded is not None}
 
 
 def load_with_adapter(adapter_dir: str | Path, *, model: str = "", quant: str = "auto",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,24 +67,30 @@ def chat_format(tokenizer: Any) -> ChatFormat | None:
     return candidate if ok else None
 
 
-def modelfile(base_gguf: Path, adapter_gguf: Path | None, fmt: ChatFormat | None, prov: dict[str, str]) -> str:
+def modelfile(base_gguf: Path, adapter_gguf: Path | None, fmt: ChatFormat | None, prov: dict[str, str],
+              sampling: dict[str, Any] | None = None) -> str:
     """An Ollama Modelfile: the base GGUF (or a merged one), the adapter, the training template, stop tokens
-    and greedy decoding."""
+    and the sampling settings `eval` scored the adapter with (model.adapter_info's "sampling")."""
     lines = ["# Made by seed2lora export-adapter.",
              f"# run: {prov['run']}", f"# base model: {prov['base_model']}",
              f"# dataset: {prov['dataset'] or '?'} (sha256 {prov['dataset_sha256'] or '?'})",
              f"FROM {base_gguf.resolve()}"]
     if adapter_gguf is not None:
         lines.append(f"ADAPTER {adapter_gguf.resolve()}")
+    stops = list((sampling or {}).get("stop") or [])
     if fmt is None:
         lines.append("# The training template is not one this tool writes for Ollama; Ollama uses the base's own.")
     else:
         lines.append(f'TEMPLATE """{fmt.go_template()}"""')
         if fmt.system:
             lines.append(f'SYSTEM """{fmt.system}"""')
-        lines += [f'PARAMETER stop "{s}"' for s in fmt.stop]
-    # as `seed2lora eval` scores the adapter: greedy answers, no repetition penalty
-    lines += ["PARAMETER temperature 0", "PARAMETER repeat_penalty 1"]
+        stops = [*fmt.stop, *stops]
+    lines += [f"PARAMETER stop {json.dumps(s)}" for s in dict.fromkeys(stops)]
+    s = sampling or {"temperature": 0, "repeat_penalty": 1}  # eval's greedy decoding, no repetition penalty
+    lines.append("# as `seed2lora eval` scored the adapter" + ("" if sampling else " by default (no sampling.json)"))
+    lines += [f"PARAMETER temperature {s['temperature']:g}", f"PARAMETER repeat_penalty {s['repeat_penalty']:g}"]
+    if sampling:
+        lines += [f"PARAMETER top_p {s['top_p']:g}", f"PARAMETER num_predict {s['max_new_tokens']}"]
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,13 @@ A request picks an adapter by naming it as `model`; seed2lora writes no server o
   once per adapter with that adapter's GGUF (written by export-adapter if missing). It holds
   one model at a time and reloads when a request names another: a fraction of a second for
   the embedded model, too slow for large bases, where vLLM is the engine to use.
+
+Each adapter answers with the sampling settings `eval` scored it with (its sampling.json:
+greedy, no repetition penalty, eval's answer length and stop tokens), a request's own values
+winning. llama-cpp-python's config has no per-model sampling defaults, so the server runs
+under pipeline/train/llama_server.py, which fills a request's missing settings from the named
+model's (SAMPLING_KEY of the config file) before llama-cpp-python reads it. vLLM takes one
+set for every model (--override-generation-config).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from .model import adapter_info
 ENGINES = ("auto", "vllm", "llama-cpp")
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the --max-lora-rank values vLLM accepts (its MaxLoRARanks)
 BASE_ALIAS = "base"  # the model name that answers without any adapter
+SAMPLING_KEY = "seed2lora_sampling"  # the config file's alias -> sampling settings; llama_server.py reads it
 
 
 @dataclass
@@ -39,6 +47,8 @@ class Adapter:
     path: Path
     rank: int
     base: str
+    sampling: dict[str, Any] = field(default_factory=dict)  # model.adapter_info's: eval's settings, or its defaults
+    sampling_recorded: bool = False  # True: sampling.json was there (eval has run)
 
 
 @dataclass
@@ -64,7 +74,7 @@ def parse_adapters(specs: list[str]) -> list[Adapter]:
         if not name:
             name = d.resolve().parent.name if d.resolve().name in (ADAPTER_DIR, "adapters") else d.resolve().name
         info = adapter_info(d)  # refuses a folder that is not an adapter
-        out.append(Adapter(name, d, info["rank"], str(info["base"] or "")))
+        out.append(Adapter(name, d, info["rank"], str(info["base"] or ""), info["sampling"], info["sampling_recorded"]))
     names = [a.name for a in out]
     clash = sorted({n for n in names if names.count(n) > 1} | ({BASE_ALIAS} & set(names)))
     if clash:
@@ -86,10 +96,31 @@ def vllm_rank(ranks: list[int]) -> int:
 
 
 def vllm_command(base_model: str, adapters: list[Adapter], host: str, port: int) -> list[str]:
-    """`vllm serve` with every adapter loaded as a LoRA module under its name."""
+    """`vllm serve` with every adapter loaded as a LoRA module under its name, answering with the first
+    adapter's sampling settings (vLLM's defaults are one set for all models; sampling_note says when they differ)."""
+    s = adapters[0].sampling
+    gen = {"temperature": s["temperature"], "top_p": s["top_p"], "repetition_penalty": s["repeat_penalty"],
+           "max_new_tokens": s["max_new_tokens"]}
     return ["vllm", "serve", base_model, "--host", host, "--port", str(port), "--enable-lora",
             "--lora-modules", *(f"{a.name}={a.path.resolve()}" for a in adapters),
-            "--max-loras", str(len(adapters)), "--max-lora-rank", str(vllm_rank([a.rank for a in adapters]))]
+            "--max-loras", str(len(adapters)), "--max-lora-rank", str(vllm_rank([a.rank for a in adapters])),
+            "--override-generation-config", json.dumps(gen)]
+
+
+def sampling_note(adapters: list[Adapter], engine: str) -> str | None:
+    """What to tell the user about the sampling settings each model answers with; None: nothing to say."""
+    unrecorded = [a.name for a in adapters if not a.sampling_recorded]
+    if engine == "vllm" and any(a.sampling != adapters[0].sampling for a in adapters):
+        return (f"the adapters were evaluated with different sampling settings and vLLM takes one set: all answer "
+                f"with {adapters[0].name}'s; a request may set its own")
+    return (f"{', '.join(unrecorded)}: no sampling.json (not evaluated yet), so eval's defaults apply (greedy, "
+            "no repetition penalty)") if unrecorded else None
+
+
+def sampling_defaults(adapters: list[Adapter]) -> dict[str, dict[str, Any]]:
+    """alias -> the sampling settings it answers with; the base gets the first adapter's, as eval scored both sides
+    with the same settings."""
+    return {BASE_ALIAS: adapters[0].sampling, **{a.name: a.sampling for a in adapters}}
 
 
 def llama_cpp_config(base_gguf: Path, adapters: list[tuple[str, Path]], host: str, port: int,
@@ -107,7 +138,8 @@ def llama_cpp_config(base_gguf: Path, adapters: list[tuple[str, Path]], host: st
 
 
 def llama_cpp_command(config_file: Path) -> list[str]:
-    return [sys.executable, "-m", "llama_cpp.server", "--config_file", str(config_file)]
+    """llama-cpp-python's server, started by llama_server.py to give each model its sampling defaults."""
+    return [sys.executable, "-m", "pipeline.train.llama_server", "--config_file", str(config_file)]
 
 
 def pick_engine(engine: str) -> str:
@@ -138,12 +170,18 @@ def free_port(host: str) -> int:
 
 def plan(specs: list[str], *, engine: str = "auto", host: str = "127.0.0.1", port: int = 8000,
          base_gguf: str | None = None, config_dir: str | Path | None = None, n_ctx: int = 2048,
-         n_threads: int | None = None, log: Any = print) -> Plan:
-    """Check the adapters, write what the engine needs (GGUF adapters, a config file), build its command."""
+         n_threads: int | None = None, dry_run: bool = False, log: Any = print) -> Plan:
+    """Check the adapters, write what the engine needs (GGUF adapters, a config file), build its command.
+
+    dry_run: write nothing; say what would be written (the Plan holds the config it would write).
+    """
     adapters = parse_adapters(specs)
     engine = pick_engine(engine)
     base = find_base(adapters[0].path, base_gguf)
     url = f"http://{host}:{port}/v1"
+    note = sampling_note(adapters, engine)
+    if note:
+        log(f"serve: {note}")
     if engine == "vllm":
         return Plan(engine, vllm_command(str(base.hf_dir), adapters, host, port), url,
                     [str(base.hf_dir), *(a.name for a in adapters)])
@@ -154,14 +192,17 @@ def plan(specs: list[str], *, engine: str = "auto", host: str = "127.0.0.1", por
     for a in adapters:
         target = a.path / ADAPTER_FILE
         if not target.is_file() or target.stat().st_mtime < (a.path / "adapter_model.safetensors").stat().st_mtime:
-            log(f"writing {target}")
-            write_adapter_gguf(a.path, target, base_gguf=base_gguf)
+            log(f"{'would write' if dry_run else 'writing'} {target}")
+            if not dry_run:
+                write_adapter_gguf(a.path, target, base_gguf=base_gguf)
         ggufs.append((a.name, target))
-    config = llama_cpp_config(base.gguf, ggufs, host, port, n_ctx, n_threads)
+    config = {**llama_cpp_config(base.gguf, ggufs, host, port, n_ctx, n_threads),
+              SAMPLING_KEY: sampling_defaults(adapters)}
     folder = Path(config_dir) if config_dir else Path(os.environ.get("TMPDIR", "/tmp"))
-    folder.mkdir(parents=True, exist_ok=True)
     config_file = folder / f"seed2lora-serve-{port}.json"
-    config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    if not dry_run:
+        folder.mkdir(parents=True, exist_ok=True)
+        config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return Plan(engine, llama_cpp_command(config_file), url, [BASE_ALIAS, *(a.name for a in adapters)],
                 config_file, config)
 
