@@ -159,6 +159,7 @@ class RunContext:
         self.prompts = Prompts(cfg.prompts_dir or None)
         self.progress: Progress = progress or no_progress
         self.advance: Callable[[int], None] = lambda n: None  # the open bar's advance (the loop sets it)
+        self.advances: dict[str, Callable[[int], None]] = {}  # each open bar's, by step: the steps of a flow
         self.rng = random.Random(cfg.seed)  # for steps that draw without a salt of their own
         self.input_path = input_path  # --input of a stage command
         self.rescore = False  # `seed2lora score --rescore`: the score step starts from nothing
