@@ -5,6 +5,12 @@ client's. A request waits for one of C slots (like a GPU server's batch slots), 
 for its latency, then gets a short completion. It prints its port on the first line.
 With --replies evolve it answers seed2lora's Evol-Instruct prompts so that every evolution
 goes on to its judgement and answer: a rewrite that adds a few words, "Not equal", an answer.
+With --replies self-instruct it answers the Self-Instruct prompts: a bootstrap prompt gets the
+list continued to its last number with _synthetic.py's sentences (about 15% near-copies of
+earlier ones, which the ROUGE-L filter rejects, and a long tail of lengths), classify a Yes for
+about one task in five, instances two examples in the form the prompt asks for.
+With --log FILE it appends one JSON line per request: its kind, when it arrived, when it took
+a slot and when it left it (time.time()), for a busy-slot count on the server's side.
 
     python benchmarks/_latency_server.py --capacity 256 --latency 0.5 --dist lognormal --sigma 0.8
 """
@@ -17,6 +23,13 @@ import itertools
 import json
 import math
 import random
+import sys
+import time
+import zlib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _synthetic import SentenceGenerator  # noqa: E402
 
 REPLY = "1. An instruction\n2. Another one"
 ANSWER = ("A careful response: first set out the main facts, then weigh the practical trade-offs, "
@@ -33,8 +46,40 @@ def evolve_reply(prompt: str, n: int) -> str:
     return f"{instruction.splitlines()[0]} Cover case {n} in detail."
 
 
-def make_handler(capacity: int, latency: float, dist: str, sigma: float, seed: int, replies: str = "fixed"):
+def request_kind(prompt: str, max_tokens: int | None) -> str:
+    """What a request is for: the run's probes (api auto, structured replies) or one of its stages."""
+    if max_tokens == 1 or prompt.startswith("Is water wet?"):
+        return "probe"
+    if "numbered list of" in prompt:
+        return "bootstrap"
+    if prompt.rstrip().endswith("Is it classification?"):
+        return "classify"
+    if prompt.rstrip().endswith(("Input:", "Class label:")):
+        return "instances"
+    if prompt.endswith(("Judgement:", "Response:")) or "\nInstruction:\n" in prompt:
+        return "evolve"
+    return "other"
+
+
+def self_instruct_reply(prompt: str, kind: str, gen: SentenceGenerator) -> str:
+    """A plausible teacher's reply to one of the Self-Instruct prompts."""
+    task = prompt.rsplit("Task:", 1)[-1].split("\n")[0].strip()
+    if kind == "bootstrap":  # the list goes on from the prompt's last number to the one before max_number
+        first = int(prompt.rstrip().rsplit("\n", 1)[-1].rstrip(".") or 9)
+        last = int(prompt.split("up to task ", 1)[1].split(".", 1)[0]) - 1 if "up to task " in prompt else first + 6
+        return "\n".join(f"{n}. {gen.sentence()}" for n in range(first, last + 1))
+    if kind == "classify":
+        return "Yes" if zlib.crc32(task.encode()) % 5 == 0 else "No"
+    if prompt.rstrip().endswith("Class label:"):
+        return "Class label: First\nInput: the first option here\n\nClass label: Second\nInput: the other option there"
+    return (f"Example 1\nInput: a question about {task[:30]}\nOutput: a careful answer about {task[-30:]}\n\n"
+            f"Example 2\nInput: <noinput>\nOutput: a general answer for: {task}")
+
+
+def make_handler(capacity: int, latency: float, dist: str, sigma: float, seed: int, replies: str = "fixed",
+                 log=None):
     slots = asyncio.Semaphore(capacity)
+    gen = SentenceGenerator(seed)
     rng = random.Random(seed)
     counter = itertools.count()
     # lognormal with the given mean: mu = ln(mean) - sigma^2 / 2
@@ -54,8 +99,16 @@ def make_handler(capacity: int, latency: float, dist: str, sigma: float, seed: i
                         length = int(value.strip())
                 body = json.loads(await reader.readexactly(length)) if length else {}
                 path = head.split(b" ", 2)[1].decode()
+                prompt = body["messages"][-1]["content"] if "messages" in body else str(body.get("prompt", ""))
+                kind = request_kind(prompt, body.get("max_tokens"))
+                arrive = time.time()
                 async with slots:
+                    start = time.time()
                     await asyncio.sleep(draw())
+                    end = time.time()
+                if log is not None:
+                    log.write(json.dumps({"kind": kind, "arrive": arrive, "start": start, "end": end}) + "\n")
+                    log.flush()
                 prompts = body.get("prompt", "")
                 n = len(prompts) if isinstance(prompts, list) else 1
                 usage = {"prompt_tokens": 50 * n, "completion_tokens": 8 * n, "total_tokens": 58 * n}
@@ -63,6 +116,8 @@ def make_handler(capacity: int, latency: float, dist: str, sigma: float, seed: i
                     text = REPLY
                     if replies == "evolve":
                         text = evolve_reply(body["messages"][-1]["content"], next(counter))
+                    elif replies == "self-instruct" and kind != "probe":
+                        text = self_instruct_reply(prompt, kind, gen)
                     choices = [{"index": 0, "message": {"role": "assistant", "content": text},
                                 "finish_reason": "stop"}]
                 else:
@@ -87,10 +142,12 @@ async def main() -> None:
     ap.add_argument("--dist", choices=["fixed", "lognormal"], default="fixed")
     ap.add_argument("--sigma", type=float, default=0.8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--replies", choices=["fixed", "evolve"], default="fixed",
-                    help="fixed: one short list for every prompt; evolve: replies to the Evol-Instruct prompts")
+    ap.add_argument("--replies", choices=["fixed", "evolve", "self-instruct"], default="fixed",
+                    help="fixed: one short list for every prompt; evolve, self-instruct: replies to those prompts")
+    ap.add_argument("--log", help="append one JSON line per request (kind, arrive, start, end) to this file")
     args = ap.parse_args()
-    handler = make_handler(args.capacity, args.latency, args.dist, args.sigma, args.seed, args.replies)
+    log = open(args.log, "a", encoding="utf-8") if args.log else None  # noqa: SIM115 (open while the server runs)
+    handler = make_handler(args.capacity, args.latency, args.dist, args.sigma, args.seed, args.replies, log)
     server = await asyncio.start_server(handler, "127.0.0.1", 0, backlog=4096)
     print(server.sockets[0].getsockname()[1], flush=True)
     async with server:

@@ -14,6 +14,7 @@ and never records itself done: the loop in pipeline/runner.py does all three.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import platform
@@ -54,7 +55,9 @@ def no_progress(desc: str, total: int | None) -> Iterator[Callable[[int], None]]
     yield lambda n: None
 
 
+@functools.cache
 def package_versions() -> dict[str, str]:
+    """Versions of the packages a run records, read once a process (each read parses a METADATA file)."""
     out = {"python": platform.python_version(), "seed2lora": __version__}
     for name in PACKAGES:
         try:
