@@ -26,12 +26,14 @@ requests, and a flow would send many small waves, each waiting its own turn at t
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Iterator
 from contextlib import ExitStack
 
 from ..context import RunContext, StepResult
 from ..records import Task
+from ..teachers import GenParams, Teacher
 from ..teachers.base import WAIT, Completion, Request
 from . import bootstrap, classify, instances
 from .common import MapResult, TaskMap, map_result
@@ -54,13 +56,28 @@ def together(ctx: RunContext, names: list[str]) -> list[str]:
 
 
 class _Flow:
-    """The requests ready to send, per stage, and what each reply passes on."""
+    """The requests ready to send, per stage, and what each reply passes on.
+
+    Two threads share it. The stream's (the caller's) pulls the requests and hands each reply
+    over (`arrived`); the reader (`read_replies`, a thread of its own) reads the replies in the
+    order they came: bootstrap's parsing and ROUGE-L checks, the other stages' parsing, every
+    record written. So the CPU work of a burst of replies runs while the teacher waits on the
+    next ones, and a slot is refilled from the requests already ready the moment its reply is
+    in, not after every reply before it has been read. The stages' state is the reader's, but
+    for bootstrap's pool, which its prompts are built from: `boot_lock` guards it, and the stream
+    skips bootstrap's turn while the reader holds it. The stream waits for the reader only when
+    nothing is ready and replies are still unread (their next requests are coming).
+    """
 
     def __init__(self, boot: bootstrap.Bootstrap, maps: dict[str, TaskMap]):
         self.boot, self.maps = boot, maps
         self.order = list(maps)  # classify before instances: most calls left first
-        self.ready: dict[str, deque[Request]] = {name: deque() for name in maps}
+        self.ready: dict[str, deque[Request]] = {name: deque() for name in maps}  # appended by the reader
+        self.boot_lock = threading.Lock()
+        self.changed = threading.Condition()  # guards in_flight and unread; notified as the reader goes
         self.in_flight = 0
+        self.unread: deque[tuple[Request, Completion] | None] = deque()  # the one being read stays first; None: stop
+        self.error: BaseException | None = None  # what stopped the reader (LowYield, a disk error)
 
     def feed(self, stage: str, tasks: list[Task]) -> None:
         """Tasks that reach `stage`: their requests wait to be sent; a record made with no call goes on."""
@@ -78,29 +95,76 @@ class _Flow:
         i = STAGES.index(stage)
         return STAGES[i + 1] if i + 1 < len(STAGES) else ""
 
-    def requests(self) -> Iterator[Request | None]:
-        boot = self.boot.requests()
-        boot_open = True
-        while True:
-            req = None
-            if boot_open:
+    def next_request(self, boot: Iterator[Request | None]) -> Request | None | bool:
+        """Bootstrap's next prompt (unless the reader holds its pool), else the next stage's call; None: none
+        ready now; False: bootstrap is done (its generator ended)."""
+        if boot is not None and self.boot_lock.acquire(blocking=False):
+            try:
                 req = next(boot, False)
-                if req is False:
-                    boot_open, req = False, None
-            if req is None:  # bootstrap waits for its replies (or is done): the next stage's calls go
-                req = next((self.ready[name].popleft() for name in self.order if self.ready[name]), None)
-            if req is None:
-                if not self.in_flight:
+            finally:
+                self.boot_lock.release()
+            if req is not None:
+                return req
+        return next((self.ready[name].popleft() for name in self.order if self.ready[name]), None)
+
+    def requests(self) -> Iterator[Request | None]:
+        """Bootstrap's prompts first, then classify's calls, then instances'; WAIT while replies are out."""
+        boot: Iterator[Request | None] | None = self.boot.requests()
+        while True:
+            with self.changed:
+                while True:
+                    if self.error is not None:
+                        raise self.error
+                    req = self.next_request(boot)
+                    if req is False:
+                        boot, req = None, self.next_request(None)
+                    if req is not None or not self.unread:
+                        break
+                    self.changed.wait(0.05)  # the reader is on replies whose next requests come now
+                if req is None and not self.in_flight:
                     return
-                yield WAIT
-                continue
-            self.in_flight += 1
-            yield req
+                self.in_flight += req is not None
+            yield req if req is not None else WAIT  # WAIT: the teacher hands back a reply first
+
+    def arrived(self, req: Request, reply: Completion) -> None:
+        """A reply, from the stream: the reader reads it; the stream goes on pulling."""
+        with self.changed:
+            if self.error is not None:
+                raise self.error
+            self.in_flight -= 1
+            self.unread.append((req, reply))
+            self.changed.notify_all()
+
+    def read_replies(self) -> None:
+        """The reader: each reply in the order it came, until a None."""
+        while True:
+            with self.changed:
+                while not self.unread:
+                    self.changed.wait()
+                item = self.unread[0]
+            if item is None:
+                return
+            try:
+                self.read(*item)
+            except BaseException as e:  # noqa: BLE001 (raised again in the stream's thread)
+                with self.changed:
+                    self.error = e
+                    self.changed.notify_all()
+                return
+            with self.changed:
+                self.unread.popleft()
+                self.changed.notify_all()
+
+    def stop(self) -> None:
+        with self.changed:
+            self.unread.append(None)
+            self.changed.notify_all()
 
     def read(self, req: Request, reply: Completion) -> None:
-        self.in_flight -= 1
         if req.kind == "bootstrap":
-            self.feed("classify", self.boot.read(req, reply))
+            with self.boot_lock:
+                kept = self.boot.read(req, reply)
+            self.feed("classify", kept)
             return
         out = self.maps[req.kind].read(req, reply)
         if isinstance(out, Request):  # a retry of an unusable reply
@@ -109,14 +173,28 @@ class _Flow:
             self.feed(self.after(req.kind), [out])
 
 
+def stream(teacher: Teacher, flow: _Flow, params: GenParams) -> None:
+    """Every call of the flow through one teacher stream, the replies read on a thread of their own."""
+    reader = threading.Thread(target=flow.read_replies, name="flow-reader", daemon=True)
+    reader.start()
+    try:
+        for req, reply in teacher.stream(flow.requests(), params, kind="bootstrap"):
+            flow.arrived(req, reply)
+    finally:
+        flow.stop()
+        reader.join()  # every reply that came is read (or the reader failed) before the files close
+    if flow.error is not None:
+        raise flow.error
+
+
 def run(ctx: RunContext, names: list[str]) -> list[StepResult]:
     """Run the stages `names` (bootstrap first; together() chose them) as one flow; one StepResult per stage,
     in order, each as the stage's own step would give it. The loop opened a bar per stage (ctx.advances)."""
     teacher, cfg, run_dir = ctx.teacher, ctx.cfg, ctx.run
     advance = ctx.advances
     # The manifest's usage refreshed every 16 bootstrap replies, as bootstrap alone does: a refresh rewrites the
-    # manifest (and recounts the stage files) on the thread that also sends the next requests, so one per
-    # 16 replies of every stage kept the teacher's slots waiting (0.77 of the ideal instead of 0.9).
+    # manifest and recounts every stage file, and one per 16 replies of every stage took the client's CPU per
+    # call from 4.5 to 5.8-6.0 ms (benchmarks/stream_flow.py).
     boot = bootstrap.Bootstrap(teacher, ctx.seeds, cfg, run_dir, ctx.prompts, ctx.cache,
                                on_kept=advance.get("bootstrap"), on_progress=ctx.every(), say=ctx.log)
     makers = {"classify": classify.classify_map, "instances": instances.instances_map}
@@ -131,8 +209,7 @@ def run(ctx: RunContext, names: list[str]) -> list[StepResult]:
         flow = _Flow(boot, maps)
         for name in reversed(list(maps)):  # a resumed run: the stage files feed the stages after them
             flow.feed(name, run_dir.read_stage(STAGES[STAGES.index(name) - 1]))
-        for req, reply in teacher.stream(flow.requests(), boot.params, kind="bootstrap"):
-            flow.read(req, reply)
+        stream(teacher, flow, boot.params)
     results = [bootstrap.step_result(boot.result())]
     for name in names[1:]:
         fed = len(run_dir.read_stage(STAGES[STAGES.index(name) - 1]))  # its input, as the stage alone reads it
