@@ -13,6 +13,11 @@ everything around the steps:
 - the budget check after each step (exit 3), and pending work (exit 5): a step is done
   only when all its output is written; a re-run retries exactly what is pending.
 
+In `run`, bootstrap, classify and instances run as one flow (stages/flow.py): a task bootstrap
+keeps goes on to classify and instances at once, through one teacher stream, while bootstrap goes
+on; the loop opens their bars together and records each stage's counts, budget and pending work
+as if it had run alone. The stage commands, --input and batch mode run each stage alone.
+
 A new stage is one file in stages/ with its `step`, plus one `Step` in `STEPS`; the loop is unchanged.
 Secrets never enter the manifest: the config holds only the *name* of the API key's variable.
 """
