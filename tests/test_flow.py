@@ -6,9 +6,11 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
+from click.testing import CliRunner
 from fakeserver import FakeOpenAI
 from helpers import invoke, read, run_and_kill, teacher_flags
 
+from pipeline.cli import cli
 from pipeline.config import load_config
 from pipeline.context import RunContext
 from pipeline.runner import STEPS, groups
@@ -125,3 +127,20 @@ def test_kill_9_mid_flow_then_resume_makes_the_same_kinds_of_records_and_pays_no
     assert sum(n - 1 for n in prompts.values()) <= 16
     usage = json.loads((run / "manifest.json").read_text())["usage"]
     assert sum(u["calls"] for u in usage.values()) <= len(server.history)
+
+
+def test_the_yield_stop_in_a_flow_stops_the_run_with_exit_6_and_consistent_files(fake_openai, tmp_path):
+    """Bootstrap's replies are read on the flow's reader thread: its stop (LowYield) still ends the run, exit 6."""
+    same = "9. Describe how tide pools form along rocky coasts.\n10. Explain the rules of cricket to a child."
+    competent = fake_openai.default_reply
+    fake_openai.default_reply = lambda path, body: (fake_openai.wrap(path, same) if "numbered list of" in
+                                                    fake_openai.prompt_of(body) else competent(path, body))
+    result = CliRunner().invoke(cli, ["run", *map(str, teacher_flags(fake_openai, tmp_path)), "--num-instructions",
+                                      "100", "--set", "bootstrap.yield_window=10", "--set", "teacher.concurrency=4"])
+    assert result.exit_code == 6, result.output
+    assert "yield_stop" in " ".join(result.output.split())
+    run = tmp_path / "r"
+    assert json.loads((run / "manifest.json").read_text())["status"] == "failed"
+    kept = {t["id"] for t in read(run / "bootstrap.jsonl")}
+    assert len(kept) == 2 and {t["id"] for t in read(run / "classify.jsonl")} <= kept
+    assert sum(kind(fake_openai.prompt_of(h["body"])) == "bootstrap" for h in fake_openai.history) <= 16

@@ -64,8 +64,10 @@ class _Flow:
     record written. So the CPU work of a burst of replies runs while the teacher waits on the
     next ones, and a slot is refilled from the requests already ready the moment its reply is
     in, not after every reply before it has been read. The stages' state is the reader's, but
-    for bootstrap's pool, which its prompts are built from: `boot_lock` guards it, and the stream
-    skips bootstrap's turn while the reader holds it. The stream waits for the reader only when
+    for bootstrap's pool, which its prompts are built from: the stream builds bootstrap's next
+    prompt only while none of its replies is unread (under `changed`, so none can come in
+    meanwhile), so each prompt sees the pool with every reply before it, as bootstrap alone does,
+    and the yield stop comes after as many prompts. The stream waits for the reader only when
     nothing is ready and replies are still unread (their next requests are coming).
     """
 
@@ -73,9 +75,9 @@ class _Flow:
         self.boot, self.maps = boot, maps
         self.order = list(maps)  # classify before instances: most calls left first
         self.ready: dict[str, deque[Request]] = {name: deque() for name in maps}  # appended by the reader
-        self.boot_lock = threading.Lock()
-        self.changed = threading.Condition()  # guards in_flight and unread; notified as the reader goes
+        self.changed = threading.Condition()  # guards in_flight, unread, boot_unread; notified as the reader goes
         self.in_flight = 0
+        self.boot_unread = 0  # bootstrap's replies not yet read: its next prompt waits for them
         self.unread: deque[tuple[Request, Completion] | None] = deque()  # the one being read stays first; None: stop
         self.error: BaseException | None = None  # what stopped the reader (LowYield, a disk error)
 
@@ -95,14 +97,11 @@ class _Flow:
         i = STAGES.index(stage)
         return STAGES[i + 1] if i + 1 < len(STAGES) else ""
 
-    def next_request(self, boot: Iterator[Request | None]) -> Request | None | bool:
-        """Bootstrap's next prompt (unless the reader holds its pool), else the next stage's call; None: none
-        ready now; False: bootstrap is done (its generator ended)."""
-        if boot is not None and self.boot_lock.acquire(blocking=False):
-            try:
-                req = next(boot, False)
-            finally:
-                self.boot_lock.release()
+    def next_request(self, boot: Iterator[Request | None] | None) -> Request | None | bool:
+        """Bootstrap's next prompt (once its replies are read), else the next stage's call; None: none ready now;
+        False: bootstrap is done (its generator ended). Called under `changed`."""
+        if boot is not None and not self.boot_unread:
+            req = next(boot, False)
             if req is not None:
                 return req
         return next((self.ready[name].popleft() for name in self.order if self.ready[name]), None)
@@ -132,6 +131,7 @@ class _Flow:
             if self.error is not None:
                 raise self.error
             self.in_flight -= 1
+            self.boot_unread += req.kind == "bootstrap"
             self.unread.append((req, reply))
             self.changed.notify_all()
 
@@ -153,6 +153,7 @@ class _Flow:
                 return
             with self.changed:
                 self.unread.popleft()
+                self.boot_unread -= item[0].kind == "bootstrap"
                 self.changed.notify_all()
 
     def stop(self) -> None:
@@ -162,9 +163,7 @@ class _Flow:
 
     def read(self, req: Request, reply: Completion) -> None:
         if req.kind == "bootstrap":
-            with self.boot_lock:
-                kept = self.boot.read(req, reply)
-            self.feed("classify", kept)
+            self.feed("classify", self.boot.read(req, reply))
             return
         out = self.maps[req.kind].read(req, reply)
         if isinstance(out, Request):  # a retry of an unusable reply
