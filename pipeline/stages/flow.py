@@ -1,8 +1,9 @@
 """Tasks flow on as they are kept: bootstrap, classify and instances through one teacher stream.
 
 Run one after another, classify waits for the whole of bootstrap and instances for the whole of
-classify, and the teacher's slots sit idle at each barrier (0.66 of the concurrency-bound ideal
-at 2 s latency and 64 in flight; benchmarks/stream_flow.py). Here a task bootstrap keeps goes to
+classify, and the teacher's slots sit idle at each barrier: 0.66 of the concurrency-bound ideal
+for 200 instructions at 2 s latency and 64 in flight, against 0.83-0.84 flowing, where no order
+can pass 0.85 (benchmarks/stream_flow.py, RESULTS.md). Here a task bootstrap keeps goes to
 classify at once, and its classify record to instances, while bootstrap goes on. Each stage
 keeps its own logic and files: the flow only drives their pieces (bootstrap.Bootstrap,
 classify.classify_map and instances.instances_map, a common.TaskMap each) through one
@@ -13,7 +14,8 @@ each stage file holds what that stage alone would have written (in reply order, 
 
 The next request to send is the one with the most calls still behind it: bootstrap's (whose
 tasks need two more), then classify's, then instances' (as evolve, so the run ends without a
-long chain running alone). Bootstrap still sends no prompt past what fills its pool.
+long chain running alone). Bootstrap still sends no prompt past what fills its pool, and builds
+each from the pool with all its replies so far read (_Flow).
 
 A resumed run feeds the stage files on: tasks in bootstrap.jsonl not yet classified go to
 classify, records in classify.jsonl without instances go to instances; what is done is skipped.
