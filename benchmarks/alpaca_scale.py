@@ -1,7 +1,7 @@
 """An Alpaca-scale Self-Instruct run, end to end, against a fast fake teacher.
 
 `seed2lora run` (the real CLI and runner, in its own process) grows --target instructions through bootstrap,
-classify, instances and filter against benchmarks/_latency_server.py --replies selfinstruct (its own process:
+classify, instances and filter against benchmarks/_latency_server.py --replies self-instruct (its own process:
 --latency seconds a request, --concurrency slots; bootstrap replies are new synthetic instructions, about 15%
 near-duplicates of earlier ones, so the ROUGE-L filter works as on real data). One process, no resume.
 
@@ -40,7 +40,7 @@ STAGES = ("bootstrap", "classify", "instances", "filter")
 
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("_latency_server.py")), "--capacity",
-                             str(args.concurrency), "--latency", str(args.latency), "--replies", "selfinstruct"],
+                             str(args.concurrency), "--latency", str(args.latency), "--replies", "self-instruct"],
                             stdout=subprocess.PIPE, text=True)
     port = proc.stdout.readline().strip()
     if not port:

@@ -214,7 +214,7 @@ def main() -> None:
     base_tree, skip, out = extract(args.base), set(args.skip.split(",")), Path(tempfile.mkdtemp()) / "r.json"
     print(f"commit {commit}{dirty}, base {args.base}; {IN_FLIGHT} in flight, {LATENCY * 1000:.0f} ms latency, "
           f"ideal {IDEAL:,.0f} requests/s; load average before: {os.getloadavg()}")
-    server, url = start_server("pipeline")
+    server, url = start_server("self-instruct")
     try:
         if "a" not in skip:
             print(f"\n(a) plain client, {args.requests:,} requests\n\n| client | requests | wall s | of ideal "

@@ -60,6 +60,7 @@ def no_progress(desc: str, total: int | None) -> Iterator[Callable[[int], None]]
 
 
 def package_versions() -> dict[str, str]:
+    """Versions of the packages a run records (a copy of what was read once a process)."""
     return dict(_package_versions())
 
 
@@ -169,6 +170,7 @@ class RunContext:
         self.prompts = Prompts(cfg.prompts_dir or None)
         self.progress: Progress = progress or no_progress
         self.advance: Callable[[int], None] = lambda n: None  # the open bar's advance (the loop sets it)
+        self.advances: dict[str, Callable[[int], None]] = {}  # each open bar's, by step: the steps of a flow
         self.rng = random.Random(cfg.seed)  # for steps that draw without a salt of their own
         self.input_path = input_path  # --input of a stage command
         self.rescore = False  # `seed2lora score --rescore`: the score step starts from nothing

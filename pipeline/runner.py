@@ -13,6 +13,11 @@ everything around the steps:
 - the budget check after each step (exit 3), and pending work (exit 5): a step is done
   only when all its output is written; a re-run retries exactly what is pending.
 
+In `run`, bootstrap, classify and instances run as one flow (stages/flow.py): a task bootstrap
+keeps goes on to classify and instances at once, through one teacher stream, while bootstrap goes
+on; the loop opens their bars together and records each stage's counts, budget and pending work
+as if it had run alone. The stage commands, --input and batch mode run each stage alone.
+
 A new stage is one file in stages/ with its `step`, plus one `Step` in `STEPS`; the loop is unchanged.
 Secrets never enter the manifest: the config holds only the *name* of the API key's variable.
 """
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +34,7 @@ from .budget import BudgetReached, check_prices
 from .config import RunConfig
 from .context import Log, Progress, Records, RunContext, Step, StepResult, preflight
 from .errors import Incomplete, Seed2LoraError, mask_secrets
-from .stages import bootstrap, classify, evolve, instances, score
+from .stages import bootstrap, classify, evolve, flow, instances, score
 from .stages import filter as filter_stage
 from .teachers import Teacher
 
@@ -84,7 +89,7 @@ def read_records(ctx: RunContext, step: Step) -> Records | None:
 
 @contextmanager
 def bar(ctx: RunContext, step: Step, records: Records | None):
-    """The step's progress bar, its advance handed to the step as ctx.advance while it runs."""
+    """The step's progress bar, its advance handed to the step as ctx.advance (and ctx.advances[name]) while it runs."""
     shape = step.progress(ctx, records) if step.progress is not None else None
     if shape is None:
         yield
@@ -93,11 +98,31 @@ def bar(ctx: RunContext, step: Step, records: Records | None):
     with ctx.progress(desc, total) as advance:
         if done:
             advance(done)
-        ctx.advance = advance
+        ctx.advance = ctx.advances[step.name] = advance
         try:
             yield
         finally:
             ctx.advance = lambda n: None
+            ctx.advances.pop(step.name, None)
+
+
+def groups(ctx: RunContext, steps: list[Step]) -> list[list[Step]]:
+    """The steps in the order they run: each alone, except those that flow as one (bootstrap, classify and
+    instances in `run`: stages/flow.py), which come first in pipeline order."""
+    flowing = flow.together(ctx, [s.name for s in steps])
+    return ([[s for s in steps if s.name in flowing]] if flowing else []) + [[s] for s in steps if s.name not in flowing]
+
+
+def run_group(ctx: RunContext, group: list[Step]) -> list[StepResult]:
+    """One step on its records, or a flow: every bar of it open at once, its records flowing in from the one before."""
+    if len(group) == 1:
+        records = read_records(ctx, group[0])
+        with bar(ctx, group[0], records):
+            return [group[0].run(ctx, records)]
+    with ExitStack() as bars:
+        for step in group:
+            bars.enter_context(bar(ctx, step, None))
+        return flow.run(ctx, [s.name for s in group])
 
 
 def run_steps(ctx: RunContext, names: list[str]) -> list[str]:
@@ -111,18 +136,20 @@ def run_steps(ctx: RunContext, names: list[str]) -> list[str]:
     messages: list[str] = []
     step = steps[0] if steps else None
     try:
-        for step in steps:
+        for group in groups(ctx, steps):
+            step = group[0]
             ctx.record(status="running", stage=step.name, reason=None)
-            records = read_records(ctx, step)
-            with bar(ctx, step, records):
-                result = step.run(ctx, records)
+            results = run_group(ctx, group)
+            for step, result in zip(group, results, strict=True):  # a flow's stages: each as if it ran alone
+                if result.pending or len(group) == 1:
+                    ctx.check_budget(step.name)
+                ctx.record(stages={step.name: {**result.counts, "pending": result.pending}})
+                if result.pending:
+                    raise Incomplete(f"{result.message}. {result.pending} pending in {step.name}; run the same "
+                                     "command again to retry exactly those")
+                messages.append(result.message)
+                ctx.log(result.message)
             ctx.check_budget(step.name)
-            ctx.record(stages={step.name: {**result.counts, "pending": result.pending}})
-            if result.pending:
-                raise Incomplete(f"{result.message}. {result.pending} pending in {step.name}; run the same "
-                                 "command again to retry exactly those")
-            messages.append(result.message)
-            ctx.log(result.message)
         ctx.record(status="done", reason=None)
     except KeyboardInterrupt:
         ctx.record(status="interrupted", stage=step.name if step else None,

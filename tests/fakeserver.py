@@ -45,7 +45,8 @@ class FakeOpenAI:
         # While set, every POST (probes too) gets no reply: a wedged engine, or a proxy whose backend hangs, that
         # still answers GET /models. Cleared, the requests waiting reply at once.
         self.hang = False
-        self.history: list[dict[str, Any]] = []  # the pipeline's requests
+        # The pipeline's requests, each with "at" (time.monotonic() on arrival) and "replied" (once its reply is sent).
+        self.history: list[dict[str, Any]] = []
         self.posts = 0  # POSTs received, those still waiting included
         self.probes: list[dict[str, Any]] = []  # preflight: GET /models and api auto's one-token probe
         self.completions_endpoint = False  # api auto's probe of /completions gets a 404 unless this is set
@@ -123,8 +124,9 @@ class FakeOpenAI:
                     else:
                         self._send(404, {"error": {"message": "no completions endpoint for this model"}}, {})
                     return
+                entry = {"path": self.path, "body": body, "headers": dict(self.headers), "at": time.monotonic()}
                 with outer._lock:
-                    outer.history.append({"path": self.path, "body": body, "headers": dict(self.headers)})
+                    outer.history.append(entry)
                     status, payload, headers, delay = outer.queue.popleft() if outer.queue else \
                         (200, outer.default_reply(self.path, body), {}, outer.default_delay)
                 if delay:
@@ -134,6 +136,7 @@ class FakeOpenAI:
                 if isinstance(payload, str) and status == 200:
                     payload = outer.wrap(self.path, payload)
                 self._send(status, payload, headers)
+                entry["replied"] = time.monotonic()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

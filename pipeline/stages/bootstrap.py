@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from ..cache import ResponseCache
@@ -28,7 +28,7 @@ from ..errors import LowYield, Seed2LoraError
 from ..prompts import Prompts
 from ..records import Task, task_id
 from ..store import JsonlWriter, RunDir, reason_kind
-from ..teachers import GenParams, Teacher
+from ..teachers import Completion, GenParams, Teacher
 from ..teachers.base import WAIT, Request
 from .common import reply_meta
 from .filter import InstructionFilter
@@ -138,11 +138,11 @@ class _Pool:
         self.reasons[reason_kind(reason)] += 1
 
     def take(self, tasks: list[Task], request: int, kept_out: JsonlWriter, rejected_out: JsonlWriter,
-             on_kept: Callable[[int], None] | None) -> int:
-        """Keep or reject each parsed line of one reply; the number kept."""
+             on_kept: Callable[[int], None] | None) -> list[Task]:
+        """Keep or reject each parsed line of one reply; the tasks kept."""
         self.answered += 1
         seen: Counter[str] = Counter()
-        kept_here = 0
+        kept_here: list[Task] = []
         for task in tasks:
             seen[task.id] += 1
             if seen[task.id] <= self.written[(task.id, request)]:  # written before an interruption
@@ -168,7 +168,7 @@ class _Pool:
                 self.kept_ids[task.id] = task.instruction
                 kept_out.write(task)
                 self.new += 1
-                kept_here += 1
+                kept_here.append(task)
                 if on_kept:
                     on_kept(1)
         return kept_here
@@ -208,93 +208,129 @@ class _YieldWatch:
                      f"{len(recent)} prompts; main reject reasons: {top}")
 
 
-def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunDir, prompts: Prompts,
-                  log: ResponseCache, *, on_kept: Callable[[int], None] | None = None,
-                  on_progress: Callable[[int], None] | None = None,
-                  say: Callable[[str], None] | None = None) -> BootstrapResult:
-    """Grow the machine pool to `num_instructions`, streaming prompts through the teacher.
+class Bootstrap:
+    """Bootstrap as pieces a stream can drive: `requests()` (each prompt built when the teacher has room for it,
+    or WAIT), `read(req, reply)` (the tasks it kept) and `result()`. run_bootstrap streams it alone;
+    stages/flow.py streams it with classify and instances, each kept task going on at once.
 
-    Each prompt is built when the teacher has room for it, from the pool as it is then,
-    and logged (`log`) before it is sent. A resumed run first re-sends the logged prompts
-    that never finished, word for word, so their replies come from the cache, then goes
-    on with new request numbers; either way no prompt is sent once the pool is full.
-    Every parsed instruction ends kept or in rejected.jsonl (duplicates and replies that
-    parse to nothing included); a resumed run recognises what it wrote by (id, request).
-    The accept rate over the last `yield_window` prompts is watched: below yield_warn a
-    warning, below yield_stop the run stops (exit 6) naming the main reject reasons.
+    Each prompt is built from the pool as it is then, and logged (`log`) before it is sent. A resumed
+    run first re-sends the logged prompts that never finished, word for word, so their replies come
+    from the cache, then goes on with new request numbers; either way no prompt is sent once the pool
+    is full. Every parsed instruction ends kept or in rejected.jsonl (duplicates and replies that parse
+    to nothing included); a resumed run recognises what it wrote by (id, request). The accept rate
+    over the last `yield_window` prompts is watched: below yield_warn a warning, below yield_stop the
+    run stops (exit 6) naming the main reject reasons. Requests carry their params and kind, so a
+    stream shared with other stages caches and counts them as bootstrap alone would.
     """
-    b = cfg.bootstrap
-    if b.mode not in ("self-instruct", "alpaca"):
-        raise Seed2LoraError(f"bootstrap.mode must be 'self-instruct' or 'alpaca', not {b.mode!r}")
-    pool_seeds = [s for s in seeds if s.is_classification] if b.use_clf_seed_tasks_only else seeds
-    if not pool_seeds:
-        raise Seed2LoraError("no seed tasks to sample from (use_clf_seed_tasks_only needs seeds with "
-                             "is_classification true)")
-    pool = _Pool(run, cfg, seeds)
-    watch = _YieldWatch(cfg, teacher, run, say or (lambda message: None))
-    sent, unfinished = log.requests("bootstrap")
-    max_requests = sent + (b.max_requests or 20 * b.num_instructions)
-    prefix_continues = getattr(teacher, "api", "chat") == "completions"
-    params = gen_params(cfg, prefix_continues, getattr(teacher, "structured", False))
-    plans: dict[int, dict] = {}
-    counter = {"next": sent, "done": 0}
 
-    def gap_covered() -> bool:
+    def __init__(self, teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunDir, prompts: Prompts,
+                 log: ResponseCache, *, on_kept: Callable[[int], None] | None = None,
+                 on_progress: Callable[[int], None] | None = None, say: Callable[[str], None] | None = None):
+        b = self.b = cfg.bootstrap
+        if b.mode not in ("self-instruct", "alpaca"):
+            raise Seed2LoraError(f"bootstrap.mode must be 'self-instruct' or 'alpaca', not {b.mode!r}")
+        self.pool_seeds = [s for s in seeds if s.is_classification] if b.use_clf_seed_tasks_only else seeds
+        if not self.pool_seeds:
+            raise Seed2LoraError("no seed tasks to sample from (use_clf_seed_tasks_only needs seeds with "
+                                 "is_classification true)")
+        self.teacher, self.cfg, self.run, self.prompts, self.log = teacher, cfg, run, prompts, log
+        self.on_kept, self.on_progress = on_kept, on_progress
+        self.pool = _Pool(run, cfg, seeds)
+        self.watch = _YieldWatch(cfg, teacher, run, say or (lambda message: None))
+        self.sent, self.unfinished = log.requests("bootstrap")
+        self.max_requests = self.sent + (b.max_requests or 20 * b.num_instructions)
+        self.continues = getattr(teacher, "api", "chat") == "completions"
+        self.params = gen_params(cfg, self.continues, getattr(teacher, "structured", False))
+        self.plans: dict[int, dict] = {}  # the prompts in flight, by request number
+        self.next, self.done = self.sent, 0
+        self.kept_out = JsonlWriter(run.stage_file("bootstrap"))
+        self.rejected_out = JsonlWriter(run.rejected_file)
+
+    def __enter__(self) -> Bootstrap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kept_out.close()
+        self.rejected_out.close()
+
+    def gap_covered(self) -> bool:
         """The prompts in flight should fill the pool at the yield seen so far: wait for them, not send more
         (16 prompts in flight for the last 2 places were money for nothing). Before the first reply, each
         prompt is counted as filling its list: a strong teacher does, and one round trip more costs less than
         paying for lines past the target."""
-        if not plans:
+        pool = self.pool
+        if not self.plans:
             return False
-        per_prompt = pool.novel / pool.answered if pool.answered else free_places(cfg)
-        return len(pool.machine) + len(plans) * per_prompt >= b.num_instructions
+        per_prompt = pool.novel / pool.answered if pool.answered else free_places(self.cfg)
+        return len(pool.machine) + len(self.plans) * per_prompt >= self.b.num_instructions
 
-    def requests():
-        for n, body in unfinished:
-            plans[n] = body
-            paid = teacher.cached(Request(n, body["prompt"], salt=body["salt"]), params)
-            if pool.full and not paid:  # the pool is full: an unpaid prompt is not sent
-                plans.pop(n)
+    def request(self, n: int) -> Request:
+        body = self.plans[n]
+        return Request(n, body["prompt"], salt=body["salt"], params=self.params, kind="bootstrap")
+
+    def requests(self) -> Iterator[Request | None]:
+        """The prompts to send, or WAIT while those in flight should fill the pool; ends when it is full."""
+        pool = self.pool
+        for n, body in self.unfinished:
+            self.plans[n] = body
+            if pool.full and not self.teacher.cached(self.request(n), self.params):  # full: an unpaid prompt waits
+                self.plans.pop(n)
                 continue
-            yield Request(n, body["prompt"], salt=body["salt"])  # a paid reply is read from the cache, lines recorded
-        while not pool.full and counter["next"] < max_requests:
-            if gap_covered():
+            yield self.request(n)  # a paid reply is read from the cache, its lines recorded
+        while not pool.full and self.next < self.max_requests:
+            if self.gap_covered():
                 yield WAIT
                 continue
-            n = counter["next"]
-            counter["next"] += 1
-            salt = f"{cfg.seed}:bootstrap:{n}"
-            template, text, nxt = build_prompt(prompts, cfg, random.Random(salt), pool_seeds, pool.machine)
-            plans[n] = {"prompt": text, "template": template, "next_number": nxt, "salt": salt}
-            log.log_request("bootstrap", n, plans[n])
-            yield Request(n, text, salt=salt)
+            n, self.next = self.next, self.next + 1
+            salt = f"{self.cfg.seed}:bootstrap:{n}"
+            template, text, nxt = build_prompt(self.prompts, self.cfg, random.Random(salt), self.pool_seeds,
+                                               pool.machine)
+            self.plans[n] = {"prompt": text, "template": template, "next_number": nxt, "salt": salt}
+            self.log.log_request("bootstrap", n, self.plans[n])
+            yield self.request(n)
 
-    with JsonlWriter(run.stage_file("bootstrap")) as kept_out, JsonlWriter(run.rejected_file) as rejected_out:
-        for req, reply in teacher.stream(requests(), params, kind="bootstrap"):
-            plan = plans.pop(req.key)
-            counter["done"] += 1
-            if not reply.ok:  # a failed call stays open in the log and is re-sent on resume
-                if on_progress:
-                    on_progress(counter["done"])
-                continue
-            tasks = _tasks_from_reply(reply.text, plan["template"], plan["next_number"],
-                                      reply.finish_reason == "length", prefix_continues, req.key, teacher.name)
-            if not tasks:
-                tasks = [Task(id=task_id("reply", plan["salt"]), instruction="", origin="machine", round=req.key,
-                              stage="bootstrap", teacher=teacher.name, prompt=plan["template"],
-                              meta={"bootstrap_reply": reply_meta(reply)})]
-            kept_here = pool.take(tasks, req.key, kept_out, rejected_out, on_kept)
-            log.mark_done("bootstrap", req.key)
-            if on_progress:
-                on_progress(counter["done"])
-            watch.after(kept_here, counter["done"], pool)
-    requests_sent = log.requests("bootstrap")[0]
-    if not pool.machine:
-        raise Seed2LoraError(f"the teacher gave no usable instruction in {requests_sent} prompts "
-                             f"({pool.rejected} rejected; see {run.rejected_file}). Try another teacher, "
-                             "or loosen [filter] settings")
-    return BootstrapResult(kept=len(pool.machine), new=pool.new, rejected=pool.rejected, requests=requests_sent,
-                           pending=max(0, b.num_instructions - len(pool.machine)), replies=counter["done"])
+    def read(self, req: Request, reply: Completion) -> list[Task]:
+        """One reply: its lines kept or rejected, the request marked done; the tasks kept. A failed call stays
+        open in the log and is re-sent on resume."""
+        plan = self.plans.pop(req.key)
+        self.done += 1
+        if not reply.ok:
+            if self.on_progress:
+                self.on_progress(self.done)
+            return []
+        tasks = _tasks_from_reply(reply.text, plan["template"], plan["next_number"], reply.finish_reason == "length",
+                                  self.continues, req.key, self.teacher.name)
+        if not tasks:
+            tasks = [Task(id=task_id("reply", plan["salt"]), instruction="", origin="machine", round=req.key,
+                          stage="bootstrap", teacher=self.teacher.name, prompt=plan["template"],
+                          meta={"bootstrap_reply": reply_meta(reply)})]
+        kept = self.pool.take(tasks, req.key, self.kept_out, self.rejected_out, self.on_kept)
+        self.log.mark_done("bootstrap", req.key)
+        if self.on_progress:
+            self.on_progress(self.done)
+        self.watch.after(len(kept), self.done, self.pool)
+        return kept
+
+    def result(self) -> BootstrapResult:
+        pool = self.pool
+        requests_sent = self.log.requests("bootstrap")[0]
+        if not pool.machine:
+            raise Seed2LoraError(f"the teacher gave no usable instruction in {requests_sent} prompts "
+                                 f"({pool.rejected} rejected; see {self.run.rejected_file}). Try another teacher, "
+                                 "or loosen [filter] settings")
+        return BootstrapResult(kept=len(pool.machine), new=pool.new, rejected=pool.rejected, requests=requests_sent,
+                               pending=max(0, self.b.num_instructions - len(pool.machine)), replies=self.done)
+
+
+def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunDir, prompts: Prompts,
+                  log: ResponseCache, *, on_kept: Callable[[int], None] | None = None,
+                  on_progress: Callable[[int], None] | None = None,
+                  say: Callable[[str], None] | None = None) -> BootstrapResult:
+    """Grow the machine pool to `num_instructions`, streaming prompts through the teacher (Bootstrap, alone)."""
+    with Bootstrap(teacher, seeds, cfg, run, prompts, log, on_kept=on_kept, on_progress=on_progress, say=say) as b:
+        for req, reply in teacher.stream(b.requests(), b.params, kind="bootstrap"):
+            b.read(req, reply)
+    return b.result()
 
 
 def _tasks_from_reply(text: str, template: str, nxt: int, truncated: bool, prefix_continues: bool,
@@ -319,6 +355,11 @@ def step(ctx: RunContext, records: Records | None) -> StepResult:
     """Grow the run's machine pool from its seeds to bootstrap.num_instructions; write bootstrap.jsonl."""
     r = run_bootstrap(ctx.teacher, ctx.seeds, ctx.cfg, ctx.run, ctx.prompts, ctx.cache,
                       on_kept=ctx.advance, on_progress=ctx.every(), say=ctx.log)
+    return step_result(r)
+
+
+def step_result(r: BootstrapResult) -> StepResult:
+    """Bootstrap's line and counts, for the runner."""
     message = (f"bootstrap: {r.new} new instructions kept ({r.kept} in the pool), {r.rejected} rejected, "
                f"{r.requests} prompts sent so far")
     if r.pending:

@@ -17,7 +17,7 @@ from ..store import RunDir
 from ..teachers import Completion, GenParams, Teacher
 from ..teachers.base import read_logprobs
 from .calibrate import seed_threshold, yes_no_margin
-from .common import MapResult, ProgressFn, map_pending, map_result, reply_meta
+from .common import MapResult, ProgressFn, TaskMap, map_pending, map_result, reply_meta
 from .parse import parse_yes_no
 from .schemas import schema_params
 
@@ -29,6 +29,16 @@ def uses_logprobs(teacher: Teacher, method: str) -> bool:
 
 def run_classify(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: RunDir, prompts: Prompts,
                  progress: ProgressFn | None = None) -> MapResult:
+    task_map = classify_map(teacher, cfg, run, prompts, progress)
+    if task_map is None:  # the seeds' calibration failed: every task waits for a re-run
+        return MapResult(pending=len(tasks))
+    return map_pending(tasks, teacher, task_map)
+
+
+def classify_map(teacher: Teacher, cfg: RunConfig, run: RunDir, prompts: Prompts,
+                 progress: ProgressFn | None = None) -> TaskMap | None:
+    """The classify call of each task (common.TaskMap); None when the threshold's calibration on the seeds
+    failed (a teacher error), which leaves every task pending."""
     c = cfg.classify
     # A completion runs on into the next "Task:", so it stops at the end of its line; a chat reply
     # may open with a blank line ("\n\nYes"), which "\n" would cut to nothing, and ends by itself.
@@ -49,7 +59,7 @@ def run_classify(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: R
         if c.calibrate:
             calibration = seed_threshold(teacher, load_seeds(cfg.seed_tasks or None), params, run, prompts)
             if calibration is None:
-                return MapResult(pending=len(tasks))
+                return None
             threshold = c.threshold if calibration["threshold"] is None else calibration["threshold"]
 
     def prompt_for(t: Task) -> str | None:
@@ -71,12 +81,13 @@ def run_classify(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: R
         meta = t.meta if answer is not None else {**t.meta, "classify_reply": reply_meta(reply)}
         return dataclasses.replace(t, stage="classify", is_classification=bool(answer), meta=meta)
 
-    return map_pending(tasks, run, "classify", teacher, params, prompt_for=prompt_for, finish=finish,
-                       max_retries=cfg.teacher.max_retries, progress=progress)
+    return TaskMap(run, "classify", params, prompt_for=prompt_for, finish=finish, max_retries=cfg.teacher.max_retries,
+                   progress=progress)
 
 
 def progress(ctx: RunContext, records: Records | None) -> tuple[str, int, int]:
-    return "classify", len(records or ()), 0  # one tick per task
+    """One tick per task; records None: they flow in from bootstrap (stages/flow.py), up to its target."""
+    return "classify", ctx.cfg.bootstrap.num_instructions if records is None else len(records), 0
 
 
 def step(ctx: RunContext, records: Records | None) -> StepResult:

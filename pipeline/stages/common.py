@@ -61,12 +61,10 @@ class MapResult:
         return f"{asked}, {rejected} rejected (still unusable after {n(max_retries, 'retry', 'retries')})"
 
 
-def map_pending(tasks: Sequence[Task], run: RunDir, stage: str, teacher: Teacher, params: GenParams, *,
-                prompt_for: Callable[[Task], str | None],
-                finish: Callable[[Task, Completion | None, bool], Task | str],
-                max_retries: int, progress: ProgressFn | None = None,
-                params_for: Callable[[Task], GenParams | None] | None = None) -> MapResult:
-    """One teacher call per task not yet in the stage file (nor rejected by this stage).
+class TaskMap:
+    """One per-task stage's calls, as pieces a stream can drive: `add` a task (its request, or its record at
+    once when it needs no call), `read` a reply (a retry, the record written, or None), and `result()`.
+    map_pending streams one stage's tasks alone; stages/flow.py streams several stages' through one stream.
 
     prompt_for(task) is sent (None = no call needed). finish(task, reply or None, last_try)
     gives the record to append, or a reason "rule: detail" when the reply is unusable: then
@@ -74,69 +72,113 @@ def map_pending(tasks: Sequence[Task], run: RunDir, stage: str, teacher: Teacher
     bad reply is not served again) up to max_retries times, and after that it goes to
     rejected.jsonl with the reason and the reply. params_for(task), when given, is that task's
     sampling where it differs from `params` (a schema per kind of task). A reply that is an error (the teacher
-    failed after its own retries) leaves the task pending: no record, a re-run retries it.
+    failed after its own retries) leaves the task pending: no record, a re-run retries it. Every request
+    carries its params and its kind (the stage), so a stream that mixes stages caches and counts each as its
+    stage alone would.
     """
-    done = {t.id for t in run.read_stage(stage)} | {t.id for t in run.read_rejected() if t.stage == stage}
-    by_id = {t.id: t for t in tasks if t.id not in done}
-    result = MapResult()
+
+    def __init__(self, run: RunDir, stage: str, params: GenParams, *,
+                 prompt_for: Callable[[Task], str | None],
+                 finish: Callable[[Task, Completion | None, bool], Task | str],
+                 max_retries: int, progress: ProgressFn | None = None,
+                 params_for: Callable[[Task], GenParams | None] | None = None):
+        self.stage, self.params, self.max_retries = stage, params, max_retries
+        self.prompt_for, self.finish, self.progress, self.params_for = prompt_for, finish, progress, params_for
+        self.done = {t.id for t in run.read_stage(stage)} | {t.id for t in run.read_rejected() if t.stage == stage}
+        self.tasks: dict[str, Task] = {}  # tasks added that were not done before
+        self.tries: dict[str, int] = {}
+        self.prompts: dict[str, str] = {}
+        self.own_params: dict[str, GenParams] = {}
+        self.counts = MapResult()
+        self.out = JsonlWriter(run.stage_file(stage))
+        self.rejected_out = JsonlWriter(run.rejected_file)
+
+    def __enter__(self) -> TaskMap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.out.close()
+        self.rejected_out.close()
+
+    def settle(self, task: Task, record: Task | None, reason: str | None, reply: Completion | None) -> None:
+        if record is not None:
+            self.out.write(record)
+            self.counts.written += 1
+        elif reason is not None and reply is not None:
+            meta = {**task.meta, f"{self.stage}_reply": reply_meta(reply), "tries": self.tries.get(task.id, 0) + 1}
+            self.rejected_out.write(dataclasses.replace(task, meta=meta).rejected(reason, self.stage))
+            self.counts.rejected += 1
+        if self.progress:
+            self.progress(1)
+
+    def add(self, task: Task) -> Request | Task | None:
+        """The request to send for a task; its record when it needs no call; None when it was done before."""
+        if task.id in self.done or task.id in self.tasks:
+            return None
+        self.tasks[task.id] = task
+        prompt = self.prompt_for(task)
+        if prompt is None:
+            verdict = self.finish(task, None, True)
+            record = verdict if isinstance(verdict, Task) else None
+            self.settle(task, record, None, None)
+            return record
+        self.prompts[task.id] = prompt
+        if self.params_for is not None and (p := self.params_for(task)) is not None:
+            self.own_params[task.id] = p
+        return Request(task.id, prompt, salt=task.id, params=self.own_params.get(task.id, self.params),
+                       kind=self.stage)
+
+    def read(self, req: Request, reply: Completion) -> Request | Task | None:
+        """A reply to one of this stage's requests: the retry to send, the record written, or None (rejected
+        after the retries, or pending: the teacher failed)."""
+        task = self.tasks[req.key]
+        if not reply.ok:
+            self.settle(task, None, None, None)
+            return None
+        n = self.tries.get(task.id, 0)
+        verdict = self.finish(task, reply, n >= self.max_retries)
+        if isinstance(verdict, Task):
+            self.settle(task, verdict, None, reply)
+            return verdict
+        if n < self.max_retries:
+            self.tries[task.id] = n + 1
+            self.counts.retried += 1
+            return Request(task.id, self.prompts[task.id], salt=f"{task.id}:retry{n + 1}",
+                           params=retry_params(self.own_params.get(task.id, self.params)), kind=self.stage)
+        self.settle(task, None, verdict, reply)
+        return None
+
+    def result(self) -> MapResult:
+        """The counts; failed, never sent (budget, a stop) or waiting for a retry never sent: all pending."""
+        self.counts.pending = len(self.tasks) - self.counts.written - self.counts.rejected
+        return self.counts
+
+
+def map_pending(tasks: Sequence[Task], teacher: Teacher, task_map: TaskMap) -> MapResult:
+    """One teacher call per task not yet in the stage file (nor rejected by this stage), streamed alone;
+    retries go out as their replies come back (TaskMap says what each call and reply does)."""
     retry: deque[Request] = deque()
-    tries: dict[str, int] = {}
-    prompts: dict[str, str] = {}
-    own_params: dict[str, GenParams] = {}
     in_flight = 0
-    with JsonlWriter(run.stage_file(stage)) as out, JsonlWriter(run.rejected_file) as rejected_out:
 
-        def settle(task: Task, record: Task | None, reason: str | None, reply: Completion | None) -> None:
-            if record is not None:
-                out.write(record)
-                result.written += 1
-            elif reason is not None and reply is not None:
-                meta = {**task.meta, f"{stage}_reply": reply_meta(reply), "tries": tries.get(task.id, 0) + 1}
-                rejected_out.write(dataclasses.replace(task, meta=meta).rejected(reason, stage))
-                result.rejected += 1
-            if progress:
-                progress(1)
-
-        def requests() -> Iterator[Request | None]:
-            nonlocal in_flight
-            for task in by_id.values():
-                prompt = prompt_for(task)
-                if prompt is None:
-                    verdict = finish(task, None, True)
-                    settle(task, verdict if isinstance(verdict, Task) else None, None, None)
-                    continue
-                prompts[task.id] = prompt
-                if params_for is not None and (p := params_for(task)) is not None:
-                    own_params[task.id] = p
+    def requests() -> Iterator[Request | None]:
+        nonlocal in_flight
+        for task in tasks:
+            if isinstance(req := task_map.add(task), Request):
                 in_flight += 1
-                yield Request(task.id, prompt, salt=task.id, params=own_params.get(task.id))
-            while retry or in_flight:
-                if retry:
-                    in_flight += 1
-                    yield retry.popleft()
-                else:
-                    yield WAIT
-
-        for req, reply in teacher.stream(requests(), params, kind=stage):
-            in_flight -= 1
-            task = by_id[req.key]
-            if not reply.ok:
-                settle(task, None, None, None)
-                continue
-            n = tries.get(task.id, 0)
-            verdict = finish(task, reply, n >= max_retries)
-            if isinstance(verdict, Task):
-                settle(task, verdict, None, reply)
-            elif n < max_retries:
-                tries[task.id] = n + 1
-                result.retried += 1
-                retry.append(Request(task.id, prompts[task.id], salt=f"{task.id}:retry{n + 1}",
-                                     params=retry_params(own_params.get(task.id, params))))
+                yield req
+        while retry or in_flight:
+            if retry:
+                in_flight += 1
+                yield retry.popleft()
             else:
-                settle(task, None, verdict, reply)
-    # Failed, never sent (budget, a stop) or waiting for a retry that was never sent: all pending.
-    result.pending = len(by_id) - result.written - result.rejected
-    return result
+                yield WAIT
+
+    with task_map:
+        for req, reply in teacher.stream(requests(), task_map.params, kind=task_map.stage):
+            in_flight -= 1
+            if isinstance(nxt := task_map.read(req, reply), Request):
+                retry.append(nxt)
+    return task_map.result()
 
 
 def map_result(ctx: RunContext, stage: str, r: MapResult, n: int) -> StepResult:

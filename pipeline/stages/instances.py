@@ -16,7 +16,7 @@ from ..prompts import Prompts
 from ..records import Task
 from ..store import RunDir
 from ..teachers import Completion, GenParams, Teacher
-from .common import MapResult, ProgressFn, map_pending, map_result
+from .common import MapResult, ProgressFn, TaskMap, map_pending, map_result
 from .parse import parse_input_first, parse_output_first, parse_structured_instances
 from .schemas import schema_params
 
@@ -47,6 +47,12 @@ def parse_instance_reply(task: Task, prompt_text: str, reply: Completion, contin
 
 def run_instances(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: RunDir, prompts: Prompts,
                   progress: ProgressFn | None = None) -> MapResult:
+    return map_pending(tasks, teacher, instances_map(teacher, cfg, run, prompts, progress))
+
+
+def instances_map(teacher: Teacher, cfg: RunConfig, run: RunDir, prompts: Prompts,
+                  progress: ProgressFn | None = None) -> TaskMap:
+    """The instances call of each task (common.TaskMap): output-first for classification tasks."""
     c = cfg.instances
     continues = getattr(teacher, "api", "chat") == "completions"
     params = GenParams(max_tokens=c.max_tokens, temperature=c.temperature, top_p=c.top_p,
@@ -73,13 +79,13 @@ def run_instances(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: 
         return dataclasses.replace(t, stage="instances", instances=instances,
                                    prompt=f"{t.prompt},{name}" if t.prompt else name)
 
-    return map_pending(tasks, run, "instances", teacher, params, prompt_for=prompt_for, finish=finish,
-                       max_retries=cfg.teacher.max_retries, progress=progress,
-                       params_for=(lambda t: by_kind[bool(t.is_classification)]) if by_kind else None)
+    return TaskMap(run, "instances", params, prompt_for=prompt_for, finish=finish, max_retries=cfg.teacher.max_retries,
+                   progress=progress, params_for=(lambda t: by_kind[bool(t.is_classification)]) if by_kind else None)
 
 
 def progress(ctx: RunContext, records: Records | None) -> tuple[str, int, int]:
-    return "instances", len(records or ()), 0  # one tick per task
+    """One tick per task; records None: they flow in from classify (stages/flow.py), up to bootstrap's target."""
+    return "instances", ctx.cfg.bootstrap.num_instructions if records is None else len(records), 0
 
 
 def step(ctx: RunContext, records: Records | None) -> StepResult:

@@ -41,7 +41,7 @@ from ..teachers import Completion, GenParams, Teacher
 from ..teachers.base import read_logprobs
 from .calibrate import yes_no_margin
 from .classify import uses_logprobs
-from .common import MapResult, ProgressFn, map_pending
+from .common import MapResult, ProgressFn, TaskMap, map_pending
 from .parse import parse_rating
 
 STAGE = "score"
@@ -107,8 +107,9 @@ def run_score(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: RunD
 
     records = [dataclasses.replace(t, meta={**t.meta, "score_judge": judge}) for t in instance_records(tasks, STAGE)]
     # Log-probabilities are read in one forward pass, the same every time: asking again would not change them.
-    return map_pending(records, run, STAGE, teacher, params, prompt_for=prompt_for, finish=finish,
-                       max_retries=0 if by_logprobs else judge_config(cfg).max_retries, progress=progress)
+    return map_pending(records, teacher, TaskMap(run, STAGE, params, prompt_for=prompt_for, finish=finish,
+                                                 max_retries=0 if by_logprobs else judge_config(cfg).max_retries,
+                                                 progress=progress))
 
 
 def logprob_score(text: str) -> dict[str, object] | None:
