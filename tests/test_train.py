@@ -115,13 +115,46 @@ def test_chunked_loss_equals_full_logits_loss_with_the_same_gradients():
     labels = torch.randint(0, 50, (3, 11))
     labels[:, :4] = IGNORE_INDEX
     labels[2, 7:] = IGNORE_INDEX
-    chunked, n = causal_lm_loss_sum(hidden, labels, head, chunk_tokens=5)
+    chunked, n = causal_lm_loss_sum(hidden, labels, head, chunk_tokens=5, fused=False)
     (g_chunked,) = torch.autograd.grad(chunked, hidden)
     full, m = full_logits_loss_sum(head(hidden), labels)
     (g_full,) = torch.autograd.grad(full, hidden)
     assert n == m == int((labels[:, 1:] != IGNORE_INDEX).sum())
     torch.testing.assert_close(chunked, full)
     torch.testing.assert_close(g_chunked, g_full)
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+@pytest.mark.parametrize("head_trains", [False, True])
+def test_fused_loss_equals_full_logits_loss_with_the_same_gradients(softcap, head_trains):
+    torch.manual_seed(1)
+    head = torch.nn.Linear(16, 50, bias=False)
+    head.weight.requires_grad_(head_trains)
+    hidden = torch.randn(3, 11, 16, requires_grad=True)
+    labels = torch.randint(0, 50, (3, 11))
+    labels[:, :4] = IGNORE_INDEX  # the prompt: never a target
+    labels[2, 7:] = IGNORE_INDEX
+    wrt = [hidden, head.weight] if head_trains else [hidden]
+    fused, n = causal_lm_loss_sum(hidden, labels, head, chunk_tokens=5, softcap=softcap)
+    assert fused.grad_fn is not None and "FusedLinearCrossEntropy" in type(fused.grad_fn).__name__
+    g_fused = torch.autograd.grad(0.7 * fused, wrt)
+    logits = head(hidden)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    full, m = full_logits_loss_sum(logits, labels)
+    g_full = torch.autograd.grad(0.7 * full, wrt)
+    assert n == m == int((labels[:, 1:] != IGNORE_INDEX).sum())
+    torch.testing.assert_close(fused, full)
+    for a, b in zip(g_fused, g_full, strict=True):
+        torch.testing.assert_close(a, b)
+    assert g_fused[0][:, :3].abs().sum() == 0  # masked prompt positions get no gradient
+    assert g_fused[0][2, 6:].abs().sum() == 0  # nor do the positions after the last label
+
+
+def test_a_head_with_a_bias_or_lora_takes_the_checkpointed_path():
+    from pipeline.train.loss import can_fuse
+
+    assert can_fuse(torch.nn.Linear(4, 5, bias=False)) and not can_fuse(torch.nn.Linear(4, 5))
 
 
 # ---------------------------------------------------------------- templating on the real tokenizer

@@ -3,8 +3,14 @@
 A model's own loss builds logits for every position (batch x seq x vocab) and upcasts
 them to fp32: 4 x 1024 x 152k x 4 bytes = 2.5 GB for a Qwen2 batch, most of it spent on
 prompt and padding positions whose labels are -100. Here only positions with a label
-are projected, a chunk at a time, and each chunk is recomputed in the backward pass
-(activation checkpointing), so at most one chunk of fp32 logits exists at once.
+are projected, a chunk at a time, so at most one chunk of fp32 logits exists at once.
+
+Two ways to get the gradient, the same numbers (tests/test_train.py):
+- fused (a plain bias-free lm_head, the usual case): each chunk's gradient with respect to
+  the hidden states (softmax - one-hot, times the head) is computed in the forward pass and
+  kept (positions x hidden, a few MB); backward only scales it. Two matmuls per chunk.
+- checkpointed (any other head, e.g. one with LoRA on it): the chunk is recomputed in the
+  backward pass by autograd. Three matmuls per chunk.
 """
 
 from __future__ import annotations
@@ -26,13 +32,59 @@ def _chunk_loss(hidden: torch.Tensor, targets: torch.Tensor, lm_head: torch.nn.M
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
+class FusedLinearCrossEntropy(torch.autograd.Function):
+    """sum over rows of cross_entropy(h @ weight.T, y), its gradients made chunk by chunk in forward."""
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, chunk_tokens: int,
+                softcap: float | None) -> torch.Tensor:
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if ctx.needs_input_grad[1] else None
+        for s in range(0, y.numel(), chunk_tokens):
+            hc, yc = h[s:s + chunk_tokens], y[s:s + chunk_tokens]
+            logits = (hc @ weight.t()).float()  # bf16 matmul under autocast, fp32 softmax either way
+            capped = None
+            if softcap:  # Gemma-2 style final-logit soft-capping: logits = c * tanh(z / c)
+                capped = torch.tanh(logits / softcap)
+                logits = capped * softcap
+            lse = torch.logsumexp(logits, dim=-1)
+            rows = torch.arange(yc.numel(), device=h.device)
+            total += (lse - logits[rows, yc]).sum()
+            grad = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place: one chunk of logits in memory
+            grad[rows, yc] -= 1.0
+            if capped is not None:
+                grad.mul_(1.0 - capped * capped)
+            grad_h[s:s + chunk_tokens] = (grad.to(weight.dtype) @ weight).float()
+            if grad_w is not None:
+                grad_w += grad.t() @ hc.float()
+        ctx.grads = (grad_h.to(h.dtype), grad_w.to(weight.dtype) if grad_w is not None else None)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> Any:
+        grad_h, grad_w = ctx.grads
+        del ctx.grads
+        return grad_h * grad_out.to(grad_h.dtype), None if grad_w is None else grad_w * grad_out.to(grad_w.dtype), \
+            None, None, None
+
+
+def can_fuse(lm_head: torch.nn.Module) -> bool:
+    """A plain bias-free Linear: the fused path knows its gradient; anything else (LoRA on the head) is checkpointed."""
+    return type(lm_head) is torch.nn.Linear and lm_head.bias is None
+
+
 def causal_lm_loss_sum(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module, *,
-                       chunk_tokens: int = 1024, softcap: float | None = None) -> tuple[torch.Tensor, int]:
-    """(sum of token losses, number of label tokens); position t predicts labels[t + 1]."""
+                       chunk_tokens: int = 1024, softcap: float | None = None,
+                       fused: bool = True) -> tuple[torch.Tensor, int]:
+    """(sum of token losses, number of label tokens); position t predicts labels[t + 1].
+    fused: the fused gradient where the head allows it (can_fuse), else the checkpointed chunks."""
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX
     h = hidden[:, :-1][keep]
     y = targets[keep]
+    if fused and can_fuse(lm_head) and torch.is_grad_enabled():
+        return FusedLinearCrossEntropy.apply(h, lm_head.weight, y, chunk_tokens, softcap), int(y.numel())
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, y.numel(), chunk_tokens):
         args = (h[start:start + chunk_tokens], y[start:start + chunk_tokens], lm_head, softcap)
