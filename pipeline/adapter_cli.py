@@ -61,7 +61,7 @@ def add_export_command(cli: click.Group, friendly_errors: Callable, console: Any
                        "q4_k_m / q5_k_m: the merged f16 quantized by llama.cpp's own quantizer (llama-cpp-python).")
     @click.option("--push-to-hub", "push_to_hub", metavar="REPO",
                   help="Then upload the adapter (PEFT files, the GGUF written now, a model card with the provenance) "
-                       "to this Hugging Face model repository (USER/NAME); the token is read from HF_TOKEN.")
+                       "to this Hugging Face model repository (USER/NAME); the token is read from HF_TOKEN (default: no upload).")
     @friendly_errors
     def export_adapter(adapter, fmt, outtype, out, base_gguf, model, merged, push_to_hub):
         """Write an adapter as a GGUF LoRA for llama.cpp and Ollama, with an Ollama Modelfile."""

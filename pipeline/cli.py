@@ -451,7 +451,7 @@ def _export_default(key: str) -> Any:  # the help shows ExportConfig's defaults,
                    "file (repeatable).")
 @click.option("--push-to-hub", "push_to_hub", metavar="REPO",
               help="Then upload the export, with its dataset card, to this Hugging Face dataset repository "
-                   "(USER/NAME); the token is read from HF_TOKEN.")
+                   "(USER/NAME); the token is read from HF_TOKEN (default: no upload).")
 @friendly_errors
 def export(run_dir, out_dir, formats, include, rows, eval_fraction, seed, include_seeds, config_path, sets,
            push_to_hub):
