@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import DecontamConfig
+from .config import DecontamConfig, ExportConfig
 from .datasets_io import read_records
 from .errors import InputError
 from .evalsets import find_user_oriented, where_to_get
 from .records import Instance, Task
+from .rows import RunRows, run_rows
 from .similarity import RougeLIndex
+from .store import RunDir
 
 _WORD = re.compile(r"[a-z0-9]+")  # rouge-score's tokenizer, so both methods read the same words
 
@@ -163,3 +165,14 @@ def drop_contaminated(rows: list[dict[str, Any]], contam: Contamination | None,
                       origin=r["origin"], meta={"row_of": r["task_id"], "contaminated_by": hit})
         rejected.append(record.rejected(contam.reason(hit), stage))
     return clean, rejected
+
+
+def clean_run_rows(run: RunDir, cfg: ExportConfig) -> tuple[RunRows, list[dict[str, Any]], list[Task], str]:
+    """The rows export writes from a run: run_rows less those that overlap the eval set (cfg.decontaminate).
+    Returns (what run_rows read, the rows left, a rejected record per row dropped, the note on what was checked);
+    export and `train RUN_DIR` both come through here, so training on a run directory never sees a row that
+    exporting it would have dropped."""
+    data = run_rows(run, cfg)
+    contam, note = contamination(cfg.decontaminate)
+    rows, contaminated = drop_contaminated(data.rows, contam, "export")
+    return data, rows, contaminated, note

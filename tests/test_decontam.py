@@ -264,3 +264,27 @@ def test_rows_given_to_a_stage_with_input_are_the_runs_records_not_its_seeds(tmp
     info = export_run(tmp_path / "out" / "r", tmp_path / "exp", ExportConfig(seed=1, include_seeds=False,
                                                                              decontaminate=DecontamConfig(method="off")))
     assert info["counts"]["seed_tasks"] == 0 and info["counts"]["eval_rows"] >= 1
+
+
+def test_training_on_a_run_directory_leaves_out_what_export_would_drop(tmp_path, monkeypatch, tiny_model):
+    from pipeline.train.data import load_rows
+    from pipeline.train.trainer import prepare
+    from tests.test_train import quick_config
+
+    run = make_run(tmp_path)
+    tasks = RunDir(run).read_stage("filter")
+    tasks[0].instruction = EVAL_TASK  # t0's two rows copy an eval task
+    from pipeline.store import write_jsonl_atomic
+    write_jsonl_atomic(RunDir(run).stage_file("filter"), tasks)
+    monkeypatch.setattr("pipeline.decontam.find_user_oriented", lambda: eval_file(tmp_path))  # export's default set
+    rows = load_rows(run)
+    assert not [r for r in rows.train if r["task_id"] == "t0"] and len(rows.contaminated) == 2
+    assert len(rows.train) == export_run(run, tmp_path / "out", ExportConfig())["counts"]["rows"]
+    assert rows.decontaminated.startswith("decontaminated (ngram) against 2 eval items")
+    RunDir(run).replace_rejected("export", [])  # what export recorded goes; training records it again
+    said = []
+    prepared = prepare(run, quick_config(tiny_model, tmp_path / "adapter", quant=False), log=said.append)
+    assert sum(len(r) for r in (prepared.rows.train, prepared.rows.eval or [])) == len(rows.train)
+    assert any(m.startswith("2 row(s) overlapping the eval set left out (decontaminated (ngram)") for m in said), said
+    assert {(t.stage, t.id) for t in RunDir(run).read_rejected() if t.meta.get("contaminated_by")} == {
+        ("export", "t0-0"), ("export", "t0-1")}

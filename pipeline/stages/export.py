@@ -29,10 +29,10 @@ from typing import Any
 
 from ..config import ExportConfig
 from ..context import Records, RunContext, StepResult
-from ..decontam import contamination, drop_contaminated
+from ..decontam import clean_run_rows
 from ..errors import Seed2LoraError
 from ..records import row_messages, split_by_task
-from ..rows import include_list, run_rows
+from ..rows import include_list
 from ..store import EXPORT_INFO, RunDir, write_jsonl_atomic, write_text_atomic
 
 FORMATS = ("alpaca", "messages", "hf", "parquet")
@@ -48,9 +48,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig) -> d
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise Seed2LoraError(f"unknown export format(s) {unknown}. Fix: choose from {', '.join(FORMATS)}")
-    data = run_rows(run, cfg)
-    contam, note = contamination(cfg.decontaminate)
-    rows, contaminated = drop_contaminated(data.rows, contam, STAGE)
+    data, rows, contaminated, note = clean_run_rows(run, cfg)
     run.replace_rejected(STAGE, contaminated)
     splits = dict(zip(SPLITS, split_by_task(rows, cfg.eval_fraction, random.Random(cfg.seed)), strict=True))
     out = Path(out_dir)

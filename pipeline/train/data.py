@@ -32,9 +32,10 @@ from typing import Any
 
 from ..config import ExportConfig
 from ..datasets_io import read_records
+from ..decontam import clean_run_rows
 from ..errors import InputError, Seed2LoraError
 from ..records import RowError, Task, row_messages, split_by_task, task_rows
-from ..rows import SOURCES, run_rows
+from ..rows import SOURCES
 from ..store import EXPORT_INFO, RunDir
 
 IGNORE_INDEX = -100  # torch's cross_entropy skips this label
@@ -48,6 +49,8 @@ class Rows:
     eval: list[dict[str, Any]] | None  # None = the source has no eval split
     run_dir: Path | None = None  # where the data came from, for the default output folder and the summary
     source: str = ""
+    contaminated: list[Task] = field(default_factory=list)  # a run directory's rows that overlap the eval set
+    decontaminated: str = ""  # what they were checked against, or why they were not (a run directory only)
 
 
 # ---------------------------------------------------------------- loading
@@ -69,8 +72,9 @@ def _load(p: Path) -> Rows:
             return _load_export(p)
         if any(RunDir(p).stage_file(stage).is_file() for stage in SOURCES.values()):
             # The rows `seed2lora export` would write, seeds included, unsplit: the same split comes later.
-            data = run_rows(RunDir(p), ExportConfig())
-            return Rows(data.rows, None, p, ", ".join(map(str, data.sources)))
+            # Decontaminated as export would (its defaults): a row export would drop is not trained on.
+            data, rows, contaminated, note = clean_run_rows(RunDir(p), ExportConfig())
+            return Rows(rows, None, p, ", ".join(map(str, data.sources)), contaminated, note)
         if (p / "dataset_dict.json").is_file() or (p / "dataset_info.json").is_file():
             return _load_hf(p)
         raise InputError(p, None, "is a folder with no export.json, filter.jsonl, evolve.jsonl or saved dataset",

@@ -216,6 +216,10 @@ def prepare(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Prog
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
     tokenizer.padding_side = "right"
     rows = load_rows(data)
+    if rows.run_dir and rows.decontaminated:  # a run directory, read as export reads it: say what left and why
+        RunDir(rows.run_dir).replace_rejected("export", rows.contaminated)
+        log(f"{len(rows.contaminated)} row(s) overlapping the eval set left out ({rows.decontaminated}); "
+            f"{'recorded in ' + str(RunDir(rows.run_dir).rejected_file) if rows.contaminated else 'none found'}")
     train_rows, eval_rows = train_eval_rows(rows, cfg.eval_fraction, cfg.seed)
     if cfg.max_examples:
         train_rows = train_rows[:cfg.max_examples]
@@ -283,6 +287,8 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
     history = trainer.state.log_history
     summary = {
         "model": p.model_path, "data": p.data, "source": p.rows.source, "output_dir": str(out),
+        **({"decontaminated": p.rows.decontaminated, "contaminated_rows": len(p.rows.contaminated)}
+           if p.rows.decontaminated else {}),
         "quantized": cfg.quant, **p.stats, "world_size": trainer.args.world_size, "config": dataclasses.asdict(cfg),
         "trainable_params": sum(x.numel() for x in trainer.model.parameters() if x.requires_grad),
         "steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0.0, 3), "resumed_from": resume,
