@@ -337,3 +337,15 @@ def test_training_on_an_export_of_an_evolve_run_sees_the_evolved_rows(tmp_path):
     assert counts["train_by_origin"]["evolved"] > 0
     assert prepared.stats["train_data"]["examples"] == counts["train_rows"]
     assert prepared.stats["eval_data"]["examples"] == counts["eval_rows"]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "messages", "alpaca", "hf"])
+def test_the_cards_data_files_load_whatever_format_was_written(tmp_path, fmt):
+    from datasets import load_dataset
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+    out = tmp_path / "export"
+    export_run(make_run(tmp_path), out, ExportConfig(seed=1, formats=fmt))
+    ds = load_dataset(str(out), cache_dir=str(tmp_path / "cache"))  # what the Hub's viewer reads: the card's configs
+    assert (ds["train"].num_rows, ds["eval"].num_rows) == (22, 2)

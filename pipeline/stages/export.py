@@ -179,11 +179,23 @@ def card_header(info: dict[str, Any]) -> list[str]:
     tags = ["self-instruct"] * bool(origins.get("machine")) + ["evol-instruct"] * bool(origins.get("evolved"))
     return [
         "---", "configs:", "- config_name: default", "  data_files:",
-        "  - split: train", "    path: parquet/train.parquet", "  - split: eval", "    path: parquet/eval.parquet",
+        *[line for split in SPLITS for line in (f"  - split: {split}", f"    path: {card_data_path(info, split)}")],
         "task_categories:", "- text-generation", "tags:", *[f"- {t}" for t in tags], "- seed2lora", "---", "",
         f"# {Path(info['run_dir']).name}: instruction-tuning data made by seed2lora", "",
         f"Machine-generated instructions with input/output instances, made with {' and with '.join(methods)}.", "",
     ]
+
+
+# The files a Hub dataset card's `configs` point at, by the formats' order of preference: parquet is what the Hub
+# converts everything else to, JSON lines and Alpaca JSON its json builder reads, the saved dataset's arrow files last.
+_DATA_FILES = {"parquet": "parquet/{split}.parquet", "messages": "messages/{split}.jsonl",
+               "alpaca": "alpaca/{split}.json", "hf": "hf/{split}/*.arrow"}
+
+
+def card_data_path(info: dict[str, Any], split: str) -> str:
+    """The path of `split` in the first written format the Hub can load (an export of alpaca alone has no parquet)."""
+    fmt = next(f for f in _DATA_FILES if f in info["formats"])
+    return _DATA_FILES[fmt].format(split=split)
 
 
 def card_counts(info: dict[str, Any]) -> list[str]:
