@@ -62,8 +62,10 @@ def add_export_command(cli: click.Group, friendly_errors: Callable, console: Any
     @click.option("--push-to-hub", "push_to_hub", metavar="REPO",
                   help="Then upload the adapter (PEFT files, the GGUF written now, a model card with the provenance) "
                        "to this Hugging Face model repository (USER/NAME); the token is read from HF_TOKEN (default: no upload).")
+    @click.option("--private", is_flag=True,
+                  help="With --push-to-hub: create the repository private; a public one of that name is left untouched.")
     @friendly_errors
-    def export_adapter(adapter, fmt, outtype, out, base_gguf, model, merged, push_to_hub):
+    def export_adapter(adapter, fmt, outtype, out, base_gguf, model, merged, push_to_hub, private):
         """Write an adapter as a GGUF LoRA for llama.cpp and Ollama, with an Ollama Modelfile."""
         from .hub import check_repo_id, hub_token
         from .train.gguf_export import (
@@ -77,6 +79,8 @@ def add_export_command(cli: click.Group, friendly_errors: Callable, console: Any
         from .train.gguf_quantize import write_merged
         from .train.model import adapter_info, load_tokenizer
 
+        if private and not push_to_hub:
+            raise click.UsageError("--private applies to --push-to-hub. Fix: add --push-to-hub USER/NAME, or drop --private")
         if push_to_hub:  # a bad name or a missing token stops before anything is written
             repo, token = check_repo_id(push_to_hub), hub_token()
         done = write_adapter_gguf(adapter, out, outtype=outtype, base_gguf=base_gguf, model=model)
@@ -108,7 +112,7 @@ def add_export_command(cli: click.Group, friendly_errors: Callable, console: Any
         if push_to_hub:
             from .train.model_card import push_adapter
 
-            url = push_adapter(Path(adapter), done, [path, *([m["path"]] if merged else [])], repo, token)
+            url = push_adapter(Path(adapter), done, [path, *([m["path"]] if merged else [])], repo, token, private)
             console.print(f"[green]pushed:[/] {url}", highlight=False)
 
 

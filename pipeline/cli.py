@@ -452,9 +452,11 @@ def _export_default(key: str) -> Any:  # the help shows ExportConfig's defaults,
 @click.option("--push-to-hub", "push_to_hub", metavar="REPO",
               help="Then upload the export, with its dataset card, to this Hugging Face dataset repository "
                    "(USER/NAME); the token is read from HF_TOKEN (default: no upload).")
+@click.option("--private", is_flag=True,
+              help="With --push-to-hub: create the repository private; a public one of that name is left untouched.")
 @friendly_errors
 def export(run_dir, out_dir, formats, include, rows, eval_fraction, seed, include_seeds, config_path, sets,
-           push_to_hub):
+           push_to_hub, private):
     """Write a run's kept tasks as Alpaca JSON, chat JSONL, an HF dataset and parquet, with a dataset card."""
     from .hub import check_repo_id, hub_token, push_export
     from .rows import include_list
@@ -464,12 +466,14 @@ def export(run_dir, out_dir, formats, include, rows, eval_fraction, seed, includ
     flags = {"formats": formats, "rows": rows, "eval_fraction": eval_fraction, "seed": seed,
              "include_seeds": include_seeds, "include": include_list(include) if include else None}
     cfg = load_section(ExportConfig, config_path, "export", flag_overrides(flags, sets, ExportConfig, "export"))
+    if private and not push_to_hub:
+        raise click.UsageError("--private applies to --push-to-hub. Fix: add --push-to-hub USER/NAME, or drop --private")
     if push_to_hub:  # a bad name or a missing token stops before the export, not after it
         repo, token = check_repo_id(push_to_hub), hub_token()
     info, line = export_door(RunDir(run_dir), cfg, out_dir)
     console.print(f"[green]exported:[/] {line}")
     if push_to_hub:
-        url = push_export(Path(info["export_dir"]), repo, token)
+        url = push_export(Path(info["export_dir"]), repo, token, private)
         console.print(f"[green]pushed:[/] {url}", highlight=False)
 
 

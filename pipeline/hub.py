@@ -38,8 +38,9 @@ def check_repo_id(repo: str) -> str:
 
 
 def push_files(repo: str, repo_type: str, folder: Path, files: dict[str, Path], card: str, message: str,
-               token: str) -> str:
+               token: str, private: bool = False) -> str:
     """Create `repo` if needed and commit `files` ({path in the repository: local file}) plus README.md = `card`.
+    private: create it private, and push nothing into a repository that already exists public.
 
     Returns the repository's URL. Any failure (refused token, network, the Hub's error) raises Seed2LoraError
     with the Hub's own words, masked; nothing local is changed either way (`folder` is named in the message).
@@ -55,8 +56,15 @@ def push_files(repo: str, repo_type: str, folder: Path, files: dict[str, Path], 
     ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
     where = f"{endpoint or 'https://huggingface.co'}"
     try:
-        url = api.create_repo(repo, repo_type=repo_type, exist_ok=True)  # the Hub's default visibility: public
+        # private=None leaves the Hub's default (public, or the organisation's own default)
+        url = api.create_repo(repo, repo_type=repo_type, exist_ok=True, private=True if private else None)
+        if private and not api.repo_info(repo, repo_type=repo_type).private:  # create_repo ignores it if it exists
+            raise Seed2LoraError(f"--private: the Hub {repo_type} repository {repo} already exists and is public; "
+                                 f"nothing was pushed and {folder} is intact. Fix: make it private in its settings "
+                                 "on the Hub, or push to a new name")
         api.create_commit(repo, ops, commit_message=message, repo_type=repo_type)
+    except Seed2LoraError:
+        raise
     except Exception as e:  # noqa: BLE001 -- every failure of the push is reported the same way, with its cause
         raise Seed2LoraError(f"pushing {folder} to the Hub {repo_type} repository {repo} at {where} failed: "
                              f"{hub_cause(e)}. {folder} is intact. Fix: {hub_fix(e)}, then run the same command "
@@ -96,10 +104,10 @@ def yaml_list(key: str, values: Iterable[Any]) -> list[str]:
     return [f"{key}:", *[f"- {v}" for v in items]] if items else []
 
 
-def push_export(export_dir: Path, repo: str, token: str) -> str:
+def push_export(export_dir: Path, repo: str, token: str, private: bool = False) -> str:
     """A seed2lora export folder as a Hub dataset: every file, its README.md (the dataset card) as the card."""
     folder = Path(export_dir)
     card = (folder / "README.md").read_text(encoding="utf-8")
     files = folder_files(folder)
     return push_files(check_repo_id(repo), "dataset", folder, files, card,
-                      f"seed2lora export of {folder.resolve().parent.name}", token)
+                      f"seed2lora export of {folder.resolve().parent.name}", token, private)

@@ -34,6 +34,7 @@ class FakeHub:
     def __init__(self, token: str) -> None:
         self.token = token
         self.repos: dict[tuple[str, str], dict[str, bytes]] = {}  # (type, ns/name) -> {path: content}
+        self.private: dict[tuple[str, str], bool] = {}  # (type, ns/name) -> created private
         self.commits: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = []  # every request: method, path, headers (names lower-case)
         self.fail_commit = 0
@@ -91,6 +92,7 @@ class FakeHub:
             if (kind, repo) in self.repos:
                 return h.answer(409, {"error": f"You already created this {kind} repo", "url": f"{self.url}/{prefix}{repo}"})
             self.repos[(kind, repo)] = {}
+            self.private[(kind, repo)] = req.get("visibility") == "private" or bool(req.get("private"))
             return h.answer(200, {"url": f"{self.url}/{prefix}{repo}", "name": repo})
         if method == "POST" and path == "/api/validate-yaml":
             content = json.loads(body)["content"]
@@ -104,7 +106,8 @@ class FakeHub:
         if (kind, repo) not in self.repos:
             return h.answer(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
         if action is None and method == "GET":
-            return h.answer(200, {"id": repo, "sha": self.sha(kind, repo), "private": False, "siblings": []})
+            return h.answer(200, {"id": repo, "sha": self.sha(kind, repo), "private": self.private.get((kind, repo), False),
+                                  "siblings": []})
         if action == "preupload":
             files = json.loads(body)["files"]
             return h.answer(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,

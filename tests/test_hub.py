@@ -112,9 +112,11 @@ def tiny_adapter(tmp_path_factory):
 
 def test_export_adapter_pushes_peft_files_the_gguf_and_a_model_card(hub, tiny_adapter):
     a = tiny_adapter["adapter"]
-    result = invoke("export-adapter", a, "--base-gguf", tiny_adapter["gguf"], "--push-to-hub", "me/tiny-lora")
+    result = invoke("export-adapter", a, "--base-gguf", tiny_adapter["gguf"], "--push-to-hub", "me/tiny-lora",
+                    "--private")
     assert result.exit_code == 0, result.output
     files = hub.repos[("model", "me/tiny-lora")]
+    assert hub.private[("model", "me/tiny-lora")]
     assert {"adapter_config.json", "adapter_model.safetensors", "adapter.gguf", "README.md"} <= set(files)
     assert not any(n.startswith(("checkpoint", "Modelfile")) for n in files)  # local-only files stay local
     assert files["adapter.gguf"] == (a / "adapter.gguf").read_bytes()
@@ -132,3 +134,19 @@ def test_the_card_names_a_hub_base_only_by_its_hub_id():
     assert hub_id({}, "SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert hub_id({"_name_or_path": "google/gemma-3-270m"}, "gemma-3-270m") == "google/gemma-3-270m"
     assert hub_id({"_name_or_path": "/models/qwen"}, "qwen") == "" and hub_id({}, "my-base") == ""
+
+
+def test_private_creates_a_private_repository_and_never_pushes_into_a_public_one(hub, tmp_path):
+    run = make_run(tmp_path)
+    result = invoke("export", run, "--formats", "alpaca", "--push-to-hub", "me/secret", "--private")
+    assert result.exit_code == 0, result.output
+    assert hub.private[("dataset", "me/secret")] and len(hub.commits) == 1
+    assert invoke("export", run, "--formats", "alpaca", "--push-to-hub", "me/open").exit_code == 0
+    assert hub.private[("dataset", "me/open")] is False  # the Hub's default, as before
+    refused = CliRunner().invoke(cli, ["export", str(run), "--formats", "alpaca", "--push-to-hub", "me/open",
+                                       "--private"])
+    assert refused.exit_code == 2 and len(hub.commits) == 2  # nothing went into the public repository
+    said = " ".join(refused.output.split())
+    assert "already exists and is public; nothing was pushed" in said and "Fix:" in said
+    alone = CliRunner().invoke(cli, ["export", str(run), "--private"])
+    assert alone.exit_code == 2 and "--private applies to --push-to-hub" in alone.output

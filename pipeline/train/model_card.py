@@ -84,9 +84,10 @@ def model_card(adapter_dir: Path, prov: dict[str, str], done: dict[str, Any], fi
     return "\n".join(lines)
 
 
-def push_adapter(adapter_dir: Path, done: dict[str, Any], ggufs: list[Path], repo: str, token: str) -> str:
+def push_adapter(adapter_dir: Path, done: dict[str, Any], ggufs: list[Path], repo: str, token: str,
+                 private: bool = False) -> str:
     """The adapter folder's files, the GGUFs written now and a model card, as a commit to a Hub model repository."""
     files = adapter_files(adapter_dir, ggufs)
     card = model_card(adapter_dir, done["provenance"], done, files)
     return push_files(repo, "model", adapter_dir, files, card,
-                      f"seed2lora adapter {Path(done['provenance']['run']).name or adapter_dir.name}", token)
+                      f"seed2lora adapter {Path(done['provenance']['run']).name or adapter_dir.name}", token, private)
