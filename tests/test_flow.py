@@ -146,3 +146,30 @@ def test_the_yield_stop_in_a_flow_stops_the_run_with_exit_6_and_consistent_files
     kept = {t["id"] for t in read(run / "bootstrap.jsonl")}
     assert len(kept) == 2 and {t["id"] for t in read(run / "classify.jsonl")} <= kept
     assert sum(kind(fake_openai.prompt_of(h["body"])) == "bootstrap" for h in fake_openai.history) <= 16
+
+
+def test_bootstraps_first_wave_in_a_flow_is_the_fewest_prompts_that_can_fill_the_pool(fake_openai, tmp_path):
+    """Before any reply, each prompt counts as filling its 7 free places (9. to 15.): for 43 instructions the first
+    wave is 7 prompts (6 give 42; 6 or 8 places a prompt would make it 8 or 6), with 16 slots free; a teacher that
+    fills every list needs no second wave. benchmarks/stream_flow.py's bound rests on this wave (29 for 200)."""
+    import itertools
+
+    words = itertools.count()
+    competent = fake_openai.default_reply
+
+    def full_list(path, body):
+        if "numbered list of" not in fake_openai.prompt_of(body):
+            return competent(path, body)
+        items = [f"Describe the history of invented topic number {next(words)} in four sentences." for _ in range(7)]
+        return fake_openai.wrap(path, "\n".join(f"{i}. {t}" for i, t in enumerate(items, 9)))
+
+    fake_openai.default_reply = full_list
+    fake_openai.default_delay = 0.3  # the first wave is all out before its first reply
+    invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 43, "--set", "teacher.concurrency=16",
+           "--set", "filter.rouge_threshold=1.0")
+    boot = [h for h in fake_openai.history if kind(fake_openai.prompt_of(h["body"])) == "bootstrap"]
+    first_reply = min(h["replied"] for h in fake_openai.history if "replied" in h)
+    assert sum(h["at"] < first_reply for h in boot) == 7 and len(boot) == 7
+    assert Counter(kinds_sent(fake_openai)) == {"bootstrap": 7, "classify": 43, "instances": 43}
+    over = [r for r in read(tmp_path / "r" / "rejected.jsonl") if r["reject_reason"].startswith("over_target")]
+    assert len(read(tmp_path / "r" / "filter.jsonl")) == 43 and len(over) == 7 * 7 - 43

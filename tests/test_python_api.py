@@ -44,3 +44,15 @@ def test_bad_settings_and_folders_raise_with_the_fix():
         Run(settings={"teacher.concurrency": 0}, progress=False)
     with pytest.raises(Seed2LoraError, match="not a seed2lora run"):
         Run.open("/nonexistent/run")
+
+
+def test_every_public_name_loads_from_pipeline_with_a_docstring_and_the_faults_are_seed2lora_errors():
+    import pipeline
+
+    for name in (n for n in pipeline.__all__ if n != "__version__"):
+        assert getattr(pipeline, name).__doc__, name
+    from pipeline import BudgetReached, Incomplete, InputError, LowYield, TeacherUnavailable
+
+    codes = {BudgetReached: 3, TeacherUnavailable: 4, Incomplete: 5, LowYield: 6}  # as docs/python.md says
+    assert all(issubclass(c, Seed2LoraError) and c.exit_code == code for c, code in codes.items())
+    assert issubclass(InputError, Seed2LoraError)

@@ -1,16 +1,16 @@
 """Tasks flow on as they are kept: bootstrap, classify and instances through one teacher stream.
 
 Run one after another, classify waits for the whole of bootstrap and instances for the whole of
-classify, and the teacher's slots sit idle at each barrier: 0.66 of the concurrency-bound ideal
-for 200 instructions at 2 s latency and 64 in flight, against 0.83-0.84 flowing, where no order
-can pass 0.85 (benchmarks/stream_flow.py, RESULTS.md). Here a task bootstrap keeps goes to
-classify at once, and its classify record to instances, while bootstrap goes on. Each stage
-keeps its own logic and files: the flow only drives their pieces (bootstrap.Bootstrap,
-classify.classify_map and instances.instances_map, a common.TaskMap each) through one
-`teacher.stream`, as evolve drives its three calls. Every request carries its own params and
-kind, so the response cache, the usage log and the budget see exactly the calls, keys and
-kinds the stages alone would send: a resumed run reads what it paid for from the cache, and
-each stage file holds what that stage alone would have written (in reply order, as alone).
+classify, and the teacher's slots sit idle at each barrier: 0.66 of the concurrency-bound ideal for
+200 instructions at 2 s latency and 64 in flight, against 0.83-0.84 flowing, where no order can pass
+0.85; 0.95 against 0.99 at 1000 instructions (benchmarks/stream_flow.py, RESULTS.md). Here a task
+bootstrap keeps goes to classify at once, and its classify record to instances, while bootstrap goes
+on. Each stage keeps its own logic and files: the flow only drives their pieces
+(bootstrap.Bootstrap, classify.classify_map and instances.instances_map, a common.TaskMap each)
+through one `teacher.stream`, as evolve drives its three calls. Every request carries its own params
+and kind, so the response cache, the usage log and the budget see exactly the calls, keys and kinds
+the stages alone would send: a resumed run reads what it paid for from the cache, and each stage
+file holds what that stage alone would have written (in reply order, as alone).
 
 The next request to send is the one with the most calls still behind it: bootstrap's (whose
 tasks need two more), then classify's, then instances' (as evolve, so the run ends without a

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import Seed2LoraError
+from ..store import read_adapter_config, read_export_info
 from .gguf_tensors import arch_of, check_against_base, encode, gguf_alpha, lora_pairs
 from .model import SUMMARY, adapter_info, resolve_model
 
@@ -52,8 +53,9 @@ def provenance(adapter_dir: str | Path, base: Base) -> dict[str, str]:
     summary = json.loads((d / SUMMARY).read_text(encoding="utf-8")) if (d / SUMMARY).is_file() else {}
     data = Path(summary["data"]) if summary.get("data") else None
     run = data
-    if data is not None and (data / "export.json").is_file():  # an export folder names the run it came from
-        run = Path(json.loads((data / "export.json").read_text(encoding="utf-8")).get("run_dir") or data.parent)
+    info = read_export_info(data) if data is not None else {}
+    if info:  # an export folder names the run it came from
+        run = Path(info.get("run_dir") or data.parent)
     files = [Path(s) for s in str(summary.get("source") or "").split(", ") if s and Path(s).is_file()]
     return {"run": str(run) if run else "", "base_model": base.name, "dataset": ", ".join(map(str, files)),
             "dataset_sha256": file_sha256(files) if files else "", "adapter": str(d.resolve()),
@@ -98,7 +100,10 @@ def read_adapter(adapter_dir: str | Path) -> tuple[dict[str, np.ndarray], dict[s
     from safetensors import safe_open
 
     d = Path(adapter_dir)
-    lora_config = json.loads((d / "adapter_config.json").read_text(encoding="utf-8"))
+    lora_config = read_adapter_config(d)
+    if lora_config is None:
+        raise Seed2LoraError(f"{d} is not an adapter folder (no adapter_config.json). Fix: give the output folder "
+                             "of `seed2lora train`")
     if lora_config.get("peft_type", "LORA") != "LORA":
         raise Seed2LoraError(f"{d} is a {lora_config['peft_type']} adapter; only LoRA has a GGUF form")
     if lora_config.get("use_dora"):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..hub import folder_files, push_files, yaml_list
+from ..store import read_adapter_config
 from .model import SUMMARY
 
 # Left out of the upload: checkpoints and a merged HF folder (the base's size, not the adapter's), the
@@ -44,7 +45,7 @@ def hub_id(config: dict[str, Any], name: str) -> str:
 def model_card(adapter_dir: Path, prov: dict[str, str], done: dict[str, Any], files: dict[str, Path]) -> str:
     """README.md of the adapter's Hub repository; `done` is what write_adapter_gguf returned."""
     d = Path(adapter_dir)
-    lora = json.loads((d / "adapter_config.json").read_text(encoding="utf-8"))
+    lora = read_adapter_config(d) or {}  # write_adapter_gguf has read it already: the folder is an adapter
     summary = json.loads((d / SUMMARY).read_text(encoding="utf-8")) if (d / SUMMARY).is_file() else {}
     base = done["base"]
     arch = (base.config.get("architectures") or ["?"])[0]

@@ -10,6 +10,7 @@ import dataclasses
 import json
 
 from ..context import Records, RunContext, StepResult
+from ..store import EXPORT_INFO
 
 
 def ifd_step(ctx: RunContext, records: Records | None) -> StepResult:
@@ -30,7 +31,7 @@ def train_step(ctx: RunContext, records: Records | None) -> StepResult:
 
     adapter = ctx.run.adapter_dir(ctx.cfg.train.output_dir)
     cfg = dataclasses.replace(ctx.cfg.train, output_dir=str(adapter))
-    data = ctx.run.export_dir if (ctx.run.export_dir / "export.json").is_file() else ctx.run.path
+    data = ctx.run.export_dir if (ctx.run.export_dir / EXPORT_INFO).is_file() else ctx.run.path
     summary_file = adapter / SUMMARY
     if summary_file.is_file():
         done = json.loads(summary_file.read_text(encoding="utf-8"))
