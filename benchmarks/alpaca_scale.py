@@ -14,6 +14,7 @@ does. Bootstrap's is the pool's; a file written whole at its stage's end (filter
 
     PYTHONPATH=. python3 benchmarks/alpaca_scale.py --target 3000      # a check, minutes
     PYTHONPATH=. python3 benchmarks/alpaca_scale.py                    # 52,000: Alpaca's size
+    PYTHONPATH=. python3 benchmarks/alpaca_scale.py --apart            # each stage alone: its own quarter ratio
 """
 
 from __future__ import annotations
@@ -57,14 +58,15 @@ class Growth(threading.Thread):
         self.samples: dict[str, list[tuple[float, int]]] = {s: [] for s in STAGES}  # (seconds, lines)
         self.cpu_samples: dict[str, list[tuple[float, int]]] = {s: [] for s in STAGES}  # (client CPU seconds, lines)
         self.pid = 0  # the client, whose CPU time /proc gives while it runs
-        self.cpu = 0.0  # its CPU seconds at the last look (set from wait4 once it has ended)
+        self.base = 0.0  # CPU seconds of the clients that ran before it (--apart: one a stage)
+        self.cpu = 0.0  # all their CPU seconds at the last look (set from wait4 once the last has ended)
         self._seen = {s: (0, 0) for s in self.samples}  # bytes read, lines counted
         self.stop = threading.Event()
 
     def client_cpu(self) -> float:
         try:
             fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            self.cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+            self.cpu = self.base + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
         except (OSError, IndexError, ValueError):
             pass  # ended: the last reading (or wait4's) stands
         return self.cpu
@@ -110,6 +112,33 @@ def quarter_ratio(samples: list[tuple[float, int]]) -> float | None:
     return (first / last) if first > 0 and last > 0 else None
 
 
+class Usage:
+    """The clients' resource use, summed over the processes (--apart: one a stage); peak RSS the largest."""
+
+    def __init__(self):
+        self.ru_utime = self.ru_stime = 0.0
+        self.ru_maxrss = 0
+
+    def add(self, u: Any) -> None:
+        self.ru_utime += u.ru_utime
+        self.ru_stime += u.ru_stime
+        self.ru_maxrss = max(self.ru_maxrss, u.ru_maxrss)
+
+
+def client_run(cmd: list[str], env: dict[str, str], log: Path, growth: Growth) -> Any:
+    """One `seed2lora run` to its end, its CPU time watched by `growth`; its resource use (wait4's)."""
+    with log.open("ab") as sink:
+        client = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        growth.pid = client.pid
+        _, status, usage = os.wait4(client.pid, 0)
+    growth.pid, growth.base = 0, growth.base + usage.ru_utime + usage.ru_stime
+    growth.cpu = growth.base
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"seed2lora run failed (exit {os.waitstatus_to_exitcode(status)}):\n"
+                         + log.read_text(errors="replace")[-3000:])
+    return usage
+
+
 def size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
 
@@ -122,6 +151,9 @@ def main() -> None:
     ap.add_argument("--sample-s", type=float, default=0.5, help="seconds between two looks at the stage files")
     ap.add_argument("--keep", default="", help="keep the run directory here (default: a temporary one, removed)")
     ap.add_argument("--json", default="", help="also write the figures to this file")
+    ap.add_argument("--apart", action="store_true",
+                    help="run the stages one after another, a `seed2lora run` each, instead of flowing as one: each "
+                         "stage's quarter ratio is then its own, not mixed with the stages running beside it")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="alpaca_scale_"))
@@ -133,28 +165,23 @@ def main() -> None:
     load_before = os.getloadavg()
     cmd = [sys.executable, "-m", "pipeline", "run", "--teacher", "openai:bench", "--base-url", url,
            "--num-instructions", str(args.target), "--output-dir", str(out_dir), "--run-name", "alpaca_scale",
-           "--set", f"stages={json.dumps(list(STAGES))}", "--set", f"teacher.concurrency={args.concurrency}",
-           "--set", "teacher.api=chat", "--set", "teacher.structured=off", "--set", "teacher.max_retries=2"]
+           "--set", f"teacher.concurrency={args.concurrency}", "--set", "teacher.api=chat",
+           "--set", "teacher.structured=off", "--set", "teacher.max_retries=2"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OPENAI_API_KEY": "sk-bench", "OMP_WAIT_POLICY": "PASSIVE"}
     env.pop("OPENAI_BASE_URL", None)
     log = tmp / "client.log"
     growth = Growth(run, args.sample_s)
     try:
-        with log.open("wb") as sink:
-            start = time.perf_counter()
-            client = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
-            growth.pid = client.pid
-            growth.start()
-            _, status, usage = os.wait4(client.pid, 0)
-            client.returncode = os.waitstatus_to_exitcode(status)
-            wall = time.perf_counter() - start
+        start = time.perf_counter()
+        growth.start()
+        usage = Usage()
+        for stages in ([[s] for s in STAGES] if args.apart else [list(STAGES)]):
+            usage.add(client_run([*cmd, "--set", f"stages={json.dumps(stages)}"], env, log, growth))
+        wall = time.perf_counter() - start
         growth.stop.set()
         growth.join()
         growth.pid, growth.cpu = 0, usage.ru_utime + usage.ru_stime
         growth.sample()
-        if client.returncode != 0:
-            raise SystemExit(f"seed2lora run failed (exit {client.returncode}):\n"
-                             + log.read_text(errors="replace")[-3000:])
         figures = measure(args, run, wall, usage, growth, load_before)
     finally:
         server.terminate()
@@ -175,6 +202,7 @@ def measure(args: argparse.Namespace, run: Path, wall: float, usage: Any, growth
     kept, requests = counts["filter"], sum(calls.values())
     cpu = usage.ru_utime + usage.ru_stime
     return {"target": args.target, "latency_s": args.latency, "concurrency": args.concurrency, "kept": kept,
+            "mode": "stages one after another (--apart)" if args.apart else "flowing (one `seed2lora run`)",
             "records": counts, "requests": calls, "wall_s": round(wall, 1), "client_cpu_s": round(cpu, 1),
             "cpu_ms_per_kept": round(1000 * cpu / max(1, kept), 2),
             "cpu_ms_per_request": round(1000 * cpu / max(1, requests), 2),
@@ -193,6 +221,7 @@ def print_table(f: dict[str, Any]) -> None:
                  for s, r in f["last_over_first_quarter_cpu"].items()}
     rows = [
         ("target instructions", f"{f['target']:,}"),
+        ("stages", f["mode"]),
         ("kept (filter.jsonl)", f"{f['kept']:,}  (bootstrap {f['records']['bootstrap']:,}, "
                                 f"instances {f['records']['instances']:,})"),
         ("teacher requests", f"{sum(f['requests'].values()):,}  ("

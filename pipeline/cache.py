@@ -53,6 +53,8 @@ class ResponseCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._usage_seen = 0  # usage(): the rows summed so far (rowid up to this)
+        self._usage_sums: dict[str, list[int]] = {}  # and their sums by kind, in the order of each kind's first row
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
@@ -203,12 +205,25 @@ class ResponseCache:
                          (session, kind, model, *(int(counts.get(c, 0)) for c in USAGE_COLUMNS)))
 
     def usage(self, *, exclude_session: str | None = None) -> dict[str, dict[str, int]]:
-        """Totals per call kind over every session of this run (but `exclude_session`)."""
+        """Totals per call kind over every session of this run (but `exclude_session`). Over every session, the
+        rows are summed on from the last call's: the log only grows (rows are appended, their rowids in commit
+        order), and the manifest asks every few seconds, so a refresh costs the rows since, not the run's size."""
         sums = ", ".join(f"SUM({c})" for c in USAGE_COLUMNS)
         with self._lock:
-            rows = self._db.execute(f"SELECT kind, {sums} FROM usage WHERE session IS NOT ? GROUP BY kind ORDER BY "
-                                    "MIN(rowid)", (exclude_session,)).fetchall()
-        return {kind: dict(zip(USAGE_COLUMNS, (int(v or 0) for v in values), strict=True)) for kind, *values in rows}
+            if exclude_session is not None:
+                rows = self._db.execute(f"SELECT kind, {sums} FROM usage WHERE session IS NOT ? GROUP BY kind "
+                                        "ORDER BY MIN(rowid)", (exclude_session,)).fetchall()
+                return {kind: dict(zip(USAGE_COLUMNS, (int(v or 0) for v in values), strict=True))
+                        for kind, *values in rows}
+            last = self._db.execute("SELECT MAX(rowid) FROM usage").fetchone()[0] or 0
+            rows = self._db.execute(f"SELECT kind, {sums} FROM usage WHERE rowid > ? AND rowid <= ? GROUP BY kind "
+                                    "ORDER BY MIN(rowid)", (self._usage_seen, last)).fetchall()
+            for kind, *values in rows:  # a kind's first row is after every earlier kind's: the order holds
+                total = self._usage_sums.setdefault(kind, [0] * len(USAGE_COLUMNS))
+                for i, v in enumerate(values):
+                    total[i] += int(v or 0)
+            self._usage_seen = max(self._usage_seen, last)
+            return {kind: dict(zip(USAGE_COLUMNS, total, strict=True)) for kind, total in self._usage_sums.items()}
 
     def usage_by_model(self, *, exclude_session: str | None = None) -> dict[str | None, dict[str, dict[str, int]]]:
         """Totals per model, then per call kind; rows logged before models were (model NULL) under None."""

@@ -20,14 +20,14 @@ Algorithm
   the scores among themselves, which gives the same decisions as calling
   ``add_if_novel`` one by one.
 * A single query of up to 64 tokens (``max_score``, ``scores``, ``top_k``,
-  ``add_if_novel``) reads the pool through postings (token -> its entries and
-  positions): an entry sharing no token with the query has F 0 and costs
-  nothing, one sharing a single occurrence has LCS 1, and the others run the
-  bit-parallel LCS over just their occurrences, sorted by position (tokens in
-  no query leave V unchanged).  A query of common words, whose occurrences
-  would cost more than a sequential scan, is scanned instead.  Either way the
-  row is exact, and the last row is kept while the pool is unchanged (the
-  filter asks a candidate's max, then its top-k and mean).
+  ``add_if_novel``) reads each entry as its common tokens only (the 255 most
+  frequent of the pool, a byte each, their match masks in a 2 KB table):
+  tokens in no query leave V unchanged, so this is exact for every entry
+  holding no rare token of the query; the few that do (found through the
+  postings, token -> its entries) are read again whole.  Entries added since
+  the last freeze of these arrays are scanned whole.  The row is exact, and
+  the last row is kept while the pool is unchanged (the filter asks a
+  candidate's max, then its top-k and mean).
 * A query over 64 tokens uses a multi-word bit vector; ``max_score`` then
   skips entries whose F bound cannot beat the best so far: the length bound
   LCS <= min(m, n) and the bag-of-words bound (entry tokens that occur in
@@ -284,64 +284,53 @@ if numba is not None:
                 out[i] = f
         return best
 
+    @numba.njit(cache=True, nogil=True)
+    def _projected_scores(lo, hi, codes, gstart, glen, lane_entry, pm_code, start, m, out):
+        """F of one query of at most 64 tokens against the entries of groups lo..hi-1, each entry read as its
+        common tokens only (pm_code[code]: the query's match mask of that token): exact for every entry holding
+        no other token of the query, as a token in no query leaves the bit vector unchanged. A group is
+        _LANES_COMMON entries of about the same number of common tokens, stored position by position
+        (codes[gstart[g] + k * lanes + lane], padded with code 255, whose mask is 0), so their bit vectors run
+        side by side; lane_entry names each lane's entry (-1: padding). The table is 2 KB and a code one byte."""
+        lanes = _LANES_COMMON
+        top = _low_mask(m)
+        short = 64  # F by (LCS, entry length) up to this length: a lookup, not three divisions, per entry
+        f_of = np.zeros((m + 1) * (short + 1))
+        for lcs in range(m + 1):
+            for n in range(1, short + 1):
+                f_of[lcs * (short + 1) + n] = _f(lcs, m, n)
+        v = np.empty(lanes, np.uint64)
+        for g in range(lo, hi):
+            for k in range(lanes):
+                v[k] = top
+            base = gstart[g]
+            for p in range(glen[g]):
+                row = base + p * lanes
+                for k in range(lanes):
+                    u = v[k] & pm_code[codes[row + k]]
+                    v[k] = (v[k] + u) | (v[k] - u)
+            for k in range(lanes):
+                e = lane_entry[g * lanes + k]
+                if e >= 0:
+                    lcs = m - np.int64(_popcount(v[k] & top))
+                    n = start[e + 1] - start[e]
+                    out[e] = f_of[lcs * (short + 1) + n] if n <= short else _f(lcs, m, n)
+        return 0.0
+
     @numba.njit(cache=True)
-    def _posting_scores(fe, fp, re, rp, seg_src, seg_lo, seg_hi, seg_mask, start, longest, top, m, hits, cursor, out):
-        """F of one query of at most 64 tokens against every entry holding one of its tokens, from the
-        postings: segment g lists the occurrences [seg_lo[g], seg_hi[g]) of one query token, whose match mask is
-        seg_mask[g], in the frozen arrays (fe entries, fp positions; seg_src 0) or the recent ones (re, rp; 1).
-        An entry absent shares no token (F 0); one with a single occurrence has LCS 1; for the others, the LCS
-        runs over their occurrences sorted by position (a token in no query leaves the bit vector unchanged, so
-        only these count). `hits` and `cursor` are all zeros on entry and on return."""
-        total = 0
+    def _entry_scores(entries, seg_lo, seg_hi, flat, start, pm, m, out):
+        """F of one query of at most 64 tokens against the entries listed in entries[seg_lo[g]:seg_hi[g]] (the
+        postings of its rare tokens), each read whole (pm: the query's match mask of every token). An entry
+        listed twice is scored twice, to the same value."""
+        top = _low_mask(m)
         for g in range(seg_lo.shape[0]):
-            total += seg_hi[g] - seg_lo[g]
-        many = np.empty(total, np.int64)
-        n_many = 0
-        for g in range(seg_lo.shape[0]):
-            ent = fe if seg_src[g] == 0 else re
             for c in range(seg_lo[g], seg_hi[g]):
-                e = ent[c]
-                hits[e] += 1
-                if hits[e] == 2:
-                    many[n_many] = e
-                    n_many += 1
-        one = np.zeros(longest + 1)  # F at LCS 1 by entry length: one division per length, not per entry
-        for n in range(1, longest + 1):
-            one[n] = _f(1, m, n)
-        base = np.empty(n_many + 1, np.int64)
-        base[0] = 0
-        for i in range(n_many):
-            e = many[i]
-            cursor[e] = base[i]
-            base[i + 1] = base[i] + hits[e]
-        at = np.empty(base[n_many], np.int64)
-        bits = np.empty(base[n_many], np.uint64)
-        for g in range(seg_lo.shape[0]):
-            ent, pos, mask = (fe, fp, seg_mask[g]) if seg_src[g] == 0 else (re, rp, seg_mask[g])
-            for c in range(seg_lo[g], seg_hi[g]):
-                e = ent[c]
-                if hits[e] == 1:
-                    out[e] = one[start[e + 1] - start[e]]
-                    hits[e] = 0
-                elif hits[e] > 1:
-                    k = cursor[e]
-                    at[k], bits[k] = pos[c], mask
-                    cursor[e] = k + 1
-        for i in range(n_many):
-            e, lo, hi = many[i], base[i], base[i + 1]
-            for k in range(lo + 1, hi):  # insertion sort by position: a few occurrences each
-                p, b = at[k], bits[k]
-                j = k - 1
-                while j >= lo and at[j] > p:
-                    at[j + 1], bits[j + 1] = at[j], bits[j]
-                    j -= 1
-                at[j + 1], bits[j + 1] = p, b
-            x = top
-            for k in range(lo, hi):
-                u = x & bits[k]
-                x = (x + u) | (x - u)
-            out[e] = _f(m - np.int64(_popcount(x & top)), m, start[e + 1] - start[e])
-            hits[e], cursor[e] = 0, 0
+                e = entries[c]
+                x = top
+                for j in range(start[e], start[e + 1]):
+                    u = x & pm[flat[j]]
+                    x = (x + u) | (x - u)
+                out[e] = _f(m - np.int64(_popcount(x & top)), m, start[e + 1] - start[e])
 
     @numba.njit(cache=True)
     def _top_k_numba(scores, k):
@@ -394,80 +383,79 @@ class _Flat:
         return flat.astype(np.int32, copy=False), start
 
 
-class _Postings:
-    """token id -> where it occurs: (entry, position) pairs. Entries added since the last freeze are in Python
-    lists (an add is a few appends); a freeze sorts the whole pool's tokens into arrays (CSR by token id) once
-    the lists hold more than an eighth of the pool or 1,024 entries, so an add costs O(1) amortized (a freeze of 20,000
-    instructions takes about 30 ms) and a query reads arrays."""
+class _Frozen:
+    """The pool's first `frozen` entries, read two ways for one query: each entry as its common tokens only
+    (the _COMMON most frequent tokens at the freeze, one byte each, in groups of entries of about the same
+    number of them: see _projected_scores), and the postings of every token (token -> the entries holding it,
+    CSR by token id: offsets, entries). An entry holding a rare token of the query is scored whole from the
+    postings; every other one from its common tokens. Entries added since (the tail) are scanned whole. A
+    freeze rebuilds both once the tail holds more than an eighth of the pool or 1,024 entries, so an add costs
+    O(1) amortized (a freeze of 20,000 instructions takes about 30 ms) and the tail scan stays short."""
 
     def __init__(self):
-        self.offsets = np.zeros(1, np.int64)  # frozen: token t's occurrences are [offsets[t], offsets[t + 1])
+        self.offsets = np.zeros(1, np.int64)  # token t's entries are entries[offsets[t]:offsets[t + 1]]
         self.entries = np.empty(0, np.int32)
-        self.positions = np.empty(0, np.int32)
-        self.frozen = 0  # entries frozen
-        self.recent: dict[int, tuple[list[int], list[int]]] = {}  # token -> (entries, positions) since
-        self.n_recent = 0
-
-    def add(self, index: int, ids: np.ndarray) -> None:
-        recent = self.recent
-        for p, t in enumerate(ids.tolist()):
-            lists = recent.get(t)
-            if lists is None:
-                lists = recent[t] = ([], [])
-            lists[0].append(index)
-            lists[1].append(p)
-        self.n_recent += 1
+        self.code_of = np.full(0, -1, np.int16)  # token -> its code among the common tokens, -1 for the others
+        self.codes = np.empty(0, np.uint8)  # the groups' common tokens, as codes, position by position
+        self.gstart = np.zeros(1, np.int64)  # group g's codes start at gstart[g]
+        self.glen = np.zeros(0, np.int64)  # the common tokens of group g's longest entry
+        self.lane_entry = np.empty(0, np.int64)  # the entry of each group's lane, -1 for padding
+        self.frozen = 0  # entries in the arrays
 
     def freeze(self, flat: np.ndarray, start: np.ndarray) -> None:
-        """When the recent lists have grown past an eighth of the pool: every entry into the arrays."""
+        """When the tail has grown past an eighth of the pool (or 1,024 entries): every entry into the arrays."""
         n = len(start) - 1
-        if self.n_recent <= max(256, min(n // 8, 1024)):
+        if n - self.frozen <= max(256, min(n // 8, 1024)):
             return
         lengths = np.diff(start)
         tokens = flat[:start[-1]]
-        order = np.argsort(tokens, kind="stable")  # by token, then by entry
-        self.entries = np.repeat(np.arange(n, dtype=np.int32), lengths)[order]
-        self.positions = (np.arange(start[-1]) - np.repeat(start[:-1], lengths)).astype(np.int32)[order]
-        self.offsets = np.concatenate([[0], np.cumsum(np.bincount(tokens, minlength=1))])
-        self.frozen, self.recent, self.n_recent = n, {}, 0
+        owner = np.repeat(np.arange(n, dtype=np.int64), lengths)
+        self.entries = owner[np.argsort(tokens, kind="stable")].astype(np.int32)  # by token, then by entry
+        counts = np.bincount(tokens, minlength=1)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+        common = np.argsort(-counts, kind="stable")[:_COMMON]
+        common = common[counts[common] > 0]
+        self.code_of = np.full(len(counts), -1, np.int16)
+        self.code_of[common] = np.arange(len(common), dtype=np.int16)
+        code = self.code_of[tokens]
+        kept = code >= 0
+        self._group(code[kept].astype(np.uint8), owner[kept], n)
+        self.frozen = n
 
-    def count(self, token: int) -> int:
-        frozen = self.offsets[token + 1] - self.offsets[token] if token + 1 < len(self.offsets) else 0
-        lists = self.recent.get(token)
-        return int(frozen) + (len(lists[0]) if lists else 0)
-
-    def of(self, tokens, masks) -> tuple:
-        """The occurrences of these (distinct) tokens, as _posting_scores reads them: the frozen arrays, the
-        recent occurrences of these tokens as arrays, and one segment (source, lo, hi) and mask per token and
-        source."""
-        segments, seg_mask, recent_entries, recent_positions = [], [], [], []
-        offsets, known = self.offsets, len(self.offsets) - 1
-        for t, mask in zip(tokens, masks, strict=True):
-            if t < known:
-                lo, hi = int(offsets[t]), int(offsets[t + 1])
-                if hi > lo:
-                    segments.append((0, lo, hi))
-                    seg_mask.append(mask)
-            lists = self.recent.get(t)
-            if lists:
-                segments.append((1, len(recent_entries), len(recent_entries) + len(lists[0])))
-                seg_mask.append(mask)
-                recent_entries += lists[0]
-                recent_positions += lists[1]
-        seg = np.array(segments, np.int64).reshape(-1, 3).T.copy()  # rows: source, lo, hi
-        return (self.entries, self.positions, np.array(recent_entries, np.int32),
-                np.array(recent_positions, np.int32), seg[0], seg[1], seg[2], np.array(seg_mask, np.uint64))
+    def _group(self, codes: np.ndarray, owner: np.ndarray, n: int) -> None:
+        """Entries sorted by their number of common tokens, _LANES_COMMON a group, stored position by position:
+        a group's lanes then run about as long as each other (0.4% padding at 20,000 instructions)."""
+        lanes = _LANES_COMMON
+        per_entry = np.bincount(owner, minlength=n)
+        order = np.argsort(per_entry, kind="stable")
+        groups = (n + lanes - 1) // lanes
+        self.lane_entry = np.full(groups * lanes, -1, np.int64)
+        self.lane_entry[:n] = order
+        rank = np.empty(n, np.int64)
+        rank[order] = np.arange(n)
+        sizes = np.zeros(groups * lanes, np.int64)
+        sizes[:n] = per_entry[order]
+        self.glen = sizes.reshape(groups, lanes).max(axis=1)
+        self.gstart = np.concatenate([[0], np.cumsum(self.glen * lanes)])
+        self.codes = np.full(self.gstart[-1], 255, np.uint8)  # 255: no common token, mask 0
+        first = np.concatenate([[0], np.cumsum(per_entry)])
+        slot = rank[owner]  # each code's place: its entry's group and lane, and its position in the entry
+        self.codes[self.gstart[slot // lanes] + (np.arange(len(codes)) - first[owner]) * lanes + slot % lanes] = codes
 
 
-# An occurrence read through the postings (random access, a sort) costs about this many pool tokens of a
-# sequential scan (benchmarks/client_cpu.py): a query with more occurrences than the pool's tokens / this is
-# scored by the scan.
-_POSTING_COST = 8
+# The tokens an entry is read by in a query's common pass: the most frequent ones of the pool, a byte each (255,
+# the 256th code, pads). They cover about 65% of the tokens of 20,000-52,000 instructions; the next is in under
+# 0.6% of them, so the entries read whole through a rare token's postings are few (benchmarks/client_cpu.py).
+_COMMON = 255
+_LANES_COMMON = 8  # entries whose bit vectors run side by side in _projected_scores
+# An occurrence of a query token read through the postings (its entry read whole) costs about this many codes
+# of the common pass: a query whose tokens occur fewer times than the codes / this reads only its entries.
+_ENTRY_COST = 48
 _executor = None
 
 
-def _split(kernel, n, work, *args):
-    """kernel(lo, hi, *args) over entries 0..n-1, split across threads.
+def _split(kernel, n, work, *args, first=0):
+    """kernel(lo, hi, *args) over entries first..n-1, split across threads.
 
     Plain threads running nogil kernels rather than numba's OpenMP prange:
     idle OpenMP workers spin, and on a busy 2-core machine that made the
@@ -475,13 +463,13 @@ def _split(kernel, n, work, *args):
     """
     global _executor
     parts = _THREADS if work >= _MIN_PARALLEL_WORK else 1
-    bounds = [n * p // parts for p in range(parts + 1)]
+    bounds = [first + (n - first) * p // parts for p in range(parts + 1)]
     if parts == 1:
-        return [kernel(0, n, *args)]
+        return [kernel(first, n, *args)]
     if _executor is None:
         _executor = ThreadPoolExecutor(_THREADS - 1, thread_name_prefix="rouge-l")
     futures = [_executor.submit(kernel, bounds[p], bounds[p + 1], *args) for p in range(1, parts)]
-    return [kernel(0, bounds[1], *args)] + [f.result() for f in futures]
+    return [kernel(first, bounds[1], *args)] + [f.result() for f in futures]
 
 
 def _forget_executor():
@@ -499,16 +487,14 @@ class _NumbaEngine:
         # For one query against the whole pool: the entries of each token, so that an entry sharing no token
         # with the query costs nothing and one sharing a single occurrence no LCS (most of a pool, as real
         # instructions share a few stop words at most).
-        self.postings = _Postings()
-        self.longest = 0  # tokens of the longest entry
-        self.hits = np.zeros(1024, np.int64)  # per entry, for _posting_scores: zero between queries
-        self.cursor = np.zeros(1024, np.int64)  # likewise
+        self.frozen = _Frozen()
+        self.pm = np.zeros(1024, np.uint64)  # token -> its match mask in the query being scored: zero between
+        self.pm_code = np.zeros(256, np.uint64)  # common token code -> its mask in the query: zero between
+        self.no_slot, self.no_table = np.zeros(0, np.int32), np.zeros((1, 1), np.uint64)  # one word: unused
         self.last: tuple[tuple[bytes, int], np.ndarray] | None = None  # (query, pool size) -> its row
 
     def add(self, ids: np.ndarray) -> None:
-        self.postings.add(self.pool.n, ids)
         self.pool.append(ids)
-        self.longest = max(self.longest, len(ids))
 
     def _row(self, q, n_vocab) -> np.ndarray:
         """F of a query of 1 to 64 tokens against every entry, read-only. The last row is kept while the pool
@@ -522,22 +508,54 @@ class _NumbaEngine:
         return out
 
     def _new_row(self, q, n_vocab) -> np.ndarray:
-        n = self.pool.n
+        n, m = self.pool.n, len(q)
         out = np.zeros(n)
-        if len(self.hits) < n:
-            self.hits, self.cursor = np.zeros(2 * n, np.int64), np.zeros(2 * n, np.int64)
-        masks: dict[int, int] = {}
+        if len(self.pm) < n_vocab:
+            self.pm = np.zeros(2 * n_vocab, np.uint64)
+        by_token: dict[int, int] = {}
         for p, t in enumerate(q.tolist()):
-            masks[t] = masks.get(t, 0) | (1 << p)
+            by_token[t] = by_token.get(t, 0) | (1 << p)
+        tokens = np.array(list(by_token), np.int64)
+        masks = np.array(list(by_token.values()), np.uint64)
         flat, start = self.pool.arrays()
-        self.postings.freeze(flat, start)
-        if sum(self.postings.count(t) for t in masks) * _POSTING_COST > start[-1]:  # common words: a scan is cheaper
-            self._query(q, (flat, start), n_vocab, out, False)
-            return out
-        top = np.uint64((1 << len(q)) - 1)
-        _posting_scores(*self.postings.of(list(masks), list(masks.values())), start, self.longest, top, len(q),
-                        self.hits, self.cursor, out)
+        frozen = self.frozen
+        frozen.freeze(flat, start)
+        pm = self.pm
+        pm[tokens] = masks
+        try:
+            if frozen.frozen:
+                self._frozen_row(frozen, tokens, masks, flat, start, m, out)
+            if frozen.frozen < n:  # the tail the arrays do not hold yet: scanned whole
+                _split(_query_scores, n, start[n] - start[frozen.frozen], flat, start, pm, self.no_slot,
+                       self.no_table, m, out, False, first=frozen.frozen)
+        finally:
+            pm[tokens] = 0
         return out
+
+    def _frozen_row(self, frozen: _Frozen, tokens, masks, flat, start, m, out) -> None:
+        """The row over the frozen entries (self.pm holds the query's masks): the entries holding one of its
+        tokens, each read whole, when they are few; else every entry from its common tokens, then those
+        holding a rare token of the query again, whole."""
+        known = tokens < len(frozen.offsets) - 1  # a token first seen after the freeze is in no frozen entry
+        lo, hi = frozen.offsets[tokens[known]], frozen.offsets[tokens[known] + 1]
+        if int((hi - lo).sum()) * _ENTRY_COST <= len(frozen.codes):
+            _entry_scores(frozen.entries, lo, hi, flat, start, self.pm, m, out)
+            return
+        code = np.full(len(tokens), -1, np.int64)
+        code[known] = frozen.code_of[tokens[known]]
+        common = code >= 0
+        if common.any():  # else every entry holding none of its rare tokens stays 0
+            pm_code = self.pm_code
+            pm_code[code[common]] = masks[common]
+            try:
+                _split(_projected_scores, len(frozen.glen), len(frozen.codes), frozen.codes, frozen.gstart,
+                       frozen.glen, frozen.lane_entry, pm_code, start, m, out)
+            finally:
+                pm_code[code[common]] = 0
+        rare = known & ~common
+        if rare.any():
+            _entry_scores(frozen.entries, frozen.offsets[tokens[rare]], frozen.offsets[tokens[rare] + 1], flat,
+                          start, self.pm, m, out)
 
     @staticmethod
     def _query(q, target, n_vocab, out, prune):

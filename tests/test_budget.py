@@ -241,3 +241,21 @@ def test_the_dry_run_says_the_run_would_stop_at_an_unpriced_model(tmp_path):
     result = CliRunner().invoke(cli, flags)  # no --max-cost: the price is only missing from the estimate
     assert result.exit_code == 0 and "no price for model smollm2" in result.output and "would stop" not in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_usage_summed_on_from_the_last_call_equals_the_whole_log(tmp_path):
+    """The manifest asks for the run's usage every few seconds: summed on from the rows of the last call, it is
+    the sum of the whole log, kinds in the order of their first row, rows of another connection included."""
+    cache, other = ResponseCache(tmp_path / CACHE_FILE), ResponseCache(tmp_path / CACHE_FILE)
+    seen = []
+    for i, kind in enumerate(["bootstrap", "classify", "bootstrap", "instances", "classify", "score"] * 3):
+        (other if i % 4 == 3 else cache).log_usage(f"s{i % 2}", kind, {"calls": 1, "prompt_tokens": 10 + i,
+                                                                       "completion_tokens": i, "cached_tokens": i % 3})
+        if i % 5 == 0:
+            seen.append(cache.usage())
+    fresh = ResponseCache(tmp_path / CACHE_FILE).usage()
+    assert cache.usage() == fresh and list(cache.usage()) == list(fresh) == ["bootstrap", "classify", "instances",
+                                                                            "score"]
+    assert fresh["bootstrap"]["calls"] == 6 and fresh["bootstrap"]["prompt_tokens"] == sum(10 + i for i in (0, 2, 6, 8, 12, 14))
+    assert seen[0] == {"bootstrap": {**dict.fromkeys(fresh["score"], 0), "calls": 1, "prompt_tokens": 10}}
+    assert cache.usage(exclude_session="s1")["bootstrap"]["calls"] == 6  # every bootstrap row is session s0's

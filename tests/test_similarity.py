@@ -228,17 +228,22 @@ def test_seed_tasks_against_rouge_score(backend, shared_data):  # skips without 
 
 
 @pytest.mark.skipif(similarity.numba is None, reason="the numba backend")
-@pytest.mark.parametrize("cost", [0, 4, 10**9])  # always the postings, the default choice, always the scan
-def test_one_query_row_is_exact_through_the_postings_and_the_scan(monkeypatch, cost):
+# (common tokens, entry cost): every entry read whole through the postings; no common token; a few; the defaults
+@pytest.mark.parametrize(("common", "entry_cost"), [(255, 0), (0, 10**9), (3, 10**9), (255, 48)])
+def test_one_query_row_is_exact_through_the_common_tokens_and_the_postings(monkeypatch, common, entry_cost):
     """A query's row against a pool of real and synthetic instructions (near-duplicates, stop words shared
     by most pairs, entries over 64 tokens, repeated tokens) equals the brute-force reference bit for bit, and
-    so do the max, the top-k and the add_if_novel decisions, whichever way a row is computed."""
+    so do the max, the top-k and the add_if_novel decisions, whichever way a row is computed: entries read as
+    their common tokens, entries read whole through a rare token's postings, the tail scanned."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from _synthetic import instructions  # real seed tasks first where present, then synthetic ones
 
-    monkeypatch.setattr(similarity, "_POSTING_COST", cost)
+    monkeypatch.setattr(similarity, "_COMMON", common)
+    monkeypatch.setattr(similarity, "_ENTRY_COST", entry_cost)
+    if entry_cost == 48:  # the defaults, with every pass split across threads (the tail's from its first entry on)
+        monkeypatch.setattr(similarity, "_MIN_PARALLEL_WORK", 0)
     texts = instructions(1500, seed=3)
-    rnd = random.Random(cost)
+    rnd = random.Random(common)
     texts += [" ".join(rnd.choice(WORDS) for _ in range(rnd.randint(1, 90))) for _ in range(100)]  # 1-90 tokens
     pool, queries = texts[:1200], texts[1200:] + rnd.sample(texts[:1200], 20)  # 20 already in the pool: F 1
     fast, ref = build("numba", pool), build("python", pool)
