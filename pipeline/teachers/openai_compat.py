@@ -63,12 +63,6 @@ from .wire import (
     request_body,
 )
 
-# Requests in flight per HTTP connection pool. httpx's pool takes one lock per request and does work
-# proportional to its connections under it, so 256 requests through one pool queue on that lock; pools of
-# 8 cut the client's CPU per request from 4.1 ms to 2.6-3.1 ms at C=256 and fixed 2 s latency, and raised
-# the fraction of the ideal rate from 0.89 to 0.92-0.94 (measured with benchmarks/generation.py's server).
-# With the default concurrency of 8 there is one pool per endpoint.
-REQUESTS_PER_POOL = 8
 # Failover (failover.py reads these when a teacher is built). One timeout or 5xx is noise; three in a row is a
 # sick endpoint, and its requests do better elsewhere.
 STRIKES_TO_DOWN = 3
@@ -141,10 +135,10 @@ class OpenAITeacher(BaseTeacher):
         return self.failover.limit
 
     def _shard_clients(self) -> None:
-        """The clients requests go through: each endpoint's share of `concurrency`, REQUESTS_PER_POOL per
-        client (each client has its own connection pool). Fresh ones, so also after an interrupt closed them."""
-        per_url = -(-self.concurrency // len(self.base_urls))
-        owner = [i for i in range(len(self.base_urls)) for _ in range(-(-per_url // REQUESTS_PER_POOL))]
+        """The clients requests go through, one per endpoint (they share the process's connection pool, wire.py:
+        aiohttp takes no lock per request, so the pools of 8 requests that httpx needed are gone). Fresh ones,
+        so also after an interrupt closed them."""
+        owner = list(range(len(self.base_urls)))
         shards = [Client(self.base_urls[i], self._secret or "not-needed", self.timeout_s, self._clients[i])
                   for i in owner]
         with self.failover.lock:
