@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -110,20 +111,24 @@ WAIT = None
 
 @dataclass
 class Usage:
-    """Calls and tokens per call kind (bootstrap, classify, instances, ...). Cache hits cost nothing."""
+    """Calls and tokens per call kind (bootstrap, classify, instances, ...). Cache hits cost nothing. Counted on
+    the teacher's request threads (OpenAITeacher.stream), hence the lock."""
 
     by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, kind: str, c: Completion) -> dict[str, int]:
         """Count one reply; returns its own counts (what the usage log stores for it)."""
         one = usage_of(c)
-        u = self.by_kind.setdefault(kind, dict.fromkeys(one, 0))
-        for key, value in one.items():
-            u[key] = u.get(key, 0) + value
+        with self.lock:
+            u = self.by_kind.setdefault(kind, dict.fromkeys(one, 0))
+            for key, value in one.items():
+                u[key] = u.get(key, 0) + value
         return one
 
     def to_dict(self) -> dict[str, dict[str, int]]:
-        return {k: dict(v) for k, v in self.by_kind.items()}
+        with self.lock:
+            return {k: dict(v) for k, v in self.by_kind.items()}
 
 
 def usage_of(c: Completion) -> dict[str, int]:

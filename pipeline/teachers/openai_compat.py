@@ -38,7 +38,7 @@ import dataclasses
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -176,12 +176,24 @@ class OpenAITeacher(BaseTeacher):
         return self._request(client, api, prompt, params, None, schema_form=schema_form, timeout_s=timeout_s)
 
     # -- the stream --------------------------------------------------------------------
-    def _stream(self, requests: Iterator[Request | None], params: GenParams) -> Iterator[tuple[Request, Completion]]:
-        """Keep up to `limit` requests in flight; refill as each one finishes (no batch barrier)."""
+    def stream(self, requests: Iterable[Request | None], params: GenParams, *,
+               kind: str) -> Iterator[tuple[Request, Completion]]:
+        """BaseTeacher.stream, each reply finished (stop sequences, usage, its commit to the run's cache) on its
+        request's thread as it arrives, not on the thread that reads the replies and refills the slots: that
+        commit is a tenth to a half of the client's CPU per reply, and each of its SQLite calls gives up the GIL
+        to 64 request threads, so on the reading thread it cost about 0.6 ms of wall time per reply (cProfile,
+        benchmarks/client_cpu.py (c)). The reply is durable before any record is built from it, as before."""
+        return self._stream(iter(requests), params, kind)
+
+    def _stream(self, requests: Iterator[Request | None], params: GenParams,
+                kind: str | None = None) -> Iterator[tuple[Request, Completion]]:
+        """Keep up to `limit` requests in flight; refill as each one finishes (no batch barrier). With `kind`,
+        each reply comes finished (BaseTeacher._finish)."""
         failover = self.failover
         failover.fatal = None
         # A new event per stream, not clear(): calls of an abandoned stream keep theirs, set, and stop.
         failover.stop = threading.Event()
+        abandoned = threading.Event()  # set when the consumer stops early: replies still coming are not finished
         finished: queue.SimpleQueue[tuple[Request, Future]] = queue.SimpleQueue()
         if self._pool is None:  # kept across streams: starting 256 threads delays a stream's first requests
             self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="teacher")
@@ -201,7 +213,7 @@ class OpenAITeacher(BaseTeacher):
                         break
                     if req is None:  # WAIT: the source needs a reply first
                         break
-                    fut = pool.submit(self._answer, req, req.params or params)
+                    fut = pool.submit(self._answer, req, req.params or params, req.kind or kind, abandoned)
                     # A done-callback queue costs O(1) per reply; wait() on all futures would cost O(in flight).
                     fut.add_done_callback(lambda f, r=req: finished.put((r, f)))
                     in_flight += 1
@@ -219,6 +231,7 @@ class OpenAITeacher(BaseTeacher):
         finally:
             done.set()
             if not clean:  # interrupted, or the consumer stopped early: abandon what is in flight, now
+                abandoned.set()
                 failover.halt(failover.stop)
                 for client in self._shards:
                     client.close()
@@ -231,16 +244,22 @@ class OpenAITeacher(BaseTeacher):
                 raise fatal
             raise TeacherError(f"{self.name} at {self.base_url}: {describe_error(fatal, self._secret)}") from None
 
-    def _answer(self, req: Request, params: GenParams) -> Completion:
-        cached = self._lookup(req, params)
-        if cached is not None:
-            return cached
-        stop = self.failover.stop  # this stream's
-        if self.failover.fatal is not None or stop.is_set():
-            return Completion("", "error", error="not sent: the run is stopping")
-        with self.failover.lock:  # the clients and counts of this stream: a later stream has its own
-            pools = (self._shards, self._in_flight, self._owner)
-        return self.retries.call(pools, req, params, stop)
+    def _answer(self, req: Request, params: GenParams, kind: str | None = None,
+                abandoned: threading.Event | None = None) -> Completion:
+        """The request's reply (from the cache, or the server with the retry policy); finished with `kind`,
+        unless its stream was abandoned meanwhile (its consumer will never see it, as a reply never read)."""
+        c = self._lookup(req, params)
+        if c is None:
+            stop = self.failover.stop  # this stream's
+            if self.failover.fatal is not None or stop.is_set():
+                c = Completion("", "error", error="not sent: the run is stopping")
+            else:
+                with self.failover.lock:  # the clients and counts of this stream: a later stream has its own
+                    pools = (self._shards, self._in_flight, self._owner)
+                c = self.retries.call(pools, req, params, stop)
+        if kind is not None and not (abandoned is not None and abandoned.is_set()):
+            c = self._finish(req, c, params, kind)
+        return c
 
     def _serves(self, ep: int) -> bool:
         """The prober's question: does the endpoint answer one token on the run's API? GET /models is not
