@@ -178,11 +178,9 @@ class OpenAITeacher(BaseTeacher):
     # -- the stream --------------------------------------------------------------------
     def stream(self, requests: Iterable[Request | None], params: GenParams, *,
                kind: str) -> Iterator[tuple[Request, Completion]]:
-        """BaseTeacher.stream, each reply finished (stop sequences, usage, its commit to the run's cache) on its
-        request's thread as it arrives, not on the thread that reads the replies and refills the slots: that
-        commit is a tenth to a half of the client's CPU per reply, and each of its SQLite calls gives up the GIL
-        to 64 request threads, so on the reading thread it cost about 0.6 ms of wall time per reply (cProfile,
-        benchmarks/client_cpu.py (c)). The reply is durable before any record is built from it, as before."""
+        """BaseTeacher.stream, each reply finished (stop sequences, usage, its commit to the run's cache, durable
+        before any record is built from it) on its request's thread, not on the one that reads replies and refills
+        slots: there each SQLite call gave up the GIL to 64 threads, about 0.6 ms of wall time a reply."""
         return self._stream(iter(requests), params, kind)
 
     def _stream(self, requests: Iterator[Request | None], params: GenParams,
