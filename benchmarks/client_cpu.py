@@ -1,18 +1,21 @@
 """Is the client the bottleneck? (issue 20) Client CPU per request and the fraction of the concurrency-bound ideal,
-against benchmarks/_latency_server.py (its own process: its CPU is not counted) at 50 ms latency, 64 in flight.
+against benchmarks/_latency_server.py (its own process: its CPU is counted apart) at 50 ms latency, 64 in flight.
 
 Side by side in one run, each measurement in a fresh process:
-  (a) the plain client, ms of client CPU per request: this tree, the tree at --base (the openai SDK's models on
-      the hot path), and the raw openai SDK (chat.completions.create on 64 threads, a client per 8 as ours);
+  (a) the plain client, ms of client CPU per request: this tree, the tree at --base, the raw openai SDK
+      (chat.completions.create on 64 threads, a client per 8), and aiohttp alone on one event loop (the floor:
+      what this machine gives a client that does nothing with its replies);
   (b) bootstrap with a pool of --pool instructions (real Alpaca and seed instructions, then synthetic ones from
       benchmarks/_synthetic.py), ms of client CPU per bootstrap request: this tree and --base;
-  (c) the fraction of the ideal rate (64 / 50 ms = 1,280 requests/s) of each stage of one run: bootstrap,
-      classify, instances, evolve and score.
+  (c) the fraction of the ideal rate (64 / 50 ms = 1,280 requests/s) of each stage of one run (bootstrap,
+      classify, instances, evolve and score), this tree and --base, --repeat times each; with the server's CPU
+      per request over the same span and the ceiling that CPU alone allows on this machine (`ceiling`).
 (b) and (c) time each teacher stream from its first reply to its last (the steady state); the whole stage, with
 its fixed costs, is given beside it.
 
-    python benchmarks/client_cpu.py                       # about 3 minutes on an idle 2-core machine
-    python benchmarks/client_cpu.py --base e073522 --requests 4000 --pool 20000
+    python benchmarks/client_cpu.py                       # about 4 minutes on an idle 2-core machine
+    python benchmarks/client_cpu.py --base 85506e8 --requests 4000 --pool 20000
+    nice -n -10 python benchmarks/client_cpu.py --skip a,b --repeat 2    # (c) only, this tree and the base twice
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ def child(kind: str, tree: Path, args: argparse.Namespace, url: str, out: Path) 
     """One measurement in a fresh process importing `pipeline` from `tree`."""
     env = {**os.environ, "PYTHONPATH": str(tree), "OPENAI_API_KEY": "not-needed"}
     cmd = [sys.executable, __file__, "--child", kind, "--url", url, "--requests", str(args.requests), "--pool",
-           str(args.pool), "--out", str(out)]
+           str(args.pool), "--out", str(out), "--server-pid", str(args.server_pid)]
     subprocess.run(cmd, env=env, check=True, cwd=tree)
     return json.loads(out.read_text())
 
@@ -126,25 +129,40 @@ def calls(run) -> int:
     return sum(u.get("calls", 0) for k, u in (run.manifest().get("usage") or {}).items() if isinstance(u, dict))
 
 
-def instrument() -> list:
+def server_cpu(pid: int | None) -> float:
+    """CPU seconds the fake server's process has used (Linux /proc), 0 where it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, TypeError):
+        return 0.0
+
+
+def instrument(server_pid: int | None = None) -> list:
     """Time every teacher stream from its first reply to its end: the steady state of a stage, without its fixed
     cost (reading and indexing the pool, preflight, the first round trip). Each stream adds (replies after the
-    first, CPU s, wall s)."""
-    from pipeline.teachers import base
+    first, CPU s, wall s, the server's CPU s). Wraps `stream` wherever a teacher class defines it (a tree whose
+    OpenAITeacher has its own, and BaseTeacher)."""
+    from pipeline.teachers import base, openai_compat
 
-    spans, original = [], base.BaseTeacher.stream
+    spans = []
 
-    def stream(self, *args, **kwargs):
-        n, first = 0, (0.0, 0.0)
-        for item in original(self, *args, **kwargs):
-            if n == 0:
-                first = (time.process_time(), time.perf_counter())
-            n += 1
-            yield item
-        if n > 1:
-            spans.append((n - 1, time.process_time() - first[0], time.perf_counter() - first[1]))
+    def wrap(original):
+        def stream(self, *args, **kwargs):
+            n, first = 0, (0.0, 0.0, 0.0)
+            for item in original(self, *args, **kwargs):
+                if n == 0:
+                    first = (time.process_time(), time.perf_counter(), server_cpu(server_pid))
+                n += 1
+                yield item
+            if n > 1:
+                spans.append((n - 1, time.process_time() - first[0], time.perf_counter() - first[1],
+                              server_cpu(server_pid) - first[2]))
+        return stream
 
-    base.BaseTeacher.stream = stream
+    for cls in (base.BaseTeacher, openai_compat.OpenAITeacher):
+        if "stream" in vars(cls):
+            cls.stream = wrap(vars(cls)["stream"])
     return spans
 
 
@@ -170,7 +188,8 @@ def warm_up() -> None:
 
 def steady(spans: list, since: int = 0) -> dict:
     part = spans[since:]
-    return {"requests": sum(s[0] for s in part), "cpu_s": sum(s[1] for s in part), "wall_s": sum(s[2] for s in part)}
+    return {"requests": sum(s[0] for s in part), "cpu_s": sum(s[1] for s in part), "wall_s": sum(s[2] for s in part),
+            "server_cpu_s": sum(s[3] for s in part)}
 
 
 def bootstrap(args: argparse.Namespace) -> dict:
@@ -193,7 +212,7 @@ def bootstrap(args: argparse.Namespace) -> dict:
 def stages(args: argparse.Namespace) -> dict:
     """One run, stage by stage: each stage's wall time and requests, and its steady state (instrument)."""
     warm_up()
-    spans = instrument()
+    spans = instrument(args.server_pid)
     n = max(64, args.requests // 2)
     run = new_run(args, {"bootstrap.num_instructions": n, "evolve.rounds": 1}, "stages")
     rows = {}
@@ -201,8 +220,73 @@ def stages(args: argparse.Namespace) -> dict:
         before, since = calls(run), len(spans)
         cpu, wall = measure(lambda s=stage: run.run([s]))
         rows[stage] = {**steady(spans, since), "stage_requests": calls(run) - before, "stage_wall_s": wall,
-                       "stage_cpu_s": cpu}
+                       "stage_cpu_s": cpu, "load": os.getloadavg()[0]}
     return rows
+
+
+def ceilings(client_ms: float, server_ms: float) -> tuple[float, float]:
+    """The fractions of the ideal rate that CPU alone allows on this machine, were nothing else running (other jobs
+    take their share: see the load average). The server is one thread (1,000 / server_ms requests a second at
+    most). (1) All of the client's CPU under its GIL, on one core: 1,000 / client_ms. (2) The client's CPU spread
+    over the cores left by the server, os.cpu_count() * 1,000 / (client_ms + server_ms): its threads give up the
+    GIL in SQLite, file and socket calls, so the truth lies between (1) and (2)."""
+    if client_ms <= 0 or server_ms <= 0:
+        return float("nan"), float("nan")
+    cores, server = os.cpu_count() or 1, 1000 / server_ms / IDEAL
+    return (min(1.0, server, 1000 / client_ms / IDEAL),
+            min(1.0, server, cores * 1000 / (client_ms + server_ms) / IDEAL))
+
+
+def stage_table(args: argparse.Namespace, url: str, out: Path, base_tree: Path) -> None:
+    """(c): each stage of one run, this tree and --base, one after the other, --repeat times."""
+    print("\n(c) each stage of one run, this tree and the base: from its first reply to its last (the whole stage in "
+          "brackets: reading, preflight, the first round trip); server CPU over the same span; the ceilings are what "
+          "CPU alone allows, the client on one core or on all (`ceilings`)\n\n| stage | tree | requests | wall s "
+          "| requests/s | of ideal | client CPU ms/request | server CPU ms/request | CPU ceiling, 1 core / all "
+          "| load avg (1 min) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    runs = []
+    for i in range(args.repeat):
+        for label, tree in (("this", REPO), (f"base {args.base}", base_tree)):
+            runs.append((f"{label}" + (f" #{i + 1}" if args.repeat > 1 else ""), child("stages", tree, args, url, out)))
+    for stage in ("bootstrap", "classify", "instances", "evolve", "score"):
+        for label, rows in runs:
+            r = rows.get(stage, {})
+            if not r.get("stage_requests"):
+                continue
+            rate, whole = r["requests"] / max(r["wall_s"], 1e-9), r["stage_requests"] / r["stage_wall_s"]
+            client_ms, server_ms = (1000 * r[k] / max(1, r["requests"]) for k in ("cpu_s", "server_cpu_s"))
+            print(f"| {stage} | {label} | {r['stage_requests']:,} | {r['wall_s']:.2f} ({r['stage_wall_s']:.2f}) "
+                  f"| {rate:,.0f} ({whole:,.0f}) | {rate / IDEAL:.2f} ({whole / IDEAL:.2f}) "
+                  f"| {client_ms:.2f} ({1000 * r['stage_cpu_s'] / r['stage_requests']:.2f}) | {server_ms:.3f} "
+                  f"| {'{:.2f} / {:.2f}'.format(*ceilings(client_ms, server_ms))} | {r['load']:.1f} |", flush=True)
+    print(f"\nload average after: {os.getloadavg()}")
+
+
+def floor(args: argparse.Namespace) -> dict:
+    """aiohttp alone on one event loop, 64 requests in flight and nothing done with the replies but json.loads:
+    the rate this machine gives a client that costs next to nothing."""
+    import asyncio
+
+    import aiohttp
+
+    async def main() -> tuple[float, float]:
+        async with aiohttp.ClientSession() as session:
+            gate = asyncio.Semaphore(IN_FLIGHT)
+
+            async def one(i: int) -> None:
+                body = json.dumps({"model": "bench", "max_tokens": 16, "messages": [
+                    {"role": "user", "content": f"Write a short poem about the number {i}."}]}).encode()
+                async with gate, session.post(args.url + "/chat/completions", data=body,
+                                              headers={"Content-Type": "application/json"}) as r:
+                    json.loads(await r.read())
+
+            await asyncio.gather(*(one(i) for i in range(256)))
+            cpu, wall = time.process_time(), time.perf_counter()
+            await asyncio.gather(*(one(i) for i in range(args.requests)))
+            return time.process_time() - cpu, time.perf_counter() - wall
+
+    cpu, wall = asyncio.run(main())
+    return {"requests": args.requests, "cpu_s": cpu, "wall_s": wall}
 
 
 def extract(base: str) -> Path:
@@ -216,17 +300,19 @@ def extract(base: str) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", default="e073522", help="the commit to compare with (the SDK-parsing client)")
+    ap.add_argument("--base", default="85506e8", help="the commit to compare with (85506e8: the httpx client)")
+    ap.add_argument("--repeat", type=int, default=1, help="(c): run this tree and the base this many times each")
     ap.add_argument("--requests", type=int, default=4000, help="requests per plain-client measurement")
     ap.add_argument("--pool", type=int, default=20000, help="instructions in the pool before bootstrap")
     ap.add_argument("--skip", default="", help="comma-separated parts to leave out: a, b, c")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        Path(args.out).write_text(json.dumps({"plain": plain, "sdk": sdk, "bootstrap": bootstrap,
-                                              "stages": stages}[args.child](args)))
+        Path(args.out).write_text(json.dumps({"plain": plain, "sdk": sdk, "bootstrap": bootstrap, "stages": stages,
+                                              "floor": floor}[args.child](args)))
         return
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
@@ -236,13 +322,15 @@ def main() -> None:
     print(f"commit {commit}{dirty}, base {args.base}; {IN_FLIGHT} in flight, {LATENCY * 1000:.0f} ms latency, "
           f"ideal {IDEAL:,.0f} requests/s; load average before: {os.getloadavg()}")
     server, url = start_server("self-instruct")
+    args.server_pid = server.pid
     try:
         if "a" not in skip:
             print(f"\n(a) plain client, {args.requests:,} requests\n\n| client | requests | wall s | of ideal "
                   "| client CPU ms/request | load avg (1 min) |\n|---|---:|---:|---:|---:|---:|")
             for label, kind, tree in (("this tree (wire.py)", "plain", REPO),
-                                      (f"base {args.base} (SDK models)", "plain", base_tree),
-                                      ("raw openai SDK, 64 threads", "sdk", REPO)):
+                                      (f"base {args.base}", "plain", base_tree),
+                                      ("raw openai SDK, 64 threads", "sdk", REPO),
+                                      ("aiohttp alone, one loop, replies only decoded (the floor)", "floor", REPO)):
                 r = child(kind, tree, args, url, out)
                 print(f"| {label} | {r['requests']:,} | {r['wall_s']:.2f} | {r['requests'] / r['wall_s'] / IDEAL:.2f} "
                       f"| {1000 * r['cpu_s'] / r['requests']:.2f} | {os.getloadavg()[0]:.1f} |", flush=True)
@@ -258,18 +346,7 @@ def main() -> None:
                       f"({1000 * r['run_cpu_s'] / max(1, r['requests'] + 1):.2f}) | {os.getloadavg()[0]:.1f} |",
                       flush=True)
         if "c" not in skip:
-            print("\n(c) each stage of one run, this tree: from its first reply to its last (the whole stage in "
-                  "brackets: reading, preflight, the first round trip)\n\n| stage | requests | wall s | requests/s "
-                  "| of ideal | client CPU ms/request |\n|---|---:|---:|---:|---:|---:|")
-            rows = child("stages", REPO, args, url, out)
-            for stage, r in rows.items():
-                if r["stage_requests"]:
-                    rate, whole = r["requests"] / max(r["wall_s"], 1e-9), r["stage_requests"] / r["stage_wall_s"]
-                    print(f"| {stage} | {r['stage_requests']:,} | {r['wall_s']:.2f} ({r['stage_wall_s']:.2f}) "
-                          f"| {rate:,.0f} ({whole:,.0f}) | {rate / IDEAL:.2f} ({whole / IDEAL:.2f}) "
-                          f"| {1000 * r['cpu_s'] / max(1, r['requests']):.2f} "
-                          f"({1000 * r['stage_cpu_s'] / r['stage_requests']:.2f}) |", flush=True)
-            print(f"\nload average after: {os.getloadavg()}")
+            stage_table(args, url, out, base_tree)
     finally:
         server.kill()
 

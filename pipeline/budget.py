@@ -223,6 +223,8 @@ class Budget:
         return usd_of(price, tokens, max_tokens), tokens + max_tokens  # at most: no prefix-cache hit assumed
 
     def exhausted(self) -> bool:
+        if not self.cfg.max_tokens_total and not self.cfg.max_cost:  # no limit: no need to add up the spend per request
+            return False
         spend = self.spend()
         over = bool(self.cfg.max_tokens_total and spend["total_tokens"] >= self.cfg.max_tokens_total)
         over = over or bool(self.cfg.max_cost and spend["cost_usd"] is not None and spend["cost_usd"] >= self.cfg.max_cost)

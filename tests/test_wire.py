@@ -91,3 +91,63 @@ def test_the_organization_and_project_of_the_environment_are_sent_as_the_sdk_sen
     assert {k: client.headers[k] for k in ("OpenAI-Organization", "OpenAI-Project")} == {
         k: sdk.default_headers[k] for k in ("OpenAI-Organization", "OpenAI-Project")}
     assert "OpenAI-Project" not in Client(fake_openai.url, "k", 5.0).headers
+
+
+def test_the_cache_key_is_the_one_every_cached_reply_was_stored_under():
+    import hashlib
+
+    from pipeline.teachers.base import BaseTeacher, Request, params_key
+
+    class Teacher(BaseTeacher):
+        def cache_identity(self):
+            return {"name": "openai:m", "kind": "openai", "model": "m", "api": "chat", "é": [1, 2.5, None]}
+
+    t = Teacher()
+    for req, params in [
+        (Request(1, 'héllo "q"\n\t\u2028 😀', "s:1"),
+         GenParams(16, 0.7, stop=("\n\n", "ü"), json_mode=True, logprobs=3, schema_name="n", schema='{"a": 1}')),
+        (Request(2, "", ""), GenParams(1)), (Request(3, "x" * 300, "é"), GenParams(300, top_p=0.0)),
+    ]:
+        blob = json.dumps({"teacher": t.cache_identity(), "prompt": req.prompt, "params": params_key(params),
+                           "salt": req.salt}, sort_keys=True, ensure_ascii=False)
+        assert t.cache_key(req, params) == hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def test_proxies_come_from_the_environment_as_httpx_takes_them(monkeypatch):
+    from pipeline.teachers.wire import env_proxy
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
+                 "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert env_proxy("https://api.openai.com/v1") is None
+    monkeypatch.setenv("HTTPS_PROXY", "proxy.corp:3128")
+    assert env_proxy("https://api.openai.com/v1") == "http://proxy.corp:3128"
+    assert env_proxy("http://gpu-box:8000/v1") is None  # HTTPS_PROXY is for https URLs only
+    monkeypatch.setenv("ALL_PROXY", "http://all:1")
+    assert env_proxy("http://gpu-box:8000/v1") == "http://all:1"
+    monkeypatch.setenv("NO_PROXY", "gpu-box,localhost")
+    assert env_proxy("http://gpu-box:8000/v1") is None and env_proxy("https://api.openai.com/v1")
+
+
+def test_transport_errors_are_the_sdks_and_a_closed_client_sends_nothing():
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = Client(f"http://127.0.0.1:{port}/v1", "sk-secret", timeout_s=5)
+    with pytest.raises(openai.APIConnectionError) as refused:
+        client.post("/chat/completions", {"model": "m"})
+    assert not isinstance(refused.value, openai.APITimeoutError)
+    client.close()
+    with pytest.raises(openai.APIConnectionError, match="closed"):
+        client.post("/chat/completions", {"model": "m"})
+
+
+def test_a_429_over_the_wire_carries_retry_after_and_the_sdks_body(fake_openai):
+    client = Client(fake_openai.url, "k", timeout_s=5)
+    fake_openai.enqueue({"error": {"message": "slow down"}}, status=429, headers={"retry-after": "2"})
+    with pytest.raises(openai.RateLimitError, match="slow down") as e:
+        client.post("/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    assert e.value.response.headers["retry-after"] == "2" and e.value.body == {"message": "slow down"}
+    assert fake_openai.history[0]["headers"]["Authorization"] == "Bearer k"

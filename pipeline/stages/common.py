@@ -9,6 +9,7 @@ arrived, are in the cache).
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -154,30 +155,103 @@ class TaskMap:
         return self.counts
 
 
+class ReadAside:
+    """Replies read on a thread of their own, in the order they came, while the stream's thread goes on sending:
+    a stage's record work per reply (parsing, the record built and written, its flush) no longer holds up the
+    refill of the teacher's slots. At 64 in flight the replies come in bursts, and read on the stream's thread
+    the last of a burst waited for the records of all before it (benchmarks/client_cpu.py (c)). `lock` is held
+    while a reply is read: what the stream's thread does to the stage's state takes it too. The reader's error
+    is raised again on the stream's thread (`check`, `close`)."""
+
+    def __init__(self, read: Callable[[Request, Completion], None]):
+        self.read = read
+        self.lock = threading.Lock()
+        self.changed = threading.Condition()  # guards unread and error; notified as each reply is read
+        self.unread: deque[tuple[Request, Completion] | None] = deque()  # the one being read stays first; None: stop
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self.run, name="reply-reader", daemon=True)
+        self.thread.start()
+
+    def put(self, req: Request, reply: Completion) -> None:
+        with self.changed:
+            self.check()
+            self.unread.append((req, reply))
+            self.changed.notify_all()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def run(self) -> None:
+        while True:
+            with self.changed:
+                while not self.unread:
+                    self.changed.wait()
+                item = self.unread[0]
+            if item is None:
+                return
+            try:
+                with self.lock:
+                    self.read(*item)
+            except BaseException as e:  # noqa: BLE001 (raised again on the stream's thread)
+                with self.changed:
+                    self.error = e
+                    self.changed.notify_all()
+                return
+            with self.changed:
+                self.unread.popleft()
+                self.changed.notify_all()
+
+    def close(self) -> None:
+        """Every reply put is read (or the reader failed) when this returns; its error raised."""
+        with self.changed:
+            self.unread.append(None)
+            self.changed.notify_all()
+        self.thread.join()
+        self.check()
+
+
 def map_pending(tasks: Sequence[Task], teacher: Teacher, task_map: TaskMap) -> MapResult:
     """One teacher call per task not yet in the stage file (nor rejected by this stage), streamed alone;
-    retries go out as their replies come back (TaskMap says what each call and reply does)."""
-    retry: deque[Request] = deque()
-    in_flight = 0
+    retries go out as their replies come back (TaskMap says what each call and reply does). The replies are
+    read aside (ReadAside)."""
+    retry: deque[Request] = deque()  # appended by the reader
+    in_flight = 0  # sent, and not yet handed to the reader
+
+    def read(req: Request, reply: Completion) -> None:
+        if isinstance(nxt := task_map.read(req, reply), Request):
+            retry.append(nxt)
 
     def requests() -> Iterator[Request | None]:
         nonlocal in_flight
         for task in tasks:
-            if isinstance(req := task_map.add(task), Request):
+            with reader.lock:  # add() may write a record (a task that needs no call)
+                req = task_map.add(task)
+            reader.check()
+            if isinstance(req, Request):
                 in_flight += 1
                 yield req
-        while retry or in_flight:
+        while True:
+            with reader.changed:  # nothing to send or wait for, and replies still unread: their retries may come
+                while not retry and not in_flight and reader.unread and reader.error is None:
+                    reader.changed.wait()
+                reader.check()
             if retry:
                 in_flight += 1
                 yield retry.popleft()
-            else:
+            elif in_flight:
                 yield WAIT
+            else:
+                return
 
     with task_map:
-        for req, reply in teacher.stream(requests(), task_map.params, kind=task_map.stage):
-            in_flight -= 1
-            if isinstance(nxt := task_map.read(req, reply), Request):
-                retry.append(nxt)
+        reader = ReadAside(read)
+        try:
+            for req, reply in teacher.stream(requests(), task_map.params, kind=task_map.stage):
+                in_flight -= 1
+                reader.put(req, reply)
+        finally:
+            reader.close()
     return task_map.result()
 
 

@@ -17,8 +17,10 @@ once the budget is spent; requests already in flight still finish and are kept.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -47,6 +49,13 @@ _NEW_PARAMS = {"json_mode": False, "logprobs": 0, "schema_name": "", "schema": "
 def params_key(params: GenParams) -> dict[str, Any]:
     """The sampling parameters as the cache key sees them."""
     return {k: v for k, v in asdict(params).items() if _NEW_PARAMS.get(k, object()) != v}
+
+
+@functools.lru_cache(maxsize=256)
+def params_json(params: GenParams) -> str:
+    """params_key as JSON, once per GenParams (a stream has a few): dataclasses.asdict per request was most of the
+    cache key's cost, a tenth of the client's CPU per request (benchmarks/client_cpu.py)."""
+    return json.dumps(params_key(params), sort_keys=True, ensure_ascii=False)
 
 
 def logprob_reply(top: dict[str, float], greedy: str | None = None) -> str:
@@ -102,20 +111,24 @@ WAIT = None
 
 @dataclass
 class Usage:
-    """Calls and tokens per call kind (bootstrap, classify, instances, ...). Cache hits cost nothing."""
+    """Calls and tokens per call kind (bootstrap, classify, instances, ...). Cache hits cost nothing. Counted on
+    the teacher's request threads (OpenAITeacher.stream), hence the lock."""
 
     by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, kind: str, c: Completion) -> dict[str, int]:
         """Count one reply; returns its own counts (what the usage log stores for it)."""
         one = usage_of(c)
-        u = self.by_kind.setdefault(kind, dict.fromkeys(one, 0))
-        for key, value in one.items():
-            u[key] = u.get(key, 0) + value
+        with self.lock:
+            u = self.by_kind.setdefault(kind, dict.fromkeys(one, 0))
+            for key, value in one.items():
+                u[key] = u.get(key, 0) + value
         return one
 
     def to_dict(self) -> dict[str, dict[str, int]]:
-        return {k: dict(v) for k, v in self.by_kind.items()}
+        with self.lock:
+            return {k: dict(v) for k, v in self.by_kind.items()}
 
 
 def usage_of(c: Completion) -> dict[str, int]:
@@ -217,8 +230,11 @@ class BaseTeacher:
         return self.cache.get(self.cache_key(req, params))
 
     def cache_key(self, req: Request, params: GenParams) -> str:
-        blob = json.dumps({"teacher": self.cache_identity(), "prompt": req.prompt, "params": params_key(params),
-                           "salt": req.salt}, sort_keys=True, ensure_ascii=False)
+        """sha256 of json.dumps({"teacher", "prompt", "params", "salt"}, sort_keys=True, ensure_ascii=False), the
+        key every cached reply was stored under; spelled out in key order so that the params' part is made once."""
+        blob = (f'{{"params": {params_json(params)}, "prompt": {json.dumps(req.prompt, ensure_ascii=False)}, '
+                f'"salt": {json.dumps(req.salt, ensure_ascii=False)}, '
+                f'"teacher": {json.dumps(self.cache_identity(), sort_keys=True, ensure_ascii=False)}}}')
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     def _finish(self, req: Request, c: Completion, params: GenParams, kind: str) -> Completion:

@@ -38,7 +38,7 @@ import dataclasses
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -63,12 +63,6 @@ from .wire import (
     request_body,
 )
 
-# Requests in flight per HTTP connection pool. httpx's pool takes one lock per request and does work
-# proportional to its connections under it, so 256 requests through one pool queue on that lock; pools of
-# 8 cut the client's CPU per request from 4.1 ms to 2.6-3.1 ms at C=256 and fixed 2 s latency, and raised
-# the fraction of the ideal rate from 0.89 to 0.92-0.94 (measured with benchmarks/generation.py's server).
-# With the default concurrency of 8 there is one pool per endpoint.
-REQUESTS_PER_POOL = 8
 # Failover (failover.py reads these when a teacher is built). One timeout or 5xx is noise; three in a row is a
 # sick endpoint, and its requests do better elsewhere.
 STRIKES_TO_DOWN = 3
@@ -141,10 +135,10 @@ class OpenAITeacher(BaseTeacher):
         return self.failover.limit
 
     def _shard_clients(self) -> None:
-        """The clients requests go through: each endpoint's share of `concurrency`, REQUESTS_PER_POOL per
-        client (each client has its own connection pool). Fresh ones, so also after an interrupt closed them."""
-        per_url = -(-self.concurrency // len(self.base_urls))
-        owner = [i for i in range(len(self.base_urls)) for _ in range(-(-per_url // REQUESTS_PER_POOL))]
+        """The clients requests go through, one per endpoint, each with its connection pool (wire.py: aiohttp
+        takes no lock per request, so the pools of 8 requests each that httpx needed are gone). Fresh ones, so
+        also after an interrupt closed them."""
+        owner = list(range(len(self.base_urls)))
         shards = [Client(self.base_urls[i], self._secret or "not-needed", self.timeout_s, self._clients[i])
                   for i in owner]
         with self.failover.lock:
@@ -182,12 +176,22 @@ class OpenAITeacher(BaseTeacher):
         return self._request(client, api, prompt, params, None, schema_form=schema_form, timeout_s=timeout_s)
 
     # -- the stream --------------------------------------------------------------------
-    def _stream(self, requests: Iterator[Request | None], params: GenParams) -> Iterator[tuple[Request, Completion]]:
-        """Keep up to `limit` requests in flight; refill as each one finishes (no batch barrier)."""
+    def stream(self, requests: Iterable[Request | None], params: GenParams, *,
+               kind: str) -> Iterator[tuple[Request, Completion]]:
+        """BaseTeacher.stream, each reply finished (stop sequences, usage, its commit to the run's cache, durable
+        before any record is built from it) on its request's thread, not on the one that reads replies and refills
+        slots: there each SQLite call gave up the GIL to 64 threads, about 0.6 ms of wall time a reply."""
+        return self._stream(iter(requests), params, kind)
+
+    def _stream(self, requests: Iterator[Request | None], params: GenParams,
+                kind: str | None = None) -> Iterator[tuple[Request, Completion]]:
+        """Keep up to `limit` requests in flight; refill as each one finishes (no batch barrier). With `kind`,
+        each reply comes finished (BaseTeacher._finish)."""
         failover = self.failover
         failover.fatal = None
         # A new event per stream, not clear(): calls of an abandoned stream keep theirs, set, and stop.
         failover.stop = threading.Event()
+        abandoned = threading.Event()  # set when the consumer stops early: replies still coming are not finished
         finished: queue.SimpleQueue[tuple[Request, Future]] = queue.SimpleQueue()
         if self._pool is None:  # kept across streams: starting 256 threads delays a stream's first requests
             self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="teacher")
@@ -207,7 +211,7 @@ class OpenAITeacher(BaseTeacher):
                         break
                     if req is None:  # WAIT: the source needs a reply first
                         break
-                    fut = pool.submit(self._answer, req, req.params or params)
+                    fut = pool.submit(self._answer, req, req.params or params, req.kind or kind, abandoned)
                     # A done-callback queue costs O(1) per reply; wait() on all futures would cost O(in flight).
                     fut.add_done_callback(lambda f, r=req: finished.put((r, f)))
                     in_flight += 1
@@ -225,6 +229,7 @@ class OpenAITeacher(BaseTeacher):
         finally:
             done.set()
             if not clean:  # interrupted, or the consumer stopped early: abandon what is in flight, now
+                abandoned.set()
                 failover.halt(failover.stop)
                 for client in self._shards:
                     client.close()
@@ -237,16 +242,22 @@ class OpenAITeacher(BaseTeacher):
                 raise fatal
             raise TeacherError(f"{self.name} at {self.base_url}: {describe_error(fatal, self._secret)}") from None
 
-    def _answer(self, req: Request, params: GenParams) -> Completion:
-        cached = self._lookup(req, params)
-        if cached is not None:
-            return cached
-        stop = self.failover.stop  # this stream's
-        if self.failover.fatal is not None or stop.is_set():
-            return Completion("", "error", error="not sent: the run is stopping")
-        with self.failover.lock:  # the clients and counts of this stream: a later stream has its own
-            pools = (self._shards, self._in_flight, self._owner)
-        return self.retries.call(pools, req, params, stop)
+    def _answer(self, req: Request, params: GenParams, kind: str | None = None,
+                abandoned: threading.Event | None = None) -> Completion:
+        """The request's reply (from the cache, or the server with the retry policy); finished with `kind`,
+        unless its stream was abandoned meanwhile (its consumer will never see it, as a reply never read)."""
+        c = self._lookup(req, params)
+        if c is None:
+            stop = self.failover.stop  # this stream's
+            if self.failover.fatal is not None or stop.is_set():
+                c = Completion("", "error", error="not sent: the run is stopping")
+            else:
+                with self.failover.lock:  # the clients and counts of this stream: a later stream has its own
+                    pools = (self._shards, self._in_flight, self._owner)
+                c = self.retries.call(pools, req, params, stop)
+        if kind is not None and not (abandoned is not None and abandoned.is_set()):
+            c = self._finish(req, c, params, kind)
+        return c
 
     def _serves(self, ep: int) -> bool:
         """The prober's question: does the endpoint answer one token on the run's API? GET /models is not

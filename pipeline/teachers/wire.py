@@ -1,33 +1,45 @@
-"""What goes over the wire to an OpenAI-compatible server, and what comes back: the request body, one thin HTTP
-client per connection pool, and the reading of a reply into a Completion.
+"""What goes over the wire to an OpenAI-compatible server, and what comes back: the request body, the HTTP
+transport, and the reading of a reply into a Completion.
 
 The hot path does not use the openai SDK's request machinery or its response models: they cost about 0.8 ms of
 CPU per request on top of httpx (1.3 against 0.5 ms per call, measured one call at a time against
 benchmarks/_latency_server.py at zero latency), which at 64 requests in flight is most of the client's
-time (benchmarks/RESULTS.md, client CPU). The SDK's error semantics are kept: a reply that is not 2xx raises the
-exception the SDK raises for its status, with the SDK's message and body (`status_error`), a timeout raises
-openai.APITimeoutError and a failed connection openai.APIConnectionError, so the one retry policy
-(retries.py) decides as it did. The SDK clients are still used where speed does not matter: GET /models and
-the Batch API's files and batches.
+time (benchmarks/RESULTS.md, client CPU). Nor httpx: its HTTP parsing in Python and its pool's lock per
+request cost 0.55 ms of CPU per request at 64 in flight, against 0.23-0.33 ms through aiohttp on one event-loop
+thread (`Transport`; RESULTS.md, client transport). The SDK's error semantics are kept: a reply that is not 2xx
+raises the exception the SDK raises for its status, with the SDK's message and body (`status_error`), a timeout
+raises openai.APITimeoutError and a failed connection openai.APIConnectionError, so the one retry policy
+(retries.py) decides as it did. TLS is verified as httpx does (certifi, or SSL_CERT_FILE / SSL_CERT_DIR), and
+HTTP(S)_PROXY / ALL_PROXY / NO_PROXY are honoured as the SDK's httpx client honours them (`env_proxy`; no SOCKS
+proxies). The SDK clients are still used where speed does not matter: GET /models and the Batch API's files and
+batches.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import concurrent.futures
 import hashlib
 import json
+import os
+import threading
+import urllib.parse
+import urllib.request
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import openai
 
-from ..errors import mask_secrets
+from ..errors import TeacherError, mask_secrets
 from .base import Completion, GenParams, logprob_reply
 
 MAX_SERVER_STOPS = 4  # OpenAI rejects more than 4 stop sequences; the rest are applied client-side
 FATAL = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
 PATHS = {"chat": "/chat/completions", "completions": "/completions"}
-# Connections one client keeps: the SDK's defaults (openai._constants.DEFAULT_CONNECTION_LIMITS).
+# Connections the process keeps open at most: the SDK's default (openai._constants.DEFAULT_CONNECTION_LIMITS).
 LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
 
 
@@ -141,8 +153,97 @@ def top_logprobs(choice: dict[str, Any]) -> dict[str, float] | None:
     return None
 
 
+class Transport:
+    """One asyncio loop on a daemon thread that every Client of this process sends through: aiohttp's C HTTP
+    parser on one thread, where httpx parses in Python on each caller's thread and takes its pool's lock per
+    request. The retry policy still runs on the teacher's threads: a thread hands its request to the loop and
+    waits for the reply (0.23-0.33 against 0.55 ms of client CPU per request, raw, at 64 in flight;
+    benchmarks/RESULTS.md, client transport).
+
+    Made at the first request (`transport()`), so a process that never calls a server never starts the
+    thread or imports aiohttp; a forked child makes its own."""
+
+    def __init__(self) -> None:
+        try:
+            import aiohttp
+        except ImportError as e:  # a dependency (pyproject.toml); missing only in a hand-made environment
+            raise TeacherError("the OpenAI-compatible teacher needs aiohttp. Fix: pip install aiohttp") from e
+        self.aiohttp = aiohttp
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.timeouts: dict[float, Any] = {}
+        self.clients: weakref.WeakSet[Client] = weakref.WeakSet()  # their sessions are closed at exit
+        threading.Thread(target=self.loop.run_forever, name="teacher-http", daemon=True).start()
+        atexit.register(self.close)
+
+    def timeout(self, seconds: float) -> Any:
+        """httpx's timeout_s applies to connecting, to waiting for a pooled connection and to each read, not to
+        the whole reply; so does this one."""
+        if seconds not in self.timeouts:
+            self.timeouts[seconds] = self.aiohttp.ClientTimeout(total=None, connect=seconds, sock_read=seconds)
+        return self.timeouts[seconds]
+
+    async def send(self, client: Client, url: str, data: bytes, timeout: Any) -> tuple[int, Any, bytes]:
+        if client.session is None:
+            # Each Client its own connection pool, as each had its httpx client: a pooled connection to a server
+            # that is gone never reaches another teacher. TLS as httpx verifies it (certifi, or SSL_CERT_FILE /
+            # SSL_CERT_DIR). Not trust_env: it reads the whole environment and ~/.netrc for every request (most
+            # of the client's CPU); each Client looks up its proxy once instead (env_proxy).
+            connector = self.aiohttp.TCPConnector(limit=LIMITS.max_connections, ssl=httpx.create_ssl_context())
+            client.session = self.aiohttp.ClientSession(connector=connector)
+        async with client.session.post(url, data=data, headers=client.headers, timeout=timeout,
+                                       proxy=client.proxy) as response:
+            return response.status, response.headers, await response.read()
+
+    def shut(self, session: Any) -> None:
+        """Close a session on the loop (from any thread); its connections close with it."""
+        if session is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(lambda: self.loop.create_task(session.close()))
+
+    def close(self) -> None:
+        """At exit: every session closed on its loop (no "Unclosed client session" line), then the loop stopped."""
+        if self.pid != os.getpid() or self.loop.is_closed():
+            return
+        sessions = [c.session for c in list(self.clients) if c.session is not None]
+
+        async def shut_all() -> None:
+            await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(shut_all(), self.loop).result(timeout=2)
+        except Exception:  # noqa: BLE001 (at exit: a session that will not close is left to the OS)
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy for a server's URL from HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY (either case), as
+    httpx's trust_env (the SDK's client) takes them; None: connect directly."""
+    parsed = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(parsed.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass_environment(parsed.hostname or "", proxies):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
+_TRANSPORT: Transport | None = None
+_TRANSPORT_LOCK = threading.Lock()
+
+
+def transport() -> Transport:
+    """This process's transport, started at the first request."""
+    global _TRANSPORT
+    with _TRANSPORT_LOCK:
+        if _TRANSPORT is None or _TRANSPORT.pid != os.getpid():
+            _TRANSPORT = Transport()
+        return _TRANSPORT
+
+
 class Client:
-    """POST JSON to one server through one connection pool; the SDK's exceptions for what goes wrong."""
+    """POST JSON to one server through a connection pool of its own; the SDK's exceptions for what goes wrong.
+    `close()` aborts the requests it has in flight (Ctrl-C: the process exits at once instead of waiting out
+    their replies) and closes its connections."""
 
     def __init__(self, base_url: str, api_key: str, timeout_s: float, sdk: openai.OpenAI | None = None):
         """`sdk`: an SDK client of the same server, whose organization and project headers (OPENAI_ORG_ID,
@@ -155,27 +256,56 @@ class Client:
                               ("OpenAI-Project", getattr(sdk, "project", None))):
             if value:
                 self.headers[header] = value
-        self._client = httpx.Client(timeout=timeout_s, limits=LIMITS)
+        self.proxy = env_proxy(self.base_url)
+        self.session: Any = None  # an aiohttp.ClientSession, made on the transport's loop at the first request
+        self.in_flight: set[concurrent.futures.Future] = set()
+        self.closed = False
 
     def post(self, path: str, body: dict[str, Any], timeout_s: float | None = None) -> Any:
         """The decoded JSON of a 2xx reply; else the exception the openai SDK raises for it."""
         url = self.base_url + path
+        if self.closed:
+            raise openai.APIConnectionError(message="Connection error: the client was closed",
+                                            request=httpx.Request("POST", url))
+        t = transport()
+        t.clients.add(self)
+        future = asyncio.run_coroutine_threadsafe(
+            t.send(self, url, json.dumps(body).encode(), t.timeout(timeout_s or self.timeout_s)), t.loop)
+        self.in_flight.add(future)
+        if self.closed:  # closed between the check above and now: close() may not have seen this one
+            future.cancel()
         try:
-            response = self._client.post(url, content=json.dumps(body).encode(), headers=self.headers,
-                                         timeout=timeout_s or self.timeout_s)
-        except httpx.TimeoutException as e:
-            raise openai.APITimeoutError(request=e.request) from e
-        except httpx.RequestError as e:  # refused, reset, DNS, TLS: a failed connection
-            raise openai.APIConnectionError(request=e.request) from e
-        if not response.is_success:
-            raise status_error(response)
+            status, headers, content = future.result()
+        except concurrent.futures.CancelledError as e:  # close(): the run is stopping
+            raise openai.APIConnectionError(message="Connection error: the client was closed",
+                                            request=httpx.Request("POST", url)) from e
+        except (TimeoutError, asyncio.TimeoutError) as e:  # aiohttp's connect and read timeouts (one type from 3.11)
+            raise openai.APITimeoutError(request=httpx.Request("POST", url)) from e
+        except (t.aiohttp.ClientError, OSError) as e:  # refused, reset, DNS, TLS: a failed connection
+            raise openai.APIConnectionError(request=httpx.Request("POST", url)) from e
+        finally:
+            self.in_flight.discard(future)
+        if not 200 <= status < 300:
+            raise status_error(httpx.Response(
+                status, content=content, request=httpx.Request("POST", url),
+                # the body is already decompressed: httpx must not decode it again
+                headers=[(k, v) for k, v in headers.items() if k.lower() != "content-encoding"]))
         try:
-            return json.loads(response.content)
+            return json.loads(content)
         except ValueError as e:  # a body that is not JSON
             raise Malformed(f"malformed reply: {e}") from e
 
     def close(self) -> None:
-        self._client.close()
+        self.closed = True
+        for future in list(self.in_flight):
+            future.cancel()
+        if self.session is not None:
+            transport().shut(self.session)
+
+    def __del__(self) -> None:  # a teacher dropped without close(): its connections closed, without a warning
+        session = getattr(self, "session", None)
+        if session is not None and not session.closed and _TRANSPORT is not None and _TRANSPORT.pid == os.getpid():
+            _TRANSPORT.shut(session)
 
 
 def status_error(response: httpx.Response) -> openai.APIStatusError:
