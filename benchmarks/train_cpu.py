@@ -5,12 +5,12 @@ Data: the bundled seed tasks as Alpaca rows in the model's chat template, packed
 warm-up step and then `--steps` optimizer steps, in its own process (so peak RSS is its own),
 through pipeline.train (the code `seed2lora train` runs), with the same data order and seed.
 
-Variants (TrainConfig overrides):
-- qlora_before:     the 4-bit NF4 base, fp32 compute, paged_adamw_32bit: the default before issue 21
-- lora_fp32_before: `--no-quant` before issue 21 (fp32, chunked loss, paged_adamw_32bit): the fastest path then
-- lora_fp32_init43: the same with LoRA-A initialised from another seed: the run-to-run noise of the loss curve
-- lora_full_logits: lora_fp32_before with the model's own full-vocabulary fp32 logits (chunked_loss off)
+Variants (TrainConfig overrides), in the order they run:
+- lora_fp32_before: `--no-quant` before issue 21 (fp32, loss chunks of 1024, paged_adamw_32bit): the fastest path then
 - default:          today's defaults on this machine (on a bf16 CPU: LoRA, bf16 autocast, adamw_torch)
+- lora_fp32_init43: lora_fp32_before with LoRA-A drawn from another seed: the run-to-run noise of the loss curve
+- qlora_before:     the 4-bit NF4 base, fp32 compute, paged_adamw_32bit: the default before issue 21
+- lora_full_logits: lora_fp32_before with the model's own full-vocabulary fp32 logits (chunked_loss off)
 
     python benchmarks/train_cpu.py --steps 10               # every variant
     python benchmarks/train_cpu.py --variants default,lora_fp32_before --steps 3

@@ -506,6 +506,16 @@ OLD_VALUES: dict[str, dict[Any, Any]] = {
 }
 
 
+def current_values(cls: type, recorded: dict[str, Any]) -> dict[str, Any]:
+    """A recorded table of `cls` (a summary's config, checkpoint settings) with values of a setting's old type
+    (OLD_VALUES) read as they are now, so quant = true compares equal to "4bit"; all else as recorded."""
+    def now(key: str, v: Any) -> Any:
+        old = OLD_VALUES.get(f"{cls.__name__}.{key}")
+        return old[v] if old and isinstance(v, bool) and v in old else v
+
+    return {k: now(k, v) for k, v in recorded.items()}
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read a TOML file (or none: all defaults) and apply dotted overrides like {"teacher.spec": "embedded"}."""
     data, text = _read_toml(path)

@@ -115,7 +115,8 @@ def add_training_commands(cli: click.Group, friendly_errors: Callable, console: 
     @click.option("--grad-accum", type=int, help=f"Micro-steps per update (default {t('grad_accum')}).")
     @click.option("--lr", "learning_rate", type=float, help=f"Learning rate (default {t('learning_rate'):g}).")
     @click.option("--max-seq-len", type=int, help=f"Tokens per example or packed row (default {t('max_seq_len')}).")
-    @click.option("--optim", help=f"Optimizer: paged_adamw_8bit, adamw_torch, ... (default {t('optim')}).")
+    @click.option("--optim", help=f"Optimizer: auto (paged_adamw_32bit on a GPU, adamw_torch on CPU), paged_adamw_8bit, "
+                                  f"adamw_torch, ... (default {t('optim')}).")
     @click.option("--resume/--no-resume", default=None,
                   help=f"Continue from the newest checkpoint (default {_on_off(t('resume'))}).")
     @config_opt

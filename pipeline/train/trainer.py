@@ -30,7 +30,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint, has_length
 
-from ..config import OLD_VALUES, TrainConfig
+from ..config import TrainConfig, current_values
 from ..errors import Seed2LoraError
 from ..store import ADAPTER_DIR, RunDir, write_text_atomic
 from .data import Collator, Rows, load_rows, pack, rows_fingerprint, tokenize_rows, train_eval_rows
@@ -171,16 +171,16 @@ class TrainProgress(TrainerCallback):
         self._close("train")
 
 
-def training_arguments(cfg: TrainConfig, output_dir: Path, *, bf16: bool, use_cpu: bool,
-                       has_eval: bool, optim: str | None = None) -> TrainingArguments:
-    """Trainer's arguments; bf16 = autocast, optim = the resolved optimizer (TrainPlan), cfg.optim if None."""
+def training_arguments(cfg: TrainConfig, output_dir: Path, *, bf16: bool, use_cpu: bool, has_eval: bool,
+                       optim: str) -> TrainingArguments:
+    """Trainer's arguments; bf16 = autocast, optim = the resolved optimizer (TrainPlan's: cfg.optim may be auto)."""
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,  # below 1 Trainer reads it as a fraction of all steps
-        max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay, optim=optim or cfg.optim,
+        max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay, optim=optim,
         bf16=bf16, use_cpu=use_cpu,
         # Packed rows are all about max_seq_len long; plain rows are grouped by length to cut padding (qlora.py).
         train_sampling_strategy="random" if cfg.packing else "group_by_length",
@@ -338,8 +338,7 @@ def check_resumable(ckpts: Path, settings: dict[str, Any]) -> None:
     if not saved_file.is_file():
         return  # checkpoints written before settings were recorded: trust them
     saved = json.loads(saved_file.read_text(encoding="utf-8"))
-    # A setting recorded in its old type (quant = true) is compared as its new value ("4bit").
-    saved = {k: OLD_VALUES.get(f"TrainConfig.{k}", {}).get(v, v) if isinstance(v, bool) else v for k, v in saved.items()}
+    saved = current_values(TrainConfig, saved)  # quant = true, saved before quant took auto|4bit|none, is "4bit"
     changed = [f"{k} {saved.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(saved) | set(settings))
                if saved.get(k) != settings.get(k) and (k in saved or k not in ADDED_SETTINGS)]
     if changed:
