@@ -79,7 +79,8 @@ def worker(variant: str, steps: int, batch_size: int, seq_len: int) -> dict:
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "batch_rows": batch_size, "seq_len": seq_len,
             "tokens_per_step": round((k1 - k0) / steps), "steps": steps,
             "s_per_step": round((t1 - t0) / steps, 2), "tokens_per_s": round((k1 - k0) / (t1 - t0), 1),
-            "peak_rss_gb": summary["peak_memory_gb"], "losses": [v for _, v in summary["train_loss"]["points"]]}
+            "peak_rss_gb": summary["peak_memory_gb"], "losses": [v for _, v in summary["train_loss"]["points"]],
+            "adapter": summary["output_dir"]}  # for benchmarks/train_cpu_readback.py
 
 
 def run_variant(variant: str, args: argparse.Namespace) -> dict:
