@@ -1,12 +1,19 @@
-"""Steps/s of QLoRA on the embedded SmolLM2-135M-Instruct, on this machine's CPU.
+"""CPU training paths on the embedded SmolLM2-135M-Instruct, side by side: tokens/s, peak RSS and loss curves.
 
-Data: the bundled seed tasks as Alpaca rows in the model's chat template (mean ~110
-tokens, about a third of them response tokens). Each variant trains `--steps` optimizer
-steps of `--batch-size` rows after one warm-up step, in its own process, through
-pipeline.train (the code `seed2lora train` runs).
+Data: the bundled seed tasks as Alpaca rows in the model's chat template, packed into rows of
+`--seq-len` tokens (issue 21's workload: packed rows of 512, batch 4). Each variant trains one
+warm-up step and then `--steps` optimizer steps, in its own process (so peak RSS is its own),
+through pipeline.train (the code `seed2lora train` runs), with the same data order and seed.
 
-    python benchmarks/train_cpu.py                 # every variant, 4 steps each (~15 min on 2 busy cores)
-    python benchmarks/train_cpu.py --variants qlora --steps 3
+Variants (TrainConfig overrides), in the order they run:
+- lora_fp32_before: `--no-quant` before issue 21 (fp32, loss chunks of 1024, paged_adamw_32bit): the fastest path then
+- default:          today's defaults on this machine (on a bf16 CPU: LoRA, bf16 autocast, adamw_torch)
+- lora_fp32_init43: lora_fp32_before with LoRA-A drawn from another seed: the run-to-run noise of the loss curve
+- qlora_before:     the 4-bit NF4 base, fp32 compute, paged_adamw_32bit: the default before issue 21
+- lora_full_logits: lora_fp32_before with the model's own full-vocabulary fp32 logits (chunked_loss off)
+
+    python benchmarks/train_cpu.py --steps 10               # every variant
+    python benchmarks/train_cpu.py --variants default,lora_fp32_before --steps 3
 """
 
 from __future__ import annotations
@@ -23,15 +30,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-VARIANTS = {  # name: TrainConfig overrides
-    "qlora": {},  # the defaults: NF4 + double quant, fp32 compute on CPU, r 64, gradient checkpointing
-    "qlora_no_checkpointing": {"gradient_checkpointing": False},
-    "qlora_packed": {"packing": True, "max_seq_len": 512},
-    "lora_fp32": {"quant": False},
+# What --no-quant did at 85506e8 (the loss in chunks of 1024 then)
+BEFORE = {"quant": "none", "compute_dtype": "fp32", "optim": "paged_adamw_32bit", "loss_chunk_tokens": 1024}
+VARIANTS = {  # name: TrainConfig overrides; "init_seed" re-draws the LoRA init only (data order and dropout stay)
+    "lora_fp32_before": BEFORE,
+    "default": {},
+    "lora_fp32_init43": {**BEFORE, "init_seed": 43},
+    "qlora_before": {"quant": "4bit", "compute_dtype": "fp32", "optim": "paged_adamw_32bit", "loss_chunk_tokens": 1024},
+    "lora_full_logits": {**BEFORE, "chunked_loss": False},
 }
+REFERENCE = "lora_fp32_before"  # loss curves are compared with this one's
 
 
-def worker(variant: str, steps: int, batch_size: int) -> dict:
+def worker(variant: str, steps: int, batch_size: int, seq_len: int) -> dict:
     import pipeline.train  # noqa: F401, I001 -- first: it sets OMP_WAIT_POLICY before torch loads
     import torch
     from transformers import TrainerCallback
@@ -40,15 +51,22 @@ def worker(variant: str, steps: int, batch_size: int) -> dict:
     from pipeline.train.trainer import fit, prepare
 
     marks: list[tuple[float, int]] = []
-
+    overrides = dict(VARIANTS[variant])
+    init_seed = overrides.pop("init_seed", None)
     rows = [json.loads(line) for line in (REPO / "seeds" / "seed_tasks.jsonl").read_text().splitlines() if line.strip()]
     data = Path(tempfile.mkdtemp()) / "seeds.json"
     data.write_text(json.dumps([{"instruction": r["instruction"], "input": r["instances"][0]["input"],
                                  "output": r["instances"][0]["output"]} for r in rows]))
     cfg = TrainConfig(output_dir=str(data.parent / "adapter"), max_steps=steps + 1, batch_size=batch_size, grad_accum=1,
-                      eval_fraction=0.0, save_steps=10 ** 6, resume=False, **VARIANTS[variant])
+                      packing=True, max_seq_len=seq_len, eval_fraction=0.0, save_steps=10 ** 6, resume=False,
+                      **overrides)
     prepared = prepare(data, cfg, log=lambda m: None)
     trainer = prepared.trainer
+    if init_seed is not None:
+        torch.manual_seed(init_seed)
+        for module in trainer.model.modules():
+            if hasattr(module, "reset_lora_parameters") and "default" in getattr(module, "lora_A", {}):
+                module.reset_lora_parameters("default", True)
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
@@ -57,41 +75,69 @@ def worker(variant: str, steps: int, batch_size: int) -> dict:
     trainer.add_callback(Clock())
     summary = fit(prepared, log=lambda m: None)
     (t0, k0), (t1, k1) = marks[0], marks[-1]  # from the end of the warm-up step
-    return {"variant": variant, "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "batch_rows": batch_size,
-            "rows_per_step_tokens": round((k1 - k0) / steps), "steps": steps,
-            "s_per_step": round((t1 - t0) / steps, 2), "steps_per_s": round(steps / (t1 - t0), 4),
-            "tokens_per_s": round((k1 - k0) / (t1 - t0), 1), "peak_rss_gb": summary["peak_memory_gb"],
-            "loss_first_last": [summary["train_loss"]["first"], summary["train_loss"]["last"]]}
+    return {"variant": variant, "path": summary["training_path"], "threads": torch.get_num_threads(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "batch_rows": batch_size, "seq_len": seq_len,
+            "tokens_per_step": round((k1 - k0) / steps), "steps": steps,
+            "s_per_step": round((t1 - t0) / steps, 2), "tokens_per_s": round((k1 - k0) / (t1 - t0), 1),
+            "peak_rss_gb": summary["peak_memory_gb"], "losses": [v for _, v in summary["train_loss"]["points"]],
+            "adapter": summary["output_dir"]}  # for benchmarks/train_cpu_readback.py
+
+
+def run_variant(variant: str, args: argparse.Namespace) -> dict:
+    load = os.getloadavg()
+    steps = args.full_logits_steps if variant == "lora_full_logits" else args.steps
+    proc = subprocess.run([sys.executable, __file__, "--worker", variant, "--steps", str(steps),
+                           "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len)],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    r = json.loads(lines[-1][7:]) if lines else {"variant": variant, "error": proc.stderr[-800:]}
+    r["load_avg_at_start"] = [round(x, 2) for x in load]
+    return r
+
+
+def table(runs: list[dict]) -> str:
+    ref = next((r for r in runs if r["variant"] == REFERENCE and "error" not in r), None)
+    out = ["| variant | path | s/step | tokens/s | x lora_fp32_before | peak RSS GB | max abs loss diff vs "
+           f"{REFERENCE} | load at start |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in runs:
+        if "error" in r:
+            out.append(f"| {r['variant']} | error: {r['error'][-200:]!r} | | | | | | |")
+            continue
+        speed = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}" if ref else "-"
+        # over the steps both ran (lora_full_logits runs fewer)
+        diff = f"{max(abs(a - b) for a, b in zip(r['losses'], ref['losses'], strict=False)):.4f}" if ref else "-"
+        out.append(f"| {r['variant']} | {r['path']} | {r['s_per_step']} | {r['tokens_per_s']} | {speed} "
+                   f"| {r['peak_rss_gb']} | {diff} | {r['load_avg_at_start'][0]} |")
+    return "\n".join(out)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--steps", type=int, default=10, help="measured optimizer steps after 1 warm-up step")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per packed row")
+    p.add_argument("--full-logits-steps", type=int, default=2,
+                   help="measured steps of lora_full_logits (its peak memory is the point, and it is the heaviest)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "train_cpu.json"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(worker(args.worker, args.steps, args.batch_size)), flush=True)
+        print("RESULT " + json.dumps(worker(args.worker, args.steps, args.batch_size, args.seq_len)), flush=True)
         return
     results = {"cpu_count": os.cpu_count(), "load_avg_at_start": os.getloadavg(), "runs": []}
+    print(f"load average at start: {results['load_avg_at_start']}", flush=True)
     for variant in args.variants.split(","):
-        proc = subprocess.run([sys.executable, __file__, "--worker", variant, "--steps", str(args.steps),
-                               "--batch-size", str(args.batch_size)], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        r = json.loads(lines[-1][7:]) if lines else {"variant": variant, "error": proc.stderr[-800:]}
-        results["runs"].append(r)
-        print(json.dumps(r), flush=True)
+        results["runs"].append(run_variant(variant, args))
+        print(json.dumps(results["runs"][-1]), flush=True)
     results["load_avg_at_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print("\n| variant | s/step | steps/s | tokens/s | tokens/step | peak RSS GB |\n|---|---:|---:|---:|---:|---:|")
+    print(f"load average at end: {results['load_avg_at_end']}\n\n{table(results['runs'])}")
+    print("\nloss per step:")
     for r in results["runs"]:
         if "error" not in r:
-            print(f"| {r['variant']} | {r['s_per_step']} | {r['steps_per_s']} | {r['tokens_per_s']} "
-                  f"| {r['rows_per_step_tokens']} | {r['peak_rss_gb']} |")
+            print(f"  {r['variant']:18s} " + " ".join(f"{x:.4f}" for x in r["losses"]))
 
 
 if __name__ == "__main__":

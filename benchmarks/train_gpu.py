@@ -167,7 +167,7 @@ def ours_trainer(model_dir: str, examples: list[dict], args: argparse.Namespace,
 
     from pipeline.config import TrainConfig
     from pipeline.train.data import Collator, pack
-    from pipeline.train.model import compute_dtype, device, load_for_training
+    from pipeline.train.model import device, load_for_training, resolve_plan
     from pipeline.train.trainer import LoraTrainer, training_arguments
 
     flash = importlib.util.find_spec("flash_attn") is not None and device().startswith("cuda")
@@ -176,11 +176,11 @@ def ours_trainer(model_dir: str, examples: list[dict], args: argparse.Namespace,
                       max_steps=args.warmup + args.steps, attn_implementation="flash_attention_2" if flash else "sdpa",
                       save_steps=10 ** 6, logging_steps=10 ** 6, eval_steps=10 ** 6,
                       gradient_checkpointing=not args.no_checkpointing)
-    model = load_for_training(model_dir, cfg)
+    plan = resolve_plan(cfg, model_dir)  # on a GPU: QLoRA, bf16 compute, paged_adamw_32bit
+    model = load_for_training(model_dir, cfg, plan)
     pad_id = model.config.pad_token_id
-    dtype = compute_dtype(cfg.compute_dtype)
-    targs = training_arguments(cfg, Path(tempfile.mkdtemp()), bf16=str(dtype) == "torch.bfloat16",
-                               use_cpu=device() == "cpu", has_eval=False)
+    targs = training_arguments(cfg, Path(tempfile.mkdtemp()), bf16=plan.autocast_bf16, use_cpu=plan.device == "cpu",
+                               has_eval=False, optim=plan.optim)
     targs.save_strategy = "no"
     collator = Collator(pad_id)
 
@@ -190,7 +190,8 @@ def ours_trainer(model_dir: str, examples: list[dict], args: argparse.Namespace,
         return batch
 
     return LoraTrainer(model=model, args=targs, train_dataset=pack(examples, row_len), data_collator=collate,
-                       callbacks=[make_step_callback(clock)]), cfg.attn_implementation
+                       callbacks=[make_step_callback(clock)], loss_chunk_tokens=plan.loss_chunk_tokens,
+                       autocast_bf16=plan.autocast_bf16), cfg.attn_implementation
 
 
 def worker(args: argparse.Namespace) -> dict:

@@ -253,17 +253,17 @@ class TrainConfig:
     model: str = ""  # a local HF folder; empty = the embedded SmolLM2-135M-Instruct, which needs no download
     output_dir: str = ""  # empty = <run dir>/adapter for run/export input, else ./adapter
     # Quantization (QLoRA)
-    quant: bool = True  # 4-bit base: ~4x less weight memory, and QLoRA matched 16-bit LoRA quality
+    quant: Literal["auto", "4bit", "none"] = "auto"  # auto = 4bit on CUDA (~4x less weight memory; QLoRA matched 16-bit LoRA quality), none on CPU while the fp32 base fits in half the free memory (4-bit is ~2x slower there: weights de-quantized in every matmul); true/false = 4bit/none
     quant_type: str = "nf4"  # NormalFloat4 is information-theoretically optimal for normally distributed weights (QLoRA)
     double_quant: bool = True  # quantizes the quantization constants too: ~0.37 bits/param saved at no quality cost
-    compute_dtype: str = "auto"  # auto = bf16 on GPUs that have it (fp16's range overflows), fp32 on CPU and older GPUs
+    compute_dtype: str = "auto"  # auto = bf16 on GPUs that have it (fp16's range overflows); on CPU fp32 weights under bf16 autocast if the CPU has bf16 instructions (AVX512-BF16/AMX; faster, LoRA weights and optimizer stay fp32), else fp32
     # LoRA
     lora_r: int = 64  # QLoRA: r=64 on every linear layer matched full 16-bit fine-tuning; r mattered less than coverage
     lora_alpha: int = 16  # qlora.py's value; update scale alpha/r = 0.25
     lora_dropout: float = 0.05  # QLoRA used 0.05-0.1; our datasets are small but a few epochs only, so light regularisation
     lora_targets: str = "all-linear"  # every linear layer but lm_head (peft leaves the output layer out of all-linear)
     # Optimisation
-    optim: str = "paged_adamw_32bit"  # paged states spill to CPU RAM on memory spikes instead of OOM; paged_adamw_8bit halves them
+    optim: str = "auto"  # auto = paged_adamw_32bit on CUDA (paged states spill to CPU RAM on memory spikes instead of OOM; paged_adamw_8bit halves them), adamw_torch on CPU (paging is CUDA's: there it ran bitsandbytes' Adam unpaged)
     learning_rate: float = 2e-4  # qlora.py for 7B-13B models; LoRA needs ~10x the full fine-tuning rate
     lr_scheduler: str = "constant_with_warmup"  # qlora.py: constant; short runs gain nothing from decay
     warmup_ratio: float = 0.03  # 3% warmup keeps the first updates of the zero-initialised LoRA-B from overshooting
@@ -277,7 +277,7 @@ class TrainConfig:
     max_seq_len: int = 1024  # tokens incl. template; Self-Instruct/Alpaca rows average ~320, so almost none are cut
     packing: bool = False  # off = one example per row, as qlora.py trains; on = ~2x tokens/s, fewer and fuller rows
     chunked_loss: bool = True  # cross-entropy on response positions only, in chunks: no full fp32 logits in memory
-    loss_chunk_tokens: int = 1024  # positions per loss chunk: 1024 x 152k-vocab fp32 = 0.6 GB peak at most
+    loss_chunk_tokens: int = 0  # positions per loss chunk; 0 = auto: 1024 on CUDA (1024 x 152k-vocab fp32 = 0.6 GB at most), 256 on CPU (as fast, and peak RSS of packed 512 x 4 fell from up to 3.05 to 2.3 GB)
     attn_implementation: str = "sdpa"  # PyTorch's fused attention, no extra package; flash_attention_2 if installed
     # Evaluation, checkpoints, logging
     eval_fraction: float = 0.1  # held out when the data has no eval split (an export has one)
@@ -289,6 +289,10 @@ class TrainConfig:
     seed: int = 42  # data order, LoRA init and dropout
     resume: bool = True  # continue from the newest checkpoint in <output_dir>/checkpoints, as every stage resumes
     trust_remote_code: bool = False  # never run a model repository's code unless asked
+
+    def __post_init__(self) -> None:
+        if isinstance(self.quant, bool):  # TrainConfig(quant=False), as code written when quant was a bool does
+            self.quant = OLD_VALUES["TrainConfig.quant"][self.quant]
 
 
 @dataclass
@@ -472,7 +476,7 @@ RANGES: dict[str, Range] = {
     "TrainConfig.epochs": POSITIVE,
     "TrainConfig.max_steps": Range(ge=-1),  # -1 = run the epochs
     "TrainConfig.max_seq_len": Range(ge=2),  # a row needs a prompt token and a response token
-    "TrainConfig.loss_chunk_tokens": COUNT,
+    "TrainConfig.loss_chunk_tokens": NON_NEGATIVE,  # 0 = auto
     "TrainConfig.eval_fraction": Range(ge=0, lt=1),  # 1 would leave no training data
     "TrainConfig.eval_steps": COUNT,
     "TrainConfig.save_steps": COUNT,
@@ -493,6 +497,23 @@ RANGES: dict[str, Range] = {
     "CostConfig.gpu_usd_per_hour": NON_NEGATIVE,
     "CostConfig.cpu_usd_per_hour": NON_NEGATIVE,
 }
+
+
+# Values a setting took before its type changed, and what they mean now: configs, --set values, recorded training
+# summaries and Python callers written for the old type keep working (quant was a bool: true = the 4-bit base).
+OLD_VALUES: dict[str, dict[Any, Any]] = {
+    "TrainConfig.quant": {True: "4bit", False: "none"},
+}
+
+
+def current_values(cls: type, recorded: dict[str, Any]) -> dict[str, Any]:
+    """A recorded table of `cls` (a summary's config, checkpoint settings) with values of a setting's old type
+    (OLD_VALUES) read as they are now, so quant = true compares equal to "4bit"; all else as recorded."""
+    def now(key: str, v: Any) -> Any:
+        old = OLD_VALUES.get(f"{cls.__name__}.{key}")
+        return old[v] if old and isinstance(v, bool) and v in old else v
+
+    return {k: now(k, v) for k, v in recorded.items()}
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -542,9 +563,10 @@ def parse_overrides(items: Iterable[str], cls: type = RunConfig, section: str | 
         if section:
             key = key.removeprefix(f"{section}.")
         key = shorthand_key(cls, key)
-        hint, default, limits = _setting(cls, key, where, section)
+        hint, default, limits, old = _setting(cls, key, where, section)
         full = ".".join(filter(None, [section, key]))
-        out[key] = _coerce(_parse_value(raw, hint), hint, where, None, "", f"--set {full}={_example(default)}", limits)
+        out[key] = _coerce(_parse_value(raw, hint), hint, where, None, "", f"--set {full}={_example(default)}", limits,
+                           old)
     return out
 
 
@@ -609,8 +631,8 @@ def set_value(cfg: Any, dotted: str, value: Any, section: str | None = None) -> 
     """Set 'section.key' or 'key' on a config, checked like a TOML value (a flag's value, already parsed)."""
     dotted = shorthand_key(type(cfg), dotted)
     where = ".".join(filter(None, [section, dotted]))  # the key as --set names it: export.eval_fraction
-    hint, default, limits = _setting(type(cfg), dotted, where, section)
-    value = _coerce(value, hint, where, None, "", f"{where} = {_example(default)}", limits)
+    hint, default, limits, old = _setting(type(cfg), dotted, where, section)
+    value = _coerce(value, hint, where, None, "", f"{where} = {_example(default)}", limits, old)
     *sections, key = dotted.split(".")
     target = cfg
     for s in sections:
@@ -646,8 +668,9 @@ def _read_toml(path: str | Path | None) -> tuple[dict[str, Any], str]:
         raise InputError(path, line, f"is not valid TOML ({e})", "fix the TOML syntax") from None
 
 
-def _setting(cls: type, dotted: str, where: str, section: str | None) -> tuple[Any, Any, Range | None]:
-    """The type, default and range of a dotted setting of `cls`; an unknown key names the valid ones."""
+def _setting(cls: type, dotted: str, where: str, section: str | None) -> tuple[Any, Any, Range | None, dict | None]:
+    """The type, default, range and old values (OLD_VALUES) of a dotted setting of `cls`; an unknown key names the
+    valid ones."""
     parts = dotted.split(".")
     for i, part in enumerate(parts):
         table = ".".join(filter(None, [section, *parts[:i]]))  # the TOML table we are in, e.g. evolve.weights
@@ -670,7 +693,7 @@ def _setting(cls: type, dotted: str, where: str, section: str | None) -> tuple[A
             continue
         f = fields[part]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        return hint, default, RANGES.get(f"{cls.__name__}.{part}")
+        return hint, default, RANGES.get(f"{cls.__name__}.{part}"), OLD_VALUES.get(f"{cls.__name__}.{part}")
     raise AssertionError("unreachable")
 
 
@@ -707,7 +730,7 @@ def _build(cls: type, data: dict[str, Any], path: Path | None, text: str, sectio
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         name = f"[{section}] {key}" if section else key
         kwargs[key] = _coerce(value, hint, path, line, f"{name} = {_toml_value(value)}", f"{key} = {_example(default)}",
-                              RANGES.get(f"{cls.__name__}.{key}"))
+                              RANGES.get(f"{cls.__name__}.{key}"), OLD_VALUES.get(f"{cls.__name__}.{key}"))
     return cls(**kwargs)
 
 
@@ -717,11 +740,14 @@ _EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "
 
 
 def _coerce(value: Any, hint: Any, where: str | Path | None, line: int | None, name: str, example: str,
-            limits: Range | None = None) -> Any:
+            limits: Range | None = None, old: dict[Any, Any] | None = None) -> Any:
     """`value` checked against a setting's type and range (RANGES): the one check for TOML files, --set and flags.
 
-    An int is taken where a float is wanted (rouge_threshold = 1); nothing else is converted.
+    An int is taken where a float is wanted (rouge_threshold = 1), and a value of the setting's old type becomes
+    its new one (`old`, from OLD_VALUES: quant = true is quant = "4bit"); nothing else is converted.
     """
+    if old and isinstance(value, bool) and value in old:
+        value = old[value]
     origin = typing.get_origin(hint) or hint
     if origin is Literal:
         choices = typing.get_args(hint)

@@ -11,6 +11,7 @@ import math
 import random
 import re
 import statistics
+import types
 
 import pytest
 import torch
@@ -27,7 +28,9 @@ from pipeline.train.data import (
     tokenize_example,
 )
 from pipeline.train.loss import causal_lm_loss_sum, full_logits_loss_sum
-from pipeline.train.model import compute_dtype, get_peft_config, get_quantization_config
+from pipeline.errors import InputError
+from pipeline.train import model as model_module
+from pipeline.train.model import compute_dtype, get_peft_config, get_quantization_config, resolve_plan
 
 ROWS = [{"instruction": f"What colour is item number {i}?", "input": "",
          "output": f"Item {i} is {c}."} for i, c in enumerate(["red", "blue", "green", "black"] * 3)]
@@ -52,19 +55,91 @@ def quick_config(model, out, **kw):
 
 def test_defaults_are_the_qlora_recipe():
     cfg = TrainConfig()
-    assert (cfg.quant, cfg.quant_type, cfg.double_quant) == (True, "nf4", True)
+    assert (cfg.quant, cfg.quant_type, cfg.double_quant, cfg.optim, cfg.loss_chunk_tokens) == ("auto", "nf4", True,
+                                                                                                "auto", 0)
     assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets) == (64, 16, 0.05, "all-linear")
-    assert (cfg.optim, cfg.learning_rate, cfg.lr_scheduler, cfg.warmup_ratio, cfg.max_grad_norm) == \
-        ("paged_adamw_32bit", 2e-4, "constant_with_warmup", 0.03, 0.3)
+    assert (cfg.learning_rate, cfg.lr_scheduler, cfg.warmup_ratio, cfg.max_grad_norm) == \
+        (2e-4, "constant_with_warmup", 0.03, 0.3)
     assert cfg.gradient_checkpointing and not cfg.trust_remote_code and cfg.model == ""
     assert compute_dtype("auto", on="cpu") == torch.float32
 
 
+def test_on_a_gpu_auto_is_qlora_with_bf16_compute_and_paged_adam(tiny_model, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    plan = resolve_plan(TrainConfig(), tiny_model, on="cuda:0")
+    assert (plan.quant, plan.load_dtype, plan.autocast_bf16, plan.optim, plan.loss_chunk_tokens) == \
+        (True, torch.bfloat16, True, "paged_adamw_32bit", 1024)
+    assert plan.describe() == "QLoRA on an NF4 base, bf16 compute on cuda:0, paged_adamw_32bit"
+    assert not resolve_plan(TrainConfig(quant="none"), tiny_model, on="cuda:0").quant
+
+
+def test_on_cpu_auto_is_lora_on_the_fp32_base_under_bf16_autocast_with_adamw_torch(tiny_model, monkeypatch):
+    monkeypatch.setattr(model_module, "cpu_has_bf16", lambda: True)
+    plan = resolve_plan(TrainConfig(), tiny_model, on="cpu")
+    assert (plan.quant, plan.load_dtype, plan.autocast_bf16, plan.optim, plan.loss_chunk_tokens) == \
+        (False, torch.float32, True, "adamw_torch", 256)
+    assert plan.describe() == "LoRA on an fp32 base, bf16 autocast on CPU, adamw_torch"
+    assert "unquantized" in plan.why and "fp32 base needs" in plan.why
+    # 4-bit stays selectable on CPU (the GPU recipe, tested here), and computes in fp32 there
+    four = resolve_plan(TrainConfig(quant="4bit", optim="paged_adamw_32bit"), tiny_model, on="cpu")
+    assert (four.quant, four.load_dtype, four.autocast_bf16, four.optim) == (True, torch.float32, False,
+                                                                              "paged_adamw_32bit")
+    assert four.describe() == "QLoRA on an NF4 base, fp32 compute on CPU, paged_adamw_32bit"
+    assert resolve_plan(TrainConfig(loss_chunk_tokens=64), tiny_model, on="cpu").loss_chunk_tokens == 64
+
+
+def test_without_bf16_instructions_the_cpu_trains_in_fp32(tiny_model, monkeypatch):
+    monkeypatch.setattr(model_module, "cpu_has_bf16", lambda: False)
+    plan = resolve_plan(TrainConfig(), tiny_model, on="cpu")
+    assert (plan.quant, plan.load_dtype, plan.autocast_bf16) == (False, torch.float32, False)
+    assert plan.describe() == "LoRA on an fp32 base, fp32 compute on CPU, adamw_torch"
+    # the capability check itself: torch's private probes, and a torch without them counts as no bf16
+    monkeypatch.undo()
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert model_module.cpu_has_bf16() is False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert model_module.cpu_has_bf16() is True
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert model_module.cpu_has_bf16() is False
+
+
+def test_on_cpu_a_base_too_large_for_memory_is_loaded_in_4bit(tiny_model, monkeypatch):
+    weights = model_module.base_weight_bytes(tiny_model)
+    assert weights > 0
+    monkeypatch.setattr(model_module, "available_memory_bytes", lambda: int(1.5 * weights))
+    plan = resolve_plan(TrainConfig(), tiny_model, on="cpu")
+    assert plan.quant and not plan.autocast_bf16 and "4-bit" in plan.why
+    monkeypatch.setattr(model_module, "available_memory_bytes", lambda: 3 * weights)
+    assert not resolve_plan(TrainConfig(), tiny_model, on="cpu").quant
+    assert not resolve_plan(TrainConfig(quant="none"), tiny_model, on="cpu").quant  # as asked, whatever the memory
+
+
+def test_quant_written_as_a_bool_still_works(tmp_path):
+    from pipeline.config import config_from_dict, current_values, load_section, parse_overrides
+
+    assert TrainConfig(quant=False).quant == "none" and TrainConfig(quant=True).quant == "4bit"
+    toml = tmp_path / "c.toml"
+    toml.write_text("[train]\nquant = false\n")
+    assert load_section(TrainConfig, toml, "train", {}).quant == "none"
+    toml.write_text("[train]\nquant = true\n")
+    assert load_section(TrainConfig, toml, "train", {}).quant == "4bit"
+    assert parse_overrides(["train.quant=false"]) == {"train.quant": "none"}
+    assert config_from_dict(TrainConfig, {"quant": True, "lora_r": 8}).quant == "4bit"  # a recorded summary's config
+    assert current_values(TrainConfig, {"quant": False, "packing": False}) == {"quant": "none", "packing": False}
+    toml.write_text("[train]\nquant = \"8bit\"\n")
+    with pytest.raises(InputError, match=r"c.toml:2: \[train\] quant = \"8bit\": expected one of auto, 4bit, none"):
+        load_section(TrainConfig, toml, "train", {})
+
+
 def test_quantization_and_peft_configs():
-    q = get_quantization_config(TrainConfig(), torch.bfloat16)
+    q = get_quantization_config(TrainConfig(quant="4bit"), torch.bfloat16)
     assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant
     assert q.bnb_4bit_compute_dtype == torch.bfloat16
-    assert get_quantization_config(TrainConfig(quant=False), torch.float32) is None
+    assert get_quantization_config(TrainConfig(quant="none"), torch.float32) is None
+    with pytest.raises(ValueError, match="resolve_plan"):
+        get_quantization_config(TrainConfig(), torch.float32)  # auto depends on the machine: resolved first
     lora = get_peft_config(TrainConfig())
     assert (lora.r, lora.lora_alpha, lora.lora_dropout, lora.target_modules) == (64, 16, 0.05, "all-linear")
     assert get_peft_config(TrainConfig(lora_targets="q_proj, v_proj")).target_modules == {"q_proj", "v_proj"}
@@ -73,12 +148,12 @@ def test_quantization_and_peft_configs():
 def test_training_arguments_carry_the_defaults(tmp_path):
     from pipeline.train.trainer import training_arguments
 
-    args = training_arguments(TrainConfig(), tmp_path, bf16=False, use_cpu=True, has_eval=True)
-    assert (args.optim, args.lr_scheduler_type, args.max_grad_norm, args.learning_rate) == \
-        ("paged_adamw_32bit", "constant_with_warmup", 0.3, 2e-4)
+    args = training_arguments(TrainConfig(), tmp_path, bf16=True, use_cpu=True, has_eval=True, optim="adamw_torch")
+    assert (args.optim, args.lr_scheduler_type, args.max_grad_norm, args.learning_rate, args.bf16) == \
+        ("adamw_torch", "constant_with_warmup", 0.3, 2e-4, True)
     assert args.get_warmup_steps(100) == 3 and args.train_sampling_strategy == "group_by_length"
-    assert training_arguments(TrainConfig(packing=True), tmp_path, bf16=False, use_cpu=True,
-                              has_eval=False).train_sampling_strategy == "random"
+    assert training_arguments(TrainConfig(packing=True), tmp_path, bf16=False, use_cpu=True, has_eval=False,
+                              optim="adamw_torch").train_sampling_strategy == "random"
 
 
 def test_pack_keeps_examples_whole_and_restarts_positions():
@@ -223,7 +298,7 @@ def test_an_inference_forward_leaves_the_4bit_base_as_loaded(tiny_model):
 
     from pipeline.train.model import get_quantization_config, load_base
 
-    model = load_base(tiny_model, quant_config=get_quantization_config(TrainConfig(), torch.float32),
+    model = load_base(tiny_model, quant_config=get_quantization_config(TrainConfig(quant="4bit"), torch.float32),
                       dtype=torch.float32)
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     before = [(m.weight.data.clone(), m.weight.quant_state.absmax.clone()) for m in layers]
@@ -243,7 +318,9 @@ def trained(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     data = root / "alpaca.json"
     data.write_text(json.dumps(ROWS))
-    prepared = prepare(data, quick_config(tiny_model, root / "adapter", eval_fraction=0.25), log=lambda m: None)
+    # The GPU default (QLoRA, paged AdamW) asked for by name: auto would not pick it on CPU
+    cfg = quick_config(tiny_model, root / "adapter", eval_fraction=0.25, quant="4bit", optim="paged_adamw_32bit")
+    prepared = prepare(data, cfg, log=lambda m: None)
     before = {n: p.detach().clone() for n, p in prepared.trainer.model.named_parameters() if p.requires_grad}
     summary = fit(prepared, log=lambda m: None)
     return prepared, summary, before, data
@@ -263,6 +340,74 @@ def test_qlora_loss_falls_and_lora_weights_change(trained):
     changed = [n for n, p in before.items() if not torch.equal(p, after[n].detach())]
     assert len(changed) == len(before)  # every LoRA matrix moved, LoRA-B away from its zero init included
     assert all(after[n].abs().sum() > 0 for n in before if "lora_B" in n)
+
+
+def test_the_cpu_default_trains_lora_on_the_fp32_base_under_bf16_autocast(tiny_model, tmp_path, monkeypatch):
+    """quant, compute_dtype and optim at auto on CPU (bf16 instructions assumed, so the path runs on any CPU)."""
+    from pipeline.train.model_card import model_card
+    from pipeline.train.trainer import fit, prepare
+
+    monkeypatch.setattr(model_module, "cpu_has_bf16", lambda: True)
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(ROWS))
+    lines = []
+    prepared = prepare(data, quick_config(tiny_model, tmp_path / "adapter", eval_fraction=0.25), log=lines.append)
+    trainer = prepared.trainer
+    assert trainer.args.bf16 and trainer.args.optim == "adamw_torch" and trainer.autocast_bf16
+    assert trainer.loss_chunk_tokens == 256
+    base = trainer.model.get_base_model()
+    assert type(base.model.layers[0].self_attn.q_proj.base_layer) is torch.nn.Linear  # not 4-bit
+    assert base.model.layers[0].self_attn.q_proj.base_layer.weight.dtype == torch.float32
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert before and all(p.dtype == torch.float32 for p in before.values())  # fp32 LoRA weights, fp32 Adam
+    summary = fit(prepared, log=lines.append)
+    path = "LoRA on an fp32 base, bf16 autocast on CPU, adamw_torch"
+    assert summary["training_path"] == path and not summary["quantized"] and summary["autocast_bf16"]
+    assert any(path in m for m in lines)  # said before training starts
+    losses = [v for _, v in summary["train_loss"]["points"]]
+    assert min(losses[-3:]) < losses[0] - 0.5, losses
+    after = dict(trainer.model.named_parameters())
+    assert all(not torch.equal(p, after[n].detach()) for n, p in before.items())  # every LoRA matrix moved
+    assert all(after[n].dtype == torch.float32 for n in before)
+    saved = json.loads((prepared.out / "training_summary.json").read_text())
+    assert saved["training_path"] == path and saved["optim"] == "adamw_torch"
+    done = {"base": types.SimpleNamespace(config={"architectures": ["LlamaForCausalLM"]}), "path": tmp_path / "a.gguf",
+            "outtype": "f16"}
+    card = model_card(prepared.out, {"base_model": tiny_model, "run": ""}, done, {})
+    assert f"training rows, {path}; loss" in card
+
+
+def test_the_fused_loss_under_bf16_autocast_is_the_fp32_loss_within_bf16_rounding():
+    torch.manual_seed(2)
+    head = torch.nn.Linear(64, 300, bias=False)
+    hidden = torch.randn(2, 40, 64, requires_grad=True)
+    labels = torch.randint(0, 300, (2, 40))
+    full, _ = causal_lm_loss_sum(hidden, labels, head, chunk_tokens=16)
+    (g_full,) = torch.autograd.grad(full, hidden)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed, _ = causal_lm_loss_sum(hidden, labels, head, chunk_tokens=16)
+    (g_mixed,) = torch.autograd.grad(mixed, hidden)
+    assert mixed.dtype == torch.float32 and g_mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, full, rtol=2e-2, atol=0)
+    torch.testing.assert_close(g_mixed, g_full, rtol=5e-2, atol=5e-3)
+
+
+def test_train_flags_quant_alone_is_4bit_and_no_quant_is_none(tmp_path, monkeypatch):
+    import pipeline.train.trainer as trainer_module
+    from pipeline.cli import cli
+
+    seen = []
+    monkeypatch.setattr(trainer_module, "train", lambda data, cfg, **kw: seen.append(cfg) or {
+        "output_dir": "x", "steps": 0, "steps_per_s": 0.0, "tokens_per_s": 0.0, "training_path": "p"})
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps(ROWS))
+    runner = CliRunner()
+    for flags, want in ((["--quant"], "4bit"), (["--no-quant"], "none"), (["--quant", "none"], "none"), ([], "auto")):
+        result = runner.invoke(cli, ["train", str(data), *flags])
+        assert result.exit_code == 0, result.output
+        assert seen[-1].quant == want, flags
+    result = runner.invoke(cli, ["train", str(data), "--no-quant", "--quant", "4bit"])
+    assert result.exit_code == 2 and "contradict" in result.output
 
 
 def test_outputs_adapter_tokenizer_summary_and_curve(trained):

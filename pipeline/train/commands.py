@@ -63,7 +63,7 @@ def sampling_kwargs(sampling: dict[str, Any], max_new_tokens: int | None = None)
 TRAIN_EXAMPLES = """\b
 Examples:
   seed2lora train outputs/quickstart/export --packing --max-seq-len 512 --epochs 2 --grad-accum 2
-  seed2lora train outputs/quickstart/export --no-quant --max-steps 50 --set train.lora_r=16
+  seed2lora train outputs/quickstart/export --quant 4bit --max-steps 50 --set train.lora_r=16
   seed2lora train my_data.jsonl --model /models/Qwen2.5-0.5B-Instruct --out adapters/qwen
 """
 
@@ -102,8 +102,10 @@ def add_training_commands(cli: click.Group, friendly_errors: Callable, console: 
     @click.option("--out", "output_dir", type=click.Path(file_okay=False), metavar="DIR",
                   help="Adapter folder (default: <run>/adapter for a run or its export, else ./adapter).")
     @moved("--output-dir", OUTPUT_DIR_MOVED)
-    @click.option("--quant/--no-quant", default=None,
-                  help=f"QLoRA on a 4-bit base, or plain LoRA (default {_on_off(t('quant'))}).")
+    @click.option("--quant", type=click.Choice(["auto", "4bit", "none"]), is_flag=False, flag_value="4bit",
+                  help=f"The base in 4-bit (QLoRA) or unquantized (LoRA); auto: 4-bit on a GPU, unquantized on CPU "
+                       f"when it fits in memory (default {t('quant')}; --quant alone: 4bit).")
+    @click.option("--no-quant", is_flag=True, hidden=True, help="Old spelling of --quant none.")
     @click.option("--packing/--no-packing", default=None,
                   help=f"Pack examples into full rows (default {_on_off(t('packing'))}).")
     @click.option("--epochs", type=float, help=f"Epochs (default {t('epochs'):g}).")
@@ -113,7 +115,8 @@ def add_training_commands(cli: click.Group, friendly_errors: Callable, console: 
     @click.option("--grad-accum", type=int, help=f"Micro-steps per update (default {t('grad_accum')}).")
     @click.option("--lr", "learning_rate", type=float, help=f"Learning rate (default {t('learning_rate'):g}).")
     @click.option("--max-seq-len", type=int, help=f"Tokens per example or packed row (default {t('max_seq_len')}).")
-    @click.option("--optim", help=f"Optimizer: paged_adamw_8bit, adamw_torch, ... (default {t('optim')}).")
+    @click.option("--optim", help=f"Optimizer: auto (paged_adamw_32bit on a GPU, adamw_torch on CPU), paged_adamw_8bit, "
+                                  f"adamw_torch, ... (default {t('optim')}).")
     @click.option("--resume/--no-resume", default=None,
                   help=f"Continue from the newest checkpoint (default {_on_off(t('resume'))}).")
     @config_opt
@@ -123,6 +126,10 @@ def add_training_commands(cli: click.Group, friendly_errors: Callable, console: 
         """Fine-tune a (Q)LoRA adapter on an export, a run directory, or an Alpaca/chat/parquet/HF dataset."""
         from .trainer import train as run_training
 
+        if flags.pop("no_quant"):  # the flag of the days when quant was on or off
+            if flags["quant"] not in (None, "none"):
+                raise click.UsageError(f"--no-quant and --quant {flags['quant']} contradict each other; give one")
+            flags["quant"] = "none"
         cfg = load_section(TrainConfig, config_path, "train", flag_overrides(flags, sets, TrainConfig, "train"))
         main_process = os.environ.get("RANK", "0") == "0"  # under torchrun / accelerate launch, rank 0 speaks
         summary = run_training(data, cfg, log=lambda m: console.print(m, highlight=False) if main_process else None,
@@ -130,7 +137,8 @@ def add_training_commands(cli: click.Group, friendly_errors: Callable, console: 
         if not main_process:
             return
         console.print(f"[green]done:[/] {summary['output_dir']}  ({summary['steps']} steps, "
-                      f"{summary['steps_per_s']:.3f} steps/s, {summary['tokens_per_s']:.0f} tokens/s)")
+                      f"{summary['steps_per_s']:.3f} steps/s, {summary['tokens_per_s']:.0f} tokens/s; "
+                      f"{summary['training_path']})", highlight=False)
 
     @cli.command()
     @click.argument("adapter", type=click.Path(exists=True, file_okay=False))

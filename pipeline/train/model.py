@@ -8,9 +8,11 @@ added to those weights.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +61,96 @@ def compute_dtype(name: str = "auto", on: str | None = None) -> torch.dtype:
     return torch.float32
 
 
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmuls on this CPU (AVX512-BF16 or AMX). Without them oneDNN emulates bf16 and autocast is
+    slower than fp32. torch.cpu's checks are private, so a torch without them counts as no."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check is not None and check() for check in checks)
+
+
+# Share of the available memory the fp32 base may take on CPU for quant "auto" to leave it unquantized: the rest
+# holds activations (checkpointed), the LoRA weights, gradients and Adam states, a loss chunk and everyone else.
+FP32_BASE_MEMORY_SHARE = 0.5
+
+
+def base_weight_bytes(model_path: str, bytes_per_param: int = 4) -> int:
+    """The base's weights at `bytes_per_param` (fp32: 4), from its checkpoint files' sizes and stored dtype."""
+    path = Path(model_path)
+    files = list(path.glob("*.safetensors")) or list(path.glob("*.bin"))
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    stored = str(config.get("torch_dtype") or config.get("dtype") or "float32")
+    stored_bytes = 2 if stored in ("bfloat16", "float16") else 4
+    return sum(f.stat().st_size for f in files) * bytes_per_param // stored_bytes
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo (what can be allocated without swapping), else total physical memory."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """How a training run computes on this machine: TrainConfig's "auto"s resolved (resolve_plan)."""
+
+    quant: bool  # a 4-bit NF4 base (QLoRA); else the base unquantized in load_dtype
+    load_dtype: torch.dtype  # the base's weights; QLoRA's de-quantized compute dtype
+    autocast_bf16: bool  # forward and loss under bf16 autocast (Trainer's bf16); LoRA weights and optimizer stay fp32
+    optim: str
+    device: str
+    loss_chunk_tokens: int = 1024  # positions per chunk of the chunked loss
+    why: str = ""  # why quant auto chose as it did, for the log
+
+    def describe(self) -> str:
+        """The path taken, in words, e.g. "LoRA on an fp32 base, bf16 autocast on cpu, adamw_torch"."""
+        name = str(self.load_dtype).removeprefix("torch.").replace("float32", "fp32").replace("bfloat16", "bf16")
+        on = "CPU" if self.device == "cpu" else self.device
+        base = "QLoRA on an NF4 base" if self.quant else f"LoRA on {'an' if name.startswith('f') else 'a'} {name} base"
+        compute = "bf16 autocast" if self.autocast_bf16 and not self.quant else f"{name} compute"
+        return f"{base}, {compute} on {on}, {self.optim}"
+
+
+def resolve_plan(cfg: TrainConfig, model_path: str, on: str | None = None) -> TrainPlan:
+    """quant auto: 4-bit on CUDA, none on CPU while the fp32 base fits in FP32_BASE_MEMORY_SHARE of the available
+    memory. compute_dtype auto: bf16 on CUDA where supported; on CPU fp32 weights, under bf16 autocast when the
+    base is unquantized and the CPU has bf16 instructions. optim auto: paged_adamw_32bit on CUDA, else adamw_torch.
+    loss_chunk_tokens 0: 1024 on CUDA, 256 on CPU."""
+    on = on or device()
+    cpu = not on.startswith("cuda")
+    why = ""
+    if cfg.quant == "auto" and cpu:
+        need, free = base_weight_bytes(model_path), available_memory_bytes()
+        quant = need > FP32_BASE_MEMORY_SHARE * free
+        why = (f"quant auto: the fp32 base needs {need / 2**30:.1f} GB, {'more' if quant else 'not more'} than "
+               f"{FP32_BASE_MEMORY_SHARE:.0%} of the {free / 2**30:.1f} GB available: "
+               + ("4-bit" if quant else "unquantized"))
+    else:
+        quant = cfg.quant == "4bit" or (cfg.quant == "auto" and not cpu)
+    if cfg.compute_dtype != "auto":
+        dtype = compute_dtype(cfg.compute_dtype)
+        autocast = dtype == torch.bfloat16  # as chosen: bf16 weights compute under bf16 autocast
+    elif cpu:
+        # 4-bit on CPU stays fp32: bitsandbytes' CPU kernel de-quantizes to the compute dtype either way.
+        dtype, autocast = torch.float32, not quant and cpu_has_bf16()
+    else:
+        dtype = compute_dtype("auto", on)
+        autocast = dtype == torch.bfloat16
+    optim = cfg.optim if cfg.optim != "auto" else "adamw_torch" if cpu else "paged_adamw_32bit"
+    chunk = cfg.loss_chunk_tokens or (256 if cpu else 1024)
+    return TrainPlan(quant=quant, load_dtype=dtype, autocast_bf16=autocast, optim=optim, device=on,
+                     loss_chunk_tokens=chunk, why=why)
+
+
 def get_quantization_config(cfg: TrainConfig, dtype: torch.dtype) -> Any:
-    """BitsAndBytesConfig for QLoRA, or None for plain LoRA (cfg.quant False)."""
-    if not cfg.quant:
+    """BitsAndBytesConfig for QLoRA (quant "4bit"), or None for plain LoRA ("none"); resolve_plan decides "auto"."""
+    if cfg.quant == "auto":
+        raise ValueError("quant 'auto' is resolved by resolve_plan before a model is loaded")
+    if cfg.quant != "4bit":
         return None
     from transformers import BitsAndBytesConfig
 
@@ -124,12 +213,15 @@ def keep_one_4bit_layout(model: Any) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def load_for_training(model_path: str, cfg: TrainConfig) -> Any:
-    """The base (4-bit unless cfg.quant is False), frozen, checkpointed, with fresh LoRA adapters."""
+def load_for_training(model_path: str, cfg: TrainConfig, plan: TrainPlan | None = None) -> Any:
+    """The base as `plan` says (4-bit or not, its dtype; default resolve_plan's), frozen, checkpointed, with fresh
+    LoRA adapters. Nothing runs the base before get_peft_model (see keep_one_4bit_layout)."""
     from peft import get_peft_model
 
-    dtype = compute_dtype(cfg.compute_dtype)
-    model = load_base(model_path, quant_config=get_quantization_config(cfg, dtype), dtype=dtype,
+    plan = plan or resolve_plan(cfg, model_path)
+    quant_config = get_quantization_config(dataclasses.replace(cfg, quant="4bit" if plan.quant else "none"),
+                                           plan.load_dtype)
+    model = load_base(model_path, quant_config=quant_config, dtype=plan.load_dtype,
                       attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code)
     # peft's prepare_model_for_kbit_training would also upcast every non-4-bit weight to fp32
     # (0.9 GB for a 152k x 1536 embedding); norms already compute in fp32 inside, and only the
@@ -181,7 +273,7 @@ def load_with_adapter(adapter_dir: str | Path, *, model: str = "", quant: str = 
         raise Seed2LoraError(f"quant must be auto, 4bit or none, not {quant!r}")
     use_quant = info["quant"] if quant == "auto" else quant == "4bit"
     cfg = config_from_dict(TrainConfig, info["config"])
-    cfg.quant = use_quant
+    cfg.quant = "4bit" if use_quant else "none"
     torch_dtype = compute_dtype(dtype if dtype != "auto" else cfg.compute_dtype)
     base = load_base(base_path, quant_config=get_quantization_config(cfg, torch_dtype), dtype=torch_dtype,
                      attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code)

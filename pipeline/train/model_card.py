@@ -63,10 +63,12 @@ def model_card(adapter_dir: Path, prov: dict[str, str], done: dict[str, Any], fi
              *[f"| {k} | {v or '-'} |" for k, v in prov.items() if k != "adapter"], ""]
     if summary:
         loss = summary.get("train_loss") or {}
+        # training_path names base, compute and optimizer; summaries written before it say 4-bit or not
+        path = summary.get("training_path") or ("QLoRA on a 4-bit base" if summary.get("quantized")
+                                                else "LoRA on an unquantized base")
         lines += ["## Training", "",
                   f"{summary.get('steps')} steps ({summary.get('epochs')} epochs) on "
-                  f"{(summary.get('rows') or {}).get('train', '?')} training rows, "
-                  f"{'QLoRA on a 4-bit base' if summary.get('quantized') else 'LoRA on an unquantized base'}; "
+                  f"{(summary.get('rows') or {}).get('train', '?')} training rows, {path}; "
                   f"loss {loss.get('first')} -> {loss.get('last')}.", ""]
     report = d / "eval" / "eval_report.json"
     if report.is_file():

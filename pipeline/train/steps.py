@@ -25,6 +25,7 @@ def ifd_step(ctx: RunContext, records: Records | None) -> StepResult:
 
 def train_step(ctx: RunContext, records: Records | None) -> StepResult:
     """Train on the export (or the run's rows); a finished adapter with the same settings and data is kept."""
+    from ..config import TrainConfig, current_values
     from .data import load_rows, rows_fingerprint
     from .model import SUMMARY
     from .trainer import train as run_training
@@ -37,7 +38,8 @@ def train_step(ctx: RunContext, records: Records | None) -> StepResult:
         done = json.loads(summary_file.read_text(encoding="utf-8"))
         # Adapters from before the data was fingerprinted carry no data_sha256: judged by the settings alone.
         same_data = done.get("data_sha256") in (None, rows_fingerprint(load_rows(data)))
-        if done.get("config") == dataclasses.asdict(cfg) and same_data:
+        # current_values: a summary written when quant was a bool (false) equals today's "none"
+        if current_values(TrainConfig, done.get("config") or {}) == dataclasses.asdict(cfg) and same_data:
             return StepResult(f"train: {adapter} is already trained with these settings and data "
                               "(delete it to train again)")
         ctx.log(f"train: {adapter} was trained with other {'settings' if same_data else 'data'}; training again")

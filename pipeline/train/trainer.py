@@ -30,12 +30,12 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint, has_length
 
-from ..config import TrainConfig
+from ..config import TrainConfig, current_values
 from ..errors import Seed2LoraError
 from ..store import ADAPTER_DIR, RunDir, write_text_atomic
 from .data import Collator, Rows, load_rows, pack, rows_fingerprint, tokenize_rows, train_eval_rows
 from .loss import causal_lm_loss_sum, full_logits_loss_sum
-from .model import SUMMARY, compute_dtype, device, load_for_training, load_tokenizer, resolve_model
+from .model import SUMMARY, load_for_training, load_tokenizer, resolve_model, resolve_plan
 
 Log = Callable[[str], None]
 Progress = Callable[[str, int | None], Any]  # (description, total or None) -> context manager yielding advance(n)
@@ -44,13 +44,17 @@ Progress = Callable[[str, int | None], Any]  # (description, total or None) -> c
 class LoraTrainer(Trainer):
     """Trainer whose loss is the chunked response-only cross-entropy (or the full-logits one)."""
 
-    def __init__(self, *args: Any, chunked_loss: bool = True, loss_chunk_tokens: int = 1024, **kwargs: Any):
+    def __init__(self, *args: Any, chunked_loss: bool = True, loss_chunk_tokens: int = 1024,
+                 autocast_bf16: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = True  # makes Trainer count label tokens over the accumulated batch
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         self.decoder, self.lm_head = base.get_decoder(), base.get_output_embeddings()
         self.softcap = getattr(base.config, "final_logit_softcapping", None)
         self.chunked_loss, self.loss_chunk_tokens = chunked_loss, loss_chunk_tokens
+        # accelerate autocasts the model's forward only; the loss's vocabulary projection (two matmuls per chunk,
+        # as large as a quarter of a 135M model's) runs under the same autocast, its softmax in fp32 either way.
+        self.autocast_bf16 = autocast_bf16
         self.keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
         self.tokens_seen = 0
 
@@ -73,8 +77,10 @@ class LoraTrainer(Trainer):
                 outputs = model(**inputs, use_cache=False, **({"logits_to_keep": 1} if self.keeps_logits else {}))
             finally:
                 hook.remove()
-            loss_sum, n = causal_lm_loss_sum(captured["h"], labels, self.lm_head,
-                                             chunk_tokens=self.loss_chunk_tokens, softcap=self.softcap)
+            h = captured["h"]
+            with torch.autocast(h.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
+                loss_sum, n = causal_lm_loss_sum(h, labels, self.lm_head,
+                                                 chunk_tokens=self.loss_chunk_tokens, softcap=self.softcap)
         else:
             outputs = model(**inputs, use_cache=False)
             loss_sum, n = full_logits_loss_sum(outputs.logits, labels)
@@ -165,15 +171,16 @@ class TrainProgress(TrainerCallback):
         self._close("train")
 
 
-def training_arguments(cfg: TrainConfig, output_dir: Path, *, bf16: bool, use_cpu: bool,
-                       has_eval: bool) -> TrainingArguments:
+def training_arguments(cfg: TrainConfig, output_dir: Path, *, bf16: bool, use_cpu: bool, has_eval: bool,
+                       optim: str) -> TrainingArguments:
+    """Trainer's arguments; bf16 = autocast, optim = the resolved optimizer (TrainPlan's: cfg.optim may be auto)."""
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,  # below 1 Trainer reads it as a fraction of all steps
-        max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay, optim=cfg.optim,
+        max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay, optim=optim,
         bf16=bf16, use_cpu=use_cpu,
         # Packed rows are all about max_seq_len long; plain rows are grouped by length to cut padding (qlora.py).
         train_sampling_strategy="random" if cfg.packing else "group_by_length",
@@ -231,24 +238,27 @@ def prepare(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Prog
     train_set = pack(train_tok.examples, cfg.max_seq_len) if cfg.packing else train_tok.examples
     eval_set = pack(eval_tok.examples, cfg.max_seq_len) if cfg.packing else eval_tok.examples
     out = default_output_dir(cfg, rows)
-    dtype = compute_dtype(cfg.compute_dtype)
-    on = device()
+    plan = resolve_plan(cfg, model_path)
+    on = plan.device
+    if plan.why:
+        log(plan.why)
     log(f"training on {len(train_tok.examples)} examples ({len(train_set)} rows{', packed' if cfg.packing else ''}), "
-        f"{len(eval_tok.examples)} eval; model {model_path}; {'4-bit NF4' if cfg.quant else 'unquantized'}, "
-        f"compute {str(dtype).removeprefix('torch.')} on {on}")
-    model = load_for_training(model_path, cfg)
-    args = training_arguments(cfg, out / "checkpoints", bf16=dtype == torch.bfloat16, use_cpu=on == "cpu",
-                              has_eval=bool(eval_set))
+        f"{len(eval_tok.examples)} eval; model {model_path}; {plan.describe()}")
+    model = load_for_training(model_path, cfg, plan)
+    args = training_arguments(cfg, out / "checkpoints", bf16=plan.autocast_bf16, use_cpu=on == "cpu",
+                              has_eval=bool(eval_set), optim=plan.optim)
     trainer = LoraTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
                           data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
                           callbacks=[ConsoleLog(log), *([TrainProgress(progress)] if progress else [])],
-                          chunked_loss=cfg.chunked_loss,
-                          loss_chunk_tokens=cfg.loss_chunk_tokens)
+                          chunked_loss=cfg.chunked_loss, loss_chunk_tokens=plan.loss_chunk_tokens,
+                          autocast_bf16=plan.autocast_bf16)
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
     stats = {"train_data": train_tok.stats, "eval_data": eval_tok.stats,
              "rows": {"train": len(train_set), "eval": len(eval_set), "packed": cfg.packing},
-             "compute_dtype": str(dtype).removeprefix("torch."), "device": on, "data_sha256": rows_fingerprint(rows)}
+             "compute_dtype": str(plan.load_dtype).removeprefix("torch."), "autocast_bf16": plan.autocast_bf16,
+             "quantized": plan.quant, "optim": plan.optim, "training_path": plan.describe(), "device": on,
+             "data_sha256": rows_fingerprint(rows)}
     return Prepared(trainer, tokenizer, cfg, str(data), rows, model_path, out, stats)
 
 
@@ -289,7 +299,7 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
         "model": p.model_path, "data": p.data, "source": p.rows.source, "output_dir": str(out),
         **({"decontaminated": p.rows.decontaminated, "contaminated_rows": len(p.rows.contaminated)}
            if p.rows.decontaminated else {}),
-        "quantized": cfg.quant, **p.stats, "world_size": trainer.args.world_size, "config": dataclasses.asdict(cfg),
+        **p.stats, "world_size": trainer.args.world_size, "config": dataclasses.asdict(cfg),
         "trainable_params": sum(x.numel() for x in trainer.model.parameters() if x.requires_grad),
         "steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0.0, 3), "resumed_from": resume,
         "train_loss": _losses(history, "loss"),
@@ -321,11 +331,12 @@ CHECKPOINT_SETTINGS = "seed2lora_settings.json"
 def checkpoint_settings(p: Prepared) -> dict[str, Any]:
     """What the checkpoints of this run depend on: the settings, the base model and the data."""
     fixed = {k: v for k, v in dataclasses.asdict(p.cfg).items() if k not in RESUMABLE}
-    return {**fixed, "model": p.model_path, "data": p.data, "train_rows": p.stats["rows"]["train"],
+    return {**fixed, "training_path": p.stats["training_path"], "model": p.model_path, "data": p.data,
+            "train_rows": p.stats["rows"]["train"],
             "train_tokens": p.stats["train_data"]["tokens"], "data_sha256": p.stats["data_sha256"]}
 
 
-ADDED_SETTINGS = {"data_sha256"}  # recorded since; checkpoints saved without them are judged by the rest
+ADDED_SETTINGS = {"data_sha256", "training_path"}  # recorded since; checkpoints saved without them are judged by the rest
 
 
 def check_resumable(ckpts: Path, settings: dict[str, Any]) -> None:
@@ -333,6 +344,7 @@ def check_resumable(ckpts: Path, settings: dict[str, Any]) -> None:
     if not saved_file.is_file():
         return  # checkpoints written before settings were recorded: trust them
     saved = json.loads(saved_file.read_text(encoding="utf-8"))
+    saved = current_values(TrainConfig, saved)  # quant = true, saved before quant took auto|4bit|none, is "4bit"
     changed = [f"{k} {saved.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(saved) | set(settings))
                if saved.get(k) != settings.get(k) and (k in saved or k not in ADDED_SETTINGS)]
     if changed:
