@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from .hub import push_options
+
 EXPORT_ADAPTER_EXAMPLES = """\b
 Examples:
   seed2lora export-adapter outputs/quickstart/adapter --format gguf
@@ -59,15 +61,12 @@ def add_export_command(cli: click.Group, friendly_errors: Callable, console: Any
     @click.option("--merged", type=click.Choice(["f16", "q8_0", "q4_k_m", "q5_k_m"]),
                   help="Also write base + adapter merged into one GGUF model in this precision (supported bases); "
                        "q4_k_m / q5_k_m: the merged f16 quantized by llama.cpp's own quantizer (llama-cpp-python).")
-    @click.option("--push-to-hub", "push_to_hub", metavar="REPO",
-                  help="Then upload the adapter (PEFT files, the GGUF written now, a model card with the provenance) "
-                       "to this Hugging Face model repository (USER/NAME); the token is read from HF_TOKEN (default: no upload).")
-    @click.option("--private", is_flag=True,
-                  help="With --push-to-hub: create the repository private; a public one of that name is left untouched.")
+    @push_options("the adapter (PEFT files, the GGUF written now, a model card with the provenance) to this "
+                  "Hugging Face model repository")
     @friendly_errors
     def export_adapter(adapter, fmt, outtype, out, base_gguf, model, merged, push_to_hub, private):
         """Write an adapter as a GGUF LoRA for llama.cpp and Ollama, with an Ollama Modelfile."""
-        from .hub import check_repo_id, hub_token
+        from .hub import push_target
         from .train.gguf_export import (
             MODELFILE,
             chat_format,
@@ -79,10 +78,7 @@ def add_export_command(cli: click.Group, friendly_errors: Callable, console: Any
         from .train.gguf_quantize import write_merged
         from .train.model import adapter_info, load_tokenizer
 
-        if private and not push_to_hub:
-            raise click.UsageError("--private applies to --push-to-hub. Fix: add --push-to-hub USER/NAME, or drop --private")
-        if push_to_hub:  # a bad name or a missing token stops before anything is written
-            repo, token = check_repo_id(push_to_hub), hub_token()
+        target = push_target(push_to_hub, private)  # a bad name or a missing token stops before anything is written
         done = write_adapter_gguf(adapter, out, outtype=outtype, base_gguf=base_gguf, model=model)
         path, base, prov = done["path"], done["base"], done["provenance"]
         console.print(f"[green]GGUF adapter:[/] {path}  ({path.stat().st_size / 2**20:.1f} MiB, "
@@ -109,10 +105,10 @@ def add_export_command(cli: click.Group, friendly_errors: Callable, console: Any
             console.print(f"[green]merged GGUF:[/] {m['path']}  ({m['path'].stat().st_size / 2**20:.1f} MiB; "
                           f"Modelfile {mf})", highlight=False)
             click.echo(f"llama-cli -m {m['path'].resolve()} -cnv")
-        if push_to_hub:
+        if target:
             from .train.model_card import push_adapter
 
-            url = push_adapter(Path(adapter), done, [path, *([m["path"]] if merged else [])], repo, token, private)
+            url = push_adapter(Path(adapter), done, [path, *([m["path"]] if merged else [])], *target, private)
             console.print(f"[green]pushed:[/] {url}", highlight=False)
 
 

@@ -25,6 +25,7 @@ from .config import (
     recorded_config,
 )
 from .errors import InputError, Interrupted, Seed2LoraError, mask_secrets
+from .hub import push_options
 from .progress import progress
 from .show import label, show_run, stdout_console
 from .train.commands import OUTPUT_DIR_MOVED, Renamed, add_commands, moved
@@ -449,16 +450,12 @@ def _export_default(key: str) -> Any:  # the help shows ExportConfig's defaults,
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Any [export] setting, e.g. --set export.rows=task (rows alone works too); checked like the TOML "
                    "file (repeatable).")
-@click.option("--push-to-hub", "push_to_hub", metavar="REPO",
-              help="Then upload the export, with its dataset card, to this Hugging Face dataset repository "
-                   "(USER/NAME); the token is read from HF_TOKEN (default: no upload).")
-@click.option("--private", is_flag=True,
-              help="With --push-to-hub: create the repository private; a public one of that name is left untouched.")
+@push_options("the export, with its dataset card, to this Hugging Face dataset repository")
 @friendly_errors
 def export(run_dir, out_dir, formats, include, rows, eval_fraction, seed, include_seeds, config_path, sets,
            push_to_hub, private):
     """Write a run's kept tasks as Alpaca JSON, chat JSONL, an HF dataset and parquet, with a dataset card."""
-    from .hub import check_repo_id, hub_token, push_export
+    from .hub import push_export, push_target
     from .rows import include_list
     from .stages.export import export as export_door
     from .store import RunDir
@@ -466,14 +463,11 @@ def export(run_dir, out_dir, formats, include, rows, eval_fraction, seed, includ
     flags = {"formats": formats, "rows": rows, "eval_fraction": eval_fraction, "seed": seed,
              "include_seeds": include_seeds, "include": include_list(include) if include else None}
     cfg = load_section(ExportConfig, config_path, "export", flag_overrides(flags, sets, ExportConfig, "export"))
-    if private and not push_to_hub:
-        raise click.UsageError("--private applies to --push-to-hub. Fix: add --push-to-hub USER/NAME, or drop --private")
-    if push_to_hub:  # a bad name or a missing token stops before the export, not after it
-        repo, token = check_repo_id(push_to_hub), hub_token()
+    target = push_target(push_to_hub, private)  # a bad name or a missing token stops before the export
     info, line = export_door(RunDir(run_dir), cfg, out_dir)
     console.print(f"[green]exported:[/] {line}")
-    if push_to_hub:
-        url = push_export(Path(info["export_dir"]), repo, token, private)
+    if target:
+        url = push_export(Path(info["export_dir"]), *target, private)
         console.print(f"[green]pushed:[/] {url}", highlight=False)
 
 

@@ -15,9 +15,30 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import click
+
 from .errors import Seed2LoraError, mask_secrets
 
 TOKEN_ENV = "HF_TOKEN"  # huggingface_hub's own variable; a write token from https://huggingface.co/settings/tokens
+
+
+def push_options(what: str) -> Callable[[Callable], Callable]:
+    """`--push-to-hub REPO` and `--private`, as `export` and `export-adapter` both take them; `what` is the
+    upload, up to and including the kind of repository it goes to."""
+    def wrap(f: Callable) -> Callable:
+        f = click.option("--private", is_flag=True, help="With --push-to-hub: create the repository private; a "
+                         "public one of that name is left untouched.")(f)
+        return click.option("--push-to-hub", "push_to_hub", metavar="REPO",
+                            help=f"Then upload {what} (USER/NAME); the token is read from HF_TOKEN "
+                                 "(default: no upload).")(f)
+    return wrap
+
+
+def push_target(push_to_hub: str | None, private: bool) -> tuple[str, str] | None:
+    """(repository, token) when a push was asked for, checked before anything is written; else None."""
+    if private and not push_to_hub:
+        raise click.UsageError("--private applies to --push-to-hub. Fix: add --push-to-hub USER/NAME, or drop --private")
+    return (check_repo_id(push_to_hub), hub_token()) if push_to_hub else None
 
 
 def hub_token() -> str:
