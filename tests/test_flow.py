@@ -3,6 +3,7 @@ is still under way, through one stream, and the run's files, counts and resume a
 
 import json
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -160,11 +161,21 @@ def test_bootstraps_first_wave_in_a_flow_is_the_fewest_prompts_that_can_fill_the
     def full_list(path, body):
         if "numbered list of" not in fake_openai.prompt_of(body):
             return competent(path, body)
-        items = [f"Describe the history of invented topic number {next(words)} in four sentences." for _ in range(7)]
-        return fake_openai.wrap(path, "\n".join(f"{i}. {t}" for i, t in enumerate(items, 9)))
+
+        def when_quiet(path, body):  # made after the delay, outside the server's lock
+            # The first wave is what the client sends before any reply: none comes until it has stopped sending
+            # for a second (a fixed delay let a loaded machine send the wave's last prompt after the first reply).
+            seen = -1
+            while seen != fake_openai.posts:
+                seen = fake_openai.posts
+                time.sleep(1.0)
+            items = [f"Describe the history of invented topic number {next(words)} in four sentences."
+                     for _ in range(7)]
+            return fake_openai.wrap(path, "\n".join(f"{i}. {t}" for i, t in enumerate(items, 9)))
+
+        return when_quiet
 
     fake_openai.default_reply = full_list
-    fake_openai.default_delay = 0.3  # the first wave is all out before its first reply
     invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 43, "--set", "teacher.concurrency=16",
            "--set", "filter.rouge_threshold=1.0")
     boot = [h for h in fake_openai.history if kind(fake_openai.prompt_of(h["body"])) == "bootstrap"]
