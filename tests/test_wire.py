@@ -151,3 +151,38 @@ def test_a_429_over_the_wire_carries_retry_after_and_the_sdks_body(fake_openai):
         client.post("/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
     assert e.value.response.headers["retry-after"] == "2" and e.value.body == {"message": "slow down"}
     assert fake_openai.history[0]["headers"]["Authorization"] == "Bearer k"
+
+
+def test_a_session_being_shut_is_held_until_it_has_closed():
+    """The loop holds tasks weakly: a closing task that only its own awaits referenced was collected mid-close,
+    and its session printed "Unclosed client session" at exit (three in a whole test run)."""
+    import asyncio
+    import gc
+    import time
+    import weakref
+
+    from pipeline.teachers.wire import transport
+
+    waits: list[weakref.ref] = []
+
+    class Session:  # closes as aiohttp's does: awaiting what only the closing coroutine references
+        closed = False
+
+        async def close(self):
+            done = asyncio.get_running_loop().create_future()
+            waits.append(weakref.ref(done))
+            await done
+            self.closed = True
+
+    t, session = transport(), Session()
+    t.shut(session)
+    deadline = time.monotonic() + 5
+    while not waits and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gc.collect()
+    done = waits[0]()
+    assert done is not None, "the closing task was collected before the session closed"
+    t.loop.call_soon_threadsafe(done.set_result, None)
+    while not session.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert session.closed and not t.closing

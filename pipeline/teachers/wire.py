@@ -173,6 +173,7 @@ class Transport:
         self.loop = asyncio.new_event_loop()
         self.timeouts: dict[float, Any] = {}
         self.clients: weakref.WeakSet[Client] = weakref.WeakSet()  # their sessions are closed at exit
+        self.closing: set[asyncio.Task] = set()  # sessions being closed (shut), until they are
         threading.Thread(target=self.loop.run_forever, name="teacher-http", daemon=True).start()
         atexit.register(self.close)
 
@@ -198,7 +199,14 @@ class Transport:
     def shut(self, session: Any) -> None:
         """Close a session on the loop (from any thread); its connections close with it."""
         if session is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(lambda: self.loop.create_task(session.close()))
+            self.loop.call_soon_threadsafe(self._start_close, session)
+
+    def _start_close(self, session: Any) -> None:
+        # The loop holds its tasks weakly: a closing task referenced by nothing else could be collected while it
+        # waits on its connections, and its session then printed "Unclosed client session" at exit.
+        task = self.loop.create_task(session.close())
+        self.closing.add(task)
+        task.add_done_callback(self.closing.discard)
 
     def close(self) -> None:
         """At exit: every session closed on its loop (no "Unclosed client session" line), then the loop stopped."""
@@ -207,7 +215,7 @@ class Transport:
         sessions = [c.session for c in list(self.clients) if c.session is not None]
 
         async def shut_all() -> None:
-            await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+            await asyncio.gather(*(s.close() for s in sessions), *self.closing, return_exceptions=True)
 
         try:
             asyncio.run_coroutine_threadsafe(shut_all(), self.loop).result(timeout=2)
