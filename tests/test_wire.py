@@ -186,3 +186,25 @@ def test_a_session_being_shut_is_held_until_it_has_closed():
     while not session.closed and time.monotonic() < deadline:
         time.sleep(0.01)
     assert session.closed and not t.closing
+
+
+def test_a_socks_proxy_stops_the_teacher_naming_its_variable_and_not_its_password(monkeypatch):
+    """aiohttp speaks HTTP to any proxy: a SOCKS one made every request a connection error, retried to the end."""
+    from pipeline.errors import TeacherError
+    from pipeline.teachers.wire import env_proxy
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
+                 "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ALL_PROXY", "socks5://me:hunter2@socks.corp:1080")
+    with pytest.raises(TeacherError, match=r"ALL_PROXY is a socks5 proxy \(socks5://socks.corp:1080\)") as e:
+        Client("http://gpu-box:8000/v1", "sk-secret", timeout_s=5)
+    assert "hunter2" not in str(e.value) and "NO_PROXY" in str(e.value)
+    from pipeline.teachers.openai_compat import OpenAITeacher
+
+    with pytest.raises(TeacherError, match="ALL_PROXY is a socks5 proxy"):  # before the SDK's ImportError (socksio)
+        OpenAITeacher("m", base_url="http://gpu-box:8000/v1")
+    monkeypatch.setenv("NO_PROXY", "gpu-box")
+    assert env_proxy("http://gpu-box:8000/v1") is None  # bypassed: no proxy, no error
+    monkeypatch.setenv("HTTPS_PROXY", "proxy.corp:3128")
+    assert env_proxy("https://api.openai.com/v1") == "http://proxy.corp:3128"  # the scheme's own variable first

@@ -10,9 +10,9 @@ thread (`Transport`; RESULTS.md, client transport). The SDK's error semantics ar
 raises the exception the SDK raises for its status, with the SDK's message and body (`status_error`), a timeout
 raises openai.APITimeoutError and a failed connection openai.APIConnectionError, so the one retry policy
 (retries.py) decides as it did. TLS is verified as httpx does (certifi, or SSL_CERT_FILE / SSL_CERT_DIR), and
-HTTP(S)_PROXY / ALL_PROXY / NO_PROXY are honoured as the SDK's httpx client honours them (`env_proxy`; no SOCKS
-proxies). The SDK clients are still used where speed does not matter: GET /models and the Batch API's files and
-batches.
+HTTP(S)_PROXY / ALL_PROXY / NO_PROXY are honoured as the SDK's httpx client honours them (`env_proxy`; a SOCKS
+proxy stops the teacher with a message naming its variable). The SDK clients are still used where speed does not
+matter: GET /models and the Batch API's files and batches.
 """
 
 from __future__ import annotations
@@ -229,10 +229,19 @@ def env_proxy(url: str) -> str | None:
     httpx's trust_env (the SDK's client) takes them; None: connect directly."""
     parsed = urllib.parse.urlsplit(url)
     proxies = urllib.request.getproxies_environment()
-    proxy = proxies.get(parsed.scheme) or proxies.get("all")
+    key = parsed.scheme if proxies.get(parsed.scheme) else "all"
+    proxy = proxies.get(key)
     if not proxy or urllib.request.proxy_bypass_environment(parsed.hostname or "", proxies):
         return None
-    return proxy if "://" in proxy else f"http://{proxy}"
+    proxy = proxy if "://" in proxy else f"http://{proxy}"
+    scheme = urllib.parse.urlsplit(proxy).scheme.lower()
+    if scheme not in ("http", "https"):  # aiohttp would speak HTTP to it: every request a connection error
+        where = urllib.parse.urlsplit(proxy)
+        shown = f"{scheme}://{where.hostname}" + (f":{where.port}" if where.port else "")  # no user:password
+        raise TeacherError(f"{key.upper()}_PROXY is a {scheme} proxy ({shown}), and the teacher's HTTP client "
+                           f"speaks to HTTP(S) proxies only. Fix: point {key.upper()}_PROXY at an HTTP proxy, or "
+                           f"add {parsed.hostname} to NO_PROXY")
+    return proxy
 
 
 _TRANSPORT: Transport | None = None
