@@ -413,12 +413,31 @@ def test_the_report_shows_scores_ifd_and_what_the_selection_kept_and_dropped(tmp
 def test_score_and_select_are_steps_a_run_config_names(fake_openai, tmp_path):
     fake_openai.default_reply = lambda path, body: fake_openai.wrap(path, judge(path, body))
     _, cfg = make_run(tmp_path, fake_openai, stages=["score", "select", "export"], **{
-        "select.top": 3, "export.include": ["selected"], "export.include_seeds": False, "export.formats": "alpaca"})
+        "select.by": "judge", "select.top": 3, "export.include": ["selected"], "export.include_seeds": False,
+        "export.formats": "alpaca"})
     messages = Session(cfg).run_all()
     assert [m.split(":")[0] for m in messages] == ["score", "select", "export"]
     assert "3 of 5 rows kept by judge" in messages[1]
     manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert manifest["status"] == "done" and manifest["stages"]["select"]["kept"] == 3
+
+
+def test_select_keeps_every_row_by_default_refuses_a_cut_without_a_ranking_and_names_unused_scores(
+        fake_openai, tmp_path):
+    """The default is all (the experiment's judge and IFD quarters did worse than random): every row kept, a
+    --top or --frac without --by is an error and not ignored, and scores the run has are named as unused."""
+    assert SelectConfig().by == "all"
+    kept = select_rows(rows_of(5), SelectConfig(), scores={}, ifd={})
+    assert kept.summary["kept_rows"] == 5 and kept.summary["by"] == "all"
+    for cut in ({"top": 3}, {"frac": 0.25}):
+        with pytest.raises(Seed2LoraError, match=r"select.(top|frac) = .* cuts a ranking.*Fix: set select.by"):
+            select_rows(rows_of(5), SelectConfig(**cut), scores={}, ifd={})
+    fake_openai.default_reply = lambda path, body: fake_openai.wrap(path, judge(path, body))
+    _, cfg = make_run(tmp_path, fake_openai, stages=["score", "select"])
+    messages = Session(cfg).run_all()
+    assert "5 of 5 rows kept by all" in messages[1] and "not ranked by score.jsonl (--by judge)" in messages[1]
+    result = invoke("select", tmp_path / "r", "--top", "2", expect=2)
+    assert "select.top = 2" in result.output and "--by" in result.output
 
 
 def test_completions_logprobs_are_read_too(fake_openai, tmp_path):

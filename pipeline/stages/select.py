@@ -71,6 +71,10 @@ def select_rows(tasks: Sequence[Task], cfg: SelectConfig, *, scores: dict[str, f
     """
     if cfg.by not in BY:
         raise Seed2LoraError(f"select.by must be one of {', '.join(BY)}, not {cfg.by!r}")
+    if cfg.by == "all" and (cfg.top > 0 or cfg.frac != SelectConfig.frac):  # a cut needs an order: not ignored
+        cut = f"select.top = {cfg.top}" if cfg.top > 0 else f"select.frac = {cfg.frac}"
+        raise Seed2LoraError(f"{cut} (--top/--frac) cuts a ranking, and select.by = all keeps every row. Fix: set "
+                             "select.by (--by) to random, judge or ifd, or leave the cut out")
     rows, contaminated = drop_contaminated(task_rows(tasks), contam, STAGE)
     rng = random.Random(cfg.seed)
     dropped: list[dict[str, Any]] = []
@@ -185,8 +189,12 @@ def select_run(run: RunDir, cfg: SelectConfig, include: list[str] | str, seeds: 
 def step(ctx: RunContext, records: Records | None) -> StepResult:
     """Drop near-duplicates and keep the best rows by [select]; write select.jsonl."""
     s = select_run(ctx.run, ctx.cfg.select, ctx.cfg.export.include, seeds=ctx.seeds).summary
+    unused = [f"{stage}.jsonl (--by {by})" for stage, by in (("score", "judge"), ("ifd", "ifd"))
+              if s["by"] != by and ctx.run.stage_file(stage).is_file()]
+    note = f"; not ranked by {' or '.join(unused)}" if unused else ""
     return StepResult(f"select: {s['kept_rows']} of {s['rows']} rows kept by {s['by']} ({s['kept_tasks']} tasks), "
                       f"{s['near_duplicates']} near-duplicates and {s['contaminated']} contaminated rows rejected "
-                      f"({s['decontaminate']['note']}) -> {ctx.run.stage_file('select')} (export --include selected)", 0,
+                      f"({s['decontaminate']['note']}){note} -> {ctx.run.stage_file('select')} "
+                      "(export --include selected)", 0,
                       {"generated": s["rows"], "kept": s["kept_rows"], "rejected": s["near_duplicates"] + s["contaminated"],
                        "contaminated": s["contaminated"]})
