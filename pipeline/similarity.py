@@ -333,6 +333,19 @@ if numba is not None:
                 out[e] = _f(m - np.int64(_popcount(x & top)), m, start[e + 1] - start[e])
 
     @numba.njit(cache=True)
+    def _postings(tokens, owner, offsets):
+        """owner[np.argsort(tokens, kind="stable")] as int32: the entries of each token, in entry order, by a
+        counting sort (offsets: where each token's entries start). At 20,000 instructions the sort cost most of a
+        freeze (about 30 ms, one every 1,024 instructions added)."""
+        entries = np.empty(tokens.shape[0], np.int32)
+        fill = offsets[:-1].copy()
+        for j in range(tokens.shape[0]):
+            t = tokens[j]
+            entries[fill[t]] = owner[j]
+            fill[t] += 1
+        return entries
+
+    @numba.njit(cache=True)
     def _top_k_numba(scores, k):
         """Indices of the k best scores, best first, ties by lower index."""
         k = max(0, min(k, scores.shape[0]))
@@ -410,9 +423,9 @@ class _Frozen:
         lengths = np.diff(start)
         tokens = flat[:start[-1]]
         owner = np.repeat(np.arange(n, dtype=np.int64), lengths)
-        self.entries = owner[np.argsort(tokens, kind="stable")].astype(np.int32)  # by token, then by entry
         counts = np.bincount(tokens, minlength=1)
         self.offsets = np.concatenate([[0], np.cumsum(counts)])
+        self.entries = _postings(tokens, owner, self.offsets)  # by token, then by entry
         common = np.argsort(-counts, kind="stable")[:_COMMON]
         common = common[counts[common] > 0]
         self.code_of = np.full(len(counts), -1, np.int16)

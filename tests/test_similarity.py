@@ -253,3 +253,20 @@ def test_one_query_row_is_exact_through_the_common_tokens_and_the_postings(monke
         assert same(fast.max_score(q), ref.max_score(q)) and fast.top_k(q, 10) == ref.top_k(q, 10)
     assert [fast.add_if_novel(q, 0.7) for q in queries] == [ref.add_if_novel(q, 0.7) for q in queries]
     assert len(fast) == len(ref)
+
+
+@pytest.mark.skipif(similarity.numba is None, reason="the numba backend")
+def test_a_freeze_lists_each_tokens_entries_as_the_stable_sort_did():
+    """The postings of a freeze (token -> its entries, by a counting sort since issue 20) are those of
+    owner[np.argsort(tokens, kind="stable")]: each token's entries in entry order, an entry once per occurrence."""
+    rnd = random.Random(11)
+    index = build("numba", [" ".join(rnd.choice(WORDS[:40]) for _ in range(rnd.randint(1, 30))) for _ in range(700)])
+    flat, start = index._engine.pool.arrays()
+    frozen = similarity._Frozen()
+    frozen.freeze(flat, start)
+    tokens = flat[:start[-1]]
+    owner = np.repeat(np.arange(len(start) - 1), np.diff(start))
+    assert frozen.frozen == 700
+    assert np.array_equal(frozen.entries, owner[np.argsort(tokens, kind="stable")].astype(np.int32))
+    assert frozen.entries.dtype == np.int32
+    assert np.array_equal(np.diff(frozen.offsets), np.bincount(tokens))
