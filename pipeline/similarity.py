@@ -317,79 +317,6 @@ if numba is not None:
                     out[e] = f_of[lcs * (short + 1) + n] if n <= short else _f(lcs, m, n)
         return 0.0
 
-    @numba.njit(cache=True, inline="always")
-    def _set_masks(qflat, a, b, pm):
-        """pm[token] |= the bit of each position of query qflat[a:b] (pm is zero before, and after _clear_masks)."""
-        for p in range(b - a):
-            pm[qflat[a + p]] |= np.uint64(1) << np.uint64(p)
-
-    @numba.njit(cache=True, inline="always")
-    def _clear_masks(qflat, a, b, pm):
-        for p in range(a, b):
-            pm[qflat[p]] = 0
-
-    @numba.njit(cache=True, inline="always")
-    def _whole_rows(qflat, a, b, tokens_from, offsets, entries, code_of, rare_only, flat, start, pm, out_row):
-        """out_row[e] for every frozen entry e holding a token of query qflat[a:b] (with rare_only, a token that
-        is not common), each read whole: pm holds the query's masks. An entry listed twice gets the same value."""
-        top = _low_mask(b - a)
-        for p in range(b - a):
-            t = qflat[a + p]
-            if t >= tokens_from or (pm[t] & ((np.uint64(1) << np.uint64(p)) - np.uint64(1))) != 0:
-                continue  # a token new since the freeze, or not its first position
-            if rare_only and code_of[t] >= 0:
-                continue
-            for c in range(offsets[t], offsets[t + 1]):
-                e = entries[c]
-                x = top
-                for j in range(start[e], start[e + 1]):
-                    u = x & pm[flat[j]]
-                    x = (x + u) | (x - u)
-                out_row[e] = _f((b - a) - np.int64(_popcount(x & top)), b - a, start[e + 1] - start[e])
-
-    @numba.njit(cache=True)
-    def _frozen_rows_begin(qflat, qstart, qrows, offsets, entries, code_of, n_codes, flat, start, pm, out,
-                           pm_codes, common_rows, common_len):
-        """The frozen part of the rows of several queries of 1 to 64 tokens (qflat[qstart[i]:qstart[i + 1]] is
-        out[qrows[i]]), as _frozen_row gives each: a query whose tokens the postings list in few entries reads
-        those, whole; each other one gets the common pass (_projected_scores: its masks by code in pm_codes[k],
-        its row and length in common_rows[k] and common_len[k]), which _frozen_rows_end completes. Returns the
-        number of queries given to the common pass."""
-        tokens_from, k = offsets.shape[0] - 1, 0
-        for i in range(qstart.shape[0] - 1):
-            a, b = qstart[i], qstart[i + 1]
-            _set_masks(qflat, a, b, pm)
-            listed = 0
-            for p in range(b - a):
-                t = qflat[a + p]
-                if t < tokens_from and (pm[t] & ((np.uint64(1) << np.uint64(p)) - np.uint64(1))) == 0:
-                    listed += offsets[t + 1] - offsets[t]
-            if listed * _ENTRY_COST <= n_codes:
-                _whole_rows(qflat, a, b, tokens_from, offsets, entries, code_of, False, flat, start, pm,
-                            out[qrows[i]])
-            else:
-                for p in range(b - a):
-                    t = qflat[a + p]
-                    if t < tokens_from and code_of[t] >= 0:
-                        pm_codes[k, code_of[t]] = pm[t]
-                common_rows[k], common_len[k] = qrows[i], b - a
-                k += 1
-            _clear_masks(qflat, a, b, pm)
-        return k
-
-    @numba.njit(cache=True)
-    def _frozen_rows_end(qflat, qstart, qrows, common, offsets, entries, code_of, flat, start, pm, out):
-        """After the common pass: each query of it (common[i]) reads the entries holding a rare token of its
-        own again, whole."""
-        tokens_from = offsets.shape[0] - 1
-        for i in range(qstart.shape[0] - 1):
-            if common[i]:
-                a, b = qstart[i], qstart[i + 1]
-                _set_masks(qflat, a, b, pm)
-                _whole_rows(qflat, a, b, tokens_from, offsets, entries, code_of, True, flat, start, pm,
-                            out[qrows[i]])
-                _clear_masks(qflat, a, b, pm)
-
     @numba.njit(cache=True)
     def _entry_scores(entries, seg_lo, seg_hi, flat, start, pm, m, out):
         """F of one query of at most 64 tokens against the entries listed in entries[seg_lo[g]:seg_hi[g]] (the
@@ -558,14 +485,6 @@ def _split(kernel, n, work, *args, first=0):
     return [kernel(first, bounds[1], *args)] + [f.result() for f in futures]
 
 
-def _query_masks(q) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct tokens of a query and the bit mask of each one's positions in it."""
-    by_token: dict[int, int] = {}
-    for p, t in enumerate(q.tolist()):
-        by_token[t] = by_token.get(t, 0) | (1 << p)
-    return np.array(list(by_token), np.int64), np.array(list(by_token.values()), np.uint64)
-
-
 def _forget_executor():
     global _executor
     _executor = None  # a forked child has the executor but not its threads
@@ -606,7 +525,11 @@ class _NumbaEngine:
         out = np.zeros(n)
         if len(self.pm) < n_vocab:
             self.pm = np.zeros(2 * n_vocab, np.uint64)
-        tokens, masks = _query_masks(q)
+        by_token: dict[int, int] = {}
+        for p, t in enumerate(q.tolist()):
+            by_token[t] = by_token.get(t, 0) | (1 << p)
+        tokens = np.array(list(by_token), np.int64)
+        masks = np.array(list(by_token.values()), np.uint64)
         flat, start = self.pool.arrays()
         frozen = self.frozen
         frozen.freeze(flat, start)
@@ -646,48 +569,6 @@ class _NumbaEngine:
         if rare.any():
             _entry_scores(frozen.entries, frozen.offsets[tokens[rare]], frozen.offsets[tokens[rare] + 1], flat,
                           start, self.pm, m, out)
-
-    def rows(self, queries, n_vocab) -> np.ndarray:
-        """The rows of several queries (a bootstrap reply's lines) against every entry, each as _row or scores
-        gives it alone: the tail is read once for all the queries of up to 64 tokens, and the frozen entries'
-        common tokens once for each of those that need that pass, in one call for all of their set-up."""
-        n = self.pool.n
-        out = np.zeros((len(queries), n))
-        if len(self.pm) < n_vocab:
-            self.pm = np.zeros(2 * n_vocab, np.uint64)
-        flat, start = self.pool.arrays()
-        frozen = self.frozen
-        frozen.freeze(flat, start)
-        short = [i for i, q in enumerate(queries) if 0 < len(q) <= 64]
-        for b in range(0, len(short), _LANES):
-            lanes = np.array(short[b:b + _LANES], np.int64)
-            qflat, qstart = _Flat.of([queries[i] for i in lanes])
-            if frozen.frozen < n:  # the tail, scanned whole: one pass, a lane a query
-                slot, table = _pack(qflat, qstart, n_vocab, 1)
-                _split(_block_scores, n, (start[n] - start[frozen.frozen]) * len(lanes), flat, start, slot, table,
-                       np.diff(qstart), out, lanes, first=frozen.frozen)
-            if frozen.frozen:
-                self._frozen_rows(frozen, qflat, qstart, lanes, flat, start, out)
-        for i, q in enumerate(queries):
-            if len(q) > 64:
-                self._query(q, (flat, start), n_vocab, out[i], False)
-        return out
-
-    def _frozen_rows(self, frozen: _Frozen, qflat, qstart, lanes, flat, start, out) -> None:
-        """_frozen_row for the queries of `lanes` (qflat[qstart[j]:qstart[j + 1]] is query lanes[j]): those whose
-        tokens the postings list in few entries read only those; the others share the common pass, then each
-        reads the entries holding a rare token of its own again, whole. Two calls and the passes, not numpy's
-        dozen calls a query."""
-        pm_codes = np.zeros((len(lanes), 256), np.uint64)  # code 255 pads entries: its masks stay 0
-        rows, qlen = np.zeros(len(lanes), np.int64), np.zeros(len(lanes), np.int64)
-        common = _frozen_rows_begin(qflat, qstart, lanes, frozen.offsets, frozen.entries, frozen.code_of,
-                                    len(frozen.codes), flat, start, self.pm, out, pm_codes, rows, qlen)
-        for k in range(common):
-            _split(_projected_scores, len(frozen.glen), len(frozen.codes), frozen.codes, frozen.gstart, frozen.glen,
-                   frozen.lane_entry, pm_codes[k], start, qlen[k], out[rows[k]])
-        if common:
-            _frozen_rows_end(qflat, qstart, lanes, np.isin(lanes, rows[:common]), frozen.offsets, frozen.entries,
-                             frozen.code_of, flat, start, self.pm, out)
 
     @staticmethod
     def _query(q, target, n_vocab, out, prune):
@@ -784,9 +665,6 @@ class _RapidfuzzEngine:
 
     def cross_scores(self, queries, n_vocab):
         return self._matrix(queries, [self._str(q) for q in queries], [len(q) for q in queries])
-
-    def rows(self, queries, n_vocab):
-        return self._matrix(queries, self.pool, self.lens)
 
     def max_score(self, q, n_vocab):
         return float(self.pool_scores([q], n_vocab)[0])
@@ -898,27 +776,6 @@ class RougeLIndex:
             return True, best
         return False, best
 
-    def scored_together(self, texts) -> ScoredTogether:
-        """The rows of several texts against the index as it is now, in one pass, and against each other (see
-        ScoredTogether): bootstrap decides a reply's lines one by one from them."""
-        return ScoredTogether(self, texts)
-
-    def rows_and_cross(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, cross): rows[i] is scores(texts[i]) now; cross[i, j] the F of texts[i] (as target) against
-        texts[j] (as an entry), as scores(texts[i]) would give it once texts[j] were added."""
-        if self._engine is None:
-            tokens = [self._tokenize(t) for t in texts]
-            rows = np.zeros((len(texts), len(self)))
-            cross = np.zeros((len(texts), len(texts)))
-            for i, (text, q) in enumerate(zip(texts, tokens, strict=True)):
-                rows[i] = self.scores(text)
-                if q:
-                    masks = _match_masks(q)
-                    cross[i] = [_fmeasure(_lcs_bits(masks, len(q), e), len(q), len(e)) for e in tokens]
-            return rows, cross
-        ids, n_vocab = [self._ids(t) for t in texts], len(self._vocab)
-        return self._engine.rows(ids, n_vocab), self._engine.cross_scores(ids, n_vocab)
-
     def filter_batch(self, texts, threshold: float = 0.7) -> list[tuple[bool, float]]:
         """add_if_novel over `texts` in order (each also sees earlier accepted ones)."""
         if self._engine is None:
@@ -966,56 +823,3 @@ class RougeLIndex:
                     accepted.append(i)
                 out.append(Decision(added, best, top, mean))
         return out
-
-
-class ScoredTogether:
-    """Several texts (a bootstrap reply's lines) scored against an index in one pass, and against each other.
-
-    While the index grows only through `add` of these texts, `scores`, `max_score` and `top_k` of any of them are
-    the index's own, bit for bit (the same values in the same order: np.mean over a row sums as before), so the
-    lines are still decided one by one, in order, each against the pool and the lines added before it, without
-    a pass over the pool for each line.
-    """
-
-    def __init__(self, index: RougeLIndex, texts):
-        self.index = index
-        self.position = {text: i for i, text in enumerate(dict.fromkeys(texts))}
-        self.before = len(index)
-        self.rows, self.cross = index.rows_and_cross(list(self.position)) if self.position else (None, None)
-        self.added: list[int] = []  # positions of the texts added since, in order
-        self.last: tuple[tuple[str, int], np.ndarray] | None = None  # the last row asked for (max, top-k, mean)
-
-    def __contains__(self, text: str) -> bool:
-        return text in self.position
-
-    def scores(self, text: str) -> np.ndarray:
-        """index.scores(text), from the rows computed together."""
-        if len(self.index) != self.before + len(self.added):
-            raise RuntimeError("the index grew outside ScoredTogether.add: its rows are out of date")
-        key = (text, len(self.added))
-        if self.last is not None and self.last[0] == key:
-            return self.last[1]
-        i = self.position[text]
-        row = np.empty(self.before + len(self.added))
-        row[:self.before] = self.rows[i]
-        row[self.before:] = self.cross[i, self.added]
-        row.flags.writeable = False
-        self.last = (key, row)
-        return row
-
-    def max_score(self, text: str) -> float:
-        row = self.scores(text)
-        return float(row.max()) if row.size else 0.0
-
-    def top_k(self, text: str, k: int = 10) -> list[tuple[int, float]]:
-        s = self.scores(text)
-        engine = self.index._engine
-        top = engine.top_k(s, k) if engine is not None else _top_k_numpy(s, k)
-        return [(int(i), float(s[i])) for i in top]
-
-    def add(self, text: str) -> int:
-        """index.add(text) for one of these texts; the rows of the others then count it."""
-        i = self.position[text]  # a KeyError: a text not scored here would leave the rows out of date
-        pos = self.index.add(text)
-        self.added.append(i)
-        return pos

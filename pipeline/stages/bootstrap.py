@@ -139,37 +139,31 @@ class _Pool:
 
     def take(self, tasks: list[Task], request: int, kept_out: JsonlWriter, rejected_out: JsonlWriter,
              on_kept: Callable[[int], None] | None) -> list[Task]:
-        """Keep or reject each parsed line of one reply, in order; the tasks kept. The lines are scored against the
-        pool together (one pass over it for the reply), then decided one by one as before: each against the pool
-        and the lines added before it."""
+        """Keep or reject each parsed line of one reply; the tasks kept."""
         self.answered += 1
         seen: Counter[str] = Counter()
-        fresh: list[Task] = []
+        kept_here: list[Task] = []
         for task in tasks:
             seen[task.id] += 1
-            if seen[task.id] > self.written[(task.id, request)]:  # else written before an interruption
-                fresh.append(task)
-        together = self.filter.scored_together(t.instruction for t in fresh if t.instruction
-                                               and t.id not in self.kept_ids and t.id not in self.over)
-        kept_here: list[Task] = []
-        for task in fresh:
+            if seen[task.id] <= self.written[(task.id, request)]:  # written before an interruption
+                continue
             if not task.instruction:
                 self.reject(rejected_out, task, "unparseable_reply: no numbered task in the reply")
             elif task.id in self.kept_ids:
                 self.reject(rejected_out, task, f"duplicate: the same instruction as {task.id}, already kept")
             elif task.id in self.over:
                 self.reject(rejected_out, task, f"duplicate: the same instruction as {task.id}, over the target")
-            elif reason := self.filter.check(task, together=together):
+            elif reason := self.filter.check(task):
                 self.reject(rejected_out, task, reason)
             elif self.full:
                 self.novel += 1
                 self.over[task.id] = task.instruction
-                self.filter.add(task.instruction, together)  # lines past the target are checked against each other
+                self.filter.add(task.instruction)  # the lines past the target are checked against each other too
                 self.reject(rejected_out, task, f"over_target: passed the filter, but the pool already held the "
                                                 f"{self.target} instructions asked for (bootstrap.num_instructions)")
             else:
                 self.novel += 1
-                self.filter.add(task.instruction, together)
+                self.filter.add(task.instruction)
                 self.machine.append(task.instruction)
                 self.kept_ids[task.id] = task.instruction
                 kept_out.write(task)

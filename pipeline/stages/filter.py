@@ -28,7 +28,7 @@ from ..context import Records, RunContext, StepResult
 from ..errors import Seed2LoraError
 from ..prompts import Prompts
 from ..records import Instance, Task
-from ..similarity import RougeLIndex, ScoredTogether
+from ..similarity import RougeLIndex
 from ..store import write_jsonl_atomic
 from .instances import instance_prompt
 from .parse import parse_input_first, parse_output_first
@@ -82,18 +82,11 @@ class InstructionFilter:
         for text in pool:
             self.index.add(text)
 
-    def scored_together(self, instructions: Iterable[str]) -> ScoredTogether:
-        """Several candidates (a bootstrap reply's lines) scored against the pool in one pass, those the rules pass:
-        give it to `check` and `add`, which then decide and grow the pool exactly as they would line by line."""
-        index = self.seed_index if self.cfg.rouge_against_seeds_only else self.index
-        return index.scored_together(t for t in instructions if instruction_reject_reason(t, self.cfg) is None)
-
-    def check(self, task: Task, *, ignore: Collection[str] = (), together: ScoredTogether | None = None) -> str | None:
+    def check(self, task: Task, *, ignore: Collection[str] = ()) -> str | None:
         """Reject reason for a task, or None; on keep, fills most_similar and avg_similarity_score.
 
         `ignore`: pool texts that may be as close as they like (an evolved instruction's own
-        ancestors: an in-depth rewrite contains its parent by design). `together`: the rows of scored_together,
-        used when the task's instruction is among them.
+        ancestors: an in-depth rewrite contains its parent by design).
         """
         reason = instruction_reject_reason(task.instruction, self.cfg)
         if reason:
@@ -102,29 +95,24 @@ class InstructionFilter:
         if len(index) == 0:
             task.most_similar_instructions, task.avg_similarity_score = {}, 0.0
             return None
-        rows = together if together is not None and task.instruction in together else index
-        best = rows.max_score(task.instruction)
+        best = index.max_score(task.instruction)
         if best > self.cfg.rouge_threshold:
-            (pos, score), = rows.top_k(task.instruction, k=1)
+            (pos, score), = index.top_k(task.instruction, k=1)
             if ignore and index.text(pos) in ignore:
-                scores = rows.scores(task.instruction)
+                scores = index.scores(task.instruction)
                 over = [(int(i), float(scores[i])) for i in np.flatnonzero(scores > self.cfg.rouge_threshold)
                         if index.text(int(i)) not in ignore]
                 pos, score = max(over, key=lambda x: x[1], default=(None, 0.0))
             if pos is not None:
                 return f"rouge_l: {score:.3f} > {self.cfg.rouge_threshold} vs {index.text(pos)!r}"
         # One row of scores per candidate (the index keeps it): its max above, its top-k and mean here.
-        top = rows.top_k(task.instruction, k=self.cfg.most_similar_k)  # best first, ties by pool order
+        top = index.top_k(task.instruction, k=self.cfg.most_similar_k)  # best first, ties by pool order
         task.most_similar_instructions = {index.text(i): score for i, score in top}
-        task.avg_similarity_score = float(np.mean(rows.scores(task.instruction)))
+        task.avg_similarity_score = float(np.mean(index.scores(task.instruction)))
         return None
 
-    def add(self, instruction: str, together: ScoredTogether | None = None) -> None:
-        """Into the pool; through `together` when it scored the pool (its rows then count this instruction)."""
-        if together is not None and together.index is self.index:
-            together.add(instruction)
-        else:
-            self.index.add(instruction)
+    def add(self, instruction: str) -> None:
+        self.index.add(instruction)
 
 
 def prompt_demonstrations(text: str) -> list[str]:
