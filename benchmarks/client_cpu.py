@@ -174,10 +174,10 @@ def warm_up() -> None:
     1-3 ms a request)."""
     from pipeline.similarity import RougeLIndex
 
-    index, texts = RougeLIndex(), pool_texts(1400)
+    index, texts = RougeLIndex(), pool_texts(3400)  # past similarity._SCAN_WHOLE: the frozen arrays' kernels
     queries = ["Write a list of the things to do in the city", "zebra quokka", "Write a poem about the sea",
                " ".join(texts[:12])]  # over 64 tokens: the multi-word kernels
-    for part in (texts[:1000], texts[1000:]):
+    for part in (texts[:3000], texts[3000:]):
         for text in part:
             index.add(text)
         for query in queries:

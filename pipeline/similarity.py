@@ -25,8 +25,9 @@ Algorithm
   tokens in no query leave V unchanged, so this is exact for every entry
   holding no rare token of the query; the few that do (found through the
   postings, token -> its entries) are read again whole.  Entries added since
-  the last freeze of these arrays are scanned whole.  The row is exact, and
-  the last row is kept while the pool is unchanged (the filter asks a
+  the last freeze of these arrays are scanned whole, and so is a small pool
+  (up to _SCAN_WHOLE tokens), which has no such arrays.  The row is exact,
+  and the last row is kept while the pool is unchanged (the filter asks a
   candidate's max, then its top-k and mean).
 * A query over 64 tokens uses a multi-word bit vector; ``max_score`` then
   skips entries whose F bound cannot beat the best so far: the length bound
@@ -464,6 +465,10 @@ _LANES_COMMON = 8  # entries whose bit vectors run side by side in _projected_sc
 # An occurrence of a query token read through the postings (its entry read whole) costs about this many codes
 # of the common pass: a query whose tokens occur fewer times than the codes / this reads only its entries.
 _ENTRY_COST = 48
+# A pool of up to this many tokens (about 2,000 instructions) is scanned whole for a query, in one call: below it the
+# frozen arrays' set-up (a dozen numpy calls a query, and a freeze every 256 instructions) cost more than the scan.
+# At 500-2,000 instructions bootstrap's rows took 15-25% less CPU in a run (benchmarks/RESULTS.md, issue 20).
+_SCAN_WHOLE = 24_576
 _executor = None
 
 
@@ -531,9 +536,16 @@ class _NumbaEngine:
         tokens = np.array(list(by_token), np.int64)
         masks = np.array(list(by_token.values()), np.uint64)
         flat, start = self.pool.arrays()
+        pm = self.pm
+        if start[n] <= _SCAN_WHOLE:  # a small pool: no frozen arrays
+            pm[tokens] = masks
+            try:
+                _query_scores(0, n, flat, start, pm, self.no_slot, self.no_table, m, out, False)
+            finally:
+                pm[tokens] = 0
+            return out
         frozen = self.frozen
         frozen.freeze(flat, start)
-        pm = self.pm
         pm[tokens] = masks
         try:
             if frozen.frozen:
