@@ -25,8 +25,9 @@ Algorithm
   tokens in no query leave V unchanged, so this is exact for every entry
   holding no rare token of the query; the few that do (found through the
   postings, token -> its entries) are read again whole.  Entries added since
-  the last freeze of these arrays are scanned whole.  The row is exact, and
-  the last row is kept while the pool is unchanged (the filter asks a
+  the last freeze of these arrays are scanned whole, and so is a small pool
+  (up to _SCAN_WHOLE tokens), which has no such arrays.  The row is exact,
+  and the last row is kept while the pool is unchanged (the filter asks a
   candidate's max, then its top-k and mean).
 * A query over 64 tokens uses a multi-word bit vector; ``max_score`` then
   skips entries whose F bound cannot beat the best so far: the length bound
@@ -333,6 +334,19 @@ if numba is not None:
                 out[e] = _f(m - np.int64(_popcount(x & top)), m, start[e + 1] - start[e])
 
     @numba.njit(cache=True)
+    def _postings(tokens, owner, offsets):
+        """owner[np.argsort(tokens, kind="stable")] as int32: the entries of each token, in entry order, by a
+        counting sort (offsets: where each token's entries start). At 20,000 instructions the sort cost most of a
+        freeze (about 30 ms, one every 1,024 instructions added)."""
+        entries = np.empty(tokens.shape[0], np.int32)
+        fill = offsets[:-1].copy()
+        for j in range(tokens.shape[0]):
+            t = tokens[j]
+            entries[fill[t]] = owner[j]
+            fill[t] += 1
+        return entries
+
+    @numba.njit(cache=True)
     def _top_k_numba(scores, k):
         """Indices of the k best scores, best first, ties by lower index."""
         k = max(0, min(k, scores.shape[0]))
@@ -410,9 +424,9 @@ class _Frozen:
         lengths = np.diff(start)
         tokens = flat[:start[-1]]
         owner = np.repeat(np.arange(n, dtype=np.int64), lengths)
-        self.entries = owner[np.argsort(tokens, kind="stable")].astype(np.int32)  # by token, then by entry
         counts = np.bincount(tokens, minlength=1)
         self.offsets = np.concatenate([[0], np.cumsum(counts)])
+        self.entries = _postings(tokens, owner, self.offsets)  # by token, then by entry
         common = np.argsort(-counts, kind="stable")[:_COMMON]
         common = common[counts[common] > 0]
         self.code_of = np.full(len(counts), -1, np.int16)
@@ -451,6 +465,10 @@ _LANES_COMMON = 8  # entries whose bit vectors run side by side in _projected_sc
 # An occurrence of a query token read through the postings (its entry read whole) costs about this many codes
 # of the common pass: a query whose tokens occur fewer times than the codes / this reads only its entries.
 _ENTRY_COST = 48
+# A pool of up to this many tokens (about 2,000 instructions) is scanned whole for a query, in one call: below it the
+# frozen arrays' set-up (a dozen numpy calls a query, and a freeze every 256 instructions) cost more than the scan.
+# At 500-2,000 instructions bootstrap's rows took 15-25% less CPU in a run (benchmarks/RESULTS.md, issue 20).
+_SCAN_WHOLE = 24_576
 _executor = None
 
 
@@ -518,9 +536,16 @@ class _NumbaEngine:
         tokens = np.array(list(by_token), np.int64)
         masks = np.array(list(by_token.values()), np.uint64)
         flat, start = self.pool.arrays()
+        pm = self.pm
+        if start[n] <= _SCAN_WHOLE:  # a small pool: no frozen arrays
+            pm[tokens] = masks
+            try:
+                _query_scores(0, n, flat, start, pm, self.no_slot, self.no_table, m, out, False)
+            finally:
+                pm[tokens] = 0
+            return out
         frozen = self.frozen
         frozen.freeze(flat, start)
-        pm = self.pm
         pm[tokens] = masks
         try:
             if frozen.frozen:

@@ -1,8 +1,8 @@
 """Bootstrap's records do not depend on how fast its filter is (issue 20): the fast ROUGE-L index (numba: common
-tokens, postings, the tail scanned) and the reference one (pure Python, the test oracle of tests/test_similarity.py)
-keep and reject the same lines for the same reasons, with the same most_similar_instructions and
-avg_similarity_score, byte for byte. So do the rules' one-pattern blacklist check and the hand-written
-Task.to_dict, against the per-word searches and dataclasses.asdict they replace."""
+tokens, postings, the tail scanned; or a small pool scanned whole) and the reference one (pure Python, the test
+oracle of tests/test_similarity.py) keep and reject the same lines for the same reasons, with the same
+most_similar_instructions and avg_similarity_score, byte for byte. So do the rules' one-pattern blacklist check and
+the hand-written Task.to_dict, against the per-word searches and dataclasses.asdict they replace."""
 
 from __future__ import annotations
 
@@ -56,9 +56,11 @@ def bootstrap_run(tmp_path, name: str, seeds: Path) -> tuple[bytes, bytes]:
 @pytest.mark.skipif(similarity.numba is None, reason="the numba backend")
 def test_bootstrap_writes_the_same_records_with_the_fast_index_as_with_the_reference(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    seeds = tmp_path / "seeds.jsonl"  # 700 seed tasks: the pool is past a freeze, so every path of a row runs
+    seeds = tmp_path / "seeds.jsonl"  # 700 seed tasks: small enough to be scanned whole, by default
     seeds.write_text("".join(json.dumps({"instruction": text, "instances": [{"input": "", "output": "An answer."}]})
                              + "\n" for text in instructions(700, seed=5)))
+    whole = bootstrap_run(tmp_path, "whole", seeds)
+    monkeypatch.setattr(similarity, "_SCAN_WHOLE", 0)  # the same pool past a freeze, so every path of a row runs
     fast = bootstrap_run(tmp_path, "fast", seeds)
     monkeypatch.setattr(similarity, "_available_backend", lambda: "python")
     reference = bootstrap_run(tmp_path, "reference", seeds)
@@ -66,7 +68,7 @@ def test_bootstrap_writes_the_same_records_with_the_fast_index_as_with_the_refer
     reasons = {r["reject_reason"].split(":")[0] for r in rejected}
     assert len(kept) == 120 and {"rouge_l", "duplicate", "blacklist", "too_short"} <= reasons, reasons
     assert all(t["most_similar_instructions"] and t["avg_similarity_score"] > 0 for t in kept)
-    assert fast == reference
+    assert fast == reference and whole == reference
 
 
 def test_the_blacklist_names_the_first_word_of_the_list_as_the_per_word_search_did():

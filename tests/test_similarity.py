@@ -228,18 +228,24 @@ def test_seed_tasks_against_rouge_score(backend, shared_data):  # skips without 
 
 
 @pytest.mark.skipif(similarity.numba is None, reason="the numba backend")
-# (common tokens, entry cost): every entry read whole through the postings; no common token; a few; the defaults
-@pytest.mark.parametrize(("common", "entry_cost"), [(255, 0), (0, 10**9), (3, 10**9), (255, 48)])
-def test_one_query_row_is_exact_through_the_common_tokens_and_the_postings(monkeypatch, common, entry_cost):
+# (common tokens, entry cost, pool tokens scanned whole): every entry read whole through the postings; no common
+# token; a few; the defaults of the frozen arrays; the defaults (this pool is small enough to be scanned whole)
+@pytest.mark.parametrize(("common", "entry_cost", "scan_whole"),
+                         [(255, 0, 0), (0, 10**9, 0), (3, 10**9, 0), (255, 48, 0), (255, 48, None)])
+def test_one_query_row_is_exact_through_the_common_tokens_and_the_postings(monkeypatch, common, entry_cost,
+                                                                           scan_whole):
     """A query's row against a pool of real and synthetic instructions (near-duplicates, stop words shared
     by most pairs, entries over 64 tokens, repeated tokens) equals the brute-force reference bit for bit, and
     so do the max, the top-k and the add_if_novel decisions, whichever way a row is computed: entries read as
-    their common tokens, entries read whole through a rare token's postings, the tail scanned."""
+    their common tokens, entries read whole through a rare token's postings, the tail scanned, a small pool
+    scanned whole."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from _synthetic import instructions  # real seed tasks first where present, then synthetic ones
 
     monkeypatch.setattr(similarity, "_COMMON", common)
     monkeypatch.setattr(similarity, "_ENTRY_COST", entry_cost)
+    if scan_whole is not None:
+        monkeypatch.setattr(similarity, "_SCAN_WHOLE", scan_whole)
     if entry_cost == 48:  # the defaults, with every pass split across threads (the tail's from its first entry on)
         monkeypatch.setattr(similarity, "_MIN_PARALLEL_WORK", 0)
     texts = instructions(1500, seed=3)
@@ -247,9 +253,28 @@ def test_one_query_row_is_exact_through_the_common_tokens_and_the_postings(monke
     texts += [" ".join(rnd.choice(WORDS) for _ in range(rnd.randint(1, 90))) for _ in range(100)]  # 1-90 tokens
     pool, queries = texts[:1200], texts[1200:] + rnd.sample(texts[:1200], 20)  # 20 already in the pool: F 1
     fast, ref = build("numba", pool), build("python", pool)
+    flat, start = fast._engine.pool.arrays()
+    assert (start[-1] <= similarity._SCAN_WHOLE) == (scan_whole is None)  # which way this case reads the pool
     for q in queries:
         row = fast.scores(q)
         assert np.array_equal(row, ref.scores(q))
         assert same(fast.max_score(q), ref.max_score(q)) and fast.top_k(q, 10) == ref.top_k(q, 10)
     assert [fast.add_if_novel(q, 0.7) for q in queries] == [ref.add_if_novel(q, 0.7) for q in queries]
     assert len(fast) == len(ref)
+
+
+@pytest.mark.skipif(similarity.numba is None, reason="the numba backend")
+def test_a_freeze_lists_each_tokens_entries_as_the_stable_sort_did():
+    """The postings of a freeze (token -> its entries, by a counting sort since issue 20) are those of
+    owner[np.argsort(tokens, kind="stable")]: each token's entries in entry order, an entry once per occurrence."""
+    rnd = random.Random(11)
+    index = build("numba", [" ".join(rnd.choice(WORDS[:40]) for _ in range(rnd.randint(1, 30))) for _ in range(700)])
+    flat, start = index._engine.pool.arrays()
+    frozen = similarity._Frozen()
+    frozen.freeze(flat, start)
+    tokens = flat[:start[-1]]
+    owner = np.repeat(np.arange(len(start) - 1), np.diff(start))
+    assert frozen.frozen == 700
+    assert np.array_equal(frozen.entries, owner[np.argsort(tokens, kind="stable")].astype(np.int32))
+    assert frozen.entries.dtype == np.int32
+    assert np.array_equal(np.diff(frozen.offsets), np.bincount(tokens))
