@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,72 @@ CACHE_FILE = "cache.sqlite"
 # server's prefix cache served (billed at the cached-input price)
 USAGE_COLUMNS = ("calls", "errors", "cached", "prompt_tokens", "completion_tokens", "retries", "timeouts",
                  "cached_tokens")
+
+
+_KEYS_PER_QUERY = 500  # keys in one lookup query: under SQLite's smallest limit of bound variables (999)
+_INSERT_USAGE = (f"INSERT INTO usage (session, kind, model, {', '.join(USAGE_COLUMNS)}) "
+                 f"VALUES (?, ?, ?, {', '.join('?' * len(USAGE_COLUMNS))})")
+
+
+class Group:
+    """Calls that several threads make at once, done by one of them in one go: `work(rows)` gets the rows waiting
+    and gives a result for each, in order (a group commit, a lookup of several keys). The first thread to hand a
+    row in while none is at work does every row waiting, its own among them; the others wait. When it is done and
+    rows came in meanwhile, the first of their threads does them all next. Each `call` returns its own row's
+    result once its work is done, or raises the error that work raised."""
+
+    def __init__(self, work: Callable[[list[Any]], list[Any]]):
+        self.work = work
+        self.lock = threading.Lock()  # guards waiting and busy
+        self.waiting: list[_Handed] = []
+        self.busy = False  # a thread is at work
+
+    def call(self, row: Any) -> Any:
+        handed = _Handed(row)
+        with self.lock:
+            self.waiting.append(handed)
+            leads = not self.busy
+            self.busy = True
+        if not leads:
+            handed.done.acquire()  # released when its row is done, or when its thread is to do the rows next
+            if not handed.leads:
+                if handed.error is not None:
+                    raise handed.error
+                return handed.result
+        with self.lock:
+            batch, self.waiting = self.waiting, []
+        error: BaseException | None = None
+        results: list[Any] = []
+        try:
+            results = self.work([h.row for h in batch])
+        except BaseException as e:
+            error = e
+        finally:
+            with self.lock:
+                if self.waiting:  # rows handed in meanwhile: their first thread does them next
+                    self.waiting[0].leads = True
+                    self.waiting[0].done.release()
+                else:
+                    self.busy = False
+            for i, h in enumerate(batch):
+                if h is not handed:
+                    h.error = error
+                    h.result = results[i] if error is None else None
+                    h.done.release()
+        if error is not None:
+            raise error
+        return results[batch.index(handed)]
+
+
+class _Handed:
+    """A row waiting in a Group; `done` is held until its work is done (or its thread is to do the work)."""
+
+    __slots__ = ("row", "done", "leads", "result", "error")
+
+    def __init__(self, row: Any):
+        self.row, self.leads, self.result, self.error = row, False, None, None
+        self.done = threading.Lock()
+        self.done.acquire()
 
 
 def model_of(spec: str) -> str:
@@ -53,6 +120,8 @@ class ResponseCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._commits = Group(self._commit)  # record(): replies that come at once share a commit
+        self._lookups = Group(self._get_many)  # get(): lookups made at once share a query
         self._usage_seen = 0  # usage(): the rows summed so far (rowid up to this)
         self._usage_sums: dict[str, list[int]] = {}  # and their sums by kind, in the order of each kind's first row
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -87,13 +156,23 @@ class ResponseCache:
                 raise
 
     def get(self, key: str) -> Completion | None:
-        with self._lock:
-            row = self._db.execute("SELECT text, finish_reason, prompt_tokens, completion_tokens FROM responses "
-                                   "WHERE key = ?", (key,)).fetchone()
+        """The reply cached under `key`, else None. Lookups made at once by several threads share one query
+        (`Group`)."""
+        row = self._lookups.call(key)
         if row is None:
             return None
         return Completion(text=row[0], finish_reason=row[1], prompt_tokens=row[2], completion_tokens=row[3],
                           cached=True)
+
+    def _get_many(self, keys: list[str]) -> list[tuple | None]:
+        found: dict[str, tuple] = {}
+        with self._lock:
+            for i in range(0, len(keys), _KEYS_PER_QUERY):
+                part = keys[i:i + _KEYS_PER_QUERY]
+                found.update((row[0], row[1:]) for row in self._db.execute(
+                    "SELECT key, text, finish_reason, prompt_tokens, completion_tokens FROM responses WHERE key IN "
+                    f"({', '.join('?' * len(part))})", part))
+        return [found.get(key) for key in keys]
 
     def put(self, key: str, c: Completion) -> None:
         with self._lock:
@@ -103,21 +182,31 @@ class ResponseCache:
     def record(self, key: str | None, c: Completion, session: str, kind: str, counts: dict[str, int],
                model: str | None, batch_line: tuple[str, str] | None = None) -> None:
         """One reply as it arrives: the response (when `key` is given) and its usage row, in one commit; with
-        batch_line (file_id, custom_id), that wave line is marked done in the same commit."""
+        batch_line (file_id, custom_id), that wave line is marked done in the same commit. Returns once that
+        commit is made. Replies recorded at the same moment by several threads share a commit (`Group`): at 64
+        in flight a commit of its own per reply cost the teacher's threads 0.10-0.19 ms a reply
+        (benchmarks/RESULTS.md, "Stage reply work")."""
+        response = (key, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens) if key is not None else None
+        usage = (session, kind, model, *(int(counts.get(col, 0)) for col in USAGE_COLUMNS))
+        self._commits.call((response, usage, batch_line))
+
+    def _commit(self, rows: list[tuple[tuple | None, tuple, tuple[str, str] | None]]) -> list[None]:
+        """Replies' rows (record's), in one transaction, in their order."""
         with self._lock:
             self._db.execute("BEGIN")
             try:
-                if key is not None:
-                    self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
-                                     (key, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens))
-                self._insert_usage(session, kind, counts, model)
-                if batch_line is not None:
-                    self._db.execute("UPDATE batch_lines SET state = 'done' WHERE file_id = ? AND custom_id = ?",
-                                     batch_line)
+                self._db.executemany("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
+                                     [response for response, _, _ in rows if response is not None])
+                self._db.executemany(_INSERT_USAGE, [usage for _, usage, _ in rows])
+                lines = [line for _, _, line in rows if line is not None]
+                if lines:
+                    self._db.executemany("UPDATE batch_lines SET state = 'done' WHERE file_id = ? AND custom_id = ?",
+                                         lines)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+        return [None] * len(rows)
 
     def __len__(self) -> int:
         with self._lock:
@@ -200,9 +289,7 @@ class ResponseCache:
             self._insert_usage(session, kind, counts, model)
 
     def _insert_usage(self, session: str, kind: str, counts: dict[str, int], model: str | None) -> None:
-        self._db.execute(f"INSERT INTO usage (session, kind, model, {', '.join(USAGE_COLUMNS)}) "
-                         f"VALUES (?, ?, ?, {', '.join('?' * len(USAGE_COLUMNS))})",
-                         (session, kind, model, *(int(counts.get(c, 0)) for c in USAGE_COLUMNS)))
+        self._db.execute(_INSERT_USAGE, (session, kind, model, *(int(counts.get(c, 0)) for c in USAGE_COLUMNS)))
 
     def usage(self, *, exclude_session: str | None = None) -> dict[str, dict[str, int]]:
         """Totals per call kind over every session of this run (but `exclude_session`). Over every session, the

@@ -1,9 +1,10 @@
 """What the per-task stages share: stream one teacher call per task not yet done.
 
 A stage reads the previous stage's file, skips tasks already in its own file (so a
-re-run resumes), and appends each result the moment its reply arrives: no batch
-barrier, and an interruption loses only the calls in flight (whose replies, if they
-arrived, are in the cache).
+re-run resumes), and appends each result as its reply arrives: no batch barrier, and an
+interruption loses only the calls in flight (whose replies, if they arrived, are in the
+cache) and, after a kill -9, the records of the last tenth of a second (held to be written
+together: store.RECORD_HOLD_S), which a resume makes again from the cache at no cost.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 from ..context import RunContext, StepResult
 from ..records import Task
-from ..store import JsonlWriter, RunDir
+from ..store import RECORD_HOLD_S, JsonlWriter, RunDir
 from ..teachers import Completion, GenParams, Teacher
 from ..teachers.base import WAIT, Request
 
@@ -91,15 +92,18 @@ class TaskMap:
         self.prompts: dict[str, str] = {}
         self.own_params: dict[str, GenParams] = {}
         self.counts = MapResult()
-        self.out = JsonlWriter(run.stage_file(stage))
-        self.rejected_out = JsonlWriter(run.rejected_file)
+        # Held (store.RECORD_HOLD_S): a record is its own done-mark, and its reply is in the cache before it is made.
+        self.out = JsonlWriter(run.stage_file(stage), hold_s=RECORD_HOLD_S)
+        self.rejected_out = JsonlWriter(run.rejected_file, hold_s=RECORD_HOLD_S)
 
     def __enter__(self) -> TaskMap:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.out.close()
-        self.rejected_out.close()
+        try:
+            self.out.close()
+        finally:
+            self.rejected_out.close()
 
     def settle(self, task: Task, record: Task | None, reason: str | None, reply: Completion | None) -> None:
         if record is not None:

@@ -47,7 +47,9 @@ rejected.jsonl holds its outcome for (parent_id, r). A teacher error (after the 
 own retries) or a spent budget leaves the slot pending at that round, with no record, and
 it goes no further; round r counts as done once every slot has its outcome for r. A
 re-run sends exactly the pending slots' calls again, with the same salts, so replies
-already in the run's cache are not paid twice. An empty evolution or answer is asked for
+already in the run's cache are not paid twice. Outcomes are written a tenth of a second
+at a time (store.RECORD_HOLD_S): after a kill -9 a resume makes the last ones again from
+the cache, and a rejection is never on disk while the evolution kept before it is not. An empty evolution or answer is asked for
 again with a new salt, up to teacher.max_retries times, then rejected as
 "unparseable_reply". The operation comes from random.Random(f"{seed}:evolve:{round}:{task
 id}"), so a resumed run draws the same ones.
@@ -72,7 +74,7 @@ from ..datasets_io import Fields, load_pool
 from ..errors import Seed2LoraError
 from ..prompts import Prompts
 from ..records import Instance, Task, task_id
-from ..store import STAGES, JsonlWriter, RunDir, read_tasks, reason_kind
+from ..store import RECORD_HOLD_S, STAGES, JsonlWriter, RunDir, read_tasks, reason_kind
 from ..teachers import Completion, GenParams, Teacher
 from ..teachers.base import WAIT, Request
 from .common import ProgressFn, reply_meta, retry_params
@@ -456,7 +458,10 @@ def run_evolve(teacher: Teacher, pool: list[Task], cfg: RunConfig, run: RunDir, 
     desc, todo = bar_of(lineages, e.rounds)
     if todo:
         evolver = _Evolver(teacher, cfg, prompts, pool, evolved, seeds)
-        with JsonlWriter(run.stage_file("evolve")) as kept_out, JsonlWriter(run.rejected_file) as rejected_out, \
+        # Held (store.RECORD_HOLD_S): an outcome is its own done-mark, made from replies already in the cache. The
+        # kept go to disk first: a round's rejection is never there while the evolution kept before it is not.
+        with JsonlWriter(run.stage_file("evolve"), hold_s=RECORD_HOLD_S) as kept_out, \
+                JsonlWriter(run.rejected_file, hold_s=RECORD_HOLD_S, after=kept_out) as rejected_out, \
                 progress(desc, 3 * todo) as advance:
 
             def emit(t: Task) -> None:

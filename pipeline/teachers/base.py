@@ -224,10 +224,10 @@ class BaseTeacher:
         """Whether this request's reply is in the run's cache: paid for already, free to read again."""
         return self._lookup(req, params) is not None
 
-    def _lookup(self, req: Request, params: GenParams) -> Completion | None:
+    def _lookup(self, req: Request, params: GenParams, key: str | None = None) -> Completion | None:
         if self.cache is None:
             return None
-        return self.cache.get(self.cache_key(req, params))
+        return self.cache.get(key or self.cache_key(req, params))
 
     def cache_key(self, req: Request, params: GenParams) -> str:
         """sha256 of json.dumps({"teacher", "prompt", "params", "salt"}, sort_keys=True, ensure_ascii=False), the
@@ -237,14 +237,19 @@ class BaseTeacher:
                 f'"teacher": {json.dumps(self.cache_identity(), sort_keys=True, ensure_ascii=False)}}}')
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
-    def _finish(self, req: Request, c: Completion, params: GenParams, kind: str) -> Completion:
+    def _finish(self, req: Request, c: Completion, params: GenParams, kind: str, key: str | None = None) -> Completion:
+        """Stop sequences, usage, and the reply and its usage row committed to the run's cache. `key`: the
+        request's cache key when the caller has it already (it is the same for the lookup and the reply)."""
         if not c.cached:
             c.text, hit = apply_stop(c.text, params.stop)
             if hit and c.finish_reason == "length":
                 c.finish_reason = "stop"
         counts = self.usage.add(kind, c)
         if self.cache is not None:  # reply and usage durable in one commit, before any record is built from them
-            key = self.cache_key(req, params) if c.ok and not c.cached and c.cacheable else None
+            if c.ok and not c.cached and c.cacheable:
+                key = key or self.cache_key(req, params)
+            else:
+                key = None
             self.cache.record(key, c, self.session, kind, counts, self.usage_model or None)
         return c
 

@@ -249,7 +249,8 @@ class OpenAITeacher(BaseTeacher):
                 abandoned: threading.Event | None = None) -> Completion:
         """The request's reply (from the cache, or the server with the retry policy); finished with `kind`,
         unless its stream was abandoned meanwhile (its consumer will never see it, as a reply never read)."""
-        c = self._lookup(req, params)
+        key = self.cache_key(req, params) if self.cache is not None else None  # made once: lookup and commit
+        c = self._lookup(req, params, key)
         if c is None:
             stop = self.failover.stop  # this stream's
             if self.failover.fatal is not None or stop.is_set():
@@ -259,7 +260,7 @@ class OpenAITeacher(BaseTeacher):
                     pools = (self._shards, self._in_flight, self._owner)
                 c = self.retries.call(pools, req, params, stop)
         if kind is not None and not (abandoned is not None and abandoned.is_set()):
-            c = self._finish(req, c, params, kind)
+            c = self._finish(req, c, params, kind, key)
         return c
 
     def _serves(self, ep: int) -> bool:

@@ -1,0 +1,162 @@
+"""Where a stage's client CPU goes, thread by thread (issue 20): benchmarks/client_cpu.py (c), each stage of one run
+against benchmarks/_latency_server.py at 50 ms latency and 64 in flight, with each thread's CPU over the whole stage
+(pthread CPU clocks; a thread that ends, as a stage's reply reader does, counts at its end) and the CPU spent in a
+few calls of the reply path, timed on the thread that makes them (time.thread_time around the call).
+
+Side by side in one run, this tree and --base alternating, each measurement in a fresh process with a fresh server:
+
+    nice -n -10 python benchmarks/stage_threads.py --base d42d301 --repeat 2
+
+Threads: `teacher_N` the teacher's request threads (cache lookup, the hand-over to the HTTP loop, the reply's commit),
+`teacher-http` the HTTP event loop (aiohttp), `MainThread` the stream (refilling the slots; evolve reads its replies
+here), `reply-reader` a per-task stage's reader (parsing, records). Timing the calls costs a little CPU of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import client_cpu  # noqa: E402  (benchmarks/ is not a package)
+
+STAGES = ("classify", "instances", "evolve", "score")
+# (module, class or None, attribute, label): calls of the reply path whose CPU is summed per stage, where the tree
+# has them (the base may lack some)
+CALLS = (("pipeline.cache", "ResponseCache", "get", "cache lookup"),
+         ("pipeline.cache", "ResponseCache", "record", "cache commit"),
+         ("pipeline.teachers.base", "BaseTeacher", "cache_key", "cache key"),
+         ("pipeline.teachers.retries", "Retries", "call", "HTTP hand-over"),
+         ("pipeline.store", "JsonlWriter", "write", "record write"))
+
+
+def group(name: str) -> str:
+    return re.sub(r"_\d+$", "_N", name)
+
+
+def child(args: argparse.Namespace) -> dict:
+    """One run of client_cpu.stages() in this process, with thread CPU and the calls' CPU per stage."""
+    import importlib
+
+    ended: collections.Counter = collections.Counter()  # CPU of threads that ended, by group
+    run = threading.Thread.run
+
+    def counted_run(self):
+        try:
+            run(self)
+        finally:
+            ended[group(self.name)] += time.thread_time()
+
+    threading.Thread.run = counted_run
+
+    def snapshot() -> collections.Counter:
+        out = collections.Counter(ended)
+        for t in threading.enumerate():
+            try:
+                out[group(t.name)] += time.clock_gettime(time.pthread_getcpuclockid(t.ident))
+            except (OSError, TypeError):
+                pass
+        return out
+
+    stage = [""]
+    spent: collections.Counter = collections.Counter()
+    lock = threading.Lock()
+    def timing(f, label: str):
+        def timed(*a, **k):
+            t = time.thread_time()
+            try:
+                return f(*a, **k)
+            finally:
+                with lock:
+                    spent[(stage[0], label)] += time.thread_time() - t
+        return timed
+
+    for module, cls, attr, label in CALLS:
+        owner = getattr(importlib.import_module(module), cls)
+        if attr in vars(owner):
+            setattr(owner, attr, timing(vars(owner)[attr], label))
+
+    threads: dict[str, dict[str, float]] = {}
+    measure = client_cpu.measure
+
+    def by_stage(fn):
+        stage[0] = fn.__defaults__[0] if fn.__defaults__ else ""
+        before = snapshot()
+        out = measure(fn)
+        after = snapshot()
+        threads[stage[0]] = {k: after[k] - before.get(k, 0.0) for k in after if after[k] - before.get(k, 0.0) > 0.001}
+        return out
+
+    client_cpu.measure = by_stage
+    rows = client_cpu.stages(args)
+    return {s: {**rows[s], "threads": threads.get(s, {}),
+                "calls": {label: v for (st, label), v in spent.items() if st == s}} for s in STAGES if s in rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", default="d42d301", help="the commit to compare with")
+    ap.add_argument("--repeat", type=int, default=1, help="this tree and the base, this many times each")
+    ap.add_argument("--requests", type=int, default=4000, help="as client_cpu.py: the run makes requests // 2 tasks")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--url", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    args.pool = 0
+    if args.child:
+        Path(args.out).write_text(json.dumps(child(args)))
+        return
+    commit = subprocess.run(["git", "-C", str(client_cpu.REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    print(f"commit {commit}, base {args.base}; 64 in flight, 50 ms latency; load average before: {os.getloadavg()}")
+    base_tree, out = client_cpu.extract(args.base), Path(tempfile.mkdtemp()) / "r.json"
+    runs = []
+    for i in range(args.repeat):
+        for label, tree in (("this", client_cpu.REPO), (f"base {args.base}", base_tree)):
+            server, url = client_cpu.start_server("self-instruct")
+            try:
+                env = {**os.environ, "PYTHONPATH": str(tree), "OPENAI_API_KEY": "not-needed"}
+                subprocess.run([sys.executable, __file__, "--child", "stages", "--url", url, "--requests",
+                                str(args.requests), "--out", str(out), "--server-pid", str(server.pid)],
+                               env=env, check=True, cwd=tree)
+            finally:
+                server.kill()
+                server.wait()
+            runs.append((label + (f" #{i + 1}" if args.repeat > 1 else ""), json.loads(out.read_text()),
+                         os.getloadavg()[0]))
+    kinds = ("teacher_N", "teacher-http", "MainThread", "reply-reader")
+    labels = [label for _, _, _, label in CALLS]
+    print("\nms of CPU per request over the whole stage, by thread and in the reply path's calls; of ideal and client "
+          "CPU from the first reply to the last, as client_cpu.py (c)\n")
+    print(f"| stage | tree | of ideal | client CPU ms/request | {' | '.join(kinds)} | other threads | "
+          f"{' | '.join(labels)} | load avg (1 min) |")
+    print("|---|---|" + "---:|" * (4 + len(kinds) + len(labels)))
+    for stage in STAGES:
+        for label, rows, load in runs:
+            r = rows.get(stage)
+            if not r or not r["requests"]:
+                continue
+            n = r["stage_requests"] or r["requests"]
+            th = r["threads"]
+            other = sum(v for k, v in th.items() if k not in kinds)
+            cells = [f"{1000 * th.get(k, 0.0) / n:.3f}" for k in kinds]
+            calls = [f"{1000 * r['calls'][c] / n:.3f}" if c in r["calls"] else "-" for c in labels]
+            print(f"| {stage} | {label} | {r['requests'] / r['wall_s'] / client_cpu.IDEAL:.2f} "
+                  f"| {1000 * r['cpu_s'] / r['requests']:.2f} | {' | '.join(cells)} | {1000 * other / n:.3f} "
+                  f"| {' | '.join(calls)} | {load:.1f} |", flush=True)
+    print(f"\nload average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
