@@ -58,10 +58,10 @@ from .wire import (
     Malformed,
     Sending,
     describe_error,
-    env_proxy,
     is_context_error,
     read_reply,
     request_body,
+    sdk_client,
 )
 
 # Failover (failover.py reads these when a teacher is built). One timeout or 5xx is noise; three in a row is a
@@ -115,11 +115,8 @@ class OpenAITeacher(BaseTeacher):
         if not key and any("api.openai.com" in u for u in self.base_urls):
             raise TeacherError(f"${api_key_env} is not set. Fix: export {api_key_env}=sk-... "
                                "or pass --base-url for a local OpenAI-compatible server")
-        for u in self.base_urls:
-            env_proxy(u)  # a SOCKS proxy stops here with its variable named, not in httpx's ImportError for socksio
         # The SDK's clients, one per endpoint: GET /models, and the Batch API's files and batches.
-        self._clients = [openai.OpenAI(api_key=key or "not-needed", base_url=u, timeout=self.timeout_s,
-                                       max_retries=0) for u in self.base_urls]  # retries: ours only
+        self._clients = [sdk_client(u, key or "not-needed", self.timeout_s) for u in self.base_urls]
         self._probes = [Client(u, key or "not-needed", self.timeout_s, c)  # one-token probes
                         for u, c in zip(self.base_urls, self._clients, strict=True)]
         self.failover = Failover(self.base_url, self.base_urls, Patience(

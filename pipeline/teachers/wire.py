@@ -244,6 +244,13 @@ def env_proxy(url: str) -> str | None:
     return proxy
 
 
+def sdk_client(url: str, api_key: str, timeout_s: float) -> openai.OpenAI:
+    """The SDK's client of one endpoint, for the calls where speed does not matter; retries are ours only. A SOCKS
+    proxy stops here with its variable named (env_proxy), not in httpx's ImportError for socksio."""
+    env_proxy(url)
+    return openai.OpenAI(api_key=api_key, base_url=url, timeout=timeout_s, max_retries=0)
+
+
 _TRANSPORT: Transport | None = None
 _TRANSPORT_LOCK = threading.Lock()
 
