@@ -208,3 +208,31 @@ def test_a_socks_proxy_stops_the_teacher_naming_its_variable_and_not_its_passwor
     assert env_proxy("http://gpu-box:8000/v1") is None  # bypassed: no proxy, no error
     monkeypatch.setenv("HTTPS_PROXY", "proxy.corp:3128")
     assert env_proxy("https://api.openai.com/v1") == "http://proxy.corp:3128"  # the scheme's own variable first
+
+
+def test_a_client_dropped_in_a_reference_cycle_closes_its_session_without_a_warning(fake_openai):
+    """Collected in one pass with its client, a session's own finalizer warned "Unclosed client session" before the
+    client's __del__ could close it (pytest printed three such lines at exit). The session must stay out of its
+    client's garbage, and be closed."""
+    import gc
+    import time
+    import weakref
+
+    client = Client(fake_openai.url, "sk-test", timeout_s=5)
+    client.post("/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    client.cycle = client  # as a teacher and its clients, holding each other, are collected
+    ids, session = (id(client), id(client.session)), weakref.ref(client.session)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what a pass finds unreachable is kept in gc.garbage, to be looked at
+    try:
+        del client
+        gc.collect()
+        unreachable = {id(o) for o in gc.garbage}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert ids[0] in unreachable and ids[1] not in unreachable
+    deadline = time.monotonic() + 5
+    while session() is not None and not session().closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert session() is None or session().closed

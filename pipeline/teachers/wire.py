@@ -172,7 +172,7 @@ class Transport:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
         self.timeouts: dict[float, Any] = {}
-        self.clients: weakref.WeakSet[Client] = weakref.WeakSet()  # their sessions are closed at exit
+        self.sessions: weakref.WeakSet[Any] = weakref.WeakSet()  # every session made, closed at exit if still open
         self.closing: set[asyncio.Task] = set()  # sessions being closed (shut), until they are
         threading.Thread(target=self.loop.run_forever, name="teacher-http", daemon=True).start()
         atexit.register(self.close)
@@ -192,6 +192,11 @@ class Transport:
             # of the client's CPU); each Client looks up its proxy once instead (env_proxy).
             connector = self.aiohttp.TCPConnector(limit=LIMITS.max_connections, ssl=httpx.create_ssl_context())
             client.session = self.aiohttp.ClientSession(connector=connector)
+            self.sessions.add(client.session)
+            # A client dropped without close(): its session closed. Not Client.__del__: a client in a reference
+            # cycle was collected in one pass with its session, whose own finalizer then warned "Unclosed client
+            # session" before the client's could close it. The finalizer holds the session out of that pass.
+            weakref.finalize(client, self.shut, client.session).atexit = False  # at exit, close() closes them all
         async with client.session.post(url, data=data, headers=client.headers, timeout=timeout,
                                        proxy=client.proxy) as response:
             return response.status, response.headers, await response.read()
@@ -212,7 +217,7 @@ class Transport:
         """At exit: every session closed on its loop (no "Unclosed client session" line), then the loop stopped."""
         if self.pid != os.getpid() or self.loop.is_closed():
             return
-        sessions = [c.session for c in list(self.clients) if c.session is not None]
+        sessions = [s for s in list(self.sessions) if not s.closed]
 
         async def shut_all() -> None:
             await asyncio.gather(*(s.close() for s in sessions), *self.closing, return_exceptions=True)
@@ -292,7 +297,6 @@ class Client:
             raise openai.APIConnectionError(message="Connection error: the client was closed",
                                             request=httpx.Request("POST", url))
         t = transport()
-        t.clients.add(self)
         future = asyncio.run_coroutine_threadsafe(
             t.send(self, url, json.dumps(body).encode(), t.timeout(timeout_s or self.timeout_s)), t.loop)
         self.in_flight.add(future)
@@ -325,11 +329,6 @@ class Client:
             future.cancel()
         if self.session is not None:
             transport().shut(self.session)
-
-    def __del__(self) -> None:  # a teacher dropped without close(): its connections closed, without a warning
-        session = getattr(self, "session", None)
-        if session is not None and not session.closed and _TRANSPORT is not None and _TRANSPORT.pid == os.getpid():
-            _TRANSPORT.shut(session)
 
 
 def status_error(response: httpx.Response) -> openai.APIStatusError:
