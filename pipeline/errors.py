@@ -81,11 +81,17 @@ def is_secret_name(name: str) -> bool:
     return bool(words) and words[-1] in SECRET_WORDS
 
 
-def mask_secrets(text: str) -> str:
+def env_secrets() -> list[str]:
+    """The values of the environment's secret-named variables (8 characters or more)."""
+    return [value for name, value in os.environ.items() if len(value) >= 8 and is_secret_name(name)]
+
+
+def mask_secrets(text: str, secrets: list[str] | None = None) -> str:
     """`text` with every secret replaced by ***: values of key/token/secret/password names, values that
-    look like API keys (sk-..., hf_..., Bearer ...), and the values of such environment variables."""
-    for name, value in os.environ.items():
-        if len(value) >= 8 and is_secret_name(name) and value in text:
+    look like API keys (sk-..., hf_..., Bearer ...), and the values of such environment variables (`secrets`:
+    env_secrets(), read once by a caller masking many strings)."""
+    for value in env_secrets() if secrets is None else secrets:
+        if value in text:
             text = text.replace(value, MASK)
     for pattern, replacement in _SECRET_TEXT:
         text = pattern.sub(replacement, text)
@@ -109,10 +115,13 @@ def masked_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def mask_dict(data: Any) -> Any:
-    """A copy of a config (dicts, lists, strings) with secret-named values set to *** and the rest masked as text."""
+def mask_dict(data: Any, secrets: list[str] | None = None) -> Any:
+    """A copy of a config (dicts, lists, strings) with secret-named values set to *** and the rest masked as text.
+    The environment is read once per call, not once per string (a manifest refresh masks ~110 strings)."""
+    secrets = env_secrets() if secrets is None else secrets
     if isinstance(data, dict):
-        return {k: MASK if is_secret_name(str(k)) and data[k] not in ("", None) else mask_dict(v) for k, v in data.items()}
+        return {k: MASK if is_secret_name(str(k)) and data[k] not in ("", None) else mask_dict(v, secrets)
+                for k, v in data.items()}
     if isinstance(data, list):
-        return [mask_dict(v) for v in data]
-    return mask_secrets(data) if isinstance(data, str) else data
+        return [mask_dict(v, secrets) for v in data]
+    return mask_secrets(data, secrets) if isinstance(data, str) else data
