@@ -7,7 +7,12 @@ through pipeline.train (the code `seed2lora train` runs), with the same data ord
 
 Variants (TrainConfig overrides), in the order they run:
 - lora_fp32_before: `--no-quant` before issue 21 (fp32, loss chunks of 1024, paged_adamw_32bit): the fastest path then
-- default:          today's defaults on this machine (on a bf16 CPU: LoRA, bf16 autocast, adamw_torch)
+- default:          today's defaults on this machine (on a bf16 CPU: LoRA, bf16 autocast, the frozen linear
+                    weights stored in bf16, adamw_torch)
+- autocast_fp32base: the default before the frozen linear weights were stored in bf16 (every one re-cast by
+                    autocast in each forward and recompute): 1.5x lora_fp32_before in issue 21's first round
+- default_no_ckpt:  the default without gradient checkpointing: its peak RSS against the 3 GB target
+- bf16_base:        the whole base loaded in bf16 (compute_dtype bf16: embeddings, norms and the residual stream too)
 - lora_fp32_init43: lora_fp32_before with LoRA-A drawn from another seed: the run-to-run noise of the loss curve
 - qlora_before:     the 4-bit NF4 base, fp32 compute, paged_adamw_32bit: the default before issue 21
 - lora_full_logits: lora_fp32_before with the model's own full-vocabulary fp32 logits (chunked_loss off)
@@ -32,9 +37,13 @@ sys.path.insert(0, str(REPO))
 
 # What --no-quant did at 85506e8 (the loss in chunks of 1024 then)
 BEFORE = {"quant": "none", "compute_dtype": "fp32", "optim": "paged_adamw_32bit", "loss_chunk_tokens": 1024}
-VARIANTS = {  # name: TrainConfig overrides; "init_seed" re-draws the LoRA init only (data order and dropout stay)
+VARIANTS = {  # name: TrainConfig overrides; "init_seed" re-draws the LoRA init only (data order and dropout stay);
+    # "plan" replaces fields of the resolved TrainPlan (a path that no setting chooses any more)
     "lora_fp32_before": BEFORE,
     "default": {},
+    "autocast_fp32base": {"plan": {"bf16_linears": False}},
+    "default_no_ckpt": {"gradient_checkpointing": False},
+    "bf16_base": {"compute_dtype": "bf16"},
     "lora_fp32_init43": {**BEFORE, "init_seed": 43},
     "qlora_before": {"quant": "4bit", "compute_dtype": "fp32", "optim": "paged_adamw_32bit", "loss_chunk_tokens": 1024},
     "lora_full_logits": {**BEFORE, "chunked_loss": False},
@@ -53,6 +62,14 @@ def worker(variant: str, steps: int, batch_size: int, seq_len: int) -> dict:
     marks: list[tuple[float, int]] = []
     overrides = dict(VARIANTS[variant])
     init_seed = overrides.pop("init_seed", None)
+    plan_fields = overrides.pop("plan", None)
+    if plan_fields:
+        import dataclasses
+
+        import pipeline.train.trainer as trainer_module
+
+        resolve = trainer_module.resolve_plan
+        trainer_module.resolve_plan = lambda *a, **kw: dataclasses.replace(resolve(*a, **kw), **plan_fields)
     rows = [json.loads(line) for line in (REPO / "seeds" / "seed_tasks.jsonl").read_text().splitlines() if line.strip()]
     data = Path(tempfile.mkdtemp()) / "seeds.json"
     data.write_text(json.dumps([{"instruction": r["instruction"], "input": r["instances"][0]["input"],
