@@ -59,7 +59,7 @@ def worker(variant: str, steps: int, batch_size: int, seq_len: int) -> dict:
     from pipeline.config import TrainConfig
     from pipeline.train.trainer import fit, prepare
 
-    marks: list[tuple[float, int]] = []
+    marks: list[tuple[float, int, float]] = []  # (wall clock, tokens seen, CPU seconds of this process's threads)
     overrides = dict(VARIANTS[variant])
     init_seed = overrides.pop("init_seed", None)
     plan_fields = overrides.pop("plan", None)
@@ -87,15 +87,17 @@ def worker(variant: str, steps: int, batch_size: int, seq_len: int) -> dict:
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
-            marks.append((time.perf_counter(), trainer.tokens_seen))
+            marks.append((time.perf_counter(), trainer.tokens_seen, time.process_time()))
 
     trainer.add_callback(Clock())
     summary = fit(prepared, log=lambda m: None)
-    (t0, k0), (t1, k1) = marks[0], marks[-1]  # from the end of the warm-up step
+    (t0, k0, c0), (t1, k1, c1) = marks[0], marks[-1]  # from the end of the warm-up step
     return {"variant": variant, "path": summary["training_path"], "threads": torch.get_num_threads(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "batch_rows": batch_size, "seq_len": seq_len,
             "tokens_per_step": round((k1 - k0) / steps), "steps": steps,
             "s_per_step": round((t1 - t0) / steps, 2), "tokens_per_s": round((k1 - k0) / (t1 - t0), 1),
+            # CPU time moves far less than wall time with the other jobs' load (threads wait passively)
+            "cpu_s_per_step": round((c1 - c0) / steps, 2),
             "peak_rss_gb": summary["peak_memory_gb"], "losses": [v for _, v in summary["train_loss"]["points"]],
             "adapter": summary["output_dir"]}  # for benchmarks/train_cpu_readback.py
 
@@ -114,17 +116,18 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
 
 def table(runs: list[dict]) -> str:
     ref = next((r for r in runs if r["variant"] == REFERENCE and "error" not in r), None)
-    out = ["| variant | path | s/step | tokens/s | x lora_fp32_before | peak RSS GB | max abs loss diff vs "
-           f"{REFERENCE} | load at start |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    out = ["| variant | path | s/step | tokens/s | x lora_fp32_before | CPU s/step | x on CPU time | peak RSS GB "
+           f"| max abs loss diff vs {REFERENCE} | load at start |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in runs:
         if "error" in r:
-            out.append(f"| {r['variant']} | error: {r['error'][-200:]!r} | | | | | | |")
+            out.append(f"| {r['variant']} | error: {r['error'][-200:]!r} | | | | | | | | |")
             continue
         speed = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}" if ref else "-"
+        cpu = f"{ref['cpu_s_per_step'] / r['cpu_s_per_step']:.2f}" if ref else "-"
         # over the steps both ran (lora_full_logits runs fewer)
         diff = f"{max(abs(a - b) for a, b in zip(r['losses'], ref['losses'], strict=False)):.4f}" if ref else "-"
         out.append(f"| {r['variant']} | {r['path']} | {r['s_per_step']} | {r['tokens_per_s']} | {speed} "
-                   f"| {r['peak_rss_gb']} | {diff} | {r['load_avg_at_start'][0]} |")
+                   f"| {r['cpu_s_per_step']} | {cpu} | {r['peak_rss_gb']} | {diff} | {r['load_avg_at_start'][0]} |")
     return "\n".join(out)
 
 

@@ -256,7 +256,7 @@ class TrainConfig:
     quant: Literal["auto", "4bit", "none"] = "auto"  # auto = 4bit on CUDA (~4x less weight memory; QLoRA matched 16-bit LoRA quality), none on CPU while the fp32 base fits in half the free memory (4-bit is ~2x slower there: weights de-quantized in every matmul); true/false = 4bit/none
     quant_type: str = "nf4"  # NormalFloat4 is information-theoretically optimal for normally distributed weights (QLoRA)
     double_quant: bool = True  # quantizes the quantization constants too: ~0.37 bits/param saved at no quality cost
-    compute_dtype: str = "auto"  # auto = bf16 on GPUs that have it (fp16's range overflows); on CPU fp32 weights under bf16 autocast if the CPU has bf16 instructions (AVX512-BF16/AMX; faster, LoRA weights and optimizer stay fp32), else fp32
+    compute_dtype: str = "auto"  # auto = bf16 on GPUs that have it (fp16's range overflows); on CPU an fp32 base under bf16 autocast if the CPU has bf16 instructions (AVX512-BF16/AMX; faster; its frozen linear weights stored in bf16 once, LoRA weights and optimizer stay fp32), else fp32
     # LoRA
     lora_r: int = 64  # QLoRA: r=64 on every linear layer matched full 16-bit fine-tuning; r mattered less than coverage
     lora_alpha: int = 16  # qlora.py's value; update scale alpha/r = 0.25
