@@ -67,8 +67,8 @@ def test_defaults_are_the_qlora_recipe():
 def test_on_a_gpu_auto_is_qlora_with_bf16_compute_and_paged_adam(tiny_model, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     plan = resolve_plan(TrainConfig(), tiny_model, on="cuda:0")
-    assert (plan.quant, plan.load_dtype, plan.autocast_bf16, plan.optim, plan.loss_chunk_tokens, plan.bf16_linears) \
-        == (True, torch.bfloat16, True, "paged_adamw_32bit", 1024, False)
+    assert (plan.quant, plan.load_dtype, plan.autocast_bf16, plan.optim, plan.loss_chunk_tokens) == \
+        (True, torch.bfloat16, True, "paged_adamw_32bit", 1024)
     assert plan.describe() == "QLoRA on an NF4 base, bf16 compute on cuda:0, paged_adamw_32bit"
     assert not resolve_plan(TrainConfig(quant="none"), tiny_model, on="cuda:0").quant
 
@@ -78,23 +78,20 @@ def test_on_cpu_auto_is_lora_on_the_fp32_base_under_bf16_autocast_with_adamw_tor
     plan = resolve_plan(TrainConfig(), tiny_model, on="cpu")
     assert (plan.quant, plan.load_dtype, plan.autocast_bf16, plan.optim, plan.loss_chunk_tokens) == \
         (False, torch.float32, True, "adamw_torch", 256)
-    assert plan.bf16_linears  # the frozen linear weights stored in bf16 once, the rest of the base fp32
-    assert plan.describe() == "LoRA on an fp32 base with its frozen linear weights in bf16, bf16 autocast on CPU, " \
-        "adamw_torch"
+    assert plan.describe() == "LoRA on an fp32 base, bf16 autocast on CPU, adamw_torch"
     assert "unquantized" in plan.why and "fp32 base needs" in plan.why
     # 4-bit stays selectable on CPU (the GPU recipe, tested here), and computes in fp32 there
     four = resolve_plan(TrainConfig(quant="4bit", optim="paged_adamw_32bit"), tiny_model, on="cpu")
     assert (four.quant, four.load_dtype, four.autocast_bf16, four.optim) == (True, torch.float32, False,
                                                                               "paged_adamw_32bit")
-    assert four.describe() == "QLoRA on an NF4 base, fp32 compute on CPU, paged_adamw_32bit" and not four.bf16_linears
-    assert not resolve_plan(TrainConfig(compute_dtype="bf16"), tiny_model, on="cpu").bf16_linears  # all bf16 already
+    assert four.describe() == "QLoRA on an NF4 base, fp32 compute on CPU, paged_adamw_32bit"
     assert resolve_plan(TrainConfig(loss_chunk_tokens=64), tiny_model, on="cpu").loss_chunk_tokens == 64
 
 
 def test_without_bf16_instructions_the_cpu_trains_in_fp32(tiny_model, monkeypatch):
     monkeypatch.setattr(model_module, "cpu_has_bf16", lambda: False)
     plan = resolve_plan(TrainConfig(), tiny_model, on="cpu")
-    assert (plan.quant, plan.load_dtype, plan.autocast_bf16, plan.bf16_linears) == (False, torch.float32, False, False)
+    assert (plan.quant, plan.load_dtype, plan.autocast_bf16) == (False, torch.float32, False)
     assert plan.describe() == "LoRA on an fp32 base, fp32 compute on CPU, adamw_torch"
     # the capability check itself: torch's private probes, and a torch without them counts as no bf16
     monkeypatch.undo()
@@ -346,13 +343,7 @@ def test_qlora_loss_falls_and_lora_weights_change(trained):
 
 
 def test_the_cpu_default_trains_lora_on_the_fp32_base_under_bf16_autocast(tiny_model, tmp_path, monkeypatch):
-    """quant, compute_dtype and optim at auto on CPU (bf16 instructions assumed, so the path runs on any CPU): fp32
-    LoRA weights and Adam states, the frozen linear weights in bf16, embeddings (tied to the head) and norms fp32;
-    the adapter merges into the fp32 base as base + B @ A * scale computed in fp32."""
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
-
-    from pipeline.train.model import merge_adapter
+    """quant, compute_dtype and optim at auto on CPU (bf16 instructions assumed, so the path runs on any CPU)."""
     from pipeline.train.model_card import model_card
     from pipeline.train.trainer import fit, prepare
 
@@ -366,14 +357,11 @@ def test_the_cpu_default_trains_lora_on_the_fp32_base_under_bf16_autocast(tiny_m
     assert trainer.loss_chunk_tokens == 256
     base = trainer.model.get_base_model()
     assert type(base.model.layers[0].self_attn.q_proj.base_layer) is torch.nn.Linear  # not 4-bit
-    frozen = {n: p.dtype for n, p in trainer.model.named_parameters() if not p.requires_grad}
-    assert all(d == (torch.bfloat16 if "base_layer" in n else torch.float32) for n, d in frozen.items()), frozen
-    assert sum("base_layer" in n for n in frozen) == 2 * 7  # every LoRA-wrapped linear of both layers
-    assert base.lm_head.weight is base.model.embed_tokens.weight  # still tied, still fp32 (in `frozen` above)
+    assert base.model.layers[0].self_attn.q_proj.base_layer.weight.dtype == torch.float32
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert before and all(p.dtype == torch.float32 for p in before.values())  # fp32 LoRA weights, fp32 Adam
     summary = fit(prepared, log=lines.append)
-    path = "LoRA on an fp32 base with its frozen linear weights in bf16, bf16 autocast on CPU, adamw_torch"
+    path = "LoRA on an fp32 base, bf16 autocast on CPU, adamw_torch"
     assert summary["training_path"] == path and not summary["quantized"] and summary["autocast_bf16"]
     assert any(path in m for m in lines)  # said before training starts
     losses = [v for _, v in summary["train_loss"]["points"]]
@@ -387,40 +375,6 @@ def test_the_cpu_default_trains_lora_on_the_fp32_base_under_bf16_autocast(tiny_m
             "outtype": "f16"}
     card = model_card(prepared.out, {"base_model": tiny_model, "run": ""}, done, {})
     assert f"training rows, {path}; loss" in card
-    # the adapter file holds the fp32 LoRA weights alone; the merge loads the fp32 base again and adds them there
-    adapter = load_file(prepared.out / "adapter_model.safetensors")
-    assert adapter and all("lora_" in k and t.dtype == torch.float32 for k, t in adapter.items())
-    merged = AutoModelForCausalLM.from_pretrained(merge_adapter(prepared.out, tmp_path / "merged"))
-    fresh = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    name = "model.layers.1.mlp.down_proj"
-    a, b = (adapter[f"base_model.model.{name}.lora_{x}.weight"] for x in "AB")
-    expected = fresh.get_submodule(name).weight + b @ a * (prepared.cfg.lora_alpha / prepared.cfg.lora_r)
-    got = merged.get_submodule(name).weight
-    assert got.dtype == torch.float32 and (b @ a).abs().max() > 0
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
-    assert not torch.equal(got.bfloat16().float(), got)  # fp32 precision kept, not the training copy's bf16
-
-
-def test_frozen_linear_weights_in_bf16_change_no_number_under_autocast(tiny_model):
-    """What autocast computed from the fp32 base (casting every frozen weight in each forward), the stored bf16
-    weights compute exactly: the same loss and the same LoRA gradients, to the last bit."""
-    plan = dataclasses.replace(resolve_plan(TrainConfig(quant="none"), tiny_model, on="cpu"), autocast_bf16=True)
-    ids = torch.randint(0, 49000, (2, 48), generator=torch.Generator().manual_seed(0))
-    runs = []
-    for bf16_linears in (False, True):
-        torch.manual_seed(0)  # the same LoRA init
-        model = model_module.load_for_training(tiny_model, TrainConfig(model=tiny_model, quant="none"),
-                                               dataclasses.replace(plan, bf16_linears=bf16_linears)).eval()
-        base = model.get_base_model()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            hidden = base.model(input_ids=ids).last_hidden_state
-            loss, _ = causal_lm_loss_sum(hidden, ids, base.lm_head, chunk_tokens=16)
-        loss.backward()
-        runs.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
-    (loss32, grads32), (loss16, grads16) = runs
-    assert torch.equal(loss16, loss32) and grads16.keys() == grads32.keys()
-    assert all(torch.equal(grads16[n], grads32[n]) for n in grads32)
-    assert sum(g.abs().sum() for g in grads32.values()) > 0
 
 
 def test_the_fused_loss_under_bf16_autocast_is_the_fp32_loss_within_bf16_rounding():

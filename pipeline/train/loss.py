@@ -41,12 +41,9 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device)
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if ctx.needs_input_grad[1] else None
-        w = weight
-        if torch.is_autocast_enabled(h.device.type):  # the head cast once, not twice a chunk: the same numbers
-            w = weight.to(torch.get_autocast_dtype(h.device.type))
         for s in range(0, y.numel(), chunk_tokens):
             hc, yc = h[s:s + chunk_tokens], y[s:s + chunk_tokens]
-            logits = (hc @ w.t()).float()  # bf16 matmul under autocast, fp32 softmax either way
+            logits = (hc @ weight.t()).float()  # bf16 matmul under autocast, fp32 softmax either way
             capped = None
             if softcap:  # Gemma-2 style final-logit soft-capping: logits = c * tanh(z / c)
                 capped = torch.tanh(logits / softcap)
@@ -58,7 +55,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             grad[rows, yc] -= 1.0
             if capped is not None:
                 grad.mul_(1.0 - capped * capped)
-            grad_h[s:s + chunk_tokens] = (grad.to(w.dtype) @ w).float()
+            grad_h[s:s + chunk_tokens] = (grad.to(weight.dtype) @ weight).float()
             if grad_w is not None:
                 grad_w += grad.t() @ hc.float()
         ctx.grads = (grad_h.to(h.dtype), grad_w.to(weight.dtype) if grad_w is not None else None)

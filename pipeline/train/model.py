@@ -105,17 +105,12 @@ class TrainPlan:
     device: str
     loss_chunk_tokens: int = 1024  # positions per chunk of the chunked loss
     why: str = ""  # why quant auto chose as it did, for the log
-    # The frozen linear weights (LoRA's base layers) stored in bf16 once, for an fp32 base under bf16 autocast:
-    # see store_frozen_linears. Embeddings, norms and the output layer stay in load_dtype.
-    bf16_linears: bool = False
 
     def describe(self) -> str:
         """The path taken, in words, e.g. "LoRA on an fp32 base, bf16 autocast on cpu, adamw_torch"."""
         name = str(self.load_dtype).removeprefix("torch.").replace("float32", "fp32").replace("bfloat16", "bf16")
         on = "CPU" if self.device == "cpu" else self.device
         base = "QLoRA on an NF4 base" if self.quant else f"LoRA on {'an' if name.startswith('f') else 'a'} {name} base"
-        if self.bf16_linears:
-            base += " with its frozen linear weights in bf16"
         compute = "bf16 autocast" if self.autocast_bf16 and not self.quant else f"{name} compute"
         return f"{base}, {compute} on {on}, {self.optim}"
 
@@ -123,8 +118,7 @@ class TrainPlan:
 def resolve_plan(cfg: TrainConfig, model_path: str, on: str | None = None) -> TrainPlan:
     """quant auto: 4-bit on CUDA, none on CPU while the fp32 base fits in FP32_BASE_MEMORY_SHARE of the available
     memory. compute_dtype auto: bf16 on CUDA where supported; on CPU fp32 weights, under bf16 autocast when the
-    base is unquantized and the CPU has bf16 instructions, then with the frozen linear weights stored in bf16 (the
-    copies autocast would make in every forward, made once). optim auto: paged_adamw_32bit on CUDA, else adamw_torch.
+    base is unquantized and the CPU has bf16 instructions. optim auto: paged_adamw_32bit on CUDA, else adamw_torch.
     loss_chunk_tokens 0: 1024 on CUDA, 256 on CPU."""
     on = on or device()
     cpu = not on.startswith("cuda")
@@ -149,8 +143,7 @@ def resolve_plan(cfg: TrainConfig, model_path: str, on: str | None = None) -> Tr
     optim = cfg.optim if cfg.optim != "auto" else "adamw_torch" if cpu else "paged_adamw_32bit"
     chunk = cfg.loss_chunk_tokens or (256 if cpu else 1024)
     return TrainPlan(quant=quant, load_dtype=dtype, autocast_bf16=autocast, optim=optim, device=on,
-                     loss_chunk_tokens=chunk, why=why,
-                     bf16_linears=autocast and not quant and dtype == torch.float32)
+                     loss_chunk_tokens=chunk, why=why)
 
 
 def get_quantization_config(cfg: TrainConfig, dtype: torch.dtype) -> Any:
@@ -243,31 +236,7 @@ def load_for_training(model_path: str, cfg: TrainConfig, plan: TrainPlan | None 
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False  # a KV cache is useless in training and conflicts with checkpointing
-    model = get_peft_model(model, get_peft_config(cfg))
-    if plan.bf16_linears:
-        store_frozen_linears(model, torch.bfloat16)
-    return model
-
-
-def store_frozen_linears(model: Any, dtype: torch.dtype) -> int:
-    """Store the frozen nn.Linear weights (and biases) in `dtype`; returns how many layers changed. Trainable ones
-    (LoRA A/B) and the output layer (often the input embeddings' own tensor, tied) are left as they are.
-
-    Under autocast to `dtype` this changes no number: autocast casts a frozen fp32 weight to the same bf16 values,
-    but caches casts of trainable leaves only, so it re-casts every frozen weight in every forward and every
-    checkpointed recompute. Stored once, those casts go, and half the fp32 weight memory with them. Only the
-    training model changes: the adapter holds LoRA's fp32 weights alone, and merge_adapter loads the base again.
-    """
-    head = model.get_output_embeddings()
-    skip = {id(head.weight)} if head is not None else set()
-    changed = 0
-    for module in model.modules():
-        params = list(module.parameters(recurse=False))
-        if type(module) is not torch.nn.Linear or any(p.requires_grad or id(p) in skip for p in params):
-            continue
-        module.to(dtype)
-        changed += 1
-    return changed
+    return get_peft_model(model, get_peft_config(cfg))
 
 
 def eval_sampling(cfg: EvalConfig, stop: list[str]) -> dict[str, Any]:
