@@ -13,6 +13,7 @@ Variants (TrainConfig overrides), in the order they run:
                     (the same numbers to the last bit; tried in issue 21, not adopted: see RESULTS.md)
 - default_no_ckpt:  the default without gradient checkpointing: its peak RSS against the 3 GB target
 - bf16_base:        the whole base loaded in bf16 (compute_dtype bf16: embeddings, norms and the residual stream too)
+- no_lora_dropout:  the default with lora_dropout 0 (a recipe change): what drawing the dropout masks costs
 - lora_fp32_init43: lora_fp32_before with LoRA-A drawn from another seed: the run-to-run noise of the loss curve
 - qlora_before:     the 4-bit NF4 base, fp32 compute, paged_adamw_32bit: the default before issue 21
 - lora_full_logits: lora_fp32_before with the model's own full-vocabulary fp32 logits (chunked_loss off)
@@ -44,6 +45,7 @@ VARIANTS = {  # name: TrainConfig overrides; "init_seed" re-draws the LoRA init 
     "bf16_linears": {"bf16_linears": True},
     "default_no_ckpt": {"gradient_checkpointing": False},
     "bf16_base": {"compute_dtype": "bf16"},
+    "no_lora_dropout": {"lora_dropout": 0.0},
     "lora_fp32_init43": {**BEFORE, "init_seed": 43},
     "qlora_before": {"quant": "4bit", "compute_dtype": "fp32", "optim": "paged_adamw_32bit", "loss_chunk_tokens": 1024},
     "lora_full_logits": {**BEFORE, "chunked_loss": False},
