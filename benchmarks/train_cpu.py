@@ -8,6 +8,12 @@ through pipeline.train (the code `seed2lora train` runs), with the same data ord
 Variants (TrainConfig overrides), in the order they run:
 - lora_fp32_before: `--no-quant` before issue 21 (fp32, loss chunks of 1024, paged_adamw_32bit): the fastest path then
 - default:          today's defaults on this machine (on a bf16 CPU: LoRA, bf16 autocast, adamw_torch)
+- bf16_linears:     the default with the frozen linear weights (LoRA's base layers) stored in bf16 after the
+                    adapters are added: the copies autocast makes in every forward and recompute, made once
+                    (the same numbers to the last bit; tried in issue 21, not adopted: see RESULTS.md)
+- default_no_ckpt:  the default without gradient checkpointing: its peak RSS against the 3 GB target
+- bf16_base:        the whole base loaded in bf16 (compute_dtype bf16: embeddings, norms and the residual stream too)
+- no_lora_dropout:  the default with lora_dropout 0 (a recipe change): what drawing the dropout masks costs
 - lora_fp32_init43: lora_fp32_before with LoRA-A drawn from another seed: the run-to-run noise of the loss curve
 - qlora_before:     the 4-bit NF4 base, fp32 compute, paged_adamw_32bit: the default before issue 21
 - lora_full_logits: lora_fp32_before with the model's own full-vocabulary fp32 logits (chunked_loss off)
@@ -32,9 +38,14 @@ sys.path.insert(0, str(REPO))
 
 # What --no-quant did at 85506e8 (the loss in chunks of 1024 then)
 BEFORE = {"quant": "none", "compute_dtype": "fp32", "optim": "paged_adamw_32bit", "loss_chunk_tokens": 1024}
-VARIANTS = {  # name: TrainConfig overrides; "init_seed" re-draws the LoRA init only (data order and dropout stay)
+VARIANTS = {  # name: TrainConfig overrides; "init_seed" re-draws the LoRA init only (data order and dropout stay);
+    # "bf16_linears" stores the frozen linear weights in bf16 after prepare (no setting does)
     "lora_fp32_before": BEFORE,
     "default": {},
+    "bf16_linears": {"bf16_linears": True},
+    "default_no_ckpt": {"gradient_checkpointing": False},
+    "bf16_base": {"compute_dtype": "bf16"},
+    "no_lora_dropout": {"lora_dropout": 0.0},
     "lora_fp32_init43": {**BEFORE, "init_seed": 43},
     "qlora_before": {"quant": "4bit", "compute_dtype": "fp32", "optim": "paged_adamw_32bit", "loss_chunk_tokens": 1024},
     "lora_full_logits": {**BEFORE, "chunked_loss": False},
@@ -50,9 +61,10 @@ def worker(variant: str, steps: int, batch_size: int, seq_len: int) -> dict:
     from pipeline.config import TrainConfig
     from pipeline.train.trainer import fit, prepare
 
-    marks: list[tuple[float, int]] = []
+    marks: list[tuple[float, int, float]] = []  # (wall clock, tokens seen, CPU seconds of this process's threads)
     overrides = dict(VARIANTS[variant])
     init_seed = overrides.pop("init_seed", None)
+    bf16_linears = overrides.pop("bf16_linears", False)
     rows = [json.loads(line) for line in (REPO / "seeds" / "seed_tasks.jsonl").read_text().splitlines() if line.strip()]
     data = Path(tempfile.mkdtemp()) / "seeds.json"
     data.write_text(json.dumps([{"instruction": r["instruction"], "input": r["instances"][0]["input"],
@@ -62,6 +74,7 @@ def worker(variant: str, steps: int, batch_size: int, seq_len: int) -> dict:
                       **overrides)
     prepared = prepare(data, cfg, log=lambda m: None)
     trainer = prepared.trainer
+    linears_in_bf16 = store_frozen_linears(trainer.model, torch.bfloat16) if bf16_linears else 0
     if init_seed is not None:
         torch.manual_seed(init_seed)
         for module in trainer.model.modules():
@@ -70,17 +83,35 @@ def worker(variant: str, steps: int, batch_size: int, seq_len: int) -> dict:
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
-            marks.append((time.perf_counter(), trainer.tokens_seen))
+            marks.append((time.perf_counter(), trainer.tokens_seen, time.process_time()))
 
     trainer.add_callback(Clock())
     summary = fit(prepared, log=lambda m: None)
-    (t0, k0), (t1, k1) = marks[0], marks[-1]  # from the end of the warm-up step
+    (t0, k0, c0), (t1, k1, c1) = marks[0], marks[-1]  # from the end of the warm-up step
     return {"variant": variant, "path": summary["training_path"], "threads": torch.get_num_threads(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "batch_rows": batch_size, "seq_len": seq_len,
-            "tokens_per_step": round((k1 - k0) / steps), "steps": steps,
+            "tokens_per_step": round((k1 - k0) / steps), "steps": steps, "linears_in_bf16": linears_in_bf16,
             "s_per_step": round((t1 - t0) / steps, 2), "tokens_per_s": round((k1 - k0) / (t1 - t0), 1),
+            # CPU time moves far less than wall time with the other jobs' load (threads wait passively)
+            "cpu_s_per_step": round((c1 - c0) / steps, 2),
             "peak_rss_gb": summary["peak_memory_gb"], "losses": [v for _, v in summary["train_loss"]["points"]],
             "adapter": summary["output_dir"]}  # for benchmarks/train_cpu_readback.py
+
+
+def store_frozen_linears(model, dtype) -> int:
+    """The frozen nn.Linear layers (not LoRA A/B, not the output layer, which SmolLM2 ties to the input embeddings)
+    stored in `dtype`. Under autocast to `dtype` no number changes: autocast caches casts of trainable leaves only,
+    so it casts each frozen fp32 weight to these same values in every forward and checkpointed recompute."""
+    import torch
+
+    head = model.get_output_embeddings()
+    changed = 0
+    for module in model.modules():
+        params = list(module.parameters(recurse=False))
+        if type(module) is torch.nn.Linear and not any(p.requires_grad or p is head.weight for p in params):
+            module.to(dtype)
+            changed += 1
+    return changed
 
 
 def run_variant(variant: str, args: argparse.Namespace) -> dict:
@@ -97,17 +128,18 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
 
 def table(runs: list[dict]) -> str:
     ref = next((r for r in runs if r["variant"] == REFERENCE and "error" not in r), None)
-    out = ["| variant | path | s/step | tokens/s | x lora_fp32_before | peak RSS GB | max abs loss diff vs "
-           f"{REFERENCE} | load at start |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    out = ["| variant | path | s/step | tokens/s | x lora_fp32_before | CPU s/step | x on CPU time | peak RSS GB "
+           f"| max abs loss diff vs {REFERENCE} | load at start |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in runs:
         if "error" in r:
-            out.append(f"| {r['variant']} | error: {r['error'][-200:]!r} | | | | | | |")
+            out.append(f"| {r['variant']} | error: {r['error'][-200:]!r} | | | | | | | | |")
             continue
         speed = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}" if ref else "-"
+        cpu = f"{ref['cpu_s_per_step'] / r['cpu_s_per_step']:.2f}" if ref else "-"
         # over the steps both ran (lora_full_logits runs fewer)
         diff = f"{max(abs(a - b) for a, b in zip(r['losses'], ref['losses'], strict=False)):.4f}" if ref else "-"
         out.append(f"| {r['variant']} | {r['path']} | {r['s_per_step']} | {r['tokens_per_s']} | {speed} "
-                   f"| {r['peak_rss_gb']} | {diff} | {r['load_avg_at_start'][0]} |")
+                   f"| {r['cpu_s_per_step']} | {cpu} | {r['peak_rss_gb']} | {diff} | {r['load_avg_at_start'][0]} |")
     return "\n".join(out)
 
 
