@@ -436,8 +436,14 @@ def test_select_keeps_every_row_by_default_refuses_a_cut_without_a_ranking_and_n
     _, cfg = make_run(tmp_path, fake_openai, stages=["score", "select"])
     messages = Session(cfg).run_all()
     assert "5 of 5 rows kept by all" in messages[1] and "not ranked by score.jsonl (--by judge)" in messages[1]
+    before = (tmp_path / "r" / "manifest.json").read_text()
     result = invoke("select", tmp_path / "r", "--top", "2", expect=2)
     assert "select.top = 2" in result.output and "--by" in result.output
+    result = invoke("select", tmp_path / "r", "--by", "ifd", expect=2)
+    assert "ifd.jsonl, which does not exist" in result.output and "seed2lora ifd" in result.output
+    # Refused before anything is written: the run is as it was, and its flags are not the next select's defaults.
+    assert (tmp_path / "r" / "manifest.json").read_text() == before
+    assert "5 of 5 rows kept by all" in invoke("select", tmp_path / "r").output
 
 
 def test_completions_logprobs_are_read_too(fake_openai, tmp_path):

@@ -60,6 +60,27 @@ def row_values(run: RunDir, stage: str, key: str, field_name: str) -> dict[str, 
     return out
 
 
+def check_settings(cfg: SelectConfig) -> None:
+    """Settings that cannot select, refused before anything is written."""
+    if cfg.by not in BY:
+        raise Seed2LoraError(f"select.by must be one of {', '.join(BY)}, not {cfg.by!r}")
+    if cfg.by == "all" and (cfg.top > 0 or cfg.frac != SelectConfig.frac):  # a cut needs an order: not ignored
+        cut = f"select.top = {cfg.top}" if cfg.top > 0 else f"select.frac = {cfg.frac}"
+        raise Seed2LoraError(f"{cut} (--top/--frac) cuts a ranking, and select.by = all keeps every row. Fix: set "
+                             "select.by (--by) to random, judge or ifd, or leave the cut out")
+
+
+def check(ctx: RunContext) -> None:
+    """Before the manifest records this command's settings: a refused select leaves the run as it was, so its
+    flags are not the next select's defaults."""
+    check_settings(ctx.cfg.select)
+    for by, stage in (("judge", "score"), ("ifd", "ifd")):
+        # (a run whose stages make that file first is checked by the step itself)
+        if ctx.cfg.select.by == by and stage not in ctx.cfg.stages and not ctx.run.stage_file(stage).is_file():
+            raise Seed2LoraError(f"select --by {by} ranks by {ctx.run.stage_file(stage)}, which does not exist. "
+                                 f"Fix: run `seed2lora {stage} {ctx.run.path}` first")
+
+
 def select_rows(tasks: Sequence[Task], cfg: SelectConfig, *, scores: dict[str, float], ifd: dict[str, float],
                 seeds: Sequence[Task] = (), unrated: set[str] | frozenset[str] = frozenset(),
                 no_ifd: set[str] | frozenset[str] = frozenset(), contam: Contamination | None = None) -> Selection:
@@ -69,12 +90,7 @@ def select_rows(tasks: Sequence[Task], cfg: SelectConfig, *, scores: dict[str, f
     score (their response was cut away by ifd.max_len; dropped by an IFD selection);
     contam: the eval set whose overlapping rows go first (decontam.contamination).
     """
-    if cfg.by not in BY:
-        raise Seed2LoraError(f"select.by must be one of {', '.join(BY)}, not {cfg.by!r}")
-    if cfg.by == "all" and (cfg.top > 0 or cfg.frac != SelectConfig.frac):  # a cut needs an order: not ignored
-        cut = f"select.top = {cfg.top}" if cfg.top > 0 else f"select.frac = {cfg.frac}"
-        raise Seed2LoraError(f"{cut} (--top/--frac) cuts a ranking, and select.by = all keeps every row. Fix: set "
-                             "select.by (--by) to random, judge or ifd, or leave the cut out")
+    check_settings(cfg)
     rows, contaminated = drop_contaminated(task_rows(tasks), contam, STAGE)
     rng = random.Random(cfg.seed)
     dropped: list[dict[str, Any]] = []
