@@ -206,6 +206,7 @@ def test_a_socks_proxy_stops_the_teacher_naming_its_variable_and_not_its_passwor
         OpenAITeacher("m", base_url="http://gpu-box:8000/v1")
     monkeypatch.setenv("NO_PROXY", "gpu-box")
     assert env_proxy("http://gpu-box:8000/v1") is None  # bypassed: no proxy, no error
+    OpenAITeacher("m", base_url="http://gpu-box:8000/v1")  # nor from the SDK's client (httpx wanted socksio)
     monkeypatch.setenv("HTTPS_PROXY", "proxy.corp:3128")
     assert env_proxy("https://api.openai.com/v1") == "http://proxy.corp:3128"  # the scheme's own variable first
 

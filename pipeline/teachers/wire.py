@@ -250,10 +250,11 @@ def env_proxy(url: str) -> str | None:
 
 
 def sdk_client(url: str, api_key: str, timeout_s: float) -> openai.OpenAI:
-    """The SDK's client of one endpoint, for the calls where speed does not matter; retries are ours only. A SOCKS
-    proxy stops here with its variable named (env_proxy), not in httpx's ImportError for socksio."""
-    env_proxy(url)
-    return openai.OpenAI(api_key=api_key, base_url=url, timeout=timeout_s, max_retries=0)
+    """The SDK's client of one endpoint, for the calls where speed does not matter; retries are ours only. Its
+    proxy is the one requests use (env_proxy: a SOCKS proxy stops here with its variable named), not httpx's own
+    reading of the environment, which raised an ImportError for socksio even for a host NO_PROXY bypasses."""
+    http = openai.DefaultHttpxClient(proxy=env_proxy(url), trust_env=False, verify=httpx.create_ssl_context())
+    return openai.OpenAI(api_key=api_key, base_url=url, timeout=timeout_s, max_retries=0, http_client=http)
 
 
 _TRANSPORT: Transport | None = None
