@@ -136,6 +136,7 @@ def run_steps(ctx: RunContext, names: list[str]) -> list[str]:
     validate(ctx, steps)  # raises before anything is written
     messages: list[str] = []
     step = steps[0] if steps else None
+    lock = ctx.run.lock()
     try:
         for group in groups(ctx, steps):
             step = group[0]
@@ -166,7 +167,10 @@ def run_steps(ctx: RunContext, names: list[str]) -> list[str]:
         ctx.record(status="failed", reason=mask_secrets(f"{type(e).__name__}: {e}"))
         raise
     finally:
-        ctx.close()
+        try:
+            ctx.close()
+        finally:
+            lock.release()
     return messages
 
 

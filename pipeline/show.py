@@ -38,6 +38,16 @@ def last_stage(run: RunDir) -> str | None:
     return written[-1] if written else None
 
 
+def _status(run: RunDir, manifest: dict) -> dict:
+    """The manifest's status, unless it says running and no process holds the run: then the run was killed."""
+    status, reason = manifest.get("status"), manifest.get("reason")
+    if status == "running" and not run.writer_alive():
+        status = "stopped"
+        reason = (f"the process writing {manifest.get('stage') or 'it'} ended without a word (killed, or the machine "
+                  "went down); run the same command to resume")
+    return {"status": status, "reason": reason}
+
+
 def summary(run: RunDir, stage: str | None = None) -> dict:
     """The figures `show` prints, as data (also used by tests and --compare later)."""
     stage = stage or last_stage(run)
@@ -60,8 +70,7 @@ def summary(run: RunDir, stage: str | None = None) -> dict:
         "lengths": {k: _stats(v) for k, v in lengths.items()},
         "teacher": (manifest.get("teacher") or {}).get("name"),
         "teacher_choice": teacher_choice(manifest.get("teacher") or {}),
-        "status": manifest.get("status"),
-        "reason": manifest.get("reason"),
+        **_status(run, manifest),
         "stages": manifest.get("stages") or {},
         "usage": manifest.get("usage", {}),
         "spend": manifest.get("spend", {}),

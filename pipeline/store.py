@@ -16,7 +16,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, Seed2LoraError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 from .records import Task
 
 _UMASK = os.umask(0)
@@ -25,6 +30,7 @@ os.umask(_UMASK)
 STAGES = ("bootstrap", "classify", "instances", "filter", "evolve")
 REJECTED = "rejected.jsonl"
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 # The run's folders: RunDir names them, nothing else spells them.
 EXPORT_DIR, ADAPTER_DIR, EVAL_DIR, REPORT_DIR = "export", "adapter", "eval", "report"
 EXPORT_INFO = "export.json"  # an export folder's facts (its run, counts, config)
@@ -168,6 +174,45 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         raise
 
 
+class RunLock:
+    """An exclusive flock on <run>/.lock, released when the process ends, however it ends (kill -9 too). Where
+    the OS has no flock (Windows), no lock is taken."""
+
+    def __init__(self, path: Path):
+        self.path, self.fd = path, None
+        if fcntl is None:
+            return
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise Seed2LoraError(f"{path.parent} is being written by {holder}. Fix: wait for it to finish (or stop "
+                                 "it), or use another --run-name") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"seed2lora pid {os.getpid()}, since {_now()}".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+    @staticmethod
+    def held(path: Path) -> bool:
+        if fcntl is None or not path.is_file():
+            return False
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+
+
 class RunDir:
     """outputs/<run-name>/: one JSONL per stage, rejected.jsonl, manifest.json, and the folders export/,
     adapter/ (its eval/ inside) and report/. Code asks a RunDir for these paths; none spells them."""
@@ -240,6 +285,19 @@ class RunDir:
         except json.JSONDecodeError as e:
             raise InputError(self.manifest_file, e.lineno, "is not valid JSON",
                              "delete it; the next run writes a new one") from None
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK
+
+    def lock(self) -> RunLock:
+        """Held while a command writes this run: a second process on the same run stops at once instead of
+        writing the same records twice (two runs on one folder kept 5 unique of 10 lines and said done)."""
+        return RunLock(self.ensure().lock_file)
+
+    def writer_alive(self) -> bool:
+        """Whether a process holds this run's lock now (a manifest saying "running" without one was killed)."""
+        return RunLock.held(self.lock_file)
 
     def update_manifest(self, **fields: Any) -> dict[str, Any]:
         """Merge fields into manifest.json (dicts are merged one level deep) and recount stages."""

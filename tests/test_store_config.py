@@ -202,3 +202,32 @@ def test_counts_read_on_from_the_last_count_and_match_a_full_read(tmp_path):
     assert counted() == full() == (3, 2, ["filter: blacklist", "filter: blacklist"])
     run.stage_file("bootstrap").write_text('{"id": "a", "instruction": "A"}\n', encoding="utf-8")  # cut back
     assert counted() == full() and counted()[0] == 1
+
+
+def test_a_second_writer_of_a_run_stops_and_show_tells_a_killed_run_from_a_running_one(tmp_path):
+    """Two runs on one folder kept 5 unique of 10 bootstrap lines and both said done; after kill -9, show said
+    "running" for ever."""
+    import json as _json
+
+    from helpers import invoke
+
+    run = RunDir(tmp_path / "s")
+    texts = ["Write a short poem about a river at night.", "Sort these numbers from the smallest to the largest.",
+             "Explain why the sky looks blue to people on a clear day."]
+    write = [Task(id=f"t{i}", instruction=text, origin="machine", stage="instances",
+                  instances=[Instance("", f"An answer {i}.")]) for i, text in enumerate(texts)]
+    run.ensure()
+    (run.path / "instances.jsonl").write_text("".join(_json.dumps(t.to_dict()) + "\n" for t in write))
+    other = run.lock()  # another process writing this run (a second descriptor conflicts as one would)
+    try:
+        result = invoke("filter", "--output-dir", tmp_path, "--run-name", "s", expect=2)
+        assert "is being written by seed2lora pid" in result.output and "--run-name" in result.output
+        assert not run.stage_file("filter").exists() and not run.manifest_file.exists()  # nothing written
+        run.update_manifest(status="running", stage="filter")
+        assert "status: running" in invoke("show", run.path).output
+    finally:
+        other.release()
+    shown = invoke("show", run.path).output  # "running", and nobody holds the run: it was killed
+    assert "status: stopped" in shown and "run the same command to resume" in shown
+    invoke("filter", "--output-dir", tmp_path, "--run-name", "s")  # free again: the run goes on
+    assert len(run.read_stage("filter")) == 3 and run.manifest()["status"] == "done"
