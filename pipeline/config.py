@@ -285,7 +285,8 @@ class TrainConfig:
     # Evaluation, checkpoints, logging
     eval_fraction: float = 0.1  # held out when the data has no eval split (an export has one)
     eval_steps: int = 50  # eval loss every this many updates, and always at the end
-    save_steps: int = 50  # checkpoint for --resume; a CPU step takes seconds, so little work is ever lost
+    save_steps: int = 50  # checkpoint for --resume every this many updates (a GPU update takes seconds)
+    save_every_s: float = 600.0  # and after this many seconds of training since the last one: on CPU an update takes 20-60 s, so 50 of them were up to 50 minutes an interrupt lost; 0 = by steps only
     save_total_limit: int = 2  # old checkpoints are deleted; 2 keeps one in case the newest is torn
     logging_steps: int = 1  # the loss curve shows every update; logging a float costs nothing
     max_examples: int = 0  # 0 = all; a cap for quick trials
@@ -483,6 +484,7 @@ RANGES: dict[str, Range] = {
     "TrainConfig.eval_fraction": Range(ge=0, lt=1),  # 1 would leave no training data
     "TrainConfig.eval_steps": COUNT,
     "TrainConfig.save_steps": COUNT,
+    "TrainConfig.save_every_s": NON_NEGATIVE,
     "TrainConfig.save_total_limit": COUNT,  # 0 would delete the checkpoint --resume needs
     "TrainConfig.logging_steps": COUNT,
     "TrainConfig.max_examples": NON_NEGATIVE,  # 0 = all

@@ -468,6 +468,22 @@ def test_training_resumes_from_the_last_checkpoint(trained, tiny_model):
     assert [s for s, _ in summary["train_loss"]["points"]][-2:] == [9, 10]
 
 
+def test_a_checkpoint_is_saved_by_time_too_so_an_interrupt_on_cpu_loses_minutes_not_fifty_updates(
+        trained, tmp_path):
+    """save_steps=50 at 20-60 s an update on CPU was up to 50 minutes lost to a Ctrl-C; save_every_s saves on
+    time as well, through the normal path, and the run resumes from it."""
+    from pipeline.train.trainer import train
+
+    _, _, _, data = trained
+    out = tmp_path / "adapter"
+    cfg = dataclasses.replace(quick_config(trained[0].cfg.model, out, quant="none"), max_steps=3, save_steps=100,
+                              save_every_s=1e-9)  # any time at all: a checkpoint after every update
+    train(data, cfg, log=lambda m: None)
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    summary = train(data, dataclasses.replace(cfg, max_steps=4, save_every_s=0), log=lambda m: None)
+    assert summary["resumed_from"].endswith("checkpoint-3") and summary["steps"] == 4
+
+
 def test_resuming_with_other_settings_is_refused_and_no_resume_starts_over(trained, tmp_path):
     import shutil
 

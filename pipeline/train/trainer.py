@@ -111,6 +111,21 @@ class ConsoleLog(TrainerCallback):
             self.log("  ".join(parts))
 
 
+class SaveByTime(TrainerCallback):
+    """A checkpoint once `every_s` seconds have passed since the last one, at the end of an update (the normal
+    save path: model, optimizer, scheduler, RNG and data position), whatever save_steps says."""
+
+    def __init__(self, every_s: float):
+        self.every_s, self.last = every_s, time.monotonic()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if self.every_s > 0 and time.monotonic() - self.last >= self.every_s:
+            control.should_save = True
+
+    def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.last = time.monotonic()
+
+
 class TrainProgress(TrainerCallback):
     """Optimizer steps with rate, ETA and the last losses: a bar on a terminal, plain lines elsewhere
     (pipeline/progress.py). Evaluation's batches get one of their own while they run."""
@@ -249,7 +264,8 @@ def prepare(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Prog
                               has_eval=bool(eval_set), optim=plan.optim)
     trainer = LoraTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
                           data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
-                          callbacks=[ConsoleLog(log), *([TrainProgress(progress)] if progress else [])],
+                          callbacks=[ConsoleLog(log), SaveByTime(cfg.save_every_s),
+                                     *([TrainProgress(progress)] if progress else [])],
                           chunked_loss=cfg.chunked_loss, loss_chunk_tokens=plan.loss_chunk_tokens,
                           autocast_bf16=plan.autocast_bf16)
     for cb in (PrinterCallback, ProgressCallback):
@@ -323,8 +339,8 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
 
 # Settings a resumed run may change (how long, how often, where); any other change makes the
 # checkpoints another model's or another dataset's, and resuming from them would mix the two.
-RESUMABLE = {"output_dir", "resume", "epochs", "max_steps", "eval_steps", "save_steps", "save_total_limit",
-             "logging_steps"}
+RESUMABLE = {"output_dir", "resume", "epochs", "max_steps", "eval_steps", "save_steps", "save_every_s",
+             "save_total_limit", "logging_steps"}
 CHECKPOINT_SETTINGS = "seed2lora_settings.json"
 
 
