@@ -9,6 +9,7 @@ unless its comment says otherwise.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import re
 import typing
@@ -673,6 +674,13 @@ def _read_toml(path: str | Path | None) -> tuple[dict[str, Any], str]:
         raise InputError(path, line, f"is not valid TOML ({e})", "fix the TOML syntax") from None
 
 
+def valid_keys(key: str, fields: Iterable[str]) -> str:
+    """The fix for an unknown key: the nearest valid one first (a typo: batch_sise), then all of them."""
+    near = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.75)
+    keys = ", ".join(sorted(fields))
+    return f"did you mean '{near[0]}'? The keys here: {keys}" if near else f"use one of: {keys}"
+
+
 def _setting(cls: type, dotted: str, where: str, section: str | None) -> tuple[Any, Any, Range | None, dict | None]:
     """The type, default, range and old values (OLD_VALUES) of a dotted setting of `cls`; an unknown key names the
     valid ones."""
@@ -682,7 +690,7 @@ def _setting(cls: type, dotted: str, where: str, section: str | None) -> tuple[A
         fields = {f.name: f for f in dataclasses.fields(cls)}
         if part not in fields:
             inside = f" in [{table}]" if table else ""
-            raise InputError(where, None, f"unknown key '{part}'{inside}", f"use one of: {', '.join(sorted(fields))}")
+            raise InputError(where, None, f"unknown key '{part}'{inside}", valid_keys(part, fields))
         hint = typing.get_type_hints(cls)[part]
         here = ".".join(filter(None, [table, part]))
         if dataclasses.is_dataclass(hint) and i == len(parts) - 1:
@@ -721,7 +729,7 @@ def _build(cls: type, data: dict[str, Any], path: Path | None, text: str, sectio
         line = _line_of(text, key, section)
         if key not in fields:
             inside = f" in [{section}]" if section else ""
-            raise InputError(path, line, f"unknown key '{key}'{inside}", f"use one of: {', '.join(sorted(fields))}")
+            raise InputError(path, line, f"unknown key '{key}'{inside}", valid_keys(key, fields))
         hint = hints[key]
         table = f"{section}.{key}" if section else key
         if dataclasses.is_dataclass(hint):

@@ -158,7 +158,7 @@ def test_bad_values_exit_2_name_flag_and_key_and_change_no_file(fake_openai, tmp
          "--set filter.require_instances=maybe: expected true or false"),
         (["run", *flags, "--set", "teacher=openai:gpt-4o"], "--set teacher=openai:gpt-4o: [teacher] is a section, not a value"),
         (["run", *flags, "--set", "bootstrap.num_instrucions=8"],
-         "--set bootstrap.num_instrucions=8: unknown key 'num_instrucions' in [bootstrap]. Fix: use one of:"),
+         "--set bootstrap.num_instrucions=8: unknown key 'num_instrucions' in [bootstrap]. Fix: did you mean 'num_instructions'? The keys here:"),
         (["run", *flags, "--num-instructions", "eight"], "'--num-instructions': 'eight' is not a valid integer"),
         (["export", run, "--set", "eval_fraction=lots"], "--set eval_fraction=lots: expected a number"),
         (["train", run, "--set", "lora_r=big"], "--set lora_r=big: expected an integer"),

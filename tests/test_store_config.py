@@ -69,7 +69,11 @@ def test_config_unknown_key_names_line_and_valid_keys(tmp_path):
     with pytest.raises(InputError) as e:
         load_config(path)
     msg = str(e.value)
-    assert f"{path}:5" in msg and "num_instrucions" in msg and "num_instructions" in msg
+    assert f"{path}:5" in msg and "num_instrucions" in msg and "did you mean 'num_instructions'?" in msg
+    with pytest.raises(InputError, match=r"unknown key 'batch_sise' in \[train\]\. Fix: did you mean 'batch_size'\?"):
+        load_config(None, {"train.batch_sise": 4})  # a --set too
+    with pytest.raises(InputError, match=r"unknown key 'zzz' in \[teacher\]\. Fix: use one of: api, "):
+        load_config(None, {"teacher.zzz": 4})  # nothing near: the keys only
 
 
 def test_config_wrong_type_and_overrides(tmp_path):
@@ -134,7 +138,7 @@ def test_set_values_parse_as_toml_and_bare_words_only_for_strings():
                    "evolve.weights.breadth": 2.0, "seed_tasks": "my seeds.jsonl", "filter.require_instances": False}
     assert isinstance(got["filter.rouge_threshold"], float)  # a float setting takes an int
     assert parse_overrides(["train.lora_r=16", "epochs=1"], TrainConfig, "train") == {"lora_r": 16, "epochs": 1.0}
-    with pytest.raises(InputError, match=r"unknown key 'lora' in \[train\]\. Fix: use one of: .*lora_r"):
+    with pytest.raises(InputError, match=r"unknown key 'lora' in \[train\]\. Fix: did you mean 'lora_r'\? The keys here: .*lora_alpha"):
         parse_overrides(["lora=16"], TrainConfig, "train")
     cfg = load_config(None, got)
     assert cfg.evolve.weights.breadth == 2.0 and cfg.filter.blacklist == ["chart", "photo"]
