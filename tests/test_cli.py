@@ -111,6 +111,7 @@ def test_alpaca_mode(fake_openai, tmp_path):
     (["--set", "bootstrap.nope=1"], "--set bootstrap.nope=1: unknown key 'nope' in [bootstrap]"),
     (["--teacher", "gpt4"], "unknown teacher 'gpt4'"),
     (["--teacher", "hf:/no/such/model.gguf"], "no such GGUF file"),
+    (["--teacher", "hf:/no/such/folder"], "no model folder at /no/such/folder. Fix: give the folder holding config"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(tmp_path, args, message):
     result = CliRunner().invoke(cli, ["bootstrap", "--output-dir", str(tmp_path), *args])

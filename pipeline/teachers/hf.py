@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import inspect
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from ..config import TeacherConfig
@@ -52,6 +53,9 @@ class HFTeacher(BaseTeacher):
         kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
         if gguf_file:
             kwargs["gguf_file"] = gguf_file
+        if str(model).startswith(("/", ".", "~")) and not Path(model).expanduser().exists():
+            raise TeacherError(f"no model folder at {model}. Fix: give the folder holding config.json and the weights "
+                               "(or a .gguf file), e.g. --teacher hf:/models/Qwen2.5-0.5B-Instruct")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model, **kwargs)
             self.model = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype), **kwargs)
