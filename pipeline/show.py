@@ -136,7 +136,7 @@ def show_run(path: Path, *, stage: str | None, n_samples: int, as_jsonl: bool, s
         out.print(f"  {s['teacher_choice']}", highlight=False)
     if over := sum(n for k, n in s["rejected_by_reason"].items() if k == "bootstrap: over_target"):
         out.print(f"  {over} bootstrap lines passed the filter after the pool was full (over_target in "
-                  "rejected.jsonl: `seed2lora show RUN --stage rejected`)", highlight=False)
+                  f"rejected.jsonl: `seed2lora show {path} --stage rejected`)", highlight=False)
     table = Table(label("stage"), "records", "last session: generated", "kept", "rejected", "pending", title="Counts")
     for name, n in s["counts"].items():
         c = s["stages"].get(name) or {}
