@@ -22,10 +22,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 __version__ = "0.1.0"
 
 __all__ = ["Run", "RunConfig", "Task", "Instance", "load_config", "Seed2LoraError", "BudgetReached",
-           "TeacherUnavailable", "Incomplete", "LowYield", "InputError", "__version__"]
-# The faults a Run raises (docs/python.md), each with the CLI's exit code: 3, 4, 5, 6 and 2.
+           "TeacherError", "TeacherUnavailable", "Incomplete", "LowYield", "InputError", "__version__"]
+# The faults a Run raises (docs/python.md), each with the CLI's exit code: 3, 2 (TeacherError), 4, 5, 6 and 2.
 _HOMES = {"Run": "api", "RunConfig": "config", "load_config": "config", "Task": "records", "Instance": "records",
-          "Seed2LoraError": "errors", "BudgetReached": "budget", "TeacherUnavailable": "errors",
+          "Seed2LoraError": "errors", "BudgetReached": "budget", "TeacherError": "errors", "TeacherUnavailable": "errors",
           "Incomplete": "errors", "LowYield": "errors", "InputError": "errors"}
 
 

@@ -56,3 +56,6 @@ def test_every_public_name_loads_from_pipeline_with_a_docstring_and_the_faults_a
     codes = {BudgetReached: 3, TeacherUnavailable: 4, Incomplete: 5, LowYield: 6}  # as docs/python.md says
     assert all(issubclass(c, Seed2LoraError) and c.exit_code == code for c, code in codes.items())
     assert issubclass(InputError, Seed2LoraError)
+    from pipeline import TeacherError
+
+    assert issubclass(TeacherUnavailable, TeacherError) and getattr(TeacherError, "exit_code", 2) == 2

@@ -114,7 +114,7 @@ class OpenAITeacher(BaseTeacher):
         self._secret = key  # the clients' key, and masked in error text
         if not key and any("api.openai.com" in u for u in self.base_urls):
             raise TeacherError(f"${api_key_env} is not set. Fix: export {api_key_env}=sk-... "
-                               "or pass --base-url for a local OpenAI-compatible server")
+                               "or give a local OpenAI-compatible server (--base-url, teacher.base_url)")
         # The SDK's clients, one per endpoint: GET /models, and the Batch API's files and batches.
         self._clients = [sdk_client(u, key or "not-needed", self.timeout_s) for u in self.base_urls]
         self._probes = [Client(u, key or "not-needed", self.timeout_s, c)  # one-token probes
