@@ -239,9 +239,9 @@ def env_proxy(url: str) -> str | None:
     if not proxy or urllib.request.proxy_bypass_environment(parsed.hostname or "", proxies):
         return None
     proxy = proxy if "://" in proxy else f"http://{proxy}"
-    scheme = urllib.parse.urlsplit(proxy).scheme.lower()
+    where = urllib.parse.urlsplit(proxy)
+    scheme = where.scheme.lower()
     if scheme not in ("http", "https"):  # aiohttp would speak HTTP to it: every request a connection error
-        where = urllib.parse.urlsplit(proxy)
         shown = f"{scheme}://{where.hostname}" + (f":{where.port}" if where.port else "")  # no user:password
         raise TeacherError(f"{key.upper()}_PROXY is a {scheme} proxy ({shown}), and the teacher's HTTP client "
                            f"speaks to HTTP(S) proxies only. Fix: point {key.upper()}_PROXY at an HTTP proxy, or "
