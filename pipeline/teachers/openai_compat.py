@@ -189,7 +189,7 @@ class OpenAITeacher(BaseTeacher):
         """Keep up to `limit` requests in flight (fastpath.LoopStream); with `kind`, each reply comes finished."""
         if self._pool is None:  # kept across streams: starting 256 threads delays a stream's first requests
             self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="teacher")
-        return LoopStream(self, self._pool).run(requests, params, kind)
+        yield from LoopStream(self, self._pool).run(requests, params, kind)
 
     def pools(self) -> Pools:
         """Under failover.lock: the clients and counts of this stream (a later stream has its own)."""
