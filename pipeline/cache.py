@@ -22,7 +22,7 @@ in the responses table, in the same commit as the reply. A re-run awaits a line 
 sending it again.
 
 SQLite in WAL mode with one commit per write survives kill -9 without a torn database;
-a lock makes it safe to share between the teacher's request threads.
+a lock makes it safe to share between the teacher's event loop (fastpath.py) and its request threads.
 """
 
 from __future__ import annotations
