@@ -73,7 +73,7 @@ def scenario(server, case: str, dead: str) -> str:
     elif case == "500":
         server.enqueue({"error": {"message": "engine crashed"}}, status=500)
     elif case == "timeout":
-        server.enqueue("too late", delay=0.8)
+        server.enqueue("too late", delay=2.5)
     elif case == "malformed":
         server.enqueue(b"{not json")
     elif case == "refused seed":
@@ -90,7 +90,7 @@ def test_a_failed_first_try_on_the_loop_is_retried_as_on_a_thread(fake_openai, c
     outcomes = []
     for path in ("thread", "loop"):
         before = len(fake_openai.history)
-        t = teacher(scenario(fake_openai, case, dead), timeout_s=0.3 if case == "timeout" else 30.0)
+        t = teacher(scenario(fake_openai, case, dead), timeout_s=1.0 if case == "timeout" else 30.0)
         if path == "thread":  # the request answered on a thread all the way, its first try as well
             c = t.answer(req, PARAMS, "k")
         else:
