@@ -22,7 +22,7 @@ in the responses table, in the same commit as the reply. A re-run awaits a line 
 sending it again.
 
 SQLite in WAL mode with one commit per write survives kill -9 without a torn database;
-a lock makes it safe to share between the teacher's request threads.
+a lock makes it safe to share between the teacher's event loop (fastpath.py) and its request threads.
 """
 
 from __future__ import annotations
@@ -109,6 +109,14 @@ class _Handed:
         self.done.acquire()
 
 
+def _row(key: str | None, c: Completion, session: str, kind: str, counts: dict[str, int], model: str | None,
+         batch_line: tuple[str, str] | None = None) -> tuple[tuple | None, tuple, tuple[str, str] | None]:
+    """A reply's rows for _commit: its response (when `key` is given), its usage row, and its wave line."""
+    response = (key, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens) if key is not None else None
+    usage = (session, kind, model, *(int(counts.get(col, 0)) for col in USAGE_COLUMNS))
+    return response, usage, batch_line
+
+
 def model_of(spec: str) -> str:
     """The model a teacher spec names, as the usage log records and prices it: openai:gpt-4o-mini -> gpt-4o-mini,
     hf:/models/x -> /models/x, embedded -> embedded."""
@@ -186,9 +194,12 @@ class ResponseCache:
         commit is made. Replies recorded at the same moment by several threads share a commit (`Group`): at 64
         in flight a commit of its own per reply cost the teacher's threads 0.10-0.19 ms a reply
         (benchmarks/RESULTS.md, "Stage reply work")."""
-        response = (key, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens) if key is not None else None
-        usage = (session, kind, model, *(int(counts.get(col, 0)) for col in USAGE_COLUMNS))
-        self._commits.call((response, usage, batch_line))
+        self._commits.call(_row(key, c, session, kind, counts, model, batch_line))
+
+    def record_many(self, replies: list[tuple]) -> None:
+        """Several replies (each record's arguments, without batch_line) in one commit, from the one thread that
+        has them all (the teacher's event loop, fastpath.py): no Group hand-off. Returns once they are committed."""
+        self._commit([_row(*reply) for reply in replies])
 
     def _commit(self, rows: list[tuple[tuple | None, tuple, tuple[str, str] | None]]) -> list[None]:
         """Replies' rows (record's), in one transaction, in their order."""

@@ -240,18 +240,24 @@ class BaseTeacher:
     def _finish(self, req: Request, c: Completion, params: GenParams, kind: str, key: str | None = None) -> Completion:
         """Stop sequences, usage, and the reply and its usage row committed to the run's cache. `key`: the
         request's cache key when the caller has it already (it is the same for the lookup and the reply)."""
+        row = self.settle(req, c, params, kind, key)
+        if row is not None:  # reply and usage durable in one commit, before any record is built from them
+            self.cache.record(*row)
+        return c
+
+    def settle(self, req: Request, c: Completion, params: GenParams, kind: str,
+               key: str | None = None) -> tuple | None:
+        """_finish but the commit: stop sequences and usage, and the reply's row for the run's cache (the arguments
+        of ResponseCache.record), for a caller that commits several replies at once; None without a cache."""
         if not c.cached:
             c.text, hit = apply_stop(c.text, params.stop)
             if hit and c.finish_reason == "length":
                 c.finish_reason = "stop"
         counts = self.usage.add(kind, c)
-        if self.cache is not None:  # reply and usage durable in one commit, before any record is built from them
-            if c.ok and not c.cached and c.cacheable:
-                key = key or self.cache_key(req, params)
-            else:
-                key = None
-            self.cache.record(key, c, self.session, kind, counts, self.usage_model or None)
-        return c
+        if self.cache is None:
+            return None
+        key = (key or self.cache_key(req, params)) if c.ok and not c.cached and c.cacheable else None
+        return key, c, self.session, kind, counts, self.usage_model or None
 
 
 def apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:

@@ -1,7 +1,8 @@
 """Teacher over the OpenAI API or any server that speaks it (vLLM, Ollama, llama.cpp, TGI).
 
-Requests run on a thread pool: up to `concurrency` in flight, a new one starting as soon
-as any finishes, so one slow reply never idles the rest. One retry policy (tenacity, retries.py) for
+Up to `concurrency` requests in flight, a new one starting as soon as any finishes, so one slow reply never
+idles the rest. A request's first try runs as a coroutine on the HTTP event loop, its reply committed to the cache
+there (fastpath.py); a try that fails goes to a thread pool, with its retries. One retry policy (tenacity, retries.py) for
 every call: 429 waits for Retry-After, 5xx/timeouts/connection errors/malformed replies
 back off exponentially with jitter, 400/401/403/404 fail at once, and a context-length
 error halves max_tokens (as Self-Instruct did). A prompt that still fails is returned as
@@ -36,10 +37,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -49,8 +49,9 @@ from ..config import TeacherConfig
 from ..errors import TeacherError
 from .base import BaseTeacher, Completion, GenParams, Request
 from .failover import Failover, Patience, Timing
+from .fastpath import LoopStream
 from .preflight import PROBE_PROMPT, Preflight
-from .retries import Retries
+from .retries import Pools, Retries
 from .wire import (
     PATHS,
     Client,
@@ -179,88 +180,51 @@ class OpenAITeacher(BaseTeacher):
     def stream(self, requests: Iterable[Request | None], params: GenParams, *,
                kind: str) -> Iterator[tuple[Request, Completion]]:
         """BaseTeacher.stream, each reply finished (stop sequences, usage, its commit to the run's cache, durable
-        before any record is built from it) on its request's thread, not on the one that reads replies and refills
-        slots: there each SQLite call gave up the GIL to 64 threads, about 0.6 ms of wall time a reply."""
+        before any record is built from it) where it was answered: on the event loop (fastpath.py), or on the
+        thread that retried it, not on the one that reads replies and refills slots."""
         return self._stream(iter(requests), params, kind)
 
     def _stream(self, requests: Iterator[Request | None], params: GenParams,
                 kind: str | None = None) -> Iterator[tuple[Request, Completion]]:
-        """Keep up to `limit` requests in flight; refill as each one finishes (no batch barrier). With `kind`,
-        each reply comes finished (BaseTeacher._finish)."""
-        failover = self.failover
-        failover.fatal = None
-        # A new event per stream, not clear(): calls of an abandoned stream keep theirs, set, and stop.
-        failover.stop = threading.Event()
-        abandoned = threading.Event()  # set when the consumer stops early: replies still coming are not finished
-        finished: queue.SimpleQueue[tuple[Request, Future]] = queue.SimpleQueue()
+        """Keep up to `limit` requests in flight (fastpath.LoopStream); with `kind`, each reply comes finished."""
         if self._pool is None:  # kept across streams: starting 256 threads delays a stream's first requests
             self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="teacher")
-        pool = self._pool
-        done = threading.Event()  # the stream is over: the prober stops
-        threading.Thread(target=failover.watch, args=(done, failover.stop, self._serves), daemon=True,
-                         name="teacher-prober").start()
-        clean = False
-        try:
-            in_flight = 0
-            exhausted = False
-            while True:
-                while not exhausted and failover.fatal is None and in_flight < failover.limit:
-                    req = self._pull(requests)
-                    if req is False or (req is None and in_flight == 0):  # the end, or WAIT with nothing to wait for
-                        exhausted = True
-                        break
-                    if req is None:  # WAIT: the source needs a reply first
-                        break
-                    fut = pool.submit(self._answer, req, req.params or params, req.kind or kind, abandoned)
-                    # A done-callback queue costs O(1) per reply; wait() on all futures would cost O(in flight).
-                    fut.add_done_callback(lambda f, r=req: finished.put((r, f)))
-                    in_flight += 1
-                if in_flight == 0:
-                    break
-                while True:  # a timed get: Ctrl-C reaches this thread within a fraction of a second
-                    try:
-                        req, fut = finished.get(timeout=0.2)
-                        break
-                    except queue.Empty:
-                        continue
-                in_flight -= 1
-                yield req, fut.result()
-            clean = True
-        finally:
-            done.set()
-            if not clean:  # interrupted, or the consumer stopped early: abandon what is in flight, now
-                abandoned.set()
-                failover.halt(failover.stop)
-                for client in self._shards:
-                    client.close()
-                self._shard_clients()  # fresh connections for a later stream
-                pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = None
-        if failover.fatal is not None:
-            fatal = failover.fatal
-            if isinstance(fatal, TeacherError):
-                raise fatal
-            raise TeacherError(f"{self.name} at {self.base_url}: {describe_error(fatal, self._secret)}") from None
+        yield from LoopStream(self, self._pool).run(requests, params, kind)
 
-    def _answer(self, req: Request, params: GenParams, kind: str | None = None,
-                abandoned: threading.Event | None = None) -> Completion:
-        """The request's reply (from the cache, or the server with the retry policy); finished with `kind`,
-        unless its stream was abandoned meanwhile (its consumer will never see it, as a reply never read)."""
+    def pools(self) -> Pools:
+        """Under failover.lock: the clients and counts of this stream (a later stream has its own)."""
+        return self._shards, self._in_flight, self._owner
+
+    def drop_connections(self, pool: ThreadPoolExecutor) -> None:
+        """An abandoned stream's connections closed, and its threads' pool: fresh ones for a later stream."""
+        for client in self._shards:
+            client.close()
+        self._shard_clients()
+        pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is pool:
+            self._pool = None
+
+    def answer(self, req: Request, params: GenParams, kind: str | None = None,
+               abandoned: threading.Event | None = None, first: BaseException | None = None,
+               looked_up: bool = False) -> Completion:
+        """The request's reply on a thread (the cache, or the server with the retry policy; `first`: how its
+        first try failed on the loop, and `looked_up`: not in the cache); finished with `kind`, unless its
+        stream was abandoned meanwhile (its consumer will never see it, as a reply never read)."""
         key = self.cache_key(req, params) if self.cache is not None else None  # made once: lookup and commit
-        c = self._lookup(req, params, key)
+        c = None if looked_up else self._lookup(req, params, key)
         if c is None:
             stop = self.failover.stop  # this stream's
-            if self.failover.fatal is not None or stop.is_set():
+            if first is None and (self.failover.fatal is not None or stop.is_set()):
                 c = Completion("", "error", error="not sent: the run is stopping")
             else:
-                with self.failover.lock:  # the clients and counts of this stream: a later stream has its own
-                    pools = (self._shards, self._in_flight, self._owner)
-                c = self.retries.call(pools, req, params, stop)
+                with self.failover.lock:
+                    pools = self.pools()
+                c = self.retries.call(pools, req, params, stop, first)
         if kind is not None and not (abandoned is not None and abandoned.is_set()):
             c = self._finish(req, c, params, kind, key)
         return c
 
-    def _serves(self, ep: int) -> bool:
+    def serves(self, ep: int) -> bool:
         """The prober's question: does the endpoint answer one token on the run's API? GET /models is not
         enough: a wedged engine, or a proxy whose backend hangs, answers it and never a prompt."""
         try:
@@ -283,15 +247,22 @@ class OpenAITeacher(BaseTeacher):
         except openai.BadRequestError as e:
             if is_context_error(e):
                 raise ContextTooLong() from e
-            for field, flag in (("seed", "send_seed"), ("response_format", "send_json"), ("logprobs", "send_logprobs")):
-                if field in body and field in str(e).lower() and not schema_form:
-                    setattr(self.sending, flag, False)
-                    if field == "response_format" and self.structured:
-                        self._event(f"the server refused response_format ({describe_error(e, self._secret)}); "
-                                    "replies are read as text from now on")
-                    return self._request(client, api, prompt, params, salt, max_tokens, timeout_s=timeout_s)
+            if not schema_form and self.drop_refused(e, body):
+                return self._request(client, api, prompt, params, salt, max_tokens, timeout_s=timeout_s)
             raise
         return read_reply(api, reply, "logprobs" in body)
+
+    def drop_refused(self, e: openai.BadRequestError, body: dict[str, Any]) -> bool:
+        """A 400 naming a field of the body the server refuses (seed, response_format, logprobs): the field is
+        dropped from then on, and True: send the request again."""
+        for field, flag in (("seed", "send_seed"), ("response_format", "send_json"), ("logprobs", "send_logprobs")):
+            if field in body and field in str(e).lower():
+                setattr(self.sending, flag, False)
+                if field == "response_format" and self.structured:
+                    self._event(f"the server refused response_format ({describe_error(e, self._secret)}); "
+                                "replies are read as text from now on")
+                return True
+        return False
 
     def body_of(self, api: str, prompt: str, params: GenParams, salt: str | None, max_tokens: int | None = None,
                 schema_form: str = "") -> dict[str, Any]:

@@ -43,9 +43,11 @@ class Retries:
         self.failover, self.send, self.event, self.secret = failover, send, event, secret
         self.max_retries, self.max_wait_s = max_retries, max_wait_s
 
-    def call(self, pools: Pools, req: Request, params: GenParams, stop: threading.Event) -> Completion:
+    def call(self, pools: Pools, req: Request, params: GenParams, stop: threading.Event,
+             first: BaseException | None = None) -> Completion:
         """The request's reply, or an error Completion once its retries are spent (or at a fatal error, which
-        stops the stream)."""
+        stops the stream). `first`: how its first try failed where it was made elsewhere (on the event loop,
+        fastpath.py, its bookkeeping done there as attempt() does it); the policy takes it up from there."""
         max_tokens = params.max_tokens
         faults = {"retries": 0, "timeouts": 0}
         retrying: tenacity.Retrying | None = None  # made at the first failure: most requests never need it
@@ -53,6 +55,9 @@ class Retries:
         for _ in range(4):  # context-length shrinking: at most 4 halvings
             try:
                 try:
+                    if first is not None:
+                        failure, first = first, None
+                        raise failure
                     c = self.attempt(pools, req, params, max_tokens, stop)
                 except Exception as e:
                     if not is_transient(e):

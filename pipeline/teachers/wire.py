@@ -156,9 +156,9 @@ def top_logprobs(choice: dict[str, Any]) -> dict[str, float] | None:
 class Transport:
     """One asyncio loop on a daemon thread that every Client of this process sends through: aiohttp's C HTTP
     parser on one thread, where httpx parses in Python on each caller's thread and takes its pool's lock per
-    request. The retry policy still runs on the teacher's threads: a thread hands its request to the loop and
-    waits for the reply (0.23-0.33 against 0.55 ms of client CPU per request, raw, at 64 in flight;
-    benchmarks/RESULTS.md, client transport).
+    request (0.23-0.33 against 0.55 ms of client CPU per request, raw, at 64 in flight; benchmarks/RESULTS.md,
+    client transport). A request's first try runs on this loop as a coroutine (fastpath.py, Client.apost); its
+    retries on the teacher's threads, each handing its try to the loop and waiting for the reply (Client.post).
 
     Made at the first request (`transport()`), so a process that never calls a server never starts the
     thread or imports aiohttp; a forked child makes its own."""
@@ -295,8 +295,7 @@ class Client:
         """The decoded JSON of a 2xx reply; else the exception the openai SDK raises for it."""
         url = self.base_url + path
         if self.closed:
-            raise openai.APIConnectionError(message="Connection error: the client was closed",
-                                            request=httpx.Request("POST", url))
+            raise closed_error(url)
         t = transport()
         future = asyncio.run_coroutine_threadsafe(
             t.send(self, url, json.dumps(body).encode(), t.timeout(timeout_s or self.timeout_s)), t.loop)
@@ -306,23 +305,30 @@ class Client:
         try:
             status, headers, content = future.result()
         except concurrent.futures.CancelledError as e:  # close(): the run is stopping
-            raise openai.APIConnectionError(message="Connection error: the client was closed",
-                                            request=httpx.Request("POST", url)) from e
+            raise closed_error(url) from e
         except (TimeoutError, asyncio.TimeoutError) as e:  # aiohttp's connect and read timeouts (one type from 3.11)
             raise openai.APITimeoutError(request=httpx.Request("POST", url)) from e
         except (t.aiohttp.ClientError, OSError) as e:  # refused, reset, DNS, TLS: a failed connection
             raise openai.APIConnectionError(request=httpx.Request("POST", url)) from e
         finally:
             self.in_flight.discard(future)
-        if not 200 <= status < 300:
-            raise status_error(httpx.Response(
-                status, content=content, request=httpx.Request("POST", url),
-                # the body is already decompressed: httpx must not decode it again
-                headers=[(k, v) for k, v in headers.items() if k.lower() != "content-encoding"]))
+        return decoded(url, status, headers, content)
+
+    async def apost(self, path: str, body: dict[str, Any], timeout_s: float | None = None) -> Any:
+        """post() from a coroutine on the transport's loop (fastpath.py): the same reply, the same exceptions. A
+        close() does not reach it: its caller cancels its task."""
+        url = self.base_url + path
+        if self.closed:
+            raise closed_error(url)
+        t = transport()
         try:
-            return json.loads(content)
-        except ValueError as e:  # a body that is not JSON
-            raise Malformed(f"malformed reply: {e}") from e
+            status, headers, content = await t.send(self, url, json.dumps(body).encode(),
+                                                    t.timeout(timeout_s or self.timeout_s))
+        except (TimeoutError, asyncio.TimeoutError) as e:
+            raise openai.APITimeoutError(request=httpx.Request("POST", url)) from e
+        except (t.aiohttp.ClientError, OSError) as e:
+            raise openai.APIConnectionError(request=httpx.Request("POST", url)) from e
+        return decoded(url, status, headers, content)
 
     def close(self) -> None:
         self.closed = True
@@ -330,6 +336,24 @@ class Client:
             future.cancel()
         if self.session is not None:
             transport().shut(self.session)
+
+
+def closed_error(url: str) -> openai.APIConnectionError:
+    return openai.APIConnectionError(message="Connection error: the client was closed",
+                                     request=httpx.Request("POST", url))
+
+
+def decoded(url: str, status: int, headers: Any, content: bytes) -> Any:
+    """The decoded JSON of a 2xx reply; else the exception the openai SDK raises for it."""
+    if not 200 <= status < 300:
+        raise status_error(httpx.Response(
+            status, content=content, request=httpx.Request("POST", url),
+            # the body is already decompressed: httpx must not decode it again
+            headers=[(k, v) for k, v in headers.items() if k.lower() != "content-encoding"]))
+    try:
+        return json.loads(content)
+    except ValueError as e:  # a body that is not JSON
+        raise Malformed(f"malformed reply: {e}") from e
 
 
 def status_error(response: httpx.Response) -> openai.APIStatusError:
