@@ -196,6 +196,11 @@ def test_ranges_hold_in_toml_files_and_in_every_command(tmp_path, kept_run):
     assert result.exit_code == 2 and "0 is out of range (allowed: 1 or more)" in _flat(result.output)
     result = _cli("cost", kept_run, "--set", "cost.gpu_usd_per_hour=-2")
     assert result.exit_code == 2 and "-2.0 is out of range (allowed: 0 or more)" in _flat(result.output)
+    for args in (["--max-steps", "0"], ["--set", "train.max_steps=0"]):  # before: 0 trained one update ("1/0")
+        result = _cli("train", kept_run, *args)
+        assert result.exit_code == 2 and "0 is out of range (allowed: -1 or more, but not 0)" in _flat(result.output), \
+            result.output
+        assert not (Path(kept_run) / "adapter").exists()
 
 
 def test_every_range_names_a_number_setting_whose_default_it_allows():
