@@ -41,6 +41,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import openai
@@ -101,6 +102,12 @@ class OpenAITeacher(BaseTeacher):
         self.base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL", "") or "https://api.openai.com/v1"
         # Several servers ("url1,url2"): each request goes to the one with the fewest in flight.
         self.base_urls = [u.strip() for u in self.base_url.split(",") if u.strip()]
+        for u in self.base_urls:  # "localhost:8000" (no scheme) was retried for connect_window_s, then exit 4
+            if urlsplit(u).scheme not in ("http", "https") or not urlsplit(u).netloc:
+                rest = u.split("://")[-1].rstrip("/") or "localhost:8000"
+                raise TeacherError(f"teacher base URL {u!r} (--base-url, teacher.base_url or $OPENAI_BASE_URL) is not "
+                                   f"an http:// or https:// URL. Fix: give the full URL, e.g. --base-url "
+                                   f"http://{rest}{'' if '/' in rest else '/v1'}")
         self.concurrency = max(1, cfg.concurrency)
         self.timeout_s = cfg.timeout_s
         self.system_prompt = cfg.system_prompt
