@@ -150,7 +150,9 @@ def test_cost_and_show_tables_are_not_cut_when_the_output_is_not_a_terminal(kept
 
 
 def test_the_retry_note_says_whether_any_retry_happened(fake_openai, tmp_path):
-    assert MapResult().replies_note(2) == "every reply usable at the first try"
+    assert MapResult(written=4).replies_note(2) == "every reply usable at the first try"
+    assert MapResult().replies_note(2) == "nothing left to ask"  # before: "every reply usable", with none asked
+    assert MapResult(pending=3).replies_note(2) == "no reply to read"
     assert MapResult(retried=3).replies_note(2) == "3 unusable replies asked again, none rejected"
     assert MapResult(retried=1, rejected=1).replies_note(2) == \
         "1 unusable reply asked again, 1 task rejected (still unusable after 2 retries)"
