@@ -290,3 +290,12 @@ def test_the_dry_run_counts_the_seed_calibration_of_a_log_probability_classify(t
         (calibration["prompt_tokens"] * MINI[0] + 175 * MINI[1]) / 1e6)
     rows, _ = estimate(**{"run_name": "off", "classify.calibrate": False})
     assert "classify_calibration" not in rows
+
+
+def test_the_dry_run_stops_at_a_misspelt_stage_as_the_run_does(tmp_path):
+    flags = ["run", "--output-dir", str(tmp_path), "--run-name", "r", "--set", 'stages=["bootstrap","clasify"]']
+    for extra in (["--dry-run"], ["--teacher", "openai:m", "--base-url", "http://127.0.0.1:1/v1"]):
+        result = CliRunner().invoke(cli, [*flags, *extra])  # before: the dry run listed bootstrap alone, exit 0
+        assert result.exit_code == 2, result.output
+        assert "unknown stage(s) ['clasify'] in 'stages'" in " ".join(result.output.split())
+    assert not (tmp_path / "r").exists()
