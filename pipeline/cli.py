@@ -189,6 +189,9 @@ def run(config_path, sets, dry_run, **flags):
     """
     s = _session(config_path, sets, **flags)
     if dry_run:
+        from .runner import check_stage_names
+
+        check_stage_names(s.cfg.stages)  # as the run would: a misspelt stage exits 2, not left out of the estimate
         _print_estimate(s)
         return
     s.run_all()  # prints each stage's line as it finishes

@@ -369,23 +369,25 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class Range:
-    """The values a number setting allows; None = no bound on that side."""
+    """The values a number setting allows; None = no bound on that side; `but`, one value inside them that is not."""
 
     ge: float | None = None
     gt: float | None = None
     le: float | None = None
     lt: float | None = None
+    but: float | None = None
 
     def holds(self, v: float) -> bool:
         return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
-                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt) and v != self.but)
 
     def __str__(self) -> str:
+        but = "" if self.but is None else f", but not {self.but:g}"
         if self.ge is not None and self.le is not None:
-            return f"{self.ge:g} to {self.le:g}"
+            return f"{self.ge:g} to {self.le:g}{but}"
         low = f"{self.ge:g} or more" if self.ge is not None else f"more than {self.gt:g}" if self.gt is not None else ""
         high = f"at most {self.le:g}" if self.le is not None else f"less than {self.lt:g}" if self.lt is not None else ""
-        return ", ".join(filter(None, [low, high]))
+        return ", ".join(filter(None, [low, high])) + but
 
 
 COUNT, NON_NEGATIVE, POSITIVE = Range(ge=1), Range(ge=0), Range(gt=0)
@@ -479,7 +481,7 @@ RANGES: dict[str, Range] = {
     "TrainConfig.batch_size": COUNT,
     "TrainConfig.grad_accum": COUNT,
     "TrainConfig.epochs": POSITIVE,
-    "TrainConfig.max_steps": Range(ge=-1),  # -1 = run the epochs
+    "TrainConfig.max_steps": Range(ge=-1, but=0),  # -1 = run the epochs; 0 updates trained one (transformers' loop)
     "TrainConfig.max_seq_len": Range(ge=2),  # a row needs a prompt token and a response token
     "TrainConfig.loss_chunk_tokens": NON_NEGATIVE,  # 0 = auto
     "TrainConfig.eval_fraction": Range(ge=0, lt=1),  # 1 would leave no training data

@@ -201,6 +201,11 @@ class RunContext:
         """The run's teacher before it is attached to the run's cache (validation preflights this one)."""
         if self._teacher is None:
             self._teacher = build_teacher(self.cfg.teacher, self.cfg.seed, self.log)
+            before = (self.run.manifest().get("teacher") or {}).get("name")
+            if before and before != self._teacher.name:  # flags left out on a resume or a later stage: said, not silent
+                self.log(f"note: {self.run.path} was made with teacher {before} (manifest.json) and this command uses "
+                         f"{self._teacher.name}: the run's records will mix the two. To keep its teacher, give "
+                         f"--teacher {before} (and its --base-url) again")
         return self._teacher
 
     @property

@@ -68,8 +68,8 @@ _SECRET_TEXT = [  # (pattern, replacement): values that are secrets whatever the
     (re.compile(r"(?i)(\bBearer\s+)[A-Za-z0-9._~+/=\-]{6,}"), rf"\1{MASK}"),  # an Authorization header
     (re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), rf"\1{MASK}@"),  # a password inside a URL
     (re.compile(rf'(?i)("{_NAME}"\s*:\s*")[^"]+(")'), rf"\1{MASK}\2"),  # "api_key": "..." in JSON
-    (re.compile(rf"(?i)(?<![\w.-])({_NAME}\s*[=:]\s*[\"']?)(?![\s*\"']|(?:sk-)?\.\.\.)[^\s,;&'\"]+"),
-     rf"\1{MASK}"),  # api_key=VALUE (a --set, TOML, a log line); not the placeholder sk-... of a Fix: hint
+    (re.compile(rf"(?i)(?<![\w.-])({_NAME}\s*[=:]\s*[\"']?)(?![\s*\"']|(?:sk-)?\.\.\.|(?-i:VALUE)\b)[^\s,;&'\"]+"),
+     rf"\1{MASK}"),  # api_key=VALUE (a --set, TOML, a log line); not the placeholders sk-... and VALUE of a Fix: hint
     (re.compile(rf"(?i)(?<![\w-])(--{_NAME}\s+)(?!-)\S+"), rf"\1{MASK}"),  # --api-key VALUE
 ]
 

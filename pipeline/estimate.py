@@ -11,6 +11,11 @@ prompt is rendered for two different tasks, and the part the two share from the 
 PREFIX_CACHE_MIN tokens (rounded down to PREFIX_CACHE_STEP), is what every call after the first may get at the
 model's cached-input rate (`cost_with_prefix_cache_usd`, else the same replies; `max_cost_usd` assumes no hit).
 
+A teacher that classifies by log-probability (classify.method logprobs, or auto with an in-process teacher) first
+fits its threshold on the labelled seed tasks (stages/calibrate.py): one one-token call per labelled seed, once per
+run, its own row `classify_calibration` until classify_calibration.json is written. With the embedded teacher those
+175 calls were 69,279 of the quickstart's 86,245 prompt tokens; its classify calls then ask for one token each.
+
 Counts a stage cannot know before the stages ahead of it have run are upper bounds of the plan:
 bootstrap assumes the yield seen so far in this run (else bootstrap.expected_yield); classify and instances
 one call per instruction asked for; evolve every instruction of its pool, each round three calls
@@ -32,6 +37,7 @@ from .prompts import Prompts
 from .records import Instance, Task
 from .rows import SOURCES, generated_include, include_list
 from .stages.bootstrap import build_prompt
+from .stages.calibrate import CALIBRATION_FILE, MIN_PER_CLASS
 from .stages.evolve import OPERATIONS, answer_prompt, evolution_prompt, judge_prompt, lineages_left
 from .stages.instances import instance_prompt
 from .store import STAGES, RunDir
@@ -61,6 +67,27 @@ def row(model: str, calls: int, prompt_text: str, max_tokens: int, twin: str = "
     per_call = cacheable(len(shared_prefix(prompt_text, twin)) // CHARS_PER_TOKEN) if twin else 0
     return {"model": model, "calls": calls, "prompt_tokens": calls * tokens(prompt_text),
             "max_completion_tokens": calls * max_tokens, "prefix_cached_tokens": max(0, calls - 1) * per_call}
+
+
+def classifies_by_logprobs(cfg: RunConfig) -> bool:
+    """classify.method as the run resolves it (stages/classify.uses_logprobs): auto = logprobs for in-process teachers."""
+    method = cfg.classify.method
+    return method == "logprobs" or (method == "auto" and cfg.teacher.spec.partition(":")[0] in IN_PROCESS)
+
+
+def calibration_row(cfg: RunConfig, prompts: Prompts, seeds: list[Task], run: RunDir, model: str) -> dict[str, Any] | None:
+    """The seeds' calibration calls of classify (stages/calibrate.seed_threshold): one per labelled seed, each prompt
+    rendered as it will be sent, one completion token each; None when the run makes none."""
+    if not (cfg.classify.calibrate and classifies_by_logprobs(cfg)) or (run.path / CALIBRATION_FILE).is_file():
+        return None
+    labelled = [s for s in seeds if s.is_classification is not None]
+    positives = sum(1 for s in labelled if s.is_classification)
+    if min(positives, len(labelled) - positives) < MIN_PER_CLASS:
+        return None  # too few labels to place a threshold: calibrate asks nothing
+    texts = [prompts.render("classify.txt", instruction=s.instruction) for s in labelled]
+    out = row(model, len(texts), texts[0], 1, texts[-1])
+    out["prompt_tokens"] = sum(tokens(t) for t in texts)
+    return out
 
 
 def evolve_todo(cfg: RunConfig, seeds: list[Task], run: RunDir) -> int:
@@ -118,10 +145,13 @@ def estimate_run(cfg: RunConfig, prompts: Prompts, seeds: list[Task], run: RunDi
         rows["bootstrap"] = row(models["bootstrap"], math.ceil(max(0, n_tasks - kept) / yield_per_call), text, max_out,
                                 build_prompt(prompts, cfg, rng, seeds, [])[1])
     if "classify" in cfg.stages:
+        if calibration := calibration_row(cfg, prompts, seeds, run, models["classify"]):
+            rows["classify_calibration"] = calibration
+        # by log-probability one token; a chat reply has room for a sentence (classify.chat_max_tokens); a completion, 3
+        max_out = 1 if classifies_by_logprobs(cfg) else \
+            cfg.classify.max_tokens if cfg.teacher.api == "completions" else cfg.classify.chat_max_tokens
         rows["classify"] = row(models["classify"], max(0, n_tasks - len(run.read_stage("classify"))),
-                               prompts.render("classify.txt", instruction=example.instruction),
-                               # a chat reply has room for a sentence (classify.chat_max_tokens); a completion, 3 tokens
-                               cfg.classify.max_tokens if cfg.teacher.api == "completions" else cfg.classify.chat_max_tokens,
+                               prompts.render("classify.txt", instruction=example.instruction), max_out,
                                prompts.render("classify.txt", instruction=other.instruction))
     if "instances" in cfg.stages:
         rows["instances"] = row(models["instances"], max(0, n_tasks - len(run.read_stage("instances"))),

@@ -126,12 +126,17 @@ def run_group(ctx: RunContext, group: list[Step]) -> list[StepResult]:
         return flow.run(ctx, [s.name for s in group])
 
 
-def run_steps(ctx: RunContext, names: list[str]) -> list[str]:
-    """The one loop: the named steps in pipeline order; each message is also logged as it comes."""
+def check_stage_names(names: list[str]) -> None:
+    """A name in `stages` that no step has stops the command, `run --dry-run` too (it used to leave the name out)."""
     known = [s.name for s in STEPS]
     unknown = [n for n in names if n not in known]
     if unknown:
         raise Seed2LoraError(f"unknown stage(s) {unknown} in 'stages'. Fix: use {known}")
+
+
+def run_steps(ctx: RunContext, names: list[str]) -> list[str]:
+    """The one loop: the named steps in pipeline order; each message is also logged as it comes."""
+    check_stage_names(names)
     steps = [s for s in STEPS if s.name in names]
     validate(ctx, steps)  # raises before anything is written
     messages: list[str] = []

@@ -31,6 +31,9 @@ STAGES = ("bootstrap", "classify", "instances", "filter", "evolve")
 REJECTED = "rejected.jsonl"
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+# Each session describes its teacher whole: merged into the last one's, an embedded teacher's record kept the
+# server teacher's base_url, api and concurrency under its own name
+MANIFEST_WHOLE = ("teacher",)
 # The run's folders: RunDir names them, nothing else spells them.
 EXPORT_DIR, ADAPTER_DIR, EVAL_DIR, REPORT_DIR = "export", "adapter", "eval", "report"
 EXPORT_INFO = "export.json"  # an export folder's facts (its run, counts, config)
@@ -300,10 +303,10 @@ class RunDir:
         return RunLock.held(self.lock_file)
 
     def update_manifest(self, **fields: Any) -> dict[str, Any]:
-        """Merge fields into manifest.json (dicts are merged one level deep) and recount stages."""
+        """Merge fields into manifest.json (dicts are merged one level deep, but for MANIFEST_WHOLE) and recount stages."""
         m = self.manifest()
         for key, value in fields.items():
-            if isinstance(value, dict) and isinstance(m.get(key), dict):
+            if isinstance(value, dict) and isinstance(m.get(key), dict) and key not in MANIFEST_WHOLE:
                 m[key] = {**m[key], **value}
             else:
                 m[key] = value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 
 import pytest
@@ -12,7 +13,7 @@ from helpers import read, teacher_flags
 from pipeline.budget import GENERATION_STAGES, Budget, attribute_unlogged, stage_models
 from pipeline.cache import CACHE_FILE, ResponseCache
 from pipeline.cli import cli
-from pipeline.config import BudgetConfig, load_config
+from pipeline.config import BudgetConfig, ClassifyConfig, load_config
 from pipeline.cost import run_cost
 from pipeline.errors import Seed2LoraError
 from pipeline.estimate import estimate_run
@@ -259,3 +260,42 @@ def test_usage_summed_on_from_the_last_call_equals_the_whole_log(tmp_path):
     assert fresh["bootstrap"]["calls"] == 6 and fresh["bootstrap"]["prompt_tokens"] == sum(10 + i for i in (0, 2, 6, 8, 12, 14))
     assert seen[0] == {"bootstrap": {**dict.fromkeys(fresh["score"], 0), "calls": 1, "prompt_tokens": 10}}
     assert cache.usage(exclude_session="s1")["bootstrap"]["calls"] == 6  # every bootstrap row is session s0's
+
+
+def test_the_dry_run_counts_the_seed_calibration_of_a_log_probability_classify(tmp_path):
+    """An in-process teacher classifies by log-probability and first asks about every labelled seed once per run:
+    175 calls, most of the quickstart's prompt tokens, which the dry run left out."""
+    def estimate(**settings):
+        cfg = load_config(None, {"output_dir": str(tmp_path), "run_name": "r", "bootstrap.num_instructions": 20,
+                                 **settings})
+        s = Session(cfg)
+        return estimate_run(cfg, s.prompts, s.seeds, s.run, None)["stages"], s
+
+    rows, s = estimate()  # the embedded teacher
+    labelled = [t for t in s.seeds if t.is_classification is not None]
+    assert list(rows) == ["bootstrap", "classify_calibration", "classify", "instances"]
+    calibration = rows["classify_calibration"]
+    assert calibration["calls"] == len(labelled) == 175 and calibration["max_completion_tokens"] == 175
+    assert calibration["prompt_tokens"] == sum(math.ceil(len(s.prompts.render("classify.txt", instruction=t.instruction))
+                                                         / 4) for t in labelled)
+    assert rows["classify"]["calls"] == 20 and rows["classify"]["max_completion_tokens"] == 20  # one token each
+    s.run.ensure()
+    (s.run.path / "classify_calibration.json").write_text("{}")  # calibrated already: a re-run reads it back
+    assert "classify_calibration" not in estimate()[0]
+    rows, _ = estimate(**{"run_name": "server", "teacher.spec": "openai:gpt-4o-mini"})  # auto = text on a server
+    assert "classify_calibration" not in rows and rows["classify"]["max_completion_tokens"] == 20 * ClassifyConfig().chat_max_tokens
+    rows, _ = estimate(**{"run_name": "server", "teacher.spec": "openai:gpt-4o-mini", "classify.method": "logprobs"})
+    calibration = rows["classify_calibration"]
+    assert calibration["calls"] == 175 and calibration["max_cost_usd"] == pytest.approx(
+        (calibration["prompt_tokens"] * MINI[0] + 175 * MINI[1]) / 1e6)
+    rows, _ = estimate(**{"run_name": "off", "classify.calibrate": False})
+    assert "classify_calibration" not in rows
+
+
+def test_the_dry_run_stops_at_a_misspelt_stage_as_the_run_does(tmp_path):
+    flags = ["run", "--output-dir", str(tmp_path), "--run-name", "r", "--set", 'stages=["bootstrap","clasify"]']
+    for extra in (["--dry-run"], ["--teacher", "openai:m", "--base-url", "http://127.0.0.1:1/v1"]):
+        result = CliRunner().invoke(cli, [*flags, *extra])  # before: the dry run listed bootstrap alone, exit 0
+        assert result.exit_code == 2, result.output
+        assert "unknown stage(s) ['clasify'] in 'stages'" in " ".join(result.output.split())
+    assert not (tmp_path / "r").exists()

@@ -247,3 +247,15 @@ def test_renamed_options_keep_their_old_spelling(tmp_path):
     assert cli.commands["export"].make_context("export", [str(tmp_path), "--no-seed-tasks"]).params["include_seeds"] is False
     for command, name in (("train", "output_dir"), ("merge", "out_dir"), ("eval", "out_dir")):
         assert cli.commands[command].make_context(command, [str(tmp_path), "--out", "x"]).params[name] == "x"
+
+
+def test_a_run_continued_with_another_teacher_says_so(fake_openai, tmp_path):
+    """`seed2lora run RUN_DIR` or a later stage without the run's --teacher used the default teacher silently."""
+    invoke("bootstrap", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 2)
+    again = invoke("bootstrap", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 3)
+    assert "note:" not in again.output  # the same teacher: nothing to say
+    flags = ["--base-url", fake_openai.url, "--output-dir", tmp_path, "--run-name", "r", "--num-instructions", 4]
+    other = invoke("bootstrap", "--teacher", "openai:other-model", *flags)
+    text = " ".join(other.output.split())
+    assert "was made with teacher openai:fake-model (manifest.json) and this command uses openai:other-model" in text
+    assert "give --teacher openai:fake-model (and its --base-url) again" in text

@@ -150,7 +150,9 @@ def test_cost_and_show_tables_are_not_cut_when_the_output_is_not_a_terminal(kept
 
 
 def test_the_retry_note_says_whether_any_retry_happened(fake_openai, tmp_path):
-    assert MapResult().replies_note(2) == "every reply usable at the first try"
+    assert MapResult(written=4).replies_note(2) == "every reply usable at the first try"
+    assert MapResult().replies_note(2) == "nothing left to ask"  # before: "every reply usable", with none asked
+    assert MapResult(pending=3).replies_note(2) == "no reply to read"
     assert MapResult(retried=3).replies_note(2) == "3 unusable replies asked again, none rejected"
     assert MapResult(retried=1, rejected=1).replies_note(2) == \
         "1 unusable reply asked again, 1 task rejected (still unusable after 2 retries)"
@@ -196,6 +198,11 @@ def test_ranges_hold_in_toml_files_and_in_every_command(tmp_path, kept_run):
     assert result.exit_code == 2 and "0 is out of range (allowed: 1 or more)" in _flat(result.output)
     result = _cli("cost", kept_run, "--set", "cost.gpu_usd_per_hour=-2")
     assert result.exit_code == 2 and "-2.0 is out of range (allowed: 0 or more)" in _flat(result.output)
+    for args in (["--max-steps", "0"], ["--set", "train.max_steps=0"]):  # before: 0 trained one update ("1/0")
+        result = _cli("train", kept_run, *args)
+        assert result.exit_code == 2 and "0 is out of range (allowed: -1 or more, but not 0)" in _flat(result.output), \
+            result.output
+        assert not (Path(kept_run) / "adapter").exists()
 
 
 def test_every_range_names_a_number_setting_whose_default_it_allows():

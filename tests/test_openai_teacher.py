@@ -119,3 +119,14 @@ def test_base_url_from_environment(fake_openai, monkeypatch):
     assert c.text == "from env"
     headers = {k.lower(): v for k, v in fake_openai.history[0]["headers"].items()}
     assert headers["authorization"] == "Bearer sk-test-PLANTED-SECRET-0123456789"
+
+
+@pytest.mark.parametrize("url, fix", [("localhost:8765", "--base-url http://localhost:8765/v1"),
+                                      ("127.0.0.1:8000/v1", "--base-url http://127.0.0.1:8000/v1"),
+                                      ("ftp://host/v1", "--base-url http://host/v1")])
+def test_a_base_url_without_http_is_refused_at_once(url, fix, monkeypatch):
+    """Before, "localhost:8765" was tried for connect_window_s (20 s) and ended as an unreachable server, exit 4."""
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(TeacherError, match="is not an http:// or https:// URL") as e:
+        OpenAITeacher("m", base_url=f"http://127.0.0.1:1/v1,{url}")
+    assert repr(url) in str(e.value) and fix in str(e.value)

@@ -28,6 +28,10 @@ def test_secret_names(name, secret):
     ("password=hunter2&x=1", "password=***&x=1"),
     ("max_tokens=5 api_key_env=OPENAI_API_KEY monkey=3", "max_tokens=5 api_key_env=OPENAI_API_KEY monkey=3"),
     ("Fix: export OPENAI_API_KEY=sk-... and run again", "Fix: export OPENAI_API_KEY=sk-... and run again"),
+    # the placeholder of a hint, which read "is not KEY=*** Fix: ..."; a value that merely starts so is still masked
+    ("--set teacher.spec: is not KEY=VALUE. Fix: write", "--set teacher.spec: is not KEY=VALUE. Fix: write"),
+    ("e.g. --set eval.judge.api_key=VALUE", "e.g. --set eval.judge.api_key=VALUE"),
+    ("api_key=VALUEs3cret api_key=value", "api_key=*** api_key=***"),
 ])
 def test_mask_secrets(text, masked):
     assert mask_secrets(text) == masked

@@ -235,3 +235,15 @@ def test_a_second_writer_of_a_run_stops_and_show_tells_a_killed_run_from_a_runni
     assert "status: stopped" in shown and "run the same command to resume" in shown
     invoke("filter", "--output-dir", tmp_path, "--run-name", "s")  # free again: the run goes on
     assert len(run.read_stage("filter")) == 3 and run.manifest()["status"] == "done"
+
+
+def test_each_session_records_its_teacher_whole(tmp_path):
+    """A run made with a server teacher, then resumed with another: the manifest names the new teacher with none of
+    the old one's settings (before, an embedded teacher kept the server's base_url and api under its name)."""
+    run = RunDir(tmp_path / "r").ensure()
+    run.update_manifest(teacher={"name": "openai:m", "kind": "openai", "base_url": "http://127.0.0.1:8765/v1",
+                                 "api_choice": "auto: completions"}, stages={"bootstrap": {"kept": 3}})
+    m = run.update_manifest(teacher={"name": "embedded", "kind": "hf"}, stages={"classify": {"kept": 2}})
+    assert m["teacher"] == {"name": "embedded", "kind": "hf"}
+    assert m["stages"] == {"bootstrap": {"kept": 3}, "classify": {"kept": 2}}  # other tables still merge
+    assert json.loads(run.manifest_file.read_text())["teacher"] == {"name": "embedded", "kind": "hf"}

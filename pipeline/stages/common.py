@@ -52,6 +52,8 @@ class MapResult:
         def n(count: int, one: str, many: str) -> str:
             return f"{count} {one if count == 1 else many}"
 
+        if not self.written and not self.retried and not self.rejected:  # a resume of a finished stage asks nothing
+            return "no reply to read" if self.pending else "nothing left to ask"
         if not self.retried and not self.rejected:
             return "every reply usable at the first try"
         rejected = n(self.rejected, what, f"{what}s")

@@ -41,6 +41,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import openai
@@ -80,6 +81,16 @@ PROVEN_AFTER = 10  # replies a rejoined endpoint serves before it counts as well
 OUTAGE_LINE_EVERY_S = 30.0  # while no endpoint answers, a line this often: how long, and how much longer we wait
 
 
+def check_base_url(url: str) -> None:
+    """An endpoint without http:// or https:// ("localhost:8000") stops here, before anything is sent: it used to be
+    tried for connect_window_s and end as an unreachable server (exit 4)."""
+    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+        rest = url.split("://")[-1].rstrip("/") or "localhost:8000"
+        raise TeacherError(f"teacher base URL {url!r} (--base-url, teacher.base_url or $OPENAI_BASE_URL) is not an "
+                           f"http:// or https:// URL. Fix: give the full URL, e.g. --base-url "
+                           f"http://{rest}{'' if '/' in rest else '/v1'}")
+
+
 class OpenAITeacher(BaseTeacher):
     def __init__(self, model: str, cfg: TeacherConfig | None = None, *, spec: str | None = None,
                  seed: int | None = None, **settings: Any):
@@ -102,6 +113,8 @@ class OpenAITeacher(BaseTeacher):
         self.base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL", "") or "https://api.openai.com/v1"
         # Several servers ("url1,url2"): each request goes to the one with the fewest in flight.
         self.base_urls = [u.strip() for u in self.base_url.split(",") if u.strip()]
+        for u in self.base_urls:
+            check_base_url(u)
         self.concurrency = max(1, cfg.concurrency)
         self.timeout_s = cfg.timeout_s
         self.system_prompt = cfg.system_prompt
