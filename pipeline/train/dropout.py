@@ -7,7 +7,7 @@ checkpointed recompute: about a sixth of a CPU training step (RESULTS.md, issue 
 tensor, and backward is one `where` and one multiply. The bits come from torch's generator, so
 gradient checkpointing, which restores that generator's state before recomputing, draws the same
 masks again. The output keeps the input's dtype: dropping on a bf16 copy under bf16 autocast (which
-LoRA-A's matmul casts to anyway) measured slower, not faster (the cast is the costly pass).
+LoRA-A's matmul casts to anyway) measured no faster (benchmarks/lora_dropout_cpu.py), so it is not done.
 
 Only the modules change, after get_peft_model; nothing is saved with the adapter (no parameters, no
 buffers, adapter_config.json untouched), so the adapter is plain peft's.
