@@ -7,7 +7,12 @@ through pipeline.train (the code `seed2lora train` runs), with the same data ord
 
 Variants (TrainConfig overrides), in the order they run:
 - lora_fp32_before: `--no-quant` before issue 21 (fp32, loss chunks of 1024, paged_adamw_32bit): the fastest path then
-- default:          today's defaults on this machine (on a bf16 CPU: LoRA, bf16 autocast, adamw_torch)
+- default:          today's defaults on this machine (on a bf16 CPU: LoRA, bf16 autocast, adamw_torch, LoRA dropout
+                    from 16-bit masks)
+- nn_dropout:       the default with peft's own nn.Dropout before each LoRA-A (the CPU default before the 16-bit masks)
+- compile_layers:   nn_dropout with each decoder layer compiled by torch.compile (inductor's C++ backend, which
+                    fuses the dropout too), one compiled graph for all layers; its compile time is in the warm-up
+                    step (first_step_s); tried in issue 21, not adopted (RESULTS.md)
 - bf16_linears:     the default with the frozen linear weights (LoRA's base layers) stored in bf16 after the
                     adapters are added: the copies autocast makes in every forward and recompute, made once
                     (the same numbers to the last bit; tried in issue 21, not adopted: see RESULTS.md)
@@ -37,17 +42,23 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 # What --no-quant did at 85506e8 (the loss in chunks of 1024 then)
-BEFORE = {"quant": "none", "compute_dtype": "fp32", "optim": "paged_adamw_32bit", "loss_chunk_tokens": 1024}
+BEFORE = {"quant": "none", "compute_dtype": "fp32", "optim": "paged_adamw_32bit", "loss_chunk_tokens": 1024,
+          "peft_dropout": True}
 VARIANTS = {  # name: TrainConfig overrides; "init_seed" re-draws the LoRA init only (data order and dropout stay);
-    # "bf16_linears" stores the frozen linear weights in bf16 after prepare (no setting does)
+    # "bf16_linears" stores the frozen linear weights in bf16 after prepare (no setting does); "peft_dropout" puts
+    # peft's nn.Dropout back; "compile_layers" compiles each decoder layer after prepare
     "lora_fp32_before": BEFORE,
     "default": {},
+    "nn_dropout": {"peft_dropout": True},
+    # F.dropout inside the compiled layers (inductor lowers it; the 16-bit masks' random_ would break the graph)
+    "compile_layers": {"compile_layers": True, "peft_dropout": True},
     "bf16_linears": {"bf16_linears": True},
     "default_no_ckpt": {"gradient_checkpointing": False},
     "bf16_base": {"compute_dtype": "bf16"},
     "no_lora_dropout": {"lora_dropout": 0.0},
     "lora_fp32_init43": {**BEFORE, "init_seed": 43},
-    "qlora_before": {"quant": "4bit", "compute_dtype": "fp32", "optim": "paged_adamw_32bit", "loss_chunk_tokens": 1024},
+    "qlora_before": {"quant": "4bit", "compute_dtype": "fp32", "optim": "paged_adamw_32bit", "loss_chunk_tokens": 1024,
+                     "peft_dropout": True},
     "lora_full_logits": {**BEFORE, "chunked_loss": False},
 }
 REFERENCE = "lora_fp32_before"  # loss curves are compared with this one's
@@ -65,6 +76,8 @@ def worker(variant: str, steps: int, batch_size: int, seq_len: int) -> dict:
     overrides = dict(VARIANTS[variant])
     init_seed = overrides.pop("init_seed", None)
     bf16_linears = overrides.pop("bf16_linears", False)
+    peft_dropout = overrides.pop("peft_dropout", False)
+    compile_layers = overrides.pop("compile_layers", False)
     rows = [json.loads(line) for line in (REPO / "seeds" / "seed_tasks.jsonl").read_text().splitlines() if line.strip()]
     data = Path(tempfile.mkdtemp()) / "seeds.json"
     data.write_text(json.dumps([{"instruction": r["instruction"], "input": r["instances"][0]["input"],
@@ -75,6 +88,12 @@ def worker(variant: str, steps: int, batch_size: int, seq_len: int) -> dict:
     prepared = prepare(data, cfg, log=lambda m: None)
     trainer = prepared.trainer
     linears_in_bf16 = store_frozen_linears(trainer.model, torch.bfloat16) if bf16_linears else 0
+    if peft_dropout:
+        put_back_peft_dropout(trainer.model)
+    if compile_layers:
+        torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True  # transformers' context var
+        for layer in trainer.model.get_base_model().model.layers:
+            layer.compile()
     if init_seed is not None:
         torch.manual_seed(init_seed)
         for module in trainer.model.modules():
@@ -82,20 +101,29 @@ def worker(variant: str, steps: int, batch_size: int, seq_len: int) -> dict:
                 module.reset_lora_parameters("default", True)
 
     class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            marks.append((time.perf_counter(), trainer.tokens_seen, time.process_time()))
+
         def on_step_end(self, args, state, control, **kw):
             marks.append((time.perf_counter(), trainer.tokens_seen, time.process_time()))
 
     trainer.add_callback(Clock())
     summary = fit(prepared, log=lambda m: None)
-    (t0, k0, c0), (t1, k1, c1) = marks[0], marks[-1]  # from the end of the warm-up step
-    return {"variant": variant, "path": summary["training_path"], "threads": torch.get_num_threads(),
+    (ts, _, cs), (t0, k0, c0), (t1, k1, c1) = marks[0], marks[1], marks[-1]  # from the end of the warm-up step
+    path = summary["training_path"]
+    if peft_dropout:
+        path = path.replace(", LoRA dropout from 16-bit masks", ", peft's nn.Dropout")
+    if compile_layers and "compiled" not in path:
+        path += ", decoder layers compiled (benchmark)"
+    return {"variant": variant, "path": path, "threads": torch.get_num_threads(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "batch_rows": batch_size, "seq_len": seq_len,
             "tokens_per_step": round((k1 - k0) / steps), "steps": steps, "linears_in_bf16": linears_in_bf16,
+            "first_step_s": round(t0 - ts, 1), "first_step_cpu_s": round(c0 - cs, 1),  # warm-up (and any compile)
             "s_per_step": round((t1 - t0) / steps, 2), "tokens_per_s": round((k1 - k0) / (t1 - t0), 1),
             # CPU time moves far less than wall time with the other jobs' load (threads wait passively)
             "cpu_s_per_step": round((c1 - c0) / steps, 2),
             "peak_rss_gb": summary["peak_memory_gb"], "losses": [v for _, v in summary["train_loss"]["points"]],
-            "adapter": summary["output_dir"]}  # for benchmarks/train_cpu_readback.py
+            "adapter": summary["output_dir"], **(compile_counts() if compile_layers else {})}  # for benchmarks/train_cpu_readback.py
 
 
 def store_frozen_linears(model, dtype) -> int:
@@ -114,6 +142,30 @@ def store_frozen_linears(model, dtype) -> int:
     return changed
 
 
+def compile_counts() -> dict:
+    """How many graphs dynamo compiled and where it broke them (a break inside a layer runs the layer eagerly)."""
+    from torch._dynamo.utils import counters
+
+    return {"compiled_graphs": counters["stats"].get("unique_graphs", 0),
+            "graph_breaks": {k.splitlines()[0]: v for k, v in counters["graph_break"].items()}}
+
+
+def put_back_peft_dropout(model) -> int:
+    """peft's nn.Dropout before each LoRA-A again, where the CPU default put pipeline/train/dropout.py's."""
+    import torch
+
+    from pipeline.train.dropout import LoraDropout
+
+    put = 0
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        for name, dropout in list(dropouts.items()) if isinstance(dropouts, torch.nn.ModuleDict) else []:
+            if isinstance(dropout, LoraDropout):
+                dropouts[name] = torch.nn.Dropout(dropout.p).train(dropout.training)
+                put += 1
+    return put
+
+
 def run_variant(variant: str, args: argparse.Namespace) -> dict:
     load = os.getloadavg()
     steps = args.full_logits_steps if variant == "lora_full_logits" else args.steps
@@ -128,17 +180,18 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
 
 def table(runs: list[dict]) -> str:
     ref = next((r for r in runs if r["variant"] == REFERENCE and "error" not in r), None)
-    out = ["| variant | path | s/step | tokens/s | x lora_fp32_before | CPU s/step | x on CPU time | peak RSS GB "
-           f"| max abs loss diff vs {REFERENCE} | load at start |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    out = ["| variant | path | first step s | s/step | tokens/s | x lora_fp32_before | CPU s/step | x on CPU time "
+           f"| peak RSS GB | max abs loss diff vs {REFERENCE} | load at start |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in runs:
         if "error" in r:
-            out.append(f"| {r['variant']} | error: {r['error'][-200:]!r} | | | | | | | | |")
+            out.append(f"| {r['variant']} | error: {r['error'][-200:]!r} | | | | | | | | | |")
             continue
         speed = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}" if ref else "-"
         cpu = f"{ref['cpu_s_per_step'] / r['cpu_s_per_step']:.2f}" if ref else "-"
         # over the steps both ran (lora_full_logits runs fewer)
         diff = f"{max(abs(a - b) for a, b in zip(r['losses'], ref['losses'], strict=False)):.4f}" if ref else "-"
-        out.append(f"| {r['variant']} | {r['path']} | {r['s_per_step']} | {r['tokens_per_s']} | {speed} "
+        out.append(f"| {r['variant']} | {r['path']} | {r.get('first_step_s', '-')} | {r['s_per_step']} | {r['tokens_per_s']} | {speed} "
                    f"| {r['cpu_s_per_step']} | {cpu} | {r['peak_rss_gb']} | {diff} | {r['load_avg_at_start'][0]} |")
     return "\n".join(out)
 

@@ -27,6 +27,7 @@ from pipeline.train.data import (
     render_segments,
     tokenize_example,
 )
+from pipeline.train.dropout import LoraDropout
 from pipeline.train.loss import causal_lm_loss_sum, full_logits_loss_sum
 from pipeline.errors import InputError
 from pipeline.train import model as model_module
@@ -71,6 +72,7 @@ def test_on_a_gpu_auto_is_qlora_with_bf16_compute_and_paged_adam(tiny_model, mon
         (True, torch.bfloat16, True, "paged_adamw_32bit", 1024)
     assert plan.describe() == "QLoRA on an NF4 base, bf16 compute on cuda:0, paged_adamw_32bit"
     assert not resolve_plan(TrainConfig(quant="none"), tiny_model, on="cuda:0").quant
+    assert not plan.cheap_dropout  # CUDA keeps peft's nn.Dropout (one fused kernel there)
 
 
 def test_on_cpu_auto_is_lora_on_the_fp32_base_under_bf16_autocast_with_adamw_torch(tiny_model, monkeypatch):
@@ -78,13 +80,13 @@ def test_on_cpu_auto_is_lora_on_the_fp32_base_under_bf16_autocast_with_adamw_tor
     plan = resolve_plan(TrainConfig(), tiny_model, on="cpu")
     assert (plan.quant, plan.load_dtype, plan.autocast_bf16, plan.optim, plan.loss_chunk_tokens) == \
         (False, torch.float32, True, "adamw_torch", 256)
-    assert plan.describe() == "LoRA on an fp32 base, bf16 autocast on CPU, adamw_torch"
+    assert plan.describe() == "LoRA on an fp32 base, bf16 autocast on CPU, adamw_torch, LoRA dropout from 16-bit masks"
     assert "unquantized" in plan.why and "fp32 base needs" in plan.why
     # 4-bit stays selectable on CPU (the GPU recipe, tested here), and computes in fp32 there
     four = resolve_plan(TrainConfig(quant="4bit", optim="paged_adamw_32bit"), tiny_model, on="cpu")
     assert (four.quant, four.load_dtype, four.autocast_bf16, four.optim) == (True, torch.float32, False,
                                                                               "paged_adamw_32bit")
-    assert four.describe() == "QLoRA on an NF4 base, fp32 compute on CPU, paged_adamw_32bit"
+    assert four.describe() == "QLoRA on an NF4 base, fp32 compute on CPU, paged_adamw_32bit, LoRA dropout from 16-bit masks"
     assert resolve_plan(TrainConfig(loss_chunk_tokens=64), tiny_model, on="cpu").loss_chunk_tokens == 64
 
 
@@ -92,7 +94,7 @@ def test_without_bf16_instructions_the_cpu_trains_in_fp32(tiny_model, monkeypatc
     monkeypatch.setattr(model_module, "cpu_has_bf16", lambda: False)
     plan = resolve_plan(TrainConfig(), tiny_model, on="cpu")
     assert (plan.quant, plan.load_dtype, plan.autocast_bf16) == (False, torch.float32, False)
-    assert plan.describe() == "LoRA on an fp32 base, fp32 compute on CPU, adamw_torch"
+    assert plan.describe() == "LoRA on an fp32 base, fp32 compute on CPU, adamw_torch, LoRA dropout from 16-bit masks"
     # the capability check itself: torch's private probes, and a torch without them counts as no bf16
     monkeypatch.undo()
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
@@ -358,10 +360,11 @@ def test_the_cpu_default_trains_lora_on_the_fp32_base_under_bf16_autocast(tiny_m
     base = trainer.model.get_base_model()
     assert type(base.model.layers[0].self_attn.q_proj.base_layer) is torch.nn.Linear  # not 4-bit
     assert base.model.layers[0].self_attn.q_proj.base_layer.weight.dtype == torch.float32
+    assert type(base.model.layers[0].self_attn.q_proj.lora_dropout["default"]) is LoraDropout  # 16-bit masks
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert before and all(p.dtype == torch.float32 for p in before.values())  # fp32 LoRA weights, fp32 Adam
     summary = fit(prepared, log=lines.append)
-    path = "LoRA on an fp32 base, bf16 autocast on CPU, adamw_torch"
+    path = "LoRA on an fp32 base, bf16 autocast on CPU, adamw_torch, LoRA dropout from 16-bit masks"
     assert summary["training_path"] == path and not summary["quantized"] and summary["autocast_bf16"]
     assert any(path in m for m in lines)  # said before training starts
     losses = [v for _, v in summary["train_loss"]["points"]]

@@ -105,6 +105,7 @@ class TrainPlan:
     device: str
     loss_chunk_tokens: int = 1024  # positions per chunk of the chunked loss
     why: str = ""  # why quant auto chose as it did, for the log
+    cheap_dropout: bool = False  # LoRA's dropout from 16-bit masks (dropout.py): on CPU, when lora_dropout > 0
 
     def describe(self) -> str:
         """The path taken, in words, e.g. "LoRA on an fp32 base, bf16 autocast on cpu, adamw_torch"."""
@@ -112,14 +113,17 @@ class TrainPlan:
         on = "CPU" if self.device == "cpu" else self.device
         base = "QLoRA on an NF4 base" if self.quant else f"LoRA on {'an' if name.startswith('f') else 'a'} {name} base"
         compute = "bf16 autocast" if self.autocast_bf16 and not self.quant else f"{name} compute"
-        return f"{base}, {compute} on {on}, {self.optim}"
+        dropout = ", LoRA dropout from 16-bit masks" if self.cheap_dropout else ""
+        return f"{base}, {compute} on {on}, {self.optim}{dropout}"
 
 
 def resolve_plan(cfg: TrainConfig, model_path: str, on: str | None = None) -> TrainPlan:
     """quant auto: 4-bit on CUDA, none on CPU while the fp32 base fits in FP32_BASE_MEMORY_SHARE of the available
     memory. compute_dtype auto: bf16 on CUDA where supported; on CPU fp32 weights, under bf16 autocast when the
     base is unquantized and the CPU has bf16 instructions. optim auto: paged_adamw_32bit on CUDA, else adamw_torch.
-    loss_chunk_tokens 0: 1024 on CUDA, 256 on CPU."""
+    loss_chunk_tokens 0: 1024 on CUDA, 256 on CPU. On CPU a LoRA dropout above 0 draws its masks from 16-bit
+    integers (dropout.py: the same distribution, a third of the bernoulli draw's work); CUDA keeps nn.Dropout, one
+    fused kernel there, which this was never measured against."""
     on = on or device()
     cpu = not on.startswith("cuda")
     why = ""
@@ -143,7 +147,7 @@ def resolve_plan(cfg: TrainConfig, model_path: str, on: str | None = None) -> Tr
     optim = cfg.optim if cfg.optim != "auto" else "adamw_torch" if cpu else "paged_adamw_32bit"
     chunk = cfg.loss_chunk_tokens or (256 if cpu else 1024)
     return TrainPlan(quant=quant, load_dtype=dtype, autocast_bf16=autocast, optim=optim, device=on,
-                     loss_chunk_tokens=chunk, why=why)
+                     loss_chunk_tokens=chunk, why=why, cheap_dropout=cpu and cfg.lora_dropout > 0)
 
 
 def get_quantization_config(cfg: TrainConfig, dtype: torch.dtype) -> Any:
@@ -215,8 +219,11 @@ def keep_one_4bit_layout(model: Any) -> None:
 
 def load_for_training(model_path: str, cfg: TrainConfig, plan: TrainPlan | None = None) -> Any:
     """The base as `plan` says (4-bit or not, its dtype; default resolve_plan's), frozen, checkpointed, with fresh
-    LoRA adapters. Nothing runs the base before get_peft_model (see keep_one_4bit_layout)."""
+    LoRA adapters (their dropout from 16-bit masks where the plan says). Nothing runs the base before get_peft_model
+    (see keep_one_4bit_layout)."""
     from peft import get_peft_model
+
+    from .dropout import use_cheap_lora_dropout
 
     plan = plan or resolve_plan(cfg, model_path)
     quant_config = get_quantization_config(dataclasses.replace(cfg, quant="4bit" if plan.quant else "none"),
@@ -236,7 +243,10 @@ def load_for_training(model_path: str, cfg: TrainConfig, plan: TrainPlan | None 
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False  # a KV cache is useless in training and conflicts with checkpointing
-    return get_peft_model(model, get_peft_config(cfg))
+    model = get_peft_model(model, get_peft_config(cfg))
+    if plan.cheap_dropout:
+        use_cheap_lora_dropout(model)
+    return model
 
 
 def eval_sampling(cfg: EvalConfig, stop: list[str]) -> dict[str, Any]:
