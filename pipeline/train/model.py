@@ -94,6 +94,11 @@ def available_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+# How training_path names the 16-bit-mask dropout; a checkpoint's resume ignores it (trainer.check_resumable): the
+# masks' random stream differs from nn.Dropout's, their distribution and everything saved do not.
+CHEAP_DROPOUT_NOTE = ", LoRA dropout from 16-bit masks"
+
+
 @dataclass(frozen=True)
 class TrainPlan:
     """How a training run computes on this machine: TrainConfig's "auto"s resolved (resolve_plan)."""
@@ -113,7 +118,7 @@ class TrainPlan:
         on = "CPU" if self.device == "cpu" else self.device
         base = "QLoRA on an NF4 base" if self.quant else f"LoRA on {'an' if name.startswith('f') else 'a'} {name} base"
         compute = "bf16 autocast" if self.autocast_bf16 and not self.quant else f"{name} compute"
-        dropout = ", LoRA dropout from 16-bit masks" if self.cheap_dropout else ""
+        dropout = CHEAP_DROPOUT_NOTE if self.cheap_dropout else ""
         return f"{base}, {compute} on {on}, {self.optim}{dropout}"
 
 

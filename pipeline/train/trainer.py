@@ -35,7 +35,7 @@ from ..errors import Seed2LoraError
 from ..store import ADAPTER_DIR, RunDir, write_text_atomic
 from .data import Collator, Rows, load_rows, pack, rows_fingerprint, tokenize_rows, train_eval_rows
 from .loss import causal_lm_loss_sum, full_logits_loss_sum
-from .model import SUMMARY, load_for_training, load_tokenizer, resolve_model, resolve_plan
+from .model import CHEAP_DROPOUT_NOTE, SUMMARY, load_for_training, load_tokenizer, resolve_model, resolve_plan
 
 Log = Callable[[str], None]
 Progress = Callable[[str, int | None], Any]  # (description, total or None) -> context manager yielding advance(n)
@@ -361,6 +361,9 @@ def check_resumable(ckpts: Path, settings: dict[str, Any]) -> None:
         return  # checkpoints written before settings were recorded: trust them
     saved = json.loads(saved_file.read_text(encoding="utf-8"))
     saved = current_values(TrainConfig, saved)  # quant = true, saved before quant took auto|4bit|none, is "4bit"
+    # Checkpoints from before (or after) LoRA dropout from 16-bit masks on CPU resume with the other: same model.
+    saved, settings = ({**s, "training_path": str(s.get("training_path", "")).replace(CHEAP_DROPOUT_NOTE, "")}
+                       if "training_path" in s else s for s in (saved, settings))
     changed = [f"{k} {saved.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(saved) | set(settings))
                if saved.get(k) != settings.get(k) and (k in saved or k not in ADDED_SETTINGS)]
     if changed:
