@@ -164,17 +164,25 @@ class ReadAside:
     a stage's record work per reply (parsing, the record built and written, its flush) no longer holds up the
     refill of the teacher's slots. At 64 in flight the replies come in bursts, and read on the stream's thread
     the last of a burst waited for the records of all before it (benchmarks/client_cpu.py (c)). `lock` is held
-    while a reply is read: what the stream's thread does to the stage's state takes it too. The reader's error
-    is raised again on the stream's thread (`check`, `close`)."""
+    while a reply is read: what the stream's thread does to the stage's state takes it too. `after(req, reply)`,
+    when given, runs under `changed` as a reply leaves `unread`, so a count the caller keeps of what is unread
+    (the flow's bootstrap replies) changes with it. The thread starts with `start()`, when the stream does; the
+    reader's error is raised again on the stream's thread (`check`, `put`, `close`)."""
 
-    def __init__(self, read: Callable[[Request, Completion], None]):
-        self.read = read
+    def __init__(self, read: Callable[[Request, Completion], None], *,
+                 after: Callable[[Request, Completion], None] | None = None, name: str = "reply-reader"):
+        self.read, self.after = read, after
         self.lock = threading.Lock()
-        self.changed = threading.Condition()  # guards unread and error; notified as each reply is read
+        # Guards unread and error (and what `after` changes); notified as each reply is read. Re-entrant: a caller
+        # may hold it across put, so that the reply and its own counts go in together.
+        self.changed = threading.Condition(threading.RLock())
         self.unread: deque[tuple[Request, Completion] | None] = deque()  # the one being read stays first; None: stop
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self.run, name="reply-reader", daemon=True)
+        self.thread = threading.Thread(target=self.run, name=name, daemon=True)
+
+    def start(self) -> ReadAside:
         self.thread.start()
+        return self
 
     def put(self, req: Request, reply: Completion) -> None:
         with self.changed:
@@ -204,14 +212,20 @@ class ReadAside:
                 return
             with self.changed:
                 self.unread.popleft()
+                if self.after is not None:
+                    self.after(*item)
                 self.changed.notify_all()
 
-    def close(self) -> None:
-        """Every reply put is read (or the reader failed) when this returns; its error raised."""
+    def stop(self) -> None:
+        """Every reply put is read (or the reader failed) when this returns."""
         with self.changed:
             self.unread.append(None)
             self.changed.notify_all()
         self.thread.join()
+
+    def close(self) -> None:
+        """stop(), then the reader's error raised."""
+        self.stop()
         self.check()
 
 
@@ -249,7 +263,7 @@ def map_pending(tasks: Sequence[Task], teacher: Teacher, task_map: TaskMap) -> M
                 return
 
     with task_map:
-        reader = ReadAside(read)
+        reader = ReadAside(read).start()
         try:
             for req, reply in teacher.stream(requests(), task_map.params, kind=task_map.stage):
                 in_flight -= 1
