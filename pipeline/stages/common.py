@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from ..context import RunContext, StepResult
+from ..context import Records, RunContext, StepResult
 from ..records import Task
 from ..store import RECORD_HOLD_S, JsonlWriter, RunDir
 from ..teachers import Completion, GenParams, Teacher
@@ -63,6 +63,12 @@ class MapResult:
         return f"{asked}, {rejected} rejected (still unusable after {n(max_retries, 'retry', 'retries')})"
 
 
+def outcomes(run: RunDir, stage: str) -> set[str]:
+    """The ids of the tasks a per-task stage is done with: a record in its file, or a rejection by it. A resume
+    sends them nothing, and a resumed bar counts on from them."""
+    return {t.id for t in run.read_stage(stage)} | {t.id for t in run.read_rejected() if t.stage == stage}
+
+
 class TaskMap:
     """One per-task stage's calls, as pieces a stream can drive: `add` a task (its request, or its record at
     once when it needs no call), `read` a reply (a retry, the record written, or None), and `result()`.
@@ -86,7 +92,7 @@ class TaskMap:
                  params_for: Callable[[Task], GenParams | None] | None = None):
         self.stage, self.params, self.max_retries = stage, params, max_retries
         self.prompt_for, self.finish, self.progress, self.params_for = prompt_for, finish, progress, params_for
-        self.done = {t.id for t in run.read_stage(stage)} | {t.id for t in run.read_rejected() if t.stage == stage}
+        self.done = outcomes(run, stage)
         self.tasks: dict[str, Task] = {}  # tasks added that were not done before
         self.tries: dict[str, int] = {}
         self.prompts: dict[str, str] = {}
@@ -271,6 +277,15 @@ def map_pending(tasks: Sequence[Task], teacher: Teacher, task_map: TaskMap) -> M
         finally:
             reader.close()
     return task_map.result()
+
+
+def map_progress(ctx: RunContext, stage: str, records: Records | None) -> tuple[str, int, int]:
+    """A per-task stage's bar: its total, and the tasks it is done with already (a resumed run counts on from
+    them). records None: they flow in (stages/flow.py), up to bootstrap's target."""
+    done = outcomes(ctx.run, stage)
+    if records is None:
+        return stage, ctx.cfg.bootstrap.num_instructions, len(done)
+    return stage, len(records), sum(t.id in done for t in records)
 
 
 def map_result(ctx: RunContext, stage: str, r: MapResult, n: int) -> StepResult:
