@@ -275,13 +275,30 @@ def test_select_by_ifd_takes_high_ifd_below_the_cap_and_random_is_seeded():
     assert a.summary["kept"] == b.summary["kept"] and len(a.kept) == 2
 
 
-def test_select_names_the_missing_step():
-    with pytest.raises(Seed2LoraError, match="seed2lora score"):
-        select_rows(rows_of(2), SelectConfig(by="judge"), scores={"t0-0": 3}, ifd={})
-    with pytest.raises(Seed2LoraError, match="rated none of the 2 rows"):
-        select_rows(rows_of(2), SelectConfig(by="judge"), scores={}, ifd={}, unrated={"t0-0", "t1-0"})
-    with pytest.raises(Seed2LoraError, match="seed2lora ifd"):
-        select_rows(rows_of(2), SelectConfig(by="ifd"), scores={}, ifd={})
+def test_select_names_the_missing_step_as_the_command_to_type():
+    with pytest.raises(Seed2LoraError, match="Fix: `seed2lora score outputs/r` rates the rows not yet rated"):
+        select_rows(rows_of(2), SelectConfig(by="judge"), scores={"t0-0": 3}, ifd={}, run_path="outputs/r")
+    with pytest.raises(Seed2LoraError, match="rated none of the 2 rows.*`seed2lora score outputs/r --rescore --judge"):
+        select_rows(rows_of(2), SelectConfig(by="judge"), scores={}, ifd={}, unrated={"t0-0", "t1-0"},
+                    run_path="outputs/r")
+    with pytest.raises(Seed2LoraError, match="Fix: `seed2lora ifd outputs/r` scores the rows not yet scored"):
+        select_rows(rows_of(2), SelectConfig(by="ifd"), scores={}, ifd={}, run_path="outputs/r")
+
+
+def test_select_on_a_partly_scored_run_names_the_score_command_with_the_runs_path(fake_openai, tmp_path):
+    """The measured bug: the refusal said `seed2lora score RUN`; the user must type the run's path."""
+    fake_openai.default_reply = lambda path, body: fake_openai.wrap(path, judge(path, body))
+    make_run(tmp_path, fake_openai)
+    run = tmp_path / "r"
+    RunDir(run).update_manifest(config={"seed_tasks": "", "teacher": {"spec": "openai:fake-model", "api": "chat",
+                                                                     "base_url": fake_openai.url, "max_retries": 1}})
+    invoke("score", run)
+    scored = read(run / "score.jsonl")
+    write_jsonl_atomic(run / "score.jsonl", [Task.from_dict(r) for r in scored[1:]])  # one row's rating lost
+    output = " ".join(invoke("select", run, "--by", "judge", expect=2).output.split())
+    assert f"Fix: `seed2lora score {run}` rates the rows not yet rated" in output, output
+    invoke("score", run)  # the command named: it rates the one row, and select goes through
+    invoke("select", run, "--by", "judge", "--top", "2")
 
 
 def test_a_generated_near_copy_of_a_seed_is_rejected_naming_the_seed():
