@@ -49,13 +49,14 @@ USAGE_EVERY = 16  # replies between two refreshes of the manifest's usage and sp
 # each), which at a fast local server's 1,000 replies a second cost more than the replies (benchmarks/client_cpu.py)
 USAGE_EVERY_S = 2.0
 
-# A progress reporter: (description, total or None) -> context manager yielding advance(n).
-Progress = Callable[[str, int | None], Any]
+# A progress reporter: (description, total or None, *, done=0: units done before this session) -> context manager
+# yielding advance(n) (pipeline.progress.progress).
+Progress = Callable[..., Any]
 Log = Callable[[str], None]
 
 
 @contextmanager
-def no_progress(desc: str, total: int | None) -> Iterator[Callable[[int], None]]:
+def no_progress(desc: str, total: int | None, *, done: int = 0) -> Iterator[Callable[[int], None]]:
     yield lambda n: None
 
 

@@ -18,7 +18,8 @@ run, its own row `classify_calibration` until classify_calibration.json is writt
 
 Counts a stage cannot know before the stages ahead of it have run are upper bounds of the plan:
 bootstrap assumes the yield seen so far in this run (else bootstrap.expected_yield); classify and instances
-one call per instruction asked for; evolve every instruction of its pool, each round three calls
+one call per instruction asked for that they have no outcome for yet (a record, or a rejection: a resume asks
+neither again); evolve every instruction of its pool, each round three calls
 (the evolution, the equality judgement, the answer); score one call per row, a task keeping at
 most filter.max_instances rows and an evolution one.
 """
@@ -38,6 +39,7 @@ from .records import Instance, Task
 from .rows import SOURCES, generated_include, include_list
 from .stages.bootstrap import build_prompt
 from .stages.calibrate import CALIBRATION_FILE, MIN_PER_CLASS
+from .stages.common import outcomes
 from .stages.evolve import OPERATIONS, answer_prompt, evolution_prompt, judge_prompt, lineages_left
 from .stages.instances import instance_prompt
 from .store import STAGES, RunDir
@@ -150,11 +152,14 @@ def estimate_run(cfg: RunConfig, prompts: Prompts, seeds: list[Task], run: RunDi
         # by log-probability one token; a chat reply has room for a sentence (classify.chat_max_tokens); a completion, 3
         max_out = 1 if classifies_by_logprobs(cfg) else \
             cfg.classify.max_tokens if cfg.teacher.api == "completions" else cfg.classify.chat_max_tokens
-        rows["classify"] = row(models["classify"], max(0, n_tasks - len(run.read_stage("classify"))),
+        rows["classify"] = row(models["classify"], max(0, n_tasks - len(outcomes(run, "classify"))),
                                prompts.render("classify.txt", instruction=example.instruction), max_out,
                                prompts.render("classify.txt", instruction=other.instruction))
     if "instances" in cfg.stages:
-        rows["instances"] = row(models["instances"], max(0, n_tasks - len(run.read_stage("instances"))),
+        # a task classify rejected never reaches instances; one instances rejected is not asked again
+        classify_rejected = outcomes(run, "classify") - {t.id for t in run.read_stage("classify")}
+        rows["instances"] = row(models["instances"],
+                                max(0, n_tasks - len(classify_rejected) - len(outcomes(run, "instances"))),
                                 instance_prompt(example, prompts)[1], cfg.instances.max_tokens,
                                 instance_prompt(other, prompts)[1])
     if "evolve" in cfg.stages:

@@ -133,6 +133,8 @@ class PlainProgress:
         if self.total:
             counts += f" ({100 * self.done / self.total:.0f}%)"
         parts = [counts]
+        if state and self.first:  # a resumed step, at its start and end: what it had before this session
+            parts.append(f"{self.first} from before this session")
         if state:
             parts.append(state)
         else:
@@ -239,10 +241,12 @@ def open_progress(desc: str, total: int | None, *, console: Console | None = Non
 
 
 @contextmanager
-def progress(desc: str, total: int | None, *, console: Console | None = None, every_s: float | None = None,
-             clock: Clock = time.monotonic, heartbeat: bool = True) -> Iterator[Tracker]:
-    """The progress protocol: yields advance(n) (with .note(text)) for one step of `total` units."""
-    tracker = open_progress(desc, total, console=console, every_s=every_s, clock=clock, heartbeat=heartbeat)
+def progress(desc: str, total: int | None, *, done: int = 0, console: Console | None = None,
+             every_s: float | None = None, clock: Clock = time.monotonic, heartbeat: bool = True) -> Iterator[Tracker]:
+    """The progress protocol: yields advance(n) (with .note(text)) for one step of `total` units, `done` of them
+    before this session (a resumed step)."""
+    tracker = open_progress(desc, total, console=console, done=done, every_s=every_s, clock=clock,
+                            heartbeat=heartbeat)
     failed = True
     try:
         yield tracker
@@ -262,6 +266,6 @@ class Silent:
 
 
 @contextmanager
-def no_progress(desc: str, total: int | None) -> Iterator[Silent]:
+def no_progress(desc: str, total: int | None, *, done: int = 0) -> Iterator[Silent]:
     """The protocol, silent: for library calls and tests that want no output."""
     yield Silent()

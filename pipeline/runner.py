@@ -96,9 +96,7 @@ def bar(ctx: RunContext, step: Step, records: Records | None):
         yield
         return
     desc, total, done = shape
-    with ctx.progress(desc, total) as advance:
-        if done:
-            advance(done)
+    with ctx.progress(desc, total, done=done) as advance:
         ctx.advance = ctx.advances[step.name] = advance
         try:
             yield

@@ -32,6 +32,14 @@ VERBS = ["Explain", "Summarize", "List facts about", "Compare approaches to", "D
          "Outline", "Critique common myths about", "Plan a lesson on", "Evaluate sources on"]
 
 
+class _Server(ThreadingHTTPServer):
+    # The listen backlog. socketserver's 5 let a burst of connections (a wave of 7 prompts, 16 in flight) overflow it
+    # while a loaded machine was slow to accept: the kernel dropped the SYN and the client's retry came 1 s later
+    # (ListenOverflows in /proc/net/netstat), long enough to read as a client that had stopped sending.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 def _novel_instructions():
     """Endless instructions; the first len(TOPICS) are mutually novel."""
     for n in itertools.count():
@@ -138,8 +146,7 @@ class FakeOpenAI:
                 self._send(status, payload, headers)
                 entry["replied"] = time.monotonic()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
@@ -166,8 +173,7 @@ class FakeOpenAI:
     def come_back(self) -> None:
         """Listen again on the same port, as a restarted server."""
         handler, port = self.server.RequestHandlerClass, self.server.server_address[1]
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", port), handler)
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 

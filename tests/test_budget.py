@@ -186,6 +186,25 @@ def test_the_dry_run_counts_only_what_is_left(tmp_path):
     assert read(run.stage_file("score"))  # untouched
 
 
+def test_the_dry_run_of_a_finished_run_counts_no_call_for_a_task_a_stage_rejected(tmp_path):
+    """The measured bug: a finished run whose classify rejected one task and instances another was predicted
+    a classify call and two instances calls; a resume sends none (a rejection is that stage's outcome)."""
+    cfg = load_config(None, {"output_dir": str(tmp_path), "run_name": "r", "teacher.spec": "openai:local",
+                             "bootstrap.num_instructions": 4, "stages": ["bootstrap", "classify", "instances"]})
+    run = RunDir(cfg.run_dir).ensure()
+    tasks = [Task(id=f"t{i}", instruction=f"Name fruit number {i}.", origin="machine") for i in range(4)]
+    write_jsonl_atomic(run.stage_file("bootstrap"), tasks)
+    write_jsonl_atomic(run.stage_file("classify"), tasks[:3])
+    write_jsonl_atomic(run.stage_file("instances"), tasks[:2])
+    run.replace_rejected("classify", [tasks[3].rejected("unparseable_reply: maybe", "classify")])
+    run.replace_rejected("instances", [tasks[2].rejected("no_instances: empty", "instances")])
+    calls = {name: r["calls"] for name, r in estimate_run(cfg, Prompts(), [], run, None)["stages"].items()}
+    assert calls == {"bootstrap": 0, "classify": 0, "instances": 0}
+    (run.stage_file("instances")).write_text("")  # instances' two records lost: those two are asked again
+    calls = {name: r["calls"] for name, r in estimate_run(cfg, Prompts(), [], run, None)["stages"].items()}
+    assert calls == {"bootstrap": 0, "classify": 0, "instances": 2}
+
+
 GENERATION = ["--set", 'stages=["bootstrap","classify","instances","filter","score"]']
 PRICED = ["--set", 'budget.prices={"fake-model" = [0.15, 0.60]}']
 

@@ -61,6 +61,19 @@ def test_stage_by_stage_and_show(fake_openai, tmp_path):
     assert all("reject_reason" in json.loads(x) for x in rejected.splitlines())
 
 
+def test_show_counts_what_bootstrap_generated_in_the_last_session(fake_openai, tmp_path):
+    """The measured bug: the "last session: generated" column showed "-" for bootstrap, which had generated."""
+    flags = teacher_flags(fake_openai, tmp_path, "s")
+    invoke("bootstrap", *flags, "--num-instructions", 4)
+    counts = json.loads((tmp_path / "s" / "manifest.json").read_text())["stages"]["bootstrap"]
+    kept, rejected = len(read(tmp_path / "s" / "bootstrap.jsonl")), len(read(tmp_path / "s" / "rejected.jsonl"))
+    assert counts["generated"] == kept + rejected and counts["kept"] == kept == 4
+    shown = invoke("show", tmp_path / "s").output
+    row = next(line for line in shown.splitlines() if line.strip("│┃ ").startswith("bootstrap "))
+    assert [c.strip() for c in row.strip("│┃").split("│")] == ["bootstrap", "4", str(kept + rejected), "4",
+                                                              str(rejected), "0"], shown
+
+
 def test_run_and_export_say_the_origins_of_the_exported_tasks(fake_openai, tmp_path):
     """`run` with export and the `export` command go through one door and print the same line, origins included
     (run used to read them where export does not keep them, and printed "()")."""

@@ -226,6 +226,18 @@ def test_a_failed_download_names_the_url_and_the_fixes(tmp_path, monkeypatch, fi
         evalsets.fetch_user_oriented(timeout_s=5)
 
 
+def test_eval_says_when_too_few_tasks_were_evaluated_to_mean_much():
+    """The measured bug: eval on a held-out split of 2 rows said nothing of how little 2 tasks can show."""
+    line = eval_mod.eval_message("heldout:/runs/r/export", "", 2, 2, 0)
+    assert "only 2 tasks: too few for the comparison to mean much" in line and "±69 points" in line
+    assert "Fix: pass --data user-oriented" in line and "train.eval_fraction" in line
+    few = eval_mod.FEW_EVAL_TASKS
+    assert "too few" in eval_mod.eval_message("mine.jsonl", "", few - 1, few - 1, 0)
+    assert "too few" not in eval_mod.eval_message("mine.jsonl", "", few, few, 0)
+    assert "too few" not in eval_mod.eval_message("mine.jsonl", "", 3 * few, few, 0)  # prompts are not tasks
+    assert "Fix: raise --limit" in eval_mod.few_tasks_note("user-oriented.jsonl", 5, 5)
+
+
 def test_without_the_set_eval_says_how_many_prompts_and_why(tmp_path, monkeypatch):
     monkeypatch.setattr(eval_mod, "find_user_oriented", lambda: None)
     adapter = tmp_path / "adapter"

@@ -3,7 +3,6 @@ is still under way, through one stream, and the run's files, counts and resume a
 
 import json
 import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -149,11 +148,20 @@ def test_the_yield_stop_in_a_flow_stops_the_run_with_exit_6_and_consistent_files
     assert sum(kind(fake_openai.prompt_of(h["body"])) == "bootstrap" for h in fake_openai.history) <= 16
 
 
-def test_bootstraps_first_wave_in_a_flow_is_the_fewest_prompts_that_can_fill_the_pool(fake_openai, tmp_path):
+def test_bootstraps_first_wave_in_a_flow_is_the_fewest_prompts_that_can_fill_the_pool(fake_openai, tmp_path,
+                                                                                       monkeypatch):
     """Before any reply, each prompt counts as filling its 7 free places (9. to 15.): for 43 instructions the first
     wave is 7 prompts (6 give 42; 6 or 8 places a prompt would make it 8 or 6), with 16 slots free; a teacher that
-    fills every list needs no second wave. benchmarks/stream_flow.py's bound rests on this wave (29 for 200)."""
+    fills every list needs no second wave. benchmarks/stream_flow.py's bound rests on this wave (29 for 200).
+
+    The wave is counted where it is decided: the prompts bootstrap has made when it reads its first reply. The
+    stream pulls a wave without handing a reply over, so that count does not hang on thread scheduling, and the
+    server answers at once. (Counted at the server, as prompts that arrived before the first reply went out, it
+    did: the server held its replies until the client had sent nothing for a second, and on a loaded machine the
+    wave's 7th prompt once came later than that.)"""
     import itertools
+
+    from pipeline.stages import bootstrap
 
     words = itertools.count()
     competent = fake_openai.default_reply
@@ -161,26 +169,22 @@ def test_bootstraps_first_wave_in_a_flow_is_the_fewest_prompts_that_can_fill_the
     def full_list(path, body):
         if "numbered list of" not in fake_openai.prompt_of(body):
             return competent(path, body)
+        items = [f"Describe the history of invented topic number {next(words)} in four sentences." for _ in range(7)]
+        return fake_openai.wrap(path, "\n".join(f"{i}. {t}" for i, t in enumerate(items, 9)))
 
-        def when_quiet(path, body):  # made after the delay, outside the server's lock
-            # The first wave is what the client sends before any reply: none comes until it has stopped sending
-            # for a second (a fixed delay let a loaded machine send the wave's last prompt after the first reply).
-            seen = -1
-            while seen != fake_openai.posts:
-                seen = fake_openai.posts
-                time.sleep(1.0)
-            items = [f"Describe the history of invented topic number {next(words)} in four sentences."
-                     for _ in range(7)]
-            return fake_openai.wrap(path, "\n".join(f"{i}. {t}" for i, t in enumerate(items, 9)))
+    made_at_first_read = []
+    read_reply = bootstrap.Bootstrap.read
 
-        return when_quiet
+    def counting_read(self, req, reply):
+        if not made_at_first_read:
+            made_at_first_read.append(self.log.requests("bootstrap")[0])
+        return read_reply(self, req, reply)
 
+    monkeypatch.setattr(bootstrap.Bootstrap, "read", counting_read)
     fake_openai.default_reply = full_list
     invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 43, "--set", "teacher.concurrency=16",
            "--set", "filter.rouge_threshold=1.0")
-    boot = [h for h in fake_openai.history if kind(fake_openai.prompt_of(h["body"])) == "bootstrap"]
-    first_reply = min(h["replied"] for h in fake_openai.history if "replied" in h)
-    assert sum(h["at"] < first_reply for h in boot) == 7 and len(boot) == 7
+    assert made_at_first_read == [7]
     assert Counter(kinds_sent(fake_openai)) == {"bootstrap": 7, "classify": 43, "instances": 43}
     over = [r for r in read(tmp_path / "r" / "rejected.jsonl") if r["reject_reason"].startswith("over_target")]
     assert len(read(tmp_path / "r" / "filter.jsonl")) == 43 and len(over) == 7 * 7 - 43

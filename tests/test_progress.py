@@ -95,6 +95,30 @@ def test_a_note_and_a_resumed_count():
     assert lines(out)[-1] == "train, steps: 46/100 (46%), 12.0/min, ETA 4m30s, 30s elapsed, loss 1.2345"
 
 
+def test_a_resumed_step_starts_and_ends_at_what_it_had_and_its_rate_is_this_sessions():
+    clock, out = FakeClock(), plain_console()
+    with progress("classify", 20, done=18, console=out, clock=clock, heartbeat=False) as advance:
+        clock.now += 2
+        advance(2)
+    assert lines(out) == ["classify: 18/20 (90%), 18 from before this session, started",
+                          "classify: 20/20 (100%), 18 from before this session, done in 2s (1.0/s)"]
+
+
+def test_a_finished_run_run_again_counts_every_stage_as_done_before_not_0(fake_openai, tmp_path):
+    """The measured bug: a resumed run with nothing left printed "classify: 0/6 (0%), done" (a bar that had
+    the tasks' outcomes before this session counted from 0), and bootstrap's "20/20, done in 0s (889/s)"."""
+    from helpers import invoke, teacher_flags
+
+    flags = [*teacher_flags(fake_openai, tmp_path), "--num-instructions", 6]
+    invoke("run", *flags)
+    sent = len(fake_openai.history)
+    output = invoke("run", *flags).output
+    assert len(fake_openai.history) == sent  # nothing was left to send
+    for stage in ("bootstrap: instructions kept", "classify", "instances"):
+        assert re.search(rf"^{stage}: 6/6 \(100%\), 6 from before this session, done in \d+s$", output, re.M), output
+    assert "0/6" not in output
+
+
 def test_an_interrupted_step_says_stopped():
     clock, out = FakeClock(), plain_console()
     with pytest.raises(KeyboardInterrupt), progress("x", 5, console=out, clock=clock, heartbeat=False) as advance:

@@ -185,12 +185,18 @@ def test_another_judge_must_rescore_and_a_server_without_logprobs_is_named(fake_
     assert not [r for r in read(run.rejected_file) if r["stage"] == "score"]
 
 
-def test_score_select_export_from_the_command_line(fake_openai, tmp_path):
-    fake_openai.default_reply = lambda path, body: fake_openai.wrap(path, judge(path, body))
-    make_run(tmp_path, fake_openai)
+def judged_run(tmp_path, server):
+    """make_run's run, for the commands: its manifest names the fake judge, which rates by judge()."""
+    server.default_reply = lambda path, body: server.wrap(path, judge(path, body))
+    make_run(tmp_path, server)
     run = tmp_path / "r"
     RunDir(run).update_manifest(config={"seed_tasks": "", "teacher": {"spec": "openai:fake-model", "api": "chat",
-                                                                     "base_url": fake_openai.url, "max_retries": 1}})
+                                                                     "base_url": server.url, "max_retries": 1}})
+    return run
+
+
+def test_score_select_export_from_the_command_line(fake_openai, tmp_path):
+    run = judged_run(tmp_path, fake_openai)
     out = invoke("score", run).output
     assert "4 instances rated by openai:fake-model" in out
     invoke("select", run, "--by", "judge", "--top", "2", "--set", "select.near_dup_threshold=0")
@@ -275,13 +281,26 @@ def test_select_by_ifd_takes_high_ifd_below_the_cap_and_random_is_seeded():
     assert a.summary["kept"] == b.summary["kept"] and len(a.kept) == 2
 
 
-def test_select_names_the_missing_step():
-    with pytest.raises(Seed2LoraError, match="seed2lora score"):
-        select_rows(rows_of(2), SelectConfig(by="judge"), scores={"t0-0": 3}, ifd={})
-    with pytest.raises(Seed2LoraError, match="rated none of the 2 rows"):
-        select_rows(rows_of(2), SelectConfig(by="judge"), scores={}, ifd={}, unrated={"t0-0", "t1-0"})
-    with pytest.raises(Seed2LoraError, match="seed2lora ifd"):
-        select_rows(rows_of(2), SelectConfig(by="ifd"), scores={}, ifd={})
+def test_select_names_the_missing_step_as_the_command_to_type():
+    with pytest.raises(Seed2LoraError, match="Fix: `seed2lora score outputs/r` rates the rows not yet rated"):
+        select_rows(rows_of(2), SelectConfig(by="judge"), scores={"t0-0": 3}, ifd={}, run_path="outputs/r")
+    with pytest.raises(Seed2LoraError, match="rated none of the 2 rows.*`seed2lora score outputs/r --rescore --judge"):
+        select_rows(rows_of(2), SelectConfig(by="judge"), scores={}, ifd={}, unrated={"t0-0", "t1-0"},
+                    run_path="outputs/r")
+    with pytest.raises(Seed2LoraError, match="Fix: `seed2lora ifd outputs/r` scores the rows not yet scored"):
+        select_rows(rows_of(2), SelectConfig(by="ifd"), scores={}, ifd={}, run_path="outputs/r")
+
+
+def test_select_on_a_partly_scored_run_names_the_score_command_with_the_runs_path(fake_openai, tmp_path):
+    """The measured bug: the refusal said `seed2lora score RUN`; the user must type the run's path."""
+    run = judged_run(tmp_path, fake_openai)
+    invoke("score", run)
+    scored = read(run / "score.jsonl")
+    write_jsonl_atomic(run / "score.jsonl", [Task.from_dict(r) for r in scored[1:]])  # one row's rating lost
+    output = " ".join(invoke("select", run, "--by", "judge", expect=2).output.split())
+    assert f"Fix: `seed2lora score {run}` rates the rows not yet rated" in output, output
+    invoke("score", run)  # the command named: it rates the one row, and select goes through
+    invoke("select", run, "--by", "judge", "--top", "2")
 
 
 def test_a_generated_near_copy_of_a_seed_is_rejected_naming_the_seed():

@@ -689,6 +689,10 @@ def test_cli_export_train_eval_generate_merge(tiny_model, tmp_path, fake_openai)
     assert cache.usage()["judge"]["calls"] == 2  # the verdicts went to the run's cache and usage log
     cache.close()
     assert "| base + adapter |" in (adapter / "eval" / "eval_report.md").read_text()
+    # 2 tasks mean little: the line, the report and its markdown say so, with the way to more
+    assert report["few_tasks"].startswith("only 2 tasks: too few") and "Fix: raise --limit" in report["few_tasks"]
+    assert "only 2 tasks: too few" in " ".join(result.output.split())
+    assert f"**Note:** {report['few_tasks']}." in (adapter / "eval" / "eval_report.md").read_text()
     # issue 22: the settings eval used travel with the adapter, and generate answers with them
     assert json.loads((adapter / "sampling.json").read_text()) == report["sampling"] == {
         "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 4, "repeat_penalty": 1.0, "stop": report["sampling"]["stop"]}

@@ -364,4 +364,6 @@ def step_result(r: BootstrapResult) -> StepResult:
                f"{r.requests} prompts sent so far")
     if r.pending:
         message += f"; stopped at bootstrap.max_requests with {r.pending} instructions short of the target"
-    return StepResult(message, r.pending, {"replies": r.replies, "kept": r.new, "rejected": r.rejected})
+    # generated: the instructions this session's replies gave; each ended kept or rejected (InstructionPool)
+    return StepResult(message, r.pending, {"replies": r.replies, "generated": r.new + r.rejected, "kept": r.new,
+                                           "rejected": r.rejected})

@@ -17,7 +17,7 @@ from ..store import RunDir
 from ..teachers import Completion, GenParams, Teacher
 from ..teachers.base import read_logprobs
 from .calibrate import seed_threshold, yes_no_margin
-from .common import MapResult, ProgressFn, TaskMap, map_pending, map_result, reply_meta
+from .common import MapResult, ProgressFn, TaskMap, map_pending, map_progress, map_result, reply_meta
 from .parse import parse_yes_no
 from .schemas import schema_params
 
@@ -87,7 +87,7 @@ def classify_map(teacher: Teacher, cfg: RunConfig, run: RunDir, prompts: Prompts
 
 def progress(ctx: RunContext, records: Records | None) -> tuple[str, int, int]:
     """One tick per task; records None: they flow in from bootstrap (stages/flow.py), up to its target."""
-    return "classify", ctx.cfg.bootstrap.num_instructions if records is None else len(records), 0
+    return map_progress(ctx, "classify", records)
 
 
 def step(ctx: RunContext, records: Records | None) -> StepResult:

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from ..context import RunContext, StepResult
+from ..context import Records, RunContext, StepResult
 from ..records import Task
 from ..store import RECORD_HOLD_S, JsonlWriter, RunDir
 from ..teachers import Completion, GenParams, Teacher
@@ -65,6 +65,12 @@ class MapResult:
         return f"{asked}, {rejected} rejected (still unusable after {n(max_retries, 'retry', 'retries')})"
 
 
+def outcomes(run: RunDir, stage: str) -> set[str]:
+    """The ids of the tasks a per-task stage is done with: a record in its file, or a rejection by it. A resume
+    sends them nothing, and a resumed bar counts on from them."""
+    return {t.id for t in run.read_stage(stage)} | {t.id for t in run.read_rejected() if t.stage == stage}
+
+
 class TaskMap:
     """One per-task stage's calls, as pieces a stream can drive: `add` a task (its request, or its record at
     once when it needs no call), `read` a reply (a retry, the record written, or None), and `result()`.
@@ -88,7 +94,7 @@ class TaskMap:
                  params_for: Callable[[Task], GenParams | None] | None = None):
         self.stage, self.params, self.max_retries = stage, params, max_retries
         self.prompt_for, self.finish, self.progress, self.params_for = prompt_for, finish, progress, params_for
-        self.done = {t.id for t in run.read_stage(stage)} | {t.id for t in run.read_rejected() if t.stage == stage}
+        self.done = outcomes(run, stage)
         self.tasks: dict[str, Task] = {}  # tasks added that were not done before
         self.tries: dict[str, int] = {}
         self.prompts: dict[str, str] = {}
@@ -166,17 +172,25 @@ class ReadAside:
     a stage's record work per reply (parsing, the record built and written, its flush) no longer holds up the
     refill of the teacher's slots. At 64 in flight the replies come in bursts, and read on the stream's thread
     the last of a burst waited for the records of all before it (benchmarks/client_cpu.py (c)). `lock` is held
-    while a reply is read: what the stream's thread does to the stage's state takes it too. The reader's error
-    is raised again on the stream's thread (`check`, `close`)."""
+    while a reply is read: what the stream's thread does to the stage's state takes it too. `after(req, reply)`,
+    when given, runs under `changed` as a reply leaves `unread`, so a count the caller keeps of what is unread
+    (the flow's bootstrap replies) changes with it. The thread starts with `start()`, when the stream does; the
+    reader's error is raised again on the stream's thread (`check`, `put`, `close`)."""
 
-    def __init__(self, read: Callable[[Request, Completion], None]):
-        self.read = read
+    def __init__(self, read: Callable[[Request, Completion], None], *,
+                 after: Callable[[Request, Completion], None] | None = None, name: str = "reply-reader"):
+        self.read, self.after = read, after
         self.lock = threading.Lock()
-        self.changed = threading.Condition()  # guards unread and error; notified as each reply is read
+        # Guards unread and error (and what `after` changes); notified as each reply is read. Re-entrant: a caller
+        # may hold it across put, so that the reply and its own counts go in together.
+        self.changed = threading.Condition(threading.RLock())
         self.unread: deque[tuple[Request, Completion] | None] = deque()  # the one being read stays first; None: stop
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self.run, name="reply-reader", daemon=True)
+        self.thread = threading.Thread(target=self.run, name=name, daemon=True)
+
+    def start(self) -> ReadAside:
         self.thread.start()
+        return self
 
     def put(self, req: Request, reply: Completion) -> None:
         with self.changed:
@@ -206,14 +220,20 @@ class ReadAside:
                 return
             with self.changed:
                 self.unread.popleft()
+                if self.after is not None:
+                    self.after(*item)
                 self.changed.notify_all()
 
-    def close(self) -> None:
-        """Every reply put is read (or the reader failed) when this returns; its error raised."""
+    def stop(self) -> None:
+        """Every reply put is read (or the reader failed) when this returns."""
         with self.changed:
             self.unread.append(None)
             self.changed.notify_all()
         self.thread.join()
+
+    def close(self) -> None:
+        """stop(), then the reader's error raised."""
+        self.stop()
         self.check()
 
 
@@ -251,7 +271,7 @@ def map_pending(tasks: Sequence[Task], teacher: Teacher, task_map: TaskMap) -> M
                 return
 
     with task_map:
-        reader = ReadAside(read)
+        reader = ReadAside(read).start()
         try:
             for req, reply in teacher.stream(requests(), task_map.params, kind=task_map.stage):
                 in_flight -= 1
@@ -259,6 +279,15 @@ def map_pending(tasks: Sequence[Task], teacher: Teacher, task_map: TaskMap) -> M
         finally:
             reader.close()
     return task_map.result()
+
+
+def map_progress(ctx: RunContext, stage: str, records: Records | None) -> tuple[str, int, int]:
+    """A per-task stage's bar: its total, and the tasks it is done with already (a resumed run counts on from
+    them). records None: they flow in (stages/flow.py), up to bootstrap's target."""
+    done = outcomes(ctx.run, stage)
+    if records is None:
+        return stage, ctx.cfg.bootstrap.num_instructions, len(done)
+    return stage, len(records), sum(t.id in done for t in records)
 
 
 def map_result(ctx: RunContext, stage: str, r: MapResult, n: int) -> StepResult:

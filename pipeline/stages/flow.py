@@ -28,7 +28,6 @@ requests, and a flow would send many small waves, each waiting its own turn at t
 
 from __future__ import annotations
 
-import threading
 from collections import deque
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -38,7 +37,7 @@ from ..records import Task
 from ..teachers import GenParams, Teacher
 from ..teachers.base import WAIT, Completion, Request
 from . import bootstrap, classify, instances
-from .common import MapResult, TaskMap, map_result
+from .common import MapResult, ReadAside, TaskMap, map_result
 
 # The stages that can flow, in order: a task kept by one goes on to the next at once.
 STAGES = ("bootstrap", "classify", "instances")
@@ -61,27 +60,27 @@ class _Flow:
     """The requests ready to send, per stage, and what each reply passes on.
 
     Two threads share it. The stream's (the caller's) pulls the requests and hands each reply
-    over (`arrived`); the reader (`read_replies`, a thread of its own) reads the replies in the
-    order they came: bootstrap's parsing and ROUGE-L checks, the other stages' parsing, every
-    record written. So the CPU work of a burst of replies runs while the teacher waits on the
-    next ones, and a slot is refilled from the requests already ready the moment its reply is
-    in, not after every reply before it has been read. The stages' state is the reader's, but
-    for bootstrap's pool, which its prompts are built from: the stream builds bootstrap's next
-    prompt only while none of its replies is unread (under `changed`, so none can come in
-    meanwhile), so each prompt sees the pool with every reply before it, as bootstrap alone does,
-    and the yield stop comes after as many prompts. The stream waits for the reader only when
-    nothing is ready and replies are still unread (their next requests are coming).
+    over (`arrived`); the reader (a common.ReadAside, a thread of its own, started with the
+    stream) reads the replies in the order they came (`read`): bootstrap's parsing and ROUGE-L
+    checks, the other stages' parsing, every record written. So the CPU work of a burst of
+    replies runs while the teacher waits on the next ones, and a slot is refilled from the
+    requests already ready the moment its reply is in, not after every reply before it has been
+    read. The stages' state is the reader's, but for bootstrap's pool, which its prompts are
+    built from: the stream builds bootstrap's next prompt only while none of its replies is
+    unread (under the reader's `changed`, so none can come in meanwhile), so each prompt sees the
+    pool with every reply before it, as bootstrap alone does, and the yield stop comes after as
+    many prompts. The stream waits for the reader only when nothing is ready and replies are
+    still unread (their next requests are coming).
     """
 
     def __init__(self, boot: bootstrap.Bootstrap, maps: dict[str, TaskMap]):
         self.boot, self.maps = boot, maps
         self.order = list(maps)  # classify before instances: most calls left first
         self.ready: dict[str, deque[Request]] = {name: deque() for name in maps}  # appended by the reader
-        self.changed = threading.Condition()  # guards in_flight, unread, boot_unread; notified as the reader goes
+        # Its `changed` guards in_flight and boot_unread too; its error (LowYield, a disk error) stops the flow.
+        self.reader = ReadAside(self.read, after=self.was_read, name="flow-reader")
         self.in_flight = 0
         self.boot_unread = 0  # bootstrap's replies not yet read: its next prompt waits for them
-        self.unread: deque[tuple[Request, Completion] | None] = deque()  # the one being read stays first; None: stop
-        self.error: BaseException | None = None  # what stopped the reader (LowYield, a disk error)
 
     def feed(self, stage: str, tasks: list[Task]) -> None:
         """Tasks that reach `stage`: their requests wait to be sent; a record made with no call goes on."""
@@ -111,17 +110,17 @@ class _Flow:
     def requests(self) -> Iterator[Request | None]:
         """Bootstrap's prompts first, then classify's calls, then instances'; WAIT while replies are out."""
         boot: Iterator[Request | None] | None = self.boot.requests()
+        changed = self.reader.changed
         while True:
-            with self.changed:
+            with changed:
                 while True:
-                    if self.error is not None:
-                        raise self.error
+                    self.reader.check()
                     req = self.next_request(boot)
                     if req is False:
                         boot, req = None, self.next_request(None)
-                    if req is not None or not self.unread:
+                    if req is not None or not self.reader.unread:
                         break
-                    self.changed.wait(0.05)  # the reader is on replies whose next requests come now
+                    changed.wait(0.05)  # the reader is on replies whose next requests come now
                 if req is None and not self.in_flight:
                     return
                 self.in_flight += req is not None
@@ -129,39 +128,14 @@ class _Flow:
 
     def arrived(self, req: Request, reply: Completion) -> None:
         """A reply, from the stream: the reader reads it; the stream goes on pulling."""
-        with self.changed:
-            if self.error is not None:
-                raise self.error
+        with self.reader.changed:  # held across put: the reply and the counts go in together
+            self.reader.put(req, reply)
             self.in_flight -= 1
             self.boot_unread += req.kind == "bootstrap"
-            self.unread.append((req, reply))
-            self.changed.notify_all()
 
-    def read_replies(self) -> None:
-        """The reader: each reply in the order it came, until a None."""
-        while True:
-            with self.changed:
-                while not self.unread:
-                    self.changed.wait()
-                item = self.unread[0]
-            if item is None:
-                return
-            try:
-                self.read(*item)
-            except BaseException as e:  # noqa: BLE001 (raised again in the stream's thread)
-                with self.changed:
-                    self.error = e
-                    self.changed.notify_all()
-                return
-            with self.changed:
-                self.unread.popleft()
-                self.boot_unread -= item[0].kind == "bootstrap"
-                self.changed.notify_all()
-
-    def stop(self) -> None:
-        with self.changed:
-            self.unread.append(None)
-            self.changed.notify_all()
+    def was_read(self, req: Request, reply: Completion) -> None:
+        """The reader is done with a reply (called under `changed`)."""
+        self.boot_unread -= req.kind == "bootstrap"
 
     def read(self, req: Request, reply: Completion) -> None:
         if req.kind == "bootstrap":
@@ -176,16 +150,13 @@ class _Flow:
 
 def stream(teacher: Teacher, flow: _Flow, params: GenParams) -> None:
     """Every call of the flow through one teacher stream, the replies read on a thread of their own."""
-    reader = threading.Thread(target=flow.read_replies, name="flow-reader", daemon=True)
-    reader.start()
+    reader = flow.reader.start()
     try:
         for req, reply in teacher.stream(flow.requests(), params, kind="bootstrap"):
             flow.arrived(req, reply)
     finally:
-        flow.stop()
-        reader.join()  # every reply that came is read (or the reader failed) before the files close
-    if flow.error is not None:
-        raise flow.error
+        reader.stop()  # every reply that came is read (or the reader failed) before the files close
+    reader.check()
 
 
 def run(ctx: RunContext, names: list[str]) -> list[StepResult]:

@@ -16,7 +16,7 @@ from ..prompts import Prompts
 from ..records import Task
 from ..store import RunDir
 from ..teachers import Completion, GenParams, Teacher
-from .common import MapResult, ProgressFn, TaskMap, map_pending, map_result
+from .common import MapResult, ProgressFn, TaskMap, map_pending, map_progress, map_result
 from .parse import parse_input_first, parse_output_first, parse_structured_instances
 from .schemas import schema_params
 
@@ -85,7 +85,7 @@ def instances_map(teacher: Teacher, cfg: RunConfig, run: RunDir, prompts: Prompt
 
 def progress(ctx: RunContext, records: Records | None) -> tuple[str, int, int]:
     """One tick per task; records None: they flow in from classify (stages/flow.py), up to bootstrap's target."""
-    return "instances", ctx.cfg.bootstrap.num_instructions if records is None else len(records), 0
+    return map_progress(ctx, "instances", records)
 
 
 def step(ctx: RunContext, records: Records | None) -> StepResult:

@@ -41,7 +41,7 @@ from ..teachers import Completion, GenParams, Teacher
 from ..teachers.base import read_logprobs
 from .calibrate import yes_no_margin
 from .classify import uses_logprobs
-from .common import MapResult, ProgressFn, TaskMap, map_pending
+from .common import MapResult, ProgressFn, TaskMap, map_pending, outcomes
 from .parse import parse_rating
 
 STAGE = "score"
@@ -132,7 +132,10 @@ def read(ctx: RunContext) -> Records:
 
 
 def progress(ctx: RunContext, records: Records | None) -> tuple[str, int, int]:
-    return "score: instances rated", sum(len(t.instances) for t in records or ()), 0
+    """One tick per row; a resumed score counts on from the rows rated (or rejected) before, --rescore from none."""
+    rows = [f"{t.id}-{k}" for t in records or () for k in range(len(t.instances))]
+    done = set() if ctx.rescore else outcomes(ctx.run, STAGE)
+    return "score: instances rated", len(rows), sum(r in done for r in rows)
 
 
 def set_aside(ctx: RunContext) -> None:

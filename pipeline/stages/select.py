@@ -83,12 +83,14 @@ def check(ctx: RunContext) -> None:
 
 def select_rows(tasks: Sequence[Task], cfg: SelectConfig, *, scores: dict[str, float], ifd: dict[str, float],
                 seeds: Sequence[Task] = (), unrated: set[str] | frozenset[str] = frozenset(),
-                no_ifd: set[str] | frozenset[str] = frozenset(), contam: Contamination | None = None) -> Selection:
+                no_ifd: set[str] | frozenset[str] = frozenset(), contam: Contamination | None = None,
+                run_path: str = "RUN_DIR") -> Selection:
     """The pure selection over tasks' rows.
 
     unrated: row ids the judge could not rate (ranked last); no_ifd: row ids IFD could not
     score (their response was cut away by ifd.max_len; dropped by an IFD selection);
-    contam: the eval set whose overlapping rows go first (decontam.contamination).
+    contam: the eval set whose overlapping rows go first (decontam.contamination); run_path: the run, as the
+    commands that a refusal names take it.
     """
     check_settings(cfg)
     rows, contaminated = drop_contaminated(task_rows(tasks), contam, STAGE)
@@ -98,11 +100,11 @@ def select_rows(tasks: Sequence[Task], cfg: SelectConfig, *, scores: dict[str, f
         missing = [r["id"] for r in rows if r["id"] not in scores and r["id"] not in unrated]
         if missing:
             raise Seed2LoraError(f"{len(missing)} of {len(rows)} rows have no judge score (first: {missing[0]}). "
-                                 "Fix: run `seed2lora score RUN` first")
+                                 f"Fix: `seed2lora score {run_path}` rates the rows not yet rated, then select again")
         if rows and not any(r["id"] in scores for r in rows):
             raise Seed2LoraError(f"the judge rated none of the {len(rows)} rows (every reply unparseable, see "
                                  "rejected.jsonl), so a judge selection would be a random one. Fix: score with a "
-                                 "stronger judge ([score.teacher], seed2lora score RUN --rescore --judge SPEC)")
+                                 f"stronger judge: `seed2lora score {run_path} --rescore --judge SPEC` ([score.teacher])")
         tie = {r["id"]: rng.random() for r in rows}
         rows.sort(key=lambda r: (-scores.get(r["id"], 0.0), tie[r["id"]]))
         value = {r["id"]: scores.get(r["id"]) for r in rows}
@@ -110,7 +112,7 @@ def select_rows(tasks: Sequence[Task], cfg: SelectConfig, *, scores: dict[str, f
         missing = [r["id"] for r in rows if r["id"] not in ifd and r["id"] not in no_ifd]
         if missing:
             raise Seed2LoraError(f"{len(missing)} of {len(rows)} rows have no IFD (first: {missing[0]}). "
-                                 "Fix: run `seed2lora ifd RUN` first")
+                                 f"Fix: `seed2lora ifd {run_path}` scores the rows not yet scored, then select again")
         dropped += [{"id": r["id"], "value": None, "why": "no ifd"} for r in rows if r["id"] not in ifd]
         rows = [r for r in rows if r["id"] in ifd]
         over = [r for r in rows if ifd[r["id"]] >= cfg.ifd_max]
@@ -193,7 +195,7 @@ def select_run(run: RunDir, cfg: SelectConfig, include: list[str] | str, seeds: 
     no_ifd = {t.id for t in run.read_stage("ifd")} - set(ifd)
     contam, note = contamination(cfg.decontaminate)
     selection = select_rows(tasks, cfg, scores=row_values(run, "score", "score", "rating"), ifd=ifd, seeds=seeds,
-                            unrated=unrated, no_ifd=no_ifd, contam=contam)
+                            unrated=unrated, no_ifd=no_ifd, contam=contam, run_path=str(run.path))
     selection.summary["sources"] = [f.name for f in sources]
     selection.summary["decontaminate"] = {**dataclasses.asdict(cfg.decontaminate), "note": note}
     write_jsonl_atomic(run.stage_file(STAGE), selection.kept)

@@ -100,10 +100,35 @@ def default_eval_data(adapter_dir: str | Path, data: str = "") -> tuple[str, str
                          f"summary. Fix: pass --data FILE.jsonl, or {where_to_get()}")
 
 
+# Fewer eval tasks than this and eval says the comparison means little: an adapter's win rate over n tasks is
+# uncertain by about ±1.96·√(0.25/n), ±22 points at 20 tasks (±69 at 2), so below it only a sweeping difference
+# between base and adapter could show. The tasks, not the prompts, are the independent draws (a task's instances
+# share its instruction).
+FEW_EVAL_TASKS = 20
+
+
+def few_tasks_note(data: str, n_tasks: int, limit: int) -> str:
+    """What to say when too few tasks were evaluated to mean much, with the way to more; "" when there are enough."""
+    if n_tasks >= FEW_EVAL_TASKS:
+        return ""
+    if limit and limit <= n_tasks:
+        more = "raise --limit"
+    elif data.startswith("heldout:"):
+        more = ("pass --data user-oriented (the Self-Instruct paper's 252 tasks), or hold out more "
+                "(train.eval_fraction, export --eval-fraction) of a larger run")
+    else:
+        more = "pass --data with more tasks, or --data user-oriented (the Self-Instruct paper's 252 tasks)"
+    return (f"only {n_tasks} tasks: too few for the comparison to mean much (a win rate over {n_tasks} tasks is "
+            f"uncertain by about ±{196 * math.sqrt(0.25 / max(n_tasks, 1)):.0f} points; {FEW_EVAL_TASKS} tasks "
+            f"at least). Fix: {more}")
+
+
 def eval_message(data: str, why: str, n_items: int, n_tasks: int, limit: int) -> str:
-    """The line that says what was evaluated: how many prompts of how many tasks, from where, and why there."""
+    """The line that says what was evaluated: how many prompts of how many tasks, from where, and why there; and
+    whether they are too few to mean much."""
     short = f"; --limit {limit} asked for more tasks than the {n_tasks} there are" if limit > n_tasks else ""
-    return f"eval: {n_items} prompts ({n_tasks} tasks) from {data}" + (f": {why}" if why else "") + short
+    few = f"; {note}" if (note := few_tasks_note(data, n_tasks, limit)) else ""
+    return f"eval: {n_items} prompts ({n_tasks} tasks) from {data}" + (f": {why}" if why else "") + few + short
 
 
 def load_eval_items(data: str, limit: int = 0, seed: int = 0, train_seed: int = 42,
@@ -258,7 +283,7 @@ def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_d
         sampling = eval_sampling(cfg, stop_tokens(tokenizer))
         report = {
             "adapter": str(adapter_dir), "base_model": model or info["base"], "data": data, "data_asked": cfg.data, "data_why": why,
-            "n_tasks": n_tasks, "limit": cfg.limit,
+            "n_tasks": n_tasks, "limit": cfg.limit, "few_tasks": few_tasks_note(data, n_tasks, cfg.limit) or None,
             "settings": report_settings(cfg), "sampling": sampling,
             "n_prompts": len(items),
             "reference_loss": loss_summary(items, seed=cfg.seed),
@@ -491,6 +516,7 @@ def report_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Eval: {Path(report['adapter']).name} vs its base", "",
              f"{report['n_prompts']} prompts from `{report['data']}`; greedy decoding, "
              f"max {report['settings']['max_new_tokens']} new tokens.", "",
+             *([f"**Note:** {report['few_tasks']}.", ""] if report.get("few_tasks") else []),
              "| model | reference loss (lower is better) | ROUGE-L | prompts where ROUGE-L higher | answer words |",
              "|---|---:|---:|---:|---:|", row("base", "base", "base_higher"),
              row("base + adapter", "adapter", "adapter_higher"), ""]
