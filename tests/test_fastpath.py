@@ -140,22 +140,3 @@ def test_ctrl_c_mid_stream_leaves_no_task_on_the_loop_and_no_reply_finished(fake
     fake_openai.default_delay = 0.0
     out = t.generate([f"q{i}" for i in range(10)], PARAMS, kind="k")  # a later stream works, on fresh clients
     assert all(c.ok for c in out)
-
-
-def test_a_stream_shortens_the_gil_switch_interval_while_it_runs_and_restores_it(fake_openai):
-    """The loop thread gives up the GIL at each socket call; with Python's 5 ms interval it waited that long for it
-    back whenever a stage's thread held it (every stage plateaued at ~0.85 of the ideal)."""
-    import sys
-
-    from pipeline.teachers.fastpath import SWITCH_INTERVAL_S
-
-    t = teacher(fake_openai.url, concurrency=4)
-    before = sys.getswitchinterval()
-    during = [sys.getswitchinterval() for _ in t.stream([Request(i, f"p {i}", salt=str(i)) for i in range(6)],
-                                                         PARAMS, kind="classify")]
-    assert during == [SWITCH_INTERVAL_S] * 6
-    assert sys.getswitchinterval() == before
-    stream = t.stream([Request(i, f"q {i}", salt=str(i)) for i in range(6)], PARAMS, kind="classify")
-    next(stream)
-    stream.close()  # a consumer that stops early: restored too
-    assert sys.getswitchinterval() == before

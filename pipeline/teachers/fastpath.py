@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import queue
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,11 +29,6 @@ from ..errors import TeacherError
 from .base import Completion, GenParams, Request
 from .wire import FATAL, PATHS, ContextTooLong, describe_error, is_context_error, read_reply, transport
 
-# Python's GIL switch interval while a stream runs (5 ms by default). The loop thread gives up the GIL at each
-# socket call and cache lookup; when the stream's or a reply reader's thread holds it for stage work, the loop waited
-# up to the whole interval to get it back, and every stage plateaued at ~0.85 of the ideal with its CPU far below
-# the ceiling (benchmarks/RESULTS.md, "The GIL's switch interval"). 0.5 ms gave 0.91-0.93; restored after the stream.
-SWITCH_INTERVAL_S = 0.0005
 CANCEL_WAIT_S = 2.0  # an abandoned stream waits this long at most for its tasks on the loop to end (they end at once)
 # What the stream is handed for a request: its reply, the future of its thread (retries), or an error to raise.
 Outcome = Completion | Future | BaseException
@@ -59,8 +53,6 @@ class LoopStream:
         each reply comes finished (BaseTeacher._finish) and committed to the run's cache."""
         t, failover = self.teacher, self.failover
         done = threading.Event()  # the stream is over: the prober stops
-        switch = sys.getswitchinterval()
-        sys.setswitchinterval(min(switch, SWITCH_INTERVAL_S))
         threading.Thread(target=failover.watch, args=(done, self.stop, t.serves), daemon=True,
                          name="teacher-prober").start()
         clean = False
@@ -97,7 +89,6 @@ class LoopStream:
             clean = True
         finally:
             done.set()
-            sys.setswitchinterval(switch)
             if not clean:  # interrupted, or the consumer stopped early: abandon what is in flight, now
                 self.abandon()
         if failover.fatal is not None:
