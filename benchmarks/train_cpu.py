@@ -8,7 +8,10 @@ through pipeline.train (the code `seed2lora train` runs), with the same data ord
 Variants (TrainConfig overrides), in the order they run:
 - lora_fp32_before: `--no-quant` before issue 21 (fp32, loss chunks of 1024, paged_adamw_32bit): the fastest path then
 - default:          today's defaults on this machine (on a bf16 CPU: LoRA, bf16 autocast, adamw_torch, LoRA dropout
-                    from 16-bit masks)
+                    from 16-bit masks, attention's outputs kept through checkpointing's recompute)
+- full_recompute:   the default recomputing whole layers (the CPU default before attention was kept)
+- sac_attn_mlp:     the default keeping the frozen gate/up projections' outputs through the recompute too
+- sac_all:          the default keeping every frozen projection's output through the recompute too
 - nn_dropout:       the default with peft's own nn.Dropout before each LoRA-A (the CPU default before the 16-bit masks)
 - compile_layers:   nn_dropout with each decoder layer compiled by torch.compile (inductor's C++ backend, which
                     fuses the dropout too), one compiled graph for all layers; its compile time is in the warm-up
@@ -54,6 +57,11 @@ VARIANTS = {  # name: TrainConfig overrides; "init_seed" re-draws the LoRA init 
     "compile_layers": {"compile_layers": True, "peft_dropout": True},
     "bf16_linears": {"bf16_linears": True},
     "default_no_ckpt": {"gradient_checkpointing": False},
+    # checkpointing's recompute: "none" recomputes whole layers (the CPU default before attention was kept through
+    # it); "mlp" keeps the frozen gate/up projections' outputs too, "all" every frozen projection's
+    "full_recompute": {"sac": "none"},
+    "sac_attn_mlp": {"sac": "mlp"},
+    "sac_all": {"sac": "all"},
     "bf16_base": {"compute_dtype": "bf16"},
     "no_lora_dropout": {"lora_dropout": 0.0},
     "lora_fp32_init43": {**BEFORE, "init_seed": 43},
@@ -78,6 +86,7 @@ def worker(variant: str, steps: int, batch_size: int, seq_len: int) -> dict:
     bf16_linears = overrides.pop("bf16_linears", False)
     peft_dropout = overrides.pop("peft_dropout", False)
     compile_layers = overrides.pop("compile_layers", False)
+    sac = overrides.pop("sac", "")
     rows = [json.loads(line) for line in (REPO / "seeds" / "seed_tasks.jsonl").read_text().splitlines() if line.strip()]
     data = Path(tempfile.mkdtemp()) / "seeds.json"
     data.write_text(json.dumps([{"instruction": r["instruction"], "input": r["instances"][0]["input"],
@@ -90,6 +99,8 @@ def worker(variant: str, steps: int, batch_size: int, seq_len: int) -> dict:
     linears_in_bf16 = store_frozen_linears(trainer.model, torch.bfloat16) if bf16_linears else 0
     if peft_dropout:
         put_back_peft_dropout(trainer.model)
+    if sac:
+        selective_checkpointing(trainer.model, sac)
     if compile_layers:
         torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True  # transformers' context var
         for layer in trainer.model.get_base_model().model.layers:
@@ -113,6 +124,10 @@ def worker(variant: str, steps: int, batch_size: int, seq_len: int) -> dict:
     path = summary["training_path"]
     if peft_dropout:
         path = path.replace(", LoRA dropout from 16-bit masks", ", peft's nn.Dropout")
+    if sac == "none":
+        path = path.replace(", attention kept through the recompute", "") + ", whole layers recomputed (benchmark)"
+    elif sac:
+        path += f", projections kept through the recompute ({sac}; benchmark)"
     if compile_layers and "compiled" not in path:
         path += ", decoder layers compiled (benchmark)"
     return {"variant": variant, "path": path, "threads": torch.get_num_threads(),
@@ -124,6 +139,46 @@ def worker(variant: str, steps: int, batch_size: int, seq_len: int) -> dict:
             "cpu_s_per_step": round((c1 - c0) / steps, 2),
             "peak_rss_gb": summary["peak_memory_gb"], "losses": [v for _, v in summary["train_loss"]["points"]],
             "adapter": summary["output_dir"], **(compile_counts() if compile_layers else {})}  # for benchmarks/train_cpu_readback.py
+
+
+def selective_checkpointing(model, keep: str) -> None:
+    """Checkpointing that keeps some outputs through the recompute: "none" nothing (whole layers recomputed);
+    otherwise attention's (as the CPU default does, pipeline/train/recompute.py) and with "mlp" the frozen
+    projections 1536 wide (gate, up), with "all" every frozen projection. LoRA's own matmuls (rank wide) and the
+    rest are recomputed. The masks' random draws repeat (torch restores the RNG)."""
+    import functools
+
+    import torch
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    aten = torch.ops.aten
+    r = model.peft_config["default"].r
+    model = model.get_base_model()
+    attention = {op for name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_efficient_attention",
+                                 "_scaled_dot_product_flash_attention")
+                 if hasattr(aten, name) for op in [getattr(aten, name).default]}
+    matmuls = {aten.mm.default, aten.addmm.default}
+    wide = model.config.intermediate_size
+
+    def policy(ctx, op, *args, **kwargs):
+        if keep == "none":
+            return CheckpointPolicy.PREFER_RECOMPUTE
+        if op in attention:
+            return CheckpointPolicy.MUST_SAVE
+        if keep != "attn" and op in matmuls:
+            a, b = (args[1], args[2]) if op is aten.addmm.default else (args[0], args[1])
+            k, n = b.shape[0], b.shape[1]
+            frozen = k != r and n != r
+            if frozen and (keep == "all" or n == wide):
+                return CheckpointPolicy.MUST_SAVE
+        return CheckpointPolicy.PREFER_RECOMPUTE
+
+    kwargs = {"use_reentrant": False, "context_fn": functools.partial(create_selective_checkpoint_contexts, policy)}
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def store_frozen_linears(model, dtype) -> int:

@@ -856,16 +856,18 @@ def test_train_progress_counts_steps_with_the_loss_and_gives_eval_its_own_count(
 
 
 def test_checkpoints_resume_across_the_16_bit_dropout_masks_but_not_another_path(tmp_path):
-    """A CPU checkpoint saved with peft's nn.Dropout resumes under the 16-bit masks (and back): the same model, only
-    another random stream for the masks. Any other change of path still refuses."""
+    """A CPU checkpoint saved with peft's nn.Dropout resumes under the 16-bit masks (and back), and with attention
+    kept through the recompute: the same model, only another random stream for the masks. Any other change of path
+    still refuses."""
     from pipeline.errors import Seed2LoraError
-    from pipeline.train.model import CHEAP_DROPOUT_NOTE
+    from pipeline.train.model import CHEAP_DROPOUT_NOTE, KEEP_ATTENTION_NOTE
     from pipeline.train.trainer import CHECKPOINT_SETTINGS, check_resumable
 
-    path = "LoRA on an fp32 base, bf16 autocast on CPU, adamw_torch"
+    path = "LoRA on an fp32 base, bf16 autocast on CPU, adamw_torch"  # as main wrote it before either note
     (tmp_path / CHECKPOINT_SETTINGS).write_text(json.dumps({"lora_r": 8, "training_path": path}))
     check_resumable(tmp_path, {"lora_r": 8, "training_path": path + CHEAP_DROPOUT_NOTE})
     (tmp_path / CHECKPOINT_SETTINGS).write_text(json.dumps({"lora_r": 8, "training_path": path + CHEAP_DROPOUT_NOTE}))
     check_resumable(tmp_path, {"lora_r": 8, "training_path": path})
+    check_resumable(tmp_path, {"lora_r": 8, "training_path": path + CHEAP_DROPOUT_NOTE + KEEP_ATTENTION_NOTE})
     with pytest.raises(Seed2LoraError, match="training_path"):
         check_resumable(tmp_path, {"lora_r": 8, "training_path": path.replace("fp32", "bf16") + CHEAP_DROPOUT_NOTE})

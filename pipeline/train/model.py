@@ -97,6 +97,7 @@ def available_memory_bytes() -> int:
 # How training_path names the 16-bit-mask dropout; a checkpoint's resume ignores it (trainer.check_resumable): the
 # masks' random stream differs from nn.Dropout's, their distribution and everything saved do not.
 CHEAP_DROPOUT_NOTE = ", LoRA dropout from 16-bit masks"
+KEEP_ATTENTION_NOTE = ", attention kept through the recompute"  # recompute.py: the same numbers, so resumable too
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class TrainPlan:
     loss_chunk_tokens: int = 1024  # positions per chunk of the chunked loss
     why: str = ""  # why quant auto chose as it did, for the log
     cheap_dropout: bool = False  # LoRA's dropout from 16-bit masks (dropout.py): on CPU, when lora_dropout > 0
+    keep_attention: bool = False  # checkpointing keeps attention's outputs (recompute.py): on CPU, when checkpointing
 
     def describe(self) -> str:
         """The path taken, in words, e.g. "LoRA on an fp32 base, bf16 autocast on cpu, adamw_torch"."""
@@ -119,7 +121,8 @@ class TrainPlan:
         base = "QLoRA on an NF4 base" if self.quant else f"LoRA on {'an' if name.startswith('f') else 'a'} {name} base"
         compute = "bf16 autocast" if self.autocast_bf16 and not self.quant else f"{name} compute"
         dropout = CHEAP_DROPOUT_NOTE if self.cheap_dropout else ""
-        return f"{base}, {compute} on {on}, {self.optim}{dropout}"
+        kept = KEEP_ATTENTION_NOTE if self.keep_attention else ""
+        return f"{base}, {compute} on {on}, {self.optim}{dropout}{kept}"
 
 
 def resolve_plan(cfg: TrainConfig, model_path: str, on: str | None = None) -> TrainPlan:
@@ -128,7 +131,8 @@ def resolve_plan(cfg: TrainConfig, model_path: str, on: str | None = None) -> Tr
     base is unquantized and the CPU has bf16 instructions. optim auto: paged_adamw_32bit on CUDA, else adamw_torch.
     loss_chunk_tokens 0: 1024 on CUDA, 256 on CPU. On CPU a LoRA dropout above 0 draws its masks from 16-bit
     integers (dropout.py: the same distribution, a third of the bernoulli draw's work); CUDA keeps nn.Dropout, one
-    fused kernel there, which this was never measured against."""
+    fused kernel there, which this was never measured against. On CPU, gradient checkpointing keeps attention's
+    outputs through the recompute (recompute.py); CUDA recomputes whole layers, as measured there."""
     on = on or device()
     cpu = not on.startswith("cuda")
     why = ""
@@ -152,7 +156,8 @@ def resolve_plan(cfg: TrainConfig, model_path: str, on: str | None = None) -> Tr
     optim = cfg.optim if cfg.optim != "auto" else "adamw_torch" if cpu else "paged_adamw_32bit"
     chunk = cfg.loss_chunk_tokens or (256 if cpu else 1024)
     return TrainPlan(quant=quant, load_dtype=dtype, autocast_bf16=autocast, optim=optim, device=on,
-                     loss_chunk_tokens=chunk, why=why, cheap_dropout=cpu and cfg.lora_dropout > 0)
+                     loss_chunk_tokens=chunk, why=why, cheap_dropout=cpu and cfg.lora_dropout > 0,
+                     keep_attention=cpu and cfg.gradient_checkpointing)
 
 
 def get_quantization_config(cfg: TrainConfig, dtype: torch.dtype) -> Any:
@@ -229,6 +234,7 @@ def load_for_training(model_path: str, cfg: TrainConfig, plan: TrainPlan | None 
     from peft import get_peft_model
 
     from .dropout import use_cheap_lora_dropout
+    from .recompute import checkpoint_kwargs
 
     plan = plan or resolve_plan(cfg, model_path)
     quant_config = get_quantization_config(dataclasses.replace(cfg, quant="4bit" if plan.quant else "none"),
@@ -241,12 +247,12 @@ def load_for_training(model_path: str, cfg: TrainConfig, plan: TrainPlan | None 
     for p in model.parameters():
         p.requires_grad_(False)
     if cfg.gradient_checkpointing:
-        # Non-reentrant checkpointing needs no input gradients, so frozen embeddings are fine.
+        kwargs = checkpoint_kwargs(plan.keep_attention)
         enable = getattr(model, "activation_checkpointing_enable", None)
         if enable is not None:
-            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            enable(activation_checkpointing_kwargs=kwargs)
         else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.config.use_cache = False  # a KV cache is useless in training and conflicts with checkpointing
     model = get_peft_model(model, get_peft_config(cfg))
     if plan.cheap_dropout:

@@ -35,7 +35,15 @@ from ..errors import Seed2LoraError
 from ..store import ADAPTER_DIR, RunDir, write_text_atomic
 from .data import Collator, Rows, load_rows, pack, rows_fingerprint, tokenize_rows, train_eval_rows
 from .loss import causal_lm_loss_sum, full_logits_loss_sum
-from .model import CHEAP_DROPOUT_NOTE, SUMMARY, load_for_training, load_tokenizer, resolve_model, resolve_plan
+from .model import (
+    CHEAP_DROPOUT_NOTE,
+    KEEP_ATTENTION_NOTE,
+    SUMMARY,
+    load_for_training,
+    load_tokenizer,
+    resolve_model,
+    resolve_plan,
+)
 
 Log = Callable[[str], None]
 Progress = Callable[[str, int | None], Any]  # (description, total or None) -> context manager yielding advance(n)
@@ -355,15 +363,20 @@ def checkpoint_settings(p: Prepared) -> dict[str, Any]:
 ADDED_SETTINGS = {"data_sha256", "training_path"}  # recorded since; checkpoints saved without them are judged by the rest
 
 
+def same_model_path(path: Any) -> str:
+    return str(path).replace(CHEAP_DROPOUT_NOTE, "").replace(KEEP_ATTENTION_NOTE, "")
+
+
 def check_resumable(ckpts: Path, settings: dict[str, Any]) -> None:
     saved_file = ckpts / CHECKPOINT_SETTINGS
     if not saved_file.is_file():
         return  # checkpoints written before settings were recorded: trust them
     saved = json.loads(saved_file.read_text(encoding="utf-8"))
     saved = current_values(TrainConfig, saved)  # quant = true, saved before quant took auto|4bit|none, is "4bit"
-    # Checkpoints from before (or after) LoRA dropout from 16-bit masks on CPU resume with the other: same model.
-    saved, settings = ({**s, "training_path": str(s.get("training_path", "")).replace(CHEAP_DROPOUT_NOTE, "")}
-                       if "training_path" in s else s for s in (saved, settings))
+    # Checkpoints from before (or after) the 16-bit dropout masks or attention kept through the recompute, on CPU,
+    # resume with the other: the same model and numbers.
+    saved, settings = ({**s, "training_path": same_model_path(s["training_path"])} if "training_path" in s else s
+                       for s in (saved, settings))
     changed = [f"{k} {saved.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(saved) | set(settings))
                if saved.get(k) != settings.get(k) and (k in saved or k not in ADDED_SETTINGS)]
     if changed:
