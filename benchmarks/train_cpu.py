@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 
 # What --no-quant did at 85506e8 (the loss in chunks of 1024 then)
 BEFORE = {"quant": "none", "compute_dtype": "fp32", "optim": "paged_adamw_32bit", "loss_chunk_tokens": 1024,
-          "peft_dropout": True}
+          "peft_dropout": True, "sac": "none"}
 VARIANTS = {  # name: TrainConfig overrides; "init_seed" re-draws the LoRA init only (data order and dropout stay);
     # "bf16_linears" stores the frozen linear weights in bf16 after prepare (no setting does); "peft_dropout" puts
     # peft's nn.Dropout back; "compile_layers" compiles each decoder layer after prepare
@@ -66,7 +66,7 @@ VARIANTS = {  # name: TrainConfig overrides; "init_seed" re-draws the LoRA init 
     "no_lora_dropout": {"lora_dropout": 0.0},
     "lora_fp32_init43": {**BEFORE, "init_seed": 43},
     "qlora_before": {"quant": "4bit", "compute_dtype": "fp32", "optim": "paged_adamw_32bit", "loss_chunk_tokens": 1024,
-                     "peft_dropout": True},
+                     "peft_dropout": True, "sac": "none"},
     "lora_full_logits": {**BEFORE, "chunked_loss": False},
 }
 REFERENCE = "lora_fp32_before"  # loss curves are compared with this one's

@@ -5,9 +5,10 @@ SDPA's flash kernel was about a fifth of a training step (RESULTS.md, issue 21),
 forward in the recompute. Here that forward is not repeated: torch's selective checkpointing (`context_fn`) keeps
 the outputs of the attention op (the output and its log-sum-exp, 2.3 MB a layer at 4 x 512 tokens of a 576-wide
 model) and recomputes everything else as before. Same numbers (the kept tensors are what the recompute would have
-made, and the dropout masks are drawn again from the restored RNG), 8% fewer CPU seconds a step for 0.16 GB more
-peak memory on the embedded model. Keeping the frozen projections' outputs too saved more (3-5%) but took the
-peak over the 3 GB target, so they stay recomputed.
+made, and the dropout masks are drawn again from the restored RNG), about 5% fewer CPU seconds a step (2.5-8% in
+three side-by-side runs) for 0.1-0.16 GB more peak memory on the embedded model. Keeping the frozen gate/up
+projections' outputs too saved 9% more but peaked at 3.03 GB, every projection's at 3.4 GB, over the 3 GB target,
+so they stay recomputed (RESULTS.md, "attention kept through the recompute").
 """
 
 from __future__ import annotations
