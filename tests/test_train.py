@@ -80,13 +80,15 @@ def test_on_cpu_auto_is_lora_on_the_fp32_base_under_bf16_autocast_with_adamw_tor
     plan = resolve_plan(TrainConfig(), tiny_model, on="cpu")
     assert (plan.quant, plan.load_dtype, plan.autocast_bf16, plan.optim, plan.loss_chunk_tokens) == \
         (False, torch.float32, True, "adamw_torch", 256)
-    assert plan.describe() == "LoRA on an fp32 base, bf16 autocast on CPU, adamw_torch, LoRA dropout from 16-bit masks"
+    assert plan.describe() == "LoRA on an fp32 base, bf16 autocast on CPU, adamw_torch, LoRA dropout from 16-bit " \
+                              "masks, attention kept through the recompute"
     assert "unquantized" in plan.why and "fp32 base needs" in plan.why
     # 4-bit stays selectable on CPU (the GPU recipe, tested here), and computes in fp32 there
     four = resolve_plan(TrainConfig(quant="4bit", optim="paged_adamw_32bit"), tiny_model, on="cpu")
     assert (four.quant, four.load_dtype, four.autocast_bf16, four.optim) == (True, torch.float32, False,
                                                                               "paged_adamw_32bit")
-    assert four.describe() == "QLoRA on an NF4 base, fp32 compute on CPU, paged_adamw_32bit, LoRA dropout from 16-bit masks"
+    assert four.describe() == "QLoRA on an NF4 base, fp32 compute on CPU, paged_adamw_32bit, LoRA dropout from 16-bit " \
+                              "masks, attention kept through the recompute"
     assert resolve_plan(TrainConfig(loss_chunk_tokens=64), tiny_model, on="cpu").loss_chunk_tokens == 64
 
 
@@ -94,7 +96,8 @@ def test_without_bf16_instructions_the_cpu_trains_in_fp32(tiny_model, monkeypatc
     monkeypatch.setattr(model_module, "cpu_has_bf16", lambda: False)
     plan = resolve_plan(TrainConfig(), tiny_model, on="cpu")
     assert (plan.quant, plan.load_dtype, plan.autocast_bf16) == (False, torch.float32, False)
-    assert plan.describe() == "LoRA on an fp32 base, fp32 compute on CPU, adamw_torch, LoRA dropout from 16-bit masks"
+    assert plan.describe() == "LoRA on an fp32 base, fp32 compute on CPU, adamw_torch, LoRA dropout from 16-bit masks, " \
+                              "attention kept through the recompute"
     # the capability check itself: torch's private probes, and a torch without them counts as no bf16
     monkeypatch.undo()
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
@@ -364,7 +367,8 @@ def test_the_cpu_default_trains_lora_on_the_fp32_base_under_bf16_autocast(tiny_m
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert before and all(p.dtype == torch.float32 for p in before.values())  # fp32 LoRA weights, fp32 Adam
     summary = fit(prepared, log=lines.append)
-    path = "LoRA on an fp32 base, bf16 autocast on CPU, adamw_torch, LoRA dropout from 16-bit masks"
+    path = ("LoRA on an fp32 base, bf16 autocast on CPU, adamw_torch, LoRA dropout from 16-bit masks, "
+            "attention kept through the recompute")
     assert summary["training_path"] == path and not summary["quantized"] and summary["autocast_bf16"]
     assert any(path in m for m in lines)  # said before training starts
     losses = [v for _, v in summary["train_loss"]["points"]]
