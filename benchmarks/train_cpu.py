@@ -151,13 +151,13 @@ def selective_checkpointing(model, keep: str) -> None:
     import torch
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
+    from pipeline.train.model import enable_checkpointing
+    from pipeline.train.recompute import attention_ops
+
     aten = torch.ops.aten
     r = model.peft_config["default"].r
     model = model.get_base_model()
-    attention = {op for name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_efficient_attention",
-                                 "_scaled_dot_product_flash_attention")
-                 if hasattr(aten, name) for op in [getattr(aten, name).default]}
-    matmuls = {aten.mm.default, aten.addmm.default}
+    attention, matmuls = attention_ops(), {aten.mm.default, aten.addmm.default}
     wide = model.config.intermediate_size
 
     def policy(ctx, op, *args, **kwargs):
@@ -166,19 +166,14 @@ def selective_checkpointing(model, keep: str) -> None:
         if op in attention:
             return CheckpointPolicy.MUST_SAVE
         if keep != "attn" and op in matmuls:
-            a, b = (args[1], args[2]) if op is aten.addmm.default else (args[0], args[1])
+            b = args[2] if op is aten.addmm.default else args[1]
             k, n = b.shape[0], b.shape[1]
-            frozen = k != r and n != r
-            if frozen and (keep == "all" or n == wide):
+            if k != r and n != r and (keep == "all" or n == wide):  # a frozen projection's, not LoRA's (rank wide)
                 return CheckpointPolicy.MUST_SAVE
         return CheckpointPolicy.PREFER_RECOMPUTE
 
-    kwargs = {"use_reentrant": False, "context_fn": functools.partial(create_selective_checkpoint_contexts, policy)}
-    enable = getattr(model, "activation_checkpointing_enable", None)
-    if enable is not None:
-        enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    enable_checkpointing(model, {"use_reentrant": False,
+                                 "context_fn": functools.partial(create_selective_checkpoint_contexts, policy)})
 
 
 def store_frozen_linears(model, dtype) -> int:

@@ -227,6 +227,15 @@ def keep_one_4bit_layout(model: Any) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def enable_checkpointing(model: Any, kwargs: dict[str, Any]) -> None:
+    """Gradient checkpointing on every decoder layer, with torch.utils.checkpoint's `kwargs` (recompute.py)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers 5's name; older ones have the other
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def load_for_training(model_path: str, cfg: TrainConfig, plan: TrainPlan | None = None) -> Any:
     """The base as `plan` says (4-bit or not, its dtype; default resolve_plan's), frozen, checkpointed, with fresh
     LoRA adapters (their dropout from 16-bit masks where the plan says). Nothing runs the base before get_peft_model
@@ -247,12 +256,7 @@ def load_for_training(model_path: str, cfg: TrainConfig, plan: TrainPlan | None 
     for p in model.parameters():
         p.requires_grad_(False)
     if cfg.gradient_checkpointing:
-        kwargs = checkpoint_kwargs(plan.keep_attention)
-        enable = getattr(model, "activation_checkpointing_enable", None)
-        if enable is not None:
-            enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable_checkpointing(model, checkpoint_kwargs(plan.keep_attention))
     model.config.use_cache = False  # a KV cache is useless in training and conflicts with checkpointing
     model = get_peft_model(model, get_peft_config(cfg))
     if plan.cheap_dropout:
