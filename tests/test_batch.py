@@ -193,8 +193,9 @@ def test_the_budget_stops_before_a_wave_over_max_cost_and_prices_at_the_batch_di
 
 def test_batch_mode_needs_a_server_with_the_batch_api(fake_batch, tmp_path):
     fake_batch.batch_api = False
-    with pytest.raises(TeacherError, match="has no Batch API"):
+    with pytest.raises(TeacherError, match="has no Batch API") as refused:
         batch_teacher(fake_batch, tmp_path)
+    assert "/batches answered HTTP 404" in str(refused.value) and "unknown model" not in str(refused.value)
     with pytest.raises(TeacherError, match="--batch needs a server"):
         make_teacher(TeacherConfig(spec="embedded", batch=True))
 

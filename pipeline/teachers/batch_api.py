@@ -160,7 +160,9 @@ def check_batch_api(client: openai.OpenAI, url: str, secret: str = "") -> None:
         client.batches.list(limit=1)
     except (openai.NotFoundError, openai.APIStatusError) as e:
         if getattr(e, "status_code", 0) in (404, 405, 501):
-            raise TeacherError(f"{url} has no Batch API ({describe_error(e, secret)}). Fix: drop --batch "
-                               "(teacher.batch), or use a server with the files and batches endpoints") from None
+            # Not describe_error's 404 hint (a wrong model or base URL): the server is up, it lacks the endpoint.
+            raise TeacherError(f"{url} has no Batch API (GET {url.rstrip('/')}/batches answered HTTP "
+                               f"{e.status_code}). Fix: drop --batch (teacher.batch), or use a server with the files "
+                               "and batches endpoints") from None
         if isinstance(e, FATAL):
             raise TeacherError(f"{url}: {describe_error(e, secret)}") from None
