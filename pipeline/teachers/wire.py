@@ -292,30 +292,24 @@ class Client:
         self.closed = False
 
     def post(self, path: str, body: dict[str, Any], timeout_s: float | None = None) -> Any:
-        """The decoded JSON of a 2xx reply; else the exception the openai SDK raises for it."""
+        """The decoded JSON of a 2xx reply; else the exception the openai SDK raises for it (apost's, on the
+        transport's loop, from any thread)."""
         url = self.base_url + path
         if self.closed:
             raise closed_error(url)
-        t = transport()
-        future = asyncio.run_coroutine_threadsafe(
-            t.send(self, url, json.dumps(body).encode(), t.timeout(timeout_s or self.timeout_s)), t.loop)
+        future = asyncio.run_coroutine_threadsafe(self.apost(path, body, timeout_s), transport().loop)
         self.in_flight.add(future)
         if self.closed:  # closed between the check above and now: close() may not have seen this one
             future.cancel()
         try:
-            status, headers, content = future.result()
+            return future.result()
         except concurrent.futures.CancelledError as e:  # close(): the run is stopping
             raise closed_error(url) from e
-        except (TimeoutError, asyncio.TimeoutError) as e:  # aiohttp's connect and read timeouts (one type from 3.11)
-            raise openai.APITimeoutError(request=httpx.Request("POST", url)) from e
-        except (t.aiohttp.ClientError, OSError) as e:  # refused, reset, DNS, TLS: a failed connection
-            raise openai.APIConnectionError(request=httpx.Request("POST", url)) from e
         finally:
             self.in_flight.discard(future)
-        return decoded(url, status, headers, content)
 
     async def apost(self, path: str, body: dict[str, Any], timeout_s: float | None = None) -> Any:
-        """post() from a coroutine on the transport's loop (fastpath.py): the same reply, the same exceptions. A
+        """The reply, from a coroutine on the transport's loop (fastpath.py; post() runs it from other threads). A
         close() does not reach it: its caller cancels its task."""
         url = self.base_url + path
         if self.closed:
@@ -324,9 +318,9 @@ class Client:
         try:
             status, headers, content = await t.send(self, url, json.dumps(body).encode(),
                                                     t.timeout(timeout_s or self.timeout_s))
-        except (TimeoutError, asyncio.TimeoutError) as e:
+        except (TimeoutError, asyncio.TimeoutError) as e:  # aiohttp's connect and read timeouts (one type from 3.11)
             raise openai.APITimeoutError(request=httpx.Request("POST", url)) from e
-        except (t.aiohttp.ClientError, OSError) as e:
+        except (t.aiohttp.ClientError, OSError) as e:  # refused, reset, DNS, TLS: a failed connection
             raise openai.APIConnectionError(request=httpx.Request("POST", url)) from e
         return decoded(url, status, headers, content)
 
