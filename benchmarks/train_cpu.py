@@ -6,25 +6,25 @@ warm-up step and then `--steps` optimizer steps, in its own process (so peak RSS
 through pipeline.train (the code `seed2lora train` runs), with the same data order and seed.
 
 Variants (TrainConfig overrides), in the order they run:
-- lora_fp32_before: `--no-quant` before issue 21 (fp32, loss chunks of 1024, paged_adamw_32bit): the fastest path then
-- default:          today's defaults on this machine (on a bf16 CPU: LoRA, bf16 autocast, adamw_torch, LoRA dropout
-                    from 16-bit masks, attention's outputs kept through checkpointing's recompute)
-- full_recompute:   the default recomputing whole layers (the CPU default before attention was kept)
-- sac_attn_mlp:     the default keeping the frozen gate/up projections' outputs through the recompute too
-- sac_all:          the default keeping every frozen projection's output through the recompute too
-- nn_dropout:       the default with peft's own nn.Dropout before each LoRA-A (the CPU default before the 16-bit masks)
-- compile_layers:   nn_dropout with each decoder layer compiled by torch.compile (inductor's C++ backend, which
-                    fuses the dropout too), one compiled graph for all layers; its compile time is in the warm-up
-                    step (first_step_s); tried in issue 21, not adopted (RESULTS.md)
-- bf16_linears:     the default with the frozen linear weights (LoRA's base layers) stored in bf16 after the
-                    adapters are added: the copies autocast makes in every forward and recompute, made once
-                    (the same numbers to the last bit; tried in issue 21, not adopted: see RESULTS.md)
-- default_no_ckpt:  the default without gradient checkpointing: its peak RSS against the 3 GB target
-- bf16_base:        the whole base loaded in bf16 (compute_dtype bf16: embeddings, norms and the residual stream too)
-- no_lora_dropout:  the default with lora_dropout 0 (a recipe change): what drawing the dropout masks costs
-- lora_fp32_init43: lora_fp32_before with LoRA-A drawn from another seed: the run-to-run noise of the loss curve
-- qlora_before:     the 4-bit NF4 base, fp32 compute, paged_adamw_32bit: the default before issue 21
-- lora_full_logits: lora_fp32_before with the model's own full-vocabulary fp32 logits (chunked_loss off)
+- lora_fp32_before:  `--no-quant` before issue 21 (fp32, loss chunks of 1024, paged_adamw_32bit, whole layers
+                     recomputed): the fastest path then
+- default:           today's defaults on this machine (on a bf16 CPU: LoRA on a bf16 base under bf16 autocast,
+                     adamw_torch, LoRA dropout from 16-bit masks, micro-batches that fit train.activation_memory_gb
+                     without checkpointing: 2 rows of 512 for this model)
+- checkpointed:      the CPU default before micro-batches: fp32 weights under bf16 autocast, checkpointing keeping
+                     attention's outputs through the recompute
+- nn_dropout, compile_layers, bf16_linears, full_recompute, sac_attn_mlp, sac_all: `checkpointed` with peft's own
+                     nn.Dropout; with each decoder layer torch.compile'd (compile time in first_step_s); with the
+                     frozen linear weights stored in bf16; recomputing whole layers; keeping the frozen gate/up
+                     projections' outputs too; keeping every frozen projection's (all tried in issue 21, RESULTS.md)
+- bf16_base_checkpointed: the bf16 base with checkpointing (activation_memory_gb 0)
+- fp32_weights_micro1, fp32_weights_micro2, micro1: micro-batches of 1 or 2 rows on the fp32 weights, of 1 on
+                     the bf16 base
+- no_ckpt:           gradient_checkpointing off: the whole batch's activations (peak RSS against the 3 GB target)
+- no_lora_dropout:   the default with lora_dropout 0 (a recipe change): what drawing the dropout masks costs
+- lora_fp32_init43:  lora_fp32_before with LoRA-A drawn from another seed: the run-to-run noise of the loss curve
+- qlora_before:      the 4-bit NF4 base, fp32 compute, paged_adamw_32bit: the default before issue 21
+- lora_full_logits:  lora_fp32_before with the model's own full-vocabulary fp32 logits (chunked_loss off)
 
     python benchmarks/train_cpu.py --steps 10               # every variant
     python benchmarks/train_cpu.py --variants default,lora_fp32_before --steps 3
@@ -46,27 +46,35 @@ sys.path.insert(0, str(REPO))
 
 # What --no-quant did at 85506e8 (the loss in chunks of 1024 then)
 BEFORE = {"quant": "none", "compute_dtype": "fp32", "optim": "paged_adamw_32bit", "loss_chunk_tokens": 1024,
-          "peft_dropout": True, "sac": "none"}
+          "peft_dropout": True, "sac": "none", "activation_memory_gb": 0}
+# The CPU default before micro-batches (f1323e1): fp32 weights under bf16 autocast, checkpointing keeping attention
+CHECKPOINTED = {"activation_memory_gb": 0, "fp32_weights": True}
 VARIANTS = {  # name: TrainConfig overrides; "init_seed" re-draws the LoRA init only (data order and dropout stay);
     # "bf16_linears" stores the frozen linear weights in bf16 after prepare (no setting does); "peft_dropout" puts
-    # peft's nn.Dropout back; "compile_layers" compiles each decoder layer after prepare
+    # peft's nn.Dropout back; "compile_layers" compiles each decoder layer after prepare; "fp32_weights" loads the
+    # base in fp32 under bf16 autocast (the CPU default before micro-batches; no setting does now)
     "lora_fp32_before": BEFORE,
     "default": {},
-    "nn_dropout": {"peft_dropout": True},
+    "checkpointed": CHECKPOINTED,
+    "nn_dropout": {**CHECKPOINTED, "peft_dropout": True},
     # F.dropout inside the compiled layers (inductor lowers it; the 16-bit masks' random_ would break the graph)
-    "compile_layers": {"compile_layers": True, "peft_dropout": True},
-    "bf16_linears": {"bf16_linears": True},
-    "default_no_ckpt": {"gradient_checkpointing": False},
+    "compile_layers": {**CHECKPOINTED, "compile_layers": True, "peft_dropout": True},
+    "bf16_linears": {**CHECKPOINTED, "bf16_linears": True},
     # checkpointing's recompute: "none" recomputes whole layers (the CPU default before attention was kept through
     # it); "mlp" keeps the frozen gate/up projections' outputs too, "all" every frozen projection's
-    "full_recompute": {"sac": "none"},
-    "sac_attn_mlp": {"sac": "mlp"},
-    "sac_all": {"sac": "all"},
-    "bf16_base": {"compute_dtype": "bf16"},
+    "full_recompute": {**CHECKPOINTED, "sac": "none"},
+    "sac_attn_mlp": {**CHECKPOINTED, "sac": "mlp"},
+    "sac_all": {**CHECKPOINTED, "sac": "all"},
+    "bf16_base_checkpointed": {"activation_memory_gb": 0},
+    # micro-batches of 1, 2 or 4 (the whole batch) rows without checkpointing, on the fp32 or the bf16 base
+    "fp32_weights_micro1": {"fp32_weights": True, "activation_memory_gb": 1.5},
+    "fp32_weights_micro2": {"fp32_weights": True, "activation_memory_gb": 3.0},
+    "micro1": {"activation_memory_gb": 0.7},
+    "no_ckpt": {"gradient_checkpointing": False},
     "no_lora_dropout": {"lora_dropout": 0.0},
     "lora_fp32_init43": {**BEFORE, "init_seed": 43},
     "qlora_before": {"quant": "4bit", "compute_dtype": "fp32", "optim": "paged_adamw_32bit", "loss_chunk_tokens": 1024,
-                     "peft_dropout": True, "sac": "none"},
+                     "peft_dropout": True, "sac": "none", "activation_memory_gb": 0},
     "lora_full_logits": {**BEFORE, "chunked_loss": False},
 }
 REFERENCE = "lora_fp32_before"  # loss curves are compared with this one's
@@ -87,13 +95,15 @@ def worker(variant: str, steps: int, batch_size: int, seq_len: int) -> dict:
     peft_dropout = overrides.pop("peft_dropout", False)
     compile_layers = overrides.pop("compile_layers", False)
     sac = overrides.pop("sac", "")
+    if overrides.pop("fp32_weights", False):
+        fp32_weights()
     rows = [json.loads(line) for line in (REPO / "seeds" / "seed_tasks.jsonl").read_text().splitlines() if line.strip()]
     data = Path(tempfile.mkdtemp()) / "seeds.json"
     data.write_text(json.dumps([{"instruction": r["instruction"], "input": r["instances"][0]["input"],
                                  "output": r["instances"][0]["output"]} for r in rows]))
-    cfg = TrainConfig(output_dir=str(data.parent / "adapter"), max_steps=steps + 1, batch_size=batch_size, grad_accum=1,
-                      packing=True, max_seq_len=seq_len, eval_fraction=0.0, save_steps=10 ** 6, resume=False,
-                      **overrides)
+    cfg = TrainConfig(**{"output_dir": str(data.parent / "adapter"), "max_steps": steps + 1, "batch_size": batch_size,
+                         "grad_accum": 1, "packing": True, "max_seq_len": seq_len, "eval_fraction": 0.0,
+                         "save_steps": 10 ** 6, "resume": False, **overrides})
     prepared = prepare(data, cfg, log=lambda m: None)
     trainer = prepared.trainer
     linears_in_bf16 = store_frozen_linears(trainer.model, torch.bfloat16) if bf16_linears else 0
@@ -139,6 +149,27 @@ def worker(variant: str, steps: int, batch_size: int, seq_len: int) -> dict:
             "cpu_s_per_step": round((c1 - c0) / steps, 2),
             "peak_rss_gb": summary["peak_memory_gb"], "losses": [v for _, v in summary["train_loss"]["points"]],
             "adapter": summary["output_dir"], **(compile_counts() if compile_layers else {})}  # for benchmarks/train_cpu_readback.py
+
+
+def fp32_weights() -> None:
+    """The base loaded in fp32 under bf16 autocast, as the CPU default was before micro-batches: the plan that
+    pipeline.train resolves, with only its load dtype changed."""
+    import dataclasses
+
+    import torch
+
+    from pipeline.train import trainer
+    from pipeline.train.model import micro_batch_rows
+
+    resolve = trainer.resolve_plan
+
+    def plan(cfg, model_path, on=None, row_tokens=0):
+        rows = micro_batch_rows(cfg, model_path, torch.float32, row_tokens or cfg.max_seq_len)  # fp32 activations
+        checkpointing = cfg.gradient_checkpointing and not rows
+        return dataclasses.replace(resolve(cfg, model_path, on, row_tokens), load_dtype=torch.float32,
+                                   micro_rows=rows, checkpointing=checkpointing, keep_attention=checkpointing)
+
+    trainer.resolve_plan = plan
 
 
 def selective_checkpointing(model, keep: str) -> None:

@@ -260,7 +260,7 @@ class TrainConfig:
     quant: Literal["auto", "4bit", "none"] = "auto"  # auto = 4bit on CUDA (~4x less weight memory; QLoRA matched 16-bit LoRA quality), none on CPU while the fp32 base fits in half the free memory (4-bit is ~2x slower there: weights de-quantized in every matmul); true/false = 4bit/none
     quant_type: str = "nf4"  # NormalFloat4 is information-theoretically optimal for normally distributed weights (QLoRA)
     double_quant: bool = True  # quantizes the quantization constants too: ~0.37 bits/param saved at no quality cost
-    compute_dtype: str = "auto"  # auto = bf16 on GPUs that have it (fp16's range overflows); on CPU fp32 weights under bf16 autocast if the CPU has bf16 instructions (AVX512-BF16/AMX; faster, LoRA weights and optimizer stay fp32), else fp32
+    compute_dtype: str = "auto"  # auto = bf16 on GPUs that have it (fp16's range overflows); on CPU with bf16 instructions (AVX512-BF16/AMX) a bf16 base under bf16 autocast, as QLoRA's GPU recipe computes (LoRA weights and optimizer stay fp32): activations half the bytes of fp32 weights' autocast, which lets micro-batches skip the recompute inside 3 GB (RESULTS.md); else fp32
     # LoRA
     lora_r: int = 64  # QLoRA: r=64 on every linear layer matched full 16-bit fine-tuning; r mattered less than coverage
     lora_alpha: int = 16  # qlora.py's value; update scale alpha/r = 0.25
@@ -273,7 +273,8 @@ class TrainConfig:
     warmup_ratio: float = 0.03  # 3% warmup keeps the first updates of the zero-initialised LoRA-B from overshooting
     max_grad_norm: float = 0.3  # qlora.py: clipping at 0.3 steadied training with paged optimisers
     weight_decay: float = 0.0  # qlora.py; the adapters are tiny and few epochs are run
-    gradient_checkpointing: bool = True  # activations dominate memory at long sequences; costs ~30% more compute. Kept on CPU too: off, the 135M model's packed 512 x 4 peaked at 5.8 GB RSS, not 2.5-2.9 (3 GB target)
+    gradient_checkpointing: bool = True  # bound activation memory: on CUDA by checkpointing (activations dominate memory at long sequences; ~30% more compute); on CPU by micro-batches that fit activation_memory_gb without the recompute, else by checkpointing. Off: neither (the 135M model's packed 512 x 4 then peaked at 4.3-5.8 GB RSS)
+    activation_memory_gb: float = 1.5  # CPU: a device batch is split into micro-batches (the same update: the loss is averaged over the whole batch's tokens) whose stored activations, estimated from the model's width and depth, fit this; they train without checkpointing's recompute (2,016 tokens a step: 2.0-2.1x fp32's speed, peak 2.9 GB, RESULTS.md). 1.5: the 135M model's 2 x 512 packed rows (1.4 GB measured); 0 = always checkpoint
     batch_size: int = 4  # rows per device per micro-step: fits a 7B QLoRA at 1024 tokens on a 24 GB GPU
     grad_accum: int = 4  # x batch_size = 16 rows per update, qlora.py's effective batch
     epochs: float = 3.0  # Alpaca and Self-Instruct fine-tuned for 2-3 epochs
@@ -484,6 +485,7 @@ RANGES: dict[str, Range] = {
     "TrainConfig.max_steps": Range(ge=-1, but=0),  # -1 = run the epochs; 0 updates trained one (transformers' loop)
     "TrainConfig.max_seq_len": Range(ge=2),  # a row needs a prompt token and a response token
     "TrainConfig.loss_chunk_tokens": NON_NEGATIVE,  # 0 = auto
+    "TrainConfig.activation_memory_gb": NON_NEGATIVE,  # 0 = always checkpoint on CPU
     "TrainConfig.eval_fraction": Range(ge=0, lt=1),  # 1 would leave no training data
     "TrainConfig.eval_steps": COUNT,
     "TrainConfig.save_steps": COUNT,

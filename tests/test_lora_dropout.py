@@ -66,7 +66,7 @@ def test_backward_is_the_mask_times_the_scale_and_only_the_mask_is_saved():
 
 
 def lora_model(tiny_model, **cfg_kw):
-    cfg = TrainConfig(model=tiny_model, **cfg_kw)
+    cfg = TrainConfig(model=tiny_model, **{"activation_memory_gb": 0, "compute_dtype": "fp32", **cfg_kw})
     torch.manual_seed(3)  # the same LoRA init in every load
     model = load_for_training(tiny_model, cfg, resolve_plan(cfg, tiny_model, on="cpu"))
     for name, param in model.named_parameters():
@@ -94,6 +94,27 @@ def test_checkpointing_recomputes_the_same_masks_so_gradients_equal_those_withou
         torch.testing.assert_close(grad, without[name], rtol=1e-5, atol=1e-7, msg=name)
     other = lora_grads(lora_model(tiny_model, gradient_checkpointing=False), seed=12)  # the dropout does matter
     assert any(not torch.allclose(other[n], g, rtol=1e-3, atol=1e-6) for n, g in without.items())
+
+
+def test_on_a_bf16_base_lora_inputs_skip_pefts_fp32_round_trip_with_the_same_numbers(tiny_model):
+    """trainer.LoraTrainer(lora_inputs_as_is): peft's cast of each LoRA input to fp32 and autocast's back to bf16 are
+    skipped; the loss and every LoRA gradient stay bit for bit, the dropout included."""
+    from peft.helpers import disable_input_dtype_casting
+
+    model = lora_model(tiny_model, compute_dtype="bf16", gradient_checkpointing=False)
+    seen = []
+    hook = model.get_base_model().model.layers[0].mlp.down_proj.lora_dropout["default"].register_forward_hook(
+        lambda module, args, out: seen.append(args[0].dtype))
+    results = []
+    for as_is in (False, True):
+        model.zero_grad()
+        with disable_input_dtype_casting(model, active=as_is), torch.autocast("cpu", dtype=torch.bfloat16):
+            results.append(lora_grads(model, seed=11))
+    hook.remove()
+    assert seen == [torch.float32, torch.bfloat16]  # the dropout ran on fp32 copies, then on the bf16 input itself
+    cast, as_is = results
+    assert cast.keys() == as_is.keys() and len(cast) == 2 * 7 * 2
+    assert all(torch.equal(cast[n], as_is[n]) for n in cast)
 
 
 def test_p_zero_keeps_peft_identity_and_the_saved_adapter_is_plain_peft(tiny_model, tmp_path):

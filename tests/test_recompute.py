@@ -14,7 +14,7 @@ from pipeline.train.model import load_for_training, resolve_plan
 
 
 def lora_model(tiny_model, keep_attention, **cfg_kw):
-    cfg = TrainConfig(model=tiny_model, **cfg_kw)
+    cfg = TrainConfig(model=tiny_model, **{"activation_memory_gb": 0, **cfg_kw})
     plan = dataclasses.replace(resolve_plan(cfg, tiny_model, on="cpu"), keep_attention=keep_attention)
     torch.manual_seed(3)  # the same LoRA init in every load
     model = load_for_training(tiny_model, cfg, plan)
@@ -34,7 +34,7 @@ def loss_and_grads(model):
 
 
 def test_cpu_plans_keep_attention_when_checkpointing_and_say_so(tiny_model):
-    plan = resolve_plan(TrainConfig(model=tiny_model), tiny_model, on="cpu")
+    plan = resolve_plan(TrainConfig(model=tiny_model, activation_memory_gb=0), tiny_model, on="cpu")
     assert plan.keep_attention and plan.describe().endswith(", attention kept through the recompute")
     assert not resolve_plan(TrainConfig(model=tiny_model, gradient_checkpointing=False), tiny_model,
                             on="cpu").keep_attention

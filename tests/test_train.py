@@ -32,6 +32,7 @@ from pipeline.train.loss import causal_lm_loss_sum, full_logits_loss_sum
 from pipeline.errors import InputError
 from pipeline.train import model as model_module
 from pipeline.train.model import compute_dtype, get_peft_config, get_quantization_config, resolve_plan
+from pipeline.train.trainer import same_model_path
 
 ROWS = [{"instruction": f"What colour is item number {i}?", "input": "",
          "output": f"Item {i} is {c}."} for i, c in enumerate(["red", "blue", "green", "black"] * 3)]
@@ -75,16 +76,19 @@ def test_on_a_gpu_auto_is_qlora_with_bf16_compute_and_paged_adam(tiny_model, mon
     assert not plan.cheap_dropout  # CUDA keeps peft's nn.Dropout (one fused kernel there)
 
 
-def test_on_cpu_auto_is_lora_on_the_fp32_base_under_bf16_autocast_with_adamw_torch(tiny_model, monkeypatch):
+def test_on_cpu_auto_is_lora_on_a_bf16_base_under_bf16_autocast_with_adamw_torch(tiny_model, monkeypatch):
     monkeypatch.setattr(model_module, "cpu_has_bf16", lambda: True)
     plan = resolve_plan(TrainConfig(), tiny_model, on="cpu")
     assert (plan.quant, plan.load_dtype, plan.autocast_bf16, plan.optim, plan.loss_chunk_tokens) == \
-        (False, torch.float32, True, "adamw_torch", 256)
-    assert plan.describe() == "LoRA on an fp32 base, bf16 autocast on CPU, adamw_torch, LoRA dropout from 16-bit " \
-                              "masks, attention kept through the recompute"
+        (False, torch.bfloat16, True, "adamw_torch", 256)
+    # the 2-layer model's 4 rows of 1,024 tokens fit activation_memory_gb whole: no checkpointing, no split
+    assert (plan.checkpointing, plan.micro_rows, plan.keep_attention) == (False, 4, False)
+    assert plan.describe() == "LoRA on a bf16 base, bf16 autocast on CPU, adamw_torch, LoRA dropout from 16-bit " \
+                              "masks, 4 row(s) a forward pass without checkpointing"
     assert "unquantized" in plan.why and "fp32 base needs" in plan.why
     # 4-bit stays selectable on CPU (the GPU recipe, tested here), and computes in fp32 there
-    four = resolve_plan(TrainConfig(quant="4bit", optim="paged_adamw_32bit"), tiny_model, on="cpu")
+    four = resolve_plan(TrainConfig(quant="4bit", optim="paged_adamw_32bit", activation_memory_gb=0), tiny_model,
+                        on="cpu")
     assert (four.quant, four.load_dtype, four.autocast_bf16, four.optim) == (True, torch.float32, False,
                                                                               "paged_adamw_32bit")
     assert four.describe() == "QLoRA on an NF4 base, fp32 compute on CPU, paged_adamw_32bit, LoRA dropout from 16-bit " \
@@ -92,9 +96,57 @@ def test_on_cpu_auto_is_lora_on_the_fp32_base_under_bf16_autocast_with_adamw_tor
     assert resolve_plan(TrainConfig(loss_chunk_tokens=64), tiny_model, on="cpu").loss_chunk_tokens == 64
 
 
+def test_cpu_micro_batches_are_the_largest_divisor_of_the_batch_whose_activations_fit(tiny_model):
+    per_token = model_module.activation_bytes_per_token(tiny_model, torch.bfloat16)
+    assert per_token == 2 * (48 * 576 + 11 * 1536)  # 2 layers, 576 wide, 1,536 inner
+    assert model_module.activation_bytes_per_token(tiny_model, torch.float32) == 2 * per_token
+    row = per_token * 100  # rows of 100 tokens
+
+    def plan(budget_rows, **kw):
+        cfg = TrainConfig(batch_size=6, activation_memory_gb=budget_rows * row / 2**30, compute_dtype="bf16", **kw)
+        return resolve_plan(cfg, tiny_model, on="cpu", row_tokens=100)
+
+    assert (plan(6.5).micro_rows, plan(6.5).checkpointing) == (6, False)  # the whole batch fits
+    assert [plan(n).micro_rows for n in (5.9, 4, 3, 2.5, 1)] == [3, 3, 3, 2, 1]  # divisors of 6 only
+    short = plan(0.5)  # not one row fits: checkpointing, attention kept
+    assert (short.micro_rows, short.checkpointing, short.keep_attention) == (0, True, True)
+    assert not plan(6.5, gradient_checkpointing=False).micro_rows  # off means off: no split either
+    assert not resolve_plan(TrainConfig(), tiny_model, on="cuda:0").micro_rows  # CUDA as configured
+    assert resolve_plan(TrainConfig(), tiny_model, on="cuda:0").checkpointing
+    assert same_model_path(plan(2).describe()) == same_model_path(short.describe())  # checkpoints resume across
+
+
+def test_micro_batches_make_the_update_the_whole_batch_makes(tiny_model, tmp_path):
+    """Trainer averages the loss over all micro-batches' tokens, so the split changes no gradient: with SGD
+    (the update is the gradient) and no clipping or dropout, one update on 4 rows as 1, 2 or 4 rows a pass,
+    and with checkpointing, lands on the same LoRA weights."""
+    from pipeline.train.trainer import fit, prepare
+
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(ROWS))
+    per_row, weights = 0, {}
+    for name, budget in (("checkpointed", 0), ("1", 1.5), ("2", 2.5), ("4", 4.5)):
+        cfg = quick_config(tiny_model, tmp_path / name, max_steps=1, max_seq_len=128, eval_fraction=0.0,
+                           optim="sgd", max_grad_norm=0.0, lora_dropout=0.0, compute_dtype="fp32", learning_rate=1.0,
+                           activation_memory_gb=budget * per_row / 2**30)
+        prepared = prepare(data, cfg, log=lambda m: None)
+        longest = max(len(r["input_ids"]) for r in prepared.trainer.train_dataset)  # what the plan sizes by
+        per_row = model_module.activation_bytes_per_token(tiny_model, torch.float32) * longest
+        assert prepared.trainer.args.per_device_train_batch_size * prepared.trainer.args.gradient_accumulation_steps == 4
+        assert prepared.stats["training_path"].endswith(
+            "attention kept through the recompute" if name == "checkpointed" else f", {name} row(s) a forward pass "
+            "without checkpointing")
+        fit(prepared, log=lambda m: None)
+        weights[name] = {n: p.detach().clone() for n, p in prepared.trainer.model.named_parameters() if "lora_B" in n}
+    assert any(w.abs().sum() > 0 for w in weights["4"].values())  # the update moved LoRA-B off zero
+    for name in ("1", "2", "4"):
+        for n, w in weights["checkpointed"].items():
+            torch.testing.assert_close(weights[name][n], w, rtol=1e-4, atol=1e-6)
+
+
 def test_without_bf16_instructions_the_cpu_trains_in_fp32(tiny_model, monkeypatch):
     monkeypatch.setattr(model_module, "cpu_has_bf16", lambda: False)
-    plan = resolve_plan(TrainConfig(), tiny_model, on="cpu")
+    plan = resolve_plan(TrainConfig(activation_memory_gb=0), tiny_model, on="cpu")
     assert (plan.quant, plan.load_dtype, plan.autocast_bf16) == (False, torch.float32, False)
     assert plan.describe() == "LoRA on an fp32 base, fp32 compute on CPU, adamw_torch, LoRA dropout from 16-bit masks, " \
                               "attention kept through the recompute"
@@ -347,7 +399,7 @@ def test_qlora_loss_falls_and_lora_weights_change(trained):
     assert all(after[n].abs().sum() > 0 for n in before if "lora_B" in n)
 
 
-def test_the_cpu_default_trains_lora_on_the_fp32_base_under_bf16_autocast(tiny_model, tmp_path, monkeypatch):
+def test_the_cpu_default_trains_lora_on_a_bf16_base_under_bf16_autocast(tiny_model, tmp_path, monkeypatch):
     """quant, compute_dtype and optim at auto on CPU (bf16 instructions assumed, so the path runs on any CPU)."""
     from pipeline.train.model_card import model_card
     from pipeline.train.trainer import fit, prepare
@@ -359,16 +411,17 @@ def test_the_cpu_default_trains_lora_on_the_fp32_base_under_bf16_autocast(tiny_m
     prepared = prepare(data, quick_config(tiny_model, tmp_path / "adapter", eval_fraction=0.25), log=lines.append)
     trainer = prepared.trainer
     assert trainer.args.bf16 and trainer.args.optim == "adamw_torch" and trainer.autocast_bf16
+    assert trainer.lora_inputs_as_is  # bf16 LoRA inputs, not peft's fp32 copies (tests/test_lora_dropout.py)
     assert trainer.loss_chunk_tokens == 256
     base = trainer.model.get_base_model()
     assert type(base.model.layers[0].self_attn.q_proj.base_layer) is torch.nn.Linear  # not 4-bit
-    assert base.model.layers[0].self_attn.q_proj.base_layer.weight.dtype == torch.float32
+    assert base.model.layers[0].self_attn.q_proj.base_layer.weight.dtype == torch.bfloat16
     assert type(base.model.layers[0].self_attn.q_proj.lora_dropout["default"]) is LoraDropout  # 16-bit masks
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert before and all(p.dtype == torch.float32 for p in before.values())  # fp32 LoRA weights, fp32 Adam
     summary = fit(prepared, log=lines.append)
-    path = ("LoRA on an fp32 base, bf16 autocast on CPU, adamw_torch, LoRA dropout from 16-bit masks, "
-            "attention kept through the recompute")
+    path = ("LoRA on a bf16 base, bf16 autocast on CPU, adamw_torch, LoRA dropout from 16-bit masks, "
+            "4 row(s) a forward pass without checkpointing")
     assert summary["training_path"] == path and not summary["quantized"] and summary["autocast_bf16"]
     assert any(path in m for m in lines)  # said before training starts
     losses = [v for _, v in summary["train_loss"]["points"]]

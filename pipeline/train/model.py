@@ -98,6 +98,8 @@ def available_memory_bytes() -> int:
 # masks' random stream differs from nn.Dropout's, their distribution and everything saved do not.
 CHEAP_DROPOUT_NOTE = ", LoRA dropout from 16-bit masks"
 KEEP_ATTENTION_NOTE = ", attention kept through the recompute"  # recompute.py: the same numbers, so resumable too
+# Micro-batches train the same update (the loss is averaged over the whole device batch's tokens), so resumable too
+MICRO_BATCH_NOTE = ", {rows} row(s) a forward pass without checkpointing"
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,8 @@ class TrainPlan:
     why: str = ""  # why quant auto chose as it did, for the log
     cheap_dropout: bool = False  # LoRA's dropout from 16-bit masks (dropout.py): on CPU, when lora_dropout > 0
     keep_attention: bool = False  # checkpointing keeps attention's outputs (recompute.py): on CPU, when checkpointing
+    checkpointing: bool = True  # gradient checkpointing on the decoder layers
+    micro_rows: int = 0  # rows per forward pass, without checkpointing (micro_batch_rows); 0 = batch_size rows
 
     def describe(self) -> str:
         """The path taken, in words, e.g. "LoRA on an fp32 base, bf16 autocast on cpu, adamw_torch"."""
@@ -122,17 +126,20 @@ class TrainPlan:
         compute = "bf16 autocast" if self.autocast_bf16 and not self.quant else f"{name} compute"
         dropout = CHEAP_DROPOUT_NOTE if self.cheap_dropout else ""
         kept = KEEP_ATTENTION_NOTE if self.keep_attention else ""
-        return f"{base}, {compute} on {on}, {self.optim}{dropout}{kept}"
+        split = MICRO_BATCH_NOTE.format(rows=self.micro_rows) if self.micro_rows else ""
+        return f"{base}, {compute} on {on}, {self.optim}{dropout}{kept}{split}"
 
 
-def resolve_plan(cfg: TrainConfig, model_path: str, on: str | None = None) -> TrainPlan:
+def resolve_plan(cfg: TrainConfig, model_path: str, on: str | None = None, row_tokens: int = 0) -> TrainPlan:
     """quant auto: 4-bit on CUDA, none on CPU while the fp32 base fits in FP32_BASE_MEMORY_SHARE of the available
-    memory. compute_dtype auto: bf16 on CUDA where supported; on CPU fp32 weights, under bf16 autocast when the
-    base is unquantized and the CPU has bf16 instructions. optim auto: paged_adamw_32bit on CUDA, else adamw_torch.
-    loss_chunk_tokens 0: 1024 on CUDA, 256 on CPU. On CPU a LoRA dropout above 0 draws its masks from 16-bit
-    integers (dropout.py: the same distribution, a third of the bernoulli draw's work); CUDA keeps nn.Dropout, one
-    fused kernel there, which this was never measured against. On CPU, gradient checkpointing keeps attention's
-    outputs through the recompute (recompute.py); CUDA recomputes whole layers, as measured there."""
+    memory. compute_dtype auto: bf16 on CUDA where supported; on CPU a bf16 base under bf16 autocast when the base
+    is unquantized and the CPU has bf16 instructions, else fp32. optim auto: paged_adamw_32bit on CUDA, else
+    adamw_torch. loss_chunk_tokens 0: 1024 on CUDA, 256 on CPU. On CPU a LoRA dropout above 0 draws its masks from
+    16-bit integers (dropout.py: the same distribution, a third of the bernoulli draw's work); CUDA keeps
+    nn.Dropout, one fused kernel there, which this was never measured against. On CPU, with gradient_checkpointing
+    on, a device batch whose rows (row_tokens long; 0 = max_seq_len) fit activation_memory_gb as micro-batches
+    trains without checkpointing (micro_batch_rows); otherwise checkpointing keeps attention's outputs through the
+    recompute (recompute.py). CUDA checkpoints whole layers, as measured there."""
     on = on or device()
     cpu = not on.startswith("cuda")
     why = ""
@@ -149,15 +156,47 @@ def resolve_plan(cfg: TrainConfig, model_path: str, on: str | None = None) -> Tr
         autocast = dtype == torch.bfloat16  # as chosen: bf16 weights compute under bf16 autocast
     elif cpu:
         # 4-bit on CPU stays fp32: bitsandbytes' CPU kernel de-quantizes to the compute dtype either way.
-        dtype, autocast = torch.float32, not quant and cpu_has_bf16()
+        autocast = not quant and cpu_has_bf16()
+        dtype = torch.bfloat16 if autocast else torch.float32
     else:
         dtype = compute_dtype("auto", on)
         autocast = dtype == torch.bfloat16
     optim = cfg.optim if cfg.optim != "auto" else "adamw_torch" if cpu else "paged_adamw_32bit"
     chunk = cfg.loss_chunk_tokens or (256 if cpu else 1024)
+    rows = micro_batch_rows(cfg, model_path, dtype, row_tokens or cfg.max_seq_len) if cpu else 0
+    checkpointing = cfg.gradient_checkpointing and not rows
     return TrainPlan(quant=quant, load_dtype=dtype, autocast_bf16=autocast, optim=optim, device=on,
                      loss_chunk_tokens=chunk, why=why, cheap_dropout=cpu and cfg.lora_dropout > 0,
-                     keep_attention=cpu and cfg.gradient_checkpointing)
+                     keep_attention=cpu and checkpointing, checkpointing=checkpointing,
+                     micro_rows=rows)
+
+
+def activation_bytes_per_token(model_path: str, dtype: torch.dtype) -> int:
+    """What training without checkpointing stores for backward per token, estimated for a Llama-style decoder
+    with LoRA (and its dropout) on every linear layer; 0 when the model's config lacks the sizes. Counted per layer
+    from what autograd saves, in 16-bit units: the two RMSNorms' fp32 inputs and normalized copies (~20 x hidden),
+    the LoRA inputs after dropout with their 8-bit masks (~9 x hidden, 1.5 x intermediate), attention's q, k, v,
+    output and the RoPE'd q, k (~10 x hidden), the MLP's gate, up, SiLU and product (~4 x intermediate): 48 x
+    hidden + 11 x intermediate bytes in bf16, twice that in fp32. For SmolLM2-135M (30 x 576 wide, 1,536 inner)
+    that is 1.34 MB a token in bf16, against 1.40 measured (RESULTS.md, issue 21)."""
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
+        config = config.get("text_config", config)  # multimodal configs nest the language model's
+        hidden, inner, layers = (int(config[k]) for k in ("hidden_size", "intermediate_size", "num_hidden_layers"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    return layers * (48 * hidden + 11 * inner) * (1 if dtype.itemsize <= 2 else 2)
+
+
+def micro_batch_rows(cfg: TrainConfig, model_path: str, dtype: torch.dtype, row_tokens: int) -> int:
+    """On CPU with checkpointing asked for: the most rows (a divisor of batch_size, so every update sees the same
+    rows as one batch) whose activations fit activation_memory_gb, trained without checkpointing; 0 = none fit (or
+    checkpointing is off, or the model's sizes are unknown): the device batch runs whole, as configured."""
+    per_row = activation_bytes_per_token(model_path, dtype) * row_tokens
+    if not cfg.gradient_checkpointing or not per_row:
+        return 0
+    fit = int(cfg.activation_memory_gb * 2**30 // per_row)
+    return max((d for d in range(1, cfg.batch_size + 1) if cfg.batch_size % d == 0 and d <= fit), default=0)
 
 
 def get_quantization_config(cfg: TrainConfig, dtype: torch.dtype) -> Any:
@@ -255,7 +294,7 @@ def load_for_training(model_path: str, cfg: TrainConfig, plan: TrainPlan | None 
     # LoRA weights train (peft keeps those in fp32), so freezing is all that is needed.
     for p in model.parameters():
         p.requires_grad_(False)
-    if cfg.gradient_checkpointing:
+    if plan.checkpointing:
         enable_checkpointing(model, checkpoint_kwargs(plan.keep_attention))
     model.config.use_cache = False  # a KV cache is useless in training and conflicts with checkpointing
     model = get_peft_model(model, get_peft_config(cfg))

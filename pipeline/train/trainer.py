@@ -17,6 +17,7 @@ import dataclasses
 import inspect
 import json
 import math
+import re
 import shutil
 import sys
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft.helpers import disable_input_dtype_casting
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint, has_length
@@ -38,6 +40,7 @@ from .loss import causal_lm_loss_sum, full_logits_loss_sum
 from .model import (
     CHEAP_DROPOUT_NOTE,
     KEEP_ATTENTION_NOTE,
+    MICRO_BATCH_NOTE,
     SUMMARY,
     load_for_training,
     load_tokenizer,
@@ -53,7 +56,7 @@ class LoraTrainer(Trainer):
     """Trainer whose loss is the chunked response-only cross-entropy (or the full-logits one)."""
 
     def __init__(self, *args: Any, chunked_loss: bool = True, loss_chunk_tokens: int = 1024,
-                 autocast_bf16: bool = False, **kwargs: Any):
+                 autocast_bf16: bool = False, lora_inputs_as_is: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = True  # makes Trainer count label tokens over the accumulated batch
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
@@ -63,6 +66,11 @@ class LoraTrainer(Trainer):
         # accelerate autocasts the model's forward only; the loss's vocabulary projection (two matmuls per chunk,
         # as large as a quarter of a 135M model's) runs under the same autocast, its softmax in fp32 either way.
         self.autocast_bf16 = autocast_bf16
+        # peft casts each LoRA layer's input to the LoRA weights' dtype (fp32) before the dropout, and autocast
+        # casts it back to bf16 for LoRA-A's matmul: on a bf16 base, two copies of every LoRA input in each forward
+        # (and their gradients') that change no number (bf16 -> fp32 is exact; the dropout's scaling rounds to bf16
+        # either way). lora_inputs_as_is skips them: the input stays bf16 through the dropout into LoRA-A.
+        self.lora_inputs_as_is = lora_inputs_as_is
         self.keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
         self.tokens_seen = 0
 
@@ -72,6 +80,18 @@ class LoraTrainer(Trainer):
         labels = inputs.pop("labels")
         if model.training and num_tokens is not None:
             self.tokens_seen += int(num_tokens)
+        with disable_input_dtype_casting(model, active=self.lora_inputs_as_is):
+            loss_sum, n, outputs = self.loss_sum(model, inputs, labels)
+        if num_items_in_batch is not None:
+            loss = loss_sum / num_items_in_batch
+            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+                loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        else:
+            loss = loss_sum / max(n, 1)
+        return (loss, outputs) if return_outputs else loss
+
+    def loss_sum(self, model: Any, inputs: dict[str, Any], labels: torch.Tensor) -> tuple[torch.Tensor, int, Any]:
+        """(sum of the label tokens' losses, their number, the model's outputs)."""
         if self.chunked_loss:
             captured: dict[str, torch.Tensor] = {}
 
@@ -92,13 +112,7 @@ class LoraTrainer(Trainer):
         else:
             outputs = model(**inputs, use_cache=False)
             loss_sum, n = full_logits_loss_sum(outputs.logits, labels)
-        if num_items_in_batch is not None:
-            loss = loss_sum / num_items_in_batch
-            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
-                loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
-        else:
-            loss = loss_sum / max(n, 1)
-        return (loss, outputs) if return_outputs else loss
+        return loss_sum, n, outputs
 
 
 class ConsoleLog(TrainerCallback):
@@ -195,12 +209,16 @@ class TrainProgress(TrainerCallback):
 
 
 def training_arguments(cfg: TrainConfig, output_dir: Path, *, bf16: bool, use_cpu: bool, has_eval: bool,
-                       optim: str) -> TrainingArguments:
-    """Trainer's arguments; bf16 = autocast, optim = the resolved optimizer (TrainPlan's: cfg.optim may be auto)."""
+                       optim: str, micro_rows: int = 0) -> TrainingArguments:
+    """Trainer's arguments; bf16 = autocast, optim = the resolved optimizer (TrainPlan's: cfg.optim may be auto).
+    micro_rows (TrainPlan's): each device batch of cfg.batch_size rows runs as micro-batches of this many, their
+    gradients accumulated into the same update (Trainer averages the loss over the tokens of all of them)."""
+    rows = micro_rows or cfg.batch_size
     return TrainingArguments(
         output_dir=str(output_dir),
-        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=rows, per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum * (cfg.batch_size // rows), num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,  # below 1 Trainer reads it as a fraction of all steps
         max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay, optim=optim,
@@ -261,7 +279,7 @@ def prepare(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Prog
     train_set = pack(train_tok.examples, cfg.max_seq_len) if cfg.packing else train_tok.examples
     eval_set = pack(eval_tok.examples, cfg.max_seq_len) if cfg.packing else eval_tok.examples
     out = default_output_dir(cfg, rows)
-    plan = resolve_plan(cfg, model_path)
+    plan = resolve_plan(cfg, model_path, row_tokens=max(len(r["input_ids"]) for r in train_set))
     on = plan.device
     if plan.why:
         log(plan.why)
@@ -269,13 +287,14 @@ def prepare(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Prog
         f"{len(eval_tok.examples)} eval; model {model_path}; {plan.describe()}")
     model = load_for_training(model_path, cfg, plan)
     args = training_arguments(cfg, out / "checkpoints", bf16=plan.autocast_bf16, use_cpu=on == "cpu",
-                              has_eval=bool(eval_set), optim=plan.optim)
+                              has_eval=bool(eval_set), optim=plan.optim, micro_rows=plan.micro_rows)
     trainer = LoraTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
                           data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
                           callbacks=[ConsoleLog(log), SaveByTime(cfg.save_every_s),
                                      *([TrainProgress(progress)] if progress else [])],
                           chunked_loss=cfg.chunked_loss, loss_chunk_tokens=plan.loss_chunk_tokens,
-                          autocast_bf16=plan.autocast_bf16)
+                          autocast_bf16=plan.autocast_bf16,
+                          lora_inputs_as_is=on == "cpu" and plan.autocast_bf16 and plan.load_dtype == torch.bfloat16)
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
     stats = {"train_data": train_tok.stats, "eval_data": eval_tok.stats,
@@ -364,7 +383,10 @@ ADDED_SETTINGS = {"data_sha256", "training_path"}  # recorded since; checkpoints
 
 
 def same_model_path(path: Any) -> str:
-    return str(path).replace(CHEAP_DROPOUT_NOTE, "").replace(KEEP_ATTENTION_NOTE, "")
+    """training_path less the notes that change no number a checkpoint holds (the dropout masks' random stream,
+    what the recompute keeps, micro-batches of the same update)."""
+    return re.sub(re.escape(MICRO_BATCH_NOTE).replace(re.escape("{rows}"), r"\d+"), "",
+                  str(path).replace(CHEAP_DROPOUT_NOTE, "").replace(KEEP_ATTENTION_NOTE, ""))
 
 
 def check_resumable(ckpts: Path, settings: dict[str, Any]) -> None:
@@ -373,8 +395,8 @@ def check_resumable(ckpts: Path, settings: dict[str, Any]) -> None:
         return  # checkpoints written before settings were recorded: trust them
     saved = json.loads(saved_file.read_text(encoding="utf-8"))
     saved = current_values(TrainConfig, saved)  # quant = true, saved before quant took auto|4bit|none, is "4bit"
-    # Checkpoints from before (or after) the 16-bit dropout masks or attention kept through the recompute, on CPU,
-    # resume with the other: the same model and numbers.
+    # Checkpoints from before (or after) the 16-bit dropout masks, attention kept through the recompute or
+    # micro-batches, on CPU, resume with the other: the same model and numbers.
     saved, settings = ({**s, "training_path": same_model_path(s["training_path"])} if "training_path" in s else s
                        for s in (saved, settings))
     changed = [f"{k} {saved.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(saved) | set(settings))
