@@ -257,7 +257,7 @@ class TrainConfig:
     model: str = ""  # a local HF folder; empty = the embedded SmolLM2-135M-Instruct, which needs no download
     output_dir: str = ""  # empty = <run dir>/adapter for run/export input, else ./adapter
     # Quantization (QLoRA)
-    quant: Literal["auto", "4bit", "none"] = "auto"  # auto = 4bit on CUDA (~4x less weight memory; QLoRA matched 16-bit LoRA quality), none on CPU while the fp32 base fits in half the free memory (4-bit is ~2x slower there: weights de-quantized in every matmul); true/false = 4bit/none
+    quant: Literal["auto", "4bit", "none"] = "auto"  # auto = 4bit on CUDA (~4x less weight memory; QLoRA matched 16-bit LoRA quality), none on CPU while the unquantized base (bf16 where the CPU has bf16 instructions, else fp32) fits in half the free memory (4-bit is ~2x slower there: weights de-quantized in every matmul); true/false = 4bit/none
     quant_type: str = "nf4"  # NormalFloat4 is information-theoretically optimal for normally distributed weights (QLoRA)
     double_quant: bool = True  # quantizes the quantization constants too: ~0.37 bits/param saved at no quality cost
     compute_dtype: str = "auto"  # auto = bf16 on GPUs that have it (fp16's range overflows); on CPU with bf16 instructions (AVX512-BF16/AMX) a bf16 base under bf16 autocast, as QLoRA's GPU recipe computes (LoRA weights and optimizer stay fp32): activations half the bytes of fp32 weights' autocast, which lets micro-batches skip the recompute inside 3 GB (RESULTS.md); else fp32

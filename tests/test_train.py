@@ -85,7 +85,7 @@ def test_on_cpu_auto_is_lora_on_a_bf16_base_under_bf16_autocast_with_adamw_torch
     assert (plan.checkpointing, plan.micro_rows, plan.keep_attention) == (False, 4, False)
     assert plan.describe() == "LoRA on a bf16 base, bf16 autocast on CPU, adamw_torch, LoRA dropout from 16-bit " \
                               "masks, 4 row(s) a forward pass without checkpointing"
-    assert "unquantized" in plan.why and "fp32 base needs" in plan.why
+    assert "unquantized" in plan.why and "bf16 base needs" in plan.why
     # 4-bit stays selectable on CPU (the GPU recipe, tested here), and computes in fp32 there
     four = resolve_plan(TrainConfig(quant="4bit", optim="paged_adamw_32bit", activation_memory_gb=0), tiny_model,
                         on="cpu")
@@ -163,11 +163,17 @@ def test_without_bf16_instructions_the_cpu_trains_in_fp32(tiny_model, monkeypatc
 
 
 def test_on_cpu_a_base_too_large_for_memory_is_loaded_in_4bit(tiny_model, monkeypatch):
-    weights = model_module.base_weight_bytes(tiny_model)
-    assert weights > 0
+    weights = model_module.base_weight_bytes(tiny_model)  # in fp32
+    assert weights > 0 and model_module.base_weight_bytes(tiny_model, 2) == weights // 2
+    monkeypatch.setattr(model_module, "cpu_has_bf16", lambda: False)  # the unquantized base would be fp32
     monkeypatch.setattr(model_module, "available_memory_bytes", lambda: int(1.5 * weights))
     plan = resolve_plan(TrainConfig(), tiny_model, on="cpu")
-    assert plan.quant and not plan.autocast_bf16 and "4-bit" in plan.why
+    assert plan.quant and not plan.autocast_bf16 and "fp32 base needs" in plan.why and "4-bit" in plan.why
+    monkeypatch.setattr(model_module, "cpu_has_bf16", lambda: True)  # a bf16 base takes half: it fits
+    plan = resolve_plan(TrainConfig(), tiny_model, on="cpu")
+    assert not plan.quant and plan.load_dtype == torch.bfloat16 and "bf16 base needs" in plan.why
+    monkeypatch.setattr(model_module, "available_memory_bytes", lambda: int(0.8 * weights))
+    assert resolve_plan(TrainConfig(), tiny_model, on="cpu").quant
     monkeypatch.setattr(model_module, "available_memory_bytes", lambda: 3 * weights)
     assert not resolve_plan(TrainConfig(), tiny_model, on="cpu").quant
     assert not resolve_plan(TrainConfig(quant="none"), tiny_model, on="cpu").quant  # as asked, whatever the memory
@@ -913,11 +919,11 @@ def test_train_progress_counts_steps_with_the_loss_and_gives_eval_its_own_count(
 
 
 def test_checkpoints_resume_across_the_16_bit_dropout_masks_but_not_another_path(tmp_path):
-    """A CPU checkpoint saved with peft's nn.Dropout resumes under the 16-bit masks (and back), and with attention
-    kept through the recompute: the same model, only another random stream for the masks. Any other change of path
-    still refuses."""
+    """A CPU checkpoint saved with peft's nn.Dropout resumes under the 16-bit masks (and back), with attention
+    kept through the recompute, and on today's micro-batched bf16 base: the same fp32 LoRA weights and Adam states.
+    Any other change of path still refuses."""
     from pipeline.errors import Seed2LoraError
-    from pipeline.train.model import CHEAP_DROPOUT_NOTE, KEEP_ATTENTION_NOTE
+    from pipeline.train.model import CHEAP_DROPOUT_NOTE, KEEP_ATTENTION_NOTE, MICRO_BATCH_NOTE
     from pipeline.train.trainer import CHECKPOINT_SETTINGS, check_resumable
 
     path = "LoRA on an fp32 base, bf16 autocast on CPU, adamw_torch"  # as main wrote it before either note
@@ -926,5 +932,11 @@ def test_checkpoints_resume_across_the_16_bit_dropout_masks_but_not_another_path
     (tmp_path / CHECKPOINT_SETTINGS).write_text(json.dumps({"lora_r": 8, "training_path": path + CHEAP_DROPOUT_NOTE}))
     check_resumable(tmp_path, {"lora_r": 8, "training_path": path})
     check_resumable(tmp_path, {"lora_r": 8, "training_path": path + CHEAP_DROPOUT_NOTE + KEEP_ATTENTION_NOTE})
+    # today's CPU default, micro-batches on a bf16 base: the same fp32 LoRA weights and Adam states
+    check_resumable(tmp_path, {"lora_r": 8, "training_path": path.replace("an fp32", "a bf16") + CHEAP_DROPOUT_NOTE
+                               + MICRO_BATCH_NOTE.format(rows=2)})
     with pytest.raises(Seed2LoraError, match="training_path"):
-        check_resumable(tmp_path, {"lora_r": 8, "training_path": path.replace("fp32", "bf16") + CHEAP_DROPOUT_NOTE})
+        check_resumable(tmp_path, {"lora_r": 8, "training_path": path.replace("bf16 autocast", "fp32 compute")})
+    with pytest.raises(Seed2LoraError, match="training_path"):
+        check_resumable(tmp_path, {"lora_r": 8, "training_path": "QLoRA on an NF4 base, fp32 compute on CPU, "
+                                                                  "adamw_torch" + CHEAP_DROPOUT_NOTE})

@@ -68,9 +68,10 @@ def cpu_has_bf16() -> bool:
     return any(check is not None and check() for check in checks)
 
 
-# Share of the available memory the fp32 base may take on CPU for quant "auto" to leave it unquantized: the rest
-# holds activations (checkpointed), the LoRA weights, gradients and Adam states, a loss chunk and everyone else.
-FP32_BASE_MEMORY_SHARE = 0.5
+# Share of the available memory the unquantized base (bf16, or fp32 on a CPU without bf16) may take on CPU for quant
+# "auto" to leave it unquantized: the rest holds activations, the LoRA weights, gradients and Adam states, a loss
+# chunk and everyone else.
+BASE_MEMORY_SHARE = 0.5
 
 
 def base_weight_bytes(model_path: str, bytes_per_param: int = 4) -> int:
@@ -131,7 +132,7 @@ class TrainPlan:
 
 
 def resolve_plan(cfg: TrainConfig, model_path: str, on: str | None = None, row_tokens: int = 0) -> TrainPlan:
-    """quant auto: 4-bit on CUDA, none on CPU while the fp32 base fits in FP32_BASE_MEMORY_SHARE of the available
+    """quant auto: 4-bit on CUDA, none on CPU while the unquantized base fits in BASE_MEMORY_SHARE of the available
     memory. compute_dtype auto: bf16 on CUDA where supported; on CPU a bf16 base under bf16 autocast when the base
     is unquantized and the CPU has bf16 instructions, else fp32. optim auto: paged_adamw_32bit on CUDA, else
     adamw_torch. loss_chunk_tokens 0: 1024 on CUDA, 256 on CPU. On CPU a LoRA dropout above 0 draws its masks from
@@ -144,10 +145,13 @@ def resolve_plan(cfg: TrainConfig, model_path: str, on: str | None = None, row_t
     cpu = not on.startswith("cuda")
     why = ""
     if cfg.quant == "auto" and cpu:
-        need, free = base_weight_bytes(model_path), available_memory_bytes()
-        quant = need > FP32_BASE_MEMORY_SHARE * free
-        why = (f"quant auto: the fp32 base needs {need / 2**30:.1f} GB, {'more' if quant else 'not more'} than "
-               f"{FP32_BASE_MEMORY_SHARE:.0%} of the {free / 2**30:.1f} GB available: "
+        unquantized = compute_dtype(cfg.compute_dtype) if cfg.compute_dtype != "auto" else \
+            torch.bfloat16 if cpu_has_bf16() else torch.float32  # the base the branch below loads if unquantized
+        need, free = base_weight_bytes(model_path, unquantized.itemsize), available_memory_bytes()
+        quant = need > BASE_MEMORY_SHARE * free
+        name = str(unquantized).removeprefix("torch.").replace("float32", "fp32").replace("bfloat16", "bf16")
+        why = (f"quant auto: the {name} base needs {need / 2**30:.1f} GB, {'more' if quant else 'not more'} than "
+               f"{BASE_MEMORY_SHARE:.0%} of the {free / 2**30:.1f} GB available: "
                + ("4-bit" if quant else "unquantized"))
     else:
         quant = cfg.quant == "4bit" or (cfg.quant == "auto" and not cpu)
