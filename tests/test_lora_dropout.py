@@ -51,17 +51,24 @@ def test_eval_mode_is_the_identity_and_p_zero_is_refused():
             LoraDropout(p)
 
 
-def test_backward_is_the_mask_times_the_scale_and_only_the_mask_is_saved():
+def test_backward_redraws_the_forwards_mask_saves_no_tensor_and_leaves_the_generator_alone():
     torch.manual_seed(1)
     x = torch.randn(40, 30).add_(5).requires_grad_()  # no zero inputs: a zero output is a dropped element
-    y = LoraDropout(0.2).train()(x)
-    kept = y != 0
-    g = torch.randn_like(y)
-    y.backward(g)
-    assert torch.equal(x.grad, torch.where(kept, g * (1 / (1 - effective_p(0.2))), 0))
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        MaskedScale.apply(x, keep_mask(x.shape, 0.2, x.device), 1.25)
+        y = LoraDropout(0.2).train()(x)
+    assert saved == []  # no mask kept: backward draws it again
+    kept = y != 0
+    torch.randn(17)  # the generator moves on between forward and backward, as the rest of a model's forward does
+    after = torch.get_rng_state()
+    g = torch.randn_like(y)
+    state = torch.get_rng_state()
+    y.backward(g)
+    assert torch.equal(x.grad, torch.where(kept, g * (1 / (1 - effective_p(0.2))), 0))
+    assert torch.equal(torch.get_rng_state(), state) and not torch.equal(after, state)  # backward's redraw restored it
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        MaskedScale.apply(x, keep_mask(x.shape, 0.2, x.device), 1.25)  # an explicit mask (non-CPU tensors) is kept
     assert [t.dtype for t in saved] == [torch.bool]
 
 

@@ -3,11 +3,12 @@
 peft puts an nn.Dropout before every LoRA-A (7 per decoder layer on a Llama), drawn again in each
 checkpointed recompute: about a sixth of a CPU training step (RESULTS.md, issue 21), two thirds of it
 `bernoulli_` drawing one double per element. Here the mask comes from 16 random bits per element
-(`random_` over the whole int64 range, viewed as int16) compared with a threshold, kept as a bool
-tensor, and backward is one `where` and one multiply. The bits come from torch's generator, so
-gradient checkpointing, which restores that generator's state before recomputing, draws the same
-masks again. The output keeps the input's dtype: dropping on a bf16 copy under bf16 autocast (which
-LoRA-A's matmul casts to anyway) measured no faster (benchmarks/lora_dropout_cpu.py), so it is not done.
+(`random_` over the whole int64 range, viewed as int16) compared with a threshold; backward draws the
+same mask again from the generator's saved state (RedrawnDropout: no mask is stored) and is one `where`
+and one multiply. The bits come from torch's generator, so gradient checkpointing, which restores that
+generator's state before recomputing, draws the same masks again. The output keeps the input's dtype
+(bf16 on the CPU default's bf16 base; on an fp32 base, dropping on a bf16 copy measured no faster,
+benchmarks/lora_dropout_cpu.py).
 
 Only the modules change, after get_peft_model; nothing is saved with the adapter (no parameters, no
 buffers, adapter_config.json untouched), so the adapter is plain peft's.
@@ -57,6 +58,26 @@ class MaskedScale(torch.autograd.Function):
         return torch.where(keep, grad, 0).mul_(ctx.scale), None, None
 
 
+class RedrawnDropout(torch.autograd.Function):
+    """y = where(keep_mask(p), x, 0) * scale, saving no tensor: backward draws the same mask again from the state
+    torch's CPU generator had before the forward's draw (restoring the generator afterwards, so no later draw
+    moves). Without checkpointing's recompute, the masks were a tenth of the stored activations (1 byte an
+    element, 7 per layer: 145 MB for 2 x 512 tokens of the embedded model); drawing them twice costs what the
+    recompute's second draw did. CPU tensors only (the CUDA generator's state is not this one)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, p: float, scale: float) -> torch.Tensor:
+        ctx.state, ctx.p, ctx.scale, ctx.shape = torch.get_rng_state(), p, scale, x.shape
+        return torch.where(keep_mask(x.shape, p, x.device), x, 0).mul_(scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(ctx.state)
+            keep = keep_mask(ctx.shape, ctx.p, grad.device)
+        return torch.where(keep, grad, 0).mul_(ctx.scale), None, None
+
+
 class LoraDropout(nn.Module):
     """nn.Dropout(p) for LoRA's input: identity in eval mode; in training each element dropped with probability
     effective_p(p) and the survivors scaled by 1 / (1 - effective_p(p)), so the expectation is x exactly."""
@@ -70,8 +91,9 @@ class LoraDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
-        keep = keep_mask(x.shape, self.p, x.device)
-        return MaskedScale.apply(x, keep, 1.0 / (1.0 - effective_p(self.p)))
+        if x.device.type != "cpu":  # RedrawnDropout replays the CPU generator only
+            return MaskedScale.apply(x, keep_mask(x.shape, self.p, x.device), 1.0 / (1.0 - effective_p(self.p)))
+        return RedrawnDropout.apply(x, self.p, 1.0 / (1.0 - effective_p(self.p)))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
