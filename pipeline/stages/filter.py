@@ -95,9 +95,12 @@ class InstructionFilter:
         if len(index) == 0:
             task.most_similar_instructions, task.avg_similarity_score = {}, 0.0
             return None
-        best = index.max_score(task.instruction)
+        # One row of scores per candidate: its max, its top-k (best first, ties by pool order) and its mean, in one
+        # call (the first of the top-k is the closest entry a rejection names).
+        k = self.cfg.most_similar_k
+        best, top, mean = index.summary(task.instruction, max(1, k))
         if best > self.cfg.rouge_threshold:
-            (pos, score), = index.top_k(task.instruction, k=1)
+            pos, score = top[0]
             if ignore and index.text(pos) in ignore:
                 scores = index.scores(task.instruction)
                 over = [(int(i), float(scores[i])) for i in np.flatnonzero(scores > self.cfg.rouge_threshold)
@@ -105,10 +108,8 @@ class InstructionFilter:
                 pos, score = max(over, key=lambda x: x[1], default=(None, 0.0))
             if pos is not None:
                 return f"rouge_l: {score:.3f} > {self.cfg.rouge_threshold} vs {index.text(pos)!r}"
-        # One row of scores per candidate (the index keeps it): its max above, its top-k and mean here.
-        top = index.top_k(task.instruction, k=self.cfg.most_similar_k)  # best first, ties by pool order
-        task.most_similar_instructions = {index.text(i): score for i, score in top}
-        task.avg_similarity_score = float(np.mean(index.scores(task.instruction)))
+        task.most_similar_instructions = {index.text(i): score for i, score in top[:k]}
+        task.avg_similarity_score = mean
         return None
 
     def add(self, instruction: str) -> None:
