@@ -434,6 +434,66 @@ if numba is not None:
         top = _top_k_numba(row, k)
         return best, top, row[top], _pairwise_sum(row) / n
 
+    @numba.njit(cache=True, nogil=True)
+    def _frozen_scan(q, n, flat, start, pm, pm_code, offsets, entries, code_of, codes, gstart, glen, lane_entry,
+                     frozen, entry_cost, out):
+        """_NumbaEngine._frozen_row and the tail's scan in one call, for a query of 1 to 64 tokens (ids q): the
+        same choice of paths and the same kernels, with the masks set in pm and pm_code here and cleared again."""
+        m = q.shape[0]
+        for p in range(m):
+            pm[q[p]] |= np.uint64(1) << np.uint64(p)
+        n_known = offsets.shape[0] - 1  # a token first seen after the freeze is in no frozen entry
+        first = np.zeros(m, np.bool_)  # each token once, at its first position
+        occurrences = 0
+        for p in range(m):
+            t = q[p]
+            first[p] = True
+            for r in range(p):
+                if q[r] == t:
+                    first[p] = False
+                    break
+            if first[p] and t < n_known:
+                occurrences += offsets[t + 1] - offsets[t]
+        few = occurrences * entry_cost <= codes.shape[0]
+        if not few:
+            common = False
+            for p in range(m):
+                t = q[p]
+                if first[p] and t < n_known and code_of[t] >= 0:
+                    pm_code[code_of[t]] = pm[t]
+                    common = True
+            if common:
+                _projected_scores(0, glen.shape[0], codes, gstart, glen, lane_entry, pm_code, start, m, out)
+                for p in range(m):
+                    t = q[p]
+                    if t < n_known and code_of[t] >= 0:
+                        pm_code[code_of[t]] = 0
+        top = _low_mask(m)
+        for p in range(m):  # the entries of the query's tokens (few), or of its rare ones, each read whole
+            t = q[p]
+            if first[p] and t < n_known and (few or code_of[t] < 0):
+                for c in range(offsets[t], offsets[t + 1]):
+                    e = entries[c]
+                    x = top
+                    for j in range(start[e], start[e + 1]):
+                        u = x & pm[flat[j]]
+                        x = (x + u) | (x - u)
+                    out[e] = _f(m - np.int64(_popcount(x & top)), m, start[e + 1] - start[e])
+        for i in range(frozen, n):  # the tail, scanned whole
+            x = top
+            for j in range(start[i], start[i + 1]):
+                u = x & pm[flat[j]]
+                x = (x + u) | (x - u)
+            out[i] = _f(m - np.int64(_popcount(x & top)), m, start[i + 1] - start[i])
+        for p in range(m):
+            pm[q[p]] = 0
+
+    @numba.njit(cache=True, nogil=True)
+    def _scan_summary(q, n, flat, start, pm, out, k):
+        """_scan_row, then _summary of the row: a candidate's check against a small pool in one call."""
+        _scan_row(q, n, flat, start, pm, out)
+        return _summary(out, k)
+
     @numba.njit(cache=True)
     def _top_k_numba(scores, k):
         """Indices of the k best scores, best first, ties by lower index."""
@@ -622,15 +682,20 @@ class _NumbaEngine:
         if pool.start[n] <= _SCAN_WHOLE:  # a small pool: no frozen arrays, the row in one call
             _scan_row(q, n, pool.flat, pool.start, self.pm, out)
             return out
+        flat, start = pool.arrays()
+        frozen = self.frozen
+        frozen.freeze(flat, start)
+        if frozen.frozen and max(len(frozen.codes), start[n] - start[frozen.frozen]) < _MIN_PARALLEL_WORK:
+            _frozen_scan(q, n, flat, start, self.pm, self.pm_code, frozen.offsets, frozen.entries, frozen.code_of,
+                         frozen.codes, frozen.gstart, frozen.glen, frozen.lane_entry, frozen.frozen, _ENTRY_COST, out)
+            return out
+        # Work that _split shares between threads: each pass apart.
         by_token: dict[int, int] = {}
         for p, t in enumerate(q.tolist()):
             by_token[t] = by_token.get(t, 0) | (1 << p)
         tokens = np.array(list(by_token), np.int64)
         masks = np.array(list(by_token.values()), np.uint64)
-        flat, start = pool.arrays()
         pm = self.pm
-        frozen = self.frozen
-        frozen.freeze(flat, start)
         pm[tokens] = masks
         try:
             if frozen.frozen:
@@ -722,7 +787,16 @@ class _NumbaEngine:
     def summary(self, q, n_vocab, k):
         """(max, the top-k indices and scores, mean) of the query's row against a non-empty pool, in one
         kernel call."""
-        return _summary(self.scores(q, n_vocab), k)
+        pool, n = self.pool, self.pool.n
+        if not 0 < len(q) <= 64 or pool.start[n] > _SCAN_WHOLE:
+            return _summary(self.scores(q, n_vocab), k)
+        if len(self.pm) < n_vocab:
+            self.pm = np.zeros(2 * n_vocab, np.uint64)
+        out = np.zeros(n)
+        result = _scan_summary(q, n, pool.flat, pool.start, self.pm, out, k)
+        out.flags.writeable = False
+        self.last = ((q.tobytes(), n), out)  # the row, as _row keeps it, for a scores() of the same query
+        return result
 
     top_k = staticmethod(_top_k_numba if numba is not None else None)
 
@@ -831,8 +905,11 @@ class RougeLIndex:
         # never changes, so they stay right as the vocabulary grows).
         if self._last_ids[0] == text:
             return self._last_ids[1]
-        vocab = self._vocab
-        ids = np.array([vocab.setdefault(t, len(vocab)) for t in self._tokenize(text)], np.int32)
+        vocab, tokens = self._vocab, self._tokenize(text)
+        try:  # most candidates hold only known tokens: then no new id, and no setdefault and len a token
+            ids = np.array([vocab[t] for t in tokens], np.int32)
+        except KeyError:
+            ids = np.array([vocab.setdefault(t, len(vocab)) for t in tokens], np.int32)
         ids.flags.writeable = False
         self._last_ids = (text, ids)
         return ids
