@@ -955,7 +955,7 @@ class RougeLIndex:
             s = self.scores(text)
             return float(s.max()), self.top_k(text, k), float(np.mean(s))
         best, top, values, mean = self._engine.summary(self._ids(text), len(self._vocab), k)
-        return float(best), list(zip(top.tolist(), values.tolist())), float(mean)
+        return float(best), list(zip(top.tolist(), values.tolist(), strict=True)), float(mean)
 
     def add_if_novel(self, text: str, threshold: float = 0.7) -> tuple[bool, float]:
         best = self.max_score(text)
