@@ -427,12 +427,8 @@ if numba is not None:
         """(max, the indices of the k best (best first, ties by lower index) and their scores, mean) of a
         non-empty row: its max(), _top_k_numba and np.mean, in one call."""
         n = row.shape[0]
-        best = row[0]
-        for i in range(1, n):
-            if row[i] > best:
-                best = row[i]
-        top = _top_k_numba(row, k)
-        return best, top, row[top], _pairwise_sum(row) / n
+        top = _top_k_numba(row, max(k, 1))  # its first is the max (the first of equal ones)
+        return row[top[0]], top[:k], row[top[:k]], _pairwise_sum(row) / n
 
     @numba.njit(cache=True, nogil=True)
     def _frozen_scan(q, n, flat, start, pm, pm_code, offsets, entries, code_of, codes, gstart, glen, lane_entry,
