@@ -27,8 +27,10 @@ Algorithm
   postings, token -> its entries) are read again whole.  Entries added since
   the last freeze of these arrays are scanned whole, and so is a small pool
   (up to _SCAN_WHOLE tokens), which has no such arrays.  The row is exact,
-  and the last row is kept while the pool is unchanged (the filter asks a
-  candidate's max, then its top-k and mean).
+  and the last row is kept while the pool is unchanged.  ``summary`` gives
+  the filter a candidate's max, top-k and mean (np.mean's pairwise sum, the
+  same additions) from one row; for a small pool the row and all three come
+  from one kernel call, and a frozen pool's row is one call too.
 * A query over 64 tokens uses a multi-word bit vector; ``max_score`` then
   skips entries whose F bound cannot beat the best so far: the length bound
   LCS <= min(m, n) and the bag-of-words bound (entry tokens that occur in
@@ -660,7 +662,7 @@ class _NumbaEngine:
 
     def _row(self, q, n_vocab) -> np.ndarray:
         """F of a query of 1 to 64 tokens against every entry, read-only. The last row is kept while the pool
-        is unchanged: the filter asks a candidate's max, then its top-k and mean."""
+        is unchanged: a caller may ask a candidate's max, then its top-k and mean."""
         key = (q.tobytes(), self.pool.n)
         if self.last is not None and self.last[0] == key:
             return self.last[1]

@@ -311,8 +311,8 @@ class Bootstrap:
             yield self.request(n)
 
     def read(self, req: Request, reply: Completion) -> list[Task]:
-        """One reply: its lines kept or rejected, the request marked done; the tasks kept. A failed call stays
-        open in the log and is re-sent on resume."""
+        """One reply: its lines kept or rejected and written, the request to be marked done (with the next
+        prompt's log, or at exit); the tasks kept. A failed call stays open in the log and is re-sent on resume."""
         plan = self.plans.pop(req.key)
         self.done += 1
         if not reply.ok:
