@@ -139,21 +139,51 @@ def test_the_blacklists_ascii_look_through_agrees_with_the_pattern():
     assert instruction_reject_reason("Please withdraw the money now.", cfg) is None
 
 
-def test_a_replys_done_mark_goes_with_the_next_prompts_log_and_at_exit(tmp_path):
-    """A reply read is marked done in the commit that logs the next prompt, or when bootstrap ends, never before
-    its records are in the files: until then a resume would re-read it from the cache and find them written."""
-    cfg = load_config(None, {"bootstrap.num_instructions": 40, "bootstrap.yield_stop": 0.0})
+def new_bootstrap(tmp_path, target: int) -> tuple[bootstrap.Bootstrap, RunDir, ResponseCache]:
+    cfg = load_config(None, {"bootstrap.num_instructions": target, "bootstrap.yield_stop": 0.0})
     run, log = RunDir(tmp_path / "r"), ResponseCache(tmp_path / "r" / "cache.sqlite")
     teacher = SimpleNamespace(api="chat", structured=False, name="openai:test", cached=lambda req, params: False,
                               usage=SimpleNamespace(by_kind={}))
+    return bootstrap.Bootstrap(teacher, load_seeds(None), cfg, run, Prompts(), log), run, log
+
+
+def a_reply(gen: SentenceGenerator) -> Completion:
+    return Completion("\n".join(f"{i}. {gen.sentence()}" for i in range(9, 16)), "stop")
+
+
+def test_a_replys_done_mark_goes_with_the_next_prompts_log_and_at_exit(tmp_path):
+    """A reply read is marked done in the commit that logs the next prompt, or when bootstrap ends, never before
+    its records are in the files: until then a resume would re-read it from the cache and find them written."""
+    boot, run, log = new_bootstrap(tmp_path, 40)
     gen = SentenceGenerator(9)
-    with bootstrap.Bootstrap(teacher, load_seeds(None), cfg, run, Prompts(), log) as boot:
+    with boot:
         prompts = boot.requests()
         first, second = next(prompts), next(prompts)
-        boot.read(first, Completion("\n".join(f"{i}. {gen.sentence()}" for i in range(9, 16)), "stop"))
+        boot.read(first, a_reply(gen))
         assert [n for n, _ in log.requests("bootstrap")[1]] == [first.key, second.key]  # read, not yet marked
         assert len(run.read_stage("bootstrap")) + len(run.read_rejected()) == 7  # its records already written
         third = next(prompts)
         assert [n for n, _ in log.requests("bootstrap")[1]] == [second.key, third.key]  # marked with the third's log
-        boot.read(second, Completion("\n".join(f"{i}. {gen.sentence()}" for i in range(9, 16)), "stop"))
+        boot.read(second, a_reply(gen))
     assert [n for n, _ in log.requests("bootstrap")[1]] == [third.key]  # the second marked at exit; the third unread
+
+
+def test_a_wait_or_the_last_prompt_marks_the_replies_read_at_once(tmp_path):
+    """With no prompt to log (WAIT: those in flight should fill the pool; or the prompts are over) the replies read
+    are marked at once, so a kill leaves a reply or two to re-read at most: a resume's yield watch never sees a
+    run of re-read replies that keep nothing."""
+    boot, run, log = new_bootstrap(tmp_path, 10)  # two prompts of 7 new lines each cover the gap: then WAIT
+    gen = SentenceGenerator(9)
+    with boot:
+        prompts = boot.requests()
+        first, second = next(prompts), next(prompts)
+        boot.read(first, a_reply(gen))
+        assert [n for n, _ in log.requests("bootstrap")[1]] == [first.key, second.key]
+        assert next(prompts) is None  # WAIT
+        assert [n for n, _ in log.requests("bootstrap")[1]] == [second.key]
+        boot.read(second, a_reply(gen))
+        for req in prompts:  # to the end of the prompts, each read as it comes
+            if req is not None:
+                boot.read(req, a_reply(gen))
+        assert boot.pool.full and boot.ended
+        assert log.requests("bootstrap")[1] == []  # every reply read is marked, before the exit

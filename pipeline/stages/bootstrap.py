@@ -251,9 +251,12 @@ class Bootstrap:
         self.params = gen_params(cfg, self.continues, getattr(teacher, "structured", False))
         self.plans: dict[int, dict] = {}  # the prompts in flight, by request number
         self.next, self.done = self.sent, 0
-        # Requests read and recorded, whose done marks go into the commit that logs the next prompt (or at exit): a
-        # mark only spares a resume re-reading that reply from the cache, where its records are found as written.
+        # Requests read and recorded, whose done marks go into the commit that logs the next prompt: a mark only
+        # spares a resume re-reading that reply from the cache, where its records are found as written. Without a
+        # prompt to log (WAIT, the prompts over) they are marked at once, so a resume re-reads a reply or two at
+        # most, as before, and its yield watch never sees a run of them.
         self.marks: deque[int] = deque()
+        self.ended = False  # requests() has logged its last prompt
         # A reply's records go to each file in one write, before its request is marked done (read).
         self.kept_out = JsonlWriter(run.stage_file("bootstrap"), hold_s=math.inf)
         self.rejected_out = JsonlWriter(run.rejected_file, hold_s=math.inf)
@@ -266,13 +269,17 @@ class Bootstrap:
             self.kept_out.close()
             self.rejected_out.close()
         finally:
-            if self.marks:
-                self.log.mark_done("bootstrap", *self.taken_marks())
+            self.mark_taken()
 
     def taken_marks(self) -> list[int]:
         """The done marks waiting, taken (the reader of a flow adds them on a thread of its own)."""
         marks = self.marks
         return [marks.popleft() for _ in range(len(marks))]
+
+    def mark_taken(self) -> None:
+        """The done marks waiting, written now, in one commit."""
+        if marks := self.taken_marks():
+            self.log.mark_done("bootstrap", *marks)
 
     def gap_covered(self) -> bool:
         """The prompts in flight should fill the pool at the yield seen so far: wait for them, not send more
@@ -300,6 +307,7 @@ class Bootstrap:
             yield self.request(n)  # a paid reply is read from the cache, its lines recorded
         while not pool.full and self.next < self.max_requests:
             if self.gap_covered():
+                self.mark_taken()  # no prompt to log them with: the replies read so far are marked now
                 yield WAIT
                 continue
             n, self.next = self.next, self.next + 1
@@ -309,10 +317,13 @@ class Bootstrap:
             self.plans[n] = {"prompt": text, "template": template, "next_number": nxt, "salt": salt}
             self.log.log_request("bootstrap", n, self.plans[n], done=self.taken_marks())
             yield self.request(n)
+        self.ended = True  # no prompt is logged from here on: a reply read is marked at once
+        self.mark_taken()
 
     def read(self, req: Request, reply: Completion) -> list[Task]:
         """One reply: its lines kept or rejected and written, the request to be marked done (with the next
-        prompt's log, or at exit); the tasks kept. A failed call stays open in the log and is re-sent on resume."""
+        prompt's log, at the next WAIT, or now once the prompts are over); the tasks kept. A failed call stays open
+        in the log and is re-sent on resume."""
         plan = self.plans.pop(req.key)
         self.done += 1
         if not reply.ok:
@@ -329,6 +340,8 @@ class Bootstrap:
         self.kept_out.flush()  # on disk before the mark: a resume skips exactly the records written
         self.rejected_out.flush()
         self.marks.append(req.key)
+        if self.ended:
+            self.mark_taken()
         if self.on_progress:
             self.on_progress(self.done)
         self.watch.after(len(kept), self.done, self.pool)
