@@ -27,8 +27,10 @@ Algorithm
   postings, token -> its entries) are read again whole.  Entries added since
   the last freeze of these arrays are scanned whole, and so is a small pool
   (up to _SCAN_WHOLE tokens), which has no such arrays.  The row is exact,
-  and the last row is kept while the pool is unchanged (the filter asks a
-  candidate's max, then its top-k and mean).
+  and the last row is kept while the pool is unchanged.  ``summary`` gives
+  the filter a candidate's max, top-k and mean (np.mean's pairwise sum, the
+  same additions) from one row; for a small pool the row and all three come
+  from one kernel call, and a frozen pool's row is one call too.
 * A query over 64 tokens uses a multi-word bit vector; ``max_score`` then
   skips entries whose F bound cannot beat the best so far: the length bound
   LCS <= min(m, n) and the bag-of-words bound (entry tokens that occur in
@@ -346,6 +348,150 @@ if numba is not None:
             fill[t] += 1
         return entries
 
+    @numba.njit(cache=True, nogil=True)
+    def _scan_row(q, n, flat, start, pm, out):
+        """F of one query of 1 to 64 tokens (ids q) against entries 0..n-1, each read whole, into out: the masks
+        set in pm (zero between queries) and cleared again here, so a row is one call (_query_scores' single-word
+        recurrence, the same values)."""
+        m = q.shape[0]
+        for p in range(m):
+            pm[q[p]] |= np.uint64(1) << np.uint64(p)
+        top = _low_mask(m)
+        for i in range(n):
+            x = top
+            for j in range(start[i], start[i + 1]):
+                u = x & pm[flat[j]]
+                x = (x + u) | (x - u)
+            out[i] = _f(m - np.int64(_popcount(x & top)), m, start[i + 1] - start[i])
+        for p in range(m):
+            pm[q[p]] = 0
+
+    @numba.njit(cache=True, inline="always")
+    def _block_sum(a, lo, n):
+        """numpy's pairwise_sum on a block of at most 128 values: 8 running sums, then the rest one by one."""
+        if n < 8:
+            s = -0.0
+            for i in range(lo, lo + n):
+                s += a[i]
+            return s
+        r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+        r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+        i = 8
+        while i < n - n % 8:
+            r0 += a[lo + i]
+            r1 += a[lo + i + 1]
+            r2 += a[lo + i + 2]
+            r3 += a[lo + i + 3]
+            r4 += a[lo + i + 4]
+            r5 += a[lo + i + 5]
+            r6 += a[lo + i + 6]
+            r7 += a[lo + i + 7]
+            i += 8
+        s = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        while i < n:
+            s += a[lo + i]
+            i += 1
+        return s
+
+    @numba.njit(cache=True, nogil=True)
+    def _pairwise_sum(a):
+        """numpy's pairwise summation (add.reduce of a contiguous float64 array), the same additions in the same
+        order: np.mean(a) == _pairwise_sum(a) / len(a), bit for bit (tests/test_similarity.py). numpy halves a
+        block of over 128 values (the first half a multiple of 8) and adds the two sums; the halving runs here
+        on a stack of its own (a recursive kernel is not cached safely)."""
+        los, ns = np.empty(128, np.int64), np.empty(128, np.int64)
+        done = np.zeros(128, np.bool_)  # a node whose halves are summed: add them
+        sums = np.empty(128)
+        los[0], ns[0], top, depth = 0, a.shape[0], 1, 0
+        while top:
+            top -= 1
+            lo, n = los[top], ns[top]
+            if done[top]:
+                done[top] = False
+                depth -= 1
+                sums[depth - 1] = sums[depth - 1] + sums[depth]
+                continue
+            if n <= 128:
+                sums[depth] = _block_sum(a, lo, n)
+                depth += 1
+                continue
+            half = n // 2
+            half -= half % 8
+            done[top] = True  # back to this node once both halves are summed
+            top += 1
+            los[top], ns[top] = lo + half, n - half
+            los[top + 1], ns[top + 1] = lo, half
+            top += 2
+        return sums[0]
+
+    @numba.njit(cache=True, nogil=True)
+    def _summary(row, k):
+        """(max, the indices of the k best (best first, ties by lower index) and their scores, mean) of a
+        non-empty row: its max(), _top_k_numba and np.mean, in one call."""
+        n = row.shape[0]
+        top = _top_k_numba(row, max(k, 1))  # its first is the max (the first of equal ones)
+        return row[top[0]], top[:k], row[top[:k]], _pairwise_sum(row) / n
+
+    @numba.njit(cache=True, nogil=True)
+    def _frozen_scan(q, n, flat, start, pm, pm_code, offsets, entries, code_of, codes, gstart, glen, lane_entry,
+                     frozen, entry_cost, out):
+        """_NumbaEngine._frozen_row and the tail's scan in one call, for a query of 1 to 64 tokens (ids q): the
+        same choice of paths and the same kernels, with the masks set in pm and pm_code here and cleared again."""
+        m = q.shape[0]
+        for p in range(m):
+            pm[q[p]] |= np.uint64(1) << np.uint64(p)
+        n_known = offsets.shape[0] - 1  # a token first seen after the freeze is in no frozen entry
+        first = np.zeros(m, np.bool_)  # each token once, at its first position
+        occurrences = 0
+        for p in range(m):
+            t = q[p]
+            first[p] = True
+            for r in range(p):
+                if q[r] == t:
+                    first[p] = False
+                    break
+            if first[p] and t < n_known:
+                occurrences += offsets[t + 1] - offsets[t]
+        few = occurrences * entry_cost <= codes.shape[0]
+        if not few:
+            common = False
+            for p in range(m):
+                t = q[p]
+                if first[p] and t < n_known and code_of[t] >= 0:
+                    pm_code[code_of[t]] = pm[t]
+                    common = True
+            if common:
+                _projected_scores(0, glen.shape[0], codes, gstart, glen, lane_entry, pm_code, start, m, out)
+                for p in range(m):
+                    t = q[p]
+                    if t < n_known and code_of[t] >= 0:
+                        pm_code[code_of[t]] = 0
+        top = _low_mask(m)
+        for p in range(m):  # the entries of the query's tokens (few), or of its rare ones, each read whole
+            t = q[p]
+            if first[p] and t < n_known and (few or code_of[t] < 0):
+                for c in range(offsets[t], offsets[t + 1]):
+                    e = entries[c]
+                    x = top
+                    for j in range(start[e], start[e + 1]):
+                        u = x & pm[flat[j]]
+                        x = (x + u) | (x - u)
+                    out[e] = _f(m - np.int64(_popcount(x & top)), m, start[e + 1] - start[e])
+        for i in range(frozen, n):  # the tail, scanned whole
+            x = top
+            for j in range(start[i], start[i + 1]):
+                u = x & pm[flat[j]]
+                x = (x + u) | (x - u)
+            out[i] = _f(m - np.int64(_popcount(x & top)), m, start[i + 1] - start[i])
+        for p in range(m):
+            pm[q[p]] = 0
+
+    @numba.njit(cache=True, nogil=True)
+    def _scan_summary(q, n, flat, start, pm, out, k):
+        """_scan_row, then _summary of the row: a candidate's check against a small pool in one call."""
+        _scan_row(q, n, flat, start, pm, out)
+        return _summary(out, k)
+
     @numba.njit(cache=True)
     def _top_k_numba(scores, k):
         """Indices of the k best scores, best first, ties by lower index."""
@@ -516,7 +662,7 @@ class _NumbaEngine:
 
     def _row(self, q, n_vocab) -> np.ndarray:
         """F of a query of 1 to 64 tokens against every entry, read-only. The last row is kept while the pool
-        is unchanged: the filter asks a candidate's max, then its top-k and mean."""
+        is unchanged: a caller may ask a candidate's max, then its top-k and mean."""
         key = (q.tobytes(), self.pool.n)
         if self.last is not None and self.last[0] == key:
             return self.last[1]
@@ -530,22 +676,24 @@ class _NumbaEngine:
         out = np.zeros(n)
         if len(self.pm) < n_vocab:
             self.pm = np.zeros(2 * n_vocab, np.uint64)
+        pool = self.pool
+        if pool.start[n] <= _SCAN_WHOLE:  # a small pool: no frozen arrays, the row in one call
+            _scan_row(q, n, pool.flat, pool.start, self.pm, out)
+            return out
+        flat, start = pool.arrays()
+        frozen = self.frozen
+        frozen.freeze(flat, start)
+        if frozen.frozen and max(len(frozen.codes), start[n] - start[frozen.frozen]) < _MIN_PARALLEL_WORK:
+            _frozen_scan(q, n, flat, start, self.pm, self.pm_code, frozen.offsets, frozen.entries, frozen.code_of,
+                         frozen.codes, frozen.gstart, frozen.glen, frozen.lane_entry, frozen.frozen, _ENTRY_COST, out)
+            return out
+        # Work that _split shares between threads: each pass apart.
         by_token: dict[int, int] = {}
         for p, t in enumerate(q.tolist()):
             by_token[t] = by_token.get(t, 0) | (1 << p)
         tokens = np.array(list(by_token), np.int64)
         masks = np.array(list(by_token.values()), np.uint64)
-        flat, start = self.pool.arrays()
         pm = self.pm
-        if start[n] <= _SCAN_WHOLE:  # a small pool: no frozen arrays
-            pm[tokens] = masks
-            try:
-                _query_scores(0, n, flat, start, pm, self.no_slot, self.no_table, m, out, False)
-            finally:
-                pm[tokens] = 0
-            return out
-        frozen = self.frozen
-        frozen.freeze(flat, start)
         pm[tokens] = masks
         try:
             if frozen.frozen:
@@ -633,6 +781,20 @@ class _NumbaEngine:
         if len(q):
             self._query(q, self.pool.arrays(), n_vocab, out, False)
         return out
+
+    def summary(self, q, n_vocab, k):
+        """(max, the top-k indices and scores, mean) of the query's row against a non-empty pool, in one
+        kernel call."""
+        pool, n = self.pool, self.pool.n
+        if not 0 < len(q) <= 64 or pool.start[n] > _SCAN_WHOLE:
+            return _summary(self.scores(q, n_vocab), k)
+        if len(self.pm) < n_vocab:
+            self.pm = np.zeros(2 * n_vocab, np.uint64)
+        out = np.zeros(n)
+        result = _scan_summary(q, n, pool.flat, pool.start, self.pm, out, k)
+        out.flags.writeable = False
+        self.last = ((q.tobytes(), n), out)  # the row, as _row keeps it, for a scores() of the same query
+        return result
 
     top_k = staticmethod(_top_k_numba if numba is not None else None)
 
@@ -741,8 +903,11 @@ class RougeLIndex:
         # never changes, so they stay right as the vocabulary grows).
         if self._last_ids[0] == text:
             return self._last_ids[1]
-        vocab = self._vocab
-        ids = np.array([vocab.setdefault(t, len(vocab)) for t in self._tokenize(text)], np.int32)
+        vocab, tokens = self._vocab, self._tokenize(text)
+        try:  # most candidates hold only known tokens: then no new id, and no setdefault and len a token
+            ids = np.array([vocab[t] for t in tokens], np.int32)
+        except KeyError:
+            ids = np.array([vocab.setdefault(t, len(vocab)) for t in tokens], np.int32)
         ids.flags.writeable = False
         self._last_ids = (text, ids)
         return ids
@@ -780,6 +945,15 @@ class RougeLIndex:
         s = self.scores(text)
         top = self._engine.top_k(s, k) if self._engine is not None else _top_k_numpy(s, k)
         return [(int(i), float(s[i])) for i in top]
+
+    def summary(self, text: str, k: int = 10) -> tuple[float, list[tuple[int, float]], float]:
+        """max_score, top_k and np.mean(scores) of `text` from its one row, as the three calls give them, for a
+        non-empty index: the filter's check of a candidate in one call (on the numba backend, one kernel)."""
+        if self.backend != "numba":
+            s = self.scores(text)
+            return float(s.max()), self.top_k(text, k), float(np.mean(s))
+        best, top, values, mean = self._engine.summary(self._ids(text), len(self._vocab), k)
+        return float(best), list(zip(top.tolist(), values.tolist(), strict=True)), float(mean)
 
     def add_if_novel(self, text: str, threshold: float = 0.7) -> tuple[bool, float]:
         best = self.max_score(text)

@@ -90,8 +90,9 @@ class JsonlWriter:
     it is written; or, with hold_s > 0, the lines are held and go together, in one write, with the first record
     written hold_s or more after the last write, and at flush() and close(). Hold only a file whose records are
     their own done-marks, made from replies already in the run's cache (a per-task stage's, evolve's): a kill -9
-    loses the lines held, and a resume makes them again from the cache. Never a file whose records must be on disk
-    before a mark elsewhere says their request is done (bootstrap's, before its request log's mark). `after`: a
+    loses the lines held, and a resume makes them again from the cache. A file whose records must be on disk before
+    a mark elsewhere says their request is done is held only with hold_s=math.inf and flushed before that mark
+    (bootstrap's: a reply's records in one write each file, then its request log's mark). `after`: a
     held writer whose lines must reach the disk no later than this one's (evolve: a round kept before a later
     round's rejection); its held lines are written first whenever this one writes."""
 
@@ -105,8 +106,7 @@ class JsonlWriter:
         self._written = time.monotonic()  # the last write to the OS
 
     def write(self, record: Task | dict[str, Any]) -> None:
-        obj = record.to_dict() if isinstance(record, Task) else record
-        line = json.dumps(obj, ensure_ascii=False) + "\n"
+        line = (record.to_json() if isinstance(record, Task) else json.dumps(record, ensure_ascii=False)) + "\n"
         if self.hold_s <= 0:
             self._fh.write(line)
             self._fh.flush()

@@ -9,17 +9,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fakeserver import FakeOpenAI
 from helpers import invoke, teacher_flags
 
 from pipeline import similarity
-from pipeline.config import FilterConfig
+from pipeline.cache import ResponseCache
+from pipeline.config import FilterConfig, load_config
+from pipeline.prompts import Prompts
 from pipeline.records import Instance, Task
-from pipeline.stages.filter import instruction_reject_reason
+from pipeline.seeds import load_seeds
+from pipeline.stages import bootstrap
+from pipeline.stages.filter import blacklisted, instruction_reject_reason
+from pipeline.store import RunDir
+from pipeline.teachers.base import Completion
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _synthetic import SentenceGenerator, instructions  # noqa: E402
@@ -92,3 +100,90 @@ def test_to_dict_is_asdict_without_an_empty_reject_reason():
         assert json.dumps(got) == json.dumps(expected)
         got["meta"]["tags"]["x"].append(3)  # a copy, as asdict's: the record is untouched
         assert t.meta["tags"]["x"] == [1, 2.5, None]
+
+
+def test_to_json_is_json_dumps_of_to_dict():
+    """Task.to_json (no copy of the values first) writes the very text of json.dumps(to_dict()), instances and
+    dataclasses in meta included; what json cannot write still fails."""
+    @dataclasses.dataclass
+    class Note:
+        text: str
+        parts: tuple = ()
+
+    task = Task(id="t", instruction="Übersetze «das».", instances=[Instance("3, 1", "1, 3"), Instance()],
+                most_similar_instructions={"Sort those.": 0.8, "Sort them.": 0.7000000000000001},
+                avg_similarity_score=0.1, meta={"note": Note("n", ("a", 1)), "tags": {"x": [1, 2.5, None, True]},
+                                                "ops": ("deepen",)})
+    for t in (task, task.rejected("rouge_l: 0.8", "bootstrap"), Task(id="e", instruction="")):
+        assert t.to_json() == json.dumps(t.to_dict(), ensure_ascii=False)
+    with pytest.raises(TypeError, match="set is not JSON serializable"):
+        Task(id="s", instruction="x", meta={"s": {1}}).to_json()
+
+
+def test_the_blacklists_ascii_look_through_agrees_with_the_pattern():
+    """The lower-cased substring look that spares most ASCII texts the pattern never hides a match: texts with the
+    words in any case, inside other words, and non-ASCII ones whose case folding reaches ASCII (the long s, the
+    Kelvin sign), against the pattern alone."""
+    cfg = FilterConfig(blacklist=["image", "go to", "draw", "k-map"])
+    texts = ["Draw a cat.", "DRAW", "Go To the shop", "go  to the shop", "withdraw the money", "images of k-maps",
+             "Use a K-MAP here.", "Draw\u017f", "\u212a-map of it", "Describe the \u017fea.", "Plain text, nothing."]
+    rnd = random.Random(3)
+    texts += ["".join(rnd.choice("dragwimeotk- .\u017f\u212aDRAW") for _ in range(rnd.randint(0, 12)))
+              for _ in range(3000)]
+    pattern = re.compile("|".join(rf"\b{re.escape(w)}\b" for w in cfg.blacklist), re.IGNORECASE)
+    found = [t for t in texts if blacklisted(tuple(cfg.blacklist))(t)]
+    assert found == [t for t in texts if pattern.search(t)]
+    assert {"Draw a cat.", "DRAW", "Go To the shop", "Use a K-MAP here.", "\u212a-map of it"} <= set(found)
+    assert not {"withdraw the money", "go  to the shop", "Plain text, nothing."} & set(found)
+    assert instruction_reject_reason("Please do not draw a cat here.", cfg) == "blacklist: draw"
+    assert instruction_reject_reason("Please withdraw the money now.", cfg) is None
+
+
+def new_bootstrap(tmp_path, target: int) -> tuple[bootstrap.Bootstrap, RunDir, ResponseCache]:
+    cfg = load_config(None, {"bootstrap.num_instructions": target, "bootstrap.yield_stop": 0.0})
+    run, log = RunDir(tmp_path / "r"), ResponseCache(tmp_path / "r" / "cache.sqlite")
+    teacher = SimpleNamespace(api="chat", structured=False, name="openai:test", cached=lambda req, params: False,
+                              usage=SimpleNamespace(by_kind={}))
+    return bootstrap.Bootstrap(teacher, load_seeds(None), cfg, run, Prompts(), log), run, log
+
+
+def a_reply(gen: SentenceGenerator) -> Completion:
+    return Completion("\n".join(f"{i}. {gen.sentence()}" for i in range(9, 16)), "stop")
+
+
+def test_a_replys_done_mark_goes_with_the_next_prompts_log_and_at_exit(tmp_path):
+    """A reply read is marked done in the commit that logs the next prompt, or when bootstrap ends, never before
+    its records are in the files: until then a resume would re-read it from the cache and find them written."""
+    boot, run, log = new_bootstrap(tmp_path, 40)
+    gen = SentenceGenerator(9)
+    with boot:
+        prompts = boot.requests()
+        first, second = next(prompts), next(prompts)
+        boot.read(first, a_reply(gen))
+        assert [n for n, _ in log.requests("bootstrap")[1]] == [first.key, second.key]  # read, not yet marked
+        assert len(run.read_stage("bootstrap")) + len(run.read_rejected()) == 7  # its records already written
+        third = next(prompts)
+        assert [n for n, _ in log.requests("bootstrap")[1]] == [second.key, third.key]  # marked with the third's log
+        boot.read(second, a_reply(gen))
+    assert [n for n, _ in log.requests("bootstrap")[1]] == [third.key]  # the second marked at exit; the third unread
+
+
+def test_a_wait_or_the_last_prompt_marks_the_replies_read_at_once(tmp_path):
+    """With no prompt to log (WAIT: those in flight should fill the pool; or the prompts are over) the replies read
+    are marked at once, so a kill leaves a reply or two to re-read at most: a resume's yield watch never sees a
+    run of re-read replies that keep nothing."""
+    boot, run, log = new_bootstrap(tmp_path, 10)  # two prompts of 7 new lines each cover the gap: then WAIT
+    gen = SentenceGenerator(9)
+    with boot:
+        prompts = boot.requests()
+        first, second = next(prompts), next(prompts)
+        boot.read(first, a_reply(gen))
+        assert [n for n, _ in log.requests("bootstrap")[1]] == [first.key, second.key]
+        assert next(prompts) is None  # WAIT
+        assert [n for n, _ in log.requests("bootstrap")[1]] == [second.key]
+        boot.read(second, a_reply(gen))
+        for req in prompts:  # to the end of the prompts, each read as it comes
+            if req is not None:
+                boot.read(req, a_reply(gen))
+        assert boot.pool.full and boot.ended
+        assert log.requests("bootstrap")[1] == []  # every reply read is marked, before the exit

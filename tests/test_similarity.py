@@ -256,11 +256,40 @@ def test_one_query_row_is_exact_through_the_common_tokens_and_the_postings(monke
     flat, start = fast._engine.pool.arrays()
     assert (start[-1] <= similarity._SCAN_WHOLE) == (scan_whole is None)  # which way this case reads the pool
     for q in queries:
+        summary = fast.summary(q, 10)  # first: the row made by summary's own call where the pool is scanned whole
         row = fast.scores(q)
         assert np.array_equal(row, ref.scores(q))
+        assert summary == ref.summary(q, 10) == (fast.max_score(q), fast.top_k(q, 10), float(np.mean(row)))
         assert same(fast.max_score(q), ref.max_score(q)) and fast.top_k(q, 10) == ref.top_k(q, 10)
     assert [fast.add_if_novel(q, 0.7) for q in queries] == [ref.add_if_novel(q, 0.7) for q in queries]
     assert len(fast) == len(ref)
+
+
+@pytest.mark.skipif(similarity.numba is None, reason="the numba backend")
+def test_the_kernels_mean_is_numpys_bit_for_bit():
+    """RougeLIndex.summary's mean (one kernel) is np.mean's pairwise sum, the same additions in the same order:
+    rows of every length around numpy's blocks of 8 and 128 and its halving, of scores and of values whose sum
+    rounds differently in any other order."""
+    rng = np.random.default_rng(5)
+    sizes = [*range(1, 300), 1000, 4095, 8192, 8193, 20_000, 24_577, 52_000, 100_001]
+    for n in sizes:
+        for row in (rng.random(n), rng.random(n) * 10.0 ** rng.integers(-8, 9, n), np.round(rng.random(n), 2)):
+            assert similarity._pairwise_sum(row) / n == np.mean(row), n
+    row = rng.random(20_000)
+    assert sum(row) / len(row) != np.mean(row)  # the order matters: a plain running sum is not numpy's
+
+
+@pytest.mark.parametrize("backend", ["python"] + FAST_BACKENDS)
+def test_summary_is_the_rows_max_top_k_and_mean(backend):
+    """summary(text, k): the filter's max, top-k (best first, ties by pool order) and mean from one row, as the
+    three calls give them, for texts in the pool, near it, with no token in it, and empty."""
+    pool = ["Write a poem about the sea.", "Write a poem about the sea!", "Sort these numbers.",
+            "Name three rivers of Europe.", "Write a poem about a cat."] * 3
+    index = build(backend, pool)
+    for text in ["Write a poem about the sea.", "Write a song about the sea", "zebra quokka", "", "the"]:
+        for k in (1, 3, 10, 40):
+            scores = index.scores(text)
+            assert index.summary(text, k) == (index.max_score(text), index.top_k(text, k), float(np.mean(scores)))
 
 
 @pytest.mark.skipif(similarity.numba is None, reason="the numba backend")

@@ -15,6 +15,8 @@ reply twice.
 
 from __future__ import annotations
 
+import functools
+import math
 import random
 import re
 from collections import Counter, deque
@@ -54,8 +56,14 @@ def sample_prompt_tasks(rng: random.Random, seeds: list[str], machine: list[str]
     return chosen
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def one_line(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()
+    """The text on one line, runs of white space one space. Kept per text: a prompt lists 8 instructions of the
+    pool, each listed again and again."""
+    return _SPACES.sub(" ", text).strip()
+
+
+_SPACES = re.compile(r"\s+")
 
 
 def build_prompt(prompts: Prompts, cfg: RunConfig, rng: random.Random, seeds: list[Task],
@@ -243,15 +251,35 @@ class Bootstrap:
         self.params = gen_params(cfg, self.continues, getattr(teacher, "structured", False))
         self.plans: dict[int, dict] = {}  # the prompts in flight, by request number
         self.next, self.done = self.sent, 0
-        self.kept_out = JsonlWriter(run.stage_file("bootstrap"))
-        self.rejected_out = JsonlWriter(run.rejected_file)
+        # Requests read and recorded, whose done marks go into the commit that logs the next prompt: a mark only
+        # spares a resume re-reading that reply from the cache, where its records are found as written. Without a
+        # prompt to log (WAIT, the prompts over) they are marked at once, so a resume re-reads a reply or two at
+        # most, as before, and its yield watch never sees a run of them.
+        self.marks: deque[int] = deque()
+        self.ended = False  # requests() has logged its last prompt
+        # A reply's records go to each file in one write, before its request is marked done (read).
+        self.kept_out = JsonlWriter(run.stage_file("bootstrap"), hold_s=math.inf)
+        self.rejected_out = JsonlWriter(run.rejected_file, hold_s=math.inf)
 
     def __enter__(self) -> Bootstrap:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.kept_out.close()
-        self.rejected_out.close()
+        try:
+            self.kept_out.close()
+            self.rejected_out.close()
+        finally:
+            self.mark_taken()
+
+    def taken_marks(self) -> list[int]:
+        """The done marks waiting, taken (the reader of a flow adds them on a thread of its own)."""
+        marks = self.marks
+        return [marks.popleft() for _ in range(len(marks))]
+
+    def mark_taken(self) -> None:
+        """The done marks waiting, written now, in one commit."""
+        if marks := self.taken_marks():
+            self.log.mark_done("bootstrap", *marks)
 
     def gap_covered(self) -> bool:
         """The prompts in flight should fill the pool at the yield seen so far: wait for them, not send more
@@ -279,6 +307,7 @@ class Bootstrap:
             yield self.request(n)  # a paid reply is read from the cache, its lines recorded
         while not pool.full and self.next < self.max_requests:
             if self.gap_covered():
+                self.mark_taken()  # no prompt to log them with: the replies read so far are marked now
                 yield WAIT
                 continue
             n, self.next = self.next, self.next + 1
@@ -286,12 +315,15 @@ class Bootstrap:
             template, text, nxt = build_prompt(self.prompts, self.cfg, random.Random(salt), self.pool_seeds,
                                                pool.machine)
             self.plans[n] = {"prompt": text, "template": template, "next_number": nxt, "salt": salt}
-            self.log.log_request("bootstrap", n, self.plans[n])
+            self.log.log_request("bootstrap", n, self.plans[n], done=self.taken_marks())
             yield self.request(n)
+        self.ended = True  # no prompt is logged from here on: a reply read is marked at once
+        self.mark_taken()
 
     def read(self, req: Request, reply: Completion) -> list[Task]:
-        """One reply: its lines kept or rejected, the request marked done; the tasks kept. A failed call stays
-        open in the log and is re-sent on resume."""
+        """One reply: its lines kept or rejected and written, the request to be marked done (with the next
+        prompt's log, at the next WAIT, or now once the prompts are over); the tasks kept. A failed call stays open
+        in the log and is re-sent on resume."""
         plan = self.plans.pop(req.key)
         self.done += 1
         if not reply.ok:
@@ -305,7 +337,11 @@ class Bootstrap:
                           stage="bootstrap", teacher=self.teacher.name, prompt=plan["template"],
                           meta={"bootstrap_reply": reply_meta(reply)})]
         kept = self.pool.take(tasks, req.key, self.kept_out, self.rejected_out, self.on_kept)
-        self.log.mark_done("bootstrap", req.key)
+        self.kept_out.flush()  # on disk before the mark: a resume skips exactly the records written
+        self.rejected_out.flush()
+        self.marks.append(req.key)
+        if self.ended:
+            self.mark_taken()
         if self.on_progress:
             self.on_progress(self.done)
         self.watch.after(len(kept), self.done, self.pool)

@@ -19,7 +19,7 @@ import dataclasses
 import functools
 import re
 import string
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -37,12 +37,24 @@ TASK_SLOT = "SEED2LORA-TASK-SLOT"  # rendered in the place of the task, so its b
 
 
 @functools.lru_cache(maxsize=8)
-def blacklisted(words: tuple[str, ...]) -> re.Pattern[str]:
-    """One pattern that matches where any of `words` does (whole word, any case): most instructions pass, and
-    one search costs a bootstrap reply far less than one per word did."""
+def blacklisted(words: tuple[str, ...]) -> Callable[[str], bool]:
+    """Whether any of `words` is in a text (whole word, any case), by one pattern: most instructions pass, and
+    one search costs a bootstrap reply far less than one per word did. An ASCII text and list are first looked
+    through lower-cased, word by word as plain substrings: a match of the pattern is one of those, and most
+    texts hold none, so the pattern runs only for the few that do."""
     if not words:
-        return re.compile(r"(?!)")  # matches nothing
-    return re.compile("|".join(rf"\b{re.escape(word)}\b" for word in words), re.IGNORECASE)
+        return lambda text: False
+    pattern = re.compile("|".join(rf"\b{re.escape(word)}\b" for word in words), re.IGNORECASE)
+    lowered = tuple(word.lower() for word in words) if all(word.isascii() for word in words) else None
+
+    def found(text: str) -> bool:
+        if lowered is not None and text.isascii():
+            low = text.lower()
+            if not any(word in low for word in lowered):
+                return False
+        return pattern.search(text) is not None
+
+    return found
 
 
 def instruction_reject_reason(instruction: str, cfg: FilterConfig) -> str | None:
@@ -55,7 +67,7 @@ def instruction_reject_reason(instruction: str, cfg: FilterConfig) -> str | None
         return f"too_short: {n_words} words"
     if n_words > cfg.max_words:
         return f"too_long: {n_words} words"
-    if blacklisted(tuple(cfg.blacklist)).search(text):  # any word at all: then the first of the list, by name
+    if blacklisted(tuple(cfg.blacklist))(text):  # any word at all: then the first of the list, by name
         for word in cfg.blacklist:
             if re.search(rf"\b{re.escape(word)}\b", text, re.IGNORECASE):
                 return f"blacklist: {word}"
@@ -95,9 +107,12 @@ class InstructionFilter:
         if len(index) == 0:
             task.most_similar_instructions, task.avg_similarity_score = {}, 0.0
             return None
-        best = index.max_score(task.instruction)
+        # One row of scores per candidate: its max, its top-k (best first, ties by pool order) and its mean, in one
+        # call (the first of the top-k is the closest entry a rejection names).
+        k = self.cfg.most_similar_k
+        best, top, mean = index.summary(task.instruction, max(1, k))
         if best > self.cfg.rouge_threshold:
-            (pos, score), = index.top_k(task.instruction, k=1)
+            pos, score = top[0]
             if ignore and index.text(pos) in ignore:
                 scores = index.scores(task.instruction)
                 over = [(int(i), float(scores[i])) for i in np.flatnonzero(scores > self.cfg.rouge_threshold)
@@ -105,10 +120,8 @@ class InstructionFilter:
                 pos, score = max(over, key=lambda x: x[1], default=(None, 0.0))
             if pos is not None:
                 return f"rouge_l: {score:.3f} > {self.cfg.rouge_threshold} vs {index.text(pos)!r}"
-        # One row of scores per candidate (the index keeps it): its max above, its top-k and mean here.
-        top = index.top_k(task.instruction, k=self.cfg.most_similar_k)  # best first, ties by pool order
-        task.most_similar_instructions = {index.text(i): score for i, score in top}
-        task.avg_similarity_score = float(np.mean(index.scores(task.instruction)))
+        task.most_similar_instructions = {index.text(i): score for i, score in top[:k]}
+        task.avg_similarity_score = mean
         return None
 
     def add(self, instruction: str) -> None:

@@ -186,6 +186,8 @@ def _rewrite_tables(text: str, row_lines, opens) -> str:
     rule as blank lines, each row as the lines `row_lines(header, numbers, row, k)` gives (None leaves the
     table as text). Only tables above the first line that `opens` an item or field are read: one below
     it is part of a task or an output ("Output:\n| Input | Output |" may be a truth table)."""
+    if "|" not in text:  # no table: most replies, each of whose lines the loop below would match twice for nothing
+        return text
     lines = text.split("\n")
     out: list[str] = []
     i, in_fence, opened = 0, False, False
