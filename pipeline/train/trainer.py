@@ -13,8 +13,6 @@ so every token weighs the same however the batch is split.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import dataclasses
 import inspect
 import json
@@ -148,26 +146,6 @@ class SaveByTime(TrainerCallback):
 
     def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.last = time.monotonic()
-
-
-class ReturnFreedMemory(TrainerCallback):
-    """glibc's malloc_trim(0) after each update on CPU: the heap pages the update's activations freed go back to
-    the system. Without it glibc keeps the holes between live blocks, and the peak RSS crept up step by step
-    (2.8 GB after 3 updates of the embedded model's micro-batches, 3.0 after 12) although the live peak stays
-    about 2.5 GB. A no-op where libc has no malloc_trim (not glibc)."""
-
-    def __init__(self) -> None:
-        self.trim = None
-        try:
-            self.trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            pass
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        if self.trim is not None:
-            self.trim(0)
-
-    on_substep_end = on_step_end
 
 
 class TrainProgress(TrainerCallback):
@@ -313,7 +291,6 @@ def prepare(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Prog
     trainer = LoraTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
                           data_collator=Collator(tokenizer.pad_token_id), processing_class=tokenizer,
                           callbacks=[ConsoleLog(log), SaveByTime(cfg.save_every_s),
-                                     *([ReturnFreedMemory()] if on == "cpu" else []),
                                      *([TrainProgress(progress)] if progress else [])],
                           chunked_loss=cfg.chunked_loss, loss_chunk_tokens=plan.loss_chunk_tokens,
                           autocast_bf16=plan.autocast_bf16,
