@@ -918,6 +918,24 @@ def test_train_progress_counts_steps_with_the_loss_and_gives_eval_its_own_count(
     assert len(events) == 13
 
 
+def test_checkpoints_resume_with_less_activation_memory_or_checkpointing_back_on(tmp_path):
+    """The knob a user turns after running out of memory (a lower activation_memory_gb, or checkpointing on) resumes:
+    micro-batches and checkpointing train the same update. Checkpoints saved with the keys recorded resume too."""
+    from pipeline.errors import Seed2LoraError
+    from pipeline.train.model import MICRO_BATCH_NOTE
+    from pipeline.train.trainer import CHECKPOINT_SETTINGS, RESUMABLE, check_resumable
+
+    assert {"activation_memory_gb", "gradient_checkpointing"} <= RESUMABLE  # checkpoint_settings leaves them out
+    path = "LoRA on a bf16 base, bf16 autocast on CPU, adamw_torch"
+    saved = {"lora_r": 8, "activation_memory_gb": 1.5, "gradient_checkpointing": False,
+             "training_path": path + MICRO_BATCH_NOTE.format(rows=2)}
+    (tmp_path / CHECKPOINT_SETTINGS).write_text(json.dumps(saved))
+    check_resumable(tmp_path, {"lora_r": 8, "training_path": path + MICRO_BATCH_NOTE.format(rows=1)})
+    check_resumable(tmp_path, {"lora_r": 8, "training_path": path})
+    with pytest.raises(Seed2LoraError, match="lora_r 8 -> 16"):
+        check_resumable(tmp_path, {"lora_r": 16, "training_path": path})
+
+
 def test_checkpoints_resume_across_the_16_bit_dropout_masks_but_not_another_path(tmp_path):
     """A CPU checkpoint saved with peft's nn.Dropout resumes under the 16-bit masks (and back), with attention
     kept through the recompute, and on today's micro-batched bf16 base: the same fp32 LoRA weights and Adam states.

@@ -364,10 +364,12 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
     return summary
 
 
-# Settings a resumed run may change (how long, how often, where); any other change makes the
-# checkpoints another model's or another dataset's, and resuming from them would mix the two.
+# Settings a resumed run may change (how long, how often, where, and how activations fit in memory: micro-batches
+# or checkpointing train the same update, so a run that ran out of memory resumes with a lower
+# activation_memory_gb or checkpointing back on); any other change makes the checkpoints another model's or another
+# dataset's, and resuming from them would mix the two.
 RESUMABLE = {"output_dir", "resume", "epochs", "max_steps", "eval_steps", "save_steps", "save_every_s",
-             "save_total_limit", "logging_steps"}
+             "save_total_limit", "logging_steps", "activation_memory_gb", "gradient_checkpointing"}
 CHECKPOINT_SETTINGS = "seed2lora_settings.json"
 
 
@@ -399,6 +401,7 @@ def check_resumable(ckpts: Path, settings: dict[str, Any]) -> None:
         return  # checkpoints written before settings were recorded: trust them
     saved = json.loads(saved_file.read_text(encoding="utf-8"))
     saved = current_values(TrainConfig, saved)  # quant = true, saved before quant took auto|4bit|none, is "4bit"
+    saved = {k: v for k, v in saved.items() if k not in RESUMABLE}  # saved before a key became resumable
     # Checkpoints from before (or after) the 16-bit dropout masks, attention kept through the recompute or
     # micro-batches, on CPU, resume with the other: the same model and numbers.
     saved, settings = ({**s, "training_path": same_model_path(s["training_path"])} if "training_path" in s else s
