@@ -443,6 +443,26 @@ def test_the_cpu_default_trains_lora_on_a_bf16_base_under_bf16_autocast(tiny_mod
     assert f"training rows, {path}; loss" in card
 
 
+def test_the_cpu_default_with_checkpointing_trains_on_the_bf16_base(tiny_model, tmp_path, monkeypatch):
+    """Rows that fit no micro-batch (activation_memory_gb 0 here; a larger model or longer rows for real) checkpoint
+    on the bf16 base with LoRA inputs kept bf16: the recompute in backward must see the same ops as the forward (it
+    crashed with "_to_copy ... not found in storage" when peft's fp32 cast came back for backward)."""
+    from pipeline.train.trainer import fit, prepare
+
+    monkeypatch.setattr(model_module, "cpu_has_bf16", lambda: True)
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(ROWS))
+    prepared = prepare(data, quick_config(tiny_model, tmp_path / "adapter", max_steps=2, eval_fraction=0.0,
+                                          activation_memory_gb=0), log=lambda m: None)
+    trainer = prepared.trainer
+    assert trainer.lora_inputs_as_is and prepared.stats["training_path"].endswith("attention kept through the recompute")
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    summary = fit(prepared, log=lambda m: None)
+    assert summary["steps"] == 2
+    after = dict(trainer.model.named_parameters())
+    assert all(not torch.equal(p, after[n].detach()) for n, p in before.items())  # every LoRA matrix moved
+
+
 def test_the_fused_loss_under_bf16_autocast_is_the_fp32_loss_within_bf16_rounding():
     torch.manual_seed(2)
     head = torch.nn.Linear(64, 300, bias=False)

@@ -74,13 +74,19 @@ class LoraTrainer(Trainer):
         self.keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
         self.tokens_seen = 0
 
+    def training_step(self, model: Any, *args: Any, **kwargs: Any) -> Any:
+        """Forward and backward with peft's casts off alike: checkpointing recomputes the forward inside backward,
+        and a recompute that casted where the forward did not would not match what the forward stored."""
+        with disable_input_dtype_casting(model, active=self.lora_inputs_as_is):
+            return super().training_step(model, *args, **kwargs)
+
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         num_tokens = inputs.pop("num_tokens", None)
         labels = inputs.pop("labels")
         if model.training and num_tokens is not None:
             self.tokens_seen += int(num_tokens)
-        with disable_input_dtype_casting(model, active=self.lora_inputs_as_is):
+        with disable_input_dtype_casting(model, active=self.lora_inputs_as_is):  # also for eval's forward
             loss_sum, n, outputs = self.loss_sum(model, inputs, labels)
         if num_items_in_batch is not None:
             loss = loss_sum / num_items_in_batch
