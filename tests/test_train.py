@@ -7,7 +7,6 @@ chat template, tied embeddings and pad == eos, a fifteenth of the compute.
 import pipeline.train  # noqa: F401, I001 -- first: sets OMP_WAIT_POLICY before torch loads (2 busy cores: ~4x faster)
 import dataclasses
 import json
-import sys
 import math
 import random
 import re
@@ -442,6 +441,26 @@ def test_the_cpu_default_trains_lora_on_a_bf16_base_under_bf16_autocast(tiny_mod
             "outtype": "f16"}
     card = model_card(prepared.out, {"base_model": tiny_model, "run": ""}, done, {})
     assert f"training rows, {path}; loss" in card
+
+
+def test_the_cpu_default_with_checkpointing_trains_on_the_bf16_base(tiny_model, tmp_path, monkeypatch):
+    """Rows that fit no micro-batch (activation_memory_gb 0 here; a larger model or longer rows for real) checkpoint
+    on the bf16 base with LoRA inputs kept bf16: the recompute in backward must see the same ops as the forward (it
+    crashed with "_to_copy ... not found in storage" when peft's fp32 cast came back for backward)."""
+    from pipeline.train.trainer import fit, prepare
+
+    monkeypatch.setattr(model_module, "cpu_has_bf16", lambda: True)
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(ROWS))
+    prepared = prepare(data, quick_config(tiny_model, tmp_path / "adapter", max_steps=2, eval_fraction=0.0,
+                                          activation_memory_gb=0), log=lambda m: None)
+    trainer = prepared.trainer
+    assert trainer.lora_inputs_as_is and prepared.stats["training_path"].endswith("attention kept through the recompute")
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    summary = fit(prepared, log=lambda m: None)
+    assert summary["steps"] == 2
+    after = dict(trainer.model.named_parameters())
+    assert all(not torch.equal(p, after[n].detach()) for n, p in before.items())  # every LoRA matrix moved
 
 
 def test_the_fused_loss_under_bf16_autocast_is_the_fp32_loss_within_bf16_rounding():
@@ -917,6 +936,24 @@ def test_train_progress_counts_steps_with_the_loss_and_gives_eval_its_own_count(
     quiet = TrainProgress(Recorder)  # another rank: no lines
     quiet.on_train_begin(None, SimpleNamespace(is_world_process_zero=False, global_step=0, max_steps=5), None)
     assert len(events) == 13
+
+
+def test_checkpoints_resume_with_less_activation_memory_or_checkpointing_back_on(tmp_path):
+    """The knob a user turns after running out of memory (a lower activation_memory_gb, or checkpointing on) resumes:
+    micro-batches and checkpointing train the same update. Checkpoints saved with the keys recorded resume too."""
+    from pipeline.errors import Seed2LoraError
+    from pipeline.train.model import MICRO_BATCH_NOTE
+    from pipeline.train.trainer import CHECKPOINT_SETTINGS, RESUMABLE, check_resumable
+
+    assert {"activation_memory_gb", "gradient_checkpointing"} <= RESUMABLE  # checkpoint_settings leaves them out
+    path = "LoRA on a bf16 base, bf16 autocast on CPU, adamw_torch"
+    saved = {"lora_r": 8, "activation_memory_gb": 1.5, "gradient_checkpointing": False,
+             "training_path": path + MICRO_BATCH_NOTE.format(rows=2)}
+    (tmp_path / CHECKPOINT_SETTINGS).write_text(json.dumps(saved))
+    check_resumable(tmp_path, {"lora_r": 8, "training_path": path + MICRO_BATCH_NOTE.format(rows=1)})
+    check_resumable(tmp_path, {"lora_r": 8, "training_path": path})
+    with pytest.raises(Seed2LoraError, match="lora_r 8 -> 16"):
+        check_resumable(tmp_path, {"lora_r": 16, "training_path": path})
 
 
 def test_checkpoints_resume_across_the_16_bit_dropout_masks_but_not_another_path(tmp_path):

@@ -74,13 +74,19 @@ class LoraTrainer(Trainer):
         self.keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
         self.tokens_seen = 0
 
+    def training_step(self, model: Any, *args: Any, **kwargs: Any) -> Any:
+        """Forward and backward with peft's casts off alike: checkpointing recomputes the forward inside backward,
+        and a recompute that casted where the forward did not would not match what the forward stored."""
+        with disable_input_dtype_casting(model, active=self.lora_inputs_as_is):
+            return super().training_step(model, *args, **kwargs)
+
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         num_tokens = inputs.pop("num_tokens", None)
         labels = inputs.pop("labels")
         if model.training and num_tokens is not None:
             self.tokens_seen += int(num_tokens)
-        with disable_input_dtype_casting(model, active=self.lora_inputs_as_is):
+        with disable_input_dtype_casting(model, active=self.lora_inputs_as_is):  # also for eval's forward
             loss_sum, n, outputs = self.loss_sum(model, inputs, labels)
         if num_items_in_batch is not None:
             loss = loss_sum / num_items_in_batch
@@ -364,10 +370,12 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
     return summary
 
 
-# Settings a resumed run may change (how long, how often, where); any other change makes the
-# checkpoints another model's or another dataset's, and resuming from them would mix the two.
+# Settings a resumed run may change (how long, how often, where, and how activations fit in memory: micro-batches
+# or checkpointing train the same update, so a run that ran out of memory resumes with a lower
+# activation_memory_gb or checkpointing back on); any other change makes the checkpoints another model's or another
+# dataset's, and resuming from them would mix the two.
 RESUMABLE = {"output_dir", "resume", "epochs", "max_steps", "eval_steps", "save_steps", "save_every_s",
-             "save_total_limit", "logging_steps"}
+             "save_total_limit", "logging_steps", "activation_memory_gb", "gradient_checkpointing"}
 CHECKPOINT_SETTINGS = "seed2lora_settings.json"
 
 
@@ -399,6 +407,7 @@ def check_resumable(ckpts: Path, settings: dict[str, Any]) -> None:
         return  # checkpoints written before settings were recorded: trust them
     saved = json.loads(saved_file.read_text(encoding="utf-8"))
     saved = current_values(TrainConfig, saved)  # quant = true, saved before quant took auto|4bit|none, is "4bit"
+    saved = {k: v for k, v in saved.items() if k not in RESUMABLE}  # saved before a key became resumable
     # Checkpoints from before (or after) the 16-bit dropout masks, attention kept through the recompute or
     # micro-batches, on CPU, resume with the other: the same model and numbers.
     saved, settings = ({**s, "training_path": same_model_path(s["training_path"])} if "training_path" in s else s
