@@ -274,7 +274,7 @@ class TrainConfig:
     max_grad_norm: float = 0.3  # qlora.py: clipping at 0.3 steadied training with paged optimisers
     weight_decay: float = 0.0  # qlora.py; the adapters are tiny and few epochs are run
     gradient_checkpointing: bool = True  # bound activation memory: on CUDA by checkpointing (activations dominate memory at long sequences; ~30% more compute); on CPU by micro-batches that fit activation_memory_gb without the recompute, else by checkpointing. Off: neither (the 135M model's packed 512 x 4 then peaked at 4.3-5.8 GB RSS)
-    activation_memory_gb: float = 1.5  # CPU: a device batch is split into micro-batches (the same update: the loss is averaged over the whole batch's tokens) whose stored activations, estimated from the model's width and depth, fit this; they train without checkpointing's recompute (2,016 tokens a step: 2.0-2.1x fp32's speed, peak 2.9 GB, RESULTS.md). 1.5: the 135M model's 2 x 512 packed rows (1.4 GB measured); 0 = always checkpoint
+    activation_memory_gb: float = 1.5  # CPU: a device batch is split into micro-batches (the same update: the loss is averaged over the whole batch's tokens) whose stored activations, estimated from the model's width and depth, fit this; they train without checkpointing's recompute (2,016 tokens a step: 2.0-2.2x fp32's speed, peak 2.7-2.8 GB, RESULTS.md). 1.5: the 135M model's 2 x 512 packed rows (1.4 GB measured); 0 = always checkpoint
     batch_size: int = 4  # rows per device per micro-step: fits a 7B QLoRA at 1024 tokens on a 24 GB GPU
     grad_accum: int = 4  # x batch_size = 16 rows per update, qlora.py's effective batch
     epochs: float = 3.0  # Alpaca and Self-Instruct fine-tuned for 2-3 epochs
