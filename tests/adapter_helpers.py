@@ -38,7 +38,8 @@ def trained_adapter(root: Path, name: str, steps: int = 12) -> Path:
     data.write_text("".join(json.dumps(r) + "\n" for r in DATA[name]))
     cfg = TrainConfig(output_dir=str(out), quant=False, lora_r=8, lora_alpha=16, max_steps=steps, batch_size=6,
                       grad_accum=1, learning_rate=3e-3, warmup_ratio=0.0, max_seq_len=64, eval_fraction=0.0,
-                      eval_steps=10_000, save_steps=10_000, gradient_checkpointing=False, seed=0)
+                      eval_steps=10_000, save_steps=10_000, gradient_checkpointing=False, seed=0,
+                      compute_dtype="fp32")  # the same adapter on every CPU, bf16 instructions or not
     train(str(data), cfg, log=lambda m: None)
     return out
 
