@@ -174,6 +174,16 @@ if numba is not None:
     def _low_mask(bits):
         return _ONES >> np.uint64(64 - bits) if bits > 0 else np.uint64(0)
 
+    @numba.njit(cache=True, inline="always")
+    def _entry_f(e, flat, start, pm, top, m):
+        """F of entry e (tokens flat[start[e]:start[e + 1]]), read whole, against one query of m <= 64 tokens: the
+        single-word bit-parallel LCS (pm: the query's match mask of every token; top: its m low bits)."""
+        x = top
+        for j in range(start[e], start[e + 1]):
+            u = x & pm[flat[j]]
+            x = (x + u) | (x - u)
+        return _f(m - np.int64(_popcount(x & top)), m, start[e + 1] - start[e])
+
     @numba.njit(cache=True)
     def _pack(qflat, qstart, n_vocab, n_words):
         """Match masks of several queries, indexed through a slot table.
@@ -329,11 +339,7 @@ if numba is not None:
         for g in range(seg_lo.shape[0]):
             for c in range(seg_lo[g], seg_hi[g]):
                 e = entries[c]
-                x = top
-                for j in range(start[e], start[e + 1]):
-                    u = x & pm[flat[j]]
-                    x = (x + u) | (x - u)
-                out[e] = _f(m - np.int64(_popcount(x & top)), m, start[e + 1] - start[e])
+                out[e] = _entry_f(e, flat, start, pm, top, m)
 
     @numba.njit(cache=True)
     def _postings(tokens, owner, offsets):
@@ -358,11 +364,7 @@ if numba is not None:
             pm[q[p]] |= np.uint64(1) << np.uint64(p)
         top = _low_mask(m)
         for i in range(n):
-            x = top
-            for j in range(start[i], start[i + 1]):
-                u = x & pm[flat[j]]
-                x = (x + u) | (x - u)
-            out[i] = _f(m - np.int64(_popcount(x & top)), m, start[i + 1] - start[i])
+            out[i] = _entry_f(i, flat, start, pm, top, m)
         for p in range(m):
             pm[q[p]] = 0
 
@@ -472,17 +474,9 @@ if numba is not None:
             if first[p] and t < n_known and (few or code_of[t] < 0):
                 for c in range(offsets[t], offsets[t + 1]):
                     e = entries[c]
-                    x = top
-                    for j in range(start[e], start[e + 1]):
-                        u = x & pm[flat[j]]
-                        x = (x + u) | (x - u)
-                    out[e] = _f(m - np.int64(_popcount(x & top)), m, start[e + 1] - start[e])
+                    out[e] = _entry_f(e, flat, start, pm, top, m)
         for i in range(frozen, n):  # the tail, scanned whole
-            x = top
-            for j in range(start[i], start[i + 1]):
-                u = x & pm[flat[j]]
-                x = (x + u) | (x - u)
-            out[i] = _f(m - np.int64(_popcount(x & top)), m, start[i + 1] - start[i])
+            out[i] = _entry_f(i, flat, start, pm, top, m)
         for p in range(m):
             pm[q[p]] = 0
 
