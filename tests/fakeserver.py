@@ -32,7 +32,7 @@ VERBS = ["Explain", "Summarize", "List facts about", "Compare approaches to", "D
          "Outline", "Critique common myths about", "Plan a lesson on", "Evaluate sources on"]
 
 
-class _Server(ThreadingHTTPServer):
+class QueuedServer(ThreadingHTTPServer):
     # The listen backlog. socketserver's 5 let a burst of connections (a wave of 7 prompts, 16 in flight) overflow it
     # while a loaded machine was slow to accept: the kernel dropped the SYN and the client's retry came 1 s later
     # (ListenOverflows in /proc/net/netstat), long enough to read as a client that had stopped sending.
@@ -146,7 +146,7 @@ class FakeOpenAI:
                 self._send(status, payload, headers)
                 entry["replied"] = time.monotonic()
 
-        self.server = _Server(("127.0.0.1", 0), Handler)
+        self.server = QueuedServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
@@ -173,7 +173,7 @@ class FakeOpenAI:
     def come_back(self) -> None:
         """Listen again on the same port, as a restarted server."""
         handler, port = self.server.RequestHandlerClass, self.server.server_address[1]
-        self.server = _Server(("127.0.0.1", port), handler)
+        self.server = QueuedServer(("127.0.0.1", port), handler)
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from fakeserver import QueuedServer
 
 from pipeline import evalsets
 from pipeline.config import DecontamConfig, ExportConfig, SelectConfig, load_section, parse_overrides
@@ -185,7 +186,7 @@ class _Files(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def file_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Files)
+    server = QueuedServer(("127.0.0.1", 0), _Files)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server, f"http://127.0.0.1:{server.server_address[1]}/self-instruct/human_eval"
     server.shutdown()
