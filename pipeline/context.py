@@ -23,8 +23,7 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -35,6 +34,7 @@ from .budget import Budget, BudgetReached, attach_run, judge_config, session_bud
 from .cache import CACHE_FILE, ResponseCache
 from .config import RunConfig, TeacherConfig
 from .errors import Seed2LoraError, masked_argv
+from .progress import no_progress
 from .prompts import Prompts
 from .records import Task
 from .seeds import load_seeds
@@ -53,11 +53,6 @@ USAGE_EVERY_S = 2.0
 # yielding advance(n) (pipeline.progress.progress).
 Progress = Callable[..., Any]
 Log = Callable[[str], None]
-
-
-@contextmanager
-def no_progress(desc: str, total: int | None, *, done: int = 0) -> Iterator[Callable[[int], None]]:
-    yield lambda n: None
 
 
 def package_versions() -> dict[str, str]:

@@ -64,7 +64,7 @@ import random
 import re
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +72,7 @@ from ..config import EvolveConfig, EvolveWeights, RunConfig
 from ..context import Records, RunContext, StepResult
 from ..datasets_io import Fields, load_pool
 from ..errors import Seed2LoraError
+from ..progress import no_progress
 from ..prompts import Prompts
 from ..records import Instance, Task, task_id
 from ..store import RECORD_HOLD_S, STAGES, JsonlWriter, RunDir, read_tasks, reason_kind
@@ -97,11 +98,6 @@ were what when where which while who whom why will with would y you your yours y
 """.split())
 
 ProgressFactory = Callable[[str, int | None], AbstractContextManager[ProgressFn]]
-
-
-@contextmanager
-def _no_progress(desc: str, total: int | None) -> Iterator[ProgressFn]:
-    yield lambda n: None
 
 
 @dataclass
@@ -451,7 +447,7 @@ def run_evolve(teacher: Teacher, pool: list[Task], cfg: RunConfig, run: RunDir, 
     validate(e)
     if not pool:
         raise Seed2LoraError(f"no instructions to evolve in {source}")
-    progress = progress or _no_progress
+    progress = progress or no_progress
     check_source(run, source)
     evolved, lineages = plan(run, pool, e.rounds)
     result = EvolveResult(rounds_done=0, source=source)

@@ -212,8 +212,8 @@ class BaseTeacher:
         # Prompts never sent (budget spent) come back as errors, so callers skip them.
         return [c or Completion("", "error", error="not sent: budget reached") for c in out]
 
-    # -- for subclasses ----------------------------------------------------------------
-    def _pull(self, requests: Iterator[Request | None]) -> Request | None | bool:
+    # -- for subclasses and their streams (fastpath.LoopStream) -------------------------
+    def pull(self, requests: Iterator[Request | None]) -> Request | None | bool:
         """The next request to send; WAIT (None) when the source has nothing until a reply
         arrives; False when there is none left or the budget is spent."""
         if self.budget is not None and self.budget.exhausted():
@@ -222,9 +222,9 @@ class BaseTeacher:
 
     def cached(self, req: Request, params: GenParams) -> bool:
         """Whether this request's reply is in the run's cache: paid for already, free to read again."""
-        return self._lookup(req, params) is not None
+        return self.lookup(req, params) is not None
 
-    def _lookup(self, req: Request, params: GenParams, key: str | None = None) -> Completion | None:
+    def lookup(self, req: Request, params: GenParams, key: str | None = None) -> Completion | None:
         if self.cache is None:
             return None
         return self.cache.get(key or self.cache_key(req, params))

@@ -117,14 +117,14 @@ class BatchTeacher(OpenAITeacher):
                 if len(wave) >= self.wave_max:
                     full = True
                     break
-                req = self._pull(requests)
+                req = self.pull(requests)
                 if req is False or (req is None and not (waiting or wave or ready or retry)):
                     exhausted = True  # the end, or WAIT with nothing to wait for
                     break
                 if req is None:  # WAIT: the source needs replies first; this wave is complete
                     break
                 p = req.params or params
-                hit = self._lookup(req, p)
+                hit = self.lookup(req, p)
                 if hit is not None:
                     ready.append((req, hit))
                     continue

@@ -27,7 +27,7 @@ import openai
 
 from ..errors import TeacherError
 from .base import Completion, GenParams, Request
-from .wire import FATAL, PATHS, ContextTooLong, describe_error, is_context_error, read_reply, transport
+from .wire import FATAL, PATHS, ContextTooLong, is_context_error, read_reply, transport
 
 CANCEL_WAIT_S = 2.0  # an abandoned stream waits this long at most for its tasks on the loop to end (they end at once)
 # What the stream is handed for a request: its reply, the future of its thread (retries), or an error to raise.
@@ -62,7 +62,7 @@ class LoopStream:
             while True:
                 batch: list[tuple[Request, GenParams, str | None]] = []  # handed to the loop in one wake-up
                 while not exhausted and failover.fatal is None and in_flight < failover.limit:
-                    req = t._pull(requests)
+                    req = t.pull(requests)
                     if req is False or (req is None and in_flight == 0):  # the end, or WAIT with nothing to wait for
                         exhausted = True
                         break
@@ -95,7 +95,7 @@ class LoopStream:
             fatal = failover.fatal
             if isinstance(fatal, TeacherError):
                 raise fatal
-            raise TeacherError(f"{t.name} at {t.base_url}: {describe_error(fatal, t._secret)}") from None
+            raise TeacherError(f"{t.name} at {t.base_url}: {t.error_text(fatal)}") from None
 
     def abandon(self) -> None:
         """Every try of this stream stopped: its tasks on the loop cancelled (and ended before this returns), its
@@ -129,7 +129,7 @@ class LoopStream:
         try:
             t = self.teacher
             key = t.cache_key(req, params) if t.cache is not None else None  # made once: lookup and commit
-            c = t._lookup(req, params, key)
+            c = t.lookup(req, params, key)
             if c is None:
                 if self.failover.fatal is not None or self.stop.is_set():
                     c = Completion("", "error", error="not sent: the run is stopping")

@@ -90,14 +90,14 @@ class HFTeacher(BaseTeacher):
         while not ended or buckets:
             full = None
             while not ended and full is None:
-                req = self._pull(requests)
+                req = self.pull(requests)
                 if req is False:
                     ended = True
                 elif req is None:  # WAIT: run what is queued so its replies can feed the source
                     break
                 else:
                     p = req.params or params
-                    cached = self._lookup(req, p)
+                    cached = self.lookup(req, p)
                     if cached is not None:
                         yield req, cached
                         continue

@@ -164,6 +164,10 @@ class OpenAITeacher(BaseTeacher):
                 "structured_choice": self.structured_choice, "base_url": self.base_url,
                 "concurrency": self.concurrency}
 
+    def error_text(self, e: BaseException) -> str:
+        """An error's text for a message or a log, the API key masked."""
+        return describe_error(e, self._secret)
+
     def cache_identity(self) -> dict[str, Any]:
         return {"name": self.name, "kind": "openai", "model": self.model, "api": self.api}
 
@@ -224,7 +228,7 @@ class OpenAITeacher(BaseTeacher):
         first try failed on the loop, and `looked_up`: not in the cache); finished with `kind`, unless its
         stream was abandoned meanwhile (its consumer will never see it, as a reply never read)."""
         key = self.cache_key(req, params) if self.cache is not None else None  # made once: lookup and commit
-        c = None if looked_up else self._lookup(req, params, key)
+        c = None if looked_up else self.lookup(req, params, key)
         if c is None:
             stop = self.failover.stop  # this stream's
             if first is None and (self.failover.fatal is not None or stop.is_set()):
@@ -272,7 +276,7 @@ class OpenAITeacher(BaseTeacher):
             if field in body and field in str(e).lower():
                 setattr(self.sending, flag, False)
                 if field == "response_format" and self.structured:
-                    self._event(f"the server refused response_format ({describe_error(e, self._secret)}); "
+                    self._event(f"the server refused response_format ({self.error_text(e)}); "
                                 "replies are read as text from now on")
                 return True
         return False
