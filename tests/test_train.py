@@ -888,6 +888,42 @@ def test_a_retrain_on_new_data_starts_over_once_and_then_resumes(tmp_path, monke
     assert rows_fingerprint(load_rows(run.path)) != "old rows"
 
 
+def test_a_finished_adapter_is_kept_when_only_a_resource_setting_changed(tmp_path, monkeypatch):
+    """The train step compared the whole [train] table with the adapter's summary: a new activation_memory_gb or
+    save_steps trained it again from scratch. Only settings that change the adapter count, and are named."""
+    import dataclasses
+
+    import pipeline.train.trainer as trainer
+    from pipeline.config import load_config
+    from pipeline.records import Instance, Task
+    from pipeline.runner import Session
+    from pipeline.store import RunDir, write_jsonl_atomic
+    from pipeline.train.data import load_rows, rows_fingerprint
+    from pipeline.train.steps import train_step
+
+    where = {"output_dir": str(tmp_path), "run_name": "r"}
+    cfg = load_config(None, where)
+    run = RunDir(cfg.run_dir).ensure()
+    write_jsonl_atomic(run.stage_file("filter"), [Task(id="t", instruction="Name a colour.", instances=[Instance(output="Blue.")])])
+    adapter = Session(cfg).adapter_dir
+    adapter.mkdir(parents=True)
+    done = {"config": dataclasses.asdict(dataclasses.replace(cfg.train, output_dir=str(adapter))),
+            "data_sha256": rows_fingerprint(load_rows(run.path))}
+    (adapter / "training_summary.json").write_text(json.dumps(done))
+    trained = []
+    monkeypatch.setattr(trainer, "train", lambda data, train_cfg, log, progress=None: trained.append(train_cfg)
+                        or {"steps": 1, "eval_losses": {"first": None, "last": None}})
+    resources = {"train.activation_memory_gb": 0.5, "train.save_steps": 7, "train.eval_steps": 3,
+                 "train.gradient_checkpointing": False, "train.resume": False, "train.logging_steps": 5}
+    result = train_step(Session(load_config(None, {**where, **resources})).ctx, None)
+    assert "already trained with these settings" in result.message and not trained
+    lines = []
+    ctx = Session(load_config(None, {**where, **resources, "train.lora_r": 16}), log=lines.append).ctx
+    train_step(ctx, None)
+    assert len(trained) == 1 and trained[0].lora_r == 16
+    assert f"train: {adapter} was trained with other settings: lora_r 64 -> 16; training again" in lines
+
+
 def test_train_progress_counts_steps_with_the_loss_and_gives_eval_its_own_count():
     """The callback on a fake trainer state: steps (a resumed run counts those it has left), the last losses as
     a note, evaluation's batches apart, and everything closed when train() raises."""

@@ -370,12 +370,15 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
     return summary
 
 
-# Settings a resumed run may change (how long, how often, where, and how activations fit in memory: micro-batches
-# or checkpointing train the same update, so a run that ran out of memory resumes with a lower
-# activation_memory_gb or checkpointing back on); any other change makes the checkpoints another model's or another
-# dataset's, and resuming from them would mix the two.
-RESUMABLE = {"output_dir", "resume", "epochs", "max_steps", "eval_steps", "save_steps", "save_every_s",
-             "save_total_limit", "logging_steps", "activation_memory_gb", "gradient_checkpointing"}
+# Settings that change no number of the finished adapter: where it goes, how often it is saved, logged and evaluated,
+# and how activations fit in memory (micro-batches or checkpointing train the same update). A finished adapter whose
+# summary differs in these alone is kept (train_step), not trained again.
+NOT_IN_ADAPTER = frozenset({"output_dir", "resume", "eval_steps", "save_steps", "save_every_s", "save_total_limit",
+                            "logging_steps", "activation_memory_gb", "gradient_checkpointing"})
+# Settings a resumed run may change: those, and how long it trains (so a run that ran out of memory resumes with a
+# lower activation_memory_gb or checkpointing back on); any other change makes the checkpoints another model's or
+# another dataset's, and resuming from them would mix the two.
+RESUMABLE = NOT_IN_ADAPTER | {"epochs", "max_steps"}
 CHECKPOINT_SETTINGS = "seed2lora_settings.json"
 
 
@@ -399,6 +402,14 @@ def same_model_path(path: Any) -> str:
     path = str(path).replace(CHEAP_DROPOUT_NOTE, "").replace(KEEP_ATTENTION_NOTE, "")
     path = path.replace("LoRA on an fp32 base, bf16 autocast", "LoRA on a bf16 base, bf16 autocast")
     return re.sub(re.escape(MICRO_BATCH_NOTE).replace(re.escape("{rows}"), r"\d+"), "", path)
+
+
+def adapter_changes(recorded: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """The settings that change the adapter and differ between a finished adapter's summary and `cfg`, as
+    "lora_r 16 -> 32" (values of an old type read as today's: current_values)."""
+    then = current_values(TrainConfig, recorded)
+    return [f"{k} {then.get(k)!r} -> {v!r}" for k, v in dataclasses.asdict(cfg).items()
+            if k not in NOT_IN_ADAPTER and then.get(k) != v]
 
 
 def check_resumable(ckpts: Path, settings: dict[str, Any]) -> None:
