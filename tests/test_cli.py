@@ -284,7 +284,7 @@ def test_a_run_continued_without_its_teacher_stops_and_writes_nothing(fake_opena
     for args in (("run", run, "--num-instructions", 3), ("bootstrap", run, "--num-instructions", 3),
                  ("evolve", run), ("classify", run, "--set", "teacher.concurrency=2")):
         text = " ".join(invoke(*args, expect=2).output.split())
-        assert f"was made with teacher openai:fake-model (manifest.json), and this command names no teacher" in text
+        assert "was made with teacher openai:fake-model (manifest.json), and this command names no teacher" in text
         assert f"give --teacher openai:fake-model --base-url {fake_openai.url} (or --set teacher.spec=openai:fake-model " \
                f"--set teacher.base_url={fake_openai.url}) to go on with it" in text
         assert "or give --teacher (--set teacher.spec) explicitly to mix them on purpose" in text
