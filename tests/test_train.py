@@ -114,6 +114,11 @@ def test_cpu_micro_batches_are_the_largest_divisor_of_the_batch_whose_activation
     assert not resolve_plan(TrainConfig(), tiny_model, on="cuda:0").micro_rows  # CUDA as configured
     assert resolve_plan(TrainConfig(), tiny_model, on="cuda:0").checkpointing
     assert same_model_path(plan(2).describe()) == same_model_path(short.describe())  # checkpoints resume across
+    off = plan(6.5, gradient_checkpointing=False)  # the path said nothing: neither split nor recompute
+    assert off.describe().endswith("masks, without gradient checkpointing (train.gradient_checkpointing=false)")
+    assert resolve_plan(TrainConfig(gradient_checkpointing=False), tiny_model, on="cuda:0").describe().endswith(
+        "paged_adamw_32bit, without gradient checkpointing (train.gradient_checkpointing=false)")
+    assert same_model_path(off.describe()) == same_model_path(short.describe())  # and resume across
 
 
 def test_micro_batches_make_the_update_the_whole_batch_makes(tiny_model, tmp_path):

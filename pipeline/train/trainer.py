@@ -41,6 +41,7 @@ from .model import (
     CHEAP_DROPOUT_NOTE,
     KEEP_ATTENTION_NOTE,
     MICRO_BATCH_NOTE,
+    NO_CHECKPOINTING_NOTE,
     SUMMARY,
     load_for_training,
     load_tokenizer,
@@ -395,11 +396,11 @@ ADDED_SETTINGS = {"data_sha256", "training_path"}  # recorded since; checkpoints
 
 def same_model_path(path: Any) -> str:
     """training_path less the notes that change no number a checkpoint holds (the dropout masks' random stream,
-    what the recompute keeps, micro-batches of the same update). The CPU default's fp32 weights under bf16 autocast
-    (before micro-batches) count as its bf16 base under bf16 autocast: a checkpoint holds only the fp32 LoRA weights
-    and Adam states, valid for both, and the matmuls ran on bf16-rounded weights either way; only the norms and the
-    residual stream round to bf16 after the switch."""
-    path = str(path).replace(CHEAP_DROPOUT_NOTE, "").replace(KEEP_ATTENTION_NOTE, "")
+    what the recompute keeps, micro-batches of the same update, checkpointing off). The CPU default's fp32 weights
+    under bf16 autocast (before micro-batches) count as its bf16 base under bf16 autocast: a checkpoint holds only
+    the fp32 LoRA weights and Adam states, valid for both, and the matmuls ran on bf16-rounded weights either way;
+    only the norms and the residual stream round to bf16 after the switch."""
+    path = str(path).replace(CHEAP_DROPOUT_NOTE, "").replace(KEEP_ATTENTION_NOTE, "").replace(NO_CHECKPOINTING_NOTE, "")
     path = path.replace("LoRA on an fp32 base, bf16 autocast", "LoRA on a bf16 base, bf16 autocast")
     return re.sub(re.escape(MICRO_BATCH_NOTE).replace(re.escape("{rows}"), r"\d+"), "", path)
 
