@@ -11,7 +11,6 @@ import math
 import random
 import re
 import statistics
-import types
 
 import pytest
 import torch
@@ -442,10 +441,10 @@ def test_the_cpu_default_trains_lora_on_a_bf16_base_under_bf16_autocast(tiny_mod
     assert all(after[n].dtype == torch.float32 for n in before)
     saved = json.loads((prepared.out / "training_summary.json").read_text())
     assert saved["training_path"] == path and saved["optim"] == "adamw_torch"
-    done = {"base": types.SimpleNamespace(config={"architectures": ["LlamaForCausalLM"]}), "path": tmp_path / "a.gguf",
-            "outtype": "f16"}
-    card = model_card(prepared.out, {"base_model": tiny_model, "run": ""}, done, {})
-    assert f"training rows, {path}; loss" in card
+    card = model_card(prepared.out, {"base_model": tiny_model, "run": ""}, {"architectures": ["LlamaForCausalLM"]}, {},
+                      ("a.gguf", "f16"))
+    assert f"training rows, {path}; loss" in card and "(a.gguf, f16) for llama.cpp" in card
+    assert f"training rows, {path}; loss" in (prepared.out / "README.md").read_text()  # the folder's own card
 
 
 def test_the_cpu_default_with_checkpointing_trains_on_the_bf16_base(tiny_model, tmp_path, monkeypatch):
@@ -514,6 +513,11 @@ def test_outputs_adapter_tokenizer_summary_and_curve(trained):
     assert evals[-1][1] < evals[0][1]  # it learned something that carries over to held-out rows
     assert saved["steps_per_s"] > 0 and saved["tokens_per_s"] > 0
     assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    card = (out / "README.md").read_text()  # ours, not PEFT's blank template
+    assert card.startswith("---\nlibrary_name: peft\n") and "Model Card for Model ID" not in card
+    assert "a LoRA adapter made by seed2lora" in card and "rank 64, alpha 16" in card and "| dataset_sha256 |" in card
+    assert f"9 training rows, {saved['training_path']}; loss" in card and "gguf" not in card.split("---")[1]
+    assert "seed2lora export-adapter <this folder>" in card and "## Files" not in card
 
 
 def _logits(model, tokenizer):

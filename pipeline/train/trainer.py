@@ -48,6 +48,7 @@ from .model import (
     resolve_model,
     resolve_plan,
 )
+from .model_card import write_folder_card
 
 Log = Callable[[str], None]
 Progress = Callable[[str, int | None], Any]  # (description, total or None) -> context manager yielding advance(n)
@@ -365,6 +366,7 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
         trainer.save_model(str(out))  # adapter_model.safetensors + adapter_config.json + tokenizer
         write_text_atomic(out / SUMMARY, json.dumps(summary, indent=2, default=str) + "\n")
         write_loss_curve(history, out / "loss_curve.png")
+        write_folder_card(out, p.model_path)  # over PEFT's blank template; after the summary, which it reads
         log(f"adapter written to {out} (loss {summary['train_loss']['first']} -> {summary['train_loss']['last']}"
             + (f", eval loss {summary['eval_losses']['first']} -> {summary['eval_losses']['last']}"
                if summary["eval_loss"] is not None else "") + ")")
