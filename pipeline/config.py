@@ -382,8 +382,10 @@ class RunConfig:
 
     def give(self, keys: Iterable[str]) -> None:
         """Record `keys` as named too (the Python API's arguments over a RunConfig built in code)."""
-        before = self.given if self.given is not None else {k for k in named_keys(dataclasses.asdict(self)) if self.was_given(k)}
+        before = self.given if self.given is not None else {
+            k for k in named_keys(dataclasses.asdict(self)) if self.was_given(k)}
         self.given = frozenset({*before, *(shorthand_key(RunConfig, k) for k in keys)})
+
 
 @dataclass(frozen=True)
 class Range:

@@ -46,10 +46,13 @@ def test_the_default_teacher_by_omission_stops_and_a_named_one_goes_on(tmp_path)
     assert ctx.bare_teacher.name == "openai:other" and "will mix the two" in notes[0]
     # The Python API: teacher= names it; a RunConfig built in code names what differs from the default
     with pytest.raises(Seed2LoraError, match="names no teacher"):
-        Run(name="r", output_dir=tmp_path, base_url=where["teacher.base_url"], progress=False)._session.ctx.bare_teacher  # noqa: B018
+        Run(name="r", output_dir=tmp_path, base_url=where["teacher.base_url"], progress=False).run(["bootstrap"])
+    assert Run(name="r", output_dir=tmp_path, teacher="embedded", progress=False).config.was_given("teacher.spec")
     cfg = RunConfig(output_dir=str(tmp_path), run_name="r")
     cfg.teacher.spec, cfg.teacher.base_url = "openai:other", where["teacher.base_url"]
-    assert Run(cfg, progress=False)._session.ctx.bare_teacher.name == "openai:other"
+    assert RunContext(Run(cfg, progress=False).config).bare_teacher.name == "openai:other"
+    in_code = RunConfig(output_dir=str(tmp_path), run_name="r")
+    assert Run(in_code, teacher="embedded", progress=False).config.was_given("teacher.spec")
 
 
 def test_a_run_the_default_teacher_made_goes_on_without_the_flag(tmp_path):
