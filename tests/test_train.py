@@ -931,6 +931,9 @@ def test_a_finished_adapter_is_kept_when_only_a_resource_setting_changed(tmp_pat
     train_step(ctx, None)
     assert len(trained) == 1 and trained[0].lora_r == 16
     assert f"train: {adapter} was trained with other settings: lora_r 64 -> 16; training again" in lines
+    (adapter / "training_summary.json").write_text(json.dumps({**done, "data_sha256": "old rows"}))
+    train_step(ctx, None)
+    assert f"train: {adapter} was trained with other data and settings: lora_r 64 -> 16; training again" in lines
 
 
 def test_train_progress_counts_steps_with_the_loss_and_gives_eval_its_own_count():

@@ -43,8 +43,8 @@ def train_step(ctx: RunContext, records: Records | None) -> StepResult:
         if not changed and same_data:
             return StepResult(f"train: {adapter} is already trained with these settings and data "
                               "(delete it to train again)")
-        why = "data" if not same_data else f"settings: {', '.join(changed)}"
-        ctx.log(f"train: {adapter} was trained with other {why}; training again")
+        why = [*([] if same_data else ["data"]), *([f"settings: {', '.join(changed)}"] if changed else [])]
+        ctx.log(f"train: {adapter} was trained with other {' and '.join(why)}; training again")
         if not same_data:
             # Its checkpoints hold the old data's training: start over. The old summary goes now, so
             # that a re-run after an interruption resumes the new training instead of starting again.
