@@ -38,6 +38,7 @@ class Run:
             cfg = config
             for key, value in overrides.items():
                 set_value(cfg, key, value)
+            cfg.give(overrides)  # teacher="embedded" named on purpose, not the default by omission
         else:
             cfg = load_config(config, overrides)
         self._session = Session(cfg, progress=_progress(progress))

@@ -364,9 +364,28 @@ class RunConfig:
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.run_name
 
+    # Not a setting (no annotation, so no field, never in the manifest): the dotted keys the config file, a flag,
+    # --set or the Python API named, as load_config records them. None: built in code (see was_given).
+    given = None
+
     def to_dict(self) -> dict[str, Any]:
         """The resolved config for the manifest, secrets masked."""
         return mask_dict(dataclasses.asdict(self))
+
+    def was_given(self, dotted: str) -> bool:
+        """Whether `dotted` was named rather than left at its default by omission, so a resume that leaves out
+        --teacher is told from one that names the default teacher on purpose. A config built in code (no record)
+        names the keys that differ from their defaults."""
+        if self.given is not None:
+            return dotted in self.given
+        return value_at(self, dotted) != value_at(RunConfig(), dotted)
+
+    def give(self, keys: Iterable[str]) -> None:
+        """Record `keys` as named too (the Python API's arguments over a RunConfig built in code)."""
+        before = self.given if self.given is not None else {
+            k for k in named_keys(dataclasses.asdict(self)) if self.was_given(k)}
+        self.given = frozenset({*before, *(shorthand_key(RunConfig, k) for k in keys)})
+
 
 @dataclass(frozen=True)
 class Range:
@@ -532,6 +551,27 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     cfg = _build(RunConfig, data, Path(path) if path else None, text, section=None)
     for dotted, value in (overrides or {}).items():
         set_value(cfg, dotted, value)
+    cfg.given = frozenset({*named_keys(data), *(shorthand_key(RunConfig, k) for k in overrides or {})})
+    return cfg
+
+
+def named_keys(data: dict[str, Any], cls: type = RunConfig, prefix: str = "") -> set[str]:
+    """The dotted settings a TOML file's tables (or a config as a dict) name; a table's one-string form
+    (judge = "openai:x") names its shorthand key (eval.judge.spec)."""
+    out: set[str] = set()
+    hints = _hints(cls)
+    for key, value in data.items():
+        if dataclasses.is_dataclass(hints.get(key)) and isinstance(value, dict):
+            out |= named_keys(value, hints[key], f"{prefix}{key}.")
+        else:
+            out.add(prefix + shorthand_key(cls, key))
+    return out
+
+
+def value_at(cfg: Any, dotted: str) -> Any:
+    """The value of a dotted setting of a config (teacher.spec)."""
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
     return cfg
 
 
@@ -914,4 +954,8 @@ def recorded_config(recorded: dict[str, Any], run_dir: str | Path, path: str | P
     output_dir and run_name name `run_dir`; then `overrides` (flags, --set)."""
     run = Path(run_dir)
     base = {} if path else _recorded_overrides(RunConfig, recorded)
-    return load_config(path, {**base, "output_dir": str(run.parent), "run_name": run.name, **(overrides or {})})
+    cfg = load_config(path, {**base, "output_dir": str(run.parent), "run_name": run.name, **(overrides or {})})
+    # The manifest's settings were named by an earlier command, or were its defaults (`filter` records the default
+    # teacher): not by this one, so a recorded teacher that is not the run's own is no choice made here
+    cfg.given = cfg.given - (base.keys() - {shorthand_key(RunConfig, k) for k in overrides or {}})
+    return cfg

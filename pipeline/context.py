@@ -33,7 +33,7 @@ from . import __version__
 from .budget import Budget, BudgetReached, attach_run, judge_config, session_budget
 from .cache import CACHE_FILE, ResponseCache
 from .config import RunConfig, TeacherConfig
-from .errors import Seed2LoraError, masked_argv
+from .errors import Seed2LoraError, mask_secrets, masked_argv
 from .progress import no_progress
 from .prompts import Prompts
 from .records import Task
@@ -196,12 +196,8 @@ class RunContext:
     def bare_teacher(self) -> Teacher:
         """The run's teacher before it is attached to the run's cache (validation preflights this one)."""
         if self._teacher is None:
+            self.keep_recorded("teacher", self.cfg.teacher.spec.strip(), self.cfg.was_given("teacher.spec"))
             self._teacher = build_teacher(self.cfg.teacher, self.cfg.seed, self.log)
-            before = (self.run.manifest().get("teacher") or {}).get("name")
-            if before and before != self._teacher.name:  # flags left out on a resume or a later stage: said, not silent
-                self.log(f"note: {self.run.path} was made with teacher {before} (manifest.json) and this command uses "
-                         f"{self._teacher.name}: the run's records will mix the two. To keep its teacher, give "
-                         f"--teacher {before} (and its --base-url) again")
         return self._teacher
 
     @property
@@ -212,11 +208,36 @@ class RunContext:
     @property
     def bare_judge(self) -> Teacher:
         """The score step's judge: the run's teacher unless [score.teacher] names another."""
-        if not self.cfg.score.teacher.spec:
-            return self.bare_teacher
         if self._judge is None:
-            self._judge = build_teacher(judge_config(self.cfg), self.cfg.seed, self.log)
+            spec = self.cfg.score.teacher.spec.strip()
+            recorded = self.run.manifest()
+            # A run whose judge was its teacher keeps that by leaving [score.teacher] out (the teacher is checked)
+            followed = (recorded.get("judge") or {}).get("name") in (None, (recorded.get("teacher") or {}).get("name"))
+            given = self.cfg.was_given("score.teacher.spec") or (not spec and followed)
+            self.keep_recorded("judge", spec or self.bare_teacher.name, given)
+            self._judge = build_teacher(judge_config(self.cfg), self.cfg.seed, self.log) if spec else self.bare_teacher
         return self._judge
+
+    def keep_recorded(self, role: str, name: str, given: bool) -> None:
+        """A command on a run made with another teacher (or scored by another judge), as its manifest names: stop
+        before any request (exit 2, nothing written) when this one comes by omission, the default of a flag left out
+        on a resume or a later stage; say so when it was named on purpose, since the records will mix."""
+        before = self.run.manifest().get(role) or {}
+        name_before = before.get("name")
+        if not name_before or name_before == name:
+            return
+        made, flag, url_flag, key = (("made with teacher", "--teacher", "--base-url", "teacher") if role == "teacher"
+                                     else ("scored by judge", "--judge", "--judge-base-url", "score.teacher"))
+        url = mask_secrets(str(before.get("base_url") or ""))
+        same = f"{flag} {name_before}" + (f" {url_flag} {url}" if url else "")
+        by_set = f"--set {key}.spec={name_before}" + (f" --set {key}.base_url={url}" if url else "")
+        if not given:
+            raise Seed2LoraError(
+                f"{self.run.path} was {made} {name_before} (manifest.json), and this command names no {role}: it "
+                f"would go on with the default, {name}, and mix the two in the run's records. Fix: give {same} (or "
+                f"{by_set}) to go on with it, or give {flag} (--set {key}.spec) explicitly to mix them on purpose")
+        self.log(f"note: {self.run.path} was {made} {name_before} (manifest.json) and this command uses {name}: "
+                 f"the run's records will mix the two. To keep its {role}, give {same} again")
 
     @property
     def judge(self) -> Teacher:

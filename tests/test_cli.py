@@ -271,4 +271,25 @@ def test_a_run_continued_with_another_teacher_says_so(fake_openai, tmp_path):
     other = invoke("bootstrap", "--teacher", "openai:other-model", *flags)
     text = " ".join(other.output.split())
     assert "was made with teacher openai:fake-model (manifest.json) and this command uses openai:other-model" in text
-    assert "give --teacher openai:fake-model (and its --base-url) again" in text
+    assert f"give --teacher openai:fake-model --base-url {fake_openai.url} again" in text
+
+
+def test_a_run_continued_without_its_teacher_stops_and_writes_nothing(fake_openai, tmp_path):
+    """A resume or a later stage that leaves out --teacher went on with the embedded default, mixing its lines
+    into a run a hosted teacher made; now it stops (exit 2) before any request, naming the fix."""
+    invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 2)
+    run = tmp_path / "r"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    calls = len(fake_openai.history)
+    for args in (("run", run, "--num-instructions", 3), ("bootstrap", run, "--num-instructions", 3),
+                 ("evolve", run), ("classify", run, "--set", "teacher.concurrency=2")):
+        text = " ".join(invoke(*args, expect=2).output.split())
+        assert "was made with teacher openai:fake-model (manifest.json), and this command names no teacher" in text
+        assert f"give --teacher openai:fake-model --base-url {fake_openai.url} (or --set teacher.spec=openai:fake-model " \
+               f"--set teacher.base_url={fake_openai.url}) to go on with it" in text
+        assert "or give --teacher (--set teacher.spec) explicitly to mix them on purpose" in text
+    assert len(fake_openai.history) == calls  # not one request
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # byte-identical
+    config = tmp_path / "run.toml"  # a config file that names the teacher names it: no stop
+    config.write_text(f'[teacher]\nspec = "openai:fake-model"\nbase_url = "{fake_openai.url}"\n')
+    invoke("bootstrap", run, "--config", config, "--num-instructions", 3)

@@ -11,7 +11,6 @@ import math
 import random
 import re
 import statistics
-import types
 
 import pytest
 import torch
@@ -114,6 +113,11 @@ def test_cpu_micro_batches_are_the_largest_divisor_of_the_batch_whose_activation
     assert not resolve_plan(TrainConfig(), tiny_model, on="cuda:0").micro_rows  # CUDA as configured
     assert resolve_plan(TrainConfig(), tiny_model, on="cuda:0").checkpointing
     assert same_model_path(plan(2).describe()) == same_model_path(short.describe())  # checkpoints resume across
+    off = plan(6.5, gradient_checkpointing=False)  # the path said nothing: neither split nor recompute
+    assert off.describe().endswith("masks, without gradient checkpointing (train.gradient_checkpointing=false)")
+    assert resolve_plan(TrainConfig(gradient_checkpointing=False), tiny_model, on="cuda:0").describe().endswith(
+        "paged_adamw_32bit, without gradient checkpointing (train.gradient_checkpointing=false)")
+    assert same_model_path(off.describe()) == same_model_path(short.describe())  # and resume across
 
 
 def test_micro_batches_make_the_update_the_whole_batch_makes(tiny_model, tmp_path):
@@ -437,10 +441,10 @@ def test_the_cpu_default_trains_lora_on_a_bf16_base_under_bf16_autocast(tiny_mod
     assert all(after[n].dtype == torch.float32 for n in before)
     saved = json.loads((prepared.out / "training_summary.json").read_text())
     assert saved["training_path"] == path and saved["optim"] == "adamw_torch"
-    done = {"base": types.SimpleNamespace(config={"architectures": ["LlamaForCausalLM"]}), "path": tmp_path / "a.gguf",
-            "outtype": "f16"}
-    card = model_card(prepared.out, {"base_model": tiny_model, "run": ""}, done, {})
-    assert f"training rows, {path}; loss" in card
+    card = model_card(prepared.out, {"base_model": tiny_model, "run": ""}, {"architectures": ["LlamaForCausalLM"]}, {},
+                      ("a.gguf", "f16"))
+    assert f"training rows, {path}; loss" in card and "(a.gguf, f16) for llama.cpp" in card
+    assert f"training rows, {path}; loss" in (prepared.out / "README.md").read_text()  # the folder's own card
 
 
 def test_the_cpu_default_with_checkpointing_trains_on_the_bf16_base(tiny_model, tmp_path, monkeypatch):
@@ -509,6 +513,11 @@ def test_outputs_adapter_tokenizer_summary_and_curve(trained):
     assert evals[-1][1] < evals[0][1]  # it learned something that carries over to held-out rows
     assert saved["steps_per_s"] > 0 and saved["tokens_per_s"] > 0
     assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    card = (out / "README.md").read_text()  # ours, not PEFT's blank template
+    assert card.startswith("---\nlibrary_name: peft\n") and "Model Card for Model ID" not in card
+    assert "a LoRA adapter made by seed2lora" in card and "rank 64, alpha 16" in card and "| dataset_sha256 |" in card
+    assert f"9 training rows, {saved['training_path']}; loss" in card and "gguf" not in card.split("---")[1]
+    assert "seed2lora export-adapter <this folder>" in card and "## Files" not in card
 
 
 def _logits(model, tokenizer):
@@ -886,6 +895,45 @@ def test_a_retrain_on_new_data_starts_over_once_and_then_resumes(tmp_path, monke
             train_step(Session(cfg).ctx, None)
     assert resumes == [False, True]  # from scratch once (the old data's checkpoints), then resumed
     assert rows_fingerprint(load_rows(run.path)) != "old rows"
+
+
+def test_a_finished_adapter_is_kept_when_only_a_resource_setting_changed(tmp_path, monkeypatch):
+    """The train step compared the whole [train] table with the adapter's summary: a new activation_memory_gb or
+    save_steps trained it again from scratch. Only settings that change the adapter count, and are named."""
+    import dataclasses
+
+    import pipeline.train.trainer as trainer
+    from pipeline.config import load_config
+    from pipeline.records import Instance, Task
+    from pipeline.runner import Session
+    from pipeline.store import RunDir, write_jsonl_atomic
+    from pipeline.train.data import load_rows, rows_fingerprint
+    from pipeline.train.steps import train_step
+
+    where = {"output_dir": str(tmp_path), "run_name": "r"}
+    cfg = load_config(None, where)
+    run = RunDir(cfg.run_dir).ensure()
+    write_jsonl_atomic(run.stage_file("filter"), [Task(id="t", instruction="Name a colour.", instances=[Instance(output="Blue.")])])
+    adapter = Session(cfg).adapter_dir
+    adapter.mkdir(parents=True)
+    done = {"config": dataclasses.asdict(dataclasses.replace(cfg.train, output_dir=str(adapter))),
+            "data_sha256": rows_fingerprint(load_rows(run.path))}
+    (adapter / "training_summary.json").write_text(json.dumps(done))
+    trained = []
+    monkeypatch.setattr(trainer, "train", lambda data, train_cfg, log, progress=None: trained.append(train_cfg)
+                        or {"steps": 1, "eval_losses": {"first": None, "last": None}})
+    resources = {"train.activation_memory_gb": 0.5, "train.save_steps": 7, "train.eval_steps": 3,
+                 "train.gradient_checkpointing": False, "train.resume": False, "train.logging_steps": 5}
+    result = train_step(Session(load_config(None, {**where, **resources})).ctx, None)
+    assert "already trained with these settings" in result.message and not trained
+    lines = []
+    ctx = Session(load_config(None, {**where, **resources, "train.lora_r": 16}), log=lines.append).ctx
+    train_step(ctx, None)
+    assert len(trained) == 1 and trained[0].lora_r == 16
+    assert f"train: {adapter} was trained with other settings: lora_r 64 -> 16; training again" in lines
+    (adapter / "training_summary.json").write_text(json.dumps({**done, "data_sha256": "old rows"}))
+    train_step(ctx, None)
+    assert f"train: {adapter} was trained with other data and settings: lora_r 64 -> 16; training again" in lines
 
 
 def test_train_progress_counts_steps_with_the_loss_and_gives_eval_its_own_count():

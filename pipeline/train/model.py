@@ -101,6 +101,8 @@ CHEAP_DROPOUT_NOTE = ", LoRA dropout from 16-bit masks"
 KEEP_ATTENTION_NOTE = ", attention kept through the recompute"  # recompute.py: the same numbers, so resumable too
 # Micro-batches train the same update (the loss is averaged over the whole device batch's tokens), so resumable too
 MICRO_BATCH_NOTE = ", {rows} row(s) a forward pass without checkpointing"
+# Asked for: every activation kept for backward, as many as the batch makes (the same numbers, so resumable too)
+NO_CHECKPOINTING_NOTE = ", without gradient checkpointing (train.gradient_checkpointing=false)"
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,8 @@ class TrainPlan:
         compute = "bf16 autocast" if self.autocast_bf16 and not self.quant else f"{name} compute"
         dropout = CHEAP_DROPOUT_NOTE if self.cheap_dropout else ""
         kept = KEEP_ATTENTION_NOTE if self.keep_attention else ""
-        split = MICRO_BATCH_NOTE.format(rows=self.micro_rows) if self.micro_rows else ""
+        split = (MICRO_BATCH_NOTE.format(rows=self.micro_rows) if self.micro_rows else
+                 NO_CHECKPOINTING_NOTE if not self.checkpointing else "")
         return f"{base}, {compute} on {on}, {self.optim}{dropout}{kept}{split}"
 
 

@@ -25,9 +25,9 @@ def ifd_step(ctx: RunContext, records: Records | None) -> StepResult:
 
 def train_step(ctx: RunContext, records: Records | None) -> StepResult:
     """Train on the export (or the run's rows); a finished adapter with the same settings and data is kept."""
-    from ..config import TrainConfig, current_values
     from .data import load_rows, rows_fingerprint
     from .model import SUMMARY
+    from .trainer import adapter_changes
     from .trainer import train as run_training
 
     adapter = ctx.run.adapter_dir(ctx.cfg.train.output_dir)
@@ -38,11 +38,13 @@ def train_step(ctx: RunContext, records: Records | None) -> StepResult:
         done = json.loads(summary_file.read_text(encoding="utf-8"))
         # Adapters from before the data was fingerprinted carry no data_sha256: judged by the settings alone.
         same_data = done.get("data_sha256") in (None, rows_fingerprint(load_rows(data)))
-        # current_values: a summary written when quant was a bool (false) equals today's "none"
-        if current_values(TrainConfig, done.get("config") or {}) == dataclasses.asdict(cfg) and same_data:
+        # Only settings that change the adapter count: a new activation_memory_gb or save_steps trains nothing again
+        changed = adapter_changes(done.get("config") or {}, cfg)
+        if not changed and same_data:
             return StepResult(f"train: {adapter} is already trained with these settings and data "
                               "(delete it to train again)")
-        ctx.log(f"train: {adapter} was trained with other {'settings' if same_data else 'data'}; training again")
+        why = [*([] if same_data else ["data"]), *([f"settings: {', '.join(changed)}"] if changed else [])]
+        ctx.log(f"train: {adapter} was trained with other {' and '.join(why)}; training again")
         if not same_data:
             # Its checkpoints hold the old data's training: start over. The old summary goes now, so
             # that a re-run after an interruption resumes the new training instead of starting again.

@@ -41,12 +41,14 @@ from .model import (
     CHEAP_DROPOUT_NOTE,
     KEEP_ATTENTION_NOTE,
     MICRO_BATCH_NOTE,
+    NO_CHECKPOINTING_NOTE,
     SUMMARY,
     load_for_training,
     load_tokenizer,
     resolve_model,
     resolve_plan,
 )
+from .model_card import write_folder_card
 
 Log = Callable[[str], None]
 Progress = Callable[[str, int | None], Any]  # (description, total or None) -> context manager yielding advance(n)
@@ -364,18 +366,22 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
         trainer.save_model(str(out))  # adapter_model.safetensors + adapter_config.json + tokenizer
         write_text_atomic(out / SUMMARY, json.dumps(summary, indent=2, default=str) + "\n")
         write_loss_curve(history, out / "loss_curve.png")
+        write_folder_card(out, p.model_path)  # over PEFT's blank template; after the summary, which it reads
         log(f"adapter written to {out} (loss {summary['train_loss']['first']} -> {summary['train_loss']['last']}"
             + (f", eval loss {summary['eval_losses']['first']} -> {summary['eval_losses']['last']}"
                if summary["eval_loss"] is not None else "") + ")")
     return summary
 
 
-# Settings a resumed run may change (how long, how often, where, and how activations fit in memory: micro-batches
-# or checkpointing train the same update, so a run that ran out of memory resumes with a lower
-# activation_memory_gb or checkpointing back on); any other change makes the checkpoints another model's or another
-# dataset's, and resuming from them would mix the two.
-RESUMABLE = {"output_dir", "resume", "epochs", "max_steps", "eval_steps", "save_steps", "save_every_s",
-             "save_total_limit", "logging_steps", "activation_memory_gb", "gradient_checkpointing"}
+# Settings that change no number of the finished adapter: where it goes, how often it is saved, logged and evaluated,
+# and how activations fit in memory (micro-batches or checkpointing train the same update). A finished adapter whose
+# summary differs in these alone is kept (train_step), not trained again.
+NOT_IN_ADAPTER = frozenset({"output_dir", "resume", "eval_steps", "save_steps", "save_every_s", "save_total_limit",
+                            "logging_steps", "activation_memory_gb", "gradient_checkpointing"})
+# Settings a resumed run may change: those, and how long it trains (so a run that ran out of memory resumes with a
+# lower activation_memory_gb or checkpointing back on); any other change makes the checkpoints another model's or
+# another dataset's, and resuming from them would mix the two.
+RESUMABLE = NOT_IN_ADAPTER | {"epochs", "max_steps"}
 CHECKPOINT_SETTINGS = "seed2lora_settings.json"
 
 
@@ -392,13 +398,21 @@ ADDED_SETTINGS = {"data_sha256", "training_path"}  # recorded since; checkpoints
 
 def same_model_path(path: Any) -> str:
     """training_path less the notes that change no number a checkpoint holds (the dropout masks' random stream,
-    what the recompute keeps, micro-batches of the same update). The CPU default's fp32 weights under bf16 autocast
-    (before micro-batches) count as its bf16 base under bf16 autocast: a checkpoint holds only the fp32 LoRA weights
-    and Adam states, valid for both, and the matmuls ran on bf16-rounded weights either way; only the norms and the
-    residual stream round to bf16 after the switch."""
-    path = str(path).replace(CHEAP_DROPOUT_NOTE, "").replace(KEEP_ATTENTION_NOTE, "")
+    what the recompute keeps, micro-batches of the same update, checkpointing off). The CPU default's fp32 weights
+    under bf16 autocast (before micro-batches) count as its bf16 base under bf16 autocast: a checkpoint holds only
+    the fp32 LoRA weights and Adam states, valid for both, and the matmuls ran on bf16-rounded weights either way;
+    only the norms and the residual stream round to bf16 after the switch."""
+    path = str(path).replace(CHEAP_DROPOUT_NOTE, "").replace(KEEP_ATTENTION_NOTE, "").replace(NO_CHECKPOINTING_NOTE, "")
     path = path.replace("LoRA on an fp32 base, bf16 autocast", "LoRA on a bf16 base, bf16 autocast")
     return re.sub(re.escape(MICRO_BATCH_NOTE).replace(re.escape("{rows}"), r"\d+"), "", path)
+
+
+def adapter_changes(recorded: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """The settings that change the adapter and differ between a finished adapter's summary and `cfg`, as
+    "lora_r 16 -> 32" (values of an old type read as today's: current_values)."""
+    then = current_values(TrainConfig, recorded)
+    return [f"{k} {then.get(k)!r} -> {v!r}" for k, v in dataclasses.asdict(cfg).items()
+            if k not in NOT_IN_ADAPTER and then.get(k) != v]
 
 
 def check_resumable(ckpts: Path, settings: dict[str, Any]) -> None:

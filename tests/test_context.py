@@ -1,0 +1,97 @@
+"""The run context keeps a run's teacher and judge: one left out by omission stops, one named on purpose is noted."""
+
+import pytest
+
+from pipeline.api import Run
+from pipeline.config import RunConfig, load_config
+from pipeline.context import RunContext
+from pipeline.errors import Seed2LoraError
+from pipeline.store import RunDir
+
+
+def made_with(tmp_path, teacher, judge=None, base_url="http://127.0.0.1:9/v1"):
+    """A run folder whose manifest names the teacher (and judge) that made it; the config of a command on it."""
+    recorded = {"teacher": {"name": teacher, "base_url": base_url}}
+    if judge:
+        recorded["judge"] = {"name": judge}
+    RunDir(tmp_path / "r").ensure().update_manifest(**recorded)
+    return {"output_dir": str(tmp_path), "run_name": "r", "teacher.base_url": base_url,
+            "score.teacher.base_url": base_url}  # a server that need not answer: nothing here sends a request
+
+
+def test_the_config_records_what_was_named(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[teacher]\nspec = "openai:x"\n[eval]\njudge = "openai:j"\n')
+    assert load_config(config).given >= {"teacher.spec", "eval.judge.spec"}
+    named = load_config(None, {"teacher.spec": "embedded"})
+    assert named.was_given("teacher.spec") and not named.was_given("score.teacher.spec")
+    assert not load_config(None, {}).was_given("teacher.spec")
+    in_code = RunConfig()  # built in code: a key differing from its default counts as named
+    assert not in_code.was_given("teacher.spec") and not in_code.was_given("score.teacher.spec")
+    in_code.teacher.spec = "openai:x"
+    assert in_code.was_given("teacher.spec")
+    in_code.teacher.spec = "embedded"
+    in_code.give(["teacher.spec"])
+    assert in_code.was_given("teacher.spec") and not in_code.was_given("score.teacher.spec")
+
+
+def test_the_default_teacher_by_omission_stops_and_a_named_one_goes_on(tmp_path):
+    where = made_with(tmp_path, "openai:gpt-4o-mini")
+    with pytest.raises(Seed2LoraError, match="names no teacher") as e:
+        RunContext(load_config(None, where)).bare_teacher  # noqa: B018
+    assert "--teacher openai:gpt-4o-mini --base-url http://127.0.0.1:9/v1 (or --set teacher.spec=openai:gpt-4o-mini " \
+           "--set teacher.base_url=http://127.0.0.1:9/v1) to go on with it" in str(e.value)
+    notes = []
+    ctx = RunContext(load_config(None, {**where, "teacher.spec": "openai:other"}), log=notes.append)
+    assert ctx.bare_teacher.name == "openai:other" and "will mix the two" in notes[0]
+    # The Python API: teacher= names it; a RunConfig built in code names what differs from the default
+    with pytest.raises(Seed2LoraError, match="names no teacher"):
+        Run(name="r", output_dir=tmp_path, base_url=where["teacher.base_url"], progress=False).run(["bootstrap"])
+    assert Run(name="r", output_dir=tmp_path, teacher="embedded", progress=False).config.was_given("teacher.spec")
+    cfg = RunConfig(output_dir=str(tmp_path), run_name="r")
+    cfg.teacher.spec, cfg.teacher.base_url = "openai:other", where["teacher.base_url"]
+    assert RunContext(Run(cfg, progress=False).config).bare_teacher.name == "openai:other"
+    in_code = RunConfig(output_dir=str(tmp_path), run_name="r")
+    assert Run(in_code, teacher="embedded", progress=False).config.was_given("teacher.spec")
+
+
+def test_a_run_the_default_teacher_made_goes_on_without_the_flag(tmp_path):
+    ctx = RunContext(load_config(None, made_with(tmp_path, "embedded")))
+    ctx.keep_recorded("teacher", "embedded", given=False)  # the same teacher: nothing to stop or say
+
+
+def test_a_run_scored_by_its_own_judge_keeps_it(tmp_path):
+    where = made_with(tmp_path, "openai:cheap", judge="openai:dear")
+    given_teacher = {**where, "teacher.spec": "openai:cheap"}
+    with pytest.raises(Seed2LoraError, match="scored by judge openai:dear") as e:
+        RunContext(load_config(None, given_teacher)).bare_judge  # noqa: B018
+    assert "--judge openai:dear (or --set score.teacher.spec=openai:dear) to go on with it" in str(e.value)
+    assert RunContext(load_config(None, {**given_teacher, "score.teacher.spec": "openai:dear"})).bare_judge.name \
+        == "openai:dear"
+    notes = []
+    ctx = RunContext(load_config(None, {**given_teacher, "score.teacher.spec": "openai:third"}), log=notes.append)
+    assert ctx.bare_judge.name == "openai:third" and "scored by judge openai:dear" in notes[0]
+
+
+def test_a_judge_that_was_the_teacher_follows_a_named_teacher(tmp_path):
+    where = made_with(tmp_path, "openai:cheap", judge="openai:cheap")
+    notes = []
+    ctx = RunContext(load_config(None, {**where, "teacher.spec": "openai:new"}), log=notes.append)
+    assert ctx.bare_judge is ctx.bare_teacher and ctx.bare_judge.name == "openai:new"
+    assert len(notes) == 2 and "made with teacher openai:cheap" in notes[0]  # the teacher's note, and the judge's
+
+
+def test_a_recorded_config_names_nothing_for_this_command(tmp_path):
+    """`score RUN_DIR` reads the config the manifest recorded, which a teacher-less command (`filter`) wrote with the
+    default teacher: that default is no choice made now, so the judge (the teacher) stops instead of scoring."""
+    from pipeline.config import recorded_config
+
+    made_with(tmp_path, "openai:gpt-4o-mini")
+    run = tmp_path / "r"
+    recorded = {"teacher": {"spec": "embedded"}}
+    with pytest.raises(Seed2LoraError, match="names no teacher"):
+        RunContext(recorded_config(recorded, run)).bare_judge  # noqa: B018
+    assert not recorded_config(recorded, run).was_given("teacher.spec")
+    assert recorded_config(recorded, run, overrides={"teacher.spec": "embedded"}).was_given("teacher.spec")
+    kept = recorded_config({"teacher": {"spec": "openai:gpt-4o-mini", "base_url": "http://127.0.0.1:9/v1"}}, run)
+    assert RunContext(kept).bare_judge.name == "openai:gpt-4o-mini"  # the run's own teacher: goes on
