@@ -936,6 +936,46 @@ def test_a_finished_adapter_is_kept_when_only_a_resource_setting_changed(tmp_pat
     assert f"train: {adapter} was trained with other data and settings: lora_r 64 -> 16; training again" in lines
 
 
+def test_a_retrain_for_new_settings_starts_over_but_a_longer_run_goes_on(tmp_path, monkeypatch):
+    """A finished adapter trained again for a setting that changes it (lora_r): its checkpoints are another
+    model's, so the training starts over, where resuming from them stopped with exit 2 asking for --no-resume.
+    Only more (or fewer) epochs or steps go on from them."""
+    import dataclasses
+
+    import pipeline.train.trainer as trainer
+    from pipeline.config import load_config
+    from pipeline.records import Instance, Task
+    from pipeline.runner import Session
+    from pipeline.store import RunDir, write_jsonl_atomic
+    from pipeline.train.data import load_rows, rows_fingerprint
+    from pipeline.train.steps import train_step
+
+    where = {"output_dir": str(tmp_path), "run_name": "r"}
+    cfg = load_config(None, where)
+    run = RunDir(cfg.run_dir).ensure()
+    write_jsonl_atomic(run.stage_file("filter"), [Task(id="t", instruction="Name a colour.", instances=[Instance(output="Blue.")])])
+    adapter = Session(cfg).adapter_dir
+    adapter.mkdir(parents=True)
+    done = {"config": dataclasses.asdict(dataclasses.replace(cfg.train, output_dir=str(adapter))),
+            "data_sha256": rows_fingerprint(load_rows(run.path))}
+    summary = adapter / "training_summary.json"
+    resumes = []
+
+    def interrupted(data, train_cfg, log, progress=None):
+        resumes.append(train_cfg.resume)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    for changed in ({"train.epochs": cfg.train.epochs + 1}, {"train.lora_r": 16}):
+        summary.write_text(json.dumps(done))
+        resumes.clear()
+        for _ in range(2):
+            with pytest.raises(KeyboardInterrupt):
+                train_step(Session(load_config(None, {**where, **changed})).ctx, None)
+        # epochs: resumed from the finished run's checkpoints; lora_r: from scratch once, then resumed
+        assert resumes == ([True, True] if "train.epochs" in changed else [False, True]), changed
+
+
 def test_train_progress_counts_steps_with_the_loss_and_gives_eval_its_own_count():
     """The callback on a fake trainer state: steps (a resumed run counts those it has left), the last losses as
     a note, evaluation's batches apart, and everything closed when train() raises."""

@@ -27,7 +27,7 @@ def train_step(ctx: RunContext, records: Records | None) -> StepResult:
     """Train on the export (or the run's rows); a finished adapter with the same settings and data is kept."""
     from .data import load_rows, rows_fingerprint
     from .model import SUMMARY
-    from .trainer import adapter_changes
+    from .trainer import RESUMABLE, adapter_changes
     from .trainer import train as run_training
 
     adapter = ctx.run.adapter_dir(ctx.cfg.train.output_dir)
@@ -43,11 +43,12 @@ def train_step(ctx: RunContext, records: Records | None) -> StepResult:
         if not changed and same_data:
             return StepResult(f"train: {adapter} is already trained with these settings and data "
                               "(delete it to train again)")
-        why = [*([] if same_data else ["data"]), *([f"settings: {', '.join(changed)}"] if changed else [])]
+        why = [*([] if same_data else ["data"]), *([f"settings: {', '.join(changed.values())}"] if changed else [])]
         ctx.log(f"train: {adapter} was trained with other {' and '.join(why)}; training again")
-        if not same_data:
-            # Its checkpoints hold the old data's training: start over. The old summary goes now, so
-            # that a re-run after an interruption resumes the new training instead of starting again.
+        if not same_data or not changed.keys() <= RESUMABLE:
+            # Its checkpoints hold the old data's or settings' training: start over (only a longer or shorter
+            # run, epochs or max_steps, goes on from them). The old summary goes now, so that a re-run after an
+            # interruption resumes the new training instead of starting again.
             cfg = dataclasses.replace(cfg, resume=False)
             summary_file.unlink()
     summary = run_training(data, cfg, log=ctx.log, progress=ctx.progress)

@@ -407,12 +407,12 @@ def same_model_path(path: Any) -> str:
     return re.sub(re.escape(MICRO_BATCH_NOTE).replace(re.escape("{rows}"), r"\d+"), "", path)
 
 
-def adapter_changes(recorded: dict[str, Any], cfg: TrainConfig) -> list[str]:
-    """The settings that change the adapter and differ between a finished adapter's summary and `cfg`, as
+def adapter_changes(recorded: dict[str, Any], cfg: TrainConfig) -> dict[str, str]:
+    """The settings that change the adapter and differ between a finished adapter's summary and `cfg`, each as
     "lora_r 16 -> 32" (values of an old type read as today's: current_values)."""
     then = current_values(TrainConfig, recorded)
-    return [f"{k} {then.get(k)!r} -> {v!r}" for k, v in dataclasses.asdict(cfg).items()
-            if k not in NOT_IN_ADAPTER and then.get(k) != v]
+    return {k: f"{k} {then.get(k)!r} -> {v!r}" for k, v in dataclasses.asdict(cfg).items()
+            if k not in NOT_IN_ADAPTER and then.get(k) != v}
 
 
 def check_resumable(ckpts: Path, settings: dict[str, Any]) -> None:
