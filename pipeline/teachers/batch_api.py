@@ -6,6 +6,7 @@ over a folder (`FolderClient`, teacher.batch_dir) for a model that no server her
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -33,8 +34,14 @@ class _FolderFiles:
         self.folder = folder
 
     def create(self, *, file: tuple[str, bytes], purpose: str) -> Any:
+        """The wave's id is its content's hash, so a wave written again after a kill is the same file. The same
+        lines sent again after their wave was run (they failed) make a new wave: -2, -3, ... after the hash."""
         data = file[1]
-        file_id = f"wave-{hashlib.sha256(data).hexdigest()[:12]}"
+        file_id = base = f"wave-{hashlib.sha256(data).hexdigest()[:12]}"
+        for n in itertools.count(2):
+            if not (self.folder / f"{file_id}.out.jsonl").exists():
+                break
+            file_id = f"{base}-{n}"
         path = self.folder / f"{file_id}.jsonl"
         path.with_suffix(".tmp").write_bytes(data)
         path.with_suffix(".tmp").replace(path)  # whole or absent: a kill never leaves half a wave to run
