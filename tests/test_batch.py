@@ -245,6 +245,91 @@ def test_a_folder_batch_runs_elsewhere_and_its_output_comes_back(tmp_path, monke
     assert max(sent.values()) == 1
 
 
+def folder_teacher(tmp_path, **teacher):
+    """A folder batch teacher (teacher.batch_dir) on its own run cache, its events in a list."""
+    cfg = TeacherConfig(spec="openai:fake-model", batch=True, batch_dir=str(tmp_path / "waves"), **teacher)
+    t = make_teacher(cfg, seed=1)
+    events = []
+    t.on_event = events.append
+    attach_run(t, ResponseCache(tmp_path / "cache.sqlite"), "s1", Budget(BudgetConfig(), {}))
+    return t, events
+
+
+def write_output(wave: Path, line_of) -> None:
+    """A wave's .out.jsonl: line_of(custom_id) is each output line's response and error."""
+    rows = [{"id": "vllm-0", "custom_id": json.loads(x)["custom_id"], **line_of(json.loads(x))}
+            for x in wave.read_text().splitlines()]
+    wave.with_name(wave.stem + ".out.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_a_folder_wave_sent_again_after_its_lines_failed_is_a_new_wave(tmp_path):
+    """The same lines again (a one-line wave whose line failed) make a new wave file, not the earlier one's id."""
+    from pipeline.teachers.batch_api import WaveWritten
+    t, _ = folder_teacher(tmp_path, max_retries=2)
+    ask = lambda: t.generate(["Hello?"], GenParams(max_tokens=5), kind="classify")  # noqa: E731
+    with pytest.raises(WaveWritten):
+        ask()
+    (first,) = (tmp_path / "waves").glob("wave-*.jsonl")
+    write_output(first, lambda _: {"response": {"status_code": 500, "request_id": "r", "body": None},
+                                   "error": "engine died"})
+    with pytest.raises(WaveWritten) as waits:
+        ask()
+    waves = sorted(w for w in (tmp_path / "waves").glob("wave-*.jsonl") if ".out." not in w.name)
+    (second,) = [w for w in waves if w != first]
+    assert second.read_text() == first.read_text() and second.name in str(waits.value)
+    fake = FakeOpenAI()
+    try:
+        write_output(second, lambda line: {"response": {"status_code": 200, "request_id": "r",
+                                                        "body": fake.default_reply(line["url"], line["body"])},
+                                           "error": None})
+    finally:
+        fake.close()
+    (reply,) = ask()
+    assert reply.ok and t.cache.open_waves() == []
+
+
+@pytest.mark.parametrize("error", [
+    {"error": {"message": "The model `fake-model` does not exist.", "type": "NotFoundError", "code": 404}},  # vLLM now
+    {"object": "error", "message": "The model `fake-model` does not exist.", "type": "NotFoundError", "code": 404},
+])
+def test_a_line_refused_for_its_model_stops_the_run_with_the_reason(tmp_path, error):
+    """vLLM's run_batch with another --model answers every line 404 (its ErrorResponse under `error`): the run
+    stops with that reason, as a direct 404 does, and no line is said to go into the next wave."""
+    from pipeline.teachers.batch_api import WaveWritten
+    t, events = folder_teacher(tmp_path)
+    ask = lambda: t.generate(["Hello?", "Bye?"], GenParams(max_tokens=5), kind="classify")  # noqa: E731
+    with pytest.raises(WaveWritten):
+        ask()
+    (wave,) = (tmp_path / "waves").glob("wave-*.jsonl")
+    write_output(wave, lambda _: {"response": {"status_code": 404, "request_id": "r", "body": None}, "error": error})
+    with pytest.raises(TeacherError, match=r"HTTP 404 The model `fake-model` does not exist"):
+        ask()
+    ended = [e for e in events if "batch ended" in e]
+    assert ended and "next wave" not in ended[-1] and "2 lines given up" in ended[-1]
+    assert len(list((tmp_path / "waves").glob("wave-*.jsonl"))) == 2  # nothing more was written
+    assert t.cache.open_waves() == []
+
+
+def test_a_line_refused_with_a_400_is_an_error_whose_reason_is_shown(fake_batch, tmp_path):
+    """A 4xx line is an error at once; the batch's line says so and why, not that it goes into the next wave."""
+    t, events = batch_teacher(fake_batch, tmp_path)
+    finish = fake_batch._finish
+
+    def finish_400(batch):  # every line answered 400, as a prompt over the model's context is
+        finish(batch)
+        out = [json.loads(x) for x in fake_batch.files[batch["output_file_id"]].decode().splitlines()]
+        for row in out:
+            row["response"] = {"status_code": 400, "request_id": "r", "body": {"error": {
+                "message": "This model's maximum context length is 8 tokens", "type": "invalid_request_error"}}}
+        fake_batch.files[batch["output_file_id"]] = "".join(json.dumps(r) + "\n" for r in out).encode()
+    fake_batch._finish = finish_400
+    (reply,) = t.generate(["Hello?"], GenParams(max_tokens=5), kind="classify")
+    assert not reply.ok and "maximum context length" in reply.error and fake_batch.creations == 1
+    (ended,) = [e for e in events if "batch ended" in e]
+    assert "1 line given up" in ended
+    assert "maximum context length" in ended and "next wave" not in ended
+
+
 # -- evolve and score through the Batch API --------------------------------------------------------------------------
 EVOLVE_SCORE = ["--set", 'stages=["evolve", "score"]', "--set", "evolve.source=seeds", "--set", "evolve.rounds=2"]
 

@@ -32,7 +32,16 @@ import openai
 from ..config import TeacherConfig
 from ..errors import TeacherError
 from .base import Completion, GenParams, Request
-from .batch_api import ENDED, Calls, FolderClient, check_batch_api, progress_line, read_line
+from .batch_api import (
+    ENDED,
+    Calls,
+    FolderClient,
+    check_batch_api,
+    ended_line,
+    progress_line,
+    read_line,
+    stop_if_refused,
+)
 from .openai_compat import OpenAITeacher
 
 ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
@@ -251,6 +260,7 @@ class BatchTeacher(OpenAITeacher):
                                "server's Batch API; a re-run sends its requests again")
         api = "chat" if wave["endpoint"].endswith("/chat/completions") else "completions"
         answered = failed = 0
+        refused: list[str] = []  # why each awaited line that goes into no next wave failed
         for key, kind, reading, state in self.cache.wave_lines(wave["file_id"]):
             if state != "sent":
                 continue
@@ -275,13 +285,13 @@ class BatchTeacher(OpenAITeacher):
                 continue  # a later stream that asks for it sends it again
             if why.startswith("HTTP 4") or tries > self.max_retries:
                 del waiting[key]
+                refused.append(why)
                 ready.extend((req, Completion("", "error", error=why, retries=tries - 1)) for req, _ in awaiting)
             else:
                 retry[key] = awaiting[0]
         self._close(wave, b.status)
-        self._event(f"{self._kind} batch ended: {b.id} {b.status}, {answered:,} replies read" +
-                    (f", {failed:,} lines failed (tried again in the next wave, up to teacher.max_retries times)"
-                     if failed else ""))
+        self._event(ended_line(self._kind, b, answered, failed - len(refused), refused))
+        stop_if_refused(b, refused)
 
     def _close(self, wave: dict[str, Any], status: str) -> None:
         self.cache.update_wave(wave["file_id"], status=status, done=True)

@@ -22,6 +22,7 @@ from .base import Completion, apply_stop
 from .wire import FATAL, Malformed, describe_error, read_reply
 
 ENDED = ("completed", "expired", "cancelled", "failed")  # a batch in any other status is still running
+FATAL_LINES = ("HTTP 401 ", "HTTP 403 ", "HTTP 404 ")  # a line refused so stops the run, as wire.FATAL does directly
 BACKOFF_MAX_S = 30.0  # longest wait between two tries of a files or batches call while the server does not answer
 
 
@@ -132,6 +133,26 @@ def progress_line(kind: str, wave: dict[str, Any], b: Any, seen: dict[str, tuple
             + eta)
 
 
+def ended_line(kind: str, b: Any, answered: int, retried: int, refused: list[str]) -> str:
+    """An ended batch's line: replies read, lines that go into the next wave, and lines given up with the first
+    reason (a 4xx, or out of teacher.max_retries), which no next wave will hold."""
+    def lines(n: int) -> str:
+        return f"{n:,} line{'s' if n != 1 else ''}"
+    return (f"{kind} batch ended: {b.id} {b.status}, {answered:,} replies read"
+            + (f", {lines(retried)} failed (tried again in the next wave, up to teacher.max_retries times)"
+               if retried else "")
+            + (f", {lines(len(refused))} given up (not tried again; first: {refused[0]})" if refused else ""))
+
+
+def stop_if_refused(b: Any, refused: list[str]) -> None:
+    """Lines refused with a 401, 403 or 404 stop the run, as a direct one does: every other line would be too."""
+    fatal = [why for why in refused if why.startswith(FATAL_LINES)]
+    if fatal:
+        raise TeacherError(f"batch {b.id}: {len(fatal)} lines refused with {fatal[0].rstrip('.')}. Fix: check --teacher "
+                           "openai:MODEL and the key (with teacher.batch_dir: run_batch's --model must be MODEL); "
+                           "a re-run sends these requests again")
+
+
 def duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
@@ -149,6 +170,8 @@ def read_line(api: str, line: dict[str, Any] | None, reading: dict[str, Any],
     code = response.get("status_code")
     if line.get("error") or code != 200:
         error = line.get("error") or (response.get("body") or {}).get("error") or {}
+        if isinstance(error, dict) and isinstance(error.get("error"), dict):
+            error = error["error"]  # vLLM's run_batch: its ErrorResponse, {"error": {"message", "code", ...}}
         message = error.get("message", "") if isinstance(error, dict) else str(error)
         return None, (f"HTTP {code} " if code else "") + (message or "a failed line")[:300]
     try:
