@@ -138,6 +138,11 @@ def test_kill_9_during_a_batch_then_a_re_run_resubmits_nothing(fake_batch, tmp_p
 
     cmd, env = run_and_kill(fake_batch, tmp_path, kill_when, "--num-instructions", "12", *FAST)
     before = fake_batch.creations
+    waiting = sum(len(b["_lines"]) for b in fake_batch.batches.values() if b["status"] != "completed")
+    for command in ("show", "cost"):  # what was submitted and is not read yet: paid, and where
+        shown = invoke(command, tmp_path / "k").output
+        assert f"{waiting} requests submitted and not read yet" in shown and "run the same command" in shown
+        assert shown.count("not read yet") == 1, command
     fake_batch.polls_to_finish = 3
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     sent = Counter(line["custom_id"] for line in fake_batch.lines)

@@ -148,9 +148,9 @@ def stop_if_refused(b: Any, refused: list[str]) -> None:
     """Lines refused with a 401, 403 or 404 stop the run, as a direct one does: every other line would be too."""
     fatal = [why for why in refused if why.startswith(FATAL_LINES)]
     if fatal:
-        raise TeacherError(f"batch {b.id}: {len(fatal)} lines refused with {fatal[0].rstrip('.')}. Fix: check --teacher "
-                           "openai:MODEL and the key (with teacher.batch_dir: run_batch's --model must be MODEL); "
-                           "a re-run sends these requests again")
+        raise TeacherError(f"batch {b.id}: {len(fatal)} lines refused with {fatal[0].rstrip('.')}. Fix: check "
+                           "--teacher openai:MODEL and the key (with teacher.batch_dir: run_batch's --model must be "
+                           "MODEL); a re-run sends these requests again")
 
 
 def duration(seconds: float) -> str:
