@@ -110,6 +110,29 @@ def test_failed_lines_go_into_the_next_wave_up_to_max_retries(fake_batch, tmp_pa
     assert t.usage.by_kind["classify"]["errors"] == 1
 
 
+def test_a_cancelled_batch_stops_the_run_and_its_unanswered_lines_are_not_resent(fake_batch, tmp_path):
+    """OpenAI cancels a batch only at its owner's request: what it left unanswered is not sent again by itself."""
+    from pipeline.teachers.batch_api import BatchCancelled
+    advance = fake_batch._advance
+
+    def cancel(batch):  # cancelled half answered, as a batch cancelled while it runs
+        batch["_expires"] = True
+        fake_batch._finish(batch)
+        batch["status"] = "cancelled"
+        return batch
+    fake_batch._advance = cancel
+    t, events = batch_teacher(fake_batch, tmp_path)
+    prompts = [f"Question {i}?" for i in range(4)]
+    with pytest.raises(BatchCancelled, match="2 of its requests unanswered"):
+        t.generate(prompts, GenParams(max_tokens=5), kind="classify")
+    assert fake_batch.creations == 1 and "not sent again" in [e for e in events if "batch ended" in e][0]
+    fake_batch._advance = advance
+    replies = t.generate(prompts, GenParams(max_tokens=5), kind="classify")  # the same command again
+    assert all(r.ok for r in replies) and fake_batch.creations == 2
+    sent = Counter(line["custom_id"] for line in fake_batch.lines)
+    assert sorted(sent.values()) == [1, 1, 2, 2]  # the two answered went once; the two cancelled once more, by hand
+
+
 def test_a_re_run_adopts_a_batch_created_before_its_id_was_recorded(fake_batch, tmp_path):
     """Killed between the create and recording its id: the batch is found by its input file, not created again."""
     t, _ = batch_teacher(fake_batch, tmp_path)

@@ -281,8 +281,8 @@ class BatchTeacher(OpenAITeacher):
                 continue
             failed += 1
             tries = self.cache.fail_line(wave["file_id"], key)
-            if not awaiting:
-                continue  # a later stream that asks for it sends it again
+            if not awaiting or b.status == "cancelled":
+                continue  # a later stream that asks for it sends it again; a cancel is its owner's: not resent now
             if why.startswith("HTTP 4") or tries > self.max_retries:
                 del waiting[key]
                 refused.append(why)
@@ -291,7 +291,7 @@ class BatchTeacher(OpenAITeacher):
                 retry[key] = awaiting[0]
         self._close(wave, b.status)
         self._event(ended_line(self._kind, b, answered, failed - len(refused), refused))
-        stop_if_refused(b, refused)
+        stop_if_refused(b, refused, failed)
 
     def _close(self, wave: dict[str, Any], status: str) -> None:
         self.cache.update_wave(wave["file_id"], status=status, done=True)

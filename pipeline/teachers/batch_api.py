@@ -30,6 +30,10 @@ class WaveWritten(Incomplete):
     """A wave of a folder batch (teacher.batch_dir) waits for its output file: the run stops until it is there."""
 
 
+class BatchCancelled(Incomplete):
+    """A batch was cancelled (on the server, by its owner) before every request was answered: the run stops."""
+
+
 class _FolderFiles:
     def __init__(self, folder: Path):
         self.folder = folder
@@ -138,14 +142,19 @@ def ended_line(kind: str, b: Any, answered: int, retried: int, refused: list[str
     reason (a 4xx, or out of teacher.max_retries), which no next wave will hold."""
     def lines(n: int) -> str:
         return f"{n:,} line{'s' if n != 1 else ''}"
+    again = "not sent again: the batch was cancelled" if b.status == "cancelled" else \
+        "tried again in the next wave, up to teacher.max_retries times"
     return (f"{kind} batch ended: {b.id} {b.status}, {answered:,} replies read"
-            + (f", {lines(retried)} failed (tried again in the next wave, up to teacher.max_retries times)"
-               if retried else "")
+            + (f", {lines(retried)} failed ({again})" if retried else "")
             + (f", {lines(len(refused))} given up (not tried again; first: {refused[0]})" if refused else ""))
 
 
-def stop_if_refused(b: Any, refused: list[str]) -> None:
-    """Lines refused with a 401, 403 or 404 stop the run, as a direct one does: every other line would be too."""
+def stop_if_refused(b: Any, refused: list[str], failed: int) -> None:
+    """Lines refused with a 401, 403 or 404 stop the run, as a direct one does: every other line would be too.
+    So does a cancelled batch (OpenAI cancels only at its owner's request): its unanswered lines are not resent."""
+    if b.status == "cancelled" and failed:
+        raise BatchCancelled(f"batch {b.id} was cancelled with {failed:,} of its requests unanswered (its replies are "
+                             "kept); they were not sent again. Run the same command to send them in a new batch")
     fatal = [why for why in refused if why.startswith(FATAL_LINES)]
     if fatal:
         raise TeacherError(f"batch {b.id}: {len(fatal)} lines refused with {fatal[0].rstrip('.')}. Fix: check "
