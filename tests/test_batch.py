@@ -316,6 +316,27 @@ def test_a_folder_wave_sent_again_after_its_lines_failed_is_a_new_wave(tmp_path)
     assert reply.ok and t.cache.open_waves() == []
 
 
+def test_an_output_file_cut_short_is_read_up_to_the_cut_and_the_rest_goes_into_the_next_wave(tmp_path):
+    """vLLM's run_batch writes its output as it goes: a copy taken early (or a killed run) ends in half a line."""
+    from pipeline.teachers.batch_api import WaveWritten
+    t, events = folder_teacher(tmp_path)
+    ask = lambda: t.generate(["Hello?", "Bye?"], GenParams(max_tokens=5), kind="classify")  # noqa: E731
+    with pytest.raises(WaveWritten):
+        ask()
+    (wave,) = (tmp_path / "waves").glob("wave-*.jsonl")
+    write_output(wave, lambda _: {"response": {"status_code": 200, "request_id": "r", "body": {
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Yes"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4, "prompt_tokens_details": None}}},
+        "error": None})
+    out = wave.with_name(wave.stem + ".out.jsonl")
+    out.write_text(out.read_text()[:-40])  # the second line cut short
+    with pytest.raises(WaveWritten):  # the cut line's request, in a new wave
+        ask()
+    assert any("1 line of its results unreadable" in e for e in events), events
+    (ended,) = [e for e in events if "batch ended" in e]
+    assert "1 replies read" in ended and "1 line failed" in ended
+
+
 @pytest.mark.parametrize("error", [
     {"error": {"message": "The model `fake-model` does not exist.", "type": "NotFoundError", "code": 404}},  # vLLM now
     {"object": "error", "message": "The model `fake-model` does not exist.", "type": "NotFoundError", "code": 404},

@@ -40,6 +40,7 @@ from .batch_api import (
     ended_line,
     progress_line,
     read_line,
+    read_results,
     stop_if_refused,
 )
 from .openai_compat import OpenAITeacher
@@ -245,10 +246,7 @@ class BatchTeacher(OpenAITeacher):
         for file_id in (b.error_file_id, b.output_file_id):  # an output line wins over an error line
             if file_id:
                 text = self._call(lambda f=file_id: client.files.content(f).text, "download a batch's results")
-                for line in text.splitlines():
-                    if line.strip():
-                        obj = json.loads(line)
-                        out[obj.get("custom_id", "")] = obj
+                read_results(text, out, lambda what: self._event(f"{self._kind} batch {b.id}: {what}"))
         if b.status == "failed" and not out:
             errors = "; ".join(getattr(e, "message", "") or str(e) for e in (getattr(b.errors, "data", None) or []))
             for key, _, _, state in self.cache.wave_lines(wave["file_id"]):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -168,6 +169,24 @@ def duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def read_results(text: str, out: dict[str, dict[str, Any]], say: Callable[[str], None]) -> None:
+    """A results file's lines into `out` by custom_id. A line that is not whole JSON (a file copied while vLLM's
+    run_batch still wrote it, or cut by a kill) is skipped and said: its request has no reply, so it goes into
+    the next wave."""
+    bad = 0
+    for line in text.splitlines():
+        if line.strip():
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                bad += 1
+                continue
+            out[obj.get("custom_id", "")] = obj
+    if bad:
+        say(f"{bad} line{'s' if bad != 1 else ''} of its results unreadable (not whole JSON: a file cut short?); "
+            + ("its request goes" if bad == 1 else "their requests go") + " into the next wave")
 
 
 def read_line(api: str, line: dict[str, Any] | None, reading: dict[str, Any],
