@@ -162,8 +162,8 @@ def test_kill_9_during_a_batch_then_a_re_run_resubmits_nothing(fake_batch, tmp_p
     cmd, env = run_and_kill(fake_batch, tmp_path, kill_when, "--num-instructions", "12", *FAST)
     before = fake_batch.creations
     waiting = sum(len(b["_lines"]) for b in fake_batch.batches.values() if b["status"] != "completed")
-    for command in ("show", "cost"):  # what was submitted and is not read yet: paid, and where
-        shown = invoke(command, tmp_path / "k").output
+    for command in ("show", "cost", "run"):  # what was submitted and is not read yet: paid, and where
+        shown = invoke(*cmd[3:], "--dry-run").output if command == "run" else invoke(command, tmp_path / "k").output
         assert f"{waiting} requests submitted and not read yet" in shown and "run the same command" in shown
         assert shown.count("not read yet") == 1, command
     fake_batch.polls_to_finish = 3
