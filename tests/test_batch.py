@@ -176,6 +176,21 @@ def test_kill_9_during_a_batch_then_a_re_run_resubmits_nothing(fake_batch, tmp_p
         assert len({r["id"] for r in records}) == len(records) == 12, stage
 
 
+def test_a_run_without_batch_over_open_batches_says_they_are_paid_already(fake_batch, tmp_path):
+    """Killed mid-batch, then run again without --batch: the requests in the open batch are sent directly, and
+    paid twice; the run says so before it sends them."""
+    fake_batch.polls_to_finish = 400
+
+    def kill_when():
+        return any((b["metadata"] or {}).get("seed2lora") == "classify" and b["_polls"] >= 1
+                   for b in list(fake_batch.batches.values()))
+
+    cmd, _ = run_and_kill(fake_batch, tmp_path, kill_when, "--num-instructions", "6", *FAST)
+    direct = invoke(*[a for a in cmd[3:] if a != "--batch"]).output
+    assert "6 requests of this run wait in open Batch API batches" in direct and "add --batch" in direct
+    assert direct.count("open Batch API batches") == 1  # once a command, not once a stage
+
+
 def test_a_server_killed_mid_batch_is_waited_for(fake_batch, tmp_path):
     fake_batch.polls_to_finish = 6
 
