@@ -64,14 +64,16 @@ def open_batches(run: RunDir) -> dict[str, Any] | None:
     if not waves:
         return None
     return {"batches": [w["batch_id"] or w["file_id"] for w in waves], "requests": len(lines),
-            "est_usd": sum(w["est_usd"] for w in waves)}
+            "est_usd": sum(w["est_usd"] for w in waves), "est_tokens": sum(w["est_tokens"] for w in waves)}
 
 
 def open_batches_line(ob: dict[str, Any]) -> str:
     n = len(ob["batches"])
+    price = f", {money(ob['est_usd'])} at the batch price" if ob["est_usd"] else " (unpriced model)"
     return (f"open batches: {n} batch{'es' if n != 1 else ''} ({', '.join(ob['batches'][:3])}"
-            f"{', ...' if n > 3 else ''}) {'holds' if n == 1 else 'hold'} {ob['requests']:,} requests submitted and not read yet, "
-            f"{money(ob['est_usd'])} at most at the batch price; run the same command to read them (docs/batch.md)")
+            f"{', ...' if n > 3 else ''}) {'holds' if n == 1 else 'hold'} {ob['requests']:,} requests submitted and "
+            f"not read yet, {ob['est_tokens']:,} tokens at most{price}; run the same command to read them "
+            "(docs/batch.md)")
 
 
 def chars_per_token(run: RunDir) -> tuple[float, str]:
