@@ -202,7 +202,7 @@ def _print_estimate(s) -> None:
     from rich.table import Table
 
     from .budget import check_prices
-    from .cost import money
+    from .cost import money, open_batches, open_batches_line
     from .estimate import estimate_run
 
     est = estimate_run(s.cfg, s.prompts, s.seeds, s.run, s.cache if s.run.path.exists() else None)
@@ -224,6 +224,8 @@ def _print_estimate(s) -> None:
                        f"at the cached-input rate: ${est['cost_with_prefix_cache_usd']:.4f}")
     if est.get("batch_price_factor") is not None:
         click.echo(f"@batch: sent through the Batch API, at {est['batch_price_factor']:g} x the model's price")
+    if waiting := open_batches(s.run):  # paid already: the run reads them before it sends anything more
+        click.echo(open_batches_line(waiting))
     if est["unpriced"] and not s.cfg.budget.max_cost:
         click.echo(f"no price for model {', '.join(est['unpriced'])}: add [budget.prices] "
                    f"\"{est['unpriced'][0]}\" = [input, output] $ per 1M tokens")

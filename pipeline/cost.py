@@ -50,6 +50,32 @@ def run_usage(run: RunDir) -> tuple[ByModel, str]:
     return attribute_unlogged({None: dict(manifest.get("usage") or {})}, manifest), "manifest.json"
 
 
+def open_batches(run: RunDir) -> dict[str, Any] | None:
+    """The Batch API waves submitted and not read yet (a run stopped while they ran): their batch ids, requests
+    and cost at their most (as --max-cost counts them); None when there are none."""
+    db = run.path / CACHE_FILE
+    if not db.is_file():
+        return None
+    cache = ResponseCache(db)
+    try:
+        waves, lines = cache.open_waves(), cache.open_lines()
+    finally:
+        cache.close()
+    if not waves:
+        return None
+    return {"batches": [w["batch_id"] or w["file_id"] for w in waves], "requests": len(lines),
+            "est_usd": sum(w["est_usd"] for w in waves), "est_tokens": sum(w["est_tokens"] for w in waves)}
+
+
+def open_batches_line(ob: dict[str, Any]) -> str:
+    n = len(ob["batches"])
+    price = f", {money(ob['est_usd'])} at the batch price" if ob["est_usd"] else " (unpriced model)"
+    return (f"open batches: {n} batch{'es' if n != 1 else ''} ({', '.join(ob['batches'][:3])}"
+            f"{', ...' if n > 3 else ''}) {'holds' if n == 1 else 'hold'} {ob['requests']:,} requests submitted and "
+            f"not read yet, {ob['est_tokens']:,} tokens at most{price}; run the same command to read them "
+            "(docs/batch.md)")
+
+
 def chars_per_token(run: RunDir) -> tuple[float, str]:
     """Characters per completion token of the run's own replies; the usual 4 when none were counted."""
     db = run.path / CACHE_FILE
@@ -187,6 +213,7 @@ def run_cost(run_path: str | Path, budget: BudgetConfig | None = None, cost: Cos
     return {
         "run": str(run.path), "usage_source": usage_source, "stages": stages, "models": models,
         "batch_price_factor": budget.batch_price_factor if any(m.endswith(BATCH_SUFFIX) for m in models) else None,
+        "open_batches": open_batches(run),
         "unpriced": unpriced, "dataset_usd": dataset_usd, "kept": kept, "train_rows": n_rows, "rows_source": rows_source,
         "usd_per_1k_kept": per_1k(kept), "usd_per_1k_rows": per_1k(n_rows), "training": training,
         "chars_per_token": cpt, "chars_per_token_source": cpt_source, "row_tokens": measured,
@@ -222,6 +249,8 @@ def summary_lines(c: dict[str, Any]) -> list[str]:
     if c.get("batch_price_factor") is not None:
         lines.insert(1, f"batch discount: calls of a model marked {BATCH_SUFFIX} went through the Batch API, priced at "
                         f"{c['batch_price_factor']:g} x the model's price (budget.batch_price_factor)")
+    if c.get("open_batches"):
+        lines.insert(1, open_batches_line(c["open_batches"]))
     if be["calls"] is None:
         why = "the adapter saves nothing per call at these prices" if be["saved_per_call_usd"] <= 0 else \
             "neither the dataset's nor the training's cost is known"

@@ -134,6 +134,10 @@ def show_run(path: Path, *, stage: str | None, n_samples: int, as_jsonl: bool, s
         out.print(f"  {s['reason']}", highlight=False)
     if s["teacher_choice"]:
         out.print(f"  {s['teacher_choice']}", highlight=False)
+    from .cost import open_batches, open_batches_line
+
+    if waiting := open_batches(run):  # paid and still to come: first, not only in the cost lines below
+        out.print(f"  {open_batches_line(waiting)}", highlight=False)
     if over := sum(n for k, n in s["rejected_by_reason"].items() if k == "bootstrap: over_target"):
         out.print(f"  {over} bootstrap lines passed the filter after the pool was full (over_target in "
                   f"rejected.jsonl: `seed2lora show {path} --stage rejected`)", highlight=False)
@@ -179,7 +183,7 @@ def show_run(path: Path, *, stage: str | None, n_samples: int, as_jsonl: bool, s
     if s["usage"]:  # dollars per stage, per 1,000 kept and rows, break-even: the figures of `seed2lora cost`
         from .cost import money, print_cost, run_cost
 
-        c = run_cost(path)
+        c = {**run_cost(path), "open_batches": None}  # said above
         # Spend from the usage log, each model at its own price (a manifest's copy may predate the last kill -9).
         tokens = sum(t["prompt_tokens"] + t["completion_tokens"] for t in c["models"].values())
         cost = money(c["dataset_usd"]) if c["dataset_usd"] is not None else f"no price for {', '.join(c['unpriced'])}"

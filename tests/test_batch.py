@@ -110,6 +110,29 @@ def test_failed_lines_go_into_the_next_wave_up_to_max_retries(fake_batch, tmp_pa
     assert t.usage.by_kind["classify"]["errors"] == 1
 
 
+def test_a_cancelled_batch_stops_the_run_and_its_unanswered_lines_are_not_resent(fake_batch, tmp_path):
+    """OpenAI cancels a batch only at its owner's request: what it left unanswered is not sent again by itself."""
+    from pipeline.teachers.batch_api import BatchCancelled
+    advance = fake_batch._advance
+
+    def cancel(batch):  # cancelled half answered, as a batch cancelled while it runs
+        batch["_expires"] = True
+        fake_batch._finish(batch)
+        batch["status"] = "cancelled"
+        return batch
+    fake_batch._advance = cancel
+    t, events = batch_teacher(fake_batch, tmp_path)
+    prompts = [f"Question {i}?" for i in range(4)]
+    with pytest.raises(BatchCancelled, match="2 of its requests unanswered"):
+        t.generate(prompts, GenParams(max_tokens=5), kind="classify")
+    assert fake_batch.creations == 1 and "not sent again" in [e for e in events if "batch ended" in e][0]
+    fake_batch._advance = advance
+    replies = t.generate(prompts, GenParams(max_tokens=5), kind="classify")  # the same command again
+    assert all(r.ok for r in replies) and fake_batch.creations == 2
+    sent = Counter(line["custom_id"] for line in fake_batch.lines)
+    assert sorted(sent.values()) == [1, 1, 2, 2]  # the two answered went once; the two cancelled once more, by hand
+
+
 def test_a_re_run_adopts_a_batch_created_before_its_id_was_recorded(fake_batch, tmp_path):
     """Killed between the create and recording its id: the batch is found by its input file, not created again."""
     t, _ = batch_teacher(fake_batch, tmp_path)
@@ -138,6 +161,11 @@ def test_kill_9_during_a_batch_then_a_re_run_resubmits_nothing(fake_batch, tmp_p
 
     cmd, env = run_and_kill(fake_batch, tmp_path, kill_when, "--num-instructions", "12", *FAST)
     before = fake_batch.creations
+    waiting = sum(len(b["_lines"]) for b in fake_batch.batches.values() if b["status"] != "completed")
+    for command in ("show", "cost", "run"):  # what was submitted and is not read yet: paid, and where
+        shown = invoke(*cmd[3:], "--dry-run").output if command == "run" else invoke(command, tmp_path / "k").output
+        assert f"{waiting} requests submitted and not read yet" in shown and "run the same command" in shown
+        assert shown.count("not read yet") == 1, command
     fake_batch.polls_to_finish = 3
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     sent = Counter(line["custom_id"] for line in fake_batch.lines)
@@ -146,6 +174,21 @@ def test_kill_9_during_a_batch_then_a_re_run_resubmits_nothing(fake_batch, tmp_p
     for stage in STAGES:
         records = read(tmp_path / "k" / f"{stage}.jsonl")
         assert len({r["id"] for r in records}) == len(records) == 12, stage
+
+
+def test_a_run_without_batch_over_open_batches_says_they_are_paid_already(fake_batch, tmp_path):
+    """Killed mid-batch, then run again without --batch: the requests in the open batch are sent directly, and
+    paid twice; the run says so before it sends them."""
+    fake_batch.polls_to_finish = 400
+
+    def kill_when():
+        return any((b["metadata"] or {}).get("seed2lora") == "classify" and b["_polls"] >= 1
+                   for b in list(fake_batch.batches.values()))
+
+    cmd, _ = run_and_kill(fake_batch, tmp_path, kill_when, "--num-instructions", "6", *FAST)
+    direct = invoke(*[a for a in cmd[3:] if a != "--batch"]).output
+    assert "6 requests of this run wait in open Batch API batches" in direct and "add --batch" in direct
+    assert direct.count("open Batch API batches") == 1  # once a command, not once a stage
 
 
 def test_a_server_killed_mid_batch_is_waited_for(fake_batch, tmp_path):
@@ -243,6 +286,112 @@ def test_a_folder_batch_runs_elsewhere_and_its_output_comes_back(tmp_path, monke
     sent = Counter(json.loads(x)["custom_id"] for w in folder.glob("wave-*.jsonl") if ".out." not in w.name
                    for x in w.read_text().splitlines())
     assert max(sent.values()) == 1
+
+
+def folder_teacher(tmp_path, **teacher):
+    """A folder batch teacher (teacher.batch_dir) on its own run cache, its events in a list."""
+    cfg = TeacherConfig(spec="openai:fake-model", batch=True, batch_dir=str(tmp_path / "waves"), **teacher)
+    t = make_teacher(cfg, seed=1)
+    events = []
+    t.on_event = events.append
+    attach_run(t, ResponseCache(tmp_path / "cache.sqlite"), "s1", Budget(BudgetConfig(), {}))
+    return t, events
+
+
+def write_output(wave: Path, line_of) -> None:
+    """A wave's .out.jsonl: line_of(custom_id) is each output line's response and error."""
+    rows = [{"id": "vllm-0", "custom_id": json.loads(x)["custom_id"], **line_of(json.loads(x))}
+            for x in wave.read_text().splitlines()]
+    wave.with_name(wave.stem + ".out.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_a_folder_wave_sent_again_after_its_lines_failed_is_a_new_wave(tmp_path):
+    """The same lines again (a one-line wave whose line failed) make a new wave file, not the earlier one's id."""
+    from pipeline.teachers.batch_api import WaveWritten
+    t, _ = folder_teacher(tmp_path, max_retries=2)
+    ask = lambda: t.generate(["Hello?"], GenParams(max_tokens=5), kind="classify")  # noqa: E731
+    with pytest.raises(WaveWritten):
+        ask()
+    (first,) = (tmp_path / "waves").glob("wave-*.jsonl")
+    write_output(first, lambda _: {"response": {"status_code": 500, "request_id": "r", "body": None},
+                                   "error": "engine died"})
+    with pytest.raises(WaveWritten) as waits:
+        ask()
+    waves = sorted(w for w in (tmp_path / "waves").glob("wave-*.jsonl") if ".out." not in w.name)
+    (second,) = [w for w in waves if w != first]
+    assert second.read_text() == first.read_text() and second.name in str(waits.value)
+    fake = FakeOpenAI()
+    try:
+        write_output(second, lambda line: {"response": {"status_code": 200, "request_id": "r",
+                                                        "body": fake.default_reply(line["url"], line["body"])},
+                                           "error": None})
+    finally:
+        fake.close()
+    (reply,) = ask()
+    assert reply.ok and t.cache.open_waves() == []
+
+
+def test_an_output_file_cut_short_is_read_up_to_the_cut_and_the_rest_goes_into_the_next_wave(tmp_path):
+    """vLLM's run_batch writes its output as it goes: a copy taken early (or a killed run) ends in half a line."""
+    from pipeline.teachers.batch_api import WaveWritten
+    t, events = folder_teacher(tmp_path)
+    ask = lambda: t.generate(["Hello?", "Bye?"], GenParams(max_tokens=5), kind="classify")  # noqa: E731
+    with pytest.raises(WaveWritten):
+        ask()
+    (wave,) = (tmp_path / "waves").glob("wave-*.jsonl")
+    write_output(wave, lambda _: {"response": {"status_code": 200, "request_id": "r", "body": {
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Yes"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4, "prompt_tokens_details": None}}},
+        "error": None})
+    out = wave.with_name(wave.stem + ".out.jsonl")
+    out.write_text(out.read_text()[:-40])  # the second line cut short
+    with pytest.raises(WaveWritten):  # the cut line's request, in a new wave
+        ask()
+    assert any("1 line of its results unreadable" in e for e in events), events
+    (ended,) = [e for e in events if "batch ended" in e]
+    assert "1 replies read" in ended and "1 line failed" in ended
+
+
+@pytest.mark.parametrize("error", [
+    {"error": {"message": "The model `fake-model` does not exist.", "type": "NotFoundError", "code": 404}},  # vLLM now
+    {"object": "error", "message": "The model `fake-model` does not exist.", "type": "NotFoundError", "code": 404},
+])
+def test_a_line_refused_for_its_model_stops_the_run_with_the_reason(tmp_path, error):
+    """vLLM's run_batch with another --model answers every line 404 (its ErrorResponse under `error`): the run
+    stops with that reason, as a direct 404 does, and no line is said to go into the next wave."""
+    from pipeline.teachers.batch_api import WaveWritten
+    t, events = folder_teacher(tmp_path)
+    ask = lambda: t.generate(["Hello?", "Bye?"], GenParams(max_tokens=5), kind="classify")  # noqa: E731
+    with pytest.raises(WaveWritten):
+        ask()
+    (wave,) = (tmp_path / "waves").glob("wave-*.jsonl")
+    write_output(wave, lambda _: {"response": {"status_code": 404, "request_id": "r", "body": None}, "error": error})
+    with pytest.raises(TeacherError, match=r"HTTP 404 The model `fake-model` does not exist"):
+        ask()
+    ended = [e for e in events if "batch ended" in e]
+    assert ended and "next wave" not in ended[-1] and "2 lines given up" in ended[-1]
+    assert len(list((tmp_path / "waves").glob("wave-*.jsonl"))) == 2  # nothing more was written
+    assert t.cache.open_waves() == []
+
+
+def test_a_line_refused_with_a_400_is_an_error_whose_reason_is_shown(fake_batch, tmp_path):
+    """A 4xx line is an error at once; the batch's line says so and why, not that it goes into the next wave."""
+    t, events = batch_teacher(fake_batch, tmp_path)
+    finish = fake_batch._finish
+
+    def finish_400(batch):  # every line answered 400, as a prompt over the model's context is
+        finish(batch)
+        out = [json.loads(x) for x in fake_batch.files[batch["output_file_id"]].decode().splitlines()]
+        for row in out:
+            row["response"] = {"status_code": 400, "request_id": "r", "body": {"error": {
+                "message": "This model's maximum context length is 8 tokens", "type": "invalid_request_error"}}}
+        fake_batch.files[batch["output_file_id"]] = "".join(json.dumps(r) + "\n" for r in out).encode()
+    fake_batch._finish = finish_400
+    (reply,) = t.generate(["Hello?"], GenParams(max_tokens=5), kind="classify")
+    assert not reply.ok and "maximum context length" in reply.error and fake_batch.creations == 1
+    (ended,) = [e for e in events if "batch ended" in e]
+    assert "1 line given up" in ended
+    assert "maximum context length" in ended and "next wave" not in ended
 
 
 # -- evolve and score through the Batch API --------------------------------------------------------------------------

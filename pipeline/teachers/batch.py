@@ -32,7 +32,17 @@ import openai
 from ..config import TeacherConfig
 from ..errors import TeacherError
 from .base import Completion, GenParams, Request
-from .batch_api import ENDED, Calls, FolderClient, check_batch_api, progress_line, read_line
+from .batch_api import (
+    ENDED,
+    Calls,
+    FolderClient,
+    check_batch_api,
+    ended_line,
+    progress_line,
+    read_line,
+    read_results,
+    stop_if_refused,
+)
 from .openai_compat import OpenAITeacher
 
 ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
@@ -236,10 +246,7 @@ class BatchTeacher(OpenAITeacher):
         for file_id in (b.error_file_id, b.output_file_id):  # an output line wins over an error line
             if file_id:
                 text = self._call(lambda f=file_id: client.files.content(f).text, "download a batch's results")
-                for line in text.splitlines():
-                    if line.strip():
-                        obj = json.loads(line)
-                        out[obj.get("custom_id", "")] = obj
+                read_results(text, out, lambda what: self._event(f"{self._kind} batch {b.id}: {what}"))
         if b.status == "failed" and not out:
             errors = "; ".join(getattr(e, "message", "") or str(e) for e in (getattr(b.errors, "data", None) or []))
             for key, _, _, state in self.cache.wave_lines(wave["file_id"]):
@@ -251,6 +258,7 @@ class BatchTeacher(OpenAITeacher):
                                "server's Batch API; a re-run sends its requests again")
         api = "chat" if wave["endpoint"].endswith("/chat/completions") else "completions"
         answered = failed = 0
+        refused: list[str] = []  # why each awaited line that goes into no next wave failed
         for key, kind, reading, state in self.cache.wave_lines(wave["file_id"]):
             if state != "sent":
                 continue
@@ -271,17 +279,17 @@ class BatchTeacher(OpenAITeacher):
                 continue
             failed += 1
             tries = self.cache.fail_line(wave["file_id"], key)
-            if not awaiting:
-                continue  # a later stream that asks for it sends it again
+            if not awaiting or b.status == "cancelled":
+                continue  # a later stream that asks for it sends it again; a cancel is its owner's: not resent now
             if why.startswith("HTTP 4") or tries > self.max_retries:
                 del waiting[key]
+                refused.append(why)
                 ready.extend((req, Completion("", "error", error=why, retries=tries - 1)) for req, _ in awaiting)
             else:
                 retry[key] = awaiting[0]
         self._close(wave, b.status)
-        self._event(f"{self._kind} batch ended: {b.id} {b.status}, {answered:,} replies read" +
-                    (f", {failed:,} lines failed (tried again in the next wave, up to teacher.max_retries times)"
-                     if failed else ""))
+        self._event(ended_line(self._kind, b, answered, failed - len(refused), refused))
+        stop_if_refused(b, refused, failed)
 
     def _close(self, wave: dict[str, Any], status: str) -> None:
         self.cache.update_wave(wave["file_id"], status=status, done=True)

@@ -6,6 +6,8 @@ over a folder (`FolderClient`, teacher.batch_dir) for a model that no server her
 from __future__ import annotations
 
 import hashlib
+import itertools
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from .base import Completion, apply_stop
 from .wire import FATAL, Malformed, describe_error, read_reply
 
 ENDED = ("completed", "expired", "cancelled", "failed")  # a batch in any other status is still running
+FATAL_LINES = ("HTTP 401 ", "HTTP 403 ", "HTTP 404 ")  # a line refused so stops the run, as wire.FATAL does directly
 BACKOFF_MAX_S = 30.0  # longest wait between two tries of a files or batches call while the server does not answer
 
 
@@ -28,13 +31,23 @@ class WaveWritten(Incomplete):
     """A wave of a folder batch (teacher.batch_dir) waits for its output file: the run stops until it is there."""
 
 
+class BatchCancelled(Incomplete):
+    """A batch was cancelled (on the server, by its owner) before every request was answered: the run stops."""
+
+
 class _FolderFiles:
     def __init__(self, folder: Path):
         self.folder = folder
 
     def create(self, *, file: tuple[str, bytes], purpose: str) -> Any:
+        """The wave's id is its content's hash, so a wave written again after a kill is the same file. The same
+        lines sent again after their wave was run (they failed) make a new wave: -2, -3, ... after the hash."""
         data = file[1]
-        file_id = f"wave-{hashlib.sha256(data).hexdigest()[:12]}"
+        file_id = base = f"wave-{hashlib.sha256(data).hexdigest()[:12]}"
+        for n in itertools.count(2):
+            if not (self.folder / f"{file_id}.out.jsonl").exists():
+                break
+            file_id = f"{base}-{n}"
         path = self.folder / f"{file_id}.jsonl"
         path.with_suffix(".tmp").write_bytes(data)
         path.with_suffix(".tmp").replace(path)  # whole or absent: a kill never leaves half a wave to run
@@ -125,12 +138,55 @@ def progress_line(kind: str, wave: dict[str, Any], b: Any, seen: dict[str, tuple
             + eta)
 
 
+def ended_line(kind: str, b: Any, answered: int, retried: int, refused: list[str]) -> str:
+    """An ended batch's line: replies read, lines that go into the next wave, and lines given up with the first
+    reason (a 4xx, or out of teacher.max_retries), which no next wave will hold."""
+    def lines(n: int) -> str:
+        return f"{n:,} line{'s' if n != 1 else ''}"
+    again = "not sent again: the batch was cancelled" if b.status == "cancelled" else \
+        "tried again in the next wave, up to teacher.max_retries times"
+    return (f"{kind} batch ended: {b.id} {b.status}, {answered:,} replies read"
+            + (f", {lines(retried)} failed ({again})" if retried else "")
+            + (f", {lines(len(refused))} given up (not tried again; first: {refused[0]})" if refused else ""))
+
+
+def stop_if_refused(b: Any, refused: list[str], failed: int) -> None:
+    """Lines refused with a 401, 403 or 404 stop the run, as a direct one does: every other line would be too.
+    So does a cancelled batch (OpenAI cancels only at its owner's request): its unanswered lines are not resent."""
+    if b.status == "cancelled" and failed:
+        raise BatchCancelled(f"batch {b.id} was cancelled with {failed:,} of its requests unanswered (its replies are "
+                             "kept); they were not sent again. Run the same command to send them in a new batch")
+    fatal = [why for why in refused if why.startswith(FATAL_LINES)]
+    if fatal:
+        raise TeacherError(f"batch {b.id}: {len(fatal)} lines refused with {fatal[0].rstrip('.')}. Fix: check "
+                           "--teacher openai:MODEL and the key (with teacher.batch_dir: run_batch's --model must be "
+                           "MODEL); a re-run sends these requests again")
+
+
 def duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def read_results(text: str, out: dict[str, dict[str, Any]], say: Callable[[str], None]) -> None:
+    """A results file's lines into `out` by custom_id. A line that is not whole JSON (a file copied while vLLM's
+    run_batch still wrote it, or cut by a kill) is skipped and said: its request has no reply, so it goes into
+    the next wave."""
+    bad = 0
+    for line in text.splitlines():
+        if line.strip():
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                bad += 1
+                continue
+            out[obj.get("custom_id", "")] = obj
+    if bad:
+        say(f"{bad} line{'s' if bad != 1 else ''} of its results unreadable (not whole JSON: a file cut short?); "
+            + ("its request goes" if bad == 1 else "their requests go") + " into the next wave")
 
 
 def read_line(api: str, line: dict[str, Any] | None, reading: dict[str, Any],
@@ -142,6 +198,8 @@ def read_line(api: str, line: dict[str, Any] | None, reading: dict[str, Any],
     code = response.get("status_code")
     if line.get("error") or code != 200:
         error = line.get("error") or (response.get("body") or {}).get("error") or {}
+        if isinstance(error, dict) and isinstance(error.get("error"), dict):
+            error = error["error"]  # vLLM's run_batch: its ErrorResponse, {"error": {"message", "code", ...}}
         message = error.get("message", "") if isinstance(error, dict) else str(error)
         return None, (f"HTTP {code} " if code else "") + (message or "a failed line")[:300]
     try:

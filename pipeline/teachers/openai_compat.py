@@ -92,6 +92,8 @@ def check_base_url(url: str) -> None:
 
 
 class OpenAITeacher(BaseTeacher):
+    said_open_batches = False  # note_open_batches: said once a command
+
     def __init__(self, model: str, cfg: TeacherConfig | None = None, *, spec: str | None = None,
                  seed: int | None = None, **settings: Any):
         """A teacher is its config: `cfg` (TeacherConfig, whose defaults are the only ones), and any of its
@@ -199,7 +201,20 @@ class OpenAITeacher(BaseTeacher):
         """BaseTeacher.stream, each reply finished (stop sequences, usage, its commit to the run's cache, durable
         before any record is built from it) where it was answered: on the event loop (fastpath.py), or on the
         thread that retried it, not on the one that reads replies and refills slots."""
+        self.note_open_batches()
         return self._stream(iter(requests), params, kind)
+
+    def note_open_batches(self) -> None:
+        """Requests of this run in open Batch API waves (a --batch run stopped mid-wave) are paid already; sent
+        directly, any of them is paid again. Said once a command, before the first request."""
+        open_lines = getattr(self.cache, "open_lines", None)
+        if self.said_open_batches or open_lines is None:
+            return
+        self.said_open_batches = True
+        if n := len(open_lines()):
+            self._event(f"note: {n:,} requests of this run wait in open Batch API batches, paid already (`seed2lora "
+                        "show`); without --batch, any of them asked for again is sent and paid again. Fix: stop, "
+                        "and add --batch to read them")
 
     def _stream(self, requests: Iterator[Request | None], params: GenParams,
                 kind: str | None = None) -> Iterator[tuple[Request, Completion]]:
