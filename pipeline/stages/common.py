@@ -43,9 +43,12 @@ class MapResult:
     pending: int = 0  # tasks the teacher failed on: no record; a re-run tries them again
     retried: int = 0  # unusable replies asked again
 
-    def counts(self, generated: int) -> dict[str, int]:
-        return {"generated": generated, "kept": self.written, "rejected": self.rejected, "pending": self.pending,
-                "retried": self.retried}
+    def counts(self, read: int) -> dict[str, int]:
+        """The manifest's counts of this session. input: the records the stage read, earlier sessions' outcomes
+        included (a resume reads them all and skips those); generated: the outcomes this session gave, kept or
+        rejected (`show`'s "last session: generated"; it was the input, so a resume that labelled 2 of 10 said 10)."""
+        return {"input": read, "generated": self.written + self.rejected, "kept": self.written,
+                "rejected": self.rejected, "pending": self.pending, "retried": self.retried}
 
     def replies_note(self, max_retries: int, what: str = "task") -> str:
         """What happened to unusable replies, in words that say whether any retry happened at all."""
