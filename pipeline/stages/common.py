@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..context import Records, RunContext, StepResult
 from ..records import Task
-from ..store import RECORD_HOLD_S, JsonlWriter, RunDir
+from ..store import RECORD_HOLD_S, STAGES, JsonlWriter, RunDir
 from ..teachers import Completion, GenParams, Teacher
 from ..teachers.base import WAIT, Request
 
@@ -288,8 +288,10 @@ def map_progress(ctx: RunContext, stage: str, records: Records | None) -> tuple[
     """A per-task stage's bar: its total, and the tasks it is done with already (a resumed run counts on from
     them). records None: they flow in (stages/flow.py), up to bootstrap's target."""
     done = outcomes(ctx.run, stage)
-    if records is None:
-        return stage, ctx.cfg.bootstrap.num_instructions, len(done)
+    if records is None:  # less the tasks an earlier per-task stage stopped in earlier sessions: they never come
+        earlier = STAGES[1:STAGES.index(stage)]
+        stopped = sum(1 for t in ctx.run.read_rejected() if t.stage in earlier)
+        return stage, ctx.cfg.bootstrap.num_instructions - stopped, len(done)
     return stage, len(records), sum(t.id in done for t in records)
 
 
