@@ -176,8 +176,9 @@ class RunContext:
         self.rescore = False  # `seed2lora score --rescore`: the score step starts from nothing
         self.session_id = f"{os.getpid()}-{session_tag}{uuid.uuid4().hex[:8]}"  # this process's usage-log rows
         self._teacher = teacher
-        # The MODEL_TABLES this command's teachers come from: only these are recorded from its config
-        self.uses: set[str] = {"teacher"} if teacher is not None else set()
+        # The MODEL_TABLES this command's teachers come from (asked for by a step): only these are recorded from its
+        # config; a teacher passed in that no step asks for leaves [teacher] as recorded too
+        self.uses: set[str] = set()
         self._judge: Teacher | None = None  # score's judge when [score.teacher] names its own
         self._cache: ResponseCache | None = None
         self._budget: Budget | None = None  # the session's one budget, shared by the teacher and the judge
@@ -204,7 +205,7 @@ class RunContext:
         if self._teacher is None:
             self.keep_recorded("teacher", self.cfg.teacher.spec.strip(), self.cfg.was_given("teacher.spec"))
             self._teacher = build_teacher(self.cfg.teacher, self.cfg.seed, self.log)
-            self.uses.add("teacher")
+        self.uses.add("teacher")
         return self._teacher
 
     @property

@@ -111,5 +111,7 @@ def test_a_command_records_only_the_model_tables_it_built(tmp_path):
     ctx.bare_teacher  # noqa: B018  # built: this command's [teacher] is recorded, the judges' tables are kept
     cfg = ctx.recorded_config()
     assert cfg["teacher"]["base_url"] == "http://127.0.0.1:8/v1" and cfg["score"]["teacher"]["spec"] == "openai:j"
+    passed = RunContext(load_config(None, where), teacher=ctx.bare_teacher)  # handed in, but no step asked for it
+    assert passed.recorded_config()["teacher"]["base_url"] == "http://127.0.0.1:9/v1"
     fresh = RunContext(load_config(None, {"output_dir": str(tmp_path), "run_name": "new"})).recorded_config()
     assert fresh["teacher"]["spec"] == "embedded"  # nothing recorded yet: the command's own config
