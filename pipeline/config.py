@@ -955,7 +955,8 @@ def recorded_config(recorded: dict[str, Any], run_dir: str | Path, path: str | P
     run = Path(run_dir)
     base = {} if path else _recorded_overrides(RunConfig, recorded)
     cfg = load_config(path, {**base, "output_dir": str(run.parent), "run_name": run.name, **(overrides or {})})
-    # The manifest's settings were named by an earlier command, or were its defaults (`filter` records the default
-    # teacher): not by this one, so a recorded teacher that is not the run's own is no choice made here
+    # The manifest's settings were named by an earlier command, or were its defaults (an older `filter` recorded the
+    # default teacher; now a command keeps the teacher tables it builds nothing from): not by this one, so a recorded
+    # teacher that is not the run's own is no choice made here
     cfg.given = cfg.given - (base.keys() - {shorthand_key(RunConfig, k) for k in overrides or {}})
     return cfg

@@ -48,6 +48,10 @@ USAGE_EVERY = 16  # replies between two refreshes of the manifest's usage and sp
 # ...and at most one refresh in this many seconds: a refresh reads the usage log and rewrites the manifest (ms
 # each), which at a fast local server's 1,000 replies a second cost more than the replies (benchmarks/client_cpu.py)
 USAGE_EVERY_S = 2.0
+# The config tables that name a model the run calls. A command records its own settings, but a table whose model it
+# never built (filter, select, export use no teacher) stays as the manifest recorded it: `filter RUN` wrote the
+# default teacher over the run's, so a later `score RUN`, reading that config, stopped on the wrong teacher.
+MODEL_TABLES = ("teacher", "score.teacher", "eval.judge")
 
 # A progress reporter: (description, total or None, *, done=0: units done before this session) -> context manager
 # yielding advance(n) (pipeline.progress.progress).
@@ -172,6 +176,9 @@ class RunContext:
         self.rescore = False  # `seed2lora score --rescore`: the score step starts from nothing
         self.session_id = f"{os.getpid()}-{session_tag}{uuid.uuid4().hex[:8]}"  # this process's usage-log rows
         self._teacher = teacher
+        # The MODEL_TABLES this command's teachers come from (asked for by a step): only these are recorded from its
+        # config; a teacher passed in that no step asks for leaves [teacher] as recorded too
+        self.uses: set[str] = set()
         self._judge: Teacher | None = None  # score's judge when [score.teacher] names its own
         self._cache: ResponseCache | None = None
         self._budget: Budget | None = None  # the session's one budget, shared by the teacher and the judge
@@ -198,6 +205,7 @@ class RunContext:
         if self._teacher is None:
             self.keep_recorded("teacher", self.cfg.teacher.spec.strip(), self.cfg.was_given("teacher.spec"))
             self._teacher = build_teacher(self.cfg.teacher, self.cfg.seed, self.log)
+        self.uses.add("teacher")
         return self._teacher
 
     @property
@@ -216,6 +224,7 @@ class RunContext:
             given = self.cfg.was_given("score.teacher.spec") or (not spec and followed)
             self.keep_recorded("judge", spec or self.bare_teacher.name, given)
             self._judge = build_teacher(judge_config(self.cfg), self.cfg.seed, self.log) if spec else self.bare_teacher
+            self.uses.add("score.teacher")
         return self._judge
 
     def keep_recorded(self, role: str, name: str, given: bool) -> None:
@@ -297,9 +306,25 @@ class RunContext:
             fields.setdefault("teacher", self._teacher.describe())
         return self.run.update_manifest(
             seed2lora_version=__version__, command=" ".join(masked_argv(["seed2lora", *sys.argv[1:]])),
-            config=self.cfg.to_dict(), packages=package_versions(), prompts=self.prompts.hashes(),
+            config=self.recorded_config(), packages=package_versions(), prompts=self.prompts.hashes(),
             seed_file=str(self.cfg.seed_tasks or "bundled seeds/seed_tasks.jsonl"), num_seeds=len(self.seeds),
             **fields)
+
+    def recorded_config(self) -> dict[str, Any]:
+        """This command's config for the manifest, but for the MODEL_TABLES it built no model from: those stay as
+        the manifest had them, so the run's config keeps naming the teacher (and judges) that made its records."""
+        config = self.cfg.to_dict()
+        before = self.run.manifest().get("config") or {}
+        for dotted in MODEL_TABLES:
+            if dotted in self.uses:
+                continue
+            *parents, key = dotted.split(".")
+            old, new = before, config
+            for part in parents:
+                old, new = old.get(part) if isinstance(old, dict) else None, new[part]
+            if isinstance(old, dict) and key in old:
+                new[key] = old[key]
+        return config
 
     def every(self, n: int = USAGE_EVERY) -> Callable[[int], None]:
         """A callback for replies handled so far: refreshes the manifest (usage, spend) every n of them, at most

@@ -2,7 +2,9 @@
 
 Every stage sees one protocol: `progress(desc, total)` is a context manager yielding
 `advance(n)`; total may be None when it is not known. The yielded object also has
-`note(text)`, a short status shown after the counts (training's loss).
+`note(text)`, a short status shown after the counts (training's loss), and `set_total(n)`,
+for a step whose total turns out smaller as it runs (in `run`'s flow, instances gets no task
+that classify rejected).
 
 On a terminal it draws a rich bar: counts, rate, elapsed time and ETA. Off one (a log file,
 CI, nohup, a pipe) a bar draws nothing, and a run that prints nothing for 23 minutes looks
@@ -110,6 +112,10 @@ class PlainProgress:
     def note(self, text: str) -> None:
         self.text = text
 
+    def set_total(self, total: int | None) -> None:
+        with self.lock:
+            self.total = total
+
     def due_in(self) -> float:
         return self.last_line + self.every_s - self.clock()
 
@@ -198,7 +204,7 @@ class BarProgress:
                 bar.start()
                 entry = _live[id(console)] = [bar, 0]
             entry[1] += 1
-        self.entry, self.bar = entry, entry[0]
+        self.entry, self.bar, self.total = entry, entry[0], total
         self.task = self.bar.add_task(desc, total=total, completed=done, note="")
 
     def __call__(self, n: int = 1) -> None:
@@ -209,6 +215,10 @@ class BarProgress:
 
     def note(self, text: str) -> None:
         self.bar.update(self.task, note=text)
+
+    def set_total(self, total: int | None) -> None:
+        self.total = total
+        self.bar.update(self.task, total=total)
 
     def close(self, failed: bool = False) -> None:
         with _live_lock:
@@ -256,12 +266,17 @@ def progress(desc: str, total: int | None, *, done: int = 0, console: Console | 
 
 
 class Silent:
-    """advance(n) and note(text) that show nothing."""
+    """advance(n), note(text) and set_total(n) that show nothing."""
+
+    total = None  # nothing to lower
 
     def __call__(self, n: int = 1) -> None:
         pass
 
     def note(self, text: str) -> None:
+        pass
+
+    def set_total(self, total: int | None) -> None:
         pass
 
 

@@ -293,3 +293,38 @@ def test_a_run_continued_without_its_teacher_stops_and_writes_nothing(fake_opena
     config = tmp_path / "run.toml"  # a config file that names the teacher names it: no stop
     config.write_text(f'[teacher]\nspec = "openai:fake-model"\nbase_url = "{fake_openai.url}"\n')
     invoke("bootstrap", run, "--config", config, "--num-instructions", 3)
+
+
+def test_commands_that_use_no_teacher_keep_the_runs_recorded_teacher(fake_openai, tmp_path):
+    """`filter RUN` (no teacher) wrote the default teacher into the manifest's config over the run's own, so a plain
+    `score RUN`, which reads that config, stopped asking for a --teacher it does not take; export.json said embedded."""
+    invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 2)
+    run = tmp_path / "r"
+
+    def recorded():
+        m = json.loads((run / "manifest.json").read_text())
+        return m["config"]["teacher"]["spec"], m["config"]["teacher"]["base_url"], m["teacher"]["name"]
+
+    made = ("openai:fake-model", fake_openai.url, "openai:fake-model")
+    assert recorded() == made
+    invoke("filter", run, "--set", "filter.rouge_threshold=0.6")
+    assert recorded() == made
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["config"]["filter"]["rouge_threshold"] == 0.6  # filter's own settings are recorded
+    assert manifest["status"] == "done" and manifest["command"].startswith("seed2lora") and "filter" in manifest["stages"]
+    invoke("export", run)
+    assert json.loads((run / "export" / "export.json").read_text())["config"]["teacher"]["spec"] == made[0]
+    assert recorded() == made
+    calls = len(fake_openai.history)
+    text = " ".join(invoke("evolve", run, expect=2).output.split())  # names no teacher: stops, naming the run's
+    assert "was made with teacher openai:fake-model (manifest.json), and this command names no teacher" in text
+    assert f"give --teacher openai:fake-model --base-url {fake_openai.url}" in text and "default, embedded," in text
+    assert len(fake_openai.history) == calls
+    rated = '{"rating": 4, "reason": "fine"}'
+    fake_openai.default_reply = lambda path, body, plain=fake_openai.default_reply: (
+        fake_openai.wrap(path, rated) if "Rate the response" in fake_openai.prompt_of(body) else plain(path, body))
+    invoke("score", run)  # the recorded config still names the run's teacher: it judges, no flag needed
+    assert json.loads((run / "manifest.json").read_text())["judge"]["name"] == "openai:fake-model"
+    assert len(fake_openai.history) > calls
+    invoke("evolve", run, "--teacher", "openai:fake-model", "--base-url", fake_openai.url, "--rounds", 1)
+    assert recorded() == made and (run / "evolve.jsonl").exists()

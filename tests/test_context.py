@@ -83,7 +83,7 @@ def test_a_judge_that_was_the_teacher_follows_a_named_teacher(tmp_path):
 
 def test_a_recorded_config_names_nothing_for_this_command(tmp_path):
     """`score RUN_DIR` reads the config the manifest recorded, which a teacher-less command (`filter`) wrote with the
-    default teacher: that default is no choice made now, so the judge (the teacher) stops instead of scoring."""
+    default teacher before it kept the recorded one: that default is no choice made now, so the judge (the teacher) stops instead of scoring."""
     from pipeline.config import recorded_config
 
     made_with(tmp_path, "openai:gpt-4o-mini")
@@ -95,3 +95,23 @@ def test_a_recorded_config_names_nothing_for_this_command(tmp_path):
     assert recorded_config(recorded, run, overrides={"teacher.spec": "embedded"}).was_given("teacher.spec")
     kept = recorded_config({"teacher": {"spec": "openai:gpt-4o-mini", "base_url": "http://127.0.0.1:9/v1"}}, run)
     assert RunContext(kept).bare_judge.name == "openai:gpt-4o-mini"  # the run's own teacher: goes on
+
+
+def test_a_command_records_only_the_model_tables_it_built(tmp_path):
+    """A command's own settings reach the manifest; a teacher or judge table it built nothing from stays as recorded."""
+    run = RunDir(tmp_path / "r").ensure()
+    run.update_manifest(config={"teacher": {"spec": "openai:x", "base_url": "http://127.0.0.1:9/v1"},
+                                "score": {"teacher": {"spec": "openai:j"}}, "eval": {"judge": {"spec": "openai:e"}}})
+    where = {"output_dir": str(tmp_path), "run_name": "r", "filter.rouge_threshold": 0.6}
+    cfg = RunContext(load_config(None, where)).recorded_config()  # filter: no teacher built
+    assert (cfg["teacher"]["spec"], cfg["score"]["teacher"]["spec"], cfg["eval"]["judge"]["spec"]) == \
+        ("openai:x", "openai:j", "openai:e")
+    assert cfg["filter"]["rouge_threshold"] == 0.6
+    ctx = RunContext(load_config(None, {**where, "teacher.spec": "openai:x", "teacher.base_url": "http://127.0.0.1:8/v1"}))
+    ctx.bare_teacher  # noqa: B018  # built: this command's [teacher] is recorded, the judges' tables are kept
+    cfg = ctx.recorded_config()
+    assert cfg["teacher"]["base_url"] == "http://127.0.0.1:8/v1" and cfg["score"]["teacher"]["spec"] == "openai:j"
+    passed = RunContext(load_config(None, where), teacher=ctx.bare_teacher)  # handed in, but no step asked for it
+    assert passed.recorded_config()["teacher"]["base_url"] == "http://127.0.0.1:9/v1"
+    fresh = RunContext(load_config(None, {"output_dir": str(tmp_path), "run_name": "new"})).recorded_config()
+    assert fresh["teacher"]["spec"] == "embedded"  # nothing recorded yet: the command's own config

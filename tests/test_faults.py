@@ -184,8 +184,8 @@ def test_duplicates_and_unparseable_replies_land_in_rejected_with_a_reason(fake_
     assert dropped[0]["meta"]["tries"] == 3
     generated = len(read(run / "classify.jsonl"))
     assert len(read(run / "instances.jsonl")) + len(dropped) == generated  # kept + rejected + pending (0)
-    assert manifest(run)["stages"]["instances"] == {"generated": 4, "kept": 3, "rejected": 1, "pending": 0,
-                                                    "retried": 2}
+    assert manifest(run)["stages"]["instances"] == {"input": 4, "generated": 4, "kept": 3, "rejected": 1,
+                                                    "pending": 0, "retried": 2}
 
 
 # 8. Usage survives kill -9: the next session's budget counts the killed session's calls.

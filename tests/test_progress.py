@@ -186,3 +186,43 @@ def test_a_stage_with_its_output_captured_writes_plain_progress_lines(fake_opena
     assert any(re.fullmatch(r"classify: \d/4 \(\d+%\), [-\d.]+/(s|min), ETA [\dms?]+, \d+s elapsed", x)
                for x in progress_lines[1:-1]), output
     assert re.fullmatch(r"classify: 4/4 \(100%\), done in \d+s \([\d.]+/(s|min)\)", progress_lines[-1]), output
+
+
+
+def test_in_a_flow_a_task_that_stops_at_classify_lowers_the_instances_total(fake_openai, tmp_path):
+    """The measured bug: in `run`'s flow the instances bar's total was num_instructions, and it ended "instances:
+    5/6" when a task stopped at classify (the teacher failed on it). Now its total drops as tasks stop before it."""
+    from helpers import invoke, read, teacher_flags
+
+    plain, bad = fake_openai.default_reply, []
+
+    def reply(path, body):  # the first task classify is asked about gets no usable reply, however often it is asked
+        prompt = fake_openai.prompt_of(body)
+        if "Is it classification?" in prompt and (not bad or bad[0] == prompt):
+            bad[:] = [prompt]
+            return {"choices": []}
+        return plain(path, body)
+
+    fake_openai.default_reply = reply
+    flags = [*teacher_flags(fake_openai, tmp_path), "--num-instructions", 6, "--set", "teacher.max_retries=0"]
+    output = invoke("run", *flags, expect=5).output  # incomplete: 1 pending in classify
+    run = tmp_path / "r"
+    assert len(read(run / "classify.jsonl")) == len(read(run / "instances.jsonl")) == 5
+    assert re.search(r"^classify: 6/6 \(100%\), done in \d+s", output, re.M), output  # each task has its turn
+    assert re.search(r"^instances: 5/5 \(100%\), done in \d+s \([\d.]+/(s|min)\), 1 stopped at an earlier stage$",
+                     output, re.M), output
+    fake_openai.default_reply = plain
+    output = invoke("run", *flags).output  # resumed: the task goes through, and the bar counts it again
+    assert re.search(r"^instances: 6/6 \(100%\), 5 from before this session, done in \d+s", output, re.M), output
+
+
+def test_a_flow_bar_leaves_out_tasks_an_earlier_stage_rejected_in_earlier_sessions(tmp_path):
+    from pipeline.config import load_config
+    from pipeline.context import RunContext
+    from pipeline.records import Task
+    from pipeline.stages.common import map_progress
+
+    ctx = RunContext(load_config(None, {"output_dir": str(tmp_path), "run_name": "r", "bootstrap.num_instructions": 6}))
+    ctx.run.ensure().replace_rejected("classify", [Task(id="t1", instruction="x").rejected("unparseable_reply: x", "classify")])
+    assert map_progress(ctx, "classify", None) == ("classify", 6, 1)  # its own rejection: an outcome, done
+    assert map_progress(ctx, "instances", None) == ("instances", 5, 0)  # never comes to instances

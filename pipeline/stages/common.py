@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..context import Records, RunContext, StepResult
 from ..records import Task
-from ..store import RECORD_HOLD_S, JsonlWriter, RunDir
+from ..store import RECORD_HOLD_S, STAGES, JsonlWriter, RunDir
 from ..teachers import Completion, GenParams, Teacher
 from ..teachers.base import WAIT, Request
 
@@ -43,9 +43,12 @@ class MapResult:
     pending: int = 0  # tasks the teacher failed on: no record; a re-run tries them again
     retried: int = 0  # unusable replies asked again
 
-    def counts(self, generated: int) -> dict[str, int]:
-        return {"generated": generated, "kept": self.written, "rejected": self.rejected, "pending": self.pending,
-                "retried": self.retried}
+    def counts(self, read: int) -> dict[str, int]:
+        """The manifest's counts of this session. input: the records the stage read, earlier sessions' outcomes
+        included (a resume reads them all and skips those); generated: the outcomes this session gave, kept or
+        rejected (`show`'s "last session: generated"; it was the input, so a resume that labelled 2 of 10 said 10)."""
+        return {"input": read, "generated": self.written + self.rejected, "kept": self.written,
+                "rejected": self.rejected, "pending": self.pending, "retried": self.retried}
 
     def replies_note(self, max_retries: int, what: str = "task") -> str:
         """What happened to unusable replies, in words that say whether any retry happened at all."""
@@ -285,8 +288,10 @@ def map_progress(ctx: RunContext, stage: str, records: Records | None) -> tuple[
     """A per-task stage's bar: its total, and the tasks it is done with already (a resumed run counts on from
     them). records None: they flow in (stages/flow.py), up to bootstrap's target."""
     done = outcomes(ctx.run, stage)
-    if records is None:
-        return stage, ctx.cfg.bootstrap.num_instructions, len(done)
+    if records is None:  # less the tasks an earlier per-task stage stopped in earlier sessions: they never come
+        earlier = STAGES[1:STAGES.index(stage)]
+        stopped = sum(1 for t in ctx.run.read_rejected() if t.stage in earlier)
+        return stage, ctx.cfg.bootstrap.num_instructions - stopped, len(done)
     return stage, len(records), sum(t.id in done for t in records)
 
 

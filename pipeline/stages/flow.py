@@ -28,9 +28,10 @@ requests, and a flow would send many small waves, each waiting its own turn at t
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import ExitStack
+from typing import Any
 
 from ..context import RunContext, StepResult
 from ..records import Task
@@ -73,8 +74,10 @@ class _Flow:
     still unread (their next requests are coming).
     """
 
-    def __init__(self, boot: bootstrap.Bootstrap, maps: dict[str, TaskMap]):
+    def __init__(self, boot: bootstrap.Bootstrap, maps: dict[str, TaskMap], bars: dict[str, Any] | None = None):
         self.boot, self.maps = boot, maps
+        self.bars = bars or {}  # each stage's open bar (the loop's), whose total drops as tasks stop before it
+        self.stopped: Counter[str] = Counter()  # tasks stopped before each stage in this session
         self.order = list(maps)  # classify before instances: most calls left first
         self.ready: dict[str, deque[Request]] = {name: deque() for name in maps}  # appended by the reader
         # Its `changed` guards in_flight and boot_unread too; its error (LowYield, a disk error) stops the flow.
@@ -88,11 +91,27 @@ class _Flow:
         if m is None:  # the last stage of the flow: its records are in its file
             return
         for task in tasks:
+            fresh = task.id not in m.done and task.id not in m.tasks
             out = m.add(task)
             if isinstance(out, Request):
                 self.ready[stage].append(out)
             elif out is not None:
                 self.feed(self.after(stage), [out])
+            elif fresh:  # settled at once with no record (a task it needs no call for, and cannot use)
+                self.stop(stage)
+
+    def stop(self, stage: str) -> None:
+        """A task ends at `stage` (rejected, or pending: the teacher failed): no stage after it gets it, so their
+        bars' totals drop by one, and end at the tasks they were given rather than short of bootstrap's target."""
+        for later in STAGES[STAGES.index(stage) + 1:]:
+            bar = self.bars.get(later)
+            if bar is None:
+                continue
+            self.stopped[later] += 1
+            total = getattr(bar, "total", None)  # the loop's bars have one; a silent one or a bare callable, none
+            if total is not None:
+                bar.set_total(total - 1)
+                bar.note(f"{self.stopped[later]} stopped at an earlier stage")
 
     def after(self, stage: str) -> str:
         i = STAGES.index(stage)
@@ -146,6 +165,8 @@ class _Flow:
             self.ready[req.kind].append(out)
         elif out is not None:
             self.feed(self.after(req.kind), [out])
+        else:
+            self.stop(req.kind)
 
 
 def stream(teacher: Teacher, flow: _Flow, params: GenParams) -> None:
@@ -178,7 +199,7 @@ def run(ctx: RunContext, names: list[str]) -> list[StepResult]:
             if m is None:  # classify's calibration failed: no task goes past bootstrap this time
                 break
             maps[name] = stack.enter_context(m)
-        flow = _Flow(boot, maps)
+        flow = _Flow(boot, maps, {name: advance[name] for name in names if name in advance})
         for name in reversed(list(maps)):  # a resumed run: the stage files feed the stages after them
             flow.feed(name, run_dir.read_stage(STAGES[STAGES.index(name) - 1]))
         stream(teacher, flow, boot.params)

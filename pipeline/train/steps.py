@@ -61,6 +61,7 @@ def eval_step(ctx: RunContext, records: Records | None) -> StepResult:
     """Base versus adapter; a report newer than the adapter, with the same settings, is kept."""
     from .eval import evaluate, report_settings, summary_line
 
+    ctx.uses.add("eval.judge")  # the manifest records this command's [eval.judge]: the judge of its report
     adapter = ctx.run.adapter_dir(ctx.cfg.train.output_dir)
     report_file = ctx.run.eval_dir(ctx.cfg.train.output_dir) / "eval_report.json"
     weights = adapter / "adapter_model.safetensors"

@@ -1,0 +1,32 @@
+"""`seed2lora show`'s Counts table: each column means what its header says, on a fresh run and a resumed one."""
+
+import json
+
+from helpers import invoke, read, teacher_flags
+
+
+def counts_row(run, stage):
+    """The cells of `stage`'s row in show's Counts table: records, last session's generated, kept, rejected, pending."""
+    for line in invoke("show", run, "--sample", 0).output.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│┃|").split("│")]
+        if cells and cells[0] == stage:
+            return cells[1:]
+    raise AssertionError(f"no {stage} row")
+
+
+def test_last_session_columns_count_this_sessions_work(fake_openai, tmp_path):
+    flags = teacher_flags(fake_openai, tmp_path)
+    run = tmp_path / "r"
+    invoke("bootstrap", *flags, "--num-instructions", 4)
+    invoke("classify", *flags)
+    assert counts_row(run, "classify") == ["4", "4", "4", "0", "0"]  # fresh: every task labelled this session
+    invoke("bootstrap", *flags, "--num-instructions", 6)
+    invoke("classify", *flags)  # a resume: reads all 6, labels the 2 new ones
+    assert len(read(run / "classify.jsonl")) == 6
+    assert counts_row(run, "classify") == ["6", "2", "2", "0", "0"]  # it said 6 generated, 2 kept
+    records, generated, kept, rejected, _ = counts_row(run, "bootstrap")  # bootstrap's counted its session already
+    assert (records, kept) == ("6", "2") and int(generated) == int(kept) + int(rejected)  # an over_target line, maybe
+    stage = json.loads((run / "manifest.json").read_text())["stages"]["classify"]
+    assert stage["input"] == 6 and stage["generated"] == stage["kept"] + stage["rejected"] == 2
+    invoke("classify", *flags)  # nothing left: this session generated nothing
+    assert counts_row(run, "classify") == ["6", "0", "0", "0", "0"]
