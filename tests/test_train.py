@@ -293,6 +293,38 @@ def test_fused_loss_equals_full_logits_loss_with_the_same_gradients(softcap, hea
     assert g_fused[0][2, 6:].abs().sum() == 0  # nor do the positions after the last label
 
 
+def test_the_last_chunk_reaches_the_head_padded_to_a_few_lengths_and_the_loss_is_the_same():
+    """oneDNN keeps a matmul per shape: a last chunk of a new length every micro-batch grew a CPU run's RSS by
+    ~10 MB a micro-batch. The head now sees whole chunks or multiples of TAIL_ROWS, and the padding rows add
+    nothing to the loss or to any gradient, fused or checkpointed."""
+    from pipeline.train.loss import TAIL_ROWS
+
+    class Recording(torch.nn.Linear):  # not a plain Linear: the checkpointed path
+        seen: list[int] = []
+
+        def forward(self, x):
+            self.seen.append(x.shape[0])
+            return super().forward(x)
+
+    torch.manual_seed(2)
+    for length in (2, 64, 65, 130, 257, 300):
+        hidden = torch.randn(1, length, 16, requires_grad=True)
+        labels = torch.randint(0, 50, (1, length))
+        head = Recording(16, 50, bias=False)
+        plain = torch.nn.Linear(16, 50, bias=False)
+        plain.weight.data.copy_(head.weight.data)
+        full, n = full_logits_loss_sum(plain(hidden), labels)
+        (g_full,) = torch.autograd.grad(full, hidden)
+        for chunked_head, fused in ((head, False), (plain, True)):
+            loss, m = causal_lm_loss_sum(hidden, labels, chunked_head, chunk_tokens=256, fused=fused)
+            (g,) = torch.autograd.grad(loss, hidden)
+            assert m == n == length - 1
+            torch.testing.assert_close(loss, full)
+            torch.testing.assert_close(g, g_full)
+        assert Recording.seen and all(r == 256 or r % TAIL_ROWS == 0 for r in Recording.seen), Recording.seen
+        Recording.seen.clear()
+
+
 def test_a_head_with_a_bias_or_lora_takes_the_checkpointed_path():
     from pipeline.train.loss import can_fuse
 

@@ -23,6 +23,21 @@ from torch.utils.checkpoint import checkpoint
 
 from .data import IGNORE_INDEX
 
+# A chunk shorter than the chunk size (the last one) is projected with zero rows added up to a multiple of this,
+# labelled IGNORE_INDEX. On CPU, oneDNN keeps a matmul primitive (and its buffers) per shape: a last chunk of a new
+# length every micro-batch grew a packed CPU run's RSS by about 10 MB a micro-batch (2.7 to 3.9 GB over 45 updates),
+# where these few lengths hold it (benchmarks/RESULTS.md). At most 63 rows more a micro-batch.
+TAIL_ROWS = 64
+
+
+def tail_padded(h: torch.Tensor, y: torch.Tensor, chunk_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A chunk's rows and labels, a short one (the last) padded with zero rows labelled IGNORE_INDEX up to a
+    multiple of TAIL_ROWS; a whole chunk as it is."""
+    extra = -y.numel() % TAIL_ROWS if y.numel() < chunk_tokens else 0
+    if not extra:
+        return h, y
+    return torch.cat([h, h.new_zeros(extra, h.shape[1])]), torch.cat([y, y.new_full((extra,), IGNORE_INDEX)])
+
 
 def _chunk_loss(hidden: torch.Tensor, targets: torch.Tensor, lm_head: torch.nn.Module,
                 softcap: float | None) -> torch.Tensor:
@@ -42,20 +57,23 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device)
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if ctx.needs_input_grad[1] else None
         for s in range(0, y.numel(), chunk_tokens):
-            hc, yc = h[s:s + chunk_tokens], y[s:s + chunk_tokens]
+            yc = y[s:s + chunk_tokens]
+            m = yc.numel()  # the chunk's real rows; the last chunk's padding follows them
+            hc = tail_padded(h[s:s + chunk_tokens], yc, chunk_tokens)[0]
             logits = (hc @ weight.t()).float()  # bf16 matmul under autocast, fp32 softmax either way
             capped = None
             if softcap:  # Gemma-2 style final-logit soft-capping: logits = c * tanh(z / c)
                 capped = torch.tanh(logits / softcap)
                 logits = capped * softcap
             lse = torch.logsumexp(logits, dim=-1)
-            rows = torch.arange(yc.numel(), device=h.device)
-            total += (lse - logits[rows, yc]).sum()
+            rows = torch.arange(m, device=h.device)
+            total += (lse[:m] - logits[rows, yc]).sum()
             grad = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place: one chunk of logits in memory
             grad[rows, yc] -= 1.0
+            grad[m:] = 0.0  # padding rows: no gradient, to the hidden states or to the head
             if capped is not None:
                 grad.mul_(1.0 - capped * capped)
-            grad_h[s:s + chunk_tokens] = (grad.to(weight.dtype) @ weight).float()
+            grad_h[s:s + m] = (grad.to(weight.dtype) @ weight)[:m].float()
             if grad_w is not None:
                 grad_w += grad.t() @ hc.float()
         ctx.grads = (grad_h.to(h.dtype), grad_w.to(weight.dtype) if grad_w is not None else None)
@@ -87,7 +105,8 @@ def causal_lm_loss_sum(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torc
         return FusedLinearCrossEntropy.apply(h, lm_head.weight, y, chunk_tokens, softcap), int(y.numel())
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, y.numel(), chunk_tokens):
-        args = (h[start:start + chunk_tokens], y[start:start + chunk_tokens], lm_head, softcap)
+        args = (*tail_padded(h[start:start + chunk_tokens], y[start:start + chunk_tokens], chunk_tokens), lm_head,
+                softcap)
         if torch.is_grad_enabled():
             total = total + checkpoint(_chunk_loss, *args, use_reentrant=False)
         else:
@@ -127,10 +146,12 @@ def mean_losses(model: Any, batch: list[tuple[list[int], list[int]]], pad_id: in
         head = model.get_output_embeddings()
         softcap = getattr(model.config, "final_logit_softcapping", None)
         for s in range(0, y.numel(), chunk_tokens):
-            logits = head(h[s:s + chunk_tokens]).float()
+            hc, yc = tail_padded(h[s:s + chunk_tokens], y[s:s + chunk_tokens], chunk_tokens)
+            logits = head(hc).float()
             if softcap:
                 logits = torch.tanh(logits / softcap) * softcap
-            loss = F.cross_entropy(logits, y[s:s + chunk_tokens], reduction="none")
-            sums.index_add_(0, owner[s:s + chunk_tokens], loss.double())
+            loss = F.cross_entropy(logits, yc, reduction="none")  # 0 for the padding rows (IGNORE_INDEX)
+            who = owner[s:s + chunk_tokens]
+            sums.index_add_(0, who, loss[:who.numel()].double())
         counts = torch.bincount(owner, minlength=len(batch))
     return [(float(sums[r] / counts[r]) if counts[r] else float("nan"), int(counts[r])) for r in range(len(batch))]
