@@ -235,18 +235,23 @@ class RunContext:
         name_before = before.get("name")
         if not name_before or name_before == name:
             return
-        made, flag, url_flag, key = (("made with teacher", "--teacher", "--base-url", "teacher") if role == "teacher"
-                                     else ("scored by judge", "--judge", "--judge-base-url", "score.teacher"))
+        # --set first: every command that builds a teacher or judge takes it, the flags only some (run has no
+        # --judge, score no --teacher: a fix naming them failed with "No such option")
+        made, flag, url_flag, key, where = (
+            ("made with teacher", "--teacher", "--base-url", "teacher", ("run and evolve", "take")) if role == "teacher"
+            else ("scored by judge", "--judge", "--judge-base-url", "score.teacher", ("score", "takes")))
         url = mask_secrets(str(before.get("base_url") or ""))
         same = f"{flag} {name_before}" + (f" {url_flag} {url}" if url else "")
         by_set = f"--set {key}.spec={name_before}" + (f" --set {key}.base_url={url}" if url else "")
         if not given:
             raise Seed2LoraError(
                 f"{self.run.path} was {made} {name_before} (manifest.json), and this command names no {role}: it "
-                f"would go on with the default, {name}, and mix the two in the run's records. Fix: give {same} (or "
-                f"{by_set}) to go on with it, or give {flag} (--set {key}.spec) explicitly to mix them on purpose")
+                f"would go on with the default, {name}, and mix the two in the run's records. Fix: give {by_set} "
+                f"({where[0]} {where[1]} {same} too) to go on with it, or name another {role} explicitly (--set "
+                f"{key}.spec, or {flag} in {where[0]}) to mix them on purpose")
         self.log(f"note: {self.run.path} was {made} {name_before} (manifest.json) and this command uses {name}: "
-                 f"the run's records will mix the two. To keep its {role}, give {same} again")
+                 f"the run's records will mix the two. To keep its {role}, give {by_set} ({where[0]} {where[1]} "
+                 f"{same} too) again")
 
     @property
     def judge(self) -> Teacher:

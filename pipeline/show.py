@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.rule import Rule
 from rich.table import Column, Table
 
@@ -129,15 +130,16 @@ def show_run(path: Path, *, stage: str | None, n_samples: int, as_jsonl: bool, s
             sys.stdout.write(json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
         return
     s = summary(run, None if stage == "rejected" else stage)
-    out.print(f"[bold]{path}[/]  teacher: {s['teacher'] or '?'}  status: {s['status'] or '?'}")
+    # Text from files and teachers is printed as written: rich read "[filter]" in a reason as a tag and dropped it
+    out.print(f"[bold]{escape(str(path))}[/]  teacher: {escape(s['teacher'] or '?')}  status: {s['status'] or '?'}")
     if s["reason"] and s["status"] != "done":
-        out.print(f"  {s['reason']}", highlight=False)
+        out.print(f"  {s['reason']}", highlight=False, markup=False)
     if s["teacher_choice"]:
-        out.print(f"  {s['teacher_choice']}", highlight=False)
+        out.print(f"  {s['teacher_choice']}", highlight=False, markup=False)
     from .cost import open_batches, open_batches_line
 
     if waiting := open_batches(run):  # paid and still to come: first, not only in the cost lines below
-        out.print(f"  {open_batches_line(waiting)}", highlight=False)
+        out.print(f"  {open_batches_line(waiting)}", highlight=False, markup=False)
     if over := sum(n for k, n in s["rejected_by_reason"].items() if k == "bootstrap: over_target"):
         out.print(f"  {over} bootstrap lines passed the filter after the pool was full (over_target in "
                   f"rejected.jsonl: `seed2lora show {path} --stage rejected`)", highlight=False)
@@ -203,11 +205,12 @@ def _pick(records: list[Task], n: int, seed: int) -> list[Task]:
 
 def _print_task(out: Console, t: Task) -> None:
     kind = {True: "classification", False: "generation", None: "unlabelled"}[t.is_classification]
-    out.print(Rule(f"{t.id} ({t.origin}, {kind})"), width=out.width if out.is_terminal else 100)
-    out.print(f"[bold]Instruction:[/] {t.instruction}", highlight=False)
+    out.print(Rule(escape(f"{t.id} ({t.origin}, {kind})")), width=out.width if out.is_terminal else 100)
+    # a teacher's text is data: "arr[i]" is not italic, and a stray "[/b]" stopped show with a MarkupError
+    out.print(f"[bold]Instruction:[/] {escape(t.instruction)}", highlight=False)
     if t.reject_reason:
-        out.print(f"[red]Rejected:[/] {t.reject_reason}", highlight=False)
+        out.print(f"[red]Rejected:[/] {escape(t.reject_reason)}", highlight=False)
     for inst in t.instances[:3]:
         if inst.input:
-            out.print(f"  [cyan]Input:[/] {inst.input[:300]}", highlight=False)
-        out.print(f"  [green]Output:[/] {inst.output[:300]}", highlight=False)
+            out.print(f"  [cyan]Input:[/] {escape(inst.input[:300])}", highlight=False)
+        out.print(f"  [green]Output:[/] {escape(inst.output[:300])}", highlight=False)

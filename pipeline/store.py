@@ -191,8 +191,10 @@ class RunLock:
         except OSError:
             holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
+            # score, export and train take no --run-name: the folder is the fix every command takes
             raise Seed2LoraError(f"{path.parent} is being written by {holder}. Fix: wait for it to finish (or stop "
-                                 "it), or use another --run-name") from None
+                                 "it), or name another run folder (RUN_DIR, or --run-name where the command has "
+                                 "it)") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"seed2lora pid {os.getpid()}, since {_now()}".encode())
         self.fd = fd

@@ -271,7 +271,8 @@ def test_a_run_continued_with_another_teacher_says_so(fake_openai, tmp_path):
     other = invoke("bootstrap", "--teacher", "openai:other-model", *flags)
     text = " ".join(other.output.split())
     assert "was made with teacher openai:fake-model (manifest.json) and this command uses openai:other-model" in text
-    assert f"give --teacher openai:fake-model --base-url {fake_openai.url} again" in text
+    assert f"give --set teacher.spec=openai:fake-model --set teacher.base_url={fake_openai.url} (run and evolve take " \
+           f"--teacher openai:fake-model --base-url {fake_openai.url} too) again" in text
 
 
 def test_a_run_continued_without_its_teacher_stops_and_writes_nothing(fake_openai, tmp_path):
@@ -285,14 +286,43 @@ def test_a_run_continued_without_its_teacher_stops_and_writes_nothing(fake_opena
                  ("evolve", run), ("classify", run, "--set", "teacher.concurrency=2")):
         text = " ".join(invoke(*args, expect=2).output.split())
         assert "was made with teacher openai:fake-model (manifest.json), and this command names no teacher" in text
-        assert f"give --teacher openai:fake-model --base-url {fake_openai.url} (or --set teacher.spec=openai:fake-model " \
-               f"--set teacher.base_url={fake_openai.url}) to go on with it" in text
-        assert "or give --teacher (--set teacher.spec) explicitly to mix them on purpose" in text
+        assert f"give --set teacher.spec=openai:fake-model --set teacher.base_url={fake_openai.url} (run and evolve " \
+               f"take --teacher openai:fake-model --base-url {fake_openai.url} too) to go on with it" in text
+        assert "name another teacher explicitly (--set teacher.spec, or --teacher in run and evolve) to mix" in text
     assert len(fake_openai.history) == calls  # not one request
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # byte-identical
     config = tmp_path / "run.toml"  # a config file that names the teacher names it: no stop
     config.write_text(f'[teacher]\nspec = "openai:fake-model"\nbase_url = "{fake_openai.url}"\n')
     invoke("bootstrap", run, "--config", config, "--num-instructions", 3)
+
+
+def test_the_fix_a_kept_teacher_or_judge_names_works_in_the_command_that_stopped(fake_openai, tmp_path):
+    """The stop named --judge to `run` (a run with a score stage over a run another judge scored) and --teacher to
+    `score --config` (a config naming no teacher): neither command takes that flag ("No such option"). The fix it
+    names now goes through, copied as it is."""
+    import shlex
+
+    def fix(result):
+        text = " ".join(result.output.split())
+        return shlex.split(text.split("Fix: give ", 1)[1].split(" (", 1)[0])
+
+    rated = '{"rating": 4, "reason": "fine"}'
+    fake_openai.default_reply = lambda path, body, plain=fake_openai.default_reply: (
+        fake_openai.wrap(path, rated) if "Rate the response" in fake_openai.prompt_of(body) else plain(path, body))
+    invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 2)
+    run = tmp_path / "r"
+    config = tmp_path / "plain.toml"
+    config.write_text("seed = 42\n")  # names no teacher: the default by omission
+    stopped = invoke("score", run, "--config", config, expect=2)
+    assert "names no teacher" in stopped.output
+    invoke("score", run, "--config", config, *fix(stopped))
+    invoke("score", run, "--judge", "openai:judge-model", "--judge-base-url", fake_openai.url, "--rescore")
+    stages = 'stages=["bootstrap", "classify", "instances", "filter", "score"]'
+    again = ["run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 2, "--set", stages]
+    stopped = invoke(*again, expect=2)
+    assert fix(stopped) == ["--set", "score.teacher.spec=openai:judge-model", "--set",
+                            f"score.teacher.base_url={fake_openai.url}"]
+    invoke(*again, *fix(stopped))
 
 
 def test_commands_that_use_no_teacher_keep_the_runs_recorded_teacher(fake_openai, tmp_path):
@@ -318,7 +348,7 @@ def test_commands_that_use_no_teacher_keep_the_runs_recorded_teacher(fake_openai
     calls = len(fake_openai.history)
     text = " ".join(invoke("evolve", run, expect=2).output.split())  # names no teacher: stops, naming the run's
     assert "was made with teacher openai:fake-model (manifest.json), and this command names no teacher" in text
-    assert f"give --teacher openai:fake-model --base-url {fake_openai.url}" in text and "default, embedded," in text
+    assert f"take --teacher openai:fake-model --base-url {fake_openai.url} too" in text and "default, embedded," in text
     assert len(fake_openai.history) == calls
     rated = '{"rating": 4, "reason": "fine"}'
     fake_openai.default_reply = lambda path, body, plain=fake_openai.default_reply: (

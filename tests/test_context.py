@@ -39,8 +39,8 @@ def test_the_default_teacher_by_omission_stops_and_a_named_one_goes_on(tmp_path)
     where = made_with(tmp_path, "openai:gpt-4o-mini")
     with pytest.raises(Seed2LoraError, match="names no teacher") as e:
         RunContext(load_config(None, where)).bare_teacher  # noqa: B018
-    assert "--teacher openai:gpt-4o-mini --base-url http://127.0.0.1:9/v1 (or --set teacher.spec=openai:gpt-4o-mini " \
-           "--set teacher.base_url=http://127.0.0.1:9/v1) to go on with it" in str(e.value)
+    assert "give --set teacher.spec=openai:gpt-4o-mini --set teacher.base_url=http://127.0.0.1:9/v1 (run and evolve " \
+           "take --teacher openai:gpt-4o-mini --base-url http://127.0.0.1:9/v1 too) to go on with it" in str(e.value)
     notes = []
     ctx = RunContext(load_config(None, {**where, "teacher.spec": "openai:other"}), log=notes.append)
     assert ctx.bare_teacher.name == "openai:other" and "will mix the two" in notes[0]
@@ -65,7 +65,8 @@ def test_a_run_scored_by_its_own_judge_keeps_it(tmp_path):
     given_teacher = {**where, "teacher.spec": "openai:cheap"}
     with pytest.raises(Seed2LoraError, match="scored by judge openai:dear") as e:
         RunContext(load_config(None, given_teacher)).bare_judge  # noqa: B018
-    assert "--judge openai:dear (or --set score.teacher.spec=openai:dear) to go on with it" in str(e.value)
+    assert "give --set score.teacher.spec=openai:dear (score takes --judge openai:dear too) to go on with it" \
+        in str(e.value)
     assert RunContext(load_config(None, {**given_teacher, "score.teacher.spec": "openai:dear"})).bare_judge.name \
         == "openai:dear"
     notes = []

@@ -136,6 +136,22 @@ def test_the_card_names_a_hub_base_only_by_its_hub_id():
     assert hub_id({"_name_or_path": "/models/qwen"}, "qwen") == "" and hub_id({}, "my-base") == ""
 
 
+def test_the_cards_use_snippet_loads_a_base_that_exists(tmp_path):
+    """The folder card of an adapter trained on the embedded teacher said from_pretrained("SmolLM2-135M-Instruct"):
+    no Hub repository and no folder by that name. The folder's card names the base it was trained on; a Hub card its
+    Hub id, else its name."""
+    from pipeline.train.model_card import model_card
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/cache/SmolLM2-135M-Instruct",
+                                                              "r": 8, "lora_alpha": 16}))
+    prov = {"run": "r", "base_model": "SmolLM2-135M-Instruct"}
+    folder = model_card(tmp_path, prov, {})
+    assert 'from_pretrained("/cache/SmolLM2-135M-Instruct")' in folder
+    hub = model_card(tmp_path, prov, {}, files={})
+    assert 'from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")' in hub
+    assert 'from_pretrained("my-base")' in model_card(tmp_path, {**prov, "base_model": "my-base"}, {}, files={})
+
+
 def test_private_creates_a_private_repository_and_never_pushes_into_a_public_one(hub, tmp_path):
     run = make_run(tmp_path)
     result = invoke("export", run, "--formats", "alpaca", "--push-to-hub", "me/secret", "--private")

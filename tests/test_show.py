@@ -30,3 +30,20 @@ def test_last_session_columns_count_this_sessions_work(fake_openai, tmp_path):
     assert stage["input"] == 6 and stage["generated"] == stage["kept"] + stage["rejected"] == 2
     invoke("classify", *flags)  # nothing left: this session generated nothing
     assert counts_row(run, "classify") == ["6", "0", "0", "0", "0"]
+
+
+def test_show_prints_records_and_reasons_as_written_not_as_markup(tmp_path):
+    """Rich read a record's text as markup: "arr[i]" lost its "[i]" (italic on), a LowYield reason's "[filter]"
+    vanished ("or looser  settings"), and a "[/b]" in a teacher's output stopped show with a MarkupError."""
+    from pipeline.records import Instance, Task
+    from pipeline.store import RunDir
+
+    run = RunDir(tmp_path / "r").ensure()
+    task = Task(id="m1", instruction="Explain what arr[i] means in [bold] Python.", origin="machine",
+                stage="instances", instances=[Instance("x = arr[i]", "A [/b] tag, then [red]text[/red].")])
+    (run.path / "instances.jsonl").write_text(json.dumps(task.to_dict()) + "\n")
+    run.update_manifest(status="failed", stage="bootstrap", reason="LowYield: looser [filter] settings")
+    text = invoke("show", run.path).output
+    assert "looser [filter] settings" in text
+    assert "Explain what arr[i] means in [bold] Python." in text and "x = arr[i]" in text
+    assert "A [/b] tag, then [red]text[/red]." in text

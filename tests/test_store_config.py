@@ -226,6 +226,9 @@ def test_a_second_writer_of_a_run_stops_and_show_tells_a_killed_run_from_a_runni
     try:
         result = invoke("filter", "--output-dir", tmp_path, "--run-name", "s", expect=2)
         assert "is being written by seed2lora pid" in result.output and "--run-name" in result.output
+        # score takes no --run-name: the fix names the folder first (it said "use another --run-name")
+        text = " ".join(invoke("score", run.path, expect=2).output.split())
+        assert "or name another run folder (RUN_DIR, or --run-name where the command has it)" in text
         assert not run.stage_file("filter").exists() and not run.manifest_file.exists()  # nothing written
         run.update_manifest(status="running", stage="filter")
         assert "status: running" in invoke("show", run.path).output

@@ -82,9 +82,13 @@ def model_card(adapter_dir: Path, prov: dict[str, str], base_config: dict[str, A
     if files is not None:
         lines += ["## Files", "", *[f"- `{name}`" for name in sorted([*files, "README.md"])], ""]
     here = "<this repository>" if files is not None else "<this folder>"
+    # What from_pretrained can load: the folder's card the base it was trained on (PEFT's record of it), a Hub card
+    # the base's Hub id; a bare name ("SmolLM2-135M-Instruct", the embedded base) is neither
+    base = (lora.get("base_model_name_or_path") if files is None else "") \
+        or hub_id(base_config, prov["base_model"]) or prov["base_model"]
     lines += ["## Use", "", "```python", "from peft import PeftModel",
               "from transformers import AutoModelForCausalLM", "",
-              f'base = AutoModelForCausalLM.from_pretrained("{prov["base_model"]}")',
+              f'base = AutoModelForCausalLM.from_pretrained("{base}")',
               f'model = PeftModel.from_pretrained(base, "{here}")', "```", ""]
     if gguf:
         lines += [f"llama.cpp: `llama-cli -m <base>.gguf --lora {gguf[0]}`; Ollama: a Modelfile with "
