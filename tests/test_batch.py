@@ -191,6 +191,31 @@ def test_a_run_without_batch_over_open_batches_says_they_are_paid_already(fake_b
     assert direct.count("open Batch API batches") == 1  # once a command, not once a stage
 
 
+def test_the_open_batches_note_gives_each_command_a_fix_it_takes(fake_batch, tmp_path):
+    """The note came from the teacher with "add --batch" on any command, score's too, which has no --batch flag:
+    each stream kind now gets the fix its command takes."""
+    db = ResponseCache(tmp_path / "cache.sqlite")
+    db.log_wave("file-open", "/v1/chat/completions", [("k1", "classify", "{}"), ("k2", "classify", "{}")], 0.0, 0)
+    direct = FakeOpenAI()
+    try:
+        for kind, fix in (("classify", "--batch"), ("score", "--set teacher.batch=true"),
+                          ("judge", "--set eval.judge.batch=true")):
+            t = make_teacher(TeacherConfig(spec="openai:fake-model", base_url=direct.url, api="chat",
+                                           structured="off"), seed=1)
+            events = []
+            t.on_event = events.append
+            attach_run(t, db, "s1", Budget(BudgetConfig(), {}))
+            (reply,) = t.generate(["Hello?"], GenParams(max_tokens=5), kind=kind)
+            notes = [e for e in events if "wait in open Batch API batches" in e]
+            assert reply.ok and len(notes) == 1 and notes[0].startswith("note: 2 requests"), (kind, events)
+            assert f"add {fix}" in notes[0], (kind, notes[0])
+            if kind != "classify":
+                assert "add --batch" not in notes[0], notes[0]  # score and eval have no such flag
+    finally:
+        direct.close()
+        db.close()
+
+
 def test_a_server_killed_mid_batch_is_waited_for(fake_batch, tmp_path):
     fake_batch.polls_to_finish = 6
 
