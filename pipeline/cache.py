@@ -149,6 +149,10 @@ class ResponseCache:
         # recorded) | failed (a failed or expired line; tried again in a later wave)
         self._db.execute("CREATE TABLE IF NOT EXISTS batch_lines (file_id TEXT, custom_id TEXT, kind TEXT, "
                          "reading TEXT, state TEXT, PRIMARY KEY (file_id, custom_id))")
+        # A reply's batch is looked up by its key (get, fail_line): without this index every lookup read every line
+        self._db.execute("CREATE INDEX IF NOT EXISTS batch_lines_by_key ON batch_lines (custom_id)")
+        # Whether any reply may have come through a batch: a run that never used one asks nothing more per lookup
+        self._batched = self._db.execute("SELECT 1 FROM batch_lines LIMIT 1").fetchone() is not None
         self._add_column("model", "TEXT")
         self._add_column("cached_tokens", "INTEGER DEFAULT 0")
 
@@ -169,8 +173,9 @@ class ResponseCache:
         row = self._lookups.call(key)
         if row is None:
             return None
+        batch, wave = row[4] if len(row) > 4 else (None, 1)
         return Completion(text=row[0], finish_reason=row[1], prompt_tokens=row[2], completion_tokens=row[3],
-                          cached=True)
+                          cached=True, batch=batch, retries=wave - 1)
 
     def _get_many(self, keys: list[str]) -> list[tuple | None]:
         found: dict[str, tuple] = {}
@@ -180,7 +185,22 @@ class ResponseCache:
                 found.update((row[0], row[1:]) for row in self._db.execute(
                     "SELECT key, text, finish_reason, prompt_tokens, completion_tokens FROM responses WHERE key IN "
                     f"({', '.join('?' * len(part))})", part))
+            if self._batched and found:  # where it was paid: a reply of a batch says so on resume too
+                for key, origin in self._batch_origins(list(found)).items():
+                    found[key] = (*found[key], origin)
         return [found.get(key) for key in keys]
+
+    def _batch_origins(self, keys: list[str]) -> dict[str, tuple[str, int]]:
+        """key -> (batch id, wave) of each key whose reply came through a Batch API batch; wave: 1 + the waves in
+        which its line failed before. Under the lock."""
+        origins: dict[str, tuple[str, int]] = {}
+        for i in range(0, len(keys), _KEYS_PER_QUERY):
+            part = keys[i:i + _KEYS_PER_QUERY]
+            origins.update((key, (batch_id, failed + 1)) for key, batch_id, failed in self._db.execute(
+                "SELECT l.custom_id, w.batch_id, (SELECT COUNT(*) FROM batch_lines f WHERE f.custom_id = l.custom_id "
+                "AND f.state = 'failed') FROM batch_lines l JOIN batch_waves w ON w.file_id = l.file_id "
+                f"WHERE l.state = 'done' AND l.custom_id IN ({', '.join('?' * len(part))})", part))
+        return origins
 
     def put(self, key: str, c: Completion) -> None:
         with self._lock:
@@ -269,6 +289,7 @@ class ResponseCache:
                 self._db.executemany("INSERT INTO batch_lines VALUES (?, ?, ?, ?, 'sent')",
                                      [(file_id, *line) for line in lines])
                 self._db.execute("COMMIT")
+                self._batched = True
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -311,6 +332,17 @@ class ResponseCache:
                                     (custom_id,)).fetchone()[0]
 
     # -- the usage log: one row per answered call ----------------------------------------
+    def line_failures(self, keys: list[str]) -> dict[str, int]:
+        """key -> the wave lines of that request that failed, in any wave (keys that never failed are left out)."""
+        counts: dict[str, int] = {}
+        with self._lock:
+            for i in range(0, len(keys), _KEYS_PER_QUERY):
+                part = keys[i:i + _KEYS_PER_QUERY]
+                counts.update(self._db.execute(
+                    "SELECT custom_id, COUNT(*) FROM batch_lines WHERE state = 'failed' AND custom_id IN "
+                    f"({', '.join('?' * len(part))}) GROUP BY custom_id", part))
+        return counts
+
     def log_usage(self, session: str, kind: str, counts: dict[str, int], model: str | None = None) -> None:
         """One usage row; model None writes a row as the log held them before it recorded models."""
         with self._lock:

@@ -76,6 +76,44 @@ def test_a_self_instruct_run_in_batch_mode_makes_the_records_of_a_direct_run(fak
     db.close()
 
 
+def test_a_record_made_from_a_batch_reply_names_its_batch_and_wave_and_keeps_them_from_the_cache(fake_batch,
+                                                                                                  tmp_path):
+    """Only export.json said "batch": true. Every kept or rejected record whose reply came through a batch now
+    names it (meta[f"{stage}_reply"]: batch, wave), read back from cache.sqlite too; a stage whose lines failed
+    into a later wave no longer says every reply came at the first try."""
+    fake_batch.fail_every = 5  # a failed line in 5 goes into the next wave
+    out = invoke("run", *teacher_flags(fake_batch, tmp_path, "b"), "--num-instructions", 12, *FAST).output
+    batches = set(fake_batch.batches)
+    records = {stage: read(tmp_path / "b" / f"{stage}.jsonl") for stage in ("bootstrap", "classify", "instances")}
+    for stage, rows in records.items():
+        origins = [r["meta"][f"{stage}_reply"] for r in rows]
+        assert rows and all(o["batch"] in batches and o["wave"] >= 1 for o in origins), stage
+    later = [r for stage in ("classify", "instances") for r in records[stage] if r["meta"][f"{stage}_reply"]["wave"] > 1]
+    assert later, "fail_every = 5 sends some lines in a second wave"
+    for stage in ("classify", "instances"):
+        line = next(x for x in out.splitlines() if f"{stage}: " in x and " tasks written (" in x)
+        if any(r["meta"][f"{stage}_reply"]["wave"] > 1 for r in records[stage]):
+            assert "first try" not in line and "came only after a failed call was sent again" in line, line
+    # Read back from the cache, by a direct teacher: the same batch and wave, and nothing sent
+    (tmp_path / "b" / "classify.jsonl").unlink()
+    invoke("classify", *teacher_flags(fake_batch, tmp_path, "b"))
+    again = {r["id"]: r["meta"]["classify_reply"] for r in read(tmp_path / "b" / "classify.jsonl")}
+    assert again == {r["id"]: r["meta"]["classify_reply"] for r in records["classify"]}
+    assert fake_batch.history == []
+
+
+def test_a_direct_reply_adds_nothing_to_a_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    direct = FakeOpenAI()
+    try:
+        invoke("run", *teacher_flags(direct, tmp_path, "d"), "--num-instructions", 4)
+    finally:
+        direct.close()
+    assert all("classify_reply" not in r["meta"] and "instances_reply" not in r["meta"]
+               for stage in ("classify", "instances") for r in read(tmp_path / "d" / f"{stage}.jsonl"))
+    assert all("bootstrap_reply" not in r["meta"] for r in read(tmp_path / "d" / "bootstrap.jsonl"))
+
+
 def test_a_batch_line_is_the_request_a_direct_call_sends(fake_batch, tmp_path):
     params = GenParams(max_tokens=20, temperature=0.7, stop=("\n\n", "16."), presence_penalty=2.0)
     direct = make_teacher(TeacherConfig(spec="openai:fake-model", base_url=fake_batch.url, api="chat",
