@@ -102,6 +102,16 @@ def test_a_record_made_from_a_batch_reply_names_its_batch_and_wave_and_keeps_the
     assert fake_batch.history == []
 
 
+def test_a_rejected_record_keeps_its_batch_beside_the_reply_text():
+    from pipeline.stages.common import reply_meta
+    from pipeline.teachers import Completion
+
+    assert reply_meta(Completion("No task here.", "stop", batch="batch_7", retries=1)) == {
+        "reply": "No task here.", "finish_reason": "stop", "batch": "batch_7", "wave": 2}
+    assert reply_meta(Completion("No task here.", "stop", retries=3)) == {"reply": "No task here.",
+                                                                           "finish_reason": "stop"}
+
+
 def test_a_direct_reply_adds_nothing_to_a_record(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     direct = FakeOpenAI()
