@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,21 @@ USAGE_COLUMNS = ("calls", "errors", "cached", "prompt_tokens", "completion_token
 _KEYS_PER_QUERY = 500  # keys in one lookup query: under SQLite's smallest limit of bound variables (999)
 _INSERT_USAGE = (f"INSERT INTO usage (session, kind, model, {', '.join(USAGE_COLUMNS)}) "
                  f"VALUES (?, ?, ?, {', '.join('?' * len(USAGE_COLUMNS))})")
+
+
+_GET_RESPONSES = ("SELECT key, text, finish_reason, prompt_tokens, completion_tokens FROM responses "
+                  "WHERE key IN ({keys})")
+# The batch whose line a reply answered, and the waves in which that request's line failed before it
+_GET_BATCH_ORIGINS = ("SELECT l.custom_id, w.batch_id, (SELECT COUNT(*) FROM batch_lines f WHERE f.custom_id = "
+                      "l.custom_id AND f.state = 'failed') FROM batch_lines l JOIN batch_waves w ON "
+                      "w.file_id = l.file_id WHERE l.state = 'done' AND l.custom_id IN ({keys})")
+
+
+def rows_for(db: sqlite3.Connection, sql: str, keys: list[str]) -> Iterator[tuple]:
+    """The rows of `sql` for `keys` (its "{keys}": their placeholders), asked in parts under SQLite's limit."""
+    for i in range(0, len(keys), _KEYS_PER_QUERY):
+        part = keys[i:i + _KEYS_PER_QUERY]
+        yield from db.execute(sql.format(keys=", ".join("?" * len(part))), part)
 
 
 class Group:
@@ -149,6 +164,10 @@ class ResponseCache:
         # recorded) | failed (a failed or expired line; tried again in a later wave)
         self._db.execute("CREATE TABLE IF NOT EXISTS batch_lines (file_id TEXT, custom_id TEXT, kind TEXT, "
                          "reading TEXT, state TEXT, PRIMARY KEY (file_id, custom_id))")
+        # A reply's batch is looked up by its key (get, fail_line): without this index every lookup read every line
+        self._db.execute("CREATE INDEX IF NOT EXISTS batch_lines_by_key ON batch_lines (custom_id)")
+        # Whether any reply may have come through a batch: a run that never used one asks nothing more per lookup
+        self._batched = self._db.execute("SELECT 1 FROM batch_lines LIMIT 1").fetchone() is not None
         self._add_column("model", "TEXT")
         self._add_column("cached_tokens", "INTEGER DEFAULT 0")
 
@@ -169,17 +188,16 @@ class ResponseCache:
         row = self._lookups.call(key)
         if row is None:
             return None
+        batch, wave = row[4] if len(row) > 4 else (None, 1)
         return Completion(text=row[0], finish_reason=row[1], prompt_tokens=row[2], completion_tokens=row[3],
-                          cached=True)
+                          cached=True, batch=batch, retries=wave - 1)
 
     def _get_many(self, keys: list[str]) -> list[tuple | None]:
-        found: dict[str, tuple] = {}
         with self._lock:
-            for i in range(0, len(keys), _KEYS_PER_QUERY):
-                part = keys[i:i + _KEYS_PER_QUERY]
-                found.update((row[0], row[1:]) for row in self._db.execute(
-                    "SELECT key, text, finish_reason, prompt_tokens, completion_tokens FROM responses WHERE key IN "
-                    f"({', '.join('?' * len(part))})", part))
+            found = {row[0]: row[1:] for row in rows_for(self._db, _GET_RESPONSES, keys)}
+            if self._batched and found:  # where it was paid: a reply of a batch says so on resume too
+                for key, batch_id, failed in rows_for(self._db, _GET_BATCH_ORIGINS, list(found)):
+                    found[key] = (*found[key], (batch_id, failed + 1))
         return [found.get(key) for key in keys]
 
     def put(self, key: str, c: Completion) -> None:
@@ -269,6 +287,7 @@ class ResponseCache:
                 self._db.executemany("INSERT INTO batch_lines VALUES (?, ?, ?, ?, 'sent')",
                                      [(file_id, *line) for line in lines])
                 self._db.execute("COMMIT")
+                self._batched = True
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -311,6 +330,12 @@ class ResponseCache:
                                     (custom_id,)).fetchone()[0]
 
     # -- the usage log: one row per answered call ----------------------------------------
+    def line_failures(self, keys: list[str]) -> dict[str, int]:
+        """key -> the wave lines of that request that failed, in any wave (keys that never failed are left out)."""
+        with self._lock:
+            return dict(rows_for(self._db, "SELECT custom_id, COUNT(*) FROM batch_lines WHERE state = 'failed' AND "
+                                           "custom_id IN ({keys}) GROUP BY custom_id", keys))
+
     def log_usage(self, session: str, kind: str, counts: dict[str, int], model: str | None = None) -> None:
         """One usage row; model None writes a row as the log held them before it recorded models."""
         with self._lock:

@@ -76,6 +76,54 @@ def test_a_self_instruct_run_in_batch_mode_makes_the_records_of_a_direct_run(fak
     db.close()
 
 
+def test_a_record_made_from_a_batch_reply_names_its_batch_and_wave_and_keeps_them_from_the_cache(fake_batch,
+                                                                                                  tmp_path):
+    """Only export.json said "batch": true. Every kept or rejected record whose reply came through a batch now
+    names it (meta[f"{stage}_reply"]: batch, wave), read back from cache.sqlite too; a stage whose lines failed
+    into a later wave no longer says every reply came at the first try."""
+    fake_batch.fail_every = 5  # a failed line in 5 goes into the next wave
+    out = invoke("run", *teacher_flags(fake_batch, tmp_path, "b"), "--num-instructions", 12, *FAST).output
+    batches = set(fake_batch.batches)
+    records = {stage: read(tmp_path / "b" / f"{stage}.jsonl") for stage in ("bootstrap", "classify", "instances")}
+    for stage, rows in records.items():
+        origins = [r["meta"][f"{stage}_reply"] for r in rows]
+        assert rows and all(o["batch"] in batches and o["wave"] >= 1 for o in origins), stage
+    later = [r for stage in ("classify", "instances") for r in records[stage] if r["meta"][f"{stage}_reply"]["wave"] > 1]
+    assert later, "fail_every = 5 sends some lines in a second wave"
+    for stage in ("classify", "instances"):
+        line = next(x for x in out.splitlines() if f"{stage}: " in x and " tasks written (" in x)
+        if any(r["meta"][f"{stage}_reply"]["wave"] > 1 for r in records[stage]):
+            assert "first try" not in line and "came only after a failed call was sent again" in line, line
+    # Read back from the cache, by a direct teacher: the same batch and wave, and nothing sent
+    (tmp_path / "b" / "classify.jsonl").unlink()
+    invoke("classify", *teacher_flags(fake_batch, tmp_path, "b"))
+    again = {r["id"]: r["meta"]["classify_reply"] for r in read(tmp_path / "b" / "classify.jsonl")}
+    assert again == {r["id"]: r["meta"]["classify_reply"] for r in records["classify"]}
+    assert fake_batch.history == []
+
+
+def test_a_rejected_record_keeps_its_batch_beside_the_reply_text():
+    from pipeline.stages.common import reply_meta
+    from pipeline.teachers import Completion
+
+    assert reply_meta(Completion("No task here.", "stop", batch="batch_7", retries=1)) == {
+        "reply": "No task here.", "finish_reason": "stop", "batch": "batch_7", "wave": 2}
+    assert reply_meta(Completion("No task here.", "stop", retries=3)) == {"reply": "No task here.",
+                                                                           "finish_reason": "stop"}
+
+
+def test_a_direct_reply_adds_nothing_to_a_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    direct = FakeOpenAI()
+    try:
+        invoke("run", *teacher_flags(direct, tmp_path, "d"), "--num-instructions", 4)
+    finally:
+        direct.close()
+    assert all("classify_reply" not in r["meta"] and "instances_reply" not in r["meta"]
+               for stage in ("classify", "instances") for r in read(tmp_path / "d" / f"{stage}.jsonl"))
+    assert all("bootstrap_reply" not in r["meta"] for r in read(tmp_path / "d" / "bootstrap.jsonl"))
+
+
 def test_a_batch_line_is_the_request_a_direct_call_sends(fake_batch, tmp_path):
     params = GenParams(max_tokens=20, temperature=0.7, stop=("\n\n", "16."), presence_penalty=2.0)
     direct = make_teacher(TeacherConfig(spec="openai:fake-model", base_url=fake_batch.url, api="chat",
@@ -189,6 +237,31 @@ def test_a_run_without_batch_over_open_batches_says_they_are_paid_already(fake_b
     direct = invoke(*[a for a in cmd[3:] if a != "--batch"]).output
     assert "6 requests of this run wait in open Batch API batches" in direct and "add --batch" in direct
     assert direct.count("open Batch API batches") == 1  # once a command, not once a stage
+
+
+def test_the_open_batches_note_gives_each_command_a_fix_it_takes(fake_batch, tmp_path):
+    """The note came from the teacher with "add --batch" on any command, score's too, which has no --batch flag:
+    each stream kind now gets the fix its command takes."""
+    db = ResponseCache(tmp_path / "cache.sqlite")
+    db.log_wave("file-open", "/v1/chat/completions", [("k1", "classify", "{}"), ("k2", "classify", "{}")], 0.0, 0)
+    direct = FakeOpenAI()
+    try:
+        for kind, fix in (("classify", "--batch"), ("score", "--set teacher.batch=true"),
+                          ("judge", "--set eval.judge.batch=true")):
+            t = make_teacher(TeacherConfig(spec="openai:fake-model", base_url=direct.url, api="chat",
+                                           structured="off"), seed=1)
+            events = []
+            t.on_event = events.append
+            attach_run(t, db, "s1", Budget(BudgetConfig(), {}))
+            (reply,) = t.generate(["Hello?"], GenParams(max_tokens=5), kind=kind)
+            notes = [e for e in events if "wait in open Batch API batches" in e]
+            assert reply.ok and len(notes) == 1 and notes[0].startswith("note: 2 requests"), (kind, events)
+            assert f"add {fix}" in notes[0], (kind, notes[0])
+            if kind != "classify":
+                assert "add --batch" not in notes[0], notes[0]  # score and eval have no such flag
+    finally:
+        direct.close()
+        db.close()
 
 
 def test_a_server_killed_mid_batch_is_waited_for(fake_batch, tmp_path):

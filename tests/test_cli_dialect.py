@@ -159,6 +159,12 @@ def test_the_retry_note_says_whether_any_retry_happened(fake_openai, tmp_path):
     assert MapResult(retried=2, rejected=2).replies_note(1, "instance") == \
         "2 unusable replies asked again, 2 instances rejected (still unusable after 1 retry)"
     assert MapResult(rejected=2).replies_note(0) == "2 tasks rejected for an unusable reply, none asked again"
+    # A reply that came only in a later batch wave (or after a 429) was no first try, though it parsed at once
+    resent = "came only after a failed call was sent again"
+    assert MapResult(written=4, resent=2).replies_note(2).startswith(f"every reply usable, none asked again; 2 replies {resent}")
+    assert "first try" not in MapResult(written=4, resent=1).replies_note(2)
+    assert MapResult(written=3, retried=1, resent=1).replies_note(2) == \
+        f"1 unusable reply asked again, none rejected; 1 reply {resent} (a batch line in a later wave, or a 429, 5xx or timeout)"
     user = tmp_path / "mine.jsonl"
     user.write_text('{"instruction": "Suggest a name for a bakery."}\n')
     out = invoke("classify", *teacher_flags(fake_openai, tmp_path, "u"), "--input", user).output

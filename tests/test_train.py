@@ -956,8 +956,16 @@ def test_a_finished_adapter_is_kept_when_only_a_resource_setting_changed(tmp_pat
                         or {"steps": 1, "eval_losses": {"first": None, "last": None}})
     resources = {"train.activation_memory_gb": 0.5, "train.save_steps": 7, "train.eval_steps": 3,
                  "train.gradient_checkpointing": False, "train.resume": False, "train.logging_steps": 5}
+    result = train_step(Session(load_config(None, where)).ctx, None)
+    assert "already trained with these settings and data" in result.message and not trained
     result = train_step(Session(load_config(None, {**where, **resources})).ctx, None)
-    assert "already trained with these settings" in result.message and not trained
+    # Not "these settings": they differ, and the message names those it ignored (resume is the step's own)
+    assert "already trained with these settings" not in result.message and not trained
+    assert "ignored, as they change no weight: " in result.message and "resume" not in result.message
+    for key, value in resources.items():
+        name = key.removeprefix("train.")
+        if name != "resume":
+            assert f"{name} {getattr(cfg.train, name)!r} -> {value!r}" in result.message, name
     lines = []
     ctx = Session(load_config(None, {**where, **resources, "train.lora_r": 16}), log=lines.append).ctx
     train_step(ctx, None)

@@ -32,7 +32,7 @@ from ..records import Task, task_id
 from ..store import JsonlWriter, RunDir, reason_kind
 from ..teachers import Completion, GenParams, Teacher
 from ..teachers.base import WAIT, Request
-from .common import reply_meta
+from .common import batch_meta, reply_meta
 from .filter import InstructionFilter
 from .parse import NOINPUT, parse_alpaca, parse_numbered_list, parse_structured_tasks
 from .schemas import schema_params
@@ -336,6 +336,9 @@ class Bootstrap:
             tasks = [Task(id=task_id("reply", plan["salt"]), instruction="", origin="machine", round=req.key,
                           stage="bootstrap", teacher=self.teacher.name, prompt=plan["template"],
                           meta={"bootstrap_reply": reply_meta(reply)})]
+        elif reply.batch:  # each task says which batch paid its reply; a direct reply's carry nothing more
+            for t in tasks:
+                t.meta = {**t.meta, "bootstrap_reply": batch_meta(reply)}
         kept = self.pool.take(tasks, req.key, self.kept_out, self.rejected_out, self.on_kept)
         self.kept_out.flush()  # on disk before the mark: a resume skips exactly the records written
         self.rejected_out.flush()

@@ -14,6 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..context import Records, RunContext, StepResult
 from ..records import Task
@@ -32,8 +33,15 @@ def retry_params(params: GenParams) -> GenParams:
                                top_p=params.top_p if params.top_p > 0 else 1.0)
 
 
-def reply_meta(reply: Completion) -> dict[str, str]:
-    return {"reply": reply.text[:RAW_REPLY_CHARS], "finish_reason": reply.finish_reason}
+def reply_meta(reply: Completion) -> dict[str, Any]:
+    """A reply as a record keeps it (meta[f"{stage}_reply"]): its text, cut, and how it ended; and batch_meta."""
+    return {"reply": reply.text[:RAW_REPLY_CHARS], "finish_reason": reply.finish_reason, **batch_meta(reply)}
+
+
+def batch_meta(reply: Completion) -> dict[str, Any]:
+    """Where a reply was paid, when that was a Batch API batch: {"batch": its id, "wave": 1 + the waves in which
+    the request's line failed before}. A direct reply: nothing."""
+    return {"batch": reply.batch, "wave": reply.retries + 1} if reply.batch else {}
 
 
 @dataclass
@@ -42,6 +50,9 @@ class MapResult:
     rejected: int = 0  # tasks whose replies stayed unusable after every retry (in rejected.jsonl)
     pending: int = 0  # tasks the teacher failed on: no record; a re-run tries them again
     retried: int = 0  # unusable replies asked again
+    # replies that came only after their call failed and was sent again (a batch line in a later wave, a 429, 5xx or
+    # timeout): no unusable reply, yet not the first try either
+    resent: int = 0
 
     def counts(self, read: int) -> dict[str, int]:
         """The manifest's counts of this session. input: the records the stage read, earlier sessions' outcomes
@@ -51,7 +62,17 @@ class MapResult:
                 "rejected": self.rejected, "pending": self.pending, "retried": self.retried}
 
     def replies_note(self, max_retries: int, what: str = "task") -> str:
-        """What happened to unusable replies, in words that say whether any retry happened at all."""
+        """What happened to unusable replies, in words that say whether any retry happened at all, and to calls
+        that failed and were sent again (resent): a reply that came in a later batch wave was no first try."""
+        note = self.parsing_note(max_retries, what)
+        if not self.resent:
+            return note
+        if note == "every reply usable at the first try":
+            note = "every reply usable, none asked again"
+        return (f"{note}; {self.resent} {'reply' if self.resent == 1 else 'replies'} came only after a failed call "
+                "was sent again (a batch line in a later wave, or a 429, 5xx or timeout)")
+
+    def parsing_note(self, max_retries: int, what: str) -> str:
         def n(count: int, one: str, many: str) -> str:
             return f"{count} {one if count == 1 else many}"
 
@@ -151,9 +172,14 @@ class TaskMap:
         if not reply.ok:
             self.settle(task, None, None, None)
             return None
+        if reply.retries and not reply.cached:  # this session's call failed first (a cached reply's were paid before)
+            self.counts.resent += 1
         n = self.tries.get(task.id, 0)
         verdict = self.finish(task, reply, n >= self.max_retries)
         if isinstance(verdict, Task):
+            if reply.batch:  # a kept record says which batch paid its reply; a direct one carries nothing more
+                verdict = dataclasses.replace(verdict, meta={**verdict.meta, f"{self.stage}_reply": {
+                    **verdict.meta.get(f"{self.stage}_reply", {}), **batch_meta(reply)}})
             self.settle(task, verdict, None, reply)
             return verdict
         if n < self.max_retries:

@@ -78,7 +78,7 @@ from ..records import Instance, Task, task_id
 from ..store import RECORD_HOLD_S, STAGES, JsonlWriter, RunDir, read_tasks, reason_kind
 from ..teachers import Completion, GenParams, Teacher
 from ..teachers.base import WAIT, Request
-from .common import ProgressFn, reply_meta, retry_params
+from .common import ProgressFn, batch_meta, reply_meta, retry_params
 from .filter import InstructionFilter
 from .parse import parse_answer, parse_equal, parse_evolved_instruction
 
@@ -265,6 +265,8 @@ class _Evolver:
     # -- each reply gives the slot's next request or its outcome (kept, or with a reject_reason)
     def evolved(self, s: _Slot, reply: Completion) -> Request | Task:
         s.child = self.child(s.parent, s.op, s.template, s.round, parse_evolved_instruction(reply.text))
+        if reply.batch:  # the evolution's reply was paid in a batch: the child says which
+            s.child.meta["evolve_reply"] = batch_meta(reply)
         if not s.child.instruction:
             return self.retry_or_reject(s, reply, "evolution", self.evolution_request)
         s.tries = 0

@@ -88,6 +88,9 @@ class Completion:
     # Of prompt_tokens, those the server's prefix cache served (usage.prompt_tokens_details.cached_tokens), billed
     # at the model's cached-input price; 0 where the server reports none
     cached_tokens: int = 0
+    # The Batch API batch whose line this reply answered (its wave: retries + 1, the failed waves before it), from
+    # the wave or read back from the cache; None: a direct call
+    batch: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -259,13 +259,15 @@ class BatchTeacher(OpenAITeacher):
         api = "chat" if wave["endpoint"].endswith("/chat/completions") else "completions"
         answered = failed = 0
         refused: list[str] = []  # why each awaited line that goes into no next wave failed
-        for key, kind, reading, state in self.cache.wave_lines(wave["file_id"]):
-            if state != "sent":
-                continue
+        lines = [(key, kind, reading) for key, kind, reading, state in self.cache.wave_lines(wave["file_id"])
+                 if state == "sent"]
+        tries = self.cache.line_failures([key for key, _, _ in lines])  # failed waves before this one
+        for key, kind, reading in lines:
             self._open.pop(key, None)
             c, why = read_line(api, out.get(key), reading, b.status)
             awaiting = waiting.get(key, [])
             if c is not None:
+                c.batch, c.retries = b.id, tries.get(key, 0)  # where it was paid, and the waves it failed in
                 counts = self.usage.add(kind, c)
                 self.cache.record(key if c.cacheable else None, c, self.session, kind, counts, self.usage_model or None,
                                   batch_line=(wave["file_id"], key))
@@ -275,16 +277,17 @@ class BatchTeacher(OpenAITeacher):
                     self._recorded.add(id(c))
                     ready.append((awaiting[0][0], c))
                     ready.extend((req, Completion(c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens,
-                                                  cached=True)) for req, _ in awaiting[1:])
+                                                  cached=True, batch=c.batch, retries=c.retries))
+                                 for req, _ in awaiting[1:])
                 continue
             failed += 1
-            tries = self.cache.fail_line(wave["file_id"], key)
+            n = self.cache.fail_line(wave["file_id"], key)
             if not awaiting or b.status == "cancelled":
                 continue  # a later stream that asks for it sends it again; a cancel is its owner's: not resent now
-            if why.startswith("HTTP 4") or tries > self.max_retries:
+            if why.startswith("HTTP 4") or n > self.max_retries:
                 del waiting[key]
                 refused.append(why)
-                ready.extend((req, Completion("", "error", error=why, retries=tries - 1)) for req, _ in awaiting)
+                ready.extend((req, Completion("", "error", error=why, retries=n - 1)) for req, _ in awaiting)
             else:
                 retry[key] = awaiting[0]
         self._close(wave, b.status)

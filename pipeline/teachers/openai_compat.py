@@ -91,6 +91,13 @@ def check_base_url(url: str) -> None:
                            f"http://{rest}{'' if '/' in rest else '/v1'}")
 
 
+# How each command turns batch mode on, by the kind of the stream it opens: the generation commands take --batch;
+# score's judge is [score.teacher] when that names a spec, else [teacher]; eval's judge (kind "judge") is [eval.judge]
+BATCH_FIXES = {"": "--batch (or --set teacher.batch=true)",
+               "score": "--set teacher.batch=true (--set score.teacher.batch=true where [score.teacher] names the judge)",
+               "judge": "--set eval.judge.batch=true"}
+
+
 class OpenAITeacher(BaseTeacher):
     said_open_batches = False  # note_open_batches: said once a command
 
@@ -201,20 +208,22 @@ class OpenAITeacher(BaseTeacher):
         """BaseTeacher.stream, each reply finished (stop sequences, usage, its commit to the run's cache, durable
         before any record is built from it) where it was answered: on the event loop (fastpath.py), or on the
         thread that retried it, not on the one that reads replies and refills slots."""
-        self.note_open_batches()
+        self.note_open_batches(kind)
         return self._stream(iter(requests), params, kind)
 
-    def note_open_batches(self) -> None:
+    def note_open_batches(self, kind: str = "") -> None:
         """Requests of this run in open Batch API waves (a --batch run stopped mid-wave) are paid already; sent
-        directly, any of them is paid again. Said once a command, before the first request."""
+        directly, any of them is paid again. Said once a command, before the first request, with the fix the
+        command of this stream `kind` takes: score and eval have no --batch flag."""
         open_lines = getattr(self.cache, "open_lines", None)
         if self.said_open_batches or open_lines is None:
             return
         self.said_open_batches = True
         if n := len(open_lines()):
+            fix = BATCH_FIXES.get(kind, BATCH_FIXES[""])
             self._event(f"note: {n:,} requests of this run wait in open Batch API batches, paid already (`seed2lora "
-                        "show`); without --batch, any of them asked for again is sent and paid again. Fix: stop, "
-                        "and add --batch to read them")
+                        f"show`); sent directly, any of them asked for again is paid again. Fix: stop, and add {fix} "
+                        "to read them")
 
     def _stream(self, requests: Iterator[Request | None], params: GenParams,
                 kind: str | None = None) -> Iterator[tuple[Request, Completion]]:

@@ -415,6 +415,15 @@ def adapter_changes(recorded: dict[str, Any], cfg: TrainConfig) -> dict[str, str
             if k not in NOT_IN_ADAPTER and then.get(k) != v}
 
 
+def ignored_changes(recorded: dict[str, Any], cfg: TrainConfig) -> dict[str, str]:
+    """The settings that change no weight (NOT_IN_ADAPTER) and differ between a finished adapter's summary and
+    `cfg`, as adapter_changes words them: a kept adapter says it ignored them. output_dir and resume are the step's
+    own (where the adapter is, whether checkpoints are read), never a setting the adapter was asked to differ in."""
+    then = current_values(TrainConfig, recorded)
+    return {k: f"{k} {then.get(k)!r} -> {v!r}" for k, v in dataclasses.asdict(cfg).items()
+            if k in NOT_IN_ADAPTER - {"output_dir", "resume"} and k in then and then.get(k) != v}
+
+
 def check_resumable(ckpts: Path, settings: dict[str, Any]) -> None:
     saved_file = ckpts / CHECKPOINT_SETTINGS
     if not saved_file.is_file():
