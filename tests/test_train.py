@@ -929,18 +929,16 @@ def test_a_retrain_on_new_data_starts_over_once_and_then_resumes(tmp_path, monke
     assert rows_fingerprint(load_rows(run.path)) != "old rows"
 
 
-def test_a_finished_adapter_is_kept_when_only_a_resource_setting_changed(tmp_path, monkeypatch):
-    """The train step compared the whole [train] table with the adapter's summary: a new activation_memory_gb or
-    save_steps trained it again from scratch. Only settings that change the adapter count, and are named."""
+def finished_adapter(tmp_path):
+    """A run with one filtered task and a finished adapter's summary for today's settings and that data:
+    (the run's config keys, its config, the adapter folder, the summary)."""
     import dataclasses
 
-    import pipeline.train.trainer as trainer
     from pipeline.config import load_config
     from pipeline.records import Instance, Task
     from pipeline.runner import Session
     from pipeline.store import RunDir, write_jsonl_atomic
     from pipeline.train.data import load_rows, rows_fingerprint
-    from pipeline.train.steps import train_step
 
     where = {"output_dir": str(tmp_path), "run_name": "r"}
     cfg = load_config(None, where)
@@ -950,6 +948,18 @@ def test_a_finished_adapter_is_kept_when_only_a_resource_setting_changed(tmp_pat
     adapter.mkdir(parents=True)
     done = {"config": dataclasses.asdict(dataclasses.replace(cfg.train, output_dir=str(adapter))),
             "data_sha256": rows_fingerprint(load_rows(run.path))}
+    return where, cfg, adapter, done
+
+
+def test_a_finished_adapter_is_kept_when_only_a_resource_setting_changed(tmp_path, monkeypatch):
+    """The train step compared the whole [train] table with the adapter's summary: a new activation_memory_gb or
+    save_steps trained it again from scratch. Only settings that change the adapter count, and are named."""
+    import pipeline.train.trainer as trainer
+    from pipeline.config import load_config
+    from pipeline.runner import Session
+    from pipeline.train.steps import train_step
+
+    where, cfg, adapter, done = finished_adapter(tmp_path)
     (adapter / "training_summary.json").write_text(json.dumps(done))
     trained = []
     monkeypatch.setattr(trainer, "train", lambda data, train_cfg, log, progress=None: trained.append(train_cfg)
@@ -980,24 +990,12 @@ def test_a_retrain_for_new_settings_starts_over_but_a_longer_run_goes_on(tmp_pat
     """A finished adapter trained again for a setting that changes it (lora_r): its checkpoints are another
     model's, so the training starts over, where resuming from them stopped with exit 2 asking for --no-resume.
     Only more (or fewer) epochs or steps go on from them."""
-    import dataclasses
-
     import pipeline.train.trainer as trainer
     from pipeline.config import load_config
-    from pipeline.records import Instance, Task
     from pipeline.runner import Session
-    from pipeline.store import RunDir, write_jsonl_atomic
-    from pipeline.train.data import load_rows, rows_fingerprint
     from pipeline.train.steps import train_step
 
-    where = {"output_dir": str(tmp_path), "run_name": "r"}
-    cfg = load_config(None, where)
-    run = RunDir(cfg.run_dir).ensure()
-    write_jsonl_atomic(run.stage_file("filter"), [Task(id="t", instruction="Name a colour.", instances=[Instance(output="Blue.")])])
-    adapter = Session(cfg).adapter_dir
-    adapter.mkdir(parents=True)
-    done = {"config": dataclasses.asdict(dataclasses.replace(cfg.train, output_dir=str(adapter))),
-            "data_sha256": rows_fingerprint(load_rows(run.path))}
+    where, cfg, adapter, done = finished_adapter(tmp_path)
     summary = adapter / "training_summary.json"
     resumes = []
 
