@@ -216,9 +216,11 @@ class Budget:
         usd = self.cfg.max_cost - (spend["cost_usd"] or 0.0) if self.cfg.max_cost else None
         return usd, (self.cfg.max_tokens_total - spend["total_tokens"] if self.cfg.max_tokens_total else None)
 
-    def estimate(self, model: str, prompt_chars: int, max_tokens: int) -> tuple[float, int]:
-        """(dollars, tokens) that one request costs at most: its prompt at CHARS_PER_TOKEN, a reply of max_tokens."""
-        tokens = -(-prompt_chars // CHARS_PER_TOKEN)
+    def estimate(self, model: str, prompt: str, max_tokens: int) -> tuple[float, int]:
+        """(dollars, tokens) that one request costs at most: its prompt at a token per UTF-8 byte, plus the chat
+        template's (TEMPLATE_TOKENS), and a reply of max_tokens. The rule of thumb, CHARS_PER_TOKEN, is no bound:
+        a script with fewer characters a token let a wave pass --max-cost."""
+        tokens = len(prompt.encode("utf-8")) + TEMPLATE_TOKENS
         price = price_for(self.cfg, model) or (0.0, 0.0, 0.0)
         return usd_of(price, tokens, max_tokens), tokens + max_tokens  # at most: no prefix-cache hit assumed
 
@@ -249,3 +251,7 @@ def attach_run(teacher: Any, cache: Any, session: str, budget: Budget) -> Any:
 
 
 CHARS_PER_TOKEN = 4  # the usual rule of thumb for English with BPE vocabularies; a dry run is an estimate
+# A request's prompt tokens at most, for a Batch API wave paid before it is read: a byte-level BPE token (GPT's,
+# Llama 3's, Qwen's) or a SentencePiece one holds at least one byte of UTF-8, so the bytes bound the text; a chat
+# template adds a few tokens a message (role markers, BOS), at most this many in all for a request's messages.
+TEMPLATE_TOKENS = 32

@@ -318,3 +318,22 @@ def test_the_dry_run_stops_at_a_misspelt_stage_as_the_run_does(tmp_path):
         assert result.exit_code == 2, result.output
         assert "unknown stage(s) ['clasify'] in 'stages'" in " ".join(result.output.split())
     assert not (tmp_path / "r").exists()
+
+
+def test_a_batch_requests_estimate_bounds_its_prompt_tokens_in_any_script(tiny_model):
+    """A Batch API wave is paid before it is read, so --max-cost sizes it by each request at its most. At 4
+    characters a token (the rule of thumb) a Chinese prompt, about a token a character, was a quarter of its
+    tokens, and a wave of them passed the limit. The bound: a token per UTF-8 byte plus the chat template's."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    budget = Budget(BudgetConfig(max_cost=1.0, prices={"m": [1.0, 1.0]}), {})
+    system = "You are a helpful assistant."
+    for prompt in ("List three prime numbers.", "列出三个质数，并解释为什么它们是质数。", "🙂🙃 " * 40,
+                   "def f(x):\n    return {k: v for k, v in x.items() if v}\n" * 5, "Зачем нужны простые числа?"):
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+        real = len(tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
+        usd, tokens = budget.estimate("m", system + prompt, 0)
+        assert tokens >= real, (prompt, tokens, real)
+        assert usd == pytest.approx(tokens / 1e6)
+    assert len("列出三个质数，并解释为什么它们是质数。") / 4 < len(tok("列出三个质数，并解释为什么它们是质数。")["input_ids"])

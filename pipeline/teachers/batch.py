@@ -176,7 +176,7 @@ class BatchTeacher(OpenAITeacher):
         text, lines, usd, tokens = [], [], 0.0, 0
         for key, (req, p) in wave.items():
             body = self._body(req, p)
-            one_usd, one_tokens = (self.budget.estimate(self.usage_model, len(self.system_prompt) + len(req.prompt),
+            one_usd, one_tokens = (self.budget.estimate(self.usage_model, self.system_prompt + req.prompt,
                                                         p.max_tokens) if self.budget is not None else (0.0, 0))
             if (usd_room is not None and usd + one_usd > usd_room) or \
                     (token_room is not None and tokens + one_tokens > token_room):
