@@ -137,7 +137,7 @@ def add_serve_command(cli: click.Group, friendly_errors: Callable, console: Any)
         from .train.serve import plan, start, wait_ready
 
         p = plan(list(adapters), engine=engine, host=host, port=port, base_gguf=base_gguf, n_ctx=n_ctx,
-                 n_threads=n_threads, dry_run=dry_run, log=lambda m: console.print(m, highlight=False))
+                 n_threads=n_threads, dry_run=dry_run, log=lambda m: console.print(m, highlight=False, markup=False))
         if p.config_file:
             console.print(f"config file{' (dry run: not written)' if dry_run else ''}: {p.config_file}",
                           highlight=False)

@@ -31,6 +31,12 @@ from .show import label, show_run, stdout_console
 from .train.commands import OUTPUT_DIR_MOVED, Renamed, add_commands, moved
 
 console = Console(stderr=True, soft_wrap=True)  # log lines stay whole in log files and CI output
+
+
+def log_line(message: str) -> None:
+    """A run's log line as written: paths and teachers' text are data, not rich markup ("runs/[a]" lost "[a]",
+    and a stray "[/b]" raised a MarkupError in the middle of a run)."""
+    console.print(message, highlight=False, markup=False)
 # A bar with an ETA on a terminal, plain lines at least every 30 s off one (pipeline/progress.py).
 rich_progress = functools.partial(progress, console=console)
 
@@ -146,7 +152,7 @@ def _session(config_path, sets, **flags):
     from .runner import Session
 
     return Session(build_config(config_path, sets, **flags), progress=rich_progress,
-                   log=lambda message: console.print(message, highlight=False))
+                   log=log_line)
 
 
 def friendly_errors(f):
@@ -195,7 +201,7 @@ def run(config_path, sets, dry_run, **flags):
         _print_estimate(s)
         return
     s.run_all()  # prints each stage's line as it finishes
-    console.print(f"[green]done:[/] {s.run.path}  (inspect with: seed2lora show {s.run.path})")
+    console.print(f"[green]done:[/] {escape(str(s.run.path))}  (inspect with: seed2lora show {escape(str(s.run.path))})")
 
 
 def _print_estimate(s) -> None:
@@ -333,7 +339,8 @@ def report(run_dir, seeds_path, out_dir):
     from .report import write_report  # matplotlib and spaCy load only for this command
 
     page = write_report(run_dir, out_dir=out_dir, seeds_path=seeds_path)
-    console.print(f"[green]report:[/] {page}  (open it in a browser; the figures as data: {page.parent / 'report.json'})")
+    console.print(f"[green]report:[/] {escape(str(page))}  (open it in a browser; the figures as data: "
+                  f"{escape(str(page.parent / 'report.json'))})")
 
 
 def _run_config(run_dir: str, config_path: str | None, sets: tuple[str, ...], flags: dict[str, Any]) -> RunConfig:
@@ -349,7 +356,7 @@ def _run_command_session(run_dir, config_path, sets, flags):
     from .runner import Session
 
     return Session(_run_config(run_dir, config_path, sets, flags), progress=rich_progress,
-                   log=lambda message: console.print(message, highlight=False))
+                   log=log_line)
 
 
 _config_of_run = click.option("--config", "config_path", type=click.Path(dir_okay=False),
@@ -470,7 +477,7 @@ def export(run_dir, out_dir, formats, include, rows, eval_fraction, seed, includ
     cfg = load_section(ExportConfig, config_path, "export", flag_overrides(flags, sets, ExportConfig, "export"))
     target = push_target(push_to_hub, private)  # a bad name or a missing token stops before the export
     info, line = export_door(RunDir(run_dir), cfg, out_dir)
-    console.print(f"[green]exported:[/] {line}")
+    console.print(f"[green]exported:[/] {escape(line)}")
     if target:
         url = push_export(Path(info["export_dir"]), *target, private)
         console.print(f"[green]pushed:[/] {url}", highlight=False)

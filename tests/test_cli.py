@@ -358,3 +358,17 @@ def test_commands_that_use_no_teacher_keep_the_runs_recorded_teacher(fake_openai
     assert len(fake_openai.history) > calls
     invoke("evolve", run, "--teacher", "openai:fake-model", "--base-url", fake_openai.url, "--rounds", 1)
     assert recorded() == made and (run / "evolve.jsonl").exists()
+
+
+def test_log_lines_and_paths_print_as_written_not_as_markup(fake_openai, tmp_path, capsys):
+    """rich read "[a]" in a path and "[filter]" in a reason as tags and dropped them, and a stray "[/b]" (a
+    teacher's text in a message) raised a MarkupError in the middle of a run."""
+    from pipeline.cli import log_line
+
+    log_line("runs/[a]/x: looser [filter] settings; a teacher wrote [/b]")
+    assert "runs/[a]/x: looser [filter] settings; a teacher wrote [/b]" in capsys.readouterr().err
+    out = tmp_path / "[a]"
+    result = CliRunner().invoke(cli, ["run", *map(str, teacher_flags(fake_openai, out)), "--num-instructions", "2",
+                                      "--set", 'stages=["bootstrap"]'])
+    assert result.exit_code == 0, result.output
+    assert f"done: {out / 'r'}" in result.output
