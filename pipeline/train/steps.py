@@ -27,7 +27,7 @@ def train_step(ctx: RunContext, records: Records | None) -> StepResult:
     """Train on the export (or the run's rows); a finished adapter with the same settings and data is kept."""
     from .data import load_rows, rows_fingerprint
     from .model import SUMMARY
-    from .trainer import RESUMABLE, adapter_changes, ignored_changes
+    from .trainer import RESUMABLE, setting_changes
     from .trainer import train as run_training
 
     adapter = ctx.run.adapter_dir(ctx.cfg.train.output_dir)
@@ -39,9 +39,9 @@ def train_step(ctx: RunContext, records: Records | None) -> StepResult:
         # Adapters from before the data was fingerprinted carry no data_sha256: judged by the settings alone.
         same_data = done.get("data_sha256") in (None, rows_fingerprint(load_rows(data)))
         # Only settings that change the adapter count: a new activation_memory_gb or save_steps trains nothing again
-        changed = adapter_changes(done.get("config") or {}, cfg)
+        changed, ignored = setting_changes(done.get("config") or {}, cfg)
         if not changed and same_data:
-            if ignored := ignored_changes(done.get("config") or {}, cfg):
+            if ignored:
                 return StepResult(f"train: {adapter} is already trained with these data and every setting that "
                                   f"changes its weights; ignored, as they change no weight: {', '.join(ignored.values())} "
                                   "(delete it to train again)")

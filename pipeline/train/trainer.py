@@ -407,21 +407,19 @@ def same_model_path(path: Any) -> str:
     return re.sub(re.escape(MICRO_BATCH_NOTE).replace(re.escape("{rows}"), r"\d+"), "", path)
 
 
-def adapter_changes(recorded: dict[str, Any], cfg: TrainConfig) -> dict[str, str]:
-    """The settings that change the adapter and differ between a finished adapter's summary and `cfg`, each as
-    "lora_r 16 -> 32" (values of an old type read as today's: current_values)."""
+def setting_changes(recorded: dict[str, Any], cfg: TrainConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """The settings that differ between a finished adapter's summary and `cfg`, each as "lora_r 16 -> 32" (values
+    of an old type read as today's: current_values), split in two: those that change the adapter, and those that
+    change no weight (NOT_IN_ADAPTER), which a kept adapter says it ignored. output_dir and resume are the step's own
+    (where the adapter is, whether checkpoints are read), never a setting the adapter was asked to differ in."""
     then = current_values(TrainConfig, recorded)
-    return {k: f"{k} {then.get(k)!r} -> {v!r}" for k, v in dataclasses.asdict(cfg).items()
-            if k not in NOT_IN_ADAPTER and then.get(k) != v}
-
-
-def ignored_changes(recorded: dict[str, Any], cfg: TrainConfig) -> dict[str, str]:
-    """The settings that change no weight (NOT_IN_ADAPTER) and differ between a finished adapter's summary and
-    `cfg`, as adapter_changes words them: a kept adapter says it ignored them. output_dir and resume are the step's
-    own (where the adapter is, whether checkpoints are read), never a setting the adapter was asked to differ in."""
-    then = current_values(TrainConfig, recorded)
-    return {k: f"{k} {then.get(k)!r} -> {v!r}" for k, v in dataclasses.asdict(cfg).items()
-            if k in NOT_IN_ADAPTER - {"output_dir", "resume"} and k in then and then.get(k) != v}
+    changed, ignored = {}, {}
+    for k, v in dataclasses.asdict(cfg).items():
+        if k not in NOT_IN_ADAPTER and then.get(k) != v:
+            changed[k] = f"{k} {then.get(k)!r} -> {v!r}"
+        elif k in NOT_IN_ADAPTER - {"output_dir", "resume"} and k in then and then[k] != v:
+            ignored[k] = f"{k} {then[k]!r} -> {v!r}"
+    return changed, ignored
 
 
 def check_resumable(ckpts: Path, settings: dict[str, Any]) -> None:
