@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from .hub import push_options
 
@@ -81,9 +82,9 @@ def add_export_command(cli: click.Group, friendly_errors: Callable, console: Any
         target = push_target(push_to_hub, private)  # a bad name or a missing token stops before anything is written
         done = write_adapter_gguf(adapter, out, outtype=outtype, base_gguf=base_gguf, model=model)
         path, base, prov = done["path"], done["base"], done["provenance"]
-        console.print(f"[green]GGUF adapter:[/] {path}  ({path.stat().st_size / 2**20:.1f} MiB, "
+        console.print(f"[green]GGUF adapter:[/] {escape(str(path))}  ({path.stat().st_size / 2**20:.1f} MiB, "
                       f"{len(done['pairs'])} LoRA pairs, r={done['rank']}, alpha={done['alpha']:g}, {outtype}, "
-                      f"{base.config.get('architectures', ['?'])[0]} base {base.name})", highlight=False)
+                      f"{escape(str(base.config.get('architectures', ['?'])[0]))} base {escape(str(base.name))})", highlight=False)
         tokenizer = load_tokenizer(adapter if (Path(adapter) / "tokenizer_config.json").is_file() else str(base.hf_dir))
         fmt_ = chat_format(tokenizer)
         name = ollama_name(Path(prov["run"]).stem if prov["run"] else Path(adapter).name)
@@ -95,21 +96,21 @@ def add_export_command(cli: click.Group, friendly_errors: Callable, console: Any
         else:
             mf = path.parent / MODELFILE
             mf.write_text(modelfile(base.gguf, path, fmt_, prov, sampling), encoding="utf-8")
-            console.print(f"[green]Ollama Modelfile:[/] {mf}", highlight=False)
+            console.print(f"[green]Ollama Modelfile:[/] {escape(str(mf))}", highlight=False)
             for line in run_commands(name, base.gguf, path, mf):
                 click.echo(line)
         if merged:
             m = write_merged(adapter, None, outtype=merged, base_gguf=base_gguf, model=model)
             mf = m["path"].parent / f"{MODELFILE}.merged"
             mf.write_text(modelfile(m["path"], None, fmt_, prov, sampling), encoding="utf-8")
-            console.print(f"[green]merged GGUF:[/] {m['path']}  ({m['path'].stat().st_size / 2**20:.1f} MiB; "
-                          f"Modelfile {mf})", highlight=False)
+            console.print(f"[green]merged GGUF:[/] {escape(str(m['path']))}  ({m['path'].stat().st_size / 2**20:.1f} MiB; "
+                          f"Modelfile {escape(str(mf))})", highlight=False)
             click.echo(f"llama-cli -m {m['path'].resolve()} -cnv")
         if target:
             from .train.model_card import push_adapter
 
             url = push_adapter(Path(adapter), done, [path, *([m["path"]] if merged else [])], *target, private)
-            console.print(f"[green]pushed:[/] {url}", highlight=False)
+            console.print(f"[green]pushed:[/] {escape(str(url))}", highlight=False)
 
 
 def add_serve_command(cli: click.Group, friendly_errors: Callable, console: Any) -> None:
@@ -139,7 +140,7 @@ def add_serve_command(cli: click.Group, friendly_errors: Callable, console: Any)
         p = plan(list(adapters), engine=engine, host=host, port=port, base_gguf=base_gguf, n_ctx=n_ctx,
                  n_threads=n_threads, dry_run=dry_run, log=lambda m: console.print(m, highlight=False, markup=False))
         if p.config_file:
-            console.print(f"config file{' (dry run: not written)' if dry_run else ''}: {p.config_file}",
+            console.print(f"config file{' (dry run: not written)' if dry_run else ''}: {escape(str(p.config_file))}",
                           highlight=False)
             if dry_run:
                 click.echo(json.dumps(p.config, indent=2))
@@ -149,10 +150,10 @@ def add_serve_command(cli: click.Group, friendly_errors: Callable, console: Any)
         proc = start(p)
         try:
             wait_ready(p, proc, timeout_s=600)
-            console.print(f"[green]serving:[/] {p.url}  models: {', '.join(p.names)}  (Ctrl-C stops it)", highlight=False)
+            console.print(f"[green]serving:[/] {escape(p.url)}  models: {escape(', '.join(p.names))}  (Ctrl-C stops it)", highlight=False)
             proc.wait()
         except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: a server stops; there is no run to resume
-            console.print(f"serve: stopped; {p.url} no longer answers", highlight=False)
+            console.print(f"serve: stopped; {escape(p.url)} no longer answers", highlight=False)
             raise SystemExit(getattr(stop, "exit_code", 130)) from None
         finally:
             if proc.poll() is None:

@@ -218,7 +218,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, monkeypatch):
 
     a = fake_adapter(tmp_path / "run" / "adapter", r=8, base=str(cache_root() / EMBEDDED_NAME))
     (a / "adapter_model.safetensors").write_bytes(b"")  # no adapter.gguf beside it: a real run would write one
-    tmp = tmp_path / "tmpdir"
+    tmp = tmp_path / "tmp[b]dir"  # brackets in a path print as written, not as rich markup
     tmp.mkdir()
     monkeypatch.setenv("TMPDIR", str(tmp))
     before = sorted(p for p in tmp_path.rglob("*"))
@@ -230,6 +230,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, monkeypatch):
     assert "dry run: not written" in result.output and '"seed2lora_sampling"' in result.output
     assert "-m pipeline.train.llama_server --config_file" in result.output and "seed2lora-serve-8123.json" in result.output
     assert '"n_threads": 3' in result.output  # case 2: --n-threads reaches the engine's config
+    assert f"config file (dry run: not written): {tmp / 'seed2lora-serve-8123.json'}" in result.output
 
 
 # ---------------------------------------------------------------- the other cases of issue 22
