@@ -552,6 +552,11 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     for dotted, value in (overrides or {}).items():
         set_value(cfg, dotted, value)
     cfg.given = frozenset({*named_keys(data), *(shorthand_key(RunConfig, k) for k in overrides or {})})
+    for table in (cfg.teacher, cfg.score.teacher, cfg.eval.judge):
+        # The folder a run's waves wait in must be the same on every later command, from any directory: a relative
+        # one is read from the current directory once and recorded whole in the manifest
+        if table.batch_dir:
+            table.batch_dir = str(Path(table.batch_dir).expanduser().absolute())
     return cfg
 
 

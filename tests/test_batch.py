@@ -378,6 +378,29 @@ def write_output(wave: Path, line_of) -> None:
     wave.with_name(wave.stem + ".out.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def test_a_relative_batch_dir_is_recorded_whole_and_a_missing_wave_names_the_folder(tmp_path, monkeypatch):
+    """teacher.batch_dir relative to the directory the command ran in: the manifest records it whole, so a later
+    command from elsewhere sees where they are. A folder without the run's wave stops with exit 2 naming it."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    cmd = ["run", "--teacher", "openai:fake-model", "--output-dir", "runs", "--run-name", "f", "--num-instructions",
+           "8", "--batch", "--set", "teacher.batch_dir=waves"]
+    result = CliRunner().invoke(cli, cmd)
+    assert result.exit_code == 5 and "run_batch -i wave-" in result.output, result.output
+    manifest = json.loads((tmp_path / "runs" / "f" / "manifest.json").read_text())
+    assert manifest["config"]["teacher"]["batch_dir"] == str(tmp_path / "waves")
+    assert manifest["teacher"]["batch_dir"] == str(tmp_path / "waves")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    moved = CliRunner().invoke(cli, [*cmd[:3], "--output-dir", str(tmp_path / "runs"), *cmd[5:]])
+    assert moved.exit_code == 2, moved.output
+    assert "neither wave-" in moved.output and str(tmp_path / "elsewhere" / "waves") in moved.output
+    again = CliRunner().invoke(cli, [*cmd[:3], "--output-dir", str(tmp_path / "runs"), *cmd[5:-1],
+                                     f"teacher.batch_dir={tmp_path / 'waves'}"])
+    assert again.exit_code == 5 and str(tmp_path / "waves" / "wave-") in again.output, again.output
+    assert "teacher.batch_dir" in moved.output
+
+
 def test_a_folder_wave_sent_again_after_its_lines_failed_is_a_new_wave(tmp_path):
     """The same lines again (a one-line wave whose line failed) make a new wave file, not the earlier one's id."""
     from pipeline.teachers.batch_api import WaveWritten

@@ -25,6 +25,7 @@ import json
 import threading
 from collections import deque
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -56,7 +57,7 @@ class BatchTeacher(OpenAITeacher):
         """The batch settings come from `cfg` (teacher.batch_wave_max, batch_poll_s, batch_window, batch_dir),
         with any field given as a keyword over it, as for OpenAITeacher."""
         cfg = dataclasses.replace(cfg or TeacherConfig(), **settings)
-        folder = cfg.batch_dir
+        folder = str(Path(cfg.batch_dir).expanduser().absolute()) if cfg.batch_dir else ""  # as load_config records it
         if folder:  # no server is asked anything: no key is needed, nothing to probe
             cfg = dataclasses.replace(cfg, api_key=cfg.api_key or "not-needed",
                                       api="chat" if cfg.api == "auto" else cfg.api,

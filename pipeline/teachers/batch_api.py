@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import openai
 
-from ..errors import Incomplete, TeacherError, TeacherUnavailable
+from ..errors import Incomplete, InputError, TeacherError, TeacherUnavailable
 from .base import Completion, apply_stop
 from .wire import FATAL, Malformed, describe_error, read_reply
 
@@ -76,6 +76,11 @@ class _FolderBatches:
         if (self.folder / f"{batch_id}.out.jsonl").is_file():
             return self._batch(batch_id, "completed", output_file_id=f"{batch_id}.out")
         wave = self.folder / f"{batch_id}.jsonl"
+        if not wave.is_file():
+            raise InputError(self.folder, None, f"this run wrote the wave {batch_id} to a folder batch, and neither "
+                             f"{wave.name} nor {batch_id}.out.jsonl is in this folder (teacher.batch_dir)",
+                             "give --set teacher.batch_dir= the folder the run wrote its waves to (its manifest.json's "
+                             "teacher entry names it), or put the wave's files back in this one")
         raise WaveWritten(
             f"a wave of requests waits in {wave}. Run it where the model is, e.g. on a GPU box with vLLM: "
             f"python -m vllm.entrypoints.openai.run_batch -i {wave.name} -o {batch_id}.out.jsonl --model {self.model} "
