@@ -537,6 +537,11 @@ def test_evolve_and_score_in_batch_mode_make_the_records_of_a_direct_run(fake_ba
         b, d = read(tmp_path / "b" / f"{stage}.jsonl"), read(tmp_path / "d" / f"{stage}.jsonl")
         assert b and len(b) == len(d) and shape(b) == shape(d), stage
     assert len(read(tmp_path / "b" / "evolve.jsonl")) == 8  # 4 seeds, 2 rounds, every evolution kept
+    batches = set(fake_batch.batches)
+    for r in read(tmp_path / "b" / "evolve.jsonl"):  # each of its three replies names the batch that paid it
+        for kind in ("evolve", "evolve_judge", "evolve_answer"):
+            assert r["meta"][f"{kind}_reply"]["batch"] in batches and r["meta"][f"{kind}_reply"]["wave"] >= 1, kind
+    assert not any(k.endswith("_reply") for r in read(tmp_path / "d" / "evolve.jsonl") for k in r["meta"])
     ratings = [{r["id"]: r["meta"]["score"]["rating"] for r in read(tmp_path / run / "score.jsonl")} for run in "bd"]
     assert ratings[0] == ratings[1] and set(ratings[0].values()) == {2, 4}  # the same rows, read the same way
     assert fake_batch.history == []  # no prompt went the direct way

@@ -277,6 +277,8 @@ class _Evolver:
         assert s.child is not None
         equal = parse_equal(reply.text)
         s.child.meta["judge"] = {True: "equal", False: "not equal", None: "unclear"}[equal]
+        if reply.batch:  # as the evolution's reply: which batch and wave paid the judgement
+            s.child.meta["evolve_judge_reply"] = batch_meta(reply)
         if equal is None:  # kept: only a clear "equal" eliminates
             s.child.meta["judge_reply"] = reply.text
         if equal:
@@ -287,6 +289,8 @@ class _Evolver:
         c = s.child
         assert c is not None
         answer = parse_answer(reply.text)
+        if reply.batch:
+            c.meta["evolve_answer_reply"] = batch_meta(reply)
         if not answer:
             return self.retry_or_reject(s, reply, "answer", self.answer_request)
         c.instances = [Instance("", answer)]
