@@ -1,8 +1,10 @@
 """Tasks flow on as they are kept (stages/flow.py): in `run`, classify and instances calls go out while bootstrap
 is still under way, through one stream, and the run's files, counts and resume are those of the stages alone."""
 
+import itertools
 import json
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -98,6 +100,14 @@ def test_kill_9_mid_flow_then_resume_makes_the_same_kinds_of_records_and_pays_no
     flags = ["--num-instructions", "24", "--set", "teacher.concurrency=16"]
     server, whole = FakeOpenAI(), FakeOpenAI()
     server.default_delay = whole.default_delay = 0.1
+    own, nth = server.default_reply, itertools.count()
+
+    def staggered(path, body):  # bootstrap's replies come one by one, so the kill point lasts: its pool fills slowly
+        if "numbered list of" in server.prompt_of(body):
+            time.sleep(min(0.1 * next(nth), 0.6))
+        return own(path, body)
+
+    server.default_reply = staggered
     try:
         def mid_flow() -> bool:  # classify under way, bootstrap not done
             kept = tmp_path / "k" / "bootstrap.jsonl"
