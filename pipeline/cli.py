@@ -210,6 +210,7 @@ def _print_estimate(s) -> None:
     from .budget import check_prices
     from .cost import money, open_batches, open_batches_line
     from .estimate import estimate_run
+    from .runner import check_settings
 
     est = estimate_run(s.cfg, s.prompts, s.seeds, s.run, s.cache if s.run.path.exists() else None)
     keys = ("calls", "prompt_tokens", "prefix_cached_tokens", "max_completion_tokens")
@@ -235,8 +236,9 @@ def _print_estimate(s) -> None:
     if est["unpriced"] and not s.cfg.budget.max_cost:
         click.echo(f"no price for model {', '.join(est['unpriced'])}: add [budget.prices] "
                    f"\"{est['unpriced'][0]}\" = [input, output] $ per 1M tokens")
-    try:  # the run's own check, so the dry run exits 2 where the run would (as for any other config error)
+    try:  # the run's own checks, so the dry run exits 2 where the run would (as for any other config error)
         check_prices(s.cfg, s.cfg.stages)
+        check_settings(s.ctx, s.cfg.stages)
     except Seed2LoraError as e:
         raise Seed2LoraError(f"the run would stop before its first call (exit 2): {e}") from None
 

@@ -944,6 +944,16 @@ def _recorded_overrides(cls: type, data: dict[str, Any], prefix: str = "") -> di
     return out
 
 
+def recorded_settings(data: dict[str, Any], cls: type = RunConfig) -> dict[str, Any]:
+    """A recorded config (or `to_dict()`) as its dotted settings, tables opened, masked secrets left out."""
+    return _recorded_overrides(cls, data)
+
+
+def toml_value(v: Any) -> str:
+    """A value as --set KEY= takes it."""
+    return _toml_value(v)
+
+
 def config_from_dict(cls: type, data: dict[str, Any] | None) -> Any:
     """A config dataclass (RunConfig or one table) from a recorded dict, every value type-checked; the one
     place a config is rebuilt from data outside a TOML file."""

@@ -20,6 +20,7 @@ import importlib.metadata
 import os
 import platform
 import random
+import shlex
 import sys
 import time
 import uuid
@@ -32,7 +33,7 @@ from typing import Any
 from . import __version__
 from .budget import Budget, BudgetReached, attach_run, judge_config, session_budget
 from .cache import CACHE_FILE, ResponseCache
-from .config import RunConfig, TeacherConfig
+from .config import RunConfig, TeacherConfig, recorded_settings, toml_value
 from .errors import Seed2LoraError, mask_secrets, masked_argv
 from .progress import no_progress
 from .prompts import Prompts
@@ -52,6 +53,15 @@ USAGE_EVERY_S = 2.0
 # never built (filter, select, export use no teacher) stays as the manifest recorded it: `filter RUN` wrote the
 # default teacher over the run's, so a later `score RUN`, reading that config, stopped on the wrong teacher.
 MODEL_TABLES = ("teacher", "score.teacher", "eval.judge")
+# The settings a resume or a later step must not change by leaving them out (check_left_out): those of the tables its
+# steps make records with, and the seeds and prompts. A run made with --num-instructions 500 and resumed without it
+# went on to the default target of 100. Not the teacher's model (keep_recorded), nor settings that change no record:
+# when bootstrap warns or gives up, and the dry run's guess of its yield.
+RECORD_TABLES = ("bootstrap", "classify", "instances", "filter", "evolve", "score")
+RECORD_SETTINGS = ("seed", "seed_tasks", "prompts_dir")
+TEACHER_SETTINGS = ("teacher.base_url", "teacher.api", "teacher.structured", "teacher.system_prompt")
+NO_RECORD_CHANGE = frozenset({"bootstrap.max_requests", "bootstrap.expected_yield", "bootstrap.yield_window",
+                              "bootstrap.yield_warn", "bootstrap.yield_stop"})
 
 # A progress reporter: (description, total or None, *, done=0: units done before this session) -> context manager
 # yielding advance(n) (pipeline.progress.progress).
@@ -116,6 +126,7 @@ class Step:
     progress: Callable[[RunContext, Records | None], tuple[str, int | None, int] | None] | None = None
     check: Callable[[RunContext], None] | None = None
     teacher: str | None = None  # "teacher" or "judge": preflighted before the first step runs
+    tables: tuple[str, ...] = ()  # the config tables it reads: recorded from the command that runs it (recorded_config)
 
     @property
     def takes_input(self) -> bool:
@@ -179,6 +190,10 @@ class RunContext:
         # The MODEL_TABLES this command's teachers come from (asked for by a step): only these are recorded from its
         # config; a teacher passed in that no step asks for leaves [teacher] as recorded too
         self.uses: set[str] = set()
+        # The tables of the steps this command does not run (the runner sets them): the manifest keeps them as they
+        # were, so its config keeps saying how those steps' records were made (an `evolve R` no longer wrote the
+        # default target of 100 over the run's --num-instructions 500)
+        self.kept_tables: set[str] = set()
         self._judge: Teacher | None = None  # score's judge when [score.teacher] names its own
         self._cache: ResponseCache | None = None
         self._budget: Budget | None = None  # the session's one budget, shared by the teacher and the judge
@@ -320,6 +335,9 @@ class RunContext:
         the manifest had them, so the run's config keeps naming the teacher (and judges) that made its records."""
         config = self.cfg.to_dict()
         before = self.run.manifest().get("config") or {}
+        for table in self.kept_tables:
+            if isinstance(before.get(table), dict):
+                config[table] = before[table]
         for dotted in MODEL_TABLES:
             if dotted in self.uses:
                 continue
@@ -369,3 +387,31 @@ def is_run_file(path: str | Path) -> bool:
     for _, obj in read_jsonl(path, strict=False):
         return "stage" in obj and "origin" in obj
     return False
+
+
+def check_left_out(ctx: RunContext, tables: set[str], teacher: bool) -> None:
+    """A command on a run made with other settings, that leaves one out (its default comes by omission): stop before
+    anything is written (exit 2), naming the --set that goes on as the run was made. `tables`: those the command's
+    steps read; `teacher`: whether a step calls the run's teacher. A setting named on purpose is a change."""
+    recorded = ctx.run.manifest().get("config")
+    if not recorded:
+        return
+    making = tables & set(RECORD_TABLES)
+    if not making:
+        return
+    then, now = recorded_settings(recorded), recorded_settings(ctx.cfg.to_dict())
+    same_teacher = teacher and now.get("teacher.spec") == then.get("teacher.spec")
+    checked = [k for k in then if k in now and k not in NO_RECORD_CHANGE and not k.startswith("score.teacher.") and (
+        k in RECORD_SETTINGS or k.split(".")[0] in making or (same_teacher and k in TEACHER_SETTINGS))]
+    left_out = [k for k in checked if now[k] != then[k] and not ctx.cfg.was_given(k)]
+    if not left_out:
+        return
+    was = ", ".join(f"{k} = {toml_value(then[k])}" for k in left_out)
+    would = ", ".join(f"{k} = {toml_value(now[k])}" for k in left_out)
+    fix = " ".join(f"--set {shlex.quote(f'{k}={toml_value(then[k])}')}" for k in left_out)
+    it, s = ("it", "") if len(left_out) == 1 else ("them", "s")
+    raise Seed2LoraError(
+        f"{ctx.run.path} was made with {was} (manifest.json), and this command leaves {it} out: it would go on with "
+        f"{would}, the default{s}, and the run's records "
+        f"would mix the two. Fix: give {fix} to go on as the run was made, or name the new value with --set to "
+        "change it on purpose")

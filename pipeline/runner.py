@@ -32,7 +32,7 @@ from typing import Any
 
 from .budget import BudgetReached, check_prices
 from .config import RunConfig
-from .context import Log, Progress, Records, RunContext, Step, StepResult, preflight
+from .context import Log, Progress, Records, RunContext, Step, StepResult, check_left_out, preflight
 from .errors import Incomplete, Seed2LoraError, mask_secrets
 from .stages import bootstrap, classify, evolve, flow, instances, score
 from .stages import filter as filter_stage
@@ -48,19 +48,31 @@ def later(module: str, name: str) -> Callable[[RunContext, Records | None], Step
 
 # The pipeline, in order. `run` runs those named in cfg.stages; each stage command runs one.
 STEPS = [
-    Step("bootstrap", bootstrap.step, progress=bootstrap.progress, teacher="teacher"),
-    Step("classify", classify.step, after="bootstrap", progress=classify.progress, teacher="teacher"),
-    Step("instances", instances.step, after="classify", progress=instances.progress, teacher="teacher"),
-    Step("filter", filter_stage.step, after="instances"),
-    Step("evolve", evolve.step, reads=evolve.read, check=evolve.check, progress=evolve.progress, teacher="teacher"),
-    Step("score", score.step, reads=score.read, progress=score.progress, teacher="judge"),
-    Step("ifd", later("pipeline.train.steps", "ifd_step")),
-    Step("select", later("pipeline.stages.select", "step"),
+    Step("bootstrap", bootstrap.step, progress=bootstrap.progress, teacher="teacher", tables=("bootstrap", "filter")),
+    Step("classify", classify.step, after="bootstrap", progress=classify.progress, teacher="teacher",
+         tables=("classify",)),
+    Step("instances", instances.step, after="classify", progress=instances.progress, teacher="teacher",
+         tables=("instances",)),
+    Step("filter", filter_stage.step, after="instances", tables=("filter",)),
+    Step("evolve", evolve.step, reads=evolve.read, check=evolve.check, progress=evolve.progress, teacher="teacher",
+         tables=("evolve", "filter")),
+    Step("score", score.step, reads=score.read, progress=score.progress, teacher="judge", tables=("score", "export")),
+    Step("ifd", later("pipeline.train.steps", "ifd_step"), tables=("ifd", "export", "train")),
+    Step("select", later("pipeline.stages.select", "step"), tables=("select", "export"),
          check=lambda ctx: importlib.import_module("pipeline.stages.select").check(ctx)),
-    Step("export", later("pipeline.stages.export", "step")),
-    Step("train", later("pipeline.train.steps", "train_step")),
-    Step("eval", later("pipeline.train.steps", "eval_step")),
+    Step("export", later("pipeline.stages.export", "step"), tables=("export",)),
+    Step("train", later("pipeline.train.steps", "train_step"), tables=("train", "export", "ifd", "eval")),
+    Step("eval", later("pipeline.train.steps", "eval_step"), tables=("eval", "train", "export")),
 ]
+
+
+def check_settings(ctx: RunContext, names: list[str]) -> None:
+    """The named steps' settings against those the run was made with (context.check_left_out; the dry run's check
+    too); the tables of the other steps stay in the manifest as they were (RunContext.kept_tables)."""
+    steps = [s for s in STEPS if s.name in names]
+    tables = {t for s in steps for t in s.tables}
+    ctx.kept_tables = {t for s in STEPS for t in s.tables} - tables
+    check_left_out(ctx, tables, any(s.teacher == "teacher" for s in steps))
 
 
 def validate(ctx: RunContext, steps: list[Step]) -> None:
@@ -78,6 +90,7 @@ def validate(ctx: RunContext, steps: list[Step]) -> None:
     teachers = [ctx.bare_teacher] if any(s.teacher == "teacher" for s in steps) else []
     if any(s.teacher == "judge" for s in steps):
         teachers.append(ctx.bare_judge)
+    check_settings(ctx, [s.name for s in steps])  # after the teachers' own (keep_recorded), before any request
     for teacher in dict.fromkeys(teachers):
         preflight(teacher, ctx.log)
 

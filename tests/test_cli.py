@@ -356,7 +356,10 @@ def test_commands_that_use_no_teacher_keep_the_runs_recorded_teacher(fake_openai
     invoke("score", run)  # the recorded config still names the run's teacher: it judges, no flag needed
     assert json.loads((run / "manifest.json").read_text())["judge"]["name"] == "openai:fake-model"
     assert len(fake_openai.history) > calls
-    invoke("evolve", run, "--teacher", "openai:fake-model", "--base-url", fake_openai.url, "--rounds", 1)
+    again = ["evolve", run, "--teacher", "openai:fake-model", "--base-url", fake_openai.url, "--rounds", 1]
+    # evolve checks its lines with the filter's settings: filter's 0.6, left out here, stops it (check_left_out)
+    assert "--set filter.rouge_threshold=0.6 to go on" in invoke(*again, expect=2).output
+    invoke(*again, "--set", "filter.rouge_threshold=0.6")
     assert recorded() == made and (run / "evolve.jsonl").exists()
 
 
