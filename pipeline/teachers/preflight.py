@@ -95,8 +95,9 @@ class Preflight:
         try:
             self.ask(self.probes[i], "completions", PROBE_PROMPT, GenParams(max_tokens=1), "", self.timeout_s)
             return "completions", "auto: completions (the server offers the endpoint)"
-        except openai.NotFoundError as e:
-            return "chat", f"auto: chat (completions: {describe_error(e, self.secret)})"
+        except openai.NotFoundError as e:  # the answer the probe asks about: no hint to check the model or the URL,
+            # which would send a chat-only server's user (gpt-4o-mini's too) to fix what works
+            return "chat", f"auto: chat (no completions endpoint: {describe_error(e, self.secret, hint=False)})"
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
             raise TeacherError(f"{self.failover.endpoints[i].url}: {describe_error(e, self.secret)}") from None
         except (openai.APIError, httpx.TransportError, Malformed, ContextTooLong, ValueError) as e:
@@ -119,7 +120,10 @@ class Preflight:
             try:
                 reply = self.ask(self.probes[i], "chat", STRUCTURED_PROBE_PROMPT, STRUCTURED_PROBE, form,
                                  self.timeout_s)
-                answer: Any = json.loads(reply.text).get("answer")
+                try:
+                    answer: Any = json.loads(reply.text).get("answer")
+                except (ValueError, AttributeError):  # text, not JSON: the form is ignored, which the line says
+                    answer = None
                 if answer in ("Yes", "No"):
                     return form, (f"{'auto: ' if setting == 'auto' else ''}on (the server binds replies "
                                   f"to a schema given as response_format {form})")
