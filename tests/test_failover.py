@@ -74,6 +74,13 @@ def test_a_run_goes_on_when_one_of_two_endpoints_dies_and_its_requests_go_to_the
         assert in_flight and all(r in sent(fake_openai) for r in in_flight)  # answered by the other endpoint
         text = " ".join(result.output.split())
         assert f"endpoint down: {dying.url}" in text and "go to the 1 other endpoint" in text
+        # On record after the run too, not only in its log: the manifest and show say what each endpoint did
+        live, dead = json.loads((run / "manifest.json").read_text())["teacher"]["endpoints"]
+        assert live == {"url": fake_openai.url, "replies": len(fake_openai.history), "falls": 0, "in_rotation": True}
+        assert dead["url"] == dying.url and dead["replies"] == 3 and dead["falls"] == 1 and not dead["in_rotation"]
+        shown = " ".join(cli_run("show", run).output.split())
+        assert (f"endpoints, last session: {fake_openai.url} {len(fake_openai.history)} replies; "
+                f"{dying.url} 3 replies, left the rotation 1 time") in shown
     finally:
         dying.close()
 

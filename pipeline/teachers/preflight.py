@@ -67,6 +67,7 @@ class Preflight:
                 endpoint.answered, endpoint.down_since = True, None
             else:
                 endpoint.down_since, endpoint.probe_wait_s = time.monotonic(), probe_every_s
+                endpoint.falls += 1
         if not alive:
             named = "; ".join(f"{endpoints[i].url}: {error}" for i, error in errors.items())
             raise TeacherUnavailable(f"no endpoint answers within {window:.0f} s (teacher.connect_window_s): "
