@@ -8,11 +8,12 @@ exit 3), `TeacherUnavailable` (4), `Incomplete` (5), `LowYield` (6), `InputError
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, load_config
-from .errors import Seed2LoraError
+from .errors import InputError, Seed2LoraError
 from .records import Task
 from .runner import STEPS, Session
 
@@ -33,6 +34,7 @@ class Run:
     def __init__(self, config: str | Path | RunConfig | None = None, settings: dict[str, Any] | None = None, *,
                  name: str | None = None, output_dir: str | Path | None = None, teacher: str | None = None,
                  base_url: str | None = None, progress: bool = True):
+        _check_arguments(config, settings)
         flags = {"run_name": name, "output_dir": str(output_dir) if output_dir else None,
                  "teacher.spec": teacher, "teacher.base_url": base_url}
         overrides = {**{k: v for k, v in flags.items() if v is not None}, **(settings or {})}
@@ -122,6 +124,18 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, teacher={self.config.teacher.spec!r})"
+
+
+def _check_arguments(config: Any, settings: Any) -> None:
+    """A dict as `config`, or a list as `settings`, raised a bare TypeError from deep inside ("expected str, bytes
+    or os.PathLike object, not dict"; "'list' object is not a mapping"): say which argument takes what."""
+    if config is not None and not isinstance(config, (str, Path, RunConfig)):
+        raise InputError("config", None, f"expected a TOML file's path or a RunConfig, not {type(config).__name__}",
+                         'put settings in settings={"section.key": value}, e.g. settings={"bootstrap.num_instructions":'
+                         ' 20}, or give config="run.toml"')
+    if settings is not None and not isinstance(settings, Mapping):
+        raise InputError("settings", None, f"expected a dict, not {type(settings).__name__}",
+                         'give settings={"section.key": value}, e.g. settings={"bootstrap.num_instructions": 20}')
 
 
 def _check_stage(stage: str, known: list[str]) -> None:
