@@ -8,12 +8,17 @@ exit 3), `TeacherUnavailable` (4), `Incomplete` (5), `LowYield` (6), `InputError
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, load_config
+from .errors import InputError, Seed2LoraError
 from .records import Task
-from .runner import Session
+from .runner import STEPS, Session
+
+# The stages that keep records in a file of their own (export, train and eval write folders)
+RECORD_STAGES = [s.name for s in STEPS if s.name not in ("export", "train", "eval")]
 
 
 class Run:
@@ -29,6 +34,7 @@ class Run:
     def __init__(self, config: str | Path | RunConfig | None = None, settings: dict[str, Any] | None = None, *,
                  name: str | None = None, output_dir: str | Path | None = None, teacher: str | None = None,
                  base_url: str | None = None, progress: bool = True):
+        _check_arguments(config, settings)
         flags = {"run_name": name, "output_dir": str(output_dir) if output_dir else None,
                  "teacher.spec": teacher, "teacher.base_url": base_url}
         overrides = {**{k: v for k, v in flags.items() if v is not None}, **(settings or {})}
@@ -51,8 +57,6 @@ class Run:
 
         path = Path(run_dir)
         if not (path / "manifest.json").is_file():
-            from .errors import Seed2LoraError
-
             raise Seed2LoraError(f"{path} is not a seed2lora run (no manifest.json). Fix: give a run folder, "
                              "e.g. outputs/NAME")
         return cls(recorded_config(RunDir(path).manifest().get("config") or {}, path, overrides=settings),
@@ -68,17 +72,21 @@ class Run:
         """The run's resolved config."""
         return self._session.cfg
 
-    def run(self, stages: list[str] | None = None) -> list[str]:
-        """Run `stages` (default: the config's `stages`) in pipeline order, resuming what is done; one
-        summary line per stage."""
-        return self._session.run_steps(list(stages or self.config.stages))
+    def run(self, stages: list[str] | str | None = None) -> list[str]:
+        """Run `stages` (a list of names, or one name; default: the config's `stages`) in pipeline order,
+        resuming what is done; one summary line per stage."""
+        names = [stages] if isinstance(stages, str) else list(stages or self.config.stages)
+        return self._session.run_steps(names)  # "bootstrap" read as a list was 9 unknown one-letter stages
 
     def records(self, stage: str = "filter") -> list[Task]:
-        """The records a stage kept (bootstrap, classify, instances, filter, evolve, score, select)."""
+        """The records a stage kept (bootstrap, classify, instances, filter, evolve, score, ifd, select)."""
+        _check_stage(stage, RECORD_STAGES)  # a misspelt name read as a stage with no records: an empty list
         return self._session.run.read_stage(stage)
 
     def rejected(self, stage: str | None = None) -> list[Task]:
         """Dropped records with their `reject_reason`, of one stage or all."""
+        if stage is not None:
+            _check_stage(stage, [s.name for s in STEPS])
         return [t for t in self._session.run.read_rejected() if stage is None or t.stage == stage]
 
     def manifest(self) -> dict[str, Any]:
@@ -116,6 +124,23 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, teacher={self.config.teacher.spec!r})"
+
+
+def _check_arguments(config: Any, settings: Any) -> None:
+    """A dict as `config`, or a list as `settings`, raised a bare TypeError from deep inside ("expected str, bytes
+    or os.PathLike object, not dict"; "'list' object is not a mapping"): say which argument takes what."""
+    if config is not None and not isinstance(config, (str, Path, RunConfig)):
+        raise InputError("config", None, f"expected a TOML file's path or a RunConfig, not {type(config).__name__}",
+                         'put settings in settings={"section.key": value}, e.g. settings={"bootstrap.num_instructions":'
+                         ' 20}, or give config="run.toml"')
+    if settings is not None and not isinstance(settings, Mapping):
+        raise InputError("settings", None, f"expected a dict, not {type(settings).__name__}",
+                         'give settings={"section.key": value}, e.g. settings={"bootstrap.num_instructions": 20}')
+
+
+def _check_stage(stage: str, known: list[str]) -> None:
+    if stage not in known:
+        raise Seed2LoraError(f"unknown stage {stage!r}. Fix: use one of {', '.join(known)}")
 
 
 def _progress(on: bool) -> Any:

@@ -20,6 +20,7 @@ import importlib.metadata
 import os
 import platform
 import random
+import re
 import shlex
 import sys
 import time
@@ -45,6 +46,7 @@ from .teachers import Teacher, make_teacher
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "openai", "httpx", "rouge-score", "datasets",
             "numba", "rapidfuzz", "datasketch")
 EVENT_EVERY_S = 10.0  # at most one line per kind of teacher event in this many seconds: seen, not a flood
+URL = re.compile(r"https?://[^\s;,()]+")
 USAGE_EVERY = 16  # replies between two refreshes of the manifest's usage and spend while a step runs
 # ...and at most one refresh in this many seconds: a refresh reads the usage log and rewrites the manifest (ms
 # each), which at a fast local server's 1,000 replies a second cost more than the replies (benchmarks/client_cpu.py)
@@ -140,7 +142,7 @@ class RateLimitedLog:
         self.log, self.prefix, self.last, self.skipped = log, prefix, {}, {}
 
     def __call__(self, message: str) -> None:
-        kind = message.split(" after ", 1)[0].split(":", 1)[0]
+        kind = event_kind(message)
         now = time.monotonic()
         if now - self.last.get(kind, -EVENT_EVERY_S) < EVENT_EVERY_S:
             self.skipped[kind] = self.skipped.get(kind, 0) + 1
@@ -148,6 +150,17 @@ class RateLimitedLog:
         more = self.skipped.pop(kind, 0)
         self.last[kind] = now
         self.log(f"{self.prefix}{message}" + (f" (and {more} more like it)" if more else ""))
+
+
+def event_kind(message: str) -> str:
+    """What the rate limit counts as one kind: the words before the first colon, and the endpoint the event names.
+    Without the URL, "endpoint down: B" within 10 s of "endpoint down: A" was never printed, nor a second dead
+    endpoint's line at the start (their kind was the "http" of "http://...")."""
+    urls = [url.rstrip(":.") for url in URL.findall(message)]
+    for url in urls:
+        message = message.replace(url, "URL")
+    head = message.split(" after ", 1)[0].split(":", 1)[0]
+    return f"{head} {urls[0]}" if urls else head
 
 
 def build_teacher(cfg: TeacherConfig, seed: int, log: Log, prefix: str = "teacher: ") -> Teacher:

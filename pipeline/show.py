@@ -71,6 +71,7 @@ def summary(run: RunDir, stage: str | None = None) -> dict:
         "lengths": {k: _stats(v) for k, v in lengths.items()},
         "teacher": (manifest.get("teacher") or {}).get("name"),
         "teacher_choice": teacher_choice(manifest.get("teacher") or {}),
+        "endpoints": endpoints_line(manifest.get("teacher") or {}),
         **_status(run, manifest),
         "stages": manifest.get("stages") or {},
         "usage": manifest.get("usage", {}),
@@ -109,6 +110,17 @@ def teacher_choice(teacher: dict) -> str:
     return "; ".join(p for p in parts if p)
 
 
+def endpoints_line(teacher: dict) -> str:
+    """With several --base-urls, what each served in the last session and how often it left the rotation: a
+    failover is on record after the run, not only in its log."""
+    def one(e: dict) -> str:
+        fell = f", left the rotation {e['falls']} time{'s' if e['falls'] != 1 else ''}" if e.get("falls") else ""
+        return f"{e['url']} {e['replies']} replies{fell}"
+
+    endpoints = teacher.get("endpoints") or []
+    return "endpoints, last session: " + "; ".join(one(e) for e in endpoints) if endpoints else ""
+
+
 def _stats(values: list[int]) -> dict:
     if not values:
         return {"n": 0}
@@ -136,6 +148,8 @@ def show_run(path: Path, *, stage: str | None, n_samples: int, as_jsonl: bool, s
         out.print(f"  {s['reason']}", highlight=False, markup=False)
     if s["teacher_choice"]:
         out.print(f"  {s['teacher_choice']}", highlight=False, markup=False)
+    if s["endpoints"]:
+        out.print(f"  {s['endpoints']}", highlight=False, markup=False)
     from .cost import open_batches, open_batches_line
 
     if waiting := open_batches(run):  # paid and still to come: first, not only in the cost lines below

@@ -116,3 +116,25 @@ def test_a_command_records_only_the_model_tables_it_built(tmp_path):
     assert passed.recorded_config()["teacher"]["base_url"] == "http://127.0.0.1:9/v1"
     fresh = RunContext(load_config(None, {"output_dir": str(tmp_path), "run_name": "new"})).recorded_config()
     assert fresh["teacher"]["spec"] == "embedded"  # nothing recorded yet: the command's own config
+
+
+def test_the_event_log_rate_limits_each_kind_per_endpoint_so_one_endpoints_news_never_hides_anothers():
+    from pipeline.context import RateLimitedLog
+
+    lines = []
+    log = RateLimitedLog(lines.append)
+    a, b = "http://127.0.0.1:9/v1", "http://127.0.0.1:10/v1"
+    for url in (a, b):  # before, B's line shared A's kind ("cannot reach http", "http", "endpoint down") and vanished
+        log(f"cannot reach {url} (APIConnectionError: Connection refused); trying for 20 s (teacher.connect_window_s)")
+        log(f"{url} does not answer (APIConnectionError: Connection refused); requests go to the other endpoints")
+        log(f"endpoint down: {url} (APIConnectionError: Server disconnected); waiting up to 600 s")
+    assert [line.split(" (")[0] for line in lines] == [
+        f"teacher: cannot reach {a}", f"teacher: {a} does not answer", f"teacher: endpoint down: {a}",
+        f"teacher: cannot reach {b}", f"teacher: {b} does not answer", f"teacher: endpoint down: {b}"]
+    for _ in range(3):  # a flood of one kind is still one line, then a count of the rest
+        log("retrying after APIConnectionError: Connection error: Cannot connect to host 127.0.0.1:9")
+    log(f"endpoint down: {a} (APIConnectionError: Server disconnected); waiting up to 600 s")
+    assert len(lines) == 7 and lines[-1].startswith("teacher: retrying after")
+    log.last = {kind: at - 60 for kind, at in log.last.items()}  # the window has passed
+    log("retrying after APIConnectionError: again")
+    assert lines[-1].endswith("(and 2 more like it)")

@@ -16,6 +16,7 @@ from fakeserver import FakeOpenAI
 from helpers import read, teacher_flags
 
 from pipeline.cli import cli
+from pipeline.errors import TeacherUnavailable
 from pipeline.teachers import GenParams, openai_compat
 from pipeline.teachers.base import Request
 from pipeline.teachers.openai_compat import OpenAITeacher
@@ -73,6 +74,13 @@ def test_a_run_goes_on_when_one_of_two_endpoints_dies_and_its_requests_go_to_the
         assert in_flight and all(r in sent(fake_openai) for r in in_flight)  # answered by the other endpoint
         text = " ".join(result.output.split())
         assert f"endpoint down: {dying.url}" in text and "go to the 1 other endpoint" in text
+        # On record after the run too, not only in its log: the manifest and show say what each endpoint did
+        live, dead = json.loads((run / "manifest.json").read_text())["teacher"]["endpoints"]
+        assert live == {"url": fake_openai.url, "replies": len(fake_openai.history), "falls": 0, "in_rotation": True}
+        assert dead["url"] == dying.url and dead["replies"] == 3 and dead["falls"] == 1 and not dead["in_rotation"]
+        shown = " ".join(cli_run("show", run).output.split())
+        assert (f"endpoints, last session: {fake_openai.url} {len(fake_openai.history)} replies; "
+                f"{dying.url} 3 replies, left the rotation 1 time") in shown
     finally:
         dying.close()
 
@@ -262,3 +270,31 @@ def test_an_endpoint_that_keeps_falling_after_it_rejoins_waits_twice_as_long_eac
         t._succeeded(0.01, 1)
     assert fall() == 0.2  # it served a while: well again, so its next fall starts the backoff over
     assert t._endpoints[0].limit == 8 and sick.limit == 1 and t.limit == 8  # only the sick one's limit was cut
+
+
+def test_a_dead_endpoint_before_a_live_one_does_not_hold_the_start_for_its_connect_window(fake_openai):
+    dead = FakeOpenAI()
+    dead.go_down()  # connections refused, as a server that is not running
+    t = OpenAITeacher("m", base_url=f"{dead.url},{fake_openai.url}", connect_window_s=10.0)
+    events = []
+    t.on_event = events.append
+    started = time.monotonic()
+    t.preflight()  # before, the dead one was tried for its whole 10 s before the live one was asked
+    assert time.monotonic() - started < 5
+    assert not any("trying for" in e for e in events), events  # no wait is announced: the other one answered
+    assert any(e.startswith(f"{dead.url} does not answer") for e in events)
+    out = t.generate(["p0", "p1"], GenParams(max_tokens=5), kind="k")
+    assert all(c.ok for c in out) and len(fake_openai.history) == 2
+
+
+def test_every_endpoint_dead_at_the_start_is_tried_within_one_window_and_each_is_named():
+    dead = [FakeOpenAI(), FakeOpenAI()]
+    for server in dead:
+        server.go_down()
+    t = OpenAITeacher("m", base_url=",".join(s.url for s in dead), connect_window_s=3.0)
+    started = time.monotonic()
+    with pytest.raises(TeacherUnavailable) as e:
+        t.preflight()
+    assert time.monotonic() - started < 5.5  # one window for both, not 3 s each in turn
+    text = str(e.value)
+    assert all(f"{s.url}: " in text for s in dead) and "within 3 s (teacher.connect_window_s)" in text

@@ -269,6 +269,9 @@ def test_api_auto_falls_back_to_chat(fake_openai, tmp_path):
            "--run-name", "r", "--num-instructions", 2)
     teacher = manifest(tmp_path / "r")["teacher"]
     assert teacher["api"] == "chat" and "auto: chat" in teacher["api_choice"]
+    # The 404 is the answer the probe asked for: no hint to check the model or the URL, which work
+    assert teacher["api_choice"].startswith("auto: chat (no completions endpoint: HTTP 404")
+    assert "--base-url" not in teacher["api_choice"] and "unknown model" not in teacher["api_choice"]
 
 
 # 12. Requests in flight adapt to a server that serves fewer at a time, and the user is told.

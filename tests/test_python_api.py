@@ -59,3 +59,24 @@ def test_every_public_name_loads_from_pipeline_with_a_docstring_and_the_faults_a
     from pipeline import TeacherError
 
     assert issubclass(TeacherUnavailable, TeacherError) and getattr(TeacherError, "exit_code", 2) == 2
+
+
+def test_one_stage_name_runs_that_stage_and_a_misspelt_stage_is_an_error_not_an_empty_list(fake_openai, tmp_path,
+                                                                                            monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.url)
+    with Run(settings={"bootstrap.num_instructions": 3}, teacher="openai:fake-model", name="r",
+             output_dir=tmp_path, progress=False) as run:
+        (line,) = run.run("bootstrap")  # before: nine unknown stages, 'b', 'o', 'o', ...
+        assert line.startswith("bootstrap:") and len(run.records("bootstrap")) == 3
+        for read in (run.records, run.rejected):
+            with pytest.raises(Seed2LoraError, match="unknown stage 'filters'. Fix: use one of .*filter"):
+                read("filters")  # before: [], as if the stage had kept nothing
+        assert run.records("ifd") == [] and run.rejected("export") == []
+
+
+def test_a_dict_as_config_or_a_list_as_settings_names_the_argument_and_the_fix():
+    with pytest.raises(Seed2LoraError, match=r"config: expected a TOML file's path or a RunConfig, not dict\. "
+                                             r'Fix: put settings in settings=\{"section.key": value\}'):
+        Run(config={"bootstrap": {"num_instructions": 5}}, progress=False)  # before: a bare TypeError, deep inside
+    with pytest.raises(Seed2LoraError, match=r'settings: expected a dict, not list\. Fix: give settings=\{'):
+        Run(settings=[("bootstrap.num_instructions", 5)], progress=False)

@@ -105,6 +105,9 @@ def test_auto_falls_back_to_text_when_the_server_ignores_the_schema(fake_openai,
     invoke("bootstrap", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 3)
     teacher = manifest(tmp_path / "r")["teacher"]
     assert teacher["structured"] is False and teacher["structured_choice"].startswith("auto: off")
+    # what the server did, not a JSON parser's error ("JSONDecodeError: Expecting value: line 1 column 1")
+    assert "reply not the schema's JSON ('Yes, water is wet.')" in teacher["structured_choice"]
+    assert "JSONDecodeError" not in teacher["structured_choice"]
     assert not schema_requests(fake_openai) and len(read(tmp_path / "r" / "bootstrap.jsonl")) == 3
 
 

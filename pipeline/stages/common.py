@@ -50,8 +50,8 @@ class MapResult:
     rejected: int = 0  # tasks whose replies stayed unusable after every retry (in rejected.jsonl)
     pending: int = 0  # tasks the teacher failed on: no record; a re-run tries them again
     retried: int = 0  # unusable replies asked again
-    # replies that came only after their call failed and was sent again (a batch line in a later wave, a 429, 5xx or
-    # timeout): no unusable reply, yet not the first try either
+    # replies that came only after their call failed and was sent again (a batch line in a later wave, a 429, 5xx,
+    # timeout or dropped connection, as when an endpoint dies): no unusable reply, yet not the first try either
     resent: int = 0
 
     def counts(self, read: int) -> dict[str, int]:
@@ -70,7 +70,7 @@ class MapResult:
         if note == "every reply usable at the first try":
             note = "every reply usable, none asked again"
         return (f"{note}; {self.resent} {'reply' if self.resent == 1 else 'replies'} came only after a failed call "
-                "was sent again (a batch line in a later wave, or a 429, 5xx or timeout)")
+                "was sent again (a batch line in a later wave, or a 429, 5xx, timeout or dropped connection)")
 
     def parsing_note(self, max_retries: int, what: str) -> str:
         def n(count: int, one: str, many: str) -> str:

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import openai
 
@@ -41,6 +42,8 @@ class Endpoint:
     probing: bool = False  # a probe is in flight
     on_trial: bool = False  # rejoined, and has not served PROVEN_AFTER replies since
     served: int = 0  # replies since it last rejoined
+    replies: int = 0  # replies in this process: the manifest's teacher.endpoints, so a failover is on record
+    falls: int = 0  # times it left the rotation in this process, not answering at the start included
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,12 @@ class Failover:
             return self.patience.outage_wait_s, "outage_wait_s"
         return self.patience.connect_window_s, "connect_window_s"
 
+    def summary(self) -> list[dict[str, Any]]:
+        """Each endpoint's replies and falls in this process, and whether it is in rotation now (the manifest)."""
+        with self.lock:
+            return [{"url": e.url, "replies": e.replies, "falls": e.falls, "in_rotation": e.down_since is None}
+                    for e in self.endpoints]
+
     def any_live(self) -> bool:
         return any(e.down_since is None for e in self.endpoints)
 
@@ -118,6 +127,7 @@ class Failover:
         with self.lock:
             self.failures_in_row = 0
             endpoint.answered, endpoint.strikes, endpoint.served = True, 0, endpoint.served + 1
+            endpoint.replies += 1
             if endpoint.on_trial and endpoint.served >= self.timing.proven_after:  # well again: backoff starts over
                 endpoint.on_trial, endpoint.probe_wait_s = False, 0.0
             if seconds > self.patience.timeout_s / 2:
@@ -141,6 +151,7 @@ class Failover:
             if went_down:
                 # One that falls again before it has proved itself waits twice as long for its next readmission.
                 endpoint.down_since, again = now, endpoint.on_trial
+                endpoint.falls += 1
                 endpoint.probe_wait_s = min(2 * max(endpoint.probe_wait_s, timing.probe_every_s),
                                             timing.probe_backoff_max_s) if again else timing.probe_every_s
                 # A first fall is probed at the prober's next round, as a restarted server should be.

@@ -171,7 +171,8 @@ class OpenAITeacher(BaseTeacher):
         return {"name": self.name, "kind": "openai", "model": self.model, "api": self.api,
                 "api_choice": self.api_choice, "structured": self.structured,
                 "structured_choice": self.structured_choice, "base_url": self.base_url,
-                "concurrency": self.concurrency}
+                "concurrency": self.concurrency,
+                **({"endpoints": self.failover.summary()} if len(self.base_urls) > 1 else {})}
 
     def error_text(self, e: BaseException) -> str:
         """An error's text for a message or a log, the API key masked."""

@@ -37,54 +37,68 @@ class Preflight:
         self.timeout_s = min(failover.patience.timeout_s, PREFLIGHT_TIMEOUT_S)
 
     def reach_all(self, probe_every_s: float) -> list[int]:
-        """The endpoints that answer; one that does not starts out of rotation (the prober lets it in when it
-        answers); TeacherUnavailable when none does."""
-        alive, last = [], ""
-        endpoints = self.failover.endpoints
+        """The endpoints that answer. All are tried in turn within one teacher.connect_window_s, and the first pass
+        that reaches any ends the wait: one that does not answer starts out of rotation (the prober lets it in when
+        it answers), so a dead endpoint does not hold the start for its own window, nor two dead ones for two.
+        TeacherUnavailable naming every URL when none answers within the window."""
+        endpoints, window = self.failover.endpoints, self.failover.patience.connect_window_s
+        deadline = time.monotonic() + window
+        alive: list[int] = []
+        errors: dict[int, str] = {}
+        announced: set[int] = set()
+        while True:
+            for i in range(len(endpoints)):
+                error = self.reach(i)
+                if error is None:
+                    alive.append(i)
+                    errors.pop(i, None)
+                else:
+                    errors[i] = error
+            if alive or time.monotonic() >= deadline:
+                break
+            for i in errors.keys() - announced:
+                announced.add(i)
+                self.event(f"cannot reach {endpoints[i].url} ({errors[i]}); trying for {window:.0f} s "
+                           "(teacher.connect_window_s)")
+            if self.failover.stop.wait(1.0):
+                break
         for i, endpoint in enumerate(endpoints):
-            url, error = endpoint.url, self.reach(i)
-            if error is None:
-                alive.append(i)
+            if i in alive:
                 endpoint.answered, endpoint.down_since = True, None
             else:
-                last = f"{url}: {error}"
                 endpoint.down_since, endpoint.probe_wait_s = time.monotonic(), probe_every_s
-                if len(endpoints) > 1:
-                    self.event(f"{url} does not answer ({error}); requests go to the other endpoints until it does")
+                endpoint.falls += 1
         if not alive:
-            raise TeacherUnavailable(f"no endpoint answers: {last}. Fix: start the server, or check --base-url "
-                                     "(host and port)")
+            named = "; ".join(f"{endpoints[i].url}: {error}" for i, error in errors.items())
+            raise TeacherUnavailable(f"no endpoint answers within {window:.0f} s (teacher.connect_window_s): "
+                                     f"{named}. Fix: start the server, or check --base-url (host and port)")
+        for i in errors:
+            self.event(f"{endpoints[i].url} does not answer ({errors[i]}); requests go to the other endpoints "
+                       "until it does")
         return alive
 
     def reach(self, i: int) -> str | None:
-        """None when the endpoint answers HTTP at all (GET /models); else the last connection error."""
-        url, window = self.failover.endpoints[i].url, self.failover.patience.connect_window_s
+        """None when the endpoint answers HTTP at all (GET /models); else the connection error of this one try."""
+        url = self.failover.endpoints[i].url
         client = self.sdk_clients[i].with_options(timeout=min(self.failover.patience.timeout_s, 10.0))
-        deadline = time.monotonic() + window
-        announced = False
-        while True:
-            try:
-                client.models.list()
-                return None
-            except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-                raise TeacherError(f"{url}: {describe_error(e, self.secret)}") from None
-            except (openai.APIConnectionError, httpx.TransportError) as e:  # refused, DNS, TLS, reset, timeout
-                if time.monotonic() >= deadline or self.failover.stop.wait(1.0):
-                    return describe_error(e, self.secret)
-                if not announced:
-                    announced = True
-                    self.event(f"cannot reach {url} ({describe_error(e, self.secret)}); trying "
-                               f"for {window:.0f} s (teacher.connect_window_s)")
-            except (openai.APIStatusError, ValueError):
-                return None  # an HTTP answer (a server without /models, say): it is there
+        try:
+            client.models.list()
+            return None
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+            raise TeacherError(f"{url}: {describe_error(e, self.secret)}") from None
+        except (openai.APIConnectionError, httpx.TransportError) as e:  # refused, DNS, TLS, reset, timeout
+            return describe_error(e, self.secret)
+        except (openai.APIStatusError, ValueError):
+            return None  # an HTTP answer (a server without /models, say): it is there
 
     def choose_api(self, i: int) -> tuple[str, str]:
         """api auto: (api, why). Ask for one token from the completions endpoint and use it if the server has one."""
         try:
             self.ask(self.probes[i], "completions", PROBE_PROMPT, GenParams(max_tokens=1), "", self.timeout_s)
             return "completions", "auto: completions (the server offers the endpoint)"
-        except openai.NotFoundError as e:
-            return "chat", f"auto: chat (completions: {describe_error(e, self.secret)})"
+        except openai.NotFoundError as e:  # the answer the probe asks about: no hint to check the model or the URL,
+            # which would send a chat-only server's user (gpt-4o-mini's too) to fix what works
+            return "chat", f"auto: chat (no completions endpoint: {describe_error(e, self.secret, hint=False)})"
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
             raise TeacherError(f"{self.failover.endpoints[i].url}: {describe_error(e, self.secret)}") from None
         except (openai.APIError, httpx.TransportError, Malformed, ContextTooLong, ValueError) as e:
@@ -107,7 +121,10 @@ class Preflight:
             try:
                 reply = self.ask(self.probes[i], "chat", STRUCTURED_PROBE_PROMPT, STRUCTURED_PROBE, form,
                                  self.timeout_s)
-                answer: Any = json.loads(reply.text).get("answer")
+                try:
+                    answer: Any = json.loads(reply.text).get("answer")
+                except (ValueError, AttributeError):  # text, not JSON: the form is ignored, which the line says
+                    answer = None
                 if answer in ("Yes", "No"):
                     return form, (f"{'auto: ' if setting == 'auto' else ''}on (the server binds replies "
                                   f"to a schema given as response_format {form})")

@@ -404,17 +404,18 @@ def is_context_error(e: openai.BadRequestError) -> bool:
     return "context length" in text or "context_length" in text or "maximum context" in text
 
 
-def describe_error(e: BaseException, secret: str = "") -> str:
+def describe_error(e: BaseException, secret: str = "", hint: bool = True) -> str:
+    """The error in one line, secrets masked; with `hint`, what a 401, 403 or 404 usually means."""
     status = getattr(e, "status_code", None)
-    hint = {
+    hint_text = {
         401: "the API key was refused; check the key's variable (teacher.api_key_env)",
         403: "the key may not use this model",
         404: "unknown model or wrong base URL; check --teacher openai:MODEL and --base-url",
-    }.get(status or 0, "")
+    }.get(status or 0, "") if hint else ""
     detail = str(getattr(e, "message", "") or e).strip().splitlines()[0][:300].rstrip(".") if str(e).strip() else ""
     cause = e.__cause__ or e.__context__
     if isinstance(e, openai.APIConnectionError) and cause is not None and str(cause).strip():
         detail += f": {str(cause).strip().splitlines()[0][:200]}"  # "Connection refused", a DNS or TLS error
     msg = (f"HTTP {status} " if status else "") + type(e).__name__ + (f": {detail}" if detail else "")
-    text = f"{msg} ({hint})" if hint else msg
+    text = f"{msg} ({hint_text})" if hint_text else msg
     return mask_secrets(text.replace(secret, "***") if secret else text)
