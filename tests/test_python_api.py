@@ -37,6 +37,11 @@ def test_open_goes_on_with_the_recorded_config(fake_openai, tmp_path, monkeypatc
     again.run(["bootstrap"])
     assert len(fake_openai.history) == calls  # resumed: nothing sent again
     again.close()
+    # A Run(...) that leaves the target out raises before any request, naming the key and value
+    with Run(teacher="openai:fake-model", name="r", output_dir=tmp_path, progress=False) as bare, \
+            pytest.raises(Seed2LoraError, match="bootstrap.num_instructions=3 to go on"):
+        bare.run(["bootstrap"])
+    assert len(fake_openai.history) == calls
 
 
 def test_bad_settings_and_folders_raise_with_the_fix():
