@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import client_cpu  # noqa: E402  (benchmarks/ is not a package)
 
-STAGES = ("classify", "instances", "evolve", "score")
+STAGES = ("bootstrap", "classify", "instances", "evolve", "score")
 # (module, class or None, attribute, label): calls of the reply path whose CPU is summed per stage, where the tree
 # has them (the base may lack some)
 CALLS = (("pipeline.cache", "ResponseCache", "get", "cache lookup"),
@@ -160,12 +160,18 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=4000, help="as client_cpu.py: the run makes requests // 2 tasks")
     ap.add_argument("--writer", action="store_true",
                     help="add an arm of this tree whose loop commits go to one writer thread (see above)")
+    ap.add_argument("--stages", default="", help="comma-separated stages to run (bootstrap first, as a run "
+                    "needs): all by default")
+    ap.add_argument("--bootstrap", type=int, default=0,
+                    help="instructions to bootstrap (default requests // 2): 8000 runs it past the manifest's first "
+                         "refresh, 2 s in, where a short run never gets")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.pool = 0
+    args.stages = tuple(s for s in args.stages.split(",") if s)
     if args.child:
         Path(args.out).write_text(json.dumps(child(args)))
         return
@@ -183,7 +189,8 @@ def main() -> None:
             try:
                 env = {**os.environ, "PYTHONPATH": str(tree), "OPENAI_API_KEY": "not-needed"}
                 subprocess.run([sys.executable, __file__, "--child", how, "--url", url, "--requests",
-                                str(args.requests), "--out", str(out), "--server-pid", str(server.pid)],
+                                str(args.requests), "--out", str(out), "--server-pid", str(server.pid), "--stages",
+                                ",".join(args.stages), "--bootstrap", str(args.bootstrap)],
                                env=env, check=True, cwd=tree)
             finally:
                 server.kill()
