@@ -41,6 +41,7 @@ STAGES = ("bootstrap", "classify", "instances", "evolve", "score")
 # (module, class or None, attribute, label): calls of the reply path whose CPU is summed per stage, where the tree
 # has them (the base may lack some)
 CALLS = (("pipeline.cache", "ResponseCache", "get", "cache lookup"),
+         ("pipeline.cache", "ResponseCache", "get_alone", "cache lookup"),  # the event loop's, where the tree has it
          ("pipeline.cache", "ResponseCache", "record", "cache commit"),
          ("pipeline.teachers.base", "BaseTeacher", "cache_key", "cache key"),
          ("pipeline.teachers.retries", "Retries", "call", "HTTP hand-over"),
@@ -177,7 +178,8 @@ def main() -> None:
         return
     commit = subprocess.run(["git", "-C", str(client_cpu.REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
-    print(f"commit {commit}, base {args.base}; 64 in flight, 50 ms latency; load average before: {os.getloadavg()}")
+    print(f"commit {commit}, base {args.base}; 64 in flight, 50 ms latency; stages {','.join(args.stages) or 'all'}, "
+          f"bootstrap to {args.bootstrap or max(64, args.requests // 2)}; load average before: {os.getloadavg()}")
     base_tree, out = client_cpu.extract(args.base), Path(tempfile.mkdtemp()) / "r.json"
     runs = []
     for i in range(args.repeat):
@@ -198,7 +200,7 @@ def main() -> None:
             runs.append((label + (f" #{i + 1}" if args.repeat > 1 else ""), json.loads(out.read_text()),
                          os.getloadavg()[0]))
     kinds = ("teacher_N", "teacher-http", "MainThread", "reply-reader")
-    labels = [label for _, _, _, label in CALLS] + [label + " wall" for label in sorted(WALL)]
+    labels = list(dict.fromkeys(label for _, _, _, label in CALLS)) + [label + " wall" for label in sorted(WALL)]
     print("\nms of CPU per request over the whole stage, by thread and in the reply path's calls; of ideal and client "
           "CPU from the first reply to the last, as client_cpu.py (c)\n")
     print(f"| stage | tree | of ideal | client CPU ms/request | {' | '.join(kinds)} | other threads | "
