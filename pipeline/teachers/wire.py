@@ -201,14 +201,14 @@ class Transport:
             # SSL_CERT_DIR). Not trust_env: it reads the whole environment and ~/.netrc for every request (most
             # of the client's CPU); each Client looks up its proxy once instead (env_proxy).
             connector = self.aiohttp.TCPConnector(limit=LIMITS.max_connections, ssl=self.ssl_context())
-            client.session = self.aiohttp.ClientSession(connector=connector)
+            # Its headers the session's own: not merged into a new dict of each request's
+            client.session = self.aiohttp.ClientSession(connector=connector, headers=client.headers)
             self.sessions.add(client.session)
             # A client dropped without close(): its session closed. Not Client.__del__: a client in a reference
             # cycle was collected in one pass with its session, whose own finalizer then warned "Unclosed client
             # session" before the client's could close it. The finalizer holds the session out of that pass.
             weakref.finalize(client, self.shut, client.session).atexit = False  # at exit, close() closes them all
-        async with client.session.post(url, data=data, headers=client.headers, timeout=timeout,
-                                       proxy=client.proxy) as response:
+        async with client.session.post(url, data=data, timeout=timeout, proxy=client.proxy) as response:
             return response.status, response.headers, await response.read()
 
     def shut(self, session: Any) -> None:
