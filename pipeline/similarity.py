@@ -899,7 +899,7 @@ class RougeLIndex:
             return self._last_ids[1]
         vocab, tokens = self._vocab, self._tokenize(text)
         try:  # most candidates hold only known tokens: then no new id, and no setdefault and len a token
-            ids = np.fromiter(map(vocab.__getitem__, tokens), np.int32, len(tokens))  # half a list's cost
+            ids = np.array([vocab[t] for t in tokens], np.int32)
         except KeyError:
             ids = np.array([vocab.setdefault(t, len(vocab)) for t in tokens], np.int32)
         ids.flags.writeable = False
