@@ -37,10 +37,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import client_cpu  # noqa: E402  (benchmarks/ is not a package)
 
-STAGES = ("classify", "instances", "evolve", "score")
+STAGES = ("bootstrap", "classify", "instances", "evolve", "score")
 # (module, class or None, attribute, label): calls of the reply path whose CPU is summed per stage, where the tree
 # has them (the base may lack some)
 CALLS = (("pipeline.cache", "ResponseCache", "get", "cache lookup"),
+         ("pipeline.cache", "ResponseCache", "get_alone", "cache lookup"),  # the event loop's, where the tree has it
          ("pipeline.cache", "ResponseCache", "record", "cache commit"),
          ("pipeline.teachers.base", "BaseTeacher", "cache_key", "cache key"),
          ("pipeline.teachers.retries", "Retries", "call", "HTTP hand-over"),
@@ -160,18 +161,25 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=4000, help="as client_cpu.py: the run makes requests // 2 tasks")
     ap.add_argument("--writer", action="store_true",
                     help="add an arm of this tree whose loop commits go to one writer thread (see above)")
+    ap.add_argument("--stages", default="", help="comma-separated stages to run (bootstrap first, as a run "
+                    "needs): all by default")
+    ap.add_argument("--bootstrap", type=int, default=0,
+                    help="instructions to bootstrap (default requests // 2): 8000 runs it past the manifest's first "
+                         "refresh, 2 s in, where a short run never gets")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.pool = 0
+    args.stages = tuple(s for s in args.stages.split(",") if s)
     if args.child:
         Path(args.out).write_text(json.dumps(child(args)))
         return
     commit = subprocess.run(["git", "-C", str(client_cpu.REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
-    print(f"commit {commit}, base {args.base}; 64 in flight, 50 ms latency; load average before: {os.getloadavg()}")
+    print(f"commit {commit}, base {args.base}; 64 in flight, 50 ms latency; stages {','.join(args.stages) or 'all'}, "
+          f"bootstrap to {args.bootstrap or max(64, args.requests // 2)}; load average before: {os.getloadavg()}")
     base_tree, out = client_cpu.extract(args.base), Path(tempfile.mkdtemp()) / "r.json"
     runs = []
     for i in range(args.repeat):
@@ -183,7 +191,8 @@ def main() -> None:
             try:
                 env = {**os.environ, "PYTHONPATH": str(tree), "OPENAI_API_KEY": "not-needed"}
                 subprocess.run([sys.executable, __file__, "--child", how, "--url", url, "--requests",
-                                str(args.requests), "--out", str(out), "--server-pid", str(server.pid)],
+                                str(args.requests), "--out", str(out), "--server-pid", str(server.pid), "--stages",
+                                ",".join(args.stages), "--bootstrap", str(args.bootstrap)],
                                env=env, check=True, cwd=tree)
             finally:
                 server.kill()
@@ -191,7 +200,7 @@ def main() -> None:
             runs.append((label + (f" #{i + 1}" if args.repeat > 1 else ""), json.loads(out.read_text()),
                          os.getloadavg()[0]))
     kinds = ("teacher_N", "teacher-http", "MainThread", "reply-reader")
-    labels = [label for _, _, _, label in CALLS] + [label + " wall" for label in sorted(WALL)]
+    labels = list(dict.fromkeys(label for _, _, _, label in CALLS)) + [label + " wall" for label in sorted(WALL)]
     print("\nms of CPU per request over the whole stage, by thread and in the reply path's calls; of ideal and client "
           "CPU from the first reply to the last, as client_cpu.py (c)\n")
     print(f"| stage | tree | of ideal | client CPU ms/request | {' | '.join(kinds)} | other threads | "

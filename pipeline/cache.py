@@ -185,7 +185,15 @@ class ResponseCache:
     def get(self, key: str) -> Completion | None:
         """The reply cached under `key`, else None. Lookups made at once by several threads share one query
         (`Group`)."""
-        row = self._lookups.call(key)
+        return self._completion(self._lookups.call(key))
+
+    def get_alone(self, key: str) -> Completion | None:
+        """get() for a thread that makes no lookups at the same moment as others (the teacher's event loop): the
+        query at once, without the Group's hand-off (its locks and a waiter each lookup)."""
+        return self._completion(self._get_many([key])[0])
+
+    @staticmethod
+    def _completion(row: tuple | None) -> Completion | None:
         if row is None:
             return None
         batch, wave = row[4] if len(row) > 4 else (None, 1)

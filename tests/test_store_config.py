@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 
@@ -206,6 +207,56 @@ def test_counts_read_on_from_the_last_count_and_match_a_full_read(tmp_path):
     assert counted() == full() == (3, 2, ["filter: blacklist", "filter: blacklist"])
     run.stage_file("bootstrap").write_text('{"id": "a", "instruction": "A"}\n', encoding="utf-8")  # cut back
     assert counted() == full() and counted()[0] == 1
+
+
+def test_counts_take_the_lines_this_process_wrote_without_decoding_them_and_read_any_changed_since(tmp_path,
+                                                                                                     monkeypatch):
+    """A manifest refresh decoded every record a stage had just written (issue 20): what JsonlWriter appended is
+    counted from its spans, rejections by reason included; a line written by another hand, or a span whose bytes
+    changed in place (same length), is decoded, and every count matches a full read."""
+    import pipeline.store as store
+
+    run = RunDir(tmp_path)
+    decoded = []
+    loads = store.json.loads
+    monkeypatch.setattr(store.json, "loads", lambda text, *a, **k: decoded.append(text) or loads(text, *a, **k))
+
+    def full():
+        rejected = [Task.from_dict(o) for _, o in read_jsonl(run.rejected_file, strict=False)]
+        return (sum(1 for _ in read_jsonl(run.stage_file("bootstrap"), strict=False)), len(rejected),
+                sorted(f"{r.stage}: {r.reject_reason.split(':')[0]}" for r in rejected))
+
+    def counted():
+        c = run.counts()
+        return c["bootstrap"], c["rejected"], sorted(k for k, n in c["rejected_by_reason"].items() for _ in range(n))
+
+    kept, rejected = JsonlWriter(run.stage_file("bootstrap"), hold_s=math.inf), JsonlWriter(run.rejected_file)
+    for i in range(3):
+        kept.write(Task(id=f"k{i}", instruction=f"Kept {i} é"))
+        rejected.write(Task(id=f"r{i}", instruction="R").rejected(f"rouge_l: 0.{i}", "bootstrap"))
+    kept.flush()
+    rejected.write({"id": "d", "instruction": "a dict", "stage": "filter", "reject_reason": "length: 2"})
+    decoded.clear()
+    assert counted()[:2] == (3, 4) and decoded == ['{"id": "d", "instruction": "a dict", "stage": "filter", '
+                                                   '"reject_reason": "length: 2"}\n']
+    decoded.clear()
+    assert counted() == full() == (3, 4, ["bootstrap: rouge_l"] * 3 + ["filter: length"])
+    with run.stage_file("bootstrap").open("a", encoding="utf-8") as f:  # another hand's line, then ours again
+        f.write('{"id": "x", "instruction": "X"}\n')
+    kept.write(Task(id="k3", instruction="Kept 3"))
+    kept.close()
+    decoded.clear()
+    assert counted()[0] == 5 and decoded == ['{"id": "x", "instruction": "X"}\n']  # the foreign line only
+    assert counted() == full()
+    rejected.close()
+    data = run.rejected_file.read_bytes()  # rouge_l -> rouge_x in place: same length, other bytes
+    run.rejected_file.write_bytes(data.replace(b'"rouge_l: 0.1"', b'"rouge_x: 0.1"'))
+    run = RunDir(tmp_path)  # a count from the start (another RunDir): the changed span is decoded, the others not
+    decoded.clear()
+    assert counted() == (5, 4, ["bootstrap: rouge_l"] * 2 + ["bootstrap: rouge_x", "filter: length"])
+    assert sorted(decoded) == sorted(['{"id": "x", "instruction": "X"}\n', data.decode().splitlines(True)[1].replace(
+        "rouge_l", "rouge_x"), '{"id": "d", "instruction": "a dict", "stage": "filter", "reject_reason": "length: 2"}\n'])
+    assert counted() == full()
 
 
 def test_a_second_writer_of_a_run_stops_and_show_tells_a_killed_run_from_a_running_one(tmp_path):

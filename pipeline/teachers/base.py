@@ -227,17 +227,22 @@ class BaseTeacher:
         """Whether this request's reply is in the run's cache: paid for already, free to read again."""
         return self.lookup(req, params) is not None
 
-    def lookup(self, req: Request, params: GenParams, key: str | None = None) -> Completion | None:
+    def lookup(self, req: Request, params: GenParams, key: str | None = None, alone: bool = False) -> Completion | None:
+        """`alone`: the caller is the one thread that asks (the event loop, fastpath.py): no hand-off to share a
+        query with other threads' lookups (ResponseCache.get_alone)."""
         if self.cache is None:
             return None
-        return self.cache.get(key or self.cache_key(req, params))
+        key = key or self.cache_key(req, params)
+        return self.cache.get_alone(key) if alone else self.cache.get(key)
 
     def cache_key(self, req: Request, params: GenParams) -> str:
         """sha256 of json.dumps({"teacher", "prompt", "params", "salt"}, sort_keys=True, ensure_ascii=False), the
         key every cached reply was stored under; spelled out in key order so that the params' part is made once."""
+        identity, memo = self.cache_identity(), getattr(self, "_identity_json", None)
+        if memo is None or memo[0] != identity:  # its JSON made once while it stays the same (api may change)
+            memo = self._identity_json = (identity, json.dumps(identity, sort_keys=True, ensure_ascii=False))
         blob = (f'{{"params": {params_json(params)}, "prompt": {json.dumps(req.prompt, ensure_ascii=False)}, '
-                f'"salt": {json.dumps(req.salt, ensure_ascii=False)}, '
-                f'"teacher": {json.dumps(self.cache_identity(), sort_keys=True, ensure_ascii=False)}}}')
+                f'"salt": {json.dumps(req.salt, ensure_ascii=False)}, "teacher": {memo[1]}}}')
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     def _finish(self, req: Request, c: Completion, params: GenParams, kind: str, key: str | None = None) -> Completion:

@@ -190,6 +190,8 @@ class Failover:
         """Under the lock: the client for the next try. The endpoint in rotation with the fewest in flight among
         those under their own limit (else the one least over it), and its client with the fewest; with none
         in rotation, any client with the fewest (its endpoint may be back)."""
+        if len(counts) == 1:  # one client: the answer, without the lists below on the event loop for every request
+            return 0
         live = [ep for ep, e in enumerate(self.endpoints) if e.down_since is None]
         if not live:
             return min(range(len(counts)), key=counts.__getitem__)

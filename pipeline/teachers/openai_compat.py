@@ -309,7 +309,9 @@ class OpenAITeacher(BaseTeacher):
     def body_of(self, api: str, prompt: str, params: GenParams, salt: str | None, max_tokens: int | None = None,
                 schema_form: str = "") -> dict[str, Any]:
         """The JSON body of a request (a Batch API line's body too); a schema only once the server binds one."""
-        sending = dataclasses.replace(self.sending, schema_form=self.sending.schema_form if self.structured else "")
+        sending = self.sending  # copied only where it differs, not for every request on the event loop
+        if sending.schema_form and not self.structured:
+            sending = dataclasses.replace(sending, schema_form="")
         return request_body(sending, api, prompt, params, salt, max_tokens, schema_form)
 
     def _event(self, message: str) -> None:

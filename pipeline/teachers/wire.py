@@ -172,10 +172,20 @@ class Transport:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
         self.timeouts: dict[float, Any] = {}
+        self.ssl: tuple[tuple[str | None, str | None], Any] | None = None  # ssl_context(): (the variables, the context)
         self.sessions: weakref.WeakSet[Any] = weakref.WeakSet()  # every session made, closed at exit if still open
         self.closing: set[asyncio.Task] = set()  # sessions being closed (shut), until they are
         threading.Thread(target=self.loop.run_forever, name="teacher-http", daemon=True).start()
         atexit.register(self.close)
+
+    def ssl_context(self) -> Any:
+        """httpx's TLS context (certifi, or SSL_CERT_FILE / SSL_CERT_DIR), made once while those stay the same and
+        shared by every Client's connector: reading the CA bundle took 20-60 ms of the loop at each new Client,
+        before its first request went out."""
+        where = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+        if self.ssl is None or self.ssl[0] != where:
+            self.ssl = (where, httpx.create_ssl_context())
+        return self.ssl[1]
 
     def timeout(self, seconds: float) -> Any:
         """httpx's timeout_s applies to connecting, to waiting for a pooled connection and to each read, not to
@@ -190,15 +200,15 @@ class Transport:
             # that is gone never reaches another teacher. TLS as httpx verifies it (certifi, or SSL_CERT_FILE /
             # SSL_CERT_DIR). Not trust_env: it reads the whole environment and ~/.netrc for every request (most
             # of the client's CPU); each Client looks up its proxy once instead (env_proxy).
-            connector = self.aiohttp.TCPConnector(limit=LIMITS.max_connections, ssl=httpx.create_ssl_context())
-            client.session = self.aiohttp.ClientSession(connector=connector)
+            connector = self.aiohttp.TCPConnector(limit=LIMITS.max_connections, ssl=self.ssl_context())
+            # Its headers the session's own: not merged into a new dict of each request's
+            client.session = self.aiohttp.ClientSession(connector=connector, headers=client.headers)
             self.sessions.add(client.session)
             # A client dropped without close(): its session closed. Not Client.__del__: a client in a reference
             # cycle was collected in one pass with its session, whose own finalizer then warned "Unclosed client
             # session" before the client's could close it. The finalizer holds the session out of that pass.
             weakref.finalize(client, self.shut, client.session).atexit = False  # at exit, close() closes them all
-        async with client.session.post(url, data=data, headers=client.headers, timeout=timeout,
-                                       proxy=client.proxy) as response:
+        async with client.session.post(url, data=data, timeout=timeout, proxy=client.proxy) as response:
             return response.status, response.headers, await response.read()
 
     def shut(self, session: Any) -> None:
