@@ -406,7 +406,8 @@ def check_left_out(ctx: RunContext, tables: set[str], teacher: bool) -> None:
     """A command on a run made with other settings, that leaves one out (its default comes by omission): stop before
     anything is written (exit 2), naming the --set that goes on as the run was made. `tables`: those the command's
     steps read; `teacher`: whether a step calls the run's teacher. A setting named on purpose is a change."""
-    recorded = ctx.run.manifest().get("config")
+    manifest = ctx.run.manifest()
+    recorded = manifest.get("config")
     if not recorded:
         return
     making = tables & set(RECORD_TABLES)
@@ -427,4 +428,4 @@ def check_left_out(ctx: RunContext, tables: set[str], teacher: bool) -> None:
         f"{ctx.run.path} was made with {was} (manifest.json), and this command leaves {it} out: it would go on with "
         f"{would}, the default{s}, and the run's records "
         f"would mix the two. Fix: give {fix} to go on as the run was made, or name the new value with --set to "
-        "change it on purpose")
+        "change it on purpose" + (f" (its last command: {manifest['command']})" if manifest.get("command") else ""))

@@ -21,12 +21,14 @@ def test_a_resume_that_leaves_out_the_target_stops_naming_the_set_that_goes_on(f
     out = invoke("run", *flags, "--set", 'stages=["bootstrap", "classify"]', expect=2).output
     assert "bootstrap.num_instructions = 8" in out and "bootstrap.num_instructions = 100" in out, out
     assert "classify.chat_max_tokens = 30" in out and "manifest.json" in out
+    assert "(its last command: seed2lora " in out  # the command to repeat, its flags as given
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     assert after == before and len(fake_openai.history) == sent  # nothing written, nothing sent
     dry = invoke("run", *flags, "--set", 'stages=["bootstrap", "classify"]', "--dry-run", expect=2).output
     assert "the run would stop before its first call (exit 2)" in dry and "bootstrap.num_instructions = 8" in dry
     # The fix it names, pasted as printed, goes on as the run was made
     fix = " ".join(out.split("Fix: give ", 1)[1].split(" to go on as")[0].split())
+    assert fix.startswith("--set ") and "(" not in fix
     invoke("run", *flags, "--set", 'stages=["bootstrap", "classify"]', *shlex.split(fix))
     assert len(read(run / "bootstrap.jsonl")) == 8
     # A value named on purpose is a change, not an omission
