@@ -149,15 +149,15 @@ def stopped(ctx: RunContext, steps: list[Step], running: list[Step], finished: s
     """A run stopped before the steps `running` gave their results (a teacher outage, Ctrl-C, the budget, a
     failure): each gets in the manifest what it wrote this session (the file counts against `before`, those at its
     start) and what it has still to do; the line naming what is pending, for the exit message."""
-    todo = left(ctx, steps)
-    counts = ctx.record()["counts"]
+    todo, counts, entries = left(ctx, steps), ctx.run.counts(), {}
     for step in running:
         if step.name not in todo:  # a stage whose work left its files cannot tell: its entry stays as it was
             continue
         kept = counts.get(step.name, 0) - before.get(step.name, 0)
         rejected = rejected_by(counts, step.name) - rejected_by(before, step.name)
-        ctx.record(stages={step.name: {"generated": kept + rejected, "kept": kept, "rejected": rejected,
-                                       "pending": todo[step.name]}})
+        entries[step.name] = {"generated": kept + rejected, "kept": kept, "rejected": rejected,
+                              "pending": todo[step.name]}
+    ctx.record(stages=entries)
     return pending_line(todo, ctx.cfg.bootstrap.num_instructions, [s.name for s in steps], finished)
 
 
