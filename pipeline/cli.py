@@ -155,6 +155,12 @@ def _session(config_path, sets, **flags):
                    log=log_line)
 
 
+def said_pending(e: BaseException) -> None:
+    """The last line of a run's stop: what it left to do (the runner's `pending`), when it says."""
+    if pending := getattr(e, "pending", ""):
+        console.print(escape(pending), highlight=False, soft_wrap=True)
+
+
 def friendly_errors(f):
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
@@ -165,10 +171,12 @@ def friendly_errors(f):
             label = {2: "[bold red]error:[/]", 4: "[bold red]teacher unavailable:[/]",
                      5: "[bold yellow]incomplete:[/]"}.get(code, "[bold yellow]stopped:[/]")
             console.print(f"{label} {escape(mask_secrets(str(e)))}", highlight=False, soft_wrap=True)
+            said_pending(e)
             sys.exit(code)
         except KeyboardInterrupt as e:
             code = getattr(e, "exit_code", 130)
             console.print("[yellow]interrupted: everything written so far is kept; run the same command to resume[/]")
+            said_pending(e)
             sys.exit(code)
     return wrapper
 

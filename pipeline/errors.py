@@ -17,6 +17,10 @@ from typing import Any
 class Seed2LoraError(Exception):
     """A problem the user can fix; the message says how."""
 
+    # What a run that stopped left to do ("pending: bootstrap 88 of 100 instructions to go, ..."): the runner sets
+    # it on whatever stopped a run (a KeyboardInterrupt too), and the CLI prints it after the message.
+    pending = ""
+
 
 class InputError(Seed2LoraError):
     """Bad input: names the file, the line and the fix."""

@@ -33,9 +33,10 @@ from typing import Any
 from .budget import BudgetReached, check_prices
 from .config import RunConfig
 from .context import Log, Progress, Records, RunContext, Step, StepResult, check_left_out, preflight
-from .errors import Incomplete, Seed2LoraError, mask_secrets
+from .errors import Incomplete, Seed2LoraError, TeacherError, mask_secrets
 from .stages import bootstrap, classify, evolve, flow, instances, score
 from .stages import filter as filter_stage
+from .store import PENDING_KNOWN, STAGES, TASK_INPUT, pending_line, rejected_by
 from .teachers import Teacher
 
 
@@ -137,6 +138,29 @@ def run_group(ctx: RunContext, group: list[Step]) -> list[StepResult]:
         return flow.run(ctx, [s.name for s in group])
 
 
+def left(ctx: RunContext, steps: list[Step]) -> dict[str, int]:
+    """What each of `steps` has still to do, from the run's files (RunDir.pending): a per-task stage given --input
+    counts that file's tasks. Read once, when the run stops."""
+    inputs = {s.name: list(ctx.input_tasks(s.after)) for s in steps if ctx.input_path and s.name in TASK_INPUT}
+    return ctx.run.pending([s.name for s in steps], ctx.cfg.bootstrap.num_instructions, inputs)
+
+
+def stopped(ctx: RunContext, steps: list[Step], running: list[Step], finished: set[str], before: dict) -> str:
+    """A run stopped before the steps `running` gave their results (a teacher outage, Ctrl-C, the budget, a
+    failure): each gets in the manifest what it wrote this session (the file counts against `before`, those at its
+    start) and what it has still to do; the line naming what is pending, for the exit message."""
+    todo, counts, entries = left(ctx, steps), ctx.run.counts(), {}
+    for step in running:
+        if step.name not in todo:  # a stage whose work left its files cannot tell: its entry stays as it was
+            continue
+        kept = counts.get(step.name, 0) - before.get(step.name, 0)
+        rejected = rejected_by(counts, step.name) - rejected_by(before, step.name)
+        entries[step.name] = {"generated": kept + rejected, "kept": kept, "rejected": rejected,
+                              "pending": todo[step.name]}
+    ctx.record(stages=entries)
+    return pending_line(todo, ctx.cfg.bootstrap.num_instructions, [s.name for s in steps], finished)
+
+
 def check_stage_names(names: list[str]) -> None:
     """A name in `stages` that no step has stops the command, `run --dry-run` too (it used to leave the name out)."""
     known = [s.name for s in STEPS]
@@ -149,38 +173,49 @@ def run_steps(ctx: RunContext, names: list[str]) -> list[str]:
     """The one loop: the named steps in pipeline order; each message is also logged as it comes."""
     check_stage_names(names)
     steps = [s for s in STEPS if s.name in names]
-    validate(ctx, steps)  # raises before anything is written
+    try:
+        validate(ctx, steps)  # raises before anything is written
+    except TeacherError as e:  # a resume whose server is still down: what is left, read from the files only
+        if not ctx.input_path and any(ctx.run.stage_file(s).exists() for s in STAGES):
+            e.pending = pending_line(left(ctx, steps), ctx.cfg.bootstrap.num_instructions,
+                                     [s.name for s in steps], set())
+        raise
     messages: list[str] = []
     step = steps[0] if steps else None
+    running: list[Step] = []  # the steps started and not yet recorded: a stop records what they did so far
+    finished: set[str] = set()
+    before: dict[str, Any] = {}  # the file counts when the running steps started
     lock = ctx.run.lock()
     try:
         for group in groups(ctx, steps):
-            step = group[0]
-            ctx.record(status="running", stage=step.name, reason=None)
+            step, running = group[0], list(group)
+            # Each stage's entry is this session's from here: after a kill -9, `show` reads its pending from the files
+            before = ctx.record(status="running", stage=step.name, reason=None,
+                                stages={s.name: {} for s in group if s.name in PENDING_KNOWN})["counts"]
             results = run_group(ctx, group)
             for step, result in zip(group, results, strict=True):  # a flow's stages: each as if it ran alone
                 if result.pending or len(group) == 1:
                     ctx.check_budget(step.name)
                 ctx.record(stages={step.name: {**result.counts, "pending": result.pending}})
+                running.remove(step)
                 if result.pending:
                     raise Incomplete(f"{result.message}. {result.pending} pending in {step.name}; run the same "
                                      "command again to retry exactly those")
+                finished.add(step.name)
                 messages.append(result.message)
                 ctx.log(result.message)
             ctx.check_budget(step.name)
         ctx.record(status="done", reason=None)
-    except KeyboardInterrupt:
-        ctx.record(status="interrupted", stage=step.name if step else None,
-                   reason="interrupted (Ctrl-C or SIGTERM); run the same command to resume")
-        raise
-    except BudgetReached as e:
-        ctx.record(status="budget", reason=str(e))
-        raise
-    except Incomplete as e:
-        ctx.record(status="incomplete", reason=str(e))
-        raise
-    except Exception as e:
-        ctx.record(status="failed", reason=mask_secrets(f"{type(e).__name__}: {e}"))
+    except (KeyboardInterrupt, Exception) as e:
+        try:
+            e.pending = stopped(ctx, steps, running, finished, before)  # the CLI prints it after the error
+        except Exception as err:  # noqa: BLE001 (the stop's own cause comes first; this one is said with it)
+            e.pending = f"what is pending could not be read ({type(err).__name__}: {err})"
+        status, reason = ("interrupted", "interrupted (Ctrl-C or SIGTERM); run the same command to resume") if \
+            isinstance(e, KeyboardInterrupt) else ("budget", str(e)) if isinstance(e, BudgetReached) else \
+            ("incomplete", str(e)) if isinstance(e, Incomplete) else ("failed", f"{type(e).__name__}: {e}")
+        ctx.record(status=status, stage=step.name if step else None,
+                   reason=mask_secrets(f"{reason}. {e.pending}" if e.pending else reason))
         raise
     finally:
         try:

@@ -16,7 +16,7 @@ from rich.table import Column, Table
 
 from .errors import Seed2LoraError
 from .records import Task
-from .store import STAGES, RunDir, reason_kind
+from .store import PENDING_KNOWN, STAGES, RunDir, reason_kind
 
 WIDE = 10_000  # columns off a terminal: a table is as wide as its content (rich tables do not expand to the width)
 
@@ -60,6 +60,7 @@ def summary(run: RunDir, stage: str | None = None) -> dict:
         "output_words": [len(i.output.split()) for t in tasks for i in t.instances],
     }
     manifest = run.manifest()
+    status = _status(run, manifest)
     return {
         "stage": stage,
         "counts": {s: len(run.read_stage(s)) for s in STAGES if run.stage_file(s).exists()},
@@ -72,12 +73,26 @@ def summary(run: RunDir, stage: str | None = None) -> dict:
         "teacher": (manifest.get("teacher") or {}).get("name"),
         "teacher_choice": teacher_choice(manifest.get("teacher") or {}),
         "endpoints": endpoints_line(manifest.get("teacher") or {}),
-        **_status(run, manifest),
-        "stages": manifest.get("stages") or {},
+        **status,
+        "stages": stage_entries(run, manifest, status["status"]),
         "usage": manifest.get("usage", {}),
         "spend": manifest.get("spend", {}),
         "evolve": evolve_summary(run, rejected),
     }
+
+
+def stage_entries(run: RunDir, manifest: dict, status: str | None) -> dict:
+    """The manifest's entry of each stage (its last session's counts). In a run that did not finish, a stage whose
+    entry has no pending yet (the process was killed, or is still running) gets it from the files (RunDir.pending):
+    bootstrap's instructions short of its target, a per-task stage's input tasks with no outcome."""
+    stages = {k: dict(v) for k, v in (manifest.get("stages") or {}).items() if isinstance(v, dict)}
+    if status == "done":
+        return stages
+    lacking = [s for s in PENDING_KNOWN if run.stage_file(s).exists() and "pending" not in stages.get(s, {})]
+    target = ((manifest.get("config") or {}).get("bootstrap") or {}).get("num_instructions")
+    for stage, n in (run.pending(lacking, target) if lacking else {}).items():
+        stages.setdefault(stage, {})["pending"] = n
+    return stages
 
 
 def evolve_summary(run: RunDir, rejected: list[Task]) -> dict | None:

@@ -30,6 +30,9 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 STAGES = ("bootstrap", "classify", "instances", "filter", "evolve")
+# The per-task stages whose work left is known from the files, and the stage file each takes its tasks from
+TASK_INPUT = {"classify": "bootstrap", "instances": "classify"}
+PENDING_KNOWN = ("bootstrap", *TASK_INPUT)  # the stages RunDir.pending can tell the work left of
 REJECTED = "rejected.jsonl"
 MANIFEST = "manifest.json"
 LOCK = ".lock"
@@ -298,6 +301,37 @@ class RunDir:
     def read_rejected(self) -> list[Task]:
         return read_tasks(self.rejected_file)
 
+    def outcomes(self, stage: str, rejected: list[Task] | None = None, records: list[Task] | None = None) -> set[str]:
+        """The ids of the tasks a per-task stage is done with: a record in its file, or a rejection by it. `rejected`
+        and `records`: rejected.jsonl and the stage's file, when the caller has read them already."""
+        rejected = self.read_rejected() if rejected is None else rejected
+        records = self.read_stage(stage) if records is None else records
+        return {t.id for t in records} | {t.id for t in rejected if t.stage == stage}
+
+    def pending(self, stages: Iterable[str], target: int | None,
+                inputs: dict[str, list[Task]] | None = None) -> dict[str, int]:
+        """What each of `stages` has still to do, from the files: bootstrap, the instructions short of `target`
+        (its num_instructions); classify and instances, their input tasks (`inputs[stage]`, else the file of
+        TASK_INPUT) with no outcome. A stage whose work left the files cannot tell is left out. Each file is read
+        once: this runs when a run stops, or for `show`, never per reply."""
+        read: dict[str, list[Task]] = {}
+
+        def stage_tasks(name: str) -> list[Task]:
+            if name not in read:
+                read[name] = self.read_stage(name)
+            return read[name]
+
+        rejected = self.read_rejected() if any(s in TASK_INPUT for s in stages) else []
+        left: dict[str, int] = {}
+        for stage in stages:
+            if stage == "bootstrap" and target is not None:
+                left[stage] = max(0, target - len(stage_tasks(stage)))
+            elif stage in TASK_INPUT:
+                tasks = (inputs or {}).get(stage)
+                done = self.outcomes(stage, rejected, stage_tasks(stage))
+                left[stage] = len({t.id for t in (stage_tasks(TASK_INPUT[stage]) if tasks is None else tasks)} - done)
+        return left
+
     def replace_rejected(self, stage: str, records: Iterable[Task]) -> None:
         """Rewrite the rejections of one stage (a stage that is re-run whole), keeping the others."""
         kept = [r for r in self.read_rejected() if r.stage != stage]
@@ -364,6 +398,24 @@ class RunDir:
             list(read_jsonl(path, strict=False))
             raise
         return tally
+
+
+def pending_line(left: dict[str, int], target: int, stages: list[str], finished: set[str]) -> str:
+    """What a stopped run left to do, in the exit message's words: "pending: bootstrap 88 of 100 instructions to
+    go, classify 2 tasks; still to run: filter, export". left: RunDir.pending of `stages`; finished: those done."""
+    def one(name: str, n: int) -> str:
+        return f"bootstrap {n} of {target} instructions to go" if name == "bootstrap" else \
+            f"{name} {n} task{'s' if n != 1 else ''}"
+
+    parts = [one(name, left[name]) for name in stages if left.get(name)]
+    rest = [name for name in stages if name not in left and name not in finished]
+    return "; ".join(([f"pending: {', '.join(parts)}"] if parts else []) +
+                     ([f"still to run: {', '.join(rest)}"] if rest else []))
+
+
+def rejected_by(counts: dict[str, Any], stage: str) -> int:
+    """Rejections by `stage` in a manifest's counts (RunDir.counts)."""
+    return sum(n for key, n in counts.get("rejected_by_reason", {}).items() if key.startswith(f"{stage}:"))
 
 
 def eval_dir_of(adapter_dir: str | Path) -> Path:

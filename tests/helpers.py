@@ -45,3 +45,33 @@ def run_and_kill(server, tmp_path, kill_when, *flags):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return cmd, env
+
+
+def counts_row(run, stage):
+    """The cells of `stage`'s row in show's Counts table: records, last session's generated, kept, rejected, pending."""
+    for line in invoke("show", run, "--sample", 0).output.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│┃|").split("│")]
+        if cells and cells[0] == stage:
+            return cells[1:]
+    raise AssertionError(f"no {stage} row")
+
+
+def left_in_files(run: Path, target: int) -> dict[str, int]:
+    """What each flowing stage has still to do, counted here from the files: bootstrap's instructions short of the
+    target; classify's and instances' input tasks with neither a record nor a rejection by the stage."""
+    rejected = read(run / "rejected.jsonl") if (run / "rejected.jsonl").exists() else []
+
+    def ids(stage):
+        return {t["id"] for t in read(run / f"{stage}.jsonl")} if (run / f"{stage}.jsonl").exists() else set()
+
+    def done(stage):
+        return ids(stage) | {t["id"] for t in rejected if t["stage"] == stage}
+
+    return {"bootstrap": target - len(ids("bootstrap")), "classify": len(ids("bootstrap") - done("classify")),
+            "instances": len(ids("classify") - done("instances"))}
+
+
+def pending_words(left: dict[str, int], target: int) -> str:
+    parts = [f"bootstrap {left['bootstrap']} of {target} instructions to go"] if left["bootstrap"] else []
+    parts += [f"{s} {left[s]} task{'s' if left[s] != 1 else ''}" for s in ("classify", "instances") if left[s]]
+    return "pending: " + ", ".join(parts)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 from fakeserver import FakeOpenAI
-from helpers import invoke, read, teacher_flags
+from helpers import counts_row, invoke, left_in_files, pending_words, read, teacher_flags
 
 from pipeline.cache import ResponseCache
 from pipeline.cli import cli
@@ -54,11 +54,12 @@ def is_instances(prompt):
     return prompt.rstrip().endswith(("Input:", "Class label:"))
 
 
-def outage_during_instances(server, back_after: float | None) -> None:
-    """Take the server down once 3 instances prompts have come in; back after `back_after` s (None: never)."""
+def outage_during_instances(server, back_after: float | None, after: int = 3, marker=is_instances) -> None:
+    """Take the server down once `after` instances prompts (or prompts `marker` picks) have come in; back after
+    `back_after` s (None: never)."""
 
     def outage():
-        while len(prompts_of(server, is_instances)) < 3:
+        while len(prompts_of(server, marker)) < after:
             time.sleep(0.01)
         server.go_down()
         if back_after is not None:
@@ -112,6 +113,51 @@ def test_a_server_that_stays_down_stops_the_run_and_a_rerun_finishes_it(fake_ope
     fake_openai.come_back()
     invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 8)
     assert len(read(run / "instances.jsonl")) == 8 and manifest(run)["status"] == "done"
+
+
+# 1, 3 and 7. An outage that stops the run (exit 4) says what is pending, per stage, in the exit message, the
+# manifest and `show`; a resume while the server is still down says it again and writes nothing; once the
+# server is back, the resume finishes. Before, the message named only the URL and `show` printed "-".
+def test_a_run_stopped_by_an_outage_says_what_is_pending_and_a_resume_finishes_it(fake_openai, tmp_path):
+    fake_openai.default_delay = 0.05
+    # Down once 4 bootstrap prompts are in: bootstrap is about halfway to its 24 then (the fake teacher gives 3
+    # novel tasks a reply), and classify and instances have tasks waiting, which flowed on from it
+    outage_during_instances(fake_openai, back_after=None, after=4, marker=is_bootstrap)
+    flags = [*teacher_flags(fake_openai, tmp_path), "--num-instructions", 24, "--set", "teacher.concurrency=2",
+             "--set", "teacher.outage_wait_s=2", "--set", "teacher.max_wait_s=0.5"]
+    result = cli_run("run", *flags)
+    assert result.exit_code == 4, result.output
+    run = tmp_path / "r"
+    left = left_in_files(run, 24)
+    assert left["bootstrap"] > 0 and left["classify"] + left["instances"] > 0, left
+    text = " ".join(result.output.split())
+    assert text.endswith(f"{pending_words(left, 24)}; still to run: filter"), text
+    m = manifest(run)
+    assert m["status"] == "failed" and pending_words(left, 24) in m["reason"]
+    for stage in ("bootstrap", "classify", "instances"):
+        entry = m["stages"][stage]
+        assert entry["pending"] == left[stage], (stage, entry)
+        assert entry["generated"] == entry["kept"] + entry["rejected"], (stage, entry)
+    assert m["stages"]["classify"]["kept"] == len(read(run / "classify.jsonl")) > 0
+    assert m["stages"]["bootstrap"]["kept"] == len(read(run / "bootstrap.jsonl"))  # a fresh run: all of this session
+    for stage in ("bootstrap", "classify", "instances"):
+        cells = counts_row(run, stage)
+        assert cells[2:] == [str(m["stages"][stage][k]) for k in ("kept", "rejected", "pending")], (stage, cells)
+
+    def snapshot():
+        return {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+    before = snapshot()
+    again = cli_run("run", *flags, "--set", "teacher.connect_window_s=1")  # the server is still down
+    assert again.exit_code == 4, again.output
+    assert " ".join(again.output.split()).endswith(f"{pending_words(left, 24)}; still to run: filter"), again.output
+    assert snapshot() == before  # the startup check failed before any write
+    fake_openai.come_back()
+    invoke("run", *flags)
+    assert len(read(run / "instances.jsonl")) + sum(r["stage"] in ("classify", "instances")
+                                                   for r in read(run / "rejected.jsonl")) == 24
+    assert manifest(run)["status"] == "done" and left_in_files(run, 24) == {"bootstrap": 0, "classify": 0,
+                                                                           "instances": 0}
 
 
 # 2. A re-run after an outage sends no more bootstrap prompts than the target needs.

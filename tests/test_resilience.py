@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from fakeserver import FakeOpenAI
-from helpers import invoke, read, run_and_kill, teacher_flags
+from helpers import counts_row, invoke, left_in_files, pending_words, read, run_and_kill, teacher_flags
 
 from pipeline.cli import cli
 from pipeline.teachers import GenParams
@@ -45,6 +45,66 @@ def test_budget_stops_cleanly_and_a_higher_budget_goes_on(fake_openai, tmp_path)
     assert "Spend:" in shown
     invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 20, "--max-tokens-total", 100000)
     assert len(read(run / "bootstrap.jsonl")) == 20 and len(read(run / "filter.jsonl")) > 0
+
+
+def test_a_run_stopped_by_the_budget_or_ctrl_c_says_what_is_pending(fake_openai, tmp_path, monkeypatch):
+    """The stop's message ends with what is pending per stage, the manifest and `show` count it; before, a stop
+    inside the flow left "-" in show's kept and pending columns and said nothing of the work left."""
+    run = tmp_path / "r"
+    result = CliRunner().invoke(cli, ["run", *map(str, teacher_flags(fake_openai, tmp_path)), "--num-instructions", "20",
+                                      "--max-tokens-total", "200", "--set", "teacher.concurrency=1"])
+    assert result.exit_code == 3, result.output
+    left = left_in_files(run, 20)
+    assert left["bootstrap"] > 0, left
+    assert " ".join(result.output.split()).endswith(f"{pending_words(left, 20)}; still to run: filter"), result.output
+    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    assert {s: stages[s]["pending"] for s in left} == left
+    assert [counts_row(run, s)[-1] for s in left] == [str(n) for n in left.values()]
+
+    from pipeline.stages import flow
+
+    arrived, replies = flow._Flow.arrived, []
+
+    def ctrl_c_at_the_fourth_reply(self, req, reply):  # what the SIGINT handler raises, in the middle of the flow
+        replies.append(req)
+        if len(replies) == 4:
+            raise KeyboardInterrupt
+        arrived(self, req, reply)
+
+    monkeypatch.setattr(flow._Flow, "arrived", ctrl_c_at_the_fourth_reply)
+    result = CliRunner().invoke(cli, ["run", *map(str, teacher_flags(fake_openai, tmp_path)), "--num-instructions", "20",
+                                      "--max-tokens-total", "100000", "--set", "teacher.concurrency=1"])
+    assert result.exit_code == 130, result.output
+    left = left_in_files(run, 20)
+    text = " ".join(result.output.split())
+    assert "interrupted: everything written so far is kept" in text, text
+    assert text.endswith(f"{pending_words(left, 20)}; still to run: filter"), text
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["status"] == "interrupted" and pending_words(left, 20) in m["reason"]
+    assert {s: m["stages"][s]["pending"] for s in left} == left
+    assert sum(m["stages"][s]["generated"] for s in left) > 0  # this session's 3 replies were read and counted
+
+
+def test_show_counts_what_a_killed_run_left_pending_from_its_files(tmp_path, monkeypatch):
+    """kill -9 leaves no word in the manifest: show counts the work left from the files, not "-"."""
+    server = FakeOpenAI()
+    server.default_delay = 0.03
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    try:
+        def kill_when():  # bootstrap about halfway (3 novel tasks a reply), classify and instances under way
+            return sum("numbered list" in h["body"]["messages"][-1]["content"] for h in server.history) >= 4
+
+        run_and_kill(server, tmp_path, kill_when, "--num-instructions", "24", "--set", "teacher.concurrency=2")
+    finally:
+        server.close()
+    run = tmp_path / "k"
+    left = left_in_files(run, 24)
+    assert left["bootstrap"] > 0, left
+    shown = " ".join(invoke("show", run, "--sample", 0).output.split())
+    assert "status: stopped" in shown
+    for stage in ("bootstrap", "classify", "instances"):
+        cells = counts_row(run, stage)
+        assert cells[1:] == ["-", "-", "-", str(left[stage])], (stage, cells)  # this session's counts died with it
 
 
 def test_max_cost_needs_a_price(fake_openai, tmp_path):

@@ -2,16 +2,7 @@
 
 import json
 
-from helpers import invoke, read, teacher_flags
-
-
-def counts_row(run, stage):
-    """The cells of `stage`'s row in show's Counts table: records, last session's generated, kept, rejected, pending."""
-    for line in invoke("show", run, "--sample", 0).output.splitlines():
-        cells = [c.strip() for c in line.strip().strip("│┃|").split("│")]
-        if cells and cells[0] == stage:
-            return cells[1:]
-    raise AssertionError(f"no {stage} row")
+from helpers import counts_row, invoke, read, teacher_flags
 
 
 def test_last_session_columns_count_this_sessions_work(fake_openai, tmp_path):

@@ -91,8 +91,8 @@ class MapResult:
 
 def outcomes(run: RunDir, stage: str) -> set[str]:
     """The ids of the tasks a per-task stage is done with: a record in its file, or a rejection by it. A resume
-    sends them nothing, and a resumed bar counts on from them."""
-    return {t.id for t in run.read_stage(stage)} | {t.id for t in run.read_rejected() if t.stage == stage}
+    sends them nothing, and a resumed bar counts on from them (RunDir.outcomes; RunDir.pending counts the rest)."""
+    return run.outcomes(stage)
 
 
 class TaskMap:
