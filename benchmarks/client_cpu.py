@@ -303,6 +303,12 @@ def floor(args: argparse.Namespace) -> dict:
     return {"requests": args.requests, "cpu_s": cpu, "wall_s": wall}
 
 
+def head() -> str:
+    """This tree's commit, short, for a benchmark's header."""
+    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+
+
 def extract(base: str) -> Path:
     """The tree at commit `base` (pipeline/, prompts/, seeds/), for the before column."""
     folder = Path(tempfile.mkdtemp(prefix="client-cpu-base-"))
@@ -328,8 +334,7 @@ def main() -> None:
         Path(args.out).write_text(json.dumps({"plain": plain, "sdk": sdk, "bootstrap": bootstrap, "stages": stages,
                                               "floor": floor}[args.child](args)))
         return
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = head()
     dirty = " (uncommitted changes)" if subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "pipeline"],
                                                        capture_output=True, text=True).stdout.strip() else ""
     base_tree, skip, out = extract(args.base), set(args.skip.split(",")), Path(tempfile.mkdtemp()) / "r.json"

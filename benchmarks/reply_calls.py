@@ -125,8 +125,7 @@ def main() -> None:
     if args.child:
         Path(args.out).write_text(json.dumps(child(args)))
         return
-    commit = subprocess.run(["git", "-C", str(client_cpu.REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = client_cpu.head()
     print(f"commit {commit}, base {args.base}; least CPU of {args.repeat} passes of {args.calls} calls; load average "
           f"before: {os.getloadavg()}\n")
     out, rows = Path(tempfile.mkdtemp()) / "r.json", {}

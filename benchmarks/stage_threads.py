@@ -176,8 +176,7 @@ def main() -> None:
     if args.child:
         Path(args.out).write_text(json.dumps(child(args)))
         return
-    commit = subprocess.run(["git", "-C", str(client_cpu.REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = client_cpu.head()
     print(f"commit {commit}, base {args.base}; 64 in flight, 50 ms latency; stages {','.join(args.stages) or 'all'}, "
           f"bootstrap to {args.bootstrap or max(64, args.requests // 2)}; load average before: {os.getloadavg()}")
     base_tree, out = client_cpu.extract(args.base), Path(tempfile.mkdtemp()) / "r.json"

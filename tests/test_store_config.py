@@ -178,35 +178,39 @@ def test_the_printed_default_config_loads_back_to_the_defaults_nested_tables_inc
     assert load_config(path) == RunConfig()
 
 
+def full(run):
+    """bootstrap's lines, the rejections and their reasons, from reading every file whole."""
+    rejected = [Task.from_dict(o) for _, o in read_jsonl(run.rejected_file, strict=False)]
+    return (sum(1 for _ in read_jsonl(run.stage_file("bootstrap"), strict=False)), len(rejected),
+            sorted(f"{r.stage}: {r.reject_reason.split(':')[0]}" for r in rejected))
+
+
+def counted(run):
+    """The same from the manifest's counts (RunDir.counts)."""
+    c = run.counts()
+    return c["bootstrap"], c["rejected"], sorted(k for k, n in c["rejected_by_reason"].items() for _ in range(n))
+
+
 def test_counts_read_on_from_the_last_count_and_match_a_full_read(tmp_path):
     """The manifest's counts are refreshed while a stage runs: appended lines, a torn last line (counted once
     whole), a file rewritten (replace_rejected) and one cut back all give what reading every file gives."""
     run = RunDir(tmp_path)
 
-    def full():
-        rejected = [Task.from_dict(o) for _, o in read_jsonl(run.rejected_file, strict=False)]
-        return (sum(1 for _ in read_jsonl(run.stage_file("bootstrap"), strict=False)), len(rejected),
-                sorted(f"{r.stage}: {r.reject_reason.split(':')[0]}" for r in rejected))
-
-    def counted():
-        c = run.counts()
-        return c["bootstrap"], c["rejected"], sorted(k for k, n in c["rejected_by_reason"].items() for _ in range(n))
-
     with JsonlWriter(run.stage_file("bootstrap")) as out:
         out.write(Task(id="a", instruction="A"))
     with JsonlWriter(run.rejected_file) as out:
         out.write(Task(id="r", instruction="R").rejected("rouge_l: 0.9 > 0.7", "filter"))
-    assert counted() == full() == (1, 1, ["filter: rouge_l"])
+    assert counted(run) == full(run) == (1, 1, ["filter: rouge_l"])
     with run.stage_file("bootstrap").open("a", encoding="utf-8") as f:
         f.write('{"id": "b", "instruction": "B"}\n{"id": "c", "instr')  # a torn tail: not counted yet
-    assert counted() == full() and counted()[0] == 2
+    assert counted(run) == full(run) and counted(run)[0] == 2
     with run.stage_file("bootstrap").open("a", encoding="utf-8") as f:
         f.write('uction": "C"}\n')
-    assert counted() == full() and counted()[0] == 3
+    assert counted(run) == full(run) and counted(run)[0] == 3
     run.replace_rejected("filter", [Task(id="s", instruction="S").rejected("blacklist: image", "filter")] * 2)
-    assert counted() == full() == (3, 2, ["filter: blacklist", "filter: blacklist"])
+    assert counted(run) == full(run) == (3, 2, ["filter: blacklist", "filter: blacklist"])
     run.stage_file("bootstrap").write_text('{"id": "a", "instruction": "A"}\n', encoding="utf-8")  # cut back
-    assert counted() == full() and counted()[0] == 1
+    assert counted(run) == full(run) and counted(run)[0] == 1
 
 
 def test_counts_take_the_lines_this_process_wrote_without_decoding_them_and_read_any_changed_since(tmp_path,
@@ -221,15 +225,6 @@ def test_counts_take_the_lines_this_process_wrote_without_decoding_them_and_read
     loads = store.json.loads
     monkeypatch.setattr(store.json, "loads", lambda text, *a, **k: decoded.append(text) or loads(text, *a, **k))
 
-    def full():
-        rejected = [Task.from_dict(o) for _, o in read_jsonl(run.rejected_file, strict=False)]
-        return (sum(1 for _ in read_jsonl(run.stage_file("bootstrap"), strict=False)), len(rejected),
-                sorted(f"{r.stage}: {r.reject_reason.split(':')[0]}" for r in rejected))
-
-    def counted():
-        c = run.counts()
-        return c["bootstrap"], c["rejected"], sorted(k for k, n in c["rejected_by_reason"].items() for _ in range(n))
-
     kept, rejected = JsonlWriter(run.stage_file("bootstrap"), hold_s=math.inf), JsonlWriter(run.rejected_file)
     for i in range(3):
         kept.write(Task(id=f"k{i}", instruction=f"Kept {i} é"))
@@ -237,26 +232,26 @@ def test_counts_take_the_lines_this_process_wrote_without_decoding_them_and_read
     kept.flush()
     rejected.write({"id": "d", "instruction": "a dict", "stage": "filter", "reject_reason": "length: 2"})
     decoded.clear()
-    assert counted()[:2] == (3, 4) and decoded == ['{"id": "d", "instruction": "a dict", "stage": "filter", '
+    assert counted(run)[:2] == (3, 4) and decoded == ['{"id": "d", "instruction": "a dict", "stage": "filter", '
                                                    '"reject_reason": "length: 2"}\n']
     decoded.clear()
-    assert counted() == full() == (3, 4, ["bootstrap: rouge_l"] * 3 + ["filter: length"])
+    assert counted(run) == full(run) == (3, 4, ["bootstrap: rouge_l"] * 3 + ["filter: length"])
     with run.stage_file("bootstrap").open("a", encoding="utf-8") as f:  # another hand's line, then ours again
         f.write('{"id": "x", "instruction": "X"}\n')
     kept.write(Task(id="k3", instruction="Kept 3"))
     kept.close()
     decoded.clear()
-    assert counted()[0] == 5 and decoded == ['{"id": "x", "instruction": "X"}\n']  # the foreign line only
-    assert counted() == full()
+    assert counted(run)[0] == 5 and decoded == ['{"id": "x", "instruction": "X"}\n']  # the foreign line only
+    assert counted(run) == full(run)
     rejected.close()
     data = run.rejected_file.read_bytes()  # rouge_l -> rouge_x in place: same length, other bytes
     run.rejected_file.write_bytes(data.replace(b'"rouge_l: 0.1"', b'"rouge_x: 0.1"'))
     run = RunDir(tmp_path)  # a count from the start (another RunDir): the changed span is decoded, the others not
     decoded.clear()
-    assert counted() == (5, 4, ["bootstrap: rouge_l"] * 2 + ["bootstrap: rouge_x", "filter: length"])
+    assert counted(run) == (5, 4, ["bootstrap: rouge_l"] * 2 + ["bootstrap: rouge_x", "filter: length"])
     assert sorted(decoded) == sorted(['{"id": "x", "instruction": "X"}\n', data.decode().splitlines(True)[1].replace(
         "rouge_l", "rouge_x"), '{"id": "d", "instruction": "a dict", "stage": "filter", "reject_reason": "length: 2"}\n'])
-    assert counted() == full()
+    assert counted(run) == full(run)
 
 
 def test_a_second_writer_of_a_run_stops_and_show_tells_a_killed_run_from_a_running_one(tmp_path):
