@@ -362,16 +362,23 @@ def _run_config(run_dir: str, config_path: str | None, sets: tuple[str, ...], fl
     return recorded_config(recorded, run_dir, config_path, overrides)
 
 
-def _run_command_session(run_dir, config_path, sets, flags):
+def _run_command_session(run_dir, config_path, sets, flags, names=None):
+    """names: the command's flags by the setting each sets, when its teachers' messages should name them (score's
+    judge: --judge-base-url, not run's --base-url); None: run's."""
     from .runner import Session
 
     return Session(_run_config(run_dir, config_path, sets, flags), progress=rich_progress,
-                   log=log_line)
+                   log=log_line, flags=names)
 
 
 _config_of_run = click.option("--config", "config_path", type=click.Path(dir_okay=False),
                               help="TOML run config (default: the config RUN_DIR's manifest recorded).")
 _set_any = _set_option("select.near_dup_threshold=0.6")
+
+
+# The settings score's flags set, by flag: its judge's messages name these, never run's --teacher or --base-url
+SCORE_FLAGS = {"score.teacher.spec": "--judge", "score.teacher.base_url": "--judge-base-url",
+               "budget.max_tokens_total": "--max-tokens-total"}
 
 
 @cli.command()
@@ -395,7 +402,7 @@ def score(run_dir, judge, judge_base_url, max_tokens_total, rescore, config_path
     """
     flags = {"score.teacher.spec": judge, "score.teacher.base_url": judge_base_url,
              "budget.max_tokens_total": max_tokens_total}
-    _run_command_session(run_dir, config_path, sets, flags).score(rescore=rescore)  # logged as the step ends
+    _run_command_session(run_dir, config_path, sets, flags, SCORE_FLAGS).score(rescore=rescore)  # logged as it ends
 
 
 @cli.command()

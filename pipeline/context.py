@@ -41,7 +41,7 @@ from .prompts import Prompts
 from .records import Task
 from .seeds import load_seeds
 from .store import RunDir, read_jsonl, read_tasks
-from .teachers import Teacher, make_teacher
+from .teachers import Origin, Teacher, make_teacher, origin_of
 
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "openai", "httpx", "rouge-score", "datasets",
             "numba", "rapidfuzz", "datasketch")
@@ -163,11 +163,14 @@ def event_kind(message: str) -> str:
     return f"{head} {urls[0]}" if urls else head
 
 
-def build_teacher(cfg: TeacherConfig, seed: int, log: Log, prefix: str = "teacher: ") -> Teacher:
-    """A teacher from its config, its events (retries, timeouts) to `log` at a readable rate."""
-    teacher = make_teacher(cfg, seed=seed)
+def build_teacher(cfg: TeacherConfig, seed: int, log: Log, origin: Origin | None = None) -> Teacher:
+    """A teacher from its config, its events (retries, timeouts) to `log` at a readable rate, each line prefixed
+    with its role. `origin`: the table cfg is and the flags of the command for it (teachers/origin.py), which its
+    messages name; None: the run's teacher as `run` builds it."""
+    origin = origin or origin_of("teacher")
+    teacher = make_teacher(cfg, seed=seed, origin=origin)
     if getattr(teacher, "on_event", False) is None:
-        teacher.on_event = RateLimitedLog(log, prefix)
+        teacher.on_event = RateLimitedLog(log, f"{origin.role}: ")
     return teacher
 
 
@@ -187,8 +190,13 @@ class RunContext:
     """One run directory with its config, seeds, prompts and (lazily built) teacher, judge, cache and budget."""
 
     def __init__(self, cfg: RunConfig, teacher: Teacher | None = None, progress: Progress | None = None,
-                 log: Log | None = None, *, input_path: str | Path | None = None, session_tag: str = ""):
+                 log: Log | None = None, *, input_path: str | Path | None = None, session_tag: str = "",
+                 flags: dict[str, str] | None = None):
         self.cfg = cfg
+        # The command's flags by the setting each sets ({"score.teacher.base_url": "--judge-base-url"}): the teachers
+        # it builds name them in their messages (origin_of). None: a command that did not say (the run's teacher
+        # then names run's flags, a judge only --set)
+        self.flags = flags
         self.log: Log = log or (lambda message: None)  # live lines of the long steps (train, eval)
         self.run = RunDir(cfg.run_dir)
         self.prompts = Prompts(cfg.prompts_dir or None)
@@ -232,7 +240,7 @@ class RunContext:
         """The run's teacher before it is attached to the run's cache (validation preflights this one)."""
         if self._teacher is None:
             self.keep_recorded("teacher", self.cfg.teacher.spec.strip(), self.cfg.was_given("teacher.spec"))
-            self._teacher = build_teacher(self.cfg.teacher, self.cfg.seed, self.log)
+            self._teacher = build_teacher(self.cfg.teacher, self.cfg.seed, self.log, self.origin("teacher"))
         self.uses.add("teacher")
         return self._teacher
 
@@ -251,9 +259,15 @@ class RunContext:
             followed = (recorded.get("judge") or {}).get("name") in (None, (recorded.get("teacher") or {}).get("name"))
             given = self.cfg.was_given("score.teacher.spec") or (not spec and followed)
             self.keep_recorded("judge", spec or self.bare_teacher.name, given)
-            self._judge = build_teacher(judge_config(self.cfg), self.cfg.seed, self.log) if spec else self.bare_teacher
+            self._judge = build_teacher(judge_config(self.cfg), self.cfg.seed, self.log,
+                                        self.origin("score.teacher")) if spec else self.bare_teacher
             self.uses.add("score.teacher")
         return self._judge
+
+    def origin(self, table: str) -> Origin:
+        """The Origin of a teacher from `table` that this command builds: its messages name that table's settings
+        and this command's flags (a judge's said "check --base-url", which `score` refuses)."""
+        return origin_of(table, self.flags)
 
     def keep_recorded(self, role: str, name: str, given: bool) -> None:
         """A command on a run made with another teacher (or scored by another judge), as its manifest names: stop

@@ -229,8 +229,9 @@ class Session:
     """The commands over one run: each runs its steps through the one loop (run_steps)."""
 
     def __init__(self, cfg: RunConfig, teacher: Teacher | None = None, progress: Progress | None = None,
-                 log: Log | None = None):
-        self.ctx = RunContext(cfg, teacher, progress, log)
+                 log: Log | None = None, flags: dict[str, str] | None = None):
+        """flags: the command's, by the setting each sets: what its teachers' messages name (RunContext.flags)."""
+        self.ctx = RunContext(cfg, teacher, progress, log, flags=flags)
         self.ctx.seeds  # a bad seed file fails here, before anything is written  # noqa: B018
 
     cfg = property(lambda self: self.ctx.cfg)

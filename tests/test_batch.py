@@ -241,15 +241,21 @@ def test_a_run_without_batch_over_open_batches_says_they_are_paid_already(fake_b
 
 def test_the_open_batches_note_gives_each_command_a_fix_it_takes(fake_batch, tmp_path):
     """The note came from the teacher with "add --batch" on any command, score's too, which has no --batch flag:
-    each stream kind now gets the fix its command takes."""
+    each teacher now gets the fix the command that built it takes, for the table it was built from (its origin)."""
+    from pipeline.cli import SCORE_FLAGS
+    from pipeline.teachers import origin_of
+    from pipeline.train.commands import EVAL_FLAGS
+
     db = ResponseCache(tmp_path / "cache.sqlite")
     db.log_wave("file-open", "/v1/chat/completions", [("k1", "classify", "{}"), ("k2", "classify", "{}")], 0.0, 0)
     direct = FakeOpenAI()
     try:
-        for kind, fix in (("classify", "--batch"), ("score", "--set teacher.batch=true"),
-                          ("judge", "--set eval.judge.batch=true")):
+        for kind, origin, fix in (("classify", origin_of("teacher"), "--batch"),
+                                  ("score", origin_of("teacher", SCORE_FLAGS), "--set teacher.batch=true"),
+                                  ("score", origin_of("score.teacher", SCORE_FLAGS), "--set score.teacher.batch=true"),
+                                  ("judge", origin_of("eval.judge", EVAL_FLAGS), "--set eval.judge.batch=true")):
             t = make_teacher(TeacherConfig(spec="openai:fake-model", base_url=direct.url, api="chat",
-                                           structured="off"), seed=1)
+                                           structured="off"), seed=1, origin=origin)
             events = []
             t.on_event = events.append
             attach_run(t, db, "s1", Budget(BudgetConfig(), {}))

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from .origin import RUN_TEACHER
+
 
 @dataclass(frozen=True)
 class GenParams:
@@ -174,6 +176,7 @@ class BaseTeacher:
     api = "chat"
     structured = False  # replies follow the JSON schema a request carries (GenParams.schema); servers only
     sort_by_length = False  # in-process batching wastes less on padding when lengths are close
+    origin = RUN_TEACHER  # its config table and the command's flags for it: what its messages name (origin.py)
 
     def __init__(self) -> None:
         self.usage = Usage()

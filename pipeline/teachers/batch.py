@@ -43,8 +43,10 @@ from .batch_api import (
     read_line,
     read_results,
     stop_if_refused,
+    submitted_line,
 )
 from .openai_compat import OpenAITeacher
+from .origin import RUN_TEACHER, Origin
 
 ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
@@ -53,29 +55,29 @@ class BatchTeacher(OpenAITeacher):
     batch = True  # budget.attach_run prices its calls at the batch price
 
     def __init__(self, model: str, cfg: TeacherConfig | None = None, *, spec: str | None = None,
-                 seed: int | None = None, **settings: Any):
+                 seed: int | None = None, origin: Origin = RUN_TEACHER, **settings: Any):
         """The batch settings come from `cfg` (teacher.batch_wave_max, batch_poll_s, batch_window, batch_dir),
-        with any field given as a keyword over it, as for OpenAITeacher."""
+        with any field given as a keyword over it, as for OpenAITeacher; `origin` too."""
         cfg = dataclasses.replace(cfg or TeacherConfig(), **settings)
         folder = str(Path(cfg.batch_dir).expanduser().absolute()) if cfg.batch_dir else ""  # as load_config records it
         if folder:  # no server is asked anything: no key is needed, nothing to probe
             cfg = dataclasses.replace(cfg, api_key=cfg.api_key or "not-needed",
                                       api="chat" if cfg.api == "auto" else cfg.api,
                                       structured="off" if cfg.structured == "auto" else cfg.structured)
-        super().__init__(model, cfg, spec=spec, seed=seed)
+        super().__init__(model, cfg, spec=spec, seed=seed, origin=origin)
         self.wave_max, self.poll_s, self.window = max(1, cfg.batch_wave_max), cfg.batch_poll_s, cfg.batch_window
         self.folder = folder
         if folder:
             self.structured = cfg.structured == "on"  # vLLM binds OpenAI's json_schema form
             self.sending.schema_form = "json_schema" if self.structured else ""
-            self.api_choice = f"{self.api} (teacher.batch_dir: no server to probe)"
-            self.structured_choice = f"{cfg.structured} (teacher.batch_dir)"
+            self.api_choice = f"{self.api} ({origin.key('batch_dir')}: no server to probe)"
+            self.structured_choice = f"{cfg.structured} ({origin.key('batch_dir')})"
         self._kind = "teacher"
         self._recorded: set[int] = set()  # ids of replies already in the cache and usage log (recorded on import)
         self._waves: dict[str, dict[str, Any]] = {}  # file_id -> open wave (cache.open_waves)
         self._open: dict[str, str] = {}  # custom_id -> file_id of every line sent and not answered
         self._seen: dict[str, tuple[float, int]] = {}  # file_id -> (when, completed) first seen running: the ETA
-        self._call = Calls(self.base_urls[0], self.outage_wait_s, self._event, lambda: self.failover.stop, self._secret)
+        self._call = Calls(self.base_urls[0], self.outage_wait_s, self._event, self.failover, self._secret)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "batch": True, "batch_wave_max": self.wave_max, "batch_poll_s": self.poll_s,
@@ -86,7 +88,7 @@ class BatchTeacher(OpenAITeacher):
             return  # waves go to a folder: there is no server to reach
         super().preflight()
         check_batch_api(self._clients[0].with_options(timeout=min(self.timeout_s, 30.0)), self.base_urls[0],
-                        self._secret)
+                        self._secret, self.origin)
 
     def cached(self, req: Request, params: GenParams) -> bool:
         """Paid for: in the cache, or sent in a wave whose reply is still to come."""
@@ -108,7 +110,7 @@ class BatchTeacher(OpenAITeacher):
         if self.cache is None:
             raise TeacherError("batch mode records its batches in the run's cache.sqlite, and none is attached. "
                                "Fix: run it through seed2lora run or a stage command")
-        client: Any = FolderClient(self.folder, self.model) if self.folder else self._clients[0]
+        client: Any = FolderClient(self.folder, self.model, self.origin) if self.folder else self._clients[0]
         self.failover.stop = threading.Event()  # this stream's: set, it wakes the poll's sleep
         self._waves = {w["file_id"]: w for w in self.cache.open_waves()}
         self._open = self.cache.open_lines()
@@ -200,9 +202,8 @@ class BatchTeacher(OpenAITeacher):
         self._waves[f.id] = wave_row
         self._open.update({key: f.id for key, _, _ in lines})
         self._create(client, wave_row)
-        where = f"written to {self.folder}" if self.folder else f"polled every {self.poll_s:g} s (teacher.batch_poll_s)"
-        self._event(f"{self._kind} batch submitted: {len(lines)} {self._kind} requests as batch {wave_row['batch_id']} "
-                    f"(file {f.id}); {where}")
+        self._event(submitted_line(self._kind, len(lines), wave_row["batch_id"], f.id, self.folder, self.poll_s,
+                                   self.origin))
         return {key for key, _, _ in lines}
 
     def _create(self, client: openai.OpenAI, wave: dict[str, Any], resumed: bool = False) -> None:
@@ -292,8 +293,8 @@ class BatchTeacher(OpenAITeacher):
             else:
                 retry[key] = awaiting[0]
         self._close(wave, b.status)
-        self._event(ended_line(self._kind, b, answered, failed - len(refused), refused))
-        stop_if_refused(b, refused, failed)
+        self._event(ended_line(self._kind, b, answered, failed - len(refused), refused, self.origin))
+        stop_if_refused(b, refused, failed, self.origin)
 
     def _close(self, wave: dict[str, Any], status: str) -> None:
         self.cache.update_wave(wave["file_id"], status=status, done=True)

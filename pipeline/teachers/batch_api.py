@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,8 @@ import openai
 
 from ..errors import Incomplete, InputError, TeacherError, TeacherUnavailable
 from .base import Completion, apply_stop
+from .failover import Failover
+from .origin import RUN_TEACHER, Origin
 from .wire import FATAL, Malformed, describe_error, read_reply
 
 ENDED = ("completed", "expired", "cancelled", "failed")  # a batch in any other status is still running
@@ -57,9 +58,14 @@ class _FolderFiles:
         return SimpleNamespace(text=(self.folder / f"{file_id}.jsonl").read_text(encoding="utf-8"))
 
 
+# The manifest's entry that describes a teacher of each table (its folder batch's batch_dir among it); eval's judge has
+# none: the manifest's config holds its [eval.judge].
+MANIFEST_ENTRY = {"teacher": "teacher entry", "score.teacher": "judge entry"}
+
+
 class _FolderBatches:
-    def __init__(self, folder: Path, model: str):
-        self.folder, self.model = folder, model
+    def __init__(self, folder: Path, model: str, origin: Origin):
+        self.folder, self.model, self.origin = folder, model, origin
 
     def _batch(self, file_id: str, status: str, **more: Any) -> Any:
         batch = {"id": file_id, "input_file_id": file_id, "status": status, "output_file_id": None,
@@ -77,10 +83,12 @@ class _FolderBatches:
             return self._batch(batch_id, "completed", output_file_id=f"{batch_id}.out")
         wave = self.folder / f"{batch_id}.jsonl"
         if not wave.is_file():
+            key = self.origin.key("batch_dir")
             raise InputError(self.folder, None, f"this run wrote the wave {batch_id} to a folder batch, and neither "
-                             f"{wave.name} nor {batch_id}.out.jsonl is in this folder (teacher.batch_dir)",
-                             "give --set teacher.batch_dir= the folder the run wrote its waves to (its manifest.json's "
-                             "teacher entry names it), or put the wave's files back in this one")
+                             f"{wave.name} nor {batch_id}.out.jsonl is in this folder ({key})",
+                             f"give --set {key}= the folder the run wrote its waves to (its manifest.json's "
+                             f"{MANIFEST_ENTRY.get(self.origin.table, 'config')} names it), or put the wave's files "
+                             "back in this one")
         raise WaveWritten(
             f"a wave of requests waits in {wave}. Run it where the model is, e.g. on a GPU box with vLLM: "
             f"python -m vllm.entrypoints.openai.run_batch -i {wave.name} -o {batch_id}.out.jsonl --model {self.model} "
@@ -92,19 +100,21 @@ class FolderClient:
     server here offers: each wave is written as <id>.jsonl and the run stops; its results are read from
     <id>.out.jsonl (the output of vLLM's run_batch, or of any tool that writes the Batch API's output lines)."""
 
-    def __init__(self, folder: str | Path, model: str):
+    def __init__(self, folder: str | Path, model: str, origin: Origin = RUN_TEACHER):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.files, self.batches = _FolderFiles(self.folder), _FolderBatches(self.folder, model)
+        self.files, self.batches = _FolderFiles(self.folder), _FolderBatches(self.folder, model, origin)
 
 
 class Calls:
     """One files or batches call at a time; a server that does not answer (refused, timeout, 5xx, 429) is tried
     again with backoff for teacher.outage_wait_s (a batch keeps running on a restarted server)."""
 
-    def __init__(self, url: str, outage_wait_s: float, event: Callable[[str], None],
-                 stop: Callable[[], threading.Event], secret: str = ""):
-        self.url, self.outage_wait_s, self.event, self.stop, self.secret = url, outage_wait_s, event, stop, secret
+    def __init__(self, url: str, outage_wait_s: float, event: Callable[[str], None], failover: Failover,
+                 secret: str = ""):
+        """failover: the teacher's; its stop (each stream's own) ends a wait, its origin names the settings."""
+        self.url, self.outage_wait_s, self.event, self.secret = url, outage_wait_s, event, secret
+        self.failover, self.origin = failover, failover.origin
 
     def __call__(self, fn: Callable[[], Any], what: str) -> Any:
         deadline, wait, said = time.monotonic() + self.outage_wait_s, 1.0, False
@@ -112,22 +122,31 @@ class Calls:
             try:
                 return fn()
             except FATAL as e:
-                raise TeacherError(f"{self.url}: {describe_error(e, self.secret)}") from None
+                raise TeacherError(f"{self.url}: {self.describe(e)}") from None
             except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError,
                     httpx.TransportError) as e:
                 if time.monotonic() + wait > deadline:
                     raise TeacherUnavailable(f"{self.url} did not answer for {self.outage_wait_s:.0f} s "
-                                             f"(teacher.outage_wait_s) trying to {what}: "
-                                             f"{describe_error(e, self.secret)}. Fix: start the server; a re-run "
+                                             f"({self.origin.key('outage_wait_s')}) trying to {what}: "
+                                             f"{self.describe(e)}. Fix: start the server; a re-run "
                                              "polls the same batches and sends nothing twice") from None
                 if not said:
                     said = True
-                    self.event(f"batch outage: cannot {what} ({describe_error(e, self.secret)}); trying for "
-                               f"{self.outage_wait_s:.0f} s (teacher.outage_wait_s)")
-                self.stop().wait(wait)
+                    self.event(f"batch outage: cannot {what} ({self.describe(e)}); trying for "
+                               f"{self.outage_wait_s:.0f} s ({self.origin.key('outage_wait_s')})")
+                self.failover.stop.wait(wait)
                 wait = min(wait * 2, BACKOFF_MAX_S)
             except openai.APIStatusError as e:
-                raise TeacherError(f"{self.url}: cannot {what}: {describe_error(e, self.secret)}") from None
+                raise TeacherError(f"{self.url}: cannot {what}: {self.describe(e)}") from None
+
+    def describe(self, e: BaseException) -> str:
+        return describe_error(e, self.secret, origin=self.origin)
+
+
+def submitted_line(kind: str, n: int, batch_id: str, file_id: str, folder: str, poll_s: float, origin: Origin) -> str:
+    """A wave's line once it is submitted: its size and batch, and where its results will come from."""
+    where = f"written to {folder}" if folder else f"polled every {poll_s:g} s ({origin.key('batch_poll_s')})"
+    return f"{kind} batch submitted: {n} {kind} requests as batch {batch_id} (file {file_id}); {where}"
 
 
 def progress_line(kind: str, wave: dict[str, Any], b: Any, seen: dict[str, tuple[float, int]]) -> str:
@@ -143,19 +162,20 @@ def progress_line(kind: str, wave: dict[str, Any], b: Any, seen: dict[str, tuple
             + eta)
 
 
-def ended_line(kind: str, b: Any, answered: int, retried: int, refused: list[str]) -> str:
+def ended_line(kind: str, b: Any, answered: int, retried: int, refused: list[str],
+               origin: Origin = RUN_TEACHER) -> str:
     """An ended batch's line: replies read, lines that go into the next wave, and lines given up with the first
     reason (a 4xx, or out of teacher.max_retries), which no next wave will hold."""
     def lines(n: int) -> str:
         return f"{n:,} line{'s' if n != 1 else ''}"
     again = "not sent again: the batch was cancelled" if b.status == "cancelled" else \
-        "tried again in the next wave, up to teacher.max_retries times"
+        f"tried again in the next wave, up to {origin.key('max_retries')} times"
     return (f"{kind} batch ended: {b.id} {b.status}, {answered:,} replies read"
             + (f", {lines(retried)} failed ({again})" if retried else "")
             + (f", {lines(len(refused))} given up (not tried again; first: {refused[0]})" if refused else ""))
 
 
-def stop_if_refused(b: Any, refused: list[str], failed: int) -> None:
+def stop_if_refused(b: Any, refused: list[str], failed: int, origin: Origin = RUN_TEACHER) -> None:
     """Lines refused with a 401, 403 or 404 stop the run, as a direct one does: every other line would be too.
     So does a cancelled batch (OpenAI cancels only at its owner's request): its unanswered lines are not resent."""
     if b.status == "cancelled" and failed:
@@ -164,8 +184,8 @@ def stop_if_refused(b: Any, refused: list[str], failed: int) -> None:
     fatal = [why for why in refused if why.startswith(FATAL_LINES)]
     if fatal:
         raise TeacherError(f"batch {b.id}: {len(fatal)} lines refused with {fatal[0].rstrip('.')}. Fix: check "
-                           "--teacher openai:MODEL and the key (with teacher.batch_dir: run_batch's --model must be "
-                           "MODEL); a re-run sends these requests again")
+                           f"{origin.give('spec', 'openai:MODEL')} and the key (with {origin.key('batch_dir')}: "
+                           "run_batch's --model must be MODEL); a re-run sends these requests again")
 
 
 def duration(seconds: float) -> str:
@@ -217,15 +237,17 @@ def read_line(api: str, line: dict[str, Any] | None, reading: dict[str, Any],
     return c, ""
 
 
-def check_batch_api(client: openai.OpenAI, url: str, secret: str = "") -> None:
+def check_batch_api(client: openai.OpenAI, url: str, secret: str = "", origin: Origin = RUN_TEACHER) -> None:
     """Before the first wave: does the server have the batches endpoint?"""
     try:
         client.batches.list(limit=1)
     except (openai.NotFoundError, openai.APIStatusError) as e:
         if getattr(e, "status_code", 0) in (404, 405, 501):
             # Not describe_error's 404 hint (a wrong model or base URL): the server is up, it lacks the endpoint.
+            flag, key = origin.flags.get("batch"), origin.key("batch")
+            drop = f"drop {flag} ({key})" if flag else f"--set {key}=false"
             raise TeacherError(f"{url} has no Batch API (GET {url.rstrip('/')}/batches answered HTTP "
-                               f"{e.status_code}). Fix: drop --batch (teacher.batch), or use a server with the files "
+                               f"{e.status_code}). Fix: {drop}, or use a server with the files "
                                "and batches endpoints") from None
         if isinstance(e, FATAL):
-            raise TeacherError(f"{url}: {describe_error(e, secret)}") from None
+            raise TeacherError(f"{url}: {describe_error(e, secret, origin=origin)}") from None

@@ -15,6 +15,7 @@ from typing import Any
 import openai
 
 from ..errors import TeacherUnavailable
+from .origin import RUN_TEACHER, Origin
 from .wire import describe_error, refused
 
 
@@ -59,8 +60,9 @@ class Patience:
 
 class Failover:
     def __init__(self, base_url: str, urls: list[str], patience: Patience, timing: Timing,
-                 event: Callable[[str], None], secret: str = ""):
+                 event: Callable[[str], None], secret: str = "", origin: Origin = RUN_TEACHER):
         self.patience, self.timing, self.event, self.secret = patience, timing, event, secret
+        self.origin = origin  # the table and flags its messages name (a judge's are not the run teacher's)
         self.base_url = base_url  # as --base-url gave it: the breaker's message names it
         # Each endpoint may take all of `concurrency` (when the others are down, it carries the run); its own
         # timeouts and slow replies cut only its share.
@@ -102,10 +104,11 @@ class Failover:
         if self.fatal is not None or any(e.down_since is None or now - e.down_since <= self.wait_of(e)[0]
                                          for e in self.endpoints):
             return
-        waited = "; ".join(f"{e.url} has not answered for {now - e.down_since:.0f} s (teacher.{self.wait_of(e)[1]}: "
+        key = self.origin.key
+        waited = "; ".join(f"{e.url} has not answered for {now - e.down_since:.0f} s ({key(self.wait_of(e)[1])}: "
                            f"{self.wait_of(e)[0]:.0f} s)" for e in self.endpoints)
         self.fatal = TeacherUnavailable(f"{waited}. Last error: {self.last_error}. Fix: start the server or check "
-                                        "--base-url; a re-run resumes")
+                                        f"{self.origin.flag('base_url', 'URL')}; a re-run resumes")
 
     def revive(self, ep: int) -> None:
         """The endpoint answered: back in rotation, and every retry sleep wakes to use it."""
@@ -141,7 +144,7 @@ class Failover:
         now, timing = time.monotonic(), self.timing
         endpoint = self.endpoints[ep]
         with self.lock:
-            self.last_error = describe_error(e, self.secret)
+            self.last_error = describe_error(e, self.secret, origin=self.origin)
             if isinstance(e, openai.APITimeoutError):
                 self.shrink(ep, f"a request timed out after {self.patience.timeout_s:.0f} s")
             # An outage is judged by its length (check_outage); the breaker counts answers that went wrong.
@@ -160,14 +163,14 @@ class Failover:
             if self.fatal is None and self.failures_in_row >= self.patience.max_consecutive_failures:
                 self.fatal = TeacherUnavailable(
                     f"{self.failures_in_row} requests in a row failed at {self.base_url} (last error: "
-                    f"{self.last_error}). Fix: check the server's log; teacher.max_consecutive_failures sets this "
+                    f"{self.last_error}). Fix: check the server's log; {self.origin.key('max_consecutive_failures')} sets this "
                     "limit; a re-run resumes")
             self.check_outage(now)
         if went_down:
             wait, setting = self.wait_of(endpoint)
             self.event(f"endpoint down: {endpoint.url} ({self.last_error}); " + (
                 f"its requests go to the {others} other endpoint(s)" if others else
-                f"waiting up to {wait:.0f} s for an endpoint to answer again (teacher.{setting})") + (
+                f"waiting up to {wait:.0f} s for an endpoint to answer again ({self.origin.key(setting)})") + (
                 f"; it fell again soon after it rejoined, so it is tried again in {endpoint.probe_wait_s:.0f} s"
                 if again else ""))
         if self.fatal is not None:
@@ -176,15 +179,16 @@ class Failover:
     def shrink(self, ep: int, why: str) -> None:
         """Halve the requests kept in flight at one endpoint (called under the lock); the others keep theirs."""
         endpoint, concurrency = self.endpoints[ep], self.patience.concurrency
+        setting = self.origin.key("concurrency")
         endpoint.fast_in_row = 0
         if endpoint.limit > 1:
             endpoint.limit = max(1, endpoint.limit // 2)
             if len(self.endpoints) == 1:
-                self.event(f"{why}: keeping {endpoint.limit} requests in flight (of teacher.concurrency "
+                self.event(f"{why}: keeping {endpoint.limit} requests in flight (of {setting} "
                            f"{concurrency}); the server serves fewer at a time")
             else:
                 self.event(f"{why} at {endpoint.url}: keeping at most {endpoint.limit} requests in flight there "
-                           f"(of teacher.concurrency {concurrency}); that server serves fewer at a time")
+                           f"(of {setting} {concurrency}); that server serves fewer at a time")
 
     def pick(self, counts: list[int], owner: list[int]) -> int:
         """Under the lock: the client for the next try. The endpoint in rotation with the fewest in flight among
@@ -237,7 +241,8 @@ class Failover:
                     left = max(self.wait_of(e)[0] - seconds for e, seconds in down)
                     setting = "outage_wait_s" if any(e.answered for e, _ in down) else "connect_window_s"
                     line = ("outage: " + ", ".join(f"{e.url} down for {seconds:.0f} s" for e, seconds in down)
-                            + f"; waiting {left:.0f} s more for one to answer (teacher.{setting}), then the run stops")
+                            + f"; waiting {left:.0f} s more for one to answer ({self.origin.key(setting)}), then the run "
+                            "stops")
             if self.fatal is not None:
                 self.halt(stop)
             elif line:

@@ -17,6 +17,7 @@ from typing import Any
 from ..config import TeacherConfig
 from ..errors import TeacherError
 from .base import BaseTeacher, Completion, GenParams, Request, logprob_reply
+from .origin import RUN_TEACHER, Origin
 
 # A logprobs batch is one forward pass over short tails after a shared prefix that runs once per batch, so
 # bigger batches run the prefix (400 tokens of classify.txt) less often: 64 classify prompts took 21-22 s at
@@ -27,15 +28,16 @@ LOGPROB_BATCH_FACTOR = 4
 class HFTeacher(BaseTeacher):
     sort_by_length = True
     def __init__(self, model: str, cfg: TeacherConfig | None = None, *, gguf_file: str | None = None,
-                 spec: str | None = None, seed: int = 0, **settings: Any):
+                 spec: str | None = None, seed: int = 0, origin: Origin = RUN_TEACHER, **settings: Any):
         """A teacher is its config: `cfg` (TeacherConfig, the one place of its defaults), any of its fields as
-        keywords over it. api "auto" means completions in process: small models follow a prompt's text best."""
+        keywords over it; `origin`, the table and flags its messages name. api "auto" means completions in process: small models follow a prompt's text best."""
         cfg = dataclasses.replace(cfg or TeacherConfig(), **settings)
         api = "completions" if cfg.api == "auto" else cfg.api
         batch_size, device, dtype = cfg.batch_size, cfg.device, cfg.dtype
         repetition_penalty, system_prompt, trust_remote_code = (cfg.repetition_penalty, cfg.system_prompt,
                                                                 cfg.trust_remote_code)
         super().__init__()
+        self.origin = origin
         import torch
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -55,7 +57,7 @@ class HFTeacher(BaseTeacher):
             kwargs["gguf_file"] = gguf_file
         if str(model).startswith(("/", ".", "~")) and not Path(model).expanduser().exists():
             raise TeacherError(f"no model folder at {model}. Fix: give the folder holding config.json and the weights "
-                               "(or a .gguf file), e.g. --teacher hf:/models/Qwen2.5-0.5B-Instruct")
+                               f"(or a .gguf file), e.g. {origin.give('spec', 'hf:/models/Qwen2.5-0.5B-Instruct')}")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model, **kwargs)
             self.model = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype), **kwargs)

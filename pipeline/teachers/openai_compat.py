@@ -51,6 +51,7 @@ from ..errors import TeacherError
 from .base import BaseTeacher, Completion, GenParams, Request
 from .failover import Failover, Patience, Timing
 from .fastpath import LoopStream
+from .origin import RUN_TEACHER, Origin
 from .preflight import PROBE_PROMPT, Preflight
 from .retries import Pools, Retries
 from .wire import (
@@ -81,31 +82,26 @@ PROVEN_AFTER = 10  # replies a rejoined endpoint serves before it counts as well
 OUTAGE_LINE_EVERY_S = 30.0  # while no endpoint answers, a line this often: how long, and how much longer we wait
 
 
-def check_base_url(url: str) -> None:
+def check_base_url(url: str, origin: Origin = RUN_TEACHER) -> None:
     """An endpoint without http:// or https:// ("localhost:8000") stops here, before anything is sent: it used to be
     tried for connect_window_s and end as an unreachable server (exit 4)."""
     if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
         rest = url.split("://")[-1].rstrip("/") or "localhost:8000"
-        raise TeacherError(f"teacher base URL {url!r} (--base-url, teacher.base_url or $OPENAI_BASE_URL) is not an "
-                           f"http:// or https:// URL. Fix: give the full URL, e.g. --base-url "
-                           f"http://{rest}{'' if '/' in rest else '/v1'}")
-
-
-# How each command turns batch mode on, by the kind of the stream it opens: the generation commands take --batch;
-# score's judge is [score.teacher] when that names a spec, else [teacher]; eval's judge (kind "judge") is [eval.judge]
-BATCH_FIXES = {"": "--batch (or --set teacher.batch=true)",
-               "score": "--set teacher.batch=true (--set score.teacher.batch=true where [score.teacher] names the judge)",
-               "judge": "--set eval.judge.batch=true"}
+        raise TeacherError(f"{origin.role} base URL {url!r} ({origin.where('base_url')} or $OPENAI_BASE_URL) is not "
+                           f"an http:// or https:// URL. Fix: give the full URL, e.g. "
+                           f"{origin.give('base_url', f'http://{rest}' + ('' if '/' in rest else '/v1'))}")
 
 
 class OpenAITeacher(BaseTeacher):
     said_open_batches = False  # note_open_batches: said once a command
 
     def __init__(self, model: str, cfg: TeacherConfig | None = None, *, spec: str | None = None,
-                 seed: int | None = None, **settings: Any):
+                 seed: int | None = None, origin: Origin = RUN_TEACHER, **settings: Any):
         """A teacher is its config: `cfg` (TeacherConfig, whose defaults are the only ones), and any of its
-        fields given as keywords over it (tests and scripts: OpenAITeacher("m", base_url=URL, concurrency=4))."""
+        fields given as keywords over it (tests and scripts: OpenAITeacher("m", base_url=URL, concurrency=4)).
+        `origin`: the table cfg is and the command's flags for it, which every message names."""
         cfg = dataclasses.replace(cfg or TeacherConfig(), **settings)
+        self.origin = origin
         api, structured = cfg.api, cfg.structured
         super().__init__()
         if api not in ("chat", "completions", "auto"):
@@ -123,7 +119,7 @@ class OpenAITeacher(BaseTeacher):
         # Several servers ("url1,url2"): each request goes to the one with the fewest in flight.
         self.base_urls = [u.strip() for u in self.base_url.split(",") if u.strip()]
         for u in self.base_urls:
-            check_base_url(u)
+            check_base_url(u, origin)
         self.concurrency = max(1, cfg.concurrency)
         self.timeout_s = cfg.timeout_s
         self.system_prompt = cfg.system_prompt
@@ -137,7 +133,7 @@ class OpenAITeacher(BaseTeacher):
         self._secret = key  # the clients' key, and masked in error text
         if not key and any("api.openai.com" in u for u in self.base_urls):
             raise TeacherError(f"${api_key_env} is not set. Fix: export {api_key_env}=sk-... "
-                               "or give a local OpenAI-compatible server (--base-url, teacher.base_url)")
+                               f"or give a local OpenAI-compatible server ({origin.where('base_url')})")
         # The SDK's clients, one per endpoint: GET /models, and the Batch API's files and batches.
         self._clients = [sdk_client(u, key or "not-needed", self.timeout_s) for u in self.base_urls]
         self._probes = [Client(u, key or "not-needed", self.timeout_s, c)  # one-token probes
@@ -146,7 +142,7 @@ class OpenAITeacher(BaseTeacher):
             self.concurrency, self.timeout_s, cfg.outage_wait_s, cfg.connect_window_s,
             max(1, cfg.max_consecutive_failures)), Timing(
             PROBE_EVERY_S, PROBE_BACKOFF_MAX_S, OUTAGE_LINE_EVERY_S, STRIKES_TO_DOWN, PROVEN_AFTER),
-            self._event, key)
+            self._event, key, origin)
         self.retries = Retries(self.failover, self._send, max_retries=cfg.max_retries, max_wait_s=cfg.max_wait_s,
                                event=self._event, secret=key)
         self._shard_clients()
@@ -176,7 +172,7 @@ class OpenAITeacher(BaseTeacher):
 
     def error_text(self, e: BaseException) -> str:
         """An error's text for a message or a log, the API key masked."""
-        return describe_error(e, self._secret)
+        return describe_error(e, self._secret, origin=self.origin)
 
     def cache_identity(self) -> dict[str, Any]:
         return {"name": self.name, "kind": "openai", "model": self.model, "api": self.api}
@@ -190,7 +186,7 @@ class OpenAITeacher(BaseTeacher):
         alive = check.reach_all(PROBE_EVERY_S)
         if self.structured_setting == "on" and self._auto:  # structured replies are chat replies
             self._auto = False
-            self.api, self.api_choice = "chat", "auto: chat (teacher.structured=on)"
+            self.api, self.api_choice = "chat", f"auto: chat ({self.origin.key('structured')}=on)"
         if self._auto:
             self._auto = False
             self.api, self.api_choice = check.choose_api(alive[0])
@@ -209,19 +205,19 @@ class OpenAITeacher(BaseTeacher):
         """BaseTeacher.stream, each reply finished (stop sequences, usage, its commit to the run's cache, durable
         before any record is built from it) where it was answered: on the event loop (fastpath.py), or on the
         thread that retried it, not on the one that reads replies and refills slots."""
-        self.note_open_batches(kind)
+        self.note_open_batches()
         return self._stream(iter(requests), params, kind)
 
-    def note_open_batches(self, kind: str = "") -> None:
+    def note_open_batches(self) -> None:
         """Requests of this run in open Batch API waves (a --batch run stopped mid-wave) are paid already; sent
         directly, any of them is paid again. Said once a command, before the first request, with the fix the
-        command of this stream `kind` takes: score and eval have no --batch flag."""
+        command that built this teacher takes (its origin): score and eval have no --batch flag."""
         open_lines = getattr(self.cache, "open_lines", None)
         if self.said_open_batches or open_lines is None:
             return
         self.said_open_batches = True
         if n := len(open_lines()):
-            fix = BATCH_FIXES.get(kind, BATCH_FIXES[""])
+            fix = self.origin.switch("batch")
             self._event(f"note: {n:,} requests of this run wait in open Batch API batches, paid already (`seed2lora "
                         f"show`); sent directly, any of them asked for again is paid again. Fix: stop, and add {fix} "
                         "to read them")

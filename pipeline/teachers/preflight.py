@@ -33,8 +33,12 @@ class Preflight:
     def __init__(self, failover: Failover, sdk_clients: list[openai.OpenAI], probes: list[Client], ask: Ask,
                  event: Callable[[str], None], secret: str = ""):
         self.failover, self.sdk_clients, self.probes, self.ask = failover, sdk_clients, probes, ask
-        self.event, self.secret = event, secret
+        self.event, self.secret, self.origin = event, secret, failover.origin
         self.timeout_s = min(failover.patience.timeout_s, PREFLIGHT_TIMEOUT_S)
+
+    def describe(self, e: BaseException, hint: bool = True) -> str:
+        """describe_error in this teacher's names, its key masked."""
+        return describe_error(e, self.secret, hint, self.origin)
 
     def reach_all(self, probe_every_s: float) -> list[int]:
         """The endpoints that answer. All are tried in turn within one teacher.connect_window_s, and the first pass
@@ -59,7 +63,7 @@ class Preflight:
             for i in errors.keys() - announced:
                 announced.add(i)
                 self.event(f"cannot reach {endpoints[i].url} ({errors[i]}); trying for {window:.0f} s "
-                           "(teacher.connect_window_s)")
+                           f"({self.origin.key('connect_window_s')})")
             if self.failover.stop.wait(1.0):
                 break
         for i, endpoint in enumerate(endpoints):
@@ -70,8 +74,9 @@ class Preflight:
                 endpoint.falls += 1
         if not alive:
             named = "; ".join(f"{endpoints[i].url}: {error}" for i, error in errors.items())
-            raise TeacherUnavailable(f"no endpoint answers within {window:.0f} s (teacher.connect_window_s): "
-                                     f"{named}. Fix: start the server, or check --base-url (host and port)")
+            raise TeacherUnavailable(f"no endpoint answers within {window:.0f} s ({self.origin.key('connect_window_s')}"
+                                     f"): {named}. Fix: start the server, or check "
+                                     f"{self.origin.flag('base_url', 'URL')} (host and port)")
         for i in errors:
             self.event(f"{endpoints[i].url} does not answer ({errors[i]}); requests go to the other endpoints "
                        "until it does")
@@ -85,9 +90,9 @@ class Preflight:
             client.models.list()
             return None
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-            raise TeacherError(f"{url}: {describe_error(e, self.secret)}") from None
+            raise TeacherError(f"{url}: {self.describe(e)}") from None
         except (openai.APIConnectionError, httpx.TransportError) as e:  # refused, DNS, TLS, reset, timeout
-            return describe_error(e, self.secret)
+            return self.describe(e)
         except (openai.APIStatusError, ValueError):
             return None  # an HTTP answer (a server without /models, say): it is there
 
@@ -98,11 +103,11 @@ class Preflight:
             return "completions", "auto: completions (the server offers the endpoint)"
         except openai.NotFoundError as e:  # the answer the probe asks about: no hint to check the model or the URL,
             # which would send a chat-only server's user (gpt-4o-mini's too) to fix what works
-            return "chat", f"auto: chat (no completions endpoint: {describe_error(e, self.secret, hint=False)})"
+            return "chat", f"auto: chat (no completions endpoint: {self.describe(e, hint=False)})"
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-            raise TeacherError(f"{self.failover.endpoints[i].url}: {describe_error(e, self.secret)}") from None
+            raise TeacherError(f"{self.failover.endpoints[i].url}: {self.describe(e)}") from None
         except (openai.APIError, httpx.TransportError, Malformed, ContextTooLong, ValueError) as e:
-            return "chat", f"auto: chat (completions: {describe_error(e, self.secret)})"
+            return "chat", f"auto: chat (completions: {self.describe(e)})"
 
     def choose_structured(self, i: int, api: str, setting: str) -> tuple[str, str]:
         """teacher.structured auto|on: (the response_format form the server honours or "", why). Does the server
@@ -113,8 +118,10 @@ class Preflight:
         url = self.failover.endpoints[i].url
         if api == "completions":
             if setting == "on":
-                raise TeacherError("teacher.structured=on needs chat requests, and --api completions was given. "
-                                   "Fix: --api chat (or auto), or --set teacher.structured=off")
+                o = self.origin
+                raise TeacherError(f"{o.key('structured')}=on needs chat requests, and {o.give('api', 'completions')} "
+                                   f"was given. Fix: {o.give('api', 'chat')} (or auto), or --set "
+                                   f"{o.key('structured')}=off")
             return "", "auto: off (the run uses the completions endpoint)"
         tried = []
         for form in SCHEMA_FORMS:
@@ -130,10 +137,10 @@ class Preflight:
                                   f"to a schema given as response_format {form})")
                 tried.append(f"{form}: reply not the schema's JSON ({reply.text[:40]!r})")
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
-                raise TeacherError(f"{url}: {describe_error(e, self.secret)}") from None
+                raise TeacherError(f"{url}: {self.describe(e)}") from None
             except (openai.APIError, httpx.TransportError, Malformed, ContextTooLong, ValueError, AttributeError) as e:
-                tried.append(f"{form}: {describe_error(e, self.secret)}")
+                tried.append(f"{form}: {self.describe(e)}")
         if setting == "on":
             raise TeacherError(f"{url} does not bind replies to a JSON schema ({'; '.join(tried)}). "
-                               "Fix: --set teacher.structured=auto (falls back to text) or off")
+                               f"Fix: --set {self.origin.key('structured')}=auto (falls back to text) or off")
         return "", f"auto: off ({'; '.join(tried)})"

@@ -74,12 +74,16 @@ class Retries:
                 with self.failover.lock:
                     self.failover.fatal = e
                 self.failover.halt(stop)
-                error = describe_error(e, self.secret)
+                error = self.describe(e)
                 break
             except (openai.APIError, httpx.TransportError, Malformed, ValueError) as e:  # retries spent, 400
-                error = describe_error(e, self.secret)
+                error = self.describe(e)
                 break
         return Completion("", "error", error=error, retries=faults["retries"], timeouts=faults["timeouts"])
+
+    def describe(self, e: BaseException | None) -> str:
+        """describe_error in the names of the teacher's settings and flags (failover.origin), its key masked."""
+        return describe_error(e, self.secret, origin=self.failover.origin)
 
     def replay(self, first: BaseException) -> Callable[..., Completion]:
         """The tries after a first one that failed, for tenacity: its first "try" raises that failure again (no
@@ -106,7 +110,7 @@ class Retries:
             e = state.outcome.exception() if state.outcome else None
             faults["retries"] += 1
             faults["timeouts"] += isinstance(e, openai.APITimeoutError)
-            self.event(f"retrying after {describe_error(e, self.secret)}")
+            self.event(f"retrying after {self.describe(e)}")
 
         return tenacity.Retrying(
             stop=lambda state: self.give_up(state, stop),

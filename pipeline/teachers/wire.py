@@ -35,6 +35,7 @@ import openai
 
 from ..errors import TeacherError, mask_secrets
 from .base import Completion, GenParams, logprob_reply
+from .origin import RUN_TEACHER, Origin
 
 MAX_SERVER_STOPS = 4  # OpenAI rejects more than 4 stop sequences; the rest are applied client-side
 FATAL = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
@@ -414,13 +415,15 @@ def is_context_error(e: openai.BadRequestError) -> bool:
     return "context length" in text or "context_length" in text or "maximum context" in text
 
 
-def describe_error(e: BaseException, secret: str = "", hint: bool = True) -> str:
-    """The error in one line, secrets masked; with `hint`, what a 401, 403 or 404 usually means."""
+def describe_error(e: BaseException, secret: str = "", hint: bool = True, origin: Origin = RUN_TEACHER) -> str:
+    """The error in one line, secrets masked; with `hint`, what a 401, 403 or 404 usually means, in the names of
+    the settings and flags of the teacher's `origin`."""
     status = getattr(e, "status_code", None)
     hint_text = {
-        401: "the API key was refused; check the key's variable (teacher.api_key_env)",
+        401: f"the API key was refused; check the key's variable ({origin.key('api_key_env')})",
         403: "the key may not use this model",
-        404: "unknown model or wrong base URL; check --teacher openai:MODEL and --base-url",
+        404: f"unknown model or wrong base URL; check {origin.give('spec', 'openai:MODEL')} and "
+             f"{origin.flag('base_url', 'URL')}",
     }.get(status or 0, "") if hint else ""
     detail = str(getattr(e, "message", "") or e).strip().splitlines()[0][:300].rstrip(".") if str(e).strip() else ""
     cause = e.__cause__ or e.__context__

@@ -89,6 +89,10 @@ def e(key: str) -> Any:
     return default_of(key, EvalConfig)
 
 
+# The [eval.judge] settings eval's flags set, by flag: the judge's messages name --judge, and --set for the rest
+EVAL_FLAGS = {"eval.judge.spec": "--judge"}
+
+
 def add_commands(cli: click.Group, friendly_errors: Callable, console: Any) -> None:
     """The train half's commands: making an adapter (train, merge), then asking it (generate, eval)."""
     add_training_commands(cli, friendly_errors, console)
@@ -229,6 +233,6 @@ def add_answering_commands(cli: click.Group, friendly_errors: Callable, console:
         flags = {"data": data, "limit": limit, "max_new_tokens": max_new_tokens, "judge.spec": judge}
         cfg = load_section(EvalConfig, config_path, "eval", flag_overrides(flags, sets, EvalConfig, "eval"))
         report = run_eval(adapter, cfg, model=model, out_dir=out_dir, log=lambda m: console.print(m, highlight=False),
-                          progress=functools.partial(progress, console=console))
+                          progress=functools.partial(progress, console=console), flags=EVAL_FLAGS)
         console.print(summary_line(report), highlight=False)
         console.print(f"[green]report:[/] {report['report_dir']}/eval_report.json (+ .md)")

@@ -45,6 +45,7 @@ from ..prompts import Prompts
 from ..records import row_messages, user_text
 from ..similarity import rouge_l
 from ..store import RunDir, eval_dir_of, write_text_atomic
+from ..teachers import origin_of
 from .data import check_rows, load_rows, prompt_text, tokenize_example, train_eval_rows
 from .loss import mean_losses
 from .model import SAMPLING, SUMMARY, adapter_info, eval_sampling, load_with_adapter
@@ -239,12 +240,14 @@ def reference_losses(model: Any, tokenizer: Any, items: list[EvalItem], *, batch
 
 def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_dir: str | Path | None = None,
              teacher: Any = None, run_dir: str | Path | None = None, log: Log = print,
-             progress: Progress | None = None) -> dict[str, Any]:
+             progress: Progress | None = None, flags: dict[str, str] | None = None) -> dict[str, Any]:
     """Score base and adapter answers; write eval_report.json and .md into out_dir (default <adapter>/eval).
 
     teacher: a judge to use as it is (tests); else cfg.judge builds one, attached to the
     response cache and budget of `run_dir` (default: the run the adapter belongs to, if any).
     progress: pipeline/progress.py's (a bar or plain lines with an ETA), or any of its protocol; None: silent.
+    flags: the command's flags by the setting each sets ({"eval.judge.spec": "--judge"}), which the judge's
+    messages name; None: only --set reaches [eval.judge] (`run`).
     """
     progress = progress or no_progress
     start = time.perf_counter()
@@ -258,7 +261,8 @@ def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_d
     run = Path(run_dir) if run_dir else find_run_dir(adapter_dir)
     # The judge is built (and its server asked for one token) first: a wrong URL fails before minutes of generating.
     given = nullcontext((teacher, RunContext.of_run(run).prompts if run else Prompts()))
-    with given if teacher is not None else judge_context(cfg.judge, run, seed=cfg.seed, log=log) as (judge, prompts_lib):
+    built = judge_context(cfg.judge, run, seed=cfg.seed, log=log, flags=flags) if teacher is None else given
+    with built as (judge, prompts_lib):
         peft_model, tokenizer = load_with_adapter(adapter_dir, model=model, quant=cfg.quant)
         loss_kw = dict(batch_size=cfg.batch_size, max_len=cfg.reference_max_tokens)
         with peft_model.disable_adapter(), progress("eval: reference loss, base", len(items)) as advance:
@@ -411,19 +415,21 @@ def run_budget(run_dir: str | Path) -> BudgetConfig:
 
 
 @contextmanager
-def judge_context(cfg: TeacherConfig, run_dir: str | Path | None, *, seed: int = 0,
-                  log: Log = print) -> Iterator[tuple[Any, Prompts]]:
+def judge_context(cfg: TeacherConfig, run_dir: str | Path | None, *, seed: int = 0, log: Log = print,
+                  flags: dict[str, str] | None = None) -> Iterator[tuple[Any, Prompts]]:
     """(the judge cfg describes or None when cfg.spec is "", the prompts it is asked with).
 
     The judge is built as the run's teacher is (pipeline.context): from its config, asked for
     one token first. Inside a run directory it gets the run's context: the run's response cache,
     a usage-log session of its own, the run's budget counting every earlier session's spend, and
-    the run's prompts_dir. The cache is closed on the way out.
+    the run's prompts_dir. The cache is closed on the way out. Its messages name [eval.judge]'s settings and,
+    of `flags` (setting -> flag), the command's flags for them.
     """
+    origin = origin_of("eval.judge", flags)
     if run_dir is None:
         judge = None
         if cfg.spec.strip():
-            judge = build_teacher(cfg, seed, log, prefix="eval judge: ")
+            judge = build_teacher(cfg, seed, log, origin)
             preflight(judge)  # a wrong port or a dead server fails here, in seconds, naming the URL
         yield judge, Prompts()
         return
@@ -431,7 +437,7 @@ def judge_context(cfg: TeacherConfig, run_dir: str | Path | None, *, seed: int =
     if not cfg.spec.strip():
         yield None, ctx.prompts
         return
-    judge = build_teacher(cfg, seed, log, prefix="eval judge: ")
+    judge = build_teacher(cfg, seed, log, origin)
     preflight(judge)
     try:
         yield ctx.attach(judge), ctx.prompts
@@ -440,9 +446,10 @@ def judge_context(cfg: TeacherConfig, run_dir: str | Path | None, *, seed: int =
 
 
 @contextmanager
-def judge_teacher(cfg: TeacherConfig, run_dir: str | Path | None, *, seed: int = 0, log: Log = print) -> Iterator[Any]:
+def judge_teacher(cfg: TeacherConfig, run_dir: str | Path | None, *, seed: int = 0, log: Log = print,
+                  flags: dict[str, str] | None = None) -> Iterator[Any]:
     """The judge of judge_context alone."""
-    with judge_context(cfg, run_dir, seed=seed, log=log) as (judge, _):
+    with judge_context(cfg, run_dir, seed=seed, log=log, flags=flags) as (judge, _):
         yield judge
 
 
