@@ -259,6 +259,11 @@ class RunContext:
             followed = (recorded.get("judge") or {}).get("name") in (None, (recorded.get("teacher") or {}).get("name"))
             given = self.cfg.was_given("score.teacher.spec") or (not spec and followed)
             self.keep_recorded("judge", spec or self.bare_teacher.name, given)
+            if not spec and self.cfg.score.teacher.base_url.strip() and self.cfg.was_given("score.teacher.base_url"):
+                origin = self.origin("score.teacher")  # without a judge of its own, the URL would go unused
+                raise Seed2LoraError(f"{origin.where('base_url')} names the judge's server, but no judge model is "
+                                     "named: the run's teacher judges, at its own URL. Fix: name the judge too ("
+                                     f"{origin.give('spec', 'openai:MODEL')}), or leave the URL out")
             self._judge = build_teacher(judge_config(self.cfg), self.cfg.seed, self.log,
                                         self.origin("score.teacher")) if spec else self.bare_teacher
             self.uses.add("score.teacher")

@@ -76,6 +76,7 @@ def test_a_run_scored_by_its_own_judge_keeps_it(tmp_path):
 
 def test_a_judge_that_was_the_teacher_follows_a_named_teacher(tmp_path):
     where = made_with(tmp_path, "openai:cheap", judge="openai:cheap")
+    del where["score.teacher.base_url"]  # no judge of its own: a judge's URL alone is refused (unused)
     notes = []
     ctx = RunContext(load_config(None, {**where, "teacher.spec": "openai:new"}), log=notes.append)
     assert ctx.bare_judge is ctx.bare_teacher and ctx.bare_judge.name == "openai:new"

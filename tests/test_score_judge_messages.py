@@ -118,3 +118,12 @@ def test_the_run_teacher_keeps_its_names():
     in_score = origin_of("teacher", SCORE_FLAGS)
     assert in_score.give("spec", "openai:M") == "--set teacher.spec=openai:M"
     assert in_score.flag("base_url", "URL") == "--set teacher.base_url=URL"
+
+
+def test_a_judge_url_without_a_judge_model_stops_instead_of_going_unused(fake_openai, tmp_path):
+    """--judge-base-url alone: the run's teacher judged at its own URL, and the flag did nothing."""
+    invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 2)
+    calls = len(fake_openai.history)
+    out = invoke("score", tmp_path / "r", "--judge-base-url", "http://127.0.0.1:9/v1", expect=2).output
+    assert "--judge-base-url, score.teacher.base_url names the judge's server" in " ".join(out.split())
+    assert "--judge openai:MODEL" in out and len(fake_openai.history) == calls
