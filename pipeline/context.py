@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import importlib.metadata
 import os
 import platform
@@ -344,6 +345,15 @@ class RunContext:
         return refresh
 
     # ------------------------------------------------------------ reading a step's records
+
+    def input_provenance(self) -> dict[str, str] | None:
+        """--input's file for the manifest entry of the stage that read it (a folder has no sha256): rows a user
+        brought were not made by this run, and export's card names where they came from."""
+        if not self.input_path:
+            return None
+        path = Path(self.input_path).resolve()
+        return {"path": str(path), **({"sha256": hashlib.sha256(path.read_bytes()).hexdigest()} if path.is_file()
+                                      else {})}
 
     def input_tasks(self, stage: str) -> Records:
         """--input (a stage file of ours or a seed-like file), else the run's file of `stage`."""

@@ -349,3 +349,31 @@ def test_the_cards_data_files_load_whatever_format_was_written(tmp_path, fmt):
     export_run(make_run(tmp_path), out, ExportConfig(seed=1, formats=fmt))
     ds = load_dataset(str(out), cache_dir=str(tmp_path / "cache"))  # what the Hub's viewer reads: the card's configs
     assert (ds["train"].num_rows, ds["eval"].num_rows) == (22, 2)
+
+
+def test_rows_imported_with_filter_input_are_named_in_the_manifest_and_the_card(tmp_path):
+    """A user's Alpaca rows through `filter --input`: the manifest keeps the file (and its sha256) under the stage
+    that read it, and the export's card says the rows came from it, not that this run's teacher bootstrapped them
+    (it said 'made with the Self-Instruct method', 'Teacher: `unknown`' and a bootstrap target of 100, and no file
+    of the run named the source)."""
+    import hashlib
+
+    from helpers import invoke
+
+    mine = tmp_path / "my_rows.jsonl"
+    mine.write_text("".join(json.dumps({"instruction": f"Explain in two sentences why {w} matters to a gardener.",
+                                        "input": "", "output": f"{w.capitalize()} matters because of growth."}) + "\n"
+                            for w in ("rainfall", "compost", "pollination", "mulching", "frost")))
+    invoke("filter", tmp_path / "run", "--input", mine)
+    invoke("export", tmp_path / "run", "--formats", "alpaca")
+    stage = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["filter"]
+    assert stage["input"] == {"path": str(mine.resolve()), "sha256": hashlib.sha256(mine.read_bytes()).hexdigest()}
+    info = json.loads((tmp_path / "run" / "export" / "export.json").read_text())
+    assert info["imported"] == {"filter": stage["input"]}
+    card = (tmp_path / "run" / "export" / "README.md").read_text()
+    assert f"imported from `{mine.resolve()}` (`filter --input`)" in card and stage["input"]["sha256"] in card, card
+    assert "Bootstrap: mode" not in card and "Teacher: `unknown`" not in card, card
+    assert "made with the Self-Instruct method" not in card, card
+    invoke("filter", tmp_path / "run2", "--input", mine, "--seeds", mine, expect=2)  # rows equal to the seeds
+    assert "input" not in json.loads((tmp_path / "run2" / "manifest.json").read_text()).get("stages", {}).get(
+        "filter", {})  # a stage that failed records no import
