@@ -364,7 +364,9 @@ class RunContext:
             # A user's rows given to a stage are records to process, not the run's human seeds: as origin "seed",
             # the 4,000 Alpaca rows through `filter --input` were counted as seed tasks and all kept out of
             # export's eval split.
-            return Records([dataclasses.replace(t, origin="machine") for t in load_seeds(path)], str(path))
+            # Ids from content, not position: an edited file's rows keep theirs, and with them their ifd and score.
+            return Records([dataclasses.replace(t, origin="machine") for t in load_seeds(path, content_ids=True)],
+                           str(path))
         source = self.run.stage_file(stage)
         if not source.exists():
             raise Seed2LoraError(f"{source} does not exist. Fix: run `seed2lora {stage}` for this run first, or "
