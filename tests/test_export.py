@@ -367,13 +367,13 @@ def test_rows_imported_with_filter_input_are_named_in_the_manifest_and_the_card(
     invoke("filter", tmp_path / "run", "--input", mine)
     invoke("export", tmp_path / "run", "--formats", "alpaca")
     stage = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["filter"]
-    assert stage["input"] == {"path": str(mine.resolve()), "sha256": hashlib.sha256(mine.read_bytes()).hexdigest()}
+    assert stage["input_file"] == {"path": str(mine.resolve()), "sha256": hashlib.sha256(mine.read_bytes()).hexdigest()}
     info = json.loads((tmp_path / "run" / "export" / "export.json").read_text())
-    assert info["imported"] == {"filter": stage["input"]}
+    assert info["imported"] == {"filter": stage["input_file"]}
     card = (tmp_path / "run" / "export" / "README.md").read_text()
-    assert f"imported from `{mine.resolve()}` (`filter --input`)" in card and stage["input"]["sha256"] in card, card
+    assert f"imported from `{mine.resolve()}` (`filter --input`)" in card and stage["input_file"]["sha256"] in card, card
     assert "Bootstrap: mode" not in card and "Teacher: `unknown`" not in card, card
     assert "made with the Self-Instruct method" not in card, card
     invoke("filter", tmp_path / "run2", "--input", mine, "--seeds", mine, expect=2)  # rows equal to the seeds
-    assert "input" not in json.loads((tmp_path / "run2" / "manifest.json").read_text()).get("stages", {}).get(
+    assert "input_file" not in json.loads((tmp_path / "run2" / "manifest.json").read_text()).get("stages", {}).get(
         "filter", {})  # a stage that failed records no import

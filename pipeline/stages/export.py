@@ -72,8 +72,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig) -> d
         "run_counts": manifest.get("counts", {}),
         "teacher": manifest.get("teacher"),
         "config": manifest.get("config", {}),
-        "imported": {name: st["input"] for name, st in (manifest.get("stages") or {}).items()
-                     if isinstance(st, dict) and st.get("input")},  # rows a stage read from a user's --input file
+        "imported": {name: st["input_file"] for name, st in (manifest.get("stages") or {}).items()
+                     if isinstance(st, dict) and st.get("input_file")},  # rows a stage read from a user's --input
         "bootstrapped": "bootstrap" in (manifest.get("stages") or {}),
     }
     write_text_atomic(out / EXPORT_INFO, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
