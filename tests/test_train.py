@@ -611,6 +611,25 @@ def test_a_checkpoint_is_saved_by_time_too_so_an_interrupt_on_cpu_loses_minutes_
     assert summary["resumed_from"].endswith("checkpoint-3") and summary["steps"] == 4
 
 
+def test_runtime_counts_every_session_up_to_the_checkpoint_resumed_from(tiny_model, tmp_path):
+    """`seed2lora cost` prices training at the summary's runtime_s, which was the last session's alone: a CPU run
+    trained in four sessions (two interrupted) over about 875 s was priced at 336 s. Each checkpoint now keeps the
+    training seconds up to it, and a run resumed from it adds them to its own."""
+    from pipeline.train.trainer import RUNTIME_FILE, train
+
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(ROWS))
+    out = tmp_path / "adapter"
+    cfg = quick_config(tiny_model, out, quant="none", max_steps=2, save_steps=1, eval_fraction=0.0)
+    first = train(data, cfg, log=lambda m: None)
+    saved = json.loads((out / "checkpoints" / "checkpoint-2" / RUNTIME_FILE).read_text())["runtime_s"]
+    assert first["session_runtime_s"] == first["runtime_s"] and 0 < saved <= first["runtime_s"]
+    second = train(data, dataclasses.replace(cfg, max_steps=3), log=lambda m: None)
+    assert second["resumed_from"].endswith("checkpoint-2")
+    assert second["runtime_s"] == round(saved + second["session_runtime_s"], 2)
+    assert json.loads((out / "checkpoints" / "checkpoint-3" / RUNTIME_FILE).read_text())["runtime_s"] > saved
+
+
 def test_resuming_with_other_settings_is_refused_and_no_resume_starts_over(trained, tmp_path):
     import shutil
 
