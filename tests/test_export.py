@@ -361,15 +361,21 @@ def test_rows_imported_with_filter_input_are_named_in_the_manifest_and_the_card(
     from helpers import invoke
 
     mine = tmp_path / "my_rows.jsonl"
-    mine.write_text("".join(json.dumps({"instruction": f"Explain in two sentences why {w} matters to a gardener.",
-                                        "input": "", "output": f"{w.capitalize()} matters because of growth."}) + "\n"
-                            for w in ("rainfall", "compost", "pollination", "mulching", "frost")))
+    mine.write_text("".join(json.dumps({"instruction": text, "input": "", "output": "A short answer."}) + "\n"
+                            for text in ("Explain in two sentences why rainfall matters to a gardener.",
+                                         "List four board games that children under ten enjoy.",
+                                         "Translate the following greeting into formal German.",
+                                         "Suggest a weekly budget plan for a student living alone.",
+                                         "Describe how a bicycle gear system works to a beginner.")))
     invoke("filter", tmp_path / "run", "--input", mine)
     invoke("export", tmp_path / "run", "--formats", "alpaca")
     stage = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["filter"]
     assert stage["input_file"] == {"path": str(mine.resolve()), "sha256": hashlib.sha256(mine.read_bytes()).hexdigest()}
     info = json.loads((tmp_path / "run" / "export" / "export.json").read_text())
     assert info["imported"] == {"filter": stage["input_file"]}
+    # Named seed_task_<n> by position, the rows shared the bundled seeds' ids, so the split took them for seed tasks'
+    # families and held none out (0 of 80 Alpaca rows in eval); named from their content, they split as any task.
+    assert info["counts"]["eval_rows"] >= 1 and info["counts"]["eval_by_origin"] == {"machine": info["counts"]["eval_rows"]}
     card = (tmp_path / "run" / "export" / "README.md").read_text()
     assert f"imported from `{mine.resolve()}` (`filter --input`)" in card and stage["input_file"]["sha256"] in card, card
     assert "Bootstrap: mode" not in card and "Teacher: `unknown`" not in card, card
