@@ -338,6 +338,8 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
     if resume:
         check_resumable(ckpts, settings)
         log(f"resuming from {resume}")
+        if base_eval_known(Path(resume)):  # eval_on_start would measure the checkpoint: a pass over the eval split
+            trainer.args.eval_on_start = False
     elif trainer.is_world_process_zero():
         stale = sorted(ckpts.glob("checkpoint-*")) if ckpts.is_dir() else []
         for old in stale:  # a fresh start must never be resumed from an older run's later checkpoint
@@ -402,6 +404,13 @@ NOT_IN_ADAPTER = frozenset({"output_dir", "resume", "eval_steps", "save_steps", 
 RESUMABLE = NOT_IN_ADAPTER | {"epochs", "max_steps"}
 CHECKPOINT_SETTINGS = "seed2lora_settings.json"
 RUNTIME_FILE = "seed2lora_runtime.json"  # in each checkpoint: training seconds up to it (Runtime)
+
+
+def base_eval_known(checkpoint: Path) -> bool:
+    """Whether the checkpoint's history holds the base's eval loss (step 0), which eval_on_start measures."""
+    f = checkpoint / "trainer_state.json"
+    history = json.loads(f.read_text(encoding="utf-8")).get("log_history", []) if f.is_file() else []
+    return any(h.get("step") == 0 and "eval_loss" in h for h in history)
 
 
 def read_runtime(checkpoint: Path) -> float:
