@@ -377,9 +377,25 @@ def test_rows_imported_with_filter_input_are_named_in_the_manifest_and_the_card(
     # families and held none out (0 of 80 Alpaca rows in eval); named from their content, they split as any task.
     assert info["counts"]["eval_rows"] >= 1 and info["counts"]["eval_by_origin"] == {"machine": info["counts"]["eval_rows"]}
     card = (tmp_path / "run" / "export" / "README.md").read_text()
-    assert f"imported from `{mine.resolve()}` (`filter --input`)" in card and stage["input_file"]["sha256"] in card, card
+    assert "imported from `my_rows.jsonl` (`filter --input`)" in card and stage["input_file"]["sha256"] in card, card
     assert "Bootstrap: mode" not in card and "Teacher: `unknown`" not in card, card
     assert "made with the Self-Instruct method" not in card, card
     invoke("filter", tmp_path / "run2", "--input", mine, "--seeds", mine, expect=2)  # rows equal to the seeds
     assert "input_file" not in json.loads((tmp_path / "run2" / "manifest.json").read_text()).get("stages", {}).get(
         "filter", {})  # a stage that failed records no import
+
+
+def test_an_export_names_its_run_from_any_working_directory(tmp_path, monkeypatch):
+    """export.json kept the run folder as the export command was given it ("outputs/alpaca"), and train read it
+    against its own working directory: `seed2lora train /abs/outputs/alpaca/export` run elsewhere wrote a new
+    adapter into ./outputs/alpaca/adapter and did not resume the run's checkpoints. The run is the folder around
+    the export when that is a run."""
+    run = make_run(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    info = export_run(run.relative_to(tmp_path), run.relative_to(tmp_path) / "export", ExportConfig(formats="alpaca"))
+    assert info["run_dir"] == "run"  # as the command was given it
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert RunDir.of_export(run / "export").path.resolve() == run.resolve()
+    assert load_rows(run / "export").run_dir.resolve() == run.resolve()

@@ -174,7 +174,7 @@ def dataset_card(info: dict[str, Any]) -> str:
 def card_header(info: dict[str, Any]) -> list[str]:
     """The YAML header (configs, task category, tags), the title and what made the data."""
     origins, imported = info["counts"]["by_origin"], imported_only(info)
-    files = ", ".join(f"`{i['path']}`" for i in imported.values())
+    files = ", ".join(f"`{Path(i['path']).name}`" for i in imported.values())  # the name: the card may be pushed
     commands = ", ".join(f"`{name} --input`" for name in imported)
     machine = (f"imported from {files} ({commands}), filtered for novelty and quality" if imported
                else "the Self-Instruct method (Wang et al. 2023), filtered for novelty and quality")
@@ -246,8 +246,8 @@ def card_making(info: dict[str, Any]) -> list[str]:
     imported = imported_only(info)
     lines = [
         "## How it was made", "",
-        *[f"- Input of `seed2lora {name} --input`: `{i['path']}`" + (f" (sha256 {i['sha256']})" if i.get("sha256")
-                                                                      else "")
+        *[f"- Input of `seed2lora {name} --input`: `{Path(i['path']).name}`"
+          + (f" (sha256 {i['sha256']})" if i.get("sha256") else "")
           + ", rows this run did not generate; their licence and the model that wrote them are that file's"
           for name, i in imported.items()],
         *([] if imported and not teacher else [f"- Teacher: `{teacher.get('name', 'unknown')}`"
