@@ -648,6 +648,25 @@ def test_a_resume_does_not_measure_the_eval_loss_again_before_its_first_update(t
     assert second["eval_losses"]["first"] == first["eval_losses"]["first"]
 
 
+def test_the_same_data_named_by_another_path_resumes(tiny_model, tmp_path, monkeypatch):
+    """The checkpoints record the data as it was named: `train outputs/alpaca/export` then the same export by its
+    absolute path (or from another directory) was refused as other data ('outputs/alpaca/export' ->
+    '/work/.../outputs/alpaca/export'). The rows' sha256 is what decides; another file with other rows still does not
+    resume."""
+    from pipeline.errors import Seed2LoraError
+    from pipeline.train.trainer import train
+
+    (tmp_path / "alpaca.json").write_text(json.dumps(ROWS))
+    monkeypatch.chdir(tmp_path)
+    cfg = quick_config(tiny_model, tmp_path / "adapter", quant="none", max_steps=1, save_steps=1, eval_fraction=0.0)
+    train("alpaca.json", cfg, log=lambda m: None)
+    summary = train(tmp_path / "alpaca.json", dataclasses.replace(cfg, max_steps=2), log=lambda m: None)
+    assert summary["resumed_from"].endswith("checkpoint-1") and summary["steps"] == 2
+    (tmp_path / "other.json").write_text(json.dumps(ROWS[1:]))
+    with pytest.raises(Seed2LoraError, match="other settings or data"):
+        train(tmp_path / "other.json", dataclasses.replace(cfg, max_steps=3), log=lambda m: None)
+
+
 def test_resuming_with_other_settings_is_refused_and_no_resume_starts_over(trained, tmp_path):
     import shutil
 

@@ -467,6 +467,9 @@ def check_resumable(ckpts: Path, settings: dict[str, Any]) -> None:
     # micro-batches, on CPU, resume with the other: the same model and numbers.
     saved, settings = ({**s, "training_path": same_model_path(s["training_path"])} if "training_path" in s else s
                        for s in (saved, settings))
+    if saved.get("data_sha256") and saved.get("data_sha256") == settings.get("data_sha256"):
+        # The same rows named by another path (absolute, or from another directory): the same data
+        saved, settings = ({k: v for k, v in s.items() if k != "data"} for s in (saved, settings))
     changed = [f"{k} {saved.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(saved) | set(settings))
                if saved.get(k) != settings.get(k) and (k in saved or k not in ADDED_SETTINGS)]
     if changed:
