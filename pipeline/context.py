@@ -140,10 +140,9 @@ class RateLimitedLog:
         self.log(f"{self.prefix}{message}" + (f" (and {more} more like it)" if more else ""))
 
 
-def build_teacher(cfg: TeacherConfig, seed: int, log: Log, prefix: str = "teacher: ",
-                  section: str = "teacher") -> Teacher:
-    """A teacher from its config (the table `section`), its events (retries, timeouts) to `log` at a readable rate."""
-    teacher = make_teacher(cfg, seed=seed, section=section)
+def build_teacher(cfg: TeacherConfig, seed: int, log: Log, prefix: str = "teacher: ") -> Teacher:
+    """A teacher from its config, its events (retries, timeouts) to `log` at a readable rate."""
+    teacher = make_teacher(cfg, seed=seed)
     if getattr(teacher, "on_event", False) is None:
         teacher.on_event = RateLimitedLog(log, prefix)
     return teacher
@@ -225,8 +224,7 @@ class RunContext:
             followed = (recorded.get("judge") or {}).get("name") in (None, (recorded.get("teacher") or {}).get("name"))
             given = self.cfg.was_given("score.teacher.spec") or (not spec and followed)
             self.keep_recorded("judge", spec or self.bare_teacher.name, given)
-            self._judge = (build_teacher(judge_config(self.cfg), self.cfg.seed, self.log, prefix="judge: ",
-                                         section="score.teacher") if spec else self.bare_teacher)
+            self._judge = build_teacher(judge_config(self.cfg), self.cfg.seed, self.log) if spec else self.bare_teacher
             self.uses.add("score.teacher")
         return self._judge
 

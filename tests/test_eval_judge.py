@@ -106,32 +106,3 @@ def test_a_dead_judge_fails_before_anything_is_generated(tmp_path):
     with pytest.raises(TeacherUnavailable, match="127.0.0.1:9"):
         with judge_teacher(cfg, None):
             pass
-
-
-def test_a_dead_judge_names_the_settings_of_its_own_table(tmp_path):
-    """`eval --judge` and `score --judge` against a dead server said "Fix: ... check --base-url" (a flag neither
-    command takes) and "(teacher.connect_window_s)" (the run's teacher's key, not the judge's). Each judge now names
-    its own table's keys, which `--set` takes in every command; the run's teacher keeps --base-url."""
-    from pipeline.config import RunConfig
-    from pipeline.context import RunContext, preflight
-    from pipeline.errors import TeacherUnavailable
-
-    dead = "http://127.0.0.1:9/v1"
-    lines = []
-    cfg = TeacherConfig(spec="openai:fake-model", base_url=dead, connect_window_s=1.5)
-    with pytest.raises(TeacherUnavailable) as e:
-        with judge_teacher(cfg, None, log=lines.append):
-            pass
-    assert "--set eval.judge.base_url=URL" in str(e.value) and "--base-url" not in str(e.value), str(e.value)
-    assert any("(eval.judge.connect_window_s)" in line for line in lines), lines
-    run_cfg = RunConfig(output_dir=str(tmp_path), run_name="run")
-    run_cfg.score.teacher = cfg
-    ctx = RunContext(run_cfg, log=lines.append)
-    with pytest.raises(TeacherUnavailable) as e:
-        preflight(ctx.bare_judge)
-    assert "--judge-base-url" in str(e.value) and "score.teacher.base_url" in str(e.value), str(e.value)
-    assert any("(score.teacher.connect_window_s)" in line for line in lines), lines
-    run_cfg.teacher = cfg
-    with pytest.raises(TeacherUnavailable) as e:
-        preflight(RunContext(run_cfg, log=lines.append).bare_teacher)
-    assert "check --base-url" in str(e.value), str(e.value)

@@ -15,9 +15,8 @@ from .base import BaseTeacher, Completion, GenParams, Teacher, Usage, apply_stop
 __all__ = ["BaseTeacher", "Completion", "GenParams", "Teacher", "Usage", "apply_stop", "make_teacher"]
 
 
-def make_teacher(cfg: TeacherConfig, seed: int = 0, section: str = "teacher") -> Teacher:
-    """The teacher `cfg.spec` names, built from `cfg` itself: each teacher reads its settings there. section: the
-    config table `cfg` is (teacher, score.teacher, eval.judge), so that a server's messages name its keys."""
+def make_teacher(cfg: TeacherConfig, seed: int = 0) -> Teacher:
+    """The teacher `cfg.spec` names, built from `cfg` itself: each teacher reads its settings there."""
     spec = cfg.spec.strip()
     kind, _, ref = spec.partition(":")
     if cfg.batch and kind != "openai":
@@ -31,8 +30,8 @@ def make_teacher(cfg: TeacherConfig, seed: int = 0, section: str = "teacher") ->
         if cfg.batch:  # the files and batches endpoints, in waves (docs/batch.md)
             from .batch import BatchTeacher
 
-            return BatchTeacher(ref, cfg, spec=spec, seed=seed, section=section)
-        return OpenAITeacher(ref, cfg, spec=spec, seed=seed, section=section)
+            return BatchTeacher(ref, cfg, spec=spec, seed=seed)
+        return OpenAITeacher(ref, cfg, spec=spec, seed=seed)
     if kind in ("hf", "embedded"):
         from .hf import HFTeacher
 

@@ -53,7 +53,7 @@ class BatchTeacher(OpenAITeacher):
     batch = True  # budget.attach_run prices its calls at the batch price
 
     def __init__(self, model: str, cfg: TeacherConfig | None = None, *, spec: str | None = None,
-                 seed: int | None = None, section: str = "teacher", **settings: Any):
+                 seed: int | None = None, **settings: Any):
         """The batch settings come from `cfg` (teacher.batch_wave_max, batch_poll_s, batch_window, batch_dir),
         with any field given as a keyword over it, as for OpenAITeacher."""
         cfg = dataclasses.replace(cfg or TeacherConfig(), **settings)
@@ -62,7 +62,7 @@ class BatchTeacher(OpenAITeacher):
             cfg = dataclasses.replace(cfg, api_key=cfg.api_key or "not-needed",
                                       api="chat" if cfg.api == "auto" else cfg.api,
                                       structured="off" if cfg.structured == "auto" else cfg.structured)
-        super().__init__(model, cfg, spec=spec, seed=seed, section=section)
+        super().__init__(model, cfg, spec=spec, seed=seed)
         self.wave_max, self.poll_s, self.window = max(1, cfg.batch_wave_max), cfg.batch_poll_s, cfg.batch_window
         self.folder = folder
         if folder:

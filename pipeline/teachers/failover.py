@@ -52,14 +52,6 @@ class Patience:
     outage_wait_s: float
     connect_window_s: float
     max_consecutive_failures: int
-    section: str = "teacher"  # the config table they come from ([score.teacher], [eval.judge]): messages name its keys
-
-
-def url_fix(section: str) -> str:
-    """How a user points the teacher of `section` at another server, in what the commands that build it take."""
-    if section == "teacher":
-        return "--base-url (teacher.base_url)"
-    return (f"{'--judge-base-url or ' if section == 'score.teacher' else ''}--set {section}.base_url=URL")
 
 
 class Failover:
@@ -101,11 +93,10 @@ class Failover:
         if self.fatal is not None or any(e.down_since is None or now - e.down_since <= self.wait_of(e)[0]
                                          for e in self.endpoints):
             return
-        section = self.patience.section
-        waited = "; ".join(f"{e.url} has not answered for {now - e.down_since:.0f} s ({section}.{self.wait_of(e)[1]}: "
+        waited = "; ".join(f"{e.url} has not answered for {now - e.down_since:.0f} s (teacher.{self.wait_of(e)[1]}: "
                            f"{self.wait_of(e)[0]:.0f} s)" for e in self.endpoints)
         self.fatal = TeacherUnavailable(f"{waited}. Last error: {self.last_error}. Fix: start the server or check "
-                                        f"{url_fix(section)}; a re-run resumes")
+                                        "--base-url; a re-run resumes")
 
     def revive(self, ep: int) -> None:
         """The endpoint answered: back in rotation, and every retry sleep wakes to use it."""
@@ -158,14 +149,14 @@ class Failover:
             if self.fatal is None and self.failures_in_row >= self.patience.max_consecutive_failures:
                 self.fatal = TeacherUnavailable(
                     f"{self.failures_in_row} requests in a row failed at {self.base_url} (last error: "
-                    f"{self.last_error}). Fix: check the server's log; {self.patience.section}.max_consecutive_failures "
-                    "sets this limit; a re-run resumes")
+                    f"{self.last_error}). Fix: check the server's log; teacher.max_consecutive_failures sets this "
+                    "limit; a re-run resumes")
             self.check_outage(now)
         if went_down:
             wait, setting = self.wait_of(endpoint)
             self.event(f"endpoint down: {endpoint.url} ({self.last_error}); " + (
                 f"its requests go to the {others} other endpoint(s)" if others else
-                f"waiting up to {wait:.0f} s for an endpoint to answer again ({self.patience.section}.{setting})") + (
+                f"waiting up to {wait:.0f} s for an endpoint to answer again (teacher.{setting})") + (
                 f"; it fell again soon after it rejoined, so it is tried again in {endpoint.probe_wait_s:.0f} s"
                 if again else ""))
         if self.fatal is not None:
@@ -233,8 +224,7 @@ class Failover:
                     left = max(self.wait_of(e)[0] - seconds for e, seconds in down)
                     setting = "outage_wait_s" if any(e.answered for e, _ in down) else "connect_window_s"
                     line = ("outage: " + ", ".join(f"{e.url} down for {seconds:.0f} s" for e, seconds in down)
-                            + f"; waiting {left:.0f} s more for one to answer ({self.patience.section}.{setting}), then "
-                            "the run stops")
+                            + f"; waiting {left:.0f} s more for one to answer (teacher.{setting}), then the run stops")
             if self.fatal is not None:
                 self.halt(stop)
             elif line:

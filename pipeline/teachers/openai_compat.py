@@ -49,7 +49,7 @@ import openai
 from ..config import TeacherConfig
 from ..errors import TeacherError
 from .base import BaseTeacher, Completion, GenParams, Request
-from .failover import Failover, Patience, Timing, url_fix
+from .failover import Failover, Patience, Timing
 from .fastpath import LoopStream
 from .preflight import PROBE_PROMPT, Preflight
 from .retries import Pools, Retries
@@ -102,10 +102,9 @@ class OpenAITeacher(BaseTeacher):
     said_open_batches = False  # note_open_batches: said once a command
 
     def __init__(self, model: str, cfg: TeacherConfig | None = None, *, spec: str | None = None,
-                 seed: int | None = None, section: str = "teacher", **settings: Any):
+                 seed: int | None = None, **settings: Any):
         """A teacher is its config: `cfg` (TeacherConfig, whose defaults are the only ones), and any of its
-        fields given as keywords over it (tests and scripts: OpenAITeacher("m", base_url=URL, concurrency=4)).
-        section: the config table `cfg` is (teacher, score.teacher, eval.judge), whose keys messages name."""
+        fields given as keywords over it (tests and scripts: OpenAITeacher("m", base_url=URL, concurrency=4))."""
         cfg = dataclasses.replace(cfg or TeacherConfig(), **settings)
         api, structured = cfg.api, cfg.structured
         super().__init__()
@@ -138,14 +137,14 @@ class OpenAITeacher(BaseTeacher):
         self._secret = key  # the clients' key, and masked in error text
         if not key and any("api.openai.com" in u for u in self.base_urls):
             raise TeacherError(f"${api_key_env} is not set. Fix: export {api_key_env}=sk-... "
-                               f"or give a local OpenAI-compatible server ({url_fix(section)})")
+                               "or give a local OpenAI-compatible server (--base-url, teacher.base_url)")
         # The SDK's clients, one per endpoint: GET /models, and the Batch API's files and batches.
         self._clients = [sdk_client(u, key or "not-needed", self.timeout_s) for u in self.base_urls]
         self._probes = [Client(u, key or "not-needed", self.timeout_s, c)  # one-token probes
                         for u, c in zip(self.base_urls, self._clients, strict=True)]
         self.failover = Failover(self.base_url, self.base_urls, Patience(
             self.concurrency, self.timeout_s, cfg.outage_wait_s, cfg.connect_window_s,
-            max(1, cfg.max_consecutive_failures), section), Timing(
+            max(1, cfg.max_consecutive_failures)), Timing(
             PROBE_EVERY_S, PROBE_BACKOFF_MAX_S, OUTAGE_LINE_EVERY_S, STRIKES_TO_DOWN, PROVEN_AFTER),
             self._event, key)
         self.retries = Retries(self.failover, self._send, max_retries=cfg.max_retries, max_wait_s=cfg.max_wait_s,

@@ -14,7 +14,7 @@ import openai
 
 from ..errors import TeacherError, TeacherUnavailable
 from .base import Completion, GenParams
-from .failover import Failover, url_fix
+from .failover import Failover
 from .wire import Client, ContextTooLong, Malformed, describe_error
 
 PROBE_PROMPT = "Say OK."  # api auto's one-token probe of the completions endpoint
@@ -52,8 +52,8 @@ class Preflight:
                 if len(endpoints) > 1:
                     self.event(f"{url} does not answer ({error}); requests go to the other endpoints until it does")
         if not alive:
-            raise TeacherUnavailable(f"no endpoint answers: {last}. Fix: start the server, or check "
-                                     f"{url_fix(self.failover.patience.section)} (host and port)")
+            raise TeacherUnavailable(f"no endpoint answers: {last}. Fix: start the server, or check --base-url "
+                                     "(host and port)")
         return alive
 
     def reach(self, i: int) -> str | None:
@@ -74,7 +74,7 @@ class Preflight:
                 if not announced:
                     announced = True
                     self.event(f"cannot reach {url} ({describe_error(e, self.secret)}); trying "
-                               f"for {window:.0f} s ({self.failover.patience.section}.connect_window_s)")
+                               f"for {window:.0f} s (teacher.connect_window_s)")
             except (openai.APIStatusError, ValueError):
                 return None  # an HTTP answer (a server without /models, say): it is there
 

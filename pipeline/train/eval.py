@@ -423,7 +423,7 @@ def judge_context(cfg: TeacherConfig, run_dir: str | Path | None, *, seed: int =
     if run_dir is None:
         judge = None
         if cfg.spec.strip():
-            judge = build_teacher(cfg, seed, log, prefix="eval judge: ", section="eval.judge")
+            judge = build_teacher(cfg, seed, log, prefix="eval judge: ")
             preflight(judge)  # a wrong port or a dead server fails here, in seconds, naming the URL
         yield judge, Prompts()
         return
@@ -431,7 +431,7 @@ def judge_context(cfg: TeacherConfig, run_dir: str | Path | None, *, seed: int =
     if not cfg.spec.strip():
         yield None, ctx.prompts
         return
-    judge = build_teacher(cfg, seed, log, prefix="eval judge: ", section="eval.judge")
+    judge = build_teacher(cfg, seed, log, prefix="eval judge: ")
     preflight(judge)
     try:
         yield ctx.attach(judge), ctx.prompts
