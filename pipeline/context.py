@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import importlib.metadata
 import os
 import platform
@@ -395,6 +396,15 @@ class RunContext:
 
     # ------------------------------------------------------------ reading a step's records
 
+    def input_provenance(self) -> dict[str, str] | None:
+        """--input's file for the manifest entry of the stage that read it (a folder has no sha256): rows a user
+        brought were not made by this run, and export's card names where they came from."""
+        if not self.input_path:
+            return None
+        path = Path(self.input_path).resolve()
+        return {"path": str(path), **({"sha256": hashlib.sha256(path.read_bytes()).hexdigest()} if path.is_file()
+                                      else {})}
+
     def input_tasks(self, stage: str) -> Records:
         """--input (a stage file of ours or a seed-like file), else the run's file of `stage`."""
         if self.input_path:
@@ -404,7 +414,9 @@ class RunContext:
             # A user's rows given to a stage are records to process, not the run's human seeds: as origin "seed",
             # the 4,000 Alpaca rows through `filter --input` were counted as seed tasks and all kept out of
             # export's eval split.
-            return Records([dataclasses.replace(t, origin="machine") for t in load_seeds(path)], str(path))
+            # Ids from content, not position: an edited file's rows keep theirs, and with them their ifd and score.
+            return Records([dataclasses.replace(t, origin="machine") for t in load_seeds(path, content_ids=True)],
+                           str(path))
         source = self.run.stage_file(stage)
         if not source.exists():
             raise Seed2LoraError(f"{source} does not exist. Fix: run `seed2lora {stage}` for this run first, or "

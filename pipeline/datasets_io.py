@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .records import ORIGINS, Instance, RowError, Task, task_id
+from .records import ORIGINS, Instance, RowError, Task, input_id
 from .store import read_jsonl, read_tasks
 
 
@@ -212,7 +212,7 @@ def _to_task(row: dict[str, Any], path: Path, n: int, unit: str, fields: Fields)
     tid = row.get("id")
     tid = str(tid).strip() if isinstance(tid, (str, int)) and not isinstance(tid, bool) else ""
     if not tid:
-        tid = task_id("input", f"{instruction}\n{instances[0].input if instances else ''}")
+        tid = input_id(instruction, instances)
     origin = row.get("origin") if row.get("origin") in ORIGINS else "seed"
     clf = row.get("is_classification")
     return Task(id=tid, instruction=instruction, instances=instances, origin=origin, stage="input",

@@ -130,6 +130,12 @@ def task_id(prefix: str, text: str) -> str:
     return f"{prefix}_{hashlib.sha1(text.encode('utf-8')).hexdigest()[:12]}"
 
 
+def input_id(instruction: str, instances: list[Instance]) -> str:
+    """The id of a user's row that names none (a stage's --input, evolve's pool): from its instruction and first
+    input, so a row keeps its id, and its scores in ifd.jsonl and score.jsonl, when the file around it is edited."""
+    return task_id("input", f"{instruction.strip()}\n{instances[0].input.strip() if instances else ''}")
+
+
 # ---------------------------------------------------------------- rows: the fine-tuning view of a task
 
 

@@ -196,7 +196,8 @@ def run_steps(ctx: RunContext, names: list[str]) -> list[str]:
             for step, result in zip(group, results, strict=True):  # a flow's stages: each as if it ran alone
                 if result.pending or len(group) == 1:
                     ctx.check_budget(step.name)
-                ctx.record(stages={step.name: {**result.counts, "pending": result.pending}})
+                imported = {"input_file": ctx.input_provenance()} if ctx.input_path and step.takes_input else {}
+                ctx.record(stages={step.name: {**result.counts, "pending": result.pending, **imported}})
                 running.remove(step)
                 if result.pending:
                     raise Incomplete(f"{result.message}. {result.pending} pending in {step.name}; run the same "

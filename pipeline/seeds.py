@@ -18,7 +18,7 @@ from typing import Any
 
 from .datasets_io import messages_fields, read_records, where_error
 from .errors import InputError
-from .records import Instance, RowError, Task
+from .records import Instance, RowError, Task, input_id
 
 
 def bundled_seeds() -> Path:
@@ -29,7 +29,9 @@ def bundled_seeds() -> Path:
     raise FileNotFoundError("bundled seeds/seed_tasks.jsonl not found; reinstall seed2lora")
 
 
-def load_seeds(path: str | Path | None = None) -> list[Task]:
+def load_seeds(path: str | Path | None = None, *, content_ids: bool = False) -> list[Task]:
+    """The tasks of a seed-like file; a record with no id is `seed_task_<n>` (the Self-Instruct seed file's own
+    names), or with content_ids (a user's rows given to a stage) records.input_id of its instruction and input."""
     path = Path(path) if path else bundled_seeds()
     if not path.exists():
         raise InputError(path, None, "does not exist", "give the path of a seed file (.jsonl, .json, .csv, .parquet) "
@@ -43,7 +45,7 @@ def load_seeds(path: str | Path | None = None) -> list[Task]:
     tasks: list[Task] = []
     seen: dict[str, int] = {}
     for n, obj in rows:
-        task = _to_task(obj, (path, n, unit), len(tasks))
+        task = _to_task(obj, (path, n, unit), len(tasks), content_ids)
         if task.id in seen:
             raise where_error(path, n, unit, f"repeats id {task.id!r} (first at {unit} {seen[task.id]})",
                               "give every seed task a unique id")
@@ -52,7 +54,7 @@ def load_seeds(path: str | Path | None = None) -> list[Task]:
     return tasks
 
 
-def _to_task(obj: dict[str, Any], where: tuple[Path, int, str], index: int) -> Task:
+def _to_task(obj: dict[str, Any], where: tuple[Path, int, str], index: int, content_ids: bool) -> Task:
     obj = {k: v for k, v in obj.items() if v is not None}  # a parquet or dataset column this record leaves empty
     instruction = obj.get("instruction")
     if instruction is None and "messages" in obj:
@@ -90,5 +92,7 @@ def _to_task(obj: dict[str, Any], where: tuple[Path, int, str], index: int) -> T
                           "write true or false (or leave it out)")
     tid = obj.get("id")
     meta = {k: obj[k] for k in ("name", "motivation_app") if k in obj}
-    return Task(id=str(tid) if tid not in (None, "") else f"seed_task_{index}", instruction=instruction.strip(),
+    if tid in (None, ""):
+        tid = input_id(instruction, instances) if content_ids else f"seed_task_{index}"
+    return Task(id=str(tid), instruction=instruction.strip(),
                 instances=instances, is_classification=is_clf, origin="seed", stage="seed", meta=meta)

@@ -276,9 +276,12 @@ class RunDir:
 
     @classmethod
     def of_export(cls, export_dir: str | Path) -> RunDir:
-        """The run an export folder was written from (its export.json names it; else the folder above)."""
-        info = read_export_info(export_dir)
-        return cls(info.get("run_dir") or Path(export_dir).parent)
+        """The run an export folder was written from: the folder around it when that is a run (a manifest), else
+        the run its export.json names (as the export command was given it), else the folder above."""
+        above = Path(export_dir).parent
+        if (above / MANIFEST).is_file():
+            return cls(above)
+        return cls(read_export_info(export_dir).get("run_dir") or above)
 
     def stage_file(self, stage: str) -> Path:
         return self.path / f"{stage}.jsonl"

@@ -98,6 +98,8 @@ def test_classify_an_arbitrary_user_file(fake_openai, tmp_path):
     labels = {t["instruction"]: t["is_classification"] for t in read(tmp_path / "u" / "classify.jsonl")}
     # Replies are written as they arrive, so the file's order is the order of completion.
     assert labels == {"Compare two sorting algorithms for small lists.": True, "Suggest a name for a bakery.": False}
+    stage = json.loads((tmp_path / "u" / "manifest.json").read_text())["stages"]["classify"]
+    assert stage["input"] == 2 and stage["input_file"]["path"] == str(user.resolve())  # the count, and the file beside it
 
 
 def test_alpaca_mode(fake_openai, tmp_path):

@@ -349,3 +349,53 @@ def test_the_cards_data_files_load_whatever_format_was_written(tmp_path, fmt):
     export_run(make_run(tmp_path), out, ExportConfig(seed=1, formats=fmt))
     ds = load_dataset(str(out), cache_dir=str(tmp_path / "cache"))  # what the Hub's viewer reads: the card's configs
     assert (ds["train"].num_rows, ds["eval"].num_rows) == (22, 2)
+
+
+def test_rows_imported_with_filter_input_are_named_in_the_manifest_and_the_card(tmp_path):
+    """A user's Alpaca rows through `filter --input`: the manifest keeps the file (and its sha256) under the stage
+    that read it, and the export's card says the rows came from it, not that this run's teacher bootstrapped them
+    (it said 'made with the Self-Instruct method', 'Teacher: `unknown`' and a bootstrap target of 100, and no file
+    of the run named the source)."""
+    import hashlib
+
+    from helpers import invoke
+
+    mine = tmp_path / "my_rows.jsonl"
+    mine.write_text("".join(json.dumps({"instruction": text, "input": "", "output": "A short answer."}) + "\n"
+                            for text in ("Explain in two sentences why rainfall matters to a gardener.",
+                                         "List four board games that children under ten enjoy.",
+                                         "Translate the following greeting into formal German.",
+                                         "Suggest a weekly budget plan for a student living alone.",
+                                         "Describe how a bicycle gear system works to a beginner.")))
+    invoke("filter", tmp_path / "run", "--input", mine)
+    invoke("export", tmp_path / "run", "--formats", "alpaca")
+    stage = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["filter"]
+    assert stage["input_file"] == {"path": str(mine.resolve()), "sha256": hashlib.sha256(mine.read_bytes()).hexdigest()}
+    info = json.loads((tmp_path / "run" / "export" / "export.json").read_text())
+    assert info["imported"] == {"filter": stage["input_file"]}
+    # Named seed_task_<n> by position, the rows shared the bundled seeds' ids, so the split took them for seed tasks'
+    # families and held none out (0 of 80 Alpaca rows in eval); named from their content, they split as any task.
+    assert info["counts"]["eval_rows"] >= 1 and info["counts"]["eval_by_origin"] == {"machine": info["counts"]["eval_rows"]}
+    card = (tmp_path / "run" / "export" / "README.md").read_text()
+    assert "imported from `my_rows.jsonl` (`filter --input`)" in card and stage["input_file"]["sha256"] in card, card
+    assert "Bootstrap: mode" not in card and "Teacher: `unknown`" not in card, card
+    assert "made with the Self-Instruct method" not in card, card
+    invoke("filter", tmp_path / "run2", "--input", mine, "--seeds", mine, expect=2)  # rows equal to the seeds
+    assert "input_file" not in json.loads((tmp_path / "run2" / "manifest.json").read_text()).get("stages", {}).get(
+        "filter", {})  # a stage that failed records no import
+
+
+def test_an_export_names_its_run_from_any_working_directory(tmp_path, monkeypatch):
+    """export.json kept the run folder as the export command was given it ("outputs/alpaca"), and train read it
+    against its own working directory: `seed2lora train /abs/outputs/alpaca/export` run elsewhere wrote a new
+    adapter into ./outputs/alpaca/adapter and did not resume the run's checkpoints. The run is the folder around
+    the export when that is a run."""
+    run = make_run(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    info = export_run(run.relative_to(tmp_path), run.relative_to(tmp_path) / "export", ExportConfig(formats="alpaca"))
+    assert info["run_dir"] == "run"  # as the command was given it
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert RunDir.of_export(run / "export").path.resolve() == run.resolve()
+    assert load_rows(run / "export").run_dir.resolve() == run.resolve()

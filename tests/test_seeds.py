@@ -202,3 +202,30 @@ def test_a_run_whose_seeds_are_a_dataset_folder_exports_them(tmp_path):
     assert [(r["origin"], r["instruction"], r["output"]) for r in rows] == [
         ("machine", "Say hi.", "Hi"), ("seed", "Name a color of the sky.", "Blue"),
         ("seed", "Add the two numbers.\n\n2 and 3", "5")]
+
+
+def test_rows_given_to_a_stage_without_ids_get_ids_from_their_content(tmp_path):
+    """`filter --input` rows with no id were named by position (`seed_task_0`, ...): the bundled seeds' own ids, and
+    after the file was edited (a row removed at the top) every id named another row, so `ifd` kept all 80 stale
+    scores ("0 rows scored, 80 of 80 in ifd.jsonl") and `select --by ifd` ranked rows by other rows' values. Now an
+    id comes from the instruction and input, as evolve's reader of the same files names them."""
+    from helpers import invoke, read
+
+    from pipeline.records import Instance, input_id
+
+    rows = [{"instruction": text, "input": "", "output": "It helps."}
+            for text in ("Explain in two sentences why rainfall matters to a gardener.",
+                         "List four board games that children under ten enjoy.",
+                         "Translate the following greeting into formal German.")]
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    invoke("filter", tmp_path / "run", "--input", mine)
+    first = {t["instruction"]: t["id"] for t in read(tmp_path / "run" / "filter.jsonl")}
+    assert first == {r["instruction"]: input_id(r["instruction"], [Instance("", "It helps.")]) for r in rows}
+    mine.write_text("".join(json.dumps(r) + "\n" for r in rows[1:]))  # the first row removed
+    invoke("filter", tmp_path / "run", "--input", mine)
+    again = {t["instruction"]: t["id"] for t in read(tmp_path / "run" / "filter.jsonl")}
+    assert again == {k: v for k, v in first.items() if k != rows[0]["instruction"]}
+    mine.write_text(json.dumps({"id": "mine-7", **rows[0]}) + "\n")  # a row's own id stays
+    invoke("filter", tmp_path / "run", "--input", mine)
+    assert [t["id"] for t in read(tmp_path / "run" / "filter.jsonl")] == ["mine-7"]

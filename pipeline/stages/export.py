@@ -72,6 +72,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig) -> d
         "run_counts": manifest.get("counts", {}),
         "teacher": manifest.get("teacher"),
         "config": manifest.get("config", {}),
+        "imported": {name: st["input_file"] for name, st in (manifest.get("stages") or {}).items()
+                     if isinstance(st, dict) and st.get("input_file")},  # rows a stage read from a user's --input
+        "bootstrapped": "bootstrap" in (manifest.get("stages") or {}),
     }
     write_text_atomic(out / EXPORT_INFO, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     write_text_atomic(out / "README.md", dataset_card(info))
@@ -170,9 +173,12 @@ def dataset_card(info: dict[str, Any]) -> str:
 
 def card_header(info: dict[str, Any]) -> list[str]:
     """The YAML header (configs, task category, tags), the title and what made the data."""
-    origins = info["counts"]["by_origin"]
-    methods = [m for o, m in (("machine", "the Self-Instruct method (Wang et al. 2023), filtered for novelty and "
-                                          "quality"),
+    origins, imported = info["counts"]["by_origin"], imported_only(info)
+    files = ", ".join(f"`{Path(i['path']).name}`" for i in imported.values())  # the name: the card may be pushed
+    commands = ", ".join(f"`{name} --input`" for name in imported)
+    machine = (f"imported from {files} ({commands}), filtered for novelty and quality" if imported
+               else "the Self-Instruct method (Wang et al. 2023), filtered for novelty and quality")
+    methods = [m for o, m in (("machine", machine),
                                ("evolved", "Evol-Instruct (WizardLM, Xu et al. 2023): instructions rewritten round "
                                            "after round into harder ones, each answered by the teacher"))
                if origins.get(o)]
@@ -182,8 +188,14 @@ def card_header(info: dict[str, Any]) -> list[str]:
         *[line for split in SPLITS for line in (f"  - split: {split}", f"    path: {card_data_path(info, split)}")],
         "task_categories:", "- text-generation", "tags:", *[f"- {t}" for t in tags], "- seed2lora", "---", "",
         f"# {Path(info['run_dir']).name}: instruction-tuning data made by seed2lora", "",
-        f"Machine-generated instructions with input/output instances, made with {' and with '.join(methods)}.", "",
+        f"{'Instructions' if imported else 'Machine-generated instructions'} with input/output instances, "
+        f"{'' if imported else 'made with '}{' and with '.join(methods)}.", "",
     ]
+
+
+def imported_only(info: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The --input files the run's rows came from, when no bootstrap of this run made any (else {})."""
+    return {} if info.get("bootstrapped") else info.get("imported") or {}
 
 
 # The files a Hub dataset card's `configs` point at, by the formats' order of preference: parquet is what the Hub
@@ -231,13 +243,18 @@ def card_making(info: dict[str, Any]) -> list[str]:
     """How it was made: the teacher, the seeds, and the settings of bootstrap and evolve where they ran."""
     cfg, origins = info.get("config") or {}, info["counts"]["by_origin"]
     boot, evo, teacher = cfg.get("bootstrap") or {}, cfg.get("evolve") or {}, info.get("teacher") or {}
+    imported = imported_only(info)
     lines = [
         "## How it was made", "",
-        f"- Teacher: `{teacher.get('name', 'unknown')}`"
-        + (f" ({teacher.get('model')})" if teacher.get("model") else ""),
+        *[f"- Input of `seed2lora {name} --input`: `{Path(i['path']).name}`"
+          + (f" (sha256 {i['sha256']})" if i.get("sha256") else "")
+          + ", rows this run did not generate; their licence and the model that wrote them are that file's"
+          for name, i in imported.items()],
+        *([] if imported and not teacher else [f"- Teacher: `{teacher.get('name', 'unknown')}`"
+                                               + (f" ({teacher.get('model')})" if teacher.get("model") else "")]),
         f"- Seed tasks: {cfg.get('seed_tasks') or 'bundled seeds/seed_tasks.jsonl'}; random seed {cfg.get('seed', '?')}",
     ]
-    if origins.get("machine"):
+    if origins.get("machine") and not imported:
         lines.append(f"- Bootstrap: mode {boot.get('mode', '?')}, target {boot.get('num_instructions', '?')} "
                      f"instructions, {boot.get('num_prompt_instructions', '?')} in-context tasks per prompt, "
                      f"temperature {boot.get('temperature', '?')}, top_p {boot.get('top_p', '?')}")

@@ -156,6 +156,22 @@ class SaveByTime(TrainerCallback):
         self.last = time.monotonic()
 
 
+class Runtime(TrainerCallback):
+    """Training seconds up to each checkpoint, earlier sessions included, in its RUNTIME_FILE: a resumed run adds
+    them to its own, so runtime_s (what `seed2lora cost` prices) is the whole training, not its last session."""
+
+    def __init__(self, before_s: float):
+        self.before_s, self.start = before_s, time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.before_s + time.perf_counter() - self.start
+
+    def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            write_text_atomic(folder / RUNTIME_FILE, json.dumps({"runtime_s": round(self.seconds(), 2)}) + "\n")
+
+
 class TrainProgress(TrainerCallback):
     """Optimizer steps with rate, ETA and the last losses: a bar on a terminal, plain lines elsewhere
     (pipeline/progress.py). Evaluation's batches get one of their own while they run."""
@@ -322,6 +338,8 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
     if resume:
         check_resumable(ckpts, settings)
         log(f"resuming from {resume}")
+        if base_eval_known(Path(resume)):  # eval_on_start would measure the checkpoint: a pass over the eval split
+            trainer.args.eval_on_start = False
     elif trainer.is_world_process_zero():
         stale = sorted(ckpts.glob("checkpoint-*")) if ckpts.is_dir() else []
         for old in stale:  # a fresh start must never be resumed from an older run's later checkpoint
@@ -333,6 +351,8 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
     on_gpu = p.stats["device"].startswith("cuda")
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
+    runtime = Runtime(read_runtime(Path(resume)) if resume else 0.0)
+    trainer.add_callback(runtime)
     start = time.perf_counter()
     try:
         result = trainer.train(resume_from_checkpoint=resume)
@@ -356,7 +376,7 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
         "train_loss": _losses(history, "loss"),
         "eval_loss": evals[-1]["eval_loss"] if evals else None,
         "eval_losses": _losses(history, "eval_loss"),
-        "runtime_s": round(train_seconds, 2),
+        "runtime_s": round(runtime.before_s + train_seconds, 2), "session_runtime_s": round(train_seconds, 2),
         "steps_per_s": round(result.metrics.get("train_steps_per_second", 0.0), 4),
         "tokens_per_s": round(trainer.tokens_seen * trainer.args.world_size / max(train_seconds, 1e-9), 1),
         "peak_memory_gb": round(_peak_memory_bytes(on_gpu) / 2**30, 3),
@@ -383,6 +403,20 @@ NOT_IN_ADAPTER = frozenset({"output_dir", "resume", "eval_steps", "save_steps", 
 # another dataset's, and resuming from them would mix the two.
 RESUMABLE = NOT_IN_ADAPTER | {"epochs", "max_steps"}
 CHECKPOINT_SETTINGS = "seed2lora_settings.json"
+RUNTIME_FILE = "seed2lora_runtime.json"  # in each checkpoint: training seconds up to it (Runtime)
+
+
+def base_eval_known(checkpoint: Path) -> bool:
+    """Whether the checkpoint's history holds the base's eval loss (step 0), which eval_on_start measures."""
+    f = checkpoint / "trainer_state.json"
+    history = json.loads(f.read_text(encoding="utf-8")).get("log_history", []) if f.is_file() else []
+    return any(h.get("step") == 0 and "eval_loss" in h for h in history)
+
+
+def read_runtime(checkpoint: Path) -> float:
+    """The training seconds up to a checkpoint; 0 for one written before checkpoints kept them."""
+    f = checkpoint / RUNTIME_FILE
+    return float(json.loads(f.read_text(encoding="utf-8")).get("runtime_s", 0.0)) if f.is_file() else 0.0
 
 
 def checkpoint_settings(p: Prepared) -> dict[str, Any]:
@@ -433,6 +467,9 @@ def check_resumable(ckpts: Path, settings: dict[str, Any]) -> None:
     # micro-batches, on CPU, resume with the other: the same model and numbers.
     saved, settings = ({**s, "training_path": same_model_path(s["training_path"])} if "training_path" in s else s
                        for s in (saved, settings))
+    if saved.get("data_sha256") and saved.get("data_sha256") == settings.get("data_sha256"):
+        # The same rows named by another path (absolute, or from another directory): the same data
+        saved, settings = ({k: v for k, v in s.items() if k != "data"} for s in (saved, settings))
     changed = [f"{k} {saved.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(saved) | set(settings))
                if saved.get(k) != settings.get(k) and (k in saved or k not in ADDED_SETTINGS)]
     if changed:
