@@ -877,6 +877,7 @@ def test_cli_export_train_eval_generate_merge(tiny_model, tmp_path, fake_openai)
     assert json.loads((adapter / "sampling.json").read_text()) == report["sampling"] == {
         "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 4, "repeat_penalty": 1.0, "stop": report["sampling"]["stop"]}
     assert report["sampling"]["stop"]  # the EOS token's text
+    assert "now caps answers at 4 tokens" in " ".join(result.output.split())  # a quick eval's cap, said
     result = runner.invoke(cli, ["generate", str(adapter), "Name a colour.", "--max-new-tokens", "3"])
     assert result.exit_code == 0 and json.loads(result.stdout.splitlines()[-1])["prompt"] == "Name a colour."
     result = runner.invoke(cli, ["generate", str(adapter), "Name a colour."])  # sampling.json's 4 tokens at most

@@ -308,6 +308,10 @@ def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_d
     write_text_atomic(out / "eval_report.md", report_markdown(report))
     # The settings travel with the adapter: serve, the Ollama Modelfile and generate answer as this eval scored.
     write_text_atomic(Path(adapter_dir) / SAMPLING, json.dumps(sampling, indent=2) + "\n")
+    if cfg.max_new_tokens < EvalConfig().max_new_tokens:  # a quick eval's short cap would cut every served answer
+        log(f"note: {Path(adapter_dir) / SAMPLING} now caps answers at {cfg.max_new_tokens} tokens (this eval's "
+            "max_new_tokens), and serve, the Ollama Modelfile and generate answer with it. Fix: before serving, "
+            f"run eval again with --max-new-tokens {EvalConfig().max_new_tokens} (the default) or more")
     report["report_dir"] = str(out)
     return report
 
