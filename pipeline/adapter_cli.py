@@ -159,6 +159,8 @@ def add_serve_command(cli: click.Group, friendly_errors: Callable, console: Any)
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(timeout=30)
+            if p.config_file:  # the engine's config is this server's alone: not left in $TMPDIR once it stops
+                Path(p.config_file).unlink(missing_ok=True)
 
 
 def add_cost_command(cli: click.Group, friendly_errors: Callable, run_dir_only: Callable) -> None:

@@ -256,13 +256,17 @@ def test_stop_says_the_server_stopped_not_resume(tmp_path, monkeypatch):
             return self.returncode
 
     a = fake_adapter(tmp_path / "a", r=8)
-    monkeypatch.setattr(serve, "plan", lambda *args, **kw: serve.Plan("vllm", ["vllm"], "http://h:1/v1", ["a"]))
+    config_file = tmp_path / "seed2lora-serve-1.json"
+    config_file.write_text("{}")  # as plan() writes the engine's config
+    monkeypatch.setattr(serve, "plan", lambda *args, **kw: serve.Plan("vllm", ["vllm"], "http://h:1/v1", ["a"],
+                                                                       config_file, {}))
     monkeypatch.setattr(serve, "start", lambda p: Proc())
     monkeypatch.setattr(serve, "wait_ready", lambda *args, **kw: None)
     monkeypatch.setattr(sp, "Popen", None)  # nothing is started for real
     result = CliRunner().invoke(cli, ["serve", str(a)])
     assert result.exit_code == 130
     assert "serve: stopped; http://h:1/v1 no longer answers" in result.output and "resume" not in result.output
+    assert not config_file.exists()  # the stopped server's config is not left behind in $TMPDIR
 
 
 def test_readme_llama_cpp_recipe_sets_sleeping_openmp_threads():
