@@ -209,7 +209,7 @@ def add_answering_commands(cli: click.Group, friendly_errors: Callable, console:
     @cli.command(name="eval")
     @click.argument("adapter", type=click.Path(exists=True, file_okay=False))
     @click.option("--data", help="JSONL of held-out tasks, or user-oriented: the Self-Instruct paper's 252 tasks, "
-                                 "downloaded once into the user cache (docs/quality.md). Default: those if on this "
+                                 "downloaded once into the user cache (docs/training.md, eval). Default: those if on this "
                                  "machine (../shared/data or the cache), else the adapter's eval split, and the "
                                  "message says so.")
     @click.option("--limit", type=int, help=f"Evaluate this many tasks, a seeded sample (default {e('limit')}: all).")
