@@ -80,6 +80,7 @@ def check_settings(ctx: RunContext, names: list[str]) -> None:
 def validate(ctx: RunContext, steps: list[Step]) -> None:
     """Everything that can fail on bad input, before the run folder or manifest is touched."""
     first = steps[0] if steps else None
+    ctx.step_tables = {t for s in steps for t in s.tables}  # before the teachers: their stop names these' settings
     if first is not None and first.after and first.reads is None and ctx.input_path is None:
         source = ctx.run.stage_file(first.after)
         if not source.exists():
