@@ -427,15 +427,16 @@ def is_run_file(path: str | Path) -> bool:
     return False
 
 
-def left_out_settings(ctx: RunContext, tables: set[str], teacher: bool) -> tuple[list[str], dict[str, Any]]:
+def left_out_settings(ctx: RunContext, tables: set[str], teacher: bool,
+                      as_made: bool = False) -> tuple[list[str], dict[str, Any]]:
     """The settings of `tables` the run was made with that this command leaves out (check_left_out), and the
-    recorded values."""
+    recorded values. as_made: as if the command named the run's own teacher (its TEACHER_SETTINGS count too)."""
     recorded = ctx.run.manifest().get("config")
     making = tables & set(RECORD_TABLES)
     if not recorded or not making:
         return [], {}
     then, now = recorded_settings(recorded), recorded_settings(ctx.cfg.to_dict())
-    same_teacher = teacher and now.get("teacher.spec") == then.get("teacher.spec")
+    same_teacher = teacher and (as_made or now.get("teacher.spec") == then.get("teacher.spec"))
     checked = [k for k in then if k in now and k not in NO_RECORD_CHANGE and not k.startswith("score.teacher.") and (
         k in RECORD_SETTINGS or k.split(".")[0] in making or (same_teacher and k in TEACHER_SETTINGS))]
     return [k for k in checked if now[k] != then[k] and not ctx.cfg.was_given(k)], then
@@ -443,8 +444,8 @@ def left_out_settings(ctx: RunContext, tables: set[str], teacher: bool) -> tuple
 
 def left_out_sets(ctx: RunContext, tables: set[str]) -> str:
     """' --set KEY=VALUE' for each setting of `tables` left out, with its recorded value; "" when none."""
-    keys, then = left_out_settings(ctx, tables, teacher=False)
-    return "".join(f" --set {shlex.quote(f'{k}={toml_value(then[k])}')}" for k in keys)
+    keys, then = left_out_settings(ctx, tables, teacher=True, as_made=True)  # the fix names the run's teacher
+    return "".join(f" --set {shlex.quote(f'{k}={toml_value(then[k])}')}" for k in keys if k != "teacher.base_url")
 
 
 def check_left_out(ctx: RunContext, tables: set[str], teacher: bool) -> None:

@@ -2,6 +2,7 @@
 
 import gc
 import json
+import shlex
 from pathlib import Path
 
 import click
@@ -299,17 +300,19 @@ def test_a_run_continued_without_its_teacher_stops_and_writes_nothing(fake_opena
 def test_a_bare_resume_names_the_teacher_and_the_left_out_settings_in_one_fix(fake_openai, tmp_path):
     """`run RUN_DIR` alone on a run made with a hosted teacher and --set's: the teacher's stop named only the teacher,
     and its fix, pasted, stopped again naming the settings; now one fix names both, and it goes on."""
-    invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 2,
+    invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 2, "--api", "chat",
            "--set", "filter.rouge_threshold=0.6")
     run = tmp_path / "r"
     text = " ".join(invoke("run", run, expect=2).output.split())
-    fix = (f"--set teacher.spec=openai:fake-model --set teacher.base_url={fake_openai.url} "
-           "--set bootstrap.num_instructions=2 --set filter.rouge_threshold=0.6")
+    calls = len(fake_openai.history)
+    fix = (f"--set teacher.spec=openai:fake-model --set teacher.base_url={fake_openai.url} --set 'teacher.api=\"chat\"' "
+           "--set bootstrap.num_instructions=2 --set filter.rouge_threshold=0.6")  # as a shell takes it, quoted
     assert f"give {fix} to go on as the run was made" in text and "names no teacher" in text
     assert f"--teacher openai:fake-model --base-url {fake_openai.url} in place of the teacher's --set" in text
-    invoke("run", run, *fix.split())  # the fix as pasted goes on: nothing left to do
+    invoke("run", run, *shlex.split(fix))  # the fix as pasted goes on: nothing left to do
     flags = ["--teacher", "openai:fake-model", "--base-url", fake_openai.url]
-    invoke("run", run, *flags, *fix.split()[4:])  # the flags in place of the teacher's --set
+    invoke("run", run, *flags, *shlex.split(fix)[4:])  # the flags in place of the teacher's --set
+    assert len(fake_openai.history) == calls  # nothing was left to ask: both went on as the run was made
 
 
 def test_the_fix_a_kept_teacher_or_judge_names_works_in_the_command_that_stopped(fake_openai, tmp_path):
