@@ -216,6 +216,7 @@ class RunContext:
         # were, so its config keeps saying how those steps' records were made (an `evolve R` no longer wrote the
         # default target of 100 over the run's --num-instructions 500)
         self.kept_tables: set[str] = set()
+        self.step_tables: set[str] = set()  # those of the steps it runs: the teacher's stop names their left-out too
         self._judge: Teacher | None = None  # score's judge when [score.teacher] names its own
         self._cache: ResponseCache | None = None
         self._budget: Budget | None = None  # the session's one budget, shared by the teacher and the judge
@@ -292,11 +293,16 @@ class RunContext:
         same = f"{flag} {name_before}" + (f" {url_flag} {url}" if url else "")
         by_set = f"--set {key}.spec={name_before}" + (f" --set {key}.base_url={url}" if url else "")
         if not given:
+            # With the settings it leaves out too (check_left_out): pasted, the fix stopped again, naming them
+            more = left_out_sets(self, self.step_tables) if role == "teacher" else ""
             raise Seed2LoraError(
                 f"{self.run.path} was {made} {name_before} (manifest.json), and this command names no {role}: it "
-                f"would go on with the default, {name}, and mix the two in the run's records. Fix: give {by_set} "
-                f"({where[0]} {where[1]} {same} too) to go on with it, or name another {role} explicitly (--set "
-                f"{key}.spec, or {flag} in {where[0]}) to mix them on purpose")
+                f"would go on with the default, {name}, and mix the two in the run's records. Fix: give {by_set}"
+                + (f" ({where[0]} {where[1]} {same} too) to go on with it" if not more else
+                   f"{more} to go on as the run was made (this command leaves its settings out too; {where[0]} "
+                   f"{where[1]} {same} in place of the {role}'s --set)")
+                + f", or name another {role} explicitly (--set {key}.spec, or {flag} in {where[0]}) to mix them on "
+                "purpose")
         self.log(f"note: {self.run.path} was {made} {name_before} (manifest.json) and this command uses {name}: "
                  f"the run's records will mix the two. To keep its {role}, give {by_set} ({where[0]} {where[1]} "
                  f"{same} too) again")
@@ -433,24 +439,36 @@ def is_run_file(path: str | Path) -> bool:
     return False
 
 
+def left_out_settings(ctx: RunContext, tables: set[str], teacher: bool,
+                      as_made: bool = False) -> tuple[list[str], dict[str, Any]]:
+    """The settings of `tables` the run was made with that this command leaves out (check_left_out), and the
+    recorded values. as_made: as if the command named the run's own teacher (its TEACHER_SETTINGS count too)."""
+    recorded = ctx.run.manifest().get("config")
+    making = tables & set(RECORD_TABLES)
+    if not recorded or not making:
+        return [], {}
+    then, now = recorded_settings(recorded), recorded_settings(ctx.cfg.to_dict())
+    same_teacher = teacher and (as_made or now.get("teacher.spec") == then.get("teacher.spec"))
+    checked = [k for k in then if k in now and k not in NO_RECORD_CHANGE and not k.startswith("score.teacher.") and (
+        k in RECORD_SETTINGS or k.split(".")[0] in making or (same_teacher and k in TEACHER_SETTINGS))]
+    return [k for k in checked if now[k] != then[k] and not ctx.cfg.was_given(k)], then
+
+
+def left_out_sets(ctx: RunContext, tables: set[str]) -> str:
+    """' --set KEY=VALUE' for each setting of `tables` left out, with its recorded value; "" when none."""
+    keys, then = left_out_settings(ctx, tables, teacher=True, as_made=True)  # the fix names the run's teacher
+    return "".join(f" --set {shlex.quote(f'{k}={toml_value(then[k])}')}" for k in keys if k != "teacher.base_url")
+
+
 def check_left_out(ctx: RunContext, tables: set[str], teacher: bool) -> None:
     """A command on a run made with other settings, that leaves one out (its default comes by omission): stop before
     anything is written (exit 2), naming the --set that goes on as the run was made. `tables`: those the command's
     steps read; `teacher`: whether a step calls the run's teacher. A setting named on purpose is a change."""
-    manifest = ctx.run.manifest()
-    recorded = manifest.get("config")
-    if not recorded:
-        return
-    making = tables & set(RECORD_TABLES)
-    if not making:
-        return
-    then, now = recorded_settings(recorded), recorded_settings(ctx.cfg.to_dict())
-    same_teacher = teacher and now.get("teacher.spec") == then.get("teacher.spec")
-    checked = [k for k in then if k in now and k not in NO_RECORD_CHANGE and not k.startswith("score.teacher.") and (
-        k in RECORD_SETTINGS or k.split(".")[0] in making or (same_teacher and k in TEACHER_SETTINGS))]
-    left_out = [k for k in checked if now[k] != then[k] and not ctx.cfg.was_given(k)]
+    left_out, then = left_out_settings(ctx, tables, teacher)
     if not left_out:
         return
+    manifest = ctx.run.manifest()
+    now = recorded_settings(ctx.cfg.to_dict())
     was = ", ".join(f"{k} = {toml_value(then[k])}" for k in left_out)
     would = ", ".join(f"{k} = {toml_value(now[k])}" for k in left_out)
     fix = " ".join(f"--set {shlex.quote(f'{k}={toml_value(then[k])}')}" for k in left_out)

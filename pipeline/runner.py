@@ -57,7 +57,8 @@ STEPS = [
     Step("filter", filter_stage.step, after="instances", tables=("filter",)),
     Step("evolve", evolve.step, reads=evolve.read, check=evolve.check, progress=evolve.progress, teacher="teacher",
          tables=("evolve", "filter")),
-    Step("score", score.step, reads=score.read, progress=score.progress, teacher="judge", tables=("score", "export")),
+    Step("score", score.step, reads=score.read, check=score.check, progress=score.progress, teacher="judge",
+         tables=("score", "export")),
     Step("ifd", later("pipeline.train.steps", "ifd_step"), tables=("ifd", "export", "train")),
     Step("select", later("pipeline.stages.select", "step"), tables=("select", "export"),
          check=lambda ctx: importlib.import_module("pipeline.stages.select").check(ctx)),
@@ -79,6 +80,7 @@ def check_settings(ctx: RunContext, names: list[str]) -> None:
 def validate(ctx: RunContext, steps: list[Step]) -> None:
     """Everything that can fail on bad input, before the run folder or manifest is touched."""
     first = steps[0] if steps else None
+    ctx.step_tables = {t for s in steps for t in s.tables}  # before the teachers: their stop names these' settings
     if first is not None and first.after and first.reads is None and ctx.input_path is None:
         source = ctx.run.stage_file(first.after)
         if not source.exists():

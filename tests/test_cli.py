@@ -2,6 +2,7 @@
 
 import gc
 import json
+import shlex
 from pathlib import Path
 
 import click
@@ -298,6 +299,24 @@ def test_a_run_continued_without_its_teacher_stops_and_writes_nothing(fake_opena
     invoke("bootstrap", run, "--config", config, "--num-instructions", 3)
 
 
+def test_a_bare_resume_names_the_teacher_and_the_left_out_settings_in_one_fix(fake_openai, tmp_path):
+    """`run RUN_DIR` alone on a run made with a hosted teacher and --set's: the teacher's stop named only the teacher,
+    and its fix, pasted, stopped again naming the settings; now one fix names both, and it goes on."""
+    invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 2, "--api", "chat",
+           "--set", "filter.rouge_threshold=0.6")
+    run = tmp_path / "r"
+    text = " ".join(invoke("run", run, expect=2).output.split())
+    calls = len(fake_openai.history)
+    fix = (f"--set teacher.spec=openai:fake-model --set teacher.base_url={fake_openai.url} --set 'teacher.api=\"chat\"' "
+           "--set bootstrap.num_instructions=2 --set filter.rouge_threshold=0.6")  # as a shell takes it, quoted
+    assert f"give {fix} to go on as the run was made" in text and "names no teacher" in text
+    assert f"--teacher openai:fake-model --base-url {fake_openai.url} in place of the teacher's --set" in text
+    invoke("run", run, *shlex.split(fix))  # the fix as pasted goes on: nothing left to do
+    flags = ["--teacher", "openai:fake-model", "--base-url", fake_openai.url]
+    invoke("run", run, *flags, *shlex.split(fix)[4:])  # the flags in place of the teacher's --set
+    assert len(fake_openai.history) == calls  # nothing was left to ask: both went on as the run was made
+
+
 def test_the_fix_a_kept_teacher_or_judge_names_works_in_the_command_that_stopped(fake_openai, tmp_path):
     """The stop named --judge to `run` (a run with a score stage over a run another judge scored) and --teacher to
     `score --config` (a config naming no teacher): neither command takes that flag ("No such option"). The fix it
@@ -350,7 +369,8 @@ def test_commands_that_use_no_teacher_keep_the_runs_recorded_teacher(fake_openai
     calls = len(fake_openai.history)
     text = " ".join(invoke("evolve", run, expect=2).output.split())  # names no teacher: stops, naming the run's
     assert "was made with teacher openai:fake-model (manifest.json), and this command names no teacher" in text
-    assert f"take --teacher openai:fake-model --base-url {fake_openai.url} too" in text and "default, embedded," in text
+    assert f"take --teacher openai:fake-model --base-url {fake_openai.url} in place of" in text and "default, embedded," in text
+    assert "--set filter.rouge_threshold=0.6 to go on as the run was made" in text  # evolve's filter, left out too
     assert len(fake_openai.history) == calls
     rated = '{"rating": 4, "reason": "fine"}'
     fake_openai.default_reply = lambda path, body, plain=fake_openai.default_reply: (

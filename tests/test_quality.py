@@ -185,6 +185,25 @@ def test_another_judge_must_rescore_and_a_server_without_logprobs_is_named(fake_
     assert not [r for r in read(run.rejected_file) if r["stage"] == "score"]
 
 
+def test_a_judge_refused_for_another_judges_ratings_changes_nothing_recorded(fake_openai, tmp_path):
+    # `score --judge OTHER` on a run scored by another judge stops (exit 2); it wrote OTHER into the manifest first,
+    # and every later bare `score`, which takes the manifest's config, stopped the same way.
+    fake_openai.default_reply = lambda path, body: fake_openai.wrap(path, judge(path, body))
+    tasks, cfg = make_run(tmp_path, fake_openai)
+    Session(cfg).score()
+    run = RunDir(tmp_path / "r")
+    before = run.manifest()
+    posts = fake_openai.posts
+    result = invoke("score", str(run.path), "--judge", "openai:other-model", "--judge-base-url", fake_openai.url,
+                    expect=2)
+    assert "holds ratings by openai:fake-model (text)" in result.output and "openai:other-model" in result.output
+    after = run.manifest()
+    assert after["judge"] == before["judge"] and after["config"]["score"] == before["config"]["score"]
+    assert fake_openai.posts == posts  # stopped before any request, the judge's preflight too
+    result = invoke("score", str(run.path))  # the run's own judge goes on: nothing left to rate
+    assert "0 instances rated by openai:fake-model" in result.output
+
+
 def judged_run(tmp_path, server):
     """make_run's run, for the commands: its manifest names the fake judge, which rates by judge()."""
     server.default_reply = lambda path, body: server.wrap(path, judge(path, body))

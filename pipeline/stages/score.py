@@ -72,12 +72,25 @@ def check_same_judge(run: RunDir, judge: str) -> None:
                              "to rate every row again with this judge, or score with the earlier judge's settings")
 
 
+def judge_label(teacher: Teacher, method: str) -> str:
+    """How score records name who rated them: "<judge> (<method>)"."""
+    return f"{teacher.name} ({'logprobs' if uses_logprobs(teacher, method) else 'text'})"
+
+
+def check(ctx: RunContext) -> None:
+    """Before the manifest is written or a request sent: another judge's ratings stop this one (a refused
+    `score --judge OTHER` recorded OTHER first, and every later bare `score`, which takes the manifest's config,
+    stopped the same way). --rescore sets them aside, so it goes on."""
+    if not ctx.rescore:
+        check_same_judge(ctx.run, judge_label(ctx.bare_judge, ctx.cfg.score.method))
+
+
 def run_score(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: RunDir, prompts: Prompts,
               progress: ProgressFn | None = None) -> MapResult:
     """Rate every instance of `tasks` not yet in score.jsonl (nor rejected by this stage)."""
     c = cfg.score
     by_logprobs = uses_logprobs(teacher, c.method)
-    judge = f"{teacher.name} ({'logprobs' if by_logprobs else 'text'})"
+    judge = judge_label(teacher, c.method)
     check_same_judge(run, judge)
     params = (GenParams(max_tokens=1, logprobs=c.top_logprobs) if by_logprobs else
               GenParams(max_tokens=c.max_tokens, temperature=c.temperature, json_mode=c.json_mode))
