@@ -216,9 +216,10 @@ def _print_estimate(s) -> None:
     from rich.table import Table
 
     from .budget import check_prices
+    from .context import check_left_out
     from .cost import money, open_batches, open_batches_line
     from .estimate import estimate_run
-    from .runner import check_settings
+    from .runner import STEPS, use_tables
 
     est = estimate_run(s.cfg, s.prompts, s.seeds, s.run, s.cache if s.run.path.exists() else None)
     keys = ("calls", "prompt_tokens", "prefix_cached_tokens", "max_completion_tokens")
@@ -246,7 +247,8 @@ def _print_estimate(s) -> None:
                    f"\"{est['unpriced'][0]}\" = [input, output] $ per 1M tokens")
     try:  # the run's own checks, so the dry run exits 2 where the run would (as for any other config error)
         check_prices(s.cfg, s.cfg.stages)
-        check_settings(s.ctx, s.cfg.stages)
+        calls_teacher = use_tables(s.ctx, [step for step in STEPS if step.name in s.cfg.stages])
+        check_left_out(s.ctx, s.ctx.step_tables, calls_teacher)  # as the run's own validate: a left-out setting
     except Seed2LoraError as e:
         raise Seed2LoraError(f"the run would stop before its first call (exit 2): {e}") from None
 

@@ -68,19 +68,18 @@ STEPS = [
 ]
 
 
-def check_settings(ctx: RunContext, names: list[str]) -> None:
-    """The named steps' settings against those the run was made with (context.check_left_out; the dry run's check
-    too); the tables of the other steps stay in the manifest as they were (RunContext.kept_tables)."""
-    steps = [s for s in STEPS if s.name in names]
-    tables = {t for s in steps for t in s.tables}
-    ctx.kept_tables = {t for s in STEPS for t in s.tables} - tables
-    check_left_out(ctx, tables, any(s.teacher == "teacher" for s in steps))
+def use_tables(ctx: RunContext, steps: list[Step]) -> bool:
+    """The tables `steps` read, whose settings are checked and recorded (RunContext.step_tables; the others stay as
+    the manifest had them: kept_tables); whether one of the steps calls the run's teacher."""
+    ctx.step_tables = {t for s in steps for t in s.tables}
+    ctx.kept_tables = {t for s in STEPS for t in s.tables} - ctx.step_tables
+    return any(s.teacher == "teacher" for s in steps)
 
 
 def validate(ctx: RunContext, steps: list[Step]) -> None:
     """Everything that can fail on bad input, before the run folder or manifest is touched."""
     first = steps[0] if steps else None
-    ctx.step_tables = {t for s in steps for t in s.tables}  # before the teachers: their stop names these' settings
+    calls_teacher = use_tables(ctx, steps)  # before the teachers: their stop names these tables' left-out settings
     if first is not None and first.after and first.reads is None and ctx.input_path is None:
         source = ctx.run.stage_file(first.after)
         if not source.exists():
@@ -90,10 +89,10 @@ def validate(ctx: RunContext, steps: list[Step]) -> None:
         if step.check is not None:
             step.check(ctx)
     check_prices(ctx.cfg, [s.name for s in steps])  # an unpriced judge under max_cost: before generation is paid
-    teachers = [ctx.bare_teacher] if any(s.teacher == "teacher" for s in steps) else []
+    teachers = [ctx.bare_teacher] if calls_teacher else []
     if any(s.teacher == "judge" for s in steps):
         teachers.append(ctx.bare_judge)
-    check_settings(ctx, [s.name for s in steps])  # after the teachers' own (keep_recorded), before any request
+    check_left_out(ctx, ctx.step_tables, calls_teacher)  # after the teachers' own (keep_recorded), before any request
     for teacher in dict.fromkeys(teachers):
         preflight(teacher, ctx.log)
 
