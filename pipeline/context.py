@@ -454,10 +454,15 @@ def left_out_settings(ctx: RunContext, tables: set[str], teacher: bool,
     return [k for k in checked if now[k] != then[k] and not ctx.cfg.was_given(k)], then
 
 
+def set_flags(keys: Iterable[str], values: dict[str, Any]) -> str:
+    """' --set KEY=VALUE' for each key, its value as --set takes it, quoted for a shell."""
+    return "".join(f" --set {shlex.quote(f'{k}={toml_value(values[k])}')}" for k in keys)
+
+
 def left_out_sets(ctx: RunContext, tables: set[str]) -> str:
-    """' --set KEY=VALUE' for each setting of `tables` left out, with its recorded value; "" when none."""
+    """set_flags of each setting of `tables` left out, with its recorded value; "" when none."""
     keys, then = left_out_settings(ctx, tables, teacher=True, as_made=True)  # the fix names the run's teacher
-    return "".join(f" --set {shlex.quote(f'{k}={toml_value(then[k])}')}" for k in keys if k != "teacher.base_url")
+    return set_flags((k for k in keys if k != "teacher.base_url"), then)
 
 
 def check_left_out(ctx: RunContext, tables: set[str], teacher: bool) -> None:
@@ -471,7 +476,7 @@ def check_left_out(ctx: RunContext, tables: set[str], teacher: bool) -> None:
     now = recorded_settings(ctx.cfg.to_dict())
     was = ", ".join(f"{k} = {toml_value(then[k])}" for k in left_out)
     would = ", ".join(f"{k} = {toml_value(now[k])}" for k in left_out)
-    fix = " ".join(f"--set {shlex.quote(f'{k}={toml_value(then[k])}')}" for k in left_out)
+    fix = set_flags(left_out, then).strip()
     it, s = ("it", "") if len(left_out) == 1 else ("them", "s")
     raise Seed2LoraError(
         f"{ctx.run.path} was made with {was} (manifest.json), and this command leaves {it} out: it would go on with "
