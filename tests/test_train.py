@@ -886,7 +886,7 @@ def test_cli_export_train_eval_generate_merge(tiny_model, tmp_path, fake_openai)
     assert result.exit_code == 2
 
 
-def test_run_goes_on_from_the_data_to_an_evaluated_adapter_and_resumes(tiny_model, tmp_path):
+def test_run_goes_on_from_the_data_to_an_evaluated_adapter_and_resumes(tiny_model, tmp_path, monkeypatch):
     """stages = [..., "export", "train", "eval"] in one config file: the whole pipeline, re-runs skip finished work."""
     from pipeline.cli import cli
     from pipeline.records import Instance, Task
@@ -900,8 +900,9 @@ def test_run_goes_on_from_the_data_to_an_evaluated_adapter_and_resumes(tiny_mode
     held_out.write_text("".join(json.dumps({"instruction": r["instruction"], "instances": [{"input": "",
                                             "output": r["output"]}]}) + "\n" for r in ROWS[:2]))
     config = tmp_path / "pipeline.toml"
+    monkeypatch.chdir(tmp_path)  # output_dir relative: the summary still names its data whole
     config.write_text(f"""run_name = "r"
-output_dir = "{tmp_path / 'out'}"
+output_dir = "out"
 stages = ["export", "train", "eval"]
 [export]
 formats = "messages"
@@ -922,7 +923,8 @@ max_new_tokens = 4
     adapter = run.path / "adapter"
     summary = json.loads((adapter / "training_summary.json").read_text())
     assert summary["steps"] == 2 and summary["config"]["lora_r"] == 8 and not summary["quantized"]
-    assert summary["data"] == str(run.path / "export")  # trained on the export the run just wrote
+    assert summary["data"] == str(run.path / "export")  # trained on the export the run just wrote, named whole
+    assert summary["source"] == str(run.path / "export" / "messages" / "train.jsonl")
     counts = json.loads((run.path / "export" / "export.json").read_text())["counts"]
     assert counts["seed_tasks"] == 175 and counts["eval_rows"] == 2  # the bundled seeds train; 2 machine rows held out
     assert summary["rows"] == {"train": counts["train_rows"], "eval": 2, "packed": False}

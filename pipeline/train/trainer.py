@@ -367,7 +367,8 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
         evals.append(trainer.evaluate())  # Trainer evaluates at the last step only when it falls on eval_steps
     history = trainer.state.log_history
     summary = {
-        "model": p.model_path, "data": p.data, "source": p.rows.source, "output_dir": str(out),
+        "model": p.model_path, "data": whole(p.data), "source": ", ".join(map(whole, p.rows.source.split(", "))),
+        "output_dir": str(out),
         **({"decontaminated": p.rows.decontaminated, "contaminated_rows": len(p.rows.contaminated)}
            if p.rows.decontaminated else {}),
         **p.stats, "world_size": trainer.args.world_size, "config": dataclasses.asdict(cfg),
@@ -476,6 +477,12 @@ def check_resumable(ckpts: Path, settings: dict[str, Any]) -> None:
         raise Seed2LoraError(f"the checkpoints in {ckpts} were made with other settings or data ({'; '.join(changed)}). "
                              "Fix: --no-resume (in a config: [train] resume = false) to start over; the old checkpoints are "
                              "removed. Or train into another --out")
+
+
+def whole(path: str | Path) -> str:
+    """A path the summary names, whole when it is there: export-adapter's dataset hash and eval's held-out split
+    read it from any directory (one relative to where `train` ran was found from there only)."""
+    return str(Path(path).absolute()) if path and Path(path).exists() else str(path)
 
 
 def train(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Progress | None = None) -> dict[str, Any]:
