@@ -315,7 +315,7 @@ class RunDir:
                 inputs: dict[str, list[Task]] | None = None) -> dict[str, int]:
         """What each of `stages` has still to do, from the files: bootstrap, the instructions short of `target`
         (its num_instructions); classify and instances, their input tasks (`inputs[stage]`, else the file of
-        TASK_INPUT) with no outcome. A stage whose work left the files cannot tell is left out. Each file is read
+        TASK_INPUT; when that stage is among `stages` too, its own input but for its rejections) with no outcome. A stage whose work left the files cannot tell is left out. Each file is read
         once: this runs when a run stops, or for `show`, never per reply."""
         read: dict[str, list[Task]] = {}
 
@@ -324,6 +324,7 @@ class RunDir:
                 read[name] = self.read_stage(name)
             return read[name]
 
+        stages = list(stages)
         rejected = self.read_rejected() if any(s in TASK_INPUT for s in stages) else []
         left: dict[str, int] = {}
         for stage in stages:
@@ -331,8 +332,16 @@ class RunDir:
                 left[stage] = max(0, target - len(stage_tasks(stage)))
             elif stage in TASK_INPUT:
                 tasks = (inputs or {}).get(stage)
+                if tasks is None:
+                    source = TASK_INPUT[stage]
+                    tasks = stage_tasks(source)
+                    if source in stages and source in TASK_INPUT and source not in (inputs or {}):
+                        # Its source has tasks to go too, which come here next: the source's own input but for
+                        # those it rejected (instances' pending counted none of classify's)
+                        dropped = {t.id for t in rejected if t.stage == source}
+                        tasks = [t for t in stage_tasks(TASK_INPUT[source]) if t.id not in dropped]
                 done = self.outcomes(stage, rejected, stage_tasks(stage))
-                left[stage] = len({t.id for t in (stage_tasks(TASK_INPUT[stage]) if tasks is None else tasks)} - done)
+                left[stage] = len({t.id for t in tasks} - done)
         return left
 
     def replace_rejected(self, stage: str, records: Iterable[Task]) -> None:

@@ -58,7 +58,8 @@ def counts_row(run, stage):
 
 def left_in_files(run: Path, target: int) -> dict[str, int]:
     """What each flowing stage has still to do, counted here from the files: bootstrap's instructions short of the
-    target; classify's and instances' input tasks with neither a record nor a rejection by the stage."""
+    target; classify's and instances' input tasks with neither a record nor a rejection by the stage (instances'
+    input: bootstrap's tasks but for classify's rejections, since those classify has still to do come next)."""
     rejected = read(run / "rejected.jsonl") if (run / "rejected.jsonl").exists() else []
 
     def ids(stage):
@@ -67,8 +68,9 @@ def left_in_files(run: Path, target: int) -> dict[str, int]:
     def done(stage):
         return ids(stage) | {t["id"] for t in rejected if t["stage"] == stage}
 
+    classify_dropped = {t["id"] for t in rejected if t["stage"] == "classify"}
     return {"bootstrap": target - len(ids("bootstrap")), "classify": len(ids("bootstrap") - done("classify")),
-            "instances": len(ids("classify") - done("instances"))}
+            "instances": len(ids("bootstrap") - classify_dropped - done("instances"))}  # classify's to go come next
 
 
 def pending_words(left: dict[str, int], target: int) -> str:

@@ -6,7 +6,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.errors import InputError
 from pipeline.records import Instance, Task
-from pipeline.store import JsonlWriter, RunDir, read_jsonl, read_tasks
+from pipeline.store import JsonlWriter, RunDir, read_jsonl, read_tasks, write_jsonl_atomic
 
 
 def test_task_round_trips_through_json():
@@ -296,3 +296,17 @@ def test_each_session_records_its_teacher_whole(tmp_path):
     assert m["teacher"] == {"name": "embedded", "kind": "hf"}
     assert m["stages"] == {"bootstrap": {"kept": 3}, "classify": {"kept": 2}}  # other tables still merge
     assert json.loads(run.manifest_file.read_text())["teacher"] == {"name": "embedded", "kind": "hf"}
+
+
+def test_pending_follows_tasks_through_the_stages_of_one_command(tmp_path):
+    """Instances' pending counted only classify's kept tasks: a stop with classify half done (or its file empty)
+    said nothing of the tasks instances would get next."""
+    run = RunDir(tmp_path)
+    tasks = [Task(id=f"t{i}", instruction=f"Task {i}") for i in range(10)]
+    write_jsonl_atomic(run.stage_file("bootstrap"), tasks)
+    write_jsonl_atomic(run.stage_file("classify"), tasks[:3])
+    write_jsonl_atomic(run.rejected_file, [tasks[3].rejected("unparseable_reply: no label", "classify")])
+    write_jsonl_atomic(run.stage_file("instances"), tasks[:2])
+    flow = run.pending(["bootstrap", "classify", "instances"], 12)
+    assert flow == {"bootstrap": 2, "classify": 6, "instances": 7}  # 10 but t3 (dropped) and t0, t1 (done)
+    assert run.pending(["instances"], 12) == {"instances": 1}  # instances alone: classify's file is its input
