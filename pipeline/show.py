@@ -16,7 +16,7 @@ from rich.table import Column, Table
 
 from .errors import Seed2LoraError
 from .records import Task
-from .store import PENDING_KNOWN, STAGES, RunDir, reason_kind
+from .store import PENDING_KNOWN, STAGES, RunDir, reason_kind, reason_label
 
 WIDE = 10_000  # columns off a terminal: a table is as wide as its content (rich tables do not expand to the width)
 
@@ -65,7 +65,7 @@ def summary(run: RunDir, stage: str | None = None) -> dict:
         "stage": stage,
         "counts": {s: len(run.read_stage(s)) for s in STAGES if run.stage_file(s).exists()},
         "rejected": len(rejected),
-        "rejected_by_reason": dict(Counter(f"{r.stage}: {reason_kind(r.reject_reason)}" for r in rejected).most_common()),
+        "rejected_by_reason": dict(Counter(reason_label(r) for r in rejected).most_common()),
         "types": dict(Counter({True: "classification", False: "non-classification", None: "unlabelled"}[t.is_classification]
                               for t in tasks)),
         "instances": sum(len(t.instances) for t in tasks),

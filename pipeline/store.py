@@ -158,7 +158,7 @@ def reason_key(record: Task | dict[str, Any]) -> str | None:
     """A rejected record's key in the manifest's rejected_by_reason ("stage: rule"), as Tally makes it from the line
     read back; None for a record that has no reject reason or is not a Task (Tally then reads its line)."""
     if isinstance(record, Task) and isinstance(record.reject_reason, str) and isinstance(record.stage, str):
-        return sys.intern(f"{record.stage}: {reason_kind(record.reject_reason)}")
+        return sys.intern(reason_label(record))
     return None
 
 
@@ -315,8 +315,9 @@ class RunDir:
                 inputs: dict[str, list[Task]] | None = None) -> dict[str, int]:
         """What each of `stages` has still to do, from the files: bootstrap, the instructions short of `target`
         (its num_instructions); classify and instances, their input tasks (`inputs[stage]`, else the file of
-        TASK_INPUT; when that stage is among `stages` too, its own input but for its rejections) with no outcome. A stage whose work left the files cannot tell is left out. Each file is read
-        once: this runs when a run stops, or for `show`, never per reply."""
+        TASK_INPUT; when that stage is among `stages` too, its own input but for its rejections) with no outcome.
+        A stage whose work left the files cannot tell is left out. Each file is read once: this runs when a run
+        stops, or for `show`, never per reply."""
         read: dict[str, list[Task]] = {}
 
         def stage_tasks(name: str) -> list[Task]:
@@ -453,6 +454,11 @@ def reason_kind(reason: str | None) -> str:
     return (reason or "unknown").split(":", 1)[0].strip()
 
 
+def reason_label(task: Task) -> str:
+    """A rejected record's key in the counts by reason ("stage: rule"): the manifest's, show's and the report's."""
+    return f"{task.stage}: {reason_kind(task.reject_reason)}"
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -505,4 +511,4 @@ class Tally:
             self.lines += 1
             if self.by_reason:
                 r = Task.from_dict(obj)
-                self.reasons[f"{r.stage}: {reason_kind(r.reject_reason)}"] += 1
+                self.reasons[reason_label(r)] += 1

@@ -19,7 +19,7 @@ from ..records import Task
 from ..seeds import load_seeds
 from ..show import evolve_summary
 from ..similarity import RougeLIndex
-from ..store import STAGES, RunDir, reason_kind
+from ..store import STAGES, RunDir, reason_label
 from .quality import quality
 from .stats import histogram, stats
 from .verbs import VerbParser, load_parser, top_verb_objects
@@ -73,7 +73,7 @@ def funnel(run: RunDir, rejected: list[Task]) -> dict[str, Any]:
     steps += [{"name": s, "count": len(run.read_stage(s))} for s in SELF_INSTRUCT if run.stage_file(s).exists()]
     if run.stage_file(EVOLVE).exists():
         steps.append({"name": "evolved (kept)", "count": len(run.read_stage(EVOLVE))})
-    reasons = Counter(f"{t.stage}: {reason_kind(t.reject_reason)}" for t in rejected)
+    reasons = Counter(reason_label(t) for t in rejected)
     pending = {stage: int(c.get("pending", 0)) for stage, c in (run.manifest().get("stages") or {}).items()
                if isinstance(c, dict) and c.get("pending")}
     return {"steps": steps, "rejected": len(rejected), "rejected_by_reason": dict(reasons.most_common()),
