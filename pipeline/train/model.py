@@ -36,7 +36,7 @@ def resolve_model(model: str) -> str:
     if not model:
         from ..teachers.embedded import embedded_model_dir
 
-        return str(embedded_model_dir())
+        return str(embedded_model_dir("or give a local HF model folder with --model DIR"))
     if not (Path(model) / "config.json").is_file():
         raise Seed2LoraError(f"{model!r} is not a model folder (no config.json). Fix: give a local Hugging Face "
                              "model folder; hub downloads need network")
