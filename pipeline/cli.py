@@ -28,6 +28,7 @@ from .errors import InputError, Interrupted, Seed2LoraError, mask_secrets
 from .hub import push_options
 from .progress import progress
 from .show import label, show_run, stdout_console
+from .teachers.origin import SCORE_JUDGE
 from .train.commands import OUTPUT_DIR_MOVED, Renamed, add_commands, moved
 
 console = Console(stderr=True, soft_wrap=True)  # log lines stay whole in log files and CI output
@@ -390,7 +391,7 @@ _set_any = _set_option("select.near_dup_threshold=0.6")
 
 
 # The settings score's flags set, by flag: its judge's messages name these, never run's --teacher or --base-url
-SCORE_FLAGS = {"score.teacher.spec": "--judge", "score.teacher.base_url": "--judge-base-url",
+SCORE_FLAGS = {**{SCORE_JUDGE.key(k): flag for k, flag in SCORE_JUDGE.flags.items()},
                "budget.max_tokens_total": "--max-tokens-total"}
 
 
