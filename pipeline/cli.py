@@ -180,7 +180,9 @@ def friendly_errors(f):
             return f(*args, **kwargs)
         except Seed2LoraError as e:
             code = getattr(e, "exit_code", 2)
-            label = {2: "[bold red]error:[/]", 4: "[bold red]teacher unavailable:[/]",
+            # A judge's outage is the judge's: score's and eval's servers are not the run's teacher
+            unavailable = f"[bold red]{escape(getattr(e, 'role', 'teacher'))} unavailable:[/]"
+            label = {2: "[bold red]error:[/]", 4: unavailable,
                      5: "[bold yellow]incomplete:[/]"}.get(code, "[bold yellow]stopped:[/]")
             console.print(f"{label} {escape(mask_secrets(str(e)))}", highlight=False, soft_wrap=True)
             said_pending(e)

@@ -56,6 +56,8 @@ def test_a_judge_server_that_is_down_names_score_settings_and_flags(fake_openai,
     assert f"within 1 s (score.teacher.connect_window_s): {dead}" in text, text
     assert "Fix: start the server, or check --judge-base-url (host and port)" in text, text
     assert "judge: cannot reach" in text  # its events say whose they are, not "teacher: ..."
+    assert text.startswith("judge unavailable: ") or " judge unavailable: no endpoint answers" in text, text
+    assert "teacher unavailable" not in text  # the label named the run's teacher for the judge's outage
     assert_judge_names(text)
 
 
@@ -98,6 +100,7 @@ def test_eval_judges_messages_name_eval_judge_and_its_flags():
             with judge_teacher(cfg, None, log=events.append, flags=flags):
                 pass
         text = str(e.value)
+        assert e.value.role == "eval judge"  # the CLI's label: "eval judge unavailable:"
         assert "(eval.judge.connect_window_s)" in text and "check --set eval.judge.base_url=URL" in text, text
         assert events and all(line.startswith("eval judge: ") for line in events), events
         assert "eval.judge.connect_window_s" in events[0]
