@@ -39,6 +39,7 @@ LOCK = ".lock"
 # Each session describes its teacher whole: merged into the last one's, an embedded teacher's record kept the
 # server teacher's base_url, api and concurrency under its own name
 MANIFEST_WHOLE = ("teacher",)
+FILTER_WROTE_SPEC = "embedded"  # the default teacher an older `filter` recorded over a run's own (mend_teacher_table)
 # The run's folders: RunDir names them, nothing else spells them.
 EXPORT_DIR, ADAPTER_DIR, EVAL_DIR, REPORT_DIR = "export", "adapter", "eval", "report"
 EXPORT_INFO = "export.json"  # an export folder's facts (its run, counts, config)
@@ -354,7 +355,7 @@ class RunDir:
         if not self.manifest_file.exists():
             return {}
         try:
-            return json.loads(self.manifest_file.read_text(encoding="utf-8"))
+            return mend_teacher_table(json.loads(self.manifest_file.read_text(encoding="utf-8")))
         except json.JSONDecodeError as e:
             raise InputError(self.manifest_file, e.lineno, "is not valid JSON",
                              "delete it; the next run writes a new one") from None
@@ -434,6 +435,23 @@ def rejected_by(counts: dict[str, Any], stage: str) -> int:
 def eval_dir_of(adapter_dir: str | Path) -> Path:
     """Where an adapter's eval report goes by default: ADAPTER/eval."""
     return Path(adapter_dir) / EVAL_DIR
+
+
+def mend_teacher_table(m: dict[str, Any]) -> dict[str, Any]:
+    """A manifest whose config names the teacher it was made with. An older `filter` (it builds no teacher) recorded
+    the default [teacher], spec "embedded", over the run's own, while the manifest's `teacher` entry kept naming the
+    teacher that made the records: export.json, Run.open and every later command took "embedded" as the run's
+    teacher. Read, such a table is the entry's teacher (its spec and URL; the rest of the stale table, defaults, goes),
+    and the next write of the manifest keeps it so."""
+    entry, config = m.get("teacher"), m.get("config")
+    table = config.get("teacher") if isinstance(config, dict) else None
+    # "kind": a teacher's own record (describe()), not a stand-in some code passed in
+    if not (isinstance(entry, dict) and isinstance(table, dict) and entry.get("kind") and entry.get("name")):
+        return m
+    if table.get("spec") != FILTER_WROTE_SPEC or entry["name"] == FILTER_WROTE_SPEC:
+        return m
+    config["teacher"] = {"spec": entry["name"], **({"base_url": entry["base_url"]} if entry.get("base_url") else {})}
+    return m
 
 
 def read_export_info(export_dir: str | Path) -> dict[str, Any]:

@@ -310,3 +310,31 @@ def test_pending_follows_tasks_through_the_stages_of_one_command(tmp_path):
     flow = run.pending(["bootstrap", "classify", "instances"], 12)
     assert flow == {"bootstrap": 2, "classify": 6, "instances": 7}  # 10 but t3 (dropped) and t0, t1 (done)
     assert run.pending(["instances"], 12) == {"instances": 1}  # instances alone: classify's file is its input
+
+
+def test_a_default_teacher_table_an_older_filter_wrote_is_not_read_as_the_runs(fake_openai, tmp_path):
+    """Before filter kept the recorded teacher tables it wrote the default [teacher] (spec "embedded") over the run's
+    own, and the manifest's teacher entry kept naming the teacher that made the records. That stale table went on
+    into export.json, Run.open and every later command as the run's teacher."""
+    from helpers import invoke, teacher_flags
+
+    from pipeline.api import Run
+
+    invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 2, "--set", "teacher.concurrency=1")
+    run = tmp_path / "r"
+    m = json.loads((run / "manifest.json").read_text())
+    m["config"]["teacher"] = {**m["config"]["teacher"], "spec": "embedded", "base_url": ""}  # an older filter's
+    (run / "manifest.json").write_text(json.dumps(m))
+    made = {"spec": "openai:fake-model", "base_url": fake_openai.url}
+    assert RunDir(run).manifest()["config"]["teacher"] == made
+    with Run.open(run, progress=False) as opened:
+        assert opened.config.teacher.spec == "openai:fake-model" and "embedded" not in repr(opened)
+    invoke("export", run)
+    info = json.loads((run / "export" / "export.json").read_text())
+    assert info["config"]["teacher"] == made and info["teacher"]["name"] == "openai:fake-model"
+    invoke("filter", run)  # writes the manifest, keeping the teacher table it builds nothing from: the mended one
+    assert json.loads((run / "manifest.json").read_text())["config"]["teacher"] == made
+    # A run the embedded teacher made keeps its table whole
+    m["teacher"], m["config"]["teacher"]["base_url"] = {"name": "embedded", "kind": "hf"}, ""
+    (run / "manifest.json").write_text(json.dumps(m))
+    assert RunDir(run).manifest()["config"]["teacher"] == m["config"]["teacher"]
