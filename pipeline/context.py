@@ -301,8 +301,8 @@ class RunContext:
                 + (f" ({where[0]} {where[1]} {same} too) to go on with it" if not more else
                    f"{more} to go on as the run was made (this command leaves its settings out too; {where[0]} "
                    f"{where[1]} {same} in place of the {role}'s --set)")
-                + f", or name another {role} explicitly (--set {home.key('spec')}, or {home.flags['spec']} in {where[0]}) to mix them on "
-                "purpose")
+                + f", or name another {role} explicitly (--set {home.key('spec')}, or {home.flags['spec']} in "
+                f"{where[0]}) to mix them on purpose")
         self.log(f"note: {self.run.path} was {made} {name_before} (manifest.json) and this command uses {name}: "
                  f"the run's records will mix the two. To keep its {role}, give {by_set} ({where[0]} {where[1]} "
                  f"{same} too) again")

@@ -108,7 +108,8 @@ class Failover:
         waited = "; ".join(f"{e.url} has not answered for {now - e.down_since:.0f} s ({key(self.wait_of(e)[1])}: "
                            f"{self.wait_of(e)[0]:.0f} s)" for e in self.endpoints)
         self.fatal = TeacherUnavailable(f"{waited}. Last error: {self.last_error}. Fix: start the server or check "
-                                        f"{self.origin.flag('base_url', 'URL')}; a re-run resumes", role=self.origin.role)
+                                        f"{self.origin.flag('base_url', 'URL')}; a re-run resumes",
+                                        role=self.origin.role)
 
     def revive(self, ep: int) -> None:
         """The endpoint answered: back in rotation, and every retry sleep wakes to use it."""

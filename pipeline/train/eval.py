@@ -49,7 +49,7 @@ from ..teachers import origin_of
 from .data import check_rows, load_rows, prompt_text, tokenize_example, train_eval_rows
 from .loss import mean_losses
 from .model import SAMPLING, adapter_info, eval_sampling, load_with_adapter
-from .summary import read_summary, summary_path
+from .summary import read_summary, summary_path, trained_from
 
 Log = Callable[[str], None]
 Advance = Callable[[int], None]
@@ -414,9 +414,10 @@ def find_run_dir(adapter_dir: str | Path) -> Path | None:
     """The run directory an adapter belongs to (store.RunDir.of_adapter): the folder holding it (RUN/adapter),
     else the run its training data came from (RUN or RUN/export). None when there is none."""
     summary = read_summary(adapter_dir)
-    found = summary_path(adapter_dir, summary, summary["data"], "data") if summary.get("data") else None
-    # A run guessed from the current directory could be another one: its budget and cache are not this adapter's
-    data = found.path if found is not None and not found.guessed else None
+    data: Path | None = Path(summary["data"]) if summary.get("data") else None
+    if data is not None and not data.is_absolute():  # an older summary's: from where train ran, when it says
+        base = trained_from(adapter_dir, summary)  # (a run guessed from the current directory could be another's)
+        data = base / data if base is not None else None
     run = RunDir.of_adapter(adapter_dir, data)
     return run.path if run is not None else None
 
