@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,13 +43,55 @@ def start_server(replies: str) -> tuple[subprocess.Popen, str]:
     return proc, f"http://127.0.0.1:{int(proc.stdout.readline())}/v1"
 
 
+# ---------------------------------------------------------------- shared by the side-by-side benchmarks
+# (this file, stage_threads.py, reply_calls.py): their flags, the child process of each measurement, the header
+
+
+def side_by_side_parser(doc: str, base: str, base_help: str = "the commit to compare with", *,
+                        server: bool = False) -> argparse.ArgumentParser:
+    """--base, the flags the caller adds after it, and the hidden ones of the child process each measurement runs
+    in: --child (what to measure) and --out (where its figures go); server: --url and --server-pid too (the
+    _latency_server.py it talks to)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", default=base, help=base_help)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    if server:
+        ap.add_argument("--url", help=argparse.SUPPRESS)
+        ap.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
+    return ap
+
+
+def answered_child(args: argparse.Namespace, measure_child: Callable[[argparse.Namespace], dict]) -> bool:
+    """In a child process (--child given): its figures, measure_child(args), written to --out as JSON; True there,
+    and the script ends."""
+    if not args.child:
+        return False
+    Path(args.out).write_text(json.dumps(measure_child(args)))
+    return True
+
+
+# What a child that talks to _latency_server.py through the teacher needs in its environment
+SERVER_ENV = {"OPENAI_API_KEY": "not-needed"}
+
+
+def run_child(script: str, tree: Path, out: Path, kind: str, *flags: str, env: dict[str, str] | None = None) -> dict:
+    """One measurement in a fresh process: `script` --child `kind` importing `pipeline` from `tree`, with `env` added
+    to this one's; its figures."""
+    env = {**os.environ, "PYTHONPATH": str(tree), **(env or {})}
+    subprocess.run([sys.executable, script, "--child", kind, "--out", str(out), *flags], env=env, check=True, cwd=tree)
+    return json.loads(out.read_text())
+
+
+def header(base: str, what: str, dirty: str = "") -> str:
+    """A benchmark's first line: the commit measured, the base, what runs, and the load average before."""
+    return f"commit {head()}{dirty}, base {base}; {what}; load average before: {os.getloadavg()}"
+
+
 def child(kind: str, tree: Path, args: argparse.Namespace, url: str, out: Path) -> dict:
     """One measurement in a fresh process importing `pipeline` from `tree`."""
-    env = {**os.environ, "PYTHONPATH": str(tree), "OPENAI_API_KEY": "not-needed"}
-    cmd = [sys.executable, __file__, "--child", kind, "--url", url, "--requests", str(args.requests), "--pool",
-           str(args.pool), "--out", str(out), "--server-pid", str(args.server_pid)]
-    subprocess.run(cmd, env=env, check=True, cwd=tree)
-    return json.loads(out.read_text())
+    return run_child(__file__, tree, out, kind, "--url", url, "--requests", str(args.requests), "--pool",
+                     str(args.pool), "--server-pid", str(args.server_pid), env=SERVER_ENV)
 
 
 def fresh_child(kind: str, tree: Path, args: argparse.Namespace, out: Path) -> dict:
@@ -319,27 +362,21 @@ def extract(base: str) -> Path:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", default="85506e8", help="the commit to compare with (85506e8: the httpx client)")
+    ap = side_by_side_parser(__doc__, "85506e8", "the commit to compare with (85506e8: the httpx client)",
+                             server=True)
     ap.add_argument("--repeat", type=int, default=1, help="(c): run this tree and the base this many times each")
     ap.add_argument("--requests", type=int, default=4000, help="requests per plain-client measurement")
     ap.add_argument("--pool", type=int, default=20000, help="instructions in the pool before bootstrap")
     ap.add_argument("--skip", default="", help="comma-separated parts to leave out: a, b, c")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("--url", help=argparse.SUPPRESS)
-    ap.add_argument("--out", help=argparse.SUPPRESS)
-    ap.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child:
-        Path(args.out).write_text(json.dumps({"plain": plain, "sdk": sdk, "bootstrap": bootstrap, "stages": stages,
-                                              "floor": floor}[args.child](args)))
+    kinds = {"plain": plain, "sdk": sdk, "bootstrap": bootstrap, "stages": stages, "floor": floor}
+    if answered_child(args, lambda a: kinds[a.child](a)):
         return
-    commit = head()
     dirty = " (uncommitted changes)" if subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "pipeline"],
                                                        capture_output=True, text=True).stdout.strip() else ""
     base_tree, skip, out = extract(args.base), set(args.skip.split(",")), Path(tempfile.mkdtemp()) / "r.json"
-    print(f"commit {commit}{dirty}, base {args.base}; {IN_FLIGHT} in flight, {LATENCY * 1000:.0f} ms latency, "
-          f"ideal {IDEAL:,.0f} requests/s; load average before: {os.getloadavg()}")
+    print(header(args.base, f"{IN_FLIGHT} in flight, {LATENCY * 1000:.0f} ms latency, ideal {IDEAL:,.0f} "
+                            "requests/s", dirty))
     server, url = start_server("self-instruct")
     args.server_pid = server.pid
     try:

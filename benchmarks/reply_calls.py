@@ -19,7 +19,6 @@ import argparse
 import inspect
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -115,25 +114,17 @@ def child(args: argparse.Namespace) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", default="main", help="the commit to compare with")
+    ap = client_cpu.side_by_side_parser(__doc__, "main")
     ap.add_argument("--calls", type=int, default=2000, help="calls a pass")
     ap.add_argument("--repeat", type=int, default=7, help="passes; the least is kept")
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child:
-        Path(args.out).write_text(json.dumps(child(args)))
+    if client_cpu.answered_child(args, child):
         return
-    commit = client_cpu.head()
-    print(f"commit {commit}, base {args.base}; least CPU of {args.repeat} passes of {args.calls} calls; load average "
-          f"before: {os.getloadavg()}\n")
+    print(client_cpu.header(args.base, f"least CPU of {args.repeat} passes of {args.calls} calls") + "\n")
     out, rows = Path(tempfile.mkdtemp()) / "r.json", {}
     for label, tree in (("this tree", client_cpu.REPO), (f"base {args.base}", client_cpu.extract(args.base))):
-        env = {**os.environ, "PYTHONPATH": str(tree)}
-        subprocess.run([sys.executable, __file__, "--child", "--out", str(out), "--calls", str(args.calls),
-                        "--repeat", str(args.repeat)], env=env, check=True, cwd=tree)
-        rows[label] = (json.loads(out.read_text()), os.getloadavg()[0])
+        rows[label] = (client_cpu.run_child(__file__, tree, out, "calls", "--calls", str(args.calls), "--repeat",
+                                            str(args.repeat)), os.getloadavg()[0])
     names = list(rows)
     print(f"| us a call | {' | '.join(names)} |\n|---|" + "---:|" * len(names))
     for label in LABELS:

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -155,8 +153,7 @@ def child(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", default="d42d301", help="the commit to compare with")
+    ap = client_cpu.side_by_side_parser(__doc__, "d42d301", server=True)
     ap.add_argument("--repeat", type=int, default=1, help="this tree and the base, this many times each")
     ap.add_argument("--requests", type=int, default=4000, help="as client_cpu.py: the run makes requests // 2 tasks")
     ap.add_argument("--writer", action="store_true",
@@ -166,19 +163,13 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=0,
                     help="instructions to bootstrap (default requests // 2): 8000 runs it past the manifest's first "
                          "refresh, 2 s in, where a short run never gets")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("--url", help=argparse.SUPPRESS)
-    ap.add_argument("--out", help=argparse.SUPPRESS)
-    ap.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.pool = 0
     args.stages = tuple(s for s in args.stages.split(",") if s)
-    if args.child:
-        Path(args.out).write_text(json.dumps(child(args)))
+    if client_cpu.answered_child(args, child):
         return
-    commit = client_cpu.head()
-    print(f"commit {commit}, base {args.base}; 64 in flight, 50 ms latency; stages {','.join(args.stages) or 'all'}, "
-          f"bootstrap to {args.bootstrap or max(64, args.requests // 2)}; load average before: {os.getloadavg()}")
+    print(client_cpu.header(args.base, f"64 in flight, 50 ms latency; stages {','.join(args.stages) or 'all'}, "
+                                       f"bootstrap to {args.bootstrap or max(64, args.requests // 2)}"))
     base_tree, out = client_cpu.extract(args.base), Path(tempfile.mkdtemp()) / "r.json"
     runs = []
     for i in range(args.repeat):
@@ -188,16 +179,13 @@ def main() -> None:
         for label, tree, how in arms:
             server, url = client_cpu.start_server("self-instruct")
             try:
-                env = {**os.environ, "PYTHONPATH": str(tree), "OPENAI_API_KEY": "not-needed"}
-                subprocess.run([sys.executable, __file__, "--child", how, "--url", url, "--requests",
-                                str(args.requests), "--out", str(out), "--server-pid", str(server.pid), "--stages",
-                                ",".join(args.stages), "--bootstrap", str(args.bootstrap)],
-                               env=env, check=True, cwd=tree)
+                rows = client_cpu.run_child(__file__, tree, out, how, "--url", url, "--requests", str(args.requests),
+                                            "--server-pid", str(server.pid), "--stages", ",".join(args.stages),
+                                            "--bootstrap", str(args.bootstrap), env=client_cpu.SERVER_ENV)
             finally:
                 server.kill()
                 server.wait()
-            runs.append((label + (f" #{i + 1}" if args.repeat > 1 else ""), json.loads(out.read_text()),
-                         os.getloadavg()[0]))
+            runs.append((label + (f" #{i + 1}" if args.repeat > 1 else ""), rows, os.getloadavg()[0]))
     kinds = ("teacher_N", "teacher-http", "MainThread", "reply-reader")
     labels = list(dict.fromkeys(label for _, _, _, label in CALLS)) + [label + " wall" for label in sorted(WALL)]
     print("\nms of CPU per request over the whole stage, by thread and in the reply path's calls; of ideal and client "

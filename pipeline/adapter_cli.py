@@ -82,6 +82,8 @@ def add_export_command(cli: click.Group, friendly_errors: Callable, console: Any
         target = push_target(push_to_hub, private)  # a bad name or a missing token stops before anything is written
         done = write_adapter_gguf(adapter, out, outtype=outtype, base_gguf=base_gguf, model=model)
         path, base, prov = done["path"], done["base"], done["provenance"]
+        for note in done["notes"]:  # an older adapter's summary: where its data was read from, or was not found
+            console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
         console.print(f"[green]GGUF adapter:[/] {escape(str(path))}  ({path.stat().st_size / 2**20:.1f} MiB, "
                       f"{len(done['pairs'])} LoRA pairs, r={done['rank']}, alpha={done['alpha']:g}, {outtype}, "
                       f"{escape(str(base.config.get('architectures', ['?'])[0]))} base {escape(str(base.name))})", highlight=False)

@@ -28,6 +28,7 @@ from .errors import InputError, Interrupted, Seed2LoraError, mask_secrets
 from .hub import push_options
 from .progress import progress
 from .show import label, show_run, stdout_console
+from .teachers.origin import SCORE_JUDGE
 from .train.commands import OUTPUT_DIR_MOVED, Renamed, add_commands, moved
 
 console = Console(stderr=True, soft_wrap=True)  # log lines stay whole in log files and CI output
@@ -50,8 +51,8 @@ RUN_FLAGS = {
                    "The folder run directories go under, instead of RUN_DIR (default {default})."),
     "teacher": ("--teacher", "teacher.spec", "SPEC", "embedded | openai:MODEL | hf:PATH_OR_ID (default {default})."),
     "base_url": ("--base-url", "teacher.base_url", "URL",
-                 "OpenAI-compatible server URL: vLLM, Ollama, llama.cpp, TGI; several, comma-separated, share the "
-                 "load and fail over (default: $OPENAI_BASE_URL, else OpenAI)."),
+                 "OpenAI-compatible server URL: vLLM, Ollama, llama.cpp, TGI; several, comma-separated or the flag "
+                 "repeated, share the load and fail over (default: $OPENAI_BASE_URL, else OpenAI)."),
     "api": ("--api", "teacher.api", None,
             "How prompts are sent; auto = completions where the server has them (default {default})."),
     "seed_tasks": ("--seeds", "seed_tasks", "FILE",
@@ -95,6 +96,8 @@ def run_options(command: str):
         kind = click.Choice(["auto", "chat", "completions"]) if name == "api" else type(default)
         if kind is bool:  # a switch: given, it sets the key; absent (None), the config decides
             return click.option(opt, name, is_flag=True, default=None, help=text.format(default=default))
+        if name == "base_url":
+            return endpoints_option(opt, name, help=text.format(default=default))
         return click.option(opt, name, type=kind, metavar=metavar, help=text.format(default=default))
 
     options = [
@@ -115,6 +118,15 @@ def run_options(command: str):
             f = option(f)
         return f
     return decorate
+
+
+def endpoints_option(*decls: str, help: str):
+    """A server URL flag: repeated, every URL given is an endpoint, as the comma form gives them (--base-url A
+    --base-url B is --base-url A,B; click kept only B and dropped A without a word)."""
+    def join(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> str | None:
+        return ",".join(values) if values else None
+
+    return click.option(*decls, metavar="URL", multiple=True, callback=join, help=help)
 
 
 def _set_option(example: str):
@@ -168,7 +180,9 @@ def friendly_errors(f):
             return f(*args, **kwargs)
         except Seed2LoraError as e:
             code = getattr(e, "exit_code", 2)
-            label = {2: "[bold red]error:[/]", 4: "[bold red]teacher unavailable:[/]",
+            # A judge's outage is the judge's: score's and eval's servers are not the run's teacher
+            unavailable = f"[bold red]{escape(getattr(e, 'role', 'teacher'))} unavailable:[/]"
+            label = {2: "[bold red]error:[/]", 4: unavailable,
                      5: "[bold yellow]incomplete:[/]"}.get(code, "[bold yellow]stopped:[/]")
             console.print(f"{label} {escape(mask_secrets(str(e)))}", highlight=False, soft_wrap=True)
             said_pending(e)
@@ -379,7 +393,7 @@ _set_any = _set_option("select.near_dup_threshold=0.6")
 
 
 # The settings score's flags set, by flag: its judge's messages name these, never run's --teacher or --base-url
-SCORE_FLAGS = {"score.teacher.spec": "--judge", "score.teacher.base_url": "--judge-base-url",
+SCORE_FLAGS = {**{SCORE_JUDGE.key(k): flag for k, flag in SCORE_JUDGE.flags.items()},
                "budget.max_tokens_total": "--max-tokens-total"}
 
 
@@ -387,8 +401,9 @@ SCORE_FLAGS = {"score.teacher.spec": "--judge", "score.teacher.base_url": "--jud
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--judge", metavar="SPEC", help="The judge: embedded | openai:MODEL | hf:PATH (default: [score.teacher], "
                                               "else the run's teacher).")
-@click.option("--judge-base-url", metavar="URL", help="The judge's OpenAI-compatible server (default: "
-                                                      "[score.teacher] base_url).")
+@endpoints_option("--judge-base-url", help="The judge's OpenAI-compatible server; several, comma-separated or the "
+                                           "flag repeated, share the load and fail over (default: [score.teacher] "
+                                           "base_url).")
 @click.option("--max-tokens-total", type=int, help="Stop cleanly after this many tokens, whole run (default: the "
                                                    "run's budget).")
 @click.option("--rescore", is_flag=True, help="Remove the earlier ratings and score rejections and rate every row "

@@ -42,7 +42,7 @@ from .prompts import Prompts
 from .records import Task
 from .seeds import load_seeds
 from .store import RunDir, read_jsonl, read_tasks
-from .teachers import Origin, Teacher, make_teacher, origin_of
+from .teachers import RUN_TEACHER, SCORE_JUDGE, Origin, Teacher, make_teacher, origin_of
 
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "openai", "httpx", "rouge-score", "datasets",
             "numba", "rapidfuzz", "datasketch")
@@ -286,12 +286,12 @@ class RunContext:
             return
         # --set first: every command that builds a teacher or judge takes it, the flags only some (run has no
         # --judge, score no --teacher: a fix naming them failed with "No such option")
-        made, flag, url_flag, key, where = (
-            ("made with teacher", "--teacher", "--base-url", "teacher", ("run and evolve", "take")) if role == "teacher"
-            else ("scored by judge", "--judge", "--judge-base-url", "score.teacher", ("score", "takes")))
+        # Its table and flags as the commands that name it by flag (run, score) build it
+        home, made, where = ((RUN_TEACHER, "made with teacher", ("run and evolve", "take")) if role == "teacher"
+                             else (SCORE_JUDGE, "scored by judge", ("score", "takes")))
         url = mask_secrets(str(before.get("base_url") or ""))
-        same = f"{flag} {name_before}" + (f" {url_flag} {url}" if url else "")
-        by_set = f"--set {key}.spec={name_before}" + (f" --set {key}.base_url={url}" if url else "")
+        same = home.give("spec", name_before) + (f" {home.give('base_url', url)}" if url else "")
+        by_set = f"--set {home.key('spec')}={name_before}" + (f" --set {home.key('base_url')}={url}" if url else "")
         if not given:
             # With the settings it leaves out too (check_left_out): pasted, the fix stopped again, naming them
             more = left_out_sets(self, self.step_tables) if role == "teacher" else ""
@@ -301,8 +301,8 @@ class RunContext:
                 + (f" ({where[0]} {where[1]} {same} too) to go on with it" if not more else
                    f"{more} to go on as the run was made (this command leaves its settings out too; {where[0]} "
                    f"{where[1]} {same} in place of the {role}'s --set)")
-                + f", or name another {role} explicitly (--set {key}.spec, or {flag} in {where[0]}) to mix them on "
-                "purpose")
+                + f", or name another {role} explicitly (--set {home.key('spec')}, or {home.flags['spec']} in "
+                f"{where[0]}) to mix them on purpose")
         self.log(f"note: {self.run.path} was {made} {name_before} (manifest.json) and this command uses {name}: "
                  f"the run's records will mix the two. To keep its {role}, give {by_set} ({where[0]} {where[1]} "
                  f"{same} too) again")

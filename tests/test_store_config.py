@@ -310,3 +310,67 @@ def test_pending_follows_tasks_through_the_stages_of_one_command(tmp_path):
     flow = run.pending(["bootstrap", "classify", "instances"], 12)
     assert flow == {"bootstrap": 2, "classify": 6, "instances": 7}  # 10 but t3 (dropped) and t0, t1 (done)
     assert run.pending(["instances"], 12) == {"instances": 1}  # instances alone: classify's file is its input
+
+
+def test_a_default_teacher_table_an_older_filter_wrote_is_not_read_as_the_runs(fake_openai, tmp_path):
+    """Before filter kept the recorded teacher tables it wrote the default [teacher] (spec "embedded") over the run's
+    own, and the manifest's teacher entry kept naming the teacher that made the records. That stale table went on
+    into export.json, Run.open and every later command as the run's teacher."""
+    from helpers import invoke, teacher_flags
+
+    from pipeline.api import Run
+
+    invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 2, "--set", "teacher.concurrency=1")
+    run = tmp_path / "r"
+    m = json.loads((run / "manifest.json").read_text())
+    m["config"]["teacher"] = {**m["config"]["teacher"], "spec": "embedded", "base_url": ""}  # an older filter's
+    (run / "manifest.json").write_text(json.dumps(m))
+    made = {"spec": "openai:fake-model", "base_url": fake_openai.url}
+    assert RunDir(run).manifest()["config"]["teacher"] == made
+    with Run.open(run, progress=False) as opened:
+        assert opened.config.teacher.spec == "openai:fake-model" and "embedded" not in repr(opened)
+    invoke("export", run)
+    info = json.loads((run / "export" / "export.json").read_text())
+    assert info["config"]["teacher"] == made and info["teacher"]["name"] == "openai:fake-model"
+    invoke("filter", run)  # writes the manifest, keeping the teacher table it builds nothing from: the mended one
+    assert json.loads((run / "manifest.json").read_text())["config"]["teacher"] == made
+    # A run the embedded teacher made keeps its table whole
+    m["teacher"], m["config"]["teacher"]["base_url"] = {"name": "embedded", "kind": "hf"}, ""
+    (run / "manifest.json").write_text(json.dumps(m))
+    assert RunDir(run).manifest()["config"]["teacher"] == m["config"]["teacher"]
+
+
+def test_a_per_task_stage_reads_its_done_files_once_at_start(tmp_path, monkeypatch):
+    """The loop's bar (map_progress) and the stage's TaskMap each asked which tasks were done, and each read and
+    parsed classify.jsonl and rejected.jsonl whole: twice at every start. Now once, and again when either changes."""
+    import os
+    from collections import Counter
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from pipeline import store
+    from pipeline.context import Records
+    from pipeline.stages.common import TaskMap, map_progress
+    from pipeline.store import JsonlWriter
+    from pipeline.teachers import GenParams
+
+    run = RunDir(tmp_path / "r").ensure()
+    tasks = [Task(id=f"t{i}", instruction=f"Task {i}.", stage="bootstrap") for i in range(5)]
+    write_jsonl_atomic(run.stage_file("classify"), [Task(id=f"t{i}", instruction="x", stage="classify").to_dict()
+                                                    for i in range(3)])
+    write_jsonl_atomic(run.rejected_file, [Task(id="t3", instruction="x", stage="classify").to_dict(),
+                                           Task(id="t4", instruction="x", stage="instances").to_dict()])
+    reads, real = Counter(), store.read_jsonl
+    monkeypatch.setattr(store, "read_jsonl", lambda path, **kw: (reads.update([Path(path).name]), real(path, **kw))[1])
+    assert map_progress(SimpleNamespace(run=run), "classify", Records(tasks, "bootstrap")) == ("classify", 5, 4)
+    with TaskMap(run, "classify", GenParams(max_tokens=8), prompt_for=lambda t: "p", finish=lambda t, r, last: t,
+                 max_retries=0) as task_map:
+        assert task_map.done == {"t0", "t1", "t2", "t3"}
+    assert reads == {"classify.jsonl": 1, "rejected.jsonl": 1}, reads
+    with JsonlWriter(run.stage_file("classify")) as w:  # a record written since: read again
+        w.write(Task(id="t4", instruction="x", stage="classify").to_dict())
+    assert run.outcomes("classify") == {"t0", "t1", "t2", "t3", "t4"} and reads["classify.jsonl"] == 2
+    kept = tmp_path / "kept.jsonl"  # the file replaced by one of the same size (a filter's rewrite): read again
+    write_jsonl_atomic(kept, [Task(id=f"u{i}", instruction="x", stage="classify").to_dict() for i in range(4)])
+    os.replace(kept, run.stage_file("classify"))
+    assert run.outcomes("classify") == {"u0", "u1", "u2", "u3", "t3"} and reads["classify.jsonl"] == 3

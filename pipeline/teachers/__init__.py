@@ -11,10 +11,10 @@ from pathlib import Path
 from ..config import TeacherConfig
 from ..errors import TeacherError
 from .base import BaseTeacher, Completion, GenParams, Teacher, Usage, apply_stop
-from .origin import RUN_TEACHER, Origin, origin_of
+from .origin import RUN_TEACHER, SCORE_JUDGE, Origin, origin_of
 
-__all__ = ["BaseTeacher", "Completion", "GenParams", "Origin", "RUN_TEACHER", "Teacher", "Usage", "apply_stop",
-           "make_teacher", "origin_of"]
+__all__ = ["BaseTeacher", "Completion", "GenParams", "Origin", "RUN_TEACHER", "SCORE_JUDGE", "Teacher", "Usage",
+           "apply_stop", "make_teacher", "origin_of"]
 
 
 def make_teacher(cfg: TeacherConfig, seed: int = 0, origin: Origin = RUN_TEACHER) -> Teacher:
@@ -43,9 +43,9 @@ def make_teacher(cfg: TeacherConfig, seed: int = 0, origin: Origin = RUN_TEACHER
 
         gguf_file = None
         if kind == "embedded":
-            from .embedded import embedded_model_dir
+            from .embedded import embedded_model_dir, other_than_embedded
 
-            model = str(embedded_model_dir())
+            model = str(embedded_model_dir(other_than_embedded(o)))
         else:
             if not ref:
                 raise TeacherError(f"{o.give('spec', 'hf')} needs a model. Fix: {o.give('spec', 'hf:/path/to/model')} "

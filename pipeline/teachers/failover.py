@@ -108,7 +108,8 @@ class Failover:
         waited = "; ".join(f"{e.url} has not answered for {now - e.down_since:.0f} s ({key(self.wait_of(e)[1])}: "
                            f"{self.wait_of(e)[0]:.0f} s)" for e in self.endpoints)
         self.fatal = TeacherUnavailable(f"{waited}. Last error: {self.last_error}. Fix: start the server or check "
-                                        f"{self.origin.flag('base_url', 'URL')}; a re-run resumes")
+                                        f"{self.origin.flag('base_url', 'URL')}; a re-run resumes",
+                                        role=self.origin.role)
 
     def revive(self, ep: int) -> None:
         """The endpoint answered: back in rotation, and every retry sleep wakes to use it."""
@@ -164,7 +165,7 @@ class Failover:
                 self.fatal = TeacherUnavailable(
                     f"{self.failures_in_row} requests in a row failed at {self.base_url} (last error: "
                     f"{self.last_error}). Fix: check the server's log; {self.origin.key('max_consecutive_failures')} sets this "
-                    "limit; a re-run resumes")
+                    "limit; a re-run resumes", role=self.origin.role)
             self.check_outage(now)
         if went_down:
             wait, setting = self.wait_of(endpoint)

@@ -56,6 +56,8 @@ class Origin:
 # The run's teacher as `run` and the generation commands build it: the text its messages have always had.
 RUN_TEACHER = Origin("teacher", MappingProxyType({"spec": "--teacher", "base_url": "--base-url", "api": "--api",
                                                   "batch": "--batch"}))
+# Score's judge as `score` builds it: the flags that name a judge ([score.teacher] has no others).
+SCORE_JUDGE = Origin("score.teacher", MappingProxyType({"spec": "--judge", "base_url": "--judge-base-url"}))
 
 
 def origin_of(table: str, flags: Mapping[str, str] | None = None) -> Origin:

@@ -76,7 +76,7 @@ class Preflight:
             named = "; ".join(f"{endpoints[i].url}: {error}" for i, error in errors.items())
             raise TeacherUnavailable(f"no endpoint answers within {window:.0f} s ({self.origin.key('connect_window_s')}"
                                      f"): {named}. Fix: start the server, or check "
-                                     f"{self.origin.flag('base_url', 'URL')} (host and port)")
+                                     f"{self.origin.flag('base_url', 'URL')} (host and port)", role=self.origin.role)
         for i in errors:
             self.event(f"{endpoints[i].url} does not answer ({errors[i]}); requests go to the other endpoints "
                        "until it does")

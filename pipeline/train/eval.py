@@ -48,7 +48,8 @@ from ..store import RunDir, eval_dir_of, write_text_atomic
 from ..teachers import origin_of
 from .data import check_rows, load_rows, prompt_text, tokenize_example, train_eval_rows
 from .loss import mean_losses
-from .model import SAMPLING, SUMMARY, adapter_info, eval_sampling, load_with_adapter
+from .model import SAMPLING, adapter_info, eval_sampling, load_with_adapter
+from .summary import read_summary, summary_path, trained_from
 
 Log = Callable[[str], None]
 Advance = Callable[[int], None]
@@ -93,10 +94,15 @@ def default_eval_data(adapter_dir: str | Path, data: str = "") -> tuple[str, str
     found = find_user_oriented()
     if found is not None:
         return str(found), f"the Self-Instruct user-oriented set ({LICENSE})"
-    summary = Path(adapter_dir) / SUMMARY
-    if summary.is_file():
-        return ("heldout:" + json.loads(summary.read_text(encoding="utf-8"))["data"],
-                f"the adapter's held-out split, because the user-oriented set is not on this machine: {where_to_get()}")
+    summary = read_summary(adapter_dir)
+    if summary.get("data"):
+        found = summary_path(adapter_dir, summary, summary["data"], "data")
+        if found.path is None:
+            raise Seed2LoraError(f"no eval data: the user-oriented set is not on this machine, and the adapter's "
+                                 f"held-out split cannot be read: {found.note}. Fix: pass --data FILE.jsonl (its "
+                                 f"training data, or an eval set), or {where_to_get()}")
+        return ("heldout:" + str(found.path), "the adapter's held-out split, because the user-oriented set is not on "
+                f"this machine: {where_to_get()}" + (f" ({found.note})" if found.note else ""))
     raise Seed2LoraError("no eval data: the user-oriented set is not on this machine and the adapter has no training "
                          f"summary. Fix: pass --data FILE.jsonl, or {where_to_get()}")
 
@@ -407,8 +413,11 @@ def sign_test(wins: int, losses: int) -> float:
 def find_run_dir(adapter_dir: str | Path) -> Path | None:
     """The run directory an adapter belongs to (store.RunDir.of_adapter): the folder holding it (RUN/adapter),
     else the run its training data came from (RUN or RUN/export). None when there is none."""
-    summary = Path(adapter_dir) / SUMMARY
-    data = json.loads(summary.read_text(encoding="utf-8")).get("data") if summary.is_file() else None
+    summary = read_summary(adapter_dir)
+    data: Path | None = Path(summary["data"]) if summary.get("data") else None
+    if data is not None and not data.is_absolute():  # an older summary's: from where train ran, when it says
+        base = trained_from(adapter_dir, summary)  # (a run guessed from the current directory could be another's)
+        data = base / data if base is not None else None
     run = RunDir.of_adapter(adapter_dir, data)
     return run.path if run is not None else None
 

@@ -22,7 +22,8 @@ from .. import __version__
 from ..errors import Seed2LoraError
 from ..store import read_adapter_config, read_export_info
 from .gguf_tensors import arch_of, check_against_base, encode, gguf_alpha, lora_pairs
-from .model import SUMMARY, adapter_info, resolve_model
+from .model import adapter_info, resolve_model
+from .summary import read_summary, summary_paths
 
 ADAPTER_FILE = "adapter.gguf"
 OUTTYPES = ("f32", "f16", "bf16")  # LoRA tensors are small (a few MB); quantizing them saves little and costs precision
@@ -47,16 +48,21 @@ def file_sha256(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
-def provenance(adapter_dir: str | Path, base: Base) -> dict[str, str]:
-    """The run, base model and dataset hash an adapter came from (its training summary names the data files)."""
+def provenance(adapter_dir: str | Path, base: Base, notes: list[str] | None = None) -> dict[str, str]:
+    """The run, base model and dataset hash an adapter came from (its training summary names the data files).
+    `notes` gets a line for each of those paths an older summary names relative to where train ran: where it was
+    read from, or that it was not found (the dataset then has no hash)."""
     d = Path(adapter_dir)
-    summary = json.loads((d / SUMMARY).read_text(encoding="utf-8")) if (d / SUMMARY).is_file() else {}
-    data = Path(summary["data"]) if summary.get("data") else None
-    run = data
-    info = read_export_info(data) if data is not None else {}
+    summary = read_summary(d)
+    data, sources = summary_paths(d, summary, "data"), summary_paths(d, summary, "source")
+    if notes is not None:
+        notes += [f.note for f in data + sources if f.note]
+    found = data[0].path if data else None
+    run = found or (Path(summary["data"]) if data else None)  # not found: the run's name as the summary has it
+    info = read_export_info(found) if found is not None else {}
     if info:  # an export folder names the run it came from
-        run = Path(info.get("run_dir") or data.parent)
-    files = [Path(s) for s in str(summary.get("source") or "").split(", ") if s and Path(s).is_file()]
+        run = Path(info.get("run_dir") or found.parent)
+    files = [f.path for f in sources if f.path is not None and f.path.is_file()]
     return {"run": str(run) if run else "", "base_model": base.name, "dataset": ", ".join(map(str, files)),
             "dataset_sha256": file_sha256(files) if files else "", "adapter": str(d.resolve()),
             "seed2lora_version": __version__}
@@ -154,7 +160,8 @@ def write_adapter_gguf(adapter_dir: str | Path, out: str | Path | None = None, *
     arch = arch_of(base.config)
     if base.gguf:
         check_against_base(pairs, base.gguf, arch)
-    prov = provenance(adapter_dir, base)
+    notes: list[str] = []
+    prov = provenance(adapter_dir, base, notes)
     alpha = gguf_alpha(lora_config)
     ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
              "bf16": gguf.LlamaFileType.MOSTLY_BF16}[outtype]
@@ -173,4 +180,4 @@ def write_adapter_gguf(adapter_dir: str | Path, out: str | Path | None = None, *
 
     path = write_gguf(Path(out) if out else Path(adapter_dir) / ADAPTER_FILE, arch.gguf_name, fill)
     return {"path": path, "base": base, "pairs": pairs, "alpha": alpha, "rank": int(lora_config["r"]),
-            "provenance": prov, "outtype": outtype}
+            "provenance": prov, "outtype": outtype, "notes": notes}

@@ -21,8 +21,8 @@ import torch
 from ..config import EvalConfig, TrainConfig, config_from_dict
 from ..errors import Seed2LoraError
 from ..store import read_adapter_config
+from .summary import read_summary, summary_path
 
-SUMMARY = "training_summary.json"
 SAMPLING = "sampling.json"  # the generation settings `eval` scored the adapter with; serve, Modelfile, generate use them
 
 # Known, harmless notices would bury our own lines on every run: peft calls a transformers
@@ -36,7 +36,7 @@ def resolve_model(model: str) -> str:
     if not model:
         from ..teachers.embedded import embedded_model_dir
 
-        return str(embedded_model_dir())
+        return str(embedded_model_dir("or give a local HF model folder with --model DIR"))
     if not (Path(model) / "config.json").is_file():
         raise Seed2LoraError(f"{model!r} is not a model folder (no config.json). Fix: give a local Hugging Face "
                              "model folder; hub downloads need network")
@@ -325,9 +325,13 @@ def adapter_info(adapter_dir: str | Path) -> dict[str, Any]:
     if info is None:
         raise Seed2LoraError(f"{d} is not an adapter folder (no adapter_config.json). Fix: give the output folder "
                              "of `seed2lora train`")
-    summary = json.loads((d / SUMMARY).read_text(encoding="utf-8")) if (d / SUMMARY).is_file() else {}
+    summary = read_summary(d)
     recorded = json.loads((d / SAMPLING).read_text(encoding="utf-8")) if (d / SAMPLING).is_file() else None
-    return {"base": summary.get("model") or info.get("base_model_name_or_path"),
+    base = summary.get("model") or info.get("base_model_name_or_path")
+    if base and summary.get("model"):  # a base folder named relative to where train ran (older summaries)
+        found = summary_path(d, summary, base, "model")
+        base = str(found.path) if found.path is not None and not found.guessed else base
+    return {"base": base,
             "quant": bool(summary.get("quantized", False)), "config": summary.get("config", {}),
             "rank": int(info.get("r", 0)), "sampling": {**eval_sampling(EvalConfig(), []), **(recorded or {})},
             "sampling_recorded": recorded is not None}

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..hub import folder_files, push_files, yaml_list
 from ..store import read_adapter_config, write_text_atomic
-from .model import SUMMARY
+from .summary import SUMMARY
 
 # Left out of the upload: checkpoints and a merged HF folder (the base's size, not the adapter's), the
 # Modelfiles (they name files by local path), the folder's README.md (the card train wrote; the Hub's, with the

@@ -26,7 +26,7 @@ def ifd_step(ctx: RunContext, records: Records | None) -> StepResult:
 def train_step(ctx: RunContext, records: Records | None) -> StepResult:
     """Train on the export (or the run's rows); a finished adapter with the same settings and data is kept."""
     from .data import load_rows, rows_fingerprint
-    from .model import SUMMARY
+    from .summary import SUMMARY
     from .trainer import RESUMABLE, setting_changes
     from .trainer import train as run_training
 

@@ -42,13 +42,13 @@ from .model import (
     KEEP_ATTENTION_NOTE,
     MICRO_BATCH_NOTE,
     NO_CHECKPOINTING_NOTE,
-    SUMMARY,
     load_for_training,
     load_tokenizer,
     resolve_model,
     resolve_plan,
 )
 from .model_card import write_folder_card
+from .summary import SUMMARY
 
 Log = Callable[[str], None]
 Progress = Callable[[str, int | None], Any]  # (description, total or None) -> context manager yielding advance(n)
@@ -367,7 +367,7 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
         evals.append(trainer.evaluate())  # Trainer evaluates at the last step only when it falls on eval_steps
     history = trainer.state.log_history
     summary = {
-        "model": p.model_path, "data": whole(p.data), "source": ", ".join(map(whole, p.rows.source.split(", "))),
+        "model": whole(p.model_path), "data": whole(p.data), "source": ", ".join(map(whole, p.rows.source.split(", "))),
         "output_dir": str(out),
         **({"decontaminated": p.rows.decontaminated, "contaminated_rows": len(p.rows.contaminated)}
            if p.rows.decontaminated else {}),
@@ -480,8 +480,9 @@ def check_resumable(ckpts: Path, settings: dict[str, Any]) -> None:
 
 
 def whole(path: str | Path) -> str:
-    """A path the summary names, whole when it is there: export-adapter's dataset hash and eval's held-out split
-    read it from any directory (one relative to where `train` ran was found from there only)."""
+    """A path the summary names, whole when it is there: export-adapter's dataset hash, eval's held-out split and
+    the base of eval, serve and export-adapter read it from any directory (one relative to where `train` ran was
+    found from there only; summary.py reads those of older adapters)."""
     return str(Path(path).absolute()) if path and Path(path).exists() else str(path)
 
 
