@@ -24,10 +24,8 @@ fixed costs too) beside it. The ratios need a quiet machine: other jobs take the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import queue
-import subprocess
 import sys
 import tempfile
 import threading
@@ -169,15 +167,13 @@ def measure_arm(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeat", type=int, default=3, help="rounds of the three arms")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds of the arms")
     ap.add_argument("--instructions", type=int, default=2000, help="bootstrap.num_instructions")
-    ap.add_argument("--child", choices=ARMS, help=argparse.SUPPRESS)
-    ap.add_argument("--url", help=argparse.SUPPRESS)
-    ap.add_argument("--out", help=argparse.SUPPRESS)
+    for hidden in ("--child", "--url", "--out"):
+        ap.add_argument(hidden, help=argparse.SUPPRESS)
     ap.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child:
-        Path(args.out).write_text(json.dumps(measure_arm(args)))
+    if client_cpu.answered_child(args, measure_arm):
         return
     out = Path(tempfile.mkdtemp()) / "r.json"
     print(f"commit {client_cpu.head()}; bootstrap from the seeds to {args.instructions:,}; {client_cpu.IN_FLIGHT} in "
@@ -190,19 +186,17 @@ def main() -> None:
         for arm in ARMS:
             server, url = client_cpu.start_server("self-instruct")
             try:
-                env = {**os.environ, "PYTHONPATH": str(client_cpu.REPO), "OPENAI_API_KEY": "not-needed"}
-                subprocess.run([sys.executable, __file__, "--child", arm, "--url", url, "--out", str(out),
-                                "--server-pid", str(server.pid), "--instructions", str(args.instructions)],
-                               env=env, check=True, cwd=client_cpu.REPO)
+                r = client_cpu.run_child(__file__, client_cpu.REPO, out, arm, "--url", url, "--server-pid",
+                                         str(server.pid), "--instructions", str(args.instructions),
+                                         env=client_cpu.SERVER_ENV)
             finally:
                 server.kill()
                 server.wait()
-            r = json.loads(out.read_text())
             rate = (r["replies"] - 1) / r["span_s"]
             print(f"| {arm} | {i + 1} | {r['stage_requests']:,} | {rate / client_cpu.IDEAL:.2f} "
                   f"| {1000 * r['cpu_s'] / max(1, r['replies'] - 1):.2f} | {r['reading_cpu_s'] / r['span_s']:.2f} "
-                  f"| {r['stage_wall_s']:.3f} "
-                  f"| {r['stage_requests'] / r['stage_wall_s']:,.0f} | {r['load']:.1f} |", flush=True)
+                  f"| {r['stage_wall_s']:.3f} | {r['stage_requests'] / r['stage_wall_s']:,.0f} | {r['load']:.1f} |",
+                  flush=True)
     print(f"\nload average after: {os.getloadavg()}")
 
 
