@@ -61,7 +61,8 @@ def patch(arm: str) -> list:
         def run_bootstrap(teacher, seeds, cfg, run, prompts, log, *, on_kept=None, on_progress=None, say=None):
             with bootstrap.Bootstrap(teacher, seeds, cfg, run, prompts, log, on_kept=on_kept,
                                      on_progress=on_progress, say=say) as b:
-                handed, failed = queue.SimpleQueue(), []
+                handed, failed, unread = queue.SimpleQueue(), [], threading.Condition()
+                held = [0]  # replies handed to the reader, not yet read
 
                 def reader() -> None:
                     while (item := handed.get()) is not None:
@@ -69,11 +70,24 @@ def patch(arm: str) -> list:
                             b.read(*item)
                         except BaseException as e:  # noqa: BLE001 (raised again on the stream's thread)
                             failed.append(e)
+                        with unread:
+                            held[0] -= 1
+                            unread.notify_all()
+
+                def requests():
+                    for req in b.requests():
+                        if req is None and held[0]:  # WAIT while the reader holds replies: they may fill the
+                            with unread:  # gap, and a stream with nothing in flight would end at a WAIT
+                                unread.wait_for(lambda: held[0] == 0)
+                            continue
+                        yield req
 
                 thread = threading.Thread(target=reader, name="bootstrap-reader")
                 thread.start()
                 try:
-                    for req, reply in teacher.stream(b.requests(), b.params, kind="bootstrap"):
+                    for req, reply in teacher.stream(requests(), b.params, kind="bootstrap"):
+                        with unread:
+                            held[0] += 1
                         handed.put((req, reply))
                 finally:
                     handed.put(None)

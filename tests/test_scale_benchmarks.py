@@ -77,3 +77,20 @@ def test_the_side_by_side_benchmarks_share_their_flags_and_child_process(tmp_pat
                 and "--child" in ast.unparse(n)]
         own = int(script == "client_cpu.py")  # the helpers' own parser and child process
         assert (script, len(made), len(runs)) == (script, own, own)
+
+
+def test_bootstrap_bound_runs_each_arm_to_the_target():
+    """benchmarks/bootstrap_bound.py patches the stage (a reader thread, one thread on the event loop, no filter):
+    each arm must still grow the pool to its target through the real teacher stream, or its figures mean nothing
+    (the reader arm once ended at a WAIT while its reader held the replies that would have filled the gap)."""
+    import os
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bootstrap_bound.py"), "--repeat", "1",
+                           "--instructions", "40"], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line for line in done.stdout.splitlines() if line.startswith("| ")
+            and line.split("|")[2].strip() == "1"}
+    assert set(rows) == {"shipped", "reader", "inline", "filter-free"}, done.stdout
+    assert all(int(row.split("|")[3].replace(",", "")) > 0 for row in rows.values())
