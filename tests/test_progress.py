@@ -259,7 +259,8 @@ def test_on_a_terminal_the_bar_names_its_failed_units_beside_its_note():
 
 
 def test_a_stage_whose_calls_failed_ends_short_and_says_its_pending_count_once(fake_openai, tmp_path):
-    """Measured: "classify: 6/6 (100%), done" printed above "pending: classify 2 tasks"."""
+    """Items measured: "classify: 6/6 (100%), done" printed above "pending: classify 2 tasks", and the exit 5
+    message said the count twice ("... 2 pending in classify; ..." and the pending line)."""
     from helpers import invoke, teacher_flags
 
     user = tmp_path / "mine.jsonl"
@@ -270,4 +271,6 @@ def test_a_stage_whose_calls_failed_ends_short_and_says_its_pending_count_once(f
                     "--set", "teacher.max_retries=0", "--set", "teacher.concurrency=1", expect=5).output
     assert re.search(r"^classify: 4/6 \(67%\), 2 failed, ended in \d+s", output, re.M), output
     assert "6/6" not in output and "100%" not in output
-    assert "pending: classify 2 tasks" in output
+    text = " ".join(output.split())
+    assert text.endswith("run the same command again to retry what is pending pending: classify 2 tasks"), text
+    assert "2 pending" not in text and text.count("classify 2 tasks") == 1

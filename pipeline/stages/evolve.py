@@ -514,6 +514,12 @@ def progress(ctx: RunContext, records: Records | None) -> tuple[str, int, int] |
     return (desc, 3 * todo, 0) if todo else None
 
 
+def left(ctx: RunContext) -> int:
+    """The pool's slots with rounds to go, from the files: what a stopped run has pending here (Step.left)."""
+    rounds = ctx.cfg.evolve.rounds
+    return sum(x.round <= rounds for x in plan(ctx.run, list(read(ctx)), rounds)[1])
+
+
 def step(ctx: RunContext, records: Records | None) -> StepResult:
     """Evolve the pool `records` round after round; write evolve.jsonl."""
     pool = records if records is not None else read(ctx)
