@@ -274,3 +274,23 @@ def test_a_stage_whose_calls_failed_ends_short_and_says_its_pending_count_once(f
     text = " ".join(output.split())
     assert text.endswith("run the same command again to retry what is pending pending: classify 2 tasks"), text
     assert "2 pending" not in text and text.count("classify 2 tasks") == 1
+
+
+def test_an_evolve_slot_stopped_by_a_failed_call_leaves_its_calls_out_of_the_count(fake_openai, tmp_path):
+    """Evolve's bar counts calls: a slot whose call failed stops with its calls left pending, which the bar named
+    as nothing (it ended "12/18, done" above exit 5); the message said the slots to go twice."""
+    import json
+
+    from helpers import invoke, teacher_flags
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"instruction": f"Describe the {w} in three sentences for a child."}) + "\n"
+                            for w in ("ocean", "desert", "forest")))
+    fake_openai.enqueue({"error": {"message": "boom"}}, status=500)  # the first slot's first call
+    output = invoke("evolve", *teacher_flags(fake_openai, tmp_path), "--seeds", pool, "--rounds", 2,
+                    "--set", "evolve.source=seeds", "--set", "teacher.concurrency=1", "--set", "teacher.max_retries=0",
+                    expect=5).output
+    assert re.search(r"^evolve rounds 1-2, calls: 12/18 \(67%\), 6 failed, ended in \d+s", output, re.M), output
+    text = " ".join(output.split())
+    assert text.endswith("1 teacher errors; run the same command again to retry what is pending "
+                         "pending: evolve 1 slot with rounds to go"), text
