@@ -131,7 +131,7 @@ class Step:
     teacher: str | None = None  # "teacher" or "judge": preflighted before the first step runs
     tables: tuple[str, ...] = ()  # the config tables it reads: recorded from the command that runs it (recorded_config)
     # Its work left, counted from the run's files when a run stops, for a step RunDir.pending cannot count (evolve's
-    # slots with rounds to go, score's rows without an outcome); None: a step whose work left is not a count
+    # slots with rounds to go, score's rows without an outcome, ifd's rows unscored); None: its work left is no count
     left: Callable[[RunContext], int] | None = None
 
     @property

@@ -42,10 +42,10 @@ from .stops import attempted, now, session_entries, stopped
 from .teachers import Teacher
 
 
-def later(module: str, name: str) -> Callable[[RunContext, Records | None], StepResult]:
-    """A step whose module loads only when it runs (torch, pandas: not for `seed2lora bootstrap`)."""
-    def run(ctx: RunContext, records: Records | None) -> StepResult:
-        return getattr(importlib.import_module(module), name)(ctx, records)
+def later(module: str, name: str) -> Callable[..., Any]:
+    """A step (or its Step.left) whose module loads only when it runs (torch, pandas: not for `seed2lora bootstrap`)."""
+    def run(*args: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args)
     return run
 
 
@@ -61,7 +61,8 @@ STEPS = [
          tables=("evolve", "filter"), left=evolve.left),
     Step("score", score.step, reads=score.read, check=score.check, progress=score.progress, teacher="judge",
          tables=("score", "export"), left=score.left),
-    Step("ifd", later("pipeline.train.steps", "ifd_step"), tables=("ifd", "export", "train")),
+    Step("ifd", later("pipeline.train.steps", "ifd_step"), tables=("ifd", "export", "train"),
+         left=later("pipeline.train.steps", "ifd_left")),
     Step("select", later("pipeline.stages.select", "step"), tables=("select", "export"),
          check=lambda ctx: importlib.import_module("pipeline.stages.select").check(ctx)),
     Step("export", later("pipeline.stages.export", "step"), tables=("export",)),

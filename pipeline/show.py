@@ -124,9 +124,9 @@ def short_line(group: list[tuple[str, dict]], manifest: dict) -> str:
     stop = group[0][1]["stopped"]
     target = ((manifest.get("config") or {}).get("bootstrap") or {}).get("num_instructions")
     kept = (manifest.get("counts") or {}).get("bootstrap", 0)
-    short = [f"{kept} of {target} instructions kept" if name == "bootstrap" and target else
-             pending_line({name: entry["pending"]}, target or 0, [name], set()).removeprefix("pending: ")
-             for name, entry in group]
+    others = {name: entry["pending"] for name, entry in group if name != "bootstrap" or not target}
+    short = [*([f"{kept} of {target} instructions kept"] if target and "bootstrap" in names else []),
+             *([pending_line(others, target or 0, list(others), set())] if others else [])]
     since = [n for n in stages[max(stages.index(n) for n in names) + 1:] if n not in names]
     ran = f", and {', '.join(since)} ran since on what {'it' if len(names) == 1 else 'they'} kept" if since else ""
     return (f"{', '.join(names)} stopped short ({'; '.join(short)}){ran}. The stop, {stop.get('at')}, "

@@ -35,7 +35,7 @@ TASK_INPUT = {"classify": "bootstrap", "instances": "classify"}
 PENDING_KNOWN = ("bootstrap", *TASK_INPUT)  # the stages RunDir.pending can tell the work left of
 # What a pending count counts, where it is not tasks (one, many): the steps that count their own (runner.Step.left)
 PENDING_UNITS = {"evolve": ("slot with rounds to go", "slots with rounds to go"),
-                 "score": ("row to rate", "rows to rate")}
+                 "score": ("row to rate", "rows to rate"), "ifd": ("row to score", "rows to score")}
 REJECTED = "rejected.jsonl"
 MANIFEST = "manifest.json"
 LOCK = ".lock"

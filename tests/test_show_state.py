@@ -86,3 +86,48 @@ def test_evolve_and_score_stops_say_their_pending_counts(fake_openai, tmp_path):
     assert manifest(scored)["stages"]["score"]["pending"] == 2
     invoke("score", scored)  # the two rows, rated now
     assert manifest(scored)["stages"]["score"]["pending"] == 0 and "stopped" not in manifest(scored)["stages"]["score"]
+
+
+def test_ifd_counts_the_rows_it_has_left_once_it_has_started(tmp_path):
+    """An interrupted ifd (minutes on CPU) was "still to run" though ifd.jsonl held part of its rows."""
+    from pipeline.config import load_config
+    from pipeline.context import RunContext
+    from pipeline.records import Instance, Task
+    from pipeline.runner import STEPS
+    from pipeline.stops import left
+    from pipeline.store import pending_line, write_jsonl_atomic
+
+    ctx = RunContext(load_config(None, {"output_dir": str(tmp_path), "run_name": "r"}))
+    run = ctx.run.ensure()
+    write_jsonl_atomic(run.stage_file("filter"), [
+        Task(id=f"t{i}", instruction=f"Name a garden bird, number {i}.", origin="machine", stage="filter",
+             instances=[Instance("", "A robin."), Instance("small", "A wren.")]) for i in range(3)])
+    write_jsonl_atomic(run.stage_file("ifd"), [Task(id="t0-0", instruction="Name a garden bird, number 0.",
+                                                    stage="ifd")])
+    ifd = next(s for s in STEPS if s.name == "ifd")
+    assert left(ctx, [ifd], []) == {}  # not started this session: "still to run"
+    todo = left(ctx, [ifd], [ifd])
+    assert todo == {"ifd": 5}  # 6 rows, 1 scored
+    assert pending_line(todo, 100, ["ifd"], set()) == "pending: ifd 5 rows to score"
+
+
+def test_show_says_one_line_per_stop_and_leaves_out_the_stop_its_status_says(tmp_path):
+    from pipeline.records import Task
+    from pipeline.store import RunDir, write_jsonl_atomic
+
+    run = RunDir(tmp_path / "r").ensure()
+    write_jsonl_atomic(run.stage_file("bootstrap"), [Task(id=f"b{i}", instruction=f"Task {i}.") for i in range(11)])
+    stop = {"status": "failed", "reason": "TeacherUnavailable: no endpoint answers", "at": "2026-12-07T10:00:00+0000",
+            "command": "seed2lora run r"}
+    flow = {"bootstrap": {"pending": 29, "stopped": stop}, "classify": {"pending": 2, "stopped": stop},
+            "instances": {"pending": 0}, "filter": {"kept": 9}}
+    run.update_manifest(status="done", reason=None, stages=flow, config={"bootstrap": {"num_instructions": 40}})
+    shown = " ".join(invoke("show", run.path, "--sample", 0).output.split())
+    assert "status: stopped short" in shown
+    assert ("bootstrap, classify stopped short (11 of 40 instructions kept; pending: classify 2 tasks), and "
+            "instances, filter ran since on what they kept. The stop, 2026-12-07T10:00:00+0000, seed2lora run r: "
+            "TeacherUnavailable: no endpoint answers") in shown
+    # The same stop, as the manifest's own status and reason: said once, by the reason line
+    run.update_manifest(status="failed", reason=f"{stop['reason']}. pending: bootstrap 29 of 40 instructions to go")
+    shown = " ".join(invoke("show", run.path, "--sample", 0).output.split())
+    assert "status: failed" in shown and "stopped short" not in shown
