@@ -130,6 +130,9 @@ class Step:
     check: Callable[[RunContext], None] | None = None
     teacher: str | None = None  # "teacher" or "judge": preflighted before the first step runs
     tables: tuple[str, ...] = ()  # the config tables it reads: recorded from the command that runs it (recorded_config)
+    # Its work left, counted from the run's files when a run stops, for a step RunDir.pending cannot count (evolve's
+    # slots with rounds to go, score's rows without an outcome, ifd's rows unscored); None: its work left is no count
+    left: Callable[[RunContext], int] | None = None
 
     @property
     def takes_input(self) -> bool:
@@ -162,6 +165,11 @@ def event_kind(message: str) -> str:
         message = message.replace(url, "URL")
     head = message.split(" after ", 1)[0].split(":", 1)[0]
     return f"{head} {urls[0]}" if urls else head
+
+
+def command_line() -> str:
+    """This process's command, as the manifest records it (secrets masked)."""
+    return " ".join(masked_argv(["seed2lora", *sys.argv[1:]]))
 
 
 def build_teacher(cfg: TeacherConfig, seed: int, log: Log, origin: Origin | None = None) -> Teacher:
@@ -364,7 +372,7 @@ class RunContext:
         if self._teacher is not None and id(self._teacher) in self._attached:
             fields.setdefault("teacher", self._teacher.describe())
         return self.run.update_manifest(
-            seed2lora_version=__version__, command=" ".join(masked_argv(["seed2lora", *sys.argv[1:]])),
+            seed2lora_version=__version__, command=command_line(),
             config=self.recorded_config(), packages=package_versions(), prompts=self.prompts.hashes(),
             seed_file=str(self.cfg.seed_tasks or "bundled seeds/seed_tasks.jsonl"), num_seeds=len(self.seeds),
             **fields)

@@ -2,9 +2,11 @@
 
 Every stage sees one protocol: `progress(desc, total)` is a context manager yielding
 `advance(n)`; total may be None when it is not known. The yielded object also has
-`note(text)`, a short status shown after the counts (training's loss), and `set_total(n)`,
+`note(text)`, a short status shown after the counts (training's loss), `set_total(n)`,
 for a step whose total turns out smaller as it runs (in `run`'s flow, instances gets no task
-that classify rejected).
+that classify rejected), and `fail(n)`: units whose call failed, which stay pending. They are not
+counted done, so a step whose calls failed never ends at 100%: "classify: 4/6 (67%), 2 failed,
+ended in 3s" (a re-run retries those 2).
 
 On a terminal it draws a rich bar: counts, rate, elapsed time and ETA. Off one (a log file,
 CI, nohup, a pipe) a bar draws nothing, and a run that prints nothing for 23 minutes looks
@@ -87,6 +89,7 @@ class PlainProgress:
                  clock: Clock = time.monotonic, done: int = 0):
         self.desc, self.total, self.write, self.every_s, self.clock = desc, total, write, every_s, clock
         self.done = self.first = done  # a resumed step counts on from `done`; its rate counts this run's only
+        self.failed = 0  # units whose call failed this session: not done, pending
         self.start = self.last_line = clock()
         self.text = ""
         self.lock = threading.Lock()
@@ -111,6 +114,11 @@ class PlainProgress:
 
     def note(self, text: str) -> None:
         self.text = text
+
+    def fail(self, n: int = 1) -> None:
+        with self.lock:
+            self.failed += n
+        self.tick()
 
     def set_total(self, total: int | None) -> None:
         with self.lock:
@@ -138,7 +146,7 @@ class PlainProgress:
         counts = f"{self.done}/{self.total}" if self.total is not None else f"{self.done}"
         if self.total:
             counts += f" ({100 * self.done / self.total:.0f}%)"
-        parts = [counts]
+        parts = [counts, *([f"{self.failed} failed"] if self.failed else [])]
         if state and self.first:  # a resumed step, at its start and end: what it had before this session
             parts.append(f"{self.first} from before this session")
         if state:
@@ -146,7 +154,7 @@ class PlainProgress:
         else:
             parts.append(format_rate(per_s))
             if self.total is not None:
-                eta = eta_seconds(self.done, self.total, per_s)
+                eta = eta_seconds(self.done + self.failed, self.total, per_s)
                 parts.append(f"ETA {format_duration(eta) if eta is not None else '?'}")
             parts.append(f"{format_duration(elapsed)} elapsed")
         if self.text:
@@ -156,7 +164,9 @@ class PlainProgress:
     def close(self, failed: bool = False) -> None:
         with self.lock:
             self.stopped.set()
-        end = f"{'stopped' if failed else 'done'} in {format_duration(self.clock() - self.start)}"
+        # A step that ran through with calls failed is not done: its failed units are pending (exit 5)
+        state = "stopped" if failed else "ended" if self.failed else "done"
+        end = f"{state} in {format_duration(self.clock() - self.start)}"
         if self.rate():
             end += f" ({format_rate(self.rate())})"
         self.write(self.line(end))
@@ -205,6 +215,7 @@ class BarProgress:
                 entry = _live[id(console)] = [bar, 0]
             entry[1] += 1
         self.entry, self.bar, self.total = entry, entry[0], total
+        self.failed, self.text = 0, ""
         self.task = self.bar.add_task(desc, total=total, completed=done, note="")
 
     def __call__(self, n: int = 1) -> None:
@@ -214,7 +225,16 @@ class BarProgress:
         self.bar.advance(self.task, n)
 
     def note(self, text: str) -> None:
-        self.bar.update(self.task, note=text)
+        self.text = text
+        self.bar.update(self.task, note=self.shown())
+
+    def fail(self, n: int = 1) -> None:
+        self.failed += n
+        self.bar.update(self.task, note=self.shown())
+
+    def shown(self) -> str:
+        """The note column: the units failed (not counted done), then the step's note."""
+        return ", ".join([*([f"{self.failed} failed"] if self.failed else []), *([self.text] if self.text else [])])
 
     def set_total(self, total: int | None) -> None:
         self.total = total
@@ -266,7 +286,7 @@ def progress(desc: str, total: int | None, *, done: int = 0, console: Console | 
 
 
 class Silent:
-    """advance(n), note(text) and set_total(n) that show nothing."""
+    """advance(n), note(text), fail(n) and set_total(n) that show nothing."""
 
     total = None  # nothing to lower
 
@@ -274,6 +294,9 @@ class Silent:
         pass
 
     def note(self, text: str) -> None:
+        pass
+
+    def fail(self, n: int = 1) -> None:
         pass
 
     def set_total(self, total: int | None) -> None:

@@ -55,6 +55,11 @@ def generated_include(include: list[str] | str) -> list[str]:
     return list(GENERATED) if names == ["selected"] else names
 
 
+def generated_rows(run: RunDir, include: list[str] | str) -> list[dict[str, Any]]:
+    """The rows of the run's kept generated records, seeds left out: what IFD scores."""
+    return run_rows(run, ExportConfig(include=generated_include(include), include_seeds=False)).rows
+
+
 def kept_files(run: RunDir, include: list[str] | str) -> list[Path]:
     """The stage files of the sources asked for that exist; a missing file asked for alone is an error."""
     names = include_list(include)

@@ -11,7 +11,9 @@ everything around the steps:
 - the manifest: status (running, done, interrupted, failed, budget, incomplete), the stage,
   the reason, pending work, usage and spend, the resolved config, versions, prompt hashes;
 - the budget check after each step (exit 3), and pending work (exit 5): a step is done
-  only when all its output is written; a re-run retries exactly what is pending.
+  only when all its output is written; a re-run retries exactly what is pending;
+- a stop (stops.py): what each step has left, in the exit message and the manifest, and the stop
+  on the entry of each stage it left short, which `show` reads after later commands went on.
 
 In `run`, bootstrap, classify and instances run as one flow (stages/flow.py): a task bootstrap
 keeps goes on to classify and instances at once, through one teacher stream, while bootstrap goes
@@ -32,18 +34,18 @@ from typing import Any
 
 from .budget import BudgetReached, check_prices
 from .config import RunConfig
-from .context import Log, Progress, Records, RunContext, Step, StepResult, check_left_out, preflight
+from .context import Log, Progress, Records, RunContext, Step, StepResult, check_left_out, command_line, preflight
 from .errors import Incomplete, Seed2LoraError, TeacherError, mask_secrets
 from .stages import bootstrap, classify, evolve, flow, instances, score
 from .stages import filter as filter_stage
-from .store import PENDING_KNOWN, STAGES, TASK_INPUT, pending_line, rejected_by
+from .stops import attempted, now, session_entries, stopped
 from .teachers import Teacher
 
 
-def later(module: str, name: str) -> Callable[[RunContext, Records | None], StepResult]:
-    """A step whose module loads only when it runs (torch, pandas: not for `seed2lora bootstrap`)."""
-    def run(ctx: RunContext, records: Records | None) -> StepResult:
-        return getattr(importlib.import_module(module), name)(ctx, records)
+def later(module: str, name: str) -> Callable[..., Any]:
+    """A step (or its Step.left) whose module loads only when it runs (torch, pandas: not for `seed2lora bootstrap`)."""
+    def run(*args: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args)
     return run
 
 
@@ -56,10 +58,11 @@ STEPS = [
          tables=("instances",)),
     Step("filter", filter_stage.step, after="instances", tables=("filter",)),
     Step("evolve", evolve.step, reads=evolve.read, check=evolve.check, progress=evolve.progress, teacher="teacher",
-         tables=("evolve", "filter")),
+         tables=("evolve", "filter"), left=evolve.left),
     Step("score", score.step, reads=score.read, check=score.check, progress=score.progress, teacher="judge",
-         tables=("score", "export")),
-    Step("ifd", later("pipeline.train.steps", "ifd_step"), tables=("ifd", "export", "train")),
+         tables=("score", "export"), left=score.left),
+    Step("ifd", later("pipeline.train.steps", "ifd_step"), tables=("ifd", "export", "train"),
+         left=later("pipeline.train.steps", "ifd_left")),
     Step("select", later("pipeline.stages.select", "step"), tables=("select", "export"),
          check=lambda ctx: importlib.import_module("pipeline.stages.select").check(ctx)),
     Step("export", later("pipeline.stages.export", "step"), tables=("export",)),
@@ -139,29 +142,6 @@ def run_group(ctx: RunContext, group: list[Step]) -> list[StepResult]:
         return flow.run(ctx, [s.name for s in group])
 
 
-def left(ctx: RunContext, steps: list[Step]) -> dict[str, int]:
-    """What each of `steps` has still to do, from the run's files (RunDir.pending): a per-task stage given --input
-    counts that file's tasks. Read once, when the run stops."""
-    inputs = {s.name: list(ctx.input_tasks(s.after)) for s in steps if ctx.input_path and s.name in TASK_INPUT}
-    return ctx.run.pending([s.name for s in steps], ctx.cfg.bootstrap.num_instructions, inputs)
-
-
-def stopped(ctx: RunContext, steps: list[Step], running: list[Step], finished: set[str], before: dict) -> str:
-    """A run stopped before the steps `running` gave their results (a teacher outage, Ctrl-C, the budget, a
-    failure): each gets in the manifest what it wrote this session (the file counts against `before`, those at its
-    start) and what it has still to do; the line naming what is pending, for the exit message."""
-    todo, counts, entries = left(ctx, steps), ctx.run.counts(), {}
-    for step in running:
-        if step.name not in todo:  # a stage whose work left its files cannot tell: its entry stays as it was
-            continue
-        kept = counts.get(step.name, 0) - before.get(step.name, 0)
-        rejected = rejected_by(counts, step.name) - rejected_by(before, step.name)
-        entries[step.name] = {"generated": kept + rejected, "kept": kept, "rejected": rejected,
-                              "pending": todo[step.name]}
-    ctx.record(stages=entries)
-    return pending_line(todo, ctx.cfg.bootstrap.num_instructions, [s.name for s in steps], finished)
-
-
 def check_stage_names(names: list[str]) -> None:
     """A name in `stages` that no step has stops the command, `run --dry-run` too (it used to leave the name out)."""
     known = [s.name for s in STEPS]
@@ -176,10 +156,8 @@ def run_steps(ctx: RunContext, names: list[str]) -> list[str]:
     steps = [s for s in STEPS if s.name in names]
     try:
         validate(ctx, steps)  # raises before anything is written
-    except TeacherError as e:  # a resume whose server is still down: what is left, read from the files only
-        if not ctx.input_path and any(ctx.run.stage_file(s).exists() for s in STAGES):
-            e.pending = pending_line(left(ctx, steps), ctx.cfg.bootstrap.num_instructions,
-                                     [s.name for s in steps], set())
+    except TeacherError as e:  # a resume whose server is still down: what is left, and the attempt, on record
+        attempted(ctx, steps, e)
         raise
     messages: list[str] = []
     step = steps[0] if steps else None
@@ -190,9 +168,10 @@ def run_steps(ctx: RunContext, names: list[str]) -> list[str]:
     try:
         for group in groups(ctx, steps):
             step, running = group[0], list(group)
-            # Each stage's entry is this session's from here: after a kill -9, `show` reads its pending from the files
-            before = ctx.record(status="running", stage=step.name, reason=None,
-                                stages={s.name: {} for s in group if s.name in PENDING_KNOWN})["counts"]
+            # Each stage's entry is this session's from here (an earlier stop cleared): after a kill -9, `show` reads
+            # its pending from the files (stops.session_entries)
+            before = ctx.record(status="running", stage=step.name, reason=None, attempt=None,
+                                stages=session_entries(ctx, group))["counts"]
             results = run_group(ctx, group)
             for step, result in zip(group, results, strict=True):  # a flow's stages: each as if it ran alone
                 if result.pending or len(group) == 1:
@@ -200,22 +179,22 @@ def run_steps(ctx: RunContext, names: list[str]) -> list[str]:
                 imported = {"input_file": ctx.input_provenance()} if ctx.input_path and step.takes_input else {}
                 ctx.record(stages={step.name: {**result.counts, "pending": result.pending, **imported}})
                 running.remove(step)
-                if result.pending:
-                    raise Incomplete(f"{result.message}. {result.pending} pending in {step.name}; run the same "
-                                     "command again to retry exactly those")
+                if result.pending:  # the count is said once, by the pending line stopped() gives
+                    raise Incomplete(f"{result.message}; run the same command again to retry what is pending")
                 finished.add(step.name)
                 messages.append(result.message)
                 ctx.log(result.message)
             ctx.check_budget(step.name)
         ctx.record(status="done", reason=None)
     except (KeyboardInterrupt, Exception) as e:
-        try:
-            e.pending = stopped(ctx, steps, running, finished, before)  # the CLI prints it after the error
-        except Exception as err:  # noqa: BLE001 (the stop's own cause comes first; this one is said with it)
-            e.pending = f"what is pending could not be read ({type(err).__name__}: {err})"
         status, reason = ("interrupted", "interrupted (Ctrl-C or SIGTERM); run the same command to resume") if \
             isinstance(e, KeyboardInterrupt) else ("budget", str(e)) if isinstance(e, BudgetReached) else \
             ("incomplete", str(e)) if isinstance(e, Incomplete) else ("failed", f"{type(e).__name__}: {e}")
+        stop = {"status": status, "reason": mask_secrets(reason), "at": now(), "command": command_line()}
+        try:  # the CLI prints the pending line after the error
+            e.pending = stopped(ctx, steps, running, finished, before, stop, step.name if step else None)
+        except Exception as err:  # noqa: BLE001 (the stop's own cause comes first; this one is said with it)
+            e.pending = f"what is pending could not be read ({type(err).__name__}: {err})"
         ctx.record(status=status, stage=step.name if step else None,
                    reason=mask_secrets(f"{reason}. {e.pending}" if e.pending else reason))
         raise

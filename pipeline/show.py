@@ -16,7 +16,7 @@ from rich.table import Column, Table
 
 from .errors import Seed2LoraError
 from .records import Task
-from .store import PENDING_KNOWN, STAGES, RunDir, reason_kind, reason_label
+from .store import PENDING_KNOWN, STAGES, RunDir, pending_line, reason_kind, reason_label
 
 WIDE = 10_000  # columns off a terminal: a table is as wide as its content (rich tables do not expand to the width)
 
@@ -61,6 +61,10 @@ def summary(run: RunDir, stage: str | None = None) -> dict:
     }
     manifest = run.manifest()
     status = _status(run, manifest)
+    stages = stage_entries(run, manifest, status["status"])
+    short = stopped_short(stages, status)
+    if short and status["status"] == "done":  # the last command finished, on what a stage stopped short of
+        status = {"status": "stopped short", "reason": None}
     return {
         "stage": stage,
         "counts": {s: len(run.read_stage(s)) for s in STAGES if run.stage_file(s).exists()},
@@ -74,7 +78,9 @@ def summary(run: RunDir, stage: str | None = None) -> dict:
         "teacher_choice": teacher_choice(manifest.get("teacher") or {}),
         "endpoints": endpoints_line(manifest.get("teacher") or {}),
         **status,
-        "stages": stage_entries(run, manifest, status["status"]),
+        "short": [short_line(group, manifest) for group in short],
+        "attempt": manifest.get("attempt") if isinstance(manifest.get("attempt"), dict) else None,
+        "stages": stages,
         "usage": manifest.get("usage", {}),
         "spend": manifest.get("spend", {}),
         "evolve": evolve_summary(run, rejected),
@@ -93,6 +99,38 @@ def stage_entries(run: RunDir, manifest: dict, status: str | None) -> dict:
     for stage, n in (run.pending(lacking, target) if lacking else {}).items():
         stages.setdefault(stage, {})["pending"] = n
     return stages
+
+
+def stopped_short(stages: dict, status: dict) -> list[list[tuple[str, dict]]]:
+    """The stages whose last session stopped with work left (the `stopped` of their entry, pipeline/stops.py) and
+    that have not run again since, one group per stop: the run's state where later commands went on with what they
+    kept, which the manifest's status (the last command's) does not say: "done" after a low-yield bootstrap, then
+    filter and export. A stop the manifest's own status and reason say is left out."""
+    groups: dict[str, list[tuple[str, dict]]] = {}
+    for name, entry in stages.items():
+        stop = entry.get("stopped")
+        if not isinstance(stop, dict) or not entry.get("pending"):
+            continue
+        if status["status"] != "done" and str(status.get("reason") or "").startswith(str(stop.get("reason"))):
+            continue
+        groups.setdefault(f"{stop.get('at')} {stop.get('command')}", []).append((name, entry))
+    return list(groups.values())
+
+
+def short_line(group: list[tuple[str, dict]], manifest: dict) -> str:
+    """One stop of stopped_short, in words: where it stopped short, by how much, why, and what ran since."""
+    stages = list(manifest.get("stages") or {})
+    names = [name for name, _ in group]
+    stop = group[0][1]["stopped"]
+    target = ((manifest.get("config") or {}).get("bootstrap") or {}).get("num_instructions")
+    kept = (manifest.get("counts") or {}).get("bootstrap", 0)
+    others = {name: entry["pending"] for name, entry in group if name != "bootstrap" or not target}
+    short = [*([f"{kept} of {target} instructions kept"] if target and "bootstrap" in names else []),
+             *([pending_line(others, target or 0, list(others), set())] if others else [])]
+    since = [n for n in stages[max(stages.index(n) for n in names) + 1:] if n not in names]
+    ran = f", and {', '.join(since)} ran since on what {'it' if len(names) == 1 else 'they'} kept" if since else ""
+    return (f"{', '.join(names)} stopped short ({'; '.join(short)}){ran}. The stop, {stop.get('at')}, "
+            f"{stop.get('command')}: {stop.get('reason')}")
 
 
 def evolve_summary(run: RunDir, rejected: list[Task]) -> dict | None:
@@ -158,9 +196,16 @@ def show_run(path: Path, *, stage: str | None, n_samples: int, as_jsonl: bool, s
         return
     s = summary(run, None if stage == "rejected" else stage)
     # Text from files and teachers is printed as written: rich read "[filter]" in a reason as a tag and dropped it
-    out.print(f"[bold]{escape(str(path))}[/]  teacher: {escape(s['teacher'] or '?')}  status: {s['status'] or '?'}")
+    then = "; then a command stopped at the teacher's connection check" if s["attempt"] else ""
+    out.print(f"[bold]{escape(str(path))}[/]  teacher: {escape(s['teacher'] or '?')}  status: {s['status'] or '?'}{then}")
     if s["reason"] and s["status"] != "done":
         out.print(f"  {s['reason']}", highlight=False, markup=False)
+    for line in s["short"]:
+        out.print(f"  {line}", highlight=False, markup=False)
+    if attempt := s["attempt"]:  # a resume stopped at the teacher's connection check: no session, no record
+        out.print(f"  then, {attempt.get('at')}, {attempt.get('command')} stopped before any request (teacher "
+                  f"unavailable): {attempt.get('cause')}" + (f" ({attempt['pending']})" if attempt.get("pending") else ""),
+                  highlight=False, markup=False)
     if s["teacher_choice"]:
         out.print(f"  {s['teacher_choice']}", highlight=False, markup=False)
     if s["endpoints"]:

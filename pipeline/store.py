@@ -33,6 +33,9 @@ STAGES = ("bootstrap", "classify", "instances", "filter", "evolve")
 # The per-task stages whose work left is known from the files, and the stage file each takes its tasks from
 TASK_INPUT = {"classify": "bootstrap", "instances": "classify"}
 PENDING_KNOWN = ("bootstrap", *TASK_INPUT)  # the stages RunDir.pending can tell the work left of
+# What a pending count counts, where it is not tasks (one, many): the steps that count their own (runner.Step.left)
+PENDING_UNITS = {"evolve": ("slot with rounds to go", "slots with rounds to go"),
+                 "score": ("row to rate", "rows to rate"), "ifd": ("row to score", "rows to score")}
 REJECTED = "rejected.jsonl"
 MANIFEST = "manifest.json"
 LOCK = ".lock"
@@ -427,10 +430,11 @@ class RunDir:
 
 def pending_line(left: dict[str, int], target: int, stages: list[str], finished: set[str]) -> str:
     """What a stopped run left to do, in the exit message's words: "pending: bootstrap 88 of 100 instructions to
-    go, classify 2 tasks; still to run: filter, export". left: RunDir.pending of `stages`; finished: those done."""
+    go, classify 2 tasks, evolve 3 slots with rounds to go; still to run: score, export". left: RunDir.pending of
+    `stages` and the counts of the steps that count their own; finished: those done."""
     def one(name: str, n: int) -> str:
-        return f"bootstrap {n} of {target} instructions to go" if name == "bootstrap" else \
-            f"{name} {n} task{'s' if n != 1 else ''}"
+        unit = PENDING_UNITS.get(name, ("task", "tasks"))[n != 1]
+        return f"bootstrap {n} of {target} instructions to go" if name == "bootstrap" else f"{name} {n} {unit}"
 
     parts = [one(name, left[name]) for name in stages if left.get(name)]
     rest = [name for name in stages if name not in left and name not in finished]

@@ -151,9 +151,22 @@ def test_a_run_stopped_by_an_outage_says_what_is_pending_and_a_resume_finishes_i
     again = cli_run("run", *flags, "--set", "teacher.connect_window_s=1")  # the server is still down
     assert again.exit_code == 4, again.output
     assert " ".join(again.output.split()).endswith(f"{pending_words(left, 24)}; still to run: filter"), again.output
-    assert snapshot() == before  # the startup check failed before any write
+    # The startup check failed before any request: no record, no cache row, no status or config; only the attempt
+    # (time, command, cause), which `show` says after the last session's status (it showed "failed" as if nothing
+    # had been tried since)
+    after = snapshot()
+    m_before, m_after = (json.loads(files.pop(run / "manifest.json")) for files in (before, after))
+    assert after == before
+    attempt, _ = m_after.pop("attempt"), m_before.pop("attempt")
+    assert {k: v for k, v in m_after.items() if k != "updated"} == {k: v for k, v in m_before.items() if k != "updated"}
+    assert fake_openai.url in attempt["cause"] and attempt["pending"].startswith(pending_words(left, 24))
+    assert set(attempt) == {"at", "command", "cause", "pending"}
+    shown = " ".join(invoke("show", run, "--sample", 0).output.split())
+    assert "status: failed; then a command stopped at the teacher's connection check" in shown
+    assert "stopped before any request (teacher unavailable): no endpoint answers" in shown
     fake_openai.come_back()
     invoke("run", *flags)
+    assert manifest(run)["attempt"] is None  # a session that ran clears it
     assert len(read(run / "instances.jsonl")) + sum(r["stage"] in ("classify", "instances")
                                                    for r in read(run / "rejected.jsonl")) == 24
     assert manifest(run)["status"] == "done" and left_in_files(run, 24) == {"bootstrap": 0, "classify": 0,
@@ -189,11 +202,11 @@ def test_a_task_the_teacher_failed_on_is_pending_not_done(fake_openai, tmp_path)
                      "--set", "teacher.concurrency=1")
     assert result.exit_code == 5, result.output
     text = " ".join(result.output.split())
-    assert "1 pending in instances" in text and "run the same command again" in text
+    assert text.endswith("run the same command again to retry what is pending pending: instances 1 task"), text
     run = tmp_path / "r"
     assert manifest(run)["status"] == "incomplete" and len(read(run / "instances.jsonl")) == 3
     shown = " ".join(invoke("show", run).output.split())
-    assert "status: incomplete" in shown and "1 pending in instances" in shown and "retries" in shown
+    assert "status: incomplete" in shown and "pending: instances 1 task" in shown and "retries" in shown
     assert manifest(run)["stages"]["instances"]["pending"] == 1
     before = len(fake_openai.history)
     invoke("instances", *teacher_flags(fake_openai, tmp_path))

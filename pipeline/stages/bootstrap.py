@@ -402,7 +402,7 @@ def step_result(r: BootstrapResult) -> StepResult:
     message = (f"bootstrap: {r.new} new instructions kept ({r.kept} in the pool), {r.rejected} rejected, "
                f"{r.requests} prompts sent so far")
     if r.pending:
-        message += f"; stopped at bootstrap.max_requests with {r.pending} instructions short of the target"
+        message += "; stopped at bootstrap.max_requests short of the target"  # by how much: the pending line
     # generated: the instructions this session's replies gave; each ended kept or rejected (InstructionPool)
     return StepResult(message, r.pending, {"replies": r.replies, "generated": r.new + r.rejected, "kept": r.new,
                                            "rejected": r.rejected})

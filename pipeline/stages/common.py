@@ -145,7 +145,13 @@ class TaskMap:
             meta = {**task.meta, f"{self.stage}_reply": reply_meta(reply), "tries": self.tries.get(task.id, 0) + 1}
             self.rejected_out.write(dataclasses.replace(task, meta=meta).rejected(reason, self.stage))
             self.counts.rejected += 1
-        if self.progress:
+        if not self.progress:
+            return
+        if record is None and reason is None:  # the call failed: the task is pending, not done
+            fail = getattr(self.progress, "fail", None)  # the loop's bars count it; a bare callable does not
+            if fail is not None:
+                fail(1)
+        else:
             self.progress(1)
 
     def add(self, task: Task) -> Request | Task | None:

@@ -354,12 +354,15 @@ class _Evolver:
                 in_flight += 1
                 yield req
 
+        fail = getattr(advance, "fail", None)  # the loop's bar has it: calls left pending are not counted done
         admit()
         for req, reply in self.teacher.stream(requests(), self.evolve_params, kind="evolve"):
             in_flight -= 1
             read_reply, s = req.key
             if not reply.ok:  # this lineage stops here, pending; another takes its place
                 errors += 1
+                if fail is not None:
+                    fail(3 * (rounds - s.round) + CALLS_LEFT[req.kind or "evolve"])  # this call and the rest
                 under_way -= 1
                 admit()
                 continue
@@ -514,6 +517,12 @@ def progress(ctx: RunContext, records: Records | None) -> tuple[str, int, int] |
     return (desc, 3 * todo, 0) if todo else None
 
 
+def left(ctx: RunContext) -> int:
+    """The pool's slots with rounds to go, from the files: what a stopped run has pending here (Step.left)."""
+    rounds = ctx.cfg.evolve.rounds
+    return sum(x.round <= rounds for x in plan(ctx.run, list(read(ctx)), rounds)[1])
+
+
 def step(ctx: RunContext, records: Records | None) -> StepResult:
     """Evolve the pool `records` round after round; write evolve.jsonl."""
     pool = records if records is not None else read(ctx)
@@ -527,7 +536,5 @@ def step(ctx: RunContext, records: Records | None) -> StepResult:
     message = (f"evolve: {result.rounds_done} of {e.rounds} rounds done over {len(pool)} instructions; "
                f"{result.kept} evolutions kept ({result.total} in evolve.jsonl), {sum(result.rejected.values())} "
                f"rejected ({rejected}), {result.errors} teacher errors")
-    if result.pending:
-        message += f"; {result.pending} of {len(pool)} slots have rounds to go"
     return StepResult(message, result.pending, {"kept": result.kept, "rejected": sum(result.rejected.values()),
                                                 "rounds_done": result.rounds_done})

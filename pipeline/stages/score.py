@@ -151,6 +151,13 @@ def progress(ctx: RunContext, records: Records | None) -> tuple[str, int, int]:
     return "score: instances rated", len(rows), sum(r in done for r in rows)
 
 
+def left(ctx: RunContext) -> int:
+    """The rows with no outcome yet (no rating, no score rejection), from the files: what a stopped run has pending
+    here (Step.left)."""
+    done = outcomes(ctx.run, STAGE)
+    return sum(f"{t.id}-{k}" not in done for t in read(ctx) for k in range(len(t.instances)))
+
+
 def set_aside(ctx: RunContext) -> None:
     """--rescore: the earlier ratings and score rejections go to score_replaced.jsonl (not deleted: a failed
     rescore loses nothing), and the score step starts from nothing."""

@@ -24,10 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import ExportConfig, IfdConfig, TrainConfig
+from ..config import IfdConfig, TrainConfig
 from ..progress import no_progress
 from ..records import Instance, Task, row_messages
-from ..rows import generated_include, run_rows
+from ..rows import generated_rows
 from ..store import JsonlWriter, RunDir
 from .data import IGNORE_INDEX, tokenize_example
 from .loss import mean_losses
@@ -79,9 +79,9 @@ def ifd_run(run_dir: str | Path, include: list[str] | str, train_cfg: TrainConfi
     """Score every kept row of a run not yet in ifd.jsonl; returns {rows, scored, done}.
     progress: pipeline/progress.py's (a bar or plain lines with an ETA), or any of its protocol; None: silent."""
     run = RunDir(run_dir)
-    data = run_rows(run, ExportConfig(include=generated_include(include), include_seeds=False))
+    rows = generated_rows(run, include)
     done = {t.id for t in run.read_stage(STAGE)}
-    todo = [r for r in data.rows if r["id"] not in done]
+    todo = [r for r in rows if r["id"] not in done]
     if todo:
         model, tokenizer = student or load_student(train_cfg)
         log(f"ifd: {len(todo)} rows to score with {train_cfg.model or 'the embedded SmolLM2-135M-Instruct'}")
@@ -93,4 +93,4 @@ def ifd_run(run_dir: str | Path, include: list[str] | str, train_cfg: TrainConfi
                                                       max_len=cfg.max_len, progress=advance), strict=True):
                     out.write(Task(id=r["id"], instruction=r["instruction"], instances=[Instance(r["input"], r["output"])],
                                    origin=r["origin"], stage=STAGE, meta={"row_of": r["task_id"], "ifd": score}))
-    return {"rows": len(data.rows), "scored": len(todo), "done": len(done) + len(todo)}
+    return {"rows": len(rows), "scored": len(todo), "done": len(done) + len(todo)}

@@ -10,6 +10,7 @@ import dataclasses
 import json
 
 from ..context import Records, RunContext, StepResult
+from ..rows import generated_rows
 from ..store import EXPORT_INFO
 
 
@@ -21,6 +22,12 @@ def ifd_step(ctx: RunContext, records: Records | None) -> StepResult:
                    progress=ctx.progress)
     return StepResult(f"ifd: {info['scored']} rows scored with the student ({info['done']} of {info['rows']} "
                       "in ifd.jsonl)", 0, {"generated": info["rows"], "kept": info["done"]})
+
+
+def ifd_left(ctx: RunContext) -> int:
+    """The kept rows not yet in ifd.jsonl: what a stopped ifd step has pending (Step.left)."""
+    done = {t.id for t in ctx.run.read_stage("ifd")}
+    return sum(r["id"] not in done for r in generated_rows(ctx.run, ctx.cfg.export.include))
 
 
 def train_step(ctx: RunContext, records: Records | None) -> StepResult:
