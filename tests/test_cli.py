@@ -397,3 +397,22 @@ def test_log_lines_and_paths_print_as_written_not_as_markup(fake_openai, tmp_pat
                                       "--set", 'stages=["bootstrap"]'])
     assert result.exit_code == 0, result.output
     assert f"done: {out / 'r'}" in result.output
+
+
+def test_a_bad_line_100_is_named_as_line_100_not_as_an_emoji(tmp_path, capsys):
+    """rich turned ":100:" into an emoji, so "seeds.jsonl:100: has no ..." printed as "seeds.jsonl💯 has no ...",
+    and a teacher named openai:m started its line "openaiⓂ": the console prints text as written."""
+    from pipeline.cli import log_line
+    from pipeline.progress import stderr_console
+    from pipeline.show import stdout_console
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"instruction": "Fine task here."}\n' * 99 + '{"instruction": 5}\n')
+    result = CliRunner().invoke(cli, ["run", "--seeds", str(seeds), "--output-dir", str(tmp_path / "out")])
+    assert result.exit_code == 2 and f"{seeds}:100: has no 'instruction'" in result.output.replace("\n", "")
+    log_line("openai:m: api auto: chat")
+    assert "openai:m: api auto: chat" in capsys.readouterr().err
+    for console in (stderr_console(), stdout_console()):
+        with console.capture() as captured:
+            console.print("a task about :smile: and :100:", markup=False)
+        assert "a task about :smile: and :100:" in captured.get()
