@@ -416,3 +416,12 @@ def test_a_bad_line_100_is_named_as_line_100_not_as_an_emoji(tmp_path, capsys):
         with console.capture() as captured:
             console.print("a task about :smile: and :100:", markup=False)
         assert "a task about :smile: and :100:" in captured.get()
+
+
+@pytest.mark.parametrize("row", ['{"prompt": "Name a fruit."}', '{"instruction": 3}', '{"messages": "Hi"}'])
+def test_generate_refuses_an_input_row_it_cannot_read_naming_the_line(tmp_path, row):
+    """A row with no instruction was answered as an empty prompt ("prompt": "" in the output), with no word."""
+    rows = tmp_path / "prompts.jsonl"
+    rows.write_text('{"instruction": "Add 2 and 3."}\n' + row + "\n")
+    result = CliRunner().invoke(cli, ["generate", str(tmp_path), "--input", str(rows)])
+    assert result.exit_code == 2 and f"{rows}:2: " in result.output.replace("\n", "")
