@@ -123,8 +123,8 @@ def test_every_setting_the_docs_name_exists(page):
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_a_default_quoted_beside_its_setting_is_its_default(page):
-    """`teacher.connect_window_s` (20 s): the number in brackets after a setting is what config.py says."""
-    quoted = re.findall(r"`([a-z_]+(?:\.[a-z_0-9]+)+)`\s*\((\d[\d,]*(?:\.\d+)?)", page.read_text(encoding="utf-8"))
+    """`teacher.connect_window_s` (20 s), `teacher.max_wait_s`, 60 s: the number right after a setting is its default."""
+    quoted = re.findall(r"`([a-z_]+(?:\.[a-z_0-9]+)+)`(?:\s*\(|,\s+)(\d[\d,]*(?:\.\d+)?)", page.read_text(encoding="utf-8"))
     stale = [f"{key} ({number}), default {CONFIG[key]}" for key, number in quoted
              if key in CONFIG and float(number.replace(",", "")) != CONFIG[key]]
     assert stale == []
