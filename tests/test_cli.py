@@ -425,3 +425,21 @@ def test_generate_refuses_an_input_row_it_cannot_read_naming_the_line(tmp_path, 
     rows.write_text('{"instruction": "Add 2 and 3."}\n' + row + "\n")
     result = CliRunner().invoke(cli, ["generate", str(tmp_path), "--input", str(rows)])
     assert result.exit_code == 2 and f"{rows}:2: " in result.output.replace("\n", "")
+
+
+def test_an_edited_template_with_a_wrong_variable_stops_the_run_before_anything_is_paid(fake_openai, tmp_path):
+    """A copied prompts folder whose classify.txt misspelt $instruction stopped with exit 2 only when classify first
+    rendered it, after bootstrap had sent its prompts and written the run; the README says exit 2 writes nothing."""
+    import shutil
+
+    from pipeline.prompts import bundled_prompts_dir
+
+    prompts = tmp_path / "my_prompts"
+    shutil.copytree(bundled_prompts_dir(), prompts)
+    (prompts / "classify.txt").write_text((prompts / "classify.txt").read_text().replace("$instruction", "$instructon"))
+    flags = [str(f) for f in teacher_flags(fake_openai, tmp_path / "out")]
+    result = CliRunner().invoke(cli, ["run", *flags, "--num-instructions", "2", "--set", f"prompts_dir={prompts}"])
+    assert result.exit_code == 2, result.output
+    assert "classify.txt: template variables do not match (missing ['instruction'], unknown ['instructon'])" in \
+        result.output.replace("\n", "")
+    assert fake_openai.history == [] and not (tmp_path / "out").exists()
