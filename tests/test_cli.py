@@ -443,3 +443,19 @@ def test_an_edited_template_with_a_wrong_variable_stops_the_run_before_anything_
     assert "classify.txt: template variables do not match (missing ['instruction'], unknown ['instructon'])" in \
         result.output.replace("\n", "")
     assert fake_openai.history == [] and not (tmp_path / "out").exists()
+
+
+def test_a_run_killed_before_its_teacher_was_recorded_still_keeps_its_teacher(fake_openai, tmp_path):
+    """kill -9 in a run's first step leaves a manifest with its config but no `teacher` entry (written when a step
+    ends); a resume without --teacher then went on with the embedded default, mixing its lines into the run."""
+    invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 2)
+    run = tmp_path / "r"
+    manifest = json.loads((run / "manifest.json").read_text())
+    del manifest["teacher"]
+    manifest["status"] = "running"  # as a kill -9 leaves it
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    calls = len(fake_openai.history)
+    text = " ".join(invoke("run", run, "--num-instructions", 2, expect=2).output.split())
+    assert "was made with teacher openai:fake-model (manifest.json), and this command names no teacher" in text
+    assert f"--set teacher.spec=openai:fake-model --set teacher.base_url={fake_openai.url}" in text
+    assert len(fake_openai.history) == calls
