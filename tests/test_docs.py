@@ -134,3 +134,25 @@ def test_the_setting_checks_see_what_they_should():
     assert setting_of("teacher.connect_window_s") and setting_of("judge.base_url") == "eval.judge.base_url"
     assert setting_of("teacher.conect_window_s") is None and "bootstrap" in TABLES
     assert CONFIG["bootstrap.yield_stop"] == 0.05 and dataclasses.is_dataclass(CONFIG["evolve.weights"])
+
+
+def heading_anchors(page: Path) -> set[str]:
+    """The #anchors GitHub gives a page's headings: lower case, punctuation out, spaces as hyphens."""
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+\s+(.*)$", text, re.M)}
+
+
+@pytest.mark.parametrize("page", [*PAGES, ROOT / "benchmarks" / "RESULTS.md"], ids=lambda p: p.name)
+def test_every_link_to_a_section_names_a_heading_there(page):
+    wrong = []
+    for target in LINK.findall(page.read_text(encoding="utf-8")):
+        path, _, anchor = target.partition("#")
+        linked = page.parent / path if path else page
+        if anchor and not re.match(r"^[a-z]+:", target) and linked.suffix == ".md" and linked.exists():
+            wrong += [target] if anchor not in heading_anchors(linked) else []
+    assert wrong == []
+
+
+def test_heading_anchors_are_githubs():
+    assert "faults-and-exit-codes" in heading_anchors(ROOT / "README.md")
+    assert "bases-llama-mistral-qwen-gemma-2-and-3-phi-3" in heading_anchors(ROOT / "docs" / "adapters.md")
