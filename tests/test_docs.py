@@ -156,3 +156,10 @@ def test_every_link_to_a_section_names_a_heading_there(page):
 def test_heading_anchors_are_githubs():
     assert "faults-and-exit-codes" in heading_anchors(ROOT / "README.md")
     assert "bases-llama-mistral-qwen-gemma-2-and-3-phi-3" in heading_anchors(ROOT / "docs" / "adapters.md")
+
+
+def test_the_commands_config_md_says_refuse_set_are_those_without_it():
+    text = " ".join((ROOT / "docs" / "config.md").read_text(encoding="utf-8").split())
+    named = re.search(r"takes `--set section\.key=value` \(all but (.*?)\)", text).group(1)
+    without = {name for name, command in cli.commands.items() if "--set" not in option_names(command)}
+    assert set(re.findall(r"`([\w-]+)`", named)) == without
