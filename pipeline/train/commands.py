@@ -199,7 +199,7 @@ def add_answering_commands(cli: click.Group, friendly_errors: Callable, console:
                 except RowError as e:
                     raise InputError(input_path, line, e.problem, e.fix) from None
                 msgs = row["messages"]
-                messages.append(msgs[:-1] if msgs[-1]["role"] == "assistant" else msgs)
+                messages.append(msgs[:-1] if msgs[-1].get("role") == "assistant" else msgs)
             elif isinstance(row.get("instruction"), str) and row["instruction"].strip():
                 messages.append(user_prompt(row["instruction"], str(row.get("input") or "")))
             else:  # answered as an empty prompt before, with no word
