@@ -31,7 +31,8 @@ from .show import label, show_run, stdout_console
 from .teachers.origin import SCORE_JUDGE
 from .train.commands import OUTPUT_DIR_MOVED, Renamed, add_commands, moved
 
-console = Console(stderr=True, soft_wrap=True)  # log lines stay whole in log files and CI output
+console = Console(stderr=True, soft_wrap=True, emoji=False)  # log lines stay whole in log files and CI output; no
+# emoji codes: "seeds.jsonl:100: ..." printed as "seeds.jsonl💯 ..." and a teacher openai:m as "openaiⓂ"
 
 
 def log_line(message: str) -> None:

@@ -43,7 +43,7 @@ class TeacherConfig:
     timeout_s: float = 120.0  # per request; long completions from a loaded server can take a minute
     max_retries: int = 6  # transient failures (429, 5xx, timeouts, malformed replies) retried with backoff; also retries of unparseable replies
     max_wait_s: float = 60.0  # longest backoff between two tries of one request (a Retry-After is honoured up to this)
-    connect_window_s: float = 20.0  # a server not yet reached in this process is tried this long, then the run stops naming the URL (a wrong port fails fast)
+    connect_window_s: float = 20.0  # a server not yet reached in this process is tried this long, then the run stops naming the URL (a wrong port too: this window, not outage_wait_s)
     outage_wait_s: float = 600.0  # a server that has answered and then stops (a restart, a redeploy, a preempted node) is waited for this long; with several, the others take its requests meanwhile
     max_consecutive_failures: int = 20  # circuit breaker: this many failed tries in a row (5xx, timeouts, malformed replies) stop the run with the last error
     device: str = "auto"  # in-process models: auto = cuda if available, else cpu

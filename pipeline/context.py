@@ -172,6 +172,21 @@ def command_line() -> str:
     return " ".join(masked_argv(["seed2lora", *sys.argv[1:]]))
 
 
+def recorded_teacher(manifest: dict[str, Any], role: str) -> dict[str, Any]:
+    """The teacher (role "teacher") or judge ("judge") a run was made with, as its manifest names it; a run killed
+    (kill -9) in its first step that calls it has no such entry yet, only the config it started with: its spec then
+    (not for a run that no step calling it has touched, as one `filter --input` made)."""
+    if manifest.get(role):
+        return manifest[role]
+    calling = ("bootstrap", "classify", "instances", "evolve", "score") if role == "teacher" else ("score",)
+    if not set(calling) & set(manifest.get("stages") or {}):
+        return {}
+    config = manifest.get("config") or {}
+    table = (config.get("teacher") if role == "teacher" else (config.get("score") or {}).get("teacher")) or {}
+    spec = str(table.get("spec") or "").strip()
+    return {"name": spec, "base_url": table.get("base_url") or ""} if spec else {}
+
+
 def build_teacher(cfg: TeacherConfig, seed: int, log: Log, origin: Origin | None = None) -> Teacher:
     """A teacher from its config, its events (retries, timeouts) to `log` at a readable rate, each line prefixed
     with its role. `origin`: the table cfg is and the flags of the command for it (teachers/origin.py), which its
@@ -288,7 +303,7 @@ class RunContext:
         """A command on a run made with another teacher (or scored by another judge), as its manifest names: stop
         before any request (exit 2, nothing written) when this one comes by omission, the default of a flag left out
         on a resume or a later stage; say so when it was named on purpose, since the records will mix."""
-        before = self.run.manifest().get(role) or {}
+        before = recorded_teacher(self.run.manifest(), role)
         name_before = before.get("name")
         if not name_before or name_before == name:
             return

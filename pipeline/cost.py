@@ -29,6 +29,7 @@ from .errors import Seed2LoraError
 from .records import row_messages
 from .rows import run_rows
 from .store import RunDir, read_export_info
+from .teachers.base import LOGPROB_REPLY_START
 
 TRAINING_SUMMARY = "training_summary.json"  # written by `seed2lora train` into the adapter folder
 
@@ -84,8 +85,11 @@ def chars_per_token(run: RunDir) -> tuple[float, str]:
         # which a read-only connection cannot do (it left them behind after `show`).
         con = sqlite3.connect(db)
         try:
+            # Not the log-probability replies: their text is JSON, ~590 characters for 1 token (63 a token
+            # measured on the quickstart run, whose text replies had 4.2).
             chars, tokens = con.execute("SELECT SUM(LENGTH(text)), SUM(completion_tokens) FROM responses "
-                                        "WHERE completion_tokens > 0").fetchone()
+                                        "WHERE completion_tokens > 0 AND substr(text, 1, ?) != ?",
+                                        (len(LOGPROB_REPLY_START), LOGPROB_REPLY_START)).fetchone()
         finally:
             con.close()
         if tokens:

@@ -254,7 +254,7 @@ Tracker = PlainProgress | BarProgress
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True, soft_wrap=True)
+    return Console(stderr=True, soft_wrap=True, emoji=False)  # ":100:" in a line is text, not an emoji
 
 
 def open_progress(desc: str, total: int | None, *, console: Console | None = None, done: int = 0,

@@ -58,18 +58,30 @@ class Prompts:
                              f"copy {bundled} there, or leave prompts_dir empty to use the bundled prompts")
         return p
 
-    def render(self, name: str, **variables: object) -> str:
+    def template(self, name: str, variables: set[str] | None = None) -> Template:
+        """The template `name`, read and checked once: it must use exactly the variables its stage supplies."""
         template = self._templates.get(name)
         if template is None:
             p = self.path(name)
             text = p.read_text(encoding="utf-8")
             used = {m.group("named") or m.group("braced") for m in Template.pattern.finditer(text)} - {None}
-            expected = PROMPT_VARS.get(name, set(variables))
+            expected = PROMPT_VARS.get(name, variables if variables is not None else used)
             if used != expected:
                 missing, extra = sorted(expected - used), sorted(used - expected)
                 raise InputError(p, None, f"template variables do not match (missing {missing}, unknown {extra})",
                                  f"use exactly {', '.join('$' + v for v in sorted(expected))}")
             template = self._templates[name] = Template(text)
+        return template
+
+    def check(self) -> None:
+        """Every template of the folder that a stage renders, checked before a command writes anything: an edited
+        classify.txt with a misspelt variable stopped the run (exit 2) only after bootstrap had paid and written."""
+        for name in PROMPT_VARS:
+            if (self.dir / name).is_file():
+                self.template(name)
+
+    def render(self, name: str, **variables: object) -> str:
+        template = self.template(name, set(variables))
         # Files end with a newline by convention; a completion prompt must end right after
         # "9." or "Input:" so that the model continues that line.
         return template.substitute({k: str(v) for k, v in variables.items()}).rstrip("\n")

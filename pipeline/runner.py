@@ -88,6 +88,7 @@ def validate(ctx: RunContext, steps: list[Step]) -> None:
         if not source.exists():
             raise Seed2LoraError(f"{source} does not exist. Fix: run `seed2lora {first.after}` for this run first, "
                                  "or pass --input FILE")
+    ctx.prompts.check()  # an edited template with a wrong variable: before bootstrap pays and writes
     for step in steps:
         if step.check is not None:
             step.check(ctx)

@@ -24,8 +24,8 @@ WIDE = 10_000  # columns off a terminal: a table is as wide as its content (rich
 def stdout_console() -> Console:
     """Where `show`, `cost` and the dry run print their tables: a terminal's own width, else (a pipe, a file, a test)
     wide enough that no table is cut at rich's 80-column default (`classify_c…`)."""
-    console = Console()
-    return console if console.is_terminal else Console(width=WIDE)
+    console = Console(emoji=False)  # an instruction's ":100:" or ":smile:" is its text, not an emoji
+    return console if console.is_terminal else Console(width=WIDE, emoji=False)
 
 
 def label(header: str) -> Column:

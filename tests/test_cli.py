@@ -397,3 +397,65 @@ def test_log_lines_and_paths_print_as_written_not_as_markup(fake_openai, tmp_pat
                                       "--set", 'stages=["bootstrap"]'])
     assert result.exit_code == 0, result.output
     assert f"done: {out / 'r'}" in result.output
+
+
+def test_a_bad_line_100_is_named_as_line_100_not_as_an_emoji(tmp_path, capsys):
+    """rich turned ":100:" into an emoji, so "seeds.jsonl:100: has no ..." printed as "seeds.jsonl💯 has no ...",
+    and a teacher named openai:m started its line "openaiⓂ": the console prints text as written."""
+    from pipeline.cli import log_line
+    from pipeline.progress import stderr_console
+    from pipeline.show import stdout_console
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"instruction": "Fine task here."}\n' * 99 + '{"instruction": 5}\n')
+    result = CliRunner().invoke(cli, ["run", "--seeds", str(seeds), "--output-dir", str(tmp_path / "out")])
+    assert result.exit_code == 2 and f"{seeds}:100: has no 'instruction'" in result.output.replace("\n", "")
+    log_line("openai:m: api auto: chat")
+    assert "openai:m: api auto: chat" in capsys.readouterr().err
+    for console in (stderr_console(), stdout_console()):
+        with console.capture() as captured:
+            console.print("a task about :smile: and :100:", markup=False)
+        assert "a task about :smile: and :100:" in captured.get()
+
+
+@pytest.mark.parametrize("row", ['{"prompt": "Name a fruit."}', '{"instruction": 3}', '{"messages": "Hi"}'])
+def test_generate_refuses_an_input_row_it_cannot_read_naming_the_line(tmp_path, row):
+    """A row with no instruction was answered as an empty prompt ("prompt": "" in the output), with no word."""
+    rows = tmp_path / "prompts.jsonl"
+    rows.write_text('{"instruction": "Add 2 and 3."}\n' + row + "\n")
+    result = CliRunner().invoke(cli, ["generate", str(tmp_path), "--input", str(rows)])
+    assert result.exit_code == 2 and f"{rows}:2: " in result.output.replace("\n", "")
+
+
+def test_an_edited_template_with_a_wrong_variable_stops_the_run_before_anything_is_paid(fake_openai, tmp_path):
+    """A copied prompts folder whose classify.txt misspelt $instruction stopped with exit 2 only when classify first
+    rendered it, after bootstrap had sent its prompts and written the run; the README says exit 2 writes nothing."""
+    import shutil
+
+    from pipeline.prompts import bundled_prompts_dir
+
+    prompts = tmp_path / "my_prompts"
+    shutil.copytree(bundled_prompts_dir(), prompts)
+    (prompts / "classify.txt").write_text((prompts / "classify.txt").read_text().replace("$instruction", "$instructon"))
+    flags = [str(f) for f in teacher_flags(fake_openai, tmp_path / "out")]
+    result = CliRunner().invoke(cli, ["run", *flags, "--num-instructions", "2", "--set", f"prompts_dir={prompts}"])
+    assert result.exit_code == 2, result.output
+    assert "classify.txt: template variables do not match (missing ['instruction'], unknown ['instructon'])" in \
+        result.output.replace("\n", "")
+    assert fake_openai.history == [] and not (tmp_path / "out").exists()
+
+
+def test_a_run_killed_before_its_teacher_was_recorded_still_keeps_its_teacher(fake_openai, tmp_path):
+    """kill -9 in a run's first step leaves a manifest with its config but no `teacher` entry (written when a step
+    ends); a resume without --teacher then went on with the embedded default, mixing its lines into the run."""
+    invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 2)
+    run = tmp_path / "r"
+    manifest = json.loads((run / "manifest.json").read_text())
+    del manifest["teacher"]
+    manifest["status"] = "running"  # as a kill -9 leaves it
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    calls = len(fake_openai.history)
+    text = " ".join(invoke("run", run, "--num-instructions", 2, expect=2).output.split())
+    assert "was made with teacher openai:fake-model (manifest.json), and this command names no teacher" in text
+    assert f"--set teacher.spec=openai:fake-model --set teacher.base_url={fake_openai.url}" in text
+    assert len(fake_openai.history) == calls

@@ -94,6 +94,22 @@ def test_cost_of_a_fixture_run_matches_a_count_by_hand(run):
     assert be["calls"] == pytest.approx(want["calls"]) and be["investment_parts"] == ["dataset", "training"]
 
 
+def test_log_probability_replies_do_not_count_as_text_per_token(run):
+    """A log-probability reply (classify's and the yes/no judge's, the embedded teacher's default) is cached as its
+    JSON, ~590 characters for 1 token: counted, the quickstart run read 63 characters a token where its text replies
+    had 4.2, and its break-even came out 15x too many calls."""
+    from pipeline.cost import chars_per_token
+    from pipeline.store import RunDir
+    from pipeline.teachers.base import Completion, logprob_reply
+
+    cache = ResponseCache(run / "cache.sqlite")
+    for n in range(5):
+        cache.put(f"lp{n}", Completion(text=logprob_reply({" No": -0.3, " Yes": -1.4}, greedy=" No"),
+                                       finish_reason="length", prompt_tokens=400, completion_tokens=1))
+    cache.close()
+    assert chars_per_token(RunDir(run)) == (pytest.approx(3.0), "measured on the teacher's replies")
+
+
 def test_cost_command_takes_the_classic_example_from_settings(run):
     result = CliRunner().invoke(cli, ["cost", str(run), "--json", "--set", "train_usd=100", "--set", "call_tokens=200",
                                       "--set", "context_tokens=1000"], catch_exceptions=False)

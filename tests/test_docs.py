@@ -1,7 +1,10 @@
 """docs/ and README.md keep working: every command's --help runs, every relative link resolves, every flag
-written after `seed2lora COMMAND` in them is one that command takes."""
+written after `seed2lora COMMAND` in them is one that command takes, every setting they name exists, and a default
+quoted beside its setting is the default."""
 
+import dataclasses
 import re
+import typing
 from pathlib import Path
 
 import click
@@ -9,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
+from pipeline.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -80,3 +84,82 @@ def test_the_flag_check_sees_what_it_should():
            "Inline `seed2lora export DIR --no-seed-tasks`."
     assert command_lines(text) == ["seed2lora run --config a.toml --set x=1 --bogus 2", "seed2lora show out",
                                    "seed2lora export DIR --no-seed-tasks"]
+
+
+def config_paths(cls: type = RunConfig, prefix: str = "") -> dict[str, object]:
+    """Every setting and table of the config as its dotted path, with its default (a table: its dataclass)."""
+    paths: dict[str, object] = {}
+    for f in dataclasses.fields(cls):
+        path, kind = f"{prefix}{f.name}", typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(kind):
+            paths[path] = kind
+            paths.update(config_paths(kind, f"{path}."))
+        else:
+            paths[path] = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return paths
+
+
+CONFIG = config_paths()
+TABLES = {p.split(".")[0] for p in CONFIG if "." in p}
+FILE_SUFFIX = re.compile(r"\.(jsonl?|txt|png|md|py|toml|csv|gguf|safetensors|sqlite|html)$")
+# Dotted names in the docs that start like a config table but are something else: manifest keys and code.
+NOT_SETTINGS = {"stages.filter.input_file", "teacher.endpoints", "teacher.stream", "classify.classify_map",
+                "instances.instances_map"}
+
+
+def setting_of(name: str) -> str | None:
+    """The setting a dotted name in the docs means: itself, or a command's table key (`judge.base_url` on eval)."""
+    return next((p for p in (name, *(f"{t}.{name}" for t in TABLES)) if p in CONFIG), None)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_setting_the_docs_name_exists(page):
+    text = page.read_text(encoding="utf-8")
+    named = re.findall(r"`([a-z_]+(?:\.[a-z_0-9]+)+)`", text) + re.findall(r"--set\s+'?([a-z_][a-z_0-9.]*)=", text)
+    wrong = sorted({n for n in named if n.split(".")[0] in TABLES and not FILE_SUFFIX.search(n)
+                    and n not in NOT_SETTINGS and setting_of(n) is None})
+    assert wrong == [], f"{page.relative_to(ROOT)} names settings pipeline/config.py does not have"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_a_default_quoted_beside_its_setting_is_its_default(page):
+    """`teacher.connect_window_s` (20 s), `teacher.max_wait_s`, 60 s: the number right after a setting is its default."""
+    quoted = re.findall(r"`([a-z_]+(?:\.[a-z_0-9]+)+)`(?:\s*\(|,\s+)(\d[\d,]*(?:\.\d+)?)", page.read_text(encoding="utf-8"))
+    stale = [f"{key} ({number}), default {CONFIG[key]}" for key, number in quoted
+             if key in CONFIG and float(number.replace(",", "")) != CONFIG[key]]
+    assert stale == []
+
+
+def test_the_setting_checks_see_what_they_should():
+    assert setting_of("teacher.connect_window_s") and setting_of("judge.base_url") == "eval.judge.base_url"
+    assert setting_of("teacher.conect_window_s") is None and "bootstrap" in TABLES
+    assert CONFIG["bootstrap.yield_stop"] == 0.05 and dataclasses.is_dataclass(CONFIG["evolve.weights"])
+
+
+def heading_anchors(page: Path) -> set[str]:
+    """The #anchors GitHub gives a page's headings: lower case, punctuation out, spaces as hyphens."""
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+\s+(.*)$", text, re.M)}
+
+
+@pytest.mark.parametrize("page", [*PAGES, ROOT / "benchmarks" / "RESULTS.md"], ids=lambda p: p.name)
+def test_every_link_to_a_section_names_a_heading_there(page):
+    wrong = []
+    for target in LINK.findall(page.read_text(encoding="utf-8")):
+        path, _, anchor = target.partition("#")
+        linked = page.parent / path if path else page
+        if anchor and not re.match(r"^[a-z]+:", target) and linked.suffix == ".md" and linked.exists():
+            wrong += [target] if anchor not in heading_anchors(linked) else []
+    assert wrong == []
+
+
+def test_heading_anchors_are_githubs():
+    assert "faults-and-exit-codes" in heading_anchors(ROOT / "README.md")
+    assert "bases-llama-mistral-qwen-gemma-2-and-3-phi-3" in heading_anchors(ROOT / "docs" / "adapters.md")
+
+
+def test_the_commands_config_md_says_refuse_set_are_those_without_it():
+    text = " ".join((ROOT / "docs" / "config.md").read_text(encoding="utf-8").split())
+    named = re.search(r"takes `--set section\.key=value` \(all but (.*?)\)", text).group(1)
+    without = {name for name, command in cli.commands.items() if "--set" not in option_names(command)}
+    assert set(re.findall(r"`([\w-]+)`", named)) == without

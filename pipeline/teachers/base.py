@@ -60,6 +60,9 @@ def params_json(params: GenParams) -> str:
     return json.dumps(params_key(params), sort_keys=True, ensure_ascii=False)
 
 
+LOGPROB_REPLY_START = '{"top_logprobs"'  # how logprob_reply's text begins: JSON, not a reply's words (cost.py)
+
+
 def logprob_reply(top: dict[str, float], greedy: str | None = None) -> str:
     """The text of a logprobs reply: {"top_logprobs": {token: logprob}} (and, in-process, the token greedy
     decoding would pick first); read back with read_logprobs."""

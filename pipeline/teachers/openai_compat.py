@@ -22,7 +22,7 @@ Nothing hangs silently:
   no backend answers it and never a prompt). One that falls again soon after it rejoined waits twice as long
   before each next try, up to PROBE_BACKOFF_MAX_S. The run stops only when every endpoint has been down
   past its wait: `outage_wait_s` for one that has answered in this process (a restart, a redeploy),
-  `connect_window_s` for one never reached (a wrong port fails fast).
+  `connect_window_s` for one never reached (a wrong port stops the run in 20 s, not 600).
 - A circuit breaker stops the run after `max_consecutive_failures` failed attempts in a
   row, with the last error's text, instead of walking through every prompt.
 - In-flight requests adapt to each server: a timeout, or a reply slower than half the

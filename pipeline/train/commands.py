@@ -183,20 +183,29 @@ def add_answering_commands(cli: click.Group, friendly_errors: Callable, console:
         """
         from contextlib import nullcontext
 
-        from ..errors import Seed2LoraError
+        from ..datasets_io import messages_fields
+        from ..errors import InputError, Seed2LoraError
+        from ..records import RowError
         from ..store import read_jsonl
         from .eval import generate as gen
         from .eval import user_prompt
         from .model import adapter_info, load_with_adapter
 
         messages = [user_prompt(p) for p in prompts]
-        if input_path:
-            for _, row in read_jsonl(input_path):
-                if "messages" in row:  # answer the conversation; a final assistant turn is the one to redo
-                    msgs = row["messages"]
-                    messages.append(msgs[:-1] if msgs and msgs[-1]["role"] == "assistant" else msgs)
-                else:
-                    messages.append(user_prompt(str(row.get("instruction", "")), str(row.get("input") or "")))
+        for line, row in read_jsonl(input_path) if input_path else ():
+            if "messages" in row:  # answer the conversation; a final assistant turn is the one to redo
+                try:
+                    messages_fields(row["messages"])
+                except RowError as e:
+                    raise InputError(input_path, line, e.problem, e.fix) from None
+                msgs = row["messages"]
+                messages.append(msgs[:-1] if msgs[-1].get("role") == "assistant" else msgs)
+            elif isinstance(row.get("instruction"), str) and row["instruction"].strip():
+                messages.append(user_prompt(row["instruction"], str(row.get("input") or "")))
+            else:  # answered as an empty prompt before, with no word
+                raise InputError(input_path, line, f"has no 'instruction' text nor chat 'messages' (keys: "
+                                 f"{', '.join(row) or 'none'})", 'write {"instruction": "...", "input": "..."} '
+                                 'or {"messages": [{"role": "user", "content": "..."}]} on each line')
         if not messages:
             raise Seed2LoraError("nothing to answer. Fix: give prompts as arguments or --input FILE.jsonl")
         peft_model, tokenizer = load_with_adapter(adapter, model=model, quant=quant)
