@@ -44,8 +44,8 @@ class TeacherConfig:
     max_retries: int = 6  # transient failures (429, 5xx, timeouts, malformed replies) retried with backoff; also retries of unparseable replies
     max_wait_s: float = 60.0  # longest backoff between two tries of one request (a Retry-After is honoured up to this)
     connect_window_s: float = 20.0  # a server not yet reached in this process is tried this long, then the run stops naming the URL (a wrong port too: this window, not outage_wait_s)
-    outage_wait_s: float = 600.0  # a server that has answered and then stops (a restart, a redeploy, a preempted node) is waited for this long; with several, the others take its requests meanwhile
-    max_consecutive_failures: int = 20  # circuit breaker: this many failed tries in a row (5xx, timeouts, malformed replies) stop the run with the last error
+    outage_wait_s: float = 600.0  # a server that has answered and then stops or answers 503 (a restart, a redeploy, a model still loading) is waited for this long; with several, the others take its requests meanwhile
+    max_consecutive_failures: int = 20  # circuit breaker: this many failed tries in a row (5xx but 503, timeouts, malformed replies) stop the run with the last error
     device: str = "auto"  # in-process models: auto = cuda if available, else cpu
     dtype: str = "auto"  # in-process models: auto = bfloat16 on GPU, float32 on CPU
     repetition_penalty: float = 1.15  # in-process only: small models loop without it; servers use presence_penalty

@@ -90,6 +90,7 @@ class PlainProgress:
         self.desc, self.total, self.write, self.every_s, self.clock = desc, total, write, every_s, clock
         self.done = self.first = done  # a resumed step counts on from `done`; its rate counts this run's only
         self.failed = 0  # units whose call failed this session: not done, pending
+        self.short = False  # the step returned with work pending (a spent budget): it stopped, it is not done
         self.start = self.last_line = clock()
         self.text = ""
         self.lock = threading.Lock()
@@ -114,6 +115,10 @@ class PlainProgress:
 
     def note(self, text: str) -> None:
         self.text = text
+
+    def stop_short(self) -> None:
+        """The step returned with work pending: its last line says "stopped", not "done"."""
+        self.short = True
 
     def fail(self, n: int = 1) -> None:
         with self.lock:
@@ -164,8 +169,9 @@ class PlainProgress:
     def close(self, failed: bool = False) -> None:
         with self.lock:
             self.stopped.set()
-        # A step that ran through with calls failed is not done: its failed units are pending (exit 5)
-        state = "stopped" if failed else "ended" if self.failed else "done"
+        # A step that ran through with calls failed is not done: its failed units are pending (exit 5); one that
+        # returned short of its work (the budget spent: no call failed, the rest never sent) stopped
+        state = "stopped" if failed else "ended" if self.failed else "stopped" if self.short else "done"
         end = f"{state} in {format_duration(self.clock() - self.start)}"
         if self.rate():
             end += f" ({format_rate(self.rate())})"
@@ -227,6 +233,9 @@ class BarProgress:
     def note(self, text: str) -> None:
         self.text = text
         self.bar.update(self.task, note=self.shown())
+
+    def stop_short(self) -> None:
+        pass  # the bar's last state shows its counts; it has no end word
 
     def fail(self, n: int = 1) -> None:
         self.failed += n
@@ -300,6 +309,9 @@ class Silent:
         pass
 
     def set_total(self, total: int | None) -> None:
+        pass
+
+    def stop_short(self) -> None:
         pass
 
 

@@ -136,11 +136,19 @@ def run_group(ctx: RunContext, group: list[Step]) -> list[StepResult]:
     if len(group) == 1:
         records = read_records(ctx, group[0])
         with bar(ctx, group[0], records):
-            return [group[0].run(ctx, records)]
+            return stop_short(ctx, group, [group[0].run(ctx, records)])
     with ExitStack() as bars:
         for step in group:
             bars.enter_context(bar(ctx, step, None))
-        return flow.run(ctx, [s.name for s in group])
+        return stop_short(ctx, group, flow.run(ctx, [s.name for s in group]))
+
+
+def stop_short(ctx: RunContext, group: list[Step], results: list[StepResult]) -> list[StepResult]:
+    """Before the bars close: a step that returned with work pending (the budget spent) ends "stopped", not "done"."""
+    for step, result in zip(group, results, strict=True):
+        if result.pending and (advance := ctx.advances.get(step.name)) is not None:
+            getattr(advance, "stop_short", lambda: None)()  # a test's own progress reporter may not have it
+    return results
 
 
 def check_stage_names(names: list[str]) -> None:

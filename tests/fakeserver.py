@@ -53,6 +53,10 @@ class FakeOpenAI:
         # While set, every POST (probes too) gets no reply: a wedged engine, or a proxy whose backend hangs, that
         # still answers GET /models. Cleared, the requests waiting reply at once.
         self.hang = False
+        # While set, every POST (probes too) gets the 503 that llama.cpp's llama-server answers while it loads its
+        # model (GET /models answers, as llama-server's does then); `loading_replies` counts them.
+        self.loading = False
+        self.loading_replies = 0
         # The pipeline's requests, each with "at" (time.monotonic() on arrival) and "replied" (once its reply is sent).
         self.history: list[dict[str, Any]] = []
         self.posts = 0  # POSTs received, those still waiting included
@@ -110,6 +114,12 @@ class FakeOpenAI:
                     outer.posts += 1
                 while outer.hang:
                     time.sleep(0.02)
+                if outer.loading:
+                    with outer._lock:
+                        outer.loading_replies += 1
+                    self._send(503, {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}},
+                               {})
+                    return
                 try:
                     self._post(body)
                 except (BrokenPipeError, ConnectionResetError):

@@ -574,7 +574,7 @@ def test_a_server_outage_leaves_slots_pending_and_a_rerun_completes_them(stage_f
         if up:
             fake_openai.enqueue(fake_openai.default_reply)
         else:
-            fake_openai.enqueue({"error": {"message": "upstream down"}}, status=503)
+            fake_openai.enqueue({"error": {"message": "upstream down"}}, status=502)
     first, run, teacher = stage_for(rounds=2)
     failed = [fake_openai.prompt_of(fake_openai.history[i]["body"]) for i in (5, 7, 8, 9, 10, 16)]
     assert [kind_of(p) for p in failed] == ["evolve"] * 4 + ["judge", "answer"]  # the outage hit every kind of call

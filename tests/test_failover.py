@@ -117,7 +117,7 @@ def test_an_endpoint_that_keeps_answering_5xx_leaves_the_rotation(fake_openai, m
     sick = FakeOpenAI()
     try:
         for _ in range(100):
-            sick.enqueue({"error": {"message": "overloaded"}}, status=503)
+            sick.enqueue({"error": {"message": "overloaded"}}, status=500)
         t = OpenAITeacher("m", base_url=f"{sick.url},{fake_openai.url}", concurrency=2, max_wait_s=0.01,
                           max_retries=6)
         events = []
@@ -298,3 +298,52 @@ def test_every_endpoint_dead_at_the_start_is_tried_within_one_window_and_each_is
     assert time.monotonic() - started < 5.5  # one window for both, not 3 s each in turn
     text = str(e.value)
     assert all(f"{s.url}: " in text for s in dead) and "within 3 s (teacher.connect_window_s)" in text
+
+
+# llama.cpp's llama-server answers 503 "Loading model" to every prompt until its model is loaded (tests/fakeserver.py,
+# `loading`): it is there, not ready. Seen on a run started before the server had loaded: api auto chose chat on
+# the probe's 503, and the 503s of the run's requests tripped the circuit breaker within 40 s while the run said
+# it was waiting 570 s more.
+def test_a_llama_server_still_loading_its_model_is_waited_for_and_api_auto_still_picks_completions(fake_openai,
+                                                                                                  tmp_path):
+    fake_openai.completions_endpoint = True
+    fake_openai.loading = True
+    threading.Timer(1.5, lambda: setattr(fake_openai, "loading", False)).start()
+    result = cli_run("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 4)
+    assert result.exit_code == 0, result.output
+    assert fake_openai.loading_replies >= 2  # it was asked while loading, and again after
+    text = " ".join(result.output.split())
+    assert "api auto: completions (the server offers the endpoint)" in text, text
+    assert f"not ready: {fake_openai.url}: HTTP 503 InternalServerError: Error code: 503 - Loading model" in text
+    m = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert m["teacher"]["api"] == "completions" and m["status"] == "done"
+
+
+def test_a_server_still_loading_past_outage_wait_stops_the_start_naming_it(fake_openai, tmp_path):
+    fake_openai.loading = True
+    result = cli_run("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 4,
+                     "--set", "teacher.outage_wait_s=2")
+    assert result.exit_code == 4, result.output
+    text = " ".join(result.output.split())
+    assert re.search(r"no endpoint serves a prompt after [23] s \(teacher.outage_wait_s: 2 s\): "
+                     + re.escape(fake_openai.url) + r": HTTP 503 .*Loading model", text), text
+    assert not (tmp_path / "r").exists()  # stopped at the preflight: nothing written
+
+
+def test_503s_mid_run_are_waited_out_as_an_outage_not_counted_by_the_circuit_breaker(fake_openai, tmp_path):
+    fake_openai.default_delay = 0.02
+
+    def reload():  # the server restarts and loads its model again for a second
+        fake_openai.loading = True
+        threading.Timer(1.0, lambda: setattr(fake_openai, "loading", False)).start()
+
+    when(lambda: sum(is_instances(fake_openai.prompt_of(h["body"])) for h in fake_openai.history) >= 3, reload)
+    result = cli_run("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 8,
+                     "--set", "teacher.max_consecutive_failures=3", "--set", "teacher.concurrency=2",
+                     "--set", "teacher.max_wait_s=0.2")
+    assert result.exit_code == 0, result.output
+    assert fake_openai.loading_replies >= 3  # past the breaker's limit, had it counted them
+    text = " ".join(result.output.split())
+    assert "waiting up to 600 s for an endpoint to answer again (teacher.outage_wait_s)" in text
+    assert re.search(rf"endpoint back: {re.escape(fake_openai.url)} answers again", text)
+    assert len(read(tmp_path / "r" / "instances.jsonl")) == 8

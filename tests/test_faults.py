@@ -176,7 +176,7 @@ def test_a_run_stopped_by_an_outage_says_what_is_pending_and_a_resume_finishes_i
 # 2. A re-run after an outage sends no more bootstrap prompts than the target needs.
 def test_a_rerun_after_an_outage_sends_only_the_prompts_the_target_needs(fake_openai, tmp_path):
     for _ in range(40):
-        fake_openai.enqueue({"error": {"message": "overloaded"}}, status=503)
+        fake_openai.enqueue({"error": {"message": "overloaded"}}, status=500)
     result = cli_run("bootstrap", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 12,
                      "--set", "teacher.max_retries=0", "--set", "teacher.max_consecutive_failures=16")
     assert result.exit_code == 4 and "16 requests in a row failed" in " ".join(result.output.split())

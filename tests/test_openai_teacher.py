@@ -68,10 +68,10 @@ def test_transient_errors_are_retried_and_429_honours_retry_after(fake_openai):
 
 def test_exhausted_retries_give_an_error_completion_not_an_exception(fake_openai):
     for _ in range(3):
-        fake_openai.enqueue({"error": {"message": "down"}}, status=503)
+        fake_openai.enqueue({"error": {"message": "down"}}, status=500)
     t = teacher(fake_openai, max_retries=2)
     (c,) = t.generate(["x"], PARAMS, kind="k")
-    assert not c.ok and "503" in c.error and len(fake_openai.history) == 3
+    assert not c.ok and "500" in c.error and len(fake_openai.history) == 3
     assert t.usage.to_dict()["k"]["errors"] == 1
 
 

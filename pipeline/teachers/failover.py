@@ -16,7 +16,7 @@ import openai
 
 from ..errors import TeacherUnavailable
 from .origin import RUN_TEACHER, Origin
-from .wire import describe_error, refused
+from .wire import describe_error, unavailable
 
 
 @dataclass(frozen=True)
@@ -149,9 +149,9 @@ class Failover:
             if isinstance(e, openai.APITimeoutError):
                 self.shrink(ep, f"a request timed out after {self.patience.timeout_s:.0f} s")
             # An outage is judged by its length (check_outage); the breaker counts answers that went wrong.
-            self.failures_in_row += 0 if refused(e) else 1
+            self.failures_in_row += 0 if unavailable(e) else 1
             endpoint.strikes += isinstance(e, openai.APITimeoutError) or (getattr(e, "status_code", None) or 0) >= 500
-            went_down = endpoint.down_since is None and (refused(e) or endpoint.strikes >= timing.strikes_to_down)
+            went_down = endpoint.down_since is None and (unavailable(e) or endpoint.strikes >= timing.strikes_to_down)
             if went_down:
                 # One that falls again before it has proved itself waits twice as long for its next readmission.
                 endpoint.down_since, again = now, endpoint.on_trial

@@ -15,8 +15,8 @@ Nothing hangs silently:
   port or a dead server fails in seconds, naming the URL (exit 4); with api "auto" it also
   picks the completions endpoint where the server has one (small local models follow the
   Self-Instruct prompts far better as continuations than as chat turns).
-- Several endpoints fail over: one that refuses or drops connections, or times out or answers 5xx
-  STRIKES_TO_DOWN times in a row, leaves the rotation, and its requests are retried at once on the
+- Several endpoints fail over: one that refuses or drops connections or answers 503 (llama-server loading its
+  model), or times out or answers another 5xx STRIKES_TO_DOWN times in a row, leaves the rotation, and its requests are retried at once on the
   others. While a stream runs, a prober asks each endpoint out of rotation for one token on the run's API
   every PROBE_EVERY_S; it rejoins when it answers (GET /models is not enough: a wedged engine or a proxy with
   no backend answers it and never a prompt). One that falls again soon after it rejoined waits twice as long
@@ -24,7 +24,8 @@ Nothing hangs silently:
   past its wait: `outage_wait_s` for one that has answered in this process (a restart, a redeploy),
   `connect_window_s` for one never reached (a wrong port stops the run in 20 s, not 600).
 - A circuit breaker stops the run after `max_consecutive_failures` failed attempts in a
-  row, with the last error's text, instead of walking through every prompt.
+  row, with the last error's text, instead of walking through every prompt (refused connections and 503s count
+  towards the outage wait instead).
 - In-flight requests adapt to each server: a timeout, or a reply slower than half the
   timeout, halves the number kept in flight at that endpoint (a server that answers one at
   a time queues the rest until they time out); each full window of fast replies adds one
@@ -189,9 +190,9 @@ class OpenAITeacher(BaseTeacher):
             self.api, self.api_choice = "chat", f"auto: chat ({self.origin.key('structured')}=on)"
         if self._auto:
             self._auto = False
-            self.api, self.api_choice = check.choose_api(alive[0])
+            self.api, self.api_choice = check.choose_api(alive)
         if self.structured_setting != "off":
-            form, self.structured_choice = check.choose_structured(alive[0], self.api, self.structured_setting)
+            form, self.structured_choice = check.choose_structured(alive, self.api, self.structured_setting)
             if form:
                 self.structured, self.sending.schema_form = True, form
 

@@ -96,26 +96,55 @@ class Preflight:
         except (openai.APIStatusError, ValueError):
             return None  # an HTTP answer (a server without /models, say): it is there
 
-    def choose_api(self, i: int) -> tuple[str, str]:
+    def ask_ready(self, alive: list[int], api: str, prompt: str, params: GenParams, form: str) -> Completion:
+        """The reply of the first endpoint of `alive` that serves the probe. One that answers 503 (llama.cpp's
+        llama-server while it loads its model, an overloaded server) is there but not ready: asked again every
+        second, with a line every outage_line_every_s, for teacher.outage_wait_s, so that its loading does not
+        decide the API or the schema form. TeacherUnavailable naming each URL when none serves within that wait;
+        any other error is the caller's."""
+        endpoints, wait = self.failover.endpoints, self.failover.patience.outage_wait_s
+        started, said = time.monotonic(), None
+        while True:
+            errors: dict[int, str] = {}
+            for i in alive:
+                try:
+                    return self.ask(self.probes[i], api, prompt, params, form, self.timeout_s)
+                except openai.APIStatusError as e:
+                    if e.status_code != 503:
+                        raise
+                    errors[i] = self.describe(e)
+            waited, named = time.monotonic() - started, "; ".join(f"{endpoints[i].url}: {e}" for i, e in errors.items())
+            key = self.origin.key("outage_wait_s")
+            if waited >= wait or self.failover.stop.is_set():
+                raise TeacherUnavailable(f"no endpoint serves a prompt after {waited:.0f} s ({key}: {wait:.0f} s): "
+                                         f"{named}. Fix: check the server's log (is its model still loading?); a "
+                                         "re-run resumes", role=self.origin.role)
+            if said is None or time.monotonic() - said >= self.failover.timing.outage_line_every_s:
+                said = time.monotonic()
+                self.event(f"not ready: {named}; asking again every second for up to {wait - waited:.0f} s more "
+                           f"({key})")
+            self.failover.stop.wait(1.0)  # set: the check above stops the wait, naming what it waited for
+
+    def choose_api(self, alive: list[int]) -> tuple[str, str]:
         """api auto: (api, why). Ask for one token from the completions endpoint and use it if the server has one."""
         try:
-            self.ask(self.probes[i], "completions", PROBE_PROMPT, GenParams(max_tokens=1), "", self.timeout_s)
+            self.ask_ready(alive, "completions", PROBE_PROMPT, GenParams(max_tokens=1), "")
             return "completions", "auto: completions (the server offers the endpoint)"
         except openai.NotFoundError as e:  # the answer the probe asks about: no hint to check the model or the URL,
             # which would send a chat-only server's user (gpt-4o-mini's too) to fix what works
             return "chat", f"auto: chat (no completions endpoint: {self.describe(e, hint=False)})"
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-            raise TeacherError(f"{self.failover.endpoints[i].url}: {self.describe(e)}") from None
+            raise TeacherError(f"{self.failover.endpoints[alive[0]].url}: {self.describe(e)}") from None
         except (openai.APIError, httpx.TransportError, Malformed, ContextTooLong, ValueError) as e:
             return "chat", f"auto: chat (completions: {self.describe(e)})"
 
-    def choose_structured(self, i: int, api: str, setting: str) -> tuple[str, str]:
+    def choose_structured(self, alive: list[int], api: str, setting: str) -> tuple[str, str]:
         """teacher.structured auto|on: (the response_format form the server honours or "", why). Does the server
         bind a chat reply to a JSON schema? Ask it one small question in each form servers take (OpenAI's
         json_schema; json_object with a schema, as llama-cpp-python's server takes it) and use the first whose
         reply is the schema's JSON. Auto leaves a run on the completions endpoint as it is: list continuations
         are what small local models follow best (benchmarks/RESULTS.md, structured replies on llama.cpp)."""
-        url = self.failover.endpoints[i].url
+        url = self.failover.endpoints[alive[0]].url
         if api == "completions":
             if setting == "on":
                 o = self.origin
@@ -126,8 +155,7 @@ class Preflight:
         tried = []
         for form in SCHEMA_FORMS:
             try:
-                reply = self.ask(self.probes[i], "chat", STRUCTURED_PROBE_PROMPT, STRUCTURED_PROBE, form,
-                                 self.timeout_s)
+                reply = self.ask_ready(alive, "chat", STRUCTURED_PROBE_PROMPT, STRUCTURED_PROBE, form)
                 try:
                     answer: Any = json.loads(reply.text).get("answer")
                 except (ValueError, AttributeError):  # text, not JSON: the form is ignored, which the line says

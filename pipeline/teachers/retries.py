@@ -17,7 +17,7 @@ import tenacity
 
 from .base import Completion, GenParams, Request
 from .failover import Failover
-from .wire import FATAL, ContextTooLong, Malformed, describe_error, is_transient, refused, retry_after
+from .wire import FATAL, ContextTooLong, Malformed, describe_error, is_transient, retry_after, unavailable
 
 _NO_REQUEST = httpx.Request("POST", "http://stopped.invalid/")
 # The clients of one stream, their requests in flight and the endpoint each belongs to.
@@ -104,7 +104,7 @@ class Retries:
         def wait(state: tenacity.RetryCallState) -> float:
             e = state.outcome.exception() if state.outcome else None
             # Its endpoint just left the rotation: the next try goes to another one, and need not wait.
-            return 0.0 if refused(e) and self.failover.any_live() else backoff(state)
+            return 0.0 if unavailable(e) and self.failover.any_live() else backoff(state)
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             e = state.outcome.exception() if state.outcome else None
@@ -122,11 +122,12 @@ class Retries:
         )
 
     def give_up(self, state: tenacity.RetryCallState, stop: threading.Event) -> bool:
-        """Stop retrying: when the run is stopping, or after max_retries; a refused connection is instead
-        retried until every endpoint has been down past its wait (a restarting server is back in seconds)."""
+        """Stop retrying: when the run is stopping, or after max_retries; a refused connection or a 503 is instead
+        retried until every endpoint has been down past its wait (a restarting server is back in seconds, a
+        llama-server loading its model in minutes)."""
         if stop.is_set():
             return True
-        if refused(state.outcome.exception() if state.outcome else None):
+        if unavailable(state.outcome.exception() if state.outcome else None):
             return False  # Failover.check_outage() sets the stop once the wait is over
         return state.attempt_number > self.max_retries
 

@@ -390,6 +390,13 @@ def refused(e: BaseException | None) -> bool:
     return isinstance(e, openai.APIConnectionError) and not isinstance(e, openai.APITimeoutError)
 
 
+def unavailable(e: BaseException | None) -> bool:
+    """The endpoint cannot serve for now: a failed connection (refused), or a 503, which llama.cpp's llama-server
+    answers ("Loading model") until its model is loaded, and hosted APIs when overloaded. It is waited for as an
+    outage (teacher.outage_wait_s), not counted by the circuit breaker, which counts answers that went wrong."""
+    return refused(e) or getattr(e, "status_code", None) == 503
+
+
 def is_transient(e: BaseException) -> bool:
     if isinstance(e, (Malformed, httpx.TransportError)):
         return True
