@@ -3,9 +3,10 @@
 Every call is priced at its own model: the usage log names the model of each call, so a run
 whose cheap teacher wrote the data and whose dear judge scores it counts each at its price.
 
-The teacher asks `exhausted()` before it sends each new request, so a run stops cleanly:
-requests already in flight finish and are written, nothing half-done is left, and the
-same command with a higher limit goes on from there.
+The teacher asks `exhausted()` before it sends each new request, counting the requests in flight
+at the mean cost of the run's calls so far, so a run stops cleanly near its limit: requests
+already in flight finish and are written, nothing half-done is left, and the same command with
+a higher limit goes on from there.
 """
 
 from __future__ import annotations
@@ -224,12 +225,19 @@ class Budget:
         price = price_for(self.cfg, model) or (0.0, 0.0, 0.0)
         return usd_of(price, tokens, max_tokens), tokens + max_tokens  # at most: no prefix-cache hit assumed
 
-    def exhausted(self) -> bool:
+    def exhausted(self, in_flight: int = 0) -> bool:
+        """Whether a new request must not go out: the spend so far, plus the `in_flight` requests sent and not yet
+        answered, each at the mean of the run's calls so far, reaches a limit. Without the requests in flight, 8 of
+        them finishing after the limit spent twice a $3 --max-cost (a llama.cpp teacher priced at $1,000 per 1M
+        tokens); with them, the run stops about where a call's spread around that mean puts it."""
         if not self.cfg.max_tokens_total and not self.cfg.max_cost:  # no limit: no need to add up the spend per request
             return False
         spend = self.spend()
-        over = bool(self.cfg.max_tokens_total and spend["total_tokens"] >= self.cfg.max_tokens_total)
-        over = over or bool(self.cfg.max_cost and spend["cost_usd"] is not None and spend["cost_usd"] >= self.cfg.max_cost)
+        calls = sum(u.get("calls", 0) for kinds in self.by_model().values() for u in kinds.values())
+        share = in_flight / calls if calls else 0.0  # the requests in flight, as a part of the calls answered so far
+        tokens, usd = spend["total_tokens"], spend["cost_usd"]
+        over = bool(self.cfg.max_tokens_total and tokens * (1 + share) >= self.cfg.max_tokens_total)
+        over = over or bool(self.cfg.max_cost and usd is not None and usd * (1 + share) >= self.cfg.max_cost)
         self.reached = self.reached or over
         return over
 

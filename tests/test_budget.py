@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 from click.testing import CliRunner
-from helpers import read, teacher_flags
+from helpers import invoke, read, teacher_flags
 
 from pipeline.budget import GENERATION_STAGES, Budget, attribute_unlogged, stage_models
 from pipeline.cache import CACHE_FILE, ResponseCache
@@ -337,3 +337,18 @@ def test_a_batch_requests_estimate_bounds_its_prompt_tokens_in_any_script(tiny_m
         assert tokens >= real, (prompt, tokens, real)
         assert usd == pytest.approx(tokens / 1e6)
     assert len("列出三个质数，并解释为什么它们是质数。") / 4 < len(tok("列出三个质数，并解释为什么它们是质数。")["input_ids"])
+
+
+def test_a_budget_counts_the_requests_in_flight_and_stops_near_its_limit(fake_openai, tmp_path):
+    """8 requests in flight finished after a $3 limit and spent $6.05 (a llama.cpp teacher priced at $1,000 per 1M
+    tokens): a new request now goes out only while the spend plus those in flight, each at the mean of the calls so
+    far, stays under the limit."""
+    fake_openai.default_delay = 0.05  # the replies of a wave overlap, as a real server's do
+    result = invoke("bootstrap", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 400,
+                    "--set", "teacher.concurrency=8", "--set", "bootstrap.yield_stop=0",
+                    "--set", 'budget.prices={"fake-model"=[1000, 1000]}', "--max-cost", 0.5, expect=3)
+    spend = json.loads((tmp_path / "r" / "manifest.json").read_text())["spend"]
+    calls = len([h for h in fake_openai.history if h["path"].endswith("/completions") and h["body"].get("max_tokens") != 1])
+    assert "budget reached" in result.output and calls > 8
+    per_call = spend["cost_usd"] / calls
+    assert spend["cost_usd"] < 0.5 + 2 * per_call, (spend, calls)  # before: up to 8 calls past the limit

@@ -12,7 +12,8 @@ Two ways to call a teacher:
   from the latest state (bootstrap samples its in-context tasks from the current pool).
 
 Both check the response cache first (when one is attached) and stop pulling new requests
-once the budget is spent; requests already in flight still finish and are kept.
+once the budget would be spent with the requests in flight counted (Budget.exhausted); those still finish and
+are kept.
 """
 
 from __future__ import annotations
@@ -222,10 +223,11 @@ class BaseTeacher:
         return [c or Completion("", "error", error="not sent: budget reached") for c in out]
 
     # -- for subclasses and their streams (fastpath.LoopStream) -------------------------
-    def pull(self, requests: Iterator[Request | None]) -> Request | None | bool:
+    def pull(self, requests: Iterator[Request | None], in_flight: int = 0) -> Request | None | bool:
         """The next request to send; WAIT (None) when the source has nothing until a reply
-        arrives; False when there is none left or the budget is spent."""
-        if self.budget is not None and self.budget.exhausted():
+        arrives; False when there is none left or the budget is spent (`in_flight`: the requests
+        sent and not yet answered, which the budget counts as about to be spent)."""
+        if self.budget is not None and self.budget.exhausted(in_flight):
             return False
         return next(requests, False)
 

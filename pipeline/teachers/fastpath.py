@@ -62,7 +62,8 @@ class LoopStream:
             while True:
                 batch: list[tuple[Request, GenParams, str | None]] = []  # handed to the loop in one wake-up
                 while not exhausted and failover.fatal is None and in_flight < failover.limit:
-                    req = t.pull(requests)
+                    # the budget counts the replies not yet answered; those waiting in `finished` are counted spent
+                    req = t.pull(requests, in_flight - self.finished.qsize())
                     if req is False or (req is None and in_flight == 0):  # the end, or WAIT with nothing to wait for
                         exhausted = True
                         break
