@@ -8,7 +8,8 @@ exit 3), `TeacherUnavailable` (4), `Incomplete` (5), `LowYield` (6), `InputError
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,14 @@ class Run:
     name, output_dir, teacher, base_url: the run's folder is output_dir/name; the teacher spec
     ("embedded", "openai:MODEL", "hf:PATH") and its server, as the CLI flags of the same names.
     progress: a bar with an ETA in a notebook or terminal, plain lines elsewhere; False for none.
+    log: where the run's lines go, as the CLI prints them: the teacher's errors and retries, yield warnings, each
+    stage's summary as it ends, training's loss lines. Default: stderr; any callable taking a str (a logger's
+    `.info`, `list.append`).
     """
 
     def __init__(self, config: str | Path | RunConfig | None = None, settings: dict[str, Any] | None = None, *,
                  name: str | None = None, output_dir: str | Path | None = None, teacher: str | None = None,
-                 base_url: str | None = None, progress: bool = True):
+                 base_url: str | None = None, progress: bool = True, log: Callable[[str], None] | None = None):
         _check_arguments(config, settings)
         flags = {"run_name": name, "output_dir": str(output_dir) if output_dir else None,
                  "teacher.spec": teacher, "teacher.base_url": base_url}
@@ -47,10 +51,12 @@ class Run:
             cfg.give(overrides)  # teacher="embedded" named on purpose, not the default by omission
         else:
             cfg = load_config(config, overrides)
-        self._session = Session(cfg, progress=_progress(progress))
+        # Without a log, the teacher's errors behind an Incomplete ("see the errors above") were said nowhere
+        self._session = Session(cfg, progress=_progress(progress), log=log or _stderr_line)
 
     @classmethod
-    def open(cls, run_dir: str | Path, settings: dict[str, Any] | None = None, *, progress: bool = True) -> Run:
+    def open(cls, run_dir: str | Path, settings: dict[str, Any] | None = None, *, progress: bool = True,
+             log: Callable[[str], None] | None = None) -> Run:
         """An existing run with the config its manifest recorded (then `settings` on top), to go on or read it."""
         from .config import recorded_config
         from .store import RunDir
@@ -60,7 +66,7 @@ class Run:
             raise Seed2LoraError(f"{path} is not a seed2lora run (no manifest.json). Fix: give a run folder, "
                              "e.g. outputs/NAME")
         return cls(recorded_config(RunDir(path).manifest().get("config") or {}, path, overrides=settings),
-                   progress=progress)
+                   progress=progress, log=log)
 
     @property
     def path(self) -> Path:
@@ -141,6 +147,10 @@ def _check_arguments(config: Any, settings: Any) -> None:
 def _check_stage(stage: str, known: list[str]) -> None:
     if stage not in known:
         raise Seed2LoraError(f"unknown stage {stage!r}. Fix: use one of {', '.join(known)}")
+
+
+def _stderr_line(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _progress(on: bool) -> Any:

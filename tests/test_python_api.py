@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from pipeline import Run, Seed2LoraError
+from pipeline import Incomplete, Run, Seed2LoraError
 
 
 def doc_example() -> str:
@@ -85,3 +85,25 @@ def test_a_dict_as_config_or_a_list_as_settings_names_the_argument_and_the_fix()
         Run(config={"bootstrap": {"num_instructions": 5}}, progress=False)  # before: a bare TypeError, deep inside
     with pytest.raises(Seed2LoraError, match=r'settings: expected a dict, not list\. Fix: give settings=\{'):
         Run(settings=[("bootstrap.num_instructions", 5)], progress=False)
+
+
+
+def test_an_incomplete_names_why_the_teacher_failed_and_the_teachers_events_reach_the_log(fake_openai, tmp_path,
+                                                                                          capsys):
+    lines: list[str] = []
+    with Run(settings={"bootstrap.num_instructions": 3, "teacher.max_retries": 1}, teacher="openai:fake-model",
+             base_url=fake_openai.url, name="r", output_dir=tmp_path, progress=False, log=lines.append) as run:
+        run.run("bootstrap")
+        for _ in range(6):  # each of 3 tasks: a 500, retried once, then a 400, which is not retried
+            fake_openai.enqueue({"error": {"message": "the backend is on fire"}}, status=500 if _ < 3 else 400)
+        # before: "the teacher failed on 3 (see the errors above ...)", and no error said above it or in it
+        with pytest.raises(Incomplete, match=r"failed on 3 \(the last error: .*400.*the backend is on fire"):
+            run.run("classify")
+    # before: Run took no log, and the teacher's retries were said nowhere
+    assert any(line.startswith("teacher: retrying after") and "500" in line for line in lines), lines
+    assert any(line.startswith("bootstrap:") for line in lines)  # each stage's line as it ends, as the CLI's
+    for _ in range(3):
+        fake_openai.enqueue({"error": {"message": "still on fire"}}, status=500)
+    with Run.open(tmp_path / "r", {"teacher.max_retries": 0}, progress=False) as again, pytest.raises(Incomplete):
+        again.run("classify")
+    assert "still on fire" in capsys.readouterr().err  # the default log: stderr, as the CLI's console
