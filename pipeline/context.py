@@ -35,7 +35,7 @@ from typing import Any
 from . import __version__
 from .budget import Budget, BudgetReached, attach_run, judge_config, session_budget
 from .cache import CACHE_FILE, ResponseCache
-from .config import RunConfig, TeacherConfig, recorded_settings, toml_value
+from .config import BudgetConfig, RunConfig, TeacherConfig, recorded_settings, toml_value
 from .errors import Seed2LoraError, mask_secrets, masked_argv
 from .progress import no_progress
 from .prompts import Prompts
@@ -341,8 +341,9 @@ class RunContext:
             spend = budget.spend()
             raise BudgetReached(f"budget reached in {stage} ({spend['total_tokens']} tokens"
                                 + (f", ${spend['cost_usd']:.4f}" if spend["cost_usd"] is not None else "")
-                                + f"); {self.run.path} is consistent. Raise --max-tokens-total / --max-cost "
-                                "and run the same command to go on")
+                                + f"); {self.run.path} is consistent. Fix: raise {budget_limits(self.cfg.budget)} "
+                                "(--max-tokens-total / --max-cost, --set, or settings= in Python) and run the same "
+                                "command to go on")
 
     def close(self) -> None:
         """Close the run's database (its WAL is folded in now, not whenever this object is collected)."""
@@ -452,6 +453,14 @@ def left_out_settings(ctx: RunContext, tables: set[str], teacher: bool,
     checked = [k for k in then if k in now and k not in NO_RECORD_CHANGE and not k.startswith("score.teacher.") and (
         k in RECORD_SETTINGS or k.split(".")[0] in making or (same_teacher and k in TEACHER_SETTINGS))]
     return [k for k in checked if now[k] != then[k] and not ctx.cfg.was_given(k)], then
+
+
+def budget_limits(cfg: BudgetConfig) -> str:
+    """The limits a budget stop can raise, by setting and value: "budget.max_tokens_total (now 100)". Named by
+    setting, not only by run's flags: Python's settings={...} and `--set` take these names, not --max-cost."""
+    limits = [f"budget.{k} (now {v})" for k, v in (("max_tokens_total", cfg.max_tokens_total),
+                                                   ("max_cost", cfg.max_cost)) if v]
+    return " or ".join(limits) or "budget.max_tokens_total or budget.max_cost"
 
 
 def set_flags(keys: Iterable[str], values: dict[str, Any]) -> str:

@@ -107,3 +107,17 @@ def test_an_incomplete_names_why_the_teacher_failed_and_the_teachers_events_reac
     with Run.open(tmp_path / "r", {"teacher.max_retries": 0}, progress=False) as again, pytest.raises(Incomplete):
         again.run("classify")
     assert "still on fire" in capsys.readouterr().err  # the default log: stderr, as the CLI's console
+
+
+def test_a_budget_stop_names_the_setting_to_raise_and_raising_it_from_python_goes_on(fake_openai, tmp_path):
+    from pipeline import BudgetReached
+
+    settings = {"bootstrap.num_instructions": 12, "budget.max_tokens_total": 60}
+    with Run(settings=settings, teacher="openai:fake-model", base_url=fake_openai.url, name="r", output_dir=tmp_path,
+             progress=False, log=lambda line: None) as run:
+        # before: "Raise --max-tokens-total / --max-cost": flags of the CLI, which Python has no keyword for
+        with pytest.raises(BudgetReached, match=r"Fix: raise budget\.max_tokens_total \(now 60\) .*settings= in Python"):
+            run.run()
+    with Run.open(tmp_path / "r", {"budget.max_tokens_total": 0}, progress=False, log=lambda line: None) as again:
+        again.run()
+        assert again.manifest()["status"] == "done" and len(again.records("filter")) == 12
