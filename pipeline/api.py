@@ -82,6 +82,7 @@ class Run:
         """Run `stages` (a list of names, or one name; default: the config's `stages`) in pipeline order,
         resuming what is done; one summary line per stage."""
         names = [stages] if isinstance(stages, str) else list(stages or self.config.stages)
+        self._calling(f"run({names!r})")
         return self._session.run_steps(names)  # "bootstrap" read as a list was 9 unknown one-letter stages
 
     def records(self, stage: str = "filter") -> list[Task]:
@@ -101,11 +102,13 @@ class Run:
 
     def export(self) -> Path:
         """Export the kept data (Alpaca JSON, chat JSONL, HF dataset, parquet, a split); its folder."""
+        self._calling("export()")
         self._session.export()
         return self._session.export_dir
 
     def train(self) -> Path:
         """Train the adapter on the export ([train] settings); its folder."""
+        self._calling("train()")
         self._session.train()
         return self._session.adapter_dir
 
@@ -115,8 +118,14 @@ class Run:
 
         from .store import eval_dir_of
 
+        self._calling("eval()")
         self._session.eval()
         return json.loads((eval_dir_of(self._session.adapter_dir) / "eval_report.json").read_text(encoding="utf-8"))
+
+    def _calling(self, call: str) -> None:
+        """What the manifest records as the command: this call and the script or kernel that made it."""
+        script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+        self._session.ctx.command = f"pipeline.Run.{call} in {script}"
 
     def close(self) -> None:
         """Close the teacher's connections and the run's cache."""

@@ -209,6 +209,9 @@ class RunContext:
         self.rescore = False  # `seed2lora score --rescore`: the score step starts from nothing
         self.session_id = f"{os.getpid()}-{session_tag}{uuid.uuid4().hex[:8]}"  # this process's usage-log rows
         self._teacher = teacher
+        # What the manifest records as the command that wrote it; "": the CLI's own command line. The Python API
+        # names its call here: argv then was a notebook kernel's or a script's ("seed2lora -f kernel-1.json")
+        self.command = ""
         # The MODEL_TABLES this command's teachers come from (asked for by a step): only these are recorded from its
         # config; a teacher passed in that no step asks for leaves [teacher] as recorded too
         self.uses: set[str] = set()
@@ -365,7 +368,7 @@ class RunContext:
         if self._teacher is not None and id(self._teacher) in self._attached:
             fields.setdefault("teacher", self._teacher.describe())
         return self.run.update_manifest(
-            seed2lora_version=__version__, command=" ".join(masked_argv(["seed2lora", *sys.argv[1:]])),
+            seed2lora_version=__version__, command=self.command or " ".join(masked_argv(["seed2lora", *sys.argv[1:]])),
             config=self.recorded_config(), packages=package_versions(), prompts=self.prompts.hashes(),
             seed_file=str(self.cfg.seed_tasks or "bundled seeds/seed_tasks.jsonl"), num_seeds=len(self.seeds),
             **fields)

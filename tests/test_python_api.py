@@ -121,3 +121,15 @@ def test_a_budget_stop_names_the_setting_to_raise_and_raising_it_from_python_goe
     with Run.open(tmp_path / "r", {"budget.max_tokens_total": 0}, progress=False, log=lambda line: None) as again:
         again.run()
         assert again.manifest()["status"] == "done" and len(again.records("filter")) == 12
+
+
+def test_the_manifest_records_the_python_call_not_the_interpreters_command_line(fake_openai, tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["/home/me/.venv/lib/ipykernel_launcher.py", "-f", "/run/kernel-1.json"])
+    with Run(settings={"bootstrap.num_instructions": 3}, teacher="openai:fake-model", base_url=fake_openai.url,
+             name="r", output_dir=tmp_path, progress=False, log=lambda line: None) as run:
+        run.run()
+        # before: "seed2lora -f /run/kernel-1.json", a command that never ran (and that a resume's error then quoted)
+        assert run.manifest()["command"] == ("pipeline.Run.run(['bootstrap', 'classify', 'instances', 'filter']) in "
+                                             "ipykernel_launcher.py")
+        run.export()
+        assert run.manifest()["command"] == "pipeline.Run.export() in ipykernel_launcher.py"
