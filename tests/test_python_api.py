@@ -133,3 +133,15 @@ def test_the_manifest_records_the_python_call_not_the_interpreters_command_line(
                                              "ipykernel_launcher.py")
         run.export()
         assert run.manifest()["command"] == "pipeline.Run.export() in ipykernel_launcher.py"
+
+
+def test_a_low_yield_stop_names_settings_that_python_can_give(fake_openai, tmp_path):
+    from pipeline import LowYield
+
+    same = "Sure:\n9. Explain why volcanoes erupt under pressure.\n10. Explain why volcanoes erupt under pressure."
+    fake_openai.default_reply = lambda path, body: fake_openai.wrap(path, same)
+    with Run(settings={"bootstrap.num_instructions": 20, "teacher.concurrency": 1}, teacher="openai:fake-model",
+             base_url=fake_openai.url, name="r", output_dir=tmp_path, progress=False, log=lambda line: None) as run:
+        # before: "--api completions", a flag of the CLI's only: Python's settings= takes teacher.api
+        with pytest.raises(LowYield, match=r"bootstrap\.yield_stop is 0\.05.*teacher\.api = completions"):
+            run.run("bootstrap")
