@@ -713,8 +713,12 @@ def _read_toml(path: str | Path | None) -> tuple[dict[str, Any], str]:
     if path is None or path == "":
         return {}, ""
     path = Path(path)
+    if path.is_dir():  # Run("outputs/NAME") for Run.open: "does not exist" said a folder that is there was missing
+        raise InputError(path, None, "is a folder, not a TOML file",
+                         "give a run config's TOML file; a run folder is opened by Run.open(path) in Python, "
+                         "or as a command's RUN_DIR")
     if not path.is_file():
-        raise InputError(path, None, "does not exist", "pass an existing TOML file to --config")
+        raise InputError(path, None, "does not exist", "pass an existing TOML file to --config (config= in Python)")
     text = path.read_text(encoding="utf-8")
     try:
         return tomllib.loads(text), text

@@ -145,3 +145,10 @@ def test_a_low_yield_stop_names_settings_that_python_can_give(fake_openai, tmp_p
         # before: "--api completions", a flag of the CLI's only: Python's settings= takes teacher.api
         with pytest.raises(LowYield, match=r"bootstrap\.yield_stop is 0\.05.*teacher\.api = completions"):
             run.run("bootstrap")
+
+
+def test_a_run_folder_given_as_config_says_it_is_a_folder_and_names_run_open(tmp_path):
+    with pytest.raises(Seed2LoraError, match=r"is a folder, not a TOML file\. Fix: .*Run\.open\(path\)"):
+        Run(tmp_path, progress=False)  # before: "does not exist", of a folder that is there
+    with pytest.raises(Seed2LoraError, match=r"does not exist\. Fix: .*config= in Python"):
+        Run(tmp_path / "run.toml", progress=False)
