@@ -176,7 +176,8 @@ def run_steps(ctx: RunContext, names: list[str]) -> list[str]:
     steps = [s for s in STEPS if s.name in names]
     try:
         validate(ctx, steps)  # raises before anything is written
-    except TeacherError as e:  # a resume whose server is still down: what is left, read from the files only
+    except (TeacherError, KeyboardInterrupt) as e:  # a server still down, or a Ctrl-C in its preflight: what is left
+        e.pending = ""  # read from the files only (a KeyboardInterrupt here carried no pending at all)
         if not ctx.input_path and any(ctx.run.stage_file(s).exists() for s in STAGES):
             e.pending = pending_line(left(ctx, steps), ctx.cfg.bootstrap.num_instructions,
                                      [s.name for s in steps], set())

@@ -152,3 +152,21 @@ def test_a_run_folder_given_as_config_says_it_is_a_folder_and_names_run_open(tmp
         Run(tmp_path, progress=False)  # before: "does not exist", of a folder that is there
     with pytest.raises(Seed2LoraError, match=r"does not exist\. Fix: .*config= in Python"):
         Run(tmp_path / "run.toml", progress=False)
+
+
+def test_a_keyboard_interrupt_while_the_preflight_waits_carries_what_is_pending(fake_openai, tmp_path):
+    import _thread
+    import threading
+
+    with Run(settings={"bootstrap.num_instructions": 3}, teacher="openai:fake-model", base_url=fake_openai.url,
+             name="r", output_dir=tmp_path, progress=False, log=lambda line: None) as run:
+        run.run("bootstrap")
+    fake_openai.go_down()
+    with Run.open(tmp_path / "r", {"teacher.connect_window_s": 30}, progress=False, log=lambda line: None) as run:
+        timer = threading.Timer(1.0, _thread.interrupt_main)
+        timer.start()
+        with pytest.raises(KeyboardInterrupt) as stop:
+            run.run(["bootstrap", "classify"])  # waits up to 30 s for the server in its preflight
+        timer.cancel()
+    # before: a KeyboardInterrupt with no `pending` at all (AttributeError), as docs/python.md promises it
+    assert stop.value.pending == "pending: classify 3 tasks"
