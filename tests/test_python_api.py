@@ -170,3 +170,30 @@ def test_a_keyboard_interrupt_while_the_preflight_waits_carries_what_is_pending(
         timer.cancel()
     # before: a KeyboardInterrupt with no `pending` at all (AttributeError), as docs/python.md promises it
     assert stop.value.pending == "pending: classify 3 tasks"
+
+
+def test_a_run_stopped_by_ctrl_c_leaves_no_unclosed_event_loop_at_exit(fake_openai, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    fake_openai.default_delay = 0.3
+    script = f"""
+import _thread, gc, threading
+from pipeline import Run
+run = Run(settings={{"bootstrap.num_instructions": 30, "teacher.concurrency": 8}}, teacher="openai:fake-model",
+          base_url={fake_openai.url!r}, name="r", output_dir={str(tmp_path)!r}, progress=False, log=lambda line: None)
+threading.Timer(1.5, _thread.interrupt_main).start()
+try:
+    run.run()
+except KeyboardInterrupt:
+    print("interrupted")
+del run
+gc.collect()
+"""
+    done = subprocess.run([sys.executable, "-X", "dev", "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert "interrupted" in done.stdout, done.stderr[-2000:]
+    # before: "ResourceWarning: unclosed event loop <_UnixSelectorEventLoop ...>" printed as the interpreter exited
+    assert "unclosed" not in done.stderr and "Warning" not in done.stderr, done.stderr[-2000:]
