@@ -8,13 +8,14 @@ exit 3), `TeacherUnavailable` (4), `Incomplete` (5), `LowYield` (6), `InputError
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, load_config
-from .errors import InputError, Seed2LoraError
+from .errors import InputError, Seed2LoraError, is_secret_name
 from .records import Task
 from .runner import STEPS, Session
 
@@ -53,6 +54,7 @@ class Run:
             cfg = load_config(config, overrides)
         # Without a log, the teacher's errors behind an Incomplete ("see the errors above") were said nowhere
         self._session = Session(cfg, progress=_progress(progress), log=log or _stderr_line)
+        self._built = _built_from(cfg)
 
     @classmethod
     def open(cls, run_dir: str | Path, settings: dict[str, Any] | None = None, *, progress: bool = True,
@@ -123,7 +125,22 @@ class Run:
         return json.loads((eval_dir_of(self._session.adapter_dir) / "eval_report.json").read_text(encoding="utf-8"))
 
     def _calling(self, call: str) -> None:
-        """What the manifest records as the command: this call and the script or kernel that made it."""
+        """What the manifest records as the command: this call and the script or kernel that made it. First,
+        `run.config` as a notebook may have changed it: checked as settings= is (a -1 or a "x" went into the run and
+        its manifest, which Run.open then refused), and never a setting the Run has built its folder or teacher from
+        (changed there, it was ignored)."""
+        from .config import config_from_dict
+
+        config_from_dict(RunConfig, dataclasses.asdict(self.config))
+        now = _built_from(self.config)
+        changed = [k for k in self._built if now.get(k) != self._built[k]]
+        if changed:
+            key = changed[0]
+            was, new = ("'***'", "'***'") if is_secret_name(key) else (repr(self._built[key]), repr(now.get(key)))
+            raise InputError(f"run.config.{key}", None, f"was changed to {new} after this Run was made from {was}, "
+                             "and a Run builds its folder and teacher once",
+                             f"make a new Run for it, e.g. Run.open(run.path, {{{key!r}: {new}}}); stage settings "
+                             "(bootstrap.num_instructions) may change between calls")
         script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
         self._session.ctx.command = f"pipeline.Run.{call} in {script}"
 
@@ -156,6 +173,14 @@ def _check_arguments(config: Any, settings: Any) -> None:
 def _check_stage(stage: str, known: list[str]) -> None:
     if stage not in known:
         raise Seed2LoraError(f"unknown stage {stage!r}. Fix: use one of {', '.join(known)}")
+
+
+def _built_from(cfg: RunConfig) -> dict[str, Any]:
+    """The settings a Run builds once, at its start or its first call: its folder, seeds and prompts, and teacher."""
+    from .config import recorded_settings
+
+    return {k: v for k, v in recorded_settings(dataclasses.asdict(cfg)).items()
+            if k in ("output_dir", "run_name", "seed_tasks", "prompts_dir") or k.startswith("teacher.")}
 
 
 def _stderr_line(message: str) -> None:

@@ -197,3 +197,25 @@ gc.collect()
     assert "interrupted" in done.stdout, done.stderr[-2000:]
     # before: "ResourceWarning: unclosed event loop <_UnixSelectorEventLoop ...>" printed as the interpreter exited
     assert "unclosed" not in done.stderr and "Warning" not in done.stderr, done.stderr[-2000:]
+
+
+def test_run_config_changed_between_calls_is_checked_as_settings_are(fake_openai, tmp_path):
+    with Run(settings={"bootstrap.num_instructions": 3}, teacher="openai:fake-model", base_url=fake_openai.url,
+             name="r", output_dir=tmp_path, progress=False, log=lambda line: None) as run:
+        run.run("bootstrap")
+        run.config.bootstrap.num_instructions = 5  # a stage setting: goes on with it
+        run.run("bootstrap")
+        assert len(run.records("bootstrap")) == 5
+        calls = len(fake_openai.history)
+        run.config.bootstrap.num_instructions = -1
+        # before: -1 ran and went into manifest.json, which Run.open then refused ("-1 is out of range")
+        with pytest.raises(Seed2LoraError, match=r"bootstrap\.num_instructions: -1 is out of range"):
+            run.run("bootstrap")
+        run.config.bootstrap.num_instructions = 5
+        run.config.teacher.concurrency = 2  # before: ignored, the teacher was built with the first value
+        with pytest.raises(Seed2LoraError, match=r"run\.config\.teacher\.concurrency: was changed to 2 after this Run "
+                                                 r"was made from 8.*Fix: make a new Run for it, e.g. Run\.open\(run\.path"):
+            run.run("bootstrap")
+        assert len(fake_openai.history) == calls
+    with Run.open(tmp_path / "r", {"teacher.concurrency": 2}, progress=False) as again:
+        assert again.config.bootstrap.num_instructions == 5 and again.config.teacher.concurrency == 2
