@@ -219,3 +219,30 @@ def test_run_config_changed_between_calls_is_checked_as_settings_are(fake_openai
         assert len(fake_openai.history) == calls
     with Run.open(tmp_path / "r", {"teacher.concurrency": 2}, progress=False) as again:
         assert again.config.bootstrap.num_instructions == 5 and again.config.teacher.concurrency == 2
+
+
+def test_two_runs_of_one_folder_in_one_process_say_the_other_is_in_this_process(fake_openai, tmp_path):
+    import threading
+
+    fake_openai.default_delay = 0.5  # the first to take the folder holds it for a second at least
+    runs = [Run(settings={"bootstrap.num_instructions": 6}, teacher="openai:fake-model", base_url=fake_openai.url,
+                name="r", output_dir=tmp_path, progress=False, log=lambda line: None) for _ in range(2)]
+    errors: list[BaseException] = []
+
+    def go(run: Run) -> None:
+        try:
+            run.run("bootstrap")
+        except Seed2LoraError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=go, args=(run,)) for run in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # before: "is being written by seed2lora pid N", this very process, read as another program's
+    (error,) = errors
+    assert "(this process: another Run of it, on another thread, is running it)" in str(error)
+    assert len(runs[0].records("bootstrap")) == 6
+    for run in runs:
+        run.close()
