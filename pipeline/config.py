@@ -557,6 +557,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         # one is read from the current directory once and recorded whole in the manifest
         if table.batch_dir:
             table.batch_dir = str(Path(table.batch_dir).expanduser().absolute())
+    # The run's adapter likewise: a relative one, recorded as given, was sought (eval: "not an adapter folder") or
+    # trained afresh (train) under the current directory of each later command, Run.open from another one too
+    if cfg.train.output_dir:
+        cfg.train.output_dir = str(Path(cfg.train.output_dir).expanduser().absolute())
     return cfg
 
 

@@ -246,3 +246,17 @@ def test_two_runs_of_one_folder_in_one_process_say_the_other_is_in_this_process(
     assert len(runs[0].records("bootstrap")) == 6
     for run in runs:
         run.close()
+
+
+def test_a_relative_adapter_folder_is_the_same_folder_when_the_run_is_opened_from_elsewhere(fake_openai, tmp_path,
+                                                                                            monkeypatch):
+    (tmp_path / "here").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    with Run(settings={"bootstrap.num_instructions": 3, "train.output_dir": "adapters/a1"}, teacher="openai:fake-model",
+             base_url=fake_openai.url, name="r", output_dir="outputs", progress=False, log=lambda line: None) as run:
+        run.run("bootstrap")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with Run.open(tmp_path / "here" / "outputs" / "r", progress=False) as again:
+        # before: "adapters/a1", which train then wrote (and eval sought) under the directory of each later call
+        assert again.config.train.output_dir == str(tmp_path / "here" / "adapters" / "a1")
