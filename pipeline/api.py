@@ -8,9 +8,10 @@ exit 3), `TeacherUnavailable` (4), `Incomplete` (5), `LowYield` (6), `InputError
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,8 @@ class Run:
         resuming what is done; one summary line per stage."""
         names = [stages] if isinstance(stages, str) else list(stages or self.config.stages)
         self._calling(f"run({names!r})")
-        return self._session.run_steps(names)  # "bootstrap" read as a list was 9 unknown one-letter stages
+        with _said_in_python():
+            return self._session.run_steps(names)  # "bootstrap" read as a list was 9 unknown one-letter stages
 
     def records(self, stage: str = "filter") -> list[Task]:
         """The records a stage kept (bootstrap, classify, instances, filter, evolve, score, ifd, select)."""
@@ -105,13 +107,15 @@ class Run:
     def export(self) -> Path:
         """Export the kept data (Alpaca JSON, chat JSONL, HF dataset, parquet, a split); its folder."""
         self._calling("export()")
-        self._session.export()
+        with _said_in_python():
+            self._session.export()
         return self._session.export_dir
 
     def train(self) -> Path:
         """Train the adapter on the export ([train] settings); its folder."""
         self._calling("train()")
-        self._session.train()
+        with _said_in_python():
+            self._session.train()
         return self._session.adapter_dir
 
     def eval(self) -> dict[str, Any]:
@@ -121,7 +125,8 @@ class Run:
         from .store import eval_dir_of
 
         self._calling("eval()")
-        self._session.eval()
+        with _said_in_python():
+            self._session.eval()
         return json.loads((eval_dir_of(self._session.adapter_dir) / "eval_report.json").read_text(encoding="utf-8"))
 
     def _calling(self, call: str) -> None:
@@ -173,6 +178,24 @@ def _check_arguments(config: Any, settings: Any) -> None:
 def _check_stage(stage: str, known: list[str]) -> None:
     if stage not in known:
         raise Seed2LoraError(f"unknown stage {stage!r}. Fix: use one of {', '.join(known)}")
+
+
+# The CLI's words in a fault's message, said as a Run takes them: a note under its traceback (Python 3.11+)
+PYTHON_NOTE = ('From Python: `seed2lora STAGE` is run.run("STAGE") (export, train, eval: run.export(), run.train(), '
+               'run.eval()); --set KEY=VALUE and a flag are settings={"KEY": VALUE}, on Run(...) or '
+               'Run.open(run.path, settings); "the same command" is the same call')
+
+
+@contextlib.contextmanager
+def _said_in_python() -> Iterator[None]:
+    """A Seed2LoraError whose fix names a command or a flag gets PYTHON_NOTE: a notebook's user read "run
+    `seed2lora filter` first" or "--set teacher.spec=..." with no CLI in sight."""
+    try:
+        yield
+    except Seed2LoraError as e:
+        if ("seed2lora " in str(e) or "--" in str(e)) and hasattr(e, "add_note"):
+            e.add_note(PYTHON_NOTE)
+        raise
 
 
 def _built_from(cfg: RunConfig) -> dict[str, Any]:

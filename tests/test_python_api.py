@@ -260,3 +260,17 @@ def test_a_relative_adapter_folder_is_the_same_folder_when_the_run_is_opened_fro
     with Run.open(tmp_path / "here" / "outputs" / "r", progress=False) as again:
         # before: "adapters/a1", which train then wrote (and eval sought) under the directory of each later call
         assert again.config.train.output_dir == str(tmp_path / "here" / "adapters" / "a1")
+
+
+@pytest.mark.skipif(not hasattr(Exception, "add_note"), reason="exception notes are Python 3.11+")
+def test_a_fault_whose_fix_names_the_cli_carries_a_note_of_the_python_calls(fake_openai, tmp_path):
+    with Run(settings={"bootstrap.num_instructions": 3}, teacher="openai:fake-model", base_url=fake_openai.url,
+             name="r", output_dir=tmp_path, progress=False, log=lambda line: None) as run:
+        with pytest.raises(Seed2LoraError, match="run `seed2lora filter`") as fault:
+            run.export()
+        # before: no note, only "run `seed2lora filter` ... first", a command a notebook has no prompt for
+        assert 'run.run("STAGE")' in fault.value.__notes__[0] and 'settings={"KEY": VALUE}' in fault.value.__notes__[0]
+        run.run("bootstrap")
+        with pytest.raises(Seed2LoraError, match="unknown stage") as plain:
+            run.run("filtr")
+        assert not getattr(plain.value, "__notes__", None)  # a message with nothing of the CLI in it gets none
