@@ -557,10 +557,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         # one is read from the current directory once and recorded whole in the manifest
         if table.batch_dir:
             table.batch_dir = str(Path(table.batch_dir).expanduser().absolute())
-    # The run's adapter likewise: a relative one, recorded as given, was sought (eval: "not an adapter folder") or
-    # trained afresh (train) under the current directory of each later command, Run.open from another one too
-    if cfg.train.output_dir:
-        cfg.train.output_dir = str(Path(cfg.train.output_dir).expanduser().absolute())
+    # The run's adapter, seeds and prompts likewise: a relative one, recorded as given, was read under the current
+    # directory of each later command (Run.open from another one too): another folder's seeds.jsonl, taken
+    # silently; an adapter sought there (eval: "not an adapter folder") or trained afresh there (train)
+    for table, key in ((cfg.train, "output_dir"), (cfg, "seed_tasks"), (cfg, "prompts_dir")):
+        if getattr(table, key):
+            setattr(table, key, str(Path(getattr(table, key)).expanduser().absolute()))
     return cfg
 
 

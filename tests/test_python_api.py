@@ -248,18 +248,27 @@ def test_two_runs_of_one_folder_in_one_process_say_the_other_is_in_this_process(
         run.close()
 
 
-def test_a_relative_adapter_folder_is_the_same_folder_when_the_run_is_opened_from_elsewhere(fake_openai, tmp_path,
-                                                                                            monkeypatch):
-    (tmp_path / "here").mkdir()
-    (tmp_path / "elsewhere").mkdir()
+def test_relative_seeds_and_adapter_folder_are_the_same_files_when_the_run_is_opened_from_elsewhere(fake_openai,
+                                                                                                  tmp_path, monkeypatch):
+    from conftest import ROOT
+
+    seeds = (ROOT / "seeds" / "seed_tasks.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    for folder, lines in (("here", seeds[:20]), ("elsewhere", seeds[30:61])):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "myseeds.jsonl").write_text("".join(lines), encoding="utf-8")
     monkeypatch.chdir(tmp_path / "here")
-    with Run(settings={"bootstrap.num_instructions": 3, "train.output_dir": "adapters/a1"}, teacher="openai:fake-model",
-             base_url=fake_openai.url, name="r", output_dir="outputs", progress=False, log=lambda line: None) as run:
+    settings = {"bootstrap.num_instructions": 3, "train.output_dir": "adapters/a1", "seed_tasks": "myseeds.jsonl"}
+    with Run(settings=settings, teacher="openai:fake-model", base_url=fake_openai.url, name="r",
+             output_dir="outputs", progress=False, log=lambda line: None) as run:
         run.run("bootstrap")
     monkeypatch.chdir(tmp_path / "elsewhere")
-    with Run.open(tmp_path / "here" / "outputs" / "r", progress=False) as again:
+    with Run.open(tmp_path / "here" / "outputs" / "r", {"bootstrap.num_instructions": 6}, progress=False,
+                  log=lambda line: None) as again:
         # before: "adapters/a1", which train then wrote (and eval sought) under the directory of each later call
         assert again.config.train.output_dir == str(tmp_path / "here" / "adapters" / "a1")
+        again.run("bootstrap")
+        # before: 31, the other folder's myseeds.jsonl, taken without a word
+        assert again.manifest()["num_seeds"] == 20
 
 
 @pytest.mark.skipif(not hasattr(Exception, "add_note"), reason="exception notes are Python 3.11+")
