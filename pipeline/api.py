@@ -8,12 +8,15 @@ exit 3), `TeacherUnavailable` (4), `Incomplete` (5), `LowYield` (6), `InputError
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import dataclasses
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, load_config
-from .errors import InputError, Seed2LoraError
+from .errors import InputError, Seed2LoraError, is_secret_name
 from .records import Task
 from .runner import STEPS, Session
 
@@ -29,11 +32,14 @@ class Run:
     name, output_dir, teacher, base_url: the run's folder is output_dir/name; the teacher spec
     ("embedded", "openai:MODEL", "hf:PATH") and its server, as the CLI flags of the same names.
     progress: a bar with an ETA in a notebook or terminal, plain lines elsewhere; False for none.
+    log: where the run's lines go, as the CLI prints them: the teacher's errors and retries, yield warnings, each
+    stage's summary as it ends, training's loss lines. Default: stderr; any callable taking a str (a logger's
+    `.info`, `list.append`).
     """
 
     def __init__(self, config: str | Path | RunConfig | None = None, settings: dict[str, Any] | None = None, *,
                  name: str | None = None, output_dir: str | Path | None = None, teacher: str | None = None,
-                 base_url: str | None = None, progress: bool = True):
+                 base_url: str | None = None, progress: bool = True, log: Callable[[str], None] | None = None):
         _check_arguments(config, settings)
         flags = {"run_name": name, "output_dir": str(output_dir) if output_dir else None,
                  "teacher.spec": teacher, "teacher.base_url": base_url}
@@ -47,10 +53,13 @@ class Run:
             cfg.give(overrides)  # teacher="embedded" named on purpose, not the default by omission
         else:
             cfg = load_config(config, overrides)
-        self._session = Session(cfg, progress=_progress(progress))
+        # Without a log, the teacher's errors behind an Incomplete ("see the errors above") were said nowhere
+        self._session = Session(cfg, progress=_progress(progress), log=log or _stderr_line)
+        self._built = _built_from(cfg)
 
     @classmethod
-    def open(cls, run_dir: str | Path, settings: dict[str, Any] | None = None, *, progress: bool = True) -> Run:
+    def open(cls, run_dir: str | Path, settings: dict[str, Any] | None = None, *, progress: bool = True,
+             log: Callable[[str], None] | None = None) -> Run:
         """An existing run with the config its manifest recorded (then `settings` on top), to go on or read it."""
         from .config import recorded_config
         from .store import RunDir
@@ -60,7 +69,7 @@ class Run:
             raise Seed2LoraError(f"{path} is not a seed2lora run (no manifest.json). Fix: give a run folder, "
                              "e.g. outputs/NAME")
         return cls(recorded_config(RunDir(path).manifest().get("config") or {}, path, overrides=settings),
-                   progress=progress)
+                   progress=progress, log=log)
 
     @property
     def path(self) -> Path:
@@ -76,7 +85,9 @@ class Run:
         """Run `stages` (a list of names, or one name; default: the config's `stages`) in pipeline order,
         resuming what is done; one summary line per stage."""
         names = [stages] if isinstance(stages, str) else list(stages or self.config.stages)
-        return self._session.run_steps(names)  # "bootstrap" read as a list was 9 unknown one-letter stages
+        self._calling(f"run({names!r})")
+        with _said_in_python():
+            return self._session.run_steps(names)  # "bootstrap" read as a list was 9 unknown one-letter stages
 
     def records(self, stage: str = "filter") -> list[Task]:
         """The records a stage kept (bootstrap, classify, instances, filter, evolve, score, ifd, select)."""
@@ -95,12 +106,16 @@ class Run:
 
     def export(self) -> Path:
         """Export the kept data (Alpaca JSON, chat JSONL, HF dataset, parquet, a split); its folder."""
-        self._session.export()
+        self._calling("export()")
+        with _said_in_python():
+            self._session.export()
         return self._session.export_dir
 
     def train(self) -> Path:
         """Train the adapter on the export ([train] settings); its folder."""
-        self._session.train()
+        self._calling("train()")
+        with _said_in_python():
+            self._session.train()
         return self._session.adapter_dir
 
     def eval(self) -> dict[str, Any]:
@@ -109,8 +124,30 @@ class Run:
 
         from .store import eval_dir_of
 
-        self._session.eval()
+        self._calling("eval()")
+        with _said_in_python():
+            self._session.eval()
         return json.loads((eval_dir_of(self._session.adapter_dir) / "eval_report.json").read_text(encoding="utf-8"))
+
+    def _calling(self, call: str) -> None:
+        """What the manifest records as the command: this call and the script or kernel that made it. First,
+        `run.config` as a notebook may have changed it: checked as settings= is (a -1 or a "x" went into the run and
+        its manifest, which Run.open then refused), and never a setting the Run has built its folder or teacher from
+        (changed there, it was ignored)."""
+        from .config import config_from_dict
+
+        config_from_dict(RunConfig, dataclasses.asdict(self.config))
+        now = _built_from(self.config)
+        changed = [k for k in self._built if now.get(k) != self._built[k]]
+        if changed:
+            key = changed[0]
+            was, new = ("'***'", "'***'") if is_secret_name(key) else (repr(self._built[key]), repr(now.get(key)))
+            raise InputError(f"run.config.{key}", None, f"was changed to {new} after this Run was made from {was}, "
+                             "and a Run builds its folder and teacher once",
+                             f"make a new Run for it, e.g. Run.open(run.path, {{{key!r}: {new}}}); stage settings "
+                             "(bootstrap.num_instructions) may change between calls")
+        script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+        self._session.ctx.command = f"pipeline.Run.{call} in {script}"
 
     def close(self) -> None:
         """Close the teacher's connections and the run's cache."""
@@ -141,6 +178,36 @@ def _check_arguments(config: Any, settings: Any) -> None:
 def _check_stage(stage: str, known: list[str]) -> None:
     if stage not in known:
         raise Seed2LoraError(f"unknown stage {stage!r}. Fix: use one of {', '.join(known)}")
+
+
+# The CLI's words in a fault's message, said as a Run takes them: a note under its traceback (Python 3.11+)
+PYTHON_NOTE = ('From Python: `seed2lora STAGE` is run.run("STAGE") (export, train, eval: run.export(), run.train(), '
+               'run.eval()); --set KEY=VALUE and a flag are settings={"KEY": VALUE}, on Run(...) or '
+               'Run.open(run.path, settings); "the same command" is the same call')
+
+
+@contextlib.contextmanager
+def _said_in_python() -> Iterator[None]:
+    """A Seed2LoraError whose fix names a command or a flag gets PYTHON_NOTE: a notebook's user read "run
+    `seed2lora filter` first" or "--set teacher.spec=..." with no CLI in sight."""
+    try:
+        yield
+    except Seed2LoraError as e:
+        if ("seed2lora " in str(e) or "--" in str(e)) and hasattr(e, "add_note"):
+            e.add_note(PYTHON_NOTE)
+        raise
+
+
+def _built_from(cfg: RunConfig) -> dict[str, Any]:
+    """The settings a Run builds once, at its start or its first call: its folder, seeds and prompts, and teacher."""
+    from .config import recorded_settings
+
+    return {k: v for k, v in recorded_settings(dataclasses.asdict(cfg)).items()
+            if k in ("output_dir", "run_name", "seed_tasks", "prompts_dir") or k.startswith("teacher.")}
+
+
+def _stderr_line(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _progress(on: bool) -> Any:

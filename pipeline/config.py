@@ -557,6 +557,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         # one is read from the current directory once and recorded whole in the manifest
         if table.batch_dir:
             table.batch_dir = str(Path(table.batch_dir).expanduser().absolute())
+    # The run's adapter, seeds and prompts likewise: a relative one, recorded as given, was read under the current
+    # directory of each later command (Run.open from another one too): another folder's seeds.jsonl, taken
+    # silently; an adapter sought there (eval: "not an adapter folder") or trained afresh there (train)
+    for table, key in ((cfg.train, "output_dir"), (cfg, "seed_tasks"), (cfg, "prompts_dir")):
+        if getattr(table, key):
+            setattr(table, key, str(Path(getattr(table, key)).expanduser().absolute()))
     return cfg
 
 
@@ -713,8 +719,12 @@ def _read_toml(path: str | Path | None) -> tuple[dict[str, Any], str]:
     if path is None or path == "":
         return {}, ""
     path = Path(path)
+    if path.is_dir():  # Run("outputs/NAME") for Run.open: "does not exist" said a folder that is there was missing
+        raise InputError(path, None, "is a folder, not a TOML file",
+                         "give a run config's TOML file; a run folder is opened by Run.open(path) in Python, "
+                         "or as a command's RUN_DIR")
     if not path.is_file():
-        raise InputError(path, None, "does not exist", "pass an existing TOML file to --config")
+        raise InputError(path, None, "does not exist", "pass an existing TOML file to --config (config= in Python)")
     text = path.read_text(encoding="utf-8")
     try:
         return tomllib.loads(text), text

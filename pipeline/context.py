@@ -35,7 +35,7 @@ from typing import Any
 from . import __version__
 from .budget import Budget, BudgetReached, attach_run, judge_config, session_budget
 from .cache import CACHE_FILE, ResponseCache
-from .config import RunConfig, TeacherConfig, recorded_settings, toml_value
+from .config import BudgetConfig, RunConfig, TeacherConfig, recorded_settings, toml_value
 from .errors import Seed2LoraError, mask_secrets, masked_argv
 from .progress import no_progress
 from .prompts import Prompts
@@ -232,6 +232,9 @@ class RunContext:
         self.rescore = False  # `seed2lora score --rescore`: the score step starts from nothing
         self.session_id = f"{os.getpid()}-{session_tag}{uuid.uuid4().hex[:8]}"  # this process's usage-log rows
         self._teacher = teacher
+        # What the manifest records as the command that wrote it; "": the CLI's own command line. The Python API
+        # names its call here: argv then was a notebook kernel's or a script's ("seed2lora -f kernel-1.json")
+        self.command = ""
         # The MODEL_TABLES this command's teachers come from (asked for by a step): only these are recorded from its
         # config; a teacher passed in that no step asks for leaves [teacher] as recorded too
         self.uses: set[str] = set()
@@ -357,6 +360,10 @@ class RunContext:
             self._budget = session_budget(self.cfg.budget, self.cache, self.session_id, self.run.manifest())
         return self._budget
 
+    def command_line(self) -> str:
+        """The command the manifest records: the Python API's call where it named one, else this process's."""
+        return self.command or command_line()
+
     def check_budget(self, stage: str) -> None:
         """Stop (exit 3) when the run's token or dollar limit is reached; everything written stays consistent."""
         budget = self._budget
@@ -364,8 +371,9 @@ class RunContext:
             spend = budget.spend()
             raise BudgetReached(f"budget reached in {stage} ({spend['total_tokens']} tokens"
                                 + (f", ${spend['cost_usd']:.4f}" if spend["cost_usd"] is not None else "")
-                                + f"); {self.run.path} is consistent. Raise --max-tokens-total / --max-cost "
-                                "and run the same command to go on")
+                                + f"); {self.run.path} is consistent. Fix: raise {budget_limits(self.cfg.budget)} "
+                                "(--max-tokens-total / --max-cost, --set, or settings= in Python) and run the same "
+                                "command to go on")
 
     def close(self) -> None:
         """Close the run's database (its WAL is folded in now, not whenever this object is collected)."""
@@ -387,7 +395,7 @@ class RunContext:
         if self._teacher is not None and id(self._teacher) in self._attached:
             fields.setdefault("teacher", self._teacher.describe())
         return self.run.update_manifest(
-            seed2lora_version=__version__, command=command_line(),
+            seed2lora_version=__version__, command=self.command_line(),
             config=self.recorded_config(), packages=package_versions(), prompts=self.prompts.hashes(),
             seed_file=str(self.cfg.seed_tasks or "bundled seeds/seed_tasks.jsonl"), num_seeds=len(self.seeds),
             **fields)
@@ -475,6 +483,14 @@ def left_out_settings(ctx: RunContext, tables: set[str], teacher: bool,
     checked = [k for k in then if k in now and k not in NO_RECORD_CHANGE and not k.startswith("score.teacher.") and (
         k in RECORD_SETTINGS or k.split(".")[0] in making or (same_teacher and k in TEACHER_SETTINGS))]
     return [k for k in checked if now[k] != then[k] and not ctx.cfg.was_given(k)], then
+
+
+def budget_limits(cfg: BudgetConfig) -> str:
+    """The limits a budget stop can raise, by setting and value: "budget.max_tokens_total (now 100)". Named by
+    setting, not only by run's flags: Python's settings={...} and `--set` take these names, not --max-cost."""
+    limits = [f"budget.{k} (now {v})" for k, v in (("max_tokens_total", cfg.max_tokens_total),
+                                                   ("max_cost", cfg.max_cost)) if v]
+    return " or ".join(limits) or "budget.max_tokens_total or budget.max_cost"
 
 
 def set_flags(keys: Iterable[str], values: dict[str, Any]) -> str:

@@ -34,7 +34,7 @@ from typing import Any
 
 from .budget import BudgetReached, check_prices
 from .config import RunConfig
-from .context import Log, Progress, Records, RunContext, Step, StepResult, check_left_out, command_line, preflight
+from .context import Log, Progress, Records, RunContext, Step, StepResult, check_left_out, preflight
 from .errors import Incomplete, Seed2LoraError, TeacherError, mask_secrets
 from .stages import bootstrap, classify, evolve, flow, instances, score
 from .stages import filter as filter_stage
@@ -165,8 +165,8 @@ def run_steps(ctx: RunContext, names: list[str]) -> list[str]:
     steps = [s for s in STEPS if s.name in names]
     try:
         validate(ctx, steps)  # raises before anything is written
-    except TeacherError as e:  # a resume whose server is still down: what is left, and the attempt, on record
-        attempted(ctx, steps, e)
+    except (TeacherError, KeyboardInterrupt) as e:  # a server still down, or a Ctrl-C in its preflight: what is left,
+        attempted(ctx, steps, e)  # and a failed connection check on record
         raise
     messages: list[str] = []
     step = steps[0] if steps else None
@@ -199,7 +199,7 @@ def run_steps(ctx: RunContext, names: list[str]) -> list[str]:
         status, reason = ("interrupted", "interrupted (Ctrl-C or SIGTERM); run the same command to resume") if \
             isinstance(e, KeyboardInterrupt) else ("budget", str(e)) if isinstance(e, BudgetReached) else \
             ("incomplete", str(e)) if isinstance(e, Incomplete) else ("failed", f"{type(e).__name__}: {e}")
-        stop = {"status": status, "reason": mask_secrets(reason), "at": now(), "command": command_line()}
+        stop = {"status": status, "reason": mask_secrets(reason), "at": now(), "command": ctx.command_line()}
         try:  # the CLI prints the pending line after the error
             e.pending = stopped(ctx, steps, running, finished, before, stop, step.name if step else None)
         except Exception as err:  # noqa: BLE001 (the stop's own cause comes first; this one is said with it)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .context import RunContext, Step, command_line
+from .context import RunContext, Step
 from .errors import Seed2LoraError, TeacherUnavailable, mask_secrets
 from .store import PENDING_KNOWN, STAGES, TASK_INPUT, RunLock, pending_line, rejected_by
 
@@ -72,12 +72,14 @@ def stopped(ctx: RunContext, steps: list[Step], running: list[Step], finished: s
     return pending_line(todo, ctx.cfg.bootstrap.num_instructions, [s.name for s in steps], finished)
 
 
-def attempted(ctx: RunContext, steps: list[Step], e: Seed2LoraError) -> None:
+def attempted(ctx: RunContext, steps: list[Step], e: BaseException) -> None:
     """A command on an existing run that stopped at its teacher's connection check, before any request: the line
     of what is pending (from the files only), and, where no teacher answered (exit 4), the attempt in the manifest
     (`attempt`: time, command, cause) so that `show` does not present the run as the last session left it and
     nothing since. Nothing else is written: no record, no status, no config (bad input, exit 2, writes nothing at
-    all). A run another process is writing is left to it."""
+    all). A run another process is writing is left to it. A Ctrl-C in the preflight gets the pending line too (a
+    KeyboardInterrupt there carried none)."""
+    e.pending = ""  # type: ignore[attr-defined]  (read from the files only, below)
     if ctx.input_path or not steps or not any(ctx.run.stage_file(s).exists() for s in STAGES):
         return
     first = steps[:1] if ctx.run.stage_file(steps[0].name).exists() else []  # it ran before: it can count its own
@@ -90,7 +92,7 @@ def attempted(ctx: RunContext, steps: list[Step], e: Seed2LoraError) -> None:
     except Seed2LoraError:
         return
     try:
-        ctx.run.update_manifest(attempt={"at": now(), "command": command_line(), "cause": mask_secrets(str(e)),
+        ctx.run.update_manifest(attempt={"at": now(), "command": ctx.command_line(), "cause": mask_secrets(str(e)),
                                          "pending": e.pending})
     finally:
         lock.release()

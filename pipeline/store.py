@@ -219,6 +219,8 @@ class RunLock:
         except OSError:
             holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
+            if holder.startswith(f"seed2lora pid {os.getpid()},"):  # a second Run on one folder, in two threads
+                holder += " (this process: another Run of it, on another thread, is running it)"
             # score, export and train take no --run-name: the folder is the fix every command takes
             raise Seed2LoraError(f"{path.parent} is being written by {holder}. Fix: wait for it to finish (or stop "
                                  "it), or name another run folder (RUN_DIR, or --run-name where the command has "

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from pipeline import Run, Seed2LoraError
+from pipeline import Incomplete, Run, Seed2LoraError
 
 
 def doc_example() -> str:
@@ -85,3 +85,201 @@ def test_a_dict_as_config_or_a_list_as_settings_names_the_argument_and_the_fix()
         Run(config={"bootstrap": {"num_instructions": 5}}, progress=False)  # before: a bare TypeError, deep inside
     with pytest.raises(Seed2LoraError, match=r'settings: expected a dict, not list\. Fix: give settings=\{'):
         Run(settings=[("bootstrap.num_instructions", 5)], progress=False)
+
+
+
+def test_an_incomplete_names_why_the_teacher_failed_and_the_teachers_events_reach_the_log(fake_openai, tmp_path,
+                                                                                          capsys):
+    lines: list[str] = []
+    with Run(settings={"bootstrap.num_instructions": 3, "teacher.max_retries": 1}, teacher="openai:fake-model",
+             base_url=fake_openai.url, name="r", output_dir=tmp_path, progress=False, log=lines.append) as run:
+        run.run("bootstrap")
+        for _ in range(6):  # each of 3 tasks: a 500, retried once, then a 400, which is not retried
+            fake_openai.enqueue({"error": {"message": "the backend is on fire"}}, status=500 if _ < 3 else 400)
+        # before: "the teacher failed on 3 (see the errors above ...)", and no error said above it or in it
+        with pytest.raises(Incomplete, match=r"failed on 3 \(the last error: .*400.*the backend is on fire"):
+            run.run("classify")
+    # before: Run took no log, and the teacher's retries were said nowhere
+    assert any(line.startswith("teacher: retrying after") and "500" in line for line in lines), lines
+    assert any(line.startswith("bootstrap:") for line in lines)  # each stage's line as it ends, as the CLI's
+    for _ in range(3):
+        fake_openai.enqueue({"error": {"message": "still on fire"}}, status=500)
+    with Run.open(tmp_path / "r", {"teacher.max_retries": 0}, progress=False) as again, pytest.raises(Incomplete):
+        again.run("classify")
+    assert "still on fire" in capsys.readouterr().err  # the default log: stderr, as the CLI's console
+
+
+def test_a_budget_stop_names_the_setting_to_raise_and_raising_it_from_python_goes_on(fake_openai, tmp_path):
+    from pipeline import BudgetReached
+
+    settings = {"bootstrap.num_instructions": 12, "budget.max_tokens_total": 60}
+    with Run(settings=settings, teacher="openai:fake-model", base_url=fake_openai.url, name="r", output_dir=tmp_path,
+             progress=False, log=lambda line: None) as run:
+        # before: "Raise --max-tokens-total / --max-cost": flags of the CLI, which Python has no keyword for
+        with pytest.raises(BudgetReached, match=r"Fix: raise budget\.max_tokens_total \(now 60\) .*settings= in Python"):
+            run.run()
+    with Run.open(tmp_path / "r", {"budget.max_tokens_total": 0}, progress=False, log=lambda line: None) as again:
+        again.run()
+        assert again.manifest()["status"] == "done" and len(again.records("filter")) == 12
+
+
+def test_the_manifest_records_the_python_call_not_the_interpreters_command_line(fake_openai, tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["/home/me/.venv/lib/ipykernel_launcher.py", "-f", "/run/kernel-1.json"])
+    with Run(settings={"bootstrap.num_instructions": 3}, teacher="openai:fake-model", base_url=fake_openai.url,
+             name="r", output_dir=tmp_path, progress=False, log=lambda line: None) as run:
+        run.run()
+        # before: "seed2lora -f /run/kernel-1.json", a command that never ran (and that a resume's error then quoted)
+        assert run.manifest()["command"] == ("pipeline.Run.run(['bootstrap', 'classify', 'instances', 'filter']) in "
+                                             "ipykernel_launcher.py")
+        run.export()
+        assert run.manifest()["command"] == "pipeline.Run.export() in ipykernel_launcher.py"
+
+
+def test_a_low_yield_stop_names_settings_that_python_can_give(fake_openai, tmp_path):
+    from pipeline import LowYield
+
+    same = "Sure:\n9. Explain why volcanoes erupt under pressure.\n10. Explain why volcanoes erupt under pressure."
+    fake_openai.default_reply = lambda path, body: fake_openai.wrap(path, same)
+    with Run(settings={"bootstrap.num_instructions": 20, "teacher.concurrency": 1}, teacher="openai:fake-model",
+             base_url=fake_openai.url, name="r", output_dir=tmp_path, progress=False, log=lambda line: None) as run:
+        # before: "--api completions", a flag of the CLI's only: Python's settings= takes teacher.api
+        with pytest.raises(LowYield, match=r"bootstrap\.yield_stop is 0\.05.*teacher\.api = completions"):
+            run.run("bootstrap")
+
+
+def test_a_run_folder_given_as_config_says_it_is_a_folder_and_names_run_open(tmp_path):
+    with pytest.raises(Seed2LoraError, match=r"is a folder, not a TOML file\. Fix: .*Run\.open\(path\)"):
+        Run(tmp_path, progress=False)  # before: "does not exist", of a folder that is there
+    with pytest.raises(Seed2LoraError, match=r"does not exist\. Fix: .*config= in Python"):
+        Run(tmp_path / "run.toml", progress=False)
+
+
+def test_a_keyboard_interrupt_while_the_preflight_waits_carries_what_is_pending(fake_openai, tmp_path):
+    import _thread
+    import threading
+
+    with Run(settings={"bootstrap.num_instructions": 3}, teacher="openai:fake-model", base_url=fake_openai.url,
+             name="r", output_dir=tmp_path, progress=False, log=lambda line: None) as run:
+        run.run("bootstrap")
+    fake_openai.go_down()
+    with Run.open(tmp_path / "r", {"teacher.connect_window_s": 30}, progress=False, log=lambda line: None) as run:
+        timer = threading.Timer(1.0, _thread.interrupt_main)
+        timer.start()
+        with pytest.raises(KeyboardInterrupt) as stop:
+            run.run(["bootstrap", "classify"])  # waits up to 30 s for the server in its preflight
+        timer.cancel()
+    # before: a KeyboardInterrupt with no `pending` at all (AttributeError), as docs/python.md promises it
+    assert stop.value.pending == "pending: classify 3 tasks"
+
+
+def test_a_run_stopped_by_ctrl_c_leaves_no_unclosed_event_loop_at_exit(fake_openai, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    fake_openai.default_delay = 0.3
+    script = f"""
+import _thread, gc, threading
+from pipeline import Run
+run = Run(settings={{"bootstrap.num_instructions": 30, "teacher.concurrency": 8}}, teacher="openai:fake-model",
+          base_url={fake_openai.url!r}, name="r", output_dir={str(tmp_path)!r}, progress=False, log=lambda line: None)
+threading.Timer(1.5, _thread.interrupt_main).start()
+try:
+    run.run()
+except KeyboardInterrupt:
+    print("interrupted")
+del run
+gc.collect()
+"""
+    done = subprocess.run([sys.executable, "-X", "dev", "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert "interrupted" in done.stdout, done.stderr[-2000:]
+    # before: "ResourceWarning: unclosed event loop <_UnixSelectorEventLoop ...>" printed as the interpreter exited
+    assert "unclosed" not in done.stderr and "Warning" not in done.stderr, done.stderr[-2000:]
+
+
+def test_run_config_changed_between_calls_is_checked_as_settings_are(fake_openai, tmp_path):
+    with Run(settings={"bootstrap.num_instructions": 3}, teacher="openai:fake-model", base_url=fake_openai.url,
+             name="r", output_dir=tmp_path, progress=False, log=lambda line: None) as run:
+        run.run("bootstrap")
+        run.config.bootstrap.num_instructions = 5  # a stage setting: goes on with it
+        run.run("bootstrap")
+        assert len(run.records("bootstrap")) == 5
+        calls = len(fake_openai.history)
+        run.config.bootstrap.num_instructions = -1
+        # before: -1 ran and went into manifest.json, which Run.open then refused ("-1 is out of range")
+        with pytest.raises(Seed2LoraError, match=r"bootstrap\.num_instructions: -1 is out of range"):
+            run.run("bootstrap")
+        run.config.bootstrap.num_instructions = 5
+        run.config.teacher.concurrency = 2  # before: ignored, the teacher was built with the first value
+        with pytest.raises(Seed2LoraError, match=r"run\.config\.teacher\.concurrency: was changed to 2 after this Run "
+                                                 r"was made from 8.*Fix: make a new Run for it, e.g. Run\.open\(run\.path"):
+            run.run("bootstrap")
+        assert len(fake_openai.history) == calls
+    with Run.open(tmp_path / "r", {"teacher.concurrency": 2}, progress=False) as again:
+        assert again.config.bootstrap.num_instructions == 5 and again.config.teacher.concurrency == 2
+
+
+def test_two_runs_of_one_folder_in_one_process_say_the_other_is_in_this_process(fake_openai, tmp_path):
+    import threading
+
+    fake_openai.default_delay = 0.5  # the first to take the folder holds it for a second at least
+    runs = [Run(settings={"bootstrap.num_instructions": 6}, teacher="openai:fake-model", base_url=fake_openai.url,
+                name="r", output_dir=tmp_path, progress=False, log=lambda line: None) for _ in range(2)]
+    errors: list[BaseException] = []
+
+    def go(run: Run) -> None:
+        try:
+            run.run("bootstrap")
+        except Seed2LoraError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=go, args=(run,)) for run in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # before: "is being written by seed2lora pid N", this very process, read as another program's
+    (error,) = errors
+    assert "(this process: another Run of it, on another thread, is running it)" in str(error)
+    assert len(runs[0].records("bootstrap")) == 6
+    for run in runs:
+        run.close()
+
+
+def test_relative_seeds_and_adapter_folder_are_the_same_files_when_the_run_is_opened_from_elsewhere(fake_openai,
+                                                                                                  tmp_path, monkeypatch):
+    from conftest import ROOT
+
+    seeds = (ROOT / "seeds" / "seed_tasks.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    for folder, lines in (("here", seeds[:20]), ("elsewhere", seeds[30:61])):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "myseeds.jsonl").write_text("".join(lines), encoding="utf-8")
+    monkeypatch.chdir(tmp_path / "here")
+    settings = {"bootstrap.num_instructions": 3, "train.output_dir": "adapters/a1", "seed_tasks": "myseeds.jsonl"}
+    with Run(settings=settings, teacher="openai:fake-model", base_url=fake_openai.url, name="r",
+             output_dir="outputs", progress=False, log=lambda line: None) as run:
+        run.run("bootstrap")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with Run.open(tmp_path / "here" / "outputs" / "r", {"bootstrap.num_instructions": 6}, progress=False,
+                  log=lambda line: None) as again:
+        # before: "adapters/a1", which train then wrote (and eval sought) under the directory of each later call
+        assert again.config.train.output_dir == str(tmp_path / "here" / "adapters" / "a1")
+        again.run("bootstrap")
+        # before: 31, the other folder's myseeds.jsonl, taken without a word
+        assert again.manifest()["num_seeds"] == 20
+
+
+@pytest.mark.skipif(not hasattr(Exception, "add_note"), reason="exception notes are Python 3.11+")
+def test_a_fault_whose_fix_names_the_cli_carries_a_note_of_the_python_calls(fake_openai, tmp_path):
+    with Run(settings={"bootstrap.num_instructions": 3}, teacher="openai:fake-model", base_url=fake_openai.url,
+             name="r", output_dir=tmp_path, progress=False, log=lambda line: None) as run:
+        with pytest.raises(Seed2LoraError, match="run `seed2lora filter`") as fault:
+            run.export()
+        # before: no note, only "run `seed2lora filter` ... first", a command a notebook has no prompt for
+        assert 'run.run("STAGE")' in fault.value.__notes__[0] and 'settings={"KEY": VALUE}' in fault.value.__notes__[0]
+        run.run("bootstrap")
+        with pytest.raises(Seed2LoraError, match="unknown stage") as plain:
+            run.run("filtr")
+        assert not getattr(plain.value, "__notes__", None)  # a message with nothing of the CLI in it gets none

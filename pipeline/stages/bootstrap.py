@@ -207,8 +207,9 @@ class _YieldWatch:
         if rate < b.yield_stop:
             raise LowYield(f"bootstrap kept {rate:.2f} instructions per prompt over the last {len(recent)} "
                            f"prompts (bootstrap.yield_stop is {b.yield_stop}); main reject reasons: {top}. "
-                           f"{len(pool.machine)} kept so far are saved. Fix: a stronger teacher, --api "
-                           "completions for a small local model, or looser [filter] settings; see "
+                           f"{len(pool.machine)} kept so far are saved. Fix: a stronger teacher, "
+                           "teacher.api = completions (--api completions) for a small local model, or looser "
+                           "[filter] settings; see "
                            f"{self.run.rejected_file}")
         if rate < b.yield_warn and not self.warned:
             self.warned = True

@@ -53,6 +53,16 @@ class MapResult:
     # replies that came only after their call failed and was sent again (a batch line in a later wave, a 429, 5xx,
     # timeout or dropped connection, as when an endpoint dies): no unusable reply, yet not the first try either
     resent: int = 0
+    # Why the last call that got no reply failed ("HTTP 400 BadRequestError: ..."): the stage's line names it. A 400,
+    # or a 5xx with teacher.max_retries = 0, is no retry event, so "see the errors above" pointed at no line at all
+    error: str = ""
+
+    def failed_note(self, who: str = "teacher") -> str:
+        """"; the teacher failed on N (the last error: ...)": the pending tasks and why; "" when none."""
+        if not self.pending:
+            return ""
+        why = f"the last error: {self.error}; " if self.error else ""
+        return f"; the {who} failed on {self.pending} ({why}see the errors above and the usage in manifest.json)"
 
     def counts(self, read: int) -> dict[str, int]:
         """The manifest's counts of this session. input: the records the stage read, earlier sessions' outcomes
@@ -176,6 +186,7 @@ class TaskMap:
         after the retries, or pending: the teacher failed)."""
         task = self.tasks[req.key]
         if not reply.ok:
+            self.counts.error = reply.error or self.counts.error
             self.settle(task, None, None, None)
             return None
         if reply.retries and not reply.cached:  # this session's call failed first (a cached reply's were paid before)
@@ -331,6 +342,4 @@ def map_result(ctx: RunContext, stage: str, r: MapResult, n: int) -> StepResult:
     """A per-task stage's line and counts: written, rejected after the retries, retried, pending."""
     done = len(ctx.run.read_stage(stage))
     message = f"{stage}: {r.written} tasks written ({done} in {stage}.jsonl); {r.replies_note(ctx.cfg.teacher.max_retries)}"
-    if r.pending:
-        message += f"; the teacher failed on {r.pending} (see the errors above and the usage in manifest.json)"
-    return StepResult(message, r.pending, r.counts(n))
+    return StepResult(message + r.failed_note(), r.pending, r.counts(n))

@@ -187,6 +187,4 @@ def step(ctx: RunContext, records: Records | None) -> StepResult:
     if not r.written and not r.rejected and not r.pending and n:
         message += (f"; every row already had its outcome (see score.jsonl and rejected.jsonl): "
                     f"`seed2lora score {ctx.run.path} --rescore` rates them all again")
-    if r.pending:
-        message += f"; the judge failed on {r.pending} (see the errors above)"
-    return StepResult(message, r.pending, r.counts(n))
+    return StepResult(message + r.failed_note("judge"), r.pending, r.counts(n))

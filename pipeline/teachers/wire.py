@@ -176,7 +176,8 @@ class Transport:
         self.ssl: tuple[tuple[str | None, str | None], Any] | None = None  # ssl_context(): (the variables, the context)
         self.sessions: weakref.WeakSet[Any] = weakref.WeakSet()  # every session made, closed at exit if still open
         self.closing: set[asyncio.Task] = set()  # sessions being closed (shut), until they are
-        threading.Thread(target=self.loop.run_forever, name="teacher-http", daemon=True).start()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="teacher-http", daemon=True)
+        self.thread.start()
         atexit.register(self.close)
 
     def ssl_context(self) -> Any:
@@ -238,6 +239,11 @@ class Transport:
         except Exception:  # noqa: BLE001 (at exit: a session that will not close is left to the OS)
             pass
         self.loop.call_soon_threadsafe(self.loop.stop)
+        # Closed too, once stopped: a loop left open warned "ResourceWarning: unclosed event loop" at exit (python -X
+        # dev, pytest -W error) after a Ctrl-C, when the interpreter's last collection reached it
+        self.thread.join(timeout=2)
+        if not self.loop.is_running():
+            self.loop.close()
 
 
 def env_proxy(url: str) -> str | None:
