@@ -179,8 +179,8 @@ def run_steps(ctx: RunContext, names: list[str]) -> list[str]:
             step, running = group[0], list(group)
             # Each stage's entry is this session's from here (an earlier stop cleared): after a kill -9, `show` reads
             # its pending from the files (stops.session_entries)
-            before = ctx.record(status="running", stage=step.name, reason=None, attempt=None,
-                                stages=session_entries(ctx, group))["counts"]
+            before = ctx.record(status="running", stage=step.name, running=[s.name for s in group], reason=None,
+                                attempt=None, stages=session_entries(ctx, group))["counts"]
             results = run_group(ctx, group)
             for step, result in zip(group, results, strict=True):  # a flow's stages: each as if it ran alone
                 if result.pending or len(group) == 1:

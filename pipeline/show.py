@@ -45,7 +45,8 @@ def _status(run: RunDir, manifest: dict) -> dict:
     status, reason = manifest.get("status"), manifest.get("reason")
     if status == "running" and not run.writer_alive():
         status = "stopped"
-        reason = (f"the process writing {manifest.get('stage') or 'it'} ended without a word (killed, or the machine "
+        writing = ", ".join(manifest.get("running") or [manifest.get("stage") or "it"])  # a flow's every stage
+        reason = (f"the process writing {writing} ended without a word (killed, or the machine "
                   "went down); run the same command to resume")
     return {"status": status, "reason": reason}
 

@@ -163,9 +163,11 @@ def test_the_retry_note_says_whether_any_retry_happened(fake_openai, tmp_path):
     resent = "came only after a failed call was sent again"
     assert MapResult(written=4, resent=2).replies_note(2).startswith(f"every reply usable, none asked again; 2 replies {resent}")
     assert "first try" not in MapResult(written=4, resent=1).replies_note(2)
-    assert MapResult(written=3, retried=1, resent=1).replies_note(2) == \
+    assert MapResult(written=3, retried=1, resent=1).replies_note(2, batch=True) == \
         f"1 unusable reply asked again, none rejected; 1 reply {resent} (a batch line in a later wave, or a 429, 5xx, " \
         "timeout or dropped connection)"  # a killed endpoint's requests, sent again to another, are resent too
+    assert MapResult(written=3, retried=1, resent=1).replies_note(2) == \
+        f"1 unusable reply asked again, none rejected; 1 reply {resent} (a 429, 5xx, timeout or dropped connection)"
     user = tmp_path / "mine.jsonl"
     user.write_text('{"instruction": "Suggest a name for a bakery."}\n')
     out = invoke("classify", *teacher_flags(fake_openai, tmp_path, "u"), "--input", user).output

@@ -131,3 +131,15 @@ def test_show_says_one_line_per_stop_and_leaves_out_the_stop_its_status_says(tmp
     run.update_manifest(status="failed", reason=f"{stop['reason']}. pending: bootstrap 29 of 40 instructions to go")
     shown = " ".join(invoke("show", run.path, "--sample", 0).output.split())
     assert "status: failed" in shown and "stopped short" not in shown
+
+
+def test_a_killed_flow_is_shown_as_the_process_writing_all_its_stages(tmp_path):
+    """After a kill -9 during instances of `seed2lora run`, `show` said "the process writing bootstrap ended": the
+    manifest named the flow's first stage only, though bootstrap, classify and instances were all running."""
+    from pipeline.show import summary
+    from pipeline.store import RunDir
+
+    run = RunDir(tmp_path / "r").ensure()
+    run.update_manifest(status="running", stage="bootstrap", running=["bootstrap", "classify", "instances"])
+    reason = summary(run)["reason"]  # no process holds the run: it was killed
+    assert "the process writing bootstrap, classify, instances ended without a word" in reason, reason

@@ -71,16 +71,18 @@ class MapResult:
         return {"input": read, "generated": self.written + self.rejected, "kept": self.written,
                 "rejected": self.rejected, "pending": self.pending, "retried": self.retried}
 
-    def replies_note(self, max_retries: int, what: str = "task") -> str:
+    def replies_note(self, max_retries: int, what: str = "task", batch: bool = False) -> str:
         """What happened to unusable replies, in words that say whether any retry happened at all, and to calls
-        that failed and were sent again (resent): a reply that came in a later batch wave was no first try."""
+        that failed and were sent again (resent): a reply that came in a later batch wave was no first try.
+        `batch`: the teacher sends through the Batch API (else a batch wave is not among the causes named)."""
         note = self.parsing_note(max_retries, what)
         if not self.resent:
             return note
         if note == "every reply usable at the first try":
             note = "every reply usable, none asked again"
+        causes = "a batch line in a later wave, or a 429" if batch else "a 429"
         return (f"{note}; {self.resent} {'reply' if self.resent == 1 else 'replies'} came only after a failed call "
-                "was sent again (a batch line in a later wave, or a 429, 5xx, timeout or dropped connection)")
+                f"was sent again ({causes}, 5xx, timeout or dropped connection)")
 
     def parsing_note(self, max_retries: int, what: str) -> str:
         def n(count: int, one: str, many: str) -> str:
@@ -341,5 +343,6 @@ def map_progress(ctx: RunContext, stage: str, records: Records | None) -> tuple[
 def map_result(ctx: RunContext, stage: str, r: MapResult, n: int) -> StepResult:
     """A per-task stage's line and counts: written, rejected after the retries, retried, pending."""
     done = len(ctx.run.read_stage(stage))
-    message = f"{stage}: {r.written} tasks written ({done} in {stage}.jsonl); {r.replies_note(ctx.cfg.teacher.max_retries)}"
+    note = r.replies_note(ctx.cfg.teacher.max_retries, batch=ctx.cfg.teacher.batch)
+    message = f"{stage}: {r.written} tasks written ({done} in {stage}.jsonl); {note}"
     return StepResult(message + r.failed_note(), r.pending, r.counts(n))

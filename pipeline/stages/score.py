@@ -183,7 +183,7 @@ def step(ctx: RunContext, records: Records | None) -> StepResult:
     ratings = [int(round(t.meta["score"]["rating"])) for t in ctx.run.read_stage(STAGE)]
     spread = ", ".join(f"{k}: {ratings.count(k)}" for k in range(1, 6))
     message = (f"score: {r.written} instances rated by {judge.name} ({len(ratings)} in score.jsonl; {spread}); "
-               f"{r.replies_note(judge_config(ctx.cfg).max_retries, 'instance')}")
+               f"{r.replies_note(judge_config(ctx.cfg).max_retries, 'instance', judge_config(ctx.cfg).batch)}")
     if not r.written and not r.rejected and not r.pending and n:
         message += (f"; every row already had its outcome (see score.jsonl and rejected.jsonl): "
                     f"`seed2lora score {ctx.run.path} --rescore` rates them all again")
