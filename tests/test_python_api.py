@@ -19,8 +19,10 @@ def test_the_docs_example_runs_against_a_fake_server(fake_openai, tmp_path, monk
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.url)
     exec(compile(doc_example(), "docs/python.md", "exec"), {})
-    out = capsys.readouterr().out
-    assert "filter:" in out and "tasks;" in out and "done" in out
+    printed = capsys.readouterr()
+    out = printed.out
+    assert "tasks;" in out and "done" in out and "filter:" not in out  # each stage's line once, logged to stderr
+    assert "filter:" in printed.err
     run = tmp_path / "outputs" / "notebook"
     assert json.loads((run / "manifest.json").read_text())["status"] == "done"
     assert (run / "export").is_dir()
