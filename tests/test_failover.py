@@ -345,5 +345,24 @@ def test_503s_mid_run_are_waited_out_as_an_outage_not_counted_by_the_circuit_bre
     assert fake_openai.loading_replies >= 3  # past the breaker's limit, had it counted them
     text = " ".join(result.output.split())
     assert "waiting up to 600 s for an endpoint to answer again (teacher.outage_wait_s)" in text
+    assert "more requests in a row fail" not in text  # an outage: the breaker does not count it
     assert re.search(rf"endpoint back: {re.escape(fake_openai.url)} answers again", text)
     assert len(read(tmp_path / "r" / "instances.jsonl")) == 8
+
+
+def test_an_endpoint_down_on_5xx_says_the_breaker_may_end_the_wait_sooner(fake_openai, tmp_path):
+    """A lone endpoint that fell on failed answers (5xx), not an outage, said "waiting up to 600 s" though the circuit
+    breaker can stop the run long before; an outage (a refused connection, a 503) is not counted by the breaker."""
+    fake_openai.default_delay = 0.02
+
+    def fail_three():
+        for _ in range(3):
+            fake_openai.enqueue({"error": {"message": "internal error", "type": "server_error"}}, status=500)
+
+    when(lambda: sum(is_instances(fake_openai.prompt_of(h["body"])) for h in fake_openai.history) >= 2, fail_three)
+    result = cli_run("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 8,
+                     "--set", "teacher.concurrency=1", "--set", "teacher.max_wait_s=0.2")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert re.search(r"waiting up to 600 s for an endpoint to answer again \(teacher.outage_wait_s\), or until \d+ "
+                     r"more requests in a row fail \(teacher.max_consecutive_failures\)", text), text

@@ -169,9 +169,13 @@ class Failover:
             self.check_outage(now)
         if went_down:
             wait, setting = self.wait_of(endpoint)
+            # Down on failed answers (5xx, timeouts), not an outage: the breaker may end the wait sooner
+            left = self.patience.max_consecutive_failures - self.failures_in_row
+            sooner = "" if unavailable(e) else (f", or until {left} more requests in a row fail "
+                                                f"({self.origin.key('max_consecutive_failures')})")
             self.event(f"endpoint down: {endpoint.url} ({self.last_error}); " + (
                 f"its requests go to the {others} other endpoint(s)" if others else
-                f"waiting up to {wait:.0f} s for an endpoint to answer again ({self.origin.key(setting)})") + (
+                f"waiting up to {wait:.0f} s for an endpoint to answer again ({self.origin.key(setting)}){sooner}") + (
                 f"; it fell again soon after it rejoined, so it is tried again in {endpoint.probe_wait_s:.0f} s"
                 if again else ""))
         if self.fatal is not None:
