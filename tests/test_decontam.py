@@ -243,6 +243,7 @@ def test_without_the_set_eval_says_how_many_prompts_and_why(tmp_path, monkeypatc
     monkeypatch.setattr(eval_mod, "find_user_oriented", lambda: None)
     adapter = tmp_path / "adapter"
     adapter.mkdir()
+    (tmp_path / "export").mkdir()  # the adapter's training data, there (a summary naming a folder gone stops)
     (adapter / "training_summary.json").write_text(json.dumps({"data": str(tmp_path / "export")}))
     data, why = eval_mod.default_eval_data(adapter)
     assert data == "heldout:" + str(tmp_path / "export")

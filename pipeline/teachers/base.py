@@ -125,11 +125,15 @@ class Usage:
 
     by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    # Replies counted so far, calls and cache hits alike: a stream's requests sent less those counted are the ones
+    # the budget has still to see (Budget.exhausted)
+    replies: int = field(default=0, compare=False)
 
     def add(self, kind: str, c: Completion) -> dict[str, int]:
         """Count one reply; returns its own counts (what the usage log stores for it)."""
         one = usage_of(c)
         with self.lock:
+            self.replies += 1
             u = self.by_kind.setdefault(kind, dict.fromkeys(one, 0))
             for key, value in one.items():
                 u[key] = u.get(key, 0) + value

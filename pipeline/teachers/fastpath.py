@@ -56,14 +56,15 @@ class LoopStream:
         threading.Thread(target=failover.watch, args=(done, self.stop, t.serves), daemon=True,
                          name="teacher-prober").start()
         clean = False
+        sent, counted = 0, t.usage.replies  # this stream's requests, and the replies counted before it
         try:
             in_flight = 0
             exhausted = False
             while True:
                 batch: list[tuple[Request, GenParams, str | None]] = []  # handed to the loop in one wake-up
                 while not exhausted and failover.fatal is None and in_flight < failover.limit:
-                    # the budget counts the replies not yet answered; those waiting in `finished` are counted spent
-                    req = t.pull(requests, in_flight - self.finished.qsize())
+                    # the budget counts the requests sent whose replies it has not yet seen counted
+                    req = t.pull(requests, sent - (t.usage.replies - counted))
                     if req is False or (req is None and in_flight == 0):  # the end, or WAIT with nothing to wait for
                         exhausted = True
                         break
@@ -71,6 +72,7 @@ class LoopStream:
                         break
                     batch.append((req, req.params or params, req.kind or kind))
                     in_flight += 1
+                    sent += 1
                 if batch:
                     self.loop.call_soon_threadsafe(self.start, batch)
                 if in_flight == 0:
