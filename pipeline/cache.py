@@ -387,3 +387,17 @@ class ResponseCache:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def usage_log(run_path: Path, by_model: bool = False) -> dict:
+    """A run's usage log (its cache.sqlite), summed per call kind, or per model and call kind; {} where the run has
+    none. Each call is written there as it is paid, so a session ended by kill -9 counts too (the manifest's copy
+    lags it)."""
+    db = Path(run_path) / CACHE_FILE
+    if not db.is_file():
+        return {}
+    cache = ResponseCache(db)
+    try:
+        return cache.usage_by_model() if by_model else cache.usage()
+    finally:
+        cache.close()

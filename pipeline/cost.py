@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .budget import BATCH_SUFFIX, CHARS_PER_TOKEN, ByModel, attribute_unlogged, price_for, usd_of
-from .cache import CACHE_FILE, ResponseCache
+from .cache import CACHE_FILE, ResponseCache, usage_log
 from .config import BudgetConfig, CostConfig, ExportConfig, config_from_dict
 from .errors import Seed2LoraError
 from .records import row_messages
@@ -39,15 +39,8 @@ def run_usage(run: RunDir) -> tuple[ByModel, str]:
     Rows that name no model (logged before models were, or the manifest's) go to the run's recorded teacher,
     score's to its judge (budget.attribute_unlogged)."""
     manifest = run.manifest()
-    db = run.path / CACHE_FILE
-    if db.is_file():
-        cache = ResponseCache(db)
-        try:
-            usage = cache.usage_by_model()
-        finally:
-            cache.close()
-        if usage:
-            return attribute_unlogged(usage, manifest), f"{CACHE_FILE} usage log"
+    if usage := usage_log(run.path, by_model=True):
+        return attribute_unlogged(usage, manifest), f"{CACHE_FILE} usage log"
     return attribute_unlogged({None: dict(manifest.get("usage") or {})}, manifest), "manifest.json"
 
 

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.rule import Rule
 from rich.table import Column, Table
 
-from .cache import CACHE_FILE, ResponseCache
+from .cache import usage_log
 from .errors import Seed2LoraError
 from .records import Task
 from .store import PENDING_KNOWN, STAGES, RunDir, pending_line, reason_kind, reason_label
@@ -90,17 +90,9 @@ def summary(run: RunDir, stage: str | None = None) -> dict:
 
 
 def logged_usage(run: RunDir, manifest: dict) -> dict:
-    """Usage per call kind over every session: from the usage log in cache.sqlite, where each call is written as it
-    is paid, so a session ended by kill -9 counts too; the manifest's copy, written as a session goes, lags it."""
-    db = run.path / CACHE_FILE
-    if db.is_file():
-        cache = ResponseCache(db)
-        try:
-            usage = cache.usage()
-        finally:
-            cache.close()
-        if usage:
-            return usage
+    """Usage per call kind over every session: from the usage log (cache.usage_log), else the manifest's copy."""
+    if usage := usage_log(run.path):
+        return usage
     return manifest.get("usage", {})
 
 
