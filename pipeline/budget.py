@@ -192,11 +192,11 @@ class Budget:
                 _add(total.setdefault(model, {}).setdefault(kind, {}), u)
         return total
 
-    def spend(self) -> dict[str, Any]:
-        """Tokens and dollars of the whole run, and per model; `unpriced` names the models with tokens and no price
-        (with max_cost set there are none: they are refused)."""
+    def spend(self, by_model: ByModel | None = None) -> dict[str, Any]:
+        """Tokens and dollars of the whole run, and per model (of `by_model`, where the caller has it already);
+        `unpriced` names the models with tokens and no price (with max_cost set there are none: they are refused)."""
         models = {}
-        for model, kinds in self.by_model().items():
+        for model, kinds in (self.by_model() if by_model is None else by_model).items():
             prompt, completion = usage_totals(kinds)
             cost = cost_usd(self.cfg, model, kinds)
             models[model] = {"prompt_tokens": prompt, "completion_tokens": completion,
@@ -232,8 +232,9 @@ class Budget:
         tokens); with them, the run stops about where a call's spread around that mean puts it."""
         if not self.cfg.max_tokens_total and not self.cfg.max_cost:  # no limit: no need to add up the spend per request
             return False
-        spend = self.spend()
-        calls = sum(u.get("calls", 0) for kinds in self.by_model().values() for u in kinds.values())
+        by_model = self.by_model()
+        spend = self.spend(by_model)
+        calls = sum(u.get("calls", 0) for kinds in by_model.values() for u in kinds.values())
         share = in_flight / calls if calls else 0.0  # the requests in flight, as a part of the calls answered so far
         tokens, usd = spend["total_tokens"], spend["cost_usd"]
         over = bool(self.cfg.max_tokens_total and tokens * (1 + share) >= self.cfg.max_tokens_total)
