@@ -217,7 +217,12 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+            # The holder writes its pid just after it takes the lock: a look in between finds the file empty
+            deadline, holder = time.monotonic() + 0.5, ""
+            while not (holder := os.pread(fd, 200, 0).decode("utf-8", "replace").strip()) and \
+                    time.monotonic() < deadline:
+                time.sleep(0.01)
+            holder = holder or "another process"
             os.close(fd)
             if holder.startswith(f"seed2lora pid {os.getpid()},"):  # a second Run on one folder, in two threads
                 holder += " (this process: another Run of it, on another thread, is running it)"
