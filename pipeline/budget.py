@@ -4,9 +4,10 @@ Every call is priced at its own model: the usage log names the model of each cal
 whose cheap teacher wrote the data and whose dear judge scores it counts each at its price.
 
 The teacher asks `exhausted()` before it sends each new request, counting the requests in flight
-at the mean cost of the run's calls so far, so a run stops cleanly near its limit: requests
-already in flight finish and are written, nothing half-done is left, and the same command with
-a higher limit goes on from there.
+at the mean cost of their model's calls so far (at their most before its first reply), and waits
+for their replies while they would reach the limit; so a run stops cleanly near its limit:
+requests already in flight finish and are written, nothing half-done is left, and the same
+command with a higher limit goes on from there.
 """
 
 from __future__ import annotations
@@ -171,6 +172,9 @@ class Budget:
         self.cfg, self.before = cfg, spent_before
         self.live: list[tuple[str, Usage]] = []  # (model, that teacher's usage) of each teacher attached
         self.reached = False
+        # Per model: (requests sent, their dollars and tokens at most, Budget.estimate). Until a model's first reply
+        # is counted there is no mean of its calls, and a first wave of 64 went out on no projection at all.
+        self.sent: dict[str, tuple[int, float, int]] = {}
         for model, kinds in spent_before.items():
             if sum(usage_totals(kinds)):
                 self._check_price(model)
@@ -225,22 +229,50 @@ class Budget:
         price = price_for(self.cfg, model) or (0.0, 0.0, 0.0)
         return usd_of(price, tokens, max_tokens), tokens + max_tokens  # at most: no prefix-cache hit assumed
 
-    def exhausted(self, in_flight: int = 0) -> bool:
-        """Whether a new request must not go out: the spend so far, plus the `in_flight` requests sent and not yet
-        answered, each at the mean of the run's calls so far, reaches a limit. Without the requests in flight, 8 of
-        them finishing after the limit spent twice a $3 --max-cost (a llama.cpp teacher priced at $1,000 per 1M
-        tokens); with them, the run stops about where a call's spread around that mean puts it."""
-        if not self.cfg.max_tokens_total and not self.cfg.max_cost:  # no limit: no need to add up the spend per request
+    def limited(self) -> bool:
+        return bool(self.cfg.max_tokens_total or self.cfg.max_cost)
+
+    def note_sent(self, model: str, prompt: str, max_tokens: int) -> None:
+        """A request of `model` goes out: counted at its most (estimate), for the projection before that model's
+        first reply is counted (exhausted)."""
+        if self.limited():
+            usd, tokens = self.estimate(model, prompt, max_tokens)
+            n, usd_sum, token_sum = self.sent.get(model, (0, 0.0, 0))
+            self.sent[model] = (n + 1, usd_sum + usd, token_sum + tokens)
+
+    def exhausted(self, in_flight: int = 0, model: str | None = None) -> bool:
+        """Whether a new request (of `model`) must not go out: the spend so far, plus the `in_flight` requests sent
+        and not yet answered, reaches a limit. Each request in flight counts at the mean of `model`'s calls so far;
+        before its first reply, at the mean of its requests sent at their most (Budget.estimate: a dear judge after
+        a cheap teacher is not projected at the teacher's mean, nor a first wave at nothing); without a model, at
+        the mean of all the run's calls. Without the requests in flight, 8 of them finishing after the limit spent
+        twice a $3 --max-cost (a llama.cpp teacher priced at $1,000 per 1M tokens); with them, the run stops about
+        where a call's spread around that mean puts it."""
+        if not self.limited():  # no limit: no need to add up the spend per request
             return False
         by_model = self.by_model()
         spend = self.spend(by_model)
-        calls = sum(u.get("calls", 0) for kinds in by_model.values() for u in kinds.values())
-        share = in_flight / calls if calls else 0.0  # the requests in flight, as a part of the calls answered so far
+        usd_each, tokens_each = self._per_request(by_model, spend, model) if in_flight else (0.0, 0.0)
         tokens, usd = spend["total_tokens"], spend["cost_usd"]
-        over = bool(self.cfg.max_tokens_total and tokens * (1 + share) >= self.cfg.max_tokens_total)
-        over = over or bool(self.cfg.max_cost and usd is not None and usd * (1 + share) >= self.cfg.max_cost)
-        self.reached = self.reached or over
+        over = bool(self.cfg.max_tokens_total and tokens + in_flight * tokens_each >= self.cfg.max_tokens_total)
+        over = over or bool(self.cfg.max_cost and usd is not None and usd + in_flight * usd_each >= self.cfg.max_cost)
+        self.reached = self.reached or (over and not in_flight)  # in flight: the teacher waits for them first
         return over
+
+    def _per_request(self, by_model: ByModel, spend: dict[str, Any], model: str | None) -> tuple[float, float]:
+        """(dollars, tokens) a request in flight is projected at (exhausted)."""
+        def calls(kinds: dict[str, dict[str, int]]) -> int:
+            return sum(u.get("calls", 0) for u in kinds.values())
+
+        if model is not None:
+            if n := calls(by_model.get(model, {})):
+                own = spend["by_model"][model]
+                return (own["cost_usd"] or 0.0) / n, (own["prompt_tokens"] + own["completion_tokens"]) / n
+            if model in self.sent:
+                n, usd_sum, token_sum = self.sent[model]
+                return usd_sum / n, token_sum / n
+        n = sum(calls(kinds) for kinds in by_model.values())
+        return ((spend["cost_usd"] or 0.0) / n, spend["total_tokens"] / n) if n else (0.0, 0.0)
 
 
 def session_budget(cfg: BudgetConfig, cache: Any, session: str, manifest: dict[str, Any]) -> Budget:

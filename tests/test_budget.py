@@ -352,3 +352,30 @@ def test_a_budget_counts_the_requests_in_flight_and_stops_near_its_limit(fake_op
     assert "budget reached" in result.output and calls > 8
     per_call = spend["cost_usd"] / calls
     assert spend["cost_usd"] < 0.5 + 2 * per_call, (spend, calls)  # before: up to 8 calls past the limit
+
+
+def test_the_first_wave_is_projected_at_its_most_before_any_reply_is_counted(fake_openai, tmp_path):
+    """Before a model's first reply there is no mean to project the requests in flight at: the whole first wave
+    (teacher.concurrency requests) went out, and 8 of them spent several times a small --max-cost. Each request in
+    flight is now counted at its most (its prompt's bytes and max_tokens) until the first reply is counted."""
+    fake_openai.default_delay = 0.05
+    result = invoke("bootstrap", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 400,
+                    "--set", "teacher.concurrency=8", "--set", "bootstrap.yield_stop=0",
+                    "--set", 'budget.prices={"fake-model"=[1000, 1000]}', "--max-cost", 0.02, expect=3)
+    spend = json.loads((tmp_path / "r" / "manifest.json").read_text())["spend"]
+    calls = len([h for h in fake_openai.history if h["path"].endswith("/completions") and h["body"].get("max_tokens") != 1])
+    assert "budget reached" in result.output
+    assert calls < 8, calls  # before: the first wave, all 8
+    assert spend["cost_usd"] < 0.02 + 2 * spend["cost_usd"] / calls, (spend, calls)
+
+
+def test_a_judge_is_projected_at_its_own_calls_not_at_the_teachers_mean():
+    """A dear judge after a cheap teacher: its requests in flight count at the judge's cost, not at the mean of the
+    run's calls (mostly the teacher's), which let a wave of judge calls pass the limit."""
+    cfg = BudgetConfig(max_cost=1.0, prices={"gpt-4o-mini": list(MINI), "gpt-4o": list(FOUR_O)})
+    budget = Budget(cfg, {"gpt-4o-mini": {"bootstrap": dict(BOOTSTRAP)}})  # $0.21 over 50 calls
+    judge = usage_of(100_000, 10_000)  # one judge call: $0.35 at gpt-4o
+    budget.track("gpt-4o", judge)
+    assert not budget.exhausted(1, "gpt-4o")  # $0.56 + one more at $0.35 = $0.91
+    assert budget.exhausted(2, "gpt-4o")  # + two: $1.26 (the run's mean, $0.011 a call, saw $0.58)
+    assert not budget.exhausted(2)  # without a model: the mean of all the run's calls, as before

@@ -11,9 +11,9 @@ Two ways to call a teacher:
   teacher pulls the next request only when it has room, so a caller can build each prompt
   from the latest state (bootstrap samples its in-context tasks from the current pool).
 
-Both check the response cache first (when one is attached) and stop pulling new requests
-once the budget would be spent with the requests in flight counted (Budget.exhausted); those still finish and
-are kept.
+Both check the response cache first (when one is attached), wait for the requests in flight while
+the budget would be spent with them counted, and stop pulling new requests once it is spent
+(Budget.exhausted); those in flight still finish and are kept.
 """
 
 from __future__ import annotations
@@ -185,6 +185,7 @@ class BaseTeacher:
     structured = False  # replies follow the JSON schema a request carries (GenParams.schema); servers only
     sort_by_length = False  # in-process batching wastes less on padding when lengths are close
     origin = RUN_TEACHER  # its config table and the command's flags for it: what its messages name (origin.py)
+    system_prompt = ""  # sent before each prompt by the teachers that have one: a part of what a request costs
 
     def __init__(self) -> None:
         self.usage = Usage()
@@ -227,13 +228,23 @@ class BaseTeacher:
         return [c or Completion("", "error", error="not sent: budget reached") for c in out]
 
     # -- for subclasses and their streams (fastpath.LoopStream) -------------------------
-    def pull(self, requests: Iterator[Request | None], in_flight: int = 0) -> Request | None | bool:
+    def pull(self, requests: Iterator[Request | None], in_flight: int = 0,
+             params: GenParams | None = None) -> Request | None | bool:
         """The next request to send; WAIT (None) when the source has nothing until a reply
-        arrives; False when there is none left or the budget is spent (`in_flight`: the requests
-        sent and not yet answered, which the budget counts as about to be spent)."""
-        if self.budget is not None and self.budget.exhausted(in_flight):
-            return False
-        return next(requests, False)
+        arrives, or when the budget would be spent with the requests in flight (`in_flight`: sent,
+        their replies not yet counted; Budget.exhausted); False when there is none left or the
+        budget is spent. `params`: the stream's, whose max_tokens bounds a request's reply until
+        the model's first reply is counted."""
+        budget = self.budget
+        if budget is None:
+            return next(requests, False)
+        model = self.usage_model or None
+        if budget.exhausted(in_flight, model):  # with requests in flight, a projection: their replies may say less
+            return WAIT if in_flight else False
+        req = next(requests, False)
+        if req and model is not None and (p := req.params or params) is not None:
+            budget.note_sent(model, self.system_prompt + req.prompt, p.max_tokens)
+        return req
 
     def cached(self, req: Request, params: GenParams) -> bool:
         """Whether this request's reply is in the run's cache: paid for already, free to read again."""

@@ -64,7 +64,7 @@ class LoopStream:
                 batch: list[tuple[Request, GenParams, str | None]] = []  # handed to the loop in one wake-up
                 while not exhausted and failover.fatal is None and in_flight < failover.limit:
                     # the budget counts the requests sent whose replies it has not yet seen counted
-                    req = t.pull(requests, sent - (t.usage.replies - counted))
+                    req = t.pull(requests, sent - (t.usage.replies - counted), params)
                     if req is False or (req is None and in_flight == 0):  # the end, or WAIT with nothing to wait for
                         exhausted = True
                         break

@@ -92,7 +92,7 @@ class HFTeacher(BaseTeacher):
         while not ended or buckets:
             full = None
             while not ended and full is None:
-                req = self.pull(requests)
+                req = self.pull(requests, 0, params)
                 if req is False:
                     ended = True
                 elif req is None:  # WAIT: run what is queued so its replies can feed the source
