@@ -175,6 +175,7 @@ class Budget:
         # Per model: (requests sent, their dollars and tokens at most, Budget.estimate). Until a model's first reply
         # is counted there is no mean of its calls, and a first wave of 64 went out on no projection at all.
         self.sent: dict[str, tuple[int, float, int]] = {}
+        self._memo: tuple[tuple[int, ...], ByModel, dict[str, Any]] | None = None  # _totals
         for model, kinds in spent_before.items():
             if sum(usage_totals(kinds)):
                 self._check_price(model)
@@ -250,14 +251,22 @@ class Budget:
         where a call's spread around that mean puts it."""
         if not self.limited():  # no limit: no need to add up the spend per request
             return False
-        by_model = self.by_model()
-        spend = self.spend(by_model)
+        by_model, spend = self._totals()
         usd_each, tokens_each = self._per_request(by_model, spend, model) if in_flight else (0.0, 0.0)
         tokens, usd = spend["total_tokens"], spend["cost_usd"]
         over = bool(self.cfg.max_tokens_total and tokens + in_flight * tokens_each >= self.cfg.max_tokens_total)
         over = over or bool(self.cfg.max_cost and usd is not None and usd + in_flight * usd_each >= self.cfg.max_cost)
         self.reached = self.reached or (over and not in_flight)  # in flight: the teacher waits for them first
         return over
+
+    def _totals(self) -> tuple[ByModel, dict[str, Any]]:
+        """(by_model, spend), added up again only when a reply was counted since the last time: a wave's requests
+        are pulled one after another with no reply between them."""
+        key = tuple(usage.replies for _, usage in self.live)
+        if self._memo is None or self._memo[0] != key:
+            by_model = self.by_model()
+            self._memo = (key, by_model, self.spend(by_model))
+        return self._memo[1], self._memo[2]
 
     def _per_request(self, by_model: ByModel, spend: dict[str, Any], model: str | None) -> tuple[float, float]:
         """(dollars, tokens) a request in flight is projected at (exhausted)."""
