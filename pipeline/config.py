@@ -545,6 +545,9 @@ def current_values(cls: type, recorded: dict[str, Any]) -> dict[str, Any]:
     return {k: now(k, v) for k, v in recorded.items()}
 
 
+USER_ORIENTED_NAME = "user-oriented"  # what eval.data / --data say to ask for Self-Instruct's 252 tasks by name
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read a TOML file (or none: all defaults) and apply dotted overrides like {"teacher.spec": "embedded"}."""
     data, text = _read_toml(path)
@@ -560,9 +563,14 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     # The run's adapter, seeds and prompts likewise: a relative one, recorded as given, was read under the current
     # directory of each later command (Run.open from another one too): another folder's seeds.jsonl, taken
     # silently; an adapter sought there (eval: "not an adapter folder") or trained afresh there (train)
-    for table, key in ((cfg.train, "output_dir"), (cfg, "seed_tasks"), (cfg, "prompts_dir")):
-        if getattr(table, key):
-            setattr(table, key, str(Path(getattr(table, key)).expanduser().absolute()))
+    # The eval set, the decontamination sets and cost's adapter too: each was read under whichever directory a
+    # later command ran in (an eval set's name, "user-oriented", is not a path)
+    for table, key in ((cfg.train, "output_dir"), (cfg, "seed_tasks"), (cfg, "prompts_dir"), (cfg.eval, "data"),
+                       (cfg.export.decontaminate, "against"), (cfg.select.decontaminate, "against"),
+                       (cfg.cost, "adapter")):
+        value = getattr(table, key)
+        if value and not (table is cfg.eval and value == USER_ORIENTED_NAME):
+            setattr(table, key, str(Path(value).expanduser().absolute()))
     return cfg
 
 

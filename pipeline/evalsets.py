@@ -19,10 +19,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .config import USER_ORIENTED_NAME
 from .errors import Seed2LoraError
 
 USER_ORIENTED = "user_oriented_instructions.jsonl"
-USER_ORIENTED_NAME = "user-oriented"  # what eval.data / --data say to ask for the set by name (and download it)
 BASE_URL = "https://raw.githubusercontent.com/yizhongw/self-instruct/main/human_eval/"
 BASE_URL_ENV = "SEED2LORA_EVAL_BASE_URL"  # overrides BASE_URL: a mirror, or a local HTTP server in tests
 CACHE_ENV = "SEED2LORA_CACHE_DIR"  # overrides the cache folder (default $XDG_CACHE_HOME/seed2lora or ~/.cache/seed2lora)

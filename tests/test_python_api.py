@@ -6,6 +6,7 @@ import re
 import pytest
 
 from pipeline import Incomplete, Run, Seed2LoraError
+from pipeline.config import load_config
 
 
 def doc_example() -> str:
@@ -285,3 +286,25 @@ def test_a_fault_whose_fix_names_the_cli_carries_a_note_of_the_python_calls(fake
         with pytest.raises(Seed2LoraError, match="unknown stage") as plain:
             run.run("filtr")
         assert not getattr(plain.value, "__notes__", None)  # a message with nothing of the CLI in it gets none
+
+
+def test_relative_eval_decontamination_and_cost_paths_are_recorded_whole(fake_openai, tmp_path, monkeypatch):
+    """eval.data, export/select.decontaminate.against and cost.adapter were recorded as given: a later command, or
+    Run.open, in another directory read another folder's file there (the eval set's name is not a path)."""
+    (tmp_path / "here").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    settings = {"bootstrap.num_instructions": 3, "eval.data": "held_out.jsonl",
+                "export.decontaminate.against": "evals/a.jsonl", "select.decontaminate.against": "evals/b.jsonl",
+                "cost.adapter": "adapters/a1"}
+    with Run(settings=settings, teacher="openai:fake-model", base_url=fake_openai.url, name="r",
+             output_dir="outputs", progress=False, log=lambda line: None) as run:
+        run.run("bootstrap")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with Run.open(tmp_path / "here" / "outputs" / "r", progress=False, log=lambda line: None) as again:
+        cfg = again.config
+        assert cfg.eval.data == str(tmp_path / "here" / "held_out.jsonl")  # before: "held_out.jsonl"
+        assert cfg.export.decontaminate.against == str(tmp_path / "here" / "evals" / "a.jsonl")
+        assert cfg.select.decontaminate.against == str(tmp_path / "here" / "evals" / "b.jsonl")
+        assert cfg.cost.adapter == str(tmp_path / "here" / "adapters" / "a1")
+    assert load_config(None, {"eval.data": "user-oriented"}).eval.data == "user-oriented"
