@@ -41,7 +41,7 @@ from .progress import no_progress
 from .prompts import Prompts
 from .records import Task
 from .seeds import load_seeds
-from .store import RunDir, read_jsonl, read_tasks
+from .store import RunDir, read_jsonl, read_tasks, recorded_teacher
 from .teachers import RUN_TEACHER, SCORE_JUDGE, Origin, Teacher, make_teacher, origin_of
 
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "openai", "httpx", "rouge-score", "datasets",
@@ -170,21 +170,6 @@ def event_kind(message: str) -> str:
 def command_line() -> str:
     """This process's command, as the manifest records it (secrets masked)."""
     return " ".join(masked_argv(["seed2lora", *sys.argv[1:]]))
-
-
-def recorded_teacher(manifest: dict[str, Any], role: str) -> dict[str, Any]:
-    """The teacher (role "teacher") or judge ("judge") a run was made with, as its manifest names it; a run killed
-    (kill -9) in its first step that calls it has no such entry yet, only the config it started with: its spec then
-    (not for a run that no step calling it has touched, as one `filter --input` made)."""
-    if manifest.get(role):
-        return manifest[role]
-    calling = ("bootstrap", "classify", "instances", "evolve", "score") if role == "teacher" else ("score",)
-    if not set(calling) & set(manifest.get("stages") or {}):
-        return {}
-    config = manifest.get("config") or {}
-    table = (config.get("teacher") if role == "teacher" else (config.get("score") or {}).get("teacher")) or {}
-    spec = str(table.get("spec") or "").strip()
-    return {"name": spec, "base_url": table.get("base_url") or ""} if spec else {}
 
 
 def build_teacher(cfg: TeacherConfig, seed: int, log: Log, origin: Origin | None = None) -> Teacher:
