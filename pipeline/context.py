@@ -48,6 +48,10 @@ PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "openai", "httpx", 
             "numba", "rapidfuzz", "datasketch")
 EVENT_EVERY_S = 10.0  # at most one line per kind of teacher event in this many seconds: seen, not a flood
 URL = re.compile(r"https?://[^\s;,()]+")
+# A Batch API wave's own lines (submitted, ended, its unreadable results, the budget's cut): a few a wave, each with
+# its batch id, never a flood, so never limited; with a short teacher.batch_poll_s a second wave's fell in the first's
+# window and went unsaid. Its progress lines ("batch progress:", one a poll) stay limited.
+WAVE_LINE = re.compile(r"^(\S+ )?batch (?!progress:)\S+:")
 USAGE_EVERY = 16  # replies between two refreshes of the manifest's usage and spend while a step runs
 # ...and at most one refresh in this many seconds: a refresh reads the usage log and rewrites the manifest (ms
 # each), which at a fast local server's 1,000 replies a second cost more than the replies (benchmarks/client_cpu.py)
@@ -140,12 +144,16 @@ class Step:
 
 
 class RateLimitedLog:
-    """Teacher events to the console, at most one per kind every EVENT_EVERY_S, with a count of the rest."""
+    """Teacher events to the console, at most one per kind every EVENT_EVERY_S, with a count of the rest; a batch
+    wave's own lines (WAVE_LINE) every one."""
 
     def __init__(self, log: Log, prefix: str = "teacher: "):
         self.log, self.prefix, self.last, self.skipped = log, prefix, {}, {}
 
     def __call__(self, message: str) -> None:
+        if WAVE_LINE.match(message):
+            self.log(f"{self.prefix}{message}")
+            return
         kind = event_kind(message)
         now = time.monotonic()
         if now - self.last.get(kind, -EVENT_EVERY_S) < EVENT_EVERY_S:
