@@ -221,10 +221,25 @@ def run(config_path, sets, dry_run, **flags):
         from .runner import check_stage_names
 
         check_stage_names(s.cfg.stages)  # as the run would: a misspelt stage exits 2, not left out of the estimate
+        _check_teacher_specs(s)
         _print_estimate(s)
         return
     s.run_all()  # prints each stage's line as it finishes
     console.print(f"[green]done:[/] {escape(str(s.run.path))}  (inspect with: seed2lora show {escape(str(s.run.path))})")
+
+
+def _check_teacher_specs(s) -> None:
+    """The teacher's and the judge's specs, checked as the run's own teachers.make_teacher checks them (same message,
+    exit 2), before anything is estimated: `--teacher hf:` priced a model called "hf:"."""
+    from .budget import judge_config
+    from .runner import STEPS
+    from .teachers import check_spec
+
+    steps = [step for step in STEPS if step.name in s.cfg.stages]
+    if any(step.teacher == "teacher" for step in steps):
+        check_spec(s.cfg.teacher, s.ctx.origin("teacher"))
+    if any(step.teacher == "judge" for step in steps) and s.cfg.score.teacher.spec.strip():
+        check_spec(judge_config(s.cfg), s.ctx.origin("score.teacher"))
 
 
 def _print_estimate(s) -> None:

@@ -634,8 +634,11 @@ def parse_overrides(items: Iterable[str], cls: type = RunConfig, section: str | 
         key = shorthand_key(cls, key)
         hint, default, limits, old = _setting(cls, key, where, section)
         full = ".".join(filter(None, [section, key]))
-        out[key] = _coerce(_parse_value(raw, hint), hint, where, None, "", f"--set {full}={_example(default)}", limits,
-                           old)
+        value = _coerce(_parse_value(raw, hint), hint, where, None, "", f"--set {full}={_example(default)}", limits,
+                        old)
+        if key.rpartition(".")[2] == "base_url" and out.get(key):  # a server's URLs: repeated, every one is an
+            value = ",".join(filter(None, [out[key], value]))  # endpoint, as --base-url A --base-url B gives them
+        out[key] = value
     return out
 
 

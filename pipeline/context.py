@@ -41,13 +41,17 @@ from .progress import no_progress
 from .prompts import Prompts
 from .records import Task
 from .seeds import load_seeds
-from .store import RunDir, read_jsonl, read_tasks
+from .store import RunDir, read_jsonl, read_tasks, recorded_teacher
 from .teachers import RUN_TEACHER, SCORE_JUDGE, Origin, Teacher, make_teacher, origin_of
 
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "openai", "httpx", "rouge-score", "datasets",
             "numba", "rapidfuzz", "datasketch")
 EVENT_EVERY_S = 10.0  # at most one line per kind of teacher event in this many seconds: seen, not a flood
 URL = re.compile(r"https?://[^\s;,()]+")
+# A Batch API wave's own lines (submitted, ended, its unreadable results, the budget's cut): a few a wave, each with
+# its batch id, never a flood, so never limited; with a short teacher.batch_poll_s a second wave's fell in the first's
+# window and went unsaid. Its progress lines ("batch progress:", one a poll) stay limited.
+WAVE_LINE = re.compile(r"^(\S+ )?batch (?!progress:)\S+:")
 USAGE_EVERY = 16  # replies between two refreshes of the manifest's usage and spend while a step runs
 # ...and at most one refresh in this many seconds: a refresh reads the usage log and rewrites the manifest (ms
 # each), which at a fast local server's 1,000 replies a second cost more than the replies (benchmarks/client_cpu.py)
@@ -140,12 +144,16 @@ class Step:
 
 
 class RateLimitedLog:
-    """Teacher events to the console, at most one per kind every EVENT_EVERY_S, with a count of the rest."""
+    """Teacher events to the console, at most one per kind every EVENT_EVERY_S, with a count of the rest; a batch
+    wave's own lines (WAVE_LINE) every one."""
 
     def __init__(self, log: Log, prefix: str = "teacher: "):
         self.log, self.prefix, self.last, self.skipped = log, prefix, {}, {}
 
     def __call__(self, message: str) -> None:
+        if WAVE_LINE.match(message):
+            self.log(f"{self.prefix}{message}")
+            return
         kind = event_kind(message)
         now = time.monotonic()
         if now - self.last.get(kind, -EVENT_EVERY_S) < EVENT_EVERY_S:
@@ -170,21 +178,6 @@ def event_kind(message: str) -> str:
 def command_line() -> str:
     """This process's command, as the manifest records it (secrets masked)."""
     return " ".join(masked_argv(["seed2lora", *sys.argv[1:]]))
-
-
-def recorded_teacher(manifest: dict[str, Any], role: str) -> dict[str, Any]:
-    """The teacher (role "teacher") or judge ("judge") a run was made with, as its manifest names it; a run killed
-    (kill -9) in its first step that calls it has no such entry yet, only the config it started with: its spec then
-    (not for a run that no step calling it has touched, as one `filter --input` made)."""
-    if manifest.get(role):
-        return manifest[role]
-    calling = ("bootstrap", "classify", "instances", "evolve", "score") if role == "teacher" else ("score",)
-    if not set(calling) & set(manifest.get("stages") or {}):
-        return {}
-    config = manifest.get("config") or {}
-    table = (config.get("teacher") if role == "teacher" else (config.get("score") or {}).get("teacher")) or {}
-    spec = str(table.get("spec") or "").strip()
-    return {"name": spec, "base_url": table.get("base_url") or ""} if spec else {}
 
 
 def build_teacher(cfg: TeacherConfig, seed: int, log: Log, origin: Origin | None = None) -> Teacher:

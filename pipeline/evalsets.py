@@ -21,22 +21,19 @@ from pathlib import Path
 
 from .config import USER_ORIENTED_NAME
 from .errors import Seed2LoraError
+from .usercache import user_cache_dir
 
 USER_ORIENTED = "user_oriented_instructions.jsonl"
 BASE_URL = "https://raw.githubusercontent.com/yizhongw/self-instruct/main/human_eval/"
 BASE_URL_ENV = "SEED2LORA_EVAL_BASE_URL"  # overrides BASE_URL: a mirror, or a local HTTP server in tests
-CACHE_ENV = "SEED2LORA_CACHE_DIR"  # overrides the cache folder (default $XDG_CACHE_HOME/seed2lora or ~/.cache/seed2lora)
 LICENSE = "Apache-2.0 (yizhongw/self-instruct; the authors ask that it never be used for training)"
 DOWNLOAD_TIMEOUT_S = 30.0  # the file is about 150 KB; a server that sends nothing for 30 s is not going to
 
 
 def cache_dir() -> Path:
-    """Where downloaded evaluation sets are kept: $SEED2LORA_CACHE_DIR, else $XDG_CACHE_HOME/seed2lora, else
-    ~/.cache/seed2lora."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "seed2lora"
+    """Where downloaded evaluation sets are kept: the user cache (usercache.py: $SEED2LORA_CACHE_DIR, else
+    $XDG_CACHE_HOME/seed2lora, else ~/.cache/seed2lora), as the embedded model's copy."""
+    return user_cache_dir()
 
 
 def cached_path() -> Path:

@@ -4,9 +4,11 @@ Every stage sees one protocol: `progress(desc, total)` is a context manager yiel
 `advance(n)`; total may be None when it is not known. The yielded object also has
 `note(text)`, a short status shown after the counts (training's loss), `set_total(n)`,
 for a step whose total turns out smaller as it runs (in `run`'s flow, instances gets no task
-that classify rejected), and `fail(n)`: units whose call failed, which stay pending. They are not
+that classify rejected), `fail(n)`: units whose call failed, which stay pending. They are not
 counted done, so a step whose calls failed never ends at 100%: "classify: 4/6 (67%), 2 failed,
-ended in 3s" (a re-run retries those 2).
+ended in 3s" (a re-run retries those 2). And `reject(n)`: units done with no usable reply (rejected,
+with the reason, in rejected.jsonl): counted done, and shown apart, so a judge whose replies were
+all unreadable does not read as all rated: "score: instances judged: 17/17 (100%), 8 unusable".
 
 On a terminal it draws a rich bar: counts, rate, elapsed time and ETA. Off one (a log file,
 CI, nohup, a pipe) a bar draws nothing, and a run that prints nothing for 23 minutes looks
@@ -90,6 +92,7 @@ class PlainProgress:
         self.desc, self.total, self.write, self.every_s, self.clock = desc, total, write, every_s, clock
         self.done = self.first = done  # a resumed step counts on from `done`; its rate counts this run's only
         self.failed = 0  # units whose call failed this session: not done, pending
+        self.unusable = 0  # units done this session with no usable reply (rejected): done, not rated
         self.short = False  # the step returned with work pending (a spent budget): it stopped, it is not done
         self.start = self.last_line = clock()
         self.text = ""
@@ -125,6 +128,11 @@ class PlainProgress:
             self.failed += n
         self.tick()
 
+    def reject(self, n: int = 1) -> None:
+        with self.lock:
+            self.unusable += n
+        self.advance(n)
+
     def set_total(self, total: int | None) -> None:
         with self.lock:
             self.total = total
@@ -151,7 +159,8 @@ class PlainProgress:
         counts = f"{self.done}/{self.total}" if self.total is not None else f"{self.done}"
         if self.total:
             counts += f" ({100 * self.done / self.total:.0f}%)"
-        parts = [counts, *([f"{self.failed} failed"] if self.failed else [])]
+        parts = [counts, *([f"{self.unusable} unusable"] if self.unusable else []),
+                 *([f"{self.failed} failed"] if self.failed else [])]
         if state and self.first:  # a resumed step, at its start and end: what it had before this session
             parts.append(f"{self.first} from before this session")
         if state:
@@ -221,7 +230,7 @@ class BarProgress:
                 entry = _live[id(console)] = [bar, 0]
             entry[1] += 1
         self.entry, self.bar, self.total = entry, entry[0], total
-        self.failed, self.text = 0, ""
+        self.failed, self.unusable, self.text = 0, 0, ""
         self.task = self.bar.add_task(desc, total=total, completed=done, note="")
 
     def __call__(self, n: int = 1) -> None:
@@ -241,9 +250,15 @@ class BarProgress:
         self.failed += n
         self.bar.update(self.task, note=self.shown())
 
+    def reject(self, n: int = 1) -> None:
+        self.unusable += n
+        self.bar.update(self.task, note=self.shown())
+        self.advance(n)
+
     def shown(self) -> str:
-        """The note column: the units failed (not counted done), then the step's note."""
-        return ", ".join([*([f"{self.failed} failed"] if self.failed else []), *([self.text] if self.text else [])])
+        """The note column: the units done unusable, the units failed (not counted done), then the step's note."""
+        return ", ".join([*([f"{self.unusable} unusable"] if self.unusable else []),
+                          *([f"{self.failed} failed"] if self.failed else []), *([self.text] if self.text else [])])
 
     def set_total(self, total: int | None) -> None:
         self.total = total
@@ -295,7 +310,7 @@ def progress(desc: str, total: int | None, *, done: int = 0, console: Console | 
 
 
 class Silent:
-    """advance(n), note(text), fail(n) and set_total(n) that show nothing."""
+    """advance(n), note(text), fail(n), reject(n) and set_total(n) that show nothing."""
 
     total = None  # nothing to lower
 
@@ -306,6 +321,9 @@ class Silent:
         pass
 
     def fail(self, n: int = 1) -> None:
+        pass
+
+    def reject(self, n: int = 1) -> None:
         pass
 
     def set_total(self, total: int | None) -> None:

@@ -17,7 +17,7 @@ from rich.table import Column, Table
 from .cache import usage_log
 from .errors import Seed2LoraError
 from .records import Task
-from .store import PENDING_KNOWN, STAGES, RunDir, pending_line, reason_kind, reason_label
+from .store import PENDING_KNOWN, STAGES, RunDir, pending_line, reason_kind, reason_label, recorded_teacher
 
 WIDE = 10_000  # columns off a terminal: a table is as wide as its content (rich tables do not expand to the width)
 
@@ -76,7 +76,8 @@ def summary(run: RunDir, stage: str | None = None) -> dict:
                               for t in tasks)),
         "instances": sum(len(t.instances) for t in tasks),
         "lengths": {k: _stats(v) for k, v in lengths.items()},
-        "teacher": (manifest.get("teacher") or {}).get("name"),
+        "teacher": recorded_teacher(manifest, "teacher").get("name"),
+        "teacher_note": teacher_note(manifest),
         "teacher_choice": teacher_choice(manifest.get("teacher") or {}),
         "endpoints": endpoints_line(manifest.get("teacher") or {}),
         **status,
@@ -165,6 +166,16 @@ def evolve_summary(run: RunDir, rejected: list[Task]) -> dict | None:
     }
 
 
+def teacher_note(manifest: dict) -> str:
+    """Why show's teacher is not the one the manifest recorded: a run killed before its teacher's first record has
+    only its config's (`teacher: ?` said nothing of it), and a run no teacher-calling step has touched has none."""
+    if (manifest.get("teacher") or {}).get("name"):
+        return ""
+    if recorded_teacher(manifest, "teacher"):
+        return "as configured: the run stopped before it recorded its teacher"
+    return "none recorded: no step that calls a teacher has run here"
+
+
 def teacher_choice(teacher: dict) -> str:
     """How a server teacher was driven and why: the endpoint (api auto's choice) and structured replies."""
     parts = [f"api {teacher['api_choice']}" if teacher.get("api_choice") else "",
@@ -206,7 +217,9 @@ def show_run(path: Path, *, stage: str | None, n_samples: int, as_jsonl: bool, s
     s = summary(run, None if stage == "rejected" else stage)
     # Text from files and teachers is printed as written: rich read "[filter]" in a reason as a tag and dropped it
     then = "; then a command stopped at the teacher's connection check" if s["attempt"] else ""
-    out.print(f"[bold]{escape(str(path))}[/]  teacher: {escape(s['teacher'] or '?')}  status: {s['status'] or '?'}{then}")
+    teacher, note = s["teacher"], s["teacher_note"]
+    teacher = f"{teacher} ({note})" if teacher and note else teacher or note
+    out.print(f"[bold]{escape(str(path))}[/]  teacher: {escape(teacher)}  status: {s['status'] or '?'}{then}")
     if s["reason"] and s["status"] != "done":
         out.print(f"  {s['reason']}", highlight=False, markup=False)
     for line in s["short"]:

@@ -486,6 +486,21 @@ def mend_teacher_table(m: dict[str, Any]) -> dict[str, Any]:
     return m
 
 
+def recorded_teacher(manifest: dict[str, Any], role: str) -> dict[str, Any]:
+    """The teacher (role "teacher") or judge ("judge") a run was made with, as its manifest names it; a run killed
+    (kill -9) in its first step that calls it has no such entry yet, only the config it started with: its spec then
+    (not for a run that no step calling it has touched, as one `filter --input` made)."""
+    if manifest.get(role):
+        return manifest[role]
+    calling = ("bootstrap", "classify", "instances", "evolve", "score") if role == "teacher" else ("score",)
+    if not set(calling) & set(manifest.get("stages") or {}):
+        return {}
+    config = manifest.get("config") or {}
+    table = (config.get("teacher") if role == "teacher" else (config.get("score") or {}).get("teacher")) or {}
+    spec = str(table.get("spec") or "").strip()
+    return {"name": spec, "base_url": table.get("base_url") or ""} if spec else {}
+
+
 def read_export_info(export_dir: str | Path) -> dict[str, Any]:
     """An export folder's export.json ({} when the folder has none)."""
     f = Path(export_dir) / EXPORT_INFO

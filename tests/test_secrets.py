@@ -77,6 +77,7 @@ def test_a_key_planted_every_way_is_in_no_file_no_cache_dump_no_log_and_not_in_h
     config.write_text(f'[teacher]\napi_key = "{keys["config"]}"\n')
     env = {**os.environ, "PYTHONPATH": str(root), "HOME": str(home), "OPENAI_API_KEY": keys["env"]}
     env.pop("SEED2LORA_CACHE", None)
+    env.pop("SEED2LORA_CACHE_DIR", None)
     base = [sys.executable, "-m", "pipeline", "run", "--teacher", "openai:fake-model", "--base-url", fake_openai.url,
             "--num-instructions", "2", "--output-dir", str(tmp_path / "out")]
     fake_openai.enqueue({"error": {"message": f"Incorrect API key provided: {keys['env']}"}}, status=401)

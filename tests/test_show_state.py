@@ -143,3 +143,30 @@ def test_a_killed_flow_is_shown_as_the_process_writing_all_its_stages(tmp_path):
     run.update_manifest(status="running", stage="bootstrap", running=["bootstrap", "classify", "instances"])
     reason = summary(run)["reason"]  # no process holds the run: it was killed
     assert "the process writing bootstrap, classify, instances ended without a word" in reason, reason
+
+
+def test_show_names_the_configured_teacher_of_a_run_killed_before_it_recorded_one(fake_openai, tmp_path):
+    """A run killed (kill -9) before its teacher's first record: `show` said "teacher: ?", though the run's config
+    names it. Now it gives that spec and says why it is not the recorded one; a run no teacher-calling step touched
+    says none was recorded, and why."""
+    from helpers import run_and_kill
+
+    for _ in range(2):  # two bootstrap replies; every request after them waits past the kill
+        fake_openai.enqueue(fake_openai.default_reply)
+    fake_openai.default_delay = 30
+    run = tmp_path / "k"
+
+    def written():
+        return (run / "bootstrap.jsonl").exists() and (run / "bootstrap.jsonl").read_text().strip()
+
+    run_and_kill(fake_openai, tmp_path, written, "--num-instructions", 40, "--set", "teacher.concurrency=1")
+    assert "teacher" not in manifest(run)  # the state the bug was seen in
+    head = " ".join(invoke("show", run).output.split()).split("status:")[0]
+    assert "teacher: openai:fake-model (as configured: the run stopped before it recorded its teacher)" in head, head
+
+    seeds = tmp_path / "tasks.jsonl"  # a run made by `filter --input` alone: no teacher was ever called
+    seeds.write_text(json.dumps({"instruction": "Name three rivers of Europe.",
+                                "instances": [{"input": "", "output": "The Danube, the Rhine and the Seine."}]}) + "\n")
+    invoke("filter", "--input", seeds, "--output-dir", tmp_path, "--run-name", "f")
+    head = " ".join(invoke("show", tmp_path / "f").output.split()).split("status:")[0]
+    assert "teacher: none recorded: no step that calls a teacher has run here" in head, head

@@ -163,6 +163,8 @@ class TaskMap:
             fail = getattr(self.progress, "fail", None)  # the loop's bars count it; a bare callable does not
             if fail is not None:
                 fail(1)
+        elif record is None and (reject := getattr(self.progress, "reject", None)) is not None:
+            reject(1)  # done, unusable: the bar says so apart from the rated ("17/17" had 8 unusable among them)
         else:
             self.progress(1)
 

@@ -148,7 +148,7 @@ def progress(ctx: RunContext, records: Records | None) -> tuple[str, int, int]:
     """One tick per row; a resumed score counts on from the rows rated (or rejected) before, --rescore from none."""
     rows = [f"{t.id}-{k}" for t in records or () for k in range(len(t.instances))]
     done = set() if ctx.rescore else outcomes(ctx.run, STAGE)
-    return "score: instances rated", len(rows), sum(r in done for r in rows)
+    return "score: instances judged", len(rows), sum(r in done for r in rows)  # rated, or unusable (bar.reject)
 
 
 def left(ctx: RunContext) -> int:

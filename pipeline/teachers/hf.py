@@ -25,6 +25,13 @@ from .origin import RUN_TEACHER, Origin
 LOGPROB_BATCH_FACTOR = 4
 
 
+def check_model_folder(model: str, origin: Origin = RUN_TEACHER) -> None:
+    """A model named by its path (not a hub id) must exist: checked before torch loads, and by `run --dry-run`."""
+    if str(model).startswith(("/", ".", "~")) and not Path(model).expanduser().exists():
+        raise TeacherError(f"no model folder at {model}. Fix: give the folder holding config.json and the weights "
+                           f"(or a .gguf file), e.g. {origin.give('spec', 'hf:/models/Qwen2.5-0.5B-Instruct')}")
+
+
 class HFTeacher(BaseTeacher):
     sort_by_length = True
     def __init__(self, model: str, cfg: TeacherConfig | None = None, *, gguf_file: str | None = None,
@@ -55,9 +62,7 @@ class HFTeacher(BaseTeacher):
         kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
         if gguf_file:
             kwargs["gguf_file"] = gguf_file
-        if str(model).startswith(("/", ".", "~")) and not Path(model).expanduser().exists():
-            raise TeacherError(f"no model folder at {model}. Fix: give the folder holding config.json and the weights "
-                               f"(or a .gguf file), e.g. {origin.give('spec', 'hf:/models/Qwen2.5-0.5B-Instruct')}")
+        check_model_folder(model, origin)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model, **kwargs)
             self.model = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype), **kwargs)
