@@ -157,11 +157,26 @@ class RateLimitedLog:
         kind = event_kind(message)
         now = time.monotonic()
         if now - self.last.get(kind, -EVENT_EVERY_S) < EVENT_EVERY_S:
-            self.skipped[kind] = self.skipped.get(kind, 0) + 1
+            self.skipped[kind] = (self.skipped.get(kind, (0, ""))[0] + 1, message)
             return
-        more = self.skipped.pop(kind, 0)
+        more = self.skipped.pop(kind, (0, ""))[0]
         self.last[kind] = now
         self.log(f"{self.prefix}{message}" + (f" (and {more} more like it)" if more else ""))
+
+    def flush(self) -> None:
+        """The events held back and not yet counted on a later line of their kind, said now (a step's end): the last
+        of each kind, with the count of the rest. Before, a burst's tail that no later event followed vanished."""
+        held, self.skipped = self.skipped, {}
+        for kind, (n, last) in held.items():
+            self.last[kind] = time.monotonic()
+            self.log(f"{self.prefix}{last}" + (f" (and {n - 1} more like it)" if n > 1 else ""))
+
+
+def flush_events(ctx: RunContext) -> None:
+    """The run's teacher's and judge's events still held back by their rate limit, said now (RateLimitedLog.flush)."""
+    for teacher in (ctx._teacher, ctx._judge):
+        if isinstance(getattr(teacher, "on_event", None), RateLimitedLog):
+            teacher.on_event.flush()
 
 
 def event_kind(message: str) -> str:

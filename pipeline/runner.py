@@ -34,7 +34,7 @@ from typing import Any
 
 from .budget import BudgetReached, check_prices
 from .config import RunConfig
-from .context import Log, Progress, Records, RunContext, Step, StepResult, check_left_out, preflight
+from .context import Log, Progress, Records, RunContext, Step, StepResult, check_left_out, flush_events, preflight
 from .errors import Incomplete, Seed2LoraError, TeacherError, mask_secrets
 from .stages import bootstrap, classify, evolve, flow, instances, score
 from .stages import filter as filter_stage
@@ -182,6 +182,7 @@ def run_steps(ctx: RunContext, names: list[str]) -> list[str]:
             before = ctx.record(status="running", stage=step.name, running=[s.name for s in group], reason=None,
                                 attempt=None, stages=session_entries(ctx, group))["counts"]
             results = run_group(ctx, group)
+            flush_events(ctx)  # a step's last retries or waits, said before its line
             for step, result in zip(group, results, strict=True):  # a flow's stages: each as if it ran alone
                 if result.pending or len(group) == 1:
                     ctx.check_budget(step.name)
@@ -209,6 +210,7 @@ def run_steps(ctx: RunContext, names: list[str]) -> list[str]:
         raise
     finally:
         try:
+            flush_events(ctx)
             ctx.close()
         finally:
             lock.release()

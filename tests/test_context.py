@@ -1,6 +1,7 @@
 """The run context keeps a run's teacher and judge: one left out by omission stops, one named on purpose is noted."""
 
 import pytest
+from helpers import invoke, teacher_flags
 
 from pipeline.api import Run
 from pipeline.config import RunConfig, load_config
@@ -139,3 +140,31 @@ def test_the_event_log_rate_limits_each_kind_per_endpoint_so_one_endpoints_news_
     log.last = {kind: at - 60 for kind, at in log.last.items()}  # the window has passed
     log("retrying after APIConnectionError: again")
     assert lines[-1].endswith("(and 2 more like it)")
+
+
+def test_events_a_rate_limit_held_back_are_said_by_the_end_of_the_step(fake_openai, tmp_path):
+    """A burst of retries: the first line is said, the rest are held back for EVENT_EVERY_S and counted on the next
+    line of their kind. When no later line came (the step ended first), they vanished without a count; the step's end
+    now says the last of them with the count of the others."""
+    for _ in range(3):
+        fake_openai.enqueue({"error": {"message": "upstream down"}}, status=502)
+    result = invoke("bootstrap", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 3,
+                    "--set", "teacher.concurrency=1", "--set", "teacher.max_wait_s=0")
+    retries = [line for line in result.output.splitlines() if line.startswith("teacher: retrying")]
+    assert len(retries) == 2, result.output  # before: the first alone
+    assert retries[1].endswith("(and 1 more like it)"), retries
+
+
+def test_flush_says_each_kinds_last_held_event_with_the_count_of_the_rest():
+    from pipeline.context import RateLimitedLog
+
+    lines = []
+    log = RateLimitedLog(lines.append)
+    for i in range(4):
+        log(f"retrying after APIConnectionError: try {i}")
+    log("endpoint down: http://127.0.0.1:9/v1 (x)")
+    log.flush()
+    assert lines == ["teacher: retrying after APIConnectionError: try 0", "teacher: endpoint down: http://127.0.0.1:9/v1 (x)",
+                     "teacher: retrying after APIConnectionError: try 3 (and 2 more like it)"]
+    log.flush()  # nothing held: nothing said twice
+    assert len(lines) == 3
