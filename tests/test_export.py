@@ -207,6 +207,30 @@ def test_an_evolve_only_run_exports_its_evolutions(tmp_path):
     assert "Sources: evolve.jsonl" in card
 
 
+def test_an_evolve_run_over_a_users_file_exports_that_files_rows_as_its_seeds(tmp_path):
+    """`evolve --input my.json` used no seed file: its export's seed rows are the user's rows, its evolutions' roots
+    (the bundled 175 Self-Instruct seeds went in instead, and the user's rows nowhere)."""
+    from pipeline.datasets_io import load_pool
+
+    mine = tmp_path / "my_data.json"
+    mine.write_text(json.dumps([{"instruction": f"Describe the planet number {i} in two lines.", "input": "",
+                                 "output": f"Planet {i} is far."} for i in range(3)]))
+    pool = load_pool(mine)
+    run = make_run(tmp_path, evolved=make_evolved(pool, rounds=1), filtered=False)
+    RunDir(run).update_manifest(stages={"evolve": {"input_file": {"path": str(mine)}}})
+    out = tmp_path / "export"
+    info = export_run(run, out, ExportConfig())
+    seeds = [r for r in json.loads((out / "alpaca" / "train.json").read_text()) if r["output"].startswith("Planet")]
+    assert len(seeds) == 3 and info["counts"]["by_origin"] == {"evolved": 3, "seed": 3}
+    import pandas as pd
+
+    both = pd.concat([pd.read_parquet(out / "parquet" / f"{s}.parquet") for s in ("train", "eval")])
+    seed_rows = both[both["origin"] == "seed"]
+    assert sorted(seed_rows["family"]) == sorted(t.id for t in pool)  # the roots the evolutions name
+    assert not both["instruction"].str.startswith("Name a fruit").any()  # the run's seed file played no part
+    assert "Seed tasks: the rows of evolve's input `my_data.json`" in (out / "README.md").read_text()
+
+
 def test_a_run_with_both_exports_rows_of_both_origins_counted_per_origin(tmp_path):
     run = make_run(tmp_path, evolved=make_evolved(make_tasks(3)))
     out = tmp_path / "export"

@@ -32,7 +32,7 @@ from ..context import Records, RunContext, StepResult
 from ..decontam import clean_run_rows
 from ..errors import Seed2LoraError
 from ..records import row_messages, split_by_task
-from ..rows import include_list
+from ..rows import include_list, seed_sources
 from ..store import EXPORT_INFO, RunDir, write_jsonl_atomic, write_text_atomic
 
 FORMATS = ("alpaca", "messages", "hf", "parquet")
@@ -75,6 +75,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig) -> d
         "imported": {name: st["input_file"] for name, st in (manifest.get("stages") or {}).items()
                      if isinstance(st, dict) and st.get("input_file")},  # rows a stage read from a user's --input
         "bootstrapped": "bootstrap" in (manifest.get("stages") or {}),
+        "seed_sources": [{"what": what, "path": path} for what, path in seed_sources(run)] if cfg.include_seeds else [],
     }
     write_text_atomic(out / EXPORT_INFO, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     write_text_atomic(out / "README.md", dataset_card(info))
@@ -239,6 +240,15 @@ def card_counts(info: dict[str, Any]) -> list[str]:
     ]
 
 
+def seed_names(info: dict[str, Any], cfg: dict[str, Any]) -> str:
+    """Where the seed rows came from: the seed file, and the file evolve read when the run evolved a user's data."""
+    sources = info.get("seed_sources")
+    if not sources:  # left out, or an export.json written before seed_sources
+        return cfg.get("seed_tasks") or "bundled seeds/seed_tasks.jsonl"
+    return " and ".join(f"the rows of evolve's input `{Path(s['path']).name}`" if s["what"] == "evolve input"
+                        else s["path"] or "bundled seeds/seed_tasks.jsonl" for s in sources)
+
+
 def card_making(info: dict[str, Any]) -> list[str]:
     """How it was made: the teacher, the seeds, and the settings of bootstrap and evolve where they ran."""
     cfg, origins = info.get("config") or {}, info["counts"]["by_origin"]
@@ -252,7 +262,7 @@ def card_making(info: dict[str, Any]) -> list[str]:
           for name, i in imported.items()],
         *([] if imported and not teacher else [f"- Teacher: `{teacher.get('name', 'unknown')}`"
                                                + (f" ({teacher.get('model')})" if teacher.get("model") else "")]),
-        f"- Seed tasks: {cfg.get('seed_tasks') or 'bundled seeds/seed_tasks.jsonl'}; random seed {cfg.get('seed', '?')}",
+        f"- Seed tasks: {seed_names(info, cfg)}; random seed {cfg.get('seed', '?')}",
     ]
     if origins.get("machine") and not imported:
         lines.append(f"- Bootstrap: mode {boot.get('mode', '?')}, target {boot.get('num_instructions', '?')} "
