@@ -72,6 +72,17 @@ def test_bad_seed_lines_name_file_line_and_fix(tmp_path, content, line, problem)
     assert f"{path}:{line}: " in str(e.value) and problem in str(e.value) and "Fix:" in str(e.value)
 
 
+def test_a_jsonl_file_with_a_bom_and_crlf_lines_loads_as_seeds_and_as_evolve_input(tmp_path):
+    """Windows tools (PowerShell's Out-File, Notepad's "UTF-8 with BOM") start a file with a BOM: a JSONL seed file
+    stopped at line 1 as "not valid JSON ... Fix: write one JSON object per line", which it was."""
+    path = tmp_path / "mine.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps({**r, "source": "lab", "tags": ["x"]}) + "\r\n"
+                                                for r in SEED_ROWS).encode())
+    assert [(s.instruction, s.instances[0].output) for s in load_seeds(path)] == [
+        ("Name a color of the sky.", "Blue"), ("Add the two numbers.", "5")]
+    assert [t.instruction for t in load_pool(path)] == ["Name a color of the sky.", "Add the two numbers."]
+
+
 def test_empty_and_missing_seed_files(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
