@@ -64,6 +64,12 @@ class Prompts:
         if template is None:
             p = self.path(name)
             text = p.read_text(encoding="utf-8")
+            for m in Template.pattern.finditer(text):
+                if m.group("invalid") is not None:  # "$5", an unclosed "${": Template.substitute raises mid-run
+                    snippet = text[m.start():m.start() + 16].split("\n")[0]
+                    raise InputError(p, text.count("\n", 0, m.start()) + 1, f"has a '$' that starts no variable "
+                                     f"({snippet!r})", "write $$ for a literal dollar sign, $name or ${name} for a "
+                                     "variable")
             used = {m.group("named") or m.group("braced") for m in Template.pattern.finditer(text)} - {None}
             expected = PROMPT_VARS.get(name, variables if variables is not None else used)
             if used != expected:

@@ -236,3 +236,14 @@ def test_a_template_with_wrong_variables_is_refused(tmp_path):
         Prompts(tmp_path).render("classify.txt", instruction="x")
     with pytest.raises(InputError, match="prompt template is missing"):
         Prompts(tmp_path).render("bootstrap.txt", tasks="", next_number=1, max_number=16)
+
+
+@pytest.mark.parametrize("text, bad", [("It costs about $5.", "$5."), ("Use ${instruction now.", "${instruction now.")])
+def test_a_stray_dollar_in_an_edited_template_is_refused_at_check_with_its_line(tmp_path, text, bad):
+    """A '$' that starts no variable ("$5", an unclosed "${") passed the variables check, so the run started,
+    wrote its manifest and paid its preflight, then died in the stage with a bare ValueError traceback."""
+    (tmp_path / "evol_breadth.txt").write_text(f"Write a rarer task.\n{text}\nTask: $instruction\n")
+    with pytest.raises(InputError) as e:
+        Prompts(tmp_path).check()
+    message = str(e.value)
+    assert f"evol_breadth.txt:2: " in message and repr(bad[:2])[1:-1] in message and "$$" in message
