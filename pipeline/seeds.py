@@ -44,12 +44,17 @@ def load_seeds(path: str | Path | None = None, *, content_ids: bool = False) -> 
                          "name the columns instruction,input,output")
     tasks: list[Task] = []
     seen: dict[str, int] = {}
+    seen_content: dict[tuple, int] = {}  # a pasted-twice row weighs double in every prompt and in the export
     for n, obj in rows:
         task = _to_task(obj, (path, n, unit), len(tasks), content_ids)
+        content = (task.instruction, tuple((i.input.strip(), i.output.strip()) for i in task.instances))
+        if content in seen_content:  # before the id check: a content id repeats with its row
+            raise where_error(path, n, unit, f"repeats the seed task at {unit} {seen_content[content]} (same "
+                              f"instruction, inputs and outputs: {task.instruction[:60]!r})", "delete one of the two")
         if task.id in seen:
             raise where_error(path, n, unit, f"repeats id {task.id!r} (first at {unit} {seen[task.id]})",
                               "give every seed task a unique id")
-        seen[task.id] = n
+        seen[task.id] = seen_content[content] = n
         tasks.append(task)
     return tasks
 
