@@ -529,8 +529,12 @@ def step(ctx: RunContext, records: Records | None) -> StepResult:
     source = pool.source
     check_source(ctx.run, source)  # one input per run: checked before this input is recorded
     ctx.record(state={"evolve_input": source})
-    result = run_evolve(ctx.teacher, list(pool), ctx.cfg, ctx.run, ctx.prompts, source=source,
-                        seeds=[s.instruction for s in ctx.seeds], progress=lambda desc, total: nullcontext(ctx.advance))
+    # A user's file is evolved on its own: the seed file (the bundled 175 by default) played no part in it, and its
+    # tasks in the novelty index rejected evolutions as near-copies of tasks the user never gave.
+    users_file = source not in STAGES and not source.startswith("seeds:")
+    seeds = [] if users_file else [s.instruction for s in ctx.seeds]
+    result = run_evolve(ctx.teacher, list(pool), ctx.cfg, ctx.run, ctx.prompts, source=source, seeds=seeds,
+                        progress=lambda desc, total: nullcontext(ctx.advance))
     rejected = ", ".join(f"{k} {n}" for k, n in result.rejected.most_common()) or "none"
     e = ctx.cfg.evolve
     message = (f"evolve: {result.rounds_done} of {e.rounds} rounds done over {len(pool)} instructions; "
