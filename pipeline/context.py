@@ -91,9 +91,10 @@ def _package_versions() -> dict[str, str]:
 class Records(list):
     """A step's input: tasks, and the name of where they came from (a stage of the run, seeds, a path)."""
 
-    def __init__(self, tasks: Iterable[Task] = (), source: str = ""):
+    def __init__(self, tasks: Iterable[Task] = (), source: str = "", note: str = ""):
         super().__init__(tasks)
         self.source = source
+        self.note = note  # what reading them left out, for the step's line
 
 
 @dataclass

@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,15 +87,23 @@ def messages_fields(messages: Any) -> tuple[str, str]:
     return instruction, output
 
 
-def load_pool(path: str | Path, fields: Fields = Fields()) -> list[Task]:
+class Pool(list):
+    """load_pool's tasks, and where the rows that repeated an earlier one whole were ("line 6"), each loaded once."""
+
+    def __init__(self, tasks: Iterable[Task] = (), repeated: Iterable[str] = ()):
+        super().__init__(tasks)
+        self.repeated = list(repeated)
+
+
+def load_pool(path: str | Path, fields: Fields = Fields()) -> Pool:
     """Every record of a file or dataset folder as a Task (see the module docstring for formats)."""
     path = Path(path)
     if path.is_file() and path.suffix.lower() == ".jsonl" and _is_stage_file(path):
-        return _unique(read_tasks(path))
+        return _unique([(n, t) for n, t in enumerate(read_tasks(path), 1)], path, "line")
     rows, unit = read_records(path)
     if not rows:
         raise InputError(path, None, "holds no records", "give a file with at least one instruction")
-    return _unique([_to_task(row, path, n, unit, fields) for n, row in rows])
+    return _unique([(n, _to_task(row, path, n, unit, fields)) for n, row in rows], path, unit)
 
 
 def _numbered(records: list[dict[str, Any]]) -> Records:
@@ -219,11 +228,19 @@ def _to_task(row: dict[str, Any], path: Path, n: int, unit: str, fields: Fields)
                 is_classification=clf if isinstance(clf, bool) else None)
 
 
-def _unique(tasks: list[Task]) -> list[Task]:
-    seen: set[str] = set()
-    out = []
-    for t in tasks:
-        if t.id not in seen:
-            seen.add(t.id)
-            out.append(t)
-    return out
+def _unique(numbered: list[tuple[int, Task]], path: Path, unit: str) -> Pool:
+    """A task per id: a row that repeats an earlier one whole is loaded once and named; one that reuses an earlier
+    row's id for other content is an error (it was dropped, silently)."""
+    first: dict[str, tuple[int, Task]] = {}
+    out, repeated = [], []
+    for n, t in numbered:
+        if t.id in first:
+            m, earlier = first[t.id]
+            if (earlier.instruction, earlier.instances) != (t.instruction, t.instances):
+                raise where_error(path, n, unit, f"repeats id {t.id!r} of {unit} {m} with other content",
+                                  "give every row its own id, or delete one of the two")
+            repeated.append(f"{unit} {n}")
+            continue
+        first[t.id] = (n, t)
+        out.append(t)
+    return Pool(out, repeated)

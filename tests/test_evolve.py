@@ -281,6 +281,27 @@ def test_load_pool_formats_and_field_names(tmp_path):
         load_pool(tmp_path / "a.jsonl")
 
 
+def test_a_pool_row_that_reuses_an_id_is_refused_and_a_repeated_row_is_named(tmp_path, fake_openai):
+    """Rows were kept once per id, silently: a file whose "id" column repeated lost every later row with that id,
+    whatever it held, and a row pasted twice was evolved once with nothing said."""
+    clash = tmp_path / "clash.csv"
+    clash.write_text("id,instruction,output\n1,Name a prime number above ten.,11\n2,Name a colour.,Red\n"
+                     "1,Translate the phrase into Spanish.,hola\n")
+    with pytest.raises(InputError, match=r"clash.csv:4: repeats id '1' of line 2 with other content"):
+        load_pool(clash)
+    twice = tmp_path / "twice.jsonl"
+    rows = [{"instruction": "Plan a picnic for six friends in spring.", "output": "Bring fruit."},
+            {"instruction": "Name a colour of the sea.", "output": "Blue"}]
+    write_pool(twice, [rows[0], rows[1], rows[0]])
+    assert [t.instruction for t in load_pool(twice)] == [r["instruction"] for r in rows]
+    script(fake_openai, evolutions={}, judgements={}, answers={})
+    result = CliRunner().invoke(cli, ["evolve", str(tmp_path / "run"), "--input", str(twice), "--rounds", "0",
+                                      "--teacher", "openai:fake-model", "--base-url", fake_openai.url],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "over 2 instructions (line 3 of twice.jsonl repeats an earlier row whole: loaded once)" in result.output
+
+
 # ---------------------------------------------------------------- the stage against a scripted teacher
 
 POOL = [

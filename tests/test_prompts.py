@@ -246,4 +246,4 @@ def test_a_stray_dollar_in_an_edited_template_is_refused_at_check_with_its_line(
     with pytest.raises(InputError) as e:
         Prompts(tmp_path).check()
     message = str(e.value)
-    assert f"evol_breadth.txt:2: " in message and repr(bad[:2])[1:-1] in message and "$$" in message
+    assert "evol_breadth.txt:2: " in message and repr(bad[:2])[1:-1] in message and "$$" in message
