@@ -252,3 +252,14 @@ def test_a_repeated_row_given_to_a_stage_is_named_as_a_repeat_not_as_an_id_clash
     path.write_text(json.dumps([SEED_ROWS[0], SEED_ROWS[1], SEED_ROWS[0]]))
     with pytest.raises(InputError, match=r"item 3: repeats the seed task at item 1 .*Fix: delete one of the two"):
         load_seeds(path, content_ids=True)
+
+
+def test_the_seeds_flag_help_names_every_format_the_loader_takes():
+    """`--seeds FILE` said ".jsonl, .json or .csv", so a user with parquet or a saved dataset looked no further."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    for command in ("run", "bootstrap", "evolve"):
+        text = " ".join(CliRunner().invoke(cli, [command, "--help"]).output.split())
+        assert "--seeds PATH Seed tasks: .jsonl, .json, .csv, .parquet or a saved datasets folder" in text, command
