@@ -51,11 +51,12 @@ def later(module: str, name: str) -> Callable[..., Any]:
 
 # The pipeline, in order. `run` runs those named in cfg.stages; each stage command runs one.
 STEPS = [
-    Step("bootstrap", bootstrap.step, progress=bootstrap.progress, teacher="teacher", tables=("bootstrap", "filter")),
-    Step("classify", classify.step, after="bootstrap", progress=classify.progress, teacher="teacher",
-         tables=("classify",)),
-    Step("instances", instances.step, after="classify", progress=instances.progress, teacher="teacher",
-         tables=("instances",)),
+    Step("bootstrap", bootstrap.step, check=bootstrap.check, progress=bootstrap.progress, teacher="teacher",
+         tables=("bootstrap", "filter")),
+    Step("classify", classify.step, after="bootstrap", check=classify.check, progress=classify.progress,
+         teacher="teacher", tables=("classify",)),
+    Step("instances", instances.step, after="classify", check=instances.check, progress=instances.progress,
+         teacher="teacher", tables=("instances",)),
     Step("filter", filter_stage.step, after="instances", tables=("filter",)),
     Step("evolve", evolve.step, reads=evolve.read, check=evolve.check, progress=evolve.progress, teacher="teacher",
          tables=("evolve", "filter"), left=evolve.left),

@@ -776,6 +776,29 @@ def test_evolving_a_users_file_never_filters_against_the_bundled_seeds(fake_open
     assert [t.instruction for t in run.read_stage("evolve")] == [bundled]
 
 
+def test_a_prompts_folder_missing_a_template_evolve_needs_stops_before_any_request(fake_openai, tmp_path):
+    """A copied prompts folder without evol_answer.txt passed the check (it reads the files that are there), and the
+    stage died at its first answer, 7 evolutions and judgements paid, a failed manifest left behind."""
+    import shutil
+
+    mine = shutil.copytree(Prompts().dir, tmp_path / "my_prompts")
+    (mine / "evol_answer.txt").unlink()
+    (mine / "evol_breadth.txt").unlink()  # weight 0 below: never rendered, so never asked for
+    pool = write_pool(tmp_path / "pool.jsonl", POOL[:2])
+    script(fake_openai, evolutions={}, judgements={}, answers={})
+    result = CliRunner().invoke(cli, ["evolve", str(tmp_path / "run"), "--input", str(pool), "--rounds", "1",
+                                      "--weights", "breadth=0", "--teacher", "openai:fake-model",
+                                      "--base-url", fake_openai.url, "--set", f"prompts_dir={mine}"])
+    assert result.exit_code == 2, result.output
+    assert f"{mine / 'evol_answer.txt'}: prompt template is missing" in result.output
+    assert fake_openai.history == [] and not (tmp_path / "run").exists()
+    (mine / "evol_answer.txt").write_text((Prompts().dir / "evol_answer.txt").read_text())
+    again = CliRunner().invoke(cli, ["evolve", str(tmp_path / "run"), "--input", str(pool), "--rounds", "1",
+                                     "--weights", "breadth=0", "--teacher", "openai:fake-model",
+                                     "--base-url", fake_openai.url, "--set", f"prompts_dir={mine}"])
+    assert again.exit_code == 0, again.output
+
+
 # ---------------------------------------------------------------- the embedded teacher, for real
 
 @pytest.mark.slow

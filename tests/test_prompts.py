@@ -247,3 +247,22 @@ def test_a_stray_dollar_in_an_edited_template_is_refused_at_check_with_its_line(
         Prompts(tmp_path).check()
     message = str(e.value)
     assert "evol_breadth.txt:2: " in message and repr(bad[:2])[1:-1] in message and "$$" in message
+
+
+@pytest.mark.parametrize("missing", ["classify.txt", "instances_clf.txt", "bootstrap.txt"])
+def test_a_prompts_folder_missing_a_template_a_stage_needs_stops_before_any_request(fake_openai, tmp_path, missing):
+    """A copied folder without classify.txt passed the check (it reads the files that are there): `run` paid for
+    bootstrap and died at the first classify prompt."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    mine = shutil.copytree(P.dir, tmp_path / "my_prompts")
+    (mine / missing).unlink()
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "run"), "--num-instructions", "2", "--teacher",
+                                      "openai:fake-model", "--base-url", fake_openai.url, "--set", f"prompts_dir={mine}"])
+    assert result.exit_code == 2, result.output
+    assert f"{mine / missing}: prompt template is missing" in " ".join(result.output.split())
+    assert fake_openai.history == [] and not (tmp_path / "run").exists()

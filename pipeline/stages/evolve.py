@@ -514,6 +514,12 @@ def read(ctx: RunContext, check_only: bool = False) -> Records:
 
 def check(ctx: RunContext) -> None:
     read(ctx, check_only=True)
+    # Every template the stage will render is there: Prompts.check reads those a folder has, and a copy without
+    # evol_answer.txt died at the first answer, its evolutions and judgements paid.
+    weights = ctx.cfg.evolve.weights
+    for name in [f"evol_{op}.txt" for op in OPERATIONS if getattr(weights, op) > 0] + ["evol_equal.txt",
+                                                                                      "evol_answer.txt"]:
+        ctx.prompts.path(name)
 
 
 def progress(ctx: RunContext, records: Records | None) -> tuple[str, int, int] | None:
