@@ -94,6 +94,15 @@ class Pool(list):
         super().__init__(tasks)
         self.repeated = list(repeated)
 
+    def note(self, name: str) -> str:
+        """"line 6 of my.jsonl repeats an earlier row whole: loaded once", or "" when no row repeated."""
+        rep = self.repeated
+        if not rep:
+            return ""
+        where = ", ".join(rep[:5]) + (", ..." if len(rep) > 5 else "")
+        return (f"{where} of {name} {'repeats an earlier row' if len(rep) == 1 else f'({len(rep)}) repeat earlier rows'}"
+                " whole: loaded once")
+
 
 def load_pool(path: str | Path, fields: Fields = Fields()) -> Pool:
     """Every record of a file or dataset folder as a Task (see the module docstring for formats)."""

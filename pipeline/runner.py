@@ -103,9 +103,10 @@ def validate(ctx: RunContext, steps: list[Step]) -> None:
 
 
 def read_records(ctx: RunContext, step: Step) -> Records | None:
-    if step.reads is not None:
-        return step.reads(ctx)
-    return ctx.input_tasks(step.after) if step.after else None
+    records = step.reads(ctx) if step.reads is not None else ctx.input_tasks(step.after) if step.after else None
+    if records is not None and records.note:  # rows of a user's file loaded once: said, not silent
+        ctx.log(f"note: {records.note}")
+    return records
 
 
 @contextmanager

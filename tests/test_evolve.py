@@ -299,7 +299,8 @@ def test_a_pool_row_that_reuses_an_id_is_refused_and_a_repeated_row_is_named(tmp
                                       "--teacher", "openai:fake-model", "--base-url", fake_openai.url],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "over 2 instructions (line 3 of twice.jsonl repeats an earlier row whole: loaded once)" in result.output
+    assert "note: line 3 of twice.jsonl repeats an earlier row whole: loaded once" in result.output
+    assert "over 2 instructions" in result.output
 
 
 # ---------------------------------------------------------------- the stage against a scripted teacher

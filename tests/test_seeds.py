@@ -63,9 +63,6 @@ def test_csv_and_alpaca_json(tmp_path):
     ('{"instruction": "ok", "is_classification": "maybe"}\n', 1, "'is_classification' is 'maybe'"),
     ('{"id": "a", "instruction": "ok"}\n{"id": "a", "instruction": "ok2"}\n', 2, "repeats id 'a'"),
     ('["not", "an", "object"]\n', 1, "holds a JSON list"),
-    # a duplicated row was loaded twice, silently: twice the weight in prompts and in the export's train split
-    ('{"instruction": "Say hi.", "output": "Hi"}\n\n{"instruction": "Add.", "input": "1, 2", "output": "3"}\n'
-     '{"instruction": "Say hi.", "output": "Hi"}\n', 4, "repeats the seed task at line 1"),
 ])
 def test_bad_seed_lines_name_file_line_and_fix(tmp_path, content, line, problem):
     path = tmp_path / "seeds.jsonl"
@@ -245,13 +242,26 @@ def test_rows_given_to_a_stage_without_ids_get_ids_from_their_content(tmp_path):
     assert [t["id"] for t in read(tmp_path / "run" / "filter.jsonl")] == ["mine-7"]
 
 
-def test_a_repeated_row_given_to_a_stage_is_named_as_a_repeat_not_as_an_id_clash(tmp_path):
-    """Rows given to a stage get ids from their content, so a repeated row clashed as "repeats id 'input_...'. Fix:
-    give every seed task a unique id": an id the user never wrote."""
-    path = tmp_path / "rows.json"
-    path.write_text(json.dumps([SEED_ROWS[0], SEED_ROWS[1], SEED_ROWS[0]]))
-    with pytest.raises(InputError, match=r"item 3: repeats the seed task at item 1 .*Fix: delete one of the two"):
-        load_seeds(path, content_ids=True)
+def test_a_repeated_seed_is_loaded_once_and_named(tmp_path):
+    """A row pasted twice loaded twice, silently (twice the weight in prompts and in the export's train split); rows
+    given to a stage, whose ids come from their content, clashed as "repeats id 'input_...'. Fix: give every seed
+    task a unique id", an id the user never wrote."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"instruction": "Say hi to the new neighbour.", "output": "Hi there!"}\n\n'
+                    '{"instruction": "Add the two numbers.", "input": "1, 2", "output": "3"}\n'
+                    '{"instruction": "Say hi to the new neighbour.", "output": "Hi there!"}\n')
+    for content_ids in (False, True):
+        seeds = load_seeds(path, content_ids=content_ids)
+        assert [s.instruction for s in seeds] == ["Say hi to the new neighbour.", "Add the two numbers."]
+        assert seeds.repeated == ["line 4"]
+    assert load_seeds(path).note("mine.jsonl") == "line 4 of mine.jsonl repeats an earlier row whole: loaded once"
+    result = CliRunner().invoke(cli, ["filter", str(tmp_path / "run"), "--input", str(path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "note: line 4 of mine.jsonl repeats an earlier row whole: loaded once" in result.output
 
 
 def test_the_seeds_flag_help_names_every_format_the_loader_takes():

@@ -505,11 +505,7 @@ def read(ctx: RunContext, check_only: bool = False) -> Records:
                                  "pass --input FILE, or set evolve.source = \"seeds\"")
         return Records(read_tasks(f), source)
     pool = load_pool(source, Fields(e.instruction_field, e.input_field, e.output_field))
-    rep = pool.repeated
-    note = (f"{', '.join(rep[:5])}{', ...' if len(rep) > 5 else ''} of {Path(source).name} "
-            f"{'repeats an earlier row' if len(rep) == 1 else f'({len(rep)}) repeat earlier rows'} whole: loaded once"
-            if rep else "")
-    return Records(pool, str(Path(source).resolve()), note)
+    return Records(pool, str(Path(source).resolve()), pool.note(Path(source).name))
 
 
 def check(ctx: RunContext) -> None:
@@ -547,8 +543,7 @@ def step(ctx: RunContext, records: Records | None) -> StepResult:
                         progress=lambda desc, total: nullcontext(ctx.advance))
     rejected = ", ".join(f"{k} {n}" for k, n in result.rejected.most_common()) or "none"
     e = ctx.cfg.evolve
-    message = (f"evolve: {result.rounds_done} of {e.rounds} rounds done over {len(pool)} instructions"
-               f"{f' ({pool.note})' if getattr(pool, 'note', '') else ''}; "
+    message = (f"evolve: {result.rounds_done} of {e.rounds} rounds done over {len(pool)} instructions; "
                f"{result.kept} evolutions kept ({result.total} in evolve.jsonl), {sum(result.rejected.values())} "
                f"rejected ({rejected}), {result.errors} teacher errors")
     return StepResult(message, result.pending, {"kept": result.kept, "rejected": sum(result.rejected.values()),
