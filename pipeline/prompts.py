@@ -95,3 +95,14 @@ class Prompts:
     def hashes(self) -> dict[str, str]:
         """sha256 of every template, for the manifest."""
         return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(self.dir.glob("*.txt"))}
+
+
+def changed_note(recorded: dict[str, str], now: dict[str, str]) -> str:
+    """A note naming the templates whose hash differs from the run's manifest ("" if none): a resume after an edit
+    went on with the new text, silently, and the records of the earlier sessions came from the old one."""
+    changed = sorted(name for name, digest in now.items() if recorded.get(name) not in (None, digest))
+    if not changed:
+        return ""
+    return (f"note: {', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from the one{'s' * (len(changed) > 1)} "
+            "this run's manifest recorded: records already written keep what the old text made, and the manifest "
+            "will hash the new")

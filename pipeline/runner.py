@@ -36,6 +36,7 @@ from .budget import BudgetReached, check_prices
 from .config import RunConfig
 from .context import Log, Progress, Records, RunContext, Step, StepResult, check_left_out, preflight
 from .errors import Incomplete, Seed2LoraError, TeacherError, mask_secrets
+from .prompts import changed_note
 from .stages import bootstrap, classify, evolve, flow, instances, score
 from .stages import filter as filter_stage
 from .stops import attempted, now, session_entries, stopped
@@ -90,6 +91,8 @@ def validate(ctx: RunContext, steps: list[Step]) -> None:
             raise Seed2LoraError(f"{source} does not exist. Fix: run `seed2lora {first.after}` for this run first, "
                                  "or pass --input FILE")
     ctx.prompts.check()  # an edited template with a wrong variable: before bootstrap pays and writes
+    if note := changed_note(ctx.run.manifest().get("prompts") or {}, ctx.prompts.hashes()):
+        ctx.log(note)
     for step in steps:
         if step.check is not None:
             step.check(ctx)

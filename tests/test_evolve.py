@@ -800,6 +800,28 @@ def test_a_prompts_folder_missing_a_template_evolve_needs_stops_before_any_reque
     assert again.exit_code == 0, again.output
 
 
+def test_a_resume_with_an_edited_template_says_which_changed(fake_openai, tmp_path):
+    """Edit a template between two sessions of a run: the second went on with the new text, said nothing, and the
+    manifest's prompt hashes named only the new file, though the first session's records came from the old one."""
+    import shutil
+
+    mine = shutil.copytree(Prompts().dir, tmp_path / "my_prompts")
+    pool = write_pool(tmp_path / "pool.jsonl", POOL[:2])
+    script(fake_openai, evolutions={}, judgements={}, answers={})
+    args = ["evolve", str(tmp_path / "run"), "--input", str(pool), "--teacher", "openai:fake-model",
+            "--base-url", fake_openai.url, "--set", f"prompts_dir={mine}"]
+    first = CliRunner().invoke(cli, [*args, "--rounds", "1"], catch_exceptions=False)
+    assert first.exit_code == 0 and "note: " not in first.output, first.output
+    same = CliRunner().invoke(cli, [*args, "--rounds", "1"], catch_exceptions=False)
+    assert "note: " not in same.output, same.output
+    answer = mine / "evol_answer.txt"
+    answer.write_text(answer.read_text().replace("Response:", "Answer in full.\nResponse:"))
+    second = CliRunner().invoke(cli, [*args, "--rounds", "2"], catch_exceptions=False)
+    assert second.exit_code == 0, second.output
+    assert ("note: evol_answer.txt differs from the one this run's manifest recorded: records already written keep "
+            "what the old text made") in " ".join(second.output.split())
+
+
 # ---------------------------------------------------------------- the embedded teacher, for real
 
 @pytest.mark.slow
