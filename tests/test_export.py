@@ -228,7 +228,31 @@ def test_an_evolve_run_over_a_users_file_exports_that_files_rows_as_its_seeds(tm
     seed_rows = both[both["origin"] == "seed"]
     assert sorted(seed_rows["family"]) == sorted(t.id for t in pool)  # the roots the evolutions name
     assert not both["instruction"].str.startswith("Name a fruit").any()  # the run's seed file played no part
-    assert "Seed tasks: the rows of evolve's input `my_data.json`" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "Seed tasks: the rows of evolve's input `my_data.json`" in card
+
+
+def test_the_card_of_an_evolve_run_names_what_it_evolved_and_the_length_rule_it_used(tmp_path):
+    """The card said "Evolve: 2 rounds over filter" (evolve.source's default) of a run that evolved `--input`'s file,
+    and "Instruction length: 4 to 150 words" of evolutions filtered at evolve.max_words (300)."""
+    mine = tmp_path / "my_data.json"
+    mine.write_text(json.dumps([{"instruction": "Describe the planet Mars in two lines.", "output": "Red."}]))
+    from pipeline.datasets_io import load_pool
+
+    run = make_run(tmp_path, evolved=make_evolved(load_pool(mine), rounds=1), filtered=False)
+    RunDir(run).update_manifest(stages={"evolve": {"input_file": {"path": str(mine)}}},
+                                config={"evolve": {"rounds": 2, "source": "filter", "max_words": 300}})
+    card = (tmp_path / "export" / "README.md")
+    export_run(run, card.parent, ExportConfig())
+    text = card.read_text()
+    assert "- Evolve: 2 rounds over `my_data.json`;" in text and "rounds over filter" not in text
+    assert "- Instruction length: 4 to 300 words (evolve.max_words)" in text
+    both = make_run(tmp_path / "both", evolved=make_evolved(make_tasks(2), rounds=1))
+    RunDir(both).update_manifest(config={"evolve": {"rounds": 1, "source": "filter", "max_words": 300}})
+    export_run(both, tmp_path / "both_export", ExportConfig())
+    text = (tmp_path / "both_export" / "README.md").read_text()
+    assert "- Instruction length: 4 to 150 words; evolved ones 4 to 300 (evolve.max_words)" in text
+    assert "- Evolve: 1 rounds over filter;" in text
 
 
 def test_a_run_with_both_exports_rows_of_both_origins_counted_per_origin(tmp_path):
