@@ -85,7 +85,6 @@ def seed_rows(run: RunDir, rows: str = "instance") -> list[dict[str, Any]]:
     run's export as its "seed" rows, and the user's own rows did not. ids get a "seed:" prefix so they never meet a
     generated task's; the family keeps the raw id, which is the one evolutions of a seed name as their root.
     """
-    from .datasets_io import Fields, load_pool
     from .seeds import load_seeds
 
     cfg = run.manifest().get("config") or {}
@@ -95,13 +94,17 @@ def seed_rows(run: RunDir, rows: str = "instance") -> list[dict[str, Any]]:
             raise Seed2LoraError(f"the {what} of {run.path}, {path}, is not there (paths are relative to where the "
                                  "run was started). Fix: run this command from that folder, or leave the seeds out "
                                  "with --no-seed-tasks (export) / --set include_seeds=false")
-        if what == "seed file":
-            tasks += load_seeds(path)
-        else:
-            e = cfg.get("evolve") or {}
-            fields = Fields(*(e.get(f"{k}_field") or k for k in ("instruction", "input", "output")))
-            tasks += load_pool(path, fields)  # origin "seed", or the origin a stage file of ours gave its records
+        # the evolve input's rows: origin "seed", or the origin a stage file of ours gave its records
+        tasks += load_seeds(path) if what == "seed file" else evolved_pool(cfg, path)
     return [{**r, "task_id": f"seed:{r['task_id']}", "id": f"seed:{r['id']}"} for r in task_rows(tasks, rows)]
+
+
+def evolved_pool(config: dict[str, Any], path: str) -> list[Task]:
+    """The rows of the user's file a run evolved, read with the field names of its recorded config."""
+    from .datasets_io import Fields, load_pool
+
+    e = config.get("evolve") or {}
+    return load_pool(path, Fields(*(e.get(f"{k}_field") or k for k in ("instruction", "input", "output"))))
 
 
 def seed_sources(run: RunDir) -> list[tuple[str, str | None]]:
