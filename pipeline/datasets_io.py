@@ -43,7 +43,7 @@ def read_records(path: str | Path) -> tuple[Records, str]:
 
     .jsonl (and any other suffix): one JSON object per line ("line"); .json: a list, or
     {"data"|"tasks": [...]}, or one object per line ("item", or "line"); .csv with a header
-    ("line", multi-line cells counted); .parquet ("row"); a folder saved by `datasets`
+    ("line", multi-line cells counted; ";" or tab separated when the header has no comma); .parquet ("row"); a folder saved by `datasets`
     ("row"). Text must be UTF-8 (a BOM is fine).
     """
     path = Path(path)
@@ -56,7 +56,11 @@ def read_records(path: str | Path) -> tuple[Records, str]:
     if suffix == ".parquet":
         return _read_parquet(path), "row"
     if suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(_read_text(path)))
+        text = _read_text(path)
+        header = text.split("\n", 1)[0]
+        # Excel in a comma-decimal locale separates with ";": read as ",", that was one column, named by all three.
+        sep = next((d for d in (";", "\t") if d in header and "," not in header), ",")
+        reader = csv.DictReader(io.StringIO(text), delimiter=sep)
         rows = [(reader.line_num, {k: v for k, v in row.items() if k}) for row in reader]
         return rows, "line"
     if suffix == ".json":

@@ -273,3 +273,17 @@ def test_the_seeds_flag_help_names_every_format_the_loader_takes():
     for command in ("run", "bootstrap", "evolve"):
         text = " ".join(CliRunner().invoke(cli, [command, "--help"]).output.split())
         assert "--seeds PATH Seed tasks: .jsonl, .json, .csv, .parquet or a saved datasets folder" in text, command
+
+
+def test_a_csv_separated_by_semicolons_or_tabs_loads(tmp_path):
+    """Excel in a comma-decimal locale saves "CSV" with semicolons: the loader saw one column named
+    'instruction;input;output' and said "Fix: name the columns instruction,input,output", which they were."""
+    for sep in (";", "\t"):
+        path = tmp_path / "mine.csv"
+        path.write_bytes(("\ufeff" + sep.join(["instruction", "input", "output"]) + "\r\n"
+                          + sep.join(['"Add the numbers; then halve."', "2, 4", "3"]) + "\r\n"
+                          + sep.join(["Name a colour of the sky.", "", "Blue"]) + "\r\n").encode())
+        seeds = load_seeds(path)
+        assert [(s.instruction, s.instances[0].input, s.instances[0].output) for s in seeds] == [
+            ("Add the numbers; then halve.", "2, 4", "3"), ("Name a colour of the sky.", "", "Blue")], sep
+        assert [t.instruction for t in load_pool(path)] == [s.instruction for s in seeds]
