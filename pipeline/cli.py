@@ -56,8 +56,9 @@ RUN_FLAGS = {
                  "repeated, share the load and fail over (default: $OPENAI_BASE_URL, else OpenAI)."),
     "api": ("--api", "teacher.api", None,
             "How prompts are sent; auto = completions where the server has them (default {default})."),
-    "seed_tasks": ("--seeds", "seed_tasks", "FILE",
-                   "Seed file, .jsonl, .json or .csv (default: the bundled seeds/seed_tasks.jsonl)."),
+    "seed_tasks": ("--seeds", "seed_tasks", "PATH",
+                   "Seed tasks: .jsonl, .json, .csv, .parquet or a saved datasets folder (default: the bundled "
+                   "seeds/seed_tasks.jsonl; docs/seeds-and-prompts.md)."),
     "seed": ("--seed", "seed", None, "Random seed of every choice and of the teacher's sampling (default {default})."),
     "num_instructions": ("--num-instructions", "bootstrap.num_instructions", None,
                          "Target number of new instructions (default {default})."),

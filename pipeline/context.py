@@ -95,9 +95,10 @@ def _package_versions() -> dict[str, str]:
 class Records(list):
     """A step's input: tasks, and the name of where they came from (a stage of the run, seeds, a path)."""
 
-    def __init__(self, tasks: Iterable[Task] = (), source: str = ""):
+    def __init__(self, tasks: Iterable[Task] = (), source: str = "", note: str = ""):
         super().__init__(tasks)
         self.source = source
+        self.note = note  # what reading them left out, for the step's line
 
 
 @dataclass
@@ -267,7 +268,7 @@ class RunContext:
 
     @cached_property
     def seeds(self) -> list[Task]:
-        return load_seeds(self.cfg.seed_tasks or None)
+        return _noted_seeds(self.cfg.seed_tasks or None, self.log)
 
     # ------------------------------------------------------------ teacher, judge, cache, budget
 
@@ -460,13 +461,21 @@ class RunContext:
             # the 4,000 Alpaca rows through `filter --input` were counted as seed tasks and all kept out of
             # export's eval split.
             # Ids from content, not position: an edited file's rows keep theirs, and with them their ifd and score.
-            return Records([dataclasses.replace(t, origin="machine") for t in load_seeds(path, content_ids=True)],
-                           str(path))
+            rows = load_seeds(path, content_ids=True)
+            return Records([dataclasses.replace(t, origin="machine") for t in rows], str(path), rows.note(Path(path).name))
         source = self.run.stage_file(stage)
         if not source.exists():
             raise Seed2LoraError(f"{source} does not exist. Fix: run `seed2lora {stage}` for this run first, or "
                                  "pass --input FILE")
         return Records(read_tasks(source), stage)
+
+
+def _noted_seeds(path: str | None, log: Log) -> list[Task]:
+    """The seed tasks; a row repeated whole is loaded once, and a note says so."""
+    seeds = load_seeds(path)
+    if seeds.repeated:
+        log(f"note: {seeds.note(Path(path or 'seed_tasks.jsonl').name)}")
+    return seeds
 
 
 def is_run_file(path: str | Path) -> bool:

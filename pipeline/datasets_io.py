@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ def read_records(path: str | Path) -> tuple[Records, str]:
 
     .jsonl (and any other suffix): one JSON object per line ("line"); .json: a list, or
     {"data"|"tasks": [...]}, or one object per line ("item", or "line"); .csv with a header
-    ("line", multi-line cells counted); .parquet ("row"); a folder saved by `datasets`
+    ("line", multi-line cells counted; ";" or tab separated when the header has no comma); .parquet ("row"); a folder saved by `datasets`
     ("row"). Text must be UTF-8 (a BOM is fine).
     """
     path = Path(path)
@@ -55,7 +56,11 @@ def read_records(path: str | Path) -> tuple[Records, str]:
     if suffix == ".parquet":
         return _read_parquet(path), "row"
     if suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(_read_text(path)))
+        text = _read_text(path)
+        header = text.split("\n", 1)[0]
+        # Excel in a comma-decimal locale separates with ";": read as ",", that was one column, named by all three.
+        sep = next((d for d in (";", "\t") if d in header and "," not in header), ",")
+        reader = csv.DictReader(io.StringIO(text), delimiter=sep)
         rows = [(reader.line_num, {k: v for k, v in row.items() if k}) for row in reader]
         return rows, "line"
     if suffix == ".json":
@@ -86,15 +91,32 @@ def messages_fields(messages: Any) -> tuple[str, str]:
     return instruction, output
 
 
-def load_pool(path: str | Path, fields: Fields = Fields()) -> list[Task]:
+class Pool(list):
+    """load_pool's tasks, and where the rows that repeated an earlier one whole were ("line 6"), each loaded once."""
+
+    def __init__(self, tasks: Iterable[Task] = (), repeated: Iterable[str] = ()):
+        super().__init__(tasks)
+        self.repeated = list(repeated)
+
+    def note(self, name: str) -> str:
+        """"line 6 of my.jsonl repeats an earlier row whole: loaded once", or "" when no row repeated."""
+        rep = self.repeated
+        if not rep:
+            return ""
+        where = ", ".join(rep[:5]) + (", ..." if len(rep) > 5 else "")
+        return (f"{where} of {name} {'repeats an earlier row' if len(rep) == 1 else f'({len(rep)}) repeat earlier rows'}"
+                " whole: loaded once")
+
+
+def load_pool(path: str | Path, fields: Fields = Fields()) -> Pool:
     """Every record of a file or dataset folder as a Task (see the module docstring for formats)."""
     path = Path(path)
     if path.is_file() and path.suffix.lower() == ".jsonl" and _is_stage_file(path):
-        return _unique(read_tasks(path))
+        return _unique([(n, t) for n, t in enumerate(read_tasks(path), 1)], path, "line")
     rows, unit = read_records(path)
     if not rows:
         raise InputError(path, None, "holds no records", "give a file with at least one instruction")
-    return _unique([_to_task(row, path, n, unit, fields) for n, row in rows])
+    return _unique([(n, _to_task(row, path, n, unit, fields)) for n, row in rows], path, unit)
 
 
 def _numbered(records: list[dict[str, Any]]) -> Records:
@@ -219,11 +241,19 @@ def _to_task(row: dict[str, Any], path: Path, n: int, unit: str, fields: Fields)
                 is_classification=clf if isinstance(clf, bool) else None)
 
 
-def _unique(tasks: list[Task]) -> list[Task]:
-    seen: set[str] = set()
-    out = []
-    for t in tasks:
-        if t.id not in seen:
-            seen.add(t.id)
-            out.append(t)
-    return out
+def _unique(numbered: list[tuple[int, Task]], path: Path, unit: str) -> Pool:
+    """A task per id: a row that repeats an earlier one whole is loaded once and named; one that reuses an earlier
+    row's id for other content is an error (it was dropped, silently)."""
+    first: dict[str, tuple[int, Task]] = {}
+    out, repeated = [], []
+    for n, t in numbered:
+        if t.id in first:
+            m, earlier = first[t.id]
+            if (earlier.instruction, earlier.instances) != (t.instruction, t.instances):
+                raise where_error(path, n, unit, f"repeats id {t.id!r} of {unit} {m} with other content",
+                                  "give every row its own id, or delete one of the two")
+            repeated.append(f"{unit} {n}")
+            continue
+        first[t.id] = (n, t)
+        out.append(t)
+    return Pool(out, repeated)

@@ -64,6 +64,12 @@ class Prompts:
         if template is None:
             p = self.path(name)
             text = p.read_text(encoding="utf-8")
+            for m in Template.pattern.finditer(text):
+                if m.group("invalid") is not None:  # "$5", an unclosed "${": Template.substitute raises mid-run
+                    snippet = text[m.start():m.start() + 16].split("\n")[0]
+                    raise InputError(p, text.count("\n", 0, m.start()) + 1, f"has a '$' that starts no variable "
+                                     f"({snippet!r})", "write $$ for a literal dollar sign, $name or ${name} for a "
+                                     "variable")
             used = {m.group("named") or m.group("braced") for m in Template.pattern.finditer(text)} - {None}
             expected = PROMPT_VARS.get(name, variables if variables is not None else used)
             if used != expected:
@@ -89,3 +95,14 @@ class Prompts:
     def hashes(self) -> dict[str, str]:
         """sha256 of every template, for the manifest."""
         return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(self.dir.glob("*.txt"))}
+
+
+def changed_note(recorded: dict[str, str], now: dict[str, str]) -> str:
+    """A note naming the templates whose hash differs from the run's manifest ("" if none): a resume after an edit
+    went on with the new text, silently, and the records of the earlier sessions came from the old one."""
+    changed = sorted(name for name, digest in now.items() if recorded.get(name) not in (None, digest))
+    if not changed:
+        return ""
+    return (f"note: {', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from the one{'s' * (len(changed) > 1)} "
+            "this run's manifest recorded: records already written keep what the old text made, and the manifest "
+            "will hash the new")

@@ -22,7 +22,7 @@ from typing import Any
 from .config import ExportConfig
 from .errors import Seed2LoraError
 from .records import ROW_UNITS, Task, task_rows
-from .store import RunDir
+from .store import STAGES, RunDir
 
 SOURCES = {"self-instruct": "filter", "evolve": "evolve", "selected": "select"}  # include name -> the stage file of kept records
 GENERATED = ("self-instruct", "evolve")  # the sources a run generates; "selected" is a subset of their rows
@@ -78,20 +78,55 @@ def kept_files(run: RunDir, include: list[str] | str) -> list[Path]:
 
 
 def seed_rows(run: RunDir, rows: str = "instance") -> list[dict[str, Any]]:
-    """The run's human seed tasks as rows (origin "seed"): the seed file its manifest names.
+    """The run's human seed tasks as rows (origin "seed"): the seed file its manifest names, and the rows of a
+    user's file that evolve read (--input, or evolve.source a path), which are its evolutions' roots.
 
-    ids get a "seed:" prefix so they never meet a generated task's; the family keeps the raw
-    id, which is the one evolutions of a seed name as their root.
+    An evolve-only run over a user's file used no seed file: the bundled 175 Self-Instruct seeds went into such a
+    run's export as its "seed" rows, and the user's own rows did not. ids get a "seed:" prefix so they never meet a
+    generated task's; the family keeps the raw id, which is the one evolutions of a seed name as their root.
     """
     from .seeds import load_seeds
 
+    cfg = run.manifest().get("config") or {}
+    tasks: list[Task] = []
+    for what, path in seed_sources(run):
+        if path and not Path(path).exists():  # a file, or a saved dataset folder
+            raise Seed2LoraError(f"the {what} of {run.path}, {path}, is not there (paths are relative to where the "
+                                 "run was started). Fix: run this command from that folder, or leave the seeds out "
+                                 "with --no-seed-tasks (export) / --set include_seeds=false")
+        # the evolve input's rows: origin "seed", or the origin a stage file of ours gave its records
+        tasks += load_seeds(path) if what == "seed file" else evolved_pool(cfg, path)
+    return [{**r, "task_id": f"seed:{r['task_id']}", "id": f"seed:{r['id']}"} for r in task_rows(tasks, rows)]
+
+
+def evolved_pool(config: dict[str, Any], path: str) -> list[Task]:
+    """The rows of the user's file a run evolved, read with the field names of its recorded config."""
+    from .datasets_io import Fields, load_pool
+
+    e = config.get("evolve") or {}
+    return load_pool(path, Fields(*(e.get(f"{k}_field") or k for k in ("instruction", "input", "output"))))
+
+
+def seed_sources(run: RunDir) -> list[tuple[str, str | None]]:
+    """(what, path) of the human data seed_rows reads: the seed file (None = the bundled one) unless the run only
+    evolved a user's file, and that file."""
     manifest = run.manifest()
-    path = (manifest.get("config") or {}).get("seed_tasks") or None
-    if path and not Path(path).exists():  # a file, or a saved dataset folder
-        raise Seed2LoraError(f"the seed file of {run.path}, {path}, is not there (paths are relative to where the run "
-                             "was started). Fix: run this command from that folder, or leave the seeds out with "
-                             "--no-seed-tasks (export) / --set include_seeds=false")
-    return [{**r, "task_id": f"seed:{r['task_id']}", "id": f"seed:{r['id']}"} for r in task_rows(load_seeds(path), rows)]
+    evolved_from = evolve_input(manifest)
+    seeds = (manifest.get("config") or {}).get("seed_tasks") or None
+    return ([("seed file", seeds)] if evolved_from is None or run.stage_file("filter").exists() else []) + (
+        [("evolve input", evolved_from)] if evolved_from else [])
+
+
+def evolve_input(manifest: dict[str, Any]) -> str | None:
+    """The user's file (or dataset folder) the run's evolve stage read, from the manifest; None for a stage of
+    the run or the seeds."""
+    recorded = ((manifest.get("stages") or {}).get("evolve") or {}).get("input_file") or {}
+    if recorded.get("path"):
+        return str(recorded["path"])
+    cfg = manifest.get("config") or {}
+    source = (cfg.get("evolve") or {}).get("source")
+    ran = "evolve" in (manifest.get("stages") or {})
+    return str(source) if ran and source and source != "seeds" and source not in STAGES else None
 
 
 def run_rows(run: RunDir, cfg: ExportConfig) -> RunRows:

@@ -36,6 +36,7 @@ from .budget import BudgetReached, check_prices
 from .config import RunConfig
 from .context import Log, Progress, Records, RunContext, Step, StepResult, check_left_out, flush_events, preflight
 from .errors import Incomplete, Seed2LoraError, TeacherError, mask_secrets
+from .prompts import changed_note
 from .stages import bootstrap, classify, evolve, flow, instances, score
 from .stages import filter as filter_stage
 from .stops import attempted, now, session_entries, stopped
@@ -51,11 +52,12 @@ def later(module: str, name: str) -> Callable[..., Any]:
 
 # The pipeline, in order. `run` runs those named in cfg.stages; each stage command runs one.
 STEPS = [
-    Step("bootstrap", bootstrap.step, progress=bootstrap.progress, teacher="teacher", tables=("bootstrap", "filter")),
-    Step("classify", classify.step, after="bootstrap", progress=classify.progress, teacher="teacher",
-         tables=("classify",)),
-    Step("instances", instances.step, after="classify", progress=instances.progress, teacher="teacher",
-         tables=("instances",)),
+    Step("bootstrap", bootstrap.step, check=bootstrap.check, progress=bootstrap.progress, teacher="teacher",
+         tables=("bootstrap", "filter")),
+    Step("classify", classify.step, after="bootstrap", check=classify.check, progress=classify.progress,
+         teacher="teacher", tables=("classify",)),
+    Step("instances", instances.step, after="classify", check=instances.check, progress=instances.progress,
+         teacher="teacher", tables=("instances",)),
     Step("filter", filter_stage.step, after="instances", tables=("filter",)),
     Step("evolve", evolve.step, reads=evolve.read, check=evolve.check, progress=evolve.progress, teacher="teacher",
          tables=("evolve", "filter"), left=evolve.left),
@@ -89,6 +91,8 @@ def validate(ctx: RunContext, steps: list[Step]) -> None:
             raise Seed2LoraError(f"{source} does not exist. Fix: run `seed2lora {first.after}` for this run first, "
                                  "or pass --input FILE")
     ctx.prompts.check()  # an edited template with a wrong variable: before bootstrap pays and writes
+    if note := changed_note(ctx.run.manifest().get("prompts") or {}, ctx.prompts.hashes()):
+        ctx.log(note)
     for step in steps:
         if step.check is not None:
             step.check(ctx)
@@ -102,9 +106,10 @@ def validate(ctx: RunContext, steps: list[Step]) -> None:
 
 
 def read_records(ctx: RunContext, step: Step) -> Records | None:
-    if step.reads is not None:
-        return step.reads(ctx)
-    return ctx.input_tasks(step.after) if step.after else None
+    records = step.reads(ctx) if step.reads is not None else ctx.input_tasks(step.after) if step.after else None
+    if records is not None and records.note:  # rows of a user's file loaded once: said, not silent
+        ctx.log(f"note: {records.note}")
+    return records
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .datasets_io import messages_fields, read_records, where_error
+from .datasets_io import Pool, messages_fields, read_records, where_error
 from .errors import InputError
 from .records import Instance, RowError, Task, input_id
 
@@ -29,9 +29,10 @@ def bundled_seeds() -> Path:
     raise FileNotFoundError("bundled seeds/seed_tasks.jsonl not found; reinstall seed2lora")
 
 
-def load_seeds(path: str | Path | None = None, *, content_ids: bool = False) -> list[Task]:
+def load_seeds(path: str | Path | None = None, *, content_ids: bool = False) -> Pool:
     """The tasks of a seed-like file; a record with no id is `seed_task_<n>` (the Self-Instruct seed file's own
-    names), or with content_ids (a user's rows given to a stage) records.input_id of its instruction and input."""
+    names), or with content_ids (a user's rows given to a stage) records.input_id of its instruction and input.
+    A record that repeats an earlier one whole is loaded once and named in the Pool's `repeated`."""
     path = Path(path) if path else bundled_seeds()
     if not path.exists():
         raise InputError(path, None, "does not exist", "give the path of a seed file (.jsonl, .json, .csv, .parquet) "
@@ -44,14 +45,21 @@ def load_seeds(path: str | Path | None = None, *, content_ids: bool = False) -> 
                          "name the columns instruction,input,output")
     tasks: list[Task] = []
     seen: dict[str, int] = {}
+    seen_content: set[tuple] = set()
+    repeated: list[str] = []  # loaded once, and named (Pool.note): twice, a row weighed double in prompts and export
     for n, obj in rows:
         task = _to_task(obj, (path, n, unit), len(tasks), content_ids)
+        content = (task.instruction, tuple((i.input.strip(), i.output.strip()) for i in task.instances))
+        if content in seen_content:  # before the id check: a content id repeats with its row
+            repeated.append(f"{unit} {n}")
+            continue
         if task.id in seen:
             raise where_error(path, n, unit, f"repeats id {task.id!r} (first at {unit} {seen[task.id]})",
                               "give every seed task a unique id")
         seen[task.id] = n
+        seen_content.add(content)
         tasks.append(task)
-    return tasks
+    return Pool(tasks, repeated)
 
 
 def _to_task(obj: dict[str, Any], where: tuple[Path, int, str], index: int, content_ids: bool) -> Task:

@@ -56,8 +56,8 @@ def read_jsonl(path: str | Path, *, strict: bool = True) -> Iterator[tuple[int, 
     strict=False (our own outputs): a torn last line, left by a crash, is skipped.
     """
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
+    try:  # -sig: a BOM, which Windows tools write, is not JSON; it stopped a user's file at line 1
+        text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = path.read_bytes()[: e.start].count(b"\n") + 1
         raise InputError(path, line, f"is not UTF-8 ({e.reason})", "save the file as UTF-8") from None

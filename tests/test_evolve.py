@@ -281,6 +281,28 @@ def test_load_pool_formats_and_field_names(tmp_path):
         load_pool(tmp_path / "a.jsonl")
 
 
+def test_a_pool_row_that_reuses_an_id_is_refused_and_a_repeated_row_is_named(tmp_path, fake_openai):
+    """Rows were kept once per id, silently: a file whose "id" column repeated lost every later row with that id,
+    whatever it held, and a row pasted twice was evolved once with nothing said."""
+    clash = tmp_path / "clash.csv"
+    clash.write_text("id,instruction,output\n1,Name a prime number above ten.,11\n2,Name a colour.,Red\n"
+                     "1,Translate the phrase into Spanish.,hola\n")
+    with pytest.raises(InputError, match=r"clash.csv:4: repeats id '1' of line 2 with other content"):
+        load_pool(clash)
+    twice = tmp_path / "twice.jsonl"
+    rows = [{"instruction": "Plan a picnic for six friends in spring.", "output": "Bring fruit."},
+            {"instruction": "Name a colour of the sea.", "output": "Blue"}]
+    write_pool(twice, [rows[0], rows[1], rows[0]])
+    assert [t.instruction for t in load_pool(twice)] == [r["instruction"] for r in rows]
+    script(fake_openai, evolutions={}, judgements={}, answers={})
+    result = CliRunner().invoke(cli, ["evolve", str(tmp_path / "run"), "--input", str(twice), "--rounds", "0",
+                                      "--teacher", "openai:fake-model", "--base-url", fake_openai.url],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "note: line 3 of twice.jsonl repeats an earlier row whole: loaded once" in result.output
+    assert "over 2 instructions" in result.output
+
+
 # ---------------------------------------------------------------- the stage against a scripted teacher
 
 POOL = [
@@ -736,6 +758,68 @@ def test_cli_evolve_run_and_show(fake_openai, tmp_path):
                            catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert len(RunDir(tmp_path / "all").read_stage("evolve")) == 3
+
+
+def test_evolving_a_users_file_never_filters_against_the_bundled_seeds(fake_openai, tmp_path):
+    """`evolve --input` uses no seed file, but the 175 bundled seeds sat in its ROUGE-L novelty index: an evolution
+    near one of them, tasks the user never gave, went to rejected.jsonl as `rouge_l: ... vs` that seed."""
+    bundled = load_seeds()[1].instruction
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps([{"instruction": "Plan a picnic for six friends in spring.", "output": "Bring fruit."}]))
+    script(fake_openai, evolutions={"Plan a picnic for six friends in spring.": bundled}, judgements={}, answers={})
+    result = CliRunner().invoke(cli, ["evolve", str(tmp_path / "run"), "--input", str(mine), "--rounds", "1",
+                                      "--weights", "constraints=0,deepen=0,concretize=0,reasoning=0,complicate_input=0",
+                                      "--teacher", "openai:fake-model", "--base-url", fake_openai.url,
+                                      "--set", "teacher.concurrency=1"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    run = RunDir(tmp_path / "run")
+    assert [t.reject_reason for t in run.read_rejected()] == []
+    assert [t.instruction for t in run.read_stage("evolve")] == [bundled]
+
+
+def test_a_prompts_folder_missing_a_template_evolve_needs_stops_before_any_request(fake_openai, tmp_path):
+    """A copied prompts folder without evol_answer.txt passed the check (it reads the files that are there), and the
+    stage died at its first answer, 7 evolutions and judgements paid, a failed manifest left behind."""
+    import shutil
+
+    mine = shutil.copytree(Prompts().dir, tmp_path / "my_prompts")
+    (mine / "evol_answer.txt").unlink()
+    (mine / "evol_breadth.txt").unlink()  # weight 0 below: never rendered, so never asked for
+    pool = write_pool(tmp_path / "pool.jsonl", POOL[:2])
+    script(fake_openai, evolutions={}, judgements={}, answers={})
+    result = CliRunner().invoke(cli, ["evolve", str(tmp_path / "run"), "--input", str(pool), "--rounds", "1",
+                                      "--weights", "breadth=0", "--teacher", "openai:fake-model",
+                                      "--base-url", fake_openai.url, "--set", f"prompts_dir={mine}"])
+    assert result.exit_code == 2, result.output
+    assert f"{mine / 'evol_answer.txt'}: prompt template is missing" in result.output
+    assert fake_openai.history == [] and not (tmp_path / "run").exists()
+    (mine / "evol_answer.txt").write_text((Prompts().dir / "evol_answer.txt").read_text())
+    again = CliRunner().invoke(cli, ["evolve", str(tmp_path / "run"), "--input", str(pool), "--rounds", "1",
+                                     "--weights", "breadth=0", "--teacher", "openai:fake-model",
+                                     "--base-url", fake_openai.url, "--set", f"prompts_dir={mine}"])
+    assert again.exit_code == 0, again.output
+
+
+def test_a_resume_with_an_edited_template_says_which_changed(fake_openai, tmp_path):
+    """Edit a template between two sessions of a run: the second went on with the new text, said nothing, and the
+    manifest's prompt hashes named only the new file, though the first session's records came from the old one."""
+    import shutil
+
+    mine = shutil.copytree(Prompts().dir, tmp_path / "my_prompts")
+    pool = write_pool(tmp_path / "pool.jsonl", POOL[:2])
+    script(fake_openai, evolutions={}, judgements={}, answers={})
+    args = ["evolve", str(tmp_path / "run"), "--input", str(pool), "--teacher", "openai:fake-model",
+            "--base-url", fake_openai.url, "--set", f"prompts_dir={mine}"]
+    first = CliRunner().invoke(cli, [*args, "--rounds", "1"], catch_exceptions=False)
+    assert first.exit_code == 0 and "note: " not in first.output, first.output
+    same = CliRunner().invoke(cli, [*args, "--rounds", "1"], catch_exceptions=False)
+    assert "note: " not in same.output, same.output
+    answer = mine / "evol_answer.txt"
+    answer.write_text(answer.read_text().replace("Response:", "Answer in full.\nResponse:"))
+    second = CliRunner().invoke(cli, [*args, "--rounds", "2"], catch_exceptions=False)
+    assert second.exit_code == 0, second.output
+    assert ("note: evol_answer.txt differs from the one this run's manifest recorded: records already written keep "
+            "what the old text made") in " ".join(second.output.split())
 
 
 # ---------------------------------------------------------------- the embedded teacher, for real

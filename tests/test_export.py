@@ -207,6 +207,54 @@ def test_an_evolve_only_run_exports_its_evolutions(tmp_path):
     assert "Sources: evolve.jsonl" in card
 
 
+def test_an_evolve_run_over_a_users_file_exports_that_files_rows_as_its_seeds(tmp_path):
+    """`evolve --input my.json` used no seed file: its export's seed rows are the user's rows, its evolutions' roots
+    (the bundled 175 Self-Instruct seeds went in instead, and the user's rows nowhere)."""
+    from pipeline.datasets_io import load_pool
+
+    mine = tmp_path / "my_data.json"
+    mine.write_text(json.dumps([{"instruction": f"Describe the planet number {i} in two lines.", "input": "",
+                                 "output": f"Planet {i} is far."} for i in range(3)]))
+    pool = load_pool(mine)
+    run = make_run(tmp_path, evolved=make_evolved(pool, rounds=1), filtered=False)
+    RunDir(run).update_manifest(stages={"evolve": {"input_file": {"path": str(mine)}}})
+    out = tmp_path / "export"
+    info = export_run(run, out, ExportConfig())
+    seeds = [r for r in json.loads((out / "alpaca" / "train.json").read_text()) if r["output"].startswith("Planet")]
+    assert len(seeds) == 3 and info["counts"]["by_origin"] == {"evolved": 3, "seed": 3}
+    import pandas as pd
+
+    both = pd.concat([pd.read_parquet(out / "parquet" / f"{s}.parquet") for s in ("train", "eval")])
+    seed_rows = both[both["origin"] == "seed"]
+    assert sorted(seed_rows["family"]) == sorted(t.id for t in pool)  # the roots the evolutions name
+    assert not both["instruction"].str.startswith("Name a fruit").any()  # the run's seed file played no part
+    card = (out / "README.md").read_text()
+    assert "Seed tasks: the rows of evolve's input `my_data.json`" in card
+
+
+def test_the_card_of_an_evolve_run_names_what_it_evolved_and_the_length_rule_it_used(tmp_path):
+    """The card said "Evolve: 2 rounds over filter" (evolve.source's default) of a run that evolved `--input`'s file,
+    and "Instruction length: 4 to 150 words" of evolutions filtered at evolve.max_words (300)."""
+    mine = tmp_path / "my_data.json"
+    mine.write_text(json.dumps([{"instruction": "Describe the planet Mars in two lines.", "output": "Red."}]))
+    from pipeline.datasets_io import load_pool
+
+    run = make_run(tmp_path, evolved=make_evolved(load_pool(mine), rounds=1), filtered=False)
+    RunDir(run).update_manifest(stages={"evolve": {"input_file": {"path": str(mine)}}},
+                                config={"evolve": {"rounds": 2, "source": "filter", "max_words": 300}})
+    card = (tmp_path / "export" / "README.md")
+    export_run(run, card.parent, ExportConfig())
+    text = card.read_text()
+    assert "- Evolve: 2 rounds over `my_data.json`;" in text and "rounds over filter" not in text
+    assert "- Instruction length: 4 to 300 words (evolve.max_words)" in text
+    both = make_run(tmp_path / "both", evolved=make_evolved(make_tasks(2), rounds=1))
+    RunDir(both).update_manifest(config={"evolve": {"rounds": 1, "source": "filter", "max_words": 300}})
+    export_run(both, tmp_path / "both_export", ExportConfig())
+    text = (tmp_path / "both_export" / "README.md").read_text()
+    assert "- Instruction length: 4 to 150 words; evolved ones 4 to 300 (evolve.max_words)" in text
+    assert "- Evolve: 1 rounds over filter;" in text
+
+
 def test_a_run_with_both_exports_rows_of_both_origins_counted_per_origin(tmp_path):
     run = make_run(tmp_path, evolved=make_evolved(make_tasks(3)))
     out = tmp_path / "export"

@@ -236,3 +236,33 @@ def test_a_template_with_wrong_variables_is_refused(tmp_path):
         Prompts(tmp_path).render("classify.txt", instruction="x")
     with pytest.raises(InputError, match="prompt template is missing"):
         Prompts(tmp_path).render("bootstrap.txt", tasks="", next_number=1, max_number=16)
+
+
+@pytest.mark.parametrize("text, bad", [("It costs about $5.", "$5."), ("Use ${instruction now.", "${instruction now.")])
+def test_a_stray_dollar_in_an_edited_template_is_refused_at_check_with_its_line(tmp_path, text, bad):
+    """A '$' that starts no variable ("$5", an unclosed "${") passed the variables check, so the run started,
+    wrote its manifest and paid its preflight, then died in the stage with a bare ValueError traceback."""
+    (tmp_path / "evol_breadth.txt").write_text(f"Write a rarer task.\n{text}\nTask: $instruction\n")
+    with pytest.raises(InputError) as e:
+        Prompts(tmp_path).check()
+    message = str(e.value)
+    assert "evol_breadth.txt:2: " in message and repr(bad[:2])[1:-1] in message and "$$" in message
+
+
+@pytest.mark.parametrize("missing", ["classify.txt", "instances_clf.txt", "bootstrap.txt"])
+def test_a_prompts_folder_missing_a_template_a_stage_needs_stops_before_any_request(fake_openai, tmp_path, missing):
+    """A copied folder without classify.txt passed the check (it reads the files that are there): `run` paid for
+    bootstrap and died at the first classify prompt."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    mine = shutil.copytree(P.dir, tmp_path / "my_prompts")
+    (mine / missing).unlink()
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "run"), "--num-instructions", "2", "--teacher",
+                                      "openai:fake-model", "--base-url", fake_openai.url, "--set", f"prompts_dir={mine}"])
+    assert result.exit_code == 2, result.output
+    assert f"{mine / missing}: prompt template is missing" in " ".join(result.output.split())
+    assert fake_openai.history == [] and not (tmp_path / "run").exists()

@@ -156,6 +156,20 @@ def test_bundled_seeds_when_manifest_names_none(tmp_path, parser):
     assert compute(run, parser=parser)["rouge"]["n_seeds"] == 175
 
 
+def test_a_run_that_evolved_a_users_file_measures_rouge_against_that_file(tmp_path, parser):
+    """`evolve --input mine.json` used no seed file, yet the report drew each evolution's ROUGE-L to its nearest seed
+    against the bundled 175, tasks the run never saw."""
+    run = make_run(tmp_path / "evolved_mine", "", evolve=True)
+    (run / "filter.jsonl").unlink()  # an evolve-only run
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps([{"instruction": f"Explain how {w} works.", "output": "x"} for w in ("rain", "tides")]))
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["stages"] = {"evolve": {"input_file": {"path": str(mine)}}}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    f = compute(run, parser=parser)
+    assert f["rouge"]["n_seeds"] == 2 and f["seed_file"] == str(mine)
+
+
 def test_evolve_counts_per_operation_round_and_rule(evolved_run, parser):
     f = compute(evolved_run, parser=parser)
     ev = f["evolve"]

@@ -72,6 +72,17 @@ def test_bad_seed_lines_name_file_line_and_fix(tmp_path, content, line, problem)
     assert f"{path}:{line}: " in str(e.value) and problem in str(e.value) and "Fix:" in str(e.value)
 
 
+def test_a_jsonl_file_with_a_bom_and_crlf_lines_loads_as_seeds_and_as_evolve_input(tmp_path):
+    """Windows tools (PowerShell's Out-File, Notepad's "UTF-8 with BOM") start a file with a BOM: a JSONL seed file
+    stopped at line 1 as "not valid JSON ... Fix: write one JSON object per line", which it was."""
+    path = tmp_path / "mine.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps({**r, "source": "lab", "tags": ["x"]}) + "\r\n"
+                                                for r in SEED_ROWS).encode())
+    assert [(s.instruction, s.instances[0].output) for s in load_seeds(path)] == [
+        ("Name a color of the sky.", "Blue"), ("Add the two numbers.", "5")]
+    assert [t.instruction for t in load_pool(path)] == ["Name a color of the sky.", "Add the two numbers."]
+
+
 def test_empty_and_missing_seed_files(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
@@ -229,3 +240,50 @@ def test_rows_given_to_a_stage_without_ids_get_ids_from_their_content(tmp_path):
     mine.write_text(json.dumps({"id": "mine-7", **rows[0]}) + "\n")  # a row's own id stays
     invoke("filter", tmp_path / "run", "--input", mine)
     assert [t["id"] for t in read(tmp_path / "run" / "filter.jsonl")] == ["mine-7"]
+
+
+def test_a_repeated_seed_is_loaded_once_and_named(tmp_path):
+    """A row pasted twice loaded twice, silently (twice the weight in prompts and in the export's train split); rows
+    given to a stage, whose ids come from their content, clashed as "repeats id 'input_...'. Fix: give every seed
+    task a unique id", an id the user never wrote."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"instruction": "Say hi to the new neighbour.", "output": "Hi there!"}\n\n'
+                    '{"instruction": "Add the two numbers.", "input": "1, 2", "output": "3"}\n'
+                    '{"instruction": "Say hi to the new neighbour.", "output": "Hi there!"}\n')
+    for content_ids in (False, True):
+        seeds = load_seeds(path, content_ids=content_ids)
+        assert [s.instruction for s in seeds] == ["Say hi to the new neighbour.", "Add the two numbers."]
+        assert seeds.repeated == ["line 4"]
+    assert load_seeds(path).note("mine.jsonl") == "line 4 of mine.jsonl repeats an earlier row whole: loaded once"
+    result = CliRunner().invoke(cli, ["filter", str(tmp_path / "run"), "--input", str(path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "note: line 4 of mine.jsonl repeats an earlier row whole: loaded once" in result.output
+
+
+def test_the_seeds_flag_help_names_every_format_the_loader_takes():
+    """`--seeds FILE` said ".jsonl, .json or .csv", so a user with parquet or a saved dataset looked no further."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    for command in ("run", "bootstrap", "evolve"):
+        text = " ".join(CliRunner().invoke(cli, [command, "--help"]).output.split())
+        assert "--seeds PATH Seed tasks: .jsonl, .json, .csv, .parquet or a saved datasets folder" in text, command
+
+
+def test_a_csv_separated_by_semicolons_or_tabs_loads(tmp_path):
+    """Excel in a comma-decimal locale saves "CSV" with semicolons: the loader saw one column named
+    'instruction;input;output' and said "Fix: name the columns instruction,input,output", which they were."""
+    for sep in (";", "\t"):
+        path = tmp_path / "mine.csv"
+        path.write_bytes(("\ufeff" + sep.join(["instruction", "input", "output"]) + "\r\n"
+                          + sep.join(['"Add the numbers; then halve."', "2, 4", "3"]) + "\r\n"
+                          + sep.join(["Name a colour of the sky.", "", "Blue"]) + "\r\n").encode())
+        seeds = load_seeds(path)
+        assert [(s.instruction, s.instances[0].input, s.instances[0].output) for s in seeds] == [
+            ("Add the numbers; then halve.", "2, 4", "3"), ("Name a colour of the sky.", "", "Blue")], sep
+        assert [t.instruction for t in load_pool(path)] == [s.instruction for s in seeds]

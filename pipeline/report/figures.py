@@ -16,6 +16,7 @@ import numpy as np
 from ..cost import run_cost
 from ..errors import InputError
 from ..records import Task
+from ..rows import evolved_pool, seed_sources
 from ..seeds import load_seeds
 from ..show import evolve_summary
 from ..similarity import RougeLIndex
@@ -43,7 +44,15 @@ def kept_tasks(run: RunDir) -> tuple[str | None, list[Task]]:
 
 
 def seed_tasks(run: RunDir, seeds_path: str | Path | None = None) -> tuple[str, list[Task]]:
-    """The seeds a run started from: an explicit path, else manifest config.seed_tasks, else the bundled ones."""
+    """The seeds a run started from: an explicit path, else the file an evolve-only run evolved, else manifest
+    config.seed_tasks, else the bundled ones."""
+    sources = [] if seeds_path else seed_sources(run)
+    if [what for what, _ in sources] == ["evolve input"]:  # the run used no seed file: its roots are that file's rows
+        evolved_from = str(sources[0][1])
+        if not Path(evolved_from).exists():
+            raise InputError(Path(evolved_from), None, "(the file the run evolved) does not exist here",
+                             "pass the seeds to compare with as --seeds PATH")
+        return evolved_from, evolved_pool(run.manifest().get("config") or {}, evolved_from)
     path = seeds_path or (run.manifest().get("config") or {}).get("seed_tasks") or None
     if path and not Path(path).exists() and (run.path / path).exists():
         path = run.path / path  # a path written relative to the run directory

@@ -391,6 +391,13 @@ def progress(ctx: RunContext, records: Records | None) -> tuple[str, int, int]:
     return "bootstrap: instructions kept", ctx.cfg.bootstrap.num_instructions, len(ctx.run.read_stage("bootstrap"))
 
 
+def check(ctx: RunContext) -> None:
+    """The template bootstrap renders is there before the run folder is made."""
+    b = ctx.cfg.bootstrap
+    ctx.prompts.path("alpaca.txt" if b.mode == "alpaca" else "bootstrap_clf.txt" if b.use_clf_seed_tasks_only
+                     else "bootstrap.txt")
+
+
 def step(ctx: RunContext, records: Records | None) -> StepResult:
     """Grow the run's machine pool from its seeds to bootstrap.num_instructions; write bootstrap.jsonl."""
     r = run_bootstrap(ctx.teacher, ctx.seeds, ctx.cfg, ctx.run, ctx.prompts, ctx.cache,

@@ -90,6 +90,11 @@ def progress(ctx: RunContext, records: Records | None) -> tuple[str, int, int]:
     return map_progress(ctx, "classify", records)
 
 
+def check(ctx: RunContext) -> None:
+    """classify.txt is there before the run pays for bootstrap: a copied prompts folder without it died here."""
+    ctx.prompts.path("classify.txt")
+
+
 def step(ctx: RunContext, records: Records | None) -> StepResult:
     """Label each task of `records` (bootstrap.jsonl or --input) classification or not; write classify.jsonl."""
     tasks = records or Records()

@@ -504,12 +504,18 @@ def read(ctx: RunContext, check_only: bool = False) -> Records:
             raise Seed2LoraError(f"{f} does not exist. Fix: run `seed2lora {source}` for this run first, "
                                  "pass --input FILE, or set evolve.source = \"seeds\"")
         return Records(read_tasks(f), source)
-    fields = Fields(e.instruction_field, e.input_field, e.output_field)
-    return Records(load_pool(source, fields), str(Path(source).resolve()))
+    pool = load_pool(source, Fields(e.instruction_field, e.input_field, e.output_field))
+    return Records(pool, str(Path(source).resolve()), pool.note(Path(source).name))
 
 
 def check(ctx: RunContext) -> None:
     read(ctx, check_only=True)
+    # Every template the stage will render is there: Prompts.check reads those a folder has, and a copy without
+    # evol_answer.txt died at the first answer, its evolutions and judgements paid.
+    weights = ctx.cfg.evolve.weights
+    for name in [f"evol_{op}.txt" for op in OPERATIONS if getattr(weights, op) > 0] + ["evol_equal.txt",
+                                                                                      "evol_answer.txt"]:
+        ctx.prompts.path(name)
 
 
 def progress(ctx: RunContext, records: Records | None) -> tuple[str, int, int] | None:
@@ -529,8 +535,12 @@ def step(ctx: RunContext, records: Records | None) -> StepResult:
     source = pool.source
     check_source(ctx.run, source)  # one input per run: checked before this input is recorded
     ctx.record(state={"evolve_input": source})
-    result = run_evolve(ctx.teacher, list(pool), ctx.cfg, ctx.run, ctx.prompts, source=source,
-                        seeds=[s.instruction for s in ctx.seeds], progress=lambda desc, total: nullcontext(ctx.advance))
+    # A user's file is evolved on its own: the seed file (the bundled 175 by default) played no part in it, and its
+    # tasks in the novelty index rejected evolutions as near-copies of tasks the user never gave.
+    users_file = source not in STAGES and not source.startswith("seeds:")
+    seeds = [] if users_file else [s.instruction for s in ctx.seeds]
+    result = run_evolve(ctx.teacher, list(pool), ctx.cfg, ctx.run, ctx.prompts, source=source, seeds=seeds,
+                        progress=lambda desc, total: nullcontext(ctx.advance))
     rejected = ", ".join(f"{k} {n}" for k, n in result.rejected.most_common()) or "none"
     e = ctx.cfg.evolve
     message = (f"evolve: {result.rounds_done} of {e.rounds} rounds done over {len(pool)} instructions; "

@@ -32,7 +32,7 @@ from ..context import Records, RunContext, StepResult
 from ..decontam import clean_run_rows
 from ..errors import Seed2LoraError
 from ..records import row_messages, split_by_task
-from ..rows import include_list
+from ..rows import evolve_input, include_list, seed_sources
 from ..store import EXPORT_INFO, RunDir, write_jsonl_atomic, write_text_atomic
 
 FORMATS = ("alpaca", "messages", "hf", "parquet")
@@ -75,6 +75,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig) -> d
         "imported": {name: st["input_file"] for name, st in (manifest.get("stages") or {}).items()
                      if isinstance(st, dict) and st.get("input_file")},  # rows a stage read from a user's --input
         "bootstrapped": "bootstrap" in (manifest.get("stages") or {}),
+        "seed_sources": [{"what": what, "path": path} for what, path in seed_sources(run)] if cfg.include_seeds else [],
+        "evolved_from": evolve_input(manifest),  # a user's file evolve read, or None (a stage of the run, the seeds)
     }
     write_text_atomic(out / EXPORT_INFO, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     write_text_atomic(out / "README.md", dataset_card(info))
@@ -239,6 +241,15 @@ def card_counts(info: dict[str, Any]) -> list[str]:
     ]
 
 
+def seed_names(info: dict[str, Any], cfg: dict[str, Any]) -> str:
+    """Where the seed rows came from: the seed file, and the file evolve read when the run evolved a user's data."""
+    sources = info.get("seed_sources")
+    if not sources:  # left out, or an export.json written before seed_sources
+        return cfg.get("seed_tasks") or "bundled seeds/seed_tasks.jsonl"
+    return " and ".join(f"the rows of evolve's input `{Path(s['path']).name}`" if s["what"] == "evolve input"
+                        else s["path"] or "bundled seeds/seed_tasks.jsonl" for s in sources)
+
+
 def card_making(info: dict[str, Any]) -> list[str]:
     """How it was made: the teacher, the seeds, and the settings of bootstrap and evolve where they ran."""
     cfg, origins = info.get("config") or {}, info["counts"]["by_origin"]
@@ -252,16 +263,27 @@ def card_making(info: dict[str, Any]) -> list[str]:
           for name, i in imported.items()],
         *([] if imported and not teacher else [f"- Teacher: `{teacher.get('name', 'unknown')}`"
                                                + (f" ({teacher.get('model')})" if teacher.get("model") else "")]),
-        f"- Seed tasks: {cfg.get('seed_tasks') or 'bundled seeds/seed_tasks.jsonl'}; random seed {cfg.get('seed', '?')}",
+        f"- Seed tasks: {seed_names(info, cfg)}; random seed {cfg.get('seed', '?')}",
     ]
     if origins.get("machine") and not imported:
         lines.append(f"- Bootstrap: mode {boot.get('mode', '?')}, target {boot.get('num_instructions', '?')} "
                      f"instructions, {boot.get('num_prompt_instructions', '?')} in-context tasks per prompt, "
                      f"temperature {boot.get('temperature', '?')}, top_p {boot.get('top_p', '?')}")
     if origins.get("evolved"):
-        lines.append(f"- Evolve: {evo.get('rounds', '?')} rounds over {evo.get('source', '?')}; evolutions that "
+        source = f"`{Path(info['evolved_from']).name}`" if info.get("evolved_from") else evo.get("source", "?")
+        lines.append(f"- Evolve: {evo.get('rounds', '?')} rounds over {source}; evolutions that "
                      "gained nothing, refused, or copied the prompt eliminated (WizardLM's rules)")
     return [*lines, ""]
+
+
+def instruction_lengths(f: dict[str, Any], evo: dict[str, Any], origins: dict[str, int]) -> str:
+    """The length rule each kind of row passed: evolutions grow, and evolve filters them at its own max_words."""
+    least, most, evolved_most = f.get("min_words", "?"), f.get("max_words", "?"), evo.get("max_words", "?")
+    if not origins.get("evolved"):
+        return f"- Instruction length: {least} to {most} words"
+    if not origins.get("machine"):
+        return f"- Instruction length: {least} to {evolved_most} words (evolve.max_words)"
+    return f"- Instruction length: {least} to {most} words; evolved ones {least} to {evolved_most} (evolve.max_words)"
 
 
 def card_filters(info: dict[str, Any]) -> list[str]:
@@ -272,7 +294,7 @@ def card_filters(info: dict[str, Any]) -> list[str]:
         "## Filters applied", "",
         f"- ROUGE-L against {'the seeds' if f.get('rouge_against_seeds_only') else 'every earlier instruction'}: "
         f"rejected above {f.get('rouge_threshold', '?')}",
-        f"- Instruction length: {f.get('min_words', '?')} to {f.get('max_words', '?')} words",
+        instruction_lengths(f, (info.get("config") or {}).get("evolve") or {}, info["counts"]["by_origin"]),
         f"- Blacklisted words: {', '.join(f.get('blacklist') or []) or 'none'}",
         f"- Banned prefixes: {', '.join(f.get('banned_prefixes') or []) or 'none'}",
         f"- Instances: at most {f.get('max_instances', '?')} per task, cleaned; tasks left without one rejected",

@@ -88,6 +88,12 @@ def progress(ctx: RunContext, records: Records | None) -> tuple[str, int, int]:
     return map_progress(ctx, "instances", records)
 
 
+def check(ctx: RunContext) -> None:
+    """Both instance templates are there before the run pays for the stages before this one."""
+    for name in ("instances_gen.txt", "instances_clf.txt"):
+        ctx.prompts.path(name)
+
+
 def step(ctx: RunContext, records: Records | None) -> StepResult:
     """Write instances for each task of `records` (classify.jsonl or --input) into instances.jsonl."""
     tasks = records or Records()
