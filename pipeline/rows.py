@@ -138,5 +138,7 @@ def run_rows(run: RunDir, cfg: ExportConfig) -> RunRows:
     tasks = [t for f in sources for t in run.read_stage(f.stem)]
     rows = task_rows(tasks, cfg.rows)  # one call, so an evolution finds its parent's family across both files
     if not rows:
-        raise Seed2LoraError(f"{' and '.join(map(str, sources))} hold no task with instances; nothing to export")
+        held = f"{sources[0]} holds" if len(sources) == 1 else \
+            f"{' and '.join(map(str, sources))} hold" if sources else "the run holds"
+        raise Seed2LoraError(f"{held} no task with instances; nothing to export")
     return RunRows(tasks, rows + (seed_rows(run, cfg.rows) if cfg.include_seeds else []), sources)

@@ -24,8 +24,8 @@ CFG = FilterConfig()
     ("Please go to the store and buy milk for me.", "blacklist: go to"),
     ("Create a flowchart of the checkout process steps.", "blacklist: flowchart"),
     ("Write a program that sorts a list of numbers.", "banned_prefix: Write a program"),
-    ("- List three ways to save water at home.", "starts_with_punctuation"),
-    ("Étudiez la phrase suivante et traduisez-la.", "starts_with_non_ascii"),
+    ("- List three ways to save water at home.", "starts_with_punctuation: '-'"),  # before: no detail
+    ("Étudiez la phrase suivante et traduisez-la.", "starts_with_non_ascii: 'É'"),
 ])
 def test_instruction_rules(instruction, reason):
     assert instruction_reject_reason(instruction, CFG) == reason

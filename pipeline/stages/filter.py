@@ -74,10 +74,10 @@ def instruction_reject_reason(instruction: str, cfg: FilterConfig) -> str | None
     for prefix in cfg.banned_prefixes:
         if text.startswith(prefix):
             return f"banned_prefix: {prefix}"
-    if text[0] in string.punctuation:
-        return "starts_with_punctuation"
+    if text[0] in string.punctuation:  # the character named, as every rule's reason names what it found
+        return f"starts_with_punctuation: {text[0]!r}"
     if not text[0].isascii():
-        return "starts_with_non_ascii"
+        return f"starts_with_non_ascii: {text[0]!r}"
     return None
 
 
