@@ -630,6 +630,29 @@ def test_runtime_counts_every_session_up_to_the_checkpoint_resumed_from(tiny_mod
     assert json.loads((out / "checkpoints" / "checkpoint-3" / RUNTIME_FILE).read_text())["runtime_s"] > saved
 
 
+def test_the_same_train_command_again_on_a_finished_adapter_trains_nothing(tiny_model, tmp_path):
+    """`seed2lora train DATA --max-steps 6` run a second time resumed from checkpoint-6 and trained a 7th update
+    ("step 7/6", "steps: 1/0"): Trainer counts the updates only after one, so a checkpoint that holds every planned
+    update still got one more, and the adapter (and the eval, merge and GGUF made from it) changed under the user.
+    A finished adapter is kept, and the log says so and how to train further."""
+    from pipeline.train.trainer import train
+
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(ROWS))
+    out = tmp_path / "adapter"
+    cfg = quick_config(tiny_model, out, quant="none", max_steps=2, save_steps=1, eval_fraction=0.0)
+    first = train(data, cfg, log=lambda m: None)
+    weights = (out / "adapter_model.safetensors").read_bytes()
+    said = []
+    again = train(data, cfg, log=said.append)
+    assert again["steps"] == first["steps"] == 2
+    assert (out / "adapter_model.safetensors").read_bytes() == weights
+    assert not (out / "checkpoints" / "checkpoint-3").exists()
+    assert any("already trained" in m and "--max-steps" in m for m in said), said
+    more = train(data, dataclasses.replace(cfg, max_steps=3), log=lambda m: None)  # a longer run still goes on
+    assert more["steps"] == 3 and more["resumed_from"].endswith("checkpoint-2")
+
+
 def test_a_resume_does_not_measure_the_eval_loss_again_before_its_first_update(tiny_model, tmp_path):
     """eval_on_start measures the base's eval loss, the number every later one is compared with. A resume ran it
     again on the checkpoint, a whole pass over the eval split before the first update: 1.7-2.5 minutes per resume

@@ -337,6 +337,12 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
     settings = checkpoint_settings(p)
     if resume:
         check_resumable(ckpts, settings)
+        kept = finished_adapter(p, Path(resume))
+        if kept is not None:
+            log(f"{out} is already trained: {resume} holds {kept['steps']} update(s), all this run asks for, and the adapter "
+                "beside it; nothing to train. Fix: a higher --max-steps or --epochs goes on from there, --no-resume "
+                "starts over")
+            return kept
         log(f"resuming from {resume}")
         if base_eval_known(Path(resume)):  # eval_on_start would measure the checkpoint: a pass over the eval split
             trainer.args.eval_on_start = False
@@ -405,6 +411,20 @@ NOT_IN_ADAPTER = frozenset({"output_dir", "resume", "eval_steps", "save_steps", 
 RESUMABLE = NOT_IN_ADAPTER | {"epochs", "max_steps"}
 CHECKPOINT_SETTINGS = "seed2lora_settings.json"
 RUNTIME_FILE = "seed2lora_runtime.json"  # in each checkpoint: training seconds up to it (Runtime)
+
+
+def finished_adapter(p: Prepared, checkpoint: Path) -> dict[str, Any] | None:
+    """The summary of the adapter in p.out when `checkpoint` already holds every update this run plans and that
+    adapter was written from it (same step, same rows), else None. Trainer checks the step count only after an
+    update, so resuming from such a checkpoint would train one update past the end and overwrite the adapter."""
+    state_file, summary_file = checkpoint / "trainer_state.json", p.out / SUMMARY
+    if not state_file.is_file() or not summary_file.is_file():
+        return None
+    done = json.loads(state_file.read_text(encoding="utf-8")).get("global_step", 0)
+    planned = p.trainer.set_initial_training_values(p.trainer.args, p.trainer.get_train_dataloader())[6]
+    summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    same = summary.get("steps") == done and summary.get("data_sha256") == p.stats["data_sha256"]
+    return summary if done >= planned and same else None
 
 
 def base_eval_known(checkpoint: Path) -> bool:
