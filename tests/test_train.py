@@ -653,6 +653,24 @@ def test_the_same_train_command_again_on_a_finished_adapter_trains_nothing(tiny_
     assert more["steps"] == 3 and more["resumed_from"].endswith("checkpoint-2")
 
 
+@pytest.mark.parametrize("command", [["eval"], ["generate", "X", "hi"], ["merge"], ["export-adapter", "--format", "gguf"],
+                                     ["serve", "--dry-run"]])
+def test_an_interrupted_trainings_folder_is_named_as_such_with_the_resume_command(tmp_path, command):
+    """After Ctrl-C, the adapter folder holds checkpoints/ but no adapter yet; eval, generate, merge, export-adapter
+    and serve said it "is not an adapter folder ... Fix: give the output folder of `seed2lora train`" -- which it
+    is. They now say training stopped before the end and to run the same train command again to finish it."""
+    from pipeline.cli import cli
+
+    folder = tmp_path / "adapter"
+    (folder / "checkpoints" / "checkpoint-4").mkdir(parents=True)
+    args = [str(folder) if a == "X" else a for a in command]
+    args = args if "X" in command else [args[0], str(folder), *args[1:]]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert "training stopped before its end" in result.output and "checkpoint-4" in result.output
+    assert "run the same `seed2lora train` command again" in result.output
+
+
 def test_a_resume_does_not_measure_the_eval_loss_again_before_its_first_update(tiny_model, tmp_path):
     """eval_on_start measures the base's eval loss, the number every later one is compared with. A resume ran it
     again on the checkpoint, a whole pass over the eval split before the first update: 1.7-2.5 minutes per resume

@@ -317,14 +317,25 @@ def eval_sampling(cfg: EvalConfig, stop: list[str]) -> dict[str, Any]:
             "repeat_penalty": cfg.repetition_penalty, "stop": stop}
 
 
+def not_an_adapter(d: Path) -> Seed2LoraError:
+    """The error for a folder with no adapter_config.json. An interrupted training's folder (checkpoints, no
+    adapter yet) is the output folder of `seed2lora train`: it says so, and how to finish it."""
+    ckpts = sorted(d.glob("checkpoints/checkpoint-*"), key=lambda c: int(c.name.rpartition("-")[2] or 0))
+    if ckpts:
+        return Seed2LoraError(f"{d} holds no adapter yet: its training stopped before its end (newest checkpoint "
+                              f"{ckpts[-1].name}). Fix: run the same `seed2lora train` command again (or `seed2lora "
+                              "run` for a run's adapter): it resumes from that checkpoint and writes the adapter here")
+    return Seed2LoraError(f"{d} is not an adapter folder (no adapter_config.json). Fix: give the output folder "
+                          "of `seed2lora train`")
+
+
 def adapter_info(adapter_dir: str | Path) -> dict[str, Any]:
     """What an adapter folder says about itself: adapter_config.json, our training summary, and the sampling
     settings `eval` recorded (sampling.json; eval's defaults, sampling_recorded False, before any eval)."""
     d = Path(adapter_dir)
     info = read_adapter_config(d)
     if info is None:
-        raise Seed2LoraError(f"{d} is not an adapter folder (no adapter_config.json). Fix: give the output folder "
-                             "of `seed2lora train`")
+        raise not_an_adapter(d)
     summary = read_summary(d)
     recorded = json.loads((d / SAMPLING).read_text(encoding="utf-8")) if (d / SAMPLING).is_file() else None
     base = summary.get("model") or info.get("base_model_name_or_path")
