@@ -11,6 +11,7 @@ import math
 import random
 import re
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,7 +29,7 @@ from pipeline.train.data import (
 )
 from pipeline.train.dropout import LoraDropout
 from pipeline.train.loss import causal_lm_loss_sum, full_logits_loss_sum
-from pipeline.errors import InputError
+from pipeline.errors import InputError, Seed2LoraError
 from pipeline.train import model as model_module
 from pipeline.train.model import compute_dtype, get_peft_config, get_quantization_config, resolve_plan
 from pipeline.train.trainer import same_model_path
@@ -582,6 +583,23 @@ def test_merged_model_matches_base_plus_adapter(trained, tmp_path):
     assert not any("lora" in n for n, _ in merged.named_parameters())
     unquantized, tok = load_with_adapter(prepared.out, quant="none")
     torch.testing.assert_close(_logits(merged, tok), _logits(unquantized, tok), atol=1e-3, rtol=1e-3)
+
+
+def test_merge_refuses_to_write_over_the_adapter_or_its_base(trained, tiny_model):
+    """`seed2lora merge adapter --out adapter` wrote the merged model's config.json and 538 MB model.safetensors
+    into the adapter folder, beside adapter_config.json; --out the base's folder would overwrite the base every
+    adapter of it needs. Both are refused before anything is loaded or written."""
+    from pipeline.train.model import merge_adapter
+
+    prepared, _, _, _ = trained
+    before = sorted(p.name for p in prepared.out.iterdir())
+    base_before = sorted(p.name for p in Path(tiny_model).iterdir())
+    for out, says in ((prepared.out, "the adapter folder itself"), (Path(tiny_model), "the base model's folder")):
+        with pytest.raises(Seed2LoraError, match=says) as err:
+            merge_adapter(prepared.out, out)
+        assert "Fix: --out a new folder" in str(err.value)
+    assert sorted(p.name for p in prepared.out.iterdir()) == before
+    assert sorted(p.name for p in Path(tiny_model).iterdir()) == base_before
 
 
 def test_training_resumes_from_the_last_checkpoint(trained, tiny_model):

@@ -375,6 +375,12 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, *, model: str = 
 
     info = adapter_info(adapter_dir)
     base_path = resolve_model(model or info["base"] or "")
+    out = Path(out_dir)
+    # A merged model written over the adapter's files or over the base would leave neither usable.
+    for taken, what in ((Path(adapter_dir), "the adapter folder itself"), (Path(base_path), "the base model's folder")):
+        if out.resolve() == taken.resolve():
+            raise Seed2LoraError(f"merge --out {out} is {what}: the merged model would be written over it. Fix: --out "
+                                 f"a new folder (default {Path(adapter_dir) / 'merged'})")
     config = AutoConfig.from_pretrained(base_path)
     if getattr(config, "quantization_config", None):
         raise Seed2LoraError(f"{base_path} is a quantized checkpoint; merging into 4-bit weights loses the adapter's "
@@ -386,7 +392,6 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, *, model: str = 
     base = load_base(base_path, quant_config=None, dtype=torch_dtype,
                      trust_remote_code=bool(info["config"].get("trust_remote_code", False)))
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    out = Path(out_dir)
     merged.save_pretrained(out)
     load_tokenizer(str(adapter_dir) if (Path(adapter_dir) / "tokenizer_config.json").is_file()
                    else base_path).save_pretrained(out)
