@@ -689,6 +689,34 @@ def test_an_interrupted_trainings_folder_is_named_as_such_with_the_resume_comman
     assert "run the same `seed2lora train` command again" in result.output
 
 
+@pytest.mark.parametrize("save_steps, says", [
+    (100, "before its first checkpoint (every 100 updates or 600 s): nothing to resume from; the same command "
+          "starts over"),
+    (1, "the same command resumes from checkpoint-1")])
+def test_ctrl_c_in_training_says_what_the_same_command_will_do(tiny_model, tmp_path, save_steps, says):
+    """Ctrl-C at update 2 of 12 with save_steps 50 printed "everything written so far is kept; run the same command
+    to resume", but no checkpoint had been written: the same command started over, silently. The stop now says
+    which checkpoint a re-run resumes from, or that there is none yet."""
+    from transformers import TrainerCallback
+
+    from pipeline.train.trainer import fit, prepare
+
+    class CtrlC(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 2:
+                raise KeyboardInterrupt
+
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(ROWS))
+    cfg = quick_config(tiny_model, tmp_path / "adapter", quant="none", max_steps=12, save_steps=save_steps,
+                       eval_fraction=0.0)
+    p = prepare(data, cfg, log=lambda m: None)
+    p.trainer.add_callback(CtrlC())
+    with pytest.raises(KeyboardInterrupt) as stop:
+        fit(p, log=lambda m: None)
+    assert "train: stopped at update 2 of 12" in stop.value.pending and says in stop.value.pending, stop.value.pending
+
+
 def test_a_resume_does_not_measure_the_eval_loss_again_before_its_first_update(tiny_model, tmp_path):
     """eval_on_start measures the base's eval loss, the number every later one is compared with. A resume ran it
     again on the checkpoint, a whole pass over the eval split before the first update: 1.7-2.5 minutes per resume

@@ -362,10 +362,12 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         result = trainer.train(resume_from_checkpoint=resume)
-    except BaseException:
+    except BaseException as stop:
         for cb in trainer.callback_handler.callbacks:
             if isinstance(cb, TrainProgress):
                 cb.close(sys.exc_info())
+        if isinstance(stop, KeyboardInterrupt):  # the CLI prints it under "interrupted" (cli.said_pending)
+            stop.pending = resume_note(trainer, ckpts)
         raise
     train_seconds = time.perf_counter() - start
     evals = [h for h in trainer.state.log_history if "eval_loss" in h]
@@ -411,6 +413,20 @@ NOT_IN_ADAPTER = frozenset({"output_dir", "resume", "eval_steps", "save_steps", 
 RESUMABLE = NOT_IN_ADAPTER | {"epochs", "max_steps"}
 CHECKPOINT_SETTINGS = "seed2lora_settings.json"
 RUNTIME_FILE = "seed2lora_runtime.json"  # in each checkpoint: training seconds up to it (Runtime)
+
+
+def resume_note(trainer: LoraTrainer, ckpts: Path) -> str:
+    """What the same command does after a stop: resume from the newest checkpoint, or start over when none is
+    written yet (the updates since the last checkpoint are trained again either way)."""
+    state, args = trainer.state, trainer.args
+    newest = get_last_checkpoint(str(ckpts)) if ckpts.is_dir() else None
+    where = f"train: stopped at update {state.global_step} of {state.max_steps}"
+    if newest is None:
+        by_time = [f" or {cb.every_s:.0f} s" for cb in trainer.callback_handler.callbacks
+                   if isinstance(cb, SaveByTime) and cb.every_s > 0]
+        return (f"{where}, before its first checkpoint (every {args.save_steps} updates{''.join(by_time[:1])}): "
+                "nothing to resume from; the same command starts over")
+    return f"{where}; the same command resumes from {Path(newest).name} (in {ckpts})"
 
 
 def finished_adapter(p: Prepared, checkpoint: Path) -> dict[str, Any] | None:
