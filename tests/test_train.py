@@ -717,6 +717,21 @@ def test_ctrl_c_in_training_says_what_the_same_command_will_do(tiny_model, tmp_p
     assert "train: stopped at update 2 of 12" in stop.value.pending and says in stop.value.pending, stop.value.pending
 
 
+def test_examples_cut_at_max_seq_len_are_said_not_only_counted(tiny_model, tmp_path):
+    """--max-seq-len 256 on 64 Alpaca rows cut 2 examples (their responses' ends never learned); the summary counted
+    "truncated": 2 but the training line said only "training on 57 examples". It now says how many were cut or
+    dropped, and the flag that decides it."""
+    from pipeline.train.trainer import prepare
+
+    data = tmp_path / "alpaca.json"
+    rows = [*ROWS, {"instruction": "Write a long story.", "input": "", "output": " ".join(["word"] * 400)}]
+    data.write_text(json.dumps(rows))
+    said = []
+    prepare(data, quick_config(tiny_model, tmp_path / "adapter", quant="none", eval_fraction=0.0), log=said.append)
+    line = next(m for m in said if m.startswith("training on"))
+    assert "1 cut at --max-seq-len 128" in line, line
+
+
 def test_a_resume_does_not_measure_the_eval_loss_again_before_its_first_update(tiny_model, tmp_path):
     """eval_on_start measures the base's eval loss, the number every later one is compared with. A resume ran it
     again on the checkpoint, a whole pass over the eval split before the first update: 1.7-2.5 minutes per resume
