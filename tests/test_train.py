@@ -732,6 +732,31 @@ def test_examples_cut_at_max_seq_len_are_said_not_only_counted(tiny_model, tmp_p
     assert "1 cut at --max-seq-len 128" in line, line
 
 
+def test_training_on_a_file_says_which_rows_overlap_the_eval_set(tiny_model, tmp_path, monkeypatch):
+    """`train RUN_DIR` leaves out rows overlapping the eval set, as export does; `train my_data.jsonl` checked
+    nothing, so a file holding eval tasks trained on them and `eval` then scored what the adapter had copied, with
+    no word said. A file is not changed (it is the user's), but the overlap is named with the fix, and counted."""
+    from pipeline.train.trainer import prepare
+
+    task = "Write a short and friendly note to a neighbour asking them to water the plants while we are away"
+    uo = tmp_path / "user_oriented_instructions.jsonl"
+    uo.write_text(json.dumps({"id": "user_oriented_task_7", "instruction": task,
+                              "instances": [{"input": "", "output": "Hi!"}]}) + "\n")
+    monkeypatch.setattr("pipeline.decontam.find_user_oriented", lambda: uo)
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [*ROWS, {"instruction": task, "input": "", "output": "x"}]))
+    said = []
+    p = prepare(data, quick_config(tiny_model, tmp_path / "adapter", quant="none"), log=said.append)
+    warning = [m for m in said if "overlap the eval set" in m]
+    assert warning and "1 row(s) of" in warning[0] and "row 13" in warning[0] and "user_oriented_task_7" in warning[0]
+    assert "Fix:" in warning[0] and p.stats["eval_overlap_rows"] == 1
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    said.clear()
+    p = prepare(clean, quick_config(tiny_model, tmp_path / "adapter2", quant="none"), log=said.append)
+    assert not [m for m in said if "overlap the eval set" in m] and p.stats["eval_overlap_rows"] == 0
+
+
 def test_a_resume_does_not_measure_the_eval_loss_again_before_its_first_update(tiny_model, tmp_path):
     """eval_on_start measures the base's eval loss, the number every later one is compared with. A resume ran it
     again on the checkpoint, a whole pass over the eval split before the first update: 1.7-2.5 minutes per resume

@@ -35,7 +35,7 @@ from transformers.trainer_utils import get_last_checkpoint, has_length
 from ..config import TrainConfig, current_values
 from ..errors import Seed2LoraError
 from ..store import ADAPTER_DIR, RunDir, write_text_atomic
-from .data import Collator, Rows, load_rows, pack, rows_fingerprint, tokenize_rows, train_eval_rows
+from .data import Collator, Rows, eval_overlap, load_rows, pack, rows_fingerprint, tokenize_rows, train_eval_rows
 from .loss import causal_lm_loss_sum, full_logits_loss_sum
 from .model import (
     CHEAP_DROPOUT_NOTE,
@@ -292,6 +292,11 @@ def prepare(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Prog
         RunDir(rows.run_dir).replace_rejected("export", rows.contaminated)
         log(f"{len(rows.contaminated)} row(s) overlapping the eval set left out ({rows.decontaminated}); "
             f"{'recorded in ' + str(RunDir(rows.run_dir).rejected_file) if rows.contaminated else 'none found'}")
+    overlap = [] if rows.run_dir else eval_overlap(rows)[0]
+    if overlap:  # the user's own file: named, not changed (export and `train RUN_DIR` leave such rows out)
+        log(f"warning: {len(overlap)} row(s) of {rows.source} overlap the eval set `seed2lora eval` scores on (row "
+            f"{overlap[0][0]}: {overlap[0][1]}), so eval would score what the adapter copied. Fix: leave them out, or "
+            "evaluate on other tasks with eval --data FILE")
     train_rows, eval_rows = train_eval_rows(rows, cfg.eval_fraction, cfg.seed)
     if cfg.max_examples:
         train_rows = train_rows[:cfg.max_examples]
@@ -327,6 +332,7 @@ def prepare(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Prog
         trainer.remove_callback(cb)
     stats = {"train_data": train_tok.stats, "eval_data": eval_tok.stats,
              "rows": {"train": len(train_set), "eval": len(eval_set), "packed": cfg.packing},
+             **({} if rows.run_dir else {"eval_overlap_rows": len(overlap)}),
              "compute_dtype": str(plan.load_dtype).removeprefix("torch."), "autocast_bf16": plan.autocast_bf16,
              "quantized": plan.quant, "optim": plan.optim, "training_path": plan.describe(), "device": on,
              "data_sha256": rows_fingerprint(rows)}
