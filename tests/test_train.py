@@ -757,6 +757,25 @@ def test_training_on_a_file_says_which_rows_overlap_the_eval_set(tiny_model, tmp
     assert not [m for m in said if "overlap the eval set" in m] and p.stats["eval_overlap_rows"] == 0
 
 
+def test_no_example_left_at_max_seq_len_names_the_flag_and_the_fix(tiny_model, tmp_path):
+    """--max-seq-len 8 on Alpaca rows stopped with "no training example left ... (every response was cut at
+    max_seq_len 8, or the data is empty)": no Fix, and an empty file got the same words. Now: the flag, how many
+    rows were read, and a length that fits."""
+    from pipeline.train.trainer import prepare
+
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(ROWS))
+    with pytest.raises(Seed2LoraError) as err:
+        prepare(data, quick_config(tiny_model, tmp_path / "adapter", quant="none", max_seq_len=8, eval_fraction=0.0),
+                log=lambda m: None)
+    assert "every response of its 12 rows was cut away at --max-seq-len 8" in str(err.value)
+    assert "Fix: --max-seq-len " in str(err.value), str(err.value)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(Seed2LoraError, match="holds no rows for the train split. Fix: give a file with rows"):
+        prepare(empty, quick_config(tiny_model, tmp_path / "adapter", quant="none"), log=lambda m: None)
+
+
 def test_a_resume_does_not_measure_the_eval_loss_again_before_its_first_update(tiny_model, tmp_path):
     """eval_on_start measures the base's eval loss, the number every later one is compared with. A resume ran it
     again on the checkpoint, a whole pass over the eval split before the first update: 1.7-2.5 minutes per resume

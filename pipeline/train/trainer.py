@@ -302,9 +302,14 @@ def prepare(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Prog
         train_rows = train_rows[:cfg.max_examples]
     train_tok = tokenize_rows(tokenizer, train_rows, cfg.max_seq_len)
     eval_tok = tokenize_rows(tokenizer, eval_rows, cfg.max_seq_len)
+    if not train_rows:
+        raise Seed2LoraError(f"no training example in {data}: it holds no rows for the train split. Fix: give a "
+                             "file with rows (Alpaca instruction/input/output or chat messages)")
     if not train_tok.examples:
-        raise Seed2LoraError(f"no training example left from {data} (every response was cut at max_seq_len "
-                             f"{cfg.max_seq_len}, or the data is empty)")
+        shortest = min(len(e["input_ids"]) for e in tokenize_rows(tokenizer, train_rows, 10**9).examples)
+        raise Seed2LoraError(f"no training example left from {data}: every response of its {len(train_rows)} rows was "
+                             f"cut away at --max-seq-len {cfg.max_seq_len} (the shortest row is {shortest} tokens). "
+                             f"Fix: --max-seq-len {shortest} or more (512 keeps a CPU run short)")
     train_set = pack(train_tok.examples, cfg.max_seq_len) if cfg.packing else train_tok.examples
     eval_set = pack(eval_tok.examples, cfg.max_seq_len) if cfg.packing else eval_tok.examples
     out = default_output_dir(cfg, rows)
