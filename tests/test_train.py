@@ -776,6 +776,57 @@ def test_no_example_left_at_max_seq_len_names_the_flag_and_the_fix(tiny_model, t
         prepare(empty, quick_config(tiny_model, tmp_path / "adapter", quant="none"), log=lambda m: None)
 
 
+EVAL_REPORT = {"rouge_l": {"base": 0.2, "adapter": 0.3, "delta": 0.1, "delta_ci95": [0.05, 0.15], "adapter_higher": 5,
+                            "base_higher": 1}, "n_prompts": 8}
+
+
+def test_the_adapters_card_carries_no_eval_of_an_earlier_adapter(tiny_model, tmp_path):
+    """Trained again, the adapter folder's README.md said "7 steps" under Training and, under Evaluation, the
+    scores `seed2lora eval` had measured on the 6-step adapter before it: a card claiming numbers its weights never
+    earned (and export-adapter --push-to-hub sends that card). An eval report older than the weights is left out,
+    and the card says to run eval again."""
+    from pipeline.train.trainer import train
+
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(ROWS))
+    out = tmp_path / "adapter"
+    cfg = quick_config(tiny_model, out, quant="none", max_steps=2, save_steps=1, eval_fraction=0.0)
+    train(data, cfg, log=lambda m: None)
+    (out / "eval").mkdir()
+    (out / "eval" / "eval_report.json").write_text(json.dumps(EVAL_REPORT))
+    train(data, dataclasses.replace(cfg, max_steps=3), log=lambda m: None)
+    card = (out / "README.md").read_text()
+    assert "3 steps" in card and "ROUGE-L base 0.2000" not in card
+    assert "older than these weights" in card and "seed2lora eval" in card
+
+
+def test_training_again_names_what_was_made_from_the_adapter_before_it(tiny_model, tmp_path):
+    """Trained again (more steps), the adapter changed under the merged model, the GGUF files and the eval report
+    made from it, with no word: llama-cli and Ollama went on loading the old merged.q8_0.gguf. The new adapter's
+    line now names each file older than it and the commands that remake them."""
+    from pipeline.train.trainer import train
+
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(ROWS))
+    out = tmp_path / "adapter"
+    cfg = quick_config(tiny_model, out, quant="none", max_steps=2, save_steps=1, eval_fraction=0.0)
+    said = []
+    train(data, cfg, log=said.append)
+    assert not [m for m in said if "out of date" in m]
+    (out / "merged").mkdir()
+    (out / "eval").mkdir()
+    for name in ("adapter.gguf", "merged.q8_0.gguf"):
+        (out / name).write_text("made from the 2-step adapter")
+    (out / "eval" / "eval_report.json").write_text(json.dumps(EVAL_REPORT))
+    said.clear()
+    train(data, dataclasses.replace(cfg, max_steps=3), log=said.append)
+    note = [m for m in said if "out of date" in m]
+    assert note, said
+    for name in ("merged", "adapter.gguf", "merged.q8_0.gguf", "eval"):
+        assert name in note[0]
+    assert "seed2lora merge" in note[0] and "export-adapter" in note[0] and "seed2lora eval" in note[0]
+
+
 def test_a_resume_does_not_measure_the_eval_loss_again_before_its_first_update(tiny_model, tmp_path):
     """eval_on_start measures the base's eval loss, the number every later one is compared with. A resume ran it
     again on the checkpoint, a whole pass over the eval split before the first update: 1.7-2.5 minutes per resume

@@ -414,6 +414,9 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
         log(f"adapter written to {out} (loss {summary['train_loss']['first']} -> {summary['train_loss']['last']}"
             + (f", eval loss {summary['eval_losses']['first']} -> {summary['eval_losses']['last']}"
                if summary["eval_loss"] is not None else "") + ")")
+        if stale := made_before(out):
+            log(f"note: out of date, made from the adapter before this training: {', '.join(stale)}. Fix: run "
+                "`seed2lora merge`, `seed2lora export-adapter` and `seed2lora eval` on it again for those you use")
     return summary
 
 
@@ -428,6 +431,14 @@ NOT_IN_ADAPTER = frozenset({"output_dir", "resume", "eval_steps", "save_steps", 
 RESUMABLE = NOT_IN_ADAPTER | {"epochs", "max_steps"}
 CHECKPOINT_SETTINGS = "seed2lora_settings.json"
 RUNTIME_FILE = "seed2lora_runtime.json"  # in each checkpoint: training seconds up to it (Runtime)
+
+
+def made_before(out: Path) -> list[str]:
+    """What merge, export-adapter and eval made in the adapter folder from weights older than its current ones."""
+    weights = (out / "adapter_model.safetensors").stat().st_mtime
+    made = [out / "merged", *sorted(out.glob("*.gguf")), out / "Modelfile", *sorted(out.glob("Modelfile.*")),
+            out / "eval" / "eval_report.json"]
+    return [str(p.relative_to(out)) for p in made if p.exists() and p.stat().st_mtime < weights]
 
 
 def resume_note(trainer: LoraTrainer, ckpts: Path) -> str:
