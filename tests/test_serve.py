@@ -151,7 +151,7 @@ def test_each_model_answers_with_its_adapters_sampling_settings_unless_the_reque
     assert fill({"model": "a", "messages": msgs}, defaults) == {
         "model": "a", "messages": msgs, "temperature": 0.0, "top_p": 1.0, "max_tokens": 48, "repeat_penalty": 1.0,
         "stop": ["<|im_end|>"]}
-    # the request's own values win; null is "not set"; an unknown name gets the base's, as the server answers it
+    # the request's own values win; null is "not set"; an unknown name gets the base's (the server refuses it)
     got = fill({"model": "b", "temperature": 0.7, "max_tokens": None}, defaults)
     assert got["temperature"] == 0.7 and got["max_tokens"] == 256 and got["repeat_penalty"] == 1.0 and "stop" not in got
     assert fill({"model": "nobody"}, defaults)["max_tokens"] == 48
@@ -180,6 +180,41 @@ def test_the_middleware_hands_llama_cpp_the_filled_request():
     asyncio.run(SamplingDefaults(app, {"a": {"repeat_penalty": 1.0}})(scope, receive, None))
     assert seen["body"] == {"model": "a", "messages": [], "repeat_penalty": 1.0}
     assert seen["headers"][b"content-length"] == str(len(json.dumps(seen["body"]))).encode()
+
+
+def test_a_request_naming_no_served_model_is_refused_not_answered_by_the_base():
+    """A typo in the adapter's name ("legl" for "legal") was answered by the base model with a 200, as if by the
+    adapter: llama-cpp-python falls back to its first model. vLLM and OpenAI answer 404; so does serve's CPU engine
+    now, naming the models it serves. A request with no model still gets the base."""
+    import asyncio
+
+    from pipeline.train.llama_server import SamplingDefaults
+
+    called, sent = [], []
+
+    async def app(scope, receive, send):
+        called.append(json.loads((await receive())["body"]))
+
+    async def send(message):
+        sent.append(message)
+
+    def request(body):
+        raw = json.dumps(body).encode()
+
+        async def receive():
+            return {"type": "http.request", "body": raw, "more_body": False}
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
+                 "headers": [(b"content-length", str(len(raw)).encode())]}
+        asyncio.run(SamplingDefaults(app, {"base": {}, "legal": {}})(scope, receive, send))
+
+    request({"model": "legl", "messages": []})
+    assert called == [] and sent[0]["status"] == 404
+    error = json.loads(sent[1]["body"])["error"]
+    assert error["code"] == "model_not_found" and "legl" in error["message"] and "base, legal" in error["message"]
+    request({"messages": []})
+    request({"model": "legal", "messages": []})
+    assert [c.get("model") for c in called] == [None, "legal"]
 
 
 def test_the_modelfile_carries_the_recorded_settings(tmp_path):

@@ -11,6 +11,7 @@ import math
 import random
 import re
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,7 +29,7 @@ from pipeline.train.data import (
 )
 from pipeline.train.dropout import LoraDropout
 from pipeline.train.loss import causal_lm_loss_sum, full_logits_loss_sum
-from pipeline.errors import InputError
+from pipeline.errors import InputError, Seed2LoraError
 from pipeline.train import model as model_module
 from pipeline.train.model import compute_dtype, get_peft_config, get_quantization_config, resolve_plan
 from pipeline.train.trainer import same_model_path
@@ -584,6 +585,23 @@ def test_merged_model_matches_base_plus_adapter(trained, tmp_path):
     torch.testing.assert_close(_logits(merged, tok), _logits(unquantized, tok), atol=1e-3, rtol=1e-3)
 
 
+def test_merge_refuses_to_write_over_the_adapter_or_its_base(trained, tiny_model):
+    """`seed2lora merge adapter --out adapter` wrote the merged model's config.json and 538 MB model.safetensors
+    into the adapter folder, beside adapter_config.json; --out the base's folder would overwrite the base every
+    adapter of it needs. Both are refused before anything is loaded or written."""
+    from pipeline.train.model import merge_adapter
+
+    prepared, _, _, _ = trained
+    before = sorted(p.name for p in prepared.out.iterdir())
+    base_before = sorted(p.name for p in Path(tiny_model).iterdir())
+    for out, says in ((prepared.out, "the adapter folder itself"), (Path(tiny_model), "the base model's folder")):
+        with pytest.raises(Seed2LoraError, match=says) as err:
+            merge_adapter(prepared.out, out)
+        assert "Fix: --out a new folder" in str(err.value)
+    assert sorted(p.name for p in prepared.out.iterdir()) == before
+    assert sorted(p.name for p in Path(tiny_model).iterdir()) == base_before
+
+
 def test_training_resumes_from_the_last_checkpoint(trained, tiny_model):
     from pipeline.train.trainer import train
 
@@ -628,6 +646,185 @@ def test_runtime_counts_every_session_up_to_the_checkpoint_resumed_from(tiny_mod
     assert second["resumed_from"].endswith("checkpoint-2")
     assert second["runtime_s"] == round(saved + second["session_runtime_s"], 2)
     assert json.loads((out / "checkpoints" / "checkpoint-3" / RUNTIME_FILE).read_text())["runtime_s"] > saved
+
+
+def test_the_same_train_command_again_on_a_finished_adapter_trains_nothing(tiny_model, tmp_path):
+    """`seed2lora train DATA --max-steps 6` run a second time resumed from checkpoint-6 and trained a 7th update
+    ("step 7/6", "steps: 1/0"): Trainer counts the updates only after one, so a checkpoint that holds every planned
+    update still got one more, and the adapter (and the eval, merge and GGUF made from it) changed under the user.
+    A finished adapter is kept, and the log says so and how to train further."""
+    from pipeline.train.trainer import train
+
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(ROWS))
+    out = tmp_path / "adapter"
+    cfg = quick_config(tiny_model, out, quant="none", max_steps=2, save_steps=1, eval_fraction=0.0)
+    first = train(data, cfg, log=lambda m: None)
+    weights = (out / "adapter_model.safetensors").read_bytes()
+    said = []
+    again = train(data, cfg, log=said.append)
+    assert again["steps"] == first["steps"] == 2
+    assert (out / "adapter_model.safetensors").read_bytes() == weights
+    assert not (out / "checkpoints" / "checkpoint-3").exists()
+    assert any("already trained" in m and "--max-steps" in m for m in said), said
+    more = train(data, dataclasses.replace(cfg, max_steps=3), log=lambda m: None)  # a longer run still goes on
+    assert more["steps"] == 3 and more["resumed_from"].endswith("checkpoint-2")
+
+
+@pytest.mark.parametrize("command", [["eval"], ["generate", "X", "hi"], ["merge"], ["export-adapter", "--format", "gguf"],
+                                     ["serve", "--dry-run"]])
+def test_an_interrupted_trainings_folder_is_named_as_such_with_the_resume_command(tmp_path, command):
+    """After Ctrl-C, the adapter folder holds checkpoints/ but no adapter yet; eval, generate, merge, export-adapter
+    and serve said it "is not an adapter folder ... Fix: give the output folder of `seed2lora train`" -- which it
+    is. They now say training stopped before the end and to run the same train command again to finish it."""
+    from pipeline.cli import cli
+
+    folder = tmp_path / "adapter"
+    (folder / "checkpoints" / "checkpoint-4").mkdir(parents=True)
+    args = [str(folder) if a == "X" else a for a in command]
+    args = args if "X" in command else [args[0], str(folder), *args[1:]]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert "training stopped before its end" in result.output and "checkpoint-4" in result.output
+    assert "run the same `seed2lora train` command again" in result.output
+
+
+@pytest.mark.parametrize("save_steps, says", [
+    (100, "before its first checkpoint (every 100 updates or 600 s): nothing to resume from; the same command "
+          "starts over"),
+    (1, "the same command resumes from checkpoint-1")])
+def test_ctrl_c_in_training_says_what_the_same_command_will_do(tiny_model, tmp_path, save_steps, says):
+    """Ctrl-C at update 2 of 12 with save_steps 50 printed "everything written so far is kept; run the same command
+    to resume", but no checkpoint had been written: the same command started over, silently. The stop now says
+    which checkpoint a re-run resumes from, or that there is none yet."""
+    from transformers import TrainerCallback
+
+    from pipeline.train.trainer import fit, prepare
+
+    class CtrlC(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 2:
+                raise KeyboardInterrupt
+
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(ROWS))
+    cfg = quick_config(tiny_model, tmp_path / "adapter", quant="none", max_steps=12, save_steps=save_steps,
+                       eval_fraction=0.0)
+    p = prepare(data, cfg, log=lambda m: None)
+    p.trainer.add_callback(CtrlC())
+    with pytest.raises(KeyboardInterrupt) as stop:
+        fit(p, log=lambda m: None)
+    assert "train: stopped at update 2 of 12" in stop.value.pending and says in stop.value.pending, stop.value.pending
+
+
+def test_examples_cut_at_max_seq_len_are_said_not_only_counted(tiny_model, tmp_path):
+    """--max-seq-len 256 on 64 Alpaca rows cut 2 examples (their responses' ends never learned); the summary counted
+    "truncated": 2 but the training line said only "training on 57 examples". It now says how many were cut or
+    dropped, and the flag that decides it."""
+    from pipeline.train.trainer import prepare
+
+    data = tmp_path / "alpaca.json"
+    rows = [*ROWS, {"instruction": "Write a long story.", "input": "", "output": " ".join(["word"] * 400)}]
+    data.write_text(json.dumps(rows))
+    said = []
+    prepare(data, quick_config(tiny_model, tmp_path / "adapter", quant="none", eval_fraction=0.0), log=said.append)
+    line = next(m for m in said if m.startswith("training on"))
+    assert "1 cut at --max-seq-len 128" in line, line
+
+
+def test_training_on_a_file_says_which_rows_overlap_the_eval_set(tiny_model, tmp_path, monkeypatch):
+    """`train RUN_DIR` leaves out rows overlapping the eval set, as export does; `train my_data.jsonl` checked
+    nothing, so a file holding eval tasks trained on them and `eval` then scored what the adapter had copied, with
+    no word said. A file is not changed (it is the user's), but the overlap is named with the fix, and counted."""
+    from pipeline.train.trainer import prepare
+
+    task = "Write a short and friendly note to a neighbour asking them to water the plants while we are away"
+    uo = tmp_path / "user_oriented_instructions.jsonl"
+    uo.write_text(json.dumps({"id": "user_oriented_task_7", "instruction": task,
+                              "instances": [{"input": "", "output": "Hi!"}]}) + "\n")
+    monkeypatch.setattr("pipeline.decontam.find_user_oriented", lambda: uo)
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [*ROWS, {"instruction": task, "input": "", "output": "x"}]))
+    said = []
+    p = prepare(data, quick_config(tiny_model, tmp_path / "adapter", quant="none"), log=said.append)
+    warning = [m for m in said if "overlap the eval set" in m]
+    assert warning and "1 row(s) of" in warning[0] and "row 13" in warning[0] and "user_oriented_task_7" in warning[0]
+    assert "Fix:" in warning[0] and p.stats["eval_overlap_rows"] == 1
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    said.clear()
+    p = prepare(clean, quick_config(tiny_model, tmp_path / "adapter2", quant="none"), log=said.append)
+    assert not [m for m in said if "overlap the eval set" in m] and p.stats["eval_overlap_rows"] == 0
+
+
+def test_no_example_left_at_max_seq_len_names_the_flag_and_the_fix(tiny_model, tmp_path):
+    """--max-seq-len 8 on Alpaca rows stopped with "no training example left ... (every response was cut at
+    max_seq_len 8, or the data is empty)": no Fix, and an empty file got the same words. Now: the flag, how many
+    rows were read, and a length that fits."""
+    from pipeline.train.trainer import prepare
+
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(ROWS))
+    with pytest.raises(Seed2LoraError) as err:
+        prepare(data, quick_config(tiny_model, tmp_path / "adapter", quant="none", max_seq_len=8, eval_fraction=0.0),
+                log=lambda m: None)
+    assert "every response of its 12 rows was cut away at --max-seq-len 8" in str(err.value)
+    assert "Fix: --max-seq-len " in str(err.value), str(err.value)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(Seed2LoraError, match="holds no rows for the train split. Fix: give a file with rows"):
+        prepare(empty, quick_config(tiny_model, tmp_path / "adapter", quant="none"), log=lambda m: None)
+
+
+EVAL_REPORT = {"rouge_l": {"base": 0.2, "adapter": 0.3, "delta": 0.1, "delta_ci95": [0.05, 0.15], "adapter_higher": 5,
+                            "base_higher": 1}, "n_prompts": 8}
+
+
+def test_the_adapters_card_carries_no_eval_of_an_earlier_adapter(tiny_model, tmp_path):
+    """Trained again, the adapter folder's README.md said "7 steps" under Training and, under Evaluation, the
+    scores `seed2lora eval` had measured on the 6-step adapter before it: a card claiming numbers its weights never
+    earned (and export-adapter --push-to-hub sends that card). An eval report older than the weights is left out,
+    and the card says to run eval again."""
+    from pipeline.train.trainer import train
+
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(ROWS))
+    out = tmp_path / "adapter"
+    cfg = quick_config(tiny_model, out, quant="none", max_steps=2, save_steps=1, eval_fraction=0.0)
+    train(data, cfg, log=lambda m: None)
+    (out / "eval").mkdir()
+    (out / "eval" / "eval_report.json").write_text(json.dumps(EVAL_REPORT))
+    train(data, dataclasses.replace(cfg, max_steps=3), log=lambda m: None)
+    card = (out / "README.md").read_text()
+    assert "3 steps" in card and "ROUGE-L base 0.2000" not in card
+    assert "older than these weights" in card and "seed2lora eval" in card
+
+
+def test_training_again_names_what_was_made_from_the_adapter_before_it(tiny_model, tmp_path):
+    """Trained again (more steps), the adapter changed under the merged model, the GGUF files and the eval report
+    made from it, with no word: llama-cli and Ollama went on loading the old merged.q8_0.gguf. The new adapter's
+    line now names each file older than it and the commands that remake them."""
+    from pipeline.train.trainer import train
+
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(ROWS))
+    out = tmp_path / "adapter"
+    cfg = quick_config(tiny_model, out, quant="none", max_steps=2, save_steps=1, eval_fraction=0.0)
+    said = []
+    train(data, cfg, log=said.append)
+    assert not [m for m in said if "out of date" in m]
+    (out / "merged").mkdir()
+    (out / "eval").mkdir()
+    for name in ("adapter.gguf", "merged.q8_0.gguf"):
+        (out / name).write_text("made from the 2-step adapter")
+    (out / "eval" / "eval_report.json").write_text(json.dumps(EVAL_REPORT))
+    said.clear()
+    train(data, dataclasses.replace(cfg, max_steps=3), log=said.append)
+    note = [m for m in said if "out of date" in m]
+    assert note, said
+    for name in ("merged", "adapter.gguf", "merged.q8_0.gguf", "eval"):
+        assert name in note[0]
+    assert "seed2lora merge" in note[0] and "export-adapter" in note[0] and "seed2lora eval" in note[0]
 
 
 def test_a_resume_does_not_measure_the_eval_loss_again_before_its_first_update(tiny_model, tmp_path):

@@ -32,7 +32,7 @@ from typing import Any
 
 from ..config import ExportConfig
 from ..datasets_io import read_records
-from ..decontam import clean_run_rows
+from ..decontam import clean_run_rows, contamination, row_text
 from ..errors import InputError, Seed2LoraError
 from ..records import RowError, Task, row_messages, split_by_task, task_rows
 from ..rows import SOURCES
@@ -80,6 +80,24 @@ def _load(p: Path) -> Rows:
         raise InputError(p, None, "is a folder with no export.json, filter.jsonl, evolve.jsonl or saved dataset",
                          "give an export folder (seed2lora export), a run directory or a data file")
     return Rows(read_rows_file(p), None, None, str(p))
+
+
+def eval_overlap(rows: Rows) -> tuple[list[tuple[int, str]], str]:
+    """(row number, reason) of each row whose prompt overlaps the eval set export checks against (the
+    user-oriented set when on this machine), and what was checked. For a file or dataset of the user's own, which
+    is trained on as it is: a run directory's rows are decontaminated as export's are (Rows.contaminated)."""
+    contam, note = contamination(ExportConfig().decontaminate)
+    if contam is None:
+        return [], note
+    hits = []
+    for n, row in enumerate([*rows.train, *(rows.eval or [])], 1):
+        if "instruction" in row:
+            prompt = row_text(str(row["instruction"]), str(row.get("input") or ""))
+        else:
+            prompt = "\n".join(m["content"] for m in row_messages(row) if m["role"] == "user")
+        if (hit := contam.check(prompt)) is not None:
+            hits.append((n, contam.reason(hit)))
+    return hits, note
 
 
 def rows_fingerprint(rows: Rows) -> str:

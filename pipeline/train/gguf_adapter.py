@@ -22,7 +22,7 @@ from .. import __version__
 from ..errors import Seed2LoraError
 from ..store import read_adapter_config, read_export_info
 from .gguf_tensors import arch_of, check_against_base, encode, gguf_alpha, lora_pairs
-from .model import adapter_info, resolve_model
+from .model import adapter_info, not_an_adapter, resolve_model
 from .summary import read_summary, summary_paths
 
 ADAPTER_FILE = "adapter.gguf"
@@ -108,8 +108,7 @@ def read_adapter(adapter_dir: str | Path) -> tuple[dict[str, np.ndarray], dict[s
     d = Path(adapter_dir)
     lora_config = read_adapter_config(d)
     if lora_config is None:
-        raise Seed2LoraError(f"{d} is not an adapter folder (no adapter_config.json). Fix: give the output folder "
-                             "of `seed2lora train`")
+        raise not_an_adapter(d)
     if lora_config.get("peft_type", "LORA") != "LORA":
         raise Seed2LoraError(f"{d} is a {lora_config['peft_type']} adapter; only LoRA has a GGUF form")
     if lora_config.get("use_dora"):

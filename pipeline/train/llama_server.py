@@ -7,8 +7,9 @@ plus one key, serve.SAMPLING_KEY: model alias -> the sampling settings `eval` sc
 adapter with. llama-cpp-python has no per-model sampling defaults (its request schema fills a
 missing repeat_penalty with 1.1, temperature with 0.8), so a middleware fills the settings a
 request leaves out from the named model's before llama-cpp-python reads the request. A
-request's own values win; a name it does not know gets the base's, as llama-cpp-python
-answers it with the base.
+request's own values win. A request naming a model the server does not serve is answered 404
+(model_not_found), as vLLM and OpenAI answer it: llama-cpp-python would answer a typo'd adapter
+name with its first model, the base, as if the adapter had answered. No model at all gets the base.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ class SamplingDefaults:
             body = json.loads(raw)
         except ValueError:  # not JSON: llama-cpp-python answers it with its own 422
             body = None
+        if isinstance(body, dict) and body.get("model") not in (None, "") and str(body["model"]) not in self.defaults:
+            await not_served(send, str(body["model"]), list(self.defaults))
+            return
         if isinstance(body, dict):
             raw = json.dumps(fill(body, self.defaults)).encode()
         replayed = False
@@ -67,6 +71,17 @@ class SamplingDefaults:
 
         headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
         await self.app({**scope, "headers": [*headers, (b"content-length", str(len(raw)).encode())]}, replay, send)
+
+
+async def not_served(send: Any, model: str, served: list[str]) -> None:
+    """OpenAI's answer to an unknown model: 404, an error naming it and the models this server has."""
+    error = {"message": f"The model `{model}` is not served here: this server serves {', '.join(served)}. Fix: name "
+                        "one of them as `model` (or leave `model` out for the base)",
+             "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+    body = json.dumps({"error": error}).encode()
+    await send({"type": "http.response.start", "status": 404,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def main(argv: list[str] | None = None) -> None:

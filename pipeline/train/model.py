@@ -317,14 +317,25 @@ def eval_sampling(cfg: EvalConfig, stop: list[str]) -> dict[str, Any]:
             "repeat_penalty": cfg.repetition_penalty, "stop": stop}
 
 
+def not_an_adapter(d: Path) -> Seed2LoraError:
+    """The error for a folder with no adapter_config.json. An interrupted training's folder (checkpoints, no
+    adapter yet) is the output folder of `seed2lora train`: it says so, and how to finish it."""
+    ckpts = sorted(d.glob("checkpoints/checkpoint-*"), key=lambda c: int(c.name.rpartition("-")[2] or 0))
+    if ckpts:
+        return Seed2LoraError(f"{d} holds no adapter yet: its training stopped before its end (newest checkpoint "
+                              f"{ckpts[-1].name}). Fix: run the same `seed2lora train` command again (or `seed2lora "
+                              "run` for a run's adapter): it resumes from that checkpoint and writes the adapter here")
+    return Seed2LoraError(f"{d} is not an adapter folder (no adapter_config.json). Fix: give the output folder "
+                          "of `seed2lora train`")
+
+
 def adapter_info(adapter_dir: str | Path) -> dict[str, Any]:
     """What an adapter folder says about itself: adapter_config.json, our training summary, and the sampling
     settings `eval` recorded (sampling.json; eval's defaults, sampling_recorded False, before any eval)."""
     d = Path(adapter_dir)
     info = read_adapter_config(d)
     if info is None:
-        raise Seed2LoraError(f"{d} is not an adapter folder (no adapter_config.json). Fix: give the output folder "
-                             "of `seed2lora train`")
+        raise not_an_adapter(d)
     summary = read_summary(d)
     recorded = json.loads((d / SAMPLING).read_text(encoding="utf-8")) if (d / SAMPLING).is_file() else None
     base = summary.get("model") or info.get("base_model_name_or_path")
@@ -364,6 +375,12 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, *, model: str = 
 
     info = adapter_info(adapter_dir)
     base_path = resolve_model(model or info["base"] or "")
+    out = Path(out_dir)
+    # A merged model written over the adapter's files or over the base would leave neither usable.
+    for taken, what in ((Path(adapter_dir), "the adapter folder itself"), (Path(base_path), "the base model's folder")):
+        if out.resolve() == taken.resolve():
+            raise Seed2LoraError(f"merge --out {out} is {what}: the merged model would be written over it. Fix: --out "
+                                 f"a new folder (default {Path(adapter_dir) / 'merged'})")
     config = AutoConfig.from_pretrained(base_path)
     if getattr(config, "quantization_config", None):
         raise Seed2LoraError(f"{base_path} is a quantized checkpoint; merging into 4-bit weights loses the adapter's "
@@ -375,7 +392,6 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, *, model: str = 
     base = load_base(base_path, quant_config=None, dtype=torch_dtype,
                      trust_remote_code=bool(info["config"].get("trust_remote_code", False)))
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    out = Path(out_dir)
     merged.save_pretrained(out)
     load_tokenizer(str(adapter_dir) if (Path(adapter_dir) / "tokenizer_config.json").is_file()
                    else base_path).save_pretrained(out)

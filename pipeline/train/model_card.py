@@ -73,8 +73,12 @@ def model_card(adapter_dir: Path, prov: dict[str, str], base_config: dict[str, A
                   f"{summary.get('steps')} steps ({summary.get('epochs')} epochs) on "
                   f"{(summary.get('rows') or {}).get('train', '?')} training rows, {path}; "
                   f"loss {loss.get('first')} -> {loss.get('last')}.", ""]
-    report = d / "eval" / "eval_report.json"
-    if report.is_file():
+    report, weights = d / "eval" / "eval_report.json", d / "adapter_model.safetensors"
+    if report.is_file() and weights.is_file() and report.stat().st_mtime < weights.stat().st_mtime:
+        # measured on the weights before these (trained again since): not this adapter's numbers
+        lines += ["## Evaluation (seed2lora eval)", "", "eval/eval_report.json is older than these weights (the "
+                  "adapter was trained again since): run `seed2lora eval` again to measure this one.", ""]
+    elif report.is_file():
         from .eval import summary_line
 
         lines += ["## Evaluation (seed2lora eval)", "", summary_line(json.loads(report.read_text(encoding="utf-8"))),

@@ -127,7 +127,8 @@ def llama_cpp_config(base_gguf: Path, adapters: list[tuple[str, Path]], host: st
                      n_ctx: int = 2048, n_threads: int | None = None) -> dict[str, Any]:
     """llama-cpp-python's server config file (llama_cpp/server/settings.py ConfigFileSettings).
 
-    The first model is the default, so a request naming no known model gets the base alone.
+    The first model is the default, so a request naming no model gets the base alone (a name it does not
+    serve is refused: llama_server).
     """
     base = str(base_gguf.resolve())
     # n_threads: llama-cpp-python's own default is cpu_count // 2, one thread on a 2-core machine

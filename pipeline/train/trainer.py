@@ -35,7 +35,7 @@ from transformers.trainer_utils import get_last_checkpoint, has_length
 from ..config import TrainConfig, current_values
 from ..errors import Seed2LoraError
 from ..store import ADAPTER_DIR, RunDir, write_text_atomic
-from .data import Collator, Rows, load_rows, pack, rows_fingerprint, tokenize_rows, train_eval_rows
+from .data import Collator, Rows, eval_overlap, load_rows, pack, rows_fingerprint, tokenize_rows, train_eval_rows
 from .loss import causal_lm_loss_sum, full_logits_loss_sum
 from .model import (
     CHEAP_DROPOUT_NOTE,
@@ -292,14 +292,24 @@ def prepare(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Prog
         RunDir(rows.run_dir).replace_rejected("export", rows.contaminated)
         log(f"{len(rows.contaminated)} row(s) overlapping the eval set left out ({rows.decontaminated}); "
             f"{'recorded in ' + str(RunDir(rows.run_dir).rejected_file) if rows.contaminated else 'none found'}")
+    overlap = [] if rows.run_dir else eval_overlap(rows)[0]
+    if overlap:  # the user's own file: named, not changed (export and `train RUN_DIR` leave such rows out)
+        log(f"warning: {len(overlap)} row(s) of {rows.source} overlap the eval set `seed2lora eval` scores on (row "
+            f"{overlap[0][0]}: {overlap[0][1]}), so eval would score what the adapter copied. Fix: leave them out, or "
+            "evaluate on other tasks with eval --data FILE")
     train_rows, eval_rows = train_eval_rows(rows, cfg.eval_fraction, cfg.seed)
     if cfg.max_examples:
         train_rows = train_rows[:cfg.max_examples]
     train_tok = tokenize_rows(tokenizer, train_rows, cfg.max_seq_len)
     eval_tok = tokenize_rows(tokenizer, eval_rows, cfg.max_seq_len)
+    if not train_rows:
+        raise Seed2LoraError(f"no training example in {data}: it holds no rows for the train split. Fix: give a "
+                             "file with rows (Alpaca instruction/input/output or chat messages)")
     if not train_tok.examples:
-        raise Seed2LoraError(f"no training example left from {data} (every response was cut at max_seq_len "
-                             f"{cfg.max_seq_len}, or the data is empty)")
+        shortest = min(len(e["input_ids"]) for e in tokenize_rows(tokenizer, train_rows, 10**9).examples)
+        raise Seed2LoraError(f"no training example left from {data}: every response of its {len(train_rows)} rows was "
+                             f"cut away at --max-seq-len {cfg.max_seq_len} (the shortest row is {shortest} tokens). "
+                             f"Fix: --max-seq-len {shortest} or more (512 keeps a CPU run short)")
     train_set = pack(train_tok.examples, cfg.max_seq_len) if cfg.packing else train_tok.examples
     eval_set = pack(eval_tok.examples, cfg.max_seq_len) if cfg.packing else eval_tok.examples
     out = default_output_dir(cfg, rows)
@@ -307,8 +317,12 @@ def prepare(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Prog
     on = plan.device
     if plan.why:
         log(plan.why)
+    cut, dropped = (train_tok.stats[k] + eval_tok.stats[k] for k in ("truncated", "dropped"))
     log(f"training on {len(train_tok.examples)} examples ({len(train_set)} rows{', packed' if cfg.packing else ''}), "
-        f"{len(eval_tok.examples)} eval; model {model_path}; {plan.describe()}")
+        f"{len(eval_tok.examples)} eval"
+        + (f" ({cut} cut at --max-seq-len {cfg.max_seq_len}: their responses' ends are not learned"
+           f"{f'; {dropped} dropped, no response token left' if dropped else ''})" if cut else "")
+        + f"; model {model_path}; {plan.describe()}")
     model = load_for_training(model_path, cfg, plan)
     args = training_arguments(cfg, out / "checkpoints", bf16=plan.autocast_bf16, use_cpu=on == "cpu",
                               has_eval=bool(eval_set), optim=plan.optim, micro_rows=plan.micro_rows)
@@ -323,6 +337,7 @@ def prepare(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Prog
         trainer.remove_callback(cb)
     stats = {"train_data": train_tok.stats, "eval_data": eval_tok.stats,
              "rows": {"train": len(train_set), "eval": len(eval_set), "packed": cfg.packing},
+             **({} if rows.run_dir else {"eval_overlap_rows": len(overlap)}),
              "compute_dtype": str(plan.load_dtype).removeprefix("torch."), "autocast_bf16": plan.autocast_bf16,
              "quantized": plan.quant, "optim": plan.optim, "training_path": plan.describe(), "device": on,
              "data_sha256": rows_fingerprint(rows)}
@@ -337,6 +352,12 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
     settings = checkpoint_settings(p)
     if resume:
         check_resumable(ckpts, settings)
+        kept = finished_adapter(p, Path(resume))
+        if kept is not None:
+            log(f"{out} is already trained: {resume} holds {kept['steps']} update(s), all this run asks for, and the adapter "
+                "beside it; nothing to train. Fix: a higher --max-steps or --epochs goes on from there, --no-resume "
+                "starts over")
+            return kept
         log(f"resuming from {resume}")
         if base_eval_known(Path(resume)):  # eval_on_start would measure the checkpoint: a pass over the eval split
             trainer.args.eval_on_start = False
@@ -356,10 +377,12 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         result = trainer.train(resume_from_checkpoint=resume)
-    except BaseException:
+    except BaseException as stop:
         for cb in trainer.callback_handler.callbacks:
             if isinstance(cb, TrainProgress):
                 cb.close(sys.exc_info())
+        if isinstance(stop, KeyboardInterrupt):  # the CLI prints it under "interrupted" (cli.said_pending)
+            stop.pending = resume_note(trainer, ckpts)
         raise
     train_seconds = time.perf_counter() - start
     evals = [h for h in trainer.state.log_history if "eval_loss" in h]
@@ -391,6 +414,9 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
         log(f"adapter written to {out} (loss {summary['train_loss']['first']} -> {summary['train_loss']['last']}"
             + (f", eval loss {summary['eval_losses']['first']} -> {summary['eval_losses']['last']}"
                if summary["eval_loss"] is not None else "") + ")")
+        if stale := made_before(out):
+            log(f"note: out of date, made from the adapter before this training: {', '.join(stale)}. Fix: run "
+                "`seed2lora merge`, `seed2lora export-adapter` and `seed2lora eval` on it again for those you use")
     return summary
 
 
@@ -405,6 +431,42 @@ NOT_IN_ADAPTER = frozenset({"output_dir", "resume", "eval_steps", "save_steps", 
 RESUMABLE = NOT_IN_ADAPTER | {"epochs", "max_steps"}
 CHECKPOINT_SETTINGS = "seed2lora_settings.json"
 RUNTIME_FILE = "seed2lora_runtime.json"  # in each checkpoint: training seconds up to it (Runtime)
+
+
+def made_before(out: Path) -> list[str]:
+    """What merge, export-adapter and eval made in the adapter folder from weights older than its current ones."""
+    weights = (out / "adapter_model.safetensors").stat().st_mtime
+    made = [out / "merged", *sorted(out.glob("*.gguf")), out / "Modelfile", *sorted(out.glob("Modelfile.*")),
+            out / "eval" / "eval_report.json"]
+    return [str(p.relative_to(out)) for p in made if p.exists() and p.stat().st_mtime < weights]
+
+
+def resume_note(trainer: LoraTrainer, ckpts: Path) -> str:
+    """What the same command does after a stop: resume from the newest checkpoint, or start over when none is
+    written yet (the updates since the last checkpoint are trained again either way)."""
+    state, args = trainer.state, trainer.args
+    newest = get_last_checkpoint(str(ckpts)) if ckpts.is_dir() else None
+    where = f"train: stopped at update {state.global_step} of {state.max_steps}"
+    if newest is None:
+        by_time = [f" or {cb.every_s:.0f} s" for cb in trainer.callback_handler.callbacks
+                   if isinstance(cb, SaveByTime) and cb.every_s > 0]
+        return (f"{where}, before its first checkpoint (every {args.save_steps} updates{''.join(by_time[:1])}): "
+                "nothing to resume from; the same command starts over")
+    return f"{where}; the same command resumes from {Path(newest).name} (in {ckpts})"
+
+
+def finished_adapter(p: Prepared, checkpoint: Path) -> dict[str, Any] | None:
+    """The summary of the adapter in p.out when `checkpoint` already holds every update this run plans and that
+    adapter was written from it (same step, same rows), else None. Trainer checks the step count only after an
+    update, so resuming from such a checkpoint would train one update past the end and overwrite the adapter."""
+    state_file, summary_file = checkpoint / "trainer_state.json", p.out / SUMMARY
+    if not state_file.is_file() or not summary_file.is_file():
+        return None
+    done = json.loads(state_file.read_text(encoding="utf-8")).get("global_step", 0)
+    planned = p.trainer.set_initial_training_values(p.trainer.args, p.trainer.get_train_dataloader())[6]
+    summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    same = summary.get("steps") == done and summary.get("data_sha256") == p.stats["data_sha256"]
+    return summary if done >= planned and same else None
 
 
 def base_eval_known(checkpoint: Path) -> bool:
