@@ -168,7 +168,7 @@ def add_serve_command(cli: click.Group, friendly_errors: Callable, console: Any)
 
 def add_cost_command(cli: click.Group, friendly_errors: Callable, run_dir_only: Callable) -> None:
     @cli.command(epilog=COST_EXAMPLES)
-    @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False), metavar="RUN_OR_ADAPTER...")
+    @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True), metavar="RUN_OR_ADAPTER...")
     @click.option("--config", "config_path", type=click.Path(dir_okay=False),
                   help="TOML file; its [cost] table and [budget] prices are read (default: the run's own).")
     @click.option("--adapter", type=click.Path(exists=True, file_okay=False),
@@ -182,8 +182,8 @@ def add_cost_command(cli: click.Group, friendly_errors: Callable, run_dir_only: 
     def cost(runs, config_path, adapter, sets, as_json):
         """Tokens and dollars per stage and teacher, per 1,000 kept instructions and rows, and the break-even calls.
 
-        Each path is a run directory, or an adapter folder: one trained on your own file has no teacher spend to
-        price, and gets its training cost and the break-even against that alone.
+        Each path is a run directory, or an adapter folder (or your data file with --adapter): one trained on your
+        own file has no teacher spend to price, and gets its training cost and the break-even against that alone.
         """
         import tomllib
 

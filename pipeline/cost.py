@@ -265,6 +265,12 @@ def cost_of(path: str | Path, cost: CostConfig, prices: dict[str, list[float]] |
             adapter: str | Path | None = None) -> dict[str, Any]:
     """`seed2lora cost PATH`: a run directory's figures; an adapter folder's, through the run it was trained from
     when there is one (RUN/adapter, or trained on RUN or RUN/export), else its training alone (adapter_cost)."""
+    if Path(path).is_file():  # `seed2lora cost my_data.jsonl --adapter A`: the adapter trained on it is priced
+        if not adapter:
+            raise Seed2LoraError(f"{path} is a file: cost prices a run directory or an adapter folder. Fix: "
+                                 f"seed2lora cost ADAPTER (the folder `seed2lora train {path}` wrote), or add --adapter "
+                                 "ADAPTER")
+        return cost_of(adapter, cost, prices)
     run = RunDir(path)
     if not run.manifest_file.is_file() and (Path(path) / TRAINING_SUMMARY).is_file():
         data = json.loads((Path(path) / TRAINING_SUMMARY).read_text(encoding="utf-8")).get("data")

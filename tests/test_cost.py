@@ -175,6 +175,11 @@ def test_an_adapter_trained_on_a_users_own_file_is_priced_by_its_training(tmp_pa
     assert "dataset: not priced" in said and "colours.jsonl, not on a run directory" in said
     assert f"training: ${training:,.4f}" in said and f"break-even: {training / saved:,.0f} calls" in said
     assert "(training only)" in said
+    data = adapter.parent / "colours.jsonl"  # the data file and the adapter, as a user holds them
+    with_file = CliRunner().invoke(cli, ["cost", str(data), "--adapter", str(adapter), "--json"], catch_exceptions=False)
+    assert json.loads(with_file.output)[0]["break_even"]["calls"] == pytest.approx(be["calls"])
+    alone = CliRunner().invoke(cli, ["cost", str(data)])
+    assert alone.exit_code != 0 and f"{data} is a file" in alone.output and "--adapter ADAPTER" in alone.output
 
 
 def test_a_runs_own_adapter_folder_is_priced_as_its_run(run, tmp_path):
