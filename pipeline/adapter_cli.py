@@ -36,6 +36,7 @@ Examples:
   seed2lora cost outputs/quickstart
   seed2lora cost outputs/a outputs/b --set cost.train_usd=100 --set cost.context_tokens=1000
   seed2lora cost outputs/a --set 'budget.prices={"my-model" = [0.2, 0.8]}'
+  seed2lora cost adapters/mine          # an adapter trained on your own file: training and break-even
 """
 
 
@@ -167,7 +168,7 @@ def add_serve_command(cli: click.Group, friendly_errors: Callable, console: Any)
 
 def add_cost_command(cli: click.Group, friendly_errors: Callable, run_dir_only: Callable) -> None:
     @cli.command(epilog=COST_EXAMPLES)
-    @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+    @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True), metavar="RUN_OR_ADAPTER...")
     @click.option("--config", "config_path", type=click.Path(dir_okay=False),
                   help="TOML file; its [cost] table and [budget] prices are read (default: the run's own).")
     @click.option("--adapter", type=click.Path(exists=True, file_okay=False),
@@ -179,13 +180,16 @@ def add_cost_command(cli: click.Group, friendly_errors: Callable, run_dir_only: 
     @run_dir_only
     @friendly_errors
     def cost(runs, config_path, adapter, sets, as_json):
-        """Tokens and dollars per stage and teacher, per 1,000 kept instructions and rows, and the break-even calls."""
+        """Tokens and dollars per stage and teacher, per 1,000 kept instructions and rows, and the break-even calls.
+
+        Each path is a run directory, or an adapter folder (or your data file with --adapter): one trained on your
+        own file has no teacher spend to price, and gets its training cost and the break-even against that alone.
+        """
         import tomllib
 
         from .config import CostConfig, load_section, parse_overrides
-        from .cost import print_cost, run_budget, run_cost
+        from .cost import cost_of, print_cost
         from .show import stdout_console
-        from .store import RunDir
 
         # cost reads [cost] and [budget] prices, from --config and from --set cost.KEY / budget.prices
         overrides = parse_overrides(sets, scope=("cost", "budget.prices"))
@@ -196,7 +200,7 @@ def add_cost_command(cli: click.Group, friendly_errors: Callable, run_dir_only: 
                 prices = (tomllib.load(f).get("budget") or {}).get("prices")
         if "budget.prices" in overrides:
             prices = {**(prices or {}), **overrides["budget.prices"]}
-        figures = [run_cost(r, run_budget(RunDir(r).manifest(), prices), cfg, adapter) for r in runs]
+        figures = [cost_of(r, cfg, prices, adapter) for r in runs]
         if as_json:
             click.echo(json.dumps(figures, indent=1))
             return

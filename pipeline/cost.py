@@ -172,7 +172,8 @@ def run_cost(run_path: str | Path, budget: BudgetConfig | None = None, cost: Cos
     """Every figure of `seed2lora cost` for one run directory; prices and [cost] default to the run's own."""
     run = RunDir(run_path)
     if not run.manifest_file.is_file():
-        raise Seed2LoraError(f"{run.path} has no manifest.json. Fix: give a run directory made by seed2lora run")
+        raise Seed2LoraError(f"{run.path} has no manifest.json. Fix: give a run directory made by seed2lora run, "
+                             "or an adapter folder made by seed2lora train")
     manifest = run.manifest()
     budget = budget or run_budget(manifest)
     if cost is None:
@@ -222,6 +223,64 @@ def run_cost(run_path: str | Path, budget: BudgetConfig | None = None, cost: Cos
     }
 
 
+def adapter_cost(adapter_path: str | Path, cost: CostConfig | None = None) -> dict[str, Any]:
+    """`seed2lora cost ADAPTER` for an adapter trained on a user's own file (`seed2lora train my_data.jsonl`): no run
+    directory, so no teacher spend to price; the training time and the break-even against it still are. Row tokens
+    come from the summary's own count (the base's tokenizer, whole templated rows), not from characters."""
+    adapter, cost = Path(adapter_path), cost or CostConfig()
+    if not (adapter / TRAINING_SUMMARY).is_file():
+        raise Seed2LoraError(f"{adapter} is neither a run directory (no manifest.json) nor an adapter folder with a "
+                             f"{TRAINING_SUMMARY}. Fix: give a run directory made by `seed2lora run`, or the folder "
+                             "`seed2lora train` wrote (its --out)")
+    summary = json.loads((adapter / TRAINING_SUMMARY).read_text(encoding="utf-8"))
+    training = training_cost(adapter, cost)
+    data = (summary.get("train_data") or {})
+    mean = float(data.get("mean_tokens") or 0.0)
+    call_tokens = cost.call_tokens or mean
+    context_tokens = cost.context_tokens or cost.context_examples * mean
+    investment = training["usd"]
+    missing = [f"dataset: not priced: {adapter} was trained on {summary.get('data') or 'a file'}, not on a run "
+               "directory, so no teacher calls were logged to price (the break-even counts the training only; to count "
+               "the data too, set [cost] train_usd to the training plus what the data cost)"]
+    if not mean and not (cost.call_tokens and cost.context_tokens):
+        missing.append(f"row tokens: not measured ({TRAINING_SUMMARY} has no train_data.mean_tokens); set [cost] "
+                       "call_tokens and context_tokens")
+    rows = int((summary.get("rows") or {}).get("train") or 0)
+    return {
+        "run": str(adapter), "usage_source": "none: an adapter folder, not a run directory", "stages": [], "models": {},
+        "batch_price_factor": None, "open_batches": None, "unpriced": [], "dataset_usd": None, "kept": None,
+        "train_rows": rows, "rows_source": f"{TRAINING_SUMMARY} train rows", "usd_per_1k_kept": None,
+        "usd_per_1k_rows": None, "training": training, "chars_per_token": None, "chars_per_token_source": None,
+        "row_tokens": {"mean": mean}, "not_priced": missing,
+        "break_even": {**break_even(investment, call_tokens, context_tokens, cost),
+                       "call_tokens_source": "configured" if cost.call_tokens else
+                       f"measured: mean training row in the base's tokens ({TRAINING_SUMMARY})",
+                       "context_tokens_source": "configured" if cost.context_tokens else
+                       f"measured: {cost.context_examples} training rows in the prompt",
+                       "investment_parts": ["training"] if investment is not None else []},
+    }
+
+
+def cost_of(path: str | Path, cost: CostConfig, prices: dict[str, list[float]] | None = None,
+            adapter: str | Path | None = None) -> dict[str, Any]:
+    """`seed2lora cost PATH`: a run directory's figures; an adapter folder's, through the run it was trained from
+    when there is one (RUN/adapter, or trained on RUN or RUN/export), else its training alone (adapter_cost)."""
+    if Path(path).is_file():  # `seed2lora cost my_data.jsonl --adapter A`: the adapter trained on it is priced
+        if not adapter:
+            raise Seed2LoraError(f"{path} is a file: cost prices a run directory or an adapter folder. Fix: "
+                                 f"seed2lora cost ADAPTER (the folder `seed2lora train {path}` wrote), or add --adapter "
+                                 "ADAPTER")
+        return cost_of(adapter, cost, prices)
+    run = RunDir(path)
+    if not run.manifest_file.is_file() and (Path(path) / TRAINING_SUMMARY).is_file():
+        data = json.loads((Path(path) / TRAINING_SUMMARY).read_text(encoding="utf-8")).get("data")
+        found = RunDir.of_adapter(path, data)
+        if found is None:
+            return adapter_cost(path, cost)
+        run, adapter = found, adapter or path
+    return run_cost(run.path, run_budget(run.manifest(), prices), cost, adapter)
+
+
 def money(usd: float | None, digits: int = 4) -> str:
     return "-" if usd is None else f"${usd:,.{digits}f}"
 
@@ -229,6 +288,9 @@ def money(usd: float | None, digits: int = 4) -> str:
 def summary_lines(c: dict[str, Any]) -> list[str]:
     """The figures after the per-stage table, as plain sentences (`cost`, `show` and the report use them)."""
     be = c["break_even"]
+    if c.get("not_priced"):  # an adapter folder: no dataset spend, the training and break-even alone
+        return [*c["not_priced"], f"training: {money(c['training']['usd'])} ({c['training']['source']}; "
+                f"{c['train_rows']} training rows)", break_even_line(be)]
     per_model = ", ".join(f"{m} {money(t['usd'])}" for m, t in c["models"].items())
     lines = [f"dataset: {money(c['dataset_usd'])} of teacher calls" + (f", each model at its price: {per_model}"
                                                                        if per_model else "")
@@ -248,16 +310,19 @@ def summary_lines(c: dict[str, Any]) -> list[str]:
                         f"{c['batch_price_factor']:g} x the model's price (budget.batch_price_factor)")
     if c.get("open_batches"):
         lines.insert(1, open_batches_line(c["open_batches"]))
+    lines.append(break_even_line(be))
+    return lines
+
+
+def break_even_line(be: dict[str, Any]) -> str:
     if be["calls"] is None:
         why = "the adapter saves nothing per call at these prices" if be["saved_per_call_usd"] <= 0 else \
             "neither the dataset's nor the training's cost is known"
-        lines.append(f"break-even: none ({why})")
-    else:
-        lines.append(f"break-even: {be['calls']:,.0f} calls: {money(be['investment_usd'])} invested"
-                     + f" ({' + '.join(be['investment_parts'])}{'' if len(be['investment_parts']) == 2 else ' only'})"
-                     + f" / {money(be['saved_per_call_usd'], 6)} saved per call ({be['context_tokens']:,.0f} context "
-                     f"tokens not sent with each {be['call_tokens']:,.0f}-token call at ${be['usd_per_1k_tokens']:g} per 1K)")
-    return lines
+        return f"break-even: none ({why})"
+    return (f"break-even: {be['calls']:,.0f} calls: {money(be['investment_usd'])} invested"
+            + f" ({' + '.join(be['investment_parts'])}{'' if len(be['investment_parts']) == 2 else ' only'})"
+            + f" / {money(be['saved_per_call_usd'], 6)} saved per call ({be['context_tokens']:,.0f} context "
+            f"tokens not sent with each {be['call_tokens']:,.0f}-token call at ${be['usd_per_1k_tokens']:g} per 1K)")
 
 
 def print_cost(out: Any, c: dict[str, Any]) -> None:
@@ -275,6 +340,10 @@ def print_cost(out: Any, c: dict[str, Any]) -> None:
     for name, t in c["models"].items():
         table.add_row("total", name, "", "", f"{t['prompt_tokens']:,}", f"{t.get('cached_tokens', 0):,}",
                       f"{t['completion_tokens']:,}", money(t["usd"]))
-    out.print(table)
+    if c["stages"] or not c.get("not_priced"):  # an adapter folder has no teacher calls to list
+        out.print(table)
+    else:
+        out.print(f"Cost of {c['run']} (an adapter folder: its training, not the data's making)", highlight=False,
+                  markup=False, soft_wrap=True)
     for line in summary_lines(c):
         out.print(line, highlight=False, markup=False, soft_wrap=True)  # whole lines in logs and pipes

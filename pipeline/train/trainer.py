@@ -162,6 +162,10 @@ class Runtime(TrainerCallback):
 
     def __init__(self, before_s: float):
         self.before_s, self.start = before_s, time.perf_counter()
+        self.first_step = 0  # the global step this session starts from: the checkpoint's when resumed
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.first_step = state.global_step
 
     def seconds(self) -> float:
         return self.before_s + time.perf_counter() - self.start
@@ -401,6 +405,7 @@ def fit(p: Prepared, log: Log = print) -> dict[str, Any]:
         "eval_loss": evals[-1]["eval_loss"] if evals else None,
         "eval_losses": _losses(history, "eval_loss"),
         "runtime_s": round(runtime.before_s + train_seconds, 2), "session_runtime_s": round(train_seconds, 2),
+        "session_steps": trainer.state.global_step - runtime.first_step,  # steps_per_s and tokens_per_s are theirs
         "steps_per_s": round(result.metrics.get("train_steps_per_second", 0.0), 4),
         "tokens_per_s": round(trainer.tokens_seen * trainer.args.world_size / max(train_seconds, 1e-9), 1),
         "peak_memory_gb": round(_peak_memory_bytes(on_gpu) / 2**30, 3),
