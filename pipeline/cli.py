@@ -506,8 +506,8 @@ def _export_default(key: str) -> Any:  # the help shows ExportConfig's defaults,
               help=f"Share of task families held out for eval (default {_export_default('eval_fraction')}).")
 @click.option("--seed", type=int, help=f"Seed of the train/eval split (default {_export_default('seed')}).")
 @click.option("--seed-tasks/--no-seed-tasks", "--seeds/--no-seeds", "include_seeds", cls=Renamed, default=None,
-              help="Add the run's human seed tasks to the train split (default "
-                   f"{'on' if _export_default('include_seeds') else 'off'}, as Self-Instruct's release).")
+              help="Add the seed file's tasks to the train split, as Self-Instruct's release does (default: those "
+                   "the run's records came from, none for rows a user's --input file brought).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML file; its [export] table is read (default: none, every setting at its default).")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
