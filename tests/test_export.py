@@ -481,3 +481,16 @@ def test_export_of_a_users_filtered_file_leaves_out_the_seed_file_it_never_used(
     forced = export_run(run, tmp_path / "all", ExportConfig(include_seeds=True, formats="alpaca",
                                                               decontaminate=DecontamConfig(method="off")))
     assert forced["counts"]["seed_tasks"] == 175 and not forced["seed_file_unused"]
+
+
+def test_the_manifest_and_show_of_a_users_filtered_file_name_that_file_not_the_seed_file(tmp_path):
+    """manifest.json said `seed_file: bundled seeds/seed_tasks.jsonl`, `num_seeds: 175` of a `filter --input` run
+    whose rows all came from the user's file; a run made from its seeds still names them."""
+    from pipeline.show import summary
+
+    run, _ = filtered_users_file(tmp_path)
+    manifest = RunDir(run).manifest()
+    assert (manifest["seed_file"], manifest["num_seeds"]) == (None, None)
+    assert summary(RunDir(run))["seeds"] == "seeds: none; rows from my_data.jsonl (filter --input), not made from seed tasks"
+    shown = CliRunner().invoke(cli, ["show", str(run)])
+    assert "rows from my_data.jsonl (filter --input)" in " ".join(shown.output.split())
