@@ -57,7 +57,7 @@ RUN_FLAGS = {
     "api": ("--api", "teacher.api", None,
             "How prompts are sent; auto = completions where the server has them (default {default})."),
     "seed_tasks": ("--seeds", "seed_tasks", "PATH",
-                   "Seed tasks: .jsonl, .json, .csv, .parquet or a saved datasets folder (default: the bundled "
+                   "Seed tasks: .jsonl, .json, .csv, .tsv, .parquet or a saved datasets folder (default: the bundled "
                    "seeds/seed_tasks.jsonl; docs/seeds-and-prompts.md)."),
     "seed": ("--seed", "seed", None, "Random seed of every choice and of the teacher's sampling (default {default})."),
     "num_instructions": ("--num-instructions", "bootstrap.num_instructions", None,
@@ -143,7 +143,7 @@ def build_config(config_path: str | None, sets: tuple[str, ...] = (), run_dir: s
     if run_dir is not None:
         if flags.get("run_name") is not None or flags.get("output_dir") is not None:
             raise click.UsageError(f"give the run as RUN_DIR ({run_dir}) or as --output-dir/--run-name, not both")
-        if Path(run_dir).suffix in (".toml", ".jsonl", ".json", ".csv", ".parquet"):
+        if Path(run_dir).suffix in (".toml", ".jsonl", ".json", ".csv", ".tsv", ".parquet"):
             raise click.UsageError(f"RUN_DIR {run_dir} looks like a file, not a run's folder: a config is --config "
                                    "FILE, seed tasks --seeds FILE, a stage's input --input FILE")
         path = Path(run_dir) if Path(run_dir).name not in ("", ".", "..") else Path(run_dir).resolve()

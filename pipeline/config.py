@@ -341,7 +341,7 @@ class RunConfig:
     run_name: str = "run"  # the run directory is output_dir/run_name; re-running the same name resumes it
     output_dir: str = "outputs"  # run directories go under here
     seed: int = 42  # every random choice derives from this; same seed + same replies = same dataset
-    seed_tasks: str = ""  # seed file (JSONL, JSON or CSV); empty = the bundled seeds/seed_tasks.jsonl
+    seed_tasks: str = ""  # seed file (JSONL, JSON, CSV, TSV, parquet or a datasets folder); empty = the bundled seeds/seed_tasks.jsonl
     prompts_dir: str = ""  # folder of prompt templates; empty = the bundled prompts/
     # What `run` runs, in this order: bootstrap, classify, instances, filter, evolve, score, ifd, select, export, train, eval.
     stages: list[str] = field(default_factory=lambda: ["bootstrap", "classify", "instances", "filter"])
