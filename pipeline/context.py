@@ -406,7 +406,8 @@ class RunContext:
         m = self.run.update_manifest(
             seed2lora_version=__version__, command=self.command_line(),
             config=self.recorded_config(), packages=package_versions(), prompts=self.prompts.hashes(), **fields)
-        seeds = seeds_record(m, self.cfg.seed_tasks, lambda: len(self.seeds))
+        used = seeds_used(m, importing=bool(self.input_path))
+        seeds = seeds_record(used, self.cfg.seed_tasks, lambda: len(self.seeds))
         return m if all(m.get(k, 0) == v for k, v in seeds.items()) else self.run.update_manifest(**seeds)
 
     def recorded_config(self) -> dict[str, Any]:
@@ -470,11 +471,11 @@ class RunContext:
         return Records(read_tasks(source), stage)
 
 
-def seeds_record(manifest: dict[str, Any], seed_tasks: str, count: Callable[[], int]) -> dict[str, Any]:
+def seeds_record(used: bool, seed_tasks: str, count: Callable[[], int]) -> dict[str, Any]:
     """The manifest's seed_file and num_seeds: the seed file the run's records came from (store.seeds_used), or
     None for a run of a user's file (it said `bundled seeds/seed_tasks.jsonl`, 175, of an evolve-only or
     `filter --input` run that never used them)."""
-    if not seeds_used(manifest):
+    if not used:
         return {"seed_file": None, "num_seeds": None}
     return {"seed_file": str(seed_tasks or "bundled seeds/seed_tasks.jsonl"), "num_seeds": count()}
 

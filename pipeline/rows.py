@@ -6,7 +6,8 @@ Sources, chosen by ExportConfig.include:
                  input "" and the teacher's answer as output
   selected       select.jsonl: the rows `seed2lora select` kept of the two above (by judge score, IFD or at
                  random); named alone, since it already holds rows of both
-then the run's human seed tasks (origin "seed") when include_seeds. Naming both sources
+then the run's human seed tasks (origin "seed") by include_seeds: "auto", those its records came from
+(store.seeds_used: none for rows a user's --input file brought), true, the seed file's too, or false. Naming both sources
 takes whichever the run has (an evolve-only run has no filter.jsonl, a Self-Instruct run
 no evolve.jsonl); naming one requires its file.
 
@@ -123,7 +124,7 @@ def seed_sources(run: RunDir, include_seeds: bool | str = "auto") -> list[tuple[
 
 
 def run_rows(run: RunDir, cfg: ExportConfig) -> RunRows:
-    """The rows of the run's kept records (cfg.include), then its seed rows if cfg.include_seeds."""
+    """The rows of the run's kept records (cfg.include), then its seed rows by cfg.include_seeds (seed_sources)."""
     if cfg.rows not in ROW_UNITS:
         raise Seed2LoraError(f"export rows must be one of {', '.join(ROW_UNITS)}, not {cfg.rows!r}. "
                              "Fix: --rows instance (a row per instance) or --rows task")

@@ -39,7 +39,7 @@ from .errors import Incomplete, Seed2LoraError, TeacherError, mask_secrets
 from .prompts import changed_note
 from .stages import bootstrap, classify, evolve, flow, instances, score
 from .stages import filter as filter_stage
-from .stops import attempted, input_entry, now, session_entries, stopped
+from .stops import attempted, now, session_entries, stopped
 from .teachers import Teacher
 
 
@@ -192,8 +192,8 @@ def run_steps(ctx: RunContext, names: list[str]) -> list[str]:
             for step, result in zip(group, results, strict=True):  # a flow's stages: each as if it ran alone
                 if result.pending or len(group) == 1:
                     ctx.check_budget(step.name)
-                ctx.record(stages={step.name: {**result.counts, "pending": result.pending,
-                                               **input_entry(ctx, step)}})
+                imported = {"input_file": ctx.input_provenance()} if ctx.input_path and step.takes_input else {}
+                ctx.record(stages={step.name: {**result.counts, "pending": result.pending, **imported}})
                 running.remove(step)
                 if result.pending:  # the count is said once, by the pending line stopped() gives
                     raise Incomplete(f"{result.message}; run the same command again to retry what is pending")

@@ -17,8 +17,16 @@ from rich.table import Column, Table
 from .cache import usage_log
 from .errors import Seed2LoraError
 from .records import Task
-from .store import (PENDING_KNOWN, STAGES, RunDir, evolve_input, pending_line, reason_kind, reason_label,
-                    recorded_teacher)
+from .store import (
+    PENDING_KNOWN,
+    STAGES,
+    RunDir,
+    evolve_input,
+    pending_line,
+    reason_kind,
+    reason_label,
+    recorded_teacher,
+)
 
 WIDE = 10_000  # columns off a terminal: a table is as wide as its content (rich tables do not expand to the width)
 

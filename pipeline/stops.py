@@ -44,15 +44,8 @@ def session_entries(ctx: RunContext, group: list[Step]) -> dict[str, dict[str, A
     from here, empty (after a kill -9, `show` reads their pending from the files); the others keep their last
     counts (evolve's rounds done) but an earlier stop, which no longer says where the stage stands."""
     recorded = ctx.run.manifest().get("stages") or {}
-    return {s.name: {**({} if s.name in PENDING_KNOWN or not isinstance(recorded.get(s.name), dict) else
-                        {k: v for k, v in recorded[s.name].items() if k != "stopped"}), **input_entry(ctx, s)}
-            for s in group if s.name in PENDING_KNOWN or isinstance(recorded.get(s.name), dict) or input_entry(ctx, s)}
-
-
-def input_entry(ctx: RunContext, step: Step) -> dict[str, Any]:
-    """A step's `input_file` (path, sha256) when it reads a user's --input: on record from the session's start, so
-    the manifest never names the seed file as the source of a run that is importing a file (store.seeds_used)."""
-    return {"input_file": ctx.input_provenance()} if ctx.input_path and step.takes_input else {}
+    return {s.name: {} if s.name in PENDING_KNOWN else {k: v for k, v in recorded[s.name].items() if k != "stopped"}
+            for s in group if s.name in PENDING_KNOWN or isinstance(recorded.get(s.name), dict)}
 
 
 def stopped(ctx: RunContext, steps: list[Step], running: list[Step], finished: set[str], before: dict[str, Any],

@@ -466,15 +466,16 @@ def evolve_input(manifest: dict[str, Any]) -> str | None:
     return str(source) if ran and source and source != "seeds" and source not in STAGES else None
 
 
-def seeds_used(manifest: dict[str, Any]) -> bool:
+def seeds_used(manifest: dict[str, Any], importing: bool = False) -> bool:
     """Whether the run's records came from its seed file: a bootstrap over them, evolve over them, or no user's file
     imported (a stage's --input, or evolve over a path). The one rule of export's seed rows and the manifest's
-    seed_file: a run of a user's file never used the seeds."""
+    seed_file: a run of a user's file never used the seeds. importing: a command reading --input now (its stage's
+    input_file is recorded when the stage ends)."""
     stages = manifest.get("stages") or {}
     evolved = str((manifest.get("state") or {}).get("evolve_input") or "")
     if "bootstrap" in stages or evolved.startswith("seeds:"):
         return True
-    imported = any(isinstance(st, dict) and st.get("input_file") for st in stages.values())
+    imported = importing or any(isinstance(st, dict) and st.get("input_file") for st in stages.values())
     return not imported and evolve_input(manifest) is None
 
 

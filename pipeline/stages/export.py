@@ -33,8 +33,7 @@ from ..decontam import clean_run_rows
 from ..errors import Seed2LoraError
 from ..records import row_messages, split_by_task
 from ..rows import evolve_input, include_list, seed_sources
-from ..store import seeds_used
-from ..store import EXPORT_INFO, RunDir, write_jsonl_atomic, write_text_atomic
+from ..store import EXPORT_INFO, RunDir, seeds_used, write_jsonl_atomic, write_text_atomic
 
 FORMATS = ("alpaca", "messages", "hf", "parquet")
 SPLITS = ("train", "eval")
