@@ -57,7 +57,7 @@ RUN_FLAGS = {
     "api": ("--api", "teacher.api", None,
             "How prompts are sent; auto = completions where the server has them (default {default})."),
     "seed_tasks": ("--seeds", "seed_tasks", "PATH",
-                   "Seed tasks: .jsonl, .json, .csv, .parquet or a saved datasets folder (default: the bundled "
+                   "Seed tasks: .jsonl, .json, .csv, .tsv, .parquet or a saved datasets folder (default: the bundled "
                    "seeds/seed_tasks.jsonl; docs/seeds-and-prompts.md)."),
     "seed": ("--seed", "seed", None, "Random seed of every choice and of the teacher's sampling (default {default})."),
     "num_instructions": ("--num-instructions", "bootstrap.num_instructions", None,
@@ -143,7 +143,7 @@ def build_config(config_path: str | None, sets: tuple[str, ...] = (), run_dir: s
     if run_dir is not None:
         if flags.get("run_name") is not None or flags.get("output_dir") is not None:
             raise click.UsageError(f"give the run as RUN_DIR ({run_dir}) or as --output-dir/--run-name, not both")
-        if Path(run_dir).suffix in (".toml", ".jsonl", ".json", ".csv", ".parquet"):
+        if Path(run_dir).suffix in (".toml", ".jsonl", ".json", ".csv", ".tsv", ".parquet"):
             raise click.UsageError(f"RUN_DIR {run_dir} looks like a file, not a run's folder: a config is --config "
                                    "FILE, seed tasks --seeds FILE, a stage's input --input FILE")
         path = Path(run_dir) if Path(run_dir).name not in ("", ".", "..") else Path(run_dir).resolve()
@@ -506,8 +506,8 @@ def _export_default(key: str) -> Any:  # the help shows ExportConfig's defaults,
               help=f"Share of task families held out for eval (default {_export_default('eval_fraction')}).")
 @click.option("--seed", type=int, help=f"Seed of the train/eval split (default {_export_default('seed')}).")
 @click.option("--seed-tasks/--no-seed-tasks", "--seeds/--no-seeds", "include_seeds", cls=Renamed, default=None,
-              help="Add the run's human seed tasks to the train split (default "
-                   f"{'on' if _export_default('include_seeds') else 'off'}, as Self-Instruct's release).")
+              help="Add the seed file's tasks to the train split, as Self-Instruct's release does (default: those "
+                   "the run's records came from, none for rows a user's --input file brought).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML file; its [export] table is read (default: none, every setting at its default).")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",

@@ -193,7 +193,7 @@ class ExportConfig:
     formats: str = "alpaca,messages,hf,parquet"  # every format; each is small next to the run itself
     rows: Literal["instance", "task"] = "instance"  # instance = one row per instance (Self-Instruct's fine-tuning data); task = first instance only (Alpaca)
     include: list[str] = field(default_factory=lambda: ["self-instruct", "evolve"])  # every kept record a run made; with both named, one the run lacks is skipped
-    include_seeds: bool = True  # the Self-Instruct authors' release script adds the human seed instances (--include_seed_tasks); train split only
+    include_seeds: Literal["auto", True, False] = "auto"  # auto = the human seed tasks the run's records came from (bootstrap, evolve over seeds or over a user's file), none for rows a user's --input brought; true adds the seed file's anyway, as the Self-Instruct authors' release script does (--include_seed_tasks); train split only
     eval_fraction: float = 0.1  # of task families (a task and its evolutions), not rows, so no near-duplicates sit on both sides; 10% still gives tens
     seed: int = 42  # the split is drawn from random.Random(seed): same run + same seed = same split
     decontaminate: DecontamConfig = field(default_factory=DecontamConfig, metadata={"shorthand": "method"})  # [export.decontaminate]: the last door before training
@@ -341,7 +341,7 @@ class RunConfig:
     run_name: str = "run"  # the run directory is output_dir/run_name; re-running the same name resumes it
     output_dir: str = "outputs"  # run directories go under here
     seed: int = 42  # every random choice derives from this; same seed + same replies = same dataset
-    seed_tasks: str = ""  # seed file (JSONL, JSON or CSV); empty = the bundled seeds/seed_tasks.jsonl
+    seed_tasks: str = ""  # seed file (JSONL, JSON, CSV, TSV, parquet or a datasets folder); empty = the bundled seeds/seed_tasks.jsonl
     prompts_dir: str = ""  # folder of prompt templates; empty = the bundled prompts/
     # What `run` runs, in this order: bootstrap, classify, instances, filter, evolve, score, ifd, select, export, train, eval.
     stages: list[str] = field(default_factory=lambda: ["bootstrap", "classify", "instances", "filter"])
@@ -834,9 +834,9 @@ def _coerce(value: Any, hint: Any, where: str | Path | None, line: int | None, n
     origin = typing.get_origin(hint) or hint
     if origin is Literal:
         choices = typing.get_args(hint)
-        if value not in choices:
-            raise InputError(where, line, f"{name}: expected one of {', '.join(map(str, choices))}" if name
-                             else f"expected one of {', '.join(map(str, choices))}",
+        if value not in choices or (isinstance(value, int) and not isinstance(value, bool)):  # 1 == True
+            said = ", ".join(c if isinstance(c, str) else _toml_value(c) for c in choices)  # true, not True
+            raise InputError(where, line, f"{name}: expected one of {said}" if name else f"expected one of {said}",
                              f"give one of them, e.g. {example}")
         return value
     if origin is float and isinstance(value, int) and not isinstance(value, bool):

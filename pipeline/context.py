@@ -41,7 +41,7 @@ from .progress import no_progress
 from .prompts import Prompts
 from .records import Task
 from .seeds import load_seeds
-from .store import RunDir, read_jsonl, read_tasks, recorded_teacher
+from .store import RunDir, read_jsonl, read_tasks, recorded_teacher, seeds_used
 from .teachers import RUN_TEACHER, SCORE_JUDGE, Origin, Teacher, make_teacher, origin_of
 
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "openai", "httpx", "rouge-score", "datasets",
@@ -403,11 +403,12 @@ class RunContext:
             fields.setdefault("spend", self._budget.spend())
         if self._teacher is not None and id(self._teacher) in self._attached:
             fields.setdefault("teacher", self._teacher.describe())
-        return self.run.update_manifest(
+        m = self.run.update_manifest(
             seed2lora_version=__version__, command=self.command_line(),
-            config=self.recorded_config(), packages=package_versions(), prompts=self.prompts.hashes(),
-            seed_file=str(self.cfg.seed_tasks or "bundled seeds/seed_tasks.jsonl"), num_seeds=len(self.seeds),
-            **fields)
+            config=self.recorded_config(), packages=package_versions(), prompts=self.prompts.hashes(), **fields)
+        used = seeds_used(m, importing=bool(self.input_path))
+        seeds = seeds_record(used, self.cfg.seed_tasks, lambda: len(self.seeds))
+        return m if all(m.get(k, 0) == v for k, v in seeds.items()) else self.run.update_manifest(**seeds)
 
     def recorded_config(self) -> dict[str, Any]:
         """This command's config for the manifest, but for the MODEL_TABLES it built no model from: those stay as
@@ -468,6 +469,15 @@ class RunContext:
             raise Seed2LoraError(f"{source} does not exist. Fix: run `seed2lora {stage}` for this run first, or "
                                  "pass --input FILE")
         return Records(read_tasks(source), stage)
+
+
+def seeds_record(used: bool, seed_tasks: str, count: Callable[[], int]) -> dict[str, Any]:
+    """The manifest's seed_file and num_seeds: the seed file the run's records came from (store.seeds_used), or
+    None for a run of a user's file (it said `bundled seeds/seed_tasks.jsonl`, 175, of an evolve-only or
+    `filter --input` run that never used them)."""
+    if not used:
+        return {"seed_file": None, "num_seeds": None}
+    return {"seed_file": str(seed_tasks or "bundled seeds/seed_tasks.jsonl"), "num_seeds": count()}
 
 
 def _noted_seeds(path: str | None, log: Log) -> list[Task]:

@@ -35,6 +35,7 @@ class Fields:
     output: str = "output"
 
 
+TABLE_SUFFIXES = (".csv", ".tsv")  # a header row, then one row per record; .tsv is tab separated (spreadsheet exports)
 Records = list[tuple[int, dict[str, Any]]]  # (line, item or row number as `unit` says, record)
 
 
@@ -43,23 +44,24 @@ def read_records(path: str | Path) -> tuple[Records, str]:
 
     .jsonl (and any other suffix): one JSON object per line ("line"); .json: a list, or
     {"data"|"tasks": [...]}, or one object per line ("item", or "line"); .csv with a header
-    ("line", multi-line cells counted; ";" or tab separated when the header has no comma); .parquet ("row"); a folder saved by `datasets`
+    ("line", multi-line cells counted; ";" or tab separated when the header has no comma) or .tsv (tab separated,
+    the same rules); .parquet ("row"); a folder saved by `datasets`
     ("row"). Text must be UTF-8 (a BOM is fine).
     """
     path = Path(path)
     if not path.exists():
         raise InputError(path, None, "does not exist",
-                         "give an existing data file (.jsonl, .json, .csv, .parquet) or a saved dataset folder")
+                         "give an existing data file (.jsonl, .json, .csv, .tsv, .parquet) or a saved dataset folder")
     if path.is_dir():
         return _read_hf_folder(path), "row"
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return _read_parquet(path), "row"
-    if suffix == ".csv":
+    if suffix in TABLE_SUFFIXES:
         text = _read_text(path)
         header = text.split("\n", 1)[0]
         # Excel in a comma-decimal locale separates with ";": read as ",", that was one column, named by all three.
-        sep = next((d for d in (";", "\t") if d in header and "," not in header), ",")
+        sep = "\t" if suffix == ".tsv" else next((d for d in (";", "\t") if d in header and "," not in header), ",")
         reader = csv.DictReader(io.StringIO(text), delimiter=sep)
         rows = [(reader.line_num, {k: v for k, v in row.items() if k}) for row in reader]
         return rows, "line"
@@ -131,7 +133,7 @@ def _is_stage_file(path: Path) -> bool:
 
 # The files `save_to_disk` writes: a Dataset's state.json and dataset_info.json, a DatasetDict's dataset_dict.json.
 HF_FOLDER_FILES = ("dataset_dict.json", "state.json", "dataset_info.json")
-NOT_A_DATASET_FIX = "give a data file (.jsonl, .json, .csv, .parquet) or a folder written by Dataset.save_to_disk"
+NOT_A_DATASET_FIX = "give a data file (.jsonl, .json, .csv, .tsv, .parquet) or a folder written by Dataset.save_to_disk"
 
 
 def _read_hf_folder(path: Path) -> Records:

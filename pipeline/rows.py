@@ -6,7 +6,8 @@ Sources, chosen by ExportConfig.include:
                  input "" and the teacher's answer as output
   selected       select.jsonl: the rows `seed2lora select` kept of the two above (by judge score, IFD or at
                  random); named alone, since it already holds rows of both
-then the run's human seed tasks (origin "seed") when include_seeds. Naming both sources
+then the run's human seed tasks (origin "seed") by include_seeds: "auto", those its records came from
+(store.seeds_used: none for rows a user's --input file brought), true, the seed file's too, or false. Naming both sources
 takes whichever the run has (an evolve-only run has no filter.jsonl, a Self-Instruct run
 no evolve.jsonl); naming one requires its file.
 
@@ -22,7 +23,7 @@ from typing import Any
 from .config import ExportConfig
 from .errors import Seed2LoraError
 from .records import ROW_UNITS, Task, task_rows
-from .store import STAGES, RunDir
+from .store import RunDir, evolve_input, seeds_used
 
 SOURCES = {"self-instruct": "filter", "evolve": "evolve", "selected": "select"}  # include name -> the stage file of kept records
 GENERATED = ("self-instruct", "evolve")  # the sources a run generates; "selected" is a subset of their rows
@@ -77,7 +78,7 @@ def kept_files(run: RunDir, include: list[str] | str) -> list[Path]:
     return found
 
 
-def seed_rows(run: RunDir, rows: str = "instance") -> list[dict[str, Any]]:
+def seed_rows(run: RunDir, rows: str = "instance", include_seeds: bool | str = "auto") -> list[dict[str, Any]]:
     """The run's human seed tasks as rows (origin "seed"): the seed file its manifest names, and the rows of a
     user's file that evolve read (--input, or evolve.source a path), which are its evolutions' roots.
 
@@ -89,7 +90,7 @@ def seed_rows(run: RunDir, rows: str = "instance") -> list[dict[str, Any]]:
 
     cfg = run.manifest().get("config") or {}
     tasks: list[Task] = []
-    for what, path in seed_sources(run):
+    for what, path in seed_sources(run, include_seeds):
         if path and not Path(path).exists():  # a file, or a saved dataset folder
             raise Seed2LoraError(f"the {what} of {run.path}, {path}, is not there (paths are relative to where the "
                                  "run was started). Fix: run this command from that folder, or leave the seeds out "
@@ -107,30 +108,23 @@ def evolved_pool(config: dict[str, Any], path: str) -> list[Task]:
     return load_pool(path, Fields(*(e.get(f"{k}_field") or k for k in ("instruction", "input", "output"))))
 
 
-def seed_sources(run: RunDir) -> list[tuple[str, str | None]]:
-    """(what, path) of the human data seed_rows reads: the seed file (None = the bundled one) unless the run only
-    evolved a user's file, and that file."""
+def seed_sources(run: RunDir, include_seeds: bool | str = "auto") -> list[tuple[str, str | None]]:
+    """(what, path) of the human data seed_rows reads: the seed file (None = the bundled one) when the run's records
+    came from it (store.seeds_used) or include_seeds is True, and the user's file evolve read, its evolutions' roots.
+
+    A run of a user's --input file never used the seed file: `filter --input my_data.jsonl` then export added the
+    bundled 175 Self-Instruct seeds by default (223 of 280 train rows), tasks the user never gave."""
+    if include_seeds is False:
+        return []
     manifest = run.manifest()
     evolved_from = evolve_input(manifest)
     seeds = (manifest.get("config") or {}).get("seed_tasks") or None
-    return ([("seed file", seeds)] if evolved_from is None or run.stage_file("filter").exists() else []) + (
+    return ([("seed file", seeds)] if include_seeds is True or seeds_used(manifest) else []) + (
         [("evolve input", evolved_from)] if evolved_from else [])
 
 
-def evolve_input(manifest: dict[str, Any]) -> str | None:
-    """The user's file (or dataset folder) the run's evolve stage read, from the manifest; None for a stage of
-    the run or the seeds."""
-    recorded = ((manifest.get("stages") or {}).get("evolve") or {}).get("input_file") or {}
-    if recorded.get("path"):
-        return str(recorded["path"])
-    cfg = manifest.get("config") or {}
-    source = (cfg.get("evolve") or {}).get("source")
-    ran = "evolve" in (manifest.get("stages") or {})
-    return str(source) if ran and source and source != "seeds" and source not in STAGES else None
-
-
 def run_rows(run: RunDir, cfg: ExportConfig) -> RunRows:
-    """The rows of the run's kept records (cfg.include), then its seed rows if cfg.include_seeds."""
+    """The rows of the run's kept records (cfg.include), then its seed rows by cfg.include_seeds (seed_sources)."""
     if cfg.rows not in ROW_UNITS:
         raise Seed2LoraError(f"export rows must be one of {', '.join(ROW_UNITS)}, not {cfg.rows!r}. "
                              "Fix: --rows instance (a row per instance) or --rows task")
@@ -141,4 +135,4 @@ def run_rows(run: RunDir, cfg: ExportConfig) -> RunRows:
         held = f"{sources[0]} holds" if len(sources) == 1 else \
             f"{' and '.join(map(str, sources))} hold" if sources else "the run holds"
         raise Seed2LoraError(f"{held} no task with instances; nothing to export")
-    return RunRows(tasks, rows + (seed_rows(run, cfg.rows) if cfg.include_seeds else []), sources)
+    return RunRows(tasks, rows + seed_rows(run, cfg.rows, cfg.include_seeds), sources)

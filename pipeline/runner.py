@@ -69,7 +69,8 @@ STEPS = [
          check=lambda ctx: importlib.import_module("pipeline.stages.select").check(ctx)),
     Step("export", later("pipeline.stages.export", "step"), tables=("export",)),
     Step("train", later("pipeline.train.steps", "train_step"), tables=("train", "export", "ifd", "eval")),
-    Step("eval", later("pipeline.train.steps", "eval_step"), tables=("eval", "train", "export")),
+    Step("eval", later("pipeline.train.steps", "eval_step"), tables=("eval", "train", "export"),
+         check=later("pipeline.train.steps", "eval_check")),
 ]
 
 

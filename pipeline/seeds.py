@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .datasets_io import Pool, messages_fields, read_records, where_error
+from .datasets_io import TABLE_SUFFIXES, Pool, messages_fields, read_records, where_error
 from .errors import InputError
 from .records import Instance, RowError, Task, input_id
 
@@ -35,12 +35,12 @@ def load_seeds(path: str | Path | None = None, *, content_ids: bool = False) -> 
     A record that repeats an earlier one whole is loaded once and named in the Pool's `repeated`."""
     path = Path(path) if path else bundled_seeds()
     if not path.exists():
-        raise InputError(path, None, "does not exist", "give the path of a seed file (.jsonl, .json, .csv, .parquet) "
+        raise InputError(path, None, "does not exist", "give the path of a seed file (.jsonl, .json, .csv, .tsv, .parquet) "
                          "or a saved Hugging Face dataset folder")
     rows, unit = read_records(path)
     if not rows:
         raise InputError(path, None, "holds no seed tasks", "add at least one task, one JSON object per line")
-    if path.suffix.lower() == ".csv" and "instruction" not in rows[0][1]:
+    if path.suffix.lower() in TABLE_SUFFIXES and "instruction" not in rows[0][1]:
         raise InputError(path, 1, f"has no 'instruction' column (columns: {list(rows[0][1])})",
                          "name the columns instruction,input,output")
     tasks: list[Task] = []

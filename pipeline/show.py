@@ -17,7 +17,16 @@ from rich.table import Column, Table
 from .cache import usage_log
 from .errors import Seed2LoraError
 from .records import Task
-from .store import PENDING_KNOWN, STAGES, RunDir, pending_line, reason_kind, reason_label, recorded_teacher
+from .store import (
+    PENDING_KNOWN,
+    STAGES,
+    RunDir,
+    evolve_input,
+    pending_line,
+    reason_kind,
+    reason_label,
+    recorded_teacher,
+)
 
 WIDE = 10_000  # columns off a terminal: a table is as wide as its content (rich tables do not expand to the width)
 
@@ -79,6 +88,7 @@ def summary(run: RunDir, stage: str | None = None) -> dict:
         "teacher": recorded_teacher(manifest, "teacher").get("name"),
         "teacher_note": teacher_note(manifest),
         "teacher_choice": teacher_choice(manifest.get("teacher") or {}),
+        "seeds": seeds_line(manifest),
         "endpoints": endpoints_line(manifest.get("teacher") or {}),
         **status,
         "short": [short_line(group, manifest) for group in short],
@@ -176,6 +186,19 @@ def teacher_note(manifest: dict) -> str:
     return "none recorded: no step that calls a teacher has run here"
 
 
+def seeds_line(manifest: dict) -> str:
+    """What the run's records came from: the seed file (manifest seed_file), or the user's files its stages read."""
+    if manifest.get("seed_file"):
+        return f"seeds: {manifest['seed_file']} ({manifest.get('num_seeds', '?')} tasks)"
+    stages = manifest.get("stages") or {}
+    files = [f"{Path(st['input_file']['path']).name} ({name} --input)" for name, st in stages.items()
+             if isinstance(st, dict) and (st.get("input_file") or {}).get("path")]
+    evolved = evolve_input(manifest)
+    if evolved and not ((stages.get("evolve") or {}).get("input_file") or {}).get("path"):
+        files.append(f"{Path(evolved).name} (evolve.source)")
+    return f"seeds: none; rows from {', '.join(files)}, not made from seed tasks" if files else ""
+
+
 def teacher_choice(teacher: dict) -> str:
     """How a server teacher was driven and why: the endpoint (api auto's choice) and structured replies."""
     parts = [f"api {teacher['api_choice']}" if teacher.get("api_choice") else "",
@@ -228,6 +251,8 @@ def show_run(path: Path, *, stage: str | None, n_samples: int, as_jsonl: bool, s
         out.print(f"  then, {attempt.get('at')}, {attempt.get('command')} stopped before any request (teacher "
                   f"unavailable): {attempt.get('cause')}" + (f" ({attempt['pending']})" if attempt.get("pending") else ""),
                   highlight=False, markup=False)
+    if s["seeds"]:
+        out.print(f"  {s['seeds']}", highlight=False, markup=False)
     if s["teacher_choice"]:
         out.print(f"  {s['teacher_choice']}", highlight=False, markup=False)
     if s["endpoints"]:

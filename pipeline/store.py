@@ -454,6 +454,31 @@ def rejected_by(counts: dict[str, Any], stage: str) -> int:
     return sum(n for key, n in counts.get("rejected_by_reason", {}).items() if key.startswith(f"{stage}:"))
 
 
+def evolve_input(manifest: dict[str, Any]) -> str | None:
+    """The user's file (or dataset folder) the run's evolve stage read, from the manifest; None for a stage of
+    the run or the seeds."""
+    recorded = ((manifest.get("stages") or {}).get("evolve") or {}).get("input_file") or {}
+    if recorded.get("path"):
+        return str(recorded["path"])
+    cfg = manifest.get("config") or {}
+    source = (cfg.get("evolve") or {}).get("source")
+    ran = "evolve" in (manifest.get("stages") or {})
+    return str(source) if ran and source and source != "seeds" and source not in STAGES else None
+
+
+def seeds_used(manifest: dict[str, Any], importing: bool = False) -> bool:
+    """Whether the run's records came from its seed file: a bootstrap over them, evolve over them, or no user's file
+    imported (a stage's --input, or evolve over a path). The one rule of export's seed rows and the manifest's
+    seed_file: a run of a user's file never used the seeds. importing: a command reading --input now (its stage's
+    input_file is recorded when the stage ends)."""
+    stages = manifest.get("stages") or {}
+    evolved = str((manifest.get("state") or {}).get("evolve_input") or "")
+    if "bootstrap" in stages or evolved.startswith("seeds:"):
+        return True
+    imported = importing or any(isinstance(st, dict) and st.get("input_file") for st in stages.values())
+    return not imported and evolve_input(manifest) is None
+
+
 def eval_dir_of(adapter_dir: str | Path) -> Path:
     """Where an adapter's eval report goes by default: ADAPTER/eval."""
     return Path(adapter_dir) / EVAL_DIR

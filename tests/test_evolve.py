@@ -775,6 +775,8 @@ def test_evolving_a_users_file_never_filters_against_the_bundled_seeds(fake_open
     run = RunDir(tmp_path / "run")
     assert [t.reject_reason for t in run.read_rejected()] == []
     assert [t.instruction for t in run.read_stage("evolve")] == [bundled]
+    # nor does its manifest name them: it said seed_file "bundled seeds/seed_tasks.jsonl", num_seeds 175
+    assert (run.manifest()["seed_file"], run.manifest()["num_seeds"]) == (None, None)
 
 
 def test_a_prompts_folder_missing_a_template_evolve_needs_stops_before_any_request(fake_openai, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.config import ExportConfig
+from pipeline.config import DecontamConfig, ExportConfig
 from pipeline.errors import Seed2LoraError
 from pipeline.records import Instance, RowError, Task, row_messages, split_by_task, task_id, task_rows
 from pipeline.stages.export import export_run
@@ -447,3 +447,50 @@ def test_an_export_names_its_run_from_any_working_directory(tmp_path, monkeypatc
     monkeypatch.chdir(elsewhere)
     assert RunDir.of_export(run / "export").path.resolve() == run.resolve()
     assert load_rows(run / "export").run_dir.resolve() == run.resolve()
+
+
+def filtered_users_file(tmp_path):
+    """`seed2lora filter --input my_data.jsonl` (no teacher needed): a run whose rows all came from a user's file."""
+    mine = tmp_path / "my_data.jsonl"
+    asks = ["Name three rivers in Europe.", "Explain why leaves change colour in autumn.", "Give two reasons to "
+            "learn chess as a child.", "Summarize the plot of Hamlet briefly.", "Suggest a name for a bakery in Paris.",
+            "List the planets of our solar system in order."]
+    mine.write_text("".join(json.dumps({"instruction": a, "input": "", "output": f"Answer {n}"}) + "\n"
+                            for n, a in enumerate(asks)))
+    result = CliRunner().invoke(cli, ["filter", "--input", str(mine), "--output-dir", str(tmp_path / "out"),
+                                      "--run-name", "r"])
+    assert result.exit_code == 0, result.output
+    return tmp_path / "out" / "r", result
+
+
+def test_export_of_a_users_filtered_file_leaves_out_the_seed_file_it_never_used(tmp_path):
+    """`filter --input my_data.jsonl` then `export`: 223 of 280 train rows were the bundled 175 seed tasks' the user
+    never gave. By default they are left out, the line and the card say so with the flag, and --seed-tasks adds them."""
+    run, _ = filtered_users_file(tmp_path)
+    result = CliRunner().invoke(cli, ["export", str(run), "--out", str(tmp_path / "exp"), "--formats", "alpaca",
+                                      "--set", "decontaminate=off"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "exp" / "export.json").read_text())
+    assert info["counts"]["seed_tasks"] == 0 and "seed" not in info["counts"]["by_origin"]
+    line = " ".join(result.output.split())
+    assert "the seed file's tasks (the bundled 175) are left out: the run's rows came from my_data.jsonl" in line
+    assert "--seed-tasks adds them" in line
+    card = (tmp_path / "exp" / "README.md").read_text()
+    assert "The seed file's tasks are left out: the run's rows came from my_data.jsonl" in card
+    assert "Seed tasks: none (the rows came from a user's file)" in card
+    forced = export_run(run, tmp_path / "all", ExportConfig(include_seeds=True, formats="alpaca",
+                                                              decontaminate=DecontamConfig(method="off")))
+    assert forced["counts"]["seed_tasks"] == 175 and not forced["seed_file_unused"]
+
+
+def test_the_manifest_and_show_of_a_users_filtered_file_name_that_file_not_the_seed_file(tmp_path):
+    """manifest.json said `seed_file: bundled seeds/seed_tasks.jsonl`, `num_seeds: 175` of a `filter --input` run
+    whose rows all came from the user's file; a run made from its seeds still names them."""
+    from pipeline.show import summary
+
+    run, _ = filtered_users_file(tmp_path)
+    manifest = RunDir(run).manifest()
+    assert (manifest["seed_file"], manifest["num_seeds"]) == (None, None)
+    assert summary(RunDir(run))["seeds"] == "seeds: none; rows from my_data.jsonl (filter --input), not made from seed tasks"
+    shown = CliRunner().invoke(cli, ["show", str(run)])
+    assert "rows from my_data.jsonl (filter --input)" in " ".join(shown.output.split())

@@ -266,3 +266,45 @@ def test_a_prompts_folder_missing_a_template_a_stage_needs_stops_before_any_requ
     assert result.exit_code == 2, result.output
     assert f"{mine / missing}: prompt template is missing" in " ".join(result.output.split())
     assert fake_openai.history == [] and not (tmp_path / "run").exists()
+
+
+def test_score_and_the_eval_judge_need_their_templates_before_anything_is_asked(fake_openai, tmp_path):
+    """A copied prompts folder without score.txt passed score's checks: the judge was preflighted and the manifest
+    written before the first row died on the missing file; without judge_pairwise.txt, eval generated every base and
+    adapter answer first. Both now stop at the start, naming the file, before any request."""
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+    from pipeline.config import TeacherConfig, load_config
+    from pipeline.context import RunContext
+    from pipeline.runner import STEPS, validate
+    from pipeline.train.eval import judge_teacher
+
+    mine = shutil.copytree(Prompts().dir, tmp_path / "my_prompts")
+    (mine / "score.txt").unlink()
+    (mine / "judge_pairwise.txt").unlink()
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"instruction": f"Name {n} rivers of Europe in a list.", "output": "Rhine."})
+                            + "\n" for n in ("three", "four")))
+    made = CliRunner().invoke(cli, ["filter", "--input", str(rows), "--output-dir", str(tmp_path), "--run-name", "r",
+                                    "--set", f"prompts_dir={mine}"])
+    assert made.exit_code == 0, made.output
+    before = (tmp_path / "r" / "manifest.json").read_text()
+    result = CliRunner().invoke(cli, ["score", str(tmp_path / "r"), "--judge", "openai:fake-model",
+                                      "--judge-base-url", fake_openai.url])
+    assert result.exit_code == 2, result.output
+    assert f"{mine / 'score.txt'}:prompttemplateismissing" in "".join(result.output.split())
+    assert fake_openai.history == [] and fake_openai.probes == []
+    assert (tmp_path / "r" / "manifest.json").read_text() == before
+    judge = TeacherConfig(spec="openai:fake-model", base_url=fake_openai.url)
+    with pytest.raises(InputError, match="judge_pairwise.txt.*prompt template is missing"):
+        with judge_teacher(judge, tmp_path / "r"):
+            pass
+    assert fake_openai.probes == []
+    ctx = RunContext(load_config(None, {"output_dir": str(tmp_path), "run_name": "new", "prompts_dir": str(mine),
+                                        "eval.judge.spec": "openai:fake-model"}))
+    with pytest.raises(InputError, match="judge_pairwise.txt"):  # `run` through eval: before bootstrap is paid
+        validate(ctx, [s for s in STEPS if s.name == "eval"])

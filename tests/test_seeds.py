@@ -177,7 +177,7 @@ def test_a_folder_that_is_not_a_dataset_is_named_with_the_fix(tmp_path):
             load(folder)
         message = str(e.value)
         assert f"{folder}: is a folder but not a saved Hugging Face dataset (it holds todo.txt)" in message
-        assert "Fix: give a data file (.jsonl, .json, .csv, .parquet) or a folder written by Dataset.save_to_disk" in message
+        assert "Fix: give a data file (.jsonl, .json, .csv, .tsv, .parquet) or a folder written by Dataset.save_to_disk" in message
     with pytest.raises(InputError, match="does not exist"):
         load_seeds(tmp_path / "missing")
 
@@ -272,7 +272,7 @@ def test_the_seeds_flag_help_names_every_format_the_loader_takes():
 
     for command in ("run", "bootstrap", "evolve"):
         text = " ".join(CliRunner().invoke(cli, [command, "--help"]).output.split())
-        assert "--seeds PATH Seed tasks: .jsonl, .json, .csv, .parquet or a saved datasets folder" in text, command
+        assert "--seeds PATH Seed tasks: .jsonl, .json, .csv, .tsv, .parquet or a saved datasets folder" in text, command
 
 
 def test_a_csv_separated_by_semicolons_or_tabs_loads(tmp_path):
@@ -287,3 +287,29 @@ def test_a_csv_separated_by_semicolons_or_tabs_loads(tmp_path):
         assert [(s.instruction, s.instances[0].input, s.instances[0].output) for s in seeds] == [
             ("Add the numbers; then halve.", "2, 4", "3"), ("Name a colour of the sky.", "", "Blue")], sep
         assert [t.instruction for t in load_pool(path)] == [s.instruction for s in seeds]
+
+
+def test_a_tsv_file_loads_as_a_tab_separated_csv_and_quoted_line_breaks_stay_in_their_cell(tmp_path):
+    """`--seeds mine.tsv` (a spreadsheet's tab-separated export) was read as JSON lines and refused at line 1; a
+    .tsv is tab separated whatever its header holds, with CSV's rules: quotes, and a line break inside them."""
+    tsv = tmp_path / "mine.tsv"
+    tsv.write_text("instruction\tinput\toutput\tnotes, if any\n"
+                   'Write a haiku about rain.\t\t"Soft rain on the roof\nthe garden drinks slowly\nsleep comes"\tx\n'
+                   "Add the numbers.\t2, 4\t6\t\n")
+    csv_file = tmp_path / "mine.csv"
+    csv_file.write_text('instruction,input,output\nWrite a haiku about rain.,,"Soft rain on the roof\nthe garden '
+                        'drinks slowly\nsleep comes"\nAdd the numbers.,"2, 4",6\n')
+    for path in (tsv, csv_file):
+        seeds = load_seeds(path)
+        assert [(s.instruction, s.instances[0].input, s.instances[0].output) for s in seeds] == [
+            ("Write a haiku about rain.", "", "Soft rain on the roof\nthe garden drinks slowly\nsleep comes"),
+            ("Add the numbers.", "2, 4", "6")], path.name
+        assert [t.instances[0].output for t in load_pool(path)] == [s.instances[0].output for s in seeds]
+    broken = tmp_path / "broken.tsv"
+    broken.write_text("prompt\tanswer\nAdd 2 and 3.\t5\n")
+    with pytest.raises(InputError, match=r"broken.tsv:1: has no 'instruction' column .*name the columns"):
+        load_seeds(broken)
+    late = tmp_path / "late.tsv"  # a row after a multi-line cell is named by its own line
+    late.write_text('instruction\tinput\toutput\nA task.\t\t"two\nlines"\n\t\tno instruction\n')
+    with pytest.raises(InputError, match=r"late.tsv:4"):
+        load_seeds(late)

@@ -33,7 +33,7 @@ from ..decontam import clean_run_rows
 from ..errors import Seed2LoraError
 from ..records import row_messages, split_by_task
 from ..rows import evolve_input, include_list, seed_sources
-from ..store import EXPORT_INFO, RunDir, write_jsonl_atomic, write_text_atomic
+from ..store import EXPORT_INFO, RunDir, seeds_used, write_jsonl_atomic, write_text_atomic
 
 FORMATS = ("alpaca", "messages", "hf", "parquet")
 SPLITS = ("train", "eval")
@@ -75,7 +75,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig) -> d
         "imported": {name: st["input_file"] for name, st in (manifest.get("stages") or {}).items()
                      if isinstance(st, dict) and st.get("input_file")},  # rows a stage read from a user's --input
         "bootstrapped": "bootstrap" in (manifest.get("stages") or {}),
-        "seed_sources": [{"what": what, "path": path} for what, path in seed_sources(run)] if cfg.include_seeds else [],
+        "seed_sources": [{"what": what, "path": path} for what, path in seed_sources(run, cfg.include_seeds)],
+        "seed_file_unused": cfg.include_seeds == "auto" and not seeds_used(manifest),  # rows of a user's file
         "evolved_from": evolve_input(manifest),  # a user's file evolve read, or None (a stage of the run, the seeds)
     }
     write_text_atomic(out / EXPORT_INFO, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
@@ -100,7 +101,17 @@ def export_line(info: dict[str, Any]) -> str:
     return (f"{out}  ({c['train_rows']} train / {c['eval_rows']} eval rows: {rows}; from {c['tasks']} generated + "
             f"{c['seed_tasks']} seed tasks; generated tasks by origin: {tasks}; "
             + (f"contaminated rows dropped: {c.get('contaminated', 0)}, {d['note']}; " if d else "")
-            + f"card: {out / 'README.md'})")
+            + f"card: {out / 'README.md'})" + seeds_left_out(info))
+
+
+def seeds_left_out(info: dict[str, Any]) -> str:
+    """Why the seed file's tasks are not in the export of a run whose rows a user's file brought, and the flag."""
+    if not info.get("seed_file_unused"):
+        return ""
+    files = ", ".join(Path(i["path"]).name for i in (info.get("imported") or {}).values()) or "a user's file"
+    seeds = (info.get("config") or {}).get("seed_tasks") or "the bundled 175"
+    return (f"; the seed file's tasks ({seeds}) are left out: the run's rows came from {files}, not from them "
+            "(--seed-tasks adds them)")
 
 
 def step(ctx: RunContext, records: Records | None) -> StepResult:
@@ -229,7 +240,10 @@ def card_counts(info: dict[str, Any]) -> list[str]:
         "",
         (f"{c['seed_tasks']} of the train tasks are the run's human seed tasks (origin `seed`), added as the "
          "Self-Instruct authors' release script does; the eval split holds generated tasks only."
-         if c.get("seed_tasks") else "The run's human seed tasks are not included (`include_seeds = false`)."),
+         if c.get("seed_tasks") else "" if info.get("seed_file_unused")
+         else "The run's human seed tasks are not included (`include_seeds = false`).")
+        + (f" The seed file's tasks are left out: {seeds_left_out(info).partition(': ')[2]}." if info.get("seed_file_unused")
+           else ""),
         f"Sources: {', '.join(Path(s).name for s in info.get('sources') or [])} "
         f"(`include = {json.dumps(list(exp.get('include') or []))}`).",
         "",
@@ -244,6 +258,8 @@ def card_counts(info: dict[str, Any]) -> list[str]:
 def seed_names(info: dict[str, Any], cfg: dict[str, Any]) -> str:
     """Where the seed rows came from: the seed file, and the file evolve read when the run evolved a user's data."""
     sources = info.get("seed_sources")
+    if not sources and info.get("seed_file_unused"):
+        return "none (the rows came from a user's file)"
     if not sources:  # left out, or an export.json written before seed_sources
         return cfg.get("seed_tasks") or "bundled seeds/seed_tasks.jsonl"
     return " and ".join(f"the rows of evolve's input `{Path(s['path']).name}`" if s["what"] == "evolve input"

@@ -77,10 +77,17 @@ def judge_label(teacher: Teacher, method: str) -> str:
     return f"{teacher.name} ({'logprobs' if uses_logprobs(teacher, method) else 'text'})"
 
 
+def template_of(teacher: Teacher, method: str) -> str:
+    """The rubric the judge is asked with: Yes/No by log-probabilities, or the 1-5 text rating."""
+    return "score_yesno.txt" if uses_logprobs(teacher, method) else "score.txt"
+
+
 def check(ctx: RunContext) -> None:
-    """Before the manifest is written or a request sent: another judge's ratings stop this one (a refused
-    `score --judge OTHER` recorded OTHER first, and every later bare `score`, which takes the manifest's config,
-    stopped the same way). --rescore sets them aside, so it goes on."""
+    """Before the manifest is written or a request sent: the judge's template is in prompts_dir (a copy without
+    score.txt died at the first row to rate, the judge preflighted and the manifest written), and another judge's
+    ratings stop this one (a refused `score --judge OTHER` recorded OTHER first, and every later bare `score`, which
+    takes the manifest's config, stopped the same way). --rescore sets them aside, so it goes on."""
+    ctx.prompts.path(template_of(ctx.bare_judge, ctx.cfg.score.method))
     if not ctx.rescore:
         check_same_judge(ctx.run, judge_label(ctx.bare_judge, ctx.cfg.score.method))
 
@@ -94,7 +101,7 @@ def run_score(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: RunD
     check_same_judge(run, judge)
     params = (GenParams(max_tokens=1, logprobs=c.top_logprobs) if by_logprobs else
               GenParams(max_tokens=c.max_tokens, temperature=c.temperature, json_mode=c.json_mode))
-    template = "score_yesno.txt" if by_logprobs else "score.txt"
+    template = template_of(teacher, c.method)
 
     def prompt_for(t: Task) -> str:
         inst = t.instances[0]

@@ -141,7 +141,7 @@ def _load_hf(p: Path) -> Rows:
 
 
 def read_rows_file(p: Path) -> list[dict[str, Any]]:
-    """Rows of one data file (datasets_io.read_records: .json, .jsonl, .csv, .parquet); tasks expand per instance."""
+    """Rows of one data file (datasets_io.read_records: .json, .jsonl, .csv, .tsv, .parquet); tasks expand per instance."""
     rows = [obj for _, obj in read_records(p)[0]]
     if rows and "instances" in rows[0] and "output" not in rows[0]:
         rows = task_rows(_tasks(rows))

@@ -442,6 +442,7 @@ def judge_context(cfg: TeacherConfig, run_dir: str | Path | None, *, seed: int =
     if run_dir is None:
         judge = None
         if cfg.spec.strip():
+            judge_prompts(Prompts())
             judge = build_teacher(cfg, seed, log, origin)
             preflight(judge)  # a wrong port or a dead server fails here, in seconds, naming the URL
         yield judge, Prompts()
@@ -450,12 +451,22 @@ def judge_context(cfg: TeacherConfig, run_dir: str | Path | None, *, seed: int =
     if not cfg.spec.strip():
         yield None, ctx.prompts
         return
+    judge_prompts(ctx.prompts)
     judge = build_teacher(cfg, seed, log, origin)
     preflight(judge)
     try:
         yield ctx.attach(judge), ctx.prompts
     finally:
         ctx.close()
+
+
+JUDGE_TEMPLATE = "judge_pairwise.txt"  # the one template the eval judge renders
+
+
+def judge_prompts(prompts: Prompts) -> None:
+    """The eval judge's template is in prompts_dir before the judge is asked anything: a copy without
+    judge_pairwise.txt died after the base and adapter answers were generated, at the first verdict."""
+    prompts.path(JUDGE_TEMPLATE)
 
 
 @contextmanager
@@ -499,7 +510,7 @@ def judge_pairwise(teacher: Any, items: list[EvalItem], rng: random.Random, ci_s
     prompts = []
     for it, swap in zip(items, swaps, strict=True):
         a, b = (it.adapter, it.base) if swap else (it.base, it.adapter)
-        prompts.append(prompts_lib.render("judge_pairwise.txt", request=it.prompt, reference=it.reference,
+        prompts.append(prompts_lib.render(JUDGE_TEMPLATE, request=it.prompt, reference=it.reference,
                                           answer_a=a or "(empty)", answer_b=b or "(empty)"))
     replies = teacher.generate(prompts, GenParams(max_tokens=8, temperature=0.0), kind="judge", progress=advance)
     wins = losses = ties = invalid = not_sent = cached = 0

@@ -68,6 +68,14 @@ def train_step(ctx: RunContext, records: Records | None) -> StepResult:
                       f"{summary['eval_losses']['last']} -> {adapter}")
 
 
+def eval_check(ctx: RunContext) -> None:
+    """`run` through eval with a judge: its template is there before bootstrap and training are paid for."""
+    from .eval import judge_prompts
+
+    if ctx.cfg.eval.judge.spec.strip():
+        judge_prompts(ctx.prompts)
+
+
 def eval_step(ctx: RunContext, records: Records | None) -> StepResult:
     """Base versus adapter; a report newer than the adapter, with the same settings, is kept."""
     from .eval import evaluate, report_settings, summary_line
