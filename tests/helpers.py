@@ -77,3 +77,14 @@ def pending_words(left: dict[str, int], target: int) -> str:
     parts = [f"bootstrap {left['bootstrap']} of {target} instructions to go"] if left["bootstrap"] else []
     parts += [f"{s} {left[s]} task{'s' if left[s] != 1 else ''}" for s in ("classify", "instances") if left[s]]
     return "pending: " + ", ".join(parts)
+
+
+def filtered_file_run(tmp_path: Path, asks: list[str], name: str = "my_data.jsonl") -> tuple[Path, object]:
+    """`seed2lora filter --input FILE` (no teacher) on Alpaca-style rows of these instructions: (the run, the result)."""
+    rows = tmp_path / name
+    rows.write_text("".join(json.dumps({"instruction": a, "input": "", "output": f"Answer {n}"}) + "\n"
+                            for n, a in enumerate(asks)))
+    result = CliRunner().invoke(cli, ["filter", "--input", str(rows), "--output-dir", str(tmp_path / "out"),
+                                      "--run-name", "r"])
+    assert result.exit_code == 0, result.output
+    return tmp_path / "out" / "r", result

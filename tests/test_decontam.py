@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from fakeserver import QueuedServer
+from helpers import filtered_file_run
 
 from pipeline import evalsets, usercache
 from pipeline.config import DecontamConfig, ExportConfig, SelectConfig, load_section, parse_overrides
@@ -259,23 +260,14 @@ def test_without_the_set_eval_says_how_many_prompts_and_why(tmp_path, monkeypatc
 
 def test_rows_given_to_a_stage_with_input_are_the_runs_records_not_its_seeds(tmp_path):
     """`filter --input ROWS.jsonl` on Alpaca-style rows: kept as origin machine, so export splits and counts them."""
-    from click.testing import CliRunner
-
-    from pipeline.cli import cli
-
-    rows = tmp_path / "rows.jsonl"
-    asks = ["Name three rivers in Europe.", "Explain why leaves change colour in autumn.", "Translate 'good night' "
-            "into Spanish please.", "Give two reasons to learn chess as a child.", "Summarize the plot of Hamlet briefly.",
-            "Convert 100 degrees Fahrenheit to Celsius now.", "Suggest a name for a bakery in Paris.",
-            "List the planets of our solar system in order."]
-    rows.write_text("".join(json.dumps({"instruction": a, "input": "", "output": f"Answer {n}"}) + "\n"
-                            for n, a in enumerate(asks)))
-    result = CliRunner().invoke(cli, ["filter", "--input", str(rows), "--output-dir", str(tmp_path / "out"),
-                                      "--run-name", "r"])
-    assert result.exit_code == 0, result.output
-    kept = RunDir(tmp_path / "out" / "r").read_stage("filter")
+    run, _ = filtered_file_run(tmp_path, [
+        "Name three rivers in Europe.", "Explain why leaves change colour in autumn.",
+        "Translate 'good night' into Spanish please.", "Give two reasons to learn chess as a child.",
+        "Summarize the plot of Hamlet briefly.", "Convert 100 degrees Fahrenheit to Celsius now.",
+        "Suggest a name for a bakery in Paris.", "List the planets of our solar system in order."], "rows.jsonl")
+    kept = RunDir(run).read_stage("filter")
     assert len(kept) >= 6 and {t.origin for t in kept} == {"machine"}
-    info = export_run(tmp_path / "out" / "r", tmp_path / "exp", ExportConfig(seed=1, include_seeds=False,
+    info = export_run(run, tmp_path / "exp", ExportConfig(seed=1, include_seeds=False,
                                                                              decontaminate=DecontamConfig(method="off")))
     assert info["counts"]["seed_tasks"] == 0 and info["counts"]["eval_rows"] >= 1
 

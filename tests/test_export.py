@@ -9,6 +9,7 @@ import random
 
 import pytest
 from click.testing import CliRunner
+from helpers import filtered_file_run
 
 from pipeline.cli import cli
 from pipeline.config import DecontamConfig, ExportConfig
@@ -451,16 +452,10 @@ def test_an_export_names_its_run_from_any_working_directory(tmp_path, monkeypatc
 
 def filtered_users_file(tmp_path):
     """`seed2lora filter --input my_data.jsonl` (no teacher needed): a run whose rows all came from a user's file."""
-    mine = tmp_path / "my_data.jsonl"
-    asks = ["Name three rivers in Europe.", "Explain why leaves change colour in autumn.", "Give two reasons to "
-            "learn chess as a child.", "Summarize the plot of Hamlet briefly.", "Suggest a name for a bakery in Paris.",
-            "List the planets of our solar system in order."]
-    mine.write_text("".join(json.dumps({"instruction": a, "input": "", "output": f"Answer {n}"}) + "\n"
-                            for n, a in enumerate(asks)))
-    result = CliRunner().invoke(cli, ["filter", "--input", str(mine), "--output-dir", str(tmp_path / "out"),
-                                      "--run-name", "r"])
-    assert result.exit_code == 0, result.output
-    return tmp_path / "out" / "r", result
+    return filtered_file_run(tmp_path, [
+        "Name three rivers in Europe.", "Explain why leaves change colour in autumn.",
+        "Give two reasons to learn chess as a child.", "Summarize the plot of Hamlet briefly.",
+        "Suggest a name for a bakery in Paris.", "List the planets of our solar system in order."])
 
 
 def test_export_of_a_users_filtered_file_leaves_out_the_seed_file_it_never_used(tmp_path):
