@@ -42,6 +42,7 @@ from .stages.calibrate import CALIBRATION_FILE, MIN_PER_CLASS
 from .stages.common import outcomes
 from .stages.evolve import OPERATIONS, answer_prompt, evolution_prompt, judge_prompt, lineages_left
 from .stages.instances import instance_prompt
+from .stages.score import rubric
 from .store import STAGES, RunDir
 
 IN_PROCESS = ("embedded", "hf")  # teacher kinds that score by log-probability under score.method = auto
@@ -179,8 +180,7 @@ def estimate_run(cfg: RunConfig, prompts: Prompts, seeds: list[Task], run: RunDi
         judge = judge_config(cfg)
         by_logprobs = cfg.score.method == "logprobs" or (cfg.score.method == "auto"
                                                          and judge.spec.partition(":")[0] in IN_PROCESS)
-        template = "score_yesno.txt" if by_logprobs else "score.txt"
-        text, twin = (prompts.render(template, instruction=t.instruction, input="(none)", output=t.instances[0].output)
+        text, twin = (prompts.render(rubric(by_logprobs), instruction=t.instruction, input="(none)", output=t.instances[0].output)
                       for t in (example, other))
         rows["score"] = row(models["score"], score_rows_left(cfg, seeds, run), text,
                             1 if by_logprobs else cfg.score.max_tokens, twin)

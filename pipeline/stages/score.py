@@ -79,7 +79,12 @@ def judge_label(teacher: Teacher, method: str) -> str:
 
 def template_of(teacher: Teacher, method: str) -> str:
     """The rubric the judge is asked with: Yes/No by log-probabilities, or the 1-5 text rating."""
-    return "score_yesno.txt" if uses_logprobs(teacher, method) else "score.txt"
+    return rubric(uses_logprobs(teacher, method))
+
+
+def rubric(by_logprobs: bool) -> str:
+    """The template of a judge that rates by log-probabilities (or not): the run's and the dry run's one choice."""
+    return "score_yesno.txt" if by_logprobs else "score.txt"
 
 
 def check(ctx: RunContext) -> None:
