@@ -66,10 +66,16 @@ def one_line(text: str) -> str:
 _SPACES = re.compile(r"\s+")
 
 
+def template_name(cfg: RunConfig) -> str:
+    """The template bootstrap's prompts render: Alpaca's, or Self-Instruct's (its classification-seeds form)."""
+    b = cfg.bootstrap
+    return "alpaca.txt" if b.mode == "alpaca" else "bootstrap_clf.txt" if b.use_clf_seed_tasks_only else "bootstrap.txt"
+
+
 def build_prompt(prompts: Prompts, cfg: RunConfig, rng: random.Random, seeds: list[Task],
                  machine: list[str]) -> tuple[str, str, int]:
     """(template name, rendered prompt, number of the first new item)."""
-    b = cfg.bootstrap
+    b, name = cfg.bootstrap, template_name(cfg)
     if b.mode == "alpaca":
         examples = rng.sample(seeds, min(b.alpaca_num_prompt_instructions, len(seeds)))
         blocks = []
@@ -79,12 +85,11 @@ def build_prompt(prompts: Prompts, cfg: RunConfig, rng: random.Random, seeds: li
             blocks.append(f"###\n{i}. Instruction: {one_line(t.instruction)}\n{i}. Input:\n{inp}\n"
                           f"{i}. Output:\n{inst.output.strip() if inst else ''}")
         nxt = len(examples) + 1
-        text = prompts.render("alpaca.txt", tasks="\n".join(blocks), next_number=nxt, num_tasks=b.alpaca_num_tasks)
-        return "alpaca.txt", text, nxt
+        text = prompts.render(name, tasks="\n".join(blocks), next_number=nxt, num_tasks=b.alpaca_num_tasks)
+        return name, text, nxt
     listed = sample_prompt_tasks(rng, [t.instruction for t in seeds], machine,
                                  b.num_prompt_instructions, b.num_machine_instructions)
     tasks = "\n".join(f"{i}. {one_line(t).rstrip(':')}" for i, t in enumerate(listed, 1))
-    name = "bootstrap_clf.txt" if b.use_clf_seed_tasks_only else "bootstrap.txt"
     nxt = len(listed) + 1
     return name, prompts.render(name, tasks=tasks, next_number=nxt, max_number=b.max_list_number), nxt
 
@@ -393,9 +398,7 @@ def progress(ctx: RunContext, records: Records | None) -> tuple[str, int, int]:
 
 def check(ctx: RunContext) -> None:
     """The template bootstrap renders is there before the run folder is made."""
-    b = ctx.cfg.bootstrap
-    ctx.prompts.path("alpaca.txt" if b.mode == "alpaca" else "bootstrap_clf.txt" if b.use_clf_seed_tasks_only
-                     else "bootstrap.txt")
+    ctx.prompts.path(template_name(ctx.cfg))
 
 
 def step(ctx: RunContext, records: Records | None) -> StepResult:
