@@ -429,7 +429,7 @@ def test_rows_imported_with_filter_input_are_named_in_the_manifest_and_the_card(
     assert "imported from `my_rows.jsonl` (`filter --input`)" in card and stage["input_file"]["sha256"] in card, card
     assert "Bootstrap: mode" not in card and "Teacher: `unknown`" not in card, card
     assert "made with the Self-Instruct method" not in card, card
-    invoke("filter", tmp_path / "run2", "--input", mine, "--seeds", mine, expect=2)  # rows equal to the seeds
+    invoke("filter", tmp_path / "run2", "--input", mine, "--set", "filter.min_words=50", expect=2)  # all too short
     assert "input_file" not in json.loads((tmp_path / "run2" / "manifest.json").read_text()).get("stages", {}).get(
         "filter", {})  # a stage that failed records no import
 

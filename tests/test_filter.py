@@ -212,3 +212,25 @@ def test_the_filter_step_writes_copied_demos_to_rejected_and_counts_them(tmp_pat
     assert drop.stage == "filter" and drop.reject_reason.startswith("instance_copied_demo: ")
     counts = json.loads(run.manifest_file.read_text())["counts"]
     assert counts["rejected_by_reason"] == {"filter: instance_copied_demo": 1}
+
+
+def test_filter_input_compares_a_users_rows_with_each_other_not_the_bundled_seeds(tmp_path):
+    """`filter --input` on a user's file put the seed file (the bundled 175, never given) in the ROUGE-L pool: a row
+    near a bundled seed went to rejected.jsonl as `rouge_l: ... vs` that seed. A row near another row of the same
+    file is still a near-duplicate."""
+    from helpers import filtered_file_run
+
+    from pipeline.seeds import load_seeds
+    from pipeline.store import RunDir
+
+    bundled = load_seeds()[1].instruction
+    near_seed = bundled.replace("I just received", "I have just received")
+    run, result = filtered_file_run(tmp_path, [near_seed, "Plan a picnic for six friends in the spring.",
+                                               "Plan a picnic for six of my friends in the spring."])
+    kept = [t.instruction for t in RunDir(run).read_stage("filter")]
+    assert kept == [near_seed, "Plan a picnic for six friends in the spring."]
+    [rejected] = RunDir(run).read_rejected()
+    assert rejected.instruction == "Plan a picnic for six of my friends in the spring."
+    assert rejected.reject_reason.startswith("rouge_l: ")
+    assert rejected.reject_reason.endswith("vs 'Plan a picnic for six friends in the spring.'")
+    assert "1 rejected" in result.output

@@ -329,6 +329,22 @@ def test_a_generated_near_copy_of_a_seed_is_rejected_naming_the_seed():
     assert sel.kept == [] and sel.rejected[0].meta["near_duplicate_of"] == "seed:s1"
 
 
+def test_select_on_a_users_file_keeps_a_row_near_a_seed_it_never_used(tmp_path):
+    """`filter --input` then `select`: a user's row near a bundled seed went to rejected.jsonl as `near_duplicate:
+    ... vs seed:seed_task_1`, though the run never used the seed file and export adds none of its tasks. With
+    export.include_seeds = true (they are exported) it is still a near-duplicate of one."""
+    from helpers import filtered_file_run
+
+    near_seed = load_seeds()[1].instruction.replace("I just received", "I have just received")
+    run, _ = filtered_file_run(tmp_path, [near_seed, "Plan a picnic for six friends in the spring."])
+    invoke("select", run, "--by", "all")
+    assert [t.instruction for t in RunDir(run).read_stage("select")] == [near_seed, "Plan a picnic for six friends "
+                                                                         "in the spring."]
+    invoke("select", run, "--by", "all", "--set", "export.include_seeds=true")
+    [dup] = RunDir(run).read_rejected()
+    assert dup.instruction == near_seed and dup.meta["near_duplicate_of"] == "seed:seed_task_1"
+
+
 # ---------------------------------------------------------------- logit classification, pure and on the fake server
 
 def test_margin_counts_every_spelling_and_bounds_a_missing_label():

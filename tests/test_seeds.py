@@ -183,17 +183,18 @@ def test_a_folder_that_is_not_a_dataset_is_named_with_the_fix(tmp_path):
 
 
 def test_run_takes_a_dataset_folder_as_seeds(tmp_path):
-    """`--seeds DIR` (a save_to_disk folder) goes as far as any seed file: the filter reads it as the run's seeds."""
+    """`--seeds DIR` (a save_to_disk folder) goes as far as any seed file: the filter reads it as the run's seeds
+    (of the run's own instances.jsonl: a user's --input rows are not compared with a seed file)."""
     from click.testing import CliRunner
 
     from pipeline.cli import cli
 
     write_every_format(tmp_path, CHAT_ROWS)
-    tasks = tmp_path / "tasks.jsonl"
+    tasks = tmp_path / "out" / "r" / "instances.jsonl"
+    tasks.parent.mkdir(parents=True)
     tasks.write_text(json.dumps({"id": "t1", "instruction": "Name a color of the sky.", "origin": "machine",
                                  "stage": "instances", "instances": [{"input": "", "output": "Blue"}]}) + "\n")
-    result = CliRunner().invoke(cli, ["filter", "--seeds", str(tmp_path / "hf"), "--input", str(tasks),
-                                      "--output-dir", str(tmp_path / "out"), "--run-name", "r"])
+    result = CliRunner().invoke(cli, ["filter", str(tmp_path / "out" / "r"), "--seeds", str(tmp_path / "hf")])
     assert result.exit_code == 2 and "the filter rejected all 1 tasks" in result.output  # a copy of a seed
     rejected = [json.loads(line) for line in (tmp_path / "out" / "r" / "rejected.jsonl").read_text().splitlines()]
     assert rejected[0]["reject_reason"].startswith("rouge")

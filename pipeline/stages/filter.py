@@ -29,7 +29,7 @@ from ..errors import Seed2LoraError
 from ..prompts import Prompts
 from ..records import Instance, Task
 from ..similarity import RougeLIndex
-from ..store import write_jsonl_atomic
+from ..store import seeds_used, write_jsonl_atomic
 from .instances import instance_prompt
 from .parse import parse_input_first, parse_output_first
 
@@ -285,7 +285,11 @@ def drop_reason(reason: str, task_id: str) -> str:
 def step(ctx: RunContext, records: Records | None) -> StepResult:
     """Filter `records` (instances.jsonl or --input) whole: filter.jsonl and this stage's rejections are replaced."""
     tasks = list(records or ())
-    kept, rejected = filter_tasks(tasks, ctx.seeds, ctx.cfg.filter, instance_demonstrations(ctx.prompts))
+    # A user's rows (--input) are compared with each other only: the seed file (the bundled 175 by default) played
+    # no part in them, and its tasks in the ROUGE-L pool rejected a user's row as a near-copy of a task they never
+    # gave. The rule of export's seed rows and evolve's pool (store.seeds_used).
+    seeds = ctx.seeds if seeds_used(ctx.run.manifest(), importing=bool(ctx.input_path)) else []
+    kept, rejected = filter_tasks(tasks, seeds, ctx.cfg.filter, instance_demonstrations(ctx.prompts))
     write_jsonl_atomic(ctx.run.stage_file("filter"), kept)
     ctx.run.replace_rejected("filter", rejected)
     if tasks and not kept:

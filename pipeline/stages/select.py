@@ -35,7 +35,7 @@ from ..decontam import Contamination, contamination, drop_contaminated
 from ..errors import Seed2LoraError
 from ..neardup import NearDupIndex
 from ..records import Task, task_rows
-from ..rows import generated_include, kept_files
+from ..rows import generated_include, kept_files, seed_sources
 from ..store import RunDir, write_jsonl_atomic, write_text_atomic
 
 STAGE = "select"
@@ -206,7 +206,10 @@ def select_run(run: RunDir, cfg: SelectConfig, include: list[str] | str, seeds: 
 
 def step(ctx: RunContext, records: Records | None) -> StepResult:
     """Drop near-duplicates and keep the best rows by [select]; write select.jsonl."""
-    s = select_run(ctx.run, ctx.cfg.select, ctx.cfg.export.include, seeds=ctx.seeds).summary
+    # Rows near a seed task are dropped as copies of export's seed rows: only when export adds them. A run of a
+    # user's file lost rows as `near_duplicate: ... vs seed:seed_task_1`, a bundled seed it never used or exported.
+    exported = any(what == "seed file" for what, _ in seed_sources(ctx.run, ctx.cfg.export.include_seeds))
+    s = select_run(ctx.run, ctx.cfg.select, ctx.cfg.export.include, seeds=ctx.seeds if exported else []).summary
     unused = [f"{stage}.jsonl (--by {by})" for stage, by in (("score", "judge"), ("ifd", "ifd"))
               if s["by"] != by and ctx.run.stage_file(stage).is_file()]
     note = f"; not ranked by {' or '.join(unused)}" if unused else ""
