@@ -148,9 +148,16 @@ def evolvable_text(task: Task) -> str:
     return f"{task.instruction.strip()}\n{inp}" if inp else task.instruction.strip()
 
 
+JUDGE_TEMPLATE, ANSWER_TEMPLATE = "evol_equal.txt", "evol_answer.txt"  # the elimination's judge; the answer
+
+
+def operation_template(op: str) -> str:
+    return f"evol_{op}.txt"
+
+
 def evolution_prompt(prompts: Prompts, op: str, text: str, e: EvolveConfig) -> tuple[str, str]:
     """(template name, rendered prompt) of one operation."""
-    name = f"evol_{op}.txt"
+    name = operation_template(op)
     if op in IN_DEPTH:
         return name, prompts.render(name, instruction=text, min_added_words=e.min_added_words,
                                     max_added_words=e.max_added_words)
@@ -158,11 +165,11 @@ def evolution_prompt(prompts: Prompts, op: str, text: str, e: EvolveConfig) -> t
 
 
 def judge_prompt(prompts: Prompts, parent: Task, child: Task) -> str:
-    return prompts.render("evol_equal.txt", first=evolvable_text(parent), second=child.instruction)
+    return prompts.render(JUDGE_TEMPLATE, first=evolvable_text(parent), second=child.instruction)
 
 
 def answer_prompt(prompts: Prompts, child: Task) -> str:
-    return prompts.render("evol_answer.txt", instruction=child.instruction)
+    return prompts.render(ANSWER_TEMPLATE, instruction=child.instruction)
 
 
 def prompt_copy_reason(instruction: str, markers: Iterable[str]) -> str | None:
@@ -513,8 +520,8 @@ def check(ctx: RunContext) -> None:
     # Every template the stage will render is there: Prompts.check reads those a folder has, and a copy without
     # evol_answer.txt died at the first answer, its evolutions and judgements paid.
     weights = ctx.cfg.evolve.weights
-    for name in [f"evol_{op}.txt" for op in OPERATIONS if getattr(weights, op) > 0] + ["evol_equal.txt",
-                                                                                      "evol_answer.txt"]:
+    for name in [operation_template(op) for op in OPERATIONS if getattr(weights, op) > 0] + [JUDGE_TEMPLATE,
+                                                                                           ANSWER_TEMPLATE]:
         ctx.prompts.path(name)
 
 
