@@ -38,7 +38,7 @@ from .prompts import Prompts
 from .records import Instance, Task
 from .rows import SOURCES, generated_include, include_list
 from .stages.bootstrap import build_prompt
-from .stages.calibrate import CALIBRATION_FILE, MIN_PER_CLASS
+from .stages.calibrate import CALIBRATION_FILE, CLASSIFY_TEMPLATE, MIN_PER_CLASS
 from .stages.common import outcomes
 from .stages.evolve import OPERATIONS, answer_prompt, evolution_prompt, judge_prompt, lineages_left
 from .stages.instances import instance_prompt
@@ -87,7 +87,7 @@ def calibration_row(cfg: RunConfig, prompts: Prompts, seeds: list[Task], run: Ru
     positives = sum(1 for s in labelled if s.is_classification)
     if min(positives, len(labelled) - positives) < MIN_PER_CLASS:
         return None  # too few labels to place a threshold: calibrate asks nothing
-    texts = [prompts.render("classify.txt", instruction=s.instruction) for s in labelled]
+    texts = [prompts.render(CLASSIFY_TEMPLATE, instruction=s.instruction) for s in labelled]
     out = row(model, len(texts), texts[0], 1, texts[-1])
     out["prompt_tokens"] = sum(tokens(t) for t in texts)
     return out
@@ -154,8 +154,8 @@ def estimate_run(cfg: RunConfig, prompts: Prompts, seeds: list[Task], run: RunDi
         max_out = 1 if classifies_by_logprobs(cfg) else \
             cfg.classify.max_tokens if cfg.teacher.api == "completions" else cfg.classify.chat_max_tokens
         rows["classify"] = row(models["classify"], max(0, n_tasks - len(outcomes(run, "classify"))),
-                               prompts.render("classify.txt", instruction=example.instruction), max_out,
-                               prompts.render("classify.txt", instruction=other.instruction))
+                               prompts.render(CLASSIFY_TEMPLATE, instruction=example.instruction), max_out,
+                               prompts.render(CLASSIFY_TEMPLATE, instruction=other.instruction))
     if "instances" in cfg.stages:
         # a task classify rejected never reaches instances; one instances rejected is not asked again
         classify_rejected = outcomes(run, "classify") - {t.id for t in run.read_stage("classify")}

@@ -23,6 +23,8 @@ from ..store import RunDir, write_text_atomic
 from ..teachers import GenParams, Teacher
 from ..teachers.base import read_logprobs
 
+CLASSIFY_TEMPLATE = "classify.txt"  # the Yes/No question classify asks, and the seeds' calibration with it
+
 CALIBRATION_FILE = "classify_calibration.json"
 MIN_PER_CLASS = 2  # fewer labelled seeds of a class than this cannot place a threshold: the configured one is used
 
@@ -106,7 +108,7 @@ def seed_threshold(teacher: Teacher, seeds: Sequence[Task], params: GenParams, r
     if sum(truth) < MIN_PER_CLASS or len(truth) - sum(truth) < MIN_PER_CLASS:
         return {"key": key, "threshold": None, "n": len(truth), "positives": sum(truth),
                 "why": f"fewer than {MIN_PER_CLASS} labelled seeds of a class"}
-    replies = teacher.generate([prompts.render("classify.txt", instruction=s.instruction) for s in labelled], params,
+    replies = teacher.generate([prompts.render(CLASSIFY_TEMPLATE, instruction=s.instruction) for s in labelled], params,
                                kind="classify_calibration", salts=[s.id for s in labelled])
     if not all(r.ok for r in replies):
         return None  # a teacher failure or a spent budget: the classify step stays pending

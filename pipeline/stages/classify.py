@@ -16,7 +16,7 @@ from ..records import Task
 from ..store import RunDir
 from ..teachers import Completion, GenParams, Teacher
 from ..teachers.base import read_logprobs
-from .calibrate import seed_threshold, yes_no_margin
+from .calibrate import CLASSIFY_TEMPLATE, seed_threshold, yes_no_margin
 from .common import MapResult, ProgressFn, TaskMap, map_pending, map_progress, map_result, reply_meta
 from .parse import parse_yes_no
 from .schemas import schema_params
@@ -64,7 +64,7 @@ def classify_map(teacher: Teacher, cfg: RunConfig, run: RunDir, prompts: Prompts
 
     def prompt_for(t: Task) -> str | None:
         # Already labelled (seed file, a user's file with labels): no call.
-        return None if t.is_classification is not None else prompts.render("classify.txt", instruction=t.instruction)
+        return None if t.is_classification is not None else prompts.render(CLASSIFY_TEMPLATE, instruction=t.instruction)
 
     def finish(t: Task, reply: Completion | None, last_try: bool) -> Task | str:
         if reply is None:
@@ -92,7 +92,7 @@ def progress(ctx: RunContext, records: Records | None) -> tuple[str, int, int]:
 
 def check(ctx: RunContext) -> None:
     """classify.txt is there before the run pays for bootstrap: a copied prompts folder without it died here."""
-    ctx.prompts.path("classify.txt")
+    ctx.prompts.path(CLASSIFY_TEMPLATE)
 
 
 def step(ctx: RunContext, records: Records | None) -> StepResult:

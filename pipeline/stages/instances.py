@@ -20,9 +20,11 @@ from .common import MapResult, ProgressFn, TaskMap, map_pending, map_progress, m
 from .parse import parse_input_first, parse_output_first, parse_structured_instances
 from .schemas import schema_params
 
+TEMPLATES = {True: "instances_clf.txt", False: "instances_gen.txt"}  # by is_classification: output-first or input-first
+
 
 def instance_prompt(task: Task, prompts: Prompts) -> tuple[str, str]:
-    name = "instances_clf.txt" if task.is_classification else "instances_gen.txt"
+    name = TEMPLATES[bool(task.is_classification)]
     return name, prompts.render(name, instruction=task.instruction.strip())
 
 
@@ -90,7 +92,7 @@ def progress(ctx: RunContext, records: Records | None) -> tuple[str, int, int]:
 
 def check(ctx: RunContext) -> None:
     """Both instance templates are there before the run pays for the stages before this one."""
-    for name in ("instances_gen.txt", "instances_clf.txt"):
+    for name in TEMPLATES.values():
         ctx.prompts.path(name)
 
 
