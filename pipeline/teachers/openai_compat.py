@@ -155,9 +155,9 @@ class OpenAITeacher(BaseTeacher):
         return self.failover.limit
 
     def _shard_clients(self) -> None:
-        """The clients requests go through, one per endpoint, each with its connection pool (wire.py: aiohttp
-        takes no lock per request, so the pools of 8 requests each that httpx needed are gone). Fresh ones, so
-        also after an interrupt closed them."""
+        """The clients requests go through, one per endpoint, each with its connection pool (wire.py: its
+        transport takes no lock per request, so the pools of 8 requests each that httpx needed are gone). Fresh
+        ones, so also after an interrupt closed them."""
         owner = list(range(len(self.base_urls)))
         shards = [Client(self.base_urls[i], self._secret or "not-needed", self.timeout_s, self._clients[i])
                   for i in owner]

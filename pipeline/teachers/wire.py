@@ -6,7 +6,8 @@ CPU per request on top of httpx (1.3 against 0.5 ms per call, measured one call 
 benchmarks/_latency_server.py at zero latency), which at 64 requests in flight is most of the client's
 time (benchmarks/RESULTS.md, client CPU). Nor httpx: its HTTP parsing in Python and its pool's lock per
 request cost 0.55 ms of CPU per request at 64 in flight, against 0.23-0.33 ms through aiohttp on one event-loop
-thread (`Transport`; RESULTS.md, client transport). The SDK's error semantics are kept: a reply that is not 2xx
+thread (`Transport`; RESULTS.md, client transport). Nor aiohttp, on a direct connection: http1.py's keep-alive
+connections cost about a third of its CPU per request; aiohttp sends only through a proxy. The SDK's error semantics are kept: a reply that is not 2xx
 raises the exception the SDK raises for its status, with the SDK's message and body (`status_error`), a timeout
 raises openai.APITimeoutError and a failed connection openai.APIConnectionError, so the one retry policy
 (retries.py) decides as it did. TLS is verified as httpx does (certifi, or SSL_CERT_FILE / SSL_CERT_DIR), and
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import functools
 import hashlib
 import json
 import os
@@ -34,12 +36,14 @@ import httpx
 import openai
 
 from ..errors import TeacherError, mask_secrets
+from .http1 import Pool
 from .base import Completion, GenParams, logprob_reply
 from .origin import RUN_TEACHER, Origin
 
 MAX_SERVER_STOPS = 4  # OpenAI rejects more than 4 stop sequences; the rest are applied client-side
 FATAL = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
 PATHS = {"chat": "/chat/completions", "completions": "/completions"}
+Headers = list[tuple[str, str]]  # a reply's headers, in order, names as the server spelt them
 # Connections the process keeps open at most: the SDK's default (openai._constants.DEFAULT_CONNECTION_LIMITS).
 LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
 
@@ -155,10 +159,10 @@ def top_logprobs(choice: dict[str, Any]) -> dict[str, float] | None:
 
 
 class Transport:
-    """One asyncio loop on a daemon thread that every Client of this process sends through: aiohttp's C HTTP
-    parser on one thread, where httpx parses in Python on each caller's thread and takes its pool's lock per
-    request (0.23-0.33 against 0.55 ms of client CPU per request, raw, at 64 in flight; benchmarks/RESULTS.md,
-    client transport). A request's first try runs on this loop as a coroutine (fastpath.py, Client.apost); its
+    """One asyncio loop on a daemon thread that every Client of this process sends through (http1.py's
+    connections, or aiohttp's through a proxy), where httpx parses in Python on each caller's thread and takes its
+    pool's lock per request (0.23-0.33 ms of client CPU per request through aiohttp on this loop against 0.55,
+    raw, at 64 in flight; benchmarks/RESULTS.md, client transport). A request's first try runs on this loop as a coroutine (fastpath.py, Client.apost); its
     retries on the teacher's threads, each handing its try to the loop and waiting for the reply (Client.post).
 
     Made at the first request (`transport()`), so a process that never calls a server never starts the
@@ -175,6 +179,7 @@ class Transport:
         self.timeouts: dict[float, Any] = {}
         self.ssl: tuple[tuple[str | None, str | None], Any] | None = None  # ssl_context(): (the variables, the context)
         self.sessions: weakref.WeakSet[Any] = weakref.WeakSet()  # every session made, closed at exit if still open
+        self.pools: weakref.WeakSet[Pool] = weakref.WeakSet()  # and every pool
         self.closing: set[asyncio.Task] = set()  # sessions being closed (shut), until they are
         self.thread = threading.Thread(target=self.loop.run_forever, name="teacher-http", daemon=True)
         self.thread.start()
@@ -196,7 +201,17 @@ class Transport:
             self.timeouts[seconds] = self.aiohttp.ClientTimeout(total=None, connect=seconds, sock_read=seconds)
         return self.timeouts[seconds]
 
-    async def send(self, client: Client, url: str, data: bytes, timeout: Any) -> tuple[int, Any, bytes]:
+    async def send(self, client: Client, url: str, data: bytes, timeout_s: float) -> tuple[int, Headers, bytes]:
+        """POST `data` to `url`: (status, headers, body). A direct connection through the client's http1.Pool; one
+        through a proxy with aiohttp, which speaks to proxies (HTTP, and CONNECT for https)."""
+        if client.proxy is None:
+            if client.pool is None:
+                secure = client.base_url.startswith("https:")
+                client.pool = Pool(client.base_url, client.headers, LIMITS.max_connections,
+                                         self.ssl_context() if secure else None, self.loop)
+                self.pools.add(client.pool)
+                weakref.finalize(client, self.shut, client.pool).atexit = False  # as a session, below
+            return await client.pool.post(url, data, timeout_s)
         if client.session is None:
             # Each Client its own connection pool, as each had its httpx client: a pooled connection to a server
             # that is gone never reaches another teacher. TLS as httpx verifies it (certifi, or SSL_CERT_FILE /
@@ -210,13 +225,15 @@ class Transport:
             # cycle was collected in one pass with its session, whose own finalizer then warned "Unclosed client
             # session" before the client's could close it. The finalizer holds the session out of that pass.
             weakref.finalize(client, self.shut, client.session).atexit = False  # at exit, close() closes them all
-        async with client.session.post(url, data=data, timeout=timeout, proxy=client.proxy) as response:
-            return response.status, response.headers, await response.read()
+        async with client.session.post(url, data=data, timeout=self.timeout(timeout_s),
+                                       proxy=client.proxy) as response:
+            return response.status, list(response.headers.items()), await response.read()
 
     def shut(self, session: Any) -> None:
-        """Close a session on the loop (from any thread); its connections close with it."""
+        """Close a session or an http1.Pool on the loop (from any thread); its connections close with it."""
         if session is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self._start_close, session)
+            close = session.close if isinstance(session, Pool) else functools.partial(self._start_close, session)
+            self.loop.call_soon_threadsafe(close)
 
     def _start_close(self, session: Any) -> None:
         # The loop holds its tasks weakly: a closing task referenced by nothing else could be collected while it
@@ -230,9 +247,13 @@ class Transport:
         if self.pid != os.getpid() or self.loop.is_closed():
             return
         sessions = [s for s in list(self.sessions) if not s.closed]
+        pools = list(self.pools)
 
         async def shut_all() -> None:
+            for pool in pools:
+                pool.close()
             await asyncio.gather(*(s.close() for s in sessions), *self.closing, return_exceptions=True)
+            await asyncio.sleep(0)  # the closed connections' sockets released (connection_lost, called soon)
 
         try:
             asyncio.run_coroutine_threadsafe(shut_all(), self.loop).result(timeout=2)
@@ -304,7 +325,8 @@ class Client:
             if value:
                 self.headers[header] = value
         self.proxy = env_proxy(self.base_url)
-        self.session: Any = None  # an aiohttp.ClientSession, made on the transport's loop at the first request
+        self.pool: Pool | None = None  # its connections, made on the transport's loop at the first request
+        self.session: Any = None  # through a proxy: an aiohttp.ClientSession instead, made likewise
         self.in_flight: set[concurrent.futures.Future] = set()
         self.closed = False
 
@@ -333,8 +355,7 @@ class Client:
             raise closed_error(url)
         t = transport()
         try:
-            status, headers, content = await t.send(self, url, json.dumps(body).encode(),
-                                                    t.timeout(timeout_s or self.timeout_s))
+            status, headers, content = await t.send(self, url, json.dumps(body).encode(), timeout_s or self.timeout_s)
         except (TimeoutError, asyncio.TimeoutError) as e:  # aiohttp's connect and read timeouts (one type from 3.11)
             raise openai.APITimeoutError(request=httpx.Request("POST", url)) from e
         except (t.aiohttp.ClientError, OSError) as e:  # refused, reset, DNS, TLS: a failed connection
@@ -345,8 +366,9 @@ class Client:
         self.closed = True
         for future in list(self.in_flight):
             future.cancel()
-        if self.session is not None:
-            transport().shut(self.session)
+        for pool in (self.pool, self.session):
+            if pool is not None:
+                transport().shut(pool)
 
 
 def closed_error(url: str) -> openai.APIConnectionError:
@@ -354,13 +376,13 @@ def closed_error(url: str) -> openai.APIConnectionError:
                                      request=httpx.Request("POST", url))
 
 
-def decoded(url: str, status: int, headers: Any, content: bytes) -> Any:
+def decoded(url: str, status: int, headers: Headers, content: bytes) -> Any:
     """The decoded JSON of a 2xx reply; else the exception the openai SDK raises for it."""
     if not 200 <= status < 300:
         raise status_error(httpx.Response(
             status, content=content, request=httpx.Request("POST", url),
             # the body is already decompressed: httpx must not decode it again
-            headers=[(k, v) for k, v in headers.items() if k.lower() != "content-encoding"]))
+            headers=[(k, v) for k, v in headers if k.lower() != "content-encoding"]))
     try:
         return json.loads(content)
     except ValueError as e:  # a body that is not JSON
