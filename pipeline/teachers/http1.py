@@ -254,6 +254,7 @@ class Pool:
             if "\r" in line or "\n" in line:  # aiohttp refused these too: a header cannot hold a line break
                 raise ValueError("Newline or carriage return character detected in an HTTP header")
         self.headers = "".join(f"{line}\r\n" for line in lines)
+        self.heads: dict[str, bytes] = {}  # a URL's request line and headers, but its Content-Length
         self.idle: list[Reply] = []
         self.open: set[Reply] = set()
         self.waiting: collections.deque[asyncio.Future] = collections.deque()
@@ -261,11 +262,13 @@ class Pool:
 
     async def post(self, url: str, data: bytes, timeout_s: float) -> tuple[int, list[tuple[str, str]], bytes]:
         """POST `data` (JSON) to `url` on this pool's server: (status, headers, body)."""
-        parts = urllib.parse.urlsplit(url)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        head = (f"POST {target} HTTP/1.1\r\n{self.headers}Content-Length: {len(data)}\r\n\r\n").encode("latin-1")
+        head = self.heads.get(url)
+        if head is None:  # made once a URL (a teacher posts to one or two)
+            parts = urllib.parse.urlsplit(url)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            head = self.heads[url] = f"POST {target} HTTP/1.1\r\n{self.headers}".encode("latin-1")
         conn = await self.connection(timeout_s)
-        reply = conn.send(head + data)
+        reply = conn.send(b"%sContent-Length: %d\r\n\r\n%s" % (head, len(data), data))
         timer = self.loop.call_at(conn.read_at + timeout_s, self.check, conn, reply, timeout_s)
         try:
             return await reply
