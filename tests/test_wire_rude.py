@@ -60,10 +60,10 @@ def sized(body: bytes = OK, status: str = "200 OK", extra: list[tuple[str, str]]
                          *(extra or [])]) + body
 
 
-def chunks(body: bytes, size: int, ext: str = "", trailer: str = "", last: bool = True, hex: str = "x") -> bytes:
-    """`body` in chunks of `size` bytes (sizes in hex, `hex` "X": upper case; each with `ext` after it), then the
+def chunks(body: bytes, size: int, ext: str = "", trailer: str = "", last: bool = True, digits: str = "x") -> bytes:
+    """`body` in chunks of `size` bytes (sizes in hex, `digits` "X": upper case; each with `ext` after it), then the
     last chunk and `trailer`."""
-    out = b"".join((f"%{hex}" % len(body[i:i + size])).encode() + ext.encode() + b"\r\n" + body[i:i + size] + b"\r\n"
+    out = b"".join((f"%{digits}" % len(body[i:i + size])).encode() + ext.encode() + b"\r\n" + body[i:i + size] + b"\r\n"
                    for i in range(0, len(body), size))
     return out + (b"0\r\n" + trailer.encode() + b"\r\n" if last else b"")
 
@@ -214,12 +214,12 @@ def rude():
 
 @pytest.fixture
 def post(rude):
-    """post(timeout_s=5.0) -> (the decoded reply or the exception raised, seconds): one request through a Client of
+    """post(timeout_s=3.0) -> (the decoded reply or the exception raised, seconds): one request through a Client of
     the server (one per timeout: the same pool across calls), under a watchdog."""
     clients: dict[float, Client] = {}
     pool = ThreadPoolExecutor(8)
 
-    def call(timeout_s: float = 5.0) -> tuple[Any, float]:
+    def call(timeout_s: float = 3.0) -> tuple[Any, float]:
         client = clients.setdefault(timeout_s, Client(rude.url, "sk-test", timeout_s))
         start = time.monotonic()
         future = pool.submit(client.post, "/chat/completions", BODY)
@@ -253,7 +253,7 @@ FRAMINGS = {
     "no-reason-phrase": head("200", [("Content-Length", str(len(OK)))]) + OK,
     "chunked": chunked(),
     "chunked-1-byte-extensions-trailer": chunked(size=1, ext=';name="v";x=1', trailer="X-Trailer: done\r\n"),
-    "chunked-odd-case-upper-hex": head("200 OK", [("transfer-encoding", "Chunked")]) + chunks(OK, 26, hex="X"),
+    "chunked-odd-case-upper-hex": head("200 OK", [("transfer-encoding", "Chunked")]) + chunks(OK, 26, digits="X"),
     "http10-until-close": head("200 OK", [("Content-Type", "application/json")], "HTTP/1.0") + OK,
     "http11-close-no-length": head("200 OK", [("Connection", "close")]) + OK,
     "gzip-sized": sized(GZ, extra=[("Content-Encoding", "gzip")]),
@@ -341,12 +341,31 @@ def test_sequential_and_concurrent_posts_reuse_a_few_kept_alive_connections(rude
     assert len(rude.seen) == 17 and rude.connections <= 7
 
 
-def test_a_connection_close_reply_is_not_reused_even_while_the_server_is_slow_to_close(rude, post):
-    rude.enqueue(send(sized(extra=[("Connection", "close")]), keep=False, linger=1.5))
+CLOSING = {  # replies after which the connection is not the client's to reuse, whenever the server closes it
+    "connection-close": sized(extra=[("Connection", " close")]),
+    "CONNECTION-Close": sized(extra=[("CONNECTION", "Close")]),
+    "keep-alive-then-close": sized(extra=[("Connection", "keep-alive, close")]),
+    "http10-with-length": head("200 OK", [("Content-Length", str(len(OK)))], "HTTP/1.0") + OK,
+}
+
+
+@pytest.mark.parametrize("name", list(CLOSING))
+def test_a_reply_that_closes_its_connection_is_not_reused_while_the_server_is_slow_to_close(rude, post, name):
+    rude.enqueue(send(CLOSING[name], keep=False, linger=1.5))
     assert post()[0] == chat()
     result, took = post()  # on a new connection at once, not on the one told closed and still open
     assert result == chat() and took < FAST_S
     assert rude.connections == 2 and [s.connection for s in rude.seen] == [1, 2]
+
+
+def test_the_request_is_framed_by_content_length_with_its_host_and_key(rude, post):
+    """Servers that take no chunked request body (and proxies that route by Host) get what they need."""
+    assert post()[0] == chat()
+    (seen,) = rude.seen
+    assert (seen.method, seen.path) == ("POST", "/v1/chat/completions")
+    assert seen.headers["host"] == rude.url.split("/")[2] and "transfer-encoding" not in seen.headers
+    assert int(seen.headers["content-length"]) == len(seen.body) and json.loads(seen.body) == BODY
+    assert seen.headers["authorization"] == "Bearer sk-test" and seen.headers["content-type"] == "application/json"
 
 
 def test_a_kept_alive_connection_the_server_closed_while_idle_is_not_used_again(rude, post):
