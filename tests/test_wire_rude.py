@@ -11,6 +11,7 @@ Every post runs under a watchdog (HANG_S): a transport that hangs fails its test
 
 from __future__ import annotations
 
+import email.utils
 import gzip
 import json
 import socket
@@ -495,3 +496,25 @@ def test_the_teacher_retries_a_rude_reply_and_keeps_the_next(rude, teacher, firs
     assert c.ok and c.text == "hi" and c.retries == 1, (c.error, c.retries)
     assert time.monotonic() - start < TIMEOUT_S + 1.5
     assert len(rude.seen) == 3
+
+
+@pytest.mark.parametrize("headers, low, high", [
+    ([("Retry-After", " 2")], 2.0, 2.0),
+    ([("retry-after-ms", "1500"), ("Retry-After", "2")], 1.5, 1.5),  # Azure OpenAI's, in ms, first (as the SDK)
+    ([("Retry-After", "DATE")], 1.0, 3.0),  # an HTTP date 3 s ahead, to the second (RFC 9110 10.2.3)
+    ([("Retry-After", "Wed, 21 Oct 2015 07:28:00 GMT")], 0.0, 0.0),  # a date gone: at once
+    ([("Retry-After", "soon")], None, None),
+])
+def test_a_429s_retry_after_is_read_in_each_form_a_server_sends(rude, post, headers, low, high):
+    """A Retry-After given as an HTTP date, or Retry-After-Ms alone, was not read: the teacher backed off at random
+    and met the next 429 sooner than asked, spending its retries."""
+    date = email.utils.formatdate(time.time() + 3, usegmt=True)
+    rude.enqueue(send(sized(error("Rate limit reached", "requests"), "429 Too Many Requests",
+                            [(k, v.replace("DATE", date)) for k, v in headers])))
+    result, _ = post()
+    assert isinstance(result, openai.RateLimitError), result
+    after = retry_after(result)
+    if low == high:
+        assert after == low
+    else:
+        assert low < after <= high, after
