@@ -262,7 +262,6 @@ FRAMINGS = {
     "100-continue-first": head("100 Continue") + sized(),
     "103-early-hints-first": head("103 Early Hints", [("Link", " </style.css>; rel=preload")]) + sized(),
     "deflate": sized(zlib.compress(OK), extra=[("Content-Encoding", "deflate")]),
-    "bare-lf-line-ends": sized().replace(b"\r\n", b"\n"),  # RFC 9112 2.2: a recipient MAY take LF alone
 }
 UNTIL_CLOSE = {"http10-until-close", "http11-close-no-length"}
 
@@ -307,6 +306,8 @@ LAX = {
     "obs-fold": head("200 OK", [("X-Folded", " a\r\n b"), ("Content-Length", str(len(OK)))]) + OK,
     "header-line-of-9-kb": sized(extra=[("X-Debug", "a" * 9000)]),
     "lower-case-http-version": sized().replace(b"HTTP/1.1", b"http/1.1"),
+    # RFC 9112 2.2: a recipient MAY take LF alone as a line's end (aiohttp does, but not under python -X dev)
+    "bare-lf-line-ends": sized().replace(b"\r\n", b"\n"),
 }
 
 
