@@ -21,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import email.utils
 import functools
 import hashlib
 import json
 import os
 import threading
+import time
 import urllib.parse
 import urllib.request
 import weakref
@@ -36,8 +38,8 @@ import httpx
 import openai
 
 from ..errors import TeacherError, mask_secrets
-from .http1 import Pool
 from .base import Completion, GenParams, logprob_reply
+from .http1 import Pool
 from .origin import RUN_TEACHER, Origin
 
 MAX_SERVER_STOPS = 4  # OpenAI rejects more than 4 stop sequences; the rest are applied client-side
@@ -435,13 +437,20 @@ def is_transient(e: BaseException) -> bool:
 
 
 def retry_after(e: BaseException | None) -> float | None:
+    """The seconds a reply asked to be left alone, as the SDK reads them: Retry-After-Ms (Azure OpenAI's), else
+    Retry-After in seconds or as an HTTP date (RFC 9110 10.2.3); None where it asked nothing readable."""
     response = getattr(e, "response", None)
     if response is None:
         return None
-    value = response.headers.get("retry-after")
+    for header, divisor in (("retry-after-ms", 1000), ("retry-after", 1)):
+        try:
+            return max(0.0, float(response.headers[header]) / divisor)
+        except (KeyError, ValueError):
+            continue
     try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
+        when = email.utils.parsedate_tz(response.headers.get("retry-after"))
+        return max(0.0, email.utils.mktime_tz(when) - time.time()) if when else None
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
