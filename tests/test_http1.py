@@ -198,6 +198,7 @@ def test_close_ends_the_requests_in_flight_with_a_connection_error():
 
 @pytest.mark.parametrize("reply, why", [
     (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n{}", "Content-Length"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", "Content-Length"),
     (b"ICY 200 OK\r\nContent-Length: 2\r\n\r\n{}", "status line"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", "HTTP/1.1 cannot read"),
     (b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\n{}", "Content-Encoding 'br'"),
@@ -276,3 +277,20 @@ def test_https_is_verified_against_the_ca_bundle_the_environment_names(tmp_path,
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_what_lenient_servers_send_is_read_as_aiohttp_read_it():
+    """Bare LF line ends (in the head and around chunks), a folded header line, a space before a header's colon."""
+    replies = [b"HTTP/1.1 200 OK\nContent-Length: 12\n\n" + BODY,
+               b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n5\n{\"ok\"\n7\r\n: true}\n0\n\n",
+               b"HTTP/1.1 200 OK\r\nX-Note: one\r\n two\r\nContent-Length : 12\r\n\r\n" + BODY]
+
+    async def test():
+        server = Server(reply=lambda n: replies[n - 1])
+        pool, url = await pool_of(server)
+        for i in range(3):
+            status, headers, body = await pool.post(url + "/x", b"{}", 5)
+            assert (status, json.loads(body)) == (200, {"ok": True}), i
+        assert ("X-Note", "one two") in headers
+        pool.close()
+    run(test)

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import ssl
 import urllib.parse
 import zlib
 from typing import Any
 
+_HEAD_END = re.compile(rb"\r?\n\r?\n")  # the empty line that ends a reply's head
 MAX_HEAD = 1 << 16  # a status line and headers longer than this are not a model server's reply
 USER_AGENT = "seed2lora"
 
@@ -86,13 +88,13 @@ class Reply(asyncio.Protocol):
     def parse(self) -> None:
         buf = self.buf
         while self.head is None:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
+            end = _HEAD_END.search(buf)  # CRLF CRLF, or bare LFs, which some servers send and aiohttp read
+            if end is None:
                 if len(buf) > MAX_HEAD:
                     raise BadReply(f"a reply's head longer than {MAX_HEAD:,} bytes")
                 return
-            head = bytes(buf[:end]).decode("latin-1")
-            del buf[:end + 4]
+            head = bytes(buf[:end.start()]).decode("latin-1")
+            del buf[:end.end()]
             self.read_head(head)
         if self.framing == "length":
             take = min(self.left, len(buf))
@@ -109,20 +111,24 @@ class Reply(asyncio.Protocol):
 
     def read_head(self, head: str) -> None:
         """The status line and headers; a 1xx reply is skipped (the real one follows)."""
-        status_line, *lines = head.split("\r\n")
+        status_line, *lines = head.replace("\r\n", "\n").split("\n")
         version, _, rest = status_line.partition(" ")
         if not version.startswith("HTTP/1.") or not rest[:3].isdigit():
             raise BadReply(f"not an HTTP/1.x status line: {status_line[:80]!r}")
         status = int(rest[:3])
         if 100 <= status < 200:
             return
-        headers = []
+        headers: list[tuple[str, str]] = []
         for line in lines:
+            if line[:1] in (" ", "\t") and headers:  # a folded line (obs-fold) goes on with the header before it
+                headers[-1] = (headers[-1][0], f"{headers[-1][1]} {line.strip()}".strip())
+                continue
             name, colon, value = line.partition(":")
-            if not colon or not name or name != name.strip():
+            if not colon or not name.strip():
                 raise BadReply(f"a header line HTTP/1.1 cannot read: {line[:80]!r}")
-            headers.append((name, value.strip()))
+            headers.append((name.strip(), value.strip()))  # a space before the colon read past, as aiohttp did
         found = {name.lower(): value for name, value in headers}
+        lengths = {v.strip() for name, value in headers if name.lower() == "content-length" for v in value.split(",")}
         connection = found.get("connection", "").lower()
         reusable = ("keep-alive" in connection) if version == "HTTP/1.0" else ("close" not in connection)
         coding = found.get("transfer-encoding", "").lower()
@@ -131,9 +137,9 @@ class Reply(asyncio.Protocol):
                 self.framing = "close"  # RFC 9112 6.3: a final coding other than chunked reads to the close
             else:
                 self.framing, self.left = "chunked", -1
-        elif "content-length" in found:
-            length = found["content-length"].split(",")[0].strip()  # repeated equal values are allowed
-            if not length.isdigit():
+        elif lengths:
+            length = lengths.pop()  # repeated equal values are allowed, differing ones not
+            if lengths or not length.isdigit():
                 raise BadReply(f"a Content-Length HTTP/1.1 cannot read: {found['content-length'][:40]!r}")
             self.framing, self.left = "length", int(length)
         elif status in (204, 304):
@@ -149,34 +155,29 @@ class Reply(asyncio.Protocol):
     def read_chunks(self) -> None:
         buf = self.buf
         while True:
-            if self.trailers:  # after the last chunk: trailer lines, then an empty one
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    return
-                line = bytes(buf[:end])
-                del buf[:end + 2]
-                if not line:
-                    self.finish(reusable=self.head[2] and not buf)
-                    return
-                continue
-            if self.left < 0:  # a size line: hex, maybe ";extensions"
-                end = buf.find(b"\r\n")
+            if self.trailers or self.left < 0:  # a line: a trailer (the last chunk read), or a chunk's size
+                end = buf.find(b"\n")  # CRLF, or a bare LF
                 if end < 0:
                     if len(buf) > MAX_HEAD:
-                        raise BadReply("a chunk size line that never ends")
+                        raise BadReply("a chunk size or trailer line that never ends")
                     return
-                size = bytes(buf[:end]).split(b";", 1)[0].strip()
-                del buf[:end + 2]
-                self.left = int(size, 16)  # ValueError: not a size
-                if self.left == 0:
-                    self.trailers = True
+                line = bytes(buf[:end]).rstrip(b"\r")
+                del buf[:end + 1]
+                if self.trailers:
+                    if not line:  # the empty line after the trailers: the body is whole
+                        self.finish(reusable=self.head[2] and not buf)
+                        return
+                    continue
+                self.left = int(line.split(b";", 1)[0].strip(), 16)  # hex, maybe ";extensions"; ValueError: no size
+                self.trailers = self.left == 0
                 continue
-            if len(buf) < self.left + 2:  # the chunk and its CRLF
+            end = self.left + (2 if buf[self.left:self.left + 1] == b"\r" else 1)  # the chunk and its line end
+            if len(buf) < end:
                 return
-            if buf[self.left:self.left + 2] != b"\r\n":
-                raise BadReply("a chunk not followed by CRLF")
+            if buf[end - 1:end] != b"\n":
+                raise BadReply("a chunk not followed by its line end")
             self.body += buf[:self.left]
-            del buf[:self.left + 2]
+            del buf[:end]
             self.left = -1
 
     def finish(self, reusable: bool) -> None:
