@@ -4,7 +4,8 @@ real servers and proxies do, politely or not (issue 20).
 Written against wire.Client's public behaviour only (`post` returns the decoded JSON, or raises the openai SDK's
 exception: APITimeoutError, APIConnectionError, an APIStatusError subclass with its status and body; Malformed for a
 2xx that is not JSON), so that any transport behind it (http1.py's connections on a direct connection, aiohttp
-through a proxy) is judged by the same cases. A few run through the teacher (make_teacher), where what matters is that a rude reply is retried.
+through a proxy) is judged by the same cases. A few run through the teacher (make_teacher), where what matters is
+that a rude reply is retried.
 
 Every post runs under a watchdog (HANG_S): a transport that hangs fails its test instead of hanging CI.
 """
