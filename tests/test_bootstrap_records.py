@@ -187,3 +187,38 @@ def test_a_wait_or_the_last_prompt_marks_the_replies_read_at_once(tmp_path):
                 boot.read(req, a_reply(gen))
         assert boot.pool.full and boot.ended
         assert log.requests("bootstrap")[1] == []  # every reply read is marked, before the exit
+
+
+def test_a_new_prompt_is_fresh_and_a_resumed_runs_logged_prompt_is_not(tmp_path):
+    """A prompt logged just now was never sent: its request says so (fresh) and the stream asks the cache nothing
+    for it. A resumed run's logged prompt, its reply perhaps paid and cached, is not fresh: it is looked up."""
+    boot, run, log = new_bootstrap(tmp_path, 40)
+    with boot:
+        prompts = boot.requests()
+        first, second = next(prompts), next(prompts)
+        boot.read(first, a_reply(SentenceGenerator(9)))
+    assert first.fresh and second.fresh
+    boot = bootstrap.Bootstrap(boot.teacher, load_seeds(None), boot.cfg, run, Prompts(), log)
+    with boot:
+        prompts = boot.requests()
+        again, new = next(prompts), next(prompts)
+    assert (again.key, again.prompt, again.fresh) == (second.key, second.prompt, False) and new.fresh
+
+
+def test_the_stream_looks_up_every_request_but_a_fresh_one(tmp_path):
+    from pipeline.teachers import make_teacher
+    from pipeline.teachers.base import GenParams, Request
+
+    server = FakeOpenAI()
+    try:
+        cfg = load_config(None, {"teacher.spec": "openai:m", "teacher.base_url": server.url, "teacher.api": "chat"})
+        teacher = make_teacher(cfg.teacher)
+        teacher.cache = ResponseCache(tmp_path / "cache.sqlite")
+        asked = []
+        lookup = teacher.cache.get_alone
+        teacher.cache.get_alone = lambda key: asked.append(key) or lookup(key)
+        requests = [Request(0, "one", "s0"), Request(1, "two", "s1", fresh=True), Request(2, "three", "s2")]
+        replies = dict(teacher.stream(requests, GenParams(max_tokens=8), kind="bootstrap"))
+    finally:
+        server.close()
+    assert sorted(r.key for r in replies) == [0, 1, 2] and len(asked) == 2

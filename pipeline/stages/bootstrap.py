@@ -298,9 +298,11 @@ class Bootstrap:
         per_prompt = pool.novel / pool.answered if pool.answered else free_places(self.cfg)
         return len(pool.machine) + len(self.plans) * per_prompt >= self.b.num_instructions
 
-    def request(self, n: int) -> Request:
+    def request(self, n: int, fresh: bool = False) -> Request:
+        """Prompt n as a request; `fresh`: logged just now, never sent before (a resumed run's logged prompts are
+        not: their replies may be in the cache)."""
         body = self.plans[n]
-        return Request(n, body["prompt"], salt=body["salt"], params=self.params, kind="bootstrap")
+        return Request(n, body["prompt"], salt=body["salt"], params=self.params, kind="bootstrap", fresh=fresh)
 
     def requests(self) -> Iterator[Request | None]:
         """The prompts to send, or WAIT while those in flight should fill the pool; ends when it is full."""
@@ -322,7 +324,7 @@ class Bootstrap:
                                                pool.machine)
             self.plans[n] = {"prompt": text, "template": template, "next_number": nxt, "salt": salt}
             self.log.log_request("bootstrap", n, self.plans[n], done=self.taken_marks())
-            yield self.request(n)
+            yield self.request(n, fresh=True)
         self.ended = True  # no prompt is logged from here on: a reply read is marked at once
         self.mark_taken()
 

@@ -132,7 +132,7 @@ class LoopStream:
         try:
             t = self.teacher
             key = t.cache_key(req, params) if t.cache is not None else None  # made once: lookup and commit
-            c = t.lookup(req, params, key, alone=True)
+            c = None if req.fresh else t.lookup(req, params, key, alone=True)
             if c is None:
                 if self.failover.fatal is not None or self.stop.is_set():
                     c = Completion("", "error", error="not sent: the run is stopping")
