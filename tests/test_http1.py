@@ -294,3 +294,24 @@ def test_what_lenient_servers_send_is_read_as_aiohttp_read_it():
         assert ("X-Note", "one two") in headers
         pool.close()
     run(test)
+
+
+def test_through_a_proxy_the_request_goes_to_the_proxy_by_aiohttp(monkeypatch):
+    """HTTP_PROXY still reaches the server through the proxy: aiohttp speaks to proxies (http1.py only connects
+    direct). The fake server stands in for the proxy: it is asked for the whole URL of a host it is not."""
+    from fakeserver import FakeOpenAI
+
+    from pipeline.teachers.wire import Client
+
+    proxy = FakeOpenAI()
+    try:
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.rsplit("/v1", 1)[0])
+        client = Client("http://gpu-box.invalid:8000/v1", "k", timeout_s=5)
+        reply = client.post("/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        assert reply["choices"] and client.pool is None and client.session is not None
+        assert proxy.history[0]["path"] == "http://gpu-box.invalid:8000/v1/chat/completions"
+        client.close()
+    finally:
+        proxy.close()
