@@ -120,6 +120,28 @@ def test_to_json_is_json_dumps_of_to_dict():
         Task(id="s", instruction="x", meta={"s": {1}}).to_json()
 
 
+def test_to_json_writes_most_similar_instructions_as_json_does():
+    """most_similar_instructions from the kept texts of pool texts and scores (issue 20): json's own text for scores
+    that repeat, 0.0 and -0.0 (equal, and written apart), NaN and Infinity, ints and bools equal to a kept float, a
+    key that is not a string, and instances whose text spells the field; json.dumps of to_dict each time."""
+    class Score(float):
+        pass
+
+    pool = ["Sort those.", "Übersetze «das».", 'Say "hi"\n\\ \u0000', ""]
+    scores = [0.1, 0.7000000000000001, 1 / 3, 0.0, -0.0, 1.0, 1, True, 0, False, float("nan"), float("inf"),
+              -float("inf"), 1e-300, Score(0.5), 0.5]
+    rnd = random.Random(11)
+    cases = [{rnd.choice(pool): rnd.choice(scores) for _ in range(rnd.randint(1, 4))} for _ in range(400)]
+    cases += [{1: 0.5}, {None: 0.5, "a": 0.5}, {"a": 0.0}, {"a": -0.0}, {"a": 0.5, "b": -0.0}, {"a": -0.0}]
+    spelt = Instance('"most_similar_instructions": {}', "x")  # a quote of a string has a backslash before it
+    for similar in cases:
+        for instances in ([], [spelt], [Instance({"most_similar_instructions": {}}, "y")]):
+            t = Task(id="t", instruction="Sort these.", instances=instances, most_similar_instructions=similar,
+                     avg_similarity_score=0.25, meta={"most_similar_instructions": {}})
+            for record in (t, t.rejected("over_target: full", "bootstrap")):
+                assert record.to_json() == json.dumps(record.to_dict(), ensure_ascii=False), similar
+
+
 def test_the_blacklists_ascii_look_through_agrees_with_the_pattern():
     """The lower-cased substring look that spares most ASCII texts the pattern never hides a match: texts with the
     words in any case, inside other words, and non-ASCII ones whose case folding reaches ASCII (the long s, the
