@@ -152,6 +152,10 @@ def test_the_blacklists_ascii_look_through_agrees_with_the_pattern():
     rnd = random.Random(3)
     texts += ["".join(rnd.choice("dragwimeotk- .\u017f\u212aDRAW") for _ in range(rnd.randint(0, 12)))
               for _ in range(3000)]
+    # words that hold others ("images", "withdraw"): the look searches for the words no other holds (issue 20)
+    for words in (["images", "image", "withdraw", "draw", "Go to", "go", "K-MAP"], ["k-maps", "toy", "Image"]):
+        alone = re.compile("|".join(rf"\b{re.escape(w)}\b" for w in words), re.IGNORECASE)
+        assert [t for t in texts if blacklisted(tuple(words))(t)] == [t for t in texts if alone.search(t)]
     pattern = re.compile("|".join(rf"\b{re.escape(w)}\b" for w in cfg.blacklist), re.IGNORECASE)
     found = [t for t in texts if blacklisted(tuple(cfg.blacklist))(t)]
     assert found == [t for t in texts if pattern.search(t)]
