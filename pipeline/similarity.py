@@ -899,9 +899,13 @@ class RougeLIndex:
             return self._last_ids[1]
         vocab, tokens = self._vocab, self._tokenize(text)
         try:  # most candidates hold only known tokens: then no new id, and no setdefault and len a token
-            ids = np.array([vocab[t] for t in tokens], np.int32)
-        except KeyError:
-            ids = np.array([vocab.setdefault(t, len(vocab)) for t in tokens], np.int32)
+            # np.fromiter over map: no list in between, 0.8 us of a bootstrap candidate's 1.6 (issue 20)
+            ids = np.fromiter(map(vocab.__getitem__, tokens), np.int32, len(tokens))
+        except KeyError:  # new tokens their ids first, in the order they come
+            for t in tokens:
+                if t not in vocab:
+                    vocab[t] = len(vocab)
+            ids = np.fromiter(map(vocab.__getitem__, tokens), np.int32, len(tokens))
         ids.flags.writeable = False
         self._last_ids = (text, ids)
         return ids
