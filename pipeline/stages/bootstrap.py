@@ -73,8 +73,9 @@ def template_name(cfg: RunConfig) -> str:
 
 
 def build_prompt(prompts: Prompts, cfg: RunConfig, rng: random.Random, seeds: list[Task],
-                 machine: list[str]) -> tuple[str, str, int]:
-    """(template name, rendered prompt, number of the first new item)."""
+                 machine: list[str], seed_texts: list[str] | None = None) -> tuple[str, str, int]:
+    """(template name, rendered prompt, number of the first new item). `seed_texts`: the seeds' instructions, from a
+    caller that keeps them (Bootstrap: a prompt each made the list again)."""
     b, name = cfg.bootstrap, template_name(cfg)
     if b.mode == "alpaca":
         examples = rng.sample(seeds, min(b.alpaca_num_prompt_instructions, len(seeds)))
@@ -87,7 +88,7 @@ def build_prompt(prompts: Prompts, cfg: RunConfig, rng: random.Random, seeds: li
         nxt = len(examples) + 1
         text = prompts.render(name, tasks="\n".join(blocks), next_number=nxt, num_tasks=b.alpaca_num_tasks)
         return name, text, nxt
-    listed = sample_prompt_tasks(rng, [t.instruction for t in seeds], machine,
+    listed = sample_prompt_tasks(rng, seed_texts or [t.instruction for t in seeds], machine,
                                  b.num_prompt_instructions, b.num_machine_instructions)
     tasks = "\n".join(f"{i}. {one_line(t).rstrip(':')}" for i, t in enumerate(listed, 1))
     nxt = len(listed) + 1
@@ -156,10 +157,12 @@ class _Pool:
         self.answered += 1
         seen: Counter[str] = Counter()
         kept_here: list[Task] = []
+        resumed = bool(self.written)  # else nothing was written before: no Counter's __missing__ twice a line
         for task in tasks:
-            seen[task.id] += 1
-            if seen[task.id] <= self.written[(task.id, request)]:  # written before an interruption
-                continue
+            if resumed:
+                seen[task.id] += 1
+                if seen[task.id] <= self.written[(task.id, request)]:  # written before an interruption
+                    continue
             if not task.instruction:
                 self.reject(rejected_out, task, "unparseable_reply: no numbered task in the reply")
             elif task.id in self.kept_ids:
@@ -249,6 +252,7 @@ class Bootstrap:
                                  "is_classification true)")
         self.teacher, self.cfg, self.run, self.prompts, self.log = teacher, cfg, run, prompts, log
         self.on_kept, self.on_progress = on_kept, on_progress
+        self.seed_texts = [s.instruction for s in self.pool_seeds]
         self.pool = _Pool(run, cfg, seeds)
         self.watch = _YieldWatch(cfg, teacher, run, say or (lambda message: None))
         self.sent, self.unfinished = log.requests("bootstrap")
@@ -319,7 +323,7 @@ class Bootstrap:
             n, self.next = self.next, self.next + 1
             salt = f"{self.cfg.seed}:bootstrap:{n}"
             template, text, nxt = build_prompt(self.prompts, self.cfg, random.Random(salt), self.pool_seeds,
-                                               pool.machine)
+                                               pool.machine, self.seed_texts)
             self.plans[n] = {"prompt": text, "template": template, "next_number": nxt, "salt": salt}
             self.log.log_request("bootstrap", n, self.plans[n], done=self.taken_marks())
             yield self.request(n)
