@@ -112,8 +112,8 @@ def parse_numbered_list(reply: str, prefix: str = "", truncated: bool = False) -
         bullet = _BULLET.match(line) if m is None else None
         starts = None
         if m is not None and (style in (None, "numbered") or _indent(line) <= base):
-            starts = ("numbered", m.group("text"), bool(m.group("heading")) or _whole_bold(line)
-                      or _whole_bold(m.group("text")))
+            starts = ("numbered", m.group("text"), bool(m.group("heading")) or ("**" in line or "__" in line)
+                      and (_whole_bold(line) or _whole_bold(m.group("text"))))  # whole bold holds one of them
         elif bullet is not None and style in (None, "bullet"):
             starts = ("bullet", bullet.group("text"), False)
         if starts is not None and base is not None and _indent(line) >= base + 2 and open_item is not None:
@@ -138,11 +138,14 @@ def parse_numbered_list(reply: str, prefix: str = "", truncated: bool = False) -
         items.pop()
     out = []
     for item in items:
-        if item["titled"] and item["head"] and item["body"]:  # "### 9. Recipe ideas" over its task
-            parts = item["body"]
+        if not item["body"]:  # most items: one line, stripped (the join below gives it alone)
+            text = clean_instruction(item["head"])
         else:
-            parts = [item["head"], *item["body"]]
-        text = clean_instruction(" ".join(p for p in parts if p))
+            if item["titled"] and item["head"]:  # "### 9. Recipe ideas" over its task
+                parts = item["body"]
+            else:
+                parts = [item["head"], *item["body"]]
+            text = clean_instruction(" ".join(p for p in parts if p))
         if text:  # repeats are kept: the stage rejects them as duplicates, with a record
             out.append(text)
     if sum(bool(_CATEGORY.match(text)) for text in out) * 2 > len(out):
