@@ -213,3 +213,33 @@ def test_a_wait_or_the_last_prompt_marks_the_replies_read_at_once(tmp_path):
                 boot.read(req, a_reply(gen))
         assert boot.pool.full and boot.ended
         assert log.requests("bootstrap")[1] == []  # every reply read is marked, before the exit
+
+
+def test_the_yield_watch_says_its_line_each_window_warns_once_and_stops_below_the_floor():
+    """_YieldWatch sums up the reject reasons only when it says something (issue 20): a line each window, the
+    warning once below yield_warn, the stop below yield_stop, each naming the main reasons."""
+    from collections import Counter
+
+    from pipeline.errors import LowYield
+
+    cfg = load_config(None, {"bootstrap.yield_window": 4, "bootstrap.yield_warn": 1.0, "bootstrap.yield_stop": 0.3,
+                             "bootstrap.num_instructions": 1000})
+    said: list[str] = []
+    teacher = SimpleNamespace(usage=SimpleNamespace(by_kind={"bootstrap": {"prompt_tokens": 900,
+                                                                            "completion_tokens": 100}}))
+    watch = bootstrap._YieldWatch(cfg, teacher, SimpleNamespace(rejected_file="rejected.jsonl"), said.append)
+    pool = SimpleNamespace(full=False, machine=["x"] * 30, new=30, reasons=Counter({"rouge_l": 5, "duplicate": 2}))
+    for done, kept in enumerate([3, 2, 2, 1, 2, 3, 2, 2], 1):  # rates 2.0, 1.75, 2.0, 2.25, 2.25: no warning
+        watch.after(kept, done, pool)
+    assert said == [f"bootstrap: 30 of 1000 kept; {r} kept per prompt over the last 4 prompts, 30.00 per 1K tokens; "
+                    "main reject reasons: rouge_l 5, duplicate 2" for r in ("2.00", "2.25")]
+    for done, kept in enumerate([0, 1, 0], 9):  # rates 1.75, 1.25, 0.75: the warning
+        watch.after(kept, done, pool)
+    assert said[2:] == ["bootstrap: warning: only 0.75 instructions kept per prompt over the last 4 prompts; main "
+                        "reject reasons: rouge_l 5, duplicate 2"]
+    watch.after(2, 12, pool)  # 0.75 again: no second warning, the window's line, no stop
+    assert len(said) == 4 and said[3].startswith("bootstrap: 30 of 1000 kept; 0.75 kept")
+    with pytest.raises(LowYield, match=r"kept 0\.00 .*main reject reasons: rouge_l 5, duplicate 2"):
+        for done in range(13, 17):  # rates 0.75, 0.5, 0.5, then 0.0 at 16: its line, then the stop
+            watch.after(0, done, pool)
+    assert len(said) == 5 and said[4].startswith("bootstrap: 30 of 1000 kept; 0.00 kept")

@@ -205,21 +205,24 @@ class _YieldWatch:
         if len(recent) < recent.maxlen or pool.full:
             return
         rate = sum(recent) / len(recent)
+        line_due, stop, warn = done % recent.maxlen == 0, rate < b.yield_stop, rate < b.yield_warn and not self.warned
+        if not (line_due or stop or warn):  # most replies: no line to say, so no reasons to sum up (issue 20)
+            return
         top = ", ".join(f"{k} {n}" for k, n in pool.reasons.most_common(3)) or "none"
-        if done % recent.maxlen == 0:  # the accept rate as the run goes, one line a window
+        if line_due:  # the accept rate as the run goes, one line a window
             u = self.teacher.usage.by_kind.get("bootstrap", {})
             tokens = u.get("prompt_tokens", 0) + u.get("completion_tokens", 0)
             per_1k = f", {1000 * pool.new / tokens:.2f} per 1K tokens" if tokens else ""
             self.say(f"bootstrap: {len(pool.machine)} of {b.num_instructions} kept; {rate:.2f} kept per prompt over "
                      f"the last {len(recent)} prompts{per_1k}; main reject reasons: {top}")
-        if rate < b.yield_stop:
+        if stop:
             raise LowYield(f"bootstrap kept {rate:.2f} instructions per prompt over the last {len(recent)} "
                            f"prompts (bootstrap.yield_stop is {b.yield_stop}); main reject reasons: {top}. "
                            f"{len(pool.machine)} kept so far are saved. Fix: a stronger teacher, "
                            "teacher.api = completions (--api completions) for a small local model, or looser "
                            "[filter] settings; see "
                            f"{self.run.rejected_file}")
-        if rate < b.yield_warn and not self.warned:
+        if warn:
             self.warned = True
             self.say(f"bootstrap: warning: only {rate:.2f} instructions kept per prompt over the last "
                      f"{len(recent)} prompts; main reject reasons: {top}")
