@@ -11,6 +11,7 @@ import json
 import random
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,6 +22,7 @@ from helpers import invoke, teacher_flags
 from pipeline import similarity
 from pipeline.cache import ResponseCache
 from pipeline.config import FilterConfig, load_config
+from pipeline.errors import LowYield
 from pipeline.prompts import Prompts
 from pipeline.records import Instance, Task
 from pipeline.seeds import load_seeds
@@ -218,10 +220,6 @@ def test_a_wait_or_the_last_prompt_marks_the_replies_read_at_once(tmp_path):
 def test_the_yield_watch_says_its_line_each_window_warns_once_and_stops_below_the_floor():
     """_YieldWatch sums up the reject reasons only when it says something (issue 20): a line each window, the
     warning once below yield_warn, the stop below yield_stop, each naming the main reasons."""
-    from collections import Counter
-
-    from pipeline.errors import LowYield
-
     cfg = load_config(None, {"bootstrap.yield_window": 4, "bootstrap.yield_warn": 1.0, "bootstrap.yield_stop": 0.3,
                              "bootstrap.num_instructions": 1000})
     said: list[str] = []

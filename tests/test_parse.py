@@ -3,10 +3,14 @@
 sign-off) and truncations are written to match what hosted chat models return."""
 
 import json
+import random
+import re
+import sys
 
 import pytest
 from conftest import FIXTURES
 
+from pipeline.stages import parse
 from pipeline.stages.parse import (
     clean_instruction,
     parse_alpaca,
@@ -70,12 +74,6 @@ def test_clean_instruction_is_the_regex_cleaning_it_replaced():
     """clean_instruction joins the words of str.split() and skips _MARKDOWN when none of its characters is there
     (issue 20): the same text as the regexes (re.sub(r"\\s+", " ", ...).strip()), on every white space character
     Python knows, markdown, quotes and labels; and _indent's shortcut for a line that opens with no space."""
-    import random
-    import re
-    import sys
-
-    from pipeline.stages import parse
-
     def regex_cleaning(text):
         text = parse._TITLE.sub("", text.strip())
         text = parse._MARKDOWN.sub("", text)
