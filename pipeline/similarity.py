@@ -865,6 +865,14 @@ def _available_backend() -> str:
     return "python"
 
 
+class _Vocabulary(dict):
+    """token -> id, ids 0, 1, 2, ... in the order tokens are first looked up: an unknown one gets the next."""
+
+    def __missing__(self, token: str) -> int:
+        self[token] = new = len(self)
+        return new
+
+
 class RougeLIndex:
     """A growing pool of texts answering ROUGE-L queries against all of them.
 
@@ -881,7 +889,7 @@ class RougeLIndex:
         self.backend = backend
         self._engine = engines[backend]() if backend != "python" else None
         self._tokenize = _Tokenizer(use_stemmer)
-        self._vocab: dict[str, int] = {}
+        self._vocab = _Vocabulary()
         self._last_ids: tuple[str | None, np.ndarray] = (None, np.empty(0, np.int32))
         self._texts: list[str] = []
         self._tokens: list[list[str]] = []  # python backend only
@@ -897,11 +905,11 @@ class RougeLIndex:
         # never changes, so they stay right as the vocabulary grows).
         if self._last_ids[0] == text:
             return self._last_ids[1]
-        vocab, tokens = self._vocab, self._tokenize(text)
-        try:  # most candidates hold only known tokens: then no new id, and no setdefault and len a token
-            ids = np.array([vocab[t] for t in tokens], np.int32)
-        except KeyError:
-            ids = np.array([vocab.setdefault(t, len(vocab)) for t in tokens], np.int32)
+        tokens = self._tokenize(text)
+        # One pass, a new token given its id as it comes (_Vocabulary), into np.fromiter: no list in between. A list
+        # of lookups, made again with setdefault when a token was new (82% of drv.py's synthetic candidates), into
+        # np.array: 5.2 us a bootstrap candidate; this 4.3 (issue 20).
+        ids = np.fromiter(map(self._vocab.__getitem__, tokens), np.int32, len(tokens))
         ids.flags.writeable = False
         self._last_ids = (text, ids)
         return ids

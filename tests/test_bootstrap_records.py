@@ -11,6 +11,7 @@ import json
 import random
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,6 +22,7 @@ from helpers import invoke, teacher_flags
 from pipeline import similarity
 from pipeline.cache import ResponseCache
 from pipeline.config import FilterConfig, load_config
+from pipeline.errors import LowYield
 from pipeline.prompts import Prompts
 from pipeline.records import Instance, Task
 from pipeline.seeds import load_seeds
@@ -120,6 +122,28 @@ def test_to_json_is_json_dumps_of_to_dict():
         Task(id="s", instruction="x", meta={"s": {1}}).to_json()
 
 
+def test_to_json_writes_most_similar_instructions_as_json_does():
+    """most_similar_instructions from the kept texts of pool texts and scores (issue 20): json's own text for scores
+    that repeat, 0.0 and -0.0 (equal, and written apart), NaN and Infinity, ints and bools equal to a kept float, a
+    key that is not a string, and instances whose text spells the field; json.dumps of to_dict each time."""
+    class Score(float):
+        pass
+
+    pool = ["Sort those.", "Übersetze «das».", 'Say "hi"\n\\ \u0000', ""]
+    scores = [0.1, 0.7000000000000001, 1 / 3, 0.0, -0.0, 1.0, 1, True, 0, False, float("nan"), float("inf"),
+              -float("inf"), 1e-300, Score(0.5), 0.5]
+    rnd = random.Random(11)
+    cases = [{rnd.choice(pool): rnd.choice(scores) for _ in range(rnd.randint(1, 4))} for _ in range(400)]
+    cases += [{1: 0.5}, {None: 0.5, "a": 0.5}, {"a": 0.0}, {"a": -0.0}, {"a": 0.5, "b": -0.0}, {"a": -0.0}]
+    spelt = Instance('"most_similar_instructions": {}', "x")  # a quote of a string has a backslash before it
+    for similar in cases:
+        for instances in ([], [spelt], [Instance({"most_similar_instructions": {}}, "y")]):
+            t = Task(id="t", instruction="Sort these.", instances=instances, most_similar_instructions=similar,
+                     avg_similarity_score=0.25, meta={"most_similar_instructions": {}})
+            for record in (t, t.rejected("over_target: full", "bootstrap")):
+                assert record.to_json() == json.dumps(record.to_dict(), ensure_ascii=False), similar
+
+
 def test_the_blacklists_ascii_look_through_agrees_with_the_pattern():
     """The lower-cased substring look that spares most ASCII texts the pattern never hides a match: texts with the
     words in any case, inside other words, and non-ASCII ones whose case folding reaches ASCII (the long s, the
@@ -130,6 +154,10 @@ def test_the_blacklists_ascii_look_through_agrees_with_the_pattern():
     rnd = random.Random(3)
     texts += ["".join(rnd.choice("dragwimeotk- .\u017f\u212aDRAW") for _ in range(rnd.randint(0, 12)))
               for _ in range(3000)]
+    # words that hold others ("images", "withdraw"): the look searches for the words no other holds (issue 20)
+    for words in (["images", "image", "withdraw", "draw", "Go to", "go", "K-MAP"], ["k-maps", "toy", "Image"]):
+        alone = re.compile("|".join(rf"\b{re.escape(w)}\b" for w in words), re.IGNORECASE)
+        assert [t for t in texts if blacklisted(tuple(words))(t)] == [t for t in texts if alone.search(t)]
     pattern = re.compile("|".join(rf"\b{re.escape(w)}\b" for w in cfg.blacklist), re.IGNORECASE)
     found = [t for t in texts if blacklisted(tuple(cfg.blacklist))(t)]
     assert found == [t for t in texts if pattern.search(t)]
@@ -222,3 +250,29 @@ def test_the_stream_looks_up_every_request_but_a_fresh_one(tmp_path):
     finally:
         server.close()
     assert sorted(r.key for r in replies) == [0, 1, 2] and len(asked) == 2
+
+
+def test_the_yield_watch_says_its_line_each_window_warns_once_and_stops_below_the_floor():
+    """_YieldWatch sums up the reject reasons only when it says something (issue 20): a line each window, the
+    warning once below yield_warn, the stop below yield_stop, each naming the main reasons."""
+    cfg = load_config(None, {"bootstrap.yield_window": 4, "bootstrap.yield_warn": 1.0, "bootstrap.yield_stop": 0.3,
+                             "bootstrap.num_instructions": 1000})
+    said: list[str] = []
+    teacher = SimpleNamespace(usage=SimpleNamespace(by_kind={"bootstrap": {"prompt_tokens": 900,
+                                                                            "completion_tokens": 100}}))
+    watch = bootstrap._YieldWatch(cfg, teacher, SimpleNamespace(rejected_file="rejected.jsonl"), said.append)
+    pool = SimpleNamespace(full=False, machine=["x"] * 30, new=30, reasons=Counter({"rouge_l": 5, "duplicate": 2}))
+    for done, kept in enumerate([3, 2, 2, 1, 2, 3, 2, 2], 1):  # rates 2.0, 1.75, 2.0, 2.25, 2.25: no warning
+        watch.after(kept, done, pool)
+    assert said == [f"bootstrap: 30 of 1000 kept; {r} kept per prompt over the last 4 prompts, 30.00 per 1K tokens; "
+                    "main reject reasons: rouge_l 5, duplicate 2" for r in ("2.00", "2.25")]
+    for done, kept in enumerate([0, 1, 0], 9):  # rates 1.75, 1.25, 0.75: the warning
+        watch.after(kept, done, pool)
+    assert said[2:] == ["bootstrap: warning: only 0.75 instructions kept per prompt over the last 4 prompts; main "
+                        "reject reasons: rouge_l 5, duplicate 2"]
+    watch.after(2, 12, pool)  # 0.75 again: no second warning, the window's line, no stop
+    assert len(said) == 4 and said[3].startswith("bootstrap: 30 of 1000 kept; 0.75 kept")
+    with pytest.raises(LowYield, match=r"kept 0\.00 .*main reject reasons: rouge_l 5, duplicate 2"):
+        for done in range(13, 17):  # rates 0.75, 0.5, 0.5, then 0.0 at 16: its line, then the stop
+            watch.after(0, done, pool)
+    assert len(said) == 5 and said[4].startswith("bootstrap: 30 of 1000 kept; 0.00 kept")

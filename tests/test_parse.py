@@ -3,10 +3,14 @@
 sign-off) and truncations are written to match what hosted chat models return."""
 
 import json
+import random
+import re
+import sys
 
 import pytest
 from conftest import FIXTURES
 
+from pipeline.stages import parse
 from pipeline.stages.parse import (
     clean_instruction,
     parse_alpaca,
@@ -64,6 +68,29 @@ def test_alpaca_blocks_completion_and_truncation():
 
 def test_clean_instruction():
     assert clean_instruction('  **Task 3:** "write a  haiku\nabout rain."  ') == "Write a haiku about rain."
+
+
+def test_clean_instruction_is_the_regex_cleaning_it_replaced():
+    """clean_instruction joins the words of str.split() and skips _MARKDOWN when none of its characters is there
+    (issue 20): the same text as the regexes (re.sub(r"\\s+", " ", ...).strip()), on every white space character
+    Python knows, markdown, quotes and labels; and _indent's shortcut for a line that opens with no space."""
+    def regex_cleaning(text):
+        text = parse._TITLE.sub("", text.strip())
+        text = parse._MARKDOWN.sub("", text)
+        text = re.sub(r"\s+", " ", text).strip()
+        text = parse._LABEL.sub("", text).strip()
+        if len(text) > 1 and text[0] == text[-1] == '"':
+            text = text[1:-1].strip()
+        return text[:1].upper() + text[1:] if text else text
+
+    spaces = [chr(c) for c in range(sys.maxunicode + 1) if re.fullmatch(r"\s", chr(c))]
+    assert spaces == [chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()]  # one set of characters
+    rnd = random.Random(5)
+    pieces = [*spaces, "a", "Task", "task 2:", "**", "__", "`", '"', ":", "Ab", "é", "\u200b", "\t"]
+    texts = ["".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 14))) for _ in range(20000)]
+    assert [clean_instruction(t) for t in texts] == [regex_cleaning(t) for t in texts]
+    for line in texts:
+        assert parse._indent(line) == len(line.expandtabs(4)) - len(line.expandtabs(4).lstrip())
 
 
 # Chat-model reply forms (tests/fixtures/chat_replies.json): written to match what hosted chat

@@ -307,3 +307,19 @@ def test_a_freeze_lists_each_tokens_entries_as_the_stable_sort_did():
     assert np.array_equal(frozen.entries, owner[np.argsort(tokens, kind="stable")].astype(np.int32))
     assert frozen.entries.dtype == np.int32
     assert np.array_equal(np.diff(frozen.offsets), np.bincount(tokens))
+
+
+def test_token_ids_are_given_in_the_order_tokens_first_come():
+    """_ids (issue 20: one pass, an unknown token's id given as it is looked up) gives each token the id a
+    setdefault over the tokens in order gave: 0, 1, 2, ... by first use, a repeat its first id, across texts."""
+    rnd = random.Random(4)
+    words = ["the", "a", "poem", "sea", "Zebra", "x1", "quokka", "sea", "é", "don't"]
+    texts = [" ".join(rnd.choice(words) for _ in range(rnd.randint(0, 9))) for _ in range(300)]
+    index, vocab = RougeLIndex(), {}
+    for text in texts:
+        expected = [vocab.setdefault(t, len(vocab)) for t in similarity._default_tokenizer(text)]
+        got = index._ids(text)
+        assert got.dtype == np.int32 and got.tolist() == expected and not got.flags.writeable
+        if rnd.random() < 0.5:
+            index.add(text)
+    assert dict(index._vocab) == vocab

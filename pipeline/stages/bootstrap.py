@@ -73,8 +73,9 @@ def template_name(cfg: RunConfig) -> str:
 
 
 def build_prompt(prompts: Prompts, cfg: RunConfig, rng: random.Random, seeds: list[Task],
-                 machine: list[str]) -> tuple[str, str, int]:
-    """(template name, rendered prompt, number of the first new item)."""
+                 machine: list[str], seed_texts: list[str] | None = None) -> tuple[str, str, int]:
+    """(template name, rendered prompt, number of the first new item). `seed_texts`: the seeds' instructions, from a
+    caller that keeps them (Bootstrap: a prompt each made the list again)."""
     b, name = cfg.bootstrap, template_name(cfg)
     if b.mode == "alpaca":
         examples = rng.sample(seeds, min(b.alpaca_num_prompt_instructions, len(seeds)))
@@ -87,7 +88,7 @@ def build_prompt(prompts: Prompts, cfg: RunConfig, rng: random.Random, seeds: li
         nxt = len(examples) + 1
         text = prompts.render(name, tasks="\n".join(blocks), next_number=nxt, num_tasks=b.alpaca_num_tasks)
         return name, text, nxt
-    listed = sample_prompt_tasks(rng, [t.instruction for t in seeds], machine,
+    listed = sample_prompt_tasks(rng, seed_texts or [t.instruction for t in seeds], machine,
                                  b.num_prompt_instructions, b.num_machine_instructions)
     tasks = "\n".join(f"{i}. {one_line(t).rstrip(':')}" for i, t in enumerate(listed, 1))
     nxt = len(listed) + 1
@@ -156,10 +157,12 @@ class _Pool:
         self.answered += 1
         seen: Counter[str] = Counter()
         kept_here: list[Task] = []
+        resumed = bool(self.written)  # else nothing was written before: no Counter's __missing__ twice a line
         for task in tasks:
-            seen[task.id] += 1
-            if seen[task.id] <= self.written[(task.id, request)]:  # written before an interruption
-                continue
+            if resumed:
+                seen[task.id] += 1
+                if seen[task.id] <= self.written[(task.id, request)]:  # written before an interruption
+                    continue
             if not task.instruction:
                 self.reject(rejected_out, task, "unparseable_reply: no numbered task in the reply")
             elif task.id in self.kept_ids:
@@ -202,21 +205,24 @@ class _YieldWatch:
         if len(recent) < recent.maxlen or pool.full:
             return
         rate = sum(recent) / len(recent)
+        line_due, stop, warn = done % recent.maxlen == 0, rate < b.yield_stop, rate < b.yield_warn and not self.warned
+        if not (line_due or stop or warn):  # most replies: no line to say, so no reasons to sum up (issue 20)
+            return
         top = ", ".join(f"{k} {n}" for k, n in pool.reasons.most_common(3)) or "none"
-        if done % recent.maxlen == 0:  # the accept rate as the run goes, one line a window
+        if line_due:  # the accept rate as the run goes, one line a window
             u = self.teacher.usage.by_kind.get("bootstrap", {})
             tokens = u.get("prompt_tokens", 0) + u.get("completion_tokens", 0)
             per_1k = f", {1000 * pool.new / tokens:.2f} per 1K tokens" if tokens else ""
             self.say(f"bootstrap: {len(pool.machine)} of {b.num_instructions} kept; {rate:.2f} kept per prompt over "
                      f"the last {len(recent)} prompts{per_1k}; main reject reasons: {top}")
-        if rate < b.yield_stop:
+        if stop:
             raise LowYield(f"bootstrap kept {rate:.2f} instructions per prompt over the last {len(recent)} "
                            f"prompts (bootstrap.yield_stop is {b.yield_stop}); main reject reasons: {top}. "
                            f"{len(pool.machine)} kept so far are saved. Fix: a stronger teacher, "
                            "teacher.api = completions (--api completions) for a small local model, or looser "
                            "[filter] settings; see "
                            f"{self.run.rejected_file}")
-        if rate < b.yield_warn and not self.warned:
+        if warn:
             self.warned = True
             self.say(f"bootstrap: warning: only {rate:.2f} instructions kept per prompt over the last "
                      f"{len(recent)} prompts; main reject reasons: {top}")
@@ -249,6 +255,7 @@ class Bootstrap:
                                  "is_classification true)")
         self.teacher, self.cfg, self.run, self.prompts, self.log = teacher, cfg, run, prompts, log
         self.on_kept, self.on_progress = on_kept, on_progress
+        self.seed_texts = [s.instruction for s in self.pool_seeds]
         self.pool = _Pool(run, cfg, seeds)
         self.watch = _YieldWatch(cfg, teacher, run, say or (lambda message: None))
         self.sent, self.unfinished = log.requests("bootstrap")
@@ -321,7 +328,7 @@ class Bootstrap:
             n, self.next = self.next, self.next + 1
             salt = f"{self.cfg.seed}:bootstrap:{n}"
             template, text, nxt = build_prompt(self.prompts, self.cfg, random.Random(salt), self.pool_seeds,
-                                               pool.machine)
+                                               pool.machine, self.seed_texts)
             self.plans[n] = {"prompt": text, "template": template, "next_number": nxt, "salt": salt}
             self.log.log_request("bootstrap", n, self.plans[n], done=self.taken_marks())
             yield self.request(n, fresh=True)

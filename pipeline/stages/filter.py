@@ -45,13 +45,15 @@ def blacklisted(words: tuple[str, ...]) -> Callable[[str], bool]:
     if not words:
         return lambda text: False
     pattern = re.compile("|".join(rf"\b{re.escape(word)}\b" for word in words), re.IGNORECASE)
-    lowered = tuple(word.lower() for word in words) if all(word.isascii() for word in words) else None
+    look = None  # any of the words in the lower-cased text, as plain text: one search, of the words no other holds
+    if all(word.isascii() for word in words):  # ("images" is in every text that "image" is): 1.8 -> 1.1 us (issue 20)
+        lowered = {word.lower() for word in words}
+        look = re.compile("|".join(re.escape(word) for word in sorted(lowered)
+                                   if not any(other != word and other in word for other in lowered))).search
 
     def found(text: str) -> bool:
-        if lowered is not None and text.isascii():
-            low = text.lower()
-            if not any(word in low for word in lowered):
-                return False
+        if look is not None and text.isascii() and look(text.lower()) is None:
+            return False
         return pattern.search(text) is not None
 
     return found
