@@ -3,8 +3,9 @@ against benchmarks/_latency_server.py (its own process: its CPU is counted apart
 
 Side by side in one run, each measurement in a fresh process:
   (a) the plain client, ms of client CPU per request: this tree, the tree at --base, the raw openai SDK
-      (chat.completions.create on 64 threads, a client per 8), and aiohttp alone on one event loop (the floor:
-      what this machine gives a client that does nothing with its replies);
+      (chat.completions.create on 64 threads, a client per 8), and aiohttp alone on one event loop, and the
+      teacher's own HTTP/1.1 connections (pipeline/teachers/http1.py) alone (the floor: what this machine gives
+      a client that does nothing with its replies);
   (b) bootstrap with a pool of --pool instructions (real Alpaca and seed instructions, then synthetic ones from
       benchmarks/_synthetic.py), ms of client CPU per bootstrap request: this tree and --base;
   (c) the fraction of the ideal rate (64 / 50 ms = 1,280 requests/s) of each stage of one run (bootstrap,
@@ -319,9 +320,10 @@ def stage_table(args: argparse.Namespace, out: Path, base_tree: Path) -> None:
     print(f"\nload average after: {os.getloadavg()}")
 
 
-def floor(args: argparse.Namespace) -> dict:
-    """aiohttp alone on one event loop, 64 requests in flight and nothing done with the replies but json.loads:
-    the rate this machine gives a client that costs next to nothing."""
+def floor(args: argparse.Namespace, lean: bool = False) -> dict:
+    """aiohttp alone on one event loop (or with `lean`, the teacher's own http1.Pool alone), 64 requests in flight
+    and nothing done with the replies but json.loads: the rate this machine gives a client that costs next to
+    nothing."""
     import asyncio
 
     import aiohttp
@@ -329,13 +331,21 @@ def floor(args: argparse.Namespace) -> dict:
     async def main() -> tuple[float, float]:
         async with aiohttp.ClientSession() as session:
             gate = asyncio.Semaphore(IN_FLIGHT)
+            if lean:
+                from pipeline.teachers.http1 import Pool
+
+                pool = Pool(args.url, {"Content-Type": "application/json"}, 1000, None, asyncio.get_running_loop())
 
             async def one(i: int) -> None:
                 body = json.dumps({"model": "bench", "max_tokens": 16, "messages": [
                     {"role": "user", "content": f"Write a short poem about the number {i}."}]}).encode()
-                async with gate, session.post(args.url + "/chat/completions", data=body,
-                                              headers={"Content-Type": "application/json"}) as r:
-                    json.loads(await r.read())
+                async with gate:
+                    if lean:
+                        json.loads((await pool.post(args.url + "/chat/completions", body, 60))[2])
+                        return
+                    async with session.post(args.url + "/chat/completions", data=body,
+                                            headers={"Content-Type": "application/json"}) as r:
+                        json.loads(await r.read())
 
             await asyncio.gather(*(one(i) for i in range(256)))
             cpu, wall = time.process_time(), time.perf_counter()
@@ -369,7 +379,8 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=20000, help="instructions in the pool before bootstrap")
     ap.add_argument("--skip", default="", help="comma-separated parts to leave out: a, b, c")
     args = ap.parse_args()
-    kinds = {"plain": plain, "sdk": sdk, "bootstrap": bootstrap, "stages": stages, "floor": floor}
+    kinds = {"plain": plain, "sdk": sdk, "bootstrap": bootstrap, "stages": stages, "floor": floor,
+             "floor-http1": lambda a: floor(a, lean=True)}
     if answered_child(args, lambda a: kinds[a.child](a)):
         return
     dirty = " (uncommitted changes)" if subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "pipeline"],
@@ -386,7 +397,8 @@ def main() -> None:
             for label, kind, tree in (("this tree (wire.py)", "plain", REPO),
                                       (f"base {args.base}", "plain", base_tree),
                                       ("raw openai SDK, 64 threads", "sdk", REPO),
-                                      ("aiohttp alone, one loop, replies only decoded (the floor)", "floor", REPO)):
+                                      ("aiohttp alone, one loop, replies only decoded", "floor", REPO),
+                                      ("http1.Pool alone, the same (the floor)", "floor-http1", REPO)):
                 r = child(kind, tree, args, url, out)
                 print(f"| {label} | {r['requests']:,} | {r['wall_s']:.2f} | {r['requests'] / r['wall_s'] / IDEAL:.2f} "
                       f"| {1000 * r['cpu_s'] / r['requests']:.2f} | {os.getloadavg()[0]:.1f} |", flush=True)
