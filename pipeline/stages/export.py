@@ -110,8 +110,10 @@ def seeds_left_out(info: dict[str, Any]) -> str:
         return ""
     files = ", ".join(Path(i["path"]).name for i in (info.get("imported") or {}).values()) or "a user's file"
     seeds = (info.get("config") or {}).get("seed_tasks") or "the bundled 175"
-    return (f"; the seed file's tasks ({seeds}) are left out: the run's rows came from {files}, not from them "
-            "(--seed-tasks adds them)")
+    stages = " and ".join(f"{name} --input" for name in info.get("imported") or {} if name != "evolve")
+    replaced = f", which {stages} put in place of the tasks its bootstrap made" if info.get("bootstrapped") else ""
+    return (f"; the seed file's tasks ({seeds}) are left out: the run's rows came from {files}{replaced}, not from "
+            "them (--seed-tasks adds them)")
 
 
 def step(ctx: RunContext, records: Records | None) -> StepResult:
