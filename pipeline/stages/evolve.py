@@ -78,7 +78,7 @@ from ..records import Instance, Task, task_id
 from ..store import RECORD_HOLD_S, STAGES, JsonlWriter, RunDir, read_tasks, reason_kind, seeds_used
 from ..teachers import Completion, GenParams, Teacher
 from ..teachers.base import WAIT, Request
-from .common import ProgressFn, batch_meta, reply_meta, retry_params
+from .common import ProgressFn, batch_meta, no_novelty_note, reply_meta, retry_params
 from .filter import InstructionFilter
 from .parse import parse_answer, parse_equal, parse_evolved_instruction
 
@@ -548,6 +548,7 @@ def step(ctx: RunContext, records: Records | None) -> StepResult:
     users_file = source not in STAGES and not source.startswith("seeds:")
     used = seeds_used(ctx.run.manifest(), importing=["evolve"] if users_file else [])
     seeds = [s.instruction for s in ctx.seeds] if used else []
+    no_novelty_note(ctx, seeds, "the evolutions")
     result = run_evolve(ctx.teacher, list(pool), ctx.cfg, ctx.run, ctx.prompts, source=source, seeds=seeds,
                         progress=lambda desc, total: nullcontext(ctx.advance))
     rejected = ", ".join(f"{k} {n}" for k, n in result.rejected.most_common()) or "none"
