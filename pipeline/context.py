@@ -407,8 +407,7 @@ class RunContext:
         m = self.run.update_manifest(
             seed2lora_version=__version__, command=self.command_line(),
             config=self.recorded_config(), packages=package_versions(), prompts=self.prompts.hashes(), **fields)
-        used = seeds_used(m, importing=self.importing if self.input_path else [])
-        seeds = seeds_record(used, self.cfg.seed_tasks, lambda: len(self.seeds))
+        seeds = seeds_record(seeds_used(m, importing=self.importing), self.cfg.seed_tasks, lambda: len(self.seeds))
         return m if all(m.get(k, 0) == v for k, v in seeds.items()) else self.run.update_manifest(**seeds)
 
     def recorded_config(self) -> dict[str, Any]:
