@@ -520,3 +520,6 @@ def test_export_after_filter_input_in_a_bootstrapped_run_holds_the_users_rows_no
     line = " ".join(result.output.split())
     assert ("the seed file's tasks (the bundled 175) are left out: the run's rows came from my_data.jsonl, which "
             "filter --input put in place of the tasks its bootstrap made, not from them (--seed-tasks adds them)") in line
+    card = (tmp_path / "exp" / "README.md").read_text()  # it said the rows were made with the Self-Instruct method
+    assert "imported from `my_data.jsonl` (`filter --input`)" in card and "Self-Instruct method" not in card
+    assert "- Input of `seed2lora filter --input`: `my_data.jsonl`" in card and "- Bootstrap:" not in card

@@ -33,7 +33,7 @@ from ..decontam import clean_run_rows
 from ..errors import Seed2LoraError
 from ..records import row_messages, split_by_task
 from ..rows import evolve_input, include_list, seed_sources
-from ..store import EXPORT_INFO, RunDir, seeds_used, write_jsonl_atomic, write_text_atomic
+from ..store import EXPORT_INFO, SELF_INSTRUCT_INPUTS, RunDir, seeds_used, write_jsonl_atomic, write_text_atomic
 
 FORMATS = ("alpaca", "messages", "hf", "parquet")
 SPLITS = ("train", "eval")
@@ -210,8 +210,11 @@ def card_header(info: dict[str, Any]) -> list[str]:
 
 
 def imported_only(info: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """The --input files the run's rows came from, when no bootstrap of this run made any (else {})."""
-    return {} if info.get("bootstrapped") else info.get("imported") or {}
+    """The --input files the run's rows came from, when no bootstrap of this run made them (else {}): a bootstrap's
+    tasks that a `filter --input` (or classify, instances) replaced made none of them (store.seeds_used)."""
+    imported = info.get("imported") or {}
+    replaced = any(name in SELF_INSTRUCT_INPUTS for name in imported)
+    return imported if replaced or not info.get("bootstrapped") else {}
 
 
 # The files a Hub dataset card's `configs` point at, by the formats' order of preference: parquet is what the Hub
