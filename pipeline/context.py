@@ -238,6 +238,7 @@ class RunContext:
         self.advances: dict[str, Callable[[int], None]] = {}  # each open bar's, by step: the steps of a flow
         self.rng = random.Random(cfg.seed)  # for steps that draw without a salt of their own
         self.input_path = input_path  # --input of a stage command
+        self.importing: list[str] = []  # the steps reading --input: a user's file (store.seeds_used)
         self.rescore = False  # `seed2lora score --rescore`: the score step starts from nothing
         self.session_id = f"{os.getpid()}-{session_tag}{uuid.uuid4().hex[:8]}"  # this process's usage-log rows
         self._teacher = teacher
@@ -406,8 +407,7 @@ class RunContext:
         m = self.run.update_manifest(
             seed2lora_version=__version__, command=self.command_line(),
             config=self.recorded_config(), packages=package_versions(), prompts=self.prompts.hashes(), **fields)
-        used = seeds_used(m, importing=bool(self.input_path))
-        seeds = seeds_record(used, self.cfg.seed_tasks, lambda: len(self.seeds))
+        seeds = seeds_record(seeds_used(m, importing=self.importing), self.cfg.seed_tasks, lambda: len(self.seeds))
         return m if all(m.get(k, 0) == v for k, v in seeds.items()) else self.run.update_manifest(**seeds)
 
     def recorded_config(self) -> dict[str, Any]:

@@ -169,6 +169,7 @@ def run_steps(ctx: RunContext, names: list[str]) -> list[str]:
     """The one loop: the named steps in pipeline order; each message is also logged as it comes."""
     check_stage_names(names)
     steps = [s for s in STEPS if s.name in names]
+    ctx.importing = [s.name for s in steps if s.takes_input] if ctx.input_path else []
     try:
         validate(ctx, steps)  # raises before anything is written
     except (TeacherError, KeyboardInterrupt) as e:  # a server still down, or a Ctrl-C in its preflight: what is left,

@@ -14,7 +14,7 @@ import tempfile
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -466,17 +466,27 @@ def evolve_input(manifest: dict[str, Any]) -> str | None:
     return str(source) if ran and source and source != "seeds" and source not in STAGES else None
 
 
-def seeds_used(manifest: dict[str, Any], importing: bool = False) -> bool:
-    """Whether the run's records came from its seed file: a bootstrap over them, evolve over them, or no user's file
-    imported (a stage's --input, or evolve over a path). The one rule of export's seed rows and the manifest's
-    seed_file: a run of a user's file never used the seeds. importing: a command reading --input now (its stage's
-    input_file is recorded when the stage ends)."""
+SELF_INSTRUCT_INPUTS = ("classify", "instances", "filter")  # the stages whose --input replaces bootstrap's tasks
+
+
+def seeds_used(manifest: dict[str, Any], importing: Collection[str] = ()) -> bool:
+    """Whether the run's records came from its seed file: the one rule of export's seed rows, the manifest's
+    seed_file, and the ROUGE-L pools of filter and evolve. Self-Instruct's rows (filter.jsonl) came from it when the
+    run bootstrapped and no later stage of that chain read a user's --input instead (a `filter --input` replaces the
+    bootstrapped tasks whole); evolve's when it evolved the seeds, or a stage of that chain. A run of a user's file
+    alone never used the seeds. importing: the stages reading a user's file now (their input_file is recorded when
+    they end)."""
     stages = manifest.get("stages") or {}
+
+    def imported(name: str) -> bool:
+        entry = stages.get(name)
+        return name in importing or (isinstance(entry, dict) and bool(entry.get("input_file")))
+
+    users_rows = any(imported(name) for name in SELF_INSTRUCT_INPUTS)
     evolved = str((manifest.get("state") or {}).get("evolve_input") or "")
-    if "bootstrap" in stages or evolved.startswith("seeds:"):
+    if ("bootstrap" in stages and not users_rows) or evolved.startswith("seeds:"):
         return True
-    imported = importing or any(isinstance(st, dict) and st.get("input_file") for st in stages.values())
-    return not imported and evolve_input(manifest) is None
+    return not users_rows and not imported("evolve") and evolve_input(manifest) is None
 
 
 def eval_dir_of(adapter_dir: str | Path) -> Path:

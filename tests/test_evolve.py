@@ -824,6 +824,36 @@ def test_a_resume_with_an_edited_template_says_which_changed(fake_openai, tmp_pa
             "what the old text made") in " ".join(second.output.split())
 
 
+def test_evolving_a_users_file_in_a_bootstrapped_run_filters_against_the_seeds_its_export_holds(fake_openai, tmp_path):
+    """A run that bootstrapped from the seeds, then `evolve --input my.json`: evolve left the seeds out of its novelty
+    index by its own test (a user's file), while export adds them as the run's seed rows (store.seeds_used): an
+    evolution copying a seed went into the export beside that seed. One rule now: the seeds are in the index."""
+    from helpers import teacher_flags
+
+    flags = teacher_flags(fake_openai, tmp_path)
+    assert CliRunner().invoke(cli, ["bootstrap", *flags, "--num-instructions", "2"]).exit_code == 0
+    bundled = load_seeds()[1].instruction
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps([{"instruction": "Plan a picnic for six friends in spring.", "output": "Bring fruit."},
+                                {"instruction": "Name a quiet hobby for a rainy day.", "output": "Reading."}]))
+    script(fake_openai, evolutions={"Plan a picnic for six friends in spring.": bundled}, judgements={}, answers={})
+    result = CliRunner().invoke(cli, ["evolve", *flags, "--input", str(mine), "--rounds", "1",
+                                      "--weights", "constraints=0,deepen=0,concretize=0,reasoning=0,complicate_input=0",
+                                      "--set", "teacher.concurrency=1"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    run = RunDir(tmp_path / "r")
+    [kept] = run.read_stage("evolve")
+    assert kept.instruction.startswith("Name a quiet hobby for a rainy day.")
+    [copy] = [t for t in run.read_rejected() if t.stage == "evolve"]
+    assert copy.reject_reason.startswith("rouge_l: ") and copy.reject_reason.endswith(f"vs {bundled!r}")
+    exported = CliRunner().invoke(cli, ["export", str(run.path), "--include", "evolve", "--formats", "alpaca",
+                                        "--out", str(tmp_path / "exp"), "--set", "decontaminate=off"])
+    assert exported.exit_code == 0, exported.output
+    info = json.loads((tmp_path / "exp" / "export.json").read_text())
+    assert [s["what"] for s in info["seed_sources"]] == ["seed file", "evolve input"] and not info["seed_file_unused"]
+    assert info["counts"]["seed_tasks"] == 175 + 2 and info["counts"]["tasks_by_origin"] == {"evolved": 1}
+
+
 # ---------------------------------------------------------------- the embedded teacher, for real
 
 @pytest.mark.slow

@@ -489,3 +489,37 @@ def test_the_manifest_and_show_of_a_users_filtered_file_name_that_file_not_the_s
     assert summary(RunDir(run))["seeds"] == "seeds: none; rows from my_data.jsonl (filter --input), not made from seed tasks"
     shown = CliRunner().invoke(cli, ["show", str(run)])
     assert "rows from my_data.jsonl (filter --input)" in " ".join(shown.output.split())
+
+
+def test_export_after_filter_input_in_a_bootstrapped_run_holds_the_users_rows_not_the_seeds(fake_openai, tmp_path):
+    """A run bootstrapped from the bundled seeds, then `filter --input my_data.jsonl`: filter.jsonl holds the user's
+    rows alone (the bootstrapped tasks replaced), yet export added the 175 seed tasks, bootstrap being on record, and
+    the filter compared the user's rows with them. The rows came from the user's file: no seed rows by default, the
+    export says why, and the user's rows are compared with each other only."""
+    from helpers import teacher_flags
+
+    from pipeline.seeds import load_seeds
+
+    assert CliRunner().invoke(cli, ["bootstrap", *teacher_flags(fake_openai, tmp_path), "--num-instructions",
+                                    "2"]).exit_code == 0
+    near_seed = load_seeds()[1].instruction.replace("I just received", "I have just received")
+    mine = tmp_path / "my_data.jsonl"
+    mine.write_text("".join(json.dumps({"instruction": a, "input": "", "output": f"Answer {n}"}) + "\n" for n, a in
+                            enumerate([near_seed, "Name three rivers in Europe.", "Summarize the story of Hamlet in two sentences."])))
+    result = CliRunner().invoke(cli, ["filter", "--input", str(mine), "--output-dir", str(tmp_path), "--run-name", "r"])
+    assert result.exit_code == 0, result.output
+    run = RunDir(tmp_path / "r")
+    assert len(run.read_stage("filter")) == 3  # the row near a bundled seed is no near-copy of a row of the user's
+    assert json.loads(run.manifest_file.read_text())["seed_file"] is None
+    result = CliRunner().invoke(cli, ["export", str(run.path), "--out", str(tmp_path / "exp"), "--formats", "alpaca",
+                                      "--set", "decontaminate=off"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "exp" / "export.json").read_text())
+    assert info["counts"]["seed_tasks"] == 0 and info["seed_sources"] == [] and info["seed_file_unused"]
+    assert info["counts"]["tasks_by_origin"] == {"machine": 3}
+    line = " ".join(result.output.split())
+    assert ("the seed file's tasks (the bundled 175) are left out: the run's rows came from my_data.jsonl, which "
+            "filter --input put in place of the tasks its bootstrap made, not from them (--seed-tasks adds them)") in line
+    card = (tmp_path / "exp" / "README.md").read_text()  # it said the rows were made with the Self-Instruct method
+    assert "imported from `my_data.jsonl` (`filter --input`)" in card and "Self-Instruct method" not in card
+    assert "- Input of `seed2lora filter --input`: `my_data.jsonl`" in card and "- Bootstrap:" not in card

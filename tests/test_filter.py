@@ -234,3 +234,32 @@ def test_filter_input_compares_a_users_rows_with_each_other_not_the_bundled_seed
     assert rejected.reject_reason.startswith("rouge_l: ")
     assert rejected.reject_reason.endswith("vs 'Plan a picnic for six friends in the spring.'")
     assert "1 rejected" in result.output
+
+
+def test_rouge_against_seeds_only_on_a_users_file_says_no_novelty_check_was_done(tmp_path):
+    """`filter --input my_data.jsonl --set filter.rouge_against_seeds_only=true`: the pool is the seed tasks alone and
+    a user's file has none, so two near-copies both passed, with nothing said. Both still pass (the setting asks for
+    no other pool), but the command says why, naming the setting and its fix, and the export's card says it."""
+    import json
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+    from pipeline.store import RunDir
+
+    rows = tmp_path / "my_data.jsonl"
+    asks = ["Plan a picnic for six friends in the spring.", "Plan a picnic for six of my friends in the spring."]
+    rows.write_text("".join(json.dumps({"instruction": a, "input": "", "output": "Bring fruit."}) + "\n" for a in asks))
+    result = CliRunner().invoke(cli, ["filter", "--input", str(rows), "--output-dir", str(tmp_path / "out"),
+                                      "--run-name", "r", "--set", "filter.rouge_against_seeds_only=true"])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "out" / "r"
+    assert [t.instruction for t in RunDir(run).read_stage("filter")] == asks
+    said = " ".join(result.output.split())
+    assert ("note: filter.rouge_against_seeds_only = true compares the rows with the seed tasks alone, and the rows "
+            "came from a user's file, not from the seeds: no ROUGE-L novelty check was done. Fix: set it false") in said
+    result = CliRunner().invoke(cli, ["export", str(run), "--out", str(tmp_path / "exp"), "--formats", "alpaca",
+                                      "--set", "decontaminate=off"])
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / "exp" / "README.md").read_text()
+    assert "- ROUGE-L: no novelty check (`filter.rouge_against_seeds_only` compares with the seed tasks alone" in card

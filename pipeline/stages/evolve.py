@@ -75,10 +75,10 @@ from ..errors import Seed2LoraError
 from ..progress import no_progress
 from ..prompts import Prompts
 from ..records import Instance, Task, task_id
-from ..store import RECORD_HOLD_S, STAGES, JsonlWriter, RunDir, read_tasks, reason_kind
+from ..store import RECORD_HOLD_S, STAGES, JsonlWriter, RunDir, read_tasks, reason_kind, seeds_used
 from ..teachers import Completion, GenParams, Teacher
 from ..teachers.base import WAIT, Request
-from .common import ProgressFn, batch_meta, reply_meta, retry_params
+from .common import ProgressFn, batch_meta, no_novelty_note, reply_meta, retry_params
 from .filter import InstructionFilter
 from .parse import parse_answer, parse_equal, parse_evolved_instruction
 
@@ -542,10 +542,13 @@ def step(ctx: RunContext, records: Records | None) -> StepResult:
     source = pool.source
     check_source(ctx.run, source)  # one input per run: checked before this input is recorded
     ctx.record(state={"evolve_input": source})
-    # A user's file is evolved on its own: the seed file (the bundled 175 by default) played no part in it, and its
-    # tasks in the novelty index rejected evolutions as near-copies of tasks the user never gave.
+    # The seed tasks are in the novelty index when the run's records came from them (store.seeds_used, the rule of
+    # export's seed rows): a user's file evolved on its own never used them, and they rejected evolutions as
+    # near-copies of tasks the user never gave; in a run that bootstrapped, the export holds them beside the evolutions.
     users_file = source not in STAGES and not source.startswith("seeds:")
-    seeds = [] if users_file else [s.instruction for s in ctx.seeds]
+    used = seeds_used(ctx.run.manifest(), importing=["evolve"] if users_file else [])
+    seeds = [s.instruction for s in ctx.seeds] if used else []
+    no_novelty_note(ctx, seeds, "the evolutions")
     result = run_evolve(ctx.teacher, list(pool), ctx.cfg, ctx.run, ctx.prompts, source=source, seeds=seeds,
                         progress=lambda desc, total: nullcontext(ctx.advance))
     rejected = ", ".join(f"{k} {n}" for k, n in result.rejected.most_common()) or "none"

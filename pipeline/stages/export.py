@@ -33,7 +33,7 @@ from ..decontam import clean_run_rows
 from ..errors import Seed2LoraError
 from ..records import row_messages, split_by_task
 from ..rows import evolve_input, include_list, seed_sources
-from ..store import EXPORT_INFO, RunDir, seeds_used, write_jsonl_atomic, write_text_atomic
+from ..store import EXPORT_INFO, SELF_INSTRUCT_INPUTS, RunDir, seeds_used, write_jsonl_atomic, write_text_atomic
 
 FORMATS = ("alpaca", "messages", "hf", "parquet")
 SPLITS = ("train", "eval")
@@ -76,6 +76,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig) -> d
                      if isinstance(st, dict) and st.get("input_file")},  # rows a stage read from a user's --input
         "bootstrapped": "bootstrap" in (manifest.get("stages") or {}),
         "seed_sources": [{"what": what, "path": path} for what, path in seed_sources(run, cfg.include_seeds)],
+        "seeds_used": seeds_used(manifest),  # the run's records came from its seed file (store.seeds_used)
         "seed_file_unused": cfg.include_seeds == "auto" and not seeds_used(manifest),  # rows of a user's file
         "evolved_from": evolve_input(manifest),  # a user's file evolve read, or None (a stage of the run, the seeds)
     }
@@ -110,8 +111,10 @@ def seeds_left_out(info: dict[str, Any]) -> str:
         return ""
     files = ", ".join(Path(i["path"]).name for i in (info.get("imported") or {}).values()) or "a user's file"
     seeds = (info.get("config") or {}).get("seed_tasks") or "the bundled 175"
-    return (f"; the seed file's tasks ({seeds}) are left out: the run's rows came from {files}, not from them "
-            "(--seed-tasks adds them)")
+    stages = " and ".join(f"{name} --input" for name in info.get("imported") or {} if name != "evolve")
+    replaced = f", which {stages} put in place of the tasks its bootstrap made" if info.get("bootstrapped") else ""
+    return (f"; the seed file's tasks ({seeds}) are left out: the run's rows came from {files}{replaced}, not from "
+            "them (--seed-tasks adds them)")
 
 
 def step(ctx: RunContext, records: Records | None) -> StepResult:
@@ -207,8 +210,11 @@ def card_header(info: dict[str, Any]) -> list[str]:
 
 
 def imported_only(info: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """The --input files the run's rows came from, when no bootstrap of this run made any (else {})."""
-    return {} if info.get("bootstrapped") else info.get("imported") or {}
+    """The --input files the run's rows came from, when no bootstrap of this run made them (else {}): a bootstrap's
+    tasks that a `filter --input` (or classify, instances) replaced made none of them (store.seeds_used)."""
+    imported = info.get("imported") or {}
+    replaced = any(name in SELF_INSTRUCT_INPUTS for name in imported)
+    return imported if replaced or not info.get("bootstrapped") else {}
 
 
 # The files a Hub dataset card's `configs` point at, by the formats' order of preference: parquet is what the Hub
@@ -302,14 +308,23 @@ def instruction_lengths(f: dict[str, Any], evo: dict[str, Any], origins: dict[st
     return f"- Instruction length: {least} to {most} words; evolved ones {least} to {evolved_most} (evolve.max_words)"
 
 
+def card_rouge(f: dict[str, Any], info: dict[str, Any]) -> str:
+    """The ROUGE-L novelty rule as it ran: against the seeds alone (rouge_against_seeds_only), which a run of a
+    user's file has none of, or every earlier instruction."""
+    if f.get("rouge_against_seeds_only") and not info.get("seeds_used", True):
+        return ("- ROUGE-L: no novelty check (`filter.rouge_against_seeds_only` compares with the seed tasks alone, "
+                "and the rows came from a user's file, not from them)")
+    return (f"- ROUGE-L against {'the seeds' if f.get('rouge_against_seeds_only') else 'every earlier instruction'}: "
+            f"rejected above {f.get('rouge_threshold', '?')}")
+
+
 def card_filters(info: dict[str, Any]) -> list[str]:
     """The filter's rules, decontamination against the eval set, and the run's rejections by rule."""
     f = (info.get("config") or {}).get("filter") or {}
     rejected = (info.get("run_counts") or {}).get("rejected_by_reason") or {}
     lines = [
         "## Filters applied", "",
-        f"- ROUGE-L against {'the seeds' if f.get('rouge_against_seeds_only') else 'every earlier instruction'}: "
-        f"rejected above {f.get('rouge_threshold', '?')}",
+        card_rouge(f, info),
         instruction_lengths(f, (info.get("config") or {}).get("evolve") or {}, info["counts"]["by_origin"]),
         f"- Blacklisted words: {', '.join(f.get('blacklist') or []) or 'none'}",
         f"- Banned prefixes: {', '.join(f.get('banned_prefixes') or []) or 'none'}",

@@ -30,6 +30,7 @@ from ..prompts import Prompts
 from ..records import Instance, Task
 from ..similarity import RougeLIndex
 from ..store import seeds_used, write_jsonl_atomic
+from .common import no_novelty_note
 from .instances import instance_prompt
 from .parse import parse_input_first, parse_output_first
 
@@ -288,9 +289,10 @@ def step(ctx: RunContext, records: Records | None) -> StepResult:
     """Filter `records` (instances.jsonl or --input) whole: filter.jsonl and this stage's rejections are replaced."""
     tasks = list(records or ())
     # A user's rows (--input) are compared with each other only: the seed file (the bundled 175 by default) played
-    # no part in them, and its tasks in the ROUGE-L pool rejected a user's row as a near-copy of a task they never
-    # gave. The rule of export's seed rows and evolve's pool (store.seeds_used).
-    seeds = ctx.seeds if seeds_used(ctx.run.manifest(), importing=bool(ctx.input_path)) else []
+    # no part in them (in a run that bootstrapped too, they replace its tasks), and its tasks in the ROUGE-L pool
+    # rejected a user's row as a near-copy of a task they never gave. The rule of export's seed rows and evolve's pool.
+    seeds = ctx.seeds if seeds_used(ctx.run.manifest(), importing=["filter"] if ctx.input_path else []) else []
+    no_novelty_note(ctx, seeds, "the rows")
     kept, rejected = filter_tasks(tasks, seeds, ctx.cfg.filter, instance_demonstrations(ctx.prompts))
     write_jsonl_atomic(ctx.run.stage_file("filter"), kept)
     ctx.run.replace_rejected("filter", rejected)

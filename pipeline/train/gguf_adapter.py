@@ -27,6 +27,9 @@ from .summary import read_summary, summary_paths
 
 ADAPTER_FILE = "adapter.gguf"
 OUTTYPES = ("f32", "f16", "bf16")  # LoRA tensors are small (a few MB); quantizing them saves little and costs precision
+# What export-adapter and serve write unless told: f16, as llama.cpp's own converter (convert_lora_to_gguf.py) writes
+# adapters and llama.cpp loads them; half of f32's size, and serve answered as eval scored (tests/test_serve.py)
+ADAPTER_OUTTYPE = "f16"
 
 
 @dataclass
@@ -158,7 +161,7 @@ def outtype_of(path: str | Path) -> str | None:
     return types.get(int(value)) if value is not None else None
 
 
-def write_adapter_gguf(adapter_dir: str | Path, out: str | Path | None = None, *, outtype: str = "f32",
+def write_adapter_gguf(adapter_dir: str | Path, out: str | Path | None = None, *, outtype: str = ADAPTER_OUTTYPE,
                        base_gguf: str | Path | None = None, model: str = "") -> dict[str, Any]:
     """Write ADAPTER/adapter.gguf (or `out`); returns what was written (path, base, tensors, provenance)."""
     import gguf

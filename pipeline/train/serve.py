@@ -32,7 +32,7 @@ from typing import Any
 
 from ..errors import Seed2LoraError
 from ..store import ADAPTER_DIR
-from .gguf_adapter import ADAPTER_FILE, find_base, outtype_of, write_adapter_gguf
+from .gguf_adapter import ADAPTER_FILE, ADAPTER_OUTTYPE, find_base, outtype_of, write_adapter_gguf
 from .model import adapter_info
 
 ENGINES = ("auto", "vllm", "llama-cpp")
@@ -193,12 +193,12 @@ def plan(specs: list[str], *, engine: str = "auto", host: str = "127.0.0.1", por
     for a in adapters:
         target = a.path / ADAPTER_FILE
         if not target.is_file() or target.stat().st_mtime < (a.path / "adapter_model.safetensors").stat().st_mtime:
-            # A re-export keeps the type of the file it replaces (an f16 export came back f32, unsaid); a first
-            # one is f32, the tensors as trained, so that serve answers as eval scored.
+            # A re-export keeps the type of the file it replaces (an f16 export came back f32, unsaid); a first one
+            # is export-adapter's default (an f32 one here was twice an export's size, for the same answers).
             kept = outtype_of(target) if target.is_file() else None
-            outtype = kept or "f32"
+            outtype = kept or ADAPTER_OUTTYPE
             why = (f"{kept} as the file it replaces, older than the adapter's weights" if kept else
-                   "f32, the tensors as trained; export-adapter --outtype f16 writes a smaller one")
+                   f"{outtype}, as export-adapter writes it; export-adapter --outtype f32 keeps the tensors as trained")
             log(f"{'would write' if dry_run else 'writing'} {target} ({why})")
             if not dry_run:
                 write_adapter_gguf(a.path, target, outtype=outtype, base_gguf=base_gguf)
