@@ -315,3 +315,30 @@ def test_through_a_proxy_the_request_goes_to_the_proxy_by_aiohttp(monkeypatch):
         client.close()
     finally:
         proxy.close()
+
+
+def test_a_connection_reset_before_the_request_went_out_fails_the_call_at_once():
+    """A server going down reset a connection just made, between the connect and the write: asyncio drops a write to
+    a closed transport silently, and the call waited out its whole timeout (120 s in a CI run of test_faults)."""
+    class Closed:  # a transport asyncio has closed: writes vanish
+        def __init__(self):
+            self.written = []
+
+        def is_closing(self):
+            return True
+
+        def write(self, data):
+            self.written.append(data)
+
+        def abort(self):
+            pass
+
+    async def test():
+        pool = http1.Pool("http://127.0.0.1:9/v1", {}, 10, None, asyncio.get_running_loop())
+        conn = http1.Reply(pool)
+        conn.connection_made(Closed())
+        conn.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
+        reply = conn.send(b"POST /v1/x HTTP/1.1\r\n\r\n")
+        assert reply.done() and isinstance(reply.exception(), http1.BadReply)
+        assert "before the request went out" in str(reply.exception())
+    run(test)

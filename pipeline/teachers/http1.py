@@ -212,9 +212,15 @@ class Reply(asyncio.Protocol):
         self.pool.lost(self)
 
     def send(self, data: bytes) -> asyncio.Future:
+        """The request written; the future of its reply. On a connection already closed (a reset that came between
+        the connect and this write: a server going down) the reply fails at once: asyncio drops a write to a closed
+        transport without a word, and the call waited out its whole timeout (a CI run: 120 s)."""
         self.reply = self.loop.create_future()
         self.read_at = self.loop.time()
         self.buf.clear()
+        if self.closed or self.transport.is_closing():
+            self.reply.set_exception(BadReply("the server closed the connection before the request went out"))
+            return self.reply
         self.transport.write(data)
         return self.reply
 
