@@ -342,3 +342,33 @@ def test_a_connection_reset_before_the_request_went_out_fails_the_call_at_once()
         assert reply.done() and isinstance(reply.exception(), http1.BadReply)
         assert "before the request went out" in str(reply.exception())
     run(test)
+
+
+def test_a_server_going_down_with_the_connection_in_its_accept_queue_fails_the_call_at_once():
+    """The same race over a real socket: the server stops listening just after the connect (its accept queue is
+    reset), before the request is written."""
+    import socket
+    import time
+
+    async def test():
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        loop = asyncio.get_running_loop()
+        connect = loop.create_connection
+
+        async def connect_then_go_down(*args, **kwargs):
+            made = await connect(*args, **kwargs)
+            listener.close()  # the connection, not yet accepted, is reset
+            await asyncio.sleep(0.05)  # and the reset is read before the request goes out
+            return made
+
+        loop.create_connection = connect_then_go_down
+        pool = http1.Pool(f"http://127.0.0.1:{port}/v1", {}, 10, None, loop)
+        started = time.monotonic()
+        with pytest.raises(http1.BadReply, match="before the request went out"):
+            await pool.post(f"http://127.0.0.1:{port}/v1/x", b"{}", 5)
+        assert time.monotonic() - started < 2
+        pool.close()
+    run(test)
