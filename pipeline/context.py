@@ -160,17 +160,25 @@ class RateLimitedLog:
         if now - self.last.get(kind, -EVENT_EVERY_S) < EVENT_EVERY_S:
             self.skipped[kind] = (self.skipped.get(kind, (0, ""))[0] + 1, message)
             return
+        for state, opposite in (("endpoint down ", "endpoint back "), ("endpoint back ", "endpoint down ")):
+            if kind.startswith(state):  # its opposite held back is said first: never "down" below a later "back"
+                self.say_held(opposite + kind[len(state):])
         more = self.skipped.pop(kind, (0, ""))[0]
         self.last[kind] = now
         self.log(f"{self.prefix}{message}" + (f" (and {more} more like it)" if more else ""))
 
+    def say_held(self, kind: str) -> None:
+        """The last event of `kind` held back, said now with the count of the rest."""
+        if kind in self.skipped:
+            n, last = self.skipped.pop(kind)
+            self.last[kind] = time.monotonic()
+            self.log(f"{self.prefix}{last}" + (f" (and {n - 1} more like it)" if n > 1 else ""))
+
     def flush(self) -> None:
         """The events held back and not yet counted on a later line of their kind, said now (a step's end): the last
         of each kind, with the count of the rest. Before, a burst's tail that no later event followed vanished."""
-        held, self.skipped = self.skipped, {}
-        for kind, (n, last) in held.items():
-            self.last[kind] = time.monotonic()
-            self.log(f"{self.prefix}{last}" + (f" (and {n - 1} more like it)" if n > 1 else ""))
+        for kind in list(self.skipped):
+            self.say_held(kind)
 
 
 def flush_events(ctx: RunContext) -> None:

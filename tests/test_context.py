@@ -168,3 +168,22 @@ def test_flush_says_each_kinds_last_held_event_with_the_count_of_the_rest():
                      "teacher: retrying after APIConnectionError: try 3 (and 2 more like it)"]
     log.flush()  # nothing held: nothing said twice
     assert len(lines) == 3
+
+
+def test_an_endpoint_back_is_never_said_above_its_down_held_back_by_the_rate_limit():
+    """Seen against a real llama.cpp server killed and restarted mid-run: 'endpoint back ... (and 2 more like it)',
+    then the stages done, then a held 'endpoint down ... (and 2 more like it)' flushed at the step's end, as if the
+    server had died again. A held event of the opposite state is now said before the new one."""
+    from pipeline.context import RateLimitedLog
+
+    lines = []
+    log = RateLimitedLog(lines.append)
+    url = "http://127.0.0.1:9/v1"
+    log(f"endpoint down: {url} (x); waiting up to 600 s")
+    log(f"endpoint back: {url} answers again after 0 s")
+    log(f"endpoint down: {url} (y); it fell again soon after it rejoined")  # held back
+    log.last = {kind: at - 60 for kind, at in log.last.items()}  # 18 s on: the rate limit's window has passed
+    log(f"endpoint back: {url} answers again after 18 s")
+    log.flush()
+    assert [line.split(":")[1].strip() for line in lines] == ["endpoint down", "endpoint back"] * 2, lines
+    assert lines[-1].endswith("after 18 s")

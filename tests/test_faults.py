@@ -410,3 +410,16 @@ def test_evolve_refuses_a_second_input_in_the_same_run_before_recording_it(fake_
     result = cli_run("evolve", *teacher_flags(fake_openai, tmp_path), "--input", tmp_path / "b.jsonl", "--rounds", 1)
     assert result.exit_code == 2 and "a.jsonl" in " ".join(result.output.split())
     assert manifest(tmp_path / "r")["state"]["evolve_input"].endswith("a.jsonl")
+
+
+def test_a_server_slower_than_the_timeout_stops_the_run_naming_teacher_timeout_s(fake_openai, tmp_path):
+    """Seen against a real llama.cpp server with teacher.timeout_s=0.3: 'a request timed out after 0 s', and a stop
+    whose fix named only the server's log and max_consecutive_failures, not the timeout that caused it."""
+    fake_openai.default_delay = 1.0  # every reply slower than the timeout
+    result = cli_run("bootstrap", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 4,
+                     "--set", "teacher.timeout_s=0.3", "--set", "teacher.max_retries=0",
+                     "--set", "teacher.max_consecutive_failures=3", "--set", "teacher.concurrency=2")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 4, text
+    assert "timed out after 0.3 s" in text
+    assert "Fix: a reply takes the server over teacher.timeout_s (0.3 s): raise it" in text

@@ -135,7 +135,7 @@ class Failover:
             if endpoint.on_trial and endpoint.served >= self.timing.proven_after:  # well again: backoff starts over
                 endpoint.on_trial, endpoint.probe_wait_s = False, 0.0
             if seconds > self.patience.timeout_s / 2:
-                self.shrink(ep, f"a reply took {seconds:.0f} s, over half the {self.patience.timeout_s:.0f} s timeout")
+                self.shrink(ep, f"a reply took {seconds:.1f} s, over half the {self.patience.timeout_s:g} s timeout")
                 return
             endpoint.fast_in_row += 1
             if endpoint.limit < self.patience.concurrency and endpoint.fast_in_row >= endpoint.limit:
@@ -147,7 +147,7 @@ class Failover:
         with self.lock:
             self.last_error = describe_error(e, self.secret, origin=self.origin)
             if isinstance(e, openai.APITimeoutError):
-                self.shrink(ep, f"a request timed out after {self.patience.timeout_s:.0f} s")
+                self.shrink(ep, f"a request timed out after {self.patience.timeout_s:g} s")
             # An outage is judged by its length (check_outage); the breaker counts answers that went wrong.
             self.failures_in_row += 0 if unavailable(e) else 1
             endpoint.strikes += isinstance(e, openai.APITimeoutError) or (getattr(e, "status_code", None) or 0) >= 500
@@ -162,10 +162,13 @@ class Failover:
                 endpoint.probe_at, endpoint.on_trial = now + (endpoint.probe_wait_s if again else 0.0), False
             others = sum(x.down_since is None for x in self.endpoints)
             if self.fatal is None and self.failures_in_row >= self.patience.max_consecutive_failures:
+                slow = (f"a reply takes the server over {self.origin.key('timeout_s')} ({self.patience.timeout_s:g} s):"
+                        f" raise it, or lower {self.origin.key('concurrency')}; "
+                        if isinstance(e, openai.APITimeoutError) else "")
                 self.fatal = TeacherUnavailable(
                     f"{self.failures_in_row} requests in a row failed at {self.base_url} (last error: "
-                    f"{self.last_error}). Fix: check the server's log; {self.origin.key('max_consecutive_failures')} sets this "
-                    "limit; a re-run resumes", role=self.origin.role)
+                    f"{self.last_error}). Fix: {slow}check the server's log; {self.origin.key('max_consecutive_failures')} "
+                    "sets this limit; a re-run resumes", role=self.origin.role)
             self.check_outage(now)
         if went_down:
             wait, setting = self.wait_of(endpoint)

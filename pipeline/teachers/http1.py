@@ -10,7 +10,7 @@ with aiohttp as before.
 What a server may send is taken as HTTP/1.1 allows: a body framed by Content-Length, by chunks (extensions and
 trailers read past), or by the connection's end (HTTP/1.0); 1xx replies skipped; header names in any case; a gzip or
 deflate body (Accept-Encoding offers them, as aiohttp did) decoded. A connection is reused when its reply says it
-may be, and dropped at once when the server closes it while idle. What goes wrong is raised as aiohttp raised it,
+may be, and dropped at once when the server closes it while idle, or when it has been idle for IDLE_KEEP_S. What goes wrong is raised as aiohttp raised it,
 so that wire.Client maps it to the SDK's exceptions as before: a broken or unreadable reply, or a connection closed
 before its reply ended, as aiohttp.ClientError's kin ConnectionError (an OSError); no byte for `timeout_s` while
 connecting or reading, TimeoutError.
@@ -29,6 +29,9 @@ from typing import Any
 _HEAD_END = re.compile(rb"\r?\n\r?\n")  # the empty line that ends a reply's head
 MAX_HEAD = 1 << 16  # a status line and headers longer than this are not a model server's reply
 USER_AGENT = "seed2lora"
+# A connection idle this long is closed, not reused: uvicorn (vLLM, llama-cpp-python) and llama.cpp's server close one
+# idle for 5 s, and a request sent as that close crosses it is lost (a connection error, retried, the endpoint "down").
+IDLE_KEEP_S = 4.0
 
 
 class BadReply(ConnectionError):
@@ -51,6 +54,7 @@ class Reply(asyncio.Protocol):
         self.body = bytearray()
         self.trailers = False  # a chunked body's last chunk read: its trailer lines up to an empty one
         self.read_at = 0.0  # loop time of the last bytes read (the read timeout counts from it)
+        self.idle_at = 0.0  # loop time it went idle (IDLE_KEEP_S counts from it)
         self.closed = False
 
     # -- asyncio's calls ----------------------------------------------------------------------------------------
@@ -302,8 +306,11 @@ class Pool:
         while True:
             while self.idle:
                 conn = self.idle.pop()
-                if not conn.closed:
+                if conn.closed:
+                    continue
+                if self.loop.time() - conn.idle_at < IDLE_KEEP_S:
                     return conn
+                conn.drop()  # idle so long that the server may be closing it as the request goes out
             if self.closed:
                 raise ConnectionError("the client was closed")
             if len(self.open) < self.limit:
@@ -339,6 +346,7 @@ class Pool:
         if self.closed:
             conn.drop()
         else:
+            conn.idle_at = self.loop.time()
             self.idle.append(conn)
 
     def lost(self, conn: Reply) -> None:
