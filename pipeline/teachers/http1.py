@@ -10,10 +10,10 @@ with aiohttp as before.
 What a server may send is taken as HTTP/1.1 allows: a body framed by Content-Length, by chunks (extensions and
 trailers read past), or by the connection's end (HTTP/1.0); 1xx replies skipped; header names in any case; a gzip or
 deflate body (Accept-Encoding offers them, as aiohttp did) decoded. A connection is reused when its reply says it
-may be, and dropped at once when the server closes it while idle, or when it has been idle for IDLE_KEEP_S. What goes wrong is raised as aiohttp raised it,
-so that wire.Client maps it to the SDK's exceptions as before: a broken or unreadable reply, or a connection closed
-before its reply ended, as aiohttp.ClientError's kin ConnectionError (an OSError); no byte for `timeout_s` while
-connecting or reading, TimeoutError.
+may be, and dropped at once when the server closes it while idle, or when it has been idle for IDLE_KEEP_S. What
+goes wrong is raised so that wire.Client maps it to the SDK's exceptions as it mapped aiohttp's: a broken or
+unreadable reply, or a connection closed before its reply ended (or before its request went out), as BadReply, a
+ConnectionError (an OSError); no byte for `timeout_s` while connecting or reading, TimeoutError.
 """
 
 from __future__ import annotations
