@@ -423,3 +423,12 @@ def test_a_server_slower_than_the_timeout_stops_the_run_naming_teacher_timeout_s
     assert result.exit_code == 4, text
     assert "timed out after 0.3 s" in text
     assert "Fix: a reply takes the server over teacher.timeout_s (0.3 s): raise it" in text
+
+
+def test_the_in_flight_line_says_one_request_not_one_requests(fake_openai):
+    events = []
+    t = OpenAITeacher("m", base_url=fake_openai.url, concurrency=2, timeout_s=1.0)
+    t.on_event = events.append
+    with t.failover.lock:
+        t.failover.shrink(0, "slow replies")
+    assert any("keeping 1 request in flight (of teacher.concurrency 2)" in e for e in events), events

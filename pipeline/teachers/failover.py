@@ -191,12 +191,13 @@ class Failover:
         endpoint.fast_in_row = 0
         if endpoint.limit > 1:
             endpoint.limit = max(1, endpoint.limit // 2)
+            kept = f"{endpoint.limit} request{'s' if endpoint.limit > 1 else ''}"  # "keeping 1 requests" read badly
             if len(self.endpoints) == 1:
-                self.event(f"{why}: keeping {endpoint.limit} requests in flight (of {setting} "
-                           f"{concurrency}); the server serves fewer at a time")
+                self.event(f"{why}: keeping {kept} in flight (of {setting} {concurrency}); the server serves fewer "
+                           "at a time")
             else:
-                self.event(f"{why} at {endpoint.url}: keeping at most {endpoint.limit} requests in flight there "
-                           f"(of {setting} {concurrency}); that server serves fewer at a time")
+                self.event(f"{why} at {endpoint.url}: keeping at most {kept} in flight there (of {setting} "
+                           f"{concurrency}); that server serves fewer at a time")
 
     def pick(self, counts: list[int], owner: list[int]) -> int:
         """Under the lock: the client for the next try. The endpoint in rotation with the fewest in flight among
