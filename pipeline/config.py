@@ -110,7 +110,7 @@ class InstancesConfig:
 @dataclass
 class FilterConfig:
     rouge_threshold: float = 0.7  # reject when ROUGE-L F against any pool instruction is above this
-    rouge_against_seeds_only: bool = False  # the reference compares with the whole pool; some tools only with seeds (a run of your own file has none: no novelty check, said in a note)
+    rouge_against_seeds_only: bool = False  # the paper: the whole pool; some tools: seeds only (your own file: none)
     most_similar_k: int = 10  # Self-Instruct stored the top-10 most similar instructions
     min_words: int = 4  # Self-Instruct drops instructions of 3 words or fewer
     max_words: int = 150  # ... and of more than 150 words

@@ -167,8 +167,9 @@ class Failover:
                         if isinstance(e, openai.APITimeoutError) else "")
                 self.fatal = TeacherUnavailable(
                     f"{self.failures_in_row} requests in a row failed at {self.base_url} (last error: "
-                    f"{self.last_error}). Fix: {slow}check the server's log; {self.origin.key('max_consecutive_failures')} "
-                    "sets this limit; a re-run resumes", role=self.origin.role)
+                    f"{self.last_error}). Fix: {slow}check the server's log; "
+                    f"{self.origin.key('max_consecutive_failures')} sets this limit; a re-run resumes",
+                    role=self.origin.role)
             self.check_outage(now)
         if went_down:
             wait, setting = self.wait_of(endpoint)

@@ -7,10 +7,10 @@ benchmarks/_latency_server.py at zero latency), which at 64 requests in flight i
 time (benchmarks/RESULTS.md, client CPU). Nor httpx: its HTTP parsing in Python and its pool's lock per
 request cost 0.55 ms of CPU per request at 64 in flight, against 0.23-0.33 ms through aiohttp on one event-loop
 thread (`Transport`; RESULTS.md, client transport). Nor aiohttp, on a direct connection: http1.py's keep-alive
-connections cost about a third of its CPU per request; aiohttp sends only through a proxy. The SDK's error semantics are kept: a reply that is not 2xx
-raises the exception the SDK raises for its status, with the SDK's message and body (`status_error`), a timeout
-raises openai.APITimeoutError and a failed connection openai.APIConnectionError, so the one retry policy
-(retries.py) decides as it did. TLS is verified as httpx does (certifi, or SSL_CERT_FILE / SSL_CERT_DIR), and
+connections cost about a third of its CPU per request; aiohttp sends only through a proxy. The SDK's error
+semantics are kept: a reply that is not 2xx raises the exception the SDK raises for its status, with the SDK's
+message and body (`status_error`), a timeout raises openai.APITimeoutError and a failed connection
+openai.APIConnectionError, so the one retry policy (retries.py) decides as it did. TLS is verified as httpx does (certifi, or SSL_CERT_FILE / SSL_CERT_DIR), and
 HTTP(S)_PROXY / ALL_PROXY / NO_PROXY are honoured as the SDK's httpx client honours them (`env_proxy`; a SOCKS
 proxy stops the teacher with a message naming its variable). The SDK clients are still used where speed does not
 matter: GET /models and the Batch API's files and batches.
@@ -164,8 +164,9 @@ class Transport:
     """One asyncio loop on a daemon thread that every Client of this process sends through (http1.py's
     connections, or aiohttp's through a proxy), where httpx parses in Python on each caller's thread and takes its
     pool's lock per request (0.23-0.33 ms of client CPU per request through aiohttp on this loop against 0.55,
-    raw, at 64 in flight; benchmarks/RESULTS.md, client transport). A request's first try runs on this loop as a coroutine (fastpath.py, Client.apost); its
-    retries on the teacher's threads, each handing its try to the loop and waiting for the reply (Client.post).
+    raw, at 64 in flight; benchmarks/RESULTS.md, client transport). A request's first try runs on this loop as a
+    coroutine (fastpath.py, Client.apost); its retries on the teacher's threads, each handing its try to the loop
+    and waiting for the reply (Client.post).
 
     Made at the first request (`transport()`), so a process that never calls a server never starts the
     thread or imports aiohttp; a forked child makes its own."""
@@ -210,7 +211,7 @@ class Transport:
             if client.pool is None:
                 secure = client.base_url.startswith("https:")
                 client.pool = Pool(client.base_url, client.headers, LIMITS.max_connections,
-                                         self.ssl_context() if secure else None, self.loop)
+                                   self.ssl_context() if secure else None, self.loop)
                 self.pools.add(client.pool)
                 weakref.finalize(client, self.shut, client.pool).atexit = False  # as a session, below
             return await client.pool.post(url, data, timeout_s)
@@ -357,7 +358,8 @@ class Client:
             raise closed_error(url)
         t = transport()
         try:
-            status, headers, content = await t.send(self, url, json.dumps(body).encode(), timeout_s or self.timeout_s)
+            status, headers, content = await t.send(self, url, json.dumps(body).encode(),
+                                                    timeout_s or self.timeout_s)
         except (TimeoutError, asyncio.TimeoutError) as e:  # aiohttp's connect and read timeouts (one type from 3.11)
             raise openai.APITimeoutError(request=httpx.Request("POST", url)) from e
         except (t.aiohttp.ClientError, OSError) as e:  # refused, reset, DNS, TLS: a failed connection
