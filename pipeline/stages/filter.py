@@ -291,7 +291,7 @@ def step(ctx: RunContext, records: Records | None) -> StepResult:
     # A user's rows (--input) are compared with each other only: the seed file (the bundled 175 by default) played
     # no part in them (in a run that bootstrapped too, they replace its tasks), and its tasks in the ROUGE-L pool
     # rejected a user's row as a near-copy of a task they never gave. The rule of export's seed rows and evolve's pool.
-    seeds = ctx.seeds if seeds_used(ctx.run.manifest(), importing=["filter"] if ctx.input_path else []) else []
+    seeds = ctx.seeds if seeds_used(ctx.run.manifest(), importing=ctx.importing) else []
     no_novelty_note(ctx, seeds, "the rows")
     kept, rejected = filter_tasks(tasks, seeds, ctx.cfg.filter, instance_demonstrations(ctx.prompts))
     write_jsonl_atomic(ctx.run.stage_file("filter"), kept)
