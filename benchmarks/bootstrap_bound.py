@@ -3,20 +3,22 @@ client_cpu.py's (c) workload (50 ms latency, 64 in flight, ideal 1,280 requests/
 _latency_server.py --replies self-instruct), in arms that change one thing each, side by side, each run in a fresh
 process against a fake teacher of its own, --repeat rounds alternating the arms:
 
-  shipped       this tree as it is;
+  shipped       this tree as it is (at 64 in flight the filter runs in a forked process, filter_worker.py);
+  own-filter    the filter in the run's own process (bootstrap.filter_process = off), as before stop 34;
   reader        each reply read (parsed, filtered, written) on a second thread, the stream's thread left to
                 refill requests (a diagnostic: the pool then lags the replies, so records depend on timing);
   inline        each reply read, and the next requests pulled, on the event loop's thread itself, as each reply is
                 committed there (fastpath.LoopStream with its hand-off to the stream replaced by a call): one thread
                 does all the work, with no hand-off of the GIL between the loop and the stream;
-  filter-free   the Self-Instruct filter (rules and ROUGE-L against the pool) replaced by "keep": what bootstrap
-                would reach if the paper's filter cost nothing (also a diagnostic; it keeps lines the filter
-                would reject, so it needs fewer requests).
+  filter-free   the Self-Instruct filter (rules and ROUGE-L against the pool) replaced by "keep", in the run's own
+                process: what bootstrap would reach if the paper's filter cost nothing (also a diagnostic; it keeps
+                lines the filter would reject, so it needs fewer requests).
 
 Every arm is timed the same way, from the start of the first reply's read to the end of the last one's (in the
-reader arm the stream ends before its reader does), with the client's CPU over that span and the share of the span
-the thread that reads the replies (MainThread, the reader, or the event loop) spent on a CPU; the whole stage (its
-fixed costs too) beside it. The ratios need a quiet machine: other jobs take the cores these threads wait for.
+reader arm the stream ends before its reader does), with the client's CPU over that span (the forked filter's
+included) and the share of the span the thread that reads the replies (MainThread, the reader, or the event loop)
+spent on a CPU; the whole stage (its fixed costs too) beside it. The ratios need a quiet machine: other jobs take
+the cores these threads wait for.
 
     nice -n -5 python benchmarks/bootstrap_bound.py --repeat 3
 """
@@ -36,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import client_cpu  # noqa: E402  (benchmarks/ is not a package)
 
-ARMS = ("shipped", "reader", "inline", "filter-free")
+ARMS = ("shipped", "own-filter", "reader", "inline", "filter-free")
 
 
 def patch(arm: str) -> list:
@@ -47,16 +49,18 @@ def patch(arm: str) -> list:
     read = bootstrap.Bootstrap.read
 
     def timed(self, req, reply):  # every read of an arm runs on one thread: its CPU clock is thread_time's
-        start, cpu, thread = time.perf_counter(), time.process_time(), time.thread_time()
+        start, cpu, thread = time.perf_counter(), client_cpu.client_cpu_s(), time.thread_time()
         try:
             return read(self, req, reply)
         finally:
-            reads.append((start, time.perf_counter(), cpu, time.process_time(), thread, time.thread_time()))
+            reads.append((start, time.perf_counter(), cpu, client_cpu.client_cpu_s(), thread, time.thread_time()))
 
     bootstrap.Bootstrap.read = timed
+    if arm == "own-filter":  # the filter in the run's own process, as below 16 in flight
+        bootstrap.forks = lambda cfg, concurrency: False
     if arm == "filter-free":
-        filter.InstructionFilter.check = lambda self, task, ignore=(): None
-        filter.InstructionFilter.add = lambda self, instruction: None
+        bootstrap.forks = lambda cfg, concurrency: False
+        filter.InstructionFilter.decide = lambda self, lines: [filter.Passed([], 0.0, False) for _ in lines]
     if arm == "reader":
         def run_bootstrap(teacher, seeds, cfg, run, prompts, log, *, on_kept=None, on_progress=None, say=None):
             with bootstrap.Bootstrap(teacher, seeds, cfg, run, prompts, log, on_kept=on_kept,

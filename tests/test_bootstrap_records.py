@@ -50,13 +50,13 @@ def replies(n: int) -> list[str]:
     return out
 
 
-def bootstrap_run(tmp_path, name: str, seeds: Path) -> tuple[bytes, bytes]:
+def bootstrap_run(tmp_path, name: str, seeds: Path, extra: list[str] = ()) -> tuple[bytes, bytes]:
     server = FakeOpenAI()  # its own: the replies a run did not take are not the next run's
     try:
         for reply in replies(30):
             server.enqueue(reply)
         invoke("bootstrap", *teacher_flags(server, tmp_path, name), "--seeds", seeds, "--num-instructions", 120,
-               "--set", "teacher.concurrency=1", "--set", "bootstrap.yield_stop=0.0")
+               "--set", "teacher.concurrency=1", "--set", "bootstrap.yield_stop=0.0", *extra)
     finally:
         server.close()
     run = tmp_path / name

@@ -19,6 +19,7 @@ import functools
 import math
 import random
 import re
+import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from ..teachers import Completion, GenParams, Teacher
 from ..teachers.base import WAIT, Request
 from .common import batch_meta, reply_meta
 from .filter import InstructionFilter
+from .filter_worker import ForkedFilter, can_fork, fill
 from .parse import NOINPUT, parse_alpaca, parse_numbered_list, parse_structured_tasks
 from .schemas import schema_params
 
@@ -128,7 +130,8 @@ class _Pool:
     """The machine pool as bootstrap grows it: every parsed line ends kept or rejected (it was paid for), and a
     resumed run recognises what it wrote before by (id, request)."""
 
-    def __init__(self, run: RunDir, cfg: RunConfig, seeds: list[Task]):
+    def __init__(self, run: RunDir, cfg: RunConfig, seeds: list[Task], *, concurrency: int = 1,
+                 say: Callable[[str], None] = lambda message: None):
         existing = run.read_stage("bootstrap")
         self.target = cfg.bootstrap.num_instructions
         self.machine = [t.instruction for t in existing]
@@ -137,7 +140,10 @@ class _Pool:
         # How many records each (id, request) already has: a replayed reply skips exactly those.
         self.written = Counter((t.id, t.round)
                                for t in [*existing, *(r for r in run.read_rejected() if r.stage == "bootstrap")])
-        self.filter = InstructionFilter(cfg.filter, pool=self.machine, seeds=[s.instruction for s in seeds])
+        self.filter: InstructionFilter | ForkedFilter = InstructionFilter(cfg.filter, pool=self.machine,
+                                                                          seeds=[s.instruction for s in seeds])
+        if forks(cfg, concurrency):
+            self.filter = ForkedFilter(self.filter, say)
         self.new = self.rejected = 0
         self.answered = self.novel = 0  # replies with text; their lines that passed the filter (kept or over target)
         self.reasons: Counter[str] = Counter()
@@ -153,33 +159,35 @@ class _Pool:
 
     def take(self, tasks: list[Task], request: int, kept_out: JsonlWriter, rejected_out: JsonlWriter,
              on_kept: Callable[[int], None] | None) -> list[Task]:
-        """Keep or reject each parsed line of one reply; the tasks kept."""
+        """Keep or reject each parsed line of one reply; the tasks kept. The filter gives its verdicts on the reply's
+        new lines in one call (in its own process, ForkedFilter), each passing line added before the next is
+        checked, as Self-Instruct's online filter did."""
         self.answered += 1
-        seen: Counter[str] = Counter()
+        if self.written:  # a resumed run: the lines this request wrote before an interruption are skipped
+            tasks = self.unwritten(tasks, request)
+        asked = [t for t in tasks if t.instruction and t.id not in self.kept_ids and t.id not in self.over]
+        verdicts = self.filter.decide([(t.id, t.instruction) for t in asked])
+        verdict_of = {id(t): v for t, v in zip(asked, verdicts, strict=True)}  # by the line's object: ids repeat
         kept_here: list[Task] = []
-        resumed = bool(self.written)  # else nothing was written before: no Counter's __missing__ twice a line
         for task in tasks:
-            if resumed:
-                seen[task.id] += 1
-                if seen[task.id] <= self.written[(task.id, request)]:  # written before an interruption
-                    continue
+            verdict = verdict_of.get(id(task))
             if not task.instruction:
                 self.reject(rejected_out, task, "unparseable_reply: no numbered task in the reply")
             elif task.id in self.kept_ids:
                 self.reject(rejected_out, task, f"duplicate: the same instruction as {task.id}, already kept")
             elif task.id in self.over:
                 self.reject(rejected_out, task, f"duplicate: the same instruction as {task.id}, over the target")
-            elif reason := self.filter.check(task):
-                self.reject(rejected_out, task, reason)
-            elif self.full:
-                self.novel += 1
+            elif isinstance(verdict, str):
+                self.reject(rejected_out, task, verdict)
+            elif self.full:  # passed (and added to the filter's pool: the lines past the target are checked
+                self.novel += 1  # against each other too)
+                fill(self.filter, task, verdict)
                 self.over[task.id] = task.instruction
-                self.filter.add(task.instruction)  # the lines past the target are checked against each other too
                 self.reject(rejected_out, task, f"over_target: passed the filter, but the pool already held the "
                                                 f"{self.target} instructions asked for (bootstrap.num_instructions)")
             else:
                 self.novel += 1
-                self.filter.add(task.instruction)
+                fill(self.filter, task, verdict)
                 self.machine.append(task.instruction)
                 self.kept_ids[task.id] = task.instruction
                 kept_out.write(task)
@@ -188,6 +196,30 @@ class _Pool:
                 if on_kept:
                     on_kept(1)
         return kept_here
+
+    def unwritten(self, tasks: list[Task], request: int) -> list[Task]:
+        """The lines of a replayed reply past those its request wrote before an interruption (by id, in order)."""
+        seen: Counter[str] = Counter()
+        out = []
+        for task in tasks:
+            seen[task.id] += 1
+            if seen[task.id] > self.written[(task.id, request)]:
+                out.append(task)
+        return out
+
+    def close(self) -> None:
+        if isinstance(self.filter, ForkedFilter):
+            self.filter.close()
+
+
+def forks(cfg: RunConfig, concurrency: int) -> bool:
+    """Whether bootstrap's filter runs in a forked process (bootstrap.filter_process)."""
+    setting = cfg.bootstrap.filter_process
+    if setting == "on" and not can_fork():
+        raise Seed2LoraError(f"bootstrap.filter_process = 'on' needs Linux (fork); this is {sys.platform}. "
+                             "Fix: --set bootstrap.filter_process=auto")
+    # 16 in flight: below it the replies come too slowly for the filter's CPU to hold the teacher back
+    return setting == "on" or (setting == "auto" and concurrency >= 16 and can_fork())
 
 
 class _YieldWatch:
@@ -256,7 +288,8 @@ class Bootstrap:
         self.teacher, self.cfg, self.run, self.prompts, self.log = teacher, cfg, run, prompts, log
         self.on_kept, self.on_progress = on_kept, on_progress
         self.seed_texts = [s.instruction for s in self.pool_seeds]
-        self.pool = _Pool(run, cfg, seeds)
+        self.pool = _Pool(run, cfg, seeds, concurrency=getattr(teacher, "concurrency", 1) or 1,
+                          say=say or (lambda message: print(message, file=sys.stderr)))
         self.watch = _YieldWatch(cfg, teacher, run, say or (lambda message: None))
         self.sent, self.unfinished = log.requests("bootstrap")
         self.max_requests = self.sent + (b.max_requests or 20 * b.num_instructions)
@@ -282,7 +315,10 @@ class Bootstrap:
             self.kept_out.close()
             self.rejected_out.close()
         finally:
-            self.mark_taken()
+            try:
+                self.mark_taken()
+            finally:
+                self.pool.close()
 
     def taken_marks(self) -> list[int]:
         """The done marks waiting, taken (the reader of a flow adds them on a thread of its own)."""

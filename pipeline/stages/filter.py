@@ -20,6 +20,7 @@ import functools
 import re
 import string
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -84,6 +85,21 @@ def instruction_reject_reason(instruction: str, cfg: FilterConfig) -> str | None
     return None
 
 
+class Passed(NamedTuple):
+    """A candidate that passed the filter: its closest pool entries and its mean score, as one check found them."""
+
+    top: list[tuple[int, float]]  # (position in the index it was checked against, ROUGE-L F), best first
+    mean: float  # its mean F against that index
+    seeds_only: bool  # that index was the seeds' (rouge_against_seeds_only), not the whole pool's
+
+
+def fill_similar(task: Task, passed: Passed, text: Callable[[int], str], k: int) -> None:
+    """Set a passing task's most_similar_instructions (the top k, `text` naming each position) and its
+    avg_similarity_score, as the records keep them."""
+    task.most_similar_instructions = {text(i): score for i, score in passed.top[:k]}
+    task.avg_similarity_score = passed.mean
+
+
 class InstructionFilter:
     """Rules plus ROUGE-L novelty against a growing pool (seeds first, then kept tasks)."""
 
@@ -97,38 +113,58 @@ class InstructionFilter:
         for text in pool:
             self.index.add(text)
 
-    def check(self, task: Task, *, ignore: Collection[str] = ()) -> str | None:
-        """Reject reason for a task, or None; on keep, fills most_similar and avg_similarity_score.
-
-        `ignore`: pool texts that may be as close as they like (an evolved instruction's own
-        ancestors: an in-depth rewrite contains its parent by design).
-        """
-        reason = instruction_reject_reason(task.instruction, self.cfg)
+    def verdict(self, instruction: str, ignore: Collection[str] = ()) -> str | Passed:
+        """The reject reason for an instruction, or how it passed. `ignore`: pool texts that may be as close as they
+        like (an evolved instruction's own ancestors: an in-depth rewrite contains its parent by design)."""
+        reason = instruction_reject_reason(instruction, self.cfg)
         if reason:
             return reason
-        index = self.seed_index if self.cfg.rouge_against_seeds_only else self.index
+        seeds_only = self.cfg.rouge_against_seeds_only
+        index = self.seed_index if seeds_only else self.index
         if len(index) == 0:
-            task.most_similar_instructions, task.avg_similarity_score = {}, 0.0
-            return None
+            return Passed([], 0.0, seeds_only)
         # One row of scores per candidate: its max, its top-k (best first, ties by pool order) and its mean, in one
         # call (the first of the top-k is the closest entry a rejection names).
-        k = self.cfg.most_similar_k
-        best, top, mean = index.summary(task.instruction, max(1, k))
+        best, top, mean = index.summary(instruction, max(1, self.cfg.most_similar_k))
         if best > self.cfg.rouge_threshold:
             pos, score = top[0]
             if ignore and index.text(pos) in ignore:
-                scores = index.scores(task.instruction)
+                scores = index.scores(instruction)
                 over = [(int(i), float(scores[i])) for i in np.flatnonzero(scores > self.cfg.rouge_threshold)
                         if index.text(int(i)) not in ignore]
                 pos, score = max(over, key=lambda x: x[1], default=(None, 0.0))
             if pos is not None:
                 return f"rouge_l: {score:.3f} > {self.cfg.rouge_threshold} vs {index.text(pos)!r}"
-        task.most_similar_instructions = {index.text(i): score for i, score in top[:k]}
-        task.avg_similarity_score = mean
+        return Passed(top, mean, seeds_only)
+
+    def check(self, task: Task, *, ignore: Collection[str] = ()) -> str | None:
+        """Reject reason for a task, or None; on keep, fills most_similar_instructions and avg_similarity_score."""
+        verdict = self.verdict(task.instruction, ignore)
+        if isinstance(verdict, str):
+            return verdict
+        fill_similar(task, verdict, self.text_of(verdict), self.cfg.most_similar_k)
         return None
+
+    def text_of(self, passed: Passed) -> Callable[[int], str]:
+        """What names a position of a passing verdict: the index it was checked against."""
+        return (self.seed_index if passed.seeds_only else self.index).text
 
     def add(self, instruction: str) -> None:
         self.index.add(instruction)
+
+    def decide(self, lines: Sequence[tuple[str, str]]) -> list[str | Passed | None]:
+        """The verdicts on one reply's (id, instruction) lines, in order, as bootstrap takes them: a line that
+        passes is added to the pool before the next is checked; a line with the id of one passed before it in
+        `lines` is neither checked nor added (None: the caller rejects it as that one's duplicate)."""
+        passed: set[str] = set()
+        out: list[str | Passed | None] = []
+        for key, instruction in lines:
+            verdict = None if key in passed else self.verdict(instruction)
+            if isinstance(verdict, Passed):
+                passed.add(key)
+                self.add(instruction)
+            out.append(verdict)
+        return out
 
 
 def prompt_demonstrations(text: str) -> list[str]:

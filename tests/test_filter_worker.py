@@ -1,0 +1,178 @@
+"""Bootstrap's filter in a forked process of its own (issue 20): the same records as the filter in the run's own
+process, byte for byte; a child that dies is replaced by a filter of the parent's own, said and lossless; the child
+holds none of the parent's files or sockets, ignores Ctrl-C, and ends with its parent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from test_bootstrap_records import bootstrap_run
+
+from pipeline.config import FilterConfig, load_config
+from pipeline.errors import Seed2LoraError
+from pipeline.records import Task
+from pipeline.stages import bootstrap, filter_worker
+from pipeline.stages.filter import InstructionFilter, Passed
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _synthetic import SentenceGenerator, instructions  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not filter_worker.can_fork(), reason="the forked filter runs on Linux only")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def seeds_file(tmp_path) -> Path:
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"instruction": text, "instances": [{"input": "", "output": "An answer."}]})
+                             + "\n" for text in instructions(300, seed=5)))
+    return seeds
+
+
+@pytest.mark.parametrize("seeds_only", [False, True])
+def test_the_forked_filter_writes_the_records_of_the_filter_in_process(tmp_path, monkeypatch, seeds_only):
+    """Kept and rejected lines, reasons, most_similar_instructions (named from the parent's copy of the pool, or of
+    the seeds) and scores: byte for byte those of the filter in the run's own process."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    forked: list[int] = []
+    start = filter_worker.ForkedFilter.__init__
+    monkeypatch.setattr(filter_worker.ForkedFilter, "__init__",
+                        lambda self, *a, **k: (start(self, *a, **k), forked.append(self.pid))[0])
+    seeds, extra = seeds_file(tmp_path), ["--set", f"filter.rouge_against_seeds_only={str(seeds_only).lower()}"]
+    own = bootstrap_run(tmp_path, "own", seeds, [*extra, "--set", "bootstrap.filter_process=off"])
+    assert forked == []
+    child = bootstrap_run(tmp_path, "child", seeds, [*extra, "--set", "bootstrap.filter_process=on"])
+    assert len(forked) == 1
+    kept, rejected = ([json.loads(line) for line in part.splitlines()] for part in child)
+    reasons = {r["reject_reason"].split(":")[0] for r in rejected}
+    assert len(kept) == 120 and {"duplicate", "blacklist", "too_short"} <= reasons, reasons
+    assert seeds_only or "rouge_l" in reasons
+    assert all(t["most_similar_instructions"] for t in kept)
+    assert child == own
+    with pytest.raises(ChildProcessError):  # reaped when bootstrap ended
+        os.waitpid(forked[0], os.WNOHANG)
+
+
+def lines_of(gen: SentenceGenerator, n: int) -> list[tuple[str, str]]:
+    texts = [gen.sentence() for _ in range(n)]
+    texts += texts[:2]  # the same line twice in one reply: the second is the caller's duplicate
+    return [(f"id-{t}", t) for t in texts]
+
+
+def test_a_dead_child_is_replaced_by_a_filter_here_said_and_with_the_same_verdicts():
+    cfg = FilterConfig()
+    seeds = instructions(50, seed=3)
+    said: list[str] = []
+    forked = filter_worker.ForkedFilter(InstructionFilter(cfg, seeds=seeds), said.append)
+    own = InstructionFilter(cfg, seeds=seeds)
+    gen = SentenceGenerator(8)
+    try:
+        for i in range(6):
+            lines = lines_of(gen, 7)
+            if i == 3:
+                os.kill(forked.pid, signal.SIGKILL)
+                pool = len(own.index)
+            verdicts = forked.decide(lines)
+            assert verdicts == own.decide(lines)
+            assert verdicts[-2:] == [None, None]
+        assert forked.local is not None and forked.pid is None
+        assert len(said) == 1 and "the filter's process ended" in said[0] and "exit status -9" in said[0]
+        assert f"the pool's {pool} instructions are indexed again here" in said[0]
+        assert [forked.text_of(v)(v.top[0][0]) for v in verdicts if isinstance(v, Passed)] == \
+            [own.index.text(v.top[0][0]) for v in verdicts if isinstance(v, Passed)]
+    finally:
+        forked.close()
+
+
+def test_the_decisions_of_one_reply_add_each_passing_line_before_the_next_and_skip_its_repeats():
+    filt = InstructionFilter(FilterConfig(), seeds=["Write a short poem about the sea at night."])
+    lines = [("a", "Summarize the following news article in three sentences."),
+             ("b", "Summarize the following news article in three short sentences."),  # close to "a": rouge_l
+             ("a", "Summarize the following news article in three sentences."),  # a's repeat: not checked
+             ("c", "Hi."),
+             ("d", "List five fruits that are high in vitamin C.")]
+    verdicts = filt.decide(lines)
+    assert isinstance(verdicts[0], Passed) and verdicts[0].top[0][0] == 0
+    assert verdicts[1].startswith("rouge_l: ") and "news article in three sentences" in verdicts[1]
+    assert verdicts[2] is None and verdicts[3] == "too_short: 1 words" and isinstance(verdicts[4], Passed)
+    assert len(filt.index) == 3  # the seed, a and d
+
+
+def test_the_child_holds_no_file_of_the_parents_and_ignores_ctrl_c(tmp_path):
+    held = open(tmp_path / "held.txt", "w")  # noqa: SIM115 (open across the fork on purpose)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    forked = filter_worker.ForkedFilter(InstructionFilter(FilterConfig(), seeds=["Write a poem about rain."]))
+    try:
+        time.sleep(0.2)  # the child closes what it inherited first thing
+        fds = os.listdir(f"/proc/{forked.pid}/fd")
+        targets = {os.readlink(f"/proc/{forked.pid}/fd/{fd}") for fd in fds if int(fd) > 2}
+        assert len(targets) == 1 and next(iter(targets)).startswith("socket:"), targets  # its pipe alone
+        os.kill(forked.pid, signal.SIGINT)
+        verdicts = forked.decide([("x", "Describe the water cycle for a ten year old child.")])
+        assert isinstance(verdicts[0], Passed) and forked.local is None
+    finally:
+        forked.close()
+        held.close()
+        server.close()
+
+
+def test_the_child_ends_with_its_parent_even_after_kill_9(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from pipeline.config import FilterConfig
+        from pipeline.stages.filter import InstructionFilter
+        from pipeline.stages.filter_worker import ForkedFilter
+        f = ForkedFilter(InstructionFilter(FilterConfig(), seeds=["Write a poem about rain."]))
+        print(f.pid, flush=True)
+        time.sleep(60)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{child}").exists() and not zombie(child):
+        time.sleep(0.05)
+    assert not Path(f"/proc/{child}").exists() or zombie(child)
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+def test_filter_process_is_on_at_16_in_flight_and_on_needs_linux(monkeypatch):
+    auto = load_config(None, {})
+    assert bootstrap.forks(auto, 16) and not bootstrap.forks(auto, 8)
+    assert not bootstrap.forks(load_config(None, {"bootstrap.filter_process": "off"}), 64)
+    assert bootstrap.forks(load_config(None, {"bootstrap.filter_process": "on"}), 1)
+    monkeypatch.setattr(filter_worker.sys, "platform", "darwin")
+    assert not bootstrap.forks(auto, 64)
+    with pytest.raises(Seed2LoraError, match="bootstrap.filter_process = 'on' needs Linux.*Fix: --set"):
+        bootstrap.forks(load_config(None, {"bootstrap.filter_process": "on"}), 64)
+
+
+def test_a_passing_task_is_named_by_the_index_it_was_checked_against():
+    cfg = FilterConfig(rouge_against_seeds_only=True)
+    forked = filter_worker.ForkedFilter(InstructionFilter(cfg, pool=["Tell me a joke about cats and dogs."],
+                                                          seeds=["Write a poem about rain in the city."]))
+    try:
+        task = Task(id="t", instruction="Compose some verses on the snow falling over a quiet city.")
+        verdict = forked.decide([(task.id, task.instruction)])[0]
+        assert isinstance(verdict, Passed) and verdict.seeds_only
+        filter_worker.fill(forked, task, verdict)
+        assert list(task.most_similar_instructions) == ["Write a poem about rain in the city."]
+    finally:
+        forked.close()
