@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, Pipe
 
@@ -41,7 +42,11 @@ class ForkedFilter:
         self.seed_texts = [filt.seed_index.text(i) for i in range(len(filt.seed_index))]
         self.local: InstructionFilter | None = None  # the parent's own filter, once the child has died
         parent, child = Pipe()
-        pid = os.fork()
+        with warnings.catch_warnings():
+            # Python 3.12 warns at any fork of a process with threads (the teacher's event loop): the child runs this
+            # module's loop alone, on the filter's own objects, never the code those threads run
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
         if pid == 0:  # the child: it serves until the parent's end closes, and never returns
             _serve(child, parent, filt)
         child.close()
