@@ -176,3 +176,20 @@ def test_a_passing_task_is_named_by_the_index_it_was_checked_against():
         assert list(task.most_similar_instructions) == ["Write a poem about rain in the city."]
     finally:
         forked.close()
+
+
+def test_a_flowing_run_at_16_in_flight_filters_in_a_child_and_reaps_it(tmp_path, monkeypatch, fake_openai):
+    """`run` (bootstrap flowing into classify and instances) forks the filter at 16 in flight, by default, and
+    ends the child with bootstrap."""
+    from helpers import invoke, read, teacher_flags
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    forked: list[int] = []
+    start = filter_worker.ForkedFilter.__init__
+    monkeypatch.setattr(filter_worker.ForkedFilter, "__init__",
+                        lambda self, *a, **k: (start(self, *a, **k), forked.append(self.pid))[0])
+    invoke("run", *teacher_flags(fake_openai, tmp_path, "r"), "--num-instructions", 24, "--set",
+           "teacher.concurrency=16")
+    assert len(forked) == 1 and len(read(tmp_path / "r" / "bootstrap.jsonl")) == 24
+    with pytest.raises(ChildProcessError):
+        os.waitpid(forked[0], os.WNOHANG)

@@ -142,8 +142,7 @@ class _Pool:
                                for t in [*existing, *(r for r in run.read_rejected() if r.stage == "bootstrap")])
         self.filter: InstructionFilter | ForkedFilter = InstructionFilter(cfg.filter, pool=self.machine,
                                                                           seeds=[s.instruction for s in seeds])
-        if forks(cfg, concurrency):
-            self.filter = ForkedFilter(self.filter, say)
+        self.forks, self.say = forks(cfg, concurrency), say
         self.new = self.rejected = 0
         self.answered = self.novel = 0  # replies with text; their lines that passed the filter (kept or over target)
         self.reasons: Counter[str] = Counter()
@@ -206,6 +205,12 @@ class _Pool:
             if seen[task.id] > self.written[(task.id, request)]:
                 out.append(task)
         return out
+
+    def start(self) -> None:
+        """The filter's process forked, where bootstrap.filter_process asks for it (Bootstrap.__enter__: its exit
+        ends the child)."""
+        if self.forks and not isinstance(self.filter, ForkedFilter):
+            self.filter = ForkedFilter(self.filter, self.say)
 
     def close(self) -> None:
         if isinstance(self.filter, ForkedFilter):
@@ -308,6 +313,7 @@ class Bootstrap:
         self.rejected_out = JsonlWriter(run.rejected_file, hold_s=math.inf)
 
     def __enter__(self) -> Bootstrap:
+        self.pool.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
