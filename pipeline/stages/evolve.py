@@ -78,7 +78,7 @@ from ..records import Instance, Task, task_id
 from ..store import RECORD_HOLD_S, STAGES, JsonlWriter, RunDir, read_tasks, reason_kind, seeds_used
 from ..teachers import Completion, GenParams, Teacher
 from ..teachers.base import WAIT, Request
-from .common import ProgressFn, batch_meta, no_novelty_note, reply_meta, retry_params
+from .common import ProgressFn, batch_meta, no_novelty_note, reply_meta, resent_note, retry_params
 from .filter import InstructionFilter
 from .parse import parse_answer, parse_equal, parse_evolved_instruction
 
@@ -106,6 +106,7 @@ class EvolveResult:
     kept: int = 0  # evolutions kept by this call
     rejected: Counter = field(default_factory=Counter)  # by rule, this call
     errors: int = 0  # teacher calls that failed after retries; their slots stay pending
+    resent: int = 0  # failed calls of this call's replies sent again (common.resent_note: `show`'s retries)
     total: int = 0  # evolutions in evolve.jsonl
     pending: int = 0  # slots left with rounds to go (budget spent, teacher errors)
     source: str = ""  # the pool's name, for the runner to record: a run directory evolves one input
@@ -223,6 +224,7 @@ class _Evolver:
         self.judge_params = GenParams(max_tokens=e.judge_max_tokens, temperature=0.0)  # a judgement: greedy
         self.answer_params = GenParams(max_tokens=e.answer_max_tokens, temperature=e.answer_temperature,
                                        top_p=e.answer_top_p, stop=("\nRequest:",))
+        self.resent = 0  # the failed calls sent again of the replies read (Completion.resent)
 
     def child(self, parent: Task, op: str, template: str, round_: int, instruction: str) -> Task:
         evolved = parent.origin == "evolved"
@@ -366,6 +368,7 @@ class _Evolver:
         for req, reply in self.teacher.stream(requests(), self.evolve_params, kind="evolve"):
             in_flight -= 1
             read_reply, s = req.key
+            self.resent += reply.resent
             if not reply.ok:  # this lineage stops here, pending; another takes its place
                 errors += 1
                 if fail is not None:
@@ -488,6 +491,7 @@ def run_evolve(teacher: Teacher, pool: list[Task], cfg: RunConfig, run: RunDir, 
             # The teacher's requests in flight: concurrency for servers, batch size in process.
             width = max(cfg.teacher.concurrency, cfg.teacher.batch_size, 1)
             result.errors = evolver.run(lineages, emit, advance, window=WINDOW * width)
+            result.resent = evolver.resent
     result.pending = sum(x.round <= e.rounds for x in lineages)
     result.rounds_done = min((x.round - 1 for x in lineages), default=e.rounds)
     result.total = len(evolved)
@@ -552,9 +556,9 @@ def step(ctx: RunContext, records: Records | None) -> StepResult:
     result = run_evolve(ctx.teacher, list(pool), ctx.cfg, ctx.run, ctx.prompts, source=source, seeds=seeds,
                         progress=lambda desc, total: nullcontext(ctx.advance))
     rejected = ", ".join(f"{k} {n}" for k, n in result.rejected.most_common()) or "none"
-    e = ctx.cfg.evolve
+    e, batch = ctx.cfg.evolve, ctx.cfg.teacher.batch
     message = (f"evolve: {result.rounds_done} of {e.rounds} rounds done over {len(pool)} instructions; "
                f"{result.kept} evolutions kept ({result.total} in evolve.jsonl), {sum(result.rejected.values())} "
-               f"rejected ({rejected}), {result.errors} teacher errors")
+               f"rejected ({rejected}), {result.errors} teacher errors{resent_note(result.resent, batch)}")
     return StepResult(message, result.pending, {"kept": result.kept, "rejected": sum(result.rejected.values()),
                                                 "rounds_done": result.rounds_done})
