@@ -75,7 +75,17 @@ from ..errors import Seed2LoraError
 from ..progress import no_progress
 from ..prompts import Prompts
 from ..records import Instance, Task, task_id
-from ..store import RECORD_HOLD_S, STAGES, JsonlWriter, RunDir, read_tasks, reason_kind, seeds_used
+from ..store import (
+    RECORD_HOLD_S,
+    STAGES,
+    JsonlWriter,
+    RunDir,
+    evolve_mixed,
+    read_tasks,
+    reason_kind,
+    rows_from,
+    seeds_used,
+)
 from ..teachers import Completion, GenParams, Teacher
 from ..teachers.base import WAIT, Request
 from .common import ProgressFn, batch_meta, no_novelty_note, reply_meta, resent_note, retry_params
@@ -415,11 +425,16 @@ def _retry(params: GenParams, tries: int) -> GenParams:
 
 def check_source(run: RunDir, source: str) -> None:
     """A run directory evolves one input: refuse another while evolve.jsonl has evolutions of
-    the one the manifest names (state "evolve_input", recorded by the runner)."""
-    previous = run.manifest().get("state", {}).get("evolve_input", source)
+    the one the manifest names (state "evolve_input", recorded by the runner), or of a stage's tasks that a later
+    --input replaced in that stage's file (store.evolve_replaced): the two would be mixed in evolve.jsonl."""
+    m = run.manifest()
+    previous = m.get("state", {}).get("evolve_input", source)
     if previous != source and run.read_stage("evolve"):
         raise Seed2LoraError(f"{run.stage_file('evolve')} was evolved from {previous}, not {source}. "
                              "Fix: use another --run-name for another input, or delete evolve.jsonl to start over")
+    if mixed := evolve_mixed(run):  # the same source (else refused above): its tasks replaced since
+        raise Seed2LoraError(f"{mixed}. Fix: delete evolve.jsonl to evolve the tasks {source}.jsonl holds now, or "
+                             "use another --run-name")
 
 
 def lineages_left(pool: list[Task], evolved: list[Task], done: dict[str, int], rounds: int) -> list[_Lineage]:
@@ -520,7 +535,7 @@ def read(ctx: RunContext, check_only: bool = False) -> Records:
 
 
 def check(ctx: RunContext) -> None:
-    read(ctx, check_only=True)
+    check_source(ctx.run, read(ctx, check_only=True).source)  # another input, or its tasks replaced: before any write
     # Every template the stage will render is there: Prompts.check reads those a folder has, and a copy without
     # evol_answer.txt died at the first answer, its evolutions and judgements paid.
     weights = ctx.cfg.evolve.weights
@@ -545,13 +560,14 @@ def step(ctx: RunContext, records: Records | None) -> StepResult:
     pool = records if records is not None else read(ctx)
     source = pool.source
     check_source(ctx.run, source)  # one input per run: checked before this input is recorded
-    ctx.record(state={"evolve_input": source})
+    # Where a stage's tasks came from is recorded with it: a later `filter --input` that replaces them is seen
+    rows = rows_from(ctx.run.manifest(), source) if source in STAGES else None
+    m = ctx.record(state={"evolve_input": source, "evolve_rows_from": rows})
     # The seed tasks are in the novelty index when the run's records came from them (store.seeds_used, the rule of
-    # export's seed rows): a user's file evolved on its own never used them, and they rejected evolutions as
-    # near-copies of tasks the user never gave; in a run that bootstrapped, the export holds them beside the evolutions.
-    users_file = source not in STAGES and not source.startswith("seeds:")
-    used = seeds_used(ctx.run.manifest(), importing=["evolve"] if users_file else [])
-    seeds = [s.instruction for s in ctx.seeds] if used else []
+    # export's seed rows, reading the source just recorded and the runner's ctx.importing): a user's file evolved on
+    # its own never used them, and they rejected evolutions as near-copies of tasks the user never gave; in a run
+    # that bootstrapped, the export holds them beside the evolutions.
+    seeds = [s.instruction for s in ctx.seeds] if seeds_used(m, importing=ctx.importing) else []
     no_novelty_note(ctx, seeds, "the evolutions")
     result = run_evolve(ctx.teacher, list(pool), ctx.cfg, ctx.run, ctx.prompts, source=source, seeds=seeds,
                         progress=lambda desc, total: nullcontext(ctx.advance))
