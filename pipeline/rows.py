@@ -23,7 +23,7 @@ from typing import Any
 from .config import ExportConfig
 from .errors import Seed2LoraError
 from .records import ROW_UNITS, Task, task_rows
-from .store import RunDir, evolve_input, seeds_used
+from .store import RunDir, evolve_input, evolve_mixed, seeds_used
 
 SOURCES = {"self-instruct": "filter", "evolve": "evolve", "selected": "select"}  # include name -> the stage file of kept records
 GENERATED = ("self-instruct", "evolve")  # the sources a run generates; "selected" is a subset of their rows
@@ -129,6 +129,11 @@ def run_rows(run: RunDir, cfg: ExportConfig) -> RunRows:
         raise Seed2LoraError(f"export rows must be one of {', '.join(ROW_UNITS)}, not {cfg.rows!r}. "
                              "Fix: --rows instance (a row per instance) or --rows task")
     sources = kept_files(run, cfg.include)
+    if run.stage_file("evolve") in sources and (mixed := evolve_mixed(run)):  # a later --input replaced its roots
+        raise Seed2LoraError(f"{mixed}: exported, the evolutions would stand beside rows they were not made from, "
+                             "with the seeds of their own roots left out. Fix: --include self-instruct to export the "
+                             "rows without them, or delete evolve.jsonl and run `seed2lora evolve` to evolve the rows "
+                             "there now")
     tasks = [t for f in sources for t in run.read_stage(f.stem)]
     rows = task_rows(tasks, cfg.rows)  # one call, so an evolution finds its parent's family across both files
     if not rows:

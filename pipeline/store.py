@@ -456,10 +456,14 @@ def rejected_by(counts: dict[str, Any], stage: str) -> int:
 
 def evolve_input(manifest: dict[str, Any]) -> str | None:
     """The user's file (or dataset folder) the run's evolve stage read, from the manifest; None for a stage of
-    the run or the seeds."""
+    the run or the seeds. The source evolve records as it starts (state "evolve_input", a resolved path for a file)
+    counts before the stage has ended: evolve.source a path is a user's file from its first session on."""
     recorded = ((manifest.get("stages") or {}).get("evolve") or {}).get("input_file") or {}
     if recorded.get("path"):
         return str(recorded["path"])
+    state = str((manifest.get("state") or {}).get("evolve_input") or "")
+    if state and state not in STAGES and not state.startswith("seeds:"):
+        return state
     cfg = manifest.get("config") or {}
     source = (cfg.get("evolve") or {}).get("source")
     ran = "evolve" in (manifest.get("stages") or {})
@@ -467,6 +471,47 @@ def evolve_input(manifest: dict[str, Any]) -> str | None:
 
 
 SELF_INSTRUCT_INPUTS = ("classify", "instances", "filter")  # the stages whose --input replaces bootstrap's tasks
+
+
+def rows_from(manifest: dict[str, Any], stage: str) -> str:
+    """Where the tasks of a stage file of the run came from: the path of the user's file that it or a stage before
+    it in the Self-Instruct chain read (--input; a re-run without it clears its record), else "bootstrap"."""
+    stages = manifest.get("stages") or {}
+    chain = SELF_INSTRUCT_INPUTS[:SELF_INSTRUCT_INPUTS.index(stage) + 1] if stage in SELF_INSTRUCT_INPUTS else ()
+    for name in reversed(chain):
+        entry = stages.get(name)
+        path = ((entry.get("input_file") or {}) if isinstance(entry, dict) else {}).get("path")
+        if path:
+            return str(path)
+    return "bootstrap"
+
+
+def evolve_replaced(manifest: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(the stage evolve read, where its tasks came from when evolve read them, where they come from now) when they
+    differ: evolve.jsonl holds evolutions of tasks a later `filter --input` (or classify, instances) replaced in that
+    file. evolve records where its stage's tasks came from as it starts (state "evolve_rows_from"); None: it read
+    no stage of the run, or they are the same, or a manifest from before that record."""
+    state = manifest.get("state") or {}
+    stage, before = str(state.get("evolve_input") or ""), state.get("evolve_rows_from")
+    if stage not in STAGES or not before:
+        return None
+    now = rows_from(manifest, stage)
+    return (stage, str(before), now) if now != before else None
+
+
+def evolve_mixed(run: RunDir) -> str:
+    """Why evolve.jsonl's evolutions are of tasks its stage's file no longer holds (evolve_replaced), in words for
+    the messages of evolve and export; "" when they are not, or evolve.jsonl holds none."""
+    replaced = evolve_replaced(run.manifest())
+    if replaced is None or not run.read_stage("evolve"):
+        return ""
+    stage, before, now = replaced
+
+    def origin(o: str) -> str:
+        return "bootstrap" if o == "bootstrap" else f"{Path(o).name} (--input)"
+
+    return (f"{run.stage_file('evolve')} holds evolutions of the tasks {stage}.jsonl held when evolve read it, which "
+            f"came from {origin(before)}; {stage}.jsonl now holds tasks from {origin(now)}")
 
 
 def seeds_used(manifest: dict[str, Any], importing: Collection[str] = ()) -> bool:

@@ -159,15 +159,17 @@ def test_the_retry_note_says_whether_any_retry_happened(fake_openai, tmp_path):
     assert MapResult(retried=2, rejected=2).replies_note(1, "instance") == \
         "2 unusable replies asked again, 2 instances rejected (still unusable after 1 retry)"
     assert MapResult(rejected=2).replies_note(0) == "2 tasks rejected for an unusable reply, none asked again"
-    # A reply that came only in a later batch wave (or after a 429) was no first try, though it parsed at once
-    resent = "came only after a failed call was sent again"
-    assert MapResult(written=4, resent=2).replies_note(2).startswith(f"every reply usable, none asked again; 2 replies {resent}")
+    # A call that failed and was sent again (a later batch wave, a 429) was no first try, though its reply parsed at
+    # once; each failed call sent again counts once, in the words of every stage (common.resent_note)
+    causes = "5xx, timeout or dropped connection)"
+    assert MapResult(written=4, resent=2).replies_note(2) == \
+        f"every reply usable, none asked again; 2 retries of failed calls (a 429, {causes}"
     assert "first try" not in MapResult(written=4, resent=1).replies_note(2)
     assert MapResult(written=3, retried=1, resent=1).replies_note(2, batch=True) == \
-        f"1 unusable reply asked again, none rejected; 1 reply {resent} (a batch line in a later wave, or a 429, 5xx, " \
-        "timeout or dropped connection)"  # a killed endpoint's requests, sent again to another, are resent too
+        f"1 unusable reply asked again, none rejected; 1 retry of a failed call (a batch line failed in a wave, or " \
+        f"a 429, {causes}"  # a killed endpoint's requests, sent again to another, are retries too
     assert MapResult(written=3, retried=1, resent=1).replies_note(2) == \
-        f"1 unusable reply asked again, none rejected; 1 reply {resent} (a 429, 5xx, timeout or dropped connection)"
+        f"1 unusable reply asked again, none rejected; 1 retry of a failed call (a 429, {causes}"
     user = tmp_path / "mine.jsonl"
     user.write_text('{"instruction": "Suggest a name for a bakery."}\n')
     out = invoke("classify", *teacher_flags(fake_openai, tmp_path, "u"), "--input", user).output

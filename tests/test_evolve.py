@@ -760,14 +760,18 @@ def test_cli_evolve_run_and_show(fake_openai, tmp_path):
     assert len(RunDir(tmp_path / "all").read_stage("evolve")) == 3
 
 
-def test_evolving_a_users_file_never_filters_against_the_bundled_seeds(fake_openai, tmp_path):
+@pytest.mark.parametrize("given_by", ["--input", "evolve.source"])
+def test_evolving_a_users_file_never_filters_against_the_bundled_seeds(fake_openai, tmp_path, given_by):
     """`evolve --input` uses no seed file, but the 175 bundled seeds sat in its ROUGE-L novelty index: an evolution
-    near one of them, tasks the user never gave, went to rejected.jsonl as `rouge_l: ... vs` that seed."""
+    near one of them, tasks the user never gave, went to rejected.jsonl as `rouge_l: ... vs` that seed. The file
+    named by evolve.source alike: the runner's rule (ctx.importing, and the source evolve records as it starts), not
+    a test of evolve's own on the source's name."""
     bundled = load_seeds()[1].instruction
     mine = tmp_path / "mine.json"
     mine.write_text(json.dumps([{"instruction": "Plan a picnic for six friends in spring.", "output": "Bring fruit."}]))
     script(fake_openai, evolutions={"Plan a picnic for six friends in spring.": bundled}, judgements={}, answers={})
-    result = CliRunner().invoke(cli, ["evolve", str(tmp_path / "run"), "--input", str(mine), "--rounds", "1",
+    source = ["--input", str(mine)] if given_by == "--input" else ["--set", f"evolve.source={mine}"]
+    result = CliRunner().invoke(cli, ["evolve", str(tmp_path / "run"), *source, "--rounds", "1",
                                       "--weights", "constraints=0,deepen=0,concretize=0,reasoning=0,complicate_input=0",
                                       "--teacher", "openai:fake-model", "--base-url", fake_openai.url,
                                       "--set", "teacher.concurrency=1"], catch_exceptions=False)

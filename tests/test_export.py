@@ -523,3 +523,44 @@ def test_export_after_filter_input_in_a_bootstrapped_run_holds_the_users_rows_no
     card = (tmp_path / "exp" / "README.md").read_text()  # it said the rows were made with the Self-Instruct method
     assert "imported from `my_data.jsonl` (`filter --input`)" in card and "Self-Instruct method" not in card
     assert "- Input of `seed2lora filter --input`: `my_data.jsonl`" in card and "- Bootstrap:" not in card
+
+
+def test_evolutions_of_tasks_a_later_filter_input_replaced_are_not_mixed_into_the_export(fake_openai, tmp_path):
+    """A run bootstrapped, filtered and evolved; then `filter --input my_data.jsonl` replaced filter.jsonl's tasks.
+    evolve.jsonl still held evolutions of the bootstrapped tasks, and export put them beside the user's rows, with
+    the seeds they came from left out (the run's rows now being the user's), saying nothing. The manifest now knows
+    where the tasks evolve read came from: export and evolve name the mix and the fixes."""
+    from helpers import teacher_flags
+
+    flags = teacher_flags(fake_openai, tmp_path)
+    result = CliRunner().invoke(cli, ["run", *flags, "--num-instructions", "3", "--set", "evolve.rounds=1", "--set",
+                                      'stages=["bootstrap", "classify", "instances", "filter", "evolve"]'])
+    assert result.exit_code == 0, result.output
+    run = RunDir(tmp_path / "r")
+    assert run.read_stage("evolve") and run.manifest()["state"]["evolve_rows_from"] == "bootstrap"
+    mine = tmp_path / "my_data.jsonl"
+    mine.write_text("".join(json.dumps({"instruction": a, "input": "", "output": "An answer."}) + "\n"
+                            for a in ["Name three rivers in Europe.", "Summarize the story of Hamlet in two sentences."]))
+    assert CliRunner().invoke(cli, ["filter", "--input", str(mine), *flags[4:]]).exit_code == 0
+    export = ["export", str(run.path), "--formats", "alpaca", "--set", "decontaminate=off"]
+    result = CliRunner().invoke(cli, [*export, "--out", str(tmp_path / "exp")])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    cause = (f"{run.stage_file('evolve')} holds evolutions of the tasks filter.jsonl held when evolve read it, which "
+             "came from bootstrap; filter.jsonl now holds tasks from my_data.jsonl (--input)")
+    assert cause in text and "Fix: --include self-instruct" in text, text
+    assert not (tmp_path / "exp").exists()
+    result = CliRunner().invoke(cli, [*export, "--include", "self-instruct", "--out", str(tmp_path / "mine")])
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "mine" / "export.json").read_text())
+    assert info["counts"]["tasks_by_origin"] == {"machine": 2} and info["counts"]["seed_tasks"] == 0
+    sent = len(fake_openai.history)
+    result = CliRunner().invoke(cli, ["evolve", *flags, "--set", "evolve.rounds=1"])  # nor mixed into evolve.jsonl
+    assert result.exit_code == 2 and cause in " ".join(result.output.split()), result.output
+    assert "delete evolve.jsonl to evolve the tasks filter.jsonl holds now" in " ".join(result.output.split())
+    assert len(fake_openai.history) == sent
+    run.stage_file("evolve").unlink()  # the fix: evolve.jsonl made again, of the user's rows
+    result = CliRunner().invoke(cli, ["evolve", *flags, "--set", "evolve.rounds=1"])
+    assert result.exit_code == 0, result.output
+    assert run.manifest()["state"]["evolve_rows_from"] == str(mine.resolve())
+    assert CliRunner().invoke(cli, [*export, "--out", str(tmp_path / "both")]).exit_code == 0

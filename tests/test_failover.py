@@ -366,3 +366,30 @@ def test_an_endpoint_down_on_5xx_says_the_breaker_may_end_the_wait_sooner(fake_o
     text = " ".join(result.output.split())
     assert re.search(r"waiting up to 600 s for an endpoint to answer again \(teacher.outage_wait_s\), or until \d+ "
                      r"more requests in a row fail \(teacher.max_consecutive_failures\)", text), text
+
+
+def test_a_reply_sent_before_its_endpoint_fell_does_not_bring_it_back(fake_openai):
+    """SIGTERM to a server: it stops taking requests (503s here, probes included) and still finishes the one in
+    flight. That reply landed after the endpoint was marked down and counted as it coming back ("answers again after
+    0 s"); the next request failed, and it "fell again" with its wait doubled. It comes back once it answers a
+    request sent since: here the prober's, when the server serves again."""
+    fake_openai.enqueue(lambda path, body: fake_openai.default_reply(path, body), delay=1.0)  # in flight at the fall
+
+    def stopping(path, body):  # the second request: the server stops serving (both requests are in)
+        while len(fake_openai.history) < 2:
+            time.sleep(0.01)
+        fake_openai.loading = True
+        threading.Timer(1.5, lambda: setattr(fake_openai, "loading", False)).start()
+        return {"error": {"code": 503, "message": "shutting down", "type": "unavailable_error"}}
+
+    fake_openai.enqueue(stopping, status=503)
+    t = OpenAITeacher("m", base_url=fake_openai.url, concurrency=2, max_wait_s=0.05)
+    events = []
+    t.on_event = events.append
+    out = t.generate(["p0", "p1"], GenParams(max_tokens=5), kind="k")
+    assert all(c.ok for c in out), out
+    assert [e.split(":")[0] for e in events if e.startswith("endpoint ")] == ["endpoint down", "endpoint back"], events
+    assert not any("fell again" in e for e in events), events
+    back = next(e for e in events if e.startswith("endpoint back"))
+    assert int(re.search(r"after (\d+) s", back)[1]) >= 1, back  # when the server served again, not at the late reply
+    assert t._endpoints[0].falls == 1 and t._endpoints[0].replies >= 2

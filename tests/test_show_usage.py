@@ -2,19 +2,19 @@
 each call is written to as it is paid (its title says so), not from the manifest's copy of an earlier session."""
 
 from fakeserver import FakeOpenAI
-from helpers import invoke, run_and_kill
+from helpers import invoke, run_and_kill, teacher_flags
 
 from pipeline.cache import CACHE_FILE, ResponseCache
 
 
-def usage_rows(run):
-    """show's usage table: {kind: calls}."""
+def usage_rows(run, column=1):
+    """show's usage table: {kind: calls} (column 1; 3: retries)."""
     out, rows, inside = invoke("show", run, "--sample", 0).output.splitlines(), {}, False
     for line in out:
         inside = inside or "Teacher usage" in line
         cells = [c.strip() for c in line.strip().strip("│┃|").split("│")]
         if inside and len(cells) > 2 and cells[1].isdigit():
-            rows[cells[0]] = int(cells[1])
+            rows[cells[0]] = int(cells[column])
         if inside and line.startswith("└"):
             break
     return rows
@@ -35,3 +35,33 @@ def test_show_counts_the_calls_of_a_session_killed_mid_run_from_the_usage_log(fa
         cache.close()
     assert logged["instances"] > 4  # the killed session's calls are in the log
     assert usage_rows(tmp_path / "k") == logged
+
+
+def test_each_stage_line_counts_its_retries_as_show_does(fake_openai: FakeOpenAI, tmp_path):
+    """A run's line said "2 replies came only after a failed call" where `show` listed 11 retries of classify: it
+    counted the replies that had any, once each, and a task that failed in the end not at all; bootstrap's and
+    evolve's lines said nothing of theirs. Every stage now says "N retries of failed calls", N what `show` lists."""
+    flags = [*teacher_flags(fake_openai, tmp_path, "q"), "--set", "teacher.concurrency=1",
+             "--set", "teacher.max_wait_s=0.05", "--set", "teacher.max_retries=1"]
+    broke = {"error": {"message": "upstream broke", "type": "server_error"}}
+    ok = lambda path, body: fake_openai.default_reply(path, body)  # noqa: E731
+
+    def line(out, stage):  # the stage's closing line ("incomplete: classify: ..." where a task is pending)
+        return next(x for x in out.splitlines() if f" {stage}: " in f" {x}" and ("so far" in x or "done over" in x
+                                                                                  or "tasks written" in x))
+
+    causes = "(a 429, 5xx, timeout or dropped connection)"
+    fake_openai.enqueue(broke, status=500)  # bootstrap's first prompt is sent again once
+    out = invoke("bootstrap", *flags, "--num-instructions", 3).output
+    assert f"; 1 retry of a failed call {causes}" in line(out, "bootstrap"), out
+    # classify: the first task answered at its second try, the second failed twice (max_retries 1: pending)
+    for status, reply in ((500, broke), (200, ok), (500, broke), (500, broke)):
+        fake_openai.enqueue(reply, status=status)
+    out = invoke("classify", *flags, expect=5).output
+    assert f"; 2 retries of failed calls {causes}" in line(out, "classify"), out
+    fake_openai.enqueue(broke, status=500)
+    out = invoke("evolve", *flags, "--input", tmp_path / "q" / "bootstrap.jsonl", "--rounds", 1).output
+    assert f"teacher errors; 1 retry of a failed call {causes}" in line(out, "evolve"), out
+    retries = usage_rows(tmp_path / "q", column=3)
+    assert (retries["bootstrap"], retries["classify"]) == (1, 2), retries
+    assert sum(retries.get(k, 0) for k in ("evolve", "evolve_judge", "evolve_answer")) == 1, retries

@@ -239,3 +239,41 @@ def test_a_client_dropped_in_a_reference_cycle_closes_its_connections_without_a_
     while session() is not None and (not session().closed or session().open) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert session() is None or (session().closed and not session().open)
+
+
+AIOHTTP_BLOCKED = """
+import os
+import sys
+import openai  # noqa: F401  (the SDK's own import: some versions import aiohttp for their aiohttp client)
+sys.modules["aiohttp"] = None  # from here, an import of aiohttp raises ImportError
+from pipeline.cli import cli
+from pipeline.errors import TeacherError
+from pipeline.teachers.wire import Client
+cli(sys.argv[1:], standalone_mode=False)
+print("run done")
+os.environ["HTTP_PROXY"] = "http://proxy.corp:3128"
+try:
+    Client("http://gpu-box:8000/v1", "sk-test", timeout_s=5)
+except TeacherError as e:
+    print(e)
+"""
+
+
+def test_a_direct_connection_never_imports_aiohttp(fake_openai, tmp_path):
+    """The transport imported aiohttp as it started, proxy or not (~0.1 s of every process): a run with no proxy
+    now goes through with aiohttp not importable at all, and a client with a proxy says it needs it. (The openai SDK
+    3.x imports aiohttp itself where it is installed, for its own aiohttp client: hence blocked after the SDK's.)"""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    root = Path(__file__).resolve().parents[1]
+    env.update(OPENAI_API_KEY="sk-test", PYTHONPATH=str(root))
+    done = subprocess.run([sys.executable, "-c", AIOHTTP_BLOCKED, "bootstrap", "--teacher", "openai:m", "--base-url",
+                           fake_openai.url, "--output-dir", str(tmp_path), "--run-name", "a", "--num-instructions",
+                           "3"], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "run done" in done.stdout, done.stdout + done.stderr
+    assert "bootstrap: 3 new instructions kept" in done.stderr
+    assert "needs aiohttp to send through a proxy. Fix: pip install aiohttp" in done.stdout, done.stdout

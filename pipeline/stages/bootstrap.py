@@ -33,7 +33,7 @@ from ..records import Task, task_id
 from ..store import JsonlWriter, RunDir, reason_kind
 from ..teachers import Completion, GenParams, Teacher
 from ..teachers.base import WAIT, Request
-from .common import batch_meta, reply_meta
+from .common import batch_meta, reply_meta, resent_note
 from .filter import InstructionFilter
 from .filter_worker import ForkedFilter, can_fork, fill
 from .parse import NOINPUT, parse_alpaca, parse_numbered_list, parse_structured_tasks
@@ -48,6 +48,8 @@ class BootstrapResult:
     requests: int  # prompts sent so far in this run directory
     pending: int = 0  # instructions short of the target when the prompts ran out (max_requests)
     replies: int = 0  # replies handled by this call
+    resent: int = 0  # failed calls of this call's replies sent again (common.resent_note: `show`'s retries)
+    batch: bool = False  # the teacher sends through the Batch API (a failed wave is among the causes named)
 
 
 def sample_prompt_tasks(rng: random.Random, seeds: list[str], machine: list[str], n: int, n_machine: int) -> list[str]:
@@ -302,6 +304,7 @@ class Bootstrap:
         self.params = gen_params(cfg, self.continues, getattr(teacher, "structured", False))
         self.plans: dict[int, dict] = {}  # the prompts in flight, by request number
         self.next, self.done = self.sent, 0
+        self.resent = 0  # the failed calls sent again of the replies read (Completion.resent)
         # Requests read and recorded, whose done marks go into the commit that logs the next prompt: a mark only
         # spares a resume re-reading that reply from the cache, where its records are found as written. Without a
         # prompt to log (WAIT, the prompts over) they are marked at once, so a resume re-reads a reply or two at
@@ -383,6 +386,7 @@ class Bootstrap:
         in the log and is re-sent on resume."""
         plan = self.plans.pop(req.key)
         self.done += 1
+        self.resent += reply.resent
         if not reply.ok:
             if self.on_progress:
                 self.on_progress(self.done)
@@ -415,7 +419,8 @@ class Bootstrap:
                                  f"({pool.rejected} rejected; see {self.run.rejected_file}). Try another teacher, "
                                  "or loosen [filter] settings")
         return BootstrapResult(kept=len(pool.machine), new=pool.new, rejected=pool.rejected, requests=requests_sent,
-                               pending=max(0, self.b.num_instructions - len(pool.machine)), replies=self.done)
+                               pending=max(0, self.b.num_instructions - len(pool.machine)), replies=self.done,
+                               resent=self.resent, batch=self.cfg.teacher.batch)
 
 
 def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunDir, prompts: Prompts,
@@ -462,7 +467,7 @@ def step(ctx: RunContext, records: Records | None) -> StepResult:
 def step_result(r: BootstrapResult) -> StepResult:
     """Bootstrap's line and counts, for the runner."""
     message = (f"bootstrap: {r.new} new instructions kept ({r.kept} in the pool), {r.rejected} rejected, "
-               f"{r.requests} prompts sent so far")
+               f"{r.requests} prompts sent so far{resent_note(r.resent, r.batch)}")
     if r.pending:
         message += "; stopped at bootstrap.max_requests short of the target"  # by how much: the pending line
     # generated: the instructions this session's replies gave; each ended kept or rejected (InstructionPool)

@@ -50,8 +50,10 @@ class MapResult:
     rejected: int = 0  # tasks whose replies stayed unusable after every retry (in rejected.jsonl)
     pending: int = 0  # tasks the teacher failed on: no record; a re-run tries them again
     retried: int = 0  # unusable replies asked again
-    # replies that came only after their call failed and was sent again (a batch line in a later wave, a 429, 5xx,
-    # timeout or dropped connection, as when an endpoint dies): no unusable reply, yet not the first try either
+    # failed calls sent again (a batch line in a later wave, a 429, 5xx, timeout or dropped connection, as when an
+    # endpoint dies), summed over this session's replies, failed ones included: Completion.resent, the count the
+    # usage log keeps as "retries" (`show`). Before, the replies that had any were counted: "2 replies came only
+    # after a failed call" beside `show`'s 11 retries of classify
     resent: int = 0
     # Why the last call that got no reply failed ("HTTP 400 BadRequestError: ..."): the stage's line names it. A 400,
     # or a 5xx with teacher.max_retries = 0, is no retry event, so "see the errors above" pointed at no line at all
@@ -73,16 +75,12 @@ class MapResult:
 
     def replies_note(self, max_retries: int, what: str = "task", batch: bool = False) -> str:
         """What happened to unusable replies, in words that say whether any retry happened at all, and to calls
-        that failed and were sent again (resent): a reply that came in a later batch wave was no first try.
-        `batch`: the teacher sends through the Batch API (else a batch wave is not among the causes named)."""
+        that failed and were sent again (resent, said as every stage says it: resent_note): a reply that came in a
+        later batch wave was no first try. `batch`: the teacher sends through the Batch API."""
         note = self.parsing_note(max_retries, what)
-        if not self.resent:
-            return note
-        if note == "every reply usable at the first try":
+        if self.resent and note == "every reply usable at the first try":
             note = "every reply usable, none asked again"
-        causes = "a batch line in a later wave, or a 429" if batch else "a 429"
-        return (f"{note}; {self.resent} {'reply' if self.resent == 1 else 'replies'} came only after a failed call "
-                f"was sent again ({causes}, 5xx, timeout or dropped connection)")
+        return note + resent_note(self.resent, batch)
 
     def parsing_note(self, max_retries: int, what: str) -> str:
         def n(count: int, one: str, many: str) -> str:
@@ -99,6 +97,17 @@ class MapResult:
         if not self.rejected:
             return f"{asked}, none rejected"
         return f"{asked}, {rejected} rejected (still unusable after {n(max_retries, 'retry', 'retries')})"
+
+
+def resent_note(resent: int, batch: bool = False) -> str:
+    """"; N retries of failed calls (...)", "" for none: every stage's line says its retries in these words, and
+    the number is `show`'s "retries" of its calls (Completion.resent, summed over this session's replies).
+    `batch`: the teacher sends through the Batch API (else a batch wave is not among the causes named)."""
+    if not resent:
+        return ""
+    causes = "a batch line failed in a wave, or a 429" if batch else "a 429"
+    retries = "1 retry of a failed call" if resent == 1 else f"{resent} retries of failed calls"
+    return f"; {retries} ({causes}, 5xx, timeout or dropped connection)"
 
 
 def outcomes(run: RunDir, stage: str) -> set[str]:
@@ -189,12 +198,11 @@ class TaskMap:
         """A reply to one of this stage's requests: the retry to send, the record written, or None (rejected
         after the retries, or pending: the teacher failed)."""
         task = self.tasks[req.key]
+        self.counts.resent += reply.resent  # a failed reply's retries too: the usage log counts them
         if not reply.ok:
             self.counts.error = reply.error or self.counts.error
             self.settle(task, None, None, None)
             return None
-        if reply.retries and not reply.cached:  # this session's call failed first (a cached reply's were paid before)
-            self.counts.resent += 1
         n = self.tries.get(task.id, 0)
         verdict = self.finish(task, reply, n >= self.max_retries)
         if isinstance(verdict, Task):

@@ -75,10 +75,20 @@ from ..errors import Seed2LoraError
 from ..progress import no_progress
 from ..prompts import Prompts
 from ..records import Instance, Task, task_id
-from ..store import RECORD_HOLD_S, STAGES, JsonlWriter, RunDir, read_tasks, reason_kind, seeds_used
+from ..store import (
+    RECORD_HOLD_S,
+    STAGES,
+    JsonlWriter,
+    RunDir,
+    evolve_mixed,
+    read_tasks,
+    reason_kind,
+    rows_from,
+    seeds_used,
+)
 from ..teachers import Completion, GenParams, Teacher
 from ..teachers.base import WAIT, Request
-from .common import ProgressFn, batch_meta, no_novelty_note, reply_meta, retry_params
+from .common import ProgressFn, batch_meta, no_novelty_note, reply_meta, resent_note, retry_params
 from .filter import InstructionFilter
 from .parse import parse_answer, parse_equal, parse_evolved_instruction
 
@@ -106,6 +116,7 @@ class EvolveResult:
     kept: int = 0  # evolutions kept by this call
     rejected: Counter = field(default_factory=Counter)  # by rule, this call
     errors: int = 0  # teacher calls that failed after retries; their slots stay pending
+    resent: int = 0  # failed calls of this call's replies sent again (common.resent_note: `show`'s retries)
     total: int = 0  # evolutions in evolve.jsonl
     pending: int = 0  # slots left with rounds to go (budget spent, teacher errors)
     source: str = ""  # the pool's name, for the runner to record: a run directory evolves one input
@@ -223,6 +234,7 @@ class _Evolver:
         self.judge_params = GenParams(max_tokens=e.judge_max_tokens, temperature=0.0)  # a judgement: greedy
         self.answer_params = GenParams(max_tokens=e.answer_max_tokens, temperature=e.answer_temperature,
                                        top_p=e.answer_top_p, stop=("\nRequest:",))
+        self.resent = 0  # the failed calls sent again of the replies read (Completion.resent)
 
     def child(self, parent: Task, op: str, template: str, round_: int, instruction: str) -> Task:
         evolved = parent.origin == "evolved"
@@ -366,6 +378,7 @@ class _Evolver:
         for req, reply in self.teacher.stream(requests(), self.evolve_params, kind="evolve"):
             in_flight -= 1
             read_reply, s = req.key
+            self.resent += reply.resent
             if not reply.ok:  # this lineage stops here, pending; another takes its place
                 errors += 1
                 if fail is not None:
@@ -412,11 +425,16 @@ def _retry(params: GenParams, tries: int) -> GenParams:
 
 def check_source(run: RunDir, source: str) -> None:
     """A run directory evolves one input: refuse another while evolve.jsonl has evolutions of
-    the one the manifest names (state "evolve_input", recorded by the runner)."""
-    previous = run.manifest().get("state", {}).get("evolve_input", source)
+    the one the manifest names (state "evolve_input", recorded by the runner), or of a stage's tasks that a later
+    --input replaced in that stage's file (store.evolve_replaced): the two would be mixed in evolve.jsonl."""
+    m = run.manifest()
+    previous = m.get("state", {}).get("evolve_input", source)
     if previous != source and run.read_stage("evolve"):
         raise Seed2LoraError(f"{run.stage_file('evolve')} was evolved from {previous}, not {source}. "
                              "Fix: use another --run-name for another input, or delete evolve.jsonl to start over")
+    if mixed := evolve_mixed(run):  # the same source (else refused above): its tasks replaced since
+        raise Seed2LoraError(f"{mixed}. Fix: delete evolve.jsonl to evolve the tasks {source}.jsonl holds now, or "
+                             "use another --run-name")
 
 
 def lineages_left(pool: list[Task], evolved: list[Task], done: dict[str, int], rounds: int) -> list[_Lineage]:
@@ -488,6 +506,7 @@ def run_evolve(teacher: Teacher, pool: list[Task], cfg: RunConfig, run: RunDir, 
             # The teacher's requests in flight: concurrency for servers, batch size in process.
             width = max(cfg.teacher.concurrency, cfg.teacher.batch_size, 1)
             result.errors = evolver.run(lineages, emit, advance, window=WINDOW * width)
+            result.resent = evolver.resent
     result.pending = sum(x.round <= e.rounds for x in lineages)
     result.rounds_done = min((x.round - 1 for x in lineages), default=e.rounds)
     result.total = len(evolved)
@@ -516,7 +535,7 @@ def read(ctx: RunContext, check_only: bool = False) -> Records:
 
 
 def check(ctx: RunContext) -> None:
-    read(ctx, check_only=True)
+    check_source(ctx.run, read(ctx, check_only=True).source)  # another input, or its tasks replaced: before any write
     # Every template the stage will render is there: Prompts.check reads those a folder has, and a copy without
     # evol_answer.txt died at the first answer, its evolutions and judgements paid.
     weights = ctx.cfg.evolve.weights
@@ -541,20 +560,21 @@ def step(ctx: RunContext, records: Records | None) -> StepResult:
     pool = records if records is not None else read(ctx)
     source = pool.source
     check_source(ctx.run, source)  # one input per run: checked before this input is recorded
-    ctx.record(state={"evolve_input": source})
+    # Where a stage's tasks came from is recorded with it: a later `filter --input` that replaces them is seen
+    rows = rows_from(ctx.run.manifest(), source) if source in STAGES else None
+    m = ctx.record(state={"evolve_input": source, "evolve_rows_from": rows})
     # The seed tasks are in the novelty index when the run's records came from them (store.seeds_used, the rule of
-    # export's seed rows): a user's file evolved on its own never used them, and they rejected evolutions as
-    # near-copies of tasks the user never gave; in a run that bootstrapped, the export holds them beside the evolutions.
-    users_file = source not in STAGES and not source.startswith("seeds:")
-    used = seeds_used(ctx.run.manifest(), importing=["evolve"] if users_file else [])
-    seeds = [s.instruction for s in ctx.seeds] if used else []
+    # export's seed rows, reading the source just recorded and the runner's ctx.importing): a user's file evolved on
+    # its own never used them, and they rejected evolutions as near-copies of tasks the user never gave; in a run
+    # that bootstrapped, the export holds them beside the evolutions.
+    seeds = [s.instruction for s in ctx.seeds] if seeds_used(m, importing=ctx.importing) else []
     no_novelty_note(ctx, seeds, "the evolutions")
     result = run_evolve(ctx.teacher, list(pool), ctx.cfg, ctx.run, ctx.prompts, source=source, seeds=seeds,
                         progress=lambda desc, total: nullcontext(ctx.advance))
     rejected = ", ".join(f"{k} {n}" for k, n in result.rejected.most_common()) or "none"
-    e = ctx.cfg.evolve
+    e, batch = ctx.cfg.evolve, ctx.cfg.teacher.batch
     message = (f"evolve: {result.rounds_done} of {e.rounds} rounds done over {len(pool)} instructions; "
                f"{result.kept} evolutions kept ({result.total} in evolve.jsonl), {sum(result.rejected.values())} "
-               f"rejected ({rejected}), {result.errors} teacher errors")
+               f"rejected ({rejected}), {result.errors} teacher errors{resent_note(result.resent, batch)}")
     return StepResult(message, result.pending, {"kept": result.kept, "rejected": sum(result.rejected.values()),
                                                 "rounds_done": result.rounds_done})

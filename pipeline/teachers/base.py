@@ -99,6 +99,13 @@ class Completion:
     batch: str | None = None
 
     @property
+    def resent(self) -> int:
+        """The failed calls sent again for this reply that this session paid: its retries, none for a reply from
+        the cache (they were paid before). The one count of retries: the usage log's "retries" (`show`'s column)
+        and each stage's line ("N retries of failed calls") both read it."""
+        return 0 if self.cached else self.retries
+
+    @property
     def ok(self) -> bool:
         return self.finish_reason != "error"
 
@@ -153,7 +160,7 @@ def usage_of(c: Completion) -> dict[str, int]:
         return {"calls": 0, "errors": 0, "cached": 1, "prompt_tokens": 0, "completion_tokens": 0, "retries": 0,
                 "timeouts": 0, "cached_tokens": 0}
     return {"calls": 1, "errors": 0 if c.ok else 1, "cached": 0, "prompt_tokens": c.prompt_tokens,
-            "completion_tokens": c.completion_tokens, "retries": c.retries, "timeouts": c.timeouts,
+            "completion_tokens": c.completion_tokens, "retries": c.resent, "timeouts": c.timeouts,
             "cached_tokens": min(c.cached_tokens, c.prompt_tokens)}
 
 

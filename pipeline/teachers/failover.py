@@ -124,10 +124,20 @@ class Failover:
             self.changed.notify_all()
         self.event(f"endpoint back: {endpoint.url} answers again after {down:.0f} s; it takes requests again")
 
-    def succeeded(self, seconds: float, ep: int) -> None:
-        if self.endpoints[ep].down_since is not None:  # a retry that went to it anyway, with none in rotation
+    def succeeded(self, started: float, ep: int) -> None:
+        """A reply from endpoint `ep` to a request sent at `started` (time.monotonic()). One sent before the
+        endpoint left the rotation says nothing of it now: a reply still in flight when SIGTERM took the server
+        down landed after it was marked down and put it back ("answers again after 0 s"), the next request
+        failed, and it "fell again" with its wait doubled. Such a reply is counted, and the endpoint stays out
+        until the prober or a request sent since gets an answer."""
+        endpoint, seconds = self.endpoints[ep], time.monotonic() - started
+        with self.lock:
+            down_since = endpoint.down_since
+            if down_since is not None and started < down_since:
+                endpoint.replies += 1
+                return
+        if down_since is not None:  # a retry that went to it anyway, with none in rotation
             self.revive(ep)
-        endpoint = self.endpoints[ep]
         with self.lock:
             self.failures_in_row = 0
             endpoint.answered, endpoint.strikes, endpoint.served = True, 0, endpoint.served + 1

@@ -182,7 +182,7 @@ class LoopStream:
             with failover.lock:
                 counts[i] -= 1
         if not self.stop.is_set():
-            failover.succeeded(time.monotonic() - started, owner[i])
+            failover.succeeded(started, owner[i])
         return c, None
 
     def hand_over(self, req: Request, params: GenParams, kind: str | None, first: BaseException | None) -> None:

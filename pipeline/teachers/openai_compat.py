@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -332,7 +333,7 @@ class OpenAITeacher(BaseTeacher):
         self.failover.failed(e, ep)
 
     def _succeeded(self, seconds: float, ep: int) -> None:
-        self.failover.succeeded(seconds, ep)
+        self.failover.succeeded(time.monotonic() - seconds, ep)  # a reply that took `seconds`, sent just now
 
     def _revive(self, ep: int) -> None:
         self.failover.revive(ep)

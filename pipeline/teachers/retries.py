@@ -155,5 +155,5 @@ class Retries:
             with failover.lock:
                 counts[i] -= 1
         if not stop.is_set():
-            failover.succeeded(time.monotonic() - started, owner[i])
+            failover.succeeded(started, owner[i])
         return c

@@ -169,14 +169,13 @@ class Transport:
     and waiting for the reply (Client.post).
 
     Made at the first request (`transport()`), so a process that never calls a server never starts the
-    thread or imports aiohttp; a forked child makes its own."""
+    thread; a forked child makes its own. aiohttp is imported only for a client with a proxy (`aiohttp`): a
+    direct connection never needs it, and its import cost ~0.1 s of every process's start."""
 
     def __init__(self) -> None:
-        try:
-            import aiohttp
-        except ImportError as e:  # a dependency (pyproject.toml); missing only in a hand-made environment
-            raise TeacherError("the OpenAI-compatible teacher needs aiohttp. Fix: pip install aiohttp") from e
-        self.aiohttp = aiohttp
+        self._aiohttp: Any = None
+        # What a failed connection raises: http1's errors are OSErrors; aiohttp's ClientError joins them once imported
+        self.connection_errors: tuple[type[BaseException], ...] = (OSError,)
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
         self.timeouts: dict[float, Any] = {}
@@ -187,6 +186,19 @@ class Transport:
         self.thread = threading.Thread(target=self.loop.run_forever, name="teacher-http", daemon=True)
         self.thread.start()
         atexit.register(self.close)
+
+    @property
+    def aiohttp(self) -> Any:
+        """The aiohttp module, imported at the first client with a proxy (Client.__init__)."""
+        if self._aiohttp is None:
+            try:
+                import aiohttp
+            except ImportError as e:  # a dependency (pyproject.toml); missing only in a hand-made environment
+                raise TeacherError("the OpenAI-compatible teacher needs aiohttp to send through a proxy. Fix: pip "
+                                   "install aiohttp") from e
+            self.connection_errors = (OSError, aiohttp.ClientError)
+            self._aiohttp = aiohttp
+        return self._aiohttp
 
     def ssl_context(self) -> Any:
         """httpx's TLS context (certifi, or SSL_CERT_FILE / SSL_CERT_DIR), made once while those stay the same and
@@ -328,6 +340,8 @@ class Client:
             if value:
                 self.headers[header] = value
         self.proxy = env_proxy(self.base_url)
+        if self.proxy is not None:  # aiohttp speaks to the proxy: imported now, so a missing one stops the teacher here
+            transport().aiohttp  # noqa: B018
         self.pool: Pool | None = None  # its connections, made on the transport's loop at the first request
         self.session: Any = None  # through a proxy: an aiohttp.ClientSession instead, made likewise
         self.in_flight: set[concurrent.futures.Future] = set()
@@ -362,7 +376,7 @@ class Client:
                                                     timeout_s or self.timeout_s)
         except (TimeoutError, asyncio.TimeoutError) as e:  # aiohttp's connect and read timeouts (one type from 3.11)
             raise openai.APITimeoutError(request=httpx.Request("POST", url)) from e
-        except (t.aiohttp.ClientError, OSError) as e:  # refused, reset, DNS, TLS: a failed connection
+        except t.connection_errors as e:  # refused, reset, DNS, TLS: a failed connection
             raise openai.APIConnectionError(request=httpx.Request("POST", url)) from e
         return decoded(url, status, headers, content)
 
