@@ -16,7 +16,7 @@ process against a fake teacher of its own, --repeat rounds alternating the arms:
 
 Every arm is timed the same way, from the start of the first reply's read to the end of the last one's (in the
 reader arm the stream ends before its reader does), with the client's CPU over that span (the forked filter's
-included) and the share of the span the thread that reads the replies (MainThread, the reader, or the event loop)
+included: its whole CPU, read when it is reaped, as it works only within the reads) and the share of the span the thread that reads the replies (MainThread, the reader, or the event loop)
 spent on a CPU; the whole stage (its fixed costs too) beside it. The ratios need a quiet machine: other jobs take
 the cores these threads wait for.
 
@@ -49,11 +49,11 @@ def patch(arm: str) -> list:
     read = bootstrap.Bootstrap.read
 
     def timed(self, req, reply):  # every read of an arm runs on one thread: its CPU clock is thread_time's
-        start, cpu, thread = time.perf_counter(), client_cpu.client_cpu_s(), time.thread_time()
+        start, cpu, thread = time.perf_counter(), time.process_time(), time.thread_time()
         try:
             return read(self, req, reply)
         finally:
-            reads.append((start, time.perf_counter(), cpu, client_cpu.client_cpu_s(), thread, time.thread_time()))
+            reads.append((start, time.perf_counter(), cpu, time.process_time(), thread, time.thread_time()))
 
     bootstrap.Bootstrap.read = timed
     if arm == "own-filter":  # the filter in the run's own process, as below 16 in flight
@@ -175,9 +175,12 @@ def measure_arm(args: argparse.Namespace) -> dict:
     client_cpu.warm_up()
     run_args = argparse.Namespace(url=args.url, requests=4000, pool=0, server_pid=args.server_pid,
                                   stages=["bootstrap"], bootstrap=args.instructions)
+    children = os.times()
     whole = client_cpu.stages(run_args)["bootstrap"]
+    # The forked filter's CPU (reaped when bootstrap ended): all of it is its verdicts, asked within the reads
+    children = sum(os.times()[2:4]) - sum(children[2:4])
     first, last = reads[0], max(reads, key=lambda r: r[1])
-    return {"replies": len(reads), "span_s": last[1] - first[0], "cpu_s": last[3] - first[2],
+    return {"replies": len(reads), "span_s": last[1] - first[0], "cpu_s": last[3] - first[2] + children,
             "reading_cpu_s": last[5] - first[4],
             "stage_requests": whole["stage_requests"], "stage_wall_s": whole["stage_wall_s"],
             "stage_cpu_s": whole["stage_cpu_s"], "load": os.getloadavg()[0]}
