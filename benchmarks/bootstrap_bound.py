@@ -16,9 +16,9 @@ process against a fake teacher of its own, --repeat rounds alternating the arms:
 
 Every arm is timed the same way, from the start of the first reply's read to the end of the last one's (in the
 reader arm the stream ends before its reader does), with the client's CPU over that span (the forked filter's
-included: its whole CPU, read when it is reaped, as it works only within the reads) and the share of the span the thread that reads the replies (MainThread, the reader, or the event loop)
-spent on a CPU; the whole stage (its fixed costs too) beside it. The ratios need a quiet machine: other jobs take
-the cores these threads wait for.
+included: its whole CPU, read when it is reaped, as it works only within the reads) and the share of the span
+the thread that reads the replies (MainThread, the reader, or the event loop) spent on a CPU; the whole stage (its
+fixed costs too) beside it. The ratios need a quiet machine: other jobs take the cores these threads wait for.
 
     nice -n -5 python benchmarks/bootstrap_bound.py --repeat 3
 """
@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import client_cpu  # noqa: E402  (benchmarks/ is not a package)
 
+FINISHED: list = []  # Bootstrap.finish's calls, as `reads` (those within a read too)
 ARMS = ("shipped", "own-filter", "reader", "inline", "filter-free")
 
 
@@ -48,14 +49,24 @@ def patch(arm: str) -> list:
     reads: list = []
     read = bootstrap.Bootstrap.read
 
-    def timed(self, req, reply):  # every read of an arm runs on one thread: its CPU clock is thread_time's
+    def timed(self, req, reply, **how):  # every read of an arm runs on one thread: its CPU clock is thread_time's
         start, cpu, thread = time.perf_counter(), time.process_time(), time.thread_time()
         try:
-            return read(self, req, reply)
+            return read(self, req, reply, **how)
         finally:
             reads.append((start, time.perf_counter(), cpu, time.process_time(), thread, time.thread_time()))
 
     bootstrap.Bootstrap.read = timed
+    finish = bootstrap.Bootstrap.finish
+
+    def finished(self, leave=0):  # the replies a read left with a forked filter, written after the last read
+        start, cpu, thread = time.perf_counter(), time.process_time(), time.thread_time()
+        try:
+            return finish(self, leave)
+        finally:
+            FINISHED.append((start, time.perf_counter(), cpu, time.process_time(), thread, time.thread_time()))
+
+    bootstrap.Bootstrap.finish = finished
     if arm == "own-filter":  # the filter in the run's own process, as below 16 in flight
         bootstrap.forks = lambda cfg, concurrency: False
     if arm == "filter-free":
@@ -179,7 +190,7 @@ def measure_arm(args: argparse.Namespace) -> dict:
     whole = client_cpu.stages(run_args)["bootstrap"]
     # The forked filter's CPU (reaped when bootstrap ended): all of it is its verdicts, asked within the reads
     children = sum(os.times()[2:4]) - sum(children[2:4])
-    first, last = reads[0], max(reads, key=lambda r: r[1])
+    first, last = reads[0], max(reads + FINISHED, key=lambda r: r[1])  # a forked filter's last reply: finish
     return {"replies": len(reads), "span_s": last[1] - first[0], "cpu_s": last[3] - first[2] + children,
             "reading_cpu_s": last[5] - first[4],
             "stage_requests": whole["stage_requests"], "stage_wall_s": whole["stage_wall_s"],

@@ -4,6 +4,7 @@ holds none of the parent's files or sockets, ignores Ctrl-C, and ends with its p
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -193,3 +194,116 @@ def test_a_flowing_run_at_16_in_flight_filters_in_a_child_and_reaps_it(tmp_path,
     assert len(forked) == 1 and len(read(tmp_path / "r" / "bootstrap.jsonl")) == 24
     with pytest.raises(ChildProcessError):
         os.waitpid(forked[0], os.WNOHANG)
+
+
+def test_lines_sent_ahead_are_decided_in_order_and_a_repeat_of_one_passed_ahead_is_a_duplicate():
+    """Bootstrap sends a reply's lines before it writes the reply before it (run_bootstrap's overlap): the child
+    decides them in the order sent, a line repeating one it passed in an earlier batch not yet received comes back
+    None, and a child killed with batches unreceived leaves them to the parent's own filter, in order."""
+    cfg, seeds = FilterConfig(), instructions(40, seed=2)
+    gen = SentenceGenerator(12)
+    batches = [lines_of(gen, 6) for _ in range(5)]
+    batches[1].append(batches[0][0])  # a repeat, across batches, of a line that passes
+    own = InstructionFilter(cfg, seeds=seeds)
+    expected = [own.decide(lines) for lines in batches]
+    assert expected[1][-1] is None and isinstance(expected[0][0], Passed)
+    for kill_after in (None, 1):
+        forked = filter_worker.ForkedFilter(InstructionFilter(cfg, seeds=seeds))
+        try:
+            for lines in batches[:3]:
+                forked.send(lines)
+            got = [forked.receive()]
+            if kill_after is not None:
+                os.kill(forked.pid, signal.SIGKILL)
+                time.sleep(0.1)
+            for lines in batches[3:]:
+                forked.send(lines)
+            got += [forked.receive() for _ in range(4)]
+            assert got == expected
+            assert (forked.local is not None) == (kill_after is not None)
+        finally:
+            forked.close()
+
+
+def test_kill_9_while_the_forked_filter_holds_a_reply_then_resume_loses_and_pays_nothing(tmp_path):
+    """`bootstrap` at 16 in flight: a reply's lines wait at the filter while the one before is written (overlap).
+    kill -9 then: a resume writes every line of every paid reply once, re-reads the unwritten ones from the cache,
+    and re-sends only the requests in flight at the kill."""
+    from collections import Counter
+
+    from fakeserver import FakeOpenAI
+    from helpers import read
+
+    server = FakeOpenAI()
+    server.default_delay = 0.05
+    own, nth = server.default_reply, itertools.count()
+
+    def staggered(path, body):  # replies come one by one, so the kill point lasts: the pool fills slowly
+        time.sleep(min(0.05 * next(nth), 0.5))
+        return own(path, body)
+
+    server.default_reply = staggered
+    cmd = [sys.executable, "-m", "pipeline", "bootstrap", "--teacher", "openai:fake-model", "--base-url", server.url,
+           "--output-dir", str(tmp_path), "--run-name", "k", "--num-instructions", "30", "--set",
+           "teacher.concurrency=16", "--set", "bootstrap.yield_stop=0.0"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENAI_API_KEY": "sk-test"}
+    kept = tmp_path / "k" / "bootstrap.jsonl"
+    try:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while not (kept.exists() and len(read(kept)) >= 9) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.kill()
+        proc.wait()
+        killed_with = len(read(kept))
+        again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        assert again.returncode == 0, again.stderr[-3000:]
+    finally:
+        server.close()
+    records = read(kept) + [r for r in read(tmp_path / "k" / "rejected.jsonl") if r["stage"] == "bootstrap"]
+    assert 9 <= killed_with < 30 and len(read(kept)) == 30
+    assert len({t["id"] for t in read(kept)}) == 30
+    by_request = Counter(r["round"] for r in records)
+    prompts = Counter(json.dumps(h["body"].get("messages") or h["body"].get("prompt"), sort_keys=True)
+                      for h in server.history if h["body"].get("max_tokens") != 1)
+    assert sum(n - 1 for n in prompts.values()) <= 16  # only those in flight at the kill were sent again
+    assert set(by_request.values()) == {3}, by_request  # each reply's 3 lines, written once
+
+
+def test_a_reply_held_at_the_filter_is_not_marked_done_and_a_resume_reads_it_again(tmp_path):
+    """With overlap a read leaves its reply at the filter, unwritten: it is not marked done by the next prompt's
+    log, so a process that dies then leaves it open, and the resumed run writes its lines once."""
+    from test_bootstrap_records import a_reply
+
+    from pipeline.cache import ResponseCache
+    from pipeline.prompts import Prompts
+    from pipeline.seeds import load_seeds
+    from pipeline.store import RunDir
+
+    cfg = load_config(None, {"bootstrap.num_instructions": 40, "bootstrap.yield_stop": 0.0,
+                             "bootstrap.filter_process": "on"})
+    run, log = RunDir(tmp_path / "r"), ResponseCache(tmp_path / "r" / "cache.sqlite")
+    teacher = type("T", (), {"api": "chat", "structured": False, "name": "openai:test", "concurrency": 1,
+                             "cached": lambda self, req, params: False,
+                             "usage": type("U", (), {"by_kind": {}})()})()
+    gen = SentenceGenerator(9)
+    boot = bootstrap.Bootstrap(teacher, load_seeds(None), cfg, run, Prompts(), log)
+    boot.__enter__()
+    prompts = boot.requests()
+    first, second = next(prompts), next(prompts)
+    held = a_reply(gen)
+    assert boot.read(first, held, overlap=1) == []  # at the filter, not written
+    third = next(prompts)  # its log commits the marks waiting: none
+    assert [n for n, _ in log.requests("bootstrap")[1]] == [first.key, second.key, third.key]
+    assert not run.stage_file("bootstrap").exists() or run.read_stage("bootstrap") == []
+    boot.pool.close()  # the process dies: nothing more is written
+    log.close()
+    log = ResponseCache(tmp_path / "r" / "cache.sqlite")
+    with bootstrap.Bootstrap(teacher, load_seeds(None), cfg, run, Prompts(), log) as again:
+        prompts = again.requests()
+        req = next(prompts)
+        assert (req.key, req.prompt) == (first.key, first.prompt)
+        kept = again.read(req, held)
+    lines = [r for r in run.read_stage("bootstrap") + run.read_rejected() if r.round == first.key]
+    assert len(lines) == 7 and kept

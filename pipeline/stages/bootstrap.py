@@ -158,17 +158,24 @@ class _Pool:
         self.rejected += 1
         self.reasons[reason_kind(reason)] += 1
 
-    def take(self, tasks: list[Task], request: int, kept_out: JsonlWriter, rejected_out: JsonlWriter,
-             on_kept: Callable[[int], None] | None) -> list[Task]:
-        """Keep or reject each parsed line of one reply; the tasks kept. The filter gives its verdicts on the reply's
-        new lines in one call (in its own process, ForkedFilter), each passing line added before the next is
-        checked, as Self-Instruct's online filter did."""
-        self.answered += 1
-        if self.written:  # a resumed run: the lines this request wrote before an interruption are skipped
+    def submit(self, tasks: list[Task], request: int) -> tuple[list[Task], list[Task]]:
+        """A reply's lines to take (a replayed reply's lines its request wrote before an interruption skipped) and
+        those of them sent to the filter now (InstructionFilter.send): all but the empty ones and those whose
+        instruction the pool already holds. The filter passes no id twice, so a line repeating one passed in a
+        reply submitted before it, not yet taken, comes back as a duplicate (None)."""
+        if self.written:
             tasks = self.unwritten(tasks, request)
         asked = [t for t in tasks if t.instruction and t.id not in self.kept_ids and t.id not in self.over]
-        verdicts = self.filter.decide([(t.id, t.instruction) for t in asked])
-        verdict_of = {id(t): v for t, v in zip(asked, verdicts, strict=True)}  # by the line's object: ids repeat
+        self.filter.send([(t.id, t.instruction) for t in asked])
+        return tasks, asked
+
+    def take(self, tasks: list[Task], asked: list[Task], request: int, kept_out: JsonlWriter,
+             rejected_out: JsonlWriter, on_kept: Callable[[int], None] | None) -> list[Task]:
+        """Keep or reject each line of one submitted reply, in the order replies were submitted; the tasks kept.
+        The filter gave its verdicts on the reply's lines in one call (in its own process, ForkedFilter), each
+        passing line added before the next was checked, as Self-Instruct's online filter did."""
+        self.answered += 1
+        verdict_of = {id(t): v for t, v in zip(asked, self.filter.receive(), strict=True)}  # ids repeat: by object
         kept_here: list[Task] = []
         for task in tasks:
             verdict = verdict_of.get(id(task))
@@ -311,6 +318,7 @@ class Bootstrap:
         # most, as before, and its yield watch never sees a run of them.
         self.marks: deque[int] = deque()
         self.ended = False  # requests() has logged its last prompt
+        self.pending: deque[tuple[Request, Completion, list[Task], list[Task]]] = deque()  # submitted, not written
         # A reply's records go to each file in one write, before its request is marked done (read).
         self.kept_out = JsonlWriter(run.stage_file("bootstrap"), hold_s=math.inf)
         self.rejected_out = JsonlWriter(run.rejected_file, hold_s=math.inf)
@@ -320,6 +328,13 @@ class Bootstrap:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self.finish()  # a reply still with the filter is written (after an error it is read again on resume)
+        finally:
+            self.close()
+
+    def close(self) -> None:
         try:
             self.kept_out.close()
             self.rejected_out.close()
@@ -367,6 +382,9 @@ class Bootstrap:
             yield self.request(n)  # a paid reply is read from the cache, its lines recorded
         while not pool.full and self.next < self.max_requests:
             if self.gap_covered():
+                if self.pending:  # the replies read so far, written first: they may fill the gap
+                    self.finish()
+                    continue
                 self.mark_taken()  # no prompt to log them with: the replies read so far are marked now
                 yield WAIT
                 continue
@@ -378,37 +396,57 @@ class Bootstrap:
             self.log.log_request("bootstrap", n, self.plans[n], done=self.taken_marks())
             yield self.request(n, fresh=True)
         self.ended = True  # no prompt is logged from here on: a reply read is marked at once
+        self.finish()
         self.mark_taken()
 
-    def read(self, req: Request, reply: Completion) -> list[Task]:
+    def read(self, req: Request, reply: Completion, *, overlap: int = 0) -> list[Task]:
         """One reply: its lines kept or rejected and written, the request to be marked done (with the next
         prompt's log, at the next WAIT, or now once the prompts are over); the tasks kept. A failed call stays open
-        in the log and is re-sent on resume."""
-        plan = self.plans.pop(req.key)
-        self.done += 1
-        self.resent += reply.resent
-        if not reply.ok:
+        in the log and is re-sent on resume. `overlap`: the replies, newest first, whose lines go to the filter
+        now but are written at a later read (`finish`), so a forked filter works on them meanwhile."""
+        self.submit(req, reply)
+        return self.finish(overlap)
+
+    def submit(self, req: Request, reply: Completion) -> None:
+        """A reply's lines parsed and sent to the filter, in the order the replies are read."""
+        plan = self.plans[req.key]
+        tasks: list[Task] = []
+        asked: list[Task] = []
+        if reply.ok:
+            tasks = _tasks_from_reply(reply.text, plan["template"], plan["next_number"],
+                                      reply.finish_reason == "length", self.continues, req.key, self.teacher.name)
+            if not tasks:
+                tasks = [Task(id=task_id("reply", plan["salt"]), instruction="", origin="machine", round=req.key,
+                              stage="bootstrap", teacher=self.teacher.name, prompt=plan["template"],
+                              meta={"bootstrap_reply": reply_meta(reply)})]
+            elif reply.batch:  # each task says which batch paid its reply; a direct reply's carry nothing more
+                for t in tasks:
+                    t.meta = {**t.meta, "bootstrap_reply": batch_meta(reply)}
+            tasks, asked = self.pool.submit(tasks, req.key)
+        self.pending.append((req, reply, tasks, asked))
+
+    def finish(self, leave: int = 0) -> list[Task]:
+        """The replies submitted, all but the `leave` newest, written in order; the tasks they kept."""
+        kept: list[Task] = []
+        while len(self.pending) > leave:
+            req, reply, tasks, asked = self.pending.popleft()
+            self.plans.pop(req.key)
+            self.done += 1
+            self.resent += reply.resent
+            if not reply.ok:
+                if self.on_progress:
+                    self.on_progress(self.done)
+                continue
+            here = self.pool.take(tasks, asked, req.key, self.kept_out, self.rejected_out, self.on_kept)
+            self.kept_out.flush()  # on disk before the mark: a resume skips exactly the records written
+            self.rejected_out.flush()
+            self.marks.append(req.key)
+            if self.ended:
+                self.mark_taken()
             if self.on_progress:
                 self.on_progress(self.done)
-            return []
-        tasks = _tasks_from_reply(reply.text, plan["template"], plan["next_number"], reply.finish_reason == "length",
-                                  self.continues, req.key, self.teacher.name)
-        if not tasks:
-            tasks = [Task(id=task_id("reply", plan["salt"]), instruction="", origin="machine", round=req.key,
-                          stage="bootstrap", teacher=self.teacher.name, prompt=plan["template"],
-                          meta={"bootstrap_reply": reply_meta(reply)})]
-        elif reply.batch:  # each task says which batch paid its reply; a direct reply's carry nothing more
-            for t in tasks:
-                t.meta = {**t.meta, "bootstrap_reply": batch_meta(reply)}
-        kept = self.pool.take(tasks, req.key, self.kept_out, self.rejected_out, self.on_kept)
-        self.kept_out.flush()  # on disk before the mark: a resume skips exactly the records written
-        self.rejected_out.flush()
-        self.marks.append(req.key)
-        if self.ended:
-            self.mark_taken()
-        if self.on_progress:
-            self.on_progress(self.done)
-        self.watch.after(len(kept), self.done, self.pool)
+            self.watch.after(len(here), self.done, self.pool)
+            kept += here
         return kept
 
     def result(self) -> BootstrapResult:
@@ -429,8 +467,11 @@ def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunD
                   say: Callable[[str], None] | None = None) -> BootstrapResult:
     """Grow the machine pool to `num_instructions`, streaming prompts through the teacher (Bootstrap, alone)."""
     with Bootstrap(teacher, seeds, cfg, run, prompts, log, on_kept=on_kept, on_progress=on_progress, say=say) as b:
+        # With the filter in its own process, a reply is written at the next one's read: the filter works on its
+        # lines while this thread writes the one before and builds the next prompts (issue 20)
+        overlap = int(isinstance(b.pool.filter, ForkedFilter))
         for req, reply in teacher.stream(b.requests(), b.params, kind="bootstrap"):
-            b.read(req, reply)
+            b.read(req, reply, overlap=overlap)
     return b.result()
 
 

@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import re
 import string
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
@@ -107,6 +108,8 @@ class InstructionFilter:
         self.cfg = cfg
         self.index = RougeLIndex(use_stemmer=False)
         self.seed_index = RougeLIndex(use_stemmer=False)
+        self.passed: set[str] = set()  # ids of the lines decide() passed
+        self.answers: deque[list[str | Passed | None]] = deque()  # verdicts sent, not yet received
         for text in seeds:
             self.seed_index.add(text)
             self.index.add(text)
@@ -154,17 +157,25 @@ class InstructionFilter:
 
     def decide(self, lines: Sequence[tuple[str, str]]) -> list[str | Passed | None]:
         """The verdicts on one reply's (id, instruction) lines, in order, as bootstrap takes them: a line that
-        passes is added to the pool before the next is checked; a line with the id of one passed before it in
-        `lines` is neither checked nor added (None: the caller rejects it as that one's duplicate)."""
-        passed: set[str] = set()
+        passes is added to the pool before the next is checked; a line with the id of one passed before it (in
+        `lines` or an earlier call) is neither checked nor added (None: the caller rejects it as a duplicate)."""
         out: list[str | Passed | None] = []
         for key, instruction in lines:
-            verdict = None if key in passed else self.verdict(instruction)
+            verdict = None if key in self.passed else self.verdict(instruction)
             if isinstance(verdict, Passed):
-                passed.add(key)
+                self.passed.add(key)
                 self.add(instruction)
             out.append(verdict)
         return out
+
+    def send(self, lines: Sequence[tuple[str, str]]) -> None:
+        """decide() on a reply's lines, its verdicts kept for receive(): the interface of a filter whose verdicts
+        are asked for and collected apart (ForkedFilter), replies in the same order."""
+        self.answers.append(self.decide(lines))
+
+    def receive(self) -> list[str | Passed | None]:
+        """The verdicts on the oldest lines sent."""
+        return self.answers.popleft()
 
 
 def prompt_demonstrations(text: str) -> list[str]:

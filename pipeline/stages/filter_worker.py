@@ -20,6 +20,7 @@ import signal
 import sys
 import traceback
 import warnings
+from collections import deque
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, Pipe
 
@@ -40,6 +41,8 @@ class ForkedFilter:
         self.cfg, self.say = filt.cfg, say
         self.texts = [filt.index.text(i) for i in range(len(filt.index))]  # the child's index, in its order
         self.seed_texts = [filt.seed_index.text(i) for i in range(len(filt.seed_index))]
+        self.passed = set(filt.passed)  # the child's: the ids it passed, as received
+        self.sent: deque[list[tuple[str, str]]] = deque()  # lines sent, their verdicts not yet received
         self.local: InstructionFilter | None = None  # the parent's own filter, once the child has died
         parent, child = Pipe()
         with warnings.catch_warnings():
@@ -53,20 +56,36 @@ class ForkedFilter:
         self.conn: Connection | None = parent
         self.pid: int | None = pid
 
-    def decide(self, lines: Sequence[tuple[str, str]]) -> list[str | Passed | None]:
-        """InstructionFilter.decide, in the child (or, once it has died, here)."""
+    def send(self, lines: Sequence[tuple[str, str]]) -> None:
+        """A reply's lines to the child, which decides on them while this process goes on (InstructionFilter.send)."""
+        lines = list(lines)
+        self.sent.append(lines)
         if self.local is None:
             try:
-                self.conn.send(list(lines))
+                self.conn.send(lines)
+            except OSError as e:
+                self.local = self._own_filter(e)
+
+    def receive(self) -> list[str | Passed | None]:
+        """The verdicts on the oldest lines sent (from the child, or, once it has died, decided here)."""
+        lines = self.sent.popleft()
+        if self.local is None:
+            try:
                 verdicts = self.conn.recv()
             except (EOFError, OSError) as e:
                 self.local = self._own_filter(e)
         if self.local is not None:
             return self.local.decide(lines)
-        for (_, instruction), verdict in zip(lines, verdicts, strict=True):
+        for (key, instruction), verdict in zip(lines, verdicts, strict=True):
             if isinstance(verdict, Passed):
                 self.texts.append(instruction)
+                self.passed.add(key)
         return verdicts
+
+    def decide(self, lines: Sequence[tuple[str, str]]) -> list[str | Passed | None]:
+        """InstructionFilter.decide, in the child, with nothing else sent and not received."""
+        self.send(lines)
+        return self.receive()
 
     def text_of(self, passed: Passed) -> Callable[[int], str]:
         if self.local is not None:
@@ -78,7 +97,9 @@ class ForkedFilter:
         self.say(f"bootstrap: the filter's process ended ({type(error).__name__}, exit status {code}); the pool's "
                  f"{len(self.texts)} instructions are indexed again here and filtering goes on in this process")
         n_seeds = len(self.seed_texts)
-        return InstructionFilter(self.cfg, pool=self.texts[n_seeds:], seeds=self.seed_texts)
+        own = InstructionFilter(self.cfg, pool=self.texts[n_seeds:], seeds=self.seed_texts)
+        own.passed = set(self.passed)
+        return own  # the lines sent and not received are decided on here, in order, as they are received
 
     def _end(self) -> int | None:
         """Close the pipe and reap the child (it exits at the pipe's end); its exit status."""
