@@ -5,7 +5,8 @@ process against a fake teacher of its own, --repeat rounds alternating the arms:
 
   shipped       this tree as it is (at 64 in flight the filter runs in a forked process, filter_worker.py);
   own-filter    the filter in the run's own process (bootstrap.filter_process = off), as before stop 34;
-  reader        each reply read (parsed, filtered, written) on a second thread, the stream's thread left to
+  reader        (this and the arms below filter in the run's own process, as own-filter does)
+                each reply read (parsed, filtered, written) on a second thread, the stream's thread left to
                 refill requests (a diagnostic: the pool then lags the replies, so records depend on timing);
   inline        each reply read, and the next requests pulled, on the event loop's thread itself, as each reply is
                 committed there (fastpath.LoopStream with its hand-off to the stream replaced by a call): one thread
@@ -67,10 +68,9 @@ def patch(arm: str) -> list:
             FINISHED.append((start, time.perf_counter(), cpu, time.process_time(), thread, time.thread_time()))
 
     bootstrap.Bootstrap.finish = finished
-    if arm == "own-filter":  # the filter in the run's own process, as below 16 in flight
+    if arm != "shipped":  # the filter in the run's own process, as below 16 in flight (the other arms' base)
         bootstrap.forks = lambda cfg, concurrency: False
     if arm == "filter-free":
-        bootstrap.forks = lambda cfg, concurrency: False
         filter.InstructionFilter.decide = lambda self, lines: [filter.Passed([], 0.0, False) for _ in lines]
     if arm == "reader":
         def run_bootstrap(teacher, seeds, cfg, run, prompts, log, *, on_kept=None, on_progress=None, say=None):
@@ -191,8 +191,9 @@ def measure_arm(args: argparse.Namespace) -> dict:
     # The forked filter's CPU (reaped when bootstrap ended): all of it is its verdicts, asked within the reads
     children = sum(os.times()[2:4]) - sum(children[2:4])
     first, last = reads[0], max(reads + FINISHED, key=lambda r: r[1])  # a forked filter's last reply: finish
+    last_read = max(reads, key=lambda r: r[1])  # on the reading thread (a finish after the stream may not be)
     return {"replies": len(reads), "span_s": last[1] - first[0], "cpu_s": last[3] - first[2] + children,
-            "reading_cpu_s": last[5] - first[4],
+            "filter_cpu_s": children, "reading_cpu_s": last_read[5] - first[4],
             "stage_requests": whole["stage_requests"], "stage_wall_s": whole["stage_wall_s"],
             "stage_cpu_s": whole["stage_cpu_s"], "load": os.getloadavg()[0]}
 
@@ -212,8 +213,9 @@ def main() -> None:
           f"flight, {client_cpu.LATENCY * 1000:.0f} ms latency, ideal {client_cpu.IDEAL:,.0f} requests/s; "
           f"{os.cpu_count()} cores; load average before: {os.getloadavg()}\n")
     print("| arm | round | requests | of ideal, first read to last | client CPU ms/request, same span "
-          "| reading thread busy | whole stage wall s | whole stage, requests/s | load avg (1 min) |\n"
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| of it, the forked filter's | reading thread busy | whole stage wall s | whole stage, requests/s "
+          "| load avg (1 min) |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for i in range(args.repeat):
         for arm in ARMS:
             server, url = client_cpu.start_server("self-instruct")
@@ -226,7 +228,8 @@ def main() -> None:
                 server.wait()
             rate = (r["replies"] - 1) / r["span_s"]
             print(f"| {arm} | {i + 1} | {r['stage_requests']:,} | {rate / client_cpu.IDEAL:.2f} "
-                  f"| {1000 * r['cpu_s'] / max(1, r['replies'] - 1):.2f} | {r['reading_cpu_s'] / r['span_s']:.2f} "
+                  f"| {1000 * r['cpu_s'] / max(1, r['replies'] - 1):.2f} "
+                  f"| {1000 * r['filter_cpu_s'] / max(1, r['replies'] - 1):.2f} | {r['reading_cpu_s'] / r['span_s']:.2f} "
                   f"| {r['stage_wall_s']:.3f} | {r['stage_requests'] / r['stage_wall_s']:,.0f} | {r['load']:.1f} |",
                   flush=True)
     print(f"\nload average after: {os.getloadavg()}")

@@ -276,3 +276,10 @@ def test_the_yield_watch_says_its_line_each_window_warns_once_and_stops_below_th
         for done in range(13, 17):  # rates 0.75, 0.5, 0.5, then 0.0 at 16: its line, then the stop
             watch.after(0, done, pool)
     assert len(said) == 5 and said[4].startswith("bootstrap: 30 of 1000 kept; 0.00 kept")
+
+
+def test_bootstraps_line_says_one_prompt_and_one_instruction_in_the_singular():
+    line = bootstrap.step_result(bootstrap.BootstrapResult(kept=1, new=1, rejected=0, requests=1)).message
+    assert line.startswith("bootstrap: 1 new instruction kept (1 in the pool), 0 rejected, 1 prompt sent so far")
+    line = bootstrap.step_result(bootstrap.BootstrapResult(kept=9, new=2, rejected=5, requests=3)).message
+    assert "2 new instructions kept" in line and "3 prompts sent so far" in line

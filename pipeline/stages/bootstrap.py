@@ -507,8 +507,8 @@ def step(ctx: RunContext, records: Records | None) -> StepResult:
 
 def step_result(r: BootstrapResult) -> StepResult:
     """Bootstrap's line and counts, for the runner."""
-    message = (f"bootstrap: {r.new} new instructions kept ({r.kept} in the pool), {r.rejected} rejected, "
-               f"{r.requests} prompts sent so far{resent_note(r.resent, r.batch)}")
+    message = (f"bootstrap: {r.new} new instruction{'s' * (r.new != 1)} kept ({r.kept} in the pool), {r.rejected} "
+               f"rejected, {r.requests} prompt{'s' * (r.requests != 1)} sent so far{resent_note(r.resent, r.batch)}")
     if r.pending:
         message += "; stopped at bootstrap.max_requests short of the target"  # by how much: the pending line
     # generated: the instructions this session's replies gave; each ended kept or rejected (InstructionPool)
