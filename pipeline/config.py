@@ -83,7 +83,7 @@ class BootstrapConfig:
     alpaca_max_tokens: int = 3072  # Alpaca: instruction, input and output for up to 20 tasks
     alpaca_temperature: float = 1.0  # Alpaca's sampling
     alpaca_top_p: float = 1.0
-    filter_process: Literal["auto", "on", "off"] = "auto"  # the online filter in a forked process of its own (Linux); auto = on at 16 or more requests in flight, where its CPU held the GIL the replies wait for (benchmarks/RESULTS.md)
+    filter_process: Literal["auto", "on", "off"] = "auto"  # the online filter in a forked process of its own (Linux); auto = on when bootstrap streams alone (not in `run`'s flow) at 16 or more requests in flight, where its CPU held the GIL the replies wait for (benchmarks/RESULTS.md)
 
 
 @dataclass

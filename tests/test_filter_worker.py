@@ -156,7 +156,7 @@ def zombie(pid: int) -> bool:
 
 def test_filter_process_is_on_at_16_in_flight_and_on_needs_linux(monkeypatch):
     auto = load_config(None, {})
-    assert bootstrap.forks(auto, 16) and not bootstrap.forks(auto, 8)
+    assert bootstrap.forks(auto, 16) and not bootstrap.forks(auto, 8) and not bootstrap.forks(auto, 64, flowing=True)
     assert not bootstrap.forks(load_config(None, {"bootstrap.filter_process": "off"}), 64)
     assert bootstrap.forks(load_config(None, {"bootstrap.filter_process": "on"}), 1)
     monkeypatch.setattr(filter_worker.sys, "platform", "darwin")
@@ -179,9 +179,11 @@ def test_a_passing_task_is_named_by_the_index_it_was_checked_against():
         forked.close()
 
 
-def test_a_flowing_run_at_16_in_flight_filters_in_a_child_and_reaps_it(tmp_path, monkeypatch, fake_openai):
-    """`run` (bootstrap flowing into classify and instances) forks the filter at 16 in flight, by default, and
-    ends the child with bootstrap."""
+@pytest.mark.parametrize("setting", ["auto", "on"])
+def test_a_flowing_run_forks_the_filter_only_when_told_and_reaps_it(tmp_path, monkeypatch, fake_openai, setting):
+    """`run` (bootstrap flowing into classify and instances) reads each reply whole before its next prompt, so a
+    forked filter never overlaps its work there: auto keeps it in process even at 16 in flight; on forks it, and
+    the child ends with bootstrap."""
     from helpers import invoke, read, teacher_flags
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
@@ -190,10 +192,11 @@ def test_a_flowing_run_at_16_in_flight_filters_in_a_child_and_reaps_it(tmp_path,
     monkeypatch.setattr(filter_worker.ForkedFilter, "__init__",
                         lambda self, *a, **k: (start(self, *a, **k), forked.append(self.pid))[0])
     invoke("run", *teacher_flags(fake_openai, tmp_path, "r"), "--num-instructions", 24, "--set",
-           "teacher.concurrency=16")
-    assert len(forked) == 1 and len(read(tmp_path / "r" / "bootstrap.jsonl")) == 24
-    with pytest.raises(ChildProcessError):
-        os.waitpid(forked[0], os.WNOHANG)
+           "teacher.concurrency=16", "--set", f"bootstrap.filter_process={setting}")
+    assert len(forked) == (setting == "on") and len(read(tmp_path / "r" / "bootstrap.jsonl")) == 24
+    for pid in forked:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
 
 
 def test_lines_sent_ahead_are_decided_in_order_and_a_repeat_of_one_passed_ahead_is_a_duplicate():

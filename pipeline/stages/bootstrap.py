@@ -132,7 +132,7 @@ class _Pool:
     """The machine pool as bootstrap grows it: every parsed line ends kept or rejected (it was paid for), and a
     resumed run recognises what it wrote before by (id, request)."""
 
-    def __init__(self, run: RunDir, cfg: RunConfig, seeds: list[Task], *, concurrency: int = 1,
+    def __init__(self, run: RunDir, cfg: RunConfig, seeds: list[Task], *, concurrency: int = 1, flowing: bool = False,
                  say: Callable[[str], None] = lambda message: None):
         existing = run.read_stage("bootstrap")
         self.target = cfg.bootstrap.num_instructions
@@ -144,7 +144,7 @@ class _Pool:
                                for t in [*existing, *(r for r in run.read_rejected() if r.stage == "bootstrap")])
         self.filter: InstructionFilter | ForkedFilter = InstructionFilter(cfg.filter, pool=self.machine,
                                                                           seeds=[s.instruction for s in seeds])
-        self.forks, self.say = forks(cfg, concurrency), say
+        self.forks, self.say = forks(cfg, concurrency, flowing), say
         self.new = self.rejected = 0
         self.answered = self.novel = 0  # replies with text; their lines that passed the filter (kept or over target)
         self.reasons: Counter[str] = Counter()
@@ -226,14 +226,16 @@ class _Pool:
             self.filter.close()
 
 
-def forks(cfg: RunConfig, concurrency: int) -> bool:
-    """Whether bootstrap's filter runs in a forked process (bootstrap.filter_process)."""
+def forks(cfg: RunConfig, concurrency: int, flowing: bool = False) -> bool:
+    """Whether bootstrap's filter runs in a forked process (bootstrap.filter_process). Auto: bootstrap streamed
+    alone at 16 or more in flight (below, the replies come too slowly for the filter's CPU to hold the teacher
+    back); not in a flow (`run`), which reads each reply whole before its next prompt, so the child's work is never
+    overlapped: measured a little slower there, 0.51-0.54 of the ideal against 0.54-0.56 (stop 34)."""
     setting = cfg.bootstrap.filter_process
     if setting == "on" and not can_fork():
         raise Seed2LoraError(f"bootstrap.filter_process = 'on' needs Linux (fork); this is {sys.platform}. "
                              "Fix: --set bootstrap.filter_process=auto")
-    # 16 in flight: below it the replies come too slowly for the filter's CPU to hold the teacher back
-    return setting == "on" or (setting == "auto" and concurrency >= 16 and can_fork())
+    return setting == "on" or (setting == "auto" and not flowing and concurrency >= 16 and can_fork())
 
 
 class _YieldWatch:
@@ -291,7 +293,8 @@ class Bootstrap:
 
     def __init__(self, teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunDir, prompts: Prompts,
                  log: ResponseCache, *, on_kept: Callable[[int], None] | None = None,
-                 on_progress: Callable[[int], None] | None = None, say: Callable[[str], None] | None = None):
+                 on_progress: Callable[[int], None] | None = None, say: Callable[[str], None] | None = None,
+                 flowing: bool = False):
         b = self.b = cfg.bootstrap
         if b.mode not in ("self-instruct", "alpaca"):
             raise Seed2LoraError(f"bootstrap.mode must be 'self-instruct' or 'alpaca', not {b.mode!r}")
@@ -302,7 +305,7 @@ class Bootstrap:
         self.teacher, self.cfg, self.run, self.prompts, self.log = teacher, cfg, run, prompts, log
         self.on_kept, self.on_progress = on_kept, on_progress
         self.seed_texts = [s.instruction for s in self.pool_seeds]
-        self.pool = _Pool(run, cfg, seeds, concurrency=getattr(teacher, "concurrency", 1) or 1,
+        self.pool = _Pool(run, cfg, seeds, concurrency=getattr(teacher, "concurrency", 1) or 1, flowing=flowing,
                           say=say or (lambda message: print(message, file=sys.stderr)))
         self.watch = _YieldWatch(cfg, teacher, run, say or (lambda message: None))
         self.sent, self.unfinished = log.requests("bootstrap")

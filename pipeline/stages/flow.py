@@ -189,7 +189,7 @@ def run(ctx: RunContext, names: list[str]) -> list[StepResult]:
     # manifest and recounts every stage file, and one per 16 replies of every stage took the client's CPU per
     # call from 4.5 to 5.8-6.0 ms (benchmarks/stream_flow.py).
     boot = bootstrap.Bootstrap(teacher, ctx.seeds, cfg, run_dir, ctx.prompts, ctx.cache,
-                               on_kept=advance.get("bootstrap"), on_progress=ctx.every(), say=ctx.log)
+                               on_kept=advance.get("bootstrap"), on_progress=ctx.every(), say=ctx.log, flowing=True)
     makers = {"classify": classify.classify_map, "instances": instances.instances_map}
     maps: dict[str, TaskMap] = {}
     with ExitStack() as stack:
