@@ -310,3 +310,30 @@ def test_a_reply_held_at_the_filter_is_not_marked_done_and_a_resume_reads_it_aga
         kept = again.read(req, held)
     lines = [r for r in run.read_stage("bootstrap") + run.read_rejected() if r.round == first.key]
     assert len(lines) == 7 and kept
+
+
+def test_a_fork_that_fails_is_said_and_the_filter_runs_in_process(tmp_path, monkeypatch):
+    from test_bootstrap_records import a_reply
+
+    from pipeline.cache import ResponseCache
+    from pipeline.prompts import Prompts
+    from pipeline.seeds import load_seeds
+    from pipeline.store import RunDir
+
+    def no_fork():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(filter_worker.os, "fork", no_fork)
+    cfg = load_config(None, {"bootstrap.num_instructions": 20, "bootstrap.filter_process": "on"})
+    teacher = type("T", (), {"api": "chat", "structured": False, "name": "openai:test", "concurrency": 64,
+                             "cached": lambda self, req, params: False,
+                             "usage": type("U", (), {"by_kind": {}})()})()
+    said: list[str] = []
+    run = RunDir(tmp_path / "r")
+    with bootstrap.Bootstrap(teacher, load_seeds(None), cfg, run, Prompts(), ResponseCache(tmp_path / "c.sqlite"),
+                             say=said.append) as boot:
+        first = next(boot.requests())
+        assert boot.read(first, a_reply(SentenceGenerator(3)))
+    assert said == ["bootstrap: the filter's process could not start ([Errno 11] Resource temporarily unavailable); "
+                    "it filters in this process"]
+    assert isinstance(boot.pool.filter, InstructionFilter)

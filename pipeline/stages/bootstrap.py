@@ -219,7 +219,10 @@ class _Pool:
         """The filter's process forked, where bootstrap.filter_process asks for it (Bootstrap.__enter__: its exit
         ends the child)."""
         if self.forks and not isinstance(self.filter, ForkedFilter):
-            self.filter = ForkedFilter(self.filter, self.say)
+            try:
+                self.filter = ForkedFilter(self.filter, self.say)
+            except OSError as e:  # no process to be had (EAGAIN, ENOMEM): slower, nothing else changes
+                self.say(f"bootstrap: the filter's process could not start ({e}); it filters in this process")
 
     def close(self) -> None:
         if isinstance(self.filter, ForkedFilter):
