@@ -69,7 +69,7 @@ def patch(arm: str) -> list:
 
     bootstrap.Bootstrap.finish = finished
     if arm != "shipped":  # the filter in the run's own process, as below 16 in flight (the other arms' base)
-        bootstrap.forks = lambda cfg, concurrency: False
+        bootstrap.forks = lambda cfg, concurrency, flowing=False: False
     if arm == "filter-free":
         filter.InstructionFilter.decide = lambda self, lines: [filter.Passed([], 0.0, False) for _ in lines]
     if arm == "reader":
