@@ -71,7 +71,8 @@ def read_jsonl(path: str | Path, *, strict: bool = True) -> Iterator[tuple[int, 
             torn_tail = lineno == len(lines) and not text.endswith("\n")
             if not strict and torn_tail:
                 return
-            raise InputError(path, lineno, f"is not valid JSON ({e.msg} at column {e.colno})",
+            # json's "Unterminated string starting at" ends in "at" itself: "starting at at column 28" before
+            raise InputError(path, lineno, f"is not valid JSON ({e.msg.removesuffix(' at')} at column {e.colno})",
                              "write one JSON object per line") from None
         if not isinstance(obj, dict):
             raise InputError(path, lineno, f"holds a JSON {type(obj).__name__}, not an object",

@@ -63,6 +63,8 @@ def test_csv_and_alpaca_json(tmp_path):
     ('{"instruction": "ok", "is_classification": "maybe"}\n', 1, "'is_classification' is 'maybe'"),
     ('{"id": "a", "instruction": "ok"}\n{"id": "a", "instruction": "ok2"}\n', 2, "repeats id 'a'"),
     ('["not", "an", "object"]\n', 1, "holds a JSON list"),
+    ('{"instruction": "ok"}\n{"instruction": "torn\n{"instruction": "ok2"}\n', 2,
+     "is not valid JSON (Unterminated string starting at column 17)"),  # was "starting at at column 17"
 ])
 def test_bad_seed_lines_name_file_line_and_fix(tmp_path, content, line, problem):
     path = tmp_path / "seeds.jsonl"
