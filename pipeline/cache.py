@@ -329,13 +329,6 @@ class ResponseCache:
                                     "ON l.file_id = w.file_id WHERE w.done = 0 AND l.state = 'sent'").fetchall()
         return dict(rows)
 
-    def open_kinds(self) -> dict[str, int]:
-        """The lines of open_lines() counted by call kind (bootstrap, classify, ...): requests a re-run awaits."""
-        with self._lock:
-            rows = self._db.execute("SELECT l.kind, COUNT(*) FROM batch_lines l JOIN batch_waves w ON l.file_id = "
-                                    "w.file_id WHERE w.done = 0 AND l.state = 'sent' GROUP BY l.kind").fetchall()
-        return dict(rows)
-
     def fail_line(self, file_id: str, custom_id: str) -> int:
         """Mark a wave line failed; returns how many times that request has failed in any wave."""
         with self._lock:

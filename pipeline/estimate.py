@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import os.path
 import random
+from collections import Counter
 from typing import Any
 
 from .budget import BATCH_SUFFIX, CHARS_PER_TOKEN, judge_config, price_for, stage_models, usd_of
@@ -151,7 +152,8 @@ def estimate_run(cfg: RunConfig, prompts: Prompts, seeds: list[Task], run: RunDi
     yield_per_call = kept / answered if answered and kept else cfg.bootstrap.expected_yield
     # Requests in Batch API waves a stop left open: a re-run awaits them, sending none again; their cost is the
     # "open batches" line's, and counted here as well they were paid twice over (classify's 15 after a kill -9)
-    awaited = log.open_kinds() if log is not None else {}
+    awaited = Counter(kind for w in (log.open_waves() if log is not None else [])
+                      for _, kind, _, state in log.wave_lines(w["file_id"]) if state == "sent")
     example = Task(id="x", instruction=seeds[0].instruction if seeds else "An example task.",
                    instances=[Instance("", "An example answer.")])
     other = Task(id="z", instruction=seeds[-1].instruction if len(seeds) > 1 else "Another task, not the first.",
