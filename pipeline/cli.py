@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import signal
@@ -176,11 +177,23 @@ def said_pending(e: BaseException) -> None:
         console.print(escape(pending), highlight=False, soft_wrap=True)
 
 
+# A file system's refusal of a path the user chose (--out, RUN_DIR, a full disk): bad input, not a bug. `export --out
+# FILE/x` or a read-only folder died with a PermissionError or NotADirectoryError traceback (exit 1).
+PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
 def friendly_errors(f):
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         try:
             return f(*args, **kwargs)
+        except OSError as e:
+            if e.errno not in PATH_ERRNOS or not e.filename:
+                raise
+            console.print(f"[bold red]error:[/] {escape(str(e.filename))}: {escape(e.strerror or str(e))}. Fix: give a "
+                          "path this user can read and write (--out DIR, RUN_DIR, --seeds FILE), on a disk with free space",
+                          highlight=False, soft_wrap=True)
+            sys.exit(2)
         except Seed2LoraError as e:
             code = getattr(e, "exit_code", 2)
             # A judge's outage is the judge's: score's and eval's servers are not the run's teacher
