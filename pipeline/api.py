@@ -56,6 +56,7 @@ class Run:
         # Without a log, the teacher's errors behind an Incomplete ("see the errors above") were said nowhere
         self._session = Session(cfg, progress=_progress(progress), log=log or _stderr_line)
         self._built = _built_from(cfg)
+        self._settings = _settings_of(cfg)  # a setting changed on run.config from these is named on purpose
 
     @classmethod
     def open(cls, run_dir: str | Path, settings: dict[str, Any] | None = None, *, progress: bool = True,
@@ -146,6 +147,11 @@ class Run:
                              "and a Run builds its folder and teacher once",
                              f"make a new Run for it, e.g. Run.open(run.path, {{{key!r}: {new}}}); stage settings "
                              "(bootstrap.num_instructions) may change between calls")
+        # Named on purpose, as settings= names them: on a Run.open, run.config.bootstrap.num_instructions = 15 was
+        # refused as left out ("it would go on with 15, the default"), against the promise that it goes on
+        now = _settings_of(self.config)
+        self.config.give(k for k in now.keys() | self._settings.keys() if now.get(k) != self._settings.get(k))
+        self._settings = now
         script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
         self._session.ctx.command = f"pipeline.Run.{call} in {script}"
 
@@ -204,6 +210,13 @@ def _built_from(cfg: RunConfig) -> dict[str, Any]:
 
     return {k: v for k, v in recorded_settings(dataclasses.asdict(cfg)).items()
             if k in ("output_dir", "run_name", "seed_tasks", "prompts_dir") or k.startswith("teacher.")}
+
+
+def _settings_of(cfg: RunConfig) -> dict[str, Any]:
+    """Every setting of a config by its dotted key, as a manifest records them."""
+    from .config import recorded_settings
+
+    return recorded_settings(dataclasses.asdict(cfg))
 
 
 def _stderr_line(message: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import signal
@@ -29,7 +30,7 @@ from .hub import push_options
 from .progress import progress
 from .show import label, show_run, stdout_console
 from .teachers.origin import SCORE_JUDGE
-from .train.commands import OUTPUT_DIR_MOVED, Renamed, add_commands, moved
+from .train.commands import OUTPUT_DIR_MOVED, Renamed, add_commands, checked, moved
 
 console = Console(stderr=True, soft_wrap=True, emoji=False)  # log lines stay whole in log files and CI output; no
 # emoji codes: "seeds.jsonl:100: ..." printed as "seeds.jsonl💯 ..." and a teacher openai:m as "openaiⓂ"
@@ -100,7 +101,8 @@ def run_options(command: str):
             return click.option(opt, name, is_flag=True, default=None, help=text.format(default=default))
         if name == "base_url":
             return endpoints_option(opt, name, help=text.format(default=default))
-        return click.option(opt, name, type=kind, metavar=metavar, help=text.format(default=default))
+        return click.option(opt, name, type=kind, metavar=metavar, help=text.format(default=default),
+                            callback=None if name == "api" else checked(key))
 
     options = [
         # The run: RUN_DIR, as every command that works on a run takes it, or --output-dir/--run-name (and the
@@ -175,11 +177,23 @@ def said_pending(e: BaseException) -> None:
         console.print(escape(pending), highlight=False, soft_wrap=True)
 
 
+# A file system's refusal of a path the user chose (--out, RUN_DIR, a full disk): bad input, not a bug. `export --out
+# FILE/x` or a read-only folder died with a PermissionError or NotADirectoryError traceback (exit 1).
+PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
 def friendly_errors(f):
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         try:
             return f(*args, **kwargs)
+        except OSError as e:
+            if e.errno not in PATH_ERRNOS or not e.filename:
+                raise
+            console.print(f"[bold red]error:[/] {escape(str(e.filename))}: {escape(e.strerror or str(e))}. Fix: give a "
+                          "path this user can read and write (--out DIR, RUN_DIR, --seeds FILE), on a disk with free space",
+                          highlight=False, soft_wrap=True)
+            sys.exit(2)
         except Seed2LoraError as e:
             code = getattr(e, "exit_code", 2)
             # A judge's outage is the judge's: score's and eval's servers are not the run's teacher
@@ -316,7 +330,7 @@ _stage_command("filter", "Stage 4: filter instructions and clean instances; writ
 @click.option("--input", "input_path", type=click.Path(exists=True),
               help="Pool to evolve: JSONL, Alpaca JSON, CSV, parquet or a datasets folder (default: evolve.source, "
                    "this run's filter.jsonl).")
-@click.option("--rounds", type=int,
+@click.option("--rounds", type=int, callback=checked("evolve.rounds"),
               help=f"Rounds of evolution (default {default_of('evolve.rounds')}); more rounds continue a finished run.")
 @click.option("--weights", metavar="OP=W,...",
               help="Relative chance of each operation, e.g. breadth=2,reasoning=0 (default " +
@@ -421,7 +435,7 @@ SCORE_FLAGS = {**{SCORE_JUDGE.key(k): flag for k, flag in SCORE_JUDGE.flags.item
 @endpoints_option("--judge-base-url", help="The judge's OpenAI-compatible server; several, comma-separated or the "
                                            "flag repeated, share the load and fail over (default: [score.teacher] "
                                            "base_url).")
-@click.option("--max-tokens-total", type=int, help="Stop cleanly after this many tokens, whole run (default: the "
+@click.option("--max-tokens-total", type=int, callback=checked("budget.max_tokens_total"), help="Stop cleanly after this many tokens, whole run (default: the "
                                                    "run's budget).")
 @click.option("--rescore", is_flag=True, help="Remove the earlier ratings and score rejections and rate every row "
                                               "again (another judge, another score.method).")
@@ -443,7 +457,7 @@ def score(run_dir, judge, judge_base_url, max_tokens_total, rescore, config_path
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--model", metavar="DIR", help="The student: a local HF model folder (default: [train] model, the "
                                              "embedded SmolLM2-135M-Instruct).")
-@click.option("--batch-size", type=int, help=f"Rows per forward pass (default {default_of('ifd.batch_size')}).")
+@click.option("--batch-size", type=int, callback=checked("ifd.batch_size"), help=f"Rows per forward pass (default {default_of('ifd.batch_size')}).")
 @_config_of_run
 @_set_any
 @run_dir_only
@@ -459,8 +473,8 @@ def ifd(run_dir, model, batch_size, config_path, sets):
 @click.option("--by", type=click.Choice(["judge", "ifd", "random", "all"]),
               help=f"Rank rows by judge score, IFD (high first), at random, or keep all (default "
                    f"{default_of('select.by')}).")
-@click.option("--top", type=int, help="Keep this many rows.")
-@click.option("--frac", type=float, help=f"Keep this share of the rows (default {default_of('select.frac')}).")
+@click.option("--top", type=int, callback=checked("select.top"), help="Keep this many rows.")
+@click.option("--frac", type=float, callback=checked("select.frac"), help=f"Keep this share of the rows (default {default_of('select.frac')}).")
 @_config_of_run
 @_set_any
 @run_dir_only
@@ -502,7 +516,7 @@ def _export_default(key: str) -> Any:  # the help shows ExportConfig's defaults,
                    "run has.")
 @click.option("--rows", type=click.Choice(["instance", "task"]),
               help=f"One row per instance or per task (default {_export_default('rows')}).")
-@click.option("--eval-fraction", type=float,
+@click.option("--eval-fraction", type=float, callback=checked("eval_fraction", ExportConfig),
               help=f"Share of task families held out for eval (default {_export_default('eval_fraction')}).")
 @click.option("--seed", type=int, help=f"Seed of the train/eval split (default {_export_default('seed')}).")
 @click.option("--seed-tasks/--no-seed-tasks", "--seeds/--no-seeds", "include_seeds", cls=Renamed, default=None,

@@ -704,6 +704,13 @@ def default_of(dotted: str, cls: type = RunConfig) -> Any:
     return _setting(cls, dotted, dotted, None)[1]
 
 
+def check_flag(flag: str, dotted: str, value: Any, cls: type = RunConfig) -> None:
+    """A command-line flag's value checked as its setting's (`dotted`, of `cls`) is, with the flag's form as the fix:
+    `--frac 2` said "select.frac: ... e.g. select.frac = 0.5", a key and a TOML line the user never typed."""
+    hint, default, limits, old = _setting(cls, dotted, flag, None)
+    _coerce(value, hint, flag, None, "", f"{flag} {_example(default)}", limits, old)
+
+
 def set_value(cfg: Any, dotted: str, value: Any, section: str | None = None) -> None:
     """Set 'section.key' or 'key' on a config, checked like a TOML value (a flag's value, already parsed)."""
     dotted = shorthand_key(type(cfg), dotted)

@@ -52,6 +52,7 @@ URL = re.compile(r"https?://[^\s;,()]+")
 # its batch id, never a flood, so never limited; with a short teacher.batch_poll_s a second wave's fell in the first's
 # window and went unsaid. Its progress lines ("batch progress:", one a poll) stay limited.
 WAVE_LINE = re.compile(r"^(\S+ )?batch (?!progress:)\S+:")
+BATCH_ENDED = re.compile(r"^(\S+ )?batch ended: (\S+) ")  # its batch's progress lines held back are stale from here
 USAGE_EVERY = 16  # replies between two refreshes of the manifest's usage and spend while a step runs
 # ...and at most one refresh in this many seconds: a refresh reads the usage log and rewrites the manifest (ms
 # each), which at a fast local server's 1,000 replies a second cost more than the replies (benchmarks/client_cpu.py)
@@ -153,6 +154,8 @@ class RateLimitedLog:
 
     def __call__(self, message: str) -> None:
         if WAVE_LINE.match(message):
+            if ended := BATCH_ENDED.match(message):  # "about 9 s left" said after the batch ended misled
+                self.drop_held(f"{ended.group(1) or ''}batch progress", f": {ended.group(2)} ")
             self.log(f"{self.prefix}{message}")
             return
         kind = event_kind(message)
@@ -173,6 +176,11 @@ class RateLimitedLog:
             n, last = self.skipped.pop(kind)
             self.last[kind] = time.monotonic()
             self.log(f"{self.prefix}{last}" + (f" (and {n - 1} more like it)" if n > 1 else ""))
+
+    def drop_held(self, kind: str, naming: str) -> None:
+        """The event of `kind` held back, forgotten if it holds `naming`: news a later line has made stale."""
+        if naming in self.skipped.get(kind, (0, ""))[1]:
+            self.skipped.pop(kind)
 
     def flush(self) -> None:
         """The events held back and not yet counted on a later line of their kind, said now (a step's end): the last

@@ -63,7 +63,16 @@ def read_records(path: str | Path) -> tuple[Records, str]:
         # Excel in a comma-decimal locale separates with ";": read as ",", that was one column, named by all three.
         sep = "\t" if suffix == ".tsv" else next((d for d in (";", "\t") if d in header and "," not in header), ",")
         reader = csv.DictReader(io.StringIO(text), delimiter=sep)
-        rows = [(reader.line_num, {k: v for k, v in row.items() if k}) for row in reader]
+        rows = []
+        for row in reader:
+            if None in row:  # cells past the header's: dropped, they shifted the row's text into the wrong columns
+                names = {",": "comma", ";": "semicolon", "\t": "tab"}
+                raise InputError(path, reader.line_num, f"has {len(row) - 1 + len(row[None])} cells where the header "
+                                 f"has {len(row) - 1} ({', '.join(map(str, reader.fieldnames or []))}), so its cells "
+                                 "would go into the wrong columns",
+                                 f"put a cell that holds a {names[sep]} (the separator) in double quotes, e.g. "
+                                 '"Summarize this, briefly"')
+            rows.append((reader.line_num, {k: v for k, v in row.items() if k}))
         return rows, "line"
     if suffix == ".json":
         return _read_json(path)

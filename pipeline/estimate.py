@@ -4,7 +4,8 @@ No teacher is loaded and nothing is sent. Prompt tokens come from rendering real
 (characters / CHARS_PER_TOKEN); completion tokens are the max_tokens upper bound. Each stage is
 priced at the model that will run it: score at its judge ([score.teacher]) when it names one,
 every other stage at the run's teacher; through the Batch API (teacher.batch) at the batch price
-(model@batch: budget.batch_price_factor of the model's). Work already in the run's files is not counted again.
+(model@batch: budget.batch_price_factor of the model's). Work already in the run's files is not counted again,
+nor the requests that wait in open Batch API waves (the run awaits them; `open batches` prices them).
 
 Prompt tokens that a hosted prefix cache can serve are counted too (`prefix_cached_tokens`): each stage's
 prompt is rendered for two different tasks, and the part the two share from the start, when it is at least
@@ -17,7 +18,7 @@ run, its own row `classify_calibration` until classify_calibration.json is writt
 175 calls were 69,279 of the quickstart's 86,245 prompt tokens; its classify calls then ask for one token each.
 
 Counts a stage cannot know before the stages ahead of it have run are upper bounds of the plan:
-bootstrap assumes the yield seen so far in this run (else bootstrap.expected_yield); classify and instances
+bootstrap assumes the yield of the prompts answered so far in this run (else bootstrap.expected_yield); classify and instances
 one call per instruction asked for that they have no outcome for yet (a record, or a rejection: a resume asks
 neither again); evolve every instruction of its pool, each round three calls
 (the evolution, the equality judgement, the answer); score one call per row, a task keeping at
@@ -29,6 +30,7 @@ from __future__ import annotations
 import math
 import os.path
 import random
+from collections import Counter
 from typing import Any
 
 from .budget import BATCH_SUFFIX, CHARS_PER_TOKEN, judge_config, price_for, stage_models, usd_of
@@ -70,6 +72,18 @@ def row(model: str, calls: int, prompt_text: str, max_tokens: int, twin: str = "
     per_call = cacheable(len(shared_prefix(prompt_text, twin)) // CHARS_PER_TOKEN) if twin else 0
     return {"model": model, "calls": calls, "prompt_tokens": calls * tokens(prompt_text),
             "max_completion_tokens": calls * max_tokens, "prefix_cached_tokens": max(0, calls - 1) * per_call}
+
+
+def less_calls(r: dict[str, Any], n: int) -> dict[str, Any]:
+    """A stage's row (see row) less `n` of its calls, each call's figures as before."""
+    calls = r["calls"]
+    left = max(0, calls - n)
+    if left == calls:
+        return r
+    prefix_per_call = r["prefix_cached_tokens"] // (calls - 1) if calls > 1 else 0
+    return {**r, "calls": left, "prompt_tokens": left * (r["prompt_tokens"] // calls),
+            "max_completion_tokens": left * (r["max_completion_tokens"] // calls),
+            "prefix_cached_tokens": max(0, left - 1) * prefix_per_call}
 
 
 def classifies_by_logprobs(cfg: RunConfig) -> bool:
@@ -133,8 +147,13 @@ def estimate_run(cfg: RunConfig, prompts: Prompts, seeds: list[Task], run: RunDi
     dollars at most; and their total (its dollars None when a model with tokens to spend has no price)."""
     models = stage_models(cfg, cfg.stages)  # each stage at the model the run prices it at (and checks a price of)
     kept = len(run.read_stage("bootstrap"))
-    sent = log.requests("bootstrap")[0] if log is not None else 0
-    yield_per_call = kept / sent if sent and kept else cfg.bootstrap.expected_yield
+    sent, unfinished = log.requests("bootstrap") if log is not None else (0, [])
+    answered = sent - len(unfinished)  # a prompt in flight at a stop, or in an open batch, has kept nothing yet
+    yield_per_call = kept / answered if answered and kept else cfg.bootstrap.expected_yield
+    # Requests in Batch API waves a stop left open: a re-run awaits them, sending none again; their cost is the
+    # "open batches" line's, and counted here as well they were paid twice over (classify's 15 after a kill -9)
+    awaited = Counter(kind for w in (log.open_waves() if log is not None else [])
+                      for _, kind, _, state in log.wave_lines(w["file_id"]) if state == "sent")
     example = Task(id="x", instruction=seeds[0].instruction if seeds else "An example task.",
                    instances=[Instance("", "An example answer.")])
     other = Task(id="z", instruction=seeds[-1].instruction if len(seeds) > 1 else "Another task, not the first.",
@@ -184,6 +203,7 @@ def estimate_run(cfg: RunConfig, prompts: Prompts, seeds: list[Task], run: RunDi
                       for t in (example, other))
         rows["score"] = row(models["score"], score_rows_left(cfg, seeds, run), text,
                             1 if by_logprobs else cfg.score.max_tokens, twin)
+    rows = {name: less_calls(r, awaited.get(name, 0)) for name, r in rows.items()}
     for r in rows.values():
         price = price_for(cfg.budget, r["model"])
         r["max_cost_usd"] = None if price is None else usd_of(price, r["prompt_tokens"], r["max_completion_tokens"])
@@ -195,7 +215,7 @@ def estimate_run(cfg: RunConfig, prompts: Prompts, seeds: list[Task], run: RunDi
     cost = None if unpriced else sum(r["max_cost_usd"] or 0.0 for r in rows.values())
     best = None if unpriced else sum(r["cost_with_prefix_cache_usd"] or 0.0 for r in rows.values())
     return {"stages": rows, "total": total, "max_cost_usd": cost, "cost_with_prefix_cache_usd": best, "unpriced": unpriced,
-            "bootstrap_yield_per_call": round(yield_per_call, 2), "yield_observed": bool(sent and kept),
+            "bootstrap_yield_per_call": round(yield_per_call, 2), "yield_observed": bool(answered and kept),
             "models": sorted({r["model"] for r in rows.values()}),
             "batch_price_factor": cfg.budget.batch_price_factor if any(m.endswith(BATCH_SUFFIX) for m in
                                                                        (r["model"] for r in rows.values())) else None}

@@ -52,6 +52,10 @@ class Prompts:
 
     def path(self, name: str) -> Path:
         p = self.dir / name
+        if not self.dir.is_dir():  # "bootstrap.txt is missing. Fix: copy it there" named no folder's typo
+            raise InputError(self.dir, None, "prompts_dir is not a folder" if self.dir.exists() else
+                             "prompts_dir does not exist", f"give prompts_dir a folder of templates (copy "
+                             f"{bundled_prompts_dir()} and edit it), or leave it empty to use the bundled prompts")
         if not p.is_file():
             bundled = bundled_prompts_dir() / name
             raise InputError(p, None, "prompt template is missing",

@@ -102,6 +102,7 @@ def validate(ctx: RunContext, steps: list[Step]) -> None:
     if any(s.teacher == "judge" for s in steps):
         teachers.append(ctx.bare_judge)
     check_left_out(ctx, ctx.step_tables, calls_teacher)  # after the teachers' own (keep_recorded), before any request
+    ctx.run.check_writable()  # an unwritable run folder: said before the teachers are probed, not a traceback after
     for teacher in dict.fromkeys(teachers):
         preflight(teacher, ctx.log)
 

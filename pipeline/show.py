@@ -300,7 +300,7 @@ def show_run(path: Path, *, stage: str | None, n_samples: int, as_jsonl: bool, s
         table = Table(label("calls of"), "calls", "errors", "retries", "timeouts", "cached", "prompt tokens",
                       "of them prefix-cached", "completion tokens", title="Teacher usage (every session, from the usage log)")
         for kind, u in s["usage"].items():
-            table.add_row(kind, *(str(u.get(k, 0)) for k in ("calls", "errors", "retries", "timeouts", "cached",
+            table.add_row(kind, *(f"{u.get(k, 0):,}" for k in ("calls", "errors", "retries", "timeouts", "cached",
                                                              "prompt_tokens", "cached_tokens", "completion_tokens")))
         out.print(table)
     if s["usage"]:  # dollars per stage, per 1,000 kept and rows, break-even: the figures of `seed2lora cost`

@@ -71,7 +71,8 @@ def read_jsonl(path: str | Path, *, strict: bool = True) -> Iterator[tuple[int, 
             torn_tail = lineno == len(lines) and not text.endswith("\n")
             if not strict and torn_tail:
                 return
-            raise InputError(path, lineno, f"is not valid JSON ({e.msg} at column {e.colno})",
+            # json's "Unterminated string starting at" ends in "at" itself: "starting at at column 28" before
+            raise InputError(path, lineno, f"is not valid JSON ({e.msg.removesuffix(' at')} at column {e.colno})",
                              "write one JSON object per line") from None
         if not isinstance(obj, dict):
             raise InputError(path, lineno, f"holds a JSON {type(obj).__name__}, not an object",
@@ -308,8 +309,28 @@ class RunDir:
         return self.path / MANIFEST
 
     def ensure(self) -> RunDir:
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a traceback before; check_writable said nothing, or the disk changed since
+            raise self.unwritable(f"cannot be made ({e.strerror or e})") from None
         return self
+
+    def check_writable(self) -> None:
+        """The run's folder, or the nearest one above it that exists, takes new files, checked before any request or
+        write: under a file or a read-only folder, the run stopped with a traceback after the teacher's preflight."""
+        where = self.path
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        if not where.is_dir():
+            raise self.unwritable(f"cannot be made: {where} is a file, not a folder")
+        if not os.access(where, os.W_OK | os.X_OK):
+            raise self.unwritable("cannot be written" if where == self.path else
+                                  f"cannot be made: {where} cannot be written")
+
+    def unwritable(self, problem: str) -> InputError:
+        return InputError(self.path, None, f"the run's folder {problem}",
+                          "give RUN_DIR (or --output-dir) a folder you can write to, e.g. outputs/NAME, or make it "
+                          "writable")
 
     def read_stage(self, stage: str) -> list[Task]:
         return read_tasks(self.stage_file(stage))

@@ -215,8 +215,18 @@ def test_kill_9_during_a_batch_then_a_re_run_resubmits_nothing(fake_batch, tmp_p
         shown = invoke(*cmd[3:], "--dry-run").output if command == "run" else invoke(command, tmp_path / "k").output
         assert f"{waiting} requests submitted and not read yet" in shown and "run the same command" in shown
         assert shown.count("not read yet") == 1, command
+    if point == "classify":  # its one wave holds every task: the re-run sends none of them again
+        dry = invoke(*cmd[3:], "--dry-run").output
+        calls = {cells[0]: int(cells[2].replace(",", "")) for cells in (
+            [c.strip() for c in line.strip("│ ").split("│")] for line in dry.splitlines() if line.startswith("│ "))}
+        assert calls["classify"] == 0 and calls["instances"] == 12, dry  # before: classify 12, beside the open line
     fake_batch.polls_to_finish = 3
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    running = [b for b in fake_batch.batches.values() if b["status"] != "completed"]
+    again = subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    said = " ".join((again.stdout + again.stderr).split())
+    for b in running:  # before: nothing said it until its first poll's progress line
+        assert f"{point} batch resumed: {b['id']} holds the {len(b['_lines'])} {point} requests an earlier session " \
+               "submitted: awaited here, none sent again" in said, said
     sent = Counter(line["custom_id"] for line in fake_batch.lines)
     assert max(sent.values()) == 1  # no request submitted twice
     assert fake_batch.uploads == fake_batch.creations > before  # the re-run went on with new waves only
@@ -572,7 +582,12 @@ def test_kill_9_during_an_evolve_or_score_batch_then_a_re_run_resubmits_nothing(
     cmd, env = run_and_kill(fake_batch, tmp_path, kill_when, "--seeds", seeds_file(tmp_path), *EVOLVE_SCORE, *FAST)
     before = fake_batch.creations
     fake_batch.polls_to_finish = 3
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    running = [b for b in fake_batch.batches.values() if b["status"] != "completed"]
+    again = subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    said = " ".join((again.stdout + again.stderr).split())
+    for b in running:  # before: nothing said it until its first poll's progress line
+        assert f"{point} batch resumed: {b['id']} holds the {len(b['_lines'])} {point} requests an earlier session " \
+               "submitted: awaited here, none sent again" in said, said
     sent = Counter(line["custom_id"] for line in fake_batch.lines)
     assert max(sent.values()) == 1  # no request submitted twice
     assert fake_batch.uploads == fake_batch.creations >= before

@@ -186,6 +186,25 @@ def test_the_dry_run_counts_only_what_is_left(tmp_path):
     assert read(run.stage_file("score"))  # untouched
 
 
+def test_the_dry_runs_bootstrap_yield_counts_the_prompts_answered_not_those_in_flight_at_a_stop(tmp_path):
+    """Killed with 3 of 8 bootstrap prompts in flight (or in an open batch), 15 kept from the 5 answered: the dry run
+    read a yield of 15 / 8 ("1.88 per prompt, observed") where the run itself goes on at 3, and planned 8 calls."""
+    cfg = load_config(None, {"output_dir": str(tmp_path), "run_name": "r", "teacher.spec": "openai:local",
+                             "stages": ["bootstrap"], "bootstrap.num_instructions": 30})
+    run = RunDir(cfg.run_dir).ensure()
+    write_jsonl_atomic(run.stage_file("bootstrap"), [Task(id=f"t{i}", instruction=f"Name fruit {i}.",
+                                                          stage="bootstrap") for i in range(15)])
+    log = ResponseCache(run.path / CACHE_FILE)
+    for n in range(8):
+        log.log_request("bootstrap", n, {"prompt": f"p{n}"}, done=range(n) if n <= 5 else ())
+    try:
+        est = estimate_run(cfg, Prompts(), [], run, log)
+    finally:
+        log.close()
+    assert est["bootstrap_yield_per_call"] == 3.0 and est["yield_observed"]
+    assert est["stages"]["bootstrap"]["calls"] == 5  # 15 to go at 3 a prompt (the 3 unanswered sent again)
+
+
 def test_the_dry_run_of_a_finished_run_counts_no_call_for_a_task_a_stage_rejected(tmp_path):
     """The measured bug: a finished run whose classify rejected one task and instances another was predicted
     a classify call and two instances calls; a resume sends none (a rejection is that stage's outcome)."""

@@ -459,3 +459,31 @@ def test_a_run_killed_before_its_teacher_was_recorded_still_keeps_its_teacher(fa
     assert "was made with teacher openai:fake-model (manifest.json), and this command names no teacher" in text
     assert f"--set teacher.spec=openai:fake-model --set teacher.base_url={fake_openai.url}" in text
     assert len(fake_openai.history) == calls
+
+
+def test_a_run_folder_that_cannot_be_written_stops_with_exit_2_before_the_teacher_is_probed(fake_openai, tmp_path,
+                                                                                           monkeypatch):
+    """`run --output-dir X` where X is a file, or a read-only folder, went through the teacher's preflight and then
+    died with a traceback (NotADirectoryError, PermissionError) at the run's lock: exit 1, as a bug."""
+    import os
+
+    (tmp_path / "afile").write_text("")
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "afile" / "r"), "--teacher", "openai:fake-model", "--base-url",
+                                      fake_openai.url, "--num-instructions", "2"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and result.exception is not None and isinstance(result.exception, SystemExit), text
+    assert f"{tmp_path / 'afile' / 'r'}: the run's folder cannot be made: {tmp_path / 'afile'} is a file, not a " \
+           "folder. Fix: give RUN_DIR (or --output-dir) a folder you can write to" in text
+    assert fake_openai.probes == [] and fake_openai.history == []
+
+    invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 2)
+    run = tmp_path / "r"
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    calls = len(fake_openai.history)
+    real_access = os.access  # as root, chmod cannot make a folder read-only: say the folder refuses writes
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: (Path(path) != run or not mode & os.W_OK)
+                        and real_access(path, mode, **kw))
+    text = " ".join(invoke("run", run, "--teacher", "openai:fake-model", "--base-url", fake_openai.url,
+                           "--num-instructions", 4, expect=2).output.split())
+    assert f"{run}: the run's folder cannot be written. Fix:" in text
+    assert len(fake_openai.history) == calls and {p.name: p.read_bytes() for p in run.iterdir()} == before

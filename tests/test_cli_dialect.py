@@ -186,8 +186,8 @@ def test_the_retry_note_says_whether_any_retry_happened(fake_openai, tmp_path):
     (["--set", "filter.rouge_threshold=1.5"], "filter.rouge_threshold", "1.5", "0 to 1"),
     (["--set", "bootstrap.top_p=-0.1"], "bootstrap.top_p", "-0.1", "0 to 1"),
     (["--set", "select.frac=0"], "select.frac", "0.0", "more than 0, at most 1"),
-    (["--num-instructions", "0"], "bootstrap.num_instructions", "0", "1 or more"),
-    (["--max-cost", "-1"], "budget.max_cost", "-1.0", "0 or more"),
+    (["--num-instructions", "0"], "'--num-instructions'", "0", "1 or more"),  # the flag typed, not its key
+    (["--max-cost", "-1"], "'--max-cost'", "-1.0", "0 or more"),
 ])
 def test_a_value_out_of_range_exits_2_naming_key_value_and_range(tmp_path, args, key, value, allowed):
     result = _cli("run", "--dry-run", "--output-dir", tmp_path, *args)
@@ -204,7 +204,7 @@ def test_ranges_hold_in_toml_files_and_in_every_command(tmp_path, kept_run):
                                                        r"\(allowed: 1 or more\)"):
         load_config(config)
     result = _cli("export", kept_run, "--eval-fraction", "1.5")
-    assert result.exit_code == 2 and "export.eval_fraction: 1.5 is out of range (allowed: 0 or more, less than 1)" in _flat(result.output)
+    assert result.exit_code == 2 and "'--eval-fraction': 1.5 is out of range (allowed: 0 or more, less than 1)" in _flat(result.output)
     result = _cli("eval", kept_run, "--set", "eval.judge.concurrency=0")
     assert result.exit_code == 2 and "0 is out of range (allowed: 1 or more)" in _flat(result.output)
     result = _cli("cost", kept_run, "--set", "cost.gpu_usd_per_hour=-2")
@@ -214,6 +214,29 @@ def test_ranges_hold_in_toml_files_and_in_every_command(tmp_path, kept_run):
         assert result.exit_code == 2 and "0 is out of range (allowed: -1 or more, but not 0)" in _flat(result.output), \
             result.output
         assert not (Path(kept_run) / "adapter").exists()
+
+
+@pytest.mark.parametrize("command, flag, value, problem, fix", [
+    ("run", "--num-instructions", "-5", "-5 is out of range (allowed: 1 or more)", "--num-instructions 100"),
+    ("run", "--max-tokens-total", "-1", "-1 is out of range (allowed: 0 or more)", "--max-tokens-total 0"),
+    ("evolve", "--rounds", "-1", "-1 is out of range (allowed: 0 or more)", "--rounds 4"),
+    ("select", "--frac", "2", "2.0 is out of range (allowed: more than 0, at most 1)", "--frac 0.5"),
+    ("select", "--top", "-3", "-3 is out of range (allowed: 0 or more)", "--top 0"),
+    ("ifd", "--batch-size", "0", "0 is out of range (allowed: 1 or more)", "--batch-size 8"),
+    ("score", "--max-tokens-total", "-1", "-1 is out of range (allowed: 0 or more)", "--max-tokens-total 0"),
+    ("train", "--epochs", "-1", "-1.0 is out of range (allowed: more than 0)", "--epochs 3.0"),
+    ("train", "--lr", "0", "0.0 is out of range (allowed: more than 0)", "--lr 0.0002"),
+    ("eval", "--limit", "-1", "-1 is out of range (allowed: 0 or more)", "--limit 0"),
+])
+def test_a_flag_out_of_range_is_named_as_typed_with_its_fix_as_a_flag(kept_run, command, flag, value, problem, fix):
+    """A flag's value out of range named the setting behind it, with a TOML line as its fix (`select --frac 2`:
+    "select.frac: ... e.g. select.frac = 0.5"; `evolve --rounds -1`: "--set evolve.rounds=-1"): words the user never
+    typed. The flag is named, and its fix is the flag."""
+    result = _cli(command, kept_run, flag, value)
+    text = _flat(result.output)
+    assert result.exit_code == 2 and f"Invalid value for '{flag}': {problem}. Fix: give a value in range, e.g. {fix}." \
+        in text, text
+    assert not any((Path(kept_run) / name).exists() for name in ("select.jsonl", "ifd.jsonl", "adapter", "evolve.jsonl"))
 
 
 def test_every_range_names_a_number_setting_whose_default_it_allows():

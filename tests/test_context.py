@@ -170,6 +170,35 @@ def test_flush_says_each_kinds_last_held_event_with_the_count_of_the_rest():
     assert len(lines) == 3
 
 
+def test_a_batchs_progress_held_back_is_never_said_after_its_batch_ended():
+    """Seen in batch mode against the fake Batch API: 'classify batch ended: batch_8 completed', 'classify: 20/20
+    done', then the step's flush said the held poll 'batch_8 finalizing, 12/20 done, about 9 s left (and 2 more like
+    it)', as if the batch still ran. Its ended line now makes that held line stale; another batch's is kept."""
+    from types import SimpleNamespace
+
+    from pipeline.context import RateLimitedLog
+    from pipeline.teachers.batch_api import ended_line, progress_line
+
+    def batch(batch_id, status, done):
+        return SimpleNamespace(id=batch_id, status=status,
+                               request_counts=SimpleNamespace(completed=done, failed=0, total=20))
+
+    lines, seen = [], {}
+    log = RateLimitedLog(lines.append)
+    for done, status in ((4, "in_progress"), (8, "in_progress"), (12, "finalizing")):  # the 2nd and 3rd held back
+        log(progress_line("classify", {"file_id": "file-7"}, batch("batch_8", status, done), seen))
+    log(ended_line("classify", batch("batch_8", "completed", 20), 20, 0, []))
+    log.flush()
+    assert [line.split(":")[1].strip() for line in lines] == ["classify batch progress", "classify batch ended"], lines
+    assert "left" not in lines[-1] and lines[-1].startswith("teacher: classify batch ended: batch_8 completed")
+
+    log(progress_line("instances", {"file_id": "file-9"}, batch("batch_9", "in_progress", 4), seen))
+    log(progress_line("instances", {"file_id": "file-9"}, batch("batch_9", "in_progress", 8), seen))  # held
+    log(ended_line("instances", batch("batch_5", "completed", 20), 20, 0, []))  # another batch ends: batch_9 runs on
+    log.flush()
+    assert "batch_9 in_progress, 8/20 done" in lines[-1], lines
+
+
 def test_an_endpoint_back_is_never_said_above_its_down_held_back_by_the_rate_limit():
     """Seen against a real llama.cpp server killed and restarted mid-run: 'endpoint back ... (and 2 more like it)',
     then the stages done, then a held 'endpoint down ... (and 2 more like it)' flushed at the step's end, as if the

@@ -172,6 +172,19 @@ def test_export_cli_and_friendly_errors(tmp_path):
     assert result.exit_code == 2 and "unknown export format" in result.output
 
 
+def test_an_out_folder_that_cannot_be_written_is_named_with_exit_2_not_a_traceback(tmp_path):
+    """`export RUN --out FILE/x` (or a read-only folder, or a full disk) died with a NotADirectoryError traceback,
+    exit 1: a bug by the README's table, where the cause was the path given."""
+    run = make_run(tmp_path)
+    (tmp_path / "a_file").write_text("")
+    for command in (["export", str(run)], ["report", str(run)]):
+        result = CliRunner().invoke(cli, [*command, "--out", str(tmp_path / "a_file" / "out")])
+        text = " ".join(result.output.split())
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (command, text)
+        assert f"error: {tmp_path / 'a_file'}" in text and "Not a directory. Fix: give a path this user can read " \
+            "and write (--out DIR, RUN_DIR, --seeds FILE), on a disk with free space" in text, text
+
+
 def test_train_data_files_share_the_pool_readers(tmp_path):
     """train reads CSV too, and a bad file is named with the place and the fix (datasets_io.read_records)."""
     from pipeline.errors import InputError

@@ -308,3 +308,22 @@ def test_score_and_the_eval_judge_need_their_templates_before_anything_is_asked(
                                         "eval.judge.spec": "openai:fake-model"}))
     with pytest.raises(InputError, match="judge_pairwise.txt"):  # `run` through eval: before bootstrap is paid
         validate(ctx, [s for s in STEPS if s.name == "eval"])
+
+
+def test_a_prompts_dir_that_does_not_exist_is_named_as_such_not_as_its_first_missing_template(fake_openai, tmp_path):
+    """`--set prompts_dir=my_promts` (a typo) said "my_promts/bootstrap.txt: prompt template is missing. Fix: copy
+    .../bootstrap.txt there", as if the folder existed and lacked one file."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    typo = tmp_path / "my_promts"
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "run"), "--num-instructions", "2", "--teacher",
+                                      "openai:fake-model", "--base-url", fake_openai.url, "--set", f"prompts_dir={typo}"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"{typo}: prompts_dir does not exist. Fix: give prompts_dir a folder of " \
+        f"templates (copy {P.dir} and edit it), or leave it empty to use the bundled prompts." in text, text
+    assert fake_openai.history == [] and not (tmp_path / "run").exists()
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(InputError, match="prompts_dir is not a folder"):
+        Prompts(tmp_path / "a_file").path("classify.txt")

@@ -224,6 +224,24 @@ def test_run_config_changed_between_calls_is_checked_as_settings_are(fake_openai
         assert again.config.bootstrap.num_instructions == 5 and again.config.teacher.concurrency == 2
 
 
+def test_a_stage_setting_changed_on_an_opened_runs_config_goes_on(fake_openai, tmp_path):
+    """docs/python.md: a stage setting changed on run.config between calls goes on. On a Run.open it was refused as
+    left out: "this command leaves it out: it would go on with bootstrap.num_instructions = 5, the default"."""
+    with Run(settings={"bootstrap.num_instructions": 3}, teacher="openai:fake-model", base_url=fake_openai.url,
+             name="r", output_dir=tmp_path, progress=False, log=lambda line: None) as run:
+        run.run("bootstrap")
+    with Run.open(tmp_path / "r", progress=False, log=lambda line: None) as again:
+        again.run("bootstrap")  # as made: nothing to do
+        again.config.bootstrap.num_instructions = 5
+        again.run("bootstrap")
+        assert len(again.records("bootstrap")) == 5
+        assert again.manifest()["config"]["bootstrap"]["num_instructions"] == 5
+    with Run(teacher="openai:fake-model", base_url=fake_openai.url, name="r", output_dir=tmp_path, progress=False,
+             log=lambda line: None) as other:  # a new Run that leaves it out is still stopped
+        with pytest.raises(Seed2LoraError, match=r"made with bootstrap\.num_instructions = 5 .* leaves it out"):
+            other.run("bootstrap")
+
+
 def test_two_runs_of_one_folder_in_one_process_say_the_other_is_in_this_process(fake_openai, tmp_path):
     import threading
 

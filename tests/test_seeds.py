@@ -63,6 +63,8 @@ def test_csv_and_alpaca_json(tmp_path):
     ('{"instruction": "ok", "is_classification": "maybe"}\n', 1, "'is_classification' is 'maybe'"),
     ('{"id": "a", "instruction": "ok"}\n{"id": "a", "instruction": "ok2"}\n', 2, "repeats id 'a'"),
     ('["not", "an", "object"]\n', 1, "holds a JSON list"),
+    ('{"instruction": "ok"}\n{"instruction": "torn\n{"instruction": "ok2"}\n', 2,
+     "is not valid JSON (Unterminated string starting at column 17)"),  # was "starting at at column 17"
 ])
 def test_bad_seed_lines_name_file_line_and_fix(tmp_path, content, line, problem):
     path = tmp_path / "seeds.jsonl"
@@ -288,6 +290,23 @@ def test_a_csv_separated_by_semicolons_or_tabs_loads(tmp_path):
         assert [(s.instruction, s.instances[0].input, s.instances[0].output) for s in seeds] == [
             ("Add the numbers; then halve.", "2, 4", "3"), ("Name a colour of the sky.", "", "Blue")], sep
         assert [t.instruction for t in load_pool(path)] == [s.instruction for s in seeds]
+
+
+def test_a_csv_row_with_more_cells_than_its_header_is_refused_naming_its_line(tmp_path):
+    """An unquoted comma in an instruction ('Summarize the text, briefly') made one cell more: the loader moved the
+    row's text a column on (input ' briefly', output the input) and dropped the last cell without a word."""
+    path = tmp_path / "mine.csv"
+    path.write_text("instruction,input,output\nName a colour of the sky.,,Blue\n"
+                    "Summarize the text, briefly.,The cat sat on the mat.,A cat sat.\n")
+    for load in (load_seeds, load_pool):
+        with pytest.raises(InputError) as e:
+            load(path)
+        assert (e.value.path, e.value.line) == (path, 3)
+        assert "has 4 cells where the header has 3 (instruction, input, output)" in e.value.problem
+        assert e.value.fix.startswith("put a cell that holds a comma (the separator) in double quotes")
+    path.write_text("instruction;input;output\nAdd the numbers; then halve.;2;1\n")
+    with pytest.raises(InputError, match="holds a semicolon"):
+        load_seeds(path)
 
 
 def test_a_tsv_file_loads_as_a_tab_separated_csv_and_quoted_line_breaks_stay_in_their_cell(tmp_path):

@@ -13,8 +13,8 @@ def usage_rows(run, column=1):
     for line in out:
         inside = inside or "Teacher usage" in line
         cells = [c.strip() for c in line.strip().strip("│┃|").split("│")]
-        if inside and len(cells) > 2 and cells[1].isdigit():
-            rows[cells[0]] = int(cells[column])
+        if inside and len(cells) > 2 and cells[1].replace(",", "").isdigit():
+            rows[cells[0]] = int(cells[column].replace(",", ""))
         if inside and line.startswith("└"):
             break
     return rows
@@ -65,3 +65,24 @@ def test_each_stage_line_counts_its_retries_as_show_does(fake_openai: FakeOpenAI
     retries = usage_rows(tmp_path / "q", column=3)
     assert (retries["bootstrap"], retries["classify"]) == (1, 2), retries
     assert sum(retries.get(k, 0) for k in ("evolve", "evolve_judge", "evolve_answer")) == 1, retries
+
+
+def test_shows_usage_table_groups_thousands_as_its_spend_line_and_cost_do(tmp_path):
+    """A real run's tokens came out as 3940 and 2880 in the usage table, beside "Spend: 8,565 tokens" and cost's
+    "2,880": a million tokens read as 1234567."""
+    from pipeline.records import Task
+    from pipeline.store import RunDir, write_jsonl_atomic
+
+    run = RunDir(tmp_path / "r").ensure().path
+    write_jsonl_atomic(run / "classify.jsonl", [Task(id="t0", instruction="Name a colour.", stage="classify")])
+    RunDir(run).update_manifest(status="done")
+    cache = ResponseCache(run / CACHE_FILE)
+    try:
+        cache.log_usage("s1", "classify", {"calls": 1234, "prompt_tokens": 1234567, "completion_tokens": 2468},
+                        "fake-model")
+    finally:
+        cache.close()
+    assert usage_rows(run) == {"classify": 1234}
+    out = invoke("show", run, "--sample", 0).output
+    row = next(line for line in out[out.index("Teacher usage"):].splitlines() if line.startswith("│ classify"))
+    assert [c.strip() for c in row.strip("│").split("│")][1:] == ["1,234", "0", "0", "0", "0", "1,234,567", "0", "2,468"]

@@ -42,6 +42,7 @@ from .batch_api import (
     progress_line,
     read_line,
     read_results,
+    resumed_line,
     stop_if_refused,
     submitted_line,
 )
@@ -92,9 +93,8 @@ class BatchTeacher(OpenAITeacher):
 
     def cached(self, req: Request, params: GenParams) -> bool:
         """Paid for: in the cache, or sent in a wave whose reply is still to come."""
-        if super().cached(req, params):
-            return True
-        return self.cache is not None and self.cache_key(req, params) in self.cache.open_lines()
+        return super().cached(req, params) or (
+            self.cache is not None and self.cache_key(req, params) in self.cache.open_lines())
 
     def stream(self, requests: Any, params: GenParams, *, kind: str) -> Iterator[tuple[Request, Completion]]:
         self._kind = kind
@@ -117,6 +117,8 @@ class BatchTeacher(OpenAITeacher):
         for wave in self._waves.values():
             if wave["batch_id"] is None:  # uploaded, and killed before or during the create
                 self._create(client, wave, resumed=True)
+            elif wave["file_id"] not in self._seen:  # an earlier session's batch, not polled here yet
+                self._event(resumed_line(self.cache, wave, self.folder, self.poll_s, self.origin))
         waiting: dict[str, list[tuple[Request, GenParams]]] = {}  # custom_id -> the requests awaiting its reply
         ready: deque[tuple[Request, Completion]] = deque()
         retry: dict[str, tuple[Request, GenParams]] = {}  # failed lines for the next wave

@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -148,6 +149,17 @@ def submitted_line(kind: str, n: int, batch_id: str, file_id: str, folder: str, 
     """A wave's line once it is submitted: its size and batch, and where its results will come from."""
     where = f"written to {folder}" if folder else f"polled every {poll_s:g} s ({origin.key('batch_poll_s')})"
     return f"{kind} batch submitted: {n} {kind} requests as batch {batch_id} (file {file_id}); {where}"
+
+
+def resumed_line(cache: Any, wave: dict[str, Any], folder: str, poll_s: float, origin: Origin) -> str:
+    """The line of a batch an earlier session submitted and this one awaits: a re-run said nothing of it until
+    its first poll's progress line, so it was not seen that the requests were not sent again."""
+    kinds = Counter(kind for _, kind, _, state in cache.wave_lines(wave["file_id"]) if state == "sent")
+    kind = kinds.most_common(1)[0][0] if kinds else "teacher"
+    what = ", ".join(f"{n:,} {k}" for k, n in kinds.most_common())
+    where = f"its results read from {folder}" if folder else f"polled every {poll_s:g} s ({origin.key('batch_poll_s')})"
+    return (f"{kind} batch resumed: {wave['batch_id']} holds the {what} requests an earlier session submitted: "
+            f"awaited here, none sent again; {where}")
 
 
 def progress_line(kind: str, wave: dict[str, Any], b: Any, seen: dict[str, tuple[float, int]]) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from ..config import EvalConfig, TrainConfig, default_of, flag_overrides, load_section
+from ..config import EvalConfig, RunConfig, TrainConfig, check_flag, default_of, flag_overrides, load_section
 from ..progress import progress
 
 
@@ -43,6 +43,22 @@ def moved(flag: str, fix: str):
     # Its own parameter name: click would otherwise hand it the value of the option it makes way for (--out's output_dir).
     return click.option(flag, "moved_" + flag.strip("-").replace("-", "_"), hidden=True, expose_value=False,
                         callback=refuse)
+
+
+def checked(key: str, cls: type = RunConfig):
+    """A number flag's callback: its value checked against its setting (`key` of `cls`) as click reads it, so the
+    error names the flag typed and its fix in the flag's form (`--num-instructions -5` named bootstrap.num_instructions
+    and gave "e.g. bootstrap.num_instructions = 100"; `evolve --rounds -1` named --set evolve.rounds=-1)."""
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None:
+            from ..errors import InputError
+
+            try:
+                check_flag(param.opts[0], key, value, cls)
+            except InputError as e:
+                raise click.BadParameter(f"{e.problem}. Fix: {e.fix}.", ctx, param) from None
+        return value
+    return check
 
 
 # --output-dir is the folder run directories go under (`seed2lora run`); a command's own output is --out.
@@ -125,13 +141,13 @@ def add_training_commands(cli: click.Group, friendly_errors: Callable, console: 
     @click.option("--no-quant", is_flag=True, hidden=True, help="Old spelling of --quant none.")
     @click.option("--packing/--no-packing", default=None,
                   help=f"Pack examples into full rows (default {_on_off(t('packing'))}).")
-    @click.option("--epochs", type=float, help=f"Epochs (default {t('epochs'):g}).")
-    @click.option("--max-steps", type=int,
+    @click.option("--epochs", type=float, callback=checked("epochs", TrainConfig), help=f"Epochs (default {t('epochs'):g}).")
+    @click.option("--max-steps", type=int, callback=checked("max_steps", TrainConfig),
                   help=f"Stop after this many updates, overriding epochs (default {t('max_steps')}: the epochs).")
-    @click.option("--batch-size", type=int, help=f"Rows per device per micro-step (default {t('batch_size')}).")
-    @click.option("--grad-accum", type=int, help=f"Micro-steps per update (default {t('grad_accum')}).")
-    @click.option("--lr", "learning_rate", type=float, help=f"Learning rate (default {t('learning_rate'):g}).")
-    @click.option("--max-seq-len", type=int, help=f"Tokens per example or packed row (default {t('max_seq_len')}).")
+    @click.option("--batch-size", type=int, callback=checked("batch_size", TrainConfig), help=f"Rows per device per micro-step (default {t('batch_size')}).")
+    @click.option("--grad-accum", type=int, callback=checked("grad_accum", TrainConfig), help=f"Micro-steps per update (default {t('grad_accum')}).")
+    @click.option("--lr", "learning_rate", type=float, callback=checked("learning_rate", TrainConfig), help=f"Learning rate (default {t('learning_rate'):g}).")
+    @click.option("--max-seq-len", type=int, callback=checked("max_seq_len", TrainConfig), help=f"Tokens per example or packed row (default {t('max_seq_len')}).")
     @click.option("--optim", help=f"Optimizer: auto (paged_adamw_32bit on a GPU, adamw_torch on CPU), paged_adamw_8bit, "
                                   f"adamw_torch, ... (default {t('optim')}).")
     @click.option("--resume/--no-resume", default=None,
@@ -179,7 +195,7 @@ def add_answering_commands(cli: click.Group, friendly_errors: Callable, console:
     @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False),
                   help="JSONL of {instruction, input} or {messages} rows to answer.")
     @click.option("--model", default="", help="Base model folder (default: the adapter's).")
-    @click.option("--max-new-tokens", type=int,
+    @click.option("--max-new-tokens", type=int, callback=checked("max_new_tokens", EvalConfig),
                   help=f"Answer length cap (default: the adapter's sampling.json, as eval used it; else "
                        f"{e('max_new_tokens')}).")
     @click.option("--quant", type=click.Choice(["auto", "4bit", "none"]), default="auto", show_default=True,
@@ -232,8 +248,8 @@ def add_answering_commands(cli: click.Group, friendly_errors: Callable, console:
                                  "downloaded once into the user cache (docs/training.md, eval). Default: those if on this "
                                  "machine (../shared/data or the cache), else the adapter's eval split, and the "
                                  "message says so.")
-    @click.option("--limit", type=int, help=f"Evaluate this many tasks, a seeded sample (default {e('limit')}: all).")
-    @click.option("--max-new-tokens", type=int, help=f"Answer length cap (default {e('max_new_tokens')}).")
+    @click.option("--limit", type=int, callback=checked("limit", EvalConfig), help=f"Evaluate this many tasks, a seeded sample (default {e('limit')}: all).")
+    @click.option("--max-new-tokens", type=int, callback=checked("max_new_tokens", EvalConfig), help=f"Answer length cap (default {e('max_new_tokens')}).")
     @click.option("--judge", metavar="SPEC",
                   help="Teacher spec of a pairwise judge, e.g. openai:gpt-4o-mini or embedded (default: none, ROUGE-L "
                        "only); its other [teacher] keys: --set eval.judge.base_url=URL or an [eval.judge] table. In a run "
