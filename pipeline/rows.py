@@ -144,9 +144,31 @@ def run_rows(run: RunDir, cfg: ExportConfig) -> RunRows:
                              "Fix: --rows instance (a row per instance) or --rows task")
     sources = kept_files(run, cfg.include)
     tasks = [t for f in sources for t in run.read_stage(f.stem)]
+    if sources == [run.stage_file("select")]:
+        check_selection(run, tasks)
     rows = task_rows(tasks, cfg.rows)  # one call, so an evolution finds its parent's family across both files
     if not rows:
         held = f"{sources[0]} holds" if len(sources) == 1 else \
             f"{' and '.join(map(str, sources))} hold" if sources else "the run holds"
         raise Seed2LoraError(f"{held} no task with instances; nothing to export")
     return RunRows(tasks, rows + seed_rows(run, cfg.rows, cfg.include_seeds), sources)
+
+
+def check_selection(run: RunDir, selected: list[Task]) -> None:
+    """select.jsonl's rows must be rows the run keeps now: a selection made before a `filter --input` replaced
+    filter.jsonl's tasks (or before evolve.jsonl was made again) went on into `export --include selected` as the
+    run's rows, the bootstrapped tasks the user's file had replaced, and its card said they came from that file.
+    Evolutions count as kept only while evolve.jsonl is not mixed (store.evolve_mixed)."""
+    mixed = evolve_mixed(run)
+    stages = ["filter"] + ([] if mixed else ["evolve"])
+    kept = {t.id: t for stage in stages for t in run.read_stage(stage)}
+    stale = [t for t in selected if t.id not in kept or t.instruction != kept[t.id].instruction
+             or any(i not in kept[t.id].instances for i in t.instances)]
+    if stale:
+        raise Seed2LoraError(f"{run.stage_file('select')}: {len(stale)} of its {len(selected)} tasks are no longer "
+                             f"among the run's kept records{f' ({mixed})' if mixed else ''}, e.g. "
+                             f"{stale[0].instruction[:80]!r}: the selection was made before filter.jsonl or "
+                             "evolve.jsonl changed (a later `filter --input` replaces filter.jsonl's tasks), and "
+                             "exported, it would bring back rows the run no longer has. Fix: run `seed2lora select "
+                             f"{run.path}` again to select from the rows there now, or export without it (--include "
+                             "self-instruct,evolve)")

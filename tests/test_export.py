@@ -597,3 +597,32 @@ def test_a_mixed_evolve_jsonl_stops_select_and_train_with_fixes_that_work_there(
     rows = load_rows(run.export_dir)
     assert {r["instruction"] for r in rows.train + (rows.eval or [])} <= {
         "Name three rivers in Europe.", "Summarize the story of Hamlet in two sentences."}
+
+
+def test_a_selection_made_before_filter_input_replaced_the_rows_is_not_exported(fake_openai, tmp_path):
+    """`select`, then `filter --input my_data.jsonl`: select.jsonl still held the bootstrapped tasks the user's
+    file replaced, and `export --include selected` wrote them as the run's rows, its line saying they came from
+    my_data.jsonl. export now stops, naming select.jsonl and the fix (select again)."""
+    from helpers import teacher_flags
+
+    flags = teacher_flags(fake_openai, tmp_path)
+    result = CliRunner().invoke(cli, ["run", *flags, "--num-instructions", "3", "--set",
+                                      'stages=["bootstrap", "classify", "instances", "filter"]'])
+    assert result.exit_code == 0, result.output
+    run = RunDir(tmp_path / "r")
+    assert CliRunner().invoke(cli, ["select", str(run.path), "--by", "all"]).exit_code == 0
+    export = ["export", str(run.path), "--include", "selected", "--formats", "alpaca", "--set", "decontaminate=off"]
+    assert CliRunner().invoke(cli, [*export, "--out", str(tmp_path / "before")]).exit_code == 0  # current: exported
+    mine = tmp_path / "my_data.jsonl"
+    asked = ["Name three rivers in Europe.", "Summarize the story of Hamlet in two sentences."]
+    mine.write_text("".join(json.dumps({"instruction": a, "input": "", "output": "An answer."}) + "\n" for a in asked))
+    assert CliRunner().invoke(cli, ["filter", "--input", str(mine), *flags[4:]]).exit_code == 0
+    result = CliRunner().invoke(cli, [*export, "--out", str(tmp_path / "exp")])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert f"{run.stage_file('select')}: 3 of its 3 tasks are no longer among the run's kept records" in text, text
+    assert f"Fix: run `seed2lora select {run.path}` again" in text and not (tmp_path / "exp").exists()
+    assert CliRunner().invoke(cli, ["select", str(run.path), "--by", "all"]).exit_code == 0  # the fix
+    assert CliRunner().invoke(cli, [*export, "--out", str(tmp_path / "exp")]).exit_code == 0
+    rows = load_rows(tmp_path / "exp")
+    assert sorted(r["instruction"] for r in rows.train + (rows.eval or [])) == sorted(asked)
