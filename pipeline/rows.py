@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ExportConfig
-from .errors import Seed2LoraError
+from .errors import Refused, Seed2LoraError
 from .records import ROW_UNITS, Task, task_rows
 from .store import RunDir, evolve_input, evolve_mixed, seeds_used
 
@@ -73,7 +73,7 @@ def kept_files(run: RunDir, include: list[str] | str) -> list[Path]:
         raise Seed2LoraError(f"{f} does not exist, and export include = [{name!r}] asks for it. Fix: run "
                              f"`seed2lora {SOURCES[name]}` for this run first, or export --include {other}")
     if run.stage_file("evolve") in found and (mixed := evolve_mixed(run)):  # a later --input replaced its roots
-        raise Seed2LoraError(evolve_mixed_error(run, mixed))
+        raise Refused(evolve_mixed_error(run, mixed))
     if not found:
         raise Seed2LoraError(f"{run.path} has neither {' nor '.join(f.name for f in files.values())}: no kept "
                              "records to export. Fix: run `seed2lora filter` (Self-Instruct) or `seed2lora evolve` "
@@ -165,10 +165,10 @@ def check_selection(run: RunDir, selected: list[Task]) -> None:
     stale = [t for t in selected if t.id not in kept or t.instruction != kept[t.id].instruction
              or any(i not in kept[t.id].instances for i in t.instances)]
     if stale:
-        raise Seed2LoraError(f"{run.stage_file('select')}: {len(stale)} of its {len(selected)} tasks are no longer "
-                             f"among the run's kept records{f' ({mixed})' if mixed else ''}, e.g. "
-                             f"{stale[0].instruction[:80]!r}: the selection was made before filter.jsonl or "
-                             "evolve.jsonl changed (a later `filter --input` replaces filter.jsonl's tasks), and "
-                             "exported, it would bring back rows the run no longer has. Fix: run `seed2lora select "
-                             f"{run.path}` again to select from the rows there now, or export without it (--include "
-                             "self-instruct,evolve)")
+        raise Refused(f"{run.stage_file('select')}: {len(stale)} of its {len(selected)} tasks are no longer "
+                      f"among the run's kept records{f' ({mixed})' if mixed else ''}, e.g. "
+                      f"{stale[0].instruction[:80]!r}: the selection was made before filter.jsonl or "
+                      "evolve.jsonl changed (a later `filter --input` replaces filter.jsonl's tasks), and "
+                      "exported, it would bring back rows the run no longer has. Fix: run `seed2lora select "
+                      f"{run.path}` again to select from the rows there now, or export without it (--include "
+                      "self-instruct,evolve)")

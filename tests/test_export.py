@@ -599,6 +599,30 @@ def test_a_mixed_evolve_jsonl_stops_select_and_train_with_fixes_that_work_there(
         "Name three rivers in Europe.", "Summarize the story of Hamlet in two sentences."}
 
 
+
+def test_a_refused_stage_says_no_work_is_pending(fake_openai, tmp_path):
+    """A stage that refuses the run's files (the mixed evolve.jsonl) was followed by "pending: evolve 1 slot with
+    rounds to go" (or "still to run: score"), and the manifest's evolve entry got that pending count and a stop, as
+    if the same command would do it; it refuses again until the fix is made."""
+    run, flags, mine, cause = mixed_run(fake_openai, tmp_path)
+    result = CliRunner().invoke(cli, ["score", str(run.path), "--judge", "openai:fake-model", "--judge-base-url",
+                                      fake_openai.url])
+    assert result.exit_code == 2 and cause in " ".join(result.output.split()), result.output
+    assert "still to run" not in result.output and "pending:" not in result.output, result.output
+    # evolve.jsonl made of the user's rows; then a `run` whose filter re-runs from the bootstrapped tasks replaces
+    # them again: evolve refuses as it starts, after the pre-run check passed
+    run.stage_file("evolve").unlink()
+    assert CliRunner().invoke(cli, ["evolve", *flags, "--set", "evolve.rounds=1"]).exit_code == 0
+    entry = run.manifest()["stages"]["evolve"]
+    result = CliRunner().invoke(cli, ["run", *flags, "--num-instructions", "3", "--set", "evolve.rounds=1", "--set",
+                                      'stages=["bootstrap", "classify", "instances", "filter", "evolve"]'])
+    assert result.exit_code == 2, result.output
+    assert "filter.jsonl now holds tasks from bootstrap" in " ".join(result.output.split()), result.output
+    assert "pending:" not in result.output and "still to run" not in result.output, result.output
+    m = run.manifest()
+    assert m["status"] == "failed" and "filter.jsonl now holds tasks from bootstrap" in m["reason"]
+    assert "pending:" not in m["reason"] and m["stages"]["evolve"] == entry, m["stages"]["evolve"]
+
 def test_a_selection_made_before_filter_input_replaced_the_rows_is_not_exported(fake_openai, tmp_path):
     """`select`, then `filter --input my_data.jsonl`: select.jsonl still held the bootstrapped tasks the user's
     file replaced, and `export --include selected` wrote them as the run's rows, its line saying they came from
