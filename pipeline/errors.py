@@ -33,6 +33,12 @@ class InputError(Seed2LoraError):
         super().__init__(f"{where}: {problem}. Fix: {fix}.")
 
 
+class Refused(Seed2LoraError):
+    """A stage refuses the run's files as they stand (evolve.jsonl of tasks a later --input replaced, another input,
+    a stale select.jsonl): the same command refuses again until the fix is made, so a run it stops says no work is
+    pending (a "pending: evolve 3 slots" line after it read as if a re-run would do them)."""
+
+
 class TeacherError(Seed2LoraError):
     """The teacher cannot be used (bad key, unknown model, missing weights)."""
 

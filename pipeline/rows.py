@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ExportConfig
-from .errors import Seed2LoraError
+from .errors import Refused, Seed2LoraError
 from .records import ROW_UNITS, Task, task_rows
 from .store import RunDir, evolve_input, evolve_mixed, seeds_used
 
@@ -62,7 +62,8 @@ def generated_rows(run: RunDir, include: list[str] | str) -> list[dict[str, Any]
 
 
 def kept_files(run: RunDir, include: list[str] | str) -> list[Path]:
-    """The stage files of the sources asked for that exist; a missing file asked for alone is an error."""
+    """The stage files of the sources asked for that exist; a missing file asked for alone is an error, and so is
+    an evolve.jsonl of tasks a later --input replaced (what export, score, select, ifd and train RUN_DIR read)."""
     names = include_list(include)
     files = {n: run.stage_file(SOURCES[n]) for n in names}
     found = [f for f in files.values() if f.exists()]
@@ -71,11 +72,24 @@ def kept_files(run: RunDir, include: list[str] | str) -> list[Path]:
         other = next(n for n in SOURCES if n != name)
         raise Seed2LoraError(f"{f} does not exist, and export include = [{name!r}] asks for it. Fix: run "
                              f"`seed2lora {SOURCES[name]}` for this run first, or export --include {other}")
+    if run.stage_file("evolve") in found and (mixed := evolve_mixed(run)):  # a later --input replaced its roots
+        raise Refused(evolve_mixed_error(run, mixed))
     if not found:
         raise Seed2LoraError(f"{run.path} has neither {' nor '.join(f.name for f in files.values())}: no kept "
                              "records to export. Fix: run `seed2lora filter` (Self-Instruct) or `seed2lora evolve` "
                              "(Evol-Instruct) for this run first, or `seed2lora run` with those stages")
     return found
+
+
+def evolve_mixed_error(run: RunDir, mixed: str) -> str:
+    """The message of each command that reads a run whose evolve.jsonl is mixed (store.evolve_mixed): export,
+    score, select, ifd and train RUN_DIR. Its first fix works for every one; leaving evolve.jsonl out is said per
+    command, as export takes --include, score, select and ifd export.include, and train RUN_DIR neither."""
+    return (f"{mixed}: read together, the evolutions would stand beside rows they were not made from, with the seeds "
+            f"of their own roots left out. Fix: delete evolve.jsonl and run `seed2lora evolve {run.path}` to evolve "
+            "the rows the run holds now; or leave the evolutions out: `seed2lora export --include self-instruct` "
+            "(and train the folder it writes, not the run directory), `--set 'export.include=[\"self-instruct\"]'` for "
+            "score, select and ifd")
 
 
 def seed_rows(run: RunDir, rows: str = "instance", include_seeds: bool | str = "auto") -> list[dict[str, Any]]:
@@ -129,15 +143,32 @@ def run_rows(run: RunDir, cfg: ExportConfig) -> RunRows:
         raise Seed2LoraError(f"export rows must be one of {', '.join(ROW_UNITS)}, not {cfg.rows!r}. "
                              "Fix: --rows instance (a row per instance) or --rows task")
     sources = kept_files(run, cfg.include)
-    if run.stage_file("evolve") in sources and (mixed := evolve_mixed(run)):  # a later --input replaced its roots
-        raise Seed2LoraError(f"{mixed}: exported, the evolutions would stand beside rows they were not made from, "
-                             "with the seeds of their own roots left out. Fix: --include self-instruct to export the "
-                             "rows without them, or delete evolve.jsonl and run `seed2lora evolve` to evolve the rows "
-                             "there now")
     tasks = [t for f in sources for t in run.read_stage(f.stem)]
+    if sources == [run.stage_file("select")]:
+        check_selection(run, tasks)
     rows = task_rows(tasks, cfg.rows)  # one call, so an evolution finds its parent's family across both files
     if not rows:
         held = f"{sources[0]} holds" if len(sources) == 1 else \
             f"{' and '.join(map(str, sources))} hold" if sources else "the run holds"
         raise Seed2LoraError(f"{held} no task with instances; nothing to export")
     return RunRows(tasks, rows + seed_rows(run, cfg.rows, cfg.include_seeds), sources)
+
+
+def check_selection(run: RunDir, selected: list[Task]) -> None:
+    """select.jsonl's rows must be rows the run keeps now: a selection made before a `filter --input` replaced
+    filter.jsonl's tasks (or before evolve.jsonl was made again) went on into `export --include selected` as the
+    run's rows, the bootstrapped tasks the user's file had replaced, and its card said they came from that file.
+    Evolutions count as kept only while evolve.jsonl is not mixed (store.evolve_mixed)."""
+    mixed = evolve_mixed(run)
+    stages = ["filter"] + ([] if mixed else ["evolve"])
+    kept = {t.id: t for stage in stages for t in run.read_stage(stage)}
+    stale = [t for t in selected if t.id not in kept or t.instruction != kept[t.id].instruction
+             or any(i not in kept[t.id].instances for i in t.instances)]
+    if stale:
+        raise Refused(f"{run.stage_file('select')}: {len(stale)} of its {len(selected)} tasks are no longer "
+                      f"among the run's kept records{f' ({mixed})' if mixed else ''}, e.g. "
+                      f"{stale[0].instruction[:80]!r}: the selection was made before filter.jsonl or "
+                      "evolve.jsonl changed (a later `filter --input` replaces filter.jsonl's tasks), and "
+                      "exported, it would bring back rows the run no longer has. Fix: run `seed2lora select "
+                      f"{run.path}` again to select from the rows there now, or export without it (--include "
+                      "self-instruct,evolve)")

@@ -35,7 +35,7 @@ from typing import Any
 from .budget import BudgetReached, check_prices
 from .config import RunConfig
 from .context import Log, Progress, Records, RunContext, Step, StepResult, check_left_out, flush_events, preflight
-from .errors import Incomplete, Seed2LoraError, TeacherError, mask_secrets
+from .errors import Incomplete, Refused, Seed2LoraError, TeacherError, mask_secrets
 from .prompts import changed_note
 from .stages import bootstrap, classify, evolve, flow, instances, score
 from .stages import filter as filter_stage
@@ -209,8 +209,9 @@ def run_steps(ctx: RunContext, names: list[str]) -> list[str]:
             isinstance(e, KeyboardInterrupt) else ("budget", str(e)) if isinstance(e, BudgetReached) else \
             ("incomplete", str(e)) if isinstance(e, Incomplete) else ("failed", f"{type(e).__name__}: {e}")
         stop = {"status": status, "reason": mask_secrets(reason), "at": now(), "command": ctx.command_line()}
-        try:  # the CLI prints the pending line after the error
-            e.pending = stopped(ctx, steps, running, finished, before, stop, step.name if step else None)
+        try:  # the CLI prints the pending line after the error; a refusal leaves nothing a re-run would do
+            e.pending = "" if isinstance(e, Refused) else \
+                stopped(ctx, steps, running, finished, before, stop, step.name if step else None)
         except Exception as err:  # noqa: BLE001 (the stop's own cause comes first; this one is said with it)
             e.pending = f"what is pending could not be read ({type(err).__name__}: {err})"
         ctx.record(status=status, stage=step.name if step else None,

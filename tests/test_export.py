@@ -538,11 +538,10 @@ def test_export_after_filter_input_in_a_bootstrapped_run_holds_the_users_rows_no
     assert "- Input of `seed2lora filter --input`: `my_data.jsonl`" in card and "- Bootstrap:" not in card
 
 
-def test_evolutions_of_tasks_a_later_filter_input_replaced_are_not_mixed_into_the_export(fake_openai, tmp_path):
-    """A run bootstrapped, filtered and evolved; then `filter --input my_data.jsonl` replaced filter.jsonl's tasks.
-    evolve.jsonl still held evolutions of the bootstrapped tasks, and export put them beside the user's rows, with
-    the seeds they came from left out (the run's rows now being the user's), saying nothing. The manifest now knows
-    where the tasks evolve read came from: export and evolve name the mix and the fixes."""
+def mixed_run(fake_openai, tmp_path):
+    """A run bootstrapped, filtered and evolved; then `filter --input my_data.jsonl` replaced filter.jsonl's tasks,
+    and evolve.jsonl holds evolutions of tasks the run no longer has. Returns (run, the teacher flags, the file,
+    the cause every command names)."""
     from helpers import teacher_flags
 
     flags = teacher_flags(fake_openai, tmp_path)
@@ -555,13 +554,22 @@ def test_evolutions_of_tasks_a_later_filter_input_replaced_are_not_mixed_into_th
     mine.write_text("".join(json.dumps({"instruction": a, "input": "", "output": "An answer."}) + "\n"
                             for a in ["Name three rivers in Europe.", "Summarize the story of Hamlet in two sentences."]))
     assert CliRunner().invoke(cli, ["filter", "--input", str(mine), *flags[4:]]).exit_code == 0
+    cause = (f"{run.stage_file('evolve')} holds evolutions of the tasks filter.jsonl held when evolve read it, which "
+             "came from bootstrap; filter.jsonl now holds tasks from my_data.jsonl (--input)")
+    return run, flags, mine, cause
+
+
+def test_evolutions_of_tasks_a_later_filter_input_replaced_are_not_mixed_into_the_export(fake_openai, tmp_path):
+    """evolve.jsonl still held evolutions of the bootstrapped tasks a `filter --input` replaced, and export put them
+    beside the user's rows, with the seeds they came from left out (the run's rows now being the user's), saying
+    nothing. The manifest now knows where the tasks evolve read came from: export and evolve name the mix and the
+    fixes."""
+    run, flags, mine, cause = mixed_run(fake_openai, tmp_path)
     export = ["export", str(run.path), "--formats", "alpaca", "--set", "decontaminate=off"]
     result = CliRunner().invoke(cli, [*export, "--out", str(tmp_path / "exp")])
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())
-    cause = (f"{run.stage_file('evolve')} holds evolutions of the tasks filter.jsonl held when evolve read it, which "
-             "came from bootstrap; filter.jsonl now holds tasks from my_data.jsonl (--input)")
-    assert cause in text and "Fix: --include self-instruct" in text, text
+    assert cause in text and "`seed2lora export --include self-instruct`" in text, text
     assert not (tmp_path / "exp").exists()
     result = CliRunner().invoke(cli, [*export, "--include", "self-instruct", "--out", str(tmp_path / "mine")])
     assert result.exit_code == 0, result.output
@@ -577,3 +585,81 @@ def test_evolutions_of_tasks_a_later_filter_input_replaced_are_not_mixed_into_th
     assert result.exit_code == 0, result.output
     assert run.manifest()["state"]["evolve_rows_from"] == str(mine.resolve())
     assert CliRunner().invoke(cli, [*export, "--out", str(tmp_path / "both")]).exit_code == 0
+
+
+def test_a_mixed_evolve_jsonl_stops_select_and_train_with_fixes_that_work_there(fake_openai, tmp_path):
+    """The mixed evolve.jsonl above stopped export and train RUN_DIR with export's fix, `--include self-instruct`, a
+    flag neither train nor select has; select read the mix without a word, and its select.jsonl put the evolutions
+    in `export --include selected`. Each command now stops, naming fixes that work there: evolve.jsonl made again
+    (for every command), export --include self-instruct (then train its folder), --set export.include for select."""
+    run, flags, mine, cause = mixed_run(fake_openai, tmp_path)
+    for command in (["select", str(run.path), "--by", "random"], ["train", str(run.path), "--max-steps", "1"]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 2, result.output
+        text = " ".join(result.output.split())
+        assert cause in text and f"Fix: delete evolve.jsonl and run `seed2lora evolve {run.path}`" in text, text
+        assert "`--set 'export.include=[\"self-instruct\"]'` for score, select and ifd" in text, text
+    assert not run.stage_file("select").exists()
+    # the fixes, as the message gives them: select without evolve.jsonl, and train on the export's folder
+    result = CliRunner().invoke(cli, ["select", str(run.path), "--by", "random", "--set",
+                                      'export.include=["self-instruct"]'])
+    assert result.exit_code == 0, result.output
+    assert {t.id for t in run.read_stage("select")} <= {t.id for t in run.read_stage("filter")}
+    assert CliRunner().invoke(cli, ["export", str(run.path), "--include", "self-instruct", "--formats", "alpaca",
+                                    "--set", "decontaminate=off"]).exit_code == 0
+    rows = load_rows(run.export_dir)
+    assert {r["instruction"] for r in rows.train + (rows.eval or [])} <= {
+        "Name three rivers in Europe.", "Summarize the story of Hamlet in two sentences."}
+
+
+
+def test_a_refused_stage_says_no_work_is_pending(fake_openai, tmp_path):
+    """A stage that refuses the run's files (the mixed evolve.jsonl) was followed by "pending: evolve 1 slot with
+    rounds to go" (or "still to run: score"), and the manifest's evolve entry got that pending count and a stop, as
+    if the same command would do it; it refuses again until the fix is made."""
+    run, flags, mine, cause = mixed_run(fake_openai, tmp_path)
+    result = CliRunner().invoke(cli, ["score", str(run.path), "--judge", "openai:fake-model", "--judge-base-url",
+                                      fake_openai.url])
+    assert result.exit_code == 2 and cause in " ".join(result.output.split()), result.output
+    assert "still to run" not in result.output and "pending:" not in result.output, result.output
+    # evolve.jsonl made of the user's rows; then a `run` whose filter re-runs from the bootstrapped tasks replaces
+    # them again: evolve refuses as it starts, after the pre-run check passed
+    run.stage_file("evolve").unlink()
+    assert CliRunner().invoke(cli, ["evolve", *flags, "--set", "evolve.rounds=1"]).exit_code == 0
+    entry = run.manifest()["stages"]["evolve"]
+    result = CliRunner().invoke(cli, ["run", *flags, "--num-instructions", "3", "--set", "evolve.rounds=1", "--set",
+                                      'stages=["bootstrap", "classify", "instances", "filter", "evolve"]'])
+    assert result.exit_code == 2, result.output
+    assert "filter.jsonl now holds tasks from bootstrap" in " ".join(result.output.split()), result.output
+    assert "pending:" not in result.output and "still to run" not in result.output, result.output
+    m = run.manifest()
+    assert m["status"] == "failed" and "filter.jsonl now holds tasks from bootstrap" in m["reason"]
+    assert "pending:" not in m["reason"] and m["stages"]["evolve"] == entry, m["stages"]["evolve"]
+
+def test_a_selection_made_before_filter_input_replaced_the_rows_is_not_exported(fake_openai, tmp_path):
+    """`select`, then `filter --input my_data.jsonl`: select.jsonl still held the bootstrapped tasks the user's
+    file replaced, and `export --include selected` wrote them as the run's rows, its line saying they came from
+    my_data.jsonl. export now stops, naming select.jsonl and the fix (select again)."""
+    from helpers import teacher_flags
+
+    flags = teacher_flags(fake_openai, tmp_path)
+    result = CliRunner().invoke(cli, ["run", *flags, "--num-instructions", "3", "--set",
+                                      'stages=["bootstrap", "classify", "instances", "filter"]'])
+    assert result.exit_code == 0, result.output
+    run = RunDir(tmp_path / "r")
+    assert CliRunner().invoke(cli, ["select", str(run.path), "--by", "all"]).exit_code == 0
+    export = ["export", str(run.path), "--include", "selected", "--formats", "alpaca", "--set", "decontaminate=off"]
+    assert CliRunner().invoke(cli, [*export, "--out", str(tmp_path / "before")]).exit_code == 0  # current: exported
+    mine = tmp_path / "my_data.jsonl"
+    asked = ["Name three rivers in Europe.", "Summarize the story of Hamlet in two sentences."]
+    mine.write_text("".join(json.dumps({"instruction": a, "input": "", "output": "An answer."}) + "\n" for a in asked))
+    assert CliRunner().invoke(cli, ["filter", "--input", str(mine), *flags[4:]]).exit_code == 0
+    result = CliRunner().invoke(cli, [*export, "--out", str(tmp_path / "exp")])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert f"{run.stage_file('select')}: 3 of its 3 tasks are no longer among the run's kept records" in text, text
+    assert f"Fix: run `seed2lora select {run.path}` again" in text and not (tmp_path / "exp").exists()
+    assert CliRunner().invoke(cli, ["select", str(run.path), "--by", "all"]).exit_code == 0  # the fix
+    assert CliRunner().invoke(cli, [*export, "--out", str(tmp_path / "exp")]).exit_code == 0
+    rows = load_rows(tmp_path / "exp")
+    assert sorted(r["instruction"] for r in rows.train + (rows.eval or [])) == sorted(asked)

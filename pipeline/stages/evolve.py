@@ -71,7 +71,7 @@ from pathlib import Path
 from ..config import EvolveConfig, EvolveWeights, RunConfig
 from ..context import Records, RunContext, StepResult
 from ..datasets_io import Fields, load_pool
-from ..errors import Seed2LoraError
+from ..errors import Refused, Seed2LoraError
 from ..progress import no_progress
 from ..prompts import Prompts
 from ..records import Instance, Task, task_id
@@ -430,11 +430,11 @@ def check_source(run: RunDir, source: str) -> None:
     m = run.manifest()
     previous = m.get("state", {}).get("evolve_input", source)
     if previous != source and run.read_stage("evolve"):
-        raise Seed2LoraError(f"{run.stage_file('evolve')} was evolved from {previous}, not {source}. "
-                             "Fix: use another --run-name for another input, or delete evolve.jsonl to start over")
+        raise Refused(f"{run.stage_file('evolve')} was evolved from {previous}, not {source}. "
+                      "Fix: use another --run-name for another input, or delete evolve.jsonl to start over")
     if mixed := evolve_mixed(run):  # the same source (else refused above): its tasks replaced since
-        raise Seed2LoraError(f"{mixed}. Fix: delete evolve.jsonl to evolve the tasks {source}.jsonl holds now, or "
-                             "use another --run-name")
+        raise Refused(f"{mixed}. Fix: delete evolve.jsonl to evolve the tasks {source}.jsonl holds now, or "
+                      "use another --run-name")
 
 
 def lineages_left(pool: list[Task], evolved: list[Task], done: dict[str, int], rounds: int) -> list[_Lineage]:
