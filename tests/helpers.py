@@ -1,5 +1,7 @@
 """Helpers shared by the CLI tests."""
 
+import functools
+import importlib.util
 import json
 import os
 import signal
@@ -18,6 +20,19 @@ def invoke(*args, expect=0):
     result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == expect, result.output
     return result
+
+
+@functools.cache
+def llama_cpp_unusable() -> str | None:
+    """Why the llama.cpp checks cannot run here (scripts/llama_cpp_check.py: not installed, or a build that dies
+    with SIGILL on this CPU), or None. Probed once a test process, in a process of its own: a wheel built for
+    another CPU would otherwise end the whole test run at its first call."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "llama_cpp_check.py"
+    spec = importlib.util.spec_from_file_location("llama_cpp_check", path)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    why = check.unusable()
+    return None if why is None else f"{why}: the llama.cpp checks did not run"
 
 
 def teacher_flags(server, tmp_path, name="r"):

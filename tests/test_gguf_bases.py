@@ -7,13 +7,13 @@ without the + 1) must not.
 """
 
 import pipeline.train  # noqa: F401, I001 -- first: sets OMP_WAIT_POLICY before torch loads
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 
 from gguf_bases import base_gguf, hf_greedy, llama_cpp_agreement, random_adapter, tiny_model
+from helpers import llama_cpp_unusable
 from pipeline.errors import Seed2LoraError
 from pipeline.train.gguf_adapter import write_adapter_gguf
 from pipeline.train.gguf_header import read_header
@@ -21,9 +21,7 @@ from pipeline.train.gguf_merged import converted, hf_weights, write_merged_gguf
 from pipeline.train.gguf_tensors import ARCHITECTURES, arch_of, lora_pairs
 
 gguf = pytest.importorskip("gguf")
-needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                                     reason='llama-cpp-python is not installed (pip install "llama-cpp-python[server]"; '
-                                            "see docs/adapters.md): the llama.cpp checks did not run")
+needs_llama_cpp = pytest.mark.skipif(llama_cpp_unusable() is not None, reason=str(llama_cpp_unusable()))
 BASES = ["gemma2", "gemma3", "phi3", "llama"]
 
 

