@@ -53,6 +53,11 @@ class Run:
             cfg.give(overrides)  # teacher="embedded" named on purpose, not the default by omission
         else:
             cfg = load_config(config, overrides)
+        if teacher is not None:  # a mistyped spec named now, not at the first run() ("opnai:gpt-4o-mini")
+            from .teachers import check_spec
+
+            with _said_in_python():
+                check_spec(cfg.teacher)
         # Without a log, the teacher's errors behind an Incomplete ("see the errors above") were said nowhere
         self._session = Session(cfg, progress=_progress(progress), log=log or _stderr_line)
         self._built = _built_from(cfg)

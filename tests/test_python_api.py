@@ -326,3 +326,14 @@ def test_relative_eval_decontamination_and_cost_paths_are_recorded_whole(fake_op
         assert cfg.select.decontaminate.against == str(tmp_path / "here" / "evals" / "b.jsonl")
         assert cfg.cost.adapter == str(tmp_path / "here" / "adapters" / "a1")
     assert load_config(None, {"eval.data": "user-oriented"}).eval.data == "user-oriented"
+
+
+def test_a_mistyped_teacher_is_named_when_the_run_is_made_with_the_spec_meant(tmp_path):
+    """Run(teacher="opnai:...") was accepted and refused only at run(), with no word of "openai"."""
+    with pytest.raises(Seed2LoraError, match=r"unknown teacher 'opnai:gpt-4o-mini'\. Fix: did you mean "
+                                             r"'openai:gpt-4o-mini'\? Use embedded, openai:MODEL or hf:PATH_OR_ID"):
+        Run(teacher="opnai:gpt-4o-mini", output_dir=tmp_path)
+    with pytest.raises(Seed2LoraError, match=r"unknown teacher 'gpt4'\. Fix: use embedded"):
+        Run(teacher="gpt4", output_dir=tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing made
+    Run(teacher="openai:gpt-4o-mini", output_dir=tmp_path)  # a good spec needs no server to be made

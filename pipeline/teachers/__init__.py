@@ -6,6 +6,7 @@ base_url), "hf:PATH_OR_ID" (in-process transformers; a .gguf path works too).
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from ..config import TeacherConfig
@@ -40,7 +41,10 @@ def check_spec(cfg: TeacherConfig, origin: Origin = RUN_TEACHER) -> None:
 
         check_model_folder(ref, o)
     if kind not in ("openai", "hf", "embedded"):
-        raise TeacherError(f"unknown teacher {spec!r}. Fix: use embedded, openai:MODEL or hf:PATH_OR_ID")
+        near = difflib.get_close_matches(kind.lower(), ["openai", "hf", "embedded"], n=1, cutoff=0.6)
+        meant = f"{near[0]}:{ref}" if near and ref else (near[0] if near else "")
+        raise TeacherError(f"unknown teacher {spec!r}. Fix: " + (f"did you mean {meant!r}? Use" if meant else "use")
+                           + " embedded, openai:MODEL or hf:PATH_OR_ID")
 
 
 def make_teacher(cfg: TeacherConfig, seed: int = 0, origin: Origin = RUN_TEACHER) -> Teacher:
