@@ -25,7 +25,7 @@ from typing import Any
 from .budget import BATCH_SUFFIX, CHARS_PER_TOKEN, ByModel, attribute_unlogged, price_for, usd_of
 from .cache import CACHE_FILE, ResponseCache, usage_log
 from .config import BudgetConfig, CostConfig, ExportConfig, config_from_dict
-from .errors import Seed2LoraError
+from .errors import Refused, Seed2LoraError
 from .records import row_messages
 from .rows import run_rows
 from .store import RunDir, read_export_info
@@ -159,6 +159,8 @@ def kept_and_rows(run: RunDir) -> tuple[int, int, str]:
     one, else every row `seed2lora train RUN` would read (seed rows included, before the eval split)."""
     try:
         data = run_rows(run, ExportConfig())
+    except Refused as e:  # the run's files mix (evolutions of tasks a filter --input replaced): the cause, not "none"
+        return 0, 0, f"not counted: {str(e).split('. Fix:')[0]}"
     except Seed2LoraError:
         return 0, 0, "no kept records"
     counts = read_export_info(run.export_dir).get("counts") or {}

@@ -663,3 +663,14 @@ def test_a_selection_made_before_filter_input_replaced_the_rows_is_not_exported(
     assert CliRunner().invoke(cli, [*export, "--out", str(tmp_path / "exp")]).exit_code == 0
     rows = load_rows(tmp_path / "exp")
     assert sorted(r["instruction"] for r in rows.train + (rows.eval or [])) == sorted(asked)
+
+
+def test_cost_and_show_name_why_a_mixed_runs_rows_are_not_counted(fake_openai, tmp_path):
+    """cost (and show's cost lines) said "0 rows, no kept records" for the mixed run above, hiding the cause."""
+    from pipeline.cost import kept_and_rows
+
+    run, flags, mine, cause = mixed_run(fake_openai, tmp_path)
+    kept, rows, where = kept_and_rows(run)
+    assert (kept, rows) == (0, 0) and where.startswith("not counted: ") and cause in " ".join(where.split()), where
+    result = CliRunner().invoke(cli, ["cost", str(run.path)])
+    assert result.exit_code == 0 and "not counted" in result.output, result.output
