@@ -28,6 +28,7 @@ a lock makes it safe to share between the teacher's event loop (fastpath.py) and
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -147,40 +148,9 @@ class ResponseCache:
         self._lookups = Group(self._get_many)  # get(): lookups made at once share a query
         self._usage_seen = 0  # usage(): the rows summed so far (rowid up to this)
         self._usage_sums: dict[str, list[int]] = {}  # and their sums by kind, in the order of each kind's first row
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
-        self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, text TEXT, finish_reason TEXT,"
-                         " prompt_tokens INTEGER, completion_tokens INTEGER)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS requests (stage TEXT, n INTEGER, body TEXT, done INTEGER,"
-                         " PRIMARY KEY (stage, n))")
-        self._db.execute("CREATE TABLE IF NOT EXISTS usage (session TEXT, kind TEXT, "
-                         + ", ".join(f"{c} INTEGER" for c in USAGE_COLUMNS) + ", model TEXT)")
-        # A wave: its input file (the key: known before the batch is created), its batch once created, and the
-        # estimated dollars and tokens at most, which count against the budget until its replies are in.
-        self._db.execute("CREATE TABLE IF NOT EXISTS batch_waves (file_id TEXT PRIMARY KEY, batch_id TEXT, "
-                         "endpoint TEXT, est_usd REAL, est_tokens INTEGER, status TEXT, done INTEGER)")
-        # reading: how its reply is read (JSON: stop sequences, logprobs asked); state: sent | done (its reply
-        # recorded) | failed (a failed or expired line; tried again in a later wave)
-        self._db.execute("CREATE TABLE IF NOT EXISTS batch_lines (file_id TEXT, custom_id TEXT, kind TEXT, "
-                         "reading TEXT, state TEXT, PRIMARY KEY (file_id, custom_id))")
-        # A reply's batch is looked up by its key (get, fail_line): without this index every lookup read every line
-        self._db.execute("CREATE INDEX IF NOT EXISTS batch_lines_by_key ON batch_lines (custom_id)")
+        self._db = _connect(self.path)
         # Whether any reply may have come through a batch: a run that never used one asks nothing more per lookup
         self._batched = self._db.execute("SELECT 1 FROM batch_lines LIMIT 1").fetchone() is not None
-        self._add_column("model", "TEXT")
-        self._add_column("cached_tokens", "INTEGER DEFAULT 0")
-
-    def _add_column(self, name: str, sql_type: str) -> None:
-        """Migrate a usage log from before a column was logged: from before each call's model (its old rows keep
-        model NULL) or its prefix-cached prompt tokens (old rows 0: none were read then)."""
-        if name in [row[1] for row in self._db.execute("PRAGMA table_info(usage)")]:
-            return
-        try:
-            self._db.execute(f"ALTER TABLE usage ADD COLUMN {name} {sql_type}")
-        except sqlite3.OperationalError as e:  # another process opened the same run a moment before
-            if "duplicate column" not in str(e):
-                raise
 
     def get(self, key: str) -> Completion | None:
         """The reply cached under `key`, else None. Lookups made at once by several threads share one query
@@ -401,3 +371,46 @@ def usage_log(run_path: Path, by_model: bool = False) -> dict:
         return cache.usage_by_model() if by_model else cache.usage()
     finally:
         cache.close()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """The cache's connection, its tables made (or migrated) where missing. In a folder this process cannot write
+    (a finished run on a read-only mount) the file is opened read-only and as it is: `show`, `cost` and the dry run
+    read such a run (they died with "unable to open database file", WAL mode needing its files beside it)."""
+    if path.is_file() and not os.access(path.parent, os.W_OK):
+        return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True, check_same_thread=False,
+                               isolation_level=None)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+    db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, text TEXT, finish_reason TEXT,"
+               " prompt_tokens INTEGER, completion_tokens INTEGER)")
+    db.execute("CREATE TABLE IF NOT EXISTS requests (stage TEXT, n INTEGER, body TEXT, done INTEGER,"
+               " PRIMARY KEY (stage, n))")
+    db.execute("CREATE TABLE IF NOT EXISTS usage (session TEXT, kind TEXT, "
+               + ", ".join(f"{c} INTEGER" for c in USAGE_COLUMNS) + ", model TEXT)")
+    # A wave: its input file (the key: known before the batch is created), its batch once created, and the
+    # estimated dollars and tokens at most, which count against the budget until its replies are in.
+    db.execute("CREATE TABLE IF NOT EXISTS batch_waves (file_id TEXT PRIMARY KEY, batch_id TEXT, "
+               "endpoint TEXT, est_usd REAL, est_tokens INTEGER, status TEXT, done INTEGER)")
+    # reading: how its reply is read (JSON: stop sequences, logprobs asked); state: sent | done (its reply
+    # recorded) | failed (a failed or expired line; tried again in a later wave)
+    db.execute("CREATE TABLE IF NOT EXISTS batch_lines (file_id TEXT, custom_id TEXT, kind TEXT, "
+               "reading TEXT, state TEXT, PRIMARY KEY (file_id, custom_id))")
+    # A reply's batch is looked up by its key (get, fail_line): without this index every lookup read every line
+    db.execute("CREATE INDEX IF NOT EXISTS batch_lines_by_key ON batch_lines (custom_id)")
+    for name, sql_type in (("model", "TEXT"), ("cached_tokens", "INTEGER DEFAULT 0")):
+        _add_column(db, name, sql_type)
+    return db
+
+
+def _add_column(db: sqlite3.Connection, name: str, sql_type: str) -> None:
+    """Migrate a usage log from before a column was logged: from before each call's model (its old rows keep
+    model NULL) or its prefix-cached prompt tokens (old rows 0: none were read then)."""
+    if name in [row[1] for row in db.execute("PRAGMA table_info(usage)")]:
+        return
+    try:
+        db.execute(f"ALTER TABLE usage ADD COLUMN {name} {sql_type}")
+    except sqlite3.OperationalError as e:  # another process opened the same run a moment before
+        if "duplicate column" not in str(e):
+            raise

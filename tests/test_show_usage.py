@@ -86,3 +86,30 @@ def test_shows_usage_table_groups_thousands_as_its_spend_line_and_cost_do(tmp_pa
     out = invoke("show", run, "--sample", 0).output
     row = next(line for line in out[out.index("Teacher usage"):].splitlines() if line.startswith("│ classify"))
     assert [c.strip() for c in row.strip("│").split("│")][1:] == ["1,234", "0", "0", "0", "0", "1,234,567", "0", "2,468"]
+
+
+def test_show_and_cost_read_a_run_in_a_folder_they_cannot_write(fake_openai: FakeOpenAI, tmp_path, monkeypatch):
+    """A finished run on a read-only mount: show, cost and the dry run died with SQLite's "unable to open database
+    file" (WAL mode makes files beside the cache). The cache is opened read-only there, and reads what it holds.
+    (As root chmod cannot make a folder read-only: the folder's refusal is os.access's answer here.)"""
+    import os
+    import sqlite3
+    from pathlib import Path
+
+    invoke("run", "--teacher", "openai:fake-model", "--base-url", fake_openai.url, "--output-dir", tmp_path,
+           "--run-name", "k", "--num-instructions", 4, "--set", "teacher.concurrency=2")
+    run = tmp_path / "k"
+    want = usage_rows(run)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if Path(p) == run and mode == os.W_OK
+                        else real_access(p, mode, *a, **k))
+    connect = sqlite3.connect
+    opened: list[str] = []
+    monkeypatch.setattr(sqlite3, "connect", lambda target, *a, **k: opened.append(str(target))
+                        or connect(target, *a, **k))
+    assert usage_rows(run) == want and want["bootstrap"] >= 1
+    assert any(t.startswith("file:") and t.endswith("?mode=ro&immutable=1") for t in opened), opened
+    assert "bootstrap" in invoke("cost", run).output  # exit 0, its stages priced from the read-only cache
+    dry = invoke("run", "--teacher", "openai:fake-model", "--base-url", fake_openai.url, "--output-dir", tmp_path,
+                 "--run-name", "k", "--num-instructions", 4, "--dry-run").output
+    assert "bootstrap" in dry, dry
