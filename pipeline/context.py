@@ -497,10 +497,11 @@ def seeds_record(used: bool, seed_tasks: str, count: Callable[[], int]) -> dict[
 
 
 def _noted_seeds(path: str | None, log: Log) -> list[Task]:
-    """The seed tasks; a row repeated whole is loaded once, and a note says so."""
+    """The seed tasks; a row repeated whole is loaded once, a row's input with no output left out, and a note says
+    so."""
     seeds = load_seeds(path)
-    if seeds.repeated:
-        log(f"note: {seeds.note(Path(path or 'seed_tasks.jsonl').name)}")
+    if note := seeds.note(Path(path or "seed_tasks.jsonl").name):
+        log(f"note: {note}")
     return seeds
 
 

@@ -103,20 +103,26 @@ def messages_fields(messages: Any) -> tuple[str, str]:
 
 
 class Pool(list):
-    """load_pool's tasks, and where the rows that repeated an earlier one whole were ("line 6"), each loaded once."""
+    """load_pool's tasks, and where the rows that repeated an earlier one whole were ("line 6"), each loaded once;
+    for seeds, where a row's input was left out for want of an output (`no_output`)."""
 
-    def __init__(self, tasks: Iterable[Task] = (), repeated: Iterable[str] = ()):
+    def __init__(self, tasks: Iterable[Task] = (), repeated: Iterable[str] = (), no_output: Iterable[str] = ()):
         super().__init__(tasks)
         self.repeated = list(repeated)
+        self.no_output = list(no_output)
 
     def note(self, name: str) -> str:
-        """"line 6 of my.jsonl repeats an earlier row whole: loaded once", or "" when no row repeated."""
-        rep = self.repeated
-        if not rep:
-            return ""
-        where = ", ".join(rep[:5]) + (", ..." if len(rep) > 5 else "")
-        return (f"{where} of {name} {'repeats an earlier row' if len(rep) == 1 else f'({len(rep)}) repeat earlier rows'}"
-                " whole: loaded once")
+        """"line 6 of my.jsonl repeats an earlier row whole: loaded once", what was left out of a row with an input
+        and no output, or "" when neither happened."""
+        notes = []
+        for rows, one, many, what in ((self.repeated, "repeats an earlier row", "repeat earlier rows",
+                                       "whole: loaded once"),
+                                      (self.no_output, "has an input but no output:", "have an input but no output:",
+                                       "loaded without the input (an example needs both)")):
+            if rows:
+                where = ", ".join(rows[:5]) + (", ..." if len(rows) > 5 else "")
+                notes.append(f"{where} of {name} {one if len(rows) == 1 else f'({len(rows)}) {many}'} {what}")
+        return "; ".join(notes)
 
 
 def load_pool(path: str | Path, fields: Fields = Fields()) -> Pool:

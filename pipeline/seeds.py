@@ -47,8 +47,11 @@ def load_seeds(path: str | Path | None = None, *, content_ids: bool = False) -> 
     seen: dict[str, int] = {}
     seen_content: set[tuple] = set()
     repeated: list[str] = []  # loaded once, and named (Pool.note): twice, a row weighed double in prompts and export
+    no_output: list[str] = []  # an input with no output makes no example: the task loads without it, said (Pool.note)
     for n, obj in rows:
         task = _to_task(obj, (path, n, unit), len(tasks), content_ids)
+        if not task.instances and "instances" not in obj and str(obj.get("input") or "").strip():
+            no_output.append(f"{unit} {n}")
         content = (task.instruction, tuple((i.input.strip(), i.output.strip()) for i in task.instances))
         if content in seen_content:  # before the id check: a content id repeats with its row
             repeated.append(f"{unit} {n}")
@@ -59,7 +62,7 @@ def load_seeds(path: str | Path | None = None, *, content_ids: bool = False) -> 
         seen[task.id] = n
         seen_content.add(content)
         tasks.append(task)
-    return Pool(tasks, repeated)
+    return Pool(tasks, repeated, no_output)
 
 
 def _to_task(obj: dict[str, Any], where: tuple[Path, int, str], index: int, content_ids: bool) -> Task:

@@ -333,3 +333,21 @@ def test_a_tsv_file_loads_as_a_tab_separated_csv_and_quoted_line_breaks_stay_in_
     late.write_text('instruction\tinput\toutput\nA task.\t\t"two\nlines"\n\t\tno instruction\n')
     with pytest.raises(InputError, match=r"late.tsv:4"):
         load_seeds(late)
+
+
+def test_a_seed_rows_input_without_an_output_is_said_when_it_is_left_out(tmp_path, fake_openai, monkeypatch):
+    """A seed row with an input and no output kept its instruction and lost its input, without a word (an example
+    needs an output: in a prompt, and as a training row)."""
+    from helpers import invoke, teacher_flags
+
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"instruction": "Add the two numbers.", "input": "1, 2", "output": ""}\n'
+                    '{"instruction": "Say hi to the new neighbour.", "output": "Hi there!"}\n'
+                    '{"instruction": "Name the capital.", "input": "France"}\n')
+    seeds = load_seeds(path)
+    assert [len(s.instances) for s in seeds] == [0, 1, 0] and seeds.no_output == ["line 1", "line 3"]
+    assert seeds.note("mine.jsonl") == ("line 1, line 3 of mine.jsonl (2) have an input but no output: loaded "
+                                        "without the input (an example needs both)")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    out = invoke("bootstrap", *teacher_flags(fake_openai, tmp_path), "--seeds", path, "--num-instructions", 2).output
+    assert "note: line 1, line 3 of mine.jsonl (2) have an input but no output" in out, out
