@@ -199,6 +199,20 @@ def test_a_re_run_adopts_a_batch_created_before_its_id_was_recorded(fake_batch, 
     assert t.cache.open_waves() == []
 
 
+def resume_awaiting_open_batches(fake_batch, cmd, env, point: str) -> None:
+    """Run `cmd` again after a kill -9 mid-batch: each batch the killed run left running is named as awaited (before:
+    nothing said it until its first poll's progress line), and no request is submitted twice."""
+    fake_batch.polls_to_finish = 3
+    running = [b for b in fake_batch.batches.values() if b["status"] != "completed"]
+    again = subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    said = " ".join((again.stdout + again.stderr).split())
+    for b in running:
+        assert f"{point} batch resumed: {b['id']} holds the {len(b['_lines'])} {point} requests an earlier session " \
+               "submitted: awaited here, none sent again" in said, said
+    sent = Counter(line["custom_id"] for line in fake_batch.lines)
+    assert max(sent.values()) == 1  # no request submitted twice
+
+
 @pytest.mark.parametrize("point", ["bootstrap", "classify"])
 def test_kill_9_during_a_batch_then_a_re_run_resubmits_nothing(fake_batch, tmp_path, point):
     fake_batch.polls_to_finish = 40  # about a second of polls: the kill lands while the batch runs
@@ -220,15 +234,7 @@ def test_kill_9_during_a_batch_then_a_re_run_resubmits_nothing(fake_batch, tmp_p
         calls = {cells[0]: int(cells[2].replace(",", "")) for cells in (
             [c.strip() for c in line.strip("│ ").split("│")] for line in dry.splitlines() if line.startswith("│ "))}
         assert calls["classify"] == 0 and calls["instances"] == 12, dry  # before: classify 12, beside the open line
-    fake_batch.polls_to_finish = 3
-    running = [b for b in fake_batch.batches.values() if b["status"] != "completed"]
-    again = subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
-    said = " ".join((again.stdout + again.stderr).split())
-    for b in running:  # before: nothing said it until its first poll's progress line
-        assert f"{point} batch resumed: {b['id']} holds the {len(b['_lines'])} {point} requests an earlier session " \
-               "submitted: awaited here, none sent again" in said, said
-    sent = Counter(line["custom_id"] for line in fake_batch.lines)
-    assert max(sent.values()) == 1  # no request submitted twice
+    resume_awaiting_open_batches(fake_batch, cmd, env, point)
     assert fake_batch.uploads == fake_batch.creations > before  # the re-run went on with new waves only
     for stage in STAGES:
         records = read(tmp_path / "k" / f"{stage}.jsonl")
@@ -581,15 +587,7 @@ def test_kill_9_during_an_evolve_or_score_batch_then_a_re_run_resubmits_nothing(
 
     cmd, env = run_and_kill(fake_batch, tmp_path, kill_when, "--seeds", seeds_file(tmp_path), *EVOLVE_SCORE, *FAST)
     before = fake_batch.creations
-    fake_batch.polls_to_finish = 3
-    running = [b for b in fake_batch.batches.values() if b["status"] != "completed"]
-    again = subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
-    said = " ".join((again.stdout + again.stderr).split())
-    for b in running:  # before: nothing said it until its first poll's progress line
-        assert f"{point} batch resumed: {b['id']} holds the {len(b['_lines'])} {point} requests an earlier session " \
-               "submitted: awaited here, none sent again" in said, said
-    sent = Counter(line["custom_id"] for line in fake_batch.lines)
-    assert max(sent.values()) == 1  # no request submitted twice
+    resume_awaiting_open_batches(fake_batch, cmd, env, point)
     assert fake_batch.uploads == fake_batch.creations >= before
     evolved = read(tmp_path / "k" / "evolve.jsonl")
     assert len({r["id"] for r in evolved}) == len(evolved) == 8
