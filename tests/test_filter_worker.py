@@ -223,6 +223,9 @@ def test_lines_sent_ahead_are_decided_in_order_and_a_repeat_of_one_passed_ahead_
                 forked.send(lines)
             got += [forked.receive() for _ in range(4)]
             assert got == expected
+            forked.send(lines_of(gen, 1))
+            with pytest.raises(ValueError, match="sent and not received: receive"):  # its verdicts would come first
+                forked.decide(lines_of(gen, 1))
             assert (forked.local is not None) == (kill_after is not None)
         finally:
             forked.close()

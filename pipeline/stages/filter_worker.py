@@ -4,8 +4,9 @@ Against a fast teacher (50 ms, 64 requests in flight) bootstrap's pace was set b
 filter's rules and ROUGE-L rows held it for about half of each reply's reading, while the event loop waited for it
 to send the next requests. `ForkedFilter` runs an `InstructionFilter`'s `decide` in a forked child, on the other
 core: the child starts with the pool already indexed (fork copies it), each reply's lines go to it in one message
-and its verdicts come back in one, and the parent waits for them without the GIL. The verdicts are those of the
-filter in this process, in the same order, so the records are the same either way.
+as the reply is read, and its verdicts come back in one, collected at the next reply's read (bootstrap's overlap),
+so the child works while the parent writes the reply before. The verdicts are those of the filter in this process,
+in the same order, so the records are the same either way.
 
 The parent keeps the pool's texts in index order, to name a passing line's closest entries. If the child dies, the
 parent says so and goes on with a filter of its own, built from those texts: nothing is lost, only the speed.
@@ -83,7 +84,11 @@ class ForkedFilter:
         return verdicts
 
     def decide(self, lines: Sequence[tuple[str, str]]) -> list[str | Passed | None]:
-        """InstructionFilter.decide, in the child, with nothing else sent and not received."""
+        """InstructionFilter.decide, in the child; only with nothing else sent and not received (whose verdicts
+        would come first)."""
+        if self.sent:
+            raise ValueError(f"decide() with {len(self.sent)} message(s) of lines sent and not received: "
+                             "receive() them first")
         self.send(lines)
         return self.receive()
 
