@@ -206,23 +206,23 @@ def server_cpu(pid: int | None) -> float:
 def instrument(server_pid: int | None = None) -> list:
     """Time every teacher stream from its first reply to its end: the steady state of a stage, without its fixed
     cost (reading and indexing the pool, preflight, the first round trip). Each stream adds (replies after the
-    first, CPU s, wall s, the server's CPU s). Wraps `stream` wherever a teacher class defines it (a tree whose
-    OpenAITeacher has its own, and BaseTeacher)."""
+    first, CPU s, wall s, the server's CPU s, the run's own process's CPU s: the client's less a forked filter's).
+    Wraps `stream` wherever a teacher class defines it (a tree whose OpenAITeacher has its own, and BaseTeacher)."""
     from pipeline.teachers import base, openai_compat
 
     spans = []
 
     def wrap(original):
         def stream(self, *args, **kwargs):
-            n, first = 0, (0.0, 0.0, 0.0)
+            n, first = 0, (0.0, 0.0, 0.0, 0.0)
             for item in original(self, *args, **kwargs):
                 if n == 0:
-                    first = (client_cpu_s(), time.perf_counter(), server_cpu(server_pid))
+                    first = (client_cpu_s(), time.perf_counter(), server_cpu(server_pid), time.process_time())
                 n += 1
                 yield item
             if n > 1:
                 spans.append((n - 1, client_cpu_s() - first[0], time.perf_counter() - first[1],
-                              server_cpu(server_pid) - first[2]))
+                              server_cpu(server_pid) - first[2], time.process_time() - first[3]))
         return stream
 
     for cls in (base.BaseTeacher, openai_compat.OpenAITeacher):
@@ -264,7 +264,7 @@ def warm_up() -> None:
 def steady(spans: list, since: int = 0) -> dict:
     part = spans[since:]
     return {"requests": sum(s[0] for s in part), "cpu_s": sum(s[1] for s in part), "wall_s": sum(s[2] for s in part),
-            "server_cpu_s": sum(s[3] for s in part)}
+            "server_cpu_s": sum(s[3] for s in part), "own_cpu_s": sum(s[4] for s in part)}
 
 
 def bootstrap(args: argparse.Namespace) -> dict:
@@ -299,16 +299,18 @@ def stages(args: argparse.Namespace) -> dict:
     return rows
 
 
-def ceilings(client_ms: float, server_ms: float) -> tuple[float, float]:
+def ceilings(client_ms: float, server_ms: float, own_ms: float | None = None) -> tuple[float, float]:
     """The fractions of the ideal rate that CPU alone allows on this machine, were nothing else running (other jobs
     take their share: see the load average). The server is one thread (1,000 / server_ms requests a second at
-    most). (1) All of the client's CPU under its GIL, on one core: 1,000 / client_ms. (2) The client's CPU spread
-    over the cores left by the server, os.cpu_count() * 1,000 / (client_ms + server_ms): its threads give up the
-    GIL in SQLite, file and socket calls, so the truth lies between (1) and (2)."""
-    if client_ms <= 0 or server_ms <= 0:
+    most). (1) All of the run's own process's CPU (`own_ms`: the client's less a forked filter's, which has a GIL
+    of its own) under its GIL, on one core: 1,000 / own_ms. (2) The client's CPU, the forked filter's included,
+    spread over the cores left by the server, os.cpu_count() * 1,000 / (client_ms + server_ms): its threads give
+    up the GIL in SQLite, file and socket calls, so the truth lies between (1) and (2)."""
+    own_ms = client_ms if own_ms is None else own_ms
+    if client_ms <= 0 or server_ms <= 0 or own_ms <= 0:
         return float("nan"), float("nan")
     cores, server = os.cpu_count() or 1, 1000 / server_ms / IDEAL
-    return (min(1.0, server, 1000 / client_ms / IDEAL),
+    return (min(1.0, server, 1000 / own_ms / IDEAL),
             min(1.0, server, cores * 1000 / (client_ms + server_ms) / IDEAL))
 
 
@@ -319,9 +321,10 @@ def stage_table(args: argparse.Namespace, out: Path, base_tree: Path) -> None:
     ideal")."""
     print("\n(c) each stage of one run, this tree and the base: from its first reply to its last (the whole stage in "
           "brackets: reading, preflight, the first round trip); server CPU over the same span; the ceilings are what "
-          "CPU alone allows, the client on one core or on all (`ceilings`)\n\n| stage | tree | requests | wall s "
-          "| requests/s | of ideal | client CPU ms/request | server CPU ms/request | CPU ceiling, 1 core / all "
-          "| load avg (1 min) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "CPU alone allows, the run's own process on one core or the client on all (`ceilings`)\n\n| stage | tree "
+          "| requests | wall s | requests/s | of ideal | client CPU ms/request | of it, the run's own process "
+          "| server CPU ms/request | CPU ceiling, 1 core / all | load avg (1 min) |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     runs = []
     for i in range(args.repeat):
         for label, tree in (("this", REPO), (f"base {args.base}", base_tree)):
@@ -332,11 +335,14 @@ def stage_table(args: argparse.Namespace, out: Path, base_tree: Path) -> None:
             if not r.get("stage_requests"):
                 continue
             rate, whole = r["requests"] / max(r["wall_s"], 1e-9), r["stage_requests"] / r["stage_wall_s"]
-            client_ms, server_ms = (1000 * r[k] / max(1, r["requests"]) for k in ("cpu_s", "server_cpu_s"))
+            client_ms, server_ms, own_ms = (1000 * r.get(k, r["cpu_s"]) / max(1, r["requests"])
+                                            for k in ("cpu_s", "server_cpu_s", "own_cpu_s"))
             print(f"| {stage} | {label} | {r['stage_requests']:,} | {r['wall_s']:.2f} ({r['stage_wall_s']:.2f}) "
                   f"| {rate:,.0f} ({whole:,.0f}) | {rate / IDEAL:.2f} ({whole / IDEAL:.2f}) "
-                  f"| {client_ms:.2f} ({1000 * r['stage_cpu_s'] / r['stage_requests']:.2f}) | {server_ms:.3f} "
-                  f"| {'{:.2f} / {:.2f}'.format(*ceilings(client_ms, server_ms))} | {r['load']:.1f} |", flush=True)
+                  f"| {client_ms:.2f} ({1000 * r['stage_cpu_s'] / r['stage_requests']:.2f}) | {own_ms:.2f} "
+                  f"| {server_ms:.3f} "
+                  f"| {'{:.2f} / {:.2f}'.format(*ceilings(client_ms, server_ms, own_ms))} | {r['load']:.1f} |",
+                  flush=True)
     print(f"\nload average after: {os.getloadavg()}")
 
 

@@ -1,6 +1,7 @@
 """The helpers of benchmarks/alpaca_scale.py and benchmarks/prefix_share.py: the fake Self-Instruct teacher's
 replies read as the stages read them, the quarter-rate ratio, and the prefix-share trie."""
 
+import os
 import random
 import sys
 
@@ -83,7 +84,6 @@ def test_bootstrap_bound_runs_each_arm_to_the_target():
     """benchmarks/bootstrap_bound.py patches the stage (a reader thread, one thread on the event loop, no filter):
     each arm must still grow the pool to its target through the real teacher stream, or its figures mean nothing
     (the reader arm once ended at a WAIT while its reader held the replies that would have filled the gap)."""
-    import os
     import subprocess
 
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bootstrap_bound.py"), "--repeat", "1",
@@ -94,3 +94,14 @@ def test_bootstrap_bound_runs_each_arm_to_the_target():
             and line.split("|")[2].strip() == "1"}
     assert set(rows) == {"shipped", "own-filter", "reader", "inline", "filter-free"}, done.stdout
     assert all(int(row.split("|")[3].replace(",", "")) > 0 for row in rows.values())
+
+
+def test_the_one_core_ceiling_is_the_runs_own_process_not_its_forked_filter():
+    """client_cpu.py's CPU ceilings: a forked filter has a GIL (and a core) of its own, so the one-core ceiling is
+    the run's own process's CPU alone; the all-cores one counts every client CPU with the server's."""
+    import client_cpu
+
+    one, every = client_cpu.ceilings(2.0, 0.3, own_ms=1.0)
+    assert one == pytest.approx(1000 / 1.0 / client_cpu.IDEAL)
+    assert every == pytest.approx(min(1.0, (os.cpu_count() or 1) * 1000 / 2.3 / client_cpu.IDEAL))
+    assert client_cpu.ceilings(2.0, 0.3)[0] == pytest.approx(1000 / 2.0 / client_cpu.IDEAL)  # no fork: all of it
