@@ -68,6 +68,10 @@ def one_line(text: str) -> str:
 
 
 _SPACES = re.compile(r"\s+")
+# Replies whose lines may wait at a forked filter before a read waits for its verdicts: enough that a child a
+# little behind never stalls the stream; the prompts built meanwhile see a pool at most this many replies older,
+# beside the 16 or more already in flight that the pool does not hold yet either.
+FILTER_LAG = 8
 
 
 def template_name(cfg: RunConfig) -> str:
@@ -432,9 +436,10 @@ class Bootstrap:
         self.pending.append((req, reply, tasks, asked))
 
     def finish(self, leave: int = 0) -> list[Task]:
-        """The replies submitted, all but the `leave` newest, written in order; the tasks they kept."""
+        """The replies submitted, all but the `leave` newest, written in order, and beyond those any but the newest
+        whose verdicts the filter holds already (ready: they cost no wait); the tasks they kept."""
         kept: list[Task] = []
-        while len(self.pending) > leave:
+        while len(self.pending) > leave or (len(self.pending) > 1 and self.ready()):
             req, reply, tasks, asked = self.pending.popleft()
             self.plans.pop(req.key)
             self.done += 1
@@ -455,6 +460,10 @@ class Bootstrap:
             kept += here
         return kept
 
+    def ready(self) -> bool:
+        """Whether the oldest reply submitted can be written without waiting for the filter."""
+        return not self.pending[0][1].ok or self.pool.filter.ready()
+
     def result(self) -> BootstrapResult:
         pool = self.pool
         requests_sent = self.log.requests("bootstrap")[0]
@@ -473,9 +482,11 @@ def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunD
                   say: Callable[[str], None] | None = None) -> BootstrapResult:
     """Grow the machine pool to `num_instructions`, streaming prompts through the teacher (Bootstrap, alone)."""
     with Bootstrap(teacher, seeds, cfg, run, prompts, log, on_kept=on_kept, on_progress=on_progress, say=say) as b:
-        # With the filter in its own process, a reply is written at the next one's read: the filter works on its
-        # lines while this thread writes the one before and builds the next prompts (issue 20)
-        overlap = int(isinstance(b.pool.filter, ForkedFilter))
+        # With the filter in its own process, a reply is written at a later read, once its verdicts have come: the
+        # filter works on its lines while this thread writes those before and builds the next prompts (issue 20).
+        # A read waits for the child only when FILTER_LAG replies wait on it: with a lag of one, a read waited
+        # whenever the child had not quite finished the reply before, though on average it kept up.
+        overlap = FILTER_LAG if isinstance(b.pool.filter, ForkedFilter) else 0
         for req, reply in teacher.stream(b.requests(), b.params, kind="bootstrap"):
             b.read(req, reply, overlap=overlap)
     return b.result()
