@@ -519,7 +519,9 @@ def run_evolve(teacher: Teacher, pool: list[Task], cfg: RunConfig, run: RunDir, 
 def read(ctx: RunContext, check_only: bool = False) -> Records:
     """The pool to evolve, named by its source: --input, else evolve.source (a stage of this run, seeds, a path).
 
-    check_only: validate the source without reading it (a stage of this run may be written by an earlier step).
+    check_only: validate the source without reading it (a stage this command runs before evolve writes it then; a
+    stage of cfg.stages that it does not run, the `evolve` command's default filter, passed unread and failed at
+    its step, with the teacher probed and the run's folder made).
     """
     e = ctx.cfg.evolve
     source = str(ctx.input_path) if ctx.input_path else e.source
@@ -527,7 +529,7 @@ def read(ctx: RunContext, check_only: bool = False) -> Records:
         return Records(ctx.seeds, f"seeds:{ctx.cfg.seed_tasks or 'bundled'}")
     if source in STAGES and source != "evolve":
         f = ctx.run.stage_file(source)
-        if check_only and source in ctx.cfg.stages:
+        if check_only and source in ctx.steps:
             return Records((), source)
         if not f.exists():
             raise Seed2LoraError(f"{f} does not exist. Fix: run `seed2lora {source}` for this run first, "
