@@ -29,6 +29,7 @@ most filter.max_instances rows and an evolution one.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os.path
 import random
@@ -163,13 +164,13 @@ def falling_line(kept_per: list[int]) -> tuple[float, float] | None:
     the instructions kept before it; None with under TREND_MIN prompts, or when the yield does not fall."""
     if len(kept_per) < TREND_MIN:
         return None
-    pools = [sum(kept_per[:i]) for i in range(len(kept_per))]
-    n, mean_p, mean_y = len(kept_per), sum(pools) / len(pools), sum(kept_per) / len(kept_per)
+    pools = [0, *itertools.accumulate(kept_per)][:-1]  # the pool's size as each prompt was made
+    mean_p, mean_y = sum(pools) / len(pools), sum(kept_per) / len(kept_per)
     spread = sum((p - mean_p) ** 2 for p in pools)
     if not spread:
         return None
     slope = sum((p - mean_p) * (y - mean_y) for p, y in zip(pools, kept_per, strict=True)) / spread
-    return (mean_y - slope * mean_p, slope) if slope < 0 and n else None
+    return (mean_y - slope * mean_p, slope) if slope < 0 else None
 
 
 def bootstrap_plan(cfg: RunConfig, kept_per: list[int], kept: int) -> dict[str, Any]:
