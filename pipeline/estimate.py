@@ -175,8 +175,8 @@ def falling_line(kept_per: list[int]) -> tuple[float, float] | None:
 
 def bootstrap_plan(cfg: RunConfig, kept_per: list[int], kept: int) -> dict[str, Any]:
     """Bootstrap's prompts still to send, honest where the yield falls as the pool fills (each reply more often a
-    near-copy of what the pool holds): at the yield so far the dry run said 4 prompts where the embedded teacher
-    needed 9. `calls` is the most of three readings, the table's "at most": at the yield of every prompt answered so
+    near-copy of what the pool holds): at 22 of 40 kept, the yield so far said 6 prompts where the embedded
+    teacher needed 9. `calls` is the most of three readings, the table's "at most": at the yield of every prompt answered so
     far (`so_far`), at that of the last half of them, up to yield_window (`recent`), and along the line of its fall
     against the pool's size carried on to the target (`trend`, falling_line). Where that line drops under
     bootstrap.yield_stop before the target, the run is likely to stop there (exit 6): `stops_at` the kept count.
