@@ -175,14 +175,14 @@ def falling_line(kept_per: list[int]) -> tuple[float, float] | None:
 
 def bootstrap_plan(cfg: RunConfig, kept_per: list[int], kept: int) -> dict[str, Any]:
     """Bootstrap's prompts still to send, honest where the yield falls as the pool fills (each reply more often a
-    near-copy of what the pool holds): at 22 of 40 kept, the yield so far said 6 prompts where the embedded
-    teacher needed 9. `calls` is the most of three readings, the table's "at most": at the yield of every prompt answered so
+    near-copy of what the pool holds): at 22 of 40 kept, the yield so far said 6 prompts where the embedded teacher
+    needed 9. `calls` is the most of three readings, the table's "at most": at the yield of every prompt answered so
     far (`so_far`), at that of the last half of them, up to yield_window (`recent`), and along the line of its fall
     against the pool's size carried on to the target (`trend`, falling_line). Where that line drops under
     bootstrap.yield_stop before the target, the run is likely to stop there (exit 6): `stops_at` the kept count.
-    Replayed at every point of an embedded-teacher run (27 prompts to 60 kept, 1 to 7 a prompt; targets 20 to 60),
-    the yield so far fell short of the prompts still needed in 54 of 72 cases, this in 17, at 1.56x them on average
-    (the noisy early readings; the line gives the range)."""
+    Replayed at every point of an embedded-teacher run (27 prompts to 60 kept, 1 to 7 a prompt; targets 20 to 60), the
+    yield so far fell short of the prompts still needed in 54 of 72 cases, this in 17, at 1.56x them on average (the
+    noisy early readings; the line gives the range)."""
     b = cfg.bootstrap
     missing, answered = max(0, b.num_instructions - kept), len(kept_per)
     observed = bool(answered and kept)
