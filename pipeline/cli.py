@@ -275,9 +275,9 @@ def _print_estimate(s) -> None:
     t = est["total"]
     table.add_row("total", "", *(f"{t[k]:,}" for k in keys), money(est["max_cost_usd"]))
     stdout_console().print(table)
-    source = "observed in this run" if est["yield_observed"] else "assumed; no history yet"
-    click.echo(f"bootstrap keeps about {est['bootstrap_yield_per_call']} instructions per prompt ({source}); "
-               "tokens are estimated from the prompts' length (4 characters a token).")
+    if "bootstrap" in est["stages"]:
+        click.echo(f"{est['bootstrap_yield']}.")
+    click.echo("Tokens are estimated from the prompts' length (4 characters a token).")
     if est["max_cost_usd"] is not None:
         click.echo(f"cost at most ${est['max_cost_usd']:.4f}, each stage at the configured price of its model")
         if t["prefix_cached_tokens"]:

@@ -264,10 +264,10 @@ class RunContext:
         # The MODEL_TABLES this command's teachers come from (asked for by a step): only these are recorded from its
         # config; a teacher passed in that no step asks for leaves [teacher] as recorded too
         self.uses: set[str] = set()
-        # The tables of the steps this command does not run (the runner sets them): the manifest keeps them as they
-        # were, so its config keeps saying how those steps' records were made (an `evolve R` no longer wrote the
-        # default target of 100 over the run's --num-instructions 500)
+        # The tables of the steps this command does not run (the runner sets them): the manifest keeps them, so it
+        # says how those steps' records were made (`evolve R` wrote the default 100 over --num-instructions 500)
         self.kept_tables: set[str] = set()
+        self.steps: list[str] = []  # the steps it runs, in order: what a step's check finds written when its turn comes
         self.step_tables: set[str] = set()  # those of the steps it runs: the teacher's stop names their left-out too
         self._judge: Teacher | None = None  # score's judge when [score.teacher] names its own
         self._cache: ResponseCache | None = None

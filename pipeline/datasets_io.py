@@ -102,9 +102,19 @@ def messages_fields(messages: Any) -> tuple[str, str]:
     return instruction, output
 
 
+def answered(instances: list[Instance]) -> tuple[list[Instance], bool]:
+    """The instances that have an output, and whether one with an input had none. A task's instance is an input and
+    its output (Self-Instruct's seed tasks: every instance has an output), so every file a user gives (seeds, a
+    stage's --input, evolve's pool) loads a row's input without an output as no instance, and says where
+    (Pool.note). Kept, it became a training row with an empty output (evolve's roots in the export), or, through
+    `filter --input`, a rejection far from the line it came from."""
+    kept = [i for i in instances if i.output.strip()]
+    return kept, any(i.input.strip() and not i.output.strip() for i in instances)
+
+
 class Pool(list):
-    """load_pool's tasks, and where the rows that repeated an earlier one whole were ("line 6"), each loaded once;
-    for seeds, where a row's input was left out for want of an output (`no_output`)."""
+    """load_pool's tasks, and where the rows that repeated an earlier one whole were ("line 6"), each loaded once,
+    and where a row's input was left out for want of an output (`no_output`, answered)."""
 
     def __init__(self, tasks: Iterable[Task] = (), repeated: Iterable[str] = (), no_output: Iterable[str] = ()):
         super().__init__(tasks)
@@ -118,7 +128,7 @@ class Pool(list):
         for rows, one, many, what in ((self.repeated, "repeats an earlier row", "repeat earlier rows",
                                        "whole: loaded once"),
                                       (self.no_output, "has an input but no output:", "have an input but no output:",
-                                       "loaded without the input (an example needs both)")):
+                                       "loaded without that input (an instance needs an output)")):
             if rows:
                 where = ", ".join(rows[:5]) + (", ..." if len(rows) > 5 else "")
                 notes.append(f"{where} of {name} {one if len(rows) == 1 else f'({len(rows)}) {many}'} {what}")
@@ -133,7 +143,15 @@ def load_pool(path: str | Path, fields: Fields = Fields()) -> Pool:
     rows, unit = read_records(path)
     if not rows:
         raise InputError(path, None, "holds no records", "give a file with at least one instruction")
-    return _unique([(n, _to_task(row, path, n, unit, fields)) for n, row in rows], path, unit)
+    numbered, no_output = [], []
+    for n, row in rows:
+        task, lost_input = _to_task(row, path, n, unit, fields)
+        numbered.append((n, task))
+        if lost_input:
+            no_output.append(f"{unit} {n}")
+    pool = _unique(numbered, path, unit)
+    pool.no_output = no_output
+    return pool
 
 
 def _numbered(records: list[dict[str, Any]]) -> Records:
@@ -227,7 +245,8 @@ def _text(value: Any, name: str, where: tuple[Path, int, str]) -> str:
                       f"set evolve.{name}_field to a text field")
 
 
-def _to_task(row: dict[str, Any], path: Path, n: int, unit: str, fields: Fields) -> Task:
+def _to_task(row: dict[str, Any], path: Path, n: int, unit: str, fields: Fields) -> tuple[Task, bool]:
+    """The row's task, and whether an input of it was left out for want of an output (answered)."""
     where = (path, n, unit)
     if row.get(fields.instruction) is None and row.get("messages") is not None:
         try:
@@ -244,6 +263,7 @@ def _to_task(row: dict[str, Any], path: Path, n: int, unit: str, fields: Fields)
             inp = _text(row.get(fields.input), "input", where).strip()
             out = _text(row.get(fields.output), "output", where).strip()
             instances = [Instance(inp, out)] if inp or out else []
+    instances, lost_input = answered(instances)
     if not instruction:
         raise where_error(*where, f"has no '{fields.instruction}' text (fields: {', '.join(sorted(row))})",
                           "give every record an instruction (or chat messages), or set evolve.instruction_field to "
@@ -255,7 +275,7 @@ def _to_task(row: dict[str, Any], path: Path, n: int, unit: str, fields: Fields)
     origin = row.get("origin") if row.get("origin") in ORIGINS else "seed"
     clf = row.get("is_classification")
     return Task(id=tid, instruction=instruction, instances=instances, origin=origin, stage="input",
-                is_classification=clf if isinstance(clf, bool) else None)
+                is_classification=clf if isinstance(clf, bool) else None), lost_input
 
 
 def _unique(numbered: list[tuple[int, Task]], path: Path, unit: str) -> Pool:

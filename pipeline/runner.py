@@ -75,9 +75,9 @@ STEPS = [
 
 
 def use_tables(ctx: RunContext, steps: list[Step]) -> bool:
-    """The tables `steps` read, whose settings are checked and recorded (RunContext.step_tables; the others stay as
-    the manifest had them: kept_tables); whether one of the steps calls the run's teacher."""
-    ctx.step_tables = {t for s in steps for t in s.tables}
+    """The steps' names (RunContext.steps) and the tables they read, whose settings are checked and recorded
+    (step_tables; the others stay as the manifest had them: kept_tables); whether one calls the run's teacher."""
+    ctx.steps, ctx.step_tables = [s.name for s in steps], {t for s in steps for t in s.tables}
     ctx.kept_tables = {t for s in STEPS for t in s.tables} - ctx.step_tables
     return any(s.teacher == "teacher" for s in steps)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .datasets_io import TABLE_SUFFIXES, Pool, messages_fields, read_records, where_error
+from .datasets_io import TABLE_SUFFIXES, Pool, answered, messages_fields, read_records, where_error
 from .errors import InputError
 from .records import Instance, RowError, Task, input_id
 
@@ -47,10 +47,10 @@ def load_seeds(path: str | Path | None = None, *, content_ids: bool = False) -> 
     seen: dict[str, int] = {}
     seen_content: set[tuple] = set()
     repeated: list[str] = []  # loaded once, and named (Pool.note): twice, a row weighed double in prompts and export
-    no_output: list[str] = []  # an input with no output makes no example: the task loads without it, said (Pool.note)
+    no_output: list[str] = []  # an input with no output is no instance: the task loads without it, said (answered)
     for n, obj in rows:
-        task = _to_task(obj, (path, n, unit), len(tasks), content_ids)
-        if not task.instances and "instances" not in obj and str(obj.get("input") or "").strip():
+        task, lost_input = _to_task(obj, (path, n, unit), len(tasks), content_ids)
+        if lost_input:
             no_output.append(f"{unit} {n}")
         content = (task.instruction, tuple((i.input.strip(), i.output.strip()) for i in task.instances))
         if content in seen_content:  # before the id check: a content id repeats with its row
@@ -65,7 +65,8 @@ def load_seeds(path: str | Path | None = None, *, content_ids: bool = False) -> 
     return Pool(tasks, repeated, no_output)
 
 
-def _to_task(obj: dict[str, Any], where: tuple[Path, int, str], index: int, content_ids: bool) -> Task:
+def _to_task(obj: dict[str, Any], where: tuple[Path, int, str], index: int, content_ids: bool) -> tuple[Task, bool]:
+    """The record's task, and whether an input of it was left out for want of an output (datasets_io.answered)."""
     obj = {k: v for k, v in obj.items() if v is not None}  # a parquet or dataset column this record leaves empty
     instruction = obj.get("instruction")
     if instruction is None and "messages" in obj:
@@ -93,7 +94,8 @@ def _to_task(obj: dict[str, Any], where: tuple[Path, int, str], index: int, cont
         inp = obj.get("input", "")
         if not isinstance(out, str) or not isinstance(inp, str):
             raise where_error(*where, "'input' and 'output' must be strings", "quote them as strings")
-        instances = [Instance(input=inp, output=out)] if out else []
+        instances = [Instance(input=inp, output=out)] if inp or out else []
+    instances, lost_input = answered(instances)
     is_clf = obj.get("is_classification")
     if isinstance(is_clf, str):
         is_clf = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False, "": None}.get(
@@ -105,5 +107,5 @@ def _to_task(obj: dict[str, Any], where: tuple[Path, int, str], index: int, cont
     meta = {k: obj[k] for k in ("name", "motivation_app") if k in obj}
     if tid in (None, ""):
         tid = input_id(instruction, instances) if content_ids else f"seed_task_{index}"
-    return Task(id=str(tid), instruction=instruction.strip(),
-                instances=instances, is_classification=is_clf, origin="seed", stage="seed", meta=meta)
+    return Task(id=str(tid), instruction=instruction.strip(), instances=instances, is_classification=is_clf,
+                origin="seed", stage="seed", meta=meta), lost_input

@@ -24,7 +24,7 @@ try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
-from .records import Task
+from .records import Task, family_id
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -507,32 +507,56 @@ def rows_from(manifest: dict[str, Any], stage: str) -> str:
     return "bootstrap"
 
 
-def evolve_replaced(manifest: dict[str, Any]) -> tuple[str, str, str] | None:
+def evolve_replaced(manifest: dict[str, Any], unrecorded: str | None = None) -> tuple[str, str, str] | None:
     """(the stage evolve read, where its tasks came from when evolve read them, where they come from now) when they
     differ: evolve.jsonl holds evolutions of tasks a later `filter --input` (or classify, instances) replaced in that
-    file. evolve records where its stage's tasks came from as it starts (state "evolve_rows_from"); None: it read
-    no stage of the run, or they are the same, or a manifest from before that record."""
+    file. evolve records where its stage's tasks came from as it starts (state "evolve_rows_from"); a manifest from
+    before that record has none, and `unrecorded` says it instead (evolve_rows_before, from the files; "": from no
+    file the run has). None: evolve read no stage of the run, or they are the same, or nothing says where from."""
     state = manifest.get("state") or {}
-    stage, before = str(state.get("evolve_input") or ""), state.get("evolve_rows_from")
-    if stage not in STAGES or not before:
-        return None
+    stage = str(state.get("evolve_input") or "")
+    before = state["evolve_rows_from"] if "evolve_rows_from" in state else unrecorded
+    if stage not in STAGES or before is None or ("evolve_rows_from" in state and not before):
+        return None  # recorded None: evolve read no stage of the run
     now = rows_from(manifest, stage)
     return (stage, str(before), now) if now != before else None
 
 
-def evolve_mixed(run: RunDir) -> str:
+def evolve_rows_before(run: RunDir, stage: str, evolved: list[Task]) -> str:
+    """Where the tasks evolve.jsonl's evolutions were made from came from, read from the files, for a manifest from
+    before state "evolve_rows_from": their roots (records.family_id) among the tasks of `stage`'s file now, they came
+    from where that file's tasks come from (rows_from, of the manifest on disk); among bootstrap.jsonl's,
+    "bootstrap"; else "": from a file the run no longer holds (a user's, replaced since)."""
+    by_id = {t.id: t for t in evolved}
+    roots = {family_id(t, by_id) for t in evolved}
+    if roots & {t.id for t in run.read_stage(stage)}:
+        return rows_from(run.manifest(), stage)
+    return "bootstrap" if roots & {t.id for t in run.read_stage("bootstrap")} else ""
+
+
+def evolve_mixed(run: RunDir, manifest: dict[str, Any] | None = None) -> str:
     """Why evolve.jsonl's evolutions are of tasks its stage's file no longer holds (evolve_replaced), in words for
-    the messages of evolve and export; "" when they are not, or evolve.jsonl holds none."""
-    replaced = evolve_replaced(run.manifest())
-    if replaced is None or not run.read_stage("evolve"):
+    the messages of evolve and export; "" when they are not, or evolve.jsonl holds none. manifest: the run's as a
+    step will find it (evolve.check: after the stages this command runs before evolve), else the one on disk."""
+    manifest = run.manifest() if manifest is None else manifest
+    state = manifest.get("state") or {}
+    evolved = run.read_stage("evolve") if str(state.get("evolve_input") or "") in STAGES else []
+    if not evolved:
+        return ""
+    stage = str(state["evolve_input"])
+    unrecorded = None if "evolve_rows_from" in state else evolve_rows_before(run, stage, evolved)
+    replaced = evolve_replaced(manifest, unrecorded)
+    if replaced is None:
         return ""
     stage, before, now = replaced
 
     def origin(o: str) -> str:
         return "bootstrap" if o == "bootstrap" else f"{Path(o).name} (--input)"
 
+    came = f"came from {origin(before)}" if before else \
+        f"came from a file the run no longer holds (none of them is in {stage}.jsonl or bootstrap.jsonl)"
     return (f"{run.stage_file('evolve')} holds evolutions of the tasks {stage}.jsonl held when evolve read it, which "
-            f"came from {origin(before)}; {stage}.jsonl now holds tasks from {origin(now)}")
+            f"{came}; {stage}.jsonl now holds tasks from {origin(now)}")
 
 
 def seeds_used(manifest: dict[str, Any], importing: Collection[str] = ()) -> bool:

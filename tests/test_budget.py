@@ -192,8 +192,8 @@ def test_the_dry_runs_bootstrap_yield_counts_the_prompts_answered_not_those_in_f
     cfg = load_config(None, {"output_dir": str(tmp_path), "run_name": "r", "teacher.spec": "openai:local",
                              "stages": ["bootstrap"], "bootstrap.num_instructions": 30})
     run = RunDir(cfg.run_dir).ensure()
-    write_jsonl_atomic(run.stage_file("bootstrap"), [Task(id=f"t{i}", instruction=f"Name fruit {i}.",
-                                                          stage="bootstrap") for i in range(15)])
+    write_jsonl_atomic(run.stage_file("bootstrap"), [Task(id=f"t{i}", instruction=f"Name fruit {i}.", round=i // 3,
+                                                          stage="bootstrap") for i in range(15)])  # 3 a prompt
     log = ResponseCache(run.path / CACHE_FILE)
     for n in range(8):
         log.log_request("bootstrap", n, {"prompt": f"p{n}"}, done=range(n) if n <= 5 else ())
@@ -203,6 +203,47 @@ def test_the_dry_runs_bootstrap_yield_counts_the_prompts_answered_not_those_in_f
         log.close()
     assert est["bootstrap_yield_per_call"] == 3.0 and est["yield_observed"]
     assert est["stages"]["bootstrap"]["calls"] == 5  # 15 to go at 3 a prompt (the 3 unanswered sent again)
+
+
+def falling_teacher(server, yields):
+    """Script the fake server's bootstrap replies: reply i holds yields[i] new instructions (then 1 each), and fills
+    its five lines with instructions the pool holds already, which the ROUGE-L filter rejects: the yield falls as
+    the pool fills, as a real teacher's does. Returns the instructions handed out."""
+    from fakeserver import _novel_instructions
+
+    novel, made, count = _novel_instructions(), [], iter(range(10**6))
+
+    def reply(path, body):
+        i = next(count)
+        fresh = [next(novel) for _ in range(yields[i] if i < len(yields) else 1)]
+        lines = fresh + made[:5 - len(fresh)]
+        made.extend(fresh)
+        return server.wrap(path, "Here you are:\n" + "\n".join(f"{n + 9}. {t}" for n, t in enumerate(lines)))
+
+    for _ in range(60):
+        server.enqueue(reply)
+    return made
+
+
+def test_the_dry_runs_bootstrap_estimate_carries_on_a_falling_yield(fake_openai, tmp_path):
+    """A teacher whose yield fell as the pool filled: the dry run divided what was left by the yield of every prompt
+    so far and said 3 prompts (the embedded teacher: 4) where the run went on to need 6 (9). The table now counts
+    the most of the yield so far, that of the last prompts and the line of its fall carried on, and says all three."""
+    falling_teacher(fake_openai, [4, 3, 3, 2, 2])
+    flags = [*map(str, teacher_flags(fake_openai, tmp_path)), "--num-instructions", "20", "--set",
+             'stages=["bootstrap"]', "--set", "teacher.concurrency=1"]
+    result = CliRunner().invoke(cli, ["run", *flags, "--set", "bootstrap.max_requests=5"])
+    run = RunDir(tmp_path / "r")
+    assert result.exit_code == 5 and len(run.read_stage("bootstrap")) == 14, result.output  # 4+3+3+2+2 of 20
+    result = CliRunner().invoke(cli, ["run", "--dry-run", *flags])
+    assert result.exit_code == 0, result.output
+    line = " ".join(result.output.split())
+    assert ("bootstrap's yield is falling: 2.80 instructions kept per prompt so far, 2.00 over the last 2 prompts; "
+            "prompts to go: 3 at the first, 3 at the second, 6 if it goes on falling as the pool fills. The table "
+            "counts 6.") in line, line
+    sent = len(fake_openai.history)
+    assert CliRunner().invoke(cli, ["run", *flags]).exit_code == 0  # 1 kept a prompt from here: 6 to keep 6
+    assert len(run.read_stage("bootstrap")) == 20 and len(fake_openai.history) - sent == 6
 
 
 def test_the_dry_run_of_a_finished_run_counts_no_call_for_a_task_a_stage_rejected(tmp_path):

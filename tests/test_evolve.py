@@ -806,6 +806,18 @@ def test_a_prompts_folder_missing_a_template_evolve_needs_stops_before_any_reque
     assert again.exit_code == 0, again.output
 
 
+def test_evolve_of_a_stage_the_run_lacks_stops_before_any_request(fake_openai, tmp_path):
+    """`seed2lora evolve` on a run with no filter.jsonl (evolve.source's default): the check passed it unread, as a
+    stage of the default `stages` that an earlier step would write, though the command runs no such step; the
+    teacher was probed, the run's folder and manifest made, and the step died saying "still to run: evolve"."""
+    result = CliRunner().invoke(cli, ["evolve", str(tmp_path / "run"), "--teacher", "openai:fake-model",
+                                      "--base-url", fake_openai.url])
+    assert result.exit_code == 2, result.output
+    assert f"{tmp_path / 'run' / 'filter.jsonl'} does not exist" in " ".join(result.output.split()), result.output
+    assert fake_openai.history == [] and not (tmp_path / "run").exists()
+    assert "still to run" not in result.output
+
+
 def test_a_resume_with_an_edited_template_says_which_changed(fake_openai, tmp_path):
     """Edit a template between two sessions of a run: the second went on with the new text, said nothing, and the
     manifest's prompt hashes named only the new file, though the first session's records came from the old one."""

@@ -613,6 +613,55 @@ def test_a_mixed_evolve_jsonl_stops_select_and_train_with_fixes_that_work_there(
 
 
 
+def test_a_run_whose_filter_puts_the_bootstrapped_rows_back_is_not_refused_as_mixed(fake_openai, tmp_path):
+    """After the `filter --input` above, a `run` over bootstrap..evolve re-runs filter from the bootstrapped tasks, so
+    evolve reads the very rows its evolutions were made of. Its pre-run check judged the manifest of before that
+    filter (filter.jsonl holding the user's rows) and refused the run as mixed."""
+    run, flags, mine, cause = mixed_run(fake_openai, tmp_path)
+    result = CliRunner().invoke(cli, ["run", *flags, "--num-instructions", "3", "--set", "evolve.rounds=1", "--set",
+                                      'stages=["bootstrap", "classify", "instances", "filter", "evolve"]'])
+    assert result.exit_code == 0, result.output
+    m = run.manifest()
+    assert "input_file" not in m["stages"]["filter"] and m["state"]["evolve_rows_from"] == "bootstrap", m
+    export = ["export", str(run.path), "--formats", "alpaca", "--set", "decontaminate=off"]
+    assert CliRunner().invoke(cli, [*export, "--out", str(tmp_path / "e")]).exit_code == 0  # nothing mixed
+
+
+def old_manifest(run):
+    """The run's manifest as a version before state.evolve_rows_from wrote it."""
+    m = run.manifest()
+    del m["state"]["evolve_rows_from"]
+    run.manifest_file.write_text(json.dumps(m))
+
+
+def test_a_manifest_from_before_evolve_rows_from_is_judged_by_the_evolutions_roots(fake_openai, tmp_path):
+    """A manifest written before state.evolve_rows_from has none: every evolve.jsonl of it read as not mixed, so the
+    mixed run above exported and evolved on silently. Where its evolutions came from is now read from their roots:
+    among bootstrap.jsonl's tasks (mixed here), among filter.jsonl's now (not mixed), or in no file the run has."""
+    run, flags, mine, cause = mixed_run(fake_openai, tmp_path)
+    old_manifest(run)
+    sent = len(fake_openai.history)
+    result = CliRunner().invoke(cli, ["evolve", *flags, "--set", "evolve.rounds=1"])
+    assert result.exit_code == 2 and cause in " ".join(result.output.split()), result.output
+    assert len(fake_openai.history) == sent
+    export = ["export", str(run.path), "--formats", "alpaca", "--set", "decontaminate=off"]
+    result = CliRunner().invoke(cli, [*export, "--out", str(tmp_path / "exp")])
+    assert result.exit_code == 2 and cause in " ".join(result.output.split()), result.output
+    run.stage_file("evolve").unlink()  # evolve.jsonl made of the user's rows: not refused wrongly
+    assert CliRunner().invoke(cli, ["evolve", *flags, "--set", "evolve.rounds=1"]).exit_code == 0
+    old_manifest(run)
+    assert CliRunner().invoke(cli, [*export, "--out", str(tmp_path / "mine")]).exit_code == 0
+    assert CliRunner().invoke(cli, ["evolve", *flags, "--set", "evolve.rounds=2"]).exit_code == 0
+    old_manifest(run)
+    other = tmp_path / "other.jsonl"  # then another file replaces those: the roots are in no file the run has
+    other.write_text(json.dumps({"instruction": "Write a haiku about rain.", "input": "", "output": "Rain."}) + "\n")
+    assert CliRunner().invoke(cli, ["filter", "--input", str(other), *flags[4:]]).exit_code == 0
+    result = CliRunner().invoke(cli, [*export, "--out", str(tmp_path / "other")])
+    assert result.exit_code == 2, result.output
+    assert ("which came from a file the run no longer holds (none of them is in filter.jsonl or bootstrap.jsonl); "
+            "filter.jsonl now holds tasks from other.jsonl (--input)") in " ".join(result.output.split())
+
+
 def test_a_refused_stage_says_no_work_is_pending(fake_openai, tmp_path):
     """A stage that refuses the run's files (the mixed evolve.jsonl) was followed by "pending: evolve 1 slot with
     rounds to go" (or "still to run: score"), and the manifest's evolve entry got that pending count and a stop, as
@@ -622,19 +671,20 @@ def test_a_refused_stage_says_no_work_is_pending(fake_openai, tmp_path):
                                       fake_openai.url])
     assert result.exit_code == 2 and cause in " ".join(result.output.split()), result.output
     assert "still to run" not in result.output and "pending:" not in result.output, result.output
-    # evolve.jsonl made of the user's rows; then a `run` whose filter re-runs from the bootstrapped tasks replaces
-    # them again: evolve refuses as it starts, after the pre-run check passed
+    # evolve.jsonl made of the user's rows; then a `run` whose filter re-runs from the bootstrapped tasks would
+    # replace them again. evolve's pre-run check passed (judging filter.jsonl as it was), filter replaced the user's
+    # rows, and evolve refused only then: now the check judges the rows filter will have put there, before any write
     run.stage_file("evolve").unlink()
     assert CliRunner().invoke(cli, ["evolve", *flags, "--set", "evolve.rounds=1"]).exit_code == 0
-    entry = run.manifest()["stages"]["evolve"]
+    before = run.manifest()
+    filtered = run.stage_file("filter").read_bytes()
     result = CliRunner().invoke(cli, ["run", *flags, "--num-instructions", "3", "--set", "evolve.rounds=1", "--set",
                                       'stages=["bootstrap", "classify", "instances", "filter", "evolve"]'])
     assert result.exit_code == 2, result.output
-    assert "filter.jsonl now holds tasks from bootstrap" in " ".join(result.output.split()), result.output
+    assert ("which came from my_data.jsonl (--input); filter.jsonl now holds tasks from bootstrap"
+            in " ".join(result.output.split())), result.output
     assert "pending:" not in result.output and "still to run" not in result.output, result.output
-    m = run.manifest()
-    assert m["status"] == "failed" and "filter.jsonl now holds tasks from bootstrap" in m["reason"]
-    assert "pending:" not in m["reason"] and m["stages"]["evolve"] == entry, m["stages"]["evolve"]
+    assert run.manifest() == before and run.stage_file("filter").read_bytes() == filtered
 
 def test_a_selection_made_before_filter_input_replaced_the_rows_is_not_exported(fake_openai, tmp_path):
     """`select`, then `filter --input my_data.jsonl`: select.jsonl still held the bootstrapped tasks the user's

@@ -347,7 +347,43 @@ def test_a_seed_rows_input_without_an_output_is_said_when_it_is_left_out(tmp_pat
     seeds = load_seeds(path)
     assert [len(s.instances) for s in seeds] == [0, 1, 0] and seeds.no_output == ["line 1", "line 3"]
     assert seeds.note("mine.jsonl") == ("line 1, line 3 of mine.jsonl (2) have an input but no output: loaded "
-                                        "without the input (an example needs both)")
+                                        "without that input (an instance needs an output)")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     out = invoke("bootstrap", *teacher_flags(fake_openai, tmp_path), "--seeds", path, "--num-instructions", 2).output
     assert "note: line 1, line 3 of mine.jsonl (2) have an input but no output" in out, out
+
+
+def test_an_instance_without_an_output_is_left_out_and_said_by_every_loader(tmp_path, fake_openai, monkeypatch):
+    """Two behaviours for one row: a seed file's Alpaca row with an input and no output loaded without the input, and
+    said so; the same row in Self-Instruct's shape ("instances") kept an instance with an empty output, without a
+    word: `filter --input` then dropped it as instance_empty_output in rejected.jsonl, far from its line, and the
+    seeds kept it. evolve's pool (datasets_io.load_pool) kept both shapes' empty outputs, and the export wrote the
+    evolved file's rows, its evolutions' roots, as training rows with an empty output. Every loader now leaves such an
+    instance out (an instance needs an output, as every instance of Self-Instruct's seed tasks has) and names the
+    file and line."""
+    from helpers import invoke, read, teacher_flags
+
+    from pipeline.datasets_io import load_pool
+
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"instruction": "Name three rivers in Europe.", "output": "Rhine, Danube, Seine."}\n'
+                    '{"instruction": "Translate the sentence into French.", "instances": [{"input": "The cat sleeps.", '
+                    '"output": ""}, {"input": "I am here.", "output": "Je suis ici."}]}\n'
+                    '{"instruction": "Summarize the text in one sentence.", "input": "A long text.", "output": ""}\n')
+    note = ("line 2, line 3 of mine.jsonl (2) have an input but no output: loaded without that input (an instance "
+            "needs an output)")
+    for pool in (load_seeds(path), load_seeds(path, content_ids=True), load_pool(path)):
+        assert [[(i.input, i.output) for i in t.instances] for t in pool] == [
+            [("", "Rhine, Danube, Seine.")], [("I am here.", "Je suis ici.")], []]
+        assert pool.note("mine.jsonl") == note
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    flags = teacher_flags(fake_openai, tmp_path)
+    out = invoke("filter", "--input", path, *flags[4:]).output
+    assert f"note: {note}" in " ".join(out.split()), out
+    rejected = read(tmp_path / "r" / "rejected.jsonl")
+    assert [r["reject_reason"].split(":")[0] for r in rejected] == ["no_valid_instances"], rejected
+    out = invoke("evolve", "--input", path, *teacher_flags(fake_openai, tmp_path, "e"), "--rounds", "1").output
+    assert f"note: {note}" in " ".join(out.split()), out
+    invoke("export", tmp_path / "e", "--formats", "alpaca", "--set", "decontaminate=off", "--out", tmp_path / "exp")
+    rows = [r for f in sorted((tmp_path / "exp" / "alpaca").glob("*.json")) for r in json.loads(f.read_text())]
+    assert len(rows) >= 3 and all(r["output"].strip() for r in rows), rows  # the two seed rows, and evolutions

@@ -67,6 +67,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..config import EvolveConfig, EvolveWeights, RunConfig
 from ..context import Records, RunContext, StepResult
@@ -77,6 +78,7 @@ from ..prompts import Prompts
 from ..records import Instance, Task, task_id
 from ..store import (
     RECORD_HOLD_S,
+    SELF_INSTRUCT_INPUTS,
     STAGES,
     JsonlWriter,
     RunDir,
@@ -423,16 +425,17 @@ def _retry(params: GenParams, tries: int) -> GenParams:
     return retry_params(params) if tries else params
 
 
-def check_source(run: RunDir, source: str) -> None:
+def check_source(run: RunDir, source: str, manifest: dict[str, Any] | None = None) -> None:
     """A run directory evolves one input: refuse another while evolve.jsonl has evolutions of
     the one the manifest names (state "evolve_input", recorded by the runner), or of a stage's tasks that a later
-    --input replaced in that stage's file (store.evolve_replaced): the two would be mixed in evolve.jsonl."""
-    m = run.manifest()
+    --input replaced in that stage's file (store.evolve_replaced): the two would be mixed in evolve.jsonl.
+    manifest: the run's as evolve will find it (manifest_at_turn), else the one on disk."""
+    m = run.manifest() if manifest is None else manifest
     previous = m.get("state", {}).get("evolve_input", source)
     if previous != source and run.read_stage("evolve"):
         raise Refused(f"{run.stage_file('evolve')} was evolved from {previous}, not {source}. "
                       "Fix: use another --run-name for another input, or delete evolve.jsonl to start over")
-    if mixed := evolve_mixed(run):  # the same source (else refused above): its tasks replaced since
+    if mixed := evolve_mixed(run, m):  # the same source (else refused above): its tasks replaced since
         raise Refused(f"{mixed}. Fix: delete evolve.jsonl to evolve the tasks {source}.jsonl holds now, or "
                       "use another --run-name")
 
@@ -516,7 +519,9 @@ def run_evolve(teacher: Teacher, pool: list[Task], cfg: RunConfig, run: RunDir, 
 def read(ctx: RunContext, check_only: bool = False) -> Records:
     """The pool to evolve, named by its source: --input, else evolve.source (a stage of this run, seeds, a path).
 
-    check_only: validate the source without reading it (a stage of this run may be written by an earlier step).
+    check_only: validate the source without reading it (a stage this command runs before evolve writes it then; a
+    stage of cfg.stages that it does not run, the `evolve` command's default filter, passed unread and failed at
+    its step, with the teacher probed and the run's folder made).
     """
     e = ctx.cfg.evolve
     source = str(ctx.input_path) if ctx.input_path else e.source
@@ -524,7 +529,7 @@ def read(ctx: RunContext, check_only: bool = False) -> Records:
         return Records(ctx.seeds, f"seeds:{ctx.cfg.seed_tasks or 'bundled'}")
     if source in STAGES and source != "evolve":
         f = ctx.run.stage_file(source)
-        if check_only and source in ctx.cfg.stages:
+        if check_only and source in ctx.steps:
             return Records((), source)
         if not f.exists():
             raise Seed2LoraError(f"{f} does not exist. Fix: run `seed2lora {source}` for this run first, "
@@ -534,8 +539,20 @@ def read(ctx: RunContext, check_only: bool = False) -> Records:
     return Records(pool, str(Path(source).resolve()), pool.note(Path(source).name))
 
 
+def manifest_at_turn(ctx: RunContext) -> dict[str, Any]:
+    """The manifest as evolve's step will find it: each stage of the Self-Instruct chain this command runs before
+    evolve records its --input anew by then, and a re-run without one clears it. Judged on the manifest of before,
+    a `run` whose filter puts the bootstrapped rows back was refused as mixing them with a user's file's."""
+    m = ctx.run.manifest()
+    earlier = ctx.steps[:ctx.steps.index("evolve")] if "evolve" in ctx.steps else []
+    anew = {name: {"input_file": ctx.input_provenance()} if name in ctx.importing else {}
+            for name in SELF_INSTRUCT_INPUTS if name in earlier}
+    return {**m, "stages": {**(m.get("stages") or {}), **anew}}
+
+
 def check(ctx: RunContext) -> None:
-    check_source(ctx.run, read(ctx, check_only=True).source)  # another input, or its tasks replaced: before any write
+    # another input, or its tasks replaced by the time it runs: before any write
+    check_source(ctx.run, read(ctx, check_only=True).source, manifest_at_turn(ctx))
     # Every template the stage will render is there: Prompts.check reads those a folder has, and a copy without
     # evol_answer.txt died at the first answer, its evolutions and judgements paid.
     weights = ctx.cfg.evolve.weights
