@@ -40,6 +40,7 @@ sys.path.insert(0, str(HERE))
 import client_cpu  # noqa: E402  (benchmarks/ is not a package)
 
 FINISHED: list = []  # Bootstrap.finish's calls, as `reads` (those within a read too)
+QUEUE: list = []  # (time, +n requests handed to the event loop | -1 a reply put for the stream | +1 one taken by it)
 ARMS = ("shipped", "own-filter", "reader", "inline", "filter-free")
 
 
@@ -68,6 +69,7 @@ def patch(arm: str) -> list:
             FINISHED.append((start, time.perf_counter(), cpu, time.process_time(), thread, time.thread_time()))
 
     bootstrap.Bootstrap.finish = finished
+    watch_queue()
     if arm != "shipped":  # the filter in the run's own process, as below 16 in flight (the other arms' base)
         bootstrap.forks = lambda cfg, concurrency, flowing=False: False
     if arm == "filter-free":
@@ -117,6 +119,57 @@ def patch(arm: str) -> list:
     return reads
 
 
+def watch_queue() -> None:
+    """Each request handed to the event loop, and each reply the loop puts for the stream and the stream takes
+    (QUEUE): whether the replies wait for the thread that reads them (it sets the pace) or the requests are few
+    (prompts come too slowly)."""
+    import queue as queues
+
+    from pipeline.teachers import fastpath
+
+    class Timed(queues.SimpleQueue):
+        def put(self, item, *args, **kwargs):
+            QUEUE.append((time.perf_counter(), "put", 1))
+            super().put(item, *args, **kwargs)
+
+        def get(self, *args, **kwargs):
+            item = super().get(*args, **kwargs)
+            QUEUE.append((time.perf_counter(), "got", 1))
+            return item
+
+    init, start = fastpath.LoopStream.__init__, fastpath.LoopStream.start
+
+    def timed_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.finished = Timed()
+
+    def timed_start(self, batch):
+        QUEUE.append((time.perf_counter(), "sent", len(batch)))
+        return start(self, batch)
+
+    fastpath.LoopStream.__init__, fastpath.LoopStream.start = timed_init, timed_start
+
+
+def queue_means(since: float, until: float) -> tuple[float, float]:
+    """The mean, over [since, until], of the requests at the teacher (sent, their replies not yet put) and of the
+    replies waiting for the stream (put, not yet taken)."""
+    at_teacher = waiting = 0
+    area_teacher = area_waiting = 0.0
+    last = since
+    for when, what, n in sorted(QUEUE):
+        span = max(0.0, min(when, until) - max(last, since))
+        area_teacher, area_waiting = area_teacher + span * at_teacher, area_waiting + span * waiting
+        last = max(last, when)
+        if what == "sent":
+            at_teacher += n
+        elif what == "put":
+            at_teacher, waiting = at_teacher - n, waiting + n
+        else:
+            waiting -= n
+    span = max(until - since, 1e-9)
+    return area_teacher / span, area_waiting / span
+
+
 def inline_bootstrap(teacher, seeds, cfg, run, prompts, log, *, on_kept=None, on_progress=None, say=None):
     """run_bootstrap with every read and refill on the event loop's thread (the inline arm)."""
     from concurrent.futures import Future, ThreadPoolExecutor
@@ -162,6 +215,8 @@ def inline_bootstrap(teacher, seeds, cfg, run, prompts, log, *, on_kept=None, on
 
         class Handed:  # LoopStream.finished: a reply committed on the loop is read there at once
             def put(self, item) -> None:
+                QUEUE.append((time.perf_counter(), "put", 1))
+                QUEUE.append((time.perf_counter(), "got", 1))  # taken at once, or queued on the loop
                 if threading.current_thread() is loop_thread:
                     deliver(item)
                 else:  # a retry's reply, from the teacher's threads
@@ -192,7 +247,9 @@ def measure_arm(args: argparse.Namespace) -> dict:
     children = sum(os.times()[2:4]) - sum(children[2:4])
     first, last = reads[0], max(reads + FINISHED, key=lambda r: r[1])  # a forked filter's last reply: finish
     last_read = max(reads, key=lambda r: r[1])  # on the reading thread (a finish after the stream may not be)
+    at_teacher, waiting = queue_means(first[0], last[1])
     return {"replies": len(reads), "span_s": last[1] - first[0], "cpu_s": last[3] - first[2] + children,
+            "at_teacher": at_teacher, "waiting": waiting,
             "filter_cpu_s": children, "reading_cpu_s": last_read[5] - first[4],
             "stage_requests": whole["stage_requests"], "stage_wall_s": whole["stage_wall_s"],
             "stage_cpu_s": whole["stage_cpu_s"], "load": os.getloadavg()[0]}
@@ -213,9 +270,9 @@ def main() -> None:
           f"flight, {client_cpu.LATENCY * 1000:.0f} ms latency, ideal {client_cpu.IDEAL:,.0f} requests/s; "
           f"{os.cpu_count()} cores; load average before: {os.getloadavg()}\n")
     print("| arm | round | requests | of ideal, first read to last | client CPU ms/request, same span "
-          "| of it, the forked filter's | reading thread busy | whole stage wall s | whole stage, requests/s "
-          "| load avg (1 min) |\n"
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| of it, the forked filter's | reading thread busy | requests at the teacher, mean | replies waiting to be "
+          "read, mean | whole stage wall s | whole stage, requests/s | load avg (1 min) |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for i in range(args.repeat):
         for arm in ARMS:
             server, url = client_cpu.start_server("self-instruct")
@@ -230,6 +287,7 @@ def main() -> None:
             print(f"| {arm} | {i + 1} | {r['stage_requests']:,} | {rate / client_cpu.IDEAL:.2f} "
                   f"| {1000 * r['cpu_s'] / max(1, r['replies'] - 1):.2f} "
                   f"| {1000 * r['filter_cpu_s'] / max(1, r['replies'] - 1):.2f} | {r['reading_cpu_s'] / r['span_s']:.2f} "
+                  f"| {r['at_teacher']:.1f} | {r['waiting']:.1f} "
                   f"| {r['stage_wall_s']:.3f} | {r['stage_requests'] / r['stage_wall_s']:,.0f} | {r['load']:.1f} |",
                   flush=True)
     print(f"\nload average after: {os.getloadavg()}")
