@@ -55,6 +55,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig) -> d
     out.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
         _WRITERS[fmt](out, splits)
+    _remove_stale_formats(out, formats)
     manifest = run.manifest()
     info = {
         "run_dir": str(run.path), "export_dir": str(out), "sources": [str(f) for f in data.sources],
@@ -83,6 +84,19 @@ def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig) -> d
     write_text_atomic(out / EXPORT_INFO, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     write_text_atomic(out / "README.md", dataset_card(info))
     return info
+
+
+def _remove_stale_formats(out: Path, formats: list[str]) -> None:
+    """An earlier export's folders of the formats not written now: `train EXPORT` read the old messages/train.jsonl
+    left beside a new `--formats alpaca` export, the rows of the run as it was. Only in a folder that holds an
+    export already (its export.json), so that a user's own folder of that name elsewhere is never touched."""
+    import shutil
+
+    if not (out / EXPORT_INFO).is_file():
+        return
+    for fmt in FORMATS:
+        if fmt not in formats and (out / fmt).is_dir():
+            shutil.rmtree(out / fmt)
 
 
 def export(run: RunDir, cfg: ExportConfig, out_dir: str | Path | None = None) -> tuple[dict[str, Any], str]:
