@@ -1209,6 +1209,42 @@ def test_a_retrain_on_new_data_starts_over_once_and_then_resumes(tmp_path, monke
     assert rows_fingerprint(load_rows(run.path)) != "old rows"
 
 
+def test_the_train_step_refuses_an_export_older_than_the_runs_records_and_trains_a_fresh_one(tmp_path, monkeypatch):
+    """run.run() kept more tasks after run.export(); run.train() (the run's train step) then trained on the old
+    export and said "already trained with these settings and data". Now it says the export is stale and how to
+    renew it; a filter re-run that writes the same records leaves the export fresh."""
+    import pipeline.train.trainer as trainer
+    from pipeline.config import load_config
+    from pipeline.errors import Refused
+    from pipeline.records import Instance, Task
+    from pipeline.runner import Session
+    from pipeline.stages.export import export
+    from pipeline.store import RunDir, write_jsonl_atomic
+    from pipeline.train.steps import train_step
+
+    cfg = load_config(None, {"output_dir": str(tmp_path), "run_name": "r"})
+    run = RunDir(cfg.run_dir).ensure()
+    tasks = [Task(id=f"t{i}", instruction=f"Name a colour number {i}.", instances=[Instance(output="Blue.")])
+             for i in range(3)]
+    write_jsonl_atomic(run.stage_file("filter"), tasks[:2])
+    export(run, cfg.export)
+    trained = []
+    monkeypatch.setattr(trainer, "train", lambda data, train_cfg, log, progress=None: trained.append(data) or
+                        {"steps": 1, "eval_losses": {"first": 1.0, "last": 0.5}})
+    write_jsonl_atomic(run.stage_file("filter"), tasks[:2])  # a re-run of filter: the same bytes
+    train_step(Session(cfg).ctx, None)
+    assert trained == [run.export_dir]
+    write_jsonl_atomic(run.stage_file("filter"), tasks)  # the run kept one more task
+    with pytest.raises(Refused, match=r"export was written before filter.jsonl changed.*Fix: export again"):
+        train_step(Session(cfg).ctx, None)
+    write_jsonl_atomic(run.stage_file("evolve"), [])  # an evolve.jsonl made since is news too
+    with pytest.raises(Refused, match="filter.jsonl changed and evolve.jsonl was made"):
+        train_step(Session(cfg).ctx, None)
+    export(run, cfg.export)
+    train_step(Session(cfg).ctx, None)
+    assert len(trained) == 2
+
+
 def finished_adapter(tmp_path):
     """A run with one filtered task and a finished adapter's summary for today's settings and that data:
     (the run's config keys, its config, the adapter folder, the summary)."""

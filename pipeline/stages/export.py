@@ -32,7 +32,7 @@ from ..context import Records, RunContext, StepResult
 from ..decontam import clean_run_rows
 from ..errors import Seed2LoraError
 from ..records import row_messages, split_by_task
-from ..rows import evolve_input, include_list, seed_sources
+from ..rows import evolve_input, include_list, seed_sources, sources_sha256
 from ..store import EXPORT_INFO, SELF_INSTRUCT_INPUTS, RunDir, seeds_used, write_jsonl_atomic, write_text_atomic
 
 FORMATS = ("alpaca", "messages", "hf", "parquet")
@@ -59,6 +59,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig) -> d
     manifest = run.manifest()
     info = {
         "run_dir": str(run.path), "export_dir": str(out), "sources": [str(f) for f in data.sources],
+        "sources_sha256": sources_sha256(data.sources),  # a later filter or evolve makes it stale (train says so)
         "formats": formats, "export": {**dataclasses.asdict(cfg), "include": include_list(cfg.include)},
         "counts": {"tasks": len(data.tasks), "seed_tasks": len({r["task_id"] for r in rows if r["origin"] == "seed"}),
                    "rows": len(rows),
