@@ -1019,6 +1019,16 @@ def test_loss_summary_pairs_adapter_and_base_on_the_same_prompts():
     assert loss_summary(items[60:]) is None
 
 
+def test_a_judges_article_a_is_no_verdict_for_answer_a():
+    """Read case-blind, the article in "It's a tie." or "Both are a good fit; B is better" was a verdict for A."""
+    from pipeline.train.eval import parse_verdict
+
+    said = {"It's a tie.": "tie", "A tie.": "tie", "Both are a good fit; B is better": "B", "a": "A", "**b**": "B",
+            "Answer A is better": "A", "A": "A", "Better answer: B": "B", "TIE": "tie", "I cannot decide": None,
+            "Neither is a clear winner": None}
+    assert {text: parse_verdict(text) for text in said} == said
+
+
 def test_pairwise_judge_undoes_the_ab_swap_and_counts_ties_as_half():
     from pipeline.train.eval import EvalItem, judge_pairwise, parse_verdict
 
