@@ -1029,6 +1029,15 @@ def test_a_judges_article_a_is_no_verdict_for_answer_a():
     assert {text: parse_verdict(text) for text in said} == said
 
 
+def test_the_eval_line_of_a_judge_whose_every_reply_was_unreadable_says_so_not_none():
+    from pipeline.train.eval import judge_words
+
+    unread = {"adapter_wins": 0, "base_wins": 0, "ties": 0, "unparsed": 4, "judged": 0, "win_rate": None}
+    assert judge_words(unread) == "judge win rate n/a (no verdict, 4 replies with no A, B or tie)"
+    some = {**unread, "adapter_wins": 2, "ties": 1, "unparsed": 1, "judged": 3, "win_rate": 0.8333}
+    assert judge_words(some) == "judge win rate 83.3% (3 verdicts, 1 replies with no A, B or tie)"
+
+
 def test_pairwise_judge_undoes_the_ab_swap_and_counts_ties_as_half():
     from pipeline.train.eval import EvalItem, judge_pairwise, parse_verdict
 

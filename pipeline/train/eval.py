@@ -395,7 +395,16 @@ def summary_line(report: dict[str, Any]) -> str:
             f"base on {r['base_higher']}) on {report['n_prompts']} prompts"
             + (f"; answers {report['answer_words']['base']:.0f} / {report['answer_words']['adapter']:.0f} words "
                f"(reference {report['answer_words']['reference']:.0f})" if report.get("answer_words") else "")
-            + (f"; judge win rate {report['judge']['win_rate']}" if report.get("judge") else ""))
+            + (f"; {judge_words(report['judge'])}" if report.get("judge") else ""))
+
+
+def judge_words(j: dict[str, Any]) -> str:
+    """The judge in summary_line: its win rate over the verdicts read, and those it could not read ("judge win rate
+    None" was all a judge whose every reply was unreadable got)."""
+    unread = f", {j['unparsed']} replies with no A, B or tie" if j.get("unparsed") else ""
+    if j.get("win_rate") is None:
+        return f"judge win rate n/a (no verdict{unread})"
+    return f"judge win rate {j['win_rate']:.1%} ({j['judged']} verdicts{unread})"
 
 
 def sign_test(wins: int, losses: int) -> float:
