@@ -191,6 +191,10 @@ def _check_arguments(config: Any, settings: Any) -> None:
 
 
 def _check_stage(stage: str, known: list[str]) -> None:
+    if stage in {s.name for s in STEPS} - set(known):  # "unknown stage 'export'" of a stage the run has just run
+        made = "its report" if stage == "eval" else "its folder"
+        raise Seed2LoraError(f"stage {stage!r} writes a folder, not records (run.{stage}() returns {made}). Fix: "
+                             f"use one of {', '.join(known)}")
     if stage not in known:
         raise Seed2LoraError(f"unknown stage {stage!r}. Fix: use one of {', '.join(known)}")
 

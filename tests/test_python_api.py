@@ -80,6 +80,9 @@ def test_one_stage_name_runs_that_stage_and_a_misspelt_stage_is_an_error_not_an_
             with pytest.raises(Seed2LoraError, match="unknown stage 'filters'. Fix: use one of .*filter"):
                 read("filters")  # before: [], as if the stage had kept nothing
         assert run.records("ifd") == [] and run.rejected("export") == []
+        folder = r"stage 'export' writes a folder, not records \(run.export\(\) returns its folder\)"
+        with pytest.raises(Seed2LoraError, match=folder):
+            run.records("export")  # before: "unknown stage 'export'", a stage the run had
 
 
 def test_a_dict_as_config_or_a_list_as_settings_names_the_argument_and_the_fix():
