@@ -45,9 +45,13 @@ class Run:
                  "teacher.spec": teacher, "teacher.base_url": base_url}
         overrides = {**{k: v for k, v in flags.items() if v is not None}, **(settings or {})}
         if isinstance(config, RunConfig):
+            import copy
+
             from .config import set_value
 
-            cfg = config
+            # A copy: one RunConfig given to two Runs was one object, so the second's name= renamed the first's
+            # folder under it (and its next call refused "run.config.run_name was changed"), and the caller's too
+            cfg = copy.deepcopy(config)
             for key, value in overrides.items():
                 set_value(cfg, key, value)
             cfg.give(overrides)  # teacher="embedded" named on purpose, not the default by omission
@@ -187,6 +191,10 @@ def _check_arguments(config: Any, settings: Any) -> None:
 
 
 def _check_stage(stage: str, known: list[str]) -> None:
+    if stage in {s.name for s in STEPS} - set(known):  # "unknown stage 'export'" of a stage the run has just run
+        made = "its report" if stage == "eval" else "its folder"
+        raise Seed2LoraError(f"stage {stage!r} writes a folder, not records (run.{stage}() returns {made}). Fix: "
+                             f"use one of {', '.join(known)}")
     if stage not in known:
         raise Seed2LoraError(f"unknown stage {stage!r}. Fix: use one of {', '.join(known)}")
 

@@ -316,12 +316,21 @@ def summary_lines(c: dict[str, Any]) -> list[str]:
     return lines
 
 
+def whole_calls(calls: float) -> int:
+    """The calls a break-even takes, whole: paid back *after* them, so rounded up ("0 calls" was said of 0.3; a float
+    a hair over a whole number, 50000.00000000001, stays 50,000)."""
+    import math
+
+    return max(1, math.ceil(round(calls, 6)))
+
+
 def break_even_line(be: dict[str, Any]) -> str:
     if be["calls"] is None:
         why = "the adapter saves nothing per call at these prices" if be["saved_per_call_usd"] <= 0 else \
             "neither the dataset's nor the training's cost is known"
         return f"break-even: none ({why})"
-    return (f"break-even: {be['calls']:,.0f} calls: {money(be['investment_usd'])} invested"
+    calls = whole_calls(be["calls"])
+    return (f"break-even: {calls:,} call{'s' * (calls != 1)}: {money(be['investment_usd'])} invested"
             + f" ({' + '.join(be['investment_parts'])}{'' if len(be['investment_parts']) == 2 else ' only'})"
             + f" / {money(be['saved_per_call_usd'], 6)} saved per call ({be['context_tokens']:,.0f} context "
             f"tokens not sent with each {be['call_tokens']:,.0f}-token call at ${be['usd_per_1k_tokens']:g} per 1K)")

@@ -81,6 +81,33 @@ def kept_files(run: RunDir, include: list[str] | str) -> list[Path]:
     return found
 
 
+def sources_sha256(files: list[Path]) -> dict[str, str]:
+    """sha256 of each stage file an export read, by its name: what export.json records, to tell a stale export."""
+    import hashlib
+
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+def export_out_of_date(run: RunDir) -> str | None:
+    """Why the run's export no longer holds the rows its kept records make (filter.jsonl changed since, or an
+    evolve.jsonl appeared), or None. An export from before export.json recorded its sources' sha256 is taken as it
+    is. A re-run's filter writes the same bytes, so only new or changed records count."""
+    from .store import read_export_info
+
+    info = read_export_info(run.export_dir)
+    recorded = info.get("sources_sha256")
+    if recorded is None:
+        return None
+    try:
+        now = sources_sha256(kept_files(run, (info.get("export") or {}).get("include") or list(GENERATED)))
+    except Seed2LoraError:
+        return None  # what train reads then says it
+    changed = [name for name, sha in now.items() if recorded.get(name) != sha]
+    if not changed:
+        return None
+    return " and ".join(f"{n} {'changed' if n in recorded else 'was made'}" for n in changed)
+
+
 def evolve_mixed_error(run: RunDir, mixed: str) -> str:
     """The message of each command that reads a run whose evolve.jsonl is mixed (store.evolve_mixed): export,
     score, select, ifd and train RUN_DIR. Its first fix works for every one; leaving evolve.jsonl out is said per

@@ -62,6 +62,7 @@ class FakeOpenAI:
         self.posts = 0  # POSTs received, those still waiting included
         self.probes: list[dict[str, Any]] = []  # preflight: GET /models and api auto's one-token probe
         self.completions_endpoint = False  # api auto's probe of /completions gets a 404 unless this is set
+        self.probe_errors: list[int] = []  # statuses the next probes of /completions get first (a hiccup: 500, 429)
         # response_format forms whose JSON schema binds the reply (as OpenAI: {"json_schema"}; llama-cpp-python's
         # server: {"json_object"}). Others are ignored (the reply is text), or refused with a 422 when
         # refuse_other_forms is set, as llama-cpp-python refuses type json_schema.
@@ -137,6 +138,10 @@ class FakeOpenAI:
                     return
                 if body.get("max_tokens") == 1 and outer.prompt_of(body) == "Say OK.":  # api auto's probe, and the prober's
                     outer.probes.append({"path": self.path, "body": body})
+                    if outer.probe_errors and not self.path.endswith("/chat/completions"):
+                        status = outer.probe_errors.pop(0)
+                        self._send(status, {"error": {"message": f"a hiccup ({status})"}}, {})
+                        return
                     if self.path.endswith("/chat/completions") or outer.completions_endpoint:
                         self._send(200, outer.wrap(self.path, "OK"), {})
                     else:

@@ -134,6 +134,21 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path, args, message):
     assert result.exit_code == 2 and message in result.output.replace("\n", " ")
 
 
+def test_a_teacher_that_refuses_every_prompt_is_named_with_its_error_not_blamed_on_the_filter(fake_openai, tmp_path):
+    """A llama.cpp server whose context is shorter than the prompt answers each with a 400: the run said "no usable
+    instruction in 10 prompts (0 rejected) ... loosen [filter] settings", the cause said nowhere."""
+    too_long = {"error": {"message": "This model's maximum context length is 512 tokens", "type": "invalid_request_error",
+                          "code": "context_length_exceeded"}}
+    for _ in range(50):
+        fake_openai.enqueue(too_long, status=400)
+    result = CliRunner().invoke(cli, ["bootstrap", *map(str, teacher_flags(fake_openai, tmp_path)),
+                                      "--num-instructions", "3", "--set", "bootstrap.max_requests=10"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, text
+    assert "no usable instruction in 10 prompts: 10 got no reply (the last: prompt longer than the model's context" \
+        in text and "[filter]" not in text
+
+
 def test_bad_seed_file_names_the_line_and_writes_nothing(tmp_path):
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text('{"instruction": "Fine task here."}\n{"instruction": 5}\n')

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from pipeline.cache import ResponseCache
 from pipeline.cli import cli
 from pipeline.config import CostConfig
-from pipeline.cost import break_even, run_cost
+from pipeline.cost import break_even, break_even_line, run_cost, whole_calls
 from pipeline.records import Instance, Task
 from pipeline.store import write_jsonl_atomic
 
@@ -64,6 +64,14 @@ def by_hand() -> dict:
     return {"bootstrap": bootstrap, "instances": instances, "dataset": dataset, "per_1k_kept": dataset / 2 * 1000,
             "per_1k_rows": dataset / 4 * 1000, "row_tokens": row_tokens, "training": training,
             "calls": (dataset + training) / saved}
+
+
+def test_a_break_even_under_one_call_is_said_as_one_call_not_zero():
+    """`seed2lora cost` of the embedded quickstart said "break-even: 0 calls" for 0.26 calls: it pays back after one."""
+    be = {**break_even(0.0004, 98, 782, CostConfig()), "investment_parts": ["training"]}
+    assert be["calls"] == pytest.approx(0.2556, abs=1e-3)
+    assert break_even_line(be).startswith("break-even: 1 call: $0.0004 invested (training only)")
+    assert [whole_calls(c) for c in (0.26, 1.0, 2.5, 100 / 0.0019999999999999996, 83_333.34)] == [1, 1, 3, 50_000, 83_334]
 
 
 def test_the_classic_break_even_example():
@@ -173,7 +181,8 @@ def test_an_adapter_trained_on_a_users_own_file_is_priced_by_its_training(tmp_pa
     assert be["calls"] == pytest.approx(training / saved) and be["investment_parts"] == ["training"]
     said = CliRunner().invoke(cli, ["cost", str(adapter)], catch_exceptions=False).output
     assert "dataset: not priced" in said and "colours.jsonl, not on a run directory" in said
-    assert f"training: ${training:,.4f}" in said and f"break-even: {training / saved:,.0f} calls" in said
+    calls = whole_calls(training / saved)
+    assert f"training: ${training:,.4f}" in said and f"break-even: {calls:,} call{'s' * (calls != 1)}:" in said
     assert "(training only)" in said
     data = adapter.parent / "colours.jsonl"  # the data file and the adapter, as a user holds them
     with_file = CliRunner().invoke(cli, ["cost", str(data), "--adapter", str(adapter), "--json"], catch_exceptions=False)

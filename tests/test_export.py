@@ -150,6 +150,22 @@ def test_each_export_format_reads_back_with_the_same_split(tmp_path):
     assert sorted(r["id"] for r in direct[1]) == ids[1]
 
 
+def test_an_export_again_in_fewer_formats_trains_on_its_own_rows_not_an_earlier_exports(tmp_path):
+    """`export` (every format) then, after the run kept more tasks, `export --formats alpaca`: train read the first
+    export's messages/train.jsonl, left beside the new alpaca files, and trained on the old rows without a word."""
+    out = tmp_path / "export"
+    export_run(make_run(tmp_path, make_tasks(4)), out, ExportConfig(seed=1))
+    write_jsonl_atomic(RunDir(tmp_path / "run").stage_file("filter"), make_tasks(10))
+    info = export_run(tmp_path / "run", out, ExportConfig(seed=1, formats="alpaca"))
+    rows = load_rows(out)
+    assert (len(rows.train), len(rows.eval)) == (info["counts"]["train_rows"], info["counts"]["eval_rows"])
+    assert rows.source == str(out / "alpaca" / "train.json")
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["alpaca"]  # no stale format beside it
+    # An export made before that left its stale folder: the formats export.json names are read, not the others
+    write_jsonl_atomic(out / "messages" / "train.jsonl", [{"id": "old", "messages": row_messages(rows.train[0])}])
+    assert load_rows(out).source == str(out / "alpaca" / "train.json")
+
+
 def test_export_cli_and_friendly_errors(tmp_path):
     run = make_run(tmp_path)
     result = CliRunner().invoke(cli, ["export", str(run), "--formats", "alpaca,messages", "--rows", "task"])

@@ -323,6 +323,23 @@ def test_api_auto_takes_the_completions_endpoint_when_the_server_has_one(fake_op
     assert all(h["path"].endswith("/v1/completions") for h in fake_openai.history)
 
 
+def test_api_auto_asks_again_after_a_hiccup_and_keeps_the_completions_endpoint(fake_openai, tmp_path):
+    """One 500 (or 429) on the completions probe put a server that has the endpoint on chat for the whole run."""
+    fake_openai.completions_endpoint = True
+    fake_openai.probe_errors = [500, 429]
+    invoke("bootstrap", "--teacher", "openai:fake-model", "--base-url", fake_openai.url, "--output-dir", tmp_path,
+           "--run-name", "r", "--num-instructions", 2)
+    teacher = manifest(tmp_path / "r")["teacher"]
+    assert teacher["api"] == "completions" and not fake_openai.probe_errors
+    # A server whose completions endpoint keeps failing is given up after PROBE_TRIES, naming how often it was asked
+    fake_openai.probe_errors = [500] * 5
+    invoke("bootstrap", "--teacher", "openai:fake-model", "--base-url", fake_openai.url, "--output-dir", tmp_path,
+           "--run-name", "r2", "--num-instructions", 2)
+    choice = manifest(tmp_path / "r2")["teacher"]["api_choice"]
+    assert choice.startswith("auto: chat (completions: HTTP 500") and choice.endswith("asked 3 times)"), choice
+    assert len(fake_openai.probe_errors) == 2
+
+
 def test_api_auto_falls_back_to_chat(fake_openai, tmp_path):
     invoke("bootstrap", "--teacher", "openai:fake-model", "--base-url", fake_openai.url, "--output-dir", tmp_path,
            "--run-name", "r", "--num-instructions", 2)

@@ -80,6 +80,9 @@ def test_one_stage_name_runs_that_stage_and_a_misspelt_stage_is_an_error_not_an_
             with pytest.raises(Seed2LoraError, match="unknown stage 'filters'. Fix: use one of .*filter"):
                 read("filters")  # before: [], as if the stage had kept nothing
         assert run.records("ifd") == [] and run.rejected("export") == []
+        folder = r"stage 'export' writes a folder, not records \(run.export\(\) returns its folder\)"
+        with pytest.raises(Seed2LoraError, match=folder):
+            run.records("export")  # before: "unknown stage 'export'", a stage the run had
 
 
 def test_a_dict_as_config_or_a_list_as_settings_names_the_argument_and_the_fix():
@@ -337,3 +340,18 @@ def test_a_mistyped_teacher_is_named_when_the_run_is_made_with_the_spec_meant(tm
         Run(teacher="gpt4", output_dir=tmp_path)
     assert not any(tmp_path.iterdir())  # nothing made
     Run(teacher="openai:gpt-4o-mini", output_dir=tmp_path)  # a good spec needs no server to be made
+
+
+def test_one_run_config_given_to_two_runs_makes_two_runs_and_is_left_as_it_was(tmp_path):
+    """The RunConfig was the Runs' own: the second Run's name= set it on the first Run and the caller's config, and
+    the first Run's next call raised "run.config.run_name: was changed to 'b'", a change its user never made."""
+    cfg = load_config(None, {"output_dir": str(tmp_path), "bootstrap.num_instructions": 3})
+    a, b = Run(cfg, name="a", progress=False), Run(cfg, name="b", settings={"bootstrap.num_instructions": 4},
+                                                   progress=False)
+    assert (a.path, b.path) == (tmp_path / "a", tmp_path / "b")
+    assert (a.config.bootstrap.num_instructions, b.config.bootstrap.num_instructions) == (3, 4)
+    assert cfg.run_name != "b" and cfg.bootstrap.num_instructions == 3
+    with pytest.raises(Seed2LoraError, match="neither filter.jsonl nor evolve.jsonl"):  # not "run_name was changed"
+        a.export()
+    a.close()
+    b.close()

@@ -1019,6 +1019,25 @@ def test_loss_summary_pairs_adapter_and_base_on_the_same_prompts():
     assert loss_summary(items[60:]) is None
 
 
+def test_a_judges_article_a_is_no_verdict_for_answer_a():
+    """Read case-blind, the article in "It's a tie." or "Both are a good fit; B is better" was a verdict for A."""
+    from pipeline.train.eval import parse_verdict
+
+    said = {"It's a tie.": "tie", "A tie.": "tie", "Both are a good fit; B is better": "B", "a": "A", "**b**": "B",
+            "Answer A is better": "A", "A": "A", "Better answer: B": "B", "TIE": "tie", "I cannot decide": None,
+            "Neither is a clear winner": None}
+    assert {text: parse_verdict(text) for text in said} == said
+
+
+def test_the_eval_line_of_a_judge_whose_every_reply_was_unreadable_says_so_not_none():
+    from pipeline.train.eval import judge_words
+
+    unread = {"adapter_wins": 0, "base_wins": 0, "ties": 0, "unparsed": 4, "judged": 0, "win_rate": None}
+    assert judge_words(unread) == "judge win rate n/a (no verdict, 4 replies with no A, B or tie)"
+    some = {**unread, "adapter_wins": 2, "ties": 1, "unparsed": 1, "judged": 3, "win_rate": 0.8333}
+    assert judge_words(some) == "judge win rate 83.3% (3 verdicts, 1 replies with no A, B or tie)"
+
+
 def test_pairwise_judge_undoes_the_ab_swap_and_counts_ties_as_half():
     from pipeline.train.eval import EvalItem, judge_pairwise, parse_verdict
 
@@ -1207,6 +1226,42 @@ def test_a_retrain_on_new_data_starts_over_once_and_then_resumes(tmp_path, monke
             train_step(Session(cfg).ctx, None)
     assert resumes == [False, True]  # from scratch once (the old data's checkpoints), then resumed
     assert rows_fingerprint(load_rows(run.path)) != "old rows"
+
+
+def test_the_train_step_refuses_an_export_older_than_the_runs_records_and_trains_a_fresh_one(tmp_path, monkeypatch):
+    """run.run() kept more tasks after run.export(); run.train() (the run's train step) then trained on the old
+    export and said "already trained with these settings and data". Now it says the export is stale and how to
+    renew it; a filter re-run that writes the same records leaves the export fresh."""
+    import pipeline.train.trainer as trainer
+    from pipeline.config import load_config
+    from pipeline.errors import Refused
+    from pipeline.records import Instance, Task
+    from pipeline.runner import Session
+    from pipeline.stages.export import export
+    from pipeline.store import RunDir, write_jsonl_atomic
+    from pipeline.train.steps import train_step
+
+    cfg = load_config(None, {"output_dir": str(tmp_path), "run_name": "r"})
+    run = RunDir(cfg.run_dir).ensure()
+    tasks = [Task(id=f"t{i}", instruction=f"Name a colour number {i}.", instances=[Instance(output="Blue.")])
+             for i in range(3)]
+    write_jsonl_atomic(run.stage_file("filter"), tasks[:2])
+    export(run, cfg.export)
+    trained = []
+    monkeypatch.setattr(trainer, "train", lambda data, train_cfg, log, progress=None: trained.append(data) or
+                        {"steps": 1, "eval_losses": {"first": 1.0, "last": 0.5}})
+    write_jsonl_atomic(run.stage_file("filter"), tasks[:2])  # a re-run of filter: the same bytes
+    train_step(Session(cfg).ctx, None)
+    assert trained == [run.export_dir]
+    write_jsonl_atomic(run.stage_file("filter"), tasks)  # the run kept one more task
+    with pytest.raises(Refused, match=r"export was written before filter.jsonl changed.*Fix: export again"):
+        train_step(Session(cfg).ctx, None)
+    write_jsonl_atomic(run.stage_file("evolve"), [])  # an evolve.jsonl made since is news too
+    with pytest.raises(Refused, match="filter.jsonl changed and evolve.jsonl was made"):
+        train_step(Session(cfg).ctx, None)
+    export(run, cfg.export)
+    train_step(Session(cfg).ctx, None)
+    assert len(trained) == 2
 
 
 def finished_adapter(tmp_path):

@@ -322,6 +322,7 @@ class Bootstrap:
         self.plans: dict[int, dict] = {}  # the prompts in flight, by request number
         self.next, self.done = self.sent, 0
         self.resent = 0  # the failed calls sent again of the replies read (Completion.resent)
+        self.failed, self.last_error = 0, ""  # prompts that got no reply, after their retries, and the last why
         # Requests read and recorded, whose done marks go into the commit that logs the next prompt: a mark only
         # spares a resume re-reading that reply from the cache, where its records are found as written. Without a
         # prompt to log (WAIT, the prompts over) they are marked at once, so a resume re-reads a reply or two at
@@ -445,6 +446,8 @@ class Bootstrap:
             self.done += 1
             self.resent += reply.resent
             if not reply.ok:
+                self.failed += 1
+                self.last_error = reply.error or self.last_error
                 if self.on_progress:
                     self.on_progress(self.done)
                 continue
@@ -468,9 +471,17 @@ class Bootstrap:
         pool = self.pool
         requests_sent = self.log.requests("bootstrap")[0]
         if not pool.machine:
+            # Every prompt refused (a prompt over a small server's context: a 400 each) read as the filter's doing
+            if self.failed and not pool.rejected:
+                longer = (" (a server with a longer context, e.g. llama.cpp's -c, or fewer tasks a prompt: "
+                          "bootstrap.num_prompt_instructions)"
+                          if "context" in self.last_error else "")
+                raise Seed2LoraError(f"the teacher gave no usable instruction in {requests_sent} prompts: {self.failed} "
+                                     f"got no reply (the last: {self.last_error}). Fix: what that error says{longer}")
+            failed = f"; {self.failed} got no reply, the last: {self.last_error}" if self.failed else ""
             raise Seed2LoraError(f"the teacher gave no usable instruction in {requests_sent} prompts "
-                                 f"({pool.rejected} rejected; see {self.run.rejected_file}). Try another teacher, "
-                                 "or loosen [filter] settings")
+                                 f"({pool.rejected} rejected; see {self.run.rejected_file}{failed}). Try another "
+                                 "teacher, or loosen [filter] settings")
         return BootstrapResult(kept=len(pool.machine), new=pool.new, rejected=pool.rejected, requests=requests_sent,
                                pending=max(0, self.b.num_instructions - len(pool.machine)), replies=self.done,
                                resent=self.resent, batch=self.cfg.teacher.batch)

@@ -32,7 +32,7 @@ from ..context import Records, RunContext, StepResult
 from ..decontam import clean_run_rows
 from ..errors import Seed2LoraError
 from ..records import row_messages, split_by_task
-from ..rows import evolve_input, include_list, seed_sources
+from ..rows import evolve_input, include_list, seed_sources, sources_sha256
 from ..store import EXPORT_INFO, SELF_INSTRUCT_INPUTS, RunDir, seeds_used, write_jsonl_atomic, write_text_atomic
 
 FORMATS = ("alpaca", "messages", "hf", "parquet")
@@ -55,9 +55,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig) -> d
     out.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
         _WRITERS[fmt](out, splits)
+    _remove_stale_formats(out, formats)
     manifest = run.manifest()
     info = {
         "run_dir": str(run.path), "export_dir": str(out), "sources": [str(f) for f in data.sources],
+        "sources_sha256": sources_sha256(data.sources),  # a later filter or evolve makes it stale (train says so)
         "formats": formats, "export": {**dataclasses.asdict(cfg), "include": include_list(cfg.include)},
         "counts": {"tasks": len(data.tasks), "seed_tasks": len({r["task_id"] for r in rows if r["origin"] == "seed"}),
                    "rows": len(rows),
@@ -83,6 +85,19 @@ def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig) -> d
     write_text_atomic(out / EXPORT_INFO, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     write_text_atomic(out / "README.md", dataset_card(info))
     return info
+
+
+def _remove_stale_formats(out: Path, formats: list[str]) -> None:
+    """An earlier export's folders of the formats not written now: `train EXPORT` read the old messages/train.jsonl
+    left beside a new `--formats alpaca` export, the rows of the run as it was. Only in a folder that holds an
+    export already (its export.json), so that a user's own folder of that name elsewhere is never touched."""
+    import shutil
+
+    if not (out / EXPORT_INFO).is_file():
+        return
+    for fmt in FORMATS:
+        if fmt not in formats and (out / fmt).is_dir():
+            shutil.rmtree(out / fmt)
 
 
 def export(run: RunDir, cfg: ExportConfig, out_dir: str | Path | None = None) -> tuple[dict[str, Any], str]:

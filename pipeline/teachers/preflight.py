@@ -15,7 +15,7 @@ import openai
 from ..errors import TeacherError, TeacherUnavailable
 from .base import Completion, GenParams
 from .failover import Failover
-from .wire import Client, ContextTooLong, Malformed, describe_error
+from .wire import Client, ContextTooLong, Malformed, describe_error, is_transient, retry_after
 
 PROBE_PROMPT = "Say OK."  # api auto's one-token probe of the completions endpoint
 # teacher.structured auto|on: one small question whose reply must be {"answer": "Yes"} or {"answer": "No"}
@@ -24,6 +24,7 @@ STRUCTURED_PROBE = GenParams(max_tokens=24, schema_name="answer", schema=json.du
     "type": "object", "properties": {"answer": {"type": "string", "enum": ["Yes", "No"]}}, "required": ["answer"],
     "additionalProperties": False}))
 SCHEMA_FORMS = ("json_schema", "json_object")  # tried in this order: OpenAI's form first
+PROBE_TRIES = 3  # api auto's probe, asked again after a 429, 5xx or dropped connection: a hiccup is no answer
 PREFLIGHT_TIMEOUT_S = 60.0  # one token from a cold local server (model load, first batch) can take this long
 # One call as the teacher makes it: (client, api, prompt, params, schema_form, timeout_s) -> its reply.
 Ask = Callable[[Client, str, str, GenParams, str, float], Completion]
@@ -126,17 +127,25 @@ class Preflight:
             self.failover.stop.wait(1.0)  # set: the check above stops the wait, naming what it waited for
 
     def choose_api(self, alive: list[int]) -> tuple[str, str]:
-        """api auto: (api, why). Ask for one token from the completions endpoint and use it if the server has one."""
-        try:
-            self.ask_ready(alive, "completions", PROBE_PROMPT, GenParams(max_tokens=1), "")
-            return "completions", "auto: completions (the server offers the endpoint)"
-        except openai.NotFoundError as e:  # the answer the probe asks about: no hint to check the model or the URL,
-            # which would send a chat-only server's user (gpt-4o-mini's too) to fix what works
-            return "chat", f"auto: chat (no completions endpoint: {self.describe(e, hint=False)})"
-        except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-            raise TeacherError(f"{self.failover.endpoints[alive[0]].url}: {self.describe(e)}") from None
-        except (openai.APIError, httpx.TransportError, Malformed, ContextTooLong, ValueError) as e:
-            return "chat", f"auto: chat (completions: {self.describe(e)})"
+        """api auto: (api, why). Ask for one token from the completions endpoint and use it if the server has one.
+        A 429, a 5xx or a dropped connection is asked again (PROBE_TRIES in all): one such hiccup put a server
+        that has the endpoint on chat for the whole run. A timeout is not (each took PREFLIGHT_TIMEOUT_S)."""
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                self.ask_ready(alive, "completions", PROBE_PROMPT, GenParams(max_tokens=1), "")
+                return "completions", "auto: completions (the server offers the endpoint)"
+            except openai.NotFoundError as e:  # the answer the probe asks about: no hint to check the model or the
+                # URL, which would send a chat-only server's user (gpt-4o-mini's too) to fix what works
+                return "chat", f"auto: chat (no completions endpoint: {self.describe(e, hint=False)})"
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+                raise TeacherError(f"{self.failover.endpoints[alive[0]].url}: {self.describe(e)}") from None
+            except (openai.APIError, httpx.TransportError, Malformed, ContextTooLong, ValueError) as e:
+                again = is_transient(e) and not isinstance(e, (openai.APITimeoutError, httpx.TimeoutException))
+                if tries == PROBE_TRIES or not again or self.failover.stop.wait(min(retry_after(e) or 1.0, 5.0)):
+                    tried = f", asked {tries} times" if tries > 1 else ""
+                    return "chat", f"auto: chat (completions: {self.describe(e)}{tried})"
 
     def choose_structured(self, alive: list[int], api: str, setting: str) -> tuple[str, str]:
         """teacher.structured auto|on: (the response_format form the server honours or "", why). Does the server

@@ -36,7 +36,7 @@ from ..decontam import clean_run_rows, contamination, row_text
 from ..errors import InputError, Seed2LoraError
 from ..records import RowError, Task, row_messages, split_by_task, task_rows
 from ..rows import SOURCES
-from ..store import EXPORT_INFO, RunDir
+from ..store import EXPORT_INFO, RunDir, read_export_info
 
 IGNORE_INDEX = -100  # torch's cross_entropy skips this label
 ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
@@ -117,12 +117,14 @@ def check_rows(rows: list[dict[str, Any]], source: str) -> None:
 
 def _load_export(p: Path) -> Rows:
     run_dir = RunDir.of_export(p).path
+    # The formats this export wrote (export.json): a folder of another, left by an earlier export, holds old rows
+    written = read_export_info(p).get("formats") or ["messages", "parquet", "alpaca", "hf"]
     for train, held in (("messages/train.jsonl", "messages/eval.jsonl"), ("parquet/train.parquet", "parquet/eval.parquet"),
                         ("alpaca/train.json", "alpaca/eval.json")):
-        if (p / train).is_file():
+        if train.split("/")[0] in written and (p / train).is_file():
             held_rows = read_rows_file(p / held) if (p / held).is_file() else None
             return Rows(read_rows_file(p / train), held_rows, run_dir, str(p / train))
-    if (p / "hf").is_dir():
+    if "hf" in written and (p / "hf").is_dir():
         rows = _load_hf(p / "hf")
         return Rows(rows.train, rows.eval, run_dir, rows.source)
     raise InputError(p, None, "is an export folder without data files", "run `seed2lora export` again")

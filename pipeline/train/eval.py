@@ -395,7 +395,16 @@ def summary_line(report: dict[str, Any]) -> str:
             f"base on {r['base_higher']}) on {report['n_prompts']} prompts"
             + (f"; answers {report['answer_words']['base']:.0f} / {report['answer_words']['adapter']:.0f} words "
                f"(reference {report['answer_words']['reference']:.0f})" if report.get("answer_words") else "")
-            + (f"; judge win rate {report['judge']['win_rate']}" if report.get("judge") else ""))
+            + (f"; {judge_words(report['judge'])}" if report.get("judge") else ""))
+
+
+def judge_words(j: dict[str, Any]) -> str:
+    """The judge in summary_line: its win rate over the verdicts read, and those it could not read ("judge win rate
+    None" was all a judge whose every reply was unreadable got)."""
+    unread = f", {j['unparsed']} replies with no A, B or tie" if j.get("unparsed") else ""
+    if j.get("win_rate") is None:
+        return f"judge win rate n/a (no verdict{unread})"
+    return f"judge win rate {j['win_rate']:.1%} ({j['judged']} verdicts{unread})"
 
 
 def sign_test(wins: int, losses: int) -> float:
@@ -490,13 +499,19 @@ def check_judge_budget(teacher: Any, result: dict[str, Any], run_dir: Path | Non
                             "so far are cached and cost nothing twice")
 
 
+# The first verdict word: "tie" in any case (with its article: "A tie." is no A), or a capital A or B. A lower-case
+# "a" is the article: read case-blind, "It's a tie." and "Both are a good fit; B is better" were verdicts for A.
+VERDICT = re.compile(r"\b(?i:(?:an?\s+)?(tie))\b|\b(A|B)\b")
+
+
 def parse_verdict(text: str) -> str | None:
     """'A', 'B' or 'tie' from a judge's reply (first verdict word wins); None if there is none."""
-    m = re.search(r"\b(tie|A|B)\b", text.strip(), re.IGNORECASE)
+    if (bare := text.strip().strip("*_.:`'\" ").lower()) in ("a", "b"):  # a reply of the letter alone, "a." too
+        return bare.upper()
+    m = VERDICT.search(text)
     if not m:
         return None
-    word = m.group(1)
-    return "tie" if word.lower() == "tie" else word.upper()
+    return "tie" if m.group(1) else m.group(2)
 
 
 def judge_pairwise(teacher: Any, items: list[EvalItem], rng: random.Random, ci_seed: int = 0,

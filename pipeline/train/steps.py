@@ -10,7 +10,8 @@ import dataclasses
 import json
 
 from ..context import Records, RunContext, StepResult
-from ..rows import generated_rows
+from ..errors import Refused
+from ..rows import export_out_of_date, generated_rows
 from ..store import EXPORT_INFO
 
 
@@ -40,6 +41,10 @@ def train_step(ctx: RunContext, records: Records | None) -> StepResult:
     adapter = ctx.run.adapter_dir(ctx.cfg.train.output_dir)
     cfg = dataclasses.replace(ctx.cfg.train, output_dir=str(adapter))
     data = ctx.run.export_dir if (ctx.run.export_dir / EXPORT_INFO).is_file() else ctx.run.path
+    if data == ctx.run.export_dir and (why := export_out_of_date(ctx.run)):  # it trained on the old rows, saying nothing
+        raise Refused(f"{data} was written before {why}: training on it would leave the new records out. Fix: "
+                      f"export again first (`seed2lora export {ctx.run.path}`, or \"export\" before \"train\" in "
+                      "stages), or train that export as it is with `seed2lora train` on its folder")
     summary_file = adapter / SUMMARY
     if summary_file.is_file():
         done = json.loads(summary_file.read_text(encoding="utf-8"))
