@@ -132,6 +132,18 @@ def test_a_structured_reply_cut_by_the_length_limit_keeps_its_whole_items(fake_o
     assert kept == ["Name three rivers that cross Europe.", "Sort the numbers in the list from smallest to largest."]
 
 
+def test_an_empty_structured_task_list_is_rejected_as_what_it_is(fake_openai, tmp_path):
+    """llama-cpp-python's server with SmolLM2-135M bound to the schema answered '{ "tasks": [ ]}' to 8 of 22 prompts:
+    its rejection says so, not "no numbered task" (which sends a reader to the text parser)."""
+    fake_openai.schema_forms = {"json_schema"}
+    fake_openai.enqueue('{ "tasks": [ ]}')
+    fake_openai.enqueue("")
+    invoke("bootstrap", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 2, "--set", "teacher.concurrency=1")
+    reasons = [r["reject_reason"] for r in read(tmp_path / "r" / "rejected.jsonl")]
+    assert reasons[:2] == ["unparseable_reply: the reply's JSON list of tasks holds no task",
+                           "unparseable_reply: the reply is empty"]
+
+
 def test_auto_leaves_a_run_on_the_completions_endpoint(fake_openai, tmp_path):
     """A local server with a completions endpoint keeps the paper's list continuations (what small models follow)."""
     fake_openai.completions_endpoint, fake_openai.schema_forms = True, {"json_schema"}
