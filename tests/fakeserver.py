@@ -61,6 +61,10 @@ class FakeOpenAI:
         self.history: list[dict[str, Any]] = []
         self.posts = 0  # POSTs received, those still waiting included
         self.probes: list[dict[str, Any]] = []  # preflight: GET /models and api auto's one-token probe
+        # GET /models lists these ids (llama.cpp's servers list their one model and serve it under any name, as
+        # this fake does) and answers after models_delay s (llama-cpp-python's waits for the generation under way)
+        self.models = ["fake-model"]
+        self.models_delay = 0.0
         self.completions_endpoint = False  # api auto's probe of /completions gets a 404 unless this is set
         # response_format forms whose JSON schema binds the reply (as OpenAI: {"json_schema"}; llama-cpp-python's
         # server: {"json_object"}). Others are ignored (the reply is text), or refused with a 422 when
@@ -95,7 +99,12 @@ class FakeOpenAI:
 
             def do_GET(self) -> None:
                 outer.probes.append({"path": self.path, "body": None})
-                self._send(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]}, {})
+                time.sleep(outer.models_delay)
+                try:
+                    self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in outer.models]},
+                               {})
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting
 
             def _send(self, status: int, payload: Any, headers: dict[str, str]) -> None:
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()

@@ -300,6 +300,15 @@ def test_every_endpoint_dead_at_the_start_is_tried_within_one_window_and_each_is
     assert all(f"{s.url}: " in text for s in dead) and "within 3 s (teacher.connect_window_s)" in text
 
 
+def test_a_busy_server_whose_get_models_waits_for_its_generation_is_reached_not_called_dead(fake_openai):
+    """llama-cpp-python's server answers GET /models only once the generation under way is done: 8 to 11 s behind
+    another run's requests. The 10 s that a connection is given stopped the start (exit 4: "start the server")."""
+    fake_openai.models_delay = 10.5
+    t = OpenAITeacher("fake-model", base_url=fake_openai.url, connect_window_s=1.0)
+    t.preflight()
+    assert len([p for p in fake_openai.probes if p["path"].endswith("/models")]) == 1
+
+
 # llama.cpp's llama-server answers 503 "Loading model" to every prompt until its model is loaded (tests/fakeserver.py,
 # `loading`): it is there, not ready. Seen on a run started before the server had loaded: api auto chose chat on
 # the probe's 503, and the 503s of the run's requests tripped the circuit breaker within 40 s while the run said

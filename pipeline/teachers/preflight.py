@@ -25,6 +25,10 @@ STRUCTURED_PROBE = GenParams(max_tokens=24, schema_name="answer", schema=json.du
     "additionalProperties": False}))
 SCHEMA_FORMS = ("json_schema", "json_object")  # tried in this order: OpenAI's form first
 PREFLIGHT_TIMEOUT_S = 60.0  # one token from a cold local server (model load, first batch) can take this long
+# GET /models: a dead or filtered host fails its connection in this long, so the window tries the others soon; a
+# server that took the connection gets PREFLIGHT_TIMEOUT_S to answer (llama-cpp-python's answers no request, GET
+# /models included, while it generates for another client: 8 to 11 s behind 4 requests of another run)
+REACH_CONNECT_TIMEOUT_S = 10.0
 # One call as the teacher makes it: (client, api, prompt, params, schema_form, timeout_s) -> its reply.
 Ask = Callable[[Client, str, str, GenParams, str, float], Completion]
 
@@ -85,7 +89,8 @@ class Preflight:
     def reach(self, i: int) -> str | None:
         """None when the endpoint answers HTTP at all (GET /models); else the connection error of this one try."""
         url = self.failover.endpoints[i].url
-        client = self.sdk_clients[i].with_options(timeout=min(self.failover.patience.timeout_s, 10.0))
+        client = self.sdk_clients[i].with_options(
+            timeout=httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, REACH_CONNECT_TIMEOUT_S)))
         try:
             client.models.list()
             return None
