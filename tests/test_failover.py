@@ -309,6 +309,23 @@ def test_a_busy_server_whose_get_models_waits_for_its_generation_is_reached_not_
     assert len([p for p in fake_openai.probes if p["path"].endswith("/models")]) == 1
 
 
+def test_a_model_name_the_server_does_not_list_is_said_at_the_start(fake_openai, tmp_path):
+    """llama.cpp's servers list their one model and serve it under any name: "openai:MODEL" from the README ran
+    with no word, and the run's records named MODEL as their teacher."""
+    fake_openai.models = ["/models/SmolLM2-135M-Instruct.Q4_1.gguf"]
+    flags = teacher_flags(fake_openai, tmp_path)
+    flags[1] = "openai:MODEL"
+    result = cli_run("bootstrap", *flags, "--num-instructions", 2)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert (f"teacher: {fake_openai.url} lists the model '/models/SmolLM2-135M-Instruct.Q4_1.gguf', not 'MODEL': "
+            "a server that serves its one model under any name (llama.cpp's) answers anyway") in text, text
+    assert "Fix, if the name is a mistake: --teacher openai:/models/SmolLM2-135M-Instruct.Q4_1.gguf" in text
+    fake_openai.models = ["/models/SmolLM2-135M-Instruct.Q4_1.gguf", "MODEL"]
+    result = cli_run("bootstrap", *flags, "--num-instructions", 3)
+    assert result.exit_code == 0 and "lists the model" not in result.output, result.output
+
+
 # llama.cpp's llama-server answers 503 "Loading model" to every prompt until its model is loaded (tests/fakeserver.py,
 # `loading`): it is there, not ready. Seen on a run started before the server had loaded: api auto chose chat on
 # the probe's 503, and the 503s of the run's requests tripped the circuit breaker within 40 s while the run said

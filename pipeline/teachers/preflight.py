@@ -39,6 +39,7 @@ class Preflight:
         self.failover, self.sdk_clients, self.probes, self.ask = failover, sdk_clients, probes, ask
         self.event, self.secret, self.origin = event, secret, failover.origin
         self.timeout_s = min(failover.patience.timeout_s, PREFLIGHT_TIMEOUT_S)
+        self.listed: dict[int, list[str]] = {}  # endpoint -> the model ids its GET /models listed
 
     def describe(self, e: BaseException, hint: bool = True) -> str:
         """describe_error in this teacher's names, its key masked."""
@@ -92,7 +93,8 @@ class Preflight:
         client = self.sdk_clients[i].with_options(
             timeout=httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, REACH_CONNECT_TIMEOUT_S)))
         try:
-            client.models.list()
+            page = client.models.list()
+            self.listed[i] = [m for m in (getattr(x, "id", None) for x in getattr(page, "data", None) or []) if m]
             return None
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
             raise TeacherError(f"{url}: {self.describe(e)}") from None
@@ -100,6 +102,22 @@ class Preflight:
             return self.describe(e)
         except (openai.APIStatusError, ValueError):
             return None  # an HTTP answer (a server without /models, say): it is there
+
+    def unlisted(self, model: str, alive: list[int]) -> list[str]:
+        """A line for each endpoint whose GET /models lists models, none of them `model`. llama.cpp's servers
+        (llama-server, llama-cpp-python's) serve their one model under any name, so a wrong or made-up name
+        ("openai:MODEL", as the README writes it) is never refused, and the run's records name it as their teacher."""
+        lines = []
+        for i in alive:
+            ids = self.listed.get(i) or []
+            if ids and model not in ids and f"{model}:latest" not in ids:  # Ollama's "qwen2.5" is "qwen2.5:latest"
+                shown = ", ".join(repr(m) for m in ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+                lines.append(f"{self.failover.endpoints[i].url} lists the model{'s' * (len(ids) > 1)} {shown}, not "
+                             f"{model!r}: a server that serves its one model under any name (llama.cpp's) answers "
+                             f"anyway, and the run records {model!r} as its teacher. Fix, if the name is a "
+                             "mistake: "
+                             f"{self.origin.give('spec', 'openai:' + ids[0])}")
+        return lines
 
     def ask_ready(self, alive: list[int], api: str, prompt: str, params: GenParams, form: str) -> Completion:
         """The reply of the first endpoint of `alive` that serves the probe. One that answers 503 (llama.cpp's
