@@ -22,6 +22,19 @@ def test_a_reply_cut_by_the_length_limit_keeps_the_items_before_the_cut():
     assert json_items(cut, "examples") == [{"input": "a", "output": "b"}]
 
 
+def test_a_raw_newline_inside_a_string_does_not_end_the_list():
+    """llama-cpp-python's server bound SmolLM2-135M's reply to the schema yet let a raw newline into a string (8 of 79
+    JSON replies): read strictly, the list ended there as if the reply were cut, and the items after it were lost."""
+    reply = '{ "examples" : [ { "label": "Negative", "input":"The lid cracked.\nIt smelt burnt."}, {"label": "Positive", ' \
+            '"input":"Quiet and easy to clean."} ] }'
+    assert json_items(reply, "labelled_examples") == [
+        {"label": "Negative", "input": "The lid cracked.\nIt smelt burnt."},
+        {"label": "Positive", "input": "Quiet and easy to clean."}]
+    assert json_items('["Name three\trivers.", "Sort the list."]', "tasks") == ["Name three\trivers.", "Sort the list."]
+    assert json_items('{"tasks": ["Name three rivers.", "Sort the\nlist", "Write a ha', "tasks") == \
+        ["Name three rivers.", "Sort the\nlist"]  # cut: the whole items, a raw newline in one of them
+
+
 @pytest.mark.parametrize("text", ["Sure! 1. Name three rivers.", '{"answer": "Yes"}', "[1, 2]", '{"tasks": "x"}', ""])
 def test_a_reply_that_is_not_the_schemas_json_gives_none(text):
     assert json_items(text, "tasks") is None
