@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from pipeline.stages.parse import parse_yes_no
+from pipeline.records import Instance
+from pipeline.stages.parse import parse_structured_instances, parse_yes_no
 from pipeline.stages.schemas import SCHEMAS, json_items
 
 
@@ -38,6 +39,20 @@ def test_a_raw_newline_inside_a_string_does_not_end_the_list():
 @pytest.mark.parametrize("text", ["Sure! 1. Name three rivers.", '{"answer": "Yes"}', "[1, 2]", '{"tasks": "x"}', ""])
 def test_a_reply_that_is_not_the_schemas_json_gives_none(text):
     assert json_items(text, "tasks") is None
+
+
+def test_json_syntax_a_small_model_wrote_into_its_labels_is_not_a_label():
+    """Replies of SmolLM2-135M on llama-cpp-python's server, bound to the labelled schema: its grammar lets any
+    character into a string, and the model wrote the JSON's syntax there. "}{" was kept as a class label."""
+    reply = ('{ "examples" : [ { "label": "}\n{","input":"318"}, {"label": "Even", "input": "47" }, '
+             '{"label": "Negative},{" ,"input":"Your answer is an even number."}, {"label": "Command," ,"input":"Go."}, '
+             '{"label": "} }\nOutput: { " ,"input":"I just received a job offer."}]}')
+    assert parse_structured_instances(reply, labelled=True) == [
+        Instance("47", "Even"), Instance("Your answer is an even number.", "Negative"), Instance("Go.", "Command"),
+        Instance("I just received a job offer.", "Output:")]  # cleaning drops this one (ends_with_colon)
+    # an output is free text: braces there may be code
+    assert parse_structured_instances('{"examples": [{"input": "", "output": "{}"}]}', labelled=False) == \
+        [Instance("", "{}")]
 
 
 def test_yes_no_answers_in_json_read_as_text_answers():
