@@ -321,6 +321,14 @@ def test_a_model_name_the_server_does_not_list_is_said_at_the_start(fake_openai,
     assert (f"teacher: {fake_openai.url} lists the model '/models/SmolLM2-135M-Instruct.Q4_1.gguf', not 'MODEL': "
             "a server that serves its one model under any name (llama.cpp's) answers anyway") in text, text
     assert "Fix, if the name is a mistake: --teacher openai:/models/SmolLM2-135M-Instruct.Q4_1.gguf" in text
+    other = FakeOpenAI()  # two servers of the same model: one line for both
+    other.models = fake_openai.models
+    flags[3] = f"{fake_openai.url},{other.url}"
+    result = cli_run("bootstrap", *flags, "--num-instructions", 2, "--run-name", "two")
+    text = " ".join(result.output.split())
+    assert text.count("lists the model") == 0 and text.count(f"{fake_openai.url} and {other.url} list the model ") == 1
+    other.close()
+    flags[3] = fake_openai.url
     fake_openai.models = ["/models/SmolLM2-135M-Instruct.Q4_1.gguf", "MODEL"]
     result = cli_run("bootstrap", *flags, "--num-instructions", 3)
     assert result.exit_code == 0 and "lists the model" not in result.output, result.output

@@ -104,19 +104,22 @@ class Preflight:
             return None  # an HTTP answer (a server without /models, say): it is there
 
     def unlisted(self, model: str, alive: list[int]) -> list[str]:
-        """A line for each endpoint whose GET /models lists models, none of them `model`. llama.cpp's servers
-        (llama-server, llama-cpp-python's) serve their one model under any name, so a wrong or made-up name
-        ("openai:MODEL", as the README writes it) is never refused, and the run's records name it as their teacher."""
-        lines = []
+        """A line for the endpoints whose GET /models lists models, none of them `model` (one line for those that list
+        the same). llama.cpp's servers (llama-server, llama-cpp-python's) serve their one model under any name, so a
+        wrong or made-up name ("openai:MODEL", as the README writes it) is never refused, and the run's records name
+        it as their teacher."""
+        urls_of: dict[tuple[str, ...], list[str]] = {}
         for i in alive:
-            ids = self.listed.get(i) or []
+            ids = tuple(self.listed.get(i) or ())
             if ids and model not in ids and f"{model}:latest" not in ids:  # Ollama's "qwen2.5" is "qwen2.5:latest"
-                shown = ", ".join(repr(m) for m in ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
-                lines.append(f"{self.failover.endpoints[i].url} lists the model{'s' * (len(ids) > 1)} {shown}, not "
-                             f"{model!r}: a server that serves its one model under any name (llama.cpp's) answers "
-                             f"anyway, and the run records {model!r} as its teacher. Fix, if the name is a "
-                             "mistake: "
-                             f"{self.origin.give('spec', 'openai:' + ids[0])}")
+                urls_of.setdefault(ids, []).append(self.failover.endpoints[i].url)
+        lines = []
+        for ids, urls in urls_of.items():
+            shown = ", ".join(repr(m) for m in ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+            lines.append(f"{' and '.join(urls)} list{'s' * (len(urls) == 1)} the model{'s' * (len(ids) > 1)} {shown}, "
+                         f"not {model!r}: a server that serves its one model under any name (llama.cpp's) answers "
+                         f"anyway, and the run records {model!r} as its teacher. Fix, if the name is a mistake: "
+                         f"{self.origin.give('spec', 'openai:' + ids[0])}")
         return lines
 
     def ask_ready(self, alive: list[int], api: str, prompt: str, params: GenParams, form: str) -> Completion:
