@@ -305,8 +305,40 @@ def test_a_busy_server_whose_get_models_waits_for_its_generation_is_reached_not_
     another run's requests. The 10 s that a connection is given stopped the start (exit 4: "start the server")."""
     fake_openai.models_delay = 10.5
     t = OpenAITeacher("fake-model", base_url=fake_openai.url, connect_window_s=1.0)
+    events = []
+    t.on_event = events.append
+    t.preflight()  # the first ask is given 10 s, the second 60 s: its window (1 s) is over, but it took the connection
+    assert len([p for p in fake_openai.probes if p["path"].endswith("/models")]) == 2
+    assert any(e.startswith(f"{fake_openai.url} took the connection but did not answer GET /models within 10 s; asking "
+                            "again, waiting up to 60 s") for e in events), events
+
+
+def test_a_server_that_takes_connections_but_never_answers_is_not_called_missing(fake_openai, monkeypatch):
+    """A stopped (SIGSTOP) or wedged server: its exit 4 said "start the server, or check --base-url (host and port)",
+    and "within 20 s" after 71 s of waiting."""
+    from pipeline.teachers import preflight
+    monkeypatch.setattr(preflight, "REACH_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(preflight, "PREFLIGHT_TIMEOUT_S", 1.0)
+    fake_openai.models_delay = 3.0
+    t = OpenAITeacher("fake-model", base_url=fake_openai.url, connect_window_s=0.2)
+    with pytest.raises(TeacherUnavailable) as e:
+        t.preflight()
+    text = str(e.value)
+    assert re.search(r"no endpoint answers within [23] s \(teacher.connect_window_s, then up to 1 s for a server that "
+                     r"took the connection\)", text), text
+    assert text.endswith("Fix: check the server: it takes connections but answers nothing (stopped, wedged, or busy "
+                         "with other clients)"), text
+
+
+def test_a_hung_endpoint_does_not_hold_the_start_while_another_answers(fake_openai):
+    hung = FakeOpenAI()
+    hung.models_delay = 30.0
+    t = OpenAITeacher("fake-model", base_url=f"{hung.url},{fake_openai.url}")
+    started = time.monotonic()
     t.preflight()
-    assert len([p for p in fake_openai.probes if p["path"].endswith("/models")]) == 1
+    assert time.monotonic() - started < 15  # its 10 s, not the 60 s a busy server alone gets
+    assert t._endpoints[0].down_since is not None and t._endpoints[1].down_since is None
+    hung.close()
 
 
 def test_a_model_name_the_server_does_not_list_is_said_at_the_start(fake_openai, tmp_path):

@@ -25,10 +25,12 @@ STRUCTURED_PROBE = GenParams(max_tokens=24, schema_name="answer", schema=json.du
     "additionalProperties": False}))
 SCHEMA_FORMS = ("json_schema", "json_object")  # tried in this order: OpenAI's form first
 PREFLIGHT_TIMEOUT_S = 60.0  # one token from a cold local server (model load, first batch) can take this long
-# GET /models: a dead or filtered host fails its connection in this long, so the window tries the others soon; a
-# server that took the connection gets PREFLIGHT_TIMEOUT_S to answer (llama-cpp-python's answers no request, GET
-# /models included, while it generates for another client: 8 to 11 s behind 4 requests of another run)
-REACH_CONNECT_TIMEOUT_S = 10.0
+# GET /models: an endpoint that does not answer in this long (a dead host's connection, a hung server) is tried
+# again or left out of rotation, so that it does not hold the start while another answers. One that took the
+# connection (a read timeout) and is the last hope is then given PREFLIGHT_TIMEOUT_S: llama-cpp-python's server
+# answers no request, GET /models included, while it generates for another client (8 to 11 s behind 4 requests
+# of another run), and 10 s stopped the start with exit 4 telling the user to start the running server.
+REACH_TIMEOUT_S = 10.0
 # One call as the teacher makes it: (client, api, prompt, params, schema_form, timeout_s) -> its reply.
 Ask = Callable[[Client, str, str, GenParams, str, float], Completion]
 
@@ -40,6 +42,8 @@ class Preflight:
         self.event, self.secret, self.origin = event, secret, failover.origin
         self.timeout_s = min(failover.patience.timeout_s, PREFLIGHT_TIMEOUT_S)
         self.listed: dict[int, list[str]] = {}  # endpoint -> the model ids its GET /models listed
+        self.slow: set[int] = set()  # endpoints that took the connection and did not answer within REACH_TIMEOUT_S
+        self.waited: set[int] = set()  # of them, those given PREFLIGHT_TIMEOUT_S to answer
 
     def describe(self, e: BaseException, hint: bool = True) -> str:
         """describe_error in this teacher's names, its key masked."""
@@ -63,12 +67,17 @@ class Preflight:
                     errors.pop(i, None)
                 else:
                     errors[i] = error
-            if alive or time.monotonic() >= deadline:
+            if alive or (time.monotonic() >= deadline and not self.slow - self.waited):
                 break
             for i in errors.keys() - announced:
                 announced.add(i)
-                self.event(f"cannot reach {endpoints[i].url} ({errors[i]}); trying for {window:.0f} s "
-                           f"({self.origin.key('connect_window_s')})")
+                if i in self.slow:
+                    self.event(f"{endpoints[i].url} took the connection but did not answer GET /models within "
+                               f"{REACH_TIMEOUT_S:.0f} s; asking again, waiting up to {self.timeout_s:.0f} s (a busy "
+                               "server: llama-cpp-python's answers nothing while it generates for another client)")
+                else:
+                    self.event(f"cannot reach {endpoints[i].url} ({errors[i]}); trying for {window:.0f} s "
+                               f"({self.origin.key('connect_window_s')})")
             if self.failover.stop.wait(1.0):
                 break
         for i, endpoint in enumerate(endpoints):
@@ -79,9 +88,13 @@ class Preflight:
                 endpoint.falls += 1
         if not alive:
             named = "; ".join(f"{endpoints[i].url}: {error}" for i, error in errors.items())
-            raise TeacherUnavailable(f"no endpoint answers within {window:.0f} s ({self.origin.key('connect_window_s')}"
-                                     f"): {named}. Fix: start the server, or check "
-                                     f"{self.origin.flag('base_url', 'URL')} (host and port)", role=self.origin.role)
+            fix = (f"start the server, or check {self.origin.flag('base_url', 'URL')} (host and port)"
+                   if errors.keys() - self.slow else "check the server: it takes connections but answers nothing "
+                   "(stopped, wedged, or busy with other clients)")
+            within = f"{window:.0f} s ({self.origin.key('connect_window_s')})" if not self.waited else \
+                f"{time.monotonic() - deadline + window:.0f} s ({self.origin.key('connect_window_s')}, then up to " \
+                f"{self.timeout_s:.0f} s for a server that took the connection)"
+            raise TeacherUnavailable(f"no endpoint answers within {within}: {named}. Fix: {fix}", role=self.origin.role)
         for i in errors:
             self.event(f"{endpoints[i].url} does not answer ({errors[i]}); requests go to the other endpoints "
                        "until it does")
@@ -90,8 +103,12 @@ class Preflight:
     def reach(self, i: int) -> str | None:
         """None when the endpoint answers HTTP at all (GET /models); else the connection error of this one try."""
         url = self.failover.endpoints[i].url
-        client = self.sdk_clients[i].with_options(
-            timeout=httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, REACH_CONNECT_TIMEOUT_S)))
+        patient = i in self.slow
+        if patient:
+            self.waited.add(i)
+        limit = min(self.failover.patience.timeout_s, REACH_TIMEOUT_S)
+        client = self.sdk_clients[i].with_options(timeout=httpx.Timeout(self.timeout_s if patient else limit,
+                                                                        connect=limit))
         try:
             page = client.models.list()
             self.listed[i] = [m for m in (getattr(x, "id", None) for x in getattr(page, "data", None) or []) if m]
@@ -99,6 +116,8 @@ class Preflight:
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
             raise TeacherError(f"{url}: {self.describe(e)}") from None
         except (openai.APIConnectionError, httpx.TransportError) as e:  # refused, DNS, TLS, reset, timeout
+            if "ReadTimeout" in (type(e).__name__, type(e.__cause__).__name__):  # it took the connection (the SDK's
+                self.slow.add(i)  # httpx may be another package than ours: httpx2 under openai 3)
             return self.describe(e)
         except (openai.APIStatusError, ValueError):
             return None  # an HTTP answer (a server without /models, say): it is there
