@@ -361,6 +361,11 @@ def test_a_model_name_the_server_does_not_list_is_said_at_the_start(fake_openai,
     assert text.count("lists the model") == 0 and text.count(f"{fake_openai.url} and {other.url} list the model ") == 1
     other.close()
     flags[3] = fake_openai.url
+    fake_openai.models = ["qwen2.5:1.5b", "llama3.2:1b", "phi3:mini", "gemma2:2b"]  # Ollama lists each one pulled
+    result = cli_run("bootstrap", *flags, "--num-instructions", 2, "--run-name", "many")
+    text = " ".join(result.output.split())
+    assert "lists the models 'qwen2.5:1.5b', 'llama3.2:1b', 'phi3:mini' and 1 more, not 'MODEL'" in text, text
+    assert "Fix, if the name is a mistake: --teacher openai:MODEL with one of them" in text
     fake_openai.models = ["/models/SmolLM2-135M-Instruct.Q4_1.gguf", "MODEL"]
     result = cli_run("bootstrap", *flags, "--num-instructions", 3)
     assert result.exit_code == 0 and "lists the model" not in result.output, result.output

@@ -138,7 +138,8 @@ class Preflight:
             lines.append(f"{' and '.join(urls)} list{'s' * (len(urls) == 1)} the model{'s' * (len(ids) > 1)} {shown}, "
                          f"not {model!r}: a server that serves its one model under any name (llama.cpp's) answers "
                          f"anyway, and the run records {model!r} as its teacher. Fix, if the name is a mistake: "
-                         f"{self.origin.give('spec', 'openai:' + ids[0])}")
+                         + (self.origin.give('spec', 'openai:' + ids[0]) if len(ids) == 1 else
+                            f"{self.origin.give('spec', 'openai:MODEL')} with one of them"))
         return lines
 
     def ask_ready(self, alive: list[int], api: str, prompt: str, params: GenParams, form: str) -> Completion:
