@@ -65,6 +65,7 @@ class FakeOpenAI:
         # this fake does) and answers after models_delay s (llama-cpp-python's waits for the generation under way)
         self.models = ["fake-model"]
         self.models_delay = 0.0
+        self.probe_delays: list[float] = []  # each one-token probe waits the next of these (a busy server), if any
         self.completions_endpoint = False  # api auto's probe of /completions gets a 404 unless this is set
         # response_format forms whose JSON schema binds the reply (as OpenAI: {"json_schema"}; llama-cpp-python's
         # server: {"json_object"}). Others are ignored (the reply is text), or refused with a 422 when
@@ -146,6 +147,8 @@ class FakeOpenAI:
                     return
                 if body.get("max_tokens") == 1 and outer.prompt_of(body) == "Say OK.":  # api auto's probe, and the prober's
                     outer.probes.append({"path": self.path, "body": body})
+                    if outer.probe_delays:
+                        time.sleep(outer.probe_delays.pop(0))
                     if self.path.endswith("/chat/completions") or outer.completions_endpoint:
                         self._send(200, outer.wrap(self.path, "OK"), {})
                     else:

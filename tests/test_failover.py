@@ -390,6 +390,22 @@ def test_a_llama_server_still_loading_its_model_is_waited_for_and_api_auto_still
     assert m["teacher"]["api"] == "completions" and m["status"] == "done"
 
 
+def test_a_probe_that_times_out_on_a_busy_server_is_asked_again_and_api_auto_still_picks_completions(fake_openai,
+                                                                                                     monkeypatch):
+    """A timeout is no answer to "is there a completions endpoint?": on a llama-cpp-python server busy with another
+    run's requests, api auto chose chat (what small models follow worst) and the schema probes timed out too."""
+    from pipeline.teachers import preflight
+    monkeypatch.setattr(preflight, "PREFLIGHT_TIMEOUT_S", 0.5)
+    fake_openai.completions_endpoint = True
+    fake_openai.probe_delays = [1.0]
+    t = OpenAITeacher("fake-model", base_url=fake_openai.url)
+    events = []
+    t.on_event = events.append
+    t.preflight()
+    assert t.api == "completions" and t.api_choice == "auto: completions (the server offers the endpoint)"
+    assert any(e.startswith(f"not ready: {fake_openai.url}: APITimeoutError") for e in events), events
+
+
 def test_a_server_still_loading_past_outage_wait_stops_the_start_naming_it(fake_openai, tmp_path):
     fake_openai.loading = True
     result = cli_run("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 4,

@@ -144,7 +144,8 @@ class Preflight:
 
     def ask_ready(self, alive: list[int], api: str, prompt: str, params: GenParams, form: str) -> Completion:
         """The reply of the first endpoint of `alive` that serves the probe. One that answers 503 (llama.cpp's
-        llama-server while it loads its model, an overloaded server) is there but not ready: asked again every
+        llama-server while it loads its model, an overloaded server) or times out (busy with other clients) is there
+        but not ready: asked again every
         second, with a line every outage_line_every_s, for teacher.outage_wait_s, so that its loading does not
         decide the API or the schema form. TeacherUnavailable naming each URL when none serves within that wait;
         any other error is the caller's."""
@@ -159,12 +160,14 @@ class Preflight:
                     if e.status_code != 503:
                         raise
                     errors[i] = self.describe(e)
+                except openai.APITimeoutError as e:  # a server busy with other clients' requests (llama-cpp-python's
+                    errors[i] = self.describe(e)  # serves one at a time): not an answer to what the probe asks
             waited, named = time.monotonic() - started, "; ".join(f"{endpoints[i].url}: {e}" for i, e in errors.items())
             key = self.origin.key("outage_wait_s")
             if waited >= wait or self.failover.stop.is_set():
                 raise TeacherUnavailable(f"no endpoint serves a prompt after {waited:.0f} s ({key}: {wait:.0f} s): "
-                                         f"{named}. Fix: check the server's log (is its model still loading?); a "
-                                         "re-run resumes", role=self.origin.role)
+                                         f"{named}. Fix: check the server's log (is its model still loading, or is it "
+                                         "busy with other clients?); a re-run resumes", role=self.origin.role)
             if said is None or time.monotonic() - said >= self.failover.timing.outage_line_every_s:
                 said = time.monotonic()
                 self.event(f"not ready: {named}; asking again every second for up to {wait - waited:.0f} s more "
