@@ -61,6 +61,11 @@ class FakeOpenAI:
         self.history: list[dict[str, Any]] = []
         self.posts = 0  # POSTs received, those still waiting included
         self.probes: list[dict[str, Any]] = []  # preflight: GET /models and api auto's one-token probe
+        # GET /models lists these ids (llama.cpp's servers list their one model and serve it under any name, as
+        # this fake does) and answers after models_delay s (llama-cpp-python's waits for the generation under way)
+        self.models = ["fake-model"]
+        self.models_delay = 0.0
+        self.probe_delays: list[float] = []  # each one-token probe waits the next of these (a busy server), if any
         self.completions_endpoint = False  # api auto's probe of /completions gets a 404 unless this is set
         self.probe_errors: list[int] = []  # statuses the next probes of /completions get first (a hiccup: 500, 429)
         # response_format forms whose JSON schema binds the reply (as OpenAI: {"json_schema"}; llama-cpp-python's
@@ -96,7 +101,12 @@ class FakeOpenAI:
 
             def do_GET(self) -> None:
                 outer.probes.append({"path": self.path, "body": None})
-                self._send(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]}, {})
+                time.sleep(outer.models_delay)
+                try:
+                    self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in outer.models]},
+                               {})
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting
 
             def _send(self, status: int, payload: Any, headers: dict[str, str]) -> None:
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -138,6 +148,8 @@ class FakeOpenAI:
                     return
                 if body.get("max_tokens") == 1 and outer.prompt_of(body) == "Say OK.":  # api auto's probe, and the prober's
                     outer.probes.append({"path": self.path, "body": body})
+                    if outer.probe_delays:
+                        time.sleep(outer.probe_delays.pop(0))
                     if outer.probe_errors and not self.path.endswith("/chat/completions"):
                         status = outer.probe_errors.pop(0)
                         self._send(status, {"error": {"message": f"a hiccup ({status})"}}, {})

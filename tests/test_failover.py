@@ -300,6 +300,77 @@ def test_every_endpoint_dead_at_the_start_is_tried_within_one_window_and_each_is
     assert all(f"{s.url}: " in text for s in dead) and "within 3 s (teacher.connect_window_s)" in text
 
 
+def test_a_busy_server_whose_get_models_waits_for_its_generation_is_reached_not_called_dead(fake_openai):
+    """llama-cpp-python's server answers GET /models only once the generation under way is done: 8 to 11 s behind
+    another run's requests. The 10 s that a connection is given stopped the start (exit 4: "start the server")."""
+    fake_openai.models_delay = 10.5
+    t = OpenAITeacher("fake-model", base_url=fake_openai.url, connect_window_s=1.0)
+    events = []
+    t.on_event = events.append
+    t.preflight()  # the first ask is given 10 s, the second 60 s: its window (1 s) is over, but it took the connection
+    assert len([p for p in fake_openai.probes if p["path"].endswith("/models")]) == 2
+    assert any(e.startswith(f"{fake_openai.url} took the connection but did not answer GET /models within 10 s; asking "
+                            "again, waiting up to 60 s") for e in events), events
+
+
+def test_a_server_that_takes_connections_but_never_answers_is_not_called_missing(fake_openai, monkeypatch):
+    """A stopped (SIGSTOP) or wedged server: its exit 4 said "start the server, or check --base-url (host and port)",
+    and "within 20 s" after 71 s of waiting."""
+    from pipeline.teachers import preflight
+    monkeypatch.setattr(preflight, "REACH_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(preflight, "PREFLIGHT_TIMEOUT_S", 1.0)
+    fake_openai.models_delay = 3.0
+    t = OpenAITeacher("fake-model", base_url=fake_openai.url, connect_window_s=0.2)
+    with pytest.raises(TeacherUnavailable) as e:
+        t.preflight()
+    text = str(e.value)
+    assert re.search(r"no endpoint answers within [23] s \(teacher.connect_window_s, then up to 1 s for a server that "
+                     r"took the connection\)", text), text
+    assert text.endswith("Fix: check the server: it takes connections but answers nothing (stopped, wedged, or busy "
+                         "with other clients)"), text
+
+
+def test_a_hung_endpoint_does_not_hold_the_start_while_another_answers(fake_openai):
+    hung = FakeOpenAI()
+    hung.models_delay = 30.0
+    t = OpenAITeacher("fake-model", base_url=f"{hung.url},{fake_openai.url}")
+    started = time.monotonic()
+    t.preflight()
+    assert time.monotonic() - started < 15  # its 10 s, not the 60 s a busy server alone gets
+    assert t._endpoints[0].down_since is not None and t._endpoints[1].down_since is None
+    hung.close()
+
+
+def test_a_model_name_the_server_does_not_list_is_said_at_the_start(fake_openai, tmp_path):
+    """llama.cpp's servers list their one model and serve it under any name: "openai:MODEL" from the README ran
+    with no word, and the run's records named MODEL as their teacher."""
+    fake_openai.models = ["/models/SmolLM2-135M-Instruct.Q4_1.gguf"]
+    flags = teacher_flags(fake_openai, tmp_path)
+    flags[1] = "openai:MODEL"
+    result = cli_run("bootstrap", *flags, "--num-instructions", 2)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert (f"teacher: {fake_openai.url} lists the model '/models/SmolLM2-135M-Instruct.Q4_1.gguf', not 'MODEL': "
+            "a server that serves its one model under any name (llama.cpp's) answers anyway") in text, text
+    assert "Fix, if the name is a mistake: --teacher openai:/models/SmolLM2-135M-Instruct.Q4_1.gguf" in text
+    other = FakeOpenAI()  # two servers of the same model: one line for both
+    other.models = fake_openai.models
+    flags[3] = f"{fake_openai.url},{other.url}"
+    result = cli_run("bootstrap", *flags, "--num-instructions", 2, "--run-name", "two")
+    text = " ".join(result.output.split())
+    assert text.count("lists the model") == 0 and text.count(f"{fake_openai.url} and {other.url} list the model ") == 1
+    other.close()
+    flags[3] = fake_openai.url
+    fake_openai.models = ["qwen2.5:1.5b", "llama3.2:1b", "phi3:mini", "gemma2:2b"]  # Ollama lists each one pulled
+    result = cli_run("bootstrap", *flags, "--num-instructions", 2, "--run-name", "many")
+    text = " ".join(result.output.split())
+    assert "lists the models 'qwen2.5:1.5b', 'llama3.2:1b', 'phi3:mini' and 1 more, not 'MODEL'" in text, text
+    assert "Fix, if the name is a mistake: --teacher openai:MODEL with one of them" in text
+    fake_openai.models = ["/models/SmolLM2-135M-Instruct.Q4_1.gguf", "MODEL"]
+    result = cli_run("bootstrap", *flags, "--num-instructions", 3)
+    assert result.exit_code == 0 and "lists the model" not in result.output, result.output
+
+
 # llama.cpp's llama-server answers 503 "Loading model" to every prompt until its model is loaded (tests/fakeserver.py,
 # `loading`): it is there, not ready. Seen on a run started before the server had loaded: api auto chose chat on
 # the probe's 503, and the 503s of the run's requests tripped the circuit breaker within 40 s while the run said
@@ -317,6 +388,22 @@ def test_a_llama_server_still_loading_its_model_is_waited_for_and_api_auto_still
     assert f"not ready: {fake_openai.url}: HTTP 503 InternalServerError: Error code: 503 - Loading model" in text
     m = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert m["teacher"]["api"] == "completions" and m["status"] == "done"
+
+
+def test_a_probe_that_times_out_on_a_busy_server_is_asked_again_and_api_auto_still_picks_completions(fake_openai,
+                                                                                                     monkeypatch):
+    """A timeout is no answer to "is there a completions endpoint?": on a llama-cpp-python server busy with another
+    run's requests, api auto chose chat (what small models follow worst) and the schema probes timed out too."""
+    from pipeline.teachers import preflight
+    monkeypatch.setattr(preflight, "PREFLIGHT_TIMEOUT_S", 0.5)
+    fake_openai.completions_endpoint = True
+    fake_openai.probe_delays = [1.0]
+    t = OpenAITeacher("fake-model", base_url=fake_openai.url)
+    events = []
+    t.on_event = events.append
+    t.preflight()
+    assert t.api == "completions" and t.api_choice == "auto: completions (the server offers the endpoint)"
+    assert any(e.startswith(f"not ready: {fake_openai.url}: APITimeoutError") for e in events), events
 
 
 def test_a_server_still_loading_past_outage_wait_stops_the_start_naming_it(fake_openai, tmp_path):

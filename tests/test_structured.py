@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from pipeline.stages.parse import parse_yes_no
+from pipeline.records import Instance
+from pipeline.stages.parse import parse_structured_instances, parse_yes_no
 from pipeline.stages.schemas import SCHEMAS, json_items
 
 
@@ -22,9 +23,36 @@ def test_a_reply_cut_by_the_length_limit_keeps_the_items_before_the_cut():
     assert json_items(cut, "examples") == [{"input": "a", "output": "b"}]
 
 
+def test_a_raw_newline_inside_a_string_does_not_end_the_list():
+    """llama-cpp-python's server bound SmolLM2-135M's reply to the schema yet let a raw newline into a string (8 of 79
+    JSON replies): read strictly, the list ended there as if the reply were cut, and the items after it were lost."""
+    reply = '{ "examples" : [ { "label": "Negative", "input":"The lid cracked.\nIt smelt burnt."}, {"label": "Positive", ' \
+            '"input":"Quiet and easy to clean."} ] }'
+    assert json_items(reply, "labelled_examples") == [
+        {"label": "Negative", "input": "The lid cracked.\nIt smelt burnt."},
+        {"label": "Positive", "input": "Quiet and easy to clean."}]
+    assert json_items('["Name three\trivers.", "Sort the list."]', "tasks") == ["Name three\trivers.", "Sort the list."]
+    assert json_items('{"tasks": ["Name three rivers.", "Sort the\nlist", "Write a ha', "tasks") == \
+        ["Name three rivers.", "Sort the\nlist"]  # cut: the whole items, a raw newline in one of them
+
+
 @pytest.mark.parametrize("text", ["Sure! 1. Name three rivers.", '{"answer": "Yes"}', "[1, 2]", '{"tasks": "x"}', ""])
 def test_a_reply_that_is_not_the_schemas_json_gives_none(text):
     assert json_items(text, "tasks") is None
+
+
+def test_json_syntax_a_small_model_wrote_into_its_labels_is_not_a_label():
+    """Replies of SmolLM2-135M on llama-cpp-python's server, bound to the labelled schema: its grammar lets any
+    character into a string, and the model wrote the JSON's syntax there. "}{" was kept as a class label."""
+    reply = ('{ "examples" : [ { "label": "}\n{","input":"318"}, {"label": "Even", "input": "47" }, '
+             '{"label": "Negative},{" ,"input":"Your answer is an even number."}, {"label": "Command," ,"input":"Go."}, '
+             '{"label": "} }\nOutput: { " ,"input":"I just received a job offer."}]}')
+    assert parse_structured_instances(reply, labelled=True) == [
+        Instance("47", "Even"), Instance("Your answer is an even number.", "Negative"), Instance("Go.", "Command"),
+        Instance("I just received a job offer.", "Output:")]  # cleaning drops this one (ends_with_colon)
+    # an output is free text: braces there may be code
+    assert parse_structured_instances('{"examples": [{"input": "", "output": "{}"}]}', labelled=False) == \
+        [Instance("", "{}")]
 
 
 def test_yes_no_answers_in_json_read_as_text_answers():
@@ -130,6 +158,18 @@ def test_a_structured_reply_cut_by_the_length_limit_keeps_its_whole_items(fake_o
     invoke("bootstrap", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 2, "--set", "teacher.concurrency=1")
     kept = [t["instruction"] for t in read(tmp_path / "r" / "bootstrap.jsonl")]
     assert kept == ["Name three rivers that cross Europe.", "Sort the numbers in the list from smallest to largest."]
+
+
+def test_an_empty_structured_task_list_is_rejected_as_what_it_is(fake_openai, tmp_path):
+    """llama-cpp-python's server with SmolLM2-135M bound to the schema answered '{ "tasks": [ ]}' to 8 of 22 prompts:
+    its rejection says so, not "no numbered task" (which sends a reader to the text parser)."""
+    fake_openai.schema_forms = {"json_schema"}
+    fake_openai.enqueue('{ "tasks": [ ]}')
+    fake_openai.enqueue("")
+    invoke("bootstrap", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 2, "--set", "teacher.concurrency=1")
+    reasons = [r["reject_reason"] for r in read(tmp_path / "r" / "rejected.jsonl")]
+    assert reasons[:2] == ["unparseable_reply: the reply's JSON list of tasks holds no task",
+                           "unparseable_reply: the reply is empty"]
 
 
 def test_auto_leaves_a_run_on_the_completions_endpoint(fake_openai, tmp_path):

@@ -184,7 +184,7 @@ class _Pool:
         for task in tasks:
             verdict = verdict_of.get(id(task))
             if not task.instruction:
-                self.reject(rejected_out, task, "unparseable_reply: no numbered task in the reply")
+                self.reject(rejected_out, task, unread_reason(task.meta.get("bootstrap_reply", {}).get("reply", "")))
             elif task.id in self.kept_ids:
                 self.reject(rejected_out, task, f"duplicate: the same instruction as {task.id}, already kept")
             elif task.id in self.over:
@@ -501,6 +501,16 @@ def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunD
         for req, reply in teacher.stream(b.requests(), b.params, kind="bootstrap"):
             b.read(req, reply, overlap=overlap)
     return b.result()
+
+
+def unread_reason(text: str) -> str:
+    """Why a reply gave no task, as it is: a structured reply's empty list ({"tasks": []}, which a small model
+    bound to the schema sends often) is not a reply with "no numbered task", and an empty reply is neither."""
+    if not text.strip():
+        return "unparseable_reply: the reply is empty"
+    if parse_structured_tasks(text) is not None:
+        return "unparseable_reply: the reply's JSON list of tasks holds no task"
+    return "unparseable_reply: no numbered task in the reply"
 
 
 def _tasks_from_reply(text: str, template: str, nxt: int, truncated: bool, prefix_continues: bool,

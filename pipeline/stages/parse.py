@@ -548,6 +548,12 @@ def _continues_label(reply: str, truncated: bool) -> bool | None:
 _LEADING_NUMBER = re.compile(r"^\s*(?:task\s*)?#?\d{1,3}\s*[.:)]\s+", re.IGNORECASE)
 
 
+# What a small model bound to the schema leaves around a label: the grammar lets any character into a string, and
+# SmolLM2-135M on llama-cpp-python's server wrote the JSON's own syntax there ("}{", "Negative},{", "Command,"). A
+# class label never holds it; a label left empty is skipped, as one the model left empty.
+_LABEL_DEBRIS = " \t\r\n.,;{}[]\"'"
+
+
 def parse_structured_tasks(reply: str) -> list[str] | None:
     """Instructions of a {"tasks": [...]} reply; a number a model put before a task ("9. ...") is dropped."""
     items = json_items(reply, "tasks")
@@ -568,7 +574,7 @@ def parse_structured_instances(reply: str, labelled: bool) -> list[Instance] | N
             continue
         output = str(x.get("label" if labelled else "output") or "").strip()
         if labelled:
-            output = output.strip(".").strip()
+            output = output.strip(_LABEL_DEBRIS)
         if output:
             out.append(Instance(input=_field(str(x.get("input") or "")), output=output))
     return out

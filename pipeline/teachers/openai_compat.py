@@ -186,6 +186,8 @@ class OpenAITeacher(BaseTeacher):
         the server has one; with teacher.structured auto|on, find the schema form the server honours."""
         check = Preflight(self.failover, self._clients, self._probes, self._ask, self._event, self._secret)
         alive = check.reach_all(PROBE_EVERY_S)
+        for line in check.unlisted(self.model, alive):
+            self._event(line)
         if self.structured_setting == "on" and self._auto:  # structured replies are chat replies
             self._auto = False
             self.api, self.api_choice = "chat", f"auto: chat ({self.origin.key('structured')}=on)"
