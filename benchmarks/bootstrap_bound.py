@@ -4,6 +4,8 @@ _latency_server.py --replies self-instruct), in arms that change one thing each,
 process against a fake teacher of its own, --repeat rounds alternating the arms:
 
   shipped       this tree as it is (at 64 in flight the filter runs in a forked process, filter_worker.py);
+  lag-1         the filter forked, each reply's verdicts waited for at the next reply's read (FILTER_LAG = 1),
+                as at stop 34, before a read took the verdicts that had come and waited only at a lag of 8;
   own-filter    the filter in the run's own process (bootstrap.filter_process = off), as before stop 34;
   reader        (this and the arms below filter in the run's own process, as own-filter does)
                 each reply read (parsed, filtered, written) on a second thread, the stream's thread left to
@@ -41,7 +43,7 @@ import client_cpu  # noqa: E402  (benchmarks/ is not a package)
 
 FINISHED: list = []  # Bootstrap.finish's calls, as `reads` (those within a read too)
 QUEUE: list = []  # (time, +n requests handed to the event loop | -1 a reply put for the stream | +1 one taken by it)
-ARMS = ("shipped", "own-filter", "reader", "inline", "filter-free")
+ARMS = ("shipped", "lag-1", "own-filter", "reader", "inline", "filter-free")
 
 
 def patch(arm: str) -> list:
@@ -70,7 +72,9 @@ def patch(arm: str) -> list:
 
     bootstrap.Bootstrap.finish = finished
     watch_queue()
-    if arm != "shipped":  # the filter in the run's own process, as below 16 in flight (the other arms' base)
+    if arm == "lag-1":  # with a lag of one, a read writes every reply but the newest, waiting for its verdicts
+        bootstrap.FILTER_LAG = 1
+    elif arm != "shipped":  # the filter in the run's own process, as below 16 in flight (the other arms' base)
         bootstrap.forks = lambda cfg, concurrency, flowing=False: False
     if arm == "filter-free":
         filter.InstructionFilter.decide = lambda self, lines: [filter.Passed([], 0.0, False) for _ in lines]
@@ -259,12 +263,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=3, help="rounds of the arms")
     ap.add_argument("--instructions", type=int, default=2000, help="bootstrap.num_instructions")
+    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated arms to run (of {', '.join(ARMS)})")
     for hidden in ("--child", "--url", "--out"):
         ap.add_argument(hidden, help=argparse.SUPPRESS)
     ap.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if client_cpu.answered_child(args, measure_arm):
         return
+    if unknown := set(args.arms.split(",")) - set(ARMS):
+        ap.error(f"--arms: no arm {', '.join(sorted(unknown))}; the arms are {', '.join(ARMS)}")
     out = Path(tempfile.mkdtemp()) / "r.json"
     print(f"commit {client_cpu.head()}; bootstrap from the seeds to {args.instructions:,}; {client_cpu.IN_FLIGHT} in "
           f"flight, {client_cpu.LATENCY * 1000:.0f} ms latency, ideal {client_cpu.IDEAL:,.0f} requests/s; "
@@ -274,7 +281,7 @@ def main() -> None:
           "read, mean | whole stage wall s | whole stage, requests/s | load avg (1 min) |\n"
           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for i in range(args.repeat):
-        for arm in ARMS:
+        for arm in args.arms.split(","):
             server, url = client_cpu.start_server("self-instruct")
             try:
                 r = client_cpu.run_child(__file__, client_cpu.REPO, out, arm, "--url", url, "--server-pid",
