@@ -277,14 +277,10 @@ def test_kill_9_while_the_forked_filter_holds_a_reply_then_resume_loses_and_pays
     assert set(by_request.values()) == {3}, by_request  # each reply's 3 lines, written once
 
 
-def test_a_reply_held_at_the_filter_is_not_marked_done_and_a_resume_reads_it_again(tmp_path):
-    """With overlap a read leaves its reply at the filter, unwritten: it is not marked done by the next prompt's
-    log, so a process that dies then leaves it open, and the resumed run writes its lines once."""
-    from test_bootstrap_records import a_reply
-
+def forked_bootstrap_parts(tmp_path):
+    """A 40-instruction run's config (its filter forked), run folder, prompt log and a teacher that caches nothing,
+    for driving Bootstrap's reads by hand."""
     from pipeline.cache import ResponseCache
-    from pipeline.prompts import Prompts
-    from pipeline.seeds import load_seeds
     from pipeline.store import RunDir
 
     cfg = load_config(None, {"bootstrap.num_instructions": 40, "bootstrap.yield_stop": 0.0,
@@ -293,6 +289,19 @@ def test_a_reply_held_at_the_filter_is_not_marked_done_and_a_resume_reads_it_aga
     teacher = type("T", (), {"api": "chat", "structured": False, "name": "openai:test", "concurrency": 1,
                              "cached": lambda self, req, params: False,
                              "usage": type("U", (), {"by_kind": {}})()})()
+    return cfg, run, log, teacher
+
+
+def test_a_reply_held_at_the_filter_is_not_marked_done_and_a_resume_reads_it_again(tmp_path):
+    """With overlap a read leaves its reply at the filter, unwritten: it is not marked done by the next prompt's
+    log, so a process that dies then leaves it open, and the resumed run writes its lines once."""
+    from test_bootstrap_records import a_reply
+
+    from pipeline.cache import ResponseCache
+    from pipeline.prompts import Prompts
+    from pipeline.seeds import load_seeds
+
+    cfg, run, log, teacher = forked_bootstrap_parts(tmp_path)
     gen = SentenceGenerator(9)
     boot = bootstrap.Bootstrap(teacher, load_seeds(None), cfg, run, Prompts(), log)
     boot.__enter__()
@@ -347,10 +356,8 @@ def test_a_read_waits_for_a_slow_filter_only_once_the_lag_is_reached_and_writes_
     with a lag of one, a read waited whenever the child had not finished the reply before (issue 20)."""
     from test_bootstrap_records import a_reply
 
-    from pipeline.cache import ResponseCache
     from pipeline.prompts import Prompts
     from pipeline.seeds import load_seeds
-    from pipeline.store import RunDir
 
     decide, flag = InstructionFilter.decide, tmp_path / "slow"
 
@@ -360,12 +367,7 @@ def test_a_read_waits_for_a_slow_filter_only_once_the_lag_is_reached_and_writes_
         return decide(self, lines)
 
     monkeypatch.setattr(InstructionFilter, "decide", slowed)
-    cfg = load_config(None, {"bootstrap.num_instructions": 40, "bootstrap.yield_stop": 0.0,
-                             "bootstrap.filter_process": "on"})
-    run, log = RunDir(tmp_path / "r"), ResponseCache(tmp_path / "r" / "cache.sqlite")
-    teacher = type("T", (), {"api": "chat", "structured": False, "name": "openai:test", "concurrency": 1,
-                             "cached": lambda self, req, params: False,
-                             "usage": type("U", (), {"by_kind": {}})()})()
+    cfg, run, log, teacher = forked_bootstrap_parts(tmp_path)
     gen = SentenceGenerator(11)
     with bootstrap.Bootstrap(teacher, load_seeds(None), cfg, run, Prompts(), log) as boot:
         prompts = boot.requests()
