@@ -47,6 +47,7 @@ class TeacherConfig:
     connect_window_s: float = 20.0  # a server not yet reached in this process is tried this long, then the run stops naming the URL (a wrong port too: this window, not outage_wait_s)
     outage_wait_s: float = 600.0  # a server that has answered and then stops or answers 503 (a restart, a redeploy, a model still loading) is waited for this long; with several, the others take its requests meanwhile
     max_consecutive_failures: int = 20  # circuit breaker: this many failed tries in a row (5xx but 503, timeouts, malformed replies) stop the run with the last error
+    max_consecutive_refusals: int = 5  # this many requests in a row refused (400, 413, 422: a prompt over the server's context, a parameter it rejects), no reply between, stop the run with the server's words: the next would be refused too
     device: str = "auto"  # in-process models: auto = cuda if available, else cpu
     dtype: str = "auto"  # in-process models: auto = bfloat16 on GPU, float32 on CPU
     repetition_penalty: float = 1.15  # in-process only: small models loop without it; servers use presence_penalty
@@ -426,6 +427,7 @@ RANGES: dict[str, Range] = {
     "TeacherConfig.connect_window_s": NON_NEGATIVE,
     "TeacherConfig.outage_wait_s": NON_NEGATIVE,
     "TeacherConfig.max_consecutive_failures": COUNT,  # 0 would trip the breaker before the first try
+    "TeacherConfig.max_consecutive_refusals": COUNT,  # likewise
     "TeacherConfig.repetition_penalty": POSITIVE,  # transformers divides logits by it: 0 or less inverts or breaks them
     "BootstrapConfig.num_instructions": COUNT,  # a target of none: nothing to generate
     "BootstrapConfig.num_prompt_instructions": COUNT,  # a prompt shows at least one example task
