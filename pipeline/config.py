@@ -273,7 +273,7 @@ class TrainConfig:
     optim: str = "auto"  # auto = paged_adamw_32bit on CUDA (paged states spill to CPU RAM on memory spikes instead of OOM; paged_adamw_8bit halves them), adamw_torch on CPU (paging is CUDA's: there it ran bitsandbytes' Adam unpaged)
     learning_rate: float = 2e-4  # qlora.py for 7B-13B models; LoRA needs ~10x the full fine-tuning rate
     lr_scheduler: str = "constant_with_warmup"  # qlora.py: constant; short runs gain nothing from decay
-    warmup_ratio: float = 0.03  # 3% warmup keeps the first updates of the zero-initialised LoRA-B from overshooting
+    warmup_ratio: float = 0.03  # 3% warmup keeps the first updates of the zero-initialised LoRA-B from overshooting; rounded down, and the last update always at the full rate (a warmup starts at 0: 1 update of warmup trained nothing)
     max_grad_norm: float = 0.3  # qlora.py: clipping at 0.3 steadied training with paged optimisers
     weight_decay: float = 0.0  # qlora.py; the adapters are tiny and few epochs are run
     gradient_checkpointing: bool = True  # bound activation memory: on CUDA by checkpointing (activations dominate memory at long sequences; ~30% more compute); on CPU by micro-batches that fit activation_memory_gb without the recompute, else by checkpointing. Off: neither (the 135M model's packed 512 x 4 then peaked at 4.3-5.8 GB RSS)
