@@ -47,6 +47,7 @@ class TeacherConfig:
     connect_window_s: float = 20.0  # a server not yet reached in this process is tried this long, then the run stops naming the URL (a wrong port too: this window, not outage_wait_s)
     outage_wait_s: float = 600.0  # a server that has answered and then stops or answers 503 (a restart, a redeploy, a model still loading) is waited for this long; with several, the others take its requests meanwhile
     max_consecutive_failures: int = 20  # circuit breaker: this many failed tries in a row (5xx but 503, timeouts, malformed replies) stop the run with the last error
+    max_consecutive_refusals: int = 5  # this many requests in a row refused (400, 413, 422: a prompt over the server's context, a parameter it rejects), no reply between, stop the run with the server's words: the next would be refused too
     device: str = "auto"  # in-process models: auto = cuda if available, else cpu
     dtype: str = "auto"  # in-process models: auto = bfloat16 on GPU, float32 on CPU
     repetition_penalty: float = 1.15  # in-process only: small models loop without it; servers use presence_penalty
@@ -272,7 +273,7 @@ class TrainConfig:
     optim: str = "auto"  # auto = paged_adamw_32bit on CUDA (paged states spill to CPU RAM on memory spikes instead of OOM; paged_adamw_8bit halves them), adamw_torch on CPU (paging is CUDA's: there it ran bitsandbytes' Adam unpaged)
     learning_rate: float = 2e-4  # qlora.py for 7B-13B models; LoRA needs ~10x the full fine-tuning rate
     lr_scheduler: str = "constant_with_warmup"  # qlora.py: constant; short runs gain nothing from decay
-    warmup_ratio: float = 0.03  # 3% warmup keeps the first updates of the zero-initialised LoRA-B from overshooting
+    warmup_ratio: float = 0.03  # 3% warmup keeps the first updates of the zero-initialised LoRA-B from overshooting; rounded down, and the last update always at the full rate (a warmup starts at 0: 1 update of warmup trained nothing)
     max_grad_norm: float = 0.3  # qlora.py: clipping at 0.3 steadied training with paged optimisers
     weight_decay: float = 0.0  # qlora.py; the adapters are tiny and few epochs are run
     gradient_checkpointing: bool = True  # bound activation memory: on CUDA by checkpointing (activations dominate memory at long sequences; ~30% more compute); on CPU by micro-batches that fit activation_memory_gb without the recompute, else by checkpointing. Off: neither (the 135M model's packed 512 x 4 then peaked at 4.3-5.8 GB RSS)
@@ -426,6 +427,7 @@ RANGES: dict[str, Range] = {
     "TeacherConfig.connect_window_s": NON_NEGATIVE,
     "TeacherConfig.outage_wait_s": NON_NEGATIVE,
     "TeacherConfig.max_consecutive_failures": COUNT,  # 0 would trip the breaker before the first try
+    "TeacherConfig.max_consecutive_refusals": COUNT,  # likewise
     "TeacherConfig.repetition_penalty": POSITIVE,  # transformers divides logits by it: 0 or less inverts or breaks them
     "BootstrapConfig.num_instructions": COUNT,  # a target of none: nothing to generate
     "BootstrapConfig.num_prompt_instructions": COUNT,  # a prompt shows at least one example task

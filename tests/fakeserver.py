@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -74,6 +75,9 @@ class FakeOpenAI:
         self.schema_forms: set[str] = set()
         self.refuse_other_forms = False
         self.prompt_tokens = 11  # what every reply's usage counts as its prompt
+        # prompt -> the message of the 400 that refuses it, or None to answer it (a server whose context some
+        # prompts exceed, or that rejects a parameter); before the queue, and each refusal kept in `history` too
+        self.refuse: Callable[[str], str | None] | None = None
         # Of them, what usage.prompt_tokens_details.cached_tokens reports as served by a prefix cache (as OpenAI);
         # None: no prompt_tokens_details at all (as most local servers)
         self.cached_tokens: int | None = None
@@ -160,10 +164,15 @@ class FakeOpenAI:
                         self._send(404, {"error": {"message": "no completions endpoint for this model"}}, {})
                     return
                 entry = {"path": self.path, "body": body, "headers": dict(self.headers), "at": time.monotonic()}
+                refusal = outer.refuse(outer.prompt_of(body)) if outer.refuse else None
                 with outer._lock:
                     outer.history.append(entry)
-                    status, payload, headers, delay = outer.queue.popleft() if outer.queue else \
-                        (200, outer.default_reply(self.path, body), {}, outer.default_delay)
+                    if refusal is not None:
+                        status, payload, headers, delay = 400, {"error": {"code": 400, "message": refusal,
+                                                                          "type": "invalid_request_error"}}, {}, 0.0
+                    else:
+                        status, payload, headers, delay = outer.queue.popleft() if outer.queue else \
+                            (200, outer.default_reply(self.path, body), {}, outer.default_delay)
                 if delay:
                     time.sleep(delay)
                 if callable(payload):

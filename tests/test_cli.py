@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from fakeserver import FakeOpenAI
 from helpers import invoke, read, teacher_flags
 
 from pipeline.cli import cli
@@ -136,17 +137,50 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path, args, message):
 
 def test_a_teacher_that_refuses_every_prompt_is_named_with_its_error_not_blamed_on_the_filter(fake_openai, tmp_path):
     """A llama.cpp server whose context is shorter than the prompt answers each with a 400: the run said "no usable
-    instruction in 10 prompts (0 rejected) ... loosen [filter] settings", the cause said nowhere."""
+    instruction in 10 prompts (0 rejected) ... loosen [filter] settings", the cause said nowhere. Refusals kept
+    below teacher.max_consecutive_refusals, bootstrap's own line names it."""
     too_long = {"error": {"message": "This model's maximum context length is 512 tokens", "type": "invalid_request_error",
                           "code": "context_length_exceeded"}}
     for _ in range(50):
         fake_openai.enqueue(too_long, status=400)
     result = CliRunner().invoke(cli, ["bootstrap", *map(str, teacher_flags(fake_openai, tmp_path)),
-                                      "--num-instructions", "3", "--set", "bootstrap.max_requests=10"])
+                                      "--num-instructions", "3", "--set", "bootstrap.max_requests=10",
+                                      "--set", "teacher.max_consecutive_refusals=50"])
     text = " ".join(result.output.split())
     assert result.exit_code == 2, text
     assert "no usable instruction in 10 prompts: 10 got no reply (the last: prompt longer than the model's context" \
         in text and "[filter]" not in text
+
+
+TOO_LONG = "request (600 tokens) exceeds the available context size (512 tokens)"  # llama.cpp's words
+
+
+def test_a_teacher_that_refuses_every_prompt_stops_the_run_after_a_few(fake_openai, tmp_path):
+    """Every prompt over a small server's context: bootstrap sent its 200 prompts 4 times each (max_tokens halved),
+    800 requests, before bootstrap.max_requests ended it; now teacher.max_consecutive_refusals (5) refusals in a
+    row stop it, in the server's words, with what is pending."""
+    fake_openai.refuse = lambda prompt: TOO_LONG
+    result = CliRunner().invoke(cli, ["bootstrap", *map(str, teacher_flags(fake_openai, tmp_path)),
+                                      "--num-instructions", "10"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, text
+    assert f"error: 5 bootstrap requests in a row were refused by {fake_openai.url}, with no reply between (the " \
+           f"last: HTTP 400 BadRequestError: Error code: 400 - {TOO_LONG}). Fix: the prompts are longer" in text, text
+    assert "pending: bootstrap 10 of 10 instructions to go" in text
+    assert len(fake_openai.history) <= 5 + 8  # the 5 refused and those in flight (teacher.concurrency 8), no more
+
+
+def test_a_stage_whose_prompts_are_all_refused_stops_though_another_is_answered(fake_openai, tmp_path):
+    """classify's prompts refused while bootstrap's, in the same stream, are answered: each classify prompt was
+    sent and refused in turn, whatever the number of tasks, the replies to bootstrap resetting any count."""
+    fake_openai.refuse = lambda prompt: None if "numbered list of" in prompt else TOO_LONG
+    result = CliRunner().invoke(cli, ["run", *map(str, teacher_flags(fake_openai, tmp_path)),
+                                      "--num-instructions", "40"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "error: 5 classify requests in a row were refused" in text, text
+    assert "classify" in text.split("pending:")[1]
+    refused = [h for h in fake_openai.history if "numbered list of" not in FakeOpenAI.prompt_of(h["body"])]
+    assert 5 <= len(refused) <= 5 + 8, len(refused)
 
 
 def test_bad_seed_file_names_the_line_and_writes_nothing(tmp_path):

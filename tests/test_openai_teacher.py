@@ -130,3 +130,46 @@ def test_a_base_url_without_http_is_refused_at_once(url, fix, monkeypatch):
     with pytest.raises(TeacherError, match="is not an http:// or https:// URL") as e:
         OpenAITeacher("m", base_url=f"http://127.0.0.1:1/v1,{url}")
     assert repr(url) in str(e.value) and fix in str(e.value)
+
+
+CONTEXT_400 = "This model's maximum context length is 512 tokens"
+
+
+def test_a_teacher_that_refuses_every_prompt_stops_after_a_few_naming_the_refusal(fake_openai):
+    """Every prompt over a small server's context: each was tried 4 times (max_tokens halved) and the stage walked
+    on through all of them (bootstrap.max_requests: 800 requests); now the stream stops after
+    max_consecutive_refusals, in the server's words."""
+    fake_openai.refuse = lambda prompt: CONTEXT_400
+    t = teacher(fake_openai, concurrency=2, max_consecutive_refusals=3)
+    with pytest.raises(TeacherError) as e:
+        t.generate([f"prompt {i}" for i in range(40)], PARAMS, kind="bootstrap")
+    text = str(e.value)
+    assert text.startswith("3 bootstrap requests in a row were refused by") and CONTEXT_400 in text, text
+    assert "give the server a longer one" in text and "teacher.max_consecutive_refusals sets this limit" in text
+    assert len(fake_openai.history) <= 4 * (3 + 2)  # the 3 refused and those in flight, each prompt at most 4 tries
+
+
+def test_refusals_among_replies_and_of_another_kind_are_counted_apart(fake_openai):
+    """A refused prompt among replies fails alone; a kind whose every prompt is refused (classify's prompts over
+    the context) is not kept going by another kind's replies in the same stream (bootstrap's, in a flow)."""
+    fake_openai.refuse = lambda prompt: CONTEXT_400 if prompt.startswith("long") else None
+    t = teacher(fake_openai, concurrency=1, max_consecutive_refusals=2)
+    mixed = [Request(i, f"{'long' if i % 2 else 'short'} {i}") for i in range(8)]  # refused, answered, in turn
+    out = dict(t.stream(mixed, PARAMS, kind="classify"))
+    assert [c.ok for _, c in sorted((r.key, c) for r, c in out.items())] == [True, False] * 4
+    kinds = [Request(i, f"{'long' if i % 2 else 'short'} {i}", kind="classify" if i % 2 else "bootstrap")
+             for i in range(8)]
+    with pytest.raises(TeacherError, match="^2 classify requests in a row were refused"):
+        list(t.stream(kinds, PARAMS, kind="bootstrap"))
+
+
+@pytest.mark.parametrize("message", ["Unrecognized request argument supplied: seed", CONTEXT_400])
+def test_a_400_the_teacher_gets_past_is_no_refusal(fake_openai, message):
+    """A field the server refuses is dropped and the request sent again; a context error that a smaller max_tokens
+    fits: both end in a reply, and count towards no stop even at a limit of 1."""
+    fake_openai.enqueue({"error": {"message": message}}, status=400)
+    fake_openai.enqueue("fine")
+    fake_openai.enqueue("fine")
+    t = teacher(fake_openai, concurrency=1, max_consecutive_refusals=1, seed=7)  # seed: the field it refuses
+    assert [c.text for c in t.generate(["a", "b"], PARAMS, kind="k")] == ["fine", "fine"]
+    assert t.failover.refusals == {} and t.failover.fatal is None

@@ -224,6 +224,13 @@ def test_training_arguments_carry_the_defaults(tmp_path):
                               optim="adamw_torch").train_sampling_strategy == "random"
 
 
+def test_warmup_is_rounded_down_and_leaves_an_update_at_the_full_rate():
+    from pipeline.train.trainer import warmup_steps
+
+    assert [warmup_steps(0.03, n) for n in (1, 2, 33, 34, 100)] == [0, 0, 0, 1, 3]  # Trainer's ceil: 1, 1, 1, 2, 3
+    assert (warmup_steps(1.0, 10), warmup_steps(0.5, 2), warmup_steps(0.29, 100), warmup_steps(0.0, 5)) == (9, 1, 29, 0)
+
+
 def test_pack_keeps_examples_whole_and_restarts_positions():
     rng = random.Random(0)
     examples = [{"input_ids": list(range(100 * k, 100 * k + n)), "labels": [IGNORE_INDEX] * 2 + list(range(n - 2))}
@@ -440,6 +447,23 @@ def test_qlora_loss_falls_and_lora_weights_change(trained):
     changed = [n for n, p in before.items() if not torch.equal(p, after[n].detach())]
     assert len(changed) == len(before)  # every LoRA matrix moved, LoRA-B away from its zero init included
     assert all(after[n].abs().sum() > 0 for n in before if "lora_B" in n)
+
+
+def test_one_update_with_the_default_warmup_trains(tiny_model, tmp_path):
+    """train.max_steps=1 (or a dataset of one batch) with warmup_ratio 0.03: Trainer rounded the warmup up to the one
+    update, whose learning rate a warmup starts at 0, and the adapter written was the base's."""
+    from pipeline.train.trainer import fit, prepare
+
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(ROWS))
+    cfg = quick_config(tiny_model, tmp_path / "adapter", max_steps=1, eval_fraction=0.0, quant="none",
+                       warmup_ratio=TrainConfig().warmup_ratio)
+    prepared = prepare(data, cfg, log=lambda m: None)
+    summary = fit(prepared, log=lambda m: None)
+    assert summary["steps"] == 1 and [h["learning_rate"] for h in summary["log_history"] if "loss" in h] == [2e-3]
+    lora_b = {n: p for n, p in prepared.trainer.model.named_parameters() if "lora_B" in n}
+    # LoRA-B off its zero init: the adapter is no longer the base (LoRA-A's first gradient is 0, with B at 0)
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b.values())
 
 
 def test_the_cpu_default_trains_lora_on_a_bf16_base_under_bf16_autocast(tiny_model, tmp_path, monkeypatch):

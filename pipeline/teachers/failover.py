@@ -14,7 +14,7 @@ from typing import Any
 
 import openai
 
-from ..errors import TeacherUnavailable
+from ..errors import TeacherError, TeacherUnavailable
 from .origin import RUN_TEACHER, Origin
 from .wire import describe_error, unavailable
 
@@ -56,6 +56,7 @@ class Patience:
     outage_wait_s: float
     connect_window_s: float
     max_consecutive_failures: int
+    max_consecutive_refusals: int
 
 
 class Failover:
@@ -75,6 +76,9 @@ class Failover:
         self.fatal: BaseException | None = None
         self.stop = threading.Event()  # set on interrupt or fatal error: wakes every retry sleep
         self.failures_in_row = 0
+        # Per call kind (bootstrap, classify...), its requests refused since its last reply: one stream carries
+        # several stages, and another stage's replies do not hide one whose every prompt is refused
+        self.refusals: dict[str | None, int] = {}
         self.last_error = ""
 
     @property
@@ -124,15 +128,18 @@ class Failover:
             self.changed.notify_all()
         self.event(f"endpoint back: {endpoint.url} answers again after {down:.0f} s; it takes requests again")
 
-    def succeeded(self, started: float, ep: int) -> None:
+    def succeeded(self, started: float, ep: int, kind: str | None = None) -> None:
         """A reply from endpoint `ep` to a request sent at `started` (time.monotonic()). One sent before the
         endpoint left the rotation says nothing of it now: a reply still in flight when SIGTERM took the server
         down landed after it was marked down and put it back ("answers again after 0 s"), the next request
         failed, and it "fell again" with its wait doubled. Such a reply is counted, and the endpoint stays out
-        until the prober or a request sent since gets an answer."""
+        until the prober or a request sent since gets an answer. `kind`: the request's (Request.kind), whose run
+        of refusals the reply ends."""
         endpoint, seconds = self.endpoints[ep], time.monotonic() - started
         with self.lock:
             down_since = endpoint.down_since
+            if self.refusals:  # the server takes these prompts: a refusal after this reply is its prompt's own
+                self.refusals.pop(kind, None)
             if down_since is not None and started < down_since:
                 endpoint.replies += 1
                 return
@@ -194,6 +201,25 @@ class Failover:
                 if again else ""))
         if self.fatal is not None:
             self.halt(self.stop)
+
+    def refused(self, e: BaseException, stop: threading.Event, kind: str | None = None) -> None:
+        """A request of `kind` refused in the end (wire.refusal; the context too long after its halvings). One among
+        replies fails alone; `max_consecutive_refusals` of a kind in a row stop the stream in the server's words: a
+        prompt over its context or a parameter it rejects is refused for every next prompt too (a bootstrap sent
+        800 such requests, each prompt 4 times, before bootstrap.max_requests ended it)."""
+        text = describe_error(e, self.secret, origin=self.origin)
+        with self.lock:
+            n = self.refusals[kind] = self.refusals.get(kind, 0) + 1
+            if self.fatal is not None or n < self.patience.max_consecutive_refusals:
+                return
+            what = f"{kind + ' ' if kind else ''}" + ("requests in a row were" if n > 1 else "request was")
+            hint = ("the prompts are longer than the model's context: give the server a longer one (llama.cpp's -c, "
+                    "vLLM's --max-model-len) or send shorter prompts; " if "context" in text.lower() else "")
+            self.fatal = TeacherError(
+                f"{n} {what} refused by {self.base_url}, with no reply between (the last: {text}). "
+                f"Fix: {hint or 'what the refusal says; '}{self.origin.key('max_consecutive_refusals')} sets this "
+                "limit; a re-run resumes")
+        self.halt(stop)
 
     def shrink(self, ep: int, why: str) -> None:
         """Halve the requests kept in flight at one endpoint (called under the lock); the others keep theirs."""

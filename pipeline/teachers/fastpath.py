@@ -137,7 +137,7 @@ class LoopStream:
                 if self.failover.fatal is not None or self.stop.is_set():
                     c = Completion("", "error", error="not sent: the run is stopping")
                 else:
-                    c, failure = await self.first_try(req, params)
+                    c, failure = await self.first_try(req, params, kind)
                     if c is None:
                         self.hand_over(req, params, kind, failure)
                         return
@@ -148,7 +148,8 @@ class LoopStream:
         except Exception as e:  # noqa: BLE001 (not lost: the stream raises it)
             self.finished.put((req, e))
 
-    async def first_try(self, req: Request, params: GenParams) -> tuple[Completion | None, BaseException | None]:
+    async def first_try(self, req: Request, params: GenParams,
+                        kind: str | None) -> tuple[Completion | None, BaseException | None]:
         """One call, with Retries.attempt's bookkeeping: (the reply, None), or (None, how it failed; None: send
         it again, a field the server refused now dropped)."""
         t, failover = self.teacher, self.failover
@@ -182,7 +183,7 @@ class LoopStream:
             with failover.lock:
                 counts[i] -= 1
         if not self.stop.is_set():
-            failover.succeeded(started, owner[i])
+            failover.succeeded(started, owner[i], kind)
         return c, None
 
     def hand_over(self, req: Request, params: GenParams, kind: str | None, first: BaseException | None) -> None:

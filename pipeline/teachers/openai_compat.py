@@ -25,7 +25,8 @@ Nothing hangs silently:
   `connect_window_s` for one never reached (a wrong port stops the run in 20 s, not 600).
 - A circuit breaker stops the run after `max_consecutive_failures` failed attempts in a
   row, with the last error's text, instead of walking through every prompt (refused connections and 503s count
-  towards the outage wait instead).
+  towards the outage wait instead); another after `max_consecutive_refusals` requests of one kind refused in a
+  row (a 400, 413 or 422 after its tries: every prompt over the server's context), with the server's words.
 - In-flight requests adapt to each server: a timeout, or a reply slower than half the
   timeout, halves the number kept in flight at that endpoint (a server that answers one at
   a time queues the rest until they time out); each full window of fast replies adds one
@@ -142,7 +143,7 @@ class OpenAITeacher(BaseTeacher):
                         for u, c in zip(self.base_urls, self._clients, strict=True)]
         self.failover = Failover(self.base_url, self.base_urls, Patience(
             self.concurrency, self.timeout_s, cfg.outage_wait_s, cfg.connect_window_s,
-            max(1, cfg.max_consecutive_failures)), Timing(
+            max(1, cfg.max_consecutive_failures), max(1, cfg.max_consecutive_refusals)), Timing(
             PROBE_EVERY_S, PROBE_BACKOFF_MAX_S, OUTAGE_LINE_EVERY_S, STRIKES_TO_DOWN, PROVEN_AFTER),
             self._event, key, origin)
         self.retries = Retries(self.failover, self._send, max_retries=cfg.max_retries, max_wait_s=cfg.max_wait_s,
@@ -261,7 +262,7 @@ class OpenAITeacher(BaseTeacher):
             else:
                 with self.failover.lock:
                     pools = self.pools()
-                c = self.retries.call(pools, req, params, stop, first)
+                c = self.retries.call(pools, req, params, stop, first, req.kind or kind)
         if kind is not None and not (abandoned is not None and abandoned.is_set()):
             c = self._finish(req, c, params, kind, key)
         return c

@@ -1,7 +1,8 @@
 """The one retry policy of an OpenAI-compatible teacher (tenacity), for every request of a stream: 429 waits
 for Retry-After, 5xx/timeouts/connection errors/malformed replies back off exponentially with jitter,
 400/401/403/404 fail at once, a context-length error halves max_tokens (as Self-Instruct did), and a refused
-connection is tried again at once on another endpoint. Each try goes to the endpoint the failover picks.
+connection is tried again at once on another endpoint. Each try goes to the endpoint the failover picks; a
+request refused in the end (a 400, 413, 422) is told to it, whose run of them stops the stream (Failover.refused).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import tenacity
 
 from .base import Completion, GenParams, Request
 from .failover import Failover
-from .wire import FATAL, ContextTooLong, Malformed, describe_error, is_transient, retry_after, unavailable
+from .wire import FATAL, ContextTooLong, Malformed, describe_error, is_transient, refusal, retry_after, unavailable
 
 _NO_REQUEST = httpx.Request("POST", "http://stopped.invalid/")
 # The clients of one stream, their requests in flight and the endpoint each belongs to.
@@ -44,29 +45,32 @@ class Retries:
         self.max_retries, self.max_wait_s = max_retries, max_wait_s
 
     def call(self, pools: Pools, req: Request, params: GenParams, stop: threading.Event,
-             first: BaseException | None = None) -> Completion:
+             first: BaseException | None = None, kind: str | None = None) -> Completion:
         """The request's reply, or an error Completion once its retries are spent (or at a fatal error, which
         stops the stream). `first`: how its first try failed where it was made elsewhere (on the event loop,
-        fastpath.py, its bookkeeping done there as attempt() does it); the policy takes it up from there."""
+        fastpath.py, its bookkeeping done there as attempt() does it); the policy takes it up from there.
+        `kind`: its call kind, whose run of refusals it ends or adds to (Failover.refused)."""
         max_tokens = params.max_tokens
         faults = {"retries": 0, "timeouts": 0}
         retrying: tenacity.Retrying | None = None  # made at the first failure: most requests never need it
         error = "prompt longer than the model's context"
+        refused: BaseException | None = None  # the server's refusal, where its last answer refused the request
         for _ in range(4):  # context-length shrinking: at most 4 halvings
             try:
                 try:
                     if first is not None:
                         failure, first = first, None
                         raise failure
-                    c = self.attempt(pools, req, params, max_tokens, stop)
+                    c = self.attempt(pools, req, params, max_tokens, stop, kind)
                 except Exception as e:
                     if not is_transient(e):
                         raise
                     retrying = retrying or self.retrying(stop, faults)
-                    c = retrying(self.replay(e), pools, req, params, max_tokens, stop)
+                    c = retrying(self.replay(e), pools, req, params, max_tokens, stop, kind)
                 c.retries, c.timeouts = faults["retries"], faults["timeouts"]
                 return c
-            except ContextTooLong:
+            except ContextTooLong as e:
+                refused = e.__cause__ or e  # the server's 400, in its words
                 max_tokens //= 2
                 if max_tokens < 16:
                     break
@@ -78,7 +82,10 @@ class Retries:
                 break
             except (openai.APIError, httpx.TransportError, Malformed, ValueError) as e:  # retries spent, 400
                 error = self.describe(e)
+                refused = e if refusal(e) else None
                 break
+        if refused is not None:  # the breaker of refusals: a run of them stops the stream (Failover.refused)
+            self.failover.refused(refused, stop, kind)
         return Completion("", "error", error=error, retries=faults["retries"], timeouts=faults["timeouts"])
 
     def describe(self, e: BaseException | None) -> str:
@@ -132,7 +139,7 @@ class Retries:
         return state.attempt_number > self.max_retries
 
     def attempt(self, pools: Pools, req: Request, params: GenParams, max_tokens: int,
-                stop: threading.Event) -> Completion:
+                stop: threading.Event, kind: str | None = None) -> Completion:
         """One HTTP call to the endpoint in rotation with the fewest in flight (each try picks anew, so a
         retry leaves a dead endpoint), with the bookkeeping that decides when to give up on a server."""
         if stop.is_set():
@@ -155,5 +162,5 @@ class Retries:
             with failover.lock:
                 counts[i] -= 1
         if not stop.is_set():
-            failover.succeeded(started, owner[i])
+            failover.succeeded(started, owner[i], kind)
         return c

@@ -443,6 +443,13 @@ def unavailable(e: BaseException | None) -> bool:
     return refused(e) or getattr(e, "status_code", None) == 503
 
 
+def refusal(e: BaseException | None) -> bool:
+    """A reply the same request would get again: 400 (a prompt over the context, a parameter the server rejects),
+    413 (a body too large) or 422 (one it cannot take, as TGI answers a prompt over its context). 401, 403 and 404
+    (FATAL) stop the run at once; a 429 is waited out."""
+    return isinstance(e, openai.APIStatusError) and e.status_code in (400, 413, 422)
+
+
 def is_transient(e: BaseException) -> bool:
     if isinstance(e, (Malformed, httpx.TransportError)):
         return True

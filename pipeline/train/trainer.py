@@ -58,8 +58,12 @@ class LoraTrainer(Trainer):
     """Trainer whose loss is the chunked response-only cross-entropy (or the full-logits one)."""
 
     def __init__(self, *args: Any, chunked_loss: bool = True, loss_chunk_tokens: int = 1024,
-                 autocast_bf16: bool = False, lora_inputs_as_is: bool = False, **kwargs: Any):
+                 autocast_bf16: bool = False, lora_inputs_as_is: bool = False, warmup_ratio: float | None = None,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
+        # Of the updates, whose count create_scheduler knows (warmup_steps); None: the arguments' warmup, as Trainer
+        # reads it
+        self.warmup_ratio = warmup_ratio
         self.model_accepts_loss_kwargs = True  # makes Trainer count label tokens over the accumulated batch
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         self.decoder, self.lm_head = base.get_decoder(), base.get_output_embeddings()
@@ -75,6 +79,13 @@ class LoraTrainer(Trainer):
         self.lora_inputs_as_is = lora_inputs_as_is
         self.keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
         self.tokens_seen = 0
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        """Trainer's scheduler, its warmup counted by warmup_steps (Trainer rounds the ratio up) and recorded in
+        the arguments each checkpoint keeps."""
+        if self.warmup_ratio is not None:
+            self.args.warmup_steps = warmup_steps(self.warmup_ratio, num_training_steps)
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def training_step(self, model: Any, *args: Any, **kwargs: Any) -> Any:
         """Forward and backward with peft's casts off alike: checkpointing recomputes the forward inside backward,
@@ -236,6 +247,15 @@ class TrainProgress(TrainerCallback):
         self._close("train")
 
 
+def warmup_steps(ratio: float, updates: int) -> int:
+    """The updates the warmup takes: `ratio` of them rounded down, and fewer than all. A warmup's first update has
+    learning rate 0 (Trainer's schedulers start at step 0 of n), and Trainer rounded the ratio up: a run of 1
+    update (train.max_steps=1, a tiny dataset) was all warmup and wrote an adapter equal to its base, saying
+    nothing. Rounded down, runs under 1/ratio updates (34 at 3%) have none, and the last update of any run has
+    the full rate. The 1e-9: 0.29 x 100 is 28.999999999999996 in floats."""
+    return max(0, min(math.floor(ratio * updates + 1e-9), updates - 1))
+
+
 def training_arguments(cfg: TrainConfig, output_dir: Path, *, bf16: bool, use_cpu: bool, has_eval: bool,
                        optim: str, micro_rows: int = 0) -> TrainingArguments:
     """Trainer's arguments; bf16 = autocast, optim = the resolved optimizer (TrainPlan's: cfg.optim may be auto).
@@ -248,7 +268,7 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, *, bf16: bool, use_cp
         gradient_accumulation_steps=cfg.grad_accum * (cfg.batch_size // rows), num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # below 1 Trainer reads it as a fraction of all steps
+        warmup_steps=cfg.warmup_ratio,  # a fraction of all steps; LoraTrainer.create_scheduler counts it
         max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay, optim=optim,
         bf16=bf16, use_cpu=use_cpu,
         # Packed rows are all about max_seq_len long; plain rows are grouped by length to cut padding (qlora.py).
@@ -335,7 +355,7 @@ def prepare(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Prog
                           callbacks=[ConsoleLog(log), SaveByTime(cfg.save_every_s),
                                      *([TrainProgress(progress)] if progress else [])],
                           chunked_loss=cfg.chunked_loss, loss_chunk_tokens=plan.loss_chunk_tokens,
-                          autocast_bf16=plan.autocast_bf16,
+                          autocast_bf16=plan.autocast_bf16, warmup_ratio=cfg.warmup_ratio,
                           lora_inputs_as_is=on == "cpu" and plan.autocast_bf16 and plan.load_dtype == torch.bfloat16)
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
