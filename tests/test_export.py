@@ -740,3 +740,33 @@ def test_cost_and_show_name_why_a_mixed_runs_rows_are_not_counted(fake_openai, t
     assert (kept, rows) == (0, 0) and where.startswith("not counted: ") and cause in " ".join(where.split()), where
     result = CliRunner().invoke(cli, ["cost", str(run.path)])
     assert result.exit_code == 0 and "not counted" in result.output, result.output
+
+
+def test_a_run_trained_without_an_export_is_read_with_its_own_export_settings(tmp_path, monkeypatch):
+    """The train step with no export yet trains on the run's rows as its own [export] would write them (tour: a run
+    with include_seeds = false trained on its seed tasks, read with export's defaults); eval's held-out split reads
+    the rows with the settings the training summary recorded, so it is the split the adapter was trained without."""
+    from pathlib import Path
+
+    from pipeline.config import load_config
+    from pipeline.context import RunContext
+    from pipeline.train import steps, trainer
+    from pipeline.train.eval import load_eval_items
+
+    run = make_run(tmp_path, evolved=[t for t in make_tasks(4) for t.id in [t.id + "-evolved"]])
+    assert sum(r["origin"] == "seed" for r in load_rows(run).train) == 4  # export's defaults: the seeds train
+    assert not any(r["origin"] == "seed" for r in load_rows(run, ExportConfig(include_seeds=False)).train)
+    given = {}
+
+    def fake_train(data, cfg, log=print, progress=None, export=None):
+        given.update(data=data, export=export)
+        return {"steps": 1, "eval_losses": {"first": 1.0, "last": 0.5}}
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    cfg = load_config(None, {"output_dir": str(tmp_path), "run_name": "run", "export.include_seeds": False})
+    steps.train_step(RunContext(cfg), None)
+    assert Path(given["data"]) == run and given["export"].include_seeds is False
+    held = {i.id for i in load_eval_items(f"heldout:{run}", eval_fraction=0.5)}
+    only = {i.id for i in load_eval_items(f"heldout:{run}", eval_fraction=0.5,
+                                          export=ExportConfig(include=["self-instruct"]))}
+    assert held != only and not any("-evolved" in i for i in only)  # the evolutions left out of training

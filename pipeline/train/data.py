@@ -56,24 +56,26 @@ class Rows:
 # ---------------------------------------------------------------- loading
 
 
-def load_rows(path: str | Path) -> Rows:
-    """Rows of an export folder, run directory, datasets folder or single file; every row checked."""
-    rows = _load(Path(path))
+def load_rows(path: str | Path, export: ExportConfig | None = None) -> Rows:
+    """Rows of an export folder, run directory, datasets folder or single file; every row checked. A run directory
+    is read as `export` would write it (the run's own [export] settings, where a step of the run trains; export's
+    defaults for a folder given alone)."""
+    rows = _load(Path(path), export or ExportConfig())
     for name, part in (("train", rows.train), ("eval", rows.eval or [])):
         check_rows(part, f"{rows.source} ({name})" if rows.eval is not None else rows.source)
     return rows
 
 
-def _load(p: Path) -> Rows:
+def _load(p: Path, export: ExportConfig) -> Rows:
     if not p.exists():
         raise InputError(p, None, "does not exist", "give an export folder, a run directory or a data file")
     if p.is_dir():
         if (p / EXPORT_INFO).is_file():
             return _load_export(p)
         if any(RunDir(p).stage_file(stage).is_file() for stage in SOURCES.values()):
-            # The rows `seed2lora export` would write, seeds included, unsplit: the same split comes later.
-            # Decontaminated as export would (its defaults): a row export would drop is not trained on.
-            data, rows, contaminated, note = clean_run_rows(RunDir(p), ExportConfig())
+            # The rows `seed2lora export` would write with these settings, unsplit: the same split comes later.
+            # Decontaminated as export would: a row export would drop is not trained on.
+            data, rows, contaminated, note = clean_run_rows(RunDir(p), export)
             return Rows(rows, None, p, ", ".join(map(str, data.sources)), contaminated, note)
         if (p / "dataset_dict.json").is_file() or (p / "dataset_info.json").is_file():
             return _load_hf(p)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import BudgetConfig, EvalConfig, TeacherConfig, config_from_dict
+from ..config import BudgetConfig, EvalConfig, ExportConfig, TeacherConfig, config_from_dict
 from ..context import RunContext, build_teacher, preflight
 from ..datasets_io import read_records
 from ..errors import Seed2LoraError, mask_dict
@@ -139,10 +139,12 @@ def eval_message(data: str, why: str, n_items: int, n_tasks: int, limit: int) ->
 
 
 def load_eval_items(data: str, limit: int = 0, seed: int = 0, train_seed: int = 42,
-                    eval_fraction: float = 0.1) -> list[EvalItem]:
-    """The eval items of `data` (a file, or "heldout:" + training data); `limit` tasks drawn with random.Random(seed)."""
+                    eval_fraction: float = 0.1, export: ExportConfig | None = None) -> list[EvalItem]:
+    """The eval items of `data` (a file, or "heldout:" + training data); `limit` tasks drawn with random.Random(seed).
+    `export`: how a run directory trained on was read (the training summary's), so its held-out split is the one
+    the adapter was trained without."""
     if data.startswith("heldout:"):  # the eval split the adapter was trained without
-        rows = train_eval_rows(load_rows(data.removeprefix("heldout:")), eval_fraction, train_seed)[1]
+        rows = train_eval_rows(load_rows(data.removeprefix("heldout:"), export), eval_fraction, train_seed)[1]
         groups = _group(rows, key=lambda r: r.get("task_id", r.get("id")))
     else:
         path = Path(data)
@@ -261,7 +263,8 @@ def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_d
     train_cfg = info["config"]
     data, why = default_eval_data(adapter_dir, cfg.data)
     items = load_eval_items(data, cfg.limit, cfg.seed, train_seed=train_cfg.get("seed", 42),
-                            eval_fraction=train_cfg.get("eval_fraction", 0.1))
+                            eval_fraction=train_cfg.get("eval_fraction", 0.1),
+                            export=config_from_dict(ExportConfig, info["export"]) if info.get("export") else None)
     n_tasks = len({it.group for it in items})
     log(eval_message(data, why, len(items), n_tasks, cfg.limit))
     run = Path(run_dir) if run_dir else find_run_dir(adapter_dir)

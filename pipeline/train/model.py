@@ -344,6 +344,7 @@ def adapter_info(adapter_dir: str | Path) -> dict[str, Any]:
         base = str(found.path) if found.path is not None and not found.guessed else base
     return {"base": base,
             "quant": bool(summary.get("quantized", False)), "config": summary.get("config", {}),
+            "export": summary.get("export"),
             "rank": int(info.get("r", 0)), "sampling": {**eval_sampling(EvalConfig(), []), **(recorded or {})},
             "sampling_recorded": recorded is not None}
 

@@ -49,7 +49,7 @@ def train_step(ctx: RunContext, records: Records | None) -> StepResult:
     if summary_file.is_file():
         done = json.loads(summary_file.read_text(encoding="utf-8"))
         # Adapters from before the data was fingerprinted carry no data_sha256: judged by the settings alone.
-        same_data = done.get("data_sha256") in (None, rows_fingerprint(load_rows(data)))
+        same_data = done.get("data_sha256") in (None, rows_fingerprint(load_rows(data, ctx.cfg.export)))
         # Only settings that change the adapter count: a new activation_memory_gb or save_steps trains nothing again
         changed, ignored = setting_changes(done.get("config") or {}, cfg)
         if not changed and same_data:
@@ -67,7 +67,8 @@ def train_step(ctx: RunContext, records: Records | None) -> StepResult:
             # interruption resumes the new training instead of starting again.
             cfg = dataclasses.replace(cfg, resume=False)
             summary_file.unlink()
-    summary = run_training(data, cfg, log=ctx.log, progress=ctx.progress)
+    # No export yet: the run's rows as its own [export] settings would write them (include_seeds, include, ...)
+    summary = run_training(data, cfg, log=ctx.log, progress=ctx.progress, export=ctx.cfg.export)
     ctx.record(adapter=str(adapter))
     return StepResult(f"train: {summary['steps']} steps, eval loss {summary['eval_losses']['first']} -> "
                       f"{summary['eval_losses']['last']} -> {adapter}")

@@ -32,7 +32,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint, has_length
 
-from ..config import TrainConfig, current_values
+from ..config import ExportConfig, TrainConfig, current_values
 from ..errors import Seed2LoraError
 from ..store import ADAPTER_DIR, RunDir, write_text_atomic
 from .data import Collator, Rows, eval_overlap, load_rows, pack, rows_fingerprint, tokenize_rows, train_eval_rows
@@ -302,16 +302,18 @@ class Prepared:
     stats: dict[str, Any]
 
 
-def prepare(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Progress | None = None) -> Prepared:
+def prepare(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Progress | None = None,
+            export: ExportConfig | None = None) -> Prepared:
     """Load and tokenize the data, load the model with fresh adapters, build the trainer.
-    `progress` (pipeline/progress.py's, or any of that protocol) shows steps with an ETA; None: log lines only."""
+    `progress` (pipeline/progress.py's, or any of that protocol) shows steps with an ETA; None: log lines only.
+    `export`: how a run directory given as `data` is read (load_rows)."""
     from transformers import set_seed
 
     set_seed(cfg.seed)
     model_path = resolve_model(cfg.model)
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
     tokenizer.padding_side = "right"
-    rows = load_rows(data)
+    rows = load_rows(data, export)
     if rows.run_dir and rows.decontaminated:  # a run directory, read as export reads it: say what left and why
         RunDir(rows.run_dir).replace_rejected("export", rows.contaminated)
         log(f"{len(rows.contaminated)} row(s) overlapping the eval set left out ({rows.decontaminated}); "
@@ -364,7 +366,9 @@ def prepare(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Prog
              **({} if rows.run_dir else {"eval_overlap_rows": len(overlap)}),
              "compute_dtype": str(plan.load_dtype).removeprefix("torch."), "autocast_bf16": plan.autocast_bf16,
              "quantized": plan.quant, "optim": plan.optim, "training_path": plan.describe(), "device": on,
-             "data_sha256": rows_fingerprint(rows)}
+             "data_sha256": rows_fingerprint(rows),
+             # A run directory's rows as these [export] settings give them: eval's held-out split reads them again
+             **({"export": dataclasses.asdict(export or ExportConfig())} if rows.run_dir else {})}
     return Prepared(trainer, tokenizer, cfg, str(data), rows, model_path, out, stats)
 
 
@@ -573,9 +577,11 @@ def whole(path: str | Path) -> str:
     return str(Path(path).absolute()) if path and Path(path).exists() else str(path)
 
 
-def train(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Progress | None = None) -> dict[str, Any]:
-    """Train a (Q)LoRA adapter on `data`; write it with its tokenizer, summary and loss curve. Returns the summary."""
-    return fit(prepare(data, cfg, log, progress), log)
+def train(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Progress | None = None,
+          export: ExportConfig | None = None) -> dict[str, Any]:
+    """Train a (Q)LoRA adapter on `data`; write it with its tokenizer, summary and loss curve. Returns the summary.
+    `export`: how a run directory given as `data` is read (load_rows)."""
+    return fit(prepare(data, cfg, log, progress, export), log)
 
 
 def _losses(history: list[dict[str, Any]], key: str) -> dict[str, Any]:
