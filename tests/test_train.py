@@ -1240,7 +1240,7 @@ def test_a_retrain_on_new_data_starts_over_once_and_then_resumes(tmp_path, monke
     (adapter / "training_summary.json").write_text(json.dumps(done))
     resumes = []
 
-    def interrupted(data, train_cfg, log, progress=None):
+    def interrupted(data, train_cfg, log, progress=None, export=None):
         resumes.append(train_cfg.resume)
         raise KeyboardInterrupt
 
@@ -1272,7 +1272,7 @@ def test_the_train_step_refuses_an_export_older_than_the_runs_records_and_trains
     write_jsonl_atomic(run.stage_file("filter"), tasks[:2])
     export(run, cfg.export)
     trained = []
-    monkeypatch.setattr(trainer, "train", lambda data, train_cfg, log, progress=None: trained.append(data) or
+    monkeypatch.setattr(trainer, "train", lambda data, train_cfg, log, progress=None, export=None: trained.append(data) or
                         {"steps": 1, "eval_losses": {"first": 1.0, "last": 0.5}})
     write_jsonl_atomic(run.stage_file("filter"), tasks[:2])  # a re-run of filter: the same bytes
     train_step(Session(cfg).ctx, None)
@@ -1321,7 +1321,7 @@ def test_a_finished_adapter_is_kept_when_only_a_resource_setting_changed(tmp_pat
     where, cfg, adapter, done = finished_adapter(tmp_path)
     (adapter / "training_summary.json").write_text(json.dumps(done))
     trained = []
-    monkeypatch.setattr(trainer, "train", lambda data, train_cfg, log, progress=None: trained.append(train_cfg)
+    monkeypatch.setattr(trainer, "train", lambda data, train_cfg, log, progress=None, export=None: trained.append(train_cfg)
                         or {"steps": 1, "eval_losses": {"first": None, "last": None}})
     resources = {"train.activation_memory_gb": 0.5, "train.save_steps": 7, "train.eval_steps": 3,
                  "train.gradient_checkpointing": False, "train.resume": False, "train.logging_steps": 5}
@@ -1358,7 +1358,7 @@ def test_a_retrain_for_new_settings_starts_over_but_a_longer_run_goes_on(tmp_pat
     summary = adapter / "training_summary.json"
     resumes = []
 
-    def interrupted(data, train_cfg, log, progress=None):
+    def interrupted(data, train_cfg, log, progress=None, export=None):
         resumes.append(train_cfg.resume)
         raise KeyboardInterrupt
 
