@@ -607,3 +607,16 @@ def test_every_waves_submitted_and_ended_line_is_said_at_a_short_poll(fake_batch
     assert fake_batch.creations >= 4
     assert len(submitted) == len(ended) == fake_batch.creations, out
     assert {re.search(r"as batch (\S+)", x).group(1) for x in submitted} == set(fake_batch.batches)
+
+
+def test_the_open_batches_note_says_one_request_in_the_singular():
+    from types import SimpleNamespace
+
+    from pipeline.teachers.openai_compat import OpenAITeacher
+    from pipeline.teachers.origin import Origin
+
+    said = []
+    teacher = SimpleNamespace(said_open_batches=False, cache=SimpleNamespace(open_lines=lambda: ["one"]),
+                              origin=Origin(), _event=said.append)
+    OpenAITeacher.note_open_batches(teacher)
+    assert said and said[0].startswith("note: 1 request of this run waits in open Batch API batches"), said

@@ -223,7 +223,8 @@ class OpenAITeacher(BaseTeacher):
         self.said_open_batches = True
         if n := len(open_lines()):
             fix = self.origin.switch("batch")
-            self._event(f"note: {n:,} requests of this run wait in open Batch API batches, paid already (`seed2lora "
+            waits = "1 request of this run waits" if n == 1 else f"{n:,} requests of this run wait"
+            self._event(f"note: {waits} in open Batch API batches, paid already (`seed2lora "
                         f"show`); sent directly, any of them asked for again is paid again. Fix: stop, and add {fix} "
                         "to read them")
 
