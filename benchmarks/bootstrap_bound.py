@@ -4,8 +4,6 @@ _latency_server.py --replies self-instruct), in arms that change one thing each,
 process against a fake teacher of its own, --repeat rounds alternating the arms:
 
   shipped       this tree as it is (at 64 in flight the filter runs in a forked process, filter_worker.py);
-  lag-1         the filter forked, each reply's verdicts waited for at the next reply's read (FILTER_LAG = 1),
-                as at stop 34, before a read took the verdicts that had come and waited only at a lag of 8;
   own-filter    the filter in the run's own process (bootstrap.filter_process = off), as before stop 34;
   reader        (this and the arms below filter in the run's own process, as own-filter does)
                 each reply read (parsed, filtered, written) on a second thread, the stream's thread left to
@@ -43,7 +41,7 @@ import client_cpu  # noqa: E402  (benchmarks/ is not a package)
 
 FINISHED: list = []  # Bootstrap.finish's calls, as `reads` (those within a read too)
 QUEUE: list = []  # (time, +n requests handed to the event loop | -1 a reply put for the stream | +1 one taken by it)
-ARMS = ("shipped", "lag-1", "own-filter", "reader", "inline", "filter-free")
+ARMS = ("shipped", "own-filter", "reader", "inline", "filter-free")
 
 
 def patch(arm: str) -> list:
@@ -72,9 +70,7 @@ def patch(arm: str) -> list:
 
     bootstrap.Bootstrap.finish = finished
     watch_queue()
-    if arm == "lag-1":  # with a lag of one, a read writes every reply but the newest, waiting for its verdicts
-        bootstrap.FILTER_LAG = 1
-    elif arm != "shipped":  # the filter in the run's own process, as below 16 in flight (the other arms' base)
+    if arm != "shipped":  # the filter in the run's own process, as below 16 in flight (the other arms' base)
         bootstrap.forks = lambda cfg, concurrency, flowing=False: False
     if arm == "filter-free":
         filter.InstructionFilter.decide = lambda self, lines: [filter.Passed([], 0.0, False) for _ in lines]

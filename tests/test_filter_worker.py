@@ -349,39 +349,3 @@ def test_a_fork_that_fails_is_said_and_the_filter_runs_in_process(tmp_path, monk
     assert said == ["bootstrap: the filter's process could not start ([Errno 11] Resource temporarily unavailable); "
                     "it filters in this process"]
     assert isinstance(boot.pool.filter, InstructionFilter)
-
-
-def test_a_read_waits_for_a_slow_filter_only_once_the_lag_is_reached_and_writes_what_has_come(tmp_path, monkeypatch):
-    """A read collects the verdicts that have come and waits for the child only when FILTER_LAG replies wait on it:
-    with a lag of one, a read waited whenever the child had not finished the reply before (issue 20)."""
-    from test_bootstrap_records import a_reply
-
-    from pipeline.prompts import Prompts
-    from pipeline.seeds import load_seeds
-
-    decide, flag = InstructionFilter.decide, tmp_path / "slow"
-
-    def slowed(self, lines):  # in the child: 2 s a message while the flag file is there
-        if flag.exists():
-            time.sleep(2.0)
-        return decide(self, lines)
-
-    monkeypatch.setattr(InstructionFilter, "decide", slowed)
-    cfg, run, log, teacher = forked_bootstrap_parts(tmp_path)
-    gen = SentenceGenerator(11)
-    with bootstrap.Bootstrap(teacher, load_seeds(None), cfg, run, Prompts(), log) as boot:
-        prompts = boot.requests()
-        reqs = [next(prompts) for _ in range(4)]
-        assert boot.read(reqs[0], a_reply(gen), overlap=bootstrap.FILTER_LAG) == []  # the newest waits
-        assert boot.pool.filter.conn.poll(10)  # its verdicts have come
-        flag.touch()
-        kept = boot.read(reqs[1], a_reply(gen), overlap=bootstrap.FILTER_LAG)  # the child takes 2 s on this one
-        assert kept and len(boot.pending) == 1  # the first reply, whose verdicts had come, written at once
-        start = time.monotonic()
-        assert boot.read(reqs[2], a_reply(gen), overlap=bootstrap.FILTER_LAG) == []
-        assert time.monotonic() - start < 1.0  # no wait for the slow child: below the lag
-        assert len(boot.pending) == 2
-        flag.unlink()
-        boot.read(reqs[3], a_reply(gen), overlap=0)  # no lag: waits for every verdict
-        assert not boot.pending
-    assert len(run.read_stage("bootstrap")) + len(run.read_rejected()) == 28

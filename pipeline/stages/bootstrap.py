@@ -68,10 +68,6 @@ def one_line(text: str) -> str:
 
 
 _SPACES = re.compile(r"\s+")
-# Replies whose lines may wait at a forked filter before a read waits for its verdicts: enough that a child a
-# little behind never stalls the stream; the prompts built meanwhile see a pool at most this many replies older,
-# beside the 16 or more already in flight that the pool does not hold yet either.
-FILTER_LAG = 8
 
 
 def template_name(cfg: RunConfig) -> str:
@@ -437,10 +433,9 @@ class Bootstrap:
         self.pending.append((req, reply, tasks, asked))
 
     def finish(self, leave: int = 0) -> list[Task]:
-        """The replies submitted, all but the `leave` newest, written in order, and beyond those any but the newest
-        whose verdicts the filter holds already (ready: they cost no wait); the tasks they kept."""
+        """The replies submitted, all but the `leave` newest, written in order; the tasks they kept."""
         kept: list[Task] = []
-        while len(self.pending) > leave or (len(self.pending) > 1 and self.ready()):
+        while len(self.pending) > leave:
             req, reply, tasks, asked = self.pending.popleft()
             self.plans.pop(req.key)
             self.done += 1
@@ -462,10 +457,6 @@ class Bootstrap:
             self.watch.after(len(here), self.done, self.pool)
             kept += here
         return kept
-
-    def ready(self) -> bool:
-        """Whether the oldest reply submitted can be written without waiting for the filter."""
-        return not self.pending[0][1].ok or self.pool.filter.ready()
 
     def result(self) -> BootstrapResult:
         pool = self.pool
@@ -493,11 +484,9 @@ def run_bootstrap(teacher: Teacher, seeds: list[Task], cfg: RunConfig, run: RunD
                   say: Callable[[str], None] | None = None) -> BootstrapResult:
     """Grow the machine pool to `num_instructions`, streaming prompts through the teacher (Bootstrap, alone)."""
     with Bootstrap(teacher, seeds, cfg, run, prompts, log, on_kept=on_kept, on_progress=on_progress, say=say) as b:
-        # With the filter in its own process, a reply is written at a later read, once its verdicts have come: the
-        # filter works on its lines while this thread writes those before and builds the next prompts (issue 20).
-        # A read waits for the child only when FILTER_LAG replies wait on it: with a lag of one, a read waited
-        # whenever the child had not quite finished the reply before, though on average it kept up.
-        overlap = FILTER_LAG if isinstance(b.pool.filter, ForkedFilter) else 0
+        # With the filter in its own process, a reply is written at the next one's read: the filter works on its
+        # lines while this thread writes the one before and builds the next prompts (issue 20)
+        overlap = int(isinstance(b.pool.filter, ForkedFilter))
         for req, reply in teacher.stream(b.requests(), b.params, kind="bootstrap"):
             b.read(req, reply, overlap=overlap)
     return b.result()

@@ -177,10 +177,6 @@ class InstructionFilter:
         """The verdicts on the oldest lines sent."""
         return self.answers.popleft()
 
-    def ready(self) -> bool:
-        """Whether receive() would return at once: here, always (send decided)."""
-        return True
-
 
 def prompt_demonstrations(text: str) -> list[str]:
     """The inputs and outputs of the worked examples in a rendered instances prompt, in order.

@@ -4,9 +4,8 @@ Against a fast teacher (50 ms, 64 requests in flight) bootstrap's pace was set b
 filter's rules and ROUGE-L rows held it for about half of each reply's reading, while the event loop waited for it
 to send the next requests. `ForkedFilter` runs an `InstructionFilter`'s `decide` in a forked child, on the other
 core: the child starts with the pool already indexed (fork copies it), each reply's lines go to it in one message
-as the reply is read, and its verdicts come back in one, collected at a later reply's read (bootstrap's overlap:
-those that have come, and the oldest once too many wait), so the child works while the parent writes the replies
-before. The verdicts are those of the filter in this process,
+as the reply is read, and its verdicts come back in one, collected at the next reply's read (bootstrap's overlap),
+so the child works while the parent writes the reply before. The verdicts are those of the filter in this process,
 in the same order, so the records are the same either way.
 
 The parent keeps the pool's texts in index order, to name a passing line's closest entries. If the child dies, the
@@ -83,16 +82,6 @@ class ForkedFilter:
                 self.texts.append(instruction)
                 self.passed.add(key)
         return verdicts
-
-    def ready(self) -> bool:
-        """Whether receive() would return at once: the oldest lines sent have their verdicts here (or the child has
-        ended, and they are decided in this process)."""
-        if self.local is not None or not self.sent:
-            return True
-        try:
-            return self.conn.poll(0)
-        except OSError:  # the pipe is broken: receive() says so and decides here
-            return True
 
     def decide(self, lines: Sequence[tuple[str, str]]) -> list[str | Passed | None]:
         """InstructionFilter.decide, in the child; only with nothing else sent and not received (whose verdicts
