@@ -173,6 +173,12 @@ def test_a_note_about_the_examples_is_cut_but_a_note_in_an_output_stays():
     ("Yes, it is not open-ended.", True),  # the yes/no word wins
     ("It is not open-ended.", None),  # negates the other side: no answer, not a No
     ("I am not sure this is classification.", None),
+    ("1. The given task is a classification task, which asks for one of two labels.", True),  # llama.cpp, SmolLM2
+    ("This is a binary classification problem.", True),
+    ("It is unclear whether this is a classification task.", None),  # a hedge: asked again
+    ("This might be a classification task.", None),
+    ("I don't think this is a classification task.", None),
+    ("The task is to write an essay. Some would say it is a classification task.", None),  # not the first sentence
 ])
 def test_yes_no_reads_a_negated_classification_as_no(reply, expected):
     assert parse_yes_no(reply) is expected

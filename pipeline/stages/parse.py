@@ -261,19 +261,30 @@ def _example_rows(names: dict[str, str]):
 # Only a negation of classification itself counts: "It is not open-ended" negates the other side.
 _NOT_CLASSIFICATION = re.compile(r"(?:(?:^\W*|\b(?:is|are|does)\s+)not|\b(?:isn|aren|doesn)['’]t)\s+"
                                  r"(?:[\w-]+\s+){0,3}?classif", re.IGNORECASE)
+# "The given task is a classification task, which ...": a chat model's Yes without the word (SmolLM2 served by
+# llama.cpp wrote it for a fifth of its classify replies, each asked again). Read only in a sentence with no hedge.
+_IS_CLASSIFICATION = re.compile(r"\b(?:is|are)\s+(?:an?\s+)?(?:[\w-]+\s+){0,2}?classification\s+(?:task|problem)",
+                                re.IGNORECASE)
+_HEDGE = re.compile(r"\b(?:not|sure|unclear|whether|if|may|might|could|perhaps|possibly|maybe)\b|n['’]t\b",
+                    re.IGNORECASE)
 
 
 def parse_yes_no(reply: str) -> bool | None:
     """The first yes/no word of a classification judgement; None when there is none.
 
     "Yes/No" and "yes or no" name the choice, not the answer, so they are skipped. A reply
-    with no yes/no word that negates ("This is not a classification task") is a No; the
-    first yes/no word still wins over a negation ("Yes, it is not open-ended").
+    with no yes/no word that negates ("This is not a classification task") is a No, and one whose
+    first sentence says it is one, with no hedge ("The given task is a classification task"), a
+    Yes; the first yes/no word still wins over either ("Yes, it is not open-ended").
     """
     text = re.sub(r"\byes\s*(?:/|or)\s*no\b", " ", reply, flags=re.IGNORECASE)
     m = re.search(r"\b(yes|no)\b", text, re.IGNORECASE)
     if m is None:
-        return False if _NOT_CLASSIFICATION.search(text) else None
+        if _NOT_CLASSIFICATION.search(text):
+            return False
+        answer = re.sub(r"^\s*\d{1,3}[.)]\s+", "", text.strip())  # "1. The given task is ..."
+        first = re.split(r"(?<=[.!?])\s+|\n", answer, maxsplit=1)[0]  # the answer's own sentence
+        return True if _IS_CLASSIFICATION.search(first) and not _HEDGE.search(first) else None
     return m.group(1).lower() == "yes"
 
 
