@@ -247,6 +247,30 @@ def test_units_whose_call_failed_are_not_counted_done():
         silent.fail(1)
 
 
+def test_units_not_sent_after_a_failed_call_are_neither_done_nor_failed():
+    """A chain of calls (an evolve slot) stops at its failed call: its later calls are counted apart, not as failed
+    (a run with about 10 calls refused said "120 failed"), and the ETA does not wait for them."""
+    clock, out = FakeClock(), plain_console()
+    with progress("evolve round 1/4, calls", 120, console=out, every_s=30, clock=clock, heartbeat=False) as advance:
+        clock.now += 30
+        advance(60)
+        advance.fail(1)
+        advance.skip(11)
+        clock.now += 30
+        assert advance.tick()
+        assert lines(out)[-1] == ("evolve round 1/4, calls: 60/120 (50%), 1 failed, 11 not sent after a failed call, "
+                                  "1.0/s, ETA 48s, 1m00s elapsed")
+    terminal = Console(file=io.StringIO(), width=200, force_terminal=True, color_system=None)
+    with progress("evolve", 12, console=terminal) as advance:
+        advance.fail(1)
+        advance.skip(11)
+        advance.bar.refresh()
+        frame = terminal.file.getvalue().rsplit("\r", 1)[-1]
+    assert re.search(r"evolve .*0/12 .*1 failed, 11 not sent after a failed call", frame), frame
+    with no_progress("x", 3) as silent:
+        silent.skip(1)
+
+
 def test_on_a_terminal_the_bar_names_its_failed_units_beside_its_note():
     out = Console(file=io.StringIO(), width=200, force_terminal=True, color_system=None)
     with progress("classify", 10, console=out) as advance:
@@ -278,7 +302,9 @@ def test_a_stage_whose_calls_failed_ends_short_and_says_its_pending_count_once(f
 
 def test_an_evolve_slot_stopped_by_a_failed_call_leaves_its_calls_out_of_the_count(fake_openai, tmp_path):
     """Evolve's bar counts calls: a slot whose call failed stops with its calls left pending, which the bar named
-    as nothing (it ended "12/18, done" above exit 5); the message said the slots to go twice."""
+    as nothing (it ended "12/18, done" above exit 5); the message said the slots to go twice. Then it counted them
+    all failed: a run with about 10 calls refused said "120 failed". One call failed; the slot's 5 others were
+    never sent, and the bar says so apart."""
     import json
 
     from helpers import invoke, teacher_flags
@@ -290,7 +316,8 @@ def test_an_evolve_slot_stopped_by_a_failed_call_leaves_its_calls_out_of_the_cou
     output = invoke("evolve", *teacher_flags(fake_openai, tmp_path), "--seeds", pool, "--rounds", 2,
                     "--set", "evolve.source=seeds", "--set", "teacher.concurrency=1", "--set", "teacher.max_retries=0",
                     expect=5).output
-    assert re.search(r"^evolve rounds 1-2, calls: 12/18 \(67%\), 6 failed, ended in \d+s", output, re.M), output
+    assert re.search(r"^evolve rounds 1-2, calls: 12/18 \(67%\), 1 failed, 5 not sent after a failed call, "
+                     r"ended in \d+s", output, re.M), output
     text = " ".join(output.split())
     assert text.endswith("1 teacher errors; run the same command again to retry what is pending "
                          "pending: evolve 1 slot with rounds to go"), text
