@@ -105,6 +105,10 @@ class PlainProgress:
         self.unusable = 0  # units done this session with no usable reply (rejected): done, not rated
         self.short = False  # the step returned with work pending (a spent budget): it stopped, it is not done
         self.start = self.last_line = clock()
+        # When the count reached its total: a bar kept open after it (bootstrap's in `run`'s flow, until classify
+        # and instances end) says so, not "ETA 0s" at a falling rate, and its last line times what it did
+        self.complete_at: float | None = None
+        self.mark_complete()
         self.text = ""
         self.lock = threading.Lock()
         self.stopped = threading.Event()
@@ -124,7 +128,12 @@ class PlainProgress:
     def advance(self, n: int = 1) -> None:
         with self.lock:
             self.done += n
+            self.mark_complete()
         self.tick()
+
+    def mark_complete(self) -> None:
+        if self.complete_at is None and self.total is not None and self.done >= self.total:
+            self.complete_at = self.clock()
 
     def note(self, text: str) -> None:
         self.text = text
@@ -151,6 +160,7 @@ class PlainProgress:
     def set_total(self, total: int | None) -> None:
         with self.lock:
             self.total = total
+            self.mark_complete()
 
     def due_in(self) -> float:
         return self.last_line + self.every_s - self.clock()
@@ -166,7 +176,8 @@ class PlainProgress:
         return True
 
     def rate(self) -> float | None:
-        elapsed = self.clock() - self.start
+        """This session's units per second, up to the count's completion if it came."""
+        elapsed = (self.clock() if self.complete_at is None else self.complete_at) - self.start
         return (self.done - self.first) / elapsed if elapsed > 0 and self.done > self.first else None
 
     def line(self, state: str = "") -> str:
@@ -179,6 +190,10 @@ class PlainProgress:
             parts.append(f"{self.first} from before this session")
         if state:
             parts.append(state)
+        elif self.complete_at is not None:
+            parts.append("complete before this session" if self.first and self.done == self.first else
+                         f"complete after {format_duration(self.complete_at - self.start)}")
+            parts.append(f"{format_duration(elapsed)} elapsed")
         else:
             parts.append(format_rate(per_s))
             if self.total is not None:
@@ -195,7 +210,8 @@ class PlainProgress:
         # A step that ran through with calls failed is not done: its failed units are pending (exit 5); one that
         # returned short of its work (the budget spent: no call failed, the rest never sent) stopped
         state = "stopped" if failed else "ended" if self.failed else "stopped" if self.short else "done"
-        end = f"{state} in {format_duration(self.clock() - self.start)}"
+        until = self.complete_at if state == "done" and self.complete_at is not None else self.clock()
+        end = f"{state} in {format_duration(until - self.start)}"
         if self.rate():
             end += f" ({format_rate(self.rate())})"
         self.write(self.line(end))

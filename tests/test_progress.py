@@ -119,6 +119,49 @@ def test_a_finished_run_run_again_counts_every_stage_as_done_before_not_0(fake_o
     assert "0/6" not in output
 
 
+def test_a_bar_at_its_total_still_open_says_when_it_got_there_not_an_eta():
+    """The measured bug: in `run`'s flow bootstrap's bar stays open until classify and instances end, and its line
+    said "20/20 (100%), 0.1/s, ETA 0s" every 30 s for minutes, its rate falling. At its total it says when it got
+    there, and its last line times what it did, not the wait."""
+    clock, out = FakeClock(), plain_console()
+    with progress("bootstrap: instructions kept", 20, console=out, every_s=30, clock=clock, heartbeat=False) as adv:
+        clock.now += 40
+        adv(20)
+        clock.now += 260
+        assert adv.tick()
+        assert lines(out)[-1] == "bootstrap: instructions kept: 20/20 (100%), complete after 40s, 5m00s elapsed"
+    assert lines(out)[-1] == "bootstrap: instructions kept: 20/20 (100%), done in 40s (30.0/min)"
+    clock, out = FakeClock(), plain_console()
+    with progress("bootstrap: instructions kept", 20, done=20, console=out, clock=clock, heartbeat=False) as adv:
+        clock.now += 300
+        assert adv.tick()
+        assert lines(out)[-1] == "bootstrap: instructions kept: 20/20 (100%), complete before this session, " \
+                                 "5m00s elapsed"  # it said "-/s, ETA ?"
+    clock, out = FakeClock(), plain_console()
+    with progress("instances", 6, console=out, every_s=30, clock=clock, heartbeat=False) as adv:
+        clock.now += 30
+        adv(5)
+        adv.set_total(5)  # its last task stopped at classify
+        clock.now += 30
+        assert adv.tick()
+        assert lines(out)[-1] == "instances: 5/5 (100%), complete after 30s, 1m00s elapsed"
+
+
+def test_in_a_flow_bootstrap_at_its_target_claims_no_eta_while_the_stages_after_it_run(fake_openai, tmp_path,
+                                                                                        monkeypatch):
+    from helpers import invoke, teacher_flags
+
+    monkeypatch.setenv(PLAIN_EVERY_ENV, "0.02")
+    fake_openai.default_delay = 0.05  # classify's and instances' 16 calls take 0.8 s after bootstrap's few
+    output = invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 8,
+                    "--set", "teacher.concurrency=1", "--set", 'stages=["bootstrap","classify","instances"]').output
+    boot = [x for x in output.splitlines() if x.startswith("bootstrap: instructions kept: 8/8")]
+    waiting = boot[:-1]  # the last is the bar's end, with the flow's
+    assert waiting and all(re.fullmatch(r"bootstrap: instructions kept: 8/8 \(100%\), complete after \d+s, "
+                                        r"\d+s elapsed", x) for x in waiting), output
+    assert re.fullmatch(r"bootstrap: instructions kept: 8/8 \(100%\), done in \d+s \([\d.]+/(s|min)\)", boot[-1])
+
+
 def test_an_interrupted_step_says_stopped():
     clock, out = FakeClock(), plain_console()
     with pytest.raises(KeyboardInterrupt), progress("x", 5, console=out, clock=clock, heartbeat=False) as advance:
