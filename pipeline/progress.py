@@ -229,7 +229,7 @@ class ElapsedColumn(ProgressColumn):
 
 class EtaColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
-        if task.finished:
+        if task.finished or (task.total is not None and task.completed >= task.total):  # added at its total, resumed
             return Text("")
         left = eta_seconds(task.completed, task.total, task.speed)
         return Text(f"ETA {format_duration(left) if left is not None else '?'}", style="progress.remaining")

@@ -147,6 +147,16 @@ def test_a_bar_at_its_total_still_open_says_when_it_got_there_not_an_eta():
         assert lines(out)[-1] == "instances: 5/5 (100%), complete after 30s, 1m00s elapsed"
 
 
+def test_on_a_terminal_a_bar_resumed_at_its_total_shows_no_eta():
+    """rich marks a task finished only when it advances to its total: a resumed run's bootstrap, complete before it
+    started, showed "ETA ?" beside 8/8 until classify and instances ended."""
+    out = Console(file=io.StringIO(), width=200, force_terminal=True, color_system=None)
+    with progress("bootstrap: instructions kept", 8, done=8, console=out) as advance:
+        advance.bar.refresh()
+        frame = out.file.getvalue().rsplit("\r", 1)[-1]
+    assert "8/8" in frame and "ETA" not in frame, frame
+
+
 def test_in_a_flow_bootstrap_at_its_target_claims_no_eta_while_the_stages_after_it_run(fake_openai, tmp_path,
                                                                                         monkeypatch):
     from helpers import invoke, teacher_flags
