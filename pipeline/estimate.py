@@ -44,6 +44,7 @@ from .records import Instance, Task
 from .rows import SOURCES, generated_include, include_list
 from .stages.bootstrap import build_prompt
 from .stages.calibrate import CALIBRATION_FILE, CLASSIFY_TEMPLATE, MIN_PER_CLASS
+from .stages.classify import classify_params
 from .stages.common import outcomes
 from .stages.evolve import OPERATIONS, answer_prompt, evolution_prompt, judge_prompt, lineages_left
 from .stages.instances import instance_prompt
@@ -95,6 +96,23 @@ def classifies_by_logprobs(cfg: RunConfig) -> bool:
     """classify.method as the run resolves it (stages/classify.uses_logprobs): auto = logprobs for in-process teachers."""
     method = cfg.classify.method
     return method == "logprobs" or (method == "auto" and cfg.teacher.spec.partition(":")[0] in IN_PROCESS)
+
+
+def teacher_api(cfg: RunConfig, run: RunDir) -> str:
+    """The api the run's teacher will send with: teacher.api as given. Auto is completions in process (teachers/hf.py),
+    chat with structured replies on or a batch_dir (no server to probe), else what the preflight of this run's last
+    session chose (the manifest's teacher entry, if it is the same teacher and server): a run that never reached
+    the server is counted at chat, the larger bound (it counted a llama.cpp run's classify 8x too high every time)."""
+    t = cfg.teacher
+    if t.api != "auto":
+        return t.api
+    if t.spec.partition(":")[0] in IN_PROCESS:
+        return "completions"
+    if t.structured == "on" or (t.batch and t.batch_dir):
+        return "chat"
+    recorded = run.manifest().get("teacher") or {}
+    same = recorded.get("name") == t.spec.strip() and (not t.base_url or recorded.get("base_url") == t.base_url)
+    return (recorded.get("api") or "chat") if same else "chat"
 
 
 def calibration_row(cfg: RunConfig, prompts: Prompts, seeds: list[Task], run: RunDir, model: str) -> dict[str, Any] | None:
@@ -251,8 +269,7 @@ def estimate_run(cfg: RunConfig, prompts: Prompts, seeds: list[Task], run: RunDi
         if calibration := calibration_row(cfg, prompts, seeds, run, models["classify"]):
             rows["classify_calibration"] = calibration
         # by log-probability one token; a chat reply has room for a sentence (classify.chat_max_tokens); a completion, 3
-        max_out = 1 if classifies_by_logprobs(cfg) else \
-            cfg.classify.max_tokens if cfg.teacher.api == "completions" else cfg.classify.chat_max_tokens
+        max_out = classify_params(cfg.classify, teacher_api(cfg, run), classifies_by_logprobs(cfg)).max_tokens
         rows["classify"] = row(models["classify"], max(0, n_tasks - len(outcomes(run, "classify"))),
                                prompts.render(CLASSIFY_TEMPLATE, instruction=example.instruction), max_out,
                                prompts.render(CLASSIFY_TEMPLATE, instruction=other.instruction))

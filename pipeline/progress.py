@@ -8,7 +8,10 @@ that classify rejected), `fail(n)`: units whose call failed, which stay pending.
 counted done, so a step whose calls failed never ends at 100%: "classify: 4/6 (67%), 2 failed,
 ended in 3s" (a re-run retries those 2). And `reject(n)`: units done with no usable reply (rejected,
 with the reason, in rejected.jsonl): counted done, and shown apart, so a judge whose replies were
-all unreadable does not read as all rated: "score: instances judged: 17/17 (100%), 8 unusable".
+all unreadable does not read as all rated: "score: instances judged: 17/17 (100%), 8 unusable". And `skip(n)`: units this session will not
+reach because a call before them in their chain failed (an evolve slot stops at its failed call, its later calls
+unsent): pending like the failed, but no failures of their own, so a run with 10 calls refused says "10 failed,
+110 not sent after a failed call", not "120 failed".
 
 On a terminal it draws a rich bar: counts, rate, elapsed time and ETA. Off one (a log file,
 CI, nohup, a pipe) a bar draws nothing, and a run that prints nothing for 23 minutes looks
@@ -84,6 +87,12 @@ def eta_seconds(done: float, total: float | None, per_s: float | None) -> float 
     return max(total - done, 0) / per_s
 
 
+def outcomes(unusable: int, failed: int, unsent: int) -> list[str]:
+    """The units that are not plainly done, each kind named apart ("8 unusable", "1 failed", "5 not sent ...")."""
+    return [*([f"{unusable} unusable"] if unusable else []), *([f"{failed} failed"] if failed else []),
+            *([f"{unsent} not sent after a failed call"] if unsent else [])]
+
+
 class PlainProgress:
     """Counts of one step as plain lines: at the start, at least every `every_s`, at the end."""
 
@@ -92,9 +101,14 @@ class PlainProgress:
         self.desc, self.total, self.write, self.every_s, self.clock = desc, total, write, every_s, clock
         self.done = self.first = done  # a resumed step counts on from `done`; its rate counts this run's only
         self.failed = 0  # units whose call failed this session: not done, pending
+        self.unsent = 0  # units not sent this session as a call before them failed: not done, pending, not failed
         self.unusable = 0  # units done this session with no usable reply (rejected): done, not rated
         self.short = False  # the step returned with work pending (a spent budget): it stopped, it is not done
         self.start = self.last_line = clock()
+        # When the count reached its total: a bar kept open after it (bootstrap's in `run`'s flow, until classify
+        # and instances end) says so, not "ETA 0s" at a falling rate, and its last line times what it did
+        self.complete_at: float | None = None
+        self.mark_complete()
         self.text = ""
         self.lock = threading.Lock()
         self.stopped = threading.Event()
@@ -114,7 +128,12 @@ class PlainProgress:
     def advance(self, n: int = 1) -> None:
         with self.lock:
             self.done += n
+            self.mark_complete()
         self.tick()
+
+    def mark_complete(self) -> None:
+        if self.complete_at is None and self.total is not None and self.done >= self.total:
+            self.complete_at = self.clock()
 
     def note(self, text: str) -> None:
         self.text = text
@@ -133,9 +152,15 @@ class PlainProgress:
             self.unusable += n
         self.advance(n)
 
+    def skip(self, n: int = 1) -> None:
+        with self.lock:
+            self.unsent += n
+        self.tick()
+
     def set_total(self, total: int | None) -> None:
         with self.lock:
             self.total = total
+            self.mark_complete()
 
     def due_in(self) -> float:
         return self.last_line + self.every_s - self.clock()
@@ -151,7 +176,8 @@ class PlainProgress:
         return True
 
     def rate(self) -> float | None:
-        elapsed = self.clock() - self.start
+        """This session's units per second, up to the count's completion if it came."""
+        elapsed = (self.clock() if self.complete_at is None else self.complete_at) - self.start
         return (self.done - self.first) / elapsed if elapsed > 0 and self.done > self.first else None
 
     def line(self, state: str = "") -> str:
@@ -159,16 +185,19 @@ class PlainProgress:
         counts = f"{self.done}/{self.total}" if self.total is not None else f"{self.done}"
         if self.total:
             counts += f" ({100 * self.done / self.total:.0f}%)"
-        parts = [counts, *([f"{self.unusable} unusable"] if self.unusable else []),
-                 *([f"{self.failed} failed"] if self.failed else [])]
+        parts = [counts, *outcomes(self.unusable, self.failed, self.unsent)]
         if state and self.first:  # a resumed step, at its start and end: what it had before this session
             parts.append(f"{self.first} from before this session")
         if state:
             parts.append(state)
+        elif self.complete_at is not None:
+            parts.append("complete before this session" if self.first and self.done == self.first else
+                         f"complete after {format_duration(self.complete_at - self.start)}")
+            parts.append(f"{format_duration(elapsed)} elapsed")
         else:
             parts.append(format_rate(per_s))
             if self.total is not None:
-                eta = eta_seconds(self.done + self.failed, self.total, per_s)
+                eta = eta_seconds(self.done + self.failed + self.unsent, self.total, per_s)
                 parts.append(f"ETA {format_duration(eta) if eta is not None else '?'}")
             parts.append(f"{format_duration(elapsed)} elapsed")
         if self.text:
@@ -181,7 +210,8 @@ class PlainProgress:
         # A step that ran through with calls failed is not done: its failed units are pending (exit 5); one that
         # returned short of its work (the budget spent: no call failed, the rest never sent) stopped
         state = "stopped" if failed else "ended" if self.failed else "stopped" if self.short else "done"
-        end = f"{state} in {format_duration(self.clock() - self.start)}"
+        until = self.complete_at if state == "done" and self.complete_at is not None else self.clock()
+        end = f"{state} in {format_duration(until - self.start)}"
         if self.rate():
             end += f" ({format_rate(self.rate())})"
         self.write(self.line(end))
@@ -199,7 +229,7 @@ class ElapsedColumn(ProgressColumn):
 
 class EtaColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
-        if task.finished:
+        if task.finished or (task.total is not None and task.completed >= task.total):  # added at its total, resumed
             return Text("")
         left = eta_seconds(task.completed, task.total, task.speed)
         return Text(f"ETA {format_duration(left) if left is not None else '?'}", style="progress.remaining")
@@ -230,7 +260,7 @@ class BarProgress:
                 entry = _live[id(console)] = [bar, 0]
             entry[1] += 1
         self.entry, self.bar, self.total = entry, entry[0], total
-        self.failed, self.unusable, self.text = 0, 0, ""
+        self.failed, self.unusable, self.unsent, self.text = 0, 0, 0, ""
         self.task = self.bar.add_task(desc, total=total, completed=done, note="")
 
     def __call__(self, n: int = 1) -> None:
@@ -255,10 +285,13 @@ class BarProgress:
         self.bar.update(self.task, note=self.shown())
         self.advance(n)
 
+    def skip(self, n: int = 1) -> None:
+        self.unsent += n
+        self.bar.update(self.task, note=self.shown())
+
     def shown(self) -> str:
-        """The note column: the units done unusable, the units failed (not counted done), then the step's note."""
-        return ", ".join([*([f"{self.unusable} unusable"] if self.unusable else []),
-                          *([f"{self.failed} failed"] if self.failed else []), *([self.text] if self.text else [])])
+        """The note column: the units done unusable, failed and not sent (neither counted done), the step's note."""
+        return ", ".join([*outcomes(self.unusable, self.failed, self.unsent), *([self.text] if self.text else [])])
 
     def set_total(self, total: int | None) -> None:
         self.total = total
@@ -310,7 +343,7 @@ def progress(desc: str, total: int | None, *, done: int = 0, console: Console | 
 
 
 class Silent:
-    """advance(n), note(text), fail(n), reject(n) and set_total(n) that show nothing."""
+    """advance(n), note(text), fail(n), reject(n), skip(n) and set_total(n) that show nothing."""
 
     total = None  # nothing to lower
 
@@ -324,6 +357,9 @@ class Silent:
         pass
 
     def reject(self, n: int = 1) -> None:
+        pass
+
+    def skip(self, n: int = 1) -> None:
         pass
 
     def set_total(self, total: int | None) -> None:

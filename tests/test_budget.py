@@ -371,6 +371,31 @@ def test_the_dry_run_counts_the_seed_calibration_of_a_log_probability_classify(t
     assert "classify_calibration" not in rows
 
 
+def test_the_dry_run_counts_classify_at_the_max_tokens_of_the_api_the_run_uses(fake_openai, tmp_path):
+    """The measured bug: with teacher.api auto, classify was counted at classify.chat_max_tokens (24) a call where the
+    run sent completions of classify.max_tokens (3): an in-process teacher, or a server whose completions endpoint
+    the run's preflight chose (recorded in the manifest), was estimated 8x too high."""
+    c = ClassifyConfig()
+    cfg = load_config(None, {"output_dir": str(tmp_path), "run_name": "hf", "bootstrap.num_instructions": 20,
+                             "classify.method": "text"})
+    s = Session(cfg)
+    assert estimate_run(cfg, s.prompts, s.seeds, s.run, None)["stages"]["classify"]["max_completion_tokens"] == \
+        20 * c.max_tokens  # the embedded teacher: api auto is completions in process
+    fake_openai.completions_endpoint = True
+    flags = [*map(str, teacher_flags(fake_openai, tmp_path)), "--num-instructions", "8"]
+    result = CliRunner().invoke(cli, ["run", *flags, "--set", 'stages=["bootstrap"]'])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r" / "manifest.json").read_text())["teacher"]["api"] == "completions"
+    result = CliRunner().invoke(cli, ["run", "--dry-run", *flags, "--set", 'stages=["bootstrap","classify"]'])
+    assert result.exit_code == 0, result.output
+    cells = next(x for x in result.output.splitlines() if x.strip("│ ").startswith("classify")).split("│")
+    assert [cells[3].strip(), cells[6].strip()] == ["8", f"{8 * c.max_tokens}"], result.output  # calls, at most
+    result = CliRunner().invoke(cli, ["run", "--dry-run", *flags, "--set", 'stages=["bootstrap","classify"]',
+                                      "--run-name", "fresh"])  # not probed yet: a chat reply's room, the bound
+    cells = next(x for x in result.output.splitlines() if x.strip("│ ").startswith("classify")).split("│")
+    assert [cells[3].strip(), cells[6].strip()] == ["8", f"{8 * c.chat_max_tokens}"], result.output
+
+
 def test_the_dry_run_stops_at_a_misspelt_stage_as_the_run_does(tmp_path):
     flags = ["run", "--output-dir", str(tmp_path), "--run-name", "r", "--set", 'stages=["bootstrap","clasify"]']
     for extra in (["--dry-run"], ["--teacher", "openai:m", "--base-url", "http://127.0.0.1:1/v1"]):

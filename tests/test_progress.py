@@ -119,6 +119,59 @@ def test_a_finished_run_run_again_counts_every_stage_as_done_before_not_0(fake_o
     assert "0/6" not in output
 
 
+def test_a_bar_at_its_total_still_open_says_when_it_got_there_not_an_eta():
+    """The measured bug: in `run`'s flow bootstrap's bar stays open until classify and instances end, and its line
+    said "20/20 (100%), 0.1/s, ETA 0s" every 30 s for minutes, its rate falling. At its total it says when it got
+    there, and its last line times what it did, not the wait."""
+    clock, out = FakeClock(), plain_console()
+    with progress("bootstrap: instructions kept", 20, console=out, every_s=30, clock=clock, heartbeat=False) as adv:
+        clock.now += 40
+        adv(20)
+        clock.now += 260
+        assert adv.tick()
+        assert lines(out)[-1] == "bootstrap: instructions kept: 20/20 (100%), complete after 40s, 5m00s elapsed"
+    assert lines(out)[-1] == "bootstrap: instructions kept: 20/20 (100%), done in 40s (30.0/min)"
+    clock, out = FakeClock(), plain_console()
+    with progress("bootstrap: instructions kept", 20, done=20, console=out, clock=clock, heartbeat=False) as adv:
+        clock.now += 300
+        assert adv.tick()
+        assert lines(out)[-1] == "bootstrap: instructions kept: 20/20 (100%), complete before this session, " \
+                                 "5m00s elapsed"  # it said "-/s, ETA ?"
+    clock, out = FakeClock(), plain_console()
+    with progress("instances", 6, console=out, every_s=30, clock=clock, heartbeat=False) as adv:
+        clock.now += 30
+        adv(5)
+        adv.set_total(5)  # its last task stopped at classify
+        clock.now += 30
+        assert adv.tick()
+        assert lines(out)[-1] == "instances: 5/5 (100%), complete after 30s, 1m00s elapsed"
+
+
+def test_on_a_terminal_a_bar_resumed_at_its_total_shows_no_eta():
+    """rich marks a task finished only when it advances to its total: a resumed run's bootstrap, complete before it
+    started, showed "ETA ?" beside 8/8 until classify and instances ended."""
+    out = Console(file=io.StringIO(), width=200, force_terminal=True, color_system=None)
+    with progress("bootstrap: instructions kept", 8, done=8, console=out) as advance:
+        advance.bar.refresh()
+        frame = out.file.getvalue().rsplit("\r", 1)[-1]
+    assert "8/8" in frame and "ETA" not in frame, frame
+
+
+def test_in_a_flow_bootstrap_at_its_target_claims_no_eta_while_the_stages_after_it_run(fake_openai, tmp_path,
+                                                                                        monkeypatch):
+    from helpers import invoke, teacher_flags
+
+    monkeypatch.setenv(PLAIN_EVERY_ENV, "0.02")
+    fake_openai.default_delay = 0.05  # classify's and instances' 16 calls take 0.8 s after bootstrap's few
+    output = invoke("run", *teacher_flags(fake_openai, tmp_path), "--num-instructions", 8,
+                    "--set", "teacher.concurrency=1", "--set", 'stages=["bootstrap","classify","instances"]').output
+    boot = [x for x in output.splitlines() if x.startswith("bootstrap: instructions kept: 8/8")]
+    waiting = boot[:-1]  # the last is the bar's end, with the flow's
+    assert waiting and all(re.fullmatch(r"bootstrap: instructions kept: 8/8 \(100%\), complete after \d+s, "
+                                        r"\d+s elapsed", x) for x in waiting), output
+    assert re.fullmatch(r"bootstrap: instructions kept: 8/8 \(100%\), done in \d+s \([\d.]+/(s|min)\)", boot[-1])
+
+
 def test_an_interrupted_step_says_stopped():
     clock, out = FakeClock(), plain_console()
     with pytest.raises(KeyboardInterrupt), progress("x", 5, console=out, clock=clock, heartbeat=False) as advance:
@@ -247,6 +300,30 @@ def test_units_whose_call_failed_are_not_counted_done():
         silent.fail(1)
 
 
+def test_units_not_sent_after_a_failed_call_are_neither_done_nor_failed():
+    """A chain of calls (an evolve slot) stops at its failed call: its later calls are counted apart, not as failed
+    (a run with about 10 calls refused said "120 failed"), and the ETA does not wait for them."""
+    clock, out = FakeClock(), plain_console()
+    with progress("evolve round 1/4, calls", 120, console=out, every_s=30, clock=clock, heartbeat=False) as advance:
+        clock.now += 30
+        advance(60)
+        advance.fail(1)
+        advance.skip(11)
+        clock.now += 30
+        assert advance.tick()
+        assert lines(out)[-1] == ("evolve round 1/4, calls: 60/120 (50%), 1 failed, 11 not sent after a failed call, "
+                                  "1.0/s, ETA 48s, 1m00s elapsed")
+    terminal = Console(file=io.StringIO(), width=200, force_terminal=True, color_system=None)
+    with progress("evolve", 12, console=terminal) as advance:
+        advance.fail(1)
+        advance.skip(11)
+        advance.bar.refresh()
+        frame = terminal.file.getvalue().rsplit("\r", 1)[-1]
+    assert re.search(r"evolve .*0/12 .*1 failed, 11 not sent after a failed call", frame), frame
+    with no_progress("x", 3) as silent:
+        silent.skip(1)
+
+
 def test_on_a_terminal_the_bar_names_its_failed_units_beside_its_note():
     out = Console(file=io.StringIO(), width=200, force_terminal=True, color_system=None)
     with progress("classify", 10, console=out) as advance:
@@ -278,7 +355,9 @@ def test_a_stage_whose_calls_failed_ends_short_and_says_its_pending_count_once(f
 
 def test_an_evolve_slot_stopped_by_a_failed_call_leaves_its_calls_out_of_the_count(fake_openai, tmp_path):
     """Evolve's bar counts calls: a slot whose call failed stops with its calls left pending, which the bar named
-    as nothing (it ended "12/18, done" above exit 5); the message said the slots to go twice."""
+    as nothing (it ended "12/18, done" above exit 5); the message said the slots to go twice. Then it counted them
+    all failed: a run with about 10 calls refused said "120 failed". One call failed; the slot's 5 others were
+    never sent, and the bar says so apart."""
     import json
 
     from helpers import invoke, teacher_flags
@@ -290,7 +369,8 @@ def test_an_evolve_slot_stopped_by_a_failed_call_leaves_its_calls_out_of_the_cou
     output = invoke("evolve", *teacher_flags(fake_openai, tmp_path), "--seeds", pool, "--rounds", 2,
                     "--set", "evolve.source=seeds", "--set", "teacher.concurrency=1", "--set", "teacher.max_retries=0",
                     expect=5).output
-    assert re.search(r"^evolve rounds 1-2, calls: 12/18 \(67%\), 6 failed, ended in \d+s", output, re.M), output
+    assert re.search(r"^evolve rounds 1-2, calls: 12/18 \(67%\), 1 failed, 5 not sent after a failed call, "
+                     r"ended in \d+s", output, re.M), output
     text = " ".join(output.split())
     assert text.endswith("1 teacher errors; run the same command again to retry what is pending "
                          "pending: evolve 1 slot with rounds to go"), text

@@ -1053,6 +1053,26 @@ def test_a_judges_article_a_is_no_verdict_for_answer_a():
     assert {text: parse_verdict(text) for text in said} == said
 
 
+def test_a_capital_article_and_the_forms_judges_write_are_read_as_they_mean():
+    """A capital "A" that starts a sentence ("A better answer is B.") was a vote for A; "A and B are equally good" was
+    one too, and "Both are equally good" no verdict. Replies of the shapes judges give to judge_pairwise.txt in its
+    8 tokens: the letter dressed up, named after a cue, named in a sentence, both named, a tie said in words."""
+    from pipeline.train.eval import parse_verdict
+
+    said = {
+        "A better answer is B.": "B", "A clear winner is B": "B", "A close call, but B.": "B",
+        "A more complete answer is A": "A", "**A**": "A", "**B**\n\nAnswer B covers": "B", "(B)": "B", "A.": "A",
+        "`B`": "B", "B\n\nExplanation: A lacks": "B", "Answer A": "A", "Answer: B": "B", "Verdict: B": "B",
+        "Verdict: tie": "tie", "Option A": "A", "The better answer is B.": "B", "I prefer B.": "B", "I'd pick A": "A",
+        "A is better.": "A", "A wins": "A", "A provides more detail": "A", "A, because it": "A", "A - it cites": "A",
+        "B is better than A": "B", "Answer A is better than B": "A", "Both are equally good.": "tie",
+        "Both answers are correct and": "tie", "Both A and B are good": "tie", "A and B are equally good": "tie",
+        "Answer A and Answer B are equally": "tie", "Equal": "tie", "They are the same.": "tie",
+        "Not equal: B is better": "B", "B's answer is clearer": "B", "Neither A nor B": None, "A and": None,
+    }
+    assert {text: parse_verdict(text) for text in said} == said
+
+
 def test_the_eval_line_of_a_judge_whose_every_reply_was_unreadable_says_so_not_none():
     from pipeline.train.eval import judge_words
 

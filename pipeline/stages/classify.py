@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from ..config import RunConfig
+from ..config import ClassifyConfig, RunConfig
 from ..context import Records, RunContext, StepResult
 from ..prompts import Prompts
 from ..records import Task
@@ -27,6 +27,17 @@ def uses_logprobs(teacher: Teacher, method: str) -> bool:
     return method == "logprobs" or (method == "auto" and teacher.describe().get("kind") == "hf")
 
 
+def classify_params(c: ClassifyConfig, api: str, by_logprobs: bool) -> GenParams:
+    """What each classify call asks of a teacher of `api` (chat or completions); the dry run counts its max_tokens."""
+    if by_logprobs:  # Yes/No by log-probability margin (stages/calibrate.py): one token, its alternatives
+        return GenParams(max_tokens=1, logprobs=c.top_logprobs)
+    # A completion runs on into the next "Task:", so it stops at the end of its line; a chat reply
+    # may open with a blank line ("\n\nYes"), which "\n" would cut to nothing, and ends by itself.
+    continues = api == "completions"
+    return GenParams(max_tokens=c.max_tokens if continues else c.chat_max_tokens, temperature=c.temperature,
+                     top_p=c.top_p, stop=("\n", "Task:") if continues else ())
+
+
 def run_classify(teacher: Teacher, tasks: Sequence[Task], cfg: RunConfig, run: RunDir, prompts: Prompts,
                  progress: ProgressFn | None = None) -> MapResult:
     task_map = classify_map(teacher, cfg, run, prompts, progress)
@@ -40,21 +51,17 @@ def classify_map(teacher: Teacher, cfg: RunConfig, run: RunDir, prompts: Prompts
     """The classify call of each task (common.TaskMap); None when the threshold's calibration on the seeds
     failed (a teacher error), which leaves every task pending."""
     c = cfg.classify
-    # A completion runs on into the next "Task:", so it stops at the end of its line; a chat reply
-    # may open with a blank line ("\n\nYes"), which "\n" would cut to nothing, and ends by itself.
-    continues = getattr(teacher, "api", "chat") == "completions"
-    params = GenParams(max_tokens=c.max_tokens if continues else c.chat_max_tokens, temperature=c.temperature,
-                       top_p=c.top_p, stop=("\n", "Task:") if continues else ())
+    params = classify_params(c, getattr(teacher, "api", "chat"), False)
     # {"answer": "Yes"} bound to the schema only with teacher.structured=on: bound to Yes|No, the embedded model said
     # Yes to 167 of 175 seed tasks (0.19 agreement with their labels) where its text answers agreed on 0.53, and
     # text Yes/No answers from chat models are read whole (benchmarks/RESULTS.md).
     if getattr(teacher, "structured", False) and getattr(teacher, "structured_setting", "") == "on":
         params = dataclasses.replace(params, stop=(), **schema_params("yes_no"))
     threshold = None
-    if uses_logprobs(teacher, c.method):  # Yes/No by log-probability margin (stages/calibrate.py)
+    if uses_logprobs(teacher, c.method):
         from ..seeds import load_seeds
 
-        params = GenParams(max_tokens=1, logprobs=c.top_logprobs)
+        params = classify_params(c, getattr(teacher, "api", "chat"), True)
         threshold = c.threshold
         if c.calibrate:
             calibration = seed_threshold(teacher, load_seeds(cfg.seed_tasks or None), params, run, prompts)

@@ -339,7 +339,8 @@ class _Evolver:
         """Stream every call of the lineages' remaining rounds through the teacher, at most `window`
         lineages under way at once; emit each slot's outcome the moment it is known, then start
         that lineage's next round. `advance` counts calls: 3 per slot-round, those an early outcome
-        makes unnecessary included. Returns the teacher errors: each leaves its lineage pending
+        makes unnecessary included; a failed call is counted failed and its lineage's calls after it not sent
+        (advance.fail, advance.skip). Returns the teacher errors: each leaves its lineage pending
         where it was."""
         rounds = self.e.rounds
         waiting = deque(x for x in lineages if x.round <= rounds)
@@ -375,7 +376,8 @@ class _Evolver:
                 in_flight += 1
                 yield req
 
-        fail = getattr(advance, "fail", None)  # the loop's bar has it: calls left pending are not counted done
+        # The loop's bar has them: the failed call, and the slot's calls after it (not sent), stay pending, not done
+        fail, skip = getattr(advance, "fail", None), getattr(advance, "skip", None)
         admit()
         for req, reply in self.teacher.stream(requests(), self.evolve_params, kind="evolve"):
             in_flight -= 1
@@ -383,8 +385,9 @@ class _Evolver:
             self.resent += reply.resent
             if not reply.ok:  # this lineage stops here, pending; another takes its place
                 errors += 1
-                if fail is not None:
-                    fail(3 * (rounds - s.round) + CALLS_LEFT[req.kind or "evolve"])  # this call and the rest
+                if fail is not None and skip is not None:
+                    fail(1)
+                    skip(3 * (rounds - s.round) + CALLS_LEFT[req.kind or "evolve"] - 1)
                 under_way -= 1
                 admit()
                 continue

@@ -502,19 +502,43 @@ def check_judge_budget(teacher: Any, result: dict[str, Any], run_dir: Path | Non
                             "so far are cached and cost nothing twice")
 
 
-# The first verdict word: "tie" in any case (with its article: "A tie." is no A), or a capital A or B. A lower-case
-# "a" is the article: read case-blind, "It's a tie." and "Both are a good fit; B is better" were verdicts for A.
-VERDICT = re.compile(r"\b(?i:(?:an?\s+)?(tie))\b|\b(A|B)\b")
+# A reply read word by word; the first verdict in it wins. A letter is a verdict unless it is one of two named
+# together ("A and B are equally good", "Both A and B", "Neither A nor B"), or a capital A that is the article: one
+# followed by a lower-case word ("A better answer is B.", "A tie.") is, unless that word says what A does ("A is
+# better", "A wins"). A lower-case "a" is always the article ("It's a tie."): only a reply of it alone is A.
+VERDICT_WORDS = re.compile(r"[A-Za-z']+|[^\sA-Za-z*_`#]")  # words and punctuation; markdown (**A**) dropped
+TIE_WORDS = frozenset({"tie", "equal", "equally", "same"})  # "Verdict: tie", "Both are equally good", "the same"
+NOT_WORDS = frozenset({"not", "no", "isn't", "aren't", "neither"})  # "Not equal: B is better" says no tie
+TOGETHER = frozenset({"and", "or", "nor", "&", "vs", "versus", "than", "both", "neither", "between"})
+CUES = frozenset({"answer", "answers", "response", "option"})  # "Answer A and Answer B": the words before a letter
+# What a judge writes after the letter A it chose; after the article A comes a noun or its adjective.
+AFTER_LETTER_A = frozenset({"is", "was", "wins", "won", "seems", "appears", "has", "provides", "gives", "offers",
+                            "does", "answers", "addresses", "follows", "because", "since", "as"})
 
 
 def parse_verdict(text: str) -> str | None:
-    """'A', 'B' or 'tie' from a judge's reply (first verdict word wins); None if there is none."""
+    """'A', 'B' or 'tie' from a judge's reply (the first verdict wins); None if there is none. A reply that
+    names no letter as a verdict but begins "Both" ("Both are correct") found no better one: a tie."""
     if (bare := text.strip().strip("*_.:`'\" ").lower()) in ("a", "b"):  # a reply of the letter alone, "a." too
         return bare.upper()
-    m = VERDICT.search(text)
-    if not m:
-        return None
-    return "tie" if m.group(1) else m.group(2)
+    words = VERDICT_WORDS.findall(text)
+    low = [w.lower() for w in words]
+    for i, word in enumerate(words):
+        word = word.removesuffix("'s")  # "B's answer is clearer"
+        if low[i] in TIE_WORDS and not NOT_WORDS & set(low[max(i - 2, 0):i]):
+            return "tie"
+        if word not in ("A", "B"):
+            continue
+        after = low[i + 1] if i + 1 < len(words) else ""
+        j = i - 1
+        while j >= 0 and low[j] in CUES:
+            j -= 1
+        if after in TOGETHER or (j >= 0 and low[j] in TOGETHER):
+            continue
+        if word == "A" and after.isalpha() and words[i + 1].islower() and after not in AFTER_LETTER_A:
+            continue  # the article
+        return word
+    return "tie" if low[:1] == ["both"] else None
 
 
 def judge_pairwise(teacher: Any, items: list[EvalItem], rng: random.Random, ci_seed: int = 0,
