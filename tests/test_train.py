@@ -1069,6 +1069,8 @@ def test_a_capital_article_and_the_forms_judges_write_are_read_as_they_mean():
         "Both answers are correct and": "tie", "Both A and B are good": "tie", "A and B are equally good": "tie",
         "Answer A and Answer B are equally": "tie", "Equal": "tie", "They are the same.": "tie",
         "Not equal: B is better": "B", "B's answer is clearer": "B", "Neither A nor B": None, "A and": None,
+        # a verb the list lacks after the letter A: with no B named, the A was the verdict
+        "A directly addresses the question.": "A", "A clearly explains each step": "A",
     }
     assert {text: parse_verdict(text) for text in said} == said
 

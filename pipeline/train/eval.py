@@ -523,6 +523,7 @@ def parse_verdict(text: str) -> str | None:
         return bare.upper()
     words = VERDICT_WORDS.findall(text)
     low = [w.lower() for w in words]
+    article = False  # a capital A read as the article: the verdict after all when the reply names no B
     for i, word in enumerate(words):
         word = word.removesuffix("'s")  # "B's answer is clearer"
         if low[i] in TIE_WORDS and not NOT_WORDS & set(low[max(i - 2, 0):i]):
@@ -536,8 +537,11 @@ def parse_verdict(text: str) -> str | None:
         if after in TOGETHER or (j >= 0 and low[j] in TOGETHER):
             continue
         if word == "A" and after.isalpha() and words[i + 1].islower() and after not in AFTER_LETTER_A:
-            continue  # the article
+            article = True  # the article, or a verb the list lacks ("A directly addresses it"): B decides
+            continue
         return word
+    if article and not any(w.removesuffix("'s") == "B" for w in words):
+        return "A"
     return "tie" if low[:1] == ["both"] else None
 
 
