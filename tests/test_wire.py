@@ -7,7 +7,16 @@ import openai
 import pytest
 
 from pipeline.teachers.base import GenParams
-from pipeline.teachers.wire import Client, Malformed, Sending, read_reply, request_body, status_error
+from pipeline.teachers.wire import (
+    Client,
+    Malformed,
+    Sending,
+    context_too_long,
+    is_context_error,
+    read_reply,
+    request_body,
+    status_error,
+)
 
 BODIES = [
     b'{"error": {"message": "This model\'s maximum context length is 4096 tokens", "type": "invalid_request_error"}}',
@@ -277,3 +286,87 @@ def test_a_direct_connection_never_imports_aiohttp(fake_openai, tmp_path):
     assert done.returncode == 0 and "run done" in done.stdout, done.stdout + done.stderr
     assert "bootstrap: 3 new instructions kept" in done.stderr
     assert "needs aiohttp to send through a proxy. Fix: pip install aiohttp" in done.stdout, done.stdout
+
+
+# What servers answer a request over the model's context, each as the server words it: (the body of its 400, whether
+# a smaller max_tokens could make the request fit). Where the prompt alone is over the context, halving max_tokens
+# sent the same refused prompt 3 more times.
+CONTEXT_ERRORS = [
+    # llama.cpp's llama-server (tools/server/server-context.cpp): the prompt alone is checked (n_tokens >= n_ctx),
+    # older and newer wordings, and the non-causal one (embeddings, rerank)
+    ({"code": 400, "message": "the request exceeds the available context size, try increasing it",
+      "type": "exceed_context_size_error", "n_prompt_tokens": 4476, "n_ctx": 4096}, False),
+    ({"code": 400, "message": "request (4476 tokens) exceeds the available context size (4096 tokens), try "
+      "increasing it", "type": "exceed_context_size_error", "n_prompt_tokens": 4476, "n_ctx": 4096}, False),
+    ({"code": 400, "message": "input (600 tokens) is larger than the max context size (512 tokens). skipping",
+      "type": "exceed_context_size_error"}, False),
+    # llama-cpp-python: Llama's own ValueError (the prompt alone; it shortens max_tokens itself), and its server's
+    # rewording of it in OpenAI's words, chat and completions
+    ({"message": "Requested tokens (9437) exceed context window of 8192", "type": "invalid_request_error"}, False),
+    ({"message": "This model's maximum context length is 512 tokens. However, you requested 628 tokens (600 in the "
+      "messages, 28 in the completion). Please reduce the length of the messages or completion.",
+      "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}, False),
+    ({"message": "This model's maximum context length is 512 tokens, however you requested 628 tokens (600 in your "
+      "prompt; 28 for the completion). Please reduce your prompt; or completion length.",
+      "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}, False),
+    # vLLM: the prompt and max_tokens together, older and newer wordings
+    ({"object": "error", "message": "This model's maximum context length is 4096 tokens. However, you requested 5000 "
+      "tokens (3000 in the messages, 2000 in the completion). Please reduce the length of the messages or "
+      "completion.", "type": "BadRequestError", "param": None, "code": 400}, True),
+    ({"object": "error", "message": "'max_tokens' or 'max_completion_tokens' is too large: 2000. This model's maximum "
+      "context length is 2048 tokens and your request has 100 input tokens (2000 > 2048 - 100).",
+      "type": "BadRequestError", "param": None, "code": 400}, True),
+    ({"object": "error", "message": "This model's maximum context length is 131072 tokens. However, you requested "
+      "65536 output tokens and your prompt contains at least 65537 input tokens, for a total of at least 131073 "
+      "tokens. Please reduce the length of the input prompt or the number of requested output tokens. "
+      "(parameter=input_tokens, value=65537)", "type": "BadRequestError", "param": "input_tokens", "code": 400}, True),
+    ({"object": "error", "message": "You passed 12289 input tokens and requested 4096 output tokens. However, the "
+      "model's context length is only 16384 tokens, resulting in a maximum input length of 12288 tokens. Please "
+      "reduce the length of the input prompt. (parameter=input_tokens, value=12289)",
+      "type": "BadRequestError", "param": "input_tokens", "code": 400}, True),
+    # vLLM: the prompt alone
+    ({"object": "error", "message": "This model's maximum context length is 4096 tokens. However, your request has "
+      "5000 input tokens. Please reduce the length of the input messages.",
+      "type": "BadRequestError", "param": "input_tokens", "code": 400}, False),
+    ({"object": "error", "message": "The decoder prompt (length 5951) is longer than the maximum model length of 4096. "
+      "Make sure that `max_model_len` is no smaller than the number of text tokens.",
+      "type": "BadRequestError", "param": None, "code": 400}, False),
+    ({"object": "error", "message": "The prompt (total length 25938) is too long to fit into the model (context "
+      "length 4096). Make sure that `max_model_len` is no smaller than the number of text tokens plus multimodal "
+      "tokens.", "type": "BadRequestError", "param": None, "code": 400}, False),
+    # Ollama (its runner's errorInputTooLong, where it does not truncate the prompt)
+    ({"message": "the input length exceeds the context length", "type": "invalid_request_error"}, False),
+    # OpenAI: the prompt and max_tokens together, the prompt alone, and the prompt over a model's input limit
+    ({"message": "This model's maximum context length is 8192 tokens. However, you requested 9850 tokens (7850 in the "
+      "messages, 2000 in the completion). Please reduce the length of the messages or completion.",
+      "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}, True),
+    ({"message": "This model's maximum context length is 128000 tokens. However, your messages resulted in 130021 "
+      "tokens. Please reduce the length of the messages.", "type": "invalid_request_error", "param": "messages",
+      "code": "context_length_exceeded"}, False),
+    ({"message": "Input tokens exceed the configured limit of 272000 tokens. Your messages resulted in 300007 tokens. "
+      "Please reduce the length of the messages.", "type": "invalid_request_error", "param": "messages",
+      "code": "context_length_exceeded"}, False),
+]
+OTHER_400S = [  # refusals that are not about the context: a smaller max_tokens changes nothing
+    {"message": "Unrecognized request argument supplied: seed", "type": "invalid_request_error"},
+    {"code": 400, "message": "Failed to parse grammar", "type": "invalid_request_error"},
+    {"object": "error", "message": "temperature must be non-negative, got -1.0.", "type": "BadRequestError"},
+]
+
+
+def bad_request(error: dict) -> openai.BadRequestError:
+    e = status_error(httpx.Response(400, json={"error": error}, request=httpx.Request("POST", "http://x/v1/chat")))
+    assert isinstance(e, openai.BadRequestError)
+    return e
+
+
+@pytest.mark.parametrize("error, shrinkable", CONTEXT_ERRORS, ids=lambda x: str(x)[:60] if isinstance(x, dict) else "")
+def test_each_servers_context_error_is_known_and_whether_a_shorter_reply_could_fit(error, shrinkable):
+    e = bad_request(error)
+    assert is_context_error(e), error["message"]
+    assert context_too_long(e).shrinkable is shrinkable, error["message"]
+
+
+@pytest.mark.parametrize("error", OTHER_400S)
+def test_other_refusals_are_not_context_errors(error):
+    assert not is_context_error(bad_request(error))

@@ -63,6 +63,7 @@ from .wire import (
     ContextTooLong,
     Malformed,
     Sending,
+    context_too_long,
     describe_error,
     is_context_error,
     read_reply,
@@ -290,7 +291,7 @@ class OpenAITeacher(BaseTeacher):
             reply = client.post(PATHS[api], body, timeout_s)
         except openai.BadRequestError as e:
             if is_context_error(e):
-                raise ContextTooLong() from e
+                raise context_too_long(e) from e
             if not schema_form and self.drop_refused(e, body):
                 return self._request(client, api, prompt, params, salt, max_tokens, timeout_s=timeout_s)
             raise
