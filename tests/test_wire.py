@@ -370,3 +370,55 @@ def test_each_servers_context_error_is_known_and_whether_a_shorter_reply_could_f
 @pytest.mark.parametrize("error", OTHER_400S)
 def test_other_refusals_are_not_context_errors(error):
     assert not is_context_error(bad_request(error))
+
+
+@pytest.fixture(scope="module")
+def sdk_errors():
+    """What the installed SDK raises, made by the SDK itself: for a refused connection, and for a server that takes
+    the connection and never answers. openai 3 sends through httpx2 and wraps its errors; httpx's never arrive."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # connected by the kernel, never answered
+    raised = {}
+    for name, port in (("refused", 1), ("timeout", silent.getsockname()[1])):
+        client = openai.OpenAI(api_key="x", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0, timeout=0.3)
+        with pytest.raises(openai.APIConnectionError) as e:
+            client.models.list()
+        raised[name] = e.value
+    silent.close()
+    return raised
+
+
+def test_what_the_sdk_raises_is_its_own_exception_that_each_path_knows(sdk_errors):
+    """The `except httpx.TransportError` clauses of the teacher's paths never matched: the SDK raises
+    openai.APIConnectionError (APITimeoutError for a timeout) from httpx2's error, and the wire client the same
+    from OSError or aiohttp's. What arrives is told apart by the openai classes alone."""
+    import threading
+    from types import SimpleNamespace
+
+    from pipeline.errors import TeacherUnavailable
+    from pipeline.teachers.batch_api import Calls
+    from pipeline.teachers.origin import RUN_TEACHER
+    from pipeline.teachers.wire import is_transient, refused, unavailable
+
+    refused_e, timeout_e = sdk_errors["refused"], sdk_errors["timeout"]
+    for e in (refused_e, timeout_e):
+        assert not isinstance(e, httpx.TransportError) and not isinstance(e.__cause__, httpx.TransportError)
+        assert type(e.__cause__).__module__.startswith("httpx2") and is_transient(e)
+    assert refused(refused_e) and unavailable(refused_e)
+    assert isinstance(timeout_e, openai.APITimeoutError) and not refused(timeout_e)
+    assert type(timeout_e.__cause__).__name__ == "ReadTimeout"  # what the preflight takes for a slow server
+    events: list[str] = []
+    calls = Calls("http://127.0.0.1:1/v1", 0.0, events.append, SimpleNamespace(origin=RUN_TEACHER,
+                                                                                stop=threading.Event()))
+
+    def fails(e: Exception):
+        def call():
+            raise e
+        return call
+
+    for e in (refused_e, timeout_e):  # a Batch API files or batches call: an outage, waited out, then named
+        with pytest.raises(TeacherUnavailable, match="did not answer for 0 s"):
+            calls(fails(e), "list the batches")

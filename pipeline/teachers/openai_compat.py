@@ -46,7 +46,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import openai
 
 from ..config import TeacherConfig
@@ -276,7 +275,7 @@ class OpenAITeacher(BaseTeacher):
             self._request(self._probes[ep], self.api, PROBE_PROMPT, GenParams(max_tokens=1), None,
                           timeout_s=min(self.timeout_s, PROBE_TIMEOUT_S))
             return True
-        except (openai.APIError, httpx.TransportError, Malformed, ContextTooLong, ValueError):
+        except (openai.APIError, Malformed, ContextTooLong, ValueError):
             return False
 
     def _send(self, client: Client, req: Request, params: GenParams, max_tokens: int) -> Completion:

@@ -81,7 +81,7 @@ class Retries:
                 self.failover.halt(stop)
                 error = self.describe(e)
                 break
-            except (openai.APIError, httpx.TransportError, Malformed, ValueError) as e:  # retries spent, 400
+            except (openai.APIError, Malformed, ValueError) as e:  # retries spent, 400
                 error = self.describe(e)
                 refused = e if refusal(e) else None
                 break

@@ -457,7 +457,7 @@ def refusal(e: BaseException | None) -> bool:
 
 
 def is_transient(e: BaseException) -> bool:
-    if isinstance(e, (Malformed, httpx.TransportError)):
+    if isinstance(e, Malformed):
         return True
     if isinstance(e, (openai.RateLimitError, openai.APITimeoutError, openai.APIConnectionError,
                       openai.InternalServerError)):
