@@ -18,10 +18,10 @@ from typing import Any
 from .config import RunConfig, load_config
 from .errors import InputError, Seed2LoraError, is_secret_name
 from .records import Task
-from .runner import STEPS, Session
+from .runner import FOLDER_STEPS, STEPS, Session
 
 # The stages that keep records in a file of their own (export, train and eval write folders)
-RECORD_STAGES = [s.name for s in STEPS if s.name not in ("export", "train", "eval")]
+RECORD_STAGES = [s.name for s in STEPS if s.name not in FOLDER_STEPS]
 
 
 class Run:
@@ -70,7 +70,8 @@ class Run:
     @classmethod
     def open(cls, run_dir: str | Path, settings: dict[str, Any] | None = None, *, progress: bool = True,
              log: Callable[[str], None] | None = None) -> Run:
-        """An existing run with the config its manifest recorded (then `settings` on top), to go on or read it."""
+        """An existing run with the config its manifest recorded (then `settings` on top), to go on or read it. A
+        setting that differs goes on, as the CLI's --set; the manifest records it once a step makes records with it."""
         from .config import recorded_config
         from .store import RunDir
 

@@ -269,10 +269,12 @@ class RunContext:
         self.kept_tables: set[str] = set()
         self.steps: list[str] = []  # the steps it runs, in order: what a step's check finds written when its turn comes
         self.step_tables: set[str] = set()  # those of the steps it runs: the teacher's stop names their left-out too
+        self.folder_tables: set[str] = set()  # those of its steps that write a folder (runner.FOLDER_STEPS)
         self._judge: Teacher | None = None  # score's judge when [score.teacher] names its own
         self._cache: ResponseCache | None = None
         self._budget: Budget | None = None  # the session's one budget, shared by the teacher and the judge
         self._attached: dict[int, Teacher] = {}  # the teachers attached to this run's cache, by id
+        self.records_at_start = self.run.records_version()  # what tells whether this session has made a record
 
     @classmethod
     def of_run(cls, run_dir: str | Path, log: Log | None = None, session_tag: str = "") -> RunContext:
@@ -418,32 +420,24 @@ class RunContext:
         if self._budget is not None:  # a teacher or judge is attached: usage and spend of every model
             fields["usage"] = self.cache.usage()
             fields.setdefault("spend", self._budget.spend())
-        if self._teacher is not None and id(self._teacher) in self._attached:
+        # What the records were made with (config, prompts, teacher, seeds) is this session's once it has written
+        # one; before, it stays as recorded: a finished run opened with other seeds to read it, or resumed with
+        # nothing left to do, made nothing with them (the manifest said the run was made from them).
+        made = self.run.records_version() != self.records_at_start or not self.run.manifest().get("config")
+        if made and self._teacher is not None and id(self._teacher) in self._attached:
             fields.setdefault("teacher", self._teacher.describe())
-        m = self.run.update_manifest(
-            seed2lora_version=__version__, command=self.command_line(),
-            config=self.recorded_config(), packages=package_versions(), prompts=self.prompts.hashes(), **fields)
+        if made:
+            fields.setdefault("prompts", self.prompts.hashes())
+        m = self.run.update_manifest(seed2lora_version=__version__, command=self.command_line(),
+                                     config=self.recorded_config(made), packages=package_versions(), **fields)
+        if not made:
+            return m
         seeds = seeds_record(seeds_used(m, importing=self.importing), self.cfg.seed_tasks, lambda: len(self.seeds))
         return m if all(m.get(k, 0) == v for k, v in seeds.items()) else self.run.update_manifest(**seeds)
 
-    def recorded_config(self) -> dict[str, Any]:
-        """This command's config for the manifest, but for the MODEL_TABLES it built no model from: those stay as
-        the manifest had them, so the run's config keeps naming the teacher (and judges) that made its records."""
-        config = self.cfg.to_dict()
-        before = self.run.manifest().get("config") or {}
-        for table in self.kept_tables:
-            if isinstance(before.get(table), dict):
-                config[table] = before[table]
-        for dotted in MODEL_TABLES:
-            if dotted in self.uses:
-                continue
-            *parents, key = dotted.split(".")
-            old, new = before, config
-            for part in parents:
-                old, new = old.get(part) if isinstance(old, dict) else None, new[part]
-            if isinstance(old, dict) and key in old:
-                new[key] = old[key]
-        return config
+    def recorded_config(self, made: bool = True) -> dict[str, Any]:
+        """This command's config for the manifest (config_to_record)."""
+        return config_to_record(self, made)
 
     def every(self, n: int = USAGE_EVERY) -> Callable[[int], None]:
         """A callback for replies handled so far: refreshes the manifest (usage, spend) every n of them, at most
@@ -512,6 +506,30 @@ def is_run_file(path: str | Path) -> bool:
     for _, obj in read_jsonl(path, strict=False):
         return "stage" in obj and "origin" in obj
     return False
+
+
+def config_to_record(ctx: RunContext, made: bool = True) -> dict[str, Any]:
+    """This command's config for the manifest, but for the MODEL_TABLES it built no model from: those stay as
+    the manifest had them, so the run's config keeps naming the teacher (and judges) that made its records.
+    Not `made` (no record written yet): all as the manifest had it, but for the tables of the steps that write
+    a folder (export, train, eval) that it runs."""
+    config = ctx.cfg.to_dict()
+    before = ctx.run.manifest().get("config") or {}
+    if not made:
+        return {**config, **{k: v for k, v in before.items() if k not in ctx.folder_tables}}
+    for table in ctx.kept_tables:
+        if isinstance(before.get(table), dict):
+            config[table] = before[table]
+    for dotted in MODEL_TABLES:
+        if dotted in ctx.uses:
+            continue
+        *parents, key = dotted.split(".")
+        old, new = before, config
+        for part in parents:
+            old, new = old.get(part) if isinstance(old, dict) else None, new[part]
+        if isinstance(old, dict) and key in old:
+            new[key] = old[key]
+    return config
 
 
 def left_out_settings(ctx: RunContext, tables: set[str], teacher: bool,

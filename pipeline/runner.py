@@ -72,6 +72,7 @@ STEPS = [
     Step("eval", later("pipeline.train.steps", "eval_step"), tables=("eval", "train", "export"),
          check=later("pipeline.train.steps", "eval_check")),
 ]
+FOLDER_STEPS = ("export", "train", "eval")  # steps writing a folder, not records (RunContext.recorded_config)
 
 
 def use_tables(ctx: RunContext, steps: list[Step]) -> bool:
@@ -79,6 +80,7 @@ def use_tables(ctx: RunContext, steps: list[Step]) -> bool:
     (step_tables; the others stay as the manifest had them: kept_tables); whether one calls the run's teacher."""
     ctx.steps, ctx.step_tables = [s.name for s in steps], {t for s in steps for t in s.tables}
     ctx.kept_tables = {t for s in STEPS for t in s.tables} - ctx.step_tables
+    ctx.folder_tables = {t for s in steps if s.name in FOLDER_STEPS for t in s.tables}
     return any(s.teacher == "teacher" for s in steps)
 
 

@@ -300,6 +300,10 @@ class RunDir:
     def stage_file(self, stage: str) -> Path:
         return self.path / f"{stage}.jsonl"
 
+    def records_version(self) -> tuple[tuple[str, tuple[int, int, int] | None], ...]:
+        """The state of the run's record files (each stage's JSONL and rejected.jsonl): a record written changes it."""
+        return tuple(sorted((p.name, file_version(p)) for p in self.path.glob("*.jsonl")))
+
     @property
     def rejected_file(self) -> Path:
         return self.path / REJECTED

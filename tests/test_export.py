@@ -758,7 +758,7 @@ def test_a_run_trained_without_an_export_is_read_with_its_own_export_settings(tm
     assert not any(r["origin"] == "seed" for r in load_rows(run, ExportConfig(include_seeds=False)).train)
     given = {}
 
-    def fake_train(data, cfg, log=print, progress=None, export=None):
+    def fake_train(data, cfg, log=print, progress=None, export=None, rows=None):
         given.update(data=data, export=export)
         return {"steps": 1, "eval_losses": {"first": 1.0, "last": 0.5}}
 

@@ -91,6 +91,23 @@ def test_context_length_error_halves_max_tokens(fake_openai):
     assert [h["body"]["max_tokens"] for h in fake_openai.history] == [50, 25]
 
 
+@pytest.mark.parametrize("error", [
+    {"code": 400, "message": "request (600 tokens) exceeds the available context size (512 tokens), try increasing it",
+     "type": "exceed_context_size_error", "n_prompt_tokens": 600, "n_ctx": 512},  # llama.cpp's llama-server
+    {"object": "error", "message": "This model's maximum context length is 512 tokens. However, your request has 600 "
+     "input tokens. Please reduce the length of the input messages.", "type": "BadRequestError", "code": 400},  # vLLM
+])
+def test_a_prompt_alone_over_the_context_is_sent_once_and_not_counted_against_the_server(fake_openai, error):
+    """llama.cpp's wording was not known as a context error: its refusal counted as a failed answer toward
+    teacher.max_consecutive_failures. vLLM's prompt-alone one was, and the prompt was sent 4 times, max_tokens
+    halved, where no max_tokens could make it fit."""
+    fake_openai.enqueue({"error": error}, status=400)
+    t = teacher(fake_openai)
+    (c,) = t.generate(["x"], PARAMS, kind="k")
+    assert (c.ok, c.error) == (False, "prompt longer than the model's context")
+    assert len(fake_openai.history) == 1 and t._failures_in_row == 0
+
+
 def test_empty_choices_and_malformed_json_are_retried_then_counted(fake_openai):
     fake_openai.enqueue({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []})
     fake_openai.enqueue(b"{not json")

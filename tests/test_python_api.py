@@ -355,3 +355,30 @@ def test_one_run_config_given_to_two_runs_makes_two_runs_and_is_left_as_it_was(t
         a.export()
     a.close()
     b.close()
+
+
+def test_a_finished_run_opened_with_other_seeds_keeps_its_manifest_until_a_record_is_made_with_them(fake_openai,
+                                                                                                     tmp_path):
+    """Run.open(run, {"seed_tasks": other}).run() on a finished run made nothing, and the manifest then said the run
+    was made from the other file (seed_tasks, seed_file, num_seeds). As the CLI takes a setting named on purpose,
+    it goes on: recorded once a step makes records with it (filter, run whole against the other seeds)."""
+    from conftest import ROOT
+
+    seeds = (ROOT / "seeds" / "seed_tasks.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    (tmp_path / "other.jsonl").write_text("".join(seeds[:20]), encoding="utf-8")
+    with Run(settings={"bootstrap.num_instructions": 3}, teacher="openai:fake-model", base_url=fake_openai.url,
+             name="r", output_dir=tmp_path, progress=False, log=lambda line: None) as run:
+        run.run()
+        made = run.manifest()
+
+    def as_made(m):
+        return m["config"], m["seed_file"], m["num_seeds"], m["prompts"], m["teacher"]
+
+    other = {"seed_tasks": str(tmp_path / "other.jsonl")}
+    with Run.open(tmp_path / "r", other, progress=False, log=lambda line: None) as again:
+        assert len(again.records("bootstrap")) == 3
+        again.run(["bootstrap", "classify", "instances"])  # nothing left to make
+        assert as_made(again.manifest()) == as_made(made)
+        again.run("filter")
+        now = again.manifest()
+    assert (now["config"]["seed_tasks"], now["num_seeds"]) == (other["seed_tasks"], 20)

@@ -1262,7 +1262,7 @@ def test_a_retrain_on_new_data_starts_over_once_and_then_resumes(tmp_path, monke
     (adapter / "training_summary.json").write_text(json.dumps(done))
     resumes = []
 
-    def interrupted(data, train_cfg, log, progress=None, export=None):
+    def interrupted(data, train_cfg, log, progress=None, export=None, rows=None):
         resumes.append(train_cfg.resume)
         raise KeyboardInterrupt
 
@@ -1294,7 +1294,7 @@ def test_the_train_step_refuses_an_export_older_than_the_runs_records_and_trains
     write_jsonl_atomic(run.stage_file("filter"), tasks[:2])
     export(run, cfg.export)
     trained = []
-    monkeypatch.setattr(trainer, "train", lambda data, train_cfg, log, progress=None, export=None: trained.append(data) or
+    monkeypatch.setattr(trainer, "train", lambda data, train_cfg, log, progress=None, export=None, rows=None: trained.append(data) or
                         {"steps": 1, "eval_losses": {"first": 1.0, "last": 0.5}})
     write_jsonl_atomic(run.stage_file("filter"), tasks[:2])  # a re-run of filter: the same bytes
     train_step(Session(cfg).ctx, None)
@@ -1343,7 +1343,7 @@ def test_a_finished_adapter_is_kept_when_only_a_resource_setting_changed(tmp_pat
     where, cfg, adapter, done = finished_adapter(tmp_path)
     (adapter / "training_summary.json").write_text(json.dumps(done))
     trained = []
-    monkeypatch.setattr(trainer, "train", lambda data, train_cfg, log, progress=None, export=None: trained.append(train_cfg)
+    monkeypatch.setattr(trainer, "train", lambda data, train_cfg, log, progress=None, export=None, rows=None: trained.append(train_cfg)
                         or {"steps": 1, "eval_losses": {"first": None, "last": None}})
     resources = {"train.activation_memory_gb": 0.5, "train.save_steps": 7, "train.eval_steps": 3,
                  "train.gradient_checkpointing": False, "train.resume": False, "train.logging_steps": 5}
@@ -1380,7 +1380,7 @@ def test_a_retrain_for_new_settings_starts_over_but_a_longer_run_goes_on(tmp_pat
     summary = adapter / "training_summary.json"
     resumes = []
 
-    def interrupted(data, train_cfg, log, progress=None, export=None):
+    def interrupted(data, train_cfg, log, progress=None, export=None, rows=None):
         resumes.append(train_cfg.resume)
         raise KeyboardInterrupt
 
@@ -1485,3 +1485,42 @@ def test_checkpoints_resume_across_the_16_bit_dropout_masks_but_not_another_path
     with pytest.raises(Seed2LoraError, match="training_path"):
         check_resumable(tmp_path, {"lora_r": 8, "training_path": "QLoRA on an NF4 base, fp32 compute on CPU, "
                                                                   "adamw_torch" + CHEAP_DROPOUT_NOTE})
+
+
+def test_a_retrain_in_the_runs_train_step_loads_the_runs_rows_once(tiny_model, tmp_path, monkeypatch):
+    """The train step read the run's rows for the fingerprint it compares with the finished adapter's, and training
+    read them again (a run of 50,000 rows, decontaminated, read twice). Now once: the same rows fingerprinted and
+    trained on."""
+    import pipeline.train.data as data
+    import pipeline.train.trainer as trainer
+    from pipeline.config import load_config
+    from pipeline.records import Instance, Task
+    from pipeline.runner import Session
+    from pipeline.store import RunDir, write_jsonl_atomic
+    from pipeline.train.steps import train_step
+
+    cfg = load_config(None, {"output_dir": str(tmp_path), "run_name": "r", "train.model": str(tiny_model),
+                             "train.max_steps": 1})
+    run = RunDir(cfg.run_dir).ensure()
+    write_jsonl_atomic(run.stage_file("filter"), [Task(id=f"t{i}", instruction=f"Name colour number {i}.",
+                                                       instances=[Instance(output="Blue.")]) for i in range(4)])
+    session = Session(cfg)
+    session.adapter_dir.mkdir(parents=True)
+    summary = {"config": dataclasses.asdict(dataclasses.replace(cfg.train, output_dir=str(session.adapter_dir))),
+               "data_sha256": "old rows"}
+    (session.adapter_dir / "training_summary.json").write_text(json.dumps(summary))
+    loads, prepared = [], []
+
+    def counted(*args, **kwargs):
+        loads.append(args[0])
+        return load_rows(*args, **kwargs)
+
+    load_rows = data.load_rows
+    monkeypatch.setattr(data, "load_rows", counted)
+    monkeypatch.setattr(trainer, "load_rows", counted)
+    monkeypatch.setattr(trainer, "fit", lambda p, log: prepared.append(p) or {"steps": 0, "eval_losses": {
+        "first": None, "last": None}})
+    train_step(session.ctx, None)
+    assert len(loads) == 1, loads
+    rows = load_rows(run.path, cfg.export)
+    assert (prepared[0].rows.train, prepared[0].stats["data_sha256"]) == (rows.train, data.rows_fingerprint(rows))

@@ -7,7 +7,16 @@ import openai
 import pytest
 
 from pipeline.teachers.base import GenParams
-from pipeline.teachers.wire import Client, Malformed, Sending, read_reply, request_body, status_error
+from pipeline.teachers.wire import (
+    Client,
+    Malformed,
+    Sending,
+    context_too_long,
+    is_context_error,
+    read_reply,
+    request_body,
+    status_error,
+)
 
 BODIES = [
     b'{"error": {"message": "This model\'s maximum context length is 4096 tokens", "type": "invalid_request_error"}}',
@@ -277,3 +286,139 @@ def test_a_direct_connection_never_imports_aiohttp(fake_openai, tmp_path):
     assert done.returncode == 0 and "run done" in done.stdout, done.stdout + done.stderr
     assert "bootstrap: 3 new instructions kept" in done.stderr
     assert "needs aiohttp to send through a proxy. Fix: pip install aiohttp" in done.stdout, done.stdout
+
+
+# What servers answer a request over the model's context, each as the server words it: (the body of its 400, whether
+# a smaller max_tokens could make the request fit). Where the prompt alone is over the context, halving max_tokens
+# sent the same refused prompt 3 more times.
+CONTEXT_ERRORS = [
+    # llama.cpp's llama-server (tools/server/server-context.cpp): the prompt alone is checked (n_tokens >= n_ctx),
+    # older and newer wordings, and the non-causal one (embeddings, rerank)
+    ({"code": 400, "message": "the request exceeds the available context size, try increasing it",
+      "type": "exceed_context_size_error", "n_prompt_tokens": 4476, "n_ctx": 4096}, False),
+    ({"code": 400, "message": "request (4476 tokens) exceeds the available context size (4096 tokens), try "
+      "increasing it", "type": "exceed_context_size_error", "n_prompt_tokens": 4476, "n_ctx": 4096}, False),
+    ({"code": 400, "message": "input (600 tokens) is larger than the max context size (512 tokens). skipping",
+      "type": "exceed_context_size_error"}, False),
+    # llama-cpp-python: Llama's own ValueError (the prompt alone; it shortens max_tokens itself), and its server's
+    # rewording of it in OpenAI's words, chat and completions
+    ({"message": "Requested tokens (9437) exceed context window of 8192", "type": "invalid_request_error"}, False),
+    ({"message": "This model's maximum context length is 512 tokens. However, you requested 628 tokens (600 in the "
+      "messages, 28 in the completion). Please reduce the length of the messages or completion.",
+      "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}, False),
+    ({"message": "This model's maximum context length is 512 tokens, however you requested 628 tokens (600 in your "
+      "prompt; 28 for the completion). Please reduce your prompt; or completion length.",
+      "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}, False),
+    # vLLM: the prompt and max_tokens together, older and newer wordings
+    ({"object": "error", "message": "This model's maximum context length is 4096 tokens. However, you requested 5000 "
+      "tokens (3000 in the messages, 2000 in the completion). Please reduce the length of the messages or "
+      "completion.", "type": "BadRequestError", "param": None, "code": 400}, True),
+    ({"object": "error", "message": "'max_tokens' or 'max_completion_tokens' is too large: 2000. This model's maximum "
+      "context length is 2048 tokens and your request has 100 input tokens (2000 > 2048 - 100).",
+      "type": "BadRequestError", "param": None, "code": 400}, True),
+    ({"object": "error", "message": "This model's maximum context length is 131072 tokens. However, you requested "
+      "65536 output tokens and your prompt contains at least 65537 input tokens, for a total of at least 131073 "
+      "tokens. Please reduce the length of the input prompt or the number of requested output tokens. "
+      "(parameter=input_tokens, value=65537)", "type": "BadRequestError", "param": "input_tokens", "code": 400}, True),
+    ({"object": "error", "message": "You passed 12289 input tokens and requested 4096 output tokens. However, the "
+      "model's context length is only 16384 tokens, resulting in a maximum input length of 12288 tokens. Please "
+      "reduce the length of the input prompt. (parameter=input_tokens, value=12289)",
+      "type": "BadRequestError", "param": "input_tokens", "code": 400}, True),
+    # vLLM: the prompt alone
+    ({"object": "error", "message": "This model's maximum context length is 4096 tokens. However, your request has "
+      "5000 input tokens. Please reduce the length of the input messages.",
+      "type": "BadRequestError", "param": "input_tokens", "code": 400}, False),
+    ({"object": "error", "message": "The decoder prompt (length 5951) is longer than the maximum model length of 4096. "
+      "Make sure that `max_model_len` is no smaller than the number of text tokens.",
+      "type": "BadRequestError", "param": None, "code": 400}, False),
+    ({"object": "error", "message": "The prompt (total length 25938) is too long to fit into the model (context "
+      "length 4096). Make sure that `max_model_len` is no smaller than the number of text tokens plus multimodal "
+      "tokens.", "type": "BadRequestError", "param": None, "code": 400}, False),
+    # Ollama (its runner's errorInputTooLong, where it does not truncate the prompt)
+    ({"message": "the input length exceeds the context length", "type": "invalid_request_error"}, False),
+    # OpenAI: the prompt and max_tokens together, the prompt alone, and the prompt over a model's input limit
+    ({"message": "This model's maximum context length is 8192 tokens. However, you requested 9850 tokens (7850 in the "
+      "messages, 2000 in the completion). Please reduce the length of the messages or completion.",
+      "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}, True),
+    ({"message": "This model's maximum context length is 128000 tokens. However, your messages resulted in 130021 "
+      "tokens. Please reduce the length of the messages.", "type": "invalid_request_error", "param": "messages",
+      "code": "context_length_exceeded"}, False),
+    ({"message": "Input tokens exceed the configured limit of 272000 tokens. Your messages resulted in 300007 tokens. "
+      "Please reduce the length of the messages.", "type": "invalid_request_error", "param": "messages",
+      "code": "context_length_exceeded"}, False),
+]
+OTHER_400S = [  # refusals that are not about the context: a smaller max_tokens changes nothing
+    {"message": "Unrecognized request argument supplied: seed", "type": "invalid_request_error"},
+    {"code": 400, "message": "Failed to parse grammar", "type": "invalid_request_error"},
+    {"object": "error", "message": "temperature must be non-negative, got -1.0.", "type": "BadRequestError"},
+]
+
+
+def bad_request(error: dict) -> openai.BadRequestError:
+    e = status_error(httpx.Response(400, json={"error": error}, request=httpx.Request("POST", "http://x/v1/chat")))
+    assert isinstance(e, openai.BadRequestError)
+    return e
+
+
+@pytest.mark.parametrize("error, shrinkable", CONTEXT_ERRORS, ids=lambda x: str(x)[:60] if isinstance(x, dict) else "")
+def test_each_servers_context_error_is_known_and_whether_a_shorter_reply_could_fit(error, shrinkable):
+    e = bad_request(error)
+    assert is_context_error(e), error["message"]
+    assert context_too_long(e).shrinkable is shrinkable, error["message"]
+
+
+@pytest.mark.parametrize("error", OTHER_400S)
+def test_other_refusals_are_not_context_errors(error):
+    assert not is_context_error(bad_request(error))
+
+
+@pytest.fixture(scope="module")
+def sdk_errors():
+    """What the installed SDK raises, made by the SDK itself: for a refused connection, and for a server that takes
+    the connection and never answers. openai 3 sends through httpx2 and wraps its errors; httpx's never arrive."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # connected by the kernel, never answered
+    raised = {}
+    for name, port in (("refused", 1), ("timeout", silent.getsockname()[1])):
+        client = openai.OpenAI(api_key="x", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0, timeout=0.3)
+        with pytest.raises(openai.APIConnectionError) as e:
+            client.models.list()
+        raised[name] = e.value
+    silent.close()
+    return raised
+
+
+def test_what_the_sdk_raises_is_its_own_exception_that_each_path_knows(sdk_errors):
+    """The `except httpx.TransportError` clauses of the teacher's paths never matched: the SDK raises
+    openai.APIConnectionError (APITimeoutError for a timeout) from httpx2's error, and the wire client the same
+    from OSError or aiohttp's. What arrives is told apart by the openai classes alone."""
+    import threading
+    from types import SimpleNamespace
+
+    from pipeline.errors import TeacherUnavailable
+    from pipeline.teachers.batch_api import Calls
+    from pipeline.teachers.origin import RUN_TEACHER
+    from pipeline.teachers.wire import is_transient, refused, unavailable
+
+    refused_e, timeout_e = sdk_errors["refused"], sdk_errors["timeout"]
+    for e in (refused_e, timeout_e):
+        assert not isinstance(e, httpx.TransportError) and not isinstance(e.__cause__, httpx.TransportError)
+        assert type(e.__cause__).__module__.startswith("httpx2") and is_transient(e)
+    assert refused(refused_e) and unavailable(refused_e)
+    assert isinstance(timeout_e, openai.APITimeoutError) and not refused(timeout_e)
+    assert type(timeout_e.__cause__).__name__ == "ReadTimeout"  # what the preflight takes for a slow server
+    events: list[str] = []
+    calls = Calls("http://127.0.0.1:1/v1", 0.0, events.append, SimpleNamespace(origin=RUN_TEACHER,
+                                                                                stop=threading.Event()))
+
+    def fails(e: Exception):
+        def call():
+            raise e
+        return call
+
+    for e in (refused_e, timeout_e):  # a Batch API files or batches call: an outage, waited out, then named
+        with pytest.raises(TeacherUnavailable, match="did not answer for 0 s"):
+            calls(fails(e), "list the batches")

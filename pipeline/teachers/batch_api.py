@@ -15,7 +15,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import httpx
 import openai
 
 from ..errors import Incomplete, InputError, TeacherError, TeacherUnavailable
@@ -124,8 +123,7 @@ class Calls:
                 return fn()
             except FATAL as e:
                 raise TeacherError(f"{self.url}: {self.describe(e)}") from None
-            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError,
-                    httpx.TransportError) as e:
+            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as e:
                 if time.monotonic() + wait > deadline:
                     raise TeacherUnavailable(f"{self.url} did not answer for {self.outage_wait_s:.0f} s "
                                              f"({self.origin.key('outage_wait_s')}) trying to {what}: "

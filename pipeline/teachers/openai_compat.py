@@ -46,7 +46,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import openai
 
 from ..config import TeacherConfig
@@ -63,6 +62,7 @@ from .wire import (
     ContextTooLong,
     Malformed,
     Sending,
+    context_too_long,
     describe_error,
     is_context_error,
     read_reply,
@@ -275,7 +275,7 @@ class OpenAITeacher(BaseTeacher):
             self._request(self._probes[ep], self.api, PROBE_PROMPT, GenParams(max_tokens=1), None,
                           timeout_s=min(self.timeout_s, PROBE_TIMEOUT_S))
             return True
-        except (openai.APIError, httpx.TransportError, Malformed, ContextTooLong, ValueError):
+        except (openai.APIError, Malformed, ContextTooLong, ValueError):
             return False
 
     def _send(self, client: Client, req: Request, params: GenParams, max_tokens: int) -> Completion:
@@ -290,7 +290,7 @@ class OpenAITeacher(BaseTeacher):
             reply = client.post(PATHS[api], body, timeout_s)
         except openai.BadRequestError as e:
             if is_context_error(e):
-                raise ContextTooLong() from e
+                raise context_too_long(e) from e
             if not schema_form and self.drop_refused(e, body):
                 return self._request(client, api, prompt, params, salt, max_tokens, timeout_s=timeout_s)
             raise

@@ -116,7 +116,7 @@ class Preflight:
             return None
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
             raise TeacherError(f"{url}: {self.describe(e)}") from None
-        except (openai.APIConnectionError, httpx.TransportError) as e:  # refused, DNS, TLS, reset, timeout
+        except openai.APIConnectionError as e:  # refused, DNS, TLS, reset, timeout (the SDK wraps httpx2's)
             if "ReadTimeout" in (type(e).__name__, type(e.__cause__).__name__):  # it took the connection (the SDK's
                 self.slow.add(i)  # httpx may be another package than ours: httpx2 under openai 3)
             return self.describe(e)
@@ -190,8 +190,8 @@ class Preflight:
                 return "chat", f"auto: chat (no completions endpoint: {self.describe(e, hint=False)})"
             except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
                 raise TeacherError(f"{self.failover.endpoints[alive[0]].url}: {self.describe(e)}") from None
-            except (openai.APIError, httpx.TransportError, Malformed, ContextTooLong, ValueError) as e:
-                again = is_transient(e) and not isinstance(e, (openai.APITimeoutError, httpx.TimeoutException))
+            except (openai.APIError, Malformed, ContextTooLong, ValueError) as e:
+                again = is_transient(e) and not isinstance(e, openai.APITimeoutError)
                 if tries == PROBE_TRIES or not again or self.failover.stop.wait(min(retry_after(e) or 1.0, 5.0)):
                     tried = f", asked {tries} times" if tries > 1 else ""
                     return "chat", f"auto: chat (completions: {self.describe(e)}{tried})"
@@ -224,7 +224,7 @@ class Preflight:
                 tried.append(f"{form}: reply not the schema's JSON ({reply.text[:40]!r})")
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
                 raise TeacherError(f"{url}: {self.describe(e)}") from None
-            except (openai.APIError, httpx.TransportError, Malformed, ContextTooLong, ValueError, AttributeError) as e:
+            except (openai.APIError, Malformed, ContextTooLong, ValueError, AttributeError) as e:
                 tried.append(f"{form}: {self.describe(e)}")
         if setting == "on":
             raise TeacherError(f"{url} does not bind replies to a JSON schema ({'; '.join(tried)}). "

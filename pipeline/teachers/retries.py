@@ -1,8 +1,9 @@
 """The one retry policy of an OpenAI-compatible teacher (tenacity), for every request of a stream: 429 waits
 for Retry-After, 5xx/timeouts/connection errors/malformed replies back off exponentially with jitter,
-400/401/403/404 fail at once, a context-length error halves max_tokens (as Self-Instruct did), and a refused
-connection is tried again at once on another endpoint. Each try goes to the endpoint the failover picks; a
-request refused in the end (a 400, 413, 422) is told to it, whose run of them stops the stream (Failover.refused).
+400/401/403/404 fail at once, a context-length error halves max_tokens (as Self-Instruct did) unless the prompt
+alone is over the context (wire.context_too_long), and a refused connection is tried again at once on another
+endpoint. Each try goes to the endpoint the failover picks; a request refused in the end (a 400, 413, 422) is told
+to it, whose run of them stops the stream (Failover.refused).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class Retries:
             except ContextTooLong as e:
                 refused = e.__cause__ or e  # the server's 400, in its words
                 max_tokens //= 2
-                if max_tokens < 16:
+                if max_tokens < 16 or not e.shrinkable:  # the prompt alone over the context: it never fits
                     break
             except FATAL as e:
                 with self.failover.lock:
@@ -80,7 +81,7 @@ class Retries:
                 self.failover.halt(stop)
                 error = self.describe(e)
                 break
-            except (openai.APIError, httpx.TransportError, Malformed, ValueError) as e:  # retries spent, 400
+            except (openai.APIError, Malformed, ValueError) as e:  # retries spent, 400
                 error = self.describe(e)
                 refused = e if refusal(e) else None
                 break

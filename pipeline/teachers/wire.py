@@ -26,6 +26,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 import urllib.parse
@@ -51,7 +52,12 @@ LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
 
 
 class ContextTooLong(Exception):
-    pass
+    """A request over the model's context (its 400 the __cause__). `shrinkable`: a smaller max_tokens may make it fit;
+    False where the server says the prompt alone is over the context, which halving would only send again."""
+
+    def __init__(self, shrinkable: bool = True):
+        super().__init__("prompt longer than the model's context")
+        self.shrinkable = shrinkable
 
 
 class Malformed(Exception):
@@ -451,7 +457,7 @@ def refusal(e: BaseException | None) -> bool:
 
 
 def is_transient(e: BaseException) -> bool:
-    if isinstance(e, (Malformed, httpx.TransportError)):
+    if isinstance(e, Malformed):
         return True
     if isinstance(e, (openai.RateLimitError, openai.APITimeoutError, openai.APIConnectionError,
                       openai.InternalServerError)):
@@ -477,9 +483,42 @@ def retry_after(e: BaseException | None) -> float | None:
         return None
 
 
+# How servers word a request over the model's context (tests/test_wire.py holds each in full): OpenAI, vLLM and
+# llama-cpp-python's server ("maximum context length", "context length is only", "(context length N)", "maximum model
+# length of N", "input tokens exceed the configured limit"), llama.cpp ("exceeds the available context size", "larger
+# than the max context size"), llama-cpp-python's Llama ("exceed context window of N"), Ollama ("exceeds the context
+# length"). OpenAI's code and llama.cpp's type say it too where a proxy rewords the message.
+CONTEXT_WORDS = ("context length", "context_length", "maximum context", "context size", "context window",
+                 "maximum model length", "input tokens exceed the configured limit")
+# Where a context error gives the prompt's tokens and the context's, the prompt alone is over it when the first is
+# not below the second; it then never fits, whatever max_tokens.
+PROMPT_TOKENS = re.compile(r"(\d+) in (?:the messages|your prompt)|request has (\d+) input|at least (\d+) input|"
+                           r"passed (\d+) input|request \((\d+) tokens\)|requested tokens \((\d+)\)|"
+                           r"prompt \((?:total )?length (\d+)\)|resulted in (\d+) tokens|input \((\d+) tokens\)")
+CONTEXT_TOKENS = re.compile(r"context length is (?:only )?(\d+)|context size \((\d+) tokens\)|context window of (\d+)|"
+                            r"maximum model length of (\d+)|\(context length (\d+)\)|configured limit of (\d+)")
+# Said without the numbers, by servers that check the prompt alone: llama.cpp's older wordings, Ollama's
+PROMPT_ALONE = ("available context size", "max context size", "input length exceeds the context length")
+
+
 def is_context_error(e: openai.BadRequestError) -> bool:
     text = str(e).lower()
-    return "context length" in text or "context_length" in text or "maximum context" in text
+    return (getattr(e, "code", None) == "context_length_exceeded" or getattr(e, "type", None) ==
+            "exceed_context_size_error" or any(words in text for words in CONTEXT_WORDS))
+
+
+def context_too_long(e: openai.BadRequestError) -> ContextTooLong:
+    """A context error (is_context_error) as ContextTooLong, shrinkable unless the server says the prompt alone is
+    over the context: in its numbers (its message's, or llama.cpp's n_prompt_tokens and n_ctx), else in its words."""
+    text, body = str(e).lower(), e.body if isinstance(e.body, dict) else {}
+    prompt, context = body.get("n_prompt_tokens"), body.get("n_ctx")
+    if not (isinstance(prompt, int) and isinstance(context, int)):
+        found = [next(filter(None, m.groups()), None) if m else None
+                 for m in (PROMPT_TOKENS.search(text), CONTEXT_TOKENS.search(text))]
+        prompt, context = (int(found[0]), int(found[1])) if all(found) else (None, None)
+    if prompt is not None and context is not None:
+        return ContextTooLong(shrinkable=prompt < context)
+    return ContextTooLong(shrinkable=not any(words in text for words in PROMPT_ALONE))
 
 
 def describe_error(e: BaseException, secret: str = "", hint: bool = True, origin: Origin = RUN_TEACHER) -> str:

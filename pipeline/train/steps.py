@@ -46,10 +46,12 @@ def train_step(ctx: RunContext, records: Records | None) -> StepResult:
                       f"export again first (`seed2lora export {ctx.run.path}`, or \"export\" before \"train\" in "
                       "stages), or train that export as it is with `seed2lora train` on its folder")
     summary_file = adapter / SUMMARY
+    rows = None  # read here for the fingerprint, they are trained on as read: not read again
     if summary_file.is_file():
         done = json.loads(summary_file.read_text(encoding="utf-8"))
+        rows = load_rows(data, ctx.cfg.export)
         # Adapters from before the data was fingerprinted carry no data_sha256: judged by the settings alone.
-        same_data = done.get("data_sha256") in (None, rows_fingerprint(load_rows(data, ctx.cfg.export)))
+        same_data = done.get("data_sha256") in (None, rows_fingerprint(rows))
         # Only settings that change the adapter count: a new activation_memory_gb or save_steps trains nothing again
         changed, ignored = setting_changes(done.get("config") or {}, cfg)
         if not changed and same_data:
@@ -68,7 +70,7 @@ def train_step(ctx: RunContext, records: Records | None) -> StepResult:
             cfg = dataclasses.replace(cfg, resume=False)
             summary_file.unlink()
     # No export yet: the run's rows as its own [export] settings would write them (include_seeds, include, ...)
-    summary = run_training(data, cfg, log=ctx.log, progress=ctx.progress, export=ctx.cfg.export)
+    summary = run_training(data, cfg, log=ctx.log, progress=ctx.progress, export=ctx.cfg.export, rows=rows)
     ctx.record(adapter=str(adapter))
     return StepResult(f"train: {summary['steps']} steps, eval loss {summary['eval_losses']['first']} -> "
                       f"{summary['eval_losses']['last']} -> {adapter}")

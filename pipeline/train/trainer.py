@@ -303,17 +303,18 @@ class Prepared:
 
 
 def prepare(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Progress | None = None,
-            export: ExportConfig | None = None) -> Prepared:
+            export: ExportConfig | None = None, rows: Rows | None = None) -> Prepared:
     """Load and tokenize the data, load the model with fresh adapters, build the trainer.
     `progress` (pipeline/progress.py's, or any of that protocol) shows steps with an ETA; None: log lines only.
-    `export`: how a run directory given as `data` is read (load_rows)."""
+    `export`: how a run directory given as `data` is read (load_rows). `rows`: `data`'s, where the caller has read
+    them already (the train step, for the fingerprint it compares): a run's rows are not read twice."""
     from transformers import set_seed
 
     set_seed(cfg.seed)
     model_path = resolve_model(cfg.model)
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
     tokenizer.padding_side = "right"
-    rows = load_rows(data, export)
+    rows = rows if rows is not None else load_rows(data, export)
     if rows.run_dir and rows.decontaminated:  # a run directory, read as export reads it: say what left and why
         RunDir(rows.run_dir).replace_rejected("export", rows.contaminated)
         log(f"{len(rows.contaminated)} row(s) overlapping the eval set left out ({rows.decontaminated}); "
@@ -578,10 +579,10 @@ def whole(path: str | Path) -> str:
 
 
 def train(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Progress | None = None,
-          export: ExportConfig | None = None) -> dict[str, Any]:
+          export: ExportConfig | None = None, rows: Rows | None = None) -> dict[str, Any]:
     """Train a (Q)LoRA adapter on `data`; write it with its tokenizer, summary and loss curve. Returns the summary.
-    `export`: how a run directory given as `data` is read (load_rows)."""
-    return fit(prepare(data, cfg, log, progress, export), log)
+    `export`: how a run directory given as `data` is read (load_rows); `rows`: its rows, read already (prepare)."""
+    return fit(prepare(data, cfg, log, progress, export, rows), log)
 
 
 def _losses(history: list[dict[str, Any]], key: str) -> dict[str, Any]:
