@@ -449,3 +449,40 @@ def test_the_in_flight_line_says_one_request_not_one_requests(fake_openai):
     with t.failover.lock:
         t.failover.shrink(0, "slow replies")
     assert any("keeping 1 request in flight (of teacher.concurrency 2)" in e for e in events), events
+
+
+# Seen on a tour against llama.cpp: a Ctrl-C that landed while numba compiled (in filter) was raised inside
+# llvmlite's ObjectRef.__del__, where Python prints "Exception ignored" and drops it; the run went on to status
+# done and exit 0. The loop now acts on a stop signal its KeyboardInterrupt never reached.
+SWALLOWED_CTRL_C = """
+import dataclasses, os, signal, sys
+from pipeline import runner
+from pipeline.cli import main
+
+class Finalizer:
+    def __del__(self):  # Python drops an exception raised here, as it dropped llvmlite's
+        os.kill(os.getpid(), signal.SIGINT)
+        sum(range(1000))  # the handler runs here, inside the finalizer
+
+i = next(i for i, s in enumerate(runner.STEPS) if s.name == "filter")
+real = runner.STEPS[i].run
+
+def filter_step(ctx, records):
+    Finalizer()
+    return real(ctx, records)
+
+runner.STEPS[i] = dataclasses.replace(runner.STEPS[i], run=filter_step)
+main(sys.argv[1:])
+"""
+
+
+def test_a_ctrl_c_that_python_drops_in_a_finalizer_still_stops_the_run(fake_openai, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENAI_API_KEY": "sk-test"}
+    cmd = [sys.executable, "-c", SWALLOWED_CTRL_C, "run", *map(str, teacher_flags(fake_openai, tmp_path)),
+           "--api", "chat", "--num-instructions", "2"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert "Exception ignored" in proc.stderr  # the interrupt was dropped where llvmlite's was
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    m = manifest(tmp_path / "r")
+    assert m["status"] == "interrupted" and m["stage"] == "filter", m["status"]
+    assert "interrupted: everything written so far is kept" in " ".join(proc.stderr.split())
