@@ -1463,3 +1463,37 @@ def test_checkpoints_resume_across_the_16_bit_dropout_masks_but_not_another_path
     with pytest.raises(Seed2LoraError, match="training_path"):
         check_resumable(tmp_path, {"lora_r": 8, "training_path": "QLoRA on an NF4 base, fp32 compute on CPU, "
                                                                   "adamw_torch" + CHEAP_DROPOUT_NOTE})
+
+
+def test_the_eval_bar_opens_before_its_first_batch_so_its_time_and_rate_are_the_evals(tiny_model, tmp_path,
+                                                                                       monkeypatch):
+    """Seen on a tour: the bar opened at the end of eval's first batch (TrainerCallback has no hook before it), so
+    a one-batch eval of 8 rows said 'train: eval loss, batches: 1/1 (100%), done in 0s (1004/s)'."""
+    from pipeline.train.trainer import LoraTrainer, fit, prepare
+
+    events = []
+
+    class Recorder:
+        def __init__(self, desc, total):
+            self.desc = desc
+
+        def __enter__(self):
+            events.append(("open", self.desc))
+            advance = lambda n: events.append(("advance", self.desc))  # noqa: E731
+            advance.note = advance.set_total = lambda *a: None
+            return advance
+
+        def __exit__(self, *exc):
+            events.append(("close", self.desc))
+
+    real = LoraTrainer.prediction_step
+    monkeypatch.setattr(LoraTrainer, "prediction_step",
+                        lambda self, *a, **k: events.append(("batch", None)) or real(self, *a, **k))
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(ROWS))
+    cfg = quick_config(tiny_model, tmp_path / "adapter", max_steps=1, eval_fraction=0.25, quant="none")
+    fit(prepare(data, cfg, log=lambda line: None, progress=Recorder), log=lambda line: None)
+    ev = "train: eval loss, batches"
+    first_batch = events.index(("batch", None))
+    assert ("open", ev) in events[:first_batch], events  # eval on start: the base's loss, timed whole
+    assert events.count(("open", ev)) == events.count(("close", ev)) == 2, events  # and after the last update

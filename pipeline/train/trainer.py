@@ -87,6 +87,14 @@ class LoraTrainer(Trainer):
             self.args.warmup_steps = warmup_steps(self.warmup_ratio, num_training_steps)
         return super().create_scheduler(num_training_steps, optimizer)
 
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        """Eval's bar opens before its first batch: TrainerCallback has no hook there, and opened at that batch's end
+        the bar timed the rest alone (a one-batch eval: 'done in 0s (1004/s)')."""
+        for cb in self.callback_handler.callbacks:
+            if isinstance(cb, TrainProgress) and self.is_world_process_zero():
+                cb.eval_begins()
+        return super().evaluate(*args, **kwargs)
+
     def training_step(self, model: Any, *args: Any, **kwargs: Any) -> Any:
         """Forward and backward with peft's casts off alike: checkpointing recomputes the forward inside backward,
         and a recompute that casted where the forward did not would not match what the forward stored."""
@@ -196,6 +204,7 @@ class TrainProgress(TrainerCallback):
         self.open: dict[str, tuple[Any, Any]] = {}  # "train" / "eval" -> (context manager, advance)
         self.step = 0  # the last global step counted
         self.losses: dict[str, float] = {}
+        self.eval_total_unknown = False  # eval's bar opened before its loader was there to count its batches
 
     def _open(self, name: str, desc: str, total: int | None) -> None:
         manager = self.progress(desc, total)
@@ -235,10 +244,19 @@ class TrainProgress(TrainerCallback):
                            **kw: Any) -> None:
         if not state.is_world_process_zero:
             return
+        total = len(eval_dataloader) if has_length(eval_dataloader) else None
         if "eval" not in self.open:
-            total = len(eval_dataloader) if has_length(eval_dataloader) else None
             self._open("eval", "train: eval loss, batches", total)
+        elif self.eval_total_unknown:  # opened by eval_begins, before the loader was there to count
+            getattr(self.open["eval"][1], "set_total", lambda n: None)(total)
+        self.eval_total_unknown = False
         self.open["eval"][1](1)
+
+    def eval_begins(self) -> None:
+        """LoraTrainer.evaluate's call before the first batch: the bar opens here, its total set at the first."""
+        if "eval" not in self.open:
+            self._open("eval", "train: eval loss, batches", None)
+            self.eval_total_unknown = True
 
     def on_evaluate(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self._close("eval")
