@@ -777,7 +777,7 @@ def test_examples_cut_at_max_seq_len_are_said_not_only_counted(tiny_model, tmp_p
     said = []
     prepare(data, quick_config(tiny_model, tmp_path / "adapter", quant="none", eval_fraction=0.0), log=said.append)
     line = next(m for m in said if m.startswith("training on"))
-    assert "1 cut at --max-seq-len 128" in line, line
+    assert "1 train row cut at --max-seq-len 128" in line, line
 
 
 def test_training_on_a_file_says_which_rows_overlap_the_eval_set(tiny_model, tmp_path, monkeypatch):
@@ -1497,3 +1497,20 @@ def test_the_eval_bar_opens_before_its_first_batch_so_its_time_and_rate_are_the_
     first_batch = events.index(("batch", None))
     assert ("open", ev) in events[:first_batch], events  # eval on start: the base's loss, timed whole
     assert events.count(("open", ev)) == events.count(("close", ev)) == 2, events  # and after the last update
+
+
+def test_the_training_line_says_which_split_its_cut_and_dropped_rows_are_in():
+    """Seen on a tour: 'training on 233 examples (62 rows, packed), 8 eval (3 cut at --max-seq-len 512: ...; 1
+    dropped, no response token left)' read as 3 of the 8 eval rows cut and one dropped; all 4 were train rows
+    (training_summary.json: train_data truncated 3, dropped 1; eval_data 0, 0)."""
+    from pipeline.train.data import cut_note
+
+    train, clean = {"truncated": 3, "dropped": 1}, {"truncated": 0, "dropped": 0}
+    assert cut_note(train, clean, 512) == ("; 3 train rows cut at --max-seq-len 512 (their responses' ends are not "
+                                           "learned), 1 of them dropped (no response token left)")
+    assert cut_note(clean, {"truncated": 1, "dropped": 0}, 128) == \
+        "; 1 eval row cut at --max-seq-len 128 (their responses' ends are not learned)"
+    assert cut_note({"truncated": 2, "dropped": 2}, {"truncated": 1, "dropped": 1}, 64) == (
+        "; 2 train rows and 1 eval row cut at --max-seq-len 64 (their responses' ends are not learned), 2 train rows "
+        "and 1 eval row of them dropped (no response token left)")
+    assert cut_note(clean, clean, 512) == ""

@@ -35,7 +35,17 @@ from transformers.trainer_utils import get_last_checkpoint, has_length
 from ..config import ExportConfig, TrainConfig, current_values
 from ..errors import Seed2LoraError
 from ..store import ADAPTER_DIR, RunDir, write_text_atomic
-from .data import Collator, Rows, eval_overlap, load_rows, pack, rows_fingerprint, tokenize_rows, train_eval_rows
+from .data import (
+    Collator,
+    Rows,
+    cut_note,
+    eval_overlap,
+    load_rows,
+    pack,
+    rows_fingerprint,
+    tokenize_rows,
+    train_eval_rows,
+)
 from .loss import causal_lm_loss_sum, full_logits_loss_sum
 from .model import (
     CHEAP_DROPOUT_NOTE,
@@ -361,12 +371,9 @@ def prepare(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Prog
     on = plan.device
     if plan.why:
         log(plan.why)
-    cut, dropped = (train_tok.stats[k] + eval_tok.stats[k] for k in ("truncated", "dropped"))
     log(f"training on {len(train_tok.examples)} examples ({len(train_set)} rows{', packed' if cfg.packing else ''}), "
-        f"{len(eval_tok.examples)} eval"
-        + (f" ({cut} cut at --max-seq-len {cfg.max_seq_len}: their responses' ends are not learned"
-           f"{f'; {dropped} dropped, no response token left' if dropped else ''})" if cut else "")
-        + f"; model {model_path}; {plan.describe()}")
+        f"{len(eval_tok.examples)} eval{cut_note(train_tok.stats, eval_tok.stats, cfg.max_seq_len)}; model "
+        f"{model_path}; {plan.describe()}")
     model = load_for_training(model_path, cfg, plan)
     args = training_arguments(cfg, out / "checkpoints", bf16=plan.autocast_bf16, use_cpu=on == "cpu",
                               has_eval=bool(eval_set), optim=plan.optim, micro_rows=plan.micro_rows)
