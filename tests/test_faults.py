@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from fakeserver import FakeOpenAI
 from helpers import counts_row, invoke, left_in_files, pending_words, read, teacher_flags
@@ -455,14 +456,14 @@ def test_the_in_flight_line_says_one_request_not_one_requests(fake_openai):
 # llvmlite's ObjectRef.__del__, where Python prints "Exception ignored" and drops it; the run went on to status
 # done and exit 0. The loop now acts on a stop signal its KeyboardInterrupt never reached.
 SWALLOWED_CTRL_C = """
-import dataclasses, os, signal, sys
+import dataclasses, os, signal, sys, time
 from pipeline import runner
 from pipeline.cli import main
 
 class Finalizer:
     def __del__(self):  # Python drops an exception raised here, as it dropped llvmlite's
         os.kill(os.getpid(), signal.SIGINT)
-        sum(range(1000))  # the handler runs here, inside the finalizer
+        time.sleep(0.5)  # the handler runs here, inside the finalizer, whichever thread the signal reached
 
 i = next(i for i, s in enumerate(runner.STEPS) if s.name == "filter")
 real = runner.STEPS[i].run
@@ -486,3 +487,49 @@ def test_a_ctrl_c_that_python_drops_in_a_finalizer_still_stops_the_run(fake_open
     m = manifest(tmp_path / "r")
     assert m["status"] == "interrupted" and m["stage"] == "filter", m["status"]
     assert "interrupted: everything written so far is kept" in " ".join(proc.stderr.split())
+
+
+def test_a_ctrl_c_dropped_in_a_finalizer_while_replies_stream_stops_the_stream_not_hours_later(fake_openai, tmp_path):
+    """numba compiles as bootstrap's filter first runs, at the start of a flow that may stream for hours: a Ctrl-C
+    dropped there must not wait for the whole flow to end. The teacher's stream acts on it within 0.2 s."""
+    fake_openai.default_delay = 0.05
+    # The Finalizer goes with the flow's first reply, on the thread that reads the stream
+    head, _ = SWALLOWED_CTRL_C.split("i = next(")
+    driver = head + (
+        "from pipeline.stages import flow\n"
+        "arrived = flow._Flow.arrived\n\n"
+        "def first(self, *a):\n"
+        "    flow._Flow.arrived = arrived\n"
+        "    Finalizer()\n"
+        "    return arrived(self, *a)\n\n"
+        "flow._Flow.arrived = first\n"
+        "main(sys.argv[1:])\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENAI_API_KEY": "sk-test"}
+    cmd = [sys.executable, "-c", driver, "run", *map(str, teacher_flags(fake_openai, tmp_path)), "--api", "chat",
+           "--num-instructions", "40", "--set", "teacher.concurrency=1"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert "Exception ignored" in proc.stderr
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert manifest(tmp_path / "r")["status"] == "interrupted"
+    assert len(fake_openai.history) < 10, len(fake_openai.history)  # not the 100-odd calls of the whole flow
+
+
+def test_an_in_process_teachers_stream_stops_at_a_dropped_ctrl_c_once_the_reply_in_hand_is_given(monkeypatch):
+    """The embedded and hf: teachers stream through BaseTeacher.stream: a Ctrl-C Python dropped in a finalizer
+    stops it after the reply it came with, which is handed on (its record written), not hours later."""
+    from pipeline import errors
+    from pipeline.teachers.base import BaseTeacher, Completion, Request
+
+    class Local(BaseTeacher):
+        def _stream(self, requests, params):
+            for req in requests:
+                if req.key == 1:
+                    errors.STOP_SIGNALS.append(130)  # as on_stop_signal notes it, its KeyboardInterrupt dropped
+                yield req, Completion(f"reply {req.key}", "stop")
+
+    monkeypatch.setattr(errors, "STOP_SIGNALS", [])
+    got = []
+    with pytest.raises(KeyboardInterrupt):
+        for _req, c in Local().stream([Request(i, f"p{i}") for i in range(4)], GenParams(max_tokens=5), kind="k"):
+            got.append(c.text)
+    assert got == ["reply 0", "reply 1"] and errors.STOP_SIGNALS == []
