@@ -561,8 +561,9 @@ def config_command():
 
 
 def main(argv: list[str] | None = None) -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM stops like Ctrl-C: status "interrupted", nothing half-written
-        signal.signal(sig, on_stop_signal)
+    signal.signal(signal.SIGTERM, on_stop_signal)  # stops like Ctrl-C: status "interrupted", nothing half-written
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a script's background job ignores Ctrl-C: so it stays
+        signal.signal(signal.SIGINT, on_stop_signal)
     try:
         cli.main(args=argv, prog_name="seed2lora")
     except SystemExit as e:

@@ -533,3 +533,20 @@ def test_an_in_process_teachers_stream_stops_at_a_dropped_ctrl_c_once_the_reply_
         for _req, c in Local().stream([Request(i, f"p{i}") for i in range(4)], GenParams(max_tokens=5), kind="k"):
             got.append(c.text)
     assert got == ["reply 0", "reply 1"] and errors.STOP_SIGNALS == []
+
+
+def test_a_run_started_with_ctrl_c_ignored_keeps_ignoring_it(fake_openai, tmp_path):
+    """A shell's background job (`seed2lora run ... &` in a script) starts with SIGINT ignored, so that a Ctrl-C
+    meant for the script does not stop it; Python keeps that, and the CLI's handler must not undo it."""
+    fake_openai.default_delay = 0.05
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENAI_API_KEY": "sk-test"}
+    cmd = [sys.executable, "-m", "pipeline", "run", *map(str, teacher_flags(fake_openai, tmp_path)), "--api", "chat",
+           "--num-instructions", "6", "--set", "teacher.concurrency=1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    deadline = time.monotonic() + 60
+    while len(fake_openai.history) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()[-2000:]
+    assert manifest(tmp_path / "r")["status"] == "done"
