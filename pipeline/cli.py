@@ -25,7 +25,7 @@ from .config import (
     parse_overrides,
     recorded_config,
 )
-from .errors import InputError, Interrupted, Seed2LoraError, mask_secrets
+from .errors import InputError, Seed2LoraError, mask_secrets, on_stop_signal
 from .hub import push_options
 from .progress import progress
 from .show import label, show_run, stdout_console
@@ -209,11 +209,6 @@ def friendly_errors(f):
             said_pending(e)
             sys.exit(code)
     return wrapper
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    """SIGTERM (a job scheduler, `timeout`) stops like Ctrl-C: status "interrupted", nothing half-written."""
-    raise Interrupted()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -566,7 +561,9 @@ def config_command():
 
 
 def main(argv: list[str] | None = None) -> None:
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, on_stop_signal)  # stops like Ctrl-C: status "interrupted", nothing half-written
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a script's background job ignores Ctrl-C: so it stays
+        signal.signal(signal.SIGINT, on_stop_signal)
     try:
         cli.main(args=argv, prog_name="seed2lora")
     except SystemExit as e:

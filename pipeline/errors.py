@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,32 @@ class Interrupted(KeyboardInterrupt):
     """SIGTERM (a scheduler, `timeout`) turned into the same clean stop as Ctrl-C."""
 
     exit_code = 143
+
+
+# The exit codes of the stop signals the CLI's handler took (Ctrl-C 130, SIGTERM 143) and the loop has not acted on.
+# Python drops an exception raised inside a finalizer with an "Exception ignored" line: a Ctrl-C that landed in
+# llvmlite's ObjectRef.__del__ (numba compiling, in filter) was lost, and the run went on to status done, exit 0.
+STOP_SIGNALS: list[int] = []
+
+
+def on_stop_signal(signum: int, frame: Any) -> None:
+    """The CLI's handler of SIGINT and SIGTERM (a scheduler, `timeout`): the same clean stop, noted in case it is
+    dropped."""
+    STOP_SIGNALS.append(143 if signum == signal.SIGTERM else 130)
+    raise Interrupted() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def take_stop_signal() -> int | None:
+    """The exit code of a stop signal not yet acted on (None: none), which it clears."""
+    code = STOP_SIGNALS[-1] if STOP_SIGNALS else None
+    STOP_SIGNALS.clear()
+    return code
+
+
+def raise_dropped_stop() -> None:
+    """Between steps: a stop signal whose exception never reached the loop (dropped in a finalizer) stops it now."""
+    if (code := take_stop_signal()) is not None:
+        raise Interrupted() if code == 143 else KeyboardInterrupt()
 
 
 MASK = "***"

@@ -35,7 +35,7 @@ from typing import Any
 from .budget import BudgetReached, check_prices
 from .config import RunConfig
 from .context import Log, Progress, Records, RunContext, Step, StepResult, check_left_out, flush_events, preflight
-from .errors import Incomplete, Refused, Seed2LoraError, TeacherError, mask_secrets
+from .errors import Incomplete, Refused, Seed2LoraError, TeacherError, mask_secrets, raise_dropped_stop
 from .prompts import changed_note
 from .stages import bootstrap, classify, evolve, flow, instances, score
 from .stages import filter as filter_stage
@@ -186,6 +186,7 @@ def run_steps(ctx: RunContext, names: list[str]) -> list[str]:
     lock = ctx.run.lock()
     try:
         for group in groups(ctx, steps):
+            raise_dropped_stop()
             step, running = group[0], list(group)
             # Each stage's entry is this session's from here (an earlier stop cleared): after a kill -9, `show` reads
             # its pending from the files (stops.session_entries)
@@ -205,6 +206,7 @@ def run_steps(ctx: RunContext, names: list[str]) -> list[str]:
                 messages.append(result.message)
                 ctx.log(result.message)
             ctx.check_budget(step.name)
+        raise_dropped_stop()
         ctx.record(status="done", reason=None)
     except (KeyboardInterrupt, Exception) as e:
         status, reason = ("interrupted", "interrupted (Ctrl-C or SIGTERM); run the same command to resume") if \

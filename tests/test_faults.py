@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from fakeserver import FakeOpenAI
 from helpers import counts_row, invoke, left_in_files, pending_words, read, teacher_flags
@@ -449,3 +450,103 @@ def test_the_in_flight_line_says_one_request_not_one_requests(fake_openai):
     with t.failover.lock:
         t.failover.shrink(0, "slow replies")
     assert any("keeping 1 request in flight (of teacher.concurrency 2)" in e for e in events), events
+
+
+# Seen on a tour against llama.cpp: a Ctrl-C that landed while numba compiled (in filter) was raised inside
+# llvmlite's ObjectRef.__del__, where Python prints "Exception ignored" and drops it; the run went on to status
+# done and exit 0. The loop now acts on a stop signal its KeyboardInterrupt never reached.
+SWALLOWED_CTRL_C = """
+import dataclasses, os, signal, sys, time
+from pipeline import runner
+from pipeline.cli import main
+
+class Finalizer:
+    def __del__(self):  # Python drops an exception raised here, as it dropped llvmlite's
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)  # the handler runs here, inside the finalizer, whichever thread the signal reached
+
+i = next(i for i, s in enumerate(runner.STEPS) if s.name == "filter")
+real = runner.STEPS[i].run
+
+def filter_step(ctx, records):
+    Finalizer()
+    return real(ctx, records)
+
+runner.STEPS[i] = dataclasses.replace(runner.STEPS[i], run=filter_step)
+main(sys.argv[1:])
+"""
+
+
+def test_a_ctrl_c_that_python_drops_in_a_finalizer_still_stops_the_run(fake_openai, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENAI_API_KEY": "sk-test"}
+    cmd = [sys.executable, "-c", SWALLOWED_CTRL_C, "run", *map(str, teacher_flags(fake_openai, tmp_path)),
+           "--api", "chat", "--num-instructions", "2"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert "Exception ignored" in proc.stderr  # the interrupt was dropped where llvmlite's was
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    m = manifest(tmp_path / "r")
+    assert m["status"] == "interrupted" and m["stage"] == "filter", m["status"]
+    assert "interrupted: everything written so far is kept" in " ".join(proc.stderr.split())
+
+
+def test_a_ctrl_c_dropped_in_a_finalizer_while_replies_stream_stops_the_stream_not_hours_later(fake_openai, tmp_path):
+    """numba compiles as bootstrap's filter first runs, at the start of a flow that may stream for hours: a Ctrl-C
+    dropped there must not wait for the whole flow to end. The teacher's stream acts on it within 0.2 s."""
+    fake_openai.default_delay = 0.05
+    # The Finalizer goes with the flow's first reply, on the thread that reads the stream
+    head, _ = SWALLOWED_CTRL_C.split("i = next(")
+    driver = head + (
+        "from pipeline.stages import flow\n"
+        "arrived = flow._Flow.arrived\n\n"
+        "def first(self, *a):\n"
+        "    flow._Flow.arrived = arrived\n"
+        "    Finalizer()\n"
+        "    return arrived(self, *a)\n\n"
+        "flow._Flow.arrived = first\n"
+        "main(sys.argv[1:])\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENAI_API_KEY": "sk-test"}
+    cmd = [sys.executable, "-c", driver, "run", *map(str, teacher_flags(fake_openai, tmp_path)), "--api", "chat",
+           "--num-instructions", "40", "--set", "teacher.concurrency=1"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert "Exception ignored" in proc.stderr
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert manifest(tmp_path / "r")["status"] == "interrupted"
+    assert len(fake_openai.history) < 10, len(fake_openai.history)  # not the 100-odd calls of the whole flow
+
+
+def test_an_in_process_teachers_stream_stops_at_a_dropped_ctrl_c_once_the_reply_in_hand_is_given(monkeypatch):
+    """The embedded and hf: teachers stream through BaseTeacher.stream: a Ctrl-C Python dropped in a finalizer
+    stops it after the reply it came with, which is handed on (its record written), not hours later."""
+    from pipeline import errors
+    from pipeline.teachers.base import BaseTeacher, Completion, Request
+
+    class Local(BaseTeacher):
+        def _stream(self, requests, params):
+            for req in requests:
+                if req.key == 1:
+                    errors.STOP_SIGNALS.append(130)  # as on_stop_signal notes it, its KeyboardInterrupt dropped
+                yield req, Completion(f"reply {req.key}", "stop")
+
+    monkeypatch.setattr(errors, "STOP_SIGNALS", [])
+    got = []
+    with pytest.raises(KeyboardInterrupt):
+        for _req, c in Local().stream([Request(i, f"p{i}") for i in range(4)], GenParams(max_tokens=5), kind="k"):
+            got.append(c.text)
+    assert got == ["reply 0", "reply 1"] and errors.STOP_SIGNALS == []
+
+
+def test_a_run_started_with_ctrl_c_ignored_keeps_ignoring_it(fake_openai, tmp_path):
+    """A shell's background job (`seed2lora run ... &` in a script) starts with SIGINT ignored, so that a Ctrl-C
+    meant for the script does not stop it; Python keeps that, and the CLI's handler must not undo it."""
+    fake_openai.default_delay = 0.05
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENAI_API_KEY": "sk-test"}
+    cmd = [sys.executable, "-m", "pipeline", "run", *map(str, teacher_flags(fake_openai, tmp_path)), "--api", "chat",
+           "--num-instructions", "6", "--set", "teacher.concurrency=1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    deadline = time.monotonic() + 60
+    while len(fake_openai.history) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()[-2000:]
+    assert manifest(tmp_path / "r")["status"] == "done"

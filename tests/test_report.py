@@ -424,3 +424,15 @@ def test_report_page_loads_in_chromium_with_every_plot_and_no_errors(browser, ev
     assert len(images) == 7 and all(width > 0 for _, width in images), images
     assert shot[:8] == b"\x89PNG\r\n\x1a\n"
     (evolved_run / "report" / "screenshot.png").write_bytes(shot)  # to look at: pytest --basetemp=DIR
+
+
+def test_kept_over_generated_counts_the_evolutions_among_the_generated(run, evolved_run, parser):
+    """Seen on a tour: a run with evolve.jsonl said 'kept / generated 148%' (90 kept: 38 filtered + 52 evolved, over
+    61 bootstrap lines): the kept count had the evolutions, the generated one not."""
+    for path in (run, evolved_run):
+        f = compute(path, parser=parser)
+        figures = {k: v for _, k, v in rows(f)}
+        ev = f["evolve"] or {"kept": 0, "eliminated": 0}
+        generated = f["funnel"]["steps"][0]["count"] + ev["kept"] + ev["eliminated"]
+        assert figures["kept / generated (with evolutions)"] == f"{f['kept'] / generated:.0%}", (figures, f["kept"], generated)
+    assert compute(evolved_run, parser=parser)["evolve"]["kept"]  # the fixture does evolve

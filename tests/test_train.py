@@ -777,7 +777,7 @@ def test_examples_cut_at_max_seq_len_are_said_not_only_counted(tiny_model, tmp_p
     said = []
     prepare(data, quick_config(tiny_model, tmp_path / "adapter", quant="none", eval_fraction=0.0), log=said.append)
     line = next(m for m in said if m.startswith("training on"))
-    assert "1 cut at --max-seq-len 128" in line, line
+    assert "1 train row cut at --max-seq-len 128" in line, line
 
 
 def test_training_on_a_file_says_which_rows_overlap_the_eval_set(tiny_model, tmp_path, monkeypatch):
@@ -1524,3 +1524,54 @@ def test_a_retrain_in_the_runs_train_step_loads_the_runs_rows_once(tiny_model, t
     assert len(loads) == 1, loads
     rows = load_rows(run.path, cfg.export)
     assert (prepared[0].rows.train, prepared[0].stats["data_sha256"]) == (rows.train, data.rows_fingerprint(rows))
+
+
+def test_the_eval_bar_opens_before_its_first_batch_so_its_time_and_rate_are_the_evals(tiny_model, tmp_path,
+                                                                                       monkeypatch):
+    """Seen on a tour: the bar opened at the end of eval's first batch (TrainerCallback has no hook before it), so
+    a one-batch eval of 8 rows said 'train: eval loss, batches: 1/1 (100%), done in 0s (1004/s)'."""
+    from pipeline.train.trainer import LoraTrainer, fit, prepare
+
+    events = []
+
+    class Recorder:
+        def __init__(self, desc, total):
+            self.desc = desc
+
+        def __enter__(self):
+            events.append(("open", self.desc))
+            advance = lambda n: events.append(("advance", self.desc))  # noqa: E731
+            advance.note = advance.set_total = lambda *a: None
+            return advance
+
+        def __exit__(self, *exc):
+            events.append(("close", self.desc))
+
+    real = LoraTrainer.prediction_step
+    monkeypatch.setattr(LoraTrainer, "prediction_step",
+                        lambda self, *a, **k: events.append(("batch", None)) or real(self, *a, **k))
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(ROWS))
+    cfg = quick_config(tiny_model, tmp_path / "adapter", max_steps=1, eval_fraction=0.25, quant="none")
+    fit(prepare(data, cfg, log=lambda line: None, progress=Recorder), log=lambda line: None)
+    ev = "train: eval loss, batches"
+    first_batch = events.index(("batch", None))
+    assert ("open", ev) in events[:first_batch], events  # eval on start: the base's loss, timed whole
+    assert events.count(("open", ev)) == events.count(("close", ev)) == 2, events  # and after the last update
+
+
+def test_the_training_line_says_which_split_its_cut_and_dropped_rows_are_in():
+    """Seen on a tour: 'training on 233 examples (62 rows, packed), 8 eval (3 cut at --max-seq-len 512: ...; 1
+    dropped, no response token left)' read as 3 of the 8 eval rows cut and one dropped; all 4 were train rows
+    (training_summary.json: train_data truncated 3, dropped 1; eval_data 0, 0)."""
+    from pipeline.train.data import cut_note
+
+    train, clean = {"truncated": 3, "dropped": 1}, {"truncated": 0, "dropped": 0}
+    assert cut_note(train, clean, 512) == ("; 3 train rows cut at --max-seq-len 512 (their responses' ends are not "
+                                           "learned), 1 of them dropped (no response token left)")
+    assert cut_note(clean, {"truncated": 1, "dropped": 0}, 128) == \
+        "; 1 eval row cut at --max-seq-len 128 (their responses' ends are not learned)"
+    assert cut_note({"truncated": 2, "dropped": 2}, {"truncated": 1, "dropped": 1}, 64) == (
+        "; 2 train rows and 1 eval row cut at --max-seq-len 64 (their responses' ends are not learned), 2 train rows "
+        "and 1 eval row of them dropped (no response token left)")
+    assert cut_note(clean, clean, 512) == ""

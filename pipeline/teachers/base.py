@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from ..errors import raise_dropped_stop
 from .origin import RUN_TEACHER
 
 
@@ -221,6 +222,7 @@ class BaseTeacher:
                kind: str) -> Iterator[tuple[Request, Completion]]:
         for req, c in self._stream(iter(requests), params):
             yield req, self._finish(req, c, req.params or params, req.kind or kind)
+            raise_dropped_stop()  # a Ctrl-C Python dropped in a finalizer (errors.STOP_SIGNALS), once this reply is in
 
     def generate(self, prompts: Sequence[str], params: GenParams, *, kind: str,
                  progress: ProgressFn | None = None, salts: Sequence[str] | None = None) -> list[Completion]:

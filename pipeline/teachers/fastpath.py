@@ -25,7 +25,7 @@ from typing import Any
 
 import openai
 
-from ..errors import TeacherError
+from ..errors import TeacherError, raise_dropped_stop
 from .base import Completion, GenParams, Request
 from .wire import FATAL, PATHS, context_too_long, is_context_error, read_reply, transport
 
@@ -78,6 +78,7 @@ class LoopStream:
                 if in_flight == 0:
                     break
                 while True:  # a timed get: Ctrl-C reaches this thread within a fraction of a second
+                    raise_dropped_stop()  # and one Python dropped in a finalizer (errors.STOP_SIGNALS) stops it too
                     try:
                         req, out = self.finished.get(timeout=0.2)
                         break

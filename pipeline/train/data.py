@@ -242,6 +242,21 @@ class Tokenized:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+def cut_note(train: dict[str, int], held_out: dict[str, int], max_len: int) -> str:
+    """The training line's note on the rows cut at max_len (tokenize_rows's stats), each split named: after "8 eval",
+    an unnamed "(3 cut ...; 1 dropped ...)" read as eval rows where all four were train rows."""
+    def rows(key: str) -> str:
+        said = [(n, split) for n, split in ((train[key], "train"), (held_out[key], "eval")) if n]
+        return " and ".join(f"{n} {split} row{'s' if n != 1 else ''}" for n, split in said)
+
+    if not rows("truncated"):
+        return ""
+    both = train["truncated"] and held_out["truncated"]  # one split cut: its count says which rows "them" are
+    dropped = rows("dropped") if both else str(train["dropped"] + held_out["dropped"])
+    dropped = f", {dropped} of them dropped (no response token left)" if rows("dropped") else ""
+    return f"; {rows('truncated')} cut at --max-seq-len {max_len} (their responses' ends are not learned){dropped}"
+
+
 def tokenize_rows(tokenizer: Any, rows: list[dict[str, Any]], max_len: int) -> Tokenized:
     """Tokenize every row; cut at max_len tokens, drop rows whose response was cut away entirely."""
     examples, truncated, dropped = [], 0, 0

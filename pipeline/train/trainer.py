@@ -35,7 +35,17 @@ from transformers.trainer_utils import get_last_checkpoint, has_length
 from ..config import ExportConfig, TrainConfig, current_values
 from ..errors import Seed2LoraError
 from ..store import ADAPTER_DIR, RunDir, write_text_atomic
-from .data import Collator, Rows, eval_overlap, load_rows, pack, rows_fingerprint, tokenize_rows, train_eval_rows
+from .data import (
+    Collator,
+    Rows,
+    cut_note,
+    eval_overlap,
+    load_rows,
+    pack,
+    rows_fingerprint,
+    tokenize_rows,
+    train_eval_rows,
+)
 from .loss import causal_lm_loss_sum, full_logits_loss_sum
 from .model import (
     CHEAP_DROPOUT_NOTE,
@@ -86,6 +96,14 @@ class LoraTrainer(Trainer):
         if self.warmup_ratio is not None:
             self.args.warmup_steps = warmup_steps(self.warmup_ratio, num_training_steps)
         return super().create_scheduler(num_training_steps, optimizer)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        """Eval's bar opens before its first batch: TrainerCallback has no hook there, and opened at that batch's end
+        the bar timed the rest alone (a one-batch eval: 'done in 0s (1004/s)')."""
+        for cb in self.callback_handler.callbacks:
+            if isinstance(cb, TrainProgress) and self.is_world_process_zero():
+                cb.eval_begins()
+        return super().evaluate(*args, **kwargs)
 
     def training_step(self, model: Any, *args: Any, **kwargs: Any) -> Any:
         """Forward and backward with peft's casts off alike: checkpointing recomputes the forward inside backward,
@@ -196,6 +214,7 @@ class TrainProgress(TrainerCallback):
         self.open: dict[str, tuple[Any, Any]] = {}  # "train" / "eval" -> (context manager, advance)
         self.step = 0  # the last global step counted
         self.losses: dict[str, float] = {}
+        self.eval_total_unknown = False  # eval's bar opened before its loader was there to count its batches
 
     def _open(self, name: str, desc: str, total: int | None) -> None:
         manager = self.progress(desc, total)
@@ -235,10 +254,19 @@ class TrainProgress(TrainerCallback):
                            **kw: Any) -> None:
         if not state.is_world_process_zero:
             return
+        total = len(eval_dataloader) if has_length(eval_dataloader) else None
         if "eval" not in self.open:
-            total = len(eval_dataloader) if has_length(eval_dataloader) else None
             self._open("eval", "train: eval loss, batches", total)
+        elif self.eval_total_unknown:  # opened by eval_begins, before the loader was there to count
+            getattr(self.open["eval"][1], "set_total", lambda n: None)(total)
+        self.eval_total_unknown = False
         self.open["eval"][1](1)
+
+    def eval_begins(self) -> None:
+        """LoraTrainer.evaluate's call before the first batch: the bar opens here, its total set at the first."""
+        if "eval" not in self.open:
+            self._open("eval", "train: eval loss, batches", None)
+            self.eval_total_unknown = True
 
     def on_evaluate(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self._close("eval")
@@ -344,12 +372,9 @@ def prepare(data: str | Path, cfg: TrainConfig, log: Log = print, progress: Prog
     on = plan.device
     if plan.why:
         log(plan.why)
-    cut, dropped = (train_tok.stats[k] + eval_tok.stats[k] for k in ("truncated", "dropped"))
     log(f"training on {len(train_tok.examples)} examples ({len(train_set)} rows{', packed' if cfg.packing else ''}), "
-        f"{len(eval_tok.examples)} eval"
-        + (f" ({cut} cut at --max-seq-len {cfg.max_seq_len}: their responses' ends are not learned"
-           f"{f'; {dropped} dropped, no response token left' if dropped else ''})" if cut else "")
-        + f"; model {model_path}; {plan.describe()}")
+        f"{len(eval_tok.examples)} eval{cut_note(train_tok.stats, eval_tok.stats, cfg.max_seq_len)}; model "
+        f"{model_path}; {plan.describe()}")
     model = load_for_training(model_path, cfg, plan)
     args = training_arguments(cfg, out / "checkpoints", bf16=plan.autocast_bf16, use_cpu=on == "cpu",
                               has_eval=bool(eval_set), optim=plan.optim, micro_rows=plan.micro_rows)
