@@ -25,7 +25,7 @@ from .config import (
     parse_overrides,
     recorded_config,
 )
-from .errors import InputError, Seed2LoraError, mask_secrets, on_stop_signal
+from .errors import InputError, Seed2LoraError, mask_secrets, on_stop_signal, take_stop_signal
 from .hub import push_options
 from .progress import progress
 from .show import label, show_run, stdout_console
@@ -561,6 +561,7 @@ def config_command():
 
 
 def main(argv: list[str] | None = None) -> None:
+    take_stop_signal()  # a stop noted in an earlier command of this process was that command's
     signal.signal(signal.SIGTERM, on_stop_signal)  # stops like Ctrl-C: status "interrupted", nothing half-written
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a script's background job ignores Ctrl-C: so it stays
         signal.signal(signal.SIGINT, on_stop_signal)

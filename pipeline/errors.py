@@ -93,6 +93,15 @@ def take_stop_signal() -> int | None:
     return code
 
 
+def is_stop(e: BaseException) -> bool:
+    """Whether `e` is the stop of a Ctrl-C or SIGTERM; the loop that asks acts on it, so its note is cleared: left
+    in STOP_SIGNALS, the next run in the same process (main called again, the Python API after it) stopped at once."""
+    if isinstance(e, KeyboardInterrupt):
+        STOP_SIGNALS.clear()
+        return True
+    return False
+
+
 def raise_dropped_stop() -> None:
     """Between steps: a stop signal whose exception never reached the loop (dropped in a finalizer) stops it now."""
     if (code := take_stop_signal()) is not None:

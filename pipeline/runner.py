@@ -1,12 +1,10 @@
 """The runner: a run is a list of steps, and one loop runs them.
 
-Each step is a stage (bootstrap, classify, instances, filter, evolve, score, ifd, select,
-export, train, eval): one function `step(ctx, records) -> StepResult` in its stage's file,
-which reads the previous stage's file (or an --input file) and writes its own. The loop owns
-everything around the steps:
-- validation before any write: config, seeds, inputs, a price for every model of the steps
-  under max_cost, the teacher and its endpoints, so a command that fails leaves a finished
-  run byte-identical and makes no folder;
+Each step is a stage (bootstrap, classify, instances, filter, evolve, score, ifd, select, export, train, eval): one
+function `step(ctx, records) -> StepResult` in its stage's file, which reads the previous stage's file (or an --input
+file) and writes its own. The loop owns everything around the steps:
+- validation before any write: config, seeds, inputs, a price for every model of the steps under max_cost, the
+  teacher and its endpoints, so a command that fails leaves a finished run byte-identical and makes no folder;
 - the progress bar of each step (the step gets `ctx.advance`);
 - the manifest: status (running, done, interrupted, failed, budget, incomplete), the stage,
   the reason, pending work, usage and spend, the resolved config, versions, prompt hashes;
@@ -15,10 +13,10 @@ everything around the steps:
 - a stop (stops.py): what each step has left, in the exit message and the manifest, and the stop
   on the entry of each stage it left short, which `show` reads after later commands went on.
 
-In `run`, bootstrap, classify and instances run as one flow (stages/flow.py): a task bootstrap
-keeps goes on to classify and instances at once, through one teacher stream, while bootstrap goes
-on; the loop opens their bars together and records each stage's counts, budget and pending work
-as if it had run alone. The stage commands, --input and batch mode run each stage alone.
+In `run`, bootstrap, classify and instances run as one flow (stages/flow.py): a task bootstrap keeps goes on to
+classify and instances at once, through one teacher stream, while bootstrap goes on; the loop opens their bars together
+and records each stage's counts, budget and pending work as if it had run alone. The stage commands, --input and batch
+mode run each stage alone.
 
 A new stage is one file in stages/ with its `step`, plus one `Step` in `STEPS`; the loop is unchanged.
 Secrets never enter the manifest: the config holds only the *name* of the API key's variable.
@@ -35,7 +33,7 @@ from typing import Any
 from .budget import BudgetReached, check_prices
 from .config import RunConfig
 from .context import Log, Progress, Records, RunContext, Step, StepResult, check_left_out, flush_events, preflight
-from .errors import Incomplete, Refused, Seed2LoraError, TeacherError, mask_secrets, raise_dropped_stop
+from .errors import Incomplete, Refused, Seed2LoraError, TeacherError, is_stop, mask_secrets, raise_dropped_stop
 from .prompts import changed_note
 from .stages import bootstrap, classify, evolve, flow, instances, score
 from .stages import filter as filter_stage
@@ -210,7 +208,7 @@ def run_steps(ctx: RunContext, names: list[str]) -> list[str]:
         ctx.record(status="done", reason=None)
     except (KeyboardInterrupt, Exception) as e:
         status, reason = ("interrupted", "interrupted (Ctrl-C or SIGTERM); run the same command to resume") if \
-            isinstance(e, KeyboardInterrupt) else ("budget", str(e)) if isinstance(e, BudgetReached) else \
+            is_stop(e) else ("budget", str(e)) if isinstance(e, BudgetReached) else \
             ("incomplete", str(e)) if isinstance(e, Incomplete) else ("failed", f"{type(e).__name__}: {e}")
         stop = {"status": status, "reason": mask_secrets(reason), "at": now(), "command": ctx.command_line()}
         try:  # the CLI prints the pending line after the error; a refusal leaves nothing a re-run would do

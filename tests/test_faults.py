@@ -550,3 +550,24 @@ def test_a_run_started_with_ctrl_c_ignored_keeps_ignoring_it(fake_openai, tmp_pa
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()[-2000:]
     assert manifest(tmp_path / "r")["status"] == "done"
+
+
+def test_a_ctrl_c_the_loop_acted_on_does_not_stop_the_next_run_in_the_same_process(fake_openai, tmp_path, monkeypatch):
+    """on_stop_signal notes each stop in case Python drops its exception in a finalizer; one that reached the loop was
+    acted on, and left noted it stopped the next run of the same process (main called again, or the Python API after
+    it) at its first step."""
+    from pipeline import Run, errors
+    from pipeline.stages import bootstrap
+
+    monkeypatch.setattr(errors, "STOP_SIGNALS", [])
+    real = bootstrap.run_bootstrap
+    monkeypatch.setattr(bootstrap, "run_bootstrap", lambda *a, **k: errors.on_stop_signal(signal.SIGINT, None))
+    settings = {"bootstrap.num_instructions": 3}
+    with Run(settings=settings, teacher="openai:fake-model", base_url=fake_openai.url, name="r", output_dir=tmp_path,
+             progress=False, log=lambda line: None) as run, pytest.raises(KeyboardInterrupt):
+        run.run("bootstrap")
+    assert manifest(tmp_path / "r")["status"] == "interrupted"
+    monkeypatch.setattr(bootstrap, "run_bootstrap", real)
+    with Run.open(tmp_path / "r", progress=False, log=lambda line: None) as run:
+        run.run("bootstrap")  # before: KeyboardInterrupt at its first step
+    assert manifest(tmp_path / "r")["status"] == "done" and errors.STOP_SIGNALS == []
