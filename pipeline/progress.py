@@ -208,8 +208,11 @@ class PlainProgress:
         with self.lock:
             self.stopped.set()
         # A step that ran through with calls failed is not done: its failed units are pending (exit 5); one that
-        # returned short of its work (the budget spent: no call failed, the rest never sent) stopped
-        state = "stopped" if failed else "ended" if self.failed else "stopped" if self.short else "done"
+        # returned short of its work (the budget spent: no call failed, the rest never sent) stopped. A run
+        # stopped (Ctrl-C) with this bar at its total (bootstrap's, kept open in `run`'s flow) leaves it done
+        complete = self.complete_at is not None and not self.failed
+        state = ("done" if complete else "stopped") if failed else "ended" if self.failed else \
+            "stopped" if self.short else "done"
         until = self.complete_at if state == "done" and self.complete_at is not None else self.clock()
         end = f"{state} in {format_duration(until - self.start)}"
         if self.rate():

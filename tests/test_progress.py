@@ -3,6 +3,7 @@
 import io
 import re
 import threading
+from contextlib import ExitStack
 
 import pytest
 from rich.console import Console
@@ -178,6 +179,24 @@ def test_an_interrupted_step_says_stopped():
         advance(2)
         raise KeyboardInterrupt
     assert lines(out)[-1] == "x: 2/5 (40%), stopped in 0s"
+
+
+def test_a_step_at_its_total_when_the_run_stops_ends_done_not_stopped():
+    """The measured bug: a Ctrl-C in `run`'s flow closed every bar "stopped", bootstrap's finished one too:
+    "bootstrap: instructions kept: 12/12 (100%), stopped in 25s". A bar at its total is done; only one short of
+    it stopped."""
+    clock, out = FakeClock(), plain_console()
+    with pytest.raises(KeyboardInterrupt), ExitStack() as bars:
+        boot = bars.enter_context(progress("bootstrap: instructions kept", 12, console=out, clock=clock,
+                                           heartbeat=False))
+        inst = bars.enter_context(progress("instances", 12, console=out, clock=clock, heartbeat=False))
+        clock.now += 25
+        boot(12)
+        clock.now += 35
+        inst(4)
+        raise KeyboardInterrupt
+    assert lines(out)[-2] == "instances: 4/12 (33%), stopped in 1m00s (4.0/min)"
+    assert lines(out)[-1] == "bootstrap: instructions kept: 12/12 (100%), done in 25s (28.8/min)"
 
 
 def test_on_a_terminal_the_bar_has_an_eta_column():
