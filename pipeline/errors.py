@@ -15,6 +15,11 @@ from pathlib import Path
 from typing import Any
 
 
+def counted(n: Any, one: str, many: str | None = None) -> str:
+    """'1 round', '2 rounds', '? rounds': a count and its noun, singular at 1 (messages, show, cards, plots)."""
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
 class Seed2LoraError(Exception):
     """A problem the user can fix; the message says how."""
 

@@ -15,7 +15,7 @@ from rich.rule import Rule
 from rich.table import Column, Table
 
 from .cache import usage_log
-from .errors import Seed2LoraError
+from .errors import Seed2LoraError, counted
 from .records import Task
 from .store import (
     PENDING_KNOWN,
@@ -189,7 +189,7 @@ def teacher_note(manifest: dict) -> str:
 def seeds_line(manifest: dict) -> str:
     """What the run's records came from: the seed file (manifest seed_file), or the user's files its stages read."""
     if manifest.get("seed_file"):
-        return f"seeds: {manifest['seed_file']} ({manifest.get('num_seeds', '?')} tasks)"
+        return f"seeds: {manifest['seed_file']} ({counted(manifest.get('num_seeds', '?'), 'task')})"
     stages = manifest.get("stages") or {}
     files = [f"{Path(st['input_file']['path']).name} ({name} --input)" for name, st in stages.items()
              if isinstance(st, dict) and (st.get("input_file") or {}).get("path")]
@@ -211,7 +211,7 @@ def endpoints_line(teacher: dict) -> str:
     failover is on record after the run, not only in its log."""
     def one(e: dict) -> str:
         fell = f", left the rotation {e['falls']} time{'s' if e['falls'] != 1 else ''}" if e.get("falls") else ""
-        return f"{e['url']} {e['replies']} replies{fell}"
+        return f"{e['url']} {counted(e['replies'], 'reply', 'replies')}{fell}"
 
     endpoints = teacher.get("endpoints") or []
     return "endpoints, last session: " + "; ".join(one(e) for e in endpoints) if endpoints else ""
@@ -276,7 +276,7 @@ def show_run(path: Path, *, stage: str | None, n_samples: int, as_jsonl: bool, s
         for reason, n in s["rejected_by_reason"].items():
             table.add_row(reason, str(n))
         out.print(table)
-    out.print(f"[bold]{s['stage']}[/]: {s['instances']} instances; types: "
+    out.print(f"[bold]{s['stage']}[/]: {counted(s['instances'], 'instance')}; types: "
               + ", ".join(f"{k} {v}" for k, v in s["types"].items()))
     table = Table(label("words"), "n", "mean", "median", "min", "max", title="Lengths")
     for name, st in s["lengths"].items():
@@ -287,7 +287,7 @@ def show_run(path: Path, *, stage: str | None, n_samples: int, as_jsonl: bool, s
         rounds = sorted({r for c in ev["by_operation_round"].values() for r in c})
         ahead = f"; outcomes reach round {ev['last_round']}" if ev.get("last_round", 0) > ev["rounds_done"] else ""
         table = Table(label("operation"), *(f"round {r}" for r in rounds), "total",
-                      title=f"Evolved ({ev['kept']} kept, {ev['rounds_done']} rounds done by every slot{ahead})")
+                      title=f"Evolved ({ev['kept']} kept, {counted(ev['rounds_done'], 'round')} done by every slot{ahead})")
         for op, c in ev["by_operation_round"].items():
             table.add_row(op, *(str(c.get(r, 0)) for r in rounds), str(sum(c.values())))
         out.print(table)

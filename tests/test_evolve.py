@@ -749,7 +749,7 @@ def test_cli_evolve_run_and_show(fake_openai, tmp_path):
     assert all(fake_openai.prompt_of(h["body"]).endswith(("New instruction:", "Judgement:", "Response:"))
                for h in fake_openai.history)
     shown = runner.invoke(cli, ["show", str(tmp_path / "cli")], catch_exceptions=False)
-    assert shown.exit_code == 0 and "Evolved (4 kept, 1 rounds done" in shown.output and "breadth" in shown.output
+    assert shown.exit_code == 0 and "Evolved (4 kept, 1 round done" in shown.output and "breadth" in shown.output
 
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text("".join(json.dumps(r) + "\n" for r in POOL[:3]))

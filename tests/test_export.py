@@ -282,7 +282,7 @@ def test_the_card_of_an_evolve_run_names_what_it_evolved_and_the_length_rule_it_
     export_run(both, tmp_path / "both_export", ExportConfig())
     text = (tmp_path / "both_export" / "README.md").read_text()
     assert "- Instruction length: 4 to 150 words; evolved ones 4 to 300 (evolve.max_words)" in text
-    assert "- Evolve: 1 rounds over filter;" in text
+    assert "- Evolve: 1 round over filter;" in text  # it said "1 rounds"
 
 
 def test_a_run_with_both_exports_rows_of_both_origins_counted_per_origin(tmp_path):

@@ -7,6 +7,7 @@ import html
 from pathlib import Path
 from typing import Any
 
+from ..errors import counted
 from .plots import PLOTS
 
 CSS = """
@@ -82,7 +83,7 @@ def _details(name: str, f: dict[str, Any]) -> str:
     if name == "quality.png":
         return _table(_quality_rows(f))
     if name == "usage.png":
-        return _table([(k, f"{u['calls']} calls, {u['errors']} errors, {u['prompt_tokens']:,} prompt + "
+        return _table([(k, f"{counted(u['calls'], 'call')}, {counted(u['errors'], 'error')}, {u['prompt_tokens']:,} prompt + "
                            f"{u['completion_tokens']:,} completion tokens")
                        for k, u in {**f["usage"]["by_kind"], "total": f["usage"]["total"]}.items()])
     return ""

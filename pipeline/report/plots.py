@@ -17,6 +17,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..errors import counted
 from .figures import ROUGE_BINS
 
 DPI = 110  # ~1000 px wide figures: sharp in the HTML page, small as base64
@@ -79,7 +80,7 @@ def plot_rouge(f: dict[str, Any], path: Path) -> Path:
     fig = _figure(11, 4)
     axes = fig.subplots(1, 2, sharey=True)
     bins = np.linspace(0, 1, ROUGE_BINS + 1)
-    titles = {"seed": f"to the most similar seed ({f['rouge']['n_seeds']} seeds)",
+    titles = {"seed": f"to the most similar seed ({counted(f['rouge']['n_seeds'], 'seed')})",
               "pool": "to the most similar pool entry (seeds + other kept)"}
     for ax, key, color in zip(axes, ("seed", "pool"), ("#4C72B0", "#55A868"), strict=True):
         r = f["rouge"][key]
@@ -185,7 +186,7 @@ def plot_usage(f: dict[str, Any], path: Path) -> Path:
         completion = np.array([by_kind[k]["completion_tokens"] for k in kinds])
         ax.barh(y, prompt, height=0.5, color="#4C72B0", label="prompt tokens")
         ax.barh(y, completion, height=0.5, left=prompt, color="#DD8452", label="completion tokens")
-        ax.set_yticks(y, [f"{k}\n{by_kind[k]['calls']} calls, {by_kind[k]['errors']} errors" for k in kinds])
+        ax.set_yticks(y, [f"{k}\n{counted(by_kind[k]['calls'], 'call')}, {counted(by_kind[k]['errors'], 'error')}" for k in kinds])
         ax.invert_yaxis()
         top = float((prompt + completion).max())
         for yi, p, c in zip(y, prompt, completion, strict=True):

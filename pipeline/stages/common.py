@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..context import Records, RunContext, StepResult
+from ..errors import counted
 from ..records import Task
 from ..store import RECORD_HOLD_S, STAGES, JsonlWriter, RunDir
 from ..teachers import Completion, GenParams, Teacher
@@ -83,20 +84,17 @@ class MapResult:
         return note + resent_note(self.resent, batch)
 
     def parsing_note(self, max_retries: int, what: str) -> str:
-        def n(count: int, one: str, many: str) -> str:
-            return f"{count} {one if count == 1 else many}"
-
         if not self.written and not self.retried and not self.rejected:  # a resume of a finished stage asks nothing
             return "no reply to read" if self.pending else "nothing left to ask"
         if not self.retried and not self.rejected:
             return "every reply usable at the first try"
-        rejected = n(self.rejected, what, f"{what}s")
+        rejected = counted(self.rejected, what)
         if not self.retried:  # max_retries = 0, or score's log-probabilities, which a retry would not change
             return f"{rejected} rejected for an unusable reply, none asked again"
-        asked = f"{n(self.retried, 'unusable reply', 'unusable replies')} asked again"
+        asked = f"{counted(self.retried, 'unusable reply', 'unusable replies')} asked again"
         if not self.rejected:
             return f"{asked}, none rejected"
-        return f"{asked}, {rejected} rejected (still unusable after {n(max_retries, 'retry', 'retries')})"
+        return f"{asked}, {rejected} rejected (still unusable after {counted(max_retries, 'retry', 'retries')})"
 
 
 def resent_note(resent: int, batch: bool = False) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 from ..config import ExportConfig
 from ..context import Records, RunContext, StepResult
 from ..decontam import clean_run_rows
-from ..errors import Seed2LoraError
+from ..errors import Seed2LoraError, counted
 from ..records import row_messages, split_by_task
 from ..rows import evolve_input, include_list, seed_sources, sources_sha256
 from ..store import EXPORT_INFO, SELF_INSTRUCT_INPUTS, RunDir, seeds_used, write_jsonl_atomic, write_text_atomic
@@ -308,7 +308,7 @@ def card_making(info: dict[str, Any]) -> list[str]:
                      f"temperature {boot.get('temperature', '?')}, top_p {boot.get('top_p', '?')}")
     if origins.get("evolved"):
         source = f"`{Path(info['evolved_from']).name}`" if info.get("evolved_from") else evo.get("source", "?")
-        lines.append(f"- Evolve: {evo.get('rounds', '?')} rounds over {source}; evolutions that "
+        lines.append(f"- Evolve: {counted(evo.get('rounds', '?'), 'round')} over {source}; evolutions that "
                      "gained nothing, refused, or copied the prompt eliminated (WizardLM's rules)")
     return [*lines, ""]
 
