@@ -64,6 +64,7 @@ class Run:
                 check_spec(cfg.teacher)
         # Without a log, the teacher's errors behind an Incomplete ("see the errors above") were said nowhere
         self._session = Session(cfg, progress=_progress(progress), log=log or _stderr_line)
+        self._session.ctx.python = True
         self._built = _built_from(cfg)
         self._settings = _settings_of(cfg)  # a setting changed on run.config from these is named on purpose
 

@@ -256,6 +256,8 @@ class RunContext:
         self.input_path = input_path  # --input of a stage command
         self.importing: list[str] = []  # the steps reading --input: a user's file (store.seeds_used)
         self.rescore = False  # `seed2lora score --rescore`: the score step starts from nothing
+        # The Python API (pipeline.Run) drives this context: a note's fix names what a Run sets, not a CLI flag
+        self.python = False
         self.session_id = f"{os.getpid()}-{session_tag}{uuid.uuid4().hex[:8]}"  # this process's usage-log rows
         self._teacher = teacher
         # What the manifest records as the command that wrote it; "": the CLI's own command line. The Python API

@@ -163,3 +163,16 @@ def test_the_commands_config_md_says_refuse_set_are_those_without_it():
     named = re.search(r"takes `--set section\.key=value` \(all but (.*?)\)", text).group(1)
     without = {name for name, command in cli.commands.items() if "--set" not in option_names(command)}
     assert set(re.findall(r"`([\w-]+)`", named)) == without
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_an_eval_example_under_the_default_cap_explains_the_note_it_gets(page):
+    """docs/training.md's `seed2lora eval ... --max-new-tokens 128` always ends with eval's note that sampling.json
+    now caps served answers at 128 tokens, which the page never mentioned. An example under the default says why."""
+    from pipeline.config import EvalConfig
+
+    text = page.read_text(encoding="utf-8")
+    short = [int(n) for n in re.findall(r"seed2lora eval [^\n]*--max-new-tokens (\d+)", text)
+             if int(n) < EvalConfig().max_new_tokens]
+    assert not short or "sampling.json" in text, f"{page.name}: eval with --max-new-tokens {short} says nothing of " \
+                                                 "the note it gets (sampling.json caps served answers)"

@@ -382,3 +382,23 @@ def test_a_finished_run_opened_with_other_seeds_keeps_its_manifest_until_a_recor
         again.run("filter")
         now = again.manifest()
     assert (now["config"]["seed_tasks"], now["num_seeds"]) == (other["seed_tasks"], 20)
+
+
+def test_a_short_eval_cap_note_names_what_a_run_sets_from_python_not_the_cli_flag(tmp_path):
+    """The measured bug: run.eval() at eval.max_new_tokens = 128 said "run eval again with --max-new-tokens 256", a
+    flag a notebook has nowhere to give. A Run's context is marked as the Python API's, and the note names its
+    setting; the CLI's keeps the flag."""
+    from pathlib import Path
+
+    from pipeline.runner import Session
+    from pipeline.train.eval import short_cap_note
+
+    with Run(teacher="openai:fake-model", name="r", output_dir=tmp_path, progress=False) as run:
+        assert run._session.ctx.python
+    assert not Session(load_config(None, {"output_dir": str(tmp_path), "run_name": "c"})).ctx.python
+    sampling = Path("adapter/sampling.json")
+    said = short_cap_note(sampling, 128, python=True)
+    assert "now caps answers at 128 tokens" in said and "--max-new-tokens" not in said
+    assert "set run.config.eval.max_new_tokens = 256 (the default) or more and call run.eval() again" in said
+    assert "run eval again with --max-new-tokens 256 (the default) or more" in short_cap_note(sampling, 128)
+    assert short_cap_note(sampling, 256, python=True) == short_cap_note(sampling, 300) == ""

@@ -248,7 +248,8 @@ def reference_losses(model: Any, tokenizer: Any, items: list[EvalItem], *, batch
 
 def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_dir: str | Path | None = None,
              teacher: Any = None, run_dir: str | Path | None = None, log: Log = print,
-             progress: Progress | None = None, flags: dict[str, str] | None = None) -> dict[str, Any]:
+             progress: Progress | None = None, flags: dict[str, str] | None = None,
+             python: bool = False) -> dict[str, Any]:
     """Score base and adapter answers; write eval_report.json and .md into out_dir (default <adapter>/eval).
 
     teacher: a judge to use as it is (tests); else cfg.judge builds one, attached to the
@@ -256,6 +257,7 @@ def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_d
     progress: pipeline/progress.py's (a bar or plain lines with an ETA), or any of its protocol; None: silent.
     flags: the command's flags by the setting each sets ({"eval.judge.spec": "--judge"}), which the judge's
     messages name; None: only --set reaches [eval.judge] (`run`).
+    python: the Python API called it (run.eval()): its notes name what a Run sets, not the CLI's flags.
     """
     progress = progress or no_progress
     start = time.perf_counter()
@@ -317,12 +319,22 @@ def evaluate(adapter_dir: str | Path, cfg: EvalConfig, *, model: str = "", out_d
     write_text_atomic(out / "eval_report.md", report_markdown(report))
     # The settings travel with the adapter: serve, the Ollama Modelfile and generate answer as this eval scored.
     write_text_atomic(Path(adapter_dir) / SAMPLING, json.dumps(sampling, indent=2) + "\n")
-    if cfg.max_new_tokens < EvalConfig().max_new_tokens:  # a quick eval's short cap would cut every served answer
-        log(f"note: {Path(adapter_dir) / SAMPLING} now caps answers at {cfg.max_new_tokens} tokens (this eval's "
-            "max_new_tokens), and serve, the Ollama Modelfile and generate answer with it. Fix: before serving, "
-            f"run eval again with --max-new-tokens {EvalConfig().max_new_tokens} (the default) or more")
+    if note := short_cap_note(Path(adapter_dir) / SAMPLING, cfg.max_new_tokens, python):
+        log(note)
     report["report_dir"] = str(out)
     return report
+
+
+def short_cap_note(sampling: Path, cap: int, python: bool = False) -> str:
+    """A quick eval's short cap would cut every served answer: what sampling.json now says, and how to lift it, in
+    the words of the CLI (--max-new-tokens) or of the Python API (a Run's eval.max_new_tokens); "" at the default."""
+    default = EvalConfig().max_new_tokens
+    if cap >= default:
+        return ""
+    again = (f"set run.config.eval.max_new_tokens = {default} (the default) or more and call run.eval() again"
+             if python else f"run eval again with --max-new-tokens {default} (the default) or more")
+    return (f"note: {sampling} now caps answers at {cap} tokens (this eval's max_new_tokens), and serve, the Ollama "
+            f"Modelfile and generate answer with it. Fix: before serving, {again}")
 
 
 def report_settings(cfg: EvalConfig) -> dict[str, Any]:

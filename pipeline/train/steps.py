@@ -98,5 +98,6 @@ def eval_step(ctx: RunContext, records: Records | None) -> StepResult:
         if old.get("settings") == report_settings(ctx.cfg.eval) and (not ctx.cfg.eval.data
                                                                      or asked == ctx.cfg.eval.data):
             return StepResult(f"eval: {report_file} is up to date (delete it to evaluate again)")
-    report = evaluate(adapter, ctx.cfg.eval, run_dir=ctx.run.path, log=ctx.log, progress=ctx.progress, flags=ctx.flags)
+    report = evaluate(adapter, ctx.cfg.eval, run_dir=ctx.run.path, log=ctx.log, progress=ctx.progress, flags=ctx.flags,
+                      python=ctx.python)
     return StepResult(f"eval: {summary_line(report)} -> {report['report_dir']}")
