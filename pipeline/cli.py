@@ -167,8 +167,11 @@ Examples:
 def _session(config_path, sets, **flags):
     from .runner import Session
 
+    # The command's flags by the setting each sets (click passes each it takes): a fix names --seeds PATH, the flag
+    # the user typed, not --set 'seed_tasks="PATH"'
+    names = {RUN_FLAGS[k][1]: RUN_FLAGS[k][0] for k in flags if k in RUN_FLAGS}
     return Session(build_config(config_path, sets, **flags), progress=rich_progress,
-                   log=log_line)
+                   log=log_line, flags=names)
 
 
 def said_pending(e: BaseException) -> None:

@@ -557,9 +557,16 @@ def budget_limits(cfg: BudgetConfig) -> str:
     return " or ".join(limits) or "budget.max_tokens_total or budget.max_cost"
 
 
-def set_flags(keys: Iterable[str], values: dict[str, Any]) -> str:
-    """' --set KEY=VALUE' for each key, its value as --set takes it, quoted for a shell."""
-    return "".join(f" --set {shlex.quote(f'{k}={toml_value(values[k])}')}" for k in keys)
+def set_flags(keys: Iterable[str], values: dict[str, Any], flags: dict[str, str] | None = None) -> str:
+    """' --set KEY=VALUE' for each key, its value as --set takes it, quoted for a shell; ' --seeds PATH' where
+    `flags` (setting -> the command's flag) has a flag that takes the value (a switch such as --batch takes none)."""
+    def given(k: str) -> str:
+        flag, value = (flags or {}).get(k), values[k]
+        if flag and isinstance(value, str | int | float) and not isinstance(value, bool):
+            return f" {flag} {shlex.quote(str(value))}"
+        return f" --set {shlex.quote(f'{k}={toml_value(value)}')}"
+
+    return "".join(given(k) for k in keys)
 
 
 def left_out_sets(ctx: RunContext, tables: set[str]) -> str:
@@ -579,7 +586,7 @@ def check_left_out(ctx: RunContext, tables: set[str], teacher: bool) -> None:
     now = recorded_settings(ctx.cfg.to_dict())
     was = ", ".join(f"{k} = {toml_value(then[k])}" for k in left_out)
     would = ", ".join(f"{k} = {toml_value(now[k])}" for k in left_out)
-    fix = set_flags(left_out, then).strip()
+    fix = set_flags(left_out, then, ctx.flags).strip()
     it, s = ("it", "") if len(left_out) == 1 else ("them", "s")
     raise Seed2LoraError(
         f"{ctx.run.path} was made with {was} (manifest.json), and this command leaves {it} out: it would go on with "

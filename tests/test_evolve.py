@@ -897,3 +897,20 @@ def test_embedded_teacher_two_rounds_over_ten_seeds(embedded_teacher, tmp_path):
         assert chain[0]["id"] in seed_ids and chain[-1]["id"] == t.parent_id
         assert chain == ([*parent.meta["lineage"], {"id": parent.id, "operation": parent.meta["operation"], "round": 1}]
                          if parent else [{"id": t.parent_id, "operation": None, "round": 0}])
+
+
+def test_evolve_on_a_run_leaving_its_seed_file_out_names_the_seeds_flag_it_takes(fake_openai, tmp_path):
+    """The measured bug: `seed2lora evolve RUN_DIR` on a run made from `--seeds PATH`, the flag left out, said
+    "Fix: give --set 'seed_tasks=\"PATH\"'": the command takes --seeds PATH, which the user typed at first."""
+    seeds = tmp_path / "my seeds.jsonl"
+    seeds.write_text("".join(json.dumps(r) + "\n" for r in POOL[:3]))
+    flags = ["--teacher", "openai:fake-model", "--base-url", fake_openai.url]
+    runner = CliRunner()
+    result = runner.invoke(cli, ["run", *flags, "--output-dir", str(tmp_path), "--run-name", "r", "--seeds",
+                                 str(seeds), "--num-instructions", "3", "--set",
+                                 'stages=["bootstrap","classify","instances","filter"]'], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["evolve", str(tmp_path / "r"), *flags, "--rounds", "1"], catch_exceptions=False)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"Fix: give --seeds '{seeds}' to go on as the run was made" in said, said
+    assert "seed_tasks=" not in said
