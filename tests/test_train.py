@@ -1575,3 +1575,18 @@ def test_the_training_line_says_which_split_its_cut_and_dropped_rows_are_in():
         "; 2 train rows and 1 eval row cut at --max-seq-len 64 (their responses' ends are not learned), 2 train rows "
         "and 1 eval row of them dropped (no response token left)")
     assert cut_note(clean, clean, 512) == ""
+
+
+def test_the_summary_line_and_eval_report_md_round_answer_words_alike():
+    """The measured bug: the summary line said "reference 56" where eval_report.md said 56.5 (":.0f" against the
+    report's one decimal). Both say each mean as one helper writes it."""
+    from pipeline.train.eval import report_markdown, summary_line
+
+    rouge = {"base": 0.2, "adapter": 0.3, "delta": 0.1, "delta_ci95": [0.05, 0.15], "adapter_higher": 3,
+             "base_higher": 1, "equal": 0, "sign_test_p": 0.6}
+    report = {"adapter": "a/adapter", "data": "d.jsonl", "n_prompts": 4, "settings": {"max_new_tokens": 256},
+              "rouge_l": rouge, "reference_loss": None, "judge": None,
+              "answer_words": {"base": 40.5, "adapter": 31.0, "reference": 56.5}}
+    line, md = summary_line(report), report_markdown(report)
+    assert "answers 40.5 / 31 words (reference 56.5)" in line, line
+    assert "The references average 56.5 words" in md and "| 40.5 |" in md and "| 31 |" in md, md

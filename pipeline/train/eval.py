@@ -399,6 +399,12 @@ def answer_words(items: list[EvalItem]) -> dict[str, float]:
             "reference": mean([it.reference for it in items])}
 
 
+def words_text(mean: float) -> str:
+    """A mean answer length as the summary line and eval_report.md both say it: one decimal, none when whole (56.5,
+    56): the line's ":.0f" said "reference 56" where the report said 56.5."""
+    return f"{round(mean, 1):g}"
+
+
 def summary_line(report: dict[str, Any]) -> str:
     """The report in one line: both means, the difference with its interval, per-prompt counts, the judge."""
     r, loss = report["rouge_l"], report.get("reference_loss")
@@ -408,8 +414,9 @@ def summary_line(report: dict[str, Any]) -> str:
             + f"ROUGE-L base {r['base']:.4f}, adapter {r['adapter']:.4f} ({r['delta']:+.4f}, 95% interval "
             f"{r['delta_ci95'][0]:+.4f} to {r['delta_ci95'][1]:+.4f}; adapter higher on {r['adapter_higher']}, "
             f"base on {r['base_higher']}) on {report['n_prompts']} prompts"
-            + (f"; answers {report['answer_words']['base']:.0f} / {report['answer_words']['adapter']:.0f} words "
-               f"(reference {report['answer_words']['reference']:.0f})" if report.get("answer_words") else "")
+            + (f"; answers {words_text(report['answer_words']['base'])} / "
+               f"{words_text(report['answer_words']['adapter'])} words "
+               f"(reference {words_text(report['answer_words']['reference'])})" if report.get("answer_words") else "")
             + (f"; {judge_words(report['judge'])}" if report.get("judge") else ""))
 
 
@@ -600,7 +607,7 @@ def report_markdown(report: dict[str, Any]) -> str:
 
     def row(name: str, side: str, higher: str) -> str:
         return (f"| {name} | {f'{loss[side]:.4f}' if loss else '-'} | {r[side]:.4f} | {r[higher]} | "
-                f"{words[side] if words else '-'} |")
+                f"{words_text(words[side]) if words else '-'} |")
 
     lines = [f"# Eval: {Path(report['adapter']).name} vs its base", "",
              f"{report['n_prompts']} prompts from `{report['data']}`; greedy decoding, "
@@ -610,7 +617,7 @@ def report_markdown(report: dict[str, Any]) -> str:
              "|---|---:|---:|---:|---:|", row("base", "base", "base_higher"),
              row("base + adapter", "adapter", "adapter_higher"), ""]
     if words:
-        lines += [f"The references average {words['reference']} words; ROUGE-L F rewards answers near that length.", ""]
+        lines += [f"The references average {words_text(words['reference'])} words; ROUGE-L F rewards answers near that length.", ""]
     if loss:
         lines += [f"Reference loss (adapter - base), the mean negative log-likelihood per reference token given the "
                   f"prompt: {difference(loss)}; adapter lower on {loss['base_higher']} of {loss['n']} prompts.", ""]
