@@ -770,3 +770,15 @@ def test_a_run_trained_without_an_export_is_read_with_its_own_export_settings(tm
     only = {i.id for i in load_eval_items(f"heldout:{run}", eval_fraction=0.5,
                                           export=ExportConfig(include=["self-instruct"]))}
     assert held != only and not any("-evolved" in i for i in only)  # the evolutions left out of training
+
+
+def test_the_export_line_says_one_seed_task_not_one_seed_tasks(tmp_path):
+    """A run from a one-task seed file printed "from 3 generated + 1 seed tasks"."""
+    from pipeline.stages.export import export_line
+
+    counts = {"train_rows": 3, "eval_rows": 1, "by_origin": {"machine": 3, "seed": 1}, "tasks": 3, "seed_tasks": 1,
+              "tasks_by_origin": {"machine": 3}}
+    line = export_line({"counts": counts, "export_dir": str(tmp_path)})
+    assert "from 3 generated + 1 seed task; generated tasks by origin: 3 machine;" in line, line
+    counts["seed_tasks"] = 2
+    assert "+ 2 seed tasks;" in export_line({"counts": counts, "export_dir": str(tmp_path)})

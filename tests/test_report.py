@@ -436,3 +436,16 @@ def test_kept_over_generated_counts_the_evolutions_among_the_generated(run, evol
         generated = f["funnel"]["steps"][0]["count"] + ev["kept"] + ev["eliminated"]
         assert figures["kept / generated (with evolutions)"] == f"{f['kept'] / generated:.0%}", (figures, f["kept"], generated)
     assert compute(evolved_run, parser=parser)["evolve"]["kept"]  # the fixture does evolve
+
+
+def test_the_reports_tables_say_one_call_and_one_task_in_the_singular():
+    """report.html's usage table said "1 calls, 1 errors" and its selection row "(1 tasks); 1 near-duplicates"."""
+    from pipeline.report.html import _details, _quality_rows
+
+    one = {"calls": 1, "errors": 1, "prompt_tokens": 10, "completion_tokens": 5}
+    usage = _details("usage.png", {"usage": {"by_kind": {"bootstrap": one}, "total": {**one, "calls": 2}}})
+    assert "1 call, 1 error," in usage and "2 calls, 1 error," in usage and "1 calls" not in usage, usage
+    select = {"by": "ifd", "kept_rows": 2, "rows": 5, "kept_tasks": 1, "near_duplicates": 1,
+              "dropped_by_why": {}, "kept_values": {}, "dropped_values": {}, "kept_examples": [], "dropped_examples": []}
+    row = dict(_quality_rows({"quality": {"select": select}}))["selection"]
+    assert "kept 2 of 5 rows (1 task); 1 near-duplicate rejected" in row, row

@@ -45,8 +45,8 @@ def _quality_rows(f: dict[str, Any]) -> list[tuple[str, Any]]:
         rows.append(("IFD", f"mean {i['mean']:g}, median {i['median']:g}, p25-p75 {i['p25']:g}-{i['p75']:g} (n={i['n']})"))
     s = q.get("select")
     if s:
-        rows.append(("selection", f"by {s['by']}: kept {s['kept_rows']} of {s['rows']} rows ({s['kept_tasks']} tasks); "
-                                  f"{s['near_duplicates']} near-duplicates rejected"))
+        rows.append(("selection", f"by {s['by']}: kept {s['kept_rows']} of {s['rows']} rows ({counted(s['kept_tasks'], 'task')}); "
+                                  f"{counted(s['near_duplicates'], 'near-duplicate')} rejected"))
         rows += [(f"dropped: {why}", n) for why, n in s["dropped_by_why"].items()]
         for side in ("kept", "dropped"):
             v = s[f"{side}_values"]

@@ -195,7 +195,7 @@ def plot_usage(f: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel("tokens")
         fig.legend(fontsize=9, loc="outside lower center", ncols=2)
     t = f["usage"]["total"]
-    ax.set_title(f"Teacher token spend: {t['prompt_tokens'] + t['completion_tokens']:,} tokens in {t['calls']} calls",
+    ax.set_title(f"Teacher token spend: {t['prompt_tokens'] + t['completion_tokens']:,} tokens in {counted(t['calls'], 'call')}",
                  fontweight="bold")
     return _save(fig, path)
 

@@ -115,7 +115,7 @@ def export_line(info: dict[str, Any]) -> str:
     tasks = ", ".join(f"{n} {o}" for o, n in c["tasks_by_origin"].items()) or "none"
     d = info.get("decontaminate") or {}
     return (f"{out}  ({c['train_rows']} train / {c['eval_rows']} eval rows: {rows}; from {c['tasks']} generated + "
-            f"{c['seed_tasks']} seed tasks; generated tasks by origin: {tasks}; "
+            f"{counted(c['seed_tasks'], 'seed task')}; generated tasks by origin: {tasks}; "
             + (f"contaminated rows dropped: {c.get('contaminated', 0)}, {d['note']}; " if d else "")
             + f"card: {out / 'README.md'})" + seeds_left_out(info))
 
