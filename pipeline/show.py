@@ -210,7 +210,7 @@ def endpoints_line(teacher: dict) -> str:
     """With several --base-urls, what each served in the last session and how often it left the rotation: a
     failover is on record after the run, not only in its log."""
     def one(e: dict) -> str:
-        fell = f", left the rotation {e['falls']} time{'s' if e['falls'] != 1 else ''}" if e.get("falls") else ""
+        fell = f", left the rotation {counted(e['falls'], 'time')}" if e.get("falls") else ""
         return f"{e['url']} {counted(e['replies'], 'reply', 'replies')}{fell}"
 
     endpoints = teacher.get("endpoints") or []

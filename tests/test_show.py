@@ -38,3 +38,13 @@ def test_show_prints_records_and_reasons_as_written_not_as_markup(tmp_path):
     assert "looser [filter] settings" in text
     assert "Explain what arr[i] means in [bold] Python." in text and "x = arr[i]" in text
     assert "A [/b] tag, then [red]text[/red]." in text
+
+
+def test_shows_seed_and_endpoint_lines_say_one_task_and_one_reply_in_the_singular():
+    """`show` said "seeds: s.jsonl (1 tasks)" and "http://a 1 replies" of a one-task seed file and an endpoint."""
+    from pipeline.show import endpoints_line, seeds_line
+
+    assert seeds_line({"seed_file": "s.jsonl", "num_seeds": 1}) == "seeds: s.jsonl (1 task)"
+    assert seeds_line({"seed_file": "s.jsonl", "num_seeds": 2}) == "seeds: s.jsonl (2 tasks)"
+    line = endpoints_line({"endpoints": [{"url": "http://a", "replies": 1, "falls": 1}, {"url": "http://b", "replies": 3}]})
+    assert line == "endpoints, last session: http://a 1 reply, left the rotation 1 time; http://b 3 replies", line
