@@ -8,10 +8,11 @@ that classify rejected), `fail(n)`: units whose call failed, which stay pending.
 counted done, so a step whose calls failed never ends at 100%: "classify: 4/6 (67%), 2 failed,
 ended in 3s" (a re-run retries those 2). And `reject(n)`: units done with no usable reply (rejected,
 with the reason, in rejected.jsonl): counted done, and shown apart, so a judge whose replies were
-all unreadable does not read as all rated: "score: instances judged: 17/17 (100%), 8 unusable". And `skip(n)`: units this session will not
-reach because a call before them in their chain failed (an evolve slot stops at its failed call, its later calls
-unsent): pending like the failed, but no failures of their own, so a run with 10 calls refused says "10 failed,
-110 not sent after a failed call", not "120 failed".
+all unreadable does not read as all rated: "score: instances judged: 17/17 (100%), 8 unusable".
+And `skip(n)`: units this session will not reach because a call before them in their chain failed
+(an evolve slot stops at its failed call, its later calls unsent): pending like the failed, but no
+failures of their own, so a run with 10 calls refused says "10 failed, 110 not sent after a failed
+call", not "120 failed".
 
 On a terminal it draws a rich bar: counts, rate, elapsed time and ETA. Off one (a log file,
 CI, nohup, a pipe) a bar draws nothing, and a run that prints nothing for 23 minutes looks
