@@ -91,6 +91,17 @@ def test_context_length_error_halves_max_tokens(fake_openai):
     assert [h["body"]["max_tokens"] for h in fake_openai.history] == [50, 25]
 
 
+def test_tgis_422_context_error_halves_max_tokens_as_a_400_does(fake_openai):
+    """TGI refuses a prompt and max_new_tokens over its total with a 422, which only 400s were checked for: the
+    request was refused after one try where half the max_tokens fit."""
+    fake_openai.enqueue({"error": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 60. Given: "
+                                  "20 `inputs` tokens and 50 `max_new_tokens`", "error_type": "validation"}, status=422)
+    fake_openai.enqueue("fits now")
+    (c,) = teacher(fake_openai).generate(["x"], PARAMS, kind="k")
+    assert c.text == "fits now"
+    assert [h["body"]["max_tokens"] for h in fake_openai.history] == [50, 25]
+
+
 @pytest.mark.parametrize("error", [
     {"code": 400, "message": "request (600 tokens) exceeds the available context size (512 tokens), try increasing it",
      "type": "exceed_context_size_error", "n_prompt_tokens": 600, "n_ctx": 512},  # llama.cpp's llama-server

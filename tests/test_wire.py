@@ -12,6 +12,7 @@ from pipeline.teachers.wire import (
     Malformed,
     Sending,
     context_too_long,
+    describe_error,
     is_context_error,
     read_reply,
     request_body,
@@ -347,6 +348,13 @@ CONTEXT_ERRORS = [
       "Please reduce the length of the messages.", "type": "invalid_request_error", "param": "messages",
       "code": "context_length_exceeded"}, False),
 ]
+# TGI (text-generation-inference) answers with a 422 and its words as a string: {"error": "...", "error_type": ...}
+TGI_422S = [
+    ({"error": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 4000 `inputs` "
+      "tokens and 200 `max_new_tokens`", "error_type": "validation"}, True),
+    ({"error": "Input validation error: `inputs` must have less than 4095 tokens. Given: 5000",
+      "error_type": "validation"}, False),
+]
 OTHER_400S = [  # refusals that are not about the context: a smaller max_tokens changes nothing
     {"message": "Unrecognized request argument supplied: seed", "type": "invalid_request_error"},
     {"code": 400, "message": "Failed to parse grammar", "type": "invalid_request_error"},
@@ -365,6 +373,21 @@ def test_each_servers_context_error_is_known_and_whether_a_shorter_reply_could_f
     e = bad_request(error)
     assert is_context_error(e), error["message"]
     assert context_too_long(e).shrinkable is shrinkable, error["message"]
+
+
+@pytest.mark.parametrize("body, shrinkable", TGI_422S, ids=["prompt and reply", "prompt alone"])
+def test_tgis_422_is_a_context_error_and_its_words_reach_the_message(body, shrinkable):
+    """TGI's words come as {"error": "..."}, which the SDK's message leaves out ("Error code: 422"), and as a 422,
+    which only 400s were checked for: its context error was a plain refusal, sent once, where a smaller max_tokens
+    would fit."""
+    e = status_error(httpx.Response(422, json=body, request=httpx.Request("POST", "http://x/v1/chat")))
+    assert isinstance(e, openai.UnprocessableEntityError) and e.body == body["error"]
+    assert body["error"] in describe_error(e)  # was "HTTP 422 UnprocessableEntityError: Error code: 422"
+    for text in ("upstream connect error", "upstream connect error."):  # a body that is the message: said once
+        plain = status_error(httpx.Response(502, text=text, request=e.request))
+        assert describe_error(plain).count("upstream connect error") == 1, describe_error(plain)
+    assert is_context_error(e)
+    assert context_too_long(e).shrinkable is shrinkable
 
 
 @pytest.mark.parametrize("error", OTHER_400S)

@@ -27,7 +27,7 @@ import openai
 
 from ..errors import TeacherError, raise_dropped_stop
 from .base import Completion, GenParams, Request
-from .wire import FATAL, PATHS, context_too_long, is_context_error, read_reply, transport
+from .wire import CONTEXT_REFUSALS, FATAL, PATHS, context_too_long, is_context_error, read_reply, transport
 
 CANCEL_WAIT_S = 2.0  # an abandoned stream waits this long at most for its tasks on the loop to end (they end at once)
 # What the stream is handed for a request: its reply, the future of its thread (retries), or an error to raise.
@@ -164,12 +164,12 @@ class LoopStream:
             started = time.monotonic()
             try:
                 c = read_reply(t.api, await clients[i].apost(PATHS[t.api], body), "logprobs" in body)
-            except openai.BadRequestError as e:
+            except CONTEXT_REFUSALS as e:
                 if is_context_error(e):
                     failure = context_too_long(e)
                     failure.__cause__ = e
                     return None, failure
-                if t.drop_refused(e, body):
+                if isinstance(e, openai.BadRequestError) and t.drop_refused(e, body):
                     return None, None
                 failure = e
             except FATAL as e:

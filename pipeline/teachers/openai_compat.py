@@ -57,6 +57,7 @@ from .origin import RUN_TEACHER, Origin
 from .preflight import PROBE_PROMPT, Preflight
 from .retries import Pools, Retries
 from .wire import (
+    CONTEXT_REFUSALS,
     PATHS,
     Client,
     ContextTooLong,
@@ -288,10 +289,10 @@ class OpenAITeacher(BaseTeacher):
         body = self.body_of(api, prompt, params, salt, max_tokens, schema_form)
         try:
             reply = client.post(PATHS[api], body, timeout_s)
-        except openai.BadRequestError as e:
+        except CONTEXT_REFUSALS as e:
             if is_context_error(e):
                 raise context_too_long(e) from e
-            if not schema_form and self.drop_refused(e, body):
+            if not schema_form and isinstance(e, openai.BadRequestError) and self.drop_refused(e, body):
                 return self._request(client, api, prompt, params, salt, max_tokens, timeout_s=timeout_s)
             raise
         return read_reply(api, reply, "logprobs" in body)

@@ -487,22 +487,37 @@ def retry_after(e: BaseException | None) -> float | None:
 # llama-cpp-python's server ("maximum context length", "context length is only", "(context length N)", "maximum model
 # length of N", "input tokens exceed the configured limit"), llama.cpp ("exceeds the available context size", "larger
 # than the max context size"), llama-cpp-python's Llama ("exceed context window of N"), Ollama ("exceeds the context
-# length"). OpenAI's code and llama.cpp's type say it too where a proxy rewords the message.
+# length"), TGI (a 422: "`inputs` tokens + `max_new_tokens` must be <= N", "`inputs` must have less than N tokens").
+# OpenAI's code and llama.cpp's type say it too where a proxy rewords the message.
 CONTEXT_WORDS = ("context length", "context_length", "maximum context", "context size", "context window",
-                 "maximum model length", "input tokens exceed the configured limit")
+                 "maximum model length", "input tokens exceed the configured limit",
+                 "`inputs` tokens + `max_new_tokens` must be", "`inputs` must have less than")
 # Where a context error gives the prompt's tokens and the context's, the prompt alone is over it when the first is
 # not below the second; it then never fits, whatever max_tokens.
 PROMPT_TOKENS = re.compile(r"(\d+) in (?:the messages|your prompt)|request has (\d+) input|at least (\d+) input|"
                            r"passed (\d+) input|request \((\d+) tokens\)|requested tokens \((\d+)\)|"
-                           r"prompt \((?:total )?length (\d+)\)|resulted in (\d+) tokens|input \((\d+) tokens\)")
+                           r"prompt \((?:total )?length (\d+)\)|resulted in (\d+) tokens|input \((\d+) tokens\)|"
+                           r"given: (\d+) `inputs` tokens")
 CONTEXT_TOKENS = re.compile(r"context length is (?:only )?(\d+)|context size \((\d+) tokens\)|context window of (\d+)|"
-                            r"maximum model length of (\d+)|\(context length (\d+)\)|configured limit of (\d+)")
+                            r"maximum model length of (\d+)|\(context length (\d+)\)|configured limit of (\d+)|"
+                            r"`max_new_tokens` must be <= (\d+)")
 # Said without the numbers, by servers that check the prompt alone: llama.cpp's older wordings, Ollama's
-PROMPT_ALONE = ("available context size", "max context size", "input length exceeds the context length")
+PROMPT_ALONE = ("available context size", "max context size", "input length exceeds the context length",
+                "`inputs` must have less than")
+
+
+# The refusals a context error comes as: a 400, or TGI's 422 (a validation error)
+CONTEXT_REFUSALS = (openai.BadRequestError, openai.UnprocessableEntityError)
+
+
+def error_words(e: openai.APIStatusError) -> str:
+    """A refusal's words, lower-cased: its message, and its body where that is a string, as TGI's {"error": "..."}
+    is (the SDK's message leaves that out: "Error code: 422")."""
+    return f"{e} {e.body}".lower() if isinstance(e.body, str) else str(e).lower()
 
 
 def is_context_error(e: openai.BadRequestError) -> bool:
-    text = str(e).lower()
+    text = error_words(e)
     return (getattr(e, "code", None) == "context_length_exceeded" or getattr(e, "type", None) ==
             "exceed_context_size_error" or any(words in text for words in CONTEXT_WORDS))
 
@@ -510,7 +525,7 @@ def is_context_error(e: openai.BadRequestError) -> bool:
 def context_too_long(e: openai.BadRequestError) -> ContextTooLong:
     """A context error (is_context_error) as ContextTooLong, shrinkable unless the server says the prompt alone is
     over the context: in its numbers (its message's, or llama.cpp's n_prompt_tokens and n_ctx), else in its words."""
-    text, body = str(e).lower(), e.body if isinstance(e.body, dict) else {}
+    text, body = error_words(e), e.body if isinstance(e.body, dict) else {}
     prompt, context = body.get("n_prompt_tokens"), body.get("n_ctx")
     if not (isinstance(prompt, int) and isinstance(context, int)):
         found = [next(filter(None, m.groups()), None) if m else None
@@ -532,6 +547,10 @@ def describe_error(e: BaseException, secret: str = "", hint: bool = True, origin
              f"{origin.flag('base_url', 'URL')}",
     }.get(status or 0, "") if hint else ""
     detail = str(getattr(e, "message", "") or e).strip().splitlines()[0][:300].rstrip(".") if str(e).strip() else ""
+    words = e.body.strip().splitlines()[0][:300] if isinstance(e, openai.APIStatusError) and \
+        isinstance(e.body, str) and e.body.strip() else ""
+    if words and words.rstrip(".") not in detail:  # a server's words as a JSON string (TGI's {"error": ...})
+        detail += f" - {words}"
     cause = e.__cause__ or e.__context__
     if isinstance(e, openai.APIConnectionError) and cause is not None and str(cause).strip():
         detail += f": {str(cause).strip().splitlines()[0][:200]}"  # "Connection refused", a DNS or TLS error
