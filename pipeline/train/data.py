@@ -33,7 +33,7 @@ from typing import Any
 from ..config import ExportConfig
 from ..datasets_io import read_records
 from ..decontam import clean_run_rows, contamination, row_text
-from ..errors import InputError, Seed2LoraError
+from ..errors import InputError, Seed2LoraError, counted
 from ..records import RowError, Task, row_messages, split_by_task, task_rows
 from ..rows import SOURCES
 from ..store import EXPORT_INFO, RunDir, read_export_info
@@ -247,7 +247,7 @@ def cut_note(train: dict[str, int], held_out: dict[str, int], max_len: int) -> s
     an unnamed "(3 cut ...; 1 dropped ...)" read as eval rows where all four were train rows."""
     def rows(key: str) -> str:
         said = [(n, split) for n, split in ((train[key], "train"), (held_out[key], "eval")) if n]
-        return " and ".join(f"{n} {split} row{'s' if n != 1 else ''}" for n, split in said)
+        return " and ".join(counted(n, f"{split} row") for n, split in said)
 
     if not rows("truncated"):
         return ""
